@@ -1,0 +1,211 @@
+#include "core/config.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+namespace {
+
+absl::Status OutOfRange(const char* field, double value, const char* range) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("config field ", field, " = ", value, " is out of range: must be ", range));
+}
+
+// Checks the invariants the rule relies on; every message names the field.
+absl::Status Validate(const RuleParams& p) {
+  auto unit = [](double x) { return std::isfinite(x) && x >= 0.0 && x < 1.0; };
+  auto positive = [](double x) { return std::isfinite(x) && x > 0.0; };
+  if (!unit(p.beta1)) return OutOfRange("stabilize.beta1", p.beta1, "in [0, 1)");
+  if (!unit(p.beta2)) return OutOfRange("stabilize.beta2", p.beta2, "in [0, 1)");
+  if (!positive(p.eps)) return OutOfRange("stabilize.eps", p.eps, "> 0");
+  if (!positive(p.clip_max_norm)) return OutOfRange("clip.max_norm", p.clip_max_norm, "> 0");
+  if (!(p.zclip_alpha > 0.0 && p.zclip_alpha < 1.0)) {
+    return OutOfRange("zclip.alpha", p.zclip_alpha, "in (0, 1)");
+  }
+  if (!positive(p.zclip_z_threshold)) {
+    return OutOfRange("zclip.z_threshold", p.zclip_z_threshold, "> 0");
+  }
+  if (!(std::isfinite(p.zclip_max_norm) && p.zclip_max_norm >= 0.0)) {
+    return OutOfRange("zclip.max_norm", p.zclip_max_norm, ">= 0 (0 disables the cap)");
+  }
+  if (!positive(p.spike_z_threshold)) {
+    return OutOfRange("spike.z_threshold", p.spike_z_threshold, "> 0");
+  }
+  if (!unit(p.spike_beta)) return OutOfRange("spike.beta", p.spike_beta, "in [0, 1)");
+  if (!positive(p.spike_ratio)) return OutOfRange("spike.ratio", p.spike_ratio, "> 0");
+  if (!(std::isfinite(p.diverge_growth_ratio) && p.diverge_growth_ratio > 1.0)) {
+    return OutOfRange("divergence.growth_ratio", p.diverge_growth_ratio, "> 1");
+  }
+  if (!unit(p.diverge_short_beta)) {
+    return OutOfRange("divergence.short_beta", p.diverge_short_beta, "in [0, 1)");
+  }
+  if (!unit(p.diverge_long_beta)) {
+    return OutOfRange("divergence.long_beta", p.diverge_long_beta, "in [0, 1)");
+  }
+  if (p.diverge_consecutive_spikes == 0 || p.diverge_consecutive_non_finite == 0) {
+    return absl::InvalidArgumentError(
+        "config fields divergence.consecutive_spikes and divergence.consecutive_non_finite "
+        "must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PolicyKind> ToPolicyKind(v1::Policy policy, PolicyKind fallback) {
+  switch (policy) {
+    case v1::POLICY_UNSPECIFIED:
+      return fallback;
+    case v1::POLICY_STABILIZE:
+      return PolicyKind::kStabilize;
+    case v1::POLICY_CLIP:
+      return PolicyKind::kClip;
+    case v1::POLICY_ZCLIP:
+      return PolicyKind::kZClip;
+    case v1::POLICY_MONITOR:
+      return PolicyKind::kMonitor;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown policy ", static_cast<int>(policy),
+                       ": expected one of stabilize, clip, zclip, monitor"));
+  }
+}
+
+// Copies the fields that are set in `c` over `p`.
+absl::Status Overlay(const v1::PolicyConfig& c, RuleParams* p) {
+  absl::StatusOr<PolicyKind> policy = ToPolicyKind(c.policy(), p->policy);
+  if (!policy.ok()) return policy.status();
+  p->policy = *policy;
+
+  const v1::StabilizeConfig& st = c.stabilize();
+  switch (st.preset()) {
+    case v1::STABILIZE_PRESET_UNSPECIFIED:
+      break;
+    case v1::STABILIZE_PRESET_V4:
+      p->beta1 = 0.6;
+      p->beta2 = 0.999;
+      break;
+    case v1::STABILIZE_PRESET_STABLE_SPAM:
+      p->beta1 = 0.7;
+      p->beta2 = 0.9;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown stabilize.preset ", static_cast<int>(st.preset()), ": expected V4 or STABLE_SPAM"));
+  }
+  if (st.has_beta1()) p->beta1 = st.beta1();
+  if (st.has_beta2()) p->beta2 = st.beta2();
+  if (st.has_eps()) p->eps = st.eps();
+  if (st.has_bias_correction()) p->bias_correction = st.bias_correction();
+
+  if (c.clip().has_max_norm()) p->clip_max_norm = c.clip().max_norm();
+
+  const v1::ZClipConfig& z = c.zclip();
+  if (z.has_alpha()) p->zclip_alpha = z.alpha();
+  if (z.has_warmup_steps()) p->zclip_warmup_steps = z.warmup_steps();
+  if (z.has_z_threshold()) p->zclip_z_threshold = z.z_threshold();
+  if (z.has_max_norm()) p->zclip_max_norm = z.max_norm();
+
+  const v1::SpikeConfig& sp = c.spike();
+  if (sp.has_z_threshold()) p->spike_z_threshold = sp.z_threshold();
+  if (sp.has_warmup_steps()) p->spike_warmup_steps = sp.warmup_steps();
+  if (sp.has_beta()) p->spike_beta = sp.beta();
+  if (sp.has_ratio()) p->spike_ratio = sp.ratio();
+
+  const v1::DivergenceConfig& d = c.divergence();
+  if (d.has_consecutive_spikes()) p->diverge_consecutive_spikes = d.consecutive_spikes();
+  if (d.has_consecutive_nonfinite()) p->diverge_consecutive_non_finite = d.consecutive_nonfinite();
+  if (d.has_growth_ratio()) p->diverge_growth_ratio = d.growth_ratio();
+  if (d.has_short_beta()) p->diverge_short_beta = d.short_beta();
+  if (d.has_long_beta()) p->diverge_long_beta = d.long_beta();
+  if (d.has_recovery_steps()) p->diverge_recovery_steps = d.recovery_steps();
+
+  switch (c.non_finite_action()) {
+    case v1::NON_FINITE_ACTION_UNSPECIFIED:
+      break;
+    case v1::NON_FINITE_ACTION_ZERO:
+      p->zero_non_finite = true;
+      break;
+    case v1::NON_FINITE_ACTION_KEEP:
+      p->zero_non_finite = false;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown non_finite_action ",
+                                                     static_cast<int>(c.non_finite_action()),
+                                                     ": expected ZERO or KEEP"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RuleParams> MergeConfig(const RuleParams& base, const v1::PolicyConfig& update) {
+  RuleParams p = base;
+  if (absl::Status s = Overlay(update, &p); !s.ok()) return s;
+  if (absl::Status s = Validate(p); !s.ok()) return s;
+  return p;
+}
+
+absl::StatusOr<RuleParams> ResolveConfig(const v1::PolicyConfig& config) {
+  return MergeConfig(RuleParams{}, config);
+}
+
+v1::PolicyConfig EffectiveConfig(const RuleParams& p) {
+  v1::PolicyConfig c;
+  switch (p.policy) {
+    case PolicyKind::kStabilize:
+      c.set_policy(v1::POLICY_STABILIZE);
+      break;
+    case PolicyKind::kClip:
+      c.set_policy(v1::POLICY_CLIP);
+      break;
+    case PolicyKind::kZClip:
+      c.set_policy(v1::POLICY_ZCLIP);
+      break;
+    case PolicyKind::kMonitor:
+      c.set_policy(v1::POLICY_MONITOR);
+      break;
+  }
+  v1::StabilizeConfig* st = c.mutable_stabilize();
+  st->set_beta1(p.beta1);
+  st->set_beta2(p.beta2);
+  st->set_eps(p.eps);
+  st->set_bias_correction(p.bias_correction);
+  c.mutable_clip()->set_max_norm(p.clip_max_norm);
+  v1::ZClipConfig* z = c.mutable_zclip();
+  z->set_alpha(p.zclip_alpha);
+  z->set_warmup_steps(p.zclip_warmup_steps);
+  z->set_z_threshold(p.zclip_z_threshold);
+  z->set_max_norm(p.zclip_max_norm);
+  v1::SpikeConfig* sp = c.mutable_spike();
+  sp->set_z_threshold(p.spike_z_threshold);
+  sp->set_warmup_steps(p.spike_warmup_steps);
+  sp->set_beta(p.spike_beta);
+  sp->set_ratio(p.spike_ratio);
+  v1::DivergenceConfig* d = c.mutable_divergence();
+  d->set_consecutive_spikes(p.diverge_consecutive_spikes);
+  d->set_consecutive_nonfinite(p.diverge_consecutive_non_finite);
+  d->set_growth_ratio(p.diverge_growth_ratio);
+  d->set_short_beta(p.diverge_short_beta);
+  d->set_long_beta(p.diverge_long_beta);
+  d->set_recovery_steps(p.diverge_recovery_steps);
+  c.set_non_finite_action(p.zero_non_finite ? v1::NON_FINITE_ACTION_ZERO
+                                            : v1::NON_FINITE_ACTION_KEEP);
+  return c;
+}
+
+const char* PolicyName(PolicyKind policy) {
+  switch (policy) {
+    case PolicyKind::kStabilize:
+      return "stabilize";
+    case PolicyKind::kClip:
+      return "clip";
+    case PolicyKind::kZClip:
+      return "zclip";
+    case PolicyKind::kMonitor:
+      return "monitor";
+  }
+  return "unknown";
+}
+
+}  // namespace gstab

@@ -1,0 +1,24 @@
+// Conversion between the wire configuration (gstab.v1.PolicyConfig) and the resolved
+// RuleParams the rule runs on. Thread-safe (pure functions).
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "core/rule_types.h"
+#include "gstab/v1/config.pb.h"
+
+namespace gstab {
+
+// Fills every unset field with its default and validates ranges. Returns INVALID_ARGUMENT
+// naming the offending field and the accepted range.
+absl::StatusOr<RuleParams> ResolveConfig(const v1::PolicyConfig& config);
+
+// Applies `update` on top of `base`: fields set in `update` win, everything else is kept.
+// A policy of POLICY_UNSPECIFIED in `update` keeps the base policy.
+absl::StatusOr<RuleParams> MergeConfig(const RuleParams& base, const v1::PolicyConfig& update);
+
+// The fully explicit configuration that `params` corresponds to (every field set).
+v1::PolicyConfig EffectiveConfig(const RuleParams& params);
+
+const char* PolicyName(PolicyKind policy);
+
+}  // namespace gstab

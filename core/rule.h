@@ -1,0 +1,203 @@
+// The per-group update rule of DESIGN.md section 1, written once for the host and the CUDA
+// stats kernel. Pure functions of (params, stats, sum of squares): no I/O, no allocation.
+//
+//   GroupStats stats{};                      // zero is the initial state
+//   StepOutcome out = ApplyRule(params, &stats, sum_of_squares, any_non_finite_element);
+//   // multiply the group's gradients by out.scale (0 means write zeros)
+//
+// Not thread-safe per GroupStats; distinct groups are independent.
+#pragma once
+
+#include <math.h>
+
+#include "core/hd.h"
+#include "core/rule_types.h"
+
+namespace gstab {
+namespace rule_internal {
+
+GSTAB_HD inline bool IsFinite(double x) { return x - x == 0.0; }
+GSTAB_HD inline double Max(double a, double b) { return a > b ? a : b; }
+GSTAB_HD inline double Min(double a, double b) { return a < b ? a : b; }
+
+// Smallest sigma used in a z-score denominator of the spike detector.
+constexpr double kTinySigma = 1e-30;
+// torch.nn.utils.clip_grad_norm_ adds this to the norm; ZClip adds it to sigma.
+constexpr double kClipEps = 1e-6;
+
+// EMA factor for the k-th sample (k >= 1): a plain running mean until 1/(1-beta) samples have
+// been seen, so early estimates are unbiased without a separate correction.
+GSTAB_HD inline double WarmBeta(double beta, uint64_t k) {
+  const double running = 1.0 - 1.0 / static_cast<double>(k);
+  return Min(beta, running);
+}
+
+// Exponentially weighted mean and variance update (West 1979).
+GSTAB_HD inline void EmaMeanVar(double beta, double x, double* mean, double* var) {
+  const double delta = x - *mean;
+  *mean += (1.0 - beta) * delta;
+  *var = beta * (*var + (1.0 - beta) * delta * delta);
+}
+
+// The GradientStabilizer target norm after folding n into the EMAs (t already advanced).
+GSTAB_HD inline double StabilizeTarget(const RuleParams& p, const GroupStats& s) {
+  double m_hat = s.m;
+  double v_hat = s.v;
+  if (p.bias_correction) {
+    m_hat /= 1.0 - pow(p.beta1, static_cast<double>(s.t));
+    v_hat /= 1.0 - pow(p.beta2, static_cast<double>(s.t));
+  }
+  return m_hat / (sqrt(v_hat) + p.eps);
+}
+
+// ZClip: returns the norm to clip to (n itself when no clipping applies) and updates its EMA.
+GSTAB_HD inline double ZClipTarget(const RuleParams& p, GroupStats* s, double n) {
+  const uint64_t k = s->t;  // this step's index among accepted steps, 1-based
+  const uint64_t warmup = p.zclip_warmup_steps > 0 ? p.zclip_warmup_steps : 1;
+  if (k <= warmup) {
+    s->zclip_warm_sum += n;
+    s->zclip_warm_sumsq += n * n;
+    if (k == warmup) {
+      const double kd = static_cast<double>(k);
+      s->zclip_mean = s->zclip_warm_sum / kd;
+      s->zclip_var = Max(0.0, s->zclip_warm_sumsq / kd - s->zclip_mean * s->zclip_mean);
+    }
+    return p.zclip_max_norm > 0.0 ? Min(n, p.zclip_max_norm) : n;
+  }
+  const double sigma = sqrt(s->zclip_var);
+  const double z = (n - s->zclip_mean) / (sigma + kClipEps);
+  double target = n;
+  if (z > p.zclip_z_threshold) {
+    target = s->zclip_mean + p.zclip_z_threshold * p.zclip_z_threshold * sigma / z;
+  }
+  if (p.zclip_max_norm > 0.0) target = Min(target, p.zclip_max_norm);
+  const double a = p.zclip_alpha;
+  s->zclip_mean = a * s->zclip_mean + (1.0 - a) * target;
+  const double d = target - s->zclip_mean;
+  s->zclip_var = a * s->zclip_var + (1.0 - a) * d * d;
+  return target;
+}
+
+// Spike detection and the divergence EMAs for an accepted step. Returns the flags it raised
+// and writes the z-score. Uses the statistics as they were before this step.
+GSTAB_HD inline uint32_t DetectSpike(const RuleParams& p, GroupStats* s, double n, double* z_out) {
+  uint32_t flags = 0;
+  const uint64_t k = s->t;  // already advanced: this step's 1-based index
+  const double sigma = sqrt(s->spike_var);
+  const bool warm = k > p.spike_warmup_steps;
+  double z = 0.0;
+  if (k > 1) z = (n - s->spike_mean) / (sigma + kTinySigma);
+  if (warm && z > p.spike_z_threshold) flags |= kFlagSpike;
+  if (warm && k > 1) {
+    double m_hat = s->m;  // pre-update stabilizer mean, bias corrected for t - 1 steps
+    if (p.bias_correction) m_hat /= 1.0 - pow(p.beta1, static_cast<double>(k - 1));
+    if (n > p.spike_ratio * m_hat) flags |= kFlagSpikeRatio;
+  }
+  *z_out = warm ? z : 0.0;
+
+  // A spike must not blind the detector: fold in at most mean + threshold * sigma.
+  double x = n;
+  if (flags & (kFlagSpike | kFlagSpikeRatio)) {
+    x = Min(n, s->spike_mean + p.spike_z_threshold * sigma);
+  }
+  EmaMeanVar(WarmBeta(p.spike_beta, k), x, &s->spike_mean, &s->spike_var);
+  s->short_ema += (1.0 - WarmBeta(p.diverge_short_beta, k)) * (x - s->short_ema);
+  s->long_ema += (1.0 - WarmBeta(p.diverge_long_beta, k)) * (x - s->long_ema);
+  return flags;
+}
+
+// Advances the divergence state machine by one step.
+GSTAB_HD inline uint32_t UpdateDivergence(const RuleParams& p, GroupStats* s, uint32_t flags) {
+  const bool spike = (flags & (kFlagSpike | kFlagSpikeRatio)) != 0;
+  const bool non_finite = (flags & kFlagSkipped) != 0;
+  s->consecutive_spikes = spike ? s->consecutive_spikes + 1 : 0;
+  s->consecutive_non_finite = non_finite ? s->consecutive_non_finite + 1 : 0;
+  const bool growing = s->t > p.spike_warmup_steps && s->long_ema > 0.0 &&
+                       s->short_ema > p.diverge_growth_ratio * s->long_ema;
+  const bool alarm = s->consecutive_spikes >= p.diverge_consecutive_spikes ||
+                     s->consecutive_non_finite >= p.diverge_consecutive_non_finite || growing;
+  const bool calm = (flags & kFlagAccepted) && !spike && !growing;
+  s->calm_steps = calm ? s->calm_steps + 1 : 0;
+  uint32_t out = 0;
+  if (!s->diverging && alarm) {
+    s->diverging = 1;
+    out |= kFlagDivergenceBegan;
+  } else if (s->diverging && s->calm_steps >= p.diverge_recovery_steps) {
+    s->diverging = 0;
+    out |= kFlagDivergenceEnded;
+  }
+  if (s->diverging) out |= kFlagDiverging;
+  return out;
+}
+
+}  // namespace rule_internal
+
+// Applies one step of the active policy to one norm group.
+//   sum_of_squares: the group's sum of squared gradient elements (fp64).
+//   any_non_finite: whether any element was NaN or Inf.
+// Non-finite or zero norms update no statistic and do not advance t.
+GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double sum_of_squares,
+                                      bool any_non_finite) {
+  using namespace rule_internal;
+  StepOutcome out;
+  const double n = sqrt(sum_of_squares);
+  out.norm = any_non_finite ? NAN : n;
+  s->steps += 1;
+
+  if (any_non_finite || !IsFinite(n)) {
+    s->non_finite_steps += 1;
+    out.flags = kFlagSkipped;
+    out.scale = (p.zero_non_finite && p.policy != PolicyKind::kMonitor) ? 0.0 : 1.0;
+    out.stabilized_norm = out.scale == 0.0 ? 0.0 : out.norm;
+    out.flags |= UpdateDivergence(p, s, out.flags);
+    return out;
+  }
+  if (n == 0.0) {
+    s->zero_norm_steps += 1;
+    out.flags = kFlagZeroNorm | UpdateDivergence(p, s, kFlagZeroNorm);
+    return out;
+  }
+
+  s->t += 1;
+  uint32_t flags = kFlagAccepted | DetectSpike(p, s, n, &out.z);
+  if (flags & (kFlagSpike | kFlagSpikeRatio)) s->spikes += 1;
+
+  s->m = p.beta1 * s->m + (1.0 - p.beta1) * n;
+  s->v = p.beta2 * s->v + (1.0 - p.beta2) * n * n;
+  const double stabilized = StabilizeTarget(p, *s);
+  const double zclipped = ZClipTarget(p, s, n);
+
+  double scale = 1.0;
+  switch (p.policy) {
+    case PolicyKind::kStabilize:
+      scale = stabilized / Max(n, p.eps);
+      break;
+    case PolicyKind::kClip:
+      scale = Min(1.0, p.clip_max_norm / (n + kClipEps));
+      break;
+    case PolicyKind::kZClip:
+      scale = zclipped / n;
+      break;
+    case PolicyKind::kMonitor:
+      break;
+  }
+  if (scale < 1.0) flags |= kFlagClipped;
+  out.scale = scale;
+  out.stabilized_norm = n * scale;
+  out.flags = flags | UpdateDivergence(p, s, flags);
+  return out;
+}
+
+// The bound of DESIGN.md section 1 on the stabilized norm of an arbitrarily large spike at
+// accepted step t: b / sqrt(w), b = (1 - beta1) / (1 - beta1^t), w = (1 - beta2) / (1 - beta2^t).
+GSTAB_HD inline double StabilizedSpikeBound(const RuleParams& p, uint64_t t) {
+  double b = 1.0 - p.beta1;
+  double w = 1.0 - p.beta2;
+  if (p.bias_correction) {
+    b /= 1.0 - pow(p.beta1, static_cast<double>(t));
+    w /= 1.0 - pow(p.beta2, static_cast<double>(t));
+  }
+  return b / sqrt(w);
+}
+
+}  // namespace gstab

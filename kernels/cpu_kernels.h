@@ -1,0 +1,38 @@
+// CPU kernels of the per-step pipeline: per-group sum of squares with a non-finite flag, and
+// an in-place per-group scale. The CUDA twins (kernels/cuda_kernels.h) take the same chunk
+// table and produce the same results.
+//
+// Deterministic: fp32 accumulation inside a tile (many independent lanes), fp64 across tiles in
+// table order, so results are bit-identical for any thread count. Thread-safe as long as calls
+// do not share scratch or write overlapping chunks.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "kernels/chunk_table.h"
+#include "kernels/cpu_executor.h"
+
+namespace gstab {
+
+// Below this many bytes per thread, extra threads cost more than they save.
+inline constexpr int64_t kCpuMinBytesPerThread = int64_t{1} << 21;
+
+// Scratch the caller provides to CpuGroupSumSquares: one TilePartial per tile.
+inline size_t CpuSumSquaresScratchSize(const ChunkTable& table) { return table.tiles().size(); }
+
+// Writes, per norm group, the sum of squares of its elements (fp64) and whether any element was
+// NaN or Inf (1) or not (0). `executor` may be null (single thread).
+// INVALID_ARGUMENT when the spans are smaller than the table requires.
+absl::Status CpuGroupSumSquares(const ChunkTable& table, absl::Span<TilePartial> scratch,
+                                absl::Span<double> sum_of_squares, absl::Span<uint32_t> non_finite,
+                                CpuExecutor* executor);
+
+// Multiplies every element of each group by scales[group] in place, rounding to the chunk's
+// dtype (nearest-even). A scale of exactly 1 leaves the group untouched; exactly 0 writes zeros
+// (so a non-finite gradient can be cleared).
+absl::Status CpuScaleGroups(const ChunkTable& table, absl::Span<const float> scales,
+                            CpuExecutor* executor);
+
+}  // namespace gstab

@@ -1,0 +1,268 @@
+#include "core/rule.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+RuleParams Stabilize(double beta1 = 0.6, double beta2 = 0.999) {
+  RuleParams p;
+  p.beta1 = beta1;
+  p.beta2 = beta2;
+  return p;
+}
+
+StepOutcome StepNorm(const RuleParams& p, GroupStats* s, double n) {
+  return ApplyRule(p, s, n * n, false);
+}
+
+// The statistics a step may change, without the counters that every step advances.
+bool SameStatistics(GroupStats a, GroupStats b) {
+  a.steps = b.steps = 0;
+  a.non_finite_steps = b.non_finite_steps = 0;
+  a.zero_norm_steps = b.zero_norm_steps = 0;
+  a.consecutive_non_finite = b.consecutive_non_finite = 0;
+  a.consecutive_spikes = b.consecutive_spikes = 0;
+  a.calm_steps = b.calm_steps = 0;
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+TEST(RuleTest, StabilizeMatchesHandComputedSteps) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  // Step 1, n = 3: m = 1.2, v = 0.009, m_hat = 3, v_hat = 9, target = 3 / (3 + 1e-12).
+  StepOutcome a = StepNorm(p, &s, 3.0);
+  EXPECT_DOUBLE_EQ(s.m, 1.2);
+  EXPECT_NEAR(s.v, 0.009, 1e-17);
+  EXPECT_EQ(s.t, 1u);
+  EXPECT_NEAR(a.stabilized_norm, 1.0, 1e-12);
+  EXPECT_NEAR(a.scale, 1.0 / 3.0, 1e-12);
+  // Step 2, n = 5: m = 2.72, v = 0.033991, m_hat = 4.25, v_hat = 0.033991 / 0.001999.
+  StepOutcome b = StepNorm(p, &s, 5.0);
+  EXPECT_DOUBLE_EQ(s.m, 2.72);
+  EXPECT_NEAR(s.v, 0.033991, 1e-15);
+  EXPECT_NEAR(b.stabilized_norm, 1.0306550993448187, 1e-12);
+  EXPECT_NEAR(b.scale, 1.0306550993448187 / 5.0, 1e-12);
+  EXPECT_EQ(b.flags & kFlagAccepted, kFlagAccepted);
+}
+
+// A straightforward long-double transcription of DESIGN.md section 1.
+struct Reference {
+  long double m = 0, v = 0;
+  long long t = 0;
+  long double Step(long double g1, long double g2, long double eps, long double n) {
+    t += 1;
+    m = g1 * m + (1 - g1) * n;
+    v = g2 * v + (1 - g2) * n * n;
+    long double mh = m / (1 - std::pow(g1, static_cast<long double>(t)));
+    long double vh = v / (1 - std::pow(g2, static_cast<long double>(t)));
+    long double target = mh / (std::sqrt(vh) + eps);
+    return target / std::max(n, eps);
+  }
+};
+
+TEST(RuleTest, StabilizeMatchesLongDoubleReferenceOverLongRandomSequences) {
+  for (const auto& [g1, g2] : {std::pair{0.6, 0.999}, std::pair{0.7, 0.9}}) {
+    const RuleParams p = Stabilize(g1, g2);
+    GroupStats s;
+    Reference ref;
+    std::mt19937_64 rng(42);
+    std::lognormal_distribution<double> norm(0.0, 1.5);
+    std::uniform_int_distribution<int> rare(0, 199);
+    for (int step = 0; step < 20000; ++step) {
+      double n = norm(rng);
+      if (rare(rng) == 0) n *= 1e4;  // occasional spikes
+      if (rare(rng) == 1) {          // occasional non-finite steps change nothing
+        StepOutcome skipped = ApplyRule(p, &s, NAN, true);
+        ASSERT_TRUE(skipped.flags & kFlagSkipped);
+        continue;
+      }
+      StepOutcome out = StepNorm(p, &s, n);
+      long double expected = ref.Step(g1, g2, 1e-12L, n);
+      ASSERT_NEAR(out.scale / static_cast<double>(expected), 1.0, 1e-11)
+          << "step " << step << " beta " << g1 << "/" << g2;
+    }
+    EXPECT_EQ(s.t, static_cast<uint64_t>(ref.t));
+  }
+}
+
+TEST(RuleTest, SpikeOfAnySizeIsBoundedAndDoesNotGrowWithTheSpike) {
+  for (const auto& [g1, g2, large_t_bound] :
+       {std::tuple{0.6, 0.999, 12.65}, std::tuple{0.7, 0.9, 0.95}}) {
+    const RuleParams p = Stabilize(g1, g2);
+    std::mt19937_64 rng(7);
+    std::lognormal_distribution<double> norm(0.0, 0.2);
+    GroupStats warm;
+    for (int i = 0; i < 20000; ++i) StepNorm(p, &warm, norm(rng));
+    const double bound = StabilizedSpikeBound(p, warm.t + 1);
+    EXPECT_NEAR(bound, large_t_bound, 0.01 * large_t_bound);
+
+    double previous = 0.0;
+    for (double factor : {1e3, 1e6, 1e30}) {
+      GroupStats s = warm;
+      StepOutcome out = StepNorm(p, &s, factor);
+      // The bound is the limit for an infinite spike; a finite spike G may exceed it by the
+      // history's share of m_hat, g1 * m / (sqrt(w) G), about g1 / (1 - g1) / factor relative.
+      const double slack = 1.0 + 1.5 * g1 / (1.0 - g1) / factor + 1e-12;
+      EXPECT_LE(out.stabilized_norm, bound * slack) << "spike x" << factor;
+      EXPECT_GT(out.stabilized_norm, 0.5 * bound) << "spike x" << factor;
+      if (previous > 0.0) {
+        EXPECT_LE(out.stabilized_norm, previous * (1 + 1e-9));
+      }
+      previous = out.stabilized_norm;
+    }
+  }
+}
+
+TEST(RuleTest, BiasCorrectionMakesEarlyStepsUnbiased) {
+  RuleParams p = Stabilize();
+  GroupStats corrected;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_NEAR(StepNorm(p, &corrected, 2.5).stabilized_norm, 1.0, 1e-9) << "step " << i;
+  }
+  p.bias_correction = false;
+  GroupStats raw;
+  // Without correction the first step's target is (1 - g1) n / (sqrt(1 - g2) n).
+  EXPECT_NEAR(StepNorm(p, &raw, 2.5).stabilized_norm, 0.4 / std::sqrt(0.001), 1e-9);
+}
+
+TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  for (int i = 0; i < 50; ++i) StepNorm(p, &s, 1.0 + 0.01 * i);
+  const GroupStats before = s;
+
+  StepOutcome nan_step = ApplyRule(p, &s, NAN, true);
+  EXPECT_TRUE(nan_step.flags & kFlagSkipped);
+  EXPECT_FALSE(nan_step.flags & kFlagAccepted);
+  EXPECT_EQ(nan_step.scale, 0.0);  // default action: zero the gradients
+  StepOutcome inf_step = ApplyRule(p, &s, INFINITY, false);  // overflowed sum of squares
+  EXPECT_TRUE(inf_step.flags & kFlagSkipped);
+  StepOutcome zero_step = ApplyRule(p, &s, 0.0, false);
+  EXPECT_TRUE(zero_step.flags & kFlagZeroNorm);
+  EXPECT_EQ(zero_step.scale, 1.0);
+
+  EXPECT_TRUE(SameStatistics(before, s));
+  EXPECT_EQ(s.t, before.t);
+  EXPECT_EQ(s.non_finite_steps, 2u);
+  EXPECT_EQ(s.zero_norm_steps, 1u);
+
+  RuleParams keep = p;
+  keep.zero_non_finite = false;
+  EXPECT_EQ(ApplyRule(keep, &s, NAN, true).scale, 1.0);
+  RuleParams monitor = p;
+  monitor.policy = PolicyKind::kMonitor;
+  EXPECT_EQ(ApplyRule(monitor, &s, NAN, true).scale, 1.0);
+}
+
+TEST(RuleTest, ClipEqualsTorchClipGradNorm) {
+  RuleParams p;
+  p.policy = PolicyKind::kClip;
+  p.clip_max_norm = 1.0;
+  GroupStats s;
+  for (double n : {1e-3, 0.5, 0.999999, 1.0, 1.5, 37.0, 1e8}) {
+    StepOutcome out = StepNorm(p, &s, n);
+    const double torch = std::min(1.0, 1.0 / (n + 1e-6));
+    EXPECT_DOUBLE_EQ(out.scale, torch) << n;
+    EXPECT_EQ((out.flags & kFlagClipped) != 0, torch < 1.0) << n;
+  }
+}
+
+TEST(RuleTest, ZClipWarmsUpThenClipsReciprocally) {
+  RuleParams p;
+  p.policy = PolicyKind::kZClip;
+  GroupStats s;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> norm(10.0, 1.0);
+  double sum = 0, sumsq = 0;
+  for (uint32_t i = 0; i < p.zclip_warmup_steps; ++i) {
+    const double n = norm(rng);
+    sum += n;
+    sumsq += n * n;
+    EXPECT_EQ(StepNorm(p, &s, n).scale, 1.0) << "warm-up step " << i;
+  }
+  const double k = p.zclip_warmup_steps;
+  EXPECT_NEAR(s.zclip_mean, sum / k, 1e-12);
+  EXPECT_NEAR(s.zclip_var, sumsq / k - (sum / k) * (sum / k), 1e-9);
+
+  // A normal step passes unchanged; a spike is clipped to mu + z_thr^2 * sigma / z.
+  EXPECT_EQ(StepNorm(p, &s, s.zclip_mean).scale, 1.0);
+  const double mu = s.zclip_mean, sigma = std::sqrt(s.zclip_var);
+  const double spike = mu + 20 * sigma;
+  const double z = (spike - mu) / (sigma + 1e-6);
+  StepOutcome out = StepNorm(p, &s, spike);
+  EXPECT_NEAR(out.stabilized_norm, mu + 2.5 * 2.5 * sigma / z, 1e-9);
+  EXPECT_TRUE(out.flags & kFlagClipped);
+
+  RuleParams capped = p;
+  capped.zclip_max_norm = 5.0;
+  EXPECT_NEAR(StepNorm(capped, &s, mu).stabilized_norm, 5.0, 1e-12);
+}
+
+TEST(RuleTest, SpikeDetectionFiresOnAPlantedSpikeOnlyAndNotOnNoise) {
+  RuleParams p = Stabilize();
+  GroupStats s;
+  std::mt19937_64 rng(11);
+  std::lognormal_distribution<double> noise(0.0, 0.1);
+  int spikes = 0, spike_step = -1;
+  for (int step = 0; step < 5000; ++step) {
+    double n = noise(rng);
+    if (step == 2500) n *= 20;
+    StepOutcome out = StepNorm(p, &s, n);
+    if (out.flags & kFlagSpike) {
+      ++spikes;
+      spike_step = step;
+      EXPECT_GT(out.z, p.spike_z_threshold);
+    }
+  }
+  EXPECT_EQ(spikes, 1);
+  EXPECT_EQ(spike_step, 2500);
+  EXPECT_EQ(s.spikes, 1u);
+}
+
+TEST(RuleTest, NoSpikesDuringWarmUp) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  for (uint32_t i = 0; i < p.spike_warmup_steps; ++i) {
+    EXPECT_FALSE(StepNorm(p, &s, i % 2 ? 1.0 : 1e6).flags & (kFlagSpike | kFlagSpikeRatio));
+  }
+}
+
+TEST(RuleTest, ConsecutiveNonFiniteStepsStartDivergenceAndCalmStepsEndIt) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  for (int i = 0; i < 100; ++i) StepNorm(p, &s, 1.0 + 0.001 * (i % 7));
+  EXPECT_FALSE(ApplyRule(p, &s, NAN, true).flags & kFlagDiverging);
+  EXPECT_FALSE(ApplyRule(p, &s, NAN, true).flags & kFlagDiverging);
+  StepOutcome third = ApplyRule(p, &s, NAN, true);
+  EXPECT_TRUE(third.flags & kFlagDivergenceBegan);
+  EXPECT_TRUE(third.flags & kFlagDiverging);
+  int ended_after = -1;
+  for (int i = 0; i < 200 && ended_after < 0; ++i) {
+    StepOutcome out = StepNorm(p, &s, 1.0 + 0.001 * (i % 7));
+    if (out.flags & kFlagDivergenceEnded) ended_after = i + 1;
+    EXPECT_FALSE(out.flags & kFlagDivergenceBegan);
+  }
+  EXPECT_EQ(ended_after, static_cast<int>(p.diverge_recovery_steps));
+}
+
+TEST(RuleTest, SteadilyGrowingNormIsDiverging) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  double n = 1.0;
+  int began = -1;
+  for (int i = 0; i < 1000 && began < 0; ++i) {
+    n *= i < 300 ? 1.0 : 1.02;
+    if (StepNorm(p, &s, n).flags & kFlagDivergenceBegan) began = i;
+  }
+  EXPECT_GT(began, 300);  // not while flat
+  EXPECT_LT(began, 1000);
+}
+
+}  // namespace
+}  // namespace gstab

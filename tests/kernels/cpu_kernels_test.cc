@@ -1,0 +1,225 @@
+#include "kernels/cpu_kernels.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/half.h"
+
+namespace gstab {
+namespace {
+
+// Gradient storage for one dtype, with helpers to read elements back as float.
+class Buffer {
+ public:
+  Buffer(DType dtype, int64_t numel, uint32_t seed, int64_t offset = 0)
+      : dtype_(dtype), offset_(offset), bytes_((numel + offset + 8) * ElementSize(dtype)) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (int64_t i = 0; i < numel; ++i) Set(i, dist(rng));
+  }
+  void* data() { return bytes_.data() + offset_ * ElementSize(dtype_); }
+  void Set(int64_t i, float f) {
+    unsigned char* p = static_cast<unsigned char*>(data()) + i * ElementSize(dtype_);
+    if (dtype_ == DType::kFloat32) {
+      std::memcpy(p, &f, 4);
+    } else {
+      const uint16_t h = dtype_ == DType::kBFloat16 ? FloatToBFloat16(f) : FloatToFloat16(f);
+      std::memcpy(p, &h, 2);
+    }
+  }
+  float Get(int64_t i) {
+    const unsigned char* p = static_cast<unsigned char*>(data()) + i * ElementSize(dtype_);
+    if (dtype_ == DType::kFloat32) return BitsToFloat(Load<uint32_t>(p));
+    const uint16_t h = Load<uint16_t>(p);
+    return dtype_ == DType::kBFloat16 ? BFloat16ToFloat(h) : Float16ToFloat(h);
+  }
+
+ private:
+  template <typename T>
+  static T Load(const unsigned char* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  DType dtype_;
+  int64_t offset_;
+  std::vector<unsigned char> bytes_;
+};
+
+struct Result {
+  std::vector<double> sums;
+  std::vector<uint32_t> non_finite;
+};
+
+Result GroupSums(const ChunkTable& table, CpuExecutor* executor) {
+  std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
+  Result r{std::vector<double>(table.num_groups()), std::vector<uint32_t>(table.num_groups())};
+  absl::Status s = CpuGroupSumSquares(table, absl::MakeSpan(scratch), absl::MakeSpan(r.sums),
+                                      absl::MakeSpan(r.non_finite), executor);
+  EXPECT_TRUE(s.ok()) << s;
+  return r;
+}
+
+long double ReferenceSum(Buffer& b, int64_t numel) {
+  long double s = 0;
+  for (int64_t i = 0; i < numel; ++i) s += static_cast<long double>(b.Get(i)) * b.Get(i);
+  return s;
+}
+
+float RoundTo(DType dtype, float f) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return f;
+    case DType::kBFloat16:
+      return BFloat16ToFloat(FloatToBFloat16(f));
+    case DType::kFloat16:
+      return Float16ToFloat(FloatToFloat16(f));
+  }
+  return f;
+}
+
+constexpr DType kDTypes[] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+
+TEST(CpuKernelsTest, SumOfSquaresMatchesReferenceForEveryDTypeSizeAndAlignment) {
+  CpuExecutor executor(4);
+  for (DType dtype : kDTypes) {
+    for (int64_t numel : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{1000003}}) {
+      for (int64_t offset : {0, 1, 3}) {
+        Buffer b(dtype, numel, static_cast<uint32_t>(numel + offset), offset);
+        absl::StatusOr<ChunkTable> table =
+            ChunkTable::Create({Chunk{b.data(), numel, dtype, 0}}, 1);
+        ASSERT_TRUE(table.ok()) << table.status();
+        Result r = GroupSums(*table, &executor);
+        const long double ref = ReferenceSum(b, numel);
+        if (numel == 0) {
+          EXPECT_EQ(r.sums[0], 0.0);
+        } else {
+          EXPECT_NEAR(r.sums[0] / static_cast<double>(ref), 1.0, 2e-6)
+              << DTypeName(dtype) << " numel " << numel << " offset " << offset;
+        }
+        EXPECT_EQ(r.non_finite[0], 0u);
+      }
+    }
+  }
+}
+
+TEST(CpuKernelsTest, NaNAndInfAreFlaggedAtAnyPositionInTheirGroupOnly) {
+  const int64_t numel = 3 * ChunkTable::kDefaultTileElements + 45;
+  for (DType dtype : kDTypes) {
+    for (int64_t pos : {int64_t{0}, int64_t{31}, int64_t{32}, ChunkTable::kDefaultTileElements - 1,
+                        ChunkTable::kDefaultTileElements, numel - 13, numel - 1}) {
+      for (float bad : {NAN, INFINITY, -INFINITY}) {
+        Buffer poisoned(dtype, numel, 1), clean(dtype, 100, 2);
+        poisoned.Set(pos, bad);
+        absl::StatusOr<ChunkTable> table = ChunkTable::Create(
+            {Chunk{clean.data(), 100, dtype, 0}, Chunk{poisoned.data(), numel, dtype, 1}}, 2);
+        ASSERT_TRUE(table.ok());
+        Result r = GroupSums(*table, nullptr);
+        EXPECT_EQ(r.non_finite[0], 0u);
+        EXPECT_EQ(r.non_finite[1], 1u) << DTypeName(dtype) << " at " << pos << " value " << bad;
+      }
+    }
+  }
+}
+
+// Many small tensors in several groups plus one huge tensor, as in a real model.
+struct Model {
+  std::vector<Buffer> buffers;
+  std::vector<Chunk> chunks;
+  std::vector<long double> ref;
+};
+
+Model MakeModel(DType dtype, uint32_t groups) {
+  Model m;
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int64_t> size(1, 300);
+  m.ref.assign(groups, 0);
+  m.buffers.reserve(1001);
+  for (int i = 0; i < 1001; ++i) {
+    const int64_t numel = i == 500 ? 1000003 : size(rng);
+    m.buffers.emplace_back(dtype, numel, static_cast<uint32_t>(i), i % 3);
+    const uint32_t group = static_cast<uint32_t>(i) % groups;
+    m.chunks.push_back(Chunk{m.buffers.back().data(), numel, dtype, group});
+    m.ref[group] += ReferenceSum(m.buffers.back(), numel);
+  }
+  return m;
+}
+
+TEST(CpuKernelsTest, ManySmallTensorsAndOneHugeTensorPerGroup) {
+  for (DType dtype : kDTypes) {
+    Model m = MakeModel(dtype, 7);
+    absl::StatusOr<ChunkTable> table = ChunkTable::Create(m.chunks, 7);
+    ASSERT_TRUE(table.ok());
+    CpuExecutor executor(3);
+    Result r = GroupSums(*table, &executor);
+    for (uint32_t g = 0; g < 7; ++g) {
+      EXPECT_NEAR(r.sums[g] / static_cast<double>(m.ref[g]), 1.0, 2e-6) << "group " << g;
+    }
+  }
+}
+
+TEST(CpuKernelsTest, ResultsAreBitIdenticalAcrossRunsAndThreadCounts) {
+  Model m = MakeModel(DType::kFloat32, 5);
+  // Also a single 64 MiB tensor, large enough to use every thread.
+  Buffer big(DType::kFloat32, int64_t{1} << 24, 77);
+  m.chunks.push_back(Chunk{big.data(), int64_t{1} << 24, DType::kFloat32, 4});
+  absl::StatusOr<ChunkTable> table = ChunkTable::Create(m.chunks, 5);
+  ASSERT_TRUE(table.ok());
+  const Result first = GroupSums(*table, nullptr);
+  for (int threads : {1, 2, 3, 8}) {
+    CpuExecutor executor(threads);
+    for (int run = 0; run < 3; ++run) {
+      const Result again = GroupSums(*table, &executor);
+      ASSERT_EQ(std::memcmp(first.sums.data(), again.sums.data(), 5 * sizeof(double)), 0)
+          << threads << " threads, run " << run;
+    }
+  }
+}
+
+TEST(CpuKernelsTest, ScaleMultipliesEachGroupAndRoundsToItsDType) {
+  CpuExecutor executor(2);
+  for (DType dtype : kDTypes) {
+    Buffer a(dtype, 1000003, 1, 1), b(dtype, 77, 2), c(dtype, 5, 3);
+    Buffer a0(dtype, 1000003, 1, 1), b0(dtype, 77, 2);
+    c.Set(2, NAN);
+    absl::StatusOr<ChunkTable> table = ChunkTable::Create(
+        {Chunk{a.data(), 1000003, dtype, 0}, Chunk{b.data(), 77, dtype, 1},
+         Chunk{c.data(), 5, dtype, 2}},
+        3);
+    ASSERT_TRUE(table.ok());
+    const float scales[] = {0.37f, 1.0f, 0.0f};
+    ASSERT_TRUE(CpuScaleGroups(*table, scales, &executor).ok());
+    for (int64_t i = 0; i < 1000003; ++i) {
+      ASSERT_EQ(a.Get(i), RoundTo(dtype, a0.Get(i) * 0.37f)) << DTypeName(dtype) << " at " << i;
+    }
+    for (int64_t i = 0; i < 77; ++i) ASSERT_EQ(b.Get(i), b0.Get(i));  // scale 1: untouched
+    for (int64_t i = 0; i < 5; ++i) ASSERT_EQ(c.Get(i), 0.0f);        // scale 0 clears NaN too
+  }
+}
+
+TEST(CpuKernelsTest, BadTablesAndSpansAreRejectedWithAReason) {
+  float x[4] = {};
+  EXPECT_EQ(ChunkTable::Create({Chunk{x, 4, DType::kFloat32, 2}}, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ChunkTable::Create({Chunk{nullptr, 4, DType::kFloat32, 0}}, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ChunkTable::Create({Chunk{x, -1, DType::kFloat32, 0}}, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto misaligned = reinterpret_cast<unsigned char*>(x) + 1;
+  absl::Status s = ChunkTable::Create({Chunk{misaligned, 2, DType::kFloat32, 0}}, 1).status();
+  EXPECT_NE(s.message().find("aligned"), std::string::npos) << s;
+
+  absl::StatusOr<ChunkTable> table = ChunkTable::Create({Chunk{x, 4, DType::kFloat32, 0}}, 1);
+  ASSERT_TRUE(table.ok());
+  double sums[1];
+  uint32_t flags[1];
+  EXPECT_EQ(CpuGroupSumSquares(*table, {}, sums, flags, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CpuScaleGroups(*table, {}, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace gstab
