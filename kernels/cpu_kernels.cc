@@ -1,109 +1,12 @@
 #include "kernels/cpu_kernels.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/half.h"
+#include "kernels/cpu_tiles.h"
 
 namespace gstab {
 namespace {
-
-// Independent accumulators per tile: wide enough to fill the vector units and to keep fp32
-// rounding error small (each lane sums tile/kLanes elements).
-constexpr int kLanes = 32;
-
-// Per-dtype loads, stores and non-finite tests on the raw bits.
-struct F32 {
-  using Raw = uint32_t;
-  static float Load(Raw r) { return BitsToFloat(r); }
-  static Raw Store(float f) { return FloatToBits(f); }
-  static uint32_t NonFinite(Raw r) { return (r & 0x7f800000u) == 0x7f800000u; }
-};
-struct BF16 {
-  using Raw = uint16_t;
-  static float Load(Raw r) { return BFloat16ToFloat(r); }
-  static Raw Store(float f) { return FloatToBFloat16(f); }
-  static uint32_t NonFinite(Raw r) { return (r & 0x7f80u) == 0x7f80u; }
-};
-struct F16 {
-  using Raw = uint16_t;
-  static float Load(Raw r) { return Float16ToFloat(r); }
-  static Raw Store(float f) { return FloatToFloat16(f); }
-  static uint32_t NonFinite(Raw r) { return (r & 0x7c00u) == 0x7c00u; }
-};
-
-// Elements summed in fp32 before each lane is folded into fp64: keeps each fp32 lane's sum
-// short (kFoldElements / kLanes terms) so its rounding error stays near 1e-7 relative.
-constexpr int64_t kFoldElements = 2048;
-
-template <typename T>
-TilePartial SumSquaresTile(const void* data, int64_t begin, int64_t count) {
-  using Raw = typename T::Raw;
-  const Raw* p = static_cast<const Raw*>(data) + begin;
-  double total[kLanes] = {};
-  uint32_t bad[kLanes] = {};
-  for (int64_t start = 0; start < count; start += kFoldElements) {
-    const int64_t end = std::min(count, start + kFoldElements);
-    float acc[kLanes] = {};
-    int64_t i = start;
-    for (; i + kLanes <= end; i += kLanes) {
-      Raw r[kLanes];
-      std::memcpy(r, p + i, sizeof r);
-      for (int j = 0; j < kLanes; ++j) {
-        const float x = T::Load(r[j]);
-        acc[j] += x * x;
-        bad[j] |= T::NonFinite(r[j]);
-      }
-    }
-    for (int j = 0; i < end; ++i, ++j) {
-      const float x = T::Load(p[i]);
-      acc[j] += x * x;
-      bad[j] |= T::NonFinite(p[i]);
-    }
-    for (int j = 0; j < kLanes; ++j) total[j] += static_cast<double>(acc[j]);
-  }
-  TilePartial out;
-  for (int j = 0; j < kLanes; ++j) {
-    out.sum_of_squares += total[j];
-    out.non_finite |= bad[j];
-  }
-  return out;
-}
-
-template <typename T>
-void ScaleTile(void* data, int64_t begin, int64_t count, float scale) {
-  using Raw = typename T::Raw;
-  Raw* p = static_cast<Raw*>(data) + begin;
-  if (scale == 0.0f) {
-    std::memset(p, 0, static_cast<size_t>(count) * sizeof(Raw));
-    return;
-  }
-  for (int64_t i = 0; i < count; ++i) p[i] = T::Store(T::Load(p[i]) * scale);
-}
-
-TilePartial SumSquares(const Chunk& c, const Tile& t) {
-  switch (c.dtype) {
-    case DType::kFloat32:
-      return SumSquaresTile<F32>(c.data, t.begin, t.count);
-    case DType::kBFloat16:
-      return SumSquaresTile<BF16>(c.data, t.begin, t.count);
-    case DType::kFloat16:
-      return SumSquaresTile<F16>(c.data, t.begin, t.count);
-  }
-  return {};
-}
-
-void Scale(const Chunk& c, const Tile& t, float scale) {
-  switch (c.dtype) {
-    case DType::kFloat32:
-      return ScaleTile<F32>(c.data, t.begin, t.count, scale);
-    case DType::kBFloat16:
-      return ScaleTile<BF16>(c.data, t.begin, t.count, scale);
-    case DType::kFloat16:
-      return ScaleTile<F16>(c.data, t.begin, t.count, scale);
-  }
-}
 
 int ThreadsFor(const ChunkTable& table, CpuExecutor* executor) {
   if (executor == nullptr) return 1;
@@ -137,8 +40,9 @@ absl::Status CpuGroupSumSquares(const ChunkTable& table, absl::Span<TilePartial>
   }
   const std::vector<Tile>& tiles = table.tiles();
   const std::vector<Chunk>& chunks = table.chunks();
+  const CpuTileFunctions& fns = BestCpuTileFunctions();
   ForEachTile(table, executor, [&](int64_t i) {
-    scratch[i] = SumSquares(chunks[tiles[i].chunk], tiles[i]);
+    scratch[i] = fns.sum_of_squares(chunks[tiles[i].chunk], tiles[i]);
   });
   std::fill_n(sum_of_squares.begin(), table.num_groups(), 0.0);
   std::fill_n(non_finite.begin(), table.num_groups(), 0u);
@@ -158,10 +62,11 @@ absl::Status CpuScaleGroups(const ChunkTable& table, absl::Span<const float> sca
   }
   const std::vector<Tile>& tiles = table.tiles();
   const std::vector<Chunk>& chunks = table.chunks();
+  const CpuTileFunctions& fns = BestCpuTileFunctions();
   ForEachTile(table, executor, [&](int64_t i) {
     const Chunk& c = chunks[tiles[i].chunk];
     const float s = scales[c.group];
-    if (s != 1.0f) Scale(c, tiles[i], s);
+    if (s != 1.0f) fns.scale(c, tiles[i], s);
   });
   return absl::OkStatus();
 }

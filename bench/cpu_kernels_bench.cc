@@ -1,0 +1,156 @@
+// CPU norm and scale throughput beside a streaming-read and a copy baseline measured in the
+// same run. Prints one row per (layout, dtype, size, threads) with GB/s and the ratio to the
+// baseline; see bench/RESULTS.md for recorded figures.
+//
+//   cpu_kernels_bench [--max_mb=1024] [--threads=N]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu_kernels.h"
+
+namespace gstab {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Median seconds of fn over enough repetitions to run at least ~0.2 s (and at least 5 times).
+double MedianSeconds(const std::function<void()>& fn) {
+  fn();  // warm-up: page faults, caches
+  std::vector<double> times;
+  const auto start = Clock::now();
+  while (times.size() < 5 || (Clock::now() - start < std::chrono::milliseconds(200) &&
+                              times.size() < 1000)) {
+    const auto t0 = Clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
+
+// Streaming read: the fastest loop over the bytes that does nothing but read them.
+uint64_t ReadAll(const void* data, size_t bytes) {
+  const auto* p = static_cast<const uint64_t*>(data);
+  const size_t n = bytes / 8;
+  uint64_t acc[8] = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] ^= p[i + j];
+  }
+  for (; i < n; ++i) acc[0] ^= p[i];
+  uint64_t r = 0;
+  for (uint64_t a : acc) r ^= a;
+  return r;
+}
+
+volatile uint64_t g_sink;
+
+// Splits `bytes` into tensors: one flat buffer, or the parameter shapes of a small
+// LLaMA-style transformer (hidden 512, MLP 1376, vocabulary 32000) repeated to fill the size.
+std::vector<int64_t> Layout(bool mix, int64_t numel) {
+  if (!mix) return {numel};
+  const int64_t h = 512, f = 1376, vocab = 32000;
+  std::vector<int64_t> layer = {h, h * h, h * h, h * h, h * h, h, h * f, h * f, f * h};
+  std::vector<int64_t> out = {vocab * h};
+  int64_t used = vocab * h;
+  for (size_t i = 0; used < numel; ++i) {
+    const int64_t n = std::min(layer[i % layer.size()], numel - used);
+    out.push_back(n);
+    used += n;
+  }
+  if (used > numel) out[0] -= used - numel;  // vocabulary larger than the total: shrink it
+  return out;
+}
+
+void Row(const char* layout, DType dtype, int64_t bytes, int threads, size_t tensors, double norm_s,
+         double read_s, double scale_s, double copy_s) {
+  const double gb = static_cast<double>(bytes) / 1e9;
+  std::printf("%-6s %-8s %8.1f %3d %6zu | %7.2f %7.2f %5.2f | %7.2f %7.2f %5.2f\n", layout,
+              DTypeName(dtype), static_cast<double>(bytes) / (1 << 20), threads, tensors,
+              gb / norm_s, gb / read_s, read_s / norm_s, gb / scale_s, gb / copy_s,
+              copy_s / scale_s);
+}
+
+void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
+  const int64_t numel = bytes / static_cast<int64_t>(ElementSize(dtype));
+  std::vector<unsigned char> grads(static_cast<size_t>(bytes)), other(static_cast<size_t>(bytes));
+  for (int64_t i = 0; i < bytes; i += 2) {  // small finite values in every dtype
+    grads[i] = static_cast<unsigned char>(i * 7);
+    grads[i + 1] = 0x3c;
+  }
+  std::vector<Chunk> chunks;
+  int64_t offset = 0;
+  const std::vector<int64_t> sizes = Layout(mix, numel);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    chunks.push_back(Chunk{grads.data() + offset * ElementSize(dtype), sizes[i], dtype,
+                           static_cast<uint32_t>(i % 4)});
+    offset += sizes[i];
+  }
+  absl::StatusOr<ChunkTable> table = ChunkTable::Create(chunks, 4);
+  if (!table.ok()) {
+    std::fprintf(stderr, "%s\n", table.status().ToString().c_str());
+    std::exit(1);
+  }
+  CpuExecutor executor(threads);
+  std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(*table));
+  double sums[4];
+  uint32_t flags[4];
+  const float scales[4] = {0.5f, 2.0f, 0.5f, 2.0f};  // exact in every dtype: values stay put
+
+  const double norm_s = MedianSeconds([&] {
+    (void)CpuGroupSumSquares(*table, absl::MakeSpan(scratch), sums, flags, &executor);
+  });
+  const double read_s = MedianSeconds([&] {
+    if (threads == 1) {
+      g_sink = ReadAll(grads.data(), grads.size());
+      return;
+    }
+    const int64_t per = bytes / threads;
+    executor.ParallelFor(threads, threads, [&](int64_t t) {
+      g_sink = ReadAll(grads.data() + t * per, static_cast<size_t>(per));
+    });
+  });
+  const double scale_s =
+      MedianSeconds([&] { (void)CpuScaleGroups(*table, scales, &executor); });
+  const double copy_s = MedianSeconds([&] {
+    const int64_t per = bytes / threads;
+    executor.ParallelFor(threads, threads, [&](int64_t t) {
+      std::memcpy(other.data() + t * per, grads.data() + t * per, static_cast<size_t>(per));
+    });
+  });
+  Row(mix ? "mix" : "flat", dtype, bytes, threads, sizes.size(), norm_s, read_s, scale_s, copy_s);
+}
+
+}  // namespace
+}  // namespace gstab
+
+int main(int argc, char** argv) {
+  int64_t max_mb = 1024;
+  int max_threads = static_cast<int>(std::thread::hardware_concurrency());
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--max_mb=", 0) == 0) max_mb = std::atoll(a.c_str() + 9);
+    if (a.rfind("--threads=", 0) == 0) max_threads = std::atoi(a.c_str() + 10);
+  }
+  std::printf("CPU kernels: GB/s of gradient bytes; ratio = baseline time / kernel time\n");
+  std::printf("%-6s %-8s %8s %3s %6s | %7s %7s %5s | %7s %7s %5s\n", "layout", "dtype", "MiB",
+              "thr", "tensors", "norm", "read", "ratio", "scale", "copy", "ratio");
+  for (bool mix : {false, true}) {
+    for (gstab::DType dtype :
+         {gstab::DType::kFloat32, gstab::DType::kBFloat16, gstab::DType::kFloat16}) {
+      for (int64_t mb = 1; mb <= max_mb; mb *= 4) {
+        for (int threads = 1; threads <= max_threads; threads *= 2) {
+          gstab::Bench(mix, dtype, mb << 20, threads);
+        }
+      }
+    }
+  }
+  return 0;
+}
