@@ -1,0 +1,25 @@
+// Error handling for CUDA runtime calls: every call is checked and its failure becomes an
+// absl::Status carrying the file, the line and CUDA's own error string.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+
+inline absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
+  return absl::InternalError(absl::StrCat(file, ":", line, ": ", expr, " failed: ",
+                                          cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+}
+
+}  // namespace gstab
+
+#define RETURN_IF_CUDA_ERROR(expr)                                     \
+  do {                                                                 \
+    const cudaError_t gstab_cuda_err_ = (expr);                        \
+    if (gstab_cuda_err_ != cudaSuccess) {                              \
+      return ::gstab::CudaError(gstab_cuda_err_, #expr, __FILE__, __LINE__); \
+    }                                                                  \
+  } while (0)
