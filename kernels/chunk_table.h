@@ -44,14 +44,14 @@ class ChunkTable {
   static absl::StatusOr<ChunkTable> Create(std::vector<Chunk> chunks, uint32_t num_groups,
                                            int64_t tile_elements = kDefaultTileElements);
 
+  ChunkTable() = default;  // an empty table: no chunks, no groups
+
   const std::vector<Chunk>& chunks() const { return chunks_; }
   const std::vector<Tile>& tiles() const { return tiles_; }
   uint32_t num_groups() const { return num_groups_; }
   int64_t total_bytes() const { return total_bytes_; }
 
  private:
-  ChunkTable() = default;
-
   std::vector<Chunk> chunks_;
   std::vector<Tile> tiles_;
   uint32_t num_groups_ = 0;

@@ -1,0 +1,249 @@
+#include "server/daemon.h"
+
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/config.h"
+#include "glog/logging.h"
+
+namespace gstab {
+namespace {
+
+std::string NewToken() {
+  std::random_device rd;
+  std::string token;
+  for (int i = 0; i < 4; ++i) absl::StrAppend(&token, absl::Hex(rd(), absl::kZeroPad8));
+  return token;
+}
+
+int DefaultThreads(int requested) {
+  if (requested > 0) return requested;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+}  // namespace
+
+Daemon::Daemon(const DaemonOptions& options)
+    : options_(options), executor_(DefaultThreads(options.cpu_threads)), store_(options.state_dir) {}
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options) {
+  std::unique_ptr<Daemon> d(new Daemon(options));
+  if (absl::Status s = d->store_.Init(); !s.ok()) return s;
+  absl::MutexLock lock(&d->mu_);
+  for (v1::JobState& state : d->store_.LoadAll()) {
+    LOG(INFO) << "found checkpoint of job '" << state.job() << "' at step " << state.last_step();
+    std::string name = state.job();
+    d->checkpoints_[name] = std::move(state);
+  }
+  return d;
+}
+
+absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse* response) {
+  if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
+  const uint32_t world = std::max(1u, request.world_size());
+  const uint32_t local_world = std::max(1u, request.local_world_size());
+  const uint32_t nodes = std::max(1u, request.node_count());
+  if (request.rank() >= world) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", request.rank(), " is not below world_size ", world));
+  }
+  if (request.local_rank() >= local_world) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "local_rank ", request.local_rank(), " is not below local_world_size ", local_world));
+  }
+  if (request.node_rank() >= nodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_rank ", request.node_rank(), " is not below node_count ", nodes));
+  }
+  if (nodes > 1) {
+    return absl::UnimplementedError(
+        "jobs spanning several nodes are not supported by this gstabd yet: attach with "
+        "node_count 1");
+  }
+  absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
+  if (!params.ok()) return params.status();
+  const bool has_config = request.config().ByteSizeLong() > 0;
+
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+  std::shared_ptr<Job>& job = jobs_[request.job()];
+  if (job == nullptr) {
+    if (jobs_.size() > options_.max_jobs) {
+      jobs_.erase(request.job());
+      return absl::ResourceExhaustedError(
+          absl::StrCat("this gstabd already serves its cap of ", options_.max_jobs, " jobs"));
+    }
+    auto checkpoint = checkpoints_.find(request.job());
+    if (checkpoint != checkpoints_.end()) {
+      absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
+      job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? *params : *saved,
+                                  local_world, &executor_);
+      if (absl::Status s = job->ImportState(checkpoint->second, /*with_config=*/false); !s.ok()) {
+        LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
+      } else {
+        response->set_restored(true);
+      }
+      checkpoints_.erase(checkpoint);
+    } else {
+      job = std::make_shared<Job>(request.job(), *params, local_world, &executor_);
+    }
+  } else {
+    if (job->local_world_size() != local_world) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "job '", request.job(), "' has local_world_size ", job->local_world_size(),
+          " on this node, not ", local_world));
+    }
+    if (has_config && EffectiveConfig(*params).SerializeAsString() !=
+                          EffectiveConfig(job->params()).SerializeAsString()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job '", request.job(), "' already runs with a different configuration; attach "
+          "without one, or change it with UpdateConfig"));
+    }
+  }
+  // A worker that attaches again under the same local rank (a restart) replaces its old
+  // session.
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+    if (it->second.job == job && it->second.local_rank == request.local_rank()) {
+      LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
+                << " attached again; dropping its previous session";
+      DropSession(it->first);
+      break;
+    }
+  }
+  const std::string token = NewToken();
+  sessions_[token] = Session{job, request.local_rank(), absl::Now()};
+  response->set_session(token);
+  *response->mutable_effective_config() = EffectiveConfig(job->params());
+  response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
+  LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank() << " attached";
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(token);
+  if (token.empty() || it == sessions_.end()) {
+    return absl::UnauthenticatedError(
+        "unknown or expired session: attach again (sessions expire after the lease without "
+        "calls, and when gstabd restarts)");
+  }
+  it->second.last_seen = absl::Now();
+  return it->second;
+}
+
+void Daemon::DropSession(const std::string& token) {
+  auto it = sessions_.find(token);
+  if (it == sessions_.end()) return;
+  it->second.job->RemoveWorker(it->second.local_rank);
+  sessions_.erase(it);
+}
+
+absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
+                                     v1::RegisterBuffersResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, options_.caps);
+  if (!plan.ok()) return plan.status();
+  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*std::move(plan), &registry_);
+  if (!mapped.ok()) return mapped.status();
+  return session->job->Register(session->local_rank, *std::move(mapped), response);
+}
+
+absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down; retry after it restarts");
+  }
+  return session->job->Step(session->local_rank, request.step(), options_.step_timeout, response);
+}
+
+absl::Status Daemon::KeepAlive(const v1::KeepAliveRequest& request) {
+  return Use(request.session()).status();
+}
+
+absl::Status Daemon::Detach(const v1::DetachRequest& request) {
+  absl::MutexLock lock(&mu_);
+  if (sessions_.count(request.session()) == 0) {
+    return absl::UnauthenticatedError("unknown or expired session");
+  }
+  DropSession(request.session());
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::GetStats(const v1::GetStatsRequest& request,
+                              v1::GetStatsResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  session->job->GetStats(response);
+  absl::MutexLock lock(&mu_);
+  uint32_t workers = 0;
+  for (const auto& [token, s] : sessions_) workers += s.job == session->job;
+  response->set_attached_workers(workers);
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
+                                  v1::UpdateConfigResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  return session->job->UpdateConfig(request.config(), response);
+}
+
+absl::Status Daemon::ExportState(const v1::ExportStateRequest& request,
+                                 v1::ExportStateResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  response->set_state(session->job->ExportState().SerializeAsString());
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
+                                 v1::ImportStateResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  v1::JobState state;
+  if (!state.ParseFromString(request.state())) {
+    return absl::InvalidArgumentError("state bytes are not a gstab JobState (corrupt or truncated)");
+  }
+  if (absl::Status s = session->job->ImportState(state, /*with_config=*/true); !s.ok()) return s;
+  response->set_groups(static_cast<uint32_t>(state.groups_size()));
+  return absl::OkStatus();
+}
+
+void Daemon::ExpireSessions(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> expired;
+  for (const auto& [token, s] : sessions_) {
+    if (now - s.last_seen > options_.lease) expired.push_back(token);
+  }
+  for (const std::string& token : expired) {
+    const Session& s = sessions_[token];
+    LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
+                 << " expired; releasing its buffers";
+    DropSession(token);
+  }
+}
+
+absl::Status Daemon::Checkpoint() {
+  std::vector<std::shared_ptr<Job>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, job] : jobs_) jobs.push_back(job);
+  }
+  absl::Status result;
+  for (const auto& job : jobs) result.Update(store_.Save(job->ExportState()));
+  return result;
+}
+
+void Daemon::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+}
+
+}  // namespace gstab

@@ -1,0 +1,87 @@
+// gstabd's logic behind the wire: sessions with leases, jobs, the mapping registry and
+// checkpoints. Every method takes and fills the gstab.v1 messages and returns an absl::Status
+// whose message a user can act on; the gRPC layer (service.h) only translates.
+//
+// Thread-safe. Jobs step concurrently; calls of one job synchronise inside Job.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gstab/v1/stabilizer.pb.h"
+#include "kernels/cpu_executor.h"
+#include "server/job.h"
+#include "server/registration.h"
+#include "server/shm_mapping.h"
+#include "server/state_store.h"
+
+namespace gstab {
+
+struct DaemonOptions {
+  std::string state_dir;           // empty: no checkpoints
+  RegistrationCaps caps;
+  uint32_t max_jobs = 256;
+  absl::Duration lease = absl::Seconds(30);         // session expiry without calls
+  absl::Duration step_timeout = absl::Seconds(60);  // wait for a job's other local workers
+  int cpu_threads = 0;                              // 0: all hardware threads
+};
+
+class Daemon {
+ public:
+  // Restores the checkpoints found in options.state_dir (applied when their job attaches).
+  static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options);
+
+  absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response);
+  absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
+                               v1::RegisterBuffersResponse* response);
+  absl::Status Step(const v1::StepRequest& request, v1::StepResponse* response);
+  absl::Status KeepAlive(const v1::KeepAliveRequest& request);
+  absl::Status Detach(const v1::DetachRequest& request);
+  absl::Status GetStats(const v1::GetStatsRequest& request, v1::GetStatsResponse* response);
+  absl::Status UpdateConfig(const v1::UpdateConfigRequest& request,
+                            v1::UpdateConfigResponse* response);
+  absl::Status ExportState(const v1::ExportStateRequest& request,
+                           v1::ExportStateResponse* response);
+  absl::Status ImportState(const v1::ImportStateRequest& request,
+                           v1::ImportStateResponse* response);
+
+  // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
+  void ExpireSessions(absl::Time now);
+  // Writes every job's statistics to the state directory.
+  absl::Status Checkpoint();
+  // From now on Step fails with UNAVAILABLE; in-flight steps finish.
+  void BeginShutdown();
+
+  int LiveMappings() { return registry_.LiveMappings(); }
+  const DaemonOptions& options() const { return options_; }
+
+ private:
+  struct Session {
+    std::shared_ptr<Job> job;
+    uint32_t local_rank = 0;
+    absl::Time last_seen;
+  };
+
+  explicit Daemon(const DaemonOptions& options);
+  // The session of `token`, renewing its lease. UNAUTHENTICATED when unknown or expired.
+  absl::StatusOr<Session> Use(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
+  void DropSession(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const DaemonOptions options_;
+  CpuExecutor executor_;
+  MappingRegistry registry_;
+  StateStore store_;
+
+  absl::Mutex mu_;
+  std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, v1::JobState> checkpoints_ ABSL_GUARDED_BY(mu_);  // not yet attached
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace gstab

@@ -1,0 +1,312 @@
+#include "server/job.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/config.h"
+#include "core/rule.h"
+#include "kernels/cpu_kernels.h"
+#include "server/state_codec.h"
+
+namespace gstab {
+
+Job::Job(std::string name, const RuleParams& params, uint32_t local_world_size,
+         CpuExecutor* executor)
+    : name_(std::move(name)), local_world_size_(local_world_size), executor_(executor),
+      params_(params) {
+  v1::ConfigChange first;
+  first.set_version(1);
+  first.set_effective_step(0);
+  *first.mutable_config() = EffectiveConfig(params);
+  config_history_.push_back(std::move(first));
+}
+
+RuleParams Job::params() const {
+  absl::MutexLock lock(&mu_);
+  return params_;
+}
+
+uint32_t Job::GroupIndex(const std::string& group) {
+  auto [it, inserted] = group_index_.emplace(group, static_cast<uint32_t>(group_names_.size()));
+  if (inserted) {
+    group_names_.push_back(group);
+    group_reduction_.push_back(-1);
+    stats_.emplace_back();
+    last_outcome_.emplace_back();
+  }
+  return it->second;
+}
+
+absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
+                           v1::RegisterBuffersResponse* response) {
+  auto worker = std::make_shared<Worker>();
+  absl::MutexLock lock(&mu_);
+  const RegistrationPlan& plan = registration.plan;
+  // Check every group's reduction against the job before creating anything.
+  for (const PlannedTensor& t : plan.tensors) {
+    auto it = group_index_.find(t.group);
+    if (it != group_index_.end() && group_reduction_[it->second] >= 0 &&
+        group_reduction_[it->second] != static_cast<int>(t.replicated)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", t.name, "': group '", t.group, "' is ",
+          group_reduction_[it->second] ? "replicated" : "sharded", " in job '", name_,
+          "' but this registration marks it ", t.replicated ? "replicated" : "sharded"));
+    }
+  }
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    const uint32_t g = GroupIndex(t.group);
+    group_reduction_[g] = t.replicated ? 1 : 0;
+    worker->tensor_group.push_back(g);
+    chunks.push_back(Chunk{registration.tensor_data[i], static_cast<int64_t>(t.numel),
+                           plan.buffers[t.buffer].dtype, g});
+  }
+  absl::StatusOr<ChunkTable> table =
+      ChunkTable::Create(std::move(chunks), static_cast<uint32_t>(group_names_.size()));
+  if (!table.ok()) return table.status();
+  worker->table = *std::move(table);
+  worker->has_group.assign(group_names_.size(), false);
+  for (uint32_t g : worker->tensor_group) worker->has_group[g] = true;
+  std::set<uint32_t> groups(worker->tensor_group.begin(), worker->tensor_group.end());
+  response->set_num_groups(static_cast<uint32_t>(groups.size()));
+  response->set_registered_bytes(plan.total_bytes);
+  worker->registration = std::move(registration);
+  workers_[local_rank] = std::move(worker);
+  return absl::OkStatus();
+}
+
+void Job::RemoveWorker(uint32_t local_rank) {
+  absl::MutexLock lock(&mu_);
+  workers_.erase(local_rank);
+}
+
+absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
+                       v1::StepResponse* response) {
+  WorkerMap snapshot;
+  size_t num_groups = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (workers_.count(local_rank) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "local rank ", local_rank, " of job '", name_, "' has no buffers: call RegisterBuffers "
+          "before Step"));
+    }
+    if (have_step_ && step <= last_step_) {
+      return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after job '", name_,
+                                                     "''s last step ", last_step_));
+    }
+    if (round_open_ && round_step_ != step) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "local rank ", local_rank, " is at step ", step, " but job '", name_,
+          "''s other local workers are at step ", round_step_));
+    }
+    if (!round_open_) {
+      round_open_ = true;
+      round_step_ = step;
+      arrived_.clear();
+      ++round_id_;
+    }
+    if (!arrived_.insert(local_rank).second) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("local rank ", local_rank, " already called Step(", step, ")"));
+    }
+    const uint64_t my_round = round_id_;
+    if (arrived_.size() < local_world_size_) {
+      auto finished = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return finished_round_id_ >= my_round;
+      };
+      if (!mu_.AwaitWithTimeout(absl::Condition(&finished), timeout)) {
+        std::vector<uint32_t> missing;
+        for (uint32_t r = 0; r < local_world_size_; ++r) {
+          if (arrived_.count(r) == 0) missing.push_back(r);
+        }
+        arrived_.erase(local_rank);
+        if (arrived_.empty()) round_open_ = false;
+        return absl::DeadlineExceededError(absl::StrCat(
+            "step ", step, " of job '", name_, "': local ranks [", absl::StrJoin(missing, ", "),
+            "] did not call Step within ", absl::FormatDuration(timeout)));
+      }
+      *response = round_result_;
+      return round_status_;
+    }
+    for (uint32_t r : arrived_) {
+      auto it = workers_.find(r);
+      if (it != workers_.end()) snapshot.emplace(r, it->second);
+    }
+    num_groups = group_names_.size();
+  }
+
+  v1::StepResponse result;
+  absl::Status status = RunRound(step, snapshot, num_groups, &result);
+  absl::MutexLock lock(&mu_);
+  round_result_ = result;
+  round_status_ = status;
+  finished_round_id_ = round_id_;
+  round_open_ = false;
+  *response = std::move(result);
+  return status;
+}
+
+absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
+                           v1::StepResponse* response) {
+  // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
+  std::vector<double> sums(num_groups, 0.0);
+  std::vector<uint32_t> non_finite(num_groups, 0);
+  std::vector<bool> present(num_groups, false);
+  std::vector<double> worker_sums(num_groups);
+  std::vector<uint32_t> worker_flags(num_groups);
+  std::vector<int> reduction;
+  {
+    absl::MutexLock lock(&mu_);
+    reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
+  }
+  for (const auto& [rank, w] : workers) {
+    std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
+    if (absl::Status s = CpuGroupSumSquares(w->table, absl::MakeSpan(scratch),
+                                            absl::MakeSpan(worker_sums), absl::MakeSpan(worker_flags),
+                                            executor_);
+        !s.ok()) {
+      return s;
+    }
+    for (size_t g = 0; g < w->has_group.size(); ++g) {
+      if (!w->has_group[g]) continue;
+      const bool replicated = reduction[g] == 1;
+      if (!replicated || !present[g]) sums[g] += worker_sums[g];
+      non_finite[g] |= worker_flags[g];
+      present[g] = true;
+    }
+  }
+
+  // 2. The rule, under the lock: statistics and configuration change only here.
+  std::vector<float> scales(num_groups, 1.0f);
+  response->set_step(step);
+  {
+    absl::MutexLock lock(&mu_);
+    const RuleParams params = params_;
+    if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
+      config_history_.back().set_effective_step(step);
+    }
+    for (size_t g = 0; g < num_groups; ++g) {
+      if (!present[g]) continue;
+      const StepOutcome out = ApplyRule(params, &stats_[g], sums[g], non_finite[g] != 0);
+      last_outcome_[g] = out;
+      scales[g] = static_cast<float>(out.scale);
+      v1::GroupResult* r = response->add_groups();
+      r->set_group(group_names_[g]);
+      r->set_norm(out.norm);
+      r->set_stabilized_norm(out.stabilized_norm);
+      r->set_scale(out.scale);
+      r->set_z(out.z);
+      r->set_spike((out.flags & (kFlagSpike | kFlagSpikeRatio)) != 0);
+      r->set_skipped((out.flags & kFlagSkipped) != 0);
+      r->set_diverging((out.flags & kFlagDiverging) != 0);
+      if (r->skipped()) response->set_skip(true);
+      if (r->diverging()) response->set_diverging(true);
+    }
+    response->set_config_version(config_version_);
+    steps_ += 1;
+    last_step_ = step;
+    have_step_ = true;
+  }
+
+  // 3. Scale every worker's chunks in place.
+  for (const auto& [rank, w] : workers) {
+    if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Job::UpdateConfig(const v1::PolicyConfig& update,
+                               v1::UpdateConfigResponse* response) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
+  if (!merged.ok()) return merged.status();
+  params_ = *merged;
+  ++config_version_;
+  v1::ConfigChange change;
+  change.set_version(config_version_);
+  change.set_effective_step(0);  // set by the next step that runs with it
+  *change.mutable_config() = EffectiveConfig(params_);
+  config_history_.push_back(change);
+  *response->mutable_effective_config() = change.config();
+  response->set_version(config_version_);
+  return absl::OkStatus();
+}
+
+void Job::GetStats(v1::GetStatsResponse* response) const {
+  absl::MutexLock lock(&mu_);
+  response->set_job(name_);
+  response->set_steps(steps_);
+  response->set_last_step(last_step_);
+  *response->mutable_config() = EffectiveConfig(params_);
+  for (const v1::ConfigChange& c : config_history_) *response->add_config_history() = c;
+  uint64_t bytes = 0;
+  std::set<const ShmMapping*> regions;
+  for (const auto& [rank, w] : workers_) {
+    bytes += w->registration.plan.total_bytes;
+    for (const auto& m : w->registration.mappings) regions.insert(m.get());
+  }
+  response->set_registered_bytes(bytes);
+  response->set_mapped_regions(static_cast<uint32_t>(regions.size()));
+  for (size_t g = 0; g < group_names_.size(); ++g) {
+    const GroupStats& s = stats_[g];
+    v1::GroupStats* out = response->add_groups();
+    out->set_group(group_names_[g]);
+    out->set_accepted_steps(s.t);
+    out->set_m(s.m);
+    out->set_v(s.v);
+    out->set_norm_mean(s.spike_mean);
+    out->set_norm_stddev(std::sqrt(s.spike_var));
+    out->set_spikes(s.spikes);
+    out->set_non_finite_steps(s.non_finite_steps);
+    out->set_diverging(s.diverging != 0);
+    out->set_last_norm(last_outcome_[g].norm);
+    out->set_last_stabilized_norm(last_outcome_[g].stabilized_norm);
+    out->set_last_scale(last_outcome_[g].scale);
+  }
+}
+
+v1::JobState Job::ExportState() const {
+  absl::MutexLock lock(&mu_);
+  v1::JobState state;
+  state.set_format_version(kJobStateFormatVersion);
+  state.set_job(name_);
+  state.set_last_step(last_step_);
+  *state.mutable_config() = EffectiveConfig(params_);
+  for (size_t g = 0; g < group_names_.size(); ++g) {
+    *state.add_groups() = GroupStateToProto(group_names_[g], stats_[g]);
+  }
+  return state;
+}
+
+absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
+  if (state.format_version() != kJobStateFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
+                                                   " is not supported (expected ",
+                                                   kJobStateFormatVersion, ")"));
+  }
+  RuleParams params;
+  if (with_config) {
+    absl::StatusOr<RuleParams> p = ResolveConfig(state.config());
+    if (!p.ok()) return p.status();
+    params = *p;
+  }
+  absl::MutexLock lock(&mu_);
+  if (round_open_) {
+    return absl::FailedPreconditionError("cannot import state while a step is in progress");
+  }
+  for (const v1::GroupState& g : state.groups()) {
+    stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
+  }
+  if (with_config) params_ = params;
+  // The imported state defines where the job is: a job resumed from an older checkpoint
+  // continues from that checkpoint's step.
+  last_step_ = state.last_step();
+  have_step_ = true;
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

@@ -1,0 +1,102 @@
+// One training job on this node: its configuration, the statistics of its norm groups, the
+// registrations of its local workers, and the per-step pipeline on the CPU backend.
+//
+// A step is a round: every local worker calls Step(s); the last to arrive runs the pipeline
+// (partial sums per worker -> combine per group -> rule -> scale every worker's chunks) and all
+// of them return the same result. Thread-safe; distinct jobs share nothing but the executor.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/rule_types.h"
+#include "gstab/v1/stabilizer.pb.h"
+#include "kernels/chunk_table.h"
+#include "kernels/cpu_executor.h"
+#include "server/registration.h"
+
+namespace gstab {
+
+class Job {
+ public:
+  // `executor` is shared, not owned, and outlives the job.
+  Job(std::string name, const RuleParams& params, uint32_t local_world_size,
+      CpuExecutor* executor);
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+
+  const std::string& name() const { return name_; }
+  uint32_t local_world_size() const { return local_world_size_; }
+  RuleParams params() const;
+
+  // Replaces the registration of worker `local_rank`. INVALID_ARGUMENT when a group's reduction
+  // (sharded / replicated) disagrees with the job's.
+  absl::Status Register(uint32_t local_rank, MappedRegistration registration,
+                        v1::RegisterBuffersResponse* response);
+  void RemoveWorker(uint32_t local_rank);
+
+  // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
+  // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step.
+  absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
+                    v1::StepResponse* response);
+
+  // Merges `update` into the configuration; effective from the next step.
+  absl::Status UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response);
+
+  void GetStats(v1::GetStatsResponse* response) const;
+  v1::JobState ExportState() const;
+  // Replaces the statistics of every group in `state` (creating groups as needed) and, when
+  // `with_config`, the configuration. INVALID_ARGUMENT for an unknown format version.
+  absl::Status ImportState(const v1::JobState& state, bool with_config);
+
+ private:
+  struct Worker {
+    MappedRegistration registration;
+    std::vector<uint32_t> tensor_group;  // job group index per tensor
+    ChunkTable table;
+    std::vector<bool> has_group;  // indexed by job group
+  };
+  using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
+
+  uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The pipeline of one round, run by the last worker to arrive, without mu_ held.
+  absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
+                        v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const std::string name_;
+  const uint32_t local_world_size_;
+  CpuExecutor* const executor_;
+
+  mutable absl::Mutex mu_;
+  RuleParams params_ ABSL_GUARDED_BY(mu_);
+  uint64_t config_version_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<v1::ConfigChange> config_history_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> group_names_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, 0 sharded, 1 replicated
+  std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
+  std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
+  std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
+  WorkerMap workers_ ABSL_GUARDED_BY(mu_);
+  uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
+  bool have_step_ ABSL_GUARDED_BY(mu_) = false;  // last_step_ is meaningful
+
+  // The open round: which step, who has arrived; and the last finished round's result.
+  bool round_open_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t round_step_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t round_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<uint32_t> arrived_ ABSL_GUARDED_BY(mu_);
+  uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status round_status_ ABSL_GUARDED_BY(mu_);
+  v1::StepResponse round_result_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace gstab

@@ -1,0 +1,79 @@
+// gstabd: the gstab daemon. Flags are read once into ServerOptions; SIGTERM / SIGINT are
+// taken synchronously by this thread (sigwait), which then stops the server gracefully.
+#include <signal.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "glog/logging.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "unix socket to serve on (mode 0660)");
+ABSL_FLAG(std::string, listen, "", "optional TCP host:port to serve on (requires TLS)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate for --listen");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --listen");
+ABSL_FLAG(std::string, state_dir, "/var/lib/gstab", "where job statistics are checkpointed");
+ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware threads)");
+ABSL_FLAG(int32_t, lease_ms, 30000, "a session expires after this long without calls");
+ABSL_FLAG(int32_t, step_timeout_ms, 60000, "how long a step waits for a job's other local workers");
+ABSL_FLAG(int32_t, checkpoint_interval_s, 30, "seconds between periodic checkpoints");
+ABSL_FLAG(uint32_t, max_jobs, 256, "jobs served at once");
+ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
+ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
+ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("gstabd: the gstab gradient-stabilizer daemon");
+  absl::ParseCommandLine(argc, argv);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend != "auto" && backend != "cpu") {
+    std::fprintf(stderr, "gstabd: --backend=%s is not available in this build (cpu only)\n",
+                 backend.c_str());
+    return 2;
+  }
+
+  gstab::ServerOptions options;
+  options.socket_path = absl::GetFlag(FLAGS_socket);
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
+  options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  options.daemon.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
+  options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
+  options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
+  options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
+  options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
+  options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);
+
+  // Block the stop signals in every thread; this one waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<gstab::Server>> server = gstab::Server::Create(options);
+  if (!server.ok()) {
+    LOG(ERROR) << server.status();
+    return 1;
+  }
+  if (absl::Status s = (*server)->Start(); !s.ok()) {
+    LOG(ERROR) << s;
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LOG(INFO) << "received signal " << sig;
+  absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10));
+  if (!stopped.ok()) LOG(ERROR) << stopped;
+  return stopped.ok() ? 0 : 1;
+}

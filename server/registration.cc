@@ -1,0 +1,210 @@
+#include "server/registration.h"
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+namespace {
+
+absl::StatusOr<DType> ToDType(v1::DType dtype, size_t buffer) {
+  switch (dtype) {
+    case v1::DTYPE_FLOAT32:
+      return DType::kFloat32;
+    case v1::DTYPE_BFLOAT16:
+      return DType::kBFloat16;
+    case v1::DTYPE_FLOAT16:
+      return DType::kFloat16;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer ", buffer, ": unknown dtype ", static_cast<int>(dtype),
+                       ": expected FLOAT32, BFLOAT16 or FLOAT16"));
+  }
+}
+
+bool IsNameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-' || c == '/' || c == ':';
+}
+
+absl::Status ValidateTensorName(const std::string& what, const std::string& name) {
+  if (name.empty() || name.size() > 256 || !std::all_of(name.begin(), name.end(), IsNameChar)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " '", name, "' must be 1 to 256 characters of [A-Za-z0-9._/:-]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
+  PlannedBuffer out;
+  switch (b.transport()) {
+    case v1::TRANSPORT_HOST_SHM:
+      break;
+    case v1::TRANSPORT_CUDA_IPC:
+      if (b.ipc_handle().size() != 64) {
+        return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": cuda_ipc handle is ",
+                                                       b.ipc_handle().size(),
+                                                       " bytes, a cudaIpcMemHandle_t is 64"));
+      }
+      return absl::UnimplementedError(absl::StrCat(
+          "buffer ", i, ": cuda_ipc buffers need gstabd's CUDA backend, which this daemon does "
+          "not run; register host_shm buffers"));
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer ", i, ": unknown transport ", static_cast<int>(b.transport()),
+                       ": expected HOST_SHM or CUDA_IPC"));
+  }
+  if (absl::Status s = ValidateShmName(b.shm_name()); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": ", s.message()));
+  }
+  absl::StatusOr<DType> dtype = ToDType(b.dtype(), i);
+  if (!dtype.ok()) return dtype.status();
+  const uint64_t element = ElementSize(*dtype);
+  if (b.size_bytes() == 0 || b.size_bytes() % element != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": size ", b.size_bytes(),
+                                                   " bytes is not a positive multiple of its ",
+                                                   element, "-byte elements"));
+  }
+  if (b.offset() % element != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": offset ", b.offset(),
+                                                   " is not aligned to its ", element,
+                                                   "-byte elements"));
+  }
+  if (b.offset() > std::numeric_limits<uint64_t>::max() - b.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": offset ", b.offset(),
+                                                   " + size ", b.size_bytes(), " overflows"));
+  }
+  out.shm_name = b.shm_name();
+  out.offset = b.offset();
+  out.size = b.size_bytes();
+  out.dtype = *dtype;
+  return out;
+}
+
+}  // namespace
+
+absl::Status ValidateJobName(const std::string& job) {
+  if (job.empty() || job.size() > 128 ||
+      !std::all_of(job.begin(), job.end(), [](char c) { return IsNameChar(c) && c != '/' && c != ':'; })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job name '", job, "' must be 1 to 128 characters of [A-Za-z0-9._-]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersRequest& request,
+                                                      const RegistrationCaps& caps) {
+  if (request.buffers_size() == 0 || request.tensors_size() == 0) {
+    return absl::InvalidArgumentError("RegisterBuffers needs at least one buffer and one tensor");
+  }
+  if (static_cast<uint32_t>(request.buffers_size()) > caps.max_buffers) {
+    return absl::ResourceExhaustedError(absl::StrCat(request.buffers_size(),
+                                                     " buffers exceed this daemon's cap of ",
+                                                     caps.max_buffers, " per worker"));
+  }
+  if (static_cast<uint32_t>(request.tensors_size()) > caps.max_tensors) {
+    return absl::ResourceExhaustedError(absl::StrCat(request.tensors_size(),
+                                                     " tensors exceed this daemon's cap of ",
+                                                     caps.max_tensors, " per worker"));
+  }
+  RegistrationPlan plan;
+  for (int i = 0; i < request.buffers_size(); ++i) {
+    absl::StatusOr<PlannedBuffer> b = PlanBuffer(request.buffers(i), static_cast<size_t>(i));
+    if (!b.ok()) return b.status();
+    plan.buffers.push_back(*std::move(b));
+  }
+
+  std::set<std::string> names;
+  std::map<std::string, bool> group_replicated;
+  // Per buffer: (first element, end element, tensor index), to find overlaps.
+  std::vector<std::vector<std::tuple<uint64_t, uint64_t, int>>> extents(plan.buffers.size());
+  for (int i = 0; i < request.tensors_size(); ++i) {
+    const v1::Tensor& t = request.tensors(i);
+    const std::string where = absl::StrCat("tensor ", i, " ('", t.name(), "')");
+    if (absl::Status s = ValidateTensorName(absl::StrCat("tensor ", i, " name"), t.name()); !s.ok()) {
+      return s;
+    }
+    if (!names.insert(t.name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate tensor name"));
+    }
+    const std::string group = t.group().empty() ? t.name() : t.group();
+    if (absl::Status s = ValidateTensorName(where + " group", group); !s.ok()) return s;
+    if (t.reduction() != v1::REDUCTION_SHARDED && t.reduction() != v1::REDUCTION_REPLICATED) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown reduction ",
+                                                     static_cast<int>(t.reduction())));
+    }
+    const bool replicated = t.reduction() == v1::REDUCTION_REPLICATED;
+    auto [it, inserted] = group_replicated.emplace(group, replicated);
+    if (!inserted && it->second != replicated) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": group '", group, "' mixes sharded and replicated tensors"));
+    }
+    if (t.buffer() >= plan.buffers.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": buffer index ", t.buffer(),
+                                                     " is out of range (", plan.buffers.size(),
+                                                     " buffers)"));
+    }
+    const PlannedBuffer& b = plan.buffers[t.buffer()];
+    const uint64_t capacity = b.size / ElementSize(b.dtype);
+    if (t.numel() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": numel must be positive"));
+    }
+    if (t.offset() > capacity || t.numel() > capacity - t.offset()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": elements [", t.offset(), ", ", t.offset(), " + ", t.numel(),
+          ") lie outside buffer ", t.buffer(), ", which holds ", capacity, " elements"));
+    }
+    extents[t.buffer()].emplace_back(t.offset(), t.offset() + t.numel(), i);
+    plan.total_bytes += t.numel() * ElementSize(b.dtype);
+    plan.tensors.push_back(PlannedTensor{t.name(), group, replicated, t.buffer(), t.offset(), t.numel()});
+  }
+  for (size_t b = 0; b < extents.size(); ++b) {
+    std::sort(extents[b].begin(), extents[b].end());
+    for (size_t k = 1; k < extents[b].size(); ++k) {
+      const auto& [begin, end, index] = extents[b][k];
+      const auto& prev = extents[b][k - 1];
+      if (begin < std::get<1>(prev)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", index, " ('", request.tensors(index).name(), "') overlaps tensor ",
+            std::get<2>(prev), " ('", request.tensors(std::get<2>(prev)).name(), "') in buffer ",
+            b));
+      }
+    }
+  }
+  if (plan.total_bytes > caps.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(plan.total_bytes,
+                                                     " registered bytes exceed this daemon's cap of ",
+                                                     caps.max_bytes));
+  }
+  return plan;
+}
+
+absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan,
+                                                   MappingRegistry* registry) {
+  MappedRegistration out;
+  for (size_t i = 0; i < plan.buffers.size(); ++i) {
+    const PlannedBuffer& b = plan.buffers[i];
+    absl::StatusOr<std::shared_ptr<ShmMapping>> m = registry->Acquire(b.shm_name);
+    if (!m.ok()) {
+      return absl::Status(m.status().code(), absl::StrCat("buffer ", i, ": ", m.status().message()));
+    }
+    if (b.offset > (*m)->size() || b.size > (*m)->size() - b.offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "buffer ", i, ": offset ", b.offset, " + size ", b.size, " exceeds the ",
+          (*m)->size(), " bytes of shared memory '", b.shm_name, "'"));
+    }
+    out.mappings.push_back(*std::move(m));
+  }
+  for (const PlannedTensor& t : plan.tensors) {
+    const PlannedBuffer& b = plan.buffers[t.buffer];
+    out.tensor_data.push_back(out.mappings[t.buffer]->data() + b.offset +
+                              t.offset * ElementSize(b.dtype));
+  }
+  out.plan = std::move(plan);
+  return out;
+}
+
+}  // namespace gstab

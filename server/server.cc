@@ -1,0 +1,111 @@
+#include "server/server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+
+namespace gstab {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::FailedPreconditionError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
+  if (options.socket_path.empty() && options.listen_address.empty()) {
+    return absl::InvalidArgumentError("nothing to listen on: give a socket path or an address");
+  }
+  if (!options.listen_address.empty() && (options.tls_cert.empty() || options.tls_key.empty())) {
+    return absl::InvalidArgumentError(
+        "TCP listening requires TLS: give --tls_cert and --tls_key with --listen");
+  }
+  std::unique_ptr<Server> server(new Server(options));
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Create(options.daemon);
+  if (!daemon.ok()) return daemon.status();
+  server->daemon_ = *std::move(daemon);
+  server->service_ = std::make_unique<StabilizerService>(server->daemon_.get());
+  return server;
+}
+
+Server::~Server() {
+  if (grpc_server_ != nullptr) (void)Stop(absl::Now());
+}
+
+absl::Status Server::Start() {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  if (!options_.socket_path.empty()) {
+    const std::filesystem::path socket(options_.socket_path);
+    std::error_code ec;
+    if (socket.has_parent_path()) std::filesystem::create_directories(socket.parent_path(), ec);
+    std::filesystem::remove(socket, ec);  // a stale socket of a previous run
+    builder.AddListeningPort(absl::StrCat("unix:", options_.socket_path),
+                             grpc::InsecureServerCredentials());
+  }
+  if (!options_.listen_address.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile(options_.tls_cert);
+    absl::StatusOr<std::string> key = ReadFile(options_.tls_key);
+    if (!cert.ok()) return cert.status();
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back({*key, *cert});
+    builder.AddListeningPort(options_.listen_address, grpc::SslServerCredentials(tls));
+  }
+  builder.RegisterService(service_.get());
+  grpc_server_ = builder.BuildAndStart();
+  if (grpc_server_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options_.socket_path, "' ",
+                                               options_.listen_address));
+  }
+  if (!options_.socket_path.empty() && chmod(options_.socket_path.c_str(), 0660) != 0) {
+    LOG(WARNING) << "cannot set mode 0660 on " << options_.socket_path;
+  }
+  grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  housekeeping_ = std::thread([this] { Housekeeping(); });
+  LOG(INFO) << "gstabd serving on unix:" << options_.socket_path
+            << (options_.listen_address.empty() ? "" : " and " + options_.listen_address);
+  return absl::OkStatus();
+}
+
+void Server::Housekeeping() {
+  const absl::Duration tick =
+      std::min(options_.daemon.lease / 4, absl::Seconds(1));
+  absl::Time next_checkpoint = absl::Now() + options_.checkpoint_interval;
+  while (!stopping_.WaitForNotificationWithTimeout(tick)) {
+    daemon_->ExpireSessions(absl::Now());
+    if (absl::Now() >= next_checkpoint) {
+      if (absl::Status s = daemon_->Checkpoint(); !s.ok()) LOG(WARNING) << s;
+      next_checkpoint = absl::Now() + options_.checkpoint_interval;
+    }
+  }
+}
+
+absl::Status Server::Stop(absl::Time deadline) {
+  if (grpc_server_ == nullptr) return absl::OkStatus();
+  LOG(INFO) << "gstabd stopping: draining in-flight calls";
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  daemon_->BeginShutdown();
+  grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+  grpc_server_->Wait();
+  grpc_server_.reset();
+  stopping_.Notify();
+  if (housekeeping_.joinable()) housekeeping_.join();
+  absl::Status s = daemon_->Checkpoint();
+  if (!options_.socket_path.empty()) unlink(options_.socket_path.c_str());
+  LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");
+  return s;
+}
+
+}  // namespace gstab

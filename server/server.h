@@ -1,0 +1,62 @@
+// gstabd as a whole: the Daemon, the gRPC server on its unix socket (and optional TLS TCP
+// port), the standard health service, and the background threads that expire sessions and
+// write checkpoints.
+//
+//   auto server = Server::Create(options);   // restores checkpoints
+//   server->Start();                         // listens; health SERVING
+//   ...                                      // wait for a signal
+//   server->Stop(absl::Now() + absl::Seconds(10));  // NOT_SERVING, drain, checkpoint
+//
+// Start and Stop are called from one thread; everything else is internal.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "server/daemon.h"
+#include "server/service.h"
+
+namespace gstab {
+
+struct ServerOptions {
+  DaemonOptions daemon;
+  std::string socket_path = "/run/gstab/gstabd.sock";
+  std::string listen_address;  // host:port for TCP; requires tls_cert and tls_key
+  std::string tls_cert;        // PEM files
+  std::string tls_key;
+  absl::Duration checkpoint_interval = absl::Seconds(30);
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Create(const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  absl::Status Start();
+  // Health NOT_SERVING, refuse new steps, finish in-flight calls until `deadline`, write
+  // checkpoints, remove the socket.
+  absl::Status Stop(absl::Time deadline);
+
+  Daemon* daemon() { return daemon_.get(); }
+
+ private:
+  explicit Server(const ServerOptions& options) : options_(options) {}
+  void Housekeeping();
+
+  const ServerOptions options_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<StabilizerService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  absl::Notification stopping_;
+  std::thread housekeeping_;
+};
+
+}  // namespace gstab

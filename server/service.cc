@@ -1,0 +1,57 @@
+#include "server/service.h"
+
+#include "server/grpc_status.h"
+
+namespace gstab {
+
+grpc::Status StabilizerService::Attach(grpc::ServerContext*, const v1::AttachRequest* request,
+                                       v1::AttachResponse* response) {
+  return ToGrpcStatus(daemon_->Attach(*request, response));
+}
+
+grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext*,
+                                                const v1::RegisterBuffersRequest* request,
+                                                v1::RegisterBuffersResponse* response) {
+  return ToGrpcStatus(daemon_->RegisterBuffers(*request, response));
+}
+
+grpc::Status StabilizerService::Step(grpc::ServerContext*, const v1::StepRequest* request,
+                                     v1::StepResponse* response) {
+  return ToGrpcStatus(daemon_->Step(*request, response));
+}
+
+grpc::Status StabilizerService::KeepAlive(grpc::ServerContext*,
+                                          const v1::KeepAliveRequest* request,
+                                          v1::KeepAliveResponse*) {
+  return ToGrpcStatus(daemon_->KeepAlive(*request));
+}
+
+grpc::Status StabilizerService::Detach(grpc::ServerContext*, const v1::DetachRequest* request,
+                                       v1::DetachResponse*) {
+  return ToGrpcStatus(daemon_->Detach(*request));
+}
+
+grpc::Status StabilizerService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest* request,
+                                         v1::GetStatsResponse* response) {
+  return ToGrpcStatus(daemon_->GetStats(*request, response));
+}
+
+grpc::Status StabilizerService::UpdateConfig(grpc::ServerContext*,
+                                             const v1::UpdateConfigRequest* request,
+                                             v1::UpdateConfigResponse* response) {
+  return ToGrpcStatus(daemon_->UpdateConfig(*request, response));
+}
+
+grpc::Status StabilizerService::ExportState(grpc::ServerContext*,
+                                            const v1::ExportStateRequest* request,
+                                            v1::ExportStateResponse* response) {
+  return ToGrpcStatus(daemon_->ExportState(*request, response));
+}
+
+grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
+                                            const v1::ImportStateRequest* request,
+                                            v1::ImportStateResponse* response) {
+  return ToGrpcStatus(daemon_->ImportState(*request, response));
+}
+
+}  // namespace gstab

@@ -1,0 +1,37 @@
+// gstab.v1.Stabilizer over gRPC: each RPC is one line that hands the request to the Daemon and
+// translates its status. Thread-safe (the Daemon is).
+#pragma once
+
+#include "gstab/v1/stabilizer.grpc.pb.h"
+#include "server/daemon.h"
+
+namespace gstab {
+
+class StabilizerService final : public v1::Stabilizer::Service {
+ public:
+  explicit StabilizerService(Daemon* daemon) : daemon_(daemon) {}
+
+  grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
+                      v1::AttachResponse* response) override;
+  grpc::Status RegisterBuffers(grpc::ServerContext*, const v1::RegisterBuffersRequest* request,
+                               v1::RegisterBuffersResponse* response) override;
+  grpc::Status Step(grpc::ServerContext*, const v1::StepRequest* request,
+                    v1::StepResponse* response) override;
+  grpc::Status KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest* request,
+                         v1::KeepAliveResponse* response) override;
+  grpc::Status Detach(grpc::ServerContext*, const v1::DetachRequest* request,
+                      v1::DetachResponse* response) override;
+  grpc::Status GetStats(grpc::ServerContext*, const v1::GetStatsRequest* request,
+                        v1::GetStatsResponse* response) override;
+  grpc::Status UpdateConfig(grpc::ServerContext*, const v1::UpdateConfigRequest* request,
+                            v1::UpdateConfigResponse* response) override;
+  grpc::Status ExportState(grpc::ServerContext*, const v1::ExportStateRequest* request,
+                           v1::ExportStateResponse* response) override;
+  grpc::Status ImportState(grpc::ServerContext*, const v1::ImportStateRequest* request,
+                           v1::ImportStateResponse* response) override;
+
+ private:
+  Daemon* daemon_;  // not owned
+};
+
+}  // namespace gstab

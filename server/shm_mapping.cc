@@ -1,0 +1,85 @@
+#include "server/shm_mapping.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+
+absl::Status ValidateShmName(const std::string& name) {
+  constexpr char kPrefix[] = "/gstab-";
+  if (name.rfind(kPrefix, 0) != 0 || name.size() == sizeof(kPrefix) - 1 || name.size() > 200) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shared memory name '", name, "' must be \"/gstab-\" followed by 1 to 193 characters"));
+  }
+  for (char c : name.substr(1)) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shared memory name '", name, "' may only contain letters, digits, '.', '_' and '-'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& name) {
+  const int fd = shm_open(name.c_str(), O_RDWR, 0);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string what = absl::StrCat("cannot open shared memory '", name, "': ", strerror(err));
+    if (err == ENOENT) return absl::NotFoundError(what);
+    if (err == EACCES) return absl::PermissionDeniedError(what);
+    return absl::InternalError(what);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat("shared memory '", name, "' is empty"));
+  }
+  const auto size = static_cast<size_t>(st.st_size);
+  void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (data == MAP_FAILED) {
+    return absl::InternalError(absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
+  }
+  return std::shared_ptr<ShmMapping>(
+      new ShmMapping(name, static_cast<unsigned char*>(data), size));
+}
+
+ShmMapping::~ShmMapping() { munmap(data_, size_); }
+
+absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  if (std::shared_ptr<ShmMapping> live = mappings_[name].lock()) return live;
+  absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name);
+  if (!opened.ok()) {
+    mappings_.erase(name);
+    return opened.status();
+  }
+  mappings_[name] = *opened;
+  return opened;
+}
+
+int MappingRegistry::LiveMappings() {
+  absl::MutexLock lock(&mu_);
+  int live = 0;
+  for (auto it = mappings_.begin(); it != mappings_.end();) {
+    if (it->second.expired()) {
+      it = mappings_.erase(it);
+    } else {
+      ++live;
+      ++it;
+    }
+  }
+  return live;
+}
+
+}  // namespace gstab

@@ -1,0 +1,58 @@
+// Host shared-memory objects mapped into gstabd, and the refcounted registry that shares one
+// mapping per object between sessions. A mapping stays valid for as long as anyone holds its
+// shared_ptr: registrations hold them, and a running step holds a copy, so an object is never
+// unmapped while a step uses it.
+//
+// Thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace gstab {
+
+class ShmMapping {
+ public:
+  // Opens and maps the whole object read-write. NOT_FOUND when it does not exist,
+  // PERMISSION_DENIED when it cannot be opened read-write.
+  static absl::StatusOr<std::shared_ptr<ShmMapping>> Open(const std::string& name);
+  ~ShmMapping();
+  ShmMapping(const ShmMapping&) = delete;
+  ShmMapping& operator=(const ShmMapping&) = delete;
+
+  const std::string& name() const { return name_; }
+  unsigned char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  ShmMapping(std::string name, unsigned char* data, size_t size)
+      : name_(std::move(name)), data_(data), size_(size) {}
+
+  std::string name_;
+  unsigned char* data_;
+  size_t size_;
+};
+
+// Names accepted for host buffers: "/gstab-" followed by [A-Za-z0-9._-], at most 200 bytes.
+// The prefix keeps gstabd from being pointed at other programs' shared memory.
+absl::Status ValidateShmName(const std::string& name);
+
+class MappingRegistry {
+ public:
+  // Returns the live mapping of `name`, opening it if nobody holds it.
+  absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name);
+  // Objects currently mapped (held by at least one registration or step).
+  int LiveMappings();
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::weak_ptr<ShmMapping>> mappings_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace gstab

@@ -1,0 +1,67 @@
+#include "server/state_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+
+namespace gstab {
+namespace {
+constexpr char kSuffix[] = ".jobstate";
+}
+
+absl::Status StateStore::Init() {
+  if (dir_.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create state directory '", dir_, "': ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StateStore::Save(const v1::JobState& state) {
+  if (dir_.empty()) return absl::OkStatus();
+  const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  const std::string bytes = state.SerializeAsString();
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", strerror(errno)));
+  }
+  const ssize_t written = write(fd, bytes.data(), bytes.size());
+  const bool ok = written == static_cast<ssize_t>(bytes.size()) && fsync(fd) == 0;
+  close(fd);
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "'"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<v1::JobState> StateStore::LoadAll() {
+  std::vector<v1::JobState> out;
+  if (dir_.empty()) return out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    const std::string path = entry.path().string();
+    if (entry.path().extension() != kSuffix) continue;
+    std::ifstream in(path, std::ios::binary);
+    v1::JobState state;
+    if (!state.ParseFromIstream(&in) || state.job().empty()) {
+      LOG(WARNING) << "skipping unreadable checkpoint " << path;
+      continue;
+    }
+    out.push_back(std::move(state));
+  }
+  return out;
+}
+
+}  // namespace gstab

@@ -1,0 +1,30 @@
+// Job statistics on disk: one file per job in the daemon's state directory, written atomically
+// (temporary file, fsync, rename) so a crash never leaves a torn checkpoint.
+//
+// Thread-safe (each call works on its own files).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "gstab/v1/stabilizer.pb.h"
+
+namespace gstab {
+
+class StateStore {
+ public:
+  // An empty `dir` disables persistence: Save does nothing, LoadAll finds nothing.
+  explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
+
+  // Creates the directory if needed.
+  absl::Status Init();
+  absl::Status Save(const v1::JobState& state);
+  // Every readable checkpoint; unreadable files are skipped with a logged warning.
+  std::vector<v1::JobState> LoadAll();
+
+ private:
+  std::string dir_;
+};
+
+}  // namespace gstab
