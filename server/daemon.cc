@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/shm_names.h"
 #include "core/config.h"
 #include "glog/logging.h"
 
@@ -228,6 +229,8 @@ void Daemon::ExpireSessions(absl::Time now) {
                  << " expired; releasing its buffers";
     DropSession(token);
   }
+  // A worker that died cannot unlink its shared objects; do it for it.
+  if (!expired.empty()) RemoveStaleShmObjects();
 }
 
 absl::Status Daemon::Checkpoint() {

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/shm_names.h"
 
 namespace gstab {
 namespace {

@@ -12,23 +12,6 @@
 
 namespace gstab {
 
-absl::Status ValidateShmName(const std::string& name) {
-  constexpr char kPrefix[] = "/gstab-";
-  if (name.rfind(kPrefix, 0) != 0 || name.size() == sizeof(kPrefix) - 1 || name.size() > 200) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shared memory name '", name, "' must be \"/gstab-\" followed by 1 to 193 characters"));
-  }
-  for (char c : name.substr(1)) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "shared memory name '", name, "' may only contain letters, digits, '.', '_' and '-'"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& name) {
   const int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {

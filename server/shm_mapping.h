@@ -39,10 +39,6 @@ class ShmMapping {
   size_t size_;
 };
 
-// Names accepted for host buffers: "/gstab-" followed by [A-Za-z0-9._-], at most 200 bytes.
-// The prefix keeps gstabd from being pointed at other programs' shared memory.
-absl::Status ValidateShmName(const std::string& name);
-
 class MappingRegistry {
  public:
   // Returns the live mapping of `name`, opening it if nobody holds it.

@@ -1,0 +1,105 @@
+#include "client_lib/arena.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/shm_names.h"
+
+namespace gstab {
+namespace {
+
+constexpr uint64_t kAlign = 64;
+
+v1::DType ToProto(DType d) {
+  switch (d) {
+    case DType::kFloat32:
+      return v1::DTYPE_FLOAT32;
+    case DType::kBFloat16:
+      return v1::DTYPE_BFLOAT16;
+    case DType::kFloat16:
+      return v1::DTYPE_FLOAT16;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+}  // namespace
+
+GradientArena::~GradientArena() {
+  if (base_ != nullptr) munmap(base_, size_);
+  if (!name_.empty()) shm_unlink(name_.c_str());
+}
+
+size_t GradientArena::AddTensor(std::string name, uint64_t numel, DType dtype, std::string group,
+                                bool replicated) {
+  tensors_.push_back(Entry{std::move(name), std::move(group), replicated, numel, dtype});
+  return tensors_.size() - 1;
+}
+
+absl::Status GradientArena::Allocate() {
+  if (base_ != nullptr) return absl::FailedPreconditionError("arena already allocated");
+  if (tensors_.empty()) return absl::InvalidArgumentError("arena has no tensors");
+  uint64_t offset = 0;
+  for (Entry& t : tensors_) {
+    t.byte_offset = offset;
+    offset += (t.numel * ElementSize(t.dtype) + kAlign - 1) / kAlign * kAlign;
+  }
+  RemoveStaleShmObjects();
+  name_ = NewShmName();
+  const int fd = shm_open(name_.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) {
+    const std::string err = strerror(errno);
+    name_.clear();
+    return absl::InternalError(absl::StrCat("cannot create shared memory: ", err));
+  }
+  size_ = static_cast<size_t>(offset);
+  void* base = MAP_FAILED;
+  if (ftruncate(fd, static_cast<off_t>(size_)) == 0) {
+    base = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  }
+  const std::string err = strerror(errno);
+  close(fd);
+  if (base == MAP_FAILED) {
+    shm_unlink(name_.c_str());
+    name_.clear();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", size_, " bytes of shared memory: ", err));
+  }
+  base_ = static_cast<unsigned char*>(base);
+  return absl::OkStatus();
+}
+
+void* GradientArena::data(size_t tensor) const { return base_ + tensors_[tensor].byte_offset; }
+
+v1::RegisterBuffersRequest GradientArena::RegistrationRequest() const {
+  // One buffer covering the whole object per dtype present, so each tensor's element offset
+  // is exact.
+  v1::RegisterBuffersRequest request;
+  std::vector<int> buffer_of_dtype(3, -1);
+  for (const Entry& t : tensors_) {
+    int& b = buffer_of_dtype[static_cast<size_t>(t.dtype)];
+    if (b < 0) {
+      b = request.buffers_size();
+      v1::Buffer* buf = request.add_buffers();
+      buf->set_transport(v1::TRANSPORT_HOST_SHM);
+      buf->set_shm_name(name_);
+      buf->set_offset(0);
+      buf->set_size_bytes(size_ / ElementSize(t.dtype) * ElementSize(t.dtype));
+      buf->set_dtype(ToProto(t.dtype));
+    }
+    v1::Tensor* tensor = request.add_tensors();
+    tensor->set_name(t.name);
+    tensor->set_buffer(static_cast<uint32_t>(b));
+    tensor->set_offset(t.byte_offset / ElementSize(t.dtype));
+    tensor->set_numel(t.numel);
+    tensor->set_group(t.group);
+    tensor->set_reduction(t.replicated ? v1::REDUCTION_REPLICATED : v1::REDUCTION_SHARDED);
+  }
+  return request;
+}
+
+}  // namespace gstab

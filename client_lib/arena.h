@@ -1,0 +1,65 @@
+// A host gradient arena: one POSIX shared-memory object holding a worker's gradients, laid out
+// tensor by tensor (64-byte aligned), ready to register with gstabd.
+//
+//   GradientArena arena;
+//   arena.AddTensor("fc1.weight", 4096, DType::kFloat32);      // group: its own
+//   arena.AddTensor("fc1.bias", 64, DType::kFloat32, "fc1");   // explicit group
+//   GSTAB_CHECK_OK(arena.Allocate());
+//   float* g = static_cast<float*>(arena.data(0));
+//
+// Cleanup: the shared object is unlinked when the arena is destroyed; objects left behind by a
+// crashed process are removed by the next arena created on the machine, and by gstabd when the
+// crashed worker's session expires. Not thread-safe; the memory itself may be written by any
+// thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gstab/v1/stabilizer.pb.h"
+#include "kernels/dtype.h"
+
+namespace gstab {
+
+class GradientArena {
+ public:
+  GradientArena() = default;
+  ~GradientArena();
+  GradientArena(const GradientArena&) = delete;
+  GradientArena& operator=(const GradientArena&) = delete;
+
+  // Adds a tensor before Allocate(); returns its index. An empty group means a group of its own.
+  size_t AddTensor(std::string name, uint64_t numel, DType dtype, std::string group = "",
+                   bool replicated = false);
+
+  // Creates and maps the shared object ("/gstab-<pid>-<random>"), zero-filled.
+  absl::Status Allocate();
+
+  void* data(size_t tensor) const;
+  uint64_t numel(size_t tensor) const { return tensors_[tensor].numel; }
+  size_t num_tensors() const { return tensors_.size(); }
+  const std::string& shm_name() const { return name_; }
+  size_t size_bytes() const { return size_; }
+
+  // The RegisterBuffers request describing this arena (one buffer per dtype); session unset.
+  v1::RegisterBuffersRequest RegistrationRequest() const;
+
+ private:
+  struct Entry {
+    std::string name;
+    std::string group;
+    bool replicated;
+    uint64_t numel;
+    DType dtype;
+    uint64_t byte_offset = 0;
+  };
+  std::vector<Entry> tensors_;
+  std::string name_;
+  unsigned char* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace gstab

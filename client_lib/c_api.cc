@@ -1,0 +1,174 @@
+// The C ABI of client_lib/gstab.h over gstab::Client.
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "client_lib/client.h"
+#include "client_lib/gstab.h"
+
+struct gstab_client {
+  std::unique_ptr<gstab::Client> client;
+  gstab::v1::StepResponse last_step;
+};
+
+struct gstab_arena {
+  gstab::GradientArena arena;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+gstab_status Fail(const absl::Status& status) {
+  g_last_error = std::string(status.message());
+  return static_cast<gstab_status>(status.code());
+}
+
+gstab_status Report(const absl::Status& status) {
+  if (status.ok()) {
+    g_last_error.clear();
+    return GSTAB_OK;
+  }
+  return Fail(status);
+}
+
+absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
+  gstab::v1::PolicyConfig config;
+  const std::string name = policy == nullptr ? "" : policy;
+  if (name.empty() || name == "stabilize") {
+    config.set_policy(gstab::v1::POLICY_STABILIZE);
+  } else if (name == "stabilize-stable-spam") {
+    config.set_policy(gstab::v1::POLICY_STABILIZE);
+    config.mutable_stabilize()->set_preset(gstab::v1::STABILIZE_PRESET_STABLE_SPAM);
+  } else if (name == "clip") {
+    config.set_policy(gstab::v1::POLICY_CLIP);
+  } else if (name == "zclip") {
+    config.set_policy(gstab::v1::POLICY_ZCLIP);
+  } else if (name == "monitor") {
+    config.set_policy(gstab::v1::POLICY_MONITOR);
+  } else {
+    return absl::InvalidArgumentError(
+        "unknown policy '" + name +
+        "': expected stabilize, stabilize-stable-spam, clip, zclip or monitor");
+  }
+  return config;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* gstab_last_error(void) { return g_last_error.c_str(); }
+
+gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
+  if (socket_path == nullptr || out == nullptr) {
+    return Fail(absl::InvalidArgumentError("socket_path and out must not be NULL"));
+  }
+  auto client = gstab::Client::Connect(socket_path);
+  if (!client.ok()) return Fail(client.status());
+  *out = new gstab_client{*std::move(client), {}};
+  return Report(absl::OkStatus());
+}
+
+void gstab_client_destroy(gstab_client* client) { delete client; }
+
+gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank,
+                          uint32_t world_size, uint32_t local_rank, uint32_t local_world_size,
+                          const char* policy) {
+  if (client == nullptr || job == nullptr) {
+    return Fail(absl::InvalidArgumentError("client and job must not be NULL"));
+  }
+  absl::StatusOr<gstab::v1::PolicyConfig> config = PolicyFromName(policy);
+  if (!config.ok()) return Fail(config.status());
+  gstab::AttachOptions options;
+  options.job = job;
+  options.rank = rank;
+  options.world_size = world_size;
+  options.local_rank = local_rank;
+  options.local_world_size = local_world_size;
+  options.config = *config;
+  return Report(client->client->Attach(options));
+}
+
+gstab_status gstab_detach(gstab_client* client) {
+  if (client == nullptr) return Fail(absl::InvalidArgumentError("client must not be NULL"));
+  return Report(client->client->Detach());
+}
+
+gstab_status gstab_arena_create(gstab_arena** out) {
+  if (out == nullptr) return Fail(absl::InvalidArgumentError("out must not be NULL"));
+  *out = new gstab_arena;
+  return Report(absl::OkStatus());
+}
+
+void gstab_arena_destroy(gstab_arena* arena) { delete arena; }
+
+gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
+                                    gstab_dtype dtype, const char* group, size_t* index) {
+  if (arena == nullptr || name == nullptr) {
+    return Fail(absl::InvalidArgumentError("arena and name must not be NULL"));
+  }
+  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
+    return Fail(absl::InvalidArgumentError("unknown dtype: expected GSTAB_FLOAT32, "
+                                           "GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
+  }
+  const size_t i = arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
+                                          group == nullptr ? "" : group);
+  if (index != nullptr) *index = i;
+  return Report(absl::OkStatus());
+}
+
+gstab_status gstab_arena_allocate(gstab_arena* arena) {
+  if (arena == nullptr) return Fail(absl::InvalidArgumentError("arena must not be NULL"));
+  return Report(arena->arena.Allocate());
+}
+
+void* gstab_arena_data(gstab_arena* arena, size_t index) {
+  if (arena == nullptr || index >= arena->arena.num_tensors()) return nullptr;
+  return arena->arena.data(index);
+}
+
+gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena) {
+  if (client == nullptr || arena == nullptr) {
+    return Fail(absl::InvalidArgumentError("client and arena must not be NULL"));
+  }
+  return Report(client->client->Register(arena->arena));
+}
+
+gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result) {
+  if (client == nullptr) return Fail(absl::InvalidArgumentError("client must not be NULL"));
+  absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
+  if (!r.ok()) return Fail(r.status());
+  client->last_step = *std::move(r);
+  if (result != nullptr) {
+    const gstab::v1::StepResponse& s = client->last_step;
+    *result = gstab_step_result{};
+    result->skip = s.skip();
+    result->diverging = s.diverging();
+    result->num_groups = static_cast<size_t>(s.groups_size());
+    double raw = 0, stabilized = 0;
+    for (const auto& g : s.groups()) {
+      raw += g.norm() * g.norm();
+      stabilized += g.stabilized_norm() * g.stabilized_norm();
+      result->spikes += g.spike();
+    }
+    result->norm = std::sqrt(raw);
+    result->stabilized_norm = std::sqrt(stabilized);
+  }
+  return Report(absl::OkStatus());
+}
+
+gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out) {
+  if (client == nullptr || out == nullptr) {
+    return Fail(absl::InvalidArgumentError("client and out must not be NULL"));
+  }
+  if (index >= static_cast<size_t>(client->last_step.groups_size())) {
+    return Fail(absl::InvalidArgumentError("group index out of range of the last step"));
+  }
+  const auto& g = client->last_step.groups(static_cast<int>(index));
+  *out = gstab_group_result{g.group().c_str(), g.norm(), g.stabilized_norm(), g.scale(),
+                            g.z(), g.spike(), g.skipped(), g.diverging()};
+  return Report(absl::OkStatus());
+}
+
+}  // extern "C"

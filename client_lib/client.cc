@@ -1,0 +1,153 @@
+#include "client_lib/client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace gstab {
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
+    : channel_(std::move(channel)), target_(std::move(target)),
+      stub_(v1::Stabilizer::NewStub(channel_)) {}
+
+Client::~Client() { StopKeepAlive(); }
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path,
+                                                        absl::Duration timeout) {
+  const std::string target = absl::StrCat("unix:", socket_path);
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + timeout))) {
+    return absl::UnavailableError(absl::StrCat("no gstabd answers on ", socket_path,
+                                               ": is the daemon running, and is the socket "
+                                               "path right?"));
+  }
+  return std::unique_ptr<Client>(new Client(std::move(channel), target));
+}
+
+absl::Status Client::Attach(const AttachOptions& options) {
+  v1::AttachRequest request;
+  request.set_job(options.job);
+  request.set_rank(options.rank);
+  request.set_world_size(options.world_size);
+  request.set_local_rank(options.local_rank);
+  request.set_local_world_size(options.local_world_size);
+  *request.mutable_config() = options.config;
+  grpc::ClientContext ctx;
+  v1::AttachResponse response;
+  if (absl::Status s = FromGrpcStatus(stub_->Attach(&ctx, request, &response)); !s.ok()) return s;
+  StopKeepAlive();
+  attached_ = response;
+  const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(response.lease_ms(), 3) / 3);
+  stop_keepalive_ = std::make_unique<absl::Notification>();
+  keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {
+    while (!stop->WaitForNotificationWithTimeout(period)) {
+      grpc::ClientContext c;
+      c.set_deadline(absl::ToChronoTime(absl::Now() + period));
+      v1::KeepAliveRequest req;
+      req.set_session(attached_.session());
+      v1::KeepAliveResponse resp;
+      (void)stub_->KeepAlive(&c, req, &resp);
+    }
+  });
+  return absl::OkStatus();
+}
+
+void Client::StopKeepAlive() {
+  if (stop_keepalive_ != nullptr) stop_keepalive_->Notify();
+  if (keepalive_.joinable()) keepalive_.join();
+  stop_keepalive_.reset();
+}
+
+absl::Status Client::Register(const GradientArena& arena) {
+  return RegisterBuffers(arena.RegistrationRequest());
+}
+
+absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request) {
+  request.set_session(session());
+  grpc::ClientContext ctx;
+  v1::RegisterBuffersResponse response;
+  return FromGrpcStatus(stub_->RegisterBuffers(&ctx, request, &response));
+}
+
+absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step) {
+  v1::StepRequest request;
+  request.set_session(session());
+  request.set_step(step);
+  grpc::ClientContext ctx;
+  v1::StepResponse response;
+  if (absl::Status s = FromGrpcStatus(stub_->Step(&ctx, request, &response)); !s.ok()) return s;
+  return response;
+}
+
+absl::Status Client::Detach() {
+  StopKeepAlive();
+  v1::DetachRequest request;
+  request.set_session(session());
+  grpc::ClientContext ctx;
+  v1::DetachResponse response;
+  return FromGrpcStatus(stub_->Detach(&ctx, request, &response));
+}
+
+absl::StatusOr<v1::GetStatsResponse> Client::GetStats() {
+  v1::GetStatsRequest request;
+  request.set_session(session());
+  grpc::ClientContext ctx;
+  v1::GetStatsResponse response;
+  if (absl::Status s = FromGrpcStatus(stub_->GetStats(&ctx, request, &response)); !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::UpdateConfigResponse> Client::UpdateConfig(const v1::PolicyConfig& update) {
+  v1::UpdateConfigRequest request;
+  request.set_session(session());
+  *request.mutable_config() = update;
+  grpc::ClientContext ctx;
+  v1::UpdateConfigResponse response;
+  if (absl::Status s = FromGrpcStatus(stub_->UpdateConfig(&ctx, request, &response)); !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<std::string> Client::ExportState() {
+  v1::ExportStateRequest request;
+  request.set_session(session());
+  grpc::ClientContext ctx;
+  v1::ExportStateResponse response;
+  if (absl::Status s = FromGrpcStatus(stub_->ExportState(&ctx, request, &response)); !s.ok()) {
+    return s;
+  }
+  return response.state();
+}
+
+absl::Status Client::ImportState(const std::string& state) {
+  v1::ImportStateRequest request;
+  request.set_session(session());
+  request.set_state(state);
+  grpc::ClientContext ctx;
+  v1::ImportStateResponse response;
+  return FromGrpcStatus(stub_->ImportState(&ctx, request, &response));
+}
+
+absl::Status Client::CheckHealth() {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  grpc::health::v1::HealthCheckRequest request;
+  grpc::health::v1::HealthCheckResponse response;
+  if (absl::Status s = FromGrpcStatus(health->Check(&ctx, request, &response)); !s.ok()) return s;
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return absl::UnavailableError("gstabd is not serving (shutting down?)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

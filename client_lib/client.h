@@ -1,0 +1,78 @@
+// gstab::Client: a training worker's connection to its node's gstabd.
+//
+//   auto client = Client::Connect("/run/gstab/gstabd.sock");
+//   (*client)->Attach({.job = "llama-7b", .rank = 0, .world_size = 8, ...});
+//   (*client)->Register(arena);                       // once, after allocating gradients
+//   for (step...) { backward(); auto r = (*client)->Step(step); if (r->skip()) continue; ... }
+//   (*client)->Detach();
+//
+// Every method returns the daemon's error as an absl::Status with the same code and message.
+// While attached, a background thread renews the session's lease, so pauses between steps
+// (evaluation, checkpointing) do not expire it. Methods are not meant to be called
+// concurrently from several threads.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "client_lib/arena.h"
+#include "gstab/v1/stabilizer.grpc.pb.h"
+
+namespace gstab {
+
+struct AttachOptions {
+  std::string job;
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+  uint32_t local_rank = 0;
+  uint32_t local_world_size = 1;
+  v1::PolicyConfig config;  // empty: the daemon's defaults (stabilize, v4)
+};
+
+class Client {
+ public:
+  // Connects to gstabd's unix socket and waits up to `timeout` for it to be ready.
+  // UNAVAILABLE, naming the socket, when no daemon answers.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& socket_path,
+                                                         absl::Duration timeout = absl::Seconds(10));
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  absl::Status Attach(const AttachOptions& options);
+  absl::Status Register(const GradientArena& arena);
+  absl::Status RegisterBuffers(v1::RegisterBuffersRequest request);
+  // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
+  absl::StatusOr<v1::StepResponse> Step(uint64_t step);
+  absl::Status Detach();
+  absl::StatusOr<v1::GetStatsResponse> GetStats();
+  absl::StatusOr<v1::UpdateConfigResponse> UpdateConfig(const v1::PolicyConfig& update);
+  absl::StatusOr<std::string> ExportState();
+  absl::Status ImportState(const std::string& state);
+  // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not.
+  absl::Status CheckHealth();
+
+  const v1::AttachResponse& attach_response() const { return attached_; }
+  const std::string& session() const { return attached_.session(); }
+  v1::Stabilizer::Stub* stub() { return stub_.get(); }
+
+ private:
+  Client(std::shared_ptr<grpc::Channel> channel, std::string target);
+  void StopKeepAlive();
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::string target_;
+  std::unique_ptr<v1::Stabilizer::Stub> stub_;
+  v1::AttachResponse attached_;
+  std::unique_ptr<absl::Notification> stop_keepalive_;
+  std::thread keepalive_;
+};
+
+// grpc::Status -> absl::Status with the same code and message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace gstab

@@ -1,0 +1,90 @@
+/* gstab C ABI: attach any language's training loop to gstabd.
+ *
+ * Every function returns a gstab_status (0 = GSTAB_OK, otherwise a gRPC status code); the
+ * message of the last failure on the calling thread is gstab_last_error(). Handles are opaque
+ * and owned by the caller, who frees them with the matching _destroy function. A client handle
+ * must not be used from several threads at once.
+ *
+ *   gstab_client* c;  gstab_arena* a;
+ *   gstab_connect("/run/gstab/gstabd.sock", &c);
+ *   gstab_attach(c, "my-job", 0, 1, 0, 1, "stabilize");
+ *   gstab_arena_create(&a);
+ *   gstab_arena_add_tensor(a, "w", 4096, GSTAB_FLOAT32, "", NULL);
+ *   gstab_arena_allocate(a);
+ *   float* g = gstab_arena_data(a, 0);
+ *   gstab_register_arena(c, a);
+ *   ... fill g ...;  gstab_step(c, step, &result);
+ */
+#ifndef GSTAB_H_
+#define GSTAB_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int gstab_status;
+#define GSTAB_OK 0
+#define GSTAB_INVALID_ARGUMENT 3
+#define GSTAB_DEADLINE_EXCEEDED 4
+#define GSTAB_FAILED_PRECONDITION 9
+#define GSTAB_UNAVAILABLE 14
+#define GSTAB_UNAUTHENTICATED 16
+
+typedef enum { GSTAB_FLOAT32 = 0, GSTAB_BFLOAT16 = 1, GSTAB_FLOAT16 = 2 } gstab_dtype;
+
+typedef struct gstab_client gstab_client;
+typedef struct gstab_arena gstab_arena;
+
+typedef struct {
+  int skip;          /* some group was non-finite: skip the optimizer step */
+  int diverging;     /* some group is in the diverging state */
+  int spikes;        /* groups flagged as spikes this step */
+  size_t num_groups;
+  double norm;             /* raw L2 norm over all groups (NaN when non-finite) */
+  double stabilized_norm;  /* L2 norm after scaling */
+} gstab_step_result;
+
+typedef struct {
+  const char* group; /* valid until the next gstab_step on this client */
+  double norm;
+  double stabilized_norm;
+  double scale;
+  double z;
+  int spike;
+  int skipped;
+  int diverging;
+} gstab_group_result;
+
+/* The message of the last failed call on this thread ("" when none). */
+const char* gstab_last_error(void);
+
+gstab_status gstab_connect(const char* socket_path, gstab_client** out);
+void gstab_client_destroy(gstab_client* client);
+
+/* policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor"; NULL = default. */
+gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank,
+                          uint32_t world_size, uint32_t local_rank, uint32_t local_world_size,
+                          const char* policy);
+gstab_status gstab_detach(gstab_client* client);
+
+gstab_status gstab_arena_create(gstab_arena** out);
+void gstab_arena_destroy(gstab_arena* arena);
+/* group: "" or NULL for a group of its own. *index (may be NULL) receives the tensor index. */
+gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
+                                    gstab_dtype dtype, const char* group, size_t* index);
+gstab_status gstab_arena_allocate(gstab_arena* arena);
+void* gstab_arena_data(gstab_arena* arena, size_t index);
+
+gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);
+gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
+/* Per-group results of the last gstab_step; index < result.num_groups. */
+gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GSTAB_H_ */
