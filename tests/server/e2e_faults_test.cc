@@ -1,0 +1,267 @@
+// End-to-end: bad input, dying workers, isolation between jobs, and local-worker rounds,
+// against a real gstabd process.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <sstream>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::Subprocess;
+using testing::TempDir;
+using testing::TestWorker;
+
+AttachOptions Job(const std::string& name) {
+  AttachOptions o;
+  o.job = name;
+  return o;
+}
+
+class E2eFaultsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = DaemonProcess::Start(dir_.path(), {"--lease_ms=1000", "--max_tensors=100",
+                                                "--step_timeout_ms=500"});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
+  }
+
+  // A step of `worker` succeeds: the daemon still serves.
+  void ExpectServing(TestWorker* worker, uint64_t step) {
+    worker->Fill(step, 1);
+    absl::StatusOr<v1::StepResponse> r = worker->client().Step(step);
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
+  auto worker = TestWorker::Create(daemon_->socket(), Job("good"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ExpectServing(worker->get(), 1);
+
+  GradientArena small;
+  small.AddTensor("x", 16, DType::kFloat32);
+  ASSERT_TRUE(small.Allocate().ok());
+  const v1::RegisterBuffersRequest base = small.RegistrationRequest();
+  auto client = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Attach(Job("bad-input")).ok());
+
+  struct Case {
+    const char* what;
+    std::function<void(v1::RegisterBuffersRequest*)> mutate;
+    absl::StatusCode code;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"unknown dtype", [](auto* r) { r->mutable_buffers(0)->set_dtype(static_cast<v1::DType>(9)); },
+       absl::StatusCode::kInvalidArgument, "unknown dtype"},
+      {"unknown transport",
+       [](auto* r) { r->mutable_buffers(0)->set_transport(static_cast<v1::Transport>(7)); },
+       absl::StatusCode::kInvalidArgument, "unknown transport"},
+      {"wrong handle length",
+       [](auto* r) {
+         r->mutable_buffers(0)->set_transport(v1::TRANSPORT_CUDA_IPC);
+         r->mutable_buffers(0)->set_ipc_handle(std::string(10, 'x'));
+       },
+       absl::StatusCode::kInvalidArgument, "64"},
+      {"tensor outside its buffer", [](auto* r) { r->mutable_tensors(0)->set_numel(17); },
+       absl::StatusCode::kInvalidArgument, "outside buffer"},
+      {"overlapping tensors",
+       [](auto* r) {
+         r->mutable_tensors(0)->set_numel(8);
+         v1::Tensor* t = r->add_tensors();
+         *t = r->tensors(0);
+         t->set_name("y");
+         t->set_offset(4);
+       },
+       absl::StatusCode::kInvalidArgument, "overlaps"},
+      {"size beyond the shared object",
+       [](auto* r) { r->mutable_buffers(0)->set_size_bytes(1 << 20); },
+       absl::StatusCode::kInvalidArgument, "exceeds"},
+      {"offset overflow",
+       [](auto* r) {
+         r->mutable_buffers(0)->set_offset(std::numeric_limits<uint64_t>::max() - 3);
+       },
+       absl::StatusCode::kInvalidArgument, "overflows"},
+      {"absurd tensor count",
+       [](auto* r) {
+         for (int i = 0; i < 101; ++i) {
+           v1::Tensor* t = r->add_tensors();
+           t->set_name("t" + std::to_string(i));
+           t->set_numel(1);
+         }
+       },
+       absl::StatusCode::kResourceExhausted, "cap"},
+      {"foreign shared memory name",
+       [](auto* r) { r->mutable_buffers(0)->set_shm_name("/etc-passwd"); },
+       absl::StatusCode::kInvalidArgument, "/gstab-"},
+      {"missing shared object",
+       [](auto* r) { r->mutable_buffers(0)->set_shm_name("/gstab-1-doesnotexist"); },
+       absl::StatusCode::kNotFound, "cannot open"},
+      {"duplicate tensor name",
+       [](auto* r) {
+         r->mutable_tensors(0)->set_numel(8);
+         v1::Tensor* t = r->add_tensors();
+         *t = r->tensors(0);
+         t->set_offset(8);
+       },
+       absl::StatusCode::kInvalidArgument, "duplicate"},
+      {"misaligned buffer offset", [](auto* r) { r->mutable_buffers(0)->set_offset(2); },
+       absl::StatusCode::kInvalidArgument, "aligned"},
+  };
+  for (const Case& c : cases) {
+    v1::RegisterBuffersRequest request = base;
+    c.mutate(&request);
+    absl::Status s = (*client)->RegisterBuffers(request);
+    EXPECT_EQ(s.code(), c.code) << c.what << ": " << s;
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << c.what << ": " << s;
+  }
+  // Out-of-order and unauthenticated calls.
+  EXPECT_EQ((*client)->Step(1).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto stranger = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(stranger.ok());
+  EXPECT_EQ((*stranger)->Step(1).status().code(), absl::StatusCode::kUnauthenticated);
+  AttachOptions bad_job = Job("no spaces allowed");
+  EXPECT_EQ((*stranger)->Attach(bad_job).code(), absl::StatusCode::kInvalidArgument);
+  AttachOptions bad_config = Job("bad-config");
+  bad_config.config.mutable_stabilize()->set_eps(-1);
+  EXPECT_EQ((*stranger)->Attach(bad_config).code(), absl::StatusCode::kInvalidArgument);
+  AttachOptions bad_rank = Job("bad-rank");
+  bad_rank.local_rank = 2;
+  bad_rank.local_world_size = 2;
+  EXPECT_EQ((*stranger)->Attach(bad_rank).code(), absl::StatusCode::kInvalidArgument);
+
+  // None of it disturbed the other job.
+  ExpectServing(worker->get(), 2);
+}
+
+bool MapsContain(pid_t pid, const std::string& needle) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::stringstream ss;
+  ss << maps.rdbuf();
+  return ss.str().find(needle) != std::string::npos;
+}
+
+TEST_F(E2eFaultsTest, KilledWorkerIsReleasedWithinTheLeaseAndOthersKeepStepping) {
+  auto survivor = TestWorker::Create(daemon_->socket(), Job("survivor"));
+  ASSERT_TRUE(survivor.ok());
+  absl::StatusOr<Subprocess> victim = Subprocess::Start(
+      {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(),
+       "--job=victim", "--steps=1000000", "--print_every=1", "--spike_steps="});
+  ASSERT_TRUE(victim.ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(victim->ReadLine(absl::Seconds(20)).ok());
+  const std::string shm = "gstab-" + std::to_string(victim->pid()) + "-";
+  ASSERT_TRUE(MapsContain(daemon_->process().pid(), shm)) << "victim's gradients not mapped";
+
+  victim->Signal(SIGKILL);
+  ASSERT_TRUE(victim->Wait(absl::Seconds(10)).ok());
+  const absl::Time killed = absl::Now();
+  uint64_t step = 1;
+  while (MapsContain(daemon_->process().pid(), shm) && absl::Now() - killed < absl::Seconds(5)) {
+    ExpectServing(survivor->get(), step++);
+  }
+  EXPECT_FALSE(MapsContain(daemon_->process().pid(), shm))
+      << "the dead worker's shared memory is still mapped 5 s after a 1 s lease";
+  EXPECT_GT(step, 1u);
+  // The dead worker's shared object is gone from /dev/shm too.
+  bool left = false;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    left |= e.path().filename().string().rfind(shm, 0) == 0;
+  }
+  EXPECT_FALSE(left);
+  ExpectServing(survivor->get(), step);
+}
+
+TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
+  auto a = TestWorker::Create(daemon_->socket(), Job("job-a"));
+  auto b = TestWorker::Create(daemon_->socket(), Job("job-b"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  testing::Reference ref_a(RuleParams{});
+  for (uint64_t step = 1; step <= 10; ++step) {
+    // Job b, with wildly different norms, steps first: job a must not notice.
+    (*b)->Fill(step, 2, 1000.0f);
+    (*a)->Fill(step, 1);
+    const std::vector<unsigned char> a_before = (*a)->Bytes();
+    ASSERT_TRUE((*b)->client().Step(step).ok());
+    EXPECT_TRUE((*a)->Bytes() == a_before) << "job b's step touched job a's gradients";
+    const testing::ReferenceStep expected = ref_a.Step(**a);
+    absl::StatusOr<v1::StepResponse> r = (*a)->client().Step(step);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->groups(0).scale(), expected.outcomes[0].scale) << "step " << step;
+    EXPECT_TRUE((*a)->Bytes() == expected.bytes);
+  }
+  absl::StatusOr<v1::GetStatsResponse> stats = (*a)->client().GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->job(), "job-a");
+  for (const v1::GroupStats& g : stats->groups()) EXPECT_LT(g.norm_mean(), 100.0) << g.group();
+  // Detaching b leaves a's session and statistics alone; b's token is then dead.
+  ASSERT_TRUE((*b)->client().Detach().ok());
+  EXPECT_EQ((*b)->client().GetStats().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*a)->client().GetStats()->groups_size(), 3);
+}
+
+TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
+  AttachOptions o = Job("two-local");
+  o.local_world_size = 2;
+  auto w0 = TestWorker::Create(daemon_->socket(), o);
+  o.local_rank = 1;
+  auto w1 = TestWorker::Create(daemon_->socket(), o);
+  ASSERT_TRUE(w0.ok() && w1.ok());
+  (*w0)->Fill(1, 1);
+  (*w1)->Fill(1, 2);
+  absl::StatusOr<v1::StepResponse> r1;
+  std::thread t([&] { r1 = (*w1)->client().Step(1); });
+  absl::StatusOr<v1::StepResponse> r0 = (*w0)->client().Step(1);
+  t.join();
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());  // one result for the round
+  // Sharded groups: the norm covers both workers' slices.
+  (*w0)->Fill(2, 1);
+  absl::StatusOr<v1::StepResponse> alone = (*w0)->client().Step(2);
+  EXPECT_EQ(alone.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(alone.status().message().find("[1]"), std::string::npos) << alone.status();
+}
+
+TEST_F(E2eFaultsTest, CExampleAttachesAndSeesTheSpike) {
+  absl::StatusOr<Subprocess> c = Subprocess::Start(
+      {testing::BinaryPath("examples/minimal_c"), daemon_->socket(), "c-example"});
+  ASSERT_TRUE(c.ok());
+  const std::string out = c->ReadAll();
+  EXPECT_EQ(c->Wait(absl::Seconds(30)).value_or(-1), 0) << out;
+  EXPECT_NE(out.find("step 30 raw 2.2"), std::string::npos) << out;
+  EXPECT_NE(out.find("spikes 1"), std::string::npos) << out;
+}
+
+TEST_F(E2eFaultsTest, TrainerSurvivesSpikesWithStabilizeAndDivergesWithout) {
+  auto run = [&](const std::string& policy) {
+    absl::StatusOr<Subprocess> p = Subprocess::Start(
+        {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(),
+         "--job=trainer-" + policy, "--policy=" + policy, "--optimizer=sgd", "--lr=0.05",
+         "--steps=300", "--spike_steps=150", "--spike_factor=1e4"});
+    EXPECT_TRUE(p.ok());
+    const std::string out = p->ReadAll();
+    EXPECT_EQ(p->Wait(absl::Seconds(60)).value_or(-1), 0) << out;
+    return out.substr(out.find("SUMMARY"));
+  };
+  EXPECT_NE(run("none").find("diverged=yes"), std::string::npos);
+  EXPECT_NE(run("stabilize").find("diverged=no"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gstab

@@ -1,0 +1,163 @@
+// End-to-end: a real gstabd process, real clients over its unix socket, real shared memory.
+// Results must equal the core rule and CPU kernels applied to the same gradients.
+#include <cstring>
+
+#include "core/config.h"
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::Reference;
+using testing::TempDir;
+using testing::TestWorker;
+
+const char* const kGroups[] = {"g", "c", "big"};
+
+AttachOptions Job(const std::string& name, v1::PolicyConfig config = {}) {
+  AttachOptions o;
+  o.job = name;
+  o.config = std::move(config);
+  return o;
+}
+
+// Steps `worker` and the reference together and checks they agree exactly.
+void StepAndCompare(TestWorker* worker, Reference* ref, uint64_t step, uint32_t seed,
+                    float factor = 1.0f) {
+  worker->Fill(step, seed, factor);
+  const testing::ReferenceStep expected = ref->Step(*worker);
+  absl::StatusOr<v1::StepResponse> r = worker->client().Step(step);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->groups_size(), 3);
+  for (int g = 0; g < 3; ++g) {
+    const v1::GroupResult& got = r->groups(g);
+    EXPECT_EQ(got.group(), kGroups[g]);
+    if (std::isnan(expected.outcomes[g].norm)) {
+      EXPECT_TRUE(std::isnan(got.norm()));
+    } else {
+      EXPECT_EQ(got.norm(), expected.outcomes[g].norm) << "step " << step << " group " << g;
+    }
+    EXPECT_EQ(got.scale(), expected.outcomes[g].scale) << "step " << step << " group " << g;
+    EXPECT_EQ(got.spike(), (expected.outcomes[g].flags & (kFlagSpike | kFlagSpikeRatio)) != 0);
+    EXPECT_EQ(got.skipped(), (expected.outcomes[g].flags & kFlagSkipped) != 0);
+  }
+  EXPECT_TRUE(worker->Bytes() == expected.bytes) << "gradients differ after step " << step;
+}
+
+class E2ePolicyTest : public ::testing::TestWithParam<v1::Policy> {};
+
+TEST_P(E2ePolicyTest, WholeApiPathEqualsTheCoreReference) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  v1::PolicyConfig config;
+  config.set_policy(GetParam());
+  config.mutable_zclip()->set_warmup_steps(5);
+  config.mutable_spike()->set_warmup_steps(5);
+  auto worker = TestWorker::Create(daemon->socket(), Job("policy", config));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  Reference ref(*ResolveConfig(config));
+  for (uint64_t step = 1; step <= 30; ++step) {
+    const float factor = step == 20 ? 1e4f : 1.0f;
+    StepAndCompare(worker->get(), &ref, step, 7, factor);
+  }
+  // A NaN gradient: the step is skipped, statistics untouched, the reference agrees.
+  (*worker)->Fill(31, 7);
+  static_cast<float*>((*worker)->arena().data(0))[5] = NAN;
+  const testing::ReferenceStep expected = ref.Step(**worker);
+  absl::StatusOr<v1::StepResponse> r = (*worker)->client().Step(31);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->skip());
+  EXPECT_TRUE(r->groups(0).skipped());
+  EXPECT_FALSE(r->groups(2).skipped());
+  EXPECT_TRUE((*worker)->Bytes() == expected.bytes);
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, E2ePolicyTest,
+                         ::testing::Values(v1::POLICY_STABILIZE, v1::POLICY_CLIP,
+                                           v1::POLICY_ZCLIP, v1::POLICY_MONITOR));
+
+TEST(E2eTest, UpdateConfigTakesEffectOnTheNextStepAndIsRecorded) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok());
+  auto worker = TestWorker::Create(daemon->socket(), Job("update"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  Reference ref(RuleParams{});
+  for (uint64_t step = 1; step <= 5; ++step) StepAndCompare(worker->get(), &ref, step, 3);
+
+  v1::PolicyConfig clip;
+  clip.set_policy(v1::POLICY_CLIP);
+  clip.mutable_clip()->set_max_norm(0.5);
+  absl::StatusOr<v1::UpdateConfigResponse> updated = (*worker)->client().UpdateConfig(clip);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->version(), 2u);
+  EXPECT_EQ(updated->effective_config().policy(), v1::POLICY_CLIP);
+  ref.set_params(*ResolveConfig(clip));
+  StepAndCompare(worker->get(), &ref, 6, 3, 100.0f);  // big enough to be clipped
+
+  absl::StatusOr<v1::GetStatsResponse> stats = (*worker)->client().GetStats();
+  ASSERT_TRUE(stats.ok());
+  ASSERT_EQ(stats->config_history_size(), 2);
+  EXPECT_EQ(stats->config_history(1).effective_step(), 6u);
+  EXPECT_EQ(stats->config_history(1).config().clip().max_norm(), 0.5);
+
+  v1::PolicyConfig bad;
+  bad.mutable_stabilize()->set_beta1(2.0);
+  absl::StatusOr<v1::UpdateConfigResponse> rejected = (*worker)->client().UpdateConfig(bad);
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(rejected.status().message().find("stabilize.beta1"), std::string::npos);
+}
+
+TEST(E2eTest, ExportImportRoundTripContinuesWithTheSameStatistics) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok());
+  auto original = TestWorker::Create(daemon->socket(), Job("export-src"));
+  ASSERT_TRUE(original.ok());
+  Reference ref(RuleParams{});
+  for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(original->get(), &ref, step, 5);
+  absl::StatusOr<std::string> state = (*original)->client().ExportState();
+  ASSERT_TRUE(state.ok());
+
+  auto resumed = TestWorker::Create(daemon->socket(), Job("export-dst"));
+  ASSERT_TRUE(resumed.ok());
+  ASSERT_TRUE((*resumed)->client().ImportState(*state).ok());
+  // Both continue from step 11 with the same gradients and must agree with the reference.
+  Reference ref_copy = ref;
+  StepAndCompare(original->get(), &ref, 11, 5);
+  StepAndCompare(resumed->get(), &ref_copy, 11, 5);
+
+  EXPECT_EQ((*resumed)->client().ImportState("not a state").code(),
+            absl::StatusCode::kInvalidArgument);
+  // An older step number than the imported state's is refused.
+  (*resumed)->Fill(3, 5);
+  EXPECT_EQ((*resumed)->client().Step(3).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
+  TempDir dir;
+  Reference ref(RuleParams{});
+  {
+    auto daemon = DaemonProcess::Start(dir.path());
+    ASSERT_TRUE(daemon.ok());
+    auto worker = TestWorker::Create(daemon->socket(), Job("restart"));
+    ASSERT_TRUE(worker.ok());
+    for (uint64_t step = 1; step <= 20; ++step) StepAndCompare(worker->get(), &ref, step, 9);
+    EXPECT_EQ(daemon->Stop().value_or(-1), 0);  // graceful: checkpoint, exit 0
+  }
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok());
+  auto worker = TestWorker::Create(daemon->socket(), Job("restart"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE((*worker)->client().attach_response().restored());
+  // The next step's scale equals what the uninterrupted reference gives.
+  for (uint64_t step = 21; step <= 23; ++step) StepAndCompare(worker->get(), &ref, step, 9);
+}
+
+}  // namespace
+}  // namespace gstab

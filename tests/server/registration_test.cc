@@ -1,0 +1,91 @@
+#include "server/registration.h"
+
+#include "client_lib/arena.h"
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+v1::RegisterBuffersRequest OneTensor(uint64_t size_bytes, uint64_t numel) {
+  v1::RegisterBuffersRequest r;
+  v1::Buffer* b = r.add_buffers();
+  b->set_transport(v1::TRANSPORT_HOST_SHM);
+  b->set_shm_name("/gstab-1-test");
+  b->set_size_bytes(size_bytes);
+  b->set_dtype(v1::DTYPE_FLOAT32);
+  v1::Tensor* t = r.add_tensors();
+  t->set_name("w");
+  t->set_numel(numel);
+  return r;
+}
+
+TEST(RegistrationTest, ValidPlanResolvesGroupsAndBytes) {
+  v1::RegisterBuffersRequest r = OneTensor(400, 60);
+  v1::Tensor* t = r.add_tensors();
+  t->set_name("b");
+  t->set_offset(60);
+  t->set_numel(40);
+  t->set_group("layer0");
+  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(r, RegistrationCaps{});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->tensors[0].group, "w");  // empty group: the tensor's own
+  EXPECT_EQ(plan->tensors[1].group, "layer0");
+  EXPECT_EQ(plan->total_bytes, 400u);
+}
+
+TEST(RegistrationTest, CapsMixedReductionsAndNamesAreRejected) {
+  RegistrationCaps caps;
+  caps.max_bytes = 100;
+  EXPECT_EQ(ValidateRegistration(OneTensor(400, 100), caps).status().code(),
+            absl::StatusCode::kResourceExhausted);
+
+  v1::RegisterBuffersRequest mixed = OneTensor(400, 50);
+  mixed.mutable_tensors(0)->set_group("g");
+  v1::Tensor* t = mixed.add_tensors();
+  t->set_name("v");
+  t->set_offset(50);
+  t->set_numel(50);
+  t->set_group("g");
+  t->set_reduction(v1::REDUCTION_REPLICATED);
+  absl::Status s = ValidateRegistration(mixed, RegistrationCaps{}).status();
+  EXPECT_NE(s.message().find("mixes sharded and replicated"), std::string::npos) << s;
+
+  v1::RegisterBuffersRequest bad_name = OneTensor(400, 10);
+  bad_name.mutable_tensors(0)->set_name("has space");
+  EXPECT_EQ(ValidateRegistration(bad_name, RegistrationCaps{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateRegistration(v1::RegisterBuffersRequest(), RegistrationCaps{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateJobName("../etc").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ValidateJobName("llama-7b_run.3").ok());
+}
+
+TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
+  GradientArena arena;
+  arena.AddTensor("w", 256, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  MappingRegistry registry;
+  v1::RegisterBuffersRequest r = arena.RegistrationRequest();
+  absl::StatusOr<MappedRegistration> a =
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry);
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<MappedRegistration> b =
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(a->mappings[0].get(), b->mappings[0].get());  // one mapping, refcounted
+  EXPECT_EQ(registry.LiveMappings(), 1);
+  static_cast<float*>(arena.data(0))[3] = 42.0f;
+  EXPECT_EQ(static_cast<float*>(a->tensor_data[0])[3], 42.0f);  // the same memory
+  a->mappings.clear();
+  EXPECT_EQ(registry.LiveMappings(), 1);
+  b->mappings.clear();
+  EXPECT_EQ(registry.LiveMappings(), 0);
+
+  r.mutable_buffers(0)->set_size_bytes(arena.size_bytes() + 64);
+  r.mutable_buffers(0)->set_offset(0);
+  absl::Status s = MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry).status();
+  EXPECT_NE(s.message().find("exceeds"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace gstab

@@ -1,0 +1,159 @@
+#include "tests/testing/subprocess.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
+
+namespace gstab::testing {
+
+absl::StatusOr<Subprocess> Subprocess::Start(const std::vector<std::string>& argv,
+                                             const std::string& log_path) {
+  int fds[2] = {-1, -1};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (log_path.empty()) {
+    if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
+  } else {
+    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  }
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  Subprocess p;
+  const int err = posix_spawn(&p.pid_, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (fds[1] >= 0) close(fds[1]);
+  if (err != 0) {
+    if (fds[0] >= 0) close(fds[0]);
+    return absl::InternalError(absl::StrCat("cannot start ", argv[0], ": ", strerror(err)));
+  }
+  p.out_fd_ = fds[0];
+  return p;
+}
+
+Subprocess::Subprocess(Subprocess&& o) noexcept { *this = std::move(o); }
+
+Subprocess& Subprocess::operator=(Subprocess&& o) noexcept {
+  std::swap(pid_, o.pid_);
+  std::swap(out_fd_, o.out_fd_);
+  std::swap(buffer_, o.buffer_);
+  return *this;
+}
+
+Subprocess::~Subprocess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_fd_ >= 0) close(out_fd_);
+}
+
+absl::StatusOr<std::string> Subprocess::ReadLine(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    const size_t nl = buffer_.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return line;
+    }
+    if (out_fd_ < 0) return absl::OutOfRangeError("end of output");
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("no line in time");
+    pollfd pfd{out_fd_, POLLIN, 0};
+    if (poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) <= 0) continue;
+    char chunk[4096];
+    const ssize_t n = read(out_fd_, chunk, sizeof chunk);
+    if (n <= 0) {
+      close(out_fd_);
+      out_fd_ = -1;
+      if (!buffer_.empty()) buffer_ += '\n';
+      continue;
+    }
+    buffer_.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+std::string Subprocess::ReadAll() {
+  std::string all;
+  for (;;) {
+    absl::StatusOr<std::string> line = ReadLine(absl::Seconds(120));
+    if (!line.ok()) return all;
+    absl::StrAppend(&all, *line, "\n");
+  }
+}
+
+void Subprocess::Signal(int sig) {
+  if (pid_ > 0) kill(pid_, sig);
+}
+
+absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (pid_ > 0) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    if (absl::Now() > deadline) return absl::DeadlineExceededError("process did not exit");
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::FailedPreconditionError("not running");
+}
+
+absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir, const std::vector<std::string>& flags) {
+  const std::string socket = dir + "/gstabd.sock";
+  std::vector<std::string> argv = {GstabdPath(), "--socket=" + socket,
+                                   "--state_dir=" + dir + "/state", "--backend=cpu"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  absl::StatusOr<Subprocess> p = Subprocess::Start(argv, dir + "/gstabd.log");
+  if (!p.ok()) return p.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  struct stat st;
+  while (stat(socket.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    if (absl::Now() > deadline) return absl::DeadlineExceededError("gstabd did not start");
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return DaemonProcess(*std::move(p), socket);
+}
+
+absl::StatusOr<int> DaemonProcess::Stop() {
+  process_.Signal(SIGTERM);
+  return process_.Wait(absl::Seconds(30));
+}
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "gstab-test.XXXXXX").string();
+  path_ = mkdtemp(pattern.data());
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string GstabdPath() { return BinaryPath("server/gstabd"); }
+
+std::string BinaryPath(const std::string& relative) {
+  return std::string(GSTAB_BUILD_DIR) + "/" + relative;
+}
+
+}  // namespace gstab::testing

@@ -1,0 +1,71 @@
+// Test and benchmark helpers that run real gstab processes: a child process with its output
+// captured, and a gstabd in its own temporary folder. Not thread-safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace gstab::testing {
+
+class Subprocess {
+ public:
+  // Starts argv[0] (a path) with stdout and stderr on a pipe (or into `log_path` when given).
+  static absl::StatusOr<Subprocess> Start(const std::vector<std::string>& argv,
+                                          const std::string& log_path = "");
+  Subprocess(Subprocess&& other) noexcept;
+  Subprocess& operator=(Subprocess&& other) noexcept;
+  ~Subprocess();  // SIGKILLs a child still running
+
+  pid_t pid() const { return pid_; }
+  // Next line of output, or DEADLINE_EXCEEDED / OUT_OF_RANGE (end of output).
+  absl::StatusOr<std::string> ReadLine(absl::Duration timeout);
+  // Everything the child writes until it exits.
+  std::string ReadAll();
+  void Signal(int sig);
+  // Waits for exit; returns the exit code, or 128 + signal.
+  absl::StatusOr<int> Wait(absl::Duration timeout);
+
+ private:
+  Subprocess() = default;
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  std::string buffer_;
+};
+
+// gstabd started on <dir>/gstabd.sock with state in <dir>/state; extra flags appended.
+class DaemonProcess {
+ public:
+  static absl::StatusOr<DaemonProcess> Start(const std::string& dir,
+                                      const std::vector<std::string>& flags = {});
+  const std::string& socket() const { return socket_; }
+  Subprocess& process() { return process_; }
+  // SIGTERM and wait: the exit code.
+  absl::StatusOr<int> Stop();
+
+ private:
+  DaemonProcess(Subprocess p, std::string socket) : process_(std::move(p)), socket_(std::move(socket)) {}
+  Subprocess process_;
+  std::string socket_;
+};
+
+// A fresh temporary directory, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Paths of the binaries under test (set by CMake).
+std::string GstabdPath();
+std::string BinaryPath(const std::string& relative);  // relative to the build directory
+
+}  // namespace gstab::testing

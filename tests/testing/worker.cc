@@ -1,0 +1,91 @@
+#include "tests/testing/worker.h"
+
+#include <cstring>
+#include <random>
+
+#include "core/rule.h"
+#include "kernels/cpu_kernels.h"
+#include "kernels/half.h"
+
+namespace gstab::testing {
+namespace {
+
+struct Spec {
+  const char* name;
+  uint64_t numel;
+  DType dtype;
+  const char* group;
+  uint32_t group_index;
+};
+constexpr Spec kLayout[] = {{"a", 1000, DType::kFloat32, "g", 0},
+                            {"b", 777, DType::kBFloat16, "g", 0},
+                            {"c", 50, DType::kFloat16, "", 1},
+                            {"d", 70001, DType::kFloat32, "big", 2}};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TestWorker>> TestWorker::Create(const std::string& socket,
+                                                               const AttachOptions& options) {
+  auto w = std::unique_ptr<TestWorker>(new TestWorker);
+  for (const Spec& s : kLayout) w->arena_.AddTensor(s.name, s.numel, s.dtype, s.group);
+  if (absl::Status st = w->arena_.Allocate(); !st.ok()) return st;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(socket);
+  if (!client.ok()) return client.status();
+  w->client_ = *std::move(client);
+  if (absl::Status st = w->client_->Attach(options); !st.ok()) return st;
+  if (absl::Status st = w->client_->Register(w->arena_); !st.ok()) return st;
+  return w;
+}
+
+void TestWorker::Fill(uint64_t step, uint32_t seed, float factor) {
+  std::mt19937 rng(seed * 1000003u + static_cast<uint32_t>(step));
+  std::normal_distribution<float> d(0.0f, 0.1f);
+  for (size_t t = 0; t < arena_.num_tensors(); ++t) {
+    for (uint64_t i = 0; i < kLayout[t].numel; ++i) {
+      const float v = d(rng) * factor;
+      void* p = arena_.data(t);
+      switch (kLayout[t].dtype) {
+        case DType::kFloat32:
+          static_cast<float*>(p)[i] = v;
+          break;
+        case DType::kBFloat16:
+          static_cast<uint16_t*>(p)[i] = FloatToBFloat16(v);
+          break;
+        case DType::kFloat16:
+          static_cast<uint16_t*>(p)[i] = FloatToFloat16(v);
+          break;
+      }
+    }
+  }
+}
+
+std::vector<unsigned char> TestWorker::Bytes() const {
+  const auto* base = static_cast<const unsigned char*>(arena_.data(0));
+  return std::vector<unsigned char>(base, base + arena_.size_bytes());
+}
+
+ReferenceStep Reference::Step(const TestWorker& worker) {
+  ReferenceStep out;
+  out.bytes = worker.Bytes();
+  const auto* base = static_cast<const unsigned char*>(worker.arena().data(0));
+  std::vector<Chunk> chunks;
+  for (size_t t = 0; t < 4; ++t) {
+    const auto offset = static_cast<const unsigned char*>(worker.arena().data(t)) - base;
+    chunks.push_back(Chunk{out.bytes.data() + offset, static_cast<int64_t>(kLayout[t].numel),
+                           kLayout[t].dtype, kLayout[t].group_index});
+  }
+  ChunkTable table = *ChunkTable::Create(chunks, 3);
+  std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
+  double sums[3];
+  uint32_t flags[3];
+  (void)CpuGroupSumSquares(table, absl::MakeSpan(scratch), sums, flags, nullptr);
+  float scales[3];
+  for (int g = 0; g < 3; ++g) {
+    out.outcomes.push_back(ApplyRule(params_, &stats_[g], sums[g], flags[g] != 0));
+    scales[g] = static_cast<float>(out.outcomes.back().scale);
+  }
+  (void)CpuScaleGroups(table, scales, nullptr);
+  return out;
+}
+
+}  // namespace gstab::testing

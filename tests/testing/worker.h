@@ -1,0 +1,55 @@
+// A worker for end-to-end tests: a Client attached to a job, with a gradient arena of mixed
+// dtypes and norm groups, deterministic gradients, and the reference result the core and CPU
+// kernels give for the same gradients.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client_lib/client.h"
+#include "core/rule_types.h"
+
+namespace gstab::testing {
+
+class TestWorker {
+ public:
+  // Attaches to `job` and registers the standard layout: tensors a (fp32, group g),
+  // b (bf16, group g), c (fp16, its own group), d (fp32, 70001 elements, group big).
+  static absl::StatusOr<std::unique_ptr<TestWorker>> Create(const std::string& socket,
+                                                            const AttachOptions& options);
+
+  // Writes deterministic gradients for `step` (scaled by `factor`).
+  void Fill(uint64_t step, uint32_t seed, float factor = 1.0f);
+  std::vector<unsigned char> Bytes() const;
+
+  Client& client() { return *client_; }
+  GradientArena& arena() { return arena_; }
+  const GradientArena& arena() const { return arena_; }
+
+ private:
+  std::unique_ptr<Client> client_;
+  GradientArena arena_;
+};
+
+// What gstabd must produce for one step of a TestWorker layout: the rule applied to the
+// kernels' sums per group, and the gradient bytes after scaling.
+struct ReferenceStep {
+  std::vector<StepOutcome> outcomes;  // groups in order g, c, big
+  std::vector<unsigned char> bytes;
+};
+
+class Reference {
+ public:
+  explicit Reference(const RuleParams& params) : params_(params) {}
+  // Runs one step over a copy of `worker`'s current gradients.
+  ReferenceStep Step(const TestWorker& worker);
+  void set_params(const RuleParams& params) { params_ = params; }
+
+ private:
+  RuleParams params_;
+  std::vector<GroupStats> stats_ = std::vector<GroupStats>(3);
+};
+
+}  // namespace gstab::testing
