@@ -159,9 +159,16 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
   if (!session.ok()) return session.status();
   {
     absl::MutexLock lock(&mu_);
-    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down; retry after it restarts");
+    if (shutting_down_) {
+      return absl::UnavailableError("gstabd is shutting down; attach again after it restarts");
+    }
+    ++steps_in_flight_;
   }
-  return session->job->Step(session->local_rank, request.step(), options_.step_timeout, response);
+  absl::Status status =
+      session->job->Step(session->local_rank, request.step(), options_.step_timeout, response);
+  absl::MutexLock lock(&mu_);
+  --steps_in_flight_;
+  return status;
 }
 
 absl::Status Daemon::KeepAlive(const v1::KeepAliveRequest& request) {
@@ -247,6 +254,12 @@ absl::Status Daemon::Checkpoint() {
 void Daemon::BeginShutdown() {
   absl::MutexLock lock(&mu_);
   shutting_down_ = true;
+}
+
+bool Daemon::DrainSteps(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return steps_in_flight_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
 }
 
 }  // namespace gstab

@@ -56,6 +56,8 @@ class Daemon {
   absl::Status Checkpoint();
   // From now on Step fails with UNAVAILABLE; in-flight steps finish.
   void BeginShutdown();
+  // Waits until no step is in flight, or `deadline`; false on timeout.
+  bool DrainSteps(absl::Time deadline);
 
   int LiveMappings() { return registry_.LiveMappings(); }
   const DaemonOptions& options() const { return options_; }
@@ -82,6 +84,7 @@ class Daemon {
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, v1::JobState> checkpoints_ ABSL_GUARDED_BY(mu_);  // not yet attached
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace gstab

@@ -94,10 +94,12 @@ void Server::Housekeeping() {
 
 absl::Status Server::Stop(absl::Time deadline) {
   if (grpc_server_ == nullptr) return absl::OkStatus();
-  LOG(INFO) << "gstabd stopping: draining in-flight calls";
+  LOG(INFO) << "gstabd stopping: draining in-flight steps";
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   daemon_->BeginShutdown();
-  grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+  if (!daemon_->DrainSteps(deadline)) LOG(WARNING) << "steps still in flight at the deadline";
+  // Every step has finished; idle connections need no grace period.
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
   grpc_server_->Wait();
   grpc_server_.reset();
   stopping_.Notify();

@@ -1,6 +1,7 @@
 // End-to-end: bad input, dying workers, isolation between jobs, and local-worker rounds,
 // against a real gstabd process.
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -236,6 +237,18 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   absl::StatusOr<v1::StepResponse> alone = (*w0)->client().Step(2);
   EXPECT_EQ(alone.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_NE(alone.status().message().find("[1]"), std::string::npos) << alone.status();
+}
+
+TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {
+  struct stat st;
+  ASSERT_EQ(stat(daemon_->socket().c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  auto client = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(client.ok());
+  EXPECT_TRUE((*client)->CheckHealth().ok());
+  EXPECT_EQ(Client::Connect(dir_.path() + "/nobody.sock", absl::Milliseconds(200)).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST_F(E2eFaultsTest, CExampleAttachesAndSeesTheSpike) {
