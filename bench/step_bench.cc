@@ -1,0 +1,160 @@
+// gstabd's Step latency and overhead, against baselines measured in the same run:
+//   1. Step round trip over the unix socket with a small buffer, beside an empty gRPC call (the
+//      standard health check) on the same channel: p50 / p99.
+//   2. The whole CPU step for 64 MiB of fp32 gradients, beside the bare kernels (sum of squares,
+//      rule, scale) on the same data in this process with the same thread count.
+//
+//   step_bench [--iterations=3000] [--mib=64]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/rule.h"
+#include "kernels/cpu_kernels.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1))];
+}
+
+void Die(const absl::Status& s) {
+  std::fprintf(stderr, "step_bench: %s\n", s.ToString().c_str());
+  std::exit(1);
+}
+
+template <typename Fn>
+std::vector<double> Time(int n, Fn fn) {
+  std::vector<double> t;
+  for (int i = 0; i < n; ++i) {
+    const auto a = Clock::now();
+    fn();
+    t.push_back(Seconds(a, Clock::now()));
+  }
+  return t;
+}
+
+void Latency(const std::string& socket, int iterations) {
+  GradientArena arena;
+  arena.AddTensor("w", 1024, DType::kFloat32);
+  if (absl::Status s = arena.Allocate(); !s.ok()) Die(s);
+  auto client = Client::Connect(socket);
+  if (!client.ok()) Die(client.status());
+  AttachOptions o;
+  o.job = "latency";
+  if (absl::Status s = (*client)->Attach(o); !s.ok()) Die(s);
+  if (absl::Status s = (*client)->Register(arena); !s.ok()) Die(s);
+  float* g = static_cast<float*>(arena.data(0));
+  uint64_t step = 0;
+  auto one_step = [&] {
+    for (int i = 0; i < 1024; ++i) g[i] = 0.01f * static_cast<float>(i % 17);
+    if (!(*client)->Step(++step).ok()) Die(absl::InternalError("step failed"));
+  };
+  auto health = [&] {
+    if (!(*client)->CheckHealth().ok()) Die(absl::InternalError("health failed"));
+  };
+  Time(200, one_step);
+  Time(200, health);
+  std::vector<double> steps, empty;
+  for (int block = 0; block < 10; ++block) {  // interleaved blocks: both see the same noise
+    for (double t : Time(iterations / 10, one_step)) steps.push_back(t);
+    for (double t : Time(iterations / 10, health)) empty.push_back(t);
+  }
+  const double s50 = Percentile(steps, 0.5), s99 = Percentile(steps, 0.99);
+  const double e50 = Percentile(empty, 0.5), e99 = Percentile(empty, 0.99);
+  std::printf("Step round trip, 4 KiB fp32, %zu calls each (unix socket)\n", steps.size());
+  std::printf("  %-26s p50 %8.1f us   p99 %8.1f us\n", "Step", s50 * 1e6, s99 * 1e6);
+  std::printf("  %-26s p50 %8.1f us   p99 %8.1f us\n", "empty call (health Check)",
+              e50 * 1e6, e99 * 1e6);
+  std::printf("  ratio Step / empty:        p50 %8.2f      p99 %8.2f\n", s50 / e50, s99 / e99);
+}
+
+void Overhead(const std::string& socket, int mib) {
+  const int64_t numel = int64_t{mib} << 18;  // fp32 elements in `mib` MiB
+  GradientArena arena;
+  arena.AddTensor("w", static_cast<uint64_t>(numel), DType::kFloat32, "model");
+  if (absl::Status s = arena.Allocate(); !s.ok()) Die(s);
+  float* g = static_cast<float*>(arena.data(0));
+  for (int64_t i = 0; i < numel; ++i) g[i] = 1e-3f * static_cast<float>(i % 1000);
+  auto client = Client::Connect(socket);
+  if (!client.ok()) Die(client.status());
+  AttachOptions o;
+  o.job = "overhead";
+  // Stabilize: the scale is never exactly 1, so every step writes the gradients, like the
+  // bare loop below.
+  if (absl::Status s = (*client)->Attach(o); !s.ok()) Die(s);
+  if (absl::Status s = (*client)->Register(arena); !s.ok()) Die(s);
+
+  // The same work in-process: kernels with the daemon's thread count, the rule, the scale.
+  // A scale of exactly 1 is skipped by the kernel, so both sides use 0.5 / 2 alternately.
+  const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  CpuExecutor executor(threads);
+  ChunkTable table = *ChunkTable::Create({Chunk{g, numel, DType::kFloat32, 0}}, 1);
+  std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
+  RuleParams params;
+  GroupStats stats;
+  int flip = 0;
+  auto bare = [&] {
+    double sum;
+    uint32_t bad;
+    (void)CpuGroupSumSquares(table, absl::MakeSpan(scratch), absl::MakeSpan(&sum, 1),
+                             absl::MakeSpan(&bad, 1), &executor);
+    (void)ApplyRule(params, &stats, sum, bad != 0);
+    const float scale = (flip++ % 2) ? 2.0f : 0.5f;
+    (void)CpuScaleGroups(table, absl::MakeConstSpan(&scale, 1), &executor);
+  };
+  uint64_t step = 0;
+  auto daemon_step = [&] {
+    if (!(*client)->Step(++step).ok()) Die(absl::InternalError("step failed"));
+  };
+  std::vector<double> daemon_t, bare_t;
+  for (int i = 0; i < 3; ++i) {
+    bare();
+    daemon_step();
+  }
+  for (int round = 0; round < 20; ++round) {
+    for (double t : Time(1, bare)) bare_t.push_back(t);
+    for (double t : Time(1, daemon_step)) daemon_t.push_back(t);
+  }
+  const double d50 = Percentile(daemon_t, 0.5), b50 = Percentile(bare_t, 0.5);
+  std::printf("Whole CPU step, %d MiB fp32, one group, %d threads, median of %zu\n", mib, threads,
+              daemon_t.size());
+  std::printf("  %-26s %8.2f ms  (%6.2f GB/s of gradients)\n", "gstabd Step (round trip)",
+              d50 * 1e3, double(numel) * 4 / d50 / 1e9);
+  std::printf("  %-26s %8.2f ms  (%6.2f GB/s)\n", "bare kernels + rule", b50 * 1e3,
+              double(numel) * 4 / b50 / 1e9);
+  std::printf("  daemon overhead:           %+7.1f %%\n", (d50 / b50 - 1) * 100);
+}
+
+}  // namespace
+}  // namespace gstab
+
+int main(int argc, char** argv) {
+  int iterations = 3000, mib = 64;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--iterations=", 0) == 0) iterations = std::atoi(a.c_str() + 13);
+    if (a.rfind("--mib=", 0) == 0) mib = std::atoi(a.c_str() + 6);
+  }
+  gstab::testing::TempDir dir;
+  auto daemon = gstab::testing::DaemonProcess::Start(dir.path());
+  if (!daemon.ok()) gstab::Die(daemon.status());
+  gstab::Latency(daemon->socket(), iterations);
+  gstab::Overhead(daemon->socket(), mib);
+  (void)daemon->Stop();
+  return 0;
+}
