@@ -8,24 +8,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype_proto.h"
 #include "common/shm_names.h"
 
 namespace gstab {
 namespace {
 
 constexpr uint64_t kAlign = 64;
-
-v1::DType ToProto(DType d) {
-  switch (d) {
-    case DType::kFloat32:
-      return v1::DTYPE_FLOAT32;
-    case DType::kBFloat16:
-      return v1::DTYPE_BFLOAT16;
-    case DType::kFloat16:
-      return v1::DTYPE_FLOAT16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
 
 }  // namespace
 
@@ -89,7 +78,7 @@ v1::RegisterBuffersRequest GradientArena::RegistrationRequest() const {
       buf->set_shm_name(name_);
       buf->set_offset(0);
       buf->set_size_bytes(size_ / ElementSize(t.dtype) * ElementSize(t.dtype));
-      buf->set_dtype(ToProto(t.dtype));
+      buf->set_dtype(DTypeToProto(t.dtype));
     }
     v1::Tensor* tensor = request.add_tensors();
     tensor->set_name(t.name);

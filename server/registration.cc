@@ -6,25 +6,11 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype_proto.h"
 #include "common/shm_names.h"
 
 namespace gstab {
 namespace {
-
-absl::StatusOr<DType> ToDType(v1::DType dtype, size_t buffer) {
-  switch (dtype) {
-    case v1::DTYPE_FLOAT32:
-      return DType::kFloat32;
-    case v1::DTYPE_BFLOAT16:
-      return DType::kBFloat16;
-    case v1::DTYPE_FLOAT16:
-      return DType::kFloat16;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("buffer ", buffer, ": unknown dtype ", static_cast<int>(dtype),
-                       ": expected FLOAT32, BFLOAT16 or FLOAT16"));
-  }
-}
 
 bool IsNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
@@ -61,8 +47,12 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
   if (absl::Status s = ValidateShmName(b.shm_name()); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": ", s.message()));
   }
-  absl::StatusOr<DType> dtype = ToDType(b.dtype(), i);
-  if (!dtype.ok()) return dtype.status();
+  const std::optional<DType> dtype = DTypeFromProto(b.dtype());
+  if (!dtype.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("buffer ", i, ": unknown dtype ", static_cast<int>(b.dtype()),
+                     ": expected FLOAT32, BFLOAT16 or FLOAT16"));
+  }
   const uint64_t element = ElementSize(*dtype);
   if (b.size_bytes() == 0 || b.size_bytes() % element != 0) {
     return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": size ", b.size_bytes(),
