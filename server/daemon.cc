@@ -28,11 +28,13 @@ int DefaultThreads(int requested) {
 
 }  // namespace
 
-Daemon::Daemon(const DaemonOptions& options)
-    : options_(options), executor_(DefaultThreads(options.cpu_threads)), store_(options.state_dir) {}
+Daemon::Daemon(const DaemonOptions& options, Observer* observer)
+    : options_(options), observer_(observer), executor_(DefaultThreads(options.cpu_threads)),
+      store_(options.state_dir) {}
 
-absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options) {
-  std::unique_ptr<Daemon> d(new Daemon(options));
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options,
+                                                       Observer* observer) {
+  std::unique_ptr<Daemon> d(new Daemon(options, observer));
   if (absl::Status s = d->store_.Init(); !s.ok()) return s;
   absl::MutexLock lock(&d->mu_);
   for (v1::JobState& state : d->store_.LoadAll()) {
@@ -43,8 +45,25 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
   return d;
 }
 
+absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
+                                    v1::AttachResponse* response) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(request.job());
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
+  }
+  const std::string token = NewToken();
+  sessions_[token] = Session{it->second, 0, absl::Now(), /*observer=*/true};
+  response->set_session(token);
+  *response->mutable_effective_config() = EffectiveConfig(it->second->params());
+  response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
+  if (observer_ != nullptr) observer_->OnAttach(request.job(), 0, true);
+  return absl::OkStatus();
+}
+
 absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse* response) {
   if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
+  if (request.observer()) return AttachObserver(request, response);
   const uint32_t world = std::max(1u, request.world_size());
   const uint32_t local_world = std::max(1u, request.local_world_size());
   const uint32_t nodes = std::max(1u, request.node_count());
@@ -82,7 +101,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     if (checkpoint != checkpoints_.end()) {
       absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
       job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? *params : *saved,
-                                  local_world, &executor_);
+                                  local_world, &executor_, StepCallbackFor(request.job()));
       if (absl::Status s = job->ImportState(checkpoint->second, /*with_config=*/false); !s.ok()) {
         LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
       } else {
@@ -90,7 +109,8 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
       }
       checkpoints_.erase(checkpoint);
     } else {
-      job = std::make_shared<Job>(request.job(), *params, local_world, &executor_);
+      job = std::make_shared<Job>(request.job(), *params, local_world, &executor_,
+                                  StepCallbackFor(request.job()));
     }
   } else {
     if (job->local_world_size() != local_world) {
@@ -108,15 +128,18 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   // A worker that attaches again under the same local rank (a restart) replaces its old
   // session.
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
-    if (it->second.job == job && it->second.local_rank == request.local_rank()) {
+    if (it->second.job == job && !it->second.observer &&
+        it->second.local_rank == request.local_rank()) {
       LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
                 << " attached again; dropping its previous session";
-      DropSession(it->first);
+      DropSession(it->first, "replaced by a new attach");
       break;
     }
   }
   const std::string token = NewToken();
-  sessions_[token] = Session{job, request.local_rank(), absl::Now()};
+  sessions_[token] = Session{job, request.local_rank(), absl::Now(), false};
+  if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
+  ReportWorkers(job);
   response->set_session(token);
   *response->mutable_effective_config() = EffectiveConfig(job->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
@@ -136,26 +159,56 @@ absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
   return it->second;
 }
 
-void Daemon::DropSession(const std::string& token) {
+absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {
+  absl::StatusOr<Session> session = Use(token);
+  if (session.ok() && session->observer) {
+    return absl::FailedPreconditionError(
+        "an observer session cannot register buffers or step; attach as a worker");
+  }
+  return session;
+}
+
+void Daemon::DropSession(const std::string& token, const std::string& reason) {
   auto it = sessions_.find(token);
   if (it == sessions_.end()) return;
-  it->second.job->RemoveWorker(it->second.local_rank);
+  const Session s = it->second;
   sessions_.erase(it);
+  if (s.observer) return;
+  s.job->RemoveWorker(s.local_rank);
+  if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
+  ReportWorkers(s.job);
+}
+
+void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
+  if (observer_ == nullptr) return;
+  uint32_t workers = 0;
+  for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
+  observer_->SetWorkers(job->name(), workers, job->RegisteredBytes());
+}
+
+Job::StepCallback Daemon::StepCallbackFor(const std::string& job) {
+  if (observer_ == nullptr) return nullptr;
+  return [observer = observer_, job](const v1::StepResponse& r, absl::Duration d) {
+    observer->OnStep(job, r, d);
+  };
 }
 
 absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
                                      v1::RegisterBuffersResponse* response) {
-  absl::StatusOr<Session> session = Use(request.session());
+  absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
   absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, options_.caps);
   if (!plan.ok()) return plan.status();
   absl::StatusOr<MappedRegistration> mapped = MapRegistration(*std::move(plan), &registry_);
   if (!mapped.ok()) return mapped.status();
-  return session->job->Register(session->local_rank, *std::move(mapped), response);
+  absl::Status s = session->job->Register(session->local_rank, *std::move(mapped), response);
+  absl::MutexLock lock(&mu_);
+  ReportWorkers(session->job);
+  return s;
 }
 
 absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response) {
-  absl::StatusOr<Session> session = Use(request.session());
+  absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
   {
     absl::MutexLock lock(&mu_);
@@ -180,7 +233,7 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   if (sessions_.count(request.session()) == 0) {
     return absl::UnauthenticatedError("unknown or expired session");
   }
-  DropSession(request.session());
+  DropSession(request.session(), "detached");
   return absl::OkStatus();
 }
 
@@ -191,7 +244,7 @@ absl::Status Daemon::GetStats(const v1::GetStatsRequest& request,
   session->job->GetStats(response);
   absl::MutexLock lock(&mu_);
   uint32_t workers = 0;
-  for (const auto& [token, s] : sessions_) workers += s.job == session->job;
+  for (const auto& [token, s] : sessions_) workers += s.job == session->job && !s.observer;
   response->set_attached_workers(workers);
   return absl::OkStatus();
 }
@@ -200,7 +253,12 @@ absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
                                   v1::UpdateConfigResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
-  return session->job->UpdateConfig(request.config(), response);
+  absl::Status s = session->job->UpdateConfig(request.config(), response);
+  if (s.ok() && observer_ != nullptr) {
+    observer_->OnConfigChange(session->job->name(), response->version(),
+                              PolicyName(session->job->params().policy));
+  }
+  return s;
 }
 
 absl::Status Daemon::ExportState(const v1::ExportStateRequest& request,
@@ -234,7 +292,7 @@ void Daemon::ExpireSessions(absl::Time now) {
     const Session& s = sessions_[token];
     LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
                  << " expired; releasing its buffers";
-    DropSession(token);
+    DropSession(token, "lease expired");
   }
   // A worker that died cannot unlink its shared objects; do it for it.
   if (!expired.empty()) RemoveStaleShmObjects();
@@ -249,6 +307,28 @@ absl::Status Daemon::Checkpoint() {
   absl::Status result;
   for (const auto& job : jobs) result.Update(store_.Save(job->ExportState()));
   return result;
+}
+
+absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request,
+                              v1::ListJobsResponse* response) {
+  const uint32_t history = std::min(request.history(), 256u);
+  absl::MutexLock lock(&mu_);
+  for (const auto& [name, job] : jobs_) {
+    v1::JobSummary* out = response->add_jobs();
+    out->set_job(name);
+    v1::GetStatsResponse stats;
+    job->GetStats(&stats);
+    out->set_policy(PolicyName(job->params().policy));
+    out->set_steps(stats.steps());
+    out->set_last_step(stats.last_step());
+    out->set_groups(static_cast<uint32_t>(stats.groups_size()));
+    out->set_registered_bytes(stats.registered_bytes());
+    uint32_t workers = 0;
+    for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
+    out->set_attached_workers(workers);
+    if (observer_ != nullptr) observer_->Summarize(name, history, out);
+  }
+  return absl::OkStatus();
 }
 
 void Daemon::BeginShutdown() {

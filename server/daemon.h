@@ -16,6 +16,7 @@
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cpu_executor.h"
 #include "server/job.h"
+#include "server/observer.h"
 #include "server/registration.h"
 #include "server/shm_mapping.h"
 #include "server/state_store.h"
@@ -34,7 +35,9 @@ struct DaemonOptions {
 class Daemon {
  public:
   // Restores the checkpoints found in options.state_dir (applied when their job attaches).
-  static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options);
+  // `observer` (may be null) receives steps, attaches, detaches and config changes.
+  static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options,
+                                                        Observer* observer = nullptr);
 
   absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response);
   absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
@@ -49,6 +52,7 @@ class Daemon {
                            v1::ExportStateResponse* response);
   absl::Status ImportState(const v1::ImportStateRequest& request,
                            v1::ImportStateResponse* response);
+  absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
 
   // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
   void ExpireSessions(absl::Time now);
@@ -67,14 +71,23 @@ class Daemon {
     std::shared_ptr<Job> job;
     uint32_t local_rank = 0;
     absl::Time last_seen;
+    bool observer = false;
   };
 
-  explicit Daemon(const DaemonOptions& options);
+  Daemon(const DaemonOptions& options, Observer* observer);
   // The session of `token`, renewing its lease. UNAUTHENTICATED when unknown or expired.
   absl::StatusOr<Session> Use(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
-  void DropSession(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // As Use(), but refuses observer sessions (they may not register or step).
+  absl::StatusOr<Session> UseAsWorker(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
+  void DropSession(const std::string& token, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Refreshes the job's worker and byte gauges.
+  void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Job::StepCallback StepCallbackFor(const std::string& job);
+  absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
 
   const DaemonOptions options_;
+  Observer* const observer_;
   CpuExecutor executor_;
   MappingRegistry registry_;
   StateStore store_;

@@ -13,9 +13,9 @@
 namespace gstab {
 
 Job::Job(std::string name, const RuleParams& params, uint32_t local_world_size,
-         CpuExecutor* executor)
+         CpuExecutor* executor, StepCallback on_step)
     : name_(std::move(name)), local_world_size_(local_world_size), executor_(executor),
-      params_(params) {
+      on_step_(std::move(on_step)), params_(params) {
   v1::ConfigChange first;
   first.set_version(1);
   first.set_effective_step(0);
@@ -83,6 +83,13 @@ void Job::RemoveWorker(uint32_t local_rank) {
   workers_.erase(local_rank);
 }
 
+uint64_t Job::RegisteredBytes() const {
+  absl::MutexLock lock(&mu_);
+  uint64_t bytes = 0;
+  for (const auto& [rank, w] : workers_) bytes += w->registration.plan.total_bytes;
+  return bytes;
+}
+
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                        v1::StepResponse* response) {
   WorkerMap snapshot;
@@ -139,13 +146,18 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     num_groups = group_names_.size();
   }
 
+  const absl::Time start = absl::Now();
   v1::StepResponse result;
   absl::Status status = RunRound(step, snapshot, num_groups, &result);
-  absl::MutexLock lock(&mu_);
-  round_result_ = result;
-  round_status_ = status;
-  finished_round_id_ = round_id_;
-  round_open_ = false;
+  const absl::Duration duration = absl::Now() - start;
+  {
+    absl::MutexLock lock(&mu_);
+    round_result_ = result;
+    round_status_ = status;
+    finished_round_id_ = round_id_;
+    round_open_ = false;
+  }
+  if (status.ok() && on_step_) on_step_(result, duration);
   *response = std::move(result);
   return status;
 }
@@ -203,6 +215,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       r->set_spike((out.flags & (kFlagSpike | kFlagSpikeRatio)) != 0);
       r->set_skipped((out.flags & kFlagSkipped) != 0);
       r->set_diverging((out.flags & kFlagDiverging) != 0);
+      r->set_norm_mean(stats_[g].spike_mean);
+      r->set_norm_stddev(std::sqrt(stats_[g].spike_var));
       if (r->skipped()) response->set_skip(true);
       if (r->diverging()) response->set_diverging(true);
     }

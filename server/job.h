@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -27,9 +28,12 @@ namespace gstab {
 
 class Job {
  public:
+  // Called once per finished round by the worker that ran it, without locks held.
+  using StepCallback = std::function<void(const v1::StepResponse&, absl::Duration)>;
+
   // `executor` is shared, not owned, and outlives the job.
   Job(std::string name, const RuleParams& params, uint32_t local_world_size,
-      CpuExecutor* executor);
+      CpuExecutor* executor, StepCallback on_step = nullptr);
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
@@ -42,6 +46,7 @@ class Job {
   absl::Status Register(uint32_t local_rank, MappedRegistration registration,
                         v1::RegisterBuffersResponse* response);
   void RemoveWorker(uint32_t local_rank);
+  uint64_t RegisteredBytes() const;
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
   // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step.
@@ -74,6 +79,7 @@ class Job {
   const std::string name_;
   const uint32_t local_world_size_;
   CpuExecutor* const executor_;
+  const StepCallback on_step_;
 
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);

@@ -32,10 +32,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
         "TCP listening requires TLS: give --tls_cert and --tls_key with --listen");
   }
   std::unique_ptr<Server> server(new Server(options));
-  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Create(options.daemon);
+  server->observer_ = std::make_unique<Observer>(&server->metrics_, &server->events_,
+                                                 options.metrics_max_groups);
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon =
+      Daemon::Create(options.daemon, server->observer_.get());
   if (!daemon.ok()) return daemon.status();
   server->daemon_ = *std::move(daemon);
-  server->service_ = std::make_unique<StabilizerService>(server->daemon_.get());
+  server->service_ = std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_);
   return server;
 }
 
@@ -72,6 +75,13 @@ absl::Status Server::Start() {
   if (!options_.socket_path.empty() && chmod(options_.socket_path.c_str(), 0660) != 0) {
     LOG(WARNING) << "cannot set mode 0660 on " << options_.socket_path;
   }
+  if (options_.metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+        MetricsHttpServer::Start(&metrics_, options_.metrics_port);
+    if (!http.ok()) return http.status();
+    http_ = *std::move(http);
+    LOG(INFO) << "metrics on http://0.0.0.0:" << http_->port() << "/metrics";
+  }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
   LOG(INFO) << "gstabd serving on unix:" << options_.socket_path
@@ -97,6 +107,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   LOG(INFO) << "gstabd stopping: draining in-flight steps";
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   daemon_->BeginShutdown();
+  events_.Close();  // ends WatchEvents streams
   if (!daemon_->DrainSteps(deadline)) LOG(WARNING) << "steps still in flight at the deadline";
   // Every step has finished; idle connections need no grace period.
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
@@ -104,6 +115,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   grpc_server_.reset();
   stopping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
+  http_.reset();
   absl::Status s = daemon_->Checkpoint();
   if (!options_.socket_path.empty()) unlink(options_.socket_path.c_str());
   LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");

@@ -20,6 +20,10 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/daemon.h"
+#include "server/event_bus.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
+#include "server/observer.h"
 #include "server/service.h"
 
 namespace gstab {
@@ -31,6 +35,8 @@ struct ServerOptions {
   std::string tls_cert;        // PEM files
   std::string tls_key;
   absl::Duration checkpoint_interval = absl::Seconds(30);
+  int metrics_port = 9478;  // 0: a free port (logged); -1: no metrics endpoint
+  uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
 };
 
 class Server {
@@ -46,13 +52,18 @@ class Server {
   absl::Status Stop(absl::Time deadline);
 
   Daemon* daemon() { return daemon_.get(); }
+  int metrics_port() const { return http_ == nullptr ? -1 : http_->port(); }
 
  private:
   explicit Server(const ServerOptions& options) : options_(options) {}
   void Housekeeping();
 
   const ServerOptions options_;
+  MetricsRegistry metrics_;
+  EventBus events_;
+  std::unique_ptr<Observer> observer_;
   std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<MetricsHttpServer> http_;
   std::unique_ptr<StabilizerService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   absl::Notification stopping_;

@@ -54,4 +54,31 @@ grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
   return ToGrpcStatus(daemon_->ImportState(*request, response));
 }
 
+grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,
+                                         v1::ListJobsResponse* response) {
+  return ToGrpcStatus(daemon_->ListJobs(*request, response));
+}
+
+grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
+                                            const v1::WatchEventsRequest* request,
+                                            grpc::ServerWriter<v1::Event>* writer) {
+  // Each subscriber reads from its own bounded queue, so a slow one never holds up the
+  // pipeline; this thread only waits for its own queue and its own writes.
+  const std::shared_ptr<EventBus::Subscription> sub = bus_->Subscribe(request->job(),
+                                                                      request->recent());
+  const absl::Duration wait = request->follow() ? absl::Milliseconds(200) : absl::ZeroDuration();
+  v1::Event event;
+  while (!context->IsCancelled()) {
+    const EventBus::Subscription::Result r = sub->Next(&event, wait);
+    if (r == EventBus::Subscription::Result::kClosed) break;
+    if (r == EventBus::Subscription::Result::kTimeout) {
+      if (request->follow()) continue;
+      break;
+    }
+    if (!writer->Write(event)) break;
+  }
+  bus_->Unsubscribe(sub);
+  return grpc::Status::OK;
+}
+
 }  // namespace gstab

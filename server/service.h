@@ -4,12 +4,13 @@
 
 #include "gstab/v1/stabilizer.grpc.pb.h"
 #include "server/daemon.h"
+#include "server/event_bus.h"
 
 namespace gstab {
 
 class StabilizerService final : public v1::Stabilizer::Service {
  public:
-  explicit StabilizerService(Daemon* daemon) : daemon_(daemon) {}
+  StabilizerService(Daemon* daemon, EventBus* bus) : daemon_(daemon), bus_(bus) {}
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
                       v1::AttachResponse* response) override;
@@ -29,9 +30,14 @@ class StabilizerService final : public v1::Stabilizer::Service {
                            v1::ExportStateResponse* response) override;
   grpc::Status ImportState(grpc::ServerContext*, const v1::ImportStateRequest* request,
                            v1::ImportStateResponse* response) override;
+  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,
+                        v1::ListJobsResponse* response) override;
+  grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
+                           grpc::ServerWriter<v1::Event>* writer) override;
 
  private:
   Daemon* daemon_;  // not owned
+  EventBus* bus_;   // not owned
 };
 
 }  // namespace gstab

@@ -1,0 +1,65 @@
+// The daemon's event stream: the pipeline publishes spike, skip, divergence, attach, detach and
+// config-change events; each WatchEvents subscriber reads them from its own bounded queue.
+// Publishing never blocks on a subscriber: a full queue drops its oldest event and the next
+// event delivered carries how many were lost (Event.dropped_before).
+//
+// Thread-safe.
+#pragma once
+
+#include <deque>
+#include <list>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gstab/v1/stabilizer.pb.h"
+
+namespace gstab {
+
+class EventBus {
+ public:
+  class Subscription {
+   public:
+    enum class Result { kEvent, kTimeout, kClosed };
+    // Waits up to `timeout` for the next event.
+    Result Next(v1::Event* event, absl::Duration timeout);
+
+   private:
+    friend class EventBus;
+    Subscription(std::string job, size_t capacity) : job_(std::move(job)), capacity_(capacity) {}
+    void Push(const v1::Event& event);
+    void Close();
+
+    const std::string job_;
+    const size_t capacity_;
+    absl::Mutex mu_;
+    std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
+    uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+    bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  };
+
+  // `capacity`: events queued per subscriber; `history`: recent events kept for new ones.
+  explicit EventBus(size_t capacity = 1024, size_t history = 1024)
+      : capacity_(capacity), history_size_(history) {}
+
+  // Stamps the sequence number and (if unset) the wall time, then delivers.
+  void Publish(v1::Event event);
+  // Subscribes to `job` (empty: all), first receiving up to `recent` past events.
+  std::shared_ptr<Subscription> Subscribe(const std::string& job, uint32_t recent);
+  void Unsubscribe(const std::shared_ptr<Subscription>& subscription);
+  // Ends every subscription (shutdown).
+  void Close();
+
+ private:
+  const size_t capacity_;
+  const size_t history_size_;
+  absl::Mutex mu_;
+  uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<v1::Event> history_ ABSL_GUARDED_BY(mu_);
+  std::list<std::shared_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace gstab

@@ -1,0 +1,39 @@
+// The /metrics endpoint: a civetweb HTTP server on its own port that answers GET and HEAD of
+// /metrics with the registry's text exposition, and 405 to other methods.
+//
+//   auto http = MetricsHttpServer::Start(registry, 9478);   // port 0 picks a free one
+//   (*http)->port();
+//
+// Thread-safe; stops when destroyed.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "server/metrics.h"
+
+struct mg_context;
+struct mg_connection;
+
+namespace gstab {
+
+class MetricsHttpServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const MetricsRegistry* registry,
+                                                                  int port);
+  ~MetricsHttpServer();
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  explicit MetricsHttpServer(const MetricsRegistry* registry) : registry_(registry) {}
+  static int Handle(::mg_connection* conn, void* self);
+
+  const MetricsRegistry* registry_;
+  mg_context* ctx_ = nullptr;
+  int port_ = 0;
+};
+
+}  // namespace gstab

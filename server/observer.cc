@@ -1,0 +1,181 @@
+#include "server/observer.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+namespace {
+
+constexpr size_t kRecentNorms = 256;
+
+v1::Event MakeEvent(v1::EventType type, const std::string& job, uint64_t step) {
+  v1::Event e;
+  e.set_type(type);
+  e.set_job(job);
+  e.set_step(step);
+  return e;
+}
+
+}  // namespace
+
+Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
+    : bus_(bus), max_groups_(max_groups) {
+  const std::vector<std::string> job = {"job"};
+  const std::vector<std::string> job_group = {"job", "group"};
+  steps_ = r->AddCounter("gstab_steps_total", "Steps gstabd ran for the job.", job);
+  accepted_ = r->AddCounter("gstab_accepted_steps_total",
+                            "Steps whose every norm group was finite.", job);
+  skipped_ = r->AddCounter("gstab_skipped_steps_total",
+                           "Steps flagged skip because some gradient was NaN or Inf.", job);
+  spikes_ = r->AddCounter("gstab_spikes_total",
+                          "Steps on which at least one norm group was a spike.", job);
+  non_finite_ = r->AddCounter("gstab_non_finite_norms_total",
+                              "Norm-group norms that were NaN or Inf (kept out of histograms).",
+                              job);
+  norm_ = r->AddGauge("gstab_norm", "Last raw L2 norm of the group.", job_group);
+  stabilized_ = r->AddGauge("gstab_stabilized_norm", "Last L2 norm of the group after scaling.",
+                            job_group);
+  scale_ = r->AddGauge("gstab_scale", "Last scale applied to the group's gradients.", job_group);
+  ema_mean_ = r->AddGauge("gstab_norm_ema_mean", "EMA mean of the group's accepted norms.",
+                          job_group);
+  ema_stddev_ = r->AddGauge("gstab_norm_ema_stddev",
+                            "EMA standard deviation of the group's accepted norms.", job_group);
+  job_norm_ = r->AddGauge("gstab_job_norm", "Last raw L2 norm over all of the job's groups.", job);
+  job_stabilized_ = r->AddGauge("gstab_job_stabilized_norm",
+                                "Last L2 norm over all of the job's groups after scaling.", job);
+  norm_histogram_ = r->AddHistogram("gstab_job_norm_distribution",
+                                    "Finite raw L2 norms of the job's steps.", job,
+                                    ExponentialBuckets(1e-6, 10, 16));
+  duration_ = r->AddHistogram("gstab_step_duration_seconds",
+                              "Daemon-side duration of a step (all local workers arrived to done).",
+                              job, ExponentialBuckets(1e-5, 4, 11));
+  diverging_ = r->AddGauge("gstab_diverging", "1 while some group of the job is diverging.", job);
+  workers_ = r->AddGauge("gstab_attached_workers", "Workers attached to the job on this node.",
+                         job);
+  bytes_ = r->AddGauge("gstab_registered_bytes", "Gradient bytes registered by the job's workers.",
+                       job);
+  r->AddGauge("gstab_build_info", "gstabd build; the value is always 1.", {"version"})
+      ->Set({GSTAB_VERSION}, 1);
+}
+
+void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
+                      absl::Duration duration) {
+  steps_->Add({job}, 1);
+  (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
+  double sum = 0, stabilized_sum = 0, other = 0, other_stabilized = 0, other_mean = 0,
+         other_sd = 0;
+  bool spike = false, non_finite = false;
+  for (int i = 0; i < step.groups_size(); ++i) {
+    const v1::GroupResult& g = step.groups(i);
+    sum += g.norm() * g.norm();
+    stabilized_sum += g.stabilized_norm() * g.stabilized_norm();
+    spike |= g.spike();
+    if (!std::isfinite(g.norm())) {
+      non_finite_->Add({job}, 1);
+      non_finite = true;
+    }
+    if (static_cast<uint32_t>(i) < max_groups_) {
+      norm_->Set({job, g.group()}, g.norm());
+      stabilized_->Set({job, g.group()}, g.stabilized_norm());
+      scale_->Set({job, g.group()}, g.scale());
+      ema_mean_->Set({job, g.group()}, g.norm_mean());
+      ema_stddev_->Set({job, g.group()}, g.norm_stddev());
+    } else {
+      other += g.norm() * g.norm();
+      other_stabilized += g.stabilized_norm() * g.stabilized_norm();
+      other_mean += g.norm_mean() * g.norm_mean();
+      other_sd += g.norm_stddev() * g.norm_stddev();
+    }
+  }
+  if (static_cast<uint32_t>(step.groups_size()) > max_groups_) {
+    // Beyond the cap the groups are one: L2 combinations of their norms and statistics.
+    norm_->Set({job, "_other"}, std::sqrt(other));
+    stabilized_->Set({job, "_other"}, std::sqrt(other_stabilized));
+    scale_->Set({job, "_other"}, other > 0 ? std::sqrt(other_stabilized / other) : 1.0);
+    ema_mean_->Set({job, "_other"}, std::sqrt(other_mean));
+    ema_stddev_->Set({job, "_other"}, std::sqrt(other_sd));
+  }
+  const double norm = non_finite ? NAN : std::sqrt(sum);
+  if (spike) spikes_->Add({job}, 1);
+  job_norm_->Set({job}, norm);
+  job_stabilized_->Set({job}, std::sqrt(stabilized_sum));
+  norm_histogram_->Observe({job}, norm);
+  duration_->Observe({job}, absl::ToDoubleSeconds(duration));
+  diverging_->Set({job}, step.diverging() ? 1 : 0);
+
+  bool was_diverging;
+  {
+    absl::MutexLock lock(&mu_);
+    JobState& s = jobs_[job];
+    was_diverging = s.diverging;
+    s.diverging = step.diverging();
+    s.skipped += step.skip();
+    s.spike_steps += spike;
+    s.last_norm = norm;
+    s.last_stabilized = std::sqrt(stabilized_sum);
+    s.recent.push_back(norm);
+    if (s.recent.size() > kRecentNorms) s.recent.pop_front();
+  }
+  PublishStepEvents(job, step, norm, was_diverging);
+}
+
+void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
+                                 bool was_diverging) {
+  v1::Event spike = MakeEvent(v1::EVENT_TYPE_SPIKE, job, step.step());
+  v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, step.step());
+  v1::Event diverging = MakeEvent(
+      step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END, job,
+      step.step());
+  for (v1::Event* e : {&spike, &skip, &diverging}) e->set_norm(norm);
+  double z = 0;
+  for (const v1::GroupResult& g : step.groups()) {
+    z = std::max(z, g.z());
+    if (g.spike()) spike.add_groups(g.group());
+    if (g.skipped()) skip.add_groups(g.group());
+    if (g.diverging()) diverging.add_groups(g.group());
+  }
+  for (v1::Event* e : {&spike, &skip, &diverging}) e->set_z(z);
+  if (spike.groups_size() > 0) bus_->Publish(std::move(spike));
+  if (skip.groups_size() > 0) bus_->Publish(std::move(skip));
+  if (step.diverging() != was_diverging) bus_->Publish(std::move(diverging));
+}
+
+void Observer::OnAttach(const std::string& job, uint32_t local_rank, bool observer) {
+  v1::Event e = MakeEvent(v1::EVENT_TYPE_ATTACH, job, 0);
+  e.set_detail(observer ? std::string("observer") : absl::StrCat("local rank ", local_rank));
+  bus_->Publish(std::move(e));
+}
+
+void Observer::OnDetach(const std::string& job, uint32_t local_rank, const std::string& reason) {
+  v1::Event e = MakeEvent(v1::EVENT_TYPE_DETACH, job, 0);
+  e.set_detail(absl::StrCat("local rank ", local_rank, ": ", reason));
+  bus_->Publish(std::move(e));
+}
+
+void Observer::OnConfigChange(const std::string& job, uint64_t version, const std::string& policy) {
+  v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, 0);
+  e.set_detail(absl::StrCat("version ", version, ": policy ", policy));
+  bus_->Publish(std::move(e));
+}
+
+void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes) {
+  workers_->Set({job}, workers);
+  bytes_->Set({job}, static_cast<double>(registered_bytes));
+}
+
+void Observer::Summarize(const std::string& job, uint32_t history, v1::JobSummary* out) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job);
+  if (it == jobs_.end()) return;
+  const JobState& s = it->second;
+  out->set_skipped_steps(s.skipped);
+  out->set_spike_steps(s.spike_steps);
+  out->set_diverging(s.diverging);
+  out->set_last_norm(s.last_norm);
+  out->set_last_stabilized_norm(s.last_stabilized);
+  const size_t n = std::min<size_t>(history, s.recent.size());
+  for (size_t i = s.recent.size() - n; i < s.recent.size(); ++i) out->add_recent_norms(s.recent[i]);
+}
+
+}  // namespace gstab

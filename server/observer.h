@@ -1,0 +1,73 @@
+// What gstabd tells the outside about each job: Prometheus metrics, events, and the summaries
+// behind ListJobs (counters and recent norms). Fed by the pipeline once per step and by the
+// daemon on attach, detach and config changes. Owns no job state the pipeline needs.
+//
+// Thread-safe.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gstab/v1/stabilizer.pb.h"
+#include "server/event_bus.h"
+#include "server/metrics.h"
+
+namespace gstab {
+
+class Observer {
+ public:
+  // Groups exported one by one per job; the rest are aggregated as group "_other".
+  static constexpr uint32_t kDefaultMaxGroups = 32;
+
+  Observer(MetricsRegistry* registry, EventBus* bus, uint32_t max_groups = kDefaultMaxGroups);
+
+  void OnStep(const std::string& job, const v1::StepResponse& step, absl::Duration duration);
+  void OnAttach(const std::string& job, uint32_t local_rank, bool observer);
+  void OnDetach(const std::string& job, uint32_t local_rank, const std::string& reason);
+  void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy);
+  void SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes);
+
+  // Fills counters, the last norms and up to `history` recent norms of `job`.
+  void Summarize(const std::string& job, uint32_t history, v1::JobSummary* summary) const;
+
+ private:
+  struct JobState {
+    uint64_t skipped = 0;
+    uint64_t spike_steps = 0;
+    bool diverging = false;
+    double last_norm = 0;
+    double last_stabilized = 0;
+    std::deque<double> recent;  // job-level norms, oldest first
+  };
+  void PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
+                         bool was_diverging);
+
+  EventBus* const bus_;
+  const uint32_t max_groups_;
+  MetricFamily* steps_;
+  MetricFamily* accepted_;
+  MetricFamily* skipped_;
+  MetricFamily* spikes_;
+  MetricFamily* non_finite_;
+  MetricFamily* norm_;
+  MetricFamily* stabilized_;
+  MetricFamily* scale_;
+  MetricFamily* ema_mean_;
+  MetricFamily* ema_stddev_;
+  MetricFamily* job_norm_;
+  MetricFamily* job_stabilized_;
+  MetricFamily* norm_histogram_;
+  MetricFamily* duration_;
+  MetricFamily* diverging_;
+  MetricFamily* workers_;
+  MetricFamily* bytes_;
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, JobState> jobs_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace gstab
