@@ -38,6 +38,7 @@ absl::Status Client::Attach(const AttachOptions& options) {
   request.set_local_rank(options.local_rank);
   request.set_local_world_size(options.local_world_size);
   *request.mutable_config() = options.config;
+  request.set_observer(options.observer);
   grpc::ClientContext ctx;
   v1::AttachResponse response;
   if (absl::Status s = FromGrpcStatus(stub_->Attach(&ctx, request, &response)); !s.ok()) return s;

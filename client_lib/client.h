@@ -31,6 +31,9 @@ struct AttachOptions {
   uint32_t local_rank = 0;
   uint32_t local_world_size = 1;
   v1::PolicyConfig config;  // empty: the daemon's defaults (stabilize, v4)
+  // An observer session (tools): GetStats, UpdateConfig, Export/ImportState of an existing
+  // job without being one of its workers.
+  bool observer = false;
 };
 
 class Client {

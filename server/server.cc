@@ -72,8 +72,12 @@ absl::Status Server::Start() {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options_.socket_path, "' ",
                                                options_.listen_address));
   }
-  if (!options_.socket_path.empty() && chmod(options_.socket_path.c_str(), 0660) != 0) {
-    LOG(WARNING) << "cannot set mode 0660 on " << options_.socket_path;
+  if (!options_.socket_path.empty()) {
+    if (chmod(options_.socket_path.c_str(), 0660) != 0) {
+      LOG(WARNING) << "cannot set mode 0660 on " << options_.socket_path;
+    }
+    struct stat st;
+    if (stat(options_.socket_path.c_str(), &st) == 0) socket_inode_ = st.st_ino;
   }
   if (options_.metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
@@ -117,7 +121,11 @@ absl::Status Server::Stop(absl::Time deadline) {
   if (housekeeping_.joinable()) housekeeping_.join();
   http_.reset();
   absl::Status s = daemon_->Checkpoint();
-  if (!options_.socket_path.empty()) unlink(options_.socket_path.c_str());
+  struct stat st;
+  if (!options_.socket_path.empty() && stat(options_.socket_path.c_str(), &st) == 0 &&
+      st.st_ino == socket_inode_) {
+    unlink(options_.socket_path.c_str());
+  }
   LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");
   return s;
 }

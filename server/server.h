@@ -11,6 +11,7 @@
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+#include <sys/types.h>
 
 #include <memory>
 #include <string>
@@ -67,6 +68,7 @@ class Server {
   std::unique_ptr<StabilizerService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   absl::Notification stopping_;
+  ino_t socket_inode_ = 0;  // so Stop removes our socket, not a successor's
   std::thread housekeeping_;
 };
 

@@ -1,0 +1,189 @@
+#include "tools/ctl_format.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace gstab::ctl {
+namespace {
+
+std::string Norm(double v) { return std::isfinite(v) ? absl::StrFormat("%.4g", v) : "non-finite"; }
+
+const char* EventName(v1::EventType t) {
+  switch (t) {
+    case v1::EVENT_TYPE_SPIKE:
+      return "SPIKE";
+    case v1::EVENT_TYPE_SKIP:
+      return "SKIP";
+    case v1::EVENT_TYPE_DIVERGENCE_START:
+      return "DIVERGING";
+    case v1::EVENT_TYPE_DIVERGENCE_END:
+      return "RECOVERED";
+    case v1::EVENT_TYPE_ATTACH:
+      return "ATTACH";
+    case v1::EVENT_TYPE_DETACH:
+      return "DETACH";
+    case v1::EVENT_TYPE_CONFIG_CHANGE:
+      return "CONFIG";
+    default:
+      return "EVENT";
+  }
+}
+
+}  // namespace
+
+std::string StatusTable(const v1::ListJobsResponse& jobs) {
+  std::string out = absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s\n", "JOB", "POLICY",
+                                    "WORKERS", "STEPS", "LAST_NORM", "STABILIZED", "SPIKES",
+                                    "SKIPS", "DIVERGING");
+  for (const v1::JobSummary& j : jobs.jobs()) {
+    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s\n", j.job(), j.policy(),
+                          j.attached_workers(), j.steps(), Norm(j.last_norm()),
+                          Norm(j.last_stabilized_norm()), j.spike_steps(), j.skipped_steps(),
+                          j.diverging() ? "YES" : "no");
+  }
+  if (jobs.jobs_size() == 0) out += "(no jobs)\n";
+  return out;
+}
+
+std::string Sparkline(const std::vector<double>& values) {
+  static const char* const kBars[] = {"▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+  double lo = INFINITY, hi = -INFINITY;
+  for (double v : values) {
+    if (std::isfinite(v) && v > 0) {
+      lo = std::min(lo, std::log10(v));
+      hi = std::max(hi, std::log10(v));
+    }
+  }
+  std::string out;
+  for (double v : values) {
+    if (!std::isfinite(v)) {
+      out += "!";
+    } else if (v <= 0 || hi <= lo) {
+      out += kBars[0];
+    } else {
+      const double f = (std::log10(v) - lo) / (hi - lo);
+      out += kBars[std::clamp(static_cast<int>(f * 7.999), 0, 7)];
+    }
+  }
+  return out;
+}
+
+std::string TopScreen(const v1::ListJobsResponse& jobs, int width) {
+  std::string out = absl::StrCat("gstab top   ", absl::FormatTime("%H:%M:%S", absl::Now(),
+                                                                  absl::LocalTimeZone()),
+                                 "   ", jobs.jobs_size(), " job(s)\n\n");
+  for (const v1::JobSummary& j : jobs.jobs()) {
+    std::vector<double> recent(j.recent_norms().begin(), j.recent_norms().end());
+    if (static_cast<int>(recent.size()) > width) recent.erase(recent.begin(), recent.end() - width);
+    absl::StrAppendFormat(&out, "%s  [%s]  step %d  workers %d%s\n", j.job(), j.policy(),
+                          j.last_step(), j.attached_workers(),
+                          j.diverging() ? "  ** DIVERGING **" : "");
+    absl::StrAppendFormat(&out, "  norm %s  last %s -> %s   spikes %d  skips %d\n\n",
+                          Sparkline(recent), Norm(j.last_norm()), Norm(j.last_stabilized_norm()),
+                          j.spike_steps(), j.skipped_steps());
+  }
+  return out;
+}
+
+std::string EventLine(const v1::Event& e) {
+  std::string out;
+  if (e.dropped_before() > 0) {
+    absl::StrAppend(&out, "(", e.dropped_before(), " events dropped: this reader was too slow)\n");
+  }
+  const absl::Time t = absl::FromUnixNanos(e.wall_time_unix_nanos());
+  absl::StrAppend(&out, absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone()), "  ",
+                  absl::StrFormat("%-9s", EventName(e.type())), " job=", e.job());
+  if (e.step() > 0) absl::StrAppend(&out, " step=", e.step());
+  if (e.type() == v1::EVENT_TYPE_SPIKE || e.type() == v1::EVENT_TYPE_SKIP ||
+      e.type() == v1::EVENT_TYPE_DIVERGENCE_START || e.type() == v1::EVENT_TYPE_DIVERGENCE_END) {
+    absl::StrAppend(&out, " norm=", Norm(e.norm()), " z=", absl::StrFormat("%.3g", e.z()));
+  }
+  if (e.groups_size() > 0) absl::StrAppend(&out, " groups=", absl::StrJoin(e.groups(), ","));
+  if (!e.detail().empty()) absl::StrAppend(&out, " ", e.detail());
+  return out;
+}
+
+absl::Status SetConfigField(const std::string& key, const std::string& value,
+                            v1::PolicyConfig* config) {
+  using google::protobuf::FieldDescriptor;
+  google::protobuf::Message* msg = config;
+  const std::vector<std::string> path = absl::StrSplit(key, '.');
+  for (size_t i = 0; i < path.size(); ++i) {
+    const FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(path[i]);
+    if (f == nullptr || f->is_repeated()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
+    }
+    const google::protobuf::Reflection* r = msg->GetReflection();
+    if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
+      if (i + 1 == path.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("'", key, "' is a section, not a value"));
+      }
+      msg = r->MutableMessage(msg, f);
+      continue;
+    }
+    if (i + 1 != path.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
+    }
+    bool ok = true;
+    switch (f->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_DOUBLE: {
+        double d;
+        ok = absl::SimpleAtod(value, &d);
+        if (ok) r->SetDouble(msg, f, d);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_UINT32: {
+        uint32_t u;
+        ok = absl::SimpleAtoi(value, &u);
+        if (ok) r->SetUInt32(msg, f, u);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_BOOL: {
+        bool b;
+        ok = absl::SimpleAtob(value, &b);
+        if (ok) r->SetBool(msg, f, b);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        const std::string upper =
+            absl::AsciiStrToUpper(absl::StrReplaceAll(value, {{"-", "_"}}));
+        const google::protobuf::EnumValueDescriptor* found = f->enum_type()->FindValueByName(upper);
+        for (int k = 0; found == nullptr && k < f->enum_type()->value_count(); ++k) {
+          const std::string& name = f->enum_type()->value(k)->name();
+          if (absl::EndsWith(name, "_" + upper)) found = f->enum_type()->value(k);
+        }
+        ok = found != nullptr && found->number() != 0;
+        if (ok) r->SetEnum(msg, f, found);
+        break;
+      }
+      default:
+        ok = false;
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config key '", key, "' cannot take the value '", value, "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+}  // namespace gstab::ctl

@@ -1,0 +1,200 @@
+// gstabctl: look at and steer a node's gstabd.
+//
+//   gstabctl status                        jobs, workers, policy, last norms, counters
+//   gstabctl events [--job=J] [--follow]   recent events, or the live stream
+//   gstabctl top                           a refreshing view: norm sparklines per job
+//   gstabctl config set --job=J policy=clip clip.max_norm=0.5
+//   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
+//   gstabctl import --job=J --in=FILE
+//
+// Human-readable by default, --json for scripts. Exit status 0 on success, 1 on any error
+// (with the reason on stderr), 2 for a bad command line.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "client_lib/client.h"
+#include "tools/ctl_format.h"
+
+ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "gstabd's unix socket");
+ABSL_FLAG(bool, json, false, "print JSON (one object per line) instead of text");
+ABSL_FLAG(std::string, job, "", "the job to act on (events: filter)");
+ABSL_FLAG(bool, follow, false, "events: keep streaming new events");
+ABSL_FLAG(uint32_t, recent, 100, "events: how many recent events to show first");
+ABSL_FLAG(int, interval_ms, 1000, "top: refresh period");
+ABSL_FLAG(int, iterations, 0, "top: refreshes before exiting (0: until interrupted)");
+ABSL_FLAG(std::string, out, "", "export: file to write");
+ABSL_FLAG(std::string, in, "", "import: file to read");
+
+namespace gstab::ctl {
+namespace {
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "gstabctl: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "gstabctl: %s\nusage: gstabctl [flags] status|events|top|config set "
+               "KEY=VALUE...|export|import (see --help)\n", why.c_str());
+  return 2;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Connect() {
+  return Client::Connect(absl::GetFlag(FLAGS_socket), absl::Seconds(3));
+}
+
+// A client attached as an observer of --job.
+absl::StatusOr<std::unique_ptr<Client>> ConnectToJob() {
+  const std::string job = absl::GetFlag(FLAGS_job);
+  if (job.empty()) return absl::InvalidArgumentError("this command needs --job=NAME");
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect();
+  if (!client.ok()) return client.status();
+  AttachOptions o;
+  o.job = job;
+  o.observer = true;
+  if (absl::Status s = (*client)->Attach(o); !s.ok()) return s;
+  return client;
+}
+
+absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history) {
+  v1::ListJobsRequest request;
+  request.set_history(history);
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse response;
+  if (absl::Status s = FromGrpcStatus(client->stub()->ListJobs(&ctx, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+int Status() {
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  auto jobs = ListJobs(client->get(), 0);
+  if (!jobs.ok()) return Fail(jobs.status());
+  std::printf("%s", absl::GetFlag(FLAGS_json) ? (ToJson(*jobs) + "\n").c_str()
+                                               : StatusTable(*jobs).c_str());
+  return 0;
+}
+
+int Events() {
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  v1::WatchEventsRequest request;
+  request.set_job(absl::GetFlag(FLAGS_job));
+  request.set_follow(absl::GetFlag(FLAGS_follow));
+  request.set_recent(absl::GetFlag(FLAGS_recent));
+  grpc::ClientContext ctx;
+  auto reader = (*client)->stub()->WatchEvents(&ctx, request);
+  v1::Event event;
+  while (reader->Read(&event)) {
+    std::printf("%s\n", absl::GetFlag(FLAGS_json) ? ToJson(event).c_str() : EventLine(event).c_str());
+    std::fflush(stdout);
+  }
+  absl::Status s = FromGrpcStatus(reader->Finish());
+  return s.ok() ? 0 : Fail(s);
+}
+
+int Top() {
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  for (int i = 0; iterations == 0 || i < iterations; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
+    auto jobs = ListJobs(client->get(), 60);
+    if (!jobs.ok()) return Fail(jobs.status());
+    if (absl::GetFlag(FLAGS_json)) {
+      std::printf("%s\n", ToJson(*jobs).c_str());
+    } else {
+      std::printf("%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+int ConfigSet(const std::vector<std::string>& assignments) {
+  if (assignments.empty()) return Usage("config set needs KEY=VALUE arguments");
+  v1::PolicyConfig update;
+  for (const std::string& a : assignments) {
+    const std::vector<std::string> kv = absl::StrSplit(a, absl::MaxSplits('=', 1));
+    if (kv.size() != 2) return Usage("expected KEY=VALUE, got '" + a + "'");
+    if (absl::Status s = SetConfigField(kv[0], kv[1], &update); !s.ok()) return Fail(s);
+  }
+  auto client = ConnectToJob();
+  if (!client.ok()) return Fail(client.status());
+  auto updated = (*client)->UpdateConfig(update);
+  if (!updated.ok()) return Fail(updated.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", ToJson(*updated).c_str());
+  } else {
+    std::printf("job %s: configuration version %llu, effective from the next step\n",
+                absl::GetFlag(FLAGS_job).c_str(),
+                static_cast<unsigned long long>(updated->version()));
+  }
+  (void)(*client)->Detach();
+  return 0;
+}
+
+int Export() {
+  const std::string path = absl::GetFlag(FLAGS_out);
+  if (path.empty()) return Usage("export needs --out=FILE");
+  auto client = ConnectToJob();
+  if (!client.ok()) return Fail(client.status());
+  auto state = (*client)->ExportState();
+  if (!state.ok()) return Fail(state.status());
+  std::ofstream out(path, std::ios::binary);
+  out << *state;
+  if (!out) return Fail(absl::InternalError("cannot write '" + path + "'"));
+  std::printf("exported %zu bytes of job %s's statistics to %s\n", state->size(),
+              absl::GetFlag(FLAGS_job).c_str(), path.c_str());
+  (void)(*client)->Detach();
+  return 0;
+}
+
+int Import() {
+  const std::string path = absl::GetFlag(FLAGS_in);
+  if (path.empty()) return Usage("import needs --in=FILE");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Fail(absl::NotFoundError("cannot read '" + path + "'"));
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  auto client = ConnectToJob();
+  if (!client.ok()) return Fail(client.status());
+  if (absl::Status s = (*client)->ImportState(bytes.str()); !s.ok()) return Fail(s);
+  std::printf("imported %s into job %s\n", path.c_str(), absl::GetFlag(FLAGS_job).c_str());
+  (void)(*client)->Detach();
+  return 0;
+}
+
+}  // namespace
+}  // namespace gstab::ctl
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "gstabctl [--socket=PATH] [--json] status | events [--job=J] [--follow] | top | "
+      "config set --job=J KEY=VALUE... | export --job=J --out=FILE | import --job=J --in=FILE");
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> args(rest.begin() + 1, rest.end());
+  if (args.empty()) return gstab::ctl::Usage("no command");
+  const std::string& cmd = args[0];
+  if (cmd == "status") return gstab::ctl::Status();
+  if (cmd == "events") return gstab::ctl::Events();
+  if (cmd == "top") return gstab::ctl::Top();
+  if (cmd == "export") return gstab::ctl::Export();
+  if (cmd == "import") return gstab::ctl::Import();
+  if (cmd == "config" && args.size() >= 2 && args[1] == "set") {
+    return gstab::ctl::ConfigSet(std::vector<std::string>(args.begin() + 2, args.end()));
+  }
+  return gstab::ctl::Usage("unknown command '" + cmd + "'");
+}
