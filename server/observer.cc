@@ -142,6 +142,10 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
 }
 
 void Observer::OnAttach(const std::string& job, uint32_t local_rank, bool observer) {
+  // Counters exist from the job's first attach, at 0, so rates and alerts see them start.
+  for (MetricFamily* counter : {steps_, accepted_, skipped_, spikes_, non_finite_}) {
+    counter->Add({job}, 0);
+  }
   v1::Event e = MakeEvent(v1::EVENT_TYPE_ATTACH, job, 0);
   e.set_detail(observer ? std::string("observer") : absl::StrCat("local rank ", local_rank));
   bus_->Publish(std::move(e));

@@ -1,6 +1,9 @@
 #include "tests/testing/subprocess.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -12,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -119,10 +123,12 @@ absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
   return absl::FailedPreconditionError("not running");
 }
 
-absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir, const std::vector<std::string>& flags) {
+absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir,
+                                                  const std::vector<std::string>& flags) {
   const std::string socket = dir + "/gstabd.sock";
   std::vector<std::string> argv = {GstabdPath(), "--socket=" + socket,
-                                   "--state_dir=" + dir + "/state", "--backend=cpu"};
+                                   "--state_dir=" + dir + "/state", "--backend=cpu",
+                                   "--metrics_port=-1"};
   argv.insert(argv.end(), flags.begin(), flags.end());
   absl::StatusOr<Subprocess> p = Subprocess::Start(argv, dir + "/gstabd.log");
   if (!p.ok()) return p.status();
@@ -132,7 +138,71 @@ absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir, const
     if (absl::Now() > deadline) return absl::DeadlineExceededError("gstabd did not start");
     absl::SleepFor(absl::Milliseconds(20));
   }
-  return DaemonProcess(*std::move(p), socket);
+  return DaemonProcess(*std::move(p), socket, dir + "/gstabd.log");
+}
+
+absl::StatusOr<int> DaemonProcess::MetricsPort() const {
+  std::ifstream in(log_);
+  std::string line;
+  const std::string marker = "metrics on http://0.0.0.0:";
+  while (std::getline(in, line)) {
+    const size_t at = line.find(marker);
+    if (at != std::string::npos) return std::atoi(line.c_str() + at + marker.size());
+  }
+  return absl::NotFoundError("gstabd logged no metrics port");
+}
+
+absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
+                                         const std::string& target) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot connect to port ", port));
+  }
+  const std::string request = absl::StrCat(method, " ", target, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::InternalError("short write");
+  }
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) raw.append(buf, static_cast<size_t>(n));
+  close(fd);
+  HttpResponse r;
+  const size_t split = raw.find("\r\n\r\n");
+  if (raw.size() < 12 || split == std::string::npos) return absl::InternalError("bad response");
+  r.status = std::atoi(raw.c_str() + 9);
+  r.headers = raw.substr(0, split);
+  r.body = raw.substr(split + 4);
+  return r;
+}
+
+int FreeTcpPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::pair<int, std::string> RunShell(const std::string& command) {
+  std::string out;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 absl::StatusOr<int> DaemonProcess::Stop() {

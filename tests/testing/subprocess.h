@@ -44,14 +44,31 @@ class DaemonProcess {
                                       const std::vector<std::string>& flags = {});
   const std::string& socket() const { return socket_; }
   Subprocess& process() { return process_; }
+  // The /metrics port the daemon logged (start it with --metrics_port=0).
+  absl::StatusOr<int> MetricsPort() const;
   // SIGTERM and wait: the exit code.
   absl::StatusOr<int> Stop();
 
  private:
-  DaemonProcess(Subprocess p, std::string socket) : process_(std::move(p)), socket_(std::move(socket)) {}
+  DaemonProcess(Subprocess p, std::string socket, std::string log)
+      : process_(std::move(p)), socket_(std::move(socket)), log_(std::move(log)) {}
   Subprocess process_;
   std::string socket_;
+  std::string log_;
 };
+
+struct HttpResponse {
+  int status = 0;
+  std::string headers;
+  std::string body;
+};
+// A plain HTTP/1.0 request to 127.0.0.1:port.
+absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
+                                         const std::string& target);
+// A TCP port nobody listens on right now.
+int FreeTcpPort();
+// Runs a shell command; returns its exit code and combined output.
+std::pair<int, std::string> RunShell(const std::string& command);
 
 // A fresh temporary directory, removed with everything in it on destruction.
 class TempDir {

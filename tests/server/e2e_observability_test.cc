@@ -1,0 +1,276 @@
+// End-to-end observability: /metrics scraped live (and by a real Prometheus server), the event
+// stream, and gstabctl, against a real gstabd and the real example trainer.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <regex>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::Subprocess;
+using testing::TempDir;
+
+class E2eObservabilityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = DaemonProcess::Start(dir_.path(), {"--metrics_port=0"});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
+    auto port = daemon_->MetricsPort();
+    ASSERT_TRUE(port.ok()) << port.status();
+    port_ = *port;
+  }
+
+  // Runs the trainer to completion; returns its output.
+  std::string Train(const std::string& job, const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {testing::BinaryPath("examples/mlp_trainer"),
+                                     "--socket=" + daemon_->socket(), "--job=" + job};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    absl::StatusOr<Subprocess> p = Subprocess::Start(argv);
+    EXPECT_TRUE(p.ok());
+    std::string out = p->ReadAll();
+    EXPECT_EQ(p->Wait(absl::Seconds(60)).value_or(-1), 0) << out;
+    return out;
+  }
+
+  std::pair<int, std::string> Ctl(const std::string& args) {
+    return testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                             " --socket=" + daemon_->socket() + " " + args);
+  }
+
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  int port_ = 0;
+};
+
+TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServed) {
+  Train("scraped", {"--steps=120", "--spike_steps=60", "--print_every=1000"});
+  absl::StatusOr<testing::HttpResponse> get = testing::HttpRequest(port_, "GET", "/metrics");
+  ASSERT_TRUE(get.ok()) << get.status();
+  EXPECT_EQ(get->status, 200);
+  EXPECT_NE(get->headers.find("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+            std::string::npos) << get->headers;
+  EXPECT_NE(get->body.find("gstab_steps_total{job=\"scraped\"} 120\n"), std::string::npos);
+  EXPECT_NE(get->body.find("gstab_spikes_total{job=\"scraped\"} "), std::string::npos);
+  const std::string file = dir_.path() + "/scrape.txt";
+  std::ofstream(file) << get->body;
+  auto [rc, out] = testing::RunShell("promtool check metrics < " + file);
+  EXPECT_EQ(rc, 0) << out;
+
+  absl::StatusOr<testing::HttpResponse> head = testing::HttpRequest(port_, "HEAD", "/metrics");
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(head->status, 200);
+  EXPECT_TRUE(head->body.empty());
+  absl::StatusOr<testing::HttpResponse> post = testing::HttpRequest(port_, "POST", "/metrics");
+  ASSERT_TRUE(post.ok());
+  EXPECT_EQ(post->status, 405);
+}
+
+// Value of an instant query, or NaN while Prometheus has no sample.
+double PrometheusValue(int port, const std::string& query) {
+  std::string encoded;
+  for (char c : query) {
+    if (std::isalnum(static_cast<unsigned char>(c)) || c == '_') {
+      encoded += c;
+    } else {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", static_cast<unsigned char>(c));
+      encoded += hex;
+    }
+  }
+  absl::StatusOr<testing::HttpResponse> r =
+      testing::HttpRequest(port, "GET", "/api/v1/query?query=" + encoded);
+  if (!r.ok()) return NAN;
+  std::smatch m;
+  static const std::regex value(R"re("value":\[[0-9.e+]+,"([^"]+)"\])re");
+  if (!std::regex_search(r->body, m, value)) return NAN;
+  return std::stod(m[1]);
+}
+
+TEST_F(E2eObservabilityTest, RealPrometheusStoresWhatTheTrainerSaw) {
+  const int prom_port = testing::FreeTcpPort();
+  const std::string config = dir_.path() + "/prometheus.yml";
+  std::ofstream(config) << "global:\n  scrape_interval: 1s\nscrape_configs:\n"
+                        << "  - job_name: gstabd\n    honor_labels: true\n"
+                        << "    static_configs:\n      - targets: ['127.0.0.1:" << port_ << "']\n";
+  absl::StatusOr<Subprocess> prom = Subprocess::Start(
+      {"/usr/bin/prometheus", "--config.file=" + config,
+       "--storage.tsdb.path=" + dir_.path() + "/tsdb",
+       "--web.listen-address=127.0.0.1:" + std::to_string(prom_port)},
+      dir_.path() + "/prometheus.log");
+  ASSERT_TRUE(prom.ok()) << prom.status();
+
+  const std::string out = Train("prom-job", {"--steps=300", "--spike_steps=100,200",
+                                             "--spike_factor=1e5", "--print_every=1"});
+  int spike_steps = 0, skip_steps = 0;
+  double last_raw = 0;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    spike_steps += line.find("spike-detected") != std::string::npos;
+    skip_steps += line.find(" skip") != std::string::npos;
+    int step;
+    double loss, raw;
+    if (std::sscanf(line.c_str(), "%d %lf %lf", &step, &loss, &raw) == 3 && step == 300) {
+      last_raw = raw;
+    }
+  }
+  ASSERT_GE(spike_steps, 2) << out;
+  ASSERT_GT(last_raw, 0) << out;
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(45);
+  double steps = NAN, spikes = NAN, skipped = NAN, norm = NAN;
+  while (absl::Now() < deadline) {
+    steps = PrometheusValue(prom_port, "gstab_steps_total{job=\"prom-job\"}");
+    spikes = PrometheusValue(prom_port, "gstab_spikes_total{job=\"prom-job\"}");
+    skipped = PrometheusValue(prom_port, "gstab_skipped_steps_total{job=\"prom-job\"}");
+    norm = PrometheusValue(prom_port, "gstab_job_norm{job=\"prom-job\"}");
+    if (steps == 300) break;
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_EQ(steps, 300);
+  EXPECT_EQ(spikes, spike_steps);
+  EXPECT_EQ(skipped, skip_steps);
+  EXPECT_NEAR(norm / last_raw, 1.0, 1e-3);  // the trainer prints 4 significant digits
+  const double groups = PrometheusValue(prom_port, "count(gstab_norm{job=\"prom-job\"})");
+  EXPECT_EQ(groups, 6);
+}
+
+std::vector<v1::Event> Collect(Client* client, const std::string& job, bool follow,
+                               const std::function<bool(const v1::Event&)>& until) {
+  v1::WatchEventsRequest request;
+  request.set_job(job);
+  request.set_follow(follow);
+  request.set_recent(follow ? 0 : 1000);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = client->stub()->WatchEvents(&ctx, request);
+  std::vector<v1::Event> events;
+  v1::Event e;
+  while (reader->Read(&e)) {
+    events.push_back(e);
+    if (until(e)) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  return events;
+}
+
+TEST_F(E2eObservabilityTest, EveryInjectedSpikeAppearsExactlyOnceInOrder) {
+  auto client = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(client.ok());
+  std::vector<v1::Event> events;
+  std::thread watcher([&] {
+    events = Collect(client->get(), "evented", true, [](const v1::Event& e) {
+      return e.type() == v1::EVENT_TYPE_DETACH;
+    });
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // let the subscription open
+  Train("evented", {"--steps=250", "--spike_steps=60,120,180", "--print_every=1000"});
+  watcher.join();
+  std::map<uint64_t, int> spikes;
+  uint64_t last_sequence = 0;
+  for (const v1::Event& e : events) {
+    EXPECT_GT(e.sequence(), last_sequence);
+    last_sequence = e.sequence();
+    EXPECT_EQ(e.job(), "evented");
+    if (e.type() == v1::EVENT_TYPE_SPIKE) ++spikes[e.step()];
+  }
+  for (uint64_t injected : {60, 120, 180}) EXPECT_EQ(spikes[injected], 1) << "step " << injected;
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front().type(), v1::EVENT_TYPE_ATTACH);
+  EXPECT_EQ(events.back().type(), v1::EVENT_TYPE_DETACH);
+}
+
+TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUncounted) {
+  auto watcher = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(watcher.ok());
+  v1::WatchEventsRequest request;
+  request.set_job("stalled");
+  request.set_follow(true);
+  grpc::ClientContext ctx;
+  auto reader = (*watcher)->stub()->WatchEvents(&ctx, request);  // opened, not read
+
+  AttachOptions o;
+  o.job = "stalled";
+  o.config.set_policy(v1::POLICY_MONITOR);
+  auto worker = testing::TestWorker::Create(daemon_->socket(), o);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  constexpr uint64_t kSteps = 2000;
+  for (uint64_t step = 1; step <= kSteps; ++step) {  // every step non-finite: one event each
+    (*worker)->Fill(step, 1);
+    static_cast<float*>((*worker)->arena().data(0))[0] = NAN;
+    absl::StatusOr<v1::StepResponse> r = (*worker)->client().Step(step);
+    ASSERT_TRUE(r.ok()) << "step " << step << ": " << r.status();
+    ASSERT_TRUE(r->skip());
+  }
+  // Every event published for the job is either delivered or counted as dropped: ATTACH,
+  // DIVERGENCE_START (three non-finite steps in a row) and one SKIP per step.
+  uint64_t dropped = 0, received = 0, last_step = 0;
+  v1::Event e;
+  while (last_step < kSteps && reader->Read(&e)) {
+    dropped += e.dropped_before();
+    ++received;
+    if (e.type() == v1::EVENT_TYPE_SKIP) last_step = e.step();
+  }
+  ctx.TryCancel();
+  EXPECT_EQ(last_step, kSteps);  // the newest events survive
+  EXPECT_EQ(received + dropped, kSteps + 2);
+}
+
+TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
+  Train("ctl-job", {"--steps=150", "--spike_steps=75", "--print_every=1000"});
+  auto [rc, status] = Ctl("status");
+  EXPECT_EQ(rc, 0) << status;
+  EXPECT_NE(status.find("ctl-job"), std::string::npos) << status;
+  EXPECT_NE(status.find("stabilize"), std::string::npos) << status;
+  auto [jrc, json] = Ctl("--json status");
+  EXPECT_EQ(jrc, 0);
+  EXPECT_NE(json.find("\"job\":\"ctl-job\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"steps\":\"150\""), std::string::npos) << json;
+
+  auto [erc, events] = Ctl("events --job=ctl-job");
+  EXPECT_EQ(erc, 0);
+  EXPECT_NE(events.find("SPIKE     job=ctl-job step=75"), std::string::npos) << events;
+
+  auto [crc, set] = Ctl("config set --job=ctl-job policy=clip clip.max_norm=0.25");
+  EXPECT_EQ(crc, 0) << set;
+  auto [src, after] = Ctl("status");
+  EXPECT_NE(after.find("clip"), std::string::npos) << after;
+  auto [brc, bad] = Ctl("config set --job=ctl-job clip.max_norm=-3");
+  EXPECT_EQ(brc, 1);
+  EXPECT_NE(bad.find("clip.max_norm"), std::string::npos) << bad;
+
+  const std::string file = dir_.path() + "/ctl.state";
+  EXPECT_EQ(Ctl("export --job=ctl-job --out=" + file).first, 0);
+  EXPECT_GT(std::filesystem::file_size(file), 0u);
+  auto [irc, imported] = Ctl("import --job=ctl-job --in=" + file);
+  EXPECT_EQ(irc, 0) << imported;
+
+  auto [trc, top] = Ctl("top --iterations=1");
+  EXPECT_EQ(trc, 0);
+  EXPECT_NE(top.find("ctl-job"), std::string::npos);
+  EXPECT_NE(top.find("spikes 1"), std::string::npos) << top;
+
+  auto [nrc, nojob] = Ctl("config set --job=absent policy=clip");
+  EXPECT_EQ(nrc, 1);
+  EXPECT_NE(nojob.find("no job 'absent'"), std::string::npos) << nojob;
+  auto [arc, absent] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                         " --socket=" + dir_.path() + "/none.sock status");
+  EXPECT_EQ(arc, 1);
+  EXPECT_NE(absent.find("no gstabd answers"), std::string::npos) << absent;
+  EXPECT_EQ(Ctl("frobnicate").first, 2);
+}
+
+}  // namespace
+}  // namespace gstab

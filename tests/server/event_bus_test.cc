@@ -1,0 +1,55 @@
+#include "server/event_bus.h"
+
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+v1::Event Spike(const std::string& job, uint64_t step) {
+  v1::Event e;
+  e.set_type(v1::EVENT_TYPE_SPIKE);
+  e.set_job(job);
+  e.set_step(step);
+  return e;
+}
+
+TEST(EventBusTest, SlowSubscriberLosesTheOldestAndIsToldHowMany) {
+  EventBus bus(/*capacity=*/4, /*history=*/16);
+  auto sub = bus.Subscribe("", 0);
+  for (uint64_t s = 1; s <= 10; ++s) bus.Publish(Spike("j", s));  // never blocks
+  v1::Event e;
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 7u);
+  EXPECT_EQ(e.dropped_before(), 6u);
+  for (uint64_t s = 8; s <= 10; ++s) {
+    ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+    EXPECT_EQ(e.step(), s);
+    EXPECT_EQ(e.dropped_before(), 0u);
+    EXPECT_EQ(e.sequence(), s);
+    EXPECT_GT(e.wall_time_unix_nanos(), 0);
+  }
+  EXPECT_EQ(sub->Next(&e, absl::Milliseconds(10)), EventBus::Subscription::Result::kTimeout);
+}
+
+TEST(EventBusTest, JobFilterRecentHistoryAndClose) {
+  EventBus bus(8, 3);
+  bus.Publish(Spike("a", 1));
+  bus.Publish(Spike("b", 2));
+  bus.Publish(Spike("a", 3));
+  bus.Publish(Spike("a", 4));
+  auto sub = bus.Subscribe("a", 10);  // history keeps the last 3: b2, a3, a4
+  v1::Event e;
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 3u);
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 4u);
+  bus.Publish(Spike("b", 5));
+  bus.Publish(Spike("a", 6));
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 6u);
+  bus.Close();
+  EXPECT_EQ(sub->Next(&e, absl::Seconds(5)), EventBus::Subscription::Result::kClosed);
+}
+
+}  // namespace
+}  // namespace gstab

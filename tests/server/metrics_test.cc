@@ -1,0 +1,75 @@
+#include "server/metrics.h"
+
+#include <clocale>
+#include <cmath>
+
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+// The exact bytes of the exposition for a fixed state: families sorted by name, HELP and TYPE
+// first, escaped HELP and label values, cumulative histogram buckets ending in +Inf == _count,
+// shortest round-trip numbers, NaN/Inf spelled as Prometheus expects.
+TEST(MetricsTest, ExpositionMatchesGoldenBytes) {
+  MetricsRegistry r;
+  MetricFamily* steps = r.AddCounter("gstab_steps_total", "Steps.\nSecond line \\ end.", {"job"});
+  steps->Add({"b"}, 2);
+  steps->Add({"a \"quoted\"\n"}, 1);
+  MetricFamily* norm = r.AddGauge("gstab_norm", "Norm.", {"job", "group"});
+  norm->Set({"a", "g1"}, 0.1);
+  norm->Set({"a", "g0"}, NAN);
+  norm->Set({"b", "g0"}, INFINITY);
+  MetricFamily* h = r.AddHistogram("gstab_hist", "Hist.", {"job"}, {0.5, 1, 2.5});
+  for (double v : {0.25, 0.75, 0.75, 2.0, 100.0, double{NAN}, double{INFINITY}}) {
+    h->Observe({"a"}, v);
+  }
+  r.AddGauge("gstab_build_info", "Build.", {"version"})->Set({"1.0"}, 1);
+
+  EXPECT_EQ(r.Render(),
+            "# HELP gstab_build_info Build.\n"
+            "# TYPE gstab_build_info gauge\n"
+            "gstab_build_info{version=\"1.0\"} 1\n"
+            "# HELP gstab_hist Hist.\n"
+            "# TYPE gstab_hist histogram\n"
+            "gstab_hist_bucket{job=\"a\",le=\"0.5\"} 1\n"
+            "gstab_hist_bucket{job=\"a\",le=\"1\"} 3\n"
+            "gstab_hist_bucket{job=\"a\",le=\"2.5\"} 4\n"
+            "gstab_hist_bucket{job=\"a\",le=\"+Inf\"} 5\n"
+            "gstab_hist_sum{job=\"a\"} 103.75\n"
+            "gstab_hist_count{job=\"a\"} 5\n"
+            "# HELP gstab_norm Norm.\n"
+            "# TYPE gstab_norm gauge\n"
+            "gstab_norm{job=\"a\",group=\"g0\"} NaN\n"
+            "gstab_norm{job=\"a\",group=\"g1\"} 0.1\n"
+            "gstab_norm{job=\"b\",group=\"g0\"} +Inf\n"
+            "# HELP gstab_steps_total Steps.\\nSecond line \\\\ end.\n"
+            "# TYPE gstab_steps_total counter\n"
+            "gstab_steps_total{job=\"a \\\"quoted\\\"\\n\"} 1\n"
+            "gstab_steps_total{job=\"b\"} 2\n");
+}
+
+TEST(MetricsTest, NumbersIgnoreTheProcessLocale) {
+  // A locale with a decimal comma, where one is installed; the C locale otherwise.
+  const char* previous = std::setlocale(LC_ALL, nullptr);
+  std::string saved = previous == nullptr ? "C" : previous;
+  std::setlocale(LC_ALL, "de_DE.UTF-8");
+  EXPECT_EQ(FormatMetricValue(1.5), "1.5");
+  EXPECT_EQ(FormatMetricValue(1e-300), "1e-300");
+  EXPECT_EQ(FormatMetricValue(-INFINITY), "-Inf");
+  std::setlocale(LC_ALL, saved.c_str());
+}
+
+TEST(MetricsTest, BucketsAreRoundAndRemovalForgetsAJob) {
+  EXPECT_EQ(ExponentialBuckets(1e-6, 10, 3), (std::vector<double>{1e-6, 1e-5, 1e-4}));
+  MetricsRegistry r;
+  MetricFamily* g = r.AddGauge("gstab_x", "X.", {"job", "group"});
+  g->Set({"a", "1"}, 1);
+  g->Set({"a", "2"}, 2);
+  g->Set({"b", "1"}, 3);
+  g->RemoveByFirstLabel("a");
+  EXPECT_EQ(r.Render(), "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"b\",group=\"1\"} 3\n");
+}
+
+}  // namespace
+}  // namespace gstab
