@@ -39,12 +39,12 @@ absl::Status Client::Attach(const AttachOptions& options) {
   request.set_local_world_size(options.local_world_size);
   *request.mutable_config() = options.config;
   request.set_observer(options.observer);
-  grpc::ClientContext ctx;
-  v1::AttachResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->Attach(&ctx, request, &response)); !s.ok()) return s;
+  absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
+  if (!response.ok()) return response.status();
   StopKeepAlive();
-  attached_ = response;
-  const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(response.lease_ms(), 3) / 3);
+  attached_ = *std::move(response);
+  const absl::Duration period =
+      absl::Milliseconds(std::max<uint64_t>(attached_.lease_ms(), 3) / 3);
   stop_keepalive_ = std::make_unique<absl::Notification>();
   keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {
     while (!stop->WaitForNotificationWithTimeout(period)) {
@@ -71,71 +71,49 @@ absl::Status Client::Register(const GradientArena& arena) {
 
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request) {
   request.set_session(session());
-  grpc::ClientContext ctx;
-  v1::RegisterBuffersResponse response;
-  return FromGrpcStatus(stub_->RegisterBuffers(&ctx, request, &response));
+  return Call(&v1::Stabilizer::Stub::RegisterBuffers, request).status();
 }
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step) {
   v1::StepRequest request;
   request.set_session(session());
   request.set_step(step);
-  grpc::ClientContext ctx;
-  v1::StepResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->Step(&ctx, request, &response)); !s.ok()) return s;
-  return response;
+  return Call(&v1::Stabilizer::Stub::Step, request);
 }
 
 absl::Status Client::Detach() {
   StopKeepAlive();
   v1::DetachRequest request;
   request.set_session(session());
-  grpc::ClientContext ctx;
-  v1::DetachResponse response;
-  return FromGrpcStatus(stub_->Detach(&ctx, request, &response));
+  return Call(&v1::Stabilizer::Stub::Detach, request).status();
 }
 
 absl::StatusOr<v1::GetStatsResponse> Client::GetStats() {
   v1::GetStatsRequest request;
   request.set_session(session());
-  grpc::ClientContext ctx;
-  v1::GetStatsResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->GetStats(&ctx, request, &response)); !s.ok()) {
-    return s;
-  }
-  return response;
+  return Call(&v1::Stabilizer::Stub::GetStats, request);
 }
 
 absl::StatusOr<v1::UpdateConfigResponse> Client::UpdateConfig(const v1::PolicyConfig& update) {
   v1::UpdateConfigRequest request;
   request.set_session(session());
   *request.mutable_config() = update;
-  grpc::ClientContext ctx;
-  v1::UpdateConfigResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->UpdateConfig(&ctx, request, &response)); !s.ok()) {
-    return s;
-  }
-  return response;
+  return Call(&v1::Stabilizer::Stub::UpdateConfig, request);
 }
 
 absl::StatusOr<std::string> Client::ExportState() {
   v1::ExportStateRequest request;
   request.set_session(session());
-  grpc::ClientContext ctx;
-  v1::ExportStateResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->ExportState(&ctx, request, &response)); !s.ok()) {
-    return s;
-  }
-  return response.state();
+  absl::StatusOr<v1::ExportStateResponse> r = Call(&v1::Stabilizer::Stub::ExportState, request);
+  if (!r.ok()) return r.status();
+  return r->state();
 }
 
 absl::Status Client::ImportState(const std::string& state) {
   v1::ImportStateRequest request;
   request.set_session(session());
   request.set_state(state);
-  grpc::ClientContext ctx;
-  v1::ImportStateResponse response;
-  return FromGrpcStatus(stub_->ImportState(&ctx, request, &response));
+  return Call(&v1::Stabilizer::Stub::ImportState, request).status();
 }
 
 absl::Status Client::CheckHealth() {

@@ -24,6 +24,9 @@
 
 namespace gstab {
 
+// grpc::Status -> absl::Status with the same code and message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
 struct AttachOptions {
   std::string job;
   uint32_t rank = 0;
@@ -66,6 +69,17 @@ class Client {
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string target);
   void StopKeepAlive();
+  // One unary call of the Stabilizer service, its status translated.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Call(grpc::Status (v1::Stabilizer::Stub::*method)(
+                                    grpc::ClientContext*, const Request&, Response*),
+                                const Request& request) {
+    grpc::ClientContext ctx;
+    Response response;
+    absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));
+    if (!s.ok()) return s;
+    return response;
+  }
 
   std::shared_ptr<grpc::Channel> channel_;
   std::string target_;
@@ -74,8 +88,5 @@ class Client {
   std::unique_ptr<absl::Notification> stop_keepalive_;
   std::thread keepalive_;
 };
-
-// grpc::Status -> absl::Status with the same code and message.
-absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace gstab

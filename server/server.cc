@@ -47,6 +47,14 @@ Server::~Server() {
 }
 
 absl::Status Server::Start() {
+  // Metrics first: once the socket exists, everything gstabd serves is up.
+  if (options_.metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+        MetricsHttpServer::Start(&metrics_, options_.metrics_port);
+    if (!http.ok()) return http.status();
+    http_ = *std::move(http);
+    LOG(INFO) << "metrics on http://0.0.0.0:" << http_->port() << "/metrics";
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   if (!options_.socket_path.empty()) {
@@ -67,7 +75,10 @@ absl::Status Server::Start() {
     builder.AddListeningPort(options_.listen_address, grpc::SslServerCredentials(tls));
   }
   builder.RegisterService(service_.get());
+  // The socket is born 0660: no moment where other users could connect.
+  const mode_t previous_umask = umask(0117);
   grpc_server_ = builder.BuildAndStart();
+  umask(previous_umask);
   if (grpc_server_ == nullptr) {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options_.socket_path, "' ",
                                                options_.listen_address));
@@ -78,13 +89,6 @@ absl::Status Server::Start() {
     }
     struct stat st;
     if (stat(options_.socket_path.c_str(), &st) == 0) socket_inode_ = st.st_ino;
-  }
-  if (options_.metrics_port >= 0) {
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
-        MetricsHttpServer::Start(&metrics_, options_.metrics_port);
-    if (!http.ok()) return http.status();
-    http_ = *std::move(http);
-    LOG(INFO) << "metrics on http://0.0.0.0:" << http_->port() << "/metrics";
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
