@@ -1,0 +1,71 @@
+#include "server/observer.h"
+
+#include <cmath>
+
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+v1::StepResponse Step(uint64_t step, std::vector<double> norms, std::vector<bool> spikes) {
+  v1::StepResponse r;
+  r.set_step(step);
+  for (size_t i = 0; i < norms.size(); ++i) {
+    v1::GroupResult* g = r.add_groups();
+    g->set_group("g" + std::to_string(i));
+    g->set_norm(norms[i]);
+    g->set_stabilized_norm(norms[i] / 2);
+    g->set_scale(0.5);
+    g->set_spike(spikes[i]);
+    g->set_skipped(!std::isfinite(norms[i]));
+    g->set_z(spikes[i] ? 9.0 : 0.5);
+  }
+  r.set_skip(!std::isfinite(norms[0]) || !std::isfinite(norms.back()));
+  return r;
+}
+
+TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus, /*max_groups=*/2);
+  observer.OnAttach("j", 0, false);
+  observer.OnStep("j", Step(1, {3, 4, 6, 8}, {false, false, false, false}), absl::Milliseconds(2));
+  observer.OnStep("j", Step(2, {1, 1, 1, NAN}, {true, true, false, false}), absl::Milliseconds(3));
+  const std::string text = registry.Render();
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g0\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g1\"} 1\n"), std::string::npos);
+  EXPECT_EQ(text.find("group=\"g2\""), std::string::npos);  // beyond the cap
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"_other\"} NaN\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_steps_total{job=\"j\"} 2\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_skipped_steps_total{job=\"j\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_spikes_total{job=\"j\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_non_finite_norms_total{job=\"j\"} 1\n"), std::string::npos);
+  // The histogram holds only the finite first step (norm sqrt(9+16+36+64)).
+  EXPECT_NE(text.find("gstab_job_norm_distribution_count{job=\"j\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_job_norm_distribution_sum{job=\"j\"} 11.180339887498949\n"),
+            std::string::npos)
+      << text;
+
+  auto sub = bus.Subscribe("j", 100);
+  std::vector<v1::EventType> types;
+  v1::Event e;
+  while (sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent) {
+    types.push_back(e.type());
+    if (e.type() == v1::EVENT_TYPE_SPIKE) {
+      EXPECT_EQ(e.step(), 2u);
+      EXPECT_EQ(e.groups_size(), 2);
+      EXPECT_EQ(e.z(), 9.0);
+    }
+  }
+  EXPECT_EQ(types, (std::vector<v1::EventType>{v1::EVENT_TYPE_ATTACH, v1::EVENT_TYPE_SPIKE,
+                                               v1::EVENT_TYPE_SKIP}));
+
+  v1::JobSummary summary;
+  observer.Summarize("j", 10, &summary);
+  EXPECT_EQ(summary.recent_norms_size(), 2);
+  EXPECT_EQ(summary.spike_steps(), 1u);
+  EXPECT_EQ(summary.skipped_steps(), 1u);
+}
+
+}  // namespace
+}  // namespace gstab
