@@ -2,6 +2,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cstdlib>
+
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -39,6 +42,19 @@ absl::Status Client::Attach(const AttachOptions& options) {
   request.set_local_world_size(options.local_world_size);
   *request.mutable_config() = options.config;
   request.set_observer(options.observer);
+  request.set_node_rank(options.node_rank);
+  request.set_node_count(options.node_count);
+  request.set_rendezvous(options.rendezvous);
+  if (options.node_count > 1 && options.rendezvous.empty()) {
+    const char* env = std::getenv("GSTAB_RENDEZVOUS");
+    std::string blob;
+    if (env == nullptr || !absl::Base64Unescape(env, &blob)) {
+      return absl::InvalidArgumentError(
+          "node_count > 1 needs a rendezvous: pass the blob, or set GSTAB_RENDEZVOUS to it in "
+          "base64");
+    }
+    request.set_rendezvous(blob);
+  }
   absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
   if (!response.ok()) return response.status();
   StopKeepAlive();
@@ -57,6 +73,17 @@ absl::Status Client::Attach(const AttachOptions& options) {
     }
   });
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job,
+                                                     uint32_t node_count) {
+  v1::CreateRendezvousRequest request;
+  request.set_job(job);
+  request.set_node_count(node_count);
+  absl::StatusOr<v1::CreateRendezvousResponse> r =
+      Call(&v1::Stabilizer::Stub::CreateRendezvous, request);
+  if (!r.ok()) return r.status();
+  return r->rendezvous();
 }
 
 void Client::StopKeepAlive() {

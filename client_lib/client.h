@@ -33,6 +33,12 @@ struct AttachOptions {
   uint32_t world_size = 1;
   uint32_t local_rank = 0;
   uint32_t local_world_size = 1;
+  // Multi-node jobs: this node's rank among the job's nodes, their count, and the rendezvous
+  // blob global rank 0 got from CreateRendezvous. When node_count > 1 and the blob is empty,
+  // the environment variable GSTAB_RENDEZVOUS (the blob in base64) is used.
+  uint32_t node_rank = 0;
+  uint32_t node_count = 1;
+  std::string rendezvous;
   v1::PolicyConfig config;  // empty: the daemon's defaults (stabilize, v4)
   // An observer session (tools): GetStats, UpdateConfig, Export/ImportState of an existing
   // job without being one of its workers.
@@ -50,6 +56,9 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   absl::Status Attach(const AttachOptions& options);
+  // Global rank 0 of a multi-node job, before anyone attaches: a new rendezvous blob (opaque
+  // bytes) to broadcast to every worker of the job.
+  absl::StatusOr<std::string> CreateRendezvous(const std::string& job, uint32_t node_count);
   absl::Status Register(const GradientArena& arena);
   absl::Status RegisterBuffers(v1::RegisterBuffersRequest request);
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).

@@ -9,6 +9,7 @@
 #include "common/shm_names.h"
 #include "core/config.h"
 #include "glog/logging.h"
+#include "server/gloo_collective.h"
 
 namespace gstab {
 namespace {
@@ -79,10 +80,10 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     return absl::InvalidArgumentError(
         absl::StrCat("node_rank ", request.node_rank(), " is not below node_count ", nodes));
   }
-  if (nodes > 1) {
-    return absl::UnimplementedError(
-        "jobs spanning several nodes are not supported by this gstabd yet: attach with "
-        "node_count 1");
+  if (nodes > 1 && request.rendezvous().empty()) {
+    return absl::InvalidArgumentError(
+        "a job with node_count > 1 needs the rendezvous blob that global rank 0 got from "
+        "CreateRendezvous");
   }
   absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
   if (!params.ok()) return params.status();
@@ -125,6 +126,9 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
           "without one, or change it with UpdateConfig"));
     }
   }
+  if (nodes > 1) {
+    if (absl::Status s = JoinRendezvous(request, job.get()); !s.ok()) return s;
+  }
   // A worker that attaches again under the same local rank (a restart) replaces its old
   // session.
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
@@ -145,6 +149,57 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
   LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank() << " attached";
   return absl::OkStatus();
+}
+
+absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) {
+  v1::RendezvousInfo info;
+  if (!info.ParseFromString(request.rendezvous()) || info.format_version() != 1) {
+    return absl::InvalidArgumentError(
+        "the rendezvous blob is not one gstabd made (pass CreateRendezvous's bytes unchanged)");
+  }
+  if (info.job() != request.job() || info.node_count() != request.node_count()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the rendezvous blob is for job '", info.job(), "' with ", info.node_count(),
+        " nodes, not job '", request.job(), "' with ", request.node_count()));
+  }
+  if (options_.peer_host.empty()) {
+    return absl::FailedPreconditionError(
+        "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
+  }
+  if (job->rendezvous_token() == info.token()) return absl::OkStatus();
+  job->SetCollective(std::make_shared<GlooCollective>(info, request.node_rank(),
+                                                      options_.peer_host),
+                     info.token());
+  LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()
+            << " as node " << request.node_rank() << " of " << info.node_count();
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request,
+                                      v1::CreateRendezvousResponse* response) {
+  if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
+  if (request.node_count() < 1) {
+    return absl::InvalidArgumentError("node_count must be at least 1");
+  }
+  absl::MutexLock lock(&mu_);
+  if (peer_address_.empty()) {
+    return absl::FailedPreconditionError(
+        "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
+  }
+  v1::RendezvousInfo info;
+  info.set_format_version(1);
+  info.set_store_address(peer_address_);
+  info.set_token(rendezvous_store_.NewToken());
+  info.set_job(request.job());
+  info.set_generation(++generations_[request.job()]);
+  info.set_node_count(request.node_count());
+  response->set_rendezvous(info.SerializeAsString());
+  return absl::OkStatus();
+}
+
+void Daemon::SetPeerAddress(std::string address) {
+  absl::MutexLock lock(&mu_);
+  peer_address_ = std::move(address);
 }
 
 absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {

@@ -18,6 +18,7 @@
 #include "server/job.h"
 #include "server/observer.h"
 #include "server/registration.h"
+#include "server/rendezvous_store.h"
 #include "server/shm_mapping.h"
 #include "server/state_store.h"
 
@@ -30,6 +31,8 @@ struct DaemonOptions {
   absl::Duration lease = absl::Seconds(30);         // session expiry without calls
   absl::Duration step_timeout = absl::Seconds(60);  // wait for a job's other local workers
   int cpu_threads = 0;                              // 0: all hardware threads
+  // Multi-node jobs: the host this node's collective endpoints listen on (empty: none).
+  std::string peer_host;
 };
 
 class Daemon {
@@ -53,6 +56,13 @@ class Daemon {
   absl::Status ImportState(const v1::ImportStateRequest& request,
                            v1::ImportStateResponse* response);
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
+  absl::Status CreateRendezvous(const v1::CreateRendezvousRequest& request,
+                                v1::CreateRendezvousResponse* response);
+
+  // The address other daemons reach this one's rendezvous store at (set once the peer port
+  // listens); empty when this daemon serves no peers.
+  void SetPeerAddress(std::string address);
+  RendezvousStore* rendezvous_store() { return &rendezvous_store_; }
 
   // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
   void ExpireSessions(absl::Time now);
@@ -84,6 +94,9 @@ class Daemon {
   // Refreshes the job's worker and byte gauges.
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
+  // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
+  absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
 
   const DaemonOptions options_;
@@ -91,12 +104,15 @@ class Daemon {
   CpuExecutor executor_;
   MappingRegistry registry_;
   StateStore store_;
+  RendezvousStore rendezvous_store_;
 
   absl::Mutex mu_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, v1::JobState> checkpoints_ ABSL_GUARDED_BY(mu_);  // not yet attached
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::string peer_address_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);
   int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

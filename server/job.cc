@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "core/rule.h"
 #include "kernels/cpu_kernels.h"
+#include "server/cross_node.h"
 #include "server/state_codec.h"
 
 namespace gstab {
@@ -83,6 +84,18 @@ void Job::RemoveWorker(uint32_t local_rank) {
   workers_.erase(local_rank);
 }
 
+void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token) {
+  absl::MutexLock lock(&mu_);
+  collective_ = std::move(collective);
+  rendezvous_token_ = std::move(rendezvous_token);
+  sync_statistics_ = true;
+}
+
+std::string Job::rendezvous_token() const {
+  absl::MutexLock lock(&mu_);
+  return rendezvous_token_;
+}
+
 uint64_t Job::RegisteredBytes() const {
   absl::MutexLock lock(&mu_);
   uint64_t bytes = 0;
@@ -148,7 +161,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
 
   const absl::Time start = absl::Now();
   v1::StepResponse result;
-  absl::Status status = RunRound(step, snapshot, num_groups, &result);
+  absl::Status status = RunRound(step, snapshot, num_groups, timeout, &result);
   const absl::Duration duration = absl::Now() - start;
   {
     absl::MutexLock lock(&mu_);
@@ -163,7 +176,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
 }
 
 absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                           v1::StepResponse* response) {
+                           absl::Duration timeout, v1::StepResponse* response) {
   // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
   std::vector<double> sums(num_groups, 0.0);
   std::vector<uint32_t> non_finite(num_groups, 0);
@@ -171,9 +184,21 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   std::vector<double> worker_sums(num_groups);
   std::vector<uint32_t> worker_flags(num_groups);
   std::vector<int> reduction;
+  std::shared_ptr<Collective> collective;
+  bool sync_statistics = false;
+  uint64_t layout_hash = 0;
+  std::vector<GroupStats> stats_copy;
   {
     absl::MutexLock lock(&mu_);
     reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
+    collective = collective_;
+    sync_statistics = sync_statistics_;
+    if (collective != nullptr) {
+      layout_hash = LayoutHash(std::vector<std::string>(group_names_.begin(),
+                                                        group_names_.begin() + num_groups),
+                               reduction);
+      if (sync_statistics) stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
+    }
   }
   for (const auto& [rank, w] : workers) {
     std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
@@ -192,7 +217,27 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
   }
 
-  // 2. The rule, under the lock: statistics and configuration change only here.
+  // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
+  if (collective != nullptr) {
+    NodePartials partials{sums, non_finite, reduction};
+    if (absl::Status s = ReduceAcrossNodes(collective.get(), name_, step, layout_hash,
+                                           timeout, &partials);
+        !s.ok()) {
+      return s;
+    }
+    sums = std::move(partials.sums);
+    non_finite = std::move(partials.non_finite);
+    if (sync_statistics) {
+      if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
+        return s;
+      }
+      absl::MutexLock lock(&mu_);
+      std::copy(stats_copy.begin(), stats_copy.end(), stats_.begin());
+      if (collective_ == collective) sync_statistics_ = false;
+    }
+  }
+
+  // 3. The rule, under the lock: statistics and configuration change only here.
   std::vector<float> scales(num_groups, 1.0f);
   response->set_step(step);
   {
@@ -226,7 +271,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     have_step_ = true;
   }
 
-  // 3. Scale every worker's chunks in place.
+  // 4. Scale every worker's chunks in place.
   for (const auto& [rank, w] : workers) {
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
   }

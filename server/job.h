@@ -22,6 +22,7 @@
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/chunk_table.h"
 #include "kernels/cpu_executor.h"
+#include "server/collective.h"
 #include "server/registration.h"
 
 namespace gstab {
@@ -47,6 +48,12 @@ class Job {
                         v1::RegisterBuffersResponse* response);
   void RemoveWorker(uint32_t local_rank);
   uint64_t RegisteredBytes() const;
+
+  // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
+  // Installing a new one (a new generation) replaces a failed one; the next step then starts
+  // by adopting node 0's statistics so every node continues from the same state.
+  void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token);
+  std::string rendezvous_token() const;
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
   // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step.
@@ -74,7 +81,7 @@ class Job {
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                        v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+                        absl::Duration timeout, v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string name_;
   const uint32_t local_world_size_;
@@ -91,6 +98,9 @@ class Job {
   std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
   std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
+  std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
+  bool sync_statistics_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
   bool have_step_ ABSL_GUARDED_BY(mu_) = false;  // last_step_ is meaningful

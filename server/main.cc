@@ -26,6 +26,8 @@ ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
 ABSL_FLAG(uint32_t, metrics_max_groups, 32, "groups exported per job; the rest as group _other");
+ABSL_FLAG(std::string, peer_listen, "",
+          "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one)");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 
 int main(int argc, char** argv) {
@@ -48,6 +50,7 @@ int main(int argc, char** argv) {
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

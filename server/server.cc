@@ -31,11 +31,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::InvalidArgumentError(
         "TCP listening requires TLS: give --tls_cert and --tls_key with --listen");
   }
-  std::unique_ptr<Server> server(new Server(options));
+  ServerOptions resolved = options;
+  if (!options.peer_listen.empty()) {
+    const size_t colon = options.peer_listen.rfind(':');
+    if (colon == std::string::npos || colon == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--peer_listen='", options.peer_listen, "' must be HOST:PORT (an address other "
+          "nodes can reach)"));
+    }
+    if (resolved.daemon.peer_host.empty()) {
+      resolved.daemon.peer_host = options.peer_listen.substr(0, colon);
+    }
+  }
+  std::unique_ptr<Server> server(new Server(resolved));
   server->observer_ = std::make_unique<Observer>(&server->metrics_, &server->events_,
                                                  options.metrics_max_groups);
   absl::StatusOr<std::unique_ptr<Daemon>> daemon =
-      Daemon::Create(options.daemon, server->observer_.get());
+      Daemon::Create(server->options_.daemon, server->observer_.get());
   if (!daemon.ok()) return daemon.status();
   server->daemon_ = *std::move(daemon);
   server->service_ = std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_);
@@ -90,6 +102,21 @@ absl::Status Server::Start() {
     struct stat st;
     if (stat(options_.socket_path.c_str(), &st) == 0) socket_inode_ = st.st_ino;
   }
+  if (!options_.peer_listen.empty()) {
+    // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
+    rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
+    grpc::ServerBuilder peers;
+    int port = 0;
+    peers.AddListeningPort(options_.peer_listen, grpc::InsecureServerCredentials(), &port);
+    peers.RegisterService(rendezvous_service_.get());
+    peer_server_ = peers.BuildAndStart();
+    if (peer_server_ == nullptr || port == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen for peers on ",
+                                                 options_.peer_listen));
+    }
+    daemon_->SetPeerAddress(absl::StrCat(options_.daemon.peer_host, ":", port));
+    LOG(INFO) << "serving peers on " << options_.daemon.peer_host << ":" << port;
+  }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
   LOG(INFO) << "gstabd serving on unix:" << options_.socket_path
@@ -121,6 +148,10 @@ absl::Status Server::Stop(absl::Time deadline) {
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
   grpc_server_->Wait();
   grpc_server_.reset();
+  if (peer_server_ != nullptr) {
+    peer_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
+    peer_server_.reset();
+  }
   stopping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
   http_.reset();

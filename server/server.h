@@ -25,6 +25,7 @@
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/observer.h"
+#include "server/rendezvous_store.h"
 #include "server/service.h"
 
 namespace gstab {
@@ -37,6 +38,9 @@ struct ServerOptions {
   std::string tls_key;
   absl::Duration checkpoint_interval = absl::Seconds(30);
   int metrics_port = 9478;  // 0: a free port (logged); -1: no metrics endpoint
+  // host:port for the other daemons of multi-node jobs (rendezvous store; port 0 picks one).
+  // Empty: this daemon serves single-node jobs only.
+  std::string peer_listen;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
 };
 
@@ -67,6 +71,8 @@ class Server {
   std::unique_ptr<MetricsHttpServer> http_;
   std::unique_ptr<StabilizerService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<RendezvousService> rendezvous_service_;
+  std::unique_ptr<grpc::Server> peer_server_;  // the Rendezvous service on peer_listen
   absl::Notification stopping_;
   ino_t socket_inode_ = 0;  // so Stop removes our socket, not a successor's
   std::thread housekeeping_;

@@ -59,6 +59,12 @@ grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJob
   return ToGrpcStatus(daemon_->ListJobs(*request, response));
 }
 
+grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext*,
+                                                 const v1::CreateRendezvousRequest* request,
+                                                 v1::CreateRendezvousResponse* response) {
+  return ToGrpcStatus(daemon_->CreateRendezvous(*request, response));
+}
+
 grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
                                             const v1::WatchEventsRequest* request,
                                             grpc::ServerWriter<v1::Event>* writer) {

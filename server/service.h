@@ -34,6 +34,8 @@ class StabilizerService final : public v1::Stabilizer::Service {
                         v1::ListJobsResponse* response) override;
   grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::Event>* writer) override;
+  grpc::Status CreateRendezvous(grpc::ServerContext*, const v1::CreateRendezvousRequest* request,
+                                v1::CreateRendezvousResponse* response) override;
 
  private:
   Daemon* daemon_;  // not owned

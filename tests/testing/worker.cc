@@ -64,6 +64,24 @@ std::vector<unsigned char> TestWorker::Bytes() const {
   return std::vector<unsigned char>(base, base + arena_.size_bytes());
 }
 
+std::vector<double> GroupSums(const TestWorker& worker) {
+  const auto* base = static_cast<const unsigned char*>(worker.arena().data(0));
+  std::vector<Chunk> chunks;
+  for (size_t t = 0; t < 4; ++t) {
+    const auto offset = static_cast<const unsigned char*>(worker.arena().data(t)) - base;
+    chunks.push_back(Chunk{const_cast<unsigned char*>(base) + offset,
+                           static_cast<int64_t>(kLayout[t].numel), kLayout[t].dtype,
+                           kLayout[t].group_index});
+  }
+  ChunkTable table = *ChunkTable::Create(chunks, 3);
+  std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
+  std::vector<double> sums(3);
+  std::vector<uint32_t> flags(3);
+  (void)CpuGroupSumSquares(table, absl::MakeSpan(scratch), absl::MakeSpan(sums),
+                           absl::MakeSpan(flags), nullptr);
+  return sums;
+}
+
 ReferenceStep Reference::Step(const TestWorker& worker) {
   ReferenceStep out;
   out.bytes = worker.Bytes();

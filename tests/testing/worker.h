@@ -40,6 +40,9 @@ struct ReferenceStep {
   std::vector<unsigned char> bytes;
 };
 
+// Per-group sums of squares (groups g, c, big) of `worker`'s current gradients.
+std::vector<double> GroupSums(const TestWorker& worker);
+
 class Reference {
  public:
   explicit Reference(const RuleParams& params) : params_(params) {}

@@ -1,0 +1,34 @@
+// The cross-node stage of a multi-node job: one collective rank per (job, node). Gloo over TCP
+// on the CPU backend (gloo_collective.h); NCCL on the CUDA backend (not in this build).
+//
+// Every operation runs against a deadline and never blocks past it; after a failure the
+// communicator is unusable and the job must attach again with a new rendezvous. Not
+// thread-safe: the job calls it from one step at a time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace gstab {
+
+class Collective {
+ public:
+  virtual ~Collective() = default;
+  virtual uint32_t rank() const = 0;
+  virtual uint32_t size() const = 0;
+  // Element-wise sum or max across the nodes, in place; every node gets the same bits.
+  virtual absl::Status AllReduceSum(absl::Span<double> values, absl::Duration timeout) = 0;
+  virtual absl::Status AllReduceMax(absl::Span<double> values, absl::Duration timeout) = 0;
+  // Replaces `bytes` (same size on every node) with node 0's.
+  virtual absl::Status Broadcast(absl::Span<char> bytes, absl::Duration timeout) = 0;
+  // After a failure at `step`: the nodes that did not report within `timeout` (best effort,
+  // through the rendezvous store).
+  virtual std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) = 0;
+};
+
+}  // namespace gstab

@@ -1,0 +1,91 @@
+#include "server/cross_node.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace gstab {
+namespace {
+
+// Time the survivors give each other to report after a failure, to name who is missing.
+constexpr absl::Duration kDiagnoseTimeout = absl::Seconds(1);
+
+absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
+                         const absl::Status& failure) {
+  std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
+  std::string who = missing.empty()
+                        ? "no node is missing from the rendezvous store, so a node stalled"
+                        : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "),
+                                       " of ", c->size(), " did not respond");
+  return absl::Status(failure.code(),
+                      absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(),
+                                   ": ", who, " (", failure.message(),
+                                   "); attach every worker again with a new rendezvous"));
+}
+
+}  // namespace
+
+uint64_t LayoutHash(const std::vector<std::string>& groups, const std::vector<int>& reduction) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&h](unsigned char c) {
+    h ^= c;
+    h *= 1099511628211ull;
+  };
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (char c : groups[g]) mix(static_cast<unsigned char>(c));
+    mix(0);
+    mix(static_cast<unsigned char>(reduction[g] == 1));
+  }
+  return h;
+}
+
+absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
+                               uint64_t layout_hash, absl::Duration timeout,
+                               NodePartials* p) {
+  const size_t groups = p->sums.size();
+  // Check: max of (x, -x) gives every node the same max and min, so all detect a mismatch.
+  const double hi = static_cast<double>(layout_hash >> 32);
+  const double lo = static_cast<double>(layout_hash & 0xffffffffu);
+  const double s = static_cast<double>(step);
+  const double n = static_cast<double>(groups);
+  std::vector<double> check = {s, -s, hi, -hi, lo, -lo, n, -n};
+  if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
+    return NameMissing(c, job, step, st);
+  }
+  if (check[0] != -check[1]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step numbers differ across the nodes of job '", job, "': this node (", c->rank(),
+        ") is at step ", step, ", the nodes range from ", -check[1], " to ", check[0],
+        "; nothing was summed"));
+  }
+  if (check[2] != -check[3] || check[4] != -check[5] || check[6] != -check[7]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "norm-group layouts differ across the nodes of job '", job, "' (this node has ", groups,
+        " groups, others between ", -check[7], " and ", check[6],
+        " or other names); every node must register the same groups; nothing was summed"));
+  }
+  std::vector<double> data(2 * groups, 0.0);
+  for (size_t g = 0; g < groups; ++g) {
+    if (p->reduction[g] != 1) data[g] = p->sums[g];
+    data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
+  }
+  if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
+    return NameMissing(c, job, step, st);
+  }
+  for (size_t g = 0; g < groups; ++g) {
+    if (p->reduction[g] != 1) p->sums[g] = data[g];
+    p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncStatistics(Collective* c, absl::Duration timeout, std::vector<GroupStats>* stats) {
+  std::vector<char> bytes(stats->size() * sizeof(GroupStats));
+  std::memcpy(bytes.data(), stats->data(), bytes.size());
+  if (absl::Status s = c->Broadcast(absl::MakeSpan(bytes), timeout); !s.ok()) return s;
+  std::memcpy(stats->data(), bytes.data(), bytes.size());
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

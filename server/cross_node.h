@@ -1,0 +1,39 @@
+// The cross-node stage of a step (DESIGN.md 2.4): after this node has combined its local
+// workers' partial sums, they are reduced across the job's nodes. Two fixed-order collectives:
+// a max-reduce that checks every node is at the same step with the same group layout, then one
+// sum of [group sums | non-finite flags]. Replicated groups keep their local sums; non-finite
+// flags are combined for every group, so all nodes skip together or none does.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "core/rule_types.h"
+#include "server/collective.h"
+
+namespace gstab {
+
+struct NodePartials {
+  std::vector<double> sums;          // per group, this node's combined sum of squares
+  std::vector<uint32_t> non_finite;  // per group
+  std::vector<int> reduction;        // per group: 1 replicated, otherwise sharded
+};
+
+// A fingerprint of the job's groups (names and reductions, in index order).
+uint64_t LayoutHash(const std::vector<std::string>& groups, const std::vector<int>& reduction);
+
+// Reduces `partials` in place. INVALID_ARGUMENT when steps or layouts differ across nodes
+// (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the missing nodes when a node
+// dies or stalls past `timeout`.
+absl::Status ReduceAcrossNodes(Collective* collective, const std::string& job, uint64_t step,
+                               uint64_t layout_hash, absl::Duration timeout,
+                               NodePartials* partials);
+
+// Replaces `stats` with node 0's (a new communicator starts from one set of statistics).
+absl::Status SyncStatistics(Collective* collective, absl::Duration timeout,
+                            std::vector<GroupStats>* stats);
+
+}  // namespace gstab

@@ -1,0 +1,189 @@
+#include "server/gloo_collective.h"
+
+#include <gloo/allreduce.h>
+#include <gloo/broadcast.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/device.h>
+#include <grpcpp/grpcpp.h>
+
+#include "gstab/v1/stabilizer.grpc.pb.h"
+
+#include <stdexcept>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+namespace {
+
+// gloo::rendezvous::Store over the gstab.v1.Rendezvous service. Gloo reports failures by
+// exception, so errors are thrown as std::runtime_error.
+class GrpcStore final : public gloo::rendezvous::Store {
+ public:
+  GrpcStore(const std::string& address, std::string token)
+      : stub_(v1::Rendezvous::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+        token_(std::move(token)) {}
+
+  void set(const std::string& key, const std::vector<char>& data) override {
+    v1::StoreSetRequest request;
+    request.set_token(token_);
+    request.set_key(key);
+    request.set_value(std::string(data.begin(), data.end()));
+    v1::StoreSetResponse response;
+    Check(stub_->StoreSet(Context(kDefaultTimeout).get(), request, &response), "set", key);
+  }
+
+  std::vector<char> get(const std::string& key) override {
+    wait({key}, kDefaultTimeout);
+    v1::StoreGetRequest request;
+    request.set_token(token_);
+    request.set_key(key);
+    v1::StoreGetResponse response;
+    Check(stub_->StoreGet(Context(kDefaultTimeout).get(), request, &response), "get", key);
+    return std::vector<char>(response.value().begin(), response.value().end());
+  }
+
+  void wait(const std::vector<std::string>& keys) override { wait(keys, kDefaultTimeout); }
+
+  void wait(const std::vector<std::string>& keys,
+            const std::chrono::milliseconds& timeout) override {
+    v1::StoreWaitRequest request;
+    request.set_token(token_);
+    for (const std::string& k : keys) request.add_keys(k);
+    request.set_timeout_ms(static_cast<uint32_t>(timeout.count()));
+    v1::StoreWaitResponse response;
+    Check(stub_->StoreWait(Context(timeout + std::chrono::seconds(1)).get(), request, &response),
+          "wait for", keys.empty() ? "" : keys[0]);
+  }
+
+ private:
+  static std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+    return ctx;
+  }
+  static void Check(const grpc::Status& s, const char* op, const std::string& key) {
+    if (!s.ok()) {
+      throw std::runtime_error(absl::StrCat("rendezvous store: cannot ", op, " '", key,
+                                            "': ", s.error_message()));
+    }
+  }
+
+  std::unique_ptr<v1::Rendezvous::Stub> stub_;
+  const std::string token_;
+};
+
+std::chrono::milliseconds Ms(absl::Duration d) {
+  return std::chrono::milliseconds(std::max<int64_t>(1, absl::ToInt64Milliseconds(d)));
+}
+
+}  // namespace
+
+GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,
+                               std::string bind_host)
+    : rendezvous_(rendezvous), rank_(rank), size_(rendezvous.node_count()),
+      bind_host_(std::move(bind_host)) {}
+
+GlooCollective::~GlooCollective() = default;
+
+absl::Status GlooCollective::Broken(const std::string& what, const std::exception& e) {
+  broken_ = absl::StrCat(what, ": ", e.what());
+  context_.reset();
+  const bool timeout = absl::StrContains(e.what(), "imed out") ||
+                       absl::StrContains(e.what(), "imeout") ||
+                       absl::StrContains(e.what(), "was not set");
+  return timeout ? absl::DeadlineExceededError(broken_) : absl::UnavailableError(broken_);
+}
+
+absl::Status GlooCollective::Connect(absl::Duration timeout) {
+  if (!broken_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the job's cross-node communicator failed earlier (", broken_,
+        "); attach every worker again with a new rendezvous"));
+  }
+  if (context_ != nullptr) return absl::OkStatus();
+  try {
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token());
+    gloo::transport::tcp::attr attr;
+    attr.hostname = bind_host_;
+    std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
+    auto context = std::make_shared<gloo::rendezvous::Context>(static_cast<int>(rank_),
+                                                               static_cast<int>(size_));
+    context->setTimeout(Ms(timeout));
+    context->connectFullMesh(store, device);
+    context_ = std::move(context);
+  } catch (const std::exception& e) {
+    return Broken("cannot connect to the job's other nodes", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GlooCollective::AllReduce(absl::Span<double> values, bool max,
+                                       absl::Duration timeout) {
+  if (absl::Status s = Connect(timeout); !s.ok()) return s;
+  try {
+    gloo::AllreduceOptions opts(context_);
+    opts.setOutput(values.data(), values.size());  // no input: in place
+    if (max) {
+      opts.setReduceFunction(
+          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::max<double>));
+    } else {
+      opts.setReduceFunction(
+          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<double>));
+    }
+    opts.setTimeout(Ms(timeout));
+    gloo::allreduce(opts);
+  } catch (const std::exception& e) {
+    return Broken("cross-node all-reduce failed", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GlooCollective::AllReduceSum(absl::Span<double> values, absl::Duration timeout) {
+  return AllReduce(values, false, timeout);
+}
+
+absl::Status GlooCollective::AllReduceMax(absl::Span<double> values, absl::Duration timeout) {
+  return AllReduce(values, true, timeout);
+}
+
+absl::Status GlooCollective::Broadcast(absl::Span<char> bytes, absl::Duration timeout) {
+  if (absl::Status s = Connect(timeout); !s.ok()) return s;
+  try {
+    gloo::BroadcastOptions opts(context_);
+    opts.setOutput(bytes.data(), bytes.size());
+    opts.setRoot(0);
+    opts.setTimeout(Ms(timeout));
+    gloo::broadcast(opts);
+  } catch (const std::exception& e) {
+    return Broken("cross-node broadcast failed", e);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration timeout) {
+  std::vector<uint32_t> missing;
+  try {
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token());
+    const std::string prefix = absl::StrCat("failed-at/", step, "/");
+    store.set(absl::StrCat(prefix, rank_), {'1'});
+    const absl::Time deadline = absl::Now() + timeout;
+    for (uint32_t r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      try {
+        store.wait({absl::StrCat(prefix, r)}, Ms(std::max(deadline - absl::Now(),
+                                                           absl::Milliseconds(1))));
+      } catch (const std::exception&) {
+        missing.push_back(r);
+      }
+    }
+  } catch (const std::exception&) {
+    missing.push_back(0);  // the store itself (node 0's daemon) is unreachable
+  }
+  return missing;
+}
+
+}  // namespace gstab

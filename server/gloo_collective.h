@@ -1,0 +1,46 @@
+// Collective over Gloo's TCP transport. The nodes find each other through the rendezvous store
+// a job's first daemon serves over gRPC (rendezvous_store.h); the connection is made on first
+// use, within that operation's deadline.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "gstab/v1/stabilizer.pb.h"
+#include "server/collective.h"
+
+namespace gloo {
+class Context;
+}
+
+namespace gstab {
+
+class GlooCollective final : public Collective {
+ public:
+  // `bind_host`: the address this node's Gloo device listens on (reachable by the others).
+  GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank, std::string bind_host);
+  ~GlooCollective() override;
+
+  uint32_t rank() const override { return rank_; }
+  uint32_t size() const override { return size_; }
+  absl::Status AllReduceSum(absl::Span<double> values, absl::Duration timeout) override;
+  absl::Status AllReduceMax(absl::Span<double> values, absl::Duration timeout) override;
+  absl::Status Broadcast(absl::Span<char> bytes, absl::Duration timeout) override;
+  std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) override;
+
+ private:
+  absl::Status Connect(absl::Duration timeout);
+  absl::Status AllReduce(absl::Span<double> values, bool max, absl::Duration timeout);
+  // Records a failure: the communicator is not used again.
+  absl::Status Broken(const std::string& what, const std::exception& e);
+
+  const v1::RendezvousInfo rendezvous_;
+  const uint32_t rank_;
+  const uint32_t size_;
+  const std::string bind_host_;
+  std::shared_ptr<gloo::Context> context_;
+  std::string broken_;  // why the communicator failed, empty while healthy
+};
+
+}  // namespace gstab

@@ -1,0 +1,94 @@
+#include "server/rendezvous_store.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/grpc_status.h"
+
+namespace gstab {
+
+std::string RendezvousStore::NewToken() {
+  std::random_device rd;
+  std::string token;
+  for (int i = 0; i < 4; ++i) absl::StrAppend(&token, absl::Hex(rd(), absl::kZeroPad8));
+  absl::MutexLock lock(&mu_);
+  spaces_[token];
+  order_.push_back(token);
+  while (order_.size() > max_rendezvous_) {
+    spaces_.erase(order_.front());
+    order_.pop_front();
+  }
+  return token;
+}
+
+absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string& token) {
+  auto it = spaces_.find(token);
+  if (it == spaces_.end()) {
+    return absl::PermissionDeniedError("unknown or expired rendezvous token");
+  }
+  return &it->second;
+}
+
+absl::Status RendezvousStore::Set(const std::string& token, const std::string& key,
+                                  const std::string& value) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Space*> space = Find(token);
+  if (!space.ok()) return space.status();
+  (**space)[key] = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token,
+                                                 const std::string& key) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Space*> space = Find(token);
+  if (!space.ok()) return space.status();
+  auto it = (*space)->find(key);
+  if (it == (*space)->end()) return absl::NotFoundError(absl::StrCat("key '", key, "' not set"));
+  return it->second;
+}
+
+absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<std::string>& keys,
+                                   absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  std::string missing;
+  auto all_set = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = spaces_.find(token);
+    if (it == spaces_.end()) return true;  // reported below
+    for (const std::string& k : keys) {
+      if (it->second.count(k) == 0) {
+        missing = k;
+        return false;
+      }
+    }
+    return true;
+  };
+  const bool done = mu_.AwaitWithTimeout(absl::Condition(&all_set), timeout);
+  if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();
+  if (!done) return absl::DeadlineExceededError(absl::StrCat("key '", missing, "' was not set"));
+  return absl::OkStatus();
+}
+
+grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* request,
+                                         v1::StoreSetResponse*) {
+  return ToGrpcStatus(store_->Set(request->token(), request->key(), request->value()));
+}
+
+grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* request,
+                                         v1::StoreGetResponse* response) {
+  absl::StatusOr<std::string> value = store_->Get(request->token(), request->key());
+  if (!value.ok()) return ToGrpcStatus(value.status());
+  response->set_value(*std::move(value));
+  return grpc::Status::OK;
+}
+
+grpc::Status RendezvousService::StoreWait(grpc::ServerContext*,
+                                          const v1::StoreWaitRequest* request,
+                                          v1::StoreWaitResponse*) {
+  const std::vector<std::string> keys(request->keys().begin(), request->keys().end());
+  const absl::Duration timeout = absl::Milliseconds(std::min(request->timeout_ms(), 600000u));
+  return ToGrpcStatus(store_->Wait(request->token(), keys, timeout));
+}
+
+}  // namespace gstab

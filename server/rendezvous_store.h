@@ -1,0 +1,59 @@
+// The rendezvous key-value store gstabd serves to the other daemons of a multi-node job (the
+// gstab.v1.Rendezvous service on --peer_listen), and the gRPC service over it. Keys live in the
+// namespace of one rendezvous token; only holders of the token (from the blob the job passed
+// around) can read or write them. The oldest rendezvous are forgotten beyond a cap.
+//
+// Thread-safe.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gstab/v1/stabilizer.grpc.pb.h"
+
+namespace gstab {
+
+class RendezvousStore {
+ public:
+  explicit RendezvousStore(size_t max_rendezvous = 256) : max_rendezvous_(max_rendezvous) {}
+
+  // Creates a namespace and returns its token.
+  std::string NewToken();
+  absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
+  // NOT_FOUND when the key is not set.
+  absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
+  // Waits until every key is set; DEADLINE_EXCEEDED names the first missing one.
+  absl::Status Wait(const std::string& token, const std::vector<std::string>& keys,
+                    absl::Duration timeout);
+
+ private:
+  using Space = std::map<std::string, std::string>;
+  // PERMISSION_DENIED for an unknown token.
+  absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const size_t max_rendezvous_;
+  absl::Mutex mu_;
+  std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
+};
+
+class RendezvousService final : public v1::Rendezvous::Service {
+ public:
+  explicit RendezvousService(RendezvousStore* store) : store_(store) {}
+  grpc::Status StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* request,
+                        v1::StoreSetResponse*) override;
+  grpc::Status StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* request,
+                        v1::StoreGetResponse* response) override;
+  grpc::Status StoreWait(grpc::ServerContext*, const v1::StoreWaitRequest* request,
+                         v1::StoreWaitResponse*) override;
+
+ private:
+  RendezvousStore* store_;
+};
+
+}  // namespace gstab
