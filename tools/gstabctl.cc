@@ -6,6 +6,7 @@
 //   gstabctl config set --job=J policy=clip clip.max_norm=0.5
 //   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
 //   gstabctl import --job=J --in=FILE
+//   gstabctl rendezvous --job=J --nodes=N  a new rendezvous blob in base64 (GSTAB_RENDEZVOUS)
 //
 // Human-readable by default, --json for scripts. Exit status 0 on success, 1 on any error
 // (with the reason on stderr), 2 for a bad command line.
@@ -20,6 +21,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "client_lib/client.h"
 #include "tools/ctl_format.h"
@@ -33,6 +35,7 @@ ABSL_FLAG(int, interval_ms, 1000, "top: refresh period");
 ABSL_FLAG(int, iterations, 0, "top: refreshes before exiting (0: until interrupted)");
 ABSL_FLAG(std::string, out, "", "export: file to write");
 ABSL_FLAG(std::string, in, "", "import: file to read");
+ABSL_FLAG(uint32_t, nodes, 0, "rendezvous: the job's node count");
 
 namespace gstab::ctl {
 namespace {
@@ -177,6 +180,18 @@ int Import() {
   return 0;
 }
 
+int Rendezvous() {
+  const std::string job = absl::GetFlag(FLAGS_job);
+  const uint32_t nodes = absl::GetFlag(FLAGS_nodes);
+  if (job.empty() || nodes == 0) return Usage("rendezvous needs --job=NAME and --nodes=N");
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous(job, nodes);
+  if (!blob.ok()) return Fail(blob.status());
+  std::printf("%s\n", absl::Base64Escape(*blob).c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace gstab::ctl
 
@@ -193,6 +208,7 @@ int main(int argc, char** argv) {
   if (cmd == "top") return gstab::ctl::Top();
   if (cmd == "export") return gstab::ctl::Export();
   if (cmd == "import") return gstab::ctl::Import();
+  if (cmd == "rendezvous") return gstab::ctl::Rendezvous();
   if (cmd == "config" && args.size() >= 2 && args[1] == "set") {
     return gstab::ctl::ConfigSet(std::vector<std::string>(args.begin() + 2, args.end()));
   }

@@ -194,6 +194,37 @@ TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   step_solo();
 }
 
+TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
+  Cluster cluster(2);
+  auto [rc, blob] = testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" +
+                                      cluster.daemon(0).socket() + " rendezvous --job=env --nodes=2");
+  ASSERT_EQ(rc, 0) << blob;
+  blob.erase(blob.find_last_not_of('\n') + 1);
+  setenv("GSTAB_RENDEZVOUS", blob.c_str(), 1);
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int i = 0; i < 2; ++i) {
+    AttachOptions o;
+    o.job = "env";
+    o.node_rank = static_cast<uint32_t>(i);
+    o.node_count = 2;  // no blob: GSTAB_RENDEZVOUS supplies it
+    auto w = TestWorker::Create(cluster.daemon(i).socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  unsetenv("GSTAB_RENDEZVOUS");
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 1))) EXPECT_TRUE(r.ok()) << r.status();
+
+  // A daemon without --peer_listen says how to fix it.
+  TempDir dir;
+  auto single = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(single.ok());
+  auto client = Client::Connect(single->socket());
+  absl::Status s = (*client)->CreateRendezvous("env", 2).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("--peer_listen"), std::string::npos) << s;
+}
+
 TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
   Cluster cluster(3);
   auto workers = cluster.Attach("stalled");
