@@ -9,6 +9,8 @@
 
 #include "absl/status/status.h"
 #include "core/rule_types.h"
+#include "kernels/chunk_table.h"
+#include "kernels/cuda/device_table.h"
 
 namespace gstab {
 
@@ -20,5 +22,17 @@ absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, const uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
                              cudaStream_t stream);
+
+// Per-group sums of squares and non-finite flags of every chunk in `table`, like
+// CpuGroupSumSquares. d_partials holds one TilePartial per tile (caller-owned scratch);
+// d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same
+// bits on every run.
+absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
+                                   double* d_sums, uint32_t* d_non_finite, cudaStream_t stream);
+
+// Multiplies each group's elements by d_scales[group] in place, like CpuScaleGroups (a scale of
+// exactly 1 writes nothing, exactly 0 writes zeros).
+absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
+                               cudaStream_t stream);
 
 }  // namespace gstab

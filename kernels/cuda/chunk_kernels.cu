@@ -1,0 +1,178 @@
+// The multi-tensor CUDA kernels: per-group sum of squares with a non-finite flag (one block per
+// tile, then one block per group over its tiles in table order: two-stage and deterministic,
+// no floating-point atomics), and the in-place per-group scale. 16-byte vector loads and stores
+// where the data is aligned; scalar head and tail otherwise.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace gstab {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+struct Io;
+template <>
+struct Io<float> {
+  __device__ static float Load(float x) { return x; }
+  __device__ static float Store(float x) { return x; }
+};
+template <>
+struct Io<__nv_bfloat16> {
+  __device__ static float Load(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 Store(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+struct Io<__half> {
+  __device__ static float Load(__half x) { return __half2float(x); }
+  __device__ static __half Store(float x) { return __float2half_rn(x); }
+};
+
+// Splits [0, count) of p into a scalar head up to 16-byte alignment, 16-byte vectors, and a
+// scalar tail; calls scalar(i) and vector(j) with this thread's share of each.
+template <typename T, typename Scalar, typename Vector>
+__device__ void ForEachElement(const T* p, int64_t count, Scalar scalar, Vector vector) {
+  constexpr int64_t kVec = 16 / sizeof(T);
+  const auto misalign = reinterpret_cast<uintptr_t>(p) % 16;
+  int64_t head = misalign == 0 ? 0 : static_cast<int64_t>((16 - misalign) / sizeof(T));
+  if (head > count || misalign % sizeof(T) != 0) head = count;
+  for (int64_t i = threadIdx.x; i < head; i += blockDim.x) scalar(i);
+  const int64_t vectors = (count - head) / kVec;
+  for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) vector(head + j * kVec);
+  for (int64_t i = head + vectors * kVec + threadIdx.x; i < count; i += blockDim.x) scalar(i);
+}
+
+// Sum over the block in a fixed order; the result is valid in thread 0.
+__device__ double BlockSum(double v) {
+  __shared__ double warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double total = 0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+  }
+  return total;
+}
+
+template <typename T>
+__device__ void SumTile(const void* data, const Tile& tile, float* acc, int* bad) {
+  const T* p = static_cast<const T*>(data) + tile.begin;
+  auto one = [&](float x) {
+    *acc += x * x;
+    *bad |= !isfinite(x);
+  };
+  ForEachElement(
+      p, tile.count, [&](int64_t i) { one(Io<T>::Load(p[i])); },
+      [&](int64_t i) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(p + i);
+        const T* e = reinterpret_cast<const T*>(&raw);
+        for (int k = 0; k < static_cast<int>(16 / sizeof(T)); ++k) one(Io<T>::Load(e[k]));
+      });
+}
+
+__global__ void __launch_bounds__(kThreads)
+    SumSquaresTiles(const DeviceChunk* chunks, const Tile* tiles, TilePartial* partials) {
+  const Tile tile = tiles[blockIdx.x];
+  const DeviceChunk chunk = chunks[tile.chunk];
+  float acc = 0.0f;  // fp32 within a thread: at most tile/kThreads (256) terms
+  int bad = 0;
+  switch (static_cast<DType>(chunk.dtype)) {
+    case DType::kFloat32:
+      SumTile<float>(chunk.data, tile, &acc, &bad);
+      break;
+    case DType::kBFloat16:
+      SumTile<__nv_bfloat16>(chunk.data, tile, &acc, &bad);
+      break;
+    case DType::kFloat16:
+      SumTile<__half>(chunk.data, tile, &acc, &bad);
+      break;
+  }
+  const int any_bad = __syncthreads_or(bad);
+  const double sum = BlockSum(static_cast<double>(acc));
+  if (threadIdx.x == 0) partials[blockIdx.x] = TilePartial{sum, static_cast<uint32_t>(any_bad)};
+}
+
+__global__ void __launch_bounds__(kThreads)
+    ReduceGroups(const uint32_t* offsets, const uint32_t* group_tiles,
+                 const TilePartial* partials, double* sums, uint32_t* non_finite) {
+  const uint32_t g = blockIdx.x;
+  double acc = 0;
+  int bad = 0;
+  for (uint32_t i = offsets[g] + threadIdx.x; i < offsets[g + 1]; i += blockDim.x) {
+    const TilePartial p = partials[group_tiles[i]];
+    acc += p.sum_of_squares;
+    bad |= p.non_finite != 0;
+  }
+  const int any_bad = __syncthreads_or(bad);
+  const double sum = BlockSum(acc);
+  if (threadIdx.x == 0) {
+    sums[g] = sum;
+    non_finite[g] = static_cast<uint32_t>(any_bad);
+  }
+}
+
+template <typename T>
+__device__ void ScaleTile(void* data, const Tile& tile, float s) {
+  T* p = static_cast<T*>(data) + tile.begin;
+  ForEachElement(
+      p, tile.count,
+      [&](int64_t i) { p[i] = s == 0.0f ? Io<T>::Store(0.0f) : Io<T>::Store(Io<T>::Load(p[i]) * s); },
+      [&](int64_t i) {
+        uint4 raw = *reinterpret_cast<const uint4*>(p + i);
+        T* e = reinterpret_cast<T*>(&raw);
+        for (int k = 0; k < static_cast<int>(16 / sizeof(T)); ++k) {
+          e[k] = s == 0.0f ? Io<T>::Store(0.0f) : Io<T>::Store(Io<T>::Load(e[k]) * s);
+        }
+        *reinterpret_cast<uint4*>(p + i) = raw;
+      });
+}
+
+__global__ void __launch_bounds__(kThreads)
+    ScaleTiles(const DeviceChunk* chunks, const Tile* tiles, const float* scales) {
+  const Tile tile = tiles[blockIdx.x];
+  const DeviceChunk chunk = chunks[tile.chunk];
+  const float s = scales[chunk.group];
+  if (s == 1.0f) return;  // nothing to write
+  switch (static_cast<DType>(chunk.dtype)) {
+    case DType::kFloat32:
+      ScaleTile<float>(chunk.data, tile, s);
+      break;
+    case DType::kBFloat16:
+      ScaleTile<__nv_bfloat16>(chunk.data, tile, s);
+      break;
+    case DType::kFloat16:
+      ScaleTile<__half>(chunk.data, tile, s);
+      break;
+  }
+}
+
+}  // namespace
+
+absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
+                                   double* d_sums, uint32_t* d_non_finite, cudaStream_t stream) {
+  if (table.num_groups() == 0) return absl::OkStatus();
+  if (table.num_tiles() > 0) {
+    SumSquaresTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
+                                                                d_partials);
+    RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  }
+  ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(
+      table.d_group_offsets(), table.d_group_tiles(), d_partials, d_sums, d_non_finite);
+  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  return absl::OkStatus();
+}
+
+absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
+                               cudaStream_t stream) {
+  if (table.num_tiles() == 0) return absl::OkStatus();
+  ScaleTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
+                                                         d_scales);
+  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

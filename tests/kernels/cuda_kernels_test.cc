@@ -1,0 +1,218 @@
+// The CUDA kernels against the CPU kernels on the same gradients. Needs a GPU: skipped, not
+// failed, where none exists (ctest label `gpu`).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/rule.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/half.h"
+
+namespace gstab {
+namespace {
+
+bool HaveGpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
+
+struct Layout {
+  std::vector<int64_t> numel;
+  std::vector<DType> dtype;
+  std::vector<uint32_t> group;
+  std::vector<int64_t> offset_elements;  // misalignment per chunk
+};
+
+// The same gradients on the host and the device.
+class Gradients {
+ public:
+  Gradients(const Layout& l, uint32_t seed) : l_(l) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (size_t c = 0; c < l.numel.size(); ++c) {
+      const size_t es = ElementSize(l.dtype[c]);
+      offsets_.push_back(bytes_.size() + l.offset_elements[c] * es);
+      bytes_.resize(bytes_.size() + (l.numel[c] + l.offset_elements[c]) * es + 64);
+      for (int64_t i = 0; i < l.numel[c]; ++i) Set(c, i, d(rng));
+    }
+    EXPECT_EQ(cudaMalloc(&d_, bytes_.size()), cudaSuccess);
+    Upload();
+  }
+  ~Gradients() { cudaFree(d_); }
+  void Set(size_t c, int64_t i, float v) {
+    unsigned char* p = bytes_.data() + offsets_[c] + i * ElementSize(l_.dtype[c]);
+    if (l_.dtype[c] == DType::kFloat32) {
+      std::memcpy(p, &v, 4);
+    } else {
+      const uint16_t h = l_.dtype[c] == DType::kBFloat16 ? FloatToBFloat16(v) : FloatToFloat16(v);
+      std::memcpy(p, &h, 2);
+    }
+  }
+  void Upload() { cudaMemcpy(d_, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice); }
+  std::vector<unsigned char> Download() const {
+    std::vector<unsigned char> out(bytes_.size());
+    cudaMemcpy(out.data(), d_, out.size(), cudaMemcpyDeviceToHost);
+    return out;
+  }
+  ChunkTable Table(bool device) {
+    std::vector<Chunk> chunks;
+    unsigned char* base = device ? static_cast<unsigned char*>(d_) : bytes_.data();
+    uint32_t groups = 0;
+    for (size_t c = 0; c < l_.numel.size(); ++c) {
+      chunks.push_back(Chunk{base + offsets_[c], l_.numel[c], l_.dtype[c], l_.group[c]});
+      groups = std::max(groups, l_.group[c] + 1);
+    }
+    return *ChunkTable::Create(chunks, groups);
+  }
+  std::vector<unsigned char>& host() { return bytes_; }
+
+ private:
+  Layout l_;
+  std::vector<unsigned char> bytes_;
+  std::vector<size_t> offsets_;
+  void* d_ = nullptr;
+};
+
+struct Sums {
+  std::vector<double> sums;
+  std::vector<uint32_t> flags;
+};
+
+Sums GpuSums(Gradients& g) {
+  ChunkTable table = g.Table(true);
+  auto dt = DeviceChunkTable::Upload(table, nullptr);
+  EXPECT_TRUE(dt.ok()) << dt.status();
+  TilePartial* d_partials;
+  double* d_sums;
+  uint32_t* d_flags;
+  cudaMalloc(&d_partials, std::max<size_t>(1, table.tiles().size()) * sizeof(TilePartial));
+  cudaMalloc(&d_sums, table.num_groups() * sizeof(double));
+  cudaMalloc(&d_flags, table.num_groups() * sizeof(uint32_t));
+  EXPECT_TRUE(LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr).ok());
+  Sums s{std::vector<double>(table.num_groups()), std::vector<uint32_t>(table.num_groups())};
+  cudaMemcpy(s.sums.data(), d_sums, s.sums.size() * sizeof(double), cudaMemcpyDeviceToHost);
+  cudaMemcpy(s.flags.data(), d_flags, s.flags.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  cudaFree(d_partials);
+  cudaFree(d_sums);
+  cudaFree(d_flags);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return s;
+}
+
+Sums CpuSums(Gradients& g) {
+  ChunkTable table = g.Table(false);
+  std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
+  Sums s{std::vector<double>(table.num_groups()), std::vector<uint32_t>(table.num_groups())};
+  EXPECT_TRUE(CpuGroupSumSquares(table, absl::MakeSpan(scratch), absl::MakeSpan(s.sums),
+                                 absl::MakeSpan(s.flags), nullptr)
+                  .ok());
+  return s;
+}
+
+Layout MixedLayout() {
+  Layout l;
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int64_t> size(1, 5000);
+  const DType dtypes[] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+  for (int i = 0; i < 200; ++i) {
+    l.numel.push_back(i == 100 ? 1000003 : (i % 17 == 0 ? 7 : size(rng)));
+    l.dtype.push_back(dtypes[i % 3]);
+    l.group.push_back(static_cast<uint32_t>(i % 5));
+    l.offset_elements.push_back(i % 4);
+  }
+  return l;
+}
+
+TEST(CudaKernelsTest, SumsMatchTheCpuKernelsAndAreBitIdenticalRunToRun) {
+  SKIP_WITHOUT_GPU();
+  Gradients g(MixedLayout(), 1);
+  const Sums cpu = CpuSums(g);
+  const Sums gpu = GpuSums(g);
+  const Sums again = GpuSums(g);
+  for (size_t k = 0; k < cpu.sums.size(); ++k) {
+    EXPECT_NEAR(gpu.sums[k] / cpu.sums[k], 1.0, 1e-5) << "group " << k;
+    EXPECT_EQ(gpu.flags[k], 0u);
+    EXPECT_EQ(std::memcmp(&gpu.sums[k], &again.sums[k], sizeof(double)), 0) << "group " << k;
+  }
+}
+
+TEST(CudaKernelsTest, NonFiniteElementsAreFlaggedInTheirGroup) {
+  SKIP_WITHOUT_GPU();
+  const Layout l = MixedLayout();
+  for (float bad : {NAN, INFINITY}) {
+    Gradients g(l, 2);
+    g.Set(100, 999999, bad);  // the big chunk, group 0
+    g.Set(7, 0, bad);         // group 2
+    g.Upload();
+    const Sums gpu = GpuSums(g);
+    EXPECT_EQ(gpu.flags, (std::vector<uint32_t>{1, 0, 1, 0, 0}));
+  }
+}
+
+TEST(CudaKernelsTest, ScaleEqualsTheCpuKernelBitForBit) {
+  SKIP_WITHOUT_GPU();
+  Gradients g(MixedLayout(), 4);
+  const float scales[] = {0.37f, 1.0f, 0.0f, 3.5f, 1e-3f};
+  ChunkTable cpu_table = g.Table(false);
+  ASSERT_TRUE(CpuScaleGroups(cpu_table, scales, nullptr).ok());  // host copy only
+  ChunkTable table = g.Table(true);
+  auto dt = DeviceChunkTable::Upload(table, nullptr);
+  ASSERT_TRUE(dt.ok());
+  float* d_scales;
+  cudaMalloc(&d_scales, sizeof scales);
+  cudaMemcpy(d_scales, scales, sizeof scales, cudaMemcpyHostToDevice);
+  ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(d_scales);
+  EXPECT_TRUE(g.Download() == g.host()) << "device scaling differs from the CPU kernel";
+}
+
+TEST(CudaKernelsTest, StatsKernelEqualsTheHostRule) {
+  SKIP_WITHOUT_GPU();
+  RuleParams p;
+  std::vector<GroupStats> host(3);
+  GroupStats* d_stats;
+  double* d_sums;
+  uint32_t* d_flags;
+  StepOutcome* d_out;
+  float* d_scales;
+  cudaMalloc(&d_stats, 3 * sizeof(GroupStats));
+  cudaMemcpy(d_stats, host.data(), 3 * sizeof(GroupStats), cudaMemcpyHostToDevice);
+  cudaMalloc(&d_sums, 3 * sizeof(double));
+  cudaMalloc(&d_flags, 3 * sizeof(uint32_t));
+  cudaMalloc(&d_out, 3 * sizeof(StepOutcome));
+  cudaMalloc(&d_scales, 3 * sizeof(float));
+  std::mt19937 rng(5);
+  std::lognormal_distribution<double> norm(0, 1);
+  for (int step = 0; step < 200; ++step) {
+    double sums[3];
+    uint32_t flags[3] = {0, step % 50 == 7, 0};
+    for (double& s : sums) s = std::pow(norm(rng) * (step == 100 ? 1e4 : 1), 2);
+    cudaMemcpy(d_sums, sums, sizeof sums, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_flags, flags, sizeof flags, cudaMemcpyHostToDevice);
+    ASSERT_TRUE(LaunchApplyRule(p, d_stats, d_sums, d_flags, 3, d_out, d_scales, nullptr).ok());
+    StepOutcome out[3];
+    cudaMemcpy(out, d_out, sizeof out, cudaMemcpyDeviceToHost);
+    for (int g = 0; g < 3; ++g) {
+      const StepOutcome want = ApplyRule(p, &host[g], sums[g], flags[g] != 0);
+      EXPECT_NEAR(out[g].scale, want.scale, 1e-12 * std::abs(want.scale)) << step;
+      EXPECT_EQ(out[g].flags, want.flags) << step;
+    }
+  }
+  cudaFree(d_stats);
+  cudaFree(d_sums);
+  cudaFree(d_flags);
+  cudaFree(d_out);
+  cudaFree(d_scales);
+}
+
+}  // namespace
+}  // namespace gstab
