@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "glog/logging.h"
 #include "server/server.h"
 
@@ -28,6 +29,10 @@ ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port
 ABSL_FLAG(uint32_t, metrics_max_groups, 32, "groups exported per job; the rest as group _other");
 ABSL_FLAG(std::string, peer_listen, "",
           "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one)");
+ABSL_FLAG(std::vector<std::string>, allow_uids, {},
+          "uids allowed to connect to the socket (SO_PEERCRED); with --allow_gids empty too, "
+          "anyone the socket's 0660 mode lets in");
+ABSL_FLAG(std::vector<std::string>, allow_gids, {}, "primary gids allowed to connect");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 
 int main(int argc, char** argv) {
@@ -60,6 +65,23 @@ int main(int argc, char** argv) {
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
   options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);
+
+  for (const std::string& u : absl::GetFlag(FLAGS_allow_uids)) {
+    uint32_t id;
+    if (!absl::SimpleAtoi(u, &id)) {
+      std::fprintf(stderr, "gstabd: --allow_uids: '%s' is not a uid\n", u.c_str());
+      return 2;
+    }
+    options.peers.uids.insert(id);
+  }
+  for (const std::string& g : absl::GetFlag(FLAGS_allow_gids)) {
+    uint32_t id;
+    if (!absl::SimpleAtoi(g, &id)) {
+      std::fprintf(stderr, "gstabd: --allow_gids: '%s' is not a gid\n", g.c_str());
+      return 2;
+    }
+    options.peers.gids.insert(id);
+  }
 
   // Block the stop signals in every thread; this one waits for them below.
   sigset_t stop_signals;

@@ -70,12 +70,11 @@ absl::Status Server::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   if (!options_.socket_path.empty()) {
-    const std::filesystem::path socket(options_.socket_path);
-    std::error_code ec;
-    if (socket.has_parent_path()) std::filesystem::create_directories(socket.parent_path(), ec);
-    std::filesystem::remove(socket, ec);  // a stale socket of a previous run
-    builder.AddListeningPort(absl::StrCat("unix:", options_.socket_path),
-                             grpc::InsecureServerCredentials());
+    // The unix socket is ours: connections reach gRPC only after their credentials pass.
+    absl::StatusOr<std::unique_ptr<UnixListener>> listener =
+        UnixListener::Create(options_.socket_path, options_.peers);
+    if (!listener.ok()) return listener.status();
+    unix_listener_ = *std::move(listener);
   }
   if (!options_.listen_address.empty()) {
     absl::StatusOr<std::string> cert = ReadFile(options_.tls_cert);
@@ -87,21 +86,12 @@ absl::Status Server::Start() {
     builder.AddListeningPort(options_.listen_address, grpc::SslServerCredentials(tls));
   }
   builder.RegisterService(service_.get());
-  // The socket is born 0660: no moment where other users could connect.
-  const mode_t previous_umask = umask(0117);
   grpc_server_ = builder.BuildAndStart();
-  umask(previous_umask);
   if (grpc_server_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on '", options_.socket_path, "' ",
-                                               options_.listen_address));
+    return absl::UnavailableError(absl::StrCat("cannot start the gRPC server (",
+                                               options_.listen_address, ")"));
   }
-  if (!options_.socket_path.empty()) {
-    if (chmod(options_.socket_path.c_str(), 0660) != 0) {
-      LOG(WARNING) << "cannot set mode 0660 on " << options_.socket_path;
-    }
-    struct stat st;
-    if (stat(options_.socket_path.c_str(), &st) == 0) socket_inode_ = st.st_ino;
-  }
+  if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
   if (!options_.peer_listen.empty()) {
     // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
@@ -141,6 +131,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   if (grpc_server_ == nullptr) return absl::OkStatus();
   LOG(INFO) << "gstabd stopping: draining in-flight steps";
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  if (unix_listener_ != nullptr) unix_listener_->Stop();  // no new connections; removes the file
   daemon_->BeginShutdown();
   events_.Close();  // ends WatchEvents streams
   if (!daemon_->DrainSteps(deadline)) LOG(WARNING) << "steps still in flight at the deadline";
@@ -156,11 +147,6 @@ absl::Status Server::Stop(absl::Time deadline) {
   if (housekeeping_.joinable()) housekeeping_.join();
   http_.reset();
   absl::Status s = daemon_->Checkpoint();
-  struct stat st;
-  if (!options_.socket_path.empty() && stat(options_.socket_path.c_str(), &st) == 0 &&
-      st.st_ino == socket_inode_) {
-    unlink(options_.socket_path.c_str());
-  }
   LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");
   return s;
 }

@@ -11,7 +11,6 @@
 #pragma once
 
 #include <grpcpp/grpcpp.h>
-#include <sys/types.h>
 
 #include <memory>
 #include <string>
@@ -27,12 +26,14 @@
 #include "server/observer.h"
 #include "server/rendezvous_store.h"
 #include "server/service.h"
+#include "server/unix_listener.h"
 
 namespace gstab {
 
 struct ServerOptions {
   DaemonOptions daemon;
   std::string socket_path = "/run/gstab/gstabd.sock";
+  PeerPolicy peers;  // who may connect to the unix socket (SO_PEERCRED)
   std::string listen_address;  // host:port for TCP; requires tls_cert and tls_key
   std::string tls_cert;        // PEM files
   std::string tls_key;
@@ -74,7 +75,7 @@ class Server {
   std::unique_ptr<RendezvousService> rendezvous_service_;
   std::unique_ptr<grpc::Server> peer_server_;  // the Rendezvous service on peer_listen
   absl::Notification stopping_;
-  ino_t socket_inode_ = 0;  // so Stop removes our socket, not a successor's
+  std::unique_ptr<UnixListener> unix_listener_;
   std::thread housekeeping_;
 };
 

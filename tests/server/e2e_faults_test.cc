@@ -251,6 +251,26 @@ TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {
             absl::StatusCode::kUnavailable);
 }
 
+TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {
+  TempDir refusing_dir, allowing_dir;
+  const std::string other_uid = std::to_string(getuid() + 12345);
+  auto refusing = DaemonProcess::Start(refusing_dir.path(), {"--allow_uids=" + other_uid});
+  auto allowing = DaemonProcess::Start(allowing_dir.path(),
+                                       {"--allow_uids=" + other_uid + "," + std::to_string(getuid())});
+  ASSERT_TRUE(refusing.ok() && allowing.ok());
+  auto refused = Client::Connect(refusing->socket(), absl::Milliseconds(500));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  std::ifstream log(refusing_dir.path() + "/gstabd.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("refused a connection from pid"), std::string::npos) << text.str();
+
+  auto worker = TestWorker::Create(allowing->socket(), Job("allowed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+}
+
 TEST_F(E2eFaultsTest, CExampleAttachesAndSeesTheSpike) {
   absl::StatusOr<Subprocess> c = Subprocess::Start(
       {testing::BinaryPath("examples/minimal_c"), daemon_->socket(), "c-example"});

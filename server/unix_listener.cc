@@ -1,0 +1,92 @@
+#include "server/unix_listener.h"
+
+#include <fcntl.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_posix.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+
+namespace gstab {
+
+bool PeerPolicy::Allows(uid_t uid, gid_t gid) const {
+  if (uids.empty() && gids.empty()) return true;
+  return uids.count(uid) > 0 || gids.count(gid) > 0;
+}
+
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::string& path,
+                                                                   PeerPolicy policy) {
+  sockaddr_un addr{};
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path '", path, "' is empty or longer than ",
+                                                   sizeof(addr.sun_path) - 1, " bytes"));
+  }
+  std::error_code ec;
+  const std::filesystem::path p(path);
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+  std::filesystem::remove(p, ec);  // a stale socket of a previous run
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket(): ", strerror(errno)));
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  // Born 0660: there is no moment where other users could connect.
+  const mode_t previous = umask(0117);
+  const int bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  umask(previous);
+  struct stat st;
+  if (bound != 0 || listen(fd, 128) != 0 || stat(path.c_str(), &st) != 0) {
+    const std::string err = strerror(errno);
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
+  }
+  return std::unique_ptr<UnixListener>(new UnixListener(path, fd, st.st_ino, std::move(policy)));
+}
+
+UnixListener::~UnixListener() { Stop(); }
+
+void UnixListener::Start(grpc::Server* server) {
+  thread_ = std::thread([this, server] { AcceptLoop(server); });
+}
+
+void UnixListener::Stop() {
+  stopping_ = true;
+  if (thread_.joinable()) thread_.join();
+  if (fd_ >= 0) {
+    close(fd_);
+    fd_ = -1;
+    struct stat st;
+    if (stat(path_.c_str(), &st) == 0 && st.st_ino == inode_) unlink(path_.c_str());
+  }
+}
+
+void UnixListener::AcceptLoop(grpc::Server* server) {
+  while (!stopping_) {
+    pollfd pfd{fd_, POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    const int conn = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) continue;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        !policy_.Allows(cred.uid, cred.gid)) {
+      LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid
+                   << " gid " << cred.gid << ": not in the allow-list";
+      close(conn);
+      continue;
+    }
+    // gRPC needs a non-blocking descriptor.
+    fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
+    grpc::AddInsecureChannelFromFd(server, conn);
+  }
+}
+
+}  // namespace gstab
