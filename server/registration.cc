@@ -27,25 +27,25 @@ absl::Status ValidateTensorName(const std::string& what, const std::string& name
 
 absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
   PlannedBuffer out;
-  switch (b.transport()) {
-    case v1::TRANSPORT_HOST_SHM:
-      break;
-    case v1::TRANSPORT_CUDA_IPC:
-      if (b.ipc_handle().size() != 64) {
-        return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": cuda_ipc handle is ",
-                                                       b.ipc_handle().size(),
-                                                       " bytes, a cudaIpcMemHandle_t is 64"));
-      }
-      return absl::UnimplementedError(absl::StrCat(
-          "buffer ", i, ": cuda_ipc buffers need gstabd's CUDA backend, which this daemon does "
-          "not run; register host_shm buffers"));
-    default:
+  const bool cuda = b.transport() == v1::TRANSPORT_CUDA_IPC;
+  if (cuda) {
+    if (b.ipc_handle().size() != 64) {
+      return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": cuda_ipc handle is ",
+                                                     b.ipc_handle().size(),
+                                                     " bytes, a cudaIpcMemHandle_t is 64"));
+    }
+    if (b.device() < 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("buffer ", i, ": unknown transport ", static_cast<int>(b.transport()),
-                       ": expected HOST_SHM or CUDA_IPC"));
-  }
-  if (absl::Status s = ValidateShmName(b.shm_name()); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": ", s.message()));
+          absl::StrCat("buffer ", i, ": device ordinal ", b.device(), " is negative"));
+    }
+  } else if (b.transport() == v1::TRANSPORT_HOST_SHM) {
+    if (absl::Status s = ValidateShmName(b.shm_name()); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": ", s.message()));
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("buffer ", i, ": unknown transport ", static_cast<int>(b.transport()),
+                     ": expected HOST_SHM or CUDA_IPC"));
   }
   const std::optional<DType> dtype = DTypeFromProto(b.dtype());
   if (!dtype.has_value()) {
@@ -67,6 +67,12 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
   if (b.offset() > std::numeric_limits<uint64_t>::max() - b.size_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": offset ", b.offset(),
                                                    " + size ", b.size_bytes(), " overflows"));
+  }
+  if (cuda) {
+    // Well-formed, but this daemon has no CUDA pipeline to run it on.
+    return absl::UnimplementedError(absl::StrCat(
+        "buffer ", i, ": cuda_ipc buffers need gstabd's CUDA pipeline, which this daemon does "
+        "not run; register host_shm buffers"));
   }
   out.shm_name = b.shm_name();
   out.offset = b.offset();

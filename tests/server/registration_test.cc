@@ -60,6 +60,32 @@ TEST(RegistrationTest, CapsMixedReductionsAndNamesAreRejected) {
   EXPECT_TRUE(ValidateJobName("llama-7b_run.3").ok());
 }
 
+TEST(RegistrationTest, CudaIpcBuffersAreValidatedBeforeAnyCudaCall) {
+  auto cuda = [](auto mutate) {
+    v1::RegisterBuffersRequest r = OneTensor(400, 100);
+    v1::Buffer* b = r.mutable_buffers(0);
+    b->set_transport(v1::TRANSPORT_CUDA_IPC);
+    b->clear_shm_name();
+    b->set_ipc_handle(std::string(64, '\x01'));
+    b->set_device(0);
+    mutate(b);
+    return ValidateRegistration(r, RegistrationCaps{}).status();
+  };
+  absl::Status short_handle = cuda([](v1::Buffer* b) { b->set_ipc_handle("abc"); });
+  EXPECT_EQ(short_handle.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(short_handle.message().find("is 3 bytes"), std::string::npos) << short_handle;
+  absl::Status device = cuda([](v1::Buffer* b) { b->set_device(-1); });
+  EXPECT_NE(device.message().find("device ordinal -1"), std::string::npos) << device;
+  absl::Status overflow = cuda([](v1::Buffer* b) { b->set_offset(~uint64_t{0} - 3); });
+  EXPECT_EQ(overflow.code(), absl::StatusCode::kInvalidArgument) << overflow;
+  absl::Status dtype = cuda([](v1::Buffer* b) { b->set_dtype(v1::DTYPE_UNSPECIFIED); });
+  EXPECT_NE(dtype.message().find("unknown dtype"), std::string::npos) << dtype;
+  // Well-formed: refused only because this daemon has no CUDA pipeline, and it says so.
+  absl::Status valid = cuda([](v1::Buffer*) {});
+  EXPECT_EQ(valid.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(valid.message().find("host_shm"), std::string::npos) << valid;
+}
+
 TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
   GradientArena arena;
   arena.AddTensor("w", 256, DType::kFloat32);
