@@ -1,5 +1,7 @@
 // Multi-node jobs on the CPU backend: N real gstabd processes on loopback, each with its own
 // socket and state folder, one worker per node, Gloo over TCP between the daemons.
+#include <unistd.h>
+
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -223,6 +225,90 @@ TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
   absl::Status s = (*client)->CreateRendezvous("env", 2).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("--peer_listen"), std::string::npos) << s;
+}
+
+// Two hosts made of network namespaces joined by a veth pair (needs root and iproute2; the
+// test skips itself where it cannot make them).
+class NamespaceHosts {
+ public:
+  NamespaceHosts() {
+    const std::string tag = std::to_string(getpid());
+    ns_ = {"gstab-a-" + tag, "gstab-b-" + tag};
+    const std::string va = "gsa" + tag, vb = "gsb" + tag;
+    const std::vector<std::string> setup = {
+        "ip netns add " + ns_[0],
+        "ip netns add " + ns_[1],
+        "ip link add " + va + " type veth peer name " + vb,
+        "ip link set " + va + " netns " + ns_[0],
+        "ip link set " + vb + " netns " + ns_[1],
+        "ip -n " + ns_[0] + " addr add " + Address(0) + "/24 dev " + va,
+        "ip -n " + ns_[1] + " addr add " + Address(1) + "/24 dev " + vb,
+        "ip -n " + ns_[0] + " link set " + va + " up",
+        "ip -n " + ns_[1] + " link set " + vb + " up",
+        "ip -n " + ns_[0] + " link set lo up",
+        "ip -n " + ns_[1] + " link set lo up"};
+    for (const std::string& cmd : setup) {
+      auto [rc, out] = testing::RunShell(cmd);
+      if (rc != 0) {
+        error_ = cmd + ": " + out;
+        return;
+      }
+    }
+  }
+  ~NamespaceHosts() {
+    for (const std::string& ns : ns_) testing::RunShell("ip netns del " + ns);
+  }
+  bool ok() const { return error_.empty(); }
+  const std::string& error() const { return error_; }
+  static std::string Address(int host) { return "10.213.0." + std::to_string(host + 1); }
+  std::vector<std::string> Exec(int host) const { return {"/usr/sbin/ip", "netns", "exec", ns_[host]}; }
+
+ private:
+  std::vector<std::string> ns_;
+  std::string error_;
+};
+
+TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
+  NamespaceHosts hosts;
+  if (!hosts.ok()) GTEST_SKIP() << "cannot make network namespaces here: " << hosts.error();
+  TempDir root;
+  std::vector<std::unique_ptr<DaemonProcess>> daemons;
+  for (int i = 0; i < 2; ++i) {
+    const std::string dir = root.path() + "/host" + std::to_string(i);
+    std::filesystem::create_directories(dir);
+    auto d = DaemonProcess::Start(
+        dir, {"--peer_listen=" + NamespaceHosts::Address(i) + ":0", kStepTimeout},
+        hosts.Exec(i));
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
+  }
+  auto rank0 = Client::Connect(daemons[0]->socket());
+  ASSERT_TRUE(rank0.ok());
+  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("hosts", 2);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(*blob));
+  EXPECT_EQ(info.store_address().rfind(NamespaceHosts::Address(0) + ":", 0), 0u)
+      << info.store_address();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int i = 0; i < 2; ++i) {
+    AttachOptions o;
+    o.job = "hosts";
+    o.node_rank = static_cast<uint32_t>(i);
+    o.node_count = 2;
+    o.rendezvous = *blob;
+    auto w = TestWorker::Create(daemons[i]->socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (uint64_t step = 1; step <= 5; ++step) {
+    for (size_t i = 0; i < 2; ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
+    auto results = StepAll(workers, Same(2, step));
+    for (auto& r : results) {
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->SerializeAsString(), results[0]->SerializeAsString());
+    }
+  }
 }
 
 TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {

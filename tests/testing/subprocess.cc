@@ -124,11 +124,14 @@ absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
 }
 
 absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir,
-                                                  const std::vector<std::string>& flags) {
+                                                  const std::vector<std::string>& flags,
+                                                  const std::vector<std::string>& prefix) {
   const std::string socket = dir + "/gstabd.sock";
-  std::vector<std::string> argv = {GstabdPath(), "--socket=" + socket,
+  std::vector<std::string> argv = prefix;
+  std::vector<std::string> daemon = {GstabdPath(), "--socket=" + socket,
                                    "--state_dir=" + dir + "/state", "--backend=cpu",
                                    "--metrics_port=-1"};
+  argv.insert(argv.end(), daemon.begin(), daemon.end());
   argv.insert(argv.end(), flags.begin(), flags.end());
   absl::StatusOr<Subprocess> p = Subprocess::Start(argv, dir + "/gstabd.log");
   if (!p.ok()) return p.status();

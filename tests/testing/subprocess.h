@@ -40,8 +40,10 @@ class Subprocess {
 // gstabd started on <dir>/gstabd.sock with state in <dir>/state; extra flags appended.
 class DaemonProcess {
  public:
+  // `prefix` runs gstabd through another command (for example `ip netns exec NS`).
   static absl::StatusOr<DaemonProcess> Start(const std::string& dir,
-                                      const std::vector<std::string>& flags = {});
+                                             const std::vector<std::string>& flags = {},
+                                             const std::vector<std::string>& prefix = {});
   const std::string& socket() const { return socket_; }
   Subprocess& process() { return process_; }
   // The /metrics port the daemon logged (start it with --metrics_port=0).
