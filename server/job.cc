@@ -138,7 +138,15 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       auto finished = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return finished_round_id_ >= my_round;
       };
-      if (!mu_.AwaitWithTimeout(absl::Condition(&finished), timeout)) {
+      auto everyone_here = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return finished_round_id_ >= my_round ||
+               (round_id_ == my_round && arrived_.size() >= local_world_size_);
+      };
+      // The deadline is for the other local workers to arrive; once they have, the round's
+      // runner is bounded by its own deadlines (the cross-node stage), so wait for it.
+      const bool arrived = mu_.AwaitWithTimeout(absl::Condition(&everyone_here), timeout);
+      if (arrived) mu_.Await(absl::Condition(&finished));
+      if (!arrived) {
         std::vector<uint32_t> missing;
         for (uint32_t r = 0; r < local_world_size_; ++r) {
           if (arrived_.count(r) == 0) missing.push_back(r);
