@@ -166,7 +166,14 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
     return absl::FailedPreconditionError(
         "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
   }
-  if (job->rendezvous_token() == info.token()) return absl::OkStatus();
+  if (job->rendezvous_token() == info.token()) {
+    if (job->node_rank() != request.node_rank()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "job '", request.job(), "' is node ", job->node_rank(), " on this gstabd; a worker "
+          "here cannot attach as node ", request.node_rank()));
+    }
+    return absl::OkStatus();
+  }
   job->SetCollective(std::make_shared<GlooCollective>(info, request.node_rank(),
                                                       options_.peer_host),
                      info.token());

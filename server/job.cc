@@ -91,6 +91,11 @@ void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rend
   sync_statistics_ = true;
 }
 
+uint32_t Job::node_rank() const {
+  absl::MutexLock lock(&mu_);
+  return collective_ == nullptr ? 0 : collective_->rank();
+}
+
 std::string Job::rendezvous_token() const {
   absl::MutexLock lock(&mu_);
   return rendezvous_token_;

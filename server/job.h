@@ -53,6 +53,8 @@ class Job {
   // Installing a new one (a new generation) replaces a failed one; the next step then starts
   // by adopting node 0's statistics so every node continues from the same state.
   void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token);
+  // This node's rank in the current communicator (0 without one).
+  uint32_t node_rank() const;
   std::string rendezvous_token() const;
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
