@@ -226,6 +226,10 @@ TempDir::~TempDir() {
 std::string GstabdPath() { return BinaryPath("server/gstabd"); }
 
 std::string BinaryPath(const std::string& relative) {
+  // Bundled runs (scripts/gpu-check) keep every binary in one folder.
+  if (const char* dir = std::getenv("GSTAB_BIN_DIR"); dir != nullptr && *dir != 0) {
+    return std::string(dir) + "/" + std::filesystem::path(relative).filename().string();
+  }
   return std::string(GSTAB_BUILD_DIR) + "/" + relative;
 }
 

@@ -83,7 +83,7 @@ class TempDir {
   std::string path_;
 };
 
-// Paths of the binaries under test (set by CMake).
+// Paths of the binaries under test: the build directory CMake set, or $GSTAB_BIN_DIR.
 std::string GstabdPath();
 std::string BinaryPath(const std::string& relative);  // relative to the build directory
 

@@ -1,0 +1,136 @@
+#include "server/cuda/cuda_ipc.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_check.h"
+
+namespace gstab {
+namespace {
+
+// cuMemGetAddressRange through the runtime's driver entry point, so gstabd does not link
+// libcuda and still starts where no driver is installed.
+absl::StatusOr<std::pair<void*, size_t>> AllocationRange(void* ptr) {
+  static PFN_cuMemGetAddressRange_v3020 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 3020, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      f = nullptr;
+    }
+    return reinterpret_cast<PFN_cuMemGetAddressRange_v3020>(f);
+  }();
+  if (fn == nullptr) return absl::InternalError("cuMemGetAddressRange is not available");
+  CUdeviceptr base = 0;
+  size_t size = 0;
+  if (fn(&base, &size, reinterpret_cast<CUdeviceptr>(ptr)) != CUDA_SUCCESS) {
+    return absl::InternalError("cuMemGetAddressRange failed on an opened IPC allocation");
+  }
+  return std::make_pair(reinterpret_cast<void*>(base), size);
+}
+
+absl::Status CheckDevice(int device) {
+  const int count = CudaDeviceCount();
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("device ", device, " is not one of this node's ",
+                                                   count, " CUDA devices"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::string& handle,
+                                                                 int device, uint64_t offset,
+                                                                 uint64_t bytes) {
+  if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
+    return absl::InvalidArgumentError(absl::StrCat("IPC memory handle is ", handle.size(),
+                                                   " bytes, expected ",
+                                                   sizeof(cudaIpcMemHandle_t)));
+  }
+  if (absl::Status s = CheckDevice(device); !s.ok()) return s;
+  if (offset > UINT64_MAX - bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + size ", bytes,
+                                                   " overflows"));
+  }
+  absl::MutexLock lock(&mu_);
+  std::shared_ptr<IpcRegion> region = regions_[handle].lock();
+  if (region == nullptr) {
+    cudaIpcMemHandle_t h;
+    std::memcpy(&h, handle.data(), sizeof h);
+    RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+    void* ptr = nullptr;
+    RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess));
+    absl::StatusOr<std::pair<void*, size_t>> range = AllocationRange(ptr);
+    if (!range.ok()) {
+      cudaIpcCloseMemHandle(ptr);
+      return range.status();
+    }
+    region = std::shared_ptr<IpcRegion>(
+        new IpcRegion{ptr, range->second - (static_cast<char*>(ptr) -
+                                            static_cast<char*>(range->first)),
+                      device},
+        [](IpcRegion* r) {
+          cudaSetDevice(r->device);
+          cudaIpcCloseMemHandle(r->base);
+          delete r;
+        });
+    regions_[handle] = region;
+  }
+  if (region->device != device) {
+    return absl::InvalidArgumentError(absl::StrCat("this IPC handle was opened on device ",
+                                                   region->device, ", not ", device));
+  }
+  if (offset + bytes > region->size) {
+    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + size ", bytes,
+                                                   " exceeds the ", region->size,
+                                                   "-byte allocation the handle names"));
+  }
+  return region;
+}
+
+int CudaIpcRegistry::LiveRegions() {
+  absl::MutexLock lock(&mu_);
+  int live = 0;
+  for (auto it = regions_.begin(); it != regions_.end();) {
+    if (it->second.expired()) {
+      it = regions_.erase(it);
+    } else {
+      ++live;
+      ++it;
+    }
+  }
+  return live;
+}
+
+absl::StatusOr<std::unique_ptr<IpcEvent>> IpcEvent::Open(const std::string& handle, int device) {
+  if (handle.size() != sizeof(cudaIpcEventHandle_t)) {
+    return absl::InvalidArgumentError(absl::StrCat("IPC event handle is ", handle.size(),
+                                                   " bytes, expected ",
+                                                   sizeof(cudaIpcEventHandle_t)));
+  }
+  if (absl::Status s = CheckDevice(device); !s.ok()) return s;
+  cudaIpcEventHandle_t h;
+  std::memcpy(&h, handle.data(), sizeof h);
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  cudaEvent_t event;
+  RETURN_IF_CUDA_ERROR(cudaIpcOpenEventHandle(&event, h));
+  return std::unique_ptr<IpcEvent>(new IpcEvent(event));
+}
+
+IpcEvent::~IpcEvent() { cudaEventDestroy(event_); }
+
+}  // namespace gstab

@@ -1,0 +1,57 @@
+// CUDA IPC for gstabd: workers' gradient allocations and interprocess events, opened once per
+// allocation and shared by reference count. Every handle is validated before it is opened,
+// and the registered range is checked against the real allocation (cuMemGetAddressRange).
+//
+// Thread-safe. The process must not be the one that exported the handles (CUDA refuses that).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace gstab {
+
+// Devices this process can use; 0 (not an error) without a driver or a GPU.
+int CudaDeviceCount();
+
+struct IpcRegion {
+  void* base = nullptr;  // start of the worker's allocation in this process
+  size_t size = 0;       // the allocation's size
+  int device = 0;
+};
+
+class CudaIpcRegistry {
+ public:
+  // The allocation named by `handle` (a cudaIpcMemHandle_t, 64 bytes) on `device`, opened on
+  // first use. INVALID_ARGUMENT when the handle is malformed, the device absent, or
+  // [offset, offset + bytes) is not inside the allocation.
+  absl::StatusOr<std::shared_ptr<IpcRegion>> Open(const std::string& handle, int device,
+                                                  uint64_t offset, uint64_t bytes);
+  int LiveRegions();
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::weak_ptr<IpcRegion>> regions_ ABSL_GUARDED_BY(mu_);
+};
+
+// A worker's interprocess event (cudaIpcEventHandle_t, 64 bytes), opened in this process.
+class IpcEvent {
+ public:
+  static absl::StatusOr<std::unique_ptr<IpcEvent>> Open(const std::string& handle, int device);
+  ~IpcEvent();
+  IpcEvent(const IpcEvent&) = delete;
+  IpcEvent& operator=(const IpcEvent&) = delete;
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  explicit IpcEvent(cudaEvent_t e) : event_(e) {}
+  cudaEvent_t event_;
+};
+
+}  // namespace gstab

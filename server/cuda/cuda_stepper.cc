@@ -1,0 +1,117 @@
+#include "server/cuda/cuda_stepper.h"
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+#define RETURN_IF_NCCL_ERROR(expr)                                                           \
+  do {                                                                                       \
+    const ncclResult_t gstab_nccl_err_ = (expr);                                             \
+    if (gstab_nccl_err_ != ncclSuccess) {                                                    \
+      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #expr,          \
+                                              " failed: ", ncclGetErrorString(gstab_nccl_err_))); \
+    }                                                                                        \
+  } while (0)
+
+namespace gstab {
+
+absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
+    int device, const ChunkTable& table, const std::vector<GroupStats>& stats) {
+  if (stats.size() != table.num_groups()) {
+    return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics for ",
+                                                   table.num_groups(), " groups"));
+  }
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  cudaStream_t stream;
+  RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  absl::StatusOr<DeviceChunkTable> dt = DeviceChunkTable::Upload(table, stream);
+  if (!dt.ok()) {
+    cudaStreamDestroy(stream);
+    return dt.status();
+  }
+  std::unique_ptr<CudaStepper> s(new CudaStepper(device, *std::move(dt)));
+  s->stream_ = stream;
+  const size_t groups = std::max<size_t>(1, table.num_groups());
+  RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&s->finished_, cudaEventDisableTiming));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_partials_),
+                                  std::max<size_t>(1, table.tiles().size()) * sizeof(TilePartial)));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_sums_), groups * sizeof(double)));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_flags_), groups * sizeof(uint32_t)));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_stats_), groups * sizeof(GroupStats)));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_outcomes_), groups * sizeof(StepOutcome)));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_scales_), groups * sizeof(float)));
+  RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&s->h_outcomes_),
+                                      groups * sizeof(StepOutcome)));
+  if (!stats.empty()) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(), stats.size() * sizeof(GroupStats),
+                                         cudaMemcpyHostToDevice, stream));
+  }
+  ncclUniqueId id;
+  RETURN_IF_NCCL_ERROR(ncclGetUniqueId(&id));
+  RETURN_IF_NCCL_ERROR(ncclCommInitRank(&s->comm_, 1, id, 0));
+  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
+  return s;
+}
+
+CudaStepper::~CudaStepper() {
+  cudaSetDevice(device_);
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (comm_ != nullptr) ncclCommDestroy(comm_);
+  cudaFree(d_partials_);
+  cudaFree(d_sums_);
+  cudaFree(d_flags_);
+  cudaFree(d_stats_);
+  cudaFree(d_outcomes_);
+  cudaFree(d_scales_);
+  cudaFreeHost(h_outcomes_);
+  if (finished_ != nullptr) cudaEventDestroy(finished_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, cudaEvent_t ready,
+                                  cudaEvent_t done) {
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const uint32_t groups = table_.num_groups();
+  if (ready != nullptr) RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream_, ready, 0));
+  if (absl::Status s = LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_);
+      !s.ok()) {
+    return s;
+  }
+  // The collective stage: every rank's partial sums and non-finite flags, in a fixed order.
+  RETURN_IF_NCCL_ERROR(ncclAllReduce(d_sums_, d_sums_, groups, ncclDouble, ncclSum, comm_, stream_));
+  RETURN_IF_NCCL_ERROR(ncclAllReduce(d_flags_, d_flags_, groups, ncclUint32, ncclMax, comm_, stream_));
+  if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
+                                       d_scales_, stream_);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_); !s.ok()) return s;
+  if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
+  RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_outcomes_, d_outcomes_, groups * sizeof(StepOutcome),
+                                       cudaMemcpyDeviceToHost, stream_));
+  RETURN_IF_CUDA_ERROR(cudaEventRecord(finished_, stream_));
+  enqueued_step_ = step;
+  pending_ = true;
+  return absl::OkStatus();
+}
+
+std::optional<CudaStepper::Completed> CudaStepper::Poll() {
+  if (!pending_ || cudaEventQuery(finished_) != cudaSuccess) return std::nullopt;
+  Completed c;
+  c.step = enqueued_step_;
+  c.outcomes.assign(h_outcomes_, h_outcomes_ + table_.num_groups());
+  return c;
+}
+
+absl::StatusOr<std::vector<GroupStats>> CudaStepper::Statistics() {
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  std::vector<GroupStats> stats(table_.num_groups());
+  if (!stats.empty()) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(stats.data(), d_stats_, stats.size() * sizeof(GroupStats),
+                                         cudaMemcpyDeviceToHost, stream_));
+  }
+  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return stats;
+}
+
+}  // namespace gstab

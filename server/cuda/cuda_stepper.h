@@ -1,0 +1,66 @@
+// The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3):
+//   wait(ready) -> partial sums per group -> NCCL all-reduce (world size 1 here; the
+//   cross-node issue widens it) -> rule kernel (statistics stay on the GPU) -> scale in place
+//   -> record(done) -> asynchronous copy of the outcomes to pinned host memory.
+// Enqueue never waits for the GPU; Completed() reports the newest finished step without
+// blocking.
+//
+// Not thread-safe: the job calls it from one step at a time.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/rule_types.h"
+#include "kernels/chunk_table.h"
+#include "kernels/cuda/device_table.h"
+
+namespace gstab {
+
+class CudaStepper {
+ public:
+  // `table` holds device pointers on `device`; `stats` are the groups' starting statistics.
+  static absl::StatusOr<std::unique_ptr<CudaStepper>> Create(int device, const ChunkTable& table,
+                                                             const std::vector<GroupStats>& stats);
+  ~CudaStepper();
+  CudaStepper(const CudaStepper&) = delete;
+  CudaStepper& operator=(const CudaStepper&) = delete;
+
+  // Enqueues one step; `ready` and `done` are the worker's events (null: no wait / record).
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, cudaEvent_t ready,
+                       cudaEvent_t done);
+
+  struct Completed {
+    uint64_t step = 0;
+    std::vector<StepOutcome> outcomes;
+  };
+  // The newest enqueued step whose GPU work has finished, if it has.
+  std::optional<Completed> Poll();
+  // Waits for the stream and copies the statistics back (checkpoints, export).
+  absl::StatusOr<std::vector<GroupStats>> Statistics();
+
+ private:
+  CudaStepper(int device, DeviceChunkTable table) : device_(device), table_(std::move(table)) {}
+
+  const int device_;
+  DeviceChunkTable table_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t finished_ = nullptr;  // recorded after the outcome copy
+  ncclComm_t comm_ = nullptr;
+  TilePartial* d_partials_ = nullptr;
+  double* d_sums_ = nullptr;
+  uint32_t* d_flags_ = nullptr;
+  GroupStats* d_stats_ = nullptr;
+  StepOutcome* d_outcomes_ = nullptr;
+  float* d_scales_ = nullptr;
+  StepOutcome* h_outcomes_ = nullptr;  // pinned
+  uint64_t enqueued_step_ = 0;
+  bool pending_ = false;
+};
+
+}  // namespace gstab

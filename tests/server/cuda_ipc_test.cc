@@ -1,0 +1,99 @@
+// gstabd's CUDA pieces on a real GPU: a separate worker process exports its gradients and
+// events over CUDA IPC; this process opens them and runs the stream-ordered pipeline. Skipped,
+// not failed, where no GPU exists (ctest label `gpu`).
+#include <cuda_runtime.h>
+
+#include <fstream>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "server/cuda/cuda_ipc.h"
+#include "server/cuda/cuda_stepper.h"
+#include "tests/testing/subprocess.h"
+
+namespace gstab {
+namespace {
+
+TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  testing::TempDir dir;
+  const std::string flag = dir.path() + "/stepped";
+  auto worker = testing::Subprocess::Start({testing::BinaryPath("tests/cuda_ipc_worker"), flag});
+  ASSERT_TRUE(worker.ok());
+  absl::StatusOr<std::string> line = worker->ReadLine(absl::Seconds(60));
+  ASSERT_TRUE(line.ok()) << line.status();
+  const std::vector<std::string> parts = absl::StrSplit(*line, ' ');
+  ASSERT_EQ(parts.size(), 4u) << *line;
+  const std::string mem = absl::HexStringToBytes(parts[1]);
+  const std::string ready_h = absl::HexStringToBytes(parts[2]);
+  const std::string done_h = absl::HexStringToBytes(parts[3]);
+
+  CudaIpcRegistry registry;
+  EXPECT_EQ(registry.Open(mem, 0, 0, 1ull << 40).status().code(),
+            absl::StatusCode::kInvalidArgument);  // beyond the real allocation
+  EXPECT_EQ(registry.Open(mem.substr(1), 0, 0, 64).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry.Open(mem, 99, 0, 64).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<std::shared_ptr<IpcRegion>> region = registry.Open(mem, 0, 0, 8192 + 70001 * 4);
+  ASSERT_TRUE(region.ok()) << region.status();
+  auto again = registry.Open(mem, 0, 4096, 1554);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->get(), region->get());  // one mapping per allocation
+  EXPECT_EQ(registry.LiveRegions(), 1);
+  auto ready = IpcEvent::Open(ready_h, 0);
+  auto done = IpcEvent::Open(done_h, 0);
+  ASSERT_TRUE(ready.ok() && done.ok());
+
+  char* base = static_cast<char*>((*region)->base);
+  ChunkTable table = *ChunkTable::Create({Chunk{base, 1000, DType::kFloat32, 0},
+                                          Chunk{base + 4096, 777, DType::kBFloat16, 0},
+                                          Chunk{base + 8192, 70001, DType::kFloat32, 1}},
+                                         2);
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2));
+  ASSERT_TRUE(stepper.ok()) << stepper.status();
+  ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, (*ready)->get(), (*done)->get()).ok());
+  std::ofstream(flag) << "go";
+  absl::StatusOr<std::string> result = worker->ReadLine(absl::Seconds(60));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->rfind("RESULT ok", 0), 0u) << *result;
+  EXPECT_EQ(worker->Wait(absl::Seconds(30)).value_or(-1), 0);
+
+  std::optional<CudaStepper::Completed> completed;
+  for (int i = 0; i < 500 && !completed; ++i) {
+    completed = (*stepper)->Poll();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(completed.has_value());
+  EXPECT_EQ(completed->step, 1u);
+  EXPECT_GT(completed->outcomes[0].norm, 0);
+  EXPECT_TRUE(completed->outcomes[1].flags & kFlagAccepted);
+}
+
+TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  void* d;
+  ASSERT_EQ(cudaMalloc(&d, 1 << 20), cudaSuccess);
+  ASSERT_EQ(cudaMemset(d, 0x3c, 1 << 20), cudaSuccess);
+  ChunkTable table = *ChunkTable::Create({Chunk{d, (1 << 20) / 4, DType::kFloat32, 0}}, 1);
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1));
+  ASSERT_TRUE(stepper.ok()) << stepper.status();
+  size_t free_before, free_after, total;
+  for (uint64_t step = 1; step <= 100; ++step) {
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, nullptr, nullptr).ok());
+  }
+  ASSERT_TRUE((*stepper)->Statistics().ok());
+  cudaMemGetInfo(&free_before, &total);
+  for (uint64_t step = 101; step <= 10100; ++step) {
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, nullptr, nullptr).ok()) << step;
+  }
+  absl::StatusOr<std::vector<GroupStats>> stats = (*stepper)->Statistics();
+  ASSERT_TRUE(stats.ok());
+  cudaMemGetInfo(&free_after, &total);
+  EXPECT_EQ(free_after, free_before);
+  EXPECT_EQ((*stats)[0].steps, 10100u);
+  cudaFree(d);
+}
+
+}  // namespace
+}  // namespace gstab

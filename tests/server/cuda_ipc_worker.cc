@@ -1,0 +1,106 @@
+// The worker side of cuda_ipc_test: owns gradients in its own GPU memory and two interprocess
+// events, exports their handles, and checks what gstabd's CUDA pipeline did to them.
+//   cuda_ipc_worker FLAG_FILE    (prints "HANDLES mem ready done", then "RESULT ...")
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/rule.h"
+#include "kernels/half.h"
+
+namespace {
+
+std::string Hex(const void* p, size_t n) {
+  std::string s;
+  char b[3];
+  for (size_t i = 0; i < n; ++i) {
+    std::snprintf(b, sizeof b, "%02x", static_cast<const unsigned char*>(p)[i]);
+    s += b;
+  }
+  return s;
+}
+
+int Fail(const char* what, cudaError_t e) {
+  std::printf("RESULT cuda-error %s: %s\n", what, cudaGetErrorString(e));
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  // Layout (bytes): fp32 x1000 at 0 and bf16 x777 at 4096 form group 0; fp32 x70001 at 8192
+  // is group 1.
+  constexpr size_t kBytes = 8192 + 70001 * 4;
+  std::vector<unsigned char> host(kBytes, 0);
+  auto f32 = [&](size_t off, int i) { return reinterpret_cast<float*>(host.data() + off) + i; };
+  auto b16 = [&](int i) { return reinterpret_cast<uint16_t*>(host.data() + 4096) + i; };
+  for (int i = 0; i < 1000; ++i) *f32(0, i) = std::sin(0.1f * static_cast<float>(i));
+  for (int i = 0; i < 777; ++i) *b16(i) = gstab::FloatToBFloat16(std::cos(0.2f * static_cast<float>(i)));
+  for (int i = 0; i < 70001; ++i) *f32(8192, i) = 1e-3f * static_cast<float>(i % 101);
+  void* d = nullptr;
+  cudaStream_t stream;
+  cudaEvent_t ready, done;
+  cudaError_t e;
+  if ((e = cudaSetDevice(0)) != cudaSuccess) return Fail("device", e);
+  if ((e = cudaMalloc(&d, kBytes)) != cudaSuccess) return Fail("malloc", e);
+  cudaStreamCreate(&stream);
+  const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
+  if ((e = cudaEventCreateWithFlags(&ready, flags)) != cudaSuccess) return Fail("event", e);
+  if ((e = cudaEventCreateWithFlags(&done, flags)) != cudaSuccess) return Fail("event", e);
+  cudaMemcpyAsync(d, host.data(), kBytes, cudaMemcpyHostToDevice, stream);
+  cudaEventRecord(ready, stream);
+  cudaIpcMemHandle_t mh;
+  cudaIpcEventHandle_t rh, dh;
+  if ((e = cudaIpcGetMemHandle(&mh, d)) != cudaSuccess) return Fail("mem handle", e);
+  cudaIpcGetEventHandle(&rh, ready);
+  cudaIpcGetEventHandle(&dh, done);
+  std::printf("HANDLES %s %s %s\n", Hex(&mh, sizeof mh).c_str(), Hex(&rh, sizeof rh).c_str(),
+              Hex(&dh, sizeof dh).c_str());
+  std::fflush(stdout);
+
+  for (int i = 0; i < 6000 && access(argv[1], F_OK) != 0; ++i) usleep(10000);
+  // Stream-ordered: wait for the daemon's `done`, then read the gradients back.
+  cudaStreamWaitEvent(stream, done, 0);
+  std::vector<unsigned char> out(kBytes);
+  cudaMemcpyAsync(out.data(), d, kBytes, cudaMemcpyDeviceToHost, stream);
+  if ((e = cudaStreamSynchronize(stream)) != cudaSuccess) return Fail("sync", e);
+
+  // Reference: the rule on the CPU sums of the same values.
+  double sums[2] = {0, 0};
+  for (int i = 0; i < 1000; ++i) sums[0] += double(*f32(0, i)) * *f32(0, i);
+  for (int i = 0; i < 777; ++i) {
+    const double x = gstab::BFloat16ToFloat(*b16(i));
+    sums[0] += x * x;
+  }
+  for (int i = 0; i < 70001; ++i) sums[1] += double(*f32(8192, i)) * *f32(8192, i);
+  gstab::RuleParams params;
+  float scale[2];
+  for (int g = 0; g < 2; ++g) {
+    gstab::GroupStats s;
+    scale[g] = static_cast<float>(gstab::ApplyRule(params, &s, sums[g], false).scale);
+  }
+  double worst = 0;
+  auto check = [&](float got, float before, int g) {
+    const double want = double(before) * scale[g];
+    if (want != 0) worst = std::max(worst, std::abs(got / want - 1));
+  };
+  for (int i = 0; i < 1000; ++i) {
+    check(reinterpret_cast<float*>(out.data())[i], *f32(0, i), 0);
+  }
+  for (int i = 0; i < 777; ++i) {
+    check(gstab::BFloat16ToFloat(reinterpret_cast<uint16_t*>(out.data() + 4096)[i]),
+          gstab::BFloat16ToFloat(*b16(i)), 0);
+  }
+  for (int i = 0; i < 70001; ++i) {
+    check(reinterpret_cast<float*>(out.data() + 8192)[i], *f32(8192, i), 1);
+  }
+  // bf16 rounding allows 2^-8 relative; fp32 values only the scale's last bits.
+  std::printf(worst < 1e-2 ? "RESULT ok %.3g\n" : "RESULT mismatch %.3g\n", worst);
+  return worst < 1e-2 ? 0 : 1;
+}
