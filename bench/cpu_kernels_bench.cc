@@ -25,8 +25,8 @@ double MedianSeconds(const std::function<void()>& fn) {
   fn();  // warm-up: page faults, caches
   std::vector<double> times;
   const auto start = Clock::now();
-  while (times.size() < 5 || (Clock::now() - start < std::chrono::milliseconds(200) &&
-                              times.size() < 1000)) {
+  while (times.size() < 5 ||
+         (Clock::now() - start < std::chrono::milliseconds(200) && times.size() < 1000)) {
     const auto t0 = Clock::now();
     fn();
     times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
@@ -108,9 +108,8 @@ void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
   const float twice[4] = {2.0f, 2.0f, 2.0f, 2.0f};
   int flip = 0;
 
-  const double norm_s = MedianSeconds([&] {
-    (void)CpuGroupSumSquares(*table, absl::MakeSpan(scratch), sums, flags, &executor);
-  });
+  const double norm_s = MedianSeconds(
+      [&] { (void)CpuGroupSumSquares(*table, absl::MakeSpan(scratch), sums, flags, &executor); });
   const double read_s = MedianSeconds([&] {
     if (threads == 1) {
       g_sink = ReadAll(grads.data(), grads.size());
@@ -121,8 +120,8 @@ void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
       g_sink = ReadAll(grads.data() + t * per, static_cast<size_t>(per));
     });
   });
-  const double scale_s = MedianSeconds(
-      [&] { (void)CpuScaleGroups(*table, (flip++ % 2) ? twice : halve, &executor); });
+  const double scale_s =
+      MedianSeconds([&] { (void)CpuScaleGroups(*table, (flip++ % 2) ? twice : halve, &executor); });
   const double copy_s = MedianSeconds([&] {
     const int64_t per = bytes / threads;
     executor.ParallelFor(threads, threads, [&](int64_t t) {

@@ -68,7 +68,8 @@ float Time(Fn fn) {
 
 void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
   const int64_t es = static_cast<int64_t>(ElementSize(dtype));
-  const std::vector<int64_t> sizes = mix ? ModelLayout(bytes / es) : std::vector<int64_t>{bytes / es};
+  const std::vector<int64_t> sizes =
+      mix ? ModelLayout(bytes / es) : std::vector<int64_t>{bytes / es};
   std::vector<Chunk> chunks;
   int64_t offset = 0;
   for (size_t i = 0; i < sizes.size(); ++i) {
@@ -90,8 +91,10 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
   std::vector<float> scales(chunks.size(), 0.5f);
   cudaMemcpy(d_scales, scales.data(), scales.size() * sizeof(float), cudaMemcpyHostToDevice);
 
-  const float copy = Time([&] { cudaMemcpyAsync(d_other, d_grads, bytes, cudaMemcpyDeviceToDevice); });
-  const float norm = Time([&] { (void)LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr); });
+  const float copy =
+      Time([&] { cudaMemcpyAsync(d_other, d_grads, bytes, cudaMemcpyDeviceToDevice); });
+  const float norm =
+      Time([&] { (void)LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr); });
   const float scale = Time([&] { (void)LaunchScaleGroups(*dt, d_scales, nullptr); });
   Check(cudaDeviceSynchronize(), "kernels");
   const double gb = static_cast<double>(bytes) / 1e9;
@@ -122,7 +125,8 @@ int main(int argc, char** argv) {
   std::printf("%s; GB/s moved; ratio = kernel bandwidth / copy bandwidth; ms = median of 20\n",
               prop.name);
   std::printf("%-5s %-8s %8s %6s | %8s %8s | %8s %8s %5s | %8s %8s %5s\n", "shape", "dtype", "MiB",
-              "tensors", "copy ms", "GB/s", "norm ms", "GB/s", "ratio", "scale ms", "GB/s", "ratio");
+              "tensors", "copy ms", "GB/s", "norm ms", "GB/s", "ratio", "scale ms", "GB/s",
+              "ratio");
   void *d_grads, *d_other;
   const size_t max_bytes = static_cast<size_t>(max_mib) << 20;
   gstab::Check(cudaMalloc(&d_grads, max_bytes), "malloc gradients");

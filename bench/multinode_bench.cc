@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/stats.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
 
@@ -19,16 +20,6 @@ namespace gstab {
 namespace {
 
 using testing::DaemonProcess;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1))];
-}
 
 // Per-step wall times seen by node 0's worker.
 std::vector<double> Run(int nodes, int steps) {
@@ -83,15 +74,16 @@ int main(int argc, char** argv) {
     if (a.rfind("--steps=", 0) == 0) steps = std::atoi(a.c_str() + 8);
   }
   const std::vector<double> single = gstab::Run(1, steps);
-  const double base = gstab::Median(single);
+  const double base = gstab::bench::Percentile(single, 0.5);
   std::printf("Step round trip of node 0, %d steps after 20 warm-up, 4 KiB fp32 per node\n", steps);
   std::printf("%6s %12s %12s %16s\n", "nodes", "p50 (us)", "p99 (us)", "added p50 (us)");
-  std::printf("%6d %12.1f %12.1f %16s\n", 1, base * 1e6, gstab::Percentile(single, 0.99) * 1e6,
-              "(baseline)");
+  std::printf("%6d %12.1f %12.1f %16s\n", 1, base * 1e6,
+              gstab::bench::Percentile(single, 0.99) * 1e6, "(baseline)");
   for (int n : {2, 4, 8}) {
     const std::vector<double> t = gstab::Run(n, steps);
-    std::printf("%6d %12.1f %12.1f %16.1f\n", n, gstab::Median(t) * 1e6,
-                gstab::Percentile(t, 0.99) * 1e6, (gstab::Median(t) - base) * 1e6);
+    std::printf("%6d %12.1f %12.1f %16.1f\n", n, gstab::bench::Percentile(t, 0.5) * 1e6,
+                gstab::bench::Percentile(t, 0.99) * 1e6,
+                (gstab::bench::Percentile(t, 0.5) - base) * 1e6);
   }
   return 0;
 }

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/stats.h"
 #include "core/rule.h"
 #include "kernels/cpu_kernels.h"
 #include "tests/testing/subprocess.h"
@@ -25,11 +26,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1))];
 }
 
 void Die(const absl::Status& s) {
@@ -74,12 +70,12 @@ void Latency(const std::string& socket, int iterations) {
     for (double t : Time(iterations / 10, one_step)) steps.push_back(t);
     for (double t : Time(iterations / 10, health)) empty.push_back(t);
   }
-  const double s50 = Percentile(steps, 0.5), s99 = Percentile(steps, 0.99);
-  const double e50 = Percentile(empty, 0.5), e99 = Percentile(empty, 0.99);
+  const double s50 = bench::Percentile(steps, 0.5), s99 = bench::Percentile(steps, 0.99);
+  const double e50 = bench::Percentile(empty, 0.5), e99 = bench::Percentile(empty, 0.99);
   std::printf("Step round trip, 4 KiB fp32, %zu calls each (unix socket)\n", steps.size());
   std::printf("  %-26s p50 %8.1f us   p99 %8.1f us\n", "Step", s50 * 1e6, s99 * 1e6);
-  std::printf("  %-26s p50 %8.1f us   p99 %8.1f us\n", "empty call (health Check)",
-              e50 * 1e6, e99 * 1e6);
+  std::printf("  %-26s p50 %8.1f us   p99 %8.1f us\n", "empty call (health Check)", e50 * 1e6,
+              e99 * 1e6);
   std::printf("  ratio Step / empty:        p50 %8.2f      p99 %8.2f\n", s50 / e50, s99 / e99);
 }
 
@@ -130,7 +126,7 @@ void Overhead(const std::string& socket, int mib) {
     for (double t : Time(1, bare)) bare_t.push_back(t);
     for (double t : Time(1, daemon_step)) daemon_t.push_back(t);
   }
-  const double d50 = Percentile(daemon_t, 0.5), b50 = Percentile(bare_t, 0.5);
+  const double d50 = bench::Percentile(daemon_t, 0.5), b50 = bench::Percentile(bare_t, 0.5);
   std::printf("Whole CPU step, %d MiB fp32, one group, %d threads, median of %zu\n", mib, threads,
               daemon_t.size());
   std::printf("  %-26s %8.2f ms  (%6.2f GB/s of gradients)\n", "gstabd Step (round trip)",

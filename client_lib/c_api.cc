@@ -72,9 +72,8 @@ gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
 
 void gstab_client_destroy(gstab_client* client) { delete client; }
 
-gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank,
-                          uint32_t world_size, uint32_t local_rank, uint32_t local_world_size,
-                          const char* policy) {
+gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
+                          uint32_t local_rank, uint32_t local_world_size, const char* policy) {
   if (client == nullptr || job == nullptr) {
     return Fail(absl::InvalidArgumentError("client and job must not be NULL"));
   }
@@ -109,8 +108,9 @@ gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64
     return Fail(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
   if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
-    return Fail(absl::InvalidArgumentError("unknown dtype: expected GSTAB_FLOAT32, "
-                                           "GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
+    return Fail(
+        absl::InvalidArgumentError("unknown dtype: expected GSTAB_FLOAT32, "
+                                   "GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
   }
   const size_t i = arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
                                           group == nullptr ? "" : group);
@@ -166,8 +166,8 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
     return Fail(absl::InvalidArgumentError("group index out of range of the last step"));
   }
   const auto& g = client->last_step.groups(static_cast<int>(index));
-  *out = gstab_group_result{g.group().c_str(), g.norm(), g.stabilized_norm(), g.scale(),
-                            g.z(), g.spike(), g.skipped(), g.diverging()};
+  *out = gstab_group_result{g.group().c_str(), g.norm(),    g.stabilized_norm(), g.scale(), g.z(),
+                            g.spike(),         g.skipped(), g.diverging()};
   return Report(absl::OkStatus());
 }
 

@@ -16,7 +16,8 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 }
 
 Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
-    : channel_(std::move(channel)), target_(std::move(target)),
+    : channel_(std::move(channel)),
+      target_(std::move(target)),
       stub_(v1::Stabilizer::NewStub(channel_)) {}
 
 Client::~Client() { StopKeepAlive(); }
@@ -59,8 +60,7 @@ absl::Status Client::Attach(const AttachOptions& options) {
   if (!response.ok()) return response.status();
   StopKeepAlive();
   attached_ = *std::move(response);
-  const absl::Duration period =
-      absl::Milliseconds(std::max<uint64_t>(attached_.lease_ms(), 3) / 3);
+  const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(attached_.lease_ms(), 3) / 3);
   stop_keepalive_ = std::make_unique<absl::Notification>();
   keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {
     while (!stop->WaitForNotificationWithTimeout(period)) {
@@ -75,8 +75,7 @@ absl::Status Client::Attach(const AttachOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job,
-                                                     uint32_t node_count) {
+absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uint32_t node_count) {
   v1::CreateRendezvousRequest request;
   request.set_job(job);
   request.set_node_count(node_count);

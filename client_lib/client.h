@@ -49,8 +49,8 @@ class Client {
  public:
   // Connects to gstabd's unix socket and waits up to `timeout` for it to be ready.
   // UNAVAILABLE, naming the socket, when no daemon answers.
-  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& socket_path,
-                                                         absl::Duration timeout = absl::Seconds(10));
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const std::string& socket_path, absl::Duration timeout = absl::Seconds(10));
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -80,8 +80,9 @@ class Client {
   void StopKeepAlive();
   // One unary call of the Stabilizer service, its status translated.
   template <typename Request, typename Response>
-  absl::StatusOr<Response> Call(grpc::Status (v1::Stabilizer::Stub::*method)(
-                                    grpc::ClientContext*, const Request&, Response*),
+  absl::StatusOr<Response> Call(grpc::Status (v1::Stabilizer::Stub::*method)(grpc::ClientContext*,
+                                                                             const Request&,
+                                                                             Response*),
                                 const Request& request) {
     grpc::ClientContext ctx;
     Response response;

@@ -39,12 +39,12 @@ typedef struct gstab_client gstab_client;
 typedef struct gstab_arena gstab_arena;
 
 typedef struct {
-  int skip;          /* some group was non-finite: skip the optimizer step */
-  int diverging;     /* some group is in the diverging state */
-  int spikes;        /* groups flagged as spikes this step */
+  int skip;      /* some group was non-finite: skip the optimizer step */
+  int diverging; /* some group is in the diverging state */
+  int spikes;    /* groups flagged as spikes this step */
   size_t num_groups;
-  double norm;             /* raw L2 norm over all groups (NaN when non-finite) */
-  double stabilized_norm;  /* L2 norm after scaling */
+  double norm;            /* raw L2 norm over all groups (NaN when non-finite) */
+  double stabilized_norm; /* L2 norm after scaling */
 } gstab_step_result;
 
 typedef struct {
@@ -65,9 +65,8 @@ gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 
 /* policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor"; NULL = default. */
-gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank,
-                          uint32_t world_size, uint32_t local_rank, uint32_t local_world_size,
-                          const char* policy);
+gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
+                          uint32_t local_rank, uint32_t local_world_size, const char* policy);
 gstab_status gstab_detach(gstab_client* client);
 
 gstab_status gstab_arena_create(gstab_arena** out);

@@ -90,8 +90,9 @@ absl::Status Overlay(const v1::PolicyConfig& c, RuleParams* p) {
       p->beta2 = 0.9;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown stabilize.preset ", static_cast<int>(st.preset()), ": expected V4 or STABLE_SPAM"));
+      return absl::InvalidArgumentError(absl::StrCat("unknown stabilize.preset ",
+                                                     static_cast<int>(st.preset()),
+                                                     ": expected V4 or STABLE_SPAM"));
   }
   if (st.has_beta1()) p->beta1 = st.beta1();
   if (st.has_beta2()) p->beta2 = st.beta2();

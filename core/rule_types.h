@@ -76,15 +76,15 @@ struct GroupStats {
 
 // Flags of StepOutcome::flags.
 enum StepFlag : uint32_t {
-  kFlagAccepted = 1u << 0,          // statistics updated, t advanced
-  kFlagSkipped = 1u << 1,           // non-finite norm: the optimizer must skip this step
-  kFlagZeroNorm = 1u << 2,          // all-zero gradient: nothing changed
-  kFlagSpike = 1u << 3,             // z-score above the threshold (after warm-up)
-  kFlagSpikeRatio = 1u << 4,        // norm above spike_ratio * m_hat (after warm-up)
-  kFlagDiverging = 1u << 5,         // the group is in the diverging state after this step
-  kFlagDivergenceBegan = 1u << 6,   // ... and entered it at this step
-  kFlagDivergenceEnded = 1u << 7,   // left the diverging state at this step
-  kFlagClipped = 1u << 8,           // the applied scale is below one
+  kFlagAccepted = 1u << 0,         // statistics updated, t advanced
+  kFlagSkipped = 1u << 1,          // non-finite norm: the optimizer must skip this step
+  kFlagZeroNorm = 1u << 2,         // all-zero gradient: nothing changed
+  kFlagSpike = 1u << 3,            // z-score above the threshold (after warm-up)
+  kFlagSpikeRatio = 1u << 4,       // norm above spike_ratio * m_hat (after warm-up)
+  kFlagDiverging = 1u << 5,        // the group is in the diverging state after this step
+  kFlagDivergenceBegan = 1u << 6,  // ... and entered it at this step
+  kFlagDivergenceEnded = 1u << 7,  // left the diverging state at this step
+  kFlagClipped = 1u << 8,          // the applied scale is below one
 };
 
 struct StepOutcome {

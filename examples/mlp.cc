@@ -9,9 +9,9 @@ namespace gstab::example {
 namespace {
 
 constexpr int kIn = 16, kHidden = 64, kBatch = 64, kEval = 256;
-const char* const kNames[] = {"fc1.weight", "fc1.bias", "fc2.weight",
+const char* const kNames[] = {"fc1.weight", "fc1.bias",   "fc2.weight",
                               "fc2.bias",   "fc3.weight", "fc3.bias"};
-const size_t kSizes[] = {kHidden * kIn, kHidden, kHidden * kHidden, kHidden, kHidden, 1};
+const size_t kSizes[] = {kHidden * kIn, kHidden, kHidden* kHidden, kHidden, kHidden, 1};
 
 // y = W x + b for a row-major W of shape (rows, cols).
 void Affine(const std::vector<float>& w, const std::vector<float>& b, const float* x, int rows,

@@ -32,9 +32,9 @@ class CpuExecutor {
   struct Job {
     const std::function<void(int64_t)>* fn = nullptr;
     int64_t n = 0;
-    int64_t next = 0;       // next index to hand out
-    int64_t finished = 0;   // indices completed
-    int helpers = 0;        // workers allowed to join
+    int64_t next = 0;      // next index to hand out
+    int64_t finished = 0;  // indices completed
+    int helpers = 0;       // workers allowed to join
   };
 
   void WorkerLoop();

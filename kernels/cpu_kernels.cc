@@ -57,8 +57,8 @@ absl::Status CpuGroupSumSquares(const ChunkTable& table, absl::Span<TilePartial>
 absl::Status CpuScaleGroups(const ChunkTable& table, absl::Span<const float> scales,
                             CpuExecutor* executor) {
   if (scales.size() < table.num_groups()) {
-    return absl::InvalidArgumentError(absl::StrCat("scales hold ", scales.size(),
-                                                   " groups, the table has ", table.num_groups()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("scales hold ", scales.size(), " groups, the table has ", table.num_groups()));
   }
   const std::vector<Tile>& tiles = table.tiles();
   const std::vector<Chunk>& chunks = table.chunks();

@@ -12,9 +12,7 @@ enum class DType : uint32_t {
   kFloat16 = 2,
 };
 
-inline constexpr size_t ElementSize(DType dtype) {
-  return dtype == DType::kFloat32 ? 4 : 2;
-}
+inline constexpr size_t ElementSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 inline constexpr bool IsValidDType(uint32_t raw) { return raw <= 2; }
 

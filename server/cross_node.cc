@@ -16,12 +16,12 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
   std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
   std::string who = missing.empty()
                         ? "no node is missing from the rendezvous store, so a node stalled"
-                        : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "),
-                                       " of ", c->size(), " did not respond");
-  return absl::Status(failure.code(),
-                      absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(),
-                                   ": ", who, " (", failure.message(),
-                                   "); attach every worker again with a new rendezvous"));
+                        : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "), " of ", c->size(),
+                                       " did not respond");
+  return absl::Status(
+      failure.code(),
+      absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",
+                   failure.message(), "); attach every worker again with a new rendezvous"));
 }
 
 }  // namespace
@@ -41,8 +41,7 @@ uint64_t LayoutHash(const std::vector<std::string>& groups, const std::vector<in
 }
 
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
-                               uint64_t layout_hash, absl::Duration timeout,
-                               NodePartials* p) {
+                               uint64_t layout_hash, absl::Duration timeout, NodePartials* p) {
   const size_t groups = p->sums.size();
   // Check: max of (x, -x) gives every node the same max and min, so all detect a mismatch.
   const double hi = static_cast<double>(layout_hash >> 32);
@@ -54,10 +53,10 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     return NameMissing(c, job, step, st);
   }
   if (check[0] != -check[1]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "step numbers differ across the nodes of job '", job, "': this node (", c->rank(),
-        ") is at step ", step, ", the nodes range from ", -check[1], " to ", check[0],
-        "; nothing was summed"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("step numbers differ across the nodes of job '", job, "': this node (",
+                     c->rank(), ") is at step ", step, ", the nodes range from ", -check[1], " to ",
+                     check[0], "; nothing was summed"));
   }
   if (check[2] != -check[3] || check[4] != -check[5] || check[6] != -check[7]) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -30,7 +30,9 @@ int DefaultThreads(int requested) {
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& options, Observer* observer)
-    : options_(options), observer_(observer), executor_(DefaultThreads(options.cpu_threads)),
+    : options_(options),
+      observer_(observer),
+      executor_(DefaultThreads(options.cpu_threads)),
       store_(options.state_dir) {}
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options,
@@ -73,8 +75,8 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
         absl::StrCat("rank ", request.rank(), " is not below world_size ", world));
   }
   if (request.local_rank() >= local_world) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "local_rank ", request.local_rank(), " is not below local_world_size ", local_world));
+    return absl::InvalidArgumentError(absl::StrCat("local_rank ", request.local_rank(),
+                                                   " is not below local_world_size ", local_world));
   }
   if (request.node_rank() >= nodes) {
     return absl::InvalidArgumentError(
@@ -115,15 +117,16 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     }
   } else {
     if (job->local_world_size() != local_world) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "job '", request.job(), "' has local_world_size ", job->local_world_size(),
-          " on this node, not ", local_world));
+      return absl::InvalidArgumentError(
+          absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
+                       " on this node, not ", local_world));
     }
     if (has_config && EffectiveConfig(*params).SerializeAsString() !=
                           EffectiveConfig(job->params()).SerializeAsString()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "job '", request.job(), "' already runs with a different configuration; attach "
-          "without one, or change it with UpdateConfig"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", request.job(),
+                       "' already runs with a different configuration; attach "
+                       "without one, or change it with UpdateConfig"));
     }
   }
   if (nodes > 1) {
@@ -158,9 +161,9 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
         "the rendezvous blob is not one gstabd made (pass CreateRendezvous's bytes unchanged)");
   }
   if (info.job() != request.job() || info.node_count() != request.node_count()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the rendezvous blob is for job '", info.job(), "' with ", info.node_count(),
-        " nodes, not job '", request.job(), "' with ", request.node_count()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the rendezvous blob is for job '", info.job(), "' with ", info.node_count(),
+                     " nodes, not job '", request.job(), "' with ", request.node_count()));
   }
   if (options_.peer_host.empty()) {
     return absl::FailedPreconditionError(
@@ -168,15 +171,17 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
   }
   if (job->rendezvous_token() == info.token()) {
     if (job->node_rank() != request.node_rank()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "job '", request.job(), "' is node ", job->node_rank(), " on this gstabd; a worker "
-          "here cannot attach as node ", request.node_rank()));
+      return absl::InvalidArgumentError(absl::StrCat("job '", request.job(), "' is node ",
+                                                     job->node_rank(),
+                                                     " on this gstabd; a worker "
+                                                     "here cannot attach as node ",
+                                                     request.node_rank()));
     }
     return absl::OkStatus();
   }
-  job->SetCollective(std::make_shared<GlooCollective>(info, request.node_rank(),
-                                                      options_.peer_host),
-                     info.token());
+  job->SetCollective(
+      std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host),
+      info.token());
   LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()
             << " as node " << request.node_rank() << " of " << info.node_count();
   return absl::OkStatus();
@@ -299,8 +304,7 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   return absl::OkStatus();
 }
 
-absl::Status Daemon::GetStats(const v1::GetStatsRequest& request,
-                              v1::GetStatsResponse* response) {
+absl::Status Daemon::GetStats(const v1::GetStatsRequest& request, v1::GetStatsResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
   session->job->GetStats(response);
@@ -337,7 +341,8 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
   if (!session.ok()) return session.status();
   v1::JobState state;
   if (!state.ParseFromString(request.state())) {
-    return absl::InvalidArgumentError("state bytes are not a gstab JobState (corrupt or truncated)");
+    return absl::InvalidArgumentError(
+        "state bytes are not a gstab JobState (corrupt or truncated)");
   }
   if (absl::Status s = session->job->ImportState(state, /*with_config=*/true); !s.ok()) return s;
   response->set_groups(static_cast<uint32_t>(state.groups_size()));
@@ -371,8 +376,7 @@ absl::Status Daemon::Checkpoint() {
   return result;
 }
 
-absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request,
-                              v1::ListJobsResponse* response) {
+absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response) {
   const uint32_t history = std::min(request.history(), 256u);
   absl::MutexLock lock(&mu_);
   for (const auto& [name, job] : jobs_) {

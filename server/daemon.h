@@ -25,7 +25,7 @@
 namespace gstab {
 
 struct DaemonOptions {
-  std::string state_dir;           // empty: no checkpoints
+  std::string state_dir;  // empty: no checkpoints
   RegistrationCaps caps;
   uint32_t max_jobs = 256;
   absl::Duration lease = absl::Seconds(30);         // session expiry without calls

@@ -8,12 +8,11 @@
 #include <gloo/transport/tcp/device.h>
 #include <grpcpp/grpcpp.h>
 
-#include "gstab/v1/stabilizer.grpc.pb.h"
-
 #include <stdexcept>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "gstab/v1/stabilizer.grpc.pb.h"
 
 namespace gstab {
 namespace {
@@ -67,8 +66,8 @@ class GrpcStore final : public gloo::rendezvous::Store {
   }
   static void Check(const grpc::Status& s, const char* op, const std::string& key) {
     if (!s.ok()) {
-      throw std::runtime_error(absl::StrCat("rendezvous store: cannot ", op, " '", key,
-                                            "': ", s.error_message()));
+      throw std::runtime_error(
+          absl::StrCat("rendezvous store: cannot ", op, " '", key, "': ", s.error_message()));
     }
   }
 
@@ -84,7 +83,9 @@ std::chrono::milliseconds Ms(absl::Duration d) {
 
 GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,
                                std::string bind_host)
-    : rendezvous_(rendezvous), rank_(rank), size_(rendezvous.node_count()),
+    : rendezvous_(rendezvous),
+      rank_(rank),
+      size_(rendezvous.node_count()),
       bind_host_(std::move(bind_host)) {}
 
 GlooCollective::~GlooCollective() = default;
@@ -100,9 +101,9 @@ absl::Status GlooCollective::Broken(const std::string& what, const std::exceptio
 
 absl::Status GlooCollective::Connect(absl::Duration timeout) {
   if (!broken_.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the job's cross-node communicator failed earlier (", broken_,
-        "); attach every worker again with a new rendezvous"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the job's cross-node communicator failed earlier (", broken_,
+                     "); attach every worker again with a new rendezvous"));
   }
   if (context_ != nullptr) return absl::OkStatus();
   try {
@@ -174,8 +175,8 @@ std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration
     for (uint32_t r = 0; r < size_; ++r) {
       if (r == rank_) continue;
       try {
-        store.wait({absl::StrCat(prefix, r)}, Ms(std::max(deadline - absl::Now(),
-                                                           absl::Milliseconds(1))));
+        store.wait({absl::StrCat(prefix, r)},
+                   Ms(std::max(deadline - absl::Now(), absl::Milliseconds(1))));
       } catch (const std::exception&) {
         missing.push_back(r);
       }

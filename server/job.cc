@@ -15,8 +15,11 @@ namespace gstab {
 
 Job::Job(std::string name, const RuleParams& params, uint32_t local_world_size,
          CpuExecutor* executor, StepCallback on_step)
-    : name_(std::move(name)), local_world_size_(local_world_size), executor_(executor),
-      on_step_(std::move(on_step)), params_(params) {
+    : name_(std::move(name)),
+      local_world_size_(local_world_size),
+      executor_(executor),
+      on_step_(std::move(on_step)),
+      params_(params) {
   v1::ConfigChange first;
   first.set_version(1);
   first.set_effective_step(0);
@@ -115,18 +118,19 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   {
     absl::MutexLock lock(&mu_);
     if (workers_.count(local_rank) == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "local rank ", local_rank, " of job '", name_, "' has no buffers: call RegisterBuffers "
-          "before Step"));
+      return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",
+                                                        name_,
+                                                        "' has no buffers: call RegisterBuffers "
+                                                        "before Step"));
     }
     if (have_step_ && step <= last_step_) {
-      return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after job '", name_,
-                                                     "''s last step ", last_step_));
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", step, " is not after job '", name_, "''s last step ", last_step_));
     }
     if (round_open_ && round_step_ != step) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "local rank ", local_rank, " is at step ", step, " but job '", name_,
-          "''s other local workers are at step ", round_step_));
+      return absl::FailedPreconditionError(
+          absl::StrCat("local rank ", local_rank, " is at step ", step, " but job '", name_,
+                       "''s other local workers are at step ", round_step_));
     }
     if (!round_open_) {
       round_open_ = true;
@@ -207,17 +211,17 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     collective = collective_;
     sync_statistics = sync_statistics_;
     if (collective != nullptr) {
-      layout_hash = LayoutHash(std::vector<std::string>(group_names_.begin(),
-                                                        group_names_.begin() + num_groups),
-                               reduction);
+      layout_hash = LayoutHash(
+          std::vector<std::string>(group_names_.begin(), group_names_.begin() + num_groups),
+          reduction);
       if (sync_statistics) stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
     }
   }
   for (const auto& [rank, w] : workers) {
     std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
-    if (absl::Status s = CpuGroupSumSquares(w->table, absl::MakeSpan(scratch),
-                                            absl::MakeSpan(worker_sums), absl::MakeSpan(worker_flags),
-                                            executor_);
+    if (absl::Status s =
+            CpuGroupSumSquares(w->table, absl::MakeSpan(scratch), absl::MakeSpan(worker_sums),
+                               absl::MakeSpan(worker_flags), executor_);
         !s.ok()) {
       return s;
     }
@@ -233,8 +237,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
   if (collective != nullptr) {
     NodePartials partials{sums, non_finite, reduction};
-    if (absl::Status s = ReduceAcrossNodes(collective.get(), name_, step, layout_hash,
-                                           timeout, &partials);
+    if (absl::Status s =
+            ReduceAcrossNodes(collective.get(), name_, step, layout_hash, timeout, &partials);
         !s.ok()) {
       return s;
     }
@@ -291,8 +295,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   return absl::OkStatus();
 }
 
-absl::Status Job::UpdateConfig(const v1::PolicyConfig& update,
-                               v1::UpdateConfigResponse* response) {
+absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();

@@ -33,8 +33,8 @@ class Job {
   using StepCallback = std::function<void(const v1::StepResponse&, absl::Duration)>;
 
   // `executor` is shared, not owned, and outlives the job.
-  Job(std::string name, const RuleParams& params, uint32_t local_world_size,
-      CpuExecutor* executor, StepCallback on_step = nullptr);
+  Job(std::string name, const RuleParams& params, uint32_t local_world_size, CpuExecutor* executor,
+      StepCallback on_step = nullptr);
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
@@ -83,7 +83,8 @@ class Job {
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                        absl::Duration timeout, v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+                        absl::Duration timeout, v1::StepResponse* response)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string name_;
   const uint32_t local_world_size_;

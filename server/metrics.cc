@@ -62,8 +62,11 @@ std::vector<double> ExponentialBuckets(double start, double factor, int count) {
 
 MetricFamily::MetricFamily(std::string name, std::string help, MetricType type,
                            std::vector<std::string> label_names, std::vector<double> bounds)
-    : name_(std::move(name)), help_(std::move(help)), type_(type),
-      label_names_(std::move(label_names)), bounds_(std::move(bounds)) {}
+    : name_(std::move(name)),
+      help_(std::move(help)),
+      type_(type),
+      label_names_(std::move(label_names)),
+      bounds_(std::move(bounds)) {}
 
 MetricFamily::Series& MetricFamily::Get(const Labels& labels) {
   Series& s = series_[labels];

@@ -50,8 +50,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   std::memset(&callbacks, 0, sizeof callbacks);
   server->ctx_ = mg_start(&callbacks, nullptr, options);
   if (server->ctx_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on port ", port,
-                                               " (in use?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on port ", port, " (in use?)"));
   }
   mg_set_request_handler(server->ctx_, "/metrics$", &MetricsHttpServer::Handle, server.get());
   server->port_ = port;

@@ -24,37 +24,37 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
   const std::vector<std::string> job = {"job"};
   const std::vector<std::string> job_group = {"job", "group"};
   steps_ = r->AddCounter("gstab_steps_total", "Steps gstabd ran for the job.", job);
-  accepted_ = r->AddCounter("gstab_accepted_steps_total",
-                            "Steps whose every norm group was finite.", job);
+  accepted_ =
+      r->AddCounter("gstab_accepted_steps_total", "Steps whose every norm group was finite.", job);
   skipped_ = r->AddCounter("gstab_skipped_steps_total",
                            "Steps flagged skip because some gradient was NaN or Inf.", job);
   spikes_ = r->AddCounter("gstab_spikes_total",
                           "Steps on which at least one norm group was a spike.", job);
-  non_finite_ = r->AddCounter("gstab_non_finite_norms_total",
-                              "Norm-group norms that were NaN or Inf (kept out of histograms).",
-                              job);
+  non_finite_ =
+      r->AddCounter("gstab_non_finite_norms_total",
+                    "Norm-group norms that were NaN or Inf (kept out of histograms).", job);
   norm_ = r->AddGauge("gstab_norm", "Last raw L2 norm of the group.", job_group);
-  stabilized_ = r->AddGauge("gstab_stabilized_norm", "Last L2 norm of the group after scaling.",
-                            job_group);
+  stabilized_ =
+      r->AddGauge("gstab_stabilized_norm", "Last L2 norm of the group after scaling.", job_group);
   scale_ = r->AddGauge("gstab_scale", "Last scale applied to the group's gradients.", job_group);
-  ema_mean_ = r->AddGauge("gstab_norm_ema_mean", "EMA mean of the group's accepted norms.",
-                          job_group);
+  ema_mean_ =
+      r->AddGauge("gstab_norm_ema_mean", "EMA mean of the group's accepted norms.", job_group);
   ema_stddev_ = r->AddGauge("gstab_norm_ema_stddev",
                             "EMA standard deviation of the group's accepted norms.", job_group);
   job_norm_ = r->AddGauge("gstab_job_norm", "Last raw L2 norm over all of the job's groups.", job);
   job_stabilized_ = r->AddGauge("gstab_job_stabilized_norm",
                                 "Last L2 norm over all of the job's groups after scaling.", job);
-  norm_histogram_ = r->AddHistogram("gstab_job_norm_distribution",
-                                    "Finite raw L2 norms of the job's steps.", job,
-                                    ExponentialBuckets(1e-6, 10, 16));
+  norm_histogram_ =
+      r->AddHistogram("gstab_job_norm_distribution", "Finite raw L2 norms of the job's steps.", job,
+                      ExponentialBuckets(1e-6, 10, 16));
   duration_ = r->AddHistogram("gstab_step_duration_seconds",
                               "Daemon-side duration of a step (all local workers arrived to done).",
                               job, ExponentialBuckets(1e-5, 4, 11));
   diverging_ = r->AddGauge("gstab_diverging", "1 while some group of the job is diverging.", job);
-  workers_ = r->AddGauge("gstab_attached_workers", "Workers attached to the job on this node.",
-                         job);
-  bytes_ = r->AddGauge("gstab_registered_bytes", "Gradient bytes registered by the job's workers.",
-                       job);
+  workers_ =
+      r->AddGauge("gstab_attached_workers", "Workers attached to the job on this node.", job);
+  bytes_ =
+      r->AddGauge("gstab_registered_bytes", "Gradient bytes registered by the job's workers.", job);
   r->AddGauge("gstab_build_info", "gstabd build; the value is always 1.", {"version"})
       ->Set({GSTAB_VERSION}, 1);
 }
@@ -63,8 +63,7 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
                       absl::Duration duration) {
   steps_->Add({job}, 1);
   (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
-  double sum = 0, stabilized_sum = 0, other = 0, other_stabilized = 0, other_mean = 0,
-         other_sd = 0;
+  double sum = 0, stabilized_sum = 0, other = 0, other_stabilized = 0, other_mean = 0, other_sd = 0;
   bool spike = false, non_finite = false;
   for (int i = 0; i < step.groups_size(); ++i) {
     const v1::GroupResult& g = step.groups(i);
@@ -124,9 +123,9 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
                                  bool was_diverging) {
   v1::Event spike = MakeEvent(v1::EVENT_TYPE_SPIKE, job, step.step());
   v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, step.step());
-  v1::Event diverging = MakeEvent(
-      step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END, job,
-      step.step());
+  v1::Event diverging =
+      MakeEvent(step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END,
+                job, step.step());
   for (v1::Event* e : {&spike, &skip, &diverging}) e->set_norm(norm);
   double z = 0;
   for (const v1::GroupResult& g : step.groups()) {

@@ -19,8 +19,8 @@ bool IsNameChar(char c) {
 
 absl::Status ValidateTensorName(const std::string& what, const std::string& name) {
   if (name.empty() || name.size() > 256 || !std::all_of(name.begin(), name.end(), IsNameChar)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " '", name, "' must be 1 to 256 characters of [A-Za-z0-9._/:-]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " '", name, "' must be 1 to 256 characters of [A-Za-z0-9._/:-]"));
   }
   return absl::OkStatus();
 }
@@ -43,15 +43,15 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
       return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": ", s.message()));
     }
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("buffer ", i, ": unknown transport ", static_cast<int>(b.transport()),
-                     ": expected HOST_SHM or CUDA_IPC"));
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": unknown transport ",
+                                                   static_cast<int>(b.transport()),
+                                                   ": expected HOST_SHM or CUDA_IPC"));
   }
   const std::optional<DType> dtype = DTypeFromProto(b.dtype());
   if (!dtype.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("buffer ", i, ": unknown dtype ", static_cast<int>(b.dtype()),
-                     ": expected FLOAT32, BFLOAT16 or FLOAT16"));
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": unknown dtype ",
+                                                   static_cast<int>(b.dtype()),
+                                                   ": expected FLOAT32, BFLOAT16 or FLOAT16"));
   }
   const uint64_t element = ElementSize(*dtype);
   if (b.size_bytes() == 0 || b.size_bytes() % element != 0) {
@@ -70,9 +70,10 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
   }
   if (cuda) {
     // Well-formed, but this daemon has no CUDA pipeline to run it on.
-    return absl::UnimplementedError(absl::StrCat(
-        "buffer ", i, ": cuda_ipc buffers need gstabd's CUDA pipeline, which this daemon does "
-        "not run; register host_shm buffers"));
+    return absl::UnimplementedError(
+        absl::StrCat("buffer ", i,
+                     ": cuda_ipc buffers need gstabd's CUDA pipeline, which this daemon does "
+                     "not run; register host_shm buffers"));
   }
   out.shm_name = b.shm_name();
   out.offset = b.offset();
@@ -84,8 +85,9 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
 }  // namespace
 
 absl::Status ValidateJobName(const std::string& job) {
-  if (job.empty() || job.size() > 128 ||
-      !std::all_of(job.begin(), job.end(), [](char c) { return IsNameChar(c) && c != '/' && c != ':'; })) {
+  if (job.empty() || job.size() > 128 || !std::all_of(job.begin(), job.end(), [](char c) {
+        return IsNameChar(c) && c != '/' && c != ':';
+      })) {
     return absl::InvalidArgumentError(
         absl::StrCat("job name '", job, "' must be 1 to 128 characters of [A-Za-z0-9._-]"));
   }
@@ -121,7 +123,8 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
   for (int i = 0; i < request.tensors_size(); ++i) {
     const v1::Tensor& t = request.tensors(i);
     const std::string where = absl::StrCat("tensor ", i, " ('", t.name(), "')");
-    if (absl::Status s = ValidateTensorName(absl::StrCat("tensor ", i, " name"), t.name()); !s.ok()) {
+    if (absl::Status s = ValidateTensorName(absl::StrCat("tensor ", i, " name"), t.name());
+        !s.ok()) {
       return s;
     }
     if (!names.insert(t.name()).second) {
@@ -130,14 +133,14 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
     const std::string group = t.group().empty() ? t.name() : t.group();
     if (absl::Status s = ValidateTensorName(where + " group", group); !s.ok()) return s;
     if (t.reduction() != v1::REDUCTION_SHARDED && t.reduction() != v1::REDUCTION_REPLICATED) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown reduction ",
-                                                     static_cast<int>(t.reduction())));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": unknown reduction ", static_cast<int>(t.reduction())));
     }
     const bool replicated = t.reduction() == v1::REDUCTION_REPLICATED;
     auto [it, inserted] = group_replicated.emplace(group, replicated);
     if (!inserted && it->second != replicated) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": group '", group, "' mixes sharded and replicated tensors"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": group '", group, "' mixes sharded and replicated tensors"));
     }
     if (t.buffer() >= plan.buffers.size()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": buffer index ", t.buffer(),
@@ -156,7 +159,8 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
     }
     extents[t.buffer()].emplace_back(t.offset(), t.offset() + t.numel(), i);
     plan.total_bytes += t.numel() * ElementSize(b.dtype);
-    plan.tensors.push_back(PlannedTensor{t.name(), group, replicated, t.buffer(), t.offset(), t.numel()});
+    plan.tensors.push_back(
+        PlannedTensor{t.name(), group, replicated, t.buffer(), t.offset(), t.numel()});
   }
   for (size_t b = 0; b < extents.size(); ++b) {
     std::sort(extents[b].begin(), extents[b].end());
@@ -164,17 +168,16 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
       const auto& [begin, end, index] = extents[b][k];
       const auto& prev = extents[b][k - 1];
       if (begin < std::get<1>(prev)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor ", index, " ('", request.tensors(index).name(), "') overlaps tensor ",
-            std::get<2>(prev), " ('", request.tensors(std::get<2>(prev)).name(), "') in buffer ",
-            b));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor ", index, " ('", request.tensors(index).name(),
+                         "') overlaps tensor ", std::get<2>(prev), " ('",
+                         request.tensors(std::get<2>(prev)).name(), "') in buffer ", b));
       }
     }
   }
   if (plan.total_bytes > caps.max_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(plan.total_bytes,
-                                                     " registered bytes exceed this daemon's cap of ",
-                                                     caps.max_bytes));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        plan.total_bytes, " registered bytes exceed this daemon's cap of ", caps.max_bytes));
   }
   return plan;
 }
@@ -186,12 +189,13 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan,
     const PlannedBuffer& b = plan.buffers[i];
     absl::StatusOr<std::shared_ptr<ShmMapping>> m = registry->Acquire(b.shm_name);
     if (!m.ok()) {
-      return absl::Status(m.status().code(), absl::StrCat("buffer ", i, ": ", m.status().message()));
+      return absl::Status(m.status().code(),
+                          absl::StrCat("buffer ", i, ": ", m.status().message()));
     }
     if (b.offset > (*m)->size() || b.size > (*m)->size() - b.offset) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "buffer ", i, ": offset ", b.offset, " + size ", b.size, " exceeds the ",
-          (*m)->size(), " bytes of shared memory '", b.shm_name, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer ", i, ": offset ", b.offset, " + size ", b.size, " exceeds the ",
+                       (*m)->size(), " bytes of shared memory '", b.shm_name, "'"));
     }
     out.mappings.push_back(*std::move(m));
   }

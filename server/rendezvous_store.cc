@@ -39,8 +39,7 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token,
-                                                 const std::string& key) {
+absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token, const std::string& key) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Space*> space = Find(token);
   if (!space.ok()) return space.status();
@@ -83,8 +82,7 @@ grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGe
   return grpc::Status::OK;
 }
 
-grpc::Status RendezvousService::StoreWait(grpc::ServerContext*,
-                                          const v1::StoreWaitRequest* request,
+grpc::Status RendezvousService::StoreWait(grpc::ServerContext*, const v1::StoreWaitRequest* request,
                                           v1::StoreWaitResponse*) {
   const std::vector<std::string> keys(request->keys().begin(), request->keys().end());
   const absl::Duration timeout = absl::Milliseconds(std::min(request->timeout_ms(), 600000u));

@@ -35,17 +35,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (!options.peer_listen.empty()) {
     const size_t colon = options.peer_listen.rfind(':');
     if (colon == std::string::npos || colon == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--peer_listen='", options.peer_listen, "' must be HOST:PORT (an address other "
-          "nodes can reach)"));
+      return absl::InvalidArgumentError(absl::StrCat("--peer_listen='", options.peer_listen,
+                                                     "' must be HOST:PORT (an address other "
+                                                     "nodes can reach)"));
     }
     if (resolved.daemon.peer_host.empty()) {
       resolved.daemon.peer_host = options.peer_listen.substr(0, colon);
     }
   }
   std::unique_ptr<Server> server(new Server(resolved));
-  server->observer_ = std::make_unique<Observer>(&server->metrics_, &server->events_,
-                                                 options.metrics_max_groups);
+  server->observer_ =
+      std::make_unique<Observer>(&server->metrics_, &server->events_, options.metrics_max_groups);
   absl::StatusOr<std::unique_ptr<Daemon>> daemon =
       Daemon::Create(server->options_.daemon, server->observer_.get());
   if (!daemon.ok()) return daemon.status();
@@ -88,8 +88,8 @@ absl::Status Server::Start() {
   builder.RegisterService(service_.get());
   grpc_server_ = builder.BuildAndStart();
   if (grpc_server_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot start the gRPC server (",
-                                               options_.listen_address, ")"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot start the gRPC server (", options_.listen_address, ")"));
   }
   if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
   if (!options_.peer_listen.empty()) {
@@ -101,8 +101,8 @@ absl::Status Server::Start() {
     peers.RegisterService(rendezvous_service_.get());
     peer_server_ = peers.BuildAndStart();
     if (peer_server_ == nullptr || port == 0) {
-      return absl::UnavailableError(absl::StrCat("cannot listen for peers on ",
-                                                 options_.peer_listen));
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for peers on ", options_.peer_listen));
     }
     daemon_->SetPeerAddress(absl::StrCat(options_.daemon.peer_host, ":", port));
     LOG(INFO) << "serving peers on " << options_.daemon.peer_host << ":" << port;
@@ -115,8 +115,7 @@ absl::Status Server::Start() {
 }
 
 void Server::Housekeeping() {
-  const absl::Duration tick =
-      std::min(options_.daemon.lease / 4, absl::Seconds(1));
+  const absl::Duration tick = std::min(options_.daemon.lease / 4, absl::Seconds(1));
   absl::Time next_checkpoint = absl::Now() + options_.checkpoint_interval;
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
     daemon_->ExpireSessions(absl::Now());

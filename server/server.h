@@ -33,7 +33,7 @@ namespace gstab {
 struct ServerOptions {
   DaemonOptions daemon;
   std::string socket_path = "/run/gstab/gstabd.sock";
-  PeerPolicy peers;  // who may connect to the unix socket (SO_PEERCRED)
+  PeerPolicy peers;            // who may connect to the unix socket (SO_PEERCRED)
   std::string listen_address;  // host:port for TCP; requires tls_cert and tls_key
   std::string tls_cert;        // PEM files
   std::string tls_key;

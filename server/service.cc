@@ -20,8 +20,7 @@ grpc::Status StabilizerService::Step(grpc::ServerContext*, const v1::StepRequest
   return ToGrpcStatus(daemon_->Step(*request, response));
 }
 
-grpc::Status StabilizerService::KeepAlive(grpc::ServerContext*,
-                                          const v1::KeepAliveRequest* request,
+grpc::Status StabilizerService::KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest* request,
                                           v1::KeepAliveResponse*) {
   return ToGrpcStatus(daemon_->KeepAlive(*request));
 }
@@ -70,8 +69,8 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
                                             grpc::ServerWriter<v1::Event>* writer) {
   // Each subscriber reads from its own bounded queue, so a slow one never holds up the
   // pipeline; this thread only waits for its own queue and its own writes.
-  const std::shared_ptr<EventBus::Subscription> sub = bus_->Subscribe(request->job(),
-                                                                      request->recent());
+  const std::shared_ptr<EventBus::Subscription> sub =
+      bus_->Subscribe(request->job(), request->recent());
   const absl::Duration wait = request->follow() ? absl::Milliseconds(200) : absl::ZeroDuration();
   v1::Event event;
   while (!context->IsCancelled()) {

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/weak_map.h"
 
 namespace gstab {
 
@@ -16,7 +17,8 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
   const int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     const int err = errno;
-    const std::string what = absl::StrCat("cannot open shared memory '", name, "': ", strerror(err));
+    const std::string what =
+        absl::StrCat("cannot open shared memory '", name, "': ", strerror(err));
     if (err == ENOENT) return absl::NotFoundError(what);
     if (err == EACCES) return absl::PermissionDeniedError(what);
     return absl::InternalError(what);
@@ -31,10 +33,10 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
   const int err = errno;
   close(fd);
   if (data == MAP_FAILED) {
-    return absl::InternalError(absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
+    return absl::InternalError(
+        absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
   }
-  return std::shared_ptr<ShmMapping>(
-      new ShmMapping(name, static_cast<unsigned char*>(data), size));
+  return std::shared_ptr<ShmMapping>(new ShmMapping(name, static_cast<unsigned char*>(data), size));
 }
 
 ShmMapping::~ShmMapping() { munmap(data_, size_); }
@@ -53,16 +55,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
 
 int MappingRegistry::LiveMappings() {
   absl::MutexLock lock(&mu_);
-  int live = 0;
-  for (auto it = mappings_.begin(); it != mappings_.end();) {
-    if (it->second.expired()) {
-      it = mappings_.erase(it);
-    } else {
-      ++live;
-      ++it;
-    }
-  }
-  return live;
+  return PruneAndCountLive(&mappings_);
 }
 
 }  // namespace gstab

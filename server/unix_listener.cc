@@ -27,8 +27,8 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
                                                                    PeerPolicy policy) {
   sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path '", path, "' is empty or longer than ",
-                                                   sizeof(addr.sun_path) - 1, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path '", path, "' is empty or longer than ", sizeof(addr.sun_path) - 1, " bytes"));
   }
   std::error_code ec;
   const std::filesystem::path p(path);
@@ -78,8 +78,8 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     socklen_t len = sizeof cred;
     if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
         !policy_.Allows(cred.uid, cred.gid)) {
-      LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid
-                   << " gid " << cred.gid << ": not in the allow-list";
+      LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid << " gid "
+                   << cred.gid << ": not in the allow-list";
       close(conn);
       continue;
     }

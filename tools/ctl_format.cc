@@ -43,9 +43,9 @@ const char* EventName(v1::EventType t) {
 }  // namespace
 
 std::string StatusTable(const v1::ListJobsResponse& jobs) {
-  std::string out = absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s\n", "JOB", "POLICY",
-                                    "WORKERS", "STEPS", "LAST_NORM", "STABILIZED", "SPIKES",
-                                    "SKIPS", "DIVERGING");
+  std::string out =
+      absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s\n", "JOB", "POLICY", "WORKERS",
+                      "STEPS", "LAST_NORM", "STABILIZED", "SPIKES", "SKIPS", "DIVERGING");
   for (const v1::JobSummary& j : jobs.jobs()) {
     absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s\n", j.job(), j.policy(),
                           j.attached_workers(), j.steps(), Norm(j.last_norm()),
@@ -80,9 +80,9 @@ std::string Sparkline(const std::vector<double>& values) {
 }
 
 std::string TopScreen(const v1::ListJobsResponse& jobs, int width) {
-  std::string out = absl::StrCat("gstab top   ", absl::FormatTime("%H:%M:%S", absl::Now(),
-                                                                  absl::LocalTimeZone()),
-                                 "   ", jobs.jobs_size(), " job(s)\n\n");
+  std::string out =
+      absl::StrCat("gstab top   ", absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()),
+                   "   ", jobs.jobs_size(), " job(s)\n\n");
   for (const v1::JobSummary& j : jobs.jobs()) {
     std::vector<double> recent(j.recent_norms().begin(), j.recent_norms().end());
     if (static_cast<int>(recent.size()) > width) recent.erase(recent.begin(), recent.end() - width);
@@ -156,8 +156,7 @@ absl::Status SetConfigField(const std::string& key, const std::string& value,
         break;
       }
       case FieldDescriptor::CPPTYPE_ENUM: {
-        const std::string upper =
-            absl::AsciiStrToUpper(absl::StrReplaceAll(value, {{"-", "_"}}));
+        const std::string upper = absl::AsciiStrToUpper(absl::StrReplaceAll(value, {{"-", "_"}}));
         const google::protobuf::EnumValueDescriptor* found = f->enum_type()->FindValueByName(upper);
         for (int k = 0; found == nullptr && k < f->enum_type()->value_count(); ++k) {
           const std::string& name = f->enum_type()->value(k)->name();

@@ -46,8 +46,10 @@ int Fail(const absl::Status& status) {
 }
 
 int Usage(const std::string& why) {
-  std::fprintf(stderr, "gstabctl: %s\nusage: gstabctl [flags] status|events|top|config set "
-               "KEY=VALUE...|export|import (see --help)\n", why.c_str());
+  std::fprintf(stderr,
+               "gstabctl: %s\nusage: gstabctl [flags] status|events|top|config set "
+               "KEY=VALUE...|export|import (see --help)\n",
+               why.c_str());
   return 2;
 }
 
@@ -86,7 +88,7 @@ int Status() {
   auto jobs = ListJobs(client->get(), 0);
   if (!jobs.ok()) return Fail(jobs.status());
   std::printf("%s", absl::GetFlag(FLAGS_json) ? (ToJson(*jobs) + "\n").c_str()
-                                               : StatusTable(*jobs).c_str());
+                                              : StatusTable(*jobs).c_str());
   return 0;
 }
 
@@ -101,7 +103,8 @@ int Events() {
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);
   v1::Event event;
   while (reader->Read(&event)) {
-    std::printf("%s\n", absl::GetFlag(FLAGS_json) ? ToJson(event).c_str() : EventLine(event).c_str());
+    std::printf("%s\n",
+                absl::GetFlag(FLAGS_json) ? ToJson(event).c_str() : EventLine(event).c_str());
     std::fflush(stdout);
   }
   absl::Status s = FromGrpcStatus(reader->Finish());

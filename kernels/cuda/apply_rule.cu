@@ -24,8 +24,8 @@ absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
   if (num_groups == 0) return absl::OkStatus();
   constexpr uint32_t kThreads = 128;
   const uint32_t blocks = (num_groups + kThreads - 1) / kThreads;
-  ApplyRuleKernel<<<blocks, kThreads, 0, stream>>>(params, d_stats, d_sum_of_squares,
-                                                   d_non_finite, num_groups, d_outcomes, d_scales);
+  ApplyRuleKernel<<<blocks, kThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
+                                                   num_groups, d_outcomes, d_scales);
   RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
   return absl::OkStatus();
 }

@@ -97,8 +97,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kThreads)
-    ReduceGroups(const uint32_t* offsets, const uint32_t* group_tiles,
-                 const TilePartial* partials, double* sums, uint32_t* non_finite) {
+    ReduceGroups(const uint32_t* offsets, const uint32_t* group_tiles, const TilePartial* partials,
+                 double* sums, uint32_t* non_finite) {
   const uint32_t g = blockIdx.x;
   double acc = 0;
   int bad = 0;
@@ -120,7 +120,9 @@ __device__ void ScaleTile(void* data, const Tile& tile, float s) {
   T* p = static_cast<T*>(data) + tile.begin;
   ForEachElement(
       p, tile.count,
-      [&](int64_t i) { p[i] = s == 0.0f ? Io<T>::Store(0.0f) : Io<T>::Store(Io<T>::Load(p[i]) * s); },
+      [&](int64_t i) {
+        p[i] = s == 0.0f ? Io<T>::Store(0.0f) : Io<T>::Store(Io<T>::Load(p[i]) * s);
+      },
       [&](int64_t i) {
         uint4 raw = *reinterpret_cast<const uint4*>(p + i);
         T* e = reinterpret_cast<T*>(&raw);

@@ -16,10 +16,10 @@ inline absl::Status CudaError(cudaError_t err, const char* expr, const char* fil
 
 }  // namespace gstab
 
-#define RETURN_IF_CUDA_ERROR(expr)                                     \
-  do {                                                                 \
-    const cudaError_t gstab_cuda_err_ = (expr);                        \
-    if (gstab_cuda_err_ != cudaSuccess) {                              \
+#define RETURN_IF_CUDA_ERROR(expr)                                           \
+  do {                                                                       \
+    const cudaError_t gstab_cuda_err_ = (expr);                              \
+    if (gstab_cuda_err_ != cudaSuccess) {                                    \
       return ::gstab::CudaError(gstab_cuda_err_, #expr, __FILE__, __LINE__); \
-    }                                                                  \
+    }                                                                        \
   } while (0)

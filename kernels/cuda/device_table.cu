@@ -1,9 +1,8 @@
-#include "kernels/cuda/device_table.h"
-
 #include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_table.h"
 
 namespace gstab {
 namespace {

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/weak_map.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace gstab {
@@ -36,8 +37,8 @@ absl::StatusOr<std::pair<void*, size_t>> AllocationRange(void* ptr) {
 absl::Status CheckDevice(int device) {
   const int count = CudaDeviceCount();
   if (device < 0 || device >= count) {
-    return absl::InvalidArgumentError(absl::StrCat("device ", device, " is not one of this node's ",
-                                                   count, " CUDA devices"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("device ", device, " is not one of this node's ", count, " CUDA devices"));
   }
   return absl::OkStatus();
 }
@@ -57,14 +58,13 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
                                                                  int device, uint64_t offset,
                                                                  uint64_t bytes) {
   if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
-    return absl::InvalidArgumentError(absl::StrCat("IPC memory handle is ", handle.size(),
-                                                   " bytes, expected ",
-                                                   sizeof(cudaIpcMemHandle_t)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "IPC memory handle is ", handle.size(), " bytes, expected ", sizeof(cudaIpcMemHandle_t)));
   }
   if (absl::Status s = CheckDevice(device); !s.ok()) return s;
   if (offset > UINT64_MAX - bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + size ", bytes,
-                                                   " overflows"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("offset ", offset, " + size ", bytes, " overflows"));
   }
   absl::MutexLock lock(&mu_);
   std::shared_ptr<IpcRegion> region = regions_[handle].lock();
@@ -80,8 +80,8 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
       return range.status();
     }
     region = std::shared_ptr<IpcRegion>(
-        new IpcRegion{ptr, range->second - (static_cast<char*>(ptr) -
-                                            static_cast<char*>(range->first)),
+        new IpcRegion{ptr,
+                      range->second - (static_cast<char*>(ptr) - static_cast<char*>(range->first)),
                       device},
         [](IpcRegion* r) {
           cudaSetDevice(r->device);
@@ -91,8 +91,8 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
     regions_[handle] = region;
   }
   if (region->device != device) {
-    return absl::InvalidArgumentError(absl::StrCat("this IPC handle was opened on device ",
-                                                   region->device, ", not ", device));
+    return absl::InvalidArgumentError(
+        absl::StrCat("this IPC handle was opened on device ", region->device, ", not ", device));
   }
   if (offset + bytes > region->size) {
     return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + size ", bytes,
@@ -104,23 +104,13 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
 
 int CudaIpcRegistry::LiveRegions() {
   absl::MutexLock lock(&mu_);
-  int live = 0;
-  for (auto it = regions_.begin(); it != regions_.end();) {
-    if (it->second.expired()) {
-      it = regions_.erase(it);
-    } else {
-      ++live;
-      ++it;
-    }
-  }
-  return live;
+  return PruneAndCountLive(&regions_);
 }
 
 absl::StatusOr<std::unique_ptr<IpcEvent>> IpcEvent::Open(const std::string& handle, int device) {
   if (handle.size() != sizeof(cudaIpcEventHandle_t)) {
-    return absl::InvalidArgumentError(absl::StrCat("IPC event handle is ", handle.size(),
-                                                   " bytes, expected ",
-                                                   sizeof(cudaIpcEventHandle_t)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "IPC event handle is ", handle.size(), " bytes, expected ", sizeof(cudaIpcEventHandle_t)));
   }
   if (absl::Status s = CheckDevice(device); !s.ok()) return s;
   cudaIpcEventHandle_t h;

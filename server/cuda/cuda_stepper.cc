@@ -4,13 +4,13 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
-#define RETURN_IF_NCCL_ERROR(expr)                                                           \
-  do {                                                                                       \
-    const ncclResult_t gstab_nccl_err_ = (expr);                                             \
-    if (gstab_nccl_err_ != ncclSuccess) {                                                    \
-      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #expr,          \
+#define RETURN_IF_NCCL_ERROR(expr)                                                                \
+  do {                                                                                            \
+    const ncclResult_t gstab_nccl_err_ = (expr);                                                  \
+    if (gstab_nccl_err_ != ncclSuccess) {                                                         \
+      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #expr,               \
                                               " failed: ", ncclGetErrorString(gstab_nccl_err_))); \
-    }                                                                                        \
+    }                                                                                             \
   } while (0)
 
 namespace gstab {
@@ -18,8 +18,8 @@ namespace gstab {
 absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
     int device, const ChunkTable& table, const std::vector<GroupStats>& stats) {
   if (stats.size() != table.num_groups()) {
-    return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics for ",
-                                                   table.num_groups(), " groups"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(stats.size(), " statistics for ", table.num_groups(), " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
   cudaStream_t stream;
@@ -36,15 +36,19 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_partials_),
                                   std::max<size_t>(1, table.tiles().size()) * sizeof(TilePartial)));
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_sums_), groups * sizeof(double)));
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_flags_), groups * sizeof(uint32_t)));
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_stats_), groups * sizeof(GroupStats)));
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_outcomes_), groups * sizeof(StepOutcome)));
+  RETURN_IF_CUDA_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(&s->d_flags_), groups * sizeof(uint32_t)));
+  RETURN_IF_CUDA_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(&s->d_stats_), groups * sizeof(GroupStats)));
+  RETURN_IF_CUDA_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(&s->d_outcomes_), groups * sizeof(StepOutcome)));
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_scales_), groups * sizeof(float)));
-  RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&s->h_outcomes_),
-                                      groups * sizeof(StepOutcome)));
+  RETURN_IF_CUDA_ERROR(
+      cudaMallocHost(reinterpret_cast<void**>(&s->h_outcomes_), groups * sizeof(StepOutcome)));
   if (!stats.empty()) {
-    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(), stats.size() * sizeof(GroupStats),
-                                         cudaMemcpyHostToDevice, stream));
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(),
+                                         stats.size() * sizeof(GroupStats), cudaMemcpyHostToDevice,
+                                         stream));
   }
   ncclUniqueId id;
   RETURN_IF_NCCL_ERROR(ncclGetUniqueId(&id));
@@ -78,8 +82,10 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, cudaE
     return s;
   }
   // The collective stage: every rank's partial sums and non-finite flags, in a fixed order.
-  RETURN_IF_NCCL_ERROR(ncclAllReduce(d_sums_, d_sums_, groups, ncclDouble, ncclSum, comm_, stream_));
-  RETURN_IF_NCCL_ERROR(ncclAllReduce(d_flags_, d_flags_, groups, ncclUint32, ncclMax, comm_, stream_));
+  RETURN_IF_NCCL_ERROR(
+      ncclAllReduce(d_sums_, d_sums_, groups, ncclDouble, ncclSum, comm_, stream_));
+  RETURN_IF_NCCL_ERROR(
+      ncclAllReduce(d_flags_, d_flags_, groups, ncclUint32, ncclMax, comm_, stream_));
   if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
                                        d_scales_, stream_);
       !s.ok()) {

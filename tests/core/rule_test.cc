@@ -140,7 +140,7 @@ TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {
   StepOutcome nan_step = ApplyRule(p, &s, NAN, true);
   EXPECT_TRUE(nan_step.flags & kFlagSkipped);
   EXPECT_FALSE(nan_step.flags & kFlagAccepted);
-  EXPECT_EQ(nan_step.scale, 0.0);  // default action: zero the gradients
+  EXPECT_EQ(nan_step.scale, 0.0);                            // default action: zero the gradients
   StepOutcome inf_step = ApplyRule(p, &s, INFINITY, false);  // overflowed sum of squares
   EXPECT_TRUE(inf_step.flags & kFlagSkipped);
   StepOutcome zero_step = ApplyRule(p, &s, 0.0, false);

@@ -185,10 +185,10 @@ TEST(CpuKernelsTest, ScaleMultipliesEachGroupAndRoundsToItsDType) {
     Buffer a(dtype, 1000003, 1, 1), b(dtype, 77, 2), c(dtype, 5, 3);
     Buffer a0(dtype, 1000003, 1, 1), b0(dtype, 77, 2);
     c.Set(2, NAN);
-    absl::StatusOr<ChunkTable> table = ChunkTable::Create(
-        {Chunk{a.data(), 1000003, dtype, 0}, Chunk{b.data(), 77, dtype, 1},
-         Chunk{c.data(), 5, dtype, 2}},
-        3);
+    absl::StatusOr<ChunkTable> table =
+        ChunkTable::Create({Chunk{a.data(), 1000003, dtype, 0}, Chunk{b.data(), 77, dtype, 1},
+                            Chunk{c.data(), 5, dtype, 2}},
+                           3);
     ASSERT_TRUE(table.ok());
     const float scales[] = {0.37f, 1.0f, 0.0f};
     ASSERT_TRUE(CpuScaleGroups(*table, scales, &executor).ok());

@@ -1,5 +1,7 @@
 // The CUDA kernels against the CPU kernels on the same gradients. Needs a GPU: skipped, not
 // failed, where none exists (ctest label `gpu`).
+#include "kernels/cuda/cuda_kernels.h"
+
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -10,7 +12,6 @@
 #include "core/rule.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu_kernels.h"
-#include "kernels/cuda/cuda_kernels.h"
 #include "kernels/half.h"
 
 namespace gstab {

@@ -31,7 +31,8 @@ TEST(HalfTest, Float16ToFloatIsExactForEveryBitPattern) {
       EXPECT_TRUE(m ? std::isnan(got) : std::isinf(got)) << h;
       continue;
     }
-    const double magnitude = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, static_cast<int>(e) - 25);
+    const double magnitude =
+        e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, static_cast<int>(e) - 25);
     ASSERT_EQ(got, sign * static_cast<float>(magnitude)) << h;
   }
 }

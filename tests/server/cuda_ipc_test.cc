@@ -1,6 +1,8 @@
 // gstabd's CUDA pieces on a real GPU: a separate worker process exports its gradients and
 // events over CUDA IPC; this process opens them and runs the stream-ordered pipeline. Skipped,
 // not failed, where no GPU exists (ctest label `gpu`).
+#include "server/cuda/cuda_ipc.h"
+
 #include <cuda_runtime.h>
 
 #include <fstream>
@@ -8,7 +10,6 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
-#include "server/cuda/cuda_ipc.h"
 #include "server/cuda/cuda_stepper.h"
 #include "tests/testing/subprocess.h"
 
@@ -46,10 +47,10 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   ASSERT_TRUE(ready.ok() && done.ok());
 
   char* base = static_cast<char*>((*region)->base);
-  ChunkTable table = *ChunkTable::Create({Chunk{base, 1000, DType::kFloat32, 0},
-                                          Chunk{base + 4096, 777, DType::kBFloat16, 0},
-                                          Chunk{base + 8192, 70001, DType::kFloat32, 1}},
-                                         2);
+  ChunkTable table = *ChunkTable::Create(
+      {Chunk{base, 1000, DType::kFloat32, 0}, Chunk{base + 4096, 777, DType::kBFloat16, 0},
+       Chunk{base + 8192, 70001, DType::kFloat32, 1}},
+      2);
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2));
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, (*ready)->get(), (*done)->get()).ok());

@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   auto f32 = [&](size_t off, int i) { return reinterpret_cast<float*>(host.data() + off) + i; };
   auto b16 = [&](int i) { return reinterpret_cast<uint16_t*>(host.data() + 4096) + i; };
   for (int i = 0; i < 1000; ++i) *f32(0, i) = std::sin(0.1f * static_cast<float>(i));
-  for (int i = 0; i < 777; ++i) *b16(i) = gstab::FloatToBFloat16(std::cos(0.2f * static_cast<float>(i)));
+  for (int i = 0; i < 777; ++i)
+    *b16(i) = gstab::FloatToBFloat16(std::cos(0.2f * static_cast<float>(i)));
   for (int i = 0; i < 70001; ++i) *f32(8192, i) = 1e-3f * static_cast<float>(i % 101);
   void* d = nullptr;
   cudaStream_t stream;

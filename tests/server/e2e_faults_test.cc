@@ -32,8 +32,8 @@ AttachOptions Job(const std::string& name) {
 class E2eFaultsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto d = DaemonProcess::Start(dir_.path(), {"--lease_ms=1000", "--max_tensors=100",
-                                                "--step_timeout_ms=500"});
+    auto d = DaemonProcess::Start(
+        dir_.path(), {"--lease_ms=1000", "--max_tensors=100", "--step_timeout_ms=500"});
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
   }
@@ -69,7 +69,8 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
     const char* message;
   };
   const Case cases[] = {
-      {"unknown dtype", [](auto* r) { r->mutable_buffers(0)->set_dtype(static_cast<v1::DType>(9)); },
+      {"unknown dtype",
+       [](auto* r) { r->mutable_buffers(0)->set_dtype(static_cast<v1::DType>(9)); },
        absl::StatusCode::kInvalidArgument, "unknown dtype"},
       {"unknown transport",
        [](auto* r) { r->mutable_buffers(0)->set_transport(static_cast<v1::Transport>(7)); },
@@ -95,9 +96,7 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
        [](auto* r) { r->mutable_buffers(0)->set_size_bytes(1 << 20); },
        absl::StatusCode::kInvalidArgument, "exceeds"},
       {"offset overflow",
-       [](auto* r) {
-         r->mutable_buffers(0)->set_offset(std::numeric_limits<uint64_t>::max() - 3);
-       },
+       [](auto* r) { r->mutable_buffers(0)->set_offset(std::numeric_limits<uint64_t>::max() - 3); },
        absl::StatusCode::kInvalidArgument, "overflows"},
       {"absurd tensor count",
        [](auto* r) {
@@ -162,8 +161,8 @@ TEST_F(E2eFaultsTest, KilledWorkerIsReleasedWithinTheLeaseAndOthersKeepStepping)
   auto survivor = TestWorker::Create(daemon_->socket(), Job("survivor"));
   ASSERT_TRUE(survivor.ok());
   absl::StatusOr<Subprocess> victim = Subprocess::Start(
-      {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(),
-       "--job=victim", "--steps=1000000", "--print_every=1", "--spike_steps="});
+      {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(), "--job=victim",
+       "--steps=1000000", "--print_every=1", "--spike_steps="});
   ASSERT_TRUE(victim.ok());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(victim->ReadLine(absl::Seconds(20)).ok());
   const std::string shm = "gstab-" + std::to_string(victim->pid()) + "-";
@@ -255,8 +254,8 @@ TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {
   TempDir refusing_dir, allowing_dir;
   const std::string other_uid = std::to_string(getuid() + 12345);
   auto refusing = DaemonProcess::Start(refusing_dir.path(), {"--allow_uids=" + other_uid});
-  auto allowing = DaemonProcess::Start(allowing_dir.path(),
-                                       {"--allow_uids=" + other_uid + "," + std::to_string(getuid())});
+  auto allowing = DaemonProcess::Start(
+      allowing_dir.path(), {"--allow_uids=" + other_uid + "," + std::to_string(getuid())});
   ASSERT_TRUE(refusing.ok() && allowing.ok());
   auto refused = Client::Connect(refusing->socket(), absl::Milliseconds(500));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();

@@ -145,7 +145,8 @@ TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
     }
   };
   for (uint64_t step = 1; step <= 3; ++step) {
-    for (size_t i = 0; i < workers.size(); ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
+    for (size_t i = 0; i < workers.size(); ++i)
+      workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
     for (auto& r : StepAll(workers, Same(3, step))) ASSERT_TRUE(r.ok()) << r.status();
     step_solo();
   }
@@ -171,8 +172,7 @@ TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   }
   // Without a new rendezvous the communicator stays down, and says so at once.
   survivors[0]->Fill(5, 1);
-  EXPECT_EQ(survivors[0]->client().Step(5).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(survivors[0]->client().Step(5).status().code(), absl::StatusCode::kFailedPrecondition);
   step_solo();
 
   // Recovery: node 2 comes back, rank 0 makes a new rendezvous, every worker attaches again.
@@ -198,8 +198,9 @@ TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
 
 TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
   Cluster cluster(2);
-  auto [rc, blob] = testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" +
-                                      cluster.daemon(0).socket() + " rendezvous --job=env --nodes=2");
+  auto [rc, blob] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                      " --socket=" + cluster.daemon(0).socket() +
+                                      " rendezvous --job=env --nodes=2");
   ASSERT_EQ(rc, 0) << blob;
   blob.erase(blob.find_last_not_of('\n') + 1);
   setenv("GSTAB_RENDEZVOUS", blob.c_str(), 1);
@@ -261,7 +262,9 @@ class NamespaceHosts {
   bool ok() const { return error_.empty(); }
   const std::string& error() const { return error_; }
   static std::string Address(int host) { return "10.213.0." + std::to_string(host + 1); }
-  std::vector<std::string> Exec(int host) const { return {"/usr/sbin/ip", "netns", "exec", ns_[host]}; }
+  std::vector<std::string> Exec(int host) const {
+    return {"/usr/sbin/ip", "netns", "exec", ns_[host]};
+  }
 
  private:
   std::vector<std::string> ns_;
@@ -277,8 +280,7 @@ TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
     const std::string dir = root.path() + "/host" + std::to_string(i);
     std::filesystem::create_directories(dir);
     auto d = DaemonProcess::Start(
-        dir, {"--peer_listen=" + NamespaceHosts::Address(i) + ":0", kStepTimeout},
-        hosts.Exec(i));
+        dir, {"--peer_listen=" + NamespaceHosts::Address(i) + ":0", kStepTimeout}, hosts.Exec(i));
     ASSERT_TRUE(d.ok()) << d.status();
     daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
   }

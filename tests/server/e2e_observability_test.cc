@@ -5,8 +5,8 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <sstream>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -59,7 +59,8 @@ TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServ
   ASSERT_TRUE(get.ok()) << get.status();
   EXPECT_EQ(get->status, 200);
   EXPECT_NE(get->headers.find("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
-            std::string::npos) << get->headers;
+            std::string::npos)
+      << get->headers;
   EXPECT_NE(get->body.find("gstab_steps_total{job=\"scraped\"} 120\n"), std::string::npos);
   EXPECT_NE(get->body.find("gstab_spikes_total{job=\"scraped\"} "), std::string::npos);
   const std::string file = dir_.path() + "/scrape.txt";
@@ -103,11 +104,11 @@ TEST_F(E2eObservabilityTest, RealPrometheusStoresWhatTheTrainerSaw) {
   std::ofstream(config) << "global:\n  scrape_interval: 1s\nscrape_configs:\n"
                         << "  - job_name: gstabd\n    honor_labels: true\n"
                         << "    static_configs:\n      - targets: ['127.0.0.1:" << port_ << "']\n";
-  absl::StatusOr<Subprocess> prom = Subprocess::Start(
-      {"/usr/bin/prometheus", "--config.file=" + config,
-       "--storage.tsdb.path=" + dir_.path() + "/tsdb",
-       "--web.listen-address=127.0.0.1:" + std::to_string(prom_port)},
-      dir_.path() + "/prometheus.log");
+  absl::StatusOr<Subprocess> prom =
+      Subprocess::Start({"/usr/bin/prometheus", "--config.file=" + config,
+                         "--storage.tsdb.path=" + dir_.path() + "/tsdb",
+                         "--web.listen-address=127.0.0.1:" + std::to_string(prom_port)},
+                        dir_.path() + "/prometheus.log");
   ASSERT_TRUE(prom.ok()) << prom.status();
 
   const std::string out = Train("prom-job", {"--steps=300", "--spike_steps=100,200",
@@ -171,9 +172,8 @@ TEST_F(E2eObservabilityTest, EveryInjectedSpikeAppearsExactlyOnceInOrder) {
   ASSERT_TRUE(client.ok());
   std::vector<v1::Event> events;
   std::thread watcher([&] {
-    events = Collect(client->get(), "evented", true, [](const v1::Event& e) {
-      return e.type() == v1::EVENT_TYPE_DETACH;
-    });
+    events = Collect(client->get(), "evented", true,
+                     [](const v1::Event& e) { return e.type() == v1::EVENT_TYPE_DETACH; });
   });
   absl::SleepFor(absl::Milliseconds(300));  // let the subscription open
   Train("evented", {"--steps=250", "--spike_steps=60,120,180", "--print_every=1000"});

@@ -78,8 +78,8 @@ TEST_P(E2ePolicyTest, WholeApiPathEqualsTheCoreReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, E2ePolicyTest,
-                         ::testing::Values(v1::POLICY_STABILIZE, v1::POLICY_CLIP,
-                                           v1::POLICY_ZCLIP, v1::POLICY_MONITOR));
+                         ::testing::Values(v1::POLICY_STABILIZE, v1::POLICY_CLIP, v1::POLICY_ZCLIP,
+                                           v1::POLICY_MONITOR));
 
 TEST(E2eTest, UpdateConfigTakesEffectOnTheNextStepAndIsRecorded) {
   TempDir dir;

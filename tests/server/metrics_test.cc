@@ -68,7 +68,8 @@ TEST(MetricsTest, BucketsAreRoundAndRemovalForgetsAJob) {
   g->Set({"a", "2"}, 2);
   g->Set({"b", "1"}, 3);
   g->RemoveByFirstLabel("a");
-  EXPECT_EQ(r.Render(), "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"b\",group=\"1\"} 3\n");
+  EXPECT_EQ(r.Render(),
+            "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"b\",group=\"1\"} 3\n");
 }
 
 }  // namespace

@@ -109,7 +109,8 @@ TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
 
   r.mutable_buffers(0)->set_size_bytes(arena.size_bytes() + 64);
   r.mutable_buffers(0)->set_offset(0);
-  absl::Status s = MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry).status();
+  absl::Status s =
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry).status();
   EXPECT_NE(s.message().find("exceeds"), std::string::npos) << s;
 }
 

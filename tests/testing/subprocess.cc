@@ -3,10 +3,10 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -124,13 +124,13 @@ absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
 }
 
 absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir,
-                                                  const std::vector<std::string>& flags,
-                                                  const std::vector<std::string>& prefix) {
+                                                   const std::vector<std::string>& flags,
+                                                   const std::vector<std::string>& prefix) {
   const std::string socket = dir + "/gstabd.sock";
   std::vector<std::string> argv = prefix;
   std::vector<std::string> daemon = {GstabdPath(), "--socket=" + socket,
-                                   "--state_dir=" + dir + "/state", "--backend=cpu",
-                                   "--metrics_port=-1"};
+                                     "--state_dir=" + dir + "/state", "--backend=cpu",
+                                     "--metrics_port=-1"};
   argv.insert(argv.end(), daemon.begin(), daemon.end());
   argv.insert(argv.end(), flags.begin(), flags.end());
   absl::StatusOr<Subprocess> p = Subprocess::Start(argv, dir + "/gstabd.log");
@@ -166,7 +166,8 @@ absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
     close(fd);
     return absl::UnavailableError(absl::StrCat("cannot connect to port ", port));
   }
-  const std::string request = absl::StrCat(method, " ", target, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+  const std::string request =
+      absl::StrCat(method, " ", target, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
   if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
     close(fd);
     return absl::InternalError("short write");
