@@ -10,6 +10,9 @@
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/gloo_collective.h"
+#ifdef GSTAB_WITH_CUDA
+#include "server/cuda/cuda_backend.h"
+#endif
 
 namespace gstab {
 namespace {
@@ -31,9 +34,18 @@ int DefaultThreads(int requested) {
 
 Daemon::Daemon(const DaemonOptions& options, Observer* observer)
     : options_(options),
+      caps_(options.caps),
       observer_(observer),
       executor_(DefaultThreads(options.cpu_threads)),
-      store_(options.state_dir) {}
+      store_(options.state_dir) {
+#ifdef GSTAB_WITH_CUDA
+  if (options.cuda) {
+    device_memory_ = MakeCudaDeviceMemory();
+    gpu_factory_ = MakeCudaPipelineFactory();
+  }
+#endif
+  caps_.cuda_ipc = device_memory_ != nullptr;
+}
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options,
                                                        Observer* observer) {
@@ -104,7 +116,8 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     if (checkpoint != checkpoints_.end()) {
       absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
       job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? *params : *saved,
-                                  local_world, &executor_, StepCallbackFor(request.job()));
+                                  local_world, &executor_, StepCallbackFor(request.job()),
+                                  gpu_factory_);
       if (absl::Status s = job->ImportState(checkpoint->second, /*with_config=*/false); !s.ok()) {
         LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
       } else {
@@ -113,7 +126,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
       checkpoints_.erase(checkpoint);
     } else {
       job = std::make_shared<Job>(request.job(), *params, local_world, &executor_,
-                                  StepCallbackFor(request.job()));
+                                  StepCallbackFor(request.job()), gpu_factory_);
     }
   } else {
     if (job->local_world_size() != local_world) {
@@ -264,9 +277,10 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
                                      v1::RegisterBuffersResponse* response) {
   absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
-  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, options_.caps);
+  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps_);
   if (!plan.ok()) return plan.status();
-  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*std::move(plan), &registry_);
+  absl::StatusOr<MappedRegistration> mapped =
+      MapRegistration(*std::move(plan), &registry_, device_memory_.get());
   if (!mapped.ok()) return mapped.status();
   absl::Status s = session->job->Register(session->local_rank, *std::move(mapped), response);
   absl::MutexLock lock(&mu_);

@@ -33,6 +33,8 @@ struct DaemonOptions {
   int cpu_threads = 0;                              // 0: all hardware threads
   // Multi-node jobs: the host this node's collective endpoints listen on (empty: none).
   std::string peer_host;
+  // Run cuda_ipc registrations on the CUDA pipeline (needs a CUDA build and a GPU).
+  bool cuda = false;
 };
 
 class Daemon {
@@ -100,7 +102,10 @@ class Daemon {
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
 
   const DaemonOptions options_;
+  RegistrationCaps caps_;
   Observer* const observer_;
+  std::unique_ptr<DeviceMemory> device_memory_;  // null without the CUDA pipeline
+  GpuPipelineFactory gpu_factory_;
   CpuExecutor executor_;
   MappingRegistry registry_;
   StateStore store_;

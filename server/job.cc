@@ -14,11 +14,12 @@
 namespace gstab {
 
 Job::Job(std::string name, const RuleParams& params, uint32_t local_world_size,
-         CpuExecutor* executor, StepCallback on_step)
+         CpuExecutor* executor, StepCallback on_step, GpuPipelineFactory gpu)
     : name_(std::move(name)),
       local_world_size_(local_world_size),
       executor_(executor),
       on_step_(std::move(on_step)),
+      gpu_factory_(std::move(gpu)),
       params_(params) {
   v1::ConfigChange first;
   first.set_version(1);
@@ -71,6 +72,28 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   absl::StatusOr<ChunkTable> table =
       ChunkTable::Create(std::move(chunks), static_cast<uint32_t>(group_names_.size()));
   if (!table.ok()) return table.status();
+  const bool cuda = registration.plan.cuda_device >= 0;
+  const bool host_workers = !workers_.empty() && gpu_ == nullptr &&
+                            !(workers_.size() == 1 && workers_.count(local_rank) == 1);
+  if (cuda) {
+    if (gpu_factory_ == nullptr) return absl::UnimplementedError("no CUDA pipeline here");
+    if (local_world_size_ != 1 || collective_ != nullptr || host_workers) {
+      return absl::FailedPreconditionError(
+          "the CUDA pipeline serves jobs with one local worker on one node for now; register "
+          "host_shm buffers for multi-worker or multi-node jobs");
+    }
+    if (gpu_ != nullptr) RefreshStatistics();
+    gpu_.reset();
+    absl::StatusOr<std::unique_ptr<GpuPipeline>> gpu =
+        gpu_factory_(registration.plan.cuda_device, *table, stats_);
+    if (!gpu.ok()) return gpu.status();
+    gpu_ = *std::move(gpu);
+    gpu_ready_ = registration.ready;
+    gpu_done_ = registration.done;
+  } else if (gpu_ != nullptr) {
+    return absl::FailedPreconditionError(
+        "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
+  }
   worker->table = *std::move(table);
   worker->has_group.assign(group_names_.size(), false);
   for (uint32_t g : worker->tensor_group) worker->has_group[g] = true;
@@ -85,6 +108,62 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
 void Job::RemoveWorker(uint32_t local_rank) {
   absl::MutexLock lock(&mu_);
   workers_.erase(local_rank);
+  if (gpu_ != nullptr && workers_.empty()) {
+    RefreshStatistics();  // the statistics outlive the pipeline
+    gpu_.reset();
+    gpu_ready_ = gpu_done_ = nullptr;
+  }
+}
+
+void Job::RefreshStatistics() const {
+  if (gpu_ == nullptr) return;
+  absl::StatusOr<std::vector<GroupStats>> stats = gpu_->Statistics();
+  if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
+}
+
+void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const {
+  r->set_group(group_names_[g]);
+  r->set_norm(out.norm);
+  r->set_stabilized_norm(out.stabilized_norm);
+  r->set_scale(out.scale);
+  r->set_z(out.z);
+  r->set_spike((out.flags & (kFlagSpike | kFlagSpikeRatio)) != 0);
+  r->set_skipped((out.flags & kFlagSkipped) != 0);
+  r->set_diverging((out.flags & kFlagDiverging) != 0);
+}
+
+absl::Status Job::StepGpu(uint64_t step, v1::StepResponse* response) {
+  std::optional<GpuStepResult> done;
+  {
+    absl::MutexLock lock(&mu_);
+    if (have_step_ && step <= last_step_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", step, " is not after job '", name_, "''s last step ", last_step_));
+    }
+    if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
+      config_history_.back().set_effective_step(step);
+    }
+    if (absl::Status s = gpu_->Enqueue(step, params_, gpu_ready_, gpu_done_); !s.ok()) return s;
+    steps_ += 1;
+    last_step_ = step;
+    have_step_ = true;
+    response->set_step(step);
+    response->set_config_version(config_version_);
+    done = gpu_->Poll();
+    if (done.has_value()) {
+      response->set_results_step(done->step);
+      for (size_t g = 0; g < done->outcomes.size(); ++g) {
+        const StepOutcome& out = done->outcomes[g];
+        last_outcome_[g] = out;
+        v1::GroupResult* r = response->add_groups();
+        FillGroupResult(g, out, r);
+        if (r->skipped()) response->set_skip(true);
+        if (r->diverging()) response->set_diverging(true);
+      }
+    }
+  }
+  if (done.has_value() && on_step_) on_step_(*response, absl::ZeroDuration());
+  return absl::OkStatus();
 }
 
 void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token) {
@@ -113,6 +192,12 @@ uint64_t Job::RegisteredBytes() const {
 
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                        v1::StepResponse* response) {
+  bool gpu;
+  {
+    absl::MutexLock lock(&mu_);
+    gpu = gpu_ != nullptr && workers_.count(local_rank) == 1;
+  }
+  if (gpu) return StepGpu(step, response);
   WorkerMap snapshot;
   size_t num_groups = 0;
   {
@@ -269,20 +354,14 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       last_outcome_[g] = out;
       scales[g] = static_cast<float>(out.scale);
       v1::GroupResult* r = response->add_groups();
-      r->set_group(group_names_[g]);
-      r->set_norm(out.norm);
-      r->set_stabilized_norm(out.stabilized_norm);
-      r->set_scale(out.scale);
-      r->set_z(out.z);
-      r->set_spike((out.flags & (kFlagSpike | kFlagSpikeRatio)) != 0);
-      r->set_skipped((out.flags & kFlagSkipped) != 0);
-      r->set_diverging((out.flags & kFlagDiverging) != 0);
+      FillGroupResult(g, out, r);
       r->set_norm_mean(stats_[g].spike_mean);
       r->set_norm_stddev(std::sqrt(stats_[g].spike_var));
       if (r->skipped()) response->set_skip(true);
       if (r->diverging()) response->set_diverging(true);
     }
     response->set_config_version(config_version_);
+    response->set_results_step(step);
     steps_ += 1;
     last_step_ = step;
     have_step_ = true;
@@ -313,13 +392,14 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
 
 void Job::GetStats(v1::GetStatsResponse* response) const {
   absl::MutexLock lock(&mu_);
+  RefreshStatistics();
   response->set_job(name_);
   response->set_steps(steps_);
   response->set_last_step(last_step_);
   *response->mutable_config() = EffectiveConfig(params_);
   for (const v1::ConfigChange& c : config_history_) *response->add_config_history() = c;
   uint64_t bytes = 0;
-  std::set<const ShmMapping*> regions;
+  std::set<const void*> regions;
   for (const auto& [rank, w] : workers_) {
     bytes += w->registration.plan.total_bytes;
     for (const auto& m : w->registration.mappings) regions.insert(m.get());
@@ -346,6 +426,7 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
 
 v1::JobState Job::ExportState() const {
   absl::MutexLock lock(&mu_);
+  RefreshStatistics();
   v1::JobState state;
   state.set_format_version(kJobStateFormatVersion);
   state.set_job(name_);
@@ -373,8 +454,21 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   if (round_open_) {
     return absl::FailedPreconditionError("cannot import state while a step is in progress");
   }
+  if (gpu_ != nullptr) {
+    for (const v1::GroupState& g : state.groups()) {
+      if (group_index_.count(g.name()) == 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("group '", g.name(),
+                         "' is not registered: a job on the CUDA pipeline imports "
+                         "statistics of its registered groups only"));
+      }
+    }
+  }
   for (const v1::GroupState& g : state.groups()) {
     stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
+  }
+  if (gpu_ != nullptr) {
+    if (absl::Status s = gpu_->SetStatistics(stats_); !s.ok()) return s;
   }
   if (with_config) params_ = params;
   // The imported state defines where the job is: a job resumed from an older checkpoint

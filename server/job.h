@@ -23,6 +23,7 @@
 #include "kernels/chunk_table.h"
 #include "kernels/cpu_executor.h"
 #include "server/collective.h"
+#include "server/gpu_pipeline.h"
 #include "server/registration.h"
 
 namespace gstab {
@@ -33,8 +34,9 @@ class Job {
   using StepCallback = std::function<void(const v1::StepResponse&, absl::Duration)>;
 
   // `executor` is shared, not owned, and outlives the job.
+  // `gpu` builds the CUDA pipeline of cuda_ipc registrations (null: they are refused).
   Job(std::string name, const RuleParams& params, uint32_t local_world_size, CpuExecutor* executor,
-      StepCallback on_step = nullptr);
+      StepCallback on_step = nullptr, GpuPipelineFactory gpu = nullptr);
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
@@ -81,6 +83,12 @@ class Job {
   using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The CUDA path: enqueue the step and answer with the newest finished one.
+  absl::Status StepGpu(uint64_t step, v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+  // Copies the GPU-resident statistics into stats_ (waits for the GPU).
+  void RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, v1::StepResponse* response)
@@ -90,6 +98,7 @@ class Job {
   const uint32_t local_world_size_;
   CpuExecutor* const executor_;
   const StepCallback on_step_;
+  const GpuPipelineFactory gpu_factory_;
 
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);
@@ -98,7 +107,12 @@ class Job {
   std::vector<std::string> group_names_ ABSL_GUARDED_BY(mu_);
   std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, 0 sharded, 1 replicated
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
-  std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
+  mutable std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
+  // The CUDA pipeline when the job's worker registered cuda_ipc buffers; it then owns the
+  // statistics and stats_ is a copy refreshed on demand.
+  std::unique_ptr<GpuPipeline> gpu_ ABSL_GUARDED_BY(mu_);
+  void* gpu_ready_ ABSL_GUARDED_BY(mu_) = nullptr;
+  void* gpu_done_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);

@@ -11,6 +11,9 @@
 #include "absl/strings/numbers.h"
 #include "glog/logging.h"
 #include "server/server.h"
+#ifdef GSTAB_WITH_CUDA
+#include "server/cuda/cuda_ipc.h"
+#endif
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "unix socket to serve on (mode 0660)");
 ABSL_FLAG(std::string, listen, "", "optional TCP host:port to serve on (requires TLS)");
@@ -42,9 +45,19 @@ int main(int argc, char** argv) {
   google::InitGoogleLogging(argv[0]);
 
   const std::string backend = absl::GetFlag(FLAGS_backend);
-  if (backend != "auto" && backend != "cpu") {
-    std::fprintf(stderr, "gstabd: --backend=%s is not available in this build (cpu only)\n",
-                 backend.c_str());
+#ifdef GSTAB_WITH_CUDA
+  const int gpus = gstab::CudaDeviceCount();
+#else
+  const int gpus = 0;
+#endif
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
+    std::fprintf(stderr, "gstabd: --backend=%s: expected auto, cpu or cuda\n", backend.c_str());
+    return 2;
+  }
+  if (backend == "cuda" && gpus == 0) {
+    std::fprintf(stderr,
+                 "gstabd: --backend=cuda, but no CUDA device is usable here (no GPU or driver, "
+                 "or a build without CUDA); use --backend=cpu or auto\n");
     return 2;
   }
 
@@ -58,6 +71,7 @@ int main(int argc, char** argv) {
   options.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.daemon.cuda = backend != "cpu" && gpus > 0;
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.daemon.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));

@@ -4,6 +4,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype_proto.h"
@@ -25,7 +26,7 @@ absl::Status ValidateTensorName(const std::string& what, const std::string& name
   return absl::OkStatus();
 }
 
-absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
+absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cuda_ipc) {
   PlannedBuffer out;
   const bool cuda = b.transport() == v1::TRANSPORT_CUDA_IPC;
   if (cuda) {
@@ -68,13 +69,16 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i) {
     return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": offset ", b.offset(),
                                                    " + size ", b.size_bytes(), " overflows"));
   }
-  if (cuda) {
+  if (cuda && !cuda_ipc) {
     // Well-formed, but this daemon has no CUDA pipeline to run it on.
     return absl::UnimplementedError(
         absl::StrCat("buffer ", i,
                      ": cuda_ipc buffers need gstabd's CUDA pipeline, which this daemon does "
-                     "not run; register host_shm buffers"));
+                     "not run (no GPU, or --backend=cpu); register host_shm buffers"));
   }
+  out.cuda = cuda;
+  out.ipc_handle = cuda ? b.ipc_handle() : "";
+  out.device = cuda ? b.device() : 0;
   out.shm_name = b.shm_name();
   out.offset = b.offset();
   out.size = b.size_bytes();
@@ -111,9 +115,33 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
   }
   RegistrationPlan plan;
   for (int i = 0; i < request.buffers_size(); ++i) {
-    absl::StatusOr<PlannedBuffer> b = PlanBuffer(request.buffers(i), static_cast<size_t>(i));
+    absl::StatusOr<PlannedBuffer> b =
+        PlanBuffer(request.buffers(i), static_cast<size_t>(i), caps.cuda_ipc);
     if (!b.ok()) return b.status();
     plan.buffers.push_back(*std::move(b));
+  }
+  if (plan.buffers[0].cuda) {
+    plan.cuda_device = plan.buffers[0].device;
+    for (const PlannedBuffer& b : plan.buffers) {
+      if (!b.cuda || b.device != plan.cuda_device) {
+        return absl::InvalidArgumentError(
+            "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
+      }
+    }
+    if (request.ready_event().size() != 64 || request.done_event().size() != 64) {
+      return absl::InvalidArgumentError(
+          "cuda_ipc registrations need ready_event and done_event, 64-byte "
+          "cudaIpcEventHandle_t each");
+    }
+    plan.ready_event = request.ready_event();
+    plan.done_event = request.done_event();
+  } else {
+    for (const PlannedBuffer& b : plan.buffers) {
+      if (b.cuda) {
+        return absl::InvalidArgumentError(
+            "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
+      }
+    }
   }
 
   std::set<std::string> names;
@@ -182,9 +210,36 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
   return plan;
 }
 
-absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan,
-                                                   MappingRegistry* registry) {
+absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
+                                                   DeviceMemory* device) {
   MappedRegistration out;
+  if (plan.cuda_device >= 0) {
+    if (device == nullptr) return absl::UnimplementedError("this daemon has no CUDA pipeline");
+    std::vector<char*> bases;
+    for (size_t i = 0; i < plan.buffers.size(); ++i) {
+      const PlannedBuffer& b = plan.buffers[i];
+      auto opened = device->Open(b.ipc_handle, b.device, b.offset, b.size);
+      if (!opened.ok()) {
+        return absl::Status(opened.status().code(),
+                            absl::StrCat("buffer ", i, ": ", opened.status().message()));
+      }
+      out.mappings.push_back(opened->first);
+      bases.push_back(opened->second);
+    }
+    auto ready = device->OpenEvent(plan.ready_event, plan.cuda_device);
+    if (!ready.ok()) return ready.status();
+    auto done = device->OpenEvent(plan.done_event, plan.cuda_device);
+    if (!done.ok()) return done.status();
+    std::tie(out.ready_keep, out.ready) = *ready;
+    std::tie(out.done_keep, out.done) = *done;
+    for (const PlannedTensor& t : plan.tensors) {
+      out.tensor_data.push_back(bases[t.buffer] +
+                                t.offset * ElementSize(plan.buffers[t.buffer].dtype));
+    }
+    out.plan = std::move(plan);
+    return out;
+  }
+  std::vector<unsigned char*> bases;
   for (size_t i = 0; i < plan.buffers.size(); ++i) {
     const PlannedBuffer& b = plan.buffers[i];
     absl::StatusOr<std::shared_ptr<ShmMapping>> m = registry->Acquire(b.shm_name);
@@ -197,12 +252,12 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan,
           absl::StrCat("buffer ", i, ": offset ", b.offset, " + size ", b.size, " exceeds the ",
                        (*m)->size(), " bytes of shared memory '", b.shm_name, "'"));
     }
+    bases.push_back((*m)->data());
     out.mappings.push_back(*std::move(m));
   }
   for (const PlannedTensor& t : plan.tensors) {
     const PlannedBuffer& b = plan.buffers[t.buffer];
-    out.tensor_data.push_back(out.mappings[t.buffer]->data() + b.offset +
-                              t.offset * ElementSize(b.dtype));
+    out.tensor_data.push_back(bases[t.buffer] + b.offset + t.offset * ElementSize(b.dtype));
   }
   out.plan = std::move(plan);
   return out;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/dtype.h"
+#include "server/gpu_pipeline.h"
 #include "server/shm_mapping.h"
 
 namespace gstab {
@@ -22,9 +23,13 @@ struct RegistrationCaps {
   uint32_t max_buffers = 1024;
   uint32_t max_tensors = 65536;
   uint64_t max_bytes = uint64_t{64} << 30;
+  bool cuda_ipc = false;  // this daemon runs the CUDA pipeline
 };
 
 struct PlannedBuffer {
+  bool cuda = false;       // cuda_ipc (else host_shm)
+  std::string ipc_handle;  // cuda_ipc
+  int device = 0;          // cuda_ipc
   std::string shm_name;
   uint64_t offset = 0;  // bytes into the shared object
   uint64_t size = 0;    // bytes
@@ -44,13 +49,19 @@ struct RegistrationPlan {
   std::vector<PlannedBuffer> buffers;
   std::vector<PlannedTensor> tensors;
   uint64_t total_bytes = 0;  // bytes covered by tensors
+  int cuda_device = -1;      // every buffer's device for cuda_ipc registrations, else -1
+  std::string ready_event;   // cuda_ipc: the worker's event handles
+  std::string done_event;
 };
 
 // A plan whose shared objects are open: the mappings and each tensor's first element.
 struct MappedRegistration {
   RegistrationPlan plan;
-  std::vector<std::shared_ptr<ShmMapping>> mappings;  // one per buffer
-  std::vector<void*> tensor_data;                     // one per tensor
+  std::vector<std::shared_ptr<void>> mappings;  // keep-alives, one per buffer
+  std::vector<void*> tensor_data;               // one per tensor (device pointers for cuda_ipc)
+  std::shared_ptr<void> ready_keep, done_keep;  // cuda_ipc: the opened events
+  void* ready = nullptr;                        // cudaEvent_t
+  void* done = nullptr;
 };
 
 // INVALID_ARGUMENT (naming the buffer or tensor and the problem), RESOURCE_EXHAUSTED for caps,
@@ -58,10 +69,10 @@ struct MappedRegistration {
 absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersRequest& request,
                                                       const RegistrationCaps& caps);
 
-// Opens every buffer's shared object through `registry` and checks that offset + size fits
-// inside it.
-absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan,
-                                                   MappingRegistry* registry);
+// Opens every buffer through `registry` (host_shm) or `device` (cuda_ipc; may be null when
+// the plan has no such buffer) and checks that offset + size fits inside it.
+absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
+                                                   DeviceMemory* device = nullptr);
 
 // Job names: 1..128 characters of [A-Za-z0-9._-] (they name checkpoint files and metrics).
 absl::Status ValidateJobName(const std::string& job);

@@ -1,38 +1,14 @@
 #include "server/cuda/cuda_ipc.h"
 
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/weak_map.h"
+#include "kernels/cuda/allocation_range.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace gstab {
 namespace {
-
-// cuMemGetAddressRange through the runtime's driver entry point, so gstabd does not link
-// libcuda and still starts where no driver is installed.
-absl::StatusOr<std::pair<void*, size_t>> AllocationRange(void* ptr) {
-  static PFN_cuMemGetAddressRange_v3020 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found;
-    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 3020, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      f = nullptr;
-    }
-    return reinterpret_cast<PFN_cuMemGetAddressRange_v3020>(f);
-  }();
-  if (fn == nullptr) return absl::InternalError("cuMemGetAddressRange is not available");
-  CUdeviceptr base = 0;
-  size_t size = 0;
-  if (fn(&base, &size, reinterpret_cast<CUdeviceptr>(ptr)) != CUDA_SUCCESS) {
-    return absl::InternalError("cuMemGetAddressRange failed on an opened IPC allocation");
-  }
-  return std::make_pair(reinterpret_cast<void*>(base), size);
-}
 
 absl::Status CheckDevice(int device) {
   const int count = CudaDeviceCount();
@@ -74,7 +50,7 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
     RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
     void* ptr = nullptr;
     RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess));
-    absl::StatusOr<std::pair<void*, size_t>> range = AllocationRange(ptr);
+    absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
     if (!range.ok()) {
       cudaIpcCloseMemHandle(ptr);
       return range.status();

@@ -72,8 +72,10 @@ CudaStepper::~CudaStepper() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
-absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, cudaEvent_t ready,
-                                  cudaEvent_t done) {
+absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void* ready_event,
+                                  void* done_event) {
+  auto ready = static_cast<cudaEvent_t>(ready_event);
+  auto done = static_cast<cudaEvent_t>(done_event);
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const uint32_t groups = table_.num_groups();
   if (ready != nullptr) RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream_, ready, 0));
@@ -101,12 +103,27 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, cudaE
   return absl::OkStatus();
 }
 
-std::optional<CudaStepper::Completed> CudaStepper::Poll() {
+std::optional<GpuStepResult> CudaStepper::Poll() {
   if (!pending_ || cudaEventQuery(finished_) != cudaSuccess) return std::nullopt;
-  Completed c;
+  pending_ = false;
+  GpuStepResult c;
   c.step = enqueued_step_;
   c.outcomes.assign(h_outcomes_, h_outcomes_ + table_.num_groups());
   return c;
+}
+
+absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {
+  if (stats.size() != table_.num_groups()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(stats.size(), " statistics for ", table_.num_groups(), " groups"));
+  }
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  if (!stats.empty()) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_stats_, stats.data(), stats.size() * sizeof(GroupStats),
+                                         cudaMemcpyHostToDevice, stream_));
+  }
+  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));  // `stats` may die after we return
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<GroupStats>> CudaStepper::Statistics() {

@@ -19,30 +19,27 @@
 #include "core/rule_types.h"
 #include "kernels/chunk_table.h"
 #include "kernels/cuda/device_table.h"
+#include "server/gpu_pipeline.h"
 
 namespace gstab {
 
-class CudaStepper {
+class CudaStepper final : public GpuPipeline {
  public:
   // `table` holds device pointers on `device`; `stats` are the groups' starting statistics.
   static absl::StatusOr<std::unique_ptr<CudaStepper>> Create(int device, const ChunkTable& table,
                                                              const std::vector<GroupStats>& stats);
-  ~CudaStepper();
+  ~CudaStepper() override;
   CudaStepper(const CudaStepper&) = delete;
   CudaStepper& operator=(const CudaStepper&) = delete;
 
-  // Enqueues one step; `ready` and `done` are the worker's events (null: no wait / record).
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, cudaEvent_t ready,
-                       cudaEvent_t done);
-
-  struct Completed {
-    uint64_t step = 0;
-    std::vector<StepOutcome> outcomes;
-  };
-  // The newest enqueued step whose GPU work has finished, if it has.
-  std::optional<Completed> Poll();
-  // Waits for the stream and copies the statistics back (checkpoints, export).
-  absl::StatusOr<std::vector<GroupStats>> Statistics();
+  // Enqueues one step; `ready` and `done` are the worker's cudaEvent_t (null: no wait /
+  // record).
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, void* ready, void* done) override;
+  // The newest enqueued step, once its GPU work has finished (reported once).
+  std::optional<GpuStepResult> Poll() override;
+  // Waits for the stream and copies the statistics back (checkpoints, export) or replaces them.
+  absl::StatusOr<std::vector<GroupStats>> Statistics() override;
+  absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
 
  private:
   CudaStepper(int device, DeviceChunkTable table) : device_(device), table_(std::move(table)) {}

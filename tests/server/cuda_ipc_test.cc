@@ -60,7 +60,7 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   EXPECT_EQ(result->rfind("RESULT ok", 0), 0u) << *result;
   EXPECT_EQ(worker->Wait(absl::Seconds(30)).value_or(-1), 0);
 
-  std::optional<CudaStepper::Completed> completed;
+  std::optional<GpuStepResult> completed;
   for (int i = 0; i < 500 && !completed; ++i) {
     completed = (*stepper)->Poll();
     absl::SleepFor(absl::Milliseconds(10));

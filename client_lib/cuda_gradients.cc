@@ -1,0 +1,64 @@
+#include "client_lib/cuda_gradients.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/dtype_proto.h"
+#include "kernels/cuda/allocation_range.h"
+#include "kernels/cuda/cuda_check.h"
+
+namespace gstab {
+
+absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device) {
+  std::unique_ptr<CudaGradients> g(new CudaGradients(device));
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
+  RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->ready_, flags));
+  RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->done_, flags));
+  cudaIpcEventHandle_t h;
+  RETURN_IF_CUDA_ERROR(cudaIpcGetEventHandle(&h, g->ready_));
+  g->request_.set_ready_event(std::string(reinterpret_cast<const char*>(&h), sizeof h));
+  RETURN_IF_CUDA_ERROR(cudaIpcGetEventHandle(&h, g->done_));
+  g->request_.set_done_event(std::string(reinterpret_cast<const char*>(&h), sizeof h));
+  return g;
+}
+
+CudaGradients::~CudaGradients() {
+  if (ready_ != nullptr) cudaEventDestroy(ready_);
+  if (done_ != nullptr) cudaEventDestroy(done_);
+}
+
+absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
+                                      std::string group) {
+  // The IPC handle names the allocation (a framework's caching allocator hands out pieces of
+  // larger blocks), so register the block's handle and the tensor's offset inside it.
+  absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
+  if (!range.ok()) return range.status();
+  cudaIpcMemHandle_t h;
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&h, range->first));
+  const uint64_t offset =
+      static_cast<uint64_t>(static_cast<char*>(ptr) - static_cast<char*>(range->first));
+  v1::Buffer* b = request_.add_buffers();
+  b->set_transport(v1::TRANSPORT_CUDA_IPC);
+  b->set_ipc_handle(std::string(reinterpret_cast<const char*>(&h), sizeof h));
+  b->set_offset(offset);
+  b->set_size_bytes(numel * ElementSize(dtype));
+  b->set_dtype(DTypeToProto(dtype));
+  b->set_device(device_);
+  v1::Tensor* t = request_.add_tensors();
+  t->set_name(std::move(name));
+  t->set_buffer(static_cast<uint32_t>(request_.buffers_size() - 1));
+  t->set_numel(numel);
+  t->set_group(std::move(group));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t step,
+                                                     cudaStream_t stream) {
+  RETURN_IF_CUDA_ERROR(cudaEventRecord(ready_, stream));
+  absl::StatusOr<v1::StepResponse> r = client->Step(step);
+  if (!r.ok()) return r;
+  RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream, done_, 0));
+  return r;
+}
+
+}  // namespace gstab

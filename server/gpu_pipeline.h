@@ -1,0 +1,57 @@
+// The seams between gstabd's jobs and its CUDA backend, so the daemon's core compiles and runs
+// without CUDA: device memory and events of cuda_ipc registrations, and the per-job GPU
+// pipeline. The CUDA build provides implementations (server/cuda/cuda_backend.h); without
+// them cuda_ipc buffers are refused.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/rule_types.h"
+#include "kernels/chunk_table.h"
+
+namespace gstab {
+
+// Opens workers' CUDA allocations and events. Thread-safe.
+class DeviceMemory {
+ public:
+  virtual ~DeviceMemory() = default;
+  // A keep-alive of the allocation `handle` names, and the device address of byte `offset`;
+  // validates [offset, offset + bytes) against the allocation.
+  virtual absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle,
+                                                                       int device, uint64_t offset,
+                                                                       uint64_t bytes) = 0;
+  // A keep-alive of the opened event and the cudaEvent_t it is.
+  virtual absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(
+      const std::string& handle, int device) = 0;
+};
+
+struct GpuStepResult {
+  uint64_t step = 0;
+  std::vector<StepOutcome> outcomes;  // per group
+};
+
+// One job's stream-ordered pipeline on one device. Not thread-safe (one step at a time).
+class GpuPipeline {
+ public:
+  virtual ~GpuPipeline() = default;
+  // Enqueues the step (wait on `ready`, record `done`, both cudaEvent_t) without waiting.
+  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, void* ready,
+                               void* done) = 0;
+  // The newest finished step, if any finished since the last call; never blocks.
+  virtual std::optional<GpuStepResult> Poll() = 0;
+  // Waits for the GPU and returns / replaces the statistics.
+  virtual absl::StatusOr<std::vector<GroupStats>> Statistics() = 0;
+  virtual absl::Status SetStatistics(const std::vector<GroupStats>& stats) = 0;
+};
+
+using GpuPipelineFactory = std::function<absl::StatusOr<std::unique_ptr<GpuPipeline>>(
+    int device, const ChunkTable& table, const std::vector<GroupStats>& stats)>;
+
+}  // namespace gstab
