@@ -32,7 +32,11 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   std::unique_ptr<CudaStepper> s(new CudaStepper(device, *std::move(dt)));
   s->stream_ = stream;
   const size_t groups = std::max<size_t>(1, table.num_groups());
-  RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&s->finished_, cudaEventDisableTiming));
+  for (Slot& slot : s->slots_) {
+    RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&slot.finished, cudaEventDisableTiming));
+    RETURN_IF_CUDA_ERROR(
+        cudaMallocHost(reinterpret_cast<void**>(&slot.h_outcomes), groups * sizeof(StepOutcome)));
+  }
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_partials_),
                                   std::max<size_t>(1, table.tiles().size()) * sizeof(TilePartial)));
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_sums_), groups * sizeof(double)));
@@ -43,8 +47,6 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   RETURN_IF_CUDA_ERROR(
       cudaMalloc(reinterpret_cast<void**>(&s->d_outcomes_), groups * sizeof(StepOutcome)));
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_scales_), groups * sizeof(float)));
-  RETURN_IF_CUDA_ERROR(
-      cudaMallocHost(reinterpret_cast<void**>(&s->h_outcomes_), groups * sizeof(StepOutcome)));
   if (!stats.empty()) {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(),
                                          stats.size() * sizeof(GroupStats), cudaMemcpyHostToDevice,
@@ -67,8 +69,10 @@ CudaStepper::~CudaStepper() {
   cudaFree(d_stats_);
   cudaFree(d_outcomes_);
   cudaFree(d_scales_);
-  cudaFreeHost(h_outcomes_);
-  if (finished_ != nullptr) cudaEventDestroy(finished_);
+  for (Slot& slot : slots_) {
+    cudaFreeHost(slot.h_outcomes);
+    if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
+  }
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -95,21 +99,30 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
   }
   if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_); !s.ok()) return s;
   if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
-  RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_outcomes_, d_outcomes_, groups * sizeof(StepOutcome),
+  Slot& slot = slots_[enqueued_ % 2];
+  RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),
                                        cudaMemcpyDeviceToHost, stream_));
-  RETURN_IF_CUDA_ERROR(cudaEventRecord(finished_, stream_));
-  enqueued_step_ = step;
-  pending_ = true;
+  RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
+  slot.step = step;
+  slot.unreported = true;
+  ++enqueued_;
   return absl::OkStatus();
 }
 
 std::optional<GpuStepResult> CudaStepper::Poll() {
-  if (!pending_ || cudaEventQuery(finished_) != cudaSuccess) return std::nullopt;
-  pending_ = false;
-  GpuStepResult c;
-  c.step = enqueued_step_;
-  c.outcomes.assign(h_outcomes_, h_outcomes_ + table_.num_groups());
-  return c;
+  if (enqueued_ == 0) return std::nullopt;
+  // The newest step if it has finished, else the one before it if that has.
+  for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+    Slot& slot = slots_[(enqueued_ - back) % 2];
+    if (!slot.unreported || cudaEventQuery(slot.finished) != cudaSuccess) continue;
+    GpuStepResult r;
+    r.step = slot.step;
+    r.outcomes.assign(slot.h_outcomes, slot.h_outcomes + table_.num_groups());
+    for (Slot& s : slots_) s.unreported = false;                   // older results are superseded
+    if (back == 2) slots_[(enqueued_ - 1) % 2].unreported = true;  // the newest still runs
+    return r;
+  }
+  return std::nullopt;
 }
 
 absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {

@@ -47,7 +47,16 @@ class CudaStepper final : public GpuPipeline {
   const int device_;
   DeviceChunkTable table_;
   cudaStream_t stream_ = nullptr;
-  cudaEvent_t finished_ = nullptr;  // recorded after the outcome copy
+  // Two result slots, used by alternate steps, so that while the newest step runs the one
+  // before it can still be reported: its outcomes copied to pinned memory, then its event.
+  struct Slot {
+    cudaEvent_t finished = nullptr;
+    StepOutcome* h_outcomes = nullptr;  // pinned
+    uint64_t step = 0;
+    bool unreported = false;
+  };
+  Slot slots_[2];
+  uint64_t enqueued_ = 0;  // steps enqueued so far; the newest is in slots_[(enqueued_ - 1) % 2]
   ncclComm_t comm_ = nullptr;
   TilePartial* d_partials_ = nullptr;
   double* d_sums_ = nullptr;
@@ -55,9 +64,6 @@ class CudaStepper final : public GpuPipeline {
   GroupStats* d_stats_ = nullptr;
   StepOutcome* d_outcomes_ = nullptr;
   float* d_scales_ = nullptr;
-  StepOutcome* h_outcomes_ = nullptr;  // pinned
-  uint64_t enqueued_step_ = 0;
-  bool pending_ = false;
 };
 
 }  // namespace gstab
