@@ -121,11 +121,12 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
 
 void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                                  bool was_diverging) {
-  v1::Event spike = MakeEvent(v1::EVENT_TYPE_SPIKE, job, step.step());
-  v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, step.step());
-  v1::Event diverging =
-      MakeEvent(step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END,
-                job, step.step());
+  // The step the results belong to (the CUDA backend answers before its GPU work finishes).
+  const uint64_t at = step.results_step() != 0 ? step.results_step() : step.step();
+  v1::Event spike = MakeEvent(v1::EVENT_TYPE_SPIKE, job, at);
+  v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, at);
+  v1::Event diverging = MakeEvent(
+      step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END, job, at);
   for (v1::Event* e : {&spike, &skip, &diverging}) e->set_norm(norm);
   double z = 0;
   for (const v1::GroupResult& g : step.groups()) {
