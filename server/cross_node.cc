@@ -26,7 +26,7 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
 
 }  // namespace
 
-uint64_t LayoutHash(const std::vector<std::string>& groups, const std::vector<int>& reduction) {
+uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
   auto mix = [&h](unsigned char c) {
     h ^= c;

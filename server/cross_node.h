@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "core/rule_types.h"
 #include "server/collective.h"
 
@@ -23,7 +24,7 @@ struct NodePartials {
 };
 
 // A fingerprint of the job's groups (names and reductions, in index order).
-uint64_t LayoutHash(const std::vector<std::string>& groups, const std::vector<int>& reduction);
+uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction);
 
 // Reduces `partials` in place. INVALID_ARGUMENT when steps or layouts differ across nodes
 // (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the missing nodes when a node

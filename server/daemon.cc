@@ -1,12 +1,12 @@
 #include "server/daemon.h"
 
-#include <random>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/shm_names.h"
+#include "common/token.h"
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/gloo_collective.h"
@@ -16,13 +16,6 @@
 
 namespace gstab {
 namespace {
-
-std::string NewToken() {
-  std::random_device rd;
-  std::string token;
-  for (int i = 0; i < 4; ++i) absl::StrAppend(&token, absl::Hex(rd(), absl::kZeroPad8));
-  return token;
-}
 
 int DefaultThreads(int requested) {
   if (requested > 0) return requested;
@@ -67,7 +60,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
   if (it == jobs_.end()) {
     return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
   }
-  const std::string token = NewToken();
+  const std::string token = RandomToken();
   sessions_[token] = Session{it->second, 0, absl::Now(), /*observer=*/true};
   response->set_session(token);
   *response->mutable_effective_config() = EffectiveConfig(it->second->params());
@@ -156,7 +149,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
       break;
     }
   }
-  const std::string token = NewToken();
+  const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false};
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
   ReportWorkers(job);

@@ -73,11 +73,10 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
       ChunkTable::Create(std::move(chunks), static_cast<uint32_t>(group_names_.size()));
   if (!table.ok()) return table.status();
   const bool cuda = registration.plan.cuda_device >= 0;
-  const bool host_workers = !workers_.empty() && gpu_ == nullptr &&
-                            !(workers_.size() == 1 && workers_.count(local_rank) == 1);
   if (cuda) {
     if (gpu_factory_ == nullptr) return absl::UnimplementedError("no CUDA pipeline here");
-    if (local_world_size_ != 1 || collective_ != nullptr || host_workers) {
+    // One local worker: this registration replaces rank 0's, whatever it was.
+    if (local_world_size_ != 1 || collective_ != nullptr) {
       return absl::FailedPreconditionError(
           "the CUDA pipeline serves jobs with one local worker on one node for now; register "
           "host_shm buffers for multi-worker or multi-node jobs");
@@ -296,9 +295,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     collective = collective_;
     sync_statistics = sync_statistics_;
     if (collective != nullptr) {
-      layout_hash = LayoutHash(
-          std::vector<std::string>(group_names_.begin(), group_names_.begin() + num_groups),
-          reduction);
+      layout_hash = LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction);
       if (sync_statistics) stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
     }
   }

@@ -1,17 +1,14 @@
 #include "server/rendezvous_store.h"
 
-#include <random>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/token.h"
 #include "server/grpc_status.h"
 
 namespace gstab {
 
 std::string RendezvousStore::NewToken() {
-  std::random_device rd;
-  std::string token;
-  for (int i = 0; i < 4; ++i) absl::StrAppend(&token, absl::Hex(rd(), absl::kZeroPad8));
+  const std::string token = RandomToken();
   absl::MutexLock lock(&mu_);
   spaces_[token];
   order_.push_back(token);
