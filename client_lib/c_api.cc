@@ -3,34 +3,48 @@
 #include <memory>
 #include <string>
 
+#include "client_lib/c_api_internal.h"
 #include "client_lib/client.h"
 #include "client_lib/gstab.h"
-
-struct gstab_client {
-  std::unique_ptr<gstab::Client> client;
-  gstab::v1::StepResponse last_step;
-};
 
 struct gstab_arena {
   gstab::GradientArena arena;
 };
 
+namespace gstab::capi {
 namespace {
-
 thread_local std::string g_last_error;
+}  // namespace
 
-gstab_status Fail(const absl::Status& status) {
+gstab_status Report(const absl::Status& status) {
   g_last_error = std::string(status.message());
   return static_cast<gstab_status>(status.code());
 }
 
-gstab_status Report(const absl::Status& status) {
-  if (status.ok()) {
-    g_last_error.clear();
-    return GSTAB_OK;
+void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result) {
+  client->last_step = std::move(response);
+  if (result == nullptr) return;
+  const v1::StepResponse& s = client->last_step;
+  *result = gstab_step_result{};
+  result->skip = s.skip();
+  result->diverging = s.diverging();
+  result->num_groups = static_cast<size_t>(s.groups_size());
+  double raw = 0, stabilized = 0;
+  for (const auto& g : s.groups()) {
+    raw += g.norm() * g.norm();
+    stabilized += g.stabilized_norm() * g.stabilized_norm();
+    result->spikes += g.spike();
   }
-  return Fail(status);
+  result->norm = std::sqrt(raw);
+  result->stabilized_norm = std::sqrt(stabilized);
 }
+
+}  // namespace gstab::capi
+
+namespace {
+
+using gstab::capi::Report;
+gstab_status Fail(const absl::Status& status) { return Report(status); }
 
 absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
   gstab::v1::PolicyConfig config;
@@ -58,7 +72,9 @@ absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
 
 extern "C" {
 
-const char* gstab_last_error(void) { return g_last_error.c_str(); }
+const char* gstab_version(void) { return GSTAB_VERSION; }
+
+const char* gstab_last_error(void) { return gstab::capi::g_last_error.c_str(); }
 
 gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
   if (socket_path == nullptr || out == nullptr) {
@@ -139,22 +155,7 @@ gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* 
   if (client == nullptr) return Fail(absl::InvalidArgumentError("client must not be NULL"));
   absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
   if (!r.ok()) return Fail(r.status());
-  client->last_step = *std::move(r);
-  if (result != nullptr) {
-    const gstab::v1::StepResponse& s = client->last_step;
-    *result = gstab_step_result{};
-    result->skip = s.skip();
-    result->diverging = s.diverging();
-    result->num_groups = static_cast<size_t>(s.groups_size());
-    double raw = 0, stabilized = 0;
-    for (const auto& g : s.groups()) {
-      raw += g.norm() * g.norm();
-      stabilized += g.stabilized_norm() * g.stabilized_norm();
-      result->spikes += g.spike();
-    }
-    result->norm = std::sqrt(raw);
-    result->stabilized_norm = std::sqrt(stabilized);
-  }
+  gstab::capi::SetLastStep(client, *std::move(r), result);
   return Report(absl::OkStatus());
 }
 

@@ -95,9 +95,14 @@ absl::Status Client::Register(const GradientArena& arena) {
   return RegisterBuffers(arena.RegistrationRequest());
 }
 
-absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request) {
+absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
+                                     v1::RegisterBuffersResponse* response) {
   request.set_session(session());
-  return Call(&v1::Stabilizer::Stub::RegisterBuffers, request).status();
+  absl::StatusOr<v1::RegisterBuffersResponse> r =
+      Call(&v1::Stabilizer::Stub::RegisterBuffers, request);
+  if (!r.ok()) return r.status();
+  if (response != nullptr) *response = *std::move(r);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step) {

@@ -60,7 +60,10 @@ class Client {
   // bytes) to broadcast to every worker of the job.
   absl::StatusOr<std::string> CreateRendezvous(const std::string& job, uint32_t node_count);
   absl::Status Register(const GradientArena& arena);
-  absl::Status RegisterBuffers(v1::RegisterBuffersRequest request);
+  // `response` (may be null) receives gstabd's answer: the job's groups and, for cuda_ipc
+  // buffers, the results buffer.
+  absl::Status RegisterBuffers(v1::RegisterBuffersRequest request,
+                               v1::RegisterBuffersResponse* response = nullptr);
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
   absl::StatusOr<v1::StepResponse> Step(uint64_t step);
   absl::Status Detach();

@@ -1,5 +1,7 @@
 #include "client_lib/cuda_gradients.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "common/dtype_proto.h"
 #include "kernels/cuda/allocation_range.h"
@@ -22,6 +24,7 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 }
 
 CudaGradients::~CudaGradients() {
+  CloseResults();
   if (ready_ != nullptr) cudaEventDestroy(ready_);
   if (done_ != nullptr) cudaEventDestroy(done_);
 }
@@ -49,6 +52,32 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   t->set_buffer(static_cast<uint32_t>(request_.buffers_size() - 1));
   t->set_numel(numel);
   t->set_group(std::move(group));
+  return absl::OkStatus();
+}
+
+void CudaGradients::CloseResults() {
+  if (results_ != nullptr) cudaIpcCloseMemHandle(results_);
+  results_ = nullptr;
+  results_bytes_ = 0;
+}
+
+absl::Status CudaGradients::Register(Client* client) {
+  v1::RegisterBuffersResponse response;
+  if (absl::Status s = client->RegisterBuffers(request_, &response); !s.ok()) return s;
+  CloseResults();
+  groups_.assign(response.groups().begin(), response.groups().end());
+  if (response.results_handle().size() != sizeof(cudaIpcMemHandle_t)) {
+    return absl::InternalError(absl::StrCat("gstabd answered with a ",
+                                            response.results_handle().size(),
+                                            "-byte results handle; expected a CUDA IPC handle"));
+  }
+  cudaIpcMemHandle_t h;
+  std::memcpy(&h, response.results_handle().data(), sizeof h);
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  void* p = nullptr;
+  RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
+  results_ = static_cast<StepResultsHeader*>(p);
+  results_bytes_ = response.results_bytes();
   return absl::OkStatus();
 }
 

@@ -4,21 +4,26 @@
 //
 //   auto grads = CudaGradients::Create(/*device=*/0);
 //   (*grads)->AddTensor("fc1.weight", ptr, numel, DType::kBFloat16);
-//   client->RegisterBuffers((*grads)->RegistrationRequest());
+//   (*grads)->Register(client.get());
 //   // every step, after backward on `stream`:
 //   auto r = (*grads)->Step(client.get(), step, stream);   // stream then waits on `done`
+//   // kernels on `stream` may now read (*grads)->device_results() (this step's skip decision)
 //
 // Neither host blocks on the GPU: Step records `ready` on the stream, asks gstabd to enqueue its
-// work behind it, and makes the stream wait on `done`. Not thread-safe.
+// work behind it, and makes the stream wait on `done`. The StepResponse carries the newest step
+// whose GPU work had finished when gstabd answered; this step's own results are in the device
+// buffer gstabd writes before `done`. Not thread-safe.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "client_lib/client.h"
+#include "core/rule_types.h"
 #include "kernels/dtype.h"
 
 namespace gstab {
@@ -35,14 +40,29 @@ class CudaGradients {
   absl::Status AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
                          std::string group = "");
   v1::RegisterBuffersRequest RegistrationRequest() const { return request_; }
+  // Registers the tensors and events with the job `client` is attached to and maps the
+  // results buffer gstabd writes (replacing an earlier registration's).
+  absl::Status Register(Client* client);
   absl::StatusOr<v1::StepResponse> Step(Client* client, uint64_t step, cudaStream_t stream);
+
+  // After Register: device memory holding a StepResultsHeader and then one StepOutcome per
+  // group, in the order of groups(). Stream-ordered: work on the Step's stream after it sees
+  // that step's results; gstabd overwrites them only after the next step's `ready`.
+  const StepResultsHeader* device_results() const { return results_; }
+  uint64_t results_bytes() const { return results_bytes_; }
+  const std::vector<std::string>& groups() const { return groups_; }
 
  private:
   explicit CudaGradients(int device) : device_(device) {}
+  void CloseResults();
+
   const int device_;
   cudaEvent_t ready_ = nullptr;
   cudaEvent_t done_ = nullptr;
   v1::RegisterBuffersRequest request_;
+  StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
+  uint64_t results_bytes_ = 0;
+  std::vector<std::string> groups_;
 };
 
 }  // namespace gstab

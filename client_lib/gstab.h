@@ -30,6 +30,7 @@ typedef int gstab_status;
 #define GSTAB_INVALID_ARGUMENT 3
 #define GSTAB_DEADLINE_EXCEEDED 4
 #define GSTAB_FAILED_PRECONDITION 9
+#define GSTAB_UNIMPLEMENTED 12
 #define GSTAB_UNAVAILABLE 14
 #define GSTAB_UNAUTHENTICATED 16
 
@@ -58,6 +59,11 @@ typedef struct {
   int diverging;
 } gstab_group_result;
 
+#define GSTAB_VERSION "0.1.0"
+
+/* The version of the library in use (GSTAB_VERSION when it matches this header). */
+const char* gstab_version(void);
+
 /* The message of the last failed call on this thread ("" when none). */
 const char* gstab_last_error(void);
 
@@ -81,6 +87,65 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step; index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);
+
+/* ---- Gradients in CUDA device memory (the GPU backend) ----
+ *
+ * Any framework's tensors: device pointer + element count + dtype, on one device. gstabd
+ * stabilizes them in place, stream-ordered: gstab_cuda_step records an event on `stream`, asks
+ * gstabd to enqueue its kernels behind it and makes `stream` wait for them; no host waits on
+ * the GPU. Without CUDA in this build the functions return GSTAB_UNIMPLEMENTED.
+ *
+ *   gstab_cuda_gradients* g;
+ *   gstab_cuda_gradients_create(0, &g);
+ *   gstab_cuda_add_tensor(g, "fc1.weight", ptr, numel, GSTAB_BFLOAT16, "");
+ *   gstab_register_cuda(c, g);
+ *   ... backward on stream ...;  gstab_cuda_step(c, g, step, stream, &result);
+ *
+ * `result` of gstab_cuda_step describes the newest step whose GPU work had finished when gstabd
+ * answered (result_step; 0 if none yet). This step's own results are written, before the
+ * stream may continue, to the device buffer of gstab_cuda_results: a gstab_results_header and
+ * then one gstab_group_outcome per group, so kernels on `stream` can read the skip decision. */
+
+typedef struct gstab_cuda_gradients gstab_cuda_gradients;
+
+#define GSTAB_FLAG_ACCEPTED (1u << 0)
+#define GSTAB_FLAG_SKIPPED (1u << 1) /* non-finite: skip the optimizer step */
+#define GSTAB_FLAG_ZERO_NORM (1u << 2)
+#define GSTAB_FLAG_SPIKE (1u << 3)
+#define GSTAB_FLAG_SPIKE_RATIO (1u << 4)
+#define GSTAB_FLAG_DIVERGING (1u << 5)
+#define GSTAB_FLAG_CLIPPED (1u << 8)
+
+typedef struct {
+  uint64_t step;       /* the step these results belong to (0: none yet) */
+  uint32_t num_groups; /* gstab_group_outcome entries that follow */
+  uint32_t flags;      /* OR of the groups' GSTAB_FLAG_ bits */
+} gstab_results_header;
+
+typedef struct {
+  double norm;
+  double stabilized_norm;
+  double scale;
+  double z;
+  uint32_t flags;
+  uint32_t reserved;
+} gstab_group_outcome;
+
+gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out);
+void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);
+/* device_ptr: device memory of the gradients' device, inside one CUDA allocation. */
+gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
+                                   void* device_ptr, uint64_t numel, gstab_dtype dtype,
+                                   const char* group);
+gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients);
+/* stream: a cudaStream_t (NULL: the legacy default stream). result may be NULL; its
+ * result_step says which step it describes. */
+gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
+                             void* stream, gstab_step_result* result, uint64_t* result_step);
+/* After gstab_register_cuda: the device address of the results buffer and its size. */
+const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes);
+/* The name of group `index` of the results buffer (NULL when out of range). */
+const char* gstab_cuda_group_name(const gstab_cuda_gradients* gradients, size_t index);
 
 #ifdef __cplusplus
 }

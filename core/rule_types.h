@@ -95,4 +95,15 @@ struct StepOutcome {
   uint32_t flags = 0;
 };
 
+// The results a CUDA worker reads from the buffer gstabd writes each step (before `done`):
+// this header, then one StepOutcome per group. The C ABI spells the same layout as
+// gstab_results_header / gstab_group_outcome.
+struct StepResultsHeader {
+  uint64_t step = 0;        // the step these results belong to (0: none yet)
+  uint32_t num_groups = 0;  // StepOutcome entries that follow
+  uint32_t flags = 0;       // OR of the groups' flags (kFlagSkipped: skip the optimizer step)
+};
+static_assert(sizeof(StepResultsHeader) == 16, "the results layout is part of the C ABI");
+static_assert(sizeof(StepOutcome) == 40, "the results layout is part of the C ABI");
+
 }  // namespace gstab

@@ -49,6 +49,10 @@ class GpuPipeline {
   // Waits for the GPU and returns / replaces the statistics.
   virtual absl::StatusOr<std::vector<GroupStats>> Statistics() = 0;
   virtual absl::Status SetStatistics(const std::vector<GroupStats>& stats) = 0;
+  // The worker-readable results buffer (StepResultsHeader, then a StepOutcome per group),
+  // written before `done` every step: its interprocess handle and size.
+  virtual std::string ResultsHandle() const = 0;
+  virtual uint64_t ResultsBytes() const = 0;
 };
 
 using GpuPipelineFactory = std::function<absl::StatusOr<std::unique_ptr<GpuPipeline>>(

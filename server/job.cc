@@ -89,6 +89,8 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     gpu_ = *std::move(gpu);
     gpu_ready_ = registration.ready;
     gpu_done_ = registration.done;
+    response->set_results_handle(gpu_->ResultsHandle());
+    response->set_results_bytes(gpu_->ResultsBytes());
   } else if (gpu_ != nullptr) {
     return absl::FailedPreconditionError(
         "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
@@ -99,6 +101,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   std::set<uint32_t> groups(worker->tensor_group.begin(), worker->tensor_group.end());
   response->set_num_groups(static_cast<uint32_t>(groups.size()));
   response->set_registered_bytes(plan.total_bytes);
+  for (const std::string& name : group_names_) response->add_groups(name);
   worker->registration = std::move(registration);
   workers_[local_rank] = std::move(worker);
   return absl::OkStatus();

@@ -15,7 +15,35 @@ __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const doub
   scales[g] = static_cast<float>(out.scale);
 }
 
+// One block: ORs every group's flags (integer atomics, so the result does not depend on the
+// order) and writes the header of the worker-readable results.
+__global__ void SummarizeKernel(uint64_t step, const StepOutcome* outcomes, uint32_t num_groups,
+                                StepResultsHeader* header) {
+  __shared__ uint32_t flags;
+  if (threadIdx.x == 0) flags = 0;
+  __syncthreads();
+  uint32_t mine = 0;
+  for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) mine |= outcomes[g].flags;
+  if (mine != 0) atomicOr(&flags, mine);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    StepResultsHeader h;
+    h.step = step;
+    h.num_groups = num_groups;
+    h.flags = flags;
+    *header = h;
+  }
+}
+
 }  // namespace
+
+absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes,
+                                    uint32_t num_groups, StepResultsHeader* d_header,
+                                    cudaStream_t stream) {
+  SummarizeKernel<<<1, 256, 0, stream>>>(step, d_outcomes, num_groups, d_header);
+  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  return absl::OkStatus();
+}
 
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, const uint32_t* d_non_finite,

@@ -23,6 +23,12 @@ absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
                              cudaStream_t stream);
 
+// Writes the header of the worker-readable results: `step`, `num_groups` and the OR of the
+// outcomes' flags.
+absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes,
+                                    uint32_t num_groups, StepResultsHeader* d_header,
+                                    cudaStream_t stream);
+
 // Per-group sums of squares and non-finite flags of every chunk in `table`, like
 // CpuGroupSumSquares. d_partials holds one TilePartial per tile (caller-owned scratch);
 // d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same

@@ -44,8 +44,13 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
       cudaMalloc(reinterpret_cast<void**>(&s->d_flags_), groups * sizeof(uint32_t)));
   RETURN_IF_CUDA_ERROR(
       cudaMalloc(reinterpret_cast<void**>(&s->d_stats_), groups * sizeof(GroupStats)));
-  RETURN_IF_CUDA_ERROR(
-      cudaMalloc(reinterpret_cast<void**>(&s->d_outcomes_), groups * sizeof(StepOutcome)));
+  s->results_bytes_ = sizeof(StepResultsHeader) + table.num_groups() * sizeof(StepOutcome);
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), s->results_bytes_));
+  RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, s->results_bytes_, stream));
+  s->d_outcomes_ = reinterpret_cast<StepOutcome*>(s->d_results_ + 1);
+  cudaIpcMemHandle_t handle;
+  RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&handle, s->d_results_));
+  s->results_handle_.assign(reinterpret_cast<const char*>(&handle), sizeof handle);
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_scales_), groups * sizeof(float)));
   if (!stats.empty()) {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(),
@@ -67,7 +72,7 @@ CudaStepper::~CudaStepper() {
   cudaFree(d_sums_);
   cudaFree(d_flags_);
   cudaFree(d_stats_);
-  cudaFree(d_outcomes_);
+  cudaFree(d_results_);
   cudaFree(d_scales_);
   for (Slot& slot : slots_) {
     cudaFreeHost(slot.h_outcomes);
@@ -98,6 +103,10 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
     return s;
   }
   if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_); !s.ok()) return s;
+  if (absl::Status s = LaunchSummarizeResults(step, d_outcomes_, groups, d_results_, stream_);
+      !s.ok()) {
+    return s;
+  }
   if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
   Slot& slot = slots_[enqueued_ % 2];
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),

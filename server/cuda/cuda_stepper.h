@@ -1,7 +1,7 @@
 // The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3):
 //   wait(ready) -> partial sums per group -> NCCL all-reduce (world size 1 here; the
 //   cross-node issue widens it) -> rule kernel (statistics stay on the GPU) -> scale in place
-//   -> record(done) -> asynchronous copy of the outcomes to pinned host memory.
+//   -> results header (the buffer the worker maps) -> record(done) -> asynchronous copy of the outcomes to pinned host memory.
 // Enqueue never waits for the GPU; Completed() reports the newest finished step without
 // blocking.
 //
@@ -13,6 +13,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -40,6 +41,8 @@ class CudaStepper final : public GpuPipeline {
   // Waits for the stream and copies the statistics back (checkpoints, export) or replaces them.
   absl::StatusOr<std::vector<GroupStats>> Statistics() override;
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
+  std::string ResultsHandle() const override { return results_handle_; }
+  uint64_t ResultsBytes() const override { return results_bytes_; }
 
  private:
   CudaStepper(int device, DeviceChunkTable table) : device_(device), table_(std::move(table)) {}
@@ -62,7 +65,11 @@ class CudaStepper final : public GpuPipeline {
   double* d_sums_ = nullptr;
   uint32_t* d_flags_ = nullptr;
   GroupStats* d_stats_ = nullptr;
+  // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside).
+  StepResultsHeader* d_results_ = nullptr;
   StepOutcome* d_outcomes_ = nullptr;
+  std::string results_handle_;
+  uint64_t results_bytes_ = 0;
   float* d_scales_ = nullptr;
 };
 

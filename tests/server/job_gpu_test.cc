@@ -64,6 +64,10 @@ class LaggingPipeline final : public GpuPipeline {
     stats_ = stats;
     return absl::OkStatus();
   }
+  std::string ResultsHandle() const override { return std::string(64, 'R'); }
+  uint64_t ResultsBytes() const override {
+    return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
+  }
 
  private:
   ChunkTable table_;
@@ -106,6 +110,11 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   v1::RegisterBuffersResponse registered;
   ASSERT_TRUE(job.Register(0, *std::move(mapped), &registered).ok());
   EXPECT_EQ(live, 1);
+  // The worker learns where its per-step results are and which group each entry is.
+  EXPECT_EQ(registered.results_handle(), std::string(64, 'R'));
+  EXPECT_EQ(registered.results_bytes(), 16u + 40u);
+  ASSERT_EQ(registered.groups_size(), 1);
+  EXPECT_EQ(registered.groups(0), "w");
 
   v1::StepResponse first;
   ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &first).ok());

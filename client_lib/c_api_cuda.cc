@@ -1,0 +1,77 @@
+// The CUDA part of the C ABI (gstab.h) over gstab::CudaGradients.
+#include <memory>
+
+#include "client_lib/c_api_internal.h"
+#include "client_lib/cuda_gradients.h"
+
+struct gstab_cuda_gradients {
+  std::unique_ptr<gstab::CudaGradients> gradients;
+};
+
+using gstab::capi::Report;
+
+extern "C" {
+
+gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out) {
+  if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
+  absl::StatusOr<std::unique_ptr<gstab::CudaGradients>> g = gstab::CudaGradients::Create(device);
+  if (!g.ok()) return Report(g.status());
+  *out = new gstab_cuda_gradients{*std::move(g)};
+  return Report(absl::OkStatus());
+}
+
+void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients) { delete gradients; }
+
+gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
+                                   void* device_ptr, uint64_t numel, gstab_dtype dtype,
+                                   const char* group) {
+  if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
+    return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
+  }
+  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
+    return Report(absl::InvalidArgumentError(
+        "unknown dtype: expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
+  }
+  return Report(gradients->gradients->AddTensor(name, device_ptr, numel,
+                                                static_cast<gstab::DType>(dtype),
+                                                group == nullptr ? "" : group));
+}
+
+gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients) {
+  if (client == nullptr || gradients == nullptr) {
+    return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
+  }
+  return Report(gradients->gradients->Register(client->client.get()));
+}
+
+gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
+                             void* stream, gstab_step_result* result, uint64_t* result_step) {
+  if (client == nullptr || gradients == nullptr) {
+    return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
+  }
+  absl::StatusOr<gstab::v1::StepResponse> r = gradients->gradients->Step(
+      client->client.get(), step, static_cast<cudaStream_t>(stream));
+  if (!r.ok()) return Report(r.status());
+  if (result_step != nullptr) *result_step = r->results_step();
+  gstab::capi::SetLastStep(client, *std::move(r), result);
+  return Report(absl::OkStatus());
+}
+
+const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes) {
+  if (gradients == nullptr) return nullptr;
+  if (bytes != nullptr) *bytes = gradients->gradients->results_bytes();
+  return gradients->gradients->device_results();
+}
+
+const char* gstab_cuda_group_name(const gstab_cuda_gradients* gradients, size_t index) {
+  if (gradients == nullptr || index >= gradients->gradients->groups().size()) return nullptr;
+  return gradients->gradients->groups()[index].c_str();
+}
+
+}  // extern "C"
+
+static_assert(sizeof(gstab_results_header) == sizeof(gstab::StepResultsHeader));
+static_assert(sizeof(gstab_group_outcome) == sizeof(gstab::StepOutcome));
+static_assert(GSTAB_FLAG_SKIPPED == gstab::kFlagSkipped && GSTAB_FLAG_SPIKE == gstab::kFlagSpike &&
+              GSTAB_FLAG_DIVERGING == gstab::kFlagDiverging &&
+              GSTAB_FLAG_CLIPPED == gstab::kFlagClipped);

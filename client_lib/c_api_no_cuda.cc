@@ -1,0 +1,31 @@
+// The CUDA part of the C ABI (gstab.h) in a build without CUDA: every call says so.
+#include "client_lib/c_api_internal.h"
+
+namespace {
+gstab_status NoCuda() {
+  return gstab::capi::Report(
+      absl::UnimplementedError("this libgstab was built without CUDA; rebuild it where nvcc "
+                               "exists to register CUDA gradients"));
+}
+}  // namespace
+
+extern "C" {
+
+gstab_status gstab_cuda_gradients_create(int, gstab_cuda_gradients**) { return NoCuda(); }
+void gstab_cuda_gradients_destroy(gstab_cuda_gradients*) {}
+gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients*, const char*, void*, uint64_t,
+                                   gstab_dtype, const char*) {
+  return NoCuda();
+}
+gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }
+gstab_status gstab_cuda_step(gstab_client*, gstab_cuda_gradients*, uint64_t, void*,
+                             gstab_step_result*, uint64_t*) {
+  return NoCuda();
+}
+const void* gstab_cuda_results(const gstab_cuda_gradients*, size_t* bytes) {
+  if (bytes != nullptr) *bytes = 0;
+  return nullptr;
+}
+const char* gstab_cuda_group_name(const gstab_cuda_gradients*, size_t) { return nullptr; }
+
+}  // extern "C"
