@@ -32,9 +32,8 @@ gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* 
     return Report(absl::InvalidArgumentError(
         "unknown dtype: expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
   }
-  return Report(gradients->gradients->AddTensor(name, device_ptr, numel,
-                                                static_cast<gstab::DType>(dtype),
-                                                group == nullptr ? "" : group));
+  return Report(gradients->gradients->AddTensor(
+      name, device_ptr, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group));
 }
 
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients) {
@@ -49,8 +48,8 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
   if (client == nullptr || gradients == nullptr) {
     return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
   }
-  absl::StatusOr<gstab::v1::StepResponse> r = gradients->gradients->Step(
-      client->client.get(), step, static_cast<cudaStream_t>(stream));
+  absl::StatusOr<gstab::v1::StepResponse> r =
+      gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
   if (!r.ok()) return Report(r.status());
   if (result_step != nullptr) *result_step = r->results_step();
   gstab::capi::SetLastStep(client, *std::move(r), result);

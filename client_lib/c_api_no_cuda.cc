@@ -13,8 +13,8 @@ extern "C" {
 
 gstab_status gstab_cuda_gradients_create(int, gstab_cuda_gradients**) { return NoCuda(); }
 void gstab_cuda_gradients_destroy(gstab_cuda_gradients*) {}
-gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients*, const char*, void*, uint64_t,
-                                   gstab_dtype, const char*) {
+gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients*, const char*, void*, uint64_t, gstab_dtype,
+                                   const char*) {
   return NoCuda();
 }
 gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }

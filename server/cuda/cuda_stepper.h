@@ -1,7 +1,8 @@
 // The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3):
 //   wait(ready) -> partial sums per group -> NCCL all-reduce (world size 1 here; the
 //   cross-node issue widens it) -> rule kernel (statistics stay on the GPU) -> scale in place
-//   -> results header (the buffer the worker maps) -> record(done) -> asynchronous copy of the outcomes to pinned host memory.
+//   -> results header (the buffer the worker maps) -> record(done) -> asynchronous copy of the
+//   outcomes to pinned host memory.
 // Enqueue never waits for the GPU; Completed() reports the newest finished step without
 // blocking.
 //

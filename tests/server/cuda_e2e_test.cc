@@ -1,5 +1,16 @@
-// The GPU path end to end: gstabd with --backend=cuda and a separate worker process whose
-// gradients stay in its GPU memory (CUDA IPC, ready/done events). Skipped without a GPU.
+// The GPU path end to end: gstabd with --backend=cuda and separate worker processes whose
+// gradients stay in their GPU memory (CUDA IPC, ready/done events, the results buffer).
+// Skipped without a GPU.
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/cuda/cuda_ipc.h"
 #include "tests/testing/subprocess.h"
@@ -7,21 +18,111 @@
 namespace gstab {
 namespace {
 
-TEST(CudaE2eTest, WorkerStepsThroughGstabdOnTheGpu) {
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  testing::TempDir dir;
-  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--backend=cuda"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto worker = testing::Subprocess::Start(
-      {testing::BinaryPath("tests/cuda_e2e_worker"), daemon->socket(), "gpu-job"});
-  ASSERT_TRUE(worker.ok());
-  const std::string out = worker->ReadAll();
-  EXPECT_EQ(worker->Wait(absl::Seconds(60)).value_or(-1), 0) << out;
-  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
-  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+// What a process holds: open descriptors (IPC events, device files) and mappings.
+struct Holdings {
+  size_t fds = 0;
+  size_t maps = 0;
+};
+
+Holdings HoldingsOf(pid_t pid) {
+  Holdings h;
+  const std::string proc = "/proc/" + std::to_string(pid);
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(proc + "/fd")) ++h.fds;
+  std::ifstream maps(proc + "/maps");
+  for (std::string line; std::getline(maps, line);) ++h.maps;
+  return h;
 }
 
-TEST(CudaE2eTest, CudaBackendRefusesToStartWithoutAGpu) {
+class CudaE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    auto d = testing::DaemonProcess::Start(dir_.path(), {"--backend=cuda", "--lease_ms=1000"});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_.emplace(*std::move(d));
+  }
+  void TearDown() override {
+    if (daemon_.has_value()) {
+      EXPECT_EQ(daemon_->Stop().value_or(-1), 0);
+    }
+  }
+
+  // Runs a worker to completion; its output.
+  std::string RunWorker(const std::vector<std::string>& args, int* rc) {
+    std::vector<std::string> argv = {testing::BinaryPath("tests/cuda_e2e_worker"),
+                                     daemon_->socket()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto worker = testing::Subprocess::Start(argv);
+    if (!worker.ok()) return worker.status().ToString();
+    std::string out = worker->ReadAll();
+    *rc = worker->Wait(absl::Seconds(240)).value_or(-1);
+    return out;
+  }
+
+  testing::TempDir dir_;
+  std::optional<testing::DaemonProcess> daemon_;
+};
+
+TEST_F(CudaE2eTest, WorkerStepsThroughGstabdOnTheGpu) {
+  int rc = -1;
+  const std::string out = RunWorker({"gpu-job", "check"}, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+}
+
+// 10,000 steps leak no device memory (seen by the worker) and no descriptors or mappings in
+// gstabd once the worker has gone.
+TEST_F(CudaE2eTest, TenThousandStepsLeakNothing) {
+  int rc = -1;
+  std::string out = RunWorker({"warm-up", "loop", "100"}, &rc);  // gstabd's CUDA context exists
+  ASSERT_EQ(rc, 0) << out;
+  const Holdings before = HoldingsOf(daemon_->process().pid());
+  out = RunWorker({"long-job", "loop", "10000"}, &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const Holdings after = HoldingsOf(daemon_->process().pid());
+  std::cout << out << "gstabd fds " << before.fds << " -> " << after.fds << ", mappings "
+            << before.maps << " -> " << after.maps << "\n";
+  EXPECT_EQ(after.fds, before.fds);
+  EXPECT_EQ(after.maps, before.maps);
+  size_t at_100 = 0, at_end = 0;
+  const size_t a = out.find("free_at_100="), b = out.find("free_at_end=");
+  ASSERT_NE(a, std::string::npos);
+  ASSERT_TRUE(absl::SimpleAtoi(out.substr(a + 12, out.find(' ', a) - a - 12), &at_100)) << out;
+  ASSERT_TRUE(absl::SimpleAtoi(out.substr(b + 12, out.find('\n', b) - b - 12), &at_end)) << out;
+  EXPECT_EQ(at_100, at_end) << "device memory changed between step 100 and step 10,000";
+}
+
+// A worker SIGKILLed while stepping: gstabd keeps serving other jobs and, once the lease
+// expires, lets go of the dead worker's IPC mappings and events.
+TEST_F(CudaE2eTest, WorkerKilledMidStepLeavesTheDaemonServing) {
+  int rc = -1;
+  std::string out = RunWorker({"warm-up", "loop", "10"}, &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const Holdings before = HoldingsOf(daemon_->process().pid());
+  auto victim = testing::Subprocess::Start(
+      {testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(), "victim", "forever"});
+  ASSERT_TRUE(victim.ok());
+  absl::StatusOr<std::string> line = victim->ReadLine(absl::Seconds(60));
+  ASSERT_TRUE(line.ok() && line->find("STEPPING") != std::string::npos)
+      << line.status() << victim->ReadAll();
+  absl::SleepFor(absl::Milliseconds(200));  // deep inside its loop of steps
+  victim->Signal(SIGKILL);
+  (void)victim->Wait(absl::Seconds(10));
+
+  out = RunWorker({"survivor", "check"}, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  Holdings after = HoldingsOf(daemon_->process().pid());
+  while ((after.fds != before.fds || after.maps != before.maps) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+    after = HoldingsOf(daemon_->process().pid());
+  }
+  EXPECT_EQ(after.fds, before.fds);
+  EXPECT_EQ(after.maps, before.maps);
+}
+
+TEST(CudaE2eNoGpuTest, CudaBackendRefusesToStartWithoutAGpu) {
   if (CudaDeviceCount() > 0) GTEST_SKIP() << "this machine has a GPU";
   auto [rc, out] = testing::RunShell(testing::GstabdPath() + " --backend=cuda --socket=/tmp/x");
   EXPECT_EQ(rc, 2);

@@ -1,93 +1,179 @@
 // The worker of cuda_e2e_test: a process with gradients in its own GPU memory that attaches to
-// a real gstabd (--backend=cuda) through the client library, steps three times with the
-// stream-ordered handshake, and checks every value against the CPU rule.
-//   cuda_e2e_worker SOCKET JOB        (prints "RESULT ok ..." or "RESULT ...")
+// a real gstabd (--backend=cuda) through the client library.
+//   cuda_e2e_worker SOCKET JOB check      3 steps, every value against the CPU rule, and the
+//                                         results buffer gstabd writes before `done`
+//   cuda_e2e_worker SOCKET JOB loop N     N steps of 1M elements; prints the device's free
+//                                         memory after 100 steps and after N
+//   cuda_e2e_worker SOCKET JOB forever    steps until killed ("STEPPING" after the first)
+// Prints "RESULT ok ..." or "RESULT <what failed>".
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "client_lib/cuda_gradients.h"
 #include "core/rule.h"
 #include "kernels/half.h"
 
-int main(int argc, char** argv) {
-  if (argc != 3) return 2;
-  cudaSetDevice(0);
-  constexpr size_t kBlock = 1 << 20;
-  char* block = nullptr;
-  if (cudaMalloc(&block, kBlock) != cudaSuccess) {
-    std::printf("RESULT no device memory\n");
-    return 1;
-  }
-  float* w = reinterpret_cast<float*>(block + 256);         // inside the block, as a caching
-  uint16_t* b = reinterpret_cast<uint16_t*>(block + 8192);  // allocator would hand out
+namespace {
+
+int Fail(const std::string& what) {
+  std::printf("RESULT %s\n", what.c_str());
+  std::fflush(stdout);
+  return 1;
+}
+
+struct Setup {
+  std::unique_ptr<gstab::Client> client;
+  std::unique_ptr<gstab::CudaGradients> grads;
+  cudaStream_t stream = nullptr;
+};
+
+// Attaches `job` and registers `tensors` (pointer, numel, dtype) in one group "g".
+absl::StatusOr<Setup> Connect(
+    const char* socket, const char* job,
+    const std::vector<std::tuple<void*, uint64_t, gstab::DType>>& tensors) {
+  Setup s;
   auto grads = gstab::CudaGradients::Create(0);
-  auto client = gstab::Client::Connect(argv[1]);
-  if (!grads.ok() || !client.ok()) {
-    std::printf("RESULT setup failed\n");
-    return 1;
-  }
-  for (absl::Status s : {(*grads)->AddTensor("w", w, 1000, gstab::DType::kFloat32, "g"),
-                         (*grads)->AddTensor("b", b, 777, gstab::DType::kBFloat16, "g")}) {
-    if (!s.ok()) {
-      std::printf("RESULT add tensor: %s\n", s.ToString().c_str());
-      return 1;
+  if (!grads.ok()) return grads.status();
+  s.grads = *std::move(grads);
+  int i = 0;
+  for (const auto& [ptr, numel, dtype] : tensors) {
+    if (absl::Status st = s.grads->AddTensor("t" + std::to_string(i++), ptr, numel, dtype, "g");
+        !st.ok()) {
+      return st;
     }
   }
+  auto client = gstab::Client::Connect(socket);
+  if (!client.ok()) return client.status();
+  s.client = *std::move(client);
   gstab::AttachOptions o;
-  o.job = argv[2];
-  if (absl::Status s = (*client)->Attach(o); !s.ok()) {
-    std::printf("RESULT attach: %s\n", s.ToString().c_str());
-    return 1;
+  o.job = job;
+  if (absl::Status st = s.client->Attach(o); !st.ok()) return st;
+  if (absl::Status st = s.grads->Register(s.client.get()); !st.ok()) return st;
+  cudaStreamCreate(&s.stream);
+  return s;
+}
+
+int Check(const char* socket, const char* job) {
+  constexpr size_t kBlock = 1 << 20;
+  char* block = nullptr;
+  if (cudaMalloc(&block, kBlock) != cudaSuccess) return Fail("no device memory");
+  float* w = reinterpret_cast<float*>(block + 256);         // inside the block, as a caching
+  uint16_t* b = reinterpret_cast<uint16_t*>(block + 8192);  // allocator would hand out
+  absl::StatusOr<Setup> s =
+      Connect(socket, job, {{w, 1000, gstab::DType::kFloat32}, {b, 777, gstab::DType::kBFloat16}});
+  if (!s.ok()) return Fail("setup: " + s.status().ToString());
+  if (s->grads->groups() != std::vector<std::string>{"g"} ||
+      s->grads->results_bytes() != sizeof(gstab::StepResultsHeader) + sizeof(gstab::StepOutcome)) {
+    return Fail("unexpected results layout");
   }
-  if (absl::Status s = (*client)->RegisterBuffers((*grads)->RegistrationRequest()); !s.ok()) {
-    std::printf("RESULT register: %s\n", s.ToString().c_str());
-    return 1;
-  }
-  cudaStream_t stream;
-  cudaStreamCreate(&stream);
   gstab::RuleParams params;
   gstab::GroupStats reference;
-  double worst = 0;
+  double worst = 0, worst_norm = 0;
   std::vector<float> hw(1000), out_w(1000);
   std::vector<uint16_t> hb(777), out_b(777);
-  for (uint64_t step = 1; step <= 3; ++step) {
+  struct {
+    gstab::StepResultsHeader header;
+    gstab::StepOutcome outcome;
+  } results;
+  for (uint64_t step = 1; step <= 4; ++step) {
     const float f = step == 3 ? 1e4f : 1.0f;
     for (int i = 0; i < 1000; ++i) hw[i] = f * std::sin(0.01f * static_cast<float>(i * step));
     for (int i = 0; i < 777; ++i) {
       hb[i] = gstab::FloatToBFloat16(f * std::cos(0.02f * static_cast<float>(i + step)));
     }
-    cudaMemcpyAsync(w, hw.data(), 4000, cudaMemcpyHostToDevice, stream);
-    cudaMemcpyAsync(b, hb.data(), 777 * 2, cudaMemcpyHostToDevice, stream);
-    absl::StatusOr<gstab::v1::StepResponse> r = (*grads)->Step(client->get(), step, stream);
-    if (!r.ok()) {
-      std::printf("RESULT step %llu: %s\n", static_cast<unsigned long long>(step),
-                  r.status().ToString().c_str());
-      return 1;
-    }
-    cudaMemcpyAsync(out_w.data(), w, 4000, cudaMemcpyDeviceToHost, stream);  // after `done`
-    cudaMemcpyAsync(out_b.data(), b, 777 * 2, cudaMemcpyDeviceToHost, stream);
-    cudaStreamSynchronize(stream);
+    if (step == 4) hw[123] = NAN;
+    cudaMemcpyAsync(w, hw.data(), 4000, cudaMemcpyHostToDevice, s->stream);
+    cudaMemcpyAsync(b, hb.data(), 777 * 2, cudaMemcpyHostToDevice, s->stream);
+    absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(s->client.get(), step, s->stream);
+    if (!r.ok()) return Fail("step " + std::to_string(step) + ": " + r.status().ToString());
+    // Everything below is ordered after `done` on the stream.
+    cudaMemcpyAsync(out_w.data(), w, 4000, cudaMemcpyDeviceToHost, s->stream);
+    cudaMemcpyAsync(out_b.data(), b, 777 * 2, cudaMemcpyDeviceToHost, s->stream);
+    cudaMemcpyAsync(&results, s->grads->device_results(), sizeof results, cudaMemcpyDeviceToHost,
+                    s->stream);
+    if (cudaStreamSynchronize(s->stream) != cudaSuccess) return Fail("stream failed");
     double sum = 0;
     for (float x : hw) sum += double(x) * x;
     for (uint16_t x : hb) sum += double(gstab::BFloat16ToFloat(x)) * gstab::BFloat16ToFloat(x);
-    const double scale = gstab::ApplyRule(params, &reference, sum, false).scale;
+    const gstab::StepOutcome want = gstab::ApplyRule(params, &reference, sum, step == 4);
+    if (results.header.step != step || results.header.num_groups != 1 ||
+        results.header.flags != want.flags || results.outcome.flags != want.flags) {
+      return Fail("results buffer of step " + std::to_string(step) + ": step " +
+                  std::to_string(results.header.step) + " flags " +
+                  std::to_string(results.header.flags) + ", want flags " +
+                  std::to_string(want.flags));
+    }
+    if (step == 4) {
+      if ((results.header.flags & gstab::kFlagSkipped) == 0) return Fail("NaN step not skipped");
+      continue;
+    }
+    worst_norm = std::max(worst_norm, std::abs(results.outcome.norm / want.norm - 1));
     for (int i = 0; i < 1000; ++i) {
-      const double want = hw[i] * scale;
-      if (want != 0) worst = std::max(worst, std::abs(out_w[i] / want - 1));
+      const double x = hw[i] * want.scale;
+      if (x != 0) worst = std::max(worst, std::abs(out_w[i] / x - 1));
     }
     for (int i = 0; i < 777; ++i) {
-      const double want = gstab::BFloat16ToFloat(hb[i]) * scale;
-      if (want != 0) {
-        worst = std::max(worst, std::abs(gstab::BFloat16ToFloat(out_b[i]) / want - 1));
-      }
+      const double x = gstab::BFloat16ToFloat(hb[i]) * want.scale;
+      if (x != 0) worst = std::max(worst, std::abs(gstab::BFloat16ToFloat(out_b[i]) / x - 1));
     }
   }
-  auto stats = (*client)->GetStats();
+  auto stats = s->client->GetStats();
   const unsigned long long accepted = stats.ok() ? stats->groups(0).accepted_steps() : 0;
-  const bool ok = worst < 1e-2 && accepted == 3;
-  std::printf("RESULT %s worst=%.3g accepted=%llu\n", ok ? "ok" : "mismatch", worst, accepted);
+  const unsigned long long non_finite = stats.ok() ? stats->groups(0).non_finite_steps() : 0;
+  const bool ok = worst < 1e-2 && worst_norm < 1e-6 && accepted == 3 && non_finite == 1;
+  std::printf("RESULT %s worst=%.3g worst_norm=%.3g accepted=%llu non_finite=%llu\n",
+              ok ? "ok" : "mismatch", worst, worst_norm, accepted, non_finite);
   return ok ? 0 : 1;
+}
+
+size_t FreeDeviceMemory() {
+  size_t free = 0, total = 0;
+  cudaMemGetInfo(&free, &total);
+  return free;
+}
+
+int Loop(const char* socket, const char* job, long steps) {
+  constexpr uint64_t kNumel = 1 << 20;
+  uint16_t* g = nullptr;
+  if (cudaMalloc(&g, kNumel * 2) != cudaSuccess) return Fail("no device memory");
+  cudaMemset(g, 0x3c, kNumel * 2);  // bf16 0.0115
+  absl::StatusOr<Setup> s = Connect(socket, job, {{g, kNumel, gstab::DType::kBFloat16}});
+  if (!s.ok()) return Fail("setup: " + s.status().ToString());
+  size_t free_at_100 = 0;
+  for (long step = 1; step <= steps || steps < 0; ++step) {
+    absl::StatusOr<gstab::v1::StepResponse> r =
+        s->grads->Step(s->client.get(), static_cast<uint64_t>(step), s->stream);
+    if (!r.ok()) return Fail("step " + std::to_string(step) + ": " + r.status().ToString());
+    if (step == 1 && steps < 0) {
+      std::printf("STEPPING\n");
+      std::fflush(stdout);
+    }
+    if (step == 100) {
+      cudaStreamSynchronize(s->stream);
+      free_at_100 = FreeDeviceMemory();
+    }
+  }
+  cudaStreamSynchronize(s->stream);
+  const size_t free_at_end = FreeDeviceMemory();
+  if (absl::Status st = s->client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
+  std::printf("RESULT ok steps=%ld free_at_100=%zu free_at_end=%zu\n", steps, free_at_100,
+              free_at_end);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) return 2;
+  cudaSetDevice(0);
+  const std::string mode = argv[3];
+  if (mode == "check") return Check(argv[1], argv[2]);
+  if (mode == "loop" && argc == 5) return Loop(argv[1], argv[2], std::atol(argv[4]));
+  if (mode == "forever") return Loop(argv[1], argv[2], -1);
+  return 2;
 }

@@ -1,0 +1,268 @@
+"""gstab for Python: attach a training loop to gstabd through libgstab.so (ctypes, no build).
+
+CPU backend (host shared memory)::
+
+    import gstab
+    client = gstab.Client("/run/gstab/gstabd.sock")
+    client.attach("my-job", policy="stabilize")
+    arena = gstab.Arena()
+    w = arena.add_tensor("fc1.weight", 4096, "float32")
+    arena.allocate()
+    grad = arena.view(w)              # a memoryview of 4096 floats: write gradients here
+    client.register_arena(arena)
+    result = client.step(1)           # stabilized in place; result.skip, result.groups, ...
+
+CUDA backend (tensors stay in the GPU's memory; PyTorch shown, any device pointer works)::
+
+    grads = gstab.CudaGradients(device=0)
+    for name, p in model.named_parameters():
+        grads.add_tensor(name, p.grad.data_ptr(), p.grad.numel(), gstab.dtype_of(p.grad), "all")
+    client.register_cuda(grads)
+    # each step, after backward (keep p.grad allocated: zero_grad(set_to_none=False)):
+    client.cuda_step(grads, step, torch.cuda.current_stream().cuda_stream)
+
+libgstab.so is found through $GSTAB_LIBRARY, then next to this package, then the loader's path.
+"""
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+__all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
+           "dtype_of", "load_library"]
+
+_DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
+_ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class Error(RuntimeError):
+    """A failed call: `code` is the gRPC status code, the message says what was wrong."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"gstab error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class _StepResult(ctypes.Structure):
+    _fields_ = [("skip", ctypes.c_int), ("diverging", ctypes.c_int), ("spikes", ctypes.c_int),
+                ("num_groups", ctypes.c_size_t), ("norm", ctypes.c_double),
+                ("stabilized_norm", ctypes.c_double)]
+
+
+class _GroupResult(ctypes.Structure):
+    _fields_ = [("group", ctypes.c_char_p), ("norm", ctypes.c_double),
+                ("stabilized_norm", ctypes.c_double), ("scale", ctypes.c_double),
+                ("z", ctypes.c_double), ("spike", ctypes.c_int), ("skipped", ctypes.c_int),
+                ("diverging", ctypes.c_int)]
+
+
+@dataclass
+class GroupResult:
+    group: str
+    norm: float
+    stabilized_norm: float
+    scale: float
+    z: float
+    spike: bool
+    skipped: bool
+    diverging: bool
+
+
+@dataclass
+class StepResult:
+    skip: bool
+    diverging: bool
+    spikes: int
+    norm: float
+    stabilized_norm: float
+    result_step: int  # the step these results belong to (CUDA: the newest finished one)
+    groups: List[GroupResult] = field(default_factory=list)
+
+
+_lib = None
+
+
+def load_library(path: Optional[str] = None) -> ctypes.CDLL:
+    """Loads libgstab.so once and declares its functions."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    candidates = [path, os.environ.get("GSTAB_LIBRARY"),
+                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "libgstab.so"),
+                  "libgstab.so"]
+    errors = []
+    for candidate in candidates:
+        if not candidate or (os.sep in candidate and not os.path.exists(candidate)):
+            continue
+        try:
+            lib = ctypes.CDLL(candidate)
+            break
+        except OSError as e:
+            errors.append(str(e))
+    else:
+        raise OSError("libgstab.so not found: set GSTAB_LIBRARY to its path " + "; ".join(errors))
+    P, S, U32, U64, I = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
+    PP = ctypes.POINTER(ctypes.c_void_p)
+    signatures = {
+        "gstab_version": ([], S), "gstab_last_error": ([], S),
+        "gstab_connect": ([S, PP], I), "gstab_client_destroy": ([P], None),
+        "gstab_attach": ([P, S, U32, U32, U32, U32, S], I), "gstab_detach": ([P], I),
+        "gstab_arena_create": ([PP], I), "gstab_arena_destroy": ([P], None),
+        "gstab_arena_add_tensor": ([P, S, U64, I, S, ctypes.POINTER(ctypes.c_size_t)], I),
+        "gstab_arena_allocate": ([P], I), "gstab_arena_data": ([P, ctypes.c_size_t], P),
+        "gstab_register_arena": ([P, P], I),
+        "gstab_step": ([P, U64, ctypes.POINTER(_StepResult)], I),
+        "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(_GroupResult)], I),
+        "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
+        "gstab_cuda_add_tensor": ([P, S, P, U64, I, S], I),
+        "gstab_register_cuda": ([P, P], I),
+        "gstab_cuda_step": ([P, P, U64, P, ctypes.POINTER(_StepResult),
+                             ctypes.POINTER(ctypes.c_uint64)], I),
+        "gstab_cuda_results": ([P, ctypes.POINTER(ctypes.c_size_t)], P),
+        "gstab_cuda_group_name": ([P, ctypes.c_size_t], S),
+    }
+    for name, (args, restype) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, restype
+    _lib = lib
+    return lib
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise Error(status, _lib.gstab_last_error().decode(errors="replace"))
+
+
+def _dtype(dtype: str) -> int:
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def dtype_of(tensor) -> str:
+    """The gstab dtype name of a torch tensor (or anything whose str(dtype) ends in one)."""
+    name = str(tensor.dtype).rsplit(".", 1)[-1]
+    if name not in _DTYPES:
+        raise ValueError(f"gstab stabilizes float32, bfloat16 and float16 gradients, not {name}")
+    return name
+
+
+def _enc(text: Optional[str]) -> Optional[bytes]:
+    return None if text is None else text.encode()
+
+
+class Arena:
+    """Gradients in host shared memory that gstabd maps (the CPU backend)."""
+
+    def __init__(self):
+        lib = load_library()
+        self._h = ctypes.c_void_p()
+        _check(lib.gstab_arena_create(ctypes.byref(self._h)))
+        self._tensors = []  # (numel, dtype)
+
+    def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "") -> int:
+        index = ctypes.c_size_t()
+        _check(_lib.gstab_arena_add_tensor(self._h, _enc(name), numel, _dtype(dtype), _enc(group),
+                                           ctypes.byref(index)))
+        self._tensors.append((numel, dtype))
+        return index.value
+
+    def allocate(self) -> None:
+        _check(_lib.gstab_arena_allocate(self._h))
+
+    def view(self, index: int) -> memoryview:
+        """The tensor's memory: format 'f' for float32, 'H' (raw bits) for the 16-bit types."""
+        numel, dtype = self._tensors[index]
+        address = _lib.gstab_arena_data(self._h, index)
+        if not address:
+            raise Error(3, f"tensor {index} has no memory: call allocate() first")
+        raw = (ctypes.c_ubyte * (numel * _ELEMENT_SIZE[dtype])).from_address(address)
+        raw._arena = self  # the mapping lives as long as any view of it
+        return memoryview(raw).cast("B").cast("f" if dtype == "float32" else "H")
+
+    def __del__(self):
+        if getattr(self, "_h", None) and _lib is not None:
+            _lib.gstab_arena_destroy(self._h)
+            self._h = None
+
+
+class CudaGradients:
+    """Gradients in CUDA device memory (any framework's pointers) and the step's events."""
+
+    def __init__(self, device: int = 0):
+        lib = load_library()
+        self._h = ctypes.c_void_p()
+        _check(lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
+
+    def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
+                   group: str = "") -> None:
+        _check(_lib.gstab_cuda_add_tensor(self._h, _enc(name), ctypes.c_void_p(device_ptr), numel,
+                                          _dtype(dtype), _enc(group)))
+
+    def results(self):
+        """(device address, bytes) of the per-step results buffer (see gstab.h)."""
+        size = ctypes.c_size_t()
+        address = _lib.gstab_cuda_results(self._h, ctypes.byref(size))
+        return address or 0, size.value
+
+    def __del__(self):
+        if getattr(self, "_h", None) and _lib is not None:
+            _lib.gstab_cuda_gradients_destroy(self._h)
+            self._h = None
+
+
+class Client:
+    """One worker's connection to its node's gstabd. Not thread-safe."""
+
+    def __init__(self, socket_path: str):
+        lib = load_library()
+        self._h = ctypes.c_void_p()
+        _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
+
+    def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
+               local_world_size: int = 1, policy: Optional[str] = None) -> None:
+        _check(_lib.gstab_attach(self._h, _enc(job), rank, world_size, local_rank,
+                                 local_world_size, _enc(policy)))
+
+    def detach(self) -> None:
+        _check(_lib.gstab_detach(self._h))
+
+    def register_arena(self, arena: Arena) -> None:
+        _check(_lib.gstab_register_arena(self._h, arena._h))
+
+    def register_cuda(self, gradients: CudaGradients) -> None:
+        _check(_lib.gstab_register_cuda(self._h, gradients._h))
+
+    def step(self, step: int) -> StepResult:
+        r = _StepResult()
+        _check(_lib.gstab_step(self._h, step, ctypes.byref(r)))
+        return self._result(r, step)
+
+    def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
+        """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, 0: the legacy
+        default stream) and makes the stream wait for it; the host does not wait."""
+        r = _StepResult()
+        result_step = ctypes.c_uint64()
+        _check(_lib.gstab_cuda_step(self._h, gradients._h, step, ctypes.c_void_p(stream or None),
+                                    ctypes.byref(r), ctypes.byref(result_step)))
+        return self._result(r, result_step.value)
+
+    def _result(self, r: _StepResult, result_step: int) -> StepResult:
+        groups = []
+        for i in range(r.num_groups):
+            g = _GroupResult()
+            _check(_lib.gstab_step_group(self._h, i, ctypes.byref(g)))
+            groups.append(GroupResult(g.group.decode(), g.norm, g.stabilized_norm, g.scale, g.z,
+                                      bool(g.spike), bool(g.skipped), bool(g.diverging)))
+        return StepResult(bool(r.skip), bool(r.diverging), r.spikes, r.norm, r.stabilized_norm,
+                          result_step, groups)
+
+    def close(self) -> None:
+        if getattr(self, "_h", None) and _lib is not None:
+            _lib.gstab_client_destroy(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()

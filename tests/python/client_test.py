@@ -1,0 +1,139 @@
+"""The Python package (python/gstab, ctypes over libgstab.so) against a real gstabd.
+
+    client_test.py --gstabd PATH --library PATH
+"""
+import argparse
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import gstab  # noqa: E402
+
+ARGS = None
+
+
+def bf16_to_float(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
+
+
+def float_to_bf16(x: float) -> int:  # exact for the values used here (8 significant bits)
+    return struct.unpack("<I", struct.pack("<f", x))[0] >> 16
+
+
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
+        cls.socket = os.path.join(cls.dir.name, "gstabd.sock")
+        cls.daemon = subprocess.Popen(
+            [ARGS.gstabd, f"--socket={cls.socket}", f"--state_dir={cls.dir.name}/state",
+             "--metrics_port=-1", "--backend=cpu", "--lease_ms=2000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 20
+        while not os.path.exists(cls.socket):
+            if cls.daemon.poll() is not None or time.time() > deadline:
+                raise RuntimeError("gstabd did not start: " + cls.daemon.stderr.read().decode())
+            time.sleep(0.02)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.terminate()
+        rc = cls.daemon.wait(20)
+        cls.dir.cleanup()
+        assert rc == 0, f"gstabd exited {rc}"
+
+    def test_version(self):
+        self.assertEqual(gstab.load_library().gstab_version().decode(), "0.1.0")
+
+    def test_steps_stabilize_arena_gradients_in_place(self):
+        client = gstab.Client(self.socket)
+        client.attach("py-job", policy="stabilize")
+        arena = gstab.Arena()
+        w = arena.add_tensor("w", 1000, "float32", "g")
+        b = arena.add_tensor("b", 300, "bfloat16", "g")
+        arena.allocate()
+        wv, bv = arena.view(w), arena.view(b)
+        client.register_arena(arena)
+        for step in range(1, 31):  # spikes are reported after 25 warm-up steps
+            factor = 1e4 if step == 30 else 1.0
+            ws = [factor * math.sin(0.01 * i * step) for i in range(1000)]
+            for i, x in enumerate(ws):
+                wv[i] = x
+            ws = [wv[i] for i in range(1000)]  # as float32
+            bs = [float_to_bf16(factor * (0.25 + (i % 7) / 8)) for i in range(300)]
+            for i, x in enumerate(bs):
+                bv[i] = x
+            norm = math.sqrt(sum(x * x for x in ws) + sum(bf16_to_float(x) ** 2 for x in bs))
+            r = client.step(step)
+            self.assertEqual(r.result_step, step)
+            self.assertFalse(r.skip)
+            self.assertEqual([g.group for g in r.groups], ["g"])
+            g = r.groups[0]
+            self.assertAlmostEqual(g.norm / norm, 1.0, delta=1e-6)
+            self.assertAlmostEqual(g.stabilized_norm, g.norm * g.scale, delta=1e-9 * g.norm)
+            for i in (0, 1, 500, 999):
+                self.assertAlmostEqual(wv[i], ws[i] * g.scale, delta=1e-6 * abs(ws[i]) + 1e-30)
+        self.assertTrue(g.spike, "the 1e4x step is a spike")
+        self.assertLess(g.scale, 1e-2, "the spike's magnitude is replaced")
+        client.detach()
+
+    def test_non_finite_step_is_skipped(self):
+        client = gstab.Client(self.socket)
+        client.attach("py-nan")
+        arena = gstab.Arena()
+        w = arena.add_tensor("w", 64, "float32")
+        arena.allocate()
+        wv = arena.view(w)
+        client.register_arena(arena)
+        for i in range(64):
+            wv[i] = 1.0
+        wv[7] = float("nan")
+        r = client.step(1)
+        self.assertTrue(r.skip)
+        self.assertTrue(r.groups[0].skipped)
+        self.assertEqual(wv[0], 0.0)  # zeroed (the default), so a step taken anyway is harmless
+
+    def test_bad_input_raises_errors_that_say_what_was_wrong(self):
+        client = gstab.Client(self.socket)
+        with self.assertRaises(gstab.Error) as e:
+            client.attach("py-bad", policy="clipp")
+        self.assertEqual(e.exception.code, 3)
+        self.assertIn("unknown policy 'clipp'", e.exception.message)
+        client.attach("py-bad")
+        with self.assertRaises(gstab.Error) as e:
+            client.step(1)  # nothing registered
+        self.assertIn("register", e.exception.message.lower())
+        with self.assertRaises(ValueError):
+            gstab.Arena().add_tensor("x", 4, "int8")
+        with self.assertRaises(gstab.Error) as e:
+            arena = gstab.Arena()
+            arena.add_tensor("x", 4)
+            arena.view(0)  # before allocate()
+        self.assertIn("allocate", e.exception.message)
+
+    def test_absent_daemon_is_unavailable(self):
+        with self.assertRaises(gstab.Error) as e:
+            gstab.Client(os.path.join(self.dir.name, "nobody.sock")).attach("py-absent")
+        self.assertEqual(e.exception.code, 14)
+
+    def test_cuda_gradients_fail_cleanly_without_a_gpu(self):
+        if os.path.exists("/dev/nvidia0"):
+            self.skipTest("this machine has a GPU")
+        with self.assertRaises(gstab.Error) as e:
+            gstab.CudaGradients(0)
+        self.assertNotEqual(e.exception.message, "")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gstabd", required=True)
+    parser.add_argument("--library", required=True)
+    ARGS, rest = parser.parse_known_args()
+    gstab.load_library(ARGS.library)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
