@@ -115,6 +115,7 @@ typedef struct gstab_cuda_gradients gstab_cuda_gradients;
 #define GSTAB_FLAG_SPIKE_RATIO (1u << 4)
 #define GSTAB_FLAG_DIVERGING (1u << 5)
 #define GSTAB_FLAG_CLIPPED (1u << 8)
+#define GSTAB_FLAG_MISMATCH (1u << 9) /* nodes disagreed on the step or groups: nothing applied */
 
 typedef struct {
   uint64_t step;       /* the step these results belong to (0: none yet) */

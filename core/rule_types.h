@@ -85,6 +85,8 @@ enum StepFlag : uint32_t {
   kFlagDivergenceBegan = 1u << 6,  // ... and entered it at this step
   kFlagDivergenceEnded = 1u << 7,  // left the diverging state at this step
   kFlagClipped = 1u << 8,          // the applied scale is below one
+  kFlagMismatch = 1u << 9,         // the job's nodes disagreed on the step or the group layout:
+                                   // nothing was applied (set with kFlagSkipped)
 };
 
 struct StepOutcome {

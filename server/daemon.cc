@@ -35,6 +35,7 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
   if (options.cuda) {
     device_memory_ = MakeCudaDeviceMemory();
     gpu_factory_ = MakeCudaPipelineFactory();
+    new_nccl_id_ = NewNcclUniqueId;
   }
 #endif
   caps_.cuda_ipc = device_memory_ != nullptr;
@@ -185,9 +186,19 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
     }
     return absl::OkStatus();
   }
+  if (!info.nccl_unique_id().empty() && info.nccl_unique_id().size() != kNcclUniqueIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the rendezvous blob's NCCL id has ",
+                                                   info.nccl_unique_id().size(), " bytes, not ",
+                                                   kNcclUniqueIdBytes));
+  }
+  NcclRendezvous nccl;
+  nccl.unique_id = info.nccl_unique_id();
+  nccl.node_rank = request.node_rank();
+  nccl.node_count = request.node_count();
+  nccl.timeout = options_.step_timeout;
   job->SetCollective(
-      std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host),
-      info.token());
+      std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host), info.token(),
+      std::move(nccl));
   LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()
             << " as node " << request.node_rank() << " of " << info.node_count();
   return absl::OkStatus();
@@ -205,6 +216,16 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
         "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
   }
   v1::RendezvousInfo info;
+  if (request.cuda()) {
+    if (new_nccl_id_ == nullptr) {
+      return absl::FailedPreconditionError(
+          "a rendezvous for a CUDA job needs a gstabd with the CUDA backend (--backend=cuda on a "
+          "machine with a GPU)");
+    }
+    absl::StatusOr<std::string> id = new_nccl_id_();
+    if (!id.ok()) return id.status();
+    info.set_nccl_unique_id(*std::move(id));
+  }
   info.set_format_version(1);
   info.set_store_address(peer_address_);
   info.set_token(rendezvous_store_.NewToken());

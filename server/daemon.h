@@ -5,6 +5,7 @@
 // Thread-safe. Jobs step concurrently; calls of one job synchronise inside Job.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -106,6 +107,7 @@ class Daemon {
   Observer* const observer_;
   std::unique_ptr<DeviceMemory> device_memory_;  // null without the CUDA pipeline
   GpuPipelineFactory gpu_factory_;
+  std::function<absl::StatusOr<std::string>()> new_nccl_id_;  // null without CUDA
   CpuExecutor executor_;
   MappingRegistry registry_;
   StateStore store_;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "core/rule_types.h"
 #include "kernels/chunk_table.h"
 
@@ -41,7 +42,10 @@ struct GpuStepResult {
 class GpuPipeline {
  public:
   virtual ~GpuPipeline() = default;
-  // Enqueues the step (wait on `ready`, record `done`, both cudaEvent_t) without waiting.
+  // Enqueues the step (wait on `ready`, record `done`, both cudaEvent_t) without waiting for
+  // the GPU. A multi-node job's first step waits (up to the spec's timeout) for every node to
+  // join the communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed
+  // (a node died or stalled): the job must attach again with a new rendezvous.
   virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, void* ready,
                                void* done) = 0;
   // The newest finished step, if any finished since the last call; never blocks.
@@ -55,7 +59,26 @@ class GpuPipeline {
   virtual uint64_t ResultsBytes() const = 0;
 };
 
+inline constexpr size_t kNcclUniqueIdBytes = 128;  // sizeof(ncclUniqueId)
+
+// A job's NCCL communicator across its nodes, from its rendezvous.
+struct NcclRendezvous {
+  std::string unique_id;  // empty: a job on one node (a communicator of world size 1)
+  uint32_t node_rank = 0;
+  uint32_t node_count = 1;
+  absl::Duration timeout = absl::Seconds(30);  // for the nodes to join, and per step
+};
+
+// What a job's GPU pipeline needs besides its chunks and statistics.
+struct GpuJobSpec {
+  std::string job;
+  std::vector<uint8_t> replicated;  // per group: 1 replicated, 0 sharded
+  uint64_t layout_hash = 0;         // LayoutHash of the groups, compared across nodes
+  NcclRendezvous nccl;
+};
+
 using GpuPipelineFactory = std::function<absl::StatusOr<std::unique_ptr<GpuPipeline>>(
-    int device, const ChunkTable& table, const std::vector<GroupStats>& stats)>;
+    int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
+    const GpuJobSpec& spec)>;
 
 }  // namespace gstab

@@ -76,15 +76,26 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   if (cuda) {
     if (gpu_factory_ == nullptr) return absl::UnimplementedError("no CUDA pipeline here");
     // One local worker: this registration replaces rank 0's, whatever it was.
-    if (local_world_size_ != 1 || collective_ != nullptr) {
+    if (local_world_size_ != 1) {
       return absl::FailedPreconditionError(
-          "the CUDA pipeline serves jobs with one local worker on one node for now; register "
-          "host_shm buffers for multi-worker or multi-node jobs");
+          "the CUDA pipeline serves one worker (one GPU) per node and job for now; register "
+          "host_shm buffers for several local workers");
+    }
+    if (collective_ != nullptr && nccl_.unique_id.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", name_,
+                       "' spans nodes but its rendezvous has no NCCL id: create it with "
+                       "CreateRendezvous(cuda=true) to register cuda_ipc buffers"));
     }
     if (gpu_ != nullptr) RefreshStatistics();
     gpu_.reset();
+    GpuJobSpec spec;
+    spec.job = name_;
+    for (int r : group_reduction_) spec.replicated.push_back(r == 1 ? 1 : 0);
+    spec.layout_hash = LayoutHash(group_names_, group_reduction_);
+    spec.nccl = nccl_;
     absl::StatusOr<std::unique_ptr<GpuPipeline>> gpu =
-        gpu_factory_(registration.plan.cuda_device, *table, stats_);
+        gpu_factory_(registration.plan.cuda_device, *table, stats_, spec);
     if (!gpu.ok()) return gpu.status();
     gpu_ = *std::move(gpu);
     gpu_ready_ = registration.ready;
@@ -152,6 +163,14 @@ absl::Status Job::StepGpu(uint64_t step, v1::StepResponse* response) {
     response->set_step(step);
     response->set_config_version(config_version_);
     done = gpu_->Poll();
+    if (done.has_value() && !done->outcomes.empty() &&
+        (done->outcomes[0].flags & kFlagMismatch) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step numbers or norm-group layouts differ across the nodes of job '", name_,
+          "' (found at step ", done->step,
+          "); nothing was applied to that step; every node must step in lockstep with the same "
+          "groups"));
+    }
     if (done.has_value()) {
       response->set_results_step(done->step);
       for (size_t g = 0; g < done->outcomes.size(); ++g) {
@@ -168,11 +187,19 @@ absl::Status Job::StepGpu(uint64_t step, v1::StepResponse* response) {
   return absl::OkStatus();
 }
 
-void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token) {
+void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
+                        NcclRendezvous nccl) {
   absl::MutexLock lock(&mu_);
   collective_ = std::move(collective);
   rendezvous_token_ = std::move(rendezvous_token);
+  nccl_ = std::move(nccl);
   sync_statistics_ = true;
+  if (gpu_ != nullptr) {  // its communicator belongs to the old generation
+    RefreshStatistics();
+    gpu_.reset();
+    gpu_ready_ = gpu_done_ = nullptr;
+    workers_.clear();  // the CUDA worker registers again, for the new communicator
+  }
 }
 
 uint32_t Job::node_rank() const {

@@ -54,7 +54,10 @@ class Job {
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
   // Installing a new one (a new generation) replaces a failed one; the next step then starts
   // by adopting node 0's statistics so every node continues from the same state.
-  void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token);
+  // `nccl` is the same rendezvous for the CUDA pipeline (its communicator is made when the
+  // worker registers cuda_ipc buffers).
+  void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
+                     NcclRendezvous nccl = {});
   // This node's rank in the current communicator (0 without one).
   uint32_t node_rank() const;
   std::string rendezvous_token() const;
@@ -117,6 +120,7 @@ class Job {
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
+  NcclRendezvous nccl_ ABSL_GUARDED_BY(mu_);
   bool sync_statistics_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;

@@ -10,7 +10,13 @@ __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const doub
                                 StepOutcome* outcomes, float* scales) {
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
-  const StepOutcome out = ApplyRule(params, &stats[g], sum_of_squares[g], non_finite[g] != 0);
+  StepOutcome out;
+  if (non_finite[g] == kNodesDisagree) {
+    out.norm = NAN;
+    out.flags = kFlagSkipped | kFlagMismatch;
+  } else {
+    out = ApplyRule(params, &stats[g], sum_of_squares[g], non_finite[g] != 0);
+  }
   outcomes[g] = out;
   scales[g] = static_cast<float>(out.scale);
 }

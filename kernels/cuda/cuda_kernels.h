@@ -14,10 +14,36 @@
 
 namespace gstab {
 
+// The cross-node stage of a multi-node job (DESIGN.md 2.4), stream-ordered around two NCCL
+// all-reduces of one fixed-size vector, `exchange`:
+//   [0, kCrossNodeCheckSize)   (x, -x) for the step, the layout hash's halves and the group
+//                              count: max-reduced, so every node sees whether all agree
+//   then num_groups sums       this node's sums of squares (0 for replicated groups): summed
+//   then num_groups flags      1.0 where non-finite: summed (> 0: some node had one)
+// Prepare fills `exchange` from this node's partials; Merge turns the reduced vector into the
+// rule kernel's input: the global sum for sharded groups, the local one for replicated groups,
+// and non-finite when any node saw one. When the nodes disagree, every group's flag becomes
+// kNodesDisagree and the rule kernel applies nothing.
+inline constexpr uint32_t kCrossNodeCheckSize = 8;
+inline constexpr uint32_t kNodesDisagree = 2;  // a non-finite flag value: see above
+struct CrossNodeCheck {
+  double step;
+  double layout_hi;  // the layout hash's upper and lower 32 bits (exact in a double)
+  double layout_lo;
+  double num_groups;
+};
+absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d_sums,
+                                    const uint32_t* d_non_finite, const uint8_t* d_replicated,
+                                    uint32_t num_groups, double* d_exchange, cudaStream_t stream);
+absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_replicated,
+                                  uint32_t num_groups, double* d_sums, uint32_t* d_non_finite,
+                                  cudaStream_t stream);
+
 // Applies the update rule of core/rule.h to `num_groups` groups on the device: reads each
 // group's sum of squares and non-finite flag, updates d_stats in place, and writes the outcome
 // and the fp32 scale the scale kernel applies. One thread per group; the same header as the CPU
-// path, so both backends compute the same statistics.
+// path, so both backends compute the same statistics. A flag of kNodesDisagree leaves the
+// group's statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch).
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, const uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,

@@ -2,6 +2,7 @@
 
 #include "server/cuda/cuda_ipc.h"
 #include "server/cuda/cuda_stepper.h"
+#include "server/cuda/nccl_comm.h"
 
 namespace gstab {
 namespace {
@@ -37,12 +38,15 @@ std::unique_ptr<DeviceMemory> MakeCudaDeviceMemory() {
 }
 
 GpuPipelineFactory MakeCudaPipelineFactory() {
-  return [](int device, const ChunkTable& table,
-            const std::vector<GroupStats>& stats) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
-    absl::StatusOr<std::unique_ptr<CudaStepper>> s = CudaStepper::Create(device, table, stats);
+  return [](int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
+            const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+    absl::StatusOr<std::unique_ptr<CudaStepper>> s =
+        CudaStepper::Create(device, table, stats, spec);
     if (!s.ok()) return s.status();
     return std::unique_ptr<GpuPipeline>(*std::move(s));
   };
 }
+
+absl::StatusOr<std::string> NewNcclUniqueId() { return NcclComm::NewUniqueId(); }
 
 }  // namespace gstab

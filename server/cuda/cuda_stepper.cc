@@ -1,25 +1,30 @@
 #include "server/cuda/cuda_stepper.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
-#define RETURN_IF_NCCL_ERROR(expr)                                                                \
-  do {                                                                                            \
-    const ncclResult_t gstab_nccl_err_ = (expr);                                                  \
-    if (gstab_nccl_err_ != ncclSuccess) {                                                         \
-      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #expr,               \
-                                              " failed: ", ncclGetErrorString(gstab_nccl_err_))); \
-    }                                                                                             \
-  } while (0)
-
 namespace gstab {
+namespace {
+
+template <typename T>
+absl::Status DeviceAlloc(T** p, size_t count) {
+  RETURN_IF_CUDA_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(p), std::max<size_t>(1, count) * sizeof(T)));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
-    int device, const ChunkTable& table, const std::vector<GroupStats>& stats) {
-  if (stats.size() != table.num_groups()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(stats.size(), " statistics for ", table.num_groups(), " groups"));
+    int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
+    const GpuJobSpec& spec) {
+  const size_t groups = table.num_groups();
+  if (stats.size() != groups || spec.replicated.size() != groups) {
+    return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics and ",
+                                                   spec.replicated.size(), " reductions for ",
+                                                   groups, " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
   cudaStream_t stream;
@@ -29,51 +34,80 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
     cudaStreamDestroy(stream);
     return dt.status();
   }
-  std::unique_ptr<CudaStepper> s(new CudaStepper(device, *std::move(dt)));
+  std::unique_ptr<CudaStepper> s(new CudaStepper(device, *std::move(dt), spec));
   s->stream_ = stream;
-  const size_t groups = std::max<size_t>(1, table.num_groups());
-  for (Slot& slot : s->slots_) {
-    RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&slot.finished, cudaEventDisableTiming));
-    RETURN_IF_CUDA_ERROR(
-        cudaMallocHost(reinterpret_cast<void**>(&slot.h_outcomes), groups * sizeof(StepOutcome)));
+  {
+    absl::MutexLock lock(&s->mu_);
+    for (Slot& slot : s->slots_) {
+      RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&slot.finished, cudaEventDisableTiming));
+      RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&slot.h_outcomes),
+                                          std::max<size_t>(1, groups) * sizeof(StepOutcome)));
+    }
   }
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_partials_),
-                                  std::max<size_t>(1, table.tiles().size()) * sizeof(TilePartial)));
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_sums_), groups * sizeof(double)));
-  RETURN_IF_CUDA_ERROR(
-      cudaMalloc(reinterpret_cast<void**>(&s->d_flags_), groups * sizeof(uint32_t)));
-  RETURN_IF_CUDA_ERROR(
-      cudaMalloc(reinterpret_cast<void**>(&s->d_stats_), groups * sizeof(GroupStats)));
-  s->results_bytes_ = sizeof(StepResultsHeader) + table.num_groups() * sizeof(StepOutcome);
+  for (absl::Status st :
+       {DeviceAlloc(&s->d_partials_, table.tiles().size()), DeviceAlloc(&s->d_sums_, groups),
+        DeviceAlloc(&s->d_flags_, groups), DeviceAlloc(&s->d_replicated_, groups),
+        DeviceAlloc(&s->d_exchange_, kCrossNodeCheckSize + 2 * groups),
+        DeviceAlloc(&s->d_stats_, groups), DeviceAlloc(&s->d_scales_, groups)}) {
+    if (!st.ok()) return st;
+  }
+  s->results_bytes_ = sizeof(StepResultsHeader) + groups * sizeof(StepOutcome);
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), s->results_bytes_));
   RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, s->results_bytes_, stream));
   s->d_outcomes_ = reinterpret_cast<StepOutcome*>(s->d_results_ + 1);
   cudaIpcMemHandle_t handle;
   RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&handle, s->d_results_));
   s->results_handle_.assign(reinterpret_cast<const char*>(&handle), sizeof handle);
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_scales_), groups * sizeof(float)));
-  if (!stats.empty()) {
-    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(),
-                                         stats.size() * sizeof(GroupStats), cudaMemcpyHostToDevice,
-                                         stream));
+  if (groups > 0) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(), groups * sizeof(GroupStats),
+                                         cudaMemcpyHostToDevice, stream));
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_replicated_, spec.replicated.data(), groups,
+                                         cudaMemcpyHostToDevice, stream));
   }
-  ncclUniqueId id;
-  RETURN_IF_NCCL_ERROR(ncclGetUniqueId(&id));
-  RETURN_IF_NCCL_ERROR(ncclCommInitRank(&s->comm_, 1, id, 0));
-  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
+  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));  // the host vectors may go after this
+
+  std::string id = spec.nccl.unique_id;
+  if (id.empty()) {
+    absl::StatusOr<std::string> fresh = NcclComm::NewUniqueId();
+    if (!fresh.ok()) return fresh.status();
+    id = *std::move(fresh);
+  }
+  absl::StatusOr<std::unique_ptr<NcclComm>> comm = NcclComm::Start(
+      id, static_cast<int>(spec.nccl.node_rank), static_cast<int>(spec.nccl.node_count));
+  if (!comm.ok()) return comm.status();
+  s->comm_ = *std::move(comm);
+  if (spec.nccl.node_count > 1) s->watchdog_ = std::thread([p = s.get()] { p->Watch(); });
   return s;
 }
 
 CudaStepper::~CudaStepper() {
+  if (watchdog_.joinable()) {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    watchdog_.join();
+  }
   cudaSetDevice(device_);
+  if (stream_ != nullptr && comm_ != nullptr && spec_.nccl.node_count > 1) {
+    // A step stuck on a dead peer would never finish: give it the timeout, then abort.
+    const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
+    while (cudaStreamQuery(stream_) == cudaErrorNotReady && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    if (cudaStreamQuery(stream_) == cudaErrorNotReady) {
+      comm_->Abort("the job's pipeline closed with a step still waiting for other nodes");
+    }
+  }
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-  if (comm_ != nullptr) ncclCommDestroy(comm_);
-  cudaFree(d_partials_);
-  cudaFree(d_sums_);
-  cudaFree(d_flags_);
-  cudaFree(d_stats_);
-  cudaFree(d_results_);
-  cudaFree(d_scales_);
+  comm_.reset();
+  for (void* p : {static_cast<void*>(d_partials_), static_cast<void*>(d_sums_),
+                  static_cast<void*>(d_flags_), static_cast<void*>(d_replicated_),
+                  static_cast<void*>(d_exchange_), static_cast<void*>(d_stats_),
+                  static_cast<void*>(d_results_), static_cast<void*>(d_scales_)}) {
+    cudaFree(p);
+  }
+  absl::MutexLock lock(&mu_);
   for (Slot& slot : slots_) {
     cudaFreeHost(slot.h_outcomes);
     if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
@@ -81,10 +115,52 @@ CudaStepper::~CudaStepper() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
+absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
+  const uint32_t groups = table_.num_groups();
+  const std::string where = absl::StrCat("job '", spec_.job, "' node ", spec_.nccl.node_rank,
+                                         " of ", spec_.nccl.node_count, ", step ", step);
+  if (!joined_) {
+    if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator of " + where);
+        !s.ok()) {
+      return s;
+    }
+    // Every node continues from node 0's statistics (a new generation starts from one state).
+    if (spec_.nccl.node_count > 1 && groups > 0) {
+      if (absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_,
+                                            deadline, "the statistics broadcast of " + where);
+          !s.ok()) {
+        return s;
+      }
+    }
+    joined_ = true;
+  }
+  const CrossNodeCheck check{
+      static_cast<double>(step), static_cast<double>(spec_.layout_hash >> 32),
+      static_cast<double>(spec_.layout_hash & 0xffffffffu), static_cast<double>(groups)};
+  if (absl::Status s = LaunchCrossNodePrepare(check, d_sums_, d_flags_, d_replicated_, groups,
+                                              d_exchange_, stream_);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = comm_->AllReduce(d_exchange_, kCrossNodeCheckSize, ncclDouble, ncclMax,
+                                        stream_, deadline, "the check all-reduce of " + where);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          comm_->AllReduce(d_exchange_ + kCrossNodeCheckSize, 2 * size_t{groups}, ncclDouble,
+                           ncclSum, stream_, deadline, "the sums all-reduce of " + where);
+      !s.ok()) {
+    return s;
+  }
+  return LaunchCrossNodeMerge(d_exchange_, d_replicated_, groups, d_sums_, d_flags_, stream_);
+}
+
 absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void* ready_event,
                                   void* done_event) {
   auto ready = static_cast<cudaEvent_t>(ready_event);
   auto done = static_cast<cudaEvent_t>(done_event);
+  const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const uint32_t groups = table_.num_groups();
   if (ready != nullptr) RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream_, ready, 0));
@@ -92,11 +168,12 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
       !s.ok()) {
     return s;
   }
-  // The collective stage: every rank's partial sums and non-finite flags, in a fixed order.
-  RETURN_IF_NCCL_ERROR(
-      ncclAllReduce(d_sums_, d_sums_, groups, ncclDouble, ncclSum, comm_, stream_));
-  RETURN_IF_NCCL_ERROR(
-      ncclAllReduce(d_flags_, d_flags_, groups, ncclUint32, ncclMax, comm_, stream_));
+  if (absl::Status s = EnqueueCrossNode(step, deadline); !s.ok()) {
+    // Let the worker's stream go on: `done` behind what is enqueued (which the aborted
+    // communicator no longer holds up).
+    if (done != nullptr) cudaEventRecord(done, stream_);
+    return s;
+  }
   if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
                                        d_scales_, stream_);
       !s.ok()) {
@@ -108,17 +185,43 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
     return s;
   }
   if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
+  absl::MutexLock lock(&mu_);
   Slot& slot = slots_[enqueued_ % 2];
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
   slot.step = step;
   slot.unreported = true;
+  slot.in_flight = true;
+  slot.enqueued_at = absl::Now();
   ++enqueued_;
   return absl::OkStatus();
 }
 
+void CudaStepper::Watch() {
+  cudaSetDevice(device_);
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(20))) {
+    for (Slot& slot : slots_) {
+      if (!slot.in_flight) continue;
+      if (cudaEventQuery(slot.finished) == cudaSuccess) {
+        slot.in_flight = false;
+      } else if (absl::Now() - slot.enqueued_at > spec_.nccl.timeout) {
+        slot.in_flight = false;
+        comm_->Abort(absl::StrCat("step ", slot.step, " of job '", spec_.job, "' on node ",
+                                  spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
+                                  " did not finish within ",
+                                  absl::FormatDuration(spec_.nccl.timeout),
+                                  ": a node died or stalled; the NCCL communicator was aborted; "
+                                  "attach every worker again with a new rendezvous"));
+      }
+    }
+    (void)comm_->Health();  // aborts on an asynchronous NCCL error
+  }
+}
+
 std::optional<GpuStepResult> CudaStepper::Poll() {
+  absl::MutexLock lock(&mu_);
   if (enqueued_ == 0) return std::nullopt;
   // The newest step if it has finished, else the one before it if that has.
   for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {

@@ -1,26 +1,32 @@
-// The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3):
-//   wait(ready) -> partial sums per group -> NCCL all-reduce (world size 1 here; the
-//   cross-node issue widens it) -> rule kernel (statistics stay on the GPU) -> scale in place
-//   -> results header (the buffer the worker maps) -> record(done) -> asynchronous copy of the
+// The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3, 2.4):
+//   wait(ready) -> partial sums per group -> cross-node stage (two NCCL all-reduces of one
+//   fixed-size vector: the step/layout check and the sums and non-finite flags; world size 1
+//   for a job on one node) -> rule kernel (statistics stay on the GPU) -> scale in place ->
+//   results header (the buffer the worker maps) -> record(done) -> asynchronous copy of the
 //   outcomes to pinned host memory.
-// Enqueue never waits for the GPU; Completed() reports the newest finished step without
-// blocking.
+// Enqueue never waits for the GPU; Poll reports the newest finished step without blocking.
+// For a multi-node job a watchdog thread aborts the communicator when a step has not finished
+// within the spec's timeout (a node died or stalled) or NCCL reports an error, so neither the
+// GPU nor any host waits forever.
 //
-// Not thread-safe: the job calls it from one step at a time.
+// Enqueue, Poll, Statistics and SetStatistics are called one at a time (by the job).
 #pragma once
 
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "core/rule_types.h"
 #include "kernels/chunk_table.h"
 #include "kernels/cuda/device_table.h"
+#include "server/cuda/nccl_comm.h"
 #include "server/gpu_pipeline.h"
 
 namespace gstab {
@@ -29,7 +35,8 @@ class CudaStepper final : public GpuPipeline {
  public:
   // `table` holds device pointers on `device`; `stats` are the groups' starting statistics.
   static absl::StatusOr<std::unique_ptr<CudaStepper>> Create(int device, const ChunkTable& table,
-                                                             const std::vector<GroupStats>& stats);
+                                                             const std::vector<GroupStats>& stats,
+                                                             const GpuJobSpec& spec);
   ~CudaStepper() override;
   CudaStepper(const CudaStepper&) = delete;
   CudaStepper& operator=(const CudaStepper&) = delete;
@@ -46,11 +53,20 @@ class CudaStepper final : public GpuPipeline {
   uint64_t ResultsBytes() const override { return results_bytes_; }
 
  private:
-  CudaStepper(int device, DeviceChunkTable table) : device_(device), table_(std::move(table)) {}
+  CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)
+      : device_(device), table_(std::move(table)), spec_(std::move(spec)) {}
+  // The cross-node stage, between the partial sums and the rule kernel.
+  absl::Status EnqueueCrossNode(uint64_t step, absl::Time deadline);
+  // Runs until stop_: aborts the communicator when a step overstays the timeout.
+  void Watch();
 
   const int device_;
   DeviceChunkTable table_;
+  const GpuJobSpec spec_;
   cudaStream_t stream_ = nullptr;
+  std::unique_ptr<NcclComm> comm_;
+  bool joined_ = false;  // the communicator is up and node 0's statistics adopted
+
   // Two result slots, used by alternate steps, so that while the newest step runs the one
   // before it can still be reported: its outcomes copied to pinned memory, then its event.
   struct Slot {
@@ -58,13 +74,20 @@ class CudaStepper final : public GpuPipeline {
     StepOutcome* h_outcomes = nullptr;  // pinned
     uint64_t step = 0;
     bool unreported = false;
+    bool in_flight = false;  // enqueued, not yet seen finished by the watchdog
+    absl::Time enqueued_at;
   };
-  Slot slots_[2];
-  uint64_t enqueued_ = 0;  // steps enqueued so far; the newest is in slots_[(enqueued_ - 1) % 2]
-  ncclComm_t comm_ = nullptr;
+  absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
+  Slot slots_[2] ABSL_GUARDED_BY(mu_);
+  uint64_t enqueued_ ABSL_GUARDED_BY(mu_) = 0;  // the newest is in slots_[(enqueued_ - 1) % 2]
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watchdog_;
+
   TilePartial* d_partials_ = nullptr;
   double* d_sums_ = nullptr;
   uint32_t* d_flags_ = nullptr;
+  uint8_t* d_replicated_ = nullptr;
+  double* d_exchange_ = nullptr;  // the cross-node vector (see cuda_kernels.h)
   GroupStats* d_stats_ = nullptr;
   // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside).
   StepResultsHeader* d_results_ = nullptr;

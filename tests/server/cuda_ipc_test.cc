@@ -6,11 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <fstream>
+#include <iostream>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "server/cuda/cuda_stepper.h"
+#include "server/cuda/nccl_comm.h"
 #include "tests/testing/subprocess.h"
 
 namespace gstab {
@@ -51,7 +53,10 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
       {Chunk{base, 1000, DType::kFloat32, 0}, Chunk{base + 4096, 777, DType::kBFloat16, 0},
        Chunk{base + 8192, 70001, DType::kFloat32, 1}},
       2);
-  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2));
+  GpuJobSpec spec;
+  spec.job = "ipc-job";
+  spec.replicated = {0, 1};  // world size 1: a replicated group keeps its local sum anyway
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, (*ready)->get(), (*done)->get()).ok());
   std::ofstream(flag) << "go";
@@ -77,7 +82,9 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   ASSERT_EQ(cudaMalloc(&d, 1 << 20), cudaSuccess);
   ASSERT_EQ(cudaMemset(d, 0x3c, 1 << 20), cudaSuccess);
   ChunkTable table = *ChunkTable::Create({Chunk{d, (1 << 20) / 4, DType::kFloat32, 0}}, 1);
-  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1));
+  GpuJobSpec spec;
+  spec.replicated = {0};
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   size_t free_before, free_after, total;
   for (uint64_t step = 1; step <= 100; ++step) {
@@ -93,6 +100,36 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   cudaMemGetInfo(&free_after, &total);
   EXPECT_EQ(free_after, free_before);
   EXPECT_EQ((*stats)[0].steps, 10100u);
+  cudaFree(d);
+}
+
+// A node that never joins the NCCL communicator: the step fails within the deadline with a
+// message naming the job and node, and the communicator stays failed (one GPU suffices: only
+// rank 0 of 2 exists).
+TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  void* d;
+  ASSERT_EQ(cudaMalloc(&d, 4096), cudaSuccess);
+  ChunkTable table = *ChunkTable::Create({Chunk{d, 1024, DType::kFloat32, 0}}, 1);
+  absl::StatusOr<std::string> id = NcclComm::NewUniqueId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  GpuJobSpec spec;
+  spec.job = "lonely-job";
+  spec.replicated = {0};
+  spec.nccl = NcclRendezvous{*id, 0, 2, absl::Seconds(2)};
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
+  ASSERT_TRUE(stepper.ok()) << stepper.status();
+  const absl::Time start = absl::Now();
+  absl::Status s = (*stepper)->Enqueue(1, RuleParams{}, nullptr, nullptr);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_NE(s.message().find("job 'lonely-job' node 0 of 2"), std::string::npos) << s;
+  EXPECT_LT(took, absl::Seconds(10));
+  std::cout << "missing node detected after " << took << ": " << s << "\n";
+  absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, nullptr, nullptr);
+  EXPECT_FALSE(again.ok());
+  stepper->reset();  // closing a failed pipeline does not hang
   cudaFree(d);
 }
 

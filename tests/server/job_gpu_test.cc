@@ -8,6 +8,8 @@
 #include "core/rule.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu_kernels.h"
+#include "server/cross_node.h"
+#include "server/gloo_collective.h"
 #include "server/job.h"
 
 namespace gstab {
@@ -32,8 +34,9 @@ class HostDeviceMemory final : public DeviceMemory {
 // GPU that finishes later.
 class LaggingPipeline final : public GpuPipeline {
  public:
-  LaggingPipeline(const ChunkTable& table, std::vector<GroupStats> stats, int* live)
-      : table_(table), stats_(std::move(stats)), live_(live) {
+  LaggingPipeline(const ChunkTable& table, std::vector<GroupStats> stats, int* live,
+                  uint32_t extra_flags = 0)
+      : table_(table), stats_(std::move(stats)), live_(live), extra_flags_(extra_flags) {
     ++*live_;
   }
   ~LaggingPipeline() override { --*live_; }
@@ -47,6 +50,7 @@ class LaggingPipeline final : public GpuPipeline {
     std::vector<float> scales;
     for (size_t g = 0; g < sums.size(); ++g) {
       r.outcomes.push_back(ApplyRule(params, &stats_[g], sums[g], flags[g] != 0));
+      r.outcomes.back().flags |= extra_flags_;
       scales.push_back(static_cast<float>(r.outcomes.back().scale));
     }
     (void)CpuScaleGroups(table_, scales, nullptr);
@@ -74,23 +78,17 @@ class LaggingPipeline final : public GpuPipeline {
   std::vector<GroupStats> stats_;
   std::deque<GpuStepResult> queue_;
   int* live_;
+  const uint32_t extra_flags_;
 };
 
-TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
-  int live = 0;
-  Job job(
-      "gpu-job", RuleParams{}, 1, nullptr, nullptr,
-      [&live](int, const ChunkTable& t,
-              const std::vector<GroupStats>& s) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
-        return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, &live));
-      });
-  std::vector<float> grads(1000, 0.5f);
+// A cuda_ipc registration of one fp32 tensor "w" over `grads` (1000 floats), mapped.
+MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
+                                       DeviceMemory* memory) {
   v1::RegisterBuffersRequest request;
   v1::Buffer* b = request.add_buffers();
   b->set_transport(v1::TRANSPORT_CUDA_IPC);
   std::string handle(64, '\0');
-  float* base = grads.data();
-  std::memcpy(handle.data(), &base, sizeof base);
+  std::memcpy(handle.data(), &grads, sizeof grads);
   b->set_ipc_handle(handle);
   b->set_size_bytes(4000);
   b->set_dtype(v1::DTYPE_FLOAT32);
@@ -102,13 +100,25 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   RegistrationCaps caps;
   caps.cuda_ipc = true;
   absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps);
-  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, registry, memory);
+  EXPECT_TRUE(mapped.ok()) << mapped.status();
+  return *std::move(mapped);
+}
+
+TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
+  int live = 0;
+  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr,
+          [&live](int, const ChunkTable& t, const std::vector<GroupStats>& s,
+                  const GpuJobSpec&) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+            return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, &live));
+          });
+  std::vector<float> grads(1000, 0.5f);
   HostDeviceMemory memory;
   MappingRegistry registry;
-  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, &registry, &memory);
-  ASSERT_TRUE(mapped.ok()) << mapped.status();
   v1::RegisterBuffersResponse registered;
-  ASSERT_TRUE(job.Register(0, *std::move(mapped), &registered).ok());
+  ASSERT_TRUE(
+      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered).ok());
   EXPECT_EQ(live, 1);
   // The worker learns where its per-step results are and which group each entry is.
   EXPECT_EQ(registered.results_handle(), std::string(64, 'R'));
@@ -141,6 +151,81 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   v1::GetStatsResponse after;
   job.GetStats(&after);
   EXPECT_EQ(after.groups(0).accepted_steps(), 77u);
+}
+
+// A multi-node CUDA job's pipeline gets the NCCL side of its rendezvous, the groups'
+// reductions and layout hash; a new generation closes it and asks the worker to register again.
+TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
+  int live = 0;
+  GpuJobSpec seen;
+  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr,
+          [&](int, const ChunkTable& t, const std::vector<GroupStats>& s,
+              const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+            seen = spec;
+            return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, &live));
+          });
+  v1::RendezvousInfo info;
+  info.set_store_address("127.0.0.1:1");  // Gloo connects on first use, which never comes
+  info.set_node_count(4);
+  auto gloo = std::make_shared<GlooCollective>(info, 1, "127.0.0.1");
+  std::vector<float> grads(1000, 0.5f);
+  HostDeviceMemory memory;
+  MappingRegistry registry;
+  v1::RegisterBuffersResponse registered;
+
+  job.SetCollective(gloo, "generation-1");  // a rendezvous made without cuda=true
+  absl::Status refused =
+      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("cuda=true"), std::string::npos) << refused;
+
+  NcclRendezvous nccl{std::string(kNcclUniqueIdBytes, 'n'), 1, 4, absl::Seconds(7)};
+  job.SetCollective(gloo, "generation-2", nccl);
+  ASSERT_TRUE(
+      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered).ok());
+  EXPECT_EQ(live, 1);
+  EXPECT_EQ(seen.job, "nodes-job");
+  EXPECT_EQ(seen.nccl.unique_id, nccl.unique_id);
+  EXPECT_EQ(seen.nccl.node_rank, 1u);
+  EXPECT_EQ(seen.nccl.node_count, 4u);
+  EXPECT_EQ(seen.nccl.timeout, absl::Seconds(7));
+  EXPECT_EQ(seen.replicated, std::vector<uint8_t>{0});
+  const std::vector<std::string> names = {"w"};
+  const std::vector<int> reductions = {0};
+  EXPECT_EQ(seen.layout_hash, LayoutHash(names, reductions));
+  v1::StepResponse r;
+  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r).ok());
+
+  job.SetCollective(gloo, "generation-3", nccl);
+  EXPECT_EQ(live, 0);  // the old communicator's pipeline is closed
+  absl::Status again = job.Step(0, 2, absl::Seconds(1), &r);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(again.message().find("RegisterBuffers"), std::string::npos) << again;
+}
+
+// When the nodes disagree on the step or layout, the GPU marks the step kFlagMismatch and the
+// worker hears of it as INVALID_ARGUMENT with the step it happened at.
+TEST(JobGpuTest, NodesThatDisagreeAreReported) {
+  int live = 0;
+  Job job("split-job", RuleParams{}, 1, nullptr, nullptr,
+          [&live](int, const ChunkTable& t, const std::vector<GroupStats>& s,
+                  const GpuJobSpec&) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+            return std::unique_ptr<GpuPipeline>(
+                new LaggingPipeline(t, s, &live, kFlagMismatch | kFlagSkipped));
+          });
+  std::vector<float> grads(1000, 0.5f);
+  HostDeviceMemory memory;
+  MappingRegistry registry;
+  v1::RegisterBuffersResponse registered;
+  ASSERT_TRUE(
+      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered).ok());
+  v1::StepResponse r;
+  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r).ok());  // its results are not in yet
+  absl::Status s = job.Step(0, 2, absl::Seconds(1), &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("differ across the nodes of job 'split-job' (found at step 1)"),
+            std::string::npos)
+      << s;
 }
 
 TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {
