@@ -75,10 +75,12 @@ absl::Status Client::Attach(const AttachOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uint32_t node_count) {
+absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uint32_t node_count,
+                                                     bool cuda) {
   v1::CreateRendezvousRequest request;
   request.set_job(job);
   request.set_node_count(node_count);
+  request.set_cuda(cuda);
   absl::StatusOr<v1::CreateRendezvousResponse> r =
       Call(&v1::Stabilizer::Stub::CreateRendezvous, request);
   if (!r.ok()) return r.status();

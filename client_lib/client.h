@@ -58,7 +58,9 @@ class Client {
   absl::Status Attach(const AttachOptions& options);
   // Global rank 0 of a multi-node job, before anyone attaches: a new rendezvous blob (opaque
   // bytes) to broadcast to every worker of the job.
-  absl::StatusOr<std::string> CreateRendezvous(const std::string& job, uint32_t node_count);
+  // `cuda`: the job registers GPU gradients (cuda_ipc), so the blob carries an NCCL id too.
+  absl::StatusOr<std::string> CreateRendezvous(const std::string& job, uint32_t node_count,
+                                               bool cuda = false);
   absl::Status Register(const GradientArena& arena);
   // `response` (may be null) receives gstabd's answer: the job's groups and, for cuda_ipc
   // buffers, the results buffer.

@@ -6,7 +6,8 @@
 //   gstabctl config set --job=J policy=clip clip.max_norm=0.5
 //   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
 //   gstabctl import --job=J --in=FILE
-//   gstabctl rendezvous --job=J --nodes=N  a new rendezvous blob in base64 (GSTAB_RENDEZVOUS)
+//   gstabctl rendezvous --job=J --nodes=N [--cuda]  a new rendezvous blob in base64
+//                                           (GSTAB_RENDEZVOUS); --cuda for GPU gradients
 //
 // Human-readable by default, --json for scripts. Exit status 0 on success, 1 on any error
 // (with the reason on stderr), 2 for a bad command line.
@@ -36,6 +37,7 @@ ABSL_FLAG(int, iterations, 0, "top: refreshes before exiting (0: until interrupt
 ABSL_FLAG(std::string, out, "", "export: file to write");
 ABSL_FLAG(std::string, in, "", "import: file to read");
 ABSL_FLAG(uint32_t, nodes, 0, "rendezvous: the job's node count");
+ABSL_FLAG(bool, cuda, false, "rendezvous: the job registers GPU gradients (adds an NCCL id)");
 
 namespace gstab::ctl {
 namespace {
@@ -189,7 +191,8 @@ int Rendezvous() {
   if (job.empty() || nodes == 0) return Usage("rendezvous needs --job=NAME and --nodes=N");
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
-  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous(job, nodes);
+  absl::StatusOr<std::string> blob =
+      (*client)->CreateRendezvous(job, nodes, absl::GetFlag(FLAGS_cuda));
   if (!blob.ok()) return Fail(blob.status());
   std::printf("%s\n", absl::Base64Escape(*blob).c_str());
   return 0;

@@ -226,6 +226,25 @@ TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
   absl::Status s = (*client)->CreateRendezvous("env", 2).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("--peer_listen"), std::string::npos) << s;
+
+  // A rendezvous for GPU gradients needs the CUDA backend, and a blob whose NCCL id is not one
+  // is refused before anything is joined.
+  auto c0 = Client::Connect(cluster.daemon(0).socket());
+  s = (*c0)->CreateRendezvous("gpu-job", 2, /*cuda=*/true).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("CUDA backend"), std::string::npos) << s;
+  absl::StatusOr<std::string> good = (*c0)->CreateRendezvous("odd-id", 2);
+  ASSERT_TRUE(good.ok());
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(*good));
+  info.set_nccl_unique_id("short");
+  AttachOptions o;
+  o.job = "odd-id";
+  o.node_count = 2;
+  o.rendezvous = info.SerializeAsString();
+  s = TestWorker::Create(cluster.daemon(0).socket(), o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("NCCL id has 5 bytes, not 128"), std::string::npos) << s;
 }
 
 // Two hosts made of network namespaces joined by a veth pair (needs root and iproute2; the
