@@ -196,9 +196,9 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
   nccl.node_rank = request.node_rank();
   nccl.node_count = request.node_count();
   nccl.timeout = options_.step_timeout;
-  job->SetCollective(
-      std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host), info.token(),
-      std::move(nccl));
+  job->SetCollective(std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host,
+                                                      options_.peer_tls),
+                     info.token(), std::move(nccl));
   LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()
             << " as node " << request.node_rank() << " of " << info.node_count();
   return absl::OkStatus();

@@ -18,6 +18,7 @@
 #include "kernels/cpu_executor.h"
 #include "server/job.h"
 #include "server/observer.h"
+#include "server/peer_tls.h"
 #include "server/registration.h"
 #include "server/rendezvous_store.h"
 #include "server/shm_mapping.h"
@@ -34,6 +35,9 @@ struct DaemonOptions {
   int cpu_threads = 0;                              // 0: all hardware threads
   // Multi-node jobs: the host this node's collective endpoints listen on (empty: none).
   std::string peer_host;
+  // Mutual TLS between daemons for the rendezvous store (PEM contents; empty: plain TCP,
+  // which gstabd allows on loopback only).
+  PeerTls peer_tls;
   // Run cuda_ipc registrations on the CUDA pipeline (needs a CUDA build and a GPU).
   bool cuda = false;
 };

@@ -21,10 +21,12 @@ namespace {
 // exception, so errors are thrown as std::runtime_error.
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
-  GrpcStore(const std::string& address, std::string token)
-      : stub_(v1::Rendezvous::NewStub(
-            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
-        token_(std::move(token)) {}
+  GrpcStore(const std::string& address, std::string token, const PeerTls& tls)
+      : token_(std::move(token)) {
+    grpc::ChannelArguments args;
+    std::shared_ptr<grpc::ChannelCredentials> credentials = PeerChannelCredentials(tls, &args);
+    stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
+  }
 
   void set(const std::string& key, const std::vector<char>& data) override {
     v1::StoreSetRequest request;
@@ -82,11 +84,12 @@ std::chrono::milliseconds Ms(absl::Duration d) {
 }  // namespace
 
 GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,
-                               std::string bind_host)
+                               std::string bind_host, PeerTls tls)
     : rendezvous_(rendezvous),
       rank_(rank),
       size_(rendezvous.node_count()),
-      bind_host_(std::move(bind_host)) {}
+      bind_host_(std::move(bind_host)),
+      tls_(std::move(tls)) {}
 
 GlooCollective::~GlooCollective() = default;
 
@@ -107,7 +110,7 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
   }
   if (context_ != nullptr) return absl::OkStatus();
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token());
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_);
     gloo::transport::tcp::attr attr;
     attr.hostname = bind_host_;
     std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
@@ -168,7 +171,7 @@ absl::Status GlooCollective::Broadcast(absl::Span<char> bytes, absl::Duration ti
 std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration timeout) {
   std::vector<uint32_t> missing;
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token());
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_);
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
     const absl::Time deadline = absl::Now() + timeout;

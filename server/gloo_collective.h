@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "server/collective.h"
+#include "server/peer_tls.h"
 
 namespace gloo {
 class Context;
@@ -19,7 +20,9 @@ namespace gstab {
 class GlooCollective final : public Collective {
  public:
   // `bind_host`: the address this node's Gloo device listens on (reachable by the others).
-  GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank, std::string bind_host);
+  // `tls`: how to reach the rendezvous store (disabled: plain TCP).
+  GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank, std::string bind_host,
+                 PeerTls tls = {});
   ~GlooCollective() override;
 
   uint32_t rank() const override { return rank_; }
@@ -39,6 +42,7 @@ class GlooCollective final : public Collective {
   const uint32_t rank_;
   const uint32_t size_;
   const std::string bind_host_;
+  const PeerTls tls_;
   std::shared_ptr<gloo::Context> context_;
   std::string broken_;  // why the communicator failed, empty while healthy
 };

@@ -31,7 +31,13 @@ ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
 ABSL_FLAG(uint32_t, metrics_max_groups, 32, "groups exported per job; the rest as group _other");
 ABSL_FLAG(std::string, peer_listen, "",
-          "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one)");
+          "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one); "
+          "mutual TLS (--peer_tls_*) unless HOST is loopback");
+ABSL_FLAG(std::string, peer_tls_ca, "", "PEM CA file that signs every gstabd's peer certificate");
+ABSL_FLAG(std::string, peer_tls_cert, "", "PEM certificate (chain) of this gstabd for its peers");
+ABSL_FLAG(std::string, peer_tls_key, "", "PEM private key for --peer_tls_cert");
+ABSL_FLAG(std::string, peer_tls_name, "",
+          "the name peers' certificates carry, if not their --peer_listen host");
 ABSL_FLAG(std::vector<std::string>, allow_uids, {},
           "uids allowed to connect to the socket (SO_PEERCRED); with --allow_gids empty too, "
           "anyone the socket's 0660 mode lets in");
@@ -69,6 +75,10 @@ int main(int argc, char** argv) {
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.peer_listen = absl::GetFlag(FLAGS_peer_listen);
+  options.peer_tls_ca = absl::GetFlag(FLAGS_peer_tls_ca);
+  options.peer_tls_cert = absl::GetFlag(FLAGS_peer_tls_cert);
+  options.peer_tls_key = absl::GetFlag(FLAGS_peer_tls_key);
+  options.peer_tls_name = absl::GetFlag(FLAGS_peer_tls_name);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.daemon.cuda = backend != "cpu" && gpus > 0;

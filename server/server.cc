@@ -42,6 +42,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     if (resolved.daemon.peer_host.empty()) {
       resolved.daemon.peer_host = options.peer_listen.substr(0, colon);
     }
+    absl::StatusOr<PeerTls> tls =
+        LoadPeerTls(resolved.daemon.peer_host, options.peer_tls_ca, options.peer_tls_cert,
+                    options.peer_tls_key, options.peer_tls_name);
+    if (!tls.ok()) return tls.status();
+    resolved.daemon.peer_tls = *std::move(tls);
   }
   std::unique_ptr<Server> server(new Server(resolved));
   server->observer_ =
@@ -97,7 +102,8 @@ absl::Status Server::Start() {
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
     grpc::ServerBuilder peers;
     int port = 0;
-    peers.AddListeningPort(options_.peer_listen, grpc::InsecureServerCredentials(), &port);
+    peers.AddListeningPort(options_.peer_listen, PeerServerCredentials(options_.daemon.peer_tls),
+                           &port);
     peers.RegisterService(rendezvous_service_.get());
     peer_server_ = peers.BuildAndStart();
     if (peer_server_ == nullptr || port == 0) {
@@ -105,7 +111,8 @@ absl::Status Server::Start() {
           absl::StrCat("cannot listen for peers on ", options_.peer_listen));
     }
     daemon_->SetPeerAddress(absl::StrCat(options_.daemon.peer_host, ":", port));
-    LOG(INFO) << "serving peers on " << options_.daemon.peer_host << ":" << port;
+    LOG(INFO) << "serving peers on " << options_.daemon.peer_host << ":" << port
+              << (options_.daemon.peer_tls.enabled() ? " (mutual TLS)" : " (plain TCP, loopback)");
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });

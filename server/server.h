@@ -42,6 +42,12 @@ struct ServerOptions {
   // host:port for the other daemons of multi-node jobs (rendezvous store; port 0 picks one).
   // Empty: this daemon serves single-node jobs only.
   std::string peer_listen;
+  // PEM files for mutual TLS between daemons (required unless peer_listen is loopback), and
+  // the name peers' certificates carry when it is not their host (optional).
+  std::string peer_tls_ca;
+  std::string peer_tls_cert;
+  std::string peer_tls_key;
+  std::string peer_tls_name;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
 };
 

@@ -290,16 +290,36 @@ class NamespaceHosts {
   std::string error_;
 };
 
+// A CA and one certificate it signs for "gstab-peer" (server and client use), made with
+// openssl in `dir`: the flags that give a gstabd mutual TLS with its peers.
+std::vector<std::string> MakePeerTls(const std::string& dir) {
+  const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1";
+  auto [rc, out] = testing::RunShell(
+      "cd " + dir + " && openssl req -x509" + ec +
+      " -keyout ca.key -out ca.pem -subj /CN=gstab-test-ca && openssl req" + ec +
+      " -keyout peer.key -out peer.csr -subj /CN=gstab-peer && printf "
+      "'subjectAltName=DNS:gstab-peer\nextendedKeyUsage=serverAuth,clientAuth\n' > ext && "
+      "openssl x509 -req -in peer.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "-extfile ext -out peer.pem");
+  EXPECT_EQ(rc, 0) << out;
+  return {"--peer_tls_ca=" + dir + "/ca.pem", "--peer_tls_cert=" + dir + "/peer.pem",
+          "--peer_tls_key=" + dir + "/peer.key", "--peer_tls_name=gstab-peer"};
+}
+
+// Across hosts the daemons' rendezvous store speaks mutual TLS (DESIGN.md 2.7).
 TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
   NamespaceHosts hosts;
   if (!hosts.ok()) GTEST_SKIP() << "cannot make network namespaces here: " << hosts.error();
   TempDir root;
+  const std::vector<std::string> tls = MakePeerTls(root.path());
   std::vector<std::unique_ptr<DaemonProcess>> daemons;
   for (int i = 0; i < 2; ++i) {
     const std::string dir = root.path() + "/host" + std::to_string(i);
     std::filesystem::create_directories(dir);
-    auto d = DaemonProcess::Start(
-        dir, {"--peer_listen=" + NamespaceHosts::Address(i) + ":0", kStepTimeout}, hosts.Exec(i));
+    std::vector<std::string> flags = {"--peer_listen=" + NamespaceHosts::Address(i) + ":0",
+                                      kStepTimeout};
+    flags.insert(flags.end(), tls.begin(), tls.end());
+    auto d = DaemonProcess::Start(dir, flags, hosts.Exec(i));
     ASSERT_TRUE(d.ok()) << d.status();
     daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
   }
@@ -330,6 +350,67 @@ TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
       EXPECT_EQ(r->SerializeAsString(), results[0]->SerializeAsString());
     }
   }
+}
+
+// Plain TCP between daemons only on loopback; TLS flags come as a set and must be PEM files.
+TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
+  TempDir dir;
+  const std::string base = testing::GstabdPath() + " --socket=" + dir.path() + "/s.sock";
+  auto [rc, out] = testing::RunShell(base + " --peer_listen=10.1.2.3:0");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("(not loopback) requires mutual TLS"), std::string::npos) << out;
+  std::tie(rc, out) = testing::RunShell(base + " --peer_listen=127.0.0.1:0 --peer_tls_ca=x");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("go together"), std::string::npos) << out;
+  std::tie(rc, out) =
+      testing::RunShell(base + " --peer_listen=127.0.0.1:0 --peer_tls_ca=" + dir.path() +
+                        " --peer_tls_cert=/dev/null" + " --peer_tls_key=/dev/null");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("not a readable PEM file"), std::string::npos) << out;
+}
+
+// A daemon whose certificate the job's store does not trust cannot join: its step fails
+// within the deadline instead of reading or writing the store.
+TEST(MultiNodePeerTlsTest, AnUntrustedDaemonCannotJoinTheRendezvous) {
+  TempDir root;
+  std::filesystem::create_directories(root.path() + "/pki0");
+  std::filesystem::create_directories(root.path() + "/pki1");
+  const std::vector<std::vector<std::string>> tls = {MakePeerTls(root.path() + "/pki0"),
+                                                     MakePeerTls(root.path() + "/pki1")};
+  std::vector<std::unique_ptr<DaemonProcess>> daemons;
+  for (int i = 0; i < 2; ++i) {
+    const std::string dir = root.path() + "/node" + std::to_string(i);
+    std::filesystem::create_directories(dir);
+    std::vector<std::string> flags = {"--peer_listen=127.0.0.1:0", kStepTimeout};
+    flags.insert(flags.end(), tls[i].begin(), tls[i].end());  // two different CAs
+    auto d = DaemonProcess::Start(dir, flags);
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
+  }
+  auto rank0 = Client::Connect(daemons[0]->socket());
+  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("pki", 2);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int i = 0; i < 2; ++i) {
+    AttachOptions o;
+    o.job = "pki";
+    o.node_rank = static_cast<uint32_t>(i);
+    o.node_count = 2;
+    o.rendezvous = *blob;
+    auto w = TestWorker::Create(daemons[i]->socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, 1);
+  const absl::Time start = absl::Now();
+  auto results = StepAll(workers, Same(2, 1));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  for (auto& r : results) EXPECT_FALSE(r.ok());
+  const absl::Status& untrusted = results[1].status();
+  EXPECT_TRUE(untrusted.code() == absl::StatusCode::kUnavailable ||
+              untrusted.code() == absl::StatusCode::kDeadlineExceeded)
+      << untrusted;
+  std::cout << "node 0: " << results[0].status() << "\nnode 1: " << untrusted << "\n";
 }
 
 TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {

@@ -1,0 +1,81 @@
+#include "server/peer_tls.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+
+namespace gstab {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in || text.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", path, ": not a readable PEM file"));
+  }
+  return text.str();
+}
+
+}  // namespace
+
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || absl::StartsWith(host, "127.") || host == "::1" || host == "[::1]";
+}
+
+absl::StatusOr<PeerTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,
+                                    const std::string& cert_file, const std::string& key_file,
+                                    const std::string& server_name) {
+  const int given = !ca_file.empty() + !cert_file.empty() + !key_file.empty();
+  if (given == 0) {
+    if (!peer_host.empty() && !IsLoopbackHost(peer_host)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--peer_listen on ", peer_host,
+          " (not loopback) requires mutual TLS: give --peer_tls_ca, --peer_tls_cert and "
+          "--peer_tls_key"));
+    }
+    return PeerTls{};
+  }
+  if (given != 3) {
+    return absl::InvalidArgumentError(
+        "--peer_tls_ca, --peer_tls_cert and --peer_tls_key go together: give all three");
+  }
+  PeerTls tls;
+  tls.server_name = server_name;
+  for (auto [flag, path, out] : {std::make_tuple("peer_tls_ca", &ca_file, &tls.ca),
+                                 std::make_tuple("peer_tls_cert", &cert_file, &tls.cert),
+                                 std::make_tuple("peer_tls_key", &key_file, &tls.key)}) {
+    absl::StatusOr<std::string> pem = ReadPem(flag, *path);
+    if (!pem.ok()) return pem.status();
+    *out = *std::move(pem);
+  }
+  return tls;
+}
+
+std::shared_ptr<grpc::ServerCredentials> PeerServerCredentials(const PeerTls& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = tls.ca;
+  options.pem_key_cert_pairs.push_back({tls.key, tls.cert});
+  return grpc::SslServerCredentials(options);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> PeerChannelCredentials(const PeerTls& tls,
+                                                                 grpc::ChannelArguments* args) {
+  if (!tls.enabled()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = tls.ca;
+  options.pem_private_key = tls.key;
+  options.pem_cert_chain = tls.cert;
+  if (!tls.server_name.empty()) args->SetSslTargetNameOverride(tls.server_name);
+  return grpc::SslCredentials(options);
+}
+
+}  // namespace gstab
