@@ -50,6 +50,9 @@ class GpuPipeline {
                                void* done) = 0;
   // The newest finished step, if any finished since the last call; never blocks.
   virtual std::optional<GpuStepResult> Poll() = 0;
+  // The statistics after the newest finished step, copied to pinned memory with its results
+  // (for GetStats and metrics); never blocks; nullopt before any step has finished.
+  virtual std::optional<std::vector<GroupStats>> Snapshot() = 0;
   // Waits for the GPU and returns / replaces the statistics.
   virtual absl::StatusOr<std::vector<GroupStats>> Statistics() = 0;
   virtual absl::Status SetStatistics(const std::vector<GroupStats>& stats) = 0;

@@ -419,7 +419,10 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
 
 void Job::GetStats(v1::GetStatsResponse* response) const {
   absl::MutexLock lock(&mu_);
-  RefreshStatistics();
+  if (gpu_ != nullptr) {  // the newest finished step's copy: GetStats never waits for the GPU
+    std::optional<std::vector<GroupStats>> snapshot = gpu_->Snapshot();
+    if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+  }
   response->set_job(name_);
   response->set_steps(steps_);
   response->set_last_step(last_step_);

@@ -42,6 +42,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
       RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&slot.finished, cudaEventDisableTiming));
       RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&slot.h_outcomes),
                                           std::max<size_t>(1, groups) * sizeof(StepOutcome)));
+      RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&slot.h_stats),
+                                          std::max<size_t>(1, groups) * sizeof(GroupStats)));
     }
   }
   for (absl::Status st :
@@ -110,6 +112,7 @@ CudaStepper::~CudaStepper() {
   absl::MutexLock lock(&mu_);
   for (Slot& slot : slots_) {
     cudaFreeHost(slot.h_outcomes);
+    cudaFreeHost(slot.h_stats);
     if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
   }
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -187,7 +190,11 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
   if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
   absl::MutexLock lock(&mu_);
   Slot& slot = slots_[enqueued_ % 2];
+  // Copies and the event go in together under mu_: while the event still marks the slot's
+  // previous step as finished, the readers below take its copies as they are.
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),
+                                       cudaMemcpyDeviceToHost, stream_));
+  RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
   slot.step = step;
@@ -233,6 +240,16 @@ std::optional<GpuStepResult> CudaStepper::Poll() {
     for (Slot& s : slots_) s.unreported = false;                   // older results are superseded
     if (back == 2) slots_[(enqueued_ - 1) % 2].unreported = true;  // the newest still runs
     return r;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::vector<GroupStats>> CudaStepper::Snapshot() {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+    const Slot& slot = slots_[(enqueued_ - back) % 2];
+    if (cudaEventQuery(slot.finished) != cudaSuccess) continue;
+    return std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups());
   }
   return std::nullopt;
 }

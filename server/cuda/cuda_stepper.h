@@ -46,6 +46,7 @@ class CudaStepper final : public GpuPipeline {
   absl::Status Enqueue(uint64_t step, const RuleParams& params, void* ready, void* done) override;
   // The newest enqueued step, once its GPU work has finished (reported once).
   std::optional<GpuStepResult> Poll() override;
+  std::optional<std::vector<GroupStats>> Snapshot() override;
   // Waits for the stream and copies the statistics back (checkpoints, export) or replaces them.
   absl::StatusOr<std::vector<GroupStats>> Statistics() override;
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
@@ -72,6 +73,7 @@ class CudaStepper final : public GpuPipeline {
   struct Slot {
     cudaEvent_t finished = nullptr;
     StepOutcome* h_outcomes = nullptr;  // pinned
+    GroupStats* h_stats = nullptr;      // pinned: the statistics after this slot's step
     uint64_t step = 0;
     bool unreported = false;
     bool in_flight = false;  // enqueued, not yet seen finished by the watchdog

@@ -55,14 +55,18 @@ class LaggingPipeline final : public GpuPipeline {
     }
     (void)CpuScaleGroups(table_, scales, nullptr);
     queue_.push_back(std::move(r));
+    snapshots_.push_back(stats_);
     return absl::OkStatus();
   }
   std::optional<GpuStepResult> Poll() override {
     if (queue_.size() < 2) return std::nullopt;  // the newest step is "still running"
     GpuStepResult r = queue_.front();
     queue_.pop_front();
+    snapshot_ = snapshots_.front();
+    snapshots_.pop_front();
     return r;
   }
+  std::optional<std::vector<GroupStats>> Snapshot() override { return snapshot_; }
   absl::StatusOr<std::vector<GroupStats>> Statistics() override { return stats_; }
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override {
     stats_ = stats;
@@ -77,6 +81,8 @@ class LaggingPipeline final : public GpuPipeline {
   ChunkTable table_;
   std::vector<GroupStats> stats_;
   std::deque<GpuStepResult> queue_;
+  std::deque<std::vector<GroupStats>> snapshots_;    // the statistics after each queued step
+  std::optional<std::vector<GroupStats>> snapshot_;  // after the newest "finished" step
   int* live_;
   const uint32_t extra_flags_;
 };
@@ -140,7 +146,8 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
 
   v1::GetStatsResponse stats;
   job.GetStats(&stats);
-  EXPECT_EQ(stats.groups(0).accepted_steps(), 2u);  // refreshed from the pipeline
+  EXPECT_EQ(stats.groups(0).accepted_steps(), 1u);  // the newest finished step's snapshot
+  EXPECT_EQ(job.ExportState().groups(0).t(), 2u);   // a checkpoint waits for the GPU
 
   // Import pushes the statistics into the pipeline; after the worker leaves, they remain.
   v1::JobState state = job.ExportState();
