@@ -20,6 +20,26 @@ using testing::TestWorker;
 
 constexpr char kStepTimeout[] = "--step_timeout_ms=3000";
 
+// One worker per daemon, attached to `job` as node i of daemons.size() with `blob`.
+std::vector<std::unique_ptr<TestWorker>> AttachNodes(
+    const std::vector<std::unique_ptr<DaemonProcess>>& daemons, const std::string& job,
+    const std::string& blob) {
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (size_t i = 0; i < daemons.size(); ++i) {
+    AttachOptions o;
+    o.job = job;
+    o.rank = static_cast<uint32_t>(i);
+    o.world_size = static_cast<uint32_t>(daemons.size());
+    o.node_rank = static_cast<uint32_t>(i);
+    o.node_count = static_cast<uint32_t>(daemons.size());
+    o.rendezvous = blob;
+    auto w = TestWorker::Create(daemons[i]->socket(), o);
+    EXPECT_TRUE(w.ok()) << w.status();
+    workers.push_back(w.ok() ? *std::move(w) : nullptr);
+  }
+  return workers;
+}
+
 class Cluster {
  public:
   explicit Cluster(int nodes) {
@@ -46,21 +66,7 @@ class Cluster {
   }
 
   std::vector<std::unique_ptr<TestWorker>> Attach(const std::string& job) {
-    const std::string blob = Rendezvous(job);
-    std::vector<std::unique_ptr<TestWorker>> workers;
-    for (int i = 0; i < size(); ++i) {
-      AttachOptions o;
-      o.job = job;
-      o.rank = static_cast<uint32_t>(i);
-      o.world_size = static_cast<uint32_t>(size());
-      o.node_rank = static_cast<uint32_t>(i);
-      o.node_count = static_cast<uint32_t>(size());
-      o.rendezvous = blob;
-      auto w = TestWorker::Create(daemons_[i]->socket(), o);
-      EXPECT_TRUE(w.ok()) << w.status();
-      workers.push_back(w.ok() ? *std::move(w) : nullptr);
-    }
-    return workers;
+    return AttachNodes(daemons_, job, Rendezvous(job));
   }
 
  private:
@@ -331,17 +337,8 @@ TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
   ASSERT_TRUE(info.ParseFromString(*blob));
   EXPECT_EQ(info.store_address().rfind(NamespaceHosts::Address(0) + ":", 0), 0u)
       << info.store_address();
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  for (int i = 0; i < 2; ++i) {
-    AttachOptions o;
-    o.job = "hosts";
-    o.node_rank = static_cast<uint32_t>(i);
-    o.node_count = 2;
-    o.rendezvous = *blob;
-    auto w = TestWorker::Create(daemons[i]->socket(), o);
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
+  std::vector<std::unique_ptr<TestWorker>> workers = AttachNodes(daemons, "hosts", *blob);
+  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
   for (uint64_t step = 1; step <= 5; ++step) {
     for (size_t i = 0; i < 2; ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
     auto results = StepAll(workers, Same(2, step));
@@ -390,17 +387,8 @@ TEST(MultiNodePeerTlsTest, AnUntrustedDaemonCannotJoinTheRendezvous) {
   auto rank0 = Client::Connect(daemons[0]->socket());
   absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("pki", 2);
   ASSERT_TRUE(blob.ok()) << blob.status();
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  for (int i = 0; i < 2; ++i) {
-    AttachOptions o;
-    o.job = "pki";
-    o.node_rank = static_cast<uint32_t>(i);
-    o.node_count = 2;
-    o.rendezvous = *blob;
-    auto w = TestWorker::Create(daemons[i]->socket(), o);
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
+  std::vector<std::unique_ptr<TestWorker>> workers = AttachNodes(daemons, "pki", *blob);
+  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, 1);
   const absl::Time start = absl::Now();
   auto results = StepAll(workers, Same(2, 1));

@@ -87,6 +87,15 @@ class LaggingPipeline final : public GpuPipeline {
   const uint32_t extra_flags_;
 };
 
+// A pipeline factory of LaggingPipelines that count themselves in `live`.
+GpuPipelineFactory LaggingFactory(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen = nullptr) {
+  return [=](int, const ChunkTable& t, const std::vector<GroupStats>& s,
+             const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+    if (seen != nullptr) *seen = spec;
+    return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, live, extra_flags));
+  };
+}
+
 // A cuda_ipc registration of one fp32 tensor "w" over `grads` (1000 floats), mapped.
 MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
                                        DeviceMemory* memory) {
@@ -112,19 +121,23 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
   return *std::move(mapped);
 }
 
-TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
-  int live = 0;
-  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr,
-          [&live](int, const ChunkTable& t, const std::vector<GroupStats>& s,
-                  const GpuJobSpec&) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
-            return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, &live));
-          });
-  std::vector<float> grads(1000, 0.5f);
+// A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
+struct FakeCudaWorker {
+  absl::Status Register(Job* job) {
+    return job->Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered);
+  }
+  std::vector<float> grads = std::vector<float>(1000, 0.5f);
   HostDeviceMemory memory;
   MappingRegistry registry;
   v1::RegisterBuffersResponse registered;
-  ASSERT_TRUE(
-      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered).ok());
+};
+
+TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
+  int live = 0;
+  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingFactory(&live));
+  FakeCudaWorker worker;
+  ASSERT_TRUE(worker.Register(&job).ok());
+  const v1::RegisterBuffersResponse& registered = worker.registered;
   EXPECT_EQ(live, 1);
   // The worker learns where its per-step results are and which group each entry is.
   EXPECT_EQ(registered.results_handle(), std::string(64, 'R'));
@@ -165,31 +178,21 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
 TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   int live = 0;
   GpuJobSpec seen;
-  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr,
-          [&](int, const ChunkTable& t, const std::vector<GroupStats>& s,
-              const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
-            seen = spec;
-            return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, &live));
-          });
+  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr, LaggingFactory(&live, 0, &seen));
   v1::RendezvousInfo info;
   info.set_store_address("127.0.0.1:1");  // Gloo connects on first use, which never comes
   info.set_node_count(4);
   auto gloo = std::make_shared<GlooCollective>(info, 1, "127.0.0.1");
-  std::vector<float> grads(1000, 0.5f);
-  HostDeviceMemory memory;
-  MappingRegistry registry;
-  v1::RegisterBuffersResponse registered;
+  FakeCudaWorker worker;
 
   job.SetCollective(gloo, "generation-1");  // a rendezvous made without cuda=true
-  absl::Status refused =
-      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered);
+  absl::Status refused = worker.Register(&job);
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.message().find("cuda=true"), std::string::npos) << refused;
 
   NcclRendezvous nccl{std::string(kNcclUniqueIdBytes, 'n'), 1, 4, absl::Seconds(7)};
   job.SetCollective(gloo, "generation-2", nccl);
-  ASSERT_TRUE(
-      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered).ok());
+  ASSERT_TRUE(worker.Register(&job).ok());
   EXPECT_EQ(live, 1);
   EXPECT_EQ(seen.job, "nodes-job");
   EXPECT_EQ(seen.nccl.unique_id, nccl.unique_id);
@@ -215,17 +218,9 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
 TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   int live = 0;
   Job job("split-job", RuleParams{}, 1, nullptr, nullptr,
-          [&live](int, const ChunkTable& t, const std::vector<GroupStats>& s,
-                  const GpuJobSpec&) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
-            return std::unique_ptr<GpuPipeline>(
-                new LaggingPipeline(t, s, &live, kFlagMismatch | kFlagSkipped));
-          });
-  std::vector<float> grads(1000, 0.5f);
-  HostDeviceMemory memory;
-  MappingRegistry registry;
-  v1::RegisterBuffersResponse registered;
-  ASSERT_TRUE(
-      job.Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered).ok());
+          LaggingFactory(&live, kFlagMismatch | kFlagSkipped));
+  FakeCudaWorker worker;
+  ASSERT_TRUE(worker.Register(&job).ok());
   v1::StepResponse r;
   ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r).ok());  // its results are not in yet
   absl::Status s = job.Step(0, 2, absl::Seconds(1), &r);
