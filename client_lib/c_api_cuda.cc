@@ -36,6 +36,23 @@ gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* 
       name, device_ptr, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group));
 }
 
+gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
+                                        uint64_t numel, gstab_dtype dtype, const char* group,
+                                        void** device_ptr) {
+  if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
+    return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
+  }
+  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
+    return Report(absl::InvalidArgumentError(
+        "unknown dtype: expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
+  }
+  absl::StatusOr<void*> p = gradients->gradients->AllocateTensor(
+      name, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group);
+  if (!p.ok()) return Report(p.status());
+  *device_ptr = *p;
+  return Report(absl::OkStatus());
+}
+
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients) {
   if (client == nullptr || gradients == nullptr) {
     return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));

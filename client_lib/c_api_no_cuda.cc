@@ -17,6 +17,10 @@ gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients*, const char*, void*, ui
                                    const char*) {
   return NoCuda();
 }
+gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients*, const char*, uint64_t, gstab_dtype,
+                                        const char*, void**) {
+  return NoCuda();
+}
 gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }
 gstab_status gstab_cuda_step(gstab_client*, gstab_cuda_gradients*, uint64_t, void*,
                              gstab_step_result*, uint64_t*) {

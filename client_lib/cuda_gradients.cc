@@ -25,6 +25,7 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 
 CudaGradients::~CudaGradients() {
   CloseResults();
+  for (void* p : owned_) cudaFree(p);
   if (ready_ != nullptr) cudaEventDestroy(ready_);
   if (done_ != nullptr) cudaEventDestroy(done_);
 }
@@ -53,6 +54,19 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   t->set_numel(numel);
   t->set_group(std::move(group));
   return absl::OkStatus();
+}
+
+absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t numel, DType dtype,
+                                                    std::string group) {
+  if (numel == 0) return absl::InvalidArgumentError("cannot allocate a tensor of 0 elements");
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  void* p = nullptr;
+  RETURN_IF_CUDA_ERROR(cudaMalloc(&p, numel * ElementSize(dtype)));
+  owned_.push_back(p);
+  if (absl::Status s = AddTensor(std::move(name), p, numel, dtype, std::move(group)); !s.ok()) {
+    return s;
+  }
+  return p;
 }
 
 void CudaGradients::CloseResults() {

@@ -39,6 +39,10 @@ class CudaGradients {
   // when it is not inside a CUDA allocation.
   absl::Status AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
                          std::string group = "");
+  // Allocates `numel` elements of device memory on this object's device, owned by it (freed
+  // with it), and adds them as a tensor; returns the device pointer.
+  absl::StatusOr<void*> AllocateTensor(std::string name, uint64_t numel, DType dtype,
+                                       std::string group = "");
   v1::RegisterBuffersRequest RegistrationRequest() const { return request_; }
   // Registers the tensors and events with the job `client` is attached to and maps the
   // results buffer gstabd writes (replacing an earlier registration's).
@@ -63,6 +67,7 @@ class CudaGradients {
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;
   std::vector<std::string> groups_;
+  std::vector<void*> owned_;  // AllocateTensor's allocations
 };
 
 }  // namespace gstab

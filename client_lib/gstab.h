@@ -138,6 +138,11 @@ void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
                                    void* device_ptr, uint64_t numel, gstab_dtype dtype,
                                    const char* group);
+/* Allocates numel elements of device memory owned by `gradients` (freed with it) and adds
+ * them as a tensor; *device_ptr receives the address. */
+gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
+                                        uint64_t numel, gstab_dtype dtype, const char* group,
+                                        void** device_ptr);
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients);
 /* stream: a cudaStream_t (NULL: the legacy default stream). result may be NULL; its
  * result_step says which step it describes. */

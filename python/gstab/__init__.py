@@ -117,6 +117,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(_GroupResult)], I),
         "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
         "gstab_cuda_add_tensor": ([P, S, P, U64, I, S], I),
+        "gstab_cuda_allocate_tensor": ([P, S, U64, I, S, PP], I),
         "gstab_register_cuda": ([P, P], I),
         "gstab_cuda_step": ([P, P, U64, P, ctypes.POINTER(_StepResult),
                              ctypes.POINTER(ctypes.c_uint64)], I),
@@ -200,6 +201,13 @@ class CudaGradients:
                    group: str = "") -> None:
         _check(_lib.gstab_cuda_add_tensor(self._h, _enc(name), ctypes.c_void_p(device_ptr), numel,
                                           _dtype(dtype), _enc(group)))
+
+    def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "") -> int:
+        """Device memory for a tensor, owned by this object; returns its address."""
+        ptr = ctypes.c_void_p()
+        _check(_lib.gstab_cuda_allocate_tensor(self._h, _enc(name), numel, _dtype(dtype),
+                                               _enc(group), ctypes.byref(ptr)))
+        return ptr.value
 
     def results(self):
         """(device address, bytes) of the per-step results buffer (see gstab.h)."""

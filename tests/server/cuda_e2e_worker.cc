@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "client_lib/cuda_gradients.h"
@@ -32,20 +33,25 @@ struct Setup {
   cudaStream_t stream = nullptr;
 };
 
-// Attaches `job` and registers `tensors` (pointer, numel, dtype) in one group "g".
-absl::StatusOr<Setup> Connect(
-    const char* socket, const char* job,
-    const std::vector<std::tuple<void*, uint64_t, gstab::DType>>& tensors) {
+// Attaches `job` and registers `tensors` (pointer, numel, dtype) in one group "g"; a null
+// pointer is allocated by CudaGradients (and returned in `allocated`).
+absl::StatusOr<Setup> Connect(const char* socket, const char* job,
+                              std::vector<std::tuple<void*, uint64_t, gstab::DType>> tensors,
+                              void** allocated = nullptr) {
   Setup s;
   auto grads = gstab::CudaGradients::Create(0);
   if (!grads.ok()) return grads.status();
   s.grads = *std::move(grads);
   int i = 0;
-  for (const auto& [ptr, numel, dtype] : tensors) {
-    if (absl::Status st = s.grads->AddTensor("t" + std::to_string(i++), ptr, numel, dtype, "g");
-        !st.ok()) {
-      return st;
+  for (auto& [ptr, numel, dtype] : tensors) {
+    const std::string name = "t" + std::to_string(i++);
+    if (ptr == nullptr) {
+      absl::StatusOr<void*> p = s.grads->AllocateTensor(name, numel, dtype, "g");
+      if (!p.ok()) return p.status();
+      if (allocated != nullptr) *allocated = *p;
+      continue;
     }
+    if (absl::Status st = s.grads->AddTensor(name, ptr, numel, dtype, "g"); !st.ok()) return st;
   }
   auto client = gstab::Client::Connect(socket);
   if (!client.ok()) return client.status();
@@ -139,11 +145,10 @@ size_t FreeDeviceMemory() {
 
 int Loop(const char* socket, const char* job, long steps) {
   constexpr uint64_t kNumel = 1 << 20;
-  uint16_t* g = nullptr;
-  if (cudaMalloc(&g, kNumel * 2) != cudaSuccess) return Fail("no device memory");
-  cudaMemset(g, 0x3c, kNumel * 2);  // bf16 0.0115
-  absl::StatusOr<Setup> s = Connect(socket, job, {{g, kNumel, gstab::DType::kBFloat16}});
+  void* g = nullptr;  // allocated and owned by CudaGradients
+  absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, kNumel, gstab::DType::kBFloat16}}, &g);
   if (!s.ok()) return Fail("setup: " + s.status().ToString());
+  cudaMemset(g, 0x3c, kNumel * 2);  // bf16 0.0115
   size_t free_at_100 = 0;
   for (long step = 1; step <= steps || steps < 0; ++step) {
     absl::StatusOr<gstab::v1::StepResponse> r =
