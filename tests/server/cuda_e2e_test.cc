@@ -24,6 +24,8 @@ struct Holdings {
   size_t maps = 0;
 };
 
+bool operator==(const Holdings& a, const Holdings& b) { return a.fds == b.fds && a.maps == b.maps; }
+
 Holdings HoldingsOf(pid_t pid) {
   Holdings h;
   const std::string proc = "/proc/" + std::to_string(pid);
@@ -45,6 +47,18 @@ class CudaE2eTest : public ::testing::Test {
     if (daemon_.has_value()) {
       EXPECT_EQ(daemon_->Stop().value_or(-1), 0);
     }
+  }
+
+  // gstabd's holdings once they equal `want` or `settle` has passed (connections of workers
+  // that have exited close asynchronously).
+  Holdings SettledHoldings(const Holdings& want, absl::Duration settle = absl::Seconds(5)) {
+    const absl::Time deadline = absl::Now() + settle;
+    Holdings h = HoldingsOf(daemon_->process().pid());
+    while (!(h == want) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(100));
+      h = HoldingsOf(daemon_->process().pid());
+    }
+    return h;
   }
 
   // Runs a worker to completion; its output.
@@ -76,10 +90,11 @@ TEST_F(CudaE2eTest, TenThousandStepsLeakNothing) {
   int rc = -1;
   std::string out = RunWorker({"warm-up", "loop", "100"}, &rc);  // gstabd's CUDA context exists
   ASSERT_EQ(rc, 0) << out;
+  absl::SleepFor(absl::Seconds(1));
   const Holdings before = HoldingsOf(daemon_->process().pid());
   out = RunWorker({"long-job", "loop", "10000"}, &rc);
   ASSERT_EQ(rc, 0) << out;
-  const Holdings after = HoldingsOf(daemon_->process().pid());
+  const Holdings after = SettledHoldings(before);
   std::cout << out << "gstabd fds " << before.fds << " -> " << after.fds << ", mappings "
             << before.maps << " -> " << after.maps << "\n";
   EXPECT_EQ(after.fds, before.fds);
@@ -98,6 +113,7 @@ TEST_F(CudaE2eTest, WorkerKilledMidStepLeavesTheDaemonServing) {
   int rc = -1;
   std::string out = RunWorker({"warm-up", "loop", "10"}, &rc);
   ASSERT_EQ(rc, 0) << out;
+  absl::SleepFor(absl::Seconds(1));
   const Holdings before = HoldingsOf(daemon_->process().pid());
   auto victim = testing::Subprocess::Start(
       {testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(), "victim", "forever"});
@@ -112,12 +128,7 @@ TEST_F(CudaE2eTest, WorkerKilledMidStepLeavesTheDaemonServing) {
   out = RunWorker({"survivor", "check"}, &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  Holdings after = HoldingsOf(daemon_->process().pid());
-  while ((after.fds != before.fds || after.maps != before.maps) && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(100));
-    after = HoldingsOf(daemon_->process().pid());
-  }
+  const Holdings after = SettledHoldings(before, absl::Seconds(10));  // the lease is 1 s
   EXPECT_EQ(after.fds, before.fds);
   EXPECT_EQ(after.maps, before.maps);
 }
