@@ -34,8 +34,9 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
 #ifdef GSTAB_WITH_CUDA
   if (options.cuda) {
     device_memory_ = MakeCudaDeviceMemory();
-    gpu_factory_ = MakeCudaPipelineFactory();
-    new_nccl_id_ = NewNcclUniqueId;
+    gpu_.make_pipeline = MakeCudaPipelineFactory();
+    gpu_.new_nccl_id = NewNcclUniqueId;
+    gpu_.timeout = options.step_timeout;
   }
 #endif
   caps_.cuda_ipc = device_memory_ != nullptr;
@@ -110,8 +111,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     if (checkpoint != checkpoints_.end()) {
       absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
       job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? *params : *saved,
-                                  local_world, &executor_, StepCallbackFor(request.job()),
-                                  gpu_factory_);
+                                  local_world, &executor_, StepCallbackFor(request.job()), gpu_);
       if (absl::Status s = job->ImportState(checkpoint->second, /*with_config=*/false); !s.ok()) {
         LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
       } else {
@@ -120,7 +120,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
       checkpoints_.erase(checkpoint);
     } else {
       job = std::make_shared<Job>(request.job(), *params, local_world, &executor_,
-                                  StepCallbackFor(request.job()), gpu_factory_);
+                                  StepCallbackFor(request.job()), gpu_);
     }
   } else {
     if (job->local_world_size() != local_world) {
@@ -217,12 +217,12 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   }
   v1::RendezvousInfo info;
   if (request.cuda()) {
-    if (new_nccl_id_ == nullptr) {
+    if (gpu_.new_nccl_id == nullptr) {
       return absl::FailedPreconditionError(
           "a rendezvous for a CUDA job needs a gstabd with the CUDA backend (--backend=cuda on a "
           "machine with a GPU)");
     }
-    absl::StatusOr<std::string> id = new_nccl_id_();
+    absl::StatusOr<std::string> id = gpu_.new_nccl_id();
     if (!id.ok()) return id.status();
     info.set_nccl_unique_id(*std::move(id));
   }

@@ -110,8 +110,7 @@ class Daemon {
   RegistrationCaps caps_;
   Observer* const observer_;
   std::unique_ptr<DeviceMemory> device_memory_;  // null without the CUDA pipeline
-  GpuPipelineFactory gpu_factory_;
-  std::function<absl::StatusOr<std::string>()> new_nccl_id_;  // null without CUDA
+  GpuBackend gpu_;                               // empty without the CUDA pipeline
   CpuExecutor executor_;
   MappingRegistry registry_;
   StateStore store_;

@@ -84,4 +84,12 @@ using GpuPipelineFactory = std::function<absl::StatusOr<std::unique_ptr<GpuPipel
     int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
     const GpuJobSpec& spec)>;
 
+// What a job needs of the CUDA backend.
+struct GpuBackend {
+  GpuPipelineFactory make_pipeline;  // null: cuda_ipc registrations are refused
+  // A new NCCL unique id (bytes), for the communicator of a job's GPUs on one node.
+  std::function<absl::StatusOr<std::string>()> new_nccl_id;
+  absl::Duration timeout = absl::Seconds(60);  // deadline of a single-node job's communicator
+};
+
 }  // namespace gstab

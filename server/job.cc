@@ -14,13 +14,13 @@
 namespace gstab {
 
 Job::Job(std::string name, const RuleParams& params, uint32_t local_world_size,
-         CpuExecutor* executor, StepCallback on_step, GpuPipelineFactory gpu)
+         CpuExecutor* executor, StepCallback on_step, GpuBackend gpu)
     : name_(std::move(name)),
       local_world_size_(local_world_size),
       executor_(executor),
       on_step_(std::move(on_step)),
-      gpu_factory_(std::move(gpu)),
-      params_(params) {
+      params_(params),
+      gpus_(name_, local_world_size, std::move(gpu)) {
   v1::ConfigChange first;
   first.set_version(1);
   first.set_effective_step(0);
@@ -72,37 +72,18 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   absl::StatusOr<ChunkTable> table =
       ChunkTable::Create(std::move(chunks), static_cast<uint32_t>(group_names_.size()));
   if (!table.ok()) return table.status();
-  const bool cuda = registration.plan.cuda_device >= 0;
-  if (cuda) {
-    if (gpu_factory_ == nullptr) return absl::UnimplementedError("no CUDA pipeline here");
-    // One local worker: this registration replaces rank 0's, whatever it was.
-    if (local_world_size_ != 1) {
-      return absl::FailedPreconditionError(
-          "the CUDA pipeline serves one worker (one GPU) per node and job for now; register "
-          "host_shm buffers for several local workers");
+  if (registration.plan.cuda_device >= 0) {
+    for (const auto& [rank, w] : workers_) {
+      if (rank != local_rank && w->registration.plan.cuda_device < 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job '", name_, "''s local rank ", rank,
+                         " registered host_shm buffers: one job's workers use one transport"));
+      }
     }
-    if (collective_ != nullptr && nccl_.unique_id.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("job '", name_,
-                       "' spans nodes but its rendezvous has no NCCL id: create it with "
-                       "CreateRendezvous(cuda=true) to register cuda_ipc buffers"));
+    if (absl::Status s = RegisterGpu(local_rank, registration, *table, response); !s.ok()) {
+      return s;
     }
-    if (gpu_ != nullptr) RefreshStatistics();
-    gpu_.reset();
-    GpuJobSpec spec;
-    spec.job = name_;
-    for (int r : group_reduction_) spec.replicated.push_back(r == 1 ? 1 : 0);
-    spec.layout_hash = LayoutHash(group_names_, group_reduction_);
-    spec.nccl = nccl_;
-    absl::StatusOr<std::unique_ptr<GpuPipeline>> gpu =
-        gpu_factory_(registration.plan.cuda_device, *table, stats_, spec);
-    if (!gpu.ok()) return gpu.status();
-    gpu_ = *std::move(gpu);
-    gpu_ready_ = registration.ready;
-    gpu_done_ = registration.done;
-    response->set_results_handle(gpu_->ResultsHandle());
-    response->set_results_bytes(gpu_->ResultsBytes());
-  } else if (gpu_ != nullptr) {
+  } else if (!gpus_.empty()) {
     return absl::FailedPreconditionError(
         "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
   }
@@ -120,17 +101,56 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
 
 void Job::RemoveWorker(uint32_t local_rank) {
   absl::MutexLock lock(&mu_);
-  workers_.erase(local_rank);
-  if (gpu_ != nullptr && workers_.empty()) {
-    RefreshStatistics();  // the statistics outlive the pipeline
-    gpu_.reset();
-    gpu_ready_ = gpu_done_ = nullptr;
+  if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
+    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"));
   }
+  register_again_.erase(local_rank);
+  workers_.erase(local_rank);
+}
+
+absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
+                              const ChunkTable& table, v1::RegisterBuffersResponse* response) {
+  if (!gpus_.available()) return absl::UnimplementedError("no CUDA pipeline here");
+  if (collective_ != nullptr && nccl_.unique_id.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job '", name_,
+                     "' spans nodes but its rendezvous has no NCCL id: create it with "
+                     "CreateRendezvous(cuda=true) to register cuda_ipc buffers"));
+  }
+  if (gpus_.Has(local_rank)) {
+    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered again"));
+  }
+  GpuJobSpec layout;
+  layout.job = name_;
+  for (int r : group_reduction_) layout.replicated.push_back(r == 1 ? 1 : 0);
+  layout.layout_hash = LayoutHash(group_names_, group_reduction_);
+  if (absl::Status s =
+          gpus_.Add(local_rank, registration.plan.cuda_device, table, registration.ready,
+                    registration.done, std::move(layout), nccl_, stats_);
+      !s.ok()) {
+    return s;
+  }
+  register_again_.erase(local_rank);
+  GpuPipeline& pipeline = gpus_.Slot(local_rank);
+  response->set_results_handle(pipeline.ResultsHandle());
+  response->set_results_bytes(pipeline.ResultsBytes());
+  return absl::OkStatus();
+}
+
+void Job::EndGpuGeneration(const std::string& why) {
+  if (gpus_.empty()) return;
+  std::optional<std::vector<GroupStats>> stats = gpus_.Close();  // the statistics outlive it
+  if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
+  for (const auto& [rank, w] : workers_) {
+    register_again_[rank] =
+        absl::StrCat(why, ", which ends the job's GPU communicator: register the buffers again");
+  }
+  workers_.clear();
 }
 
 void Job::RefreshStatistics() const {
-  if (gpu_ == nullptr) return;
-  absl::StatusOr<std::vector<GroupStats>> stats = gpu_->Statistics();
+  if (gpus_.empty()) return;
+  absl::StatusOr<std::vector<GroupStats>> stats = gpus_.Primary().Statistics();
   if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
 }
 
@@ -145,24 +165,24 @@ void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) 
   r->set_diverging((out.flags & kFlagDiverging) != 0);
 }
 
-absl::Status Job::StepGpu(uint64_t step, v1::StepResponse* response) {
+absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* response) {
   std::optional<GpuStepResult> done;
+  bool primary;
   {
     absl::MutexLock lock(&mu_);
-    if (have_step_ && step <= last_step_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("step ", step, " is not after job '", name_, "''s last step ", last_step_));
+    primary = local_rank == gpus_.primary();
+    if (absl::Status s = gpus_.Enqueue(local_rank, step, params_); !s.ok()) return s;
+    if (primary) {  // the job's step count and history follow its first local GPU
+      if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
+        config_history_.back().set_effective_step(step);
+      }
+      steps_ += 1;
+      last_step_ = step;
+      have_step_ = true;
     }
-    if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
-      config_history_.back().set_effective_step(step);
-    }
-    if (absl::Status s = gpu_->Enqueue(step, params_, gpu_ready_, gpu_done_); !s.ok()) return s;
-    steps_ += 1;
-    last_step_ = step;
-    have_step_ = true;
     response->set_step(step);
     response->set_config_version(config_version_);
-    done = gpu_->Poll();
+    done = gpus_.Poll(local_rank);
     if (done.has_value() && !done->outcomes.empty() &&
         (done->outcomes[0].flags & kFlagMismatch) != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -175,7 +195,7 @@ absl::Status Job::StepGpu(uint64_t step, v1::StepResponse* response) {
       response->set_results_step(done->step);
       for (size_t g = 0; g < done->outcomes.size(); ++g) {
         const StepOutcome& out = done->outcomes[g];
-        last_outcome_[g] = out;
+        if (primary) last_outcome_[g] = out;
         v1::GroupResult* r = response->add_groups();
         FillGroupResult(g, out, r);
         if (r->skipped()) response->set_skip(true);
@@ -183,7 +203,7 @@ absl::Status Job::StepGpu(uint64_t step, v1::StepResponse* response) {
       }
     }
   }
-  if (done.has_value() && on_step_) on_step_(*response, absl::ZeroDuration());
+  if (done.has_value() && primary && on_step_) on_step_(*response, absl::ZeroDuration());
   return absl::OkStatus();
 }
 
@@ -194,12 +214,7 @@ void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rend
   rendezvous_token_ = std::move(rendezvous_token);
   nccl_ = std::move(nccl);
   sync_statistics_ = true;
-  if (gpu_ != nullptr) {  // its communicator belongs to the old generation
-    RefreshStatistics();
-    gpu_.reset();
-    gpu_ready_ = gpu_done_ = nullptr;
-    workers_.clear();  // the CUDA worker registers again, for the new communicator
-  }
+  EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator
 }
 
 uint32_t Job::node_rank() const {
@@ -224,9 +239,13 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   bool gpu;
   {
     absl::MutexLock lock(&mu_);
-    gpu = gpu_ != nullptr && workers_.count(local_rank) == 1;
+    gpu = gpus_.Has(local_rank);
+    if (auto again = register_again_.find(local_rank); !gpu && again != register_again_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", again->second));
+    }
   }
-  if (gpu) return StepGpu(step, response);
+  if (gpu) return StepGpu(local_rank, step, response);
   WorkerMap snapshot;
   size_t num_groups = 0;
   {
@@ -419,8 +438,8 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
 
 void Job::GetStats(v1::GetStatsResponse* response) const {
   absl::MutexLock lock(&mu_);
-  if (gpu_ != nullptr) {  // the newest finished step's copy: GetStats never waits for the GPU
-    std::optional<std::vector<GroupStats>> snapshot = gpu_->Snapshot();
+  if (!gpus_.empty()) {  // the newest finished step's copy: GetStats never waits for the GPU
+    std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
     if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
   }
   response->set_job(name_);
@@ -484,7 +503,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   if (round_open_) {
     return absl::FailedPreconditionError("cannot import state while a step is in progress");
   }
-  if (gpu_ != nullptr) {
+  if (!gpus_.empty()) {
     for (const v1::GroupState& g : state.groups()) {
       if (group_index_.count(g.name()) == 0) {
         return absl::FailedPreconditionError(
@@ -497,8 +516,8 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   for (const v1::GroupState& g : state.groups()) {
     stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
   }
-  if (gpu_ != nullptr) {
-    if (absl::Status s = gpu_->SetStatistics(stats_); !s.ok()) return s;
+  if (!gpus_.empty()) {
+    if (absl::Status s = gpus_.SetStatistics(stats_); !s.ok()) return s;
   }
   if (with_config) params_ = params;
   // The imported state defines where the job is: a job resumed from an older checkpoint

@@ -24,6 +24,7 @@
 #include "kernels/cpu_executor.h"
 #include "server/collective.h"
 #include "server/gpu_pipeline.h"
+#include "server/gpu_workers.h"
 #include "server/registration.h"
 
 namespace gstab {
@@ -34,9 +35,9 @@ class Job {
   using StepCallback = std::function<void(const v1::StepResponse&, absl::Duration)>;
 
   // `executor` is shared, not owned, and outlives the job.
-  // `gpu` builds the CUDA pipeline of cuda_ipc registrations (null: they are refused).
+  // `gpu` builds the CUDA pipelines of cuda_ipc registrations (without it they are refused).
   Job(std::string name, const RuleParams& params, uint32_t local_world_size, CpuExecutor* executor,
-      StepCallback on_step = nullptr, GpuPipelineFactory gpu = nullptr);
+      StepCallback on_step = nullptr, GpuBackend gpu = {});
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
@@ -86,8 +87,16 @@ class Job {
   using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The CUDA path: enqueue the step and answer with the newest finished one.
-  absl::Status StepGpu(uint64_t step, v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+  // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
+  absl::Status StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* response)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Registers a cuda_ipc worker: its pipeline in the current GPU generation.
+  absl::Status RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
+                           const ChunkTable& table, v1::RegisterBuffersResponse* response)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Closes the GPU pipelines (keeping their statistics); every CUDA worker registers again,
+  // and hears `why` when it steps before it has.
+  void EndGpuGeneration(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the GPU-resident statistics into stats_ (waits for the GPU).
   void RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
@@ -101,7 +110,6 @@ class Job {
   const uint32_t local_world_size_;
   CpuExecutor* const executor_;
   const StepCallback on_step_;
-  const GpuPipelineFactory gpu_factory_;
 
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);
@@ -111,11 +119,10 @@ class Job {
   std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, 0 sharded, 1 replicated
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
   mutable std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
-  // The CUDA pipeline when the job's worker registered cuda_ipc buffers; it then owns the
+  // The CUDA pipelines when the job's workers registered cuda_ipc buffers; they then own the
   // statistics and stats_ is a copy refreshed on demand.
-  std::unique_ptr<GpuPipeline> gpu_ ABSL_GUARDED_BY(mu_);
-  void* gpu_ready_ ABSL_GUARDED_BY(mu_) = nullptr;
-  void* gpu_done_ ABSL_GUARDED_BY(mu_) = nullptr;
+  mutable GpuWorkers gpus_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, std::string> register_again_ ABSL_GUARDED_BY(mu_);  // local rank: why
   std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);

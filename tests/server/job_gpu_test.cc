@@ -87,18 +87,30 @@ class LaggingPipeline final : public GpuPipeline {
   const uint32_t extra_flags_;
 };
 
-// A pipeline factory of LaggingPipelines that count themselves in `live`.
-GpuPipelineFactory LaggingFactory(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen = nullptr) {
-  return [=](int, const ChunkTable& t, const std::vector<GroupStats>& s,
-             const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+// A backend of LaggingPipelines that count themselves in `live`; `seen` (optional) gets the
+// last spec; NCCL ids are "id-1", "id-2", ... (padded to the real size).
+std::string Id(int n) {
+  std::string id = "id-" + std::to_string(n);
+  id.resize(kNcclUniqueIdBytes, '\0');
+  return id;
+}
+
+GpuBackend LaggingBackend(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen = nullptr) {
+  GpuBackend backend;
+  backend.make_pipeline =
+      [=](int, const ChunkTable& t, const std::vector<GroupStats>& s,
+          const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
     if (seen != nullptr) *seen = spec;
     return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, live, extra_flags));
   };
+  auto ids = std::make_shared<int>(0);
+  backend.new_nccl_id = [ids]() -> absl::StatusOr<std::string> { return Id(++*ids); };
+  return backend;
 }
 
 // A cuda_ipc registration of one fp32 tensor "w" over `grads` (1000 floats), mapped.
 MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
-                                       DeviceMemory* memory) {
+                                       DeviceMemory* memory, int device = 0) {
   v1::RegisterBuffersRequest request;
   v1::Buffer* b = request.add_buffers();
   b->set_transport(v1::TRANSPORT_CUDA_IPC);
@@ -107,6 +119,7 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
   b->set_ipc_handle(handle);
   b->set_size_bytes(4000);
   b->set_dtype(v1::DTYPE_FLOAT32);
+  b->set_device(device);
   v1::Tensor* t = request.add_tensors();
   t->set_name("w");
   t->set_numel(1000);
@@ -123,8 +136,9 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
 
 // A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
 struct FakeCudaWorker {
-  absl::Status Register(Job* job) {
-    return job->Register(0, MapCudaRegistration(grads.data(), &registry, &memory), &registered);
+  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0) {
+    return job->Register(local_rank, MapCudaRegistration(grads.data(), &registry, &memory, device),
+                         &registered);
   }
   std::vector<float> grads = std::vector<float>(1000, 0.5f);
   HostDeviceMemory memory;
@@ -134,7 +148,7 @@ struct FakeCudaWorker {
 
 TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   int live = 0;
-  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingFactory(&live));
+  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&job).ok());
   const v1::RegisterBuffersResponse& registered = worker.registered;
@@ -178,7 +192,7 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
 TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   int live = 0;
   GpuJobSpec seen;
-  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr, LaggingFactory(&live, 0, &seen));
+  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, &seen));
   v1::RendezvousInfo info;
   info.set_store_address("127.0.0.1:1");  // Gloo connects on first use, which never comes
   info.set_node_count(4);
@@ -210,7 +224,10 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   EXPECT_EQ(live, 0);  // the old communicator's pipeline is closed
   absl::Status again = job.Step(0, 2, absl::Seconds(1), &r);
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(again.message().find("RegisterBuffers"), std::string::npos) << again;
+  EXPECT_NE(again.message().find("new rendezvous, which ends the job's GPU communicator: "
+                                 "register the buffers again"),
+            std::string::npos)
+      << again;
 }
 
 // When the nodes disagree on the step or layout, the GPU marks the step kFlagMismatch and the
@@ -218,7 +235,7 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
 TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   int live = 0;
   Job job("split-job", RuleParams{}, 1, nullptr, nullptr,
-          LaggingFactory(&live, kFlagMismatch | kFlagSkipped));
+          LaggingBackend(&live, kFlagMismatch | kFlagSkipped));
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&job).ok());
   v1::StepResponse r;
@@ -228,6 +245,80 @@ TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   EXPECT_NE(s.message().find("differ across the nodes of job 'split-job' (found at step 1)"),
             std::string::npos)
       << s;
+}
+
+// Several local workers, one GPU each: every one a rank of one communicator per generation;
+// they step once all have registered; one registering again starts a new generation.
+TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
+  int live = 0;
+  GpuJobSpec seen;
+  Job job("gpus-job", RuleParams{}, 2, nullptr, nullptr, LaggingBackend(&live, 0, &seen));
+  FakeCudaWorker w0, w1;
+  ASSERT_TRUE(w0.Register(&job, 0, /*device=*/0).ok());
+  EXPECT_EQ(seen.nccl.unique_id, Id(1));
+  EXPECT_EQ(seen.nccl.node_rank, 0u);
+  EXPECT_EQ(seen.nccl.node_count, 2u);
+  v1::StepResponse r;
+  absl::Status early = job.Step(0, 1, absl::Seconds(1), &r);
+  EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(early.message().find("local rank(s) 1 of job 'gpus-job' have not registered"),
+            std::string::npos)
+      << early;
+  absl::Status same_gpu = w1.Register(&job, 1, /*device=*/0);
+  EXPECT_EQ(same_gpu.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(same_gpu.message().find("both use GPU 0"), std::string::npos) << same_gpu;
+  ASSERT_TRUE(w1.Register(&job, 1, /*device=*/1).ok());
+  EXPECT_EQ(seen.nccl.unique_id, Id(1));  // the same communicator
+  EXPECT_EQ(seen.nccl.node_rank, 1u);
+  EXPECT_EQ(live, 2);
+  for (uint64_t step = 1; step <= 3; ++step) {
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &r).ok());
+    ASSERT_TRUE(job.Step(1, step, absl::Seconds(1), &r).ok());
+  }
+  EXPECT_EQ(r.results_step(), 2u);  // local rank 1's own pipeline answers for it
+  EXPECT_EQ(job.Step(1, 3, absl::Seconds(1), &r).code(), absl::StatusCode::kInvalidArgument);
+  v1::GetStatsResponse stats;
+  job.GetStats(&stats);
+  EXPECT_EQ(stats.steps(), 3u);  // counted once per step, not once per GPU
+
+  // Local rank 0 registers again: a new communicator, and local rank 1 must register too.
+  ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
+  EXPECT_EQ(live, 1);
+  EXPECT_EQ(seen.nccl.unique_id, Id(2));
+  absl::Status again = job.Step(1, 4, absl::Seconds(1), &r);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(again.message().find("local rank 0 registered again"), std::string::npos) << again;
+  ASSERT_TRUE(w1.Register(&job, 1, 1).ok());
+  EXPECT_EQ(seen.nccl.unique_id, Id(2));
+  ASSERT_TRUE(job.Step(0, 4, absl::Seconds(1), &r).ok());
+  v1::GetStatsResponse after;
+  job.GetStats(&after);
+  EXPECT_EQ(after.groups(0).accepted_steps(), 3u);  // the statistics outlived the generation
+
+  // A local worker that leaves ends the generation as well.
+  job.RemoveWorker(1);
+  EXPECT_EQ(live, 0);
+  absl::Status left = job.Step(0, 5, absl::Seconds(1), &r);
+  EXPECT_NE(left.message().find("local rank 1 left"), std::string::npos) << left;
+}
+
+// On several nodes the ranks are node_rank * local_world_size + local_rank of
+// node_count * local_world_size, in the rendezvous's communicator.
+TEST(JobGpuTest, GpuRanksSpanTheNodes) {
+  int live = 0;
+  GpuJobSpec seen;
+  Job job("wide-job", RuleParams{}, 2, nullptr, nullptr, LaggingBackend(&live, 0, &seen));
+  v1::RendezvousInfo info;
+  info.set_store_address("127.0.0.1:1");
+  info.set_node_count(3);
+  job.SetCollective(std::make_shared<GlooCollective>(info, 1, "127.0.0.1"), "g1",
+                    NcclRendezvous{std::string(kNcclUniqueIdBytes, 'r'), 1, 3, absl::Seconds(9)});
+  FakeCudaWorker w1;
+  ASSERT_TRUE(w1.Register(&job, 1, 5).ok());
+  EXPECT_EQ(seen.nccl.unique_id, std::string(kNcclUniqueIdBytes, 'r'));
+  EXPECT_EQ(seen.nccl.node_rank, 3u);
+  EXPECT_EQ(seen.nccl.node_count, 6u);
+  EXPECT_EQ(seen.nccl.timeout, absl::Seconds(9));
 }
 
 TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {

@@ -1,0 +1,96 @@
+#include "server/gpu_workers.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace gstab {
+
+absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& table, void* ready,
+                             void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
+                             const std::vector<GroupStats>& stats) {
+  if (Has(local_rank)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("local rank ", local_rank, " of job '", job_, "' already has a pipeline"));
+  }
+  for (const auto& [rank, w] : slots_) {
+    if (w.device == device) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "local ranks ", rank, " and ", local_rank, " of job '", job_, "' both use GPU ", device,
+          ": NCCL takes one rank per GPU, so give each local worker its own device"));
+    }
+  }
+  const bool multi_node = !nccl.unique_id.empty();
+  layout.nccl = nccl;
+  layout.nccl.node_rank = nccl.node_rank * local_world_size_ + local_rank;
+  layout.nccl.node_count = nccl.node_count * local_world_size_;
+  if (!multi_node) {
+    layout.nccl.timeout = backend_.timeout;
+    if (local_world_size_ > 1) {  // the local GPUs share a communicator of this generation
+      if (generation_id_.empty()) {
+        if (backend_.new_nccl_id == nullptr) {
+          return absl::UnimplementedError("this gstabd cannot make NCCL ids");
+        }
+        absl::StatusOr<std::string> id = backend_.new_nccl_id();
+        if (!id.ok()) return id.status();
+        generation_id_ = *std::move(id);
+      }
+      layout.nccl.unique_id = generation_id_;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<GpuPipeline>> pipeline =
+      backend_.make_pipeline(device, table, stats, layout);
+  if (!pipeline.ok()) return pipeline.status();
+  Worker& w = slots_[local_rank];
+  w.pipeline = *std::move(pipeline);
+  w.device = device;
+  w.ready = ready;
+  w.done = done;
+  return absl::OkStatus();
+}
+
+std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
+  std::optional<std::vector<GroupStats>> stats;
+  if (!slots_.empty()) {
+    absl::StatusOr<std::vector<GroupStats>> s = Primary().Statistics();
+    if (s.ok()) stats = *std::move(s);
+  }
+  slots_.clear();
+  generation_id_.clear();
+  return stats;
+}
+
+absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params) {
+  if (slots_.size() < local_world_size_) {
+    std::vector<uint32_t> missing;
+    for (uint32_t r = 0; r < local_world_size_; ++r) {
+      if (!Has(r)) missing.push_back(r);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("local rank(s) ", absl::StrJoin(missing, ", "), " of job '", job_,
+                     "' have not registered their CUDA buffers yet; the job's GPUs step "
+                     "together once every local worker has"));
+  }
+  Worker& w = slots_.at(local_rank);
+  if (w.last_step.has_value() && step <= *w.last_step) {
+    return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after local rank ",
+                                                   local_rank, "'s last step ", *w.last_step,
+                                                   " of job '", job_, "'"));
+  }
+  if (absl::Status s = w.pipeline->Enqueue(step, params, w.ready, w.done); !s.ok()) return s;
+  w.last_step = step;
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> GpuWorkers::LastStep(uint32_t local_rank) const {
+  auto it = slots_.find(local_rank);
+  return it == slots_.end() ? std::nullopt : it->second.last_step;
+}
+
+absl::Status GpuWorkers::SetStatistics(const std::vector<GroupStats>& stats) {
+  for (auto& [rank, w] : slots_) {
+    if (absl::Status s = w.pipeline->SetStatistics(stats); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

@@ -1,0 +1,75 @@
+// The CUDA side of one job on this node (DESIGN.md 2.3, 2.4): one stream-ordered pipeline per
+// local worker, each on its own GPU, and all of them ranks of one NCCL communicator with the
+// job's GPUs on every node (rank node_rank * local_world_size + local_rank of
+// node_count * local_world_size). NCCL combines a node's GPUs and the nodes in one all-reduce.
+//
+// A generation of pipelines lasts until a local worker registers again or leaves, or the job
+// gets a new rendezvous: then the communicator cannot go on, every pipeline is closed (the
+// statistics are kept) and every local worker registers again.
+//
+// Not thread-safe: the Job calls it under its lock.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/rule_types.h"
+#include "kernels/chunk_table.h"
+#include "server/gpu_pipeline.h"
+
+namespace gstab {
+
+class GpuWorkers {
+ public:
+  GpuWorkers(std::string job, uint32_t local_world_size, GpuBackend backend)
+      : job_(std::move(job)), local_world_size_(local_world_size), backend_(std::move(backend)) {}
+
+  bool available() const { return backend_.make_pipeline != nullptr; }
+  bool empty() const { return slots_.empty(); }
+  bool Has(uint32_t local_rank) const { return slots_.count(local_rank) == 1; }
+  // The local rank whose results speak for the job (metrics, statistics): the lowest.
+  uint32_t primary() const { return slots_.begin()->first; }
+
+  // Builds local_rank's pipeline over `table` (device pointers on `device`), starting from
+  // `stats`. `layout` carries the job, the groups' reductions and layout hash; `nccl` the
+  // job's rendezvous (empty id: one node). FAILED_PRECONDITION when another local worker uses
+  // the same GPU (NCCL allows one rank per GPU) or local_rank already has a pipeline.
+  absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, void* ready,
+                   void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
+                   const std::vector<GroupStats>& stats);
+  // Ends the generation: closes every pipeline (waiting for the GPU); returns the primary's
+  // statistics, if there was one.
+  std::optional<std::vector<GroupStats>> Close();
+
+  // Enqueues local_rank's step. FAILED_PRECONDITION naming the local ranks that have not
+  // registered yet (the communicator needs them all).
+  absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params);
+  std::optional<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
+  GpuPipeline& Slot(uint32_t local_rank) { return *slots_.at(local_rank).pipeline; }
+  GpuPipeline& Primary() { return *slots_.begin()->second.pipeline; }
+  // The newest step local_rank enqueued, if any.
+  std::optional<uint64_t> LastStep(uint32_t local_rank) const;
+  absl::Status SetStatistics(const std::vector<GroupStats>& stats);
+
+ private:
+  struct Worker {
+    std::unique_ptr<GpuPipeline> pipeline;
+    int device = 0;
+    void* ready = nullptr;
+    void* done = nullptr;
+    std::optional<uint64_t> last_step;
+  };
+
+  const std::string job_;
+  const uint32_t local_world_size_;
+  const GpuBackend backend_;
+  std::map<uint32_t, Worker> slots_;
+  std::string generation_id_;  // a single-node multi-GPU job's NCCL id for this generation
+};
+
+}  // namespace gstab
