@@ -34,10 +34,10 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
                                       std::string group) {
   // The IPC handle names the allocation (a framework's caching allocator hands out pieces of
   // larger blocks), so register the block's handle and the tensor's offset inside it.
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
   if (!range.ok()) return range.status();
   cudaIpcMemHandle_t h;
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&h, range->first));
   const uint64_t offset =
       static_cast<uint64_t>(static_cast<char*>(ptr) - static_cast<char*>(range->first));
@@ -76,9 +76,10 @@ void CudaGradients::CloseResults() {
 }
 
 absl::Status CudaGradients::Register(Client* client) {
+  // gstabd frees the results buffer of a registration it replaces: let go of it first.
+  CloseResults();
   v1::RegisterBuffersResponse response;
   if (absl::Status s = client->RegisterBuffers(request_, &response); !s.ok()) return s;
-  CloseResults();
   groups_.assign(response.groups().begin(), response.groups().end());
   if (response.results_handle().size() != sizeof(cudaIpcMemHandle_t)) {
     return absl::InternalError(absl::StrCat("gstabd answered with a ",

@@ -170,6 +170,12 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* 
   bool primary;
   {
     absl::MutexLock lock(&mu_);
+    if (!gpus_.Has(local_rank)) {  // the generation ended since Step looked
+      auto again = register_again_.find(local_rank);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "local rank ", local_rank, " of job '", name_,
+          "': ", again != register_again_.end() ? again->second : "register the buffers again"));
+    }
     primary = local_rank == gpus_.primary();
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_); !s.ok()) return s;
     if (primary) {  // the job's step count and history follow its first local GPU

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -67,6 +68,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // NCCL connects its ranks while the communicator initialises (in the background), not at
+  // the first collective: one job's local GPUs are ranks in this one process, and a lazy
+  // connection would make a rank's first collective wait for another's under the job's lock.
+  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
   options.listen_address = absl::GetFlag(FLAGS_listen);

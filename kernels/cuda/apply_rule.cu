@@ -46,8 +46,9 @@ __global__ void SummarizeKernel(uint64_t step, const StepOutcome* outcomes, uint
 absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes,
                                     uint32_t num_groups, StepResultsHeader* d_header,
                                     cudaStream_t stream) {
+  ClearStaleCudaError();
   SummarizeKernel<<<1, 256, 0, stream>>>(step, d_outcomes, num_groups, d_header);
-  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
@@ -55,12 +56,13 @@ absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, const uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
                              cudaStream_t stream) {
+  ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
   constexpr uint32_t kThreads = 128;
   const uint32_t blocks = (num_groups + kThreads - 1) / kThreads;
   ApplyRuleKernel<<<blocks, kThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
                                                    num_groups, d_outcomes, d_scales);
-  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 

@@ -156,24 +156,26 @@ __global__ void __launch_bounds__(kThreads)
 
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream) {
+  ClearStaleCudaError();
   if (table.num_groups() == 0) return absl::OkStatus();
   if (table.num_tiles() > 0) {
     SumSquaresTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
                                                                 d_partials);
-    RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+    RETURN_IF_CUDA_ERROR(cudaGetLastError());
   }
   ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(
       table.d_group_offsets(), table.d_group_tiles(), d_partials, d_sums, d_non_finite);
-  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
 absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
                                cudaStream_t stream) {
+  ClearStaleCudaError();
   if (table.num_tiles() == 0) return absl::OkStatus();
   ScaleTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
                                                          d_scales);
-  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 

@@ -20,11 +20,12 @@ __global__ void PrepareKernel(CrossNodeCheck check, const double* sums, const ui
   }
 }
 
-__global__ void MergeKernel(const double* exchange, const uint8_t* replicated, uint32_t num_groups,
-                            double* sums, uint32_t* non_finite) {
+__global__ void MergeKernel(const double* exchange, const uint8_t* replicated,
+                            const volatile int* aborted, uint32_t num_groups, double* sums,
+                            uint32_t* non_finite) {
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
-  bool agree = true;
+  bool agree = aborted == nullptr || *aborted == 0;  // an aborted all-reduce agrees on nothing
   for (uint32_t i = 0; i < kCrossNodeCheckSize; i += 2) agree &= exchange[i] == -exchange[i + 1];
   if (!agree) {
     non_finite[g] = kNodesDisagree;
@@ -42,22 +43,24 @@ uint32_t Blocks(uint32_t n, uint32_t threads) { return (n + threads - 1) / threa
 absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d_sums,
                                     const uint32_t* d_non_finite, const uint8_t* d_replicated,
                                     uint32_t num_groups, double* d_exchange, cudaStream_t stream) {
+  ClearStaleCudaError();
   constexpr uint32_t kThreads = 128;
   const uint32_t n = num_groups > kCrossNodeCheckSize ? num_groups : kCrossNodeCheckSize;
   PrepareKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(check, d_sums, d_non_finite,
                                                               d_replicated, num_groups, d_exchange);
-  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
 absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_replicated,
-                                  uint32_t num_groups, double* d_sums, uint32_t* d_non_finite,
-                                  cudaStream_t stream) {
+                                  const int* d_aborted, uint32_t num_groups, double* d_sums,
+                                  uint32_t* d_non_finite, cudaStream_t stream) {
+  ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
   constexpr uint32_t kThreads = 128;
   MergeKernel<<<Blocks(num_groups, kThreads), kThreads, 0, stream>>>(
-      d_exchange, d_replicated, num_groups, d_sums, d_non_finite);
-  RETURN_IF_CUDA_ERROR(cudaPeekAtLastError());
+      d_exchange, d_replicated, d_aborted, num_groups, d_sums, d_non_finite);
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 

@@ -14,6 +14,12 @@ inline absl::Status CudaError(cudaError_t err, const char* expr, const char* fil
                                           cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
 }
 
+// A kernel launch reports failure through cudaGetLastError, which also returns what earlier
+// calls on the thread left behind (a failed IPC open on a pooled RPC thread, a query that
+// answered cudaErrorNotReady). Launch functions clear that first, then check with
+// cudaGetLastError, so each sees only its own launches' errors.
+inline void ClearStaleCudaError() { (void)cudaGetLastError(); }
+
 }  // namespace gstab
 
 #define RETURN_IF_CUDA_ERROR(expr)                                           \

@@ -35,9 +35,12 @@ struct CrossNodeCheck {
 absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d_sums,
                                     const uint32_t* d_non_finite, const uint8_t* d_replicated,
                                     uint32_t num_groups, double* d_exchange, cudaStream_t stream);
+// `d_aborted` (device-visible host memory, may be null): nonzero once the communicator has
+// been aborted, when the reduced vector means nothing and the step is treated as a
+// disagreement.
 absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_replicated,
-                                  uint32_t num_groups, double* d_sums, uint32_t* d_non_finite,
-                                  cudaStream_t stream);
+                                  const int* d_aborted, uint32_t num_groups, double* d_sums,
+                                  uint32_t* d_non_finite, cudaStream_t stream);
 
 // Applies the update rule of core/rule.h to `num_groups` groups on the device: reads each
 // group's sum of squares and non-finite flag, updates d_stats in place, and writes the outcome

@@ -1,7 +1,10 @@
 #include "server/cuda/cuda_stepper.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "glog/logging.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -74,8 +77,20 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
     if (!fresh.ok()) return fresh.status();
     id = *std::move(fresh);
   }
-  absl::StatusOr<std::unique_ptr<NcclComm>> comm = NcclComm::Start(
-      id, static_cast<int>(spec.nccl.node_rank), static_cast<int>(spec.nccl.node_count));
+  // Set before any abort, read by the merge kernel: a step whose all-reduce an abort cut
+  // short changes no gradient and no statistic.
+  RETURN_IF_CUDA_ERROR(
+      cudaHostAlloc(reinterpret_cast<void**>(&s->h_aborted_), sizeof(int), cudaHostAllocMapped));
+  *s->h_aborted_ = 0;
+  RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&s->h_check_), 2 * sizeof(double)));
+  RETURN_IF_CUDA_ERROR(
+      cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_aborted_), s->h_aborted_, 0));
+  absl::StatusOr<std::unique_ptr<NcclComm>> comm =
+      NcclComm::Start(id, static_cast<int>(spec.nccl.node_rank),
+                      static_cast<int>(spec.nccl.node_count), [flag = s->h_aborted_] {
+                        *flag = 1;
+                        std::atomic_thread_fence(std::memory_order_seq_cst);
+                      });
   if (!comm.ok()) return comm.status();
   s->comm_ = *std::move(comm);
   if (spec.nccl.node_count > 1) s->watchdog_ = std::thread([p = s.get()] { p->Watch(); });
@@ -91,17 +106,26 @@ CudaStepper::~CudaStepper() {
     watchdog_.join();
   }
   cudaSetDevice(device_);
-  if (stream_ != nullptr && comm_ != nullptr && spec_.nccl.node_count > 1) {
-    // A step stuck on a dead peer would never finish: give it the timeout, then abort.
-    const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
-    while (cudaStreamQuery(stream_) == cudaErrorNotReady && absl::Now() < deadline) {
+  // A step stuck on a dead peer, or behind a `ready` that a killed worker never reached,
+  // would never finish: give it the timeout, abort the communicator, give it a little more;
+  // what is still stuck then is left allocated rather than freed under running kernels.
+  auto drained = [this](absl::Duration wait) {
+    const absl::Time deadline = absl::Now() + wait;
+    while (stream_ != nullptr && cudaStreamQuery(stream_) == cudaErrorNotReady) {
+      if (absl::Now() >= deadline) return false;
       absl::SleepFor(absl::Milliseconds(1));
     }
-    if (cudaStreamQuery(stream_) == cudaErrorNotReady) {
-      comm_->Abort("the job's pipeline closed with a step still waiting for other nodes");
+    return true;
+  };
+  if (!drained(spec_.nccl.timeout)) {
+    if (comm_ != nullptr) comm_->Abort("the job's pipeline closed with a step still running");
+    if (!drained(absl::Seconds(5))) {
+      LOG(ERROR) << "job '" << spec_.job << "': a GPU step never finished; leaving its memory "
+                 << "and stream allocated";
+      return;
     }
   }
-  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  ClearStaleCudaError();
   comm_.reset();
   for (void* p : {static_cast<void*>(d_partials_), static_cast<void*>(d_sums_),
                   static_cast<void*>(d_flags_), static_cast<void*>(d_replicated_),
@@ -109,6 +133,8 @@ CudaStepper::~CudaStepper() {
                   static_cast<void*>(d_results_), static_cast<void*>(d_scales_)}) {
     cudaFree(p);
   }
+  cudaFreeHost(h_aborted_);
+  cudaFreeHost(h_check_);
   absl::MutexLock lock(&mu_);
   for (Slot& slot : slots_) {
     cudaFreeHost(slot.h_outcomes);
@@ -118,25 +144,78 @@ CudaStepper::~CudaStepper() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
-absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
+absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& what) {
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(stream_);
+    if (e == cudaSuccess) return absl::OkStatus();
+    if (e != cudaErrorNotReady) {
+      return CudaError(e, "cudaStreamQuery", __FILE__, __LINE__);
+    }
+    if (absl::Now() >= deadline) {
+      const std::string why = absl::StrCat(what,
+                                           " did not complete in time: a node is missing "
+                                           "or stalled");
+      comm_->Abort(why);
+      return absl::DeadlineExceededError(why);
+    }
+    absl::SleepFor(absl::Microseconds(200));
+  }
+}
+
+absl::Status CudaStepper::Join(absl::Time deadline) {
   const uint32_t groups = table_.num_groups();
-  const std::string where = absl::StrCat("job '", spec_.job, "' node ", spec_.nccl.node_rank,
-                                         " of ", spec_.nccl.node_count, ", step ", step);
-  if (!joined_) {
-    if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator of " + where);
+  const std::string where = absl::StrCat("job '", spec_.job, "' rank ", spec_.nccl.node_rank,
+                                         " of ", spec_.nccl.node_count);
+  if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator of " + where);
+      !s.ok()) {
+    return s;
+  }
+  if (spec_.nccl.node_count > 1) {
+    // The ranks agree on the group count before any collective whose size depends on it (the
+    // per-step check cannot: mismatched sizes would not meet in one all-reduce). Once per
+    // generation the host waits for this.
+    const double n = static_cast<double>(groups);
+    double* all = h_check_;  // pinned: the copy back must not block the host
+    all[0] = n;
+    all[1] = -n;
+    RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(d_exchange_, all, 2 * sizeof(double), cudaMemcpyHostToDevice, stream_));
+    if (absl::Status s = comm_->AllReduce(d_exchange_, 2, ncclDouble, ncclMax, stream_, deadline,
+                                          "the group-count check of " + where);
         !s.ok()) {
       return s;
     }
-    // Every node continues from node 0's statistics (a new generation starts from one state).
-    if (spec_.nccl.node_count > 1 && groups > 0) {
+    RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(all, d_exchange_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    if (absl::Status s = WaitStream(deadline, "the group-count check of " + where); !s.ok()) {
+      return s;
+    }
+    if (all[0] != -all[1]) {
+      const std::string why = absl::StrCat(
+          "the GPUs of job '", spec_.job, "' registered different numbers of norm groups (", groups,
+          " here, between ", -all[1], " and ", all[0],
+          " elsewhere); every node and local worker must register the same groups; nothing was "
+          "summed");
+      comm_->Abort(why);
+      return absl::InvalidArgumentError(why);
+    }
+    // Every rank continues from rank 0's statistics (a new generation starts from one state).
+    if (groups > 0) {
       if (absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_,
                                             deadline, "the statistics broadcast of " + where);
           !s.ok()) {
         return s;
       }
     }
-    joined_ = true;
   }
+  joined_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
+  const uint32_t groups = table_.num_groups();
+  const std::string where = absl::StrCat("job '", spec_.job, "' rank ", spec_.nccl.node_rank,
+                                         " of ", spec_.nccl.node_count, ", step ", step);
   const CrossNodeCheck check{
       static_cast<double>(step), static_cast<double>(spec_.layout_hash >> 32),
       static_cast<double>(spec_.layout_hash & 0xffffffffu), static_cast<double>(groups)};
@@ -156,7 +235,8 @@ absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
       !s.ok()) {
     return s;
   }
-  return LaunchCrossNodeMerge(d_exchange_, d_replicated_, groups, d_sums_, d_flags_, stream_);
+  return LaunchCrossNodeMerge(d_exchange_, d_replicated_, d_aborted_, groups, d_sums_, d_flags_,
+                              stream_);
 }
 
 absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void* ready_event,
@@ -165,6 +245,9 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
   auto done = static_cast<cudaEvent_t>(done_event);
   const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  if (!joined_) {  // before waiting on `ready`: the worker's backward pass is not in the way
+    if (absl::Status s = Join(deadline); !s.ok()) return s;
+  }
   const uint32_t groups = table_.num_groups();
   if (ready != nullptr) RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream_, ready, 0));
   if (absl::Status s = LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_);
@@ -187,7 +270,6 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
       !s.ok()) {
     return s;
   }
-  if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
   absl::MutexLock lock(&mu_);
   Slot& slot = slots_[enqueued_ % 2];
   // Copies and the event go in together under mu_: while the event still marks the slot's
@@ -196,34 +278,44 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),
                                        cudaMemcpyDeviceToHost, stream_));
+  // A step still unfinished in this slot (the host two steps ahead of the GPU) keeps its
+  // start time: the watchdog measures the oldest unfinished step.
+  if (!slot.in_flight || cudaEventQuery(slot.finished) == cudaSuccess) {
+    slot.enqueued_at = absl::Now();
+  }
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
+  // `done` last: a worker that waits for it sees this step in Step, GetStats and metrics.
+  if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
   slot.step = step;
   slot.unreported = true;
   slot.in_flight = true;
-  slot.enqueued_at = absl::Now();
   ++enqueued_;
   return absl::OkStatus();
 }
 
 void CudaStepper::Watch() {
   cudaSetDevice(device_);
-  absl::MutexLock lock(&mu_);
-  while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(20))) {
+  for (;;) {
+    std::string overdue;
+    mu_.LockWhenWithTimeout(absl::Condition(&stop_), absl::Milliseconds(20));
+    const bool stop = stop_;
     for (Slot& slot : slots_) {
-      if (!slot.in_flight) continue;
+      if (stop || !slot.in_flight) continue;
       if (cudaEventQuery(slot.finished) == cudaSuccess) {
         slot.in_flight = false;
       } else if (absl::Now() - slot.enqueued_at > spec_.nccl.timeout) {
         slot.in_flight = false;
-        comm_->Abort(absl::StrCat("step ", slot.step, " of job '", spec_.job, "' on node ",
-                                  spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
-                                  " did not finish within ",
-                                  absl::FormatDuration(spec_.nccl.timeout),
-                                  ": a node died or stalled; the NCCL communicator was aborted; "
-                                  "attach every worker again with a new rendezvous"));
+        overdue = absl::StrCat("step ", slot.step, " of job '", spec_.job, "' on rank ",
+                               spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
+                               " did not finish within ", absl::FormatDuration(spec_.nccl.timeout),
+                               ": a node died or stalled; the NCCL communicator was aborted; "
+                               "attach every worker again with a new rendezvous");
       }
     }
-    (void)comm_->Health();  // aborts on an asynchronous NCCL error
+    mu_.Unlock();
+    if (stop) return;
+    if (!overdue.empty()) comm_->Abort(overdue);  // outside mu_: Poll and Snapshot go on
+    (void)comm_->Health();                        // aborts on an asynchronous NCCL error
   }
 }
 

@@ -26,7 +26,8 @@ absl::StatusOr<std::string> NcclComm::NewUniqueId() {
 }
 
 absl::StatusOr<std::unique_ptr<NcclComm>> NcclComm::Start(const std::string& unique_id, int rank,
-                                                          int size) {
+                                                          int size,
+                                                          std::function<void()> before_abort) {
   if (unique_id.size() != sizeof(ncclUniqueId)) {
     return absl::InvalidArgumentError(absl::StrCat("an NCCL unique id has ", sizeof(ncclUniqueId),
                                                    " bytes, not ", unique_id.size()));
@@ -44,7 +45,7 @@ absl::StatusOr<std::unique_ptr<NcclComm>> NcclComm::Start(const std::string& uni
     if (comm != nullptr) ncclCommAbort(comm);
     return NcclError("ncclCommInitRankConfig", r);
   }
-  return std::unique_ptr<NcclComm>(new NcclComm(comm, rank, size));
+  return std::unique_ptr<NcclComm>(new NcclComm(comm, rank, size, std::move(before_abort)));
 }
 
 NcclComm::~NcclComm() {
@@ -74,6 +75,7 @@ absl::Status NcclComm::BrokenLocked() const {
 void NcclComm::AbortLocked(const std::string& why) {
   if (!broken_.empty()) return;
   broken_ = why;
+  if (before_abort_) before_abort_();
   if (comm_ != nullptr) ncclCommAbort(comm_);
   comm_ = nullptr;
 }

@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -26,8 +27,10 @@ class NcclComm {
   static absl::StatusOr<std::string> NewUniqueId();
   // Starts joining communicator `unique_id` as `rank` of `size` on the current CUDA device;
   // returns at once (Settle waits for the other ranks).
+  // `before_abort` (may be null) runs just before the communicator is aborted.
   static absl::StatusOr<std::unique_ptr<NcclComm>> Start(const std::string& unique_id, int rank,
-                                                         int size);
+                                                         int size,
+                                                         std::function<void()> before_abort = {});
   ~NcclComm();
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -52,7 +55,8 @@ class NcclComm {
   void Abort(const std::string& why);
 
  private:
-  NcclComm(ncclComm_t comm, int rank, int size) : comm_(comm), rank_(rank), size_(size) {}
+  NcclComm(ncclComm_t comm, int rank, int size, std::function<void()> before_abort)
+      : comm_(comm), rank_(rank), size_(size), before_abort_(std::move(before_abort)) {}
   // The status of a call that returned `r`, settling it when it is in progress.
   absl::Status Finish(ncclResult_t r, absl::Time deadline, const std::string& what);
   absl::Status BrokenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -62,6 +66,7 @@ class NcclComm {
   ncclComm_t comm_ ABSL_GUARDED_BY(mu_);
   const int rank_;
   const int size_;
+  const std::function<void()> before_abort_;
   std::string broken_ ABSL_GUARDED_BY(mu_);  // empty while healthy
 };
 

@@ -124,7 +124,7 @@ TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
   absl::Status s = (*stepper)->Enqueue(1, RuleParams{}, nullptr, nullptr);
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
-  EXPECT_NE(s.message().find("job 'lonely-job' node 0 of 2"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("job 'lonely-job' rank 0 of 2"), std::string::npos) << s;
   EXPECT_LT(took, absl::Seconds(10));
   std::cout << "missing node detected after " << took << ": " << s << "\n";
   absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, nullptr, nullptr);
