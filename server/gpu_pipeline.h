@@ -60,6 +60,9 @@ class GpuPipeline {
   // written before `done` every step: its interprocess handle and size.
   virtual std::string ResultsHandle() const = 0;
   virtual uint64_t ResultsBytes() const = 0;
+  // Hands the results buffer over to the caller (freed when the last copy goes), so that it
+  // outlives the pipeline while a worker may still map it.
+  virtual std::shared_ptr<void> TakeResults() = 0;
 };
 
 inline constexpr size_t kNcclUniqueIdBytes = 128;  // sizeof(ncclUniqueId)

@@ -40,6 +40,7 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   absl::StatusOr<std::unique_ptr<GpuPipeline>> pipeline =
       backend_.make_pipeline(device, table, stats, layout);
   if (!pipeline.ok()) return pipeline.status();
+  retired_results_.erase(local_rank);  // the worker let go of it before registering again
   Worker& w = slots_[local_rank];
   w.pipeline = *std::move(pipeline);
   w.device = device;
@@ -54,6 +55,7 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
     absl::StatusOr<std::vector<GroupStats>> s = Primary().Statistics();
     if (s.ok()) stats = *std::move(s);
   }
+  for (auto& [rank, w] : slots_) retired_results_[rank] = w.pipeline->TakeResults();
   slots_.clear();
   generation_id_.clear();
   return stats;

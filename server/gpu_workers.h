@@ -43,8 +43,11 @@ class GpuWorkers {
                    void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
                    const std::vector<GroupStats>& stats);
   // Ends the generation: closes every pipeline (waiting for the GPU); returns the primary's
-  // statistics, if there was one.
+  // statistics, if there was one. Each worker's results buffer stays allocated until that
+  // worker registers again or Forget(local_rank): CUDA IPC forbids freeing memory that another
+  // process may still have open.
   std::optional<std::vector<GroupStats>> Close();
+  void Forget(uint32_t local_rank) { retired_results_.erase(local_rank); }
 
   // Enqueues local_rank's step. FAILED_PRECONDITION naming the local ranks that have not
   // registered yet (the communicator needs them all).
@@ -69,6 +72,7 @@ class GpuWorkers {
   const uint32_t local_world_size_;
   const GpuBackend backend_;
   std::map<uint32_t, Worker> slots_;
+  std::map<uint32_t, std::shared_ptr<void>> retired_results_;  // of closed pipelines
   std::string generation_id_;  // a single-node multi-GPU job's NCCL id for this generation
 };
 

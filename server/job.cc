@@ -104,6 +104,7 @@ void Job::RemoveWorker(uint32_t local_rank) {
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"));
   }
+  gpus_.Forget(local_rank);
   register_again_.erase(local_rank);
   workers_.erase(local_rank);
 }

@@ -293,6 +293,19 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
   return absl::OkStatus();
 }
 
+std::shared_ptr<void> CudaStepper::TakeResults() {
+  // Once the stream is idle nothing writes the buffer again.
+  if (!WaitStream(absl::Now() + spec_.nccl.timeout, "closing the pipeline").ok()) return nullptr;
+  StepResultsHeader* results = d_results_;
+  d_results_ = nullptr;
+  d_outcomes_ = nullptr;
+  const int device = device_;
+  return std::shared_ptr<void>(results, [device](void* p) {
+    cudaSetDevice(device);
+    cudaFree(p);
+  });
+}
+
 void CudaStepper::Watch() {
   cudaSetDevice(device_);
   for (;;) {
@@ -356,7 +369,11 @@ absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_stats_, stats.data(), stats.size() * sizeof(GroupStats),
                                          cudaMemcpyHostToDevice, stream_));
   }
-  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));  // `stats` may die after we return
+  // `stats` may die after we return; a stuck step ends in an abort, never a hang.
+  if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
+      !s.ok()) {
+    return s;
+  }
   return absl::OkStatus();
 }
 
@@ -367,7 +384,10 @@ absl::StatusOr<std::vector<GroupStats>> CudaStepper::Statistics() {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(stats.data(), d_stats_, stats.size() * sizeof(GroupStats),
                                          cudaMemcpyDeviceToHost, stream_));
   }
-  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "reading the statistics");
+      !s.ok()) {
+    return s;
+  }
   return stats;
 }
 

@@ -52,6 +52,7 @@ class CudaStepper final : public GpuPipeline {
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
   std::string ResultsHandle() const override { return results_handle_; }
   uint64_t ResultsBytes() const override { return results_bytes_; }
+  std::shared_ptr<void> TakeResults() override;
 
  private:
   CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)

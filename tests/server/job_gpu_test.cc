@@ -73,6 +73,7 @@ class LaggingPipeline final : public GpuPipeline {
     return absl::OkStatus();
   }
   std::string ResultsHandle() const override { return std::string(64, 'R'); }
+  std::shared_ptr<void> TakeResults() override { return std::make_shared<int>(0); }
   uint64_t ResultsBytes() const override {
     return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
   }
