@@ -12,6 +12,9 @@ namespace gstab {
 absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device) {
   std::unique_ptr<CudaGradients> g(new CudaGradients(device));
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  cudaDeviceProp prop;
+  RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
+  g->device_uuid_.assign(prop.uuid.bytes, sizeof prop.uuid.bytes);
   const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
   RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->ready_, flags));
   RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->done_, flags));
@@ -48,6 +51,7 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   b->set_size_bytes(numel * ElementSize(dtype));
   b->set_dtype(DTypeToProto(dtype));
   b->set_device(device_);
+  b->set_device_uuid(device_uuid_);
   v1::Tensor* t = request_.add_tensors();
   t->set_name(std::move(name));
   t->set_buffer(static_cast<uint32_t>(request_.buffers_size() - 1));

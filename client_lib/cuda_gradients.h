@@ -61,6 +61,7 @@ class CudaGradients {
   void CloseResults();
 
   const int device_;
+  std::string device_uuid_;  // sent with each buffer: gstabd finds the GPU by it
   cudaEvent_t ready_ = nullptr;
   cudaEvent_t done_ = nullptr;
   v1::RegisterBuffersRequest request_;

@@ -28,6 +28,9 @@ class DeviceMemory {
   virtual absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle,
                                                                        int device, uint64_t offset,
                                                                        uint64_t bytes) = 0;
+  // gstabd's ordinal of the GPU whose UUID is `uuid` (16 bytes); `ordinal` itself when `uuid`
+  // is empty. INVALID_ARGUMENT when no GPU gstabd sees has that UUID.
+  virtual absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) = 0;
   // A keep-alive of the opened event and the cudaEvent_t it is.
   virtual absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(
       const std::string& handle, int device) = 0;

@@ -39,6 +39,11 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cud
       return absl::InvalidArgumentError(
           absl::StrCat("buffer ", i, ": device ordinal ", b.device(), " is negative"));
     }
+    if (!b.device_uuid().empty() && b.device_uuid().size() != 16) {
+      return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": device_uuid is ",
+                                                     b.device_uuid().size(),
+                                                     " bytes, a CUDA device UUID is 16"));
+    }
   } else if (b.transport() == v1::TRANSPORT_HOST_SHM) {
     if (absl::Status s = ValidateShmName(b.shm_name()); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("buffer ", i, ": ", s.message()));
@@ -79,6 +84,7 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cud
   out.cuda = cuda;
   out.ipc_handle = cuda ? b.ipc_handle() : "";
   out.device = cuda ? b.device() : 0;
+  out.device_uuid = cuda ? b.device_uuid() : "";
   out.shm_name = b.shm_name();
   out.offset = b.offset();
   out.size = b.size_bytes();
@@ -123,7 +129,7 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
   if (plan.buffers[0].cuda) {
     plan.cuda_device = plan.buffers[0].device;
     for (const PlannedBuffer& b : plan.buffers) {
-      if (!b.cuda || b.device != plan.cuda_device) {
+      if (!b.cuda || b.device != plan.cuda_device || b.device_uuid != plan.buffers[0].device_uuid) {
         return absl::InvalidArgumentError(
             "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
       }
@@ -215,6 +221,12 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
   MappedRegistration out;
   if (plan.cuda_device >= 0) {
     if (device == nullptr) return absl::UnimplementedError("this daemon has no CUDA pipeline");
+    // The worker's ordinal becomes gstabd's: the same GPU, found by its UUID.
+    absl::StatusOr<int> ordinal =
+        device->ResolveDevice(plan.buffers[0].device_uuid, plan.cuda_device);
+    if (!ordinal.ok()) return ordinal.status();
+    plan.cuda_device = *ordinal;
+    for (PlannedBuffer& b : plan.buffers) b.device = *ordinal;
     std::vector<char*> bases;
     for (size_t i = 0; i < plan.buffers.size(); ++i) {
       const PlannedBuffer& b = plan.buffers[i];

@@ -27,9 +27,10 @@ struct RegistrationCaps {
 };
 
 struct PlannedBuffer {
-  bool cuda = false;       // cuda_ipc (else host_shm)
-  std::string ipc_handle;  // cuda_ipc
-  int device = 0;          // cuda_ipc
+  bool cuda = false;        // cuda_ipc (else host_shm)
+  std::string ipc_handle;   // cuda_ipc
+  int device = 0;           // cuda_ipc: the worker's ordinal (gstabd's, once mapped)
+  std::string device_uuid;  // cuda_ipc: 16 bytes, or empty
   std::string shm_name;
   uint64_t offset = 0;  // bytes into the shared object
   uint64_t size = 0;    // bytes

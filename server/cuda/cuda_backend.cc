@@ -1,5 +1,11 @@
 #include "server/cuda/cuda_backend.h"
 
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "server/cuda/cuda_ipc.h"
 #include "server/cuda/cuda_stepper.h"
 #include "server/cuda/nccl_comm.h"
@@ -17,6 +23,23 @@ class CudaDeviceMemory final : public DeviceMemory {
     if (!region.ok()) return region.status();
     char* base = static_cast<char*>((*region)->base) + offset;
     return std::make_pair(std::shared_ptr<void>(*std::move(region)), base);
+  }
+
+  absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) override {
+    if (uuid.empty()) return ordinal;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+    for (int d = 0; d < count; ++d) {
+      cudaDeviceProp prop;
+      if (cudaGetDeviceProperties(&prop, d) == cudaSuccess &&
+          std::memcmp(prop.uuid.bytes, uuid.data(), sizeof prop.uuid.bytes) == 0) {
+        return d;
+      }
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("the worker's GPU (ordinal ", ordinal, " there, UUID ",
+                     absl::BytesToHexString(uuid), ") is not among the ", count,
+                     " GPUs gstabd sees: run gstabd with every GPU of the node visible"));
   }
 
   absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(const std::string& handle,

@@ -24,6 +24,12 @@ class HostDeviceMemory final : public DeviceMemory {
     std::memcpy(&base, handle.data(), sizeof base);
     return std::make_pair(std::make_shared<int>(0), base + offset);
   }
+  // "GPU-<n>" padded to 16 bytes is this machine's GPU n.
+  absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) override {
+    if (uuid.empty()) return ordinal;
+    if (uuid.rfind("GPU-", 0) != 0) return absl::InvalidArgumentError("unknown GPU");
+    return uuid[4] - '0';
+  }
   absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(const std::string&,
                                                                     int) override {
     return std::make_pair(std::make_shared<int>(0), nullptr);
@@ -320,6 +326,44 @@ TEST(JobGpuTest, GpuRanksSpanTheNodes) {
   EXPECT_EQ(seen.nccl.node_rank, 3u);
   EXPECT_EQ(seen.nccl.node_count, 6u);
   EXPECT_EQ(seen.nccl.timeout, absl::Seconds(9));
+}
+
+// A worker's GPU ordinal is its own (CUDA_VISIBLE_DEVICES); gstabd maps it by UUID to its own.
+TEST(JobGpuTest, WorkersGpusAreFoundByUuid) {
+  float grads[1000];
+  v1::RegisterBuffersRequest request;
+  v1::Buffer* b = request.add_buffers();
+  b->set_transport(v1::TRANSPORT_CUDA_IPC);
+  std::string handle(64, '\0');
+  float* base = grads;
+  std::memcpy(handle.data(), &base, sizeof base);
+  b->set_ipc_handle(handle);
+  b->set_size_bytes(4000);
+  b->set_dtype(v1::DTYPE_FLOAT32);
+  b->set_device(0);  // the worker sees one GPU
+  std::string uuid = "GPU-3";
+  uuid.resize(16, '\0');
+  b->set_device_uuid(uuid);
+  v1::Tensor* t = request.add_tensors();
+  t->set_name("w");
+  t->set_numel(1000);
+  request.set_ready_event(std::string(64, 'r'));
+  request.set_done_event(std::string(64, 'd'));
+  RegistrationCaps caps;
+  caps.cuda_ipc = true;
+  HostDeviceMemory memory;
+  MappingRegistry registry;
+  absl::StatusOr<MappedRegistration> mapped =
+      MapRegistration(*ValidateRegistration(request, caps), &registry, &memory);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(mapped->plan.cuda_device, 3);  // gstabd's ordinal of that GPU
+  b->set_device_uuid("short");
+  absl::Status bad = ValidateRegistration(request, caps).status();
+  EXPECT_NE(bad.message().find("device_uuid is 5 bytes"), std::string::npos) << bad;
+  std::string other = "XPU-0";
+  other.resize(16, '\0');
+  b->set_device_uuid(other);
+  EXPECT_FALSE(MapRegistration(*ValidateRegistration(request, caps), &registry, &memory).ok());
 }
 
 TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {
