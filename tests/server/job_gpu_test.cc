@@ -115,9 +115,8 @@ GpuBackend LaggingBackend(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen 
   return backend;
 }
 
-// A cuda_ipc registration of one fp32 tensor "w" over `grads` (1000 floats), mapped.
-MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
-                                       DeviceMemory* memory, int device = 0) {
+// A cuda_ipc registration request of one fp32 tensor "w" over `grads` (1000 floats).
+v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0) {
   v1::RegisterBuffersRequest request;
   v1::Buffer* b = request.add_buffers();
   b->set_transport(v1::TRANSPORT_CUDA_IPC);
@@ -132,9 +131,20 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
   t->set_numel(1000);
   request.set_ready_event(std::string(64, 'r'));
   request.set_done_event(std::string(64, 'd'));
+  return request;
+}
+
+RegistrationCaps CudaCaps() {
   RegistrationCaps caps;
   caps.cuda_ipc = true;
-  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps);
+  return caps;
+}
+
+// The same, validated and mapped.
+MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
+                                       DeviceMemory* memory, int device = 0) {
+  absl::StatusOr<RegistrationPlan> plan =
+      ValidateRegistration(CudaRequest(grads, device), CudaCaps());
   EXPECT_TRUE(plan.ok()) << plan.status();
   absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, registry, memory);
   EXPECT_TRUE(mapped.ok()) << mapped.status();
@@ -331,26 +341,12 @@ TEST(JobGpuTest, GpuRanksSpanTheNodes) {
 // A worker's GPU ordinal is its own (CUDA_VISIBLE_DEVICES); gstabd maps it by UUID to its own.
 TEST(JobGpuTest, WorkersGpusAreFoundByUuid) {
   float grads[1000];
-  v1::RegisterBuffersRequest request;
-  v1::Buffer* b = request.add_buffers();
-  b->set_transport(v1::TRANSPORT_CUDA_IPC);
-  std::string handle(64, '\0');
-  float* base = grads;
-  std::memcpy(handle.data(), &base, sizeof base);
-  b->set_ipc_handle(handle);
-  b->set_size_bytes(4000);
-  b->set_dtype(v1::DTYPE_FLOAT32);
-  b->set_device(0);  // the worker sees one GPU
+  v1::RegisterBuffersRequest request = CudaRequest(grads, 0);  // the worker sees one GPU
+  v1::Buffer* b = request.mutable_buffers(0);
   std::string uuid = "GPU-3";
   uuid.resize(16, '\0');
   b->set_device_uuid(uuid);
-  v1::Tensor* t = request.add_tensors();
-  t->set_name("w");
-  t->set_numel(1000);
-  request.set_ready_event(std::string(64, 'r'));
-  request.set_done_event(std::string(64, 'd'));
-  RegistrationCaps caps;
-  caps.cuda_ipc = true;
+  const RegistrationCaps caps = CudaCaps();
   HostDeviceMemory memory;
   MappingRegistry registry;
   absl::StatusOr<MappedRegistration> mapped =
