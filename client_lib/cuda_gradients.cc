@@ -41,7 +41,14 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
   if (!range.ok()) return range.status();
   cudaIpcMemHandle_t h;
-  RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&h, range->first));
+  if (cudaError_t e = cudaIpcGetMemHandle(&h, range->first); e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "': its memory cannot be shared over CUDA IPC (", cudaGetErrorString(e),
+        "); memory from cuMemCreate, such as PyTorch's expandable segments "
+        "(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), cannot: allocate the gradients "
+        "with cudaMalloc or turn expandable segments off"));
+  }
   const uint64_t offset =
       static_cast<uint64_t>(static_cast<char*>(ptr) - static_cast<char*>(range->first));
   v1::Buffer* b = request_.add_buffers();
