@@ -11,6 +11,7 @@ timings in one run of:
          host's round trip, so only GPU work is timed); the stabilize policy, one global group
 Needs PyTorch with CUDA. Run from the repository root (or the GPU bundle):
   python3 bench/gpu_step_bench.py --gstabd PATH --library PATH/libgstab.so [--out DIR]
+      [--gstabd_library_path DIRS]
 """
 import argparse
 import json
@@ -54,11 +55,15 @@ def median_ms(fn, iters, before=None):
     return statistics.median(times)
 
 
-def start_gstabd(path, folder):
+def start_gstabd(path, folder, library_path):
     sock = os.path.join(folder, "gstabd.sock")
+    env = dict(os.environ)
+    if library_path:
+        env["LD_LIBRARY_PATH"] = library_path
     daemon = subprocess.Popen([path, f"--socket={sock}", f"--state_dir={folder}/state",
                                "--backend=cuda", "--metrics_port=-1", "--lease_ms=60000"],
-                              stdout=subprocess.DEVNULL, stderr=open(f"{folder}/gstabd.log", "w"))
+                              stdout=subprocess.DEVNULL, stderr=open(f"{folder}/gstabd.log", "w"),
+                              env=env)
     deadline = time.time() + 60
     while not os.path.exists(sock):
         if daemon.poll() is not None or time.time() > deadline:
@@ -143,10 +148,12 @@ def main():
     parser.add_argument("--library", required=True)
     parser.add_argument("--out", default=".")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--gstabd_library_path", default="",
+                        help="LD_LIBRARY_PATH for gstabd only (this process keeps its own)")
     args = parser.parse_args()
     gstab.load_library(args.library)
     folder = tempfile.mkdtemp(prefix="gstab-bench-")
-    daemon, sock = start_gstabd(args.gstabd, folder)
+    daemon, sock = start_gstabd(args.gstabd, folder, args.gstabd_library_path)
     rows = []
     try:
         for name, shapes in SETS.items():
