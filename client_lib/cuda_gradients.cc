@@ -81,7 +81,13 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
 }
 
 void CudaGradients::CloseResults() {
-  if (results_ != nullptr) cudaIpcCloseMemHandle(results_);
+  if (results_ != nullptr) {
+    // Reads of it may still be queued on the caller's streams.
+    cudaSetDevice(device_);
+    cudaDeviceSynchronize();
+    cudaIpcCloseMemHandle(results_);
+    (void)cudaGetLastError();  // a failed close must not surface in the caller's next check
+  }
   results_ = nullptr;
   results_bytes_ = 0;
 }

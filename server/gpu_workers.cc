@@ -46,7 +46,22 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   w.device = device;
   w.ready = ready;
   w.done = done;
+  w.groups = table.num_groups();
   return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
+  if (slots_.empty()) return 0u;
+  const uint32_t groups = slots_.begin()->second.groups;
+  for (const auto& [rank, w] : slots_) {
+    if (w.groups != groups) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("local ranks ", slots_.begin()->first, " and ", rank, " of job '", job_,
+                       "' registered different norm groups (", groups, " and ", w.groups,
+                       "): on the CUDA pipeline every local worker registers the same groups"));
+    }
+  }
+  return groups;
 }
 
 std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
@@ -58,20 +73,24 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
   for (auto& [rank, w] : slots_) retired_results_[rank] = w.pipeline->TakeResults();
   slots_.clear();
   generation_id_.clear();
+  layout_agreed_ = false;
   return stats;
 }
 
-absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params) {
-  if (slots_.size() < local_world_size_) {
-    std::vector<uint32_t> missing;
-    for (uint32_t r = 0; r < local_world_size_; ++r) {
-      if (!Has(r)) missing.push_back(r);
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat("local rank(s) ", absl::StrJoin(missing, ", "), " of job '", job_,
-                     "' have not registered their CUDA buffers yet; the job's GPUs step "
-                     "together once every local worker has"));
+absl::Status GpuWorkers::AllRegistered() const {
+  if (slots_.size() >= local_world_size_) return absl::OkStatus();
+  std::vector<uint32_t> missing;
+  for (uint32_t r = 0; r < local_world_size_; ++r) {
+    if (!Has(r)) missing.push_back(r);
   }
+  return absl::FailedPreconditionError(
+      absl::StrCat("local rank(s) ", absl::StrJoin(missing, ", "), " of job '", job_,
+                   "' have not registered their CUDA buffers yet; the job's GPUs step "
+                   "together once every local worker has"));
+}
+
+absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params) {
+  if (absl::Status s = AllRegistered(); !s.ok()) return s;
   Worker& w = slots_.at(local_rank);
   if (w.last_step.has_value() && step <= *w.last_step) {
     return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after local rank ",

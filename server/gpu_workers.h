@@ -49,12 +49,19 @@ class GpuWorkers {
   std::optional<std::vector<GroupStats>> Close();
   void Forget(uint32_t local_rank) { retired_results_.erase(local_rank); }
 
-  // Enqueues local_rank's step. FAILED_PRECONDITION naming the local ranks that have not
-  // registered yet (the communicator needs them all).
+  // FAILED_PRECONDITION naming the local ranks that have not registered yet (the
+  // communicator needs them all).
+  absl::Status AllRegistered() const;
+  // Enqueues local_rank's step (AllRegistered first).
   absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params);
   std::optional<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
   GpuPipeline& Slot(uint32_t local_rank) { return *slots_.at(local_rank).pipeline; }
   GpuPipeline& Primary() { return *slots_.begin()->second.pipeline; }
+  // Whether this generation's group counts have been agreed (see Job::StepGpu), and the count
+  // every local pipeline has (INVALID_ARGUMENT when the local workers' pipelines differ).
+  bool layout_agreed() const { return layout_agreed_; }
+  void set_layout_agreed() { layout_agreed_ = true; }
+  absl::StatusOr<uint32_t> LocalGroupCount() const;
   // The newest step local_rank enqueued, if any.
   std::optional<uint64_t> LastStep(uint32_t local_rank) const;
   absl::Status SetStatistics(const std::vector<GroupStats>& stats);
@@ -66,6 +73,7 @@ class GpuWorkers {
     void* ready = nullptr;
     void* done = nullptr;
     std::optional<uint64_t> last_step;
+    uint32_t groups = 0;
   };
 
   const std::string job_;
@@ -74,6 +82,7 @@ class GpuWorkers {
   std::map<uint32_t, Worker> slots_;
   std::map<uint32_t, std::shared_ptr<void>> retired_results_;  // of closed pipelines
   std::string generation_id_;  // a single-node multi-GPU job's NCCL id for this generation
+  bool layout_agreed_ = false;
 };
 
 }  // namespace gstab

@@ -121,6 +121,12 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   if (gpus_.Has(local_rank)) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered again"));
   }
+  if (collective_ != nullptr && nccl_spent_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_,
+        "''s GPU communicator across nodes has ended and its NCCL id cannot be "
+        "used again: attach every worker with a new rendezvous (CreateRendezvous(cuda=true))"));
+  }
   GpuJobSpec layout;
   layout.job = name_;
   for (int r : group_reduction_) layout.replicated.push_back(r == 1 ? 1 : 0);
@@ -138,8 +144,34 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   return absl::OkStatus();
 }
 
+absl::Status Job::AgreeGpuLayout() {
+  // Before the first collective of a generation the GPUs must agree on the group count: the
+  // per-step check runs inside collectives whose size is that count. Locally on the host;
+  // across nodes through the job's node collective (once per generation, waiting for every
+  // node's first step).
+  if (absl::Status s = gpus_.AllRegistered(); !s.ok()) return s;
+  absl::StatusOr<uint32_t> groups = gpus_.LocalGroupCount();
+  if (!groups.ok()) return groups.status();
+  if (collective_ != nullptr) {
+    const double n = *groups;
+    std::vector<double> range = {n, -n};
+    if (absl::Status s = collective_->AllReduceMax(absl::MakeSpan(range), nccl_.timeout); !s.ok()) {
+      return s;
+    }
+    if (range[0] != -range[1]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
+          " on this node, between ", -range[1], " and ", range[0],
+          " across nodes); every node must register the same groups; nothing was summed"));
+    }
+  }
+  gpus_.set_layout_agreed();
+  return absl::OkStatus();
+}
+
 void Job::EndGpuGeneration(const std::string& why) {
   if (gpus_.empty()) return;
+  if (collective_ != nullptr) nccl_spent_ = true;  // the rendezvous's NCCL id is used up
   std::optional<std::vector<GroupStats>> stats = gpus_.Close();  // the statistics outlive it
   if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
   for (const auto& [rank, w] : workers_) {
@@ -178,6 +210,9 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* 
           "': ", again != register_again_.end() ? again->second : "register the buffers again"));
     }
     primary = local_rank == gpus_.primary();
+    if (!gpus_.layout_agreed()) {
+      if (absl::Status s = AgreeGpuLayout(); !s.ok()) return s;
+    }
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_); !s.ok()) return s;
     if (primary) {  // the job's step count and history follow its first local GPU
       if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
@@ -222,6 +257,7 @@ void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rend
   nccl_ = std::move(nccl);
   sync_statistics_ = true;
   EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator
+  nccl_spent_ = false;
 }
 
 uint32_t Job::node_rank() const {

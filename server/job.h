@@ -97,6 +97,8 @@ class Job {
   // Closes the GPU pipelines (keeping their statistics); every CUDA worker registers again,
   // and hears `why` when it steps before it has.
   void EndGpuGeneration(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Agrees the GPUs' group count (locally, then across nodes) before a generation's first step.
+  absl::Status AgreeGpuLayout() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the GPU-resident statistics into stats_ (waits for the GPU).
   void RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
@@ -128,6 +130,7 @@ class Job {
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
   NcclRendezvous nccl_ ABSL_GUARDED_BY(mu_);
+  bool nccl_spent_ ABSL_GUARDED_BY(mu_) = false;  // a generation of nccl_'s id has ended
   bool sync_statistics_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -71,7 +72,10 @@ int main(int argc, char** argv) {
   // NCCL connects its ranks while the communicator initialises (in the background), not at
   // the first collective: one job's local GPUs are ranks in this one process, and a lazy
   // connection would make a rank's first collective wait for another's under the job's lock.
-  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
+  if (const char* v = std::getenv("NCCL_RUNTIME_CONNECT"); v != nullptr && std::string(v) != "0") {
+    std::fprintf(stderr, "gstabd: NCCL_RUNTIME_CONNECT=%s ignored: gstabd needs 0\n", v);
+  }
+  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/1);
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
   options.listen_address = absl::GetFlag(FLAGS_listen);

@@ -82,7 +82,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   RETURN_IF_CUDA_ERROR(
       cudaHostAlloc(reinterpret_cast<void**>(&s->h_aborted_), sizeof(int), cudaHostAllocMapped));
   *s->h_aborted_ = 0;
-  RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&s->h_check_), 2 * sizeof(double)));
+  RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&s->h_stage_),
+                                      std::max<size_t>(1, groups) * sizeof(GroupStats)));
   RETURN_IF_CUDA_ERROR(
       cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_aborted_), s->h_aborted_, 0));
   absl::StatusOr<std::unique_ptr<NcclComm>> comm =
@@ -122,6 +123,7 @@ CudaStepper::~CudaStepper() {
     if (!drained(absl::Seconds(5))) {
       LOG(ERROR) << "job '" << spec_.job << "': a GPU step never finished; leaving its memory "
                  << "and stream allocated";
+      new DeviceChunkTable(std::move(table_));  // leaked on purpose, with everything else
       return;
     }
   }
@@ -134,7 +136,7 @@ CudaStepper::~CudaStepper() {
     cudaFree(p);
   }
   cudaFreeHost(h_aborted_);
-  cudaFreeHost(h_check_);
+  cudaFreeHost(h_stage_);
   absl::MutexLock lock(&mu_);
   for (Slot& slot : slots_) {
     cudaFreeHost(slot.h_outcomes);
@@ -148,13 +150,14 @@ absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& wha
   for (;;) {
     const cudaError_t e = cudaStreamQuery(stream_);
     if (e == cudaSuccess) return absl::OkStatus();
-    if (e != cudaErrorNotReady) {
-      return CudaError(e, "cudaStreamQuery", __FILE__, __LINE__);
-    }
+    if (e != cudaErrorNotReady) return CudaError(e, "cudaStreamQuery", __FILE__, __LINE__);
     if (absl::Now() >= deadline) {
-      const std::string why = absl::StrCat(what,
-                                           " did not complete in time: a node is missing "
-                                           "or stalled");
+      if (spec_.nccl.node_count == 1) {  // no peer to blame: the GPU is busy or stuck
+        return absl::DeadlineExceededError(
+            absl::StrCat(what, " did not complete in time: the GPU is still busy"));
+      }
+      const std::string why =
+          absl::StrCat(what, " did not complete in time: a node is missing or stalled");
       comm_->Abort(why);
       return absl::DeadlineExceededError(why);
     }
@@ -170,42 +173,14 @@ absl::Status CudaStepper::Join(absl::Time deadline) {
       !s.ok()) {
     return s;
   }
-  if (spec_.nccl.node_count > 1) {
-    // The ranks agree on the group count before any collective whose size depends on it (the
-    // per-step check cannot: mismatched sizes would not meet in one all-reduce). Once per
-    // generation the host waits for this.
-    const double n = static_cast<double>(groups);
-    double* all = h_check_;  // pinned: the copy back must not block the host
-    all[0] = n;
-    all[1] = -n;
-    RETURN_IF_CUDA_ERROR(
-        cudaMemcpyAsync(d_exchange_, all, 2 * sizeof(double), cudaMemcpyHostToDevice, stream_));
-    if (absl::Status s = comm_->AllReduce(d_exchange_, 2, ncclDouble, ncclMax, stream_, deadline,
-                                          "the group-count check of " + where);
+  // The ranks' group counts were agreed on the host before this first step (Job, with
+  // GpuWorkers and the node collective): the collectives below all have one size.
+  // Every rank continues from rank 0's statistics (a new generation starts from one state).
+  if (spec_.nccl.node_count > 1 && groups > 0) {
+    if (absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_,
+                                          deadline, "the statistics broadcast of " + where);
         !s.ok()) {
       return s;
-    }
-    RETURN_IF_CUDA_ERROR(
-        cudaMemcpyAsync(all, d_exchange_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-    if (absl::Status s = WaitStream(deadline, "the group-count check of " + where); !s.ok()) {
-      return s;
-    }
-    if (all[0] != -all[1]) {
-      const std::string why = absl::StrCat(
-          "the GPUs of job '", spec_.job, "' registered different numbers of norm groups (", groups,
-          " here, between ", -all[1], " and ", all[0],
-          " elsewhere); every node and local worker must register the same groups; nothing was "
-          "summed");
-      comm_->Abort(why);
-      return absl::InvalidArgumentError(why);
-    }
-    // Every rank continues from rank 0's statistics (a new generation starts from one state).
-    if (groups > 0) {
-      if (absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_,
-                                            deadline, "the statistics broadcast of " + where);
-          !s.ok()) {
-        return s;
-      }
     }
   }
   joined_ = true;
@@ -294,11 +269,14 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
 }
 
 std::shared_ptr<void> CudaStepper::TakeResults() {
-  // Once the stream is idle nothing writes the buffer again.
-  if (!WaitStream(absl::Now() + spec_.nccl.timeout, "closing the pipeline").ok()) return nullptr;
   StepResultsHeader* results = d_results_;
   d_results_ = nullptr;
   d_outcomes_ = nullptr;
+  // Once the stream is idle nothing writes the buffer again; if it does not get idle, the
+  // buffer is left allocated rather than freed under a kernel or a worker's mapping.
+  if (!WaitStream(absl::Now() + spec_.nccl.timeout, "closing the pipeline").ok()) {
+    return std::shared_ptr<void>(results, [](void*) {});
+  }
   const int device = device_;
   return std::shared_ptr<void>(results, [device](void* p) {
     cudaSetDevice(device);
@@ -365,30 +343,31 @@ absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {
         absl::StrCat(stats.size(), " statistics for ", table_.num_groups(), " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-  if (!stats.empty()) {
-    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_stats_, stats.data(), stats.size() * sizeof(GroupStats),
-                                         cudaMemcpyHostToDevice, stream_));
-  }
-  // `stats` may die after we return; a stuck step ends in an abort, never a hang.
+  // Through pinned memory: a copy from pageable memory could wait for the stream unbounded.
   if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
       !s.ok()) {
     return s;
   }
-  return absl::OkStatus();
+  std::copy(stats.begin(), stats.end(), h_stage_);
+  if (!stats.empty()) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_stats_, h_stage_, stats.size() * sizeof(GroupStats),
+                                         cudaMemcpyHostToDevice, stream_));
+  }
+  return WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
 }
 
 absl::StatusOr<std::vector<GroupStats>> CudaStepper::Statistics() {
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-  std::vector<GroupStats> stats(table_.num_groups());
-  if (!stats.empty()) {
-    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(stats.data(), d_stats_, stats.size() * sizeof(GroupStats),
+  const size_t groups = table_.num_groups();
+  if (groups > 0) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_stage_, d_stats_, groups * sizeof(GroupStats),
                                          cudaMemcpyDeviceToHost, stream_));
   }
   if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "reading the statistics");
       !s.ok()) {
     return s;
   }
-  return stats;
+  return std::vector<GroupStats>(h_stage_, h_stage_ + groups);
 }
 
 }  // namespace gstab

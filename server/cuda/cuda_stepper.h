@@ -57,10 +57,10 @@ class CudaStepper final : public GpuPipeline {
  private:
   CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)
       : device_(device), table_(std::move(table)), spec_(std::move(spec)) {}
-  // The first step of a communicator: wait for every rank to join, agree on the group count,
-  // adopt rank 0's statistics. The host waits here, once per generation.
+  // The first step of a communicator: wait for every rank to join (the host waits here, once
+  // per generation) and adopt rank 0's statistics.
   absl::Status Join(absl::Time deadline);
-  // Polls the stream until it is idle or `deadline` (then aborts the communicator).
+  // Polls the stream until it is idle or `deadline` (then aborts a multi-rank communicator).
   absl::Status WaitStream(absl::Time deadline, const std::string& what);
   // The cross-node stage, between the partial sums and the rule kernel.
   absl::Status EnqueueCrossNode(uint64_t step, absl::Time deadline);
@@ -95,10 +95,10 @@ class CudaStepper final : public GpuPipeline {
   double* d_sums_ = nullptr;
   uint32_t* d_flags_ = nullptr;
   uint8_t* d_replicated_ = nullptr;
-  double* d_exchange_ = nullptr;  // the cross-node vector (see cuda_kernels.h)
-  int* h_aborted_ = nullptr;      // mapped pinned memory: 1 once the communicator is aborted
-  int* d_aborted_ = nullptr;      // its device address
-  double* h_check_ = nullptr;     // pinned: the group-count check read back at Join
+  double* d_exchange_ = nullptr;   // the cross-node vector (see cuda_kernels.h)
+  int* h_aborted_ = nullptr;       // mapped pinned memory: 1 once the communicator is aborted
+  int* d_aborted_ = nullptr;       // its device address
+  GroupStats* h_stage_ = nullptr;  // pinned: statistics read or replaced by the host
   GroupStats* d_stats_ = nullptr;
   // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside).
   StepResultsHeader* d_results_ = nullptr;

@@ -116,7 +116,8 @@ GpuBackend LaggingBackend(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen 
 }
 
 // A cuda_ipc registration request of one fp32 tensor "w" over `grads` (1000 floats).
-v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0) {
+v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0,
+                                       const std::string& name = "w") {
   v1::RegisterBuffersRequest request;
   v1::Buffer* b = request.add_buffers();
   b->set_transport(v1::TRANSPORT_CUDA_IPC);
@@ -127,7 +128,7 @@ v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0) {
   b->set_dtype(v1::DTYPE_FLOAT32);
   b->set_device(device);
   v1::Tensor* t = request.add_tensors();
-  t->set_name("w");
+  t->set_name(name);
   t->set_numel(1000);
   request.set_ready_event(std::string(64, 'r'));
   request.set_done_event(std::string(64, 'd'));
@@ -142,9 +143,10 @@ RegistrationCaps CudaCaps() {
 
 // The same, validated and mapped.
 MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
-                                       DeviceMemory* memory, int device = 0) {
+                                       DeviceMemory* memory, int device = 0,
+                                       const std::string& name = "w") {
   absl::StatusOr<RegistrationPlan> plan =
-      ValidateRegistration(CudaRequest(grads, device), CudaCaps());
+      ValidateRegistration(CudaRequest(grads, device, name), CudaCaps());
   EXPECT_TRUE(plan.ok()) << plan.status();
   absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, registry, memory);
   EXPECT_TRUE(mapped.ok()) << mapped.status();
@@ -154,9 +156,11 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
 // A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
 struct FakeCudaWorker {
   absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0) {
-    return job->Register(local_rank, MapCudaRegistration(grads.data(), &registry, &memory, device),
+    return job->Register(local_rank,
+                         MapCudaRegistration(grads.data(), &registry, &memory, device, tensor),
                          &registered);
   }
+  std::string tensor = "w";  // its own norm group
   std::vector<float> grads = std::vector<float>(1000, 0.5f);
   HostDeviceMemory memory;
   MappingRegistry registry;
@@ -234,8 +238,14 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   const std::vector<std::string> names = {"w"};
   const std::vector<int> reductions = {0};
   EXPECT_EQ(seen.layout_hash, LayoutHash(names, reductions));
+  // The first step agrees the group count through the node collective before any NCCL
+  // call; here no other node exists, so it fails (in time) and nothing is enqueued.
   v1::StepResponse r;
-  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r).ok());
+  const absl::Time start = absl::Now();
+  absl::Status alone = job.Step(0, 1, absl::Seconds(1), &r);
+  EXPECT_FALSE(alone.ok());
+  EXPECT_NE(alone.message().find("other nodes"), std::string::npos) << alone;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
 
   job.SetCollective(gloo, "generation-3", nccl);
   EXPECT_EQ(live, 0);  // the old communicator's pipeline is closed
@@ -317,6 +327,20 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   EXPECT_EQ(live, 0);
   absl::Status left = job.Step(0, 5, absl::Seconds(1), &r);
   EXPECT_NE(left.message().find("local rank 1 left"), std::string::npos) << left;
+}
+
+// The local GPUs must hold the same groups: their collectives have the group count's size.
+TEST(JobGpuTest, LocalGpusWithDifferentGroupsAreRefusedBeforeAnyCollective) {
+  int live = 0;
+  Job job("split-groups", RuleParams{}, 2, nullptr, nullptr, LaggingBackend(&live));
+  FakeCudaWorker w0, w1;
+  w1.tensor = "v";  // a second group
+  ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
+  ASSERT_TRUE(w1.Register(&job, 1, 1).ok());
+  v1::StepResponse r;
+  absl::Status s = job.Step(0, 1, absl::Seconds(1), &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("registered different norm groups (1 and 2)"), std::string::npos) << s;
 }
 
 // On several nodes the ranks are node_rank * local_world_size + local_rank of
