@@ -44,9 +44,9 @@ class CudaE2eTest : public ::testing::Test {
     daemon_.emplace(*std::move(d));
   }
   void TearDown() override {
-    if (daemon_.has_value()) {
-      EXPECT_EQ(daemon_->Stop().value_or(-1), 0);
-    }
+    if (!daemon_.has_value()) return;
+    EXPECT_EQ(daemon_->Stop().value_or(-1), 0);
+    if (HasFailure()) std::cout << "gstabd's log:\n" << daemon_->Log();
   }
 
   // gstabd's holdings once they equal `want` or `settle` has passed (connections of workers

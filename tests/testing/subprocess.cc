@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -142,6 +143,13 @@ absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir,
     absl::SleepFor(absl::Milliseconds(20));
   }
   return DaemonProcess(*std::move(p), socket, dir + "/gstabd.log");
+}
+
+std::string DaemonProcess::Log() const {
+  std::ifstream in(log_);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 absl::StatusOr<int> DaemonProcess::MetricsPort() const {

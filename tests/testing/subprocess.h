@@ -50,6 +50,8 @@ class DaemonProcess {
   absl::StatusOr<int> MetricsPort() const;
   // SIGTERM and wait: the exit code.
   absl::StatusOr<int> Stop();
+  // What the daemon has logged so far.
+  std::string Log() const;
 
  private:
   DaemonProcess(Subprocess p, std::string socket, std::string log)
