@@ -16,6 +16,7 @@ Needs PyTorch with CUDA. Run from the repository root (or the GPU bundle):
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def main():
     finally:
         daemon.terminate()
         daemon.wait(60)
+        shutil.copy(os.path.join(folder, "gstabd.log"), os.path.join(args.out, "gstabd.log"))
     print(f"\nGPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, medians of "
           f"{args.iters}\n")
     print("| set | dtype | bytes | copy ms | floor ms | torch clip ms (x floor) | "
