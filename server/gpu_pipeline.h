@@ -63,6 +63,9 @@ class GpuPipeline {
   // written before `done` every step: its interprocess handle and size.
   virtual std::string ResultsHandle() const = 0;
   virtual uint64_t ResultsBytes() const = 0;
+  // Aborts the pipeline's communicator (kernels waiting on peers return; the step changes
+  // nothing); later steps fail with `why`.
+  virtual void Abort(const std::string& why) = 0;
   // Hands the results buffer over to the caller (freed when the last copy goes), so that it
   // outlives the pipeline while a worker may still map it.
   virtual std::shared_ptr<void> TakeResults() = 0;

@@ -47,7 +47,15 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   w.ready = ready;
   w.done = done;
   w.groups = table.num_groups();
+  multi_rank_ = layout.nccl.node_count > 1;
   return absl::OkStatus();
+}
+
+bool GpuWorkers::InLockstep() const {
+  for (const auto& [rank, w] : slots_) {
+    if (w.last_step != slots_.begin()->second.last_step) return false;
+  }
+  return true;
 }
 
 absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
@@ -65,6 +73,11 @@ absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
 }
 
 std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
+  if (multi_rank_ && !InLockstep()) {
+    for (auto& [rank, w] : slots_) {
+      w.pipeline->Abort("the job's local GPUs stopped at different steps");
+    }
+  }
   std::optional<std::vector<GroupStats>> stats;
   if (!slots_.empty()) {
     absl::StatusOr<std::vector<GroupStats>> s = Primary().Statistics();
@@ -74,6 +87,7 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
   slots_.clear();
   generation_id_.clear();
   layout_agreed_ = false;
+  multi_rank_ = false;
   return stats;
 }
 

@@ -42,9 +42,10 @@ class GpuWorkers {
   absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, void* ready,
                    void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
                    const std::vector<GroupStats>& stats);
-  // Ends the generation: closes every pipeline (waiting for the GPU); returns the primary's
-  // statistics, if there was one. Each worker's results buffer stays allocated until that
-  // worker registers again or Forget(local_rank): CUDA IPC forbids freeing memory that another
+  // Ends the generation: closes every pipeline (waiting, bounded, for the GPU; local ranks
+  // stopped at different steps are aborted first, as their collectives cannot meet); returns
+  // the primary's statistics, if there was one. Each worker's results buffer stays allocated until
+  // that worker registers again or Forget(local_rank): CUDA IPC forbids freeing memory that another
   // process may still have open.
   std::optional<std::vector<GroupStats>> Close();
   void Forget(uint32_t local_rank) { retired_results_.erase(local_rank); }
@@ -57,6 +58,11 @@ class GpuWorkers {
   std::optional<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
   GpuPipeline& Slot(uint32_t local_rank) { return *slots_.at(local_rank).pipeline; }
   GpuPipeline& Primary() { return *slots_.begin()->second.pipeline; }
+  // Whether the pipelines are ranks of a communicator with other GPUs (local or remote): then
+  // a wait on one rank's stream may depend on another rank's next step.
+  bool multi_rank() const { return multi_rank_; }
+  // Whether every local rank has enqueued the same steps.
+  bool InLockstep() const;
   // Whether this generation's group counts have been agreed (see Job::StepGpu), and the count
   // every local pipeline has (INVALID_ARGUMENT when the local workers' pipelines differ).
   bool layout_agreed() const { return layout_agreed_; }
@@ -83,6 +89,7 @@ class GpuWorkers {
   std::map<uint32_t, std::shared_ptr<void>> retired_results_;  // of closed pipelines
   std::string generation_id_;  // a single-node multi-GPU job's NCCL id for this generation
   bool layout_agreed_ = false;
+  bool multi_rank_ = false;
 };
 
 }  // namespace gstab

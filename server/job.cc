@@ -156,7 +156,11 @@ absl::Status Job::AgreeGpuLayout() {
     const double n = *groups;
     std::vector<double> range = {n, -n};
     if (absl::Status s = collective_->AllReduceMax(absl::MakeSpan(range), nccl_.timeout); !s.ok()) {
-      return s;
+      return absl::Status(s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ",
+                                                 nccl_.node_count,
+                                                 ": agreeing the GPUs' group count with the "
+                                                 "other nodes before the first step: ",
+                                                 s.message()));
     }
     if (range[0] != -range[1]) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -183,6 +187,13 @@ void Job::EndGpuGeneration(const std::string& why) {
 
 void Job::RefreshStatistics() const {
   if (gpus_.empty()) return;
+  if (gpus_.multi_rank()) {
+    // Waiting here could wait for another local rank's next step, which needs this lock: take
+    // the newest finished step's copy.
+    std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
+    if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+    return;
+  }
   absl::StatusOr<std::vector<GroupStats>> stats = gpus_.Primary().Statistics();
   if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
 }
@@ -545,6 +556,12 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   absl::MutexLock lock(&mu_);
   if (round_open_) {
     return absl::FailedPreconditionError("cannot import state while a step is in progress");
+  }
+  if (!gpus_.empty() && gpus_.multi_rank()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_,
+        "''s statistics live on several GPUs stepping together: import them before its "
+        "workers register their CUDA buffers, so every GPU starts from them"));
   }
   if (!gpus_.empty()) {
     for (const v1::GroupState& g : state.groups()) {

@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gstabd: NCCL_RUNTIME_CONNECT=%s ignored: gstabd needs 0\n", v);
   }
   setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/1);
+  // And collectives launch per rank (not waiting, inside NCCL, for the process's other ranks).
+  setenv("NCCL_LAUNCH_MODE", "PARALLEL", /*overwrite=*/1);
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
   options.listen_address = absl::GetFlag(FLAGS_listen);

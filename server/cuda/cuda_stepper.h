@@ -53,6 +53,7 @@ class CudaStepper final : public GpuPipeline {
   std::string ResultsHandle() const override { return results_handle_; }
   uint64_t ResultsBytes() const override { return results_bytes_; }
   std::shared_ptr<void> TakeResults() override;
+  void Abort(const std::string& why) override { comm_->Abort(why); }
 
  private:
   CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)

@@ -80,6 +80,7 @@ class LaggingPipeline final : public GpuPipeline {
   }
   std::string ResultsHandle() const override { return std::string(64, 'R'); }
   std::shared_ptr<void> TakeResults() override { return std::make_shared<int>(0); }
+  void Abort(const std::string&) override {}
   uint64_t ResultsBytes() const override {
     return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
   }
@@ -307,6 +308,13 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   v1::GetStatsResponse stats;
   job.GetStats(&stats);
   EXPECT_EQ(stats.steps(), 3u);  // counted once per step, not once per GPU
+  // GPUs stepping together: an export takes the newest finished step's copy (step 2 here)
+  // instead of waiting, and an import is refused while they are registered.
+  EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
+  absl::Status import = job.ImportState(job.ExportState(), false);
+  EXPECT_EQ(import.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(import.message().find("import them before its workers register"), std::string::npos)
+      << import;
 
   // Local rank 0 registers again: a new communicator, and local rank 1 must register too.
   ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
