@@ -66,9 +66,13 @@ class GpuPipeline {
   // Aborts the pipeline's communicator (kernels waiting on peers return; the step changes
   // nothing); later steps fail with `why`.
   virtual void Abort(const std::string& why) = 0;
-  // Hands the results buffer over to the caller (freed when the last copy goes), so that it
+  // Starts closing the pipeline: waits at most `wait` for its GPU work to finish (every later
+  // wait, teardown included, is as short), and hands the results buffer over to the caller
+  // (freed when the last copy goes, left allocated if the GPU work never finished), so that it
   // outlives the pipeline while a worker may still map it.
-  virtual std::shared_ptr<void> TakeResults() = 0;
+  virtual std::shared_ptr<void> TakeResults(absl::Duration wait) = 0;
+  // Whether all its GPU work has finished.
+  virtual bool Idle() = 0;
 };
 
 inline constexpr size_t kNcclUniqueIdBytes = 128;  // sizeof(ncclUniqueId)

@@ -4,6 +4,9 @@
 #include "absl/strings/str_join.h"
 
 namespace gstab {
+namespace {
+constexpr absl::Duration kCloseWait = absl::Seconds(2);
+}  // namespace
 
 absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& table, void* ready,
                              void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
@@ -78,12 +81,21 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
       w.pipeline->Abort("the job's local GPUs stopped at different steps");
     }
   }
+  // Closing happens under the job's (and often the daemon's) lock: every wait is short. A
+  // step that does not finish in it (a dead worker's `ready` never completes, a peer is gone)
+  // leaves its memory allocated and the statistics of the newest finished step.
+  for (auto& [rank, w] : slots_) {
+    retired_results_[rank] = w.pipeline->TakeResults(kCloseWait);
+  }
   std::optional<std::vector<GroupStats>> stats;
   if (!slots_.empty()) {
-    absl::StatusOr<std::vector<GroupStats>> s = Primary().Statistics();
-    if (s.ok()) stats = *std::move(s);
+    if (Primary().Idle()) {
+      absl::StatusOr<std::vector<GroupStats>> s = Primary().Statistics();
+      if (s.ok()) stats = *std::move(s);
+    } else {
+      stats = Primary().Snapshot();
+    }
   }
-  for (auto& [rank, w] : slots_) retired_results_[rank] = w.pipeline->TakeResults();
   slots_.clear();
   generation_id_.clear();
   layout_agreed_ = false;

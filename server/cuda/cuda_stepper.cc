@@ -118,7 +118,7 @@ CudaStepper::~CudaStepper() {
     }
     return true;
   };
-  if (!drained(spec_.nccl.timeout)) {
+  if (!drained(teardown_wait_)) {
     if (comm_ != nullptr) comm_->Abort("the job's pipeline closed with a step still running");
     if (!drained(absl::Seconds(5))) {
       LOG(ERROR) << "job '" << spec_.job << "': a GPU step never finished; leaving its memory "
@@ -268,13 +268,21 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
   return absl::OkStatus();
 }
 
-std::shared_ptr<void> CudaStepper::TakeResults() {
+bool CudaStepper::Idle() {
+  cudaSetDevice(device_);
+  const bool idle = cudaStreamQuery(stream_) == cudaSuccess;
+  ClearStaleCudaError();  // a cudaErrorNotReady must not surface in a later check
+  return idle;
+}
+
+std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait) {
+  teardown_wait_ = std::min(teardown_wait_, wait);
   StepResultsHeader* results = d_results_;
   d_results_ = nullptr;
   d_outcomes_ = nullptr;
   // Once the stream is idle nothing writes the buffer again; if it does not get idle, the
   // buffer is left allocated rather than freed under a kernel or a worker's mapping.
-  if (!WaitStream(absl::Now() + spec_.nccl.timeout, "closing the pipeline").ok()) {
+  if (!WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok()) {
     return std::shared_ptr<void>(results, [](void*) {});
   }
   const int device = device_;

@@ -52,7 +52,8 @@ class CudaStepper final : public GpuPipeline {
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
   std::string ResultsHandle() const override { return results_handle_; }
   uint64_t ResultsBytes() const override { return results_bytes_; }
-  std::shared_ptr<void> TakeResults() override;
+  std::shared_ptr<void> TakeResults(absl::Duration wait) override;
+  bool Idle() override;
   void Abort(const std::string& why) override { comm_->Abort(why); }
 
  private:
@@ -71,6 +72,7 @@ class CudaStepper final : public GpuPipeline {
   const int device_;
   DeviceChunkTable table_;
   const GpuJobSpec spec_;
+  absl::Duration teardown_wait_ = spec_.nccl.timeout;  // shortened by TakeResults
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<NcclComm> comm_;
   bool joined_ = false;  // the communicator is up and node 0's statistics adopted

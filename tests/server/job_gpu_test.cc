@@ -79,7 +79,8 @@ class LaggingPipeline final : public GpuPipeline {
     return absl::OkStatus();
   }
   std::string ResultsHandle() const override { return std::string(64, 'R'); }
-  std::shared_ptr<void> TakeResults() override { return std::make_shared<int>(0); }
+  std::shared_ptr<void> TakeResults(absl::Duration) override { return std::make_shared<int>(0); }
+  bool Idle() override { return true; }
   void Abort(const std::string&) override {}
   uint64_t ResultsBytes() const override {
     return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
