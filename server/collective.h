@@ -1,5 +1,7 @@
-// The cross-node stage of a multi-node job: one collective rank per (job, node). Gloo over TCP
-// on the CPU backend (gloo_collective.h); NCCL on the CUDA backend (not in this build).
+// The host-side collective of a multi-node job: one rank per (job, node), Gloo over TCP
+// (gloo_collective.h). The CPU backend reduces every step through it; the CUDA backend reduces
+// on the device with NCCL (server/cuda/nccl_comm.h, stream-ordered, one rank per GPU) and uses
+// this one only to agree on the group count before a generation's first step.
 //
 // Every operation runs against a deadline and never blocks past it; after a failure the
 // communicator is unusable and the job must attach again with a new rendezvous. Not
