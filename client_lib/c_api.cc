@@ -44,7 +44,6 @@ void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_res
 namespace {
 
 using gstab::capi::Report;
-gstab_status Fail(const absl::Status& status) { return Report(status); }
 
 absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
   gstab::v1::PolicyConfig config;
@@ -78,10 +77,10 @@ const char* gstab_last_error(void) { return gstab::capi::g_last_error.c_str(); }
 
 gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
   if (socket_path == nullptr || out == nullptr) {
-    return Fail(absl::InvalidArgumentError("socket_path and out must not be NULL"));
+    return Report(absl::InvalidArgumentError("socket_path and out must not be NULL"));
   }
   auto client = gstab::Client::Connect(socket_path);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return Report(client.status());
   *out = new gstab_client{*std::move(client), {}};
   return Report(absl::OkStatus());
 }
@@ -91,10 +90,10 @@ void gstab_client_destroy(gstab_client* client) { delete client; }
 gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
                           uint32_t local_rank, uint32_t local_world_size, const char* policy) {
   if (client == nullptr || job == nullptr) {
-    return Fail(absl::InvalidArgumentError("client and job must not be NULL"));
+    return Report(absl::InvalidArgumentError("client and job must not be NULL"));
   }
   absl::StatusOr<gstab::v1::PolicyConfig> config = PolicyFromName(policy);
-  if (!config.ok()) return Fail(config.status());
+  if (!config.ok()) return Report(config.status());
   gstab::AttachOptions options;
   options.job = job;
   options.rank = rank;
@@ -106,12 +105,12 @@ gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, 
 }
 
 gstab_status gstab_detach(gstab_client* client) {
-  if (client == nullptr) return Fail(absl::InvalidArgumentError("client must not be NULL"));
+  if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   return Report(client->client->Detach());
 }
 
 gstab_status gstab_arena_create(gstab_arena** out) {
-  if (out == nullptr) return Fail(absl::InvalidArgumentError("out must not be NULL"));
+  if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
   *out = new gstab_arena;
   return Report(absl::OkStatus());
 }
@@ -121,10 +120,10 @@ void gstab_arena_destroy(gstab_arena* arena) { delete arena; }
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
                                     gstab_dtype dtype, const char* group, size_t* index) {
   if (arena == nullptr || name == nullptr) {
-    return Fail(absl::InvalidArgumentError("arena and name must not be NULL"));
+    return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
   if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
-    return Fail(
+    return Report(
         absl::InvalidArgumentError("unknown dtype: expected GSTAB_FLOAT32, "
                                    "GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
   }
@@ -135,7 +134,7 @@ gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64
 }
 
 gstab_status gstab_arena_allocate(gstab_arena* arena) {
-  if (arena == nullptr) return Fail(absl::InvalidArgumentError("arena must not be NULL"));
+  if (arena == nullptr) return Report(absl::InvalidArgumentError("arena must not be NULL"));
   return Report(arena->arena.Allocate());
 }
 
@@ -146,25 +145,25 @@ void* gstab_arena_data(gstab_arena* arena, size_t index) {
 
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena) {
   if (client == nullptr || arena == nullptr) {
-    return Fail(absl::InvalidArgumentError("client and arena must not be NULL"));
+    return Report(absl::InvalidArgumentError("client and arena must not be NULL"));
   }
   return Report(client->client->Register(arena->arena));
 }
 
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result) {
-  if (client == nullptr) return Fail(absl::InvalidArgumentError("client must not be NULL"));
+  if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return Report(r.status());
   gstab::capi::SetLastStep(client, *std::move(r), result);
   return Report(absl::OkStatus());
 }
 
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out) {
   if (client == nullptr || out == nullptr) {
-    return Fail(absl::InvalidArgumentError("client and out must not be NULL"));
+    return Report(absl::InvalidArgumentError("client and out must not be NULL"));
   }
   if (index >= static_cast<size_t>(client->last_step.groups_size())) {
-    return Fail(absl::InvalidArgumentError("group index out of range of the last step"));
+    return Report(absl::InvalidArgumentError("group index out of range of the last step"));
   }
   const auto& g = client->last_step.groups(static_cast<int>(index));
   *out = gstab_group_result{g.group().c_str(), g.norm(),    g.stabilized_norm(), g.scale(), g.z(),

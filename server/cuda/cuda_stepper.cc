@@ -86,12 +86,13 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
                                       std::max<size_t>(1, groups) * sizeof(GroupStats)));
   RETURN_IF_CUDA_ERROR(
       cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_aborted_), s->h_aborted_, 0));
-  absl::StatusOr<std::unique_ptr<NcclComm>> comm =
-      NcclComm::Start(id, static_cast<int>(spec.nccl.node_rank),
-                      static_cast<int>(spec.nccl.node_count), [flag = s->h_aborted_] {
-                        *flag = 1;
-                        std::atomic_thread_fence(std::memory_order_seq_cst);
-                      });
+  absl::StatusOr<std::unique_ptr<NcclComm>> comm = NcclComm::Start(
+      id, static_cast<int>(spec.nccl.node_rank), static_cast<int>(spec.nccl.node_count),
+      absl::StrCat("job '", spec.job, "' rank ", spec.nccl.node_rank, " of ", spec.nccl.node_count),
+      [flag = s->h_aborted_] {
+        *flag = 1;
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+      });
   if (!comm.ok()) return comm.status();
   s->comm_ = *std::move(comm);
   if (spec.nccl.node_count > 1) s->watchdog_ = std::thread([p = s.get()] { p->Watch(); });
@@ -167,10 +168,7 @@ absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& wha
 
 absl::Status CudaStepper::Join(absl::Time deadline) {
   const uint32_t groups = table_.num_groups();
-  const std::string where = absl::StrCat("job '", spec_.job, "' rank ", spec_.nccl.node_rank,
-                                         " of ", spec_.nccl.node_count);
-  if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator of " + where);
-      !s.ok()) {
+  if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator"); !s.ok()) {
     return s;
   }
   // The ranks' group counts were agreed on the host before this first step (Job, with
@@ -178,7 +176,7 @@ absl::Status CudaStepper::Join(absl::Time deadline) {
   // Every rank continues from rank 0's statistics (a new generation starts from one state).
   if (spec_.nccl.node_count > 1 && groups > 0) {
     if (absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_,
-                                          deadline, "the statistics broadcast of " + where);
+                                          deadline, "the statistics broadcast");
         !s.ok()) {
       return s;
     }
@@ -189,26 +187,28 @@ absl::Status CudaStepper::Join(absl::Time deadline) {
 
 absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
   const uint32_t groups = table_.num_groups();
-  const std::string where = absl::StrCat("job '", spec_.job, "' rank ", spec_.nccl.node_rank,
-                                         " of ", spec_.nccl.node_count, ", step ", step);
   const CrossNodeCheck check{
       static_cast<double>(step), static_cast<double>(spec_.layout_hash >> 32),
       static_cast<double>(spec_.layout_hash & 0xffffffffu), static_cast<double>(groups)};
+  // Messages are composed only on failure: this runs every step.
+  auto at_step = [step](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("step ", step, ": ", s.message()));
+  };
   if (absl::Status s = LaunchCrossNodePrepare(check, d_sums_, d_flags_, d_replicated_, groups,
                                               d_exchange_, stream_);
       !s.ok()) {
     return s;
   }
   if (absl::Status s = comm_->AllReduce(d_exchange_, kCrossNodeCheckSize, ncclDouble, ncclMax,
-                                        stream_, deadline, "the check all-reduce of " + where);
+                                        stream_, deadline, "the check all-reduce");
       !s.ok()) {
-    return s;
+    return at_step(s);
   }
   if (absl::Status s =
           comm_->AllReduce(d_exchange_ + kCrossNodeCheckSize, 2 * size_t{groups}, ncclDouble,
-                           ncclSum, stream_, deadline, "the sums all-reduce of " + where);
+                           ncclSum, stream_, deadline, "the sums all-reduce");
       !s.ok()) {
-    return s;
+    return at_step(s);
   }
   return LaunchCrossNodeMerge(d_exchange_, d_replicated_, d_aborted_, groups, d_sums_, d_flags_,
                               stream_);

@@ -11,8 +11,8 @@ namespace gstab {
 static_assert(sizeof(ncclUniqueId) == kNcclUniqueIdBytes);
 namespace {
 
-absl::Status NcclError(const std::string& what, ncclResult_t r) {
-  return absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(r)));
+absl::Status NcclError(absl::string_view what, absl::string_view context, ncclResult_t r) {
+  return absl::InternalError(absl::StrCat(what, " of ", context, ": ", ncclGetErrorString(r)));
 }
 
 }  // namespace
@@ -20,13 +20,13 @@ absl::Status NcclError(const std::string& what, ncclResult_t r) {
 absl::StatusOr<std::string> NcclComm::NewUniqueId() {
   ncclUniqueId id;
   if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess) {
-    return NcclError("ncclGetUniqueId", r);
+    return NcclError("ncclGetUniqueId", "this gstabd", r);
   }
   return std::string(reinterpret_cast<const char*>(&id), sizeof id);
 }
 
 absl::StatusOr<std::unique_ptr<NcclComm>> NcclComm::Start(const std::string& unique_id, int rank,
-                                                          int size,
+                                                          int size, std::string context,
                                                           std::function<void()> before_abort) {
   if (unique_id.size() != sizeof(ncclUniqueId)) {
     return absl::InvalidArgumentError(absl::StrCat("an NCCL unique id has ", sizeof(ncclUniqueId),
@@ -43,9 +43,10 @@ absl::StatusOr<std::unique_ptr<NcclComm>> NcclComm::Start(const std::string& uni
   const ncclResult_t r = ncclCommInitRankConfig(&comm, size, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
     if (comm != nullptr) ncclCommAbort(comm);
-    return NcclError("ncclCommInitRankConfig", r);
+    return NcclError("ncclCommInitRankConfig", context, r);
   }
-  return std::unique_ptr<NcclComm>(new NcclComm(comm, rank, size, std::move(before_abort)));
+  return std::unique_ptr<NcclComm>(
+      new NcclComm(comm, rank, size, std::move(context), std::move(before_abort)));
 }
 
 NcclComm::~NcclComm() {
@@ -96,7 +97,7 @@ absl::Status NcclComm::Health() {
   return BrokenLocked();
 }
 
-absl::Status NcclComm::Settle(absl::Time deadline, const std::string& what) {
+absl::Status NcclComm::Settle(absl::Time deadline, absl::string_view what) {
   for (absl::Duration pause = absl::Microseconds(20);;
        pause = std::min(2 * pause, absl::Milliseconds(5))) {
     {
@@ -106,11 +107,12 @@ absl::Status NcclComm::Settle(absl::Time deadline, const std::string& what) {
       if (ncclResult_t r = ncclCommGetAsyncError(comm_, &state); r != ncclSuccess) state = r;
       if (state == ncclSuccess) return absl::OkStatus();
       if (state != ncclInProgress) {
-        AbortLocked(absl::StrCat(what, " failed: ", ncclGetErrorString(state)));
+        AbortLocked(absl::StrCat(what, " of ", context_, " failed: ", ncclGetErrorString(state)));
         return BrokenLocked();
       }
       if (absl::Now() >= deadline) {
-        AbortLocked(absl::StrCat(what, " did not complete in time: a node is missing or stalled"));
+        AbortLocked(absl::StrCat(what, " of ", context_,
+                                 " did not complete in time: a node is missing or stalled"));
         return absl::DeadlineExceededError(broken_);
       }
     }
@@ -119,7 +121,7 @@ absl::Status NcclComm::Settle(absl::Time deadline, const std::string& what) {
 }
 
 absl::Status NcclComm::Broadcast(void* d_bytes, size_t bytes, int root, cudaStream_t stream,
-                                 absl::Time deadline, const std::string& what) {
+                                 absl::Time deadline, absl::string_view what) {
   ncclResult_t r;
   {
     absl::MutexLock lock(&mu_);
@@ -129,16 +131,15 @@ absl::Status NcclComm::Broadcast(void* d_bytes, size_t bytes, int root, cudaStre
   return Finish(r, deadline, what);
 }
 
-absl::Status NcclComm::Finish(ncclResult_t r, absl::Time deadline, const std::string& what) {
+absl::Status NcclComm::Finish(ncclResult_t r, absl::Time deadline, absl::string_view what) {
   if (r == ncclSuccess) return absl::OkStatus();
   if (r == ncclInProgress) return Settle(deadline, what);
-  Abort(absl::StrCat(what, " failed: ", ncclGetErrorString(r)));
-  return NcclError(what, r);
+  Abort(absl::StrCat(what, " of ", context_, " failed: ", ncclGetErrorString(r)));
+  return NcclError(what, context_, r);
 }
 
 absl::Status NcclComm::AllReduce(void* d_values, size_t count, ncclDataType_t type, ncclRedOp_t op,
-                                 cudaStream_t stream, absl::Time deadline,
-                                 const std::string& what) {
+                                 cudaStream_t stream, absl::Time deadline, absl::string_view what) {
   ncclResult_t r;
   {
     absl::MutexLock lock(&mu_);

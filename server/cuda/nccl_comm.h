@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -27,9 +28,10 @@ class NcclComm {
   static absl::StatusOr<std::string> NewUniqueId();
   // Starts joining communicator `unique_id` as `rank` of `size` on the current CUDA device;
   // returns at once (Settle waits for the other ranks).
-  // `before_abort` (may be null) runs just before the communicator is aborted.
+  // `context` (for example "job 'j' rank 1 of 4") ends every message; `before_abort` (may be
+  // null) runs just before the communicator is aborted.
   static absl::StatusOr<std::unique_ptr<NcclComm>> Start(const std::string& unique_id, int rank,
-                                                         int size,
+                                                         int size, std::string context,
                                                          std::function<void()> before_abort = {});
   ~NcclComm();
   NcclComm(const NcclComm&) = delete;
@@ -41,13 +43,13 @@ class NcclComm {
   // Waits until the last operation (creation included) is done being set up, or `deadline`.
   // DEADLINE_EXCEEDED (and the communicator aborted) when it passes; `what` names the
   // operation in messages.
-  absl::Status Settle(absl::Time deadline, const std::string& what);
+  absl::Status Settle(absl::Time deadline, absl::string_view what);
   // Enqueues an in-place all-reduce on `stream` (see Settle for `deadline`).
   absl::Status AllReduce(void* d_values, size_t count, ncclDataType_t type, ncclRedOp_t op,
-                         cudaStream_t stream, absl::Time deadline, const std::string& what);
+                         cudaStream_t stream, absl::Time deadline, absl::string_view what);
   // Enqueues an in-place broadcast of `bytes` bytes from rank `root` on `stream`.
   absl::Status Broadcast(void* d_bytes, size_t bytes, int root, cudaStream_t stream,
-                         absl::Time deadline, const std::string& what);
+                         absl::Time deadline, absl::string_view what);
   // OK while healthy; otherwise why not. Never blocks on the network.
   absl::Status Health();
   // Aborts the communicator: kernels waiting on peers return; every later call fails with
@@ -55,10 +57,15 @@ class NcclComm {
   void Abort(const std::string& why);
 
  private:
-  NcclComm(ncclComm_t comm, int rank, int size, std::function<void()> before_abort)
-      : comm_(comm), rank_(rank), size_(size), before_abort_(std::move(before_abort)) {}
+  NcclComm(ncclComm_t comm, int rank, int size, std::string context,
+           std::function<void()> before_abort)
+      : comm_(comm),
+        rank_(rank),
+        size_(size),
+        context_(std::move(context)),
+        before_abort_(std::move(before_abort)) {}
   // The status of a call that returned `r`, settling it when it is in progress.
-  absl::Status Finish(ncclResult_t r, absl::Time deadline, const std::string& what);
+  absl::Status Finish(ncclResult_t r, absl::Time deadline, absl::string_view what);
   absl::Status BrokenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AbortLocked(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -66,6 +73,7 @@ class NcclComm {
   ncclComm_t comm_ ABSL_GUARDED_BY(mu_);
   const int rank_;
   const int size_;
+  const std::string context_;
   const std::function<void()> before_abort_;
   std::string broken_ ABSL_GUARDED_BY(mu_);  // empty while healthy
 };
