@@ -107,10 +107,11 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step) {
+absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {
   v1::StepRequest request;
   request.set_session(session());
   request.set_step(step);
+  request.set_ready_value(ready_value);
   return Call(&v1::Stabilizer::Stub::Step, request);
 }
 

@@ -67,7 +67,8 @@ class Client {
   absl::Status RegisterBuffers(v1::RegisterBuffersRequest request,
                                v1::RegisterBuffersResponse* response = nullptr);
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
-  absl::StatusOr<v1::StepResponse> Step(uint64_t step);
+  // `ready_value`: cuda_ipc registrations (CudaGradients::Step sets it), see StepRequest.
+  absl::StatusOr<v1::StepResponse> Step(uint64_t step, uint32_t ready_value = 0);
   absl::Status Detach();
   absl::StatusOr<v1::GetStatsResponse> GetStats();
   absl::StatusOr<v1::UpdateConfigResponse> UpdateConfig(const v1::PolicyConfig& update);

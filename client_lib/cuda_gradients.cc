@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype_proto.h"
-#include "kernels/cuda/allocation_range.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/driver_api.h"
 
 namespace gstab {
 
@@ -16,11 +16,8 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
   RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
   g->device_uuid_.assign(prop.uuid.bytes, sizeof prop.uuid.bytes);
   const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
-  RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->ready_, flags));
   RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->done_, flags));
   cudaIpcEventHandle_t h;
-  RETURN_IF_CUDA_ERROR(cudaIpcGetEventHandle(&h, g->ready_));
-  g->request_.set_ready_event(std::string(reinterpret_cast<const char*>(&h), sizeof h));
   RETURN_IF_CUDA_ERROR(cudaIpcGetEventHandle(&h, g->done_));
   g->request_.set_done_event(std::string(reinterpret_cast<const char*>(&h), sizeof h));
   return g;
@@ -29,7 +26,6 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 CudaGradients::~CudaGradients() {
   CloseResults();
   for (void* p : owned_) cudaFree(p);
-  if (ready_ != nullptr) cudaEventDestroy(ready_);
   if (done_ != nullptr) cudaEventDestroy(done_);
 }
 
@@ -90,6 +86,7 @@ void CudaGradients::CloseResults() {
   }
   results_ = nullptr;
   results_bytes_ = 0;
+  ready_word_ = nullptr;
 }
 
 absl::Status CudaGradients::Register(Client* client) {
@@ -110,13 +107,24 @@ absl::Status CudaGradients::Register(Client* client) {
   RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
   results_ = static_cast<StepResultsHeader*>(p);
   results_bytes_ = response.results_bytes();
+  if (response.ready_offset() < results_bytes_ || response.ready_offset() % 4 != 0) {
+    return absl::InternalError(absl::StrCat("gstabd answered with ready word offset ",
+                                            response.ready_offset(), " inside a ", results_bytes_,
+                                            "-byte results buffer: not a word after it"));
+  }
+  ready_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.ready_offset());
+  ready_value_ = 0;  // a new buffer's ready word starts at 0
   return absl::OkStatus();
 }
 
 absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t step,
                                                      cudaStream_t stream) {
-  RETURN_IF_CUDA_ERROR(cudaEventRecord(ready_, stream));
-  absl::StatusOr<v1::StepResponse> r = client->Step(step);
+  if (ready_word_ == nullptr) {
+    return absl::FailedPreconditionError("Step before Register: the buffers are not registered");
+  }
+  ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)
+  if (absl::Status s = StreamWriteValue(stream, ready_word_, ready_value_); !s.ok()) return s;
+  absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
   if (!r.ok()) return r;
   RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream, done_, 0));
   return r;

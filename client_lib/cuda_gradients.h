@@ -1,6 +1,6 @@
 // A worker's CUDA gradients for gstabd: tensors anywhere in device memory (the caller's own
-// allocations: any framework's pointer, size and device), and the two interprocess events of
-// the stream-ordered handshake.
+// allocations: any framework's pointer, size and device), and the stream-ordered handshake:
+// the ready word (in gstabd's memory) and the interprocess event `done`.
 //
 //   auto grads = CudaGradients::Create(/*device=*/0);
 //   (*grads)->AddTensor("fc1.weight", ptr, numel, DType::kBFloat16);
@@ -9,8 +9,9 @@
 //   auto r = (*grads)->Step(client.get(), step, stream);   // stream then waits on `done`
 //   // kernels on `stream` may now read (*grads)->device_results() (this step's skip decision)
 //
-// Neither host blocks on the GPU: Step records `ready` on the stream, asks gstabd to enqueue its
-// work behind it, and makes the stream wait on `done`. The StepResponse carries the newest step
+// Neither host blocks on the GPU: Step writes the next value to the ready word on the stream
+// (after the backward pass), asks gstabd to enqueue its work behind that write, and makes the
+// stream wait on `done`. The StepResponse carries the newest step
 // whose GPU work had finished when gstabd answered; this step's own results are in the device
 // buffer gstabd writes before `done`. Not thread-safe.
 #pragma once
@@ -44,7 +45,7 @@ class CudaGradients {
   absl::StatusOr<void*> AllocateTensor(std::string name, uint64_t numel, DType dtype,
                                        std::string group = "");
   v1::RegisterBuffersRequest RegistrationRequest() const { return request_; }
-  // Registers the tensors and events with the job `client` is attached to and maps the
+  // Registers the tensors and the `done` event with the job `client` is attached to and maps the
   // results buffer gstabd writes (replacing an earlier registration's).
   absl::Status Register(Client* client);
   absl::StatusOr<v1::StepResponse> Step(Client* client, uint64_t step, cudaStream_t stream);
@@ -62,8 +63,9 @@ class CudaGradients {
 
   const int device_;
   std::string device_uuid_;  // sent with each buffer: gstabd finds the GPU by it
-  cudaEvent_t ready_ = nullptr;
   cudaEvent_t done_ = nullptr;
+  uint32_t* ready_word_ = nullptr;  // inside results_
+  uint32_t ready_value_ = 0;        // the value of the last Step's ready write
   v1::RegisterBuffersRequest request_;
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;

@@ -146,7 +146,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
         it->second.local_rank == request.local_rank()) {
       LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
                 << " attached again; dropping its previous session";
-      DropSession(it->first, "replaced by a new attach");
+      DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
       break;
     }
   }
@@ -262,13 +262,13 @@ absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {
   return session;
 }
 
-void Daemon::DropSession(const std::string& token, const std::string& reason) {
+void Daemon::DropSession(const std::string& token, const std::string& reason, bool worker_gone) {
   auto it = sessions_.find(token);
   if (it == sessions_.end()) return;
   const Session s = it->second;
   sessions_.erase(it);
   if (s.observer) return;
-  s.job->RemoveWorker(s.local_rank);
+  s.job->RemoveWorker(s.local_rank, worker_gone);
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
   ReportWorkers(s.job);
 }
@@ -312,8 +312,8 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
     }
     ++steps_in_flight_;
   }
-  absl::Status status =
-      session->job->Step(session->local_rank, request.step(), options_.step_timeout, response);
+  absl::Status status = session->job->Step(session->local_rank, request.step(),
+                                           options_.step_timeout, response, request.ready_value());
   absl::MutexLock lock(&mu_);
   --steps_in_flight_;
   return status;
@@ -328,7 +328,7 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   if (sessions_.count(request.session()) == 0) {
     return absl::UnauthenticatedError("unknown or expired session");
   }
-  DropSession(request.session(), "detached");
+  DropSession(request.session(), "detached", /*worker_gone=*/false);
   return absl::OkStatus();
 }
 
@@ -387,7 +387,7 @@ void Daemon::ExpireSessions(absl::Time now) {
     const Session& s = sessions_[token];
     LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
                  << " expired; releasing its buffers";
-    DropSession(token, "lease expired");
+    DropSession(token, "lease expired", /*worker_gone=*/true);
   }
   // A worker that died cannot unlink its shared objects; do it for it.
   if (!expired.empty()) RemoveStaleShmObjects();

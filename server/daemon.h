@@ -96,7 +96,9 @@ class Daemon {
   absl::StatusOr<Session> Use(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
   // As Use(), but refuses observer sessions (they may not register or step).
   absl::StatusOr<Session> UseAsWorker(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
-  void DropSession(const std::string& token, const std::string& reason)
+  // `worker_gone`: the worker may be dead (not a Detach), so a GPU step it queued may never be
+  // ready; its pipeline is released rather than waited for.
+  void DropSession(const std::string& token, const std::string& reason, bool worker_gone)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Refreshes the job's worker and byte gauges.
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

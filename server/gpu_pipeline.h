@@ -45,11 +45,13 @@ struct GpuStepResult {
 class GpuPipeline {
  public:
   virtual ~GpuPipeline() = default;
-  // Enqueues the step (wait on `ready`, record `done`, both cudaEvent_t) without waiting for
-  // the GPU. A multi-node job's first step waits (up to the spec's timeout) for every node to
-  // join the communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed
-  // (a node died or stalled): the job must attach again with a new rendezvous.
-  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, void* ready,
+  // Enqueues the step without waiting for the GPU: the stream waits until the ready word (see
+  // ReadyOffset) reaches `ready_value`, which the worker's stream writes after its backward
+  // pass, and records `done` (the worker's cudaEvent_t) once the gradients are stabilized. A
+  // multi-node job's first step waits (up to the spec's timeout) for every node to join the
+  // communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed (a node died or
+  // stalled): the job must attach again with a new rendezvous.
+  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
                                void* done) = 0;
   // The newest finished step, if any finished since the last call; never blocks.
   virtual std::optional<GpuStepResult> Poll() = 0;
@@ -63,14 +65,18 @@ class GpuPipeline {
   // written before `done` every step: its interprocess handle and size.
   virtual std::string ResultsHandle() const = 0;
   virtual uint64_t ResultsBytes() const = 0;
+  // Where the ready word (uint32, starting at 0) is in the results buffer, past ResultsBytes.
+  virtual uint64_t ReadyOffset() const = 0;
   // Aborts the pipeline's communicator (kernels waiting on peers return; the step changes
   // nothing); later steps fail with `why`.
   virtual void Abort(const std::string& why) = 0;
   // Starts closing the pipeline: waits at most `wait` for its GPU work to finish (every later
   // wait, teardown included, is as short), and hands the results buffer over to the caller
   // (freed when the last copy goes, left allocated if the GPU work never finished), so that it
-  // outlives the pipeline while a worker may still map it.
-  virtual std::shared_ptr<void> TakeResults(absl::Duration wait) = 0;
+  // outlives the pipeline while a worker may still map it. Steps still waiting for a ready
+  // write then (at once when `worker_gone`: a dead worker's queued write never comes) are
+  // released: gstabd writes the ready word itself, and those steps read and change nothing.
+  virtual std::shared_ptr<void> TakeResults(absl::Duration wait, bool worker_gone) = 0;
   // Whether all its GPU work has finished.
   virtual bool Idle() = 0;
 };

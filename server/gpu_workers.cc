@@ -8,8 +8,8 @@ namespace {
 constexpr absl::Duration kCloseWait = absl::Seconds(2);
 }  // namespace
 
-absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& table, void* ready,
-                             void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
+absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& table, void* done,
+                             GpuJobSpec layout, const NcclRendezvous& nccl,
                              const std::vector<GroupStats>& stats) {
   if (Has(local_rank)) {
     return absl::FailedPreconditionError(
@@ -47,7 +47,6 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   Worker& w = slots_[local_rank];
   w.pipeline = *std::move(pipeline);
   w.device = device;
-  w.ready = ready;
   w.done = done;
   w.groups = table.num_groups();
   multi_rank_ = layout.nccl.node_count > 1;
@@ -75,17 +74,18 @@ absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
   return groups;
 }
 
-std::optional<std::vector<GroupStats>> GpuWorkers::Close() {
+std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t> gone) {
   if (multi_rank_ && !InLockstep()) {
     for (auto& [rank, w] : slots_) {
       w.pipeline->Abort("the job's local GPUs stopped at different steps");
     }
   }
-  // Closing happens under the job's (and often the daemon's) lock: every wait is short. A
-  // step that does not finish in it (a dead worker's `ready` never completes, a peer is gone)
-  // leaves its memory allocated and the statistics of the newest finished step.
+  // Closing happens under the job's (and often the daemon's) lock: every wait is short. A gone
+  // worker's steps are released at once (its ready write may never come); a step that still
+  // does not finish (a peer is gone) leaves its memory allocated and the statistics of the
+  // newest finished step.
   for (auto& [rank, w] : slots_) {
-    retired_results_[rank] = w.pipeline->TakeResults(kCloseWait);
+    retired_results_[rank] = w.pipeline->TakeResults(kCloseWait, gone == rank);
   }
   std::optional<std::vector<GroupStats>> stats;
   if (!slots_.empty()) {
@@ -115,7 +115,8 @@ absl::Status GpuWorkers::AllRegistered() const {
                    "together once every local worker has"));
 }
 
-absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params) {
+absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
+                                 uint32_t ready_value) {
   if (absl::Status s = AllRegistered(); !s.ok()) return s;
   Worker& w = slots_.at(local_rank);
   if (w.last_step.has_value() && step <= *w.last_step) {
@@ -123,7 +124,9 @@ absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleP
                                                    local_rank, "'s last step ", *w.last_step,
                                                    " of job '", job_, "'"));
   }
-  if (absl::Status s = w.pipeline->Enqueue(step, params, w.ready, w.done); !s.ok()) return s;
+  if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value, w.done); !s.ok()) {
+    return s;
+  }
   w.last_step = step;
   return absl::OkStatus();
 }

@@ -39,22 +39,25 @@ class GpuWorkers {
   // `stats`. `layout` carries the job, the groups' reductions and layout hash; `nccl` the
   // job's rendezvous (empty id: one node). FAILED_PRECONDITION when another local worker uses
   // the same GPU (NCCL allows one rank per GPU) or local_rank already has a pipeline.
-  absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, void* ready,
-                   void* done, GpuJobSpec layout, const NcclRendezvous& nccl,
+  absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, void* done,
+                   GpuJobSpec layout, const NcclRendezvous& nccl,
                    const std::vector<GroupStats>& stats);
   // Ends the generation: closes every pipeline (waiting, bounded, for the GPU; local ranks
   // stopped at different steps are aborted first, as their collectives cannot meet); returns
   // the primary's statistics, if there was one. Each worker's results buffer stays allocated until
   // that worker registers again or Forget(local_rank): CUDA IPC forbids freeing memory that another
-  // process may still have open.
-  std::optional<std::vector<GroupStats>> Close();
+  // process may still have open. `gone`: a local rank whose worker is gone (its lease expired):
+  // its pipeline is released at once rather than waited for (GpuPipeline::TakeResults).
+  std::optional<std::vector<GroupStats>> Close(std::optional<uint32_t> gone = std::nullopt);
   void Forget(uint32_t local_rank) { retired_results_.erase(local_rank); }
 
   // FAILED_PRECONDITION naming the local ranks that have not registered yet (the
   // communicator needs them all).
   absl::Status AllRegistered() const;
-  // Enqueues local_rank's step (AllRegistered first).
-  absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params);
+  // Enqueues local_rank's step behind its worker's ready write of `ready_value` (AllRegistered
+  // first).
+  absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
+                       uint32_t ready_value);
   std::optional<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
   GpuPipeline& Slot(uint32_t local_rank) { return *slots_.at(local_rank).pipeline; }
   GpuPipeline& Primary() { return *slots_.begin()->second.pipeline; }
@@ -76,7 +79,6 @@ class GpuWorkers {
   struct Worker {
     std::unique_ptr<GpuPipeline> pipeline;
     int device = 0;
-    void* ready = nullptr;
     void* done = nullptr;
     std::optional<uint64_t> last_step;
     uint32_t groups = 0;

@@ -99,10 +99,11 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   return absl::OkStatus();
 }
 
-void Job::RemoveWorker(uint32_t local_rank) {
+void Job::RemoveWorker(uint32_t local_rank, bool gone) {
   absl::MutexLock lock(&mu_);
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
-    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"));
+    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
+                     gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
   }
   gpus_.Forget(local_rank);
   register_again_.erase(local_rank);
@@ -131,9 +132,8 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   layout.job = name_;
   for (int r : group_reduction_) layout.replicated.push_back(r == 1 ? 1 : 0);
   layout.layout_hash = LayoutHash(group_names_, group_reduction_);
-  if (absl::Status s =
-          gpus_.Add(local_rank, registration.plan.cuda_device, table, registration.ready,
-                    registration.done, std::move(layout), nccl_, stats_);
+  if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
+                                 registration.done, std::move(layout), nccl_, stats_);
       !s.ok()) {
     return s;
   }
@@ -141,6 +141,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   GpuPipeline& pipeline = gpus_.Slot(local_rank);
   response->set_results_handle(pipeline.ResultsHandle());
   response->set_results_bytes(pipeline.ResultsBytes());
+  response->set_ready_offset(pipeline.ReadyOffset());
   return absl::OkStatus();
 }
 
@@ -173,10 +174,10 @@ absl::Status Job::AgreeGpuLayout() {
   return absl::OkStatus();
 }
 
-void Job::EndGpuGeneration(const std::string& why) {
+void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone) {
   if (gpus_.empty()) return;
   if (collective_ != nullptr) nccl_spent_ = true;  // the rendezvous's NCCL id is used up
-  std::optional<std::vector<GroupStats>> stats = gpus_.Close();  // the statistics outlive it
+  std::optional<std::vector<GroupStats>> stats = gpus_.Close(gone);  // the statistics outlive it
   if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
   for (const auto& [rank, w] : workers_) {
     register_again_[rank] =
@@ -209,7 +210,8 @@ void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) 
   r->set_diverging((out.flags & kFlagDiverging) != 0);
 }
 
-absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* response) {
+absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
+                          v1::StepResponse* response) {
   std::optional<GpuStepResult> done;
   bool primary;
   {
@@ -224,7 +226,16 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* 
     if (!gpus_.layout_agreed()) {
       if (absl::Status s = AgreeGpuLayout(); !s.ok()) return s;
     }
-    if (absl::Status s = gpus_.Enqueue(local_rank, step, params_); !s.ok()) return s;
+    if (ready_value == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("local rank ", local_rank, " of job '", name_,
+                       "' registered cuda_ipc buffers but step ", step,
+                       " carries no ready_value: the worker's stream writes it to the ready word "
+                       "(RegisterBuffersResponse.ready_offset) after its backward pass"));
+    }
+    if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
+      return s;
+    }
     if (primary) {  // the job's step count and history follow its first local GPU
       if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
         config_history_.back().set_effective_step(step);
@@ -289,7 +300,7 @@ uint64_t Job::RegisteredBytes() const {
 }
 
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
-                       v1::StepResponse* response) {
+                       v1::StepResponse* response, uint32_t ready_value) {
   bool gpu;
   {
     absl::MutexLock lock(&mu_);
@@ -299,7 +310,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", again->second));
     }
   }
-  if (gpu) return StepGpu(local_rank, step, response);
+  if (gpu) return StepGpu(local_rank, step, ready_value, response);
   WorkerMap snapshot;
   size_t num_groups = 0;
   {

@@ -49,7 +49,9 @@ class Job {
   // (sharded / replicated) disagrees with the job's.
   absl::Status Register(uint32_t local_rank, MappedRegistration registration,
                         v1::RegisterBuffersResponse* response);
-  void RemoveWorker(uint32_t local_rank);
+  // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
+  // queued may never be ready: its GPU pipeline is released rather than waited for.
+  void RemoveWorker(uint32_t local_rank, bool gone = false);
   uint64_t RegisteredBytes() const;
 
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
@@ -65,8 +67,9 @@ class Job {
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
   // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step.
+  // `ready_value`: for cuda_ipc workers, the value of this step's ready write (StepRequest).
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
-                    v1::StepResponse* response);
+                    v1::StepResponse* response, uint32_t ready_value = 0);
 
   // Merges `update` into the configuration; effective from the next step.
   absl::Status UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response);
@@ -88,15 +91,16 @@ class Job {
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
-  absl::Status StepGpu(uint32_t local_rank, uint64_t step, v1::StepResponse* response)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
+                       v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
   // Registers a cuda_ipc worker: its pipeline in the current GPU generation.
   absl::Status RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
                            const ChunkTable& table, v1::RegisterBuffersResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Closes the GPU pipelines (keeping their statistics); every CUDA worker registers again,
-  // and hears `why` when it steps before it has.
-  void EndGpuGeneration(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // and hears `why` when it steps before it has. `gone`: a local rank whose worker is gone.
+  void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Agrees the GPUs' group count (locally, then across nodes) before a generation's first step.
   absl::Status AgreeGpuLayout() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the GPU-resident statistics into stats_ (waits for the GPU).

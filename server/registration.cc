@@ -134,12 +134,11 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
             "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
       }
     }
-    if (request.ready_event().size() != 64 || request.done_event().size() != 64) {
-      return absl::InvalidArgumentError(
-          "cuda_ipc registrations need ready_event and done_event, 64-byte "
-          "cudaIpcEventHandle_t each");
+    if (request.done_event().size() != 64) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda_ipc registrations need done_event, a 64-byte cudaIpcEventHandle_t (got ",
+          request.done_event().size(), " bytes)"));
     }
-    plan.ready_event = request.ready_event();
     plan.done_event = request.done_event();
   } else {
     for (const PlannedBuffer& b : plan.buffers) {
@@ -238,11 +237,8 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
       out.mappings.push_back(opened->first);
       bases.push_back(opened->second);
     }
-    auto ready = device->OpenEvent(plan.ready_event, plan.cuda_device);
-    if (!ready.ok()) return ready.status();
     auto done = device->OpenEvent(plan.done_event, plan.cuda_device);
     if (!done.ok()) return done.status();
-    std::tie(out.ready_keep, out.ready) = *ready;
     std::tie(out.done_keep, out.done) = *done;
     for (const PlannedTensor& t : plan.tensors) {
       out.tensor_data.push_back(bases[t.buffer] +

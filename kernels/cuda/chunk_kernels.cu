@@ -75,7 +75,12 @@ __device__ void SumTile(const void* data, const Tile& tile, float* acc, int* bad
 }
 
 __global__ void __launch_bounds__(kThreads)
-    SumSquaresTiles(const DeviceChunk* chunks, const Tile* tiles, TilePartial* partials) {
+    SumSquaresTiles(const DeviceChunk* chunks, const Tile* tiles, TilePartial* partials,
+                    const uint32_t* voided) {
+  if (voided != nullptr && *voided != 0) {  // uniform across the block
+    if (threadIdx.x == 0) partials[blockIdx.x] = TilePartial{0.0, 0u};
+    return;
+  }
   const Tile tile = tiles[blockIdx.x];
   const DeviceChunk chunk = chunks[tile.chunk];
   float acc = 0.0f;  // fp32 within a thread: at most tile/kThreads (256) terms
@@ -155,12 +160,13 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
-                                   double* d_sums, uint32_t* d_non_finite, cudaStream_t stream) {
+                                   double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
+                                   const uint32_t* d_voided) {
   ClearStaleCudaError();
   if (table.num_groups() == 0) return absl::OkStatus();
   if (table.num_tiles() > 0) {
     SumSquaresTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
-                                                                d_partials);
+                                                                d_partials, d_voided);
     RETURN_IF_CUDA_ERROR(cudaGetLastError());
   }
   ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(

@@ -61,9 +61,11 @@ absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes
 // Per-group sums of squares and non-finite flags of every chunk in `table`, like
 // CpuGroupSumSquares. d_partials holds one TilePartial per tile (caller-owned scratch);
 // d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same
-// bits on every run.
+// bits on every run. `d_voided` (device memory, may be null): while nonzero the chunks are not
+// read and every sum is 0 (the memory may belong to a worker that is gone).
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
-                                   double* d_sums, uint32_t* d_non_finite, cudaStream_t stream);
+                                   double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
+                                   const uint32_t* d_voided = nullptr);
 
 // Multiplies each group's elements by d_scales[group] in place, like CpuScaleGroups (a scale of
 // exactly 1 writes nothing, exactly 0 writes zeros).

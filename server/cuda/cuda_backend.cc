@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/cuda/cuda_ipc.h"
 #include "server/cuda/cuda_stepper.h"
+#include "server/cuda/device_reaper.h"
 #include "server/cuda/nccl_comm.h"
 
 namespace gstab {
@@ -15,6 +16,8 @@ namespace {
 
 class CudaDeviceMemory final : public DeviceMemory {
  public:
+  // gstabd is stopping: let the releases deferred so far finish before the process exits.
+  ~CudaDeviceMemory() override { FlushDeviceReleases(absl::Seconds(5)); }
   absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle,
                                                                int device, uint64_t offset,
                                                                uint64_t bytes) override {

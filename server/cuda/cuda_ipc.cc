@@ -4,8 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/weak_map.h"
-#include "kernels/cuda/allocation_range.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/driver_api.h"
+#include "server/cuda/device_reaper.h"
 
 namespace gstab {
 namespace {
@@ -45,6 +46,17 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
   absl::MutexLock lock(&mu_);
   std::shared_ptr<IpcRegion> region = regions_[handle].lock();
   if (region == nullptr) {
+    // A mapping of this allocation released a moment ago may not be closed yet (the reaper
+    // closes it): opening it again before that would fail.
+    {
+      absl::MutexLock closing_lock(&closing_->mu);
+      auto closed = [&] { return closing_->handles.count(handle) == 0; };
+      if (!closing_->mu.AwaitWithTimeout(absl::Condition(&closed), absl::Seconds(2))) {
+        return absl::UnavailableError(
+            "this allocation's earlier mapping is still being released (the GPU is busy); "
+            "register again shortly");
+      }
+    }
     cudaIpcMemHandle_t h;
     std::memcpy(&h, handle.data(), sizeof h);
     RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
@@ -59,10 +71,20 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
         new IpcRegion{ptr,
                       range->second - (static_cast<char*>(ptr) - static_cast<char*>(range->first)),
                       device},
-        [](IpcRegion* r) {
-          cudaSetDevice(r->device);
-          cudaIpcCloseMemHandle(r->base);
-          delete r;
+        [closing = closing_, handle](IpcRegion* r) {
+          {
+            absl::MutexLock closing_lock(&closing->mu);
+            closing->handles.insert(handle);
+          }
+          // Closing may wait for work anywhere on the device: off the caller's path.
+          DeferDeviceRelease([closing, handle, r] {
+            cudaSetDevice(r->device);
+            cudaIpcCloseMemHandle(r->base);
+            ClearStaleCudaError();
+            delete r;
+            absl::MutexLock closing_lock(&closing->mu);
+            closing->handles.erase(handle);
+          });
         });
     regions_[handle] = region;
   }

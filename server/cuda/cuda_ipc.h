@@ -9,6 +9,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -36,8 +37,15 @@ class CudaIpcRegistry {
   int LiveRegions();
 
  private:
+  // Handles whose mapping the reaper has yet to close (shared with the closing deleters).
+  struct Closing {
+    absl::Mutex mu;
+    std::set<std::string> handles ABSL_GUARDED_BY(mu);
+  };
+
   absl::Mutex mu_;
   std::map<std::string, std::weak_ptr<IpcRegion>> regions_ ABSL_GUARDED_BY(mu_);
+  const std::shared_ptr<Closing> closing_ = std::make_shared<Closing>();
 };
 
 // A worker's interprocess event (cudaIpcEventHandle_t, 64 bytes), opened in this process.

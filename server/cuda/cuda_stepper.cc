@@ -7,6 +7,8 @@
 #include "glog/logging.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/driver_api.h"
+#include "server/cuda/device_reaper.h"
 
 namespace gstab {
 namespace {
@@ -56,10 +58,16 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
         DeviceAlloc(&s->d_stats_, groups), DeviceAlloc(&s->d_scales_, groups)}) {
     if (!st.ok()) return st;
   }
+  // The results, then two words: the ready word the worker writes, and the voided word.
   s->results_bytes_ = sizeof(StepResultsHeader) + groups * sizeof(StepOutcome);
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), s->results_bytes_));
-  RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, s->results_bytes_, stream));
+  s->ready_offset_ = (s->results_bytes_ + 7) / 8 * 8;
+  const size_t allocated = s->ready_offset_ + 2 * sizeof(uint32_t);
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), allocated));
+  RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, allocated, stream));
   s->d_outcomes_ = reinterpret_cast<StepOutcome*>(s->d_results_ + 1);
+  s->d_ready_ =
+      reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(s->d_results_) + s->ready_offset_);
+  s->d_voided_ = s->d_ready_ + 1;
   cudaIpcMemHandle_t handle;
   RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&handle, s->d_results_));
   s->results_handle_.assign(reinterpret_cast<const char*>(&handle), sizeof handle);
@@ -120,6 +128,7 @@ CudaStepper::~CudaStepper() {
     return true;
   };
   if (!drained(teardown_wait_)) {
+    Release();
     if (comm_ != nullptr) comm_->Abort("the job's pipeline closed with a step still running");
     if (!drained(absl::Seconds(5))) {
       LOG(ERROR) << "job '" << spec_.job << "': a GPU step never finished; leaving its memory "
@@ -130,21 +139,29 @@ CudaStepper::~CudaStepper() {
   }
   ClearStaleCudaError();
   comm_.reset();
-  for (void* p : {static_cast<void*>(d_partials_), static_cast<void*>(d_sums_),
-                  static_cast<void*>(d_flags_), static_cast<void*>(d_replicated_),
-                  static_cast<void*>(d_exchange_), static_cast<void*>(d_stats_),
-                  static_cast<void*>(d_results_), static_cast<void*>(d_scales_)}) {
-    cudaFree(p);
-  }
-  cudaFreeHost(h_aborted_);
-  cudaFreeHost(h_stage_);
-  absl::MutexLock lock(&mu_);
-  for (Slot& slot : slots_) {
-    cudaFreeHost(slot.h_outcomes);
-    cudaFreeHost(slot.h_stats);
-    if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
+  std::vector<void*> host = {h_aborted_, h_stage_};
+  {
+    absl::MutexLock lock(&mu_);
+    for (Slot& slot : slots_) {
+      host.push_back(slot.h_outcomes);
+      host.push_back(slot.h_stats);
+      if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
+    }
   }
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  if (release_stream_ != nullptr) cudaStreamDestroy(release_stream_);
+  // Frees may wait for other jobs' work on the device: not on this (locked) path.
+  DeferDeviceRelease([device = device_,
+                      table = std::make_shared<DeviceChunkTable>(std::move(table_)),
+                      memory = std::vector<void*>{d_partials_, d_sums_, d_flags_, d_replicated_,
+                                                  d_exchange_, d_stats_, d_results_, d_scales_},
+                      host]() mutable {
+    cudaSetDevice(device);
+    table.reset();
+    for (void* p : memory) cudaFree(p);
+    for (void* p : host) cudaFreeHost(p);
+    ClearStaleCudaError();
+  });
 }
 
 absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& what) {
@@ -214,9 +231,8 @@ absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
                               stream_);
 }
 
-absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void* ready_event,
+absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
                                   void* done_event) {
-  auto ready = static_cast<cudaEvent_t>(ready_event);
   auto done = static_cast<cudaEvent_t>(done_event);
   const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
@@ -224,8 +240,12 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, void*
     if (absl::Status s = Join(deadline); !s.ok()) return s;
   }
   const uint32_t groups = table_.num_groups();
-  if (ready != nullptr) RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream_, ready, 0));
-  if (absl::Status s = LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_);
+  // The worker's stream writes ready_value after its backward pass; nothing here reads its
+  // gradients before that.
+  if (absl::Status s = StreamWaitValue(stream_, d_ready_, ready_value); !s.ok()) return s;
+  last_ready_.store(ready_value);
+  if (absl::Status s =
+          LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_, d_voided_);
       !s.ok()) {
     return s;
   }
@@ -275,20 +295,53 @@ bool CudaStepper::Idle() {
   return idle;
 }
 
-std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait) {
+void CudaStepper::Release() {
+  cudaSetDevice(device_);
+  // Voided first (the merge kernel: nothing applied; the sums kernel: nothing read), then the
+  // ready word, on a stream of its own: the pipeline's stream is the one that waits.
+  *h_aborted_ = 1;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  absl::Status s;
+  if (release_stream_ == nullptr) {
+    if (cudaError_t e = cudaStreamCreateWithFlags(&release_stream_, cudaStreamNonBlocking);
+        e != cudaSuccess) {
+      s = CudaError(e, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
+    }
+  }
+  if (s.ok()) s = StreamWriteValue(release_stream_, d_voided_, 1);
+  if (s.ok()) s = StreamWriteValue(release_stream_, d_ready_, last_ready_.load());
+  ClearStaleCudaError();
+  if (!s.ok()) {
+    LOG(ERROR) << "job '" << spec_.job
+               << "': could not release its worker's unfinished steps: " << s;
+  }
+}
+
+std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait, bool worker_gone) {
   teardown_wait_ = std::min(teardown_wait_, wait);
   StepResultsHeader* results = d_results_;
   d_results_ = nullptr;
   d_outcomes_ = nullptr;
-  // Once the stream is idle nothing writes the buffer again; if it does not get idle, the
-  // buffer is left allocated rather than freed under a kernel or a worker's mapping.
-  if (!WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok()) {
+  // A step whose ready write never comes (the worker died, or hangs) is released: then the
+  // stream drains. Once it is idle nothing writes the buffer again; if it does not get idle
+  // (a peer stalls an all-reduce), the buffer is left allocated rather than freed under a
+  // kernel or a worker's mapping.
+  bool idle =
+      worker_gone ? Idle() : WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok();
+  if (!idle) {
+    Release();
+    idle = WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok();
+  }
+  if (!idle) {
     return std::shared_ptr<void>(results, [](void*) {});
   }
   const int device = device_;
   return std::shared_ptr<void>(results, [device](void* p) {
-    cudaSetDevice(device);
-    cudaFree(p);
+    DeferDeviceRelease([device, p] {
+      cudaSetDevice(device);
+      cudaFree(p);
+      ClearStaleCudaError();
+    });
   });
 }
 

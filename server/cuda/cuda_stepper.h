@@ -1,9 +1,9 @@
 // The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3, 2.4):
-//   wait(ready) -> partial sums per group -> cross-node stage (two NCCL all-reduces of one
-//   fixed-size vector: the step/layout check and the sums and non-finite flags; world size 1
-//   for a job on one node) -> rule kernel (statistics stay on the GPU) -> scale in place ->
-//   results header (the buffer the worker maps) -> record(done) -> asynchronous copy of the
-//   outcomes to pinned host memory.
+//   wait for the ready word (the worker's stream writes it) -> partial sums per group -> cross-node
+//   stage (two NCCL all-reduces of one fixed-size vector: the step/layout check and the sums and
+//   non-finite flags; world size 1 for a job on one node) -> rule kernel (statistics stay on the
+//   GPU) -> scale in place -> results header (the buffer the worker maps) -> record(done) ->
+//   asynchronous copy of the outcomes to pinned host memory.
 // Enqueue never waits for the GPU; Poll reports the newest finished step without blocking.
 // For a multi-node job a watchdog thread aborts the communicator when a step has not finished
 // within the spec's timeout (a node died or stalled) or NCCL reports an error, so neither the
@@ -14,6 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,9 +42,10 @@ class CudaStepper final : public GpuPipeline {
   CudaStepper(const CudaStepper&) = delete;
   CudaStepper& operator=(const CudaStepper&) = delete;
 
-  // Enqueues one step; `ready` and `done` are the worker's cudaEvent_t (null: no wait /
-  // record).
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, void* ready, void* done) override;
+  // Enqueues one step behind the worker's ready write of `ready_value`; `done` is the worker's
+  // cudaEvent_t (null: none recorded).
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
+                       void* done) override;
   // The newest enqueued step, once its GPU work has finished (reported once).
   std::optional<GpuStepResult> Poll() override;
   std::optional<std::vector<GroupStats>> Snapshot() override;
@@ -52,7 +54,8 @@ class CudaStepper final : public GpuPipeline {
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
   std::string ResultsHandle() const override { return results_handle_; }
   uint64_t ResultsBytes() const override { return results_bytes_; }
-  std::shared_ptr<void> TakeResults(absl::Duration wait) override;
+  uint64_t ReadyOffset() const override { return ready_offset_; }
+  std::shared_ptr<void> TakeResults(absl::Duration wait, bool worker_gone) override;
   bool Idle() override;
   void Abort(const std::string& why) override { comm_->Abort(why); }
 
@@ -66,6 +69,9 @@ class CudaStepper final : public GpuPipeline {
   absl::Status WaitStream(absl::Time deadline, const std::string& what);
   // The cross-node stage, between the partial sums and the rule kernel.
   absl::Status EnqueueCrossNode(uint64_t step, absl::Time deadline);
+  // Lets the stream past every queued wait for a ready write, voiding those steps: gstabd
+  // writes the ready word itself (for a worker that is gone).
+  void Release();
   // Runs until stop_: aborts the communicator when a step overstays the timeout.
   void Watch();
 
@@ -103,11 +109,17 @@ class CudaStepper final : public GpuPipeline {
   int* d_aborted_ = nullptr;       // its device address
   GroupStats* h_stage_ = nullptr;  // pinned: statistics read or replaced by the host
   GroupStats* d_stats_ = nullptr;
-  // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside).
+  // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside), then
+  // at ready_offset_ the ready word and the voided word (nonzero: queued steps read nothing).
   StepResultsHeader* d_results_ = nullptr;
   StepOutcome* d_outcomes_ = nullptr;
   std::string results_handle_;
   uint64_t results_bytes_ = 0;
+  uint64_t ready_offset_ = 0;
+  uint32_t* d_ready_ = nullptr;
+  uint32_t* d_voided_ = nullptr;
+  std::atomic<uint32_t> last_ready_{0};  // the newest value a step waits for
+  cudaStream_t release_stream_ = nullptr;
   float* d_scales_ = nullptr;
 };
 

@@ -40,6 +40,7 @@ class Gradients {
     std::normal_distribution<float> d(0.0f, 1.0f);
     for (size_t c = 0; c < l.numel.size(); ++c) {
       const size_t es = ElementSize(l.dtype[c]);
+      bytes_.resize((bytes_.size() + es - 1) / es * es);  // misaligned by whole elements only
       offsets_.push_back(bytes_.size() + l.offset_elements[c] * es);
       bytes_.resize(bytes_.size() + (l.numel[c] + l.offset_elements[c]) * es + 64);
       for (int64_t i = 0; i < l.numel[c]; ++i) Set(c, i, d(rng));

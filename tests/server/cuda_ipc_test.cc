@@ -27,10 +27,9 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   absl::StatusOr<std::string> line = worker->ReadLine(absl::Seconds(60));
   ASSERT_TRUE(line.ok()) << line.status();
   const std::vector<std::string> parts = absl::StrSplit(*line, ' ');
-  ASSERT_EQ(parts.size(), 4u) << *line;
+  ASSERT_EQ(parts.size(), 3u) << *line;
   const std::string mem = absl::HexStringToBytes(parts[1]);
-  const std::string ready_h = absl::HexStringToBytes(parts[2]);
-  const std::string done_h = absl::HexStringToBytes(parts[3]);
+  const std::string done_h = absl::HexStringToBytes(parts[2]);
 
   CudaIpcRegistry registry;
   EXPECT_EQ(registry.Open(mem, 0, 0, 1ull << 40).status().code(),
@@ -44,9 +43,8 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->get(), region->get());  // one mapping per allocation
   EXPECT_EQ(registry.LiveRegions(), 1);
-  auto ready = IpcEvent::Open(ready_h, 0);
   auto done = IpcEvent::Open(done_h, 0);
-  ASSERT_TRUE(ready.ok() && done.ok());
+  ASSERT_TRUE(done.ok()) << done.status();
 
   char* base = static_cast<char*>((*region)->base);
   ChunkTable table = *ChunkTable::Create(
@@ -58,8 +56,10 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   spec.replicated = {0, 1};  // world size 1: a replicated group keeps its local sum anyway
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
-  ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, (*ready)->get(), (*done)->get()).ok());
-  std::ofstream(flag) << "go";
+  // Queued before the worker has even uploaded its gradients: the ready word holds it back.
+  ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, 1, (*done)->get()).ok());
+  std::ofstream(flag) << absl::BytesToHexString((*stepper)->ResultsHandle()) << " "
+                      << (*stepper)->ReadyOffset();
   absl::StatusOr<std::string> result = worker->ReadLine(absl::Seconds(60));
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->rfind("RESULT ok", 0), 0u) << *result;
@@ -88,18 +88,58 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   size_t free_before, free_after, total;
   for (uint64_t step = 1; step <= 100; ++step) {
-    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, nullptr, nullptr).ok());
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, 0, nullptr).ok());  // 0: ready now
   }
   ASSERT_TRUE((*stepper)->Statistics().ok());
   cudaMemGetInfo(&free_before, &total);
   for (uint64_t step = 101; step <= 10100; ++step) {
-    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, nullptr, nullptr).ok()) << step;
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, 0, nullptr).ok()) << step;
   }
   absl::StatusOr<std::vector<GroupStats>> stats = (*stepper)->Statistics();
   ASSERT_TRUE(stats.ok());
   cudaMemGetInfo(&free_after, &total);
   EXPECT_EQ(free_after, free_before);
   EXPECT_EQ((*stats)[0].steps, 10100u);
+  cudaFree(d);
+}
+
+// A worker that dies with steps queued never writes their ready word: closing the pipeline as
+// for a worker that is gone releases them, and they neither read nor change the gradients or
+// the statistics.
+TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  constexpr int kCount = 1 << 16;
+  std::vector<float> host(kCount, 3.0f);
+  void* d;
+  ASSERT_EQ(cudaMalloc(&d, kCount * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d, host.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ChunkTable table = *ChunkTable::Create({Chunk{d, kCount, DType::kFloat32, 0}}, 1);
+  GpuJobSpec spec;
+  spec.job = "gone-job";
+  spec.replicated = {0};
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
+  ASSERT_TRUE(stepper.ok()) << stepper.status();
+  ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, 1, nullptr).ok());  // never written
+  ASSERT_TRUE((*stepper)->Enqueue(2, RuleParams{}, 2, nullptr).ok());
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE((*stepper)->Idle());  // held at step 1's ready word
+  const absl::Time start = absl::Now();
+  std::shared_ptr<void> results = (*stepper)->TakeResults(absl::Seconds(2), /*worker_gone=*/true);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  EXPECT_TRUE((*stepper)->Idle());
+  absl::StatusOr<std::vector<GroupStats>> stats = (*stepper)->Statistics();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ((*stats)[0].steps, 0u);
+  std::vector<float> after(kCount);
+  ASSERT_EQ(cudaMemcpy(after.data(), d, kCount * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(after, host);
+  std::optional<GpuStepResult> last = (*stepper)->Poll();
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->step, 2u);
+  EXPECT_TRUE(last->outcomes[0].flags & kFlagSkipped);
+  results.reset();
+  stepper->reset();
   cudaFree(d);
 }
 
@@ -121,13 +161,13 @@ TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   const absl::Time start = absl::Now();
-  absl::Status s = (*stepper)->Enqueue(1, RuleParams{}, nullptr, nullptr);
+  absl::Status s = (*stepper)->Enqueue(1, RuleParams{}, 0, nullptr);
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_NE(s.message().find("job 'lonely-job' rank 0 of 2"), std::string::npos) << s;
   EXPECT_LT(took, absl::Seconds(10));
   std::cout << "missing node detected after " << took << ": " << s << "\n";
-  absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, nullptr, nullptr);
+  absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, 0, nullptr);
   EXPECT_FALSE(again.ok());
   stepper->reset();  // closing a failed pipeline does not hang
   cudaFree(d);

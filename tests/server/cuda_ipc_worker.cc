@@ -1,19 +1,32 @@
-// The worker side of cuda_ipc_test: owns gradients in its own GPU memory and two interprocess
-// events, exports their handles, and checks what gstabd's CUDA pipeline did to them.
-//   cuda_ipc_worker FLAG_FILE    (prints "HANDLES mem ready done", then "RESULT ...")
+// The worker side of cuda_ipc_test: owns gradients in its own GPU memory and the interprocess
+// event `done`, exports their handles, signals `ready` through the pipeline's ready word, and
+// checks what gstabd's CUDA pipeline did to the gradients.
+//   cuda_ipc_worker FLAG_FILE    (prints "HANDLES mem done", then waits for FLAG_FILE to hold
+//                                 "RESULTS_HANDLE READY_OFFSET", then prints "RESULT ...")
 #include <cuda_runtime.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "core/rule.h"
+#include "kernels/cuda/driver_api.h"
 #include "kernels/half.h"
 
 namespace {
+
+bool FromHex(const std::string& hex, void* out, size_t n) {
+  if (hex.size() != 2 * n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    static_cast<unsigned char*>(out)[i] =
+        static_cast<unsigned char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  }
+  return true;
+}
 
 std::string Hex(const void* p, size_t n) {
   std::string s;
@@ -46,26 +59,43 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 70001; ++i) *f32(8192, i) = 1e-3f * static_cast<float>(i % 101);
   void* d = nullptr;
   cudaStream_t stream;
-  cudaEvent_t ready, done;
+  cudaEvent_t done;
   cudaError_t e;
   if ((e = cudaSetDevice(0)) != cudaSuccess) return Fail("device", e);
   if ((e = cudaMalloc(&d, kBytes)) != cudaSuccess) return Fail("malloc", e);
   cudaStreamCreate(&stream);
   const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
-  if ((e = cudaEventCreateWithFlags(&ready, flags)) != cudaSuccess) return Fail("event", e);
   if ((e = cudaEventCreateWithFlags(&done, flags)) != cudaSuccess) return Fail("event", e);
-  cudaMemcpyAsync(d, host.data(), kBytes, cudaMemcpyHostToDevice, stream);
-  cudaEventRecord(ready, stream);
   cudaIpcMemHandle_t mh;
-  cudaIpcEventHandle_t rh, dh;
+  cudaIpcEventHandle_t dh;
   if ((e = cudaIpcGetMemHandle(&mh, d)) != cudaSuccess) return Fail("mem handle", e);
-  cudaIpcGetEventHandle(&rh, ready);
   cudaIpcGetEventHandle(&dh, done);
-  std::printf("HANDLES %s %s %s\n", Hex(&mh, sizeof mh).c_str(), Hex(&rh, sizeof rh).c_str(),
-              Hex(&dh, sizeof dh).c_str());
+  std::printf("HANDLES %s %s\n", Hex(&mh, sizeof mh).c_str(), Hex(&dh, sizeof dh).c_str());
   std::fflush(stdout);
 
-  for (int i = 0; i < 6000 && access(argv[1], F_OK) != 0; ++i) usleep(10000);
+  std::string results_hex;
+  uint64_t ready_offset = 0;
+  for (int i = 0; i < 6000 && !(std::ifstream(argv[1]) >> results_hex >> ready_offset); ++i) {
+    usleep(10000);
+  }
+  cudaIpcMemHandle_t results_h;
+  if (!FromHex(results_hex, &results_h, sizeof results_h)) {
+    std::printf("RESULT bad flag file\n");
+    return 1;
+  }
+  void* results = nullptr;
+  if ((e = cudaIpcOpenMemHandle(&results, results_h, cudaIpcMemLazyEnablePeerAccess)) !=
+      cudaSuccess) {
+    return Fail("results handle", e);
+  }
+  // The pipeline's step is already queued behind the ready word: the gradients arrive, then
+  // `ready` (value 1, as the test enqueued it).
+  cudaMemcpyAsync(d, host.data(), kBytes, cudaMemcpyHostToDevice, stream);
+  auto* ready_word = reinterpret_cast<uint32_t*>(static_cast<char*>(results) + ready_offset);
+  if (absl::Status s = gstab::StreamWriteValue(stream, ready_word, 1); !s.ok()) {
+    std::printf("RESULT ready write failed: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
   // Stream-ordered: wait for the daemon's `done`, then read the gradients back.
   cudaStreamWaitEvent(stream, done, 0);
   std::vector<unsigned char> out(kBytes);

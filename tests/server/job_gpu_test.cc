@@ -36,6 +36,9 @@ class HostDeviceMemory final : public DeviceMemory {
   }
 };
 
+// A ready value, as a CUDA worker's Step sends (the fake pipelines do not wait on it).
+constexpr uint32_t kReady = 7;
+
 // Runs each step on the CPU at once but reports it only at the next Poll after that, like a
 // GPU that finishes later.
 class LaggingPipeline final : public GpuPipeline {
@@ -46,7 +49,7 @@ class LaggingPipeline final : public GpuPipeline {
     ++*live_;
   }
   ~LaggingPipeline() override { --*live_; }
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, void*, void*) override {
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t, void*) override {
     std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table_));
     std::vector<double> sums(table_.num_groups());
     std::vector<uint32_t> flags(table_.num_groups());
@@ -79,12 +82,15 @@ class LaggingPipeline final : public GpuPipeline {
     return absl::OkStatus();
   }
   std::string ResultsHandle() const override { return std::string(64, 'R'); }
-  std::shared_ptr<void> TakeResults(absl::Duration) override { return std::make_shared<int>(0); }
+  std::shared_ptr<void> TakeResults(absl::Duration, bool) override {
+    return std::make_shared<int>(0);
+  }
   bool Idle() override { return true; }
   void Abort(const std::string&) override {}
   uint64_t ResultsBytes() const override {
     return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
   }
+  uint64_t ReadyOffset() const override { return (ResultsBytes() + 7) / 8 * 8; }
 
  private:
   ChunkTable table_;
@@ -132,7 +138,6 @@ v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0,
   v1::Tensor* t = request.add_tensors();
   t->set_name(name);
   t->set_numel(1000);
-  request.set_ready_event(std::string(64, 'r'));
   request.set_done_event(std::string(64, 'd'));
   return request;
 }
@@ -179,20 +184,26 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   // The worker learns where its per-step results are and which group each entry is.
   EXPECT_EQ(registered.results_handle(), std::string(64, 'R'));
   EXPECT_EQ(registered.results_bytes(), 16u + 40u);
+  EXPECT_EQ(registered.ready_offset(), 56u);  // the ready word, past the results
   ASSERT_EQ(registered.groups_size(), 1);
   EXPECT_EQ(registered.groups(0), "w");
 
   v1::StepResponse first;
-  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &first).ok());
+  // A CUDA step says which ready write it follows; a client that does not is told so.
+  absl::Status no_ready = job.Step(0, 1, absl::Seconds(1), &first);
+  EXPECT_EQ(no_ready.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_ready.message().find("no ready_value"), std::string::npos) << no_ready;
+  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &first, kReady).ok());
   EXPECT_EQ(first.step(), 1u);
   EXPECT_EQ(first.results_step(), 0u);  // nothing finished yet
   EXPECT_EQ(first.groups_size(), 0);
   v1::StepResponse second;
-  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &second).ok());
+  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &second, kReady).ok());
   EXPECT_EQ(second.results_step(), 1u);  // the previous step's results
   ASSERT_EQ(second.groups_size(), 1);
   EXPECT_NEAR(second.groups(0).norm(), std::sqrt(1000 * 0.25), 1e-9);
-  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &second).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &second, kReady).code(),
+            absl::StatusCode::kInvalidArgument);
 
   v1::GetStatsResponse stats;
   job.GetStats(&stats);
@@ -244,14 +255,14 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   // call; here no other node exists, so it fails (in time) and nothing is enqueued.
   v1::StepResponse r;
   const absl::Time start = absl::Now();
-  absl::Status alone = job.Step(0, 1, absl::Seconds(1), &r);
+  absl::Status alone = job.Step(0, 1, absl::Seconds(1), &r, kReady);
   EXPECT_FALSE(alone.ok());
   EXPECT_NE(alone.message().find("other nodes"), std::string::npos) << alone;
   EXPECT_LT(absl::Now() - start, absl::Seconds(20));
 
   job.SetCollective(gloo, "generation-3", nccl);
   EXPECT_EQ(live, 0);  // the old communicator's pipeline is closed
-  absl::Status again = job.Step(0, 2, absl::Seconds(1), &r);
+  absl::Status again = job.Step(0, 2, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(again.message().find("new rendezvous, which ends the job's GPU communicator: "
                                  "register the buffers again"),
@@ -268,8 +279,8 @@ TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&job).ok());
   v1::StepResponse r;
-  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r).ok());  // its results are not in yet
-  absl::Status s = job.Step(0, 2, absl::Seconds(1), &r);
+  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady).ok());  // its results are not in yet
+  absl::Status s = job.Step(0, 2, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("differ across the nodes of job 'split-job' (found at step 1)"),
             std::string::npos)
@@ -288,7 +299,7 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   EXPECT_EQ(seen.nccl.node_rank, 0u);
   EXPECT_EQ(seen.nccl.node_count, 2u);
   v1::StepResponse r;
-  absl::Status early = job.Step(0, 1, absl::Seconds(1), &r);
+  absl::Status early = job.Step(0, 1, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(early.message().find("local rank(s) 1 of job 'gpus-job' have not registered"),
             std::string::npos)
@@ -301,11 +312,12 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   EXPECT_EQ(seen.nccl.node_rank, 1u);
   EXPECT_EQ(live, 2);
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &r).ok());
-    ASSERT_TRUE(job.Step(1, step, absl::Seconds(1), &r).ok());
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &r, kReady).ok());
+    ASSERT_TRUE(job.Step(1, step, absl::Seconds(1), &r, kReady).ok());
   }
   EXPECT_EQ(r.results_step(), 2u);  // local rank 1's own pipeline answers for it
-  EXPECT_EQ(job.Step(1, 3, absl::Seconds(1), &r).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(job.Step(1, 3, absl::Seconds(1), &r, kReady).code(),
+            absl::StatusCode::kInvalidArgument);
   v1::GetStatsResponse stats;
   job.GetStats(&stats);
   EXPECT_EQ(stats.steps(), 3u);  // counted once per step, not once per GPU
@@ -321,12 +333,12 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
   EXPECT_EQ(live, 1);
   EXPECT_EQ(seen.nccl.unique_id, Id(2));
-  absl::Status again = job.Step(1, 4, absl::Seconds(1), &r);
+  absl::Status again = job.Step(1, 4, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(again.message().find("local rank 0 registered again"), std::string::npos) << again;
   ASSERT_TRUE(w1.Register(&job, 1, 1).ok());
   EXPECT_EQ(seen.nccl.unique_id, Id(2));
-  ASSERT_TRUE(job.Step(0, 4, absl::Seconds(1), &r).ok());
+  ASSERT_TRUE(job.Step(0, 4, absl::Seconds(1), &r, kReady).ok());
   v1::GetStatsResponse after;
   job.GetStats(&after);
   EXPECT_EQ(after.groups(0).accepted_steps(), 3u);  // the statistics outlived the generation
@@ -334,7 +346,7 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   // A local worker that leaves ends the generation as well.
   job.RemoveWorker(1);
   EXPECT_EQ(live, 0);
-  absl::Status left = job.Step(0, 5, absl::Seconds(1), &r);
+  absl::Status left = job.Step(0, 5, absl::Seconds(1), &r, kReady);
   EXPECT_NE(left.message().find("local rank 1 left"), std::string::npos) << left;
 }
 
@@ -347,7 +359,7 @@ TEST(JobGpuTest, LocalGpusWithDifferentGroupsAreRefusedBeforeAnyCollective) {
   ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
   ASSERT_TRUE(w1.Register(&job, 1, 1).ok());
   v1::StepResponse r;
-  absl::Status s = job.Step(0, 1, absl::Seconds(1), &r);
+  absl::Status s = job.Step(0, 1, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("registered different norm groups (1 and 2)"), std::string::npos) << s;
 }
@@ -412,7 +424,6 @@ TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {
   v1::Tensor* t = request.add_tensors();
   t->set_name("w");
   t->set_numel(16);
-  request.set_ready_event(std::string(64, 'r'));
   request.set_done_event(std::string(64, 'd'));
   RegistrationCaps caps;
   caps.cuda_ipc = true;
