@@ -15,18 +15,12 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
   cudaDeviceProp prop;
   RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
   g->device_uuid_.assign(prop.uuid.bytes, sizeof prop.uuid.bytes);
-  const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
-  RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&g->done_, flags));
-  cudaIpcEventHandle_t h;
-  RETURN_IF_CUDA_ERROR(cudaIpcGetEventHandle(&h, g->done_));
-  g->request_.set_done_event(std::string(reinterpret_cast<const char*>(&h), sizeof h));
   return g;
 }
 
 CudaGradients::~CudaGradients() {
   CloseResults();
   for (void* p : owned_) cudaFree(p);
-  if (done_ != nullptr) cudaEventDestroy(done_);
 }
 
 absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
@@ -87,6 +81,7 @@ void CudaGradients::CloseResults() {
   results_ = nullptr;
   results_bytes_ = 0;
   ready_word_ = nullptr;
+  done_word_ = nullptr;
 }
 
 absl::Status CudaGradients::Register(Client* client) {
@@ -107,12 +102,15 @@ absl::Status CudaGradients::Register(Client* client) {
   RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
   results_ = static_cast<StepResultsHeader*>(p);
   results_bytes_ = response.results_bytes();
-  if (response.ready_offset() < results_bytes_ || response.ready_offset() % 4 != 0) {
-    return absl::InternalError(absl::StrCat("gstabd answered with ready word offset ",
-                                            response.ready_offset(), " inside a ", results_bytes_,
-                                            "-byte results buffer: not a word after it"));
+  for (uint64_t offset : {response.ready_offset(), response.done_offset()}) {
+    if (offset < results_bytes_ || offset % 4 != 0) {
+      return absl::InternalError(absl::StrCat("gstabd answered with a handshake word at offset ",
+                                              offset, " of a ", results_bytes_,
+                                              "-byte results buffer: not a word after it"));
+    }
   }
   ready_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.ready_offset());
+  done_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.done_offset());
   ready_value_ = 0;  // a new buffer's ready word starts at 0
   return absl::OkStatus();
 }
@@ -126,7 +124,7 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
   if (absl::Status s = StreamWriteValue(stream, ready_word_, ready_value_); !s.ok()) return s;
   absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
   if (!r.ok()) return r;
-  RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream, done_, 0));
+  if (absl::Status s = StreamWaitValue(stream, done_word_, ready_value_); !s.ok()) return s;
   return r;
 }
 

@@ -1,6 +1,6 @@
 // A worker's CUDA gradients for gstabd: tensors anywhere in device memory (the caller's own
-// allocations: any framework's pointer, size and device), and the stream-ordered handshake:
-// the ready word (in gstabd's memory) and the interprocess event `done`.
+// allocations: any framework's pointer, size and device), and the stream-ordered handshake
+// through two words in gstabd's memory, `ready` and `done`.
 //
 //   auto grads = CudaGradients::Create(/*device=*/0);
 //   (*grads)->AddTensor("fc1.weight", ptr, numel, DType::kBFloat16);
@@ -11,9 +11,9 @@
 //
 // Neither host blocks on the GPU: Step writes the next value to the ready word on the stream
 // (after the backward pass), asks gstabd to enqueue its work behind that write, and makes the
-// stream wait on `done`. The StepResponse carries the newest step
-// whose GPU work had finished when gstabd answered; this step's own results are in the device
-// buffer gstabd writes before `done`. Not thread-safe.
+// stream wait until gstabd has written the same value to the done word. The StepResponse
+// carries the newest step whose GPU work had finished when gstabd answered; this step's own
+// results are in the device buffer gstabd writes before `done`. Not thread-safe.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -45,7 +45,7 @@ class CudaGradients {
   absl::StatusOr<void*> AllocateTensor(std::string name, uint64_t numel, DType dtype,
                                        std::string group = "");
   v1::RegisterBuffersRequest RegistrationRequest() const { return request_; }
-  // Registers the tensors and the `done` event with the job `client` is attached to and maps the
+  // Registers the tensors with the job `client` is attached to and maps the
   // results buffer gstabd writes (replacing an earlier registration's).
   absl::Status Register(Client* client);
   absl::StatusOr<v1::StepResponse> Step(Client* client, uint64_t step, cudaStream_t stream);
@@ -62,10 +62,10 @@ class CudaGradients {
   void CloseResults();
 
   const int device_;
-  std::string device_uuid_;  // sent with each buffer: gstabd finds the GPU by it
-  cudaEvent_t done_ = nullptr;
+  std::string device_uuid_;         // sent with each buffer: gstabd finds the GPU by it
   uint32_t* ready_word_ = nullptr;  // inside results_
-  uint32_t ready_value_ = 0;        // the value of the last Step's ready write
+  uint32_t* done_word_ = nullptr;
+  uint32_t ready_value_ = 0;  // the value of the last Step's ready write
   v1::RegisterBuffersRequest request_;
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;

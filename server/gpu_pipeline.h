@@ -31,9 +31,6 @@ class DeviceMemory {
   // gstabd's ordinal of the GPU whose UUID is `uuid` (16 bytes); `ordinal` itself when `uuid`
   // is empty. INVALID_ARGUMENT when no GPU gstabd sees has that UUID.
   virtual absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) = 0;
-  // A keep-alive of the opened event and the cudaEvent_t it is.
-  virtual absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(
-      const std::string& handle, int device) = 0;
 };
 
 struct GpuStepResult {
@@ -47,12 +44,11 @@ class GpuPipeline {
   virtual ~GpuPipeline() = default;
   // Enqueues the step without waiting for the GPU: the stream waits until the ready word (see
   // ReadyOffset) reaches `ready_value`, which the worker's stream writes after its backward
-  // pass, and records `done` (the worker's cudaEvent_t) once the gradients are stabilized. A
+  // pass, and writes `ready_value` to the done word once the gradients are stabilized. A
   // multi-node job's first step waits (up to the spec's timeout) for every node to join the
   // communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed (a node died or
   // stalled): the job must attach again with a new rendezvous.
-  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
-                               void* done) = 0;
+  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) = 0;
   // The newest finished step, if any finished since the last call; never blocks.
   virtual std::optional<GpuStepResult> Poll() = 0;
   // The statistics after the newest finished step, copied to pinned memory with its results
@@ -65,8 +61,10 @@ class GpuPipeline {
   // written before `done` every step: its interprocess handle and size.
   virtual std::string ResultsHandle() const = 0;
   virtual uint64_t ResultsBytes() const = 0;
-  // Where the ready word (uint32, starting at 0) is in the results buffer, past ResultsBytes.
+  // Where the ready and done words (uint32, starting at 0) are in the results buffer, past
+  // ResultsBytes.
   virtual uint64_t ReadyOffset() const = 0;
+  uint64_t DoneOffset() const { return ReadyOffset() + sizeof(uint32_t); }
   // Aborts the pipeline's communicator (kernels waiting on peers return; the step changes
   // nothing); later steps fail with `why`.
   virtual void Abort(const std::string& why) = 0;

@@ -8,7 +8,7 @@ namespace {
 constexpr absl::Duration kCloseWait = absl::Seconds(2);
 }  // namespace
 
-absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& table, void* done,
+absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& table,
                              GpuJobSpec layout, const NcclRendezvous& nccl,
                              const std::vector<GroupStats>& stats) {
   if (Has(local_rank)) {
@@ -47,7 +47,6 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   Worker& w = slots_[local_rank];
   w.pipeline = *std::move(pipeline);
   w.device = device;
-  w.done = done;
   w.groups = table.num_groups();
   multi_rank_ = layout.nccl.node_count > 1;
   return absl::OkStatus();
@@ -124,7 +123,7 @@ absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleP
                                                    local_rank, "'s last step ", *w.last_step,
                                                    " of job '", job_, "'"));
   }
-  if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value, w.done); !s.ok()) {
+  if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value); !s.ok()) {
     return s;
   }
   w.last_step = step;

@@ -39,9 +39,8 @@ class GpuWorkers {
   // `stats`. `layout` carries the job, the groups' reductions and layout hash; `nccl` the
   // job's rendezvous (empty id: one node). FAILED_PRECONDITION when another local worker uses
   // the same GPU (NCCL allows one rank per GPU) or local_rank already has a pipeline.
-  absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, void* done,
-                   GpuJobSpec layout, const NcclRendezvous& nccl,
-                   const std::vector<GroupStats>& stats);
+  absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, GpuJobSpec layout,
+                   const NcclRendezvous& nccl, const std::vector<GroupStats>& stats);
   // Ends the generation: closes every pipeline (waiting, bounded, for the GPU; local ranks
   // stopped at different steps are aborted first, as their collectives cannot meet); returns
   // the primary's statistics, if there was one. Each worker's results buffer stays allocated until
@@ -79,7 +78,6 @@ class GpuWorkers {
   struct Worker {
     std::unique_ptr<GpuPipeline> pipeline;
     int device = 0;
-    void* done = nullptr;
     std::optional<uint64_t> last_step;
     uint32_t groups = 0;
   };

@@ -133,7 +133,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   for (int r : group_reduction_) layout.replicated.push_back(r == 1 ? 1 : 0);
   layout.layout_hash = LayoutHash(group_names_, group_reduction_);
   if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
-                                 registration.done, std::move(layout), nccl_, stats_);
+                                 std::move(layout), nccl_, stats_);
       !s.ok()) {
     return s;
   }
@@ -142,6 +142,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   response->set_results_handle(pipeline.ResultsHandle());
   response->set_results_bytes(pipeline.ResultsBytes());
   response->set_ready_offset(pipeline.ReadyOffset());
+  response->set_done_offset(pipeline.DoneOffset());
   return absl::OkStatus();
 }
 

@@ -134,12 +134,6 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
             "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
       }
     }
-    if (request.done_event().size() != 64) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cuda_ipc registrations need done_event, a 64-byte cudaIpcEventHandle_t (got ",
-          request.done_event().size(), " bytes)"));
-    }
-    plan.done_event = request.done_event();
   } else {
     for (const PlannedBuffer& b : plan.buffers) {
       if (b.cuda) {
@@ -237,9 +231,6 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
       out.mappings.push_back(opened->first);
       bases.push_back(opened->second);
     }
-    auto done = device->OpenEvent(plan.done_event, plan.cuda_device);
-    if (!done.ok()) return done.status();
-    std::tie(out.done_keep, out.done) = *done;
     for (const PlannedTensor& t : plan.tensors) {
       out.tensor_data.push_back(bases[t.buffer] +
                                 t.offset * ElementSize(plan.buffers[t.buffer].dtype));

@@ -51,7 +51,6 @@ struct RegistrationPlan {
   std::vector<PlannedTensor> tensors;
   uint64_t total_bytes = 0;  // bytes covered by tensors
   int cuda_device = -1;      // every buffer's device for cuda_ipc registrations, else -1
-  std::string done_event;    // cuda_ipc: the worker's event handle
 };
 
 // A plan whose shared objects are open: the mappings and each tensor's first element.
@@ -59,8 +58,6 @@ struct MappedRegistration {
   RegistrationPlan plan;
   std::vector<std::shared_ptr<void>> mappings;  // keep-alives, one per buffer
   std::vector<void*> tensor_data;               // one per tensor (device pointers for cuda_ipc)
-  std::shared_ptr<void> done_keep;              // cuda_ipc: the opened event
-  void* done = nullptr;                         // cudaEvent_t
 };
 
 // INVALID_ARGUMENT (naming the buffer or tensor and the problem), RESOURCE_EXHAUSTED for caps,

@@ -45,14 +45,6 @@ class CudaDeviceMemory final : public DeviceMemory {
                      " GPUs gstabd sees: run gstabd with every GPU of the node visible"));
   }
 
-  absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(const std::string& handle,
-                                                                    int device) override {
-    absl::StatusOr<std::unique_ptr<IpcEvent>> event = IpcEvent::Open(handle, device);
-    if (!event.ok()) return event.status();
-    void* raw = (*event)->get();
-    return std::make_pair(std::shared_ptr<void>(std::shared_ptr<IpcEvent>(*std::move(event))), raw);
-  }
-
  private:
   CudaIpcRegistry registry_;
 };

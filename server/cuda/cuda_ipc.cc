@@ -105,20 +105,4 @@ int CudaIpcRegistry::LiveRegions() {
   return PruneAndCountLive(&regions_);
 }
 
-absl::StatusOr<std::unique_ptr<IpcEvent>> IpcEvent::Open(const std::string& handle, int device) {
-  if (handle.size() != sizeof(cudaIpcEventHandle_t)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "IPC event handle is ", handle.size(), " bytes, expected ", sizeof(cudaIpcEventHandle_t)));
-  }
-  if (absl::Status s = CheckDevice(device); !s.ok()) return s;
-  cudaIpcEventHandle_t h;
-  std::memcpy(&h, handle.data(), sizeof h);
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
-  cudaEvent_t event;
-  RETURN_IF_CUDA_ERROR(cudaIpcOpenEventHandle(&event, h));
-  return std::unique_ptr<IpcEvent>(new IpcEvent(event));
-}
-
-IpcEvent::~IpcEvent() { cudaEventDestroy(event_); }
-
 }  // namespace gstab

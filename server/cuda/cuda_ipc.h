@@ -1,6 +1,6 @@
-// CUDA IPC for gstabd: workers' gradient allocations and interprocess events, opened once per
-// allocation and shared by reference count. Every handle is validated before it is opened,
-// and the registered range is checked against the real allocation (cuMemGetAddressRange).
+// CUDA IPC for gstabd: workers' gradient allocations, opened once per allocation and shared
+// by reference count. Every handle is validated before it is opened, and the registered range
+// is checked against the real allocation (cuMemGetAddressRange).
 //
 // Thread-safe. The process must not be the one that exported the handles (CUDA refuses that).
 #pragma once
@@ -46,20 +46,6 @@ class CudaIpcRegistry {
   absl::Mutex mu_;
   std::map<std::string, std::weak_ptr<IpcRegion>> regions_ ABSL_GUARDED_BY(mu_);
   const std::shared_ptr<Closing> closing_ = std::make_shared<Closing>();
-};
-
-// A worker's interprocess event (cudaIpcEventHandle_t, 64 bytes), opened in this process.
-class IpcEvent {
- public:
-  static absl::StatusOr<std::unique_ptr<IpcEvent>> Open(const std::string& handle, int device);
-  ~IpcEvent();
-  IpcEvent(const IpcEvent&) = delete;
-  IpcEvent& operator=(const IpcEvent&) = delete;
-  cudaEvent_t get() const { return event_; }
-
- private:
-  explicit IpcEvent(cudaEvent_t e) : event_(e) {}
-  cudaEvent_t event_;
 };
 
 }  // namespace gstab

@@ -58,16 +58,18 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
         DeviceAlloc(&s->d_stats_, groups), DeviceAlloc(&s->d_scales_, groups)}) {
     if (!st.ok()) return st;
   }
-  // The results, then two words: the ready word the worker writes, and the voided word.
+  // The results, then three words: the ready word the worker writes, the done word it waits
+  // on, and the voided word.
   s->results_bytes_ = sizeof(StepResultsHeader) + groups * sizeof(StepOutcome);
   s->ready_offset_ = (s->results_bytes_ + 7) / 8 * 8;
-  const size_t allocated = s->ready_offset_ + 2 * sizeof(uint32_t);
+  const size_t allocated = s->ready_offset_ + 4 * sizeof(uint32_t);
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), allocated));
   RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, allocated, stream));
   s->d_outcomes_ = reinterpret_cast<StepOutcome*>(s->d_results_ + 1);
   s->d_ready_ =
       reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(s->d_results_) + s->ready_offset_);
-  s->d_voided_ = s->d_ready_ + 1;
+  s->d_done_ = s->d_ready_ + 1;
+  s->d_voided_ = s->d_ready_ + 2;
   cudaIpcMemHandle_t handle;
   RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&handle, s->d_results_));
   s->results_handle_.assign(reinterpret_cast<const char*>(&handle), sizeof handle);
@@ -231,9 +233,7 @@ absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
                               stream_);
 }
 
-absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
-                                  void* done_event) {
-  auto done = static_cast<cudaEvent_t>(done_event);
+absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) {
   const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   if (!joined_) {  // before waiting on `ready`: the worker's backward pass is not in the way
@@ -252,7 +252,7 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   if (absl::Status s = EnqueueCrossNode(step, deadline); !s.ok()) {
     // Let the worker's stream go on: `done` behind what is enqueued (which the aborted
     // communicator no longer holds up).
-    if (done != nullptr) cudaEventRecord(done, stream_);
+    (void)StreamWriteValue(stream_, d_done_, ready_value);
     return s;
   }
   if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
@@ -280,7 +280,7 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   }
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
   // `done` last: a worker that waits for it sees this step in Step, GetStats and metrics.
-  if (done != nullptr) RETURN_IF_CUDA_ERROR(cudaEventRecord(done, stream_));
+  if (absl::Status s = StreamWriteValue(stream_, d_done_, ready_value); !s.ok()) return s;
   slot.step = step;
   slot.unreported = true;
   slot.in_flight = true;
@@ -314,6 +314,9 @@ void CudaStepper::Release() {
   if (!s.ok()) {
     LOG(ERROR) << "job '" << spec_.job
                << "': could not release its worker's unfinished steps: " << s;
+  } else {
+    LOG(WARNING) << "job '" << spec_.job << "': released the steps still waiting for a ready "
+                 << "write (up to value " << last_ready_.load() << "); they change nothing";
   }
 }
 

@@ -2,7 +2,7 @@
 //   wait for the ready word (the worker's stream writes it) -> partial sums per group -> cross-node
 //   stage (two NCCL all-reduces of one fixed-size vector: the step/layout check and the sums and
 //   non-finite flags; world size 1 for a job on one node) -> rule kernel (statistics stay on the
-//   GPU) -> scale in place -> results header (the buffer the worker maps) -> record(done) ->
+//   GPU) -> scale in place -> results header (the buffer the worker maps) -> the done word ->
 //   asynchronous copy of the outcomes to pinned host memory.
 // Enqueue never waits for the GPU; Poll reports the newest finished step without blocking.
 // For a multi-node job a watchdog thread aborts the communicator when a step has not finished
@@ -42,10 +42,9 @@ class CudaStepper final : public GpuPipeline {
   CudaStepper(const CudaStepper&) = delete;
   CudaStepper& operator=(const CudaStepper&) = delete;
 
-  // Enqueues one step behind the worker's ready write of `ready_value`; `done` is the worker's
-  // cudaEvent_t (null: none recorded).
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
-                       void* done) override;
+  // Enqueues one step behind the worker's ready write of `ready_value` (0 while the ready word
+  // is still 0: at once), ending with the same value written to the done word.
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) override;
   // The newest enqueued step, once its GPU work has finished (reported once).
   std::optional<GpuStepResult> Poll() override;
   std::optional<std::vector<GroupStats>> Snapshot() override;
@@ -110,13 +109,15 @@ class CudaStepper final : public GpuPipeline {
   GroupStats* h_stage_ = nullptr;  // pinned: statistics read or replaced by the host
   GroupStats* d_stats_ = nullptr;
   // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside), then
-  // at ready_offset_ the ready word and the voided word (nonzero: queued steps read nothing).
+  // at ready_offset_ the ready word, the done word and the voided word (nonzero: queued steps
+  // read nothing).
   StepResultsHeader* d_results_ = nullptr;
   StepOutcome* d_outcomes_ = nullptr;
   std::string results_handle_;
   uint64_t results_bytes_ = 0;
   uint64_t ready_offset_ = 0;
   uint32_t* d_ready_ = nullptr;
+  uint32_t* d_done_ = nullptr;
   uint32_t* d_voided_ = nullptr;
   std::atomic<uint32_t> last_ready_{0};  // the newest value a step waits for
   cudaStream_t release_stream_ = nullptr;

@@ -1,8 +1,9 @@
-// The worker side of cuda_ipc_test: owns gradients in its own GPU memory and the interprocess
-// event `done`, exports their handles, signals `ready` through the pipeline's ready word, and
-// checks what gstabd's CUDA pipeline did to the gradients.
-//   cuda_ipc_worker FLAG_FILE    (prints "HANDLES mem done", then waits for FLAG_FILE to hold
-//                                 "RESULTS_HANDLE READY_OFFSET", then prints "RESULT ...")
+// The worker side of cuda_ipc_test: owns gradients in its own GPU memory, exports their
+// handle, signals through the pipeline's ready and done words, and checks what gstabd's CUDA
+// pipeline did to the gradients.
+//   cuda_ipc_worker FLAG_FILE    (prints "HANDLES mem", then waits for FLAG_FILE to hold
+//                                 "RESULTS_HANDLE READY_OFFSET DONE_OFFSET", then prints
+//                                 "RESULT ...")
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -59,23 +60,20 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 70001; ++i) *f32(8192, i) = 1e-3f * static_cast<float>(i % 101);
   void* d = nullptr;
   cudaStream_t stream;
-  cudaEvent_t done;
   cudaError_t e;
   if ((e = cudaSetDevice(0)) != cudaSuccess) return Fail("device", e);
   if ((e = cudaMalloc(&d, kBytes)) != cudaSuccess) return Fail("malloc", e);
   cudaStreamCreate(&stream);
-  const unsigned flags = cudaEventInterprocess | cudaEventDisableTiming;
-  if ((e = cudaEventCreateWithFlags(&done, flags)) != cudaSuccess) return Fail("event", e);
   cudaIpcMemHandle_t mh;
-  cudaIpcEventHandle_t dh;
   if ((e = cudaIpcGetMemHandle(&mh, d)) != cudaSuccess) return Fail("mem handle", e);
-  cudaIpcGetEventHandle(&dh, done);
-  std::printf("HANDLES %s %s\n", Hex(&mh, sizeof mh).c_str(), Hex(&dh, sizeof dh).c_str());
+  std::printf("HANDLES %s\n", Hex(&mh, sizeof mh).c_str());
   std::fflush(stdout);
 
   std::string results_hex;
-  uint64_t ready_offset = 0;
-  for (int i = 0; i < 6000 && !(std::ifstream(argv[1]) >> results_hex >> ready_offset); ++i) {
+  uint64_t ready_offset = 0, done_offset = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::ifstream flag(argv[1]);
+    if (flag >> results_hex >> ready_offset >> done_offset) break;
     usleep(10000);
   }
   cudaIpcMemHandle_t results_h;
@@ -97,7 +95,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   // Stream-ordered: wait for the daemon's `done`, then read the gradients back.
-  cudaStreamWaitEvent(stream, done, 0);
+  auto* done_word = reinterpret_cast<uint32_t*>(static_cast<char*>(results) + done_offset);
+  if (absl::Status s = gstab::StreamWaitValue(stream, done_word, 1); !s.ok()) {
+    std::printf("RESULT done wait failed: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
   std::vector<unsigned char> out(kBytes);
   cudaMemcpyAsync(out.data(), d, kBytes, cudaMemcpyDeviceToHost, stream);
   if ((e = cudaStreamSynchronize(stream)) != cudaSuccess) return Fail("sync", e);

@@ -30,10 +30,6 @@ class HostDeviceMemory final : public DeviceMemory {
     if (uuid.rfind("GPU-", 0) != 0) return absl::InvalidArgumentError("unknown GPU");
     return uuid[4] - '0';
   }
-  absl::StatusOr<std::pair<std::shared_ptr<void>, void*>> OpenEvent(const std::string&,
-                                                                    int) override {
-    return std::make_pair(std::make_shared<int>(0), nullptr);
-  }
 };
 
 // A ready value, as a CUDA worker's Step sends (the fake pipelines do not wait on it).
@@ -49,7 +45,7 @@ class LaggingPipeline final : public GpuPipeline {
     ++*live_;
   }
   ~LaggingPipeline() override { --*live_; }
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t, void*) override {
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t) override {
     std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table_));
     std::vector<double> sums(table_.num_groups());
     std::vector<uint32_t> flags(table_.num_groups());
@@ -138,7 +134,6 @@ v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0,
   v1::Tensor* t = request.add_tensors();
   t->set_name(name);
   t->set_numel(1000);
-  request.set_done_event(std::string(64, 'd'));
   return request;
 }
 
@@ -184,7 +179,8 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   // The worker learns where its per-step results are and which group each entry is.
   EXPECT_EQ(registered.results_handle(), std::string(64, 'R'));
   EXPECT_EQ(registered.results_bytes(), 16u + 40u);
-  EXPECT_EQ(registered.ready_offset(), 56u);  // the ready word, past the results
+  EXPECT_EQ(registered.ready_offset(), 56u);  // the handshake words, past the results
+  EXPECT_EQ(registered.done_offset(), 60u);
   ASSERT_EQ(registered.groups_size(), 1);
   EXPECT_EQ(registered.groups(0), "w");
 
@@ -424,15 +420,10 @@ TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {
   v1::Tensor* t = request.add_tensors();
   t->set_name("w");
   t->set_numel(16);
-  request.set_done_event(std::string(64, 'd'));
   RegistrationCaps caps;
   caps.cuda_ipc = true;
   absl::Status mixed = ValidateRegistration(request, caps).status();
   EXPECT_NE(mixed.message().find("must all be cuda_ipc on one device"), std::string::npos) << mixed;
-  request.mutable_buffers()->RemoveLast();
-  request.clear_done_event();
-  absl::Status no_events = ValidateRegistration(request, caps).status();
-  EXPECT_NE(no_events.message().find("done_event"), std::string::npos) << no_events;
 }
 
 }  // namespace
