@@ -54,6 +54,15 @@ int main(int argc, char** argv) {
 
   const std::string backend = absl::GetFlag(FLAGS_backend);
 #ifdef GSTAB_WITH_CUDA
+  // Before CUDA starts: load every kernel (ours and NCCL's) when the device context is made.
+  // Loaded lazily, a kernel's first launch may wait for all work on the device, including a
+  // step of another job held at its worker's ready word (CudaStepper preloads its own kernels
+  // too; this covers what else gstabd links).
+  if (const char* v = std::getenv("CUDA_MODULE_LOADING");
+      v != nullptr && std::string(v) != "EAGER") {
+    std::fprintf(stderr, "gstabd: CUDA_MODULE_LOADING=%s ignored: gstabd needs EAGER\n", v);
+  }
+  setenv("CUDA_MODULE_LOADING", "EAGER", /*overwrite=*/1);
   const int gpus = gstab::CudaDeviceCount();
 #else
   const int gpus = 0;

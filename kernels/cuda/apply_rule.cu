@@ -43,6 +43,11 @@ __global__ void SummarizeKernel(uint64_t step, const StepOutcome* outcomes, uint
 
 }  // namespace
 
+absl::Status internal::PreloadRuleKernels() {
+  return LoadKernels({reinterpret_cast<const void*>(&ApplyRuleKernel),
+                      reinterpret_cast<const void*>(&SummarizeKernel)});
+}
+
 absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes,
                                     uint32_t num_groups, StepResultsHeader* d_header,
                                     cudaStream_t stream) {

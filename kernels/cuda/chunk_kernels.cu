@@ -159,6 +159,17 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
+absl::Status PreloadCudaKernels() {
+  if (absl::Status s = LoadKernels({reinterpret_cast<const void*>(&SumSquaresTiles),
+                                    reinterpret_cast<const void*>(&ReduceGroups),
+                                    reinterpret_cast<const void*>(&ScaleTiles)});
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = internal::PreloadRuleKernels(); !s.ok()) return s;
+  return internal::PreloadCrossNodeKernels();
+}
+
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
                                    const uint32_t* d_voided) {

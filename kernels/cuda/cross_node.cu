@@ -40,6 +40,11 @@ uint32_t Blocks(uint32_t n, uint32_t threads) { return (n + threads - 1) / threa
 
 }  // namespace
 
+absl::Status internal::PreloadCrossNodeKernels() {
+  return LoadKernels(
+      {reinterpret_cast<const void*>(&PrepareKernel), reinterpret_cast<const void*>(&MergeKernel)});
+}
+
 absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d_sums,
                                     const uint32_t* d_non_finite, const uint8_t* d_replicated,
                                     uint32_t num_groups, double* d_exchange, cudaStream_t stream) {

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <initializer_list>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -29,3 +31,17 @@ inline void ClearStaleCudaError() { (void)cudaGetLastError(); }
       return ::gstab::CudaError(gstab_cuda_err_, #expr, __FILE__, __LINE__); \
     }                                                                        \
   } while (0)
+
+namespace gstab {
+
+// Loads `kernels` on the current device now instead of at their first launch (see
+// PreloadCudaKernels in cuda_kernels.h for why).
+inline absl::Status LoadKernels(std::initializer_list<const void*> kernels) {
+  for (const void* kernel : kernels) {
+    cudaFuncAttributes attributes;
+    RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

@@ -58,6 +58,18 @@ absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes
                                     uint32_t num_groups, StepResultsHeader* d_header,
                                     cudaStream_t stream);
 
+// Loads every kernel of this library on the current device; idempotent. CUDA loads kernels
+// lazily by default (at first launch), and loading one may wait for all work on the device. A
+// first launch queued behind a wait on a worker's ready word would then hold the host until that
+// worker's backward pass ends, or for good if the word is written only after this call returns
+// (the worker waits for the step's answer first). Call before the first step that waits.
+absl::Status PreloadCudaKernels();
+
+namespace internal {
+absl::Status PreloadRuleKernels();       // apply_rule.cu
+absl::Status PreloadCrossNodeKernels();  // cross_node.cu
+}  // namespace internal
+
 // Per-group sums of squares and non-finite flags of every chunk in `table`, like
 // CpuGroupSumSquares. d_partials holds one TilePartial per tile (caller-owned scratch);
 // d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same

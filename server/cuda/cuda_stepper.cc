@@ -32,6 +32,9 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
                                                    groups, " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  // Before anything waits on a worker: a kernel loaded at its first launch, behind such a
+  // wait, would hold this host thread until the worker's ready write.
+  if (absl::Status s = PreloadCudaKernels(); !s.ok()) return s;
   cudaStream_t stream;
   RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   absl::StatusOr<DeviceChunkTable> dt = DeviceChunkTable::Upload(table, stream);

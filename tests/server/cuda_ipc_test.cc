@@ -1,16 +1,20 @@
-// gstabd's CUDA pieces on a real GPU: a separate worker process exports its gradients and
-// events over CUDA IPC; this process opens them and runs the stream-ordered pipeline. Skipped,
-// not failed, where no GPU exists (ctest label `gpu`).
+// gstabd's CUDA pieces on a real GPU: a separate worker process exports its gradients over
+// CUDA IPC and signals through the pipeline's ready and done words; this process opens them and
+// runs the stream-ordered pipeline. Skipped, not failed, where no GPU exists (ctest label
+// `gpu`).
 #include "server/cuda/cuda_ipc.h"
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "server/cuda/cuda_stepper.h"
 #include "server/cuda/nccl_comm.h"
@@ -18,6 +22,10 @@
 
 namespace gstab {
 namespace {
+
+// CUDA's default, made explicit before CUDA starts (static initialisation): the first test
+// below then checks that the pipeline loads its kernels before it waits on a worker.
+const bool kLazyModuleLoading = setenv("CUDA_MODULE_LOADING", "LAZY", 1) == 0;
 
 TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
@@ -55,14 +63,27 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   spec.nccl.timeout = absl::Seconds(5);
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
-  // Queued before the worker has even uploaded its gradients: the ready word holds it back.
-  ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, 1).ok());
+  // Queued before the worker has even uploaded its gradients: the ready word holds it back on
+  // the GPU, and Enqueue returns at once. On another thread, so that a host wait for the ready
+  // word (a kernel loaded at its first launch waits for the device) fails the test instead of
+  // hanging it: the worker is told where to write either way.
+  ASSERT_TRUE(kLazyModuleLoading);
+  absl::Notification enqueued;
+  absl::Status enqueue_status;
+  std::thread enqueue([&] {
+    enqueue_status = (*stepper)->Enqueue(1, RuleParams{}, 1);
+    enqueued.Notify();
+  });
+  EXPECT_TRUE(enqueued.WaitForNotificationWithTimeout(absl::Seconds(10)))
+      << "Enqueue waited on the host for the worker's ready write";
   {
     std::ofstream out(flag + ".tmp");
     out << absl::BytesToHexString((*stepper)->ResultsHandle()) << " " << (*stepper)->ReadyOffset()
         << " " << (*stepper)->DoneOffset() << "\n";
   }
   std::filesystem::rename(flag + ".tmp", flag);  // the worker reads all of it or nothing
+  enqueue.join();
+  ASSERT_TRUE(enqueue_status.ok()) << enqueue_status;
   absl::StatusOr<std::string> result = worker->ReadLine(absl::Seconds(20));
   ASSERT_TRUE(result.ok()) << result.status() << " (the worker's step did not complete)";
   EXPECT_EQ(result->rfind("RESULT ok", 0), 0u) << *result;
