@@ -31,8 +31,16 @@ struct Io<__half> {
   __device__ static __half Store(float x) { return __float2half_rn(x); }
 };
 
+// 16-byte vectors each thread loads before it uses the first of them: enough bytes in flight
+// to keep the memory busy when a tile's blocks are all the GPU has to run (a 64 MB gradient
+// is 256 to 512 tiles: under four blocks per SM).
+constexpr int kLoadsInFlight = 4;
+
 // Splits [0, count) of p into a scalar head up to 16-byte alignment, 16-byte vectors, and a
-// scalar tail; calls scalar(i) and vector(j) with this thread's share of each.
+// scalar tail; calls scalar(i) for this thread's share of the head and tail, and vector(i, raw)
+// with the 16 bytes at p + i for its share of the vectors, in increasing i (so sums keep one
+// order). Loads are issued kLoadsInFlight at a time, all before their vector() calls: a
+// vector() that stores to p stores after them.
 template <typename T, typename Scalar, typename Vector>
 __device__ void ForEachElement(const T* p, int64_t count, Scalar scalar, Vector vector) {
   constexpr int64_t kVec = 16 / sizeof(T);
@@ -41,7 +49,17 @@ __device__ void ForEachElement(const T* p, int64_t count, Scalar scalar, Vector 
   if (head > count || misalign % sizeof(T) != 0) head = count;
   for (int64_t i = threadIdx.x; i < head; i += blockDim.x) scalar(i);
   const int64_t vectors = (count - head) / kVec;
-  for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) vector(head + j * kVec);
+  const uint4* v = reinterpret_cast<const uint4*>(p + head);
+  const int64_t stride = blockDim.x;
+  int64_t j = threadIdx.x;
+  for (; j + (kLoadsInFlight - 1) * stride < vectors; j += kLoadsInFlight * stride) {
+    uint4 raw[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) raw[u] = v[j + u * stride];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) vector(head + (j + u * stride) * kVec, raw[u]);
+  }
+  for (; j < vectors; j += stride) vector(head + j * kVec, v[j]);
   for (int64_t i = head + vectors * kVec + threadIdx.x; i < count; i += blockDim.x) scalar(i);
 }
 
@@ -67,8 +85,7 @@ __device__ void SumTile(const void* data, const Tile& tile, float* acc, int* bad
   };
   ForEachElement(
       p, tile.count, [&](int64_t i) { one(Io<T>::Load(p[i])); },
-      [&](int64_t i) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(p + i);
+      [&](int64_t, uint4 raw) {
         const T* e = reinterpret_cast<const T*>(&raw);
         for (int k = 0; k < static_cast<int>(16 / sizeof(T)); ++k) one(Io<T>::Load(e[k]));
       });
@@ -123,16 +140,18 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __device__ void ScaleTile(void* data, const Tile& tile, float s) {
   T* p = static_cast<T*>(data) + tile.begin;
+  if (s == 0.0f) {  // zeros whatever was there, non-finite values included: nothing to read
+    ForEachElement(
+        p, tile.count, [&](int64_t i) { p[i] = Io<T>::Store(0.0f); },
+        [&](int64_t i, uint4) { *reinterpret_cast<uint4*>(p + i) = make_uint4(0, 0, 0, 0); });
+    return;
+  }
   ForEachElement(
-      p, tile.count,
-      [&](int64_t i) {
-        p[i] = s == 0.0f ? Io<T>::Store(0.0f) : Io<T>::Store(Io<T>::Load(p[i]) * s);
-      },
-      [&](int64_t i) {
-        uint4 raw = *reinterpret_cast<const uint4*>(p + i);
+      p, tile.count, [&](int64_t i) { p[i] = Io<T>::Store(Io<T>::Load(p[i]) * s); },
+      [&](int64_t i, uint4 raw) {
         T* e = reinterpret_cast<T*>(&raw);
         for (int k = 0; k < static_cast<int>(16 / sizeof(T)); ++k) {
-          e[k] = s == 0.0f ? Io<T>::Store(0.0f) : Io<T>::Store(Io<T>::Load(e[k]) * s);
+          e[k] = Io<T>::Store(Io<T>::Load(e[k]) * s);
         }
         *reinterpret_cast<uint4*>(p + i) = raw;
       });
