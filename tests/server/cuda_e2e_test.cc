@@ -1,5 +1,5 @@
 // The GPU path end to end: gstabd with --backend=cuda and separate worker processes whose
-// gradients stay in their GPU memory (CUDA IPC, ready/done events, the results buffer).
+// gradients stay in their GPU memory (CUDA IPC, the ready and done words, the results buffer).
 // Skipped without a GPU.
 #include <cuda_runtime_api.h>
 #include <signal.h>
@@ -134,6 +134,28 @@ TEST_F(CudaE2eTest, TenThousandStepsLeakNothing) {
   ASSERT_TRUE(absl::SimpleAtoi(out.substr(a + 12, out.find(' ', a) - a - 12), &at_100)) << out;
   ASSERT_TRUE(absl::SimpleAtoi(out.substr(b + 12, out.find('\n', b) - b - 12), &at_end)) << out;
   EXPECT_EQ(at_100, at_end) << "device memory changed between step 100 and step 10,000";
+}
+
+// Step answers without waiting for the GPU, and a job whose step is held at its worker's ready
+// word (a long backward pass) holds up no other job: in a fresh gstabd, so that the held step is
+// the first thing gstabd's device runs (kernels still to load then would wait for it).
+TEST_F(CudaE2eTest, AHeldStepHoldsUpNeitherItsWorkerNorOtherJobs) {
+  const std::string flag = dir_.path() + "/open-the-gate";
+  auto held = testing::Subprocess::Start(
+      {testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(), "held-job", "held", flag});
+  ASSERT_TRUE(held.ok());
+  absl::StatusOr<std::string> line = held->ReadLine(absl::Seconds(60));
+  ASSERT_TRUE(line.ok() && line->find("HELD") != std::string::npos)
+      << "Step did not answer while the worker's stream was held: " << line.status() << " "
+      << (line.ok() ? *line : "");
+  int rc = -1;
+  const std::string out = RunWorker({"other-job", "check"}, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+  std::ofstream(flag) << "open\n";
+  const std::string held_out = held->ReadAll();
+  EXPECT_EQ(held->Wait(absl::Seconds(60)).value_or(-1), 0) << held_out;
+  EXPECT_NE(held_out.find("RESULT ok"), std::string::npos) << held_out;
 }
 
 // A worker SIGKILLed while stepping: gstabd keeps serving other jobs and, once the lease

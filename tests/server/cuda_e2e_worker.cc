@@ -5,18 +5,24 @@
 //   cuda_e2e_worker SOCKET JOB loop N     N steps of 1M elements; prints the device's free
 //                                         memory after 100 steps and after N
 //   cuda_e2e_worker SOCKET JOB forever    steps until killed ("STEPPING" after the first)
+//   cuda_e2e_worker SOCKET JOB held FLAG  one step whose ready write its stream reaches only
+//                                         when FLAG exists ("HELD" once Step has answered),
+//                                         then checks that the step completed
 // Prints "RESULT ok ..." or "RESULT <what failed>".
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "client_lib/cuda_gradients.h"
 #include "core/rule.h"
+#include "kernels/cuda/driver_api.h"
 #include "kernels/half.h"
 
 namespace {
@@ -171,6 +177,47 @@ int Loop(const char* socket, const char* job, long steps) {
   return 0;
 }
 
+// A step queued behind a gate on the worker's stream (standing in for a long backward pass,
+// or a worker that stalls before it): Step answers while the GPU has not reached the ready
+// write, since the gate opens only after Step has returned. Meanwhile gstabd's stream for this
+// job waits at the ready word, and other jobs must go on.
+int Held(const char* socket, const char* job, const char* flag) {
+  constexpr uint64_t kNumel = 1 << 20;
+  void* g = nullptr;
+  absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, kNumel, gstab::DType::kBFloat16}}, &g);
+  if (!s.ok()) return Fail("setup: " + s.status().ToString());
+  uint32_t* gate = nullptr;
+  if (cudaMalloc(&gate, sizeof *gate) != cudaSuccess) return Fail("no device memory");
+  cudaMemset(gate, 0, sizeof *gate);
+  cudaMemset(g, 0x3c, kNumel * 2);
+  if (cudaDeviceSynchronize() != cudaSuccess) return Fail("setup on the device failed");
+  if (absl::Status st = gstab::StreamWaitValue(s->stream, gate, 1); !st.ok()) {
+    return Fail("gate: " + st.ToString());
+  }
+  absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(s->client.get(), 1, s->stream);
+  if (!r.ok()) return Fail("step: " + r.status().ToString());
+  std::printf("HELD\n");
+  std::fflush(stdout);
+  for (int i = 0; i < 6000 && !std::filesystem::exists(flag); ++i) usleep(10000);
+  // Opened from a stream of its own: the worker's stream is the one waiting.
+  cudaStream_t opener;
+  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
+  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
+    return Fail("opening the gate: " + st.ToString());
+  }
+  gstab::StepResultsHeader header{};
+  cudaMemcpyAsync(&header, s->grads->device_results(), sizeof header, cudaMemcpyDeviceToHost,
+                  s->stream);
+  if (cudaStreamSynchronize(s->stream) != cudaSuccess) return Fail("stream failed");
+  if (header.step != 1 || (header.flags & gstab::kFlagAccepted) == 0) {
+    return Fail("the held step did not complete: results step " + std::to_string(header.step) +
+                " flags " + std::to_string(header.flags));
+  }
+  if (absl::Status st = s->client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
+  std::printf("RESULT ok held step completed\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,5 +227,6 @@ int main(int argc, char** argv) {
   if (mode == "check") return Check(argv[1], argv[2]);
   if (mode == "loop" && argc == 5) return Loop(argv[1], argv[2], std::atol(argv[4]));
   if (mode == "forever") return Loop(argv[1], argv[2], -1);
+  if (mode == "held" && argc == 5) return Held(argv[1], argv[2], argv[4]);
   return 2;
 }
