@@ -14,30 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "core/rule.h"
 #include "kernels/cuda/driver_api.h"
 #include "kernels/half.h"
 
 namespace {
-
-bool FromHex(const std::string& hex, void* out, size_t n) {
-  if (hex.size() != 2 * n) return false;
-  for (size_t i = 0; i < n; ++i) {
-    static_cast<unsigned char*>(out)[i] =
-        static_cast<unsigned char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
-  }
-  return true;
-}
-
-std::string Hex(const void* p, size_t n) {
-  std::string s;
-  char b[3];
-  for (size_t i = 0; i < n; ++i) {
-    std::snprintf(b, sizeof b, "%02x", static_cast<const unsigned char*>(p)[i]);
-    s += b;
-  }
-  return s;
-}
 
 int Fail(const char* what, cudaError_t e) {
   std::printf("RESULT cuda-error %s: %s\n", what, cudaGetErrorString(e));
@@ -66,7 +48,9 @@ int main(int argc, char** argv) {
   cudaStreamCreate(&stream);
   cudaIpcMemHandle_t mh;
   if ((e = cudaIpcGetMemHandle(&mh, d)) != cudaSuccess) return Fail("mem handle", e);
-  std::printf("HANDLES %s\n", Hex(&mh, sizeof mh).c_str());
+  std::printf("HANDLES %s\n", absl::BytesToHexString(
+                                  absl::string_view(reinterpret_cast<const char*>(&mh), sizeof mh))
+                                  .c_str());
   std::fflush(stdout);
 
   std::string results_hex;
@@ -76,11 +60,13 @@ int main(int argc, char** argv) {
     if (flag >> results_hex >> ready_offset >> done_offset) break;
     usleep(10000);
   }
+  const std::string results_bytes = absl::HexStringToBytes(results_hex);
   cudaIpcMemHandle_t results_h;
-  if (!FromHex(results_hex, &results_h, sizeof results_h)) {
+  if (results_bytes.size() != sizeof results_h) {
     std::printf("RESULT bad flag file\n");
     return 1;
   }
+  std::memcpy(&results_h, results_bytes.data(), sizeof results_h);
   void* results = nullptr;
   if ((e = cudaIpcOpenMemHandle(&results, results_h, cudaIpcMemLazyEnablePeerAccess)) !=
       cudaSuccess) {

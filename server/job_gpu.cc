@@ -1,0 +1,163 @@
+// Job's GPU side: a generation of CUDA pipelines, one per local worker's GPU, from the first
+// registration until a worker leaves or registers again (which ends the job's communicator);
+// the step that enqueues a worker's GPU work and answers without waiting for it.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "server/cross_node.h"
+#include "server/job.h"
+
+namespace gstab {
+
+absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
+                              const ChunkTable& table, v1::RegisterBuffersResponse* response) {
+  if (!gpus_.available()) return absl::UnimplementedError("no CUDA pipeline here");
+  if (collective_ != nullptr && nccl_.unique_id.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job '", name_,
+                     "' spans nodes but its rendezvous has no NCCL id: create it with "
+                     "CreateRendezvous(cuda=true) to register cuda_ipc buffers"));
+  }
+  if (gpus_.Has(local_rank)) {
+    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered again"));
+  }
+  if (collective_ != nullptr && nccl_spent_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_,
+        "''s GPU communicator across nodes has ended and its NCCL id cannot be "
+        "used again: attach every worker with a new rendezvous (CreateRendezvous(cuda=true))"));
+  }
+  GpuJobSpec layout;
+  layout.job = name_;
+  for (int r : group_reduction_) layout.replicated.push_back(r == 1 ? 1 : 0);
+  layout.layout_hash = LayoutHash(group_names_, group_reduction_);
+  if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
+                                 std::move(layout), nccl_, stats_);
+      !s.ok()) {
+    return s;
+  }
+  register_again_.erase(local_rank);
+  GpuPipeline& pipeline = gpus_.Slot(local_rank);
+  response->set_results_handle(pipeline.ResultsHandle());
+  response->set_results_bytes(pipeline.ResultsBytes());
+  response->set_ready_offset(pipeline.ReadyOffset());
+  response->set_done_offset(pipeline.DoneOffset());
+  return absl::OkStatus();
+}
+
+absl::Status Job::AgreeGpuLayout() {
+  // Before the first collective of a generation the GPUs must agree on the group count: the
+  // per-step check runs inside collectives whose size is that count. Locally on the host;
+  // across nodes through the job's node collective (once per generation, waiting for every
+  // node's first step).
+  if (absl::Status s = gpus_.AllRegistered(); !s.ok()) return s;
+  absl::StatusOr<uint32_t> groups = gpus_.LocalGroupCount();
+  if (!groups.ok()) return groups.status();
+  if (collective_ != nullptr) {
+    const double n = *groups;
+    std::vector<double> range = {n, -n};
+    if (absl::Status s = collective_->AllReduceMax(absl::MakeSpan(range), nccl_.timeout); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ",
+                                                 nccl_.node_count,
+                                                 ": agreeing the GPUs' group count with the "
+                                                 "other nodes before the first step: ",
+                                                 s.message()));
+    }
+    if (range[0] != -range[1]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
+          " on this node, between ", -range[1], " and ", range[0],
+          " across nodes); every node must register the same groups; nothing was summed"));
+    }
+  }
+  gpus_.set_layout_agreed();
+  return absl::OkStatus();
+}
+
+void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone) {
+  if (gpus_.empty()) return;
+  if (collective_ != nullptr) nccl_spent_ = true;  // the rendezvous's NCCL id is used up
+  std::optional<std::vector<GroupStats>> stats = gpus_.Close(gone);  // the statistics outlive it
+  if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
+  for (const auto& [rank, w] : workers_) {
+    register_again_[rank] =
+        absl::StrCat(why, ", which ends the job's GPU communicator: register the buffers again");
+  }
+  workers_.clear();
+}
+
+void Job::RefreshStatistics() const {
+  if (gpus_.empty()) return;
+  if (gpus_.multi_rank()) {
+    // Waiting here could wait for another local rank's next step, which needs this lock: take
+    // the newest finished step's copy.
+    std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
+    if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+    return;
+  }
+  absl::StatusOr<std::vector<GroupStats>> stats = gpus_.Primary().Statistics();
+  if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
+}
+
+absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
+                          v1::StepResponse* response) {
+  std::optional<GpuStepResult> done;
+  bool primary;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!gpus_.Has(local_rank)) {  // the generation ended since Step looked
+      auto again = register_again_.find(local_rank);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "local rank ", local_rank, " of job '", name_,
+          "': ", again != register_again_.end() ? again->second : "register the buffers again"));
+    }
+    primary = local_rank == gpus_.primary();
+    if (!gpus_.layout_agreed()) {
+      if (absl::Status s = AgreeGpuLayout(); !s.ok()) return s;
+    }
+    if (ready_value == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("local rank ", local_rank, " of job '", name_,
+                       "' registered cuda_ipc buffers but step ", step,
+                       " carries no ready_value: the worker's stream writes it to the ready word "
+                       "(RegisterBuffersResponse.ready_offset) after its backward pass"));
+    }
+    if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
+      return s;
+    }
+    if (primary) {  // the job's step count and history follow its first local GPU
+      if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
+        config_history_.back().set_effective_step(step);
+      }
+      steps_ += 1;
+      last_step_ = step;
+      have_step_ = true;
+    }
+    response->set_step(step);
+    response->set_config_version(config_version_);
+    done = gpus_.Poll(local_rank);
+    if (done.has_value() && !done->outcomes.empty() &&
+        (done->outcomes[0].flags & kFlagMismatch) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step numbers or norm-group layouts differ across the nodes of job '", name_,
+          "' (found at step ", done->step,
+          "); nothing was applied to that step; every node must step in lockstep with the same "
+          "groups"));
+    }
+    if (done.has_value()) {
+      response->set_results_step(done->step);
+      for (size_t g = 0; g < done->outcomes.size(); ++g) {
+        const StepOutcome& out = done->outcomes[g];
+        if (primary) last_outcome_[g] = out;
+        v1::GroupResult* r = response->add_groups();
+        FillGroupResult(g, out, r);
+        if (r->skipped()) response->set_skip(true);
+        if (r->diverging()) response->set_diverging(true);
+      }
+    }
+  }
+  if (done.has_value() && primary && on_step_) on_step_(*response, absl::ZeroDuration());
+  return absl::OkStatus();
+}
+
+}  // namespace gstab
