@@ -63,6 +63,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gstabd: CUDA_MODULE_LOADING=%s ignored: gstabd needs EAGER\n", v);
   }
   setenv("CUDA_MODULE_LOADING", "EAGER", /*overwrite=*/1);
+  // Each job's stream waits at its worker's ready word for the length of a backward pass, and
+  // streams beyond the device's hardware queues share one in order: a job whose stream shares a
+  // queue with a waiting one waits too. Ask for the most queues CUDA gives (32, default 8).
+  if (const char* v = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+      v != nullptr && std::string(v) != "32") {
+    std::fprintf(stderr, "gstabd: CUDA_DEVICE_MAX_CONNECTIONS=%s ignored: gstabd uses 32\n", v);
+  }
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/1);
   const int gpus = gstab::CudaDeviceCount();
 #else
   const int gpus = 0;

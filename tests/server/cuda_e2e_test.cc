@@ -136,26 +136,39 @@ TEST_F(CudaE2eTest, TenThousandStepsLeakNothing) {
   EXPECT_EQ(at_100, at_end) << "device memory changed between step 100 and step 10,000";
 }
 
-// Step answers without waiting for the GPU, and a job whose step is held at its worker's ready
-// word (a long backward pass) holds up no other job: in a fresh gstabd, so that the held step is
-// the first thing gstabd's device runs (kernels still to load then would wait for it).
-TEST_F(CudaE2eTest, AHeldStepHoldsUpNeitherItsWorkerNorOtherJobs) {
-  const std::string flag = dir_.path() + "/open-the-gate";
-  auto held = testing::Subprocess::Start(
-      {testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(), "held-job", "held", flag});
-  ASSERT_TRUE(held.ok());
-  absl::StatusOr<std::string> line = held->ReadLine(absl::Seconds(60));
-  ASSERT_TRUE(line.ok() && line->find("HELD") != std::string::npos)
-      << "Step did not answer while the worker's stream was held: " << line.status() << " "
-      << (line.ok() ? *line : "");
+// Step answers without waiting for the GPU, and jobs whose steps are held at their workers'
+// ready words (long backward passes) hold up no other job: in a fresh gstabd, so that the held
+// steps are the first thing gstabd's device runs (kernels still to load then would wait for
+// them), and several, so that their waiting streams would share the device's hardware queues
+// with the other job's at CUDA's default of 8 queues.
+TEST_F(CudaE2eTest, HeldStepsHoldUpNeitherTheirWorkersNorOtherJobs) {
+  constexpr int kHeld = 6;
+  const std::string flag = dir_.path() + "/open-the-gates";
+  std::vector<testing::Subprocess> held;
+  for (int i = 0; i < kHeld; ++i) {
+    auto w =
+        testing::Subprocess::Start({testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(),
+                                    absl::StrCat("held-", i), "held", flag});
+    ASSERT_TRUE(w.ok()) << w.status();
+    held.push_back(*std::move(w));
+  }
+  for (int i = 0; i < kHeld; ++i) {
+    absl::StatusOr<std::string> line = held[i].ReadLine(absl::Seconds(60));
+    ASSERT_TRUE(line.ok() && line->find("HELD") != std::string::npos)
+        << "held-" << i
+        << ": Step did not answer while the worker's stream was held: " << line.status() << " "
+        << (line.ok() ? *line : "");
+  }
   int rc = -1;
   const std::string out = RunWorker({"other-job", "check"}, &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
   std::ofstream(flag) << "open\n";
-  const std::string held_out = held->ReadAll();
-  EXPECT_EQ(held->Wait(absl::Seconds(60)).value_or(-1), 0) << held_out;
-  EXPECT_NE(held_out.find("RESULT ok"), std::string::npos) << held_out;
+  for (int i = 0; i < kHeld; ++i) {
+    const std::string held_out = held[i].ReadAll();
+    EXPECT_EQ(held[i].Wait(absl::Seconds(60)).value_or(-1), 0) << held_out;
+    EXPECT_NE(held_out.find("RESULT ok"), std::string::npos) << "held-" << i << ": " << held_out;
+  }
 }
 
 // A worker SIGKILLed while stepping: gstabd keeps serving other jobs and, once the lease
