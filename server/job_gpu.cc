@@ -88,15 +88,18 @@ void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone)
 
 void Job::RefreshStatistics() const {
   if (gpus_.empty()) return;
-  if (gpus_.multi_rank()) {
-    // Waiting here could wait for another local rank's next step, which needs this lock: take
-    // the newest finished step's copy.
-    std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
-    if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+  // Never waits for the GPU under the job's lock: a queued step can be held at its worker's
+  // ready word for a whole backward pass (or, for a worker that died, until its lease expires),
+  // and with several local ranks a wait could wait for another rank's next step, which needs
+  // this lock. So the exact statistics only when the GPU is idle; else the newest finished
+  // step's copy.
+  if (!gpus_.multi_rank() && gpus_.Primary().Idle()) {
+    absl::StatusOr<std::vector<GroupStats>> stats = gpus_.Primary().Statistics();
+    if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
     return;
   }
-  absl::StatusOr<std::vector<GroupStats>> stats = gpus_.Primary().Statistics();
-  if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
+  std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
+  if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
 }
 
 absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,

@@ -37,13 +37,23 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   if (absl::Status s = PreloadCudaKernels(); !s.ok()) return s;
   cudaStream_t stream;
   RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  // Made now, right after the pipeline's stream: CUDA maps streams onto the device's hardware
+  // queues in turn, so it does not share the queue of the stream it releases.
+  cudaStream_t release_stream;
+  if (cudaError_t e = cudaStreamCreateWithFlags(&release_stream, cudaStreamNonBlocking);
+      e != cudaSuccess) {
+    cudaStreamDestroy(stream);
+    return CudaError(e, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
+  }
   absl::StatusOr<DeviceChunkTable> dt = DeviceChunkTable::Upload(table, stream);
   if (!dt.ok()) {
     cudaStreamDestroy(stream);
+    cudaStreamDestroy(release_stream);
     return dt.status();
   }
   std::unique_ptr<CudaStepper> s(new CudaStepper(device, *std::move(dt), spec));
   s->stream_ = stream;
+  s->release_stream_ = release_stream;
   {
     absl::MutexLock lock(&s->mu_);
     for (Slot& slot : s->slots_) {
@@ -99,6 +109,11 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
                                       std::max<size_t>(1, groups) * sizeof(GroupStats)));
   RETURN_IF_CUDA_ERROR(
       cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_aborted_), s->h_aborted_, 0));
+  RETURN_IF_CUDA_ERROR(cudaHostAlloc(reinterpret_cast<void**>(&s->h_started_), sizeof(uint32_t),
+                                     cudaHostAllocMapped));
+  *s->h_started_ = 0;
+  RETURN_IF_CUDA_ERROR(
+      cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_started_), s->h_started_, 0));
   absl::StatusOr<std::unique_ptr<NcclComm>> comm = NcclComm::Start(
       id, static_cast<int>(spec.nccl.node_rank), static_cast<int>(spec.nccl.node_count),
       absl::StrCat("job '", spec.job, "' rank ", spec.nccl.node_rank, " of ", spec.nccl.node_count),
@@ -143,8 +158,7 @@ CudaStepper::~CudaStepper() {
     }
   }
   ClearStaleCudaError();
-  comm_.reset();
-  std::vector<void*> host = {h_aborted_, h_stage_};
+  std::vector<void*> host = {h_aborted_, h_stage_, h_started_};
   {
     absl::MutexLock lock(&mu_);
     for (Slot& slot : slots_) {
@@ -155,13 +169,15 @@ CudaStepper::~CudaStepper() {
   }
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
   if (release_stream_ != nullptr) cudaStreamDestroy(release_stream_);
-  // Frees may wait for other jobs' work on the device: not on this (locked) path.
-  DeferDeviceRelease([device = device_,
+  // Frees may wait for other jobs' work on the device: not on this (locked) path. Nor the
+  // communicator's destruction, which frees NCCL's memory.
+  DeferDeviceRelease([device = device_, comm = std::shared_ptr<NcclComm>(std::move(comm_)),
                       table = std::make_shared<DeviceChunkTable>(std::move(table_)),
                       memory = std::vector<void*>{d_partials_, d_sums_, d_flags_, d_replicated_,
                                                   d_exchange_, d_stats_, d_results_, d_scales_},
                       host]() mutable {
     cudaSetDevice(device);
+    comm.reset();
     table.reset();
     for (void* p : memory) cudaFree(p);
     for (void* p : host) cudaFreeHost(p);
@@ -169,13 +185,14 @@ CudaStepper::~CudaStepper() {
   });
 }
 
-absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& what) {
+absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& what,
+                                     bool abort_peers) {
   for (;;) {
     const cudaError_t e = cudaStreamQuery(stream_);
     if (e == cudaSuccess) return absl::OkStatus();
     if (e != cudaErrorNotReady) return CudaError(e, "cudaStreamQuery", __FILE__, __LINE__);
     if (absl::Now() >= deadline) {
-      if (spec_.nccl.node_count == 1) {  // no peer to blame: the GPU is busy or stuck
+      if (spec_.nccl.node_count == 1 || !abort_peers) {  // the GPU is busy, or not yet released
         return absl::DeadlineExceededError(
             absl::StrCat(what, " did not complete in time: the GPU is still busy"));
       }
@@ -247,6 +264,12 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   // gradients before that.
   if (absl::Status s = StreamWaitValue(stream_, d_ready_, ready_value); !s.ok()) return s;
   last_ready_.store(ready_value);
+  if (spec_.nccl.node_count > 1) {  // the watchdog times the step from here
+    if (absl::Status s = StreamWriteValue(stream_, d_started_, static_cast<uint32_t>(step));
+        !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s =
           LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_, d_voided_);
       !s.ok()) {
@@ -276,10 +299,11 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),
                                        cudaMemcpyDeviceToHost, stream_));
-  // A step still unfinished in this slot (the host two steps ahead of the GPU) keeps its
-  // start time: the watchdog measures the oldest unfinished step.
+  // A step still unfinished in this slot (the host two steps ahead of the GPU) stays the one
+  // watched: the watchdog times the oldest unfinished step.
   if (!slot.in_flight || cudaEventQuery(slot.finished) == cudaSuccess) {
-    slot.enqueued_at = absl::Now();
+    slot.watched_step = step;
+    slot.started_at.reset();
   }
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
   // `done` last: a worker that waits for it sees this step in Step, GetStats and metrics.
@@ -304,14 +328,7 @@ void CudaStepper::Release() {
   // ready word, on a stream of its own: the pipeline's stream is the one that waits.
   *h_aborted_ = 1;
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  absl::Status s;
-  if (release_stream_ == nullptr) {
-    if (cudaError_t e = cudaStreamCreateWithFlags(&release_stream_, cudaStreamNonBlocking);
-        e != cudaSuccess) {
-      s = CudaError(e, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
-    }
-  }
-  if (s.ok()) s = StreamWriteValue(release_stream_, d_voided_, 1);
+  absl::Status s = StreamWriteValue(release_stream_, d_voided_, 1);
   if (s.ok()) s = StreamWriteValue(release_stream_, d_ready_, last_ready_.load());
   ClearStaleCudaError();
   if (!s.ok()) {
@@ -332,8 +349,12 @@ std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait, bool worker_
   // stream drains. Once it is idle nothing writes the buffer again; if it does not get idle
   // (a peer stalls an all-reduce), the buffer is left allocated rather than freed under a
   // kernel or a worker's mapping.
-  bool idle =
-      worker_gone ? Idle() : WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok();
+  // Released before any abort: aborting a communicator frees its memory, which waits for the
+  // device, this stream included.
+  bool idle = worker_gone ? Idle()
+                          : WaitStream(absl::Now() + teardown_wait_, "closing the pipeline",
+                                       /*abort_peers=*/false)
+                                .ok();
   if (!idle) {
     Release();
     idle = WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok();
@@ -357,17 +378,26 @@ void CudaStepper::Watch() {
     std::string overdue;
     mu_.LockWhenWithTimeout(absl::Condition(&stop_), absl::Milliseconds(20));
     const bool stop = stop_;
+    const uint32_t started = __atomic_load_n(h_started_, __ATOMIC_ACQUIRE);  // the GPU writes it
     for (Slot& slot : slots_) {
       if (stop || !slot.in_flight) continue;
       if (cudaEventQuery(slot.finished) == cudaSuccess) {
         slot.in_flight = false;
-      } else if (absl::Now() - slot.enqueued_at > spec_.nccl.timeout) {
+        continue;
+      }
+      if (!slot.started_at.has_value()) {
+        // Still at its ready word (wrap-safe: the word holds a step's low 32 bits).
+        if (static_cast<int32_t>(started - static_cast<uint32_t>(slot.watched_step)) < 0) continue;
+        slot.started_at = absl::Now();
+      }
+      if (absl::Now() - *slot.started_at > spec_.nccl.timeout) {
         slot.in_flight = false;
-        overdue = absl::StrCat("step ", slot.step, " of job '", spec_.job, "' on rank ",
+        overdue = absl::StrCat("step ", slot.watched_step, " of job '", spec_.job, "' on rank ",
                                spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
                                " did not finish within ", absl::FormatDuration(spec_.nccl.timeout),
-                               ": a node died or stalled; the NCCL communicator was aborted; "
-                               "attach every worker again with a new rendezvous");
+                               " of its worker's ready write: a node died or stalled; the NCCL "
+                               "communicator was aborted; attach every worker again with a new "
+                               "rendezvous");
       }
     }
     mu_.Unlock();

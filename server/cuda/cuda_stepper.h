@@ -64,14 +64,17 @@ class CudaStepper final : public GpuPipeline {
   // The first step of a communicator: wait for every rank to join (the host waits here, once
   // per generation) and adopt rank 0's statistics.
   absl::Status Join(absl::Time deadline);
-  // Polls the stream until it is idle or `deadline` (then aborts a multi-rank communicator).
-  absl::Status WaitStream(absl::Time deadline, const std::string& what);
+  // Polls the stream until it is idle or `deadline` (then, `abort_peers`, aborts a multi-rank
+  // communicator: a step held by a peer that stalls).
+  absl::Status WaitStream(absl::Time deadline, const std::string& what, bool abort_peers = true);
   // The cross-node stage, between the partial sums and the rule kernel.
   absl::Status EnqueueCrossNode(uint64_t step, absl::Time deadline);
   // Lets the stream past every queued wait for a ready write, voiding those steps: gstabd
   // writes the ready word itself (for a worker that is gone).
   void Release();
-  // Runs until stop_: aborts the communicator when a step overstays the timeout.
+  // Runs until stop_: aborts the communicator when a step overstays the timeout, counted from
+  // when the GPU passed its ready word (before that the worker's backward pass holds it, for
+  // as long as that takes).
   void Watch();
 
   const int device_;
@@ -91,7 +94,10 @@ class CudaStepper final : public GpuPipeline {
     uint64_t step = 0;
     bool unreported = false;
     bool in_flight = false;  // enqueued, not yet seen finished by the watchdog
-    absl::Time enqueued_at;
+    // The oldest unfinished step in this slot (the host may be two steps ahead of the GPU) and
+    // when the watchdog first saw the GPU past its ready word.
+    uint64_t watched_step = 0;
+    std::optional<absl::Time> started_at;
   };
   absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
   Slot slots_[2] ABSL_GUARDED_BY(mu_);
@@ -103,9 +109,13 @@ class CudaStepper final : public GpuPipeline {
   double* d_sums_ = nullptr;
   uint32_t* d_flags_ = nullptr;
   uint8_t* d_replicated_ = nullptr;
-  double* d_exchange_ = nullptr;   // the cross-node vector (see cuda_kernels.h)
-  int* h_aborted_ = nullptr;       // mapped pinned memory: 1 once the communicator is aborted
-  int* d_aborted_ = nullptr;       // its device address
+  double* d_exchange_ = nullptr;  // the cross-node vector (see cuda_kernels.h)
+  int* h_aborted_ = nullptr;      // mapped pinned memory: 1 once the communicator is aborted
+  int* d_aborted_ = nullptr;      // its device address
+  // Mapped pinned memory: the low 32 bits of the newest step whose ready word the GPU has passed
+  // (multi-rank jobs, for the watchdog).
+  uint32_t* h_started_ = nullptr;
+  uint32_t* d_started_ = nullptr;
   GroupStats* h_stage_ = nullptr;  // pinned: statistics read or replaced by the host
   GroupStats* d_stats_ = nullptr;
   // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside), then

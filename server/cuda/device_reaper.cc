@@ -1,5 +1,6 @@
 #include "server/cuda/device_reaper.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <thread>
@@ -7,20 +8,31 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 
 namespace gstab {
 namespace {
 
+// Runs deferred work on one background thread, in order; or, `parallel`, each on a thread of
+// its own (one that blocks holds up no other).
 class Reaper {
  public:
-  Reaper() {
-    std::thread([this] { Run(); }).detach();
+  explicit Reaper(bool parallel) : parallel_(parallel) {
+    if (!parallel_) std::thread([this] { Run(); }).detach();
   }
 
-  void Defer(std::function<void()> release) {
+  void Defer(std::function<void()> work) {
     absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(release));
     ++deferred_;
+    if (parallel_) {
+      std::thread([this, work = std::move(work)] {
+        work();
+        absl::MutexLock done(&mu_);
+        ++ran_;
+      }).detach();
+      return;
+    }
+    queue_.push_back(std::move(work));
   }
 
   bool Flush(absl::Duration timeout) {
@@ -47,22 +59,33 @@ class Reaper {
     }
   }
 
+  const bool parallel_;
   absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t deferred_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t ran_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Never destroyed: its thread runs for the life of the process.
+// Never destroyed: their threads run for the life of the process.
 Reaper& TheReaper() {
-  static Reaper* reaper = new Reaper;
+  static Reaper* reaper = new Reaper(/*parallel=*/false);
   return *reaper;
+}
+Reaper& TheAborter() {
+  static Reaper* aborter = new Reaper(/*parallel=*/true);
+  return *aborter;
 }
 
 }  // namespace
 
 void DeferDeviceRelease(std::function<void()> release) { TheReaper().Defer(std::move(release)); }
 
-bool FlushDeviceReleases(absl::Duration timeout) { return TheReaper().Flush(timeout); }
+void DeferCommunicatorAbort(std::function<void()> abort) { TheAborter().Defer(std::move(abort)); }
+
+bool FlushDeviceReleases(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  const bool aborted = TheAborter().Flush(timeout);  // first: a release may wait for an abort
+  return TheReaper().Flush(std::max(deadline - absl::Now(), absl::ZeroDuration())) && aborted;
+}
 
 }  // namespace gstab

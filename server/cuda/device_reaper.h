@@ -15,7 +15,14 @@ namespace gstab {
 // Runs `release` on the reaper thread, after every release deferred before it.
 void DeferDeviceRelease(std::function<void()> release);
 
-// Waits until every release deferred so far has run, or `timeout`; whether they all ran.
+// Runs `abort` (an ncclCommAbort) on a background thread of its own, never behind a release or
+// another abort: ncclCommAbort first lets go of kernels waiting for peers, then frees the
+// communicator's memory on the calling thread, waiting as a free does; and a release (or another
+// abort's free) may itself be waiting for the kernel that this abort lets go.
+void DeferCommunicatorAbort(std::function<void()> abort);
+
+// Waits until every abort and release deferred so far has run, or `timeout`; whether they all
+// ran.
 bool FlushDeviceReleases(absl::Duration timeout);
 
 }  // namespace gstab

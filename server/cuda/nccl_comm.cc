@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/cuda/device_reaper.h"
 #include "server/gpu_pipeline.h"
 
 namespace gstab {
@@ -13,6 +14,21 @@ namespace {
 
 absl::Status NcclError(absl::string_view what, absl::string_view context, ncclResult_t r) {
   return absl::InternalError(absl::StrCat(what, " of ", context, ": ", ncclGetErrorString(r)));
+}
+
+// ncclCommAbort lets go of kernels waiting for peers at once, then frees the communicator's
+// resources on the calling thread, which can wait for work anywhere on the device (another
+// job's stream held at its worker's ready word, for as long as that worker's backward pass, or
+// until a release that needs a lock the caller holds). So it runs in the background.
+void AbortInBackground(ncclComm_t comm) {
+  if (comm == nullptr) return;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) device = -1;
+  DeferCommunicatorAbort([comm, device] {
+    if (device >= 0) cudaSetDevice(device);
+    ncclCommAbort(comm);
+    (void)cudaGetLastError();
+  });
 }
 
 }  // namespace
@@ -42,7 +58,7 @@ absl::StatusOr<std::unique_ptr<NcclComm>> NcclComm::Start(const std::string& uni
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, size, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
-    if (comm != nullptr) ncclCommAbort(comm);
+    AbortInBackground(comm);
     return NcclError("ncclCommInitRankConfig", context, r);
   }
   return std::unique_ptr<NcclComm>(
@@ -63,7 +79,7 @@ NcclComm::~NcclComm() {
   if (r == ncclSuccess) {
     ncclCommDestroy(comm_);
   } else {
-    ncclCommAbort(comm_);
+    AbortInBackground(comm_);
   }
   comm_ = nullptr;
 }
@@ -77,7 +93,7 @@ void NcclComm::AbortLocked(const std::string& why) {
   if (!broken_.empty()) return;
   broken_ = why;
   if (before_abort_) before_abort_();
-  if (comm_ != nullptr) ncclCommAbort(comm_);
+  AbortInBackground(comm_);
   comm_ = nullptr;
 }
 
