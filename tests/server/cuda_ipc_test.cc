@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "server/cuda/cuda_stepper.h"
+#include "server/cuda/device_reaper.h"
 #include "server/cuda/nccl_comm.h"
 #include "tests/testing/subprocess.h"
 
@@ -194,6 +195,8 @@ TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
   absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, 0);
   EXPECT_FALSE(again.ok());
   stepper->reset();  // closing a failed pipeline does not hang
+  // The abort runs in the background; it ends (before the process exits, too).
+  EXPECT_TRUE(FlushDeviceReleases(absl::Seconds(10)));
   cudaFree(d);
 }
 
