@@ -95,6 +95,13 @@ int main(int argc, char** argv) {
   setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/1);
   // And collectives launch per rank (not waiting, inside NCCL, for the process's other ranks).
   setenv("NCCL_LAUNCH_MODE", "PARALLEL", /*overwrite=*/1);
+  // Nor are one job's collectives ordered behind another's on the same GPU (NCCL 2.26 and newer
+  // would, set to 1): a job's step can be held at its worker's ready word for a backward pass.
+  if (const char* v = std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT");
+      v != nullptr && std::string(v) != "0") {
+    std::fprintf(stderr, "gstabd: NCCL_LAUNCH_ORDER_IMPLICIT=%s ignored: gstabd needs 0\n", v);
+  }
+  setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "0", /*overwrite=*/1);
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
   options.listen_address = absl::GetFlag(FLAGS_listen);
