@@ -1,13 +1,33 @@
 #include "client_lib/cuda_gradients.h"
 
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/dtype_proto.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/driver_api.h"
 
 namespace gstab {
+namespace {
+
+// How long CloseResults waits for gstabd's done write of the last step before writing it itself.
+constexpr absl::Duration kDoneWait = absl::Seconds(60);
+
+// Whether `event` completed within `timeout`.
+bool WaitEvent(cudaEvent_t event, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    const cudaError_t e = cudaEventQuery(event);
+    ClearStaleCudaError();  // a cudaErrorNotReady must not surface in the caller's next check
+    if (e != cudaErrorNotReady) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device) {
   std::unique_ptr<CudaGradients> g(new CudaGradients(device));
@@ -20,6 +40,7 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 
 CudaGradients::~CudaGradients() {
   CloseResults();
+  if (done_passed_ != nullptr) cudaEventDestroy(done_passed_);
   for (void* p : owned_) cudaFree(p);
 }
 
@@ -72,8 +93,24 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
 
 void CudaGradients::CloseResults() {
   if (results_ != nullptr) {
-    // Reads of it may still be queued on the caller's streams.
     cudaSetDevice(device_);
+    // gstabd writes `done` for every step it accepted; if it died first, nothing will, and the
+    // wait for the device below would never end. Past kDoneWait the done word is written here,
+    // from a stream of its own, so that this process's streams go on (that step's gradients
+    // may be partly stabilized).
+    if (done_passed_ != nullptr && !WaitEvent(done_passed_, kDoneWait)) {
+      std::fprintf(stderr,
+                   "gstab: gstabd did not finish the last step within %lld s (has it stopped?); "
+                   "releasing the streams that wait for it\n",
+                   static_cast<long long>(absl::ToInt64Seconds(kDoneWait)));
+      cudaStream_t side;
+      if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
+        (void)StreamWriteValue(side, done_word_, ready_value_);
+        cudaStreamSynchronize(side);
+        cudaStreamDestroy(side);
+      }
+    }
+    // Reads of the results may still be queued on the caller's streams.
     cudaDeviceSynchronize();
     cudaIpcCloseMemHandle(results_);
     (void)cudaGetLastError();  // a failed close must not surface in the caller's next check
@@ -125,6 +162,10 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
   absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
   if (!r.ok()) return r;
   if (absl::Status s = StreamWaitValue(stream, done_word_, ready_value_); !s.ok()) return s;
+  if (done_passed_ == nullptr) {
+    RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&done_passed_, cudaEventDisableTiming));
+  }
+  RETURN_IF_CUDA_ERROR(cudaEventRecord(done_passed_, stream));
   return r;
 }
 

@@ -13,7 +13,10 @@
 // (after the backward pass), asks gstabd to enqueue its work behind that write, and makes the
 // stream wait until gstabd has written the same value to the done word. The StepResponse
 // carries the newest step whose GPU work had finished when gstabd answered; this step's own
-// results are in the device buffer gstabd writes before `done`. Not thread-safe.
+// results are in the device buffer gstabd writes before `done`. Registering again and the
+// destructor wait for the last step's `done` (up to 60 s: past that, gstabd is taken to have
+// stopped, and the done word is written here so that the streams waiting for it go on), then
+// for the device. Not thread-safe.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -59,6 +62,7 @@ class CudaGradients {
 
  private:
   explicit CudaGradients(int device) : device_(device) {}
+  // Lets go of the results buffer once nothing on this process's streams waits for or reads it.
   void CloseResults();
 
   const int device_;
@@ -66,6 +70,8 @@ class CudaGradients {
   uint32_t* ready_word_ = nullptr;  // inside results_
   uint32_t* done_word_ = nullptr;
   uint32_t ready_value_ = 0;  // the value of the last Step's ready write
+  // Recorded on each Step's stream after its wait for `done`.
+  cudaEvent_t done_passed_ = nullptr;
   v1::RegisterBuffersRequest request_;
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;
