@@ -38,8 +38,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   cudaStream_t stream;
   RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   // Made now, right after the pipeline's stream: CUDA hands the device's hardware queues to new
-  // streams in turn (as observed, not documented), so it should not share the queue of the
-  // stream it releases, which would hold its write back.
+  // streams in turn (as commonly described; CUDA does not promise it), so it should not share
+  // the queue of the stream it releases, which would hold its write back.
   cudaStream_t release_stream;
   if (cudaError_t e = cudaStreamCreateWithFlags(&release_stream, cudaStreamNonBlocking);
       e != cudaSuccess) {
