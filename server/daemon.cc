@@ -96,8 +96,16 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   }
   absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
   if (!params.ok()) return params.status();
-  const bool has_config = request.config().ByteSizeLong() > 0;
+  std::optional<Removal> replaced;
+  absl::Status s = AttachWorker(request, *params, local_world, response, &replaced);
+  Remove(replaced);  // the session this attach replaced, if any
+  return s;
+}
 
+absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
+                                  uint32_t local_world, v1::AttachResponse* response,
+                                  std::optional<Removal>* replaced) {
+  const bool has_config = request.config().ByteSizeLong() > 0;
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
   std::shared_ptr<Job>& job = jobs_[request.job()];
@@ -110,7 +118,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     auto checkpoint = checkpoints_.find(request.job());
     if (checkpoint != checkpoints_.end()) {
       absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
-      job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? *params : *saved,
+      job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
                                   local_world, &executor_, StepCallbackFor(request.job()), gpu_);
       if (absl::Status s = job->ImportState(checkpoint->second, /*with_config=*/false); !s.ok()) {
         LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
@@ -119,7 +127,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
       }
       checkpoints_.erase(checkpoint);
     } else {
-      job = std::make_shared<Job>(request.job(), *params, local_world, &executor_,
+      job = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                   StepCallbackFor(request.job()), gpu_);
     }
   } else {
@@ -128,7 +136,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
           absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
                        " on this node, not ", local_world));
     }
-    if (has_config && EffectiveConfig(*params).SerializeAsString() !=
+    if (has_config && EffectiveConfig(config).SerializeAsString() !=
                           EffectiveConfig(job->params()).SerializeAsString()) {
       return absl::FailedPreconditionError(
           absl::StrCat("job '", request.job(),
@@ -136,7 +144,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
                        "without one, or change it with UpdateConfig"));
     }
   }
-  if (nodes > 1) {
+  if (request.node_count() > 1) {
     if (absl::Status s = JoinRendezvous(request, job.get()); !s.ok()) return s;
   }
   // A worker that attaches again under the same local rank (a restart) replaces its old
@@ -146,7 +154,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
         it->second.local_rank == request.local_rank()) {
       LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
                 << " attached again; dropping its previous session";
-      DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
+      *replaced = DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
       break;
     }
   }
@@ -262,15 +270,22 @@ absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {
   return session;
 }
 
-void Daemon::DropSession(const std::string& token, const std::string& reason, bool worker_gone) {
+std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
+                                                   const std::string& reason, bool worker_gone) {
   auto it = sessions_.find(token);
-  if (it == sessions_.end()) return;
+  if (it == sessions_.end()) return std::nullopt;
   const Session s = it->second;
   sessions_.erase(it);
-  if (s.observer) return;
-  s.job->RemoveWorker(s.local_rank, worker_gone);
+  if (s.observer) return std::nullopt;
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
-  ReportWorkers(s.job);
+  return Removal{s.job, s.local_rank, worker_gone, token};
+}
+
+void Daemon::Remove(const std::optional<Removal>& removal) {
+  if (!removal.has_value()) return;
+  removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->owner);
+  absl::MutexLock lock(&mu_);
+  ReportWorkers(removal->job);
 }
 
 void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
@@ -296,7 +311,8 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
   absl::StatusOr<MappedRegistration> mapped =
       MapRegistration(*std::move(plan), &registry_, device_memory_.get());
   if (!mapped.ok()) return mapped.status();
-  absl::Status s = session->job->Register(session->local_rank, *std::move(mapped), response);
+  absl::Status s =
+      session->job->Register(session->local_rank, *std::move(mapped), response, request.session());
   absl::MutexLock lock(&mu_);
   ReportWorkers(session->job);
   return s;
@@ -324,11 +340,15 @@ absl::Status Daemon::KeepAlive(const v1::KeepAliveRequest& request) {
 }
 
 absl::Status Daemon::Detach(const v1::DetachRequest& request) {
-  absl::MutexLock lock(&mu_);
-  if (sessions_.count(request.session()) == 0) {
-    return absl::UnauthenticatedError("unknown or expired session");
+  std::optional<Removal> removal;
+  {
+    absl::MutexLock lock(&mu_);
+    if (sessions_.count(request.session()) == 0) {
+      return absl::UnauthenticatedError("unknown or expired session");
+    }
+    removal = DropSession(request.session(), "detached", /*worker_gone=*/false);
   }
-  DropSession(request.session(), "detached", /*worker_gone=*/false);
+  Remove(removal);
   return absl::OkStatus();
 }
 
@@ -378,17 +398,21 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
 }
 
 void Daemon::ExpireSessions(absl::Time now) {
-  absl::MutexLock lock(&mu_);
   std::vector<std::string> expired;
-  for (const auto& [token, s] : sessions_) {
-    if (now - s.last_seen > options_.lease) expired.push_back(token);
+  std::vector<std::optional<Removal>> removals;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [token, s] : sessions_) {
+      if (now - s.last_seen > options_.lease) expired.push_back(token);
+    }
+    for (const std::string& token : expired) {
+      const Session& s = sessions_[token];
+      LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
+                   << " expired; releasing its buffers";
+      removals.push_back(DropSession(token, "lease expired", /*worker_gone=*/true));
+    }
   }
-  for (const std::string& token : expired) {
-    const Session& s = sessions_[token];
-    LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
-                 << " expired; releasing its buffers";
-    DropSession(token, "lease expired", /*worker_gone=*/true);
-  }
+  for (const std::optional<Removal>& removal : removals) Remove(removal);
   // A worker that died cannot unlink its shared objects; do it for it.
   if (!expired.empty()) RemoveStaleShmObjects();
 }

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -96,10 +97,21 @@ class Daemon {
   absl::StatusOr<Session> Use(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
   // As Use(), but refuses observer sessions (they may not register or step).
   absl::StatusOr<Session> UseAsWorker(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
+  // A dropped worker session's removal from its job. It runs after mu_ is released: closing the
+  // job's GPU pipelines waits (bounded, seconds per GPU) for their work, and under mu_ that
+  // would hold up every RPC of the node, lease renewals included.
+  struct Removal {
+    std::shared_ptr<Job> job;
+    uint32_t local_rank = 0;
+    bool worker_gone = false;
+    std::string owner;  // the session's token: a newer session's registration stays
+  };
+  // Ends session `token`; its worker's removal is returned, for Remove once mu_ is released.
   // `worker_gone`: the worker may be dead (not a Detach), so a GPU step it queued may never be
   // ready; its pipeline is released rather than waited for.
-  void DropSession(const std::string& token, const std::string& reason, bool worker_gone)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<Removal> DropSession(const std::string& token, const std::string& reason,
+                                     bool worker_gone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Remove(const std::optional<Removal>& removal) ABSL_LOCKS_EXCLUDED(mu_);
   // Refreshes the job's worker and byte gauges.
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
@@ -107,6 +119,11 @@ class Daemon {
   absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
+  // Attach's part under mu_: the job, its rendezvous and the session; the session this one
+  // replaces (same job and local rank) is ended and its removal left in `replaced`.
+  absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
+                            uint32_t local_world, v1::AttachResponse* response,
+                            std::optional<Removal>* replaced) ABSL_LOCKS_EXCLUDED(mu_);
 
   const DaemonOptions options_;
   RegistrationCaps caps_;

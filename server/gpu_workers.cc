@@ -79,7 +79,8 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
       w.pipeline->Abort("the job's local GPUs stopped at different steps");
     }
   }
-  // Closing happens under the job's (and often the daemon's) lock: every wait is short. A gone
+  // Closing happens under the job's lock (and, for a new rendezvous, the daemon's): every wait
+  // is short. A gone
   // worker's steps are released at once (its ready write may never come); a step that still
   // does not finish (a peer is gone) leaves its memory allocated and the statistics of the
   // newest finished step.

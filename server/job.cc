@@ -45,8 +45,9 @@ uint32_t Job::GroupIndex(const std::string& group) {
 }
 
 absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
-                           v1::RegisterBuffersResponse* response) {
+                           v1::RegisterBuffersResponse* response, std::string owner) {
   auto worker = std::make_shared<Worker>();
+  worker->owner = std::move(owner);
   absl::MutexLock lock(&mu_);
   const RegistrationPlan& plan = registration.plan;
   // Check every group's reduction against the job before creating anything.
@@ -99,8 +100,10 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   return absl::OkStatus();
 }
 
-void Job::RemoveWorker(uint32_t local_rank, bool gone) {
+void Job::RemoveWorker(uint32_t local_rank, bool gone, const std::string& owner) {
   absl::MutexLock lock(&mu_);
+  auto it = workers_.find(local_rank);
+  if (!owner.empty() && it != workers_.end() && it->second->owner != owner) return;
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);

@@ -45,13 +45,15 @@ class Job {
   uint32_t local_world_size() const { return local_world_size_; }
   RuleParams params() const;
 
-  // Replaces the registration of worker `local_rank`. INVALID_ARGUMENT when a group's reduction
-  // (sharded / replicated) disagrees with the job's.
+  // Replaces the registration of worker `local_rank`, made by `owner` (the worker's session).
+  // INVALID_ARGUMENT when a group's reduction (sharded / replicated) disagrees with the job's.
   absl::Status Register(uint32_t local_rank, MappedRegistration registration,
-                        v1::RegisterBuffersResponse* response);
+                        v1::RegisterBuffersResponse* response, std::string owner = "");
   // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
-  // queued may never be ready: its GPU pipeline is released rather than waited for.
-  void RemoveWorker(uint32_t local_rank, bool gone = false);
+  // queued may never be ready: its GPU pipeline is released rather than waited for. A non-empty
+  // `owner` removes only that session's registration: a registration that a newer session of
+  // the same local rank has made since stays.
+  void RemoveWorker(uint32_t local_rank, bool gone = false, const std::string& owner = "");
   uint64_t RegisteredBytes() const;
 
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
@@ -82,6 +84,7 @@ class Job {
 
  private:
   struct Worker {
+    std::string owner;  // the session that registered it
     MappedRegistration registration;
     std::vector<uint32_t> tensor_group;  // job group index per tensor
     ChunkTable table;

@@ -168,10 +168,11 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
 
 // A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
 struct FakeCudaWorker {
-  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0) {
+  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0,
+                        const std::string& owner = "") {
     return job->Register(local_rank,
                          MapCudaRegistration(grads.data(), &registry, &memory, device, tensor),
-                         &registered);
+                         &registered, owner);
   }
   std::string tensor = "w";  // its own norm group
   std::vector<float> grads = std::vector<float>(1000, 0.5f);
@@ -232,6 +233,24 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   v1::GetStatsResponse after;
   job.GetStats(&after);
   EXPECT_EQ(after.groups(0).accepted_steps(), 77u);
+}
+
+// gstabd removes a dropped session's worker after releasing its own lock: by then the same
+// local rank may have attached and registered again, and that registration stays.
+TEST(JobGpuTest, RemovingAnOldSessionLeavesANewerSessionsRegistration) {
+  int live = 0;
+  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
+  FakeCudaWorker old_worker, new_worker;
+  ASSERT_TRUE(old_worker.Register(&job, 0, 0, "old-session").ok());
+  ASSERT_TRUE(new_worker.Register(&job, 0, 0, "new-session").ok());
+  job.RemoveWorker(0, /*gone=*/true, "old-session");
+  EXPECT_EQ(live, 1);
+  v1::StepResponse r;
+  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady).ok());
+  job.RemoveWorker(0, /*gone=*/true, "new-session");
+  EXPECT_EQ(live, 0);
+  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &r, kReady).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 // A multi-node CUDA job's pipeline gets the NCCL side of its rendezvous, the groups'
