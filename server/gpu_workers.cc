@@ -80,10 +80,9 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
     }
   }
   // Closing happens under the job's lock (and, for a new rendezvous, the daemon's): every wait
-  // is short. A gone
-  // worker's steps are released at once (its ready write may never come); a step that still
-  // does not finish (a peer is gone) leaves its memory allocated and the statistics of the
-  // newest finished step.
+  // is short. A gone worker's steps are released at once (its ready write may never come); a
+  // step that still does not finish (a peer is gone) leaves its memory allocated and the
+  // statistics of the newest finished step.
   for (auto& [rank, w] : slots_) {
     retired_results_[rank] = w.pipeline->TakeResults(kCloseWait, gone == rank);
   }
