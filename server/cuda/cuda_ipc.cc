@@ -43,49 +43,53 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
     return absl::InvalidArgumentError(
         absl::StrCat("offset ", offset, " + size ", bytes, " overflows"));
   }
+  // A mapping of this allocation released a moment ago may not be closed yet (the reaper closes
+  // it, and a close can wait for the device): opening it again before that would fail. Waited
+  // for before taking mu_, so that registrations of other allocations go on meanwhile.
+  auto closed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(closing_->mu) {
+    return closing_->handles.count(handle) == 0;
+  };
+  const std::string still_closing =
+      "this allocation's earlier mapping is still being released (the GPU is busy); register "
+      "again shortly";
+  {
+    absl::MutexLock closing_lock(&closing_->mu);
+    if (!closing_->mu.AwaitWithTimeout(absl::Condition(&closed), absl::Seconds(2))) {
+      return absl::UnavailableError(still_closing);
+    }
+  }
   absl::MutexLock lock(&mu_);
   std::shared_ptr<IpcRegion> region = regions_[handle].lock();
   if (region == nullptr) {
-    // A mapping of this allocation released a moment ago may not be closed yet (the reaper
-    // closes it): opening it again before that would fail.
     {
       absl::MutexLock closing_lock(&closing_->mu);
-      auto closed = [&] { return closing_->handles.count(handle) == 0; };
-      if (!closing_->mu.AwaitWithTimeout(absl::Condition(&closed), absl::Seconds(2))) {
-        return absl::UnavailableError(
-            "this allocation's earlier mapping is still being released (the GPU is busy); "
-            "register again shortly");
-      }
+      if (!closed()) return absl::UnavailableError(still_closing);  // released again meanwhile
     }
     cudaIpcMemHandle_t h;
     std::memcpy(&h, handle.data(), sizeof h);
     RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
     void* ptr = nullptr;
     RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess));
+    region = std::shared_ptr<IpcRegion>(new IpcRegion{ptr, 0, device},
+                                        [closing = closing_, handle](IpcRegion* r) {
+                                          {
+                                            absl::MutexLock closing_lock(&closing->mu);
+                                            closing->handles.insert(handle);
+                                          }
+                                          // Closing may wait for work anywhere on the device: off
+                                          // the caller's path.
+                                          DeferDeviceRelease([closing, handle, r] {
+                                            cudaSetDevice(r->device);
+                                            cudaIpcCloseMemHandle(r->base);
+                                            ClearStaleCudaError();
+                                            delete r;
+                                            absl::MutexLock closing_lock(&closing->mu);
+                                            closing->handles.erase(handle);
+                                          });
+                                        });
     absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
-    if (!range.ok()) {
-      cudaIpcCloseMemHandle(ptr);
-      return range.status();
-    }
-    region = std::shared_ptr<IpcRegion>(
-        new IpcRegion{ptr,
-                      range->second - (static_cast<char*>(ptr) - static_cast<char*>(range->first)),
-                      device},
-        [closing = closing_, handle](IpcRegion* r) {
-          {
-            absl::MutexLock closing_lock(&closing->mu);
-            closing->handles.insert(handle);
-          }
-          // Closing may wait for work anywhere on the device: off the caller's path.
-          DeferDeviceRelease([closing, handle, r] {
-            cudaSetDevice(r->device);
-            cudaIpcCloseMemHandle(r->base);
-            ClearStaleCudaError();
-            delete r;
-            absl::MutexLock closing_lock(&closing->mu);
-            closing->handles.erase(handle);
-          });
-        });
+    if (!range.ok()) return range.status();  // `region` goes, closing the mapping
+    region->size = range->second - (static_cast<char*>(ptr) - static_cast<char*>(range->first));
     regions_[handle] = region;
   }
   if (region->device != device) {
