@@ -97,14 +97,17 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
   if (!params.ok()) return params.status();
   std::optional<Removal> replaced;
-  absl::Status s = AttachWorker(request, *params, local_world, response, &replaced);
+  std::shared_ptr<Job> attached;
+  absl::Status s = AttachWorker(request, *params, local_world, response, &replaced, &attached);
   Remove(replaced);  // the session this attach replaced, if any
+  if (attached != nullptr) ReportWorkers(attached);
   return s;
 }
 
 absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                                   uint32_t local_world, v1::AttachResponse* response,
-                                  std::optional<Removal>* replaced) {
+                                  std::optional<Removal>* replaced,
+                                  std::shared_ptr<Job>* attached) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
@@ -161,7 +164,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false};
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
-  ReportWorkers(job);
+  *attached = job;
   response->set_session(token);
   *response->mutable_effective_config() = EffectiveConfig(job->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
@@ -284,15 +287,19 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
   removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->owner);
-  absl::MutexLock lock(&mu_);
   ReportWorkers(removal->job);
 }
 
 void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
   if (observer_ == nullptr) return;
+  // The job's lock first, not under mu_: a job closing its GPU pipelines holds it for a while.
+  const uint64_t bytes = job->RegisteredBytes();
   uint32_t workers = 0;
-  for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
-  observer_->SetWorkers(job->name(), workers, job->RegisteredBytes());
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
+  }
+  observer_->SetWorkers(job->name(), workers, bytes);
 }
 
 Job::StepCallback Daemon::StepCallbackFor(const std::string& job) {
@@ -313,7 +320,6 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
   if (!mapped.ok()) return mapped.status();
   absl::Status s =
       session->job->Register(session->local_rank, *std::move(mapped), response, request.session());
-  absl::MutexLock lock(&mu_);
   ReportWorkers(session->job);
   return s;
 }
@@ -430,10 +436,20 @@ absl::Status Daemon::Checkpoint() {
 
 absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response) {
   const uint32_t history = std::min(request.history(), 256u);
-  absl::MutexLock lock(&mu_);
-  for (const auto& [name, job] : jobs_) {
+  // The jobs and their worker counts under mu_; each job's own state after, under its lock only
+  // (a job closing its GPU pipelines holds that for a while).
+  std::vector<std::pair<std::shared_ptr<Job>, uint32_t>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, job] : jobs_) {
+      uint32_t workers = 0;
+      for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
+      jobs.emplace_back(job, workers);
+    }
+  }
+  for (const auto& [job, workers] : jobs) {
     v1::JobSummary* out = response->add_jobs();
-    out->set_job(name);
+    out->set_job(job->name());
     v1::GetStatsResponse stats;
     job->GetStats(&stats);
     out->set_policy(PolicyName(job->params().policy));
@@ -441,10 +457,8 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
     out->set_last_step(stats.last_step());
     out->set_groups(static_cast<uint32_t>(stats.groups_size()));
     out->set_registered_bytes(stats.registered_bytes());
-    uint32_t workers = 0;
-    for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
     out->set_attached_workers(workers);
-    if (observer_ != nullptr) observer_->Summarize(name, history, out);
+    if (observer_ != nullptr) observer_->Summarize(job->name(), history, out);
   }
   return absl::OkStatus();
 }

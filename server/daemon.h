@@ -113,17 +113,19 @@ class Daemon {
                                      bool worker_gone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(const std::optional<Removal>& removal) ABSL_LOCKS_EXCLUDED(mu_);
   // Refreshes the job's worker and byte gauges.
-  void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
   // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
   absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
-  // Attach's part under mu_: the job, its rendezvous and the session; the session this one
-  // replaces (same job and local rank) is ended and its removal left in `replaced`.
+  // Attach's part under mu_: the job (left in `attached`), its rendezvous and the session; the
+  // session this one replaces (same job and local rank) is ended and its removal left in
+  // `replaced`.
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                             uint32_t local_world, v1::AttachResponse* response,
-                            std::optional<Removal>* replaced) ABSL_LOCKS_EXCLUDED(mu_);
+                            std::optional<Removal>* replaced, std::shared_ptr<Job>* attached)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const DaemonOptions options_;
   RegistrationCaps caps_;

@@ -110,11 +110,11 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
                                       std::max<size_t>(1, groups) * sizeof(GroupStats)));
   RETURN_IF_CUDA_ERROR(
       cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_aborted_), s->h_aborted_, 0));
-  RETURN_IF_CUDA_ERROR(cudaHostAlloc(reinterpret_cast<void**>(&s->h_started_), sizeof(uint32_t),
-                                     cudaHostAllocMapped));
-  *s->h_started_ = 0;
+  RETURN_IF_CUDA_ERROR(cudaHostAlloc(reinterpret_cast<void**>(&s->h_progress_),
+                                     2 * sizeof(uint32_t), cudaHostAllocMapped));
+  s->h_progress_[0] = s->h_progress_[1] = 0;
   RETURN_IF_CUDA_ERROR(
-      cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_started_), s->h_started_, 0));
+      cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_progress_), s->h_progress_, 0));
   absl::StatusOr<std::unique_ptr<NcclComm>> comm = NcclComm::Start(
       id, static_cast<int>(spec.nccl.node_rank), static_cast<int>(spec.nccl.node_count),
       absl::StrCat("job '", spec.job, "' rank ", spec.nccl.node_rank, " of ", spec.nccl.node_count),
@@ -159,7 +159,7 @@ CudaStepper::~CudaStepper() {
     }
   }
   ClearStaleCudaError();
-  std::vector<void*> host = {h_aborted_, h_stage_, h_started_};
+  std::vector<void*> host = {h_aborted_, h_stage_, h_progress_};
   {
     absl::MutexLock lock(&mu_);
     for (Slot& slot : slots_) {
@@ -265,11 +265,13 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   // gradients before that.
   if (absl::Status s = StreamWaitValue(stream_, d_ready_, ready_value); !s.ok()) return s;
   last_ready_.store(ready_value);
-  if (spec_.nccl.node_count > 1) {  // the watchdog times the step from here
-    if (absl::Status s = StreamWriteValue(stream_, d_started_, static_cast<uint32_t>(step));
-        !s.ok()) {
-      return s;
+  if (spec_.nccl.node_count > 1) {
+    ++sequence_;
+    {
+      absl::MutexLock lock(&mu_);
+      recent_[sequence_ % std::size(recent_)] = {sequence_, step};
     }
+    if (absl::Status s = MarkProgress(0); !s.ok()) return s;  // the watchdog times from here
   }
   if (absl::Status s =
           LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_, d_voided_);
@@ -280,6 +282,7 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
     // Let the worker's stream go on: `done` behind what is enqueued (which the aborted
     // communicator no longer holds up).
     (void)StreamWriteValue(stream_, d_done_, ready_value);
+    (void)MarkProgress(1);
     return s;
   }
   if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
@@ -300,20 +303,18 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),
                                        cudaMemcpyDeviceToHost, stream_));
-  // A step still unfinished in this slot (the host two steps ahead of the GPU) stays the one
-  // watched: the watchdog times the oldest unfinished step.
-  if (!slot.in_flight || cudaEventQuery(slot.finished) == cudaSuccess) {
-    slot.watched_step = step;
-    slot.started_at.reset();
-  }
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
   // `done` last: a worker that waits for it sees this step in Step, GetStats and metrics.
   if (absl::Status s = StreamWriteValue(stream_, d_done_, ready_value); !s.ok()) return s;
   slot.step = step;
   slot.unreported = true;
-  slot.in_flight = true;
   ++enqueued_;
-  return absl::OkStatus();
+  return MarkProgress(1);
+}
+
+absl::Status CudaStepper::MarkProgress(int which) {
+  if (spec_.nccl.node_count == 1) return absl::OkStatus();
+  return StreamWriteValue(stream_, d_progress_ + which, sequence_);
 }
 
 bool CudaStepper::Idle() {
@@ -375,31 +376,31 @@ std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait, bool worker_
 
 void CudaStepper::Watch() {
   cudaSetDevice(device_);
+  uint32_t timed = 0;  // the sequence number of the step being timed
+  std::optional<absl::Time> since;
   for (;;) {
     std::string overdue;
     mu_.LockWhenWithTimeout(absl::Condition(&stop_), absl::Milliseconds(20));
     const bool stop = stop_;
-    const uint32_t started = __atomic_load_n(h_started_, __ATOMIC_ACQUIRE);  // the GPU writes it
-    for (Slot& slot : slots_) {
-      if (stop || !slot.in_flight) continue;
-      if (cudaEventQuery(slot.finished) == cudaSuccess) {
-        slot.in_flight = false;
-        continue;
-      }
-      if (!slot.started_at.has_value()) {
-        // Still at its ready word (wrap-safe: the word holds a step's low 32 bits).
-        if (static_cast<int32_t>(started - static_cast<uint32_t>(slot.watched_step)) < 0) continue;
-        slot.started_at = absl::Now();
-      }
-      if (absl::Now() - *slot.started_at > spec_.nccl.timeout) {
-        slot.in_flight = false;
-        overdue = absl::StrCat("step ", slot.watched_step, " of job '", spec_.job, "' on rank ",
-                               spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
-                               " did not finish within ", absl::FormatDuration(spec_.nccl.timeout),
-                               " of its worker's ready write: a node died or stalled; the NCCL "
-                               "communicator was aborted; attach every worker again with a new "
-                               "rendezvous");
-      }
+    // Written by the GPU (mapped memory). Equal: between steps, or a step held at its ready
+    // word, which is the worker's time, not the nodes'.
+    const uint32_t started = __atomic_load_n(&h_progress_[0], __ATOMIC_ACQUIRE);
+    const uint32_t finished = __atomic_load_n(&h_progress_[1], __ATOMIC_ACQUIRE);
+    if (started == finished) {
+      since.reset();
+    } else if (!since.has_value() || started != timed) {
+      timed = started;
+      since = absl::Now();
+    } else if (absl::Now() - *since > spec_.nccl.timeout) {
+      since.reset();
+      const auto& [sequence, step] = recent_[timed % std::size(recent_)];
+      overdue =
+          absl::StrCat(sequence == timed ? absl::StrCat("step ", step) : "a step", " of job '",
+                       spec_.job, "' on rank ", spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
+                       " did not finish within ", absl::FormatDuration(spec_.nccl.timeout),
+                       " of its worker's ready write: a node died or stalled; the NCCL "
+                       "communicator was aborted; attach every worker again with a new "
+                       "rendezvous");
     }
     mu_.Unlock();
     if (stop) return;

@@ -15,10 +15,12 @@
 #include <cuda_runtime_api.h>
 
 #include <atomic>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -76,6 +78,8 @@ class CudaStepper final : public GpuPipeline {
   // when the GPU passed its ready word (before that the worker's backward pass holds it, for
   // as long as that takes).
   void Watch();
+  // Writes this step's sequence number to h_progress_[which] on the stream (multi-rank jobs).
+  absl::Status MarkProgress(int which);
 
   const int device_;
   DeviceChunkTable table_;
@@ -93,14 +97,14 @@ class CudaStepper final : public GpuPipeline {
     GroupStats* h_stats = nullptr;      // pinned: the statistics after this slot's step
     uint64_t step = 0;
     bool unreported = false;
-    bool in_flight = false;  // enqueued, not yet seen finished by the watchdog
-    // The oldest unfinished step in this slot (the host may be two steps ahead of the GPU) and
-    // when the watchdog first saw the GPU past its ready word.
-    uint64_t watched_step = 0;
-    std::optional<absl::Time> started_at;
   };
   absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
   Slot slots_[2] ABSL_GUARDED_BY(mu_);
+  // Multi-rank jobs: each step gets a sequence number, which the stream writes to
+  // h_progress_[0] once past the ready word and to h_progress_[1] when the step is done; the
+  // watchdog times the GPU while they differ. The newest steps' numbers, for its messages.
+  uint32_t sequence_ = 0;
+  std::pair<uint32_t, uint64_t> recent_[16] ABSL_GUARDED_BY(mu_) = {};
   uint64_t enqueued_ ABSL_GUARDED_BY(mu_) = 0;  // the newest is in slots_[(enqueued_ - 1) % 2]
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
@@ -109,13 +113,11 @@ class CudaStepper final : public GpuPipeline {
   double* d_sums_ = nullptr;
   uint32_t* d_flags_ = nullptr;
   uint8_t* d_replicated_ = nullptr;
-  double* d_exchange_ = nullptr;  // the cross-node vector (see cuda_kernels.h)
-  int* h_aborted_ = nullptr;      // mapped pinned memory: 1 once the communicator is aborted
-  int* d_aborted_ = nullptr;      // its device address
-  // Mapped pinned memory: the low 32 bits of the newest step whose ready word the GPU has passed
-  // (multi-rank jobs, for the watchdog).
-  uint32_t* h_started_ = nullptr;
-  uint32_t* d_started_ = nullptr;
+  double* d_exchange_ = nullptr;    // the cross-node vector (see cuda_kernels.h)
+  int* h_aborted_ = nullptr;        // mapped pinned memory: 1 once the communicator is aborted
+  int* d_aborted_ = nullptr;        // its device address
+  uint32_t* h_progress_ = nullptr;  // mapped pinned memory: [started, finished] (see above)
+  uint32_t* d_progress_ = nullptr;
   GroupStats* h_stage_ = nullptr;  // pinned: statistics read or replaced by the host
   GroupStats* d_stats_ = nullptr;
   // The results the worker maps: a header, then the outcomes (d_outcomes_ points inside), then
