@@ -47,7 +47,6 @@ uint32_t Job::GroupIndex(const std::string& group) {
 absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
                            v1::RegisterBuffersResponse* response, std::string owner) {
   auto worker = std::make_shared<Worker>();
-  worker->owner = std::move(owner);
   absl::MutexLock lock(&mu_);
   const RegistrationPlan& plan = registration.plan;
   // Check every group's reduction against the job before creating anything.
@@ -96,14 +95,16 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   response->set_registered_bytes(plan.total_bytes);
   for (const std::string& name : group_names_) response->add_groups(name);
   worker->registration = std::move(registration);
+  owners_[local_rank] = std::move(owner);
   workers_[local_rank] = std::move(worker);
   return absl::OkStatus();
 }
 
 void Job::RemoveWorker(uint32_t local_rank, bool gone, const std::string& owner) {
   absl::MutexLock lock(&mu_);
-  auto it = workers_.find(local_rank);
-  if (!owner.empty() && it != workers_.end() && it->second->owner != owner) return;
+  auto latest = owners_.find(local_rank);
+  if (!owner.empty() && latest != owners_.end() && latest->second != owner) return;
+  if (latest != owners_.end()) owners_.erase(latest);
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);

@@ -84,7 +84,6 @@ class Job {
 
  private:
   struct Worker {
-    std::string owner;  // the session that registered it
     MappedRegistration registration;
     std::vector<uint32_t> tensor_group;  // job group index per tensor
     ChunkTable table;
@@ -134,6 +133,9 @@ class Job {
   std::map<uint32_t, std::string> register_again_ ABSL_GUARDED_BY(mu_);  // local rank: why
   std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
+  // The session whose registration of each local rank is the newest; unlike workers_, kept
+  // when a GPU generation ends, so that removing an older session leaves a newer one's alone.
+  std::map<uint32_t, std::string> owners_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
   NcclRendezvous nccl_ ABSL_GUARDED_BY(mu_);

@@ -251,6 +251,22 @@ TEST(JobGpuTest, RemovingAnOldSessionLeavesANewerSessionsRegistration) {
   EXPECT_EQ(live, 0);
   EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &r, kReady).code(),
             absl::StatusCode::kFailedPrecondition);
+
+  // Also when another local rank has ended the GPU generation since (its workers forgotten).
+  Job pair("gpu-pair", RuleParams{}, 2, nullptr, nullptr, LaggingBackend(&live));
+  FakeCudaWorker a, b, other;
+  other.tensor = a.tensor = b.tensor;
+  ASSERT_TRUE(a.Register(&pair, 0, 0, "a").ok());
+  ASSERT_TRUE(other.Register(&pair, 1, 1, "other").ok());
+  ASSERT_TRUE(b.Register(&pair, 0, 0, "b").ok());  // a new generation
+  ASSERT_TRUE(other.Register(&pair, 1, 1, "other").ok());
+  ASSERT_TRUE(other.Register(&pair, 1, 1, "other").ok());  // which this ends
+  const int before = live;
+  pair.RemoveWorker(0, /*gone=*/true, "a");
+  EXPECT_EQ(live, before);
+  absl::Status again = pair.Step(0, 1, absl::Seconds(1), &r, kReady);
+  EXPECT_NE(again.message().find("local rank 1 registered again"), std::string::npos)
+      << again.ToString();
 }
 
 // A multi-node CUDA job's pipeline gets the NCCL side of its rendezvous, the groups'
