@@ -35,10 +35,14 @@ class Reaper {
     queue_.push_back(std::move(work));
   }
 
+  // Waits until the work deferred so far has run (in parallel mode, until nothing is left
+  // running: those threads finish in any order).
   bool Flush(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
     const uint64_t target = deferred_;
-    auto done = [this, target]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ran_ >= target; };
+    auto done = [this, target]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return parallel_ ? ran_ == deferred_ : ran_ >= target;
+    };
     return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
   }
 
@@ -84,8 +88,12 @@ void DeferCommunicatorAbort(std::function<void()> abort) { TheAborter().Defer(st
 
 bool FlushDeviceReleases(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
-  const bool aborted = TheAborter().Flush(timeout);  // first: a release may wait for an abort
-  return TheReaper().Flush(std::max(deadline - absl::Now(), absl::ZeroDuration())) && aborted;
+  auto left = [deadline] { return std::max(deadline - absl::Now(), absl::ZeroDuration()); };
+  // Aborts first (a release may wait for one), then releases, then the aborts those deferred
+  // (a communicator destroyed on the reaper may abort instead).
+  const bool aborted = TheAborter().Flush(left());
+  const bool released = TheReaper().Flush(left());
+  return TheAborter().Flush(left()) && aborted && released;
 }
 
 }  // namespace gstab
