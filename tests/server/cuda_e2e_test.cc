@@ -170,10 +170,11 @@ TEST_F(CudaE2eTest, HeldStepsHoldUpNeitherTheirWorkersNorOtherJobs) {
       << " were held: " << (result.ok() ? *result : result.status().ToString());
   std::ofstream(flag) << "open\n";
   EXPECT_EQ(other->Wait(absl::Seconds(60)).value_or(-1), 0);
-  for (int i = 0; i < kHeld; ++i) {
-    const std::string held_out = held[i].ReadAll();
-    EXPECT_EQ(held[i].Wait(absl::Seconds(60)).value_or(-1), 0) << held_out;
-    EXPECT_NE(held_out.find("RESULT ok"), std::string::npos) << "held-" << i << ": " << held_out;
+  for (int i = 0; i < kHeld; ++i) {  // each with a deadline: a hung worker fails, not hangs
+    absl::StatusOr<std::string> done = held[i].ReadLine(absl::Seconds(60));
+    EXPECT_TRUE(done.ok() && done->find("RESULT ok") != std::string::npos)
+        << "held-" << i << ": " << (done.ok() ? *done : done.status().ToString());
+    EXPECT_EQ(held[i].Wait(absl::Seconds(30)).value_or(-1), 0) << "held-" << i;
   }
 }
 

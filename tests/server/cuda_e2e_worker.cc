@@ -198,7 +198,8 @@ int Held(const char* socket, const char* job, const char* flag) {
   if (!r.ok()) return Fail("step: " + r.status().ToString());
   std::printf("HELD\n");
   std::fflush(stdout);
-  for (int i = 0; i < 6000 && !std::filesystem::exists(flag); ++i) usleep(10000);
+  // Held far longer than the test waits for the other job, so that a job held up fails there.
+  for (int i = 0; i < 60000 && !std::filesystem::exists(flag); ++i) usleep(10000);
   // Opened from a stream of its own: the worker's stream is the one waiting.
   cudaStream_t opener;
   cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
