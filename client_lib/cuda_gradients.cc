@@ -12,8 +12,9 @@
 namespace gstab {
 namespace {
 
-// How long CloseResults waits for gstabd's done write of the last step before writing it itself.
-constexpr absl::Duration kDoneWait = absl::Seconds(60);
+// How long CloseResults waits for gstabd's done write of the last step before writing it itself:
+// past gstabd's default step timeout (60 s), after which even a stalled multi-node step ends.
+constexpr absl::Duration kDoneWait = absl::Seconds(120);
 
 // Whether `event` completed within `timeout`.
 bool WaitEvent(cudaEvent_t event, absl::Duration timeout) {

@@ -14,7 +14,7 @@
 // stream wait until gstabd has written the same value to the done word. The StepResponse
 // carries the newest step whose GPU work had finished when gstabd answered; this step's own
 // results are in the device buffer gstabd writes before `done`. Registering again and the
-// destructor wait for the last step's `done` (up to 60 s: past that, gstabd is taken to have
+// destructor wait for the last step's `done` (up to 120 s: past that, gstabd is taken to have
 // stopped, and the done word is written here so that the streams waiting for it go on), then
 // for the device. Not thread-safe.
 #pragma once

@@ -83,6 +83,11 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
         << " " << (*stepper)->DoneOffset() << "\n";
   }
   std::filesystem::rename(flag + ".tmp", flag);  // the worker reads all of it or nothing
+  if (!enqueued.WaitForNotificationWithTimeout(absl::Seconds(60))) {
+    // Stuck inside CUDA with no ready write coming: nothing can end that thread.
+    std::cerr << "Enqueue still blocked 60 s after the worker was told where to write\n";
+    std::_Exit(1);
+  }
   enqueue.join();
   ASSERT_TRUE(enqueue_status.ok()) << enqueue_status;
   absl::StatusOr<std::string> result = worker->ReadLine(absl::Seconds(20));
