@@ -320,6 +320,18 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
   if (!mapped.ok()) return mapped.status();
   absl::Status s =
       session->job->Register(session->local_rank, *std::move(mapped), response, request.session());
+  // A session that ended meanwhile (detached, expired, replaced) has had its removal already:
+  // nothing would remove this registration later.
+  bool attached;
+  {
+    absl::MutexLock lock(&mu_);
+    attached = sessions_.count(request.session()) > 0;
+  }
+  if (s.ok() && !attached) {
+    session->job->RemoveWorker(session->local_rank, /*gone=*/true, request.session());
+    s = absl::UnauthenticatedError(
+        "the session ended while its buffers were being registered; attach again");
+  }
   ReportWorkers(session->job);
   return s;
 }
