@@ -162,7 +162,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     }
   }
   const std::string token = RandomToken();
-  sessions_[token] = Session{job, request.local_rank(), absl::Now(), false};
+  sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
   *attached = job;
   response->set_session(token);
@@ -281,12 +281,12 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
   sessions_.erase(it);
   if (s.observer) return std::nullopt;
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
-  return Removal{s.job, s.local_rank, worker_gone, token};
+  return Removal{s.job, s.local_rank, worker_gone, s.id};
 }
 
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
-  removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->owner);
+  removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->session);
   ReportWorkers(removal->job);
 }
 
@@ -319,7 +319,7 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
       MapRegistration(*std::move(plan), &registry_, device_memory_.get());
   if (!mapped.ok()) return mapped.status();
   absl::Status s =
-      session->job->Register(session->local_rank, *std::move(mapped), response, request.session());
+      session->job->Register(session->local_rank, *std::move(mapped), response, session->id);
   // A session that ended meanwhile (detached, expired, replaced) has had its removal already:
   // nothing would remove this registration later.
   bool attached;
@@ -328,7 +328,7 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
     attached = sessions_.count(request.session()) > 0;
   }
   if (s.ok() && !attached) {
-    session->job->RemoveWorker(session->local_rank, /*gone=*/true, request.session());
+    session->job->RemoveWorker(session->local_rank, /*gone=*/true, session->id);
     s = absl::UnauthenticatedError(
         "the session ended while its buffers were being registered; attach again");
   }
@@ -346,8 +346,9 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
     }
     ++steps_in_flight_;
   }
-  absl::Status status = session->job->Step(session->local_rank, request.step(),
-                                           options_.step_timeout, response, request.ready_value());
+  absl::Status status =
+      session->job->Step(session->local_rank, request.step(), options_.step_timeout, response,
+                         request.ready_value(), session->id);
   absl::MutexLock lock(&mu_);
   --steps_in_flight_;
   return status;

@@ -90,6 +90,7 @@ class Daemon {
     uint32_t local_rank = 0;
     absl::Time last_seen;
     bool observer = false;
+    uint64_t id = 0;  // worker sessions: numbered in attach order, from 1 (see Job::Register)
   };
 
   Daemon(const DaemonOptions& options, Observer* observer);
@@ -104,7 +105,7 @@ class Daemon {
     std::shared_ptr<Job> job;
     uint32_t local_rank = 0;
     bool worker_gone = false;
-    std::string owner;  // the session's token: a newer session's registration stays
+    uint64_t session = 0;  // the session's number: a newer session's registration stays
   };
   // Ends session `token`; its worker's removal is returned, for Remove once mu_ is released.
   // `worker_gone`: the worker may be dead (not a Detach), so a GPU step it queued may never be
@@ -145,6 +146,7 @@ class Daemon {
   std::string peer_address_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);
   int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t sessions_attached_ ABSL_GUARDED_BY(mu_) = 0;  // numbers worker sessions
 };
 
 }  // namespace gstab

@@ -45,9 +45,10 @@ uint32_t Job::GroupIndex(const std::string& group) {
 }
 
 absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
-                           v1::RegisterBuffersResponse* response, std::string owner) {
+                           v1::RegisterBuffersResponse* response, uint64_t session) {
   auto worker = std::make_shared<Worker>();
   absl::MutexLock lock(&mu_);
+  if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
   const RegistrationPlan& plan = registration.plan;
   // Check every group's reduction against the job before creating anything.
   for (const PlannedTensor& t : plan.tensors) {
@@ -95,16 +96,28 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   response->set_registered_bytes(plan.total_bytes);
   for (const std::string& name : group_names_) response->add_groups(name);
   worker->registration = std::move(registration);
-  owners_[local_rank] = std::move(owner);
+  if (session != 0) newest_session_[local_rank] = session;
   workers_[local_rank] = std::move(worker);
   return absl::OkStatus();
 }
 
-void Job::RemoveWorker(uint32_t local_rank, bool gone, const std::string& owner) {
+absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
+  auto newest = newest_session_.find(local_rank);
+  if (session == 0 || newest == newest_session_.end() || session >= newest->second) {
+    return absl::OkStatus();
+  }
+  return absl::UnauthenticatedError(
+      absl::StrCat("local rank ", local_rank, " of job '", name_,
+                   "' has attached again since this session: this session has ended"));
+}
+
+void Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
   absl::MutexLock lock(&mu_);
-  auto latest = owners_.find(local_rank);
-  if (!owner.empty() && latest != owners_.end() && latest->second != owner) return;
-  if (latest != owners_.end()) owners_.erase(latest);
+  if (session != 0) {
+    uint64_t& newest = newest_session_[local_rank];
+    if (session < newest) return;  // a newer session has registered since
+    newest = session + 1;          // and this one may register no more
+  }
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
@@ -154,21 +167,23 @@ uint64_t Job::RegisteredBytes() const {
 }
 
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
-                       v1::StepResponse* response, uint32_t ready_value) {
+                       v1::StepResponse* response, uint32_t ready_value, uint64_t session) {
   bool gpu;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     gpu = gpus_.Has(local_rank);
     if (auto again = register_again_.find(local_rank); !gpu && again != register_again_.end()) {
       return absl::FailedPreconditionError(
           absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", again->second));
     }
   }
-  if (gpu) return StepGpu(local_rank, step, ready_value, response);
+  if (gpu) return StepGpu(local_rank, step, ready_value, session, response);
   WorkerMap snapshot;
   size_t num_groups = 0;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     if (workers_.count(local_rank) == 0) {
       return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",
                                                         name_,

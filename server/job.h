@@ -45,15 +45,20 @@ class Job {
   uint32_t local_world_size() const { return local_world_size_; }
   RuleParams params() const;
 
-  // Replaces the registration of worker `local_rank`, made by `owner` (the worker's session).
+  // Sessions are numbered in the order they attach (from 1; 0: not known). A session's calls
+  // can arrive after a newer session of the same local rank has replaced it (they passed the
+  // daemon's session check before the replacement): Register, Step and RemoveWorker with an
+  // older session's number than the newest one seen for that rank do nothing, and Register
+  // and Step say so (UNAUTHENTICATED).
+
+  // Replaces the registration of worker `local_rank`, made by session `session`.
   // INVALID_ARGUMENT when a group's reduction (sharded / replicated) disagrees with the job's.
   absl::Status Register(uint32_t local_rank, MappedRegistration registration,
-                        v1::RegisterBuffersResponse* response, std::string owner = "");
+                        v1::RegisterBuffersResponse* response, uint64_t session = 0);
   // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
-  // queued may never be ready: its GPU pipeline is released rather than waited for. A non-empty
-  // `owner` removes only that session's registration: a registration that a newer session of
-  // the same local rank has made since stays.
-  void RemoveWorker(uint32_t local_rank, bool gone = false, const std::string& owner = "");
+  // queued may never be ready: its GPU pipeline is released rather than waited for. Ends
+  // session `session` for this rank: a newer session's registration stays.
+  void RemoveWorker(uint32_t local_rank, bool gone = false, uint64_t session = 0);
   uint64_t RegisteredBytes() const;
 
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
@@ -71,7 +76,7 @@ class Job {
   // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step.
   // `ready_value`: for cuda_ipc workers, the value of this step's ready write (StepRequest).
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
-                    v1::StepResponse* response, uint32_t ready_value = 0);
+                    v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0);
 
   // Merges `update` into the configuration; effective from the next step.
   absl::Status UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response);
@@ -93,7 +98,11 @@ class Job {
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
-  absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
+  // UNAUTHENTICATED when a newer session than `session` has registered or ended local rank
+  // `local_rank` (see Register).
+  absl::Status CheckSession(uint32_t local_rank, uint64_t session) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value, uint64_t session,
                        v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
   // Registers a cuda_ipc worker: its pipeline in the current GPU generation.
   absl::Status RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
@@ -133,9 +142,9 @@ class Job {
   std::map<uint32_t, std::string> register_again_ ABSL_GUARDED_BY(mu_);  // local rank: why
   std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
-  // The session whose registration of each local rank is the newest; unlike workers_, kept
-  // when a GPU generation ends, so that removing an older session leaves a newer one's alone.
-  std::map<uint32_t, std::string> owners_ ABSL_GUARDED_BY(mu_);
+  // Per local rank, the newest session seen (registered; or ended, then plus one). Unlike
+  // workers_, kept when a GPU generation ends.
+  std::map<uint32_t, uint64_t> newest_session_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
   NcclRendezvous nccl_ ABSL_GUARDED_BY(mu_);

@@ -103,11 +103,12 @@ void Job::RefreshStatistics() const {
 }
 
 absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
-                          v1::StepResponse* response) {
+                          uint64_t session, v1::StepResponse* response) {
   std::optional<GpuStepResult> done;
   bool primary;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     if (!gpus_.Has(local_rank)) {  // the generation ended since Step looked
       auto again = register_again_.find(local_rank);
       return absl::FailedPreconditionError(absl::StrCat(

@@ -168,11 +168,10 @@ MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
 
 // A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
 struct FakeCudaWorker {
-  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0,
-                        const std::string& owner = "") {
+  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0, uint64_t session = 0) {
     return job->Register(local_rank,
                          MapCudaRegistration(grads.data(), &registry, &memory, device, tensor),
-                         &registered, owner);
+                         &registered, session);
   }
   std::string tensor = "w";  // its own norm group
   std::vector<float> grads = std::vector<float>(1000, 0.5f);
@@ -235,36 +234,46 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   EXPECT_EQ(after.groups(0).accepted_steps(), 77u);
 }
 
-// gstabd removes a dropped session's worker after releasing its own lock: by then the same
-// local rank may have attached and registered again, and that registration stays.
-TEST(JobGpuTest, RemovingAnOldSessionLeavesANewerSessionsRegistration) {
+// A session's calls can arrive after a newer session of the same local rank has replaced it
+// (gstabd removes a dropped session's worker after releasing its own lock, and RPCs already
+// past its session check go on): the newer session's registration stays, and the older
+// session's late Register and Step are refused.
+TEST(JobGpuTest, AnOlderSessionsLateCallsLeaveANewerSessionsRegistration) {
   int live = 0;
   Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
   FakeCudaWorker old_worker, new_worker;
-  ASSERT_TRUE(old_worker.Register(&job, 0, 0, "old-session").ok());
-  ASSERT_TRUE(new_worker.Register(&job, 0, 0, "new-session").ok());
-  job.RemoveWorker(0, /*gone=*/true, "old-session");
+  ASSERT_TRUE(old_worker.Register(&job, 0, 0, /*session=*/1).ok());
+  ASSERT_TRUE(new_worker.Register(&job, 0, 0, /*session=*/2).ok());
+  job.RemoveWorker(0, /*gone=*/true, /*session=*/1);
   EXPECT_EQ(live, 1);
+  absl::Status late = old_worker.Register(&job, 0, 0, /*session=*/1);
+  EXPECT_EQ(late.code(), absl::StatusCode::kUnauthenticated) << late;
+  EXPECT_NE(late.message().find("attached again since this session"), std::string::npos) << late;
   v1::StepResponse r;
-  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady).ok());
-  job.RemoveWorker(0, /*gone=*/true, "new-session");
+  EXPECT_EQ(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/1).code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/2).ok());
+  job.RemoveWorker(0, /*gone=*/true, /*session=*/2);
   EXPECT_EQ(live, 0);
-  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &r, kReady).code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &r, kReady, /*session=*/3).code(),
+            absl::StatusCode::kFailedPrecondition);  // a newer session that has not registered
+  // A session ended before its registration lands: refused, nothing registered.
+  EXPECT_EQ(new_worker.Register(&job, 0, 0, /*session=*/2).code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(live, 0);
 
   // Also when another local rank has ended the GPU generation since (its workers forgotten).
   Job pair("gpu-pair", RuleParams{}, 2, nullptr, nullptr, LaggingBackend(&live));
   FakeCudaWorker a, b, other;
-  other.tensor = a.tensor = b.tensor;
-  ASSERT_TRUE(a.Register(&pair, 0, 0, "a").ok());
-  ASSERT_TRUE(other.Register(&pair, 1, 1, "other").ok());
-  ASSERT_TRUE(b.Register(&pair, 0, 0, "b").ok());  // a new generation
-  ASSERT_TRUE(other.Register(&pair, 1, 1, "other").ok());
-  ASSERT_TRUE(other.Register(&pair, 1, 1, "other").ok());  // which this ends
+  ASSERT_TRUE(a.Register(&pair, 0, 0, /*session=*/1).ok());
+  ASSERT_TRUE(other.Register(&pair, 1, 1, /*session=*/2).ok());
+  ASSERT_TRUE(b.Register(&pair, 0, 0, /*session=*/3).ok());  // a new generation
+  ASSERT_TRUE(other.Register(&pair, 1, 1, /*session=*/2).ok());
+  ASSERT_TRUE(other.Register(&pair, 1, 1, /*session=*/2).ok());  // which this ends
   const int before = live;
-  pair.RemoveWorker(0, /*gone=*/true, "a");
+  pair.RemoveWorker(0, /*gone=*/true, /*session=*/1);
   EXPECT_EQ(live, before);
-  absl::Status again = pair.Step(0, 1, absl::Seconds(1), &r, kReady);
+  absl::Status again = pair.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/3);
   EXPECT_NE(again.message().find("local rank 1 registered again"), std::string::npos)
       << again.ToString();
 }
