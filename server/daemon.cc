@@ -292,6 +292,7 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
 
 void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
   if (observer_ == nullptr) return;
+  absl::MutexLock report(&report_mu_);
   // The job's lock first, not under mu_: a job closing its GPU pipelines holds it for a while.
   const uint64_t bytes = job->RegisteredBytes();
   uint32_t workers = 0;

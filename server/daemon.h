@@ -114,7 +114,7 @@ class Daemon {
                                      bool worker_gone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(const std::optional<Removal>& removal) ABSL_LOCKS_EXCLUDED(mu_);
   // Refreshes the job's worker and byte gauges.
-  void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_, report_mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
   // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
   absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job)
@@ -147,6 +147,9 @@ class Daemon {
   std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);
   int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t sessions_attached_ ABSL_GUARDED_BY(mu_) = 0;  // numbers worker sessions
+  // Held across a job's gauge report (its reads and the set), so that reports do not overtake
+  // each other; taken before any other lock, never under one.
+  absl::Mutex report_mu_;
 };
 
 }  // namespace gstab
