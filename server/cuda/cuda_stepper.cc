@@ -206,23 +206,31 @@ absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& wha
   }
 }
 
-absl::Status CudaStepper::Join(absl::Time deadline) {
+absl::Status CudaStepper::Join(uint64_t step, absl::Time deadline) {
   const uint32_t groups = table_.num_groups();
   if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator"); !s.ok()) {
     return s;
   }
   // The ranks' group counts were agreed on the host before this first step (Job, with
   // GpuWorkers and the node collective): the collectives below all have one size.
-  // Every rank continues from rank 0's statistics (a new generation starts from one state).
+  // Every rank continues from rank 0's statistics (a new generation starts from one state),
+  // timed by the watchdog like a step (no worker in the way).
   if (spec_.nccl.node_count > 1 && groups > 0) {
-    if (absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_,
-                                          deadline, "the statistics broadcast");
-        !s.ok()) {
-      return s;
-    }
+    NextSequence(step);
+    if (absl::Status s = MarkProgress(0); !s.ok()) return s;
+    absl::Status s = comm_->Broadcast(d_stats_, groups * sizeof(GroupStats), 0, stream_, deadline,
+                                      "the statistics broadcast");
+    (void)MarkProgress(1);
+    if (!s.ok()) return s;
   }
   joined_ = true;
   return absl::OkStatus();
+}
+
+void CudaStepper::NextSequence(uint64_t step) {
+  ++sequence_;
+  absl::MutexLock lock(&mu_);
+  recent_[sequence_ % std::size(recent_)] = {sequence_, step};
 }
 
 absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
@@ -258,33 +266,35 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   if (!joined_) {  // before waiting on `ready`: the worker's backward pass is not in the way
-    if (absl::Status s = Join(deadline); !s.ok()) return s;
+    if (absl::Status s = Join(step, deadline); !s.ok()) return s;
   }
-  const uint32_t groups = table_.num_groups();
   // The worker's stream writes ready_value after its backward pass; nothing here reads its
   // gradients before that.
   if (absl::Status s = StreamWaitValue(stream_, d_ready_, ready_value); !s.ok()) return s;
   last_ready_.store(ready_value);
   if (spec_.nccl.node_count > 1) {
-    ++sequence_;
-    {
-      absl::MutexLock lock(&mu_);
-      recent_[sequence_ % std::size(recent_)] = {sequence_, step};
-    }
+    NextSequence(step);
     if (absl::Status s = MarkProgress(0); !s.ok()) return s;  // the watchdog times from here
   }
+  const absl::Status s = EnqueueAfterReady(step, params, ready_value, deadline);
+  if (!s.ok()) {
+    // Whatever part was enqueued, the worker's stream goes on: `done` behind it (which an
+    // aborted communicator no longer holds up).
+    (void)StreamWriteValue(stream_, d_done_, ready_value);
+  }
+  (void)MarkProgress(1);  // and the watchdog stops timing the step there
+  return s;
+}
+
+absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& params,
+                                            uint32_t ready_value, absl::Time deadline) {
+  const uint32_t groups = table_.num_groups();
   if (absl::Status s =
           LaunchGroupSumSquares(table_, d_partials_, d_sums_, d_flags_, stream_, d_voided_);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = EnqueueCrossNode(step, deadline); !s.ok()) {
-    // Let the worker's stream go on: `done` behind what is enqueued (which the aborted
-    // communicator no longer holds up).
-    (void)StreamWriteValue(stream_, d_done_, ready_value);
-    (void)MarkProgress(1);
-    return s;
-  }
+  if (absl::Status s = EnqueueCrossNode(step, deadline); !s.ok()) return s;
   if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
                                        d_scales_, stream_);
       !s.ok()) {
@@ -309,7 +319,7 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   slot.step = step;
   slot.unreported = true;
   ++enqueued_;
-  return MarkProgress(1);
+  return absl::OkStatus();
 }
 
 absl::Status CudaStepper::MarkProgress(int which) {

@@ -65,7 +65,12 @@ class CudaStepper final : public GpuPipeline {
       : device_(device), table_(std::move(table)), spec_(std::move(spec)) {}
   // The first step of a communicator: wait for every rank to join (the host waits here, once
   // per generation) and adopt rank 0's statistics.
-  absl::Status Join(absl::Time deadline);
+  absl::Status Join(uint64_t step, absl::Time deadline);
+  // Enqueue's part behind the ready word: sums, cross-node stage, rule, scale, results, done.
+  absl::Status EnqueueAfterReady(uint64_t step, const RuleParams& params, uint32_t ready_value,
+                                 absl::Time deadline);
+  // A new sequence number for `step`, for the watchdog (multi-rank jobs).
+  void NextSequence(uint64_t step);
   // Polls the stream until it is idle or `deadline` (then, `abort_peers`, aborts a multi-rank
   // communicator: a step held by a peer that stalls).
   absl::Status WaitStream(absl::Time deadline, const std::string& what, bool abort_peers = true);
