@@ -1,5 +1,6 @@
 #include "client_lib/cuda_gradients.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -12,9 +13,10 @@
 namespace gstab {
 namespace {
 
-// How long CloseResults waits for gstabd's done write of the last step before writing it itself:
-// past gstabd's default step timeout (60 s), after which even a stalled multi-node step ends.
-constexpr absl::Duration kDoneWait = absl::Seconds(120);
+// The least CloseResults waits for gstabd's done write of the last step before writing it
+// itself; past gstabd's step timeout (twice it), after which even a stalled multi-node step
+// has ended and written `done`.
+constexpr absl::Duration kMinDoneWait = absl::Seconds(120);
 
 // Whether `event` completed within `timeout`.
 bool WaitEvent(cudaEvent_t event, absl::Duration timeout) {
@@ -99,11 +101,11 @@ void CudaGradients::CloseResults() {
     // wait for the device below would never end. Past kDoneWait the done word is written here,
     // from a stream of its own, so that this process's streams go on (that step's gradients
     // may be partly stabilized).
-    if (done_passed_ != nullptr && !WaitEvent(done_passed_, kDoneWait)) {
+    if (done_passed_ != nullptr && !WaitEvent(done_passed_, done_wait_)) {
       std::fprintf(stderr,
                    "gstab: gstabd did not finish the last step within %lld s (has it stopped?); "
                    "releasing the streams that wait for it\n",
-                   static_cast<long long>(absl::ToInt64Seconds(kDoneWait)));
+                   static_cast<long long>(absl::ToInt64Seconds(done_wait_)));
       cudaStream_t side;
       if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
         (void)StreamWriteValue(side, done_word_, ready_value_);
@@ -125,6 +127,8 @@ void CudaGradients::CloseResults() {
 absl::Status CudaGradients::Register(Client* client) {
   // gstabd frees the results buffer of a registration it replaces: let go of it first.
   CloseResults();
+  done_wait_ =
+      std::max(kMinDoneWait, 2 * absl::Milliseconds(client->attach_response().step_timeout_ms()));
   v1::RegisterBuffersResponse response;
   if (absl::Status s = client->RegisterBuffers(request_, &response); !s.ok()) return s;
   groups_.assign(response.groups().begin(), response.groups().end());

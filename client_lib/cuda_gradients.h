@@ -14,7 +14,8 @@
 // stream wait until gstabd has written the same value to the done word. The StepResponse
 // carries the newest step whose GPU work had finished when gstabd answered; this step's own
 // results are in the device buffer gstabd writes before `done`. Registering again and the
-// destructor wait for the last step's `done` (up to 120 s: past that, gstabd is taken to have
+// destructor wait for the last step's `done` (up to twice gstabd's step timeout, and at least
+// 120 s: past that, gstabd is taken to have
 // stopped, and the done word is written here so that the streams waiting for it go on), then
 // for the device. Not thread-safe.
 #pragma once
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "client_lib/client.h"
 #include "core/rule_types.h"
 #include "kernels/dtype.h"
@@ -72,6 +74,7 @@ class CudaGradients {
   uint32_t ready_value_ = 0;  // the value of the last Step's ready write
   // Recorded on each Step's stream after its wait for `done`.
   cudaEvent_t done_passed_ = nullptr;
+  absl::Duration done_wait_;  // how long CloseResults waits for it (set by Register)
   v1::RegisterBuffersRequest request_;
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;

@@ -168,6 +168,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   response->set_session(token);
   *response->mutable_effective_config() = EffectiveConfig(job->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
+  response->set_step_timeout_ms(
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.step_timeout)));
   LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank() << " attached";
   return absl::OkStatus();
 }

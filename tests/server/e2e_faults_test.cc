@@ -61,6 +61,9 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   auto client = Client::Connect(daemon_->socket());
   ASSERT_TRUE(client.ok());
   ASSERT_TRUE((*client)->Attach(Job("bad-input")).ok());
+  // The worker learns gstabd's limits: its lease and how long a step may be held.
+  EXPECT_EQ((*client)->attach_response().lease_ms(), 1000u);
+  EXPECT_EQ((*client)->attach_response().step_timeout_ms(), 500u);
 
   struct Case {
     const char* what;
