@@ -5,6 +5,7 @@
 #include "server/cuda/cuda_ipc.h"
 
 #include <cuda_runtime.h>
+#include <signal.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -86,6 +87,7 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   if (!enqueued.WaitForNotificationWithTimeout(absl::Seconds(60))) {
     // Stuck inside CUDA with no ready write coming: nothing can end that thread.
     std::cerr << "Enqueue still blocked 60 s after the worker was told where to write\n";
+    worker->Signal(SIGKILL);
     std::_Exit(1);
   }
   enqueue.join();
