@@ -109,31 +109,42 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached) {
   const bool has_config = request.config().ByteSizeLong() > 0;
-  absl::MutexLock lock(&mu_);
-  if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
-  std::shared_ptr<Job>& job = jobs_[request.job()];
-  if (job == nullptr) {
-    if (jobs_.size() > options_.max_jobs) {
-      jobs_.erase(request.job());
-      return absl::ResourceExhaustedError(
-          absl::StrCat("this gstabd already serves its cap of ", options_.max_jobs, " jobs"));
-    }
-    auto checkpoint = checkpoints_.find(request.job());
-    if (checkpoint != checkpoints_.end()) {
-      absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
-      job = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
-                                  local_world, &executor_, StepCallbackFor(request.job()), gpu_);
-      if (absl::Status s = job->ImportState(checkpoint->second, /*with_config=*/false); !s.ok()) {
-        LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
-      } else {
-        response->set_restored(true);
+  std::shared_ptr<Job> job;
+  bool existing;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+    std::shared_ptr<Job>& slot = jobs_[request.job()];
+    existing = slot != nullptr;
+    if (!existing) {
+      if (jobs_.size() > options_.max_jobs) {
+        jobs_.erase(request.job());
+        return absl::ResourceExhaustedError(
+            absl::StrCat("this gstabd already serves its cap of ", options_.max_jobs, " jobs"));
       }
-      checkpoints_.erase(checkpoint);
-    } else {
-      job = std::make_shared<Job>(request.job(), config, local_world, &executor_,
-                                  StepCallbackFor(request.job()), gpu_);
+      auto checkpoint = checkpoints_.find(request.job());
+      if (checkpoint != checkpoints_.end()) {
+        absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
+        slot = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
+                                     local_world, &executor_, StepCallbackFor(request.job()), gpu_);
+        if (absl::Status s = slot->ImportState(checkpoint->second, /*with_config=*/false);
+            !s.ok()) {
+          LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
+        } else {
+          response->set_restored(true);
+        }
+        checkpoints_.erase(checkpoint);
+      } else {
+        slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
+                                     StepCallbackFor(request.job()), gpu_);
+      }
     }
-  } else {
+    job = slot;
+  }
+  // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
+  // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
+  // wait with it.
+  if (existing) {
     if (job->local_world_size() != local_world) {
       return absl::InvalidArgumentError(
           absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
@@ -150,6 +161,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   if (request.node_count() > 1) {
     if (absl::Status s = JoinRendezvous(request, job.get()); !s.ok()) return s;
   }
+  *response->mutable_effective_config() = EffectiveConfig(job->params());
+
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
   // A worker that attaches again under the same local rank (a restart) replaces its old
   // session.
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
@@ -166,7 +181,6 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
   *attached = job;
   response->set_session(token);
-  *response->mutable_effective_config() = EffectiveConfig(job->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
   response->set_step_timeout_ms(
       static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.step_timeout)));

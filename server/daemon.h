@@ -117,12 +117,12 @@ class Daemon {
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_, report_mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
   // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
-  absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
-  // Attach's part under mu_: the job (left in `attached`), its rendezvous and the session; the
-  // session this one replaces (same job and local rank) is ended and its removal left in
-  // `replaced`.
+  // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
+  // then checked and given its rendezvous under the job's own lock) and the session (under
+  // mu_); the session this one replaces (same job and local rank) is ended and its removal
+  // left in `replaced`.
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                             uint32_t local_world, v1::AttachResponse* response,
                             std::optional<Removal>* replaced, std::shared_ptr<Job>* attached)
