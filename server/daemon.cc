@@ -335,20 +335,10 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
   absl::StatusOr<MappedRegistration> mapped =
       MapRegistration(*std::move(plan), &registry_, device_memory_.get());
   if (!mapped.ok()) return mapped.status();
+  // A session that ends meanwhile is handled by the job: its removal either removes this
+  // registration (when it comes after) or has it refused (when it came before).
   absl::Status s =
       session->job->Register(session->local_rank, *std::move(mapped), response, session->id);
-  // A session that ended meanwhile (detached, expired, replaced) has had its removal already:
-  // nothing would remove this registration later.
-  bool attached;
-  {
-    absl::MutexLock lock(&mu_);
-    attached = sessions_.count(request.session()) > 0;
-  }
-  if (s.ok() && !attached) {
-    session->job->RemoveWorker(session->local_rank, /*gone=*/true, session->id);
-    s = absl::UnauthenticatedError(
-        "the session ended while its buffers were being registered; attach again");
-  }
   ReportWorkers(session->job);
   return s;
 }
