@@ -1,3 +1,4 @@
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -7,13 +8,17 @@
 namespace gstab {
 namespace {
 
+// Where `bytes` go in the one allocation: at the next multiple of 256 bytes (cudaMalloc's own
+// alignment), so every array is aligned for any of its loads.
+size_t Place(size_t bytes, size_t* total) {
+  const size_t at = *total;
+  *total += (bytes + 255) / 256 * 256;
+  return at;
+}
+
 template <typename T>
-absl::Status Copy(T** d_out, const std::vector<T>& host, cudaStream_t stream) {
-  if (host.empty()) return absl::OkStatus();
-  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(d_out), host.size() * sizeof(T)));
-  RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(*d_out, host.data(), host.size() * sizeof(T),
-                                       cudaMemcpyHostToDevice, stream));
-  return absl::OkStatus();
+void Stage(const std::vector<T>& host, size_t at, std::vector<char>* staging) {
+  if (!host.empty()) std::memcpy(staging->data() + at, host.data(), host.size() * sizeof(T));
 }
 
 }  // namespace
@@ -33,14 +38,32 @@ absl::StatusOr<DeviceChunkTable> DeviceChunkTable::Upload(const ChunkTable& tabl
   for (uint32_t i = 0; i < table.tiles().size(); ++i) {
     group_tiles[cursor[table.chunks()[table.tiles()[i].chunk].group]++] = i;
   }
+  // One allocation and one copy: a failed allocation leaves nothing to free (a free may wait
+  // for the whole device, and this runs under the job's lock).
+  size_t total = 0;
+  const size_t at_chunks = Place(chunks.size() * sizeof(DeviceChunk), &total);
+  const size_t at_tiles = Place(table.tiles().size() * sizeof(Tile), &total);
+  const size_t at_offsets = Place(offsets.size() * sizeof(uint32_t), &total);
+  const size_t at_group_tiles = Place(group_tiles.size() * sizeof(uint32_t), &total);
+  std::vector<char> staging(total);
+  Stage(chunks, at_chunks, &staging);
+  Stage(table.tiles(), at_tiles, &staging);
+  Stage(offsets, at_offsets, &staging);
+  Stage(group_tiles, at_group_tiles, &staging);
+  char* base = nullptr;
+  RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&base), total));
   DeviceChunkTable d;
+  d.base_ = base;
   d.num_tiles_ = static_cast<uint32_t>(table.tiles().size());
   d.num_groups_ = table.num_groups();
-  if (absl::Status s = Copy(&d.d_chunks_, chunks, stream); !s.ok()) return s;
-  if (absl::Status s = Copy(&d.d_tiles_, table.tiles(), stream); !s.ok()) return s;
-  if (absl::Status s = Copy(&d.d_group_offsets_, offsets, stream); !s.ok()) return s;
-  if (absl::Status s = Copy(&d.d_group_tiles_, group_tiles, stream); !s.ok()) return s;
-  // The host vectors die here: wait for the copies that read them.
+  d.d_chunks_ = reinterpret_cast<DeviceChunk*>(base + at_chunks);
+  d.d_tiles_ = reinterpret_cast<Tile*>(base + at_tiles);
+  d.d_group_offsets_ = reinterpret_cast<uint32_t*>(base + at_offsets);
+  d.d_group_tiles_ = reinterpret_cast<uint32_t*>(base + at_group_tiles);
+  // A copy into fresh memory fails only on a broken context, where a free no longer waits.
+  RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(base, staging.data(), total, cudaMemcpyHostToDevice, stream));
+  // `staging` dies here: wait for the copy that reads it.
   RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
   return d;
 }
@@ -52,6 +75,7 @@ DeviceChunkTable& DeviceChunkTable::operator=(DeviceChunkTable&& o) noexcept {
     Free();
     num_tiles_ = o.num_tiles_;
     num_groups_ = o.num_groups_;
+    base_ = std::exchange(o.base_, nullptr);
     d_chunks_ = std::exchange(o.d_chunks_, nullptr);
     d_tiles_ = std::exchange(o.d_tiles_, nullptr);
     d_group_offsets_ = std::exchange(o.d_group_offsets_, nullptr);
@@ -63,10 +87,8 @@ DeviceChunkTable& DeviceChunkTable::operator=(DeviceChunkTable&& o) noexcept {
 DeviceChunkTable::~DeviceChunkTable() { Free(); }
 
 void DeviceChunkTable::Free() {
-  cudaFree(d_chunks_);
-  cudaFree(d_tiles_);
-  cudaFree(d_group_offsets_);
-  cudaFree(d_group_tiles_);
+  cudaFree(base_);
+  base_ = nullptr;
   d_chunks_ = nullptr;
   d_tiles_ = nullptr;
   d_group_offsets_ = nullptr;

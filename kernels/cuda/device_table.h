@@ -2,7 +2,7 @@
 // host table, so both backends reduce in the same units), and per group the list of its tiles
 // in table order (the fixed order of the final reduction).
 //
-// Owns its device arrays; move-only. Not thread-safe.
+// Owns its device arrays (one allocation); move-only. Not thread-safe.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -44,6 +44,7 @@ class DeviceChunkTable {
 
   uint32_t num_tiles_ = 0;
   uint32_t num_groups_ = 0;
+  char* base_ = nullptr;  // the one allocation; the arrays below point into it
   DeviceChunk* d_chunks_ = nullptr;
   Tile* d_tiles_ = nullptr;
   uint32_t* d_group_offsets_ = nullptr;

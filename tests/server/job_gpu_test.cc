@@ -83,6 +83,9 @@ class LaggingPipeline final : public GpuPipeline {
     return stats_;
   }
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override {
+    if (!Idle()) {  // as CudaStepper, once its wait for the stream runs out
+      return absl::DeadlineExceededError("replacing the statistics did not complete in time");
+    }
     stats_ = stats;
     return absl::OkStatus();
   }
@@ -223,10 +226,18 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   busy = false;
   EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
 
-  // Import pushes the statistics into the pipeline; after the worker leaves, they remain.
+  // Import pushes the statistics into the pipeline; after the worker leaves, they remain. One
+  // the GPU refuses (a step still holds it) changes nothing, on the host either.
   v1::JobState state = job.ExportState();
   state.mutable_groups(0)->set_t(77);
+  state.set_last_step(50);
+  busy = true;
+  EXPECT_EQ(job.ImportState(state, false).code(), absl::StatusCode::kDeadlineExceeded);
+  busy = false;
+  EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
+  EXPECT_EQ(job.ExportState().last_step(), 2u);
   ASSERT_TRUE(job.ImportState(state, false).ok());
+  EXPECT_EQ(job.ExportState().last_step(), 50u);
   job.RemoveWorker(0);
   EXPECT_EQ(live, 0);
   v1::GetStatsResponse after;
