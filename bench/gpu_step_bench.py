@@ -1,7 +1,8 @@
 """The whole gstab step on the GPU against torch's in-process clipping, on the same tensors.
 
 For LLaMA-style gradient sets (the 1.34B-parameter model: 219 tensors, hidden 2048, MLP 5461,
-24 layers, vocabulary 32000; and a 7.3M-parameter one), in bf16 and fp32, medians of CUDA-event
+24 layers, vocabulary 32000; and a 7.3M-parameter one) and one 4096-element tensor (the fixed
+cost of a step), in bf16 and fp32, medians of CUDA-event
 timings in one run of:
   copy   a device-to-device copy of the same bytes (the floor is 1.5x this: one read for the
          norm, one read and one write for the scale)
@@ -11,7 +12,7 @@ timings in one run of:
          host's round trip, so only GPU work is timed); the stabilize policy, one global group
 Needs PyTorch with CUDA. Run from the repository root (or the GPU bundle):
   python3 bench/gpu_step_bench.py --gstabd PATH --library PATH/libgstab.so [--out DIR]
-      [--gstabd_library_path DIRS]
+      [--gstabd_library_path DIRS] [--sets 1.34B 7.3M 4K] [--dtypes bfloat16 float32]
 """
 import argparse
 import json
@@ -39,6 +40,7 @@ def llama_shapes(hidden, mlp, layers, vocab):
 SETS = {
     "1.34B": llama_shapes(2048, 5461, 24, 32000),
     "7.3M": llama_shapes(256, 683, 4, 8000),
+    "4K": [(4096,)],  # one small tensor: the step's fixed cost alone
 }
 
 
@@ -150,6 +152,9 @@ def main():
     parser.add_argument("--library", required=True)
     parser.add_argument("--out", default=".")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"],
+                        default=["bfloat16", "float32"])
     parser.add_argument("--gstabd_library_path", default="",
                         help="LD_LIBRARY_PATH for gstabd only (this process keeps its own)")
     args = parser.parse_args()
@@ -158,9 +163,9 @@ def main():
     daemon, sock = start_gstabd(args.gstabd, folder, args.gstabd_library_path)
     rows = []
     try:
-        for name, shapes in SETS.items():
-            for dtype in (torch.bfloat16, torch.float32):
-                row = bench_set(name, shapes, dtype, sock, args.iters,
+        for name in args.sets:
+            for dtype in (getattr(torch, d) for d in args.dtypes):
+                row = bench_set(name, SETS[name], dtype, sock, args.iters,
                                 f"bench-{name}-{str(dtype)[6:]}")
                 rows.append(row)
                 print(json.dumps(row), flush=True)
