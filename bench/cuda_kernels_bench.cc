@@ -2,6 +2,8 @@
 // run with CUDA events: the norm kernel (one read), the scale kernel (read + write), for bf16
 // and fp32 gradients from 1 MiB to 4 GiB, as one flat buffer and as the parameter shapes of a
 // 1.34B-parameter LLaMA-style model (hidden 2048, MLP 5461, 24 layers, vocabulary 32000).
+// The main columns use the kernels' default loads in flight per thread; the last columns give
+// the norm's and the scale's ratio for each built setting (1, 2, 4, 8), to choose the default.
 //
 //   cuda_kernels_bench [--max_mib=4096]
 #include <cuda_runtime.h>
@@ -16,6 +18,8 @@
 
 namespace gstab {
 namespace {
+
+constexpr int kLoadSettings[] = {1, 2, 4, 8};
 
 void Check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
@@ -93,18 +97,32 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
 
   const float copy =
       Time([&] { cudaMemcpyAsync(d_other, d_grads, bytes, cudaMemcpyDeviceToDevice); });
-  const float norm =
-      Time([&] { (void)LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr); });
-  const float scale = Time([&] { (void)LaunchScaleGroups(*dt, d_scales, nullptr); });
+  auto norm_ms = [&](int loads) {
+    return Time([&] {
+      (void)LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr, nullptr, loads);
+    });
+  };
+  auto scale_ms = [&](int loads) {
+    return Time([&] { (void)LaunchScaleGroups(*dt, d_scales, nullptr, loads); });
+  };
+  const float norm = norm_ms(kDefaultLoadsInFlight);
+  const float scale = scale_ms(kDefaultLoadsInFlight);
   Check(cudaDeviceSynchronize(), "kernels");
   const double gb = static_cast<double>(bytes) / 1e9;
   const double copy_bw = 2 * gb / (copy / 1e3);  // read + write
   const double norm_bw = gb / (norm / 1e3);
   const double scale_bw = 2 * gb / (scale / 1e3);
-  std::printf("%-5s %-8s %8.0f %6zu | %8.3f %8.0f | %8.3f %8.0f %5.2f | %8.3f %8.0f %5.2f\n",
+  std::printf("%-5s %-8s %8.0f %6zu | %8.3f %8.0f | %8.3f %8.0f %5.2f | %8.3f %8.0f %5.2f |",
               mix ? "model" : "flat", DTypeName(dtype), static_cast<double>(bytes) / (1 << 20),
               sizes.size(), copy, copy_bw, norm, norm_bw, norm_bw / copy_bw, scale, scale_bw,
               scale_bw / copy_bw);
+  for (int loads : kLoadSettings) std::printf(" %4.2f", gb / (norm_ms(loads) / 1e3) / copy_bw);
+  std::printf(" |");
+  for (int loads : kLoadSettings) {
+    std::printf(" %4.2f", 2 * gb / (scale_ms(loads) / 1e3) / copy_bw);
+  }
+  std::printf("\n");
+  Check(cudaDeviceSynchronize(), "kernels");
   cudaFree(d_partials);
   cudaFree(d_sums);
   cudaFree(d_flags);
@@ -124,9 +142,9 @@ int main(int argc, char** argv) {
   gstab::Check(cudaGetDeviceProperties(&prop, 0), "device");
   std::printf("%s; GB/s moved; ratio = kernel bandwidth / copy bandwidth; ms = median of 20\n",
               prop.name);
-  std::printf("%-5s %-8s %8s %6s | %8s %8s | %8s %8s %5s | %8s %8s %5s\n", "shape", "dtype", "MiB",
-              "tensors", "copy ms", "GB/s", "norm ms", "GB/s", "ratio", "scale ms", "GB/s",
-              "ratio");
+  std::printf("%-5s %-8s %8s %6s | %8s %8s | %8s %8s %5s | %8s %8s %5s | %-19s | %s\n", "shape",
+              "dtype", "MiB", "tensors", "copy ms", "GB/s", "norm ms", "GB/s", "ratio", "scale ms",
+              "GB/s", "ratio", "norm ratio @1/2/4/8", "scale ratio @1/2/4/8");
   void *d_grads, *d_other;
   const size_t max_bytes = static_cast<size_t>(max_mib) << 20;
   gstab::Check(cudaMalloc(&d_grads, max_bytes), "malloc gradients");

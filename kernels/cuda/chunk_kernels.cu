@@ -5,6 +5,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -31,17 +34,14 @@ struct Io<__half> {
   __device__ static __half Store(float x) { return __float2half_rn(x); }
 };
 
-// 16-byte vectors each thread loads before it uses the first of them: enough bytes in flight
-// to keep the memory busy when a tile's blocks are all the GPU has to run (a 64 MB gradient
-// is 256 to 512 tiles: under four blocks per SM).
-constexpr int kLoadsInFlight = 4;
-
 // Splits [0, count) of p into a scalar head up to 16-byte alignment, 16-byte vectors, and a
 // scalar tail; calls scalar(i) for this thread's share of the head and tail, and vector(i, raw)
 // with the 16 bytes at p + i for its share of the vectors, in increasing i (so sums keep one
-// order). Loads are issued kLoadsInFlight at a time, all before their vector() calls: a
-// vector() that stores to p stores after them.
-template <typename T, typename Scalar, typename Vector>
+// order, whatever kLoads). Loads are issued kLoads at a time, all before their vector() calls
+// (a vector() that stores to p stores after them): enough bytes in flight keep the memory busy
+// when a tile's blocks are all the GPU has to run (a 64 MB gradient is 256 to 512 tiles, under
+// four blocks per SM).
+template <int kLoads, typename T, typename Scalar, typename Vector>
 __device__ void ForEachElement(const T* p, int64_t count, Scalar scalar, Vector vector) {
   constexpr int64_t kVec = 16 / sizeof(T);
   const auto misalign = reinterpret_cast<uintptr_t>(p) % 16;
@@ -52,12 +52,12 @@ __device__ void ForEachElement(const T* p, int64_t count, Scalar scalar, Vector 
   const uint4* v = reinterpret_cast<const uint4*>(p + head);
   const int64_t stride = blockDim.x;
   int64_t j = threadIdx.x;
-  for (; j + (kLoadsInFlight - 1) * stride < vectors; j += kLoadsInFlight * stride) {
-    uint4 raw[kLoadsInFlight];
+  for (; j + (kLoads - 1) * stride < vectors; j += kLoads * stride) {
+    uint4 raw[kLoads];
 #pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) raw[u] = v[j + u * stride];
+    for (int u = 0; u < kLoads; ++u) raw[u] = v[j + u * stride];
 #pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) vector(head + (j + u * stride) * kVec, raw[u]);
+    for (int u = 0; u < kLoads; ++u) vector(head + (j + u * stride) * kVec, raw[u]);
   }
   for (; j < vectors; j += stride) vector(head + j * kVec, v[j]);
   for (int64_t i = head + vectors * kVec + threadIdx.x; i < count; i += blockDim.x) scalar(i);
@@ -76,14 +76,14 @@ __device__ double BlockSum(double v) {
   return total;
 }
 
-template <typename T>
+template <int kLoads, typename T>
 __device__ void SumTile(const void* data, const Tile& tile, float* acc, int* bad) {
   const T* p = static_cast<const T*>(data) + tile.begin;
   auto one = [&](float x) {
     *acc += x * x;
     *bad |= !isfinite(x);
   };
-  ForEachElement(
+  ForEachElement<kLoads>(
       p, tile.count, [&](int64_t i) { one(Io<T>::Load(p[i])); },
       [&](int64_t, uint4 raw) {
         const T* e = reinterpret_cast<const T*>(&raw);
@@ -91,6 +91,7 @@ __device__ void SumTile(const void* data, const Tile& tile, float* acc, int* bad
       });
 }
 
+template <int kLoads>
 __global__ void __launch_bounds__(kThreads)
     SumSquaresTiles(const DeviceChunk* chunks, const Tile* tiles, TilePartial* partials,
                     const uint32_t* voided) {
@@ -104,13 +105,13 @@ __global__ void __launch_bounds__(kThreads)
   int bad = 0;
   switch (static_cast<DType>(chunk.dtype)) {
     case DType::kFloat32:
-      SumTile<float>(chunk.data, tile, &acc, &bad);
+      SumTile<kLoads, float>(chunk.data, tile, &acc, &bad);
       break;
     case DType::kBFloat16:
-      SumTile<__nv_bfloat16>(chunk.data, tile, &acc, &bad);
+      SumTile<kLoads, __nv_bfloat16>(chunk.data, tile, &acc, &bad);
       break;
     case DType::kFloat16:
-      SumTile<__half>(chunk.data, tile, &acc, &bad);
+      SumTile<kLoads, __half>(chunk.data, tile, &acc, &bad);
       break;
   }
   const int any_bad = __syncthreads_or(bad);
@@ -137,16 +138,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T>
+template <int kLoads, typename T>
 __device__ void ScaleTile(void* data, const Tile& tile, float s) {
   T* p = static_cast<T*>(data) + tile.begin;
   if (s == 0.0f) {  // zeros whatever was there, non-finite values included: nothing to read
-    ForEachElement(
+    ForEachElement<kLoads>(
         p, tile.count, [&](int64_t i) { p[i] = Io<T>::Store(0.0f); },
         [&](int64_t i, uint4) { *reinterpret_cast<uint4*>(p + i) = make_uint4(0, 0, 0, 0); });
     return;
   }
-  ForEachElement(
+  ForEachElement<kLoads>(
       p, tile.count, [&](int64_t i) { p[i] = Io<T>::Store(Io<T>::Load(p[i]) * s); },
       [&](int64_t i, uint4 raw) {
         T* e = reinterpret_cast<T*>(&raw);
@@ -157,6 +158,7 @@ __device__ void ScaleTile(void* data, const Tile& tile, float s) {
       });
 }
 
+template <int kLoads>
 __global__ void __launch_bounds__(kThreads)
     ScaleTiles(const DeviceChunk* chunks, const Tile* tiles, const float* scales) {
   const Tile tile = tiles[blockIdx.x];
@@ -165,38 +167,59 @@ __global__ void __launch_bounds__(kThreads)
   if (s == 1.0f) return;  // nothing to write
   switch (static_cast<DType>(chunk.dtype)) {
     case DType::kFloat32:
-      ScaleTile<float>(chunk.data, tile, s);
+      ScaleTile<kLoads, float>(chunk.data, tile, s);
       break;
     case DType::kBFloat16:
-      ScaleTile<__nv_bfloat16>(chunk.data, tile, s);
+      ScaleTile<kLoads, __nv_bfloat16>(chunk.data, tile, s);
       break;
     case DType::kFloat16:
-      ScaleTile<__half>(chunk.data, tile, s);
+      ScaleTile<kLoads, __half>(chunk.data, tile, s);
       break;
   }
+}
+
+// The kernels for each supported kLoads (see ForEachElement).
+struct Variant {
+  int loads;
+  decltype(&SumSquaresTiles<1>) sums;
+  decltype(&ScaleTiles<1>) scale;
+};
+constexpr Variant kVariants[] = {{1, &SumSquaresTiles<1>, &ScaleTiles<1>},
+                                 {2, &SumSquaresTiles<2>, &ScaleTiles<2>},
+                                 {4, &SumSquaresTiles<4>, &ScaleTiles<4>},
+                                 {8, &SumSquaresTiles<8>, &ScaleTiles<8>}};
+
+absl::StatusOr<Variant> Find(int loads_in_flight) {
+  for (const Variant& v : kVariants) {
+    if (v.loads == loads_in_flight) return v;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(loads_in_flight, " loads in flight: 1, 2, 4 or 8 are built"));
 }
 
 }  // namespace
 
 absl::Status PreloadCudaKernels() {
-  if (absl::Status s = LoadKernels({reinterpret_cast<const void*>(&SumSquaresTiles),
-                                    reinterpret_cast<const void*>(&ReduceGroups),
-                                    reinterpret_cast<const void*>(&ScaleTiles)});
-      !s.ok()) {
-    return s;
+  std::vector<const void*> kernels = {reinterpret_cast<const void*>(&ReduceGroups)};
+  for (const Variant& v : kVariants) {
+    kernels.push_back(reinterpret_cast<const void*>(v.sums));
+    kernels.push_back(reinterpret_cast<const void*>(v.scale));
   }
+  if (absl::Status s = LoadKernels(kernels); !s.ok()) return s;
   if (absl::Status s = internal::PreloadRuleKernels(); !s.ok()) return s;
   return internal::PreloadCrossNodeKernels();
 }
 
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
-                                   const uint32_t* d_voided) {
+                                   const uint32_t* d_voided, int loads_in_flight) {
   ClearStaleCudaError();
+  absl::StatusOr<Variant> variant = Find(loads_in_flight);
+  if (!variant.ok()) return variant.status();
   if (table.num_groups() == 0) return absl::OkStatus();
   if (table.num_tiles() > 0) {
-    SumSquaresTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
-                                                                d_partials, d_voided);
+    variant->sums<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
+                                                              d_partials, d_voided);
     RETURN_IF_CUDA_ERROR(cudaGetLastError());
   }
   ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(
@@ -206,11 +229,13 @@ absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d
 }
 
 absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, int loads_in_flight) {
   ClearStaleCudaError();
+  absl::StatusOr<Variant> variant = Find(loads_in_flight);
+  if (!variant.ok()) return variant.status();
   if (table.num_tiles() == 0) return absl::OkStatus();
-  ScaleTiles<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
-                                                         d_scales);
+  variant->scale<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
+                                                             d_scales);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

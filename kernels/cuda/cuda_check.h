@@ -4,10 +4,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include <initializer_list>
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 
 namespace gstab {
 
@@ -36,7 +35,7 @@ namespace gstab {
 
 // Loads `kernels` on the current device now instead of at their first launch (see
 // PreloadCudaKernels in cuda_kernels.h for why).
-inline absl::Status LoadKernels(std::initializer_list<const void*> kernels) {
+inline absl::Status LoadKernels(absl::Span<const void* const> kernels) {
   for (const void* kernel : kernels) {
     cudaFuncAttributes attributes;
     RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));

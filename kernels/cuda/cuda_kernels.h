@@ -70,6 +70,11 @@ absl::Status PreloadRuleKernels();       // apply_rule.cu
 absl::Status PreloadCrossNodeKernels();  // cross_node.cu
 }  // namespace internal
 
+// 16-byte loads each thread of the sums and scale kernels issues before it uses them (1, 2, 4
+// and 8 are built; the results' bits are the same for each). The default unless a benchmark
+// compares them.
+inline constexpr int kDefaultLoadsInFlight = 4;
+
 // Per-group sums of squares and non-finite flags of every chunk in `table`, like
 // CpuGroupSumSquares. d_partials holds one TilePartial per tile (caller-owned scratch);
 // d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same
@@ -77,11 +82,12 @@ absl::Status PreloadCrossNodeKernels();  // cross_node.cu
 // read and every sum is 0 (the memory may belong to a worker that is gone).
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
-                                   const uint32_t* d_voided = nullptr);
+                                   const uint32_t* d_voided = nullptr,
+                                   int loads_in_flight = kDefaultLoadsInFlight);
 
 // Multiplies each group's elements by d_scales[group] in place, like CpuScaleGroups (a scale of
 // exactly 1 writes nothing, exactly 0 writes zeros).
 absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
-                               cudaStream_t stream);
+                               cudaStream_t stream, int loads_in_flight = kDefaultLoadsInFlight);
 
 }  // namespace gstab
