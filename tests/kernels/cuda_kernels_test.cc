@@ -75,6 +75,7 @@ class Gradients {
     return *ChunkTable::Create(chunks, groups);
   }
   std::vector<unsigned char>& host() { return bytes_; }
+  void* device() { return d_; }
 
  private:
   Layout l_;
@@ -88,7 +89,9 @@ struct Sums {
   std::vector<uint32_t> flags;
 };
 
-Sums GpuSums(Gradients& g) {
+constexpr int kLoadSettings[] = {1, 2, 4, 8};
+
+Sums GpuSums(Gradients& g, int loads_in_flight = kDefaultLoadsInFlight) {
   ChunkTable table = g.Table(true);
   auto dt = DeviceChunkTable::Upload(table, nullptr);
   EXPECT_TRUE(dt.ok()) << dt.status();
@@ -98,7 +101,9 @@ Sums GpuSums(Gradients& g) {
   cudaMalloc(&d_partials, std::max<size_t>(1, table.tiles().size()) * sizeof(TilePartial));
   cudaMalloc(&d_sums, table.num_groups() * sizeof(double));
   cudaMalloc(&d_flags, table.num_groups() * sizeof(uint32_t));
-  EXPECT_TRUE(LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr).ok());
+  EXPECT_TRUE(
+      LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr, nullptr, loads_in_flight)
+          .ok());
   Sums s{std::vector<double>(table.num_groups()), std::vector<uint32_t>(table.num_groups())};
   cudaMemcpy(s.sums.data(), d_sums, s.sums.size() * sizeof(double), cudaMemcpyDeviceToHost);
   cudaMemcpy(s.flags.data(), d_flags, s.flags.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost);
@@ -138,12 +143,31 @@ TEST(CudaKernelsTest, SumsMatchTheCpuKernelsAndAreBitIdenticalRunToRun) {
   Gradients g(MixedLayout(), 1);
   const Sums cpu = CpuSums(g);
   const Sums gpu = GpuSums(g);
-  const Sums again = GpuSums(g);
   for (size_t k = 0; k < cpu.sums.size(); ++k) {
     EXPECT_NEAR(gpu.sums[k] / cpu.sums[k], 1.0, 1e-5) << "group " << k;
     EXPECT_EQ(gpu.flags[k], 0u);
-    EXPECT_EQ(std::memcmp(&gpu.sums[k], &again.sums[k], sizeof(double)), 0) << "group " << k;
   }
+  // The same bits on every run, and for every number of loads in flight.
+  for (int loads : kLoadSettings) {
+    const Sums again = GpuSums(g, loads);
+    for (size_t k = 0; k < cpu.sums.size(); ++k) {
+      EXPECT_EQ(std::memcmp(&gpu.sums[k], &again.sums[k], sizeof(double)), 0)
+          << "group " << k << ", " << loads << " loads in flight";
+    }
+  }
+}
+
+TEST(CudaKernelsTest, AnUnbuiltLoadsSettingIsRefused) {
+  SKIP_WITHOUT_GPU();
+  Gradients g(MixedLayout(), 1);
+  ChunkTable table = g.Table(true);
+  auto dt = DeviceChunkTable::Upload(table, nullptr);
+  ASSERT_TRUE(dt.ok());
+  const absl::Status s = LaunchScaleGroups(*dt, nullptr, nullptr, 3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("1, 2, 4 or 8"), std::string::npos) << s;
+  EXPECT_EQ(LaunchGroupSumSquares(*dt, nullptr, nullptr, nullptr, nullptr, nullptr, 16).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaKernelsTest, NonFiniteElementsAreFlaggedInTheirGroup) {
@@ -162,6 +186,7 @@ TEST(CudaKernelsTest, NonFiniteElementsAreFlaggedInTheirGroup) {
 TEST(CudaKernelsTest, ScaleEqualsTheCpuKernelBitForBit) {
   SKIP_WITHOUT_GPU();
   Gradients g(MixedLayout(), 4);
+  const std::vector<unsigned char> pristine = g.host();
   const float scales[] = {0.37f, 1.0f, 0.0f, 3.5f, 1e-3f};
   ChunkTable cpu_table = g.Table(false);
   ASSERT_TRUE(CpuScaleGroups(cpu_table, scales, nullptr).ok());  // host copy only
@@ -171,10 +196,14 @@ TEST(CudaKernelsTest, ScaleEqualsTheCpuKernelBitForBit) {
   float* d_scales;
   cudaMalloc(&d_scales, sizeof scales);
   cudaMemcpy(d_scales, scales, sizeof scales, cudaMemcpyHostToDevice);
-  ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr).ok());
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (int loads : kLoadSettings) {
+    cudaMemcpy(g.device(), pristine.data(), pristine.size(), cudaMemcpyHostToDevice);
+    ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr, loads).ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(g.Download() == g.host())
+        << "device scaling differs from the CPU kernel with " << loads << " loads in flight";
+  }
   cudaFree(d_scales);
-  EXPECT_TRUE(g.Download() == g.host()) << "device scaling differs from the CPU kernel";
 }
 
 TEST(CudaKernelsTest, StatsKernelEqualsTheHostRule) {
