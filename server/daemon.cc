@@ -37,6 +37,7 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
     gpu_.make_pipeline = MakeCudaPipelineFactory();
     gpu_.new_nccl_id = NewNcclUniqueId;
     gpu_.timeout = options.step_timeout;
+    gpu_.nccl_one_rank = options.nccl_one_rank;
   }
 #endif
   caps_.cuda_ipc = device_memory_ != nullptr;

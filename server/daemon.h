@@ -41,6 +41,8 @@ struct DaemonOptions {
   PeerTls peer_tls;
   // Run cuda_ipc registrations on the CUDA pipeline (needs a CUDA build and a GPU).
   bool cuda = false;
+  // Run the cross-node stage through NCCL for jobs of one rank too (see GpuJobSpec).
+  bool nccl_one_rank = false;
 };
 
 class Daemon {

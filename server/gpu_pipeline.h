@@ -95,6 +95,10 @@ struct GpuJobSpec {
   std::vector<uint8_t> replicated;  // per group: 1 replicated, 0 sharded
   uint64_t layout_hash = 0;         // LayoutHash of the groups, compared across nodes
   NcclRendezvous nccl;
+  // A job of one rank (one GPU on one node) skips the cross-node stage, which would change
+  // nothing; true runs it through an NCCL communicator of world size 1 anyway (for checking
+  // NCCL on a machine with one GPU).
+  bool nccl_one_rank = false;
 };
 
 using GpuPipelineFactory = std::function<absl::StatusOr<std::unique_ptr<GpuPipeline>>(
@@ -107,6 +111,7 @@ struct GpuBackend {
   // A new NCCL unique id (bytes), for the communicator of a job's GPUs on one node.
   std::function<absl::StatusOr<std::string>()> new_nccl_id;
   absl::Duration timeout = absl::Seconds(60);  // deadline of a single-node job's communicator
+  bool nccl_one_rank = false;                  // see GpuJobSpec
 };
 
 }  // namespace gstab

@@ -24,6 +24,7 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   }
   const bool multi_node = !nccl.unique_id.empty();
   layout.nccl = nccl;
+  layout.nccl_one_rank = backend_.nccl_one_rank;
   layout.nccl.node_rank = nccl.node_rank * local_world_size_ + local_rank;
   layout.nccl.node_count = nccl.node_count * local_world_size_;
   if (!multi_node) {

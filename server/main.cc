@@ -45,6 +45,9 @@ ABSL_FLAG(std::vector<std::string>, allow_uids, {},
           "anyone the socket's 0660 mode lets in");
 ABSL_FLAG(std::vector<std::string>, allow_gids, {}, "primary gids allowed to connect");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
+ABSL_FLAG(bool, nccl_one_rank, false,
+          "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
+          "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gstabd: the gstab gradient-stabilizer daemon");
@@ -120,6 +123,7 @@ int main(int argc, char** argv) {
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.daemon.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
+  options.daemon.nccl_one_rank = absl::GetFlag(FLAGS_nccl_one_rank);
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);

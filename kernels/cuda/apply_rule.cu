@@ -11,9 +11,9 @@ __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const doub
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
   StepOutcome out;
-  if (non_finite[g] == kNodesDisagree) {
+  if (non_finite[g] == kNodesDisagree || non_finite[g] == kStepVoided) {
     out.norm = NAN;
-    out.flags = kFlagSkipped | kFlagMismatch;
+    out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : 0u);
   } else {
     out = ApplyRule(params, &stats[g], sum_of_squares[g], non_finite[g] != 0);
   }

@@ -121,8 +121,15 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void __launch_bounds__(kThreads)
     ReduceGroups(const uint32_t* offsets, const uint32_t* group_tiles, const TilePartial* partials,
-                 double* sums, uint32_t* non_finite) {
+                 double* sums, uint32_t* non_finite, const uint32_t* voided) {
   const uint32_t g = blockIdx.x;
+  if (voided != nullptr && *voided != 0) {  // uniform across the block
+    if (threadIdx.x == 0) {
+      sums[g] = 0.0;
+      non_finite[g] = kStepVoided;
+    }
+    return;
+  }
   double acc = 0;
   int bad = 0;
   for (uint32_t i = offsets[g] + threadIdx.x; i < offsets[g + 1]; i += blockDim.x) {
@@ -223,7 +230,7 @@ absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d
     RETURN_IF_CUDA_ERROR(cudaGetLastError());
   }
   ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(
-      table.d_group_offsets(), table.d_group_tiles(), d_partials, d_sums, d_non_finite);
+      table.d_group_offsets(), table.d_group_tiles(), d_partials, d_sums, d_non_finite, d_voided);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -25,6 +25,7 @@ __global__ void MergeKernel(const double* exchange, const uint8_t* replicated,
                             uint32_t* non_finite) {
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
+  if (non_finite[g] == kStepVoided) return;          // this node's step applies nothing
   bool agree = aborted == nullptr || *aborted == 0;  // an aborted all-reduce agrees on nothing
   for (uint32_t i = 0; i < kCrossNodeCheckSize; i += 2) agree &= exchange[i] == -exchange[i + 1];
   if (!agree) {

@@ -26,6 +26,9 @@ namespace gstab {
 // kNodesDisagree and the rule kernel applies nothing.
 inline constexpr uint32_t kCrossNodeCheckSize = 8;
 inline constexpr uint32_t kNodesDisagree = 2;  // a non-finite flag value: see above
+// A non-finite flag value: the step was voided (see LaunchGroupSumSquares); the rule kernel
+// applies nothing, and to the other nodes it counts as non-finite (every node skips the step).
+inline constexpr uint32_t kStepVoided = 3;
 struct CrossNodeCheck {
   double step;
   double layout_hi;  // the layout hash's upper and lower 32 bits (exact in a double)
@@ -46,7 +49,8 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_rep
 // group's sum of squares and non-finite flag, updates d_stats in place, and writes the outcome
 // and the fp32 scale the scale kernel applies. One thread per group; the same header as the CPU
 // path, so both backends compute the same statistics. A flag of kNodesDisagree leaves the
-// group's statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch).
+// group's statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch); so does
+// kStepVoided (scale 1, kFlagSkipped).
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, const uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
@@ -79,7 +83,8 @@ inline constexpr int kDefaultLoadsInFlight = 4;
 // CpuGroupSumSquares. d_partials holds one TilePartial per tile (caller-owned scratch);
 // d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same
 // bits on every run. `d_voided` (device memory, may be null): while nonzero the chunks are not
-// read and every sum is 0 (the memory may belong to a worker that is gone).
+// read (the memory may belong to a worker that is gone), every sum is 0 and every flag
+// kStepVoided.
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
                                    const uint32_t* d_voided = nullptr,

@@ -95,12 +95,6 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   }
   RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));  // the host vectors may go after this
 
-  std::string id = spec.nccl.unique_id;
-  if (id.empty()) {
-    absl::StatusOr<std::string> fresh = NcclComm::NewUniqueId();
-    if (!fresh.ok()) return fresh.status();
-    id = *std::move(fresh);
-  }
   // Set before any abort, read by the merge kernel: a step whose all-reduce an abort cut
   // short changes no gradient and no statistic.
   RETURN_IF_CUDA_ERROR(
@@ -115,6 +109,14 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   s->h_progress_[0] = s->h_progress_[1] = 0;
   RETURN_IF_CUDA_ERROR(
       cudaHostGetDevicePointer(reinterpret_cast<void**>(&s->d_progress_), s->h_progress_, 0));
+  if (spec.nccl.node_count == 1 && !spec.nccl_one_rank) return s;  // no cross-node stage
+
+  std::string id = spec.nccl.unique_id;
+  if (id.empty()) {
+    absl::StatusOr<std::string> fresh = NcclComm::NewUniqueId();
+    if (!fresh.ok()) return fresh.status();
+    id = *std::move(fresh);
+  }
   absl::StatusOr<std::unique_ptr<NcclComm>> comm = NcclComm::Start(
       id, static_cast<int>(spec.nccl.node_rank), static_cast<int>(spec.nccl.node_count),
       absl::StrCat("job '", spec.job, "' rank ", spec.nccl.node_rank, " of ", spec.nccl.node_count),
@@ -124,6 +126,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
       });
   if (!comm.ok()) return comm.status();
   s->comm_ = *std::move(comm);
+  LOG(INFO) << "job '" << spec.job << "': cross-node stage through NCCL, rank "
+            << spec.nccl.node_rank << " of " << spec.nccl.node_count;
   if (spec.nccl.node_count > 1) s->watchdog_ = std::thread([p = s.get()] { p->Watch(); });
   return s;
 }
@@ -208,6 +212,10 @@ absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& wha
 
 absl::Status CudaStepper::Join(uint64_t step, absl::Time deadline) {
   const uint32_t groups = table_.num_groups();
+  if (comm_ == nullptr) {  // one rank: nothing to join
+    joined_ = true;
+    return absl::OkStatus();
+  }
   if (absl::Status s = comm_->Settle(deadline, "joining the NCCL communicator"); !s.ok()) {
     return s;
   }
@@ -234,6 +242,7 @@ void CudaStepper::NextSequence(uint64_t step) {
 }
 
 absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
+  if (comm_ == nullptr) return absl::OkStatus();  // one rank: its sums are the job's
   const uint32_t groups = table_.num_groups();
   const CrossNodeCheck check{
       static_cast<double>(step), static_cast<double>(spec_.layout_hash >> 32),
@@ -336,8 +345,9 @@ bool CudaStepper::Idle() {
 
 void CudaStepper::Release() {
   cudaSetDevice(device_);
-  // Voided first (the merge kernel: nothing applied; the sums kernel: nothing read), then the
-  // ready word, on a stream of its own: the pipeline's stream is the one that waits.
+  // Voided first (the sums kernels: nothing read, and a flag that has the rule kernel apply
+  // nothing; the merge kernel too), then the ready word, on a stream of its own: the
+  // pipeline's stream is the one that waits.
   *h_aborted_ = 1;
   std::atomic_thread_fence(std::memory_order_seq_cst);
   absl::Status s = StreamWriteValue(release_stream_, d_voided_, 1);

@@ -1,9 +1,9 @@
 // The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3, 2.4):
 //   wait for the ready word (the worker's stream writes it) -> partial sums per group -> cross-node
 //   stage (two NCCL all-reduces of one fixed-size vector: the step/layout check and the sums and
-//   non-finite flags; world size 1 for a job on one node) -> rule kernel (statistics stay on the
-//   GPU) -> scale in place -> results header (the buffer the worker maps) -> the done word ->
-//   asynchronous copy of the outcomes to pinned host memory.
+//   non-finite flags; skipped by a job of one rank unless GpuJobSpec::nccl_one_rank) -> rule
+//   kernel (statistics stay on the GPU) -> scale in place -> results header (the buffer the
+//   worker maps) -> the done word -> asynchronous copy of the outcomes to pinned host memory.
 // Enqueue never waits for the GPU; Poll reports the newest finished step without blocking.
 // For a multi-node job a watchdog thread aborts the communicator when a step has not finished
 // within the spec's timeout (a node died or stalled) or NCCL reports an error, so neither the
@@ -58,7 +58,9 @@ class CudaStepper final : public GpuPipeline {
   uint64_t ReadyOffset() const override { return ready_offset_; }
   std::shared_ptr<void> TakeResults(absl::Duration wait, bool worker_gone) override;
   bool Idle() override;
-  void Abort(const std::string& why) override { comm_->Abort(why); }
+  void Abort(const std::string& why) override {
+    if (comm_ != nullptr) comm_->Abort(why);
+  }
 
  private:
   CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)
@@ -91,8 +93,8 @@ class CudaStepper final : public GpuPipeline {
   const GpuJobSpec spec_;
   absl::Duration teardown_wait_ = spec_.nccl.timeout;  // shortened by TakeResults
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<NcclComm> comm_;
-  bool joined_ = false;  // the communicator is up and node 0's statistics adopted
+  std::unique_ptr<NcclComm> comm_;  // null for a job of one rank (see GpuJobSpec)
+  bool joined_ = false;             // the communicator is up and node 0's statistics adopted
 
   // Two result slots, used by alternate steps, so that while the newest step runs the one
   // before it can still be reported: its outcomes copied to pinned memory, then its event.

@@ -64,9 +64,14 @@ std::string NewMappings(const Holdings& before, const Holdings& after) {
 
 class CudaE2eTest : public ::testing::Test {
  protected:
+  // gstabd's flags besides these.
+  virtual std::vector<std::string> MoreFlags() const { return {}; }
+
   void SetUp() override {
     if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-    auto d = testing::DaemonProcess::Start(dir_.path(), {"--backend=cuda", "--lease_ms=1000"});
+    std::vector<std::string> flags = {"--backend=cuda", "--lease_ms=1000"};
+    for (std::string& f : MoreFlags()) flags.push_back(std::move(f));
+    auto d = testing::DaemonProcess::Start(dir_.path(), flags);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_.emplace(*std::move(d));
   }
@@ -109,6 +114,22 @@ TEST_F(CudaE2eTest, WorkerStepsThroughGstabdOnTheGpu) {
   const std::string out = RunWorker({"gpu-job", "check"}, &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+}
+
+// The same with the cross-node stage run through a world-size-1 NCCL communicator, which a
+// job of one GPU on one node otherwise skips: the NCCL path of a multi-node job, on one GPU.
+class CudaE2eNcclTest : public CudaE2eTest {
+ protected:
+  std::vector<std::string> MoreFlags() const override { return {"--nccl_one_rank"}; }
+};
+
+TEST_F(CudaE2eNcclTest, WorkerStepsThroughGstabdOnTheGpu) {
+  int rc = -1;
+  const std::string out = RunWorker({"gpu-job", "check"}, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+  EXPECT_NE(daemon_->Log().find("through NCCL, rank 0 of 1"), std::string::npos)
+      << "no communicator was made";
 }
 
 // 10,000 steps leak no device memory (seen by the worker) and no descriptors or mappings in

@@ -63,6 +63,7 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   spec.job = "ipc-job";
   spec.replicated = {0, 1};  // world size 1: a replicated group keeps its local sum anyway
   spec.nccl.timeout = absl::Seconds(5);
+  spec.nccl_one_rank = true;  // the cross-node stage through NCCL, as a multi-node job has it
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   // Queued before the worker has even uploaded its gradients: the ready word holds it back on
