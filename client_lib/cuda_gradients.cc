@@ -18,11 +18,16 @@ namespace {
 // has ended and written `done`.
 constexpr absl::Duration kMinDoneWait = absl::Seconds(120);
 
-// Whether `event` completed within `timeout`.
-bool WaitEvent(cudaEvent_t event, absl::Duration timeout) {
+// How long CloseResults gives its own done write to land.
+constexpr absl::Duration kOwnWriteWait = absl::Seconds(10);
+
+// Whether `query` (cudaEventQuery or cudaStreamQuery of something) stopped answering
+// cudaErrorNotReady within `timeout`.
+template <typename Query>
+bool WaitDone(Query query, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   for (;;) {
-    const cudaError_t e = cudaEventQuery(event);
+    const cudaError_t e = query();
     ClearStaleCudaError();  // a cudaErrorNotReady must not surface in the caller's next check
     if (e != cudaErrorNotReady) return true;
     if (absl::Now() >= deadline) return false;
@@ -44,6 +49,7 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 CudaGradients::~CudaGradients() {
   CloseResults();
   if (done_passed_ != nullptr) cudaEventDestroy(done_passed_);
+  if (streams_stuck_) return;  // AllocateTensor's memory stays: a free would wait for good
   for (void* p : owned_) cudaFree(p);
 }
 
@@ -95,28 +101,42 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
 }
 
 void CudaGradients::CloseResults() {
-  if (results_ != nullptr) {
+  if (results_ != nullptr && !streams_stuck_) {
     cudaSetDevice(device_);
     // gstabd writes `done` for every step it accepted; if it died first, nothing will, and the
-    // wait for the device below would never end. Past kDoneWait the done word is written here,
+    // wait for the device below would never end. Past done_wait_ the done word is written here,
     // from a stream of its own, so that this process's streams go on (that step's gradients
     // may be partly stabilized).
-    if (done_passed_ != nullptr && !WaitEvent(done_passed_, done_wait_)) {
+    if (done_passed_ != nullptr &&
+        !WaitDone([this] { return cudaEventQuery(done_passed_); }, done_wait_)) {
       std::fprintf(stderr,
                    "gstab: gstabd did not finish the last step within %lld s (has it stopped?); "
                    "releasing the streams that wait for it\n",
                    static_cast<long long>(absl::ToInt64Seconds(done_wait_)));
       cudaStream_t side;
+      bool released = false;
       if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
         (void)StreamWriteValue(side, done_word_, ready_value_);
-        cudaStreamSynchronize(side);
-        cudaStreamDestroy(side);
+        // The side stream may share a hardware queue with the stream that waits (CUDA has
+        // CUDA_DEVICE_MAX_CONNECTIONS of them, 8 by default; with 1 it always does): then its
+        // write waits behind that wait, for good.
+        released = WaitDone([side] { return cudaStreamQuery(side); }, kOwnWriteWait);
+        if (released) cudaStreamDestroy(side);
       }
+      if (!released) {
+        std::fprintf(stderr,
+                     "gstab: could not release them either (its write waits behind theirs in a "
+                     "hardware queue they share; CUDA_DEVICE_MAX_CONNECTIONS=1 makes that "
+                     "certain); leaving them waiting and the results mapped\n");
+      }
+      streams_stuck_ = !released;
     }
-    // Reads of the results may still be queued on the caller's streams.
-    cudaDeviceSynchronize();
-    cudaIpcCloseMemHandle(results_);
-    (void)cudaGetLastError();  // a failed close must not surface in the caller's next check
+    if (!streams_stuck_) {  // else neither waited for nor closed: either would wait for good
+      // Reads of the results may still be queued on the caller's streams.
+      cudaDeviceSynchronize();
+      cudaIpcCloseMemHandle(results_);
+      (void)cudaGetLastError();  // a failed close must not surface in the caller's next check
+    }
   }
   results_ = nullptr;
   results_bytes_ = 0;
@@ -167,6 +187,7 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
   absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
   if (!r.ok()) return r;
   if (absl::Status s = StreamWaitValue(stream, done_word_, ready_value_); !s.ok()) return s;
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   if (done_passed_ == nullptr) {
     RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&done_passed_, cudaEventDisableTiming));
   }

@@ -64,7 +64,8 @@ class CudaGradients {
 
  private:
   explicit CudaGradients(int device) : device_(device) {}
-  // Lets go of the results buffer once nothing on this process's streams waits for or reads it.
+  // Lets go of the results buffer once nothing on this process's streams waits for or reads it
+  // (unless streams_stuck_).
   void CloseResults();
 
   const int device_;
@@ -80,6 +81,9 @@ class CudaGradients {
   uint64_t results_bytes_ = 0;
   std::vector<std::string> groups_;
   std::vector<void*> owned_;  // AllocateTensor's allocations
+  // Streams wait for a done word that neither gstabd nor CloseResults could write: anything
+  // that waits for the device (a free, a close) would wait for good.
+  bool streams_stuck_ = false;
 };
 
 }  // namespace gstab

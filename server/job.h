@@ -140,6 +140,9 @@ class Job {
   // statistics and stats_ is a copy refreshed on demand.
   mutable GpuWorkers gpus_ ABSL_GUARDED_BY(mu_);
   std::map<uint32_t, std::string> register_again_ ABSL_GUARDED_BY(mu_);  // local rank: why
+  // Per local rank, a step its pipeline found the nodes disagreeing on, reported after that
+  // rank's next step was enqueued: its Step after that is refused before it enqueues anything.
+  std::map<uint32_t, uint64_t> gpu_mismatch_ ABSL_GUARDED_BY(mu_);
   std::vector<StepOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
   WorkerMap workers_ ABSL_GUARDED_BY(mu_);
   // Per local rank, the newest session seen (registered; or ended, then plus one). Unlike

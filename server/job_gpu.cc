@@ -37,6 +37,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
     return s;
   }
   register_again_.erase(local_rank);
+  gpu_mismatch_.erase(local_rank);
   GpuPipeline& pipeline = gpus_.Slot(local_rank);
   response->set_results_handle(pipeline.ResultsHandle());
   response->set_results_bytes(pipeline.ResultsBytes());
@@ -126,6 +127,25 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
                        " carries no ready_value: the worker's stream writes it to the ready word "
                        "(RegisterBuffersResponse.ready_offset) after its backward pass"));
     }
+    // A disagreement is reported before this step is enqueued: once it is, the answer must be
+    // OK, so that the worker's stream waits for its done word before touching the gradients.
+    std::optional<GpuStepResult> earlier = gpus_.Poll(local_rank);
+    auto mismatch = gpu_mismatch_.find(local_rank);
+    if (earlier.has_value() && !earlier->outcomes.empty() &&
+        (earlier->outcomes[0].flags & kFlagMismatch) != 0) {
+      gpu_mismatch_[local_rank] = earlier->step;
+      mismatch = gpu_mismatch_.find(local_rank);
+    }
+    if (mismatch != gpu_mismatch_.end()) {
+      const uint64_t at = mismatch->second;
+      gpu_mismatch_.erase(mismatch);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step numbers or norm-group layouts differ across the nodes of job '", name_,
+          "' (found at step ", at,
+          "); nothing was applied to that step; every node must step in lockstep with the same "
+          "groups; step ",
+          step, " was not taken"));
+    }
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
       return s;
     }
@@ -140,13 +160,10 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     response->set_step(step);
     response->set_config_version(config_version_);
     done = gpus_.Poll(local_rank);
+    if (!done.has_value()) done = std::move(earlier);
     if (done.has_value() && !done->outcomes.empty() &&
         (done->outcomes[0].flags & kFlagMismatch) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "step numbers or norm-group layouts differ across the nodes of job '", name_,
-          "' (found at step ", done->step,
-          "); nothing was applied to that step; every node must step in lockstep with the same "
-          "groups"));
+      gpu_mismatch_[local_rank] = done->step;  // its outcomes say skipped; the next Step fails
     }
     if (done.has_value()) {
       response->set_results_step(done->step);

@@ -339,7 +339,8 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
 }
 
 // When the nodes disagree on the step or layout, the GPU marks the step kFlagMismatch and the
-// worker hears of it as INVALID_ARGUMENT with the step it happened at.
+// worker hears of it as INVALID_ARGUMENT with the step it happened at; never from a Step that
+// enqueued its step (the worker would not wait for that step's done word).
 TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   int live = 0;
   Job job("split-job", RuleParams{}, 1, nullptr, nullptr,
@@ -348,11 +349,18 @@ TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   ASSERT_TRUE(worker.Register(&job).ok());
   v1::StepResponse r;
   ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady).ok());  // its results are not in yet
-  absl::Status s = job.Step(0, 2, absl::Seconds(1), &r, kReady);
+  // Step 2 is enqueued, then step 1's results show the disagreement: answered, skipped.
+  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &r, kReady).ok());
+  EXPECT_EQ(r.results_step(), 1u);
+  EXPECT_TRUE(r.skip());
+  absl::Status s = job.Step(0, 3, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("differ across the nodes of job 'split-job' (found at step 1)"),
             std::string::npos)
       << s;
+  EXPECT_NE(s.message().find("step 3 was not taken"), std::string::npos) << s;
+  // Nothing was enqueued for it: step 3 can still be taken (reported once).
+  EXPECT_TRUE(job.Step(0, 3, absl::Seconds(1), &r, kReady).ok());
 }
 
 // Several local workers, one GPU each: every one a rank of one communicator per generation;
