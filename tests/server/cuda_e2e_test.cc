@@ -13,8 +13,10 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/cuda/cuda_ipc.h"
@@ -60,6 +62,24 @@ std::string NewMappings(const Holdings& before, const Holdings& after) {
   std::string out;
   for (const std::string& line : added) out += "  + " + line + "\n";
   return out;
+}
+
+// The first line of `p`'s output that contains `marker`, within `timeout`. Other lines (a
+// library's warning, say) are skipped, and quoted in the error if none comes.
+absl::StatusOr<std::string> ReadUntil(testing::Subprocess& p, absl::string_view marker,
+                                      absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string skipped;
+  for (;;) {
+    absl::StatusOr<std::string> line =
+        p.ReadLine(std::max(deadline - absl::Now(), absl::ZeroDuration()));
+    if (!line.ok()) {
+      return absl::Status(line.status().code(),
+                          absl::StrCat(line.status().message(), "; before it: ", skipped));
+    }
+    if (absl::StrContains(*line, marker)) return line;
+    absl::StrAppend(&skipped, *line, "\n");
+  }
 }
 
 class CudaE2eTest : public ::testing::Test {
@@ -139,8 +159,15 @@ TEST_F(CudaE2eTest, TenThousandStepsLeakNothing) {
   int rc = -1;
   std::string out = RunWorker({"warm-up", "loop", "10000"}, &rc);
   ASSERT_EQ(rc, 0) << out;
-  absl::SleepFor(absl::Seconds(1));
-  const Holdings before = HoldingsOf(daemon_->process().pid());
+  // Once the warm-up job's release (on gstabd's background thread) has settled: two readings a
+  // second apart agree.
+  Holdings before = HoldingsOf(daemon_->process().pid());
+  for (int i = 0; i < 10; ++i) {
+    absl::SleepFor(absl::Seconds(1));
+    const Holdings now = HoldingsOf(daemon_->process().pid());
+    if (now == before) break;
+    before = now;
+  }
   out = RunWorker({"long-job", "loop", "10000"}, &rc);
   ASSERT_EQ(rc, 0) << out;
   const Holdings after = SettledHoldings(before);
@@ -174,7 +201,7 @@ TEST_F(CudaE2eTest, HeldStepsHoldUpNeitherTheirWorkersNorOtherJobs) {
     held.push_back(*std::move(w));
   }
   for (int i = 0; i < kHeld; ++i) {
-    absl::StatusOr<std::string> line = held[i].ReadLine(absl::Seconds(60));
+    absl::StatusOr<std::string> line = ReadUntil(held[i], "HELD", absl::Seconds(60));
     ASSERT_TRUE(line.ok() && line->find("HELD") != std::string::npos)
         << "held-" << i
         << ": Step did not answer while the worker's stream was held: " << line.status() << " "
@@ -185,14 +212,14 @@ TEST_F(CudaE2eTest, HeldStepsHoldUpNeitherTheirWorkersNorOtherJobs) {
   auto other = testing::Subprocess::Start(
       {testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(), "other-job", "check"});
   ASSERT_TRUE(other.ok()) << other.status();
-  absl::StatusOr<std::string> result = other->ReadLine(absl::Seconds(60));
+  absl::StatusOr<std::string> result = ReadUntil(*other, "RESULT", absl::Seconds(60));
   EXPECT_TRUE(result.ok() && result->find("RESULT ok") != std::string::npos)
       << "another job's steps while " << kHeld
       << " were held: " << (result.ok() ? *result : result.status().ToString());
   std::ofstream(flag) << "open\n";
   EXPECT_EQ(other->Wait(absl::Seconds(60)).value_or(-1), 0);
   for (int i = 0; i < kHeld; ++i) {  // each with a deadline: a hung worker fails, not hangs
-    absl::StatusOr<std::string> done = held[i].ReadLine(absl::Seconds(60));
+    absl::StatusOr<std::string> done = ReadUntil(held[i], "RESULT", absl::Seconds(60));
     EXPECT_TRUE(done.ok() && done->find("RESULT ok") != std::string::npos)
         << "held-" << i << ": " << (done.ok() ? *done : done.status().ToString());
     EXPECT_EQ(held[i].Wait(absl::Seconds(30)).value_or(-1), 0) << "held-" << i;

@@ -200,6 +200,11 @@ int Held(const char* socket, const char* job, const char* flag) {
   std::fflush(stdout);
   // Held far longer than the test waits for the other job, so that a job held up fails there.
   for (int i = 0; i < 60000 && !std::filesystem::exists(flag); ++i) usleep(10000);
+  // Still held when the test opens the gate (after another job's whole run): else this job
+  // held nothing up, and the test would prove nothing.
+  if (cudaStreamQuery(s->stream) != cudaErrorNotReady) {
+    return Fail("the step was no longer held when the gate opened");
+  }
   // Opened from a stream of its own: the worker's stream is the one waiting.
   cudaStream_t opener;
   cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);

@@ -28,6 +28,19 @@ namespace {
 // CUDA's default, made explicit before CUDA starts (static initialisation): the first test
 // below then checks that the pipeline loads its kernels before it waits on a worker.
 const bool kLazyModuleLoading = setenv("CUDA_MODULE_LOADING", "LAZY", 1) == 0;
+// As gstabd has it (CUDA's default is 8): the release stream of a pipeline is not to share a
+// hardware queue with the stream it releases.
+const bool kConnections = setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 1) == 0;
+
+// Device memory is released on a background thread: let it finish before the process exits.
+class FlushReleases : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    EXPECT_TRUE(FlushDeviceReleases(absl::Seconds(20))) << "device releases still running";
+  }
+};
+::testing::Environment* const kFlushReleases =
+    ::testing::AddGlobalTestEnvironment(new FlushReleases);
 
 TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
@@ -61,16 +74,15 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
       2);
   GpuJobSpec spec;
   spec.job = "ipc-job";
-  spec.replicated = {0, 1};  // world size 1: a replicated group keeps its local sum anyway
+  spec.replicated = {0, 1};  // one rank: a replicated group keeps its local sum anyway
   spec.nccl.timeout = absl::Seconds(5);
-  spec.nccl_one_rank = true;  // the cross-node stage through NCCL, as a multi-node job has it
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   // Queued before the worker has even uploaded its gradients: the ready word holds it back on
   // the GPU, and Enqueue returns at once. On another thread, so that a host wait for the ready
   // word (a kernel loaded at its first launch waits for the device) fails the test instead of
   // hanging it: the worker is told where to write either way.
-  ASSERT_TRUE(kLazyModuleLoading);
+  ASSERT_TRUE(kLazyModuleLoading && kConnections);
   absl::Notification enqueued;
   absl::Status enqueue_status;
   std::thread enqueue([&] {
@@ -85,9 +97,9 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
         << " " << (*stepper)->DoneOffset() << "\n";
   }
   std::filesystem::rename(flag + ".tmp", flag);  // the worker reads all of it or nothing
-  if (!enqueued.WaitForNotificationWithTimeout(absl::Seconds(60))) {
+  if (!enqueued.WaitForNotificationWithTimeout(absl::Seconds(20))) {
     // Stuck inside CUDA with no ready write coming: nothing can end that thread.
-    std::cerr << "Enqueue still blocked 60 s after the worker was told where to write\n";
+    std::cerr << "Enqueue still blocked 20 s after the worker was told where to write\n";
     worker->Signal(SIGKILL);
     std::_Exit(1);
   }
@@ -117,6 +129,7 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   ChunkTable table = *ChunkTable::Create({Chunk{d, (1 << 20) / 4, DType::kFloat32, 0}}, 1);
   GpuJobSpec spec;
   spec.replicated = {0};
+  spec.nccl_one_rank = true;  // the cross-node stage through NCCL, as a multi-node job has it
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   size_t free_before, free_after, total;
