@@ -198,6 +198,9 @@ TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUnco
   v1::WatchEventsRequest request;
   request.set_job("stalled");
   request.set_follow(true);
+  // The call returns before gstabd has subscribed it: events of the job from before that (its
+  // ATTACH, if the worker is quick) come from the job's recent history instead (all of them).
+  request.set_recent(1 << 20);
   grpc::ClientContext ctx;
   auto reader = (*watcher)->stub()->WatchEvents(&ctx, request);  // opened, not read
 
