@@ -13,6 +13,7 @@ timings in one run of:
 Needs PyTorch with CUDA. Run from the repository root (or the GPU bundle):
   python3 bench/gpu_step_bench.py --gstabd PATH --library PATH/libgstab.so [--out DIR]
       [--gstabd_library_path DIRS] [--sets 1.34B 7.3M 4K] [--dtypes bfloat16 float32]
+      [--gstabd_flags FLAG...]
 """
 import argparse
 import json
@@ -58,13 +59,13 @@ def median_ms(fn, iters, before=None):
     return statistics.median(times)
 
 
-def start_gstabd(path, folder, library_path):
+def start_gstabd(path, folder, library_path, flags):
     sock = os.path.join(folder, "gstabd.sock")
     env = dict(os.environ)
     if library_path:
         env["LD_LIBRARY_PATH"] = library_path
     daemon = subprocess.Popen([path, f"--socket={sock}", f"--state_dir={folder}/state",
-                               "--backend=cuda", "--metrics_port=-1", "--lease_ms=60000"],
+                               "--backend=cuda", "--metrics_port=-1", "--lease_ms=60000"] + flags,
                               stdout=subprocess.DEVNULL, stderr=open(f"{folder}/gstabd.log", "w"),
                               env=env)
     deadline = time.time() + 60
@@ -153,6 +154,8 @@ def main():
     parser.add_argument("--out", default=".")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument("--gstabd_flags", nargs="*", default=[],
+                        help="more gstabd flags, e.g. --gstabd_flags=--nccl_one_rank")
     parser.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"],
                         default=["bfloat16", "float32"])
     parser.add_argument("--gstabd_library_path", default="",
@@ -160,7 +163,7 @@ def main():
     args = parser.parse_args()
     gstab.load_library(args.library)
     folder = tempfile.mkdtemp(prefix="gstab-bench-")
-    daemon, sock = start_gstabd(args.gstabd, folder, args.gstabd_library_path)
+    daemon, sock = start_gstabd(args.gstabd, folder, args.gstabd_library_path, args.gstabd_flags)
     rows = []
     try:
         for name in args.sets:
