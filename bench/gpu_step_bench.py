@@ -13,7 +13,7 @@ timings in one run of:
 Needs PyTorch with CUDA. Run from the repository root (or the GPU bundle):
   python3 bench/gpu_step_bench.py --gstabd PATH --library PATH/libgstab.so [--out DIR]
       [--gstabd_library_path DIRS] [--sets 1.34B 7.3M 4K] [--dtypes bfloat16 float32]
-      [--gstabd_flags FLAG...]
+      [--gstabd_flags=FLAG ...]  (the = form: a flag's leading dashes are not taken as ours)
 """
 import argparse
 import json

@@ -147,6 +147,12 @@ void CudaGradients::CloseResults() {
 absl::Status CudaGradients::Register(Client* client) {
   // gstabd frees the results buffer of a registration it replaces: let go of it first.
   CloseResults();
+  if (streams_stuck_) {
+    return absl::FailedPreconditionError(
+        "this process's streams still wait for the done word of a step gstabd never finished, "
+        "and writing it here did not get through (see the message above); steps on them would "
+        "never run: restart the worker");
+  }
   done_wait_ =
       std::max(kMinDoneWait, 2 * absl::Milliseconds(client->attach_response().step_timeout_ms()));
   v1::RegisterBuffersResponse response;
@@ -182,12 +188,12 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
   if (ready_word_ == nullptr) {
     return absl::FailedPreconditionError("Step before Register: the buffers are not registered");
   }
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)
   if (absl::Status s = StreamWriteValue(stream, ready_word_, ready_value_); !s.ok()) return s;
   absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
   if (!r.ok()) return r;
   if (absl::Status s = StreamWaitValue(stream, done_word_, ready_value_); !s.ok()) return s;
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   if (done_passed_ == nullptr) {
     RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&done_passed_, cudaEventDisableTiming));
   }

@@ -15,9 +15,11 @@
 // carries the newest step whose GPU work had finished when gstabd answered; this step's own
 // results are in the device buffer gstabd writes before `done`. Registering again and the
 // destructor wait for the last step's `done` (up to twice gstabd's step timeout, and at least
-// 120 s: past that, gstabd is taken to have
-// stopped, and the done word is written here so that the streams waiting for it go on), then
-// for the device. Not thread-safe.
+// 120 s: past that, gstabd is taken to have stopped, and the done word is written here so that
+// the streams waiting for it go on), then for the device. If that write has not landed within
+// 10 s (its stream shares a hardware queue with the waiting one), nothing is waited for, closed
+// or freed any more: Register then fails, and the destructor leaves its memory allocated.
+// Not thread-safe.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -138,8 +138,9 @@ void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
                                    void* device_ptr, uint64_t numel, gstab_dtype dtype,
                                    const char* group);
-/* Allocates numel elements of device memory owned by `gradients` (freed with it) and adds
- * them as a tensor; *device_ptr receives the address. */
+/* Allocates numel elements of device memory owned by `gradients` (freed with it, unless its
+ * streams were left waiting for a step gstabd never finished) and adds them as a tensor;
+ * *device_ptr receives the address. */
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
                                         uint64_t numel, gstab_dtype dtype, const char* group,
                                         void** device_ptr);

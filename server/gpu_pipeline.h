@@ -83,7 +83,7 @@ inline constexpr size_t kNcclUniqueIdBytes = 128;  // sizeof(ncclUniqueId)
 
 // A job's NCCL communicator across its nodes, from its rendezvous.
 struct NcclRendezvous {
-  std::string unique_id;  // empty: a job on one node (a communicator of world size 1)
+  std::string unique_id;  // empty: a job on one node (its local GPUs' own communicator, if any)
   uint32_t node_rank = 0;
   uint32_t node_count = 1;
   absl::Duration timeout = absl::Seconds(30);  // for the nodes to join, and per step

@@ -453,8 +453,9 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
       }
     }
   }
-  if (!gpus_.empty()) {  // every group is registered (above); the GPU first: an import it
-                         // refuses (a step still holds it) leaves the job as it was
+  if (!gpus_.empty()) {   // every group is registered (above); the GPU first: an import it
+                          // refuses (a step still holds it) leaves the job as it was
+    RefreshStatistics();  // groups the state lacks keep the GPU's (newest finished step's)
     std::vector<GroupStats> imported = stats_;
     for (const v1::GroupState& g : state.groups()) {
       imported[group_index_.at(g.name())] = GroupStateFromProto(g);

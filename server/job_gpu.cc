@@ -127,16 +127,9 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
                        " carries no ready_value: the worker's stream writes it to the ready word "
                        "(RegisterBuffersResponse.ready_offset) after its backward pass"));
     }
-    // A disagreement is reported before this step is enqueued: once it is, the answer must be
+    // A disagreement is reported before a step is enqueued: once one is, the answer must be
     // OK, so that the worker's stream waits for its done word before touching the gradients.
-    std::optional<GpuStepResult> earlier = gpus_.Poll(local_rank);
-    auto mismatch = gpu_mismatch_.find(local_rank);
-    if (earlier.has_value() && !earlier->outcomes.empty() &&
-        (earlier->outcomes[0].flags & kFlagMismatch) != 0) {
-      gpu_mismatch_[local_rank] = earlier->step;
-      mismatch = gpu_mismatch_.find(local_rank);
-    }
-    if (mismatch != gpu_mismatch_.end()) {
+    if (auto mismatch = gpu_mismatch_.find(local_rank); mismatch != gpu_mismatch_.end()) {
       const uint64_t at = mismatch->second;
       gpu_mismatch_.erase(mismatch);
       return absl::InvalidArgumentError(absl::StrCat(
@@ -160,7 +153,6 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     response->set_step(step);
     response->set_config_version(config_version_);
     done = gpus_.Poll(local_rank);
-    if (!done.has_value()) done = std::move(earlier);
     if (done.has_value() && !done->outcomes.empty() &&
         (done->outcomes[0].flags & kFlagMismatch) != 0) {
       gpu_mismatch_[local_rank] = done->step;  // its outcomes say skipped; the next Step fails

@@ -63,6 +63,18 @@ __device__ void ForEachElement(const T* p, int64_t count, Scalar scalar, Vector 
   for (int64_t i = head + vectors * kVec + threadIdx.x; i < count; i += blockDim.x) scalar(i);
 }
 
+// Whether the voided word (may be null) is set, one answer for the whole block: gstabd may write
+// it (another stream) while a kernel runs, and threads that answered differently would part at
+// the block's barriers. Every thread of the block calls this.
+__device__ bool BlockSeesVoided(const uint32_t* voided) {
+  __shared__ uint32_t seen;
+  if (threadIdx.x == 0) {
+    seen = voided == nullptr ? 0u : *reinterpret_cast<const volatile uint32_t*>(voided);
+  }
+  __syncthreads();
+  return seen != 0;
+}
+
 // Sum over the block in a fixed order; the result is valid in thread 0.
 __device__ double BlockSum(double v) {
   __shared__ double warp_sums[kThreads / 32];
@@ -95,7 +107,7 @@ template <int kLoads>
 __global__ void __launch_bounds__(kThreads)
     SumSquaresTiles(const DeviceChunk* chunks, const Tile* tiles, TilePartial* partials,
                     const uint32_t* voided) {
-  if (voided != nullptr && *voided != 0) {  // uniform across the block
+  if (BlockSeesVoided(voided)) {
     if (threadIdx.x == 0) partials[blockIdx.x] = TilePartial{0.0, 0u};
     return;
   }
@@ -123,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
     ReduceGroups(const uint32_t* offsets, const uint32_t* group_tiles, const TilePartial* partials,
                  double* sums, uint32_t* non_finite, const uint32_t* voided) {
   const uint32_t g = blockIdx.x;
-  if (voided != nullptr && *voided != 0) {  // uniform across the block
+  if (BlockSeesVoided(voided)) {
     if (threadIdx.x == 0) {
       sums[g] = 0.0;
       non_finite[g] = kStepVoided;

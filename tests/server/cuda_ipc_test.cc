@@ -152,8 +152,9 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
 // A worker that dies with steps queued never writes their ready word: closing the pipeline as
 // for a worker that is gone releases them, and they neither read nor change the gradients or
 // the statistics.
-TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+// `nccl`: with the cross-node stage (whose merge kernel must keep the step void too).
+void GoneWorkerStepsChangeNothing(bool nccl) {
+  SCOPED_TRACE(nccl ? "with the NCCL stage" : "without the NCCL stage");
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
   constexpr int kCount = 1 << 16;
   std::vector<float> host(kCount, 3.0f);
@@ -164,6 +165,7 @@ TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
   GpuJobSpec spec;
   spec.job = "gone-job";
   spec.replicated = {0};
+  spec.nccl_one_rank = nccl;
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, 1).ok());  // never written
@@ -187,6 +189,12 @@ TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
   results.reset();
   stepper->reset();
   cudaFree(d);
+}
+
+TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  GoneWorkerStepsChangeNothing(/*nccl=*/false);
+  GoneWorkerStepsChangeNothing(/*nccl=*/true);
 }
 
 // A node that never joins the NCCL communicator: the step fails within the deadline with a
