@@ -17,6 +17,9 @@
 namespace gstab {
 namespace {
 
+// How long Detach waits for gstabd's mappings of the worker's gradients to close.
+constexpr absl::Duration kDetachReleaseWait = absl::Seconds(2);
+
 int DefaultThreads(int requested) {
   if (requested > 0) return requested;
   const unsigned hw = std::thread::hardware_concurrency();
@@ -376,6 +379,10 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
     removal = DropSession(request.session(), "detached", /*worker_gone=*/false);
   }
   Remove(removal);
+  // The worker may free its gradients once Detach answers, and CUDA leaves freeing memory that
+  // another process still has mapped undefined: close gstabd's mappings of them first (they
+  // are closed on a background thread, since a close can wait for the device), bounded.
+  if (device_memory_ != nullptr) device_memory_->AwaitReleases(kDetachReleaseWait);
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@ class CudaDeviceMemory final : public DeviceMemory {
  public:
   // gstabd is stopping: let the releases deferred so far finish before the process exits.
   ~CudaDeviceMemory() override { FlushDeviceReleases(absl::Seconds(5)); }
+  void AwaitReleases(absl::Duration timeout) override { FlushDeviceReleases(timeout); }
   absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle,
                                                                int device, uint64_t offset,
                                                                uint64_t bytes) override {
