@@ -107,7 +107,6 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
   };
   const float norm = norm_ms(kDefaultLoadsInFlight);
   const float scale = scale_ms(kDefaultLoadsInFlight);
-  Check(cudaDeviceSynchronize(), "kernels");
   const double gb = static_cast<double>(bytes) / 1e9;
   const double copy_bw = 2 * gb / (copy / 1e3);  // read + write
   const double norm_bw = gb / (norm / 1e3);

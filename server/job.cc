@@ -453,17 +453,21 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
       }
     }
   }
-  if (!gpus_.empty()) {   // every group is registered (above); the GPU first: an import it
-                          // refuses (a step still holds it) leaves the job as it was
-    RefreshStatistics();  // groups the state lacks keep the GPU's (newest finished step's)
+  if (!gpus_.empty()) {
+    // Every group is registered (checked above). The GPU first: an import it refuses (a step
+    // still holds it) leaves the job as it was. Groups the state lacks keep the GPU's
+    // statistics (the newest finished step's).
+    RefreshStatistics();
     std::vector<GroupStats> imported = stats_;
     for (const v1::GroupState& g : state.groups()) {
       imported[group_index_.at(g.name())] = GroupStateFromProto(g);
     }
     if (absl::Status s = gpus_.SetStatistics(imported); !s.ok()) return s;
-  }
-  for (const v1::GroupState& g : state.groups()) {
-    stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
+    stats_ = std::move(imported);
+  } else {
+    for (const v1::GroupState& g : state.groups()) {
+      stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
+    }
   }
   if (with_config) params_ = params;
   // The imported state defines where the job is: a job resumed from an older checkpoint
