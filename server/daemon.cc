@@ -62,12 +62,21 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
 absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
                                     v1::AttachResponse* response) {
   absl::MutexLock lock(&mu_);
+  AwaitNotRetiring(request.job());
   auto it = jobs_.find(request.job());
   if (it == jobs_.end()) {
+    if (checkpoints_.count(request.job()) == 1) {
+      return absl::NotFoundError(absl::StrCat(
+          "job '", request.job(),
+          "' is not held by this gstabd now (it was retired while idle, or restored from the "
+          "state directory, and no worker has attached since); its statistics come back when a "
+          "worker attaches"));
+    }
     return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
   }
   const std::string token = RandomToken();
   sessions_[token] = Session{it->second, 0, absl::Now(), /*observer=*/true};
+  idle_since_.erase(request.job());
   response->set_session(token);
   *response->mutable_effective_config() = EffectiveConfig(it->second->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
@@ -113,18 +122,21 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached) {
   const bool has_config = request.config().ByteSizeLong() > 0;
+  if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   std::shared_ptr<Job> job;
   bool existing;
   {
     absl::MutexLock lock(&mu_);
     if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+    AwaitNotRetiring(request.job());
     std::shared_ptr<Job>& slot = jobs_[request.job()];
     existing = slot != nullptr;
     if (!existing) {
-      if (jobs_.size() > options_.max_jobs) {
+      if (jobs_.size() > options_.max_jobs) {  // filled since MakeRoomFor
         jobs_.erase(request.job());
-        return absl::ResourceExhaustedError(
-            absl::StrCat("this gstabd already serves its cap of ", options_.max_jobs, " jobs"));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "this gstabd holds its cap of ", options_.max_jobs,
+            " jobs (--max_jobs), each with attached workers or observers; try again later"));
       }
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
@@ -182,6 +194,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   }
   const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};
+  idle_since_.erase(request.job());
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
   *attached = job;
   response->set_session(token);
@@ -299,6 +312,7 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
   if (it == sessions_.end()) return std::nullopt;
   const Session s = it->second;
   sessions_.erase(it);
+  if (!HasSessions(s.job)) idle_since_.emplace(s.job->name(), absl::Now());
   if (s.observer) return std::nullopt;
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
   return Removal{s.job, s.local_rank, worker_gone, s.id};
@@ -449,6 +463,106 @@ void Daemon::ExpireSessions(absl::Time now) {
   for (const std::optional<Removal>& removal : removals) Remove(removal);
   // A worker that died cannot unlink its shared objects; do it for it.
   if (!expired.empty()) RemoveStaleShmObjects();
+}
+
+bool Daemon::HasSessions(const std::shared_ptr<Job>& job) const {
+  for (const auto& [token, s] : sessions_) {
+    if (s.job == job) return true;
+  }
+  return false;
+}
+
+void Daemon::UpdateIdle(absl::Time now) {
+  std::set<const Job*> used;
+  for (const auto& [token, s] : sessions_) used.insert(s.job.get());
+  std::map<std::string, absl::Time> idle;
+  for (const auto& [name, job] : jobs_) {
+    if (used.count(job.get()) == 1) continue;
+    auto known = idle_since_.find(name);
+    idle[name] = known == idle_since_.end() ? now : known->second;
+  }
+  idle_since_ = std::move(idle);
+}
+
+void Daemon::AwaitNotRetiring(const std::string& name) {
+  auto done = [this, &name]()
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return retiring_.count(name) == 0; };
+  mu_.Await(absl::Condition(&done));
+}
+
+bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
+                    absl::Time idle_before) {
+  const std::string name = job->name();
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(name);
+    auto since = idle_since_.find(name);
+    if (it == jobs_.end() || it->second != job || HasSessions(job) || since == idle_since_.end() ||
+        since->second > idle_before) {
+      return false;  // attached again, or already gone
+    }
+    jobs_.erase(it);
+    idle_since_.erase(since);
+    retiring_.insert(name);  // attaches to it wait until its checkpoint is in place
+  }
+  // No session uses the job, so nothing changes its state now (a step needs a session).
+  v1::JobState state = job->ExportState();
+  if (absl::Status s = store_.Save(state); !s.ok()) {
+    LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (kept in memory "
+                 << "only): " << s;
+  }
+  LOG(INFO) << "job '" << name << "' retired at step " << state.last_step() << " (" << reason
+            << "); its statistics come back when a worker attaches";
+  // Before attaches may go on: a new job of the same name starts its series afresh.
+  if (observer_ != nullptr) observer_->OnRetire(name, reason);
+  absl::MutexLock lock(&mu_);
+  checkpoints_[name] = std::move(state);
+  retiring_.erase(name);
+  return true;
+}
+
+void Daemon::RetireIdleJobs(absl::Time now) {
+  if (options_.job_idle == absl::InfiniteDuration()) return;
+  std::vector<std::shared_ptr<Job>> idle;
+  {
+    absl::MutexLock lock(&mu_);
+    UpdateIdle(now);
+    for (const auto& [name, since] : idle_since_) {
+      if (now - since >= options_.job_idle) idle.push_back(jobs_.at(name));
+    }
+  }
+  const std::string reason =
+      absl::StrCat("no worker or observer for ", absl::FormatDuration(options_.job_idle));
+  for (const std::shared_ptr<Job>& job : idle) Retire(job, reason, now - options_.job_idle);
+}
+
+absl::Status Daemon::MakeRoomFor(const std::string& name) {
+  // A job attached between the choice and its retirement is kept; then choose again.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::shared_ptr<Job> oldest;
+    {
+      absl::MutexLock lock(&mu_);
+      if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
+      UpdateIdle(absl::Now());
+      const absl::Time* first = nullptr;
+      for (const auto& [idle_name, since] : idle_since_) {
+        if (first == nullptr || since < *first) {
+          first = &since;
+          oldest = jobs_.at(idle_name);
+        }
+      }
+    }
+    if (oldest == nullptr) break;
+    Retire(
+        oldest,
+        absl::StrCat("making room for job '", name, "' at the cap of ", options_.max_jobs, " jobs"),
+        absl::InfiniteFuture());
+  }
+  absl::MutexLock lock(&mu_);
+  if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("this gstabd holds its cap of ", options_.max_jobs,
+                   " jobs (--max_jobs), each with attached workers or observers; try again later"));
 }
 
 absl::Status Daemon::Checkpoint() {

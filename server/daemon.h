@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -30,7 +31,9 @@ namespace gstab {
 struct DaemonOptions {
   std::string state_dir;  // empty: no checkpoints
   RegistrationCaps caps;
-  uint32_t max_jobs = 256;
+  uint32_t max_jobs = 256;  // jobs held at once, idle ones included (see RetireIdleJobs)
+  // A job without sessions for this long is retired (InfiniteDuration: never).
+  absl::Duration job_idle = absl::Hours(1);
   absl::Duration lease = absl::Seconds(30);         // session expiry without calls
   absl::Duration step_timeout = absl::Seconds(60);  // wait for a job's other local workers
   int cpu_threads = 0;                              // 0: all hardware threads
@@ -76,6 +79,13 @@ class Daemon {
 
   // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
   void ExpireSessions(absl::Time now);
+  // Retires every job that has had no session (worker or observer) for longer than
+  // options.job_idle: its statistics are written to the state directory and kept in memory as
+  // a checkpoint, and the job and everything it holds (GPU pipelines and memory, metric
+  // series) go. A worker that attaches to it later resumes from those statistics, as after a
+  // restart (AttachResponse.restored). At the job cap, an attach of a new job retires the
+  // longest idle job at once.
+  void RetireIdleJobs(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes every job's statistics to the state directory.
   absl::Status Checkpoint();
   // From now on Step fails with UNAVAILABLE; in-flight steps finish.
@@ -120,6 +130,21 @@ class Daemon {
   Job::StepCallback StepCallbackFor(const std::string& job);
   // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
   absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether some session (worker or observer) uses `job`.
+  bool HasSessions(const std::shared_ptr<Job>& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Notes the jobs without sessions (idle from now, if not already) and forgets the others.
+  void UpdateIdle(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Retires `job` unless a session uses it or it was replaced: exports its state (outside mu_:
+  // the job's lock can be held a while) and keeps that as its checkpoint. Attaches to the job
+  // wait meanwhile (see AwaitNotRetiring). False when it was not retired.
+  // `idle_before`: only if it has been idle since then at the latest.
+  bool Retire(const std::shared_ptr<Job>& job, const std::string& reason, absl::Time idle_before)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits (releasing mu_) until job `name` is not being retired.
+  void AwaitNotRetiring(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // At the job cap, before `job` (not yet held) is made: retires the longest idle job.
+  // RESOURCE_EXHAUSTED when every held job has sessions.
+  absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
@@ -144,6 +169,9 @@ class Daemon {
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, v1::JobState> checkpoints_ ABSL_GUARDED_BY(mu_);  // not yet attached
+  // Since when each held job has had no session (jobs with sessions are absent).
+  std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::string peer_address_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);

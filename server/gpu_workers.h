@@ -44,11 +44,12 @@ class GpuWorkers {
   // Ends the generation: closes every pipeline (waiting, bounded, for the GPU; local ranks
   // stopped at different steps are aborted first, as their collectives cannot meet); returns
   // the primary's statistics, if there was one. Each worker's results buffer stays allocated until
-  // that worker registers again or Forget(local_rank): CUDA IPC forbids freeing memory that another
-  // process may still have open. `gone`: a local rank whose worker is gone (its lease expired):
-  // its pipeline is released at once rather than waited for (GpuPipeline::TakeResults).
+  // that local rank registers again (the client closes its mapping first) or the job goes: CUDA
+  // leaves freeing memory that another process still has mapped undefined, and a worker keeps
+  // it mapped after it detaches (or its lease expires) until its CudaGradients goes.
+  // `gone`: a local rank whose worker is gone (its lease expired): its pipeline is released at
+  // once rather than waited for (GpuPipeline::TakeResults).
   std::optional<std::vector<GroupStats>> Close(std::optional<uint32_t> gone = std::nullopt);
-  void Forget(uint32_t local_rank) { retired_results_.erase(local_rank); }
 
   // FAILED_PRECONDITION naming the local ranks that have not registered yet (the
   // communicator needs them all).

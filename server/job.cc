@@ -122,7 +122,6 @@ void Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
   }
-  gpus_.Forget(local_rank);
   register_again_.erase(local_rank);
   workers_.erase(local_rank);
 }

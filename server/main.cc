@@ -27,7 +27,11 @@ ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware 
 ABSL_FLAG(int32_t, lease_ms, 30000, "a session expires after this long without calls");
 ABSL_FLAG(int32_t, step_timeout_ms, 60000, "how long a step waits for a job's other local workers");
 ABSL_FLAG(int32_t, checkpoint_interval_s, 30, "seconds between periodic checkpoints");
-ABSL_FLAG(uint32_t, max_jobs, 256, "jobs served at once");
+ABSL_FLAG(uint32_t, max_jobs, 256,
+          "jobs held at once; at the cap, a new job retires the longest idle one");
+ABSL_FLAG(int32_t, job_idle_s, 3600,
+          "a job without workers or observers for this long is retired: its statistics are "
+          "checkpointed and come back when a worker attaches (0: never)");
 ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
@@ -82,6 +86,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gstabd: --backend=%s: expected auto, cpu or cuda\n", backend.c_str());
     return 2;
   }
+  if (absl::GetFlag(FLAGS_job_idle_s) < 0) {
+    std::fprintf(stderr, "gstabd: --job_idle_s=%d: expected seconds, or 0 for never\n",
+                 absl::GetFlag(FLAGS_job_idle_s));
+    return 2;
+  }
   if (backend == "cuda" && gpus == 0) {
     std::fprintf(stderr,
                  "gstabd: --backend=cuda, but no CUDA device is usable here (no GPU or driver, "
@@ -125,6 +134,8 @@ int main(int argc, char** argv) {
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
   options.daemon.nccl_one_rank = absl::GetFlag(FLAGS_nccl_one_rank);
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
+  const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
+  options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
   options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);

@@ -55,6 +55,9 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
       r->AddGauge("gstab_attached_workers", "Workers attached to the job on this node.", job);
   bytes_ =
       r->AddGauge("gstab_registered_bytes", "Gradient bytes registered by the job's workers.", job);
+  per_job_ = {steps_,          accepted_, skipped_,   spikes_,     non_finite_, norm_,
+              stabilized_,     scale_,    ema_mean_,  ema_stddev_, job_norm_,   job_stabilized_,
+              norm_histogram_, duration_, diverging_, workers_,    bytes_};
   r->AddGauge("gstab_build_info", "gstabd build; the value is always 1.", {"version"})
       ->Set({GSTAB_VERSION}, 1);
 }
@@ -166,6 +169,17 @@ void Observer::OnConfigChange(const std::string& job, uint64_t version, const st
 void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes) {
   workers_->Set({job}, workers);
   bytes_->Set({job}, static_cast<double>(registered_bytes));
+}
+
+void Observer::OnRetire(const std::string& job, const std::string& reason) {
+  for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
+  {
+    absl::MutexLock lock(&mu_);
+    jobs_.erase(job);
+  }
+  v1::Event e = MakeEvent(v1::EVENT_TYPE_JOB_RETIRED, job, 0);
+  e.set_detail(reason);
+  bus_->Publish(std::move(e));
 }
 
 void Observer::Summarize(const std::string& job, uint32_t history, v1::JobSummary* out) const {

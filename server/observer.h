@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -30,6 +31,9 @@ class Observer {
   void OnDetach(const std::string& job, uint32_t local_rank, const std::string& reason);
   void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy);
   void SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes);
+  // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and
+  // its summary is forgotten; a JOB_RETIRED event says `reason`.
+  void OnRetire(const std::string& job, const std::string& reason);
 
   // Fills counters, the last norms and up to `history` recent norms of `job`.
   void Summarize(const std::string& job, uint32_t history, v1::JobSummary* summary) const;
@@ -65,6 +69,7 @@ class Observer {
   MetricFamily* diverging_;
   MetricFamily* workers_;
   MetricFamily* bytes_;
+  std::vector<MetricFamily*> per_job_;  // every family above (all have the job label first)
 
   mutable absl::Mutex mu_;
   std::map<std::string, JobState> jobs_ ABSL_GUARDED_BY(mu_);

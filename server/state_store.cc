@@ -1,6 +1,7 @@
 #include "server/state_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,7 +15,8 @@
 namespace gstab {
 namespace {
 constexpr char kSuffix[] = ".jobstate";
-}
+constexpr char kTmpInfix[] = ".jobstate.tmp.";  // what Save writes before its rename
+}  // namespace
 
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
@@ -24,17 +26,30 @@ absl::Status StateStore::Init() {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory '", dir_, "': ", ec.message()));
   }
+  // Temporary files of saves a crash interrupted.
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    if (entry.path().filename().string().find(kTmpInfix) != std::string::npos) {
+      std::filesystem::remove(entry.path(), ec);
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status StateStore::Save(const v1::JobState& state) {
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
-  const std::string tmp = absl::StrCat(path, ".tmp");
+  // A temporary file of this call's own: two saves of one job (a periodic checkpoint and a
+  // retirement) may run at once, and must not write into the same file.
+  std::string tmp = absl::StrCat(path, kTmpInfix, "XXXXXX");
   const std::string bytes = state.SerializeAsString();
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", strerror(errno)));
+  const int fd = mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0 || fchmod(fd, 0640) != 0) {
+    const std::string error = strerror(errno);
+    if (fd >= 0) {
+      close(fd);
+      unlink(tmp.c_str());
+    }
+    return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", error));
   }
   const ssize_t written = write(fd, bytes.data(), bytes.size());
   const bool ok = written == static_cast<ssize_t>(bytes.size()) && fsync(fd) == 0;

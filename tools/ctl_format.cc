@@ -35,6 +35,8 @@ const char* EventName(v1::EventType t) {
       return "DETACH";
     case v1::EVENT_TYPE_CONFIG_CHANGE:
       return "CONFIG";
+    case v1::EVENT_TYPE_JOB_RETIRED:
+      return "RETIRED";
     default:
       return "EVENT";
   }

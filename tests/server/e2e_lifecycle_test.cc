@@ -1,0 +1,174 @@
+// End-to-end: a job's life on a long-running gstabd. A job without workers or observers for
+// --job_idle_s is retired (its statistics checkpointed, its series gone from /metrics) and
+// resumes where it stopped when a worker attaches again; at --max_jobs, a new job retires the
+// longest idle one, and is refused only when every held job is in use.
+#include <filesystem>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::Reference;
+using testing::TempDir;
+using testing::TestWorker;
+
+AttachOptions Job(const std::string& name) {
+  AttachOptions o;
+  o.job = name;
+  return o;
+}
+
+// Steps `worker` and the reference together; the scales and gradient bytes must agree.
+void StepAndCompare(TestWorker* worker, Reference* ref, uint64_t step) {
+  worker->Fill(step, 3);
+  const testing::ReferenceStep expected = ref->Step(*worker);
+  absl::StatusOr<v1::StepResponse> r = worker->client().Step(step);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->groups_size(), 3);
+  for (int g = 0; g < 3; ++g) {
+    EXPECT_EQ(r->groups(g).scale(), expected.outcomes[g].scale) << "step " << step;
+  }
+  EXPECT_TRUE(worker->Bytes() == expected.bytes) << "gradients differ after step " << step;
+}
+
+std::vector<std::string> HeldJobs(Client* client) {
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse response;
+  EXPECT_TRUE(client->stub()->ListJobs(&ctx, v1::ListJobsRequest(), &response).ok());
+  std::vector<std::string> names;
+  for (const v1::JobSummary& j : response.jobs()) names.push_back(j.job());
+  return names;
+}
+
+bool Holds(Client* client, const std::string& job) {
+  const std::vector<std::string> held = HeldJobs(client);
+  return std::find(held.begin(), held.end(), job) != held.end();
+}
+
+// The JOB_RETIRED events in the daemon's recent history.
+std::vector<v1::Event> RetiredEvents(Client* client) {
+  v1::WatchEventsRequest request;
+  request.set_recent(1024);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  auto reader = client->stub()->WatchEvents(&ctx, request);
+  std::vector<v1::Event> out;
+  v1::Event e;
+  while (reader->Read(&e)) {
+    if (e.type() == v1::EVENT_TYPE_JOB_RETIRED) out.push_back(e);
+  }
+  return out;
+}
+
+TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--metrics_port=0", "--job_idle_s=1"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<int> port = daemon->MetricsPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  auto tools = Client::Connect(daemon->socket());
+  ASSERT_TRUE(tools.ok());
+
+  Reference ref(RuleParams{});
+  {
+    auto worker = TestWorker::Create(daemon->socket(), Job("idle"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(worker->get(), &ref, step);
+    ASSERT_TRUE((*worker)->client().Detach().ok());
+  }
+  // An observer's session keeps its job held as a worker's does.
+  auto watched = TestWorker::Create(daemon->socket(), Job("watched"));
+  ASSERT_TRUE(watched.ok());
+  auto observer = Client::Connect(daemon->socket());
+  ASSERT_TRUE(observer.ok());
+  AttachOptions o = Job("watched");
+  o.observer = true;
+  ASSERT_TRUE((*observer)->Attach(o).ok());
+  ASSERT_TRUE((*watched)->client().Detach().ok());
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (Holds(tools->get(), "idle") && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_FALSE(Holds(tools->get(), "idle")) << "an idle job was not retired";
+  absl::SleepFor(absl::Seconds(2));  // the observed job is idle of workers for twice as long
+  EXPECT_TRUE(Holds(tools->get(), "watched"));
+
+  // Its statistics are on disk, its series are gone, and the event says why.
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/state/idle.jobstate"));
+  absl::StatusOr<testing::HttpResponse> scrape = testing::HttpRequest(*port, "GET", "/metrics");
+  ASSERT_TRUE(scrape.ok());
+  EXPECT_EQ(scrape->body.find("job=\"idle\""), std::string::npos) << scrape->body;
+  EXPECT_NE(scrape->body.find("job=\"watched\""), std::string::npos);
+  std::vector<v1::Event> retired = RetiredEvents(tools->get());
+  ASSERT_EQ(retired.size(), 1u);
+  EXPECT_EQ(retired[0].job(), "idle");
+  EXPECT_NE(retired[0].detail().find("no worker or observer for 1s"), std::string::npos)
+      << retired[0].detail();
+
+  // An observer cannot attach to it (nothing is held), and is told why.
+  auto late = Client::Connect(daemon->socket());
+  ASSERT_TRUE(late.ok());
+  o.job = "idle";
+  absl::Status refused = (*late)->Attach(o);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(refused.message().find("retired"), std::string::npos) << refused;
+
+  // A worker that comes back resumes exactly where the job stopped.
+  auto back = TestWorker::Create(daemon->socket(), Job("idle"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE((*back)->client().attach_response().restored());
+  for (uint64_t step = 11; step <= 13; ++step) StepAndCompare(back->get(), &ref, step);
+}
+
+TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_jobs=2", "--job_idle_s=0"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto tools = Client::Connect(daemon->socket());
+  ASSERT_TRUE(tools.ok());
+
+  Reference ref(RuleParams{});
+  auto busy = TestWorker::Create(daemon->socket(), Job("busy"));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  StepAndCompare(busy->get(), &ref, 1);
+  {
+    auto old = TestWorker::Create(daemon->socket(), Job("old"));
+    ASSERT_TRUE(old.ok()) << old.status();
+    (*old)->Fill(1, 1);
+    ASSERT_TRUE((*old)->client().Step(1).ok());
+    ASSERT_TRUE((*old)->client().Detach().ok());
+  }
+
+  auto fresh = TestWorker::Create(daemon->socket(), Job("new"));
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_TRUE(Holds(tools->get(), "busy"));
+  EXPECT_TRUE(Holds(tools->get(), "new"));
+  EXPECT_FALSE(Holds(tools->get(), "old"));
+  std::vector<v1::Event> retired = RetiredEvents(tools->get());
+  ASSERT_EQ(retired.size(), 1u);
+  EXPECT_EQ(retired[0].job(), "old");
+  EXPECT_NE(retired[0].detail().find("making room for job 'new'"), std::string::npos);
+
+  // Every held job in use: a third is refused, saying which flag limits it, and the others go on.
+  auto third = TestWorker::Create(daemon->socket(), Job("third"));
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.status().message().find("--max_jobs"), std::string::npos) << third.status();
+  StepAndCompare(busy->get(), &ref, 2);
+
+  // The retired job comes back with its statistics once there is room again.
+  ASSERT_TRUE((*fresh)->client().Detach().ok());
+  auto back = TestWorker::Create(daemon->socket(), Job("old"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE((*back)->client().attach_response().restored());
+  EXPECT_FALSE(Holds(tools->get(), "new"));
+  StepAndCompare(busy->get(), &ref, 3);
+}
+
+}  // namespace
+}  // namespace gstab
