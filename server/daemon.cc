@@ -51,10 +51,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
   std::unique_ptr<Daemon> d(new Daemon(options, observer));
   if (absl::Status s = d->store_.Init(); !s.ok()) return s;
   absl::MutexLock lock(&d->mu_);
-  for (v1::JobState& state : d->store_.LoadAll()) {
-    LOG(INFO) << "found checkpoint of job '" << state.job() << "' at step " << state.last_step();
-    std::string name = state.job();
-    d->checkpoints_[name] = std::move(state);
+  for (StateStore::Stored& stored : d->store_.LoadAll()) {
+    LOG(INFO) << "found checkpoint of job '" << stored.state.job() << "' at step "
+              << stored.state.last_step();
+    std::string name = stored.state.job();
+    d->checkpoints_[name] = Checkpointed{std::move(stored.state), stored.saved};
   }
   return d;
 }
@@ -140,11 +141,11 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       }
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
-        absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.config());
+        const v1::JobState& state = checkpoint->second.state;
+        absl::StatusOr<RuleParams> saved = ResolveConfig(state.config());
         slot = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
                                      local_world, &executor_, StepCallbackFor(request.job()), gpu_);
-        if (absl::Status s = slot->ImportState(checkpoint->second, /*with_config=*/false);
-            !s.ok()) {
+        if (absl::Status s = slot->ImportState(state, /*with_config=*/false); !s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
         } else {
           response->set_restored(true);
@@ -516,7 +517,7 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
   // Before attaches may go on: a new job of the same name starts its series afresh.
   if (observer_ != nullptr) observer_->OnRetire(name, reason);
   absl::MutexLock lock(&mu_);
-  checkpoints_[name] = std::move(state);
+  checkpoints_[name] = Checkpointed{std::move(state), absl::Now()};
   retiring_.erase(name);
   return true;
 }
@@ -534,6 +535,23 @@ void Daemon::RetireIdleJobs(absl::Time now) {
   const std::string reason =
       absl::StrCat("no worker or observer for ", absl::FormatDuration(options_.job_idle));
   for (const std::shared_ptr<Job>& job : idle) Retire(job, reason, now - options_.job_idle);
+}
+
+void Daemon::DeleteOldCheckpoints(absl::Time now) {
+  if (options_.job_retention == absl::InfiniteDuration()) return;
+  absl::MutexLock lock(&mu_);
+  for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
+    if (now - it->second.since < options_.job_retention) {
+      ++it;
+      continue;
+    }
+    // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
+    if (absl::Status s = store_.Remove(it->first); !s.ok()) LOG(WARNING) << s;
+    LOG(INFO) << "deleted the checkpoint of job '" << it->first << "' at step "
+              << it->second.state.last_step() << ": not attached for "
+              << absl::FormatDuration(options_.job_retention);
+    it = checkpoints_.erase(it);
+  }
 }
 
 absl::Status Daemon::MakeRoomFor(const std::string& name) {

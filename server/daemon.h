@@ -34,6 +34,9 @@ struct DaemonOptions {
   uint32_t max_jobs = 256;  // jobs held at once, idle ones included (see RetireIdleJobs)
   // A job without sessions for this long is retired (InfiniteDuration: never).
   absl::Duration job_idle = absl::Hours(1);
+  // A checkpoint of a job not held (retired, or found at start and not attached since) is
+  // deleted after this long, from memory and the state directory (InfiniteDuration: never).
+  absl::Duration job_retention = absl::Hours(24 * 30);
   absl::Duration lease = absl::Seconds(30);         // session expiry without calls
   absl::Duration step_timeout = absl::Seconds(60);  // wait for a job's other local workers
   int cpu_threads = 0;                              // 0: all hardware threads
@@ -86,6 +89,9 @@ class Daemon {
   // restart (AttachResponse.restored). At the job cap, an attach of a new job retires the
   // longest idle job at once.
   void RetireIdleJobs(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Deletes the checkpoints of jobs not held for options.job_retention (a worker of such a job
+  // then starts it afresh).
+  void DeleteOldCheckpoints(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes every job's statistics to the state directory.
   absl::Status Checkpoint();
   // From now on Step fails with UNAVAILABLE; in-flight steps finish.
@@ -168,7 +174,12 @@ class Daemon {
   absl::Mutex mu_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, v1::JobState> checkpoints_ ABSL_GUARDED_BY(mu_);  // not yet attached
+  // The statistics of jobs not held (found at start, or retired), and since when they are not.
+  struct Checkpointed {
+    v1::JobState state;
+    absl::Time since;
+  };
+  std::map<std::string, Checkpointed> checkpoints_ ABSL_GUARDED_BY(mu_);
   // Since when each held job has had no session (jobs with sessions are absent).
   std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported

@@ -32,6 +32,8 @@ ABSL_FLAG(uint32_t, max_jobs, 256,
 ABSL_FLAG(int32_t, job_idle_s, 3600,
           "a job without workers or observers for this long is retired: its statistics are "
           "checkpointed and come back when a worker attaches (0: never)");
+ABSL_FLAG(int64_t, job_retention_s, int64_t{30} * 24 * 3600,
+          "the checkpoint of a job not attached for this long is deleted (0: never)");
 ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
@@ -86,9 +88,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gstabd: --backend=%s: expected auto, cpu or cuda\n", backend.c_str());
     return 2;
   }
-  if (absl::GetFlag(FLAGS_job_idle_s) < 0) {
-    std::fprintf(stderr, "gstabd: --job_idle_s=%d: expected seconds, or 0 for never\n",
-                 absl::GetFlag(FLAGS_job_idle_s));
+  if (absl::GetFlag(FLAGS_job_idle_s) < 0 || absl::GetFlag(FLAGS_job_retention_s) < 0) {
+    std::fprintf(stderr,
+                 "gstabd: --job_idle_s and --job_retention_s take seconds, or 0 for never\n");
     return 2;
   }
   if (backend == "cuda" && gpus == 0) {
@@ -136,6 +138,9 @@ int main(int argc, char** argv) {
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
   const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
   options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();
+  const int64_t job_retention_s = absl::GetFlag(FLAGS_job_retention_s);
+  options.daemon.job_retention =
+      job_retention_s > 0 ? absl::Seconds(job_retention_s) : absl::InfiniteDuration();
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
   options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);

@@ -127,6 +127,7 @@ void Server::Housekeeping() {
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
     daemon_->ExpireSessions(absl::Now());
     daemon_->RetireIdleJobs(absl::Now());
+    daemon_->DeleteOldCheckpoints(absl::Now());
     if (absl::Now() >= next_checkpoint) {
       if (absl::Status s = daemon_->Checkpoint(); !s.ok()) LOG(WARNING) << s;
       next_checkpoint = absl::Now() + options_.checkpoint_interval;

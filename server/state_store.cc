@@ -61,8 +61,18 @@ absl::Status StateStore::Save(const v1::JobState& state) {
   return absl::OkStatus();
 }
 
-std::vector<v1::JobState> StateStore::LoadAll() {
-  std::vector<v1::JobState> out;
+absl::Status StateStore::Remove(const std::string& job) {
+  if (dir_.empty()) return absl::OkStatus();
+  const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return absl::InternalError(
+        absl::StrCat("cannot delete checkpoint '", path, "': ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<StateStore::Stored> StateStore::LoadAll() {
+  std::vector<Stored> out;
   if (dir_.empty()) return out;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
@@ -74,7 +84,10 @@ std::vector<v1::JobState> StateStore::LoadAll() {
       LOG(WARNING) << "skipping unreadable checkpoint " << path;
       continue;
     }
-    out.push_back(std::move(state));
+    struct stat st;
+    const absl::Time saved =
+        stat(path.c_str(), &st) == 0 ? absl::TimeFromTimespec(st.st_mtim) : absl::Now();
+    out.push_back(Stored{std::move(state), saved});
   }
   return out;
 }

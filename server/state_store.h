@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "gstab/v1/stabilizer.pb.h"
 
 namespace gstab {
@@ -20,8 +21,14 @@ class StateStore {
   // Creates the directory if needed.
   absl::Status Init();
   absl::Status Save(const v1::JobState& state);
+  // Deletes job's checkpoint (none there is not an error).
+  absl::Status Remove(const std::string& job);
+  struct Stored {
+    v1::JobState state;
+    absl::Time saved;  // when the file was last written
+  };
   // Every readable checkpoint; unreadable files are skipped with a logged warning.
-  std::vector<v1::JobState> LoadAll();
+  std::vector<Stored> LoadAll();
 
  private:
   std::string dir_;

@@ -1,7 +1,8 @@
 // End-to-end: a job's life on a long-running gstabd. A job without workers or observers for
 // --job_idle_s is retired (its statistics checkpointed, its series gone from /metrics) and
 // resumes where it stopped when a worker attaches again; at --max_jobs, a new job retires the
-// longest idle one, and is refused only when every held job is in use.
+// longest idle one, and is refused only when every held job is in use; a checkpoint not used
+// for --job_retention_s is deleted.
 #include <filesystem>
 
 #include "gtest/gtest.h"
@@ -168,6 +169,35 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   EXPECT_TRUE((*back)->client().attach_response().restored());
   EXPECT_FALSE(Holds(tools->get(), "new"));
   StepAndCompare(busy->get(), &ref, 3);
+}
+
+TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
+  TempDir dir;
+  const std::string file = dir.path() + "/state/short.jobstate";
+  {
+    auto daemon = DaemonProcess::Start(dir.path(), {"--job_retention_s=0"});
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    auto worker = TestWorker::Create(daemon->socket(), Job("short"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    (*worker)->Fill(1, 1);
+    ASSERT_TRUE((*worker)->client().Step(1).ok());
+    EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  }
+  ASSERT_TRUE(std::filesystem::exists(file));
+  // Found at start and not attached since: deleted once it is older than the retention.
+  auto daemon = DaemonProcess::Start(dir.path(), {"--job_retention_s=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (std::filesystem::exists(file) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(file)) << "the checkpoint outlived its retention";
+  EXPECT_NE(daemon->Log().find("deleted the checkpoint of job 'short' at step 1"),
+            std::string::npos)
+      << daemon->Log();
+  auto worker = TestWorker::Create(daemon->socket(), Job("short"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_FALSE((*worker)->client().attach_response().restored());
 }
 
 }  // namespace
