@@ -19,15 +19,10 @@ namespace gstab {
 namespace {
 
 using testing::DaemonProcess;
+using testing::JobOptions;
 using testing::Subprocess;
 using testing::TempDir;
 using testing::TestWorker;
-
-AttachOptions Job(const std::string& name) {
-  AttachOptions o;
-  o.job = name;
-  return o;
-}
 
 class E2eFaultsTest : public ::testing::Test {
  protected:
@@ -50,7 +45,7 @@ class E2eFaultsTest : public ::testing::Test {
 };
 
 TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
-  auto worker = TestWorker::Create(daemon_->socket(), Job("good"));
+  auto worker = TestWorker::Create(daemon_->socket(), JobOptions("good"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   ExpectServing(worker->get(), 1);
 
@@ -60,7 +55,7 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   const v1::RegisterBuffersRequest base = small.RegistrationRequest();
   auto client = Client::Connect(daemon_->socket());
   ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->Attach(Job("bad-input")).ok());
+  ASSERT_TRUE((*client)->Attach(JobOptions("bad-input")).ok());
   // The worker learns gstabd's limits: its lease and how long a step may be held.
   EXPECT_EQ((*client)->attach_response().lease_ms(), 1000u);
   EXPECT_EQ((*client)->attach_response().step_timeout_ms(), 500u);
@@ -139,12 +134,12 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   auto stranger = Client::Connect(daemon_->socket());
   ASSERT_TRUE(stranger.ok());
   EXPECT_EQ((*stranger)->Step(1).status().code(), absl::StatusCode::kUnauthenticated);
-  AttachOptions bad_job = Job("no spaces allowed");
+  AttachOptions bad_job = JobOptions("no spaces allowed");
   EXPECT_EQ((*stranger)->Attach(bad_job).code(), absl::StatusCode::kInvalidArgument);
-  AttachOptions bad_config = Job("bad-config");
+  AttachOptions bad_config = JobOptions("bad-config");
   bad_config.config.mutable_stabilize()->set_eps(-1);
   EXPECT_EQ((*stranger)->Attach(bad_config).code(), absl::StatusCode::kInvalidArgument);
-  AttachOptions bad_rank = Job("bad-rank");
+  AttachOptions bad_rank = JobOptions("bad-rank");
   bad_rank.local_rank = 2;
   bad_rank.local_world_size = 2;
   EXPECT_EQ((*stranger)->Attach(bad_rank).code(), absl::StatusCode::kInvalidArgument);
@@ -161,7 +156,7 @@ bool MapsContain(pid_t pid, const std::string& needle) {
 }
 
 TEST_F(E2eFaultsTest, KilledWorkerIsReleasedWithinTheLeaseAndOthersKeepStepping) {
-  auto survivor = TestWorker::Create(daemon_->socket(), Job("survivor"));
+  auto survivor = TestWorker::Create(daemon_->socket(), JobOptions("survivor"));
   ASSERT_TRUE(survivor.ok());
   absl::StatusOr<Subprocess> victim = Subprocess::Start(
       {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(), "--job=victim",
@@ -191,8 +186,8 @@ TEST_F(E2eFaultsTest, KilledWorkerIsReleasedWithinTheLeaseAndOthersKeepStepping)
 }
 
 TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
-  auto a = TestWorker::Create(daemon_->socket(), Job("job-a"));
-  auto b = TestWorker::Create(daemon_->socket(), Job("job-b"));
+  auto a = TestWorker::Create(daemon_->socket(), JobOptions("job-a"));
+  auto b = TestWorker::Create(daemon_->socket(), JobOptions("job-b"));
   ASSERT_TRUE(a.ok() && b.ok());
   testing::Reference ref_a(RuleParams{});
   for (uint64_t step = 1; step <= 10; ++step) {
@@ -219,7 +214,7 @@ TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
 }
 
 TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
-  AttachOptions o = Job("two-local");
+  AttachOptions o = JobOptions("two-local");
   o.local_world_size = 2;
   auto w0 = TestWorker::Create(daemon_->socket(), o);
   o.local_rank = 1;
@@ -267,7 +262,7 @@ TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {
   text << log.rdbuf();
   EXPECT_NE(text.str().find("refused a connection from pid"), std::string::npos) << text.str();
 
-  auto worker = TestWorker::Create(allowing->socket(), Job("allowed"));
+  auto worker = TestWorker::Create(allowing->socket(), JobOptions("allowed"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 1);
   EXPECT_TRUE((*worker)->client().Step(1).ok());

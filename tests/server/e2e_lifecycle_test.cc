@@ -13,15 +13,10 @@ namespace gstab {
 namespace {
 
 using testing::DaemonProcess;
+using testing::JobOptions;
 using testing::Reference;
 using testing::TempDir;
 using testing::TestWorker;
-
-AttachOptions Job(const std::string& name) {
-  AttachOptions o;
-  o.job = name;
-  return o;
-}
 
 // Steps `worker` and the reference together; the scales and gradient bytes must agree.
 void StepAndCompare(TestWorker* worker, Reference* ref, uint64_t step) {
@@ -76,17 +71,17 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
 
   Reference ref(RuleParams{});
   {
-    auto worker = TestWorker::Create(daemon->socket(), Job("idle"));
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("idle"));
     ASSERT_TRUE(worker.ok()) << worker.status();
     for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(worker->get(), &ref, step);
     ASSERT_TRUE((*worker)->client().Detach().ok());
   }
   // An observer's session keeps its job held as a worker's does.
-  auto watched = TestWorker::Create(daemon->socket(), Job("watched"));
+  auto watched = TestWorker::Create(daemon->socket(), JobOptions("watched"));
   ASSERT_TRUE(watched.ok());
   auto observer = Client::Connect(daemon->socket());
   ASSERT_TRUE(observer.ok());
-  AttachOptions o = Job("watched");
+  AttachOptions o = JobOptions("watched");
   o.observer = true;
   ASSERT_TRUE((*observer)->Attach(o).ok());
   ASSERT_TRUE((*watched)->client().Detach().ok());
@@ -120,7 +115,7 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   EXPECT_NE(refused.message().find("retired"), std::string::npos) << refused;
 
   // A worker that comes back resumes exactly where the job stopped.
-  auto back = TestWorker::Create(daemon->socket(), Job("idle"));
+  auto back = TestWorker::Create(daemon->socket(), JobOptions("idle"));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE((*back)->client().attach_response().restored());
   for (uint64_t step = 11; step <= 13; ++step) StepAndCompare(back->get(), &ref, step);
@@ -134,18 +129,18 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   ASSERT_TRUE(tools.ok());
 
   Reference ref(RuleParams{});
-  auto busy = TestWorker::Create(daemon->socket(), Job("busy"));
+  auto busy = TestWorker::Create(daemon->socket(), JobOptions("busy"));
   ASSERT_TRUE(busy.ok()) << busy.status();
   StepAndCompare(busy->get(), &ref, 1);
   {
-    auto old = TestWorker::Create(daemon->socket(), Job("old"));
+    auto old = TestWorker::Create(daemon->socket(), JobOptions("old"));
     ASSERT_TRUE(old.ok()) << old.status();
     (*old)->Fill(1, 1);
     ASSERT_TRUE((*old)->client().Step(1).ok());
     ASSERT_TRUE((*old)->client().Detach().ok());
   }
 
-  auto fresh = TestWorker::Create(daemon->socket(), Job("new"));
+  auto fresh = TestWorker::Create(daemon->socket(), JobOptions("new"));
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_TRUE(Holds(tools->get(), "busy"));
   EXPECT_TRUE(Holds(tools->get(), "new"));
@@ -156,7 +151,7 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   EXPECT_NE(retired[0].detail().find("making room for job 'new'"), std::string::npos);
 
   // Every held job in use: a third is refused, saying which flag limits it, and the others go on.
-  auto third = TestWorker::Create(daemon->socket(), Job("third"));
+  auto third = TestWorker::Create(daemon->socket(), JobOptions("third"));
   ASSERT_FALSE(third.ok());
   EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(third.status().message().find("--max_jobs"), std::string::npos) << third.status();
@@ -164,7 +159,7 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
 
   // The retired job comes back with its statistics once there is room again.
   ASSERT_TRUE((*fresh)->client().Detach().ok());
-  auto back = TestWorker::Create(daemon->socket(), Job("old"));
+  auto back = TestWorker::Create(daemon->socket(), JobOptions("old"));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE((*back)->client().attach_response().restored());
   EXPECT_FALSE(Holds(tools->get(), "new"));
@@ -177,7 +172,7 @@ TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   {
     auto daemon = DaemonProcess::Start(dir.path(), {"--job_retention_s=0"});
     ASSERT_TRUE(daemon.ok()) << daemon.status();
-    auto worker = TestWorker::Create(daemon->socket(), Job("short"));
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("short"));
     ASSERT_TRUE(worker.ok()) << worker.status();
     (*worker)->Fill(1, 1);
     ASSERT_TRUE((*worker)->client().Step(1).ok());
@@ -195,7 +190,7 @@ TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   EXPECT_NE(daemon->Log().find("deleted the checkpoint of job 'short' at step 1"),
             std::string::npos)
       << daemon->Log();
-  auto worker = TestWorker::Create(daemon->socket(), Job("short"));
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("short"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_FALSE((*worker)->client().attach_response().restored());
 }

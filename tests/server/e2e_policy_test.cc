@@ -11,18 +11,12 @@ namespace gstab {
 namespace {
 
 using testing::DaemonProcess;
+using testing::JobOptions;
 using testing::Reference;
 using testing::TempDir;
 using testing::TestWorker;
 
 const char* const kGroups[] = {"g", "c", "big"};
-
-AttachOptions Job(const std::string& name, v1::PolicyConfig config = {}) {
-  AttachOptions o;
-  o.job = name;
-  o.config = std::move(config);
-  return o;
-}
 
 // Steps `worker` and the reference together and checks they agree exactly.
 void StepAndCompare(TestWorker* worker, Reference* ref, uint64_t step, uint32_t seed,
@@ -57,7 +51,7 @@ TEST_P(E2ePolicyTest, WholeApiPathEqualsTheCoreReference) {
   config.set_policy(GetParam());
   config.mutable_zclip()->set_warmup_steps(5);
   config.mutable_spike()->set_warmup_steps(5);
-  auto worker = TestWorker::Create(daemon->socket(), Job("policy", config));
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("policy", config));
   ASSERT_TRUE(worker.ok()) << worker.status();
   Reference ref(*ResolveConfig(config));
   for (uint64_t step = 1; step <= 30; ++step) {
@@ -85,7 +79,7 @@ TEST(E2eTest, UpdateConfigTakesEffectOnTheNextStepAndIsRecorded) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok());
-  auto worker = TestWorker::Create(daemon->socket(), Job("update"));
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("update"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   Reference ref(RuleParams{});
   for (uint64_t step = 1; step <= 5; ++step) StepAndCompare(worker->get(), &ref, step, 3);
@@ -117,14 +111,14 @@ TEST(E2eTest, ExportImportRoundTripContinuesWithTheSameStatistics) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok());
-  auto original = TestWorker::Create(daemon->socket(), Job("export-src"));
+  auto original = TestWorker::Create(daemon->socket(), JobOptions("export-src"));
   ASSERT_TRUE(original.ok());
   Reference ref(RuleParams{});
   for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(original->get(), &ref, step, 5);
   absl::StatusOr<std::string> state = (*original)->client().ExportState();
   ASSERT_TRUE(state.ok());
 
-  auto resumed = TestWorker::Create(daemon->socket(), Job("export-dst"));
+  auto resumed = TestWorker::Create(daemon->socket(), JobOptions("export-dst"));
   ASSERT_TRUE(resumed.ok());
   ASSERT_TRUE((*resumed)->client().ImportState(*state).ok());
   // Both continue from step 11 with the same gradients and must agree with the reference.
@@ -145,14 +139,14 @@ TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
   {
     auto daemon = DaemonProcess::Start(dir.path());
     ASSERT_TRUE(daemon.ok());
-    auto worker = TestWorker::Create(daemon->socket(), Job("restart"));
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("restart"));
     ASSERT_TRUE(worker.ok());
     for (uint64_t step = 1; step <= 20; ++step) StepAndCompare(worker->get(), &ref, step, 9);
     EXPECT_EQ(daemon->Stop().value_or(-1), 0);  // graceful: checkpoint, exit 0
   }
   auto daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok());
-  auto worker = TestWorker::Create(daemon->socket(), Job("restart"));
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("restart"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_TRUE((*worker)->client().attach_response().restored());
   // The next step's scale equals what the uninterrupted reference gives.

@@ -24,6 +24,13 @@ constexpr Spec kLayout[] = {{"a", 1000, DType::kFloat32, "g", 0},
 
 }  // namespace
 
+AttachOptions JobOptions(const std::string& name, v1::PolicyConfig config) {
+  AttachOptions o;
+  o.job = name;
+  o.config = std::move(config);
+  return o;
+}
+
 absl::StatusOr<std::unique_ptr<TestWorker>> TestWorker::Create(const std::string& socket,
                                                                const AttachOptions& options) {
   auto w = std::unique_ptr<TestWorker>(new TestWorker);

@@ -13,6 +13,9 @@
 
 namespace gstab::testing {
 
+// Attach options for job `name` (rank 0 of 1), with `config` (empty: the daemon's defaults).
+AttachOptions JobOptions(const std::string& name, v1::PolicyConfig config = {});
+
 class TestWorker {
  public:
   // Attaches to `job` and registers the standard layout: tensors a (fp32, group g),
