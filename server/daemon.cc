@@ -69,9 +69,9 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
     if (checkpoints_.count(request.job()) == 1) {
       return absl::NotFoundError(absl::StrCat(
           "job '", request.job(),
-          "' is not held by this gstabd now (it was retired while idle, or restored from the "
-          "state directory, and no worker has attached since); its statistics come back when a "
-          "worker attaches"));
+          "' is not held by this gstabd now (it was retired while idle, or its checkpoint was "
+          "found in the state directory at start, and no worker has attached since); its "
+          "statistics come back when a worker attaches"));
     }
     return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
   }
@@ -135,9 +135,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     if (!existing) {
       if (jobs_.size() > options_.max_jobs) {  // filled since MakeRoomFor
         jobs_.erase(request.job());
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "this gstabd holds its cap of ", options_.max_jobs,
-            " jobs (--max_jobs), each with attached workers or observers; try again later"));
+        return JobCapReached();
       }
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
@@ -157,7 +155,16 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       }
     }
     job = slot;
+    ++pending_[request.job()];  // not retired while this attach is under way
   }
+  struct Unpending {
+    Daemon* daemon;
+    const std::shared_ptr<Job>& job;
+    ~Unpending() {
+      absl::MutexLock lock(&daemon->mu_);
+      daemon->Unpend(job);
+    }
+  } unpending{this, job};
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
   // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
   // wait with it.
@@ -313,9 +320,12 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
   if (it == sessions_.end()) return std::nullopt;
   const Session s = it->second;
   sessions_.erase(it);
-  if (!HasSessions(s.job)) idle_since_.emplace(s.job->name(), absl::Now());
-  if (s.observer) return std::nullopt;
+  if (s.observer) {
+    if (!InUse(s.job)) idle_since_.emplace(s.job->name(), absl::Now());
+    return std::nullopt;
+  }
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
+  ++pending_[s.job->name()];  // until Remove is done: the job's final state is not in it yet
   return Removal{s.job, s.local_rank, worker_gone, s.id};
 }
 
@@ -323,6 +333,14 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
   removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->session);
   ReportWorkers(removal->job);
+  absl::MutexLock lock(&mu_);
+  Unpend(removal->job);
+}
+
+void Daemon::Unpend(const std::shared_ptr<Job>& job) {
+  auto it = pending_.find(job->name());
+  if (--it->second == 0) pending_.erase(it);
+  if (!InUse(job)) idle_since_.emplace(job->name(), absl::Now());
 }
 
 void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
@@ -333,6 +351,8 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
   uint32_t workers = 0;
   {
     absl::MutexLock lock(&mu_);
+    auto held = jobs_.find(job->name());
+    if (held == jobs_.end() || held->second != job) return;  // retired: its series are gone
     for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
   }
   observer_->SetWorkers(job->name(), workers, bytes);
@@ -466,11 +486,19 @@ void Daemon::ExpireSessions(absl::Time now) {
   if (!expired.empty()) RemoveStaleShmObjects();
 }
 
-bool Daemon::HasSessions(const std::shared_ptr<Job>& job) const {
+bool Daemon::InUse(const std::shared_ptr<Job>& job) const {
+  if (pending_.count(job->name()) == 1) return true;
   for (const auto& [token, s] : sessions_) {
     if (s.job == job) return true;
   }
   return false;
+}
+
+absl::Status Daemon::JobCapReached() const {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "this gstabd holds its cap of ", options_.max_jobs,
+      " jobs (--max_jobs), and none has been without workers and observers for the lease (",
+      absl::FormatDuration(options_.lease), ") yet; try again later"));
 }
 
 void Daemon::UpdateIdle(absl::Time now) {
@@ -478,7 +506,7 @@ void Daemon::UpdateIdle(absl::Time now) {
   for (const auto& [token, s] : sessions_) used.insert(s.job.get());
   std::map<std::string, absl::Time> idle;
   for (const auto& [name, job] : jobs_) {
-    if (used.count(job.get()) == 1) continue;
+    if (used.count(job.get()) == 1 || pending_.count(name) == 1) continue;
     auto known = idle_since_.find(name);
     idle[name] = known == idle_since_.end() ? now : known->second;
   }
@@ -498,7 +526,7 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(name);
     auto since = idle_since_.find(name);
-    if (it == jobs_.end() || it->second != job || HasSessions(job) || since == idle_since_.end() ||
+    if (it == jobs_.end() || it->second != job || InUse(job) || since == idle_since_.end() ||
         since->second > idle_before) {
       return false;  // attached again, or already gone
     }
@@ -506,18 +534,28 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     idle_since_.erase(since);
     retiring_.insert(name);  // attaches to it wait until its checkpoint is in place
   }
-  // No session uses the job, so nothing changes its state now (a step needs a session).
-  v1::JobState state = job->ExportState();
-  if (absl::Status s = store_.Save(state); !s.ok()) {
-    LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (kept in memory "
-                 << "only): " << s;
+  // No session, attach or removal uses the job, so nothing changes its state now.
+  v1::JobState state;
+  bool on_disk;
+  {
+    absl::MutexLock save(&save_mu_);  // after any periodic save of the job's older state
+    state = job->ExportState();
+    absl::Status s = store_.Save(state);
+    on_disk = s.ok();
+    if (!on_disk) {
+      LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (the next "
+                   << "periodic checkpoint tries again): " << s;
+    }
   }
   LOG(INFO) << "job '" << name << "' retired at step " << state.last_step() << " (" << reason
             << "); its statistics come back when a worker attaches";
-  // Before attaches may go on: a new job of the same name starts its series afresh.
-  if (observer_ != nullptr) observer_->OnRetire(name, reason);
+  if (observer_ != nullptr) {
+    // Before attaches may go on: a new job of the same name starts its series afresh.
+    absl::MutexLock report(&report_mu_);
+    observer_->OnRetire(name, reason);
+  }
   absl::MutexLock lock(&mu_);
-  checkpoints_[name] = Checkpointed{std::move(state), absl::Now()};
+  checkpoints_[name] = Checkpointed{std::move(state), absl::Now(), on_disk};
   retiring_.erase(name);
   return true;
 }
@@ -560,10 +598,15 @@ absl::Status Daemon::MakeRoomFor(const std::string& name) {
     std::shared_ptr<Job> oldest;
     {
       absl::MutexLock lock(&mu_);
+      if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
       if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
-      UpdateIdle(absl::Now());
+      const absl::Time now = absl::Now();
+      UpdateIdle(now);
+      // Not a job whose last worker left within the lease: it may still have the results
+      // buffer gstabd exports mapped, which goes with the job.
       const absl::Time* first = nullptr;
       for (const auto& [idle_name, since] : idle_since_) {
+        if (since > now - options_.lease) continue;
         if (first == nullptr || since < *first) {
           first = &since;
           oldest = jobs_.at(idle_name);
@@ -578,9 +621,7 @@ absl::Status Daemon::MakeRoomFor(const std::string& name) {
   }
   absl::MutexLock lock(&mu_);
   if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
-  return absl::ResourceExhaustedError(
-      absl::StrCat("this gstabd holds its cap of ", options_.max_jobs,
-                   " jobs (--max_jobs), each with attached workers or observers; try again later"));
+  return JobCapReached();
 }
 
 absl::Status Daemon::Checkpoint() {
@@ -590,7 +631,32 @@ absl::Status Daemon::Checkpoint() {
     for (const auto& [name, job] : jobs_) jobs.push_back(job);
   }
   absl::Status result;
-  for (const auto& job : jobs) result.Update(store_.Save(job->ExportState()));
+  for (const auto& job : jobs) {
+    // A job retired since the list was taken has saved a newer state than this would.
+    absl::MutexLock save(&save_mu_);
+    {
+      absl::MutexLock lock(&mu_);
+      auto held = jobs_.find(job->name());
+      if (held == jobs_.end() || held->second != job) continue;
+    }
+    result.Update(store_.Save(job->ExportState()));
+  }
+  // Retired jobs whose save failed then.
+  absl::MutexLock save(&save_mu_);
+  std::vector<v1::JobState> unsaved;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, c] : checkpoints_) {
+      if (!c.on_disk) unsaved.push_back(c.state);
+    }
+  }
+  for (const v1::JobState& state : unsaved) {
+    absl::Status s = store_.Save(state);
+    result.Update(s);
+    absl::MutexLock lock(&mu_);
+    auto c = checkpoints_.find(state.job());
+    if (s.ok() && c != checkpoints_.end()) c->second.on_disk = true;
+  }
   return result;
 }
 

@@ -92,7 +92,8 @@ class Daemon {
   // Deletes the checkpoints of jobs not held for options.job_retention (a worker of such a job
   // then starts it afresh).
   void DeleteOldCheckpoints(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
-  // Writes every job's statistics to the state directory.
+  // Writes every held job's statistics to the state directory (and retired jobs' whose save
+  // failed).
   absl::Status Checkpoint();
   // From now on Step fails with UNAVAILABLE; in-flight steps finish.
   void BeginShutdown();
@@ -136,8 +137,11 @@ class Daemon {
   Job::StepCallback StepCallbackFor(const std::string& job);
   // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
   absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job) ABSL_LOCKS_EXCLUDED(mu_);
-  // Whether some session (worker or observer) uses `job`.
-  bool HasSessions(const std::shared_ptr<Job>& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a session (worker or observer), an attach or a removal uses `job`.
+  bool InUse(const std::shared_ptr<Job>& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends one pending use of `job` (see pending_); idle from now if nothing else uses it.
+  void Unpend(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status JobCapReached() const;
   // Notes the jobs without sessions (idle from now, if not already) and forgets the others.
   void UpdateIdle(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Retires `job` unless a session uses it or it was replaced: exports its state (outside mu_:
@@ -148,8 +152,8 @@ class Daemon {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Waits (releasing mu_) until job `name` is not being retired.
   void AwaitNotRetiring(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // At the job cap, before `job` (not yet held) is made: retires the longest idle job.
-  // RESOURCE_EXHAUSTED when every held job has sessions.
+  // At the job cap, before `job` (not yet held) is made: retires the longest idle job of those
+  // idle for at least the lease. RESOURCE_EXHAUSTED when there is none.
   absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
@@ -178,11 +182,19 @@ class Daemon {
   struct Checkpointed {
     v1::JobState state;
     absl::Time since;
+    bool on_disk = true;  // false: saving it failed; Checkpoint tries again
   };
   std::map<std::string, Checkpointed> checkpoints_ ABSL_GUARDED_BY(mu_);
   // Since when each held job has had no session (jobs with sessions are absent).
   std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported
+  // Attaches and worker removals under way, per job: they keep it from retiring as a session
+  // does (an attach has not made its session yet; a removal has not ended the job's GPU
+  // generation, which brings its final statistics home).
+  std::map<std::string, int> pending_ ABSL_GUARDED_BY(mu_);
+  // Held across each checkpoint's export and write, so that an older state of a job is never
+  // written after a newer one. Taken before a job's lock and mu_, never under them.
+  absl::Mutex save_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::string peer_address_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -15,7 +16,8 @@
 namespace gstab {
 namespace {
 constexpr char kSuffix[] = ".jobstate";
-constexpr char kTmpInfix[] = ".jobstate.tmp.";  // what Save writes before its rename
+// In the names of what Save writes before its rename (job names have no ':').
+constexpr char kTmpInfix[] = ".jobstate:tmp:";
 }  // namespace
 
 absl::Status StateStore::Init() {
@@ -38,18 +40,13 @@ absl::Status StateStore::Init() {
 absl::Status StateStore::Save(const v1::JobState& state) {
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
-  // A temporary file of this call's own: two saves of one job (a periodic checkpoint and a
-  // retirement) may run at once, and must not write into the same file.
-  std::string tmp = absl::StrCat(path, kTmpInfix, "XXXXXX");
+  // A temporary file of this call's own, so that saves never write into each other's file.
+  static std::atomic<uint64_t> saves{0};
+  const std::string tmp = absl::StrCat(path, kTmpInfix, getpid(), ".", saves.fetch_add(1));
   const std::string bytes = state.SerializeAsString();
-  const int fd = mkostemp(tmp.data(), O_CLOEXEC);
-  if (fd < 0 || fchmod(fd, 0640) != 0) {
-    const std::string error = strerror(errno);
-    if (fd >= 0) {
-      close(fd);
-      unlink(tmp.c_str());
-    }
-    return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", error));
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", strerror(errno)));
   }
   const ssize_t written = write(fd, bytes.data(), bytes.size());
   const bool ok = written == static_cast<ssize_t>(bytes.size()) && fsync(fd) == 0;
