@@ -152,6 +152,31 @@ TEST_F(CudaE2eNcclTest, WorkerStepsThroughGstabdOnTheGpu) {
       << "no communicator was made";
 }
 
+// A CUDA job whose worker has gone is retired once idle (--job_idle_s): its statistics come
+// home from the GPU and are checkpointed at its last step, its pipeline and device memory go,
+// and gstabd serves other jobs on.
+class CudaE2eRetireTest : public CudaE2eTest {
+ protected:
+  std::vector<std::string> MoreFlags() const override { return {"--job_idle_s=1"}; }
+};
+
+TEST_F(CudaE2eRetireTest, IdleJobIsCheckpointedAtItsLastStepAndGstabdServesOn) {
+  int rc = -1;
+  std::string out = RunWorker({"retiring", "check"}, &rc);
+  ASSERT_EQ(rc, 0) << out;
+  // The worker's lease expires (1 s), then the job's idle time (1 s).
+  const std::string retired = "job 'retiring' retired at step 4";
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!absl::StrContains(daemon_->Log(), retired) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(absl::StrContains(daemon_->Log(), retired)) << daemon_->Log();
+  EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/state/retiring.jobstate"));
+  out = RunWorker({"after", "check"}, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+}
+
 // 10,000 steps leak no device memory (seen by the worker) and no descriptors or mappings in
 // gstabd once the worker has gone. gstabd's holdings are compared across a second job like the
 // first, after the first has grown what grows once (its CUDA context, server threads).
