@@ -281,6 +281,15 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       if (sync_statistics) stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
     }
   }
+  // A worker may have truncated its shared memory: then its pages past the new end would
+  // raise SIGBUS in gstabd.
+  for (const auto& [rank, w] : workers) {
+    for (const ShmMapping* object : w->registration.host_objects) {
+      if (absl::Status s = object->CheckSize(); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
+      }
+    }
+  }
   for (const auto& [rank, w] : workers) {
     std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
     if (absl::Status s =

@@ -1,6 +1,7 @@
 // gstabd: the gstab daemon. Flags are read once into ServerOptions; SIGTERM / SIGINT are
 // taken synchronously by this thread (sigwait), which then stops the server gracefully.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -54,6 +55,22 @@ ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker re
 ABSL_FLAG(bool, nccl_one_rank, false,
           "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
           "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");
+
+namespace {
+
+// Each step checks that the workers' shared memory has not shrunk since it was registered, but
+// a worker that truncates it in the middle of a step makes gstabd's next touch of the lost pages
+// raise SIGBUS, which ends the process. Say why before it does.
+void OnSigbus(int) {
+  static const char kMessage[] =
+      "gstabd: SIGBUS: most likely a worker truncated its registered shared memory during a "
+      "step; gstabd stops (its jobs resume from their last checkpoint when it restarts)\n";
+  (void)!write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  signal(SIGBUS, SIG_DFL);
+  raise(SIGBUS);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gstabd: the gstab gradient-stabilizer daemon");
@@ -162,6 +179,7 @@ int main(int argc, char** argv) {
     options.peers.gids.insert(id);
   }
 
+  signal(SIGBUS, OnSigbus);
   // Block the stop signals in every thread; this one waits for them below.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);

@@ -252,6 +252,7 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
                        (*m)->size(), " bytes of shared memory '", b.shm_name, "'"));
     }
     bases.push_back((*m)->data());
+    out.host_objects.push_back(m->get());
     out.mappings.push_back(*std::move(m));
   }
   for (const PlannedTensor& t : plan.tensors) {

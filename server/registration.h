@@ -57,6 +57,7 @@ struct RegistrationPlan {
 struct MappedRegistration {
   RegistrationPlan plan;
   std::vector<std::shared_ptr<void>> mappings;  // keep-alives, one per buffer
+  std::vector<const ShmMapping*> host_objects;  // host_shm buffers' (kept alive by mappings)
   std::vector<void*> tensor_data;               // one per tensor (device pointers for cuda_ipc)
 };
 

@@ -30,16 +30,35 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
   }
   const auto size = static_cast<size_t>(st.st_size);
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  const int err = errno;
-  close(fd);
   if (data == MAP_FAILED) {
+    const int err = errno;
+    close(fd);
     return absl::InternalError(
         absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
   }
-  return std::shared_ptr<ShmMapping>(new ShmMapping(name, static_cast<unsigned char*>(data), size));
+  return std::shared_ptr<ShmMapping>(
+      new ShmMapping(name, fd, static_cast<unsigned char*>(data), size));
 }
 
-ShmMapping::~ShmMapping() { munmap(data_, size_); }
+ShmMapping::~ShmMapping() {
+  munmap(data_, size_);
+  close(fd_);
+}
+
+absl::Status ShmMapping::CheckSize() const {
+  struct stat st;
+  if (fstat(fd_, &st) != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot stat shared memory '", name_, "': ", strerror(errno)));
+  }
+  if (static_cast<uint64_t>(st.st_size) < size_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shared memory '", name_, "' shrank from ", size_, " to ", st.st_size,
+        " bytes after it was registered (was it truncated?); nothing was applied to this step: "
+        "register the gradients again"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::string& name) {
   absl::MutexLock lock(&mu_);

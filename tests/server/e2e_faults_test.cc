@@ -1,5 +1,6 @@
 // End-to-end: bad input, dying workers, isolation between jobs, and local-worker rounds,
 // against a real gstabd process.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -183,6 +184,24 @@ TEST_F(E2eFaultsTest, KilledWorkerIsReleasedWithinTheLeaseAndOthersKeepStepping)
   }
   EXPECT_FALSE(left);
   ExpectServing(survivor->get(), step);
+}
+
+TEST_F(E2eFaultsTest, TruncatedSharedMemoryIsRefusedAndTheDaemonServesOn) {
+  auto bystander = TestWorker::Create(daemon_->socket(), JobOptions("bystander"));
+  ASSERT_TRUE(bystander.ok()) << bystander.status();
+  auto worker = TestWorker::Create(daemon_->socket(), JobOptions("truncating"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ExpectServing(worker->get(), 1);
+  // The worker shrinks its registered object (its own pages past 4 KiB are gone too: it must
+  // not touch them either).
+  const int fd = shm_open((*worker)->arena().shm_name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4096), 0);
+  close(fd);
+  absl::StatusOr<v1::StepResponse> r = (*worker)->client().Step(2);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("shrank from"), std::string::npos) << r.status();
+  ExpectServing(bystander->get(), 1);
 }
 
 TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
