@@ -181,6 +181,12 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     case PolicyKind::kMonitor:
       break;
   }
+  if (!IsFinite(scale)) {
+    // Only statistics gstabd never writes (validated imports cannot hold them) give this:
+    // leave the gradients as they are and have the step skipped rather than apply NaN.
+    scale = 1.0;
+    flags |= kFlagSkipped;
+  }
   if (scale < 1.0) flags |= kFlagClipped;
   out.scale = scale;
   out.stabilized_norm = n * scale;

@@ -17,6 +17,10 @@
 namespace gstab {
 namespace {
 
+// Limits on what an Attach may claim (each local worker and node costs state per job).
+constexpr uint32_t kMaxLocalWorkers = 1024;
+constexpr uint32_t kMaxNodes = 65536;
+
 // How long Detach waits for gstabd's mappings of the worker's gradients to close.
 constexpr absl::Duration kDetachReleaseWait = absl::Seconds(2);
 
@@ -91,6 +95,15 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   const uint32_t world = std::max(1u, request.world_size());
   const uint32_t local_world = std::max(1u, request.local_world_size());
   const uint32_t nodes = std::max(1u, request.node_count());
+  if (local_world > kMaxLocalWorkers) {
+    return absl::InvalidArgumentError(absl::StrCat("local_world_size ", local_world,
+                                                   " exceeds gstabd's limit of ", kMaxLocalWorkers,
+                                                   " workers per node"));
+  }
+  if (nodes > kMaxNodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_count ", nodes, " exceeds gstabd's limit of ", kMaxNodes, " nodes"));
+  }
   if (request.rank() >= world) {
     return absl::InvalidArgumentError(
         absl::StrCat("rank ", request.rank(), " is not below world_size ", world));
@@ -181,6 +194,24 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                        "' already runs with a different configuration; attach "
                        "without one, or change it with UpdateConfig"));
     }
+    const uint32_t nodes = std::max(1u, request.node_count());
+    if (const uint32_t job_nodes = job->node_count(); job_nodes != nodes) {
+      // A job changes its node count only when no worker of it is attached here: else one
+      // attach could route a running single-node job's steps to peers that do not exist.
+      bool in_use = false;
+      {
+        absl::MutexLock lock(&mu_);
+        for (const auto& [token, s] : sessions_) in_use |= s.job == job && !s.observer;
+      }
+      if (in_use) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job '", request.job(), "' runs on ", job_nodes,
+                         " node(s) with workers attached "
+                         "here; a worker of it cannot attach with node_count ",
+                         nodes, " (use the job's node count, or a new job name)"));
+      }
+      if (nodes == 1) job->SetCollective(nullptr, "");  // single-node from now on
+    }
   }
   if (request.node_count() > 1) {
     if (absl::Status s = JoinRendezvous(request, job.get()); !s.ok()) return s;
@@ -259,8 +290,9 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
 absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request,
                                       v1::CreateRendezvousResponse* response) {
   if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
-  if (request.node_count() < 1) {
-    return absl::InvalidArgumentError("node_count must be at least 1");
+  if (request.node_count() < 1 || request.node_count() > kMaxNodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_count must be 1 to ", kMaxNodes, ", not ", request.node_count()));
   }
   absl::MutexLock lock(&mu_);
   if (peer_address_.empty()) {
@@ -588,6 +620,7 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
     LOG(INFO) << "deleted the checkpoint of job '" << it->first << "' at step "
               << it->second.state.last_step() << ": not attached for "
               << absl::FormatDuration(options_.job_retention);
+    generations_.erase(it->first);
     it = checkpoints_.erase(it);
   }
 }

@@ -50,9 +50,12 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
   const RegistrationPlan& plan = registration.plan;
-  // Check every group's reduction against the job before creating anything.
+  // Check every group's reduction against the job, and the job's group cap, before creating
+  // anything.
+  std::set<std::string> new_groups;
   for (const PlannedTensor& t : plan.tensors) {
     auto it = group_index_.find(t.group);
+    if (it == group_index_.end()) new_groups.insert(t.group);
     if (it != group_index_.end() && group_reduction_[it->second] >= 0 &&
         group_reduction_[it->second] != static_cast<int>(t.replicated)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -61,6 +64,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
           "' but this registration marks it ", t.replicated ? "replicated" : "sharded"));
     }
   }
+  if (absl::Status s = CheckGroupCap(new_groups.size()); !s.ok()) return s;
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
@@ -151,6 +155,11 @@ void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rend
 uint32_t Job::node_rank() const {
   absl::MutexLock lock(&mu_);
   return collective_ == nullptr ? 0 : collective_->rank();
+}
+
+uint32_t Job::node_count() const {
+  absl::MutexLock lock(&mu_);
+  return collective_ == nullptr ? 1 : collective_->size();
 }
 
 std::string Job::rendezvous_token() const {
@@ -367,15 +376,28 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
   params_ = *merged;
+  RecordConfigChange();
+  *response->mutable_effective_config() = config_history_.back().config();
+  response->set_version(config_version_);
+  return absl::OkStatus();
+}
+
+void Job::RecordConfigChange() {
   ++config_version_;
   v1::ConfigChange change;
   change.set_version(config_version_);
   change.set_effective_step(0);  // set by the next step that runs with it
   *change.mutable_config() = EffectiveConfig(params_);
-  config_history_.push_back(change);
-  *response->mutable_effective_config() = change.config();
-  response->set_version(config_version_);
-  return absl::OkStatus();
+  config_history_.push_back(std::move(change));
+  if (config_history_.size() > kConfigHistory) config_history_.erase(config_history_.begin());
+}
+
+absl::Status Job::CheckGroupCap(size_t new_groups) const {
+  if (group_names_.size() + new_groups <= kMaxGroupsPerJob) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "job '", name_, "' has ", group_names_.size(), " norm groups, and ", new_groups,
+      " new ones would pass its cap of ", kMaxGroupsPerJob,
+      " (groups stay with a job until it is retired: reuse group names, or use a new job)"));
 }
 
 void Job::GetStats(v1::GetStatsResponse* response) const {
@@ -435,6 +457,9 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
                                                    " is not supported (expected ",
                                                    kJobStateFormatVersion, ")"));
   }
+  if (absl::Status s = ValidateJobState(state); !s.ok()) return s;
+  // A state without a config (ExportState always writes one) leaves the job's as it is.
+  with_config = with_config && state.has_config();
   RuleParams params;
   if (with_config) {
     absl::StatusOr<RuleParams> p = ResolveConfig(state.config());
@@ -442,6 +467,9 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
     params = *p;
   }
   absl::MutexLock lock(&mu_);
+  size_t new_groups = 0;
+  for (const v1::GroupState& g : state.groups()) new_groups += group_index_.count(g.name()) == 0;
+  if (absl::Status s = CheckGroupCap(new_groups); !s.ok()) return s;
   if (round_open_) {
     return absl::FailedPreconditionError("cannot import state while a step is in progress");
   }
@@ -477,7 +505,11 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
       stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
     }
   }
-  if (with_config) params_ = params;
+  if (with_config &&
+      EffectiveConfig(params).SerializeAsString() != EffectiveConfig(params_).SerializeAsString()) {
+    params_ = params;
+    RecordConfigChange();
+  }
   // The imported state defines where the job is: a job resumed from an older checkpoint
   // continues from that checkpoint's step.
   last_step_ = state.last_step();

@@ -68,8 +68,9 @@ class Job {
   // worker registers cuda_ipc buffers).
   void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
                      NcclRendezvous nccl = {});
-  // This node's rank in the current communicator (0 without one).
+  // This node's rank in the current communicator (0 without one), and its node count (1).
   uint32_t node_rank() const;
+  uint32_t node_count() const;
   std::string rendezvous_token() const;
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
@@ -97,6 +98,12 @@ class Job {
   using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // RESOURCE_EXHAUSTED when `new_groups` more would pass kMaxGroupsPerJob.
+  absl::Status CheckGroupCap(size_t new_groups) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Bumps the config version and records params_ as its change (keeping the newest
+  // kConfigHistory).
+  void RecordConfigChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static constexpr size_t kConfigHistory = 64;
   // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
   // UNAUTHENTICATED when a newer session than `session` has registered or ended local rank
   // `local_rank` (see Register).
@@ -131,7 +138,7 @@ class Job {
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);
   uint64_t config_version_ ABSL_GUARDED_BY(mu_) = 1;
-  std::vector<v1::ConfigChange> config_history_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::ConfigChange> config_history_ ABSL_GUARDED_BY(mu_);  // the newest kConfigHistory
   std::vector<std::string> group_names_ ABSL_GUARDED_BY(mu_);
   std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, 0 sharded, 1 replicated
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);

@@ -66,6 +66,20 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
                       absl::Duration duration) {
   steps_->Add({job}, 1);
   (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
+  // The first max_groups_ group names a job shows are exported one by one, for good (so the
+  // series stay bounded however often it registers new groups); the rest as one aggregate.
+  std::vector<bool> exported(step.groups_size());
+  bool aggregated = false;
+  {
+    absl::MutexLock lock(&mu_);
+    std::set<std::string>& names = jobs_[job].exported_groups;
+    for (int i = 0; i < step.groups_size(); ++i) {
+      const std::string& name = step.groups(i).group();
+      exported[i] =
+          names.count(name) == 1 || (names.size() < max_groups_ && names.insert(name).second);
+      aggregated |= !exported[i];
+    }
+  }
   double sum = 0, stabilized_sum = 0, other = 0, other_stabilized = 0, other_mean = 0, other_sd = 0;
   bool spike = false, non_finite = false;
   for (int i = 0; i < step.groups_size(); ++i) {
@@ -77,7 +91,7 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
       non_finite_->Add({job}, 1);
       non_finite = true;
     }
-    if (static_cast<uint32_t>(i) < max_groups_) {
+    if (exported[i]) {
       norm_->Set({job, g.group()}, g.norm());
       stabilized_->Set({job, g.group()}, g.stabilized_norm());
       scale_->Set({job, g.group()}, g.scale());
@@ -90,13 +104,13 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
       other_sd += g.norm_stddev() * g.norm_stddev();
     }
   }
-  if (static_cast<uint32_t>(step.groups_size()) > max_groups_) {
+  if (aggregated) {
     // Beyond the cap the groups are one: L2 combinations of their norms and statistics.
-    norm_->Set({job, "_other"}, std::sqrt(other));
-    stabilized_->Set({job, "_other"}, std::sqrt(other_stabilized));
-    scale_->Set({job, "_other"}, other > 0 ? std::sqrt(other_stabilized / other) : 1.0);
-    ema_mean_->Set({job, "_other"}, std::sqrt(other_mean));
-    ema_stddev_->Set({job, "_other"}, std::sqrt(other_sd));
+    norm_->Set({job, kOtherGroup}, std::sqrt(other));
+    stabilized_->Set({job, kOtherGroup}, std::sqrt(other_stabilized));
+    scale_->Set({job, kOtherGroup}, other > 0 ? std::sqrt(other_stabilized / other) : 1.0);
+    ema_mean_->Set({job, kOtherGroup}, std::sqrt(other_mean));
+    ema_stddev_->Set({job, kOtherGroup}, std::sqrt(other_sd));
   }
   const double norm = non_finite ? NAN : std::sqrt(sum);
   if (spike) spikes_->Add({job}, 1);

@@ -7,6 +7,7 @@
 
 #include <deque>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -16,12 +17,14 @@
 #include "gstab/v1/stabilizer.pb.h"
 #include "server/event_bus.h"
 #include "server/metrics.h"
+#include "server/reserved_names.h"
 
 namespace gstab {
 
 class Observer {
  public:
-  // Groups exported one by one per job; the rest are aggregated as group "_other".
+  // Groups exported one by one per job (the first this many names it shows); the rest are
+  // aggregated as group kOtherGroup.
   static constexpr uint32_t kDefaultMaxGroups = 32;
 
   Observer(MetricsRegistry* registry, EventBus* bus, uint32_t max_groups = kDefaultMaxGroups);
@@ -45,7 +48,8 @@ class Observer {
     bool diverging = false;
     double last_norm = 0;
     double last_stabilized = 0;
-    std::deque<double> recent;  // job-level norms, oldest first
+    std::deque<double> recent;              // job-level norms, oldest first
+    std::set<std::string> exported_groups;  // at most max_groups_
   };
   void PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                          bool was_diverging);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/dtype_proto.h"
 #include "common/shm_names.h"
+#include "server/reserved_names.h"
 
 namespace gstab {
 namespace {
@@ -16,14 +17,6 @@ namespace {
 bool IsNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
          c == '_' || c == '-' || c == '/' || c == ':';
-}
-
-absl::Status ValidateTensorName(const std::string& what, const std::string& name) {
-  if (name.empty() || name.size() > 256 || !std::all_of(name.begin(), name.end(), IsNameChar)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " '", name, "' must be 1 to 256 characters of [A-Za-z0-9._/:-]"));
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cuda_ipc) {
@@ -94,6 +87,14 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cud
 
 }  // namespace
 
+absl::Status ValidateTensorName(const std::string& what, const std::string& name) {
+  if (name.empty() || name.size() > 256 || !std::all_of(name.begin(), name.end(), IsNameChar)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " '", name, "' must be 1 to 256 characters of [A-Za-z0-9._/:-]"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateJobName(const std::string& job) {
   if (job.empty() || job.size() > 128 || !std::all_of(job.begin(), job.end(), [](char c) {
         return IsNameChar(c) && c != '/' && c != ':';
@@ -145,8 +146,9 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
 
   std::set<std::string> names;
   std::map<std::string, bool> group_replicated;
-  // Per buffer: (first element, end element, tensor index), to find overlaps.
-  std::vector<std::vector<std::tuple<uint64_t, uint64_t, int>>> extents(plan.buffers.size());
+  // Per memory object (several buffers may name the same one): (first byte, end byte, tensor
+  // index), to find overlaps. Overlapping tensors would be counted and scaled twice.
+  std::map<std::string, std::vector<std::tuple<uint64_t, uint64_t, int>>> extents;
   for (int i = 0; i < request.tensors_size(); ++i) {
     const v1::Tensor& t = request.tensors(i);
     const std::string where = absl::StrCat("tensor ", i, " ('", t.name(), "')");
@@ -159,6 +161,11 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
     }
     const std::string group = t.group().empty() ? t.name() : t.group();
     if (absl::Status s = ValidateTensorName(where + " group", group); !s.ok()) return s;
+    if (group == kOtherGroup) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": group name '", kOtherGroup,
+          "' is reserved (the metrics aggregate groups beyond --metrics_max_groups under it)"));
+    }
     if (t.reduction() != v1::REDUCTION_SHARDED && t.reduction() != v1::REDUCTION_REPLICATED) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": unknown reduction ", static_cast<int>(t.reduction())));
@@ -184,21 +191,25 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
           where, ": elements [", t.offset(), ", ", t.offset(), " + ", t.numel(),
           ") lie outside buffer ", t.buffer(), ", which holds ", capacity, " elements"));
     }
-    extents[t.buffer()].emplace_back(t.offset(), t.offset() + t.numel(), i);
+    const uint64_t first = b.offset + t.offset() * ElementSize(b.dtype);  // within b.size: no
+    extents[b.cuda ? "ipc:" + b.ipc_handle : "shm:" + b.shm_name]  // overflow (checked above)
+        .emplace_back(first, first + t.numel() * ElementSize(b.dtype), i);
     plan.total_bytes += t.numel() * ElementSize(b.dtype);
     plan.tensors.push_back(
         PlannedTensor{t.name(), group, replicated, t.buffer(), t.offset(), t.numel()});
   }
-  for (size_t b = 0; b < extents.size(); ++b) {
-    std::sort(extents[b].begin(), extents[b].end());
-    for (size_t k = 1; k < extents[b].size(); ++k) {
-      const auto& [begin, end, index] = extents[b][k];
-      const auto& prev = extents[b][k - 1];
+  for (auto& [object, spans] : extents) {
+    std::sort(spans.begin(), spans.end());
+    for (size_t k = 1; k < spans.size(); ++k) {
+      const auto& [begin, end, index] = spans[k];
+      const auto& prev = spans[k - 1];
       if (begin < std::get<1>(prev)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor ", index, " ('", request.tensors(index).name(),
-                         "') overlaps tensor ", std::get<2>(prev), " ('",
-                         request.tensors(std::get<2>(prev)).name(), "') in buffer ", b));
+        const v1::Tensor& t = request.tensors(index);
+        const v1::Tensor& p = request.tensors(std::get<2>(prev));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", index, " ('", t.name(), "') overlaps tensor ", std::get<2>(prev), " ('",
+            p.name(), "') in the memory of buffer ", t.buffer(),
+            t.buffer() == p.buffer() ? "" : absl::StrCat(" and buffer ", p.buffer())));
       }
     }
   }

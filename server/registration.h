@@ -71,6 +71,9 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
                                                    DeviceMemory* device = nullptr);
 
+// Tensor and group names: 1..256 characters of [A-Za-z0-9._/:-]; `what` names it in the error.
+absl::Status ValidateTensorName(const std::string& what, const std::string& name);
+
 // Job names: 1..128 characters of [A-Za-z0-9._-] (they name checkpoint files and metrics).
 absl::Status ValidateJobName(const std::string& job);
 

@@ -1,5 +1,12 @@
 #include "server/state_codec.h"
 
+#include <cmath>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/registration.h"
+
 namespace gstab {
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& s) {
@@ -49,6 +56,50 @@ GroupStats GroupStateFromProto(const v1::GroupState& p) {
   s.zero_norm_steps = p.zero_norm_steps();
   s.spikes = p.spikes();
   return s;
+}
+
+absl::Status ValidateJobState(const v1::JobState& state) {
+  if (static_cast<size_t>(state.groups_size()) > kMaxGroupsPerJob) {
+    return absl::InvalidArgumentError(absl::StrCat("the state has ", state.groups_size(),
+                                                   " groups; a job may have at most ",
+                                                   kMaxGroupsPerJob));
+  }
+  std::set<std::string> names;
+  for (int i = 0; i < state.groups_size(); ++i) {
+    const v1::GroupState& g = state.groups(i);
+    const std::string where = absl::StrCat("group ", i, " ('", g.name(), "')");
+    if (absl::Status s = ValidateTensorName(absl::StrCat("group ", i, " name"), g.name());
+        !s.ok()) {
+      return s;
+    }
+    if (!names.insert(g.name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate group name"));
+    }
+    const std::pair<const char*, double> non_negative[] = {
+        {"m", g.m()},
+        {"v", g.v()},
+        {"zclip_mean", g.zclip_mean()},
+        {"zclip_var", g.zclip_var()},
+        {"zclip_warm_sum", g.zclip_warm_sum()},
+        {"zclip_warm_sumsq", g.zclip_warm_sumsq()},
+        {"spike_mean", g.spike_mean()},
+        {"spike_var", g.spike_var()},
+        {"short_ema", g.short_ema()},
+        {"long_ema", g.long_ema()},
+    };
+    for (const auto& [field, value] : non_negative) {
+      if (!std::isfinite(value) || value < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, " is ", value,
+                                                       "; statistics are finite and not negative"));
+      }
+    }
+    constexpr uint64_t kMaxSteps = uint64_t{1} << 62;
+    if (g.t() >= kMaxSteps || g.steps() >= kMaxSteps) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": step counts t ", g.t(), " and steps ", g.steps(), " must be below 2^62"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace gstab

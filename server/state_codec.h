@@ -4,12 +4,21 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "core/rule_types.h"
 #include "gstab/v1/stabilizer.pb.h"
 
 namespace gstab {
 
 inline constexpr uint32_t kJobStateFormatVersion = 1;
+// Norm groups one job may have (registrations and imports together).
+inline constexpr size_t kMaxGroupsPerJob = 65536;
+
+// INVALID_ARGUMENT, naming the group and field, unless `state` is one gstabd could have
+// written: at most kMaxGroupsPerJob groups with valid, distinct names, finite statistics,
+// non-negative means and variances, and step counts below 2^62. Imported statistics feed the
+// scale of every later step: a NaN or negative variance would turn gradients into NaN.
+absl::Status ValidateJobState(const v1::JobState& state);
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& stats);
 GroupStats GroupStateFromProto(const v1::GroupState& state);

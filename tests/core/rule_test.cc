@@ -131,6 +131,18 @@ TEST(RuleTest, BiasCorrectionMakesEarlyStepsUnbiased) {
   EXPECT_NEAR(StepNorm(p, &raw, 2.5).stabilized_norm, 0.4 / std::sqrt(0.001), 1e-9);
 }
 
+TEST(RuleTest, CorruptStatisticsSkipTheStepInsteadOfScalingByNaN) {
+  for (const double m : {NAN, INFINITY}) {
+    GroupStats s;
+    s.t = 10;
+    s.m = m;
+    s.v = 1.0;
+    const StepOutcome out = ApplyRule(Stabilize(), &s, 4.0, false);
+    EXPECT_EQ(out.scale, 1.0) << "m " << m;
+    EXPECT_TRUE(out.flags & kFlagSkipped) << "m " << m;
+  }
+}
+
 TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {
   const RuleParams p = Stabilize();
   GroupStats s;

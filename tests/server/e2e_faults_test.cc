@@ -91,6 +91,21 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
          t->set_offset(4);
        },
        absl::StatusCode::kInvalidArgument, "overlaps"},
+      {"two buffers aliasing one object's bytes",
+       [](auto* r) {
+         *r->add_buffers() = r->buffers(0);  // the same object, 16 bytes further on
+         r->mutable_buffers(1)->set_offset(16);
+         r->mutable_buffers(1)->set_size_bytes(r->buffers(0).size_bytes() - 16);
+         v1::Tensor* t = r->add_tensors();
+         *t = r->tensors(0);
+         t->set_name("alias");
+         t->set_buffer(1);
+         t->set_numel(4);  // bytes 16 to 32 of the object: inside x's
+       },
+       absl::StatusCode::kInvalidArgument,
+       "tensor 1 ('alias') overlaps tensor 0 ('x') in the memory of buffer 1 and buffer 0"},
+      {"the aggregate's group name", [](auto* r) { r->mutable_tensors(0)->set_group("_other"); },
+       absl::StatusCode::kInvalidArgument, "_other"},
       {"size beyond the shared object",
        [](auto* r) { r->mutable_buffers(0)->set_size_bytes(1 << 20); },
        absl::StatusCode::kInvalidArgument, "exceeds"},
@@ -144,6 +159,58 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   bad_rank.local_rank = 2;
   bad_rank.local_world_size = 2;
   EXPECT_EQ((*stranger)->Attach(bad_rank).code(), absl::StatusCode::kInvalidArgument);
+  // A job with workers here cannot be turned multi-node by someone else's attach.
+  AttachOptions other_nodes = JobOptions("good");
+  other_nodes.local_rank = 0;
+  other_nodes.node_count = 2;
+  other_nodes.rendezvous = "anything";
+  absl::Status nodes = (*stranger)->Attach(other_nodes);
+  EXPECT_EQ(nodes.code(), absl::StatusCode::kFailedPrecondition) << nodes;
+  EXPECT_NE(nodes.message().find("runs on 1 node(s)"), std::string::npos) << nodes;
+  AttachOptions huge_local = JobOptions("huge-local");
+  huge_local.local_world_size = 4000000000u;
+  absl::Status huge = (*stranger)->Attach(huge_local);
+  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.message().find("local_world_size"), std::string::npos) << huge;
+
+  // Hostile statistics are refused, naming what is wrong, and change nothing.
+  auto observer = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(observer.ok());
+  AttachOptions watch = JobOptions("good");
+  watch.observer = true;
+  ASSERT_TRUE((*observer)->Attach(watch).ok());
+  absl::StatusOr<std::string> exported = (*observer)->ExportState();
+  ASSERT_TRUE(exported.ok());
+  v1::JobState good_state;
+  ASSERT_TRUE(good_state.ParseFromString(*exported));
+  ASSERT_GT(good_state.groups_size(), 0);
+  struct StateCase {
+    const char* what;
+    std::function<void(v1::JobState*)> mutate;
+    const char* message;
+  };
+  const StateCase state_cases[] = {
+      {"NaN mean", [](auto* s) { s->mutable_groups(0)->set_m(NAN); }, "m is nan"},
+      {"negative variance", [](auto* s) { s->mutable_groups(0)->set_v(-1e30); }, "v is -1e+30"},
+      {"t about to wrap", [](auto* s) { s->mutable_groups(0)->set_t(~uint64_t{0}); }, "2^62"},
+      {"duplicate group", [](auto* s) { *s->add_groups() = s->groups(0); }, "duplicate group"},
+      {"bad group name", [](auto* s) { s->mutable_groups(0)->set_name("a b"); }, "characters"},
+      {"too many groups",
+       [](auto* s) {
+         for (int i = 0; i < 65537; ++i) s->add_groups()->set_name("g" + std::to_string(i));
+       },
+       "at most 65536"},
+  };
+  for (const StateCase& c : state_cases) {
+    v1::JobState state = good_state;
+    c.mutate(&state);
+    absl::Status s = (*observer)->ImportState(state.SerializeAsString());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << s;
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << c.what << ": " << s;
+  }
+  absl::StatusOr<std::string> after = (*observer)->ExportState();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(*after, *exported);
 
   // None of it disturbed the other job.
   ExpectServing(worker->get(), 2);
