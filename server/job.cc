@@ -117,6 +117,13 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
 
 void Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
   absl::MutexLock lock(&mu_);
+  // Its Step in the open round, if it made one, goes with it: the round must not run on a later
+  // registration of the rank (a restarted worker) that has not called Step yet.
+  auto arrival = arrived_.find(local_rank);
+  if (round_open_ && arrival != arrived_.end() && (session == 0 || arrival->second <= session)) {
+    arrived_.erase(arrival);
+    if (arrived_.empty()) round_open_ = false;
+  }
   if (session != 0) {
     uint64_t& newest = newest_session_[local_rank];
     if (session < newest) return;  // a newer session has registered since
@@ -213,7 +220,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       arrived_.clear();
       ++round_id_;
     }
-    if (!arrived_.insert(local_rank).second) {
+    if (!arrived_.emplace(local_rank, session).second) {
       return absl::FailedPreconditionError(
           absl::StrCat("local rank ", local_rank, " already called Step(", step, ")"));
     }
@@ -235,8 +242,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         for (uint32_t r = 0; r < local_world_size_; ++r) {
           if (arrived_.count(r) == 0) missing.push_back(r);
         }
-        arrived_.erase(local_rank);
-        if (arrived_.empty()) round_open_ = false;
+        // This call's arrival, unless its worker was removed (and the round abandoned) since.
+        auto mine = arrived_.find(local_rank);
+        if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
+          arrived_.erase(mine);
+          if (arrived_.empty()) round_open_ = false;
+        }
         return absl::DeadlineExceededError(absl::StrCat(
             "step ", step, " of job '", name_, "': local ranks [", absl::StrJoin(missing, ", "),
             "] did not call Step within ", absl::FormatDuration(timeout)));
@@ -244,7 +255,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       *response = round_result_;
       return round_status_;
     }
-    for (uint32_t r : arrived_) {
+    for (const auto& [r, arrival_session] : arrived_) {
       auto it = workers_.find(r);
       if (it != workers_.end()) snapshot.emplace(r, it->second);
     }

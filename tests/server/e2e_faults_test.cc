@@ -322,6 +322,36 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   EXPECT_NE(alone.status().message().find("[1]"), std::string::npos) << alone.status();
 }
 
+// A local worker that stepped and then was replaced (it restarted and attached again) takes its
+// step with it: the round waits for the new worker's own Step rather than run on its buffers
+// (perhaps in the middle of its backward pass).
+TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
+  AttachOptions o = JobOptions("restarted-rank");
+  o.local_world_size = 2;
+  auto first = TestWorker::Create(daemon_->socket(), o);
+  o.local_rank = 1;
+  auto other = TestWorker::Create(daemon_->socket(), o);
+  ASSERT_TRUE(first.ok() && other.ok());
+  (*first)->Fill(1, 1);
+  std::thread abandoned([&] { (void)(*first)->client().Step(1); });
+  absl::SleepFor(absl::Milliseconds(100));  // its Step has arrived and waits for rank 1
+  o.local_rank = 0;
+  auto successor = TestWorker::Create(daemon_->socket(), o);  // replaces `first`'s session
+  ASSERT_TRUE(successor.ok()) << successor.status();
+  // Rank 1 arrives while the abandoned Step still waits (within the 500 ms step timeout).
+  (*successor)->Fill(1, 3);
+  (*other)->Fill(1, 2);
+  absl::StatusOr<v1::StepResponse> r1;
+  std::thread t([&] { r1 = (*other)->client().Step(1); });
+  absl::SleepFor(absl::Milliseconds(100));
+  absl::StatusOr<v1::StepResponse> r0 = (*successor)->client().Step(1);
+  t.join();
+  abandoned.join();
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());
+}
+
 TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {
   struct stat st;
   ASSERT_EQ(stat(daemon_->socket().c_str(), &st), 0);
