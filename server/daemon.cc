@@ -398,13 +398,14 @@ Job::StepCallback Daemon::StepCallbackFor(const std::string& job) {
 }
 
 absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
-                                     v1::RegisterBuffersResponse* response) {
+                                     v1::RegisterBuffersResponse* response,
+                                     std::optional<uid_t> peer_uid) {
   absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
   absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps_);
   if (!plan.ok()) return plan.status();
   absl::StatusOr<MappedRegistration> mapped =
-      MapRegistration(*std::move(plan), &registry_, device_memory_.get());
+      MapRegistration(*std::move(plan), &registry_, device_memory_.get(), peer_uid);
   if (!mapped.ok()) return mapped.status();
   // A session that ends meanwhile is handled by the job: its removal either removes this
   // registration (when it comes after) or has it refused (when it came before).

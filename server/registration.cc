@@ -221,7 +221,8 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
 }
 
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
-                                                   DeviceMemory* device) {
+                                                   DeviceMemory* device,
+                                                   std::optional<uid_t> owner) {
   MappedRegistration out;
   if (plan.cuda_device >= 0) {
     if (device == nullptr) return absl::UnimplementedError("this daemon has no CUDA pipeline");
@@ -256,6 +257,11 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
     if (!m.ok()) {
       return absl::Status(m.status().code(),
                           absl::StrCat("buffer ", i, ": ", m.status().message()));
+    }
+    if (owner.has_value() && (*m)->owner() != *owner) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "buffer ", i, ": shared memory '", b.shm_name, "' belongs to uid ", (*m)->owner(),
+          ", not to this worker's uid ", *owner, ": a worker registers only its own objects"));
     }
     if (b.offset > (*m)->size() || b.size > (*m)->size() - b.offset) {
       return absl::InvalidArgumentError(

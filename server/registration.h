@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,9 +68,12 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
                                                       const RegistrationCaps& caps);
 
 // Opens every buffer through `registry` (host_shm) or `device` (cuda_ipc; may be null when
-// the plan has no such buffer) and checks that offset + size fits inside it.
+// the plan has no such buffer) and checks that offset + size fits inside it. With `owner`,
+// every host_shm object must belong to that uid (PERMISSION_DENIED otherwise): gstabd opens
+// objects on a worker's behalf, and must not open another user's for it.
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
-                                                   DeviceMemory* device = nullptr);
+                                                   DeviceMemory* device = nullptr,
+                                                   std::optional<uid_t> owner = std::nullopt);
 
 // Tensor and group names: 1..256 characters of [A-Za-z0-9._/:-]; `what` names it in the error.
 absl::Status ValidateTensorName(const std::string& what, const std::string& name);

@@ -55,7 +55,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
       Daemon::Create(server->options_.daemon, server->observer_.get());
   if (!daemon.ok()) return daemon.status();
   server->daemon_ = *std::move(daemon);
-  server->service_ = std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_);
+  server->service_ =
+      std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_, &server->peers_);
   return server;
 }
 
@@ -77,7 +78,7 @@ absl::Status Server::Start() {
   if (!options_.socket_path.empty()) {
     // The unix socket is ours: connections reach gRPC only after their credentials pass.
     absl::StatusOr<std::unique_ptr<UnixListener>> listener =
-        UnixListener::Create(options_.socket_path, options_.peers);
+        UnixListener::Create(options_.socket_path, options_.peers, &peers_);
     if (!listener.ok()) return listener.status();
     unix_listener_ = *std::move(listener);
   }

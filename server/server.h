@@ -73,6 +73,7 @@ class Server {
   const ServerOptions options_;
   MetricsRegistry metrics_;
   EventBus events_;
+  PeerTable peers_;  // credentials of the unix socket's connections
   std::unique_ptr<Observer> observer_;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<MetricsHttpServer> http_;

@@ -9,10 +9,12 @@ grpc::Status StabilizerService::Attach(grpc::ServerContext*, const v1::AttachReq
   return ToGrpcStatus(daemon_->Attach(*request, response));
 }
 
-grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext*,
+grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext* context,
                                                 const v1::RegisterBuffersRequest* request,
                                                 v1::RegisterBuffersResponse* response) {
-  return ToGrpcStatus(daemon_->RegisterBuffers(*request, response));
+  std::optional<uid_t> uid;
+  if (std::optional<ucred> cred = peers_->Find(context->peer())) uid = cred->uid;
+  return ToGrpcStatus(daemon_->RegisterBuffers(*request, response, uid));
 }
 
 grpc::Status StabilizerService::Step(grpc::ServerContext*, const v1::StepRequest* request,

@@ -5,12 +5,16 @@
 #include "gstab/v1/stabilizer.grpc.pb.h"
 #include "server/daemon.h"
 #include "server/event_bus.h"
+#include "server/unix_listener.h"
 
 namespace gstab {
 
 class StabilizerService final : public v1::Stabilizer::Service {
  public:
-  StabilizerService(Daemon* daemon, EventBus* bus) : daemon_(daemon), bus_(bus) {}
+  // `peers`: credentials of unix-socket connections (RegisterBuffers checks who owns the
+  // shared memory a worker names).
+  StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers)
+      : daemon_(daemon), bus_(bus), peers_(peers) {}
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
                       v1::AttachResponse* response) override;
@@ -38,8 +42,9 @@ class StabilizerService final : public v1::Stabilizer::Service {
                                 v1::CreateRendezvousResponse* response) override;
 
  private:
-  Daemon* daemon_;  // not owned
-  EventBus* bus_;   // not owned
+  Daemon* daemon_;          // not owned
+  EventBus* bus_;           // not owned
+  const PeerTable* peers_;  // not owned
 };
 
 }  // namespace gstab

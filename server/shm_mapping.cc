@@ -37,7 +37,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
         absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
   }
   return std::shared_ptr<ShmMapping>(
-      new ShmMapping(name, fd, static_cast<unsigned char*>(data), size));
+      new ShmMapping(name, fd, static_cast<unsigned char*>(data), size, st.st_uid));
 }
 
 ShmMapping::~ShmMapping() {

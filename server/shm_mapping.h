@@ -6,6 +6,8 @@
 // Thread-safe.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <map>
 #include <memory>
@@ -29,19 +31,21 @@ class ShmMapping {
   const std::string& name() const { return name_; }
   unsigned char* data() const { return data_; }
   size_t size() const { return size_; }
+  uid_t owner() const { return owner_; }  // the object's owner when it was opened
   // FAILED_PRECONDITION when the object is now smaller than the mapping: its creator truncated
   // it, and touching the pages past its end would kill gstabd with SIGBUS. Checked before every
   // step; a truncation during a step is not caught.
   absl::Status CheckSize() const;
 
  private:
-  ShmMapping(std::string name, int fd, unsigned char* data, size_t size)
-      : name_(std::move(name)), fd_(fd), data_(data), size_(size) {}
+  ShmMapping(std::string name, int fd, unsigned char* data, size_t size, uid_t owner)
+      : name_(std::move(name)), fd_(fd), data_(data), size_(size), owner_(owner) {}
 
   std::string name_;
   int fd_;  // kept open for CheckSize
   unsigned char* data_;
   size_t size_;
+  uid_t owner_;
 };
 
 class MappingRegistry {

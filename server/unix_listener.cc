@@ -13,10 +13,26 @@
 #include <cstring>
 #include <filesystem>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
 
 namespace gstab {
+
+void PeerTable::Set(int fd, const ucred& cred) {
+  absl::MutexLock lock(&mu_);
+  by_fd_[fd] = cred;
+}
+
+std::optional<ucred> PeerTable::Find(const std::string& peer) const {
+  int fd = 0;
+  if (!absl::StartsWith(peer, "fd:") || !absl::SimpleAtoi(peer.substr(3), &fd)) return std::nullopt;
+  absl::MutexLock lock(&mu_);
+  auto it = by_fd_.find(fd);
+  if (it == by_fd_.end()) return std::nullopt;
+  return it->second;
+}
 
 bool PeerPolicy::Allows(uid_t uid, gid_t gid) const {
   if (uids.empty() && gids.empty()) return true;
@@ -24,7 +40,8 @@ bool PeerPolicy::Allows(uid_t uid, gid_t gid) const {
 }
 
 absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::string& path,
-                                                                   PeerPolicy policy) {
+                                                                   PeerPolicy policy,
+                                                                   PeerTable* peers) {
   sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -48,7 +65,8 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     close(fd);
     return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
   }
-  return std::unique_ptr<UnixListener>(new UnixListener(path, fd, st.st_ino, std::move(policy)));
+  return std::unique_ptr<UnixListener>(
+      new UnixListener(path, fd, st.st_ino, std::move(policy), peers));
 }
 
 UnixListener::~UnixListener() { Stop(); }
@@ -85,6 +103,7 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     }
     // gRPC needs a non-blocking descriptor.
     fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
+    peers_->Set(conn, cred);  // before gRPC can serve a call on it
     grpc::AddInsecureChannelFromFd(server, conn);
   }
 }

@@ -6,21 +6,40 @@
 // Thread-safe; Stop() (or destruction) ends the accept thread and removes the socket file.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 namespace grpc {
 class Server;
 }
 
 namespace gstab {
+
+// The credentials of each connection the listener handed to gRPC, by descriptor: gRPC names
+// such a peer "fd:N" (ServerContext::peer()). An entry is replaced when its descriptor is
+// reused by the next accepted connection; a live connection's entry is always its own.
+class PeerTable {
+ public:
+  void Set(int fd, const ucred& cred);
+  // The credentials behind gRPC peer `peer`, or nullopt (a TCP peer, or unknown).
+  std::optional<ucred> Find(const std::string& peer) const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<int, ucred> by_fd_ ABSL_GUARDED_BY(mu_);
+};
 
 // Who may connect. Empty sets mean "anyone the socket's mode lets in".
 struct PeerPolicy {
@@ -32,8 +51,9 @@ struct PeerPolicy {
 class UnixListener {
  public:
   // Binds `path` (replacing a stale socket file) with mode 0660 and starts listening.
+  // Each accepted connection's credentials go to `peers` (which must outlive the listener).
   static absl::StatusOr<std::unique_ptr<UnixListener>> Create(const std::string& path,
-                                                              PeerPolicy policy);
+                                                              PeerPolicy policy, PeerTable* peers);
   ~UnixListener();
   UnixListener(const UnixListener&) = delete;
   UnixListener& operator=(const UnixListener&) = delete;
@@ -43,14 +63,15 @@ class UnixListener {
   void Stop();
 
  private:
-  UnixListener(std::string path, int fd, ino_t inode, PeerPolicy policy)
-      : path_(std::move(path)), fd_(fd), inode_(inode), policy_(std::move(policy)) {}
+  UnixListener(std::string path, int fd, ino_t inode, PeerPolicy policy, PeerTable* peers)
+      : path_(std::move(path)), fd_(fd), inode_(inode), policy_(std::move(policy)), peers_(peers) {}
   void AcceptLoop(grpc::Server* server);
 
   const std::string path_;
   int fd_;
   const ino_t inode_;  // so Stop removes this socket file, not a successor's
   const PeerPolicy policy_;
+  PeerTable* const peers_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

@@ -271,6 +271,26 @@ TEST_F(E2eFaultsTest, TruncatedSharedMemoryIsRefusedAndTheDaemonServesOn) {
   ExpectServing(bystander->get(), 1);
 }
 
+// gstabd opens shared memory on a worker's behalf: only objects the worker's own uid owns (else
+// any user the socket admits could have another user's gradients scaled).
+TEST_F(E2eFaultsTest, AWorkerRegistersOnlyItsOwnSharedMemory) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give an object to another uid";
+  GradientArena arena;
+  arena.AddTensor("x", 16, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  const int fd = shm_open(arena.shm_name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fchown(fd, 65534, 65534), 0);  // as if another user had made it
+  close(fd);
+  auto client = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Attach(JobOptions("foreign")).ok());
+  absl::Status s = (*client)->Register(arena);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_NE(s.message().find("belongs to uid 65534, not to this worker's uid 0"), std::string::npos)
+      << s;
+}
+
 TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
   auto a = TestWorker::Create(daemon_->socket(), JobOptions("job-a"));
   auto b = TestWorker::Create(daemon_->socket(), JobOptions("job-b"));
