@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,9 +15,21 @@
 
 namespace gstab {
 
+namespace {
+
+// This process's pid namespace (0 where /proc does not say).
+uint64_t PidNamespace() {
+  struct stat st;
+  return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+}
+
+}  // namespace
+
+std::string ShmNamePrefix(int pid) { return absl::StrFormat("gstab-%d-%d-", PidNamespace(), pid); }
+
 std::string NewShmName() {
   std::random_device rd;
-  return absl::StrFormat("/gstab-%d-%08x%08x", getpid(), rd(), rd());
+  return absl::StrFormat("/%s%08x%08x", ShmNamePrefix(getpid()), rd(), rd());
 }
 
 absl::Status ValidateShmName(const std::string& name) {
@@ -38,14 +51,15 @@ absl::Status ValidateShmName(const std::string& name) {
 
 int RemoveStaleShmObjects() {
   int removed = 0;
+  const std::string ours = absl::StrFormat("gstab-%d-", PidNamespace());
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
     const std::string file = entry.path().filename().string();
-    if (file.rfind("gstab-", 0) != 0) continue;
-    const size_t dash = file.find('-', 6);
+    if (file.rfind(ours, 0) != 0) continue;  // another namespace's (or not gstab's)
+    const size_t dash = file.find('-', ours.size());
     int pid = 0;
-    if (dash == std::string::npos || !absl::SimpleAtoi(file.substr(6, dash - 6), &pid) ||
-        pid <= 0) {
+    if (dash == std::string::npos ||
+        !absl::SimpleAtoi(file.substr(ours.size(), dash - ours.size()), &pid) || pid <= 0) {
       continue;
     }
     if (kill(pid, 0) != 0 && errno == ESRCH && shm_unlink(("/" + file).c_str()) == 0) ++removed;

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/shm_names.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
@@ -231,7 +232,7 @@ TEST_F(E2eFaultsTest, KilledWorkerIsReleasedWithinTheLeaseAndOthersKeepStepping)
        "--steps=1000000", "--print_every=1", "--spike_steps="});
   ASSERT_TRUE(victim.ok());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(victim->ReadLine(absl::Seconds(20)).ok());
-  const std::string shm = "gstab-" + std::to_string(victim->pid()) + "-";
+  const std::string shm = ShmNamePrefix(victim->pid());
   ASSERT_TRUE(MapsContain(daemon_->process().pid(), shm)) << "victim's gradients not mapped";
 
   victim->Signal(SIGKILL);

@@ -1,10 +1,36 @@
 #include "server/registration.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "client_lib/arena.h"
+#include "common/shm_names.h"
 #include "gtest/gtest.h"
 
 namespace gstab {
 namespace {
+
+// Containers sharing /dev/shm (pods with hostIPC) each have their own pid namespace: a pid in
+// another namespace's object name says nothing here, and its object must stay.
+TEST(ShmNamesTest, StaleObjectsAreRemovedOnlyInTheirOwnPidNamespace) {
+  const std::string dead_here = ShmNamePrefix(999999999) + "test";       // above any pid_max
+  const std::string other_namespace = "gstab-999999998-999999999-test";  // pid dead here
+  for (const std::string& name : {dead_here, other_namespace}) {
+    const int fd = shm_open(("/" + name).c_str(), O_RDWR | O_CREAT, 0600);
+    ASSERT_GE(fd, 0) << name;
+    close(fd);
+  }
+  RemoveStaleShmObjects();
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + dead_here));
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm/" + other_namespace));
+  shm_unlink(("/" + other_namespace).c_str());
+  shm_unlink(("/" + dead_here).c_str());
+  // And the names this process makes carry its namespace and pid.
+  EXPECT_EQ(NewShmName().rfind("/" + ShmNamePrefix(getpid()), 0), 0u);
+}
 
 v1::RegisterBuffersRequest OneTensor(uint64_t size_bytes, uint64_t numel) {
   v1::RegisterBuffersRequest r;
