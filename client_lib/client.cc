@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/wire_limits.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace gstab {
@@ -25,7 +26,12 @@ Client::~Client() { StopKeepAlive(); }
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path,
                                                         absl::Duration timeout) {
   const std::string target = absl::StrCat("unix:", socket_path);
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
+  // default 4 MiB.
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + timeout))) {
     return absl::UnavailableError(absl::StrCat("no gstabd answers on ", socket_path,
                                                ": is the daemon running, and is the socket "

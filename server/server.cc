@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/wire_limits.h"
 #include "glog/logging.h"
 
 namespace gstab {
@@ -75,6 +76,9 @@ absl::Status Server::Start() {
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
+  // ImportState carries a job's whole state, and registrations up to 65536 tensors: past
+  // gRPC's default 4 MiB.
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   if (!options_.socket_path.empty()) {
     // The unix socket is ours: connections reach gRPC only after their credentials pass.
     absl::StatusOr<std::unique_ptr<UnixListener>> listener =

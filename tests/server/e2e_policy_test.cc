@@ -133,6 +133,39 @@ TEST(E2eTest, ExportImportRoundTripContinuesWithTheSameStatistics) {
   EXPECT_EQ((*resumed)->client().Step(3).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A job's state grows with its groups; one of 65,536 (the cap; about 5 MB exported) still goes
+// through ExportState and ImportState whole.
+TEST(E2eTest, StateOfTensOfThousandsOfGroupsRoundTrips) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok());
+  constexpr int kWide = 65536;  // the most a job may have
+  GradientArena arena;
+  for (int i = 0; i < kWide; ++i) arena.AddTensor("p" + std::to_string(i), 4, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  for (int i = 0; i < kWide; ++i) {
+    for (int k = 0; k < 4; ++k) {
+      static_cast<float*>(arena.data(i))[k] = 0.001f * static_cast<float>(i % 97 + k + 1);
+    }
+  }
+  auto source = Client::Connect(daemon->socket());
+  ASSERT_TRUE(source.ok());
+  ASSERT_TRUE((*source)->Attach(JobOptions("wide")).ok());
+  ASSERT_TRUE((*source)->Register(arena).ok());
+  ASSERT_TRUE((*source)->Step(1).ok());
+  absl::StatusOr<std::string> state = (*source)->ExportState();
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_GT(state->size(), size_t{4} << 20);  // past gRPC's default message size
+
+  auto copy = Client::Connect(daemon->socket());
+  ASSERT_TRUE(copy.ok());
+  ASSERT_TRUE((*copy)->Attach(JobOptions("wide-copy")).ok());
+  ASSERT_TRUE((*copy)->ImportState(*state).ok());
+  absl::StatusOr<v1::GetStatsResponse> stats = (*copy)->GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->groups_size(), kWide);
+}
+
 TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
   TempDir dir;
   Reference ref(RuleParams{});
