@@ -49,6 +49,10 @@ absl::Status ValidateShmName(const std::string& name) {
   return absl::OkStatus();
 }
 
+bool CreatedInThisPidNamespace(const std::string& name) {
+  return name.rfind(absl::StrFormat("/gstab-%d-", PidNamespace()), 0) == 0;
+}
+
 int RemoveStaleShmObjects() {
   int removed = 0;
   const std::string ours = absl::StrFormat("gstab-%d-", PidNamespace());

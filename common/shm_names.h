@@ -17,6 +17,8 @@ std::string NewShmName();
 // How the names of objects created by process `pid` (of this process's pid namespace) begin,
 // without the leading '/': "gstab-<namespace>-<pid>-".
 std::string ShmNamePrefix(int pid);
+// Whether object `name` ("/gstab-...") was created by a process of this pid namespace.
+bool CreatedInThisPidNamespace(const std::string& name);
 
 // Accepts "/gstab-" followed by [A-Za-z0-9._-], at most 200 bytes in all. The prefix keeps
 // gstabd from being pointed at other programs' shared memory.

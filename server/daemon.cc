@@ -1,5 +1,7 @@
 #include "server/daemon.h"
 
+#include <sys/mman.h>
+
 #include <thread>
 #include <vector>
 
@@ -358,12 +360,26 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
   }
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
   ++pending_[s.job->name()];  // until Remove is done: the job's final state is not in it yet
-  return Removal{s.job, s.local_rank, worker_gone, s.id};
+  return Removal{s.job, s.local_rank, worker_gone, /*expired=*/false, s.id};
 }
 
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
-  removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->session);
+  const std::vector<std::string> objects =
+      removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->session);
+  // A worker silent for a whole lease has most likely died, and a dead worker cannot unlink
+  // its shared memory. Objects of this pid namespace are removed once their creator is gone
+  // (RemoveStaleShmObjects); for another namespace's (a container's) gstabd cannot see the
+  // creator, so it removes them now. A worker that was only frozen keeps its mapping, and is
+  // told to allocate anew when it registers them again.
+  if (removal->expired) {
+    for (const std::string& name : objects) {
+      if (!CreatedInThisPidNamespace(name) && shm_unlink(name.c_str()) == 0) {
+        LOG(INFO) << "removed shared memory '" << name << "' of job '" << removal->job->name()
+                  << "' local rank " << removal->local_rank << " (its lease expired)";
+      }
+    }
+  }
   ReportWorkers(removal->job);
   absl::MutexLock lock(&mu_);
   Unpend(removal->job);
@@ -512,6 +528,7 @@ void Daemon::ExpireSessions(absl::Time now) {
       LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
                    << " expired; releasing its buffers";
       removals.push_back(DropSession(token, "lease expired", /*worker_gone=*/true));
+      if (removals.back().has_value()) removals.back()->expired = true;
     }
   }
   for (const std::optional<Removal>& removal : removals) Remove(removal);

@@ -115,7 +115,7 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
                    "' has attached again since this session: this session has ended"));
 }
 
-void Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
+std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it: the round must not run on a later
   // registration of the rank (a restarted worker) that has not called Step yet.
@@ -126,15 +126,22 @@ void Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
   }
   if (session != 0) {
     uint64_t& newest = newest_session_[local_rank];
-    if (session < newest) return;  // a newer session has registered since
-    newest = session + 1;          // and this one may register no more
+    if (session < newest) return {};  // a newer session has registered since
+    newest = session + 1;             // and this one may register no more
   }
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
   }
   register_again_.erase(local_rank);
-  workers_.erase(local_rank);
+  std::vector<std::string> objects;
+  if (auto w = workers_.find(local_rank); w != workers_.end()) {
+    for (const PlannedBuffer& b : w->second->registration.plan.buffers) {
+      if (!b.cuda) objects.push_back(b.shm_name);
+    }
+    workers_.erase(w);
+  }
+  return objects;
 }
 
 void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const {

@@ -58,7 +58,9 @@ class Job {
   // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
   // queued may never be ready: its GPU pipeline is released rather than waited for. Ends
   // session `session` for this rank: a newer session's registration stays.
-  void RemoveWorker(uint32_t local_rank, bool gone = false, uint64_t session = 0);
+  // Returns the names of the host shared-memory objects of the registration it removed.
+  std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
+                                        uint64_t session = 0);
   uint64_t RegisteredBytes() const;
 
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).

@@ -19,7 +19,12 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
     const int err = errno;
     const std::string what =
         absl::StrCat("cannot open shared memory '", name, "': ", strerror(err));
-    if (err == ENOENT) return absl::NotFoundError(what);
+    if (err == ENOENT) {
+      return absl::NotFoundError(
+          absl::StrCat(what,
+                       " (its creator removed it, or gstabd did when the worker's lease expired: "
+                       "allocate the gradients anew)"));
+    }
     if (err == EACCES) return absl::PermissionDeniedError(what);
     return absl::InternalError(what);
   }

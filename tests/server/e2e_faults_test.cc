@@ -5,10 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -290,6 +292,47 @@ TEST_F(E2eFaultsTest, AWorkerRegistersOnlyItsOwnSharedMemory) {
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
   EXPECT_NE(s.message().find("belongs to uid 65534, not to this worker's uid 0"), std::string::npos)
       << s;
+}
+
+// A worker in another pid namespace (a container sharing /dev/shm) that dies leaves its shared
+// memory behind, and no process of gstabd's namespace can tell its creator is gone: gstabd
+// removes it when the worker's lease expires.
+TEST_F(E2eFaultsTest, DeadWorkerOfAnotherPidNamespaceLeavesNoSharedMemory) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root for a pid namespace";
+  auto gstab_objects = [] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("gstab-", 0) == 0) names.insert(name);
+    }
+    return names;
+  };
+  const std::set<std::string> before = gstab_objects();
+  absl::StatusOr<Subprocess> worker = Subprocess::Start(
+      {"/usr/bin/unshare", "--pid", "--fork", "--kill-child",
+       testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(),
+       "--job=contained", "--steps=1000000", "--print_every=1", "--spike_steps="});
+  ASSERT_TRUE(worker.ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(worker->ReadLine(absl::Seconds(20)).ok());
+  std::set<std::string> its;
+  for (const std::string& name : gstab_objects()) {
+    if (before.count(name) == 0) its.insert(name);
+  }
+  ASSERT_FALSE(its.empty());
+  for (const std::string& name : its) {
+    EXPECT_FALSE(CreatedInThisPidNamespace("/" + name)) << name;
+  }
+
+  worker->Signal(SIGKILL);  // unshare, and with it the worker
+  ASSERT_TRUE(worker->Wait(absl::Seconds(10)).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);  // a 1 s lease
+  auto left = [&] {
+    const std::set<std::string> now = gstab_objects();
+    return std::any_of(its.begin(), its.end(), [&](const auto& n) { return now.count(n) == 1; });
+  };
+  while (left() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_FALSE(left()) << "the dead worker's shared memory is still in /dev/shm";
+  EXPECT_NE(daemon_->Log().find("(its lease expired)"), std::string::npos);
 }
 
 TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
