@@ -24,6 +24,8 @@ GSTAB_HD inline double Min(double a, double b) { return a < b ? a : b; }
 constexpr double kTinySigma = 1e-30;
 // torch.nn.utils.clip_grad_norm_ adds this to the norm; ZClip adds it to sigma.
 constexpr double kClipEps = 1e-6;
+// The largest scale the kernels can apply (they apply it as a float: FLT_MAX).
+constexpr double kMaxFloatScale = 3.4028234663852886e38;
 
 // EMA factor for the k-th sample (k >= 1): a plain running mean until 1/(1-beta) samples have
 // been seen, so early estimates are unbiased without a separate correction.
@@ -181,9 +183,10 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     case PolicyKind::kMonitor:
       break;
   }
-  if (!IsFinite(scale)) {
-    // Only statistics gstabd never writes (validated imports cannot hold them) give this:
-    // leave the gradients as they are and have the step skipped rather than apply NaN.
+  if (!IsFinite(scale) || scale > kMaxFloatScale) {
+    // Only statistics gstabd never writes give this (an imported mean far beyond any norm the
+    // job had): leave the gradients as they are and have the step skipped rather than apply a
+    // scale that is NaN, or infinite once the kernels make it a float.
     scale = 1.0;
     flags |= kFlagSkipped;
   }

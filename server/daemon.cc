@@ -203,14 +203,19 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       bool in_use = false;
       {
         absl::MutexLock lock(&mu_);
-        for (const auto& [token, s] : sessions_) in_use |= s.job == job && !s.observer;
+        for (const auto& [token, s] : sessions_) {
+          in_use |= s.job == job && !s.observer && s.local_rank != request.local_rank();
+        }
       }
       if (in_use) {
         return absl::FailedPreconditionError(
             absl::StrCat("job '", request.job(), "' runs on ", job_nodes,
                          " node(s) with workers attached "
                          "here; a worker of it cannot attach with node_count ",
-                         nodes, " (use the job's node count, or a new job name)"));
+                         nodes,
+                         " (use the job's node count, or a new job name; sessions of workers "
+                         "that stopped end within the lease, ",
+                         absl::FormatDuration(options_.lease), ")"));
       }
       if (nodes == 1) job->SetCollective(nullptr, "");  // single-node from now on
     }
@@ -374,9 +379,13 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
   // told to allocate anew when it registers them again.
   if (removal->expired) {
     for (const std::string& name : objects) {
-      if (!CreatedInThisPidNamespace(name) && shm_unlink(name.c_str()) == 0) {
+      if (CreatedInThisPidNamespace(name)) continue;
+      if (shm_unlink(name.c_str()) == 0) {
         LOG(INFO) << "removed shared memory '" << name << "' of job '" << removal->job->name()
                   << "' local rank " << removal->local_rank << " (its lease expired)";
+      } else if (errno != ENOENT) {
+        LOG(WARNING) << "cannot remove shared memory '" << name
+                     << "' of an expired worker: " << strerror(errno);
       }
     }
   }
@@ -440,12 +449,14 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
       return absl::UnavailableError("gstabd is shutting down; attach again after it restarts");
     }
     ++steps_in_flight_;
+    ++pending_[session->job->name()];  // not retired while its step runs
   }
   absl::Status status =
       session->job->Step(session->local_rank, request.step(), options_.step_timeout, response,
                          request.ready_value(), session->id);
   absl::MutexLock lock(&mu_);
   --steps_in_flight_;
+  Unpend(session->job);
   return status;
 }
 
@@ -627,6 +638,7 @@ void Daemon::RetireIdleJobs(absl::Time now) {
 
 void Daemon::DeleteOldCheckpoints(absl::Time now) {
   if (options_.job_retention == absl::InfiniteDuration()) return;
+  absl::MutexLock save(&save_mu_);  // not racing Checkpoint's retry of a failed save
   absl::MutexLock lock(&mu_);
   for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
     if (now - it->second.since < options_.job_retention) {

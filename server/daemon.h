@@ -191,9 +191,10 @@ class Daemon {
   // Since when each held job has had no session (jobs with sessions are absent).
   std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported
-  // Attaches and worker removals under way, per job: they keep it from retiring as a session
-  // does (an attach has not made its session yet; a removal has not ended the job's GPU
-  // generation, which brings its final statistics home).
+  // Attaches, worker removals and steps under way, per job: they keep it from retiring as a
+  // session does (an attach has not made its session yet; a removal has not ended the job's GPU
+  // generation, which brings its final statistics home; a step's session may have ended while
+  // its round runs).
   std::map<std::string, int> pending_ ABSL_GUARDED_BY(mu_);
   // Held across each checkpoint's export and write, so that an older state of a job is never
   // written after a newer one. Taken before a job's lock and mu_, never under them.

@@ -110,17 +110,19 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
   if (session == 0 || newest == newest_session_.end() || session >= newest->second) {
     return absl::OkStatus();
   }
-  return absl::UnauthenticatedError(
-      absl::StrCat("local rank ", local_rank, " of job '", name_,
-                   "' has attached again since this session: this session has ended"));
+  return absl::UnauthenticatedError(absl::StrCat(
+      "this session of local rank ", local_rank, " of job '", name_,
+      "' has ended (it detached, its lease expired, or the rank attached again): attach again"));
 }
 
 std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it: the round must not run on a later
-  // registration of the rank (a restarted worker) that has not called Step yet.
+  // registration of the rank (a restarted worker) that has not called Step yet. A round already
+  // running keeps its arrivals (its runner has taken the registrations it steps).
   auto arrival = arrived_.find(local_rank);
-  if (round_open_ && arrival != arrived_.end() && (session == 0 || arrival->second <= session)) {
+  if (round_open_ && !round_running_ && arrival != arrived_.end() &&
+      (session == 0 || arrival->second <= session)) {
     arrived_.erase(arrival);
     if (arrived_.empty()) round_open_ = false;
   }
@@ -203,6 +205,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   if (gpu) return StepGpu(local_rank, step, ready_value, session, response);
   WorkerMap snapshot;
   size_t num_groups = 0;
+  uint64_t my_round = 0;
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
@@ -231,7 +234,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       return absl::FailedPreconditionError(
           absl::StrCat("local rank ", local_rank, " already called Step(", step, ")"));
     }
-    const uint64_t my_round = round_id_;
+    my_round = round_id_;
     if (arrived_.size() < local_world_size_) {
       auto finished = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return finished_round_id_ >= my_round;
@@ -244,6 +247,8 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       // runner is bounded by its own deadlines (the cross-node stage), so wait for it.
       const bool arrived = mu_.AwaitWithTimeout(absl::Condition(&everyone_here), timeout);
       if (arrived) mu_.Await(absl::Condition(&finished));
+      // A worker removed meanwhile had its arrival voided: whatever round finished was not its.
+      if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
       if (!arrived) {
         std::vector<uint32_t> missing;
         for (uint32_t r = 0; r < local_world_size_; ++r) {
@@ -267,6 +272,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       if (it != workers_.end()) snapshot.emplace(r, it->second);
     }
     num_groups = group_names_.size();
+    round_running_ = true;
   }
 
   const absl::Time start = absl::Now();
@@ -277,8 +283,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     absl::MutexLock lock(&mu_);
     round_result_ = result;
     round_status_ = status;
-    finished_round_id_ = round_id_;
+    finished_round_id_ = my_round;
     round_open_ = false;
+    round_running_ = false;
   }
   if (status.ok() && on_step_) on_step_(result, duration);
   *response = std::move(result);
@@ -415,7 +422,8 @@ absl::Status Job::CheckGroupCap(size_t new_groups) const {
   return absl::ResourceExhaustedError(absl::StrCat(
       "job '", name_, "' has ", group_names_.size(), " norm groups, and ", new_groups,
       " new ones would pass its cap of ", kMaxGroupsPerJob,
-      " (groups stay with a job until it is retired: reuse group names, or use a new job)"));
+      " (a job keeps its groups, also across retirement and restarts: reuse group names, or "
+      "use a new job name)"));
 }
 
 void Job::GetStats(v1::GetStatsResponse* response) const {

@@ -170,6 +170,7 @@ class Job {
   bool round_open_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t round_step_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t round_id_ ABSL_GUARDED_BY(mu_) = 0;
+  bool round_running_ ABSL_GUARDED_BY(mu_) = false;            // its last worker has arrived
   std::map<uint32_t, uint64_t> arrived_ ABSL_GUARDED_BY(mu_);  // local rank -> its session
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status round_status_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,7 @@
 // gstabd: the gstab daemon. Flags are read once into ServerOptions; SIGTERM / SIGINT are
 // taken synchronously by this thread (sigwait), which then stops the server gracefully.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -180,6 +181,12 @@ int main(int argc, char** argv) {
   }
 
   signal(SIGBUS, OnSigbus);
+  // gstabd keeps a descriptor per mapped shared-memory object (to see it shrink) and per
+  // connection: the usual soft limit of 1024 is too few for many workers' registrations.
+  if (rlimit files; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   // Block the stop signals in every thread; this one waits for them below.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);

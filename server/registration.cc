@@ -250,6 +250,11 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
     out.plan = std::move(plan);
     return out;
   }
+  if (!owner.has_value() && !plan.buffers.empty()) {
+    return absl::PermissionDeniedError(
+        "host shared memory can be registered only over gstabd's unix socket, where gstabd "
+        "knows the caller's uid and checks that the objects are its own");
+  }
   std::vector<unsigned char*> bases;
   for (size_t i = 0; i < plan.buffers.size(); ++i) {
     const PlannedBuffer& b = plan.buffers[i];

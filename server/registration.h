@@ -68,9 +68,10 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
                                                       const RegistrationCaps& caps);
 
 // Opens every buffer through `registry` (host_shm) or `device` (cuda_ipc; may be null when
-// the plan has no such buffer) and checks that offset + size fits inside it. With `owner`,
-// every host_shm object must belong to that uid (PERMISSION_DENIED otherwise): gstabd opens
-// objects on a worker's behalf, and must not open another user's for it.
+// the plan has no such buffer) and checks that offset + size fits inside it. Every host_shm
+// object must belong to uid `owner` (PERMISSION_DENIED otherwise, and without an owner, as for
+// a caller over TCP): gstabd opens objects on a worker's behalf, and must not open another
+// user's for it.
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
                                                    DeviceMemory* device = nullptr,
                                                    std::optional<uid_t> owner = std::nullopt);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/registration.h"
+#include "server/reserved_names.h"
 
 namespace gstab {
 
@@ -71,6 +72,10 @@ absl::Status ValidateJobState(const v1::JobState& state) {
     if (absl::Status s = ValidateTensorName(absl::StrCat("group ", i, " name"), g.name());
         !s.ok()) {
       return s;
+    }
+    if (g.name() == kOtherGroup) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": the name '", kOtherGroup, "' is reserved"));
     }
     if (!names.insert(g.name()).second) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate group name"));

@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "glog/logging.h"
 
 namespace gstab {
@@ -91,7 +92,14 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     pollfd pfd{fd_, POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;
     const int conn = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (conn < 0) continue;
+    if (conn < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: the connection waits in the backlog; do not spin on it.
+        LOG_EVERY_N(WARNING, 100) << "cannot accept a connection: " << strerror(errno);
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+      continue;
+    }
     ucred cred{};
     socklen_t len = sizeof cred;
     if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||

@@ -141,6 +141,13 @@ TEST(RuleTest, CorruptStatisticsSkipTheStepInsteadOfScalingByNaN) {
     EXPECT_EQ(out.scale, 1.0) << "m " << m;
     EXPECT_TRUE(out.flags & kFlagSkipped) << "m " << m;
   }
+  // Finite statistics whose scale is beyond a float's range (the kernels apply it as one).
+  GroupStats huge;
+  huge.t = 10;
+  huge.m = 1e20;
+  const StepOutcome out = ApplyRule(Stabilize(), &huge, 1e-60, false);
+  EXPECT_EQ(out.scale, 1.0);
+  EXPECT_TRUE(out.flags & kFlagSkipped);
 }
 
 TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {

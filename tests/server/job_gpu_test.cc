@@ -259,7 +259,7 @@ TEST(JobGpuTest, AnOlderSessionsLateCallsLeaveANewerSessionsRegistration) {
   EXPECT_EQ(live, 1);
   absl::Status late = old_worker.Register(&job, 0, 0, /*session=*/1);
   EXPECT_EQ(late.code(), absl::StatusCode::kUnauthenticated) << late;
-  EXPECT_NE(late.message().find("attached again since this session"), std::string::npos) << late;
+  EXPECT_NE(late.message().find("this session of local rank 0 of job"), std::string::npos) << late;
   v1::StepResponse r;
   EXPECT_EQ(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/1).code(),
             absl::StatusCode::kUnauthenticated);

@@ -119,10 +119,10 @@ TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
   MappingRegistry registry;
   v1::RegisterBuffersRequest r = arena.RegistrationRequest();
   absl::StatusOr<MappedRegistration> a =
-      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry);
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry, nullptr, getuid());
   ASSERT_TRUE(a.ok()) << a.status();
   absl::StatusOr<MappedRegistration> b =
-      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry);
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry, nullptr, getuid());
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(a->mappings[0].get(), b->mappings[0].get());  // one mapping, refcounted
   EXPECT_EQ(registry.LiveMappings(), 1);
@@ -136,7 +136,8 @@ TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
   r.mutable_buffers(0)->set_size_bytes(arena.size_bytes() + 64);
   r.mutable_buffers(0)->set_offset(0);
   absl::Status s =
-      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry).status();
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry, nullptr, getuid())
+          .status();
   EXPECT_NE(s.message().find("exceeds"), std::string::npos) << s;
 }
 
