@@ -728,8 +728,20 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
   // The jobs and their worker counts under mu_; each job's own state after, under its lock only
   // (a job closing its GPU pipelines holds that for a while).
   std::vector<std::pair<std::shared_ptr<Job>, uint32_t>> jobs;
+  std::vector<v1::JobSummary> retired;
   {
     absl::MutexLock lock(&mu_);
+    if (request.include_retired()) {
+      for (const auto& [name, c] : checkpoints_) {
+        v1::JobSummary& out = retired.emplace_back();
+        out.set_job(name);
+        absl::StatusOr<RuleParams> params = ResolveConfig(c.state.config());
+        out.set_policy(params.ok() ? PolicyName(params->policy) : "");
+        out.set_last_step(c.state.last_step());
+        out.set_groups(static_cast<uint32_t>(c.state.groups_size()));
+        out.set_retired(true);
+      }
+    }
     for (const auto& [name, job] : jobs_) {
       uint32_t workers = 0;
       for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
@@ -749,6 +761,7 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
     out->set_attached_workers(workers);
     if (observer_ != nullptr) observer_->Summarize(job->name(), history, out);
   }
+  for (v1::JobSummary& r : retired) *response->add_jobs() = std::move(r);
   return absl::OkStatus();
 }
 

@@ -48,13 +48,25 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
   std::string out =
       absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s\n", "JOB", "POLICY", "WORKERS",
                       "STEPS", "LAST_NORM", "STABILIZED", "SPIKES", "SKIPS", "DIVERGING");
+  std::string retired;
   for (const v1::JobSummary& j : jobs.jobs()) {
+    if (j.retired()) {
+      absl::StrAppendFormat(&retired, "%-24s %-10s %9d %7d\n", j.job(), j.policy(), j.last_step(),
+                            j.groups());
+      continue;
+    }
     absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s\n", j.job(), j.policy(),
                           j.attached_workers(), j.steps(), Norm(j.last_norm()),
                           Norm(j.last_stabilized_norm()), j.spike_steps(), j.skipped_steps(),
                           j.diverging() ? "YES" : "no");
   }
   if (jobs.jobs_size() == 0) out += "(no jobs)\n";
+  if (!retired.empty()) {
+    absl::StrAppendFormat(&out,
+                          "\nretired (statistics kept; they come back when a worker attaches):\n"
+                          "%-24s %-10s %9s %7s\n%s",
+                          "JOB", "POLICY", "LAST_STEP", "GROUPS", retired);
+  }
   return out;
 }
 

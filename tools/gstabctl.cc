@@ -1,6 +1,7 @@
 // gstabctl: look at and steer a node's gstabd.
 //
-//   gstabctl status                        jobs, workers, policy, last norms, counters
+//   gstabctl status [--all]                jobs, workers, policy, last norms, counters
+//                                           (--all: and the retired jobs, kept as checkpoints)
 //   gstabctl events [--job=J] [--follow]   recent events, or the live stream
 //   gstabctl top                           a refreshing view: norm sparklines per job
 //   gstabctl config set --job=J policy=clip clip.max_norm=0.5
@@ -38,6 +39,7 @@ ABSL_FLAG(std::string, out, "", "export: file to write");
 ABSL_FLAG(std::string, in, "", "import: file to read");
 ABSL_FLAG(uint32_t, nodes, 0, "rendezvous: the job's node count");
 ABSL_FLAG(bool, cuda, false, "rendezvous: the job registers GPU gradients (adds an NCCL id)");
+ABSL_FLAG(bool, all, false, "status: also the retired jobs, kept as checkpoints");
 
 namespace gstab::ctl {
 namespace {
@@ -72,9 +74,11 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToJob() {
   return client;
 }
 
-absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history) {
+absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
+                                              bool include_retired = false) {
   v1::ListJobsRequest request;
   request.set_history(history);
+  request.set_include_retired(include_retired);
   grpc::ClientContext ctx;
   v1::ListJobsResponse response;
   if (absl::Status s = FromGrpcStatus(client->stub()->ListJobs(&ctx, request, &response));
@@ -87,7 +91,7 @@ absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history) 
 int Status() {
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
-  auto jobs = ListJobs(client->get(), 0);
+  auto jobs = ListJobs(client->get(), 0, absl::GetFlag(FLAGS_all));
   if (!jobs.ok()) return Fail(jobs.status());
   std::printf("%s", absl::GetFlag(FLAGS_json) ? (ToJson(*jobs) + "\n").c_str()
                                               : StatusTable(*jobs).c_str());

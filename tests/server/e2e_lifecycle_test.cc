@@ -106,6 +106,28 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   EXPECT_NE(retired[0].detail().find("no worker or observer for 1s"), std::string::npos)
       << retired[0].detail();
 
+  // Operators still see it, as a checkpoint.
+  v1::ListJobsRequest all;
+  all.set_include_retired(true);
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE((*tools)->stub()->ListJobs(&ctx, all, &listed).ok());
+  bool seen = false;
+  for (const v1::JobSummary& j : listed.jobs()) {
+    if (j.job() != "idle") continue;
+    seen = true;
+    EXPECT_TRUE(j.retired());
+    EXPECT_EQ(j.last_step(), 10u);
+    EXPECT_EQ(j.groups(), 3u);
+    EXPECT_EQ(j.policy(), "stabilize");
+  }
+  EXPECT_TRUE(seen);
+  auto [rc, table] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                       " --socket=" + daemon->socket() + " status --all");
+  EXPECT_EQ(rc, 0) << table;
+  EXPECT_NE(table.find("retired (statistics kept"), std::string::npos) << table;
+  EXPECT_NE(table.find("\nidle "), std::string::npos) << table;
+
   // An observer cannot attach to it (nothing is held), and is told why.
   auto late = Client::Connect(daemon->socket());
   ASSERT_TRUE(late.ok());
