@@ -183,10 +183,11 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     case PolicyKind::kMonitor:
       break;
   }
-  if (!IsFinite(scale) || scale > kMaxFloatScale) {
+  if (!IsFinite(scale) || scale > kMaxFloatScale || (scale > 1.0 && n * scale > kMaxFloatScale)) {
     // Only statistics gstabd never writes give this (an imported mean far beyond any norm the
     // job had): leave the gradients as they are and have the step skipped rather than apply a
-    // scale that is NaN, or infinite once the kernels make it a float.
+    // scale that is NaN, infinite once the kernels make it a float, or that would grow the
+    // gradients past a float's range.
     scale = 1.0;
     flags |= kFlagSkipped;
   }

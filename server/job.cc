@@ -247,7 +247,8 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       // runner is bounded by its own deadlines (the cross-node stage), so wait for it.
       const bool arrived = mu_.AwaitWithTimeout(absl::Condition(&everyone_here), timeout);
       if (arrived) mu_.Await(absl::Condition(&finished));
-      // A worker removed meanwhile had its arrival voided: whatever round finished was not its.
+      // A worker removed meanwhile has no answer to wait for: its arrival was voided (unless the
+      // round was already running on it), and its session has ended either way.
       if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
       if (!arrived) {
         std::vector<uint32_t> missing;

@@ -60,7 +60,10 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
                           Norm(j.last_stabilized_norm()), j.spike_steps(), j.skipped_steps(),
                           j.diverging() ? "YES" : "no");
   }
-  if (jobs.jobs_size() == 0) out += "(no jobs)\n";
+  if (std::none_of(jobs.jobs().begin(), jobs.jobs().end(),
+                   [](const v1::JobSummary& j) { return !j.retired(); })) {
+    out += "(no jobs)\n";
+  }
   if (!retired.empty()) {
     absl::StrAppendFormat(&out,
                           "\nretired (statistics kept; they come back when a worker attaches):\n"

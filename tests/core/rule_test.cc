@@ -148,6 +148,13 @@ TEST(RuleTest, CorruptStatisticsSkipTheStepInsteadOfScalingByNaN) {
   const StepOutcome out = ApplyRule(Stabilize(), &huge, 1e-60, false);
   EXPECT_EQ(out.scale, 1.0);
   EXPECT_TRUE(out.flags & kFlagSkipped);
+  // A scale within a float's range that would still grow the gradients past it.
+  GroupStats grow;
+  grow.t = 10;
+  grow.m = 1e50;
+  const StepOutcome grown = ApplyRule(Stabilize(), &grow, 1e20, false);
+  EXPECT_EQ(grown.scale, 1.0);
+  EXPECT_TRUE(grown.flags & kFlagSkipped);
 }
 
 TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {
