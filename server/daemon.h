@@ -59,10 +59,11 @@ class Daemon {
                                                         Observer* observer = nullptr);
 
   absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response);
-  // `peer_uid`: the caller's uid when known (unix socket): its host_shm objects must be its own.
+  // `peer_uid`: the caller's uid when known (unix socket): its host_shm objects must be its own
+  // (and without it, host_shm is refused).
   absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
                                v1::RegisterBuffersResponse* response,
-                               std::optional<uid_t> peer_uid = std::nullopt);
+                               std::optional<uid_t> peer_uid);
   absl::Status Step(const v1::StepRequest& request, v1::StepResponse* response);
   absl::Status KeepAlive(const v1::KeepAliveRequest& request);
   absl::Status Detach(const v1::DetachRequest& request);

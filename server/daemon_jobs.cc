@@ -1,0 +1,189 @@
+// Daemon: the lifetime of jobs on a long-running gstabd (docs/daemon.md, "A job's lifetime"):
+// which jobs are in use, retiring idle ones (and the longest idle at the job cap), deleting
+// old checkpoints, and the periodic checkpoint itself.
+#include <set>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "server/daemon.h"  // the class whose members these are
+
+namespace gstab {
+
+bool Daemon::InUse(const std::shared_ptr<Job>& job) const {
+  if (pending_.count(job->name()) == 1) return true;
+  for (const auto& [token, s] : sessions_) {
+    if (s.job == job) return true;
+  }
+  return false;
+}
+
+absl::Status Daemon::JobCapReached() const {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "this gstabd holds its cap of ", options_.max_jobs,
+      " jobs (--max_jobs), and none has been without workers and observers for the lease (",
+      absl::FormatDuration(options_.lease), ") yet; try again later"));
+}
+
+void Daemon::UpdateIdle(absl::Time now) {
+  std::set<const Job*> used;
+  for (const auto& [token, s] : sessions_) used.insert(s.job.get());
+  std::map<std::string, absl::Time> idle;
+  for (const auto& [name, job] : jobs_) {
+    if (used.count(job.get()) == 1 || pending_.count(name) == 1) continue;
+    auto known = idle_since_.find(name);
+    idle[name] = known == idle_since_.end() ? now : known->second;
+  }
+  idle_since_ = std::move(idle);
+}
+
+void Daemon::AwaitNotRetiring(const std::string& name) {
+  auto done = [this, &name]()
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return retiring_.count(name) == 0; };
+  mu_.Await(absl::Condition(&done));
+}
+
+bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
+                    absl::Time idle_before) {
+  const std::string name = job->name();
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(name);
+    auto since = idle_since_.find(name);
+    if (it == jobs_.end() || it->second != job || InUse(job) || since == idle_since_.end() ||
+        since->second > idle_before) {
+      return false;  // attached again, or already gone
+    }
+    jobs_.erase(it);
+    idle_since_.erase(since);
+    retiring_.insert(name);  // attaches to it wait until its checkpoint is in place
+  }
+  // No session, attach or removal uses the job, so nothing changes its state now.
+  v1::JobState state;
+  bool on_disk;
+  {
+    absl::MutexLock save(&save_mu_);  // after any periodic save of the job's older state
+    state = job->ExportState();
+    absl::Status s = store_.Save(state);
+    on_disk = s.ok();
+    if (!on_disk) {
+      LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (the next "
+                   << "periodic checkpoint tries again): " << s;
+    }
+  }
+  LOG(INFO) << "job '" << name << "' retired at step " << state.last_step() << " (" << reason
+            << "); its statistics come back when a worker attaches";
+  if (observer_ != nullptr) {
+    // Before attaches may go on: a new job of the same name starts its series afresh.
+    absl::MutexLock report(&report_mu_);
+    observer_->OnRetire(name, reason);
+  }
+  absl::MutexLock lock(&mu_);
+  checkpoints_[name] = Checkpointed{std::move(state), absl::Now(), on_disk};
+  retiring_.erase(name);
+  return true;
+}
+
+void Daemon::RetireIdleJobs(absl::Time now) {
+  if (options_.job_idle == absl::InfiniteDuration()) return;
+  std::vector<std::shared_ptr<Job>> idle;
+  {
+    absl::MutexLock lock(&mu_);
+    UpdateIdle(now);
+    for (const auto& [name, since] : idle_since_) {
+      if (now - since >= options_.job_idle) idle.push_back(jobs_.at(name));
+    }
+  }
+  const std::string reason =
+      absl::StrCat("no worker or observer for ", absl::FormatDuration(options_.job_idle));
+  for (const std::shared_ptr<Job>& job : idle) Retire(job, reason, now - options_.job_idle);
+}
+
+void Daemon::DeleteOldCheckpoints(absl::Time now) {
+  if (options_.job_retention == absl::InfiniteDuration()) return;
+  absl::MutexLock save(&save_mu_);  // not racing Checkpoint's retry of a failed save
+  absl::MutexLock lock(&mu_);
+  for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
+    if (now - it->second.since < options_.job_retention) {
+      ++it;
+      continue;
+    }
+    // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
+    if (absl::Status s = store_.Remove(it->first); !s.ok()) LOG(WARNING) << s;
+    LOG(INFO) << "deleted the checkpoint of job '" << it->first << "' at step "
+              << it->second.state.last_step() << ": not attached for "
+              << absl::FormatDuration(options_.job_retention);
+    generations_.erase(it->first);
+    it = checkpoints_.erase(it);
+  }
+}
+
+absl::Status Daemon::MakeRoomFor(const std::string& name) {
+  // A job attached between the choice and its retirement is kept; then choose again.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::shared_ptr<Job> oldest;
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+      if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
+      const absl::Time now = absl::Now();
+      UpdateIdle(now);
+      // Not a job whose last worker left within the lease: it may still have the results
+      // buffer gstabd exports mapped, which goes with the job.
+      const absl::Time* first = nullptr;
+      for (const auto& [idle_name, since] : idle_since_) {
+        if (since > now - options_.lease) continue;
+        if (first == nullptr || since < *first) {
+          first = &since;
+          oldest = jobs_.at(idle_name);
+        }
+      }
+    }
+    if (oldest == nullptr) break;
+    Retire(
+        oldest,
+        absl::StrCat("making room for job '", name, "' at the cap of ", options_.max_jobs, " jobs"),
+        absl::Now() - options_.lease);
+  }
+  absl::MutexLock lock(&mu_);
+  if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
+  return JobCapReached();
+}
+
+absl::Status Daemon::Checkpoint() {
+  std::vector<std::shared_ptr<Job>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, job] : jobs_) jobs.push_back(job);
+  }
+  absl::Status result;
+  for (const auto& job : jobs) {
+    // A job retired since the list was taken has saved a newer state than this would.
+    absl::MutexLock save(&save_mu_);
+    {
+      absl::MutexLock lock(&mu_);
+      auto held = jobs_.find(job->name());
+      if (held == jobs_.end() || held->second != job) continue;
+    }
+    result.Update(store_.Save(job->ExportState()));
+  }
+  // Retired jobs whose save failed then.
+  absl::MutexLock save(&save_mu_);
+  std::vector<v1::JobState> unsaved;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, c] : checkpoints_) {
+      if (!c.on_disk) unsaved.push_back(c.state);
+    }
+  }
+  for (const v1::JobState& state : unsaved) {
+    absl::Status s = store_.Save(state);
+    result.Update(s);
+    absl::MutexLock lock(&mu_);
+    auto c = checkpoints_.find(state.job());
+    if (s.ok() && c != checkpoints_.end()) c->second.on_disk = true;
+  }
+  return result;
+}
+
+}  // namespace gstab
