@@ -151,6 +151,10 @@ absl::StatusOr<RuleParams> ResolveConfig(const v1::PolicyConfig& config) {
   return MergeConfig(RuleParams{}, config);
 }
 
+bool SameEffectiveConfig(const RuleParams& a, const RuleParams& b) {
+  return EffectiveConfig(a).SerializeAsString() == EffectiveConfig(b).SerializeAsString();
+}
+
 v1::PolicyConfig EffectiveConfig(const RuleParams& p) {
   v1::PolicyConfig c;
   switch (p.policy) {

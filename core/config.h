@@ -18,6 +18,8 @@ absl::StatusOr<RuleParams> MergeConfig(const RuleParams& base, const v1::PolicyC
 
 // The fully explicit configuration that `params` corresponds to (every field set).
 v1::PolicyConfig EffectiveConfig(const RuleParams& params);
+// Whether `a` and `b` are the same configuration (their effective configs are equal).
+bool SameEffectiveConfig(const RuleParams& a, const RuleParams& b);
 
 const char* PolicyName(PolicyKind policy);
 

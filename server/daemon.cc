@@ -186,8 +186,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
           absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
                        " on this node, not ", local_world));
     }
-    if (has_config && EffectiveConfig(config).SerializeAsString() !=
-                          EffectiveConfig(job->params()).SerializeAsString()) {
+    if (has_config && !SameEffectiveConfig(config, job->params())) {
       return absl::FailedPreconditionError(
           absl::StrCat("job '", request.job(),
                        "' already runs with a different configuration; attach "

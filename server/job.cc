@@ -532,8 +532,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
       stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
     }
   }
-  if (with_config &&
-      EffectiveConfig(params).SerializeAsString() != EffectiveConfig(params_).SerializeAsString()) {
+  if (with_config && !SameEffectiveConfig(params, params_)) {
     params_ = params;
     RecordConfigChange();
   }
