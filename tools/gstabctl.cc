@@ -1,5 +1,6 @@
 // gstabctl: look at and steer a node's gstabd.
 //
+//   gstabctl health                        exit 0 when gstabd serves (a container probe)
 //   gstabctl status [--all]                jobs, workers, policy, last norms, counters
 //                                           (--all: and the retired jobs, kept as checkpoints)
 //   gstabctl events [--job=J] [--follow]   recent events, or the live stream
@@ -51,7 +52,7 @@ int Fail(const absl::Status& status) {
 
 int Usage(const std::string& why) {
   std::fprintf(stderr,
-               "gstabctl: %s\nusage: gstabctl [flags] status|events|top|config set "
+               "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
                "KEY=VALUE...|export|import (see --help)\n",
                why.c_str());
   return 2;
@@ -86,6 +87,15 @@ absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
     return s;
   }
   return response;
+}
+
+// Quiet on success, so a probe's log stays empty; the reason on stderr otherwise.
+int Health() {
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  if (absl::Status s = (*client)->CheckHealth(); !s.ok()) return Fail(s);
+  if (absl::GetFlag(FLAGS_json)) std::printf("{\"status\":\"SERVING\"}\n");
+  return 0;
 }
 
 int Status() {
@@ -207,12 +217,13 @@ int Rendezvous() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "gstabctl [--socket=PATH] [--json] status | events [--job=J] [--follow] | top | "
+      "gstabctl [--socket=PATH] [--json] health | status | events [--job=J] [--follow] | top | "
       "config set --job=J KEY=VALUE... | export --job=J --out=FILE | import --job=J --in=FILE");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> args(rest.begin() + 1, rest.end());
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
+  if (cmd == "health") return gstab::ctl::Health();
   if (cmd == "status") return gstab::ctl::Status();
   if (cmd == "events") return gstab::ctl::Events();
   if (cmd == "top") return gstab::ctl::Top();

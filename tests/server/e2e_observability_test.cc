@@ -275,5 +275,20 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   EXPECT_EQ(Ctl("frobnicate").first, 2);
 }
 
+// The container probe: `gstabctl health` succeeds, silently, while gstabd serves, and fails
+// with a reason once it has stopped.
+TEST_F(E2eObservabilityTest, GstabctlHealthFollowsTheDaemon) {
+  auto [rc, out] = Ctl("health");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "");
+  auto [jrc, json] = Ctl("--json health");
+  EXPECT_EQ(jrc, 0) << json;
+  EXPECT_EQ(json, "{\"status\":\"SERVING\"}\n");
+  ASSERT_EQ(daemon_->Stop().value_or(-1), 0);
+  auto [drc, down] = Ctl("health");
+  EXPECT_EQ(drc, 1) << down;
+  EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
+}
+
 }  // namespace
 }  // namespace gstab

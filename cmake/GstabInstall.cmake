@@ -1,0 +1,7 @@
+# What `cmake --install` puts under the prefix: the daemon and the operator's command line,
+# the C ABI library and its header. The container image (deploy/container) installs this.
+include(GNUInstallDirs)
+install(TARGETS gstabd gstabctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS gstab_shared LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(FILES ${PROJECT_SOURCE_DIR}/client_lib/gstab.h
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/gstab)
