@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Checks the Helm chart (helm/gstab) the way a cluster would meet it, short of a cluster.
+
+For several sets of values it renders the chart with the real helm, validates every built-in
+object against Kubernetes' own schemas (strict: unknown fields are errors) for the oldest and
+newest Kubernetes the chart supports, and asserts what an operator relies on: the socket and
+state on host paths, metrics wired to one port everywhere, no GPU requested, the alerting rules
+and dashboard exactly the ones in deploy/. Then it starts the real gstabd with the arguments the
+chart renders (container paths mapped to a temporary folder) and runs the chart's own probe and
+test commands against it. Values a user can get wrong must be refused with a message naming
+them. Run with the Python of the tools' virtual environment (PyYAML, kubernetes-validate)."""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import yaml
+
+KUBE_VERSIONS = ("1.25.0", "1.37.0")
+FAILURES = []
+
+
+def check(cond, what):
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what)
+
+
+def helm(args, *extra):
+    cmd = [args.helm, "template", "gstab", args.chart, "--namespace", "gstab", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+def render(args, *extra):
+    rc, out, err = helm(args, *extra)
+    if rc != 0:
+        raise SystemExit(f"helm template {' '.join(extra)} failed:\n{err}")
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs):
+    out = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def validate(args, docs, tmp, name):
+    builtin = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+    path = os.path.join(tmp, name + ".yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump_all(builtin, f)
+    for version in KUBE_VERSIONS:
+        p = subprocess.run([args.validate, "--strict", "--quiet", "-k", version, path],
+                           capture_output=True, text=True)
+        check(p.returncode == 0,
+              f"{name}: Kubernetes {version} schema rejects the chart:\n{p.stdout}{p.stderr}")
+
+
+def flag(container, name):
+    """The value of --name=... in the container's args, or None."""
+    prefix = f"--{name}="
+    values = [a[len(prefix):] for a in container["args"] if a.startswith(prefix)]
+    return values[-1] if values else None
+
+
+def daemon_container(kinds):
+    ds = kinds["DaemonSet"][0]
+    pod = ds["spec"]["template"]
+    return ds, pod, pod["spec"]["containers"][0]
+
+
+def check_common(name, kinds):
+    ds, pod, c = daemon_container(kinds)
+    spec = pod["spec"]
+    check(spec.get("hostIPC") is True, f"{name}: hostIPC (workers' shared memory) not set")
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in spec["volumes"]}
+    sock = flag(c, "socket")
+    sock_dir = os.path.dirname(sock)
+    check(sock_dir in mounts and "hostPath" in vols[mounts[sock_dir]],
+          f"{name}: the socket folder {sock_dir} is not a host path workers can mount")
+    state = flag(c, "state_dir")
+    check(state in mounts and "hostPath" in vols[mounts[state]],
+          f"{name}: --state_dir {state} is not on the host (checkpoints would die with the pod)")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        cmd = c[probe]["exec"]["command"]
+        check(cmd[-1] == "health" and f"--socket={sock}" in cmd,
+              f"{name}: {probe} does not ask gstabd's health on {sock}: {cmd}")
+    limits = json.dumps(c.get("resources", {}))
+    check("nvidia.com/gpu" not in limits,
+          f"{name}: the DaemonSet requests GPUs, which the training pods would then lack")
+    # One metrics port everywhere: the flag, the container port, the annotation, the Service.
+    port = int(flag(c, "metrics_port"))
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    check(ports.get("metrics") == port, f"{name}: containerPort {ports} != --metrics_port {port}")
+    ann = pod["metadata"].get("annotations", {})
+    if "prometheus.io/port" in ann:
+        check(ann["prometheus.io/port"] == str(port), f"{name}: scrape annotation port differs")
+    labels = pod["metadata"]["labels"]
+    check(ds["spec"]["selector"]["matchLabels"].items() <= labels.items(),
+          f"{name}: the DaemonSet's selector does not match its pods")
+    for svc in kinds.get("Service", []):
+        check(svc["spec"]["selector"].items() <= labels.items(),
+              f"{name}: Service {svc['metadata']['name']} selects no gstabd pod")
+        check(svc["spec"]["ports"][0]["targetPort"] in ("metrics", port),
+              f"{name}: Service targets another port")
+    check(c["securityContext"].get("allowPrivilegeEscalation") is False,
+          f"{name}: privilege escalation allowed")
+    return ds, pod, c
+
+
+def check_gpu(name, kinds):
+    _, pod, c = daemon_container(kinds)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    check(flag(c, "backend") == "cuda", f"{name}: GPU nodes should run --backend=cuda")
+    check(pod["spec"].get("runtimeClassName") == "nvidia", f"{name}: no NVIDIA runtime class")
+    check(env.get("NVIDIA_VISIBLE_DEVICES") == "all",
+          f"{name}: gstabd must see every GPU of its node")
+    check(pod["spec"].get("hostPID") is True, f"{name}: CUDA IPC across pods needs hostPID")
+    check(c["image"].endswith("-cuda"), f"{name}: image {c['image']} is not the CUDA flavour")
+
+
+def check_cpu(name, kinds):
+    _, pod, c = daemon_container(kinds)
+    env = {e["name"] for e in c["env"]}
+    check(flag(c, "backend") == "cpu", f"{name}: CPU nodes should run --backend=cpu")
+    check("runtimeClassName" not in pod["spec"] and "NVIDIA_VISIBLE_DEVICES" not in env,
+          f"{name}: a CPU deployment asks for the NVIDIA runtime")
+    check(c["image"].endswith("-cpu"), f"{name}: image {c['image']} is not the CPU flavour")
+
+
+def check_monitoring(name, kinds, args):
+    with open(args.rules) as f:
+        rules = yaml.safe_load(f)
+    rule = kinds["PrometheusRule"][0]
+    check(rule["spec"] == rules, f"{name}: the PrometheusRule differs from {args.rules}")
+    with open(args.dashboard) as f:
+        dashboard = json.load(f)
+    cm = kinds["ConfigMap"][0]
+    check(json.loads(cm["data"]["gstab-dashboard.json"]) == dashboard,
+          f"{name}: the dashboard ConfigMap differs from {args.dashboard}")
+    sm = kinds["ServiceMonitor"][0]
+    ep = sm["spec"]["endpoints"][0]
+    check(ep.get("honorLabels") is True,
+          f"{name}: without honorLabels Prometheus renames gstabd's `job` label")
+    svc = kinds["Service"][0]
+    job = svc["metadata"]["labels"].get(sm["spec"]["jobLabel"])
+    down = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "GstabDaemonDown"]
+    check(job is not None and f'job="{job}"' in down[0]["expr"],
+          f"{name}: the scrape job ({job}) is not the one GstabDaemonDown watches")
+    check(sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items(),
+          f"{name}: the ServiceMonitor selects no Service")
+    check(ep["port"] in [p["name"] for p in svc["spec"]["ports"]],
+          f"{name}: the ServiceMonitor scrapes a port the Service lacks")
+
+
+def check_peer(name, kinds):
+    _, pod, c = daemon_container(kinds)
+    spec = pod["spec"]
+    check(spec.get("hostNetwork") is True,
+          f"{name}: Gloo/NCCL listen on the node's address: hostNetwork needed")
+    check(flag(c, "peer_listen") == "$(NODE_IP):7478", f"{name}: --peer_listen not on the node IP")
+    env = {e["name"]: e for e in c["env"]}
+    check(env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP",
+          f"{name}: NODE_IP is not the node's address")
+    secret = [v for v in spec["volumes"] if "secret" in v]
+    check(len(secret) == 1 and secret[0]["secret"]["secretName"] == "gstab-peer-tls",
+          f"{name}: the peer TLS secret is not mounted")
+
+
+def bad_values(args):
+    cases = [
+        (["--set", "peer.enabled=true"], "tlsSecret"),
+        (["--set", "backend=gpu"], "/backend"),
+        (["--set", "gpu.enabled=false", "--set", "backend=cuda"], "backend=cuda needs gpu.enabled"),
+        (["--set", "metrics.port=70000"], "/metrics/port"),
+        (["--set", "state.hostPath=var/lib/gstab"], "/state/hostPath"),
+        (["--set", "socket.hostPath="], "/socket/hostPath"),
+        (["--set", "daemon.leaseMs=0"], "/daemon/leaseMs"),
+        (["--set", "metrics.prot=1"], "'prot'"),
+        (["--set", "extraArgs={max_jobs=3}"], "/extraArgs/0"),
+        (["--set", "allowUids={-1}"], "/allowUids/0"),
+    ]
+    for extra, expected in cases:
+        rc, _, err = helm(args, *extra)
+        check(rc != 0 and expected in err,
+              f"values {' '.join(extra)}: expected a refusal naming {expected!r}, got rc={rc}:"
+              f"\n{err}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tls(folder):
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    subprocess.run(
+        f"cd {folder} && openssl req -x509 {ec} -keyout ca.key -out ca.crt -subj /CN=test-ca "
+        f"&& openssl req {ec} -keyout tls.key -out peer.csr -subj /CN=gstab-peer && printf "
+        f"'subjectAltName=DNS:gstab-peer\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ext && "
+        f"openssl x509 -req -in peer.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 "
+        f"-extfile ext -out tls.crt", shell=True, check=True, capture_output=True)
+
+
+def run_rendered(args, name, kinds, tmp):
+    """Starts gstabd with the chart's arguments, mapped onto `tmp`; runs its probes."""
+    _, pod, c = daemon_container(kinds)
+    root = os.path.join(tmp, name)
+    paths = {"/run/gstab": root + "/run", "/var/lib/gstab": root + "/state",
+             "/etc/gstab/peer-tls": root + "/tls"}
+    for p in paths.values():
+        os.makedirs(p, exist_ok=True)
+    if any(a.startswith("--peer_tls_ca=") for a in c["args"]):
+        make_tls(paths["/etc/gstab/peer-tls"])
+    port = free_port()
+
+    def mapped(a):
+        for k, v in paths.items():
+            a = a.replace("=" + k, "=" + v)
+        return a.replace("$(NODE_IP)", "127.0.0.1")
+
+    argv = [mapped(a) for a in c["args"]]
+    argv = [f"--metrics_port={port}" if a.startswith("--metrics_port=") else a for a in argv]
+    # This machine has no GPU: the CUDA backend would refuse to start; every other flag is
+    # the chart's.
+    argv = ["--backend=cpu" if a == "--backend=cuda" else a for a in argv]
+    log = open(os.path.join(root, "gstabd.log"), "w")
+    daemon = subprocess.Popen([args.gstabd, *argv], stdout=log, stderr=log)
+    probe = [args.gstabctl if x == "gstabctl" else mapped(x)
+             for x in c["readinessProbe"]["exec"]["command"]]
+    try:
+        ok = False
+        for _ in range(100):
+            if daemon.poll() is not None:
+                break
+            if subprocess.run(probe, capture_output=True).returncode == 0:
+                ok = True
+                break
+            time.sleep(0.1)
+        with open(log.name) as f:
+            check(ok, f"{name}: gstabd with the chart's arguments never became healthy:\n"
+                      f"{' '.join(argv)}\n{f.read()}")
+        if not ok:
+            return
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        check(b"# TYPE gstab_" in body, f"{name}: /metrics serves no gstab_ family")
+        test_pod = [d for d in kinds["Pod"] if "test" in d["metadata"]["annotations"].get(
+            "helm.sh/hook", "")][0]
+        cmd = [args.gstabctl if x == "gstabctl" else mapped(x)
+               for x in test_pod["spec"]["containers"][0]["command"]]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        check(p.returncode == 0, f"{name}: the helm test pod's command fails: {p.stderr}")
+        daemon.send_signal(signal.SIGTERM)
+        grace = pod["spec"]["terminationGracePeriodSeconds"]
+        check(daemon.wait(timeout=grace) == 0, f"{name}: gstabd did not stop cleanly on SIGTERM")
+        check(subprocess.run(probe, capture_output=True).returncode != 0,
+              f"{name}: the probe still passes with gstabd stopped")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for f in ("--helm", "--validate", "--chart", "--rules", "--dashboard", "--gstabd",
+              "--gstabctl"):
+        ap.add_argument(f, required=True)
+    args = ap.parse_args()
+
+    lint = subprocess.run([args.helm, "lint", "--strict", args.chart], capture_output=True,
+                          text=True)
+    check(lint.returncode == 0, f"helm lint --strict:\n{lint.stdout}{lint.stderr}")
+
+    everything = ["--set", "metrics.serviceMonitor.enabled=true",
+                  "--set", "metrics.prometheusRule.enabled=true",
+                  "--set", "metrics.grafanaDashboard.enabled=true",
+                  "--set", "peer.enabled=true", "--set", "peer.tlsSecret=gstab-peer-tls",
+                  "--set", "peer.tlsName=gstab-peer", "--set", "socket.gid=2000",
+                  "--set", "allowUids={0,1000}", "--set", "allowGids={2000}",
+                  "--set", "extraArgs={--max_bytes=1073741824}"]
+    scenarios = {
+        "gpu-defaults": ([], [check_gpu]),
+        "cpu": (["--set", "gpu.enabled=false"], [check_cpu]),
+        "gpu-everything": (everything, [check_gpu, check_peer,
+                                        lambda n, k: check_monitoring(n, k, args)]),
+        "cpu-everything": (everything + ["--set", "gpu.enabled=false"], [check_cpu, check_peer]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (extra, checks) in scenarios.items():
+            docs = render(args, *extra)  # the `helm test` pod included
+            kinds = by_kind(docs)
+            validate(args, docs, tmp, name)
+            check_common(name, kinds)
+            for c in checks:
+                c(name, kinds)
+            run_rendered(args, name, kinds, tmp)
+        bad_values(args)
+
+    print(f"{len(FAILURES)} failed" if FAILURES else "chart checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
