@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Checks what the container image (deploy/container) is made of, without a container engine.
+
+1. `cmake --install` of the build tree into a temporary prefix gives gstabd, gstabctl,
+   libgstab.so and gstab.h, and the installed gstabd serves (the installed gstabctl's health
+   probe passes against it), as the image's entrypoint would.
+2. Every shared library those binaries load is provided in the runtime stage: each library's
+   Debian package (dpkg -S) is listed in packages-runtime.txt, or is one that debian:12-slim
+   itself is made of; each library from outside Debian (CUDA, NCCL) maps to a package listed
+   in packages-cuda.txt. A new dependency that the image would lack fails here, not in a
+   cluster's crash loop."""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+# In debian:12-slim already (apt and dpkg depend on them).
+BASE_IMAGE = {"libc6", "libgcc-s1", "libstdc++6"}
+# Libraries from NVIDIA's repository rather than Debian's, by soname.
+CUDA_PACKAGES = {"libcudart.so.13": "cuda-cudart-13-0", "libnccl.so.2": "libnccl2"}
+FAILURES = []
+
+
+def check(cond, what):
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what)
+
+
+def listed(path):
+    with open(path) as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+
+def loaded_libraries(binary):
+    """soname -> resolved path, for every library the loader finds for `binary`."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts:
+            target = parts[parts.index("=>") + 1]
+            check(target != "not", f"{binary}: {parts[0]} not found by the loader")
+            if target.startswith("/"):
+                libs[parts[0]] = target
+    return libs
+
+
+def usr_merge_variants(path):
+    """`path` and its twin across the /usr merge, resolved and not: dpkg knows one of them."""
+    out = set()
+    for p in {path, os.path.realpath(path)}:
+        out.add(p)
+        out.add(p[len("/usr"):] if p.startswith("/usr/") else "/usr" + p)
+    return out
+
+
+def owning_packages(paths):
+    """path -> the Debian package that ships it, for those some package ships (one dpkg -S)."""
+    variants = {p: usr_merge_variants(p) for p in paths}
+    query = sorted(set().union(*variants.values())) if variants else []
+    out = subprocess.run(["dpkg", "-S", *query], capture_output=True, text=True).stdout
+    shipped = {}
+    for line in out.splitlines():
+        package, _, file = line.partition(": ")
+        shipped[file.strip()] = package.split(":")[0]
+    return {p: next((shipped[v] for v in vs if v in shipped), None)
+            for p, vs in variants.items()}
+
+
+def check_packages(binaries, runtime, cuda):
+    loads = {os.path.basename(b): loaded_libraries(b) for b in binaries}
+    packages = owning_packages({path for libs in loads.values() for path in libs.values()})
+    for name, libs in loads.items():
+        for soname, path in sorted(libs.items()):
+            package = packages[path]
+            if package is None:
+                wanted = CUDA_PACKAGES.get(soname)
+                check(wanted is not None and wanted in cuda,
+                      f"{name} loads {soname} ({path}), which no Debian package ships and "
+                      f"packages-cuda.txt provides nothing for")
+            else:
+                check(package in runtime or package in BASE_IMAGE,
+                      f"{name} loads {soname} from Debian package {package}, missing from "
+                      f"packages-runtime.txt")
+
+
+def check_installed(build, prefix):
+    subprocess.run(["cmake", "--install", build, "--prefix", prefix], check=True,
+                   capture_output=True)
+    for f in ("bin/gstabd", "bin/gstabctl", "lib/libgstab.so", "include/gstab/gstab.h"):
+        check(os.path.exists(os.path.join(prefix, f)), f"cmake --install gives no {f}")
+    gstabd = os.path.join(prefix, "bin/gstabd")
+    if not os.path.exists(gstabd):
+        return
+    sock = os.path.join(prefix, "gstabd.sock")
+    daemon = subprocess.Popen([gstabd, "--socket=" + sock, "--state_dir=" + prefix,
+                               "--backend=cpu", "--metrics_port=-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    probe = [os.path.join(prefix, "bin/gstabctl"), "--socket=" + sock, "health"]
+    try:
+        healthy = False
+        for _ in range(100):
+            if daemon.poll() is not None:
+                break
+            if subprocess.run(probe, capture_output=True).returncode == 0:
+                healthy = True
+                break
+            time.sleep(0.1)
+        check(healthy, "the installed gstabd never served")
+    finally:
+        daemon.terminate()
+        err = daemon.communicate(timeout=30)[1].decode()
+        check(daemon.returncode == 0, f"the installed gstabd exited {daemon.returncode}:\n{err}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True, help="the CMake build tree")
+    ap.add_argument("--container", required=True, help="deploy/container")
+    args = ap.parse_args()
+    runtime = listed(os.path.join(args.container, "packages-runtime.txt"))
+    cuda = listed(os.path.join(args.container, "packages-cuda.txt"))
+    with tempfile.TemporaryDirectory() as prefix:
+        check_installed(args.build, prefix)
+        binaries = [os.path.join(prefix, f) for f in ("bin/gstabd", "bin/gstabctl",
+                                                      "lib/libgstab.so")]
+        check_packages([b for b in binaries if os.path.exists(b)], runtime, cuda)
+    print(f"{len(FAILURES)} failed" if FAILURES else "image checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
