@@ -196,6 +196,23 @@ def bad_values(args):
               f"\n{err}")
 
 
+def check_training_job(args, tmp):
+    """deploy/kubernetes's example job: valid, and mounting what the chart serves."""
+    with open(args.training_job) as f:
+        job = yaml.safe_load(f)
+    validate(args, [job], tmp, "training-job")
+    with open(os.path.join(args.chart, "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    spec = job["spec"]["template"]["spec"]
+    check(spec.get("hostIPC") is True and spec.get("hostPID") is values["hostPID"],
+          "training job: hostIPC/hostPID differ from what the chart's gstabd needs")
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    vol = vols.get(mounts.get("/run/gstab"), {})
+    check(vol.get("hostPath", {}).get("path") == values["socket"]["hostPath"],
+          "training job: /run/gstab is not the chart's socket folder")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -274,7 +291,7 @@ def run_rendered(args, name, kinds, tmp):
 def main():
     ap = argparse.ArgumentParser()
     for f in ("--helm", "--validate", "--chart", "--rules", "--dashboard", "--gstabd",
-              "--gstabctl"):
+              "--gstabctl", "--training-job"):
         ap.add_argument(f, required=True)
     args = ap.parse_args()
 
@@ -306,6 +323,7 @@ def main():
                 c(name, kinds)
             run_rendered(args, name, kinds, tmp)
         bad_values(args)
+        check_training_job(args, tmp)
 
     print(f"{len(FAILURES)} failed" if FAILURES else "chart checks passed")
     return 1 if FAILURES else 0
