@@ -186,5 +186,34 @@ TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
   for (uint64_t step = 21; step <= 23; ++step) StepAndCompare(worker->get(), &ref, step, 9);
 }
 
+// A node's gstabd replaced under a running worker (a DaemonSet pod restarted): its calls fail
+// while no gstabd serves, then say the session is gone; attaching again resumes the job's
+// statistics from the checkpoint.
+TEST(E2eTest, WorkerOutlivingARestartIsToldToAttachAgainAndResumes) {
+  TempDir dir;
+  Reference ref(RuleParams{});
+  auto daemon = std::make_unique<DaemonProcess>(*DaemonProcess::Start(dir.path()));
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("outlives"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(worker->get(), &ref, step, 9);
+  ASSERT_EQ(daemon->Stop().value_or(-1), 0);
+  EXPECT_EQ((*worker)->client().Step(11).status().code(), absl::StatusCode::kUnavailable);
+
+  daemon = std::make_unique<DaemonProcess>(*DaemonProcess::Start(dir.path()));
+  absl::Status after = (*worker)->client().Step(11).status();
+  // The channel reconnects on its own, after a back-off.
+  for (int i = 0; i < 100 && after.code() == absl::StatusCode::kUnavailable; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    after = (*worker)->client().Step(11).status();
+  }
+  EXPECT_EQ(after.code(), absl::StatusCode::kUnauthenticated) << after;
+  EXPECT_NE(after.message().find("attach again"), std::string::npos) << after;
+
+  auto again = TestWorker::Create(daemon->socket(), JobOptions("outlives"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->client().attach_response().restored());
+  for (uint64_t step = 11; step <= 13; ++step) StepAndCompare(again->get(), &ref, step, 9);
+}
+
 }  // namespace
 }  // namespace gstab
