@@ -12,6 +12,7 @@ them. Run with the Python of the tools' virtual environment (PyYAML, kubernetes-
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -229,6 +230,45 @@ def make_tls(folder):
         f"-extfile ext -out tls.crt", shell=True, check=True, capture_output=True)
 
 
+def as_security_context(sc):
+    """setpriv arguments that give a root process what `sc` gives gstabd's container: only
+    the capabilities it adds, no new privileges, its primary group. Empty when not root."""
+    if os.geteuid() != 0:
+        return []
+    caps = sc.get("capabilities", {})
+    assert caps.get("drop") == ["ALL"], "the chart should drop every capability"
+    keep = ",".join("+" + c.lower() for c in caps.get("add", []))
+    out = ["setpriv", "--inh-caps=-all", f"--bounding-set=-all,{keep}" if keep else
+           "--bounding-set=-all"]
+    if sc.get("allowPrivilegeEscalation") is False:
+        out.append("--no-new-privs")
+    if "runAsGroup" in sc:
+        out += [f"--regid={sc['runAsGroup']}", "--clear-groups"]
+    return out
+
+
+def effective_caps(pid):
+    with open(f"/proc/{pid}/status") as f:
+        line = next(l for l in f if l.startswith("CapEff:"))
+    return int(line.split()[1], 16)
+
+
+CAP_BITS = {"DAC_OVERRIDE": 1, "FOWNER": 3}
+
+
+def train_as(args, root, sock, uid, gid):
+    """The example trainer as uid:gid against `sock` (20 steps, one spike): its exit code."""
+    trainer = os.path.join(root, "mlp_trainer")  # reachable by any uid, wherever the build is
+    if not os.path.exists(trainer):
+        shutil.copy(args.trainer, trainer)
+        os.chmod(trainer, 0o755)
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", trainer,
+           f"--socket={sock}", f"--job=pod-{uid}", "--steps=20", "--spike_steps=10",
+           "--print_every=1000"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
+
+
 def run_rendered(args, name, kinds, tmp):
     """Starts gstabd with the chart's arguments, mapped onto `tmp`; runs its probes."""
     _, pod, c = daemon_container(kinds)
@@ -251,8 +291,11 @@ def run_rendered(args, name, kinds, tmp):
     # This machine has no GPU: the CUDA backend would refuse to start; every other flag is
     # the chart's.
     argv = ["--backend=cpu" if a == "--backend=cuda" else a for a in argv]
+    os.chmod(tmp, 0o755)  # workers of other uids reach the socket, as through a host path
     log = open(os.path.join(root, "gstabd.log"), "w")
-    daemon = subprocess.Popen([args.gstabd, *argv], stdout=log, stderr=log)
+    sc = c["securityContext"]
+    daemon = subprocess.Popen([*as_security_context(sc), args.gstabd, *argv], stdout=log,
+                              stderr=log)
     probe = [args.gstabctl if x == "gstabctl" else mapped(x)
              for x in c["readinessProbe"]["exec"]["command"]]
     try:
@@ -271,6 +314,22 @@ def run_rendered(args, name, kinds, tmp):
             return
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         check(b"# TYPE gstab_" in body, f"{name}: /metrics serves no gstab_ family")
+        if os.geteuid() == 0:
+            want = sum(1 << CAP_BITS[cap] for cap in sc["capabilities"]["add"])
+            check(effective_caps(daemon.pid) == want,
+                  f"{name}: gstabd's capabilities {effective_caps(daemon.pid):#x} are not the "
+                  f"chart's {want:#x}")
+            # A training pod that is not root: through the socket's group when the chart sets
+            # one (and the gid allow-list), refused otherwise.
+            sock_path = mapped("=" + flag(c, "socket"))[1:]
+            gid = sc.get("runAsGroup")
+            rc, out = train_as(args, tmp, sock_path, 65534, gid if gid is not None else 65534)
+            if gid is None:
+                check(rc != 0 and "no gstabd answers" in out,
+                      f"{name}: a worker outside the socket's group got in (rc={rc}):\n{out}")
+                rc, out = train_as(args, tmp, sock_path, 0, 0)
+            check(rc == 0, f"{name}: a training worker failed against gstabd with the chart's "
+                           f"privileges (rc={rc}):\n{out}")
         test_pod = [d for d in kinds["Pod"] if "test" in d["metadata"]["annotations"].get(
             "helm.sh/hook", "")][0]
         cmd = [args.gstabctl if x == "gstabctl" else mapped(x)
@@ -291,7 +350,7 @@ def run_rendered(args, name, kinds, tmp):
 def main():
     ap = argparse.ArgumentParser()
     for f in ("--helm", "--validate", "--chart", "--rules", "--dashboard", "--gstabd",
-              "--gstabctl", "--training-job"):
+              "--gstabctl", "--training-job", "--trainer"):
         ap.add_argument(f, required=True)
     args = ap.parse_args()
 
