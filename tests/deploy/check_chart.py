@@ -18,10 +18,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import yaml
+
+from probe import wait_until_healthy
 
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
 FAILURES = []
@@ -299,14 +300,7 @@ def run_rendered(args, name, kinds, tmp):
     probe = [args.gstabctl if x == "gstabctl" else mapped(x)
              for x in c["readinessProbe"]["exec"]["command"]]
     try:
-        ok = False
-        for _ in range(100):
-            if daemon.poll() is not None:
-                break
-            if subprocess.run(probe, capture_output=True).returncode == 0:
-                ok = True
-                break
-            time.sleep(0.1)
+        ok = wait_until_healthy(daemon, probe)
         with open(log.name) as f:
             check(ok, f"{name}: gstabd with the chart's arguments never became healthy:\n"
                       f"{' '.join(argv)}\n{f.read()}")

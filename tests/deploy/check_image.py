@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+
+from probe import wait_until_healthy
 
 # In debian:12-slim already (apt and dpkg depend on them).
 BASE_IMAGE = {"libc6", "libgcc-s1", "libstdc++6"}
@@ -101,15 +102,7 @@ def check_installed(build, prefix):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     probe = [os.path.join(prefix, "bin/gstabctl"), "--socket=" + sock, "health"]
     try:
-        healthy = False
-        for _ in range(100):
-            if daemon.poll() is not None:
-                break
-            if subprocess.run(probe, capture_output=True).returncode == 0:
-                healthy = True
-                break
-            time.sleep(0.1)
-        check(healthy, "the installed gstabd never served")
+        check(wait_until_healthy(daemon, probe), "the installed gstabd never served")
     finally:
         daemon.terminate()
         err = daemon.communicate(timeout=30)[1].decode()
