@@ -34,8 +34,8 @@ def check(cond, what):
         print("FAIL:", what)
 
 
-def helm(args, *extra):
-    cmd = [args.helm, "template", "gstab", args.chart, "--namespace", "gstab", *extra]
+def helm(args, *extra, chart=None):
+    cmd = [args.helm, "template", "gstab", chart or args.chart, "--namespace", "gstab", *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     return p.returncode, p.stdout, p.stderr
 
@@ -215,6 +215,29 @@ def check_training_job(args, tmp):
           "training job: /run/gstab is not the chart's socket folder")
 
 
+def check_packaged(args, tmp):
+    """A chart repository serves `helm package`'s archive: the linked rules and dashboard must
+    be inside it, not links to files the archive lacks."""
+    p = subprocess.run([args.helm, "package", args.chart, "--destination", tmp],
+                       capture_output=True, text=True)
+    check(p.returncode == 0, f"helm package: {p.stderr}")
+    archive = [f for f in os.listdir(tmp) if f.endswith(".tgz")]
+    if p.returncode != 0 or len(archive) != 1:
+        return
+    rc, out, err = helm(args, "--set", "metrics.prometheusRule.enabled=true",
+                        "--set", "metrics.grafanaDashboard.enabled=true",
+                        chart=os.path.join(tmp, archive[0]))
+    check(rc == 0, f"helm template of the packaged chart: {err}")
+    if rc == 0:
+        kinds = by_kind([d for d in yaml.safe_load_all(out) if d])
+        with open(args.rules) as f:
+            check(kinds["PrometheusRule"][0]["spec"] == yaml.safe_load(f),
+                  "the packaged chart's PrometheusRule differs from the rules file")
+        with open(args.dashboard) as f:
+            check(json.loads(kinds["ConfigMap"][0]["data"]["gstab-dashboard.json"]) ==
+                  json.load(f), "the packaged chart's dashboard differs from the dashboard file")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -377,6 +400,9 @@ def main():
             run_rendered(args, name, kinds, tmp)
         bad_values(args)
         check_training_job(args, tmp)
+        package_dir = os.path.join(tmp, "package")
+        os.makedirs(package_dir)
+        check_packaged(args, package_dir)
 
     print(f"{len(FAILURES)} failed" if FAILURES else "chart checks passed")
     return 1 if FAILURES else 0
