@@ -28,6 +28,17 @@ absl::Status StateStore::Init() {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory '", dir_, "': ", ec.message()));
   }
+  // A folder gstabd cannot write (a read-only mount, another owner) would lose every job's
+  // statistics at the first checkpoint, long after start: refuse it now.
+  const std::string probe = absl::StrCat(dir_, "/.write-probe:", getpid());
+  const int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory '", dir_, "' is not writable (", strerror(errno),
+        "): job statistics could not be checkpointed; give --state_dir a writable folder"));
+  }
+  close(fd);
+  unlink(probe.c_str());
   // Temporary files of saves a crash interrupted.
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     if (entry.path().filename().string().find(kTmpInfix) != std::string::npos) {

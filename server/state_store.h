@@ -18,7 +18,7 @@ class StateStore {
   // An empty `dir` disables persistence: Save does nothing, LoadAll finds nothing.
   explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
 
-  // Creates the directory if needed.
+  // Creates the directory if needed. FAILED_PRECONDITION when it cannot be created or written.
   absl::Status Init();
   absl::Status Save(const v1::JobState& state);
   // Deletes job's checkpoint (none there is not an error).

@@ -254,16 +254,21 @@ def make_tls(folder):
         f"-extfile ext -out tls.crt", shell=True, check=True, capture_output=True)
 
 
-def as_security_context(sc):
-    """setpriv arguments that give a root process what `sc` gives gstabd's container: only
-    the capabilities it adds, no new privileges, its primary group. Empty when not root."""
+def as_security_context(sc, writable):
+    """A command prefix that gives a root process what `sc` gives gstabd's container: a
+    read-only root filesystem but for `writable` (its host paths), then (setpriv) only the
+    capabilities it adds, no new privileges, its primary group. Empty when not root."""
     if os.geteuid() != 0:
         return []
+    out = []
+    if sc.get("readOnlyRootFilesystem"):
+        out = ["unshare", "--mount", "sh", "-c", 'mount --make-rprivate / && '
+               'mount --bind "$0" "$0" && mount -o remount,bind,ro / && exec "$@"', writable]
     caps = sc.get("capabilities", {})
     assert caps.get("drop") == ["ALL"], "the chart should drop every capability"
     keep = ",".join("+" + c.lower() for c in caps.get("add", []))
-    out = ["setpriv", "--inh-caps=-all", f"--bounding-set=-all,{keep}" if keep else
-           "--bounding-set=-all"]
+    out += ["setpriv", "--inh-caps=-all", f"--bounding-set=-all,{keep}" if keep else
+            "--bounding-set=-all"]
     if sc.get("allowPrivilegeEscalation") is False:
         out.append("--no-new-privs")
     if "runAsGroup" in sc:
@@ -318,7 +323,7 @@ def run_rendered(args, name, kinds, tmp):
     os.chmod(tmp, 0o755)  # workers of other uids reach the socket, as through a host path
     log = open(os.path.join(root, "gstabd.log"), "w")
     sc = c["securityContext"]
-    daemon = subprocess.Popen([*as_security_context(sc), args.gstabd, *argv], stdout=log,
+    daemon = subprocess.Popen([*as_security_context(sc, root), args.gstabd, *argv], stdout=log,
                               stderr=log)
     probe = [args.gstabctl if x == "gstabctl" else mapped(x)
              for x in c["readinessProbe"]["exec"]["command"]]

@@ -1,0 +1,47 @@
+// The checkpoint store: a state directory gstabd cannot write is refused at start, not found
+// out at the first checkpoint with the statistics lost.
+#include "server/state_store.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+
+namespace gstab {
+namespace {
+
+TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
+  testing::TempDir dir;
+  const std::string state = dir.path() + "/a/b";
+  StateStore store(state);
+  ASSERT_TRUE(store.Init().ok());
+  EXPECT_TRUE(std::filesystem::is_empty(state));
+  v1::JobState job;
+  job.set_job("j");
+  ASSERT_TRUE(store.Save(job).ok());
+  ASSERT_EQ(store.LoadAll().size(), 1u);
+  EXPECT_EQ(store.LoadAll()[0].state.job(), "j");
+}
+
+TEST(StateStoreTest, FolderThatCannotBeWrittenIsRefusedWithTheReason) {
+  // A folder no one may create files in, root included (permission bits would not stop root).
+  StateStore store("/proc/self");
+  absl::Status s = store.Init();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("'/proc/self' is not writable"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("--state_dir"), std::string::npos) << s;
+}
+
+TEST(StateStoreTest, PathThroughAFileIsRefused) {
+  testing::TempDir dir;
+  const std::string file = dir.path() + "/file";
+  std::filesystem::create_directories(dir.path());
+  { std::ofstream(file) << "x"; }
+  absl::Status s = StateStore(file + "/state").Init();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("cannot create state directory"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace gstab
