@@ -137,6 +137,8 @@ def check_cpu(name, kinds):
     check("runtimeClassName" not in pod["spec"] and "NVIDIA_VISIBLE_DEVICES" not in env,
           f"{name}: a CPU deployment asks for the NVIDIA runtime")
     check(c["image"].endswith("-cpu"), f"{name}: image {c['image']} is not the CPU flavour")
+    check(pod["spec"].get("hostPID") is False,
+          f"{name}: the CPU backend needs no host pid namespace, yet the chart asks for it")
 
 
 def check_monitoring(name, kinds, args):
@@ -206,8 +208,8 @@ def check_training_job(args, tmp):
     with open(os.path.join(args.chart, "values.yaml")) as f:
         values = yaml.safe_load(f)
     spec = job["spec"]["template"]["spec"]
-    check(spec.get("hostIPC") is True and spec.get("hostPID") is values["hostPID"],
-          "training job: hostIPC/hostPID differ from what the chart's gstabd needs")
+    check(spec.get("hostIPC") is True and spec.get("hostPID") is True,
+          "training job: without hostIPC and hostPID its GPU gradients cannot reach gstabd")
     vols = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
     vol = vols.get(mounts.get("/run/gstab"), {})

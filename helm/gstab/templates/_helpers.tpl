@@ -66,3 +66,8 @@ exec:
 {{- range . }}{{ $out = append $out (int64 . | toString) }}{{ end -}}
 {{- join "," $out -}}
 {{- end -}}
+
+{{/* hostPID: as set, or where CUDA IPC needs it (GPU nodes). */}}
+{{- define "gstab.hostPID" -}}
+{{- if kindIs "invalid" .Values.hostPID -}}{{ .Values.gpu.enabled }}{{- else -}}{{ .Values.hostPID }}{{- end -}}
+{{- end -}}
