@@ -21,7 +21,8 @@ CUDA backend (tensors stay in the GPU's memory; PyTorch shown, any device pointe
     # each step, after backward (keep p.grad allocated: zero_grad(set_to_none=False)):
     client.cuda_step(grads, step, torch.cuda.current_stream().cuda_stream)
 
-libgstab.so is found through $GSTAB_LIBRARY, then next to this package, then the loader's path.
+libgstab.so is found through $GSTAB_LIBRARY, then next to this package, then in the lib/ beside
+its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the loader's path.
 """
 
 import ctypes
@@ -89,9 +90,9 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    candidates = [path, os.environ.get("GSTAB_LIBRARY"),
-                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "libgstab.so"),
-                  "libgstab.so"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [path, os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
+                  os.path.join(here, "..", "..", "lib", "libgstab.so"), "libgstab.so"]
     errors = []
     for candidate in candidates:
         if not candidate or (os.sep in candidate and not os.path.exists(candidate)):

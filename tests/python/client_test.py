@@ -1,6 +1,8 @@
 """The Python package (python/gstab, ctypes over libgstab.so) against a real gstabd.
 
     client_test.py --gstabd PATH --library PATH
+    client_test.py --gstabd PATH --bundle DIR    # scripts/client-bundle's DIR, as a training
+                                                 # image uses it: package and libraries from DIR
 """
 import argparse
 import math
@@ -12,7 +14,11 @@ import tempfile
 import time
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+_where = argparse.ArgumentParser(add_help=False)
+_where.add_argument("--bundle")
+_BUNDLE = _where.parse_known_args()[0].bundle
+sys.path.insert(0, os.path.join(_BUNDLE, "python") if _BUNDLE else
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
 
 ARGS = None
@@ -130,10 +136,28 @@ class ClientTest(unittest.TestCase):
         self.assertNotEqual(e.exception.message, "")
 
 
+class BundleTest(unittest.TestCase):
+    """Only with --bundle: everything came from the bundle, not from this machine."""
+
+    def test_package_and_libraries_come_from_the_bundle(self):
+        if not _BUNDLE:
+            self.skipTest("no --bundle")
+        bundle = os.path.realpath(_BUNDLE)
+        self.assertTrue(os.path.realpath(gstab.__file__).startswith(bundle + os.sep))
+        gstab.load_library()
+        with open("/proc/self/maps") as f:
+            mapped = {line.split()[-1] for line in f if line.rstrip().endswith(".so") or
+                      ".so." in line}
+        for name in ("libgstab.so", "libgrpc++.so.1.51", "libprotobuf.so.32"):
+            where = [m for m in mapped if os.path.basename(m) == name]
+            self.assertEqual(where, [os.path.join(bundle, "lib", name)], name)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--gstabd", required=True)
-    parser.add_argument("--library", required=True)
+    parser.add_argument("--library", help="default: where the package finds it")
+    parser.add_argument("--bundle", help="import gstab from this client bundle")
     ARGS, rest = parser.parse_known_args()
     gstab.load_library(ARGS.library)
     unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
