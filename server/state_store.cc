@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,8 @@ namespace {
 constexpr char kSuffix[] = ".jobstate";
 // In the names of what Save writes before its rename (job names have no ':').
 constexpr char kTmpInfix[] = ".jobstate:tmp:";
+// Init's check that the folder is writable.
+constexpr char kProbePrefix[] = ".write-probe:";
 }  // namespace
 
 absl::Status StateStore::Init() {
@@ -30,8 +33,8 @@ absl::Status StateStore::Init() {
   }
   // A folder gstabd cannot write (a read-only mount, another owner) would lose every job's
   // statistics at the first checkpoint, long after start: refuse it now.
-  const std::string probe = absl::StrCat(dir_, "/.write-probe:", getpid());
-  const int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  std::string probe = absl::StrCat(dir_, "/", kProbePrefix, "XXXXXX");
+  const int fd = mkstemp(probe.data());
   if (fd < 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "state directory '", dir_, "' is not writable (", strerror(errno),
@@ -39,9 +42,10 @@ absl::Status StateStore::Init() {
   }
   close(fd);
   unlink(probe.c_str());
-  // Temporary files of saves a crash interrupted.
+  // Temporary files of saves (and probes) a crash interrupted.
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
-    if (entry.path().filename().string().find(kTmpInfix) != std::string::npos) {
+    const std::string name = entry.path().filename().string();
+    if (name.find(kTmpInfix) != std::string::npos || name.rfind(kProbePrefix, 0) == 0) {
       std::filesystem::remove(entry.path(), ec);
     }
   }

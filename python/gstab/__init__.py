@@ -90,7 +90,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.realpath(__file__))
     candidates = [path, os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
                   os.path.join(here, "..", "..", "lib", "libgstab.so"), "libgstab.so"]
     errors = []

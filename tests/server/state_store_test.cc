@@ -24,6 +24,23 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   EXPECT_EQ(store.LoadAll()[0].state.job(), "j");
 }
 
+TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
+  testing::TempDir dir;
+  const std::string state = dir.path() + "/state";
+  std::filesystem::create_directories(state + "/.write-probe:1");  // even a folder by that name
+  { std::ofstream(state + "/.write-probe:abcdef") << "x"; }
+  v1::JobState job;
+  job.set_job("kept");
+  ASSERT_TRUE(StateStore(state).Save(job).ok());
+  StateStore store(state);
+  ASSERT_TRUE(store.Init().ok());
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(state)) {
+    left.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(left, std::vector<std::string>{"kept.jobstate"});
+}
+
 TEST(StateStoreTest, FolderThatCannotBeWrittenIsRefusedWithTheReason) {
   // A folder no one may create files in, root included (permission bits would not stop root).
   StateStore store("/proc/self");
