@@ -200,6 +200,24 @@ def bad_values(args):
               f"\n{err}")
 
 
+def check_notes(args):
+    """What `helm install` prints: the socket and what a training pod needs, for these values."""
+    cases = [([], ["/run/gstab/gstabd.sock", "hostPID: true", "pod-security"]),
+             (["--set", "gpu.enabled=false", "--set", "socket.gid=2000",
+               "--set", "socket.hostPath=/var/run/gstab"],
+              ["/var/run/gstab/gstabd.sock", "group 2000", "hostIPC: true in"])]
+    for extra, wanted in cases:
+        p = subprocess.run([args.helm, "install", "gstab", args.chart, "--dry-run=client",
+                            "--namespace", "gstab", *extra], capture_output=True, text=True)
+        notes = p.stdout.partition("NOTES:")[2]
+        check(p.returncode == 0 and notes, f"helm install --dry-run {extra}: {p.stderr}")
+        for w in wanted:
+            check(w in notes, f"NOTES for {extra} do not say {w!r}:\n{notes}")
+        check("<no value>" not in notes, f"NOTES for {extra} show an unset value:\n{notes}")
+        check("hostPID" not in notes or "gpu.enabled=false" not in extra,
+              f"NOTES ask CPU workers for hostPID:\n{notes}")
+
+
 def check_training_job(args, tmp):
     """deploy/kubernetes's example job: valid, and mounting what the chart serves."""
     with open(args.training_job) as f:
@@ -395,9 +413,6 @@ def main():
         ap.add_argument(f, required=True)
     args = ap.parse_args()
 
-    lint = subprocess.run([args.helm, "lint", "--strict", args.chart], capture_output=True,
-                          text=True)
-    check(lint.returncode == 0, f"helm lint --strict:\n{lint.stdout}{lint.stderr}")
 
     everything = ["--set", "metrics.serviceMonitor.enabled=true",
                   "--set", "metrics.prometheusRule.enabled=true",
@@ -406,6 +421,11 @@ def main():
                   "--set", "peer.tlsName=gstab-peer", "--set", "socket.gid=2000",
                   "--set", "allowUids={0,1000}", "--set", "allowGids={2000}",
                   "--set", "extraArgs={--max_bytes=1073741824}"]
+    for extra in ([], everything):
+        lint = subprocess.run([args.helm, "lint", "--strict", args.chart, *extra],
+                              capture_output=True, text=True)
+        check(lint.returncode == 0, f"helm lint --strict {extra}:\n{lint.stdout}{lint.stderr}")
+    check_notes(args)
     scenarios = {
         "gpu-defaults": ([], [check_gpu]),
         "cpu": (["--set", "gpu.enabled=false"], [check_cpu]),
