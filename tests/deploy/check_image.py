@@ -8,13 +8,16 @@
    Debian package (dpkg -S) is listed in packages-runtime.txt, or is one that debian:12-slim
    itself is made of; each library from outside Debian (CUDA, NCCL) maps to a package listed
    in packages-cuda.txt. A new dependency that the image would lack fails here, not in a
-   cluster's crash loop."""
+   cluster's crash loop.
+3. The Dockerfile itself passes dockerfile_check (shell, variables, COPY sources).
+Run with the Python of the tools' virtual environment (Docker's Dockerfile parser)."""
 import argparse
 import os
 import subprocess
 import sys
 import tempfile
 
+from dockerfile_check import check_dockerfile
 from probe import wait_until_healthy
 
 # In debian:12-slim already (apt and dpkg depend on them).
@@ -116,6 +119,8 @@ def main():
     args = ap.parse_args()
     runtime = listed(os.path.join(args.container, "packages-runtime.txt"))
     cuda = listed(os.path.join(args.container, "packages-cuda.txt"))
+    check_dockerfile(os.path.join(args.container, "Dockerfile"),
+                     os.path.dirname(os.path.dirname(os.path.abspath(args.container))), check)
     with tempfile.TemporaryDirectory() as prefix:
         check_installed(args.build, prefix)
         binaries = [os.path.join(prefix, f) for f in ("bin/gstabd", "bin/gstabctl",
