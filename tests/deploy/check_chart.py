@@ -258,6 +258,29 @@ def check_packaged(args, tmp):
                   json.load(f), "the packaged chart's dashboard differs from the dashboard file")
 
 
+def check_confinement(args, name, container, pid, sock_path, tmp):
+    """gstabd (`pid`) runs with the chart's capabilities, and serves a training worker that is
+    not root: through the socket's group when the chart sets one (and the gid allow-list),
+    and refuses it otherwise."""
+    sc = container["securityContext"]
+    unknown = set(sc["capabilities"]["add"]) - CAP_BITS.keys()
+    check(not unknown, f"{name}: add {unknown} to CAP_BITS")
+    want = sum(1 << CAP_BITS.get(cap, 0) for cap in sc["capabilities"]["add"])
+    check(effective_caps(pid) == want,
+          f"{name}: gstabd's capabilities {effective_caps(pid):#x} are not the chart's {want:#x}")
+    reach = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "test", "-x", os.path.dirname(sock_path)])
+    check(reach.returncode == 0, f"{name}: uid 65534 cannot reach the socket's folder")
+    gid = sc.get("runAsGroup")
+    rc, out = train_as(args.trainer, tmp, sock_path, 65534, gid if gid is not None else 65534)
+    if gid is None:
+        check(rc != 0 and "no gstabd answers" in out,
+              f"{name}: a worker outside the socket's group got in (rc={rc}):\n{out}")
+        rc, out = train_as(args.trainer, tmp, sock_path, 0, 0)
+    check(rc == 0, f"{name}: a training worker failed against gstabd with the chart's "
+                   f"privileges (rc={rc}):\n{out}")
+
+
 def run_rendered(args, name, kinds, tmp):
     """Starts gstabd with the chart's arguments, mapped onto `tmp`; runs its probes."""
     _, pod, c = daemon_container(kinds)
@@ -299,26 +322,8 @@ def run_rendered(args, name, kinds, tmp):
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         check(b"# TYPE gstab_" in body, f"{name}: /metrics serves no gstab_ family")
         if emulate:
-            unknown = set(sc["capabilities"]["add"]) - CAP_BITS.keys()
-            check(not unknown, f"{name}: add {unknown} to CAP_BITS")
-            want = sum(1 << CAP_BITS.get(cap, 0) for cap in sc["capabilities"]["add"])
-            check(effective_caps(daemon.pid) == want,
-                  f"{name}: gstabd's capabilities {effective_caps(daemon.pid):#x} are not the "
-                  f"chart's {want:#x}")
-            # A training pod that is not root: through the socket's group when the chart sets
-            # one (and the gid allow-list), refused otherwise.
-            sock_path = mapped("=" + flag(c, "socket"))[1:]
-            reach = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                    "test", "-x", os.path.dirname(sock_path)])
-            check(reach.returncode == 0, f"{name}: uid 65534 cannot reach the socket's folder")
-            gid = sc.get("runAsGroup")
-            rc, out = train_as(args.trainer, tmp, sock_path, 65534, gid if gid is not None else 65534)
-            if gid is None:
-                check(rc != 0 and "no gstabd answers" in out,
-                      f"{name}: a worker outside the socket's group got in (rc={rc}):\n{out}")
-                rc, out = train_as(args.trainer, tmp, sock_path, 0, 0)
-            check(rc == 0, f"{name}: a training worker failed against gstabd with the chart's "
-                           f"privileges (rc={rc}):\n{out}")
+            check_confinement(args, name, c, daemon.pid, mapped("=" + flag(c, "socket"))[1:],
+                              tmp)
         test_pod = [d for d in kinds["Pod"] if "test" in d["metadata"]["annotations"].get(
             "helm.sh/hook", "")][0]
         cmd = [args.gstabctl if x == "gstabctl" else mapped(x)
