@@ -310,8 +310,10 @@ def run_rendered(args, name, kinds, tmp):
         print(f"SKIP {name}: the pod's security context (needs root and mount namespaces)")
     daemon = subprocess.Popen([*(as_security_context(sc, root) if emulate else []), args.gstabd,
                                *argv], stdout=log, stderr=log)
-    probe = [args.gstabctl if x == "gstabctl" else mapped(x)
-             for x in c["readinessProbe"]["exec"]["command"]]
+    def on_host(command):  # a container's command, as this machine runs it
+        return [args.gstabctl if x == "gstabctl" else mapped(x) for x in command]
+
+    probe = on_host(c["readinessProbe"]["exec"]["command"])
     try:
         ok = wait_until_healthy(daemon, probe)
         with open(log.name) as f:
@@ -326,9 +328,8 @@ def run_rendered(args, name, kinds, tmp):
                               tmp)
         test_pod = [d for d in kinds["Pod"] if "test" in d["metadata"]["annotations"].get(
             "helm.sh/hook", "")][0]
-        cmd = [args.gstabctl if x == "gstabctl" else mapped(x)
-               for x in test_pod["spec"]["containers"][0]["command"]]
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        p = subprocess.run(on_host(test_pod["spec"]["containers"][0]["command"]),
+                           capture_output=True, text=True)
         check(p.returncode == 0, f"{name}: the helm test pod's command fails: {p.stderr}")
         daemon.send_signal(signal.SIGTERM)
         grace = pod["spec"]["terminationGracePeriodSeconds"]

@@ -192,14 +192,18 @@ TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
 TEST(E2eTest, WorkerOutlivingARestartIsToldToAttachAgainAndResumes) {
   TempDir dir;
   Reference ref(RuleParams{});
-  auto daemon = std::make_unique<DaemonProcess>(*DaemonProcess::Start(dir.path()));
+  auto first = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto daemon = std::make_unique<DaemonProcess>(*std::move(first));
   auto worker = TestWorker::Create(daemon->socket(), JobOptions("outlives"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(worker->get(), &ref, step, 9);
   ASSERT_EQ(daemon->Stop().value_or(-1), 0);
   EXPECT_EQ((*worker)->client().Step(11).status().code(), absl::StatusCode::kUnavailable);
 
-  daemon = std::make_unique<DaemonProcess>(*DaemonProcess::Start(dir.path()));
+  auto second = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(second.ok()) << second.status();
+  daemon = std::make_unique<DaemonProcess>(*std::move(second));
   absl::Status after = (*worker)->client().Step(11).status();
   // The channel reconnects on its own, after a back-off (1 s, then growing 1.6x a try).
   for (int i = 0; i < 400 && after.code() == absl::StatusCode::kUnavailable; ++i) {
