@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "client_lib/c_api_internal.h"
 #include "client_lib/client.h"
 #include "client_lib/gstab.h"
@@ -37,6 +38,20 @@ void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_res
   }
   result->norm = std::sqrt(raw);
   result->stabilized_norm = std::sqrt(stabilized);
+}
+
+absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags) {
+  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown dtype ", static_cast<int>(dtype),
+        ": expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
+  }
+  if ((flags & ~GSTAB_TENSOR_REPLICATED) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown tensor flags 0x", absl::Hex(flags & ~GSTAB_TENSOR_REPLICATED),
+                     ": the only one is GSTAB_TENSOR_REPLICATED"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace gstab::capi
@@ -119,16 +134,19 @@ void gstab_arena_destroy(gstab_arena* arena) { delete arena; }
 
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
                                     gstab_dtype dtype, const char* group, size_t* index) {
+  return gstab_arena_add_tensor_flags(arena, name, numel, dtype, group, 0, index);
+}
+
+gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, uint64_t numel,
+                                          gstab_dtype dtype, const char* group, uint32_t flags,
+                                          size_t* index) {
   if (arena == nullptr || name == nullptr) {
     return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
-  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
-    return Report(
-        absl::InvalidArgumentError("unknown dtype: expected GSTAB_FLOAT32, "
-                                   "GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
-  }
-  const size_t i = arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
-                                          group == nullptr ? "" : group);
+  if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
+  const size_t i =
+      arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
+                             group == nullptr ? "" : group, (flags & GSTAB_TENSOR_REPLICATED) != 0);
   if (index != nullptr) *index = i;
   return Report(absl::OkStatus());
 }

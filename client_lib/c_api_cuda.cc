@@ -25,15 +25,20 @@ void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients) { delete grad
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
                                    void* device_ptr, uint64_t numel, gstab_dtype dtype,
                                    const char* group) {
+  return gstab_cuda_add_tensor_flags(gradients, name, device_ptr, numel, dtype, group, 0);
+}
+
+gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const char* name,
+                                         void* device_ptr, uint64_t numel, gstab_dtype dtype,
+                                         const char* group, uint32_t flags) {
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
-  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
-    return Report(absl::InvalidArgumentError(
-        "unknown dtype: expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
-  }
-  return Report(gradients->gradients->AddTensor(
-      name, device_ptr, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group));
+  if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
+  return Report(gradients->gradients->AddTensor(name, device_ptr, numel,
+                                                static_cast<gstab::DType>(dtype),
+                                                group == nullptr ? "" : group,
+                                                (flags & GSTAB_TENSOR_REPLICATED) != 0));
 }
 
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
@@ -42,10 +47,7 @@ gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const c
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
-  if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
-    return Report(absl::InvalidArgumentError(
-        "unknown dtype: expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
-  }
+  if (absl::Status s = gstab::capi::CheckTensor(dtype, 0); !s.ok()) return Report(s);
   absl::StatusOr<void*> p = gradients->gradients->AllocateTensor(
       name, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group);
   if (!p.ok()) return Report(p.status());

@@ -20,5 +20,7 @@ namespace gstab::capi {
 gstab_status Report(const absl::Status& status);
 // Keeps `response` as the client's last step (for gstab_step_group) and summarises it.
 void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result);
+// INVALID_ARGUMENT naming what is wrong when `dtype` or `flags` (GSTAB_TENSOR_*) is unknown.
+absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags);
 
 }  // namespace gstab::capi

@@ -17,6 +17,10 @@ gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients*, const char*, void*, ui
                                    const char*) {
   return NoCuda();
 }
+gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients*, const char*, void*, uint64_t,
+                                         gstab_dtype, const char*, uint32_t) {
+  return NoCuda();
+}
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients*, const char*, uint64_t, gstab_dtype,
                                         const char*, void**) {
   return NoCuda();

@@ -44,13 +44,14 @@ class CudaGradients {
   CudaGradients& operator=(const CudaGradients&) = delete;
 
   // `ptr` is device memory on this object's device holding `numel` elements. INVALID_ARGUMENT
-  // when it is not inside a CUDA allocation.
+  // when it is not inside a CUDA allocation. `replicated`: every rank holds the whole gradient
+  // (as after DDP's all-reduce), so its group's norm is not summed across ranks.
   absl::Status AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
-                         std::string group = "");
+                         std::string group = "", bool replicated = false);
   // Allocates `numel` elements of device memory on this object's device, owned by it (freed
   // with it), and adds them as a tensor; returns the device pointer.
   absl::StatusOr<void*> AllocateTensor(std::string name, uint64_t numel, DType dtype,
-                                       std::string group = "");
+                                       std::string group = "", bool replicated = false);
   v1::RegisterBuffersRequest RegistrationRequest() const { return request_; }
   // Registers the tensors with the job `client` is attached to and maps the
   // results buffer gstabd writes (replacing an earlier registration's).

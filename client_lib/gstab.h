@@ -77,9 +77,18 @@ gstab_status gstab_detach(gstab_client* client);
 
 gstab_status gstab_arena_create(gstab_arena** out);
 void gstab_arena_destroy(gstab_arena* arena);
+/* Flags of a tensor, for the _flags variants of the add functions (the others pass 0).
+ * REPLICATED: every rank of the job holds the whole gradient, as after DDP's all-reduce, so its
+ * group's norm is not summed across ranks (the default, sharded: each rank holds a slice). All
+ * tensors of a group must agree. */
+#define GSTAB_TENSOR_REPLICATED (1u << 0)
+
 /* group: "" or NULL for a group of its own. *index (may be NULL) receives the tensor index. */
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
                                     gstab_dtype dtype, const char* group, size_t* index);
+gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, uint64_t numel,
+                                          gstab_dtype dtype, const char* group, uint32_t flags,
+                                          size_t* index);
 gstab_status gstab_arena_allocate(gstab_arena* arena);
 void* gstab_arena_data(gstab_arena* arena, size_t index);
 
@@ -138,6 +147,9 @@ void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
                                    void* device_ptr, uint64_t numel, gstab_dtype dtype,
                                    const char* group);
+gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const char* name,
+                                         void* device_ptr, uint64_t numel, gstab_dtype dtype,
+                                         const char* group, uint32_t flags);
 /* Allocates numel elements of device memory owned by `gradients` (freed with it, unless its
  * streams were left waiting for a step gstabd never finished) and adds them as a tensor;
  * *device_ptr receives the address. */

@@ -34,6 +34,7 @@ __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResu
            "dtype_of", "load_library"]
 
 _DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
+_REPLICATED = 1  # GSTAB_TENSOR_REPLICATED
 _ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -111,13 +112,14 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_connect": ([S, PP], I), "gstab_client_destroy": ([P], None),
         "gstab_attach": ([P, S, U32, U32, U32, U32, S], I), "gstab_detach": ([P], I),
         "gstab_arena_create": ([PP], I), "gstab_arena_destroy": ([P], None),
-        "gstab_arena_add_tensor": ([P, S, U64, I, S, ctypes.POINTER(ctypes.c_size_t)], I),
+        "gstab_arena_add_tensor_flags": ([P, S, U64, I, S, U32, ctypes.POINTER(ctypes.c_size_t)],
+                                         I),
         "gstab_arena_allocate": ([P], I), "gstab_arena_data": ([P, ctypes.c_size_t], P),
         "gstab_register_arena": ([P, P], I),
         "gstab_step": ([P, U64, ctypes.POINTER(_StepResult)], I),
         "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(_GroupResult)], I),
         "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
-        "gstab_cuda_add_tensor": ([P, S, P, U64, I, S], I),
+        "gstab_cuda_add_tensor_flags": ([P, S, P, U64, I, S, U32], I),
         "gstab_cuda_allocate_tensor": ([P, S, U64, I, S, PP], I),
         "gstab_register_cuda": ([P, P], I),
         "gstab_cuda_step": ([P, P, U64, P, ctypes.POINTER(_StepResult),
@@ -164,25 +166,44 @@ class Arena:
         _check(lib.gstab_arena_create(ctypes.byref(self._h)))
         self._tensors = []  # (numel, dtype)
 
-    def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "") -> int:
+    def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "",
+                   replicated: bool = False) -> int:
+        """Adds a tensor (before allocate()); returns its index. group "": a group of its own.
+        replicated: every rank holds the whole gradient (as after DDP's all-reduce)."""
         index = ctypes.c_size_t()
-        _check(_lib.gstab_arena_add_tensor(self._h, _enc(name), numel, _dtype(dtype), _enc(group),
-                                           ctypes.byref(index)))
+        _check(_lib.gstab_arena_add_tensor_flags(self._h, _enc(name), numel, _dtype(dtype),
+                                                 _enc(group), _REPLICATED if replicated else 0,
+                                                 ctypes.byref(index)))
         self._tensors.append((numel, dtype))
         return index.value
 
     def allocate(self) -> None:
         _check(_lib.gstab_arena_allocate(self._h))
 
-    def view(self, index: int) -> memoryview:
-        """The tensor's memory: format 'f' for float32, 'H' (raw bits) for the 16-bit types."""
+    def buffer(self, index: int) -> memoryview:
+        """The tensor's memory as bytes (format 'B'), for torch.frombuffer and the like."""
+        if not 0 <= index < len(self._tensors):
+            raise IndexError(f"tensor {index} does not exist: the arena has {len(self._tensors)}")
         numel, dtype = self._tensors[index]
         address = _lib.gstab_arena_data(self._h, index)
         if not address:
             raise Error(3, f"tensor {index} has no memory: call allocate() first")
         raw = (ctypes.c_ubyte * (numel * _ELEMENT_SIZE[dtype])).from_address(address)
         raw._arena = self  # the mapping lives as long as any view of it
-        return memoryview(raw).cast("B").cast("f" if dtype == "float32" else "H")
+        return memoryview(raw).cast("B")
+
+    def view(self, index: int) -> memoryview:
+        """The tensor's memory: format 'f' for float32, 'H' (raw bits) for the 16-bit types."""
+        return self.buffer(index).cast("f" if self._tensors[index][1] == "float32" else "H")
+
+    def array(self, index: int):
+        """The tensor's memory as a flat numpy array (bfloat16 through ml_dtypes); needs numpy."""
+        import numpy as np
+        dtype = self._tensors[index][1] if 0 <= index < len(self._tensors) else None
+        if dtype == "bfloat16":
+            import ml_dtypes
+            dtype = ml_dtypes.bfloat16
+        return np.frombuffer(self.buffer(index), dtype=dtype)
 
     def __del__(self):
         if getattr(self, "_h", None) and _lib is not None:
@@ -199,9 +220,10 @@ class CudaGradients:
         _check(lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
 
     def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
-                   group: str = "") -> None:
-        _check(_lib.gstab_cuda_add_tensor(self._h, _enc(name), ctypes.c_void_p(device_ptr), numel,
-                                          _dtype(dtype), _enc(group)))
+                   group: str = "", replicated: bool = False) -> None:
+        _check(_lib.gstab_cuda_add_tensor_flags(self._h, _enc(name), ctypes.c_void_p(device_ptr),
+                                                numel, _dtype(dtype), _enc(group),
+                                                _REPLICATED if replicated else 0))
 
     def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "") -> int:
         """Device memory for a tensor, owned by this object; returns its address."""

@@ -11,8 +11,6 @@ import re
 import struct
 import subprocess
 import sys
-import tempfile
-import time
 import unittest
 
 _where = argparse.ArgumentParser(add_help=False)
@@ -21,6 +19,7 @@ _BUNDLE = _where.parse_known_args()[0].bundle
 sys.path.insert(0, os.path.join(_BUNDLE, "python") if _BUNDLE else
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
+from gstabd import Gstabd  # noqa: E402
 
 ARGS = None
 
@@ -36,23 +35,12 @@ def float_to_bf16(x: float) -> int:  # exact for the values used here (8 signifi
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
-        cls.socket = os.path.join(cls.dir.name, "gstabd.sock")
-        cls.daemon = subprocess.Popen(
-            [ARGS.gstabd, f"--socket={cls.socket}", f"--state_dir={cls.dir.name}/state",
-             "--metrics_port=-1", "--backend=cpu", "--lease_ms=2000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 20
-        while not os.path.exists(cls.socket):
-            if cls.daemon.poll() is not None or time.time() > deadline:
-                raise RuntimeError("gstabd did not start: " + cls.daemon.stderr.read().decode())
-            time.sleep(0.02)
+        cls.gstabd = Gstabd(ARGS.gstabd)
+        cls.dir, cls.socket = cls.gstabd.dir, cls.gstabd.socket
 
     @classmethod
     def tearDownClass(cls):
-        cls.daemon.terminate()
-        rc = cls.daemon.wait(20)
-        cls.dir.cleanup()
+        rc = cls.gstabd.stop()
         assert rc == 0, f"gstabd exited {rc}"
 
     def test_version(self):

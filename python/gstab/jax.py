@@ -1,0 +1,108 @@
+"""gstab for JAX: a pytree of gradients stabilized by gstabd.
+
+    import gstab, gstab.jax
+    client = gstab.Client("/run/gstab/gstabd.sock")
+    client.attach("my-run", rank=rank, world_size=world, policy="stabilize")
+    stabilizer = gstab.jax.Stabilizer(client, params)   # the gradients' shapes and dtypes
+    for step in range(1, steps + 1):
+        grads = grad_fn(params, batch)                    # jitted or not
+        grads, result = stabilizer.step(grads, step)
+        if not result.skip:
+            params, opt_state = update(params, grads, opt_state)
+
+JAX arrays are immutable, so the gradients travel through host shared memory that gstabd maps
+(the CPU backend): `step()` copies each leaf into it, gstabd stabilizes it in place, and the
+results come back as new arrays with the leaves' shardings. That is one copy each way, through
+the host for arrays on an accelerator. Leaves are named by their paths in the tree
+(`params['dense']['kernel']` is `dense/kernel`).
+"""
+
+import re
+from typing import Any, Callable, Tuple, Union
+
+import jax
+import numpy as np
+
+import gstab
+
+__all__ = ["Stabilizer", "leaf_name"]
+
+Group = Union[str, Callable[[str, Any], str]]
+
+
+def leaf_name(path) -> str:
+    """A tensor name gstabd accepts for a leaf's key path: its keys joined by '/'."""
+    parts = []
+    for key in path:
+        for attribute in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey, ...
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+        else:
+            parts.append(str(key))
+    return re.sub(r"[^A-Za-z0-9._/:-]", "_", "/".join(parts))[:256] or "leaf"
+
+
+class Stabilizer:
+    """The gradients of a pytree shaped like `like` (the parameters, or one set of gradients),
+    registered with gstabd through `client` (already attached).
+
+    group: the norm group of every leaf ("" gives each leaf a group of its own), or a function
+    of (leaf name, leaf) returning it.
+    replicated: every rank holds the whole gradient (after a `pmean` across data-parallel
+    ranks), so norms are not summed across ranks; False (the default) for sharded gradients.
+    """
+
+    def __init__(self, client: gstab.Client, like: Any, group: Group = "model",
+                 replicated: bool = False):
+        leaves, self._treedef = jax.tree_util.tree_flatten_with_path(like)
+        if not leaves:
+            raise ValueError("the tree has no leaves: there is nothing to stabilize")
+        self._client = client
+        self._arena = gstab.Arena()
+        self._specs = []  # (name, shape, numpy dtype, arena index or None for empty leaves)
+        names = set()
+        for path, leaf in leaves:
+            name = leaf_name(path)
+            if name in names:
+                raise ValueError(f"two leaves are both named '{name}' once made a tensor name")
+            names.add(name)
+            dtype = np.dtype(leaf.dtype)
+            if dtype.name not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"leaf '{name}': gstab stabilizes float32, bfloat16 and float16 "
+                                 f"gradients, not {dtype.name}")
+            shape = tuple(leaf.shape)
+            index = None
+            if int(np.prod(shape)) > 0:
+                index = self._arena.add_tensor(name, int(np.prod(shape)), dtype.name,
+                                               group(name, leaf) if callable(group) else group,
+                                               replicated)
+            self._specs.append((name, shape, dtype, index))
+        self._arena.allocate()
+        self._buffers = [None if index is None else self._arena.array(index)
+                         for _, _, _, index in self._specs]
+        client.register_arena(self._arena)
+
+    def step(self, grads: Any, step: int) -> Tuple[Any, gstab.StepResult]:
+        """Returns the stabilized gradients (a tree like `grads`) and gstabd's results."""
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        if treedef != self._treedef:
+            raise ValueError(f"the gradients' tree {treedef} is not the registered one "
+                             f"{self._treedef}")
+        for leaf, (name, shape, dtype, _), buffer in zip(leaves, self._specs, self._buffers):
+            if tuple(leaf.shape) != shape or np.dtype(leaf.dtype) != dtype:
+                raise ValueError(f"leaf '{name}' is {np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+                                 f", registered as {dtype.name}{list(shape)}")
+            if buffer is not None:
+                np.copyto(buffer, np.asarray(leaf).reshape(-1))
+        result = self._client.step(step)
+        out = []
+        for leaf, (_, shape, _, _), buffer in zip(leaves, self._specs, self._buffers):
+            if buffer is None:
+                out.append(leaf)
+                continue
+            # A copy: the arena is rewritten next step, and JAX may alias host memory.
+            host = buffer.reshape(shape).copy()
+            sharding = getattr(leaf, "sharding", None)
+            out.append(jax.device_put(host, sharding) if sharding is not None else host)
+        return jax.tree_util.tree_unflatten(treedef, out), result

@@ -1,0 +1,140 @@
+"""gstab for PyTorch: a model's gradients stabilized by gstabd, in place.
+
+    import gstab, gstab.torch
+    client = gstab.Client("/run/gstab/gstabd.sock")
+    client.attach("my-run", rank=rank, world_size=world, policy="stabilize")
+    stabilizer = gstab.torch.Stabilizer(client, model)
+    for step in range(1, steps + 1):
+        loss_fn(model(x), y).backward()
+        result = stabilizer.step(step)      # after backward (and after DDP's all-reduce)
+        if not result.skip:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+The stabilizer gives every trainable parameter a gradient tensor in memory gstabd reads and
+writes: host shared memory for parameters on the CPU, the worker's own device memory (CUDA IPC)
+for parameters on a GPU. `backward()` accumulates into it, and `step()` has gstabd rescale it in
+place. On a GPU, `step()` is enqueued behind the current stream's work and the stream waits for
+it; the host does not, and `result` then describes the newest step gstabd has finished
+(`result.result_step`), not necessarily this one.
+
+A gradient that is a new tensor at `step()` (`zero_grad()` with its default `set_to_none=True`,
+a parameter unused this step) is copied into the registered memory first, with one warning:
+`zero_grad(set_to_none=False)` keeps gradients in place and saves that copy.
+"""
+
+import warnings
+from typing import Callable, Iterable, Optional, Tuple, Union
+
+import torch
+
+import gstab
+
+__all__ = ["Stabilizer"]
+
+Group = Union[str, Callable[[str, torch.nn.Parameter], str]]
+
+
+class Stabilizer:
+    """One worker's parameters registered with gstabd, through `client` (already attached).
+
+    parameters: a module, or (name, parameter) pairs as `named_parameters()` gives them.
+    group: the norm group of every tensor ("" gives each tensor a group of its own), or a
+    function of (name, parameter) returning it.
+    replicated: every rank holds the whole gradient, as after DistributedDataParallel's
+    all-reduce, so norms are not summed across ranks; False for sharded gradients (FSDP,
+    ZeRO, tensor parallelism). Default: True for a DistributedDataParallel module, else False.
+    """
+
+    def __init__(self, client: gstab.Client,
+                 parameters: Union[torch.nn.Module, Iterable[Tuple[str, torch.Tensor]]],
+                 group: Group = "model", replicated: Optional[bool] = None):
+        if replicated is None:
+            replicated = isinstance(parameters, torch.nn.parallel.DistributedDataParallel)
+        named = parameters.named_parameters() if isinstance(parameters, torch.nn.Module) \
+            else parameters
+        self._params = [(name, p) for name, p in named if p.requires_grad and p.numel() > 0]
+        if not self._params:
+            raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
+        devices = {p.device for _, p in self._params}
+        if len(devices) != 1:
+            raise ValueError(f"parameters are on {len(devices)} devices "
+                             f"({', '.join(sorted(map(str, devices)))}): one worker registers "
+                             "the gradients of one device")
+        self.device = devices.pop()
+        self._client = client
+        self._arena = self._cuda = None
+        self._warned = False
+        specs = []  # (name, numel, dtype, group, replicated)
+        for name, p in self._params:
+            try:
+                dtype = gstab.dtype_of(p)
+            except ValueError as e:
+                raise ValueError(f"parameter '{name}': {e}") from None
+            specs.append((name, p.numel(), dtype, group(name, p) if callable(group) else group,
+                          replicated))
+
+        if self.device.type == "cpu":
+            self._arena = gstab.Arena()
+            indices = [self._arena.add_tensor(*spec) for spec in specs]
+            self._arena.allocate()
+            self._grads = [torch.frombuffer(self._arena.buffer(i), dtype=p.dtype).view(p.shape)
+                           for i, (_, p) in zip(indices, self._params)]
+            client.register_arena(self._arena)
+        elif self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None \
+                else torch.cuda.current_device()
+            self._cuda = gstab.CudaGradients(index)
+            self._grads = [torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+                           for _, p in self._params]
+            for (name, numel, dtype, g, r), grad in zip(specs, self._grads):
+                self._cuda.add_tensor(name, grad.data_ptr(), numel, dtype, g, r)
+            client.register_cuda(self._cuda)
+        else:
+            raise ValueError(f"gstab serves parameters on the CPU or a CUDA GPU, not on "
+                             f"{self.device.type}")
+        for (_, p), grad in zip(self._params, self._grads):
+            if p.grad is not None:
+                grad.copy_(p.grad)
+            p.grad = grad
+
+    @property
+    def gradients(self):
+        """The registered gradient tensors, in the order of the parameters."""
+        return list(self._grads)
+
+    def zero_grad(self) -> None:
+        """Zeroes the registered gradients in place (and puts back any that were replaced)."""
+        torch._foreach_zero_(self._grads)
+        for (_, p), grad in zip(self._params, self._grads):
+            p.grad = grad
+
+    def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
+        """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
+        one) is where the step is ordered."""
+        self._take_back_replaced_gradients()
+        if self._arena is not None:
+            return self._client.step(step)
+        if stream is None:
+            stream = torch.cuda.current_stream(self.device)
+        return self._client.cuda_step(self._cuda, step, stream.cuda_stream)
+
+    def _take_back_replaced_gradients(self) -> None:
+        replaced = []
+        for (name, p), grad in zip(self._params, self._grads):
+            current = p.grad
+            if current is not None and current.data_ptr() == grad.data_ptr() \
+                    and current.shape == grad.shape:
+                continue
+            if current is None:
+                grad.zero_()
+            else:
+                grad.copy_(current)
+                replaced.append(name)
+            p.grad = grad
+        if replaced and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"gstab: {len(replaced)} gradients (first '{replaced[0]}') were new tensors, "
+                "copied into the memory gstabd stabilizes; zero_grad(set_to_none=False) keeps "
+                "gradients in place and saves the copy", stacklevel=3)

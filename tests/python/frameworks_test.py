@@ -1,0 +1,343 @@
+"""gstab.torch and gstab.jax: real models' gradients through a real gstabd (CPU backend).
+
+    frameworks_test.py --gstabd PATH --library PATH     # with PyTorch and JAX installed
+                                                        # (scripts/setup-frameworks)
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import gstab  # noqa: E402
+import gstab.jax  # noqa: E402
+import gstab.torch  # noqa: E402
+from gstabd import Gstabd  # noqa: E402
+
+ARGS = None
+SPIKE_STEP = 30  # spikes are reported after 25 warm-up steps
+
+
+def mlp(dtype=torch.float32):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 1)).to(dtype)
+
+
+def regression_batch(seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 8, generator=g)
+    return x.to(dtype), x.sum(1, keepdim=True).sin().to(dtype)
+
+
+def torch_norm(tensors):
+    return torch.linalg.vector_norm(torch.cat([t.double().flatten() for t in tensors])).item()
+
+
+class GstabdTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gstabd = Gstabd(ARGS.gstabd)
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.gstabd.stop()
+        assert rc == 0, f"gstabd exited {rc}"
+
+    def attach(self, job, **kwargs):
+        client = gstab.Client(self.gstabd.socket)
+        client.attach(job, policy=kwargs.pop("policy", "stabilize"), **kwargs)
+        self.addCleanup(client.close)
+        return client
+
+
+class TorchTest(GstabdTest):
+    def test_a_model_rides_out_a_spike_its_gradients_stabilized_in_place(self):
+        model = mlp()
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-mlp"), model)
+        params = list(model.parameters())
+        addresses = [p.grad.data_ptr() for p in params]
+        optimizer = torch.optim.SGD(params, lr=0.05)
+        x, y = regression_batch(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # gradients stay in place: nothing is copied
+            for step in range(1, SPIKE_STEP + 1):
+                loss = F.mse_loss(model(x), y)
+                (loss * (1e4 if step == SPIKE_STEP else 1.0)).backward()
+                raw = [p.grad.clone() for p in params]
+                result = stabilizer.step(step)
+                self.assertEqual([p.grad.data_ptr() for p in params], addresses)
+                self.assertEqual([g.group for g in result.groups], ["model"])
+                group = result.groups[0]
+                self.assertAlmostEqual(group.norm / torch_norm(raw), 1.0, delta=1e-5)
+                for p, before in zip(params, raw):  # direction kept, magnitude replaced
+                    torch.testing.assert_close(p.grad, before * group.scale, rtol=1e-5,
+                                               atol=1e-30)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=False)
+        self.assertTrue(group.spike)
+        self.assertLess(group.scale, 1e-2)
+        after = F.mse_loss(model(x), y).item()
+        self.assertLess(after, 1.5 * loss.item(), "the spike step did not wreck the model")
+
+    def test_replaced_and_missing_gradients_are_taken_back_with_one_warning(self):
+        model = mlp()
+        unused = torch.nn.Linear(4, 4)  # no gradient reaches it: its grad stays None
+        named = list(model.named_parameters()) + [("unused." + n, p)
+                                                  for n, p in unused.named_parameters()]
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-set-to-none"), named)
+        registered = [g.data_ptr() for g in stabilizer.gradients]
+        optimizer = torch.optim.SGD([p for _, p in named], lr=0.05)
+        x, y = regression_batch(2)
+        for step in (1, 2):
+            optimizer.zero_grad()  # set_to_none=True: backward makes new gradient tensors
+            F.mse_loss(model(x), y).backward()
+            raw = [p.grad.clone() for p in model.parameters()]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = stabilizer.step(step)
+            self.assertEqual(len(caught), 1 if step == 1 else 0, [str(w.message) for w in caught])
+            if caught:
+                self.assertIn("set_to_none=False", str(caught[0].message))
+            self.assertEqual([p.grad.data_ptr() for _, p in named], registered)
+            self.assertAlmostEqual(result.groups[0].norm / torch_norm(raw), 1.0, delta=1e-5)
+            self.assertTrue(all(p.grad.abs().sum() == 0 for p in unused.parameters()))
+        stabilizer.zero_grad()
+        self.assertEqual(torch_norm(stabilizer.gradients), 0.0)
+
+    def test_bfloat16_parameters_in_groups_chosen_per_parameter(self):
+        model = mlp(torch.bfloat16)
+        stabilizer = gstab.torch.Stabilizer(
+            self.attach("torch-bf16"), model,
+            group=lambda name, p: "biases" if name.endswith("bias") else "weights")
+        x, y = regression_batch(3, torch.bfloat16)
+        F.mse_loss(model(x), y).backward()
+        raw = {n: p.grad.clone() for n, p in model.named_parameters()}
+        result = stabilizer.step(1)
+        groups = {g.group: g for g in result.groups}
+        self.assertEqual(sorted(groups), ["biases", "weights"])
+        for name, p in model.named_parameters():
+            group = groups["biases" if name.endswith("bias") else "weights"]
+            members = [raw[n] for n in raw if n.endswith("bias") == name.endswith("bias")]
+            self.assertAlmostEqual(group.norm / torch_norm(members), 1.0, delta=1e-5)
+            self.assertEqual(p.grad.dtype, torch.bfloat16)
+            torch.testing.assert_close(p.grad.float(), raw[name].float() * group.scale,
+                                       rtol=1e-2, atol=0)
+
+    def test_non_finite_gradients_skip_the_step(self):
+        model = mlp()
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-nan"), model)
+        x, y = regression_batch(4)
+        F.mse_loss(model(x), y).backward()
+        model[0].weight.grad[3, 2] = float("inf")
+        result = stabilizer.step(1)
+        self.assertTrue(result.skip)
+        self.assertEqual(torch_norm([p.grad for p in model.parameters()]), 0.0)
+
+    def test_models_gstab_cannot_serve_are_refused_saying_why(self):
+        client = self.attach("torch-bad")
+        with self.assertRaisesRegex(ValueError, r"parameter '0.weight'.*not float64"):
+            gstab.torch.Stabilizer(client, mlp(torch.float64))
+        frozen = mlp().requires_grad_(False)
+        with self.assertRaisesRegex(ValueError, "no parameter requires a gradient"):
+            gstab.torch.Stabilizer(client, frozen)
+        with self.assertRaisesRegex(ValueError, "not on meta"):
+            gstab.torch.Stabilizer(client, mlp().to("meta"))
+        with self.assertRaises(gstab.Error) as e:  # gstabd's own check, through the client
+            gstab.torch.Stabilizer(client, [("a weight", torch.nn.Parameter(torch.ones(3)))])
+        self.assertIn("'a weight'", e.exception.message)
+        # The client is still attached and serves a good model afterwards.
+        model = mlp()
+        stabilizer = gstab.torch.Stabilizer(client, model)
+        F.mse_loss(model(regression_batch(5)[0]), regression_batch(5)[1]).backward()
+        self.assertFalse(stabilizer.step(1).skip)
+
+
+class DistributedDataParallelTest(GstabdTest):
+    """Two ranks of one job on this node, synchronised by torch.distributed (Gloo)."""
+
+    def run_ranks(self, job, replicated):
+        with tempfile.TemporaryDirectory(prefix="gstab-ddp-") as folder:
+            ranks = [subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--ddp_worker", str(rank),
+                 "--socket", self.gstabd.socket, "--job", job, "--folder", folder,
+                 "--replicated", replicated, "--library", ARGS.library or ""],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+            outputs = [r.communicate(timeout=120)[0] for r in ranks]
+            for rank, (r, output) in enumerate(zip(ranks, outputs)):
+                self.assertEqual(r.returncode, 0, f"rank {rank}:\n{output}")
+            results = []
+            for rank in (0, 1):
+                with open(os.path.join(folder, f"rank{rank}.json")) as f:
+                    results.append(json.load(f))
+            return results
+
+    def test_ddp_gradients_are_replicated_norms_not_summed_and_ranks_stay_in_step(self):
+        ranks = self.run_ranks("ddp-replicated", "auto")
+        for rank in ranks:
+            self.assertEqual(rank["warnings"], [])
+            for record in rank["steps"]:  # gstab's norm is the all-reduced gradient's own
+                self.assertAlmostEqual(record["group_norm"] / record["norm"], 1.0, delta=1e-5)
+        self.assertEqual([r["scale"] for r in ranks[0]["steps"]],
+                         [r["scale"] for r in ranks[1]["steps"]])
+        self.assertTrue(ranks[0]["steps"][-1]["spike"])
+        self.assertEqual(ranks[0]["parameters"], ranks[1]["parameters"])
+        self.assertTrue(all(math.isfinite(x) for x in ranks[0]["parameters"]))
+
+    def test_the_same_gradients_registered_sharded_count_every_rank(self):
+        ranks = self.run_ranks("ddp-sharded", "false")
+        for record in ranks[0]["steps"]:
+            self.assertAlmostEqual(record["group_norm"] / record["norm"], math.sqrt(2), delta=1e-5)
+
+
+def ddp_worker(args):
+    """One rank of DistributedDataParallelTest: trains, writes what it saw to rank<N>.json."""
+    import torch.distributed as dist
+    rank = args.ddp_worker
+    dist.init_process_group("gloo", init_method=f"file://{args.folder}/rendezvous", rank=rank,
+                            world_size=2)
+    model = torch.nn.parallel.DistributedDataParallel(mlp())
+    client = gstab.Client(args.socket)
+    client.attach(args.job, rank=rank, world_size=2, local_rank=rank, local_world_size=2,
+                  policy="stabilize")
+    replicated = None if args.replicated == "auto" else args.replicated == "true"
+    stabilizer = gstab.torch.Stabilizer(client, model, replicated=replicated)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = regression_batch(10 + rank)  # each rank its own data
+    steps = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, SPIKE_STEP + 1):
+            loss = F.mse_loss(model(x), y) * (1e4 if step == SPIKE_STEP else 1.0)
+            loss.backward()  # DDP all-reduces (averages) the gradients into p.grad
+            norm = torch_norm([p.grad for p in model.parameters()])
+            group = stabilizer.step(step).groups[0]
+            steps.append({"norm": norm, "group_norm": group.norm, "scale": group.scale,
+                          "spike": group.spike})
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+    parameters = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+    with open(os.path.join(args.folder, f"rank{rank}.json"), "w") as f:
+        json.dump({"steps": steps, "parameters": parameters,
+                   "warnings": [str(w.message) for w in caught]}, f)
+    client.detach()
+    dist.destroy_process_group()
+
+
+def jax_params(dtype=jnp.float32):
+    key = jax.random.PRNGKey(0)
+    k1, k2 = jax.random.split(key)
+    return {"dense": {"kernel": jax.random.normal(k1, (8, 32), dtype) * 0.3,
+                      "bias": jnp.zeros((32,), dtype)},
+            "out": [jax.random.normal(k2, (32, 1), dtype) * 0.3, jnp.zeros((1,), dtype)]}
+
+
+def jax_loss(params, x, y):
+    h = jnp.tanh(x @ params["dense"]["kernel"] + params["dense"]["bias"])
+    out = h @ params["out"][0] + params["out"][1]
+    return jnp.mean((out.astype(jnp.float32) - y) ** 2)
+
+
+def tree_norm(tree):
+    return math.sqrt(sum(float(np.sum(np.asarray(leaf, dtype=np.float64) ** 2))
+                         for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+class JaxTest(GstabdTest):
+    def batch(self, dtype=jnp.float32):
+        x = jax.random.normal(jax.random.PRNGKey(1), (64, 8))
+        return x.astype(dtype), jnp.sin(x.sum(1, keepdims=True))
+
+    def test_a_jitted_gradient_tree_rides_out_a_spike(self):
+        params = jax_params()
+        stabilizer = gstab.jax.Stabilizer(self.attach("jax-mlp"), params)
+        grad_fn = jax.jit(jax.grad(lambda p, x, y, k: jax_loss(p, x, y) * k))
+        x, y = self.batch()
+        first = first_values = None
+        for step in range(1, SPIKE_STEP + 1):
+            raw = grad_fn(params, x, y, 1e4 if step == SPIKE_STEP else 1.0)
+            grads, result = stabilizer.step(raw, step)
+            if step == 1:
+                first = jax.tree_util.tree_leaves(grads)
+                first_values = [np.array(leaf) for leaf in first]
+            group = result.groups[0]
+            self.assertEqual(group.group, "model")
+            self.assertAlmostEqual(group.norm / tree_norm(raw), 1.0, delta=1e-5)
+            for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(raw)):
+                self.assertIsInstance(a, jax.Array)
+                np.testing.assert_allclose(a, np.asarray(b) * group.scale, rtol=1e-5)
+            params = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, params, grads)
+        self.assertTrue(group.spike)
+        self.assertLess(group.scale, 1e-2)
+        self.assertTrue(math.isfinite(float(jax_loss(params, x, y))))
+        # Step 1's arrays are its own: later steps rewrote the shared memory, not them.
+        for leaf, values in zip(first, first_values):
+            np.testing.assert_array_equal(leaf, values)
+
+    def test_bfloat16_leaves_named_by_their_paths(self):
+        params = jax_params(jnp.bfloat16)
+        stabilizer = gstab.jax.Stabilizer(self.attach("jax-bf16"), params, group="")
+        x, y = self.batch(jnp.bfloat16)
+        raw = jax.grad(jax_loss)(params, x, y)
+        grads, result = stabilizer.step(raw, 1)
+        self.assertEqual(sorted(g.group for g in result.groups),
+                         ["dense/bias", "dense/kernel", "out/0", "out/1"])
+        self.assertEqual(jax.tree_util.tree_leaves(grads)[0].dtype, jnp.bfloat16)
+        leaves = dict(zip(["dense/bias", "dense/kernel", "out/0", "out/1"],
+                          jax.tree_util.tree_leaves(raw)))
+        for g in result.groups:
+            self.assertAlmostEqual(g.norm / tree_norm(leaves[g.group]), 1.0, delta=1e-5)
+
+    def test_non_finite_gradients_skip_the_step(self):
+        params = jax_params()
+        stabilizer = gstab.jax.Stabilizer(self.attach("jax-nan"), params)
+        raw = jax.tree_util.tree_map(jnp.ones_like, params)
+        raw["out"][1] = jnp.array([jnp.nan])
+        grads, result = stabilizer.step(raw, 1)
+        self.assertTrue(result.skip)
+        self.assertEqual(tree_norm(grads), 0.0)
+
+    def test_trees_that_do_not_match_are_refused_saying_why(self):
+        client = self.attach("jax-bad")
+        with self.assertRaisesRegex(ValueError, "leaf 'step': .*not int32"):
+            gstab.jax.Stabilizer(client, {"step": jnp.zeros((), jnp.int32)})
+        stabilizer = gstab.jax.Stabilizer(client, jax_params())
+        grads = jax_params()
+        del grads["out"]
+        with self.assertRaisesRegex(ValueError, "not the registered one"):
+            stabilizer.step(grads, 1)
+        grads = jax_params()
+        grads["dense"]["bias"] = jnp.zeros((31,))
+        with self.assertRaisesRegex(ValueError, r"leaf 'dense/bias' is float32\[31\], "
+                                                r"registered as float32\[32\]"):
+            stabilizer.step(grads, 1)
+        _, result = stabilizer.step(jax_params(), 1)  # still serving
+        self.assertFalse(result.skip)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gstabd")
+    parser.add_argument("--library", help="default: where the package finds it")
+    parser.add_argument("--ddp_worker", type=int, help=argparse.SUPPRESS)
+    for hidden in ("--socket", "--job", "--folder", "--replicated"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    ARGS, rest = parser.parse_known_args()
+    gstab.load_library(ARGS.library or None)
+    if ARGS.ddp_worker is not None:
+        ddp_worker(ARGS)
+    else:
+        if not ARGS.gstabd:
+            parser.error("--gstabd is required")
+        unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)

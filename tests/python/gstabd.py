@@ -1,0 +1,30 @@
+"""A real gstabd for the Python tests: started on the CPU backend in a folder of its own."""
+import os
+import subprocess
+import tempfile
+import time
+
+
+class Gstabd:
+    def __init__(self, binary: str, *flags: str):
+        self.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
+        self.socket = os.path.join(self.dir.name, "gstabd.sock")
+        self.process = subprocess.Popen(
+            [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
+             "--metrics_port=-1", "--backend=cpu", "--lease_ms=2000", *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 20
+        while not os.path.exists(self.socket):
+            if self.process.poll() is not None or time.time() > deadline:
+                self.process.kill()
+                self.process.wait()
+                raise RuntimeError("gstabd did not start: " + self.process.stderr.read().decode())
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        """Stops gstabd (SIGTERM) and removes its folder; returns its exit status."""
+        self.process.terminate()
+        rc = self.process.wait(20)
+        self.process.stderr.close()
+        self.dir.cleanup()
+        return rc
