@@ -5,6 +5,7 @@
                                                  # image uses it: package and libraries from DIR
 """
 import argparse
+import ctypes
 import math
 import os
 import re
@@ -111,6 +112,27 @@ class ClientTest(unittest.TestCase):
             arena.add_tensor("x", 4)
             arena.view(0)  # before allocate()
         self.assertIn("allocate", e.exception.message)
+        # The C ABI's own checks, below the package's.
+        lib, h = gstab.load_library(), ctypes.c_void_p()
+        self.assertEqual(lib.gstab_arena_create(ctypes.byref(h)), 0)
+        self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 0, b"", 6, None), 3)
+        self.assertIn("unknown tensor flags 0x6", lib.gstab_last_error().decode())
+        self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 7, b"", 0, None), 3)
+        self.assertIn("unknown dtype 7", lib.gstab_last_error().decode())
+        lib.gstab_arena_destroy(h)
+
+    def test_a_group_is_either_replicated_or_sharded(self):
+        client = gstab.Client(self.socket)
+        client.attach("py-replicated")
+        arena = gstab.Arena()
+        arena.add_tensor("a", 8, "float32", "g", replicated=True)
+        arena.add_tensor("b", 8, "float32", "g")
+        arena.allocate()
+        with self.assertRaises(gstab.Error) as e:
+            client.register_arena(arena)
+        self.assertEqual(e.exception.code, 3)
+        self.assertIn("replicated", e.exception.message)
+        self.assertIn("sharded", e.exception.message)
 
     def test_absent_daemon_is_unavailable(self):
         with self.assertRaises(gstab.Error) as e:

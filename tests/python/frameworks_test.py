@@ -2,6 +2,9 @@
 
     frameworks_test.py --gstabd PATH --library PATH     # with PyTorch and JAX installed
                                                         # (scripts/setup-frameworks)
+
+Where PyTorch sees a CUDA GPU, TorchCudaTest also runs a model's gradients through a second
+gstabd on its CUDA backend (CUDA IPC); elsewhere it is skipped.
 """
 import argparse
 import json
@@ -162,6 +165,52 @@ class TorchTest(GstabdTest):
         stabilizer = gstab.torch.Stabilizer(client, model)
         F.mse_loss(model(regression_batch(5)[0]), regression_batch(5)[1]).backward()
         self.assertFalse(stabilizer.step(1).skip)
+
+
+@unittest.skipUnless(torch.cuda.is_available(), "PyTorch sees no CUDA GPU")
+class TorchCudaTest(unittest.TestCase):
+    """A model on the GPU: gradients in its own device memory, stabilized on its stream."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gstabd = Gstabd(ARGS.gstabd, backend="cuda", library_path=ARGS.gstabd_library_path)
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.gstabd.stop()
+        assert rc == 0, f"gstabd exited {rc}"
+
+    def run_model(self, job, dtype, rtol):
+        client = gstab.Client(self.gstabd.socket)
+        client.attach(job, policy="stabilize")
+        self.addCleanup(client.close)
+        model = mlp(dtype).cuda()
+        stabilizer = gstab.torch.Stabilizer(client, model)
+        params = list(model.parameters())
+        addresses = [p.grad.data_ptr() for p in params]
+        optimizer = torch.optim.SGD(params, lr=0.05)
+        x, y = (t.cuda() for t in regression_batch(1, dtype))
+        for step in range(1, SPIKE_STEP + 1):
+            (F.mse_loss(model(x), y) * (1e4 if step == SPIKE_STEP else 1.0)).backward()
+            raw = [p.grad.clone() for p in params]
+            result = stabilizer.step(step)  # the current stream waits for gstabd's kernels
+            after = [p.grad.clone() for p in params]
+            self.assertEqual([p.grad.data_ptr() for p in params], addresses)
+            self.assertLessEqual(result.result_step, step)
+            scale = torch_norm(after) / torch_norm(raw)  # one scale for the group: the same
+            for a, r in zip(after, raw):                 # direction, every tensor alike
+                torch.testing.assert_close(a.double(), r.double() * scale, rtol=rtol, atol=0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+        self.assertLess(scale, 1e-2, "the 1e4x step's magnitude is replaced")
+        torch.cuda.synchronize()
+        self.assertTrue(all(torch.isfinite(p).all().item() for p in params))
+
+    def test_a_gpu_model_rides_out_a_spike_on_its_stream(self):
+        self.run_model("torch-cuda", torch.float32, 1e-5)
+
+    def test_a_bfloat16_gpu_model(self):
+        self.run_model("torch-cuda-bf16", torch.bfloat16, 1e-2)
 
 
 class DistributedDataParallelTest(GstabdTest):
@@ -330,6 +379,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--gstabd")
     parser.add_argument("--library", help="default: where the package finds it")
+    parser.add_argument("--gstabd_library_path", default="",
+                        help="LD_LIBRARY_PATH for gstabd only (this process keeps its own)")
     parser.add_argument("--ddp_worker", type=int, help=argparse.SUPPRESS)
     for hidden in ("--socket", "--job", "--folder", "--replicated"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)

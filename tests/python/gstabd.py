@@ -1,4 +1,4 @@
-"""A real gstabd for the Python tests: started on the CPU backend in a folder of its own."""
+"""A real gstabd for the Python tests, in a folder of its own (CPU backend unless told)."""
 import os
 import subprocess
 import tempfile
@@ -6,14 +6,16 @@ import time
 
 
 class Gstabd:
-    def __init__(self, binary: str, *flags: str):
+    def __init__(self, binary: str, *flags: str, backend: str = "cpu", library_path: str = ""):
+        """library_path: LD_LIBRARY_PATH for gstabd alone (the test process keeps its own)."""
         self.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
         self.socket = os.path.join(self.dir.name, "gstabd.sock")
+        env = dict(os.environ, **({"LD_LIBRARY_PATH": library_path} if library_path else {}))
         self.process = subprocess.Popen(
             [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
-             "--metrics_port=-1", "--backend=cpu", "--lease_ms=2000", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 20
+             "--metrics_port=-1", f"--backend={backend}", "--lease_ms=2000", *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.time() + 60
         while not os.path.exists(self.socket):
             if self.process.poll() is not None or time.time() > deadline:
                 self.process.kill()
