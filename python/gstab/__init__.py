@@ -21,6 +21,8 @@ CUDA backend (tensors stay in the GPU's memory; PyTorch shown, any device pointe
     # each step, after backward (keep p.grad allocated: zero_grad(set_to_none=False)):
     client.cuda_step(grads, step, torch.cuda.current_stream().cuda_stream)
 
+PyTorch models and JAX trees in a few lines: gstab.torch.Stabilizer and gstab.jax.Stabilizer.
+
 libgstab.so is found through $GSTAB_LIBRARY, then next to this package, then in the lib/ beside
 its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the loader's path.
 """
