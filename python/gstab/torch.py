@@ -53,7 +53,11 @@ class Stabilizer:
             replicated = isinstance(parameters, torch.nn.parallel.DistributedDataParallel)
         named = parameters.named_parameters() if isinstance(parameters, torch.nn.Module) \
             else parameters
-        self._params = [(name, p) for name, p in named if p.requires_grad and p.numel() > 0]
+        self._params, seen = [], set()
+        for name, p in named:  # a parameter shared under two names is registered once
+            if p.requires_grad and p.numel() > 0 and id(p) not in seen:
+                seen.add(id(p))
+                self._params.append((name, p))
         if not self._params:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
         devices = {p.device for _, p in self._params}

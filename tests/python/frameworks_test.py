@@ -119,6 +119,20 @@ class TorchTest(GstabdTest):
         stabilizer.zero_grad()
         self.assertEqual(torch_norm(stabilizer.gradients), 0.0)
 
+    def test_a_parameter_under_two_names_counts_once(self):
+        model = mlp()
+        named = list(model.named_parameters()) + [("tied.weight", model[0].weight)]
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-tied"), named, group="")
+        x, y = regression_batch(6)
+        F.mse_loss(model(x), y).backward()
+        raw = [p.grad.clone() for p in model.parameters()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = stabilizer.step(1)
+        self.assertEqual([g.group for g in result.groups], [n for n, _ in model.named_parameters()])
+        for g, before in zip(result.groups, raw):
+            self.assertAlmostEqual(g.norm / torch_norm([before]), 1.0, delta=1e-5)
+
     def test_bfloat16_parameters_in_groups_chosen_per_parameter(self):
         model = mlp(torch.bfloat16)
         stabilizer = gstab.torch.Stabilizer(
