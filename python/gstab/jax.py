@@ -17,6 +17,7 @@ the host for arrays on an accelerator. Leaves are named by their paths in the tr
 (`params['dense']['kernel']` is `dense/kernel`).
 """
 
+import ctypes
 import re
 from typing import Any, Callable, Tuple, Union
 
@@ -28,6 +29,7 @@ import gstab
 __all__ = ["Stabilizer", "leaf_name"]
 
 Group = Union[str, Callable[[str, Any], str]]
+_ALIGN = 64  # of every tensor in an arena
 
 
 def leaf_name(path) -> str:
@@ -81,6 +83,16 @@ class Stabilizer:
         self._arena.allocate()
         self._buffers = [None if index is None else self._arena.array(index)
                          for _, _, _, index in self._specs]
+        # The tensors lie in order in one mapping: the results leave it in one copy.
+        present = [b for b in self._buffers if b is not None]
+        if not present:
+            raise ValueError("every leaf is empty: there is nothing to stabilize")
+        base = present[0].ctypes.data
+        span = (ctypes.c_ubyte * (present[-1].ctypes.data + present[-1].nbytes - base)) \
+            .from_address(base)
+        span._arena = self._arena  # the mapping lives as long as any array over it
+        self._span = np.frombuffer(span, np.uint8)
+        self._offsets = [None if b is None else b.ctypes.data - base for b in self._buffers]
         client.register_arena(self._arena)
 
     def step(self, grads: Any, step: int) -> Tuple[Any, gstab.StepResult]:
@@ -96,13 +108,25 @@ class Stabilizer:
             if buffer is not None:
                 np.copyto(buffer, np.asarray(leaf).reshape(-1))
         result = self._client.step(step)
-        out = []
-        for leaf, (_, shape, _, _), buffer in zip(leaves, self._specs, self._buffers):
-            if buffer is None:
-                out.append(leaf)
+        # One copy out of the shared memory, which the next step rewrites. JAX on the CPU makes
+        # arrays over suitably aligned host memory without copying it: the new arrays view this
+        # copy, aligned as the shared memory is (64 bytes), rather than copying again.
+        fresh = np.empty(self._span.nbytes + _ALIGN, np.uint8)
+        skip = -fresh.ctypes.data % _ALIGN
+        fresh = fresh[skip:skip + self._span.nbytes]
+        np.copyto(fresh, self._span)
+        out = list(leaves)
+        put, hosts, shardings = [], [], []  # one device_put for every jax.Array leaf
+        for i, (leaf, (_, shape, dtype, _), offset) in enumerate(
+                zip(leaves, self._specs, self._offsets)):
+            if offset is None:
                 continue
-            # A copy: the arena is rewritten next step, and JAX may alias host memory.
-            host = buffer.reshape(shape).copy()
-            sharding = getattr(leaf, "sharding", None)
-            out.append(jax.device_put(host, sharding) if sharding is not None else host)
+            host = fresh[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype)
+            out[i] = host.reshape(shape)
+            if isinstance(leaf, jax.Array):
+                put.append(i)
+                hosts.append(out[i])
+                shardings.append(leaf.sharding)
+        for i, array in zip(put, jax.device_put(hosts, shardings)):
+            out[i] = array
         return jax.tree_util.tree_unflatten(treedef, out), result
