@@ -130,7 +130,12 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_cuda_group_name": ([P, ctypes.c_size_t], S),
     }
     for name, (args, restype) in signatures.items():
-        fn = getattr(lib, name)
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise OSError(f"{lib._name} (version {lib.gstab_version().decode()}) lacks {name}, "
+                          "which this package needs: use the libgstab.so built with the "
+                          "package") from None
         fn.argtypes, fn.restype = args, restype
     _lib = lib
     return lib
@@ -252,6 +257,7 @@ class Client:
     def __init__(self, socket_path: str):
         lib = load_library()
         self._h = ctypes.c_void_p()
+        self.registration = None  # the Arena or CudaGradients last registered: what steps use
         _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
@@ -263,10 +269,14 @@ class Client:
         _check(_lib.gstab_detach(self._h))
 
     def register_arena(self, arena: Arena) -> None:
+        """Registers the arena's tensors, replacing this client's earlier registration."""
         _check(_lib.gstab_register_arena(self._h, arena._h))
+        self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:
+        """Registers the device tensors, replacing this client's earlier registration."""
         _check(_lib.gstab_register_cuda(self._h, gradients._h))
+        self.registration = gradients
 
     def step(self, step: int) -> StepResult:
         r = _StepResult()

@@ -32,6 +32,11 @@ Group = Union[str, Callable[[str, Any], str]]
 _ALIGN = 64  # of every tensor in an arena
 
 
+def _array(leaf):
+    """The leaf itself if it is an array (JAX or numpy), else it as a numpy array."""
+    return leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else np.asarray(leaf)
+
+
 def leaf_name(path) -> str:
     """A tensor name gstabd accepts for a leaf's key path: its keys joined by '/'."""
     parts = []
@@ -65,6 +70,7 @@ class Stabilizer:
         self._specs = []  # (name, shape, numpy dtype, arena index or None for empty leaves)
         names = set()
         for path, leaf in leaves:
+            leaf = _array(leaf)
             name = leaf_name(path)
             if name in names:
                 raise ValueError(f"two leaves are both named '{name}' once made a tensor name")
@@ -97,7 +103,11 @@ class Stabilizer:
 
     def step(self, grads: Any, step: int) -> Tuple[Any, gstab.StepResult]:
         """Returns the stabilized gradients (a tree like `grads`) and gstabd's results."""
+        if self._client.registration is not self._arena:
+            raise RuntimeError("this stabilizer's gradients are no longer registered: a later "
+                               "registration on the same client replaced them; step that one")
         leaves, treedef = jax.tree_util.tree_flatten(grads)
+        leaves = [_array(leaf) for leaf in leaves]
         if treedef != self._treedef:
             raise ValueError(f"the gradients' tree {treedef} is not the registered one "
                              f"{self._treedef}")

@@ -6,21 +6,22 @@
     stabilizer = gstab.torch.Stabilizer(client, model)
     for step in range(1, steps + 1):
         loss_fn(model(x), y).backward()
-        result = stabilizer.step(step)      # after backward (and after DDP's all-reduce)
-        if not result.skip:
+        stabilizer.step(step)               # after backward (and after DDP's all-reduce)
+        if not stabilizer.skipped():        # this step's gradients were not finite
             optimizer.step()
         optimizer.zero_grad(set_to_none=False)
 
 The stabilizer gives every trainable parameter a gradient tensor in memory gstabd reads and
 writes: host shared memory for parameters on the CPU, the worker's own device memory (CUDA IPC)
 for parameters on a GPU. `backward()` accumulates into it, and `step()` has gstabd rescale it in
-place. On a GPU, `step()` is enqueued behind the current stream's work and the stream waits for
-it; the host does not, and `result` then describes the newest step gstabd has finished
-(`result.result_step`), not necessarily this one.
+place. On a GPU, `step()` is enqueued behind the stream's work and the stream waits for it; the
+host does not, and the `StepResult` it returns describes the newest step gstabd has finished
+(`result_step`), not necessarily this one. `skipped()` is this step's decision on either
+device (on a GPU, a device tensor read on the stream; `bool()` of it waits for the step).
 
 A gradient that is a new tensor at `step()` (`zero_grad()` with its default `set_to_none=True`,
-a parameter unused this step) is copied into the registered memory first, with one warning:
-`zero_grad(set_to_none=False)` keeps gradients in place and saves that copy.
+DDP with `gradient_as_bucket_view=True`) is copied into the registered memory first, with one
+warning; a parameter without a gradient this step counts as zero.
 """
 
 import warnings
@@ -60,6 +61,12 @@ class Stabilizer:
                 self._params.append((name, p))
         if not self._params:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
+        for name, p in self._params:
+            if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
+                raise ValueError(
+                    f"parameter '{name}' is a DTensor (FSDP2, tensor parallelism): gstab.torch "
+                    "registers plain tensors; register each rank's local shards with "
+                    "gstab.CudaGradients")
         devices = {p.device for _, p in self._params}
         if len(devices) != 1:
             raise ValueError(f"parameters are on {len(devices)} devices "
@@ -69,6 +76,7 @@ class Stabilizer:
         self._client = client
         self._arena = self._cuda = None
         self._warned = False
+        self._last = None
         specs = []  # (name, numel, dtype, group, replicated)
         for name, p in self._params:
             try:
@@ -78,22 +86,35 @@ class Stabilizer:
             specs.append((name, p.numel(), dtype, group(name, p) if callable(group) else group,
                           replicated))
 
+        # Gradients take their parameter's memory layout (channels_last, say) where it is dense,
+        # as AccumulateGrad and DDP's buckets expect.
+        strides = [torch.empty_like(p, device="meta").stride() for _, p in self._params]
         if self.device.type == "cpu":
             self._arena = gstab.Arena()
             indices = [self._arena.add_tensor(*spec) for spec in specs]
             self._arena.allocate()
-            self._grads = [torch.frombuffer(self._arena.buffer(i), dtype=p.dtype).view(p.shape)
-                           for i, (_, p) in zip(indices, self._params)]
+            self._grads = [torch.frombuffer(self._arena.buffer(i), dtype=p.dtype)
+                           .as_strided(p.shape, stride)
+                           for i, (_, p), stride in zip(indices, self._params, strides)]
             client.register_arena(self._arena)
+            self._registration = self._arena
         elif self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None \
-                else torch.cuda.current_device()
-            self._cuda = gstab.CudaGradients(index)
-            self._grads = [torch.zeros(p.shape, dtype=p.dtype, device=p.device)
-                           for _, p in self._params]
-            for (name, numel, dtype, g, r), grad in zip(specs, self._grads):
-                self._cuda.add_tensor(name, grad.data_ptr(), numel, dtype, g, r)
-            client.register_cuda(self._cuda)
+            self._registration = None
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            with torch.cuda.device(self.device):  # gstab's CUDA calls set the thread's device
+                self._cuda = gstab.CudaGradients(self.device.index)
+                self._grads = [torch.zeros(p.shape, dtype=p.dtype, device=self.device)
+                               .as_strided(p.shape, stride)
+                               for (_, p), stride in zip(self._params, strides)]
+                for (name, numel, dtype, g, r), grad in zip(specs, self._grads):
+                    self._cuda.add_tensor(name, grad.data_ptr(), numel, dtype, g, r)
+                client.register_cuda(self._cuda)
+                address, size = self._cuda.results()
+                # The results buffer gstab.h describes, as int32 words: flags are word 3.
+                self._results = torch.as_tensor(_DeviceWords(address, size),
+                                                device=self.device)
+            self._registration = self._cuda
         else:
             raise ValueError(f"gstab serves parameters on the CPU or a CUDA GPU, not on "
                              f"{self.device.type}")
@@ -116,12 +137,29 @@ class Stabilizer:
     def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
         one) is where the step is ordered."""
-        self._take_back_replaced_gradients()
+        if self._client.registration is not self._registration:
+            raise RuntimeError("this stabilizer's gradients are no longer registered: a later "
+                               "registration on the same client replaced them; step that one")
         if self._arena is not None:
-            return self._client.step(step)
-        if stream is None:
-            stream = torch.cuda.current_stream(self.device)
-        return self._client.cuda_step(self._cuda, step, stream.cuda_stream)
+            self._take_back_replaced_gradients()
+            self._last = self._client.step(step)
+            return self._last
+        with torch.cuda.device(self.device):
+            if stream is None:
+                stream = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(stream):  # the copies below come before gstabd's kernels
+                self._take_back_replaced_gradients()
+            return self._client.cuda_step(self._cuda, step, stream.cuda_stream)
+
+    def skipped(self):
+        """Whether the last step's gradients were not finite (skip the optimizer step): a bool
+        on the CPU; on a GPU a 0-dim bool tensor on the device, computed on the current stream
+        from the results gstabd wrote (read it after that step, on that stream)."""
+        if self._arena is not None:
+            if self._last is None:
+                raise RuntimeError("no step yet")
+            return self._last.skip
+        return (self._results[3] & _FLAG_SKIPPED) != 0
 
     def _take_back_replaced_gradients(self) -> None:
         replaced = []
@@ -140,5 +178,19 @@ class Stabilizer:
             self._warned = True
             warnings.warn(
                 f"gstab: {len(replaced)} gradients (first '{replaced[0]}') were new tensors, "
-                "copied into the memory gstabd stabilizes; zero_grad(set_to_none=False) keeps "
-                "gradients in place and saves the copy", stacklevel=3)
+                "copied into the memory gstabd stabilizes. zero_grad(set_to_none=False) keeps "
+                "gradients in place and saves the copy (DDP with gradient_as_bucket_view=True "
+                "replaces them every step)", stacklevel=3)
+
+
+_FLAG_SKIPPED = 1 << 1  # GSTAB_FLAG_SKIPPED
+
+
+class _DeviceWords:
+    """Device memory as int32 words, for torch.as_tensor (CUDA array interface, no copy)."""
+
+    def __init__(self, address: int, size: int):
+        if not address:
+            raise gstab.Error(13, "gstabd mapped no results buffer for this registration")
+        self.__cuda_array_interface__ = {"shape": (size // 4,), "typestr": "<i4",
+                                         "data": (address, False), "version": 2}

@@ -155,12 +155,45 @@ class TorchTest(GstabdTest):
     def test_non_finite_gradients_skip_the_step(self):
         model = mlp()
         stabilizer = gstab.torch.Stabilizer(self.attach("torch-nan"), model)
+        with self.assertRaisesRegex(RuntimeError, "no step yet"):
+            stabilizer.skipped()
         x, y = regression_batch(4)
         F.mse_loss(model(x), y).backward()
         model[0].weight.grad[3, 2] = float("inf")
         result = stabilizer.step(1)
         self.assertTrue(result.skip)
+        self.assertTrue(stabilizer.skipped())
         self.assertEqual(torch_norm([p.grad for p in model.parameters()]), 0.0)
+        F.mse_loss(model(x), y).backward()
+        self.assertFalse(stabilizer.step(2).skip)
+        self.assertFalse(stabilizer.skipped())
+
+    def test_a_later_registration_on_the_client_retires_the_earlier_stabilizer(self):
+        client = self.attach("torch-twice")
+        model = mlp()
+        first = gstab.torch.Stabilizer(client, model)
+        model[0].requires_grad_(False)  # say, layers frozen: registered again
+        second = gstab.torch.Stabilizer(client, model)
+        with self.assertRaisesRegex(RuntimeError, "no longer registered"):
+            first.step(1)
+        x, y = regression_batch(7)
+        F.mse_loss(model(x), y).backward()
+        raw = torch_norm([model[2].weight.grad, model[2].bias.grad])  # the trainable ones
+        self.assertAlmostEqual(second.step(1).groups[0].norm / raw, 1.0, delta=1e-5)
+
+    def test_gradients_keep_their_parameters_memory_layout(self):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-layout"), conv)
+        self.assertEqual(conv.weight.grad.stride(), conv.weight.stride())
+        self.assertNotEqual(conv.weight.stride(), conv.weight.contiguous().stride())
+        x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # AccumulateGrad warns of a grad of another layout
+            conv(x).square().mean().backward()
+            raw = [p.grad.clone() for p in conv.parameters()]
+            result = stabilizer.step(1)
+        self.assertAlmostEqual(result.groups[0].norm / torch_norm(raw), 1.0, delta=1e-5)
 
     def test_models_gstab_cannot_serve_are_refused_saying_why(self):
         client = self.attach("torch-bad")
@@ -171,6 +204,18 @@ class TorchTest(GstabdTest):
             gstab.torch.Stabilizer(client, frozen)
         with self.assertRaisesRegex(ValueError, "not on meta"):
             gstab.torch.Stabilizer(client, mlp().to("meta"))
+        import torch.distributed as dist
+        from torch.distributed.tensor import DeviceMesh, distribute_tensor
+        with tempfile.TemporaryDirectory() as folder:
+            dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0,
+                                    world_size=1)
+            try:
+                sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4, 4),
+                                                               DeviceMesh("cpu", [0])))
+                with self.assertRaisesRegex(ValueError, "parameter 'w' is a DTensor"):
+                    gstab.torch.Stabilizer(client, [("w", sharded)])
+            finally:
+                dist.destroy_process_group()
         with self.assertRaises(gstab.Error) as e:  # gstabd's own check, through the client
             gstab.torch.Stabilizer(client, [("a weight", torch.nn.Parameter(torch.ones(3)))])
         self.assertIn("'a weight'", e.exception.message)
@@ -225,6 +270,30 @@ class TorchCudaTest(unittest.TestCase):
 
     def test_a_bfloat16_gpu_model(self):
         self.run_model("torch-cuda-bf16", torch.bfloat16, 1e-2)
+
+    def test_this_steps_skip_decision_on_a_stream_of_the_callers(self):
+        client = gstab.Client(self.gstabd.socket)
+        client.attach("torch-cuda-skip", policy="stabilize")
+        self.addCleanup(client.close)
+        model = mlp().cuda()
+        stabilizer = gstab.torch.Stabilizer(client, model)
+        x, y = (t.cuda() for t in regression_batch(2))
+        side = torch.cuda.Stream()
+        for step, poison in ((1, False), (2, True), (3, False)):
+            F.mse_loss(model(x), y).backward()
+            if poison:
+                model[0].weight.grad[0, 0] = float("nan")
+            optimizer_zero = torch.cuda.current_stream()
+            side.wait_stream(optimizer_zero)
+            stabilizer.step(step, stream=side)  # the caller's stream, not the current one
+            with torch.cuda.stream(side):
+                skipped = stabilizer.skipped()
+                norm = torch.linalg.vector_norm(
+                    torch.cat([p.grad.flatten() for p in model.parameters()]))
+            torch.cuda.current_stream().wait_stream(side)
+            self.assertEqual(bool(skipped), poison, f"step {step}")
+            self.assertEqual(norm.item() == 0.0, poison, f"step {step}")
+            stabilizer.zero_grad()
 
 
 class DistributedDataParallelTest(GstabdTest):
@@ -387,6 +456,12 @@ class JaxTest(GstabdTest):
             stabilizer.step(grads, 1)
         _, result = stabilizer.step(jax_params(), 1)  # still serving
         self.assertFalse(result.skip)
+        with self.assertRaisesRegex(ValueError, "leaf 'lr': .*not float64"):
+            gstab.jax.Stabilizer(client, {"lr": 0.1})  # a Python float is float64
+        later = gstab.jax.Stabilizer(client, {"w": np.ones(3, np.float32)})
+        with self.assertRaisesRegex(RuntimeError, "no longer registered"):
+            stabilizer.step(jax_params(), 2)
+        self.assertFalse(later.step({"w": np.ones(3, np.float32)}, 2)[1].skip)
 
 
 if __name__ == "__main__":
