@@ -65,9 +65,10 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
     (void)cudaGetLastError();
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", name, "': its memory cannot be shared over CUDA IPC (", cudaGetErrorString(e),
-        "); memory from cuMemCreate, such as PyTorch's expandable segments "
-        "(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), cannot: allocate the gradients "
-        "with cudaMalloc or turn expandable segments off"));
+        "); memory from cuMemCreate or a stream-ordered pool cannot, such as PyTorch's "
+        "expandable segments (expandable_segments:True in PYTORCH_ALLOC_CONF or "
+        "PYTORCH_CUDA_ALLOC_CONF) or its backend:cudaMallocAsync: allocate the gradients with "
+        "cudaMalloc, or turn those settings off"));
   }
   const uint64_t offset =
       static_cast<uint64_t>(static_cast<char*>(ptr) - static_cast<char*>(range->first));

@@ -306,7 +306,11 @@ class DistributedDataParallelTest(GstabdTest):
                  "--socket", self.gstabd.socket, "--job", job, "--folder", folder,
                  "--replicated", replicated, "--library", ARGS.library or ""],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-            outputs = [r.communicate(timeout=120)[0] for r in ranks]
+            try:
+                outputs = [r.communicate(timeout=120)[0] for r in ranks]
+            finally:
+                for r in ranks:
+                    r.kill()
             for rank, (r, output) in enumerate(zip(ranks, outputs)):
                 self.assertEqual(r.returncode, 0, f"rank {rank}:\n{output}")
             results = []
