@@ -43,8 +43,9 @@ class Stabilizer:
     group: the norm group of every tensor ("" gives each tensor a group of its own), or a
     function of (name, parameter) returning it.
     replicated: every rank holds the whole gradient, as after DistributedDataParallel's
-    all-reduce, so norms are not summed across ranks; False for sharded gradients (FSDP,
-    ZeRO, tensor parallelism). Default: True for a DistributedDataParallel module, else False.
+    all-reduce, so norms are not summed across ranks; False when each rank holds a slice of
+    the gradients (their squares are summed). Default: True for a DistributedDataParallel
+    module, else False; pass it for DDP behind another wrapper (torch.compile).
     """
 
     def __init__(self, client: gstab.Client,
@@ -193,4 +194,5 @@ class _DeviceWords:
         if not address:
             raise gstab.Error(13, "gstabd mapped no results buffer for this registration")
         self.__cuda_array_interface__ = {"shape": (size // 4,), "typestr": "<i4",
-                                         "data": (address, False), "version": 2}
+                                         "data": (address, False), "strides": None,
+                                         "version": 2}
