@@ -392,6 +392,27 @@ class JaxTest(GstabdTest):
         for leaf, values in zip(first, first_values):
             np.testing.assert_array_equal(leaf, values)
 
+    def test_the_example_rides_out_spikes_that_wreck_it_without_gstab(self):
+        example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                               "examples", "jax_train.py")
+        env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
+        reports = {}
+        with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
+            for mode in ("gstab", "no_gstab"):
+                report = os.path.join(folder, mode + ".json")
+                run = subprocess.run(
+                    [sys.executable, example, "--socket", self.gstabd.socket, "--report", report]
+                    + (["--no_gstab"] if mode == "no_gstab" else []),
+                    capture_output=True, text=True, env=env, timeout=120)
+                self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+                with open(report) as f:
+                    reports[mode] = json.load(f)
+        spikes = [r["step"] for r in reports["gstab"]["steps"] if r["spike"]]
+        self.assertEqual(spikes, [30, 45])
+        self.assertLess(reports["gstab"]["final_loss"], reports["gstab"]["steps"][0]["loss"])
+        self.assertGreater(reports["no_gstab"]["final_loss"],
+                           1000 * reports["gstab"]["final_loss"])
+
     def test_bfloat16_leaves_named_by_their_paths(self):
         params = jax_params(jnp.bfloat16)
         stabilizer = gstab.jax.Stabilizer(self.attach("jax-bf16"), params, group="")

@@ -1,0 +1,88 @@
+"""A JAX training loop whose gradients its node's gstabd stabilizes.
+
+    python3 examples/jax_train.py --socket /run/gstab/gstabd.sock
+
+A small regression MLP trained with SGD on gradients from a jitted `jax.grad`; the loss is
+multiplied by 10^4 on the --spike_steps (a stand-in for a bad batch). With gstab the spikes are
+flagged and their magnitude replaced; run with --no_gstab to see the same loop without it.
+Needs python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds
+it.
+"""
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import gstab  # noqa: E402
+import gstab.jax  # noqa: E402
+
+
+def init(key):
+    k1, k2 = jax.random.split(key)
+    return {"hidden": {"kernel": jax.random.normal(k1, (8, 32)) * 0.3, "bias": jnp.zeros(32)},
+            "out": {"kernel": jax.random.normal(k2, (32, 1)) * 0.3, "bias": jnp.zeros(1)}}
+
+
+def loss_fn(params, x, y, factor):
+    h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    return jnp.mean((h @ params["out"]["kernel"] + params["out"]["bias"] - y) ** 2) * factor
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", default="/run/gstab/gstabd.sock", help="gstabd's socket")
+    parser.add_argument("--job", default="jax-example")
+    parser.add_argument("--policy", default="stabilize")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--spike_steps", type=int, nargs="*", default=[30, 45])
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--no_gstab", action="store_true", help="train without gstab")
+    parser.add_argument("--report", help="a JSON file of every step")
+    args = parser.parse_args()
+
+    params = init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 8))
+    y = jnp.sin(x.sum(1, keepdims=True))
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - args.lr * b, p, g))
+
+    stabilizer = None
+    if not args.no_gstab:
+        client = gstab.Client(args.socket)
+        client.attach(args.job, policy=args.policy)
+        stabilizer = gstab.jax.Stabilizer(client, params)
+
+    steps = []
+    for step in range(1, args.steps + 1):
+        factor = 1e4 if step in args.spike_steps else 1.0
+        loss, grads = grad_fn(params, x, y, factor)
+        record = {"step": step, "loss": float(loss) / factor}
+        if stabilizer is not None:
+            grads, result = stabilizer.step(grads, step)
+            group = result.groups[0]
+            record.update(norm=group.norm, scale=group.scale, spike=group.spike)
+            if result.skip:
+                steps.append(record)
+                continue
+        params = update(params, grads)
+        steps.append(record)
+        if step % 10 == 0 or step in args.spike_steps:
+            print(f"step {step:4d}  loss {record['loss']:.5g}"
+                  f"{'  scale %.3g' % record['scale'] if 'scale' in record else ''}"
+                  f"{' spike' if record.get('spike') else ''}", flush=True)
+
+    final = float(loss_fn(params, x, y, 1.0))
+    print(f"final loss {final:.5g}")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"steps": steps, "final_loss": final}, f)
+    if stabilizer is not None:
+        client.detach()
+
+
+if __name__ == "__main__":
+    main()
