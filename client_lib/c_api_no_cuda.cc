@@ -25,6 +25,10 @@ gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients*, const char*, uint
                                         const char*, void**) {
   return NoCuda();
 }
+gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients*, const char*, uint64_t,
+                                              gstab_dtype, const char*, uint32_t, void**) {
+  return NoCuda();
+}
 gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }
 gstab_status gstab_cuda_step(gstab_client*, gstab_cuda_gradients*, uint64_t, void*,
                              gstab_step_result*, uint64_t*) {

@@ -156,6 +156,10 @@ gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const 
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
                                         uint64_t numel, gstab_dtype dtype, const char* group,
                                         void** device_ptr);
+gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, const char* name,
+                                              uint64_t numel, gstab_dtype dtype,
+                                              const char* group, uint32_t flags,
+                                              void** device_ptr);
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients);
 /* stream: a cudaStream_t (NULL: the legacy default stream). result may be NULL; its
  * result_step says which step it describes. */

@@ -122,7 +122,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(_GroupResult)], I),
         "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
         "gstab_cuda_add_tensor_flags": ([P, S, P, U64, I, S, U32], I),
-        "gstab_cuda_allocate_tensor": ([P, S, U64, I, S, PP], I),
+        "gstab_cuda_allocate_tensor_flags": ([P, S, U64, I, S, U32, PP], I),
         "gstab_register_cuda": ([P, P], I),
         "gstab_cuda_step": ([P, P, U64, P, ctypes.POINTER(_StepResult),
                              ctypes.POINTER(ctypes.c_uint64)], I),
@@ -232,11 +232,13 @@ class CudaGradients:
                                                 numel, _dtype(dtype), _enc(group),
                                                 _REPLICATED if replicated else 0))
 
-    def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "") -> int:
+    def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "",
+                        replicated: bool = False) -> int:
         """Device memory for a tensor, owned by this object; returns its address."""
         ptr = ctypes.c_void_p()
-        _check(_lib.gstab_cuda_allocate_tensor(self._h, _enc(name), numel, _dtype(dtype),
-                                               _enc(group), ctypes.byref(ptr)))
+        _check(_lib.gstab_cuda_allocate_tensor_flags(self._h, _enc(name), numel, _dtype(dtype),
+                                                     _enc(group), _REPLICATED if replicated else 0,
+                                                     ctypes.byref(ptr)))
         return ptr.value
 
     def results(self):
