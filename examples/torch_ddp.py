@@ -63,30 +63,40 @@ def main():
         stabilizer = gstab.torch.Stabilizer(client, model, replicated=replicated)
 
     steps = []
+
+    def report(step):  # rank 0's line for a step, once gstab's results for it are in
+        record = steps[step - 1]
+        if rank == 0 and (step % 10 == 0 or step in args.spike_steps or
+                          not torch.isfinite(torch.tensor(record["loss"]))):
+            print(f"step {step:4d}  loss {record['loss']:.5g}  grad norm {record['norm']:.4g}"
+                  f"{'  scale %.3g' % record['scale'] if 'scale' in record else ''}"
+                  f"{' spike' if record.get('spike') else ''}"
+                  f"{' skipped' if record.get('skipped') else ''}", flush=True)
+
     for step in range(1, args.steps + 1):
         loss = F.mse_loss(model(x), y)
         (loss * (1e4 if step in args.spike_steps else 1.0)).backward()  # DDP all-reduces
         params = list(model.parameters())
         norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
-        record = {"step": step, "loss": loss.item(), "norm": norm}
-        if stabilizer is not None:
+        steps.append({"step": step, "loss": loss.item(), "norm": norm})
+        if stabilizer is None:
+            optimizer.step()
+            report(step)
+        else:
             result = stabilizer.step(step)
-            if result.groups and result.result_step == step:  # CUDA: may be an older step
+            # On a GPU gstabd answers before its kernels run: the groups' results are those of
+            # the newest step it had finished (result_step), often the one before.
+            if result.result_step > 0 and result.groups:
                 group = result.groups[0]
-                record.update(gstab_norm=group.norm, scale=group.scale, spike=group.spike)
-            if stabilizer.skipped():
-                record["skipped"] = True
-                optimizer.zero_grad(set_to_none=False)
-                steps.append(record)
-                continue
-        optimizer.step()
+                steps[result.result_step - 1].update(gstab_norm=group.norm, scale=group.scale,
+                                                     spike=group.spike)
+            skipped = bool(stabilizer.skipped())  # this step's own decision
+            steps[-1]["skipped"] = skipped
+            if not skipped:
+                optimizer.step()
+            if result.result_step > 0:
+                report(result.result_step)
         optimizer.zero_grad(set_to_none=False)
-        steps.append(record)
-        if rank == 0 and (step % 10 == 0 or step in args.spike_steps or not loss.isfinite()):
-            flag = " spike" if record.get("spike") else ""
-            print(f"step {step:4d}  loss {record['loss']:.5g}  grad norm {norm:.4g}"
-                  f"{'  scale %.3g' % record['scale'] if 'scale' in record else ''}{flag}",
-                  flush=True)
 
     if args.report:
         weights = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu().tolist()

@@ -268,15 +268,18 @@ class Client:
                                  local_world_size, _enc(policy)))
 
     def detach(self) -> None:
+        self.registration = None
         _check(_lib.gstab_detach(self._h))
 
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
+        self.registration = None  # gstabd may have let go of the earlier one even on failure
         _check(_lib.gstab_register_arena(self._h, arena._h))
         self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:
         """Registers the device tensors, replacing this client's earlier registration."""
+        self.registration = None
         _check(_lib.gstab_register_cuda(self._h, gradients._h))
         self.registration = gradients
 

@@ -104,8 +104,8 @@ class Stabilizer:
     def step(self, grads: Any, step: int) -> Tuple[Any, gstab.StepResult]:
         """Returns the stabilized gradients (a tree like `grads`) and gstabd's results."""
         if self._client.registration is not self._arena:
-            raise RuntimeError("this stabilizer's gradients are no longer registered: a later "
-                               "registration on the same client replaced them; step that one")
+            raise RuntimeError("this stabilizer's gradients are no longer registered: its client "
+                               "registered others since, or detached")
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         leaves = [_array(leaf) for leaf in leaves]
         if treedef != self._treedef:

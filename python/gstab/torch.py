@@ -77,7 +77,7 @@ class Stabilizer:
         self._client = client
         self._arena = self._cuda = None
         self._warned = False
-        self._last = None
+        self._last = self._stream = None
         specs = []  # (name, numel, dtype, group, replicated)
         for name, p in self._params:
             try:
@@ -89,8 +89,8 @@ class Stabilizer:
 
         # Gradients take their parameter's memory layout (channels_last, say) where it is dense,
         # as AccumulateGrad and DDP's buckets expect.
-        strides = [torch.empty_like(p, device="meta").stride() for _, p in self._params]
         if self.device.type == "cpu":
+            strides = [torch.empty_like(p, device="meta").stride() for _, p in self._params]
             self._arena = gstab.Arena()
             indices = [self._arena.add_tensor(*spec) for spec in specs]
             self._arena.allocate()
@@ -101,13 +101,18 @@ class Stabilizer:
             self._registration = self._arena
         elif self.device.type == "cuda":
             self._registration = None
+            try:
+                import numpy  # noqa: F401  (PyTorch reads the CUDA array interface through it)
+            except ImportError:
+                raise ImportError("gstab.torch on a GPU needs numpy: PyTorch reads gstabd's "
+                                  "results buffer through the CUDA array interface, which "
+                                  "needs it") from None
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             with torch.cuda.device(self.device):  # gstab's CUDA calls set the thread's device
                 self._cuda = gstab.CudaGradients(self.device.index)
-                self._grads = [torch.zeros(p.shape, dtype=p.dtype, device=self.device)
-                               .as_strided(p.shape, stride)
-                               for (_, p), stride in zip(self._params, strides)]
+                self._grads = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                               for _, p in self._params]
                 for (name, numel, dtype, g, r), grad in zip(specs, self._grads):
                     self._cuda.add_tensor(name, grad.data_ptr(), numel, dtype, g, r)
                 client.register_cuda(self._cuda)
@@ -138,9 +143,7 @@ class Stabilizer:
     def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
         one) is where the step is ordered."""
-        if self._client.registration is not self._registration:
-            raise RuntimeError("this stabilizer's gradients are no longer registered: a later "
-                               "registration on the same client replaced them; step that one")
+        self._check_registered()
         if self._arena is not None:
             self._take_back_replaced_gradients()
             self._last = self._client.step(step)
@@ -150,17 +153,33 @@ class Stabilizer:
                 stream = torch.cuda.current_stream(self.device)
             with torch.cuda.stream(stream):  # the copies below come before gstabd's kernels
                 self._take_back_replaced_gradients()
-            return self._client.cuda_step(self._cuda, step, stream.cuda_stream)
+            self._last = self._client.cuda_step(self._cuda, step, stream.cuda_stream)
+            self._stream = stream
+            return self._last
 
     def skipped(self):
         """Whether the last step's gradients were not finite (skip the optimizer step): a bool
-        on the CPU; on a GPU a 0-dim bool tensor on the device, computed on the current stream
-        from the results gstabd wrote (read it after that step, on that stream)."""
+        on the CPU. On a GPU a 0-dim bool tensor on the device, read from the results gstabd
+        wrote on the step's stream, which the current stream then waits for; `bool()` of it
+        waits for the step."""
+        self._check_registered()
+        if self._last is None:
+            raise RuntimeError("no step yet")
         if self._arena is not None:
-            if self._last is None:
-                raise RuntimeError("no step yet")
             return self._last.skip
-        return (self._results[3] & _FLAG_SKIPPED) != 0
+        with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self._stream):
+                flag = (self._results[3] & _FLAG_SKIPPED) != 0
+            if self._stream != current:
+                current.wait_stream(self._stream)
+                flag.record_stream(current)
+            return flag
+
+    def _check_registered(self) -> None:
+        if self._client.registration is not self._registration:
+            raise RuntimeError("this stabilizer's gradients are no longer registered: its client "
+                               "registered others since, or detached")
 
     def _take_back_replaced_gradients(self) -> None:
         replaced = []
@@ -173,6 +192,8 @@ class Stabilizer:
                 grad.zero_()
             else:
                 grad.copy_(current)
+                if current.is_cuda:  # its memory is not reused before the copy has run
+                    current.record_stream(torch.cuda.current_stream())
                 replaced.append(name)
             p.grad = grad
         if replaced and not self._warned:

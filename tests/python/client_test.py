@@ -120,6 +120,9 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 7, b"", 0, None), 3)
         self.assertIn("unknown dtype 7", lib.gstab_last_error().decode())
         lib.gstab_arena_destroy(h)
+        self.assertEqual(lib.gstab_cuda_allocate_tensor_flags(None, b"x", 4, 0, b"", 1,
+                                                              ctypes.byref(h)), 3)
+        self.assertIn("must not be NULL", lib.gstab_last_error().decode())
 
     def test_a_group_is_either_replicated_or_sharded(self):
         client = gstab.Client(self.socket)

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -271,6 +272,33 @@ class TorchCudaTest(unittest.TestCase):
     def test_a_bfloat16_gpu_model(self):
         self.run_model("torch-cuda-bf16", torch.bfloat16, 1e-2)
 
+    def test_replaced_channels_last_gradients_are_taken_back_on_the_steps_stream(self):
+        client = gstab.Client(self.gstabd.socket)
+        client.attach("torch-cuda-layout", policy="stabilize")
+        self.addCleanup(client.close)
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(3, 8, 3).cuda().to(memory_format=torch.channels_last)
+        stabilizer = gstab.torch.Stabilizer(client, conv)
+        registered = [g.data_ptr() for g in stabilizer.gradients]
+        self.assertEqual(conv.weight.grad.stride(), conv.weight.stride())
+        x = torch.randn(2, 3, 8, 8, device="cuda").to(memory_format=torch.channels_last)
+        side = torch.cuda.Stream()
+        for step in (1, 2, 3):
+            conv.zero_grad()  # set_to_none: backward makes new gradients
+            conv(x).square().mean().backward()
+            raw = [p.grad.clone() for p in conv.parameters()]
+            side.wait_stream(torch.cuda.current_stream())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the one set_to_none warning
+                stabilizer.step(step, stream=side)
+            with torch.cuda.stream(side):
+                after = [p.grad.clone() for p in conv.parameters()]
+            torch.cuda.current_stream().wait_stream(side)
+            self.assertEqual([p.grad.data_ptr() for p in conv.parameters()], registered)
+            scale = torch_norm(after) / torch_norm(raw)
+            for a, r in zip(after, raw):
+                torch.testing.assert_close(a.double(), r.double() * scale, rtol=1e-5, atol=0)
+
     def test_this_steps_skip_decision_on_a_stream_of_the_callers(self):
         client = gstab.Client(self.gstabd.socket)
         client.attach("torch-cuda-skip", policy="stabilize")
@@ -310,11 +338,15 @@ class DistributedDataParallelTest(GstabdTest):
                  "--nproc_per_node=2", example, "--socket", self.gstabd.socket, "--job", job,
                  "--replicated", replicated, "--steps", str(SPIKE_STEP), "--spike_steps",
                  str(SPIKE_STEP), "--report", folder],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                start_new_session=True)
             try:
                 output = torchrun.communicate(timeout=180)[0]
             finally:
-                torchrun.kill()
+                try:
+                    os.killpg(torchrun.pid, signal.SIGKILL)  # torchrun and its ranks
+                except ProcessLookupError:
+                    pass
             self.assertEqual(torchrun.returncode, 0, output)
             results = []
             for rank in (0, 1):
