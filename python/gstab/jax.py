@@ -86,13 +86,13 @@ class Stabilizer:
                                                group(name, leaf) if callable(group) else group,
                                                replicated)
             self._specs.append((name, shape, dtype, index))
+        if all(index is None for _, _, _, index in self._specs):
+            raise ValueError("every leaf is empty: there is nothing to stabilize")
         self._arena.allocate()
         self._buffers = [None if index is None else self._arena.array(index)
                          for _, _, _, index in self._specs]
         # The tensors lie in order in one mapping: the results leave it in one copy.
         present = [b for b in self._buffers if b is not None]
-        if not present:
-            raise ValueError("every leaf is empty: there is nothing to stabilize")
         base = present[0].ctypes.data
         span = (ctypes.c_ubyte * (present[-1].ctypes.data + present[-1].nbytes - base)) \
             .from_address(base)

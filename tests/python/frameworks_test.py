@@ -484,6 +484,8 @@ class JaxTest(GstabdTest):
             stabilizer.step(grads, 1)
         _, result = stabilizer.step(jax_params(), 1)  # still serving
         self.assertFalse(result.skip)
+        with self.assertRaisesRegex(ValueError, "every leaf is empty"):
+            gstab.jax.Stabilizer(client, {"none": jnp.zeros((0, 4))})
         with self.assertRaisesRegex(ValueError, "leaf 'lr': .*not float64"):
             gstab.jax.Stabilizer(client, {"lr": 0.1})  # a Python float is float64
         later = gstab.jax.Stabilizer(client, {"w": np.ones(3, np.float32)})
