@@ -10,6 +10,7 @@ python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gst
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -67,7 +68,7 @@ def main():
     def report(step):  # rank 0's line for a step, once gstab's results for it are in
         record = steps[step - 1]
         if rank == 0 and (step % 10 == 0 or step in args.spike_steps or
-                          not torch.isfinite(torch.tensor(record["loss"]))):
+                          not math.isfinite(record["loss"])):
             print(f"step {step:4d}  loss {record['loss']:.5g}  grad norm {record['norm']:.4g}"
                   f"{'  scale %.3g' % record['scale'] if 'scale' in record else ''}"
                   f"{' spike' if record.get('spike') else ''}"

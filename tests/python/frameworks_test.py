@@ -50,9 +50,13 @@ def torch_norm(tensors):
 
 
 class GstabdTest(unittest.TestCase):
+    """A gstabd of the class's own, on BACKEND."""
+    BACKEND = "cpu"
+
     @classmethod
     def setUpClass(cls):
-        cls.gstabd = Gstabd(ARGS.gstabd)
+        cls.gstabd = Gstabd(ARGS.gstabd, backend=cls.BACKEND,
+                            library_path=ARGS.gstabd_library_path)
 
     @classmethod
     def tearDownClass(cls):
@@ -228,22 +232,12 @@ class TorchTest(GstabdTest):
 
 
 @unittest.skipUnless(torch.cuda.is_available(), "PyTorch sees no CUDA GPU")
-class TorchCudaTest(unittest.TestCase):
+class TorchCudaTest(GstabdTest):
     """A model on the GPU: gradients in its own device memory, stabilized on its stream."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.gstabd = Gstabd(ARGS.gstabd, backend="cuda", library_path=ARGS.gstabd_library_path)
-
-    @classmethod
-    def tearDownClass(cls):
-        rc = cls.gstabd.stop()
-        assert rc == 0, f"gstabd exited {rc}"
+    BACKEND = "cuda"
 
     def run_model(self, job, dtype, rtol):
-        client = gstab.Client(self.gstabd.socket)
-        client.attach(job, policy="stabilize")
-        self.addCleanup(client.close)
+        client = self.attach(job)
         model = mlp(dtype).cuda()
         stabilizer = gstab.torch.Stabilizer(client, model)
         params = list(model.parameters())
@@ -273,9 +267,7 @@ class TorchCudaTest(unittest.TestCase):
         self.run_model("torch-cuda-bf16", torch.bfloat16, 1e-2)
 
     def test_replaced_channels_last_gradients_are_taken_back_on_the_steps_stream(self):
-        client = gstab.Client(self.gstabd.socket)
-        client.attach("torch-cuda-layout", policy="stabilize")
-        self.addCleanup(client.close)
+        client = self.attach("torch-cuda-layout")
         torch.manual_seed(0)
         conv = torch.nn.Conv2d(3, 8, 3).cuda().to(memory_format=torch.channels_last)
         stabilizer = gstab.torch.Stabilizer(client, conv)
@@ -300,9 +292,7 @@ class TorchCudaTest(unittest.TestCase):
                 torch.testing.assert_close(a.double(), r.double() * scale, rtol=1e-5, atol=0)
 
     def test_this_steps_skip_decision_on_a_stream_of_the_callers(self):
-        client = gstab.Client(self.gstabd.socket)
-        client.attach("torch-cuda-skip", policy="stabilize")
-        self.addCleanup(client.close)
+        client = self.attach("torch-cuda-skip")
         model = mlp().cuda()
         stabilizer = gstab.torch.Stabilizer(client, model)
         x, y = (t.cuda() for t in regression_batch(2))

@@ -10,23 +10,25 @@ class Gstabd:
         """library_path: LD_LIBRARY_PATH for gstabd alone (the test process keeps its own)."""
         self.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
         self.socket = os.path.join(self.dir.name, "gstabd.sock")
+        self.log = os.path.join(self.dir.name, "gstabd.log")  # a file: a pipe could fill up
         env = dict(os.environ, **({"LD_LIBRARY_PATH": library_path} if library_path else {}))
-        self.process = subprocess.Popen(
-            [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
-             "--metrics_port=-1", f"--backend={backend}", "--lease_ms=2000", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
+                 "--metrics_port=-1", f"--backend={backend}", "--lease_ms=2000", *flags],
+                stdout=subprocess.DEVNULL, stderr=log, env=env)
         deadline = time.time() + 60
         while not os.path.exists(self.socket):
             if self.process.poll() is not None or time.time() > deadline:
                 self.process.kill()
                 self.process.wait()
-                raise RuntimeError("gstabd did not start: " + self.process.stderr.read().decode())
+                with open(self.log, errors="replace") as f:
+                    raise RuntimeError("gstabd did not start: " + f.read())
             time.sleep(0.02)
 
     def stop(self) -> int:
         """Stops gstabd (SIGTERM) and removes its folder; returns its exit status."""
         self.process.terminate()
         rc = self.process.wait(20)
-        self.process.stderr.close()
         self.dir.cleanup()
         return rc
