@@ -42,14 +42,14 @@ void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_res
 
 absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags) {
   if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown dtype ", static_cast<int>(dtype),
-        ": expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown dtype ", static_cast<int>(dtype),
+                     ": expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
   }
   if ((flags & ~GSTAB_TENSOR_REPLICATED) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown tensor flags 0x", absl::Hex(flags & ~GSTAB_TENSOR_REPLICATED),
-                     ": the only one is GSTAB_TENSOR_REPLICATED"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown tensor flags 0x",
+                                                   absl::Hex(flags & ~GSTAB_TENSOR_REPLICATED),
+                                                   ": the only one is GSTAB_TENSOR_REPLICATED"));
   }
   return absl::OkStatus();
 }
@@ -59,28 +59,6 @@ absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags) {
 namespace {
 
 using gstab::capi::Report;
-
-absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
-  gstab::v1::PolicyConfig config;
-  const std::string name = policy == nullptr ? "" : policy;
-  if (name.empty() || name == "stabilize") {
-    config.set_policy(gstab::v1::POLICY_STABILIZE);
-  } else if (name == "stabilize-stable-spam") {
-    config.set_policy(gstab::v1::POLICY_STABILIZE);
-    config.mutable_stabilize()->set_preset(gstab::v1::STABILIZE_PRESET_STABLE_SPAM);
-  } else if (name == "clip") {
-    config.set_policy(gstab::v1::POLICY_CLIP);
-  } else if (name == "zclip") {
-    config.set_policy(gstab::v1::POLICY_ZCLIP);
-  } else if (name == "monitor") {
-    config.set_policy(gstab::v1::POLICY_MONITOR);
-  } else {
-    return absl::InvalidArgumentError(
-        "unknown policy '" + name +
-        "': expected stabilize, stabilize-stable-spam, clip, zclip or monitor");
-  }
-  return config;
-}
 
 }  // namespace
 
@@ -104,19 +82,13 @@ void gstab_client_destroy(gstab_client* client) { delete client; }
 
 gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
                           uint32_t local_rank, uint32_t local_world_size, const char* policy) {
-  if (client == nullptr || job == nullptr) {
-    return Report(absl::InvalidArgumentError("client and job must not be NULL"));
-  }
-  absl::StatusOr<gstab::v1::PolicyConfig> config = PolicyFromName(policy);
-  if (!config.ok()) return Report(config.status());
-  gstab::AttachOptions options;
-  options.job = job;
+  gstab_attach_options options{};
   options.rank = rank;
   options.world_size = world_size;
   options.local_rank = local_rank;
   options.local_world_size = local_world_size;
-  options.config = *config;
-  return Report(client->client->Attach(options));
+  options.policy = policy;
+  return gstab_attach_with_options(client, job, &options);
 }
 
 gstab_status gstab_detach(gstab_client* client) {

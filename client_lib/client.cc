@@ -149,11 +149,13 @@ absl::StatusOr<std::string> Client::ExportState() {
   return r->state();
 }
 
-absl::Status Client::ImportState(const std::string& state) {
+absl::Status Client::ImportState(const std::string& state, uint32_t* groups) {
   v1::ImportStateRequest request;
   request.set_session(session());
   request.set_state(state);
-  return Call(&v1::Stabilizer::Stub::ImportState, request).status();
+  absl::StatusOr<v1::ImportStateResponse> r = Call(&v1::Stabilizer::Stub::ImportState, request);
+  if (r.ok() && groups != nullptr) *groups = r->groups();
+  return r.status();
 }
 
 absl::Status Client::CheckHealth() {

@@ -73,7 +73,8 @@ class Client {
   absl::StatusOr<v1::GetStatsResponse> GetStats();
   absl::StatusOr<v1::UpdateConfigResponse> UpdateConfig(const v1::PolicyConfig& update);
   absl::StatusOr<std::string> ExportState();
-  absl::Status ImportState(const std::string& state);
+  // `groups` (may be null) receives the number of groups imported.
+  absl::Status ImportState(const std::string& state, uint32_t* groups = nullptr);
   // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not.
   absl::Status CheckHealth();
 

@@ -59,7 +59,7 @@ typedef struct {
   int diverging;
 } gstab_group_result;
 
-#define GSTAB_VERSION "0.1.0"
+#define GSTAB_VERSION "0.2.0"
 
 /* The version of the library in use (GSTAB_VERSION when it matches this header). */
 const char* gstab_version(void);
@@ -96,6 +96,54 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step; index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);
+
+/* ---- Configuration, jobs across nodes, checkpoints ----
+ *
+ * Configuration settings are text: KEY=VALUE pairs separated by spaces, commas or newlines,
+ * with the keys of gstab.v1.PolicyConfig (gstab/v1/config.proto) as `gstabctl config set`
+ * takes them, applied in order: "policy=zclip zclip.z_threshold=3",
+ * "stabilize.preset=stable-spam", "policy=clip clip.max_norm=0.5 non_finite_action=keep".
+ *
+ * Bytes and text these functions return are the caller's, freed with gstab_free. */
+
+typedef struct {
+  uint32_t rank;             /* global rank, below world_size */
+  uint32_t world_size;
+  uint32_t local_rank;       /* rank on this node, below local_world_size */
+  uint32_t local_world_size;
+  uint32_t node_rank;        /* this node among the job's nodes, below node_count */
+  uint32_t node_count;       /* 0 or 1: the job runs on this node alone */
+  /* node_count > 1: the blob global rank 0 got from gstab_create_rendezvous, broadcast by the
+   * job. NULL: the environment variable GSTAB_RENDEZVOUS (the blob in base64). */
+  const void* rendezvous;
+  size_t rendezvous_size;
+  const char* policy; /* as for gstab_attach; NULL: the default */
+  const char* config; /* settings applied over `policy`; NULL or "": none */
+} gstab_attach_options;
+
+/* gstab_attach with every option. */
+gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
+                                       const gstab_attach_options* options);
+/* Global rank 0 of a job across node_count > 1 nodes, before anyone attaches: a new rendezvous
+ * blob to broadcast to every worker. cuda != 0: the job registers CUDA gradients (the blob then
+ * carries an NCCL id too). */
+gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint32_t node_count,
+                                     int cuda, void** blob, size_t* size);
+/* Changes the job's configuration from its next step; *version (may be NULL) receives the
+ * configuration's new version. */
+gstab_status gstab_update_config(gstab_client* client, const char* settings, uint64_t* version);
+/* The job's statistics as versioned bytes, for the job's own checkpoint. */
+gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size);
+/* Restores statistics gstab_export_state gave (the job's step count and configuration resume
+ * from them). A job on the CUDA backend with several GPUs imports before its workers register.
+ * *groups (may be NULL) receives the number of groups imported. */
+gstab_status gstab_import_state(gstab_client* client, const void* state, size_t size,
+                                uint32_t* groups);
+/* gstabd's GetStatsResponse for the job as JSON text: proto3's JSON mapping with the .proto's
+ * field names and every field, zero ones included (64-bit integers are strings there). */
+gstab_status gstab_get_stats_json(gstab_client* client, char** json);
+/* Frees what the functions above returned (NULL is fine). */
+void gstab_free(void* p);
 
 /* ---- Gradients in CUDA device memory (the GPU backend) ----
  *

@@ -119,6 +119,13 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     return absl::InvalidArgumentError(
         absl::StrCat("node_rank ", request.node_rank(), " is not below node_count ", nodes));
   }
+  if (nodes == 1 && world > local_world) {
+    // Otherwise the norms of sharded groups would leave out the other nodes' slices unseen.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world_size ", world, " is more than local_world_size ", local_world,
+        " on a job of one node: a job across nodes attaches with node_rank, node_count and the "
+        "rendezvous blob global rank 0 got from CreateRendezvous"));
+  }
   if (nodes > 1 && request.rendezvous().empty()) {
     return absl::InvalidArgumentError(
         "a job with node_count > 1 needs the rendezvous blob that global rank 0 got from "

@@ -3,16 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "google/protobuf/util/json_util.h"
 
 namespace gstab::ctl {
 namespace {
@@ -128,77 +122,6 @@ std::string EventLine(const v1::Event& e) {
   }
   if (e.groups_size() > 0) absl::StrAppend(&out, " groups=", absl::StrJoin(e.groups(), ","));
   if (!e.detail().empty()) absl::StrAppend(&out, " ", e.detail());
-  return out;
-}
-
-absl::Status SetConfigField(const std::string& key, const std::string& value,
-                            v1::PolicyConfig* config) {
-  using google::protobuf::FieldDescriptor;
-  google::protobuf::Message* msg = config;
-  const std::vector<std::string> path = absl::StrSplit(key, '.');
-  for (size_t i = 0; i < path.size(); ++i) {
-    const FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(path[i]);
-    if (f == nullptr || f->is_repeated()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
-    }
-    const google::protobuf::Reflection* r = msg->GetReflection();
-    if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
-      if (i + 1 == path.size()) {
-        return absl::InvalidArgumentError(absl::StrCat("'", key, "' is a section, not a value"));
-      }
-      msg = r->MutableMessage(msg, f);
-      continue;
-    }
-    if (i + 1 != path.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
-    }
-    bool ok = true;
-    switch (f->cpp_type()) {
-      case FieldDescriptor::CPPTYPE_DOUBLE: {
-        double d;
-        ok = absl::SimpleAtod(value, &d);
-        if (ok) r->SetDouble(msg, f, d);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_UINT32: {
-        uint32_t u;
-        ok = absl::SimpleAtoi(value, &u);
-        if (ok) r->SetUInt32(msg, f, u);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_BOOL: {
-        bool b;
-        ok = absl::SimpleAtob(value, &b);
-        if (ok) r->SetBool(msg, f, b);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_ENUM: {
-        const std::string upper = absl::AsciiStrToUpper(absl::StrReplaceAll(value, {{"-", "_"}}));
-        const google::protobuf::EnumValueDescriptor* found = f->enum_type()->FindValueByName(upper);
-        for (int k = 0; found == nullptr && k < f->enum_type()->value_count(); ++k) {
-          const std::string& name = f->enum_type()->value(k)->name();
-          if (absl::EndsWith(name, "_" + upper)) found = f->enum_type()->value(k);
-        }
-        ok = found != nullptr && found->number() != 0;
-        if (ok) r->SetEnum(msg, f, found);
-        break;
-      }
-      default:
-        ok = false;
-    }
-    if (!ok) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config key '", key, "' cannot take the value '", value, "'"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-std::string ToJson(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
   return out;
 }
 

@@ -27,6 +27,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "client_lib/client.h"
+#include "client_lib/config_text.h"
 #include "tools/ctl_format.h"
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "gstabd's unix socket");

@@ -28,9 +28,10 @@ its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the
 """
 
 import ctypes
+import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Mapping, Optional, Union
 
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "dtype_of", "load_library"]
@@ -38,6 +39,10 @@ __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResu
 _DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
 _REPLICATED = 1  # GSTAB_TENSOR_REPLICATED
 _ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# Configuration settings: "policy=clip clip.max_norm=0.5", or the same as a dict
+# {"policy": "clip", "clip.max_norm": 0.5}; the keys of gstab.v1.PolicyConfig (config.proto).
+Config = Union[str, Mapping[str, object]]
 
 
 class Error(RuntimeError):
@@ -53,6 +58,14 @@ class _StepResult(ctypes.Structure):
     _fields_ = [("skip", ctypes.c_int), ("diverging", ctypes.c_int), ("spikes", ctypes.c_int),
                 ("num_groups", ctypes.c_size_t), ("norm", ctypes.c_double),
                 ("stabilized_norm", ctypes.c_double)]
+
+
+class _AttachOptions(ctypes.Structure):
+    _fields_ = [("rank", ctypes.c_uint32), ("world_size", ctypes.c_uint32),
+                ("local_rank", ctypes.c_uint32), ("local_world_size", ctypes.c_uint32),
+                ("node_rank", ctypes.c_uint32), ("node_count", ctypes.c_uint32),
+                ("rendezvous", ctypes.c_char_p), ("rendezvous_size", ctypes.c_size_t),
+                ("policy", ctypes.c_char_p), ("config", ctypes.c_char_p)]
 
 
 class _GroupResult(ctypes.Structure):
@@ -113,6 +126,12 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_version": ([], S), "gstab_last_error": ([], S),
         "gstab_connect": ([S, PP], I), "gstab_client_destroy": ([P], None),
         "gstab_attach": ([P, S, U32, U32, U32, U32, S], I), "gstab_detach": ([P], I),
+        "gstab_attach_with_options": ([P, S, ctypes.POINTER(_AttachOptions)], I),
+        "gstab_create_rendezvous": ([P, S, U32, I, PP, ctypes.POINTER(ctypes.c_size_t)], I),
+        "gstab_update_config": ([P, S, ctypes.POINTER(ctypes.c_uint64)], I),
+        "gstab_export_state": ([P, PP, ctypes.POINTER(ctypes.c_size_t)], I),
+        "gstab_import_state": ([P, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(U32)], I),
+        "gstab_get_stats_json": ([P, PP], I), "gstab_free": ([P], None),
         "gstab_arena_create": ([PP], I), "gstab_arena_destroy": ([P], None),
         "gstab_arena_add_tensor_flags": ([P, S, U64, I, S, U32, ctypes.POINTER(ctypes.c_size_t)],
                                          I),
@@ -162,6 +181,42 @@ def dtype_of(tensor) -> str:
 
 def _enc(text: Optional[str]) -> Optional[bytes]:
     return None if text is None else text.encode()
+
+
+def _settings(config: Optional[Config]) -> Optional[bytes]:
+    """Config as the C ABI's settings text."""
+    if config is None or isinstance(config, str):
+        return _enc(config)
+    items = []
+    for key, value in config.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        items.append(f"{key}={value}")
+    return " ".join(items).encode()
+
+
+# The 64-bit integer fields of GetStatsResponse, which proto3's JSON mapping writes as strings.
+_UINT64_FIELDS = {"steps", "last_step", "registered_bytes", "accepted_steps", "spikes",
+                  "non_finite_steps", "version", "effective_step"}
+
+
+def _ints(value):
+    if isinstance(value, dict):
+        return {k: int(v) if k in _UINT64_FIELDS and isinstance(v, str) else _ints(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def _take(call) -> bytes:
+    """Runs call(pointer, size) of a function that hands out bytes, and frees them."""
+    data, size = ctypes.c_void_p(), ctypes.c_size_t()
+    _check(call(ctypes.byref(data), ctypes.byref(size)))
+    try:
+        return ctypes.string_at(data, size.value)
+    finally:
+        _lib.gstab_free(data)
 
 
 class Arena:
@@ -263,9 +318,55 @@ class Client:
         _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
-               local_world_size: int = 1, policy: Optional[str] = None) -> None:
-        _check(_lib.gstab_attach(self._h, _enc(job), rank, world_size, local_rank,
-                                 local_world_size, _enc(policy)))
+               local_world_size: int = 1, policy: Optional[str] = None, *,
+               config: Optional[Config] = None, node_rank: int = 0, node_count: int = 1,
+               rendezvous: Optional[bytes] = None) -> None:
+        """Attaches this process as a worker of `job`.
+
+        policy: "stabilize" (default), "stabilize-stable-spam", "clip", "zclip" or "monitor";
+        config: settings applied over it, such as {"clip.max_norm": 0.5}. Both are used when the
+        job is new on gstabd; later workers must agree with them. A job across nodes passes its
+        node_rank and node_count, and the rendezvous that global rank 0 got from
+        create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
+        of this in from torch.distributed."""
+        options = _AttachOptions(rank, world_size, local_rank, local_world_size, node_rank,
+                                 node_count, rendezvous, len(rendezvous or b""), _enc(policy),
+                                 _settings(config))
+        _check(_lib.gstab_attach_with_options(self._h, _enc(job), ctypes.byref(options)))
+        self.local_rank = local_rank
+
+    def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
+        """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker
+        passes to attach(). cuda: the job registers CUDA gradients."""
+        return _take(lambda data, size: _lib.gstab_create_rendezvous(
+            self._h, _enc(job), node_count, int(cuda), data, size))
+
+    def update_config(self, config: Config) -> int:
+        """Changes the job's configuration from its next step; returns its new version."""
+        version = ctypes.c_uint64()
+        _check(_lib.gstab_update_config(self._h, _settings(config) or b"", ctypes.byref(version)))
+        return version.value
+
+    def export_state(self) -> bytes:
+        """The job's statistics, step count and configuration, for the job's own checkpoint."""
+        return _take(lambda data, size: _lib.gstab_export_state(self._h, data, size))
+
+    def import_state(self, state: bytes) -> int:
+        """Restores what export_state() gave; returns the number of groups. A CUDA job with
+        several GPUs imports before its workers register."""
+        groups = ctypes.c_uint32()
+        _check(_lib.gstab_import_state(self._h, bytes(state), len(state), ctypes.byref(groups)))
+        return groups.value
+
+    def stats(self) -> dict:
+        """gstabd's GetStatsResponse for the job, in proto3's JSON mapping as a dict (field
+        names as in stabilizer.proto; 64-bit integers are strings there, converted back)."""
+        text = ctypes.c_void_p()
+        _check(_lib.gstab_get_stats_json(self._h, ctypes.byref(text)))
+        try:
+            return _ints(json.loads(ctypes.string_at(text).decode()))
+        finally:
+            _lib.gstab_free(text)
 
     def detach(self) -> None:
         self.registration = None

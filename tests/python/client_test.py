@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import unittest
 
 _where = argparse.ArgumentParser(add_help=False)
@@ -45,7 +46,7 @@ class ClientTest(unittest.TestCase):
         assert rc == 0, f"gstabd exited {rc}"
 
     def test_version(self):
-        self.assertEqual(gstab.load_library().gstab_version().decode(), "0.1.0")
+        self.assertEqual(gstab.load_library().gstab_version().decode(), "0.2.0")
 
     def test_steps_stabilize_arena_gradients_in_place(self):
         client = gstab.Client(self.socket)
@@ -148,6 +149,181 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(gstab.Error) as e:
             gstab.CudaGradients(0)
         self.assertNotEqual(e.exception.message, "")
+
+
+def one_tensor_job(client: gstab.Client, numel: int = 256, groups=("w",), replicated=()):
+    """Registers one float32 tensor per group (those in `replicated` replicated, the others
+    sharded); returns their memoryviews."""
+    arena = gstab.Arena()
+    indices = [arena.add_tensor(g, numel, "float32", g, replicated=g in replicated)
+               for g in groups]
+    arena.allocate()
+    client.register_arena(arena)
+    return [arena.view(i) for i in indices]
+
+
+def fill(view, step: int, salt: int = 0) -> float:
+    """Deterministic gradients for a step, with a spike at step 15; returns their norm."""
+    factor = 300.0 if step == 15 else 1.0
+    for i in range(len(view)):
+        view[i] = factor * math.sin(0.37 * i + 1.3 * step + salt)
+    return math.sqrt(sum(view[i] ** 2 for i in range(len(view))))
+
+
+class JobControlTest(unittest.TestCase):
+    """Configuration, checkpoints and jobs across nodes, as a training script does them."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gstabd = Gstabd(ARGS.gstabd)
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.gstabd.stop() == 0
+
+    def test_config_at_attach_sets_the_policy_and_its_parameters(self):
+        client = gstab.Client(self.gstabd.socket)
+        client.attach("py-clip", config={"policy": "clip", "clip.max_norm": 0.5})
+        (w,) = one_tensor_job(client)
+        norm = fill(w, 1)
+        g = client.step(1).groups[0]
+        self.assertAlmostEqual(g.scale, 0.5 / (norm + 1e-6), delta=1e-7 * g.scale)
+        self.assertAlmostEqual(g.stabilized_norm, 0.5, delta=1e-6)
+        stats = client.stats()
+        self.assertEqual(stats["job"], "py-clip")
+        self.assertEqual(stats["config"]["policy"], "POLICY_CLIP")
+        self.assertEqual(stats["config"]["clip"]["max_norm"], 0.5)
+        self.assertEqual(stats["steps"], 1)  # an int, though proto3 JSON writes a string
+        self.assertEqual(stats["groups"][0]["group"], "w")
+        self.assertEqual(stats["groups"][0]["non_finite_steps"], 0)  # zero fields are there
+        # A policy name and settings over it; a second worker may repeat the same config.
+        other = gstab.Client(self.gstabd.socket)
+        other.attach("py-spam", policy="stabilize-stable-spam", config="non_finite_action=keep")
+        config = other.stats()["config"]  # the effective config: the preset's values
+        self.assertEqual((config["stabilize"]["beta1"], config["stabilize"]["beta2"]), (0.7, 0.9))
+        self.assertEqual(config["non_finite_action"], "NON_FINITE_ACTION_KEEP")
+
+    def test_bad_settings_are_refused_by_name_and_the_client_still_serves(self):
+        client = gstab.Client(self.gstabd.socket)
+        for config, says in [("clip.max_nrom=1", "unknown config key 'clip.max_nrom'"),
+                             ("policy", "'policy' is not KEY=VALUE"),
+                             ({"clip.max_norm": "lots"}, "cannot take the value 'lots'"),
+                             ("policy=wobble", "cannot take the value 'wobble'"),
+                             ("clip=1", "'clip' is a section, not a value"),
+                             ("clip.max_norm=-1", "max_norm")]:
+            with self.assertRaises(gstab.Error, msg=config) as e:
+                client.attach("py-bad-config", config=config)
+            self.assertEqual(e.exception.code, 3, config)
+            self.assertIn(says, e.exception.message)
+        client.attach("py-bad-config", config="policy=monitor")
+        (w,) = one_tensor_job(client)
+        fill(w, 1)
+        self.assertEqual(client.step(1).groups[0].scale, 1.0)
+        with self.assertRaises(gstab.Error) as e:
+            client.update_config("")
+        self.assertIn("no config settings", e.exception.message)
+
+    def test_update_config_switches_the_policy_from_the_next_step(self):
+        client = gstab.Client(self.gstabd.socket)
+        client.attach("py-switch")
+        (w,) = one_tensor_job(client)
+        fill(w, 1)
+        self.assertNotEqual(client.step(1).groups[0].scale, 1.0)
+        version = client.update_config({"policy": "monitor"})
+        self.assertEqual(version, 2)
+        fill(w, 2)
+        self.assertEqual(client.step(2).groups[0].scale, 1.0)
+        history = client.stats()["config_history"]
+        self.assertEqual([h["version"] for h in history], [1, 2])
+        self.assertEqual(history[1]["effective_step"], 2)
+        self.assertEqual(history[1]["config"]["policy"], "POLICY_MONITOR")
+
+    def run_steps(self, client, views, steps):
+        scales = []
+        for step in steps:
+            for k, v in enumerate(views):
+                fill(v, step, salt=k)
+            scales.append([g.scale for g in client.step(step).groups])
+        return scales
+
+    def test_exported_state_resumes_the_same_scales_on_another_gstabd(self):
+        groups = ("embed", "head")
+        first = gstab.Client(self.gstabd.socket)
+        first.attach("py-resume", policy="stabilize-stable-spam")
+        views = one_tensor_job(first, groups=groups)
+        self.run_steps(first, views, range(1, 11))
+        state = first.export_state()
+        uninterrupted = self.run_steps(first, views, range(11, 31))
+        # The job moves to another node: a fresh gstabd, the job's checkpoint's bytes.
+        elsewhere = Gstabd(ARGS.gstabd)
+        try:
+            resumed = gstab.Client(elsewhere.socket)
+            resumed.attach("py-resume")  # the config comes with the state
+            for bad, says in [(b"", "empty"), (b"\x07garbage", "not a gstab JobState")]:
+                with self.assertRaises(gstab.Error) as e:
+                    resumed.import_state(bad)
+                self.assertEqual(e.exception.code, 3)
+                self.assertIn(says, e.exception.message)
+            self.assertEqual(resumed.import_state(state), 2)
+            stats = resumed.stats()
+            self.assertEqual(stats["config"]["stabilize"]["beta1"], 0.7)
+            self.assertEqual(stats["last_step"], 10)
+            self.assertEqual([g["accepted_steps"] for g in stats["groups"]], [10, 10])
+            views = one_tensor_job(resumed, groups=groups)
+            # Bit for bit the scales the uninterrupted job got, spike at 15 included.
+            self.assertEqual(self.run_steps(resumed, views, range(11, 31)), uninterrupted)
+            # Without the state the same steps are scaled otherwise.
+            fresh = gstab.Client(elsewhere.socket)
+            fresh.attach("py-fresh", policy="stabilize-stable-spam")
+            views = one_tensor_job(fresh, groups=groups)
+            self.assertNotEqual(self.run_steps(fresh, views, range(11, 31)), uninterrupted)
+        finally:
+            self.assertEqual(elsewhere.stop(), 0)
+
+    def test_a_job_across_nodes_has_one_norm_per_group(self):
+        # Two nodes, each its own gstabd, talking over loopback TCP (Gloo).
+        nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=20000")
+                 for _ in range(2)]
+        try:
+            lonely = gstab.Client(nodes[0].socket)
+            with self.assertRaises(gstab.Error) as e:  # two ranks but one node, no rendezvous
+                lonely.attach("py-nodes", rank=1, world_size=2)
+            self.assertIn("node_count", e.exception.message)
+            blob = gstab.Client(nodes[0].socket).create_rendezvous("py-nodes", 2)
+            self.assertIsInstance(blob, bytes)
+            clients = [gstab.Client(n.socket) for n in nodes]
+            results, errors = [None, None], []
+
+            def worker(rank):
+                try:
+                    client = clients[rank]
+                    client.attach("py-nodes", rank=rank, world_size=2, node_rank=rank,
+                                  node_count=2, rendezvous=blob)
+                    shard, whole = one_tensor_job(client, groups=("shard", "whole"),
+                                                  replicated=("whole",))
+                    results[rank] = []
+                    for step in range(1, 4):
+                        norms = fill(shard, step, salt=rank), fill(whole, step)
+                        r = client.step(step)
+                        results[rank].append((norms, r))
+                except Exception as exc:  # reported by the main thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(rank,)) for rank in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(errors, [])
+            for step in range(3):
+                (n0, whole), r0 = results[0][step]
+                (n1, _), r1 = results[1][step]
+                self.assertAlmostEqual(r0.groups[0].norm, math.hypot(n0, n1), delta=1e-5 * n0)
+                self.assertAlmostEqual(r0.groups[1].norm, whole, delta=1e-5 * whole)
+                self.assertEqual([g.scale for g in r0.groups], [g.scale for g in r1.groups])
+        finally:
+            for n in nodes:
+                self.assertEqual(n.stop(), 0)
 
 
 class BundleTest(unittest.TestCase):

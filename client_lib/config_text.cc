@@ -1,0 +1,101 @@
+#include "client_lib/config_text.h"
+
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace gstab {
+
+absl::Status SetConfigField(const std::string& key, const std::string& value,
+                            v1::PolicyConfig* config) {
+  using google::protobuf::FieldDescriptor;
+  google::protobuf::Message* msg = config;
+  const std::vector<std::string> path = absl::StrSplit(key, '.');
+  for (size_t i = 0; i < path.size(); ++i) {
+    const FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(path[i]);
+    if (f == nullptr || f->is_repeated()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
+    }
+    const google::protobuf::Reflection* r = msg->GetReflection();
+    if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
+      if (i + 1 == path.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("'", key, "' is a section, not a value"));
+      }
+      msg = r->MutableMessage(msg, f);
+      continue;
+    }
+    if (i + 1 != path.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
+    }
+    bool ok = true;
+    switch (f->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_DOUBLE: {
+        double d;
+        ok = absl::SimpleAtod(value, &d);
+        if (ok) r->SetDouble(msg, f, d);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_UINT32: {
+        uint32_t u;
+        ok = absl::SimpleAtoi(value, &u);
+        if (ok) r->SetUInt32(msg, f, u);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_BOOL: {
+        bool b;
+        ok = absl::SimpleAtob(value, &b);
+        if (ok) r->SetBool(msg, f, b);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        const std::string upper = absl::AsciiStrToUpper(absl::StrReplaceAll(value, {{"-", "_"}}));
+        const google::protobuf::EnumValueDescriptor* found = f->enum_type()->FindValueByName(upper);
+        for (int k = 0; found == nullptr && k < f->enum_type()->value_count(); ++k) {
+          const std::string& name = f->enum_type()->value(k)->name();
+          if (absl::EndsWith(name, "_" + upper)) found = f->enum_type()->value(k);
+        }
+        ok = found != nullptr && found->number() != 0;
+        if (ok) r->SetEnum(msg, f, found);
+        break;
+      }
+      default:
+        ok = false;
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config key '", key, "' cannot take the value '", value, "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string ToJson(const google::protobuf::Message& message, bool with_defaults) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = with_defaults;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+absl::StatusOr<v1::PolicyConfig> ParseConfigSettings(absl::string_view settings) {
+  v1::PolicyConfig config;
+  for (absl::string_view item :
+       absl::StrSplit(settings, absl::ByAnyChar(" \t\r\n,"), absl::SkipEmpty())) {
+    const std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    if (kv.size() != 2 || kv[0].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config setting '", item, "' is not KEY=VALUE (for example clip.max_norm=0.5)"));
+    }
+    if (absl::Status s = SetConfigField(kv[0], kv[1], &config); !s.ok()) return s;
+  }
+  return config;
+}
+
+}  // namespace gstab
