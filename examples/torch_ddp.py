@@ -7,6 +7,15 @@ the --spike_steps (a stand-in for a bad batch). With gstab the spikes are flagge
 magnitude replaced; run with --no_gstab to see the same job without it. Ranks run on the CPU
 (Gloo), or one GPU each (NCCL) with --cuda; gstabd must then run its CUDA backend. Needs
 python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds it.
+
+Across nodes, each node's torchrun points the ranks at that node's gstabd (gstabd started
+with --peer_listen), and gstab.torch.attach shares the job's rendezvous:
+
+    torchrun --nnodes=2 --node_rank=N --master_addr=HOST0 --nproc_per_node=8 \\
+        examples/torch_ddp.py --cuda
+
+--save FILE writes a checkpoint after the last step (model, optimizer and gstab's statistics)
+and --resume FILE continues from one, on this gstabd or another, with the same statistics.
 """
 import argparse
 import json
@@ -36,11 +45,11 @@ def main():
     parser.add_argument("--replicated", choices=["auto", "true", "false"], default="auto",
                         help="how the gradients are registered (auto: DDP's are replicated)")
     parser.add_argument("--report", help="a folder for each rank's rank<N>.json of every step")
+    parser.add_argument("--save", help="rank 0 writes a checkpoint here after the last step")
+    parser.add_argument("--resume", help="continue from this checkpoint")
     args = parser.parse_args()
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
-    local_world = int(os.environ["LOCAL_WORLD_SIZE"])
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     device = torch.device("cuda", local_rank) if args.cuda else torch.device("cpu")
     if args.cuda:
         torch.cuda.set_device(device)
@@ -51,6 +60,12 @@ def main():
                                 torch.nn.Linear(32, 1)).to(device)
     model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    checkpoint, first = None, 1
+    if args.resume:
+        checkpoint = torch.load(args.resume, map_location=device, weights_only=True)
+        model.module.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        first = checkpoint["step"] + 1
     data = torch.Generator().manual_seed(10 + rank)  # each rank its own batch
     x = torch.randn(64, 8, generator=data)
     x, y = x.to(device), x.sum(1, keepdim=True).sin().to(device)
@@ -58,15 +73,15 @@ def main():
     stabilizer = None
     if not args.no_gstab:
         client = gstab.Client(args.socket)
-        client.attach(args.job, rank=rank, world_size=world, local_rank=local_rank,
-                      local_world_size=local_world, policy=args.policy)
+        gstab.torch.attach(client, args.job, policy=args.policy)  # ranks from torch.distributed
         replicated = None if args.replicated == "auto" else args.replicated == "true"
-        stabilizer = gstab.torch.Stabilizer(client, model, replicated=replicated)
+        stabilizer = gstab.torch.Stabilizer(client, model, replicated=replicated,
+                                            state=checkpoint["gstab"] if checkpoint else None)
 
     steps = []
 
     def report(step):  # rank 0's line for a step, once gstab's results for it are in
-        record = steps[step - 1]
+        record = steps[step - first]
         if rank == 0 and (step % 10 == 0 or step in args.spike_steps or
                           not math.isfinite(record["loss"])):
             print(f"step {step:4d}  loss {record['loss']:.5g}  grad norm {record['norm']:.4g}"
@@ -74,7 +89,7 @@ def main():
                   f"{' spike' if record.get('spike') else ''}"
                   f"{' skipped' if record.get('skipped') else ''}", flush=True)
 
-    for step in range(1, args.steps + 1):
+    for step in range(first, args.steps + 1):
         loss = F.mse_loss(model(x), y)
         (loss * (1e4 if step in args.spike_steps else 1.0)).backward()  # DDP all-reduces
         params = list(model.parameters())
@@ -87,18 +102,22 @@ def main():
             result = stabilizer.step(step)
             # On a GPU gstabd answers before its kernels run: the groups' results are those of
             # the newest step it had finished (result_step), often the one before.
-            if result.result_step > 0 and result.groups:
+            if result.result_step >= first and result.groups:
                 group = result.groups[0]
-                steps[result.result_step - 1].update(gstab_norm=group.norm, scale=group.scale,
+                steps[result.result_step - first].update(gstab_norm=group.norm, scale=group.scale,
                                                      spike=group.spike)
             skipped = bool(stabilizer.skipped())  # this step's own decision
             steps[-1]["skipped"] = skipped
             if not skipped:
                 optimizer.step()
-            if result.result_step > 0:
+            if result.result_step >= first:
                 report(result.result_step)
         optimizer.zero_grad(set_to_none=False)
 
+    if args.save and rank == 0:
+        torch.save({"step": args.steps, "model": model.module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "gstab": stabilizer.state_dict() if stabilizer else None}, args.save)
     if args.report:
         weights = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu().tolist()
         with open(os.path.join(args.report, f"rank{rank}.json"), "w") as f:

@@ -2,7 +2,8 @@
 
     import gstab, gstab.jax
     client = gstab.Client("/run/gstab/gstabd.sock")
-    client.attach("my-run", rank=rank, world_size=world, policy="stabilize")
+    client.attach("my-run", policy="stabilize")         # one process per host: see below
+    client.import_state(saved)                          # when resuming: export_state()'s bytes
     stabilizer = gstab.jax.Stabilizer(client, params)   # the gradients' shapes and dtypes
     for step in range(1, steps + 1):
         grads = grad_fn(params, batch)                    # jitted or not
@@ -15,6 +16,12 @@ JAX arrays are immutable, so the gradients travel through host shared memory tha
 results come back as new arrays with the leaves' shardings. That is one copy each way, through
 the host for arrays on an accelerator. Leaves are named by their paths in the tree
 (`params['dense']['kernel']` is `dense/kernel`).
+
+A job of several hosts (jax.process_count() > 1, one process each) attaches with
+rank=jax.process_index(), world_size=node_count=jax.process_count(), node_rank=rank and the
+rendezvous process 0 got from client.create_rendezvous(job, node_count), shared through the
+job's own means (jax.experimental.multihost_utils.broadcast_one_to_all, a file). The job's
+checkpoint keeps client.export_state()'s bytes.
 """
 
 import ctypes

@@ -2,14 +2,15 @@
 
     import gstab, gstab.torch
     client = gstab.Client("/run/gstab/gstabd.sock")
-    client.attach("my-run", rank=rank, world_size=world, policy="stabilize")
-    stabilizer = gstab.torch.Stabilizer(client, model)
+    gstab.torch.attach(client, "my-run", policy="stabilize")  # ranks from torch.distributed
+    stabilizer = gstab.torch.Stabilizer(client, model)  # (..., state=checkpoint["gstab"])
     for step in range(1, steps + 1):
         loss_fn(model(x), y).backward()
         stabilizer.step(step)               # after backward (and after DDP's all-reduce)
         if not stabilizer.skipped():        # this step's gradients were not finite
             optimizer.step()
         optimizer.zero_grad(set_to_none=False)
+    torch.save({"model": model.state_dict(), "gstab": stabilizer.state_dict()}, path)
 
 The stabilizer gives every trainable parameter a gradient tensor in memory gstabd reads and
 writes: host shared memory for parameters on the CPU, the worker's own device memory (CUDA IPC)
@@ -24,16 +25,61 @@ DDP with `gradient_as_bucket_view=True`) is copied into the registered memory fi
 warning; a parameter without a gradient this step counts as zero.
 """
 
+import os
 import warnings
-from typing import Callable, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 
 import gstab
 
-__all__ = ["Stabilizer"]
+__all__ = ["Stabilizer", "attach"]
 
 Group = Union[str, Callable[[str, torch.nn.Parameter], str]]
+
+
+def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
+           config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
+           local_world_size: Optional[int] = None, node_rank: Optional[int] = None,
+           cuda: Optional[bool] = None) -> None:
+    """Attaches this process to its node's gstabd as a worker of `job`, with its ranks taken
+    from torch.distributed (a job of one process when it is not initialized) and torchrun's
+    LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (pass them for other launchers). A job across
+    nodes gets its rendezvous from global rank 0, broadcast over the default process group, so
+    every rank must call this. cuda: whether the job registers CUDA gradients (default: the
+    process group's backend is NCCL). policy and config as for gstab.Client.attach."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        client.attach(job, policy=policy, config=config)
+        return
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank)) if local_rank is None else local_rank
+    local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
+                   else local_world_size)
+    if local_world < 1 or world % local_world:
+        raise ValueError(f"world size {world} is not a multiple of local_world_size "
+                         f"{local_world}: pass local_world_size (and local_rank, node_rank) "
+                         "for this launcher")
+    nodes = world // local_world
+    if node_rank is None:
+        node_rank = int(os.environ.get("GROUP_RANK", rank // local_world))
+    blob = None
+    if nodes > 1:
+        if cuda is None:
+            cuda = dist.get_backend() == "nccl"
+        message = [None]
+        if rank == 0:  # the others must hear of a failure too, or they wait for good
+            try:
+                message = [client.create_rendezvous(job, nodes, cuda)]
+            except gstab.Error as e:
+                message = [e]
+        dist.broadcast_object_list(message, src=0)
+        if isinstance(message[0], Exception):
+            raise message[0]
+        blob = message[0]
+    client.attach(job, rank=rank, world_size=world, local_rank=local_rank,
+                  local_world_size=local_world, policy=policy, config=config,
+                  node_rank=node_rank, node_count=nodes, rendezvous=blob)
 
 
 class Stabilizer:
@@ -46,11 +92,15 @@ class Stabilizer:
     all-reduce, so norms are not summed across ranks; False when each rank holds a slice of
     the gradients (their squares are summed). Default: True for a DistributedDataParallel
     module, else False; pass it for DDP behind another wrapper (torch.compile).
+    state: what state_dict() gave, from the job's checkpoint: the statistics, step count and
+    configuration the job resumes with, imported before the gradients are registered (see
+    load_state_dict).
     """
 
     def __init__(self, client: gstab.Client,
                  parameters: Union[torch.nn.Module, Iterable[Tuple[str, torch.Tensor]]],
-                 group: Group = "model", replicated: Optional[bool] = None):
+                 group: Group = "model", replicated: Optional[bool] = None,
+                 state: Optional[Dict[str, Any]] = None):
         if replicated is None:
             replicated = isinstance(parameters, torch.nn.parallel.DistributedDataParallel)
         named = parameters.named_parameters() if isinstance(parameters, torch.nn.Module) \
@@ -75,6 +125,8 @@ class Stabilizer:
                              "the gradients of one device")
         self.device = devices.pop()
         self._client = client
+        if state is not None:
+            self._import(state)
         self._arena = self._cuda = None
         self._warned = False
         self._last = self._stream = None
@@ -128,6 +180,39 @@ class Stabilizer:
             if p.grad is not None:
                 grad.copy_(p.grad)
             p.grad = grad
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The job's gstab statistics, step count and configuration, for the job's checkpoint
+        (bytes in a dict: torch.save and torch.load(weights_only=True) take it)."""
+        return {"gstab_state": self._client.export_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Resumes the job's statistics from state_dict()'s dict. Every rank calls it (as
+        with the constructor's `state`): one worker per node imports, then all wait for each
+        other. A job on several GPUs must pass `state` to the constructor instead, as gstabd
+        takes its statistics only before their gradients are registered."""
+        self._import(state)
+
+    def _import(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("gstab_state"), bytes):
+            raise ValueError("expected the dict Stabilizer.state_dict() gave, with its "
+                             "'gstab_state' bytes")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        failure = None
+        if getattr(self._client, "local_rank", 0) == 0:  # the node's gstabd holds one copy
+            try:
+                self._client.import_state(state["gstab_state"])
+            except gstab.Error as e:
+                failure = e
+        if distributed:  # nobody registers or steps before the import; a failure reaches all
+            failed = torch.tensor([failure is not None], dtype=torch.int32,
+                                  device="cuda" if torch.distributed.get_backend() == "nccl"
+                                  else "cpu")
+            torch.distributed.all_reduce(failed)
+            if failed.item() and failure is None:
+                raise RuntimeError("gstab: another rank failed to import the job's state")
+        if failure is not None:
+            raise failure
 
     @property
     def gradients(self):

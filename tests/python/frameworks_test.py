@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -314,30 +315,55 @@ class TorchCudaTest(GstabdTest):
             stabilizer.zero_grad()
 
 
-class DistributedDataParallelTest(GstabdTest):
-    """examples/torch_ddp.py: two ranks of one job on this node, started by torchrun, their
-    gradients all-reduced by DDP over Gloo."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def run_ranks(self, job, replicated):
-        example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                               "examples", "torch_ddp.py")
+
+class DistributedDataParallelTest(GstabdTest):
+    """examples/torch_ddp.py under torchrun, its ranks' gradients all-reduced by DDP over Gloo:
+    two ranks on this node, or one on each of two nodes (two torchruns, each node with a gstabd
+    of its own)."""
+
+    EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
+                           "torch_ddp.py")
+
+    def run_ranks(self, job, *args, replicated="auto", steps=SPIKE_STEP, sockets=None):
+        """Runs the job's ranks: both on one node (sockets: None for the class's gstabd, or
+        one other), or one node per socket; returns each rank's report and the output."""
         env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
+        common = [self.EXAMPLE, "--job", job, "--replicated", replicated, "--steps", str(steps),
+                  "--spike_steps", str(SPIKE_STEP), *args]
+        torchrun = [sys.executable, "-m", "torch.distributed.run"]
         with tempfile.TemporaryDirectory(prefix="gstab-ddp-") as folder:
-            torchrun = subprocess.Popen(
-                [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 "--nproc_per_node=2", example, "--socket", self.gstabd.socket, "--job", job,
-                 "--replicated", replicated, "--steps", str(SPIKE_STEP), "--spike_steps",
-                 str(SPIKE_STEP), "--report", folder],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                start_new_session=True)
+            sockets = sockets or [self.gstabd.socket]
+            if len(sockets) == 1:
+                commands = [torchrun + ["--standalone", "--nproc_per_node=2", *common,
+                                        "--socket", sockets[0], "--report", folder]]
+            else:
+                port = free_port()
+                commands = [torchrun + [f"--nnodes={len(sockets)}", f"--node_rank={node}",
+                                        "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                                        f"--master_port={port}", *common, "--socket", sock,
+                                        "--report", folder]
+                            for node, sock in enumerate(sockets)]
+            runs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, start_new_session=True)
+                    for c in commands]
+            outputs = []
             try:
-                output = torchrun.communicate(timeout=180)[0]
+                for run in runs:
+                    outputs.append(run.communicate(timeout=180)[0])
             finally:
-                try:
-                    os.killpg(torchrun.pid, signal.SIGKILL)  # torchrun and its ranks
-                except ProcessLookupError:
-                    pass
-            self.assertEqual(torchrun.returncode, 0, output)
+                for run in runs:
+                    try:
+                        os.killpg(run.pid, signal.SIGKILL)  # torchrun and its ranks
+                    except ProcessLookupError:
+                        pass
+            output = "\n".join(outputs)
+            for run in runs:
+                self.assertEqual(run.returncode, 0, output)
             results = []
             for rank in (0, 1):
                 with open(os.path.join(folder, f"rank{rank}.json")) as f:
@@ -345,7 +371,7 @@ class DistributedDataParallelTest(GstabdTest):
             return results, output
 
     def test_ddp_gradients_are_replicated_norms_not_summed_and_ranks_stay_in_step(self):
-        ranks, output = self.run_ranks("ddp-replicated", "auto")
+        ranks, output = self.run_ranks("ddp-replicated")
         self.assertNotIn("gstab:", output)  # no warning: DDP kept the gradients in place
         for rank in ranks:
             for record in rank["steps"]:  # gstab's norm is the all-reduced gradient's own
@@ -358,10 +384,49 @@ class DistributedDataParallelTest(GstabdTest):
         self.assertIn(f"step {SPIKE_STEP:4d}", output)  # rank 0's progress lines
 
     def test_the_same_gradients_registered_sharded_count_every_rank(self):
-        ranks, _ = self.run_ranks("ddp-sharded", "false")
+        ranks, _ = self.run_ranks("ddp-sharded", replicated="false")
         for record in ranks[0]["steps"]:
             self.assertAlmostEqual(record["gstab_norm"] / record["norm"], math.sqrt(2),
                                    delta=1e-5)
+
+    def test_a_job_across_two_nodes_reduces_its_norms_across_them(self):
+        nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
+                 for _ in range(2)]
+        try:
+            ranks, output = self.run_ranks("ddp-two-nodes", replicated="false",
+                                           sockets=[n.socket for n in nodes])
+        finally:
+            for n in nodes:
+                self.assertEqual(n.stop(), 0)
+        # Registered sharded, the norm sums both nodes' squares: sqrt(2) times the gradient's.
+        for rank in ranks:
+            for record in rank["steps"]:
+                self.assertAlmostEqual(record["gstab_norm"] / record["norm"], math.sqrt(2),
+                                       delta=1e-5)
+        self.assertEqual([r["scale"] for r in ranks[0]["steps"]],
+                         [r["scale"] for r in ranks[1]["steps"]])
+        self.assertTrue(ranks[0]["steps"][-1]["spike"])
+        self.assertEqual(ranks[0]["parameters"], ranks[1]["parameters"])
+
+    def test_a_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
+        steps = SPIKE_STEP + 10
+        whole, _ = self.run_ranks("ddp-whole", steps=steps)
+        with tempfile.TemporaryDirectory(prefix="gstab-ckpt-") as folder:
+            checkpoint = os.path.join(folder, "step20.pt")
+            self.run_ranks("ddp-resumed", "--save", checkpoint, steps=20)
+            elsewhere = Gstabd(ARGS.gstabd)  # the job comes back on another node
+            try:
+                resumed, _ = self.run_ranks("ddp-resumed", "--resume", checkpoint, steps=steps,
+                                            sockets=[elsewhere.socket])
+            finally:
+                self.assertEqual(elsewhere.stop(), 0)
+        for rank in (0, 1):
+            self.assertEqual([r["step"] for r in resumed[rank]["steps"]],
+                             list(range(21, steps + 1)))
+            self.assertEqual([r["scale"] for r in resumed[rank]["steps"]],
+                             [r["scale"] for r in whole[rank]["steps"][20:]])
+            self.assertEqual(resumed[rank]["parameters"], whole[rank]["parameters"])
+        self.assertTrue(resumed[0]["steps"][SPIKE_STEP - 21]["spike"])
 
 
 def jax_params(dtype=jnp.float32):
