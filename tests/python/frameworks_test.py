@@ -7,6 +7,7 @@ Where PyTorch sees a CUDA GPU, TorchCudaTest also runs a model's gradients throu
 gstabd on its CUDA backend (CUDA IPC); elsewhere it is skipped.
 """
 import argparse
+import io
 import json
 import math
 import os
@@ -99,6 +100,35 @@ class TorchTest(GstabdTest):
         self.assertLess(group.scale, 1e-2)
         after = F.mse_loss(model(x), y).item()
         self.assertLess(after, 1.5 * loss.item(), "the spike step did not wreck the model")
+
+    def test_state_dict_goes_through_torch_save_and_a_bad_one_changes_nothing(self):
+        model = mlp()
+        client = self.attach("torch-state")
+        stabilizer = gstab.torch.Stabilizer(client, model)
+        x, y = regression_batch(1)
+
+        def scales(steps):  # the same model each step, its loss weighted by the step
+            out = []
+            for step in steps:
+                (F.mse_loss(model(x), y) * (1 + step % 4)).backward()
+                out.append(stabilizer.step(step).groups[0].scale)
+                stabilizer.zero_grad()
+            return out
+
+        scales(range(1, 11))
+        checkpoint = io.BytesIO()
+        torch.save({"gstab": stabilizer.state_dict()}, checkpoint)
+        later = scales(range(11, 21))
+        checkpoint.seek(0)
+        saved = torch.load(checkpoint, weights_only=True)["gstab"]
+        for bad, error in [({"gstab_state": "text"}, ValueError), ({}, ValueError),
+                           ({"gstab_state": b"\x07junk"}, gstab.Error)]:
+            with self.assertRaises(error):
+                stabilizer.load_state_dict(bad)
+        self.assertEqual(client.stats()["last_step"], 20)  # the refused ones changed nothing
+        stabilizer.load_state_dict(saved)  # back to step 10: the same scales again
+        self.assertEqual(client.stats()["last_step"], 10)
+        self.assertEqual(scales(range(11, 21)), later)
 
     def test_replaced_and_missing_gradients_are_taken_back_with_one_warning(self):
         model = mlp()
