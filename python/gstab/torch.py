@@ -91,7 +91,9 @@ class Stabilizer:
     replicated: every rank holds the whole gradient, as after DistributedDataParallel's
     all-reduce, so norms are not summed across ranks; False when each rank holds a slice of
     the gradients (their squares are summed). Default: True for a DistributedDataParallel
-    module, else False; pass it for DDP behind another wrapper (torch.compile).
+    module, else False; pass it for DDP behind another wrapper (torch.compile). DTensor
+    parameters (FSDP2's fully_shard) need nothing: their local shards are registered, sharded
+    (replicated for a Replicate placement).
     state: what state_dict() gave, from the job's checkpoint: the statistics, step count and
     configuration the job resumes with, imported before the gradients are registered (see
     load_state_dict).
@@ -112,12 +114,8 @@ class Stabilizer:
                 self._params.append((name, p))
         if not self._params:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
-        for name, p in self._params:
-            if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
-                raise ValueError(
-                    f"parameter '{name}' is a DTensor (FSDP2, tensor parallelism): gstab.torch "
-                    "registers plain tensors; register each rank's local shards with "
-                    "gstab.CudaGradients")
+        # Per parameter: is its gradient replicated on every rank (else each holds a slice)?
+        sharing = [_sharing(name, p, replicated) for name, p in self._params]
         devices = {p.device for _, p in self._params}
         if len(devices) != 1:
             raise ValueError(f"parameters are on {len(devices)} devices "
@@ -128,27 +126,40 @@ class Stabilizer:
         if state is not None:
             self._import(state)
         self._arena = self._cuda = None
+        self._placeholders = []  # CUDA: the one-element zero tensors of empty groups
         self._warned = False
         self._last = self._stream = None
-        specs = []  # (name, numel, dtype, group, replicated)
-        for name, p in self._params:
+        # What each rank holds of a parameter: the whole of a plain tensor, a DTensor's local
+        # shard (FSDP2). Empty shards are not registered; a group with nothing else on this
+        # rank gets a one-element zero placeholder, so every rank has every group.
+        self._local = [_local(p) for _, p in self._params]
+        specs, placeholders = [], {}  # specs: (name, numel, dtype, group, replicated) | None
+        for (name, p), local, shared in zip(self._params, self._local, sharing):
             try:
                 dtype = gstab.dtype_of(p)
             except ValueError as e:
                 raise ValueError(f"parameter '{name}': {e}") from None
-            specs.append((name, p.numel(), dtype, group(name, p) if callable(group) else group,
-                          replicated))
+            g = (group(name, p) if callable(group) else group) or name  # "": its own group
+            specs.append((name, local.numel(), dtype, g, shared) if local.numel() else None)
+            if not local.numel():
+                placeholders.setdefault(g, (f"{name}:empty", 1, dtype, g, shared))
+        for spec in specs:
+            if spec is not None:
+                placeholders.pop(spec[3], None)
+        registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
 
         # Gradients take their parameter's memory layout (channels_last, say) where it is dense,
         # as AccumulateGrad and DDP's buckets expect.
         if self.device.type == "cpu":
-            strides = [torch.empty_like(p, device="meta").stride() for _, p in self._params]
             self._arena = gstab.Arena()
-            indices = [self._arena.add_tensor(*spec) for spec in specs]
+            indices = [self._arena.add_tensor(*spec) for spec in registered]
             self._arena.allocate()
-            self._grads = [torch.frombuffer(self._arena.buffer(i), dtype=p.dtype)
-                           .as_strided(p.shape, stride)
-                           for i, (_, p), stride in zip(indices, self._params, strides)]
+            index = iter(indices)
+            self._grads = [torch.zeros_like(local) if spec is None else
+                           torch.frombuffer(self._arena.buffer(next(index)), dtype=local.dtype)
+                           .as_strided(local.shape,
+                                       torch.empty_like(local, device="meta").stride())
+                           for spec, local in zip(specs, self._local)]
             client.register_arena(self._arena)
             self._registration = self._arena
         elif self.device.type == "cuda":
@@ -163,10 +174,15 @@ class Stabilizer:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             with torch.cuda.device(self.device):  # gstab's CUDA calls set the thread's device
                 self._cuda = gstab.CudaGradients(self.device.index)
-                self._grads = [torch.zeros_like(p, memory_format=torch.preserve_format)
-                               for _, p in self._params]
-                for (name, numel, dtype, g, r), grad in zip(specs, self._grads):
-                    self._cuda.add_tensor(name, grad.data_ptr(), numel, dtype, g, r)
+                self._grads = [torch.zeros_like(local, memory_format=torch.preserve_format)
+                               for local in self._local]
+                for spec, grad in zip(specs, self._grads):
+                    if spec is not None:
+                        self._cuda.add_tensor(spec[0], grad.data_ptr(), *spec[1:])
+                for spec in placeholders.values():
+                    self._placeholders.append(torch.zeros(1, dtype=_TORCH_DTYPES[spec[2]],
+                                                          device=self.device))
+                    self._cuda.add_tensor(spec[0], self._placeholders[-1].data_ptr(), *spec[1:])
                 client.register_cuda(self._cuda)
                 address, size = self._cuda.results()
                 # The results buffer gstab.h describes, as int32 words: flags are word 3.
@@ -176,10 +192,12 @@ class Stabilizer:
         else:
             raise ValueError(f"gstab serves parameters on the CPU or a CUDA GPU, not on "
                              f"{self.device.type}")
-        for (_, p), grad in zip(self._params, self._grads):
+        # What p.grad is set to: the registered tensor, or a DTensor over it (made once).
+        self._assigned = [_like(p, grad) for (_, p), grad in zip(self._params, self._grads)]
+        for (_, p), grad, assigned in zip(self._params, self._grads, self._assigned):
             if p.grad is not None:
-                grad.copy_(p.grad)
-            p.grad = grad
+                grad.copy_(_local(p.grad))
+            p.grad = assigned
 
     def state_dict(self) -> Dict[str, Any]:
         """The job's gstab statistics, step count and configuration, for the job's checkpoint
@@ -222,8 +240,8 @@ class Stabilizer:
     def zero_grad(self) -> None:
         """Zeroes the registered gradients in place (and puts back any that were replaced)."""
         torch._foreach_zero_(self._grads)
-        for (_, p), grad in zip(self._params, self._grads):
-            p.grad = grad
+        for (_, p), assigned in zip(self._params, self._assigned):
+            p.grad = assigned
 
     def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
@@ -268,8 +286,8 @@ class Stabilizer:
 
     def _take_back_replaced_gradients(self) -> None:
         replaced = []
-        for (name, p), grad in zip(self._params, self._grads):
-            current = p.grad
+        for (name, p), grad, assigned in zip(self._params, self._grads, self._assigned):
+            current = None if p.grad is None else _local(p.grad)
             if current is not None and current.data_ptr() == grad.data_ptr() \
                     and current.shape == grad.shape:
                 continue
@@ -279,8 +297,9 @@ class Stabilizer:
                 grad.copy_(current)
                 if current.is_cuda:  # its memory is not reused before the copy has run
                     current.record_stream(torch.cuda.current_stream())
-                replaced.append(name)
-            p.grad = grad
+                if grad.numel():
+                    replaced.append(name)
+            p.grad = assigned
         if replaced and not self._warned:
             self._warned = True
             warnings.warn(
@@ -291,6 +310,51 @@ class Stabilizer:
 
 
 _FLAG_SKIPPED = 1 << 1  # GSTAB_FLAG_SKIPPED
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+        return DTensor
+    except ImportError:  # a PyTorch without torch.distributed
+        return None
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of `t`: a DTensor's local shard, else `t` itself."""
+    dtensor = _dtensor_type()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def _like(p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """`local` as a gradient of `p`: a DTensor over it with p's mesh and placements if p is a
+    DTensor, else `local` itself."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(p, dtensor):
+        return local
+    return dtensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                              shape=p.shape, stride=p.stride())
+
+
+def _sharing(name: str, p: torch.Tensor, replicated: bool) -> bool:
+    """Whether every rank holds p's whole gradient (True) or a slice of it (False). A plain
+    tensor: `replicated`. A DTensor: sharded (FSDP2's Shard) or replicated on a 1-D mesh of the
+    job's ranks; what gstab cannot sum correctly is refused."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(p, dtensor):
+        return replicated
+    mesh = p.device_mesh
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    kinds = {type(placement).__name__ for placement in p.placements}
+    if mesh.ndim != 1 or mesh.size() != world or not kinds <= {"Shard", "Replicate"}:
+        raise ValueError(
+            f"parameter '{name}' is a DTensor on a {mesh.ndim}-D mesh of {mesh.size()} of the "
+            f"job's {world} ranks, placed {p.placements}: gstab sums a sharded gradient's "
+            "squares over every rank of the job, so it serves DTensors sharded (FSDP2's "
+            "fully_shard) or replicated over one mesh of all ranks. Register other layouts' "
+            "local shards with gstab.Arena or gstab.CudaGradients, in groups that are whole")
+    return kinds == {"Replicate"}
 
 
 class _DeviceWords:

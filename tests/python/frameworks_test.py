@@ -241,15 +241,15 @@ class TorchTest(GstabdTest):
         with self.assertRaisesRegex(ValueError, "not on meta"):
             gstab.torch.Stabilizer(client, mlp().to("meta"))
         import torch.distributed as dist
-        from torch.distributed.tensor import DeviceMesh, distribute_tensor
+        from torch.distributed.tensor import distribute_tensor, init_device_mesh
         with tempfile.TemporaryDirectory() as folder:
             dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0,
                                     world_size=1)
-            try:
-                sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4, 4),
-                                                               DeviceMesh("cpu", [0])))
-                with self.assertRaisesRegex(ValueError, "parameter 'w' is a DTensor"):
-                    gstab.torch.Stabilizer(client, [("w", sharded)])
+            try:  # HSDP's and tensor parallelism's 2-D meshes: no one sum over all ranks
+                hybrid = torch.nn.Parameter(distribute_tensor(torch.ones(4, 4),
+                                                              init_device_mesh("cpu", (1, 1))))
+                with self.assertRaisesRegex(ValueError, "parameter 'w' is a DTensor on a 2-D"):
+                    gstab.torch.Stabilizer(client, [("w", hybrid)])
             finally:
                 dist.destroy_process_group()
         with self.assertRaises(gstab.Error) as e:  # gstabd's own check, through the client
@@ -352,12 +352,12 @@ def free_port() -> int:
 
 
 class DistributedDataParallelTest(GstabdTest):
-    """examples/torch_ddp.py under torchrun, its ranks' gradients all-reduced by DDP over Gloo:
+    """examples/torch_data_parallel.py under torchrun, its ranks' gradients all-reduced by DDP over Gloo:
     two ranks on this node, or one on each of two nodes (two torchruns, each node with a gstabd
     of its own)."""
 
     EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
-                           "torch_ddp.py")
+                           "torch_data_parallel.py")
 
     def run_ranks(self, job, *args, replicated="auto", steps=SPIKE_STEP, sockets=None):
         """Runs the job's ranks: both on one node (sockets: None for the class's gstabd, or
@@ -419,24 +419,39 @@ class DistributedDataParallelTest(GstabdTest):
             self.assertAlmostEqual(record["gstab_norm"] / record["norm"], math.sqrt(2),
                                    delta=1e-5)
 
+    def check_fsdp_norms(self, ranks):
+        """gstab's norm of each tensor's group is the whole tensor's, on every rank."""
+        for rank in ranks:
+            for record in rank["steps"]:
+                self.assertAlmostEqual(record["gstab_norm"] / record["norm"], 1.0, delta=1e-5)
+                self.assertEqual(set(record["groups"]), set(record["tensor_norms"]))
+                for name, (norm, _) in record["groups"].items():
+                    self.assertAlmostEqual(norm / record["tensor_norms"][name], 1.0,
+                                           delta=1e-5, msg=name)
+        self.assertEqual([r["groups"] for r in ranks[0]["steps"]],
+                         [r["groups"] for r in ranks[1]["steps"]])
+        self.assertTrue(ranks[0]["steps"][-1]["spike"])
+        self.assertEqual(ranks[0]["parameters"], ranks[1]["parameters"])
+
+    def test_fsdp2_shards_make_each_tensors_whole_norm(self):
+        # One group per tensor: the last layer's rows are fewer than the ranks, so rank 1 holds
+        # empty shards of it and registers a placeholder for their groups.
+        ranks, output = self.run_ranks("fsdp-per-tensor", "--fsdp", "--group", "")
+        self.assertNotIn("gstab:", output)  # FSDP2 accumulated into the registered shards
+        self.check_fsdp_norms(ranks)
+
     def test_a_job_across_two_nodes_reduces_its_norms_across_them(self):
+        # FSDP2 over two nodes, one rank each: every group's squares are summed across the
+        # nodes; node 1 has only placeholders for the last layer's groups.
         nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
                  for _ in range(2)]
         try:
-            ranks, output = self.run_ranks("ddp-two-nodes", replicated="false",
-                                           sockets=[n.socket for n in nodes])
+            ranks, _ = self.run_ranks("fsdp-two-nodes", "--fsdp", "--group", "",
+                                      sockets=[n.socket for n in nodes])
         finally:
             for n in nodes:
                 self.assertEqual(n.stop(), 0)
-        # Registered sharded, the norm sums both nodes' squares: sqrt(2) times the gradient's.
-        for rank in ranks:
-            for record in rank["steps"]:
-                self.assertAlmostEqual(record["gstab_norm"] / record["norm"], math.sqrt(2),
-                                       delta=1e-5)
-        self.assertEqual([r["scale"] for r in ranks[0]["steps"]],
-                         [r["scale"] for r in ranks[1]["steps"]])
-        self.assertTrue(ranks[0]["steps"][-1]["spike"])
-        self.assertEqual(ranks[0]["parameters"], ranks[1]["parameters"])
+        self.check_fsdp_norms(ranks)
 
     def test_a_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
         steps = SPIKE_STEP + 10

@@ -1,10 +1,13 @@
-"""A PyTorch DistributedDataParallel job whose gradients its node's gstabd stabilizes.
+"""A data-parallel PyTorch job (DDP, or FSDP2 with --fsdp) whose gradients gstabd stabilizes.
 
-    torchrun --standalone --nproc_per_node=2 examples/torch_ddp.py --socket /run/gstab/gstabd.sock
+    torchrun --standalone --nproc_per_node=2 examples/torch_data_parallel.py \\
+        --socket /run/gstab/gstabd.sock
 
 Each rank trains a small regression MLP on data of its own; the loss is multiplied by 10^4 on
 the --spike_steps (a stand-in for a bad batch). With gstab the spikes are flagged and their
-magnitude replaced; run with --no_gstab to see the same job without it. Ranks run on the CPU
+magnitude replaced; run with --no_gstab to see the same job without it. Under DDP every rank
+holds the whole all-reduced gradient (registered replicated); under FSDP2 (fully_shard) each
+holds a shard, and gstab's norm sums every rank's shards: the whole gradient's norm. Ranks run on the CPU
 (Gloo), or one GPU each (NCCL) with --cuda; gstabd must then run its CUDA backend. Needs
 python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds it.
 
@@ -12,7 +15,7 @@ Across nodes, each node's torchrun points the ranks at that node's gstabd (gstab
 with --peer_listen), and gstab.torch.attach shares the job's rendezvous:
 
     torchrun --nnodes=2 --node_rank=N --master_addr=HOST0 --nproc_per_node=8 \\
-        examples/torch_ddp.py --cuda
+        examples/torch_data_parallel.py --cuda
 
 --save FILE writes a checkpoint after the last step (model, optimizer and gstab's statistics)
 and --resume FILE continues from one, on this gstabd or another, with the same statistics.
@@ -26,10 +29,17 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import gstab  # noqa: E402
 import gstab.torch  # noqa: E402
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, gathered from every rank's shard if it is a DTensor (FSDP2)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def main():
@@ -42,8 +52,12 @@ def main():
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--cuda", action="store_true", help="one GPU per rank (NCCL)")
     parser.add_argument("--no_gstab", action="store_true", help="train without gstab")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard), not DDP")
+    parser.add_argument("--group", default="model",
+                        help="the gradients' norm group (\"\": one per tensor)")
     parser.add_argument("--replicated", choices=["auto", "true", "false"], default="auto",
-                        help="how the gradients are registered (auto: DDP's are replicated)")
+                        help="how the gradients are registered (auto: DDP's are replicated, "
+                        "FSDP2's shards are not)")
     parser.add_argument("--report", help="a folder for each rank's rank<N>.json of every step")
     parser.add_argument("--save", help="rank 0 writes a checkpoint here after the last step")
     parser.add_argument("--resume", help="continue from this checkpoint")
@@ -58,7 +72,13 @@ def main():
     torch.manual_seed(0)  # the same initial weights on every rank
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(),
                                 torch.nn.Linear(32, 1)).to(device)
-    model = torch.nn.parallel.DistributedDataParallel(model)
+    if args.fsdp:
+        if args.save or args.resume:
+            parser.error("--save and --resume checkpoint DDP jobs (FSDP2's need "
+                         "torch.distributed.checkpoint)")
+        fully_shard(model)  # parameters and gradients become DTensors sharded across ranks
+    else:
+        model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     checkpoint, first = None, 1
     if args.resume:
@@ -75,7 +95,8 @@ def main():
         client = gstab.Client(args.socket)
         gstab.torch.attach(client, args.job, policy=args.policy)  # ranks from torch.distributed
         replicated = None if args.replicated == "auto" else args.replicated == "true"
-        stabilizer = gstab.torch.Stabilizer(client, model, replicated=replicated,
+        stabilizer = gstab.torch.Stabilizer(client, model, group=args.group,
+                                            replicated=replicated,
                                             state=checkpoint["gstab"] if checkpoint else None)
 
     steps = []
@@ -91,10 +112,13 @@ def main():
 
     for step in range(first, args.steps + 1):
         loss = F.mse_loss(model(x), y)
-        (loss * (1e4 if step in args.spike_steps else 1.0)).backward()  # DDP all-reduces
-        params = list(model.parameters())
-        norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
-        steps.append({"step": step, "loss": loss.item(), "norm": norm})
+        (loss * (1e4 if step in args.spike_steps else 1.0)).backward()  # all-reduced, or
+        # reduce-scattered into shards (FSDP2)
+        grads = {name: whole(p.grad) for name, p in model.named_parameters()}
+        norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads.values()])).item()
+        steps.append({"step": step, "loss": loss.item(), "norm": norm,
+                      "tensor_norms": {n: torch.linalg.vector_norm(g).item()
+                                       for n, g in grads.items()}})
         if stabilizer is None:
             optimizer.step()
             report(step)
@@ -103,9 +127,10 @@ def main():
             # On a GPU gstabd answers before its kernels run: the groups' results are those of
             # the newest step it had finished (result_step), often the one before.
             if result.result_step >= first and result.groups:
-                group = result.groups[0]
-                steps[result.result_step - first].update(gstab_norm=group.norm, scale=group.scale,
-                                                     spike=group.spike)
+                steps[result.result_step - first].update(
+                    gstab_norm=result.norm, scale=result.groups[0].scale,
+                    spike=any(g.spike for g in result.groups),
+                    groups={g.group: [g.norm, g.scale] for g in result.groups})
             skipped = bool(stabilizer.skipped())  # this step's own decision
             steps[-1]["skipped"] = skipped
             if not skipped:
@@ -119,7 +144,8 @@ def main():
                     "optimizer": optimizer.state_dict(),
                     "gstab": stabilizer.state_dict() if stabilizer else None}, args.save)
     if args.report:
-        weights = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu().tolist()
+        weights = torch.cat([whole(p.detach()).flatten()
+                             for p in model.parameters()]).cpu().tolist()
         with open(os.path.join(args.report, f"rank{rank}.json"), "w") as f:
             json.dump({"steps": steps, "parameters": weights}, f)
     if stabilizer is not None:
