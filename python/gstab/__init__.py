@@ -315,6 +315,7 @@ class Client:
         lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use
+        self.local_rank = 0  # this worker's rank on its node, from attach()
         _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,

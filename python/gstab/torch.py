@@ -122,9 +122,10 @@ class Stabilizer:
                              f"({', '.join(sorted(map(str, devices)))}): one worker registers "
                              "the gradients of one device")
         self.device = devices.pop()
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"gstab serves parameters on the CPU or a CUDA GPU, not on "
+                             f"{self.device.type}")
         self._client = client
-        if state is not None:
-            self._import(state)
         self._arena = self._cuda = None
         self._placeholders = []  # CUDA: the one-element zero tensors of empty groups
         self._warned = False
@@ -147,6 +148,8 @@ class Stabilizer:
             if spec is not None:
                 placeholders.pop(spec[3], None)
         registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
+        if state is not None:  # before registering: gstabd takes it then on any backend
+            self._import(state)
 
         # Gradients take their parameter's memory layout (channels_last, say) where it is dense,
         # as AccumulateGrad and DDP's buckets expect.
@@ -162,7 +165,7 @@ class Stabilizer:
                            for spec, local in zip(specs, self._local)]
             client.register_arena(self._arena)
             self._registration = self._arena
-        elif self.device.type == "cuda":
+        else:
             self._registration = None
             try:
                 import numpy  # noqa: F401  (PyTorch reads the CUDA array interface through it)
@@ -189,9 +192,6 @@ class Stabilizer:
                 self._results = torch.as_tensor(_DeviceWords(address, size),
                                                 device=self.device)
             self._registration = self._cuda
-        else:
-            raise ValueError(f"gstab serves parameters on the CPU or a CUDA GPU, not on "
-                             f"{self.device.type}")
         # What p.grad is set to: the registered tensor, or a DTensor over it (made once).
         self._assigned = [_like(p, grad) for (_, p), grad in zip(self._params, self._grads)]
         for (_, p), grad, assigned in zip(self._params, self._grads, self._assigned):

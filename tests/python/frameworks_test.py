@@ -344,6 +344,51 @@ class TorchCudaTest(GstabdTest):
             self.assertEqual(norm.item() == 0.0, poison, f"step {step}")
             stabilizer.zero_grad()
 
+    def test_fsdp2_on_one_gpu_resumes_from_its_state(self):
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import DTensor
+        x, y = (t.cuda() for t in regression_batch(3))
+
+        def stabilizer_for(job, state=None):
+            client = gstab.Client(self.gstabd.socket)
+            self.addCleanup(client.close)
+            gstab.torch.attach(client, job)  # a world of one: attached as rank 0 of 1
+            model = mlp().cuda()
+            fully_shard(model)
+            stabilizer = gstab.torch.Stabilizer(client, model, state=state)
+            for p, grad in zip(model.parameters(), stabilizer.gradients):
+                self.assertIsInstance(p.grad, DTensor)
+                self.assertEqual(p.grad.to_local().data_ptr(), grad.data_ptr())
+            return model, stabilizer
+
+        def scales(model, stabilizer, steps):  # the same model, its loss weighted by the step
+            out = []
+            for step in steps:
+                (F.mse_loss(model(x), y) * (1 + step % 4)).backward()
+                raw = torch_norm([p.grad.full_tensor() for p in model.parameters()])
+                stabilizer.step(step)
+                out.append(torch_norm([p.grad.full_tensor() for p in model.parameters()]) / raw)
+                stabilizer.zero_grad()
+            return out
+
+        with tempfile.TemporaryDirectory() as folder:
+            dist.init_process_group("nccl", init_method=f"file://{folder}/store", rank=0,
+                                    world_size=1)
+            try:
+                model, stabilizer = stabilizer_for("torch-cuda-fsdp")
+                scales(model, stabilizer, range(1, 11))
+                state = stabilizer.state_dict()
+                later = scales(model, stabilizer, range(11, 21))
+                model, stabilizer = stabilizer_for("torch-cuda-fsdp-resumed", state)
+                torch.testing.assert_close(scales(model, stabilizer, range(11, 21)), later,
+                                           rtol=1e-6, atol=0)
+                model, stabilizer = stabilizer_for("torch-cuda-fsdp-fresh")
+                self.assertGreater(abs(scales(model, stabilizer, range(11, 12))[0] / later[0]
+                                       - 1), 1e-3, "without the state the scales differ")
+            finally:
+                dist.destroy_process_group()
+
 
 def free_port() -> int:
     with socket.socket() as s:
