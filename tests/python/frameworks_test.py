@@ -204,6 +204,41 @@ class TorchTest(GstabdTest):
         self.assertFalse(stabilizer.step(2).skip)
         self.assertFalse(stabilizer.skipped())
 
+    def test_mixed_precision_with_a_grad_scaler_unscaled_before_the_step(self):
+        # The advice of docs/daemon.md: unscale_ before gstab's step, so its norms are the
+        # gradients' own. Overflows are skipped by both, and the scaler backs off: one put
+        # there by hand, and the 1e4 spike, which under a loss scale of 2^15 overflows fp16.
+        model = mlp()
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-amp"), model)
+        params = list(model.parameters())
+        optimizer = torch.optim.SGD(params, lr=0.05)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=1000)
+        x, y = regression_batch(6)
+        injected = 20
+        for step in range(1, SPIKE_STEP + 1):
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.mse_loss(model(x), y) * (1e4 if step == SPIKE_STEP else 1.0)
+            scaler.scale(loss).backward()
+            if step == injected:
+                params[0].grad[0, 0] = float("inf")
+            scaler.unscale_(optimizer)
+            raw = [p.grad.clone() for p in params]
+            before = [p.detach().clone() for p in params]
+            scale_before = scaler.get_scale()
+            result = stabilizer.step(step)
+            scaler.step(optimizer)  # skips the step itself when unscale_ found an inf
+            scaler.update()
+            optimizer.zero_grad(set_to_none=False)
+            overflow = step in (injected, SPIKE_STEP)
+            self.assertEqual(result.skip, overflow, f"step {step}")
+            self.assertEqual(scaler.get_scale(), scale_before / 2 if overflow else scale_before)
+            if overflow:
+                for p, b in zip(params, before):
+                    self.assertTrue(torch.equal(p.detach(), b))
+            else:  # the unscaled gradients' norm, not 2^16 times it
+                self.assertAlmostEqual(result.groups[0].norm / torch_norm(raw), 1.0, delta=1e-5)
+        self.assertTrue(all(torch.isfinite(p).all() for p in params))
+
     def test_a_later_registration_on_the_client_retires_the_earlier_stabilizer(self):
         client = self.attach("torch-twice")
         model = mlp()
