@@ -7,6 +7,12 @@ multiplied by 10^4 on the --spike_steps (a stand-in for a bad batch). With gstab
 flagged and their magnitude replaced; run with --no_gstab to see the same loop without it.
 Needs python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds
 it.
+
+Across hosts, one process each (jax.distributed, each host's gstabd started with
+--peer_listen): every process trains on a batch of its own and the gradients are averaged
+across processes, so they are registered replicated:
+
+    python3 examples/jax_train.py --coordinator HOST0:PORT --num_processes 2 --process_id N
 """
 import argparse
 import json
@@ -15,6 +21,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import gstab  # noqa: E402
@@ -42,10 +49,20 @@ def main():
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--no_gstab", action="store_true", help="train without gstab")
     parser.add_argument("--report", help="a JSON file of every step")
+    parser.add_argument("--coordinator", help="jax.distributed's coordinator HOST:PORT")
+    parser.add_argument("--num_processes", type=int, default=1)
+    parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--replicated", choices=["true", "false"], default="true",
+                        help="register the averaged gradients replicated (or, to compare, as "
+                        "if each process held a slice)")
     args = parser.parse_args()
 
-    params = init(jax.random.PRNGKey(0))
-    x = jax.random.normal(jax.random.PRNGKey(1), (64, 8))
+    if args.coordinator:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    params = init(jax.random.PRNGKey(0))  # the same initial weights in every process
+    x = jax.random.normal(jax.random.PRNGKey(1 + jax.process_index()), (64, 8))
     y = jnp.sin(x.sum(1, keepdims=True))
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
     update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - args.lr * b, p, g))
@@ -53,14 +70,19 @@ def main():
     stabilizer = None
     if not args.no_gstab:
         client = gstab.Client(args.socket)
-        client.attach(args.job, policy=args.policy)
-        stabilizer = gstab.jax.Stabilizer(client, params)
+        gstab.jax.attach(client, args.job, policy=args.policy)  # hosts from jax.distributed
+        stabilizer = gstab.jax.Stabilizer(client, params, replicated=args.replicated == "true")
 
     steps = []
     for step in range(1, args.steps + 1):
         factor = 1e4 if step in args.spike_steps else 1.0
         loss, grads = grad_fn(params, x, y, factor)
-        record = {"step": step, "loss": float(loss) / factor}
+        if jax.process_count() > 1:  # data parallel: every process gets the mean gradient
+            grads = jax.tree_util.tree_map(lambda g: g.mean(0),
+                                           multihost_utils.process_allgather(grads))
+        record = {"step": step, "loss": float(loss) / factor,
+                  "grad_norm": float(jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
+                                                  for g in jax.tree_util.tree_leaves(grads))))}
         if stabilizer is not None:
             grads, result = stabilizer.step(grads, step)
             group = result.groups[0]
@@ -78,8 +100,10 @@ def main():
     final = float(loss_fn(params, x, y, 1.0))
     print(f"final loss {final:.5g}")
     if args.report:
+        weights = [float(v) for leaf in jax.tree_util.tree_leaves(params)
+                   for v in jnp.ravel(leaf)]
         with open(args.report, "w") as f:
-            json.dump({"steps": steps, "final_loss": final}, f)
+            json.dump({"steps": steps, "final_loss": final, "parameters": weights}, f)
     if stabilizer is not None:
         client.detach()
 

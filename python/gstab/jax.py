@@ -2,7 +2,7 @@
 
     import gstab, gstab.jax
     client = gstab.Client("/run/gstab/gstabd.sock")
-    client.attach("my-run", policy="stabilize")         # one process per host: see below
+    gstab.jax.attach(client, "my-run", policy="stabilize")  # hosts from jax.distributed
     client.import_state(saved)                          # when resuming: export_state()'s bytes
     stabilizer = gstab.jax.Stabilizer(client, params)   # the gradients' shapes and dtypes
     for step in range(1, steps + 1):
@@ -17,26 +17,62 @@ results come back as new arrays with the leaves' shardings. That is one copy eac
 the host for arrays on an accelerator. Leaves are named by their paths in the tree
 (`params['dense']['kernel']` is `dense/kernel`).
 
-A job of several hosts (jax.process_count() > 1, one process each) attaches with
-rank=jax.process_index(), world_size=node_count=jax.process_count(), node_rank=rank and the
-rendezvous process 0 got from client.create_rendezvous(job, node_count), shared through the
-job's own means (jax.experimental.multihost_utils.broadcast_one_to_all, a file). The job's
+A job of several processes (jax.distributed) is a job across nodes to gstab, one node per
+host: attach() gets the rendezvous from process 0 and shares it over JAX's own collectives.
+Each process registers the arrays it holds whole; gradients averaged across processes are
+`replicated=True`, each process's own slice of a model is sharded (the default). The job's
 checkpoint keeps client.export_state()'s bytes.
 """
 
 import ctypes
 import re
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import jax
 import numpy as np
 
 import gstab
 
-__all__ = ["Stabilizer", "leaf_name"]
+__all__ = ["Stabilizer", "attach", "leaf_name"]
 
 Group = Union[str, Callable[[str, Any], str]]
 _ALIGN = 64  # of every tensor in an arena
+
+
+def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
+           config: Optional[gstab.Config] = None, *, local_rank: int = 0,
+           local_world_size: int = 1) -> None:
+    """Attaches this process to its host's gstabd as a worker of `job`: rank
+    jax.process_index() of jax.process_count(), one process per host unless local_rank and
+    local_world_size say otherwise. With several hosts, process 0 asks its gstabd for the
+    rendezvous and broadcasts it to the others (every process must call this), over JAX's
+    collectives (on the CPU: jax_cpu_collectives_implementation "gloo")."""
+    rank, world = jax.process_index(), jax.process_count()
+    if local_world_size < 1 or world % local_world_size:
+        raise ValueError(f"{world} processes are not a multiple of local_world_size "
+                         f"{local_world_size}")
+    nodes = world // local_world_size
+    blob = None
+    if nodes > 1:
+        from jax.experimental import multihost_utils
+        failure = None
+        if rank == 0:
+            try:
+                blob = client.create_rendezvous(job, nodes)
+            except gstab.Error as e:
+                failure = e
+        # The blob's length first (-1: process 0 failed), then its bytes.
+        size = int(multihost_utils.broadcast_one_to_all(
+            np.array(-1 if failure else len(blob or b""), dtype=np.int64)))
+        if failure is not None:
+            raise failure
+        if size < 0:
+            raise gstab.Error(14, "process 0 could not create the job's rendezvous")
+        data = np.frombuffer(blob, dtype=np.uint8) if rank == 0 else np.zeros(size, np.uint8)
+        blob = np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
+    client.attach(job, rank=rank, world_size=world, local_rank=local_rank,
+                  local_world_size=local_world_size, policy=policy, config=config,
+                  node_rank=rank // local_world_size, node_count=nodes, rendezvous=blob)
 
 
 def _array(leaf):

@@ -625,6 +625,56 @@ class JaxTest(GstabdTest):
         self.assertGreater(reports["no_gstab"]["final_loss"],
                            1000 * reports["gstab"]["final_loss"])
 
+    def run_hosts(self, job, replicated):
+        """examples/jax_train.py as two processes of jax.distributed, each on a "host" with a
+        gstabd of its own; returns each process's report."""
+        example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                               "examples", "jax_train.py")
+        env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
+        hosts = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
+                 for _ in range(2)]
+        coordinator = f"127.0.0.1:{free_port()}"
+        try:
+            with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
+                runs = [subprocess.Popen(
+                    [sys.executable, example, "--socket", host.socket, "--job", job,
+                     "--coordinator", coordinator, "--num_processes", "2", "--process_id",
+                     str(i), "--replicated", replicated, "--report", f"{folder}/{i}.json"],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                    for i, host in enumerate(hosts)]
+                outputs = []
+                try:
+                    for run in runs:
+                        outputs.append(run.communicate(timeout=180)[0])
+                finally:
+                    for run in runs:
+                        run.kill()
+                for run, output in zip(runs, outputs):
+                    self.assertEqual(run.returncode, 0, output)
+                reports = []
+                for i in range(2):
+                    with open(f"{folder}/{i}.json") as f:
+                        reports.append(json.load(f))
+                return reports
+        finally:
+            for host in hosts:
+                self.assertEqual(host.stop(), 0)
+
+    def test_processes_on_two_hosts_share_one_replicated_gradient(self):
+        reports = self.run_hosts("jax-two-hosts", "true")
+        for report in reports:  # gstab's norm is the averaged gradient's own
+            for record in report["steps"]:
+                self.assertAlmostEqual(record["norm"] / record["grad_norm"], 1.0, delta=1e-5)
+            self.assertEqual([r["step"] for r in report["steps"] if r["spike"]], [30, 45])
+        self.assertEqual([r["scale"] for r in reports[0]["steps"]],
+                         [r["scale"] for r in reports[1]["steps"]])
+        self.assertEqual(reports[0]["parameters"], reports[1]["parameters"])
+        # Registered as slices instead, the norm sums both hosts' squares, through their gstabds.
+        reports = self.run_hosts("jax-two-hosts-sharded", "false")
+        for record in reports[0]["steps"]:
+            self.assertAlmostEqual(record["norm"] / record["grad_norm"], math.sqrt(2),
+                                   delta=1e-5)
+
     def test_bfloat16_leaves_named_by_their_paths(self):
         params = jax_params(jnp.bfloat16)
         stabilizer = gstab.jax.Stabilizer(self.attach("jax-bf16"), params, group="")
