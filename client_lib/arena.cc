@@ -24,8 +24,8 @@ GradientArena::~GradientArena() {
 }
 
 size_t GradientArena::AddTensor(std::string name, uint64_t numel, DType dtype, std::string group,
-                                bool replicated) {
-  tensors_.push_back(Entry{std::move(name), std::move(group), replicated, numel, dtype});
+                                v1::Reduction reduction) {
+  tensors_.push_back(Entry{std::move(name), std::move(group), reduction, numel, dtype});
   return tensors_.size() - 1;
 }
 
@@ -86,7 +86,7 @@ v1::RegisterBuffersRequest GradientArena::RegistrationRequest() const {
     tensor->set_offset(t.byte_offset / ElementSize(t.dtype));
     tensor->set_numel(t.numel);
     tensor->set_group(t.group);
-    tensor->set_reduction(t.replicated ? v1::REDUCTION_REPLICATED : v1::REDUCTION_SHARDED);
+    tensor->set_reduction(t.reduction);
   }
   return request;
 }

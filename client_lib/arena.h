@@ -32,8 +32,9 @@ class GradientArena {
   GradientArena& operator=(const GradientArena&) = delete;
 
   // Adds a tensor before Allocate(); returns its index. An empty group means a group of its own.
+  // `reduction`: how its group's norm combines the ranks' gradients (gstab/v1/stabilizer.proto).
   size_t AddTensor(std::string name, uint64_t numel, DType dtype, std::string group = "",
-                   bool replicated = false);
+                   v1::Reduction reduction = v1::REDUCTION_SHARDED);
 
   // Creates and maps the shared object ("/gstab-<pid>-<random>"), zero-filled.
   absl::Status Allocate();
@@ -51,7 +52,7 @@ class GradientArena {
   struct Entry {
     std::string name;
     std::string group;
-    bool replicated;
+    v1::Reduction reduction;
     uint64_t numel;
     DType dtype;
     uint64_t byte_offset = 0;

@@ -46,12 +46,23 @@ absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags) {
         absl::StrCat("unknown dtype ", static_cast<int>(dtype),
                      ": expected GSTAB_FLOAT32, GSTAB_BFLOAT16 or GSTAB_FLOAT16"));
   }
-  if ((flags & ~GSTAB_TENSOR_REPLICATED) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown tensor flags 0x",
-                                                   absl::Hex(flags & ~GSTAB_TENSOR_REPLICATED),
-                                                   ": the only one is GSTAB_TENSOR_REPLICATED"));
+  constexpr uint32_t kKnown = GSTAB_TENSOR_REPLICATED | GSTAB_TENSOR_NODE_SHARDED;
+  if ((flags & ~kKnown) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown tensor flags 0x", absl::Hex(flags & ~kKnown),
+                     ": the flags are GSTAB_TENSOR_REPLICATED and GSTAB_TENSOR_NODE_SHARDED"));
+  }
+  if (flags == kKnown) {
+    return absl::InvalidArgumentError(
+        "a tensor is GSTAB_TENSOR_REPLICATED or GSTAB_TENSOR_NODE_SHARDED, not both");
   }
   return absl::OkStatus();
+}
+
+v1::Reduction ReductionOf(uint32_t flags) {
+  if ((flags & GSTAB_TENSOR_REPLICATED) != 0) return v1::REDUCTION_REPLICATED;
+  if ((flags & GSTAB_TENSOR_NODE_SHARDED) != 0) return v1::REDUCTION_NODE_SHARDED;
+  return v1::REDUCTION_SHARDED;
 }
 
 }  // namespace gstab::capi
@@ -118,7 +129,7 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
   if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
   const size_t i =
       arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
-                             group == nullptr ? "" : group, (flags & GSTAB_TENSOR_REPLICATED) != 0);
+                             group == nullptr ? "" : group, gstab::capi::ReductionOf(flags));
   if (index != nullptr) *index = i;
   return Report(absl::OkStatus());
 }

@@ -35,10 +35,9 @@ gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const 
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
   if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
-  return Report(gradients->gradients->AddTensor(name, device_ptr, numel,
-                                                static_cast<gstab::DType>(dtype),
-                                                group == nullptr ? "" : group,
-                                                (flags & GSTAB_TENSOR_REPLICATED) != 0));
+  return Report(gradients->gradients->AddTensor(
+      name, device_ptr, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group,
+      gstab::capi::ReductionOf(flags)));
 }
 
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
@@ -48,16 +47,15 @@ gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const c
 }
 
 gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, const char* name,
-                                              uint64_t numel, gstab_dtype dtype,
-                                              const char* group, uint32_t flags,
-                                              void** device_ptr) {
+                                              uint64_t numel, gstab_dtype dtype, const char* group,
+                                              uint32_t flags, void** device_ptr) {
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
   if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
   absl::StatusOr<void*> p = gradients->gradients->AllocateTensor(
       name, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group,
-      (flags & GSTAB_TENSOR_REPLICATED) != 0);
+      gstab::capi::ReductionOf(flags));
   if (!p.ok()) return Report(p.status());
   *device_ptr = *p;
   return Report(absl::OkStatus());

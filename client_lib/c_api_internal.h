@@ -22,5 +22,7 @@ gstab_status Report(const absl::Status& status);
 void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result);
 // INVALID_ARGUMENT naming what is wrong when `dtype` or `flags` (GSTAB_TENSOR_*) is unknown.
 absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags);
+// The reduction GSTAB_TENSOR_* `flags` (checked by CheckTensor) ask for.
+v1::Reduction ReductionOf(uint32_t flags);
 
 }  // namespace gstab::capi

@@ -54,7 +54,7 @@ CudaGradients::~CudaGradients() {
 }
 
 absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
-                                      std::string group, bool replicated) {
+                                      std::string group, v1::Reduction reduction) {
   // The IPC handle names the allocation (a framework's caching allocator hands out pieces of
   // larger blocks), so register the block's handle and the tensor's offset inside it.
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
@@ -85,18 +85,18 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   t->set_buffer(static_cast<uint32_t>(request_.buffers_size() - 1));
   t->set_numel(numel);
   t->set_group(std::move(group));
-  t->set_reduction(replicated ? v1::REDUCTION_REPLICATED : v1::REDUCTION_SHARDED);
+  t->set_reduction(reduction);
   return absl::OkStatus();
 }
 
 absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t numel, DType dtype,
-                                                    std::string group, bool replicated) {
+                                                    std::string group, v1::Reduction reduction) {
   if (numel == 0) return absl::InvalidArgumentError("cannot allocate a tensor of 0 elements");
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   void* p = nullptr;
   RETURN_IF_CUDA_ERROR(cudaMalloc(&p, numel * ElementSize(dtype)));
   owned_.push_back(p);
-  if (absl::Status s = AddTensor(std::move(name), p, numel, dtype, std::move(group), replicated);
+  if (absl::Status s = AddTensor(std::move(name), p, numel, dtype, std::move(group), reduction);
       !s.ok()) {
     return s;
   }

@@ -44,14 +44,16 @@ class CudaGradients {
   CudaGradients& operator=(const CudaGradients&) = delete;
 
   // `ptr` is device memory on this object's device holding `numel` elements. INVALID_ARGUMENT
-  // when it is not inside a CUDA allocation. `replicated`: every rank holds the whole gradient
-  // (as after DDP's all-reduce), so its group's norm is not summed across ranks.
+  // when it is not inside a CUDA allocation. `reduction`: how its group's norm combines the
+  // ranks' gradients (REDUCTION_REPLICATED: every rank holds the whole gradient, as after DDP's
+  // all-reduce, so it is not summed across ranks; see gstab/v1/stabilizer.proto).
   absl::Status AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
-                         std::string group = "", bool replicated = false);
+                         std::string group = "", v1::Reduction reduction = v1::REDUCTION_SHARDED);
   // Allocates `numel` elements of device memory on this object's device, owned by it (freed
   // with it), and adds them as a tensor; returns the device pointer.
   absl::StatusOr<void*> AllocateTensor(std::string name, uint64_t numel, DType dtype,
-                                       std::string group = "", bool replicated = false);
+                                       std::string group = "",
+                                       v1::Reduction reduction = v1::REDUCTION_SHARDED);
   v1::RegisterBuffersRequest RegistrationRequest() const { return request_; }
   // Registers the tensors with the job `client` is attached to and maps the
   // results buffer gstabd writes (replacing an earlier registration's).

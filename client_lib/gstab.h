@@ -77,11 +77,15 @@ gstab_status gstab_detach(gstab_client* client);
 
 gstab_status gstab_arena_create(gstab_arena** out);
 void gstab_arena_destroy(gstab_arena* arena);
-/* Flags of a tensor, for the _flags variants of the add functions (the others pass 0).
+/* Flags of a tensor, for the _flags variants of the add functions (the others pass 0): how its
+ * group's norm combines the ranks' gradients. All tensors of a group must agree.
+ * No flag, sharded: each rank holds a slice; the norm sums every rank's squares.
  * REPLICATED: every rank of the job holds the whole gradient, as after DDP's all-reduce, so its
- * group's norm is not summed across ranks (the default, sharded: each rank holds a slice). All
- * tensors of a group must agree. */
+ * group's norm is not summed across ranks.
+ * NODE_SHARDED: each node holds the whole gradient, sliced across its ranks (HSDP: sharded
+ * within a node, replicated across nodes); the norm sums one node's squares. */
 #define GSTAB_TENSOR_REPLICATED (1u << 0)
+#define GSTAB_TENSOR_NODE_SHARDED (1u << 1)
 
 /* group: "" or NULL for a group of its own. *index (may be NULL) receives the tensor index. */
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "gstab/v1/stabilizer.pb.h"
 
 namespace gstab {
 namespace {
@@ -35,7 +36,7 @@ uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> 
   for (size_t g = 0; g < groups.size(); ++g) {
     for (char c : groups[g]) mix(static_cast<unsigned char>(c));
     mix(0);
-    mix(static_cast<unsigned char>(reduction[g] == 1));
+    mix(static_cast<unsigned char>(reduction[g]));
   }
   return h;
 }
@@ -64,16 +65,21 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         " groups, others between ", -check[7], " and ", check[6],
         " or other names); every node must register the same groups; nothing was summed"));
   }
+  // Sharded groups add every node's sums; node-sharded ones node 0's alone (every node holds
+  // the same gradient); replicated ones keep this node's.
   std::vector<double> data(2 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {
-    if (p->reduction[g] != 1) data[g] = p->sums[g];
+    if (p->reduction[g] == v1::REDUCTION_SHARDED ||
+        (p->reduction[g] == v1::REDUCTION_NODE_SHARDED && c->rank() == 0)) {
+      data[g] = p->sums[g];
+    }
     data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
   }
   if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }
   for (size_t g = 0; g < groups; ++g) {
-    if (p->reduction[g] != 1) p->sums[g] = data[g];
+    if (p->reduction[g] != v1::REDUCTION_REPLICATED) p->sums[g] = data[g];
     p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
   }
   return absl::OkStatus();

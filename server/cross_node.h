@@ -20,7 +20,7 @@ namespace gstab {
 struct NodePartials {
   std::vector<double> sums;          // per group, this node's combined sum of squares
   std::vector<uint32_t> non_finite;  // per group
-  std::vector<int> reduction;        // per group: 1 replicated, otherwise sharded
+  std::vector<int> reduction;        // per group: a v1::Reduction
 };
 
 // A fingerprint of the job's groups (names and reductions, in index order).

@@ -94,8 +94,10 @@ struct NcclRendezvous {
 // What a job's GPU pipeline needs besides its chunks and statistics.
 struct GpuJobSpec {
   std::string job;
-  std::vector<uint8_t> replicated;  // per group: 1 replicated, 0 sharded
-  uint64_t layout_hash = 0;         // LayoutHash of the groups, compared across nodes
+  // Per group, how this GPU takes part in the cross-node sum (kAddAndTake, kKeepOwn, kTakeOnly
+  // of kernels/cuda/cuda_kernels.h, by the group's reduction and this node's rank).
+  std::vector<uint8_t> modes;
+  uint64_t layout_hash = 0;  // LayoutHash of the groups, compared across nodes
   NcclRendezvous nccl;
   // A job of one rank (one GPU on one node) skips the cross-node stage, which would change
   // nothing; true runs it through an NCCL communicator of world size 1 anyway (for checking

@@ -57,11 +57,11 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     auto it = group_index_.find(t.group);
     if (it == group_index_.end()) new_groups.insert(t.group);
     if (it != group_index_.end() && group_reduction_[it->second] >= 0 &&
-        group_reduction_[it->second] != static_cast<int>(t.replicated)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", t.name, "': group '", t.group, "' is ",
-          group_reduction_[it->second] ? "replicated" : "sharded", " in job '", name_,
-          "' but this registration marks it ", t.replicated ? "replicated" : "sharded"));
+        group_reduction_[it->second] != static_cast<int>(t.reduction)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "': group '", t.group, "' is ",
+                       ReductionName(group_reduction_[it->second]), " in job '", name_,
+                       "' but this registration marks it ", ReductionName(t.reduction)));
     }
   }
   if (absl::Status s = CheckGroupCap(new_groups.size()); !s.ok()) return s;
@@ -69,7 +69,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     const uint32_t g = GroupIndex(t.group);
-    group_reduction_[g] = t.replicated ? 1 : 0;
+    group_reduction_[g] = static_cast<int>(t.reduction);
     worker->tensor_group.push_back(g);
     chunks.push_back(Chunk{registration.tensor_data[i], static_cast<int64_t>(t.numel),
                            plan.buffers[t.buffer].dtype, g});
@@ -335,7 +335,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     for (size_t g = 0; g < w->has_group.size(); ++g) {
       if (!w->has_group[g]) continue;
-      const bool replicated = reduction[g] == 1;
+      const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
       if (!replicated || !present[g]) sums[g] += worker_sums[g];
       non_finite[g] |= worker_flags[g];
       present[g] = true;

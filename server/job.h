@@ -142,7 +142,7 @@ class Job {
   uint64_t config_version_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<v1::ConfigChange> config_history_ ABSL_GUARDED_BY(mu_);  // the newest kConfigHistory
   std::vector<std::string> group_names_ ABSL_GUARDED_BY(mu_);
-  std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, 0 sharded, 1 replicated
+  std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, else a v1::Reduction
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
   mutable std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
   // The CUDA pipelines when the job's workers registered cuda_ipc buffers; they then own the

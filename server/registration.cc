@@ -87,6 +87,17 @@ absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cud
 
 }  // namespace
 
+const char* ReductionName(int reduction) {
+  switch (reduction) {
+    case v1::REDUCTION_REPLICATED:
+      return "replicated";
+    case v1::REDUCTION_NODE_SHARDED:
+      return "node-sharded";
+    default:
+      return "sharded";
+  }
+}
+
 absl::Status ValidateTensorName(const std::string& what, const std::string& name) {
   if (name.empty() || name.size() > 256 || !std::all_of(name.begin(), name.end(), IsNameChar)) {
     return absl::InvalidArgumentError(
@@ -145,7 +156,7 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
   }
 
   std::set<std::string> names;
-  std::map<std::string, bool> group_replicated;
+  std::map<std::string, v1::Reduction> group_reduction;
   // Per memory object (several buffers may name the same one): (first byte, end byte, tensor
   // index), to find overlaps. Overlapping tensors would be counted and scaled twice.
   std::map<std::string, std::vector<std::tuple<uint64_t, uint64_t, int>>> extents;
@@ -166,15 +177,16 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
           where, ": group name '", kOtherGroup,
           "' is reserved (the metrics aggregate groups beyond --metrics_max_groups under it)"));
     }
-    if (t.reduction() != v1::REDUCTION_SHARDED && t.reduction() != v1::REDUCTION_REPLICATED) {
+    if (t.reduction() != v1::REDUCTION_SHARDED && t.reduction() != v1::REDUCTION_REPLICATED &&
+        t.reduction() != v1::REDUCTION_NODE_SHARDED) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": unknown reduction ", static_cast<int>(t.reduction())));
     }
-    const bool replicated = t.reduction() == v1::REDUCTION_REPLICATED;
-    auto [it, inserted] = group_replicated.emplace(group, replicated);
-    if (!inserted && it->second != replicated) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": group '", group, "' mixes sharded and replicated tensors"));
+    auto [it, inserted] = group_reduction.emplace(group, t.reduction());
+    if (!inserted && it->second != t.reduction()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": group '", group, "' mixes ",
+                                                     ReductionName(it->second), " and ",
+                                                     ReductionName(t.reduction()), " tensors"));
     }
     if (t.buffer() >= plan.buffers.size()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": buffer index ", t.buffer(),
@@ -196,7 +208,7 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
         .emplace_back(first, first + t.numel() * ElementSize(b.dtype), i);
     plan.total_bytes += t.numel() * ElementSize(b.dtype);
     plan.tensors.push_back(
-        PlannedTensor{t.name(), group, replicated, t.buffer(), t.offset(), t.numel()});
+        PlannedTensor{t.name(), group, t.reduction(), t.buffer(), t.offset(), t.numel()});
   }
   for (auto& [object, spans] : extents) {
     std::sort(spans.begin(), spans.end());

@@ -41,7 +41,7 @@ struct PlannedBuffer {
 struct PlannedTensor {
   std::string name;
   std::string group;  // resolved: the tensor's name when the request left it empty
-  bool replicated = false;
+  v1::Reduction reduction = v1::REDUCTION_SHARDED;
   uint32_t buffer = 0;
   uint64_t offset = 0;  // elements into the buffer
   uint64_t numel = 0;
@@ -61,6 +61,9 @@ struct MappedRegistration {
   std::vector<const ShmMapping*> host_objects;  // host_shm buffers' (kept alive by mappings)
   std::vector<void*> tensor_data;               // one per tensor (device pointers for cuda_ipc)
 };
+
+// "sharded", "replicated" or "node-sharded", for messages.
+const char* ReductionName(int reduction);
 
 // INVALID_ARGUMENT (naming the buffer or tensor and the problem), RESOURCE_EXHAUSTED for caps,
 // UNIMPLEMENTED for cuda_ipc buffers on a daemon without the CUDA backend.

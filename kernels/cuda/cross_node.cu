@@ -7,7 +7,7 @@ namespace gstab {
 namespace {
 
 __global__ void PrepareKernel(CrossNodeCheck check, const double* sums, const uint32_t* non_finite,
-                              const uint8_t* replicated, uint32_t num_groups, double* exchange) {
+                              const uint8_t* modes, uint32_t num_groups, double* exchange) {
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < kCrossNodeCheckSize) {
     const double v[] = {check.step, check.layout_hi, check.layout_lo, check.num_groups};
@@ -15,12 +15,12 @@ __global__ void PrepareKernel(CrossNodeCheck check, const double* sums, const ui
   }
   if (i < num_groups) {
     double* values = exchange + kCrossNodeCheckSize;
-    values[i] = replicated[i] ? 0.0 : sums[i];
+    values[i] = modes[i] == kAddAndTake ? sums[i] : 0.0;
     values[num_groups + i] = non_finite[i] ? 1.0 : 0.0;
   }
 }
 
-__global__ void MergeKernel(const double* exchange, const uint8_t* replicated,
+__global__ void MergeKernel(const double* exchange, const uint8_t* modes,
                             const volatile int* aborted, uint32_t num_groups, double* sums,
                             uint32_t* non_finite) {
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
@@ -33,7 +33,7 @@ __global__ void MergeKernel(const double* exchange, const uint8_t* replicated,
     return;
   }
   const double* values = exchange + kCrossNodeCheckSize;
-  if (!replicated[g]) sums[g] = values[g];
+  if (modes[g] != kKeepOwn) sums[g] = values[g];
   non_finite[g] = values[num_groups + g] > 0.0 ? 1u : 0u;
 }
 
@@ -47,25 +47,25 @@ absl::Status internal::PreloadCrossNodeKernels() {
 }
 
 absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d_sums,
-                                    const uint32_t* d_non_finite, const uint8_t* d_replicated,
+                                    const uint32_t* d_non_finite, const uint8_t* d_modes,
                                     uint32_t num_groups, double* d_exchange, cudaStream_t stream) {
   ClearStaleCudaError();
   constexpr uint32_t kThreads = 128;
   const uint32_t n = num_groups > kCrossNodeCheckSize ? num_groups : kCrossNodeCheckSize;
   PrepareKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(check, d_sums, d_non_finite,
-                                                              d_replicated, num_groups, d_exchange);
+                                                              d_modes, num_groups, d_exchange);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
-absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_replicated,
+absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_modes,
                                   const int* d_aborted, uint32_t num_groups, double* d_sums,
                                   uint32_t* d_non_finite, cudaStream_t stream) {
   ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
   constexpr uint32_t kThreads = 128;
   MergeKernel<<<Blocks(num_groups, kThreads), kThreads, 0, stream>>>(
-      d_exchange, d_replicated, d_aborted, num_groups, d_sums, d_non_finite);
+      d_exchange, d_modes, d_aborted, num_groups, d_sums, d_non_finite);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -18,13 +18,20 @@ namespace gstab {
 // all-reduces of one fixed-size vector, `exchange`:
 //   [0, kCrossNodeCheckSize)   (x, -x) for the step, the layout hash's halves and the group
 //                              count: max-reduced, so every node sees whether all agree
-//   then num_groups sums       this node's sums of squares (0 for replicated groups): summed
+//   then num_groups sums       this node's sums of squares (0 where its mode adds nothing):
+//                              summed
 //   then num_groups flags      1.0 where non-finite: summed (> 0: some node had one)
 // Prepare fills `exchange` from this node's partials; Merge turns the reduced vector into the
-// rule kernel's input: the global sum for sharded groups, the local one for replicated groups,
-// and non-finite when any node saw one. When the nodes disagree, every group's flag becomes
+// rule kernel's input, by each group's mode (d_modes): the global sum for sharded groups, the
+// local one for replicated groups, node 0's for node-sharded ones; and non-finite when any node
+// saw one. When the nodes disagree, every group's flag becomes
 // kNodesDisagree and the rule kernel applies nothing.
 inline constexpr uint32_t kCrossNodeCheckSize = 8;
+// A group's mode in the cross-node stage, for this GPU.
+inline constexpr uint8_t kAddAndTake =
+    0;                                   // sharded (and node-sharded on node 0): add, take the sum
+inline constexpr uint8_t kKeepOwn = 1;   // replicated: add nothing, keep this GPU's own sum
+inline constexpr uint8_t kTakeOnly = 2;  // node-sharded off node 0: add nothing, take the sum
 inline constexpr uint32_t kNodesDisagree = 2;  // a non-finite flag value: see above
 // A non-finite flag value: the step was voided (see LaunchGroupSumSquares); the rule kernel
 // applies nothing, and to the other nodes it counts as non-finite (every node skips the step).
@@ -36,12 +43,12 @@ struct CrossNodeCheck {
   double num_groups;
 };
 absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d_sums,
-                                    const uint32_t* d_non_finite, const uint8_t* d_replicated,
+                                    const uint32_t* d_non_finite, const uint8_t* d_modes,
                                     uint32_t num_groups, double* d_exchange, cudaStream_t stream);
 // `d_aborted` (device-visible host memory, may be null): nonzero once the communicator has
 // been aborted, when the reduced vector means nothing and the step is treated as a
 // disagreement.
-absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_replicated,
+absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_modes,
                                   const int* d_aborted, uint32_t num_groups, double* d_sums,
                                   uint32_t* d_non_finite, cudaStream_t stream);
 

@@ -37,7 +37,7 @@ __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResu
            "dtype_of", "load_library"]
 
 _DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
-_REPLICATED = 1  # GSTAB_TENSOR_REPLICATED
+_REPLICATED, _NODE_SHARDED = 1, 2  # GSTAB_TENSOR_REPLICATED, GSTAB_TENSOR_NODE_SHARDED
 _ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # Configuration settings: "policy=clip clip.max_norm=0.5", or the same as a dict
@@ -183,6 +183,10 @@ def _enc(text: Optional[str]) -> Optional[bytes]:
     return None if text is None else text.encode()
 
 
+def _flags(replicated: bool, node_sharded: bool) -> int:
+    return (_REPLICATED if replicated else 0) | (_NODE_SHARDED if node_sharded else 0)
+
+
 def _settings(config: Optional[Config]) -> Optional[bytes]:
     """Config as the C ABI's settings text."""
     if config is None or isinstance(config, str):
@@ -229,12 +233,14 @@ class Arena:
         self._tensors = []  # (numel, dtype)
 
     def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "",
-                   replicated: bool = False) -> int:
+                   replicated: bool = False, node_sharded: bool = False) -> int:
         """Adds a tensor (before allocate()); returns its index. group "": a group of its own.
-        replicated: every rank holds the whole gradient (as after DDP's all-reduce)."""
+        How its group's norm combines the ranks' gradients: sharded by default (each rank
+        holds a slice); replicated: every rank holds the whole gradient (as after DDP's
+        all-reduce); node_sharded: each node holds it whole, sliced across its ranks (HSDP)."""
         index = ctypes.c_size_t()
         _check(_lib.gstab_arena_add_tensor_flags(self._h, _enc(name), numel, _dtype(dtype),
-                                                 _enc(group), _REPLICATED if replicated else 0,
+                                                 _enc(group), _flags(replicated, node_sharded),
                                                  ctypes.byref(index)))
         self._tensors.append((numel, dtype))
         return index.value
@@ -282,17 +288,18 @@ class CudaGradients:
         _check(lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
 
     def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
-                   group: str = "", replicated: bool = False) -> None:
+                   group: str = "", replicated: bool = False, node_sharded: bool = False) -> None:
+        """As Arena.add_tensor, for `numel` elements at `device_ptr`."""
         _check(_lib.gstab_cuda_add_tensor_flags(self._h, _enc(name), ctypes.c_void_p(device_ptr),
                                                 numel, _dtype(dtype), _enc(group),
-                                                _REPLICATED if replicated else 0))
+                                                _flags(replicated, node_sharded)))
 
     def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "",
-                        replicated: bool = False) -> int:
+                        replicated: bool = False, node_sharded: bool = False) -> int:
         """Device memory for a tensor, owned by this object; returns its address."""
         ptr = ctypes.c_void_p()
         _check(_lib.gstab_cuda_allocate_tensor_flags(self._h, _enc(name), numel, _dtype(dtype),
-                                                     _enc(group), _REPLICATED if replicated else 0,
+                                                     _enc(group), _flags(replicated, node_sharded),
                                                      ctypes.byref(ptr)))
         return ptr.value
 

@@ -11,6 +11,9 @@
 #include "server/cuda/device_reaper.h"
 
 namespace gstab {
+
+// job_gpu.cc, compiled without CUDA, writes these values into GpuJobSpec::modes.
+static_assert(kAddAndTake == 0 && kKeepOwn == 1 && kTakeOnly == 2, "see job_gpu.cc");
 namespace {
 
 template <typename T>
@@ -26,10 +29,10 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
     int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
     const GpuJobSpec& spec) {
   const size_t groups = table.num_groups();
-  if (stats.size() != groups || spec.replicated.size() != groups) {
+  if (stats.size() != groups || spec.modes.size() != groups) {
     return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics and ",
-                                                   spec.replicated.size(), " reductions for ",
-                                                   groups, " groups"));
+                                                   spec.modes.size(), " reductions for ", groups,
+                                                   " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
   // Before anything waits on a worker: a kernel loaded at its first launch, behind such a
@@ -67,7 +70,7 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   }
   for (absl::Status st :
        {DeviceAlloc(&s->d_partials_, table.tiles().size()), DeviceAlloc(&s->d_sums_, groups),
-        DeviceAlloc(&s->d_flags_, groups), DeviceAlloc(&s->d_replicated_, groups),
+        DeviceAlloc(&s->d_flags_, groups), DeviceAlloc(&s->d_modes_, groups),
         DeviceAlloc(&s->d_exchange_, kCrossNodeCheckSize + 2 * groups),
         DeviceAlloc(&s->d_stats_, groups), DeviceAlloc(&s->d_scales_, groups)}) {
     if (!st.ok()) return st;
@@ -95,8 +98,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   if (groups > 0) {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(), groups * sizeof(GroupStats),
                                          cudaMemcpyHostToDevice, stream));
-    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_replicated_, spec.replicated.data(), groups,
-                                         cudaMemcpyHostToDevice, stream));
+    RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(s->d_modes_, spec.modes.data(), groups, cudaMemcpyHostToDevice, stream));
   }
   RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));  // the host vectors may go after this
 
@@ -183,7 +186,7 @@ CudaStepper::~CudaStepper() {
   // communicator's destruction, which frees NCCL's memory.
   DeferDeviceRelease([device = device_, comm = std::shared_ptr<NcclComm>(std::move(comm_)),
                       table = std::make_shared<DeviceChunkTable>(std::move(table_)),
-                      memory = std::vector<void*>{d_partials_, d_sums_, d_flags_, d_replicated_,
+                      memory = std::vector<void*>{d_partials_, d_sums_, d_flags_, d_modes_,
                                                   d_exchange_, d_stats_, d_results_, d_scales_},
                       host]() mutable {
     cudaSetDevice(device);
@@ -256,8 +259,8 @@ absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
   auto at_step = [step](const absl::Status& s) {
     return absl::Status(s.code(), absl::StrCat("step ", step, ": ", s.message()));
   };
-  if (absl::Status s = LaunchCrossNodePrepare(check, d_sums_, d_flags_, d_replicated_, groups,
-                                              d_exchange_, stream_);
+  if (absl::Status s =
+          LaunchCrossNodePrepare(check, d_sums_, d_flags_, d_modes_, groups, d_exchange_, stream_);
       !s.ok()) {
     return s;
   }
@@ -272,7 +275,7 @@ absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
       !s.ok()) {
     return at_step(s);
   }
-  return LaunchCrossNodeMerge(d_exchange_, d_replicated_, d_aborted_, groups, d_sums_, d_flags_,
+  return LaunchCrossNodeMerge(d_exchange_, d_modes_, d_aborted_, groups, d_sums_, d_flags_,
                               stream_);
 }
 

@@ -117,7 +117,9 @@ class ClientTest(unittest.TestCase):
         lib, h = gstab.load_library(), ctypes.c_void_p()
         self.assertEqual(lib.gstab_arena_create(ctypes.byref(h)), 0)
         self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 0, b"", 6, None), 3)
-        self.assertIn("unknown tensor flags 0x6", lib.gstab_last_error().decode())
+        self.assertIn("unknown tensor flags 0x4", lib.gstab_last_error().decode())
+        self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 0, b"", 3, None), 3)
+        self.assertIn("not both", lib.gstab_last_error().decode())
         self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 7, b"", 0, None), 3)
         self.assertIn("unknown dtype 7", lib.gstab_last_error().decode())
         lib.gstab_arena_destroy(h)
@@ -151,12 +153,13 @@ class ClientTest(unittest.TestCase):
         self.assertNotEqual(e.exception.message, "")
 
 
-def one_tensor_job(client: gstab.Client, numel: int = 256, groups=("w",), replicated=()):
-    """Registers one float32 tensor per group (those in `replicated` replicated, the others
-    sharded); returns their memoryviews."""
+def one_tensor_job(client: gstab.Client, numel: int = 256, groups=("w",), replicated=(),
+                   node_sharded=()):
+    """Registers one float32 tensor per group (those in `replicated` replicated, those in
+    `node_sharded` node-sharded, the others sharded); returns their memoryviews."""
     arena = gstab.Arena()
-    indices = [arena.add_tensor(g, numel, "float32", g, replicated=g in replicated)
-               for g in groups]
+    indices = [arena.add_tensor(g, numel, "float32", g, replicated=g in replicated,
+                                node_sharded=g in node_sharded) for g in groups]
     arena.allocate()
     client.register_arena(arena)
     return [arena.view(i) for i in indices]
@@ -321,6 +324,45 @@ class JobControlTest(unittest.TestCase):
                 self.assertAlmostEqual(r0.groups[0].norm, math.hypot(n0, n1), delta=1e-5 * n0)
                 self.assertAlmostEqual(r0.groups[1].norm, whole, delta=1e-5 * whole)
                 self.assertEqual([g.scale for g in r0.groups], [g.scale for g in r1.groups])
+        finally:
+            for n in nodes:
+                self.assertEqual(n.stop(), 0)
+
+    def test_a_node_sharded_group_sums_one_nodes_workers(self):
+        # HSDP's layout: two nodes of two workers, each node holding the whole gradient sliced
+        # across its workers. Node 1's slices differ here, to show they are not counted.
+        nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=20000")
+                 for _ in range(2)]
+        try:
+            blob = gstab.Client(nodes[0].socket).create_rendezvous("py-hsdp", 2)
+            results, errors = {}, []
+
+            def worker(node, local):
+                try:
+                    client = gstab.Client(nodes[node].socket)
+                    client.attach("py-hsdp", rank=2 * node + local, world_size=4,
+                                  local_rank=local, local_world_size=2, node_rank=node,
+                                  node_count=2, rendezvous=blob)
+                    hsdp, shard = one_tensor_job(client, groups=("hsdp", "shard"),
+                                                 node_sharded=("hsdp",))
+                    norms = fill(hsdp, 1, salt=10 * node + local), fill(shard, 1, salt=local)
+                    results[node, local] = norms, client.step(1)
+                except Exception as exc:  # reported by the main thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(n, l)) for n in (0, 1)
+                       for l in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(errors, [])
+            node0 = math.hypot(results[0, 0][0][0], results[0, 1][0][0])
+            everyone = math.sqrt(sum(r[0][1] ** 2 for r in results.values()))
+            for (norms, r) in results.values():
+                self.assertEqual([g.group for g in r.groups], ["hsdp", "shard"])
+                self.assertAlmostEqual(r.groups[0].norm, node0, delta=1e-5 * node0)
+                self.assertAlmostEqual(r.groups[1].norm, everyone, delta=1e-5 * everyone)
         finally:
             for n in nodes:
                 self.assertEqual(n.stop(), 0)

@@ -74,7 +74,7 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
       2);
   GpuJobSpec spec;
   spec.job = "ipc-job";
-  spec.replicated = {0, 1};  // one rank: a replicated group keeps its local sum anyway
+  spec.modes = {0, 1};  // one rank: a replicated group keeps its local sum anyway
   spec.nccl.timeout = absl::Seconds(5);
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(2), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
@@ -128,7 +128,7 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   ASSERT_EQ(cudaMemset(d, 0x3c, 1 << 20), cudaSuccess);
   ChunkTable table = *ChunkTable::Create({Chunk{d, (1 << 20) / 4, DType::kFloat32, 0}}, 1);
   GpuJobSpec spec;
-  spec.replicated = {0};
+  spec.modes = {0};
   spec.nccl_one_rank = true;  // the cross-node stage through NCCL, as a multi-node job has it
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
@@ -164,7 +164,7 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
   ChunkTable table = *ChunkTable::Create({Chunk{d, kCount, DType::kFloat32, 0}}, 1);
   GpuJobSpec spec;
   spec.job = "gone-job";
-  spec.replicated = {0};
+  spec.modes = {0};
   spec.nccl_one_rank = nccl;
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
@@ -210,7 +210,7 @@ TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
   ASSERT_TRUE(id.ok()) << id.status();
   GpuJobSpec spec;
   spec.job = "lonely-job";
-  spec.replicated = {0};
+  spec.modes = {0};
   spec.nccl = NcclRendezvous{*id, 0, 2, absl::Seconds(2)};
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();

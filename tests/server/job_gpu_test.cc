@@ -315,7 +315,7 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   EXPECT_EQ(seen.nccl.node_rank, 1u);
   EXPECT_EQ(seen.nccl.node_count, 4u);
   EXPECT_EQ(seen.nccl.timeout, absl::Seconds(7));
-  EXPECT_EQ(seen.replicated, std::vector<uint8_t>{0});
+  EXPECT_EQ(seen.modes, std::vector<uint8_t>{0});
   const std::vector<std::string> names = {"w"};
   const std::vector<int> reductions = {0};
   EXPECT_EQ(seen.layout_hash, LayoutHash(names, reductions));

@@ -75,6 +75,16 @@ TEST(RegistrationTest, CapsMixedReductionsAndNamesAreRejected) {
   t->set_reduction(v1::REDUCTION_REPLICATED);
   absl::Status s = ValidateRegistration(mixed, RegistrationCaps{}).status();
   EXPECT_NE(s.message().find("mixes sharded and replicated"), std::string::npos) << s;
+  t->set_reduction(v1::REDUCTION_NODE_SHARDED);  // HSDP's: known, but not mixed either
+  s = ValidateRegistration(mixed, RegistrationCaps{}).status();
+  EXPECT_NE(s.message().find("mixes sharded and node-sharded"), std::string::npos) << s;
+  mixed.mutable_tensors(0)->set_reduction(v1::REDUCTION_NODE_SHARDED);
+  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(mixed, RegistrationCaps{});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->tensors[1].reduction, v1::REDUCTION_NODE_SHARDED);
+  t->set_reduction(static_cast<v1::Reduction>(7));
+  s = ValidateRegistration(mixed, RegistrationCaps{}).status();
+  EXPECT_NE(s.message().find("unknown reduction 7"), std::string::npos) << s;
 
   v1::RegisterBuffersRequest bad_name = OneTensor(400, 10);
   bad_name.mutable_tensors(0)->set_name("has space");
