@@ -1,4 +1,4 @@
-"""A data-parallel PyTorch job (DDP, or FSDP2 with --fsdp) whose gradients gstabd stabilizes.
+"""A data-parallel PyTorch job (DDP, FSDP2 or HSDP) whose gradients gstabd stabilizes.
 
     torchrun --standalone --nproc_per_node=2 examples/torch_data_parallel.py \\
         --socket /run/gstab/gstabd.sock
@@ -7,7 +7,9 @@ Each rank trains a small regression MLP on data of its own; the loss is multipli
 the --spike_steps (a stand-in for a bad batch). With gstab the spikes are flagged and their
 magnitude replaced; run with --no_gstab to see the same job without it. Under DDP every rank
 holds the whole all-reduced gradient (registered replicated); under FSDP2 (fully_shard) each
-holds a shard, and gstab's norm sums every rank's shards: the whole gradient's norm. Ranks run on the CPU
+holds a shard, and gstab's norm sums every rank's shards: the whole gradient's norm. Under HSDP
+(--hsdp: fully_shard on a 2-D mesh, sharded within each node and replicated across nodes) each
+node holds the whole gradient, and the norm sums one node's shards. Ranks run on the CPU
 (Gloo), or one GPU each (NCCL) with --cuda; gstabd must then run its CUDA backend. Needs
 python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds it.
 
@@ -29,6 +31,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -53,6 +56,8 @@ def main():
     parser.add_argument("--cuda", action="store_true", help="one GPU per rank (NCCL)")
     parser.add_argument("--no_gstab", action="store_true", help="train without gstab")
     parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard), not DDP")
+    parser.add_argument("--hsdp", action="store_true",
+                        help="HSDP: FSDP2 sharded within each node, replicated across nodes")
     parser.add_argument("--group", default="model",
                         help="the gradients' norm group (\"\": one per tensor)")
     parser.add_argument("--replicated", choices=["auto", "true", "false"], default="auto",
@@ -72,11 +77,17 @@ def main():
     torch.manual_seed(0)  # the same initial weights on every rank
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(),
                                 torch.nn.Linear(32, 1)).to(device)
-    if args.fsdp:
+    if args.fsdp or args.hsdp:
         if args.save or args.resume:
             parser.error("--save and --resume checkpoint DDP jobs (FSDP2's need "
                          "torch.distributed.checkpoint)")
-        fully_shard(model)  # parameters and gradients become DTensors sharded across ranks
+        mesh = None
+        if args.hsdp:  # rows: the nodes
+            local_world = int(os.environ["LOCAL_WORLD_SIZE"])
+            mesh = init_device_mesh(device.type, (dist.get_world_size() // local_world,
+                                                  local_world),
+                                    mesh_dim_names=("replicate", "shard"))
+        fully_shard(model, mesh=mesh)  # parameters and gradients become sharded DTensors
     else:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)

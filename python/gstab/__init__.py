@@ -322,7 +322,8 @@ class Client:
         lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use
-        self.local_rank = 0  # this worker's rank on its node, from attach()
+        # From attach(): this worker's rank on its node, the node's workers, the job's nodes.
+        self.local_rank, self.local_world_size, self.node_count = 0, 1, 1
         _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
@@ -341,7 +342,8 @@ class Client:
                                  node_count, rendezvous, len(rendezvous or b""), _enc(policy),
                                  _settings(config))
         _check(_lib.gstab_attach_with_options(self._h, _enc(job), ctypes.byref(options)))
-        self.local_rank = local_rank
+        self.local_rank, self.local_world_size = local_rank, local_world_size
+        self.node_count = max(1, node_count)
 
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
         """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker

@@ -114,8 +114,8 @@ class Stabilizer:
                 self._params.append((name, p))
         if not self._params:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
-        # Per parameter: is its gradient replicated on every rank (else each holds a slice)?
-        sharing = [_sharing(name, p, replicated) for name, p in self._params]
+        # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
+        sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
         devices = {p.device for _, p in self._params}
         if len(devices) != 1:
             raise ValueError(f"parameters are on {len(devices)} devices "
@@ -134,16 +134,17 @@ class Stabilizer:
         # shard (FSDP2). Empty shards are not registered; a group with nothing else on this
         # rank gets a one-element zero placeholder, so every rank has every group.
         self._local = [_local(p) for _, p in self._params]
-        specs, placeholders = [], {}  # specs: (name, numel, dtype, group, replicated) | None
+        # specs: (name, numel, dtype, group, replicated, node_sharded) | None
+        specs, placeholders = [], {}
         for (name, p), local, shared in zip(self._params, self._local, sharing):
             try:
                 dtype = gstab.dtype_of(p)
             except ValueError as e:
                 raise ValueError(f"parameter '{name}': {e}") from None
             g = (group(name, p) if callable(group) else group) or name  # "": its own group
-            specs.append((name, local.numel(), dtype, g, shared) if local.numel() else None)
+            specs.append((name, local.numel(), dtype, g, *shared) if local.numel() else None)
             if not local.numel():
-                placeholders.setdefault(g, (f"{name}:empty", 1, dtype, g, shared))
+                placeholders.setdefault(g, (f"{name}:empty", 1, dtype, g, *shared))
         for spec in specs:
             if spec is not None:
                 placeholders.pop(spec[3], None)
@@ -337,24 +338,33 @@ def _like(p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
                               shape=p.shape, stride=p.stride())
 
 
-def _sharing(name: str, p: torch.Tensor, replicated: bool) -> bool:
-    """Whether every rank holds p's whole gradient (True) or a slice of it (False). A plain
-    tensor: `replicated`. A DTensor: sharded (FSDP2's Shard) or replicated on a 1-D mesh of the
-    job's ranks; what gstab cannot sum correctly is refused."""
+def _sharing(name: str, p: torch.Tensor, replicated: bool,
+             client: gstab.Client) -> Tuple[bool, bool]:
+    """How p's group's norm combines the ranks' gradients: (replicated, node_sharded). A plain
+    tensor: `replicated`. A DTensor on a mesh of all the job's ranks: sharded (FSDP2's Shard),
+    replicated (Replicate everywhere), or node-sharded (HSDP: a 2-D mesh replicated across the
+    nodes and sharded within each, its rows the nodes). What gstab cannot sum is refused."""
     dtensor = _dtensor_type()
     if dtensor is None or not isinstance(p, dtensor):
-        return replicated
+        return replicated, False
     mesh = p.device_mesh
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    kinds = {type(placement).__name__ for placement in p.placements}
-    if mesh.ndim != 1 or mesh.size() != world or not kinds <= {"Shard", "Replicate"}:
-        raise ValueError(
-            f"parameter '{name}' is a DTensor on a {mesh.ndim}-D mesh of {mesh.size()} of the "
-            f"job's {world} ranks, placed {p.placements}: gstab sums a sharded gradient's "
-            "squares over every rank of the job, so it serves DTensors sharded (FSDP2's "
-            "fully_shard) or replicated over one mesh of all ranks. Register other layouts' "
-            "local shards with gstab.Arena or gstab.CudaGradients, in groups that are whole")
-    return kinds == {"Replicate"}
+    kinds = [type(placement).__name__ for placement in p.placements]
+    if mesh.size() == world and set(kinds) <= {"Shard", "Replicate"}:
+        if set(kinds) == {"Replicate"}:
+            return True, False
+        if mesh.ndim == 1:
+            return False, False
+        nodes, local = client.node_count, client.local_world_size
+        rows = [[n * local + r for r in range(local)] for n in range(nodes)]
+        if kinds == ["Replicate", "Shard"] and mesh.mesh.tolist() == rows:
+            return False, True
+    raise ValueError(
+        f"parameter '{name}' is a DTensor on a {mesh.ndim}-D mesh of {mesh.size()} of the job's "
+        f"{world} ranks, placed {p.placements}: gstab serves DTensors sharded (FSDP2's "
+        "fully_shard) or replicated over a mesh of all ranks, and HSDP's 2-D mesh whose rows "
+        "are the nodes (replicated across nodes, sharded within each). Register other layouts' "
+        "local shards with gstab.Arena or gstab.CudaGradients, in groups that are whole")
 
 
 class _DeviceWords:

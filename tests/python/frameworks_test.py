@@ -276,13 +276,13 @@ class TorchTest(GstabdTest):
         with self.assertRaisesRegex(ValueError, "not on meta"):
             gstab.torch.Stabilizer(client, mlp().to("meta"))
         import torch.distributed as dist
-        from torch.distributed.tensor import distribute_tensor, init_device_mesh
+        from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
         with tempfile.TemporaryDirectory() as folder:
             dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0,
                                     world_size=1)
-            try:  # HSDP's and tensor parallelism's 2-D meshes: no one sum over all ranks
-                hybrid = torch.nn.Parameter(distribute_tensor(torch.ones(4, 4),
-                                                              init_device_mesh("cpu", (1, 1))))
+            try:  # sharded along both dimensions of a 2-D mesh: no one sum serves it
+                hybrid = torch.nn.Parameter(distribute_tensor(
+                    torch.ones(4, 4), init_device_mesh("cpu", (1, 1)), [Shard(0), Shard(1)]))
                 with self.assertRaisesRegex(ValueError, "parameter 'w' is a DTensor on a 2-D"):
                     gstab.torch.Stabilizer(client, [("w", hybrid)])
             finally:
@@ -439,9 +439,11 @@ class DistributedDataParallelTest(GstabdTest):
     EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
                            "torch_data_parallel.py")
 
-    def run_ranks(self, job, *args, replicated="auto", steps=SPIKE_STEP, sockets=None):
-        """Runs the job's ranks: both on one node (sockets: None for the class's gstabd, or
-        one other), or one node per socket; returns each rank's report and the output."""
+    def run_ranks(self, job, *args, replicated="auto", steps=SPIKE_STEP, sockets=None,
+                  per_node=1):
+        """Runs the job's ranks: two on one node (sockets: None for the class's gstabd, or one
+        other), or `per_node` on each node, one per socket; returns each rank's report and the
+        output."""
         env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
         common = [self.EXAMPLE, "--job", job, "--replicated", replicated, "--steps", str(steps),
                   "--spike_steps", str(SPIKE_STEP), *args]
@@ -454,7 +456,7 @@ class DistributedDataParallelTest(GstabdTest):
             else:
                 port = free_port()
                 commands = [torchrun + [f"--nnodes={len(sockets)}", f"--node_rank={node}",
-                                        "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                                        f"--nproc_per_node={per_node}", "--master_addr=127.0.0.1",
                                         f"--master_port={port}", *common, "--socket", sock,
                                         "--report", folder]
                             for node, sock in enumerate(sockets)]
@@ -475,7 +477,7 @@ class DistributedDataParallelTest(GstabdTest):
             for run in runs:
                 self.assertEqual(run.returncode, 0, output)
             results = []
-            for rank in (0, 1):
+            for rank in range(2 if len(sockets) == 1 else len(sockets) * per_node):
                 with open(os.path.join(folder, f"rank{rank}.json")) as f:
                     results.append(json.load(f))
             return results, output
@@ -508,10 +510,11 @@ class DistributedDataParallelTest(GstabdTest):
                 for name, (norm, _) in record["groups"].items():
                     self.assertAlmostEqual(norm / record["tensor_norms"][name], 1.0,
                                            delta=1e-5, msg=name)
-        self.assertEqual([r["groups"] for r in ranks[0]["steps"]],
-                         [r["groups"] for r in ranks[1]["steps"]])
+        for rank in ranks[1:]:
+            self.assertEqual([r["groups"] for r in rank["steps"]],
+                             [r["groups"] for r in ranks[0]["steps"]])
+            self.assertEqual(rank["parameters"], ranks[0]["parameters"])
         self.assertTrue(ranks[0]["steps"][-1]["spike"])
-        self.assertEqual(ranks[0]["parameters"], ranks[1]["parameters"])
 
     def test_fsdp2_shards_make_each_tensors_whole_norm(self):
         # One group per tensor: the last layer's rows are fewer than the ranks, so rank 1 holds
@@ -531,6 +534,22 @@ class DistributedDataParallelTest(GstabdTest):
         finally:
             for n in nodes:
                 self.assertEqual(n.stop(), 0)
+        self.check_fsdp_norms(ranks)
+
+    def test_hsdp_on_two_nodes_of_two_ranks_counts_one_nodes_shards(self):
+        # Each node holds the whole (averaged) gradient, sharded across its two ranks: gstab
+        # registers the shards node-sharded, so each group's norm is the whole tensor's, not
+        # sqrt(2) times it.
+        nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
+                 for _ in range(2)]
+        try:
+            ranks, output = self.run_ranks("hsdp-two-nodes", "--hsdp", "--group", "",
+                                           sockets=[n.socket for n in nodes], per_node=2)
+        finally:
+            for n in nodes:
+                self.assertEqual(n.stop(), 0)
+        self.assertNotIn("gstab:", output)
+        self.assertEqual(len(ranks), 4)
         self.check_fsdp_norms(ranks)
 
     def test_a_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
