@@ -19,8 +19,9 @@ with --peer_listen), and gstab.torch.attach shares the job's rendezvous:
     torchrun --nnodes=2 --node_rank=N --master_addr=HOST0 --nproc_per_node=8 \\
         examples/torch_data_parallel.py --cuda
 
---save FILE writes a checkpoint after the last step (model, optimizer and gstab's statistics)
-and --resume FILE continues from one, on this gstabd or another, with the same statistics.
+--save DIR writes a checkpoint after the last step (torch.distributed.checkpoint: the model,
+the optimizer and gstab's statistics) and --resume DIR continues from one, on this gstabd or
+another, with the same statistics.
 """
 import argparse
 import json
@@ -30,7 +31,9 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -64,8 +67,8 @@ def main():
                         help="how the gradients are registered (auto: DDP's are replicated, "
                         "FSDP2's shards are not)")
     parser.add_argument("--report", help="a folder for each rank's rank<N>.json of every step")
-    parser.add_argument("--save", help="rank 0 writes a checkpoint here after the last step")
-    parser.add_argument("--resume", help="continue from this checkpoint")
+    parser.add_argument("--save", help="a folder for a checkpoint after the last step")
+    parser.add_argument("--resume", help="continue from the checkpoint in this folder")
     args = parser.parse_args()
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
@@ -78,9 +81,6 @@ def main():
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(),
                                 torch.nn.Linear(32, 1)).to(device)
     if args.fsdp or args.hsdp:
-        if args.save or args.resume:
-            parser.error("--save and --resume checkpoint DDP jobs (FSDP2's need "
-                         "torch.distributed.checkpoint)")
         mesh = None
         if args.hsdp:  # rows: the nodes
             local_world = int(os.environ["LOCAL_WORLD_SIZE"])
@@ -91,12 +91,16 @@ def main():
     else:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    checkpoint, first = None, 1
-    if args.resume:
-        checkpoint = torch.load(args.resume, map_location=device, weights_only=True)
-        model.module.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+    gstab_state, first = None, 1
+    if args.resume:  # every rank reads its part (FSDP2: its shards)
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        checkpoint = {"model": model_state, "optimizer": optimizer_state, "step": 0,
+                      "gstab": {"gstab_state": b""}}
+        dcp.load(checkpoint, checkpoint_id=args.resume)
+        set_state_dict(model, optimizer, model_state_dict=checkpoint["model"],
+                       optim_state_dict=checkpoint["optimizer"])
         first = checkpoint["step"] + 1
+        gstab_state = checkpoint["gstab"] if checkpoint["gstab"]["gstab_state"] else None
     data = torch.Generator().manual_seed(10 + rank)  # each rank its own batch
     x = torch.randn(64, 8, generator=data)
     x, y = x.to(device), x.sum(1, keepdim=True).sin().to(device)
@@ -108,7 +112,7 @@ def main():
         replicated = None if args.replicated == "auto" else args.replicated == "true"
         stabilizer = gstab.torch.Stabilizer(client, model, group=args.group,
                                             replicated=replicated,
-                                            state=checkpoint["gstab"] if checkpoint else None)
+                                            state=gstab_state)
 
     steps = []
 
@@ -150,10 +154,11 @@ def main():
                 report(result.result_step)
         optimizer.zero_grad(set_to_none=False)
 
-    if args.save and rank == 0:
-        torch.save({"step": args.steps, "model": model.module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "gstab": stabilizer.state_dict() if stabilizer else None}, args.save)
+    if args.save:  # every rank writes its part
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state, "step": args.steps,
+                  "gstab": stabilizer.state_dict() if stabilizer else {"gstab_state": b""}},
+                 checkpoint_id=args.save)
     if args.report:
         weights = torch.cat([whole(p.detach()).flatten()
                              for p in model.parameters()]).cpu().tolist()

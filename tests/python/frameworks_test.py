@@ -552,15 +552,17 @@ class DistributedDataParallelTest(GstabdTest):
         self.assertEqual(len(ranks), 4)
         self.check_fsdp_norms(ranks)
 
-    def test_a_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
+    def check_resumed_bit_for_bit(self, job, *args):
+        """The job run whole, and run to step 20, checkpointed (torch.distributed.checkpoint)
+        and resumed on another gstabd: the same scales and final weights, bit for bit."""
         steps = SPIKE_STEP + 10
-        whole, _ = self.run_ranks("ddp-whole", steps=steps)
+        whole, _ = self.run_ranks(job + "-whole", *args, steps=steps)
         with tempfile.TemporaryDirectory(prefix="gstab-ckpt-") as folder:
-            checkpoint = os.path.join(folder, "step20.pt")
-            self.run_ranks("ddp-resumed", "--save", checkpoint, steps=20)
+            checkpoint = os.path.join(folder, "step20")
+            self.run_ranks(job, *args, "--save", checkpoint, steps=20)
             elsewhere = Gstabd(ARGS.gstabd)  # the job comes back on another node
             try:
-                resumed, _ = self.run_ranks("ddp-resumed", "--resume", checkpoint, steps=steps,
+                resumed, _ = self.run_ranks(job, *args, "--resume", checkpoint, steps=steps,
                                             sockets=[elsewhere.socket])
             finally:
                 self.assertEqual(elsewhere.stop(), 0)
@@ -571,6 +573,12 @@ class DistributedDataParallelTest(GstabdTest):
                              [r["scale"] for r in whole[rank]["steps"][20:]])
             self.assertEqual(resumed[rank]["parameters"], whole[rank]["parameters"])
         self.assertTrue(resumed[0]["steps"][SPIKE_STEP - 21]["spike"])
+
+    def test_a_ddp_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
+        self.check_resumed_bit_for_bit("ddp-resumed")
+
+    def test_an_fsdp2_job_resumed_from_its_checkpoint_continues_bit_for_bit(self):
+        self.check_resumed_bit_for_bit("fsdp-resumed", "--fsdp")
 
 
 def jax_params(dtype=jnp.float32):
