@@ -101,10 +101,12 @@ class Stabilizer:
     of (leaf name, leaf) returning it.
     replicated: every rank holds the whole gradient (after a `pmean` across data-parallel
     ranks), so norms are not summed across ranks; False (the default) for sharded gradients.
+    node_sharded: each host holds the whole gradient, sliced across its processes (sharded
+    within a host, replicated across hosts): norms sum one host's slices.
     """
 
     def __init__(self, client: gstab.Client, like: Any, group: Group = "model",
-                 replicated: bool = False):
+                 replicated: bool = False, node_sharded: bool = False):
         leaves, self._treedef = jax.tree_util.tree_flatten_with_path(like)
         if not leaves:
             raise ValueError("the tree has no leaves: there is nothing to stabilize")
@@ -127,7 +129,7 @@ class Stabilizer:
             if int(np.prod(shape)) > 0:
                 index = self._arena.add_tensor(name, int(np.prod(shape)), dtype.name,
                                                group(name, leaf) if callable(group) else group,
-                                               replicated)
+                                               replicated, node_sharded)
             self._specs.append((name, shape, dtype, index))
         if all(index is None for _, _, _, index in self._specs):
             raise ValueError("every leaf is empty: there is nothing to stabilize")
