@@ -53,6 +53,9 @@ class Error(RuntimeError):
         self.code = code
         self.message = message
 
+    def __reduce__(self):  # pickled whole, as when one rank's failure is broadcast to the others
+        return Error, (self.code, self.message)
+
 
 class _StepResult(ctypes.Structure):
     _fields_ = [("skip", ctypes.c_int), ("diverging", ctypes.c_int), ("spikes", ctypes.c_int),
@@ -204,12 +207,22 @@ _UINT64_FIELDS = {"steps", "last_step", "registered_bytes", "accepted_steps", "s
                   "non_finite_steps", "version", "effective_step"}
 
 
-def _ints(value):
+# proto3's JSON writes non-finite doubles as these strings.
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _ints(value, key=None):
+    """The JSON's numbers as Python numbers: 64-bit integers from their strings, and non-finite
+    doubles (names, the only other strings with such values, are left alone)."""
     if isinstance(value, dict):
-        return {k: int(v) if k in _UINT64_FIELDS and isinstance(v, str) else _ints(v)
-                for k, v in value.items()}
+        return {k: _ints(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_ints(v) for v in value]
+        return [_ints(v, key) for v in value]
+    if isinstance(value, str):
+        if key in _UINT64_FIELDS:
+            return int(value)
+        if key not in ("job", "group") and value in _NON_FINITE:
+            return _NON_FINITE[value]
     return value
 
 

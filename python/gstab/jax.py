@@ -40,11 +40,11 @@ _ALIGN = 64  # of every tensor in an arena
 
 
 def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
-           config: Optional[gstab.Config] = None, *, local_rank: int = 0,
+           config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
            local_world_size: int = 1) -> None:
     """Attaches this process to its host's gstabd as a worker of `job`: rank
-    jax.process_index() of jax.process_count(), one process per host unless local_rank and
-    local_world_size say otherwise. With several hosts, process 0 asks its gstabd for the
+    jax.process_index() of jax.process_count(), one process per host unless local_world_size
+    says otherwise (processes numbered host by host; local_rank default: rank modulo it). With several hosts, process 0 asks its gstabd for the
     rendezvous and broadcasts it to the others (every process must call this), over JAX's
     collectives (on the CPU: jax_cpu_collectives_implementation "gloo")."""
     rank, world = jax.process_index(), jax.process_count()
@@ -52,6 +52,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         raise ValueError(f"{world} processes are not a multiple of local_world_size "
                          f"{local_world_size}")
     nodes = world // local_world_size
+    if local_rank is None:
+        local_rank = rank % local_world_size
     blob = None
     if nodes > 1:
         from jax.experimental import multihost_utils
@@ -59,7 +61,7 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         if rank == 0:
             try:
                 blob = client.create_rendezvous(job, nodes)
-            except gstab.Error as e:
+            except Exception as e:  # noqa: BLE001 (the others hear of it, then it is raised)
                 failure = e
         # The blob's length first (-1: process 0 failed), then its bytes.
         size = int(multihost_utils.broadcast_one_to_all(

@@ -47,7 +47,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (pass them for other launchers). A job across
     nodes gets its rendezvous from global rank 0, broadcast over the default process group, so
     every rank must call this. cuda: whether the job registers CUDA gradients (default: the
-    process group's backend is NCCL). policy and config as for gstab.Client.attach."""
+    process group has an NCCL backend; pass cuda=True for a GPU job over another backend).
+    policy and config as for gstab.Client.attach."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         client.attach(job, policy=policy, config=config)
         return
@@ -66,13 +67,14 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     blob = None
     if nodes > 1:
         if cuda is None:
-            cuda = dist.get_backend() == "nccl"
+            cuda = _nccl()
         message = [None]
         if rank == 0:  # the others must hear of a failure too, or they wait for good
             try:
                 message = [client.create_rendezvous(job, nodes, cuda)]
-            except gstab.Error as e:
-                message = [e]
+            except Exception as e:  # noqa: BLE001 (passed on to every rank, then raised)
+                message = [e if isinstance(e, gstab.Error) else
+                           RuntimeError(f"gstab: rank 0 could not create the rendezvous: {e!r}")]
         dist.broadcast_object_list(message, src=0)
         if isinstance(message[0], Exception):
             raise message[0]
@@ -144,7 +146,8 @@ class Stabilizer:
             g = (group(name, p) if callable(group) else group) or name  # "": its own group
             specs.append((name, local.numel(), dtype, g, *shared) if local.numel() else None)
             if not local.numel():
-                placeholders.setdefault(g, (f"{name}:empty", 1, dtype, g, *shared))
+                placeholder = f"{name}:empty" if len(name) < 250 else f"empty:{len(specs)}"
+                placeholders.setdefault(g, (placeholder, 1, dtype, g, *shared))
         for spec in specs:
             if spec is not None:
                 placeholders.pop(spec[3], None)
@@ -221,12 +224,11 @@ class Stabilizer:
         if getattr(self._client, "local_rank", 0) == 0:  # the node's gstabd holds one copy
             try:
                 self._client.import_state(state["gstab_state"])
-            except gstab.Error as e:
+            except Exception as e:  # noqa: BLE001 (every rank hears of it, then it is raised)
                 failure = e
         if distributed:  # nobody registers or steps before the import; a failure reaches all
-            failed = torch.tensor([failure is not None], dtype=torch.int32,
-                                  device="cuda" if torch.distributed.get_backend() == "nccl"
-                                  else "cpu")
+            device = self.device if self.device.type == "cuda" and _nccl() else "cpu"
+            failed = torch.tensor([failure is not None], dtype=torch.int32, device=device)
             torch.distributed.all_reduce(failed)
             if failed.item() and failure is None:
                 raise RuntimeError("gstab: another rank failed to import the job's state")
@@ -312,6 +314,12 @@ class Stabilizer:
 
 _FLAG_SKIPPED = 1 << 1  # GSTAB_FLAG_SKIPPED
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _nccl() -> bool:
+    """Whether the default process group reduces CUDA tensors with NCCL ("nccl", or a
+    per-device backend string such as "cpu:gloo,cuda:nccl")."""
+    return "nccl" in str(torch.distributed.get_backend())
 
 
 def _dtensor_type():

@@ -95,6 +95,9 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(r.skip)
         self.assertTrue(r.groups[0].skipped)
         self.assertEqual(wv[0], 0.0)  # zeroed (the default), so a step taken anyway is harmless
+        last = client.stats()["groups"][0]["last_norm"]  # "NaN" in the JSON
+        self.assertIsInstance(last, float)
+        self.assertTrue(math.isnan(last))
 
     def test_bad_input_raises_errors_that_say_what_was_wrong(self):
         client = gstab.Client(self.socket)
