@@ -44,9 +44,10 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
            local_world_size: int = 1) -> None:
     """Attaches this process to its host's gstabd as a worker of `job`: rank
     jax.process_index() of jax.process_count(), one process per host unless local_world_size
-    says otherwise (processes numbered host by host; local_rank default: rank modulo it). With several hosts, process 0 asks its gstabd for the
-    rendezvous and broadcasts it to the others (every process must call this), over JAX's
-    collectives (on the CPU: jax_cpu_collectives_implementation "gloo")."""
+    says otherwise (processes numbered host by host; local_rank default: rank modulo it). With
+    several hosts, process 0 asks its gstabd for the rendezvous and broadcasts it to the others
+    (every process must call this), over JAX's collectives (on the CPU:
+    jax_cpu_collectives_implementation "gloo")."""
     rank, world = jax.process_index(), jax.process_count()
     if local_world_size < 1 or world % local_world_size:
         raise ValueError(f"{world} processes are not a multiple of local_world_size "

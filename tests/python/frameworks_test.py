@@ -432,9 +432,8 @@ def free_port() -> int:
 
 
 class DistributedDataParallelTest(GstabdTest):
-    """examples/torch_data_parallel.py under torchrun, its ranks' gradients all-reduced by DDP over Gloo:
-    two ranks on this node, or one on each of two nodes (two torchruns, each node with a gstabd
-    of its own)."""
+    """examples/torch_data_parallel.py under torchrun over Gloo (DDP, FSDP2, HSDP): ranks on
+    this node, or on several nodes (a torchrun each, each node with a gstabd of its own)."""
 
     EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
                            "torch_data_parallel.py")
