@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/dtype_proto.h"
 #include "kernels/cuda/cuda_check.h"
@@ -35,6 +37,15 @@ bool WaitDone(Query query, absl::Duration timeout) {
   }
 }
 
+// The CudaGradients last registered through each client: gstabd frees the results buffer of a
+// registration it replaces, so a new registration through the same client first has the one it
+// replaces let go of its mapping. The clients are keys only, never followed.
+absl::Mutex registered_mu(absl::kConstInit);
+std::map<const Client*, CudaGradients*>& Registered() ABSL_EXCLUSIVE_LOCKS_REQUIRED(registered_mu) {
+  static auto* registered = new std::map<const Client*, CudaGradients*>;
+  return *registered;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device) {
@@ -47,6 +58,12 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 }
 
 CudaGradients::~CudaGradients() {
+  {
+    absl::MutexLock lock(&registered_mu);
+    for (auto it = Registered().begin(); it != Registered().end();) {
+      it = it->second == this ? Registered().erase(it) : std::next(it);
+    }
+  }
   CloseResults();
   if (done_passed_ != nullptr) cudaEventDestroy(done_passed_);
   if (streams_stuck_) return;  // AllocateTensor's memory stays: a free would wait for good
@@ -148,7 +165,15 @@ void CudaGradients::CloseResults() {
 }
 
 absl::Status CudaGradients::Register(Client* client) {
-  // gstabd frees the results buffer of a registration it replaces: let go of it first.
+  // gstabd frees the results buffer of a registration it replaces: let go of it first, this
+  // object's and that of another registered through the same client.
+  CudaGradients* replaced = nullptr;
+  {
+    absl::MutexLock lock(&registered_mu);
+    auto it = Registered().find(client);
+    if (it != Registered().end() && it->second != this) replaced = it->second;
+  }
+  if (replaced != nullptr) replaced->CloseResults();
   CloseResults();
   if (streams_stuck_) {
     return absl::FailedPreconditionError(
@@ -183,13 +208,17 @@ absl::Status CudaGradients::Register(Client* client) {
   ready_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.ready_offset());
   done_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.done_offset());
   ready_value_ = 0;  // a new buffer's ready word starts at 0
+  absl::MutexLock lock(&registered_mu);
+  Registered()[client] = this;
   return absl::OkStatus();
 }
 
 absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t step,
                                                      cudaStream_t stream) {
   if (ready_word_ == nullptr) {
-    return absl::FailedPreconditionError("Step before Register: the buffers are not registered");
+    return absl::FailedPreconditionError(
+        "these buffers are not registered: Register them first (another CudaGradients "
+        "registered through the same client replaces them)");
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)

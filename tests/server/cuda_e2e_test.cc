@@ -136,6 +136,15 @@ TEST_F(CudaE2eTest, WorkerStepsThroughGstabdOnTheGpu) {
   EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
 }
 
+// A second CudaGradients registered through the same client: gstabd frees the first's results
+// buffer, which the first unmaps beforehand; its Step is refused, the second's steps run.
+TEST_F(CudaE2eTest, ASecondRegistrationThroughTheClientReplacesTheFirst) {
+  int rc = -1;
+  const std::string out = RunWorker({"replace-job", "replace"}, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
+}
+
 // The same with the cross-node stage run through a world-size-1 NCCL communicator, which a
 // job of one GPU on one node otherwise skips: the NCCL path of a multi-node job, on one GPU.
 class CudaE2eNcclTest : public CudaE2eTest {

@@ -8,6 +8,9 @@
 //   cuda_e2e_worker SOCKET JOB held FLAG  one step whose ready write its stream reaches only
 //                                         when FLAG exists ("HELD" once Step has answered),
 //                                         then checks that the step completed
+//   cuda_e2e_worker SOCKET JOB replace    a step, then a second CudaGradients registered
+//                                         through the same client: the first lets go of its
+//                                         results and refuses to step, the second steps
 // Prints "RESULT ok ..." or "RESULT <what failed>".
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -224,6 +227,43 @@ int Held(const char* socket, const char* job, const char* flag) {
   return 0;
 }
 
+int Replace(const char* socket, const char* job) {
+  absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, 4096, gstab::DType::kFloat32}});
+  if (!s.ok()) return Fail("setup: " + s.status().ToString());
+  if (absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(s->client.get(), 1, s->stream);
+      !r.ok()) {
+    return Fail("first registration's step: " + r.status().ToString());
+  }
+  auto second = gstab::CudaGradients::Create(0);
+  if (!second.ok()) return Fail("second: " + second.status().ToString());
+  if (absl::StatusOr<void*> p = (*second)->AllocateTensor("u", 2048, gstab::DType::kBFloat16);
+      !p.ok()) {
+    return Fail("second's tensor: " + p.status().ToString());
+  }
+  if (absl::Status st = (*second)->Register(s->client.get()); !st.ok()) {
+    return Fail("second registration: " + st.ToString());
+  }
+  if (s->grads->device_results() != nullptr) return Fail("the first kept its results mapped");
+  absl::StatusOr<gstab::v1::StepResponse> stale = s->grads->Step(s->client.get(), 2, s->stream);
+  if (stale.ok() || stale.status().code() != absl::StatusCode::kFailedPrecondition ||
+      stale.status().message().find("not registered") == std::string::npos) {
+    return Fail("the replaced registration's step: " + stale.status().ToString());
+  }
+  for (uint64_t step = 2; step <= 3; ++step) {
+    absl::StatusOr<gstab::v1::StepResponse> r = (*second)->Step(s->client.get(), step, s->stream);
+    if (!r.ok()) return Fail("second's step: " + r.status().ToString());
+  }
+  if (cudaStreamSynchronize(s->stream) != cudaSuccess) return Fail("stream failed");
+  gstab::StepResultsHeader header{};
+  cudaMemcpy(&header, (*second)->device_results(), sizeof header, cudaMemcpyDeviceToHost);
+  if (header.step != 3 || (header.flags & gstab::kFlagAccepted) == 0) {
+    return Fail("the second's results: step " + std::to_string(header.step));
+  }
+  if (absl::Status st = s->client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
+  std::printf("RESULT ok the second registration replaced the first\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -234,5 +274,6 @@ int main(int argc, char** argv) {
   if (mode == "loop" && argc == 5) return Loop(argv[1], argv[2], std::atol(argv[4]));
   if (mode == "forever") return Loop(argv[1], argv[2], -1);
   if (mode == "held" && argc == 5) return Held(argv[1], argv[2], argv[4]);
+  if (mode == "replace") return Replace(argv[1], argv[2]);
   return 2;
 }
