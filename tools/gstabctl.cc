@@ -25,7 +25,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
 #include "tools/ctl_format.h"
@@ -148,15 +148,11 @@ int Top() {
 
 int ConfigSet(const std::vector<std::string>& assignments) {
   if (assignments.empty()) return Usage("config set needs KEY=VALUE arguments");
-  v1::PolicyConfig update;
-  for (const std::string& a : assignments) {
-    const std::vector<std::string> kv = absl::StrSplit(a, absl::MaxSplits('=', 1));
-    if (kv.size() != 2) return Usage("expected KEY=VALUE, got '" + a + "'");
-    if (absl::Status s = SetConfigField(kv[0], kv[1], &update); !s.ok()) return Fail(s);
-  }
+  absl::StatusOr<v1::PolicyConfig> update = ParseConfigSettings(absl::StrJoin(assignments, " "));
+  if (!update.ok()) return Fail(update.status());
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
-  auto updated = (*client)->UpdateConfig(update);
+  auto updated = (*client)->UpdateConfig(*update);
   if (!updated.ok()) return Fail(updated.status());
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("%s\n", ToJson(*updated).c_str());
