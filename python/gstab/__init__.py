@@ -29,7 +29,9 @@ its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the
 
 import ctypes
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Union
 
@@ -328,15 +330,27 @@ class CudaGradients:
             self._h = None
 
 
-class Client:
-    """One worker's connection to its node's gstabd. Not thread-safe."""
+_UNAVAILABLE, _UNAUTHENTICATED, _FAILED_PRECONDITION = 14, 16, 9
+_log = logging.getLogger("gstab")
 
-    def __init__(self, socket_path: str):
+
+class Client:
+    """One worker's connection to its node's gstabd. Not thread-safe.
+
+    reattach_timeout: when gstabd is replaced under a job of one node stepping host-memory
+    gradients (a DaemonSet pod restarted or upgraded), step() waits up to this many seconds for
+    the new gstabd, attaches and registers again (gstabd restores the job's statistics from its
+    checkpoint) and retries the step, with a warning on the "gstab" logger; `reattached`
+    counts it. 0: step() raises instead."""
+
+    def __init__(self, socket_path: str, reattach_timeout: float = 60.0):
         lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use
         # From attach(): this worker's rank on its node, the node's workers, the job's nodes.
         self.local_rank, self.local_world_size, self.node_count = 0, 1, 1
+        self.reattach_timeout, self.reattached = reattach_timeout, 0
+        self._attached = None  # attach()'s arguments, to attach again
         _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
@@ -351,12 +365,47 @@ class Client:
         node_rank and node_count, and the rendezvous that global rank 0 got from
         create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
         of this in from torch.distributed."""
+        self._attached = None
+        arguments = dict(job=job, rank=rank, world_size=world_size, local_rank=local_rank,
+                         local_world_size=local_world_size, policy=policy, config=config,
+                         node_rank=node_rank, node_count=node_count, rendezvous=rendezvous)
+        self._attach(**arguments)
+        self._attached = arguments
+
+    def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
+                node_rank, node_count, rendezvous) -> None:
         options = _AttachOptions(rank, world_size, local_rank, local_world_size, node_rank,
                                  node_count, rendezvous, len(rendezvous or b""), _enc(policy),
                                  _settings(config))
         _check(_lib.gstab_attach_with_options(self._h, _enc(job), ctypes.byref(options)))
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.node_count = max(1, node_count)
+
+    def _attach_again(self, step: int) -> None:
+        """gstabd went away under this worker: attach and register again once a gstabd serves
+        (it restores the job's statistics from its checkpoint)."""
+        why = _lib.gstab_last_error().decode(errors="replace")
+        deadline = time.monotonic() + self.reattach_timeout
+        registration = self.registration
+        while True:
+            try:
+                try:
+                    self._attach(**self._attached)
+                except Error as e:  # the job's config changed since (update_config): the
+                    if e.code != _FAILED_PRECONDITION:  # restored job keeps its own
+                        raise
+                    self._attach(**dict(self._attached, policy=None, config=None))
+                self.register_arena(registration)
+                break
+            except Error as e:
+                if e.code != _UNAVAILABLE or time.monotonic() >= deadline:
+                    raise Error(e.code, f"gstabd went away at step {step} ({why}), and attaching "
+                                f"again failed: {e.message}") from None
+                time.sleep(0.2)
+        self.reattached += 1
+        _log.warning("gstab: gstabd went away at step %d (%s); job '%s' attached and registered "
+                     "again, its statistics restored from gstabd's checkpoint", step, why,
+                     self._attached["job"])
 
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
         """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker
@@ -392,7 +441,7 @@ class Client:
             _lib.gstab_free(text)
 
     def detach(self) -> None:
-        self.registration = None
+        self.registration = self._attached = None
         _check(_lib.gstab_detach(self._h))
 
     def register_arena(self, arena: Arena) -> None:
@@ -408,8 +457,15 @@ class Client:
         self.registration = gradients
 
     def step(self, step: int) -> StepResult:
+        """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         r = _StepResult()
-        _check(_lib.gstab_step(self._h, step, ctypes.byref(r)))
+        status = _lib.gstab_step(self._h, step, ctypes.byref(r))
+        if status in (_UNAVAILABLE, _UNAUTHENTICATED) and self.reattach_timeout > 0 and \
+                self._attached is not None and self._attached["node_count"] <= 1 and \
+                isinstance(self.registration, Arena):
+            self._attach_again(step)
+            status = _lib.gstab_step(self._h, step, ctypes.byref(r))
+        _check(status)
         return self._result(r, step)
 
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:

@@ -11,12 +11,15 @@ class Gstabd:
         self.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
         self.socket = os.path.join(self.dir.name, "gstabd.sock")
         self.log = os.path.join(self.dir.name, "gstabd.log")  # a file: a pipe could fill up
-        env = dict(os.environ, **({"LD_LIBRARY_PATH": library_path} if library_path else {}))
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
-                 "--metrics_port=-1", f"--backend={backend}", "--lease_ms=2000", *flags],
-                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        self.command = [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
+                        "--metrics_port=-1", f"--backend={backend}", "--lease_ms=2000", *flags]
+        self.env = dict(os.environ, **({"LD_LIBRARY_PATH": library_path} if library_path else {}))
+        self._start()
+
+    def _start(self):
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=log,
+                                            env=self.env)
         deadline = time.time() + 60
         while not os.path.exists(self.socket):
             if self.process.poll() is not None or time.time() > deadline:
@@ -25,6 +28,16 @@ class Gstabd:
                 with open(self.log, errors="replace") as f:
                     raise RuntimeError("gstabd did not start: " + f.read())
             time.sleep(0.02)
+
+    def restart(self) -> int:
+        """Stops gstabd (SIGTERM: it checkpoints its jobs) and starts another on the same socket
+        and state folder, as a DaemonSet replaces its pod; returns the first one's exit status."""
+        self.process.terminate()
+        rc = self.process.wait(20)
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self._start()
+        return rc
 
     def stop(self) -> int:
         """Stops gstabd (SIGTERM) and removes its folder; returns its exit status."""
