@@ -204,6 +204,37 @@ class TorchTest(GstabdTest):
         self.assertFalse(stabilizer.step(2).skip)
         self.assertFalse(stabilizer.skipped())
 
+    def test_a_gstabd_restart_mid_training_goes_unnoticed(self):
+        x, y = regression_batch(7)
+
+        def train(client, steps, restart=None):
+            model = mlp()
+            stabilizer = gstab.torch.Stabilizer(client, model)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+            scales = []
+            for step in range(1, steps + 1):
+                if step == restart:
+                    self.assertEqual(node.restart(), 0)
+                (F.mse_loss(model(x), y) * (1e4 if step == SPIKE_STEP else 1.0)).backward()
+                scales.append(stabilizer.step(step).groups[0].scale)
+                optimizer.step()
+                stabilizer.zero_grad()
+            return scales, [p.detach().clone() for p in model.parameters()]
+
+        reference = train(self.attach("torch-restart-ref"), SPIKE_STEP)
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("torch-restart", policy="stabilize")
+            with self.assertLogs("gstab", "WARNING"):
+                scales, weights = train(client, SPIKE_STEP, restart=20)
+        finally:
+            self.assertEqual(node.stop(), 0)
+        self.assertEqual(client.reattached, 1)
+        self.assertEqual(scales, reference[0])
+        for a, b in zip(weights, reference[1]):
+            self.assertTrue(torch.equal(a, b))
+
     def test_mixed_precision_with_a_grad_scaler_unscaled_before_the_step(self):
         # The advice of docs/daemon.md: unscale_ before gstab's step, so its norms are the
         # gradients' own. Overflows are skipped by both, and the scaler backs off: one put
