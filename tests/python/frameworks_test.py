@@ -456,6 +456,32 @@ class TorchCudaTest(GstabdTest):
                 dist.destroy_process_group()
 
 
+def peer_gstabd() -> Gstabd:
+    """A gstabd that takes part in jobs across nodes (its peers over loopback)."""
+    return Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
+
+
+def run_together(test, commands, env) -> str:
+    """Runs the commands at once, each in a process group of its own (killed whole at the end:
+    torchrun and its ranks), and fails `test` unless each exits 0; their outputs, joined."""
+    runs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, start_new_session=True) for c in commands]
+    outputs = []
+    try:
+        for run in runs:
+            outputs.append(run.communicate(timeout=180)[0])
+    finally:
+        for run in runs:
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    output = "\n".join(outputs)
+    for run in runs:
+        test.assertEqual(run.returncode, 0, output)
+    return output
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -490,22 +516,7 @@ class DistributedDataParallelTest(GstabdTest):
                                         f"--master_port={port}", *common, "--socket", sock,
                                         "--report", folder]
                             for node, sock in enumerate(sockets)]
-            runs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)
-                    for c in commands]
-            outputs = []
-            try:
-                for run in runs:
-                    outputs.append(run.communicate(timeout=180)[0])
-            finally:
-                for run in runs:
-                    try:
-                        os.killpg(run.pid, signal.SIGKILL)  # torchrun and its ranks
-                    except ProcessLookupError:
-                        pass
-            output = "\n".join(outputs)
-            for run in runs:
-                self.assertEqual(run.returncode, 0, output)
+            output = run_together(self, commands, env)
             results = []
             for rank in range(2 if len(sockets) == 1 else len(sockets) * per_node):
                 with open(os.path.join(folder, f"rank{rank}.json")) as f:
@@ -553,31 +564,28 @@ class DistributedDataParallelTest(GstabdTest):
         self.assertNotIn("gstab:", output)  # FSDP2 accumulated into the registered shards
         self.check_fsdp_norms(ranks)
 
-    def test_a_job_across_two_nodes_reduces_its_norms_across_them(self):
-        # FSDP2 over two nodes, one rank each: every group's squares are summed across the
-        # nodes; node 1 has only placeholders for the last layer's groups.
-        nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
-                 for _ in range(2)]
+    def run_on_two_nodes(self, job, *args, per_node=1):
+        """run_ranks on two nodes, each with a gstabd of its own."""
+        nodes = [peer_gstabd() for _ in range(2)]
         try:
-            ranks, _ = self.run_ranks("fsdp-two-nodes", "--fsdp", "--group", "",
-                                      sockets=[n.socket for n in nodes])
+            return self.run_ranks(job, *args, sockets=[n.socket for n in nodes],
+                                  per_node=per_node)
         finally:
             for n in nodes:
                 self.assertEqual(n.stop(), 0)
+
+    def test_a_job_across_two_nodes_reduces_its_norms_across_them(self):
+        # FSDP2 over two nodes, one rank each: every group's squares are summed across the
+        # nodes; node 1 has only placeholders for the last layer's groups.
+        ranks, _ = self.run_on_two_nodes("fsdp-two-nodes", "--fsdp", "--group", "")
         self.check_fsdp_norms(ranks)
 
     def test_hsdp_on_two_nodes_of_two_ranks_counts_one_nodes_shards(self):
         # Each node holds the whole (averaged) gradient, sharded across its two ranks: gstab
         # registers the shards node-sharded, so each group's norm is the whole tensor's, not
         # sqrt(2) times it.
-        nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
-                 for _ in range(2)]
-        try:
-            ranks, output = self.run_ranks("hsdp-two-nodes", "--hsdp", "--group", "",
-                                           sockets=[n.socket for n in nodes], per_node=2)
-        finally:
-            for n in nodes:
-                self.assertEqual(n.stop(), 0)
+        ranks, output = self.run_on_two_nodes("hsdp-two-nodes", "--hsdp", "--group", "",
+                                              per_node=2)
         self.assertNotIn("gstab:", output)
         self.assertEqual(len(ranks), 4)
         self.check_fsdp_norms(ranks)
@@ -688,26 +696,15 @@ class JaxTest(GstabdTest):
         example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                "examples", "jax_train.py")
         env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
-        hosts = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
-                 for _ in range(2)]
+        hosts = [peer_gstabd() for _ in range(2)]
         coordinator = f"127.0.0.1:{free_port()}"
         try:
             with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
-                runs = [subprocess.Popen(
+                run_together(self, [
                     [sys.executable, example, "--socket", host.socket, "--job", job,
                      "--coordinator", coordinator, "--num_processes", "2", "--process_id",
-                     str(i), "--replicated", replicated, "--report", f"{folder}/{i}.json"],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-                    for i, host in enumerate(hosts)]
-                outputs = []
-                try:
-                    for run in runs:
-                        outputs.append(run.communicate(timeout=180)[0])
-                finally:
-                    for run in runs:
-                        run.kill()
-                for run, output in zip(runs, outputs):
-                    self.assertEqual(run.returncode, 0, output)
+                     str(i), "--replicated", replicated, "--report", f"{folder}/{i}.json"]
+                    for i, host in enumerate(hosts)], env)
                 reports = []
                 for i in range(2):
                     with open(f"{folder}/{i}.json") as f:
