@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gstab/v1/stabilizer.pb.h"
+#include "kernels/cross_node_mode.h"
 
 namespace gstab {
 namespace {
@@ -26,6 +27,12 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
 }
 
 }  // namespace
+
+uint8_t CrossNodeMode(int reduction, uint32_t node_rank) {
+  if (reduction == v1::REDUCTION_REPLICATED) return kKeepOwn;
+  if (reduction == v1::REDUCTION_NODE_SHARDED && node_rank != 0) return kTakeOnly;
+  return kAddAndTake;
+}
 
 uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
@@ -65,21 +72,18 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         " groups, others between ", -check[7], " and ", check[6],
         " or other names); every node must register the same groups; nothing was summed"));
   }
-  // Sharded groups add every node's sums; node-sharded ones node 0's alone (every node holds
-  // the same gradient); replicated ones keep this node's.
+  std::vector<uint8_t> modes(groups);
   std::vector<double> data(2 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {
-    if (p->reduction[g] == v1::REDUCTION_SHARDED ||
-        (p->reduction[g] == v1::REDUCTION_NODE_SHARDED && c->rank() == 0)) {
-      data[g] = p->sums[g];
-    }
+    modes[g] = CrossNodeMode(p->reduction[g], c->rank());
+    if (modes[g] == kAddAndTake) data[g] = p->sums[g];
     data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
   }
   if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }
   for (size_t g = 0; g < groups; ++g) {
-    if (p->reduction[g] != v1::REDUCTION_REPLICATED) p->sums[g] = data[g];
+    if (modes[g] != kKeepOwn) p->sums[g] = data[g];
     p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
   }
   return absl::OkStatus();

@@ -24,6 +24,10 @@ struct NodePartials {
 };
 
 // A fingerprint of the job's groups (names and reductions, in index order).
+// How a rank of node `node_rank` takes part in the cross-node sum of a group of `reduction`
+// (a v1::Reduction): kAddAndTake, kKeepOwn or kTakeOnly of kernels/cross_node_mode.h.
+uint8_t CrossNodeMode(int reduction, uint32_t node_rank);
+
 uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction);
 
 // Reduces `partials` in place. INVALID_ARGUMENT when steps or layouts differ across nodes

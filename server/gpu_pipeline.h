@@ -94,8 +94,8 @@ struct NcclRendezvous {
 // What a job's GPU pipeline needs besides its chunks and statistics.
 struct GpuJobSpec {
   std::string job;
-  // Per group, how this GPU takes part in the cross-node sum (kAddAndTake, kKeepOwn, kTakeOnly
-  // of kernels/cuda/cuda_kernels.h, by the group's reduction and this node's rank).
+  // Per group, how this GPU takes part in the cross-node sum (CrossNodeMode of
+  // server/cross_node.h).
   std::vector<uint8_t> modes;
   uint64_t layout_hash = 0;  // LayoutHash of the groups, compared across nodes
   NcclRendezvous nccl;

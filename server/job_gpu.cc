@@ -29,13 +29,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   }
   GpuJobSpec layout;
   layout.job = name_;
-  for (int r : group_reduction_) {
-    // Values of kernels/cuda/cuda_kernels.h's modes (that header needs CUDA to include).
-    const bool node_zero = nccl_.node_rank == 0;
-    layout.modes.push_back(r == v1::REDUCTION_REPLICATED                   ? 1    // kKeepOwn
-                           : r == v1::REDUCTION_NODE_SHARDED && !node_zero ? 2    // kTakeOnly
-                                                                           : 0);  // kAddAndTake
-  }
+  for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
   layout.layout_hash = LayoutHash(group_names_, group_reduction_);
   if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
                                  std::move(layout), nccl_, stats_);

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "core/rule_types.h"
 #include "kernels/chunk_table.h"
+#include "kernels/cross_node_mode.h"
 #include "kernels/cuda/device_table.h"
 
 namespace gstab {
@@ -22,16 +23,11 @@ namespace gstab {
 //                              summed
 //   then num_groups flags      1.0 where non-finite: summed (> 0: some node had one)
 // Prepare fills `exchange` from this node's partials; Merge turns the reduced vector into the
-// rule kernel's input, by each group's mode (d_modes): the global sum for sharded groups, the
-// local one for replicated groups, node 0's for node-sharded ones; and non-finite when any node
-// saw one. When the nodes disagree, every group's flag becomes
+// rule kernel's input, by each group's mode (d_modes, kernels/cross_node_mode.h): the global sum
+// for sharded groups, the local one for replicated groups, node 0's for node-sharded ones; and
+// non-finite when any node saw one. When the nodes disagree, every group's flag becomes
 // kNodesDisagree and the rule kernel applies nothing.
 inline constexpr uint32_t kCrossNodeCheckSize = 8;
-// A group's mode in the cross-node stage, for this GPU.
-inline constexpr uint8_t kAddAndTake =
-    0;                                   // sharded (and node-sharded on node 0): add, take the sum
-inline constexpr uint8_t kKeepOwn = 1;   // replicated: add nothing, keep this GPU's own sum
-inline constexpr uint8_t kTakeOnly = 2;  // node-sharded off node 0: add nothing, take the sum
 inline constexpr uint32_t kNodesDisagree = 2;  // a non-finite flag value: see above
 // A non-finite flag value: the step was voided (see LaunchGroupSumSquares); the rule kernel
 // applies nothing, and to the other nodes it counts as non-finite (every node skips the step).

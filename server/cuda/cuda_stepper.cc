@@ -11,9 +11,6 @@
 #include "server/cuda/device_reaper.h"
 
 namespace gstab {
-
-// job_gpu.cc, compiled without CUDA, writes these values into GpuJobSpec::modes.
-static_assert(kAddAndTake == 0 && kKeepOwn == 1 && kTakeOnly == 2, "see job_gpu.cc");
 namespace {
 
 template <typename T>

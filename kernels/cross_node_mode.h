@@ -1,0 +1,17 @@
+// How one rank of a job's cross-node sum (a node on the CPU backend, a GPU on the CUDA one) takes
+// part in it for a norm group, by the group's reduction and the rank's node. Plain C++: the
+// server picks the modes, the CUDA cross-node kernels read them.
+#pragma once
+
+#include <cstdint>
+
+namespace gstab {
+
+// Sharded (and node-sharded on node 0): adds its sums, takes the total.
+inline constexpr uint8_t kAddAndTake = 0;
+// Replicated: adds nothing, keeps its own sums.
+inline constexpr uint8_t kKeepOwn = 1;
+// Node-sharded off node 0 (node 0 holds the same gradient): adds nothing, takes the total.
+inline constexpr uint8_t kTakeOnly = 2;
+
+}  // namespace gstab
