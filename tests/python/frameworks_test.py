@@ -1,75 +1,35 @@
-"""gstab.torch and gstab.jax: real models' gradients through a real gstabd (CPU backend).
+"""gstab.torch and gstab.jax in one process: real models' gradients through a real gstabd
+(CPU backend).
 
     frameworks_test.py --gstabd PATH --library PATH     # with PyTorch and JAX installed
                                                         # (scripts/setup-frameworks)
 
 Where PyTorch sees a CUDA GPU, TorchCudaTest also runs a model's gradients through a second
-gstabd on its CUDA backend (CUDA IPC); elsewhere it is skipped.
+gstabd on its CUDA backend (CUDA IPC); elsewhere it is skipped. Jobs of several processes are
+distributed_test.py's.
 """
-import argparse
 import io
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import unittest
 import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import gstab  # noqa: E402
-import gstab.jax  # noqa: E402
-import gstab.torch  # noqa: E402
-from gstabd import Gstabd  # noqa: E402
-
-ARGS = None
-SPIKE_STEP = 30  # spikes are reported after 25 warm-up steps
-
-
-def mlp(dtype=torch.float32):
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(),
-                               torch.nn.Linear(32, 1)).to(dtype)
-
-
-def regression_batch(seed, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, 8, generator=g)
-    return x.to(dtype), x.sum(1, keepdim=True).sin().to(dtype)
-
-
-def torch_norm(tensors):
-    return torch.linalg.vector_norm(torch.cat([t.double().flatten() for t in tensors])).item()
-
-
-class GstabdTest(unittest.TestCase):
-    """A gstabd of the class's own, on BACKEND."""
-    BACKEND = "cpu"
-
-    @classmethod
-    def setUpClass(cls):
-        cls.gstabd = Gstabd(ARGS.gstabd, backend=cls.BACKEND,
-                            library_path=ARGS.gstabd_library_path)
-
-    @classmethod
-    def tearDownClass(cls):
-        rc = cls.gstabd.stop()
-        assert rc == 0, f"gstabd exited {rc}"
-
-    def attach(self, job, **kwargs):
-        client = gstab.Client(self.gstabd.socket)
-        client.attach(job, policy=kwargs.pop("policy", "stabilize"), **kwargs)
-        self.addCleanup(client.close)
-        return client
+import frameworks
+import gstab
+import gstab.jax
+import gstab.torch
+from frameworks import EXAMPLES, SPIKE_STEP, GstabdTest, mlp, regression_batch, torch_norm
+from gstabd import Gstabd
 
 
 class TorchTest(GstabdTest):
@@ -222,7 +182,7 @@ class TorchTest(GstabdTest):
             return scales, [p.detach().clone() for p in model.parameters()]
 
         reference = train(self.attach("torch-restart-ref"), SPIKE_STEP)
-        node = Gstabd(ARGS.gstabd)
+        node = Gstabd(frameworks.ARGS.gstabd)
         try:
             client = gstab.Client(node.socket)
             client.attach("torch-restart", policy="stabilize")
@@ -456,169 +416,6 @@ class TorchCudaTest(GstabdTest):
                 dist.destroy_process_group()
 
 
-def peer_gstabd() -> Gstabd:
-    """A gstabd that takes part in jobs across nodes (its peers over loopback)."""
-    return Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
-
-
-def run_together(test, commands, env) -> str:
-    """Runs the commands at once, each in a process group of its own (killed whole at the end:
-    torchrun and its ranks), and fails `test` unless each exits 0; their outputs, joined."""
-    runs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env, start_new_session=True) for c in commands]
-    outputs = []
-    try:
-        for run in runs:
-            outputs.append(run.communicate(timeout=180)[0])
-    finally:
-        for run in runs:
-            try:
-                os.killpg(run.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    output = "\n".join(outputs)
-    for run in runs:
-        test.assertEqual(run.returncode, 0, output)
-    return output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DistributedDataParallelTest(GstabdTest):
-    """examples/torch_data_parallel.py under torchrun over Gloo (DDP, FSDP2, HSDP): ranks on
-    this node, or on several nodes (a torchrun each, each node with a gstabd of its own)."""
-
-    EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
-                           "torch_data_parallel.py")
-
-    def run_ranks(self, job, *args, replicated="auto", steps=SPIKE_STEP, sockets=None,
-                  per_node=1):
-        """Runs the job's ranks: two on one node (sockets: None for the class's gstabd, or one
-        other), or `per_node` on each node, one per socket; returns each rank's report and the
-        output."""
-        env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
-        common = [self.EXAMPLE, "--job", job, "--replicated", replicated, "--steps", str(steps),
-                  "--spike_steps", str(SPIKE_STEP), *args]
-        torchrun = [sys.executable, "-m", "torch.distributed.run"]
-        with tempfile.TemporaryDirectory(prefix="gstab-ddp-") as folder:
-            sockets = sockets or [self.gstabd.socket]
-            if len(sockets) == 1:
-                commands = [torchrun + ["--standalone", "--nproc_per_node=2", *common,
-                                        "--socket", sockets[0], "--report", folder]]
-            else:
-                port = free_port()
-                commands = [torchrun + [f"--nnodes={len(sockets)}", f"--node_rank={node}",
-                                        f"--nproc_per_node={per_node}", "--master_addr=127.0.0.1",
-                                        f"--master_port={port}", *common, "--socket", sock,
-                                        "--report", folder]
-                            for node, sock in enumerate(sockets)]
-            output = run_together(self, commands, env)
-            results = []
-            for rank in range(2 if len(sockets) == 1 else len(sockets) * per_node):
-                with open(os.path.join(folder, f"rank{rank}.json")) as f:
-                    results.append(json.load(f))
-            return results, output
-
-    def test_ddp_gradients_are_replicated_norms_not_summed_and_ranks_stay_in_step(self):
-        ranks, output = self.run_ranks("ddp-replicated")
-        self.assertNotIn("gstab:", output)  # no warning: DDP kept the gradients in place
-        for rank in ranks:
-            for record in rank["steps"]:  # gstab's norm is the all-reduced gradient's own
-                self.assertAlmostEqual(record["gstab_norm"] / record["norm"], 1.0, delta=1e-5)
-        self.assertEqual([r["scale"] for r in ranks[0]["steps"]],
-                         [r["scale"] for r in ranks[1]["steps"]])
-        self.assertTrue(ranks[0]["steps"][-1]["spike"])
-        self.assertEqual(ranks[0]["parameters"], ranks[1]["parameters"])
-        self.assertTrue(all(math.isfinite(x) for x in ranks[0]["parameters"]))
-        self.assertIn(f"step {SPIKE_STEP:4d}", output)  # rank 0's progress lines
-
-    def test_the_same_gradients_registered_sharded_count_every_rank(self):
-        ranks, _ = self.run_ranks("ddp-sharded", replicated="false")
-        for record in ranks[0]["steps"]:
-            self.assertAlmostEqual(record["gstab_norm"] / record["norm"], math.sqrt(2),
-                                   delta=1e-5)
-
-    def check_fsdp_norms(self, ranks):
-        """gstab's norm of each tensor's group is the whole tensor's, on every rank."""
-        for rank in ranks:
-            for record in rank["steps"]:
-                self.assertAlmostEqual(record["gstab_norm"] / record["norm"], 1.0, delta=1e-5)
-                self.assertEqual(set(record["groups"]), set(record["tensor_norms"]))
-                for name, (norm, _) in record["groups"].items():
-                    self.assertAlmostEqual(norm / record["tensor_norms"][name], 1.0,
-                                           delta=1e-5, msg=name)
-        for rank in ranks[1:]:
-            self.assertEqual([r["groups"] for r in rank["steps"]],
-                             [r["groups"] for r in ranks[0]["steps"]])
-            self.assertEqual(rank["parameters"], ranks[0]["parameters"])
-        self.assertTrue(ranks[0]["steps"][-1]["spike"])
-
-    def test_fsdp2_shards_make_each_tensors_whole_norm(self):
-        # One group per tensor: the last layer's rows are fewer than the ranks, so rank 1 holds
-        # empty shards of it and registers a placeholder for their groups.
-        ranks, output = self.run_ranks("fsdp-per-tensor", "--fsdp", "--group", "")
-        self.assertNotIn("gstab:", output)  # FSDP2 accumulated into the registered shards
-        self.check_fsdp_norms(ranks)
-
-    def run_on_two_nodes(self, job, *args, per_node=1):
-        """run_ranks on two nodes, each with a gstabd of its own."""
-        nodes = [peer_gstabd() for _ in range(2)]
-        try:
-            return self.run_ranks(job, *args, sockets=[n.socket for n in nodes],
-                                  per_node=per_node)
-        finally:
-            for n in nodes:
-                self.assertEqual(n.stop(), 0)
-
-    def test_a_job_across_two_nodes_reduces_its_norms_across_them(self):
-        # FSDP2 over two nodes, one rank each: every group's squares are summed across the
-        # nodes; node 1 has only placeholders for the last layer's groups.
-        ranks, _ = self.run_on_two_nodes("fsdp-two-nodes", "--fsdp", "--group", "")
-        self.check_fsdp_norms(ranks)
-
-    def test_hsdp_on_two_nodes_of_two_ranks_counts_one_nodes_shards(self):
-        # Each node holds the whole (averaged) gradient, sharded across its two ranks: gstab
-        # registers the shards node-sharded, so each group's norm is the whole tensor's, not
-        # sqrt(2) times it.
-        ranks, output = self.run_on_two_nodes("hsdp-two-nodes", "--hsdp", "--group", "",
-                                              per_node=2)
-        self.assertNotIn("gstab:", output)
-        self.assertEqual(len(ranks), 4)
-        self.check_fsdp_norms(ranks)
-
-    def check_resumed_bit_for_bit(self, job, *args):
-        """The job run whole, and run to step 20, checkpointed (torch.distributed.checkpoint)
-        and resumed on another gstabd: the same scales and final weights, bit for bit."""
-        steps = SPIKE_STEP + 10
-        whole, _ = self.run_ranks(job + "-whole", *args, steps=steps)
-        with tempfile.TemporaryDirectory(prefix="gstab-ckpt-") as folder:
-            checkpoint = os.path.join(folder, "step20")
-            self.run_ranks(job, *args, "--save", checkpoint, steps=20)
-            elsewhere = Gstabd(ARGS.gstabd)  # the job comes back on another node
-            try:
-                resumed, _ = self.run_ranks(job, *args, "--resume", checkpoint, steps=steps,
-                                            sockets=[elsewhere.socket])
-            finally:
-                self.assertEqual(elsewhere.stop(), 0)
-        for rank in (0, 1):
-            self.assertEqual([r["step"] for r in resumed[rank]["steps"]],
-                             list(range(21, steps + 1)))
-            self.assertEqual([r["scale"] for r in resumed[rank]["steps"]],
-                             [r["scale"] for r in whole[rank]["steps"][20:]])
-            self.assertEqual(resumed[rank]["parameters"], whole[rank]["parameters"])
-        self.assertTrue(resumed[0]["steps"][SPIKE_STEP - 21]["spike"])
-
-    def test_a_ddp_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
-        self.check_resumed_bit_for_bit("ddp-resumed")
-
-    def test_an_fsdp2_job_resumed_from_its_checkpoint_continues_bit_for_bit(self):
-        self.check_resumed_bit_for_bit("fsdp-resumed", "--fsdp")
-
-
 def jax_params(dtype=jnp.float32):
     key = jax.random.PRNGKey(0)
     k1, k2 = jax.random.split(key)
@@ -670,9 +467,7 @@ class JaxTest(GstabdTest):
             np.testing.assert_array_equal(leaf, values)
 
     def test_the_example_rides_out_spikes_that_wreck_it_without_gstab(self):
-        example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                               "examples", "jax_train.py")
-        env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
+        example, env = os.path.join(EXAMPLES, "jax_train.py"), frameworks.example_env()
         reports = {}
         with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
             for mode in ("gstab", "no_gstab"):
@@ -689,45 +484,6 @@ class JaxTest(GstabdTest):
         self.assertLess(reports["gstab"]["final_loss"], reports["gstab"]["steps"][0]["loss"])
         self.assertGreater(reports["no_gstab"]["final_loss"],
                            1000 * reports["gstab"]["final_loss"])
-
-    def run_hosts(self, job, replicated):
-        """examples/jax_train.py as two processes of jax.distributed, each on a "host" with a
-        gstabd of its own; returns each process's report."""
-        example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                               "examples", "jax_train.py")
-        env = dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
-        hosts = [peer_gstabd() for _ in range(2)]
-        coordinator = f"127.0.0.1:{free_port()}"
-        try:
-            with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
-                run_together(self, [
-                    [sys.executable, example, "--socket", host.socket, "--job", job,
-                     "--coordinator", coordinator, "--num_processes", "2", "--process_id",
-                     str(i), "--replicated", replicated, "--report", f"{folder}/{i}.json"]
-                    for i, host in enumerate(hosts)], env)
-                reports = []
-                for i in range(2):
-                    with open(f"{folder}/{i}.json") as f:
-                        reports.append(json.load(f))
-                return reports
-        finally:
-            for host in hosts:
-                self.assertEqual(host.stop(), 0)
-
-    def test_processes_on_two_hosts_share_one_replicated_gradient(self):
-        reports = self.run_hosts("jax-two-hosts", "true")
-        for report in reports:  # gstab's norm is the averaged gradient's own
-            for record in report["steps"]:
-                self.assertAlmostEqual(record["norm"] / record["grad_norm"], 1.0, delta=1e-5)
-            self.assertEqual([r["step"] for r in report["steps"] if r["spike"]], [30, 45])
-        self.assertEqual([r["scale"] for r in reports[0]["steps"]],
-                         [r["scale"] for r in reports[1]["steps"]])
-        self.assertEqual(reports[0]["parameters"], reports[1]["parameters"])
-        # Registered as slices instead, the norm sums both hosts' squares, through their gstabds.
-        reports = self.run_hosts("jax-two-hosts-sharded", "false")
-        for record in reports[0]["steps"]:
-            self.assertAlmostEqual(record["norm"] / record["grad_norm"], math.sqrt(2),
-                                   delta=1e-5)
 
     def test_bfloat16_leaves_named_by_their_paths(self):
         params = jax_params(jnp.bfloat16)
@@ -779,11 +535,4 @@ class JaxTest(GstabdTest):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gstabd", required=True)
-    parser.add_argument("--library", help="default: where the package finds it")
-    parser.add_argument("--gstabd_library_path", default="",
-                        help="LD_LIBRARY_PATH for gstabd only (this process keeps its own)")
-    ARGS, rest = parser.parse_known_args()
-    gstab.load_library(ARGS.library or None)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    frameworks.main()
