@@ -1,0 +1,283 @@
+// Daemon: how workers and observers join a job (Attach), and the rendezvous that joins a job's
+// daemons across nodes (CreateRendezvous, and each worker's JoinRendezvous on attach).
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "common/token.h"
+#include "core/config.h"
+#include "glog/logging.h"
+#include "server/daemon.h"  // the class whose members these are
+#include "server/gloo_collective.h"
+
+namespace gstab {
+namespace {
+
+// Limits on what an Attach may claim (each local worker and node costs state per job).
+constexpr uint32_t kMaxLocalWorkers = 1024;
+constexpr uint32_t kMaxNodes = 65536;
+
+}  // namespace
+
+absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
+                                    v1::AttachResponse* response) {
+  absl::MutexLock lock(&mu_);
+  AwaitNotRetiring(request.job());
+  auto it = jobs_.find(request.job());
+  if (it == jobs_.end()) {
+    if (checkpoints_.count(request.job()) == 1) {
+      return absl::NotFoundError(absl::StrCat(
+          "job '", request.job(),
+          "' is not held by this gstabd now (it was retired while idle, or its checkpoint was "
+          "found in the state directory at start, and no worker has attached since); its "
+          "statistics come back when a worker attaches"));
+    }
+    return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
+  }
+  const std::string token = RandomToken();
+  sessions_[token] = Session{it->second, 0, absl::Now(), /*observer=*/true};
+  idle_since_.erase(request.job());
+  response->set_session(token);
+  *response->mutable_effective_config() = EffectiveConfig(it->second->params());
+  response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
+  if (observer_ != nullptr) observer_->OnAttach(request.job(), 0, true);
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse* response) {
+  if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
+  if (request.observer()) return AttachObserver(request, response);
+  const uint32_t world = std::max(1u, request.world_size());
+  const uint32_t local_world = std::max(1u, request.local_world_size());
+  const uint32_t nodes = std::max(1u, request.node_count());
+  if (local_world > kMaxLocalWorkers) {
+    return absl::InvalidArgumentError(absl::StrCat("local_world_size ", local_world,
+                                                   " exceeds gstabd's limit of ", kMaxLocalWorkers,
+                                                   " workers per node"));
+  }
+  if (nodes > kMaxNodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_count ", nodes, " exceeds gstabd's limit of ", kMaxNodes, " nodes"));
+  }
+  if (request.rank() >= world) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", request.rank(), " is not below world_size ", world));
+  }
+  if (request.local_rank() >= local_world) {
+    return absl::InvalidArgumentError(absl::StrCat("local_rank ", request.local_rank(),
+                                                   " is not below local_world_size ", local_world));
+  }
+  if (request.node_rank() >= nodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_rank ", request.node_rank(), " is not below node_count ", nodes));
+  }
+  if (nodes == 1 && world > local_world) {
+    // Otherwise the norms of sharded groups would leave out the other nodes' slices unseen.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world_size ", world, " is more than local_world_size ", local_world,
+        " on a job of one node: a job across nodes attaches with node_rank, node_count and the "
+        "rendezvous blob global rank 0 got from CreateRendezvous"));
+  }
+  if (nodes > 1 && request.rendezvous().empty()) {
+    return absl::InvalidArgumentError(
+        "a job with node_count > 1 needs the rendezvous blob that global rank 0 got from "
+        "CreateRendezvous");
+  }
+  absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
+  if (!params.ok()) return params.status();
+  std::optional<Removal> replaced;
+  std::shared_ptr<Job> attached;
+  absl::Status s = AttachWorker(request, *params, local_world, response, &replaced, &attached);
+  Remove(replaced);  // the session this attach replaced, if any
+  if (attached != nullptr) ReportWorkers(attached);
+  return s;
+}
+
+absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
+                                  uint32_t local_world, v1::AttachResponse* response,
+                                  std::optional<Removal>* replaced,
+                                  std::shared_ptr<Job>* attached) {
+  const bool has_config = request.config().ByteSizeLong() > 0;
+  if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
+  std::shared_ptr<Job> job;
+  bool existing;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+    AwaitNotRetiring(request.job());
+    std::shared_ptr<Job>& slot = jobs_[request.job()];
+    existing = slot != nullptr;
+    if (!existing) {
+      if (jobs_.size() > options_.max_jobs) {  // filled since MakeRoomFor
+        jobs_.erase(request.job());
+        return JobCapReached();
+      }
+      auto checkpoint = checkpoints_.find(request.job());
+      if (checkpoint != checkpoints_.end()) {
+        const v1::JobState& state = checkpoint->second.state;
+        absl::StatusOr<RuleParams> saved = ResolveConfig(state.config());
+        slot = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
+                                     local_world, &executor_, StepCallbackFor(request.job()), gpu_);
+        if (absl::Status s = slot->ImportState(state, /*with_config=*/false); !s.ok()) {
+          LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
+        } else {
+          response->set_restored(true);
+        }
+        checkpoints_.erase(checkpoint);
+      } else {
+        slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
+                                     StepCallbackFor(request.job()), gpu_);
+      }
+    }
+    job = slot;
+    ++pending_[request.job()];  // not retired while this attach is under way
+  }
+  absl::Cleanup unpend = [this, &job] {
+    absl::MutexLock lock(&mu_);
+    Unpend(job);
+  };
+  // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
+  // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
+  // wait with it.
+  if (existing) {
+    if (job->local_world_size() != local_world) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
+                       " on this node, not ", local_world));
+    }
+    if (has_config && !SameEffectiveConfig(config, job->params())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", request.job(),
+                       "' already runs with a different configuration; attach "
+                       "without one, or change it with UpdateConfig"));
+    }
+    const uint32_t nodes = std::max(1u, request.node_count());
+    if (const uint32_t job_nodes = job->node_count(); job_nodes != nodes) {
+      // A job changes its node count only when no worker of it is attached here: else one
+      // attach could route a running single-node job's steps to peers that do not exist.
+      bool in_use = false;
+      {
+        absl::MutexLock lock(&mu_);
+        for (const auto& [token, s] : sessions_) {
+          in_use |= s.job == job && !s.observer && s.local_rank != request.local_rank();
+        }
+      }
+      if (in_use) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job '", request.job(), "' runs on ", job_nodes,
+                         " node(s) with workers attached "
+                         "here; a worker of it cannot attach with node_count ",
+                         nodes,
+                         " (use the job's node count, or a new job name; sessions of workers "
+                         "that stopped end within the lease, ",
+                         absl::FormatDuration(options_.lease), ")"));
+      }
+      if (nodes == 1) job->SetCollective(nullptr, "");  // single-node from now on
+    }
+  }
+  if (request.node_count() > 1) {
+    if (absl::Status s = JoinRendezvous(request, job.get()); !s.ok()) return s;
+  }
+  *response->mutable_effective_config() = EffectiveConfig(job->params());
+
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+  // A worker that attaches again under the same local rank (a restart) replaces its old
+  // session.
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+    if (it->second.job == job && !it->second.observer &&
+        it->second.local_rank == request.local_rank()) {
+      LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
+                << " attached again; dropping its previous session";
+      *replaced = DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
+      break;
+    }
+  }
+  const std::string token = RandomToken();
+  sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};
+  idle_since_.erase(request.job());
+  if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
+  *attached = job;
+  response->set_session(token);
+  response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
+  response->set_step_timeout_ms(
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.step_timeout)));
+  LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank() << " attached";
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) {
+  v1::RendezvousInfo info;
+  if (!info.ParseFromString(request.rendezvous()) || info.format_version() != 1) {
+    return absl::InvalidArgumentError(
+        "the rendezvous blob is not one gstabd made (pass CreateRendezvous's bytes unchanged)");
+  }
+  if (info.job() != request.job() || info.node_count() != request.node_count()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the rendezvous blob is for job '", info.job(), "' with ", info.node_count(),
+                     " nodes, not job '", request.job(), "' with ", request.node_count()));
+  }
+  if (options_.peer_host.empty()) {
+    return absl::FailedPreconditionError(
+        "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
+  }
+  if (job->rendezvous_token() == info.token()) {
+    if (job->node_rank() != request.node_rank()) {
+      return absl::InvalidArgumentError(absl::StrCat("job '", request.job(), "' is node ",
+                                                     job->node_rank(),
+                                                     " on this gstabd; a worker "
+                                                     "here cannot attach as node ",
+                                                     request.node_rank()));
+    }
+    return absl::OkStatus();
+  }
+  if (!info.nccl_unique_id().empty() && info.nccl_unique_id().size() != kNcclUniqueIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the rendezvous blob's NCCL id has ",
+                                                   info.nccl_unique_id().size(), " bytes, not ",
+                                                   kNcclUniqueIdBytes));
+  }
+  NcclRendezvous nccl;
+  nccl.unique_id = info.nccl_unique_id();
+  nccl.node_rank = request.node_rank();
+  nccl.node_count = request.node_count();
+  nccl.timeout = options_.step_timeout;
+  job->SetCollective(std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host,
+                                                      options_.peer_tls),
+                     info.token(), std::move(nccl));
+  LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()
+            << " as node " << request.node_rank() << " of " << info.node_count();
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request,
+                                      v1::CreateRendezvousResponse* response) {
+  if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
+  if (request.node_count() < 1 || request.node_count() > kMaxNodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_count must be 1 to ", kMaxNodes, ", not ", request.node_count()));
+  }
+  absl::MutexLock lock(&mu_);
+  if (peer_address_.empty()) {
+    return absl::FailedPreconditionError(
+        "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
+  }
+  v1::RendezvousInfo info;
+  if (request.cuda()) {
+    if (gpu_.new_nccl_id == nullptr) {
+      return absl::FailedPreconditionError(
+          "a rendezvous for a CUDA job needs a gstabd with the CUDA backend (--backend=cuda on a "
+          "machine with a GPU)");
+    }
+    absl::StatusOr<std::string> id = gpu_.new_nccl_id();
+    if (!id.ok()) return id.status();
+    info.set_nccl_unique_id(*std::move(id));
+  }
+  info.set_format_version(1);
+  info.set_store_address(peer_address_);
+  info.set_token(rendezvous_store_.NewToken());
+  info.set_job(request.job());
+  info.set_generation(++generations_[request.job()]);
+  info.set_node_count(request.node_count());
+  response->set_rendezvous(info.SerializeAsString());
+  return absl::OkStatus();
+}
+
+}  // namespace gstab

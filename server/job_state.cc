@@ -1,0 +1,151 @@
+// Job: its configuration and statistics as the outside sees them: UpdateConfig, GetStats,
+// and the state that ExportState writes and ImportState restores (checkpoints, restarts,
+// moves between daemons).
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "core/config.h"
+#include "server/job.h"  // the class whose members these are
+#include "server/state_codec.h"
+
+namespace gstab {
+
+absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
+  if (!merged.ok()) return merged.status();
+  params_ = *merged;
+  RecordConfigChange();
+  *response->mutable_effective_config() = config_history_.back().config();
+  response->set_version(config_version_);
+  return absl::OkStatus();
+}
+
+void Job::RecordConfigChange() {
+  ++config_version_;
+  v1::ConfigChange change;
+  change.set_version(config_version_);
+  change.set_effective_step(0);  // set by the next step that runs with it
+  *change.mutable_config() = EffectiveConfig(params_);
+  config_history_.push_back(std::move(change));
+  if (config_history_.size() > kConfigHistory) config_history_.erase(config_history_.begin());
+}
+
+void Job::GetStats(v1::GetStatsResponse* response) const {
+  absl::MutexLock lock(&mu_);
+  if (!gpus_.empty()) {  // the newest finished step's copy: GetStats never waits for the GPU
+    std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
+    if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+  }
+  response->set_job(name_);
+  response->set_steps(steps_);
+  response->set_last_step(last_step_);
+  *response->mutable_config() = EffectiveConfig(params_);
+  for (const v1::ConfigChange& c : config_history_) *response->add_config_history() = c;
+  uint64_t bytes = 0;
+  std::set<const void*> regions;
+  for (const auto& [rank, w] : workers_) {
+    bytes += w->registration.plan.total_bytes;
+    for (const auto& m : w->registration.mappings) regions.insert(m.get());
+  }
+  response->set_registered_bytes(bytes);
+  response->set_mapped_regions(static_cast<uint32_t>(regions.size()));
+  for (size_t g = 0; g < group_names_.size(); ++g) {
+    const GroupStats& s = stats_[g];
+    v1::GroupStats* out = response->add_groups();
+    out->set_group(group_names_[g]);
+    out->set_accepted_steps(s.t);
+    out->set_m(s.m);
+    out->set_v(s.v);
+    out->set_norm_mean(s.spike_mean);
+    out->set_norm_stddev(std::sqrt(s.spike_var));
+    out->set_spikes(s.spikes);
+    out->set_non_finite_steps(s.non_finite_steps);
+    out->set_diverging(s.diverging != 0);
+    out->set_last_norm(last_outcome_[g].norm);
+    out->set_last_stabilized_norm(last_outcome_[g].stabilized_norm);
+    out->set_last_scale(last_outcome_[g].scale);
+  }
+}
+
+v1::JobState Job::ExportState() const {
+  absl::MutexLock lock(&mu_);
+  RefreshStatistics();
+  v1::JobState state;
+  state.set_format_version(kJobStateFormatVersion);
+  state.set_job(name_);
+  state.set_last_step(last_step_);
+  *state.mutable_config() = EffectiveConfig(params_);
+  for (size_t g = 0; g < group_names_.size(); ++g) {
+    *state.add_groups() = GroupStateToProto(group_names_[g], stats_[g]);
+  }
+  return state;
+}
+
+absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
+  if (state.format_version() != kJobStateFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
+                                                   " is not supported (expected ",
+                                                   kJobStateFormatVersion, ")"));
+  }
+  if (absl::Status s = ValidateJobState(state); !s.ok()) return s;
+  // A state without a config (ExportState always writes one) leaves the job's as it is.
+  with_config = with_config && state.has_config();
+  RuleParams params;
+  if (with_config) {
+    absl::StatusOr<RuleParams> p = ResolveConfig(state.config());
+    if (!p.ok()) return p.status();
+    params = *p;
+  }
+  absl::MutexLock lock(&mu_);
+  size_t new_groups = 0;
+  for (const v1::GroupState& g : state.groups()) new_groups += group_index_.count(g.name()) == 0;
+  if (absl::Status s = CheckGroupCap(new_groups); !s.ok()) return s;
+  if (round_open_) {
+    return absl::FailedPreconditionError("cannot import state while a step is in progress");
+  }
+  if (!gpus_.empty() && gpus_.multi_rank()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_,
+        "''s statistics live on several GPUs stepping together: import them before its "
+        "workers register their CUDA buffers, so every GPU starts from them"));
+  }
+  if (!gpus_.empty()) {
+    for (const v1::GroupState& g : state.groups()) {
+      if (group_index_.count(g.name()) == 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("group '", g.name(),
+                         "' is not registered: a job on the CUDA pipeline imports "
+                         "statistics of its registered groups only"));
+      }
+    }
+  }
+  if (!gpus_.empty()) {
+    // Every group is registered (checked above). The GPU first: an import it refuses (a step
+    // still holds it) leaves the job as it was. Groups the state lacks keep the GPU's
+    // statistics (the newest finished step's).
+    RefreshStatistics();
+    std::vector<GroupStats> imported = stats_;
+    for (const v1::GroupState& g : state.groups()) {
+      imported[group_index_.at(g.name())] = GroupStateFromProto(g);
+    }
+    if (absl::Status s = gpus_.SetStatistics(imported); !s.ok()) return s;
+    stats_ = std::move(imported);
+  } else {
+    for (const v1::GroupState& g : state.groups()) {
+      stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
+    }
+  }
+  if (with_config && !SameEffectiveConfig(params, params_)) {
+    params_ = params;
+    RecordConfigChange();
+  }
+  // The imported state defines where the job is: a job resumed from an older checkpoint
+  // continues from that checkpoint's step.
+  last_step_ = state.last_step();
+  have_step_ = true;
+  return absl::OkStatus();
+}
+
+}  // namespace gstab
