@@ -204,7 +204,8 @@ def _settings(config: Optional[Config]) -> Optional[bytes]:
     return " ".join(items).encode()
 
 
-# The 64-bit integer fields of GetStatsResponse, which proto3's JSON mapping writes as strings.
+# The 64-bit integer fields of GetStatsResponse, which proto3's JSON mapping writes as strings
+# (client_test.py checks that no number of the stats is left a string).
 _UINT64_FIELDS = {"steps", "last_step", "registered_bytes", "accepted_steps", "spikes",
                   "non_finite_steps", "version", "effective_step"}
 

@@ -177,6 +177,18 @@ def fill(view, step: int, salt: int = 0) -> float:
     return math.sqrt(sum(view[i] ** 2 for i in range(len(view))))
 
 
+def leaves(value, key=None):
+    """(key, value) of every leaf of a JSON document; list items under their list's key."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from leaves(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from leaves(v, key)
+    else:
+        yield key, value
+
+
 class JobControlTest(unittest.TestCase):
     """Configuration, checkpoints and jobs across nodes, as a training script does them."""
 
@@ -244,6 +256,11 @@ class JobControlTest(unittest.TestCase):
         self.assertEqual([h["version"] for h in history], [1, 2])
         self.assertEqual(history[1]["effective_step"], 2)
         self.assertEqual(history[1]["config"]["policy"], "POLICY_MONITOR")
+        # Every number of the stats, the config history's included, is a Python number: a
+        # 64-bit field missing from gstab's list of them would be left a string.
+        numbers_as_text = [(key, value) for key, value in leaves(client.stats())
+                           if isinstance(value, str) and re.fullmatch(r"-?[0-9.eE+-]+", value)]
+        self.assertEqual(numbers_as_text, [])
 
     def run_steps(self, client, views, steps):
         scales = []
