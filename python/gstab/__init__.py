@@ -30,54 +30,17 @@ its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the
 import ctypes
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Union
+from typing import List, Optional
+
+from ._native import (ELEMENT_SIZE, FAILED_PRECONDITION, UNAUTHENTICATED, UNAVAILABLE,
+                      CGroupResult, CStepResult, CAttachOptions, Config, Error, check,
+                      dtype_code, dtype_of, enc, flags, json_numbers, load_library, settings,
+                      take)
 
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "dtype_of", "load_library"]
-
-_DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
-_REPLICATED, _NODE_SHARDED = 1, 2  # GSTAB_TENSOR_REPLICATED, GSTAB_TENSOR_NODE_SHARDED
-_ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-# Configuration settings: "policy=clip clip.max_norm=0.5", or the same as a dict
-# {"policy": "clip", "clip.max_norm": 0.5}; the keys of gstab.v1.PolicyConfig (config.proto).
-Config = Union[str, Mapping[str, object]]
-
-
-class Error(RuntimeError):
-    """A failed call: `code` is the gRPC status code, the message says what was wrong."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"gstab error {code}: {message}")
-        self.code = code
-        self.message = message
-
-    def __reduce__(self):  # pickled whole, as when one rank's failure is broadcast to the others
-        return Error, (self.code, self.message)
-
-
-class _StepResult(ctypes.Structure):
-    _fields_ = [("skip", ctypes.c_int), ("diverging", ctypes.c_int), ("spikes", ctypes.c_int),
-                ("num_groups", ctypes.c_size_t), ("norm", ctypes.c_double),
-                ("stabilized_norm", ctypes.c_double)]
-
-
-class _AttachOptions(ctypes.Structure):
-    _fields_ = [("rank", ctypes.c_uint32), ("world_size", ctypes.c_uint32),
-                ("local_rank", ctypes.c_uint32), ("local_world_size", ctypes.c_uint32),
-                ("node_rank", ctypes.c_uint32), ("node_count", ctypes.c_uint32),
-                ("rendezvous", ctypes.c_char_p), ("rendezvous_size", ctypes.c_size_t),
-                ("policy", ctypes.c_char_p), ("config", ctypes.c_char_p)]
-
-
-class _GroupResult(ctypes.Structure):
-    _fields_ = [("group", ctypes.c_char_p), ("norm", ctypes.c_double),
-                ("stabilized_norm", ctypes.c_double), ("scale", ctypes.c_double),
-                ("z", ctypes.c_double), ("spike", ctypes.c_int), ("skipped", ctypes.c_int),
-                ("diverging", ctypes.c_int)]
 
 
 @dataclass
@@ -103,149 +66,13 @@ class StepResult:
     groups: List[GroupResult] = field(default_factory=list)
 
 
-_lib = None
-
-
-def load_library(path: Optional[str] = None) -> ctypes.CDLL:
-    """Loads libgstab.so once and declares its functions."""
-    global _lib
-    if _lib is not None:
-        return _lib
-    here = os.path.dirname(os.path.realpath(__file__))
-    candidates = [path, os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
-                  os.path.join(here, "..", "..", "lib", "libgstab.so"), "libgstab.so"]
-    errors = []
-    for candidate in candidates:
-        if not candidate or (os.sep in candidate and not os.path.exists(candidate)):
-            continue
-        try:
-            lib = ctypes.CDLL(candidate)
-            break
-        except OSError as e:
-            errors.append(str(e))
-    else:
-        raise OSError("libgstab.so not found: set GSTAB_LIBRARY to its path " + "; ".join(errors))
-    P, S, U32, U64, I = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
-    PP = ctypes.POINTER(ctypes.c_void_p)
-    signatures = {
-        "gstab_version": ([], S), "gstab_last_error": ([], S),
-        "gstab_connect": ([S, PP], I), "gstab_client_destroy": ([P], None),
-        "gstab_attach": ([P, S, U32, U32, U32, U32, S], I), "gstab_detach": ([P], I),
-        "gstab_attach_with_options": ([P, S, ctypes.POINTER(_AttachOptions)], I),
-        "gstab_create_rendezvous": ([P, S, U32, I, PP, ctypes.POINTER(ctypes.c_size_t)], I),
-        "gstab_update_config": ([P, S, ctypes.POINTER(ctypes.c_uint64)], I),
-        "gstab_export_state": ([P, PP, ctypes.POINTER(ctypes.c_size_t)], I),
-        "gstab_import_state": ([P, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(U32)], I),
-        "gstab_get_stats_json": ([P, PP], I), "gstab_free": ([P], None),
-        "gstab_arena_create": ([PP], I), "gstab_arena_destroy": ([P], None),
-        "gstab_arena_add_tensor_flags": ([P, S, U64, I, S, U32, ctypes.POINTER(ctypes.c_size_t)],
-                                         I),
-        "gstab_arena_allocate": ([P], I), "gstab_arena_data": ([P, ctypes.c_size_t], P),
-        "gstab_register_arena": ([P, P], I),
-        "gstab_step": ([P, U64, ctypes.POINTER(_StepResult)], I),
-        "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(_GroupResult)], I),
-        "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
-        "gstab_cuda_add_tensor_flags": ([P, S, P, U64, I, S, U32], I),
-        "gstab_cuda_allocate_tensor_flags": ([P, S, U64, I, S, U32, PP], I),
-        "gstab_register_cuda": ([P, P], I),
-        "gstab_cuda_step": ([P, P, U64, P, ctypes.POINTER(_StepResult),
-                             ctypes.POINTER(ctypes.c_uint64)], I),
-        "gstab_cuda_results": ([P, ctypes.POINTER(ctypes.c_size_t)], P),
-        "gstab_cuda_group_name": ([P, ctypes.c_size_t], S),
-    }
-    for name, (args, restype) in signatures.items():
-        try:
-            fn = getattr(lib, name)
-        except AttributeError:
-            raise OSError(f"{lib._name} (version {lib.gstab_version().decode()}) lacks {name}, "
-                          "which this package needs: use the libgstab.so built with the "
-                          "package") from None
-        fn.argtypes, fn.restype = args, restype
-    _lib = lib
-    return lib
-
-
-def _check(status: int) -> None:
-    if status != 0:
-        raise Error(status, _lib.gstab_last_error().decode(errors="replace"))
-
-
-def _dtype(dtype: str) -> int:
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def dtype_of(tensor) -> str:
-    """The gstab dtype name of a torch tensor (or anything whose str(dtype) ends in one)."""
-    name = str(tensor.dtype).rsplit(".", 1)[-1]
-    if name not in _DTYPES:
-        raise ValueError(f"gstab stabilizes float32, bfloat16 and float16 gradients, not {name}")
-    return name
-
-
-def _enc(text: Optional[str]) -> Optional[bytes]:
-    return None if text is None else text.encode()
-
-
-def _flags(replicated: bool, node_sharded: bool) -> int:
-    return (_REPLICATED if replicated else 0) | (_NODE_SHARDED if node_sharded else 0)
-
-
-def _settings(config: Optional[Config]) -> Optional[bytes]:
-    """Config as the C ABI's settings text."""
-    if config is None or isinstance(config, str):
-        return _enc(config)
-    items = []
-    for key, value in config.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        items.append(f"{key}={value}")
-    return " ".join(items).encode()
-
-
-# The 64-bit integer fields of GetStatsResponse, which proto3's JSON mapping writes as strings
-# (client_test.py checks that no number of the stats is left a string).
-_UINT64_FIELDS = {"steps", "last_step", "registered_bytes", "accepted_steps", "spikes",
-                  "non_finite_steps", "version", "effective_step"}
-
-
-# proto3's JSON writes non-finite doubles as these strings.
-_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-
-
-def _ints(value, key=None):
-    """The JSON's numbers as Python numbers: 64-bit integers from their strings, and non-finite
-    doubles (names, the only other strings with such values, are left alone)."""
-    if isinstance(value, dict):
-        return {k: _ints(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v, key) for v in value]
-    if isinstance(value, str):
-        if key in _UINT64_FIELDS:
-            return int(value)
-        if key not in ("job", "group") and value in _NON_FINITE:
-            return _NON_FINITE[value]
-    return value
-
-
-def _take(call) -> bytes:
-    """Runs call(pointer, size) of a function that hands out bytes, and frees them."""
-    data, size = ctypes.c_void_p(), ctypes.c_size_t()
-    _check(call(ctypes.byref(data), ctypes.byref(size)))
-    try:
-        return ctypes.string_at(data, size.value)
-    finally:
-        _lib.gstab_free(data)
-
-
 class Arena:
     """Gradients in host shared memory that gstabd maps (the CPU backend)."""
 
     def __init__(self):
-        lib = load_library()
+        self._lib = load_library()
         self._h = ctypes.c_void_p()
-        _check(lib.gstab_arena_create(ctypes.byref(self._h)))
+        check(self._lib.gstab_arena_create(ctypes.byref(self._h)))
         self._tensors = []  # (numel, dtype)
 
     def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "",
@@ -255,24 +82,24 @@ class Arena:
         holds a slice); replicated: every rank holds the whole gradient (as after DDP's
         all-reduce); node_sharded: each node holds it whole, sliced across its ranks (HSDP)."""
         index = ctypes.c_size_t()
-        _check(_lib.gstab_arena_add_tensor_flags(self._h, _enc(name), numel, _dtype(dtype),
-                                                 _enc(group), _flags(replicated, node_sharded),
-                                                 ctypes.byref(index)))
+        check(self._lib.gstab_arena_add_tensor_flags(
+            self._h, enc(name), numel, dtype_code(dtype), enc(group),
+            flags(replicated, node_sharded), ctypes.byref(index)))
         self._tensors.append((numel, dtype))
         return index.value
 
     def allocate(self) -> None:
-        _check(_lib.gstab_arena_allocate(self._h))
+        check(self._lib.gstab_arena_allocate(self._h))
 
     def buffer(self, index: int) -> memoryview:
         """The tensor's memory as bytes (format 'B'), for torch.frombuffer and the like."""
         if not 0 <= index < len(self._tensors):
             raise IndexError(f"tensor {index} does not exist: the arena has {len(self._tensors)}")
         numel, dtype = self._tensors[index]
-        address = _lib.gstab_arena_data(self._h, index)
+        address = self._lib.gstab_arena_data(self._h, index)
         if not address:
             raise Error(3, f"tensor {index} has no memory: call allocate() first")
-        raw = (ctypes.c_ubyte * (numel * _ELEMENT_SIZE[dtype])).from_address(address)
+        raw = (ctypes.c_ubyte * (numel * ELEMENT_SIZE[dtype])).from_address(address)
         raw._arena = self  # the mapping lives as long as any view of it
         return memoryview(raw).cast("B")
 
@@ -290,8 +117,8 @@ class Arena:
         return np.frombuffer(self.buffer(index), dtype=dtype)
 
     def __del__(self):
-        if getattr(self, "_h", None) and _lib is not None:
-            _lib.gstab_arena_destroy(self._h)
+        if getattr(self, "_h", None):
+            self._lib.gstab_arena_destroy(self._h)
             self._h = None
 
 
@@ -299,39 +126,38 @@ class CudaGradients:
     """Gradients in CUDA device memory (any framework's pointers) and the step's events."""
 
     def __init__(self, device: int = 0):
-        lib = load_library()
+        self._lib = load_library()
         self._h = ctypes.c_void_p()
-        _check(lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
+        check(self._lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
 
     def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
                    group: str = "", replicated: bool = False, node_sharded: bool = False) -> None:
         """As Arena.add_tensor, for `numel` elements at `device_ptr`."""
-        _check(_lib.gstab_cuda_add_tensor_flags(self._h, _enc(name), ctypes.c_void_p(device_ptr),
-                                                numel, _dtype(dtype), _enc(group),
-                                                _flags(replicated, node_sharded)))
+        check(self._lib.gstab_cuda_add_tensor_flags(
+            self._h, enc(name), ctypes.c_void_p(device_ptr), numel, dtype_code(dtype), enc(group),
+            flags(replicated, node_sharded)))
 
     def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "",
                         replicated: bool = False, node_sharded: bool = False) -> int:
         """Device memory for a tensor, owned by this object; returns its address."""
         ptr = ctypes.c_void_p()
-        _check(_lib.gstab_cuda_allocate_tensor_flags(self._h, _enc(name), numel, _dtype(dtype),
-                                                     _enc(group), _flags(replicated, node_sharded),
-                                                     ctypes.byref(ptr)))
+        check(self._lib.gstab_cuda_allocate_tensor_flags(
+            self._h, enc(name), numel, dtype_code(dtype), enc(group),
+            flags(replicated, node_sharded), ctypes.byref(ptr)))
         return ptr.value
 
     def results(self):
         """(device address, bytes) of the per-step results buffer (see gstab.h)."""
         size = ctypes.c_size_t()
-        address = _lib.gstab_cuda_results(self._h, ctypes.byref(size))
+        address = self._lib.gstab_cuda_results(self._h, ctypes.byref(size))
         return address or 0, size.value
 
     def __del__(self):
-        if getattr(self, "_h", None) and _lib is not None:
-            _lib.gstab_cuda_gradients_destroy(self._h)
+        if getattr(self, "_h", None):
+            self._lib.gstab_cuda_gradients_destroy(self._h)
             self._h = None
 
 
-_UNAVAILABLE, _UNAUTHENTICATED, _FAILED_PRECONDITION = 14, 16, 9
 _log = logging.getLogger("gstab")
 
 
@@ -345,14 +171,14 @@ class Client:
     counts it. 0: step() raises instead."""
 
     def __init__(self, socket_path: str, reattach_timeout: float = 60.0):
-        lib = load_library()
+        self._lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use
         # From attach(): this worker's rank on its node, the node's workers, the job's nodes.
         self.local_rank, self.local_world_size, self.node_count = 0, 1, 1
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._attached = None  # attach()'s arguments, to attach again
-        _check(lib.gstab_connect(_enc(socket_path), ctypes.byref(self._h)))
+        check(self._lib.gstab_connect(enc(socket_path), ctypes.byref(self._h)))
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
                local_world_size: int = 1, policy: Optional[str] = None, *,
@@ -375,17 +201,17 @@ class Client:
 
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
                 node_rank, node_count, rendezvous) -> None:
-        options = _AttachOptions(rank, world_size, local_rank, local_world_size, node_rank,
-                                 node_count, rendezvous, len(rendezvous or b""), _enc(policy),
-                                 _settings(config))
-        _check(_lib.gstab_attach_with_options(self._h, _enc(job), ctypes.byref(options)))
+        options = CAttachOptions(rank, world_size, local_rank, local_world_size, node_rank,
+                                 node_count, rendezvous, len(rendezvous or b""), enc(policy),
+                                 settings(config))
+        check(self._lib.gstab_attach_with_options(self._h, enc(job), ctypes.byref(options)))
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.node_count = max(1, node_count)
 
     def _attach_again(self, step: int) -> None:
         """gstabd went away under this worker: attach and register again once a gstabd serves
         (it restores the job's statistics from its checkpoint)."""
-        why = _lib.gstab_last_error().decode(errors="replace")
+        why = self._lib.gstab_last_error().decode(errors="replace")
         deadline = time.monotonic() + self.reattach_timeout
         registration = self.registration
         while True:
@@ -393,13 +219,13 @@ class Client:
                 try:
                     self._attach(**self._attached)
                 except Error as e:  # the job's config changed since (update_config): the
-                    if e.code != _FAILED_PRECONDITION:  # restored job keeps its own
+                    if e.code != FAILED_PRECONDITION:  # restored job keeps its own
                         raise
                     self._attach(**dict(self._attached, policy=None, config=None))
                 self.register_arena(registration)
                 break
             except Error as e:
-                if e.code != _UNAVAILABLE or time.monotonic() >= deadline:
+                if e.code != UNAVAILABLE or time.monotonic() >= deadline:
                     raise Error(e.code, f"gstabd went away at step {step} ({why}), and attaching "
                                 f"again failed: {e.message}") from None
                 time.sleep(0.2)
@@ -411,86 +237,89 @@ class Client:
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
         """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker
         passes to attach(). cuda: the job registers CUDA gradients."""
-        return _take(lambda data, size: _lib.gstab_create_rendezvous(
-            self._h, _enc(job), node_count, int(cuda), data, size))
+        return take(lambda data, size: self._lib.gstab_create_rendezvous(
+            self._h, enc(job), node_count, int(cuda), data, size))
 
     def update_config(self, config: Config) -> int:
         """Changes the job's configuration from its next step; returns its new version."""
         version = ctypes.c_uint64()
-        _check(_lib.gstab_update_config(self._h, _settings(config) or b"", ctypes.byref(version)))
+        check(self._lib.gstab_update_config(self._h, settings(config) or b"",
+                                            ctypes.byref(version)))
         return version.value
 
     def export_state(self) -> bytes:
         """The job's statistics, step count and configuration, for the job's own checkpoint."""
-        return _take(lambda data, size: _lib.gstab_export_state(self._h, data, size))
+        return take(lambda data, size: self._lib.gstab_export_state(self._h, data, size))
 
     def import_state(self, state: bytes) -> int:
         """Restores what export_state() gave; returns the number of groups. A CUDA job with
         several GPUs imports before its workers register."""
         groups = ctypes.c_uint32()
-        _check(_lib.gstab_import_state(self._h, bytes(state), len(state), ctypes.byref(groups)))
+        check(self._lib.gstab_import_state(self._h, bytes(state), len(state),
+                                           ctypes.byref(groups)))
         return groups.value
 
     def stats(self) -> dict:
         """gstabd's GetStatsResponse for the job, in proto3's JSON mapping as a dict (field
         names as in stabilizer.proto; 64-bit integers are strings there, converted back)."""
         text = ctypes.c_void_p()
-        _check(_lib.gstab_get_stats_json(self._h, ctypes.byref(text)))
+        check(self._lib.gstab_get_stats_json(self._h, ctypes.byref(text)))
         try:
-            return _ints(json.loads(ctypes.string_at(text).decode()))
+            return json_numbers(json.loads(ctypes.string_at(text).decode()))
         finally:
-            _lib.gstab_free(text)
+            self._lib.gstab_free(text)
 
     def detach(self) -> None:
         self.registration = self._attached = None
-        _check(_lib.gstab_detach(self._h))
+        check(self._lib.gstab_detach(self._h))
 
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
         self.registration = None  # gstabd may have let go of the earlier one even on failure
-        _check(_lib.gstab_register_arena(self._h, arena._h))
+        check(self._lib.gstab_register_arena(self._h, arena._h))
         self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:
         """Registers the device tensors, replacing this client's earlier registration."""
         self.registration = None
-        _check(_lib.gstab_register_cuda(self._h, gradients._h))
+        check(self._lib.gstab_register_cuda(self._h, gradients._h))
         self.registration = gradients
 
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
-        r = _StepResult()
-        status = _lib.gstab_step(self._h, step, ctypes.byref(r))
-        if status in (_UNAVAILABLE, _UNAUTHENTICATED) and self.reattach_timeout > 0 and \
+        r = CStepResult()
+        status = self._lib.gstab_step(self._h, step, ctypes.byref(r))
+        if status in (UNAVAILABLE, UNAUTHENTICATED) and self.reattach_timeout > 0 and \
                 self._attached is not None and self._attached["node_count"] <= 1 and \
                 isinstance(self.registration, Arena):
             self._attach_again(step)
-            status = _lib.gstab_step(self._h, step, ctypes.byref(r))
-        _check(status)
+            status = self._lib.gstab_step(self._h, step, ctypes.byref(r))
+        check(status)
         return self._result(r, step)
 
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
         """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, 0: the legacy
         default stream) and makes the stream wait for it; the host does not wait."""
-        r = _StepResult()
+        r = CStepResult()
         result_step = ctypes.c_uint64()
-        _check(_lib.gstab_cuda_step(self._h, gradients._h, step, ctypes.c_void_p(stream or None),
-                                    ctypes.byref(r), ctypes.byref(result_step)))
+        check(self._lib.gstab_cuda_step(self._h, gradients._h, step,
+                                        ctypes.c_void_p(stream or None), ctypes.byref(r),
+                                        ctypes.byref(result_step)))
         return self._result(r, result_step.value)
 
-    def _result(self, r: _StepResult, result_step: int) -> StepResult:
+    def _result(self, r: CStepResult, result_step: int) -> StepResult:
         groups = []
         for i in range(r.num_groups):
-            g = _GroupResult()
-            _check(_lib.gstab_step_group(self._h, i, ctypes.byref(g)))
+            g = CGroupResult()
+            check(self._lib.gstab_step_group(self._h, i, ctypes.byref(g)))
             groups.append(GroupResult(g.group.decode(), g.norm, g.stabilized_norm, g.scale, g.z,
                                       bool(g.spike), bool(g.skipped), bool(g.diverging)))
         return StepResult(bool(r.skip), bool(r.diverging), r.spikes, r.norm, r.stabilized_norm,
                           result_step, groups)
 
     def close(self) -> None:
-        if getattr(self, "_h", None) and _lib is not None:
-            _lib.gstab_client_destroy(self._h)
+        if getattr(self, "_h", None):
+            self._lib.gstab_client_destroy(self._h)
             self._h = None
 
     def __del__(self):
