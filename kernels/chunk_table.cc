@@ -40,9 +40,11 @@ absl::StatusOr<ChunkTable> ChunkTable::Create(std::vector<Chunk> chunks, uint32_
       return absl::InvalidArgumentError(absl::StrCat(
           "chunk ", i, ": address is not aligned to its ", DTypeName(c.dtype), " elements"));
     }
+    if (c.numel > std::numeric_limits<int64_t>::max() / 4) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk ", i, ": size overflows"));
+    }
     const int64_t bytes = c.numel * static_cast<int64_t>(ElementSize(c.dtype));
-    if (c.numel > std::numeric_limits<int64_t>::max() / 4 ||
-        table.total_bytes_ > std::numeric_limits<int64_t>::max() - bytes) {
+    if (table.total_bytes_ > std::numeric_limits<int64_t>::max() - bytes) {
       return absl::InvalidArgumentError(absl::StrCat("chunk ", i, ": size overflows"));
     }
     table.total_bytes_ += bytes;

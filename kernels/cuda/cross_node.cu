@@ -20,21 +20,28 @@ __global__ void PrepareKernel(CrossNodeCheck check, const double* sums, const ui
   }
 }
 
+// One block for all groups: the aborted word (the watchdog may write it while this runs) is read
+// once, so every group of the step takes the same answer.
 __global__ void MergeKernel(const double* exchange, const uint8_t* modes,
                             const volatile int* aborted, uint32_t num_groups, double* sums,
                             uint32_t* non_finite) {
-  const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
-  if (g >= num_groups) return;
-  if (non_finite[g] == kStepVoided) return;          // this node's step applies nothing
-  bool agree = aborted == nullptr || *aborted == 0;  // an aborted all-reduce agrees on nothing
-  for (uint32_t i = 0; i < kCrossNodeCheckSize; i += 2) agree &= exchange[i] == -exchange[i + 1];
-  if (!agree) {
-    non_finite[g] = kNodesDisagree;
-    return;
+  __shared__ bool agree;
+  if (threadIdx.x == 0) {
+    bool a = aborted == nullptr || *aborted == 0;  // an aborted all-reduce agrees on nothing
+    for (uint32_t i = 0; i < kCrossNodeCheckSize; i += 2) a &= exchange[i] == -exchange[i + 1];
+    agree = a;
   }
+  __syncthreads();
   const double* values = exchange + kCrossNodeCheckSize;
-  if (modes[g] != kKeepOwn) sums[g] = values[g];
-  non_finite[g] = values[num_groups + g] > 0.0 ? 1u : 0u;
+  for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) {
+    if (non_finite[g] == kStepVoided) continue;  // this node's step applies nothing
+    if (!agree) {
+      non_finite[g] = kNodesDisagree;
+      continue;
+    }
+    if (modes[g] != kKeepOwn) sums[g] = values[g];
+    non_finite[g] = values[num_groups + g] > 0.0 ? 1u : 0u;
+  }
 }
 
 uint32_t Blocks(uint32_t n, uint32_t threads) { return (n + threads - 1) / threads; }
@@ -63,8 +70,7 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_mod
                                   uint32_t* d_non_finite, cudaStream_t stream) {
   ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
-  constexpr uint32_t kThreads = 128;
-  MergeKernel<<<Blocks(num_groups, kThreads), kThreads, 0, stream>>>(
+  MergeKernel<<<1, 256, 0, stream>>>(
       d_exchange, d_modes, d_aborted, num_groups, d_sums, d_non_finite);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();

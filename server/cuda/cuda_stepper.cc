@@ -314,7 +314,7 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_); !s.ok()) return s;
+  if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_, d_voided_); !s.ok()) return s;
   if (absl::Status s = LaunchSummarizeResults(step, d_outcomes_, groups, d_results_, stream_);
       !s.ok()) {
     return s;

@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/rule.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu_kernels.h"
+#include "kernels/cross_node_mode.h"
 #include "kernels/half.h"
 
 namespace gstab {
@@ -163,7 +165,7 @@ TEST(CudaKernelsTest, AnUnbuiltLoadsSettingIsRefused) {
   ChunkTable table = g.Table(true);
   auto dt = DeviceChunkTable::Upload(table, nullptr);
   ASSERT_TRUE(dt.ok());
-  const absl::Status s = LaunchScaleGroups(*dt, nullptr, nullptr, 3);
+  const absl::Status s = LaunchScaleGroups(*dt, nullptr, nullptr, nullptr, 3);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("1, 2, 4 or 8"), std::string::npos) << s;
   EXPECT_EQ(LaunchGroupSumSquares(*dt, nullptr, nullptr, nullptr, nullptr, nullptr, 16).code(),
@@ -198,7 +200,7 @@ TEST(CudaKernelsTest, ScaleEqualsTheCpuKernelBitForBit) {
   cudaMemcpy(d_scales, scales, sizeof scales, cudaMemcpyHostToDevice);
   for (int loads : kLoadSettings) {
     cudaMemcpy(g.device(), pristine.data(), pristine.size(), cudaMemcpyHostToDevice);
-    ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr, loads).ok());
+    ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr, nullptr, loads).ok());
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_TRUE(g.Download() == g.host())
         << "device scaling differs from the CPU kernel with " << loads << " loads in flight";
@@ -243,6 +245,110 @@ TEST(CudaKernelsTest, StatsKernelEqualsTheHostRule) {
   cudaFree(d_flags);
   cudaFree(d_out);
   cudaFree(d_scales);
+}
+
+// Device memory for `n` values of T, filled from `values` when given; freed with the object.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t n, const T* values = nullptr) : n_(n) {
+    EXPECT_EQ(cudaMalloc(&d_, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
+    if (values != nullptr) cudaMemcpy(d_, values, n * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  ~DeviceArray() { cudaFree(d_); }
+  T* get() { return d_; }
+  std::vector<T> Read() const {
+    std::vector<T> out(n_);
+    cudaMemcpy(out.data(), d_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+    return out;
+  }
+
+ private:
+  size_t n_;
+  T* d_ = nullptr;
+};
+
+TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
+  SKIP_WITHOUT_GPU();
+  Gradients g(MixedLayout(), 6);
+  g.Set(100, 5, NAN);  // flagged, were it read
+  g.Upload();
+  const std::vector<unsigned char> before = g.Download();
+  ChunkTable table = g.Table(true);
+  auto dt = DeviceChunkTable::Upload(table, nullptr);
+  ASSERT_TRUE(dt.ok());
+  const uint32_t one = 1;
+  DeviceArray<uint32_t> voided(1, &one);
+  DeviceArray<TilePartial> partials(table.tiles().size());
+  DeviceArray<double> sums(table.num_groups());
+  DeviceArray<uint32_t> flags(table.num_groups());
+  const std::vector<float> half(table.num_groups(), 0.5f);
+  DeviceArray<float> scales(half.size(), half.data());
+  ASSERT_TRUE(LaunchGroupSumSquares(*dt, partials.get(), sums.get(), flags.get(), nullptr,
+                                    voided.get())
+                  .ok());
+  // Voided after the sums: the scale kernel, its scales already made, writes nothing either.
+  ASSERT_TRUE(LaunchScaleGroups(*dt, scales.get(), nullptr, voided.get()).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(sums.Read(), std::vector<double>(table.num_groups(), 0.0));
+  EXPECT_EQ(flags.Read(), std::vector<uint32_t>(table.num_groups(), kStepVoided));
+  EXPECT_TRUE(g.Download() == before);
+}
+
+// The cross-node stage's kernels around a stand-in for the all-reduce (two nodes that sent the
+// same vector: every value doubled), for more groups than one block has threads.
+TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryGroup) {
+  SKIP_WITHOUT_GPU();
+  constexpr uint32_t n = 300;
+  std::vector<double> own(n);
+  std::vector<uint32_t> flags(n);
+  std::vector<uint8_t> modes(n);
+  const uint8_t kModes[] = {kAddAndTake, kKeepOwn, kTakeOnly};
+  for (uint32_t i = 0; i < n; ++i) {
+    own[i] = i + 1.0;
+    flags[i] = i % 7 == 0 ? 1 : (i == 5 ? kStepVoided : 0);
+    modes[i] = kModes[i % 3];
+  }
+  DeviceArray<double> sums(n, own.data());
+  DeviceArray<uint32_t> d_flags(n, flags.data());
+  DeviceArray<uint8_t> d_modes(n, modes.data());
+  DeviceArray<double> exchange(kCrossNodeCheckSize + 2 * n);
+  ASSERT_TRUE(LaunchCrossNodePrepare(CrossNodeCheck{5, 1, 2, n}, sums.get(), d_flags.get(),
+                                     d_modes.get(), n, exchange.get(), nullptr)
+                  .ok());
+  std::vector<double> reduced = exchange.Read();
+  for (uint32_t i = 0; i < n; ++i) {
+    ASSERT_EQ(reduced[kCrossNodeCheckSize + i], modes[i] == kAddAndTake ? own[i] : 0.0) << i;
+    ASSERT_EQ(reduced[kCrossNodeCheckSize + n + i], flags[i] != 0 ? 1.0 : 0.0) << i;
+  }
+  for (double& v : reduced) v *= 2;
+  auto merge = [&](const std::vector<double>& vector, const int* d_aborted) {
+    DeviceArray<double> in(vector.size(), vector.data());
+    DeviceArray<double> out_sums(n, own.data());
+    DeviceArray<uint32_t> out_flags(n, flags.data());
+    EXPECT_TRUE(LaunchCrossNodeMerge(in.get(), d_modes.get(), d_aborted, n, out_sums.get(),
+                                     out_flags.get(), nullptr)
+                    .ok());
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    return std::make_pair(out_sums.Read(), out_flags.Read());
+  };
+  const auto [merged, merged_flags] = merge(reduced, nullptr);
+  for (uint32_t i = 0; i < n; ++i) {
+    if (i == 5) {
+      EXPECT_EQ(merged_flags[i], kStepVoided);  // this node's voided step stays voided
+      continue;
+    }
+    EXPECT_EQ(merged[i], modes[i] == kKeepOwn ? own[i] : reduced[kCrossNodeCheckSize + i]) << i;
+    EXPECT_EQ(merged_flags[i], flags[i]) << i;
+  }
+  std::vector<uint32_t> disagree(n, kNodesDisagree);
+  disagree[5] = kStepVoided;
+  const int aborted = 1;
+  DeviceArray<int> d_aborted(1, &aborted);
+  EXPECT_EQ(merge(reduced, d_aborted.get()).second, disagree);
+  std::vector<double> other_step = reduced;
+  other_step[0] += 1;  // the nodes were at different steps
+  EXPECT_EQ(merge(other_step, nullptr).second, disagree);
 }
 
 }  // namespace
