@@ -111,7 +111,9 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
   if (numel == 0) return absl::InvalidArgumentError("cannot allocate a tensor of 0 elements");
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   void* p = nullptr;
-  RETURN_IF_CUDA_ERROR(cudaMalloc(&p, numel * ElementSize(dtype)));
+  // Whole IPC granules: gstabd maps the allocation, and must reach no other memory of this
+  // process through it.
+  RETURN_IF_CUDA_ERROR(cudaMalloc(&p, RoundUpToIpcGranule(numel * ElementSize(dtype))));
   owned_.push_back(p);
   if (absl::Status s = AddTensor(std::move(name), p, numel, dtype, std::move(group), reduction);
       !s.ok()) {

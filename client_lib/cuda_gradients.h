@@ -50,7 +50,9 @@ class CudaGradients {
   absl::Status AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
                          std::string group = "", v1::Reduction reduction = v1::REDUCTION_SHARDED);
   // Allocates `numel` elements of device memory on this object's device, owned by it (freed
-  // with it), and adds them as a tensor; returns the device pointer.
+  // with it), and adds them as a tensor; returns the device pointer. Each allocation is a
+  // multiple of 2 MiB (kIpcGranule): for many small tensors, allocate one and AddTensor its
+  // slices.
   absl::StatusOr<void*> AllocateTensor(std::string name, uint64_t numel, DType dtype,
                                        std::string group = "",
                                        v1::Reduction reduction = v1::REDUCTION_SHARDED);

@@ -204,7 +204,8 @@ gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const 
                                          const char* group, uint32_t flags);
 /* Allocates numel elements of device memory owned by `gradients` (freed with it, unless its
  * streams were left waiting for a step gstabd never finished) and adds them as a tensor;
- * *device_ptr receives the address. */
+ * *device_ptr receives the address. Each allocation is a multiple of 2 MiB (CUDA IPC shares
+ * memory in such blocks): for many small tensors, allocate one and add its slices. */
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
                                         uint64_t numel, gstab_dtype dtype, const char* group,
                                         void** device_ptr);

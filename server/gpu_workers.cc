@@ -85,7 +85,8 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
   // step that still does not finish (a peer is gone) leaves its memory allocated and the
   // statistics of the newest finished step.
   for (auto& [rank, w] : slots_) {
-    retired_results_[rank] = w.pipeline->TakeResults(kCloseWait, gone == rank);
+    std::shared_ptr<void> results = w.pipeline->TakeResults(kCloseWait, gone == rank);
+    if (gone != rank) retired_results_[rank] = std::move(results);
   }
   std::optional<std::vector<GroupStats>> stats;
   if (!slots_.empty()) {

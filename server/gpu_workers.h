@@ -46,9 +46,11 @@ class GpuWorkers {
   // the primary's statistics, if there was one. Each worker's results buffer stays allocated until
   // that local rank registers again (the client closes its mapping first) or the job goes: CUDA
   // leaves freeing memory that another process still has mapped undefined, and a worker keeps
-  // it mapped after it detaches (or its lease expires) until its CudaGradients goes.
-  // `gone`: a local rank whose worker is gone (its lease expired): its pipeline is released at
-  // once rather than waited for (GpuPipeline::TakeResults).
+  // it mapped after it detaches until its CudaGradients goes.
+  // `gone`: a local rank whose worker is gone (its lease expired, or a new process attached in
+  // its place): its pipeline is released at once rather than waited for
+  // (GpuPipeline::TakeResults), and its results buffer freed once the GPU is done with it, as
+  // a dead process maps nothing.
   std::optional<std::vector<GroupStats>> Close(std::optional<uint32_t> gone = std::nullopt);
 
   // FAILED_PRECONDITION naming the local ranks that have not registered yet (the

@@ -15,6 +15,15 @@ namespace gstab {
 // The CUDA allocation containing a device pointer (cuMemGetAddressRange): its base and size.
 absl::StatusOr<std::pair<void*, size_t>> CudaAllocationRange(const void* ptr);
 
+// What memory shared over CUDA IPC is allocated in multiples of: cudaMalloc may carve smaller
+// allocations out of one larger block, and an IPC handle shares the whole block (the CUDA
+// programming guide recommends 2 MiB-sized allocations for IPC), which would hand the other
+// process memory it was not meant to reach.
+inline constexpr size_t kIpcGranule = size_t{2} << 20;
+inline constexpr size_t RoundUpToIpcGranule(size_t bytes) {
+  return (bytes + kIpcGranule - 1) / kIpcGranule * kIpcGranule;
+}
+
 // Stream memory operations on a 32-bit word of device memory (cuStreamWaitValue32,
 // cuStreamWriteValue32). Work enqueued on `stream` after StreamWaitValue waits until
 // (int32_t)(*word - value) >= 0: a greater-or-equal that survives wrap-around. StreamWriteValue

@@ -139,7 +139,9 @@ class CudaGradients:
 
     def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "",
                         replicated: bool = False, node_sharded: bool = False) -> int:
-        """Device memory for a tensor, owned by this object; returns its address."""
+        """Device memory for a tensor, owned by this object; returns its address. Each is a
+        multiple of 2 MiB (CUDA IPC shares memory in such blocks): for many small tensors,
+        allocate one and add_tensor its slices."""
         ptr = ctypes.c_void_p()
         check(self._lib.gstab_cuda_allocate_tensor_flags(
             self._h, enc(name), numel, dtype_code(dtype), enc(group),

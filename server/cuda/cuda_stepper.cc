@@ -76,12 +76,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   // on, and the voided word.
   s->results_bytes_ = sizeof(StepResultsHeader) + groups * sizeof(StepOutcome);
   s->ready_offset_ = (s->results_bytes_ + 7) / 8 * 8;
-  // A multiple of 2 MiB: CUDA may carve smaller cudaMalloc allocations out of one larger block,
-  // and an IPC handle shares the whole block (the CUDA programming guide recommends 2 MiB-sized
-  // allocations for IPC), which would let this worker reach other jobs' buffers.
-  constexpr size_t kIpcGranule = size_t{2} << 20;
-  const size_t allocated =
-      (s->ready_offset_ + 4 * sizeof(uint32_t) + kIpcGranule - 1) / kIpcGranule * kIpcGranule;
+  // Whole IPC granules: the worker maps it, and must reach no other job's buffers.
+  const size_t allocated = RoundUpToIpcGranule(s->ready_offset_ + 4 * sizeof(uint32_t));
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), allocated));
   RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, allocated, stream));
   s->d_outcomes_ = reinterpret_cast<StepOutcome*>(s->d_results_ + 1);

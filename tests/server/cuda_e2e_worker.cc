@@ -74,7 +74,7 @@ absl::StatusOr<Setup> Connect(const char* socket, const char* job,
 }
 
 int Check(const char* socket, const char* job) {
-  constexpr size_t kBlock = 1 << 20;
+  constexpr size_t kBlock = gstab::kIpcGranule;
   char* block = nullptr;
   if (cudaMalloc(&block, kBlock) != cudaSuccess) return Fail("no device memory");
   float* w = reinterpret_cast<float*>(block + 256);         // inside the block, as a caching
@@ -158,10 +158,15 @@ int Loop(const char* socket, const char* job, long steps) {
   absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, kNumel, gstab::DType::kBFloat16}}, &g);
   if (!s.ok()) return Fail("setup: " + s.status().ToString());
   cudaMemset(g, 0x3c, kNumel * 2);  // bf16 0.0115
+  // A job that has stepped before (another worker of it ran, and detached) goes on from its
+  // last step.
+  absl::StatusOr<gstab::v1::GetStatsResponse> stats = s->client->GetStats();
+  if (!stats.ok()) return Fail("stats: " + stats.status().ToString());
+  const uint64_t first = stats->last_step() + 1;
   size_t free_at_100 = 0;
   for (long step = 1; step <= steps || steps < 0; ++step) {
-    absl::StatusOr<gstab::v1::StepResponse> r =
-        s->grads->Step(s->client.get(), static_cast<uint64_t>(step), s->stream);
+    absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(
+        s->client.get(), first + static_cast<uint64_t>(step) - 1, s->stream);
     if (!r.ok()) return Fail("step " + std::to_string(step) + ": " + r.status().ToString());
     if (step == 1 && steps < 0) {
       std::printf("STEPPING\n");
