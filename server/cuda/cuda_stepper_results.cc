@@ -1,0 +1,168 @@
+// CudaStepper: what the host reads back (Poll, Snapshot, Statistics and SetStatistics), how a
+// pipeline winds down (Idle, Release, TakeResults), and the watchdog that times each step.
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "glog/logging.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/driver_api.h"
+#include "server/cuda/cuda_stepper.h"  // the class whose members these are
+#include "server/cuda/device_reaper.h"
+
+namespace gstab {
+
+bool CudaStepper::Idle() {
+  cudaSetDevice(device_);
+  const bool idle = cudaStreamQuery(stream_) == cudaSuccess;
+  ClearStaleCudaError();  // a cudaErrorNotReady must not surface in a later check
+  return idle;
+}
+
+void CudaStepper::Release() {
+  cudaSetDevice(device_);
+  // Voided first (the sums kernels: nothing read, and a flag that has the rule kernel apply
+  // nothing; the merge kernel too), then the ready word, on a stream of its own: the
+  // pipeline's stream is the one that waits.
+  *h_aborted_ = 1;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  absl::Status s = StreamWriteValue(release_stream_, d_voided_, 1);
+  if (s.ok()) s = StreamWriteValue(release_stream_, d_ready_, last_ready_.load());
+  ClearStaleCudaError();
+  if (!s.ok()) {
+    LOG(ERROR) << "job '" << spec_.job
+               << "': could not release its worker's unfinished steps: " << s;
+  } else {
+    LOG(WARNING) << "job '" << spec_.job << "': released the steps still waiting for a ready "
+                 << "write (up to value " << last_ready_.load() << "); they change nothing";
+  }
+}
+
+std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait, bool worker_gone) {
+  teardown_wait_ = std::min(teardown_wait_, wait);
+  StepResultsHeader* results = d_results_;
+  d_results_ = nullptr;
+  d_outcomes_ = nullptr;
+  // A step whose ready write never comes (the worker died, or hangs) is released: then the
+  // stream drains. Once it is idle nothing writes the buffer again; if it does not get idle
+  // (a peer stalls an all-reduce), the buffer is left allocated rather than freed under a
+  // kernel or a worker's mapping.
+  // Released before any abort: aborting a communicator frees its memory, which waits for the
+  // device, this stream included.
+  bool idle = worker_gone ? Idle()
+                          : WaitStream(absl::Now() + teardown_wait_, "closing the pipeline",
+                                       /*abort_peers=*/false)
+                                .ok();
+  if (!idle) {
+    Release();
+    idle = WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok();
+  }
+  if (!idle) {
+    return std::shared_ptr<void>(results, [](void*) {});
+  }
+  const int device = device_;
+  return std::shared_ptr<void>(results, [device](void* p) {
+    DeferDeviceRelease([device, p] {
+      cudaSetDevice(device);
+      cudaFree(p);
+      ClearStaleCudaError();
+    });
+  });
+}
+
+void CudaStepper::Watch() {
+  cudaSetDevice(device_);
+  uint32_t timed = 0;  // the sequence number of the step being timed
+  std::optional<absl::Time> since;
+  for (;;) {
+    std::string overdue;
+    mu_.LockWhenWithTimeout(absl::Condition(&stop_), absl::Milliseconds(20));
+    const bool stop = stop_;
+    // Written by the GPU (mapped memory). Equal: between steps, or a step held at its ready
+    // word, which is the worker's time, not the nodes'.
+    const uint32_t started = __atomic_load_n(&h_progress_[0], __ATOMIC_ACQUIRE);
+    const uint32_t finished = __atomic_load_n(&h_progress_[1], __ATOMIC_ACQUIRE);
+    if (started == finished) {
+      since.reset();
+    } else if (!since.has_value() || started != timed) {
+      timed = started;
+      since = absl::Now();
+    } else if (absl::Now() - *since > spec_.nccl.timeout) {
+      since.reset();
+      const auto& [sequence, step] = recent_[timed % std::size(recent_)];
+      overdue =
+          absl::StrCat(sequence == timed ? absl::StrCat("step ", step) : "a step", " of job '",
+                       spec_.job, "' on rank ", spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
+                       " did not finish within ", absl::FormatDuration(spec_.nccl.timeout),
+                       " of its worker's ready write: a node died or stalled; the NCCL "
+                       "communicator was aborted; attach every worker again with a new "
+                       "rendezvous");
+    }
+    mu_.Unlock();
+    if (stop) return;
+    if (!overdue.empty()) comm_->Abort(overdue);  // outside mu_: Poll and Snapshot go on
+    (void)comm_->Health();                        // aborts on an asynchronous NCCL error
+  }
+}
+
+std::optional<GpuStepResult> CudaStepper::Poll() {
+  absl::MutexLock lock(&mu_);
+  if (enqueued_ == 0) return std::nullopt;
+  // The newest step if it has finished, else the one before it if that has.
+  for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+    Slot& slot = slots_[(enqueued_ - back) % 2];
+    if (!slot.unreported || cudaEventQuery(slot.finished) != cudaSuccess) continue;
+    GpuStepResult r;
+    r.step = slot.step;
+    r.outcomes.assign(slot.h_outcomes, slot.h_outcomes + table_.num_groups());
+    for (Slot& s : slots_) s.unreported = false;                   // older results are superseded
+    if (back == 2) slots_[(enqueued_ - 1) % 2].unreported = true;  // the newest still runs
+    return r;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::vector<GroupStats>> CudaStepper::Snapshot() {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+    const Slot& slot = slots_[(enqueued_ - back) % 2];
+    if (cudaEventQuery(slot.finished) != cudaSuccess) continue;
+    return std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups());
+  }
+  return std::nullopt;
+}
+
+absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {
+  if (stats.size() != table_.num_groups()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(stats.size(), " statistics for ", table_.num_groups(), " groups"));
+  }
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  // Through pinned memory: a copy from pageable memory could wait for the stream unbounded.
+  if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
+      !s.ok()) {
+    return s;
+  }
+  std::copy(stats.begin(), stats.end(), h_stage_);
+  if (!stats.empty()) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_stats_, h_stage_, stats.size() * sizeof(GroupStats),
+                                         cudaMemcpyHostToDevice, stream_));
+  }
+  return WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
+}
+
+absl::StatusOr<std::vector<GroupStats>> CudaStepper::Statistics() {
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const size_t groups = table_.num_groups();
+  if (groups > 0) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_stage_, d_stats_, groups * sizeof(GroupStats),
+                                         cudaMemcpyDeviceToHost, stream_));
+  }
+  if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "reading the statistics");
+      !s.ok()) {
+    return s;
+  }
+  return std::vector<GroupStats>(h_stage_, h_stage_ + groups);
+}
+
+}  // namespace gstab
