@@ -31,6 +31,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   layout.job = name_;
   for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
   layout.layout_hash = LayoutHash(group_names_, group_reduction_);
+  layout.memory = registration.mappings;
   if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
                                  std::move(layout), nccl_, stats_);
       !s.ok()) {

@@ -159,7 +159,8 @@ CudaStepper::~CudaStepper() {
     if (!drained(absl::Seconds(5))) {
       LOG(ERROR) << "job '" << spec_.job << "': a GPU step never finished; leaving its memory "
                  << "and stream allocated";
-      new DeviceChunkTable(std::move(table_));  // leaked on purpose, with everything else
+      new DeviceChunkTable(std::move(table_));  // leaked on purpose, with everything else,
+      new GpuJobSpec(spec_);  // the worker's mappings included: its kernels may still run
       return;
     }
   }
