@@ -406,5 +406,4 @@ absl::Status Job::CheckGroupCap(size_t new_groups) const {
       "use a new job name)"));
 }
 
-
 }  // namespace gstab

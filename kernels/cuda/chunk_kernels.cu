@@ -251,8 +251,7 @@ absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d
 }
 
 absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
-                               cudaStream_t stream, const uint32_t* d_voided,
-                               int loads_in_flight) {
+                               cudaStream_t stream, const uint32_t* d_voided, int loads_in_flight) {
   ClearStaleCudaError();
   absl::StatusOr<Variant> variant = Find(loads_in_flight);
   if (!variant.ok()) return variant.status();

@@ -59,8 +59,8 @@ absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d
   ClearStaleCudaError();
   constexpr uint32_t kThreads = 128;
   const uint32_t n = num_groups > kCrossNodeCheckSize ? num_groups : kCrossNodeCheckSize;
-  PrepareKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(check, d_sums, d_non_finite,
-                                                              d_modes, num_groups, d_exchange);
+  PrepareKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(check, d_sums, d_non_finite, d_modes,
+                                                              num_groups, d_exchange);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
@@ -70,8 +70,8 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_mod
                                   uint32_t* d_non_finite, cudaStream_t stream) {
   ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
-  MergeKernel<<<1, 256, 0, stream>>>(
-      d_exchange, d_modes, d_aborted, num_groups, d_sums, d_non_finite);
+  MergeKernel<<<1, 256, 0, stream>>>(d_exchange, d_modes, d_aborted, num_groups, d_sums,
+                                     d_non_finite);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/driver_api.h"
 #include "server/cuda/device_reaper.h"
+#include "server/cuda/stream_pool.h"
 
 namespace gstab {
 namespace {
@@ -35,26 +36,25 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   // Before anything waits on a worker: a kernel loaded at its first launch, behind such a
   // wait, would hold this host thread until the worker's ready write.
   if (absl::Status s = PreloadCudaKernels(); !s.ok()) return s;
-  cudaStream_t stream;
-  RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  // Made now, right after the pipeline's stream: CUDA hands the device's hardware queues to new
-  // streams in turn (as commonly described; CUDA does not promise it), so it should not share
-  // the queue of the stream it releases, which would hold its write back.
-  cudaStream_t release_stream;
-  if (cudaError_t e = cudaStreamCreateWithFlags(&release_stream, cudaStreamNonBlocking);
-      e != cudaSuccess) {
-    cudaStreamDestroy(stream);
-    return CudaError(e, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
+  // Two streams of gstabd's pool (server/cuda/stream_pool.h): each on a hardware queue of its
+  // own while gstabd runs sixteen pipelines or fewer, so the release stream does not share the
+  // queue of the stream it releases, which would hold its write back.
+  absl::StatusOr<cudaStream_t> stream = AcquireStream(device);
+  if (!stream.ok()) return stream.status();
+  absl::StatusOr<cudaStream_t> release_stream = AcquireStream(device);
+  if (!release_stream.ok()) {
+    ReturnStream(device, *stream);
+    return release_stream.status();
   }
-  absl::StatusOr<DeviceChunkTable> dt = DeviceChunkTable::Upload(table, stream);
+  absl::StatusOr<DeviceChunkTable> dt = DeviceChunkTable::Upload(table, *stream);
   if (!dt.ok()) {
-    cudaStreamDestroy(stream);
-    cudaStreamDestroy(release_stream);
+    ReturnStream(device, *stream);
+    ReturnStream(device, *release_stream);
     return dt.status();
   }
   std::unique_ptr<CudaStepper> s(new CudaStepper(device, *std::move(dt), spec));
-  s->stream_ = stream;
-  s->release_stream_ = release_stream;
+  s->stream_ = *stream;
+  s->release_stream_ = *release_stream;
   {
     absl::MutexLock lock(&s->mu_);
     for (Slot& slot : s->slots_) {
@@ -79,7 +79,7 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   // Whole IPC granules: the worker maps it, and must reach no other job's buffers.
   const size_t allocated = RoundUpToIpcGranule(s->ready_offset_ + 4 * sizeof(uint32_t));
   RETURN_IF_CUDA_ERROR(cudaMalloc(reinterpret_cast<void**>(&s->d_results_), allocated));
-  RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, allocated, stream));
+  RETURN_IF_CUDA_ERROR(cudaMemsetAsync(s->d_results_, 0, allocated, s->stream_));
   s->d_outcomes_ = reinterpret_cast<StepOutcome*>(s->d_results_ + 1);
   s->d_ready_ =
       reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(s->d_results_) + s->ready_offset_);
@@ -90,11 +90,11 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   s->results_handle_.assign(reinterpret_cast<const char*>(&handle), sizeof handle);
   if (groups > 0) {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_stats_, stats.data(), groups * sizeof(GroupStats),
-                                         cudaMemcpyHostToDevice, stream));
-    RETURN_IF_CUDA_ERROR(
-        cudaMemcpyAsync(s->d_modes_, spec.modes.data(), groups, cudaMemcpyHostToDevice, stream));
+                                         cudaMemcpyHostToDevice, s->stream_));
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s->d_modes_, spec.modes.data(), groups,
+                                         cudaMemcpyHostToDevice, s->stream_));
   }
-  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));  // the host vectors may go after this
+  RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(s->stream_));  // the host vectors may go after this
 
   // Set before any abort, read by the merge kernel: a step whose all-reduce an abort cut
   // short changes no gradient and no statistic.
@@ -174,8 +174,8 @@ CudaStepper::~CudaStepper() {
       if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
     }
   }
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  if (release_stream_ != nullptr) cudaStreamDestroy(release_stream_);
+  ReturnStream(device_, stream_);  // drained: the next pipeline reuses it
+  ReturnStream(device_, release_stream_);
   // Frees may wait for other jobs' work on the device: not on this (locked) path. Nor the
   // communicator's destruction, which frees NCCL's memory.
   DeferDeviceRelease([device = device_, comm = std::shared_ptr<NcclComm>(std::move(comm_)),

@@ -284,9 +284,9 @@ TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
   DeviceArray<uint32_t> flags(table.num_groups());
   const std::vector<float> half(table.num_groups(), 0.5f);
   DeviceArray<float> scales(half.size(), half.data());
-  ASSERT_TRUE(LaunchGroupSumSquares(*dt, partials.get(), sums.get(), flags.get(), nullptr,
-                                    voided.get())
-                  .ok());
+  ASSERT_TRUE(
+      LaunchGroupSumSquares(*dt, partials.get(), sums.get(), flags.get(), nullptr, voided.get())
+          .ok());
   // Voided after the sums: the scale kernel, its scales already made, writes nothing either.
   ASSERT_TRUE(LaunchScaleGroups(*dt, scales.get(), nullptr, voided.get()).ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);

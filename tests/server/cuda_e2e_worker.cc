@@ -165,8 +165,8 @@ int Loop(const char* socket, const char* job, long steps) {
   const uint64_t first = stats->last_step() + 1;
   size_t free_at_100 = 0;
   for (long step = 1; step <= steps || steps < 0; ++step) {
-    absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(
-        s->client.get(), first + static_cast<uint64_t>(step) - 1, s->stream);
+    absl::StatusOr<gstab::v1::StepResponse> r =
+        s->grads->Step(s->client.get(), first + static_cast<uint64_t>(step) - 1, s->stream);
     if (!r.ok()) return Fail("step " + std::to_string(step) + ": " + r.status().ToString());
     if (step == 1 && steps < 0) {
       std::printf("STEPPING\n");
