@@ -89,17 +89,30 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   }
   const uint64_t offset =
       static_cast<uint64_t>(static_cast<char*>(ptr) - static_cast<char*>(range->first));
-  v1::Buffer* b = request_.add_buffers();
-  b->set_transport(v1::TRANSPORT_CUDA_IPC);
-  b->set_ipc_handle(std::string(reinterpret_cast<const char*>(&h), sizeof h));
-  b->set_offset(offset);
-  b->set_size_bytes(numel * ElementSize(dtype));
-  b->set_dtype(DTypeToProto(dtype));
-  b->set_device(device_);
-  b->set_device_uuid(device_uuid_);
+  const uint64_t element = ElementSize(dtype);
+  if (offset % element != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is not aligned to its ",
+                                                   DTypeName(dtype), " elements"));
+  }
+  // One buffer per allocation and dtype, its tensors at their offsets in it: a model's tensors
+  // share a few of a caching allocator's blocks, and gstabd caps the buffers of a registration.
+  std::string handle(reinterpret_cast<const char*>(&h), sizeof h);
+  auto [buffer, added] = buffers_.try_emplace(std::make_pair(handle, dtype),
+                                              static_cast<uint32_t>(request_.buffers_size()));
+  if (added) {
+    v1::Buffer* b = request_.add_buffers();
+    b->set_transport(v1::TRANSPORT_CUDA_IPC);
+    b->set_ipc_handle(std::move(handle));
+    b->set_offset(0);
+    b->set_size_bytes(range->second / element * element);  // the whole allocation
+    b->set_dtype(DTypeToProto(dtype));
+    b->set_device(device_);
+    b->set_device_uuid(device_uuid_);
+  }
   v1::Tensor* t = request_.add_tensors();
   t->set_name(std::move(name));
-  t->set_buffer(static_cast<uint32_t>(request_.buffers_size() - 1));
+  t->set_buffer(buffer->second);
+  t->set_offset(offset / element);
   t->set_numel(numel);
   t->set_group(std::move(group));
   t->set_reduction(reduction);

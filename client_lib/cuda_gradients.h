@@ -24,8 +24,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -86,6 +88,8 @@ class CudaGradients {
   cudaEvent_t done_passed_ = nullptr;
   absl::Duration done_wait_;  // how long CloseResults waits for it (set by Register)
   v1::RegisterBuffersRequest request_;
+  // request_'s buffer of each allocation (its IPC handle) and dtype.
+  std::map<std::pair<std::string, DType>, uint32_t> buffers_;
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;
   std::vector<std::string> groups_;
