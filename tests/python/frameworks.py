@@ -65,7 +65,8 @@ def example_env() -> dict:
 
 def peer_gstabd() -> Gstabd:
     """A gstabd that takes part in jobs across nodes (its peers over loopback)."""
-    return Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000")
+    return Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000",
+                  library_path=ARGS.gstabd_library_path)
 
 
 def run_together(test, commands, env) -> str:
