@@ -35,6 +35,12 @@ class DeviceMemory {
   virtual void AwaitReleases(absl::Duration /*timeout*/) {}
 };
 
+// The statistics after a finished step, and that step.
+struct GpuSnapshot {
+  uint64_t step = 0;
+  std::vector<GroupStats> stats;
+};
+
 struct GpuStepResult {
   uint64_t step = 0;
   std::vector<StepOutcome> outcomes;  // per group
@@ -55,7 +61,7 @@ class GpuPipeline {
   virtual std::optional<GpuStepResult> Poll() = 0;
   // The statistics after the newest finished step, copied to pinned memory with its results
   // (for GetStats and metrics); never blocks; nullopt before any step has finished.
-  virtual std::optional<std::vector<GroupStats>> Snapshot() = 0;
+  virtual std::optional<GpuSnapshot> Snapshot() = 0;
   // Waits for the GPU and returns / replaces the statistics.
   virtual absl::StatusOr<std::vector<GroupStats>> Statistics() = 0;
   virtual absl::Status SetStatistics(const std::vector<GroupStats>& stats) = 0;

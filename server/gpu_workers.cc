@@ -94,7 +94,8 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
       absl::StatusOr<std::vector<GroupStats>> s = Primary().Statistics();
       if (s.ok()) stats = *std::move(s);
     } else {
-      stats = Primary().Snapshot();
+      std::optional<GpuSnapshot> snapshot = Primary().Snapshot();
+      if (snapshot.has_value()) stats = std::move(snapshot->stats);
     }
   }
   slots_.clear();

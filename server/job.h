@@ -123,8 +123,9 @@ class Job {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Agrees the GPUs' group count (locally, then across nodes) before a generation's first step.
   absl::Status AgreeGpuLayout() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Copies the GPU-resident statistics into stats_ (waits for the GPU).
-  void RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies the GPU-resident statistics into stats_ without waiting for the GPU: the exact ones
+  // when it is idle, else the newest finished step's, whose step it returns then.
+  std::optional<uint64_t> RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.

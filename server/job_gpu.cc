@@ -88,8 +88,8 @@ void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone)
   workers_.clear();
 }
 
-void Job::RefreshStatistics() const {
-  if (gpus_.empty()) return;
+std::optional<uint64_t> Job::RefreshStatistics() const {
+  if (gpus_.empty()) return std::nullopt;
   // Never waits for the GPU under the job's lock: a queued step can be held at its worker's
   // ready word for a whole backward pass (or, for a worker that died, until its lease expires),
   // and with several local ranks a wait could wait for another rank's next step, which needs
@@ -98,10 +98,12 @@ void Job::RefreshStatistics() const {
   if (!gpus_.multi_rank() && gpus_.Primary().Idle()) {
     absl::StatusOr<std::vector<GroupStats>> stats = gpus_.Primary().Statistics();
     if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
-    return;
+    return std::nullopt;
   }
-  std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
-  if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+  std::optional<GpuSnapshot> snapshot = gpus_.Primary().Snapshot();
+  if (!snapshot.has_value()) return std::nullopt;
+  std::copy(snapshot->stats.begin(), snapshot->stats.end(), stats_.begin());
+  return snapshot->step;
 }
 
 absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,

@@ -35,8 +35,9 @@ void Job::RecordConfigChange() {
 void Job::GetStats(v1::GetStatsResponse* response) const {
   absl::MutexLock lock(&mu_);
   if (!gpus_.empty()) {  // the newest finished step's copy: GetStats never waits for the GPU
-    std::optional<std::vector<GroupStats>> snapshot = gpus_.Primary().Snapshot();
-    if (snapshot.has_value()) std::copy(snapshot->begin(), snapshot->end(), stats_.begin());
+    std::optional<GpuSnapshot> snapshot = gpus_.Primary().Snapshot();
+    if (snapshot.has_value())
+      std::copy(snapshot->stats.begin(), snapshot->stats.end(), stats_.begin());
   }
   response->set_job(name_);
   response->set_steps(steps_);
@@ -71,11 +72,13 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
 
 v1::JobState Job::ExportState() const {
   absl::MutexLock lock(&mu_);
-  RefreshStatistics();
+  // While a step runs on the GPU the statistics are an earlier step's: that step is the one
+  // the state is at.
+  const std::optional<uint64_t> statistics_step = RefreshStatistics();
   v1::JobState state;
   state.set_format_version(kJobStateFormatVersion);
   state.set_job(name_);
-  state.set_last_step(last_step_);
+  state.set_last_step(statistics_step.value_or(last_step_));
   *state.mutable_config() = EffectiveConfig(params_);
   for (size_t g = 0; g < group_names_.size(); ++g) {
     *state.add_groups() = GroupStateToProto(group_names_[g], stats_[g]);

@@ -49,7 +49,7 @@ class CudaStepper final : public GpuPipeline {
   absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) override;
   // The newest enqueued step, once its GPU work has finished (reported once).
   std::optional<GpuStepResult> Poll() override;
-  std::optional<std::vector<GroupStats>> Snapshot() override;
+  std::optional<GpuSnapshot> Snapshot() override;
   // Waits for the stream and copies the statistics back (checkpoints, export) or replaces them.
   absl::StatusOr<std::vector<GroupStats>> Statistics() override;
   absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;

@@ -122,12 +122,13 @@ std::optional<GpuStepResult> CudaStepper::Poll() {
   return std::nullopt;
 }
 
-std::optional<std::vector<GroupStats>> CudaStepper::Snapshot() {
+std::optional<GpuSnapshot> CudaStepper::Snapshot() {
   absl::MutexLock lock(&mu_);
   for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
     const Slot& slot = slots_[(enqueued_ - back) % 2];
     if (cudaEventQuery(slot.finished) != cudaSuccess) continue;
-    return std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups());
+    return GpuSnapshot{slot.step,
+                       std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups())};
   }
   return std::nullopt;
 }

@@ -66,7 +66,7 @@ class LaggingPipeline final : public GpuPipeline {
     }
     (void)CpuScaleGroups(table_, scales, nullptr);
     queue_.push_back(std::move(r));
-    snapshots_.push_back(stats_);
+    snapshots_.push_back(GpuSnapshot{step, stats_});
     return absl::OkStatus();
   }
   std::optional<GpuStepResult> Poll() override {
@@ -77,7 +77,7 @@ class LaggingPipeline final : public GpuPipeline {
     snapshots_.pop_front();
     return r;
   }
-  std::optional<std::vector<GroupStats>> Snapshot() override { return snapshot_; }
+  std::optional<GpuSnapshot> Snapshot() override { return snapshot_; }
   absl::StatusOr<std::vector<GroupStats>> Statistics() override {
     EXPECT_TRUE(Idle()) << "waited for a GPU that is busy";
     return stats_;
@@ -104,8 +104,8 @@ class LaggingPipeline final : public GpuPipeline {
   ChunkTable table_;
   std::vector<GroupStats> stats_;
   std::deque<GpuStepResult> queue_;
-  std::deque<std::vector<GroupStats>> snapshots_;    // the statistics after each queued step
-  std::optional<std::vector<GroupStats>> snapshot_;  // after the newest "finished" step
+  std::deque<GpuSnapshot> snapshots_;    // the statistics after each queued step
+  std::optional<GpuSnapshot> snapshot_;  // after the newest "finished" step
   int* live_;
   const uint32_t extra_flags_;
   const bool* busy_;
@@ -220,11 +220,14 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   job.GetStats(&stats);
   EXPECT_EQ(stats.groups(0).accepted_steps(), 1u);  // the newest finished step's snapshot
   // A checkpoint never waits for the GPU: while a step is queued (held at its worker's ready
-  // word, say) it takes the newest finished step's copy, and the exact state once idle.
+  // word, say) it takes the newest finished step's copy, at that step, and the exact state
+  // once idle.
   busy = true;
   EXPECT_EQ(job.ExportState().groups(0).t(), 1u);
+  EXPECT_EQ(job.ExportState().last_step(), 1u);
   busy = false;
   EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
+  EXPECT_EQ(job.ExportState().last_step(), 2u);
 
   // Import pushes the statistics into the pipeline; after the worker leaves, they remain. One
   // the GPU refuses (a step still holds it) changes nothing, on the host either.
