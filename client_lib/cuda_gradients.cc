@@ -75,6 +75,15 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   // The IPC handle names the allocation (a framework's caching allocator hands out pieces of
   // larger blocks), so register the block's handle and the tensor's offset inside it.
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  cudaPointerAttributes where;
+  if (cudaPointerGetAttributes(&where, ptr) == cudaSuccess &&
+      where.type == cudaMemoryTypeDevice && where.device != device_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' is on CUDA device ", where.device,
+                     ", not on this CudaGradients' device ", device_,
+                     ": make one CudaGradients per device"));
+  }
+  (void)cudaGetLastError();  // an unknown pointer is reported below
   absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
   if (!range.ok()) return range.status();
   cudaIpcMemHandle_t h;
