@@ -126,6 +126,9 @@ class Job {
   // Copies the GPU-resident statistics into stats_ without waiting for the GPU: the exact ones
   // when it is idle, else the newest finished step's, whose step it returns then.
   std::optional<uint64_t> RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies the newest finished GPU step's statistics into stats_ and returns that step
+  // (nullopt: no GPU pipeline, or no step finished yet).
+  std::optional<uint64_t> CopySnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.

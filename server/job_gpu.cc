@@ -100,6 +100,11 @@ std::optional<uint64_t> Job::RefreshStatistics() const {
     if (stats.ok()) std::copy(stats->begin(), stats->end(), stats_.begin());
     return std::nullopt;
   }
+  return CopySnapshot();
+}
+
+std::optional<uint64_t> Job::CopySnapshot() const {
+  if (gpus_.empty()) return std::nullopt;
   std::optional<GpuSnapshot> snapshot = gpus_.Primary().Snapshot();
   if (!snapshot.has_value()) return std::nullopt;
   std::copy(snapshot->stats.begin(), snapshot->stats.end(), stats_.begin());

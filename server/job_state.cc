@@ -34,11 +34,7 @@ void Job::RecordConfigChange() {
 
 void Job::GetStats(v1::GetStatsResponse* response) const {
   absl::MutexLock lock(&mu_);
-  if (!gpus_.empty()) {  // the newest finished step's copy: GetStats never waits for the GPU
-    std::optional<GpuSnapshot> snapshot = gpus_.Primary().Snapshot();
-    if (snapshot.has_value())
-      std::copy(snapshot->stats.begin(), snapshot->stats.end(), stats_.begin());
-  }
+  (void)CopySnapshot();  // the newest finished step's: GetStats never waits for the GPU
   response->set_job(name_);
   response->set_steps(steps_);
   response->set_last_step(last_step_);
