@@ -54,8 +54,8 @@ class GpuPipeline {
   // ReadyOffset) reaches `ready_value`, which the worker's stream writes after its backward
   // pass, and writes `ready_value` to the done word once the gradients are stabilized. A
   // multi-node job's first step waits (up to the spec's timeout) for every node to join the
-  // communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed (a node died or
-  // stalled): the job must attach again with a new rendezvous.
+  // communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed (a GPU's
+  // worker or a node died or stalled): the generation is over.
   virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) = 0;
   // The newest finished step, if any finished since the last call; never blocks.
   virtual std::optional<GpuStepResult> Poll() = 0;
@@ -76,13 +76,15 @@ class GpuPipeline {
   // Aborts the pipeline's communicator (kernels waiting on peers return; the step changes
   // nothing); later steps fail with `why`.
   virtual void Abort(const std::string& why) = 0;
-  // Starts closing the pipeline: waits at most `wait` for its GPU work to finish (every later
-  // wait, teardown included, is as short), and hands the results buffer over to the caller
-  // (freed when the last copy goes, left allocated if the GPU work never finished), so that it
-  // outlives the pipeline while a worker may still map it. Steps still waiting for a ready
-  // write then (at once when `worker_gone`: a dead worker's queued write never comes) are
-  // released: gstabd writes the ready word itself, and those steps read and change nothing.
-  virtual std::shared_ptr<void> TakeResults(absl::Duration wait, bool worker_gone) = 0;
+  // Lets every queued step still waiting for its worker's ready write past it (a worker that is
+  // gone never writes it): gstabd writes the ready word itself, and those steps read and change
+  // nothing; to the job's other GPUs they void the step too (every GPU skips it). Never waits.
+  virtual void Release() = 0;
+  // Hands the results buffer over to the caller as the pipeline closes, so that it outlives the
+  // pipeline while a worker may still map it: freed when the last copy goes if the pipeline is
+  // idle now, else left allocated (a kernel may still write it). Never waits. `teardown_wait`
+  // bounds the destructor's wait for the GPU before it releases and aborts what is still queued.
+  virtual std::shared_ptr<void> TakeResults(absl::Duration teardown_wait) = 0;
   // Whether all its GPU work has finished.
   virtual bool Idle() = 0;
 };

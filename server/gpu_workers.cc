@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 
 namespace gstab {
 namespace {
@@ -74,18 +75,49 @@ absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
   return groups;
 }
 
+bool GpuWorkers::AwaitIdle(absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  for (;;) {
+    bool idle = true;
+    for (auto& [rank, w] : slots_) idle = idle && w.pipeline->Idle();
+    if (idle) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Microseconds(200));
+  }
+}
+
 std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t> gone) {
+  // Closing happens under the job's lock (and, for a new rendezvous, the daemon's): the waits
+  // are short and shared by every local rank, whatever their number.
   if (multi_rank_ && !InLockstep()) {
     for (auto& [rank, w] : slots_) {
       w.pipeline->Abort("the job's local GPUs stopped at different steps");
     }
   }
-  // Closing happens under the job's lock (and, for a new rendezvous, the daemon's): every wait
-  // is short. A gone worker's steps are released at once (its ready write may never come); a
-  // step that still does not finish (a peer is gone) leaves its memory allocated and the
-  // statistics of the newest finished step.
+  // A gone worker's ready write never comes: its steps are released first, so that its peers'
+  // collectives, which wait for it, meet it and finish (every GPU skips the step).
+  if (gone.has_value() && Has(*gone)) Slot(*gone).Release();
+  bool idle = AwaitIdle(kCloseWait);
+  if (!idle) {  // a live worker has not written its ready word yet: its steps are voided too
+    for (auto& [rank, w] : slots_) {
+      if (rank != gone && !w.pipeline->Idle()) w.pipeline->Release();
+    }
+    idle = AwaitIdle(kCloseWait);
+  }
+  if (!idle && multi_rank_) {
+    // A peer that never comes (on another node, or stalled): the communicators are aborted
+    // together, after the releases (an abort frees NCCL's memory, which waits for the device).
+    for (auto& [rank, w] : slots_) {
+      w.pipeline->Abort("the job's GPU pipelines closed with a step still running");
+    }
+    idle = AwaitIdle(kCloseWait);
+  }
+  // A results buffer is freed once idle; one still written by a step that never finishes is
+  // left allocated with that step's memory, and the statistics are the newest finished step's.
+  // An aborted pipeline that is still not idle has had its waits: it is given up on at once.
+  const absl::Duration teardown = idle || !multi_rank_ ? kCloseWait : absl::ZeroDuration();
   for (auto& [rank, w] : slots_) {
-    std::shared_ptr<void> results = w.pipeline->TakeResults(kCloseWait, gone == rank);
+    std::shared_ptr<void> results = w.pipeline->TakeResults(teardown);
     if (gone != rank) retired_results_[rank] = std::move(results);
   }
   std::optional<std::vector<GroupStats>> stats;

@@ -41,16 +41,18 @@ class GpuWorkers {
   // the same GPU (NCCL allows one rank per GPU) or local_rank already has a pipeline.
   absl::Status Add(uint32_t local_rank, int device, const ChunkTable& table, GpuJobSpec layout,
                    const NcclRendezvous& nccl, const std::vector<GroupStats>& stats);
-  // Ends the generation: closes every pipeline (waiting, bounded, for the GPU; local ranks
-  // stopped at different steps are aborted first, as their collectives cannot meet); returns
+  // Ends the generation: closes every pipeline (waiting for the GPU at most a few seconds in
+  // all, however many local ranks; local ranks stopped at different steps are aborted first, as
+  // their collectives cannot meet; steps still held at a live worker's ready word are released,
+  // then a communicator still stuck is aborted); returns
   // the primary's statistics, if there was one. Each worker's results buffer stays allocated until
   // that local rank registers again (the client closes its mapping first) or the job goes: CUDA
   // leaves freeing memory that another process still has mapped undefined, and a worker keeps
   // it mapped after it detaches until its CudaGradients goes.
   // `gone`: a local rank whose worker is gone (its lease expired, or a new process attached in
-  // its place): its pipeline is released at once rather than waited for
-  // (GpuPipeline::TakeResults), and its results buffer freed once the GPU is done with it, as
-  // a dead process maps nothing.
+  // its place): its queued steps are released before anything waits (GpuPipeline::Release), so
+  // the other local ranks' steps, whose collectives wait for it, finish; its results buffer is
+  // freed once the GPU is done with it, as a dead process maps nothing.
   std::optional<std::vector<GroupStats>> Close(std::optional<uint32_t> gone = std::nullopt);
 
   // FAILED_PRECONDITION naming the local ranks that have not registered yet (the
@@ -78,6 +80,9 @@ class GpuWorkers {
   absl::Status SetStatistics(const std::vector<GroupStats>& stats);
 
  private:
+  // Whether every pipeline got idle within `wait`.
+  bool AwaitIdle(absl::Duration wait);
+
   struct Worker {
     std::unique_ptr<GpuPipeline> pipeline;
     int device = 0;

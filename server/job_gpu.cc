@@ -148,7 +148,20 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
           step, " was not taken"));
     }
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
-      return s;
+      if (!gpus_.multi_rank() || (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s))) {
+        return s;
+      }
+      // The communicator failed (another GPU's worker or a node died or stalled): no later step
+      // of this generation can run, so it ends now and its memory goes.
+      const std::string recovery = collective_ != nullptr
+                                       ? "attach every worker again with a new rendezvous"
+                                       : "every local worker registers its buffers again";
+      EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s step ", step,
+                                    " failed in the GPU communicator (", s.message(), ")"));
+      return absl::Status(
+          s.code(),
+          absl::StrCat("local rank ", local_rank, " of job '", name_, "', step ", step, ": ",
+                       s.message(), "; this ended the job's GPU generation: ", recovery));
     }
     if (primary) {  // the job's step count and history follow its first local GPU
       if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {

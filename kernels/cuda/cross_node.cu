@@ -16,7 +16,7 @@ __global__ void PrepareKernel(CrossNodeCheck check, const double* sums, const ui
   if (i < num_groups) {
     double* values = exchange + kCrossNodeCheckSize;
     values[i] = modes[i] == kAddAndTake ? sums[i] : 0.0;
-    values[num_groups + i] = non_finite[i] ? 1.0 : 0.0;
+    values[num_groups + i] = non_finite[i] == kStepVoided ? kVoidedMark : non_finite[i] ? 1.0 : 0.0;
   }
 }
 
@@ -39,8 +39,13 @@ __global__ void MergeKernel(const double* exchange, const uint8_t* modes,
       non_finite[g] = kNodesDisagree;
       continue;
     }
+    const double flags = values[num_groups + g];
+    if (flags >= kVoidedMark) {  // another GPU's step was voided: every GPU skips it
+      non_finite[g] = kStepVoided;
+      continue;
+    }
     if (modes[g] != kKeepOwn) sums[g] = values[g];
-    non_finite[g] = values[num_groups + g] > 0.0 ? 1u : 0u;
+    non_finite[g] = flags > 0.0 ? 1u : 0u;
   }
 }
 

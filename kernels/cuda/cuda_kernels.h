@@ -21,17 +21,22 @@ namespace gstab {
 //                              count: max-reduced, so every node sees whether all agree
 //   then num_groups sums       this node's sums of squares (0 where its mode adds nothing):
 //                              summed
-//   then num_groups flags      1.0 where non-finite: summed (> 0: some node had one)
+//   then num_groups flags      1.0 where non-finite, kVoidedMark where voided: summed (>=
+//                              kVoidedMark: some GPU's step was voided; > 0: some had a
+//                              non-finite element)
 // Prepare fills `exchange` from this node's partials; Merge turns the reduced vector into the
 // rule kernel's input, by each group's mode (d_modes, kernels/cross_node_mode.h): the global sum
 // for sharded groups, the local one for replicated groups, node 0's for node-sharded ones; and
-// non-finite when any node saw one. When the nodes disagree, every group's flag becomes
-// kNodesDisagree and the rule kernel applies nothing.
+// non-finite when any node saw one; voided (kStepVoided) when any GPU's step was. When the
+// nodes disagree, every group's flag becomes kNodesDisagree and the rule kernel applies nothing.
 inline constexpr uint32_t kCrossNodeCheckSize = 8;
 inline constexpr uint32_t kNodesDisagree = 2;  // a non-finite flag value: see above
 // A non-finite flag value: the step was voided (see LaunchGroupSumSquares); the rule kernel
-// applies nothing, and to the other nodes it counts as non-finite (every node skips the step).
+// applies nothing, neither to the statistics nor to the gradients. The other GPUs of the job
+// void the step too (unlike a non-finite one, it is not counted, and no gradient is zeroed).
 inline constexpr uint32_t kStepVoided = 3;
+// A voided GPU's flag in the summed exchange: more than any number of GPUs' 1.0s can add up to.
+inline constexpr double kVoidedMark = 4294967296.0;  // 2^32
 struct CrossNodeCheck {
   double step;
   double layout_hi;  // the layout hash's upper and lower 32 bits (exact in a double)

@@ -143,8 +143,9 @@ CudaStepper::~CudaStepper() {
   }
   cudaSetDevice(device_);
   // A step stuck on a dead peer, or behind a `ready` that a killed worker never reached,
-  // would never finish: give it the timeout, abort the communicator, give it a little more;
-  // what is still stuck then is left allocated rather than freed under running kernels.
+  // would never finish: give it the timeout (TakeResults may shorten it), release it and abort
+  // the communicator, give it a little more; what is still stuck then is left allocated rather
+  // than freed under running kernels.
   auto drained = [this](absl::Duration wait) {
     const absl::Time deadline = absl::Now() + wait;
     while (stream_ != nullptr && cudaStreamQuery(stream_) == cudaErrorNotReady) {
@@ -156,7 +157,7 @@ CudaStepper::~CudaStepper() {
   if (!drained(teardown_wait_)) {
     Release();
     if (comm_ != nullptr) comm_->Abort("the job's pipeline closed with a step still running");
-    if (!drained(absl::Seconds(5))) {
+    if (!drained(std::min(absl::Seconds(5), teardown_wait_))) {
       LOG(ERROR) << "job '" << spec_.job << "': a GPU step never finished; leaving its memory "
                  << "and stream allocated";
       new DeviceChunkTable(std::move(table_));  // leaked on purpose, with everything else,

@@ -56,11 +56,14 @@ class CudaStepper final : public GpuPipeline {
   std::string ResultsHandle() const override { return results_handle_; }
   uint64_t ResultsBytes() const override { return results_bytes_; }
   uint64_t ReadyOffset() const override { return ready_offset_; }
-  std::shared_ptr<void> TakeResults(absl::Duration wait, bool worker_gone) override;
+  std::shared_ptr<void> TakeResults(absl::Duration teardown_wait) override;
   bool Idle() override;
   void Abort(const std::string& why) override {
     if (comm_ != nullptr) comm_->Abort(why);
   }
+  // Voids the queued steps (the sums and scale kernels read the voided word; the merge kernel
+  // tells the other GPUs), then writes the ready word on a stream of its own.
+  void Release() override;
 
  private:
   CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)
@@ -78,9 +81,6 @@ class CudaStepper final : public GpuPipeline {
   absl::Status WaitStream(absl::Time deadline, const std::string& what, bool abort_peers = true);
   // The cross-node stage, between the partial sums and the rule kernel.
   absl::Status EnqueueCrossNode(uint64_t step, absl::Time deadline);
-  // Lets the stream past every queued wait for a ready write, voiding those steps: gstabd
-  // writes the ready word itself (for a worker that is gone).
-  void Release();
   // Runs until stop_: aborts the communicator when a step overstays the timeout, counted from
   // when the GPU passed its ready word (before that the worker's backward pass holds it, for
   // as long as that takes).

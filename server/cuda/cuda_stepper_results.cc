@@ -38,28 +38,15 @@ void CudaStepper::Release() {
   }
 }
 
-std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration wait, bool worker_gone) {
-  teardown_wait_ = std::min(teardown_wait_, wait);
+std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration teardown_wait) {
+  teardown_wait_ = std::min(teardown_wait_, teardown_wait);
   StepResultsHeader* results = d_results_;
   d_results_ = nullptr;
   d_outcomes_ = nullptr;
-  // A step whose ready write never comes (the worker died, or hangs) is released: then the
-  // stream drains. Once it is idle nothing writes the buffer again; if it does not get idle
-  // (a peer stalls an all-reduce), the buffer is left allocated rather than freed under a
-  // kernel or a worker's mapping.
-  // Released before any abort: aborting a communicator frees its memory, which waits for the
-  // device, this stream included.
-  bool idle = worker_gone ? Idle()
-                          : WaitStream(absl::Now() + teardown_wait_, "closing the pipeline",
-                                       /*abort_peers=*/false)
-                                .ok();
-  if (!idle) {
-    Release();
-    idle = WaitStream(absl::Now() + teardown_wait_, "closing the pipeline").ok();
-  }
-  if (!idle) {
-    return std::shared_ptr<void>(results, [](void*) {});
-  }
+  // Once the stream is idle nothing writes the buffer again; while it is not (a peer stalls an
+  // all-reduce), the buffer is left allocated rather than freed under a kernel or a worker's
+  // mapping.
+  if (!Idle()) return std::shared_ptr<void>(results, [](void*) {});
   const int device = device_;
   return std::shared_ptr<void>(results, [device](void* p) {
     DeferDeviceRelease([device, p] {
@@ -94,9 +81,8 @@ void CudaStepper::Watch() {
           absl::StrCat(sequence == timed ? absl::StrCat("step ", step) : "a step", " of job '",
                        spec_.job, "' on rank ", spec_.nccl.node_rank, " of ", spec_.nccl.node_count,
                        " did not finish within ", absl::FormatDuration(spec_.nccl.timeout),
-                       " of its worker's ready write: a node died or stalled; the NCCL "
-                       "communicator was aborted; attach every worker again with a new "
-                       "rendezvous");
+                       " of its worker's ready write: a GPU's worker or a node died or "
+                       "stalled; the NCCL communicator was aborted");
     }
     mu_.Unlock();
     if (stop) return;

@@ -296,7 +296,8 @@ TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
 }
 
 // The cross-node stage's kernels around a stand-in for the all-reduce (two nodes that sent the
-// same vector: every value doubled), for more groups than one block has threads.
+// same vector: every value doubled), for more groups than one block has threads. A step voided
+// on any GPU is voided on every one.
 TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryGroup) {
   SKIP_WITHOUT_GPU();
   constexpr uint32_t n = 300;
@@ -319,9 +320,15 @@ TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryG
   std::vector<double> reduced = exchange.Read();
   for (uint32_t i = 0; i < n; ++i) {
     ASSERT_EQ(reduced[kCrossNodeCheckSize + i], modes[i] == kAddAndTake ? own[i] : 0.0) << i;
-    ASSERT_EQ(reduced[kCrossNodeCheckSize + n + i], flags[i] != 0 ? 1.0 : 0.0) << i;
+    ASSERT_EQ(reduced[kCrossNodeCheckSize + n + i], flags[i] == kStepVoided ? kVoidedMark
+                                                    : flags[i] != 0         ? 1.0
+                                                                            : 0.0)
+        << i;
   }
   for (double& v : reduced) v *= 2;
+  // Group 6's step was voided on the other node only (its worker went away): voided here too,
+  // not taken for a non-finite step.
+  reduced[kCrossNodeCheckSize + n + 6] += kVoidedMark;
   auto merge = [&](const std::vector<double>& vector, const int* d_aborted) {
     DeviceArray<double> in(vector.size(), vector.data());
     DeviceArray<double> out_sums(n, own.data());
@@ -334,8 +341,9 @@ TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryG
   };
   const auto [merged, merged_flags] = merge(reduced, nullptr);
   for (uint32_t i = 0; i < n; ++i) {
-    if (i == 5) {
-      EXPECT_EQ(merged_flags[i], kStepVoided);  // this node's voided step stays voided
+    if (i == 5 || i == 6) {
+      EXPECT_EQ(merged_flags[i], kStepVoided) << i;  // voided on this node, or on the other
+      EXPECT_EQ(merged[i], own[i]) << i;
       continue;
     }
     EXPECT_EQ(merged[i], modes[i] == kKeepOwn ? own[i] : reduced[kCrossNodeCheckSize + i]) << i;

@@ -2,191 +2,19 @@
 // statistics mirrored on demand) driven through the GpuPipeline / DeviceMemory seams by a
 // CPU-backed pipeline, so it runs on machines without a GPU. The CUDA implementations behind
 // the same seams are tested on a GPU by cuda_ipc_test.
-#include <cstring>
-#include <deque>
-
-#include "core/rule.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
 #include "server/gloo_collective.h"
 #include "server/job.h"
+#include "tests/server/fake_gpu.h"
 
 namespace gstab {
 namespace {
 
-// "Device" memory that is host memory; a handle is the address of the buffer, in 64 bytes.
-class HostDeviceMemory final : public DeviceMemory {
- public:
-  absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle, int,
-                                                               uint64_t offset, uint64_t) override {
-    char* base;
-    std::memcpy(&base, handle.data(), sizeof base);
-    return std::make_pair(std::make_shared<int>(0), base + offset);
-  }
-  // "GPU-<n>" padded to 16 bytes is this machine's GPU n.
-  absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) override {
-    if (uuid.empty()) return ordinal;
-    if (uuid.rfind("GPU-", 0) != 0) return absl::InvalidArgumentError("unknown GPU");
-    return uuid[4] - '0';
-  }
-};
-
-// A ready value, as a CUDA worker's Step sends (the fake pipelines do not wait on it).
-constexpr uint32_t kReady = 7;
-
-// Runs each step on the CPU at once but reports it only at the next Poll after that, like a
-// GPU that finishes later. `*busy` (when given) says whether the "GPU" still has work queued
-// (a step held at its worker's ready word): then Statistics, which would wait, must not be
-// called.
-class LaggingPipeline final : public GpuPipeline {
- public:
-  LaggingPipeline(const ChunkTable& table, std::vector<GroupStats> stats, int* live,
-                  uint32_t extra_flags = 0, const bool* busy = nullptr)
-      : table_(table),
-        stats_(std::move(stats)),
-        live_(live),
-        extra_flags_(extra_flags),
-        busy_(busy) {
-    ++*live_;
-  }
-  ~LaggingPipeline() override { --*live_; }
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t) override {
-    std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table_));
-    std::vector<double> sums(table_.num_groups());
-    std::vector<uint32_t> flags(table_.num_groups());
-    (void)CpuGroupSumSquares(table_, absl::MakeSpan(scratch), absl::MakeSpan(sums),
-                             absl::MakeSpan(flags), nullptr);
-    GpuStepResult r{step, {}};
-    std::vector<float> scales;
-    for (size_t g = 0; g < sums.size(); ++g) {
-      r.outcomes.push_back(ApplyRule(params, &stats_[g], sums[g], flags[g] != 0));
-      r.outcomes.back().flags |= extra_flags_;
-      scales.push_back(static_cast<float>(r.outcomes.back().scale));
-    }
-    (void)CpuScaleGroups(table_, scales, nullptr);
-    queue_.push_back(std::move(r));
-    snapshots_.push_back(GpuSnapshot{step, stats_});
-    return absl::OkStatus();
-  }
-  std::optional<GpuStepResult> Poll() override {
-    if (queue_.size() < 2) return std::nullopt;  // the newest step is "still running"
-    GpuStepResult r = queue_.front();
-    queue_.pop_front();
-    snapshot_ = snapshots_.front();
-    snapshots_.pop_front();
-    return r;
-  }
-  std::optional<GpuSnapshot> Snapshot() override { return snapshot_; }
-  absl::StatusOr<std::vector<GroupStats>> Statistics() override {
-    EXPECT_TRUE(Idle()) << "waited for a GPU that is busy";
-    return stats_;
-  }
-  absl::Status SetStatistics(const std::vector<GroupStats>& stats) override {
-    if (!Idle()) {  // as CudaStepper, once its wait for the stream runs out
-      return absl::DeadlineExceededError("replacing the statistics did not complete in time");
-    }
-    stats_ = stats;
-    return absl::OkStatus();
-  }
-  std::string ResultsHandle() const override { return std::string(64, 'R'); }
-  std::shared_ptr<void> TakeResults(absl::Duration, bool) override {
-    return std::make_shared<int>(0);
-  }
-  bool Idle() override { return busy_ == nullptr || !*busy_; }
-  void Abort(const std::string&) override {}
-  uint64_t ResultsBytes() const override {
-    return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
-  }
-  uint64_t ReadyOffset() const override { return (ResultsBytes() + 7) / 8 * 8; }
-
- private:
-  ChunkTable table_;
-  std::vector<GroupStats> stats_;
-  std::deque<GpuStepResult> queue_;
-  std::deque<GpuSnapshot> snapshots_;    // the statistics after each queued step
-  std::optional<GpuSnapshot> snapshot_;  // after the newest "finished" step
-  int* live_;
-  const uint32_t extra_flags_;
-  const bool* busy_;
-};
-
-// A backend of LaggingPipelines that count themselves in `live`; `seen` (optional) gets the
-// last spec; NCCL ids are "id-1", "id-2", ... (padded to the real size).
-std::string Id(int n) {
-  std::string id = "id-" + std::to_string(n);
-  id.resize(kNcclUniqueIdBytes, '\0');
-  return id;
-}
-
-GpuBackend LaggingBackend(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen = nullptr,
-                          const bool* busy = nullptr) {
-  GpuBackend backend;
-  backend.make_pipeline =
-      [=](int, const ChunkTable& t, const std::vector<GroupStats>& s,
-          const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
-    if (seen != nullptr) *seen = spec;
-    return std::unique_ptr<GpuPipeline>(new LaggingPipeline(t, s, live, extra_flags, busy));
-  };
-  auto ids = std::make_shared<int>(0);
-  backend.new_nccl_id = [ids]() -> absl::StatusOr<std::string> { return Id(++*ids); };
-  return backend;
-}
-
-// A cuda_ipc registration request of one fp32 tensor "w" over `grads` (1000 floats).
-v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0,
-                                       const std::string& name = "w") {
-  v1::RegisterBuffersRequest request;
-  v1::Buffer* b = request.add_buffers();
-  b->set_transport(v1::TRANSPORT_CUDA_IPC);
-  std::string handle(64, '\0');
-  std::memcpy(handle.data(), &grads, sizeof grads);
-  b->set_ipc_handle(handle);
-  b->set_size_bytes(4000);
-  b->set_dtype(v1::DTYPE_FLOAT32);
-  b->set_device(device);
-  v1::Tensor* t = request.add_tensors();
-  t->set_name(name);
-  t->set_numel(1000);
-  return request;
-}
-
-RegistrationCaps CudaCaps() {
-  RegistrationCaps caps;
-  caps.cuda_ipc = true;
-  return caps;
-}
-
-// The same, validated and mapped.
-MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
-                                       DeviceMemory* memory, int device = 0,
-                                       const std::string& name = "w") {
-  absl::StatusOr<RegistrationPlan> plan =
-      ValidateRegistration(CudaRequest(grads, device, name), CudaCaps());
-  EXPECT_TRUE(plan.ok()) << plan.status();
-  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, registry, memory);
-  EXPECT_TRUE(mapped.ok()) << mapped.status();
-  return *std::move(mapped);
-}
-
-// A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
-struct FakeCudaWorker {
-  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0, uint64_t session = 0) {
-    return job->Register(local_rank,
-                         MapCudaRegistration(grads.data(), &registry, &memory, device, tensor),
-                         &registered, session);
-  }
-  std::string tensor = "w";  // its own norm group
-  std::vector<float> grads = std::vector<float>(1000, 0.5f);
-  HostDeviceMemory memory;
-  MappingRegistry registry;
-  v1::RegisterBuffersResponse registered;
-};
-
 TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   int live = 0;
-  bool busy = false;
-  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &busy));
+  FakeGpu gpu;
+  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu));
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&job).ok());
   const v1::RegisterBuffersResponse& registered = worker.registered;
@@ -222,10 +50,10 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   // A checkpoint never waits for the GPU: while a step is queued (held at its worker's ready
   // word, say) it takes the newest finished step's copy, at that step, and the exact state
   // once idle.
-  busy = true;
+  gpu.busy = true;
   EXPECT_EQ(job.ExportState().groups(0).t(), 1u);
   EXPECT_EQ(job.ExportState().last_step(), 1u);
-  busy = false;
+  gpu.busy = false;
   EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
   EXPECT_EQ(job.ExportState().last_step(), 2u);
 
@@ -234,9 +62,9 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   v1::JobState state = job.ExportState();
   state.mutable_groups(0)->set_t(77);
   state.set_last_step(50);
-  busy = true;
+  gpu.busy = true;
   EXPECT_EQ(job.ImportState(state, false).code(), absl::StatusCode::kDeadlineExceeded);
-  busy = false;
+  gpu.busy = false;
   EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
   EXPECT_EQ(job.ExportState().last_step(), 2u);
   ASSERT_TRUE(job.ImportState(state, false).ok());

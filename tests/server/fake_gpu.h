@@ -1,0 +1,220 @@
+// Fakes behind gstabd's GPU seams (server/gpu_pipeline.h) for tests of the job logic of the
+// CUDA path on machines without a GPU: "device" memory that is host memory, a pipeline that runs
+// each step on the CPU and reports it a step later, and a worker whose gradients it stabilizes.
+#pragma once
+
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/rule.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu_kernels.h"
+#include "server/gpu_pipeline.h"
+#include "server/job.h"
+#include "server/registration.h"
+
+namespace gstab {
+
+// "Device" memory that is host memory; a handle is the address of the buffer, in 64 bytes.
+class HostDeviceMemory final : public DeviceMemory {
+ public:
+  absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle, int,
+                                                               uint64_t offset, uint64_t) override {
+    char* base;
+    std::memcpy(&base, handle.data(), sizeof base);
+    return std::make_pair(std::make_shared<int>(0), base + offset);
+  }
+  // "GPU-<n>" padded to 16 bytes is this machine's GPU n.
+  absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) override {
+    if (uuid.empty()) return ordinal;
+    if (uuid.rfind("GPU-", 0) != 0) return absl::InvalidArgumentError("unknown GPU");
+    return uuid[4] - '0';
+  }
+};
+
+// A ready value, as a CUDA worker's Step sends (the fake pipelines do not wait on it).
+inline constexpr uint32_t kReady = 7;
+
+// The "GPU" that a test's fake pipelines share: whether it still has work queued (a step held at
+// a worker's ready word: then Statistics, which would wait, must not be called); the closing
+// calls the pipelines got, in order ("release 1", "abort 0", "take idle 0" or "take busy 0",
+// with the rank); what a release or an abort does to it; and an error every Enqueue returns
+// instead.
+struct FakeGpu {
+  bool busy = false;
+  std::vector<std::string> calls;
+  std::function<void(uint32_t rank)> on_release, on_abort;
+  absl::Status enqueue_error;
+};
+
+// Runs each step on the CPU at once but reports it only at the next Poll after that, like a
+// GPU that finishes later. `rank`: its rank in the job's communicator; `gpu` (optional): see
+// FakeGpu.
+class LaggingPipeline final : public GpuPipeline {
+ public:
+  LaggingPipeline(const ChunkTable& table, std::vector<GroupStats> stats, int* live,
+                  uint32_t extra_flags = 0, uint32_t rank = 0, FakeGpu* gpu = nullptr)
+      : table_(table),
+        stats_(std::move(stats)),
+        live_(live),
+        extra_flags_(extra_flags),
+        rank_(rank),
+        gpu_(gpu) {
+    ++*live_;
+  }
+  ~LaggingPipeline() override { --*live_; }
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t) override {
+    if (gpu_ != nullptr && !gpu_->enqueue_error.ok()) return gpu_->enqueue_error;
+    std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table_));
+    std::vector<double> sums(table_.num_groups());
+    std::vector<uint32_t> flags(table_.num_groups());
+    (void)CpuGroupSumSquares(table_, absl::MakeSpan(scratch), absl::MakeSpan(sums),
+                             absl::MakeSpan(flags), nullptr);
+    GpuStepResult r{step, {}};
+    std::vector<float> scales;
+    for (size_t g = 0; g < sums.size(); ++g) {
+      r.outcomes.push_back(ApplyRule(params, &stats_[g], sums[g], flags[g] != 0));
+      r.outcomes.back().flags |= extra_flags_;
+      scales.push_back(static_cast<float>(r.outcomes.back().scale));
+    }
+    (void)CpuScaleGroups(table_, scales, nullptr);
+    queue_.push_back(std::move(r));
+    snapshots_.push_back(GpuSnapshot{step, stats_});
+    return absl::OkStatus();
+  }
+  std::optional<GpuStepResult> Poll() override {
+    if (queue_.size() < 2) return std::nullopt;  // the newest step is "still running"
+    GpuStepResult r = queue_.front();
+    queue_.pop_front();
+    snapshot_ = snapshots_.front();
+    snapshots_.pop_front();
+    return r;
+  }
+  std::optional<GpuSnapshot> Snapshot() override { return snapshot_; }
+  absl::StatusOr<std::vector<GroupStats>> Statistics() override {
+    EXPECT_TRUE(Idle()) << "waited for a GPU that is busy";
+    return stats_;
+  }
+  absl::Status SetStatistics(const std::vector<GroupStats>& stats) override {
+    if (!Idle()) {  // as CudaStepper, once its wait for the stream runs out
+      return absl::DeadlineExceededError("replacing the statistics did not complete in time");
+    }
+    stats_ = stats;
+    return absl::OkStatus();
+  }
+  std::string ResultsHandle() const override { return std::string(64, 'R'); }
+  std::shared_ptr<void> TakeResults(absl::Duration) override {
+    Log(Idle() ? "take idle" : "take busy");
+    return std::make_shared<int>(0);
+  }
+  bool Idle() override { return gpu_ == nullptr || !gpu_->busy; }
+  void Abort(const std::string&) override {
+    Log("abort");
+    if (gpu_ != nullptr && gpu_->on_abort) gpu_->on_abort(rank_);
+  }
+  void Release() override {
+    Log("release");
+    if (gpu_ != nullptr && gpu_->on_release) gpu_->on_release(rank_);
+  }
+  uint64_t ResultsBytes() const override {
+    return sizeof(StepResultsHeader) + table_.num_groups() * sizeof(StepOutcome);
+  }
+  uint64_t ReadyOffset() const override { return (ResultsBytes() + 7) / 8 * 8; }
+
+ private:
+  ChunkTable table_;
+  std::vector<GroupStats> stats_;
+  std::deque<GpuStepResult> queue_;
+  std::deque<GpuSnapshot> snapshots_;    // the statistics after each queued step
+  std::optional<GpuSnapshot> snapshot_;  // after the newest "finished" step
+  int* live_;
+  const uint32_t extra_flags_;
+  const uint32_t rank_;
+  FakeGpu* const gpu_;
+
+  void Log(const std::string& call) {
+    if (gpu_ != nullptr) gpu_->calls.push_back(call + " " + std::to_string(rank_));
+  }
+};
+
+// A backend of LaggingPipelines that count themselves in `live`; `seen` (optional) gets the
+// last spec; `gpu` (optional) is their shared FakeGpu; NCCL ids are "id-1", "id-2", ... (padded to
+// the real size).
+inline std::string Id(int n) {
+  std::string id = "id-" + std::to_string(n);
+  id.resize(kNcclUniqueIdBytes, '\0');
+  return id;
+}
+
+inline GpuBackend LaggingBackend(int* live, uint32_t extra_flags = 0, GpuJobSpec* seen = nullptr,
+                                 FakeGpu* gpu = nullptr) {
+  GpuBackend backend;
+  backend.make_pipeline =
+      [=](int, const ChunkTable& t, const std::vector<GroupStats>& s,
+          const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+    if (seen != nullptr) *seen = spec;
+    return std::unique_ptr<GpuPipeline>(
+        new LaggingPipeline(t, s, live, extra_flags, spec.nccl.node_rank, gpu));
+  };
+  auto ids = std::make_shared<int>(0);
+  backend.new_nccl_id = [ids]() -> absl::StatusOr<std::string> { return Id(++*ids); };
+  return backend;
+}
+
+// A cuda_ipc registration request of one fp32 tensor "w" over `grads` (1000 floats).
+inline v1::RegisterBuffersRequest CudaRequest(float* grads, int device = 0,
+                                              const std::string& name = "w") {
+  v1::RegisterBuffersRequest request;
+  v1::Buffer* b = request.add_buffers();
+  b->set_transport(v1::TRANSPORT_CUDA_IPC);
+  std::string handle(64, '\0');
+  std::memcpy(handle.data(), &grads, sizeof grads);
+  b->set_ipc_handle(handle);
+  b->set_size_bytes(4000);
+  b->set_dtype(v1::DTYPE_FLOAT32);
+  b->set_device(device);
+  v1::Tensor* t = request.add_tensors();
+  t->set_name(name);
+  t->set_numel(1000);
+  return request;
+}
+
+inline RegistrationCaps CudaCaps() {
+  RegistrationCaps caps;
+  caps.cuda_ipc = true;
+  return caps;
+}
+
+// The same, validated and mapped.
+inline MappedRegistration MapCudaRegistration(float* grads, MappingRegistry* registry,
+                                              DeviceMemory* memory, int device = 0,
+                                              const std::string& name = "w") {
+  absl::StatusOr<RegistrationPlan> plan =
+      ValidateRegistration(CudaRequest(grads, device, name), CudaCaps());
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, registry, memory);
+  EXPECT_TRUE(mapped.ok()) << mapped.status();
+  return *std::move(mapped);
+}
+
+// A worker's gradients in "device" memory: 1000 floats, registered as tensor "w".
+struct FakeCudaWorker {
+  absl::Status Register(Job* job, uint32_t local_rank = 0, int device = 0, uint64_t session = 0) {
+    return job->Register(local_rank,
+                         MapCudaRegistration(grads.data(), &registry, &memory, device, tensor),
+                         &registered, session);
+  }
+  std::string tensor = "w";  // its own norm group
+  std::vector<float> grads = std::vector<float>(1000, 0.5f);
+  HostDeviceMemory memory;
+  MappingRegistry registry;
+  v1::RegisterBuffersResponse registered;
+};
+
+}  // namespace gstab

@@ -1,0 +1,128 @@
+// How a job's GPU generation with several local GPUs ends when one of them fails: a worker that
+// dies with a step queued, a step that never finishes, a communicator that breaks. Driven through
+// the GpuPipeline seam by fake pipelines (tests/server/fake_gpu.h), so it runs without a GPU;
+// CudaStepper's side of the same calls is tested on a GPU by cuda_ipc_test.
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/job.h"
+#include "tests/server/fake_gpu.h"
+
+namespace gstab {
+namespace {
+
+using Calls = std::vector<std::string>;
+
+// Two local GPUs whose workers took step 1 and enqueued step 2.
+struct TwoGpus {
+  explicit TwoGpus(uint32_t local_world_size = 2)
+      : job("pair", RuleParams{}, local_world_size, nullptr, nullptr,
+            LaggingBackend(&live, 0, nullptr, &gpu)),
+        workers(local_world_size) {
+    for (uint32_t rank = 0; rank < local_world_size; ++rank) {
+      EXPECT_TRUE(workers[rank].Register(&job, rank, static_cast<int>(rank)).ok());
+    }
+    for (uint64_t step = 1; step <= 2; ++step) {
+      for (uint32_t rank = 0; rank < local_world_size; ++rank) {
+        v1::StepResponse r;
+        EXPECT_TRUE(job.Step(rank, step, absl::Seconds(1), &r, kReady).ok());
+      }
+    }
+  }
+  int live = 0;
+  FakeGpu gpu;
+  Job job;
+  std::vector<FakeCudaWorker> workers;
+};
+
+// Local rank 1's worker died before its ready write of step 2, so local rank 0's step 2 waits in
+// its all-reduce for rank 1. Rank 1's steps are released first: then rank 0's all-reduce meets
+// it and finishes, nothing is aborted, every results buffer is freed, and the job's lock is not
+// held for a wait per rank.
+TEST(JobGpuFailureTest, AGoneWorkersStepsAreReleasedFirstSoItsPeersFinish) {
+  TwoGpus t;
+  t.gpu.busy = true;
+  t.gpu.on_release = [&](uint32_t rank) {
+    if (rank == 1) t.gpu.busy = false;
+  };
+  t.gpu.calls.clear();
+  const absl::Time start = absl::Now();
+  t.job.RemoveWorker(1, /*gone=*/true);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  EXPECT_EQ(t.gpu.calls, (Calls{"release 1", "take idle 0", "take idle 1"}));
+  EXPECT_EQ(t.live, 0);
+  v1::StepResponse r;
+  absl::Status again = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(again.message().find("local rank 1 left"), std::string::npos) << again;
+}
+
+// A step that still does not finish (a peer stalls): every pipeline's queued steps are
+// released, then every communicator is aborted, each step once for all ranks, so closing takes
+// about two waits whatever the number of local GPUs.
+TEST(JobGpuFailureTest, AStuckStepIsReleasedThenAbortedOnceForAllRanks) {
+  TwoGpus t(3);
+  t.gpu.busy = true;
+  t.gpu.on_abort = [&](uint32_t) { t.gpu.busy = false; };
+  t.gpu.calls.clear();
+  const absl::Time start = absl::Now();
+  t.job.RemoveWorker(2);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(t.gpu.calls, (Calls{"release 0", "release 1", "release 2", "abort 0", "abort 1",
+                                "abort 2", "take idle 0", "take idle 1", "take idle 2"}));
+  EXPECT_GE(took, absl::Seconds(3.5));  // a wait before the releases and one before the aborts
+  EXPECT_LT(took, absl::Seconds(10));   // not a wait per rank
+  EXPECT_EQ(t.live, 0);
+  v1::GetStatsResponse stats;
+  t.job.GetStats(&stats);
+  EXPECT_EQ(stats.groups(0).accepted_steps(), 2u);  // the statistics outlive the generation
+}
+
+// A step whose pipeline finds the local GPUs' communicator broken ends the generation: its
+// memory goes, the worker is told that every local worker registers again, and the other local
+// workers hear why; after they have, the job steps on from its statistics.
+TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
+  TwoGpus t;
+  t.gpu.enqueue_error = absl::UnavailableError(
+      "the check all-reduce of job 'pair' rank 1 of 2 failed: the NCCL communicator was aborted");
+  v1::StepResponse r;
+  absl::Status broken = t.job.Step(1, 3, absl::Seconds(1), &r, kReady);
+  EXPECT_EQ(broken.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(broken.message().find("local rank 1 of job 'pair', step 3: the check all-reduce"),
+            std::string::npos)
+      << broken;
+  EXPECT_NE(broken.message().find(
+                "this ended the job's GPU generation: every local worker registers its buffers "
+                "again"),
+            std::string::npos)
+      << broken;
+  EXPECT_EQ(t.live, 0);
+  absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(other.message().find("local rank 1's step 3 failed in the GPU communicator"),
+            std::string::npos)
+      << other;
+
+  t.gpu.enqueue_error = absl::OkStatus();
+  ASSERT_TRUE(t.workers[0].Register(&t.job, 0, 0).ok());
+  ASSERT_TRUE(t.workers[1].Register(&t.job, 1, 1).ok());
+  EXPECT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, kReady).ok());
+  EXPECT_TRUE(t.job.Step(1, 3, absl::Seconds(1), &r, kReady).ok());
+  v1::GetStatsResponse stats;
+  t.job.GetStats(&stats);
+  EXPECT_EQ(stats.groups(0).accepted_steps(), 2u);
+
+  // A job of one GPU has no communicator to break: its pipeline's error is passed on as it is.
+  int live = 0;
+  FakeGpu gpu;
+  Job one("one", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu));
+  FakeCudaWorker worker;
+  ASSERT_TRUE(worker.Register(&one).ok());
+  gpu.enqueue_error = absl::UnavailableError("the device is gone");
+  EXPECT_EQ(one.Step(0, 1, absl::Seconds(1), &r, kReady).message(), "the device is gone");
+  EXPECT_EQ(live, 1);
+}
+
+}  // namespace
+}  // namespace gstab
