@@ -25,18 +25,19 @@ __global__ void PrepareKernel(CrossNodeCheck check, const double* sums, const ui
 __global__ void MergeKernel(const double* exchange, const uint8_t* modes,
                             const volatile int* aborted, uint32_t num_groups, double* sums,
                             uint32_t* non_finite) {
-  __shared__ bool agree;
+  __shared__ uint32_t verdict;  // 0: merge; else the flag every group gets
   if (threadIdx.x == 0) {
-    bool a = aborted == nullptr || *aborted == 0;  // an aborted all-reduce agrees on nothing
-    for (uint32_t i = 0; i < kCrossNodeCheckSize; i += 2) a &= exchange[i] == -exchange[i + 1];
-    agree = a;
+    bool agree = true;
+    for (uint32_t i = 0; i < kCrossNodeCheckSize; i += 2) agree &= exchange[i] == -exchange[i + 1];
+    // An aborted all-reduce reduced nothing: the step is void, whatever it left behind.
+    verdict = (aborted != nullptr && *aborted != 0) ? kStepVoided : agree ? 0u : kNodesDisagree;
   }
   __syncthreads();
   const double* values = exchange + kCrossNodeCheckSize;
   for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) {
     if (non_finite[g] == kStepVoided) continue;  // this node's step applies nothing
-    if (!agree) {
-      non_finite[g] = kNodesDisagree;
+    if (verdict != 0) {
+      non_finite[g] = verdict;
       continue;
     }
     const double flags = values[num_groups + g];

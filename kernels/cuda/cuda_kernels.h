@@ -47,8 +47,8 @@ absl::Status LaunchCrossNodePrepare(const CrossNodeCheck& check, const double* d
                                     const uint32_t* d_non_finite, const uint8_t* d_modes,
                                     uint32_t num_groups, double* d_exchange, cudaStream_t stream);
 // `d_aborted` (device-visible host memory, may be null): nonzero once the communicator has
-// been aborted, when the reduced vector means nothing and the step is treated as a
-// disagreement.
+// been aborted, when the reduced vector means nothing and the step is void (kStepVoided: it
+// changes nothing; the communicator's next use reports the abort).
 absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_modes,
                                   const int* d_aborted, uint32_t num_groups, double* d_sums,
                                   uint32_t* d_non_finite, cudaStream_t stream);
