@@ -103,6 +103,19 @@ __device__ void SumTile(const void* data, const Tile& tile, float* acc, int* bad
       });
 }
 
+// This thread's share of the tile (the same elements as SumTile's) summed in fp64.
+template <typename T>
+__device__ void SumTileWide(const void* data, const Tile& tile, double* acc) {
+  const T* p = static_cast<const T*>(data) + tile.begin;
+  auto one = [&](double x) { *acc += x * x; };
+  ForEachElement<1>(
+      p, tile.count, [&](int64_t i) { one(Io<T>::Load(p[i])); },
+      [&](int64_t, uint4 raw) {
+        const T* e = reinterpret_cast<const T*>(&raw);
+        for (int k = 0; k < static_cast<int>(16 / sizeof(T)); ++k) one(Io<T>::Load(e[k]));
+      });
+}
+
 template <int kLoads>
 __global__ void __launch_bounds__(kThreads)
     SumSquaresTiles(const DeviceChunk* chunks, const Tile* tiles, TilePartial* partials,
@@ -126,8 +139,25 @@ __global__ void __launch_bounds__(kThreads)
       SumTile<kLoads, __half>(chunk.data, tile, &acc, &bad);
       break;
   }
+  double own = acc;
+  if (!isfinite(acc) && !bad) {
+    // Huge finite elements (beyond about 1e18) overflowed this thread's fp32 sum: its share
+    // again in fp64, which no finite element can overflow. Rare; one load at a time.
+    own = 0.0;
+    switch (static_cast<DType>(chunk.dtype)) {
+      case DType::kFloat32:
+        SumTileWide<float>(chunk.data, tile, &own);
+        break;
+      case DType::kBFloat16:
+        SumTileWide<__nv_bfloat16>(chunk.data, tile, &own);
+        break;
+      case DType::kFloat16:
+        SumTileWide<__half>(chunk.data, tile, &own);
+        break;
+    }
+  }
   const int any_bad = __syncthreads_or(bad);
-  const double sum = BlockSum(static_cast<double>(acc));
+  const double sum = BlockSum(own);
   if (threadIdx.x == 0) partials[blockIdx.x] = TilePartial{sum, static_cast<uint32_t>(any_bad)};
 }
 

@@ -93,8 +93,8 @@ inline constexpr int kDefaultLoadsInFlight = 4;
 // bits on every run. `d_voided` (device memory, may be null): while nonzero the chunks are not
 // read (the memory may belong to a worker that is gone), every sum is 0 and every flag
 // kStepVoided. Each thread sums up to 256 squares in fp32 before fp64 (the CPU kernels 64 per
-// lane): a chunk whose elements all lie beyond about 1e18 in magnitude sums to infinity here
-// (its group's step is skipped, as for a non-finite norm) a little earlier than on the CPU.
+// lane); a thread whose fp32 sum overflows (finite elements beyond about 1e18) sums its share
+// again in fp64, as the CPU kernels do, so finite gradients always have a finite sum.
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
                                    const uint32_t* d_voided = nullptr,

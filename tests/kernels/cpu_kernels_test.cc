@@ -125,6 +125,26 @@ TEST(CpuKernelsTest, NaNAndInfAreFlaggedAtAnyPositionInTheirGroupOnly) {
   }
 }
 
+// Finite elements beyond about 1e18 overflow an fp32 sum of their squares: their sum is taken in
+// fp64 instead, so it stays finite and is not mistaken for a non-finite step. fp32 and bf16
+// (fp16 cannot hold such values); a few huge elements among ordinary ones, and all huge.
+TEST(CpuKernelsTest, HugeFiniteElementsHaveAFiniteSum) {
+  const int64_t numel = 2 * ChunkTable::kDefaultTileElements + 77;
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    for (int64_t every : {int64_t{1}, int64_t{997}}) {
+      Buffer b(dtype, numel, 5);
+      for (int64_t i = 0; i < numel; i += every) b.Set(i, i % 2 == 0 ? 3e19f : -1e30f);
+      absl::StatusOr<ChunkTable> table = ChunkTable::Create({Chunk{b.data(), numel, dtype, 0}}, 1);
+      ASSERT_TRUE(table.ok()) << table.status();
+      Result r = GroupSums(*table, nullptr);
+      EXPECT_EQ(r.non_finite[0], 0u) << DTypeName(dtype) << " every " << every;
+      ASSERT_TRUE(std::isfinite(r.sums[0])) << DTypeName(dtype) << " every " << every;
+      EXPECT_NEAR(r.sums[0] / static_cast<double>(ReferenceSum(b, numel)), 1.0, 2e-6)
+          << DTypeName(dtype) << " every " << every;
+    }
+  }
+}
+
 // Many small tensors in several groups plus one huge tensor, as in a real model.
 struct Model {
   std::vector<Buffer> buffers;

@@ -185,6 +185,35 @@ TEST(CudaKernelsTest, NonFiniteElementsAreFlaggedInTheirGroup) {
   }
 }
 
+// Finite elements beyond about 1e18 overflow a thread's fp32 sum: it is summed again in fp64, so
+// the sum stays finite (no non-finite step), near the CPU kernels' and the same every run.
+TEST(CudaKernelsTest, HugeFiniteElementsHaveAFiniteSum) {
+  SKIP_WITHOUT_GPU();
+  Layout l;
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    for (int64_t offset : {0, 1}) {
+      l.numel.push_back(300007);
+      l.dtype.push_back(dtype);
+      l.group.push_back(static_cast<uint32_t>(l.group.size()));
+      l.offset_elements.push_back(offset);
+    }
+  }
+  Gradients g(l, 6);
+  for (size_t c = 0; c < l.numel.size(); ++c) {
+    const int64_t every = c % 2 == 0 ? 1 : 997;  // all huge, or a few among ordinary ones
+    for (int64_t i = 0; i < l.numel[c]; i += every) g.Set(c, i, i % 2 == 0 ? 3e19f : -1e30f);
+  }
+  g.Upload();
+  const Sums gpu = GpuSums(g);
+  const Sums cpu = CpuSums(g);
+  EXPECT_EQ(gpu.flags, std::vector<uint32_t>(l.numel.size(), 0u));
+  for (size_t c = 0; c < l.numel.size(); ++c) {
+    ASSERT_TRUE(std::isfinite(gpu.sums[c])) << c;
+    EXPECT_NEAR(gpu.sums[c] / cpu.sums[c], 1.0, 1e-6) << c;
+  }
+  EXPECT_EQ(GpuSums(g).sums, gpu.sums);
+}
+
 TEST(CudaKernelsTest, ScaleEqualsTheCpuKernelBitForBit) {
   SKIP_WITHOUT_GPU();
   Gradients g(MixedLayout(), 4);
