@@ -321,8 +321,14 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
 }
 
 void Daemon::BeginShutdown() {
-  absl::MutexLock lock(&mu_);
-  shutting_down_ = true;
+  std::vector<std::shared_ptr<Job>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+    for (const auto& [name, job] : jobs_) jobs.push_back(job);
+  }
+  // Steps waiting for other local workers, whose Steps are refused from now on, answer now.
+  for (const std::shared_ptr<Job>& job : jobs) job->BeginShutdown();
 }
 
 bool Daemon::DrainSteps(absl::Time deadline) {

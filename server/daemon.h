@@ -98,7 +98,8 @@ class Daemon {
   // Writes every held job's statistics to the state directory (and retired jobs' whose save
   // failed).
   absl::Status Checkpoint();
-  // From now on Step fails with UNAVAILABLE; in-flight steps finish.
+  // From now on Step fails with UNAVAILABLE; in-flight steps waiting for other local workers
+  // answer UNAVAILABLE at once, and those already running finish.
   void BeginShutdown();
   // Waits until no step is in flight, or `deadline`; false on timeout.
   bool DrainSteps(absl::Time deadline);

@@ -215,6 +215,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                                                         "' has no buffers: call RegisterBuffers "
                                                         "before Step"));
     }
+    if (shutting_down_) return ShuttingDown(step);
     if (have_step_ && step <= last_step_) {
       return absl::InvalidArgumentError(
           absl::StrCat("step ", step, " is not after job '", name_, "''s last step ", last_step_));
@@ -244,8 +245,13 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                (round_id_ == my_round && arrived_.size() >= local_world_size_);
       };
       // The deadline is for the other local workers to arrive; once they have, the round's
-      // runner is bounded by its own deadlines (the cross-node stage), so wait for it.
-      const bool arrived = mu_.AwaitWithTimeout(absl::Condition(&everyone_here), timeout);
+      // runner is bounded by its own deadlines (the cross-node stage), so wait for it. gstabd
+      // shutting down refuses the others' Steps: then waiting on is pointless.
+      auto here_or_shutdown = [this, &everyone_here]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return everyone_here() || shutting_down_;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&here_or_shutdown), timeout);
+      const bool arrived = everyone_here();
       if (arrived) mu_.Await(absl::Condition(&finished));
       // A worker removed meanwhile has no answer to wait for: its arrival was voided (unless the
       // round was already running on it), and its session has ended either way.
@@ -261,6 +267,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           arrived_.erase(mine);
           if (arrived_.empty()) round_open_ = false;
         }
+        if (shutting_down_) return ShuttingDown(step);
         return absl::DeadlineExceededError(absl::StrCat(
             "step ", step, " of job '", name_, "': local ranks [", absl::StrJoin(missing, ", "),
             "] did not call Step within ", absl::FormatDuration(timeout)));
@@ -291,6 +298,17 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   if (status.ok() && on_step_) on_step_(result, duration);
   *response = std::move(result);
   return status;
+}
+
+void Job::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+}
+
+absl::Status Job::ShuttingDown(uint64_t step) const {
+  return absl::UnavailableError(absl::StrCat("gstabd is shutting down; step ", step, " of job '",
+                                             name_,
+                                             "' was not taken: attach again after it restarts"));
 }
 
 absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,

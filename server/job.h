@@ -81,6 +81,11 @@ class Job {
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                     v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0);
 
+  // gstabd is stopping: Steps of an open round that still waits for other local workers (whose
+  // Steps gstabd now refuses) answer UNAVAILABLE at once, as do later ones on the CPU backend.
+  // A round already running finishes.
+  void BeginShutdown();
+
   // Merges `update` into the configuration; effective from the next step.
   absl::Status UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response);
 
@@ -131,6 +136,8 @@ class Job {
   std::optional<uint64_t> CopySnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // UNAVAILABLE: step `step` was not taken, as gstabd is shutting down.
+  absl::Status ShuttingDown(uint64_t step) const;
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, v1::StepResponse* response)
@@ -175,6 +182,7 @@ class Job {
   uint64_t round_step_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t round_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool round_running_ ABSL_GUARDED_BY(mu_) = false;            // its last worker has arrived
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;            // see BeginShutdown
   std::map<uint32_t, uint64_t> arrived_ ABSL_GUARDED_BY(mu_);  // local rank -> its session
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status round_status_ ABSL_GUARDED_BY(mu_);

@@ -4,6 +4,7 @@
 // longest idle one, and is refused only when every held job is in use; a checkpoint not used
 // for --job_retention_s is deleted.
 #include <filesystem>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -223,6 +224,45 @@ TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   auto worker = TestWorker::Create(daemon->socket(), JobOptions("short"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_FALSE((*worker)->client().attach_response().restored());
+}
+
+// gstabd stopping while a worker waits in Step for the job's other local worker, whose Step it
+// now refuses: the waiting Step answers UNAVAILABLE at once, and gstabd checkpoints the job and
+// exits in time, rather than after the step timeout (when Kubernetes may have killed it).
+TEST(E2eLifecycleTest, StoppingAnswersAStepThatWaitsForAnotherLocalWorker) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon =
+      DaemonProcess::Start(dir.path(), {"--step_timeout_ms=60000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t rank = 0; rank < 2; ++rank) {
+    AttachOptions options = JobOptions("pair");
+    options.rank = options.local_rank = rank;
+    options.world_size = options.local_world_size = 2;
+    absl::StatusOr<std::unique_ptr<TestWorker>> w = TestWorker::Create(daemon->socket(), options);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  absl::StatusOr<v1::StepResponse> first;
+  std::thread together([&] { first = workers[1]->client().Step(1); });
+  ASSERT_TRUE(workers[0]->client().Step(1).ok());
+  together.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+
+  absl::StatusOr<v1::StepResponse> waiting;
+  std::thread alone([&] { waiting = workers[0]->client().Step(2); });
+  absl::SleepFor(absl::Milliseconds(300));  // in Step, waiting for local rank 1
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  const absl::Duration took = absl::Now() - start;
+  alone.join();
+  EXPECT_LT(took, absl::Seconds(8)) << "gstabd waited for a step that could not finish";
+  EXPECT_EQ(waiting.status().code(), absl::StatusCode::kUnavailable) << waiting.status();
+  EXPECT_NE(waiting.status().message().find("gstabd is shutting down; step 2 of job 'pair' was "
+                                            "not taken"),
+            std::string::npos)
+      << waiting.status();
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/state/pair.jobstate"));
 }
 
 }  // namespace
