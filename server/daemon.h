@@ -140,8 +140,13 @@ class Daemon {
   // Refreshes the job's worker and byte gauges.
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_, report_mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
-  // Installs the communicator of `request`'s rendezvous on `job` unless it already has it.
-  absl::Status JoinRendezvous(const v1::AttachRequest& request, Job* job) ABSL_LOCKS_EXCLUDED(mu_);
+  // The rendezvous of a multi-node `request`, checked before any job is made for it: a blob
+  // gstabd made, for this job and node count, on a gstabd that serves multi-node jobs.
+  absl::StatusOr<v1::RendezvousInfo> ParseRendezvous(const v1::AttachRequest& request) const;
+  // Installs the communicator of rendezvous `info` (ParseRendezvous's) on `job` unless it
+  // already has it.
+  absl::Status JoinRendezvous(const v1::AttachRequest& request, const v1::RendezvousInfo& info,
+                              Job* job) ABSL_LOCKS_EXCLUDED(mu_);
   // Whether a session (worker or observer), an attach or a removal uses `job`.
   bool InUse(const std::shared_ptr<Job>& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends one pending use of `job` (see pending_); idle from now if nothing else uses it.
@@ -165,10 +170,11 @@ class Daemon {
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal
   // left in `replaced`.
+  // `rendezvous`: ParseRendezvous's, for a multi-node request (else null).
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
-                            uint32_t local_world, v1::AttachResponse* response,
-                            std::optional<Removal>* replaced, std::shared_ptr<Job>* attached)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                            uint32_t local_world, const v1::RendezvousInfo* rendezvous,
+                            v1::AttachResponse* response, std::optional<Removal>* replaced,
+                            std::shared_ptr<Job>* attached) ABSL_LOCKS_EXCLUDED(mu_);
 
   const DaemonOptions options_;
   RegistrationCaps caps_;

@@ -19,26 +19,32 @@ constexpr uint32_t kMaxNodes = 65536;
 
 absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
                                     v1::AttachResponse* response) {
-  absl::MutexLock lock(&mu_);
-  AwaitNotRetiring(request.job());
-  auto it = jobs_.find(request.job());
-  if (it == jobs_.end()) {
-    if (checkpoints_.count(request.job()) == 1) {
-      return absl::NotFoundError(absl::StrCat(
-          "job '", request.job(),
-          "' is not held by this gstabd now (it was retired while idle, or its checkpoint was "
-          "found in the state directory at start, and no worker has attached since); its "
-          "statistics come back when a worker attaches"));
+  std::shared_ptr<Job> job;
+  {
+    absl::MutexLock lock(&mu_);
+    AwaitNotRetiring(request.job());
+    auto it = jobs_.find(request.job());
+    if (it == jobs_.end()) {
+      if (checkpoints_.count(request.job()) == 1) {
+        return absl::NotFoundError(absl::StrCat(
+            "job '", request.job(),
+            "' is not held by this gstabd now (it was retired while idle, or its checkpoint was "
+            "found in the state directory at start, and no worker has attached since); its "
+            "statistics come back when a worker attaches"));
+      }
+      return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
     }
-    return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
+    job = it->second;
+    const std::string token = RandomToken();
+    sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
+    idle_since_.erase(request.job());
+    response->set_session(token);
+    if (observer_ != nullptr) observer_->OnAttach(request.job(), 0, true);
   }
-  const std::string token = RandomToken();
-  sessions_[token] = Session{it->second, 0, absl::Now(), /*observer=*/true};
-  idle_since_.erase(request.job());
-  response->set_session(token);
-  *response->mutable_effective_config() = EffectiveConfig(it->second->params());
+  // The job's lock after the daemon's is released: a job may hold its own for seconds (its GPU
+  // generation closing), and every other RPC needs the daemon's.
+  *response->mutable_effective_config() = EffectiveConfig(job->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
-  if (observer_ != nullptr) observer_->OnAttach(request.job(), 0, true);
   return absl::OkStatus();
 }
 
@@ -83,17 +89,25 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   }
   absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
   if (!params.ok()) return params.status();
+  std::optional<v1::RendezvousInfo> rendezvous;
+  if (nodes > 1) {  // before a job is made for it: a bad blob leaves nothing behind
+    absl::StatusOr<v1::RendezvousInfo> info = ParseRendezvous(request);
+    if (!info.ok()) return info.status();
+    rendezvous = *std::move(info);
+  }
   std::optional<Removal> replaced;
   std::shared_ptr<Job> attached;
-  absl::Status s = AttachWorker(request, *params, local_world, response, &replaced, &attached);
+  absl::Status s =
+      AttachWorker(request, *params, local_world, rendezvous.has_value() ? &*rendezvous : nullptr,
+                   response, &replaced, &attached);
   Remove(replaced);  // the session this attach replaced, if any
   if (attached != nullptr) ReportWorkers(attached);
   return s;
 }
 
 absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
-                                  uint32_t local_world, v1::AttachResponse* response,
-                                  std::optional<Removal>* replaced,
+                                  uint32_t local_world, const v1::RendezvousInfo* rendezvous,
+                                  v1::AttachResponse* response, std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
@@ -173,8 +187,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       if (nodes == 1) job->SetCollective(nullptr, "");  // single-node from now on
     }
   }
-  if (request.node_count() > 1) {
-    if (absl::Status s = JoinRendezvous(request, job.get()); !s.ok()) return s;
+  if (rendezvous != nullptr) {
+    if (absl::Status s = JoinRendezvous(request, *rendezvous, job.get()); !s.ok()) return s;
   }
   *response->mutable_effective_config() = EffectiveConfig(job->params());
 
@@ -204,7 +218,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   return absl::OkStatus();
 }
 
-absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) {
+absl::StatusOr<v1::RendezvousInfo> Daemon::ParseRendezvous(const v1::AttachRequest& request) const {
   v1::RendezvousInfo info;
   if (!info.ParseFromString(request.rendezvous()) || info.format_version() != 1) {
     return absl::InvalidArgumentError(
@@ -219,6 +233,16 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
     return absl::FailedPreconditionError(
         "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
   }
+  if (!info.nccl_unique_id().empty() && info.nccl_unique_id().size() != kNcclUniqueIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the rendezvous blob's NCCL id has ",
+                                                   info.nccl_unique_id().size(), " bytes, not ",
+                                                   kNcclUniqueIdBytes));
+  }
+  return info;
+}
+
+absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
+                                    const v1::RendezvousInfo& info, Job* job) {
   if (job->rendezvous_token() == info.token()) {
     if (job->node_rank() != request.node_rank()) {
       return absl::InvalidArgumentError(absl::StrCat("job '", request.job(), "' is node ",
@@ -228,11 +252,6 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request, Job* job) 
                                                      request.node_rank()));
     }
     return absl::OkStatus();
-  }
-  if (!info.nccl_unique_id().empty() && info.nccl_unique_id().size() != kNcclUniqueIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("the rendezvous blob's NCCL id has ",
-                                                   info.nccl_unique_id().size(), " bytes, not ",
-                                                   kNcclUniqueIdBytes));
   }
   NcclRendezvous nccl;
   nccl.unique_id = info.nccl_unique_id();

@@ -198,6 +198,27 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   StepAndCompare(busy->get(), &ref, 3);
 }
 
+// An attach refused for its rendezvous blob leaves no job behind to count against the cap or
+// be checkpointed.
+TEST(E2eLifecycleTest, ARefusedAttachLeavesNoJobBehind) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_jobs=1"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto stray = Client::Connect(daemon->socket());
+  ASSERT_TRUE(stray.ok());
+  AttachOptions options = JobOptions("stray");
+  options.world_size = options.node_count = 2;
+  options.rendezvous = "not a blob";
+  absl::Status refused = (*stray)->Attach(options);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("not one gstabd made"), std::string::npos) << refused;
+  EXPECT_FALSE(Holds(stray->get(), "stray"));
+  auto good = TestWorker::Create(daemon->socket(), JobOptions("good"));
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/stray.jobstate"));
+}
+
 TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   TempDir dir;
   const std::string file = dir.path() + "/state/short.jobstate";
