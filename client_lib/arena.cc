@@ -15,6 +15,8 @@ namespace gstab {
 namespace {
 
 constexpr uint64_t kAlign = 64;
+constexpr uint64_t kMaxBytes = uint64_t{1}
+                               << 50;  // far beyond any host's memory, short of overflow
 
 }  // namespace
 
@@ -32,9 +34,16 @@ size_t GradientArena::AddTensor(std::string name, uint64_t numel, DType dtype, s
 absl::Status GradientArena::Allocate() {
   if (base_ != nullptr) return absl::FailedPreconditionError("arena already allocated");
   if (tensors_.empty()) return absl::InvalidArgumentError("arena has no tensors");
+  std::vector<uint64_t> offsets;
   uint64_t offset = 0;
-  for (Entry& t : tensors_) {
-    t.byte_offset = offset;
+  for (const Entry& t : tensors_) {
+    if (t.numel > kMaxBytes / ElementSize(t.dtype) ||
+        (t.numel * ElementSize(t.dtype) + kAlign - 1) / kAlign * kAlign > kMaxBytes - offset) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' (", t.numel,
+                                                     " elements) takes the arena past ", kMaxBytes,
+                                                     " bytes: is its element count right?"));
+    }
+    offsets.push_back(offset);
     offset += (t.numel * ElementSize(t.dtype) + kAlign - 1) / kAlign * kAlign;
   }
   RemoveStaleShmObjects();
@@ -46,23 +55,30 @@ absl::Status GradientArena::Allocate() {
     return absl::InternalError(absl::StrCat("cannot create shared memory: ", err));
   }
   size_ = static_cast<size_t>(offset);
+  // The pages are reserved now: a sparse object (ftruncate alone) that /dev/shm has no room for
+  // would kill the first process to touch a missing page with SIGBUS, gstabd included.
+  const int reserved = size_ == 0 ? EINVAL : posix_fallocate(fd, 0, static_cast<off_t>(size_));
   void* base = MAP_FAILED;
-  if (ftruncate(fd, static_cast<off_t>(size_)) == 0) {
-    base = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  }
-  const std::string err = strerror(errno);
+  if (reserved == 0) base = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const std::string err = strerror(reserved != 0 ? reserved : errno);
   close(fd);
   if (base == MAP_FAILED) {
     shm_unlink(name_.c_str());
     name_.clear();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot allocate ", size_, " bytes of shared memory: ", err));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate ", size_, " bytes of shared memory in /dev/shm: ", err,
+        reserved == ENOSPC ? " (give the container a larger /dev/shm: Docker's --shm-size, or "
+                             "an emptyDir volume of medium Memory mounted there)"
+                           : ""));
   }
   base_ = static_cast<unsigned char*>(base);
+  for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].byte_offset = offsets[i];
   return absl::OkStatus();
 }
 
-void* GradientArena::data(size_t tensor) const { return base_ + tensors_[tensor].byte_offset; }
+void* GradientArena::data(size_t tensor) const {
+  return base_ == nullptr ? nullptr : base_ + tensors_[tensor].byte_offset;
+}
 
 v1::RegisterBuffersRequest GradientArena::RegistrationRequest() const {
   // One buffer covering the whole object per dtype present, so each tensor's element offset

@@ -31,14 +31,19 @@ class GradientArena {
   GradientArena(const GradientArena&) = delete;
   GradientArena& operator=(const GradientArena&) = delete;
 
-  // Adds a tensor before Allocate(); returns its index. An empty group means a group of its own.
+  // Adds a tensor before Allocate() (the layout is fixed from then on: the C ABI refuses later
+  // ones); returns its index. An empty group means a group of its own.
   // `reduction`: how its group's norm combines the ranks' gradients (gstab/v1/stabilizer.proto).
   size_t AddTensor(std::string name, uint64_t numel, DType dtype, std::string group = "",
                    v1::Reduction reduction = v1::REDUCTION_SHARDED);
 
-  // Creates and maps the shared object ("/gstab-<pid>-<random>"), zero-filled.
+  // Creates and maps the shared object ("/gstab-<pid>-<random>"), zero-filled, its memory
+  // reserved now: RESOURCE_EXHAUSTED naming /dev/shm when it has no room (rather than a bus
+  // error at the first write). INVALID_ARGUMENT when the tensors add up to more than 2^50 bytes.
   absl::Status Allocate();
+  bool allocated() const { return base_ != nullptr; }
 
+  // The tensor's memory; null before Allocate() has succeeded.
   void* data(size_t tensor) const;
   uint64_t numel(size_t tensor) const { return tensors_[tensor].numel; }
   size_t num_tensors() const { return tensors_.size(); }

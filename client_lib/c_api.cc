@@ -127,6 +127,11 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
     return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
   if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
+  if (arena->arena.allocated()) {
+    return Report(absl::FailedPreconditionError(
+        absl::StrCat("tensor '", name,
+                     "' comes after the arena was allocated: add every tensor before allocating")));
+  }
   const size_t i =
       arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
                              group == nullptr ? "" : group, gstab::capi::ReductionOf(flags));

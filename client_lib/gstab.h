@@ -29,6 +29,7 @@ typedef int gstab_status;
 #define GSTAB_OK 0
 #define GSTAB_INVALID_ARGUMENT 3
 #define GSTAB_DEADLINE_EXCEEDED 4
+#define GSTAB_RESOURCE_EXHAUSTED 8
 #define GSTAB_FAILED_PRECONDITION 9
 #define GSTAB_UNIMPLEMENTED 12
 #define GSTAB_UNAVAILABLE 14
@@ -87,13 +88,16 @@ void gstab_arena_destroy(gstab_arena* arena);
 #define GSTAB_TENSOR_REPLICATED (1u << 0)
 #define GSTAB_TENSOR_NODE_SHARDED (1u << 1)
 
-/* group: "" or NULL for a group of its own. *index (may be NULL) receives the tensor index. */
+/* group: "" or NULL for a group of its own. *index (may be NULL) receives the tensor index.
+ * Every tensor is added before gstab_arena_allocate (GSTAB_FAILED_PRECONDITION after it). */
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
                                     gstab_dtype dtype, const char* group, size_t* index);
 gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, uint64_t numel,
                                           gstab_dtype dtype, const char* group, uint32_t flags,
                                           size_t* index);
+/* Reserves the arena's shared memory in /dev/shm: GSTAB_RESOURCE_EXHAUSTED when it lacks room. */
 gstab_status gstab_arena_allocate(gstab_arena* arena);
+/* NULL until gstab_arena_allocate has succeeded, or for an index past the last tensor. */
 void* gstab_arena_data(gstab_arena* arena, size_t index);
 
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);

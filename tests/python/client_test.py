@@ -131,6 +131,47 @@ class ClientTest(unittest.TestCase):
                                                               ctypes.byref(h)), 3)
         self.assertIn("must not be NULL", lib.gstab_last_error().decode())
 
+    def test_an_arena_is_laid_out_once_and_has_memory_once_allocated(self):
+        arena = gstab.Arena()
+        arena.add_tensor("w", 16)
+        arena.add_tensor("huge", 1 << 61)
+        arena.add_tensor("v", 16)
+        with self.assertRaises(gstab.Error) as e:
+            arena.allocate()
+        self.assertEqual(e.exception.code, 3)
+        self.assertIn("tensor 'huge'", e.exception.message)
+        for index in (0, 2):  # no memory, after a failed allocate() too
+            with self.assertRaises(gstab.Error):
+                arena.buffer(index)
+        arena = gstab.Arena()
+        arena.add_tensor("w", 16)
+        arena.allocate()
+        with self.assertRaises(gstab.Error) as e:
+            arena.add_tensor("late", 16)  # it would alias tensor 0
+        self.assertEqual(e.exception.code, 9)
+        self.assertIn("before allocating", e.exception.message)
+        self.assertEqual(len(arena.view(0)), 16)
+
+    def test_an_arena_larger_than_dev_shm_is_refused_when_allocated(self):
+        # In a mount namespace of its own with a 4 MiB /dev/shm (root only): a 16 MiB arena is
+        # refused at allocate() with a message naming /dev/shm, not a bus error at the first write.
+        script = ("import gstab\na = gstab.Arena()\na.add_tensor('w', 4 << 20)\n"
+                  "try:\n    a.allocate()\n    memoryview(a.view(0))[-1] = 1.0\n"
+                  "    print('ALLOCATED')\n"
+                  "except gstab.Error as e:\n    print('REFUSED', e.code, e.message)\n")
+        env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+                   PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+        run = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t tmpfs -o size=4m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable,
+             script], capture_output=True, text=True, env=env, timeout=60)
+        if run.returncode != 0 and "REFUSED" not in run.stdout:
+            if "ALLOCATED" not in run.stdout and ("unshare" in run.stderr or
+                                                  "mount" in run.stderr):
+                self.skipTest(f"no mount namespace here: {run.stderr.strip()}")
+        self.assertIn("REFUSED 8", run.stdout, run.stdout + run.stderr)
+        self.assertIn("/dev/shm", run.stdout)
+
     def test_a_group_is_either_replicated_or_sharded(self):
         client = gstab.Client(self.socket)
         client.attach("py-replicated")
