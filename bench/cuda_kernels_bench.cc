@@ -103,7 +103,7 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
     });
   };
   auto scale_ms = [&](int loads) {
-    return Time([&] { (void)LaunchScaleGroups(*dt, d_scales, nullptr, nullptr, loads); });
+    return Time([&] { (void)LaunchScaleGroups(*dt, d_scales, nullptr, loads); });
   };
   const float norm = norm_ms(kDefaultLoadsInFlight);
   const float scale = scale_ms(kDefaultLoadsInFlight);

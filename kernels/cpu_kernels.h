@@ -4,8 +4,8 @@
 //
 // Deterministic: fp32 accumulation inside a tile (many independent lanes; fp64 for a run of
 // huge finite elements whose fp32 sum would overflow, so finite gradients always have a finite
-// sum), fp64 across tiles in table order, so results are bit-identical for any thread count. Thread-safe as long as calls
-// do not share scratch or write overlapping chunks.
+// sum), fp64 across tiles in table order, so results are bit-identical for any thread count.
+// Thread-safe as long as calls do not share scratch or write overlapping chunks.
 #pragma once
 
 #include <cstdint>

@@ -78,12 +78,14 @@ class GpuPipeline {
   virtual void Abort(const std::string& why) = 0;
   // Lets every queued step still waiting for its worker's ready write past it (a worker that is
   // gone never writes it): gstabd writes the ready word itself, and those steps read and change
-  // nothing; to the job's other GPUs they void the step too (every GPU skips it). Never waits.
+  // nothing; to the job's other GPUs they void the step too (every GPU skips it). A step already
+  // past its sums is not changed: it finishes as the other GPUs' do. Never waits.
   virtual void Release() = 0;
   // Hands the results buffer over to the caller as the pipeline closes, so that it outlives the
-  // pipeline while a worker may still map it: freed when the last copy goes if the pipeline is
-  // idle now, else left allocated (a kernel may still write it). Never waits. `teardown_wait`
-  // bounds the destructor's wait for the GPU before it releases and aborts what is still queued.
+  // pipeline while a worker may still map it: freed once the last copy and the pipeline are gone
+  // and the pipeline's GPU work has finished (else left allocated: a kernel may still write it).
+  // Never waits. `teardown_wait` bounds the destructor's wait for the GPU before it releases and
+  // aborts what is still queued.
   virtual std::shared_ptr<void> TakeResults(absl::Duration teardown_wait) = 0;
   // Whether all its GPU work has finished.
   virtual bool Idle() = 0;

@@ -89,14 +89,20 @@ bool GpuWorkers::AwaitIdle(absl::Duration wait) {
 std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t> gone) {
   // Closing happens under the job's lock (and, for a new rendezvous, the daemon's): the waits
   // are short and shared by every local rank, whatever their number.
+  // A gone worker's ready write never comes: its steps are released first, so that its peers'
+  // collectives, which wait for it, meet it and finish (every GPU skips the step).
+  if (gone.has_value() && Has(*gone)) Slot(*gone).Release();
   if (multi_rank_ && !InLockstep()) {
+    // Local ranks stopped at different steps: their collectives cannot meet. Every held step is
+    // released first, so that no collective is still queued behind a ready word when its
+    // communicator is aborted, then the communicators are.
+    for (auto& [rank, w] : slots_) {
+      if (rank != gone) w.pipeline->Release();
+    }
     for (auto& [rank, w] : slots_) {
       w.pipeline->Abort("the job's local GPUs stopped at different steps");
     }
   }
-  // A gone worker's ready write never comes: its steps are released first, so that its peers'
-  // collectives, which wait for it, meet it and finish (every GPU skips the step).
-  if (gone.has_value() && Has(*gone)) Slot(*gone).Release();
   bool idle = AwaitIdle(kCloseWait);
   if (!idle) {  // a live worker has not written its ready word yet: its steps are voided too
     for (auto& [rank, w] : slots_) {
@@ -106,7 +112,7 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
   }
   if (!idle && multi_rank_) {
     // A peer that never comes (on another node, or stalled): the communicators are aborted
-    // together, after the releases (an abort frees NCCL's memory, which waits for the device).
+    // together, after the releases (no collective is held behind a ready word then).
     for (auto& [rank, w] : slots_) {
       w.pipeline->Abort("the job's GPU pipelines closed with a step still running");
     }

@@ -209,10 +209,9 @@ __device__ void ScaleTile(void* data, const Tile& tile, float s) {
 
 template <int kLoads>
 __global__ void __launch_bounds__(kThreads)
-    ScaleTiles(const DeviceChunk* chunks, const Tile* tiles, const float* scales,
-               const uint32_t* voided) {
-  // Voided after the sums were taken (the worker went away mid-step): its memory is not touched.
-  if (BlockSeesVoided(voided)) return;
+    ScaleTiles(const DeviceChunk* chunks, const Tile* tiles, const float* scales) {
+  // The scales decide, once per step: a step voided by the time its sums were taken has scale 1
+  // (nothing written); one voided later is scaled whole, as its statistics were updated.
   const Tile tile = tiles[blockIdx.x];
   const DeviceChunk chunk = chunks[tile.chunk];
   const float s = scales[chunk.group];
@@ -281,13 +280,13 @@ absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d
 }
 
 absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
-                               cudaStream_t stream, const uint32_t* d_voided, int loads_in_flight) {
+                               cudaStream_t stream, int loads_in_flight) {
   ClearStaleCudaError();
   absl::StatusOr<Variant> variant = Find(loads_in_flight);
   if (!variant.ok()) return variant.status();
   if (table.num_tiles() == 0) return absl::OkStatus();
   variant->scale<<<table.num_tiles(), kThreads, 0, stream>>>(table.d_chunks(), table.d_tiles(),
-                                                             d_scales, d_voided);
+                                                             d_scales);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

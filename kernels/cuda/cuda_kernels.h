@@ -101,10 +101,10 @@ absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d
                                    int loads_in_flight = kDefaultLoadsInFlight);
 
 // Multiplies each group's elements by d_scales[group] in place, like CpuScaleGroups (a scale of
-// exactly 1 writes nothing, exactly 0 writes zeros). `d_voided` as for LaunchGroupSumSquares:
-// while nonzero nothing is written (also when it was set after the sums were taken).
+// exactly 1 writes nothing, exactly 0 writes zeros). It reads no voided word: whether a step is
+// void is decided once, by the sums kernel (whose kStepVoided flags give scale 1), so that a
+// step voided while it runs is never scaled in part.
 absl::Status LaunchScaleGroups(const DeviceChunkTable& table, const float* d_scales,
-                               cudaStream_t stream, const uint32_t* d_voided = nullptr,
-                               int loads_in_flight = kDefaultLoadsInFlight);
+                               cudaStream_t stream, int loads_in_flight = kDefaultLoadsInFlight);
 
 }  // namespace gstab

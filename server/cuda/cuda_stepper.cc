@@ -166,6 +166,8 @@ CudaStepper::~CudaStepper() {
     }
   }
   ClearStaleCudaError();
+  if (results_release_ != nullptr) results_release_->finished = true;  // drained
+  results_release_.reset();
   std::vector<void*> host = {h_aborted_, h_stage_, h_progress_};
   {
     absl::MutexLock lock(&mu_);
@@ -312,7 +314,7 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_, d_voided_); !s.ok()) return s;
+  if (absl::Status s = LaunchScaleGroups(table_, d_scales_, stream_); !s.ok()) return s;
   if (absl::Status s = LaunchSummarizeResults(step, d_outcomes_, groups, d_results_, stream_);
       !s.ok()) {
     return s;

@@ -61,8 +61,8 @@ class CudaStepper final : public GpuPipeline {
   void Abort(const std::string& why) override {
     if (comm_ != nullptr) comm_->Abort(why);
   }
-  // Voids the queued steps (the sums and scale kernels read the voided word; the merge kernel
-  // tells the other GPUs), then writes the ready word on a stream of its own.
+  // Sets the voided word (read by the sums kernel of every step not yet past it, whose flags the
+  // all-reduce carries to the other GPUs), then writes the ready word on a stream of its own.
   void Release() override;
 
  private:
@@ -133,6 +133,15 @@ class CudaStepper final : public GpuPipeline {
   StepResultsHeader* d_results_ = nullptr;
   StepOutcome* d_outcomes_ = nullptr;
   std::string results_handle_;
+  // The results buffer once TakeResults has handed it over: freed when the last of its holders
+  // (the caller's copies, this pipeline) lets go, if the pipeline's GPU work had finished.
+  struct ResultsRelease {
+    ~ResultsRelease();
+    int device = 0;
+    void* buffer = nullptr;
+    bool finished = false;
+  };
+  std::shared_ptr<ResultsRelease> results_release_;
   uint64_t results_bytes_ = 0;
   uint64_t ready_offset_ = 0;
   uint32_t* d_ready_ = nullptr;

@@ -21,11 +21,10 @@ bool CudaStepper::Idle() {
 
 void CudaStepper::Release() {
   cudaSetDevice(device_);
-  // Voided first (the sums kernels: nothing read, and a flag that has the rule kernel apply
-  // nothing; the merge kernel too), then the ready word, on a stream of its own: the
-  // pipeline's stream is the one that waits.
-  *h_aborted_ = 1;
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Voided first (the sums kernel then reads nothing and flags the step kStepVoided, which the
+  // rule kernel applies nothing for and the all-reduce tells the other GPUs), then the ready
+  // word, on a stream of its own: the pipeline's stream is the one that waits. A step already
+  // past its sums is not changed: it finishes as every other GPU's does.
   absl::Status s = StreamWriteValue(release_stream_, d_voided_, 1);
   if (s.ok()) s = StreamWriteValue(release_stream_, d_ready_, last_ready_.load());
   ClearStaleCudaError();
@@ -38,23 +37,26 @@ void CudaStepper::Release() {
   }
 }
 
+CudaStepper::ResultsRelease::~ResultsRelease() {
+  if (!finished) return;  // a kernel may still write it: left allocated
+  DeferDeviceRelease([device = device, p = buffer] {
+    cudaSetDevice(device);
+    cudaFree(p);
+    ClearStaleCudaError();
+  });
+}
+
 std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration teardown_wait) {
   teardown_wait_ = std::min(teardown_wait_, teardown_wait);
+  auto release = std::make_shared<ResultsRelease>();
+  release->device = device_;
+  release->buffer = d_results_;
+  release->finished = Idle();  // else once the destructor has drained the stream
+  results_release_ = release;
   StepResultsHeader* results = d_results_;
   d_results_ = nullptr;
   d_outcomes_ = nullptr;
-  // Once the stream is idle nothing writes the buffer again; while it is not (a peer stalls an
-  // all-reduce), the buffer is left allocated rather than freed under a kernel or a worker's
-  // mapping.
-  if (!Idle()) return std::shared_ptr<void>(results, [](void*) {});
-  const int device = device_;
-  return std::shared_ptr<void>(results, [device](void* p) {
-    DeferDeviceRelease([device, p] {
-      cudaSetDevice(device);
-      cudaFree(p);
-      ClearStaleCudaError();
-    });
-  });
+  return std::shared_ptr<void>(results, [release](void*) {});
 }
 
 void CudaStepper::Watch() {

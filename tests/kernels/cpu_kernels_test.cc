@@ -139,6 +139,8 @@ TEST(CpuKernelsTest, HugeFiniteElementsHaveAFiniteSum) {
       Result r = GroupSums(*table, nullptr);
       EXPECT_EQ(r.non_finite[0], 0u) << DTypeName(dtype) << " every " << every;
       ASSERT_TRUE(std::isfinite(r.sums[0])) << DTypeName(dtype) << " every " << every;
+      CpuExecutor executor(4);
+      EXPECT_EQ(GroupSums(*table, &executor).sums, r.sums);  // the same bits on 4 threads
       EXPECT_NEAR(r.sums[0] / static_cast<double>(ReferenceSum(b, numel)), 1.0, 2e-6)
           << DTypeName(dtype) << " every " << every;
     }

@@ -165,7 +165,7 @@ TEST(CudaKernelsTest, AnUnbuiltLoadsSettingIsRefused) {
   ChunkTable table = g.Table(true);
   auto dt = DeviceChunkTable::Upload(table, nullptr);
   ASSERT_TRUE(dt.ok());
-  const absl::Status s = LaunchScaleGroups(*dt, nullptr, nullptr, nullptr, 3);
+  const absl::Status s = LaunchScaleGroups(*dt, nullptr, nullptr, 3);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("1, 2, 4 or 8"), std::string::npos) << s;
   EXPECT_EQ(LaunchGroupSumSquares(*dt, nullptr, nullptr, nullptr, nullptr, nullptr, 16).code(),
@@ -229,7 +229,7 @@ TEST(CudaKernelsTest, ScaleEqualsTheCpuKernelBitForBit) {
   cudaMemcpy(d_scales, scales, sizeof scales, cudaMemcpyHostToDevice);
   for (int loads : kLoadSettings) {
     cudaMemcpy(g.device(), pristine.data(), pristine.size(), cudaMemcpyHostToDevice);
-    ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr, nullptr, loads).ok());
+    ASSERT_TRUE(LaunchScaleGroups(*dt, d_scales, nullptr, loads).ok());
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_TRUE(g.Download() == g.host())
         << "device scaling differs from the CPU kernel with " << loads << " loads in flight";
@@ -297,6 +297,8 @@ class DeviceArray {
   T* d_ = nullptr;
 };
 
+// A step voided before its sums reads nothing, and its flags have the rule kernel keep the
+// statistics and give scale 1, which the scale kernel writes nothing for.
 TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
   SKIP_WITHOUT_GPU();
   Gradients g(MixedLayout(), 6);
@@ -311,16 +313,24 @@ TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
   DeviceArray<TilePartial> partials(table.tiles().size());
   DeviceArray<double> sums(table.num_groups());
   DeviceArray<uint32_t> flags(table.num_groups());
-  const std::vector<float> half(table.num_groups(), 0.5f);
-  DeviceArray<float> scales(half.size(), half.data());
+  std::vector<GroupStats> start(table.num_groups());
+  for (GroupStats& s : start) s.t = 5;
+  DeviceArray<GroupStats> stats(start.size(), start.data());
+  DeviceArray<StepOutcome> outcomes(table.num_groups());
+  DeviceArray<float> scales(table.num_groups());
   ASSERT_TRUE(
       LaunchGroupSumSquares(*dt, partials.get(), sums.get(), flags.get(), nullptr, voided.get())
           .ok());
-  // Voided after the sums: the scale kernel, its scales already made, writes nothing either.
-  ASSERT_TRUE(LaunchScaleGroups(*dt, scales.get(), nullptr, voided.get()).ok());
+  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), sums.get(), flags.get(),
+                              table.num_groups(), outcomes.get(), scales.get(), nullptr)
+                  .ok());
+  ASSERT_TRUE(LaunchScaleGroups(*dt, scales.get(), nullptr).ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_EQ(sums.Read(), std::vector<double>(table.num_groups(), 0.0));
   EXPECT_EQ(flags.Read(), std::vector<uint32_t>(table.num_groups(), kStepVoided));
+  EXPECT_EQ(scales.Read(), std::vector<float>(table.num_groups(), 1.0f));
+  for (const GroupStats& s : stats.Read()) EXPECT_EQ(s.t, 5u);
+  for (const StepOutcome& o : outcomes.Read()) EXPECT_EQ(o.flags, kFlagSkipped);
   EXPECT_TRUE(g.Download() == before);
 }
 

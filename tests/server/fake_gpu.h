@@ -6,8 +6,10 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,13 +44,15 @@ class HostDeviceMemory final : public DeviceMemory {
 inline constexpr uint32_t kReady = 7;
 
 // The "GPU" that a test's fake pipelines share: whether it still has work queued (a step held at
-// a worker's ready word: then Statistics, which would wait, must not be called); the closing
-// calls the pipelines got, in order ("release 1", "abort 0", "take idle 0" or "take busy 0",
-// with the rank); what a release or an abort does to it; and an error every Enqueue returns
-// instead.
+// a worker's ready word: then Statistics, which would wait, must not be called), for every rank
+// or some; the closing calls the pipelines got, in order ("release 1", "abort 0", "take idle 0"
+// or "take busy 0", with the rank), and the results buffer each rank's TakeResults handed over;
+// what a release or an abort does to it; and an error every Enqueue returns instead.
 struct FakeGpu {
   bool busy = false;
+  std::set<uint32_t> busy_ranks;
   std::vector<std::string> calls;
+  std::map<uint32_t, std::weak_ptr<void>> results;
   std::function<void(uint32_t rank)> on_release, on_abort;
   absl::Status enqueue_error;
 };
@@ -111,9 +115,13 @@ class LaggingPipeline final : public GpuPipeline {
   std::string ResultsHandle() const override { return std::string(64, 'R'); }
   std::shared_ptr<void> TakeResults(absl::Duration) override {
     Log(Idle() ? "take idle" : "take busy");
-    return std::make_shared<int>(0);
+    auto results = std::make_shared<int>(0);
+    if (gpu_ != nullptr) gpu_->results[rank_] = results;
+    return results;
   }
-  bool Idle() override { return gpu_ == nullptr || !gpu_->busy; }
+  bool Idle() override {
+    return gpu_ == nullptr || (!gpu_->busy && gpu_->busy_ranks.count(rank_) == 0);
+  }
   void Abort(const std::string&) override {
     Log("abort");
     if (gpu_ != nullptr && gpu_->on_abort) gpu_->on_abort(rank_);
