@@ -23,6 +23,13 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
 
 Client::~Client() { StopKeepAlive(); }
 
+void Client::Reconnect() {
+  grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
+  // Calls that fail fast poll nothing: without a wait here the new connection's handshake would
+  // only complete at gRPC's backup poll, up to 5 s later.
+  channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path,
                                                         absl::Duration timeout) {
   const std::string target = absl::StrCat("unix:", socket_path);

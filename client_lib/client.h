@@ -94,9 +94,14 @@ class Client {
     grpc::ClientContext ctx;
     Response response;
     absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));
+    if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
     return response;
   }
+  // gstabd did not answer (it restarts, say): connects again at once, waiting up to 200 ms,
+  // rather than after gRPC's connection backoff (up to 2 minutes), which would keep the worker
+  // waiting long after a new gstabd serves.
+  void Reconnect();
 
   std::shared_ptr<grpc::Channel> channel_;
   std::string target_;

@@ -381,6 +381,29 @@ class JobControlTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_gstabd_down_for_seconds_is_attached_again_soon_after_it_is_back(self):
+        # The client retries the connection every second at most: gRPC's own backoff (up to
+        # 120 s) would have the worker wait long after the new gstabd serves.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-down", policy="stabilize-stable-spam")
+            views = one_tensor_job(client)
+            self.run_steps(client, views, range(1, 4))
+            back = []
+            restart = threading.Thread(target=lambda: back.append((node.restart(down=6),
+                                                                   time.monotonic())))
+            restart.start()
+            time.sleep(0.5)  # down now
+            self.run_steps(client, views, [4])
+            stepped = time.monotonic()
+            restart.join()
+            self.assertEqual(back[0][0], 0)
+            self.assertEqual(client.reattached, 1)
+            self.assertLess(stepped - back[0][1], 2.5, "the step came long after gstabd was back")
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_job_across_nodes_has_one_norm_per_group(self):
         # Two nodes, each its own gstabd, talking over loopback TCP (Gloo).
         nodes = [Gstabd(ARGS.gstabd, "--peer_listen=127.0.0.1:0", "--step_timeout_ms=20000")

@@ -29,13 +29,15 @@ class Gstabd:
                     raise RuntimeError("gstabd did not start: " + f.read())
             time.sleep(0.02)
 
-    def restart(self) -> int:
+    def restart(self, down: float = 0) -> int:
         """Stops gstabd (SIGTERM: it checkpoints its jobs) and starts another on the same socket
-        and state folder, as a DaemonSet replaces its pod; returns the first one's exit status."""
+        and state folder `down` seconds later, as a DaemonSet replaces its pod; returns the first
+        one's exit status."""
         self.process.terminate()
         rc = self.process.wait(20)
         if os.path.exists(self.socket):
             os.unlink(self.socket)
+        time.sleep(down)
         self._start()
         return rc
 
