@@ -106,6 +106,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gstabd: --backend=%s: expected auto, cpu or cuda\n", backend.c_str());
     return 2;
   }
+  if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
+      absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0) {
+    std::fprintf(stderr,
+                 "gstabd: --lease_ms, --step_timeout_ms and --checkpoint_interval_s must be "
+                 "positive\n");
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_job_idle_s) < 0 || absl::GetFlag(FLAGS_job_retention_s) < 0) {
     std::fprintf(stderr,
                  "gstabd: --job_idle_s and --job_retention_s take seconds, or 0 for never\n");

@@ -96,6 +96,13 @@ std::vector<StateStore::Stored> StateStore::LoadAll() {
       LOG(WARNING) << "skipping unreadable checkpoint " << path;
       continue;
     }
+    // Saved as <job>.jobstate: a file copied or renamed would stand in for another job (or, with
+    // a name that is not a job's, reach outside the folder when its job's file is deleted).
+    if (entry.path().filename().string() != absl::StrCat(state.job(), kSuffix)) {
+      LOG(WARNING) << "skipping checkpoint " << path << ": it holds job '" << state.job()
+                   << "', whose file would be " << state.job() << kSuffix;
+      continue;
+    }
     struct stat st;
     const absl::Time saved =
         stat(path.c_str(), &st) == 0 ? absl::TimeFromTimespec(st.st_mtim) : absl::Now();

@@ -24,6 +24,20 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   EXPECT_EQ(store.LoadAll()[0].state.job(), "j");
 }
 
+// A checkpoint copied or renamed under another job's file name is not taken for that job.
+TEST(StateStoreTest, ACheckpointUnderAnotherJobsNameIsSkipped) {
+  testing::TempDir dir;
+  StateStore store(dir.path());
+  ASSERT_TRUE(store.Init().ok());
+  v1::JobState job;
+  job.set_job("a");
+  ASSERT_TRUE(store.Save(job).ok());
+  std::filesystem::copy_file(dir.path() + "/a.jobstate", dir.path() + "/b.jobstate");
+  const std::vector<StateStore::Stored> loaded = store.LoadAll();
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].state.job(), "a");
+}
+
 TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
   testing::TempDir dir;
   const std::string state = dir.path() + "/state";
