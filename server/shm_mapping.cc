@@ -41,8 +41,18 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
     return absl::InternalError(
         absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
   }
-  return std::shared_ptr<ShmMapping>(
-      new ShmMapping(name, fd, static_cast<unsigned char*>(data), size, st.st_uid));
+  return std::shared_ptr<ShmMapping>(new ShmMapping(name, fd, static_cast<unsigned char*>(data),
+                                                    size, st.st_uid, st.st_dev, st.st_ino));
+}
+
+bool ShmMapping::IsCurrent() const {
+  const int fd = shm_open(name_.c_str(), O_RDONLY, 0);
+  if (fd < 0) return false;
+  struct stat st;
+  const bool same = fstat(fd, &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_ &&
+                    static_cast<uint64_t>(st.st_size) == size_;
+  close(fd);
+  return same;
 }
 
 ShmMapping::~ShmMapping() {
@@ -67,7 +77,11 @@ absl::Status ShmMapping::CheckSize() const {
 
 absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  if (std::shared_ptr<ShmMapping> live = mappings_[name].lock()) return live;
+  PruneAndCountLive(&mappings_);  // names nobody maps any more
+  if (auto it = mappings_.find(name); it != mappings_.end()) {
+    std::shared_ptr<ShmMapping> live = it->second.lock();
+    if (live != nullptr && live->IsCurrent()) return live;
+  }
   absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name);
   if (!opened.ok()) {
     mappings_.erase(name);

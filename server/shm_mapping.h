@@ -36,21 +36,34 @@ class ShmMapping {
   // it, and touching the pages past its end would kill gstabd with SIGBUS. Checked before every
   // step; a truncation during a step is not caught.
   absl::Status CheckSize() const;
+  // Whether `name` still names this object, at the size mapped: a worker may have replaced it
+  // (removed it and made another of that name) or resized it since.
+  bool IsCurrent() const;
 
  private:
-  ShmMapping(std::string name, int fd, unsigned char* data, size_t size, uid_t owner)
-      : name_(std::move(name)), fd_(fd), data_(data), size_(size), owner_(owner) {}
+  ShmMapping(std::string name, int fd, unsigned char* data, size_t size, uid_t owner, dev_t dev,
+             ino_t ino)
+      : name_(std::move(name)),
+        fd_(fd),
+        data_(data),
+        size_(size),
+        owner_(owner),
+        dev_(dev),
+        ino_(ino) {}
 
   std::string name_;
   int fd_;  // kept open for CheckSize
   unsigned char* data_;
   size_t size_;
   uid_t owner_;
+  dev_t dev_;  // the object's identity
+  ino_t ino_;
 };
 
 class MappingRegistry {
  public:
-  // Returns the live mapping of `name`, opening it if nobody holds it.
+  // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
+  // IsCurrent), else opens it (anew: holders of an older mapping keep theirs).
   absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name);
   // Objects currently mapped (held by at least one registration or step).
   int LiveMappings();

@@ -9,6 +9,7 @@
 #include "client_lib/arena.h"
 #include "common/shm_names.h"
 #include "gtest/gtest.h"
+#include "server/shm_mapping.h"
 
 namespace gstab {
 namespace {
@@ -149,6 +150,41 @@ TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
       MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry, nullptr, getuid())
           .status();
   EXPECT_NE(s.message().find("exceeds"), std::string::npos) << s;
+}
+
+// An object replaced under its name (removed and made again) or resized while a registration
+// still maps it is mapped anew: registering again reaches the worker's current memory, at its
+// current size, not the old mapping.
+TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
+  const std::string name = "/gstab-test-" + std::to_string(getpid());
+  auto make = [&](size_t bytes, float first) {
+    const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    ASSERT_EQ(pwrite(fd, &first, sizeof first, 0), static_cast<ssize_t>(sizeof first));
+    close(fd);
+  };
+  make(8192, 1.0f);
+  MappingRegistry registry;
+  absl::StatusOr<std::shared_ptr<ShmMapping>> held = registry.Acquire(name);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(registry.Acquire(name)->get(), held->get());  // the same object: shared
+
+  shm_unlink(name.c_str());
+  make(8192, 2.0f);  // another object of that name
+  absl::StatusOr<std::shared_ptr<ShmMapping>> replaced = registry.Acquire(name);
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  EXPECT_NE(replaced->get(), held->get());
+  EXPECT_EQ(reinterpret_cast<float*>((*replaced)->data())[0], 2.0f);
+  EXPECT_EQ(reinterpret_cast<float*>((*held)->data())[0], 1.0f);  // its holders keep theirs
+
+  make(4096, 3.0f);  // the same object, shrunk
+  absl::StatusOr<std::shared_ptr<ShmMapping>> shrunk = registry.Acquire(name);
+  ASSERT_TRUE(shrunk.ok()) << shrunk.status();
+  EXPECT_EQ((*shrunk)->size(), 4096u);
+  EXPECT_TRUE((*shrunk)->CheckSize().ok());
+  EXPECT_FALSE((*replaced)->CheckSize().ok());  // the old mapping is now past the end
+  shm_unlink(name.c_str());
 }
 
 }  // namespace
