@@ -140,8 +140,8 @@ class Daemon {
   // Refreshes the job's worker and byte gauges.
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_, report_mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
-  // The rendezvous of a multi-node `request`, checked before any job is made for it: a blob
-  // gstabd made, for this job and node count, on a gstabd that serves multi-node jobs.
+  // The rendezvous of a multi-node `request`: a blob gstabd made, for this job and node count,
+  // on a gstabd that serves multi-node jobs. A new job is not made for a refused one.
   absl::StatusOr<v1::RendezvousInfo> ParseRendezvous(const v1::AttachRequest& request) const;
   // Installs the communicator of rendezvous `info` (ParseRendezvous's) on `job` unless it
   // already has it.
@@ -170,9 +170,10 @@ class Daemon {
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal
   // left in `replaced`.
-  // `rendezvous`: ParseRendezvous's, for a multi-node request (else null).
+  // `rendezvous`: ParseRendezvous's answer, for a multi-node request (else null).
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
-                            uint32_t local_world, const v1::RendezvousInfo* rendezvous,
+                            uint32_t local_world,
+                            const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
                             v1::AttachResponse* response, std::optional<Removal>* replaced,
                             std::shared_ptr<Job>* attached) ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -89,11 +89,11 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   }
   absl::StatusOr<RuleParams> params = ResolveConfig(request.config());
   if (!params.ok()) return params.status();
-  std::optional<v1::RendezvousInfo> rendezvous;
-  if (nodes > 1) {  // before a job is made for it: a bad blob leaves nothing behind
-    absl::StatusOr<v1::RendezvousInfo> info = ParseRendezvous(request);
-    if (!info.ok()) return info.status();
-    rendezvous = *std::move(info);
+  std::optional<absl::StatusOr<v1::RendezvousInfo>> rendezvous;
+  if (nodes > 1) rendezvous = ParseRendezvous(request);
+  if (rendezvous.has_value() && !rendezvous->ok()) {
+    absl::MutexLock lock(&mu_);  // no room is made, nor a job, for a refused attach
+    if (jobs_.count(request.job()) == 0) return rendezvous->status();
   }
   std::optional<Removal> replaced;
   std::shared_ptr<Job> attached;
@@ -106,7 +106,8 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
 }
 
 absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
-                                  uint32_t local_world, const v1::RendezvousInfo* rendezvous,
+                                  uint32_t local_world,
+                                  const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
                                   v1::AttachResponse* response, std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached) {
   const bool has_config = request.config().ByteSizeLong() > 0;
@@ -119,6 +120,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     AwaitNotRetiring(request.job());
     std::shared_ptr<Job>& slot = jobs_[request.job()];
     existing = slot != nullptr;
+    if (!existing && rendezvous != nullptr && !rendezvous->ok()) {
+      jobs_.erase(request.job());  // a refused attach leaves no job behind
+      return rendezvous->status();
+    }
     if (!existing) {
       if (jobs_.size() > options_.max_jobs) {  // filled since MakeRoomFor
         jobs_.erase(request.job());
@@ -188,7 +193,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     }
   }
   if (rendezvous != nullptr) {
-    if (absl::Status s = JoinRendezvous(request, *rendezvous, job.get()); !s.ok()) return s;
+    if (!rendezvous->ok()) return rendezvous->status();
+    if (absl::Status s = JoinRendezvous(request, **rendezvous, job.get()); !s.ok()) return s;
   }
   *response->mutable_effective_config() = EffectiveConfig(job->params());
 
