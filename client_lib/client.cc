@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstdlib>
 
 #include "absl/strings/escaping.h"
@@ -10,6 +11,14 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace gstab {
+namespace {
+
+uint64_t NextClientId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1);
+}
+
+}  // namespace
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -17,7 +26,8 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 }
 
 Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
-    : channel_(std::move(channel)),
+    : id_(NextClientId()),
+      channel_(std::move(channel)),
       target_(std::move(target)),
       stub_(v1::Stabilizer::NewStub(channel_)) {}
 

@@ -56,6 +56,9 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   absl::Status Attach(const AttachOptions& options);
+  // Unique in this process for its lifetime (unlike the object's address, which a later client
+  // can reuse).
+  uint64_t id() const { return id_; }
   // Global rank 0 of a multi-node job, before anyone attaches: a new rendezvous blob (opaque
   // bytes) to broadcast to every worker of the job.
   // `cuda`: the job registers GPU gradients (cuda_ipc), so the blob carries an NCCL id too.
@@ -103,6 +106,7 @@ class Client {
   // waiting long after a new gstabd serves.
   void Reconnect();
 
+  const uint64_t id_;
   std::shared_ptr<grpc::Channel> channel_;
   std::string target_;
   std::unique_ptr<v1::Stabilizer::Stub> stub_;

@@ -37,13 +37,20 @@ bool WaitDone(Query query, absl::Duration timeout) {
   }
 }
 
-// The CudaGradients last registered through each client: gstabd frees the results buffer of a
-// registration it replaces, so a new registration through the same client first has the one it
-// replaces let go of its mapping. The clients are keys only, never followed.
+// The CudaGradients last registered through each client (by Client::id, never reused as an
+// address can be): gstabd frees the results buffer of a registration it replaces, so a new
+// registration through the same client first has the one it replaces let go of its mapping.
 absl::Mutex registered_mu(absl::kConstInit);
-std::map<const Client*, CudaGradients*>& Registered() ABSL_EXCLUSIVE_LOCKS_REQUIRED(registered_mu) {
-  static auto* registered = new std::map<const Client*, CudaGradients*>;
+std::map<uint64_t, CudaGradients*>& Registered() ABSL_EXCLUSIVE_LOCKS_REQUIRED(registered_mu) {
+  static auto* registered = new std::map<uint64_t, CudaGradients*>;
   return *registered;
+}
+
+// Drops `g` from Registered() wherever it is.
+void Forget(const CudaGradients* g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(registered_mu) {
+  for (auto it = Registered().begin(); it != Registered().end();) {
+    it = it->second == g ? Registered().erase(it) : std::next(it);
+  }
 }
 
 }  // namespace
@@ -60,9 +67,7 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 CudaGradients::~CudaGradients() {
   {
     absl::MutexLock lock(&registered_mu);
-    for (auto it = Registered().begin(); it != Registered().end();) {
-      it = it->second == this ? Registered().erase(it) : std::next(it);
-    }
+    Forget(this);
   }
   CloseResults();
   if (done_passed_ != nullptr) cudaEventDestroy(done_passed_);
@@ -76,12 +81,11 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   // larger blocks), so register the block's handle and the tensor's offset inside it.
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   cudaPointerAttributes where;
-  if (cudaPointerGetAttributes(&where, ptr) == cudaSuccess &&
-      where.type == cudaMemoryTypeDevice && where.device != device_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor '", name, "' is on CUDA device ", where.device,
-                     ", not on this CudaGradients' device ", device_,
-                     ": make one CudaGradients per device"));
+  if (cudaPointerGetAttributes(&where, ptr) == cudaSuccess && where.type == cudaMemoryTypeDevice &&
+      where.device != device_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' is on CUDA device ", where.device,
+        ", not on this CudaGradients' device ", device_, ": make one CudaGradients per device"));
   }
   (void)cudaGetLastError();  // an unknown pointer is reported below
   absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
@@ -100,8 +104,8 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
       static_cast<uint64_t>(static_cast<char*>(ptr) - static_cast<char*>(range->first));
   const uint64_t element = ElementSize(dtype);
   if (offset % element != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is not aligned to its ",
-                                                   DTypeName(dtype), " elements"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' is not aligned to its ", DTypeName(dtype), " elements"));
   }
   // One buffer per allocation and dtype, its tensors at their offsets in it: a model's tensors
   // share a few of a caching allocator's blocks, and gstabd caps the buffers of a registration.
@@ -194,7 +198,7 @@ absl::Status CudaGradients::Register(Client* client) {
   CudaGradients* replaced = nullptr;
   {
     absl::MutexLock lock(&registered_mu);
-    auto it = Registered().find(client);
+    auto it = Registered().find(client->id());
     if (it != Registered().end() && it->second != this) replaced = it->second;
   }
   if (replaced != nullptr) replaced->CloseResults();
@@ -233,7 +237,10 @@ absl::Status CudaGradients::Register(Client* client) {
   done_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.done_offset());
   ready_value_ = 0;  // a new buffer's ready word starts at 0
   absl::MutexLock lock(&registered_mu);
-  Registered()[client] = this;
+  // Registered through this client only now: another client it was registered through before
+  // no longer has it (a registration there must not close this one's mapping).
+  Forget(this);
+  Registered()[client->id()] = this;
   return absl::OkStatus();
 }
 

@@ -10,7 +10,9 @@
 //                                         then checks that the step completed
 //   cuda_e2e_worker SOCKET JOB replace    a step, then a second CudaGradients registered
 //                                         through the same client: the first lets go of its
-//                                         results and refuses to step, the second steps
+//                                         results and refuses to step, the second steps; then
+//                                         the second moves to another client, and a third
+//                                         through the first client leaves it be
 // Prints "RESULT ok ..." or "RESULT <what failed>".
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -264,7 +266,33 @@ int Replace(const char* socket, const char* job) {
   if (header.step != 3 || (header.flags & gstab::kFlagAccepted) == 0) {
     return Fail("the second's results: step " + std::to_string(header.step));
   }
+  // The second moves to another client (of another job); a third registered through the first
+  // client then replaces nothing of the second's.
+  auto other = gstab::Client::Connect(socket);
+  if (!other.ok()) return Fail("other client: " + other.status().ToString());
+  gstab::AttachOptions o;
+  o.job = std::string(job) + "-moved";
+  if (absl::Status st = (*other)->Attach(o); !st.ok()) return Fail("other: " + st.ToString());
+  if (absl::Status st = (*second)->Register(other->get()); !st.ok()) {
+    return Fail("second on the other client: " + st.ToString());
+  }
+  auto third = gstab::CudaGradients::Create(0);
+  if (!third.ok()) return Fail("third: " + third.status().ToString());
+  if (absl::StatusOr<void*> p = (*third)->AllocateTensor("v", 1024, gstab::DType::kFloat32);
+      !p.ok()) {
+    return Fail("third's tensor: " + p.status().ToString());
+  }
+  if (absl::Status st = (*third)->Register(s->client.get()); !st.ok()) {
+    return Fail("third registration: " + st.ToString());
+  }
+  if ((*second)->device_results() == nullptr) return Fail("the third closed the moved second");
+  if (absl::StatusOr<gstab::v1::StepResponse> r = (*second)->Step(other->get(), 1, s->stream);
+      !r.ok()) {
+    return Fail("the moved second's step: " + r.status().ToString());
+  }
+  if (cudaStreamSynchronize(s->stream) != cudaSuccess) return Fail("stream failed");
   if (absl::Status st = s->client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
+  if (absl::Status st = (*other)->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
   std::printf("RESULT ok the second registration replaced the first\n");
   return 0;
 }
