@@ -31,6 +31,7 @@ typedef int gstab_status;
 #define GSTAB_DEADLINE_EXCEEDED 4
 #define GSTAB_RESOURCE_EXHAUSTED 8
 #define GSTAB_FAILED_PRECONDITION 9
+#define GSTAB_ABORTED 10 /* this session was replaced: another process attached as its rank */
 #define GSTAB_UNIMPLEMENTED 12
 #define GSTAB_UNAVAILABLE 14
 #define GSTAB_UNAUTHENTICATED 16

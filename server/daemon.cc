@@ -66,6 +66,10 @@ void Daemon::SetPeerAddress(std::string address) {
 absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(token);
+  if (auto replaced = replaced_sessions_.find(token);
+      it == sessions_.end() && replaced != replaced_sessions_.end()) {
+    return absl::AbortedError(replaced->second);
+  }
   if (token.empty() || it == sessions_.end()) {
     return absl::UnauthenticatedError(
         "unknown or expired session: attach again (sessions expire after the lease without "
@@ -82,6 +86,19 @@ absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {
         "an observer session cannot register buffers or step; attach as a worker");
   }
   return session;
+}
+
+void Daemon::RememberReplaced(const std::string& token, const std::string& job,
+                              uint32_t local_rank) {
+  replaced_sessions_[token] = absl::StrCat(
+      "this session of local rank ", local_rank, " of job '", job,
+      "' was replaced: another process attached as that local rank (two processes cannot share "
+      "one; check the launcher's local ranks, or detach this one)");
+  replaced_order_.push_back(token);
+  if (replaced_order_.size() > kRememberedReplacements) {
+    replaced_sessions_.erase(replaced_order_.front());
+    replaced_order_.pop_front();
+  }
 }
 
 std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,

@@ -5,6 +5,7 @@
 // Thread-safe. Jobs step concurrently; calls of one job synchronise inside Job.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -152,6 +153,9 @@ class Daemon {
   // Ends one pending use of `job` (see pending_); idle from now if nothing else uses it.
   void Unpend(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status JobCapReached() const;
+  // Notes that session `token` (of `job`'s `local_rank`) was replaced by a new attach.
+  void RememberReplaced(const std::string& token, const std::string& job, uint32_t local_rank)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Notes the jobs without sessions (idle from now, if not already) and forgets the others.
   void UpdateIdle(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Retires `job` unless a session uses it or it was replaced: exports its state (outside mu_:
@@ -189,6 +193,12 @@ class Daemon {
 
   absl::Mutex mu_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  // Tokens of the newest sessions replaced by another attach of their local rank, and what a
+  // call with one is told (ABORTED: its worker must not attach again, or the two processes
+  // would take the rank from each other at every step).
+  static constexpr size_t kRememberedReplacements = 4096;
+  std::map<std::string, std::string> replaced_sessions_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> replaced_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   // The statistics of jobs not held (found at start, or retired), and since when they are not.
   struct Checkpointed {

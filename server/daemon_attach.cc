@@ -207,6 +207,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         it->second.local_rank == request.local_rank()) {
       LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
                 << " attached again; dropping its previous session";
+      RememberReplaced(it->first, request.job(), request.local_rank());
       *replaced = DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
       break;
     }

@@ -381,6 +381,27 @@ class JobControlTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_two_processes_of_one_local_rank_do_not_take_it_from_each_other(self):
+        # A launcher that gives two workers the same local rank: the second attach replaces the
+        # first's session, and the first is told so (ABORTED) instead of attaching again, which
+        # would replace the second's in turn, at every step.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            first, second = gstab.Client(node.socket), gstab.Client(node.socket)
+            first.attach("py-twins")
+            views = one_tensor_job(first)
+            self.run_steps(first, views, [1])
+            second.attach("py-twins")
+            second_views = one_tensor_job(second)
+            with self.assertRaises(gstab.Error) as e:
+                self.run_steps(first, views, [2])
+            self.assertEqual(e.exception.code, 10)
+            self.assertIn("another process attached as that local rank", e.exception.message)
+            self.assertEqual(first.reattached, 0)
+            self.run_steps(second, second_views, [2])  # the second keeps the rank
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_gstabd_down_for_seconds_is_attached_again_soon_after_it_is_back(self):
         # The client retries the connection every second at most: gRPC's own backoff (up to
         # 120 s) would have the worker wait long after the new gstabd serves.
