@@ -53,7 +53,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
     LOG(INFO) << "found checkpoint of job '" << stored.state.job() << "' at step "
               << stored.state.last_step();
     std::string name = stored.state.job();
-    d->checkpoints_[name] = Checkpointed{std::move(stored.state), stored.saved};
+    d->checkpoints_.insert_or_assign(name, Checkpointed(std::move(stored.state), stored.saved,
+                                                        /*saved_to_disk=*/true));
   }
   return d;
 }
@@ -310,7 +311,7 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
         absl::StatusOr<RuleParams> params = ResolveConfig(c.state.config());
         out.set_policy(params.ok() ? PolicyName(params->policy) : "");
         out.set_last_step(c.state.last_step());
-        out.set_groups(static_cast<uint32_t>(c.state.groups_size()));
+        out.set_groups(c.groups);
         out.set_retired(true);
       }
     }

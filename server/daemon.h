@@ -201,8 +201,14 @@ class Daemon {
   std::deque<std::string> replaced_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   // The statistics of jobs not held (found at start, or retired), and since when they are not.
+  // A checkpoint of a job not held now. Its groups (most of its size) are kept in memory only
+  // until it is on disk, and read back from there when the job is restored.
   struct Checkpointed {
+    Checkpointed(v1::JobState job_state, absl::Time saved, bool saved_to_disk);
+    // Once on disk, the state without its groups.
+    void SavedToDisk();
     v1::JobState state;
+    uint32_t groups = 0;
     absl::Time since;
     bool on_disk = true;  // false: saving it failed; Checkpoint tries again
   };

@@ -131,11 +131,16 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       }
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
-        const v1::JobState& state = checkpoint->second.state;
-        absl::StatusOr<RuleParams> saved = ResolveConfig(state.config());
+        // Read back whole (its groups are kept on disk only), under mu_: no save or deletion
+        // of it runs meanwhile.
+        absl::StatusOr<v1::JobState> state =
+            checkpoint->second.on_disk ? store_.Load(request.job()) : checkpoint->second.state;
+        absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
         slot = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
                                      local_world, &executor_, StepCallbackFor(request.job()), gpu_);
-        if (absl::Status s = slot->ImportState(state, /*with_config=*/false); !s.ok()) {
+        absl::Status s = state.status();
+        if (s.ok()) s = slot->ImportState(*state, /*with_config=*/false);
+        if (!s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
         } else {
           response->set_restored(true);

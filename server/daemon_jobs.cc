@@ -37,6 +37,19 @@ void Daemon::UpdateIdle(absl::Time now) {
   idle_since_ = std::move(idle);
 }
 
+Daemon::Checkpointed::Checkpointed(v1::JobState job_state, absl::Time saved, bool saved_to_disk)
+    : state(std::move(job_state)),
+      groups(static_cast<uint32_t>(state.groups_size())),
+      since(saved),
+      on_disk(false) {
+  if (saved_to_disk) SavedToDisk();
+}
+
+void Daemon::Checkpointed::SavedToDisk() {
+  on_disk = true;
+  state.clear_groups();
+}
+
 void Daemon::AwaitNotRetiring(const std::string& name) {
   auto done = [this, &name]()
                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return retiring_.count(name) == 0; };
@@ -79,7 +92,7 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     observer_->OnRetire(name, reason);
   }
   absl::MutexLock lock(&mu_);
-  checkpoints_[name] = Checkpointed{std::move(state), absl::Now(), on_disk};
+  checkpoints_.insert_or_assign(name, Checkpointed(std::move(state), absl::Now(), on_disk));
   retiring_.erase(name);
   return true;
 }
@@ -181,7 +194,7 @@ absl::Status Daemon::Checkpoint() {
     result.Update(s);
     absl::MutexLock lock(&mu_);
     auto c = checkpoints_.find(state.job());
-    if (s.ok() && c != checkpoints_.end()) c->second.on_disk = true;
+    if (s.ok() && c != checkpoints_.end() && !c->second.on_disk) c->second.SavedToDisk();
   }
   return result;
 }

@@ -83,6 +83,18 @@ absl::Status StateStore::Remove(const std::string& job) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
+  if (dir_.empty()) return absl::NotFoundError("no state directory");
+  const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
+  v1::JobState state;
+  if (!state.ParseFromIstream(&in) || state.job() != job) {
+    return absl::DataLossError(absl::StrCat("'", path, "' is not a checkpoint of job '", job, "'"));
+  }
+  return state;
+}
+
 std::vector<StateStore::Stored> StateStore::LoadAll() {
   std::vector<Stored> out;
   if (dir_.empty()) return out;

@@ -29,6 +29,9 @@ class StateStore {
   };
   // Every readable checkpoint; unreadable files are skipped with a logged warning.
   std::vector<Stored> LoadAll();
+  // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it cannot be read or is not
+  // `job`'s.
+  absl::StatusOr<v1::JobState> Load(const std::string& job);
 
  private:
   std::string dir_;

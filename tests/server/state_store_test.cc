@@ -38,6 +38,25 @@ TEST(StateStoreTest, ACheckpointUnderAnotherJobsNameIsSkipped) {
   EXPECT_EQ(loaded[0].state.job(), "a");
 }
 
+// A retired job's checkpoint is read back whole when it is restored; one gone or not its own is
+// refused by name.
+TEST(StateStoreTest, OneJobsCheckpointIsReadBackWhole) {
+  testing::TempDir dir;
+  StateStore store(dir.path());
+  ASSERT_TRUE(store.Init().ok());
+  v1::JobState job;
+  job.set_job("a");
+  job.set_last_step(12);
+  job.add_groups()->set_name("w");
+  ASSERT_TRUE(store.Save(job).ok());
+  absl::StatusOr<v1::JobState> loaded = store.Load("a");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->SerializeAsString(), job.SerializeAsString());
+  EXPECT_EQ(store.Load("b").status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::copy_file(dir.path() + "/a.jobstate", dir.path() + "/b.jobstate");
+  EXPECT_EQ(store.Load("b").status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
   testing::TempDir dir;
   const std::string state = dir.path() + "/state";
