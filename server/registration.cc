@@ -14,6 +14,10 @@
 namespace gstab {
 namespace {
 
+// Room in a shared object beyond its registered bytes: padding between tensors (the client's
+// arena aligns each to 64 bytes) and the page at the end.
+constexpr uint64_t kObjectPadding = uint64_t{64} << 20;
+
 bool IsNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
          c == '_' || c == '-' || c == '/' || c == ':';
@@ -132,6 +136,8 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
                                                      caps.max_tensors, " per worker"));
   }
   RegistrationPlan plan;
+  plan.max_object_bytes =
+      caps.max_bytes > UINT64_MAX - kObjectPadding ? UINT64_MAX : caps.max_bytes + kObjectPadding;
   for (int i = 0; i < request.buffers_size(); ++i) {
     absl::StatusOr<PlannedBuffer> b =
         PlanBuffer(request.buffers(i), static_cast<size_t>(i), caps.cuda_ipc);
@@ -270,7 +276,8 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
   std::vector<unsigned char*> bases;
   for (size_t i = 0; i < plan.buffers.size(); ++i) {
     const PlannedBuffer& b = plan.buffers[i];
-    absl::StatusOr<std::shared_ptr<ShmMapping>> m = registry->Acquire(b.shm_name);
+    absl::StatusOr<std::shared_ptr<ShmMapping>> m =
+        registry->Acquire(b.shm_name, plan.max_object_bytes);
     if (!m.ok()) {
       return absl::Status(m.status().code(),
                           absl::StrCat("buffer ", i, ": ", m.status().message()));

@@ -52,6 +52,9 @@ struct RegistrationPlan {
   std::vector<PlannedTensor> tensors;
   uint64_t total_bytes = 0;  // bytes covered by tensors
   int cuda_device = -1;      // every buffer's device for cuda_ipc registrations, else -1
+  // The largest host shared-memory object gstabd maps for it (it maps whole objects): the
+  // daemon's cap on registered bytes, plus room for padding between tensors.
+  uint64_t max_object_bytes = 0;
 };
 
 // A plan whose shared objects are open: the mappings and each tensor's first element.

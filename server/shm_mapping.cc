@@ -13,7 +13,8 @@
 
 namespace gstab {
 
-absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& name) {
+absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& name,
+                                                             uint64_t max_bytes) {
   const int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     const int err = errno;
@@ -32,6 +33,13 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
   if (fstat(fd, &st) != 0 || st.st_size <= 0) {
     close(fd);
     return absl::InvalidArgumentError(absl::StrCat("shared memory '", name, "' is empty"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    close(fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("shared memory '", name, "' is ", st.st_size,
+                     " bytes: gstabd maps whole objects, of up to ", max_bytes,
+                     " bytes (its --max_bytes cap on registered bytes, plus padding)"));
   }
   const auto size = static_cast<size_t>(st.st_size);
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -75,14 +83,15 @@ absl::Status ShmMapping::CheckSize() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::string& name) {
+absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::string& name,
+                                                                     uint64_t max_bytes) {
   absl::MutexLock lock(&mu_);
   PruneAndCountLive(&mappings_);  // names nobody maps any more
   if (auto it = mappings_.find(name); it != mappings_.end()) {
     std::shared_ptr<ShmMapping> live = it->second.lock();
     if (live != nullptr && live->IsCurrent()) return live;
   }
-  absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name, max_bytes);
   if (!opened.ok()) {
     mappings_.erase(name);
     return opened.status();

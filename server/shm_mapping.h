@@ -22,8 +22,10 @@ namespace gstab {
 class ShmMapping {
  public:
   // Opens and maps the whole object read-write. NOT_FOUND when it does not exist,
-  // PERMISSION_DENIED when it cannot be opened read-write.
-  static absl::StatusOr<std::shared_ptr<ShmMapping>> Open(const std::string& name);
+  // PERMISSION_DENIED when it cannot be opened read-write, RESOURCE_EXHAUSTED when it is larger
+  // than `max_bytes` (a huge sparse object would take gstabd's address space).
+  static absl::StatusOr<std::shared_ptr<ShmMapping>> Open(const std::string& name,
+                                                          uint64_t max_bytes);
   ~ShmMapping();
   ShmMapping(const ShmMapping&) = delete;
   ShmMapping& operator=(const ShmMapping&) = delete;
@@ -64,7 +66,8 @@ class MappingRegistry {
  public:
   // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
   // IsCurrent), else opens it (anew: holders of an older mapping keep theirs).
-  absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name,
+                                                      uint64_t max_bytes = UINT64_MAX);
   // Objects currently mapped (held by at least one registration or step).
   int LiveMappings();
 

@@ -187,5 +187,26 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   shm_unlink(name.c_str());
 }
 
+// gstabd maps whole objects: one far larger than the registered bytes may be (a sparse object
+// of terabytes would take its address space) is refused by size.
+TEST(RegistrationTest, AnObjectLargerThanTheCapIsNotMapped) {
+  GradientArena arena;
+  arena.AddTensor("w", 256, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  const int fd = shm_open(arena.shm_name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, off_t{1} << 40), 0);  // 1 TiB, sparse
+  close(fd);
+  RegistrationCaps caps;
+  caps.max_bytes = 1 << 20;
+  MappingRegistry registry;
+  absl::Status s = MapRegistration(*ValidateRegistration(arena.RegistrationRequest(), caps),
+                                   &registry, nullptr, getuid())
+                       .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("is 1099511627776 bytes"), std::string::npos) << s;
+  EXPECT_EQ(registry.LiveMappings(), 0);
+}
+
 }  // namespace
 }  // namespace gstab
