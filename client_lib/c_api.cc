@@ -153,6 +153,10 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
   if (client == nullptr || arena == nullptr) {
     return Report(absl::InvalidArgumentError("client and arena must not be NULL"));
   }
+  if (!arena->arena.allocated()) {
+    return Report(absl::FailedPreconditionError(
+        "the arena has no memory yet: call gstab_arena_allocate before registering it"));
+  }
   return Report(client->client->Register(arena->arena));
 }
 

@@ -55,6 +55,8 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
+    if path and not os.path.exists(path):  # asked for by name: no other one stands in for it
+        raise OSError(f"libgstab.so not found at {path}")
     here = os.path.dirname(os.path.realpath(__file__))
     candidates = [path, os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
                   os.path.join(here, "..", "..", "lib", "libgstab.so"), "libgstab.so"]
@@ -101,9 +103,9 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         try:
             fn = getattr(lib, name)
         except AttributeError:
-            raise OSError(f"{lib._name} (version {lib.gstab_version().decode()}) lacks {name}, "
-                          "which this package needs: use the libgstab.so built with the "
-                          "package") from None
+            version = lib.gstab_version().decode() if hasattr(lib, "gstab_version") else "unknown"
+            raise OSError(f"{lib._name} (version {version}) lacks {name}, which this package "
+                          "needs: use the libgstab.so built with the package") from None
         fn.argtypes, fn.restype = args, restype
     _lib = lib
     return lib

@@ -147,6 +147,12 @@ class ClientTest(unittest.TestCase):
         arena.add_tensor("w", 16)
         arena.allocate()
         with self.assertRaises(gstab.Error) as e:
+            unallocated = gstab.Arena()
+            unallocated.add_tensor("w", 16)
+            gstab.Client(self.socket).register_arena(unallocated)
+        self.assertEqual(e.exception.code, 9)
+        self.assertIn("gstab_arena_allocate", e.exception.message)
+        with self.assertRaises(gstab.Error) as e:
             arena.add_tensor("late", 16)  # it would alias tensor 0
         self.assertEqual(e.exception.code, 9)
         self.assertIn("before allocating", e.exception.message)
