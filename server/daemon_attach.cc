@@ -112,6 +112,18 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   std::shared_ptr<Job>* attached) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
+  // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
+  // taken, and used below if it is still the one held then.
+  std::optional<absl::Time> preloaded_since;
+  {
+    absl::MutexLock lock(&mu_);
+    auto c = checkpoints_.find(request.job());
+    if (jobs_.count(request.job()) == 0 && c != checkpoints_.end() && c->second.on_disk) {
+      preloaded_since = c->second.since;
+    }
+  }
+  absl::StatusOr<v1::JobState> preloaded = absl::NotFoundError("not read");
+  if (preloaded_since.has_value()) preloaded = store_.Load(request.job());
   std::shared_ptr<Job> job;
   bool existing;
   {
@@ -131,10 +143,20 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       }
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
-        // Read back whole (its groups are kept on disk only), under mu_: no save or deletion
-        // of it runs meanwhile.
-        absl::StatusOr<v1::JobState> state =
-            checkpoint->second.on_disk ? store_.Load(request.job()) : checkpoint->second.state;
+        // Whole again: its groups are kept on disk only (read above, or, if another checkpoint
+        // has taken its place since, here).
+        absl::StatusOr<v1::JobState> state = checkpoint->second.state;
+        if (checkpoint->second.on_disk) {
+          state = preloaded_since == checkpoint->second.since ? std::move(preloaded)
+                                                              : store_.Load(request.job());
+        }
+        if (!state.ok() && !absl::IsNotFound(state.status()) &&
+            !absl::IsDataLoss(state.status())) {  // passing (I/O): kept, to try again
+          jobs_.erase(request.job());
+          return absl::UnavailableError(
+              absl::StrCat("cannot read job '", request.job(), "''s checkpoint now (",
+                           state.status().message(), "); it is kept: attach again"));
+        }
         absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
         slot = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
                                      local_world, &executor_, StepCallbackFor(request.job()), gpu_);

@@ -92,7 +92,9 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     observer_->OnRetire(name, reason);
   }
   absl::MutexLock lock(&mu_);
-  checkpoints_.insert_or_assign(name, Checkpointed(std::move(state), absl::Now(), on_disk));
+  // Without a state directory the checkpoint lives in memory only, groups and all.
+  checkpoints_.insert_or_assign(
+      name, Checkpointed(std::move(state), absl::Now(), on_disk && store_.enabled()));
   retiring_.erase(name);
   return true;
 }
@@ -181,6 +183,7 @@ absl::Status Daemon::Checkpoint() {
     result.Update(store_.Save(job->ExportState()));
   }
   // Retired jobs whose save failed then.
+  if (!store_.enabled()) return result;
   absl::MutexLock save(&save_mu_);
   std::vector<v1::JobState> unsaved;
   {

@@ -20,6 +20,8 @@ class StateStore {
 
   // Creates the directory if needed. FAILED_PRECONDITION when it cannot be created or written.
   absl::Status Init();
+  // Whether checkpoints are kept on disk at all (a state directory was given).
+  bool enabled() const { return !dir_.empty(); }
   absl::Status Save(const v1::JobState& state);
   // Deletes job's checkpoint (none there is not an error).
   absl::Status Remove(const std::string& job);

@@ -144,6 +144,32 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   for (uint64_t step = 11; step <= 13; ++step) StepAndCompare(back->get(), &ref, step);
 }
 
+// Without a state directory a retired job's statistics are kept in memory, whole, and it
+// resumes from them as it would from disk.
+TEST(E2eLifecycleTest, WithoutAStateDirectoryARetiredJobResumesFromMemory) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--job_idle_s=1", "--state_dir="});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto tools = Client::Connect(daemon->socket());
+  ASSERT_TRUE(tools.ok());
+  Reference ref(RuleParams{});
+  {
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("memory"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    for (uint64_t step = 1; step <= 5; ++step) StepAndCompare(worker->get(), &ref, step);
+    ASSERT_TRUE((*worker)->client().Detach().ok());
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (Holds(tools->get(), "memory") && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_FALSE(Holds(tools->get(), "memory")) << "the idle job was not retired";
+  auto back = TestWorker::Create(daemon->socket(), JobOptions("memory"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE((*back)->client().attach_response().restored());
+  for (uint64_t step = 6; step <= 8; ++step) StepAndCompare(back->get(), &ref, step);
+}
+
 TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   TempDir dir;
   constexpr absl::Duration kLease = absl::Seconds(3);
