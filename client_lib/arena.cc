@@ -57,7 +57,12 @@ absl::Status GradientArena::Allocate() {
   size_ = static_cast<size_t>(offset);
   // The pages are reserved now: a sparse object (ftruncate alone) that /dev/shm has no room for
   // would kill the first process to touch a missing page with SIGBUS, gstabd included.
-  const int reserved = size_ == 0 ? EINVAL : posix_fallocate(fd, 0, static_cast<off_t>(size_));
+  int reserved = EINVAL;
+  if (size_ > 0) {
+    do {  // a signal can cut a large reservation short
+      reserved = posix_fallocate(fd, 0, static_cast<off_t>(size_));
+    } while (reserved == EINTR);
+  }
   void* base = MAP_FAILED;
   if (reserved == 0) base = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   const std::string err = strerror(reserved != 0 ? reserved : errno);

@@ -67,9 +67,8 @@ void Daemon::SetPeerAddress(std::string address) {
 absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(token);
-  if (auto replaced = replaced_sessions_.find(token);
-      it == sessions_.end() && replaced != replaced_sessions_.end()) {
-    return absl::AbortedError(replaced->second);
+  if (it == sessions_.end()) {
+    if (absl::Status replaced = Replaced(token); !replaced.ok()) return replaced;
   }
   if (token.empty() || it == sessions_.end()) {
     return absl::UnauthenticatedError(
@@ -87,6 +86,19 @@ absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {
         "an observer session cannot register buffers or step; attach as a worker");
   }
   return session;
+}
+
+absl::Status Daemon::Replaced(const std::string& token) const {
+  auto replaced = replaced_sessions_.find(token);
+  if (replaced == replaced_sessions_.end()) return absl::OkStatus();
+  return absl::AbortedError(replaced->second);
+}
+
+absl::Status Daemon::ReplacedOr(const std::string& token, absl::Status status) {
+  if (!absl::IsUnauthenticated(status)) return status;
+  absl::MutexLock lock(&mu_);
+  absl::Status replaced = Replaced(token);
+  return replaced.ok() ? status : replaced;
 }
 
 void Daemon::RememberReplaced(const std::string& token, const std::string& job,
@@ -186,7 +198,7 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
   absl::Status s =
       session->job->Register(session->local_rank, *std::move(mapped), response, session->id);
   ReportWorkers(session->job);
-  return s;
+  return ReplacedOr(request.session(), s);
 }
 
 absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response) {
@@ -203,10 +215,12 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
   absl::Status status =
       session->job->Step(session->local_rank, request.step(), options_.step_timeout, response,
                          request.ready_value(), session->id);
-  absl::MutexLock lock(&mu_);
-  --steps_in_flight_;
-  Unpend(session->job);
-  return status;
+  {
+    absl::MutexLock lock(&mu_);
+    --steps_in_flight_;
+    Unpend(session->job);
+  }
+  return ReplacedOr(request.session(), status);
 }
 
 absl::Status Daemon::KeepAlive(const v1::KeepAliveRequest& request) {
@@ -218,6 +232,7 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   {
     absl::MutexLock lock(&mu_);
     if (sessions_.count(request.session()) == 0) {
+      if (absl::Status replaced = Replaced(request.session()); !replaced.ok()) return replaced;
       return absl::UnauthenticatedError("unknown or expired session");
     }
     removal = DropSession(request.session(), "detached", /*worker_gone=*/false);

@@ -153,6 +153,11 @@ class Daemon {
   // Ends one pending use of `job` (see pending_); idle from now if nothing else uses it.
   void Unpend(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status JobCapReached() const;
+  // ABORTED, saying so, when session `token` was replaced by another attach; else OK.
+  absl::Status Replaced(const std::string& token) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `status`, unless it is a job's UNAUTHENTICATED for a call of session `token` that another
+  // attach replaced while the call was under way: then that ABORTED.
+  absl::Status ReplacedOr(const std::string& token, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
   // Notes that session `token` (of `job`'s `local_rank`) was replaced by a new attach.
   void RememberReplaced(const std::string& token, const std::string& job, uint32_t local_rank)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

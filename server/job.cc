@@ -105,11 +105,13 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   return absl::OkStatus();
 }
 
-absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
+bool Job::SessionEnded(uint32_t local_rank, uint64_t session) const {
   auto newest = newest_session_.find(local_rank);
-  if (session == 0 || newest == newest_session_.end() || session >= newest->second) {
-    return absl::OkStatus();
-  }
+  return session != 0 && newest != newest_session_.end() && session < newest->second;
+}
+
+absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
+  if (!SessionEnded(local_rank, session)) return absl::OkStatus();
   return absl::UnauthenticatedError(absl::StrCat(
       "this session of local rank ", local_rank, " of job '", name_,
       "' has ended (it detached, its lease expired, or the rank attached again): attach again"));
@@ -246,9 +248,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       };
       // The deadline is for the other local workers to arrive; once they have, the round's
       // runner is bounded by its own deadlines (the cross-node stage), so wait for it. gstabd
-      // shutting down refuses the others' Steps: then waiting on is pointless.
-      auto here_or_shutdown = [this, &everyone_here]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return everyone_here() || shutting_down_;
+      // shutting down refuses the others' Steps, and a session that has ended (its worker
+      // detached, its lease expired, or another attach took its rank) has no answer coming:
+      // then waiting on is pointless.
+      auto here_or_shutdown = [this, &everyone_here, local_rank,
+                               session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return everyone_here() || shutting_down_ || SessionEnded(local_rank, session);
       };
       mu_.AwaitWithTimeout(absl::Condition(&here_or_shutdown), timeout);
       const bool arrived = everyone_here();

@@ -116,6 +116,8 @@ class Job {
   // `local_rank` (see Register).
   absl::Status CheckSession(uint32_t local_rank, uint64_t session) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a newer session than `session` has registered or ended local rank `local_rank`.
+  bool SessionEnded(uint32_t local_rank, uint64_t session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value, uint64_t session,
                        v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
   // Registers a cuda_ipc worker: its pipeline in the current GPU generation.

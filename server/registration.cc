@@ -15,8 +15,8 @@ namespace gstab {
 namespace {
 
 // Room in a shared object beyond its registered bytes: padding between tensors (the client's
-// arena aligns each to 64 bytes) and the page at the end.
-constexpr uint64_t kObjectPadding = uint64_t{64} << 20;
+// arena aligns each to 64 bytes) and the page at the end; at least this much.
+constexpr uint64_t kMinObjectPadding = uint64_t{64} << 20;
 
 bool IsNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
@@ -136,8 +136,9 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
                                                      caps.max_tensors, " per worker"));
   }
   RegistrationPlan plan;
+  const uint64_t padding = std::max<uint64_t>(kMinObjectPadding, uint64_t{caps.max_tensors} * 64);
   plan.max_object_bytes =
-      caps.max_bytes > UINT64_MAX - kObjectPadding ? UINT64_MAX : caps.max_bytes + kObjectPadding;
+      caps.max_bytes > UINT64_MAX - padding ? UINT64_MAX : caps.max_bytes + padding;
   for (int i = 0; i < request.buffers_size(); ++i) {
     absl::StatusOr<PlannedBuffer> b =
         PlanBuffer(request.buffers(i), static_cast<size_t>(i), caps.cuda_ipc);

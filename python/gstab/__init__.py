@@ -98,7 +98,7 @@ class Arena:
         numel, dtype = self._tensors[index]
         address = self._lib.gstab_arena_data(self._h, index)
         if not address:
-            raise Error(3, f"tensor {index} has no memory: call allocate() first")
+            raise Error(FAILED_PRECONDITION, f"tensor {index} has no memory: call allocate() first")
         raw = (ctypes.c_ubyte * (numel * ELEMENT_SIZE[dtype])).from_address(address)
         raw._arena = self  # the mapping lives as long as any view of it
         return memoryview(raw).cast("B")

@@ -405,11 +405,30 @@ class JobControlTest(unittest.TestCase):
             self.assertIn("another process attached as that local rank", e.exception.message)
             self.assertEqual(first.reattached, 0)
             self.run_steps(second, second_views, [2])  # the second keeps the rank
+            # Also a step under way when its rank is taken (it waits for local rank 1).
+            third, fourth = gstab.Client(node.socket), gstab.Client(node.socket)
+            third.attach("py-twins-2", local_rank=0, local_world_size=2)
+            third_views = one_tensor_job(third)
+            failed = []
+
+            def step():
+                try:
+                    self.run_steps(third, third_views, [1])
+                except gstab.Error as error:
+                    failed.append(error)
+
+            waiting = threading.Thread(target=step)
+            waiting.start()
+            time.sleep(0.3)
+            fourth.attach("py-twins-2", local_rank=0, local_world_size=2)
+            waiting.join()
+            self.assertEqual([e.code for e in failed], [10])
+            self.assertEqual(third.reattached, 0)
         finally:
             self.assertEqual(node.stop(), 0)
 
     def test_a_gstabd_down_for_seconds_is_attached_again_soon_after_it_is_back(self):
-        # The client retries the connection every second at most: gRPC's own backoff (up to
+        # Each failed call has the client connect again at once: gRPC's own backoff (up to
         # 120 s) would have the worker wait long after the new gstabd serves.
         node = Gstabd(ARGS.gstabd)
         try:

@@ -413,8 +413,9 @@ TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
   absl::StatusOr<v1::StepResponse> r0 = (*successor)->client().Step(1);
   t.join();
   abandoned.join();
-  // The abandoned call is told its session ended, not handed the round it was not part of.
-  EXPECT_EQ(voided.status().code(), absl::StatusCode::kUnauthenticated) << voided.status();
+  // The abandoned call is told its session was replaced, not handed the round it was not part
+  // of.
+  EXPECT_EQ(voided.status().code(), absl::StatusCode::kAborted) << voided.status();
   ASSERT_TRUE(r0.ok()) << r0.status();
   ASSERT_TRUE(r1.ok()) << r1.status();
   EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());
