@@ -421,7 +421,10 @@ class JobControlTest(unittest.TestCase):
             waiting.start()
             time.sleep(0.3)
             fourth.attach("py-twins-2", local_rank=0, local_world_size=2)
+            replaced_at = time.monotonic()
             waiting.join()
+            # At once, not after gstabd's step timeout (60 s) for local rank 1.
+            self.assertLess(time.monotonic() - replaced_at, 30)
             self.assertEqual([e.code for e in failed], [10])
             self.assertEqual(third.reattached, 0)
         finally:
