@@ -258,9 +258,6 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       mu_.AwaitWithTimeout(absl::Condition(&here_or_shutdown), timeout);
       const bool arrived = everyone_here();
       if (arrived) mu_.Await(absl::Condition(&finished));
-      // A worker removed meanwhile has no answer to wait for: its arrival was voided (unless the
-      // round was already running on it), and its session has ended either way.
-      if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
       if (!arrived) {
         std::vector<uint32_t> missing;
         for (uint32_t r = 0; r < local_world_size_; ++r) {
@@ -272,11 +269,15 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           arrived_.erase(mine);
           if (arrived_.empty()) round_open_ = false;
         }
+        if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
         if (shutting_down_) return ShuttingDown(step);
         return absl::DeadlineExceededError(absl::StrCat(
             "step ", step, " of job '", name_, "': local ranks [", absl::StrJoin(missing, ", "),
             "] did not call Step within ", absl::FormatDuration(timeout)));
       }
+      // A worker removed while the round ran on it has no answer to wait for: its session has
+      // ended.
+      if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
       *response = round_result_;
       return round_status_;
     }
