@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -57,10 +58,13 @@ absl::Status GradientArena::Allocate() {
   size_ = static_cast<size_t>(offset);
   // The pages are reserved now: a sparse object (ftruncate alone) that /dev/shm has no room for
   // would kill the first process to touch a missing page with SIGBUS, gstabd included.
-  int reserved = EINVAL;
-  if (size_ > 0) {
-    do {  // a signal can cut a large reservation short
-      reserved = posix_fallocate(fd, 0, static_cast<off_t>(size_));
+  int reserved = size_ == 0 ? EINVAL : 0;
+  // In pieces: a signal cuts a reservation short and undoes it, so a piece is retried alone.
+  constexpr size_t kPiece = size_t{256} << 20;
+  for (size_t at = 0; reserved == 0 && at < size_; at += kPiece) {
+    const auto len = static_cast<off_t>(std::min(kPiece, size_ - at));
+    do {
+      reserved = posix_fallocate(fd, static_cast<off_t>(at), len);
     } while (reserved == EINTR);
   }
   void* base = MAP_FAILED;

@@ -200,7 +200,8 @@ class Daemon {
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   // Tokens of the newest sessions replaced by another attach of their local rank, and what a
   // call with one is told (ABORTED: its worker must not attach again, or the two processes
-  // would take the rank from each other at every step).
+  // would take the rank from each other at every step). A token older than the newest
+  // kRememberedReplacements is told UNAUTHENTICATED, as an expired one is.
   static constexpr size_t kRememberedReplacements = 4096;
   std::map<std::string, std::string> replaced_sessions_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> replaced_order_ ABSL_GUARDED_BY(mu_);

@@ -86,10 +86,29 @@ absl::Status StateStore::Remove(const std::string& job) {
 absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   if (dir_.empty()) return absl::NotFoundError("no state directory");
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
+  // Gone (NOT_FOUND) and not a checkpoint (DATA_LOSS) are final; any other failure (out of
+  // descriptors, an I/O error) may pass (UNAVAILABLE).
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string what = absl::StrCat("cannot open '", path, "': ", strerror(err));
+    return err == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
+  }
+  std::string bytes;
+  char chunk[1 << 16];
+  ssize_t n;
+  while ((n = read(fd, chunk, sizeof chunk)) != 0) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string what = absl::StrCat("cannot read '", path, "': ", strerror(errno));
+      close(fd);
+      return absl::UnavailableError(what);
+    }
+    bytes.append(chunk, static_cast<size_t>(n));
+  }
+  close(fd);
   v1::JobState state;
-  if (!state.ParseFromIstream(&in) || state.job() != job) {
+  if (!state.ParseFromString(bytes) || state.job() != job) {
     return absl::DataLossError(absl::StrCat("'", path, "' is not a checkpoint of job '", job, "'"));
   }
   return state;

@@ -31,8 +31,8 @@ class StateStore {
   };
   // Every readable checkpoint; unreadable files are skipped with a logged warning.
   std::vector<Stored> LoadAll();
-  // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it cannot be read or is not
-  // `job`'s.
+  // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint;
+  // UNAVAILABLE when it cannot be opened or read now (out of descriptors, an I/O error).
   absl::StatusOr<v1::JobState> Load(const std::string& job);
 
  private:

@@ -55,11 +55,13 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    if path and os.sep in path and not os.path.exists(path):  # no other one stands in for it
-        raise OSError(f"libgstab.so not found at {path}")
     here = os.path.dirname(os.path.realpath(__file__))
-    candidates = [path, os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
+    candidates = [os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
                   os.path.join(here, "..", "..", "lib", "libgstab.so"), "libgstab.so"]
+    if path:  # asked for by name: no other one stands in for it
+        candidates = [path]
+        if os.sep in path and not os.path.exists(path):
+            raise OSError(f"libgstab.so not found at {path}")
     errors = []
     for candidate in candidates:
         if not candidate or (os.sep in candidate and not os.path.exists(candidate)):

@@ -41,6 +41,10 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   EXPECT_EQ(store.Load("b").status().code(), absl::StatusCode::kNotFound);
   std::filesystem::copy_file(dir.path() + "/a.jobstate", dir.path() + "/b.jobstate");
   EXPECT_EQ(store.Load("b").status().code(), absl::StatusCode::kDataLoss);
+  // One that cannot be read now (here: a folder in its place, whose read fails) may be read
+  // later: it is not taken for lost.
+  std::filesystem::create_directory(dir.path() + "/c.jobstate");
+  EXPECT_EQ(store.Load("c").status().code(), absl::StatusCode::kUnavailable);
   const std::vector<StateStore::Stored> all = store.LoadAll();
   ASSERT_EQ(all.size(), 1u);
   EXPECT_EQ(all[0].state.job(), "a");
