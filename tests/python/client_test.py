@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import unittest
 
 _where = argparse.ArgumentParser(add_help=False)
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.join(_BUNDLE, "python") if _BUNDLE else
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
 from gstabd import Gstabd  # noqa: E402
+from stepping import fill, one_tensor_job, run_steps  # noqa: E402
 
 ARGS = None
 
@@ -204,26 +204,6 @@ class ClientTest(unittest.TestCase):
         self.assertNotEqual(e.exception.message, "")
 
 
-def one_tensor_job(client: gstab.Client, numel: int = 256, groups=("w",), replicated=(),
-                   node_sharded=()):
-    """Registers one float32 tensor per group (those in `replicated` replicated, those in
-    `node_sharded` node-sharded, the others sharded); returns their memoryviews."""
-    arena = gstab.Arena()
-    indices = [arena.add_tensor(g, numel, "float32", g, replicated=g in replicated,
-                                node_sharded=g in node_sharded) for g in groups]
-    arena.allocate()
-    client.register_arena(arena)
-    return [arena.view(i) for i in indices]
-
-
-def fill(view, step: int, salt: int = 0) -> float:
-    """Deterministic gradients for a step, with a spike at step 15; returns their norm."""
-    factor = 300.0 if step == 15 else 1.0
-    for i in range(len(view)):
-        view[i] = factor * math.sin(0.37 * i + 1.3 * step + salt)
-    return math.sqrt(sum(view[i] ** 2 for i in range(len(view))))
-
-
 def leaves(value, key=None):
     """(key, value) of every leaf of a JSON document; list items under their list's key."""
     if isinstance(value, dict):
@@ -309,22 +289,14 @@ class JobControlTest(unittest.TestCase):
                            if isinstance(value, str) and re.fullmatch(r"-?[0-9.eE+-]+", value)]
         self.assertEqual(numbers_as_text, [])
 
-    def run_steps(self, client, views, steps):
-        scales = []
-        for step in steps:
-            for k, v in enumerate(views):
-                fill(v, step, salt=k)
-            scales.append([g.scale for g in client.step(step).groups])
-        return scales
-
     def test_exported_state_resumes_the_same_scales_on_another_gstabd(self):
         groups = ("embed", "head")
         first = gstab.Client(self.gstabd.socket)
         first.attach("py-resume", policy="stabilize-stable-spam")
         views = one_tensor_job(first, groups=groups)
-        self.run_steps(first, views, range(1, 11))
+        run_steps(first, views, range(1, 11))
         state = first.export_state()
-        uninterrupted = self.run_steps(first, views, range(11, 31))
+        uninterrupted = run_steps(first, views, range(11, 31))
         # The job moves to another node: a fresh gstabd, the job's checkpoint's bytes.
         elsewhere = Gstabd(ARGS.gstabd)
         try:
@@ -342,116 +314,14 @@ class JobControlTest(unittest.TestCase):
             self.assertEqual([g["accepted_steps"] for g in stats["groups"]], [10, 10])
             views = one_tensor_job(resumed, groups=groups)
             # Bit for bit the scales the uninterrupted job got, spike at 15 included.
-            self.assertEqual(self.run_steps(resumed, views, range(11, 31)), uninterrupted)
+            self.assertEqual(run_steps(resumed, views, range(11, 31)), uninterrupted)
             # Without the state the same steps are scaled otherwise.
             fresh = gstab.Client(elsewhere.socket)
             fresh.attach("py-fresh", policy="stabilize-stable-spam")
             views = one_tensor_job(fresh, groups=groups)
-            self.assertNotEqual(self.run_steps(fresh, views, range(11, 31)), uninterrupted)
+            self.assertNotEqual(run_steps(fresh, views, range(11, 31)), uninterrupted)
         finally:
             self.assertEqual(elsewhere.stop(), 0)
-
-    def test_a_restarted_gstabd_is_attached_again_and_the_job_resumes(self):
-        # A DaemonSet pod replaced under a running job: the next steps wait for the new gstabd,
-        # attach and register again, and continue with the statistics of its checkpoint.
-        groups = ("a", "b")
-        reference = gstab.Client(self.gstabd.socket)
-        reference.attach("py-restart-ref", policy="stabilize-stable-spam")
-        views = one_tensor_job(reference, groups=groups)
-        uninterrupted = self.run_steps(reference, views, range(1, 21))
-        node = Gstabd(ARGS.gstabd)
-        try:
-            client = gstab.Client(node.socket)
-            client.attach("py-restart", policy="stabilize-stable-spam")
-            views = one_tensor_job(client, groups=groups)
-            scales = self.run_steps(client, views, range(1, 11))
-            self.assertEqual(node.restart(), 0)
-            with self.assertLogs("gstab", "WARNING") as logs:
-                scales += self.run_steps(client, views, range(11, 21))
-            self.assertEqual(client.reattached, 1)
-            self.assertIn("attached and registered again", logs.output[0])
-            self.assertEqual(scales, uninterrupted)  # bit for bit, spike at 15 included
-            # Without reattaching, the restart reaches the caller.
-            client.reattach_timeout = 0
-            node.restart()
-            with self.assertRaises(gstab.Error) as e:
-                for _ in range(100):  # UNAVAILABLE until the channel reconnects
-                    try:
-                        self.run_steps(client, views, [21])
-                    except gstab.Error as error:
-                        if error.code != 14:
-                            raise
-                        time.sleep(0.1)
-            self.assertEqual(e.exception.code, 16)
-            self.assertIn("attach again", e.exception.message)
-        finally:
-            self.assertEqual(node.stop(), 0)
-
-    def test_two_processes_of_one_local_rank_do_not_take_it_from_each_other(self):
-        # A launcher that gives two workers the same local rank: the second attach replaces the
-        # first's session, and the first is told so (ABORTED) instead of attaching again, which
-        # would replace the second's in turn, at every step.
-        node = Gstabd(ARGS.gstabd)
-        try:
-            first, second = gstab.Client(node.socket), gstab.Client(node.socket)
-            first.attach("py-twins")
-            views = one_tensor_job(first)
-            self.run_steps(first, views, [1])
-            second.attach("py-twins")
-            second_views = one_tensor_job(second)
-            with self.assertRaises(gstab.Error) as e:
-                self.run_steps(first, views, [2])
-            self.assertEqual(e.exception.code, 10)
-            self.assertIn("another process attached as that local rank", e.exception.message)
-            self.assertEqual(first.reattached, 0)
-            self.run_steps(second, second_views, [2])  # the second keeps the rank
-            # Also a step under way when its rank is taken (it waits for local rank 1).
-            third, fourth = gstab.Client(node.socket), gstab.Client(node.socket)
-            third.attach("py-twins-2", local_rank=0, local_world_size=2)
-            third_views = one_tensor_job(third)
-            failed = []
-
-            def step():
-                try:
-                    self.run_steps(third, third_views, [1])
-                except gstab.Error as error:
-                    failed.append(error)
-
-            waiting = threading.Thread(target=step)
-            waiting.start()
-            time.sleep(0.3)
-            fourth.attach("py-twins-2", local_rank=0, local_world_size=2)
-            replaced_at = time.monotonic()
-            waiting.join()
-            # At once, not after gstabd's step timeout (60 s) for local rank 1.
-            self.assertLess(time.monotonic() - replaced_at, 30)
-            self.assertEqual([e.code for e in failed], [10])
-            self.assertEqual(third.reattached, 0)
-        finally:
-            self.assertEqual(node.stop(), 0)
-
-    def test_a_gstabd_down_for_seconds_is_attached_again_soon_after_it_is_back(self):
-        # Each failed call has the client connect again at once: gRPC's own backoff (up to
-        # 120 s) would have the worker wait long after the new gstabd serves.
-        node = Gstabd(ARGS.gstabd)
-        try:
-            client = gstab.Client(node.socket)
-            client.attach("py-down", policy="stabilize-stable-spam")
-            views = one_tensor_job(client)
-            self.run_steps(client, views, range(1, 4))
-            back = []
-            restart = threading.Thread(target=lambda: back.append((node.restart(down=6),
-                                                                   time.monotonic())))
-            restart.start()
-            time.sleep(0.5)  # down now
-            self.run_steps(client, views, [4])
-            stepped = time.monotonic()
-            restart.join()
-            self.assertEqual(back[0][0], 0)
-            self.assertEqual(client.reattached, 1)
-            self.assertLess(stepped - back[0][1], 2.5, "the step came long after gstabd was back")
-        finally:
-            self.assertEqual(node.stop(), 0)
 
     def test_a_job_across_nodes_has_one_norm_per_group(self):
         # Two nodes, each its own gstabd, talking over loopback TCP (Gloo).

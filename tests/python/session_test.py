@@ -1,0 +1,139 @@
+"""A worker's session through gstabd's restarts and other workers' attaches, with the Python
+package against a real gstabd.
+
+    session_test.py --gstabd PATH --library PATH
+"""
+import argparse
+import os
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import gstab  # noqa: E402
+from gstabd import Gstabd  # noqa: E402
+from stepping import one_tensor_job, run_steps  # noqa: E402
+
+ARGS = None
+
+
+class SessionTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gstabd = Gstabd(ARGS.gstabd)
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.gstabd.stop() == 0
+
+    def test_a_restarted_gstabd_is_attached_again_and_the_job_resumes(self):
+        # A DaemonSet pod replaced under a running job: the next steps wait for the new gstabd,
+        # attach and register again, and continue with the statistics of its checkpoint.
+        groups = ("a", "b")
+        reference = gstab.Client(self.gstabd.socket)
+        reference.attach("py-restart-ref", policy="stabilize-stable-spam")
+        views = one_tensor_job(reference, groups=groups)
+        uninterrupted = run_steps(reference, views, range(1, 21))
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-restart", policy="stabilize-stable-spam")
+            views = one_tensor_job(client, groups=groups)
+            scales = run_steps(client, views, range(1, 11))
+            self.assertEqual(node.restart(), 0)
+            with self.assertLogs("gstab", "WARNING") as logs:
+                scales += run_steps(client, views, range(11, 21))
+            self.assertEqual(client.reattached, 1)
+            self.assertIn("attached and registered again", logs.output[0])
+            self.assertEqual(scales, uninterrupted)  # bit for bit, spike at 15 included
+            # Without reattaching, the restart reaches the caller.
+            client.reattach_timeout = 0
+            node.restart()
+            with self.assertRaises(gstab.Error) as e:
+                for _ in range(100):  # UNAVAILABLE until the channel reconnects
+                    try:
+                        run_steps(client, views, [21])
+                    except gstab.Error as error:
+                        if error.code != 14:
+                            raise
+                        time.sleep(0.1)
+            self.assertEqual(e.exception.code, 16)
+            self.assertIn("attach again", e.exception.message)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_two_processes_of_one_local_rank_do_not_take_it_from_each_other(self):
+        # A launcher that gives two workers the same local rank: the second attach replaces the
+        # first's session, and the first is told so (ABORTED) instead of attaching again, which
+        # would replace the second's in turn, at every step.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            first, second = gstab.Client(node.socket), gstab.Client(node.socket)
+            first.attach("py-twins")
+            views = one_tensor_job(first)
+            run_steps(first, views, [1])
+            second.attach("py-twins")
+            second_views = one_tensor_job(second)
+            with self.assertRaises(gstab.Error) as e:
+                run_steps(first, views, [2])
+            self.assertEqual(e.exception.code, 10)
+            self.assertIn("another process attached as that local rank", e.exception.message)
+            self.assertEqual(first.reattached, 0)
+            run_steps(second, second_views, [2])  # the second keeps the rank
+            # Also a step under way when its rank is taken (it waits for local rank 1).
+            third, fourth = gstab.Client(node.socket), gstab.Client(node.socket)
+            third.attach("py-twins-2", local_rank=0, local_world_size=2)
+            third_views = one_tensor_job(third)
+            failed = []
+
+            def step():
+                try:
+                    run_steps(third, third_views, [1])
+                except gstab.Error as error:
+                    failed.append(error)
+
+            waiting = threading.Thread(target=step)
+            waiting.start()
+            time.sleep(0.3)
+            fourth.attach("py-twins-2", local_rank=0, local_world_size=2)
+            replaced_at = time.monotonic()
+            waiting.join()
+            # At once, not after gstabd's step timeout (60 s) for local rank 1.
+            self.assertLess(time.monotonic() - replaced_at, 30)
+            self.assertEqual([e.code for e in failed], [10])
+            self.assertEqual(third.reattached, 0)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_gstabd_down_for_seconds_is_attached_again_soon_after_it_is_back(self):
+        # Each failed call has the client connect again at once: gRPC's own backoff (up to
+        # 120 s) would have the worker wait long after the new gstabd serves.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-down", policy="stabilize-stable-spam")
+            views = one_tensor_job(client)
+            run_steps(client, views, range(1, 4))
+            back = []
+            restart = threading.Thread(target=lambda: back.append((node.restart(down=6),
+                                                                   time.monotonic())))
+            restart.start()
+            time.sleep(0.5)  # down now
+            run_steps(client, views, [4])
+            stepped = time.monotonic()
+            restart.join()
+            self.assertEqual(back[0][0], 0)
+            self.assertEqual(client.reattached, 1)
+            self.assertLess(stepped - back[0][1], 2.5, "the step came long after gstabd was back")
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gstabd", required=True)
+    parser.add_argument("--library", help="default: where the package finds it")
+    ARGS, rest = parser.parse_known_args()
+    gstab.load_library(ARGS.library)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
