@@ -49,12 +49,25 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + timeout))) {
+  const absl::Time deadline = absl::Now() + timeout;
+  if (!channel->WaitForConnected(absl::ToChronoTime(deadline))) {
     return absl::UnavailableError(absl::StrCat("no gstabd answers on ", socket_path,
                                                ": is the daemon running, and is the socket "
                                                "path right?"));
   }
-  return std::unique_ptr<Client>(new Client(std::move(channel), target));
+  std::unique_ptr<Client> client(new Client(std::move(channel), target));
+  // gRPC shares connections between the channels of a process: one that another client made to
+  // a gstabd since replaced still looks ready. A first call finds out, and connects anew.
+  auto health = grpc::health::v1::Health::NewStub(client->channel_);
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(5))));
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status s = health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &response);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline) break;
+    client->Reconnect();
+  }
+  return client;
 }
 
 absl::Status Client::Attach(const AttachOptions& options) {

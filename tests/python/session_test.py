@@ -129,6 +129,17 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_new_client_attaches_at_once_after_a_restart(self):
+        # gRPC shares connections within a process: the one an earlier client made to the
+        # gstabd that was replaced must not fail a new client's first call.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            gstab.Client(node.socket).attach("py-before")
+            self.assertEqual(node.restart(), 0)
+            gstab.Client(node.socket).attach("py-after")
+        finally:
+            self.assertEqual(node.stop(), 0)
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
