@@ -1,0 +1,245 @@
+// Job's CPU backend: the round of one step, which every local worker joins with Step and the last
+// to arrive runs (partial sums per worker, the cross-node sum, the rule, the scales), and how a
+// stopping gstabd answers the rounds that can no longer complete.
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/rule.h"
+#include "kernels/cpu_kernels.h"
+#include "server/cross_node.h"
+#include "server/job.h"
+
+namespace gstab {
+
+absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
+                       v1::StepResponse* response, uint32_t ready_value, uint64_t session) {
+  bool gpu;
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
+    gpu = gpus_.Has(local_rank);
+    if (auto again = register_again_.find(local_rank); !gpu && again != register_again_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", again->second));
+    }
+  }
+  if (gpu) return StepGpu(local_rank, step, ready_value, session, response);
+  WorkerMap snapshot;
+  size_t num_groups = 0;
+  uint64_t my_round = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
+    if (workers_.count(local_rank) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",
+                                                        name_,
+                                                        "' has no buffers: call RegisterBuffers "
+                                                        "before Step"));
+    }
+    if (shutting_down_) return ShuttingDown(step);
+    if (have_step_ && step <= last_step_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", step, " is not after job '", name_, "''s last step ", last_step_));
+    }
+    if (round_open_ && round_step_ != step) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("local rank ", local_rank, " is at step ", step, " but job '", name_,
+                       "''s other local workers are at step ", round_step_));
+    }
+    if (!round_open_) {
+      round_open_ = true;
+      round_step_ = step;
+      arrived_.clear();
+      ++round_id_;
+    }
+    if (!arrived_.emplace(local_rank, session).second) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("local rank ", local_rank, " already called Step(", step, ")"));
+    }
+    my_round = round_id_;
+    if (arrived_.size() < local_world_size_) {
+      auto finished = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return finished_round_id_ >= my_round;
+      };
+      auto everyone_here = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return finished_round_id_ >= my_round ||
+               (round_id_ == my_round && arrived_.size() >= local_world_size_);
+      };
+      // The deadline is for the other local workers to arrive; once they have, the round's
+      // runner is bounded by its own deadlines (the cross-node stage), so wait for it. gstabd
+      // shutting down refuses the others' Steps, and a session that has ended (its worker
+      // detached, its lease expired, or another attach took its rank) has no answer coming:
+      // then waiting on is pointless.
+      auto here_or_shutdown = [this, &everyone_here, local_rank,
+                               session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return everyone_here() || shutting_down_ || SessionEnded(local_rank, session);
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&here_or_shutdown), timeout);
+      const bool arrived = everyone_here();
+      if (arrived) mu_.Await(absl::Condition(&finished));
+      if (!arrived) {
+        std::vector<uint32_t> missing;
+        for (uint32_t r = 0; r < local_world_size_; ++r) {
+          if (arrived_.count(r) == 0) missing.push_back(r);
+        }
+        // This call's arrival, unless its worker was removed (and the round abandoned) since.
+        auto mine = arrived_.find(local_rank);
+        if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
+          arrived_.erase(mine);
+          if (arrived_.empty()) round_open_ = false;
+        }
+        if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
+        if (shutting_down_) return ShuttingDown(step);
+        return absl::DeadlineExceededError(absl::StrCat(
+            "step ", step, " of job '", name_, "': local ranks [", absl::StrJoin(missing, ", "),
+            "] did not call Step within ", absl::FormatDuration(timeout)));
+      }
+      // A worker removed while the round ran on it has no answer to wait for: its session has
+      // ended.
+      if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
+      *response = round_result_;
+      return round_status_;
+    }
+    for (const auto& [r, arrival_session] : arrived_) {
+      auto it = workers_.find(r);
+      if (it != workers_.end()) snapshot.emplace(r, it->second);
+    }
+    num_groups = group_names_.size();
+    round_running_ = true;
+  }
+
+  const absl::Time start = absl::Now();
+  v1::StepResponse result;
+  absl::Status status = RunRound(step, snapshot, num_groups, timeout, &result);
+  const absl::Duration duration = absl::Now() - start;
+  {
+    absl::MutexLock lock(&mu_);
+    round_result_ = result;
+    round_status_ = status;
+    finished_round_id_ = my_round;
+    round_open_ = false;
+    round_running_ = false;
+  }
+  if (status.ok() && on_step_) on_step_(result, duration);
+  *response = std::move(result);
+  return status;
+}
+
+void Job::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+}
+
+absl::Status Job::ShuttingDown(uint64_t step) const {
+  return absl::UnavailableError(absl::StrCat("gstabd is shutting down; step ", step, " of job '",
+                                             name_,
+                                             "' was not taken: attach again after it restarts"));
+}
+
+absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
+                           absl::Duration timeout, v1::StepResponse* response) {
+  // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
+  std::vector<double> sums(num_groups, 0.0);
+  std::vector<uint32_t> non_finite(num_groups, 0);
+  std::vector<bool> present(num_groups, false);
+  std::vector<double> worker_sums(num_groups);
+  std::vector<uint32_t> worker_flags(num_groups);
+  std::vector<int> reduction;
+  std::shared_ptr<Collective> collective;
+  bool sync_statistics = false;
+  uint64_t layout_hash = 0;
+  std::vector<GroupStats> stats_copy;
+  {
+    absl::MutexLock lock(&mu_);
+    reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
+    collective = collective_;
+    sync_statistics = sync_statistics_;
+    if (collective != nullptr) {
+      layout_hash = LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction);
+      if (sync_statistics) stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
+    }
+  }
+  // A worker may have truncated its shared memory: then its pages past the new end would
+  // raise SIGBUS in gstabd.
+  for (const auto& [rank, w] : workers) {
+    for (const ShmMapping* object : w->registration.host_objects) {
+      if (absl::Status s = object->CheckSize(); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
+      }
+    }
+  }
+  for (const auto& [rank, w] : workers) {
+    std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
+    if (absl::Status s =
+            CpuGroupSumSquares(w->table, absl::MakeSpan(scratch), absl::MakeSpan(worker_sums),
+                               absl::MakeSpan(worker_flags), executor_);
+        !s.ok()) {
+      return s;
+    }
+    for (size_t g = 0; g < w->has_group.size(); ++g) {
+      if (!w->has_group[g]) continue;
+      const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
+      if (!replicated || !present[g]) sums[g] += worker_sums[g];
+      non_finite[g] |= worker_flags[g];
+      present[g] = true;
+    }
+  }
+
+  // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
+  if (collective != nullptr) {
+    NodePartials partials{sums, non_finite, reduction};
+    if (absl::Status s =
+            ReduceAcrossNodes(collective.get(), name_, step, layout_hash, timeout, &partials);
+        !s.ok()) {
+      return s;
+    }
+    sums = std::move(partials.sums);
+    non_finite = std::move(partials.non_finite);
+    if (sync_statistics) {
+      if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
+        return s;
+      }
+      absl::MutexLock lock(&mu_);
+      std::copy(stats_copy.begin(), stats_copy.end(), stats_.begin());
+      if (collective_ == collective) sync_statistics_ = false;
+    }
+  }
+
+  // 3. The rule, under the lock: statistics and configuration change only here.
+  std::vector<float> scales(num_groups, 1.0f);
+  response->set_step(step);
+  {
+    absl::MutexLock lock(&mu_);
+    const RuleParams params = params_;
+    if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
+      config_history_.back().set_effective_step(step);
+    }
+    for (size_t g = 0; g < num_groups; ++g) {
+      if (!present[g]) continue;
+      const StepOutcome out = ApplyRule(params, &stats_[g], sums[g], non_finite[g] != 0);
+      last_outcome_[g] = out;
+      scales[g] = static_cast<float>(out.scale);
+      v1::GroupResult* r = response->add_groups();
+      FillGroupResult(g, out, r);
+      r->set_norm_mean(stats_[g].spike_mean);
+      r->set_norm_stddev(std::sqrt(stats_[g].spike_var));
+      if (r->skipped()) response->set_skip(true);
+      if (r->diverging()) response->set_diverging(true);
+    }
+    response->set_config_version(config_version_);
+    response->set_results_step(step);
+    steps_ += 1;
+    last_step_ = step;
+    have_step_ = true;
+  }
+
+  // 4. Scale every worker's chunks in place.
+  for (const auto& [rank, w] : workers) {
+    if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gstab
