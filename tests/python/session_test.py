@@ -19,24 +19,18 @@ ARGS = None
 
 
 class SessionTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.gstabd = Gstabd(ARGS.gstabd)
-
-    @classmethod
-    def tearDownClass(cls):
-        assert cls.gstabd.stop() == 0
+    """Each test runs a gstabd of its own, which it restarts or shares among clients."""
 
     def test_a_restarted_gstabd_is_attached_again_and_the_job_resumes(self):
         # A DaemonSet pod replaced under a running job: the next steps wait for the new gstabd,
         # attach and register again, and continue with the statistics of its checkpoint.
         groups = ("a", "b")
-        reference = gstab.Client(self.gstabd.socket)
-        reference.attach("py-restart-ref", policy="stabilize-stable-spam")
-        views = one_tensor_job(reference, groups=groups)
-        uninterrupted = run_steps(reference, views, range(1, 21))
         node = Gstabd(ARGS.gstabd)
         try:
+            reference = gstab.Client(node.socket)  # the same steps, uninterrupted
+            reference.attach("py-restart-ref", policy="stabilize-stable-spam")
+            views = one_tensor_job(reference, groups=groups)
+            uninterrupted = run_steps(reference, views, range(1, 21))
             client = gstab.Client(node.socket)
             client.attach("py-restart", policy="stabilize-stable-spam")
             views = one_tensor_job(client, groups=groups)
