@@ -60,6 +60,10 @@ GroupStats GroupStateFromProto(const v1::GroupState& p) {
 }
 
 absl::Status ValidateJobState(const v1::JobState& state) {
+  if (state.last_step() >= uint64_t{1} << 62) {  // no later step could be taken
+    return absl::InvalidArgumentError(
+        absl::StrCat("the state's last_step ", state.last_step(), " must be below 2^62"));
+  }
   if (static_cast<size_t>(state.groups_size()) > kMaxGroupsPerJob) {
     return absl::InvalidArgumentError(absl::StrCat("the state has ", state.groups_size(),
                                                    " groups; a job may have at most ",

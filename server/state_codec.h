@@ -16,7 +16,7 @@ inline constexpr size_t kMaxGroupsPerJob = 65536;
 
 // INVALID_ARGUMENT, naming the group and field, unless `state` is one gstabd could have
 // written: at most kMaxGroupsPerJob groups with valid, distinct names, finite statistics,
-// non-negative means and variances, and step counts below 2^62. Imported statistics feed the
+// non-negative means and variances, and step counts and the last step below 2^62. Imported statistics feed the
 // scale of every later step: a NaN or negative variance would turn gradients into NaN.
 absl::Status ValidateJobState(const v1::JobState& state);
 

@@ -200,6 +200,7 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
       {"NaN mean", [](auto* s) { s->mutable_groups(0)->set_m(NAN); }, "m is nan"},
       {"negative variance", [](auto* s) { s->mutable_groups(0)->set_v(-1e30); }, "v is -1e+30"},
       {"t about to wrap", [](auto* s) { s->mutable_groups(0)->set_t(~uint64_t{0}); }, "2^62"},
+      {"no step after the last", [](auto* s) { s->set_last_step(~uint64_t{0}); }, "last_step"},
       {"duplicate group", [](auto* s) { *s->add_groups() = s->groups(0); }, "duplicate group"},
       {"bad group name", [](auto* s) { s->mutable_groups(0)->set_name("a b"); }, "characters"},
       {"too many groups",
