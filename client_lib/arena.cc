@@ -16,8 +16,8 @@ namespace gstab {
 namespace {
 
 constexpr uint64_t kAlign = 64;
-constexpr uint64_t kMaxBytes = uint64_t{1}
-                               << 50;  // far beyond any host's memory, short of overflow
+// Far beyond any host's memory, and short of overflowing the offsets.
+constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
 
 }  // namespace
 

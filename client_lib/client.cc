@@ -58,12 +58,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to
   // a gstabd since replaced still looks ready. A first call finds out, and connects anew.
-  auto health = grpc::health::v1::Health::NewStub(client->channel_);
   for (;;) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(5))));
     grpc::health::v1::HealthCheckResponse response;
-    const grpc::Status s = health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &response);
+    const grpc::Status s =
+        client->AskHealth(std::min(deadline, absl::Now() + absl::Seconds(5)), &response);
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline) break;
     client->Reconnect();
   }
@@ -188,13 +186,20 @@ absl::Status Client::ImportState(const std::string& state, uint32_t* groups) {
   return r.status();
 }
 
-absl::Status Client::CheckHealth() {
+grpc::Status Client::AskHealth(absl::Time deadline,
+                               grpc::health::v1::HealthCheckResponse* response) {
   auto health = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  grpc::health::v1::HealthCheckRequest request;
+  ctx.set_deadline(absl::ToChronoTime(deadline));
+  return health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), response);
+}
+
+absl::Status Client::CheckHealth() {
   grpc::health::v1::HealthCheckResponse response;
-  if (absl::Status s = FromGrpcStatus(health->Check(&ctx, request, &response)); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(AskHealth(absl::Now() + absl::Seconds(5), &response));
+      !s.ok()) {
+    return s;
+  }
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
     return absl::UnavailableError("gstabd is not serving (shutting down?)");
   }

@@ -22,6 +22,10 @@
 #include "client_lib/arena.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 
+namespace grpc::health::v1 {
+class HealthCheckResponse;
+}  // namespace grpc::health::v1
+
 namespace gstab {
 
 // grpc::Status -> absl::Status with the same code and message.
@@ -88,6 +92,8 @@ class Client {
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string target);
   void StopKeepAlive();
+  // The standard health check's answer, by `deadline`.
+  grpc::Status AskHealth(absl::Time deadline, grpc::health::v1::HealthCheckResponse* response);
   // One unary call of the Stabilizer service, its status translated.
   template <typename Request, typename Response>
   absl::StatusOr<Response> Call(grpc::Status (v1::Stabilizer::Stub::*method)(grpc::ClientContext*,

@@ -67,10 +67,8 @@ void Daemon::SetPeerAddress(std::string address) {
 absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(token);
-  if (it == sessions_.end()) {
-    if (absl::Status replaced = Replaced(token); !replaced.ok()) return replaced;
-  }
   if (token.empty() || it == sessions_.end()) {
+    if (absl::Status replaced = Replaced(token); !replaced.ok()) return replaced;
     return absl::UnauthenticatedError(
         "unknown or expired session: attach again (sessions expire after the lease without "
         "calls, and when gstabd restarts)");

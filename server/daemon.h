@@ -207,8 +207,8 @@ class Daemon {
   std::deque<std::string> replaced_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   // The statistics of jobs not held (found at start, or retired), and since when they are not.
-  // A checkpoint of a job not held now. Its groups (most of its size) are kept in memory only
-  // until it is on disk, and read back from there when the job is restored.
+  // Their groups (most of their size) are kept in memory only until they are on disk, and read
+  // back from there when the job is restored.
   struct Checkpointed {
     Checkpointed(v1::JobState job_state, absl::Time saved, bool saved_to_disk);
     // Once on disk, the state without its groups.

@@ -3,7 +3,6 @@
 // the step that enqueues a worker's GPU work and answers without waiting for it.
 #include <algorithm>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/cross_node.h"
 #include "server/job.h"
@@ -159,10 +158,8 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
                                        : "every local worker registers its buffers again";
       EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s step ", step,
                                     " failed in the GPU communicator (", s.message(), ")"));
-      const bool names_step = absl::StartsWith(s.message(), "step ");  // the cross-node stage's
       return absl::Status(
-          s.code(), absl::StrCat("local rank ", local_rank, " of job '", name_, "', ",
-                                 names_step ? "" : absl::StrCat("step ", step, ": "), s.message(),
+          s.code(), absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", s.message(),
                                  "; this ended the job's GPU generation: ", recovery));
     }
     if (primary) {  // the job's step count and history follow its first local GPU

@@ -134,7 +134,7 @@ class CudaStepper final : public GpuPipeline {
   StepOutcome* d_outcomes_ = nullptr;
   std::string results_handle_;
   // The results buffer once TakeResults has handed it over: freed when the last of its holders
-  // (the caller's copies, this pipeline) lets go, if the pipeline's GPU work had finished.
+  // (the caller's copies, this pipeline) lets go, if the destructor drained the stream.
   struct ResultsRelease {
     ~ResultsRelease();
     int device = 0;

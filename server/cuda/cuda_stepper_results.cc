@@ -51,8 +51,7 @@ std::shared_ptr<void> CudaStepper::TakeResults(absl::Duration teardown_wait) {
   auto release = std::make_shared<ResultsRelease>();
   release->device = device_;
   release->buffer = d_results_;
-  release->finished = Idle();  // else once the destructor has drained the stream
-  results_release_ = release;
+  results_release_ = release;  // finished once the destructor has drained the stream
   StepResultsHeader* results = d_results_;
   d_results_ = nullptr;
   d_outcomes_ = nullptr;

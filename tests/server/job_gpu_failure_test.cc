@@ -111,7 +111,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   v1::StepResponse r;
   absl::Status broken = t.job.Step(1, 3, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(broken.code(), absl::StatusCode::kUnavailable);
-  EXPECT_NE(broken.message().find("local rank 1 of job 'pair', step 3: the check all-reduce"),
+  EXPECT_NE(broken.message().find("local rank 1 of job 'pair': step 3: the check all-reduce"),
             std::string::npos)
       << broken;
   EXPECT_NE(broken.message().find(
@@ -143,8 +143,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   t.gpu.enqueue_error = absl::DeadlineExceededError("joining the NCCL communicator timed out");
   absl::Status late = t.job.Step(0, 4, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_NE(late.message().find("local rank 0 of job 'pair', step 4: joining"), std::string::npos)
-      << late;
+  EXPECT_NE(late.message().find("local rank 0 of job 'pair': joining"), std::string::npos) << late;
   EXPECT_EQ(t.live, 0);
 
   // A job of one GPU has no communicator to break: its pipeline's error is passed on as it is.
