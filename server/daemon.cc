@@ -239,7 +239,7 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   // The worker may free its gradients once Detach answers, and CUDA leaves freeing memory that
   // another process still has mapped undefined: close gstabd's mappings of them first (they
   // are closed on a background thread, since a close can wait for the device), bounded.
-  if (device_memory_ != nullptr) device_memory_->AwaitReleases(kDetachReleaseWait);
+  if (device_memory_ != nullptr) device_memory_->AwaitClosedMappings(kDetachReleaseWait);
   return absl::OkStatus();
 }
 

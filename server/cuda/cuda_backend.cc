@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "glog/logging.h"
 #include "server/cuda/cuda_ipc.h"
 #include "server/cuda/cuda_stepper.h"
 #include "server/cuda/device_reaper.h"
@@ -18,7 +19,12 @@ class CudaDeviceMemory final : public DeviceMemory {
  public:
   // gstabd is stopping: let the releases deferred so far finish before the process exits.
   ~CudaDeviceMemory() override { FlushDeviceReleases(absl::Seconds(5)); }
-  void AwaitReleases(absl::Duration timeout) override { FlushDeviceReleases(timeout); }
+  void AwaitClosedMappings(absl::Duration timeout) override {
+    if (!registry_.AwaitClosed(timeout)) {
+      LOG(WARNING) << "gave up waiting " << timeout << " for released IPC mappings to close: "
+                   << "the GPU is busy";
+    }
+  }
   absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle,
                                                                int device, uint64_t offset,
                                                                uint64_t bytes) override {

@@ -78,7 +78,7 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
                                           }
                                           // Closing may wait for work anywhere on the device: off
                                           // the caller's path.
-                                          DeferDeviceRelease([closing, handle, r] {
+                                          DeferDeviceRelease(r->device, [closing, handle, r] {
                                             cudaSetDevice(r->device);
                                             cudaIpcCloseMemHandle(r->base);
                                             ClearStaleCudaError();
@@ -102,6 +102,18 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
                                                    "-byte allocation the handle names"));
   }
   return region;
+}
+
+bool CudaIpcRegistry::AwaitClosed(absl::Duration timeout) {
+  absl::MutexLock lock(&closing_->mu);
+  const std::set<std::string> released = closing_->handles;
+  auto closed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(closing_->mu) {
+    for (const std::string& handle : released) {
+      if (closing_->handles.count(handle) != 0) return false;
+    }
+    return true;
+  };
+  return closing_->mu.AwaitWithTimeout(absl::Condition(&closed), timeout);
 }
 
 int CudaIpcRegistry::LiveRegions() {

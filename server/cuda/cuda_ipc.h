@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace gstab {
 
@@ -35,6 +36,9 @@ class CudaIpcRegistry {
   absl::StatusOr<std::shared_ptr<IpcRegion>> Open(const std::string& handle, int device,
                                                   uint64_t offset, uint64_t bytes);
   int LiveRegions();
+  // Waits until every mapping released before the call is closed (the reaper of its device
+  // closes it), or `timeout`; whether they all are.
+  bool AwaitClosed(absl::Duration timeout);
 
  private:
   // Handles whose mapping the reaper has yet to close (shared with the closing deleters).

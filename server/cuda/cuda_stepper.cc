@@ -181,18 +181,19 @@ CudaStepper::~CudaStepper() {
   ReturnStream(device_, release_stream_);
   // Frees may wait for other jobs' work on the device: not on this (locked) path. Nor the
   // communicator's destruction, which frees NCCL's memory.
-  DeferDeviceRelease([device = device_, comm = std::shared_ptr<NcclComm>(std::move(comm_)),
-                      table = std::make_shared<DeviceChunkTable>(std::move(table_)),
-                      memory = std::vector<void*>{d_partials_, d_sums_, d_flags_, d_modes_,
-                                                  d_exchange_, d_stats_, d_results_, d_scales_},
-                      host]() mutable {
-    cudaSetDevice(device);
-    comm.reset();
-    table.reset();
-    for (void* p : memory) cudaFree(p);
-    for (void* p : host) cudaFreeHost(p);
-    ClearStaleCudaError();
-  });
+  DeferDeviceRelease(
+      device_, [device = device_, comm = std::shared_ptr<NcclComm>(std::move(comm_)),
+                table = std::make_shared<DeviceChunkTable>(std::move(table_)),
+                memory = std::vector<void*>{d_partials_, d_sums_, d_flags_, d_modes_, d_exchange_,
+                                            d_stats_, d_results_, d_scales_},
+                host]() mutable {
+        cudaSetDevice(device);
+        comm.reset();
+        table.reset();
+        for (void* p : memory) cudaFree(p);
+        for (void* p : host) cudaFreeHost(p);
+        ClearStaleCudaError();
+      });
 }
 
 absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& what,

@@ -39,7 +39,7 @@ void CudaStepper::Release() {
 
 CudaStepper::ResultsRelease::~ResultsRelease() {
   if (!finished) return;  // a kernel may still write it: left allocated
-  DeferDeviceRelease([device = device, p = buffer] {
+  DeferDeviceRelease(device, [device = device, p = buffer] {
     cudaSetDevice(device);
     cudaFree(p);
     ClearStaleCudaError();

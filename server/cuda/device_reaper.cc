@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -71,9 +73,36 @@ class Reaper {
 };
 
 // Never destroyed: their threads run for the life of the process.
-Reaper& TheReaper() {
-  static Reaper* reaper = new Reaper(/*parallel=*/false);
-  return *reaper;
+class DeviceReapers {
+ public:
+  Reaper& For(int device) {
+    absl::MutexLock lock(&mu_);
+    Reaper*& reaper = reapers_[device];
+    if (reaper == nullptr) reaper = new Reaper(/*parallel=*/false);
+    return *reaper;
+  }
+
+  // Waits for every device's reaper until `deadline` (they drain meanwhile, side by side).
+  bool Flush(absl::Time deadline) {
+    std::vector<Reaper*> reapers;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [device, reaper] : reapers_) reapers.push_back(reaper);
+    }
+    bool all = true;
+    for (Reaper* reaper : reapers) {
+      all = reaper->Flush(std::max(deadline - absl::Now(), absl::ZeroDuration())) && all;
+    }
+    return all;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<int, Reaper*> reapers_ ABSL_GUARDED_BY(mu_);
+};
+DeviceReapers& TheReapers() {
+  static DeviceReapers* reapers = new DeviceReapers;
+  return *reapers;
 }
 Reaper& TheAborter() {
   static Reaper* aborter = new Reaper(/*parallel=*/true);
@@ -82,7 +111,9 @@ Reaper& TheAborter() {
 
 }  // namespace
 
-void DeferDeviceRelease(std::function<void()> release) { TheReaper().Defer(std::move(release)); }
+void DeferDeviceRelease(int device, std::function<void()> release) {
+  TheReapers().For(device).Defer(std::move(release));
+}
 
 void DeferCommunicatorAbort(std::function<void()> abort) { TheAborter().Defer(std::move(abort)); }
 
@@ -92,7 +123,7 @@ bool FlushDeviceReleases(absl::Duration timeout) {
   // Aborts first (a release may wait for one), then releases, then the aborts those deferred
   // (a communicator destroyed on the reaper may abort instead).
   const bool aborted = TheAborter().Flush(left());
-  const bool released = TheReaper().Flush(left());
+  const bool released = TheReapers().Flush(deadline);
   return TheAborter().Flush(left()) && aborted && released;
 }
 
