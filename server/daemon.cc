@@ -118,11 +118,11 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
   if (it == sessions_.end()) return std::nullopt;
   const Session s = it->second;
   sessions_.erase(it);
+  if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, s.observer, reason);
   if (s.observer) {
     if (!InUse(s.job)) idle_since_.emplace(s.job->name(), absl::Now());
     return std::nullopt;
   }
-  if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, reason);
   ++pending_[s.job->name()];  // until Remove is done: the job's final state is not in it yet
   return Removal{s.job, s.local_rank, worker_gone, /*expired=*/false, s.id};
 }

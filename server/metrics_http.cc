@@ -1,9 +1,6 @@
 #include "server/metrics_http.h"
 
 #include <civetweb.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <string>
@@ -15,20 +12,12 @@ namespace {
 
 constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 
-// A free TCP port, found by binding port 0 (civetweb needs a concrete port).
-absl::StatusOr<int> FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket() failed");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  socklen_t len = sizeof addr;
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  close(fd);
-  if (!ok) return absl::InternalError("cannot find a free port");
-  return ntohs(addr.sin_port);
-}
+// Handler threads: a scrape holds one for as long as its client is slow, and an idle connection
+// (a port scanner, a stuck probe) for up to kRequestTimeoutMs.
+constexpr char kThreads[] = "8";
+constexpr char kRequestTimeoutMs[] = "5000";
+// civetweb's build-time feature bit for IPv6 (mg_check_feature).
+constexpr unsigned kIpv6Feature = 8;
 
 }  // namespace
 
@@ -37,15 +26,13 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("metrics port ", port, " is out of range"));
   }
-  if (port == 0) {
-    absl::StatusOr<int> free = FreePort();
-    if (!free.ok()) return free.status();
-    port = *free;
-  }
   mg_init_library(0);
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer(registry));
-  const std::string ports = std::to_string(port);
-  const char* options[] = {"listening_ports", ports.c_str(), "num_threads", "2", nullptr};
+  // Port 0: civetweb binds a free port, read back below. "+": IPv4 and IPv6 where civetweb was
+  // built with IPv6 (Debian 12's is not: IPv4 only).
+  const std::string ports = absl::StrCat(mg_check_feature(kIpv6Feature) != 0 ? "+" : "", port);
+  const char* options[] = {"listening_ports",    ports.c_str(),     "num_threads", kThreads,
+                           "request_timeout_ms", kRequestTimeoutMs, nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof callbacks);
   server->ctx_ = mg_start(&callbacks, nullptr, options);
@@ -53,6 +40,11 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on port ", port, " (in use?)"));
   }
+  mg_server_port bound[2];
+  if (mg_get_server_ports(server->ctx_, 2, bound) < 1 || bound[0].port <= 0) {
+    return absl::InternalError("the metrics server listens on no port");
+  }
+  port = bound[0].port;
   mg_set_request_handler(server->ctx_, "/metrics$", &MetricsHttpServer::Handle, server.get());
   server->port_ = port;
   return server;

@@ -168,9 +168,11 @@ void Observer::OnAttach(const std::string& job, uint32_t local_rank, bool observ
   bus_->Publish(std::move(e));
 }
 
-void Observer::OnDetach(const std::string& job, uint32_t local_rank, const std::string& reason) {
+void Observer::OnDetach(const std::string& job, uint32_t local_rank, bool observer,
+                        const std::string& reason) {
   v1::Event e = MakeEvent(v1::EVENT_TYPE_DETACH, job, 0);
-  e.set_detail(absl::StrCat("local rank ", local_rank, ": ", reason));
+  e.set_detail(observer ? absl::StrCat("observer: ", reason)
+                        : absl::StrCat("local rank ", local_rank, ": ", reason));
   bus_->Publish(std::move(e));
 }
 

@@ -31,7 +31,8 @@ class Observer {
 
   void OnStep(const std::string& job, const v1::StepResponse& step, absl::Duration duration);
   void OnAttach(const std::string& job, uint32_t local_rank, bool observer);
-  void OnDetach(const std::string& job, uint32_t local_rank, const std::string& reason);
+  void OnDetach(const std::string& job, uint32_t local_rank, bool observer,
+                const std::string& reason);
   void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy);
   void SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes);
   // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and

@@ -146,8 +146,8 @@ absl::Status Server::Stop(absl::Time deadline) {
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   if (unix_listener_ != nullptr) unix_listener_->Stop();  // no new connections; removes the file
   daemon_->BeginShutdown();
-  events_.Close();  // ends WatchEvents streams
   if (!daemon_->DrainSteps(deadline)) LOG(WARNING) << "steps still in flight at the deadline";
+  events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // Every step has finished; idle connections need no grace period.
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
   grpc_server_->Wait();

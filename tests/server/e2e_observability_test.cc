@@ -1,9 +1,14 @@
 // End-to-end observability: /metrics scraped live (and by a real Prometheus server), the event
 // stream, and gstabctl, against a real gstabd and the real example trainer.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -17,6 +22,7 @@ namespace gstab {
 namespace {
 
 using testing::DaemonProcess;
+using testing::HttpRequest;
 using testing::Subprocess;
 using testing::TempDir;
 
@@ -190,6 +196,58 @@ TEST_F(E2eObservabilityTest, EveryInjectedSpikeAppearsExactlyOnceInOrder) {
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.front().type(), v1::EVENT_TYPE_ATTACH);
   EXPECT_EQ(events.back().type(), v1::EVENT_TYPE_DETACH);
+}
+
+TEST_F(E2eObservabilityTest, IdleConnectionsNeitherStarveScrapesNorStayOpen) {
+  // As a port scanner or a stuck probe: connections that never send a request.
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port_));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    idle.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(200));  // let the server take them up
+  auto scrape =
+      std::async(std::launch::async, [&] { return HttpRequest(port_, "GET", "/metrics"); });
+  ASSERT_EQ(scrape.wait_for(std::chrono::seconds(3)), std::future_status::ready)
+      << "idle connections held every handler thread";
+  ASSERT_TRUE(scrape.get().ok());
+  // The server closes them (after its 5 s request timeout): a read sees the end.
+  for (int fd : idle) {
+    timeval wait{15, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    char c;
+    EXPECT_EQ(read(fd, &c, 1), 0) << "an idle connection was kept open";
+    close(fd);
+  }
+}
+
+TEST_F(E2eObservabilityTest, AnObserversAttachAndDetachArePaired) {
+  Train("watched", {"--steps=5", "--print_every=1000"});  // an observer needs a held job
+  auto client = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(client.ok());
+  std::vector<v1::Event> events;
+  std::thread watcher([&] {
+    events = Collect(client->get(), "watched", true,
+                     [](const v1::Event& e) { return e.type() == v1::EVENT_TYPE_DETACH; });
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // let the subscription open
+  auto observer = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(observer.ok());
+  AttachOptions watch = testing::JobOptions("watched");
+  watch.observer = true;
+  ASSERT_TRUE((*observer)->Attach(watch).ok());
+  ASSERT_TRUE((*observer)->Detach().ok());
+  watcher.join();
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].type(), v1::EVENT_TYPE_ATTACH);
+  EXPECT_EQ(events[0].detail(), "observer");
+  EXPECT_EQ(events[1].type(), v1::EVENT_TYPE_DETACH);
+  EXPECT_EQ(events[1].detail(), "observer: detached");
 }
 
 TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUncounted) {
