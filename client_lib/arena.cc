@@ -76,8 +76,10 @@ absl::Status GradientArena::Allocate() {
     name_.clear();
     return absl::ResourceExhaustedError(absl::StrCat(
         "cannot allocate ", size_, " bytes of shared memory in /dev/shm: ", err,
-        reserved == ENOSPC ? " (give the container a larger /dev/shm: Docker's --shm-size, or "
-                             "an emptyDir volume of medium Memory mounted there)"
+        reserved == ENOSPC ? " (enlarge the /dev/shm that gstabd shares: the node's, for a "
+                             "container with the host's IPC namespace as on Kubernetes, where a "
+                             "volume mounted on /dev/shm would hide it from gstabd; Docker's "
+                             "--shm-size otherwise)"
                            : ""));
   }
   base_ = static_cast<unsigned char*>(base);

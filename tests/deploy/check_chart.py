@@ -192,6 +192,13 @@ def bad_values(args):
         (["--set", "metrics.prot=1"], "'prot'"),
         (["--set", "extraArgs={max_jobs=3}"], "/extraArgs/0"),
         (["--set", "allowUids={-1}"], "/allowUids/0"),
+        (["--set", "allowUids={1000}"], "must admit gstabd's own probes"),
+        (["--set", "allowGids={2000}"], "must admit gstabd's own probes"),
+        (["--set", "extraArgs={--socket=/tmp/x.sock}"], "may not set --socket"),
+        (["--set", "peer.enabled=true", "--set", "peer.tlsSecret=s", "--set", "peer.port=9478"],
+         "peer.port and metrics.port must differ"),
+        (["--set", "daemon.leaseMs=3000000000"], "/daemon/leaseMs"),
+        (["--set", "terminationGracePeriodSeconds=0"], "/terminationGracePeriodSeconds"),
     ]
     for extra, expected in cases:
         rc, _, err = helm(args, *extra)

@@ -71,3 +71,32 @@ exec:
 {{- define "gstab.hostPID" -}}
 {{- if kindIs "invalid" .Values.hostPID -}}{{ .Values.gpu.enabled }}{{- else -}}{{ .Values.hostPID }}{{- end -}}
 {{- end -}}
+
+{{/*
+Values the chart's own arguments depend on, checked before anything renders: extraArgs may not
+set a flag the chart sets (the probes, mounts and ports follow the chart's); the allow-lists
+must admit the probes and `helm test` (uid 0, gid socket.gid or 0); the peer and metrics ports
+differ (both are host ports with peer.enabled).
+*/}}
+{{- define "gstab.checkValues" -}}
+{{- $managed := list "socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" -}}
+{{- range .Values.extraArgs -}}
+{{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
+{{- if has $flag $managed -}}
+{{- fail (printf "extraArgs may not set --%s: the chart sets it from its values (see values.yaml)" $flag) -}}
+{{- end -}}
+{{- end -}}
+{{- if or .Values.allowUids .Values.allowGids -}}
+{{- $gid := 0 -}}
+{{- if not (kindIs "invalid" .Values.socket.gid) }}{{ $gid = int64 .Values.socket.gid }}{{ end -}}
+{{- $admitted := false -}}
+{{- range .Values.allowUids }}{{ if eq (int64 .) 0 }}{{ $admitted = true }}{{ end }}{{ end -}}
+{{- range .Values.allowGids }}{{ if eq (int64 .) (int64 $gid) }}{{ $admitted = true }}{{ end }}{{ end -}}
+{{- if not $admitted -}}
+{{- fail (printf "allowUids/allowGids must admit gstabd's own probes and the helm test pod, which connect as uid 0 with gid %d: add 0 to allowUids, or %d to allowGids" (int64 $gid) (int64 $gid)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.peer.enabled (eq (int64 .Values.peer.port) (int64 .Values.metrics.port)) -}}
+{{- fail "peer.port and metrics.port must differ: with peer.enabled both are ports of the node's network" -}}
+{{- end -}}
+{{- end -}}
