@@ -1,5 +1,8 @@
 #include "server/peer_tls.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -26,7 +29,15 @@ absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& 
 }  // namespace
 
 bool IsLoopbackHost(const std::string& host) {
-  return host == "localhost" || absl::StartsWith(host, "127.") || host == "::1" || host == "[::1]";
+  if (host == "localhost") return true;
+  // Addresses only: a name such as 127.example.com may resolve anywhere.
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6;
+  const std::string bare = absl::StartsWith(host, "[") && absl::EndsWith(host, "]")
+                               ? host.substr(1, host.size() - 2)
+                               : host;
+  return inet_pton(AF_INET6, bare.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 absl::StatusOr<PeerTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,

@@ -353,7 +353,13 @@ TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
 TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
   TempDir dir;
   const std::string base = testing::GstabdPath() + " --socket=" + dir.path() + "/s.sock";
-  auto [rc, out] = testing::RunShell(base + " --peer_listen=10.1.2.3:0");
+  // A name that looks like a loopback address is not one: it may resolve anywhere.
+  for (const char* host : {"10.1.2.3", "127.example.com"}) {
+    auto [rc, out] = testing::RunShell(base + " --peer_listen=" + host + ":0");
+    EXPECT_NE(rc, 0) << host;
+    EXPECT_NE(out.find("(not loopback) requires mutual TLS"), std::string::npos) << out;
+  }
+  auto [rc, out] = testing::RunShell(base + " --peer_listen=[::2]:0");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("(not loopback) requires mutual TLS"), std::string::npos) << out;
   std::tie(rc, out) = testing::RunShell(base + " --peer_listen=127.0.0.1:0 --peer_tls_ca=x");
