@@ -1,9 +1,11 @@
 #include "server/cross_node.h"
 
 #include <cstring>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/config.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
 
@@ -48,15 +50,28 @@ uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> 
   return h;
 }
 
+uint64_t ConfigHash(const RuleParams& params) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the effective configuration's bytes
+  for (char c : EffectiveConfig(params).SerializeAsString()) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
-                               uint64_t layout_hash, absl::Duration timeout, NodePartials* p) {
+                               const StepCheck& mine, absl::Duration timeout, NodePartials* p,
+                               StepAgreement* agreement) {
   const size_t groups = p->sums.size();
   // Check: max of (x, -x) gives every node the same max and min, so all detect a mismatch.
-  const double hi = static_cast<double>(layout_hash >> 32);
-  const double lo = static_cast<double>(layout_hash & 0xffffffffu);
+  auto high = [](uint64_t h) { return static_cast<double>(h >> 32); };
+  auto low = [](uint64_t h) { return static_cast<double>(h & 0xffffffffu); };
   const double s = static_cast<double>(step);
   const double n = static_cast<double>(groups);
-  std::vector<double> check = {s, -s, hi, -hi, lo, -lo, n, -n};
+  const double hi = high(mine.layout_hash), lo = low(mine.layout_hash);
+  const double chi = high(mine.config_hash), clo = low(mine.config_hash);
+  std::vector<double> check = {
+      s, -s, hi, -hi, lo, -lo, n, -n, chi, -chi, clo, -clo, mine.want_statistics ? 1.0 : 0.0};
   if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }
@@ -72,6 +87,8 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         " groups, others between ", -check[7], " and ", check[6],
         " or other names); every node must register the same groups; nothing was summed"));
   }
+  agreement->configs_differ = check[8] != -check[9] || check[10] != -check[11];
+  agreement->sync_statistics = check[12] > 0;
   std::vector<uint8_t> modes(groups);
   std::vector<double> data(2 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {
@@ -89,12 +106,27 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   return absl::OkStatus();
 }
 
-absl::Status SyncStatistics(Collective* c, absl::Duration timeout, std::vector<GroupStats>* stats) {
-  std::vector<char> bytes(stats->size() * sizeof(GroupStats));
-  std::memcpy(bytes.data(), stats->data(), bytes.size());
+namespace {
+
+// Replaces `count` values at `values` with node 0's (every node runs the same gstabd build).
+template <typename T>
+absl::Status BroadcastValues(Collective* c, absl::Duration timeout, T* values, size_t count) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  std::vector<char> bytes(count * sizeof(T));
+  std::memcpy(bytes.data(), values, bytes.size());
   if (absl::Status s = c->Broadcast(absl::MakeSpan(bytes), timeout); !s.ok()) return s;
-  std::memcpy(stats->data(), bytes.data(), bytes.size());
+  std::memcpy(values, bytes.data(), bytes.size());
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SyncStatistics(Collective* c, absl::Duration timeout, std::vector<GroupStats>* stats) {
+  return BroadcastValues(c, timeout, stats->data(), stats->size());
+}
+
+absl::Status BroadcastParams(Collective* c, absl::Duration timeout, RuleParams* params) {
+  return BroadcastValues(c, timeout, params, 1);
 }
 
 }  // namespace gstab

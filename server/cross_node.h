@@ -1,8 +1,11 @@
 // The cross-node stage of a step (DESIGN.md 2.4): after this node has combined its local
 // workers' partial sums, they are reduced across the job's nodes. Two fixed-order collectives:
-// a max-reduce that checks every node is at the same step with the same group layout, then one
+// a max-reduce that checks every node is at the same step with the same group layout (and
+// finds whether the nodes' configurations differ, or one wants node 0's statistics), then one
 // sum of [group sums | non-finite flags]. Replicated groups keep their local sums; non-finite
-// flags are combined for every group, so all nodes skip together or none does.
+// flags are combined for every group, so all nodes skip together or none does. A multi-node
+// job's configuration and statistics are node 0's: when they differ, every node takes node
+// 0's (BroadcastParams, SyncStatistics) before the rule runs, so all nodes apply one rule.
 #pragma once
 
 #include <cstdint>
@@ -29,13 +32,30 @@ struct NodePartials {
 uint8_t CrossNodeMode(int reduction, uint32_t node_rank);
 
 uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction);
+// A fingerprint of an effective configuration.
+uint64_t ConfigHash(const RuleParams& params);
+
+// What this node brings to a step's agreement.
+struct StepCheck {
+  uint64_t layout_hash = 0;
+  uint64_t config_hash = 0;
+  bool want_statistics = false;  // this node is to take node 0's statistics
+};
+// What the nodes agreed, the same on every node.
+struct StepAgreement {
+  bool configs_differ = false;   // every node takes node 0's configuration (BroadcastParams)
+  bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics)
+};
 
 // Reduces `partials` in place. INVALID_ARGUMENT when steps or layouts differ across nodes
 // (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the missing nodes when a node
 // dies or stalls past `timeout`.
 absl::Status ReduceAcrossNodes(Collective* collective, const std::string& job, uint64_t step,
-                               uint64_t layout_hash, absl::Duration timeout,
-                               NodePartials* partials);
+                               const StepCheck& check, absl::Duration timeout,
+                               NodePartials* partials, StepAgreement* agreement);
+
+// Replaces `params` with node 0's.
+absl::Status BroadcastParams(Collective* collective, absl::Duration timeout, RuleParams* params);
 
 // Replaces `stats` with node 0's (a new communicator starts from one set of statistics).
 absl::Status SyncStatistics(Collective* collective, absl::Duration timeout,

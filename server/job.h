@@ -110,6 +110,9 @@ class Job {
   // Bumps the config version and records params_ as its change (keeping the newest
   // kConfigHistory).
   void RecordConfigChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK unless this job spans nodes and `what` (an operator's change of its configuration or
+  // statistics) would reach one node only: FAILED_PRECONDITION saying where to do it.
+  absl::Status NodeZerosStateOnly(const std::string& what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr size_t kConfigHistory = 64;
   // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
   // UNAUTHENTICATED when a newer session than `session` has registered or ended local rank
@@ -144,6 +147,10 @@ class Job {
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, v1::StepResponse* response)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Replaces `params` (this step's configuration) with node 0's, and the job's with it where
+  // they differ (logged: a multi-node job's configuration is node 0's).
+  absl::Status AdoptNodeZerosConfig(Collective* collective, uint64_t step, absl::Duration timeout,
+                                    RuleParams* params) ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string name_;
   const uint32_t local_world_size_;

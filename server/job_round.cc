@@ -6,7 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/config.h"
 #include "core/rule.h"
+#include "glog/logging.h"
 #include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
 #include "server/job.h"
@@ -138,6 +140,20 @@ absl::Status Job::ShuttingDown(uint64_t step) const {
                                              "' was not taken: attach again after it restarts"));
 }
 
+absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
+                                       absl::Duration timeout, RuleParams* params) {
+  RuleParams node_zeros = *params;
+  if (absl::Status s = BroadcastParams(collective, timeout, &node_zeros); !s.ok()) return s;
+  if (SameEffectiveConfig(node_zeros, *params)) return absl::OkStatus();  // node 0, or alike
+  *params = node_zeros;
+  absl::MutexLock lock(&mu_);
+  params_ = node_zeros;
+  RecordConfigChange();
+  LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << ": took node 0's "
+               << "configuration at step " << step << " (a multi-node job's is node 0's)";
+  return absl::OkStatus();
+}
+
 absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                            absl::Duration timeout, v1::StepResponse* response) {
   // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
@@ -148,17 +164,20 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   std::vector<uint32_t> worker_flags(num_groups);
   std::vector<int> reduction;
   std::shared_ptr<Collective> collective;
-  bool sync_statistics = false;
-  uint64_t layout_hash = 0;
-  std::vector<GroupStats> stats_copy;
+  StepCheck check;
+  // The configuration this step runs with: a change made meanwhile counts from the next step
+  // (on every node at once: node 0's is every node's, see cross_node.h).
+  RuleParams params;
   {
     absl::MutexLock lock(&mu_);
     reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
     collective = collective_;
-    sync_statistics = sync_statistics_;
+    params = params_;
     if (collective != nullptr) {
-      layout_hash = LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction);
-      if (sync_statistics) stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
+      check.layout_hash =
+          LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction);
+      check.config_hash = ConfigHash(params);
+      check.want_statistics = sync_statistics_;
     }
   }
   // A worker may have truncated its shared memory: then its pages past the new end would
@@ -190,14 +209,26 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
   if (collective != nullptr) {
     NodePartials partials{sums, non_finite, reduction};
+    StepAgreement agreed;
     if (absl::Status s =
-            ReduceAcrossNodes(collective.get(), name_, step, layout_hash, timeout, &partials);
+            ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
         !s.ok()) {
       return s;
     }
     sums = std::move(partials.sums);
     non_finite = std::move(partials.non_finite);
-    if (sync_statistics) {
+    if (agreed.configs_differ) {
+      if (absl::Status s = AdoptNodeZerosConfig(collective.get(), step, timeout, &params);
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (agreed.sync_statistics) {
+      std::vector<GroupStats> stats_copy;
+      {
+        absl::MutexLock lock(&mu_);  // steady: only this round changes them
+        stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
+      }
       if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
         return s;
       }
@@ -212,7 +243,6 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   response->set_step(step);
   {
     absl::MutexLock lock(&mu_);
-    const RuleParams params = params_;
     if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
       config_history_.back().set_effective_step(step);
     }

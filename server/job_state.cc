@@ -11,8 +11,30 @@
 
 namespace gstab {
 
+absl::Status Job::NodeZerosStateOnly(const std::string& what) const {
+  if (collective_ == nullptr) return absl::OkStatus();
+  if (collective_->rank() != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job '", name_, "' spans ", collective_->size(),
+                     " nodes, and this gstabd is node ", collective_->rank(), ": ", what,
+                     " on node 0's gstabd, whose configuration and "
+                     "statistics every node takes at the next step"));
+  }
+  if (!gpus_.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job '", name_, "' spans ", collective_->size(),
+                     " nodes on the CUDA pipeline, whose "
+                     "nodes would not take a change at the same step: ",
+                     what,
+                     " before its workers register "
+                     "their CUDA buffers (or while none is registered)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response) {
   absl::MutexLock lock(&mu_);
+  if (absl::Status s = NodeZerosStateOnly("change its configuration"); !s.ok()) return s;
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
   params_ = *merged;
@@ -104,6 +126,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   if (round_open_) {
     return absl::FailedPreconditionError("cannot import state while a step is in progress");
   }
+  if (absl::Status s = NodeZerosStateOnly("import its state"); !s.ok()) return s;
   if (!gpus_.empty() && gpus_.multi_rank()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job '", name_,
@@ -144,6 +167,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   // continues from that checkpoint's step.
   last_step_ = state.last_step();
   have_step_ = true;
+  if (collective_ != nullptr) sync_statistics_ = true;  // every node takes node 0's
   return absl::OkStatus();
 }
 

@@ -130,6 +130,60 @@ TEST_P(MultiNodeTest, ShardedStatisticsAreIdenticalOnEveryNodeAndEqualASingleNod
 
 INSTANTIATE_TEST_SUITE_P(Nodes, MultiNodeTest, ::testing::Values(2, 4));
 
+// A multi-node job's configuration is node 0's: a node attached with another takes node 0's at
+// the first step, an operator's change is made on node 0 and reaches every node at the same
+// step, and one made on another node is refused.
+TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("configured");
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t i = 0; i < 2; ++i) {
+    v1::PolicyConfig config;
+    config.set_policy(i == 0 ? v1::POLICY_STABILIZE : v1::POLICY_MONITOR);
+    AttachOptions o = testing::JobOptions("configured", config);
+    o.rank = i;
+    o.world_size = 2;
+    o.node_rank = i;
+    o.node_count = 2;
+    o.rendezvous = blob;
+    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(i)).socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  auto step_all = [&](uint64_t step) {
+    for (uint32_t i = 0; i < 2; ++i) workers[i]->Fill(step, 100 + i, step == 4 ? 1e4f : 1.0f);
+    auto results = StepAll(workers, Same(2, step));
+    for (auto& r : results) EXPECT_TRUE(r.ok()) << r.status();
+    if (!results[0].ok() || !results[1].ok()) return std::vector<double>{};
+    std::vector<double> scales;
+    for (int g = 0; g < results[0]->groups_size(); ++g) {
+      EXPECT_EQ(results[0]->groups(g).SerializeAsString(),
+                results[1]->groups(g).SerializeAsString())
+          << "the nodes stepped differently at step " << step;
+      scales.push_back(results[0]->groups(g).scale());
+    }
+    return scales;
+  };
+  auto policy = [&](int node) {
+    absl::StatusOr<v1::GetStatsResponse> stats = workers[node]->client().GetStats();
+    EXPECT_TRUE(stats.ok());
+    return stats.ok() ? stats->config().policy() : v1::POLICY_UNSPECIFIED;
+  };
+  for (uint64_t step = 1; step <= 4; ++step) step_all(step);
+  EXPECT_EQ(policy(1), v1::POLICY_STABILIZE) << "node 1 kept its own configuration";
+
+  v1::PolicyConfig monitor;
+  monitor.set_policy(v1::POLICY_MONITOR);
+  absl::Status refused = workers[1]->client().UpdateConfig(monitor).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("on node 0's gstabd"), std::string::npos) << refused;
+  EXPECT_EQ(policy(1), v1::POLICY_STABILIZE);
+
+  ASSERT_TRUE(workers[0]->client().UpdateConfig(monitor).ok());
+  for (double scale : step_all(5)) EXPECT_EQ(scale, 1.0) << "monitor changes no gradient";
+  EXPECT_EQ(policy(1), v1::POLICY_MONITOR);
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   Cluster cluster(3);
   auto workers = cluster.Attach("faulty");
