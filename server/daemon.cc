@@ -176,7 +176,7 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
 
 Job::StepCallback Daemon::StepCallbackFor(const std::string& job) {
   if (observer_ == nullptr) return nullptr;
-  return [observer = observer_, job](const v1::StepResponse& r, absl::Duration d) {
+  return [observer = observer_, job](const v1::StepResponse& r, std::optional<absl::Duration> d) {
     observer->OnStep(job, r, d);
   };
 }

@@ -44,6 +44,7 @@ struct GpuSnapshot {
 struct GpuStepResult {
   uint64_t step = 0;
   std::vector<StepOutcome> outcomes;  // per group
+  std::vector<GroupStats> stats;      // per group, after the step
 };
 
 // One job's stream-ordered pipeline on one device. Not thread-safe (one step at a time).
@@ -57,8 +58,9 @@ class GpuPipeline {
   // communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed (a GPU's
   // worker or a node died or stalled): the generation is over.
   virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) = 0;
-  // The newest finished step, if any finished since the last call; never blocks.
-  virtual std::optional<GpuStepResult> Poll() = 0;
+  // The steps finished since the last call, oldest first; never blocks. A step whose results
+  // were overwritten before any call saw it finished (the GPU two steps behind) is missing.
+  virtual std::vector<GpuStepResult> Poll() = 0;
   // The statistics after the newest finished step, copied to pinned memory with its results
   // (for GetStats and metrics); never blocks; nullopt before any step has finished.
   virtual std::optional<GpuSnapshot> Snapshot() = 0;

@@ -62,7 +62,7 @@ class GpuWorkers {
   // first).
   absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
                        uint32_t ready_value);
-  std::optional<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
+  std::vector<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
   GpuPipeline& Slot(uint32_t local_rank) { return *slots_.at(local_rank).pipeline; }
   GpuPipeline& Primary() { return *slots_.begin()->second.pipeline; }
   // Whether the pipelines are ranks of a communicator with other GPUs (local or remote): then

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -32,7 +33,9 @@ namespace gstab {
 class Job {
  public:
   // Called once per finished round by the worker that ran it, without locks held.
-  using StepCallback = std::function<void(const v1::StepResponse&, absl::Duration)>;
+  // A finished step's results, and how long the daemon took (nullopt: not timed, as on the
+  // CUDA pipeline, whose steps finish on the GPU after Step has answered).
+  using StepCallback = std::function<void(const v1::StepResponse&, std::optional<absl::Duration>)>;
 
   // `executor` is shared, not owned, and outlives the job.
   // `gpu` builds the CUDA pipelines of cuda_ipc registrations (without it they are refused).

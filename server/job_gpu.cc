@@ -113,7 +113,7 @@ std::optional<uint64_t> Job::CopySnapshot() const {
 
 absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
                           uint64_t session, v1::StepResponse* response) {
-  std::optional<GpuStepResult> done;
+  std::vector<v1::StepResponse> reports;  // the primary's finished steps, for on_step_
   bool primary;
   {
     absl::MutexLock lock(&mu_);
@@ -172,24 +172,35 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     }
     response->set_step(step);
     response->set_config_version(config_version_);
-    done = gpus_.Poll(local_rank);
-    if (done.has_value() && !done->outcomes.empty() &&
-        (done->outcomes[0].flags & kFlagMismatch) != 0) {
-      gpu_mismatch_[local_rank] = done->step;  // its outcomes say skipped; the next Step fails
-    }
-    if (done.has_value()) {
-      response->set_results_step(done->step);
-      for (size_t g = 0; g < done->outcomes.size(); ++g) {
-        const StepOutcome& out = done->outcomes[g];
+    // Every finished step is reported to on_step_ (metrics, events); the answer carries the
+    // newest.
+    for (const GpuStepResult& done : gpus_.Poll(local_rank)) {
+      if (!done.outcomes.empty() && (done.outcomes[0].flags & kFlagMismatch) != 0) {
+        gpu_mismatch_[local_rank] = done.step;  // its outcomes say skipped; the next Step fails
+      }
+      v1::StepResponse& report = reports.emplace_back();
+      report.set_step(step);
+      report.set_config_version(config_version_);
+      report.set_results_step(done.step);
+      for (size_t g = 0; g < done.outcomes.size(); ++g) {
+        const StepOutcome& out = done.outcomes[g];
         if (primary) last_outcome_[g] = out;
-        v1::GroupResult* r = response->add_groups();
+        v1::GroupResult* r = report.add_groups();
         FillGroupResult(g, out, r);
-        if (r->skipped()) response->set_skip(true);
-        if (r->diverging()) response->set_diverging(true);
+        if (g < done.stats.size()) {
+          r->set_norm_mean(done.stats[g].spike_mean);
+          r->set_norm_stddev(std::sqrt(done.stats[g].spike_var));
+        }
+        if (r->skipped()) report.set_skip(true);
+        if (r->diverging()) report.set_diverging(true);
       }
     }
+    if (!reports.empty()) *response = reports.back();
   }
-  if (done.has_value() && primary && on_step_) on_step_(*response, absl::ZeroDuration());
+  // Not timed: the step runs on the GPU after Step has answered.
+  if (primary && on_step_) {
+    for (const v1::StepResponse& report : reports) on_step_(report, std::nullopt);
+  }
   return absl::OkStatus();
 }
 

@@ -63,7 +63,7 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
 }
 
 void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
-                      absl::Duration duration) {
+                      std::optional<absl::Duration> duration) {
   steps_->Add({job}, 1);
   (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
   // The first max_groups_ group names a job shows are exported one by one, for good (so the
@@ -117,7 +117,7 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
   job_norm_->Set({job}, norm);
   job_stabilized_->Set({job}, std::sqrt(stabilized_sum));
   norm_histogram_->Observe({job}, norm);
-  duration_->Observe({job}, absl::ToDoubleSeconds(duration));
+  if (duration.has_value()) duration_->Observe({job}, absl::ToDoubleSeconds(*duration));
   diverging_->Set({job}, step.diverging() ? 1 : 0);
 
   bool was_diverging;

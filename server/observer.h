@@ -7,6 +7,7 @@
 
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -29,7 +30,9 @@ class Observer {
 
   Observer(MetricsRegistry* registry, EventBus* bus, uint32_t max_groups = kDefaultMaxGroups);
 
-  void OnStep(const std::string& job, const v1::StepResponse& step, absl::Duration duration);
+  // `duration`: the daemon's time for the step; nullopt (CUDA) leaves the histogram alone.
+  void OnStep(const std::string& job, const v1::StepResponse& step,
+              std::optional<absl::Duration> duration);
   void OnAttach(const std::string& job, uint32_t local_rank, bool observer);
   void OnDetach(const std::string& job, uint32_t local_rank, bool observer,
                 const std::string& reason);

@@ -322,6 +322,10 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   }
   absl::MutexLock lock(&mu_);
   Slot& slot = slots_[enqueued_ % 2];
+  // Its step, if finished and not yet reported, is kept for Poll before the slot is reused.
+  if (slot.unreported && cudaEventQuery(slot.finished) == cudaSuccess) {
+    harvested_.push_back(ResultOf(slot));
+  }
   // Copies and the event go in together under mu_: while the event still marks the slot's
   // previous step as finished, the readers below take its copies as they are.
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),

@@ -48,7 +48,7 @@ class CudaStepper final : public GpuPipeline {
   // is still 0: at once), ending with the same value written to the done word.
   absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) override;
   // The newest enqueued step, once its GPU work has finished (reported once).
-  std::optional<GpuStepResult> Poll() override;
+  std::vector<GpuStepResult> Poll() override;
   std::optional<GpuSnapshot> Snapshot() override;
   // Waits for the stream and copies the statistics back (checkpoints, export) or replaces them.
   absl::StatusOr<std::vector<GroupStats>> Statistics() override;
@@ -107,6 +107,9 @@ class CudaStepper final : public GpuPipeline {
   };
   absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
   Slot slots_[2] ABSL_GUARDED_BY(mu_);
+  // Finished steps taken from a slot as Enqueue reused it, for the next Poll.
+  std::vector<GpuStepResult> harvested_ ABSL_GUARDED_BY(mu_);
+  GpuStepResult ResultOf(const Slot& slot) const;
   // Multi-rank jobs: each step gets a sequence number, which the stream writes to
   // h_progress_[0] once past the ready word and to h_progress_[1] when the step is done; the
   // watchdog times the GPU while they differ. The newest steps' numbers, for its messages.

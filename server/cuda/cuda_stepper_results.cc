@@ -1,5 +1,6 @@
 // CudaStepper: what the host reads back (Poll, Snapshot, Statistics and SetStatistics), how a
 // pipeline winds down (Idle, Release, TakeResults), and the watchdog that times each step.
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -92,21 +93,27 @@ void CudaStepper::Watch() {
   }
 }
 
-std::optional<GpuStepResult> CudaStepper::Poll() {
+GpuStepResult CudaStepper::ResultOf(const Slot& slot) const {
+  GpuStepResult r;
+  r.step = slot.step;
+  r.outcomes.assign(slot.h_outcomes, slot.h_outcomes + table_.num_groups());
+  r.stats.assign(slot.h_stats, slot.h_stats + table_.num_groups());
+  return r;
+}
+
+std::vector<GpuStepResult> CudaStepper::Poll() {
   absl::MutexLock lock(&mu_);
-  if (enqueued_ == 0) return std::nullopt;
-  // The newest step if it has finished, else the one before it if that has.
-  for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+  std::vector<GpuStepResult> done = std::move(harvested_);
+  harvested_.clear();
+  // The older slot first: the stream finishes its steps in order.
+  for (uint64_t back = std::min<uint64_t>(2, enqueued_); back >= 1; --back) {
     Slot& slot = slots_[(enqueued_ - back) % 2];
-    if (!slot.unreported || cudaEventQuery(slot.finished) != cudaSuccess) continue;
-    GpuStepResult r;
-    r.step = slot.step;
-    r.outcomes.assign(slot.h_outcomes, slot.h_outcomes + table_.num_groups());
-    for (Slot& s : slots_) s.unreported = false;                   // older results are superseded
-    if (back == 2) slots_[(enqueued_ - 1) % 2].unreported = true;  // the newest still runs
-    return r;
+    if (!slot.unreported) continue;
+    if (cudaEventQuery(slot.finished) != cudaSuccess) break;
+    done.push_back(ResultOf(slot));
+    slot.unreported = false;
   }
-  return std::nullopt;
+  return done;
 }
 
 std::optional<GpuSnapshot> CudaStepper::Snapshot() {

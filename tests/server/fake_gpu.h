@@ -47,7 +47,8 @@ inline constexpr uint32_t kReady = 7;
 // a worker's ready word: then Statistics, which would wait, must not be called), for every rank
 // or some; the closing calls the pipelines got, in order ("release 1", "abort 0", "take idle 0"
 // or "take busy 0", with the rank), and the results buffer each rank's TakeResults handed over;
-// what a release or an abort does to it; and an error every Enqueue returns instead.
+// what a release or an abort does to it; an error every Enqueue returns instead; and whether
+// finished steps are held back from Poll (a slow GPU, whose steps then finish together).
 struct FakeGpu {
   bool busy = false;
   std::set<uint32_t> busy_ranks;
@@ -55,6 +56,7 @@ struct FakeGpu {
   std::map<uint32_t, std::weak_ptr<void>> results;
   std::function<void(uint32_t rank)> on_release, on_abort;
   absl::Status enqueue_error;
+  bool hold_results = false;
 };
 
 // Runs each step on the CPU at once but reports it only at the next Poll after that, like a
@@ -80,7 +82,8 @@ class LaggingPipeline final : public GpuPipeline {
     std::vector<uint32_t> flags(table_.num_groups());
     (void)CpuGroupSumSquares(table_, absl::MakeSpan(scratch), absl::MakeSpan(sums),
                              absl::MakeSpan(flags), nullptr);
-    GpuStepResult r{step, {}};
+    GpuStepResult r;
+    r.step = step;
     std::vector<float> scales;
     for (size_t g = 0; g < sums.size(); ++g) {
       r.outcomes.push_back(ApplyRule(params, &stats_[g], sums[g], flags[g] != 0));
@@ -92,13 +95,17 @@ class LaggingPipeline final : public GpuPipeline {
     snapshots_.push_back(GpuSnapshot{step, stats_});
     return absl::OkStatus();
   }
-  std::optional<GpuStepResult> Poll() override {
-    if (queue_.size() < 2) return std::nullopt;  // the newest step is "still running"
-    GpuStepResult r = queue_.front();
-    queue_.pop_front();
-    snapshot_ = snapshots_.front();
-    snapshots_.pop_front();
-    return r;
+  std::vector<GpuStepResult> Poll() override {
+    std::vector<GpuStepResult> done;
+    while (queue_.size() >= 2 &&
+           (gpu_ == nullptr || !gpu_->hold_results)) {  // the newest step is "still running"
+      done.push_back(queue_.front());
+      queue_.pop_front();
+      snapshot_ = snapshots_.front();
+      snapshots_.pop_front();
+      done.back().stats = snapshot_->stats;
+    }
+    return done;
   }
   std::optional<GpuSnapshot> Snapshot() override { return snapshot_; }
   absl::StatusOr<std::vector<GroupStats>> Statistics() override {
