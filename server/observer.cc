@@ -8,6 +8,7 @@ namespace gstab {
 namespace {
 
 constexpr size_t kRecentNorms = 256;
+constexpr int kEventGroups = 64;  // groups an event names (the rest are counted)
 
 v1::Event MakeEvent(v1::EventType type, const std::string& job, uint64_t step) {
   v1::Event e;
@@ -146,11 +147,20 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
       step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END, job, at);
   for (v1::Event* e : {&spike, &skip, &diverging}) e->set_norm(norm);
   double z = 0;
+  // An event names at most kEventGroups groups and counts the rest: a job of thousands of
+  // groups would otherwise make every event (and the history and queues holding them) huge.
+  auto concerns = [](v1::Event* e, const std::string& group) {
+    if (e->groups_size() < kEventGroups) {
+      e->add_groups(group);
+    } else {
+      e->set_more_groups(e->more_groups() + 1);
+    }
+  };
   for (const v1::GroupResult& g : step.groups()) {
     z = std::max(z, g.z());
-    if (g.spike()) spike.add_groups(g.group());
-    if (g.skipped()) skip.add_groups(g.group());
-    if (g.diverging()) diverging.add_groups(g.group());
+    if (g.spike()) concerns(&spike, g.group());
+    if (g.skipped()) concerns(&skip, g.group());
+    if (g.diverging()) concerns(&diverging, g.group());
   }
   for (v1::Event* e : {&spike, &skip, &diverging}) e->set_z(z);
   if (spike.groups_size() > 0) bus_->Publish(std::move(spike));

@@ -121,6 +121,7 @@ std::string EventLine(const v1::Event& e) {
     absl::StrAppend(&out, " norm=", Norm(e.norm()), " z=", absl::StrFormat("%.3g", e.z()));
   }
   if (e.groups_size() > 0) absl::StrAppend(&out, " groups=", absl::StrJoin(e.groups(), ","));
+  if (e.more_groups() > 0) absl::StrAppend(&out, " (+", e.more_groups(), " more)");
   if (!e.detail().empty()) absl::StrAppend(&out, " ", e.detail());
   return out;
 }

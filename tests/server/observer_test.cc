@@ -67,5 +67,26 @@ TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
   EXPECT_EQ(summary.skipped_steps(), 1u);
 }
 
+// A step where thousands of groups spike makes one event of bounded size: the first 64 groups
+// are named, the rest counted.
+TEST(ObserverTest, AnEventNamesAtMost64GroupsAndCountsTheRest) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus, /*max_groups=*/2);
+  observer.OnStep("j", Step(1, std::vector<double>(1000, 1.0), std::vector<bool>(1000, true)),
+                  std::nullopt);
+  auto sub = bus.Subscribe("j", 100);
+  v1::Event e;
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.type(), v1::EVENT_TYPE_SPIKE);
+  EXPECT_EQ(e.groups_size(), 64);
+  EXPECT_EQ(e.groups(0), "g0");
+  EXPECT_EQ(e.more_groups(), 936u);
+  // Not timed (a CUDA step): the duration histogram has no observation.
+  EXPECT_EQ(registry.Render().find("gstab_step_duration_seconds_count{job=\"j\"} 1"),
+            std::string::npos)
+      << registry.Render();
+}
+
 }  // namespace
 }  // namespace gstab
