@@ -18,11 +18,13 @@ namespace gstab {
 namespace {
 
 // gloo::rendezvous::Store over the gstab.v1.Rendezvous service. Gloo reports failures by
-// exception, so errors are thrown as std::runtime_error.
+// exception, so errors are thrown as std::runtime_error. Calls without a timeout of their own
+// take `call_timeout` (the caller's deadline: Gloo's default is 30 s, whatever the step's).
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
-  GrpcStore(const std::string& address, std::string token, const PeerTls& tls)
-      : token_(std::move(token)) {
+  GrpcStore(const std::string& address, std::string token, const PeerTls& tls,
+            std::chrono::milliseconds call_timeout)
+      : token_(std::move(token)), call_timeout_(call_timeout) {
     grpc::ChannelArguments args;
     std::shared_ptr<grpc::ChannelCredentials> credentials = PeerChannelCredentials(tls, &args);
     stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
@@ -34,20 +36,20 @@ class GrpcStore final : public gloo::rendezvous::Store {
     request.set_key(key);
     request.set_value(std::string(data.begin(), data.end()));
     v1::StoreSetResponse response;
-    Check(stub_->StoreSet(Context(kDefaultTimeout).get(), request, &response), "set", key);
+    Check(stub_->StoreSet(Context(call_timeout_).get(), request, &response), "set", key);
   }
 
   std::vector<char> get(const std::string& key) override {
-    wait({key}, kDefaultTimeout);
+    wait({key}, call_timeout_);
     v1::StoreGetRequest request;
     request.set_token(token_);
     request.set_key(key);
     v1::StoreGetResponse response;
-    Check(stub_->StoreGet(Context(kDefaultTimeout).get(), request, &response), "get", key);
+    Check(stub_->StoreGet(Context(call_timeout_).get(), request, &response), "get", key);
     return std::vector<char>(response.value().begin(), response.value().end());
   }
 
-  void wait(const std::vector<std::string>& keys) override { wait(keys, kDefaultTimeout); }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, call_timeout_); }
 
   void wait(const std::vector<std::string>& keys,
             const std::chrono::milliseconds& timeout) override {
@@ -75,6 +77,7 @@ class GrpcStore final : public gloo::rendezvous::Store {
 
   std::unique_ptr<v1::Rendezvous::Stub> stub_;
   const std::string token_;
+  const std::chrono::milliseconds call_timeout_;
 };
 
 std::chrono::milliseconds Ms(absl::Duration d) {
@@ -110,7 +113,7 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
   }
   if (context_ != nullptr) return absl::OkStatus();
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_);
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, Ms(timeout));
     gloo::transport::tcp::attr attr;
     attr.hostname = bind_host_;
     std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
@@ -171,7 +174,7 @@ absl::Status GlooCollective::Broadcast(absl::Span<char> bytes, absl::Duration ti
 std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration timeout) {
   std::vector<uint32_t> missing;
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_);
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, Ms(timeout));
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
     const absl::Time deadline = absl::Now() + timeout;

@@ -1,5 +1,7 @@
 #include "server/rendezvous_store.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/token.h"
@@ -46,10 +48,13 @@ absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token, const
 }
 
 absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<std::string>& keys,
-                                   absl::Duration timeout) {
+                                   absl::Duration timeout, const std::function<bool()>& cancelled) {
+  constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);
+  const absl::Time deadline = absl::Now() + timeout;
   absl::MutexLock lock(&mu_);
   std::string missing;
   auto all_set = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (closed_) return true;  // reported below
     auto it = spaces_.find(token);
     if (it == spaces_.end()) return true;  // reported below
     for (const std::string& k : keys) {
@@ -60,10 +65,23 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
     }
     return true;
   };
-  const bool done = mu_.AwaitWithTimeout(absl::Condition(&all_set), timeout);
+  bool done = false;
+  for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    done = mu_.AwaitWithTimeout(absl::Condition(&all_set),
+                                cancelled ? std::min(left, kCancelPoll) : left);
+    if (done || absl::Now() >= deadline) break;
+    if (cancelled && cancelled()) return absl::CancelledError("the wait was cancelled");
+  }
+  if (closed_) return absl::UnavailableError("this gstabd is stopping");
   if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();
   if (!done) return absl::DeadlineExceededError(absl::StrCat("key '", missing, "' was not set"));
   return absl::OkStatus();
+}
+
+void RendezvousStore::Close() {
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
 }
 
 grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* request,
@@ -79,11 +97,14 @@ grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGe
   return grpc::Status::OK;
 }
 
-grpc::Status RendezvousService::StoreWait(grpc::ServerContext*, const v1::StoreWaitRequest* request,
+grpc::Status RendezvousService::StoreWait(grpc::ServerContext* context,
+                                          const v1::StoreWaitRequest* request,
                                           v1::StoreWaitResponse*) {
   const std::vector<std::string> keys(request->keys().begin(), request->keys().end());
   const absl::Duration timeout = absl::Milliseconds(std::min(request->timeout_ms(), 600000u));
-  return ToGrpcStatus(store_->Wait(request->token(), keys, timeout));
+  // A peer that gave up (its own deadline, or it died) ends the wait.
+  return ToGrpcStatus(
+      store_->Wait(request->token(), keys, timeout, [context] { return context->IsCancelled(); }));
 }
 
 }  // namespace gstab

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -27,9 +28,12 @@ class RendezvousStore {
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
-  // Waits until every key is set; DEADLINE_EXCEEDED names the first missing one.
+  // Waits until every key is set; DEADLINE_EXCEEDED names the first missing one, CANCELLED
+  // says `cancelled` (polled) turned true, UNAVAILABLE that the store was closed.
   absl::Status Wait(const std::string& token, const std::vector<std::string>& keys,
-                    absl::Duration timeout);
+                    absl::Duration timeout, const std::function<bool()>& cancelled = nullptr);
+  // Ends every wait, now and later (gstabd is stopping: its peer server waits for them).
+  void Close();
 
  private:
   using Space = std::map<std::string, std::string>;
@@ -40,6 +44,7 @@ class RendezvousStore {
   absl::Mutex mu_;
   std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class RendezvousService final : public v1::Rendezvous::Service {

@@ -153,6 +153,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   grpc_server_->Wait();
   grpc_server_.reset();
   if (peer_server_ != nullptr) {
+    daemon_->rendezvous_store()->Close();  // its waits would hold up the shutdown
     peer_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
     peer_server_.reset();
   }

@@ -1,0 +1,59 @@
+// The rendezvous store multi-node jobs meet in (served to peer gstabd): waits end when the keys
+// are set, when the peer gives up, and when gstabd stops.
+#include "server/rendezvous_store.h"
+
+#include <atomic>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+TEST(RendezvousStoreTest, AWaitEndsWhenItsKeysAreSet) {
+  RendezvousStore store;
+  const std::string token = store.NewToken();
+  std::thread setter([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_TRUE(store.Set(token, "a", "1").ok());
+    EXPECT_TRUE(store.Set(token, "b", "2").ok());
+  });
+  EXPECT_TRUE(store.Wait(token, {"a", "b"}, absl::Seconds(10)).ok());
+  setter.join();
+  EXPECT_EQ(store.Get(token, "b").value_or(""), "2");
+  absl::Status missing = store.Wait(token, {"a", "c"}, absl::Milliseconds(10));
+  EXPECT_EQ(missing.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(missing.message().find("'c'"), std::string::npos) << missing;
+  EXPECT_EQ(store.Wait("no such token", {"a"}, absl::Milliseconds(10)).code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+// A peer that gave up, and a stopping gstabd, end a wait long before its timeout: gstabd's peer
+// server waits for its calls when it stops, and a final checkpoint comes after.
+TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
+  RendezvousStore store;
+  const std::string token = store.NewToken();
+  std::atomic<bool> gave_up{false};
+  const absl::Time start = absl::Now();
+  std::thread peer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    gave_up = true;
+  });
+  absl::Status s = store.Wait(token, {"never"}, absl::Seconds(60), [&] { return gave_up.load(); });
+  peer.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+
+  std::thread closer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    store.Close();
+  });
+  s = store.Wait(token, {"never"}, absl::Seconds(60));
+  closer.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+}  // namespace
+}  // namespace gstab
