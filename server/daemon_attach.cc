@@ -189,7 +189,9 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
           absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
                        " on this node, not ", local_world));
     }
-    if (has_config && !SameEffectiveConfig(config, job->params())) {
+    // Another node of a multi-node job has node 0's configuration, whatever its workers bring.
+    const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
+    if (has_config && !node_zeros_config && !SameEffectiveConfig(config, job->params())) {
       return absl::FailedPreconditionError(
           absl::StrCat("job '", request.job(),
                        "' already runs with a different configuration; attach "

@@ -150,10 +150,11 @@ class Job {
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, v1::StepResponse* response)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Replaces `params` (this step's configuration) with node 0's, and the job's with it where
-  // they differ (logged: a multi-node job's configuration is node 0's).
+  // Replaces `params` (this step's configuration, of `version`) with node 0's, and the job's
+  // with it where they differ (a new version; logged: a multi-node job's configuration is node
+  // 0's).
   absl::Status AdoptNodeZerosConfig(Collective* collective, uint64_t step, absl::Duration timeout,
-                                    RuleParams* params) ABSL_LOCKS_EXCLUDED(mu_);
+                                    RuleParams* params, uint64_t* version) ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string name_;
   const uint32_t local_world_size_;

@@ -4,6 +4,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/config.h"
+#include "glog/logging.h"
 #include "server/cross_node.h"
 #include "server/job.h"
 
@@ -56,14 +58,36 @@ absl::Status Job::AgreeGpuLayout() {
   absl::StatusOr<uint32_t> groups = gpus_.LocalGroupCount();
   if (!groups.ok()) return groups.status();
   if (collective_ != nullptr) {
-    const double n = *groups;
-    std::vector<double> range = {n, -n};
-    if (absl::Status s = collective_->AllReduceMax(absl::MakeSpan(range), nccl_.timeout); !s.ok()) {
+    auto failed = [&](const absl::Status& s) {
       return absl::Status(s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ",
                                                  nccl_.node_count,
-                                                 ": agreeing the GPUs' group count with the "
-                                                 "other nodes before the first step: ",
+                                                 ": agreeing the GPUs' group count and "
+                                                 "configuration with the other nodes before the "
+                                                 "first step: ",
                                                  s.message()));
+    };
+    // The configuration too: a CUDA step's is not checked across nodes, so every node takes
+    // node 0's here, once per generation (UpdateConfig is refused while GPUs are registered).
+    const double n = *groups;
+    const uint64_t config = ConfigHash(params_);
+    const double hi = static_cast<double>(config >> 32);
+    const double lo = static_cast<double>(config & 0xffffffffu);
+    std::vector<double> range = {n, -n, hi, -hi, lo, -lo};
+    if (absl::Status s = collective_->AllReduceMax(absl::MakeSpan(range), nccl_.timeout); !s.ok()) {
+      return failed(s);
+    }
+    if (range[2] != -range[3] || range[4] != -range[5]) {
+      RuleParams node_zeros = params_;
+      if (absl::Status s = BroadcastParams(collective_.get(), nccl_.timeout, &node_zeros);
+          !s.ok()) {
+        return failed(s);
+      }
+      if (!SameEffectiveConfig(node_zeros, params_)) {
+        params_ = node_zeros;
+        RecordConfigChange();
+        LOG(WARNING) << "job '" << name_ << "' node " << nccl_.node_rank
+                     << ": took node 0's configuration (a multi-node job's is node 0's)";
+      }
     }
     if (range[0] != -range[1]) {
       return absl::InvalidArgumentError(absl::StrCat(

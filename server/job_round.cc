@@ -141,7 +141,8 @@ absl::Status Job::ShuttingDown(uint64_t step) const {
 }
 
 absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
-                                       absl::Duration timeout, RuleParams* params) {
+                                       absl::Duration timeout, RuleParams* params,
+                                       uint64_t* version) {
   RuleParams node_zeros = *params;
   if (absl::Status s = BroadcastParams(collective, timeout, &node_zeros); !s.ok()) return s;
   if (SameEffectiveConfig(node_zeros, *params)) return absl::OkStatus();  // node 0, or alike
@@ -149,6 +150,7 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
   absl::MutexLock lock(&mu_);
   params_ = node_zeros;
   RecordConfigChange();
+  *version = config_version_;
   LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << ": took node 0's "
                << "configuration at step " << step << " (a multi-node job's is node 0's)";
   return absl::OkStatus();
@@ -168,11 +170,13 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // The configuration this step runs with: a change made meanwhile counts from the next step
   // (on every node at once: node 0's is every node's, see cross_node.h).
   RuleParams params;
+  uint64_t config_version;  // params' version
   {
     absl::MutexLock lock(&mu_);
     reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
     collective = collective_;
     params = params_;
+    config_version = config_version_;
     if (collective != nullptr) {
       check.layout_hash =
           LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction);
@@ -218,7 +222,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     sums = std::move(partials.sums);
     non_finite = std::move(partials.non_finite);
     if (agreed.configs_differ) {
-      if (absl::Status s = AdoptNodeZerosConfig(collective.get(), step, timeout, &params);
+      if (absl::Status s =
+              AdoptNodeZerosConfig(collective.get(), step, timeout, &params, &config_version);
           !s.ok()) {
         return s;
       }
@@ -243,8 +248,12 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   response->set_step(step);
   {
     absl::MutexLock lock(&mu_);
-    if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
-      config_history_.back().set_effective_step(step);
+    // The changes this step runs with take effect here (one made since counts from the next).
+    for (v1::ConfigChange& change : config_history_) {
+      if (change.version() > 1 && change.version() <= config_version &&
+          change.effective_step() == 0) {
+        change.set_effective_step(step);
+      }
     }
     for (size_t g = 0; g < num_groups; ++g) {
       if (!present[g]) continue;
@@ -258,7 +267,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       if (r->skipped()) response->set_skip(true);
       if (r->diverging()) response->set_diverging(true);
     }
-    response->set_config_version(config_version_);
+    response->set_config_version(config_version);
     response->set_results_step(step);
     steps_ += 1;
     last_step_ = step;

@@ -325,6 +325,7 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   // Its step, if finished and not yet reported, is kept for Poll before the slot is reused.
   if (slot.unreported && cudaEventQuery(slot.finished) == cudaSuccess) {
     harvested_.push_back(ResultOf(slot));
+    slot.unreported = false;
   }
   // Copies and the event go in together under mu_: while the event still marks the slot's
   // previous step as finished, the readers below take its copies as they are.

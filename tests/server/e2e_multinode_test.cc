@@ -182,6 +182,48 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
   ASSERT_TRUE(workers[0]->client().UpdateConfig(monitor).ok());
   for (double scale : step_all(5)) EXPECT_EQ(scale, 1.0) << "monitor changes no gradient";
   EXPECT_EQ(policy(1), v1::POLICY_MONITOR);
+
+  // A worker of node 1 that attaches again with its own configuration is not refused for it.
+  v1::PolicyConfig stabilize;
+  stabilize.set_policy(v1::POLICY_STABILIZE);
+  AttachOptions again = testing::JobOptions("configured", stabilize);
+  again.rank = 1;
+  again.world_size = 2;
+  again.node_rank = 1;
+  again.node_count = 2;
+  again.rendezvous = blob;
+  auto restarted = TestWorker::Create(cluster.daemon(1).socket(), again);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  workers[1] = *std::move(restarted);
+  EXPECT_EQ(policy(1), v1::POLICY_MONITOR);
+
+  // Imported statistics: on node 0 only, and every node takes them at the next step.
+  std::vector<std::unique_ptr<Client>> observers;
+  for (int node = 0; node < 2; ++node) {
+    auto observer = Client::Connect(cluster.daemon(node).socket());
+    ASSERT_TRUE(observer.ok());
+    AttachOptions watch = testing::JobOptions("configured");
+    watch.observer = true;
+    ASSERT_TRUE((*observer)->Attach(watch).ok());
+    observers.push_back(*std::move(observer));
+  }
+  absl::StatusOr<std::string> exported = observers[0]->ExportState();
+  ASSERT_TRUE(exported.ok());
+  v1::JobState state;
+  ASSERT_TRUE(state.ParseFromString(*exported));
+  state.mutable_groups(0)->set_spike_mean(12345);
+  absl::Status on_node_1 = observers[1]->ImportState(state.SerializeAsString());
+  EXPECT_EQ(on_node_1.code(), absl::StatusCode::kFailedPrecondition) << on_node_1;
+  ASSERT_TRUE(observers[0]->ImportState(state.SerializeAsString()).ok());
+  step_all(6);
+  std::vector<std::string> groups;
+  for (int node = 0; node < 2; ++node) {
+    absl::StatusOr<v1::GetStatsResponse> stats = workers[node]->client().GetStats();
+    ASSERT_TRUE(stats.ok());
+    EXPECT_GT(stats->groups(0).norm_mean(), 1000) << "node " << node << " kept its statistics";
+    groups.push_back(stats->groups(0).SerializeAsString());
+  }
+  EXPECT_EQ(groups[0], groups[1]) << "the nodes' statistics differ";
 }
 
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
