@@ -235,11 +235,15 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
     }
     removal = DropSession(request.session(), "detached", /*worker_gone=*/false);
   }
+  const std::optional<int> device =
+      removal.has_value() ? removal->job->CudaDevice(removal->local_rank) : std::nullopt;
   Remove(removal);
   // The worker may free its gradients once Detach answers, and CUDA leaves freeing memory that
   // another process still has mapped undefined: close gstabd's mappings of them first (they
   // are closed on a background thread, since a close can wait for the device), bounded.
-  if (device_memory_ != nullptr) device_memory_->AwaitClosedMappings(kDetachReleaseWait);
+  if (device_memory_ != nullptr && device.has_value()) {
+    device_memory_->AwaitClosedMappings(*device, kDetachReleaseWait);
+  }
   return absl::OkStatus();
 }
 

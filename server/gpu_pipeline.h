@@ -31,8 +31,9 @@ class DeviceMemory {
   // gstabd's ordinal of the GPU whose UUID is `uuid` (16 bytes); `ordinal` itself when `uuid`
   // is empty. INVALID_ARGUMENT when no GPU gstabd sees has that UUID.
   virtual absl::StatusOr<int> ResolveDevice(const std::string& uuid, int ordinal) = 0;
-  // Waits until the allocations released so far are no longer mapped here, or `timeout`.
-  virtual void AwaitClosedMappings(absl::Duration /*timeout*/) {}
+  // Waits until the allocations on `device` released so far are no longer mapped here, or
+  // `timeout`.
+  virtual void AwaitClosedMappings(int /*device*/, absl::Duration /*timeout*/) {}
 };
 
 // The statistics after a finished step, and that step.

@@ -181,6 +181,13 @@ std::string Job::rendezvous_token() const {
   return rendezvous_token_;
 }
 
+std::optional<int> Job::CudaDevice(uint32_t local_rank) const {
+  absl::MutexLock lock(&mu_);
+  auto w = workers_.find(local_rank);
+  if (w == workers_.end() || w->second->registration.plan.cuda_device < 0) return std::nullopt;
+  return w->second->registration.plan.cuda_device;
+}
+
 uint64_t Job::RegisteredBytes() const {
   absl::MutexLock lock(&mu_);
   uint64_t bytes = 0;

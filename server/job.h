@@ -65,6 +65,8 @@ class Job {
   std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
                                         uint64_t session = 0);
   uint64_t RegisteredBytes() const;
+  // The GPU of local rank `local_rank`'s cuda_ipc registration, if it has one.
+  std::optional<int> CudaDevice(uint32_t local_rank) const;
 
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
   // Installing a new one (a new generation) replaces a failed one; the next step then starts

@@ -19,10 +19,10 @@ class CudaDeviceMemory final : public DeviceMemory {
  public:
   // gstabd is stopping: let the releases deferred so far finish before the process exits.
   ~CudaDeviceMemory() override { FlushDeviceReleases(absl::Seconds(5)); }
-  void AwaitClosedMappings(absl::Duration timeout) override {
-    if (!registry_.AwaitClosed(timeout)) {
-      LOG(WARNING) << "gave up waiting " << timeout << " for released IPC mappings to close: "
-                   << "the GPU is busy";
+  void AwaitClosedMappings(int device, absl::Duration timeout) override {
+    if (!registry_.AwaitClosed(device, timeout)) {
+      LOG(WARNING) << "gave up waiting " << timeout << " for released IPC mappings on GPU "
+                   << device << " to close: the GPU is busy";
     }
   }
   absl::StatusOr<std::pair<std::shared_ptr<void>, char*>> Open(const std::string& handle,

@@ -74,7 +74,7 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
                                         [closing = closing_, handle](IpcRegion* r) {
                                           {
                                             absl::MutexLock closing_lock(&closing->mu);
-                                            closing->handles.insert(handle);
+                                            closing->handles.emplace(handle, r->device);
                                           }
                                           // Closing may wait for work anywhere on the device: off
                                           // the caller's path.
@@ -104,9 +104,12 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
   return region;
 }
 
-bool CudaIpcRegistry::AwaitClosed(absl::Duration timeout) {
+bool CudaIpcRegistry::AwaitClosed(int device, absl::Duration timeout) {
   absl::MutexLock lock(&closing_->mu);
-  const std::set<std::string> released = closing_->handles;
+  std::set<std::string> released;
+  for (const auto& [handle, on] : closing_->handles) {
+    if (on == device) released.insert(handle);
+  }
   auto closed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(closing_->mu) {
     for (const std::string& handle : released) {
       if (closing_->handles.count(handle) != 0) return false;

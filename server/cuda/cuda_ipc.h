@@ -36,15 +36,16 @@ class CudaIpcRegistry {
   absl::StatusOr<std::shared_ptr<IpcRegion>> Open(const std::string& handle, int device,
                                                   uint64_t offset, uint64_t bytes);
   int LiveRegions();
-  // Waits until every mapping released before the call is closed (the reaper of its device
-  // closes it), or `timeout`; whether they all are.
-  bool AwaitClosed(absl::Duration timeout);
+  // Waits until every mapping on `device` released before the call is closed (the device's
+  // reaper closes it), or `timeout`; whether they all are.
+  bool AwaitClosed(int device, absl::Duration timeout);
 
  private:
-  // Handles whose mapping the reaper has yet to close (shared with the closing deleters).
+  // Handles whose mapping a reaper has yet to close, and their devices (shared with the
+  // closing deleters).
   struct Closing {
     absl::Mutex mu;
-    std::set<std::string> handles ABSL_GUARDED_BY(mu);
+    std::map<std::string, int> handles ABSL_GUARDED_BY(mu);
   };
 
   absl::Mutex mu_;
