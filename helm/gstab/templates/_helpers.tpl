@@ -87,13 +87,14 @@ differ (both are host ports with peer.enabled).
 {{- end -}}
 {{- end -}}
 {{- if or .Values.allowUids .Values.allowGids -}}
-{{- $gid := 0 -}}
+{{- $uid := int64 (.Values.securityContext.runAsUser | default 0) -}}
+{{- $gid := int64 (.Values.securityContext.runAsGroup | default 0) -}}
 {{- if not (kindIs "invalid" .Values.socket.gid) }}{{ $gid = int64 .Values.socket.gid }}{{ end -}}
 {{- $admitted := false -}}
-{{- range .Values.allowUids }}{{ if eq (int64 .) 0 }}{{ $admitted = true }}{{ end }}{{ end -}}
-{{- range .Values.allowGids }}{{ if eq (int64 .) (int64 $gid) }}{{ $admitted = true }}{{ end }}{{ end -}}
+{{- range .Values.allowUids }}{{ if eq (int64 .) $uid }}{{ $admitted = true }}{{ end }}{{ end -}}
+{{- range .Values.allowGids }}{{ if eq (int64 .) $gid }}{{ $admitted = true }}{{ end }}{{ end -}}
 {{- if not $admitted -}}
-{{- fail (printf "allowUids/allowGids must admit gstabd's own probes and the helm test pod, which connect as uid 0 with gid %d: add 0 to allowUids, or %d to allowGids" (int64 $gid) (int64 $gid)) -}}
+{{- fail (printf "allowUids/allowGids must admit gstabd's own probes and the helm test pod, which connect as uid %d with gid %d: add %d to allowUids, or %d to allowGids" $uid $gid $uid $gid) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.peer.enabled (eq (int64 .Values.peer.port) (int64 .Values.metrics.port)) -}}
