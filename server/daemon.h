@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cpu_executor.h"
@@ -233,6 +234,7 @@ class Daemon {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::string peer_address_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);
+  const absl::Time started_ = absl::Now();  // orders this store's rendezvous across restarts
   int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t sessions_attached_ ABSL_GUARDED_BY(mu_) = 0;  // numbers worker sessions
   // Held across a job's gauge report (its reads and the set), so that reports do not overtake

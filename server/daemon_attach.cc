@@ -294,9 +294,13 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
   nccl.node_rank = request.node_rank();
   nccl.node_count = request.node_count();
   nccl.timeout = options_.step_timeout;
-  job->SetCollective(std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host,
-                                                      options_.peer_tls),
-                     info.token(), std::move(nccl));
+  if (absl::Status s =
+          job->JoinRendezvous(std::make_shared<GlooCollective>(
+                                  info, request.node_rank(), options_.peer_host, options_.peer_tls),
+                              info, std::move(nccl));
+      !s.ok()) {
+    return s;
+  }
   LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()
             << " as node " << request.node_rank() << " of " << info.node_count();
   return absl::OkStatus();
@@ -330,6 +334,7 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   info.set_token(rendezvous_store_.NewToken());
   info.set_job(request.job());
   info.set_generation(++generations_[request.job()]);
+  info.set_store_started_us(static_cast<uint64_t>(absl::ToUnixMicros(started_)));
   info.set_node_count(request.node_count());
   response->set_rendezvous(info.SerializeAsString());
   return absl::OkStatus();

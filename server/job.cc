@@ -155,6 +155,26 @@ void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) 
   r->set_diverging((out.flags & kFlagDiverging) != 0);
 }
 
+absl::Status Job::JoinRendezvous(std::shared_ptr<Collective> collective,
+                                 const v1::RendezvousInfo& info, NcclRendezvous nccl) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (rendezvous_token_ == info.token()) return absl::OkStatus();
+    if (!rendezvous_token_.empty() && rendezvous_.store_address() == info.store_address() &&
+        std::make_pair(info.store_started_us(), info.generation()) <
+            std::make_pair(rendezvous_.store_started_us(), rendezvous_.generation())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "this rendezvous of job '", name_, "' (generation ", info.generation(),
+          ") is older than the one the job runs with here (generation ", rendezvous_.generation(),
+          "): attach with the newest blob (a restarted worker may have kept an old "
+          "GSTAB_RENDEZVOUS)"));
+    }
+    rendezvous_ = info;
+  }
+  SetCollective(std::move(collective), info.token(), std::move(nccl));
+  return absl::OkStatus();
+}
+
 void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
                         NcclRendezvous nccl) {
   absl::MutexLock lock(&mu_);

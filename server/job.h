@@ -75,6 +75,12 @@ class Job {
   // worker registers cuda_ipc buffers).
   void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
                      NcclRendezvous nccl = {});
+  // SetCollective for the rendezvous `info`, unless the job has it already (OK: another attach
+  // installed it) or it is older than the job's current one from the same store
+  // (FAILED_PRECONDITION: a worker kept an old blob, say in GSTAB_RENDEZVOUS, and would take
+  // every node of the job back to a generation that has ended).
+  absl::Status JoinRendezvous(std::shared_ptr<Collective> collective,
+                              const v1::RendezvousInfo& info, NcclRendezvous nccl);
   // This node's rank in the current communicator (0 without one), and its node count (1).
   uint32_t node_rank() const;
   uint32_t node_count() const;
@@ -185,6 +191,7 @@ class Job {
   std::map<uint32_t, uint64_t> newest_session_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
+  v1::RendezvousInfo rendezvous_ ABSL_GUARDED_BY(mu_);  // the current one's (JoinRendezvous)
   NcclRendezvous nccl_ ABSL_GUARDED_BY(mu_);
   bool nccl_spent_ ABSL_GUARDED_BY(mu_) = false;  // a generation of nccl_'s id has ended
   bool sync_statistics_ ABSL_GUARDED_BY(mu_) = false;

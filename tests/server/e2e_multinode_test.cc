@@ -226,6 +226,30 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
   EXPECT_EQ(groups[0], groups[1]) << "the nodes' statistics differ";
 }
 
+// A worker that attaches with an older blob than its job runs with (a restart that kept an old
+// GSTAB_RENDEZVOUS) is refused, and the job's current generation goes on.
+TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
+  Cluster cluster(2);
+  const std::string old_blob = cluster.Rendezvous("stale");
+  auto workers = cluster.Attach("stale");  // with a newer blob: the next generation
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
+
+  AttachOptions o;
+  o.job = "stale";
+  o.rank = 1;
+  o.world_size = 2;
+  o.node_rank = 1;
+  o.node_count = 2;
+  o.rendezvous = old_blob;
+  absl::Status refused = TestWorker::Create(cluster.daemon(1).socket(), o).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
+      << refused;
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 2))) EXPECT_TRUE(r.ok()) << r.status();
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   Cluster cluster(3);
   auto workers = cluster.Attach("faulty");
