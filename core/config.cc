@@ -33,7 +33,9 @@ absl::Status Validate(const RuleParams& p) {
   if (!positive(p.spike_z_threshold)) {
     return OutOfRange("spike.z_threshold", p.spike_z_threshold, "> 0");
   }
-  if (!unit(p.spike_beta)) return OutOfRange("spike.beta", p.spike_beta, "in [0, 1)");
+  if (!(p.spike_beta > 0.0 && p.spike_beta < 1.0)) {
+    return OutOfRange("spike.beta", p.spike_beta, "in (0, 1)");
+  }
   if (!positive(p.spike_ratio)) return OutOfRange("spike.ratio", p.spike_ratio, "> 0");
   if (!(std::isfinite(p.diverge_growth_ratio) && p.diverge_growth_ratio > 1.0)) {
     return OutOfRange("divergence.growth_ratio", p.diverge_growth_ratio, "> 1");
@@ -44,10 +46,11 @@ absl::Status Validate(const RuleParams& p) {
   if (!unit(p.diverge_long_beta)) {
     return OutOfRange("divergence.long_beta", p.diverge_long_beta, "in [0, 1)");
   }
-  if (p.diverge_consecutive_spikes == 0 || p.diverge_consecutive_non_finite == 0) {
+  if (p.diverge_consecutive_spikes == 0 || p.diverge_consecutive_non_finite == 0 ||
+      p.diverge_recovery_steps == 0) {
     return absl::InvalidArgumentError(
-        "config fields divergence.consecutive_spikes and divergence.consecutive_non_finite "
-        "must be >= 1");
+        "config fields divergence.consecutive_spikes, divergence.consecutive_non_finite and "
+        "divergence.recovery_steps must be >= 1");
   }
   return absl::OkStatus();
 }

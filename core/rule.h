@@ -22,6 +22,11 @@ GSTAB_HD inline double Min(double a, double b) { return a < b ? a : b; }
 
 // Smallest sigma used in a z-score denominator of the spike detector.
 constexpr double kTinySigma = 1e-30;
+// The spread the detectors assume at least, relative to their mean: statistics of exactly
+// constant norms (a warm-up of identical steps, a beta of a single sample) have a sigma of 0, and
+// every later step a hair above the mean would count as a spike (or be clipped to the mean),
+// and then be folded in as the mean, keeping sigma at 0 for good.
+constexpr double kRelativeSigmaFloor = 1e-3;
 // torch.nn.utils.clip_grad_norm_ adds this to the norm; ZClip adds it to sigma.
 constexpr double kClipEps = 1e-6;
 // The largest scale the kernels can apply (they apply it as a float: FLT_MAX).
@@ -66,18 +71,19 @@ GSTAB_HD inline double ZClipTarget(const RuleParams& p, GroupStats* s, double n)
     }
     return p.zclip_max_norm > 0.0 ? Min(n, p.zclip_max_norm) : n;
   }
-  const double sigma = sqrt(s->zclip_var);
+  const double sigma = Max(sqrt(s->zclip_var), kRelativeSigmaFloor * s->zclip_mean);
   const double z = (n - s->zclip_mean) / (sigma + kClipEps);
   double target = n;
   if (z > p.zclip_z_threshold) {
     target = s->zclip_mean + p.zclip_z_threshold * p.zclip_z_threshold * sigma / z;
   }
-  if (p.zclip_max_norm > 0.0) target = Min(target, p.zclip_max_norm);
+  // The EMA follows the z-clipped norm, not the cap: a cap below the norms would otherwise
+  // become the mean, with a sigma near 0, and clip every later step to it for good.
   const double a = p.zclip_alpha;
   s->zclip_mean = a * s->zclip_mean + (1.0 - a) * target;
   const double d = target - s->zclip_mean;
   s->zclip_var = a * s->zclip_var + (1.0 - a) * d * d;
-  return target;
+  return p.zclip_max_norm > 0.0 ? Min(target, p.zclip_max_norm) : target;
 }
 
 // Spike detection and the divergence EMAs for an accepted step. Returns the flags it raised
@@ -85,7 +91,7 @@ GSTAB_HD inline double ZClipTarget(const RuleParams& p, GroupStats* s, double n)
 GSTAB_HD inline uint32_t DetectSpike(const RuleParams& p, GroupStats* s, double n, double* z_out) {
   uint32_t flags = 0;
   const uint64_t k = s->t;  // already advanced: this step's 1-based index
-  const double sigma = sqrt(s->spike_var);
+  const double sigma = Max(sqrt(s->spike_var), kRelativeSigmaFloor * s->spike_mean);
   const bool warm = k > p.spike_warmup_steps;
   double z = 0.0;
   if (k > 1) z = (n - s->spike_mean) / (sigma + kTinySigma);

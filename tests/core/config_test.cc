@@ -45,6 +45,10 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
       {[](v1::PolicyConfig* c) { c->mutable_spike()->set_z_threshold(NAN); }, "spike.z_threshold"},
       {[](v1::PolicyConfig* c) { c->mutable_divergence()->set_growth_ratio(0.5); },
        "divergence.growth_ratio"},
+      // A detector of one sample has no spread; a state that ends at once flaps every step.
+      {[](v1::PolicyConfig* c) { c->mutable_spike()->set_beta(0.0); }, "spike.beta"},
+      {[](v1::PolicyConfig* c) { c->mutable_divergence()->set_recovery_steps(0); },
+       "divergence.recovery_steps"},
       {[](v1::PolicyConfig* c) { c->set_policy(static_cast<v1::Policy>(42)); }, "unknown policy"},
   };
   for (const Case& k : cases) {

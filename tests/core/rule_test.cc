@@ -251,6 +251,42 @@ TEST(RuleTest, SpikeDetectionFiresOnAPlantedSpikeOnlyAndNotOnNoise) {
   EXPECT_EQ(s.spikes, 1u);
 }
 
+// Exactly constant norms leave the detectors no spread: noise far below any spike afterwards
+// must neither count as spikes nor lock the statistics (a spike is folded in at most at the
+// mean plus the threshold's spread, which was 0).
+TEST(RuleTest, ConstantNormsThenTinyNoiseRaiseNoSpikes) {
+  for (PolicyKind policy : {PolicyKind::kStabilize, PolicyKind::kZClip}) {
+    RuleParams p = Stabilize();
+    p.policy = policy;
+    GroupStats s;
+    for (int i = 0; i < 30; ++i) StepNorm(p, &s, 1.0);
+    int spikes = 0;
+    double smallest_scale = 1.0;
+    for (int i = 0; i < 200; ++i) {
+      const StepOutcome out = StepNorm(p, &s, 1.0 + 1e-5 * (i % 3));
+      spikes += (out.flags & (kFlagSpike | kFlagSpikeRatio)) != 0;
+      if (policy == PolicyKind::kZClip) smallest_scale = std::min(smallest_scale, out.scale);
+    }
+    EXPECT_EQ(spikes, 0);
+    EXPECT_FALSE(s.diverging);
+    EXPECT_EQ(smallest_scale, 1.0) << "ZClip clipped noise of 1e-5";
+  }
+}
+
+// ZClip's cap bounds what it returns, not what its statistics learn: with the cap lifted, the
+// next steps are not clipped to the old cap.
+TEST(RuleTest, AZClipCapDoesNotBecomeItsMean) {
+  RuleParams p;
+  p.policy = PolicyKind::kZClip;
+  p.zclip_max_norm = 5.0;
+  GroupStats s;
+  for (int i = 0; i < 300; ++i) {
+    EXPECT_LE(StepNorm(p, &s, 10.0 + 0.5 * ((i * 7) % 5 - 2)).stabilized_norm, 5.0 + 1e-9);
+  }
+  p.zclip_max_norm = 0.0;
+  EXPECT_NEAR(StepNorm(p, &s, 10.0).scale, 1.0, 1e-12);
+}
+
 TEST(RuleTest, NoSpikesDuringWarmUp) {
   const RuleParams p = Stabilize();
   GroupStats s;
