@@ -138,7 +138,32 @@ GSTAB_HD inline uint32_t UpdateDivergence(const RuleParams& p, GroupStats* s, ui
   return out;
 }
 
+// What a bias-corrected EMA of `beta` divides by after t samples (1 without the correction).
+GSTAB_HD inline double BiasWeight(bool corrected, double beta, uint64_t t) {
+  return corrected ? 1.0 - pow(beta, static_cast<double>(t)) : 1.0;
+}
+
 }  // namespace rule_internal
+
+// Whether the stabilizer's EMAs mean the same under `a` and `b` (beta1, beta2, bias correction).
+GSTAB_HD inline bool SameStabilizerEmas(const RuleParams& a, const RuleParams& b) {
+  return a.beta1 == b.beta1 && a.beta2 == b.beta2 && a.bias_correction == b.bias_correction;
+}
+
+// Re-expresses the stabilizer's EMAs m and v, built with `from`'s betas, as `to`'s would be with
+// the same corrected means: the bias correction 1 - beta^t holds only for the betas the EMAs were
+// built with, so a change of beta1, beta2 or bias correction mid-run would otherwise move the
+// target norm (by 9x for v4 after 5 steps of Stable-SPAM) and let it drift back over hundreds
+// of steps.
+GSTAB_HD inline void RescaleStabilizerEmas(const RuleParams& from, const RuleParams& to,
+                                           GroupStats* s) {
+  using rule_internal::BiasWeight;
+  if (s->t == 0) return;
+  s->m *= BiasWeight(to.bias_correction, to.beta1, s->t) /
+          BiasWeight(from.bias_correction, from.beta1, s->t);
+  s->v *= BiasWeight(to.bias_correction, to.beta2, s->t) /
+          BiasWeight(from.bias_correction, from.beta2, s->t);
+}
 
 // Applies one step of the active policy to one norm group.
 //   sum_of_squares: the group's sum of squared gradient elements (fp64).

@@ -88,7 +88,8 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         " or other names); every node must register the same groups; nothing was summed"));
   }
   agreement->configs_differ = check[8] != -check[9] || check[10] != -check[11];
-  agreement->sync_statistics = check[12] > 0;
+  // Node 0's statistics go with its configuration (they are expressed for its betas).
+  agreement->sync_statistics = check[12] > 0 || agreement->configs_differ;
   std::vector<uint8_t> modes(groups);
   std::vector<double> data(2 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {

@@ -44,7 +44,8 @@ struct StepCheck {
 // What the nodes agreed, the same on every node.
 struct StepAgreement {
   bool configs_differ = false;   // every node takes node 0's configuration (BroadcastParams)
-  bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics)
+  bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics): asked
+                                 // for, or the configurations differ
 };
 
 // Reduces `partials` in place. INVALID_ARGUMENT when steps or layouts differ across nodes

@@ -16,6 +16,7 @@ Job::Job(std::string name, const RuleParams& params, uint32_t local_world_size,
       executor_(executor),
       on_step_(std::move(on_step)),
       params_(params),
+      stats_params_(params),
       gpus_(name_, local_world_size, std::move(gpu)) {
   v1::ConfigChange first;
   first.set_version(1);

@@ -121,6 +121,8 @@ class Job {
   // Bumps the config version and records params_ as its change (keeping the newest
   // kConfigHistory).
   void RecordConfigChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rescales stats_ (host copy) from stats_params_ to params_ (RescaleStabilizerEmas).
+  void AlignStatistics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless this job spans nodes and `what` (an operator's change of its configuration or
   // statistics) would reach one node only: FAILED_PRECONDITION saying where to do it.
   absl::Status NodeZerosStateOnly(const std::string& what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -177,6 +179,9 @@ class Job {
   std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, else a v1::Reduction
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
   mutable std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
+  // The configuration stats_' stabilizer EMAs were built with; AlignStatistics re-expresses
+  // them for params_ (a change of beta1, beta2 or bias correction) before they are next used.
+  RuleParams stats_params_ ABSL_GUARDED_BY(mu_);
   // The CUDA pipelines when the job's workers registered cuda_ipc buffers; they then own the
   // statistics and stats_ is a copy refreshed on demand.
   mutable GpuWorkers gpus_ ABSL_GUARDED_BY(mu_);

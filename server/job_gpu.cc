@@ -34,6 +34,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
   layout.layout_hash = LayoutHash(group_names_, group_reduction_);
   layout.memory = registration.mappings;
+  if (gpus_.empty()) AlignStatistics();  // the first pipeline starts from stats_
   if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
                                  std::move(layout), nccl_, stats_);
       !s.ok()) {
@@ -84,6 +85,7 @@ absl::Status Job::AgreeGpuLayout() {
       }
       if (!SameEffectiveConfig(node_zeros, params_)) {
         params_ = node_zeros;
+        stats_params_ = node_zeros;  // the GPUs take node 0's statistics at the first step
         RecordConfigChange();
         LOG(WARNING) << "job '" << name_ << "' node " << nccl_.node_rank
                      << ": took node 0's configuration (a multi-node job's is node 0's)";

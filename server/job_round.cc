@@ -149,6 +149,7 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
   *params = node_zeros;
   absl::MutexLock lock(&mu_);
   params_ = node_zeros;
+  stats_params_ = node_zeros;  // every node takes node 0's statistics this step
   RecordConfigChange();
   *version = config_version_;
   LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << ": took node 0's "
@@ -175,6 +176,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     absl::MutexLock lock(&mu_);
     reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
     collective = collective_;
+    AlignStatistics();  // node 0's are aligned before it sends them
     params = params_;
     config_version = config_version_;
     if (collective != nullptr) {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
+#include "core/rule.h"
 #include "server/job.h"  // the class whose members these are
 #include "server/state_codec.h"
 
@@ -37,11 +38,36 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
   if (absl::Status s = NodeZerosStateOnly("change its configuration"); !s.ok()) return s;
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
+  if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) {
+    // The GPU's statistics are rescaled now, while no step is queued (a CPU job's at its next
+    // step; see AlignStatistics).
+    if (gpus_.multi_rank()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job '", name_,
+          "''s statistics live on several GPUs stepping together, and a change "
+          "of beta1, beta2 or bias_correction rescales them: change these before its workers "
+          "register their CUDA buffers"));
+    }
+    RefreshStatistics();
+    const std::vector<GroupStats> before = stats_;
+    for (GroupStats& s : stats_) RescaleStabilizerEmas(params_, *merged, &s);
+    if (absl::Status s = gpus_.SetStatistics(stats_); !s.ok()) {
+      stats_ = before;
+      return s;
+    }
+    stats_params_ = *merged;
+  }
   params_ = *merged;
   RecordConfigChange();
   *response->mutable_effective_config() = config_history_.back().config();
   response->set_version(config_version_);
   return absl::OkStatus();
+}
+
+void Job::AlignStatistics() {
+  if (SameStabilizerEmas(stats_params_, params_)) return;
+  for (GroupStats& s : stats_) RescaleStabilizerEmas(stats_params_, params_, &s);
+  stats_params_ = params_;
 }
 
 void Job::RecordConfigChange() {
@@ -163,6 +189,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
     params_ = params;
     RecordConfigChange();
   }
+  stats_params_ = params_;  // the imported statistics are the configuration's
   // The imported state defines where the job is: a job resumed from an older checkpoint
   // continues from that checkpoint's step.
   last_step_ = state.last_step();

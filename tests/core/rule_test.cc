@@ -287,6 +287,22 @@ TEST(RuleTest, AZClipCapDoesNotBecomeItsMean) {
   EXPECT_NEAR(StepNorm(p, &s, 10.0).scale, 1.0, 1e-12);
 }
 
+// Betas changed mid-run (a preset switched with UpdateConfig): the EMAs re-expressed for the new
+// betas keep the target norm where it was, as if the history had been averaged with them.
+TEST(RuleTest, RescaledEmasKeepTheTargetNormAcrossABetaChange) {
+  const RuleParams before = Stabilize(0.9, 0.99);
+  const RuleParams after = Stabilize(0.6, 0.999);
+  GroupStats s;
+  for (int i = 0; i < 5; ++i) StepNorm(before, &s, 1.0);
+  GroupStats unscaled = s;
+  RescaleStabilizerEmas(before, after, &s);
+  EXPECT_NEAR(StepNorm(after, &s, 1.0).stabilized_norm, 1.0, 1e-9);
+  EXPECT_LT(StepNorm(after, &unscaled, 1.0).stabilized_norm, 0.5) << "the hazard this avoids";
+  GroupStats fresh;  // nothing to re-express before the first accepted step
+  RescaleStabilizerEmas(before, after, &fresh);
+  EXPECT_EQ(fresh.m, 0.0);
+}
+
 TEST(RuleTest, NoSpikesDuringWarmUp) {
   const RuleParams p = Stabilize();
   GroupStats s;

@@ -100,6 +100,19 @@ TEST(E2eTest, UpdateConfigTakesEffectOnTheNextStepAndIsRecorded) {
   EXPECT_EQ(stats->config_history(1).effective_step(), 6u);
   EXPECT_EQ(stats->config_history(1).config().clip().max_norm(), 0.5);
 
+  // Other betas mid-run: the EMAs are re-expressed for them, so the target norm goes on from
+  // where it was.
+  v1::PolicyConfig betas;
+  betas.set_policy(v1::POLICY_STABILIZE);
+  betas.mutable_stabilize()->set_beta1(0.9);
+  betas.mutable_stabilize()->set_beta2(0.99);
+  updated = (*worker)->client().UpdateConfig(betas);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  absl::StatusOr<RuleParams> merged = ResolveConfig(updated->effective_config());
+  ASSERT_TRUE(merged.ok());
+  ref.set_params(*merged);
+  for (uint64_t step = 7; step <= 9; ++step) StepAndCompare(worker->get(), &ref, step, 3);
+
   v1::PolicyConfig bad;
   bad.mutable_stabilize()->set_beta1(2.0);
   absl::StatusOr<v1::UpdateConfigResponse> rejected = (*worker)->client().UpdateConfig(bad);

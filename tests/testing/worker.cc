@@ -89,6 +89,11 @@ std::vector<double> GroupSums(const TestWorker& worker) {
   return sums;
 }
 
+void Reference::set_params(const RuleParams& params) {
+  for (GroupStats& s : stats_) RescaleStabilizerEmas(params_, params, &s);
+  params_ = params;
+}
+
 ReferenceStep Reference::Step(const TestWorker& worker) {
   ReferenceStep out;
   out.bytes = worker.Bytes();

@@ -51,7 +51,8 @@ class Reference {
   explicit Reference(const RuleParams& params) : params_(params) {}
   // Runs one step over a copy of `worker`'s current gradients.
   ReferenceStep Step(const TestWorker& worker);
-  void set_params(const RuleParams& params) { params_ = params; }
+  // As gstabd: the stabilizer's EMAs are re-expressed for new betas (RescaleStabilizerEmas).
+  void set_params(const RuleParams& params);
 
  private:
   RuleParams params_;
