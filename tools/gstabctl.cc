@@ -11,11 +11,14 @@
 //   gstabctl rendezvous --job=J --nodes=N [--cuda]  a new rendezvous blob in base64
 //                                           (GSTAB_RENDEZVOUS); --cuda for GPU gradients
 //
-// Human-readable by default, --json for scripts. Exit status 0 on success, 1 on any error
-// (with the reason on stderr), 2 for a bad command line.
+// Human-readable by default, --json for scripts (every field, defaults included; 64-bit
+// integers as strings, as protobuf's JSON mapping has them). Exit status 0 on success, 1 on any
+// error (with the reason on stderr), 2 for a bad command line (an unknown command, a missing or
+// malformed argument; a flag absl cannot parse exits with 1).
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -54,9 +57,13 @@ int Fail(const absl::Status& status) {
 int Usage(const std::string& why) {
   std::fprintf(stderr,
                "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
-               "KEY=VALUE...|export|import (see --help)\n",
+               "KEY=VALUE...|export|import|rendezvous (see --help)\n",
                why.c_str());
   return 2;
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  return ToJson(message, /*with_defaults=*/true);
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Connect() {
@@ -104,8 +111,8 @@ int Status() {
   if (!client.ok()) return Fail(client.status());
   auto jobs = ListJobs(client->get(), 0, absl::GetFlag(FLAGS_all));
   if (!jobs.ok()) return Fail(jobs.status());
-  std::printf("%s", absl::GetFlag(FLAGS_json) ? (ToJson(*jobs) + "\n").c_str()
-                                              : StatusTable(*jobs).c_str());
+  std::printf(
+      "%s", absl::GetFlag(FLAGS_json) ? (Json(*jobs) + "\n").c_str() : StatusTable(*jobs).c_str());
   return 0;
 }
 
@@ -120,8 +127,7 @@ int Events() {
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);
   v1::Event event;
   while (reader->Read(&event)) {
-    std::printf("%s\n",
-                absl::GetFlag(FLAGS_json) ? ToJson(event).c_str() : EventLine(event).c_str());
+    std::printf("%s\n", absl::GetFlag(FLAGS_json) ? Json(event).c_str() : EventLine(event).c_str());
     std::fflush(stdout);
   }
   absl::Status s = FromGrpcStatus(reader->Finish());
@@ -129,15 +135,18 @@ int Events() {
 }
 
 int Top() {
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  if (absl::GetFlag(FLAGS_interval_ms) <= 0 || iterations < 0) {
+    return Usage("top needs --interval_ms > 0 and --iterations >= 0");
+  }
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
-  const int iterations = absl::GetFlag(FLAGS_iterations);
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
     auto jobs = ListJobs(client->get(), 60);
     if (!jobs.ok()) return Fail(jobs.status());
     if (absl::GetFlag(FLAGS_json)) {
-      std::printf("%s\n", ToJson(*jobs).c_str());
+      std::printf("%s\n", Json(*jobs).c_str());
     } else {
       std::printf("%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str());
     }
@@ -148,14 +157,15 @@ int Top() {
 
 int ConfigSet(const std::vector<std::string>& assignments) {
   if (assignments.empty()) return Usage("config set needs KEY=VALUE arguments");
+  if (absl::GetFlag(FLAGS_job).empty()) return Usage("config set needs --job=NAME");
   absl::StatusOr<v1::PolicyConfig> update = ParseConfigSettings(absl::StrJoin(assignments, " "));
-  if (!update.ok()) return Fail(update.status());
+  if (!update.ok()) return Usage(std::string(update.status().message()));
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
   auto updated = (*client)->UpdateConfig(*update);
   if (!updated.ok()) return Fail(updated.status());
   if (absl::GetFlag(FLAGS_json)) {
-    std::printf("%s\n", ToJson(*updated).c_str());
+    std::printf("%s\n", Json(*updated).c_str());
   } else {
     std::printf("job %s: configuration version %llu, effective from the next step\n",
                 absl::GetFlag(FLAGS_job).c_str(),
@@ -167,14 +177,24 @@ int ConfigSet(const std::vector<std::string>& assignments) {
 
 int Export() {
   const std::string path = absl::GetFlag(FLAGS_out);
-  if (path.empty()) return Usage("export needs --out=FILE");
+  if (path.empty() || absl::GetFlag(FLAGS_job).empty()) {
+    return Usage("export needs --job=NAME and --out=FILE");
+  }
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
   auto state = (*client)->ExportState();
   if (!state.ok()) return Fail(state.status());
-  std::ofstream out(path, std::ios::binary);
+  // Whole or not at all: written beside it, then renamed over it.
+  const std::string partial = path + ".partial";
+  std::ofstream out(partial, std::ios::binary);
   out << *state;
-  if (!out) return Fail(absl::InternalError("cannot write '" + path + "'"));
+  out.close();
+  std::error_code renamed;
+  if (out) std::filesystem::rename(partial, path, renamed);
+  if (!out || renamed) {
+    std::filesystem::remove(partial, renamed);
+    return Fail(absl::InternalError("cannot write '" + path + "'"));
+  }
   std::printf("exported %zu bytes of job %s's statistics to %s\n", state->size(),
               absl::GetFlag(FLAGS_job).c_str(), path.c_str());
   (void)(*client)->Detach();
@@ -183,7 +203,9 @@ int Export() {
 
 int Import() {
   const std::string path = absl::GetFlag(FLAGS_in);
-  if (path.empty()) return Usage("import needs --in=FILE");
+  if (path.empty() || absl::GetFlag(FLAGS_job).empty()) {
+    return Usage("import needs --job=NAME and --in=FILE");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return Fail(absl::NotFoundError("cannot read '" + path + "'"));
   std::stringstream bytes;
@@ -215,7 +237,8 @@ int Rendezvous() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gstabctl [--socket=PATH] [--json] health | status | events [--job=J] [--follow] | top | "
-      "config set --job=J KEY=VALUE... | export --job=J --out=FILE | import --job=J --in=FILE");
+      "config set --job=J KEY=VALUE... | export --job=J --out=FILE | import --job=J --in=FILE | "
+      "rendezvous --job=J --nodes=N [--cuda]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> args(rest.begin() + 1, rest.end());
   if (args.empty()) return gstab::ctl::Usage("no command");

@@ -331,6 +331,19 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   EXPECT_EQ(arc, 1);
   EXPECT_NE(absent.find("no gstabd answers"), std::string::npos) << absent;
   EXPECT_EQ(Ctl("frobnicate").first, 2);
+  // A bad command line is told apart from a failure (2, not 1), before gstabd is asked.
+  EXPECT_EQ(Ctl("config set policy=clip").first, 2);                 // no --job
+  EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm").first, 2);  // not KEY=VALUE
+  EXPECT_EQ(Ctl("top --interval_ms=0").first, 2);
+  EXPECT_EQ(Ctl("export --out=" + file).first, 2);
+  // --json prints every field, the false and zero ones too.
+  auto [jsrc, full] = Ctl("--json status");
+  EXPECT_EQ(jsrc, 0);
+  EXPECT_NE(full.find("\"diverging\":false"), std::string::npos) << full;
+  // An export that cannot be written leaves nothing behind and says so.
+  auto [xrc, unwritable] = Ctl("export --job=ctl-job --out=" + dir_.path() + "/no/such/dir/x");
+  EXPECT_EQ(xrc, 1);
+  EXPECT_NE(unwritable.find("cannot write"), std::string::npos) << unwritable;
 }
 
 // The container probe: `gstabctl health` succeeds, silently, while gstabd serves, and fails
