@@ -114,17 +114,30 @@ GSTAB_HD inline uint32_t DetectSpike(const RuleParams& p, GroupStats* s, double 
   return flags;
 }
 
-// Advances the divergence state machine by one step.
+// Advances the divergence state machine by one step. Spikes and non-finite steps are counted
+// until a calm accepted step (one kind does not reset the other's count, nor does a zero-norm
+// step), so spikes and non-finite steps taking turns raise the alarm too: both kinds together
+// count toward the larger of their two thresholds.
 GSTAB_HD inline uint32_t UpdateDivergence(const RuleParams& p, GroupStats* s, uint32_t flags) {
   const bool spike = (flags & (kFlagSpike | kFlagSpikeRatio)) != 0;
   const bool non_finite = (flags & kFlagSkipped) != 0;
-  s->consecutive_spikes = spike ? s->consecutive_spikes + 1 : 0;
-  s->consecutive_non_finite = non_finite ? s->consecutive_non_finite + 1 : 0;
   const bool growing = s->t > p.spike_warmup_steps && s->long_ema > 0.0 &&
                        s->short_ema > p.diverge_growth_ratio * s->long_ema;
+  const bool calm = (flags & kFlagAccepted) && !spike && !non_finite && !growing;
+  if (calm) {
+    s->consecutive_spikes = 0;
+    s->consecutive_non_finite = 0;
+  }
+  s->consecutive_spikes += spike ? 1 : 0;
+  s->consecutive_non_finite += non_finite ? 1 : 0;
+  const uint32_t mixed_threshold = p.diverge_consecutive_spikes > p.diverge_consecutive_non_finite
+                                       ? p.diverge_consecutive_spikes
+                                       : p.diverge_consecutive_non_finite;
+  const bool mixed = s->consecutive_spikes > 0 && s->consecutive_non_finite > 0 &&
+                     s->consecutive_spikes + s->consecutive_non_finite >= mixed_threshold;
   const bool alarm = s->consecutive_spikes >= p.diverge_consecutive_spikes ||
-                     s->consecutive_non_finite >= p.diverge_consecutive_non_finite || growing;
-  const bool calm = (flags & kFlagAccepted) && !spike && !growing;
+                     s->consecutive_non_finite >= p.diverge_consecutive_non_finite || mixed ||
+                     growing;
   s->calm_steps = calm ? s->calm_steps + 1 : 0;
   uint32_t out = 0;
   if (!s->diverging && alarm) {

@@ -329,6 +329,20 @@ TEST(RuleTest, ConsecutiveNonFiniteStepsStartDivergenceAndCalmStepsEndIt) {
   EXPECT_EQ(ended_after, static_cast<int>(p.diverge_recovery_steps));
 }
 
+// Spikes and non-finite steps taking turns are as alarming as either kind in a row; a calm
+// accepted step clears the count.
+TEST(RuleTest, SpikesAndNonFiniteStepsTakingTurnsStartDivergence) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  for (int i = 0; i < 100; ++i) StepNorm(p, &s, 1.0 + 0.001 * (i % 7));
+  EXPECT_FALSE(StepNorm(p, &s, 1e4).flags & kFlagDiverging);  // a spike
+  EXPECT_FALSE(ApplyRule(p, &s, NAN, true).flags & kFlagDiverging);
+  StepNorm(p, &s, 1.0);  // calm: the count starts again
+  EXPECT_FALSE(StepNorm(p, &s, 1e4).flags & kFlagDiverging);
+  EXPECT_FALSE(ApplyRule(p, &s, NAN, true).flags & kFlagDiverging);
+  EXPECT_TRUE(StepNorm(p, &s, 1e5).flags & kFlagDivergenceBegan);
+}
+
 TEST(RuleTest, SteadilyGrowingNormIsDiverging) {
   const RuleParams p = Stabilize();
   GroupStats s;
