@@ -135,6 +135,7 @@ std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint6
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
   }
   register_again_.erase(local_rank);
+  cuda_devices_.erase(local_rank);
   std::vector<std::string> objects;
   if (auto w = workers_.find(local_rank); w != workers_.end()) {
     for (const PlannedBuffer& b : w->second->registration.plan.buffers) {
@@ -158,27 +159,30 @@ void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) 
 
 absl::Status Job::JoinRendezvous(std::shared_ptr<Collective> collective,
                                  const v1::RendezvousInfo& info, NcclRendezvous nccl) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (rendezvous_token_ == info.token()) return absl::OkStatus();
-    if (!rendezvous_token_.empty() && rendezvous_.store_address() == info.store_address() &&
-        std::make_pair(info.store_started_us(), info.generation()) <
-            std::make_pair(rendezvous_.store_started_us(), rendezvous_.generation())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "this rendezvous of job '", name_, "' (generation ", info.generation(),
-          ") is older than the one the job runs with here (generation ", rendezvous_.generation(),
-          "): attach with the newest blob (a restarted worker may have kept an old "
-          "GSTAB_RENDEZVOUS)"));
-    }
-    rendezvous_ = info;
+  absl::MutexLock lock(&mu_);  // the check and the install together: attaches race
+  if (rendezvous_token_ == info.token()) return absl::OkStatus();
+  if (!rendezvous_token_.empty() && rendezvous_.store_address() == info.store_address() &&
+      std::make_pair(info.store_started_us(), info.generation()) <
+          std::make_pair(rendezvous_.store_started_us(), rendezvous_.generation())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this rendezvous of job '", name_, "' (generation ", info.generation(),
+        ") is older than the one the job runs with here (generation ", rendezvous_.generation(),
+        "): attach with the newest blob (a restarted worker may have kept an old "
+        "GSTAB_RENDEZVOUS)"));
   }
-  SetCollective(std::move(collective), info.token(), std::move(nccl));
+  rendezvous_ = info;
+  InstallCollective(std::move(collective), info.token(), std::move(nccl));
   return absl::OkStatus();
 }
 
 void Job::SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
                         NcclRendezvous nccl) {
   absl::MutexLock lock(&mu_);
+  InstallCollective(std::move(collective), std::move(rendezvous_token), std::move(nccl));
+}
+
+void Job::InstallCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
+                            NcclRendezvous nccl) {
   collective_ = std::move(collective);
   rendezvous_token_ = std::move(rendezvous_token);
   nccl_ = std::move(nccl);
@@ -204,9 +208,9 @@ std::string Job::rendezvous_token() const {
 
 std::optional<int> Job::CudaDevice(uint32_t local_rank) const {
   absl::MutexLock lock(&mu_);
-  auto w = workers_.find(local_rank);
-  if (w == workers_.end() || w->second->registration.plan.cuda_device < 0) return std::nullopt;
-  return w->second->registration.plan.cuda_device;
+  auto it = cuda_devices_.find(local_rank);
+  if (it == cuda_devices_.end()) return std::nullopt;
+  return it->second;
 }
 
 uint64_t Job::RegisteredBytes() const {

@@ -65,7 +65,8 @@ class Job {
   std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
                                         uint64_t session = 0);
   uint64_t RegisteredBytes() const;
-  // The GPU of local rank `local_rank`'s cuda_ipc registration, if it has one.
+  // The GPU of local rank `local_rank`'s newest cuda_ipc registration, if it made one (even if
+  // its GPU generation has ended since).
   std::optional<int> CudaDevice(uint32_t local_rank) const;
 
   // Multi-node jobs: the communicator of the current rendezvous (identified by its token).
@@ -121,6 +122,9 @@ class Job {
   // Bumps the config version and records params_ as its change (keeping the newest
   // kConfigHistory).
   void RecordConfigChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // SetCollective's work, under mu_.
+  void InstallCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
+                         NcclRendezvous nccl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rescales stats_ (host copy) from stats_params_ to params_ (RescaleStabilizerEmas).
   void AlignStatistics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless this job spans nodes and `what` (an operator's change of its configuration or
@@ -186,6 +190,9 @@ class Job {
   // statistics and stats_ is a copy refreshed on demand.
   mutable GpuWorkers gpus_ ABSL_GUARDED_BY(mu_);
   std::map<uint32_t, std::string> register_again_ ABSL_GUARDED_BY(mu_);  // local rank: why
+  // Per local rank, the GPU of its newest cuda_ipc registration, kept past the end of its GPU
+  // generation until the rank is removed (Detach waits for its mappings there to close).
+  std::map<uint32_t, int> cuda_devices_ ABSL_GUARDED_BY(mu_);
   // Per local rank, a step its pipeline found the nodes disagreeing on, reported after that
   // rank's next step was enqueued: its Step after that is refused before it enqueues anything.
   std::map<uint32_t, uint64_t> gpu_mismatch_ ABSL_GUARDED_BY(mu_);

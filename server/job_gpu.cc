@@ -42,6 +42,7 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   }
   register_again_.erase(local_rank);
   gpu_mismatch_.erase(local_rank);
+  cuda_devices_[local_rank] = registration.plan.cuda_device;
   GpuPipeline& pipeline = gpus_.Slot(local_rank);
   response->set_results_handle(pipeline.ResultsHandle());
   response->set_results_bytes(pipeline.ResultsBytes());
@@ -189,8 +190,8 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
                                  "; this ended the job's GPU generation: ", recovery));
     }
     if (primary) {  // the job's step count and history follow its first local GPU
-      if (config_history_.back().effective_step() == 0 && config_history_.size() > 1) {
-        config_history_.back().set_effective_step(step);
+      for (v1::ConfigChange& change : config_history_) {  // every change made since
+        if (change.version() > 1 && change.effective_step() == 0) change.set_effective_step(step);
       }
       steps_ += 1;
       last_step_ = step;

@@ -39,23 +39,13 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
   if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) {
-    // The GPU's statistics are rescaled now, while no step is queued (a CPU job's at its next
-    // step; see AlignStatistics).
-    if (gpus_.multi_rank()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "job '", name_,
-          "''s statistics live on several GPUs stepping together, and a change "
-          "of beta1, beta2 or bias_correction rescales them: change these before its workers "
-          "register their CUDA buffers"));
-    }
-    RefreshStatistics();
-    const std::vector<GroupStats> before = stats_;
-    for (GroupStats& s : stats_) RescaleStabilizerEmas(params_, *merged, &s);
-    if (absl::Status s = gpus_.SetStatistics(stats_); !s.ok()) {
-      stats_ = before;
-      return s;
-    }
-    stats_params_ = *merged;
+    // The statistics would have to be re-expressed for the new betas on the GPU, in stream
+    // order with the steps queued there (a CPU job's are, at its next step: AlignStatistics).
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_,
+        "' runs on the CUDA pipeline, where beta1, beta2 and bias_correction cannot change "
+        "while its workers' buffers are registered (the statistics are re-expressed for new "
+        "betas): change them before the workers register, or after they have all left"));
   }
   params_ = *merged;
   RecordConfigChange();
@@ -97,7 +87,8 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
   response->set_registered_bytes(bytes);
   response->set_mapped_regions(static_cast<uint32_t>(regions.size()));
   for (size_t g = 0; g < group_names_.size(); ++g) {
-    const GroupStats& s = stats_[g];
+    GroupStats s = stats_[g];
+    RescaleStabilizerEmas(stats_params_, params_, &s);  // as the next step will have them
     v1::GroupStats* out = response->add_groups();
     out->set_group(group_names_[g]);
     out->set_accepted_steps(s.t);
@@ -125,7 +116,9 @@ v1::JobState Job::ExportState() const {
   state.set_last_step(statistics_step.value_or(last_step_));
   *state.mutable_config() = EffectiveConfig(params_);
   for (size_t g = 0; g < group_names_.size(); ++g) {
-    *state.add_groups() = GroupStateToProto(group_names_[g], stats_[g]);
+    GroupStats s = stats_[g];
+    RescaleStabilizerEmas(stats_params_, params_, &s);  // as the config it is written with
+    *state.add_groups() = GroupStateToProto(group_names_[g], s);
   }
   return state;
 }
@@ -169,21 +162,37 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
       }
     }
   }
+  // The statistics are re-expressed (RescaleStabilizerEmas) for the configuration the job goes
+  // on with: the imported ones from the configuration they were saved with, the job's others
+  // from its own.
+  const RuleParams target = with_config ? params : params_;
+  RuleParams saved_with = target;
+  if (!with_config && state.has_config()) {
+    if (absl::StatusOr<RuleParams> saved = ResolveConfig(state.config()); saved.ok()) {
+      saved_with = *saved;
+    }
+  }
+  auto imported_group = [&](const v1::GroupState& g) {
+    GroupStats s = GroupStateFromProto(g);
+    RescaleStabilizerEmas(saved_with, target, &s);
+    return s;
+  };
   if (!gpus_.empty()) {
     // Every group is registered (checked above). The GPU first: an import it refuses (a step
     // still holds it) leaves the job as it was. Groups the state lacks keep the GPU's
     // statistics (the newest finished step's).
     RefreshStatistics();
     std::vector<GroupStats> imported = stats_;
+    for (GroupStats& s : imported) RescaleStabilizerEmas(params_, target, &s);
     for (const v1::GroupState& g : state.groups()) {
-      imported[group_index_.at(g.name())] = GroupStateFromProto(g);
+      imported[group_index_.at(g.name())] = imported_group(g);
     }
     if (absl::Status s = gpus_.SetStatistics(imported); !s.ok()) return s;
     stats_ = std::move(imported);
   } else {
-    for (const v1::GroupState& g : state.groups()) {
-      stats_[GroupIndex(g.name())] = GroupStateFromProto(g);
-    }
+    AlignStatistics();
+    for (GroupStats& s : stats_) RescaleStabilizerEmas(params_, target, &s);
+    for (const v1::GroupState& g : state.groups()) stats_[GroupIndex(g.name())] = imported_group(g);
   }
   if (with_config && !SameEffectiveConfig(params, params_)) {
     params_ = params;

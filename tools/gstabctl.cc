@@ -185,7 +185,7 @@ int Export() {
   auto state = (*client)->ExportState();
   if (!state.ok()) return Fail(state.status());
   // Whole or not at all: written beside it, then renamed over it.
-  const std::string partial = path + ".partial";
+  const std::string partial = path + ".partial." + std::to_string(getpid());
   std::ofstream out(partial, std::ios::binary);
   out << *state;
   out.close();

@@ -75,7 +75,7 @@ exec:
 {{/*
 Values the chart's own arguments depend on, checked before anything renders: extraArgs may not
 set a flag the chart sets (the probes, mounts and ports follow the chart's); the allow-lists
-must admit the probes and `helm test` (uid 0, gid socket.gid or 0); the peer and metrics ports
+must admit the probes and `helm test` (gstabd's runAsUser, gid socket.gid or its runAsGroup); the peer and metrics ports
 differ (both are host ports with peer.enabled).
 */}}
 {{- define "gstab.checkValues" -}}
