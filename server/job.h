@@ -125,6 +125,8 @@ class Job {
   // SetCollective's work, under mu_.
   void InstallCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
                          NcclRendezvous nccl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FAILED_PRECONDITION: new betas for a job whose CUDA buffers are registered.
+  absl::Status RegisteredGpuBetas() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rescales stats_ (host copy) from stats_params_ to params_ (RescaleStabilizerEmas).
   void AlignStatistics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless this job spans nodes and `what` (an operator's change of its configuration or

@@ -149,8 +149,8 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
   *params = node_zeros;
   absl::MutexLock lock(&mu_);
   params_ = node_zeros;
-  stats_params_ = node_zeros;  // every node takes node 0's statistics this step
-  sync_statistics_ = true;     // until they have arrived (cleared once they have)
+  AlignStatistics();        // ours, for node 0's betas, should node 0's not arrive
+  sync_statistics_ = true;  // until they have arrived (cleared once they have)
   RecordConfigChange();
   *version = config_version_;
   LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << ": took node 0's "

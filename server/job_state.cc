@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
 #include "core/rule.h"
+#include "glog/logging.h"
 #include "server/job.h"  // the class whose members these are
 #include "server/state_codec.h"
 
@@ -33,19 +34,26 @@ absl::Status Job::NodeZerosStateOnly(const std::string& what) const {
   return absl::OkStatus();
 }
 
+absl::Status Job::RegisteredGpuBetas() const {
+  // The statistics would have to be re-expressed for the new betas on the GPU, in stream order
+  // with the steps queued there (a CPU job's are, at its next step: AlignStatistics).
+  return absl::FailedPreconditionError(absl::StrCat(
+      "job '", name_,
+      "' runs on the CUDA pipeline, where beta1, beta2 and bias_correction cannot change "
+      "while its workers' buffers are registered (the statistics are re-expressed for new "
+      "betas): change them before the workers register, or after they have all left"));
+}
+
 absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = NodeZerosStateOnly("change its configuration"); !s.ok()) return s;
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
-  if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) {
-    // The statistics would have to be re-expressed for the new betas on the GPU, in stream
-    // order with the steps queued there (a CPU job's are, at its next step: AlignStatistics).
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job '", name_,
-        "' runs on the CUDA pipeline, where beta1, beta2 and bias_correction cannot change "
-        "while its workers' buffers are registered (the statistics are re-expressed for new "
-        "betas): change them before the workers register, or after they have all left"));
+  if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) return RegisteredGpuBetas();
+  if (!gpus_.empty() && gpus_.multi_rank() && !gpus_.InLockstep()) {
+    // Each GPU takes the configuration as its step is enqueued: all of them the same step.
+    return absl::AbortedError(absl::StrCat(
+        "job '", name_, "''s GPUs are enqueueing a step (some have, some not yet): try again"));
   }
   params_ = *merged;
   RecordConfigChange();
@@ -153,6 +161,15 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
         "workers register their CUDA buffers, so every GPU starts from them"));
   }
   if (!gpus_.empty()) {
+    if (with_config && !SameStabilizerEmas(params, params_)) return RegisteredGpuBetas();
+    // Between steps only: with one queued, the other groups' statistics here would be the step
+    // before it, and writing them back would undo it.
+    if (!gpus_.Primary().Idle()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a step of job '", name_,
+          "' is queued on its GPU (held at its worker's ready word, or running): import between "
+          "steps, or before the workers register their CUDA buffers"));
+    }
     for (const v1::GroupState& g : state.groups()) {
       if (group_index_.count(g.name()) == 0) {
         return absl::FailedPreconditionError(
@@ -170,6 +187,10 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   if (!with_config && state.has_config()) {
     if (absl::StatusOr<RuleParams> saved = ResolveConfig(state.config()); saved.ok()) {
       saved_with = *saved;
+    } else {
+      LOG(WARNING) << "job '" << name_ << "': the imported state's configuration is not one "
+                   << "this gstabd takes (" << saved.status().message()
+                   << "); its statistics are taken as the job's configuration's";
     }
   }
   auto imported_group = [&](const v1::GroupState& g) {
@@ -178,19 +199,18 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
     return s;
   };
   if (!gpus_.empty()) {
-    // Every group is registered (checked above). The GPU first: an import it refuses (a step
-    // still holds it) leaves the job as it was. Groups the state lacks keep the GPU's
-    // statistics (the newest finished step's).
+    // Every group is registered (checked above). The GPU first: an import it refuses leaves the
+    // job as it was. Groups the state lacks keep the GPU's statistics (exact: it is idle).
     RefreshStatistics();
     std::vector<GroupStats> imported = stats_;
-    for (GroupStats& s : imported) RescaleStabilizerEmas(params_, target, &s);
+    for (GroupStats& s : imported) RescaleStabilizerEmas(stats_params_, target, &s);
     for (const v1::GroupState& g : state.groups()) {
       imported[group_index_.at(g.name())] = imported_group(g);
     }
     if (absl::Status s = gpus_.SetStatistics(imported); !s.ok()) return s;
     stats_ = std::move(imported);
   } else {
-    AlignStatistics();
+    AlignStatistics();  // stats_params_ is params_ from here
     for (GroupStats& s : stats_) RescaleStabilizerEmas(params_, target, &s);
     for (const v1::GroupState& g : state.groups()) stats_[GroupIndex(g.name())] = imported_group(g);
   }
