@@ -70,10 +70,28 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   const double n = static_cast<double>(groups);
   const double hi = high(mine.layout_hash), lo = low(mine.layout_hash);
   const double chi = high(mine.config_hash), clo = low(mine.config_hash);
-  std::vector<double> check = {
-      s, -s, hi, -hi, lo, -lo, n, -n, chi, -chi, clo, -clo, mine.want_statistics ? 1.0 : 0.0};
+  std::vector<double> check = {s,
+                               -s,
+                               hi,
+                               -hi,
+                               lo,
+                               -lo,
+                               n,
+                               -n,
+                               chi,
+                               -chi,
+                               clo,
+                               -clo,
+                               mine.want_statistics ? 1.0 : 0.0,
+                               mine.refused ? 1.0 : 0.0};
   if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
+  }
+  if (check[13] > 0) {
+    return absl::AbortedError(
+        absl::StrCat("step ", step, " of job '", job, "' was refused on ",
+                     mine.refused ? "this node" : "another node (its workers were told why)",
+                     "; no node changed anything, and the next step can go on"));
   }
   if (check[0] != -check[1]) {
     return absl::InvalidArgumentError(

@@ -40,6 +40,7 @@ struct StepCheck {
   uint64_t layout_hash = 0;
   uint64_t config_hash = 0;
   bool want_statistics = false;  // this node is to take node 0's statistics
+  bool refused = false;          // this node refuses the step: it joins the check only
 };
 // What the nodes agreed, the same on every node.
 struct StepAgreement {
@@ -48,9 +49,10 @@ struct StepAgreement {
                                  // for, or the configurations differ
 };
 
-// Reduces `partials` in place. INVALID_ARGUMENT when steps or layouts differ across nodes
-// (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the missing nodes when a node
-// dies or stalls past `timeout`.
+// Reduces `partials` in place. ABORTED when a node refused the step (check.refused there: every
+// node leaves it after the check, the communicator intact); INVALID_ARGUMENT when steps or
+// layouts differ across nodes (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the
+// missing nodes when a node dies or stalls past `timeout`.
 absl::Status ReduceAcrossNodes(Collective* collective, const std::string& job, uint64_t step,
                                const StepCheck& check, absl::Duration timeout,
                                NodePartials* partials, StepAgreement* agreement);

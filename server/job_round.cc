@@ -187,30 +187,44 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       check.want_statistics = sync_statistics_;
     }
   }
-  // A worker may have truncated its shared memory: then its pages past the new end would
-  // raise SIGBUS in gstabd.
-  for (const auto& [rank, w] : workers) {
-    for (const ShmMapping* object : w->registration.host_objects) {
-      if (absl::Status s = object->CheckSize(); !s.ok()) {
-        return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
+  auto sum_locally = [&]() -> absl::Status {
+    // A worker may have truncated its shared memory: then its pages past the new end would
+    // raise SIGBUS in gstabd.
+    for (const auto& [rank, w] : workers) {
+      for (const ShmMapping* object : w->registration.host_objects) {
+        if (absl::Status s = object->CheckSize(); !s.ok()) {
+          return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
+        }
       }
     }
-  }
-  for (const auto& [rank, w] : workers) {
-    std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
-    if (absl::Status s =
-            CpuGroupSumSquares(w->table, absl::MakeSpan(scratch), absl::MakeSpan(worker_sums),
-                               absl::MakeSpan(worker_flags), executor_);
-        !s.ok()) {
-      return s;
+    for (const auto& [rank, w] : workers) {
+      std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
+      if (absl::Status s =
+              CpuGroupSumSquares(w->table, absl::MakeSpan(scratch), absl::MakeSpan(worker_sums),
+                                 absl::MakeSpan(worker_flags), executor_);
+          !s.ok()) {
+        return s;
+      }
+      for (size_t g = 0; g < w->has_group.size(); ++g) {
+        if (!w->has_group[g]) continue;
+        const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
+        if (!replicated || !present[g]) sums[g] += worker_sums[g];
+        non_finite[g] |= worker_flags[g];
+        present[g] = true;
+      }
     }
-    for (size_t g = 0; g < w->has_group.size(); ++g) {
-      if (!w->has_group[g]) continue;
-      const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
-      if (!replicated || !present[g]) sums[g] += worker_sums[g];
-      non_finite[g] |= worker_flags[g];
-      present[g] = true;
+    return absl::OkStatus();
+  };
+  if (absl::Status local = sum_locally(); !local.ok()) {
+    if (collective != nullptr) {
+      // The other nodes are waiting in the step's check: told of the refusal there, they leave
+      // the step at once with their communicator intact, rather than waiting it out and breaking.
+      check.refused = true;
+      NodePartials partials{sums, non_finite, reduction};
+      StepAgreement agreed;
+      (void)ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
     }
+    return local;
   }
 
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.

@@ -1,5 +1,7 @@
 // Multi-node jobs on the CPU backend: N real gstabd processes on loopback, each with its own
 // socket and state folder, one worker per node, Gloo over TCP between the daemons.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -66,7 +68,10 @@ class Cluster {
   }
 
   std::vector<std::unique_ptr<TestWorker>> Attach(const std::string& job) {
-    return AttachNodes(daemons_, job, Rendezvous(job));
+    return Attach(job, Rendezvous(job));
+  }
+  std::vector<std::unique_ptr<TestWorker>> Attach(const std::string& job, const std::string& blob) {
+    return AttachNodes(daemons_, job, blob);
   }
 
  private:
@@ -224,6 +229,44 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
     groups.push_back(stats->groups(0).SerializeAsString());
   }
   EXPECT_EQ(groups[0], groups[1]) << "the nodes' statistics differ";
+}
+
+// A node that refuses a step (here: its worker truncated its shared memory) says so in the
+// step's check: the other nodes leave the step at once, nothing changes anywhere, and the
+// communicator goes on without a new rendezvous.
+TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("refusing");
+  auto workers = cluster.Attach("refusing", blob);
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
+
+  const int fd = shm_open(workers[1]->arena().shm_name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4096), 0);
+  close(fd);
+  const absl::Time start = absl::Now();
+  auto refused = StepAll(workers, Same(2, 2));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "the other node waited out its timeout";
+  EXPECT_EQ(refused[1].status().code(), absl::StatusCode::kFailedPrecondition)
+      << refused[1].status();
+  EXPECT_EQ(refused[0].status().code(), absl::StatusCode::kAborted) << refused[0].status();
+  EXPECT_NE(refused[0].status().message().find("refused on another node"), std::string::npos)
+      << refused[0].status();
+
+  // Node 1's worker starts afresh (attach and register again, the same blob); no rendezvous.
+  AttachOptions o;
+  o.job = "refusing";
+  o.rank = 1;
+  o.world_size = 2;
+  o.node_rank = 1;
+  o.node_count = 2;
+  o.rendezvous = blob;
+  auto restarted = TestWorker::Create(cluster.daemon(1).socket(), o);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  workers[1] = *std::move(restarted);
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 3))) EXPECT_TRUE(r.ok()) << r.status();
 }
 
 // A worker that attaches with an older blob than its job runs with (a restart that kept an old
