@@ -22,20 +22,26 @@ using testing::TestWorker;
 
 constexpr char kStepTimeout[] = "--step_timeout_ms=3000";
 
+// The options of a job's one worker on node `node` of `nodes`, with rendezvous `blob`.
+AttachOptions NodeOptions(const std::string& job, uint32_t node, uint32_t nodes,
+                          const std::string& blob, v1::PolicyConfig config = {}) {
+  AttachOptions o = testing::JobOptions(job, std::move(config));
+  o.rank = node;
+  o.world_size = nodes;
+  o.node_rank = node;
+  o.node_count = nodes;
+  o.rendezvous = blob;
+  return o;
+}
+
 // One worker per daemon, attached to `job` as node i of daemons.size() with `blob`.
 std::vector<std::unique_ptr<TestWorker>> AttachNodes(
     const std::vector<std::unique_ptr<DaemonProcess>>& daemons, const std::string& job,
     const std::string& blob) {
   std::vector<std::unique_ptr<TestWorker>> workers;
-  for (size_t i = 0; i < daemons.size(); ++i) {
-    AttachOptions o;
-    o.job = job;
-    o.rank = static_cast<uint32_t>(i);
-    o.world_size = static_cast<uint32_t>(daemons.size());
-    o.node_rank = static_cast<uint32_t>(i);
-    o.node_count = static_cast<uint32_t>(daemons.size());
-    o.rendezvous = blob;
-    auto w = TestWorker::Create(daemons[i]->socket(), o);
+  const auto nodes = static_cast<uint32_t>(daemons.size());
+  for (uint32_t i = 0; i < nodes; ++i) {
+    auto w = TestWorker::Create(daemons[i]->socket(), NodeOptions(job, i, nodes, blob));
     EXPECT_TRUE(w.ok()) << w.status();
     workers.push_back(w.ok() ? *std::move(w) : nullptr);
   }
@@ -145,13 +151,8 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
   for (uint32_t i = 0; i < 2; ++i) {
     v1::PolicyConfig config;
     config.set_policy(i == 0 ? v1::POLICY_STABILIZE : v1::POLICY_MONITOR);
-    AttachOptions o = testing::JobOptions("configured", config);
-    o.rank = i;
-    o.world_size = 2;
-    o.node_rank = i;
-    o.node_count = 2;
-    o.rendezvous = blob;
-    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(i)).socket(), o);
+    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(i)).socket(),
+                                NodeOptions("configured", i, 2, blob, config));
     ASSERT_TRUE(w.ok()) << w.status();
     workers.push_back(*std::move(w));
   }
@@ -191,13 +192,8 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
   // A worker of node 1 that attaches again with its own configuration is not refused for it.
   v1::PolicyConfig stabilize;
   stabilize.set_policy(v1::POLICY_STABILIZE);
-  AttachOptions again = testing::JobOptions("configured", stabilize);
-  again.rank = 1;
-  again.world_size = 2;
-  again.node_rank = 1;
-  again.node_count = 2;
-  again.rendezvous = blob;
-  auto restarted = TestWorker::Create(cluster.daemon(1).socket(), again);
+  auto restarted = TestWorker::Create(cluster.daemon(1).socket(),
+                                      NodeOptions("configured", 1, 2, blob, stabilize));
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   workers[1] = *std::move(restarted);
   EXPECT_EQ(policy(1), v1::POLICY_MONITOR);
@@ -255,14 +251,8 @@ TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
       << refused[0].status();
 
   // Node 1's worker starts afresh (attach and register again, the same blob); no rendezvous.
-  AttachOptions o;
-  o.job = "refusing";
-  o.rank = 1;
-  o.world_size = 2;
-  o.node_rank = 1;
-  o.node_count = 2;
-  o.rendezvous = blob;
-  auto restarted = TestWorker::Create(cluster.daemon(1).socket(), o);
+  auto restarted =
+      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("refusing", 1, 2, blob));
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   workers[1] = *std::move(restarted);
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
@@ -278,14 +268,8 @@ TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
 
-  AttachOptions o;
-  o.job = "stale";
-  o.rank = 1;
-  o.world_size = 2;
-  o.node_rank = 1;
-  o.node_count = 2;
-  o.rendezvous = old_blob;
-  absl::Status refused = TestWorker::Create(cluster.daemon(1).socket(), o).status();
+  absl::Status refused =
+      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("stale", 1, 2, old_blob)).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
       << refused;
