@@ -70,20 +70,15 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   const double n = static_cast<double>(groups);
   const double hi = high(mine.layout_hash), lo = low(mine.layout_hash);
   const double chi = high(mine.config_hash), clo = low(mine.config_hash);
-  std::vector<double> check = {s,
-                               -s,
-                               hi,
-                               -hi,
-                               lo,
-                               -lo,
-                               n,
-                               -n,
-                               chi,
-                               -chi,
-                               clo,
-                               -clo,
-                               mine.want_statistics ? 1.0 : 0.0,
-                               mine.refused ? 1.0 : 0.0};
+  // [0..11]: (x, -x) for the step, the layout's and the configuration's halves and the group
+  // count; [12]: a node wants node 0's statistics; [13]: a node refuses the step.
+  std::vector<double> check;
+  for (double x : {s, hi, lo, n, chi, clo}) {
+    check.push_back(x);
+    check.push_back(-x);
+  }
+  check.push_back(mine.want_statistics ? 1.0 : 0.0);
+  check.push_back(mine.refused ? 1.0 : 0.0);
   if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }

@@ -15,21 +15,17 @@ namespace gstab {
 
 absl::Status Job::NodeZerosStateOnly(const std::string& what) const {
   if (collective_ == nullptr) return absl::OkStatus();
+  const std::string job = absl::StrCat("job '", name_, "' spans ", collective_->size(), " nodes");
   if (collective_->rank() != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job '", name_, "' spans ", collective_->size(),
-                     " nodes, and this gstabd is node ", collective_->rank(), ": ", what,
-                     " on node 0's gstabd, whose configuration and "
-                     "statistics every node takes at the next step"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        job, ", and this gstabd is node ", collective_->rank(), ": ", what,
+        " on node 0's gstabd, whose configuration and statistics every node takes at the next "
+        "step"));
   }
   if (!gpus_.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job '", name_, "' spans ", collective_->size(),
-                     " nodes on the CUDA pipeline, whose "
-                     "nodes would not take a change at the same step: ",
-                     what,
-                     " before its workers register "
-                     "their CUDA buffers (or while none is registered)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        job, " on the CUDA pipeline, whose nodes would not take a change at the same step: ", what,
+        " before its workers register their CUDA buffers (or while none is registered)"));
   }
   return absl::OkStatus();
 }
