@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "core/config.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
@@ -36,27 +37,31 @@ uint8_t CrossNodeMode(int reduction, uint32_t node_rank) {
   return kAddAndTake;
 }
 
-uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  auto mix = [&h](unsigned char c) {
-    h ^= c;
+namespace {
+
+// FNV-1a, continuing from `h`.
+constexpr uint64_t kFnvOffset = 1469598103934665603ull;
+uint64_t Fnv1a(absl::string_view bytes, uint64_t h = kFnvOffset) {
+  for (char c : bytes) {
+    h ^= static_cast<unsigned char>(c);
     h *= 1099511628211ull;
-  };
+  }
+  return h;
+}
+
+}  // namespace
+
+uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction) {
+  uint64_t h = kFnvOffset;
   for (size_t g = 0; g < groups.size(); ++g) {
-    for (char c : groups[g]) mix(static_cast<unsigned char>(c));
-    mix(0);
-    mix(static_cast<unsigned char>(reduction[g]));
+    const char end[2] = {0, static_cast<char>(reduction[g])};  // the name's end, its reduction
+    h = Fnv1a(absl::string_view(end, 2), Fnv1a(groups[g], h));
   }
   return h;
 }
 
 uint64_t ConfigHash(const RuleParams& params) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a of the effective configuration's bytes
-  for (char c : EffectiveConfig(params).SerializeAsString()) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
+  return Fnv1a(EffectiveConfig(params).SerializeAsString());
 }
 
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,

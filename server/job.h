@@ -127,6 +127,10 @@ class Job {
                          NcclRendezvous nccl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // FAILED_PRECONDITION: new betas for a job whose CUDA buffers are registered.
   absl::Status RegisteredGpuBetas() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes node 0's configuration (BroadcastParams) the job's on this node, `node`: a new
+  // version, logged with `when`.
+  void TakeNodeZerosConfig(const RuleParams& node_zeros, uint32_t node, const std::string& when)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rescales stats_ (host copy) from stats_params_ to params_ (RescaleStabilizerEmas).
   void AlignStatistics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless this job spans nodes and `what` (an operator's change of its configuration or

@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
-#include "glog/logging.h"
 #include "server/cross_node.h"
 #include "server/job.h"
 
@@ -85,11 +84,8 @@ absl::Status Job::AgreeGpuLayout() {
         return failed(s);
       }
       if (!SameEffectiveConfig(node_zeros, params_)) {
-        params_ = node_zeros;
+        TakeNodeZerosConfig(node_zeros, nccl_.node_rank, "before the generation's first step");
         stats_params_ = node_zeros;  // the GPUs take node 0's statistics at the first step
-        RecordConfigChange();
-        LOG(WARNING) << "job '" << name_ << "' node " << nccl_.node_rank
-                     << ": took node 0's configuration (a multi-node job's is node 0's)";
       }
     }
     if (range[0] != -range[1]) {

@@ -8,7 +8,6 @@
 #include "absl/strings/str_join.h"
 #include "core/config.h"
 #include "core/rule.h"
-#include "glog/logging.h"
 #include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
 #include "server/job.h"
@@ -148,13 +147,11 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
   if (SameEffectiveConfig(node_zeros, *params)) return absl::OkStatus();  // node 0, or alike
   *params = node_zeros;
   absl::MutexLock lock(&mu_);
-  params_ = node_zeros;
-  AlignStatistics();        // ours, for node 0's betas, should node 0's not arrive
-  sync_statistics_ = true;  // until they have arrived (cleared once they have)
-  RecordConfigChange();
+  TakeNodeZerosConfig(node_zeros, collective->rank(), absl::StrCat("at step ", step));
+  // Ours, for node 0's betas, should node 0's statistics not arrive; asked for until they have.
+  AlignStatistics();
+  sync_statistics_ = true;
   *version = config_version_;
-  LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << ": took node 0's "
-               << "configuration at step " << step << " (a multi-node job's is node 0's)";
   return absl::OkStatus();
 }
 

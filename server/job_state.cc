@@ -58,6 +58,14 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
   return absl::OkStatus();
 }
 
+void Job::TakeNodeZerosConfig(const RuleParams& node_zeros, uint32_t node,
+                              const std::string& when) {
+  params_ = node_zeros;
+  RecordConfigChange();
+  LOG(WARNING) << "job '" << name_ << "' node " << node << ": took node 0's "
+               << "configuration " << when << " (a multi-node job's is node 0's)";
+}
+
 void Job::AlignStatistics() {
   if (SameStabilizerEmas(stats_params_, params_)) return;
   for (GroupStats& s : stats_) RescaleStabilizerEmas(stats_params_, params_, &s);
