@@ -1,103 +1,26 @@
-// Multi-node jobs on the CPU backend: N real gstabd processes on loopback, each with its own
-// socket and state folder, one worker per node, Gloo over TCP between the daemons.
-#include <fcntl.h>
-#include <sys/mman.h>
+// Multi-node jobs on the CPU backend (tests/server/multinode_cluster.h): the sharded statistics
+// every node agrees on, node 0's configuration, launchers' rendezvous, hosts and peer TLS. What
+// goes wrong is in e2e_multinode_faults_test.cc.
 #include <unistd.h>
 
 #include <filesystem>
-#include <iostream>
-#include <thread>
 
 #include "core/rule.h"
 #include "gtest/gtest.h"
-#include "tests/testing/subprocess.h"
-#include "tests/testing/worker.h"
+#include "tests/server/multinode_cluster.h"
 
 namespace gstab {
 namespace {
 
+using testing::AttachNodes;
+using testing::Cluster;
 using testing::DaemonProcess;
+using testing::kStepTimeout;
+using testing::NodeOptions;
+using testing::Same;
+using testing::StepAll;
 using testing::TempDir;
 using testing::TestWorker;
-
-constexpr char kStepTimeout[] = "--step_timeout_ms=3000";
-
-// The options of a job's one worker on node `node` of `nodes`, with rendezvous `blob`.
-AttachOptions NodeOptions(const std::string& job, uint32_t node, uint32_t nodes,
-                          const std::string& blob, v1::PolicyConfig config = {}) {
-  AttachOptions o = testing::JobOptions(job, std::move(config));
-  o.rank = node;
-  o.world_size = nodes;
-  o.node_rank = node;
-  o.node_count = nodes;
-  o.rendezvous = blob;
-  return o;
-}
-
-// One worker per daemon, attached to `job` as node i of daemons.size() with `blob`.
-std::vector<std::unique_ptr<TestWorker>> AttachNodes(
-    const std::vector<std::unique_ptr<DaemonProcess>>& daemons, const std::string& job,
-    const std::string& blob) {
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  const auto nodes = static_cast<uint32_t>(daemons.size());
-  for (uint32_t i = 0; i < nodes; ++i) {
-    auto w = TestWorker::Create(daemons[i]->socket(), NodeOptions(job, i, nodes, blob));
-    EXPECT_TRUE(w.ok()) << w.status();
-    workers.push_back(w.ok() ? *std::move(w) : nullptr);
-  }
-  return workers;
-}
-
-class Cluster {
- public:
-  explicit Cluster(int nodes) {
-    for (int i = 0; i < nodes; ++i) Start(i);
-  }
-  void Start(int node) {
-    const std::string dir = root_.path() + "/node" + std::to_string(node);
-    std::filesystem::create_directories(dir);
-    auto d = DaemonProcess::Start(dir, {"--peer_listen=127.0.0.1:0", kStepTimeout});
-    ASSERT_TRUE(d.ok()) << d.status();
-    if (static_cast<int>(daemons_.size()) <= node) daemons_.resize(node + 1);
-    daemons_[node] = std::make_unique<DaemonProcess>(*std::move(d));
-  }
-  DaemonProcess& daemon(int node) { return *daemons_[node]; }
-  int size() const { return static_cast<int>(daemons_.size()); }
-
-  // A fresh rendezvous from node 0's daemon (what global rank 0 does).
-  std::string Rendezvous(const std::string& job) {
-    auto client = Client::Connect(daemons_[0]->socket());
-    EXPECT_TRUE(client.ok());
-    absl::StatusOr<std::string> blob = (*client)->CreateRendezvous(job, size());
-    EXPECT_TRUE(blob.ok()) << blob.status();
-    return blob.value_or("");
-  }
-
-  std::vector<std::unique_ptr<TestWorker>> Attach(const std::string& job) {
-    return Attach(job, Rendezvous(job));
-  }
-  std::vector<std::unique_ptr<TestWorker>> Attach(const std::string& job, const std::string& blob) {
-    return AttachNodes(daemons_, job, blob);
-  }
-
- private:
-  TempDir root_;
-  std::vector<std::unique_ptr<DaemonProcess>> daemons_;
-};
-
-// Every node steps at once (each blocks in the collective); step numbers may differ per node.
-std::vector<absl::StatusOr<v1::StepResponse>> StepAll(
-    const std::vector<std::unique_ptr<TestWorker>>& workers, std::vector<uint64_t> steps) {
-  std::vector<absl::StatusOr<v1::StepResponse>> out(workers.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < workers.size(); ++i) {
-    threads.emplace_back([&, i] { out[i] = workers[i]->client().Step(steps[i]); });
-  }
-  for (std::thread& t : threads) t.join();
-  return out;
-}
-
-std::vector<uint64_t> Same(size_t n, uint64_t step) { return std::vector<uint64_t>(n, step); }
 
 class MultiNodeTest : public ::testing::TestWithParam<int> {};
 
@@ -225,128 +148,6 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
     groups.push_back(stats->groups(0).SerializeAsString());
   }
   EXPECT_EQ(groups[0], groups[1]) << "the nodes' statistics differ";
-}
-
-// A node that refuses a step (here: its worker truncated its shared memory) says so in the
-// step's check: the other nodes leave the step at once, nothing changes anywhere, and the
-// communicator goes on without a new rendezvous.
-TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
-  Cluster cluster(2);
-  const std::string blob = cluster.Rendezvous("refusing");
-  auto workers = cluster.Attach("refusing", blob);
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
-
-  const int fd = shm_open(workers[1]->arena().shm_name().c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 4096), 0);
-  close(fd);
-  const absl::Time start = absl::Now();
-  auto refused = StepAll(workers, Same(2, 2));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "the other node waited out its timeout";
-  EXPECT_EQ(refused[1].status().code(), absl::StatusCode::kFailedPrecondition)
-      << refused[1].status();
-  EXPECT_EQ(refused[0].status().code(), absl::StatusCode::kAborted) << refused[0].status();
-  EXPECT_NE(refused[0].status().message().find("refused on another node"), std::string::npos)
-      << refused[0].status();
-
-  // Node 1's worker starts afresh (attach and register again, the same blob); no rendezvous.
-  auto restarted =
-      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("refusing", 1, 2, blob));
-  ASSERT_TRUE(restarted.ok()) << restarted.status();
-  workers[1] = *std::move(restarted);
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(2, 3))) EXPECT_TRUE(r.ok()) << r.status();
-}
-
-// A worker that attaches with an older blob than its job runs with (a restart that kept an old
-// GSTAB_RENDEZVOUS) is refused, and the job's current generation goes on.
-TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
-  Cluster cluster(2);
-  const std::string old_blob = cluster.Rendezvous("stale");
-  auto workers = cluster.Attach("stale");  // with a newer blob: the next generation
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
-
-  absl::Status refused =
-      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("stale", 1, 2, old_blob)).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
-  EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
-      << refused;
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(2, 2))) EXPECT_TRUE(r.ok()) << r.status();
-}
-
-TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
-  Cluster cluster(3);
-  auto workers = cluster.Attach("faulty");
-  std::vector<std::unique_ptr<TestWorker>> solo;  // a single-node job on nodes 0 and 1
-  for (int i = 0; i < 2; ++i) {
-    AttachOptions o;
-    o.job = "solo";
-    auto w = TestWorker::Create(cluster.daemon(i).socket(), o);
-    ASSERT_TRUE(w.ok());
-    solo.push_back(*std::move(w));
-  }
-  uint64_t solo_step = 0;
-  auto step_solo = [&] {
-    ++solo_step;
-    for (auto& w : solo) {
-      w->Fill(solo_step, 7);
-      absl::StatusOr<v1::StepResponse> r = w->client().Step(solo_step);
-      EXPECT_TRUE(r.ok()) << "the other job noticed: " << r.status();
-    }
-  };
-  for (uint64_t step = 1; step <= 3; ++step) {
-    for (size_t i = 0; i < workers.size(); ++i)
-      workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
-    for (auto& r : StepAll(workers, Same(3, step))) ASSERT_TRUE(r.ok()) << r.status();
-    step_solo();
-  }
-
-  cluster.daemon(2).process().Signal(SIGKILL);
-  ASSERT_TRUE(cluster.daemon(2).process().Wait(absl::Seconds(10)).ok());
-  std::vector<std::unique_ptr<TestWorker>> survivors;
-  survivors.push_back(std::move(workers[0]));
-  survivors.push_back(std::move(workers[1]));
-  const absl::Time start = absl::Now();
-  std::thread other_job([&] { step_solo(); });
-  auto failed = StepAll(survivors, Same(2, 4));
-  other_job.join();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "a dead node must not hang the others";
-  std::cerr << "killed-node error: " << failed[0].status() << "\n";
-  for (size_t i = 0; i < failed.size(); ++i) {
-    const absl::StatusCode code = failed[i].status().code();
-    EXPECT_TRUE(code == absl::StatusCode::kUnavailable ||
-                code == absl::StatusCode::kDeadlineExceeded)
-        << failed[i].status();
-    EXPECT_NE(failed[i].status().message().find("node(s) 2 of 3"), std::string::npos)
-        << failed[i].status();
-  }
-  // Without a new rendezvous the communicator stays down, and says so at once.
-  survivors[0]->Fill(5, 1);
-  EXPECT_EQ(survivors[0]->client().Step(5).status().code(), absl::StatusCode::kFailedPrecondition);
-  step_solo();
-
-  // Recovery: node 2 comes back, rank 0 makes a new rendezvous, every worker attaches again.
-  cluster.Start(2);
-  auto again = cluster.Attach("faulty");
-  for (uint64_t step = 6; step <= 8; ++step) {
-    for (size_t i = 0; i < again.size(); ++i) again[i]->Fill(step, static_cast<uint32_t>(1 + i));
-    auto results = StepAll(again, Same(3, step));
-    for (auto& r : results) {
-      ASSERT_TRUE(r.ok()) << r.status();
-      EXPECT_EQ(r->SerializeAsString(), results[0]->SerializeAsString());
-    }
-  }
-  // The restarted node took node 0's statistics: all agree.
-  auto s0 = again[0]->client().GetStats();
-  auto s2 = again[2]->client().GetStats();
-  ASSERT_TRUE(s0.ok() && s2.ok());
-  EXPECT_EQ(s0->groups(0).m(), s2->groups(0).m());
-  EXPECT_EQ(s0->groups(0).accepted_steps(), s2->groups(0).accepted_steps());
-  EXPECT_EQ(s0->groups(0).accepted_steps(), 6u);
-  step_solo();
 }
 
 TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
@@ -552,55 +353,6 @@ TEST(MultiNodePeerTlsTest, AnUntrustedDaemonCannotJoinTheRendezvous) {
               untrusted.code() == absl::StatusCode::kDeadlineExceeded)
       << untrusted;
   std::cout << "node 0: " << results[0].status() << "\nnode 1: " << untrusted << "\n";
-}
-
-TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
-  Cluster cluster(3);
-  auto workers = cluster.Attach("stalled");
-  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
-
-  cluster.daemon(1).process().Signal(SIGSTOP);  // alive but silent
-  std::vector<std::unique_ptr<TestWorker>> others;
-  others.push_back(std::move(workers[0]));
-  others.push_back(std::move(workers[2]));
-  const absl::Time start = absl::Now();
-  auto failed = StepAll(others, Same(2, 2));
-  const absl::Duration took = absl::Now() - start;
-  cluster.daemon(1).process().Signal(SIGCONT);
-  EXPECT_LT(took, absl::Seconds(20)) << "a stalled node must not hang the others";
-  for (auto& r : failed) {
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
-    EXPECT_NE(r.status().message().find("node(s) 1 of 3"), std::string::npos) << r.status();
-  }
-  std::cerr << "stalled-node error: " << failed[0].status() << "\n";
-}
-
-TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
-  Cluster cluster(2);
-  auto workers = cluster.Attach("mismatch");
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
-
-  auto skewed = StepAll(workers, {5, 6});
-  for (auto& r : skewed) {
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(r.status().message().find("step numbers differ"), std::string::npos) << r.status();
-  }
-  for (auto& r : StepAll(workers, Same(2, 7))) EXPECT_TRUE(r.ok()) << r.status();
-  auto stats = workers[0]->client().GetStats();
-  EXPECT_EQ(stats->groups(0).accepted_steps(), 2u);  // the rejected step changed nothing
-
-  // Node 1 re-registers a different set of groups.
-  GradientArena other;
-  other.AddTensor("x", 100, DType::kFloat32, "other-group");
-  ASSERT_TRUE(other.Allocate().ok());
-  ASSERT_TRUE(workers[1]->client().Register(other).ok());
-  auto bad = StepAll(workers, Same(2, 8));
-  for (auto& r : bad) {
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(r.status().message().find("layouts differ"), std::string::npos) << r.status();
-  }
 }
 
 }  // namespace
