@@ -171,7 +171,7 @@ GSTAB_HD inline bool SameStabilizerEmas(const RuleParams& a, const RuleParams& b
 GSTAB_HD inline void RescaleStabilizerEmas(const RuleParams& from, const RuleParams& to,
                                            GroupStats* s) {
   using rule_internal::BiasWeight;
-  if (s->t == 0) return;
+  if (s->t == 0 || SameStabilizerEmas(from, to)) return;
   s->m *= BiasWeight(to.bias_correction, to.beta1, s->t) /
           BiasWeight(from.bias_correction, from.beta1, s->t);
   s->v *= BiasWeight(to.bias_correction, to.beta2, s->t) /

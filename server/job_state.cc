@@ -67,7 +67,7 @@ void Job::TakeNodeZerosConfig(const RuleParams& node_zeros, uint32_t node,
 }
 
 void Job::AlignStatistics() {
-  if (SameStabilizerEmas(stats_params_, params_)) return;
+  if (SameStabilizerEmas(stats_params_, params_)) return;  // every step: no loop over groups
   for (GroupStats& s : stats_) RescaleStabilizerEmas(stats_params_, params_, &s);
   stats_params_ = params_;
 }
