@@ -137,6 +137,7 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
     }
   }
   slots_.clear();
+  ++generations_ended_;
   generation_id_.clear();
   layout_agreed_ = false;
   multi_rank_ = false;

@@ -74,6 +74,9 @@ class GpuWorkers {
   // every local pipeline has (INVALID_ARGUMENT when the local workers' pipelines differ).
   bool layout_agreed() const { return layout_agreed_; }
   void set_layout_agreed() { layout_agreed_ = true; }
+  // Counts the generations Close has ended (a wait without the job's lock tells by it whether
+  // its generation is still the current one).
+  uint64_t generations_ended() const { return generations_ended_; }
   absl::StatusOr<uint32_t> LocalGroupCount() const;
   // The newest step local_rank enqueued, if any.
   std::optional<uint64_t> LastStep(uint32_t local_rank) const;
@@ -98,6 +101,7 @@ class GpuWorkers {
   std::string generation_id_;  // a single-node multi-GPU job's NCCL id for this generation
   bool layout_agreed_ = false;
   bool multi_rank_ = false;
+  uint64_t generations_ended_ = 0;
 };
 
 }  // namespace gstab

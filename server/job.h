@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -154,8 +155,10 @@ class Job {
   // and hears `why` when it steps before it has. `gone`: a local rank whose worker is gone.
   void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Agrees the GPUs' group count (locally, then across nodes) before a generation's first step.
-  absl::Status AgreeGpuLayout() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Agrees the GPUs' group count (locally, then across nodes) before a generation's first step,
+  // for local_rank's Step. Releases mu_ while it waits for the other nodes (or for another
+  // local rank's agreement); FAILED_PRECONDITION when the generation ended meanwhile.
+  absl::Status AgreeGpuLayout(uint32_t local_rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the GPU-resident statistics into stats_ without waiting for the GPU: the exact ones
   // when it is idle, else the newest finished step's, whose step it returns then.
   std::optional<uint64_t> RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -212,6 +215,9 @@ class Job {
   v1::RendezvousInfo rendezvous_ ABSL_GUARDED_BY(mu_);  // the current one's (JoinRendezvous)
   NcclRendezvous nccl_ ABSL_GUARDED_BY(mu_);
   bool nccl_spent_ ABSL_GUARDED_BY(mu_) = false;  // a generation of nccl_'s id has ended
+  bool agreeing_layout_ ABSL_GUARDED_BY(mu_) = false;  // AgreeGpuLayout waits for the nodes
+  // Its failure, and the generation it failed in (GpuWorkers::generations_ended then).
+  std::pair<uint64_t, absl::Status> layout_failure_ ABSL_GUARDED_BY(mu_);
   bool sync_statistics_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;

@@ -50,50 +50,75 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   return absl::OkStatus();
 }
 
-absl::Status Job::AgreeGpuLayout() {
+absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   // Before the first collective of a generation the GPUs must agree on the group count: the
   // per-step check runs inside collectives whose size is that count. Locally on the host;
   // across nodes through the job's node collective (once per generation, waiting for every
-  // node's first step).
+  // node's first step, so without mu_: GetStats, exports, checkpoints and shutdown go on
+  // meanwhile; another local rank's Step waits for this one's agreement).
   if (absl::Status s = gpus_.AllRegistered(); !s.ok()) return s;
   absl::StatusOr<uint32_t> groups = gpus_.LocalGroupCount();
   if (!groups.ok()) return groups.status();
-  if (collective_ != nullptr) {
-    auto failed = [&](const absl::Status& s) {
-      return absl::Status(s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ",
-                                                 nccl_.node_count,
-                                                 ": agreeing the GPUs' group count and "
-                                                 "configuration with the other nodes before the "
-                                                 "first step: ",
-                                                 s.message()));
-    };
-    // The configuration too: a CUDA step's is not checked across nodes, so every node takes
-    // node 0's here, once per generation (UpdateConfig is refused while GPUs are registered).
-    const double n = *groups;
-    const uint64_t config = ConfigHash(params_);
-    const double hi = static_cast<double>(config >> 32);
-    const double lo = static_cast<double>(config & 0xffffffffu);
-    std::vector<double> range = {n, -n, hi, -hi, lo, -lo};
-    if (absl::Status s = collective_->AllReduceMax(absl::MakeSpan(range), nccl_.timeout); !s.ok()) {
-      return failed(s);
-    }
-    if (range[2] != -range[3] || range[4] != -range[5]) {
-      RuleParams node_zeros = params_;
-      if (absl::Status s = BroadcastParams(collective_.get(), nccl_.timeout, &node_zeros);
-          !s.ok()) {
-        return failed(s);
-      }
-      if (!SameEffectiveConfig(node_zeros, params_)) {
-        TakeNodeZerosConfig(node_zeros, nccl_.node_rank, "before the generation's first step");
-        stats_params_ = node_zeros;  // the GPUs take node 0's statistics at the first step
-      }
-    }
-    if (range[0] != -range[1]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
-          " on this node, between ", -range[1], " and ", range[0],
-          " across nodes); every node must register the same groups; nothing was summed"));
-    }
+  if (collective_ == nullptr) {
+    gpus_.set_layout_agreed();
+    return absl::OkStatus();
+  }
+  const uint64_t generation = gpus_.generations_ended();
+  auto generation_ended = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (gpus_.generations_ended() == generation && gpus_.Has(local_rank)) return absl::OkStatus();
+    auto again = register_again_.find(local_rank);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "local rank ", local_rank, " of job '", name_, "': ",
+        again != register_again_.end() ? again->second : "register the buffers again"));
+  };
+  // Another local rank's Step agreeing for this generation: its outcome is this one's.
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !agreeing_layout_; };
+  mu_.Await(absl::Condition(&idle));
+  if (absl::Status s = generation_ended(); !s.ok()) return s;
+  if (gpus_.layout_agreed()) return absl::OkStatus();
+  if (layout_failure_.first == generation && !layout_failure_.second.ok()) {
+    return layout_failure_.second;
+  }
+  auto failed = [&](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ",
+                                               nccl_.node_count,
+                                               ": agreeing the GPUs' group count and "
+                                               "configuration with the other nodes before the "
+                                               "first step: ",
+                                               s.message()));
+  };
+  // The configuration too: a CUDA step's is not checked across nodes, so every node takes
+  // node 0's here, once per generation (UpdateConfig and ImportState are refused while GPUs
+  // are registered: params_ stays as it is while mu_ is released below).
+  const std::shared_ptr<Collective> collective = collective_;
+  const absl::Duration timeout = nccl_.timeout;
+  const double n = *groups;
+  const uint64_t config = ConfigHash(params_);
+  const double hi = static_cast<double>(config >> 32);
+  const double lo = static_cast<double>(config & 0xffffffffu);
+  std::vector<double> range = {n, -n, hi, -hi, lo, -lo};
+  RuleParams node_zeros = params_;
+  agreeing_layout_ = true;
+  mu_.Unlock();
+  absl::Status agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
+  const bool configs_differ = range[2] != -range[3] || range[4] != -range[5];
+  if (agreed.ok() && configs_differ) agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
+  mu_.Lock();
+  agreeing_layout_ = false;
+  if (absl::Status s = generation_ended(); !s.ok()) return s;
+  if (!agreed.ok()) {
+    layout_failure_ = {generation, failed(agreed)};  // the node collective is broken now
+    return layout_failure_.second;
+  }
+  if (configs_differ && !SameEffectiveConfig(node_zeros, params_)) {
+    TakeNodeZerosConfig(node_zeros, nccl_.node_rank, "before the generation's first step");
+    stats_params_ = node_zeros;  // the GPUs take node 0's statistics at the first step
+  }
+  if (range[0] != -range[1]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
+        " on this node, between ", -range[1], " and ", range[0],
+        " across nodes); every node must register the same groups; nothing was summed"));
   }
   gpus_.set_layout_agreed();
   return absl::OkStatus();
@@ -147,10 +172,6 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
           "local rank ", local_rank, " of job '", name_,
           "': ", again != register_again_.end() ? again->second : "register the buffers again"));
     }
-    primary = local_rank == gpus_.primary();
-    if (!gpus_.layout_agreed()) {
-      if (absl::Status s = AgreeGpuLayout(); !s.ok()) return s;
-    }
     if (ready_value == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("local rank ", local_rank, " of job '", name_,
@@ -158,6 +179,11 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
                        " carries no ready_value: the worker's stream writes it to the ready word "
                        "(RegisterBuffersResponse.ready_offset) after its backward pass"));
     }
+    if (!gpus_.layout_agreed()) {  // may release mu_ while it waits for the other nodes
+      if (absl::Status s = AgreeGpuLayout(local_rank); !s.ok()) return s;
+      if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
+    }
+    primary = local_rank == gpus_.primary();
     // A disagreement is reported before a step is enqueued: once one is, the answer must be
     // OK, so that the worker's stream waits for its done word before touching the gradients.
     if (auto mismatch = gpu_mismatch_.find(local_rank); mismatch != gpu_mismatch_.end()) {

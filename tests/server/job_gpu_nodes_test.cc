@@ -1,0 +1,112 @@
+// The first step of a CUDA job across nodes: the nodes agree their GPUs' group count and take
+// node 0's configuration through the job's node collective (real Gloo, through a real
+// rendezvous store on loopback), without holding the job while they wait for each other.
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/config.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/gloo_collective.h"
+#include "server/rendezvous_store.h"
+#include "tests/server/fake_gpu.h"
+
+namespace gstab {
+namespace {
+
+// The rendezvous store as node 0's gstabd serves it (gstab.v1.Rendezvous), on loopback.
+class LoopbackStore {
+ public:
+  LoopbackStore() : service_(&store_) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+  }
+  ~LoopbackStore() {
+    store_.Close();
+    server_->Shutdown();
+  }
+  // A rendezvous of `nodes` nodes in it.
+  v1::RendezvousInfo Rendezvous(uint32_t nodes) {
+    v1::RendezvousInfo info;
+    info.set_format_version(1);
+    info.set_store_address(absl::StrCat("127.0.0.1:", port_));
+    info.set_token(store_.NewToken());
+    info.set_node_count(nodes);
+    return info;
+  }
+
+ private:
+  RendezvousStore store_;
+  RendezvousService service_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// Node `node` of a job of `nodes` nodes, one GPU, on fake pipelines.
+struct GpuNode {
+  GpuNode(const v1::RendezvousInfo& info, uint32_t node, const RuleParams& params,
+          absl::Duration timeout)
+      : job("nodes-job", params, 1, nullptr, nullptr, LaggingBackend(&live)) {
+    job.SetCollective(std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
+                      NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node,
+                                     info.node_count(), timeout});
+    EXPECT_TRUE(worker.Register(&job).ok());
+  }
+  int live = 0;
+  Job job;
+  FakeCudaWorker worker;
+};
+
+// While a node's first step waits for the other nodes, the job still answers GetStats and
+// exports (a checkpoint, gstabctl, a scrape): before, they waited up to the step deadline.
+TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
+  LoopbackStore store;
+  GpuNode node0(store.Rendezvous(2), 0, RuleParams{}, absl::Seconds(3));
+  std::atomic<bool> stepped{false};
+  absl::Status status;
+  std::thread step([&] {
+    v1::StepResponse r;
+    status = node0.job.Step(0, 1, absl::Seconds(3), &r, kReady);
+    stepped = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // into its wait for node 1, which never comes
+  v1::GetStatsResponse stats;
+  node0.job.GetStats(&stats);
+  EXPECT_EQ(stats.job(), "nodes-job");
+  EXPECT_EQ(node0.job.ExportState().job(), "nodes-job");
+  EXPECT_FALSE(stepped) << "the step returned early: " << status;
+  step.join();  // at its deadline
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("agreeing the GPUs' group count"), std::string::npos) << status;
+}
+
+// Two nodes whose configurations differ: both agree at the first step, and node 1 takes node
+// 0's configuration there; the steps are enqueued on both.
+TEST(JobGpuNodesTest, NodesAgreeAtTheFirstStepAndTakeNodeZerosConfiguration) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  RuleParams zeros = RuleParams{};
+  zeros.policy = PolicyKind::kClip;
+  GpuNode node0(info, 0, zeros, absl::Seconds(30));
+  GpuNode node1(info, 1, RuleParams{}, absl::Seconds(30));
+  absl::Status status1;
+  std::thread other([&] {
+    v1::StepResponse r;
+    status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, kReady);
+  });
+  v1::StepResponse r;
+  EXPECT_TRUE(node0.job.Step(0, 1, absl::Seconds(30), &r, kReady).ok());
+  other.join();
+  EXPECT_TRUE(status1.ok()) << status1;
+  EXPECT_EQ(node1.job.params().policy, PolicyKind::kClip);
+  v1::GetStatsResponse stats;
+  node1.job.GetStats(&stats);
+  EXPECT_EQ(stats.last_step(), 1u);
+}
+
+}  // namespace
+}  // namespace gstab
