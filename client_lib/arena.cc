@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,11 +20,17 @@ constexpr uint64_t kAlign = 64;
 // Far beyond any host's memory, and short of overflowing the offsets.
 constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
 
+constexpr const char* kShmHint =
+    " (enlarge the /dev/shm that gstabd shares: the node's, for a container with the host's IPC "
+    "namespace as on Kubernetes, where a volume mounted on /dev/shm would hide it from gstabd; "
+    "Docker's --shm-size otherwise)";
+
 }  // namespace
 
 GradientArena::~GradientArena() {
   if (base_ != nullptr) munmap(base_, size_);
-  if (!name_.empty()) shm_unlink(name_.c_str());
+  // A forked child's copy leaves the object to its parent, which gstabd maps by its name.
+  if (!name_.empty() && getpid() == owner_) shm_unlink(name_.c_str());
 }
 
 size_t GradientArena::AddTensor(std::string name, uint64_t numel, DType dtype, std::string group,
@@ -48,7 +55,17 @@ absl::Status GradientArena::Allocate() {
     offset += (t.numel * ElementSize(t.dtype) + kAlign - 1) / kAlign * kAlign;
   }
   RemoveStaleShmObjects();
+  // Refused at once when /dev/shm has less room free: reserving the pages of a size beyond it
+  // could fill the host's memory first (a /dev/shm as large as it), and be killed for it.
+  struct statvfs shm;
+  if (statvfs("/dev/shm", &shm) == 0 &&
+      offset > static_cast<uint64_t>(shm.f_bavail) * static_cast<uint64_t>(shm.f_frsize)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate ", offset, " bytes of shared memory in /dev/shm: it has ",
+        static_cast<uint64_t>(shm.f_bavail) * shm.f_frsize, " bytes free", kShmHint));
+  }
   name_ = NewShmName();
+  owner_ = getpid();
   const int fd = shm_open(name_.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   if (fd < 0) {
     const std::string err = strerror(errno);
@@ -76,11 +93,7 @@ absl::Status GradientArena::Allocate() {
     name_.clear();
     return absl::ResourceExhaustedError(absl::StrCat(
         "cannot allocate ", size_, " bytes of shared memory in /dev/shm: ", err,
-        reserved == ENOSPC ? " (enlarge the /dev/shm that gstabd shares: the node's, for a "
-                             "container with the host's IPC namespace as on Kubernetes, where a "
-                             "volume mounted on /dev/shm would hide it from gstabd; Docker's "
-                             "--shm-size otherwise)"
-                           : ""));
+        reserved == ENOSPC ? kShmHint : ""));
   }
   base_ = static_cast<unsigned char*>(base);
   for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].byte_offset = offsets[i];

@@ -13,6 +13,8 @@
 // thread.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -64,6 +66,7 @@ class GradientArena {
   };
   std::vector<Entry> tensors_;
   std::string name_;
+  pid_t owner_ = 0;  // the process that created the object (the one that removes it)
   unsigned char* base_ = nullptr;
   size_t size_ = 0;
 };

@@ -10,6 +10,7 @@
 
 struct gstab_arena {
   gstab::GradientArena arena;
+  pid_t owner = getpid();
 };
 
 namespace gstab::capi {
@@ -18,8 +19,16 @@ thread_local std::string g_last_error;
 }  // namespace
 
 gstab_status Report(const absl::Status& status) {
-  g_last_error = std::string(status.message());
+  if (!status.ok()) g_last_error = std::string(status.message());
   return static_cast<gstab_status>(status.code());
+}
+
+absl::Status CheckOwner(pid_t owner, const char* what) {
+  if (owner == getpid()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "this ", what, " was made by process ", owner, ", not this one (", getpid(),
+      "): a forked child makes its own (it inherits its parent's handles, not their threads, "
+      "connection or ownership of shared memory)"));
 }
 
 void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result) {
@@ -40,7 +49,17 @@ void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_res
   result->stabilized_norm = std::sqrt(stabilized);
 }
 
-absl::Status CheckTensor(gstab_dtype dtype, uint32_t flags) {
+absl::Status CheckTensor(const char* name, uint64_t numel, gstab_dtype dtype, uint32_t flags) {
+  if (numel == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' has no elements: add only tensors that hold some"));
+  }
+  constexpr uint64_t kMaxElements = uint64_t{1} << 50;  // far beyond any machine's memory
+  if (numel > kMaxElements) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has ", numel,
+                                                   " elements, more than 2^50: is its element "
+                                                   "count right?"));
+  }
   if (dtype < GSTAB_FLOAT32 || dtype > GSTAB_FLOAT16) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown dtype ", static_cast<int>(dtype),
@@ -69,6 +88,8 @@ v1::Reduction ReductionOf(uint32_t flags) {
 
 namespace {
 
+using gstab::capi::CheckOwner;
+using gstab::capi::Guarded;
 using gstab::capi::Report;
 
 }  // namespace
@@ -83,13 +104,20 @@ gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
   if (socket_path == nullptr || out == nullptr) {
     return Report(absl::InvalidArgumentError("socket_path and out must not be NULL"));
   }
-  auto client = gstab::Client::Connect(socket_path);
-  if (!client.ok()) return Report(client.status());
-  *out = new gstab_client{*std::move(client), {}};
-  return Report(absl::OkStatus());
+  return Guarded([&] {
+    auto client = gstab::Client::Connect(socket_path);
+    if (!client.ok()) return Report(client.status());
+    *out = new gstab_client;
+    (*out)->client = *std::move(client);
+    return GSTAB_OK;
+  });
 }
 
-void gstab_client_destroy(gstab_client* client) { delete client; }
+void gstab_client_destroy(gstab_client* client) {
+  // A forked child's copy is left alone: closing it would wait for a thread that is not there
+  // and detach its parent's session.
+  if (client != nullptr && CheckOwner(client->owner, "client").ok()) delete client;
+}
 
 gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
                           uint32_t local_rank, uint32_t local_world_size, const char* policy) {
@@ -104,16 +132,22 @@ gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, 
 
 gstab_status gstab_detach(gstab_client* client) {
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
-  return Report(client->client->Detach());
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] { return Report(client->client->Detach()); });
 }
 
 gstab_status gstab_arena_create(gstab_arena** out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
-  *out = new gstab_arena;
-  return Report(absl::OkStatus());
+  return Guarded([&] {
+    *out = new gstab_arena;
+    return GSTAB_OK;
+  });
 }
 
-void gstab_arena_destroy(gstab_arena* arena) { delete arena; }
+void gstab_arena_destroy(gstab_arena* arena) {
+  // A forked child's copy is left alone: destroying it would remove the parent's shared memory.
+  if (arena != nullptr && CheckOwner(arena->owner, "arena").ok()) delete arena;
+}
 
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
                                     gstab_dtype dtype, const char* group, size_t* index) {
@@ -126,22 +160,27 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
   if (arena == nullptr || name == nullptr) {
     return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
-  if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
+  if (absl::Status s = gstab::capi::CheckTensor(name, numel, dtype, flags); !s.ok()) {
+    return Report(s);
+  }
   if (arena->arena.allocated()) {
     return Report(absl::FailedPreconditionError(
         absl::StrCat("tensor '", name,
                      "' comes after the arena was allocated: add every tensor before allocating")));
   }
-  const size_t i =
-      arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
-                             group == nullptr ? "" : group, gstab::capi::ReductionOf(flags));
-  if (index != nullptr) *index = i;
-  return Report(absl::OkStatus());
+  return Guarded([&] {
+    const size_t i =
+        arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
+                               group == nullptr ? "" : group, gstab::capi::ReductionOf(flags));
+    if (index != nullptr) *index = i;
+    return GSTAB_OK;
+  });
 }
 
 gstab_status gstab_arena_allocate(gstab_arena* arena) {
   if (arena == nullptr) return Report(absl::InvalidArgumentError("arena must not be NULL"));
-  return Report(arena->arena.Allocate());
+  if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) return Report(s);
+  return Guarded([&] { return Report(arena->arena.Allocate()); });
 }
 
 void* gstab_arena_data(gstab_arena* arena, size_t index) {
@@ -153,19 +192,23 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
   if (client == nullptr || arena == nullptr) {
     return Report(absl::InvalidArgumentError("client and arena must not be NULL"));
   }
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   if (!arena->arena.allocated()) {
     return Report(absl::FailedPreconditionError(
         "the arena has no memory yet: call gstab_arena_allocate before registering it"));
   }
-  return Report(client->client->Register(arena->arena));
+  return Guarded([&] { return Report(client->client->Register(arena->arena)); });
 }
 
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result) {
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
-  absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
-  if (!r.ok()) return Report(r.status());
-  gstab::capi::SetLastStep(client, *std::move(r), result);
-  return Report(absl::OkStatus());
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
+    if (!r.ok()) return Report(r.status());
+    gstab::capi::SetLastStep(client, *std::move(r), result);
+    return GSTAB_OK;
+  });
 }
 
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out) {
@@ -178,7 +221,7 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
   const auto& g = client->last_step.groups(static_cast<int>(index));
   *out = gstab_group_result{g.group().c_str(), g.norm(),    g.stabilized_norm(), g.scale(), g.z(),
                             g.spike(),         g.skipped(), g.diverging()};
-  return Report(absl::OkStatus());
+  return GSTAB_OK;
 }
 
 }  // extern "C"

@@ -6,21 +6,32 @@
 
 struct gstab_cuda_gradients {
   std::unique_ptr<gstab::CudaGradients> gradients;
+  pid_t owner = getpid();
 };
 
+using gstab::capi::CheckOwner;
+using gstab::capi::Guarded;
 using gstab::capi::Report;
 
 extern "C" {
 
 gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
-  absl::StatusOr<std::unique_ptr<gstab::CudaGradients>> g = gstab::CudaGradients::Create(device);
-  if (!g.ok()) return Report(g.status());
-  *out = new gstab_cuda_gradients{*std::move(g)};
-  return Report(absl::OkStatus());
+  return Guarded([&] {
+    absl::StatusOr<std::unique_ptr<gstab::CudaGradients>> g =
+        gstab::CudaGradients::Create(device);
+    if (!g.ok()) return Report(g.status());
+    *out = new gstab_cuda_gradients{*std::move(g)};
+    return GSTAB_OK;
+  });
 }
 
-void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients) { delete gradients; }
+void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients) {
+  // A forked child's copy is left alone: its CUDA context is not the child's.
+  if (gradients != nullptr && CheckOwner(gradients->owner, "CUDA gradients").ok()) {
+    delete gradients;
+  }
+}
 
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
                                    void* device_ptr, uint64_t numel, gstab_dtype dtype,
@@ -34,10 +45,15 @@ gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const 
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
-  if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
-  return Report(gradients->gradients->AddTensor(
-      name, device_ptr, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group,
-      gstab::capi::ReductionOf(flags)));
+  if (absl::Status s = gstab::capi::CheckTensor(name, numel, dtype, flags); !s.ok()) {
+    return Report(s);
+  }
+  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    return Report(gradients->gradients->AddTensor(
+        name, device_ptr, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group,
+        gstab::capi::ReductionOf(flags)));
+  });
 }
 
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
@@ -52,20 +68,27 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, c
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
-  if (absl::Status s = gstab::capi::CheckTensor(dtype, flags); !s.ok()) return Report(s);
-  absl::StatusOr<void*> p = gradients->gradients->AllocateTensor(
-      name, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group,
-      gstab::capi::ReductionOf(flags));
-  if (!p.ok()) return Report(p.status());
-  *device_ptr = *p;
-  return Report(absl::OkStatus());
+  if (absl::Status s = gstab::capi::CheckTensor(name, numel, dtype, flags); !s.ok()) {
+    return Report(s);
+  }
+  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<void*> p = gradients->gradients->AllocateTensor(
+        name, numel, static_cast<gstab::DType>(dtype), group == nullptr ? "" : group,
+        gstab::capi::ReductionOf(flags));
+    if (!p.ok()) return Report(p.status());
+    *device_ptr = *p;
+    return GSTAB_OK;
+  });
 }
 
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients) {
   if (client == nullptr || gradients == nullptr) {
     return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
   }
-  return Report(gradients->gradients->Register(client->client.get()));
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
+  return Guarded([&] { return Report(gradients->gradients->Register(client->client.get())); });
 }
 
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
@@ -73,12 +96,15 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
   if (client == nullptr || gradients == nullptr) {
     return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
   }
-  absl::StatusOr<gstab::v1::StepResponse> r =
-      gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
-  if (!r.ok()) return Report(r.status());
-  if (result_step != nullptr) *result_step = r->results_step();
-  gstab::capi::SetLastStep(client, *std::move(r), result);
-  return Report(absl::OkStatus());
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<gstab::v1::StepResponse> r =
+        gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
+    if (!r.ok()) return Report(r.status());
+    if (result_step != nullptr) *result_step = r->results_step();
+    gstab::capi::SetLastStep(client, *std::move(r), result);
+    return GSTAB_OK;
+  });
 }
 
 const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes) {

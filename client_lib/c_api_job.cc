@@ -10,12 +10,17 @@
 
 namespace {
 
+using gstab::capi::CheckOwner;
+using gstab::capi::Guarded;
 using gstab::capi::Report;
 
+// No name: no policy asked for (an existing or restored job keeps its own, a new one gets the
+// default, stabilize).
 absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
   gstab::v1::PolicyConfig config;
   const std::string name = policy == nullptr ? "" : policy;
-  if (name.empty() || name == "stabilize") {
+  if (name.empty()) return config;
+  if (name == "stabilize") {
     config.set_policy(gstab::v1::POLICY_STABILIZE);
   } else if (name == "stabilize-stable-spam") {
     config.set_policy(gstab::v1::POLICY_STABILIZE);
@@ -42,7 +47,7 @@ gstab_status HandOut(const std::string& bytes, void** out, size_t* size) {
   static_cast<char*>(copy)[bytes.size()] = '\0';
   *out = copy;
   if (size != nullptr) *size = bytes.size();
-  return Report(absl::OkStatus());
+  return GSTAB_OK;
 }
 
 }  // namespace
@@ -57,25 +62,32 @@ gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
   if (options->rendezvous == nullptr && options->rendezvous_size != 0) {
     return Report(absl::InvalidArgumentError("rendezvous is NULL but rendezvous_size is not 0"));
   }
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   absl::StatusOr<gstab::v1::PolicyConfig> policy = PolicyFromName(options->policy);
   if (!policy.ok()) return Report(policy.status());
   absl::StatusOr<gstab::v1::PolicyConfig> settings =
       gstab::ParseConfigSettings(options->config == nullptr ? "" : options->config);
   if (!settings.ok()) return Report(settings.status());
-  gstab::AttachOptions o;
-  o.job = job;
-  o.rank = options->rank;
-  o.world_size = options->world_size;
-  o.local_rank = options->local_rank;
-  o.local_world_size = options->local_world_size;
-  o.node_rank = options->node_rank;
-  o.node_count = options->node_count;
-  if (options->rendezvous != nullptr) {
-    o.rendezvous.assign(static_cast<const char*>(options->rendezvous), options->rendezvous_size);
-  }
-  o.config = *std::move(policy);
-  o.config.MergeFrom(*settings);
-  return Report(client->client->Attach(o));
+  return Guarded([&] {
+    gstab::AttachOptions o;
+    o.job = job;
+    o.rank = options->rank;
+    o.world_size = options->world_size;
+    o.local_rank = options->local_rank;
+    o.local_world_size = options->local_world_size;
+    o.node_rank = options->node_rank;
+    o.node_count = options->node_count;
+    if (options->rendezvous != nullptr) {
+      o.rendezvous.assign(static_cast<const char*>(options->rendezvous), options->rendezvous_size);
+    }
+    o.config = *std::move(policy);
+    o.config.MergeFrom(*settings);
+    return Report(client->client->Attach(o));
+  });
+}
+
+int gstab_attach_restored(const gstab_client* client) {
+  return client != nullptr && client->client->attach_response().restored() ? 1 : 0;
 }
 
 gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint32_t node_count,
@@ -83,33 +95,42 @@ gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint
   if (client == nullptr || job == nullptr || blob == nullptr || size == nullptr) {
     return Report(absl::InvalidArgumentError("client, job, blob and size must not be NULL"));
   }
-  absl::StatusOr<std::string> r = client->client->CreateRendezvous(job, node_count, cuda != 0);
-  if (!r.ok()) return Report(r.status());
-  return HandOut(*r, blob, size);
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<std::string> r = client->client->CreateRendezvous(job, node_count, cuda != 0);
+    if (!r.ok()) return Report(r.status());
+    return HandOut(*r, blob, size);
+  });
 }
 
 gstab_status gstab_update_config(gstab_client* client, const char* settings, uint64_t* version) {
   if (client == nullptr || settings == nullptr) {
     return Report(absl::InvalidArgumentError("client and settings must not be NULL"));
   }
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   absl::StatusOr<gstab::v1::PolicyConfig> update = gstab::ParseConfigSettings(settings);
   if (!update.ok()) return Report(update.status());
   if (update->ByteSizeLong() == 0) {
     return Report(absl::InvalidArgumentError("no config settings given (KEY=VALUE ...)"));
   }
-  absl::StatusOr<gstab::v1::UpdateConfigResponse> r = client->client->UpdateConfig(*update);
-  if (!r.ok()) return Report(r.status());
-  if (version != nullptr) *version = r->version();
-  return Report(absl::OkStatus());
+  return Guarded([&] {
+    absl::StatusOr<gstab::v1::UpdateConfigResponse> r = client->client->UpdateConfig(*update);
+    if (!r.ok()) return Report(r.status());
+    if (version != nullptr) *version = r->version();
+    return GSTAB_OK;
+  });
 }
 
 gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size) {
   if (client == nullptr || state == nullptr || size == nullptr) {
     return Report(absl::InvalidArgumentError("client, state and size must not be NULL"));
   }
-  absl::StatusOr<std::string> r = client->client->ExportState();
-  if (!r.ok()) return Report(r.status());
-  return HandOut(*r, state, size);
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<std::string> r = client->client->ExportState();
+    if (!r.ok()) return Report(r.status());
+    return HandOut(*r, state, size);
+  });
 }
 
 gstab_status gstab_import_state(gstab_client* client, const void* state, size_t size,
@@ -121,20 +142,27 @@ gstab_status gstab_import_state(gstab_client* client, const void* state, size_t 
     return Report(absl::InvalidArgumentError(
         "the state is empty: expected the bytes gstab_export_state gave"));
   }
-  return Report(
-      client->client->ImportState(std::string(static_cast<const char*>(state), size), groups));
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    return Report(
+        client->client->ImportState(std::string(static_cast<const char*>(state), size), groups));
+  });
 }
 
 gstab_status gstab_get_stats_json(gstab_client* client, char** json) {
   if (client == nullptr || json == nullptr) {
     return Report(absl::InvalidArgumentError("client and json must not be NULL"));
   }
-  absl::StatusOr<gstab::v1::GetStatsResponse> r = client->client->GetStats();
-  if (!r.ok()) return Report(r.status());
-  void* text = nullptr;
-  const gstab_status status = HandOut(gstab::ToJson(*r, /*with_defaults=*/true), &text, nullptr);
-  *json = static_cast<char*>(text);
-  return status;
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<gstab::v1::GetStatsResponse> r = client->client->GetStats();
+    if (!r.ok()) return Report(r.status());
+    void* text = nullptr;
+    const gstab_status status =
+        HandOut(gstab::ToJson(*r, /*with_defaults=*/true), &text, nullptr);
+    *json = static_cast<char*>(text);
+    return status;
+  });
 }
 
 void gstab_free(void* p) { std::free(p); }

@@ -1,6 +1,7 @@
 #include "client_lib/client.h"
 
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -27,11 +28,26 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 
 Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
     : id_(NextClientId()),
+      owner_(getpid()),
       channel_(std::move(channel)),
       target_(std::move(target)),
       stub_(v1::Stabilizer::NewStub(channel_)) {}
 
-Client::~Client() { StopKeepAlive(); }
+Client::~Client() {
+  if (getpid() != owner_) {
+    // A forked child's copy: its keep-alive thread is the parent's and is not in this process,
+    // so it is neither joined (that would wait for good) nor destroyed (std::terminate).
+    new std::thread(std::move(keepalive_));
+    return;
+  }
+  StopKeepAlive();
+}
+
+absl::Status Client::StoppedUnderCall(const absl::Status& cancelled) {
+  return absl::UnavailableError(absl::StrCat("gstabd stopped before it answered (",
+                                             cancelled.message(),
+                                             "); attach again after it restarts"));
+}
 
 void Client::Reconnect() {
   grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
@@ -83,10 +99,15 @@ absl::Status Client::Attach(const AttachOptions& options) {
   if (options.node_count > 1 && options.rendezvous.empty()) {
     const char* env = std::getenv("GSTAB_RENDEZVOUS");
     std::string blob;
-    if (env == nullptr || !absl::Base64Unescape(env, &blob)) {
+    if (env == nullptr) {
       return absl::InvalidArgumentError(
           "node_count > 1 needs a rendezvous: pass the blob, or set GSTAB_RENDEZVOUS to it in "
           "base64");
+    }
+    if (!absl::Base64Unescape(env, &blob) || blob.empty()) {
+      return absl::InvalidArgumentError(
+          "GSTAB_RENDEZVOUS is not a rendezvous blob in base64 (as gstabctl rendezvous prints "
+          "it): check how the job passes it to its workers");
     }
     request.set_rendezvous(blob);
   }
@@ -133,6 +154,7 @@ absl::Status Client::Register(const GradientArena& arena) {
 
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      v1::RegisterBuffersResponse* response) {
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   request.set_session(session());
   absl::StatusOr<v1::RegisterBuffersResponse> r =
       Call(&v1::Stabilizer::Stub::RegisterBuffers, request);
@@ -142,6 +164,7 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
 }
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::StepRequest request;
   request.set_session(session());
   request.set_step(step);
@@ -151,18 +174,29 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
 
 absl::Status Client::Detach() {
   StopKeepAlive();
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::DetachRequest request;
   request.set_session(session());
-  return Call(&v1::Stabilizer::Stub::Detach, request).status();
+  absl::Status s = Call(&v1::Stabilizer::Stub::Detach, request).status();
+  attached_.clear_session();  // gone either way: gstabd ends it, or its lease runs out
+  return s;
+}
+
+absl::Status Client::NeedSession() const {
+  if (!session().empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "this client is not attached to a job: attach first (after a detach, attach again)");
 }
 
 absl::StatusOr<v1::GetStatsResponse> Client::GetStats() {
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::GetStatsRequest request;
   request.set_session(session());
   return Call(&v1::Stabilizer::Stub::GetStats, request);
 }
 
 absl::StatusOr<v1::UpdateConfigResponse> Client::UpdateConfig(const v1::PolicyConfig& update) {
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::UpdateConfigRequest request;
   request.set_session(session());
   *request.mutable_config() = update;
@@ -170,6 +204,7 @@ absl::StatusOr<v1::UpdateConfigResponse> Client::UpdateConfig(const v1::PolicyCo
 }
 
 absl::StatusOr<std::string> Client::ExportState() {
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::ExportStateRequest request;
   request.set_session(session());
   absl::StatusOr<v1::ExportStateResponse> r = Call(&v1::Stabilizer::Stub::ExportState, request);
@@ -178,6 +213,7 @@ absl::StatusOr<std::string> Client::ExportState() {
 }
 
 absl::Status Client::ImportState(const std::string& state, uint32_t* groups) {
+  if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::ImportStateRequest request;
   request.set_session(session());
   request.set_state(state);

@@ -12,6 +12,8 @@
 // concurrently from several threads.
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 #include <thread>
@@ -92,6 +94,8 @@ class Client {
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string target);
   void StopKeepAlive();
+  // FAILED_PRECONDITION unless attached.
+  absl::Status NeedSession() const;
   // The standard health check's answer, by `deadline`.
   grpc::Status AskHealth(absl::Time deadline, grpc::health::v1::HealthCheckResponse* response);
   // One unary call of the Stabilizer service, its status translated.
@@ -103,6 +107,8 @@ class Client {
     grpc::ClientContext ctx;
     Response response;
     absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));
+    // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
+    if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
     if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
     return response;
@@ -111,8 +117,12 @@ class Client {
   // rather than after gRPC's connection backoff (up to 2 minutes), which would keep the worker
   // waiting long after a new gstabd serves.
   void Reconnect();
+  // UNAVAILABLE for a call gstabd's stop cancelled (`cancelled`): gstabd is going away, as when
+  // it refuses a call while it stops.
+  static absl::Status StoppedUnderCall(const absl::Status& cancelled);
 
   const uint64_t id_;
+  const pid_t owner_;  // the process that made it (a forked child leaves it alone)
   std::shared_ptr<grpc::Channel> channel_;
   std::string target_;
   std::unique_ptr<v1::Stabilizer::Stub> stub_;

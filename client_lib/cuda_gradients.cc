@@ -53,11 +53,41 @@ void Forget(const CudaGradients* g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(registered_mu)
   }
 }
 
+// Makes `device` current for a call, and gives the calling thread its current device back after:
+// a CudaGradients' calls leave a framework's current device as they found it. A thread without
+// a CUDA context (no device in use yet) stays on `device`, rather than have a context made on
+// the device the runtime defaults to.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    int previous = -1;
+    if (ThreadHasCudaContext()) {
+      if (cudaGetDevice(&previous) != cudaSuccess) {
+        ClearStaleCudaError();
+        previous = -1;
+      }
+    }
+    if (previous != device) previous_ = previous;
+    status_ = cudaSetDevice(device);
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) ClearStaleCudaError();
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  cudaError_t status() const { return status_; }
+
+ private:
+  int previous_ = -1;
+  cudaError_t status_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device) {
   std::unique_ptr<CudaGradients> g(new CudaGradients(device));
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  const DeviceScope scope(device);
+  RETURN_IF_CUDA_ERROR(scope.status());
   cudaDeviceProp prop;
   RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
   g->device_uuid_.assign(prop.uuid.bytes, sizeof prop.uuid.bytes);
@@ -79,7 +109,8 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
                                       std::string group, v1::Reduction reduction) {
   // The IPC handle names the allocation (a framework's caching allocator hands out pieces of
   // larger blocks), so register the block's handle and the tensor's offset inside it.
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const DeviceScope scope(device_);
+  RETURN_IF_CUDA_ERROR(scope.status());
   cudaPointerAttributes where;
   if (cudaPointerGetAttributes(&where, ptr) == cudaSuccess && where.type == cudaMemoryTypeDevice &&
       where.device != device_) {
@@ -135,7 +166,8 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
 absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t numel, DType dtype,
                                                     std::string group, v1::Reduction reduction) {
   if (numel == 0) return absl::InvalidArgumentError("cannot allocate a tensor of 0 elements");
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const DeviceScope scope(device_);
+  RETURN_IF_CUDA_ERROR(scope.status());
   void* p = nullptr;
   // Whole IPC granules: gstabd maps the allocation, and must reach no other memory of this
   // process through it.
@@ -150,7 +182,7 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
 
 void CudaGradients::CloseResults() {
   if (results_ != nullptr && !streams_stuck_) {
-    cudaSetDevice(device_);
+    const DeviceScope scope(device_);
     // gstabd writes `done` for every step it accepted; if it died first, nothing will, and the
     // wait for the device below would never end. Past done_wait_ the done word is written here,
     // from a stream of its own, so that this process's streams go on (that step's gradients
@@ -221,7 +253,8 @@ absl::Status CudaGradients::Register(Client* client) {
   }
   cudaIpcMemHandle_t h;
   std::memcpy(&h, response.results_handle().data(), sizeof h);
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const DeviceScope scope(device_);
+  RETURN_IF_CUDA_ERROR(scope.status());
   void* p = nullptr;
   RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
   results_ = static_cast<StepResultsHeader*>(p);
@@ -251,7 +284,8 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
         "these buffers are not registered: Register them first (another CudaGradients "
         "registered through the same client replaces them)");
   }
-  RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const DeviceScope scope(device_);
+  RETURN_IF_CUDA_ERROR(scope.status());
   ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)
   if (absl::Status s = StreamWriteValue(stream, ready_word_, ready_value_); !s.ok()) return s;
   absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);

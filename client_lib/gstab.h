@@ -3,7 +3,10 @@
  * Every function returns a gstab_status (0 = GSTAB_OK, otherwise a gRPC status code); the
  * message of the last failure on the calling thread is gstab_last_error(). Handles are opaque
  * and owned by the caller, who frees them with the matching _destroy function. A client handle
- * must not be used from several threads at once.
+ * must not be used from several threads at once. Handles belong to the process that made them:
+ * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION, and
+ * its _destroy frees nothing (the parent's session, threads and shared memory stay the
+ * parent's); a child connects a client of its own.
  *
  *   gstab_client* c;  gstab_arena* a;
  *   gstab_connect("/run/gstab/gstabd.sock", &c);
@@ -51,7 +54,8 @@ typedef struct {
 } gstab_step_result;
 
 typedef struct {
-  const char* group; /* valid until the next gstab_step on this client */
+  const char* group; /* valid until the next step (gstab_step, gstab_cuda_step) or the
+                        client's gstab_client_destroy */
   double norm;
   double stabilized_norm;
   double scale;
@@ -66,13 +70,17 @@ typedef struct {
 /* The version of the library in use (GSTAB_VERSION when it matches this header). */
 const char* gstab_version(void);
 
-/* The message of the last failed call on this thread ("" when none). */
+/* The message of the last failed call on this thread ("" when none has failed); a call that
+ * succeeds leaves it as it is. */
 const char* gstab_last_error(void);
 
 gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 
-/* policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor"; NULL = default. */
+/* policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor", for a job new on
+ * gstabd (later workers must agree with it); NULL or "": none asked for: the job's own
+ * configuration (an existing job's, one restored from gstabd's checkpoint, or the default,
+ * stabilize, for a new job). */
 gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
                           uint32_t local_rank, uint32_t local_world_size, const char* policy);
 gstab_status gstab_detach(gstab_client* client);
@@ -126,13 +134,16 @@ typedef struct {
    * job. NULL: the environment variable GSTAB_RENDEZVOUS (the blob in base64). */
   const void* rendezvous;
   size_t rendezvous_size;
-  const char* policy; /* as for gstab_attach; NULL: the default */
+  const char* policy; /* as for gstab_attach; NULL: none asked for */
   const char* config; /* settings applied over `policy`; NULL or "": none */
 } gstab_attach_options;
 
 /* gstab_attach with every option. */
 gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
                                        const gstab_attach_options* options);
+/* 1 when the job of the client's last attach came back from gstabd's checkpoint (its
+ * statistics and configuration; after a gstabd restart, or its retirement when idle); else 0. */
+int gstab_attach_restored(const gstab_client* client);
 /* Global rank 0 of a job across node_count > 1 nodes, before anyone attaches: a new rendezvous
  * blob to broadcast to every worker. cuda != 0: the job registers CUDA gradients (the blob then
  * carries an NCCL id too). */

@@ -1,9 +1,13 @@
 #include "core/config.h"
 
 #include <cmath>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/text_format.h"
 
 namespace gstab {
 namespace {
@@ -156,6 +160,41 @@ absl::StatusOr<RuleParams> ResolveConfig(const v1::PolicyConfig& config) {
 
 bool SameEffectiveConfig(const RuleParams& a, const RuleParams& b) {
   return EffectiveConfig(a).SerializeAsString() == EffectiveConfig(b).SerializeAsString();
+}
+
+namespace {
+
+// Every set field of `m`, by its dotted key, as text.
+void Flatten(const google::protobuf::Message& m, const std::string& prefix,
+             std::map<std::string, std::string>* out) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    const std::string key = prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+    if (f->is_repeated()) continue;  // PolicyConfig has none
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      Flatten(r->GetMessage(m, f), key, out);
+      continue;
+    }
+    google::protobuf::TextFormat::PrintFieldValueToString(m, f, -1, &(*out)[key]);
+  }
+}
+
+}  // namespace
+
+std::string ConfigDifference(const RuleParams& held, const RuleParams& asked) {
+  std::map<std::string, std::string> a, b;
+  Flatten(EffectiveConfig(held), "", &a);
+  Flatten(EffectiveConfig(asked), "", &b);
+  for (const auto& [key, value] : a) b.emplace(key, "unset");
+  std::vector<std::string> differences;
+  for (const auto& [key, value] : b) {
+    auto it = a.find(key);
+    const std::string& mine = it == a.end() ? "unset" : it->second;
+    if (mine != value) differences.push_back(absl::StrCat(key, " ", mine, " (asked: ", value, ")"));
+  }
+  return absl::StrJoin(differences, ", ");
 }
 
 v1::PolicyConfig EffectiveConfig(const RuleParams& p) {

@@ -2,6 +2,8 @@
 // RuleParams the rule runs on. Thread-safe (pure functions).
 #pragma once
 
+#include <string>
+
 #include "absl/status/statusor.h"
 #include "core/rule_types.h"
 #include "gstab/v1/config.pb.h"
@@ -20,6 +22,8 @@ absl::StatusOr<RuleParams> MergeConfig(const RuleParams& base, const v1::PolicyC
 v1::PolicyConfig EffectiveConfig(const RuleParams& params);
 // Whether `a` and `b` are the same configuration (their effective configs are equal).
 bool SameEffectiveConfig(const RuleParams& a, const RuleParams& b);
+// Where `asked` differs from `held`, for messages: "clip.max_norm 1 (asked: 0.5), ...".
+std::string ConfigDifference(const RuleParams& held, const RuleParams& asked);
 
 const char* PolicyName(PolicyKind policy);
 

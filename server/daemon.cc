@@ -262,8 +262,10 @@ absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
                                   v1::UpdateConfigResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
+  const RuleParams before = session->job->params();
   absl::Status s = session->job->UpdateConfig(request.config(), response);
-  if (s.ok() && observer_ != nullptr) {
+  // An update that changes nothing keeps the version, and is no event.
+  if (s.ok() && observer_ != nullptr && !SameEffectiveConfig(before, session->job->params())) {
     observer_->OnConfigChange(session->job->name(), response->version(),
                               PolicyName(session->job->params().policy));
   }

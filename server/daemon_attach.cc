@@ -157,15 +157,19 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
               absl::StrCat("cannot read job '", request.job(), "''s checkpoint now (",
                            state.status().message(), "); it is kept: attach again"));
         }
+        // The job comes back as it was, configuration included (a worker asking for another
+        // is refused below, as for a job held all along).
         absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
-        slot = std::make_shared<Job>(request.job(), has_config || !saved.ok() ? config : *saved,
-                                     local_world, &executor_, StepCallbackFor(request.job()), gpu_);
+        slot = std::make_shared<Job>(request.job(), saved.ok() ? *saved : config, local_world,
+                                     &executor_, StepCallbackFor(request.job()), gpu_);
         absl::Status s = state.status();
         if (s.ok()) s = slot->ImportState(*state, /*with_config=*/false);
         if (!s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
+          slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
+                                       StepCallbackFor(request.job()), gpu_);
         } else {
-          response->set_restored(true);
+          slot->set_restored();
         }
         checkpoints_.erase(checkpoint);
       } else {
@@ -183,19 +187,22 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
   // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
   // wait with it.
+  // Another node of a multi-node job has node 0's configuration, whatever its workers bring.
+  const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
+  if ((existing || job->restored()) && has_config && !node_zeros_config &&
+      !SameEffectiveConfig(job->params(), config)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", request.job(), "' ",
+        existing ? "already runs" : "came back from gstabd's checkpoint",
+        " with a different configuration (", ConfigDifference(job->params(), config),
+        "); attach without one to keep it, or change it with UpdateConfig"));
+  }
+  response->set_restored(job->restored());
   if (existing) {
     if (job->local_world_size() != local_world) {
       return absl::InvalidArgumentError(
           absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
                        " on this node, not ", local_world));
-    }
-    // Another node of a multi-node job has node 0's configuration, whatever its workers bring.
-    const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
-    if (has_config && !node_zeros_config && !SameEffectiveConfig(config, job->params())) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("job '", request.job(),
-                       "' already runs with a different configuration; attach "
-                       "without one, or change it with UpdateConfig"));
     }
     const uint32_t nodes = std::max(1u, request.node_count());
     if (const uint32_t job_nodes = job->node_count(); job_nodes != nodes) {

@@ -6,6 +6,7 @@
 // of them return the same result. Thread-safe; distinct jobs share nothing but the executor.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -47,6 +48,10 @@ class Job {
 
   const std::string& name() const { return name_; }
   uint32_t local_world_size() const { return local_world_size_; }
+  // Whether the job came back from a checkpoint when this gstabd made it (a restart, or its
+  // retirement when idle): its statistics and configuration are the checkpoint's.
+  bool restored() const { return restored_; }
+  void set_restored() { restored_ = true; }
   RuleParams params() const;
 
   // Sessions are numbered in the order they attach (from 1; 0: not known). A session's calls
@@ -183,6 +188,7 @@ class Job {
   const uint32_t local_world_size_;
   CpuExecutor* const executor_;
   const StepCallback on_step_;
+  std::atomic<bool> restored_{false};
 
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);

@@ -46,6 +46,11 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
   if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) return RegisteredGpuBetas();
+  if (SameEffectiveConfig(params_, *merged)) {  // nothing changes: no new version
+    *response->mutable_effective_config() = EffectiveConfig(params_);
+    response->set_version(config_version_);
+    return absl::OkStatus();
+  }
   if (!gpus_.empty() && gpus_.multi_rank() && !gpus_.InLockstep()) {
     // Each GPU takes the configuration as its step is enqueued: all of them the same step.
     return absl::AbortedError(absl::StrCat(

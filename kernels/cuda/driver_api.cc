@@ -35,6 +35,12 @@ absl::Status DriverResult(CUresult r, const char* what) {
 
 }  // namespace
 
+bool ThreadHasCudaContext() {
+  static const auto fn = DriverFunction<PFN_cuCtxGetCurrent_v4000>("cuCtxGetCurrent", 4000);
+  CUcontext context = nullptr;
+  return fn != nullptr && fn(&context) == CUDA_SUCCESS && context != nullptr;
+}
+
 absl::StatusOr<std::pair<void*, size_t>> CudaAllocationRange(const void* ptr) {
   static const auto fn =
       DriverFunction<PFN_cuMemGetAddressRange_v3020>("cuMemGetAddressRange", 3020);

@@ -12,6 +12,9 @@
 
 namespace gstab {
 
+// Whether the calling thread has a current CUDA context (cuCtxGetCurrent): it uses a device.
+bool ThreadHasCudaContext();
+
 // The CUDA allocation containing a device pointer (cuMemGetAddressRange): its base and size.
 absl::StatusOr<std::pair<void*, size_t>> CudaAllocationRange(const void* ptr);
 

@@ -34,13 +34,19 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ._native import (ELEMENT_SIZE, FAILED_PRECONDITION, UNAUTHENTICATED, UNAVAILABLE,
-                      CGroupResult, CStepResult, CAttachOptions, Config, Error, check,
-                      dtype_code, dtype_of, enc, flags, json_numbers, load_library, settings,
-                      take)
+from ._native import (ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
+                      UNAVAILABLE, CGroupResult, CStepResult, CAttachOptions, Config, Error,
+                      check, dtype_code, dtype_of, enc, flags, json_numbers, load_library,
+                      settings, take)
 
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "dtype_of", "load_library"]
+
+
+def _check_numel(name: str, numel: int) -> None:
+    # The C ABI takes a uint64_t, which ctypes would silently wrap.
+    if not 0 <= numel < 2 ** 64:
+        raise ValueError(f"tensor {name!r}: numel {numel} is not an element count")
 
 
 @dataclass
@@ -81,6 +87,7 @@ class Arena:
         How its group's norm combines the ranks' gradients: sharded by default (each rank
         holds a slice); replicated: every rank holds the whole gradient (as after DDP's
         all-reduce); node_sharded: each node holds it whole, sliced across its ranks (HSDP)."""
+        _check_numel(name, numel)
         index = ctypes.c_size_t()
         check(self._lib.gstab_arena_add_tensor_flags(
             self._h, enc(name), numel, dtype_code(dtype), enc(group),
@@ -133,6 +140,7 @@ class CudaGradients:
     def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
                    group: str = "", replicated: bool = False, node_sharded: bool = False) -> None:
         """As Arena.add_tensor, for `numel` elements at `device_ptr`."""
+        _check_numel(name, numel)
         check(self._lib.gstab_cuda_add_tensor_flags(
             self._h, enc(name), ctypes.c_void_p(device_ptr), numel, dtype_code(dtype), enc(group),
             flags(replicated, node_sharded)))
@@ -142,6 +150,7 @@ class CudaGradients:
         """Device memory for a tensor, owned by this object; returns its address. Each is a
         multiple of 2 MiB (CUDA IPC shares memory in such blocks): for many small tensors,
         allocate one and add_tensor its slices."""
+        _check_numel(name, numel)
         ptr = ctypes.c_void_p()
         check(self._lib.gstab_cuda_allocate_tensor_flags(
             self._h, enc(name), numel, dtype_code(dtype), enc(group),
@@ -163,6 +172,18 @@ class CudaGradients:
 _log = logging.getLogger("gstab")
 
 
+def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:
+    """attach()'s policy and config as one settings text (as update_config takes it)."""
+    items = []
+    if policy == "stabilize-stable-spam":
+        items += ["policy=stabilize", "stabilize.preset=stable-spam"]
+    elif policy:
+        items.append(f"policy={policy}")
+    if config:
+        items.append(settings(config).decode())
+    return " ".join(items)
+
+
 class Client:
     """One worker's connection to its node's gstabd. Not thread-safe.
 
@@ -181,6 +202,11 @@ class Client:
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._attached = None  # attach()'s arguments, to attach again
         check(self._lib.gstab_connect(enc(socket_path), ctypes.byref(self._h)))
+
+    def _handle(self):
+        if not self._h:
+            raise Error(FAILED_PRECONDITION, "this gstab.Client is closed")
+        return self._h
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
                local_world_size: int = 1, policy: Optional[str] = None, *,
@@ -203,61 +229,74 @@ class Client:
 
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
                 node_rank, node_count, rendezvous) -> None:
+        rendezvous = None if rendezvous is None else bytes(rendezvous)
         options = CAttachOptions(rank, world_size, local_rank, local_world_size, node_rank,
                                  node_count, rendezvous, len(rendezvous or b""), enc(policy),
                                  settings(config))
-        check(self._lib.gstab_attach_with_options(self._h, enc(job), ctypes.byref(options)))
+        check(self._lib.gstab_attach_with_options(self._handle(), enc(job),
+                                                  ctypes.byref(options)))
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.node_count = max(1, node_count)
 
-    def _attach_again(self, step: int) -> None:
-        """gstabd went away under this worker: attach and register again once a gstabd serves
-        (it restores the job's statistics from its checkpoint)."""
+    def _attach_again(self, step: int, code: int) -> None:
+        """gstabd went away under this worker (restarted: UNAVAILABLE), or no longer knows its
+        session (UNAUTHENTICATED: restarted between steps, or the lease expired while this
+        process was stopped): attach and register again once a gstabd serves. The job goes on
+        as gstabd holds it or restored it from its checkpoint, configuration included; one that
+        gstabd has no trace of starts afresh with the configuration attach() was given."""
         why = self._lib.gstab_last_error().decode(errors="replace")
+        what = ("gstabd went away" if code == UNAVAILABLE
+                else "gstabd no longer knew this worker's session")
         deadline = time.monotonic() + self.reattach_timeout
         registration = self.registration
         while True:
             try:
-                try:
-                    self._attach(**self._attached)
-                except Error as e:  # the job's config changed since (update_config): the
-                    if e.code != FAILED_PRECONDITION:  # restored job keeps its own
-                        raise
-                    self._attach(**dict(self._attached, policy=None, config=None))
+                # Without a configuration: the job's own (update_config's, gstabctl's) is kept.
+                self._attach(**dict(self._attached, policy=None, config=None))
+                restored = bool(self._lib.gstab_attach_restored(self._handle()))
+                if not restored and self.stats()["steps"] == 0:  # started afresh: as attached
+                    asked = _policy_settings(self._attached["policy"], self._attached["config"])
+                    if asked:
+                        self.update_config(asked)
                 self.register_arena(registration)
                 break
             except Error as e:
                 if e.code != UNAVAILABLE or time.monotonic() >= deadline:
-                    raise Error(e.code, f"gstabd went away at step {step} ({why}), and attaching "
-                                f"again failed: {e.message}") from None
+                    hint = (" (the worker's shared memory went with its session: allocate a new "
+                            "Arena)" if e.code == NOT_FOUND else "")
+                    raise Error(e.code, f"{what} at step {step} ({why}), and attaching again "
+                                f"failed: {e.message}{hint}") from None
                 time.sleep(0.2)
         self.reattached += 1
-        _log.warning("gstab: gstabd went away at step %d (%s); job '%s' attached and registered "
-                     "again, its statistics restored from gstabd's checkpoint", step, why,
-                     self._attached["job"])
+        _log.warning("gstab: %s at step %d (%s); job '%s' attached and registered again, %s",
+                     what, step, why, self._attached["job"],
+                     "its statistics restored from gstabd's checkpoint" if restored else
+                     "its statistics as gstabd held them" if self.stats()["steps"] > 0 else
+                     "its statistics started afresh (gstabd had no checkpoint of it)")
 
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
         """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker
         passes to attach(). cuda: the job registers CUDA gradients."""
         return take(lambda data, size: self._lib.gstab_create_rendezvous(
-            self._h, enc(job), node_count, int(cuda), data, size))
+            self._handle(), enc(job), node_count, int(cuda), data, size))
 
     def update_config(self, config: Config) -> int:
         """Changes the job's configuration from its next step; returns its new version."""
         version = ctypes.c_uint64()
-        check(self._lib.gstab_update_config(self._h, settings(config) or b"",
+        check(self._lib.gstab_update_config(self._handle(), settings(config) or b"",
                                             ctypes.byref(version)))
         return version.value
 
     def export_state(self) -> bytes:
         """The job's statistics, step count and configuration, for the job's own checkpoint."""
-        return take(lambda data, size: self._lib.gstab_export_state(self._h, data, size))
+        return take(lambda data, size: self._lib.gstab_export_state(self._handle(), data, size))
 
     def import_state(self, state: bytes) -> int:
         """Restores what export_state() gave; returns the number of groups. A CUDA job with
         several GPUs imports before its workers register."""
         groups = ctypes.c_uint32()
-        check(self._lib.gstab_import_state(self._h, bytes(state), len(state),
+        state = bytes(state)
+        check(self._lib.gstab_import_state(self._handle(), state, len(state),
                                            ctypes.byref(groups)))
         return groups.value
 
@@ -265,7 +304,7 @@ class Client:
         """gstabd's GetStatsResponse for the job, in proto3's JSON mapping as a dict (field
         names as in stabilizer.proto; 64-bit integers are strings there, converted back)."""
         text = ctypes.c_void_p()
-        check(self._lib.gstab_get_stats_json(self._h, ctypes.byref(text)))
+        check(self._lib.gstab_get_stats_json(self._handle(), ctypes.byref(text)))
         try:
             return json_numbers(json.loads(ctypes.string_at(text).decode()))
         finally:
@@ -273,29 +312,29 @@ class Client:
 
     def detach(self) -> None:
         self.registration = self._attached = None
-        check(self._lib.gstab_detach(self._h))
+        check(self._lib.gstab_detach(self._handle()))
 
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
         self.registration = None  # gstabd may have let go of the earlier one even on failure
-        check(self._lib.gstab_register_arena(self._h, arena._h))
+        check(self._lib.gstab_register_arena(self._handle(), arena._h))
         self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:
         """Registers the device tensors, replacing this client's earlier registration."""
         self.registration = None
-        check(self._lib.gstab_register_cuda(self._h, gradients._h))
+        check(self._lib.gstab_register_cuda(self._handle(), gradients._h))
         self.registration = gradients
 
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         r = CStepResult()
-        status = self._lib.gstab_step(self._h, step, ctypes.byref(r))
+        status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
         if status in (UNAVAILABLE, UNAUTHENTICATED) and self.reattach_timeout > 0 and \
                 self._attached is not None and self._attached["node_count"] <= 1 and \
                 isinstance(self.registration, Arena):
-            self._attach_again(step)
-            status = self._lib.gstab_step(self._h, step, ctypes.byref(r))
+            self._attach_again(step, status)
+            status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
         check(status)
         return self._result(r, step)
 
@@ -304,7 +343,7 @@ class Client:
         default stream) and makes the stream wait for it; the host does not wait."""
         r = CStepResult()
         result_step = ctypes.c_uint64()
-        check(self._lib.gstab_cuda_step(self._h, gradients._h, step,
+        check(self._lib.gstab_cuda_step(self._handle(), gradients._h, step,
                                         ctypes.c_void_p(stream or None), ctypes.byref(r),
                                         ctypes.byref(result_step)))
         return self._result(r, result_step.value)
@@ -313,7 +352,7 @@ class Client:
         groups = []
         for i in range(r.num_groups):
             g = CGroupResult()
-            check(self._lib.gstab_step_group(self._h, i, ctypes.byref(g)))
+            check(self._lib.gstab_step_group(self._handle(), i, ctypes.byref(g)))
             groups.append(GroupResult(g.group.decode(), g.norm, g.stabilized_norm, g.scale, g.z,
                                       bool(g.spike), bool(g.skipped), bool(g.diverging)))
         return StepResult(bool(r.skip), bool(r.diverging), r.spikes, r.norm, r.stabilized_norm,

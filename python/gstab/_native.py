@@ -14,11 +14,19 @@ ELEMENT_SIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 Config = Union[str, Mapping[str, object]]
 
 
+# gRPC status codes by number, for messages.
+CODE_NAMES = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
+              5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED",
+              8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION", 10: "ABORTED",
+              11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
+              15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
+
+
 class Error(RuntimeError):
     """A failed call: `code` is the gRPC status code, the message says what was wrong."""
 
     def __init__(self, code: int, message: str):
-        super().__init__(f"gstab error {code}: {message}")
+        super().__init__(f"gstab error {CODE_NAMES.get(code, code)}: {message}")
         self.code = code
         self.message = message
 
@@ -54,6 +62,9 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     """Loads libgstab.so once and declares its functions."""
     global _lib
     if _lib is not None:
+        if path and os.sep in path and os.path.realpath(path) != os.path.realpath(_lib._name):
+            raise OSError(f"libgstab.so is loaded already, from {_lib._name}: a process uses one "
+                          f"(asked for {path})")
         return _lib
     here = os.path.dirname(os.path.realpath(__file__))
     candidates = [os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
@@ -72,7 +83,8 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         except OSError as e:
             errors.append(str(e))
     else:
-        raise OSError("libgstab.so not found: set GSTAB_LIBRARY to its path " + "; ".join(errors))
+        raise OSError("libgstab.so not found: set GSTAB_LIBRARY to its path (a build has it in "
+                      "build/client_lib/); tried: " + "; ".join(errors or ["nothing found"]))
     P, S, U32, U64, I = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
     PP = ctypes.POINTER(ctypes.c_void_p)
     signatures = {
@@ -80,6 +92,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_connect": ([S, PP], I), "gstab_client_destroy": ([P], None),
         "gstab_attach": ([P, S, U32, U32, U32, U32, S], I), "gstab_detach": ([P], I),
         "gstab_attach_with_options": ([P, S, ctypes.POINTER(CAttachOptions)], I),
+        "gstab_attach_restored": ([P], I),
         "gstab_create_rendezvous": ([P, S, U32, I, PP, ctypes.POINTER(ctypes.c_size_t)], I),
         "gstab_update_config": ([P, S, ctypes.POINTER(ctypes.c_uint64)], I),
         "gstab_export_state": ([P, PP, ctypes.POINTER(ctypes.c_size_t)], I),
@@ -188,4 +201,4 @@ def take(call) -> bytes:
 
 
 # gRPC status codes the client acts on.
-UNAVAILABLE, UNAUTHENTICATED, FAILED_PRECONDITION = 14, 16, 9
+UNAVAILABLE, UNAUTHENTICATED, FAILED_PRECONDITION, NOT_FOUND = 14, 16, 9, 5

@@ -134,13 +134,21 @@ class ClientTest(unittest.TestCase):
     def test_an_arena_is_laid_out_once_and_has_memory_once_allocated(self):
         arena = gstab.Arena()
         arena.add_tensor("w", 16)
-        arena.add_tensor("huge", 1 << 61)
-        arena.add_tensor("v", 16)
-        with self.assertRaises(gstab.Error) as e:
-            arena.allocate()
+        with self.assertRaises(gstab.Error) as e:  # a wrong count, refused before any memory
+            arena.add_tensor("huge", 1 << 61)
         self.assertEqual(e.exception.code, 3)
         self.assertIn("tensor 'huge'", e.exception.message)
-        for index in (0, 2):  # no memory, after a failed allocate() too
+        with self.assertRaises(gstab.Error) as e:
+            arena.add_tensor("empty", 0)
+        self.assertIn("tensor 'empty' has no elements", e.exception.message)
+        with self.assertRaises(ValueError):  # beyond the C ABI's uint64_t
+            arena.add_tensor("wraps", 2 ** 64 + 16)
+        arena.add_tensor("v", 1 << 40)  # 4 TiB: more than /dev/shm has
+        with self.assertRaises(gstab.Error) as e:
+            arena.allocate()
+        self.assertEqual(e.exception.code, 8)
+        self.assertIn("/dev/shm", e.exception.message)
+        for index in (0, 1):  # no memory, after a failed allocate() too
             with self.assertRaises(gstab.Error):
                 arena.buffer(index)
         arena = gstab.Arena()

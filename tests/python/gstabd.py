@@ -1,5 +1,6 @@
 """A real gstabd for the Python tests, in a folder of its own (CPU backend unless told)."""
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -29,14 +30,16 @@ class Gstabd:
                     raise RuntimeError("gstabd did not start: " + f.read())
             time.sleep(0.02)
 
-    def restart(self, down: float = 0) -> int:
+    def restart(self, down: float = 0, forget: bool = False) -> int:
         """Stops gstabd (SIGTERM: it checkpoints its jobs) and starts another on the same socket
         and state folder `down` seconds later, as a DaemonSet replaces its pod; returns the first
-        one's exit status."""
+        one's exit status. forget: the state folder is emptied in between (no checkpoints)."""
         self.process.terminate()
         rc = self.process.wait(20)
         if os.path.exists(self.socket):
             os.unlink(self.socket)
+        if forget:
+            shutil.rmtree(os.path.join(self.dir.name, "state"), ignore_errors=True)
         time.sleep(down)
         self._start()
         return rc

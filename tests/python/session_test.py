@@ -57,6 +57,106 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_restart_keeps_the_configuration_the_job_was_changed_to(self):
+        # The worker attaches again without its attach() configuration: the job's own, changed
+        # since (update_config, gstabctl), comes back from the checkpoint. A gstabd with no
+        # checkpoint of the job starts it afresh, as attach() asked.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-config", policy="clip", config={"clip.max_norm": 0.5})
+            views = one_tensor_job(client)
+            run_steps(client, views, range(1, 3))
+            client.update_config({"policy": "monitor"})
+            run_steps(client, views, [3])
+            self.assertEqual(node.restart(), 0)
+            run_steps(client, views, [4])
+            self.assertEqual(client.reattached, 1)
+            config = client.stats()["config"]
+            self.assertEqual(config["policy"], "POLICY_MONITOR")
+            self.assertEqual(config["clip"]["max_norm"], 0.5)
+            self.assertEqual(node.restart(forget=True), 0)
+            with self.assertLogs("gstab", "WARNING") as logs:
+                run_steps(client, views, [5])
+            self.assertEqual(client.reattached, 2)
+            self.assertIn("started afresh", logs.output[0])
+            config = client.stats()["config"]
+            self.assertEqual(config["policy"], "POLICY_CLIP")
+            self.assertEqual(config["clip"]["max_norm"], 0.5)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_steps_under_way_while_gstabd_stops_are_attached_again(self):
+        # SIGTERM while a worker steps back to back: whatever its calls meet (refused, cut off
+        # by the server's stop, no server), it attaches again to the next gstabd.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-stepping", policy="clip")
+            views = one_tensor_job(client)
+            failures, done = [], threading.Event()
+
+            def step_on():
+                step = 0
+                try:
+                    while not done.is_set() or client.reattached == 0:
+                        step += 1
+                        run_steps(client, views, [step])
+                except Exception as e:  # noqa: BLE001 (reported below)
+                    failures.append(e)
+
+            stepper = threading.Thread(target=step_on)
+            stepper.start()
+            time.sleep(0.5)
+            self.assertEqual(node.restart(down=0.5), 0)
+            time.sleep(0.5)
+            done.set()
+            stepper.join(60)
+            self.assertEqual(failures, [])
+            self.assertEqual(client.reattached, 1)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_forked_child_leaves_its_parents_client_and_arena_alone(self):
+        # A child forked by the training process (a data loader's, say) inherits the client and
+        # arena; using them there is refused, and its exit frees neither the parent's session
+        # nor its shared memory (before: closing waited for good on a thread not in the child).
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-fork")
+            arena = gstab.Arena()
+            w = arena.add_tensor("w", 64)
+            arena.allocate()
+            client.register_arena(arena)
+            view = arena.view(w)
+            run_steps(client, [view], [1])
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    client.step(2)
+                except gstab.Error as e:
+                    code = 0 if e.code == 9 and "forked child" in e.message else 2
+                client.close()
+                del arena
+                os._exit(code)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            if not done:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            self.assertTrue(done, "the child hung closing its parent's client")
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+            run_steps(client, [view], [2])  # the parent's session and memory are intact
+            client.register_arena(arena)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_two_processes_of_one_local_rank_do_not_take_it_from_each_other(self):
         # A launcher that gives two workers the same local rank: the second attach replaces the
         # first's session, and the first is told so (ABORTED) instead of attaching again, which

@@ -22,6 +22,16 @@
 namespace gstab {
 namespace {
 
+// gstabd's answer to a Step under session `token`, as any client could send it.
+absl::Status StepWithToken(Client* client, const std::string& token) {
+  grpc::ClientContext ctx;
+  v1::StepRequest request;
+  request.set_session(token);
+  request.set_step(1);
+  v1::StepResponse response;
+  return FromGrpcStatus(client->stub()->Step(&ctx, request, &response));
+}
+
 using testing::DaemonProcess;
 using testing::JobOptions;
 using testing::Subprocess;
@@ -152,7 +162,11 @@ TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   EXPECT_EQ((*client)->Step(1).status().code(), absl::StatusCode::kFailedPrecondition);
   auto stranger = Client::Connect(daemon_->socket());
   ASSERT_TRUE(stranger.ok());
-  EXPECT_EQ((*stranger)->Step(1).status().code(), absl::StatusCode::kUnauthenticated);
+  absl::Status unattached = (*stranger)->Step(1).status();  // told by the client itself
+  EXPECT_EQ(unattached.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(unattached.message().find("not attached"), std::string::npos) << unattached;
+  EXPECT_EQ(StepWithToken(stranger->get(), "made-up-token").code(),
+            absl::StatusCode::kUnauthenticated);
   AttachOptions bad_job = JobOptions("no spaces allowed");
   EXPECT_EQ((*stranger)->Attach(bad_job).code(), absl::StatusCode::kInvalidArgument);
   AttachOptions bad_config = JobOptions("bad-config");
@@ -360,8 +374,10 @@ TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
   EXPECT_EQ(stats->job(), "job-a");
   for (const v1::GroupStats& g : stats->groups()) EXPECT_LT(g.norm_mean(), 100.0) << g.group();
   // Detaching b leaves a's session and statistics alone; b's token is then dead.
+  const std::string b_token = (*b)->client().session();
   ASSERT_TRUE((*b)->client().Detach().ok());
-  EXPECT_EQ((*b)->client().GetStats().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(StepWithToken(&(*b)->client(), b_token).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*b)->client().GetStats().status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*a)->client().GetStats()->groups_size(), 3);
 }
 
