@@ -60,9 +60,9 @@ absl::Status GradientArena::Allocate() {
   struct statvfs shm;
   if (statvfs("/dev/shm", &shm) == 0 &&
       offset > static_cast<uint64_t>(shm.f_bavail) * static_cast<uint64_t>(shm.f_frsize)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot allocate ", offset, " bytes of shared memory in /dev/shm: it has ",
-        static_cast<uint64_t>(shm.f_bavail) * shm.f_frsize, " bytes free", kShmHint));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", offset, " bytes of shared memory in /dev/shm: it has ",
+                     static_cast<uint64_t>(shm.f_bavail) * shm.f_frsize, " bytes free", kShmHint));
   }
   name_ = NewShmName();
   owner_ = getpid();
@@ -91,9 +91,9 @@ absl::Status GradientArena::Allocate() {
   if (base == MAP_FAILED) {
     shm_unlink(name_.c_str());
     name_.clear();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot allocate ", size_, " bytes of shared memory in /dev/shm: ", err,
-        reserved == ENOSPC ? kShmHint : ""));
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", size_,
+                                                     " bytes of shared memory in /dev/shm: ", err,
+                                                     reserved == ENOSPC ? kShmHint : ""));
   }
   base_ = static_cast<unsigned char*>(base);
   for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].byte_offset = offsets[i];

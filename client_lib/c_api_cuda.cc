@@ -18,8 +18,7 @@ extern "C" {
 gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
   return Guarded([&] {
-    absl::StatusOr<std::unique_ptr<gstab::CudaGradients>> g =
-        gstab::CudaGradients::Create(device);
+    absl::StatusOr<std::unique_ptr<gstab::CudaGradients>> g = gstab::CudaGradients::Create(device);
     if (!g.ok()) return Report(g.status());
     *out = new gstab_cuda_gradients{*std::move(g)};
     return GSTAB_OK;

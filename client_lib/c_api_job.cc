@@ -158,8 +158,7 @@ gstab_status gstab_get_stats_json(gstab_client* client, char** json) {
     absl::StatusOr<gstab::v1::GetStatsResponse> r = client->client->GetStats();
     if (!r.ok()) return Report(r.status());
     void* text = nullptr;
-    const gstab_status status =
-        HandOut(gstab::ToJson(*r, /*with_defaults=*/true), &text, nullptr);
+    const gstab_status status = HandOut(gstab::ToJson(*r, /*with_defaults=*/true), &text, nullptr);
     *json = static_cast<char*>(text);
     return status;
   });

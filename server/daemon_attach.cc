@@ -191,11 +191,11 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
   if ((existing || job->restored()) && has_config && !node_zeros_config &&
       !SameEffectiveConfig(job->params(), config)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job '", request.job(), "' ",
-        existing ? "already runs" : "came back from gstabd's checkpoint",
-        " with a different configuration (", ConfigDifference(job->params(), config),
-        "); attach without one to keep it, or change it with UpdateConfig"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("job '", request.job(), "' ",
+                     existing ? "already runs" : "came back from gstabd's checkpoint",
+                     " with a different configuration (", ConfigDifference(job->params(), config),
+                     "); attach without one to keep it, or change it with UpdateConfig"));
   }
   response->set_restored(job->restored());
   if (existing) {

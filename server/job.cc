@@ -3,6 +3,7 @@
 // import in job_state.cc.
 #include "server/job.h"
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
 #include "server/state_codec.h"
@@ -62,6 +63,31 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     }
   }
   if (absl::Status s = CheckGroupCap(new_groups.size()); !s.ok()) return s;
+  if (registration.plan.cuda_device >= 0) {
+    for (const auto& [rank, w] : workers_) {
+      if (rank != local_rank && w->registration.plan.cuda_device < 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job '", name_, "''s local rank ", rank,
+                         " registered host_shm buffers: one job's workers use one transport"));
+      }
+    }
+  } else if (!gpus_.empty()) {
+    return absl::FailedPreconditionError(
+        "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
+  }
+  // The groups this registration brings are the job's only if it succeeds: a refused one
+  // leaves the job's groups (names, reductions, statistics) as they were.
+  const size_t groups_before = group_names_.size();
+  const std::vector<int> reductions_before = group_reduction_;
+  absl::Cleanup forget_groups = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (size_t g = groups_before; g < group_names_.size(); ++g) {
+      group_index_.erase(group_names_[g]);
+    }
+    group_names_.resize(groups_before);
+    group_reduction_ = reductions_before;
+    stats_.resize(groups_before);
+    last_outcome_.resize(groups_before);
+  };
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
@@ -75,20 +101,11 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
       ChunkTable::Create(std::move(chunks), static_cast<uint32_t>(group_names_.size()));
   if (!table.ok()) return table.status();
   if (registration.plan.cuda_device >= 0) {
-    for (const auto& [rank, w] : workers_) {
-      if (rank != local_rank && w->registration.plan.cuda_device < 0) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("job '", name_, "''s local rank ", rank,
-                         " registered host_shm buffers: one job's workers use one transport"));
-      }
-    }
     if (absl::Status s = RegisterGpu(local_rank, registration, *table, response); !s.ok()) {
       return s;
     }
-  } else if (!gpus_.empty()) {
-    return absl::FailedPreconditionError(
-        "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
   }
+  std::move(forget_groups).Cancel();
   worker->table = *std::move(table);
   worker->has_group.assign(group_names_.size(), false);
   for (uint32_t g : worker->tensor_group) worker->has_group[g] = true;
@@ -98,6 +115,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   for (const std::string& name : group_names_) response->add_groups(name);
   worker->registration = std::move(registration);
   if (session != 0) newest_session_[local_rank] = session;
+  register_again_.erase(local_rank);  // registered again, on whichever transport
   workers_[local_rank] = std::move(worker);
   return absl::OkStatus();
 }

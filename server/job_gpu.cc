@@ -68,8 +68,8 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
     if (gpus_.generations_ended() == generation && gpus_.Has(local_rank)) return absl::OkStatus();
     auto again = register_again_.find(local_rank);
     return absl::FailedPreconditionError(absl::StrCat(
-        "local rank ", local_rank, " of job '", name_, "': ",
-        again != register_again_.end() ? again->second : "register the buffers again"));
+        "local rank ", local_rank, " of job '", name_,
+        "': ", again != register_again_.end() ? again->second : "register the buffers again"));
   };
   // Another local rank's Step agreeing for this generation: its outcome is this one's.
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !agreeing_layout_; };
@@ -80,12 +80,12 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
     return layout_failure_.second;
   }
   auto failed = [&](const absl::Status& s) {
-    return absl::Status(s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ",
-                                               nccl_.node_count,
-                                               ": agreeing the GPUs' group count and "
-                                               "configuration with the other nodes before the "
-                                               "first step: ",
-                                               s.message()));
+    return absl::Status(
+        s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ", nccl_.node_count,
+                               ": agreeing the GPUs' group count and "
+                               "configuration with the other nodes before the "
+                               "first step: ",
+                               s.message()));
   };
   // The configuration too: a CUDA step's is not checked across nodes, so every node takes
   // node 0's here, once per generation (UpdateConfig and ImportState are refused while GPUs
@@ -102,7 +102,9 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   mu_.Unlock();
   absl::Status agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
   const bool configs_differ = range[2] != -range[3] || range[4] != -range[5];
-  if (agreed.ok() && configs_differ) agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
+  if (agreed.ok() && configs_differ) {
+    agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
+  }
   mu_.Lock();
   agreeing_layout_ = false;
   if (absl::Status s = generation_ended(); !s.ok()) return s;

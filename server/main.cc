@@ -12,6 +12,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "glog/logging.h"
 #include "server/server.h"
@@ -74,7 +76,14 @@ void OnSigbus(int) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("gstabd: the gstab gradient-stabilizer daemon");
+  absl::SetProgramUsageMessage("the gstab gradient-stabilizer daemon (--helpfull: every flag)");
+  // --help lists this file's flags (by default, those of a file named after the program).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
@@ -111,6 +120,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "gstabd: --lease_ms, --step_timeout_ms and --checkpoint_interval_s must be "
                  "positive\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_buffers) == 0 ||
+      absl::GetFlag(FLAGS_max_tensors) == 0 || absl::GetFlag(FLAGS_max_bytes) == 0) {
+    std::fprintf(stderr,
+                 "gstabd: --max_jobs, --max_buffers, --max_tensors and --max_bytes must be "
+                 "positive (0 would refuse every job or registration)\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
+    std::fprintf(stderr, "gstabd: --cpu_threads takes a count, or 0 for every hardware thread\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_job_idle_s) < 0 || absl::GetFlag(FLAGS_job_retention_s) < 0) {

@@ -146,7 +146,12 @@ absl::Status Server::Stop(absl::Time deadline) {
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   if (unix_listener_ != nullptr) unix_listener_->Stop();  // no new connections; removes the file
   daemon_->BeginShutdown();
-  if (!daemon_->DrainSteps(deadline)) LOG(WARNING) << "steps still in flight at the deadline";
+  if (!daemon_->DrainSteps(deadline)) {
+    // A round still waiting for another node can hold its call (and the wait for the server
+    // below) past Kubernetes' grace period: the statistics are saved now, and again at the end.
+    LOG(WARNING) << "steps still in flight at the deadline; checkpointing now";
+    if (absl::Status s = daemon_->Checkpoint(); !s.ok()) LOG(WARNING) << s;
+  }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // Every step has finished; idle connections need no grace period.
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));

@@ -51,11 +51,22 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
   std::error_code ec;
   const std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  // A socket a live process accepts on is another gstabd's: taking its path over would cut
+  // its workers off from it while it runs on.
+  if (const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); probe >= 0) {
+    const bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    close(probe);
+    if (live) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "another process (a gstabd?) serves on '", path,
+          "': stop it first, or give this one another --socket (and --state_dir)"));
+    }
+  }
   std::filesystem::remove(p, ec);  // a stale socket of a previous run
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket(): ", strerror(errno)));
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   // Born 0660: there is no moment where other users could connect.
   const mode_t previous = umask(0117);
   const int bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);

@@ -273,6 +273,37 @@ TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   EXPECT_FALSE((*worker)->client().attach_response().restored());
 }
 
+// A second gstabd given the socket a running one serves on exits saying so, rather than take
+// the path over and cut the first one's workers off; flags that would refuse every job or
+// registration are refused at start.
+TEST(E2eLifecycleTest, ASecondGstabdOnALiveSocketAndUselessCapsAreRefusedAtStart) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto start = [&](const std::string& flag) {
+    absl::StatusOr<testing::Subprocess> second = testing::Subprocess::Start(
+        {testing::BinaryPath("server/gstabd"), "--socket=" + daemon->socket(),
+         "--state_dir=" + dir.path() + "/second", "--metrics_port=-1", "--backend=cpu", flag});
+    EXPECT_TRUE(second.ok()) << second.status();
+    const std::string out = second->ReadAll();
+    return std::make_pair(second->Wait(absl::Seconds(20)).value_or(-1), out);
+  };
+  auto [code, out] = start("--lease_ms=2000");
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("serves on '" + daemon->socket() + "'"), std::string::npos) << out;
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("first-serves-on"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+  for (const char* flag : {"--max_jobs=0", "--max_bytes=0", "--cpu_threads=-1"}) {
+    auto [refused, why] = start(flag);
+    EXPECT_EQ(refused, 2) << flag << ": " << why;
+    EXPECT_NE(why.find(std::string(flag).substr(2, std::string(flag).find('=') - 2)),
+              std::string::npos)
+        << why;
+  }
+}
+
 // gstabd stopping while a worker waits in Step for the job's other local worker, whose Step it
 // now refuses: the waiting Step answers UNAVAILABLE at once, and gstabd checkpoints the job and
 // exits in time, rather than after the step timeout (when Kubernetes may have killed it).

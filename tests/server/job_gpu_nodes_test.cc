@@ -51,9 +51,9 @@ struct GpuNode {
   GpuNode(const v1::RendezvousInfo& info, uint32_t node, const RuleParams& params,
           absl::Duration timeout)
       : job("nodes-job", params, 1, nullptr, nullptr, LaggingBackend(&live)) {
-    job.SetCollective(std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
-                      NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node,
-                                     info.node_count(), timeout});
+    job.SetCollective(
+        std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
+        NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, info.node_count(), timeout});
     EXPECT_TRUE(worker.Register(&job).ok());
   }
   int live = 0;
@@ -106,6 +106,25 @@ TEST(JobGpuNodesTest, NodesAgreeAtTheFirstStepAndTakeNodeZerosConfiguration) {
   v1::GetStatsResponse stats;
   node1.job.GetStats(&stats);
   EXPECT_EQ(stats.last_step(), 1u);
+}
+
+// A registration refused after its groups were looked up (here: a job across nodes whose
+// rendezvous has no NCCL id) leaves none of them in the job: before, they stayed for good, in
+// its statistics, exports and layout.
+TEST(JobGpuNodesTest, ARefusedRegistrationLeavesNoGroupsBehind) {
+  int live = 0;
+  Job job("refused-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
+  v1::RendezvousInfo info;
+  info.set_store_address("127.0.0.1:1");  // never reached
+  info.set_node_count(2);
+  job.SetCollective(std::make_shared<GlooCollective>(info, 0, "127.0.0.1"), "generation-1");
+  FakeCudaWorker worker;
+  worker.tensor = "phantom";
+  EXPECT_EQ(worker.Register(&job).code(), absl::StatusCode::kFailedPrecondition);
+  v1::GetStatsResponse stats;
+  job.GetStats(&stats);
+  EXPECT_EQ(stats.groups_size(), 0);
+  EXPECT_EQ(job.ExportState().groups_size(), 0);
 }
 
 }  // namespace
