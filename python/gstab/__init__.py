@@ -197,8 +197,9 @@ class Client:
         self._lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use
-        # From attach(): this worker's rank on its node, the node's workers, the job's nodes.
-        self.local_rank, self.local_world_size, self.node_count = 0, 1, 1
+        # From attach(): this worker's rank on its node, the node's workers, this node among
+        # the job's nodes, and their count.
+        self.local_rank, self.local_world_size, self.node_rank, self.node_count = 0, 1, 0, 1
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._attached = None  # attach()'s arguments, to attach again
         check(self._lib.gstab_connect(enc(socket_path), ctypes.byref(self._h)))
@@ -236,7 +237,7 @@ class Client:
         check(self._lib.gstab_attach_with_options(self._handle(), enc(job),
                                                   ctypes.byref(options)))
         self.local_rank, self.local_world_size = local_rank, local_world_size
-        self.node_count = max(1, node_count)
+        self.node_rank, self.node_count = node_rank, max(1, node_count)
 
     def _attach_again(self, step: int, code: int) -> None:
         """gstabd went away under this worker (restarted: UNAVAILABLE), or no longer knows its
@@ -293,7 +294,8 @@ class Client:
 
     def import_state(self, state: bytes) -> int:
         """Restores what export_state() gave; returns the number of groups. A CUDA job with
-        several GPUs imports before its workers register."""
+        several GPUs imports before its workers register. A job across nodes imports on node 0
+        only: the other nodes take its statistics and configuration at the next step."""
         groups = ctypes.c_uint32()
         state = bytes(state)
         check(self._lib.gstab_import_state(self._handle(), state, len(state),

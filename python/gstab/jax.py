@@ -3,7 +3,8 @@
     import gstab, gstab.jax
     client = gstab.Client("/run/gstab/gstabd.sock")
     gstab.jax.attach(client, "my-run", policy="stabilize")  # hosts from jax.distributed
-    client.import_state(saved)                          # when resuming: export_state()'s bytes
+    if client.node_rank == 0:                           # resuming: node 0 imports (the
+        client.import_state(saved)                      # others take its statistics)
     stabilizer = gstab.jax.Stabilizer(client, params)   # the gradients' shapes and dtypes
     for step in range(1, steps + 1):
         grads = grad_fn(params, batch)                    # jitted or not

@@ -210,9 +210,10 @@ class Stabilizer:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Resumes the job's statistics from state_dict()'s dict. Every rank calls it (as
-        with the constructor's `state`): one worker per node imports, then all wait for each
-        other. A job on several GPUs must pass `state` to the constructor instead, as gstabd
-        takes its statistics only before their gradients are registered."""
+        with the constructor's `state`): one worker imports (local rank 0 of node 0: the other
+        nodes take node 0's statistics at the next step), then all wait for each other. A job
+        on several GPUs must pass `state` to the constructor instead, as gstabd takes its
+        statistics only before their gradients are registered."""
         self._import(state)
 
     def _import(self, state: Dict[str, Any]) -> None:
@@ -221,7 +222,9 @@ class Stabilizer:
                              "'gstab_state' bytes")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         failure = None
-        if getattr(self._client, "local_rank", 0) == 0:  # the node's gstabd holds one copy
+        # Node 0's gstabd holds the job's statistics: the other nodes take them from it.
+        if getattr(self._client, "local_rank", 0) == 0 and \
+                getattr(self._client, "node_rank", 0) == 0:
             try:
                 self._client.import_state(state["gstab_state"])
             except Exception as e:  # noqa: BLE001 (every rank hears of it, then it is raised)

@@ -91,12 +91,12 @@ class DistributedDataParallelTest(GstabdTest):
         self.assertNotIn("gstab:", output)  # FSDP2 accumulated into the registered shards
         self.check_fsdp_norms(ranks)
 
-    def run_on_two_nodes(self, job, *args, per_node=1):
+    def run_on_two_nodes(self, job, *args, per_node=1, steps=SPIKE_STEP):
         """run_ranks on two nodes, each with a gstabd of its own."""
         nodes = [peer_gstabd() for _ in range(2)]
         try:
             return self.run_ranks(job, *args, sockets=[n.socket for n in nodes],
-                                  per_node=per_node)
+                                  per_node=per_node, steps=steps)
         finally:
             for n in nodes:
                 self.assertEqual(n.stop(), 0)
@@ -117,20 +117,25 @@ class DistributedDataParallelTest(GstabdTest):
         self.assertEqual(len(ranks), 4)
         self.check_fsdp_norms(ranks)
 
-    def check_resumed_bit_for_bit(self, job, *args):
+    def check_resumed_bit_for_bit(self, job, *args, nodes=1):
         """The job run whole, and run to step 20, checkpointed (torch.distributed.checkpoint)
-        and resumed on another gstabd: the same scales and final weights, bit for bit."""
+        and resumed on other gstabds: the same scales and final weights, bit for bit. nodes:
+        1 (two ranks on one node) or 2 (a rank on each, each node with a gstabd of its own)."""
         steps = SPIKE_STEP + 10
-        whole, _ = self.run_ranks(job + "-whole", *args, steps=steps)
+        run = self.run_ranks if nodes == 1 else self.run_on_two_nodes
+        whole, _ = run(job + "-whole", *args, steps=steps)
         with tempfile.TemporaryDirectory(prefix="gstab-ckpt-") as folder:
             checkpoint = os.path.join(folder, "step20")
-            self.run_ranks(job, *args, "--save", checkpoint, steps=20)
-            elsewhere = Gstabd(frameworks.ARGS.gstabd)  # the job comes back on another node
+            run(job, *args, "--save", checkpoint, steps=20)
+            # The job comes back on other nodes.
+            elsewhere = ([Gstabd(frameworks.ARGS.gstabd)] if nodes == 1
+                         else [peer_gstabd() for _ in range(2)])
             try:
                 resumed, _ = self.run_ranks(job, *args, "--resume", checkpoint, steps=steps,
-                                            sockets=[elsewhere.socket])
+                                            sockets=[g.socket for g in elsewhere])
             finally:
-                self.assertEqual(elsewhere.stop(), 0)
+                for g in elsewhere:
+                    self.assertEqual(g.stop(), 0)
         for rank in (0, 1):
             self.assertEqual([r["step"] for r in resumed[rank]["steps"]],
                              list(range(21, steps + 1)))
@@ -144,6 +149,11 @@ class DistributedDataParallelTest(GstabdTest):
 
     def test_an_fsdp2_job_resumed_from_its_checkpoint_continues_bit_for_bit(self):
         self.check_resumed_bit_for_bit("fsdp-resumed", "--fsdp")
+
+    def test_a_job_across_two_nodes_resumed_on_other_gstabds_continues_bit_for_bit(self):
+        # Node 0 imports the checkpoint; node 1 takes its statistics at the first step (before,
+        # node 1's import was refused, and every rank failed).
+        self.check_resumed_bit_for_bit("nodes-resumed", nodes=2)
 
 
 class JaxProcessesTest(unittest.TestCase):
