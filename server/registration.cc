@@ -275,6 +275,10 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
         "knows the caller's uid and checks that the objects are its own");
   }
   std::vector<unsigned char*> bases;
+  // The objects mapped, each once, and their bytes together: within the cap of one object, so a
+  // registration cannot map the cap a buffer times over (address space, mappings).
+  std::set<const ShmMapping*> objects;
+  uint64_t object_bytes = 0;
   for (size_t i = 0; i < plan.buffers.size(); ++i) {
     const PlannedBuffer& b = plan.buffers[i];
     absl::StatusOr<std::shared_ptr<ShmMapping>> m =
@@ -292,6 +296,16 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
       return absl::InvalidArgumentError(
           absl::StrCat("buffer ", i, ": offset ", b.offset, " + size ", b.size, " exceeds the ",
                        (*m)->size(), " bytes of shared memory '", b.shm_name, "'"));
+    }
+    if (objects.insert(m->get()).second) {
+      object_bytes += (*m)->size();
+      if (object_bytes > plan.max_object_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "buffer ", i, ": the registration's shared-memory objects come to more than ",
+            plan.max_object_bytes,
+            " bytes together, this daemon's cap (--max_bytes and padding): put the gradients in "
+            "fewer, smaller objects"));
+      }
     }
     bases.push_back((*m)->data());
     out.host_objects.push_back(m->get());

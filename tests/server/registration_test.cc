@@ -208,5 +208,39 @@ TEST(RegistrationTest, AnObjectLargerThanTheCapIsNotMapped) {
   EXPECT_EQ(registry.LiveMappings(), 0);
 }
 
+// Objects each within the cap, together beyond it: refused, nothing left mapped (a registration
+// could otherwise map the cap once per buffer).
+TEST(RegistrationTest, ObjectsTogetherLargerThanTheCapAreNotMapped) {
+  RegistrationCaps caps;
+  caps.max_bytes = 1 << 20;
+  GradientArena a, b;
+  a.AddTensor("a", 256, DType::kFloat32);
+  b.AddTensor("b", 256, DType::kFloat32);
+  ASSERT_TRUE(a.Allocate().ok());
+  ASSERT_TRUE(b.Allocate().ok());
+  absl::StatusOr<RegistrationPlan> one = ValidateRegistration(a.RegistrationRequest(), caps);
+  ASSERT_TRUE(one.ok()) << one.status();
+  v1::RegisterBuffersRequest request;
+  for (GradientArena* arena : {&a, &b}) {
+    const int fd = shm_open(arena->shm_name().c_str(), O_RDWR, 0);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, static_cast<off_t>(one->max_object_bytes / 2 + 4096)), 0);  // sparse
+    close(fd);
+    v1::RegisterBuffersRequest own = arena->RegistrationRequest();
+    for (v1::Tensor t : own.tensors()) {
+      t.set_buffer(t.buffer() + static_cast<uint32_t>(request.buffers_size()));
+      *request.add_tensors() = t;
+    }
+    for (const v1::Buffer& buffer : own.buffers()) *request.add_buffers() = buffer;
+  }
+  MappingRegistry registry;
+  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  absl::Status s = MapRegistration(*plan, &registry, nullptr, getuid()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("objects come to more than"), std::string::npos) << s;
+  EXPECT_EQ(registry.LiveMappings(), 0);
+}
+
 }  // namespace
 }  // namespace gstab
