@@ -320,8 +320,12 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
     return absl::InvalidArgumentError(
         absl::StrCat("node_count must be 1 to ", kMaxNodes, ", not ", request.node_count()));
   }
-  absl::MutexLock lock(&mu_);
-  if (peer_address_.empty()) {
+  std::string peer_address;
+  {
+    absl::MutexLock lock(&mu_);
+    peer_address = peer_address_;
+  }
+  if (peer_address.empty()) {
     return absl::FailedPreconditionError(
         "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
   }
@@ -332,15 +336,19 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
           "a rendezvous for a CUDA job needs a gstabd with the CUDA backend (--backend=cuda on a "
           "machine with a GPU)");
     }
+    // Not under mu_: NCCL's first id sets up its networking, which every RPC would wait for.
     absl::StatusOr<std::string> id = gpu_.new_nccl_id();
     if (!id.ok()) return id.status();
     info.set_nccl_unique_id(*std::move(id));
   }
   info.set_format_version(1);
-  info.set_store_address(peer_address_);
-  info.set_token(rendezvous_store_.NewToken());
+  info.set_store_address(peer_address);
+  info.set_token(rendezvous_store_.NewToken(request.job()));
   info.set_job(request.job());
-  info.set_generation(++generations_[request.job()]);
+  {
+    absl::MutexLock lock(&mu_);
+    info.set_generation(++generations_[request.job()]);
+  }
   info.set_store_started_us(static_cast<uint64_t>(absl::ToUnixMicros(started_)));
   info.set_node_count(request.node_count());
   response->set_rendezvous(info.SerializeAsString());

@@ -9,16 +9,28 @@
 
 namespace gstab {
 
-std::string RendezvousStore::NewToken() {
+std::string RendezvousStore::NewToken(const std::string& job) {
   const std::string token = RandomToken();
   absl::MutexLock lock(&mu_);
   spaces_[token];
   order_.push_back(token);
-  while (order_.size() > max_rendezvous_) {
-    spaces_.erase(order_.front());
-    order_.pop_front();
-  }
+  std::deque<std::string>& own = by_job_[job];
+  own.push_back(token);
+  while (own.size() > kPerJob) Forget(own.front());
+  while (order_.size() > max_rendezvous_) Forget(order_.front());
   return token;
+}
+
+void RendezvousStore::Forget(const std::string& token) {
+  spaces_.erase(token);
+  order_.erase(std::find(order_.begin(), order_.end(), token));
+  for (auto it = by_job_.begin(); it != by_job_.end(); ++it) {
+    auto own = std::find(it->second.begin(), it->second.end(), token);
+    if (own == it->second.end()) continue;
+    it->second.erase(own);
+    if (it->second.empty()) by_job_.erase(it);
+    return;
+  }
 }
 
 absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string& token) {

@@ -21,10 +21,13 @@ namespace gstab {
 
 class RendezvousStore {
  public:
-  explicit RendezvousStore(size_t max_rendezvous = 256) : max_rendezvous_(max_rendezvous) {}
+  explicit RendezvousStore(size_t max_rendezvous = 1024) : max_rendezvous_(max_rendezvous) {}
 
-  // Creates a namespace and returns its token.
-  std::string NewToken();
+  // Creates a namespace for a rendezvous of `job` and returns its token. A job's two newest
+  // are kept (the one it starts and the one it may still end), so that one job making many
+  // (restarting in a loop) forgets its own old ones, not other jobs'; beyond the cap, the
+  // oldest of any job goes.
+  std::string NewToken(const std::string& job = "");
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
@@ -40,10 +43,15 @@ class RendezvousStore {
   // PERMISSION_DENIED for an unknown token.
   absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Drops the namespace of `token` (in order_ too).
+  void Forget(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  static constexpr size_t kPerJob = 2;
   const size_t max_rendezvous_;
   absl::Mutex mu_;
   std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::deque<std::string>> by_job_ ABSL_GUARDED_BY(mu_);  // newest last
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

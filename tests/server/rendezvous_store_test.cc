@@ -3,7 +3,9 @@
 #include "server/rendezvous_store.h"
 
 #include <atomic>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -53,6 +55,21 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
   closer.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+// A job making rendezvous in a loop (restarting) forgets its own older ones, never another
+// job's that has yet to connect; beyond the cap the oldest of any job goes.
+TEST(RendezvousStoreTest, AJobMakingManyForgetsItsOwnOldOnesFirst) {
+  RendezvousStore store(/*max_rendezvous=*/8);
+  const std::string quiet = store.NewToken("quiet-job");
+  std::vector<std::string> looping;
+  for (int i = 0; i < 100; ++i) looping.push_back(store.NewToken("looping-job"));
+  EXPECT_TRUE(store.Set(quiet, "k", "v").ok());
+  EXPECT_TRUE(store.Set(looping[99], "k", "v").ok());
+  EXPECT_TRUE(store.Set(looping[98], "k", "v").ok());
+  EXPECT_EQ(store.Set(looping[97], "k", "v").code(), absl::StatusCode::kPermissionDenied);
+  for (int i = 0; i < 8; ++i) store.NewToken("job-" + std::to_string(i));
+  EXPECT_EQ(store.Set(quiet, "k", "v").code(), absl::StatusCode::kPermissionDenied);
 }
 
 }  // namespace
