@@ -361,9 +361,27 @@ class Client:
                           result_step, groups)
 
     def close(self) -> None:
+        """Detaches (when attached: gstabd lets go of this worker at once, not at the end of its
+        lease) and closes the connection; the Client is not used after. `with gstab.Client(...)
+        as client:` closes it at the end of the block."""
+        if getattr(self, "_h", None):
+            if self._attached is not None:
+                try:
+                    self.detach()
+                except Error:
+                    pass  # gstabd gone, or a forked child's copy: nothing to let go of here
+            self._destroy()
+
+    def _destroy(self) -> None:
         if getattr(self, "_h", None):
             self._lib.gstab_client_destroy(self._h)
             self._h = None
 
-    def __del__(self):
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.close()
+
+    def __del__(self):
+        self._destroy()  # no call to gstabd from a finalizer: the lease ends the session

@@ -199,6 +199,26 @@ class ClientTest(unittest.TestCase):
         self.assertIn("replicated", e.exception.message)
         self.assertIn("sharded", e.exception.message)
 
+    def test_a_closed_client_has_detached_and_says_it_is_closed(self):
+        with gstab.Client(self.socket) as client:
+            client.attach("py-closed")
+            one_tensor = gstab.Arena()
+            one_tensor.add_tensor("w", 16)
+            one_tensor.allocate()
+            client.register_arena(one_tensor)
+            client.step(1)
+        with self.assertRaises(gstab.Error) as e:
+            client.step(2)
+        self.assertIn("closed", e.exception.message)
+        # Its local rank was let go of at once: another worker of the job takes it with no
+        # replaced session (ABORTED is what a lingering one would hear).
+        with gstab.Client(self.socket) as again:
+            again.attach("py-closed")
+            self.assertEqual(again.stats()["steps"], 1)
+        with self.assertRaises(gstab.Error) as e:
+            gstab.Client(self.socket).step(1)
+        self.assertIn("not attached", e.exception.message)
+
     def test_absent_daemon_is_unavailable(self):
         with self.assertRaises(gstab.Error) as e:
             gstab.Client(os.path.join(self.dir.name, "nobody.sock")).attach("py-absent")
