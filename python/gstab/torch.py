@@ -198,6 +198,10 @@ class Stabilizer:
             self._registration = self._cuda
         # What p.grad is set to: the registered tensor, or a DTensor over it (made once).
         self._assigned = [_like(p, grad) for (_, p), grad in zip(self._params, self._grads)]
+        # Aliases of the registered memory, never handed out: they keep it allocated whatever
+        # happens to the tensors above (model.to() swaps a gradient's storage under it), so
+        # gstabd never writes into memory PyTorch has given to something else.
+        self._pinned = [grad.detach() for grad in self._grads]
         for (_, p), grad, assigned in zip(self._params, self._grads, self._assigned):
             if p.grad is not None:
                 grad.copy_(_local(p.grad))
@@ -291,6 +295,14 @@ class Stabilizer:
                                "registered others since, or detached")
 
     def _take_back_replaced_gradients(self) -> None:
+        for (name, _), grad, pinned in zip(self._params, self._grads, self._pinned):
+            if grad.data_ptr() != pinned.data_ptr() or grad.dtype != pinned.dtype or \
+                    grad.device != pinned.device:
+                raise RuntimeError(
+                    f"gstab: the gradient of '{name}' no longer lives in the memory gstabd "
+                    f"stabilizes (now {grad.dtype} on {grad.device}, registered as "
+                    f"{pinned.dtype} on {pinned.device}): the model was moved or cast after its "
+                    "Stabilizer was made; make the Stabilizer after model.to(...)")
         replaced = []
         for (name, p), grad, assigned in zip(self._params, self._grads, self._assigned):
             current = None if p.grad is None else _local(p.grad)

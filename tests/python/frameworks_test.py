@@ -283,6 +283,11 @@ class TorchTest(GstabdTest):
         stabilizer = gstab.torch.Stabilizer(client, model)
         F.mse_loss(model(regression_batch(5)[0]), regression_batch(5)[1]).backward()
         self.assertFalse(stabilizer.step(1).skip)
+        # A model cast after its stabilizer was made has gradients outside the registered
+        # memory: refused, rather than stabilizing memory the model no longer uses.
+        model.to(torch.bfloat16)
+        with self.assertRaisesRegex(RuntimeError, "after its Stabilizer was made"):
+            stabilizer.step(2)
 
 
 def jax_params(dtype=jnp.float32):
