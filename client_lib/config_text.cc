@@ -6,8 +6,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace gstab {
@@ -20,7 +22,10 @@ absl::Status SetConfigField(const std::string& key, const std::string& value,
   for (size_t i = 0; i < path.size(); ++i) {
     const FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(path[i]);
     if (f == nullptr || f->is_repeated()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown config key '", key, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown config key '", key,
+                       "' (the keys are gstab.v1.PolicyConfig's fields, dotted: `gstabctl config "
+                       "show` lists them with a job's values)"));
     }
     const google::protobuf::Reflection* r = msg->GetReflection();
     if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
@@ -62,6 +67,18 @@ absl::Status SetConfigField(const std::string& key, const std::string& value,
         }
         ok = found != nullptr && found->number() != 0;
         if (ok) r->SetEnum(msg, f, found);
+        if (!ok) {
+          std::vector<std::string> names;
+          for (int k = 1; k < f->enum_type()->value_count(); ++k) {
+            names.push_back(f->enum_type()->value(k)->name());
+          }
+          const bool preset = key == "policy" && absl::StrContains(upper, "SPAM");
+          return absl::InvalidArgumentError(absl::StrCat(
+              "config key '", key, "' cannot take the value '", value, "': it takes ",
+              absl::StrJoin(names, ", "), " (or the part after the prefix, lower case)",
+              preset ? "; the Stable-SPAM preset is policy=stabilize stabilize.preset=stable-spam"
+                     : ""));
+        }
         break;
       }
       default:
@@ -73,6 +90,34 @@ absl::Status SetConfigField(const std::string& key, const std::string& value,
     }
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+void AppendSettings(const google::protobuf::Message& m, const std::string& prefix,
+                    std::vector<std::string>* out) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    const std::string key = absl::StrCat(prefix, f->name());
+    if (f->is_repeated()) continue;
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      AppendSettings(r->GetMessage(m, f), key + ".", out);
+      continue;
+    }
+    std::string value;
+    google::protobuf::TextFormat::PrintFieldValueToString(m, f, -1, &value);
+    out->push_back(absl::StrCat(key, "=", value));
+  }
+}
+
+}  // namespace
+
+std::string ConfigSettingsText(const v1::PolicyConfig& config) {
+  std::vector<std::string> settings;
+  AppendSettings(config, "", &settings);
+  return absl::StrJoin(settings, "\n");
 }
 
 std::string ToJson(const google::protobuf::Message& message, bool with_defaults) {

@@ -21,6 +21,10 @@ absl::Status SetConfigField(const std::string& key, const std::string& value,
 // "policy=zclip zclip.z_threshold=3". Empty text gives an empty config (the daemon's defaults).
 absl::StatusOr<v1::PolicyConfig> ParseConfigSettings(absl::string_view settings);
 
+// Every field set in `config` as KEY=VALUE lines, which ParseConfigSettings reads back (enum
+// values by their full names, numbers exactly).
+std::string ConfigSettingsText(const v1::PolicyConfig& config);
+
 // A message as one line of JSON (proto3's JSON mapping, with the .proto's field names).
 // with_defaults: also the fields that hold their default (zero) value.
 std::string ToJson(const google::protobuf::Message& message, bool with_defaults = false);

@@ -1,11 +1,12 @@
 // gstabctl: look at and steer a node's gstabd.
 //
 //   gstabctl health                        exit 0 when gstabd serves (a container probe)
-//   gstabctl status [--all]                jobs, workers, policy, last norms, counters
+//   gstabctl status [--all] [--job=J]      jobs, workers, policy, last norms, counters
 //                                           (--all: and the retired jobs, kept as checkpoints)
 //   gstabctl events [--job=J] [--follow]   recent events, or the live stream
 //   gstabctl top                           a refreshing view: norm sparklines per job
 //   gstabctl config set --job=J policy=clip clip.max_norm=0.5
+//   gstabctl config show --job=J           the job's whole configuration, as config set takes it
 //   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
 //   gstabctl import --job=J --in=FILE
 //   gstabctl rendezvous --job=J --nodes=N [--cuda]  a new rendezvous blob in base64
@@ -17,7 +18,10 @@
 // malformed argument; a flag absl cannot parse exits with 1).
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -28,6 +32,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
@@ -35,7 +40,7 @@
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "gstabd's unix socket");
 ABSL_FLAG(bool, json, false, "print JSON (one object per line) instead of text");
-ABSL_FLAG(std::string, job, "", "the job to act on (events: filter)");
+ABSL_FLAG(std::string, job, "", "the job to act on (status, events: filter)");
 ABSL_FLAG(bool, follow, false, "events: keep streaming new events");
 ABSL_FLAG(uint32_t, recent, 100, "events: how many recent events to show first");
 ABSL_FLAG(int, interval_ms, 1000, "top: refresh period");
@@ -57,7 +62,7 @@ int Fail(const absl::Status& status) {
 int Usage(const std::string& why) {
   std::fprintf(stderr,
                "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
-               "KEY=VALUE...|export|import|rendezvous (see --help)\n",
+               "KEY=VALUE...|config show|export|import|rendezvous (see --help)\n",
                why.c_str());
   return 2;
 }
@@ -111,6 +116,13 @@ int Status() {
   if (!client.ok()) return Fail(client.status());
   auto jobs = ListJobs(client->get(), 0, absl::GetFlag(FLAGS_all));
   if (!jobs.ok()) return Fail(jobs.status());
+  if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty()) {  // that job alone
+    auto* listed = jobs->mutable_jobs();
+    listed->erase(std::remove_if(listed->begin(), listed->end(),
+                                 [&](const v1::JobSummary& j) { return j.job() != job; }),
+                  listed->end());
+    if (listed->empty()) return Fail(absl::NotFoundError("gstabd holds no job '" + job + "'"));
+  }
   std::printf(
       "%s", absl::GetFlag(FLAGS_json) ? (Json(*jobs) + "\n").c_str() : StatusTable(*jobs).c_str());
   return 0;
@@ -175,6 +187,27 @@ int ConfigSet(const std::vector<std::string>& assignments) {
   return 0;
 }
 
+// The job's whole configuration as `config set` takes it (every default filled in).
+int ConfigShow() {
+  if (absl::GetFlag(FLAGS_job).empty()) return Usage("config show needs --job=NAME");
+  auto client = ConnectToJob();
+  if (!client.ok()) return Fail(client.status());
+  auto stats = (*client)->GetStats();
+  if (!stats.ok()) return Fail(stats.status());
+  const uint64_t version =
+      stats->config_history().empty() ? 1 : stats->config_history().rbegin()->version();
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("{\"version\":\"%llu\",\"config\":%s}\n", static_cast<unsigned long long>(version),
+                Json(stats->config()).c_str());
+  } else {
+    std::printf("# job %s, configuration version %llu\n%s\n", absl::GetFlag(FLAGS_job).c_str(),
+                static_cast<unsigned long long>(version),
+                ConfigSettingsText(stats->config()).c_str());
+  }
+  (void)(*client)->Detach();
+  return 0;
+}
+
 int Export() {
   const std::string path = absl::GetFlag(FLAGS_out);
   if (path.empty() || absl::GetFlag(FLAGS_job).empty()) {
@@ -193,7 +226,8 @@ int Export() {
   if (out) std::filesystem::rename(partial, path, renamed);
   if (!out || renamed) {
     std::filesystem::remove(partial, renamed);
-    return Fail(absl::InternalError("cannot write '" + path + "'"));
+    return Fail(
+        absl::InternalError(absl::StrCat("cannot write '", path, "': ", std::strerror(errno))));
   }
   std::printf("exported %zu bytes of job %s's statistics to %s\n", state->size(),
               absl::GetFlag(FLAGS_job).c_str(), path.c_str());
@@ -207,7 +241,10 @@ int Import() {
     return Usage("import needs --job=NAME and --in=FILE");
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) return Fail(absl::NotFoundError("cannot read '" + path + "'"));
+  if (!in) {
+    return Fail(
+        absl::NotFoundError(absl::StrCat("cannot read '", path, "': ", std::strerror(errno))));
+  }
   std::stringstream bytes;
   bytes << in.rdbuf();
   auto client = ConnectToJob();
@@ -237,7 +274,8 @@ int Rendezvous() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gstabctl [--socket=PATH] [--json] health | status | events [--job=J] [--follow] | top | "
-      "config set --job=J KEY=VALUE... | export --job=J --out=FILE | import --job=J --in=FILE | "
+      "config set --job=J KEY=VALUE... | config show --job=J | export --job=J --out=FILE | "
+      "import --job=J --in=FILE | "
       "rendezvous --job=J --nodes=N [--cuda]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> args(rest.begin() + 1, rest.end());
@@ -253,5 +291,7 @@ int main(int argc, char** argv) {
   if (cmd == "config" && args.size() >= 2 && args[1] == "set") {
     return gstab::ctl::ConfigSet(std::vector<std::string>(args.begin() + 2, args.end()));
   }
+  if (cmd == "config" && args.size() == 2 && args[1] == "show") return gstab::ctl::ConfigShow();
+  if (cmd == "config") return gstab::ctl::Usage("config takes `set KEY=VALUE...` or `show`");
   return gstab::ctl::Usage("unknown command '" + cmd + "'");
 }

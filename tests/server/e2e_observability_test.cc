@@ -14,6 +14,8 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
@@ -311,6 +313,25 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   auto [brc, bad] = Ctl("config set --job=ctl-job clip.max_norm=-3");
   EXPECT_EQ(brc, 1);
   EXPECT_NE(bad.find("clip.max_norm"), std::string::npos) << bad;
+  // The whole configuration, as config set takes it back; the same again is no new version.
+  auto [shrc, shown] = Ctl("config show --job=ctl-job");
+  EXPECT_EQ(shrc, 0) << shown;
+  EXPECT_NE(shown.find("configuration version 2"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("clip.max_norm=0.25\n"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("policy=POLICY_CLIP\n"), std::string::npos) << shown;
+  std::string again = "config set --job=ctl-job";
+  for (absl::string_view line : absl::StrSplit(shown, '\n')) {
+    if (!line.empty() && line[0] != '#') absl::StrAppend(&again, " ", line);
+  }
+  auto [agrc, same] = Ctl(again);
+  EXPECT_EQ(agrc, 0) << same;
+  EXPECT_NE(same.find("configuration version 2,"), std::string::npos) << same;
+  auto [orc, only] = Ctl("status --job=absent");
+  EXPECT_EQ(orc, 1);
+  EXPECT_NE(only.find("no job 'absent'"), std::string::npos) << only;
+  auto [prc, preset] = Ctl("config set --job=ctl-job policy=stabilize-stable-spam");
+  EXPECT_EQ(prc, 2);
+  EXPECT_NE(preset.find("stabilize.preset=stable-spam"), std::string::npos) << preset;
 
   const std::string file = dir_.path() + "/ctl.state";
   EXPECT_EQ(Ctl("export --job=ctl-job --out=" + file).first, 0);
