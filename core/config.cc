@@ -183,7 +183,8 @@ void Flatten(const google::protobuf::Message& m, const std::string& prefix,
 
 }  // namespace
 
-std::string ConfigDifference(const RuleParams& held, const RuleParams& asked) {
+std::string ConfigDifference(const RuleParams& held, const RuleParams& asked,
+                             const std::string& label) {
   std::map<std::string, std::string> a, b;
   Flatten(EffectiveConfig(held), "", &a);
   Flatten(EffectiveConfig(asked), "", &b);
@@ -192,7 +193,9 @@ std::string ConfigDifference(const RuleParams& held, const RuleParams& asked) {
   for (const auto& [key, value] : b) {
     auto it = a.find(key);
     const std::string& mine = it == a.end() ? "unset" : it->second;
-    if (mine != value) differences.push_back(absl::StrCat(key, " ", mine, " (asked: ", value, ")"));
+    if (mine != value) {
+      differences.push_back(absl::StrCat(key, " ", mine, " (", label, ": ", value, ")"));
+    }
   }
   return absl::StrJoin(differences, ", ");
 }

@@ -22,8 +22,10 @@ absl::StatusOr<RuleParams> MergeConfig(const RuleParams& base, const v1::PolicyC
 v1::PolicyConfig EffectiveConfig(const RuleParams& params);
 // Whether `a` and `b` are the same configuration (their effective configs are equal).
 bool SameEffectiveConfig(const RuleParams& a, const RuleParams& b);
-// Where `asked` differs from `held`, for messages: "clip.max_norm 1 (asked: 0.5), ...".
-std::string ConfigDifference(const RuleParams& held, const RuleParams& asked);
+// Where `asked` differs from `held`, for messages: "clip.max_norm 1 (asked: 0.5), ..." with
+// `label` "asked".
+std::string ConfigDifference(const RuleParams& held, const RuleParams& asked,
+                             const std::string& label = "asked");
 
 const char* PolicyName(PolicyKind policy);
 

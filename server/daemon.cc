@@ -265,9 +265,10 @@ absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
   const RuleParams before = session->job->params();
   absl::Status s = session->job->UpdateConfig(request.config(), response);
   // An update that changes nothing keeps the version, and is no event.
-  if (s.ok() && observer_ != nullptr && !SameEffectiveConfig(before, session->job->params())) {
-    observer_->OnConfigChange(session->job->name(), response->version(),
-                              PolicyName(session->job->params().policy));
+  const RuleParams after = session->job->params();
+  if (s.ok() && observer_ != nullptr && !SameEffectiveConfig(before, after)) {
+    observer_->OnConfigChange(session->job->name(), response->version(), PolicyName(after.policy),
+                              ConfigDifference(before, after, "now"));
   }
   return s;
 }

@@ -186,9 +186,11 @@ void Observer::OnDetach(const std::string& job, uint32_t local_rank, bool observ
   bus_->Publish(std::move(e));
 }
 
-void Observer::OnConfigChange(const std::string& job, uint64_t version, const std::string& policy) {
+void Observer::OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
+                              const std::string& changes) {
   v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, 0);
-  e.set_detail(absl::StrCat("version ", version, ": policy ", policy));
+  e.set_detail(absl::StrCat("version ", version, ": policy ", policy,
+                            changes.empty() ? "" : "; changed: ", changes));
   bus_->Publish(std::move(e));
 }
 

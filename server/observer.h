@@ -36,7 +36,9 @@ class Observer {
   void OnAttach(const std::string& job, uint32_t local_rank, bool observer);
   void OnDetach(const std::string& job, uint32_t local_rank, bool observer,
                 const std::string& reason);
-  void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy);
+  // `changes`: what changed, for people ("clip.max_norm 1 (asked: 0.5)", ConfigDifference).
+  void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
+                      const std::string& changes = "");
   void SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes);
   // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and
   // its summary is forgotten; a JOB_RETIRED event says `reason`.

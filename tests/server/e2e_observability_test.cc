@@ -310,6 +310,9 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   EXPECT_EQ(crc, 0) << set;
   auto [src, after] = Ctl("status");
   EXPECT_NE(after.find("clip"), std::string::npos) << after;
+  auto [evrc, changed] = Ctl("events --job=ctl-job");  // the change, field by field
+  EXPECT_NE(changed.find("version 2: policy clip; changed: "), std::string::npos) << changed;
+  EXPECT_NE(changed.find("clip.max_norm 1 (now: 0.25)"), std::string::npos) << changed;
   auto [brc, bad] = Ctl("config set --job=ctl-job clip.max_norm=-3");
   EXPECT_EQ(brc, 1);
   EXPECT_NE(bad.find("clip.max_norm"), std::string::npos) << bad;
