@@ -199,6 +199,41 @@ TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
   for (uint64_t step = 21; step <= 23; ++step) StepAndCompare(worker->get(), &ref, step, 9);
 }
 
+// A job comes back from its checkpoint with the configuration it had (changed since its first
+// attach): an attach asking for another is refused naming what differs, one asking for none
+// gets the job's.
+TEST(E2eTest, ARestoredJobKeepsItsConfigurationAndSaysWhatDiffers) {
+  TempDir dir;
+  v1::PolicyConfig clip;
+  clip.set_policy(v1::POLICY_CLIP);
+  {
+    auto daemon = DaemonProcess::Start(dir.path());
+    ASSERT_TRUE(daemon.ok());
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("kept", clip));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    v1::PolicyConfig tighter;
+    tighter.mutable_clip()->set_max_norm(0.25);
+    ASSERT_TRUE((*worker)->client().UpdateConfig(tighter).ok());
+    (*worker)->Fill(1, 1);
+    ASSERT_TRUE((*worker)->client().Step(1).ok());
+    EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  }
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok());
+  auto asking = TestWorker::Create(daemon->socket(), JobOptions("kept", clip));
+  ASSERT_FALSE(asking.ok());
+  EXPECT_EQ(asking.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(asking.status().message().find("came back from gstabd's checkpoint"),
+            std::string::npos)
+      << asking.status();
+  EXPECT_NE(asking.status().message().find("clip.max_norm 0.25 (asked: 1)"), std::string::npos)
+      << asking.status();
+  auto plain = TestWorker::Create(daemon->socket(), JobOptions("kept"));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE((*plain)->client().attach_response().restored());
+  EXPECT_EQ((*plain)->client().attach_response().effective_config().clip().max_norm(), 0.25);
+}
+
 // A node's gstabd replaced under a running worker (a DaemonSet pod restarted): its calls fail
 // while no gstabd serves, then say the session is gone; attaching again resumes the job's
 // statistics from the checkpoint.
