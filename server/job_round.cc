@@ -42,7 +42,8 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     if (shutting_down_) return ShuttingDown(step);
     if (have_step_ && step <= last_step_) {
       return absl::InvalidArgumentError(
-          absl::StrCat("step ", step, " is not after job '", name_, "''s last step ", last_step_));
+          absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
+                       last_step_, ": go on from step ", last_step_ + 1));
     }
     if (round_open_ && round_step_ != step) {
       return absl::FailedPreconditionError(
