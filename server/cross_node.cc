@@ -64,6 +64,19 @@ uint64_t ConfigHash(const RuleParams& params) {
   return Fnv1a(EffectiveConfig(params).SerializeAsString());
 }
 
+namespace {
+
+// The step check's doubles: (x, -x) for the step, the layout's and the configuration's halves
+// and the group count; a node wants node 0's statistics; a node refuses the step.
+constexpr size_t kCheckSize = 14;
+
+}  // namespace
+
+std::string PeerRecordLayout() {
+  return absl::StrCat("check ", kCheckSize, ", rule ", sizeof(RuleParams), ", statistics ",
+                      sizeof(GroupStats));
+}
+
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
                                const StepCheck& mine, absl::Duration timeout, NodePartials* p,
                                StepAgreement* agreement) {
@@ -84,6 +97,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   }
   check.push_back(mine.want_statistics ? 1.0 : 0.0);
   check.push_back(mine.refused ? 1.0 : 0.0);
+  static_assert(kCheckSize == 14, "PeerRecordLayout says the check's size");
   if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }

@@ -49,6 +49,10 @@ struct StepAgreement {
                                  // for, or the configurations differ
 };
 
+// How this gstabd lays out the records nodes exchange as raw bytes (the step check's length,
+// RuleParams, GroupStats): every node of a job must lay them out alike (RendezvousInfo).
+std::string PeerRecordLayout();
+
 // Reduces `partials` in place. ABORTED when a node refused the step (check.refused there: every
 // node leaves it after the check, the communicator intact); INVALID_ARGUMENT when steps or
 // layouts differ across nodes (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the

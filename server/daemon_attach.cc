@@ -5,6 +5,7 @@
 #include "common/token.h"
 #include "core/config.h"
 #include "glog/logging.h"
+#include "server/cross_node.h"
 #include "server/daemon.h"  // the class whose members these are
 #include "server/gloo_collective.h"
 
@@ -276,6 +277,14 @@ absl::StatusOr<v1::RendezvousInfo> Daemon::ParseRendezvous(const v1::AttachReque
     return absl::FailedPreconditionError(
         "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
   }
+  if (info.peer_records() != PeerRecordLayout()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the rendezvous blob was made by a gstabd whose cross-node records are laid out as '",
+        info.peer_records().empty() ? "(an older release)" : info.peer_records(),
+        "', and this gstabd's are '", PeerRecordLayout(),
+        "': every node of a job runs the same gstabd release (finish a rollout, then attach "
+        "every worker with a new rendezvous)"));
+  }
   if (!info.nccl_unique_id().empty() && info.nccl_unique_id().size() != kNcclUniqueIdBytes) {
     return absl::InvalidArgumentError(absl::StrCat("the rendezvous blob's NCCL id has ",
                                                    info.nccl_unique_id().size(), " bytes, not ",
@@ -350,6 +359,7 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
     info.set_generation(++generations_[request.job()]);
   }
   info.set_store_started_us(static_cast<uint64_t>(absl::ToUnixMicros(started_)));
+  info.set_peer_records(PeerRecordLayout());
   info.set_node_count(request.node_count());
   response->set_rendezvous(info.SerializeAsString());
   return absl::OkStatus();

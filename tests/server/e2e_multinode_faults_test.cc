@@ -68,6 +68,22 @@ TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
   for (auto& r : StepAll(workers, Same(2, 2))) EXPECT_TRUE(r.ok()) << r.status();
 }
 
+// A blob from a gstabd that lays out the cross-node records otherwise (another release, met
+// mid-rollout) is refused at attach, saying so, rather than reduced with the wrong layout.
+TEST(MultiNodeFaultTest, ABlobFromAnotherReleasesRecordLayoutIsRefused) {
+  Cluster cluster(2);
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(cluster.Rendezvous("mixed")));
+  info.set_peer_records("check 16, rule 1, statistics 1");
+  absl::Status refused = TestWorker::Create(cluster.daemon(1).socket(),
+                                            NodeOptions("mixed", 1, 2, info.SerializeAsString()))
+                             .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("every node of a job runs the same gstabd release"),
+            std::string::npos)
+      << refused;
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   Cluster cluster(3);
   auto workers = cluster.Attach("faulty");
