@@ -58,7 +58,7 @@ absl::Status GradientArena::Allocate() {
   // Refused at once when /dev/shm has less room free: reserving the pages of a size beyond it
   // could fill the host's memory first (a /dev/shm as large as it), and be killed for it.
   struct statvfs shm;
-  if (statvfs("/dev/shm", &shm) == 0 &&
+  if (statvfs("/dev/shm", &shm) == 0 && shm.f_blocks != 0 &&  // 0: a tmpfs without a size
       offset > static_cast<uint64_t>(shm.f_bavail) * static_cast<uint64_t>(shm.f_frsize)) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", offset, " bytes of shared memory in /dev/shm: it has ",

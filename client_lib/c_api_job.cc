@@ -62,13 +62,13 @@ gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
   if (options->rendezvous == nullptr && options->rendezvous_size != 0) {
     return Report(absl::InvalidArgumentError("rendezvous is NULL but rendezvous_size is not 0"));
   }
-  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
-  absl::StatusOr<gstab::v1::PolicyConfig> policy = PolicyFromName(options->policy);
-  if (!policy.ok()) return Report(policy.status());
-  absl::StatusOr<gstab::v1::PolicyConfig> settings =
-      gstab::ParseConfigSettings(options->config == nullptr ? "" : options->config);
-  if (!settings.ok()) return Report(settings.status());
   return Guarded([&] {
+    if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+    absl::StatusOr<gstab::v1::PolicyConfig> policy = PolicyFromName(options->policy);
+    if (!policy.ok()) return Report(policy.status());
+    absl::StatusOr<gstab::v1::PolicyConfig> settings =
+        gstab::ParseConfigSettings(options->config == nullptr ? "" : options->config);
+    if (!settings.ok()) return Report(settings.status());
     gstab::AttachOptions o;
     o.job = job;
     o.rank = options->rank;
@@ -107,13 +107,13 @@ gstab_status gstab_update_config(gstab_client* client, const char* settings, uin
   if (client == nullptr || settings == nullptr) {
     return Report(absl::InvalidArgumentError("client and settings must not be NULL"));
   }
-  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
-  absl::StatusOr<gstab::v1::PolicyConfig> update = gstab::ParseConfigSettings(settings);
-  if (!update.ok()) return Report(update.status());
-  if (update->ByteSizeLong() == 0) {
-    return Report(absl::InvalidArgumentError("no config settings given (KEY=VALUE ...)"));
-  }
   return Guarded([&] {
+    if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+    absl::StatusOr<gstab::v1::PolicyConfig> update = gstab::ParseConfigSettings(settings);
+    if (!update.ok()) return Report(update.status());
+    if (update->ByteSizeLong() == 0) {
+      return Report(absl::InvalidArgumentError("no config settings given (KEY=VALUE ...)"));
+    }
     absl::StatusOr<gstab::v1::UpdateConfigResponse> r = client->client->UpdateConfig(*update);
     if (!r.ok()) return Report(r.status());
     if (version != nullptr) *version = r->version();

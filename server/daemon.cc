@@ -262,13 +262,14 @@ absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
                                   v1::UpdateConfigResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
-  const RuleParams before = session->job->params();
-  absl::Status s = session->job->UpdateConfig(request.config(), response);
+  RuleParams before;
+  absl::Status s = session->job->UpdateConfig(request.config(), response, &before);
+  if (!s.ok()) return s;
   // An update that changes nothing keeps the version, and is no event.
-  const RuleParams after = session->job->params();
-  if (s.ok() && observer_ != nullptr && !SameEffectiveConfig(before, after)) {
-    observer_->OnConfigChange(session->job->name(), response->version(), PolicyName(after.policy),
-                              ConfigDifference(before, after, "now"));
+  absl::StatusOr<RuleParams> after = ResolveConfig(response->effective_config());
+  if (observer_ != nullptr && after.ok() && !SameEffectiveConfig(before, *after)) {
+    observer_->OnConfigChange(session->job->name(), response->version(), PolicyName(after->policy),
+                              ConfigDifference(before, *after, "now"));
   }
   return s;
 }

@@ -190,13 +190,20 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // wait with it.
   // Another node of a multi-node job has node 0's configuration, whatever its workers bring.
   const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
-  if ((existing || job->restored()) && has_config && !node_zeros_config &&
-      !SameEffectiveConfig(job->params(), config)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job '", request.job(), "' ",
-                     existing ? "already runs" : "came back from gstabd's checkpoint",
-                     " with a different configuration (", ConfigDifference(job->params(), config),
-                     "); attach without one to keep it, or change it with UpdateConfig"));
+  // A worker's config must ask for nothing the job does not have (as an update, it would change
+  // nothing): only what it sets is compared, so the job's other fields, a change made since
+  // and defaults of another gstabd release (a restored job's) do not count.
+  if ((existing || job->restored()) && has_config && !node_zeros_config) {
+    const RuleParams held = job->params();
+    absl::StatusOr<RuleParams> asked = MergeConfig(held, request.config());
+    if (!asked.ok()) return asked.status();
+    if (!SameEffectiveConfig(held, *asked)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job '", request.job(), "' ",
+          existing ? "already runs" : "came back from gstabd's checkpoint",
+          " with a different configuration (", ConfigDifference(held, *asked),
+          "); attach without one to keep it, or change it with UpdateConfig"));
+    }
   }
   response->set_restored(job->restored());
   if (existing) {

@@ -205,6 +205,9 @@ void Job::InstallCollective(std::shared_ptr<Collective> collective, std::string 
   rendezvous_token_ = std::move(rendezvous_token);
   nccl_ = std::move(nccl);
   sync_statistics_ = true;
+  // A node other than 0 follows node 0's step numbers (the step check holds the nodes to one),
+  // which may go back: a job resumed from a checkpoint older than this node's last step.
+  if (collective_ != nullptr && collective_->rank() != 0) have_step_ = false;
   EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator
   nccl_spent_ = false;
 }

@@ -105,7 +105,10 @@ class Job {
   void BeginShutdown();
 
   // Merges `update` into the configuration; effective from the next step.
-  absl::Status UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response);
+  // `before` (may be null) receives the configuration it replaced (the same when nothing
+  // changed: then the version stays).
+  absl::Status UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response,
+                            RuleParams* before = nullptr);
 
   void GetStats(v1::GetStatsResponse* response) const;
   v1::JobState ExportState() const;

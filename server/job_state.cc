@@ -40,8 +40,10 @@ absl::Status Job::RegisteredGpuBetas() const {
       "betas): change them before the workers register, or after they have all left"));
 }
 
-absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response) {
+absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigResponse* response,
+                               RuleParams* before) {
   absl::MutexLock lock(&mu_);
+  if (before != nullptr) *before = params_;
   if (absl::Status s = NodeZerosStateOnly("change its configuration"); !s.ok()) return s;
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();

@@ -21,7 +21,7 @@ std::string RendezvousStore::NewToken(const std::string& job) {
   return token;
 }
 
-void RendezvousStore::Forget(const std::string& token) {
+void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s own element
   spaces_.erase(token);
   order_.erase(std::find(order_.begin(), order_.end(), token));
   for (auto it = by_job_.begin(); it != by_job_.end(); ++it) {

@@ -44,7 +44,7 @@ class RendezvousStore {
   absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Drops the namespace of `token` (in order_ too).
-  void Forget(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Forget(std::string token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   static constexpr size_t kPerJob = 2;
   const size_t max_rendezvous_;

@@ -55,8 +55,12 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   // A socket a live process accepts on is another gstabd's: taking its path over would cut
   // its workers off from it while it runs on.
-  if (const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); probe >= 0) {
-    const bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  // Without blocking: one that is alive but not accepting (stopped, its backlog full) says
+  // EAGAIN; a dead one's leftover file, ECONNREFUSED.
+  if (const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      probe >= 0) {
+    const bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 ||
+                      errno == EAGAIN || errno == EINPROGRESS;
     close(probe);
     if (live) {
       return absl::AlreadyExistsError(absl::StrCat(

@@ -225,9 +225,10 @@ int Export() {
   std::error_code renamed;
   if (out) std::filesystem::rename(partial, path, renamed);
   if (!out || renamed) {
-    std::filesystem::remove(partial, renamed);
-    return Fail(
-        absl::InternalError(absl::StrCat("cannot write '", path, "': ", std::strerror(errno))));
+    const std::string why = renamed ? renamed.message() : std::strerror(errno);
+    std::error_code ignored;
+    std::filesystem::remove(partial, ignored);
+    return Fail(absl::InternalError(absl::StrCat("cannot write '", path, "': ", why)));
   }
   std::printf("exported %zu bytes of job %s's statistics to %s\n", state->size(),
               absl::GetFlag(FLAGS_job).c_str(), path.c_str());

@@ -255,7 +255,8 @@ class Client:
                 # Without a configuration: the job's own (update_config's, gstabctl's) is kept.
                 self._attach(**dict(self._attached, policy=None, config=None))
                 restored = bool(self._lib.gstab_attach_restored(self._handle()))
-                if not restored and self.stats()["steps"] == 0:  # started afresh: as attached
+                held = self.stats()["steps"] > 0
+                if not restored and not held:  # started afresh: as attach() asked
                     asked = _policy_settings(self._attached["policy"], self._attached["config"])
                     if asked:
                         self.update_config(asked)
@@ -271,8 +272,8 @@ class Client:
         self.reattached += 1
         _log.warning("gstab: %s at step %d (%s); job '%s' attached and registered again, %s",
                      what, step, why, self._attached["job"],
+                     "its statistics as gstabd holds them" if held else
                      "its statistics restored from gstabd's checkpoint" if restored else
-                     "its statistics as gstabd held them" if self.stats()["steps"] > 0 else
                      "its statistics started afresh (gstabd had no checkpoint of it)")
 
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:

@@ -62,7 +62,8 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     """Loads libgstab.so once and declares its functions."""
     global _lib
     if _lib is not None:
-        if path and os.sep in path and os.path.realpath(path) != os.path.realpath(_lib._name):
+        if path and os.sep in path and os.sep in _lib._name and \
+                os.path.realpath(path) != os.path.realpath(_lib._name):
             raise OSError(f"libgstab.so is loaded already, from {_lib._name}: a process uses one "
                           f"(asked for {path})")
         return _lib

@@ -84,6 +84,26 @@ TEST(MultiNodeFaultTest, ABlobFromAnotherReleasesRecordLayoutIsRefused) {
       << refused;
 }
 
+// A job resumed from a checkpoint older than its last step, on the gstabds it ran on: node 0
+// imports it, and node 1, which holds the job at its later step, follows node 0's steps.
+TEST(MultiNodeFaultTest, AJobResumedOnItsOwnGstabdsFromAnOlderCheckpointGoesOn) {
+  Cluster cluster(2);
+  auto workers = cluster.Attach("resumed-here");
+  absl::StatusOr<std::string> saved;
+  for (uint64_t step = 1; step <= 5; ++step) {
+    for (size_t i = 0; i < 2; ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
+    for (auto& r : StepAll(workers, Same(2, step))) ASSERT_TRUE(r.ok()) << r.status();
+    if (step == 3) saved = workers[0]->client().ExportState();
+  }
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  workers = cluster.Attach("resumed-here");  // the restarted job: a new rendezvous
+  ASSERT_TRUE(workers[0]->client().ImportState(*saved).ok());
+  for (uint64_t step = 4; step <= 5; ++step) {
+    for (size_t i = 0; i < 2; ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
+    for (auto& r : StepAll(workers, Same(2, step))) EXPECT_TRUE(r.ok()) << r.status();
+  }
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   Cluster cluster(3);
   auto workers = cluster.Attach("faulty");

@@ -220,6 +220,7 @@ TEST(E2eTest, ARestoredJobKeepsItsConfigurationAndSaysWhatDiffers) {
   }
   auto daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok());
+  clip.mutable_clip()->set_max_norm(1);
   auto asking = TestWorker::Create(daemon->socket(), JobOptions("kept", clip));
   ASSERT_FALSE(asking.ok());
   EXPECT_EQ(asking.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -228,6 +229,9 @@ TEST(E2eTest, ARestoredJobKeepsItsConfigurationAndSaysWhatDiffers) {
       << asking.status();
   EXPECT_NE(asking.status().message().find("clip.max_norm 0.25 (asked: 1)"), std::string::npos)
       << asking.status();
+  v1::PolicyConfig just_clip;  // asks for nothing the job lacks
+  just_clip.set_policy(v1::POLICY_CLIP);
+  ASSERT_TRUE(TestWorker::Create(daemon->socket(), JobOptions("kept", just_clip)).ok());
   auto plain = TestWorker::Create(daemon->socket(), JobOptions("kept"));
   ASSERT_TRUE(plain.ok()) << plain.status();
   EXPECT_TRUE((*plain)->client().attach_response().restored());
