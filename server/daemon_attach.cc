@@ -185,6 +185,9 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     absl::MutexLock lock(&mu_);
     Unpend(job);
   };
+  // One attach of a job at a time from here: the checks of its workers' node count and
+  // configuration, and its rendezvous, see the job as the attach before left it.
+  absl::MutexLock attaching(job->attach_mutex());
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
   // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
   // wait with it.

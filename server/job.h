@@ -52,6 +52,9 @@ class Job {
   // retirement when idle): its statistics and configuration are the checkpoint's.
   bool restored() const { return restored_; }
   void set_restored() { restored_ = true; }
+  // Held by an attach of this job while it checks and joins it (taken before the daemon's
+  // lock and this job's, never while holding either).
+  absl::Mutex* attach_mutex() { return &attach_mu_; }
   RuleParams params() const;
 
   // Sessions are numbered in the order they attach (from 1; 0: not known). A session's calls
@@ -192,6 +195,7 @@ class Job {
   CpuExecutor* const executor_;
   const StepCallback on_step_;
   std::atomic<bool> restored_{false};
+  absl::Mutex attach_mu_;
 
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);
