@@ -3,10 +3,12 @@
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/wire_limits.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -31,7 +33,14 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
       owner_(getpid()),
       channel_(std::move(channel)),
       target_(std::move(target)),
-      stub_(v1::Stabilizer::NewStub(channel_)) {}
+      stub_(v1::Stabilizer::NewStub(channel_)) {
+  int seconds = 0;
+  if (const char* v = std::getenv("GSTAB_CALL_TIMEOUT_S");
+      v != nullptr && absl::SimpleAtoi(v, &seconds) && seconds > 0) {
+    call_timeout_ = absl::Seconds(seconds);
+    call_timeout_set_ = true;
+  }
+}
 
 Client::~Client() {
   if (getpid() != owner_) {
@@ -47,6 +56,12 @@ absl::Status Client::StoppedUnderCall(const absl::Status& cancelled) {
   return absl::UnavailableError(absl::StrCat("gstabd stopped before it answered (",
                                              cancelled.message(),
                                              "); attach again after it restarts"));
+}
+
+absl::Status Client::NoAnswer() const {
+  return absl::DeadlineExceededError(absl::StrCat(
+      "gstabd did not answer within ", absl::FormatDuration(call_timeout_),
+      " (stopped, or stuck?): its health check and log say more"));
 }
 
 void Client::Reconnect() {
@@ -115,6 +130,11 @@ absl::Status Client::Attach(const AttachOptions& options) {
   if (!response.ok()) return response.status();
   StopKeepAlive();
   attached_ = *std::move(response);
+  if (!call_timeout_set_) {
+    call_timeout_ =
+        std::max(absl::Minutes(5),
+                 8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));
+  }
   const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(attached_.lease_ms(), 3) / 3);
   stop_keepalive_ = std::make_unique<absl::Notification>();
   keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {

@@ -105,10 +105,13 @@ class Client {
                                                                              Response*),
                                 const Request& request) {
     grpc::ClientContext ctx;
+    const absl::Time deadline = absl::Now() + call_timeout_;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
     Response response;
     absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
+    if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer();
     if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
     return response;
@@ -120,6 +123,8 @@ class Client {
   // UNAVAILABLE for a call gstabd's stop cancelled (`cancelled`): gstabd is going away, as when
   // it refuses a call while it stops.
   static absl::Status StoppedUnderCall(const absl::Status& cancelled);
+  // DEADLINE_EXCEEDED for a call gstabd did not answer within call_timeout_.
+  absl::Status NoAnswer() const;
 
   const uint64_t id_;
   const pid_t owner_;  // the process that made it (a forked child leaves it alone)
@@ -127,6 +132,12 @@ class Client {
   std::string target_;
   std::unique_ptr<v1::Stabilizer::Stub> stub_;
   v1::AttachResponse attached_;
+  // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
+  // five minutes until attached, then beyond the longest a step can take by gstabd's step
+  // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when
+  // set, instead.
+  absl::Duration call_timeout_ = absl::Minutes(5);
+  bool call_timeout_set_ = false;
   std::unique_ptr<absl::Notification> stop_keepalive_;
   std::thread keepalive_;
 };

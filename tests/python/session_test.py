@@ -5,6 +5,7 @@ package against a real gstabd.
 """
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -115,6 +116,40 @@ class SessionTest(unittest.TestCase):
             self.assertEqual(failures, [])
             self.assertEqual(client.reattached, 1)
         finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_frozen_gstabd_is_waited_for_no_longer_than_the_call_timeout(self):
+        # A gstabd that is stopped (SIGSTOP), not gone: a call gives up after
+        # $GSTAB_CALL_TIMEOUT_S (by default minutes past gstabd's step timeout), saying so.
+        node = Gstabd(ARGS.gstabd)
+        os.environ["GSTAB_CALL_TIMEOUT_S"] = "2"
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-frozen")
+            views = one_tensor_job(client)
+            run_steps(client, views, [1])
+            os.kill(node.process.pid, signal.SIGSTOP)
+            tasks = f"/proc/{node.process.pid}/task"
+            for _ in range(500):  # stopped once every thread is
+
+                def state(task):
+                    with open(f"{tasks}/{task}/stat") as f:
+                        return f.read().rsplit(")", 1)[1].split()[0]
+
+                if all(state(t) == "T" for t in os.listdir(tasks)):
+                    break
+                time.sleep(0.01)
+            start = time.monotonic()
+            try:
+                with self.assertRaises(gstab.Error) as e:
+                    run_steps(client, views, [2])
+            finally:
+                os.kill(node.process.pid, signal.SIGCONT)
+            self.assertLess(time.monotonic() - start, 30)
+            self.assertEqual(e.exception.code, 4)
+            self.assertIn("did not answer within 2s", e.exception.message)
+        finally:
+            del os.environ["GSTAB_CALL_TIMEOUT_S"]
             self.assertEqual(node.stop(), 0)
 
     def test_a_forked_child_leaves_its_parents_client_and_arena_alone(self):
