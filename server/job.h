@@ -178,6 +178,11 @@ class Job {
   std::optional<uint64_t> CopySnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A job across nodes gives up the round `round` of step `step`, whose local workers did not
+  // all arrive (`late` says which): every waiter of it hears so, later Steps of it are refused,
+  // and the other nodes are told in the step's check (releasing mu_ meanwhile).
+  absl::Status AbandonRound(uint64_t step, uint64_t round, const std::string& late,
+                            absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // UNAVAILABLE: step `step` was not taken, as gstabd is shutting down.
   absl::Status ShuttingDown(uint64_t step) const;
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
@@ -244,6 +249,11 @@ class Job {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;            // see BeginShutdown
   std::map<uint32_t, uint64_t> arrived_ ABSL_GUARDED_BY(mu_);  // local rank -> its session
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
+  // A job across nodes: the newest step given up at its arrival deadline (AbandonRound).
+  std::optional<uint64_t> abandoned_step_ ABSL_GUARDED_BY(mu_);
+  // Held while a round uses the node collective (a round's collectives, a given-up round's
+  // notice), which takes one caller at a time; taken without mu_.
+  absl::Mutex collective_use_;
   absl::Status round_status_ ABSL_GUARDED_BY(mu_);
   v1::StepResponse round_result_ ABSL_GUARDED_BY(mu_);
 };

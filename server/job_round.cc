@@ -45,6 +45,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
                        last_step_, ": go on from step ", last_step_ + 1));
     }
+    if (abandoned_step_.has_value() && step <= *abandoned_step_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step ", step, " of job '", name_, "' was given up on this node at step ",
+          *abandoned_step_, "'s arrival deadline, and the job's other nodes skipped it: go on "
+          "from step ", *abandoned_step_ + 1));
+    }
     if (round_open_ && round_step_ != step) {
       return absl::FailedPreconditionError(
           absl::StrCat("local rank ", local_rank, " is at step ", step, " but job '", name_,
@@ -78,7 +84,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                                session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return everyone_here() || shutting_down_ || SessionEnded(local_rank, session);
       };
-      mu_.AwaitWithTimeout(absl::Condition(&here_or_shutdown), timeout);
+      // A job across nodes waits half as long: its nodes' steps wait for each other as long as
+      // the whole timeout, and a node whose workers did not all come tells the others in time.
+      const absl::Duration arrival = collective_ != nullptr ? timeout / 2 : timeout;
+      mu_.AwaitWithTimeout(absl::Condition(&here_or_shutdown), arrival);
       const bool arrived = everyone_here();
       if (arrived) mu_.Await(absl::Condition(&finished));
       if (!arrived) {
@@ -86,17 +95,31 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         for (uint32_t r = 0; r < local_world_size_; ++r) {
           if (arrived_.count(r) == 0) missing.push_back(r);
         }
-        // This call's arrival, unless its worker was removed (and the round abandoned) since.
-        auto mine = arrived_.find(local_rank);
-        if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
-          arrived_.erase(mine);
-          if (arrived_.empty()) round_open_ = false;
+        const std::string late = absl::StrCat("step ", step, " of job '", name_,
+                                              "': local ranks [", absl::StrJoin(missing, ", "),
+                                              "] did not call Step within ",
+                                              absl::FormatDuration(arrival));
+        if (absl::Status s = CheckSession(local_rank, session); !s.ok()) {
+          // This call's arrival goes, unless its worker was removed (the round abandoned) since.
+          auto mine = arrived_.find(local_rank);
+          if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
+            arrived_.erase(mine);
+            if (arrived_.empty()) round_open_ = false;
+          }
+          return s;
         }
-        if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
         if (shutting_down_) return ShuttingDown(step);
-        return absl::DeadlineExceededError(absl::StrCat(
-            "step ", step, " of job '", name_, "': local ranks [", absl::StrJoin(missing, ", "),
-            "] did not call Step within ", absl::FormatDuration(timeout)));
+        if (collective_ == nullptr) {  // one node: this worker may come again to the same step
+          auto mine = arrived_.find(local_rank);
+          if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
+            arrived_.erase(mine);
+            if (arrived_.empty()) round_open_ = false;
+          }
+          return absl::DeadlineExceededError(late);
+        }
+        if (finished_round_id_ >= my_round) return round_status_;  // given up by another
+        if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
+        return AbandonRound(step, my_round, late, timeout);
       }
       // A worker removed while the round ran on it has no answer to wait for: its session has
       // ended.
@@ -114,7 +137,11 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
 
   const absl::Time start = absl::Now();
   v1::StepResponse result;
-  absl::Status status = RunRound(step, snapshot, num_groups, timeout, &result);
+  absl::Status status;
+  {
+    absl::MutexLock using_collective(&collective_use_);  // after a given-up round's notice
+    status = RunRound(step, snapshot, num_groups, timeout, &result);
+  }
   const absl::Duration duration = absl::Now() - start;
   {
     absl::MutexLock lock(&mu_);
@@ -127,6 +154,38 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   if (status.ok() && on_step_) on_step_(result, duration);
   *response = std::move(result);
   return status;
+}
+
+absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string& late,
+                               absl::Duration timeout) {
+  // Every waiter of the round hears the same; a late worker's Step of it is refused.
+  const absl::Status given_up = absl::DeadlineExceededError(
+      absl::StrCat(late, "; the job's other nodes are told to skip it: go on from step ",
+                   step + 1));
+  round_status_ = given_up;
+  round_result_ = v1::StepResponse();
+  finished_round_id_ = round;
+  round_open_ = false;
+  arrived_.clear();
+  abandoned_step_ = step;
+  // The other nodes wait in the step's check: told of the refusal there, they leave the step
+  // at once with their communicator intact (rather than wait it out and break it). One use of
+  // the collective at a time: a next round of this node waits for this.
+  std::shared_ptr<Collective> collective = collective_;
+  StepCheck check;
+  check.refused = true;
+  const size_t groups = group_names_.size();
+  std::vector<int> reduction(group_reduction_.begin(), group_reduction_.begin() + groups);
+  mu_.Unlock();
+  {
+    absl::MutexLock using_collective(&collective_use_);
+    NodePartials partials{std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0),
+                          reduction};
+    StepAgreement agreed;
+    (void)ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
+  }
+  mu_.Lock();
+  return given_up;
 }
 
 void Job::BeginShutdown() {

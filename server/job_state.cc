@@ -234,6 +234,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   // continues from that checkpoint's step.
   last_step_ = state.last_step();
   have_step_ = true;
+  abandoned_step_.reset();
   if (collective_ != nullptr) sync_statistics_ = true;  // every node takes node 0's
   return absl::OkStatus();
 }

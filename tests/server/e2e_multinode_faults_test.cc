@@ -104,6 +104,47 @@ TEST(MultiNodeFaultTest, AJobResumedOnItsOwnGstabdsFromAnOlderCheckpointGoesOn) 
   }
 }
 
+// A node whose local workers do not all call Step gives the step up at half the step timeout
+// and says so in the step's check: the other nodes leave it at once, the late worker is told
+// to go on, and the next step runs with the same communicator.
+TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("half-there");
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t rank = 0; rank < 3; ++rank) {
+    AttachOptions o = NodeOptions("half-there", rank == 0 ? 0 : 1, 2, blob);
+    o.rank = rank;
+    o.world_size = 3;
+    o.local_rank = rank == 0 ? 0 : rank - 1;
+    o.local_world_size = rank == 0 ? 1 : 2;
+    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(o.node_rank)).socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
+
+  std::unique_ptr<TestWorker> late = std::move(workers.back());  // node 1's local rank 1
+  workers.pop_back();
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
+  const absl::Time start = absl::Now();
+  auto given_up = StepAll(workers, Same(2, 2));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(2500)) << "node 0 waited out its timeout";
+  EXPECT_EQ(given_up[1].status().code(), absl::StatusCode::kDeadlineExceeded)
+      << given_up[1].status();
+  EXPECT_NE(given_up[1].status().message().find("local ranks [1] did not call Step"),
+            std::string::npos)
+      << given_up[1].status();
+  EXPECT_EQ(given_up[0].status().code(), absl::StatusCode::kAborted) << given_up[0].status();
+  absl::Status too_late = late->client().Step(2).status();
+  EXPECT_EQ(too_late.code(), absl::StatusCode::kFailedPrecondition) << too_late;
+  EXPECT_NE(too_late.message().find("go on from step 3"), std::string::npos) << too_late;
+
+  workers.push_back(std::move(late));
+  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(3, 3))) EXPECT_TRUE(r.ok()) << r.status();
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
   Cluster cluster(3);
   auto workers = cluster.Attach("faulty");
