@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "core/config.h"
+#include "glog/logging.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
 
@@ -18,15 +19,23 @@ constexpr absl::Duration kDiagnoseTimeout = absl::Seconds(1);
 
 absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
                          const absl::Status& failure) {
+  if (absl::IsFailedPrecondition(failure)) {
+    // Broken at an earlier step, which named who was missing: no new diagnosis (a second each).
+    return absl::FailedPreconditionError(
+        absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ",
+                     failure.message()));
+  }
   std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
   std::string who = missing.empty()
                         ? "no node is missing from the rendezvous store, so a node stalled"
                         : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "), " of ", c->size(),
                                        " did not respond");
-  return absl::Status(
+  absl::Status named(
       failure.code(),
       absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",
                    failure.message(), "); attach every worker again with a new rendezvous"));
+  LOG(WARNING) << named;  // the node's own log says so too, not only its workers'
+  return named;
 }
 
 }  // namespace

@@ -191,9 +191,16 @@ TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
     EXPECT_NE(failed[i].status().message().find("node(s) 2 of 3"), std::string::npos)
         << failed[i].status();
   }
-  // Without a new rendezvous the communicator stays down, and says so at once.
+  // Without a new rendezvous the communicator stays down, and says so at once (with no new
+  // search for the missing node: before, a second a step), once.
   survivors[0]->Fill(5, 1);
-  EXPECT_EQ(survivors[0]->client().Step(5).status().code(), absl::StatusCode::kFailedPrecondition);
+  const absl::Time down = absl::Now();
+  absl::Status still_down = survivors[0]->client().Step(5).status();
+  EXPECT_LT(absl::Now() - down, absl::Milliseconds(500));
+  EXPECT_EQ(still_down.code(), absl::StatusCode::kFailedPrecondition) << still_down;
+  const std::string again_hint = "attach every worker again with a new rendezvous";
+  const std::string message(still_down.message());
+  EXPECT_EQ(message.find(again_hint), message.rfind(again_hint)) << still_down;
   step_solo();
 
   // Recovery: node 2 comes back, rank 0 makes a new rendezvous, every worker attaches again.
