@@ -77,6 +77,8 @@ class Daemon {
   absl::Status ImportState(const v1::ImportStateRequest& request,
                            v1::ImportStateResponse* response);
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
+  // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).
+  absl::Status ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response);
   absl::Status CreateRendezvous(const v1::CreateRendezvousRequest& request,
                                 v1::CreateRendezvousResponse* response);
 

@@ -133,6 +133,49 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
   }
 }
 
+absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
+                               v1::ForgetJobResponse* response) {
+  const std::string& name = request.job();
+  if (absl::Status s = ValidateJobName(name); !s.ok()) return s;
+  {
+    absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+    if (retiring_.count(name) == 1) {
+      return absl::UnavailableError(
+          absl::StrCat("job '", name, "' is being retired just now: try again"));
+    }
+    if (auto held = jobs_.find(name); held != jobs_.end()) {
+      uint32_t sessions = 0;
+      for (const auto& [token, s] : sessions_) sessions += s.job == held->second;
+      if (sessions > 0 || pending_.count(name) == 1) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job '", name, "' has ", sessions,
+            " session(s) attached (workers or observers), or one attaching: stop its workers "
+            "first (a stopped worker's session ends within the lease, ",
+            absl::FormatDuration(options_.lease), ")"));
+      }
+      jobs_.erase(held);
+      idle_since_.erase(name);
+      response->set_held(true);
+    }
+    response->set_checkpoint(checkpoints_.erase(name) == 1);
+    if (!response->held() && !response->checkpoint()) {
+      return absl::NotFoundError(
+          absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
+    }
+    if (absl::Status s = store_.Remove(name); !s.ok()) return s;
+    generations_.erase(name);
+  }
+  LOG(INFO) << "forgot job '" << name << "' (an operator's ForgetJob): its next attach starts it "
+            << "afresh";
+  if (observer_ != nullptr) {
+    absl::MutexLock report(&report_mu_);
+    observer_->OnRetire(name, "forgotten (ForgetJob): its next attach starts it afresh");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Daemon::MakeRoomFor(const std::string& name) {
   // A job attached between the choice and its retirement is kept; then choose again.
   for (int attempt = 0; attempt < 3; ++attempt) {

@@ -43,7 +43,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     if (have_step_ && step <= last_step_) {
       return absl::InvalidArgumentError(
           absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
-                       last_step_, ": go on from step ", last_step_ + 1));
+                       last_step_, ": go on from step ", last_step_ + 1,
+                       " (or, to start the job afresh, stop its workers and run `gstabctl forget "
+                       "--job=", name_, "`)"));
     }
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
       return absl::FailedPreconditionError(absl::StrCat(

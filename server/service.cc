@@ -55,6 +55,12 @@ grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
   return ToGrpcStatus(daemon_->ImportState(*request, response));
 }
 
+grpc::Status StabilizerService::ForgetJob(grpc::ServerContext*,
+                                          const v1::ForgetJobRequest* request,
+                                          v1::ForgetJobResponse* response) {
+  return ToGrpcStatus(daemon_->ForgetJob(*request, response));
+}
+
 grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,
                                          v1::ListJobsResponse* response) {
   return ToGrpcStatus(daemon_->ListJobs(*request, response));

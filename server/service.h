@@ -36,6 +36,8 @@ class StabilizerService final : public v1::Stabilizer::Service {
                            v1::ImportStateResponse* response) override;
   grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override;
+  grpc::Status ForgetJob(grpc::ServerContext*, const v1::ForgetJobRequest* request,
+                         v1::ForgetJobResponse* response) override;
   grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status CreateRendezvous(grpc::ServerContext*, const v1::CreateRendezvousRequest* request,

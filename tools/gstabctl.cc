@@ -9,6 +9,8 @@
 //   gstabctl config show --job=J           the job's whole configuration, as config set takes it
 //   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
 //   gstabctl import --job=J --in=FILE
+//   gstabctl forget --job=J                drops what gstabd holds of a job no worker uses
+//                                           (statistics, step count, configuration, checkpoint)
 //   gstabctl rendezvous --job=J --nodes=N [--cuda]  a new rendezvous blob in base64
 //                                           (GSTAB_RENDEZVOUS); --cuda for GPU gradients
 //
@@ -62,7 +64,7 @@ int Fail(const absl::Status& status) {
 int Usage(const std::string& why) {
   std::fprintf(stderr,
                "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
-               "KEY=VALUE...|config show|export|import|rendezvous (see --help)\n",
+               "KEY=VALUE...|config show|export|import|forget|rendezvous (see --help)\n",
                why.c_str());
   return 2;
 }
@@ -256,6 +258,27 @@ int Import() {
   return 0;
 }
 
+// Drops what gstabd holds of a job no worker uses: its next attach starts it afresh.
+int Forget() {
+  const std::string job = absl::GetFlag(FLAGS_job);
+  if (job.empty()) return Usage("forget needs --job=NAME");
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  v1::ForgetJobRequest request;
+  request.set_job(job);
+  v1::ForgetJobResponse response;
+  grpc::ClientContext ctx;
+  if (absl::Status s = FromGrpcStatus((*client)->stub()->ForgetJob(&ctx, request, &response));
+      !s.ok()) {
+    return Fail(s);
+  }
+  std::printf("forgot job %s (%s): its next attach starts it afresh\n", job.c_str(),
+              response.held() && response.checkpoint() ? "held, and a checkpoint"
+              : response.held()                        ? "held"
+                                                       : "a checkpoint");
+  return 0;
+}
+
 int Rendezvous() {
   const std::string job = absl::GetFlag(FLAGS_job);
   const uint32_t nodes = absl::GetFlag(FLAGS_nodes);
@@ -276,7 +299,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gstabctl [--socket=PATH] [--json] health | status | events [--job=J] [--follow] | top | "
       "config set --job=J KEY=VALUE... | config show --job=J | export --job=J --out=FILE | "
-      "import --job=J --in=FILE | "
+      "import --job=J --in=FILE | forget --job=J | "
       "rendezvous --job=J --nodes=N [--cuda]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> args(rest.begin() + 1, rest.end());
@@ -289,6 +312,7 @@ int main(int argc, char** argv) {
   if (cmd == "export") return gstab::ctl::Export();
   if (cmd == "import") return gstab::ctl::Import();
   if (cmd == "rendezvous") return gstab::ctl::Rendezvous();
+  if (cmd == "forget") return gstab::ctl::Forget();
   if (cmd == "config" && args.size() >= 2 && args[1] == "set") {
     return gstab::ctl::ConfigSet(std::vector<std::string>(args.begin() + 2, args.end()));
   }

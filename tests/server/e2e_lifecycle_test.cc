@@ -5,6 +5,7 @@
 // for --job_retention_s is deleted.
 #include <filesystem>
 #include <thread>
+#include <tuple>
 
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -271,6 +272,49 @@ TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   auto worker = TestWorker::Create(daemon->socket(), JobOptions("short"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_FALSE((*worker)->client().attach_response().restored());
+}
+
+// An operator starts a job afresh under its name: refused while a worker is attached, then
+// its statistics, step count and checkpoint go, and its next attach starts at step 1.
+TEST(E2eLifecycleTest, AForgottenJobStartsAfreshUnderItsName) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto ctl = [&](const std::string& args) {
+    return testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                             " --socket=" + daemon->socket() + " " + args + " 2>&1");
+  };
+  for (const std::string job : {"held", "kept"}) {
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    for (uint64_t step = 1; step <= 3; ++step) {
+      (*worker)->Fill(step, 1);
+      ASSERT_TRUE((*worker)->client().Step(step).ok());
+    }
+    auto [busy, why] = ctl("forget --job=" + job);
+    EXPECT_EQ(busy, 1);
+    EXPECT_NE(why.find("1 session(s) attached"), std::string::npos) << why;
+    ASSERT_TRUE((*worker)->client().Detach().ok());
+  }
+  auto [rc, out] = ctl("forget --job=held");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("forgot job held (held)"), std::string::npos) << out;
+  ASSERT_EQ(daemon->Stop().value_or(-1), 0);  // "kept": a checkpoint on disk
+  daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::tie(rc, out) = ctl("forget --job=kept");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("forgot job kept (a checkpoint)"), std::string::npos) << out;
+  std::tie(rc, out) = ctl("forget --job=kept");
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("no job 'kept'"), std::string::npos) << out;
+  for (const std::string job : {"held", "kept"}) {
+    auto fresh = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    EXPECT_FALSE((*fresh)->client().attach_response().restored()) << job;
+    (*fresh)->Fill(1, 1);
+    EXPECT_TRUE((*fresh)->client().Step(1).ok()) << job;
+  }
 }
 
 // A second gstabd given the socket a running one serves on exits saying so, rather than take
