@@ -31,9 +31,13 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
             "job '", request.job(),
             "' is not held by this gstabd now (it was retired while idle, or its checkpoint was "
             "found in the state directory at start, and no worker has attached since); its "
-            "statistics come back when a worker attaches"));
+            "statistics come back when a worker attaches, and its checkpoint file in the state "
+            "directory (", request.job(), ".jobstate) holds what an export would give"));
       }
-      return absl::NotFoundError(absl::StrCat("no job '", request.job(), "' on this gstabd"));
+      return absl::NotFoundError(absl::StrCat(
+          "no job '", request.job(),
+          "' on this gstabd (`gstabctl status` lists its jobs): a job is held from its first "
+          "worker's attach, and a state is imported into a new job by its worker after attaching"));
     }
     job = it->second;
     const std::string token = RandomToken();
