@@ -122,6 +122,8 @@ def check_common(name, kinds):
 def check_gpu(name, kinds):
     _, pod, c = daemon_container(kinds)
     env = {e["name"]: e.get("value") for e in c["env"]}
+    if "everything" in name:
+        check(env.get("NCCL_SOCKET_IFNAME") == "eth0", f"{name}: extraEnv not in the container")
     check(flag(c, "backend") == "cuda", f"{name}: GPU nodes should run --backend=cuda")
     check(pod["spec"].get("runtimeClassName") == "nvidia", f"{name}: no NVIDIA runtime class")
     check(env.get("NVIDIA_VISIBLE_DEVICES") == "all",
@@ -195,6 +197,9 @@ def bad_values(args):
         (["--set", "allowUids={1000}"], "must admit gstabd's own probes"),
         (["--set", "allowGids={2000}"], "must admit gstabd's own probes"),
         (["--set", "extraArgs={--socket=/tmp/x.sock}"], "may not set --socket"),
+        (["--set", "extraEnv[0].name=NODE_IP", "--set", "extraEnv[0].value=1.2.3.4"],
+         "extraEnv may not set NODE_IP"),
+        (["--set", "extraEnv[0].value=eth0"], "/extraEnv/0"),
         (["--set", "peer.enabled=true", "--set", "peer.tlsSecret=s", "--set", "peer.port=9478"],
          "peer.port and metrics.port must differ"),
         (["--set", "daemon.leaseMs=3000000000"], "/daemon/leaseMs"),
@@ -210,6 +215,7 @@ def bad_values(args):
 def check_notes(args):
     """What `helm install` prints: the socket and what a training pod needs, for these values."""
     cases = [([], ["/run/gstab/gstabd.sock", "hostPID: true", "pod-security"]),
+             (["--set", "hostPID=false"], ["WARNING: gpu.enabled with hostPID false"]),
              (["--set", "gpu.enabled=false", "--set", "socket.gid=2000",
                "--set", "socket.hostPath=/var/run/gstab"],
               ["/var/run/gstab/gstabd.sock", "group 2000", "hostIPC: true in"])]
@@ -363,7 +369,9 @@ def main():
                   "--set", "peer.enabled=true", "--set", "peer.tlsSecret=gstab-peer-tls",
                   "--set", "peer.tlsName=gstab-peer", "--set", "socket.gid=2000",
                   "--set", "allowUids={0,1000}", "--set", "allowGids={2000}",
-                  "--set", "extraArgs={--max_bytes=1073741824}"]
+                  "--set", "extraArgs={--max_bytes=1073741824}",
+                  "--set", "extraEnv[0].name=NCCL_SOCKET_IFNAME",
+                  "--set", "extraEnv[0].value=eth0"]
     for extra in ([], everything):
         lint = subprocess.run([args.helm, "lint", "--strict", args.chart, *extra],
                               capture_output=True, text=True)

@@ -74,7 +74,7 @@ exec:
 
 {{/*
 Values the chart's own arguments depend on, checked before anything renders: extraArgs may not
-set a flag the chart sets (the probes, mounts and ports follow the chart's); the allow-lists
+set a flag the chart sets, nor extraEnv a variable it sets (the probes, mounts and ports follow the chart's); the allow-lists
 must admit the probes and `helm test` (gstabd's runAsUser, gid socket.gid or its runAsGroup); the peer and metrics ports
 differ (both are host ports with peer.enabled).
 */}}
@@ -84,6 +84,12 @@ differ (both are host ports with peer.enabled).
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
 {{- if has $flag $managed -}}
 {{- fail (printf "extraArgs may not set --%s: the chart sets it from its values (see values.yaml)" $flag) -}}
+{{- end -}}
+{{- end -}}
+{{- $managedEnv := list "NODE_NAME" "NODE_IP" "NVIDIA_VISIBLE_DEVICES" "NVIDIA_DRIVER_CAPABILITIES" "CUDA_CACHE_PATH" -}}
+{{- range .Values.extraEnv -}}
+{{- if has .name $managedEnv -}}
+{{- fail (printf "extraEnv may not set %s: the chart sets it (see values.yaml)" .name) -}}
 {{- end -}}
 {{- end -}}
 {{- if or .Values.allowUids .Values.allowGids -}}
