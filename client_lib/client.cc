@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/wire_limits.h"
@@ -62,6 +63,17 @@ absl::Status Client::NoAnswer() const {
   return absl::DeadlineExceededError(absl::StrCat(
       "gstabd did not answer within ", absl::FormatDuration(call_timeout_),
       " (stopped, or stuck?): its health check and log say more"));
+}
+
+absl::Status Client::Unreachable(const absl::Status& unavailable) const {
+  if (absl::StrContains(unavailable.message(), "gstabd") ||
+      absl::StrContains(unavailable.message(), "job '")) {
+    return unavailable;
+  }
+  return absl::UnavailableError(absl::StrCat("cannot reach gstabd at ", target_, " (",
+                                             unavailable.message(),
+                                             "): it stopped or restarts; attach again once it "
+                                             "serves"));
 }
 
 void Client::Reconnect() {

@@ -112,6 +112,7 @@ class Client {
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
     if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer();
+    if (absl::IsUnavailable(s)) s = Unreachable(s);
     if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
     return response;
@@ -125,6 +126,9 @@ class Client {
   static absl::Status StoppedUnderCall(const absl::Status& cancelled);
   // DEADLINE_EXCEEDED for a call gstabd did not answer within call_timeout_.
   absl::Status NoAnswer() const;
+  // gRPC's own UNAVAILABLE (the connection: "Socket closed", "failed to connect ...") says
+  // which gstabd and what to do; gstabd's own UNAVAILABLE (its messages name it) is kept.
+  absl::Status Unreachable(const absl::Status& unavailable) const;
 
   const uint64_t id_;
   const pid_t owner_;  // the process that made it (a forked child leaves it alone)

@@ -145,7 +145,11 @@ int Events() {
     std::fflush(stdout);
   }
   absl::Status s = FromGrpcStatus(reader->Finish());
-  return s.ok() ? 0 : Fail(s);
+  if (!s.ok()) return Fail(s);
+  if (absl::GetFlag(FLAGS_follow)) {  // a followed stream ends only when gstabd goes
+    return Fail(absl::UnavailableError("the event stream ended: gstabd stopped"));
+  }
+  return 0;
 }
 
 int Top() {

@@ -379,7 +379,17 @@ TEST_F(E2eObservabilityTest, GstabctlHealthFollowsTheDaemon) {
   auto [jrc, json] = Ctl("--json health");
   EXPECT_EQ(jrc, 0) << json;
   EXPECT_EQ(json, "{\"status\":\"SERVING\"}\n");
+  // A followed event stream ends only when gstabd goes, and says so (exit 1).
+  absl::StatusOr<testing::Subprocess> follower = testing::Subprocess::Start(
+      {testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(), "events",
+       "--follow"});
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  absl::SleepFor(absl::Milliseconds(300));  // subscribed
   ASSERT_EQ(daemon_->Stop().value_or(-1), 0);
+  const std::string followed = follower->ReadAll();
+  EXPECT_EQ(follower->Wait(absl::Seconds(10)).value_or(-1), 1) << followed;
+  EXPECT_NE(followed.find("the event stream ended: gstabd stopped"), std::string::npos)
+      << followed;
   auto [drc, down] = Ctl("health");
   EXPECT_EQ(drc, 1) << down;
   EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
