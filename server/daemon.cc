@@ -353,6 +353,8 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
     out->set_groups(static_cast<uint32_t>(stats.groups_size()));
     out->set_registered_bytes(stats.registered_bytes());
     out->set_attached_workers(workers);
+    out->set_node_rank(job->node_rank());
+    out->set_node_count(job->node_count());
     if (observer_ != nullptr) observer_->Summarize(job->name(), history, out);
   }
   for (v1::JobSummary& r : retired) *response->add_jobs() = std::move(r);

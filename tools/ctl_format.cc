@@ -40,8 +40,9 @@ const char* EventName(v1::EventType t) {
 
 std::string StatusTable(const v1::ListJobsResponse& jobs) {
   std::string out =
-      absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s\n", "JOB", "POLICY", "WORKERS",
-                      "STEPS", "LAST_NORM", "STABILIZED", "SPIKES", "SKIPS", "DIVERGING");
+      absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s %5s\n", "JOB", "POLICY",
+                      "WORKERS", "STEPS", "LAST_NORM", "STABILIZED", "SPIKES", "SKIPS",
+                      "DIVERGING", "NODE");
   std::string retired;
   for (const v1::JobSummary& j : jobs.jobs()) {
     if (j.retired()) {
@@ -49,10 +50,13 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
                             j.groups());
       continue;
     }
-    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s\n", j.job(), j.policy(),
-                          j.attached_workers(), j.steps(), Norm(j.last_norm()),
+    // A job across nodes: this node's rank of their count ("1/4"); "-" on one node.
+    const std::string node =
+        j.node_count() > 1 ? absl::StrCat(j.node_rank(), "/", j.node_count()) : "-";
+    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s %5s\n", j.job(),
+                          j.policy(), j.attached_workers(), j.steps(), Norm(j.last_norm()),
                           Norm(j.last_stabilized_norm()), j.spike_steps(), j.skipped_steps(),
-                          j.diverging() ? "YES" : "no");
+                          j.diverging() ? "YES" : "no", node);
   }
   if (std::none_of(jobs.jobs().begin(), jobs.jobs().end(),
                    [](const v1::JobSummary& j) { return !j.retired(); })) {

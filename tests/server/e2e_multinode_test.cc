@@ -60,6 +60,15 @@ TEST_P(MultiNodeTest, ShardedStatisticsAreIdenticalOnEveryNodeAndEqualASingleNod
     if (first.empty()) first = groups;
     EXPECT_EQ(groups, first) << "statistics differ between nodes";
   }
+  // Each gstabd lists the job as its node of the job's (gstabctl status: NODE).
+  for (size_t i = 0; i < workers.size(); ++i) {
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse listed;
+    ASSERT_TRUE(workers[i]->client().stub()->ListJobs(&ctx, {}, &listed).ok());
+    ASSERT_EQ(listed.jobs_size(), 1);
+    EXPECT_EQ(listed.jobs(0).node_rank(), i);
+    EXPECT_EQ(listed.jobs(0).node_count(), workers.size());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Nodes, MultiNodeTest, ::testing::Values(2, 4));
