@@ -60,16 +60,26 @@ absl::Status Client::StoppedUnderCall(const absl::Status& cancelled) {
 }
 
 absl::Status Client::NoAnswer() const {
-  return absl::DeadlineExceededError(absl::StrCat(
-      "gstabd did not answer within ", absl::FormatDuration(call_timeout_),
-      " (stopped, or stuck?): its health check and log say more"));
+  return absl::DeadlineExceededError(
+      absl::StrCat("gstabd did not answer within ", absl::FormatDuration(call_timeout_),
+                   " (stopped, or stuck?): its health check and log say more"));
 }
 
 absl::Status Client::Unreachable(const absl::Status& unavailable) const {
-  if (absl::StrContains(unavailable.message(), "gstabd") ||
-      absl::StrContains(unavailable.message(), "job '")) {
-    return unavailable;
+  // gRPC's words for a connection that is not there. gstabd's own UNAVAILABLE may quote them
+  // from another connection (a job's other node), and then names the job.
+  static constexpr absl::string_view kTransport[] = {"Socket closed",
+                                                     "failed to connect",
+                                                     "Connection reset",
+                                                     "Broken pipe",
+                                                     "Connection refused",
+                                                     "Endpoint read failed",
+                                                     "connections to all backends failing"};
+  bool transport = absl::StrContains(unavailable.message(), target_);
+  for (absl::string_view words : kTransport) {
+    transport = transport || absl::StrContains(unavailable.message(), words);
   }
+  if (!transport || absl::StrContains(unavailable.message(), "job '")) return unavailable;
   return absl::UnavailableError(absl::StrCat("cannot reach gstabd at ", target_, " (",
                                              unavailable.message(),
                                              "): it stopped or restarts; attach again once it "
@@ -143,9 +153,8 @@ absl::Status Client::Attach(const AttachOptions& options) {
   StopKeepAlive();
   attached_ = *std::move(response);
   if (!call_timeout_set_) {
-    call_timeout_ =
-        std::max(absl::Minutes(5),
-                 8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));
+    call_timeout_ = std::max(
+        absl::Minutes(5), 8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));
   }
   const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(attached_.lease_ms(), 3) / 3);
   stop_keepalive_ = std::make_unique<absl::Notification>();

@@ -127,7 +127,7 @@ class Client {
   // DEADLINE_EXCEEDED for a call gstabd did not answer within call_timeout_.
   absl::Status NoAnswer() const;
   // gRPC's own UNAVAILABLE (the connection: "Socket closed", "failed to connect ...") says
-  // which gstabd and what to do; gstabd's own UNAVAILABLE (its messages name it) is kept.
+  // which gstabd and what to do; gstabd's own UNAVAILABLE is kept.
   absl::Status Unreachable(const absl::Status& unavailable) const;
 
   const uint64_t id_;

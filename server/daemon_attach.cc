@@ -32,7 +32,8 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
             "' is not held by this gstabd now (it was retired while idle, or its checkpoint was "
             "found in the state directory at start, and no worker has attached since); its "
             "statistics come back when a worker attaches, and its checkpoint file in the state "
-            "directory (", request.job(), ".jobstate) holds what an export would give"));
+            "directory (",
+            request.job(), ".jobstate) holds what an export would give"));
       }
       return absl::NotFoundError(absl::StrCat(
           "no job '", request.job(),
@@ -205,20 +206,22 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     absl::StatusOr<RuleParams> asked = MergeConfig(held, request.config());
     if (!asked.ok()) return asked.status();
     if (!SameEffectiveConfig(held, *asked)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "job '", request.job(), "' ",
-          existing ? "already runs" : "came back from gstabd's checkpoint",
-          " with a different configuration (", ConfigDifference(held, *asked),
-          "); attach without one to keep it, or change it with UpdateConfig"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", request.job(), "' ",
+                       existing ? "already runs" : "came back from gstabd's checkpoint",
+                       " with a different configuration (", ConfigDifference(held, *asked),
+                       "); attach without one to keep it, or change it with UpdateConfig"));
     }
   }
   response->set_restored(job->restored());
-  if (existing) {
-    if (job->local_world_size() != local_world) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
-                       " on this node, not ", local_world));
-    }
+  if (existing && job->local_world_size() != local_world) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
+                     " on this node, not ", local_world));
+  }
+  {
+    // Also for the attach that made the job: another may have attached before this one got the
+    // job's attach lock.
     const uint32_t nodes = std::max(1u, request.node_count());
     if (const uint32_t job_nodes = job->node_count(); job_nodes != nodes) {
       // A job changes its node count only when no worker of it is attached here: else one

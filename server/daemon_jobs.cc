@@ -145,7 +145,8 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
       return absl::UnavailableError(
           absl::StrCat("job '", name, "' is being retired just now: try again"));
     }
-    if (auto held = jobs_.find(name); held != jobs_.end()) {
+    auto held = jobs_.find(name);
+    if (held != jobs_.end()) {
       uint32_t sessions = 0;
       for (const auto& [token, s] : sessions_) sessions += s.job == held->second;
       if (sessions > 0 || pending_.count(name) == 1) {
@@ -155,17 +156,21 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
             "first (a stopped worker's session ends within the lease, ",
             absl::FormatDuration(options_.lease), ")"));
       }
-      jobs_.erase(held);
-      idle_since_.erase(name);
-      response->set_held(true);
     }
-    response->set_checkpoint(checkpoints_.erase(name) == 1);
-    if (!response->held() && !response->checkpoint()) {
+    const bool checkpoint = checkpoints_.count(name) == 1;
+    if (held == jobs_.end() && !checkpoint) {
       return absl::NotFoundError(
           absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
     }
+    // The file first: should it stay, nothing is forgotten (else it would come back at start).
     if (absl::Status s = store_.Remove(name); !s.ok()) return s;
-    generations_.erase(name);
+    response->set_held(held != jobs_.end());
+    response->set_checkpoint(checkpoint);
+    if (response->held()) jobs_.erase(held);
+    idle_since_.erase(name);
+    checkpoints_.erase(name);
+    // Kept: generations_ (a blob of an older generation must stay older than the next ones).
+    retiring_.insert(name);  // an attach waits for the observer's retirement of the old series
   }
   LOG(INFO) << "forgot job '" << name << "' (an operator's ForgetJob): its next attach starts it "
             << "afresh";
@@ -173,6 +178,8 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
     absl::MutexLock report(&report_mu_);
     observer_->OnRetire(name, "forgotten (ForgetJob): its next attach starts it afresh");
   }
+  absl::MutexLock lock(&mu_);
+  retiring_.erase(name);
   return absl::OkStatus();
 }
 

@@ -251,6 +251,7 @@ class Job {
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
   // A job across nodes: the newest step given up at its arrival deadline (AbandonRound).
   std::optional<uint64_t> abandoned_step_ ABSL_GUARDED_BY(mu_);
+  int announcing_ ABSL_GUARDED_BY(mu_) = 0;  // AbandonRound notices under way
   // Held while a round uses the node collective (a round's collectives, a given-up round's
   // notice), which takes one caller at a time; taken without mu_.
   absl::Mutex collective_use_;

@@ -70,6 +70,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     }
     my_round = round_id_;
     if (arrived_.size() < local_world_size_) {
+      // A round given up at its deadline is announced on the communicator it began under only
+      // (not on a new rendezvous's, installed meanwhile by a restarted job).
+      const std::shared_ptr<Collective> began_under = collective_;
       auto finished = [this, my_round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return finished_round_id_ >= my_round;
       };
@@ -111,7 +114,8 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           return s;
         }
         if (shutting_down_) return ShuttingDown(step);
-        if (collective_ == nullptr) {  // one node: this worker may come again to the same step
+        if (collective_ == nullptr || collective_ != began_under) {
+          // One node (or a new rendezvous since): this worker may come again to the same step.
           auto mine = arrived_.find(local_rank);
           if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
             arrived_.erase(mine);
@@ -135,6 +139,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     }
     num_groups = group_names_.size();
     round_running_ = true;
+    // A given-up round's notice goes to the other nodes before this round's check does.
+    auto quiet = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return announcing_ == 0; };
+    mu_.Await(absl::Condition(&quiet));
   }
 
   const absl::Time start = absl::Now();
@@ -178,6 +185,7 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   check.refused = true;
   const size_t groups = group_names_.size();
   std::vector<int> reduction(group_reduction_.begin(), group_reduction_.begin() + groups);
+  ++announcing_;  // a next round's runner waits for it
   mu_.Unlock();
   {
     absl::MutexLock using_collective(&collective_use_);
@@ -187,6 +195,7 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
     (void)ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
   }
   mu_.Lock();
+  --announcing_;
   return given_up;
 }
 
