@@ -218,7 +218,9 @@ absl::Status Client::Detach() {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::DetachRequest request;
   request.set_session(session());
-  absl::Status s = Call(&v1::Stabilizer::Stub::Detach, request).status();
+  // Briefly: gstabd answers a detach at once (its wait for a GPU worker's mappings is bounded
+  // by 2 s), and a process on its way out must not wait minutes for a frozen gstabd.
+  absl::Status s = Call(&v1::Stabilizer::Stub::Detach, request, absl::Seconds(10)).status();
   attached_.clear_session();  // gone either way: gstabd ends it, or its lease runs out
   return s;
 }

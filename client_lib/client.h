@@ -14,6 +14,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -98,14 +99,16 @@ class Client {
   absl::Status NeedSession() const;
   // The standard health check's answer, by `deadline`.
   grpc::Status AskHealth(absl::Time deadline, grpc::health::v1::HealthCheckResponse* response);
-  // One unary call of the Stabilizer service, its status translated.
+  // One unary call of the Stabilizer service, its status translated; it waits for gstabd at
+  // most call_timeout_ (or `timeout`, when shorter).
   template <typename Request, typename Response>
   absl::StatusOr<Response> Call(grpc::Status (v1::Stabilizer::Stub::*method)(grpc::ClientContext*,
                                                                              const Request&,
                                                                              Response*),
-                                const Request& request) {
+                                const Request& request,
+                                absl::Duration timeout = absl::InfiniteDuration()) {
     grpc::ClientContext ctx;
-    const absl::Time deadline = absl::Now() + call_timeout_;
+    const absl::Time deadline = absl::Now() + std::min(timeout, call_timeout_);
     ctx.set_deadline(absl::ToChronoTime(deadline));
     Response response;
     absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));

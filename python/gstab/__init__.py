@@ -27,10 +27,12 @@ libgstab.so is found through $GSTAB_LIBRARY, then next to this package, then in 
 its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the loader's path.
 """
 
+import atexit
 import ctypes
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -171,6 +173,19 @@ class CudaGradients:
 
 _log = logging.getLogger("gstab")
 
+# Clients still open when the interpreter exits detach then (gstabd lets go of their workers at
+# once rather than at the end of their leases; a forked child's inherited ones free nothing).
+_open_clients = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_open_clients):
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 (nothing to report to at exit)
+            pass
+
 
 def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:
     """attach()'s policy and config as one settings text (as update_config takes it)."""
@@ -203,6 +218,7 @@ class Client:
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._attached = None  # attach()'s arguments, to attach again
         check(self._lib.gstab_connect(enc(socket_path), ctypes.byref(self._h)))
+        _open_clients.add(self)
 
     def _handle(self):
         if not self._h:

@@ -6,6 +6,7 @@ package against a real gstabd.
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -150,6 +151,25 @@ class SessionTest(unittest.TestCase):
             self.assertIn("did not answer within 2s", e.exception.message)
         finally:
             del os.environ["GSTAB_CALL_TIMEOUT_S"]
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_worker_that_exits_without_closing_is_let_go_of_at_once(self):
+        # The interpreter's exit detaches the clients left open: gstabd lets go of the worker
+        # then, not a lease later.
+        node = Gstabd(ARGS.gstabd, "--lease_ms=30000")
+        try:
+            script = ("import gstab\n"
+                      f"c = gstab.Client({node.socket!r})\n"
+                      "c.attach('py-exit', local_rank=0, local_world_size=2)\n")
+            env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+                       PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+            run = subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
+                                 capture_output=True, text=True)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            other = gstab.Client(node.socket)
+            other.attach("py-exit", local_rank=1, local_world_size=2)
+            self.assertEqual(other.stats()["attached_workers"], 1)
+        finally:
             self.assertEqual(node.stop(), 0)
 
     def test_a_forked_child_leaves_its_parents_client_and_arena_alone(self):
