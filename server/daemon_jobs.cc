@@ -74,18 +74,30 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
   // No session, attach or removal uses the job, so nothing changes its state now.
   v1::JobState state;
   bool on_disk;
+  bool empty;
   {
     absl::MutexLock save(&save_mu_);  // after any periodic save of the job's older state
     state = job->ExportState();
-    absl::Status s = store_.Save(state);
+    empty = state.groups_size() == 0 && state.last_step() == 0;
+    if (empty) {
+      // Nothing to keep (its workers never registered or stepped): no checkpoint for the
+      // retention, and none of a periodic save either.
+      if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
+    }
+    absl::Status s = empty ? absl::OkStatus() : store_.Save(state);
     on_disk = s.ok();
     if (!on_disk) {
       LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (the next "
                    << "periodic checkpoint tries again): " << s;
     }
   }
-  LOG(INFO) << "job '" << name << "' retired at step " << state.last_step() << " (" << reason
-            << "); its statistics come back when a worker attaches";
+  if (empty) {
+    LOG(INFO) << "job '" << name << "' retired (" << reason << ") with nothing to keep: it never "
+              << "stepped";
+  } else {
+    LOG(INFO) << "job '" << name << "' retired at step " << state.last_step() << " (" << reason
+              << "); its statistics come back when a worker attaches";
+  }
   if (observer_ != nullptr) {
     // Before attaches may go on: a new job of the same name starts its series afresh.
     absl::MutexLock report(&report_mu_);
@@ -93,8 +105,10 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
   }
   absl::MutexLock lock(&mu_);
   // Without a state directory the checkpoint lives in memory only, groups and all.
-  checkpoints_.insert_or_assign(
-      name, Checkpointed(std::move(state), absl::Now(), on_disk && store_.enabled()));
+  if (!empty) {
+    checkpoints_.insert_or_assign(
+        name, Checkpointed(std::move(state), absl::Now(), on_disk && store_.enabled()));
+  }
   retiring_.erase(name);
   return true;
 }
@@ -230,7 +244,9 @@ absl::Status Daemon::Checkpoint() {
       auto held = jobs_.find(job->name());
       if (held == jobs_.end() || held->second != job) continue;
     }
-    result.Update(store_.Save(job->ExportState()));
+    v1::JobState state = job->ExportState();
+    if (state.groups_size() == 0 && state.last_step() == 0) continue;  // nothing to keep yet
+    result.Update(store_.Save(state));
   }
   // Retired jobs whose save failed then.
   if (!store_.enabled()) return result;

@@ -3,6 +3,7 @@
 // resumes where it stopped when a worker attaches again; at --max_jobs, a new job retires the
 // longest idle one, and is refused only when every held job is in use; a checkpoint not used
 // for --job_retention_s is deleted.
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 #include <tuple>
@@ -78,6 +79,12 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
     for (uint64_t step = 1; step <= 10; ++step) StepAndCompare(worker->get(), &ref, step);
     ASSERT_TRUE((*worker)->client().Detach().ok());
   }
+  {  // A job whose worker never registered nor stepped is retired with nothing kept.
+    auto bare = Client::Connect(daemon->socket());
+    ASSERT_TRUE(bare.ok());
+    ASSERT_TRUE((*bare)->Attach(JobOptions("never")).ok());
+    ASSERT_TRUE((*bare)->Detach().ok());
+  }
   // An observer's session keeps its job held as a worker's does.
   auto watched = TestWorker::Create(daemon->socket(), JobOptions("watched"));
   ASSERT_TRUE(watched.ok());
@@ -102,7 +109,12 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   ASSERT_TRUE(scrape.ok());
   EXPECT_EQ(scrape->body.find("job=\"idle\""), std::string::npos) << scrape->body;
   EXPECT_NE(scrape->body.find("job=\"watched\""), std::string::npos);
+  EXPECT_FALSE(Holds(tools->get(), "never"));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/never.jobstate"));
   std::vector<v1::Event> retired = RetiredEvents(tools->get());
+  retired.erase(std::remove_if(retired.begin(), retired.end(),
+                               [](const v1::Event& e) { return e.job() == "never"; }),
+                retired.end());
   ASSERT_EQ(retired.size(), 1u);
   EXPECT_EQ(retired[0].job(), "idle");
   EXPECT_NE(retired[0].detail().find("no worker or observer for 1s"), std::string::npos)
@@ -116,6 +128,7 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   ASSERT_TRUE((*tools)->stub()->ListJobs(&ctx, all, &listed).ok());
   bool seen = false;
   for (const v1::JobSummary& j : listed.jobs()) {
+    EXPECT_NE(j.job(), "never") << "a job that never stepped was kept as a checkpoint";
     if (j.job() != "idle") continue;
     seen = true;
     EXPECT_TRUE(j.retired());
