@@ -104,26 +104,27 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                                               "': local ranks [", absl::StrJoin(missing, ", "),
                                               "] did not call Step within ",
                                               absl::FormatDuration(arrival));
-        if (absl::Status s = CheckSession(local_rank, session); !s.ok()) {
-          // This call's arrival goes, unless its worker was removed (the round abandoned) since.
+        // This call's arrival goes, unless its worker was removed (the round abandoned) since.
+        auto leave = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           auto mine = arrived_.find(local_rank);
           if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
             arrived_.erase(mine);
             if (arrived_.empty()) round_open_ = false;
           }
+        };
+        if (absl::Status s = CheckSession(local_rank, session); !s.ok()) {
+          leave();
           return s;
         }
-        if (shutting_down_) return ShuttingDown(step);
+        if (shutting_down_) {
+          leave();
+          return ShuttingDown(step);
+        }
         if (collective_ == nullptr || collective_ != began_under) {
           // One node (or a new rendezvous since): this worker may come again to the same step.
-          auto mine = arrived_.find(local_rank);
-          if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
-            arrived_.erase(mine);
-            if (arrived_.empty()) round_open_ = false;
-          }
+          leave();
           return absl::DeadlineExceededError(late);
         }
-        if (finished_round_id_ >= my_round) return round_status_;  // given up by another
         if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
         return AbandonRound(step, my_round, late, timeout);
       }
