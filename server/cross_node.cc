@@ -3,6 +3,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
@@ -26,10 +27,14 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
                      failure.message()));
   }
   std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
+  // A peer whose connection closed has stopped or died; one that stays silent, stalled.
+  const bool closed = absl::StrContains(failure.message(), "losed by peer") ||
+                      absl::StrContains(failure.message(), "reset by peer");
   std::string who = missing.empty()
                         ? "no node is missing from the rendezvous store, so a node stalled"
                         : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "), " of ", c->size(),
-                                       " did not respond");
+                                       closed ? " closed the connection (stopped, or gone)"
+                                              : " did not respond");
   absl::Status named(
       failure.code(),
       absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",

@@ -190,6 +190,10 @@ TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
         << failed[i].status();
     EXPECT_NE(failed[i].status().message().find("node(s) 2 of 3"), std::string::npos)
         << failed[i].status();
+    if (code == absl::StatusCode::kUnavailable) {  // the killed node's connection closed
+      EXPECT_NE(failed[i].status().message().find("closed the connection"), std::string::npos)
+          << failed[i].status();
+    }
   }
   // Without a new rendezvous the communicator stays down, and says so at once (with no new
   // search for the missing node: before, a second a step), once.
