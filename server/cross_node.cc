@@ -29,7 +29,8 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
   std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
   // A peer whose connection closed has stopped or died; one that stays silent, stalled.
   const bool closed = absl::StrContains(failure.message(), "losed by peer") ||
-                      absl::StrContains(failure.message(), "reset by peer");
+                      absl::StrContains(failure.message(), "reset by peer") ||
+                      absl::StrContains(failure.message(), "Broken pipe");
   std::string who = missing.empty()
                         ? "no node is missing from the rendezvous store, so a node stalled"
                         : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "), " of ", c->size(),
