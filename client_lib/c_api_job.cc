@@ -50,6 +50,23 @@ gstab_status HandOut(const std::string& bytes, void** out, size_t* size) {
   return GSTAB_OK;
 }
 
+// gstab_import_state and gstab_import_statistics.
+gstab_status Import(gstab_client* client, const void* state, size_t size, uint32_t* groups,
+                    bool keep_config) {
+  if (client == nullptr || (state == nullptr && size != 0)) {
+    return Report(absl::InvalidArgumentError("client and state must not be NULL"));
+  }
+  if (size == 0) {
+    return Report(absl::InvalidArgumentError(
+        "the state is empty: expected the bytes gstab_export_state gave"));
+  }
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    return Report(client->client->ImportState(std::string(static_cast<const char*>(state), size),
+                                              groups, keep_config));
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -135,18 +152,12 @@ gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size
 
 gstab_status gstab_import_state(gstab_client* client, const void* state, size_t size,
                                 uint32_t* groups) {
-  if (client == nullptr || (state == nullptr && size != 0)) {
-    return Report(absl::InvalidArgumentError("client and state must not be NULL"));
-  }
-  if (size == 0) {
-    return Report(absl::InvalidArgumentError(
-        "the state is empty: expected the bytes gstab_export_state gave"));
-  }
-  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
-  return Guarded([&] {
-    return Report(
-        client->client->ImportState(std::string(static_cast<const char*>(state), size), groups));
-  });
+  return Import(client, state, size, groups, /*keep_config=*/false);
+}
+
+gstab_status gstab_import_statistics(gstab_client* client, const void* state, size_t size,
+                                     uint32_t* groups) {
+  return Import(client, state, size, groups, /*keep_config=*/true);
 }
 
 gstab_status gstab_get_stats_json(gstab_client* client, char** json) {

@@ -255,11 +255,12 @@ absl::StatusOr<std::string> Client::ExportState() {
   return r->state();
 }
 
-absl::Status Client::ImportState(const std::string& state, uint32_t* groups) {
+absl::Status Client::ImportState(const std::string& state, uint32_t* groups, bool keep_config) {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::ImportStateRequest request;
   request.set_session(session());
   request.set_state(state);
+  request.set_keep_config(keep_config);
   absl::StatusOr<v1::ImportStateResponse> r = Call(&v1::Stabilizer::Stub::ImportState, request);
   if (r.ok() && groups != nullptr) *groups = r->groups();
   return r.status();

@@ -83,8 +83,10 @@ class Client {
   absl::StatusOr<v1::GetStatsResponse> GetStats();
   absl::StatusOr<v1::UpdateConfigResponse> UpdateConfig(const v1::PolicyConfig& update);
   absl::StatusOr<std::string> ExportState();
-  // `groups` (may be null) receives the number of groups imported.
-  absl::Status ImportState(const std::string& state, uint32_t* groups = nullptr);
+  // `groups` (may be null) receives the number of groups imported. `keep_config`: the job keeps
+  // its configuration (ImportStateRequest.keep_config).
+  absl::Status ImportState(const std::string& state, uint32_t* groups = nullptr,
+                           bool keep_config = false);
   // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not.
   absl::Status CheckHealth();
 

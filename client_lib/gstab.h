@@ -159,6 +159,11 @@ gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size
  * *groups (may be NULL) receives the number of groups imported. */
 gstab_status gstab_import_state(gstab_client* client, const void* state, size_t size,
                                 uint32_t* groups);
+/* gstab_import_state, except that the job keeps its configuration: only the statistics
+ * (re-expressed for it) and the step count are imported, whatever configuration the state
+ * carries. */
+gstab_status gstab_import_statistics(gstab_client* client, const void* state, size_t size,
+                                     uint32_t* groups);
 /* gstabd's GetStatsResponse for the job as JSON text: proto3's JSON mapping with the .proto's
  * field names and every field, zero ones included (64-bit integers are strings there). */
 gstab_status gstab_get_stats_json(gstab_client* client, char** json);

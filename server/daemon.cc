@@ -291,7 +291,9 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
     return absl::InvalidArgumentError(
         "state bytes are not a gstab JobState (corrupt or truncated)");
   }
-  if (absl::Status s = session->job->ImportState(state, /*with_config=*/true); !s.ok()) return s;
+  if (absl::Status s = session->job->ImportState(state, !request.keep_config()); !s.ok()) {
+    return s;
+  }
   response->set_groups(static_cast<uint32_t>(state.groups_size()));
   return absl::OkStatus();
 }

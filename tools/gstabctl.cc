@@ -8,7 +8,7 @@
 //   gstabctl config set --job=J policy=clip clip.max_norm=0.5
 //   gstabctl config show --job=J           the job's whole configuration, as config set takes it
 //   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
-//   gstabctl import --job=J --in=FILE
+//   gstabctl import --job=J --in=FILE [--keep_config]  (--keep_config: statistics only)
 //   gstabctl forget --job=J                drops what gstabd holds of a job no worker uses
 //                                           (statistics, step count, configuration, checkpoint)
 //   gstabctl rendezvous --job=J --nodes=N [--cuda]  a new rendezvous blob in base64
@@ -49,6 +49,8 @@ ABSL_FLAG(int, interval_ms, 1000, "top: refresh period");
 ABSL_FLAG(int, iterations, 0, "top: refreshes before exiting (0: until interrupted)");
 ABSL_FLAG(std::string, out, "", "export: file to write");
 ABSL_FLAG(std::string, in, "", "import: file to read");
+ABSL_FLAG(bool, keep_config, false,
+          "import: the job keeps its configuration (only the statistics and step count)");
 ABSL_FLAG(uint32_t, nodes, 0, "rendezvous: the job's node count");
 ABSL_FLAG(bool, cuda, false, "rendezvous: the job registers GPU gradients (adds an NCCL id)");
 ABSL_FLAG(bool, all, false, "status: also the retired jobs, kept as checkpoints");
@@ -256,7 +258,11 @@ int Import() {
   bytes << in.rdbuf();
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
-  if (absl::Status s = (*client)->ImportState(bytes.str()); !s.ok()) return Fail(s);
+  if (absl::Status s =
+          (*client)->ImportState(bytes.str(), nullptr, absl::GetFlag(FLAGS_keep_config));
+      !s.ok()) {
+    return Fail(s);
+  }
   std::printf("imported %s into job %s\n", path.c_str(), absl::GetFlag(FLAGS_job).c_str());
   (void)(*client)->Detach();
   return 0;

@@ -309,14 +309,16 @@ class Client:
         """The job's statistics, step count and configuration, for the job's own checkpoint."""
         return take(lambda data, size: self._lib.gstab_export_state(self._handle(), data, size))
 
-    def import_state(self, state: bytes) -> int:
+    def import_state(self, state: bytes, keep_config: bool = False) -> int:
         """Restores what export_state() gave; returns the number of groups. A CUDA job with
         several GPUs imports before its workers register. A job across nodes imports on node 0
-        only: the other nodes take its statistics and configuration at the next step."""
+        only: the other nodes take its statistics and configuration at the next step.
+        keep_config: the job keeps its configuration; only the statistics (re-expressed for it)
+        and the step count are imported."""
         groups = ctypes.c_uint32()
         state = bytes(state)
-        check(self._lib.gstab_import_state(self._handle(), state, len(state),
-                                           ctypes.byref(groups)))
+        call = self._lib.gstab_import_statistics if keep_config else self._lib.gstab_import_state
+        check(call(self._handle(), state, len(state), ctypes.byref(groups)))
         return groups.value
 
     def stats(self) -> dict:

@@ -98,6 +98,8 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_update_config": ([P, S, ctypes.POINTER(ctypes.c_uint64)], I),
         "gstab_export_state": ([P, PP, ctypes.POINTER(ctypes.c_size_t)], I),
         "gstab_import_state": ([P, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(U32)], I),
+        "gstab_import_statistics": ([P, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(U32)],
+                                    I),
         "gstab_get_stats_json": ([P, PP], I), "gstab_free": ([P], None),
         "gstab_arena_create": ([PP], I), "gstab_arena_destroy": ([P], None),
         "gstab_arena_add_tensor_flags": ([P, S, U64, I, S, U32, ctypes.POINTER(ctypes.c_size_t)],

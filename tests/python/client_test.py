@@ -348,6 +348,13 @@ class JobControlTest(unittest.TestCase):
             fresh.attach("py-fresh", policy="stabilize-stable-spam")
             views = one_tensor_job(fresh, groups=groups)
             self.assertNotEqual(run_steps(fresh, views, range(11, 31)), uninterrupted)
+            # keep_config: the statistics and step count only; the job's own config stays.
+            clipped = gstab.Client(elsewhere.socket)
+            clipped.attach("py-keep", policy="clip")
+            self.assertEqual(clipped.import_state(state, keep_config=True), 2)
+            stats = clipped.stats()
+            self.assertEqual(stats["config"]["policy"], "POLICY_CLIP")
+            self.assertEqual(stats["last_step"], 10)
         finally:
             self.assertEqual(elsewhere.stop(), 0)
 

@@ -341,6 +341,8 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   EXPECT_GT(std::filesystem::file_size(file), 0u);
   auto [irc, imported] = Ctl("import --job=ctl-job --in=" + file);
   EXPECT_EQ(irc, 0) << imported;
+  auto [krc, kept] = Ctl("import --keep_config --job=ctl-job --in=" + file);
+  EXPECT_EQ(krc, 0) << kept;
 
   auto [trc, top] = Ctl("top --iterations=1");
   EXPECT_EQ(trc, 0);

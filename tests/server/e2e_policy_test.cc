@@ -146,6 +146,44 @@ TEST(E2eTest, ExportImportRoundTripContinuesWithTheSameStatistics) {
   EXPECT_EQ((*resumed)->client().Step(3).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An import that keeps the job's configuration takes the statistics and step count only: the
+// way in for a state whose configuration this gstabd refuses (an older release's spike.beta 0).
+TEST(E2eTest, AnImportCanKeepTheJobsConfiguration) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok());
+  v1::PolicyConfig clip;
+  clip.set_policy(v1::POLICY_CLIP);
+  auto source = TestWorker::Create(daemon->socket(), JobOptions("keep-src", clip));
+  ASSERT_TRUE(source.ok());
+  for (uint64_t step = 1; step <= 4; ++step) {
+    (*source)->Fill(step, 5);
+    ASSERT_TRUE((*source)->client().Step(step).ok());
+  }
+  absl::StatusOr<std::string> exported = (*source)->client().ExportState();
+  ASSERT_TRUE(exported.ok());
+  v1::JobState old;
+  ASSERT_TRUE(old.ParseFromString(*exported));
+  old.mutable_config()->mutable_spike()->set_beta(0);  // refused since
+  const std::string state = old.SerializeAsString();
+
+  auto target = TestWorker::Create(daemon->socket(), JobOptions("keep-dst"));
+  ASSERT_TRUE(target.ok());
+  absl::Status whole = (*target)->client().ImportState(state);
+  EXPECT_EQ(whole.code(), absl::StatusCode::kInvalidArgument) << whole;
+  EXPECT_NE(whole.message().find("spike.beta"), std::string::npos) << whole;
+  uint32_t groups = 0;
+  ASSERT_TRUE((*target)->client().ImportState(state, &groups, /*keep_config=*/true).ok());
+  EXPECT_EQ(groups, 3u);
+  absl::StatusOr<v1::GetStatsResponse> stats = (*target)->client().GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->config().policy(), v1::POLICY_STABILIZE);  // its own, kept
+  EXPECT_EQ(stats->config_history_size(), 1);
+  EXPECT_EQ(stats->last_step(), 4u);
+  (*target)->Fill(5, 5);
+  EXPECT_TRUE((*target)->client().Step(5).ok());
+}
+
 // A job's state grows with its groups; one of 65,536 (the cap; about 5 MB exported) still goes
 // through ExportState and ImportState whole.
 TEST(E2eTest, StateOfTensOfThousandsOfGroupsRoundTrips) {
