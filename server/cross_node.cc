@@ -1,5 +1,6 @@
 #include "server/cross_node.h"
 
+#include <array>
 #include <cstring>
 #include <type_traits>
 
@@ -105,14 +106,14 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   const double chi = high(mine.config_hash), clo = low(mine.config_hash);
   // [0..11]: (x, -x) for the step, the layout's and the configuration's halves and the group
   // count; [12]: a node wants node 0's statistics; [13]: a node refuses the step.
-  std::vector<double> check;
+  std::array<double, kCheckSize> check;  // its size is what PeerRecordLayout says
+  size_t at = 0;
   for (double x : {s, hi, lo, n, chi, clo}) {
-    check.push_back(x);
-    check.push_back(-x);
+    check[at++] = x;
+    check[at++] = -x;
   }
-  check.push_back(mine.want_statistics ? 1.0 : 0.0);
-  check.push_back(mine.refused ? 1.0 : 0.0);
-  static_assert(kCheckSize == 14, "PeerRecordLayout says the check's size");
+  check[at++] = mine.want_statistics ? 1.0 : 0.0;
+  check[at] = mine.refused ? 1.0 : 0.0;
   if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }

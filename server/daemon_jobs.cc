@@ -9,6 +9,14 @@
 #include "server/daemon.h"  // the class whose members these are
 
 namespace gstab {
+namespace {
+
+// A job that has no group and never stepped (its workers attached and went): no checkpoint.
+bool NothingToKeep(const v1::JobState& state) {
+  return state.groups_size() == 0 && state.last_step() == 0;
+}
+
+}  // namespace
 
 bool Daemon::InUse(const std::shared_ptr<Job>& job) const {
   if (pending_.count(job->name()) == 1) return true;
@@ -78,10 +86,9 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
   {
     absl::MutexLock save(&save_mu_);  // after any periodic save of the job's older state
     state = job->ExportState();
-    empty = state.groups_size() == 0 && state.last_step() == 0;
+    empty = NothingToKeep(state);
+    // None for the retention either, nor a periodic save's.
     if (empty) {
-      // Nothing to keep (its workers never registered or stepped): no checkpoint for the
-      // retention, and none of a periodic save either.
       if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
     }
     absl::Status s = empty ? absl::OkStatus() : store_.Save(state);
@@ -245,7 +252,7 @@ absl::Status Daemon::Checkpoint() {
       if (held == jobs_.end() || held->second != job) continue;
     }
     v1::JobState state = job->ExportState();
-    if (state.groups_size() == 0 && state.last_step() == 0) continue;  // nothing to keep yet
+    if (NothingToKeep(state)) continue;
     result.Update(store_.Save(state));
   }
   // Retired jobs whose save failed then.

@@ -166,6 +166,9 @@ class Job {
   // and hears `why` when it steps before it has. `gone`: a local rank whose worker is gone.
   void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FAILED_PRECONDITION: local_rank's GPU generation ended; it registers its buffers again
+  // (saying why, when EndGpuGeneration said).
+  absl::Status RegisterAgain(uint32_t local_rank) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Agrees the GPUs' group count (locally, then across nodes) before a generation's first step,
   // for local_rank's Step. Releases mu_ while it waits for the other nodes (or for another
   // local rank's agreement); FAILED_PRECONDITION when the generation ended meanwhile.

@@ -66,10 +66,7 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   const uint64_t generation = gpus_.generations_ended();
   auto generation_ended = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (gpus_.generations_ended() == generation && gpus_.Has(local_rank)) return absl::OkStatus();
-    auto again = register_again_.find(local_rank);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "local rank ", local_rank, " of job '", name_,
-        "': ", again != register_again_.end() ? again->second : "register the buffers again"));
+    return RegisterAgain(local_rank);
   };
   // Another local rank's Step agreeing for this generation: its outcome is this one's.
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !agreeing_layout_; };
@@ -126,6 +123,13 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   return absl::OkStatus();
 }
 
+absl::Status Job::RegisterAgain(uint32_t local_rank) const {
+  auto again = register_again_.find(local_rank);
+  return absl::FailedPreconditionError(absl::StrCat(
+      "local rank ", local_rank, " of job '", name_,
+      "': ", again != register_again_.end() ? again->second : "register the buffers again"));
+}
+
 void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone) {
   if (gpus_.empty()) return;
   if (collective_ != nullptr) nccl_spent_ = true;  // the rendezvous's NCCL id is used up
@@ -168,12 +172,7 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
-    if (!gpus_.Has(local_rank)) {  // the generation ended since Step looked
-      auto again = register_again_.find(local_rank);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "local rank ", local_rank, " of job '", name_,
-          "': ", again != register_again_.end() ? again->second : "register the buffers again"));
-    }
+    if (!gpus_.Has(local_rank)) return RegisterAgain(local_rank);  // the generation ended
     if (ready_value == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("local rank ", local_rank, " of job '", name_,
