@@ -31,6 +31,7 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
       caps_(options.caps),
       observer_(observer),
       executor_(DefaultThreads(options.cpu_threads)),
+      registry_(options.max_mappings),
       store_(options.state_dir) {
 #ifdef GSTAB_WITH_CUDA
   if (options.cuda) {
@@ -172,6 +173,7 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
     for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
   }
   observer_->SetWorkers(job->name(), workers, bytes);
+  observer_->SetShmMappings(registry_.LiveMappings(), options_.max_mappings);
 }
 
 Job::StepCallback Daemon::StepCallbackFor(const std::string& job) {

@@ -34,6 +34,8 @@ struct DaemonOptions {
   std::string state_dir;  // empty: no checkpoints
   RegistrationCaps caps;
   uint32_t max_jobs = 256;  // jobs held at once, idle ones included (see RetireIdleJobs)
+  // Shared-memory objects mapped at once, over every job (MappingRegistry).
+  int max_mappings = MappingRegistry::kDefaultMaxMappings;
   // A job without sessions for this long is retired (InfiniteDuration: never).
   absl::Duration job_idle = absl::Hours(1);
   // A checkpoint of a job not held (retired, or found at start and not attached since) is

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "glog/logging.h"
 #include "server/server.h"
+#include "server/shm_mapping.h"
 #ifdef GSTAB_WITH_CUDA
 #include "server/cuda/cuda_ipc.h"
 #endif
@@ -55,6 +56,9 @@ ABSL_FLAG(std::vector<std::string>, allow_uids, {},
           "anyone the socket's 0660 mode lets in");
 ABSL_FLAG(std::vector<std::string>, allow_gids, {}, "primary gids allowed to connect");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
+ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,
+          "host shared-memory objects mapped at once, over every job (each is one of the "
+          "kernel's vm.max_map_count mappings of gstabd)");
 ABSL_FLAG(bool, nccl_one_rank, false,
           "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
           "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");
@@ -123,10 +127,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_buffers) == 0 ||
-      absl::GetFlag(FLAGS_max_tensors) == 0 || absl::GetFlag(FLAGS_max_bytes) == 0) {
+      absl::GetFlag(FLAGS_max_tensors) == 0 || absl::GetFlag(FLAGS_max_bytes) == 0 ||
+      absl::GetFlag(FLAGS_max_mappings) <= 0) {
     std::fprintf(stderr,
-                 "gstabd: --max_jobs, --max_buffers, --max_tensors and --max_bytes must be "
-                 "positive (0 would refuse every job or registration)\n");
+                 "gstabd: --max_jobs, --max_buffers, --max_tensors, --max_bytes and "
+                 "--max_mappings must be positive (0 would refuse every job or registration)\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
@@ -189,6 +194,7 @@ int main(int argc, char** argv) {
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
   options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);
+  options.daemon.max_mappings = absl::GetFlag(FLAGS_max_mappings);
 
   for (const std::string& u : absl::GetFlag(FLAGS_allow_uids)) {
     uint32_t id;

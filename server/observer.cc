@@ -59,6 +59,10 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
   per_job_ = {steps_,          accepted_, skipped_,   spikes_,     non_finite_, norm_,
               stabilized_,     scale_,    ema_mean_,  ema_stddev_, job_norm_,   job_stabilized_,
               norm_histogram_, duration_, diverging_, workers_,    bytes_};
+  shm_mappings_ = r->AddGauge("gstab_shm_mappings",
+                              "Shared-memory objects gstabd maps for its jobs' workers (used), "
+                              "and its cap on them (cap, --max_mappings).",
+                              {"kind"});
   r->AddGauge("gstab_build_info", "gstabd build; the value is always 1.", {"version"})
       ->Set({GSTAB_VERSION}, 1);
 }
@@ -197,6 +201,11 @@ void Observer::OnConfigChange(const std::string& job, uint64_t version, const st
 void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes) {
   workers_->Set({job}, workers);
   bytes_->Set({job}, static_cast<double>(registered_bytes));
+}
+
+void Observer::SetShmMappings(int mapped, int cap) {
+  shm_mappings_->Set({"used"}, mapped);
+  shm_mappings_->Set({"cap"}, cap);
 }
 
 void Observer::OnRetire(const std::string& job, const std::string& reason) {

@@ -40,6 +40,8 @@ class Observer {
   void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
                       const std::string& changes = "");
   void SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes);
+  // Shared-memory objects gstabd maps for all its jobs, and its cap (--max_mappings).
+  void SetShmMappings(int mapped, int cap);
   // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and
   // its summary is forgotten; a JOB_RETIRED event says `reason`.
   void OnRetire(const std::string& job, const std::string& reason);
@@ -79,6 +81,7 @@ class Observer {
   MetricFamily* diverging_;
   MetricFamily* workers_;
   MetricFamily* bytes_;
+  MetricFamily* shm_mappings_;
   std::vector<MetricFamily*> per_job_;  // every family above (all have the job label first)
 
   mutable absl::Mutex mu_;

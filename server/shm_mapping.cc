@@ -13,8 +13,8 @@
 
 namespace gstab {
 
-absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& name,
-                                                             uint64_t max_bytes) {
+absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
+    const std::string& name, uint64_t max_bytes, std::shared_ptr<std::atomic<int>> open_count) {
   const int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     const int err = errno;
@@ -50,7 +50,8 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(const std::string& 
         absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
   }
   return std::shared_ptr<ShmMapping>(new ShmMapping(name, fd, static_cast<unsigned char*>(data),
-                                                    size, st.st_uid, st.st_dev, st.st_ino));
+                                                    size, st.st_uid, st.st_dev, st.st_ino,
+                                                    std::move(open_count)));
 }
 
 bool ShmMapping::IsCurrent() const {
@@ -66,6 +67,7 @@ bool ShmMapping::IsCurrent() const {
 ShmMapping::~ShmMapping() {
   munmap(data_, size_);
   close(fd_);
+  if (open_count_ != nullptr) --*open_count_;
 }
 
 absl::Status ShmMapping::CheckSize() const {
@@ -91,7 +93,14 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
     std::shared_ptr<ShmMapping> live = it->second.lock();
     if (live != nullptr && live->IsCurrent()) return live;
   }
-  absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name, max_bytes);
+  if (*open_ >= max_mappings_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot map shared memory '", name, "': gstabd already maps ", max_mappings_,
+        " objects for its jobs' workers, its cap (--max_mappings): put the gradients in fewer "
+        "objects, detach workers that are done, or raise the cap (within the kernel's "
+        "vm.max_map_count)"));
+  }
+  absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name, max_bytes, open_);
   if (!opened.ok()) {
     mappings_.erase(name);
     return opened.status();
@@ -100,9 +109,5 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
   return opened;
 }
 
-int MappingRegistry::LiveMappings() {
-  absl::MutexLock lock(&mu_);
-  return PruneAndCountLive(&mappings_);
-}
 
 }  // namespace gstab

@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <map>
 #include <memory>
@@ -23,9 +24,11 @@ class ShmMapping {
  public:
   // Opens and maps the whole object read-write. NOT_FOUND when it does not exist,
   // PERMISSION_DENIED when it cannot be opened read-write, RESOURCE_EXHAUSTED when it is larger
-  // than `max_bytes` (a huge sparse object would take gstabd's address space).
-  static absl::StatusOr<std::shared_ptr<ShmMapping>> Open(const std::string& name,
-                                                          uint64_t max_bytes);
+  // than `max_bytes` (a huge sparse object would take gstabd's address space). `open_count`
+  // (may be null) counts the mapping while it lives.
+  static absl::StatusOr<std::shared_ptr<ShmMapping>> Open(
+      const std::string& name, uint64_t max_bytes,
+      std::shared_ptr<std::atomic<int>> open_count = nullptr);
   ~ShmMapping();
   ShmMapping(const ShmMapping&) = delete;
   ShmMapping& operator=(const ShmMapping&) = delete;
@@ -44,14 +47,17 @@ class ShmMapping {
 
  private:
   ShmMapping(std::string name, int fd, unsigned char* data, size_t size, uid_t owner, dev_t dev,
-             ino_t ino)
+             ino_t ino, std::shared_ptr<std::atomic<int>> open_count)
       : name_(std::move(name)),
         fd_(fd),
         data_(data),
         size_(size),
         owner_(owner),
         dev_(dev),
-        ino_(ino) {}
+        ino_(ino),
+        open_count_(std::move(open_count)) {
+    if (open_count_ != nullptr) ++*open_count_;
+  }
 
   std::string name_;
   int fd_;  // kept open for CheckSize
@@ -60,18 +66,28 @@ class ShmMapping {
   uid_t owner_;
   dev_t dev_;  // the object's identity
   ino_t ino_;
+  std::shared_ptr<std::atomic<int>> open_count_;  // may be null
 };
 
 class MappingRegistry {
  public:
+  // At most `max_mappings` objects mapped at once, over every job: each is a mapping in gstabd's
+  // address space, and the kernel caps those per process (vm.max_map_count).
+  explicit MappingRegistry(int max_mappings = kDefaultMaxMappings) : max_mappings_(max_mappings) {}
+  static constexpr int kDefaultMaxMappings = 16384;
+
   // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
-  // IsCurrent), else opens it (anew: holders of an older mapping keep theirs).
+  // IsCurrent), else opens it (anew: holders of an older mapping keep theirs). RESOURCE_EXHAUSTED
+  // when that would map more than `max_mappings` objects.
   absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name,
                                                       uint64_t max_bytes = UINT64_MAX);
-  // Objects currently mapped (held by at least one registration or step).
-  int LiveMappings();
+  // Objects currently mapped (held by at least one registration or step), an object replaced
+  // under its name while its old mapping is still held counted twice.
+  int LiveMappings() const { return *open_; }
 
  private:
+  const int max_mappings_;
+  const std::shared_ptr<std::atomic<int>> open_ = std::make_shared<std::atomic<int>>(0);
   absl::Mutex mu_;
   std::map<std::string, std::weak_ptr<ShmMapping>> mappings_ ABSL_GUARDED_BY(mu_);
 };

@@ -1,4 +1,4 @@
-// End-to-end: bad input, dying workers, isolation between jobs, and local-worker rounds,
+// End-to-end: dying workers, bad shared memory, isolation between jobs, and local-worker rounds,
 // against a real gstabd process.
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -8,8 +8,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <limits>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -22,18 +20,9 @@
 namespace gstab {
 namespace {
 
-// gstabd's answer to a Step under session `token`, as any client could send it.
-absl::Status StepWithToken(Client* client, const std::string& token) {
-  grpc::ClientContext ctx;
-  v1::StepRequest request;
-  request.set_session(token);
-  request.set_step(1);
-  v1::StepResponse response;
-  return FromGrpcStatus(client->stub()->Step(&ctx, request, &response));
-}
-
 using testing::DaemonProcess;
 using testing::JobOptions;
+using testing::StepWithToken;
 using testing::Subprocess;
 using testing::TempDir;
 using testing::TestWorker;
@@ -57,186 +46,6 @@ class E2eFaultsTest : public ::testing::Test {
   TempDir dir_;
   std::unique_ptr<DaemonProcess> daemon_;
 };
-
-TEST_F(E2eFaultsTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
-  auto worker = TestWorker::Create(daemon_->socket(), JobOptions("good"));
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  ExpectServing(worker->get(), 1);
-
-  GradientArena small;
-  small.AddTensor("x", 16, DType::kFloat32);
-  ASSERT_TRUE(small.Allocate().ok());
-  const v1::RegisterBuffersRequest base = small.RegistrationRequest();
-  auto client = Client::Connect(daemon_->socket());
-  ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->Attach(JobOptions("bad-input")).ok());
-  // The worker learns gstabd's limits: its lease and how long a step may be held.
-  EXPECT_EQ((*client)->attach_response().lease_ms(), 1000u);
-  EXPECT_EQ((*client)->attach_response().step_timeout_ms(), 500u);
-
-  struct Case {
-    const char* what;
-    std::function<void(v1::RegisterBuffersRequest*)> mutate;
-    absl::StatusCode code;
-    const char* message;
-  };
-  const Case cases[] = {
-      {"unknown dtype",
-       [](auto* r) { r->mutable_buffers(0)->set_dtype(static_cast<v1::DType>(9)); },
-       absl::StatusCode::kInvalidArgument, "unknown dtype"},
-      {"unknown transport",
-       [](auto* r) { r->mutable_buffers(0)->set_transport(static_cast<v1::Transport>(7)); },
-       absl::StatusCode::kInvalidArgument, "unknown transport"},
-      {"wrong handle length",
-       [](auto* r) {
-         r->mutable_buffers(0)->set_transport(v1::TRANSPORT_CUDA_IPC);
-         r->mutable_buffers(0)->set_ipc_handle(std::string(10, 'x'));
-       },
-       absl::StatusCode::kInvalidArgument, "64"},
-      {"tensor outside its buffer", [](auto* r) { r->mutable_tensors(0)->set_numel(17); },
-       absl::StatusCode::kInvalidArgument, "outside buffer"},
-      {"overlapping tensors",
-       [](auto* r) {
-         r->mutable_tensors(0)->set_numel(8);
-         v1::Tensor* t = r->add_tensors();
-         *t = r->tensors(0);
-         t->set_name("y");
-         t->set_offset(4);
-       },
-       absl::StatusCode::kInvalidArgument, "overlaps"},
-      {"two buffers aliasing one object's bytes",
-       [](auto* r) {
-         *r->add_buffers() = r->buffers(0);  // the same object, 16 bytes further on
-         r->mutable_buffers(1)->set_offset(16);
-         r->mutable_buffers(1)->set_size_bytes(r->buffers(0).size_bytes() - 16);
-         v1::Tensor* t = r->add_tensors();
-         *t = r->tensors(0);
-         t->set_name("alias");
-         t->set_buffer(1);
-         t->set_numel(4);  // bytes 16 to 32 of the object: inside x's
-       },
-       absl::StatusCode::kInvalidArgument,
-       "tensor 1 ('alias') overlaps tensor 0 ('x') in the memory of buffer 1 and buffer 0"},
-      {"the aggregate's group name", [](auto* r) { r->mutable_tensors(0)->set_group("_other"); },
-       absl::StatusCode::kInvalidArgument, "_other"},
-      {"size beyond the shared object",
-       [](auto* r) { r->mutable_buffers(0)->set_size_bytes(1 << 20); },
-       absl::StatusCode::kInvalidArgument, "exceeds"},
-      {"offset overflow",
-       [](auto* r) { r->mutable_buffers(0)->set_offset(std::numeric_limits<uint64_t>::max() - 3); },
-       absl::StatusCode::kInvalidArgument, "overflows"},
-      {"absurd tensor count",
-       [](auto* r) {
-         for (int i = 0; i < 101; ++i) {
-           v1::Tensor* t = r->add_tensors();
-           t->set_name("t" + std::to_string(i));
-           t->set_numel(1);
-         }
-       },
-       absl::StatusCode::kResourceExhausted, "cap"},
-      {"foreign shared memory name",
-       [](auto* r) { r->mutable_buffers(0)->set_shm_name("/etc-passwd"); },
-       absl::StatusCode::kInvalidArgument, "/gstab-"},
-      {"missing shared object",
-       [](auto* r) { r->mutable_buffers(0)->set_shm_name("/gstab-1-doesnotexist"); },
-       absl::StatusCode::kNotFound, "cannot open"},
-      {"duplicate tensor name",
-       [](auto* r) {
-         r->mutable_tensors(0)->set_numel(8);
-         v1::Tensor* t = r->add_tensors();
-         *t = r->tensors(0);
-         t->set_offset(8);
-       },
-       absl::StatusCode::kInvalidArgument, "duplicate"},
-      {"misaligned buffer offset", [](auto* r) { r->mutable_buffers(0)->set_offset(2); },
-       absl::StatusCode::kInvalidArgument, "aligned"},
-  };
-  for (const Case& c : cases) {
-    v1::RegisterBuffersRequest request = base;
-    c.mutate(&request);
-    absl::Status s = (*client)->RegisterBuffers(request);
-    EXPECT_EQ(s.code(), c.code) << c.what << ": " << s;
-    EXPECT_NE(s.message().find(c.message), std::string::npos) << c.what << ": " << s;
-  }
-  // Out-of-order and unauthenticated calls.
-  EXPECT_EQ((*client)->Step(1).status().code(), absl::StatusCode::kFailedPrecondition);
-  auto stranger = Client::Connect(daemon_->socket());
-  ASSERT_TRUE(stranger.ok());
-  absl::Status unattached = (*stranger)->Step(1).status();  // told by the client itself
-  EXPECT_EQ(unattached.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(unattached.message().find("not attached"), std::string::npos) << unattached;
-  EXPECT_EQ(StepWithToken(stranger->get(), "made-up-token").code(),
-            absl::StatusCode::kUnauthenticated);
-  AttachOptions bad_job = JobOptions("no spaces allowed");
-  EXPECT_EQ((*stranger)->Attach(bad_job).code(), absl::StatusCode::kInvalidArgument);
-  AttachOptions bad_config = JobOptions("bad-config");
-  bad_config.config.mutable_stabilize()->set_eps(-1);
-  EXPECT_EQ((*stranger)->Attach(bad_config).code(), absl::StatusCode::kInvalidArgument);
-  AttachOptions bad_rank = JobOptions("bad-rank");
-  bad_rank.local_rank = 2;
-  bad_rank.local_world_size = 2;
-  EXPECT_EQ((*stranger)->Attach(bad_rank).code(), absl::StatusCode::kInvalidArgument);
-  // A job with workers here cannot be turned multi-node by another local rank's attach.
-  AttachOptions pair = JobOptions("pair");
-  pair.local_world_size = 2;
-  auto pair_worker = TestWorker::Create(daemon_->socket(), pair);
-  ASSERT_TRUE(pair_worker.ok()) << pair_worker.status();
-  AttachOptions other_nodes = pair;
-  other_nodes.local_rank = 1;
-  other_nodes.node_count = 2;
-  other_nodes.rendezvous = "anything";
-  absl::Status nodes = (*stranger)->Attach(other_nodes);
-  EXPECT_EQ(nodes.code(), absl::StatusCode::kFailedPrecondition) << nodes;
-  EXPECT_NE(nodes.message().find("runs on 1 node(s)"), std::string::npos) << nodes;
-  AttachOptions huge_local = JobOptions("huge-local");
-  huge_local.local_world_size = 4000000000u;
-  absl::Status huge = (*stranger)->Attach(huge_local);
-  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(huge.message().find("local_world_size"), std::string::npos) << huge;
-
-  // Hostile statistics are refused, naming what is wrong, and change nothing.
-  auto observer = Client::Connect(daemon_->socket());
-  ASSERT_TRUE(observer.ok());
-  AttachOptions watch = JobOptions("good");
-  watch.observer = true;
-  ASSERT_TRUE((*observer)->Attach(watch).ok());
-  absl::StatusOr<std::string> exported = (*observer)->ExportState();
-  ASSERT_TRUE(exported.ok());
-  v1::JobState good_state;
-  ASSERT_TRUE(good_state.ParseFromString(*exported));
-  ASSERT_GT(good_state.groups_size(), 0);
-  struct StateCase {
-    const char* what;
-    std::function<void(v1::JobState*)> mutate;
-    const char* message;
-  };
-  const StateCase state_cases[] = {
-      {"NaN mean", [](auto* s) { s->mutable_groups(0)->set_m(NAN); }, "m is nan"},
-      {"negative variance", [](auto* s) { s->mutable_groups(0)->set_v(-1e30); }, "v is -1e+30"},
-      {"t about to wrap", [](auto* s) { s->mutable_groups(0)->set_t(~uint64_t{0}); }, "2^62"},
-      {"no step after the last", [](auto* s) { s->set_last_step(~uint64_t{0}); }, "last_step"},
-      {"duplicate group", [](auto* s) { *s->add_groups() = s->groups(0); }, "duplicate group"},
-      {"bad group name", [](auto* s) { s->mutable_groups(0)->set_name("a b"); }, "characters"},
-      {"too many groups",
-       [](auto* s) {
-         for (int i = 0; i < 65537; ++i) s->add_groups()->set_name("g" + std::to_string(i));
-       },
-       "at most 65536"},
-  };
-  for (const StateCase& c : state_cases) {
-    v1::JobState state = good_state;
-    c.mutate(&state);
-    absl::Status s = (*observer)->ImportState(state.SerializeAsString());
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << s;
-    EXPECT_NE(s.message().find(c.message), std::string::npos) << c.what << ": " << s;
-  }
-  absl::StatusOr<std::string> after = (*observer)->ExportState();
-  ASSERT_TRUE(after.ok());
-  EXPECT_EQ(*after, *exported);
-
-  // None of it disturbed the other job.
-  ExpectServing(worker->get(), 2);
-}
 
 bool MapsContain(pid_t pid, const std::string& needle) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");

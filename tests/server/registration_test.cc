@@ -187,6 +187,28 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   shm_unlink(name.c_str());
 }
 
+// The registry maps at most its cap of objects at once, an object mapped anew under its name
+// while its old mapping is held counted twice; a mapping let go makes room.
+TEST(RegistrationTest, TheRegistryMapsAtMostItsCapOfObjects) {
+  GradientArena a, b;
+  a.AddTensor("a", 256, DType::kFloat32);
+  b.AddTensor("b", 256, DType::kFloat32);
+  ASSERT_TRUE(a.Allocate().ok());
+  ASSERT_TRUE(b.Allocate().ok());
+  MappingRegistry registry(1);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> held = registry.Acquire(a.shm_name());
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_TRUE(registry.Acquire(a.shm_name()).ok());  // the same mapping: nothing more mapped
+  absl::Status refused = registry.Acquire(b.shm_name()).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find(b.shm_name()), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("--max_mappings"), std::string::npos) << refused;
+  EXPECT_EQ(registry.LiveMappings(), 1);
+  held->reset();
+  EXPECT_EQ(registry.LiveMappings(), 0);
+  EXPECT_TRUE(registry.Acquire(b.shm_name()).ok());
+}
+
 // gstabd maps whole objects: one far larger than the registered bytes may be (a sparse object
 // of terabytes would take its address space) is refused by size.
 TEST(RegistrationTest, AnObjectLargerThanTheCapIsNotMapped) {

@@ -71,6 +71,15 @@ std::vector<unsigned char> TestWorker::Bytes() const {
   return std::vector<unsigned char>(base, base + arena_.size_bytes());
 }
 
+absl::Status StepWithToken(Client* client, const std::string& token) {
+  grpc::ClientContext ctx;
+  v1::StepRequest request;
+  request.set_session(token);
+  request.set_step(1);
+  v1::StepResponse response;
+  return FromGrpcStatus(client->stub()->Step(&ctx, request, &response));
+}
+
 std::vector<double> GroupSums(const TestWorker& worker) {
   const auto* base = static_cast<const unsigned char*>(worker.arena().data(0));
   std::vector<Chunk> chunks;

@@ -16,6 +16,9 @@ namespace gstab::testing {
 // Attach options for job `name` (rank 0 of 1), with `config` (empty: the daemon's defaults).
 AttachOptions JobOptions(const std::string& name, v1::PolicyConfig config = {});
 
+// gstabd's answer to a Step of step 1 under session `token`, as any client could send it.
+absl::Status StepWithToken(Client* client, const std::string& token);
+
 class TestWorker {
  public:
   // Attaches to `job` and registers the standard layout: tensors a (fp32, group g),
