@@ -87,7 +87,14 @@ class DeviceScope {
 absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device) {
   std::unique_ptr<CudaGradients> g(new CudaGradients(device));
   const DeviceScope scope(device);
-  RETURN_IF_CUDA_ERROR(scope.status());
+  if (scope.status() != cudaSuccess) {
+    // Where a process first touches CUDA: say so plainly (no driver, no GPU, a bad ordinal).
+    const cudaError_t err = scope.status();
+    ClearStaleCudaError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot use CUDA device ", device, " in this process: ",
+                     cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+  }
   cudaDeviceProp prop;
   RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
   g->device_uuid_.assign(prop.uuid.bytes, sizeof prop.uuid.bytes);

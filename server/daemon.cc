@@ -359,6 +359,9 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
     out->set_attached_workers(workers);
     out->set_node_rank(job->node_rank());
     out->set_node_count(job->node_count());
+    out->set_waiting_step(stats.waiting_step());
+    *out->mutable_arrived_local_ranks() = stats.arrived_local_ranks();
+    out->set_local_world_size(stats.local_world_size());
     if (observer_ != nullptr) observer_->Summarize(job->name(), history, out);
   }
   for (v1::JobSummary& r : retired) *response->add_jobs() = std::move(r);

@@ -105,6 +105,11 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
   }
   response->set_registered_bytes(bytes);
   response->set_mapped_regions(static_cast<uint32_t>(regions.size()));
+  response->set_local_world_size(local_world_size_);
+  if (round_open_ && !round_running_) {
+    response->set_waiting_step(round_step_);
+    for (const auto& [rank, session] : arrived_) response->add_arrived_local_ranks(rank);
+  }
   for (size_t g = 0; g < group_names_.size(); ++g) {
     GroupStats s = stats_[g];
     RescaleStabilizerEmas(stats_params_, params_, &s);  // as the next step will have them

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -38,13 +39,28 @@ const char* EventName(v1::EventType t) {
 
 }  // namespace
 
+std::string WaitingLine(const v1::JobSummary& j) {
+  std::vector<uint32_t> missing;
+  for (uint32_t r = 0; r < j.local_world_size(); ++r) {
+    if (std::find(j.arrived_local_ranks().begin(), j.arrived_local_ranks().end(), r) ==
+        j.arrived_local_ranks().end()) {
+      missing.push_back(r);
+    }
+  }
+  return absl::StrCat(j.job(), ": step ", j.waiting_step(), " waits for local rank",
+                      missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ","), " (",
+                      j.arrived_local_ranks_size(), " of ", j.local_world_size(), " arrived)");
+}
+
 std::string StatusTable(const v1::ListJobsResponse& jobs) {
   std::string out =
       absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s %5s\n", "JOB", "POLICY",
                       "WORKERS", "STEPS", "LAST_NORM", "STABILIZED", "SPIKES", "SKIPS",
                       "DIVERGING", "NODE");
   std::string retired;
+  std::string waiting;
   for (const v1::JobSummary& j : jobs.jobs()) {
+    if (j.waiting_step() > 0) absl::StrAppend(&waiting, WaitingLine(j), "\n");
     if (j.retired()) {
       absl::StrAppendFormat(&retired, "%-24s %-10s %9d %7d\n", j.job(), j.policy(), j.last_step(),
                             j.groups());
@@ -62,6 +78,7 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
                    [](const v1::JobSummary& j) { return !j.retired(); })) {
     out += "(no jobs)\n";
   }
+  if (!waiting.empty()) absl::StrAppend(&out, "\nwaiting for local workers:\n", waiting);
   if (!retired.empty()) {
     absl::StrAppendFormat(&out,
                           "\nretired (statistics kept; they come back when a worker attaches):\n"
@@ -107,6 +124,7 @@ std::string TopScreen(const v1::ListJobsResponse& jobs, int width) {
     absl::StrAppendFormat(&out, "  norm %s  last %s -> %s   spikes %d  skips %d\n\n",
                           Sparkline(recent), Norm(j.last_norm()), Norm(j.last_stabilized_norm()),
                           j.spike_steps(), j.skipped_steps());
+    if (j.waiting_step() > 0) absl::StrAppend(&out, "  ", WaitingLine(j), "\n\n");
   }
   return out;
 }

@@ -9,7 +9,9 @@
 
 namespace gstab::ctl {
 
-// One line per job, with a header.
+// A job whose step waits for local workers (JobSummary.waiting_step): the ranks it waits for.
+std::string WaitingLine(const v1::JobSummary& job);
+// One line per job, with a header; then the jobs whose step waits, and the retired jobs.
 std::string StatusTable(const v1::ListJobsResponse& jobs);
 // The `top` screen (without the clear-screen sequence).
 std::string TopScreen(const v1::ListJobsResponse& jobs, int width);

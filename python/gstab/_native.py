@@ -171,7 +171,7 @@ def settings(config: Optional[Config]) -> Optional[bytes]:
 # The 64-bit integer fields of GetStatsResponse, which proto3's JSON mapping writes as strings
 # (client_test.py checks that no number of the stats is left a string).
 UINT64_FIELDS = {"steps", "last_step", "registered_bytes", "accepted_steps", "spikes",
-                  "non_finite_steps", "version", "effective_step"}
+                  "non_finite_steps", "version", "effective_step", "waiting_step"}
 
 
 # proto3's JSON writes non-finite doubles as these strings.

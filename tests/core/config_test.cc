@@ -1,5 +1,9 @@
 #include "core/config.h"
 
+#include <string>
+
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 #include "gtest/gtest.h"
 
 namespace gstab {
@@ -61,7 +65,7 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
   }
 }
 
-TEST(ConfigTest, MergeKeepsUnsetFieldsAndEffectiveConfigRoundTrips) {
+TEST(ConfigTest, MergeKeepsUnsetFields) {
   v1::PolicyConfig first;
   first.set_policy(v1::POLICY_CLIP);
   first.mutable_clip()->set_max_norm(0.25);
@@ -75,10 +79,81 @@ TEST(ConfigTest, MergeKeepsUnsetFieldsAndEffectiveConfigRoundTrips) {
   EXPECT_EQ(merged->clip_max_norm, 0.25);
   EXPECT_EQ(merged->spike_z_threshold, 4.0);
 
-  absl::StatusOr<RuleParams> again = ResolveConfig(EffectiveConfig(*merged));
-  ASSERT_TRUE(again.ok());
-  EXPECT_EQ(EffectiveConfig(*again).SerializeAsString(),
-            EffectiveConfig(*merged).SerializeAsString());
+}
+
+// Checkpoints, the cross-node configuration check and restored jobs carry a job's configuration
+// as EffectiveConfig: every field must come back as it was, each one away from its default.
+TEST(ConfigTest, EffectiveConfigCarriesEveryFieldBack) {
+  RuleParams p;
+  p.policy = PolicyKind::kZClip;
+  p.beta1 = 0.5;
+  p.beta2 = 0.75;
+  p.eps = 1e-9;
+  p.bias_correction = false;
+  p.clip_max_norm = 0.125;
+  p.zclip_alpha = 0.875;
+  p.zclip_warmup_steps = 7;
+  p.zclip_z_threshold = 3.5;
+  p.zclip_max_norm = 9.0;
+  p.spike_z_threshold = 4.5;
+  p.spike_warmup_steps = 11;
+  p.spike_beta = 0.9375;
+  p.spike_ratio = 12.0;
+  p.diverge_consecutive_spikes = 5;
+  p.diverge_consecutive_non_finite = 6;
+  p.diverge_growth_ratio = 2.5;
+  p.diverge_short_beta = 0.8;
+  p.diverge_long_beta = 0.96875;
+  p.diverge_recovery_steps = 13;
+  p.zero_non_finite = false;
+  absl::StatusOr<RuleParams> back = ResolveConfig(EffectiveConfig(p));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->policy, p.policy);
+  EXPECT_EQ(back->beta1, p.beta1);
+  EXPECT_EQ(back->beta2, p.beta2);
+  EXPECT_EQ(back->eps, p.eps);
+  EXPECT_EQ(back->bias_correction, p.bias_correction);
+  EXPECT_EQ(back->clip_max_norm, p.clip_max_norm);
+  EXPECT_EQ(back->zclip_alpha, p.zclip_alpha);
+  EXPECT_EQ(back->zclip_warmup_steps, p.zclip_warmup_steps);
+  EXPECT_EQ(back->zclip_z_threshold, p.zclip_z_threshold);
+  EXPECT_EQ(back->zclip_max_norm, p.zclip_max_norm);
+  EXPECT_EQ(back->spike_z_threshold, p.spike_z_threshold);
+  EXPECT_EQ(back->spike_warmup_steps, p.spike_warmup_steps);
+  EXPECT_EQ(back->spike_beta, p.spike_beta);
+  EXPECT_EQ(back->spike_ratio, p.spike_ratio);
+  EXPECT_EQ(back->diverge_consecutive_spikes, p.diverge_consecutive_spikes);
+  EXPECT_EQ(back->diverge_consecutive_non_finite, p.diverge_consecutive_non_finite);
+  EXPECT_EQ(back->diverge_growth_ratio, p.diverge_growth_ratio);
+  EXPECT_EQ(back->diverge_short_beta, p.diverge_short_beta);
+  EXPECT_EQ(back->diverge_long_beta, p.diverge_long_beta);
+  EXPECT_EQ(back->diverge_recovery_steps, p.diverge_recovery_steps);
+  EXPECT_EQ(back->zero_non_finite, p.zero_non_finite);
+}
+
+// The echoed configuration sets every field of every message, so a reader never has to know
+// the defaults: a field EffectiveConfig leaves unset would be taken as "the default" by whoever
+// reads it, not as what the job runs with.
+void ExpectEveryFieldSet(const google::protobuf::Message& m, const std::string& path) {
+  const google::protobuf::Descriptor* d = m.GetDescriptor();
+  const google::protobuf::Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    const std::string name = path + f->name();
+    if (f->has_presence()) {
+      EXPECT_TRUE(r->HasField(m, f)) << name << " is not set";
+    }
+    if (f->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
+      ExpectEveryFieldSet(r->GetMessage(m, f), name + ".");
+    } else if (f->type() == google::protobuf::FieldDescriptor::TYPE_ENUM &&
+               name != "stabilize.preset") {  // a way to give the betas, which are set
+      EXPECT_NE(r->GetEnumValue(m, f), 0) << name << " is left UNSPECIFIED";
+    }
+  }
+}
+
+TEST(ConfigTest, EffectiveConfigSetsEveryField) {
+  ExpectEveryFieldSet(EffectiveConfig(RuleParams{}), "");
 }
 
 }  // namespace

@@ -201,20 +201,20 @@ class ClientTest(unittest.TestCase):
 
     def test_a_closed_client_has_detached_and_says_it_is_closed(self):
         with gstab.Client(self.socket) as client:
-            client.attach("py-closed")
+            client.attach("py-closed", local_rank=0, local_world_size=2)
             one_tensor = gstab.Arena()
             one_tensor.add_tensor("w", 16)
             one_tensor.allocate()
             client.register_arena(one_tensor)
-            client.step(1)
+            self.assertEqual(client.stats()["attached_workers"], 1)
         with self.assertRaises(gstab.Error) as e:
             client.step(2)
         self.assertIn("closed", e.exception.message)
-        # Its local rank was let go of at once: another worker of the job takes it with no
-        # replaced session (ABORTED is what a lingering one would hear).
+        # Its local rank was let go of at once, not a lease later: the job's other worker finds
+        # itself alone.
         with gstab.Client(self.socket) as again:
-            again.attach("py-closed")
-            self.assertEqual(again.stats()["steps"], 1)
+            again.attach("py-closed", local_rank=1, local_world_size=2)
+            self.assertEqual(again.stats()["attached_workers"], 1)
         with self.assertRaises(gstab.Error) as e:
             gstab.Client(self.socket).step(1)
         self.assertIn("not attached", e.exception.message)
@@ -229,7 +229,8 @@ class ClientTest(unittest.TestCase):
             self.skipTest("this machine has a GPU")
         with self.assertRaises(gstab.Error) as e:
             gstab.CudaGradients(0)
-        self.assertNotEqual(e.exception.message, "")
+        self.assertEqual(e.exception.code, 9)  # FAILED_PRECONDITION
+        self.assertIn("cannot use CUDA device 0 in this process", e.exception.message)
 
 
 def leaves(value, key=None):

@@ -244,7 +244,10 @@ class SessionTest(unittest.TestCase):
 
             waiting = threading.Thread(target=step)
             waiting.start()
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while third.stats().get("arrived_local_ranks") != [0]:  # its Step waits for rank 1
+                self.assertLess(time.monotonic(), deadline, "local rank 0's Step never arrived")
+                time.sleep(0.005)
             fourth.attach("py-twins-2", local_rank=0, local_world_size=2)
             replaced_at = time.monotonic()
             waiting.join()

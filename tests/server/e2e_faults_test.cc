@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "common/shm_names.h"
 #include "gtest/gtest.h"
@@ -190,6 +192,41 @@ TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
   EXPECT_EQ((*a)->client().GetStats()->groups_size(), 3);
 }
 
+// Blocks until `client`'s job has a step waiting for local workers, with exactly `ranks` arrived
+// (GetStatsResponse.arrived_local_ranks); false after 10 s.
+bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<v1::GetStatsResponse> s = client->GetStats();
+    if (s.ok() && s->waiting_step() > 0 &&
+        std::vector<uint32_t>(s->arrived_local_ranks().begin(), s->arrived_local_ranks().end()) ==
+            ranks) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return false;
+}
+
+// The norm of each group (g, c, big) of a round over the workers' current gradients: sharded
+// groups sum the workers' slices.
+std::vector<double> RoundNorms(const std::vector<TestWorker*>& workers) {
+  std::vector<double> sums(3, 0.0);
+  for (TestWorker* w : workers) {
+    const std::vector<double> own = testing::GroupSums(*w);
+    for (size_t g = 0; g < sums.size(); ++g) sums[g] += own[g];
+  }
+  for (double& s : sums) s = std::sqrt(s);
+  return sums;
+}
+
+void ExpectNorms(const v1::StepResponse& r, const std::vector<double>& norms) {
+  ASSERT_EQ(r.groups_size(), static_cast<int>(norms.size()));
+  for (int g = 0; g < r.groups_size(); ++g) {
+    EXPECT_NEAR(r.groups(g).norm(), norms[g], 1e-9 * norms[g]) << r.groups(g).group();
+  }
+}
+
 TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   AttachOptions o = JobOptions("two-local");
   o.local_world_size = 2;
@@ -199,14 +236,21 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   ASSERT_TRUE(w0.ok() && w1.ok());
   (*w0)->Fill(1, 1);
   (*w1)->Fill(1, 2);
+  // Sharded groups: the norm covers both workers' slices.
+  const std::vector<double> norms = RoundNorms({w0->get(), w1->get()});
   absl::StatusOr<v1::StepResponse> r1;
   std::thread t([&] { r1 = (*w1)->client().Step(1); });
+  EXPECT_TRUE(WaitForArrivals(&(*w0)->client(), {1}));  // operators see who is missing
   absl::StatusOr<v1::StepResponse> r0 = (*w0)->client().Step(1);
   t.join();
   ASSERT_TRUE(r0.ok()) << r0.status();
   ASSERT_TRUE(r1.ok()) << r1.status();
   EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());  // one result for the round
-  // Sharded groups: the norm covers both workers' slices.
+  ExpectNorms(*r0, norms);
+  absl::StatusOr<v1::GetStatsResponse> after = (*w0)->client().GetStats();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->waiting_step(), 0u);  // nothing waits between steps
+
   (*w0)->Fill(2, 1);
   absl::StatusOr<v1::StepResponse> alone = (*w0)->client().Step(2);
   EXPECT_EQ(alone.status().code(), absl::StatusCode::kDeadlineExceeded);
@@ -226,16 +270,22 @@ TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
   (*first)->Fill(1, 1);
   absl::StatusOr<v1::StepResponse> voided;
   std::thread abandoned([&] { voided = (*first)->client().Step(1); });
-  absl::SleepFor(absl::Milliseconds(100));  // its Step has arrived and waits for rank 1
+  // Its Step has arrived and waits for rank 1.
+  ASSERT_TRUE(WaitForArrivals(&(*other)->client(), {0}));
   o.local_rank = 0;
   auto successor = TestWorker::Create(daemon_->socket(), o);  // replaces `first`'s session
   ASSERT_TRUE(successor.ok()) << successor.status();
   // Rank 1 arrives while the abandoned Step still waits (within the 500 ms step timeout).
+  // The abandoned Step left with its session: nobody has arrived.
+  absl::StatusOr<v1::GetStatsResponse> left = (*other)->client().GetStats();
+  ASSERT_TRUE(left.ok()) << left.status();
+  EXPECT_EQ(left->arrived_local_ranks_size(), 0);
   (*successor)->Fill(1, 3);
   (*other)->Fill(1, 2);
+  const std::vector<double> norms = RoundNorms({successor->get(), other->get()});
   absl::StatusOr<v1::StepResponse> r1;
   std::thread t([&] { r1 = (*other)->client().Step(1); });
-  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(WaitForArrivals(&(*other)->client(), {1}));
   absl::StatusOr<v1::StepResponse> r0 = (*successor)->client().Step(1);
   t.join();
   abandoned.join();
@@ -245,6 +295,7 @@ TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
   ASSERT_TRUE(r0.ok()) << r0.status();
   ASSERT_TRUE(r1.ok()) << r1.status();
   EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());
+  ExpectNorms(*r0, norms);  // the successor's gradients, not the abandoned ones
 }
 
 TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {

@@ -201,9 +201,11 @@ TEST_F(E2eObservabilityTest, EveryInjectedSpikeAppearsExactlyOnceInOrder) {
 }
 
 TEST_F(E2eObservabilityTest, IdleConnectionsNeitherStarveScrapesNorStayOpen) {
-  // As a port scanner or a stuck probe: connections that never send a request.
+  // As a port scanner or a stuck probe: connections that never send a request, more of them
+  // than gstabd has handler threads (8), so a scrape waits for the request timeout (5 s) to free
+  // one.
   std::vector<int> idle;
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 12; ++i) {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -215,8 +217,8 @@ TEST_F(E2eObservabilityTest, IdleConnectionsNeitherStarveScrapesNorStayOpen) {
   absl::SleepFor(absl::Milliseconds(200));  // let the server take them up
   auto scrape =
       std::async(std::launch::async, [&] { return HttpRequest(port_, "GET", "/metrics"); });
-  ASSERT_EQ(scrape.wait_for(std::chrono::seconds(3)), std::future_status::ready)
-      << "idle connections held every handler thread";
+  ASSERT_EQ(scrape.wait_for(std::chrono::seconds(12)), std::future_status::ready)
+      << "idle connections held the handler threads past the request timeout";
   ASSERT_TRUE(scrape.get().ok());
   // The server closes them (after its 5 s request timeout): a read sees the end.
   for (int fd : idle) {
@@ -374,6 +376,36 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
 
 // The container probe: `gstabctl health` succeeds, silently, while gstabd serves, and fails
 // with a reason once it has stopped.
+// A step that waits for a local worker: `gstabctl status` names the ranks it waits for.
+TEST_F(E2eObservabilityTest, GstabctlStatusNamesTheLocalWorkersAStepWaitsFor) {
+  AttachOptions o = testing::JobOptions("straggling");
+  o.local_world_size = 3;
+  std::vector<std::unique_ptr<testing::TestWorker>> workers;
+  for (uint32_t rank = 0; rank < 3; ++rank) {
+    o.local_rank = rank;
+    auto w = testing::TestWorker::Create(daemon_->socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    (*w)->Fill(1, rank);
+    workers.push_back(*std::move(w));
+  }
+  absl::StatusOr<v1::StepResponse> r1;
+  std::thread t([&] { r1 = workers[1]->client().Step(1); });
+  std::string status;
+  for (int i = 0; i < 200 && status.find("waits") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+    status = Ctl("status").second;
+  }
+  EXPECT_NE(status.find("straggling: step 1 waits for local ranks 0,2 (1 of 3 arrived)"),
+            std::string::npos)
+      << status;
+  std::thread t2([&] { (void)workers[2]->client().Step(1); });
+  EXPECT_TRUE(workers[0]->client().Step(1).ok());
+  t.join();
+  t2.join();
+  EXPECT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(Ctl("status").second.find("waits"), std::string::npos);
+}
+
 TEST_F(E2eObservabilityTest, GstabctlHealthFollowsTheDaemon) {
   auto [rc, out] = Ctl("health");
   EXPECT_EQ(rc, 0) << out;
