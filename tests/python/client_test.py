@@ -356,6 +356,9 @@ class JobControlTest(unittest.TestCase):
             stats = clipped.stats()
             self.assertEqual(stats["config"]["policy"], "POLICY_CLIP")
             self.assertEqual(stats["last_step"], 10)
+            # The statistics came too (re-expressed for the job's own betas).
+            self.assertEqual([g["accepted_steps"] for g in stats["groups"]], [10, 10])
+            self.assertTrue(all(g["m"] > 0 for g in stats["groups"]), stats["groups"])
         finally:
             self.assertEqual(elsewhere.stop(), 0)
 

@@ -341,10 +341,17 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   const std::string file = dir_.path() + "/ctl.state";
   EXPECT_EQ(Ctl("export --job=ctl-job --out=" + file).first, 0);
   EXPECT_GT(std::filesystem::file_size(file), 0u);
+  // An import brings the exported configuration back; one with --keep_config keeps the job's.
+  EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm=0.5").first, 0);
   auto [irc, imported] = Ctl("import --job=ctl-job --in=" + file);
   EXPECT_EQ(irc, 0) << imported;
+  EXPECT_NE(Ctl("config show --job=ctl-job").second.find("clip.max_norm=0.25\n"),
+            std::string::npos);
+  EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm=0.75").first, 0);
   auto [krc, kept] = Ctl("import --keep_config --job=ctl-job --in=" + file);
   EXPECT_EQ(krc, 0) << kept;
+  EXPECT_NE(Ctl("config show --job=ctl-job").second.find("clip.max_norm=0.75\n"),
+            std::string::npos);
 
   auto [trc, top] = Ctl("top --iterations=1");
   EXPECT_EQ(trc, 0);

@@ -38,6 +38,10 @@ class LoopbackStore {
     info.set_node_count(nodes);
     return info;
   }
+  // Whether `key` is set in the rendezvous of `info` within 10 s.
+  bool WaitFor(const v1::RendezvousInfo& info, const std::string& key) {
+    return store_.Wait(info.token(), {key}, absl::Seconds(10)).ok();
+  }
 
  private:
   RendezvousStore store_;
@@ -65,7 +69,8 @@ struct GpuNode {
 // exports (a checkpoint, gstabctl, a scrape): before, they waited up to the step deadline.
 TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
   LoopbackStore store;
-  GpuNode node0(store.Rendezvous(2), 0, RuleParams{}, absl::Seconds(3));
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  GpuNode node0(info, 0, RuleParams{}, absl::Seconds(3));
   std::atomic<bool> stepped{false};
   absl::Status status;
   std::thread step([&] {
@@ -73,11 +78,15 @@ TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
     status = node0.job.Step(0, 1, absl::Seconds(3), &r, kReady);
     stepped = true;
   });
-  absl::SleepFor(absl::Milliseconds(300));  // into its wait for node 1, which never comes
+  // Node 0 has joined the rendezvous: it is in its wait for node 1, which never comes.
+  ASSERT_TRUE(store.WaitFor(info, "rank_0"));
+  const absl::Time start = absl::Now();
   v1::GetStatsResponse stats;
   node0.job.GetStats(&stats);
   EXPECT_EQ(stats.job(), "nodes-job");
   EXPECT_EQ(node0.job.ExportState().job(), "nodes-job");
+  // Answered at once, not at the step's 3 s deadline.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
   EXPECT_FALSE(stepped) << "the step returned early: " << status;
   step.join();  // at its deadline
   EXPECT_FALSE(status.ok());

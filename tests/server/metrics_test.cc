@@ -1,9 +1,14 @@
 #include "server/metrics.h"
 
+#include <algorithm>
 #include <clocale>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
 
 #include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
 
 namespace gstab {
 namespace {
@@ -49,15 +54,35 @@ TEST(MetricsTest, ExpositionMatchesGoldenBytes) {
             "gstab_steps_total{job=\"b\"} 2\n");
 }
 
+// Under a locale with a decimal comma (de_DE, compiled by localedef into a temporary directory:
+// no root needed, only the sources of Debian's `locales` package), numbers keep their point.
 TEST(MetricsTest, NumbersIgnoreTheProcessLocale) {
-  // A locale with a decimal comma, where one is installed; the C locale otherwise.
+  testing::TempDir dir;
+  const std::string built = dir.path() + "/de_DE.UTF-8";
+  const std::string command = "localedef -c -i de_DE -f UTF-8 " + built + " >/dev/null 2>&1";
+  if (std::system(command.c_str()) != 0 || !std::filesystem::exists(built + "/LC_NUMERIC")) {
+    GTEST_SKIP() << "localedef could not build de_DE.UTF-8 (Debian's locales package, which "
+                    "scripts/setup installs, has its sources)";
+  }
   const char* previous = std::setlocale(LC_ALL, nullptr);
-  std::string saved = previous == nullptr ? "C" : previous;
-  std::setlocale(LC_ALL, "de_DE.UTF-8");
+  const std::string saved = previous == nullptr ? "C" : previous;
+  setenv("LOCPATH", dir.path().c_str(), 1);
+  ASSERT_NE(std::setlocale(LC_ALL, "de_DE.UTF-8"), nullptr);
+  ASSERT_STREQ(std::localeconv()->decimal_point, ",");  // the locale is in force
   EXPECT_EQ(FormatMetricValue(1.5), "1.5");
   EXPECT_EQ(FormatMetricValue(1e-300), "1e-300");
   EXPECT_EQ(FormatMetricValue(-INFINITY), "-Inf");
+  MetricsRegistry r;
+  r.AddGauge("gstab_norm", "Norm.", {"job"})->Set({"a"}, 2.25);
+  r.AddHistogram("gstab_h", "H.", {"job"}, {0.5})->Observe({"a"}, 0.25);
+  const std::string text = r.Render();
   std::setlocale(LC_ALL, saved.c_str());
+  unsetenv("LOCPATH");
+  EXPECT_NE(text.find("gstab_norm{job=\"a\"} 2.25\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_h_bucket{job=\"a\",le=\"0.5\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_h_sum{job=\"a\"} 0.25\n"), std::string::npos) << text;
+  // The only commas separate the buckets' two labels.
+  EXPECT_EQ(std::count(text.begin(), text.end(), ','), 2) << text;
 }
 
 TEST(MetricsTest, BucketsAreRoundAndRemovalForgetsAJob) {
