@@ -2,13 +2,38 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace gstab {
+namespace {
+
+// Back up from `at` to the start of a UTF-8 character (never inside one).
+size_t CharacterStart(absl::string_view text, size_t at) {
+  while (at > 0 && at < text.size() && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) {
+    --at;
+  }
+  return at;
+}
+
+}  // namespace
+
+std::string CutStatusMessage(absl::string_view message) {
+  if (message.size() <= kMaxStatusMessageBytes) return std::string(message);
+  // The head says what was wrong and the tail what to do: the middle is a name or a value the
+  // caller sent (a 100 KB job name, say), which it has anyway.
+  constexpr size_t kHead = kMaxStatusMessageBytes / 2, kTail = kMaxStatusMessageBytes / 4;
+  const size_t head = CharacterStart(message, kHead);
+  const size_t tail = CharacterStart(message, message.size() - kTail);
+  return absl::StrCat(message.substr(0, head), " [... ", tail - head, " bytes left out ...] ",
+                      message.substr(tail));
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   // absl::StatusCode and grpc::StatusCode share their numeric values (both follow
   // google.rpc.Code).
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      CutStatusMessage(status.message()));
 }
 
 }  // namespace gstab

@@ -3,9 +3,19 @@
 
 #include <grpcpp/support/status.h>
 
+#include <cstddef>
+#include <string>
+
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace gstab {
+
+// A status message travels in gRPC's metadata, which a client refuses past 8 KiB (percent-encoded:
+// up to three bytes a byte). A longer one, quoting something huge a caller sent, keeps its head
+// and tail, within this many bytes and a note of what was left out.
+inline constexpr size_t kMaxStatusMessageBytes = 2048;
+std::string CutStatusMessage(absl::string_view message);
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 

@@ -182,11 +182,19 @@ absl::Status Job::JoinRendezvous(std::shared_ptr<Collective> collective,
   if (!rendezvous_token_.empty() && rendezvous_.store_address() == info.store_address() &&
       std::make_pair(info.store_started_us(), info.generation()) <
           std::make_pair(rendezvous_.store_started_us(), rendezvous_.generation())) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "this rendezvous of job '", name_, "' (generation ", info.generation(),
-        ") is older than the one the job runs with here (generation ", rendezvous_.generation(),
-        "): attach with the newest blob (a restarted worker may have kept an old "
-        "GSTAB_RENDEZVOUS)"));
+    // Generations count from each start of the store's gstabd: one made before a restart of it
+    // is older whatever its number.
+    const std::string which =
+        info.store_started_us() == rendezvous_.store_started_us()
+            ? absl::StrCat("(generation ", info.generation(),
+                           ") is older than the one the job runs with here (generation ",
+                           rendezvous_.generation(), ")")
+            : "was made before the store's gstabd last started, and the job runs with a newer "
+              "one here";
+    return absl::FailedPreconditionError(
+        absl::StrCat("this rendezvous of job '", name_, "' ", which,
+                     ": attach with the newest blob (a restarted worker may have kept an old "
+                     "GSTAB_RENDEZVOUS)"));
   }
   rendezvous_ = info;
   InstallCollective(std::move(collective), info.token(), std::move(nccl));

@@ -219,6 +219,24 @@ TEST_F(E2eRegistrationTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
 }
 
 
+// A refusal that quotes something huge the caller sent still reaches it (gRPC drops a status
+// message past its metadata limit, 8 KiB): its head and tail, and how much was left out.
+TEST_F(E2eRegistrationTest, ARefusalQuotingAHugeNameStillReachesTheCaller) {
+  auto client = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(client.ok());
+  const std::string huge(100000, 'j');
+  v1::ForgetJobRequest request;
+  request.set_job(huge);
+  v1::ForgetJobResponse response;
+  grpc::ClientContext ctx;
+  const absl::Status s = FromGrpcStatus((*client)->stub()->ForgetJob(&ctx, request, &response));
+  EXPECT_NE(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_FALSE(s.ok());
+  EXPECT_LE(s.message().size(), 2200u);
+  EXPECT_EQ(s.message().rfind("job name 'jjj", 0), 0u) << s.message().substr(0, 80);
+  EXPECT_NE(s.message().find("bytes left out"), std::string::npos);
+}
+
 // gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
 // a process's mappings). A registration past it is refused, naming the cap, and the jobs already
 // mapped go on; a mapping let go makes room.

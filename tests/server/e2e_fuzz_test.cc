@@ -1,0 +1,414 @@
+// End-to-end: thousands of malformed requests, every RPC, against a real gstabd. Each starts
+// from a valid request (a worker's own, with its live session) and has a few fields set to
+// values a buggy or hostile client could send: boundary and non-finite numbers, unknown enum
+// values, long, empty or foreign names, random bytes, and nested messages (a job's exported
+// state, a rendezvous blob) mutated the same way. gstabd must answer each with a status that
+// says what was wrong, never crash or hang, and leave another job's statistics alone.
+//
+// Deterministic: the seed is fixed, and a failure prints the request that caused it.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Message;
+using testing::DaemonProcess;
+using testing::JobOptions;
+using testing::TempDir;
+using testing::TestWorker;
+
+// Sets a few random fields of a message (recursively) to values chosen to break things.
+class Mutator {
+ public:
+  Mutator(uint64_t seed, std::vector<std::string> strings)
+      : rng_(seed), strings_(std::move(strings)) {}
+
+  void Mutate(Message* m, int mutations) {
+    for (int i = 0; i < mutations; ++i) MutateOne(m, 0);
+  }
+  uint64_t Below(uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng_); }
+
+ private:
+  template <typename T>
+  T Pick(const std::vector<T>& values) {
+    return values[Below(values.size())];
+  }
+
+  uint64_t Integer() {
+    return Pick<uint64_t>({0, 1, 2, 3, 7, 64, 255, 65535, 65536, 1u << 31, (1ull << 32) - 1,
+                           1ull << 32, 1ull << 50, (1ull << 63) - 1, 1ull << 63,
+                           std::numeric_limits<uint64_t>::max(), Below(1000), rng_()});
+  }
+
+  double Real() {
+    return Pick<double>(
+        {0.0, -0.0, 1.0, -1.0, 0.5, 1e-300, 4.9e-324, 1e308, -1e308,
+         std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(),
+         std::numeric_limits<double>::quiet_NaN(), 1e30, static_cast<double>(Below(100)) / 7});
+  }
+
+  std::string Bytes() {
+    std::string out(Pick<size_t>({0, 1, 16, 63, 64, 65, 128, 1000}), '\0');
+    for (char& c : out) c = static_cast<char>(Below(256));
+    return out;
+  }
+
+  std::string Text() {
+    switch (Below(6)) {
+      case 0:
+        return "";
+      case 1:
+        return std::string(Pick<size_t>({129, 257, 4096, 100000}), 'a');
+      case 2:
+        return Pick<std::string>({"../../etc/passwd", "/dev/shm/x", "a b", "_other", "-", ".",
+                                  "\xc3\xa9t\xc3\xa9", "job\n", "%s%n"});
+      default:
+        return Pick(strings_);
+    }
+  }
+
+  void SetScalar(Message* m, const FieldDescriptor* f, bool add) {
+    const google::protobuf::Reflection* r = m->GetReflection();
+    switch (f->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32: {
+        const auto v = static_cast<int32_t>(Integer());
+        add ? r->AddInt32(m, f, v) : r->SetInt32(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_UINT32: {
+        const auto v = static_cast<uint32_t>(Integer());
+        add ? r->AddUInt32(m, f, v) : r->SetUInt32(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_INT64: {
+        const auto v = static_cast<int64_t>(Integer());
+        add ? r->AddInt64(m, f, v) : r->SetInt64(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_UINT64: {
+        const uint64_t v = Integer();
+        add ? r->AddUInt64(m, f, v) : r->SetUInt64(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_DOUBLE: {
+        const double v = Real();
+        add ? r->AddDouble(m, f, v) : r->SetDouble(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_FLOAT: {
+        const auto v = static_cast<float>(Real());
+        add ? r->AddFloat(m, f, v) : r->SetFloat(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_BOOL: {
+        const bool v = Below(2) == 1;
+        add ? r->AddBool(m, f, v) : r->SetBool(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        // Known values and unknown ones (proto3 enums are open).
+        const int v =
+            static_cast<int>(Below(static_cast<uint64_t>(f->enum_type()->value_count()) + 3)) - 1;
+        add ? r->AddEnumValue(m, f, v) : r->SetEnumValue(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_STRING: {
+        // proto3 `string` fields must stay UTF-8 (gRPC would refuse to send them otherwise).
+        const std::string v = f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : Text();
+        add ? r->AddString(m, f, v) : r->SetString(m, f, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        break;
+    }
+  }
+
+  void MutateOne(Message* m, int depth) {
+    const google::protobuf::Descriptor* d = m->GetDescriptor();
+    if (d->field_count() == 0) return;
+    const FieldDescriptor* f = d->field(static_cast<int>(Below(d->field_count())));
+    const google::protobuf::Reflection* r = m->GetReflection();
+    const bool message = f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE;
+    if (f->is_repeated()) {
+      const int size = r->FieldSize(*m, f);
+      switch (Below(4)) {
+        case 0:
+          r->ClearField(m, f);
+          return;
+        case 1:  // another element, valid or not
+          if (message) {
+            Message* added = r->AddMessage(m, f);
+            if (size > 0)
+              added->CopyFrom(r->GetRepeatedMessage(*m, f, static_cast<int>(Below(size))));
+            if (depth < 4) MutateOne(added, depth + 1);
+          } else {
+            SetScalar(m, f, /*add=*/true);
+          }
+          return;
+        default:
+          if (size > 0 && message && depth < 4) {
+            MutateOne(r->MutableRepeatedMessage(m, f, static_cast<int>(Below(size))), depth + 1);
+          } else if (!message) {
+            SetScalar(m, f, /*add=*/true);
+          }
+          return;
+      }
+    }
+    if (message) {
+      if (depth < 4) MutateOne(r->MutableMessage(m, f), depth + 1);
+    } else if (Below(8) == 0) {
+      r->ClearField(m, f);
+    } else {
+      SetScalar(m, f, /*add=*/false);
+    }
+  }
+
+  std::mt19937_64 rng_;
+  std::vector<std::string> strings_;
+};
+
+class E2eFuzzTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = DaemonProcess::Start(
+        dir_.path(), {"--lease_ms=3000", "--step_timeout_ms=300", "--peer_listen=127.0.0.1:0",
+                      "--max_tensors=1000", "--max_jobs=64"});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
+  }
+
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
+  auto bystander = TestWorker::Create(daemon_->socket(), JobOptions("bystander"));
+  ASSERT_TRUE(bystander.ok()) << bystander.status();
+  (*bystander)->Fill(1, 1);
+  ASSERT_TRUE((*bystander)->client().Step(1).ok());
+  absl::StatusOr<std::string> bystander_state = (*bystander)->client().ExportState();
+  ASSERT_TRUE(bystander_state.ok());
+
+  // The worker whose requests are mutated, attached again whenever a request ended its session.
+  std::unique_ptr<TestWorker> target;
+  v1::JobState state;
+  auto attach_target = [&] {
+    target.reset();
+    auto t = TestWorker::Create(daemon_->socket(), JobOptions("fuzzed"));
+    ASSERT_TRUE(t.ok()) << t.status();
+    target = *std::move(t);
+    target->Fill(1, 2);
+    (void)target->client().Step(1000000);  // the job's steps go on from a high number
+    absl::StatusOr<std::string> exported = target->client().ExportState();
+    ASSERT_TRUE(exported.ok());
+    ASSERT_TRUE(state.ParseFromString(*exported));
+  };
+  attach_target();
+  auto tools = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(tools.ok());
+  absl::StatusOr<std::string> blob = (*tools)->CreateRendezvous("fuzzed-nodes", 2);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  v1::RendezvousInfo rendezvous;
+  ASSERT_TRUE(rendezvous.ParseFromString(*blob));
+
+  // GSTAB_FUZZ_SEED and GSTAB_FUZZ_ROUNDS explore further than the fixed run.
+  const char* seed = getenv("GSTAB_FUZZ_SEED");
+  const char* rounds = getenv("GSTAB_FUZZ_ROUNDS");
+  const uint64_t kSeed = seed != nullptr ? std::strtoull(seed, nullptr, 10) : 20261204;
+  const int kRounds = rounds != nullptr ? std::atoi(rounds) : 120;
+  std::printf("seed %llu, %d rounds\n", static_cast<unsigned long long>(kSeed), kRounds);
+  Mutator mutate(kSeed, {"fuzzed", "fuzzed-attach", "fuzzed-nodes", target->client().session(),
+                         target->arena().shm_name(), "g", "a", "big"});
+  v1::Stabilizer::Stub* stub = (*tools)->stub();
+  struct Rpc {
+    const char* name;
+    std::function<std::unique_ptr<Message>()> make;  // a valid request
+    std::function<grpc::Status(grpc::ClientContext*, const Message&)> call;
+  };
+  auto with_session = [&](auto request) {
+    request.set_session(target->client().session());
+    return std::unique_ptr<Message>(new decltype(request)(request));
+  };
+  const std::vector<Rpc> rpcs = {
+      {"Attach",
+       [&] {
+         auto r = std::make_unique<v1::AttachRequest>();
+         r->set_job("fuzzed-attach");
+         r->set_world_size(1);
+         r->set_local_world_size(1);
+         r->set_node_count(1);
+         if (mutate.Below(3) == 0) {  // a job across nodes, its blob mutated too
+           v1::RendezvousInfo info = rendezvous;
+           mutate.Mutate(&info, 2);
+           info.set_store_address(rendezvous.store_address());  // never dial elsewhere
+           r->set_job("fuzzed-nodes");
+           r->set_node_count(2);
+           r->set_world_size(2);
+           r->set_rendezvous(info.SerializeAsString());
+         }
+         return r;
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::AttachResponse out;
+         return stub->Attach(c, static_cast<const v1::AttachRequest&>(m), &out);
+       }},
+      {"RegisterBuffers", [&] { return with_session(target->arena().RegistrationRequest()); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::RegisterBuffersResponse out;
+         return stub->RegisterBuffers(c, static_cast<const v1::RegisterBuffersRequest&>(m), &out);
+       }},
+      {"Step",
+       [&] {
+         v1::StepRequest r;
+         r.set_step(2000000 + mutate.Below(1000));
+         return with_session(r);
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::StepResponse out;
+         return stub->Step(c, static_cast<const v1::StepRequest&>(m), &out);
+       }},
+      {"UpdateConfig", [&] { return with_session(v1::UpdateConfigRequest()); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::UpdateConfigResponse out;
+         return stub->UpdateConfig(c, static_cast<const v1::UpdateConfigRequest&>(m), &out);
+       }},
+      {"ImportState",
+       [&] {
+         v1::JobState s = state;
+         mutate.Mutate(&s, 1 + static_cast<int>(mutate.Below(3)));
+         v1::ImportStateRequest r;
+         r.set_state(s.SerializeAsString());
+         return with_session(r);
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::ImportStateResponse out;
+         return stub->ImportState(c, static_cast<const v1::ImportStateRequest&>(m), &out);
+       }},
+      {"GetStats", [&] { return with_session(v1::GetStatsRequest()); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::GetStatsResponse out;
+         return stub->GetStats(c, static_cast<const v1::GetStatsRequest&>(m), &out);
+       }},
+      {"ExportState", [&] { return with_session(v1::ExportStateRequest()); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::ExportStateResponse out;
+         return stub->ExportState(c, static_cast<const v1::ExportStateRequest&>(m), &out);
+       }},
+      {"KeepAlive", [&] { return with_session(v1::KeepAliveRequest()); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::KeepAliveResponse out;
+         return stub->KeepAlive(c, static_cast<const v1::KeepAliveRequest&>(m), &out);
+       }},
+      {"ListJobs", [&] { return std::make_unique<v1::ListJobsRequest>(); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::ListJobsResponse out;
+         return stub->ListJobs(c, static_cast<const v1::ListJobsRequest&>(m), &out);
+       }},
+      {"CreateRendezvous",
+       [&] {
+         auto r = std::make_unique<v1::CreateRendezvousRequest>();
+         r->set_job("fuzzed-nodes");
+         r->set_node_count(2);
+         return r;
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::CreateRendezvousResponse out;
+         return stub->CreateRendezvous(c, static_cast<const v1::CreateRendezvousRequest&>(m), &out);
+       }},
+      {"ForgetJob",
+       [&] {
+         auto r = std::make_unique<v1::ForgetJobRequest>();
+         r->set_job("fuzzed-nodes");
+         return r;
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::ForgetJobResponse out;
+         return stub->ForgetJob(c, static_cast<const v1::ForgetJobRequest&>(m), &out);
+       }},
+      {"WatchEvents", [&] { return std::make_unique<v1::WatchEventsRequest>(); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         // A followed stream stays open for new events: read what comes within 300 ms.
+         const auto& request = static_cast<const v1::WatchEventsRequest&>(m);
+         c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+         auto reader = stub->WatchEvents(c, request);
+         v1::Event e;
+         while (reader->Read(&e)) {
+         }
+         const grpc::Status s = reader->Finish();
+         const bool open =
+             request.follow() && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+         return open ? grpc::Status::OK : s;
+       }},
+      {"Detach", [&] { return with_session(v1::DetachRequest()); },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::DetachResponse out;
+         return stub->Detach(c, static_cast<const v1::DetachRequest&>(m), &out);
+       }},
+  };
+
+  int refused = 0, calls = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    for (const Rpc& rpc : rpcs) {
+      std::unique_ptr<Message> request = rpc.make();
+      mutate.Mutate(request.get(), 1 + static_cast<int>(mutate.Below(3)));
+      // Mostly under the live session, so that the rest of the request is read.
+      const FieldDescriptor* session = request->GetDescriptor()->FindFieldByName("session");
+      if (session != nullptr && mutate.Below(5) != 0) {
+        request->GetReflection()->SetString(request.get(), session, target->client().session());
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      const grpc::Status s = rpc.call(&ctx, *request);
+      ++calls;
+      const std::string what = std::string(rpc.name) + " (round " + std::to_string(round) +
+                               "): " + request->ShortDebugString().substr(0, 2000);
+      ASSERT_NE(s.error_code(), grpc::StatusCode::UNAVAILABLE) << "gstabd went away at " << what;
+      ASSERT_NE(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << "gstabd hung at " << what;
+      ASSERT_NE(s.error_code(), grpc::StatusCode::UNKNOWN) << s.error_message() << " at " << what;
+      if (getenv("GSTAB_FUZZ_VERBOSE") != nullptr) {
+        std::printf("%s %d %s\n", rpc.name, s.error_code(),
+                    s.error_message().substr(0, 160).c_str());
+      }
+      if (!s.ok()) {
+        ++refused;
+        EXPECT_FALSE(s.error_message().empty()) << "no reason given at " << what;
+        // gstabd's reason reached the client (not lost to gRPC's limit on metadata).
+        EXPECT_EQ(s.error_message().find("metadata size exceeds"), std::string::npos)
+            << s.error_message() << " at " << what;
+      }
+    }
+    // A request may have ended the target's session or replaced its registration: start over.
+    grpc::ClientContext alive;
+    v1::KeepAliveRequest keep;
+    keep.set_session(target->client().session());
+    v1::KeepAliveResponse kept;
+    if (!stub->KeepAlive(&alive, keep, &kept).ok() || round % 10 == 9) attach_target();
+  }
+  std::printf("%d malformed requests, %d refused\n", calls, refused);
+
+  // The bystander's statistics are as they were, and it steps on.
+  absl::StatusOr<std::string> after = (*bystander)->client().ExportState();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(*after, *bystander_state);
+  (*bystander)->Fill(2, 1);
+  absl::StatusOr<v1::StepResponse> r = (*bystander)->client().Step(2);
+  EXPECT_TRUE(r.ok()) << r.status();
+}
+
+}  // namespace
+}  // namespace gstab
