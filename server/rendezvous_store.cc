@@ -46,7 +46,17 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Space*> space = Find(token);
   if (!space.ok()) return space.status();
-  (**space)[key] = value;
+  Space& s = **space;
+  auto it = s.values.find(key);
+  const size_t replaced = it == s.values.end() ? 0 : key.size() + it->second.size();
+  const size_t bytes = s.bytes - replaced + key.size() + value.size();
+  if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > kMaxBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the rendezvous holds at most ", kMaxKeys, " keys and ", kMaxBytes,
+        " bytes: key '", key, "' (", value.size(), " bytes) would pass that"));
+  }
+  s.values[key] = value;
+  s.bytes = bytes;
   return absl::OkStatus();
 }
 
@@ -54,8 +64,8 @@ absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token, const
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Space*> space = Find(token);
   if (!space.ok()) return space.status();
-  auto it = (*space)->find(key);
-  if (it == (*space)->end()) return absl::NotFoundError(absl::StrCat("key '", key, "' not set"));
+  auto it = (*space)->values.find(key);
+  if (it == (*space)->values.end()) return absl::NotFoundError(absl::StrCat("key '", key, "' not set"));
   return it->second;
 }
 
@@ -70,7 +80,7 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
     auto it = spaces_.find(token);
     if (it == spaces_.end()) return true;  // reported below
     for (const std::string& k : keys) {
-      if (it->second.count(k) == 0) {
+      if (it->second.values.count(k) == 0) {
         missing = k;
         return false;
       }

@@ -28,6 +28,8 @@ class RendezvousStore {
   // (restarting in a loop) forgets its own old ones, not other jobs'; beyond the cap, the
   // oldest of any job goes.
   std::string NewToken(const std::string& job = "");
+  // RESOURCE_EXHAUSTED past kMaxKeys keys or kMaxBytes bytes of keys and values in the
+  // rendezvous (its nodes need a few small keys each).
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
@@ -38,8 +40,14 @@ class RendezvousStore {
   // Ends every wait, now and later (gstabd is stopping: its peer server waits for them).
   void Close();
 
+  static constexpr size_t kMaxKeys = 65536;
+  static constexpr size_t kMaxBytes = size_t{64} << 20;
+
  private:
-  using Space = std::map<std::string, std::string>;
+  struct Space {
+    std::map<std::string, std::string> values;
+    size_t bytes = 0;  // of the keys and values
+  };
   // PERMISSION_DENIED for an unknown token.
   absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

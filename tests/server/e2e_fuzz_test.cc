@@ -1,9 +1,10 @@
-// End-to-end: thousands of malformed requests, every RPC, against a real gstabd. Each starts
-// from a valid request (a worker's own, with its live session) and has a few fields set to
-// values a buggy or hostile client could send: boundary and non-finite numbers, unknown enum
-// values, long, empty or foreign names, random bytes, and nested messages (a job's exported
-// state, a rendezvous blob) mutated the same way. gstabd must answer each with a status that
-// says what was wrong, never crash or hang, and leave another job's statistics alone.
+// End-to-end: thousands of malformed requests, every RPC (the peers' rendezvous store's too),
+// against a real gstabd. Each starts from a valid request (a worker's own, with its live
+// session) and has a few fields set to values a buggy or hostile client could send: boundary
+// and non-finite numbers, unknown enum values, long, empty or foreign names, random bytes, and
+// nested messages (a job's exported state, a rendezvous blob) mutated the same way. gstabd must
+// answer each with a status that says what was wrong, never crash or hang, and leave another
+// job's statistics alone.
 //
 // Deterministic: the seed is fixed, and a failure prints the request that caused it.
 #include <algorithm>
@@ -18,6 +19,8 @@
 
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
@@ -232,9 +235,12 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
   const uint64_t kSeed = seed != nullptr ? std::strtoull(seed, nullptr, 10) : 20261204;
   const int kRounds = rounds != nullptr ? std::atoi(rounds) : 120;
   std::printf("seed %llu, %d rounds\n", static_cast<unsigned long long>(kSeed), kRounds);
-  Mutator mutate(kSeed, {"fuzzed", "fuzzed-attach", "fuzzed-nodes", target->client().session(),
-                         target->arena().shm_name(), "g", "a", "big"});
+  Mutator mutate(kSeed,
+                 {"fuzzed", "fuzzed-attach", "fuzzed-nodes", target->client().session(),
+                  target->arena().shm_name(), "g", "a", "big", rendezvous.token(), "rank_0"});
   v1::Stabilizer::Stub* stub = (*tools)->stub();
+  std::unique_ptr<v1::Rendezvous::Stub> store = v1::Rendezvous::NewStub(
+      grpc::CreateChannel(rendezvous.store_address(), grpc::InsecureChannelCredentials()));
   struct Rpc {
     const char* name;
     std::function<std::unique_ptr<Message>()> make;  // a valid request
@@ -353,6 +359,46 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          const bool open =
              request.follow() && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
          return open ? grpc::Status::OK : s;
+       }},
+      // The store other nodes' gstabd use (--peer_listen), under the rendezvous' token.
+      {"StoreSet",
+       [&] {
+         auto r = std::make_unique<v1::StoreSetRequest>();
+         r->set_token(rendezvous.token());
+         r->set_key("fuzz");
+         r->set_value("1");
+         return r;
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::StoreSetResponse out;
+         return store->StoreSet(c, static_cast<const v1::StoreSetRequest&>(m), &out);
+       }},
+      {"StoreGet",
+       [&] {
+         auto r = std::make_unique<v1::StoreGetRequest>();
+         r->set_token(rendezvous.token());
+         r->set_key("fuzz");
+         return r;
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         v1::StoreGetResponse out;
+         return store->StoreGet(c, static_cast<const v1::StoreGetRequest&>(m), &out);
+       }},
+      {"StoreWait",
+       [&] {
+         auto r = std::make_unique<v1::StoreWaitRequest>();
+         r->set_token(rendezvous.token());
+         r->add_keys("fuzz");
+         r->set_timeout_ms(100);
+         return r;
+       },
+       [&](grpc::ClientContext* c, const Message& m) {
+         // A wait for a key nobody sets lasts its timeout: give up on it after 300 ms.
+         c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+         v1::StoreWaitResponse out;
+         const grpc::Status s =
+             store->StoreWait(c, static_cast<const v1::StoreWaitRequest&>(m), &out);
+         return s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? grpc::Status::OK : s;
        }},
       {"Detach", [&] { return with_session(v1::DetachRequest()); },
        [&](grpc::ClientContext* c, const Message& m) {

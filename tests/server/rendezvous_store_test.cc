@@ -31,6 +31,29 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsKeysAreSet) {
             absl::StatusCode::kPermissionDenied);
 }
 
+// A holder of the token cannot fill gstabd's memory: a rendezvous holds a bounded number of keys
+// and bytes, values replaced in place count once, and other rendezvous are not affected.
+TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
+  RendezvousStore store;
+  const std::string token = store.NewToken("big"), other = store.NewToken("other");
+  const std::string mib(size_t{1} << 20, 'x');
+  for (int i = 0; i < 63; ++i) ASSERT_TRUE(store.Set(token, "k" + std::to_string(i), mib).ok());
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(store.Set(token, "k0", mib).ok());  // replaced
+  absl::Status full = store.Set(token, "one-too-many", mib);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_NE(full.message().find("'one-too-many'"), std::string::npos) << full;
+  EXPECT_TRUE(store.Set(token, "k1", "small").ok());  // replacing with less makes room
+  EXPECT_TRUE(store.Set(token, "one-too-many", mib).ok());
+  EXPECT_TRUE(store.Set(other, "k0", mib).ok());
+
+  const std::string few = store.NewToken("few");
+  for (size_t i = 0; i < RendezvousStore::kMaxKeys; ++i) {
+    ASSERT_TRUE(store.Set(few, std::to_string(i), "").ok());
+  }
+  EXPECT_EQ(store.Set(few, "last", "").code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store.Set(few, "0", "again").ok());
+}
+
 // A peer that gave up, and a stopping gstabd, end a wait long before its timeout: gstabd's peer
 // server waits for its calls when it stops, and a final checkpoint comes after.
 TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
