@@ -183,13 +183,15 @@ class Daemon {
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal
-  // left in `replaced`.
+  // left in `replaced`. A job it made (new, or restored from its checkpoint) is left in `made`,
+  // refused or not.
   // `rendezvous`: ParseRendezvous's answer, for a multi-node request (else null).
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                             uint32_t local_world,
                             const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
                             v1::AttachResponse* response, std::optional<Removal>* replaced,
-                            std::shared_ptr<Job>* attached) ABSL_LOCKS_EXCLUDED(mu_);
+                            std::shared_ptr<Job>* attached, std::shared_ptr<Job>* made)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const DaemonOptions options_;
   RegistrationCaps caps_;

@@ -102,12 +102,17 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     if (jobs_.count(request.job()) == 0) return rendezvous->status();
   }
   std::optional<Removal> replaced;
-  std::shared_ptr<Job> attached;
+  std::shared_ptr<Job> attached, made;
   absl::Status s =
       AttachWorker(request, *params, local_world, rendezvous.has_value() ? &*rendezvous : nullptr,
-                   response, &replaced, &attached);
+                   response, &replaced, &attached, &made);
   Remove(replaced);  // the session this attach replaced, if any
   if (attached != nullptr) ReportWorkers(attached);
+  if (!s.ok() && made != nullptr) {
+    // The job this refused attach made (a new one, or one back from its checkpoint) is not held
+    // for it: it goes back to being a checkpoint, or nothing (unless another attach uses it).
+    (void)Retire(made, "the attach that made it was refused", absl::InfiniteFuture());
+  }
   return s;
 }
 
@@ -115,7 +120,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   uint32_t local_world,
                                   const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
                                   v1::AttachResponse* response, std::optional<Removal>* replaced,
-                                  std::shared_ptr<Job>* attached) {
+                                  std::shared_ptr<Job>* attached, std::shared_ptr<Job>* made) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
@@ -184,6 +189,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       }
     }
     job = slot;
+    if (!existing) *made = job;
     ++pending_[request.job()];  // not retired while this attach is under way
   }
   absl::Cleanup unpend = [this, &job] {

@@ -289,6 +289,17 @@ TEST(E2eTest, ARestoredJobKeepsItsConfigurationAndSaysWhatDiffers) {
       << asking.status();
   EXPECT_NE(asking.status().message().find("clip.max_norm 0.25 (asked: 1)"), std::string::npos)
       << asking.status();
+  // The refused attach did not leave the job held: it is a checkpoint again.
+  auto tools = Client::Connect(daemon->socket());
+  ASSERT_TRUE(tools.ok());
+  grpc::ClientContext ctx;
+  v1::ListJobsRequest list;
+  list.set_include_retired(true);
+  v1::ListJobsResponse jobs;
+  ASSERT_TRUE((*tools)->stub()->ListJobs(&ctx, list, &jobs).ok());
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_TRUE(jobs.jobs(0).retired()) << jobs.ShortDebugString();
+  EXPECT_EQ(jobs.jobs(0).last_step(), 1u);
   v1::PolicyConfig just_clip;  // asks for nothing the job lacks
   just_clip.set_policy(v1::POLICY_CLIP);
   ASSERT_TRUE(TestWorker::Create(daemon->socket(), JobOptions("kept", just_clip)).ok());
