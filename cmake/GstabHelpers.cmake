@@ -28,3 +28,10 @@ function(gstab_add_test)
   endif()
   set_tests_properties(${T_NAME} PROPERTIES LABELS "${labels}" TIMEOUT 600)
 endfunction()
+
+# An end-to-end test: it runs the real binaries RUNS (built before it), through gstab::testing.
+function(gstab_add_e2e_test)
+  cmake_parse_arguments(T "" "NAME" "SOURCES;RUNS" ${ARGN})
+  gstab_add_test(NAME ${T_NAME} SOURCES ${T_SOURCES} LIBS gstab::testing LABELS e2e)
+  add_dependencies(${T_NAME} ${T_RUNS})
+endfunction()

@@ -16,6 +16,7 @@
 
 #include "common/shm_names.h"
 #include "gtest/gtest.h"
+#include "tests/server/faults_fixture.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
 
@@ -29,25 +30,7 @@ using testing::Subprocess;
 using testing::TempDir;
 using testing::TestWorker;
 
-class E2eFaultsTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto d = DaemonProcess::Start(
-        dir_.path(), {"--lease_ms=1000", "--max_tensors=100", "--step_timeout_ms=500"});
-    ASSERT_TRUE(d.ok()) << d.status();
-    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
-  }
-
-  // A step of `worker` succeeds: the daemon still serves.
-  void ExpectServing(TestWorker* worker, uint64_t step) {
-    worker->Fill(step, 1);
-    absl::StatusOr<v1::StepResponse> r = worker->client().Step(step);
-    EXPECT_TRUE(r.ok()) << r.status();
-  }
-
-  TempDir dir_;
-  std::unique_ptr<DaemonProcess> daemon_;
-};
+class E2eFaultsTest : public testing::FaultsFixture {};
 
 bool MapsContain(pid_t pid, const std::string& needle) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");

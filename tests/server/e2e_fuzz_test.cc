@@ -30,6 +30,7 @@ namespace {
 
 using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
+using google::protobuf::Reflection;
 using testing::DaemonProcess;
 using testing::JobOptions;
 using testing::TempDir;
@@ -85,59 +86,45 @@ class Mutator {
     }
   }
 
+  // Sets field `f` to `v`, or appends `v` to it when `add`.
+  template <typename T>
+  static void Put(Message* m, const FieldDescriptor* f, bool add, T v,
+                  void (Reflection::*set)(Message*, const FieldDescriptor*, T) const,
+                  void (Reflection::*append)(Message*, const FieldDescriptor*, T) const) {
+    (m->GetReflection()->*(add ? append : set))(m, f, std::move(v));
+  }
+
   void SetScalar(Message* m, const FieldDescriptor* f, bool add) {
-    const google::protobuf::Reflection* r = m->GetReflection();
     switch (f->cpp_type()) {
-      case FieldDescriptor::CPPTYPE_INT32: {
-        const auto v = static_cast<int32_t>(Integer());
-        add ? r->AddInt32(m, f, v) : r->SetInt32(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_UINT32: {
-        const auto v = static_cast<uint32_t>(Integer());
-        add ? r->AddUInt32(m, f, v) : r->SetUInt32(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_INT64: {
-        const auto v = static_cast<int64_t>(Integer());
-        add ? r->AddInt64(m, f, v) : r->SetInt64(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_UINT64: {
-        const uint64_t v = Integer();
-        add ? r->AddUInt64(m, f, v) : r->SetUInt64(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_DOUBLE: {
-        const double v = Real();
-        add ? r->AddDouble(m, f, v) : r->SetDouble(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_FLOAT: {
-        const auto v = static_cast<float>(Real());
-        add ? r->AddFloat(m, f, v) : r->SetFloat(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_BOOL: {
-        const bool v = Below(2) == 1;
-        add ? r->AddBool(m, f, v) : r->SetBool(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_ENUM: {
-        // Known values and unknown ones (proto3 enums are open).
-        const int v =
-            static_cast<int>(Below(static_cast<uint64_t>(f->enum_type()->value_count()) + 3)) - 1;
-        add ? r->AddEnumValue(m, f, v) : r->SetEnumValue(m, f, v);
-        break;
-      }
-      case FieldDescriptor::CPPTYPE_STRING: {
+      case FieldDescriptor::CPPTYPE_INT32:
+        return Put(m, f, add, static_cast<int32_t>(Integer()), &Reflection::SetInt32,
+                   &Reflection::AddInt32);
+      case FieldDescriptor::CPPTYPE_UINT32:
+        return Put(m, f, add, static_cast<uint32_t>(Integer()), &Reflection::SetUInt32,
+                   &Reflection::AddUInt32);
+      case FieldDescriptor::CPPTYPE_INT64:
+        return Put(m, f, add, static_cast<int64_t>(Integer()), &Reflection::SetInt64,
+                   &Reflection::AddInt64);
+      case FieldDescriptor::CPPTYPE_UINT64:
+        return Put(m, f, add, Integer(), &Reflection::SetUInt64, &Reflection::AddUInt64);
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        return Put(m, f, add, Real(), &Reflection::SetDouble, &Reflection::AddDouble);
+      case FieldDescriptor::CPPTYPE_FLOAT:
+        return Put(m, f, add, static_cast<float>(Real()), &Reflection::SetFloat,
+                   &Reflection::AddFloat);
+      case FieldDescriptor::CPPTYPE_BOOL:
+        return Put(m, f, add, Below(2) == 1, &Reflection::SetBool, &Reflection::AddBool);
+      case FieldDescriptor::CPPTYPE_ENUM:  // known values and unknown ones (proto3's are open)
+        return Put(
+            m, f, add,
+            static_cast<int>(Below(static_cast<uint64_t>(f->enum_type()->value_count()) + 3)) - 1,
+            &Reflection::SetEnumValue, &Reflection::AddEnumValue);
+      case FieldDescriptor::CPPTYPE_STRING:
         // proto3 `string` fields must stay UTF-8 (gRPC would refuse to send them otherwise).
-        const std::string v = f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : Text();
-        add ? r->AddString(m, f, v) : r->SetString(m, f, v);
-        break;
-      }
+        return Put(m, f, add, f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : Text(),
+                   &Reflection::SetString, &Reflection::AddString);
       case FieldDescriptor::CPPTYPE_MESSAGE:
-        break;
+        return;
     }
   }
 
@@ -184,6 +171,16 @@ class Mutator {
   std::mt19937_64 rng_;
   std::vector<std::string> strings_;
 };
+
+// A unary RPC of `stub`, for a request of its type given as a Message.
+template <typename Stub, typename Request, typename Response>
+std::function<grpc::Status(grpc::ClientContext*, const Message&)> Call(
+    Stub* stub, grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*)) {
+  return [stub, method](grpc::ClientContext* c, const Message& m) {
+    Response out;
+    return (stub->*method)(c, static_cast<const Request&>(m), &out);
+  };
+}
 
 class E2eFuzzTest : public ::testing::Test {
  protected:
@@ -269,30 +266,18 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          }
          return r;
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::AttachResponse out;
-         return stub->Attach(c, static_cast<const v1::AttachRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::Attach)},
       {"RegisterBuffers", [&] { return with_session(target->arena().RegistrationRequest()); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::RegisterBuffersResponse out;
-         return stub->RegisterBuffers(c, static_cast<const v1::RegisterBuffersRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::RegisterBuffers)},
       {"Step",
        [&] {
          v1::StepRequest r;
          r.set_step(2000000 + mutate.Below(1000));
          return with_session(r);
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::StepResponse out;
-         return stub->Step(c, static_cast<const v1::StepRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::Step)},
       {"UpdateConfig", [&] { return with_session(v1::UpdateConfigRequest()); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::UpdateConfigResponse out;
-         return stub->UpdateConfig(c, static_cast<const v1::UpdateConfigRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::UpdateConfig)},
       {"ImportState",
        [&] {
          v1::JobState s = state;
@@ -301,30 +286,15 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          r.set_state(s.SerializeAsString());
          return with_session(r);
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::ImportStateResponse out;
-         return stub->ImportState(c, static_cast<const v1::ImportStateRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::ImportState)},
       {"GetStats", [&] { return with_session(v1::GetStatsRequest()); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::GetStatsResponse out;
-         return stub->GetStats(c, static_cast<const v1::GetStatsRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::GetStats)},
       {"ExportState", [&] { return with_session(v1::ExportStateRequest()); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::ExportStateResponse out;
-         return stub->ExportState(c, static_cast<const v1::ExportStateRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::ExportState)},
       {"KeepAlive", [&] { return with_session(v1::KeepAliveRequest()); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::KeepAliveResponse out;
-         return stub->KeepAlive(c, static_cast<const v1::KeepAliveRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::KeepAlive)},
       {"ListJobs", [&] { return std::make_unique<v1::ListJobsRequest>(); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::ListJobsResponse out;
-         return stub->ListJobs(c, static_cast<const v1::ListJobsRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::ListJobs)},
       {"CreateRendezvous",
        [&] {
          auto r = std::make_unique<v1::CreateRendezvousRequest>();
@@ -332,20 +302,14 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          r->set_node_count(2);
          return r;
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::CreateRendezvousResponse out;
-         return stub->CreateRendezvous(c, static_cast<const v1::CreateRendezvousRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::CreateRendezvous)},
       {"ForgetJob",
        [&] {
          auto r = std::make_unique<v1::ForgetJobRequest>();
          r->set_job("fuzzed-nodes");
          return r;
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::ForgetJobResponse out;
-         return stub->ForgetJob(c, static_cast<const v1::ForgetJobRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::ForgetJob)},
       {"WatchEvents", [&] { return std::make_unique<v1::WatchEventsRequest>(); },
        [&](grpc::ClientContext* c, const Message& m) {
          // A followed stream stays open for new events: read what comes within 300 ms.
@@ -369,10 +333,7 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          r->set_value("1");
          return r;
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::StoreSetResponse out;
-         return store->StoreSet(c, static_cast<const v1::StoreSetRequest&>(m), &out);
-       }},
+       Call(store.get(), &v1::Rendezvous::Stub::StoreSet)},
       {"StoreGet",
        [&] {
          auto r = std::make_unique<v1::StoreGetRequest>();
@@ -380,10 +341,7 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          r->set_key("fuzz");
          return r;
        },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::StoreGetResponse out;
-         return store->StoreGet(c, static_cast<const v1::StoreGetRequest&>(m), &out);
-       }},
+       Call(store.get(), &v1::Rendezvous::Stub::StoreGet)},
       {"StoreWait",
        [&] {
          auto r = std::make_unique<v1::StoreWaitRequest>();
@@ -401,10 +359,7 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
          return s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? grpc::Status::OK : s;
        }},
       {"Detach", [&] { return with_session(v1::DetachRequest()); },
-       [&](grpc::ClientContext* c, const Message& m) {
-         v1::DetachResponse out;
-         return stub->Detach(c, static_cast<const v1::DetachRequest&>(m), &out);
-       }},
+       Call(stub, &v1::Stabilizer::Stub::Detach)},
   };
 
   int refused = 0, calls = 0;

@@ -285,23 +285,36 @@ std::vector<std::string> MakePeerTls(const std::string& dir) {
           "--peer_tls_key=" + dir + "/peer.key", "--peer_tls_name=gstab-peer"};
 }
 
+// Two gstabd in <root>/node<i>, node i's peer port on `hosts[i]` with TLS flags `tls[i]`, run
+// through `prefix[i]` (a network namespace's `ip netns exec`, or nothing). Fails the test when
+// one does not start.
+std::vector<std::unique_ptr<DaemonProcess>> StartPeers(
+    const std::string& root, const std::vector<std::string>& hosts,
+    const std::vector<std::vector<std::string>>& tls,
+    const std::vector<std::vector<std::string>>& prefix = {{}, {}}) {
+  std::vector<std::unique_ptr<DaemonProcess>> daemons;
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    const std::string dir = root + "/node" + std::to_string(i);
+    std::filesystem::create_directories(dir);
+    std::vector<std::string> flags = {"--peer_listen=" + hosts[i] + ":0", kStepTimeout};
+    flags.insert(flags.end(), tls[i].begin(), tls[i].end());
+    auto d = DaemonProcess::Start(dir, flags, prefix[i]);
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (!d.ok()) return {};
+    daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
+  }
+  return daemons;
+}
+
 // Across hosts the daemons' rendezvous store speaks mutual TLS (DESIGN.md 2.7).
 TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
   NamespaceHosts hosts;
   if (!hosts.ok()) GTEST_SKIP() << "cannot make network namespaces here: " << hosts.error();
   TempDir root;
   const std::vector<std::string> tls = MakePeerTls(root.path());
-  std::vector<std::unique_ptr<DaemonProcess>> daemons;
-  for (int i = 0; i < 2; ++i) {
-    const std::string dir = root.path() + "/host" + std::to_string(i);
-    std::filesystem::create_directories(dir);
-    std::vector<std::string> flags = {"--peer_listen=" + NamespaceHosts::Address(i) + ":0",
-                                      kStepTimeout};
-    flags.insert(flags.end(), tls.begin(), tls.end());
-    auto d = DaemonProcess::Start(dir, flags, hosts.Exec(i));
-    ASSERT_TRUE(d.ok()) << d.status();
-    daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
-  }
+  auto daemons = StartPeers(root.path(), {NamespaceHosts::Address(0), NamespaceHosts::Address(1)},
+                            {tls, tls}, {hosts.Exec(0), hosts.Exec(1)});
+  ASSERT_EQ(daemons.size(), 2u);
   auto rank0 = Client::Connect(daemons[0]->socket());
   ASSERT_TRUE(rank0.ok());
   absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("hosts", 2);
@@ -318,16 +331,8 @@ TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
 TEST(MultiNodePeerTlsTest, DaemonsOfOneCaStepTogetherOverTls) {
   TempDir root;
   const std::vector<std::string> tls = MakePeerTls(root.path());
-  std::vector<std::unique_ptr<DaemonProcess>> daemons;
-  for (int i = 0; i < 2; ++i) {
-    const std::string dir = root.path() + "/node" + std::to_string(i);
-    std::filesystem::create_directories(dir);
-    std::vector<std::string> flags = {"--peer_listen=127.0.0.1:0", kStepTimeout};
-    flags.insert(flags.end(), tls.begin(), tls.end());
-    auto d = DaemonProcess::Start(dir, flags);
-    ASSERT_TRUE(d.ok()) << d.status();
-    daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
-  }
+  auto daemons = StartPeers(root.path(), {"127.0.0.1", "127.0.0.1"}, {tls, tls});
+  ASSERT_EQ(daemons.size(), 2u);
   auto rank0 = Client::Connect(daemons[0]->socket());
   ASSERT_TRUE(rank0.ok());
   absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("tls", 2);
@@ -366,16 +371,8 @@ TEST(MultiNodePeerTlsTest, AnUntrustedDaemonCannotJoinTheRendezvous) {
   std::filesystem::create_directories(root.path() + "/pki1");
   const std::vector<std::vector<std::string>> tls = {MakePeerTls(root.path() + "/pki0"),
                                                      MakePeerTls(root.path() + "/pki1")};
-  std::vector<std::unique_ptr<DaemonProcess>> daemons;
-  for (int i = 0; i < 2; ++i) {
-    const std::string dir = root.path() + "/node" + std::to_string(i);
-    std::filesystem::create_directories(dir);
-    std::vector<std::string> flags = {"--peer_listen=127.0.0.1:0", kStepTimeout};
-    flags.insert(flags.end(), tls[i].begin(), tls[i].end());  // two different CAs
-    auto d = DaemonProcess::Start(dir, flags);
-    ASSERT_TRUE(d.ok()) << d.status();
-    daemons.push_back(std::make_unique<DaemonProcess>(*std::move(d)));
-  }
+  auto daemons = StartPeers(root.path(), {"127.0.0.1", "127.0.0.1"}, tls);  // two CAs
+  ASSERT_EQ(daemons.size(), 2u);
   auto rank0 = Client::Connect(daemons[0]->socket());
   absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("pki", 2);
   ASSERT_TRUE(blob.ok()) << blob.status();
