@@ -43,6 +43,7 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
   }
 #endif
   caps_.cuda_ipc = device_memory_ != nullptr;
+  if (observer_ != nullptr) observer_->SetShmMappings(0, options.max_mappings);
 }
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options,

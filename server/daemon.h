@@ -174,6 +174,10 @@ class Daemon {
   // `idle_before`: only if it has been idle since then at the latest.
   bool Retire(const std::shared_ptr<Job>& job, const std::string& reason, absl::Time idle_before)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Gives back `job` if no session has used it since an attach made it and no attach is under
+  // way: it leaves, and the checkpoint it came from (if any) is put back as it was (no save, no
+  // event: nobody saw the job).
+  void Unmake(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_);
   // Waits (releasing mu_) until job `name` is not being retired.
   void AwaitNotRetiring(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // At the job cap, before `job` (not yet held) is made: retires the longest idle job of those
@@ -183,14 +187,13 @@ class Daemon {
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal
-  // left in `replaced`. A job it made (new, or restored from its checkpoint) is left in `made`,
-  // refused or not.
+  // left in `replaced`. The job it found or made is left in `tried`, refused or not.
   // `rendezvous`: ParseRendezvous's answer, for a multi-node request (else null).
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                             uint32_t local_world,
                             const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
                             v1::AttachResponse* response, std::optional<Removal>* replaced,
-                            std::shared_ptr<Job>* attached, std::shared_ptr<Job>* made)
+                            std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   const DaemonOptions options_;
@@ -226,6 +229,13 @@ class Daemon {
     bool on_disk = true;  // false: saving it failed; Checkpoint tries again
   };
   std::map<std::string, Checkpointed> checkpoints_ ABSL_GUARDED_BY(mu_);
+  // Jobs an attach made (new, or back from their checkpoint, which is kept here) that no session
+  // has used yet: when the attaches to one are all refused, it is given back (Unmake).
+  struct Unclaimed {
+    std::shared_ptr<Job> job;
+    std::optional<Checkpointed> from;
+  };
+  std::map<std::string, Unclaimed> unclaimed_ ABSL_GUARDED_BY(mu_);
   // Since when each held job has had no session (jobs with sessions are absent).
   std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported

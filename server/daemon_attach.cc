@@ -43,6 +43,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
     job = it->second;
     const std::string token = RandomToken();
     sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
+    unclaimed_.erase(request.job());
     idle_since_.erase(request.job());
     response->set_session(token);
     if (observer_ != nullptr) observer_->OnAttach(request.job(), 0, true);
@@ -102,17 +103,14 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
     if (jobs_.count(request.job()) == 0) return rendezvous->status();
   }
   std::optional<Removal> replaced;
-  std::shared_ptr<Job> attached, made;
+  std::shared_ptr<Job> attached, tried;
   absl::Status s =
       AttachWorker(request, *params, local_world, rendezvous.has_value() ? &*rendezvous : nullptr,
-                   response, &replaced, &attached, &made);
+                   response, &replaced, &attached, &tried);
   Remove(replaced);  // the session this attach replaced, if any
   if (attached != nullptr) ReportWorkers(attached);
-  if (!s.ok() && made != nullptr) {
-    // The job this refused attach made (a new one, or one back from its checkpoint) is not held
-    // for it: it goes back to being a checkpoint, or nothing (unless another attach uses it).
-    (void)Retire(made, "the attach that made it was refused", absl::InfiniteFuture());
-  }
+  // A job made for attaches that were all refused is not held for them.
+  if (!s.ok() && tried != nullptr) Unmake(tried);
   return s;
 }
 
@@ -120,7 +118,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   uint32_t local_world,
                                   const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
                                   v1::AttachResponse* response, std::optional<Removal>* replaced,
-                                  std::shared_ptr<Job>* attached, std::shared_ptr<Job>* made) {
+                                  std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
@@ -152,6 +150,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         jobs_.erase(request.job());
         return JobCapReached();
       }
+      std::optional<Checkpointed> from;  // the checkpoint the job comes back from
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
         // Whole again: its groups are kept on disk only (read above, or, if another checkpoint
@@ -168,6 +167,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
               absl::StrCat("cannot read job '", request.job(), "''s checkpoint now (",
                            state.status().message(), "); it is kept: attach again"));
         }
+        from = checkpoint->second;
         // The job comes back as it was, configuration included (a worker asking for another
         // is refused below, as for a job held all along).
         absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
@@ -187,9 +187,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                      StepCallbackFor(request.job()), gpu_);
       }
+      unclaimed_.insert_or_assign(request.job(), Unclaimed{slot, std::move(from)});
     }
     job = slot;
-    if (!existing) *made = job;
+    *tried = job;
     ++pending_[request.job()];  // not retired while this attach is under way
   }
   absl::Cleanup unpend = [this, &job] {
@@ -274,6 +275,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   }
   const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};
+  unclaimed_.erase(request.job());
   idle_since_.erase(request.job());
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);
   *attached = job;

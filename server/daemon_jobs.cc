@@ -76,6 +76,7 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
       return false;  // attached again, or already gone
     }
     jobs_.erase(it);
+    unclaimed_.erase(name);
     idle_since_.erase(since);
     retiring_.insert(name);  // attaches to it wait until its checkpoint is in place
   }
@@ -118,6 +119,22 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
   }
   retiring_.erase(name);
   return true;
+}
+
+void Daemon::Unmake(const std::shared_ptr<Job>& job) {
+  absl::MutexLock lock(&mu_);
+  auto unclaimed = unclaimed_.find(job->name());
+  auto held = jobs_.find(job->name());
+  if (unclaimed == unclaimed_.end() || unclaimed->second.job != job || held == jobs_.end() ||
+      held->second != job || InUse(job)) {
+    return;  // used since, or another attach is under way (it gives the job back if refused)
+  }
+  if (unclaimed->second.from.has_value()) {
+    checkpoints_.insert_or_assign(job->name(), *std::move(unclaimed->second.from));
+  }
+  unclaimed_.erase(unclaimed);
+  jobs_.erase(held);
+  idle_since_.erase(job->name());
 }
 
 void Daemon::RetireIdleJobs(absl::Time now) {
@@ -188,6 +205,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
     response->set_held(held != jobs_.end());
     response->set_checkpoint(checkpoint);
     if (response->held()) jobs_.erase(held);
+    unclaimed_.erase(name);
     idle_since_.erase(name);
     checkpoints_.erase(name);
     // Kept: generations_ (a blob of an older generation must stay older than the next ones).

@@ -7,9 +7,12 @@
 namespace gstab {
 namespace {
 
-// Back up from `at` to the start of a UTF-8 character (never inside one).
+// Backs up from `at` to the start of the UTF-8 character there (at most 3 bytes back: past
+// that, the text is not UTF-8, and `at` is as good a cut as any).
 size_t CharacterStart(absl::string_view text, size_t at) {
-  while (at > 0 && at < text.size() && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) {
+  for (int back = 0; back < 3 && at > 0 && at < text.size() &&
+                     (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80;
+       ++back) {
     --at;
   }
   return at;

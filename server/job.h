@@ -32,6 +32,8 @@
 
 namespace gstab {
 
+struct StepCheck;  // server/cross_node.h
+
 class Job {
  public:
   // Called once per finished round by the worker that ran it, without locks held.
@@ -188,6 +190,13 @@ class Job {
                             absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // UNAVAILABLE: step `step` was not taken, as gstabd is shutting down.
   absl::Status ShuttingDown(uint64_t step) const;
+  // INVALID_ARGUMENT: step `step` is not after the job's last step, `last`.
+  absl::Status NotAfterLastStep(uint64_t step, uint64_t last) const;
+  // This node refuses step `step` with `refusal`: it tells the other nodes, which wait in the
+  // step's check, so that they leave it at once with their communicator intact.
+  absl::Status RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
+                                 absl::Duration timeout, const std::vector<int>& reduction,
+                                 absl::Status refusal);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, v1::StepResponse* response)

@@ -40,12 +40,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                                                         "before Step"));
     }
     if (shutting_down_) return ShuttingDown(step);
-    if (have_step_ && step <= last_step_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
-                       last_step_, ": go on from step ", last_step_ + 1,
-                       " (or, to start the job afresh, stop its workers and run `gstabctl forget "
-                       "--job=", name_, "`)"));
+    // A job across nodes refuses an old step in the step's check (RunRound), where the other
+    // nodes hear of it: node 0's step numbers are every node's.
+    if (have_step_ && step <= last_step_ && collective_ == nullptr) {
+      return NotAfterLastStep(step, last_step_);
     }
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -182,18 +180,13 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   // at once with their communicator intact (rather than wait it out and break it). One use of
   // the collective at a time: a next round of this node waits for this.
   std::shared_ptr<Collective> collective = collective_;
-  StepCheck check;
-  check.refused = true;
   const size_t groups = group_names_.size();
   std::vector<int> reduction(group_reduction_.begin(), group_reduction_.begin() + groups);
   ++announcing_;  // a next round's runner waits for it
   mu_.Unlock();
   {
     absl::MutexLock using_collective(&collective_use_);
-    NodePartials partials{std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0),
-                          reduction};
-    StepAgreement agreed;
-    (void)ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
+    (void)RefuseAcrossNodes(collective.get(), step, StepCheck(), timeout, reduction, given_up);
   }
   mu_.Lock();
   --announcing_;
@@ -209,6 +202,27 @@ absl::Status Job::ShuttingDown(uint64_t step) const {
   return absl::UnavailableError(absl::StrCat("gstabd is shutting down; step ", step, " of job '",
                                              name_,
                                              "' was not taken: attach again after it restarts"));
+}
+
+absl::Status Job::NotAfterLastStep(uint64_t step, uint64_t last) const {
+  return absl::InvalidArgumentError(
+      absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ", last,
+                   ": go on from step ", last + 1,
+                   " (or, to start the job afresh, stop its workers and run `gstabctl forget "
+                   "--job=",
+                   name_, "`)"));
+}
+
+absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
+                                    absl::Duration timeout, const std::vector<int>& reduction,
+                                    absl::Status refusal) {
+  check.refused = true;
+  const size_t groups = reduction.size();
+  NodePartials partials{std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0),
+                        reduction};
+  StepAgreement agreed;
+  (void)ReduceAcrossNodes(collective, name_, step, check, timeout, &partials, &agreed);
+  return refusal;
 }
 
 absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
@@ -242,8 +256,14 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // (on every node at once: node 0's is every node's, see cross_node.h).
   RuleParams params;
   uint64_t config_version;  // params' version
+  std::optional<absl::Status> stale;  // node 0 of a job across nodes has passed this step
   {
     absl::MutexLock lock(&mu_);
+    // The other nodes follow node 0's step numbers, which may go back (node 0 imported an older
+    // state); the step check holds every node to node 0's.
+    if (collective_ != nullptr && collective_->rank() == 0 && have_step_ && step <= last_step_) {
+      stale = NotAfterLastStep(step, last_step_);
+    }
     reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
     collective = collective_;
     AlignStatistics();  // node 0's are aligned before it sends them
@@ -284,16 +304,12 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     return absl::OkStatus();
   };
+  if (stale.has_value()) {
+    return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, *stale);
+  }
   if (absl::Status local = sum_locally(); !local.ok()) {
-    if (collective != nullptr) {
-      // The other nodes are waiting in the step's check: told of the refusal there, they leave
-      // the step at once with their communicator intact, rather than waiting it out and breaking.
-      check.refused = true;
-      NodePartials partials{sums, non_finite, reduction};
-      StepAgreement agreed;
-      (void)ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
-    }
-    return local;
+    if (collective == nullptr) return local;
+    return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, local);
   }
 
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.

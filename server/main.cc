@@ -216,9 +216,19 @@ int main(int argc, char** argv) {
   signal(SIGBUS, OnSigbus);
   // gstabd keeps a descriptor per mapped shared-memory object (to see it shrink) and per
   // connection: the usual soft limit of 1024 is too few for many workers' registrations.
-  if (rlimit files; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
-    files.rlim_cur = files.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &files);
+  if (rlimit files; getrlimit(RLIMIT_NOFILE, &files) == 0) {
+    if (files.rlim_cur < files.rlim_max) {
+      files.rlim_cur = files.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &files);
+    }
+    // Room for the mappings' descriptors and a thousand more (connections, logs, libraries).
+    const rlim_t wanted = static_cast<rlim_t>(options.daemon.max_mappings) + 1024;
+    if (files.rlim_cur != RLIM_INFINITY && files.rlim_cur < wanted) {
+      LOG(WARNING) << "the open-file limit (RLIMIT_NOFILE " << files.rlim_cur
+                   << ") is below --max_mappings and room for connections (" << wanted
+                   << "): registrations may fail with \"Too many open files\" before the cap; "
+                      "raise the limit (ulimit -n, the container's nofile) or lower --max_mappings";
+    }
   }
   // Block the stop signals in every thread; this one waits for them below.
   sigset_t stop_signals;

@@ -60,9 +60,9 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
               stabilized_,     scale_,    ema_mean_,  ema_stddev_, job_norm_,   job_stabilized_,
               norm_histogram_, duration_, diverging_, workers_,    bytes_};
   shm_mappings_ = r->AddGauge("gstab_shm_mappings",
-                              "Shared-memory objects gstabd maps for its jobs' workers (used), "
-                              "and its cap on them (cap, --max_mappings).",
-                              {"kind"});
+                              "Shared-memory objects gstabd maps for its jobs' workers.", {});
+  shm_mappings_limit_ = r->AddGauge("gstab_shm_mappings_limit",
+                                    "gstabd's cap on shared-memory objects (--max_mappings).", {});
   r->AddGauge("gstab_build_info", "gstabd build; the value is always 1.", {"version"})
       ->Set({GSTAB_VERSION}, 1);
 }
@@ -204,8 +204,8 @@ void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t reg
 }
 
 void Observer::SetShmMappings(int mapped, int cap) {
-  shm_mappings_->Set({"used"}, mapped);
-  shm_mappings_->Set({"cap"}, cap);
+  shm_mappings_->Set({}, mapped);
+  shm_mappings_limit_->Set({}, cap);
 }
 
 void Observer::OnRetire(const std::string& job, const std::string& reason) {

@@ -82,6 +82,7 @@ class Observer {
   MetricFamily* workers_;
   MetricFamily* bytes_;
   MetricFamily* shm_mappings_;
+  MetricFamily* shm_mappings_limit_;
   std::vector<MetricFamily*> per_job_;  // every family above (all have the job label first)
 
   mutable absl::Mutex mu_;

@@ -22,7 +22,10 @@ std::string RendezvousStore::NewToken(const std::string& job) {
 }
 
 void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s own element
-  spaces_.erase(token);
+  if (auto it = spaces_.find(token); it != spaces_.end()) {
+    total_bytes_ -= it->second.bytes;
+    spaces_.erase(it);
+  }
   order_.erase(std::find(order_.begin(), order_.end(), token));
   for (auto it = by_job_.begin(); it != by_job_.end(); ++it) {
     auto own = std::find(it->second.begin(), it->second.end(), token);
@@ -50,13 +53,16 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   auto it = s.values.find(key);
   const size_t replaced = it == s.values.end() ? 0 : key.size() + it->second.size();
   const size_t bytes = s.bytes - replaced + key.size() + value.size();
-  if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > kMaxBytes) {
+  const size_t total = total_bytes_ - s.bytes + bytes;
+  if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > kMaxBytes ||
+      total > kMaxTotalBytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the rendezvous holds at most ", kMaxKeys, " keys and ", kMaxBytes,
-        " bytes: key '", key, "' (", value.size(), " bytes) would pass that"));
+        "key '", key, "' (", value.size(), " bytes) would pass the store's caps: ", kMaxKeys,
+        " keys and ", kMaxBytes >> 20, " MiB a rendezvous, ", kMaxTotalBytes >> 20, " MiB in all"));
   }
   s.values[key] = value;
   s.bytes = bytes;
+  total_bytes_ = total;
   return absl::OkStatus();
 }
 
@@ -65,7 +71,9 @@ absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token, const
   absl::StatusOr<Space*> space = Find(token);
   if (!space.ok()) return space.status();
   auto it = (*space)->values.find(key);
-  if (it == (*space)->values.end()) return absl::NotFoundError(absl::StrCat("key '", key, "' not set"));
+  if (it == (*space)->values.end()) {
+    return absl::NotFoundError(absl::StrCat("key '", key, "' not set"));
+  }
   return it->second;
 }
 

@@ -29,7 +29,7 @@ class RendezvousStore {
   // oldest of any job goes.
   std::string NewToken(const std::string& job = "");
   // RESOURCE_EXHAUSTED past kMaxKeys keys or kMaxBytes bytes of keys and values in the
-  // rendezvous (its nodes need a few small keys each).
+  // rendezvous (its nodes need a few small keys each), or kMaxTotalBytes in the whole store.
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
@@ -42,6 +42,7 @@ class RendezvousStore {
 
   static constexpr size_t kMaxKeys = 65536;
   static constexpr size_t kMaxBytes = size_t{64} << 20;
+  static constexpr size_t kMaxTotalBytes = size_t{256} << 20;
 
  private:
   struct Space {
@@ -60,6 +61,7 @@ class RendezvousStore {
   std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::deque<std::string>> by_job_ ABSL_GUARDED_BY(mu_);  // newest last
+  size_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of every rendezvous' keys and values
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

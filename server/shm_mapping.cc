@@ -27,6 +27,11 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
                        "allocate the gradients anew)"));
     }
     if (err == EACCES) return absl::PermissionDeniedError(what);
+    if (err == EMFILE || err == ENFILE) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          what, " (gstabd keeps a descriptor per mapped object: raise its open-file limit, or "
+                "lower --max_mappings to below it)"));
+    }
     return absl::InternalError(what);
   }
   struct stat st;
@@ -108,6 +113,5 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
   mappings_[name] = *opened;
   return opened;
 }
-
 
 }  // namespace gstab

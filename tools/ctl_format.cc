@@ -60,7 +60,7 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
   std::string retired;
   std::string waiting;
   for (const v1::JobSummary& j : jobs.jobs()) {
-    if (j.waiting_step() > 0) absl::StrAppend(&waiting, WaitingLine(j), "\n");
+    if (j.arrived_local_ranks_size() > 0) absl::StrAppend(&waiting, WaitingLine(j), "\n");
     if (j.retired()) {
       absl::StrAppendFormat(&retired, "%-24s %-10s %9d %7d\n", j.job(), j.policy(), j.last_step(),
                             j.groups());
@@ -121,10 +121,11 @@ std::string TopScreen(const v1::ListJobsResponse& jobs, int width) {
     absl::StrAppendFormat(&out, "%s  [%s]  step %d  workers %d%s\n", j.job(), j.policy(),
                           j.last_step(), j.attached_workers(),
                           j.diverging() ? "  ** DIVERGING **" : "");
-    absl::StrAppendFormat(&out, "  norm %s  last %s -> %s   spikes %d  skips %d\n\n",
+    absl::StrAppendFormat(&out, "  norm %s  last %s -> %s   spikes %d  skips %d\n",
                           Sparkline(recent), Norm(j.last_norm()), Norm(j.last_stabilized_norm()),
                           j.spike_steps(), j.skipped_steps());
-    if (j.waiting_step() > 0) absl::StrAppend(&out, "  ", WaitingLine(j), "\n\n");
+    if (j.arrived_local_ranks_size() > 0) absl::StrAppend(&out, "  ", WaitingLine(j), "\n");
+    out += "\n";
   }
   return out;
 }

@@ -9,7 +9,8 @@
 
 namespace gstab::ctl {
 
-// A job whose step waits for local workers (JobSummary.waiting_step): the ranks it waits for.
+// A job whose step waits for local workers (JobSummary.arrived_local_ranks not empty): the
+// ranks it waits for.
 std::string WaitingLine(const v1::JobSummary& job);
 // One line per job, with a header; then the jobs whose step waits, and the retired jobs.
 std::string StatusTable(const v1::ListJobsResponse& jobs);

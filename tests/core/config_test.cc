@@ -4,6 +4,7 @@
 
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 
 namespace gstab {
@@ -78,7 +79,26 @@ TEST(ConfigTest, MergeKeepsUnsetFields) {
   EXPECT_EQ(merged->policy, PolicyKind::kClip);
   EXPECT_EQ(merged->clip_max_norm, 0.25);
   EXPECT_EQ(merged->spike_z_threshold, 4.0);
+}
 
+// Every leaf field of `a` holds another value than in `b`.
+void ExpectEveryLeafDiffers(const google::protobuf::Message& a, const google::protobuf::Message& b,
+                            const std::string& path) {
+  const google::protobuf::Descriptor* d = a.GetDescriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    const std::string name = path + f->name();
+    if (f->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
+      ExpectEveryLeafDiffers(a.GetReflection()->GetMessage(a, f),
+                             b.GetReflection()->GetMessage(b, f), name + ".");
+      continue;
+    }
+    if (name == "stabilize.preset") continue;  // a way to give the betas (unset: they are)
+    std::string in_a, in_b;
+    google::protobuf::TextFormat::PrintFieldValueToString(a, f, -1, &in_a);
+    google::protobuf::TextFormat::PrintFieldValueToString(b, f, -1, &in_b);
+    EXPECT_NE(in_a, in_b) << name << " is at its default: set it away from it";
+  }
 }
 
 // Checkpoints, the cross-node configuration check and restored jobs carry a job's configuration
@@ -106,6 +126,8 @@ TEST(ConfigTest, EffectiveConfigCarriesEveryFieldBack) {
   p.diverge_long_beta = 0.96875;
   p.diverge_recovery_steps = 13;
   p.zero_non_finite = false;
+  // Every field of the echoed configuration is away from its default above: none is left out.
+  ExpectEveryLeafDiffers(EffectiveConfig(p), EffectiveConfig(RuleParams{}), "");
   absl::StatusOr<RuleParams> back = ResolveConfig(EffectiveConfig(p));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->policy, p.policy);

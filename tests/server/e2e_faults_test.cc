@@ -26,6 +26,7 @@ namespace {
 using testing::DaemonProcess;
 using testing::JobOptions;
 using testing::StepWithToken;
+using testing::WaitForArrivals;
 using testing::Subprocess;
 using testing::TempDir;
 using testing::TestWorker;
@@ -175,22 +176,6 @@ TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
   EXPECT_EQ((*a)->client().GetStats()->groups_size(), 3);
 }
 
-// Blocks until `client`'s job has a step waiting for local workers, with exactly `ranks` arrived
-// (GetStatsResponse.arrived_local_ranks); false after 10 s.
-bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline) {
-    absl::StatusOr<v1::GetStatsResponse> s = client->GetStats();
-    if (s.ok() && s->waiting_step() > 0 &&
-        std::vector<uint32_t>(s->arrived_local_ranks().begin(), s->arrived_local_ranks().end()) ==
-            ranks) {
-      return true;
-    }
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return false;
-}
-
 // The norm of each group (g, c, big) of a round over the workers' current gradients: sharded
 // groups sum the workers' slices.
 std::vector<double> RoundNorms(const std::vector<TestWorker*>& workers) {
@@ -232,7 +217,7 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   ExpectNorms(*r0, norms);
   absl::StatusOr<v1::GetStatsResponse> after = (*w0)->client().GetStats();
   ASSERT_TRUE(after.ok()) << after.status();
-  EXPECT_EQ(after->waiting_step(), 0u);  // nothing waits between steps
+  EXPECT_EQ(after->arrived_local_ranks_size(), 0);  // nothing waits between steps
 
   (*w0)->Fill(2, 1);
   absl::StatusOr<v1::StepResponse> alone = (*w0)->client().Step(2);
@@ -258,7 +243,6 @@ TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
   o.local_rank = 0;
   auto successor = TestWorker::Create(daemon_->socket(), o);  // replaces `first`'s session
   ASSERT_TRUE(successor.ok()) << successor.status();
-  // Rank 1 arrives while the abandoned Step still waits (within the 500 ms step timeout).
   // The abandoned Step left with its session: nobody has arrived.
   absl::StatusOr<v1::GetStatsResponse> left = (*other)->client().GetStats();
   ASSERT_TRUE(left.ok()) << left.status();

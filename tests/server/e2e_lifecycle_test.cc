@@ -386,11 +386,8 @@ TEST(E2eLifecycleTest, StoppingAnswersAStepThatWaitsForAnotherLocalWorker) {
 
   absl::StatusOr<v1::StepResponse> waiting;
   std::thread alone([&] { waiting = workers[0]->client().Step(2); });
-  for (int i = 0; i < 1000; ++i) {  // until it is in Step, waiting for local rank 1
-    absl::StatusOr<v1::GetStatsResponse> s = workers[1]->client().GetStats();
-    if (s.ok() && s->arrived_local_ranks_size() == 1) break;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  // In Step, waiting for local rank 1.
+  ASSERT_TRUE(testing::WaitForArrivals(&workers[1]->client(), {0}));
   const absl::Time start = absl::Now();
   EXPECT_EQ(daemon->Stop().value_or(-1), 0);
   const absl::Duration took = absl::Now() - start;

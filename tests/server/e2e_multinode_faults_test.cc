@@ -64,6 +64,19 @@ TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
       << refused;
+  // A blob from before the store's gstabd last started is older whatever its generation (it
+  // counts from each start): as if made by that gstabd's earlier run.
+  v1::RendezvousInfo before_restart;
+  ASSERT_TRUE(before_restart.ParseFromString(old_blob));
+  before_restart.set_store_started_us(before_restart.store_started_us() - 1000000);
+  before_restart.set_generation(before_restart.generation() + 100);
+  refused = TestWorker::Create(cluster.daemon(1).socket(),
+                               NodeOptions("stale", 1, 2, before_restart.SerializeAsString()))
+                .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("was made before the store's gstabd last started"),
+            std::string::npos)
+      << refused;
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(2, 2))) EXPECT_TRUE(r.ok()) << r.status();
 }
@@ -113,6 +126,57 @@ TEST(MultiNodeFaultTest, AJobResumedOnItsOwnGstabdsFromAnOlderCheckpointGoesOn) 
     EXPECT_EQ(s1->groups(g).accepted_steps(), 5u);
     EXPECT_EQ(s0->groups(g).m(), s1->groups(g).m());
   }
+}
+
+// Node 0's step numbers are every node's. Node 0 imports an older state while the job runs
+// (no new rendezvous): node 1, past those steps, follows. An old step retried on every node is
+// refused on node 0, which tells the others at once; an old step on node 1 alone meets node 0's
+// in the step's check. Before, node 1 refused old steps on its own, and node 0 waited out the
+// step timeout (3 s here) in the check.
+TEST(MultiNodeFaultTest, NodeZerosStepNumbersAreEveryNodesAndOldStepsFailFast) {
+  Cluster cluster(2);
+  auto workers = cluster.Attach("numbered");
+  auto step_all = [&](std::vector<uint64_t> steps) {
+    for (size_t i = 0; i < 2; ++i) workers[i]->Fill(steps[i], static_cast<uint32_t>(1 + i));
+    const absl::Time start = absl::Now();
+    auto results = StepAll(workers, steps);
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(2500)) << "a node waited out the step";
+    return results;
+  };
+  absl::StatusOr<std::string> saved;
+  for (uint64_t step = 1; step <= 5; ++step) {
+    for (auto& r : step_all(Same(2, step))) ASSERT_TRUE(r.ok()) << r.status();
+    if (step == 3) saved = workers[0]->client().ExportState();
+  }
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  ASSERT_TRUE(workers[0]->client().ImportState(*saved).ok());  // node 0 back at step 3
+  for (uint64_t step = 4; step <= 5; ++step) {
+    auto results = step_all(Same(2, step));
+    for (auto& r : results) ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(results[1]->SerializeAsString(), results[0]->SerializeAsString());
+  }
+
+  auto retried = step_all(Same(2, 5));
+  EXPECT_EQ(retried[0].status().code(), absl::StatusCode::kInvalidArgument) << retried[0].status();
+  EXPECT_NE(retried[0].status().message().find("is not after its last step, 5"),
+            std::string::npos)
+      << retried[0].status();
+  EXPECT_EQ(retried[1].status().code(), absl::StatusCode::kAborted) << retried[1].status();
+  EXPECT_NE(retried[1].status().message().find("refused on another node"), std::string::npos)
+      << retried[1].status();
+
+  auto behind = step_all({6, 2});  // node 1's worker alone is behind
+  for (auto& r : behind) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    EXPECT_NE(r.status().message().find("step numbers differ"), std::string::npos) << r.status();
+  }
+  for (auto& r : step_all(Same(2, 6))) EXPECT_TRUE(r.ok()) << r.status();  // same communicator
+  auto s0 = workers[0]->client().GetStats();
+  auto s1 = workers[1]->client().GetStats();
+  ASSERT_TRUE(s0.ok() && s1.ok());
+  EXPECT_EQ(s0->groups(0).accepted_steps(), 6u);  // 3 imported, then 4, 5 and 6
+  EXPECT_EQ(s1->groups(0).accepted_steps(), 6u);
+  EXPECT_EQ(s0->groups(0).m(), s1->groups(0).m());
 }
 
 // A node whose local workers do not all call Step gives the step up at half the step timeout

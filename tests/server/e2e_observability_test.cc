@@ -381,8 +381,6 @@ TEST_F(E2eObservabilityTest, GstabctlCommandsAgainstALiveDaemon) {
   EXPECT_NE(unwritable.find("cannot write"), std::string::npos) << unwritable;
 }
 
-// The container probe: `gstabctl health` succeeds, silently, while gstabd serves, and fails
-// with a reason once it has stopped.
 // A step that waits for a local worker: `gstabctl status` names the ranks it waits for.
 TEST_F(E2eObservabilityTest, GstabctlStatusNamesTheLocalWorkersAStepWaitsFor) {
   AttachOptions o = testing::JobOptions("straggling");
@@ -413,6 +411,8 @@ TEST_F(E2eObservabilityTest, GstabctlStatusNamesTheLocalWorkersAStepWaitsFor) {
   EXPECT_EQ(Ctl("status").second.find("waits"), std::string::npos);
 }
 
+// The container probe: `gstabctl health` succeeds, silently, while gstabd serves, and fails
+// with a reason once it has stopped.
 TEST_F(E2eObservabilityTest, GstabctlHealthFollowsTheDaemon) {
   auto [rc, out] = Ctl("health");
   EXPECT_EQ(rc, 0) << out;

@@ -1,6 +1,7 @@
 // End-to-end: a real gstabd process, real clients over its unix socket, real shared memory.
 // Results must equal the core rule and CPU kernels applied to the same gradients.
 #include <cstring>
+#include <thread>
 
 #include "core/config.h"
 #include "gtest/gtest.h"
@@ -289,17 +290,33 @@ TEST(E2eTest, ARestoredJobKeepsItsConfigurationAndSaysWhatDiffers) {
       << asking.status();
   EXPECT_NE(asking.status().message().find("clip.max_norm 0.25 (asked: 1)"), std::string::npos)
       << asking.status();
-  // The refused attach did not leave the job held: it is a checkpoint again.
+  // Refused attaches, one or several at once (a job's local ranks), leave the job a checkpoint
+  // as it was, not held for them.
   auto tools = Client::Connect(daemon->socket());
   ASSERT_TRUE(tools.ok());
-  grpc::ClientContext ctx;
-  v1::ListJobsRequest list;
-  list.set_include_retired(true);
-  v1::ListJobsResponse jobs;
-  ASSERT_TRUE((*tools)->stub()->ListJobs(&ctx, list, &jobs).ok());
-  ASSERT_EQ(jobs.jobs_size(), 1);
-  EXPECT_TRUE(jobs.jobs(0).retired()) << jobs.ShortDebugString();
-  EXPECT_EQ(jobs.jobs(0).last_step(), 1u);
+  auto expect_checkpoint_only = [&] {
+    grpc::ClientContext ctx;
+    v1::ListJobsRequest list;
+    list.set_include_retired(true);
+    v1::ListJobsResponse jobs;
+    ASSERT_TRUE((*tools)->stub()->ListJobs(&ctx, list, &jobs).ok());
+    ASSERT_EQ(jobs.jobs_size(), 1);
+    EXPECT_TRUE(jobs.jobs(0).retired()) << jobs.ShortDebugString();
+    EXPECT_EQ(jobs.jobs(0).last_step(), 1u);
+  };
+  expect_checkpoint_only();
+  std::vector<std::thread> ranks;
+  for (uint32_t rank = 0; rank < 4; ++rank) {
+    ranks.emplace_back([&, rank] {
+      AttachOptions o = JobOptions("kept", clip);
+      o.local_rank = rank;
+      o.local_world_size = 4;
+      EXPECT_EQ(TestWorker::Create(daemon->socket(), o).status().code(),
+                absl::StatusCode::kFailedPrecondition);
+    });
+  }
+  for (std::thread& t : ranks) t.join();
+  expect_checkpoint_only();
   v1::PolicyConfig just_clip;  // asks for nothing the job lacks
   just_clip.set_policy(v1::POLICY_CLIP);
   ASSERT_TRUE(TestWorker::Create(daemon->socket(), JobOptions("kept", just_clip)).ok());

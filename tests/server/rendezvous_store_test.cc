@@ -46,6 +46,23 @@ TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
   EXPECT_TRUE(store.Set(token, "one-too-many", mib).ok());
   EXPECT_TRUE(store.Set(other, "k0", mib).ok());
 
+  // Four rendezvous of 63 MiB, one of 2 and one of 1 come near the store's 256 MiB: another
+  // MiB is refused, until a rendezvous goes.
+  std::vector<std::string> full_ones = {token};
+  for (int r = 0; r < 3; ++r) {
+    full_ones.push_back(store.NewToken("full" + std::to_string(r)));
+    for (int i = 0; i < 63; ++i) {
+      ASSERT_TRUE(store.Set(full_ones.back(), "k" + std::to_string(i), mib).ok()) << r << " " << i;
+    }
+  }
+  ASSERT_TRUE(store.Set(store.NewToken("extra"), "x", mib + mib).ok());
+  absl::Status total = store.Set(other, "k1", mib);
+  EXPECT_EQ(total.code(), absl::StatusCode::kResourceExhausted) << total;
+  EXPECT_NE(total.message().find("256 MiB in all"), std::string::npos) << total;
+  // A job's two newest rendezvous are kept: three more of full0's, and its full one goes.
+  for (int i = 0; i < 3; ++i) store.NewToken("full0");
+  EXPECT_TRUE(store.Set(other, "k1", mib).ok());
+
   const std::string few = store.NewToken("few");
   for (size_t i = 0; i < RendezvousStore::kMaxKeys; ++i) {
     ASSERT_TRUE(store.Set(few, std::to_string(i), "").ok());

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <random>
 
+#include "absl/time/clock.h"
 #include "core/rule.h"
 #include "kernels/cpu_kernels.h"
 #include "kernels/half.h"
@@ -69,6 +70,20 @@ void TestWorker::Fill(uint64_t step, uint32_t seed, float factor) {
 std::vector<unsigned char> TestWorker::Bytes() const {
   const auto* base = static_cast<const unsigned char*>(arena_.data(0));
   return std::vector<unsigned char>(base, base + arena_.size_bytes());
+}
+
+bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<v1::GetStatsResponse> s = client->GetStats();
+    if (s.ok() && !s->arrived_local_ranks().empty() &&
+        std::vector<uint32_t>(s->arrived_local_ranks().begin(), s->arrived_local_ranks().end()) ==
+            ranks) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return false;
 }
 
 absl::Status StepWithToken(Client* client, const std::string& token) {

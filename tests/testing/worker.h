@@ -16,6 +16,10 @@ namespace gstab::testing {
 // Attach options for job `name` (rank 0 of 1), with `config` (empty: the daemon's defaults).
 AttachOptions JobOptions(const std::string& name, v1::PolicyConfig config = {});
 
+// Blocks until `client`'s job has a step waiting for local workers, with exactly `ranks`
+// arrived (GetStatsResponse.arrived_local_ranks); false after 10 s.
+bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks);
+
 // gstabd's answer to a Step of step 1 under session `token`, as any client could send it.
 absl::Status StepWithToken(Client* client, const std::string& token);
 

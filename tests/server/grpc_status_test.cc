@@ -1,0 +1,45 @@
+// Status messages sent to clients: a long one keeps its head and tail within the cap, never
+// cutting a UTF-8 character, and short ones pass unchanged.
+#include "server/grpc_status.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace gstab {
+namespace {
+
+TEST(GrpcStatusTest, ShortMessagesPassUnchanged) {
+  const grpc::Status s = ToGrpcStatus(absl::InvalidArgumentError("step 3 is bad"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "step 3 is bad");
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+}
+
+TEST(GrpcStatusTest, ALongMessageKeepsItsHeadAndTail) {
+  const std::string message = "job name '" + std::string(100000, 'j') + "' must be short";
+  const std::string cut = CutStatusMessage(message);
+  EXPECT_LE(cut.size(), kMaxStatusMessageBytes + 64);
+  EXPECT_EQ(cut.rfind("job name 'jjj", 0), 0u);
+  EXPECT_EQ(cut.substr(cut.size() - 15), "' must be short");
+  EXPECT_NE(cut.find("bytes left out"), std::string::npos);
+}
+
+TEST(GrpcStatusTest, CutsFallBetweenUtf8Characters) {
+  std::string accents = "x";  // then é, two bytes each: the natural cuts fall inside them
+  for (int i = 0; i < 2000; ++i) accents += "\xc3\xa9";
+  const std::string cut = CutStatusMessage(accents);
+  EXPECT_LE(cut.size(), kMaxStatusMessageBytes + 64);
+  const size_t note = cut.find(" [... ");
+  ASSERT_NE(note, std::string::npos);
+  EXPECT_EQ(note % 2, 1u) << "the head ends inside a character";
+  const size_t tail = cut.find("...] ") + 5;
+  EXPECT_EQ((cut.size() - tail) % 2, 0u) << "the tail starts inside a character";
+  EXPECT_EQ(static_cast<unsigned char>(cut[tail]), 0xc3u);
+
+  // Not UTF-8 (continuation bytes only): still cut to size.
+  EXPECT_LE(CutStatusMessage(std::string(100000, '\x80')).size(), kMaxStatusMessageBytes + 64);
+}
+
+}  // namespace
+}  // namespace gstab
