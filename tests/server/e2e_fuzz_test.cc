@@ -6,9 +6,12 @@
 // answer each with a status that says what was wrong, never crash or hang, and leave another
 // job's statistics alone.
 //
-// Deterministic: the seed is fixed, and a failure prints the request that caused it.
+// Checkpoint files found at start are mutated the same way.
+//
+// Deterministic: the seeds are fixed, and a failure prints the request that caused it.
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -284,6 +287,75 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
   (*bystander)->Fill(2, 1);
   absl::StatusOr<v1::StepResponse> r = (*bystander)->client().Step(2);
   EXPECT_TRUE(r.ok()) << r.status();
+}
+
+// Checkpoint files are input too: a disk error, an older release or a hand edit can leave any
+// bytes in gstabd's state directory. gstabd starts with mutated and garbage checkpoints there,
+// and each of their jobs attaches (restored, or afresh when its checkpoint is unusable) and
+// steps, or is refused with a reason; gstabd then stops cleanly.
+TEST(E2eFuzzCheckpointTest, MalformedCheckpointsLeaveGstabdServing) {
+  TempDir dir;
+  v1::JobState base;
+  {
+    auto d = DaemonProcess::Start(dir.path());
+    ASSERT_TRUE(d.ok()) << d.status();
+    auto w = TestWorker::Create(d->socket(), JobOptions("base"));
+    ASSERT_TRUE(w.ok()) << w.status();
+    (*w)->Fill(1, 1);
+    ASSERT_TRUE((*w)->client().Step(1).ok());
+    absl::StatusOr<std::string> exported = (*w)->client().ExportState();
+    ASSERT_TRUE(exported.ok() && base.ParseFromString(*exported));
+    EXPECT_EQ(d->Stop().value_or(-1), 0);
+  }
+  Mutator mutate(20261205, {"base", "ckpt0", "g", "a", "big"});
+  constexpr int kFiles = 40;
+  auto write = [&](const std::string& job, const std::string& bytes) {
+    std::ofstream(dir.path() + "/state/" + job + ".jobstate", std::ios::binary) << bytes;
+  };
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string job = "ckpt" + std::to_string(i);
+    v1::JobState state = base;
+    state.set_job(job);
+    mutate.Mutate(&state, 1 + static_cast<int>(mutate.Below(3)));
+    std::string bytes = state.SerializeAsString();
+    if (i % 8 == 7) bytes.resize(mutate.Below(bytes.size()));  // cut short
+    write(job, bytes);
+  }
+  write("junk", std::string(1000, '\xff'));
+  write("empty", "");
+
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  int restored = 0, refused = 0;
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string job = "ckpt" + std::to_string(i);
+    auto w = TestWorker::Create(daemon->socket(), JobOptions(job));
+    if (!w.ok()) {
+      ++refused;
+      EXPECT_NE(w.status().code(), absl::StatusCode::kUnavailable) << job << ": " << w.status();
+      EXPECT_FALSE(w.status().message().empty()) << job;
+      continue;
+    }
+    restored += (*w)->client().attach_response().restored();
+    (*w)->Fill(1000, 1);
+    absl::StatusOr<v1::StepResponse> r = (*w)->client().Step(1000);
+    if (!r.ok()) {
+      ++refused;
+      EXPECT_NE(r.status().code(), absl::StatusCode::kUnavailable) << job << ": " << r.status();
+      EXPECT_NE(r.status().code(), absl::StatusCode::kInternal) << job << ": " << r.status();
+      EXPECT_FALSE(r.status().message().empty()) << job;
+    }
+  }
+  for (const char* job : {"junk", "empty"}) {
+    auto w = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_FALSE((*w)->client().attach_response().restored()) << job;
+  }
+  std::printf("%d checkpoints: %d restored, %d refused an attach or a step\n", kFiles, restored,
+              refused);
+  EXPECT_GT(restored, 0);  // the mutations leave many usable
+  if (getenv("GSTAB_FUZZ_VERBOSE") != nullptr) std::printf("%s", daemon->Log().c_str());
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
 }
 
 }  // namespace
