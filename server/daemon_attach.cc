@@ -167,12 +167,14 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
               absl::StrCat("cannot read job '", request.job(), "''s checkpoint now (",
                            state.status().message(), "); it is kept: attach again"));
         }
-        from = checkpoint->second;
         // The job comes back as it was, configuration included (a worker asking for another
         // is refused below, as for a job held all along).
         absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
         slot = std::make_shared<Job>(request.job(), saved.ok() ? *saved : config, local_world,
                                      &executor_, StepCallbackFor(request.job()), gpu_);
+        // Given back as it was should every attach be refused (a checkpoint whose file is gone
+        // or is not one: not).
+        if (state.ok()) from = checkpoint->second;
         absl::Status s = state.status();
         if (s.ok()) s = slot->ImportState(*state, /*with_config=*/false);
         if (!s.ok()) {
@@ -377,7 +379,7 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   }
   info.set_format_version(1);
   info.set_store_address(peer_address);
-  info.set_token(rendezvous_store_.NewToken(request.job()));
+  info.set_token(rendezvous_store_.NewToken(request.job(), request.node_count()));
   info.set_job(request.job());
   {
     absl::MutexLock lock(&mu_);

@@ -122,6 +122,7 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
 }
 
 void Daemon::Unmake(const std::shared_ptr<Job>& job) {
+  absl::MutexLock save(&save_mu_);  // no checkpoint of it under way
   absl::MutexLock lock(&mu_);
   auto unclaimed = unclaimed_.find(job->name());
   auto held = jobs_.find(job->name());
@@ -268,6 +269,9 @@ absl::Status Daemon::Checkpoint() {
       absl::MutexLock lock(&mu_);
       auto held = jobs_.find(job->name());
       if (held == jobs_.end() || held->second != job) continue;
+      // Not used yet: its checkpoint (if it came from one) is as it was, and it may be given
+      // back to it (Unmake).
+      if (unclaimed_.count(job->name()) == 1) continue;
     }
     v1::JobState state = job->ExportState();
     if (NothingToKeep(state)) continue;

@@ -216,6 +216,7 @@ void Job::InstallCollective(std::shared_ptr<Collective> collective, std::string 
   // A node other than 0 follows node 0's step numbers (the step check holds the nodes to one),
   // which may go back: a job resumed from a checkpoint older than this node's last step.
   if (collective_ != nullptr && collective_->rank() != 0) have_step_ = false;
+  generation_stepped_ = false;
   abandoned_step_.reset();  // a step given up in the old generation
   EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator
   nccl_spent_ = false;

@@ -252,6 +252,8 @@ class Job {
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
   bool have_step_ ABSL_GUARDED_BY(mu_) = false;  // last_step_ is meaningful
+  // A job across nodes has run a step with its current rendezvous: its nodes' last steps agree.
+  bool generation_stepped_ ABSL_GUARDED_BY(mu_) = false;
 
   // The open round: which step, who has arrived; and the last finished round's result.
   bool round_open_ ABSL_GUARDED_BY(mu_) = false;

@@ -40,11 +40,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                                                         "before Step"));
     }
     if (shutting_down_) return ShuttingDown(step);
-    // A job across nodes refuses an old step in the step's check (RunRound), where the other
-    // nodes hear of it: node 0's step numbers are every node's.
-    if (have_step_ && step <= last_step_ && collective_ == nullptr) {
-      return NotAfterLastStep(step, last_step_);
-    }
+    // Refused at once, on every node: across nodes, a node's retried step must not take the
+    // round of the step the others wait in the check for, which its worker sends next.
+    if (have_step_ && step <= last_step_) return NotAfterLastStep(step, last_step_);
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "step ", step, " of job '", name_, "' was given up on this node at step ",
@@ -256,14 +254,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // (on every node at once: node 0's is every node's, see cross_node.h).
   RuleParams params;
   uint64_t config_version;  // params' version
-  std::optional<absl::Status> stale;  // node 0 of a job across nodes has passed this step
   {
     absl::MutexLock lock(&mu_);
-    // The other nodes follow node 0's step numbers, which may go back (node 0 imported an older
-    // state); the step check holds every node to node 0's.
-    if (collective_ != nullptr && collective_->rank() == 0 && have_step_ && step <= last_step_) {
-      stale = NotAfterLastStep(step, last_step_);
-    }
     reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
     collective = collective_;
     AlignStatistics();  // node 0's are aligned before it sends them
@@ -304,9 +296,6 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     return absl::OkStatus();
   };
-  if (stale.has_value()) {
-    return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, *stale);
-  }
   if (absl::Status local = sum_locally(); !local.ok()) {
     if (collective == nullptr) return local;
     return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, local);
@@ -374,6 +363,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     steps_ += 1;
     last_step_ = step;
     have_step_ = true;
+    if (collective_ == collective) generation_stepped_ = collective != nullptr;
   }
 
   // 4. Scale every worker's chunks in place.

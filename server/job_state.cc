@@ -170,6 +170,14 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
     return absl::FailedPreconditionError("cannot import state while a step is in progress");
   }
   if (absl::Status s = NodeZerosStateOnly("import its state"); !s.ok()) return s;
+  if (collective_ != nullptr && generation_stepped_ && state.last_step() < last_step_) {
+    // Every node refuses a step it has passed, and only node 0 would go back.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_, "' spans ", collective_->size(), " nodes, which have stepped together to "
+        "step ", last_step_, ": the other nodes would refuse the steps after this state's ",
+        state.last_step(), ". To resume the job from it, attach every worker again with a new "
+        "rendezvous, and import on node 0 before the first step"));
+  }
   if (!gpus_.empty() && gpus_.multi_rank()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job '", name_,

@@ -218,8 +218,9 @@ int main(int argc, char** argv) {
   // connection: the usual soft limit of 1024 is too few for many workers' registrations.
   if (rlimit files; getrlimit(RLIMIT_NOFILE, &files) == 0) {
     if (files.rlim_cur < files.rlim_max) {
-      files.rlim_cur = files.rlim_max;
-      setrlimit(RLIMIT_NOFILE, &files);
+      rlimit raised = files;
+      raised.rlim_cur = files.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &raised) == 0) files = raised;
     }
     // Room for the mappings' descriptors and a thousand more (connections, logs, libraries).
     const rlim_t wanted = static_cast<rlim_t>(options.daemon.max_mappings) + 1024;

@@ -9,10 +9,10 @@
 
 namespace gstab {
 
-std::string RendezvousStore::NewToken(const std::string& job) {
+std::string RendezvousStore::NewToken(const std::string& job, uint32_t nodes) {
   const std::string token = RandomToken();
   absl::MutexLock lock(&mu_);
-  spaces_[token];
+  spaces_[token].max_bytes = MaxBytes(nodes);
   order_.push_back(token);
   std::deque<std::string>& own = by_job_[job];
   own.push_back(token);
@@ -54,11 +54,12 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   const size_t replaced = it == s.values.end() ? 0 : key.size() + it->second.size();
   const size_t bytes = s.bytes - replaced + key.size() + value.size();
   const size_t total = total_bytes_ - s.bytes + bytes;
-  if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > kMaxBytes ||
-      total > kMaxTotalBytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "key '", key, "' (", value.size(), " bytes) would pass the store's caps: ", kMaxKeys,
-        " keys and ", kMaxBytes >> 20, " MiB a rendezvous, ", kMaxTotalBytes >> 20, " MiB in all"));
+  if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > s.max_bytes ||
+      total > max_total_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("key '", key, "' (", value.size(), " bytes) would pass the store's caps: ",
+                     kMaxKeys, " keys and ", s.max_bytes, " bytes for this rendezvous, ",
+                     max_total_bytes_ >> 20, " MiB in all"));
   }
   s.values[key] = value;
   s.bytes = bytes;

@@ -21,15 +21,18 @@ namespace gstab {
 
 class RendezvousStore {
  public:
-  explicit RendezvousStore(size_t max_rendezvous = 1024) : max_rendezvous_(max_rendezvous) {}
+  static constexpr size_t kMaxTotalBytes = size_t{1} << 30;
+  explicit RendezvousStore(size_t max_rendezvous = 1024, size_t max_total_bytes = kMaxTotalBytes)
+      : max_rendezvous_(max_rendezvous), max_total_bytes_(max_total_bytes) {}
 
   // Creates a namespace for a rendezvous of `job` and returns its token. A job's two newest
   // are kept (the one it starts and the one it may still end), so that one job making many
   // (restarting in a loop) forgets its own old ones, not other jobs'; beyond the cap, the
   // oldest of any job goes.
-  std::string NewToken(const std::string& job = "");
-  // RESOURCE_EXHAUSTED past kMaxKeys keys or kMaxBytes bytes of keys and values in the
-  // rendezvous (its nodes need a few small keys each), or kMaxTotalBytes in the whole store.
+  // `nodes`: the job's node count, which sizes what the rendezvous may hold (MaxBytes).
+  std::string NewToken(const std::string& job = "", uint32_t nodes = 1);
+  // RESOURCE_EXHAUSTED past kMaxKeys keys or MaxBytes bytes of keys and values in the
+  // rendezvous, or max_total_bytes in the whole store.
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
@@ -41,13 +44,17 @@ class RendezvousStore {
   void Close();
 
   static constexpr size_t kMaxKeys = 65536;
-  static constexpr size_t kMaxBytes = size_t{64} << 20;
-  static constexpr size_t kMaxTotalBytes = size_t{256} << 20;
+  // Gloo's connection records come to about 100 bytes per pair of nodes (each node sets one
+  // key naming its pairs): a rendezvous holds 16 MiB and 256 bytes a pair.
+  static constexpr size_t MaxBytes(uint32_t nodes) {
+    return (size_t{16} << 20) + size_t{256} * nodes * nodes;
+  }
 
  private:
   struct Space {
     std::map<std::string, std::string> values;
-    size_t bytes = 0;  // of the keys and values
+    size_t bytes = 0;      // of the keys and values
+    size_t max_bytes = 0;  // MaxBytes of its job's node count
   };
   // PERMISSION_DENIED for an unknown token.
   absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -57,6 +64,7 @@ class RendezvousStore {
 
   static constexpr size_t kPerJob = 2;
   const size_t max_rendezvous_;
+  const size_t max_total_bytes_;
   absl::Mutex mu_;
   std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);

@@ -34,31 +34,36 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsKeysAreSet) {
 // A holder of the token cannot fill gstabd's memory: a rendezvous holds a bounded number of keys
 // and bytes, values replaced in place count once, and other rendezvous are not affected.
 TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
-  RendezvousStore store;
+  RendezvousStore store(1024, size_t{128} << 20);  // 128 MiB in all (gstabd's: 1 GiB)
   const std::string token = store.NewToken("big"), other = store.NewToken("other");
   const std::string mib(size_t{1} << 20, 'x');
-  for (int i = 0; i < 63; ++i) ASSERT_TRUE(store.Set(token, "k" + std::to_string(i), mib).ok());
+  const int per = static_cast<int>(RendezvousStore::MaxBytes(1) >> 20);  // MiB, one node
+  for (int i = 0; i < per - 1; ++i) {
+    ASSERT_TRUE(store.Set(token, "k" + std::to_string(i), mib).ok());
+  }
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(store.Set(token, "k0", mib).ok());  // replaced
-  absl::Status full = store.Set(token, "one-too-many", mib);
+  const std::string over = mib + std::string(1024, 'x');  // past the cap's slack of 256 bytes
+  absl::Status full = store.Set(token, "one-too-many", over);
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
   EXPECT_NE(full.message().find("'one-too-many'"), std::string::npos) << full;
   EXPECT_TRUE(store.Set(token, "k1", "small").ok());  // replacing with less makes room
-  EXPECT_TRUE(store.Set(token, "one-too-many", mib).ok());
+  EXPECT_TRUE(store.Set(token, "one-too-many", over).ok());
   EXPECT_TRUE(store.Set(other, "k0", mib).ok());
 
-  // Four rendezvous of 63 MiB, one of 2 and one of 1 come near the store's 256 MiB: another
-  // MiB is refused, until a rendezvous goes.
-  std::vector<std::string> full_ones = {token};
-  for (int r = 0; r < 3; ++r) {
-    full_ones.push_back(store.NewToken("full" + std::to_string(r)));
-    for (int i = 0; i < 63; ++i) {
-      ASSERT_TRUE(store.Set(full_ones.back(), "k" + std::to_string(i), mib).ok()) << r << " " << i;
+  // Rendezvous of other jobs filled in turn: the store's total is reached within one
+  // rendezvous of its cap, and a rendezvous that goes makes room.
+  int filled = per, r = 0;  // MiB set so far (token's, other's)
+  absl::Status total;
+  for (; total.ok() && r < 1000; ++r) {
+    const std::string next = store.NewToken("full" + std::to_string(r));
+    for (int i = 0; i < per - 1 && total.ok(); ++i) {
+      total = store.Set(next, "k" + std::to_string(i), mib);
+      filled += total.ok();
     }
   }
-  ASSERT_TRUE(store.Set(store.NewToken("extra"), "x", mib + mib).ok());
-  absl::Status total = store.Set(other, "k1", mib);
   EXPECT_EQ(total.code(), absl::StatusCode::kResourceExhausted) << total;
-  EXPECT_NE(total.message().find("256 MiB in all"), std::string::npos) << total;
+  EXPECT_NE(total.message().find("128 MiB in all"), std::string::npos) << total;
+  EXPECT_GE(filled, 127);
   // A job's two newest rendezvous are kept: three more of full0's, and its full one goes.
   for (int i = 0; i < 3; ++i) store.NewToken("full0");
   EXPECT_TRUE(store.Set(other, "k1", mib).ok());
@@ -69,6 +74,13 @@ TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
   }
   EXPECT_EQ(store.Set(few, "last", "").code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(store.Set(few, "0", "again").ok());
+
+  // A job of many nodes holds more: Gloo's records grow with the pairs of nodes.
+  RendezvousStore roomy;
+  const std::string wide = roomy.NewToken("wide", 512);
+  for (int i = 0; i < 512; ++i) {
+    ASSERT_TRUE(roomy.Set(wide, std::to_string(i), std::string(512 * 100, 'a')).ok()) << i;
+  }
 }
 
 // A peer that gave up, and a stopping gstabd, end a wait long before its timeout: gstabd's peer
