@@ -190,8 +190,6 @@ class Job {
                             absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // UNAVAILABLE: step `step` was not taken, as gstabd is shutting down.
   absl::Status ShuttingDown(uint64_t step) const;
-  // INVALID_ARGUMENT: step `step` is not after the job's last step, `last`.
-  absl::Status NotAfterLastStep(uint64_t step, uint64_t last) const;
   // This node refuses step `step` with `refusal`: it tells the other nodes, which wait in the
   // step's check, so that they leave it at once with their communicator intact.
   absl::Status RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,

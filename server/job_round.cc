@@ -42,7 +42,13 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     if (shutting_down_) return ShuttingDown(step);
     // Refused at once, on every node: across nodes, a node's retried step must not take the
     // round of the step the others wait in the check for, which its worker sends next.
-    if (have_step_ && step <= last_step_) return NotAfterLastStep(step, last_step_);
+    if (have_step_ && step <= last_step_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
+                       last_step_, ": go on from step ", last_step_ + 1,
+                       " (or, to start the job afresh, stop its workers and run `gstabctl forget "
+                       "--job=", name_, "`)"));
+    }
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "step ", step, " of job '", name_, "' was given up on this node at step ",
@@ -200,15 +206,6 @@ absl::Status Job::ShuttingDown(uint64_t step) const {
   return absl::UnavailableError(absl::StrCat("gstabd is shutting down; step ", step, " of job '",
                                              name_,
                                              "' was not taken: attach again after it restarts"));
-}
-
-absl::Status Job::NotAfterLastStep(uint64_t step, uint64_t last) const {
-  return absl::InvalidArgumentError(
-      absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ", last,
-                   ": go on from step ", last + 1,
-                   " (or, to start the job afresh, stop its workers and run `gstabctl forget "
-                   "--job=",
-                   name_, "`)"));
 }
 
 absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
