@@ -4,7 +4,7 @@
 //   2. The whole CPU step for 64 MiB of fp32 gradients, beside the bare kernels (sum of squares,
 //      rule, scale) on the same data in this process with the same thread count.
 //
-//   step_bench [--iterations=3000] [--mib=64]
+//   step_bench [--iterations=3000] [--mib=64] [--rounds=20]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -79,52 +79,64 @@ void Latency(const std::string& socket, int iterations) {
   std::printf("  ratio Step / empty:        p50 %8.2f      p99 %8.2f\n", s50 / e50, s99 / e99);
 }
 
-void Overhead(const std::string& socket, int mib) {
+void Overhead(const std::string& socket, int mib, int rounds) {
   const int64_t numel = int64_t{mib} << 18;  // fp32 elements in `mib` MiB
   GradientArena arena;
   arena.AddTensor("w", static_cast<uint64_t>(numel), DType::kFloat32, "model");
   if (absl::Status s = arena.Allocate(); !s.ok()) Die(s);
   float* g = static_cast<float*>(arena.data(0));
-  for (int64_t i = 0; i < numel; ++i) g[i] = 1e-3f * static_cast<float>(i % 1000);
+  // Both sides start every timed step from these gradients, written just before (untimed), so
+  // each reads and writes the same bytes from the same cache state. Steps that each scaled the
+  // gradients left for the next would drive them to zero, whose scale of 1 the kernel skips.
+  std::vector<float> pristine(static_cast<size_t>(numel));
+  for (int64_t i = 0; i < numel; ++i) pristine[i] = 1e-3f * static_cast<float>(i % 1000);
+  auto refill = [&] { std::copy(pristine.begin(), pristine.end(), g); };
   auto client = Client::Connect(socket);
   if (!client.ok()) Die(client.status());
   AttachOptions o;
   o.job = "overhead";
-  // Stabilize: the scale is never exactly 1, so every step writes the gradients, like the
-  // bare loop below.
   if (absl::Status s = (*client)->Attach(o); !s.ok()) Die(s);
   if (absl::Status s = (*client)->Register(arena); !s.ok()) Die(s);
 
-  // The same work in-process: kernels with the daemon's thread count, the rule, the scale.
-  // A scale of exactly 1 is skipped by the kernel, so both sides use 0.5 / 2 alternately.
+  // The same work in-process: kernels with the daemon's thread count, the rule, the scale the
+  // rule gives (the stabilizer's: never 1 for these gradients, so both sides write them all).
   const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CpuExecutor executor(threads);
   ChunkTable table = *ChunkTable::Create({Chunk{g, numel, DType::kFloat32, 0}}, 1);
   std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
   RuleParams params;
   GroupStats stats;
-  int flip = 0;
+  float bare_scale = 1.0f;
   auto bare = [&] {
     double sum;
     uint32_t bad;
     (void)CpuGroupSumSquares(table, absl::MakeSpan(scratch), absl::MakeSpan(&sum, 1),
                              absl::MakeSpan(&bad, 1), &executor);
-    (void)ApplyRule(params, &stats, sum, bad != 0);
-    const float scale = (flip++ % 2) ? 2.0f : 0.5f;
-    (void)CpuScaleGroups(table, absl::MakeConstSpan(&scale, 1), &executor);
+    bare_scale = static_cast<float>(ApplyRule(params, &stats, sum, bad != 0).scale);
+    (void)CpuScaleGroups(table, absl::MakeConstSpan(&bare_scale, 1), &executor);
   };
   uint64_t step = 0;
+  float daemon_scale = 1.0f;
   auto daemon_step = [&] {
-    if (!(*client)->Step(++step).ok()) Die(absl::InternalError("step failed"));
+    absl::StatusOr<v1::StepResponse> r = (*client)->Step(++step);
+    if (!r.ok()) Die(r.status());
+    daemon_scale = r->groups_size() == 1 ? static_cast<float>(r->groups(0).scale()) : 1.0f;
   };
   std::vector<double> daemon_t, bare_t;
   for (int i = 0; i < 3; ++i) {
+    refill();
     bare();
+    refill();
     daemon_step();
   }
-  for (int round = 0; round < 20; ++round) {
+  for (int round = 0; round < rounds; ++round) {
+    refill();
     for (double t : Time(1, bare)) bare_t.push_back(t);
+    refill();
     for (double t : Time(1, daemon_step)) daemon_t.push_back(t);
+  }
+  if (bare_scale == 1.0f || daemon_scale == 1.0f) {
+    Die(absl::InternalError("a scale of 1: the kernels skipped the write, the figures are void"));
   }
   const double d50 = bench::Percentile(daemon_t, 0.5), b50 = bench::Percentile(bare_t, 0.5);
   std::printf("Whole CPU step, %d MiB fp32, one group, %d threads, median of %zu\n", mib, threads,
@@ -140,17 +152,18 @@ void Overhead(const std::string& socket, int mib) {
 }  // namespace gstab
 
 int main(int argc, char** argv) {
-  int iterations = 3000, mib = 64;
+  int iterations = 3000, mib = 64, rounds = 20;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--iterations=", 0) == 0) iterations = std::atoi(a.c_str() + 13);
     if (a.rfind("--mib=", 0) == 0) mib = std::atoi(a.c_str() + 6);
+    if (a.rfind("--rounds=", 0) == 0) rounds = std::max(1, std::atoi(a.c_str() + 9));
   }
   gstab::testing::TempDir dir;
   auto daemon = gstab::testing::DaemonProcess::Start(dir.path());
   if (!daemon.ok()) gstab::Die(daemon.status());
   gstab::Latency(daemon->socket(), iterations);
-  gstab::Overhead(daemon->socket(), mib);
+  gstab::Overhead(daemon->socket(), mib, rounds);
   (void)daemon->Stop();
   return 0;
 }

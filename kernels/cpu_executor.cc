@@ -5,7 +5,8 @@
 namespace gstab {
 
 CpuExecutor::CpuExecutor(int num_threads) {
-  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  if (num_threads < 2) return;
+  for (int i = 0; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 CpuExecutor::~CpuExecutor() {
@@ -18,32 +19,33 @@ CpuExecutor::~CpuExecutor() {
 
 void CpuExecutor::ParallelFor(int64_t n, int max_threads, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
-  const int helpers =
-      static_cast<int>(std::min<int64_t>({max_threads - 1, num_threads() - 1, n - 1}));
-  if (helpers <= 0) {
+  const int threads = static_cast<int>(std::min<int64_t>({max_threads, num_threads(), n}));
+  if (threads <= 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
+  const bool caller_waits = n / threads >= kCallerWaitsFrom;
   absl::MutexLock run_lock(&run_mu_);
+  uint64_t generation;
   {
     absl::MutexLock lock(&mu_);
-    job_ = Job{&fn, n, 0, 0, helpers};
-    ++generation_;
+    job_ = Job{&fn, n, 0, 0, caller_waits ? threads : threads - 1};
+    generation = ++generation_;
   }
-  Drain();
+  if (!caller_waits) Drain(generation);
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
       +[](Job* job) { return job->finished == job->n; }, &job_));
   job_.fn = nullptr;
 }
 
-void CpuExecutor::Drain() {
+void CpuExecutor::Drain(uint64_t generation) {
   for (;;) {
     int64_t i;
     const std::function<void(int64_t)>* fn;
     {
       absl::MutexLock lock(&mu_);
-      if (job_.fn == nullptr || job_.next >= job_.n) return;
+      if (generation_ != generation || job_.fn == nullptr || job_.next >= job_.n) return;
       i = job_.next++;
       fn = job_.fn;
     }
@@ -66,7 +68,7 @@ void CpuExecutor::WorkerLoop() {
       seen = generation_;
       --job_.helpers;
     }
-    Drain();
+    Drain(seen);
   }
 }
 
