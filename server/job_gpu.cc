@@ -171,6 +171,9 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
   bool primary;
   {
     absl::MutexLock lock(&mu_);
+    // An import waiting for the GPU's queued step goes first (for a bounded time).
+    auto no_import = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return importing_ == 0; };
+    mu_.Await(absl::Condition(&no_import));
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     if (!gpus_.Has(local_rank)) return RegisterAgain(local_rank);  // the generation ended
     if (ready_value == 0) {

@@ -147,7 +147,35 @@ v1::JobState Job::ExportState() const {
   return state;
 }
 
-absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
+absl::Status Job::AwaitIdleGpu(absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  absl::Status status;
+  bool holding = false;
+  while (!gpus_.empty() && !gpus_.multi_rank() && !gpus_.Primary().Idle()) {
+    if (shutting_down_) {
+      status = absl::UnavailableError("gstabd is shutting down: import after it restarts");
+      break;
+    }
+    if (absl::Now() >= deadline) {
+      status = absl::FailedPreconditionError(absl::StrCat(
+          "a step of job '", name_, "' was still queued on its GPU after ",
+          absl::FormatDuration(wait),
+          " (held at its worker's ready word, or running): import between steps, or before the "
+          "workers register their CUDA buffers"));
+      break;
+    }
+    if (!holding) {
+      holding = true;
+      ++importing_;  // the job's next steps wait: the queue drains
+    }
+    mu_.AwaitWithTimeout(absl::Condition(&shutting_down_), absl::Microseconds(200));
+  }
+  if (holding) --importing_;
+  return status;
+}
+
+absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
+                              absl::Duration gpu_wait) {
   if (state.format_version() != kJobStateFormatVersion) {
     return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
                                                    " is not supported (expected ",
@@ -163,6 +191,9 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
     params = *p;
   }
   absl::MutexLock lock(&mu_);
+  // A step's statistics on the GPU are written back here whole: with a step queued, the other
+  // groups' would be the step before it, and writing them back would undo it.
+  if (absl::Status s = AwaitIdleGpu(gpu_wait); !s.ok()) return s;
   size_t new_groups = 0;
   for (const v1::GroupState& g : state.groups()) new_groups += group_index_.count(g.name()) == 0;
   if (absl::Status s = CheckGroupCap(new_groups); !s.ok()) return s;
@@ -186,14 +217,6 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config) {
   }
   if (!gpus_.empty()) {
     if (with_config && !SameStabilizerEmas(params, params_)) return RegisteredGpuBetas();
-    // Between steps only: with one queued, the other groups' statistics here would be the step
-    // before it, and writing them back would undo it.
-    if (!gpus_.Primary().Idle()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "a step of job '", name_,
-          "' is queued on its GPU (held at its worker's ready word, or running): import between "
-          "steps, or before the workers register their CUDA buffers"));
-    }
     for (const v1::GroupState& g : state.groups()) {
       if (group_index_.count(g.name()) == 0) {
         return absl::FailedPreconditionError(

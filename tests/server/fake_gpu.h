@@ -3,6 +3,7 @@
 // each step on the CPU and reports it a step later, and a worker whose gradients it stabilizes.
 #pragma once
 
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -50,7 +51,8 @@ inline constexpr uint32_t kReady = 7;
 // what a release or an abort does to it; an error every Enqueue returns instead; and whether
 // finished steps are held back from Poll (a slow GPU, whose steps then finish together).
 struct FakeGpu {
-  bool busy = false;
+  std::atomic<bool> busy{false};
+  std::atomic<int> idle_checks{0};  // Idle() calls: an import waiting for the GPU polls it
   std::set<uint32_t> busy_ranks;
   std::vector<std::string> calls;
   std::map<uint32_t, std::weak_ptr<void>> results;
@@ -127,6 +129,7 @@ class LaggingPipeline final : public GpuPipeline {
     return results;
   }
   bool Idle() override {
+    if (gpu_ != nullptr) ++gpu_->idle_checks;
     return gpu_ == nullptr || (!gpu_->busy && gpu_->busy_ranks.count(rank_) == 0);
   }
   void Abort(const std::string&) override {

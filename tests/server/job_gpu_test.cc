@@ -58,14 +58,16 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   EXPECT_EQ(job.ExportState().last_step(), 2u);
 
   // Import pushes the statistics into the pipeline; after the worker leaves, they remain. One
-  // made while a step is queued is refused (the other groups' statistics here would be the step
-  // before it, and writing them back would undo it), and changes nothing, on the host either.
+  // made while a step stays queued is refused once its wait runs out (the other groups'
+  // statistics here would be the step before it, and writing them back would undo it), and
+  // changes nothing, on the host either.
   v1::JobState state = job.ExportState();
   state.mutable_groups(0)->set_t(77);
   state.set_last_step(50);
   gpu.busy = true;
-  absl::Status busy = job.ImportState(state, false);
+  absl::Status busy = job.ImportState(state, false, absl::Milliseconds(20));
   EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(busy.message().find("still queued on its GPU after 20ms"), std::string::npos) << busy;
   EXPECT_NE(busy.message().find("import between steps"), std::string::npos) << busy;
   gpu.busy = false;
   EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
