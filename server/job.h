@@ -118,12 +118,12 @@ class Job {
   void GetStats(v1::GetStatsResponse* response) const;
   v1::JobState ExportState() const;
   // Replaces the statistics of every group in `state` (creating groups as needed) and, when
-  // `with_config`, the configuration. INVALID_ARGUMENT for an unknown format version. On one
-  // GPU, a step still queued there (held at its worker's ready word, or running) is waited for
-  // up to `gpu_wait`, and the job's next steps wait for the import meanwhile.
+  // `with_config`, the configuration. INVALID_ARGUMENT for an unknown format version. A step in
+  // progress (its local workers arriving, or queued on the job's one GPU) is waited for, up to
+  // `wait`; the job's next step waits for the import meanwhile.
   absl::Status ImportState(const v1::JobState& state, bool with_config,
-                           absl::Duration gpu_wait = kImportGpuWait);
-  static constexpr absl::Duration kImportGpuWait = absl::Seconds(5);
+                           absl::Duration wait = kImportWait);
+  static constexpr absl::Duration kImportWait = absl::Seconds(5);
 
  private:
   struct Worker {
@@ -154,9 +154,10 @@ class Job {
   // OK unless this job spans nodes and `what` (an operator's change of its configuration or
   // statistics) would reach one node only: FAILED_PRECONDITION saying where to do it.
   absl::Status NodeZerosStateOnly(const std::string& what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // For an import on one GPU: waits (releasing mu_ meanwhile, the job's steps held) until no
-  // step is queued there, for up to `wait`. Returns holding mu_, with nothing queued if OK.
-  absl::Status AwaitIdleGpu(absl::Duration wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // For an import: waits (releasing mu_ meanwhile, the job's next step held) until no step is
+  // in progress (a round open, or a step queued on the job's one GPU), for up to `wait`.
+  // Returns holding mu_, with no step in progress if OK.
+  absl::Status AwaitBetweenSteps(absl::Duration wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr size_t kConfigHistory = 64;
   // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
   // UNAUTHENTICATED when a newer session than `session` has registered or ended local rank
@@ -266,7 +267,7 @@ class Job {
   uint64_t round_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool round_running_ ABSL_GUARDED_BY(mu_) = false;            // its last worker has arrived
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;            // see BeginShutdown
-  int importing_ ABSL_GUARDED_BY(mu_) = 0;  // imports waiting for the GPU: steps wait for them
+  int importing_ ABSL_GUARDED_BY(mu_) = 0;  // imports waiting between steps: steps wait for them
   std::map<uint32_t, uint64_t> arrived_ ABSL_GUARDED_BY(mu_);  // local rank -> its session
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
   // A job across nodes: the newest step given up at its arrival deadline (AbandonRound).

@@ -32,6 +32,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   uint64_t my_round = 0;
   {
     absl::MutexLock lock(&mu_);
+    // An import waiting for the step in progress goes before the next one opens (for a bounded
+    // time); a worker of the open one joins it.
+    auto may_go = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return importing_ == 0 || round_open_;
+    };
+    mu_.Await(absl::Condition(&may_go));
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     if (workers_.count(local_rank) == 0) {
       return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",

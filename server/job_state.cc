@@ -147,35 +147,46 @@ v1::JobState Job::ExportState() const {
   return state;
 }
 
-absl::Status Job::AwaitIdleGpu(absl::Duration wait) {
+absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
   const absl::Time deadline = absl::Now() + wait;
   absl::Status status;
   bool holding = false;
-  while (!gpus_.empty() && !gpus_.multi_rank() && !gpus_.Primary().Idle()) {
+  for (;;) {
+    const bool round = round_open_;
+    const bool gpu = !gpus_.empty() && !gpus_.multi_rank() && !gpus_.Primary().Idle();
+    if (!round && !gpu) break;
     if (shutting_down_) {
       status = absl::UnavailableError("gstabd is shutting down: import after it restarts");
       break;
     }
     if (absl::Now() >= deadline) {
+      const std::string what =
+          round ? absl::StrCat("step ", round_step_, " of job '", name_, "' was still in progress")
+                : absl::StrCat("a step of job '", name_, "' was still queued on its GPU");
       status = absl::FailedPreconditionError(absl::StrCat(
-          "a step of job '", name_, "' was still queued on its GPU after ",
-          absl::FormatDuration(wait),
-          " (held at its worker's ready word, or running): import between steps, or before the "
-          "workers register their CUDA buffers"));
+          what, " after ", absl::FormatDuration(wait),
+          round ? " (its local workers arriving, or its nodes stepping together): import between "
+                  "steps"
+                : " (held at its worker's ready word, or running): import between steps, or "
+                  "before the workers register their CUDA buffers"));
       break;
     }
     if (!holding) {
       holding = true;
-      ++importing_;  // the job's next steps wait: the queue drains
+      ++importing_;  // the job's next step waits: the one in progress is the last before this
     }
-    mu_.AwaitWithTimeout(absl::Condition(&shutting_down_), absl::Microseconds(200));
+    // The GPU is polled; a round's end wakes this at once.
+    auto ended = [this, round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return shutting_down_ || (round && !round_open_);
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Microseconds(200));
   }
   if (holding) --importing_;
   return status;
 }
 
 absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
-                              absl::Duration gpu_wait) {
+                              absl::Duration wait) {
   if (state.format_version() != kJobStateFormatVersion) {
     return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
                                                    " is not supported (expected ",
@@ -191,15 +202,12 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
     params = *p;
   }
   absl::MutexLock lock(&mu_);
-  // A step's statistics on the GPU are written back here whole: with a step queued, the other
-  // groups' would be the step before it, and writing them back would undo it.
-  if (absl::Status s = AwaitIdleGpu(gpu_wait); !s.ok()) return s;
+  // Between steps: a step in progress would overwrite what this writes, and one queued on the
+  // GPU would be undone by it (the other groups' statistics here would be the step before it).
+  if (absl::Status s = AwaitBetweenSteps(wait); !s.ok()) return s;
   size_t new_groups = 0;
   for (const v1::GroupState& g : state.groups()) new_groups += group_index_.count(g.name()) == 0;
   if (absl::Status s = CheckGroupCap(new_groups); !s.ok()) return s;
-  if (round_open_) {
-    return absl::FailedPreconditionError("cannot import state while a step is in progress");
-  }
   if (absl::Status s = NodeZerosStateOnly("import its state"); !s.ok()) return s;
   if (collective_ != nullptr && generation_stepped_ && state.last_step() < last_step_) {
     // Every node refuses a step it has passed, and only node 0 would go back.

@@ -1,0 +1,124 @@
+// End-to-end: an import into a live job waits for the step in progress, through a real gstabd.
+#include <atomic>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::JobOptions;
+using testing::TempDir;
+using testing::TestWorker;
+
+// Local rank `rank` of two of job `job`.
+absl::StatusOr<std::unique_ptr<TestWorker>> Rank(const std::string& socket, uint32_t rank) {
+  AttachOptions o = JobOptions("live-import");
+  o.local_rank = rank;
+  o.local_world_size = 2;
+  return TestWorker::Create(socket, o);
+}
+
+// Steps both workers through `step` (each Step waits for the other's).
+void StepBoth(TestWorker* a, TestWorker* b, uint64_t step) {
+  a->Fill(step, 3);
+  b->Fill(step, 4);
+  absl::Status sa, sb;
+  std::thread t([&] { sa = a->client().Step(step).status(); });
+  sb = b->client().Step(step).status();
+  t.join();
+  ASSERT_TRUE(sa.ok()) << sa;
+  ASSERT_TRUE(sb.ok()) << sb;
+}
+
+TEST(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto a = Rank(daemon->socket(), 0);
+  auto b = Rank(daemon->socket(), 1);
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (uint64_t step = 1; step <= 3; ++step) StepBoth(a->get(), b->get(), step);
+  absl::StatusOr<std::string> exported = (*a)->client().ExportState();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  v1::JobState state;
+  ASSERT_TRUE(state.ParseFromString(*exported));
+  for (v1::GroupState& g : *state.mutable_groups()) g.set_t(77);
+  state.set_last_step(50);
+
+  // Step 4 is in progress: local rank 0 has arrived, rank 1 not yet.
+  (*a)->Fill(4, 3);
+  absl::Status step4, step5;
+  std::thread rank0([&] {
+    step4 = (*a)->client().Step(4).status();
+    step5 = (*a)->client().Step(5).status();  // at once: the import goes first
+  });
+  ASSERT_TRUE(testing::WaitForArrivals(&(*a)->client(), {0}));
+  auto tool = Client::Connect(daemon->socket());
+  ASSERT_TRUE(tool.ok());
+  AttachOptions observer = JobOptions("live-import");
+  observer.observer = true;
+  ASSERT_TRUE((*tool)->Attach(observer).ok());
+  std::atomic<bool> imported{false};
+  absl::Status import;
+  std::thread importer([&] {
+    import = (*tool)->ImportState(state.SerializeAsString());
+    imported = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(imported.load()) << "the import did not wait for step 4: " << import;
+
+  (*b)->Fill(4, 4);
+  ASSERT_TRUE((*b)->client().Step(4).ok());
+  importer.join();
+  rank0.join();
+  EXPECT_TRUE(step4.ok()) << step4;
+  EXPECT_TRUE(import.ok()) << import;
+  // Rank 0's next step, sent at once, comes after the import: it meets the imported state's
+  // step number. (It may reach gstabd after the import is done; gstabd holds it when it comes
+  // sooner, a race this test does not force.)
+  EXPECT_EQ(step5.code(), absl::StatusCode::kInvalidArgument) << step5;
+  EXPECT_NE(step5.message().find("go on from step 51"), std::string::npos) << step5;
+  absl::StatusOr<v1::GetStatsResponse> stats = (*tool)->GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->last_step(), 50u);
+  for (const v1::GroupStats& g : stats->groups()) EXPECT_EQ(g.accepted_steps(), 77u) << g.group();
+  StepBoth(a->get(), b->get(), 51);
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+}
+
+TEST(E2eImportTest, AnImportWhoseStepDoesNotEndIsRefusedAndTheJobGoesOn) {
+  TempDir dir;
+  // gstabd's default step timeout (60 s) is longer than the import's 5 s wait.
+  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto a = Rank(daemon->socket(), 0);
+  auto b = Rank(daemon->socket(), 1);
+  ASSERT_TRUE(a.ok() && b.ok());
+  StepBoth(a->get(), b->get(), 1);
+  absl::StatusOr<std::string> exported = (*a)->client().ExportState();
+  ASSERT_TRUE(exported.ok());
+
+  (*a)->Fill(2, 3);
+  absl::Status step2;
+  std::thread rank0([&] { step2 = (*a)->client().Step(2).status(); });
+  ASSERT_TRUE(testing::WaitForArrivals(&(*a)->client(), {0}));
+  // Rank 1 is slow: the import gives up after 5 s, saying which step it waited for.
+  absl::Status refused = (*b)->client().ImportState(*exported);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("step 2 of job 'live-import' was still in progress after 5s"),
+            std::string::npos)
+      << refused;
+  (*b)->Fill(2, 4);
+  ASSERT_TRUE((*b)->client().Step(2).ok());
+  rank0.join();
+  EXPECT_TRUE(step2.ok()) << step2;
+  StepBoth(a->get(), b->get(), 3);
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+}
+
+}  // namespace
+}  // namespace gstab
