@@ -34,6 +34,7 @@ class CpuExecutor {
   // num_threads >= 2 starts that many threads; 1 (or less) starts none and runs every loop
   // inline.
   explicit CpuExecutor(int num_threads);
+  // Not while a ParallelFor runs: its pool threads stop, and a caller waiting for them with it.
   ~CpuExecutor();
   CpuExecutor(const CpuExecutor&) = delete;
   CpuExecutor& operator=(const CpuExecutor&) = delete;

@@ -158,6 +158,9 @@ class Job {
   // in progress (a round open, or a step queued on the job's one GPU), for up to `wait`.
   // Returns holding mu_, with no step in progress if OK.
   absl::Status AwaitBetweenSteps(absl::Duration wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why the job takes no import of `state` now, whatever its steps do (OK if it does).
+  absl::Status ImportRefusal(const v1::JobState& state, bool with_config,
+                             const RuleParams& params) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr size_t kConfigHistory = 64;
   // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
   // UNAUTHENTICATED when a newer session than `session` has registered or ended local rank

@@ -175,36 +175,21 @@ absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
       holding = true;
       ++importing_;  // the job's next step waits: the one in progress is the last before this
     }
-    // The GPU is polled; a round's end wakes this at once.
     auto ended = [this, round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return shutting_down_ || (round && !round_open_);
     };
-    mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Microseconds(200));
+    if (gpu) {
+      mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Microseconds(200));  // polled
+    } else {
+      mu_.AwaitWithDeadline(absl::Condition(&ended), deadline);
+    }
   }
   if (holding) --importing_;
   return status;
 }
 
-absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
-                              absl::Duration wait) {
-  if (state.format_version() != kJobStateFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
-                                                   " is not supported (expected ",
-                                                   kJobStateFormatVersion, ")"));
-  }
-  if (absl::Status s = ValidateJobState(state); !s.ok()) return s;
-  // A state without a config (ExportState always writes one) leaves the job's as it is.
-  with_config = with_config && state.has_config();
-  RuleParams params;
-  if (with_config) {
-    absl::StatusOr<RuleParams> p = ResolveConfig(state.config());
-    if (!p.ok()) return p.status();
-    params = *p;
-  }
-  absl::MutexLock lock(&mu_);
-  // Between steps: a step in progress would overwrite what this writes, and one queued on the
-  // GPU would be undone by it (the other groups' statistics here would be the step before it).
-  if (absl::Status s = AwaitBetweenSteps(wait); !s.ok()) return s;
+absl::Status Job::ImportRefusal(const v1::JobState& state, bool with_config,
+                                const RuleParams& params) const {
   size_t new_groups = 0;
   for (const v1::GroupState& g : state.groups()) new_groups += group_index_.count(g.name()) == 0;
   if (absl::Status s = CheckGroupCap(new_groups); !s.ok()) return s;
@@ -234,6 +219,33 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
       }
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
+                              absl::Duration wait) {
+  if (state.format_version() != kJobStateFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
+                                                   " is not supported (expected ",
+                                                   kJobStateFormatVersion, ")"));
+  }
+  if (absl::Status s = ValidateJobState(state); !s.ok()) return s;
+  // A state without a config (ExportState always writes one) leaves the job's as it is.
+  with_config = with_config && state.has_config();
+  RuleParams params;
+  if (with_config) {
+    absl::StatusOr<RuleParams> p = ResolveConfig(state.config());
+    if (!p.ok()) return p.status();
+    params = *p;
+  }
+  absl::MutexLock lock(&mu_);
+  // Between steps: a step in progress would overwrite what this writes, and one queued on the
+  // GPU would be undone by it (the other groups' statistics here would be the step before it).
+  // What refuses the import anyway does so before the wait, and again after it (the wait
+  // releases mu_, and the step it waits for moves the job on).
+  if (absl::Status s = ImportRefusal(state, with_config, params); !s.ok()) return s;
+  if (absl::Status s = AwaitBetweenSteps(wait); !s.ok()) return s;
+  if (absl::Status s = ImportRefusal(state, with_config, params); !s.ok()) return s;
   // The statistics are re-expressed (RescaleStabilizerEmas) for the configuration the job goes
   // on with: the imported ones from the configuration they were saved with, the job's others
   // from its own.

@@ -44,7 +44,7 @@ TEST(CpuExecutorTest, ALongLoopRunsEachIndexOnceOnThePoolNotTheCaller) {
 TEST(CpuExecutorTest, AShortLoopRunsEachIndexOnceOnTheCallerAndThePool) {
   CpuExecutor executor(2);
   const int64_t n = CpuExecutor::kCallerWaitsFrom;  // half that a thread: the caller takes part
-  for (int loop = 0; loop < 20; ++loop) {
+  for (int loop = 0; loop < 500; ++loop) {  // a thread late from one loop must not join the next
     Record record(n);
     executor.ParallelFor(n, 2, [&](int64_t i) { record.Ran(i); });
     for (size_t i = 0; i < record.runs.size(); ++i) ASSERT_EQ(record.runs[i].load(), 1) << i;

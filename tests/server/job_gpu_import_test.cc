@@ -26,6 +26,7 @@ TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImp
 
   // Step 3 is still queued (held at its worker's ready word, say): the import waits for it.
   gpu.busy = true;
+  const int checks_before = gpu.idle_checks.load();
   std::atomic<bool> imported{false};
   absl::Status import_status;
   std::thread importer([&] {
@@ -33,7 +34,7 @@ TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImp
     imported = true;
   });
   // Waiting: it has seen the GPU busy and looked again.
-  while (gpu.idle_checks.load() < 2) absl::SleepFor(absl::Milliseconds(1));
+  while (gpu.idle_checks.load() < checks_before + 2) absl::SleepFor(absl::Milliseconds(1));
   // The worker's next step arrives meanwhile: it waits for the import, not the other way.
   std::atomic<bool> stepped{false};
   absl::Status step_status;
@@ -81,6 +82,14 @@ TEST(JobGpuImportTest, AnImportWhoseWaitRunsOutChangesNothingAndStepsGoOn) {
       << refused;
   // Steps are no longer held: the next is taken at once.
   ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &response, kReady).ok());
+
+  // An import refused whatever the steps do is refused at once, for what it is.
+  state.mutable_config()->mutable_stabilize()->set_beta1(0.5);
+  const absl::Time again = absl::Now();
+  absl::Status betas = job.ImportState(state, true, absl::Seconds(60));
+  EXPECT_LT(absl::Now() - again, absl::Seconds(30)) << "it waited for the queued step first";
+  EXPECT_EQ(betas.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(betas.message().find("beta1, beta2 and bias_correction"), std::string::npos) << betas;
   gpu.busy = false;
   EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
 }
