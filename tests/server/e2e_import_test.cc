@@ -1,5 +1,7 @@
 // End-to-end: an import into a live job waits for the step in progress, through a real gstabd.
 #include <atomic>
+#include <memory>
+#include <optional>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -14,13 +16,38 @@ using testing::JobOptions;
 using testing::TempDir;
 using testing::TestWorker;
 
-// Local rank `rank` of two of job `job`.
+// Local rank `rank` of two of job "live-import".
 absl::StatusOr<std::unique_ptr<TestWorker>> Rank(const std::string& socket, uint32_t rank) {
   AttachOptions o = JobOptions("live-import");
   o.local_rank = rank;
   o.local_world_size = 2;
   return TestWorker::Create(socket, o);
 }
+
+// A gstabd (default step timeout: 60 s, longer than an import's 5 s wait) and the job's two
+// local workers.
+class E2eImportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<DaemonProcess> started = DaemonProcess::Start(dir_.path());
+    ASSERT_TRUE(started.ok()) << started.status();
+    daemon_.emplace(*std::move(started));
+    for (uint32_t rank : {0u, 1u}) {
+      auto worker = Rank(daemon_->socket(), rank);
+      ASSERT_TRUE(worker.ok()) << worker.status();
+      (rank == 0 ? a_ : b_) = *std::move(worker);
+    }
+  }
+  void TearDown() override {
+    if (daemon_.has_value()) {
+      EXPECT_EQ(daemon_->Stop().value_or(-1), 0);
+    }
+  }
+
+  TempDir dir_;
+  std::optional<DaemonProcess> daemon_;
+  std::unique_ptr<TestWorker> a_, b_;
+};
 
 // Steps both workers through `step` (each Step waits for the other's).
 void StepBoth(TestWorker* a, TestWorker* b, uint64_t step) {
@@ -34,15 +61,11 @@ void StepBoth(TestWorker* a, TestWorker* b, uint64_t step) {
   ASSERT_TRUE(sb.ok()) << sb;
 }
 
-TEST(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
-  TempDir dir;
-  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto a = Rank(daemon->socket(), 0);
-  auto b = Rank(daemon->socket(), 1);
-  ASSERT_TRUE(a.ok() && b.ok());
-  for (uint64_t step = 1; step <= 3; ++step) StepBoth(a->get(), b->get(), step);
-  absl::StatusOr<std::string> exported = (*a)->client().ExportState();
+TEST_F(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
+  TestWorker* a = a_.get();
+  TestWorker* b = b_.get();
+  for (uint64_t step = 1; step <= 3; ++step) StepBoth(a, b, step);
+  absl::StatusOr<std::string> exported = a->client().ExportState();
   ASSERT_TRUE(exported.ok()) << exported.status();
   v1::JobState state;
   ASSERT_TRUE(state.ParseFromString(*exported));
@@ -50,14 +73,14 @@ TEST(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
   state.set_last_step(50);
 
   // Step 4 is in progress: local rank 0 has arrived, rank 1 not yet.
-  (*a)->Fill(4, 3);
+  a->Fill(4, 3);
   absl::Status step4, step5;
   std::thread rank0([&] {
-    step4 = (*a)->client().Step(4).status();
-    step5 = (*a)->client().Step(5).status();  // at once: the import goes first
+    step4 = a->client().Step(4).status();
+    step5 = a->client().Step(5).status();  // at once: the import goes first
   });
-  ASSERT_TRUE(testing::WaitForArrivals(&(*a)->client(), {0}));
-  auto tool = Client::Connect(daemon->socket());
+  ASSERT_TRUE(testing::WaitForArrivals(&a->client(), {0}));
+  auto tool = Client::Connect(daemon_->socket());
   ASSERT_TRUE(tool.ok());
   AttachOptions observer = JobOptions("live-import");
   observer.observer = true;
@@ -71,8 +94,8 @@ TEST(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_FALSE(imported.load()) << "the import did not wait for step 4: " << import;
 
-  (*b)->Fill(4, 4);
-  ASSERT_TRUE((*b)->client().Step(4).ok());
+  b->Fill(4, 4);
+  ASSERT_TRUE(b->client().Step(4).ok());
   importer.join();
   rank0.join();
   EXPECT_TRUE(step4.ok()) << step4;
@@ -86,38 +109,31 @@ TEST(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->last_step(), 50u);
   for (const v1::GroupStats& g : stats->groups()) EXPECT_EQ(g.accepted_steps(), 77u) << g.group();
-  StepBoth(a->get(), b->get(), 51);
-  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  StepBoth(a, b, 51);
 }
 
-TEST(E2eImportTest, AnImportWhoseStepDoesNotEndIsRefusedAndTheJobGoesOn) {
-  TempDir dir;
-  // gstabd's default step timeout (60 s) is longer than the import's 5 s wait.
-  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto a = Rank(daemon->socket(), 0);
-  auto b = Rank(daemon->socket(), 1);
-  ASSERT_TRUE(a.ok() && b.ok());
-  StepBoth(a->get(), b->get(), 1);
-  absl::StatusOr<std::string> exported = (*a)->client().ExportState();
+TEST_F(E2eImportTest, AnImportWhoseStepDoesNotEndIsRefusedAndTheJobGoesOn) {
+  TestWorker* a = a_.get();
+  TestWorker* b = b_.get();
+  StepBoth(a, b, 1);
+  absl::StatusOr<std::string> exported = a->client().ExportState();
   ASSERT_TRUE(exported.ok());
 
-  (*a)->Fill(2, 3);
+  a->Fill(2, 3);
   absl::Status step2;
-  std::thread rank0([&] { step2 = (*a)->client().Step(2).status(); });
-  ASSERT_TRUE(testing::WaitForArrivals(&(*a)->client(), {0}));
+  std::thread rank0([&] { step2 = a->client().Step(2).status(); });
+  ASSERT_TRUE(testing::WaitForArrivals(&a->client(), {0}));
   // Rank 1 is slow: the import gives up after 5 s, saying which step it waited for.
-  absl::Status refused = (*b)->client().ImportState(*exported);
+  absl::Status refused = b->client().ImportState(*exported);
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   EXPECT_NE(refused.message().find("step 2 of job 'live-import' was still in progress after 5s"),
             std::string::npos)
       << refused;
-  (*b)->Fill(2, 4);
-  ASSERT_TRUE((*b)->client().Step(2).ok());
+  b->Fill(2, 4);
+  ASSERT_TRUE(b->client().Step(2).ok());
   rank0.join();
   EXPECT_TRUE(step2.ok()) << step2;
-  StepBoth(a->get(), b->get(), 3);
-  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  StepBoth(a, b, 3);
 }
 
 }  // namespace

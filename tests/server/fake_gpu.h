@@ -235,4 +235,14 @@ struct FakeCudaWorker {
   v1::RegisterBuffersResponse registered;
 };
 
+// Job "gpu-job" of one local rank on a fake GPU, its worker registered.
+struct OneGpuJob {
+  OneGpuJob() { registered = worker.Register(&job); }
+  int live = 0;
+  FakeGpu gpu;
+  Job job{"gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu)};
+  FakeCudaWorker worker;
+  absl::Status registered;
+};
+
 }  // namespace gstab

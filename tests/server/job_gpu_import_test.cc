@@ -11,36 +11,33 @@ namespace gstab {
 namespace {
 
 TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImport) {
-  int live = 0;
-  FakeGpu gpu;
-  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu));
-  FakeCudaWorker worker;
-  ASSERT_TRUE(worker.Register(&job).ok());
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
   v1::StepResponse response;
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
   }
-  v1::JobState state = job.ExportState();
+  v1::JobState state = one.job.ExportState();
   state.mutable_groups(0)->set_t(77);
   state.set_last_step(50);
 
   // Step 3 is still queued (held at its worker's ready word, say): the import waits for it.
-  gpu.busy = true;
-  const int checks_before = gpu.idle_checks.load();
+  one.gpu.busy = true;
+  const int checks_before = one.gpu.idle_checks.load();
   std::atomic<bool> imported{false};
   absl::Status import_status;
   std::thread importer([&] {
-    import_status = job.ImportState(state, false);
+    import_status = one.job.ImportState(state, false);
     imported = true;
   });
   // Waiting: it has seen the GPU busy and looked again.
-  while (gpu.idle_checks.load() < checks_before + 2) absl::SleepFor(absl::Milliseconds(1));
+  while (one.gpu.idle_checks.load() < checks_before + 2) absl::SleepFor(absl::Milliseconds(1));
   // The worker's next step arrives meanwhile: it waits for the import, not the other way.
   std::atomic<bool> stepped{false};
   absl::Status step_status;
   std::thread stepper([&] {
     v1::StepResponse r;
-    step_status = job.Step(0, 51, absl::Seconds(1), &r, kReady);
+    step_status = one.job.Step(0, 51, absl::Seconds(1), &r, kReady);
     stepped = true;
   });
   absl::SleepFor(absl::Milliseconds(100));
@@ -48,50 +45,47 @@ TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImp
   EXPECT_FALSE(stepped.load());
   // Neither holds up the job's other callers.
   v1::GetStatsResponse stats;
-  job.GetStats(&stats);
+  one.job.GetStats(&stats);
   EXPECT_EQ(stats.groups_size(), 1);
 
-  gpu.busy = false;  // step 3 finishes
+  one.gpu.busy = false;  // step 3 finishes
   importer.join();
   stepper.join();
   ASSERT_TRUE(import_status.ok()) << import_status;
   ASSERT_TRUE(step_status.ok()) << step_status;
   // Step 51 ran on the imported statistics: 77 accepted steps, then its own.
-  const v1::JobState after = job.ExportState();
+  const v1::JobState after = one.job.ExportState();
   EXPECT_EQ(after.groups(0).t(), 78u);
   EXPECT_EQ(after.last_step(), 51u);
 }
 
 TEST(JobGpuImportTest, AnImportWhoseWaitRunsOutChangesNothingAndStepsGoOn) {
-  int live = 0;
-  FakeGpu gpu;
-  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu));
-  FakeCudaWorker worker;
-  ASSERT_TRUE(worker.Register(&job).ok());
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
   v1::StepResponse response;
-  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &response, kReady).ok());
-  v1::JobState state = job.ExportState();
+  ASSERT_TRUE(one.job.Step(0, 1, absl::Seconds(1), &response, kReady).ok());
+  v1::JobState state = one.job.ExportState();
   state.mutable_groups(0)->set_t(77);
 
-  gpu.busy = true;  // a worker that stopped before its ready write, say
+  one.gpu.busy = true;  // a worker that stopped before its ready write, say
   const absl::Time start = absl::Now();
-  absl::Status refused = job.ImportState(state, false, absl::Milliseconds(300));
+  absl::Status refused = one.job.ImportState(state, false, absl::Milliseconds(300));
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.message().find("still queued on its GPU after 300ms"), std::string::npos)
       << refused;
   // Steps are no longer held: the next is taken at once.
-  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &response, kReady).ok());
+  ASSERT_TRUE(one.job.Step(0, 2, absl::Seconds(1), &response, kReady).ok());
 
   // An import refused whatever the steps do is refused at once, for what it is.
   state.mutable_config()->mutable_stabilize()->set_beta1(0.5);
   const absl::Time again = absl::Now();
-  absl::Status betas = job.ImportState(state, true, absl::Seconds(60));
+  absl::Status betas = one.job.ImportState(state, true, absl::Seconds(60));
   EXPECT_LT(absl::Now() - again, absl::Seconds(30)) << "it waited for the queued step first";
   EXPECT_EQ(betas.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(betas.message().find("beta1, beta2 and bias_correction"), std::string::npos) << betas;
-  gpu.busy = false;
-  EXPECT_EQ(job.ExportState().groups(0).t(), 2u);
+  one.gpu.busy = false;
+  EXPECT_EQ(one.job.ExportState().groups(0).t(), 2u);
 }
 
 }  // namespace

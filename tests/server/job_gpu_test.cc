@@ -12,12 +12,12 @@ namespace gstab {
 namespace {
 
 TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
-  int live = 0;
-  FakeGpu gpu;
-  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu));
-  FakeCudaWorker worker;
-  ASSERT_TRUE(worker.Register(&job).ok());
-  const v1::RegisterBuffersResponse& registered = worker.registered;
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  Job& job = one.job;
+  FakeGpu& gpu = one.gpu;
+  int& live = one.live;
+  const v1::RegisterBuffersResponse& registered = one.worker.registered;
   EXPECT_EQ(live, 1);
   // The worker learns where its per-step results are and which group each entry is.
   EXPECT_EQ(registered.results_handle(), std::string(64, 'R'));
