@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 
 #include "absl/strings/escaping.h"
@@ -104,9 +105,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   const absl::Time deadline = absl::Now() + timeout;
   if (!channel->WaitForConnected(absl::ToChronoTime(deadline))) {
-    return absl::UnavailableError(absl::StrCat("no gstabd answers on ", socket_path,
-                                               ": is the daemon running, and is the socket "
-                                               "path right?"));
+    if (::access(socket_path.c_str(), R_OK | W_OK) != 0 && errno == EACCES) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "this process may not use gstabd's socket ", socket_path,
+          " (permission denied): it is created mode 0660, so the worker needs the socket's group "
+          "among its groups (Kubernetes: runAsGroup or supplementalGroups), or to run as its "
+          "owner"));
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "no gstabd answers on ", socket_path,
+        ": is the daemon running, and is the socket path right? (A gstabd whose --allow_uids "
+        "or --allow_gids leave this process out closes its connections, and logs so)"));
   }
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to

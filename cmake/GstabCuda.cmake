@@ -1,5 +1,5 @@
-# Decides whether the CUDA backend is built. AUTO builds it wherever nvcc is found, so build
-# machines without a GPU still compile every .cu file; OFF builds the CPU backend alone.
+# Decides whether the CUDA backend is built. AUTO builds it wherever nvcc and NCCL are found, so
+# build machines without a GPU still compile every .cu file; OFF builds the CPU backend alone.
 set(GSTAB_HAVE_CUDA OFF)
 if(NOT GSTAB_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
@@ -13,7 +13,18 @@ if(NOT GSTAB_CUDA STREQUAL "OFF")
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
-    set(GSTAB_HAVE_CUDA ON)
+    # The cross-node stage of the CUDA pipeline is NCCL's.
+    find_library(GSTAB_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+    find_path(GSTAB_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    if(GSTAB_NCCL_LIBRARY AND GSTAB_NCCL_INCLUDE_DIR)
+      set(GSTAB_HAVE_CUDA ON)
+    elseif(GSTAB_CUDA STREQUAL "ON")
+      message(FATAL_ERROR "GSTAB_CUDA=ON needs NCCL (libnccl and nccl.h, for example Debian's "
+                          "libnccl-dev from NVIDIA's repository), which was not found")
+    else()
+      message(WARNING "nvcc found but not NCCL (libnccl and nccl.h): building the CPU backend "
+                      "only. Install NCCL (libnccl-dev) for the CUDA backend")
+    endif()
   elseif(GSTAB_CUDA STREQUAL "ON")
     message(FATAL_ERROR "GSTAB_CUDA=ON but no CUDA compiler was found")
   endif()

@@ -1,4 +1,4 @@
-// The per-group update rule of DESIGN.md section 1, written once for the host and the CUDA
+// The per-group update rule of docs/method.md, written once for the host and the CUDA
 // stats kernel. Pure functions of (params, stats, sum of squares): no I/O, no allocation.
 //
 //   GroupStats stats{};                      // zero is the initial state
@@ -242,7 +242,7 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
   return out;
 }
 
-// The bound of DESIGN.md section 1 on the stabilized norm of an arbitrarily large spike at
+// The bound of docs/method.md on the stabilized norm of an arbitrarily large spike at
 // accepted step t: b / sqrt(w), b = (1 - beta1) / (1 - beta1^t), w = (1 - beta2) / (1 - beta2^t).
 GSTAB_HD inline double StabilizedSpikeBound(const RuleParams& p, uint64_t t) {
   double b = 1.0 - p.beta1;

@@ -1,4 +1,4 @@
-// The cross-node stage of a step (DESIGN.md 2.4): after this node has combined its local
+// The cross-node stage of a step (docs/multinode.md): after this node has combined its local
 // workers' partial sums, they are reduced across the job's nodes. Two fixed-order collectives:
 // a max-reduce that checks every node is at the same step with the same group layout (and
 // finds whether the nodes' configurations differ, or one wants node 0's statistics), then one

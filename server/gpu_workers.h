@@ -1,7 +1,7 @@
-// The CUDA side of one job on this node (DESIGN.md 2.3, 2.4): one stream-ordered pipeline per
-// local worker, each on its own GPU, and all of them ranks of one NCCL communicator with the
-// job's GPUs on every node (rank node_rank * local_world_size + local_rank of
-// node_count * local_world_size). NCCL combines a node's GPUs and the nodes in one all-reduce.
+// The CUDA side of one job on this node (docs/daemon.md, docs/multinode.md): one stream-ordered
+// pipeline per local worker, each on its own GPU, and all of them ranks of one NCCL communicator
+// with the job's GPUs on every node (rank node_rank * local_world_size + local_rank of node_count *
+// local_world_size). NCCL combines a node's GPUs and the nodes in one all-reduce.
 //
 // A generation of pipelines lasts until a local worker registers again or leaves, or the job
 // gets a new rendezvous: then the communicator cannot go on, every pipeline is closed (the

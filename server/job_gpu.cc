@@ -17,7 +17,8 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
     return absl::FailedPreconditionError(
         absl::StrCat("job '", name_,
                      "' spans nodes but its rendezvous has no NCCL id: create it with "
-                     "CreateRendezvous(cuda=true) to register cuda_ipc buffers"));
+                     "CreateRendezvous(cuda=true) to register cuda_ipc buffers "
+                     "(gstab.torch.attach(..., cuda=True), `gstabctl rendezvous --cuda`)"));
   }
   if (gpus_.Has(local_rank)) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered again"));
@@ -26,7 +27,8 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
     return absl::FailedPreconditionError(absl::StrCat(
         "job '", name_,
         "''s GPU communicator across nodes has ended and its NCCL id cannot be "
-        "used again: attach every worker with a new rendezvous (CreateRendezvous(cuda=true))"));
+        "used again: attach every worker with a new rendezvous (CreateRendezvous(cuda=true): "
+        "gstab.torch.attach(..., cuda=True), `gstabctl rendezvous --cuda`)"));
   }
   GpuJobSpec layout;
   layout.job = name_;

@@ -52,8 +52,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       return absl::InvalidArgumentError(
           absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
                        last_step_, ": go on from step ", last_step_ + 1,
-                       " (or, to start the job afresh, stop its workers and run `gstabctl forget "
-                       "--job=", name_, "`)"));
+                       " (a run resumed from its checkpoint imports the gstab state saved with "
+                       "it, which sets the step count: Stabilizer(state=...) in gstab.torch, "
+                       "import_state, `gstabctl import`; to start the job afresh, stop its "
+                       "workers and run `gstabctl forget --job=", name_, "`)"));
     }
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
       return absl::FailedPreconditionError(absl::StrCat(

@@ -1,5 +1,5 @@
-// Mutual TLS between the gstabd processes of multi-node jobs (DESIGN.md 2.7: TCP only with
-// TLS): the rendezvous store each job's first daemon serves, and the clients of it.
+// Mutual TLS between the gstabd processes of multi-node jobs (docs/daemon.md, Security: TCP
+// only with TLS): the rendezvous store each job's first daemon serves, and the clients of it.
 #pragma once
 
 #include <memory>

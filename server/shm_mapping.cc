@@ -26,7 +26,11 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
                        " (its creator removed it, or gstabd did when the worker's lease expired: "
                        "allocate the gradients anew)"));
     }
-    if (err == EACCES) return absl::PermissionDeniedError(what);
+    if (err == EACCES) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          what, " (a worker creates its shared memory mode 0600: gstabd runs as root with "
+                "CAP_DAC_OVERRIDE, as the Helm chart has it, or as the workers' own user)"));
+    }
     if (err == EMFILE || err == ENFILE) {
       return absl::ResourceExhaustedError(absl::StrCat(
           what, " (gstabd keeps a descriptor per mapped object: raise its open-file limit, or "

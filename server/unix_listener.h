@@ -1,7 +1,7 @@
 // gstabd's unix socket, with peer credentials checked before gRPC sees a connection
-// (DESIGN.md 2.7). The listener owns the socket file (created mode 0660), accepts connections
-// itself, reads the peer's uid and gid with SO_PEERCRED, and hands allowed connections to the
-// gRPC server; others are closed and logged.
+// (docs/daemon.md, Security). The listener owns the socket file (created mode 0660), accepts
+// connections itself, reads the peer's uid and gid with SO_PEERCRED, and hands allowed connections
+// to the gRPC server; others are closed and logged.
 //
 // Thread-safe; Stop() (or destruction) ends the accept thread and removes the socket file.
 #pragma once

@@ -15,7 +15,7 @@
 
 namespace gstab {
 
-// The cross-node stage of a multi-node job (DESIGN.md 2.4), stream-ordered around two NCCL
+// The cross-node stage of a multi-node job (docs/multinode.md), stream-ordered around two NCCL
 // all-reduces of one fixed-size vector, `exchange`:
 //   [0, kCrossNodeCheckSize)   (x, -x) for the step, the layout hash's halves and the group
 //                              count: max-reduced, so every node sees whether all agree

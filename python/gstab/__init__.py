@@ -236,8 +236,10 @@ class Client:
         job is new on gstabd; later workers must agree with them. A job across nodes passes its
         node_rank and node_count, and the rendezvous that global rank 0 got from
         create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
-        of this in from torch.distributed."""
+        of this in from torch.distributed. Attaching again ends the earlier session, and gstabd
+        lets go of its registration: register again (a new gstab.torch.Stabilizer)."""
         self._attached = None
+        self.registration = None
         arguments = dict(job=job, rank=rank, world_size=world_size, local_rank=local_rank,
                          local_world_size=local_world_size, policy=policy, config=config,
                          node_rank=node_rank, node_count=node_count, rendezvous=rendezvous)

@@ -154,7 +154,8 @@ class Stabilizer:
         """Returns the stabilized gradients (a tree like `grads`) and gstabd's results."""
         if self._client.registration is not self._arena:
             raise RuntimeError("this stabilizer's gradients are no longer registered: its client "
-                               "registered others since, or detached")
+                               "registered others since, attached again, or detached (make a "
+                               "new Stabilizer)")
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         leaves = [_array(leaf) for leaf in leaves]
         if treedef != self._treedef:

@@ -292,7 +292,8 @@ class Stabilizer:
     def _check_registered(self) -> None:
         if self._client.registration is not self._registration:
             raise RuntimeError("this stabilizer's gradients are no longer registered: its client "
-                               "registered others since, or detached")
+                               "registered others since, attached again, or detached (make a "
+                               "new Stabilizer)")
 
     def _take_back_replaced_gradients(self) -> None:
         for (name, _), grad, pinned in zip(self._params, self._grads, self._pinned):

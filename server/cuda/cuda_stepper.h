@@ -1,4 +1,4 @@
-// The stream-ordered CUDA pipeline of one job on one device (DESIGN.md 2.3, 2.4):
+// The stream-ordered CUDA pipeline of one job on one device (docs/daemon.md, docs/multinode.md):
 //   wait for the ready word (the worker's stream writes it) -> partial sums per group -> cross-node
 //   stage (two NCCL all-reduces of one fixed-size vector: the step/layout check and the sums and
 //   non-finite flags; skipped by a job of one rank unless GpuJobSpec::nccl_one_rank) -> rule

@@ -1,4 +1,4 @@
-// A nonblocking NCCL communicator that never blocks past a deadline (DESIGN.md 2.4): created
+// A nonblocking NCCL communicator that never blocks past a deadline (docs/multinode.md): created
 // with `blocking = 0`, every call that answers ncclInProgress is polled through
 // ncclCommGetAsyncError until it settles or the deadline passes, and Abort (ncclCommAbort)
 // may come from another thread (a watchdog) to release kernels stuck waiting for a dead peer.

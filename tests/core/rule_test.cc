@@ -51,7 +51,7 @@ TEST(RuleTest, StabilizeMatchesHandComputedSteps) {
   EXPECT_EQ(b.flags & kFlagAccepted, kFlagAccepted);
 }
 
-// A straightforward long-double transcription of DESIGN.md section 1.
+// A straightforward long-double transcription of docs/method.md.
 struct Reference {
   long double m = 0, v = 0;
   long long t = 0;

@@ -240,6 +240,22 @@ class TorchTest(GstabdTest):
         raw = torch_norm([model[2].weight.grad, model[2].bias.grad])  # the trainable ones
         self.assertAlmostEqual(second.step(1).groups[0].norm / raw, 1.0, delta=1e-5)
 
+    def test_attaching_again_retires_the_stabilizer_and_a_new_one_steps_on(self):
+        client = self.attach("torch-reattach")
+        model = mlp()
+        first = gstab.torch.Stabilizer(client, model)
+        x, y = regression_batch(7)
+        F.mse_loss(model(x), y).backward()
+        self.assertFalse(first.step(1).skip)
+        client.attach("torch-reattach")  # say, after a failure gstab cannot recover by itself
+        with self.assertRaisesRegex(RuntimeError, "attached again.*make a new Stabilizer"):
+            first.step(2)
+        second = gstab.torch.Stabilizer(client, model)
+        model.zero_grad(set_to_none=False)
+        F.mse_loss(model(x), y).backward()
+        raw = torch_norm([p.grad for p in model.parameters()])
+        self.assertAlmostEqual(second.step(2).groups[0].norm / raw, 1.0, delta=1e-5)
+
     def test_gradients_keep_their_parameters_memory_layout(self):
         torch.manual_seed(0)
         conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)

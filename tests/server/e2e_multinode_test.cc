@@ -307,7 +307,7 @@ std::vector<std::unique_ptr<DaemonProcess>> StartPeers(
   return daemons;
 }
 
-// Across hosts the daemons' rendezvous store speaks mutual TLS (DESIGN.md 2.7).
+// Across hosts the daemons' rendezvous store speaks mutual TLS (docs/daemon.md, Security).
 TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
   NamespaceHosts hosts;
   if (!hosts.ok()) GTEST_SKIP() << "cannot make network namespaces here: " << hosts.error();
