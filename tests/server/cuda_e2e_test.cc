@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -19,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "client_lib/client.h"
 #include "server/cuda/cuda_ipc.h"
 #include "tests/testing/subprocess.h"
 
@@ -260,6 +263,49 @@ TEST_F(CudaE2eTest, HeldStepsHoldUpNeitherTheirWorkersNorOtherJobs) {
         << "held-" << i << ": " << (done.ok() ? *done : done.status().ToString());
     EXPECT_EQ(held[i].Wait(absl::Seconds(30)).value_or(-1), 0) << "held-" << i;
   }
+}
+
+// An import into a job of one GPU whose step is held at its worker's ready word waits for the
+// step, and applies once the worker's stream has let it run.
+TEST_F(CudaE2eTest, AnImportWaitsForTheStepHeldOnTheGpuThenApplies) {
+  const std::string flag = dir_.path() + "/open-the-gate";
+  auto worker = testing::Subprocess::Start({testing::BinaryPath("tests/cuda_e2e_worker"),
+                                            daemon_->socket(), "import-held", "held", flag});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  absl::StatusOr<std::string> line = ReadUntil(*worker, "HELD", absl::Seconds(60));
+  ASSERT_TRUE(line.ok() && line->find("HELD") != std::string::npos) << line.status();
+  auto tool = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(tool.ok()) << tool.status();
+  AttachOptions observer;
+  observer.job = "import-held";
+  observer.observer = true;
+  ASSERT_TRUE((*tool)->Attach(observer).ok());
+  absl::StatusOr<std::string> exported = (*tool)->ExportState();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  v1::JobState state;
+  ASSERT_TRUE(state.ParseFromString(*exported));
+  for (v1::GroupState& g : *state.mutable_groups()) g.set_t(77);
+  state.set_last_step(50);
+
+  std::atomic<bool> imported{false};
+  absl::Status import;
+  std::thread importer([&] {
+    import = (*tool)->ImportState(state.SerializeAsString());
+    imported = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(imported.load()) << "the import did not wait for the held step: " << import;
+  std::ofstream(flag) << "open\n";  // the worker's stream writes its ready word
+  importer.join();
+  EXPECT_TRUE(import.ok()) << import;
+  absl::StatusOr<std::string> done = ReadUntil(*worker, "RESULT", absl::Seconds(60));
+  EXPECT_TRUE(done.ok() && done->find("RESULT ok") != std::string::npos)
+      << (done.ok() ? *done : done.status().ToString());
+  EXPECT_EQ(worker->Wait(absl::Seconds(30)).value_or(-1), 0);
+  absl::StatusOr<v1::GetStatsResponse> stats = (*tool)->GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->last_step(), 50u);
+  for (const v1::GroupStats& g : stats->groups()) EXPECT_EQ(g.accepted_steps(), 77u) << g.group();
 }
 
 // A worker SIGKILLed while stepping: gstabd keeps serving other jobs and, once the lease
