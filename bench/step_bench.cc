@@ -4,7 +4,7 @@
 //   2. The whole CPU step for 64 MiB of fp32 gradients, beside the bare kernels (sum of squares,
 //      rule, scale) on the same data in this process with the same thread count.
 //
-//   step_bench [--iterations=3000] [--mib=64] [--rounds=20]
+//   step_bench [--iterations=3000] [--mib=64] [--rounds=100]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -152,7 +152,7 @@ void Overhead(const std::string& socket, int mib, int rounds) {
 }  // namespace gstab
 
 int main(int argc, char** argv) {
-  int iterations = 3000, mib = 64, rounds = 20;
+  int iterations = 3000, mib = 64, rounds = 100;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--iterations=", 0) == 0) iterations = std::atoi(a.c_str() + 13);
