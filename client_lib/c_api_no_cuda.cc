@@ -5,7 +5,7 @@ namespace {
 gstab_status NoCuda() {
   return gstab::capi::Report(
       absl::UnimplementedError("this libgstab was built without CUDA; rebuild it where nvcc "
-                               "exists to register CUDA gradients"));
+                               "exists (GSTAB_CUDA=AUTO or ON) to register CUDA gradients"));
 }
 }  // namespace
 

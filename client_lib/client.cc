@@ -1,6 +1,8 @@
 #include "client_lib/client.h"
 
+#include <grp.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +23,21 @@ namespace {
 uint64_t NextClientId() {
   static std::atomic<uint64_t> next{1};
   return next.fetch_add(1);
+}
+
+// What a process refused gstabd's socket needs, naming the socket's group when it can be read.
+std::string SocketGroup(const std::string& socket_path) {
+  struct stat st;
+  if (::stat(socket_path.c_str(), &st) != 0) {
+    return "a folder on its path may not be searched by this process";
+  }
+  std::string group = absl::StrCat("gid ", st.st_gid);
+  if (const struct group* g = ::getgrgid(st.st_gid); g != nullptr) {
+    group = absl::StrCat("'", g->gr_name, "' (gid ", st.st_gid, ")");
+  }
+  return absl::StrCat("it is created mode 0660, so the worker needs its group ", group,
+                      " among its groups (Kubernetes: runAsGroup or supplementalGroups), or to "
+                      "run as its owner");
 }
 
 }  // namespace
@@ -106,11 +123,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   const absl::Time deadline = absl::Now() + timeout;
   if (!channel->WaitForConnected(absl::ToChronoTime(deadline))) {
     if (::access(socket_path.c_str(), R_OK | W_OK) != 0 && errno == EACCES) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "this process may not use gstabd's socket ", socket_path,
-          " (permission denied): it is created mode 0660, so the worker needs the socket's group "
-          "among its groups (Kubernetes: runAsGroup or supplementalGroups), or to run as its "
-          "owner"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("this process may not use gstabd's socket ", socket_path,
+                       " (permission denied): ", SocketGroup(socket_path)));
     }
     return absl::UnavailableError(absl::StrCat(
         "no gstabd answers on ", socket_path,

@@ -55,7 +55,8 @@ struct AttachOptions {
 class Client {
  public:
   // Connects to gstabd's unix socket and waits up to `timeout` for it to be ready.
-  // UNAVAILABLE, naming the socket, when no daemon answers.
+  // UNAVAILABLE, naming the socket, when no daemon answers; PERMISSION_DENIED, naming the
+  // socket's group, when this process may not use the socket.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const std::string& socket_path, absl::Duration timeout = absl::Seconds(10));
   ~Client();

@@ -1,6 +1,11 @@
-# Decides whether the CUDA backend is built. AUTO builds it wherever nvcc and NCCL are found, so
-# build machines without a GPU still compile every .cu file; OFF builds the CPU backend alone.
+# Decides what of CUDA is built. AUTO builds the CUDA kernels and the client's CUDA gradients
+# wherever nvcc is found, and gstabd's CUDA backend where NCCL is found too, so build machines
+# without a GPU still compile every .cu file; ON requires both; OFF builds the CPU backend alone.
+#   GSTAB_HAVE_CUDA: nvcc (kernels/cuda, the client's CudaGradients)
+#   GSTAB_HAVE_CUDA_BACKEND: nvcc and NCCL (gstabd's CUDA backend, server/cuda)
+string(TOUPPER "${GSTAB_CUDA}" GSTAB_CUDA)
 set(GSTAB_HAVE_CUDA OFF)
+set(GSTAB_HAVE_CUDA_BACKEND OFF)
 if(NOT GSTAB_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
     set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
@@ -13,20 +18,23 @@ if(NOT GSTAB_CUDA STREQUAL "OFF")
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
-    # The cross-node stage of the CUDA pipeline is NCCL's.
+    set(GSTAB_HAVE_CUDA ON)
+    # The cross-node stage of gstabd's CUDA pipeline is NCCL's.
     find_library(GSTAB_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
     find_path(GSTAB_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
     if(GSTAB_NCCL_LIBRARY AND GSTAB_NCCL_INCLUDE_DIR)
-      set(GSTAB_HAVE_CUDA ON)
+      set(GSTAB_HAVE_CUDA_BACKEND ON)
     elseif(GSTAB_CUDA STREQUAL "ON")
-      message(FATAL_ERROR "GSTAB_CUDA=ON needs NCCL (libnccl and nccl.h, for example Debian's "
+      message(FATAL_ERROR "GSTAB_CUDA=ON needs NCCL (libnccl and nccl.h, for example "
                           "libnccl-dev from NVIDIA's repository), which was not found")
     else()
-      message(WARNING "nvcc found but not NCCL (libnccl and nccl.h): building the CPU backend "
-                      "only. Install NCCL (libnccl-dev) for the CUDA backend")
+      message(WARNING "nvcc found but not NCCL (libnccl and nccl.h): gstabd builds without its "
+                      "CUDA backend (the client library still registers CUDA gradients). "
+                      "Install NCCL (libnccl-dev) for gstabd's CUDA backend")
     endif()
   elseif(GSTAB_CUDA STREQUAL "ON")
     message(FATAL_ERROR "GSTAB_CUDA=ON but no CUDA compiler was found")
   endif()
 endif()
-message(STATUS "gstab CUDA backend: ${GSTAB_HAVE_CUDA}")
+message(STATUS "gstab CUDA: kernels and client ${GSTAB_HAVE_CUDA}, gstabd backend "
+               "${GSTAB_HAVE_CUDA_BACKEND}")

@@ -67,7 +67,9 @@ class GpuPipeline {
   virtual std::optional<GpuSnapshot> Snapshot() = 0;
   // Waits for the GPU and returns / replaces the statistics.
   virtual absl::StatusOr<std::vector<GroupStats>> Statistics() = 0;
-  virtual absl::Status SetStatistics(const std::vector<GroupStats>& stats) = 0;
+  // SetStatistics also makes them the snapshot, labelled `step` (the step the job is at), until
+  // a step enqueued after it finishes: the steps before are older than the statistics.
+  virtual absl::Status SetStatistics(const std::vector<GroupStats>& stats, uint64_t step) = 0;
   // The worker-readable results buffer (StepResultsHeader, then a StepOutcome per group),
   // written before `done` every step: its interprocess handle and size.
   virtual std::string ResultsHandle() const = 0;

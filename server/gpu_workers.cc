@@ -177,9 +177,9 @@ std::optional<uint64_t> GpuWorkers::LastStep(uint32_t local_rank) const {
   return it == slots_.end() ? std::nullopt : it->second.last_step;
 }
 
-absl::Status GpuWorkers::SetStatistics(const std::vector<GroupStats>& stats) {
+absl::Status GpuWorkers::SetStatistics(const std::vector<GroupStats>& stats, uint64_t step) {
   for (auto& [rank, w] : slots_) {
-    if (absl::Status s = w.pipeline->SetStatistics(stats); !s.ok()) return s;
+    if (absl::Status s = w.pipeline->SetStatistics(stats, step); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -80,7 +80,7 @@ class GpuWorkers {
   absl::StatusOr<uint32_t> LocalGroupCount() const;
   // The newest step local_rank enqueued, if any.
   std::optional<uint64_t> LastStep(uint32_t local_rank) const;
-  absl::Status SetStatistics(const std::vector<GroupStats>& stats);
+  absl::Status SetStatistics(const std::vector<GroupStats>& stats, uint64_t step);
 
  private:
   // Whether every pipeline got idle within `wait`.

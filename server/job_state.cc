@@ -274,7 +274,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
     for (const v1::GroupState& g : state.groups()) {
       imported[group_index_.at(g.name())] = imported_group(g);
     }
-    if (absl::Status s = gpus_.SetStatistics(imported); !s.ok()) return s;
+    if (absl::Status s = gpus_.SetStatistics(imported, state.last_step()); !s.ok()) return s;
     stats_ = std::move(imported);
   } else {
     AlignStatistics();  // stats_params_ is params_ from here

@@ -28,7 +28,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
     }
     if (err == EACCES) {
       return absl::PermissionDeniedError(absl::StrCat(
-          what, " (a worker creates its shared memory mode 0600: gstabd runs as root with "
+          what, " (a worker creates its shared memory mode 0600: gstabd must run as root with "
                 "CAP_DAC_OVERRIDE, as the Helm chart has it, or as the workers' own user)"));
     }
     if (err == EMFILE || err == ENFILE) {

@@ -238,12 +238,11 @@ class Client:
         create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
         of this in from torch.distributed. Attaching again ends the earlier session, and gstabd
         lets go of its registration: register again (a new gstab.torch.Stabilizer)."""
-        self._attached = None
-        self.registration = None
         arguments = dict(job=job, rank=rank, world_size=world_size, local_rank=local_rank,
                          local_world_size=local_world_size, policy=policy, config=config,
                          node_rank=node_rank, node_count=node_count, rendezvous=rendezvous)
-        self._attach(**arguments)
+        self._attach(**arguments)  # on failure, the earlier session (if any) goes on
+        self.registration = None
         self._attached = arguments
 
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,

@@ -52,7 +52,7 @@ class CudaStepper final : public GpuPipeline {
   std::optional<GpuSnapshot> Snapshot() override;
   // Waits for the stream and copies the statistics back (checkpoints, export) or replaces them.
   absl::StatusOr<std::vector<GroupStats>> Statistics() override;
-  absl::Status SetStatistics(const std::vector<GroupStats>& stats) override;
+  absl::Status SetStatistics(const std::vector<GroupStats>& stats, uint64_t step) override;
   std::string ResultsHandle() const override { return results_handle_; }
   uint64_t ResultsBytes() const override { return results_bytes_; }
   uint64_t ReadyOffset() const override { return ready_offset_; }
@@ -116,6 +116,10 @@ class CudaStepper final : public GpuPipeline {
   uint32_t sequence_ = 0;
   std::pair<uint32_t, uint64_t> recent_[16] ABSL_GUARDED_BY(mu_) = {};
   uint64_t enqueued_ ABSL_GUARDED_BY(mu_) = 0;  // the newest is in slots_[(enqueued_ - 1) % 2]
+  // Statistics SetStatistics wrote when enqueued_ was set_at_: the snapshot until a step
+  // enqueued since finishes.
+  std::optional<GpuSnapshot> set_ ABSL_GUARDED_BY(mu_);
+  uint64_t set_at_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
 

@@ -119,15 +119,16 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
 std::optional<GpuSnapshot> CudaStepper::Snapshot() {
   absl::MutexLock lock(&mu_);
   for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+    if (set_.has_value() && enqueued_ - back < set_at_) break;  // older than set_
     const Slot& slot = slots_[(enqueued_ - back) % 2];
     if (cudaEventQuery(slot.finished) != cudaSuccess) continue;
     return GpuSnapshot{slot.step,
                        std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups())};
   }
-  return std::nullopt;
+  return set_;
 }
 
-absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {
+absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats, uint64_t step) {
   if (stats.size() != table_.num_groups()) {
     return absl::InvalidArgumentError(
         absl::StrCat(stats.size(), " statistics for ", table_.num_groups(), " groups"));
@@ -143,7 +144,14 @@ absl::Status CudaStepper::SetStatistics(const std::vector<GroupStats>& stats) {
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_stats_, h_stage_, stats.size() * sizeof(GroupStats),
                                          cudaMemcpyHostToDevice, stream_));
   }
-  return WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
+  if (absl::Status s = WaitStream(absl::Now() + spec_.nccl.timeout, "replacing the statistics");
+      !s.ok()) {
+    return s;
+  }
+  absl::MutexLock lock(&mu_);
+  set_ = GpuSnapshot{step, stats};
+  set_at_ = enqueued_;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<GroupStats>> CudaStepper::Statistics() {

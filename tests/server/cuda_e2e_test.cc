@@ -304,6 +304,7 @@ TEST_F(CudaE2eTest, AnImportWaitsForTheStepHeldOnTheGpuThenApplies) {
   EXPECT_EQ(worker->Wait(absl::Seconds(30)).value_or(-1), 0);
   absl::StatusOr<v1::GetStatsResponse> stats = (*tool)->GetStats();
   ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_EQ(stats->groups_size(), 1);
   EXPECT_EQ(stats->last_step(), 50u);
   for (const v1::GroupStats& g : stats->groups()) EXPECT_EQ(g.accepted_steps(), 77u) << g.group();
 }

@@ -93,6 +93,7 @@ class LaggingPipeline final : public GpuPipeline {
       scales.push_back(static_cast<float>(r.outcomes.back().scale));
     }
     (void)CpuScaleGroups(table_, scales, nullptr);
+    r.stats = stats_;
     queue_.push_back(std::move(r));
     snapshots_.push_back(GpuSnapshot{step, stats_});
     return absl::OkStatus();
@@ -103,9 +104,8 @@ class LaggingPipeline final : public GpuPipeline {
            (gpu_ == nullptr || !gpu_->hold_results)) {  // the newest step is "still running"
       done.push_back(queue_.front());
       queue_.pop_front();
-      snapshot_ = snapshots_.front();
+      if (snapshots_.front().has_value()) snapshot_ = snapshots_.front();
       snapshots_.pop_front();
-      done.back().stats = snapshot_->stats;
     }
     return done;
   }
@@ -114,11 +114,13 @@ class LaggingPipeline final : public GpuPipeline {
     EXPECT_TRUE(Idle()) << "waited for a GPU that is busy";
     return stats_;
   }
-  absl::Status SetStatistics(const std::vector<GroupStats>& stats) override {
+  absl::Status SetStatistics(const std::vector<GroupStats>& stats, uint64_t step) override {
     if (!Idle()) {  // as CudaStepper, once its wait for the stream runs out
       return absl::DeadlineExceededError("replacing the statistics did not complete in time");
     }
     stats_ = stats;
+    snapshot_ = GpuSnapshot{step, stats};
+    for (std::optional<GpuSnapshot>& queued : snapshots_) queued.reset();  // older than these
     return absl::OkStatus();
   }
   std::string ResultsHandle() const override { return std::string(64, 'R'); }
@@ -149,7 +151,8 @@ class LaggingPipeline final : public GpuPipeline {
   ChunkTable table_;
   std::vector<GroupStats> stats_;
   std::deque<GpuStepResult> queue_;
-  std::deque<GpuSnapshot> snapshots_;    // the statistics after each queued step
+  // The statistics after each queued step (none for one older than SetStatistics's).
+  std::deque<std::optional<GpuSnapshot>> snapshots_;
   std::optional<GpuSnapshot> snapshot_;  // after the newest "finished" step
   int* live_;
   const uint32_t extra_flags_;

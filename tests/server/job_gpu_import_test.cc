@@ -88,5 +88,35 @@ TEST(JobGpuImportTest, AnImportWhoseWaitRunsOutChangesNothingAndStepsGoOn) {
   EXPECT_EQ(one.job.ExportState().groups(0).t(), 2u);
 }
 
+// What GetStats and checkpoints read while a step runs on the GPU is the newest finished step's
+// copy: after an import, the imported statistics, until a step enqueued since finishes.
+TEST(JobGpuImportTest, ReadsAfterAnImportGiveTheImportedStateUntilALaterStepFinishes) {
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  v1::StepResponse response;
+  for (uint64_t step = 1; step <= 3; ++step) {
+    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+  }
+  v1::JobState state = one.job.ExportState();
+  state.mutable_groups(0)->set_t(77);
+  state.set_last_step(50);
+  ASSERT_TRUE(one.job.ImportState(state, false).ok());
+  v1::GetStatsResponse stats;
+  one.job.GetStats(&stats);
+  EXPECT_EQ(stats.groups(0).accepted_steps(), 77u);
+  EXPECT_EQ(stats.last_step(), 50u);
+
+  // Step 51 runs: a checkpoint meanwhile is the imported state, not a step before it.
+  ASSERT_TRUE(one.job.Step(0, 51, absl::Seconds(1), &response, kReady).ok());
+  one.gpu.busy = true;
+  v1::JobState during = one.job.ExportState();
+  EXPECT_EQ(during.groups(0).t(), 77u);
+  EXPECT_EQ(during.last_step(), 50u);
+  one.gpu.busy = false;
+  v1::JobState after = one.job.ExportState();
+  EXPECT_EQ(after.groups(0).t(), 78u);
+  EXPECT_EQ(after.last_step(), 51u);
+}
+
 }  // namespace
 }  // namespace gstab
