@@ -10,16 +10,23 @@
 namespace gstab {
 namespace {
 
-TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImport) {
-  OneGpuJob one;
-  ASSERT_TRUE(one.registered.ok()) << one.registered;
+// Steps 1 to 3 of `one`'s job, then its state edited to import: 77 accepted steps, at step 50.
+void StepThenEditState(OneGpuJob* one, v1::JobState* state) {
+  ASSERT_TRUE(one->registered.ok()) << one->registered;
   v1::StepResponse response;
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+    ASSERT_TRUE(one->job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
   }
-  v1::JobState state = one.job.ExportState();
-  state.mutable_groups(0)->set_t(77);
-  state.set_last_step(50);
+  *state = one->job.ExportState();
+  state->mutable_groups(0)->set_t(77);
+  state->set_last_step(50);
+}
+
+TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImport) {
+  OneGpuJob one;
+  v1::JobState state;
+  ASSERT_NO_FATAL_FAILURE(StepThenEditState(&one, &state));
+  v1::StepResponse response;
 
   // Step 3 is still queued (held at its worker's ready word, say): the import waits for it.
   one.gpu.busy = true;
@@ -92,14 +99,9 @@ TEST(JobGpuImportTest, AnImportWhoseWaitRunsOutChangesNothingAndStepsGoOn) {
 // copy: after an import, the imported statistics, until a step enqueued since finishes.
 TEST(JobGpuImportTest, ReadsAfterAnImportGiveTheImportedStateUntilALaterStepFinishes) {
   OneGpuJob one;
-  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  v1::JobState state;
+  ASSERT_NO_FATAL_FAILURE(StepThenEditState(&one, &state));
   v1::StepResponse response;
-  for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
-  }
-  v1::JobState state = one.job.ExportState();
-  state.mutable_groups(0)->set_t(77);
-  state.set_last_step(50);
   ASSERT_TRUE(one.job.ImportState(state, false).ok());
   v1::GetStatsResponse stats;
   one.job.GetStats(&stats);
