@@ -26,7 +26,8 @@ TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImp
   OneGpuJob one;
   v1::JobState state;
   ASSERT_NO_FATAL_FAILURE(StepThenEditState(&one, &state));
-   // Step 3 is still queued (held at its worker's ready word, say): the import waits for it.
+
+  // Step 3 is still queued (held at its worker's ready word, say): the import waits for it.
   one.gpu.busy = true;
   const int checks_before = one.gpu.idle_checks.load();
   std::atomic<bool> imported{false};
