@@ -2,6 +2,7 @@
 
 #include <grp.h>
 #include <grpcpp/grpcpp.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -119,14 +120,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // At once rather than after `timeout`: with this process's effective ids and capabilities.
+  if (::faccessat(AT_FDCWD, socket_path.c_str(), R_OK | W_OK, AT_EACCESS) != 0 && errno == EACCES) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("this process may not use gstabd's socket ", socket_path,
+                     " (permission denied): ", SocketGroup(socket_path)));
+  }
   auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   const absl::Time deadline = absl::Now() + timeout;
   if (!channel->WaitForConnected(absl::ToChronoTime(deadline))) {
-    if (::access(socket_path.c_str(), R_OK | W_OK) != 0 && errno == EACCES) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("this process may not use gstabd's socket ", socket_path,
-                       " (permission denied): ", SocketGroup(socket_path)));
-    }
     return absl::UnavailableError(absl::StrCat(
         "no gstabd answers on ", socket_path,
         ": is the daemon running, and is the socket path right? (A gstabd whose --allow_uids "
