@@ -160,15 +160,15 @@ absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
       break;
     }
     if (absl::Now() >= deadline) {
-      const std::string what =
-          round ? absl::StrCat("step ", round_step_, " of job '", name_, "' was still in progress")
-                : absl::StrCat("a step of job '", name_, "' was still queued on its GPU");
-      status = absl::FailedPreconditionError(absl::StrCat(
-          what, " after ", absl::FormatDuration(wait),
-          round ? " (its local workers arriving, or its nodes stepping together): import between "
-                  "steps"
-                : " (held at its worker's ready word, or running): import between steps, or "
-                  "before the workers register their CUDA buffers"));
+      const std::string after = absl::StrCat(" after ", absl::FormatDuration(wait));
+      status = absl::FailedPreconditionError(
+          round ? absl::StrCat("step ", round_step_, " of job '", name_, "' was still in progress",
+                               after,
+                               " (its local workers arriving, or its nodes stepping together): "
+                               "import between steps")
+                : absl::StrCat("a step of job '", name_, "' was still queued on its GPU", after,
+                               " (held at its worker's ready word, or running): import between "
+                               "steps, or before the workers register their CUDA buffers"));
       break;
     }
     if (!holding) {
