@@ -28,6 +28,9 @@ class Collective {
   virtual absl::Status AllReduceMax(absl::Span<double> values, absl::Duration timeout) = 0;
   // Replaces `bytes` (same size on every node) with node 0's.
   virtual absl::Status Broadcast(absl::Span<char> bytes, absl::Duration timeout) = 0;
+  // Every node's `mine` (same size on every node), in node order: `all` holds size() of them.
+  virtual absl::Status AllGather(absl::Span<const char> mine, absl::Span<char> all,
+                                 absl::Duration timeout) = 0;
   // After a failure at `step`: the nodes that did not report within `timeout` (best effort,
   // through the rendezvous store).
   virtual std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) = 0;

@@ -1,9 +1,11 @@
 #include "server/cross_node.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <type_traits>
 
+#include "absl/base/casts.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -82,62 +84,68 @@ uint64_t ConfigHash(const RuleParams& params) {
 
 namespace {
 
-// The step check's doubles: (x, -x) for the step, the layout's and the configuration's halves
-// and the group count; a node wants node 0's statistics; a node refuses the step.
-constexpr size_t kCheckSize = 14;
+// The record every node contributes to a step's all-gather, in 64-bit words: the step, the
+// layout's and the configuration's fingerprints, the group count and the flags, then, for a job
+// of at most kGatheredGroups groups, what the node adds to each group's sum of squares and its
+// non-finite flags, as doubles. A larger job sums those in a second collective.
+constexpr size_t kGatheredGroups = 32;
+enum RecordWord : size_t { kStep, kLayout, kConfig, kGroups, kFlags, kSums };
+constexpr size_t kNonFinite = kSums + kGatheredGroups;
+constexpr size_t kRecordWords = kNonFinite + kGatheredGroups;
+constexpr uint64_t kWantsStatistics = 1;  // kFlags: the node is to take node 0's statistics
+constexpr uint64_t kRefuses = 2;          // kFlags: the node refuses the step
+
+// The nodes' records, as every node received them (the same words on every node).
+class Records {
+ public:
+  explicit Records(uint32_t nodes) : words_(nodes * kRecordWords) {}
+  absl::Span<char> bytes() {
+    return absl::MakeSpan(reinterpret_cast<char*>(words_.data()), words_.size() * sizeof(uint64_t));
+  }
+  uint32_t nodes() const { return static_cast<uint32_t>(words_.size() / kRecordWords); }
+  uint64_t at(uint32_t node, size_t word) const { return words_[node * kRecordWords + word]; }
+  double value(uint32_t node, size_t word) const { return absl::bit_cast<double>(at(node, word)); }
+  bool any(uint64_t flag) const {
+    for (uint32_t r = 0; r < nodes(); ++r) {
+      if ((at(r, kFlags) & flag) != 0) return true;
+    }
+    return false;
+  }
+  // Whether some node's `word` differs from node 0's.
+  bool differ(size_t word) const {
+    for (uint32_t r = 1; r < nodes(); ++r) {
+      if (at(r, word) != at(0, word)) return true;
+    }
+    return false;
+  }
+  uint64_t min(size_t word) const { return Extreme(word, true); }
+  uint64_t max(size_t word) const { return Extreme(word, false); }
+
+ private:
+  uint64_t Extreme(size_t word, bool lowest) const {
+    uint64_t x = at(0, word);
+    for (uint32_t r = 1; r < nodes(); ++r) {
+      x = lowest ? std::min(x, at(r, word)) : std::max(x, at(r, word));
+    }
+    return x;
+  }
+  std::vector<uint64_t> words_;
+};
 
 }  // namespace
 
 std::string PeerRecordLayout() {
-  return absl::StrCat("check ", kCheckSize, ", rule ", sizeof(RuleParams), ", statistics ",
-                      sizeof(GroupStats));
+  return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups, " groups), rule ",
+                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats));
 }
 
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
                                const StepCheck& mine, absl::Duration timeout, NodePartials* p,
                                StepAgreement* agreement) {
   const size_t groups = p->sums.size();
-  // Check: max of (x, -x) gives every node the same max and min, so all detect a mismatch.
-  auto high = [](uint64_t h) { return static_cast<double>(h >> 32); };
-  auto low = [](uint64_t h) { return static_cast<double>(h & 0xffffffffu); };
-  const double s = static_cast<double>(step);
-  const double n = static_cast<double>(groups);
-  const double hi = high(mine.layout_hash), lo = low(mine.layout_hash);
-  const double chi = high(mine.config_hash), clo = low(mine.config_hash);
-  // [0..11]: (x, -x) for the step, the layout's and the configuration's halves and the group
-  // count; [12]: a node wants node 0's statistics; [13]: a node refuses the step.
-  std::array<double, kCheckSize> check;  // its size is what PeerRecordLayout says
-  size_t at = 0;
-  for (double x : {s, hi, lo, n, chi, clo}) {
-    check[at++] = x;
-    check[at++] = -x;
-  }
-  check[at++] = mine.want_statistics ? 1.0 : 0.0;
-  check[at] = mine.refused ? 1.0 : 0.0;
-  if (absl::Status st = c->AllReduceMax(absl::MakeSpan(check), timeout); !st.ok()) {
-    return NameMissing(c, job, step, st);
-  }
-  if (check[13] > 0) {
-    return absl::AbortedError(
-        absl::StrCat("step ", step, " of job '", job, "' was refused on ",
-                     mine.refused ? "this node" : "another node (its workers were told why)",
-                     "; no node changed anything, and the next step can go on"));
-  }
-  if (check[0] != -check[1]) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("step numbers differ across the nodes of job '", job, "': this node (",
-                     c->rank(), ") is at step ", step, ", the nodes range from ", -check[1], " to ",
-                     check[0], "; nothing was summed"));
-  }
-  if (check[2] != -check[3] || check[4] != -check[5] || check[6] != -check[7]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "norm-group layouts differ across the nodes of job '", job, "' (this node has ", groups,
-        " groups, others between ", -check[7], " and ", check[6],
-        " or other names); every node must register the same groups; nothing was summed"));
-  }
-  agreement->configs_differ = check[8] != -check[9] || check[10] != -check[11];
-  // Node 0's statistics go with its configuration (they are expressed for its betas).
-  agreement->sync_statistics = check[12] > 0 || agreement->configs_differ;
+  const bool gathered = groups <= kGatheredGroups;  // the sums travel in the records
+  // What this node adds to each group's sum (nothing for a group it keeps or only takes), and
+  // its non-finite flags.
   std::vector<uint8_t> modes(groups);
   std::vector<double> data(2 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {
@@ -145,7 +153,53 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     if (modes[g] == kAddAndTake) data[g] = p->sums[g];
     data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
   }
-  if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
+  std::array<uint64_t, kRecordWords> record{};
+  record[kStep] = step;
+  record[kLayout] = mine.layout_hash;
+  record[kConfig] = mine.config_hash;
+  record[kGroups] = groups;
+  record[kFlags] = (mine.want_statistics ? kWantsStatistics : 0) | (mine.refused ? kRefuses : 0);
+  for (size_t g = 0; gathered && g < groups; ++g) {
+    record[kSums + g] = absl::bit_cast<uint64_t>(data[g]);
+    record[kNonFinite + g] = absl::bit_cast<uint64_t>(data[groups + g]);
+  }
+  Records all(c->size());
+  absl::Span<const char> bytes(reinterpret_cast<const char*>(record.data()), sizeof(record));
+  if (absl::Status st = c->AllGather(bytes, all.bytes(), timeout); !st.ok()) {
+    return NameMissing(c, job, step, st);
+  }
+  // Every node reads the same records, so every node comes to the same verdict.
+  if (all.any(kRefuses)) {
+    return absl::AbortedError(
+        absl::StrCat("step ", step, " of job '", job, "' was refused on ",
+                     mine.refused ? "this node" : "another node (its workers were told why)",
+                     "; no node changed anything, and the next step can go on"));
+  }
+  if (all.differ(kStep)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step numbers differ across the nodes of job '", job, "': this node (",
+                     c->rank(), ") is at step ", step, ", the nodes range from ", all.min(kStep),
+                     " to ", all.max(kStep), "; nothing was summed"));
+  }
+  if (all.differ(kLayout) || all.differ(kGroups)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "norm-group layouts differ across the nodes of job '", job, "' (this node has ", groups,
+        " groups, the nodes between ", all.min(kGroups), " and ", all.max(kGroups),
+        " or other names); every node must register the same groups; nothing was summed"));
+  }
+  agreement->configs_differ = all.differ(kConfig);
+  // Node 0's statistics go with its configuration (they are expressed for its betas).
+  agreement->sync_statistics = all.any(kWantsStatistics) || agreement->configs_differ;
+  if (gathered) {
+    for (size_t g = 0; g < groups; ++g) {  // in node order: the same bits on every node
+      data[g] = 0.0;
+      data[groups + g] = 0.0;
+      for (uint32_t r = 0; r < all.nodes(); ++r) {
+        data[g] += all.value(r, kSums + g);
+        data[groups + g] = std::max(data[groups + g], all.value(r, kNonFinite + g));
+      }
+    }
+  } else if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
   }
   for (size_t g = 0; g < groups; ++g) {

@@ -1,8 +1,10 @@
 // The cross-node stage of a step (docs/multinode.md): after this node has combined its local
-// workers' partial sums, they are reduced across the job's nodes. Two fixed-order collectives:
-// a max-reduce that checks every node is at the same step with the same group layout (and
-// finds whether the nodes' configurations differ, or one wants node 0's statistics), then one
-// sum of [group sums | non-finite flags]. Replicated groups keep their local sums; non-finite
+// workers' partial sums, they are reduced across the job's nodes. One all-gather of every
+// node's record: its step, group layout, configuration and flags, checked alike on every node
+// (the same step, the same groups; whether the configurations differ, or a node wants node 0's
+// statistics), and, for a job of up to 32 groups, its group sums and non-finite flags, added in
+// node order. A larger job sums [group sums | non-finite flags] in a second collective, an
+// all-reduce, once the check has passed. Replicated groups keep their local sums; non-finite
 // flags are combined for every group, so all nodes skip together or none does. A multi-node
 // job's configuration and statistics are node 0's: when they differ, every node takes node
 // 0's (BroadcastParams, SyncStatistics) before the rule runs, so all nodes apply one rule.

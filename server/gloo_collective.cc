@@ -1,5 +1,6 @@
 #include "server/gloo_collective.h"
 
+#include <gloo/allgather.h>
 #include <gloo/allreduce.h>
 #include <gloo/broadcast.h>
 #include <gloo/math.h>
@@ -167,6 +168,25 @@ absl::Status GlooCollective::Broadcast(absl::Span<char> bytes, absl::Duration ti
     gloo::broadcast(opts);
   } catch (const std::exception& e) {
     return Broken("cross-node broadcast failed", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GlooCollective::AllGather(absl::Span<const char> mine, absl::Span<char> all,
+                                       absl::Duration timeout) {
+  if (all.size() != mine.size() * size_) {
+    return absl::InternalError(absl::StrCat("all-gather of ", mine.size(), " bytes from ", size_,
+                                            " nodes into ", all.size(), " bytes"));
+  }
+  if (absl::Status s = Connect(timeout); !s.ok()) return s;
+  try {
+    gloo::AllgatherOptions opts(context_);
+    opts.setInput(const_cast<char*>(mine.data()), mine.size());  // Gloo only reads it
+    opts.setOutput(all.data(), all.size());
+    opts.setTimeout(Ms(timeout));
+    gloo::allgather(opts);
+  } catch (const std::exception& e) {
+    return Broken("cross-node all-gather failed", e);
   }
   return absl::OkStatus();
 }

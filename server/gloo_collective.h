@@ -30,6 +30,8 @@ class GlooCollective final : public Collective {
   absl::Status AllReduceSum(absl::Span<double> values, absl::Duration timeout) override;
   absl::Status AllReduceMax(absl::Span<double> values, absl::Duration timeout) override;
   absl::Status Broadcast(absl::Span<char> bytes, absl::Duration timeout) override;
+  absl::Status AllGather(absl::Span<const char> mine, absl::Span<char> all,
+                         absl::Duration timeout) override;
   std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) override;
 
  private:
