@@ -1,8 +1,8 @@
 #include "client_lib/client.h"
 
+#include <fcntl.h>
 #include <grp.h>
 #include <grpcpp/grpcpp.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "client_lib/transport.h"
 #include "common/wire_limits.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -112,25 +113,41 @@ void Client::Reconnect() {
   channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path,
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
-  const std::string target = absl::StrCat("unix:", socket_path);
+  const bool tcp = IsTcpAddress(address);
+  const std::string target = tcp ? address : absl::StrCat("unix:", address);
   // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
   // default 4 MiB.
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
-  // At once rather than after `timeout`: with this process's effective ids and capabilities.
-  if (::faccessat(AT_FDCWD, socket_path.c_str(), R_OK | W_OK, AT_EACCESS) != 0 && errno == EACCES) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (tcp) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
+        TlsFromEnvironment(address, &args);
+    if (!tls.ok()) return tls.status();
+    credentials = *std::move(tls);
+  } else if (::faccessat(AT_FDCWD, address.c_str(), R_OK | W_OK, AT_EACCESS) != 0 &&
+             errno == EACCES) {
+    // At once rather than after `timeout`: with this process's effective ids and capabilities.
     return absl::PermissionDeniedError(
-        absl::StrCat("this process may not use gstabd's socket ", socket_path,
-                     " (permission denied): ", SocketGroup(socket_path)));
+        absl::StrCat("this process may not use gstabd's socket ", address,
+                     " (permission denied): ", SocketGroup(address)));
   }
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(target, credentials, args);
   const absl::Time deadline = absl::Now() + timeout;
   if (!channel->WaitForConnected(absl::ToChronoTime(deadline))) {
+    if (tcp) {
+      return absl::UnavailableError(absl::StrCat(
+          "no gstabd answers on ", address,
+          " over mutual TLS: does a gstabd listen there (--listen)? Its certificate must be "
+          "signed by GSTAB_TLS_CA and name the host dialled (or GSTAB_TLS_NAME), and this "
+          "client's (GSTAB_TLS_CERT) by the CA of gstabd's --tls_client_ca; gstabd refuses "
+          "other certificates and clients without one"));
+    }
     return absl::UnavailableError(absl::StrCat(
-        "no gstabd answers on ", socket_path,
+        "no gstabd answers on ", address,
         ": is the daemon running, and is the socket path right? (A gstabd whose --allow_uids "
         "or --allow_gids leave this process out closes its connections, and logs so)"));
   }

@@ -54,11 +54,13 @@ struct AttachOptions {
 
 class Client {
  public:
-  // Connects to gstabd's unix socket and waits up to `timeout` for it to be ready.
-  // UNAVAILABLE, naming the socket, when no daemon answers; PERMISSION_DENIED, naming the
-  // socket's group, when this process may not use the socket.
+  // Connects to gstabd at `address`, its unix socket's path or its TCP port's HOST:PORT (mutual
+  // TLS from the environment: client_lib/transport.h), and waits up to `timeout` for it to be
+  // ready. UNAVAILABLE, naming the address, when no daemon answers; PERMISSION_DENIED, naming
+  // the socket's group, when this process may not use the socket; INVALID_ARGUMENT when TLS
+  // files are missing.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
-      const std::string& socket_path, absl::Duration timeout = absl::Seconds(10));
+      const std::string& address, absl::Duration timeout = absl::Seconds(10));
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

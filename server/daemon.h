@@ -48,7 +48,7 @@ struct DaemonOptions {
   std::string peer_host;
   // Mutual TLS between daemons for the rendezvous store (PEM contents; empty: plain TCP,
   // which gstabd allows on loopback only).
-  PeerTls peer_tls;
+  MutualTls peer_tls;
   // Run cuda_ipc registrations on the CUDA pipeline (needs a CUDA build and a GPU).
   bool cuda = false;
   // Run the cross-node stage through NCCL for jobs of one rank too (see GpuJobSpec).

@@ -23,11 +23,11 @@ namespace {
 // take `call_timeout` (the caller's deadline: Gloo's default is 30 s, whatever the step's).
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
-  GrpcStore(const std::string& address, std::string token, const PeerTls& tls,
+  GrpcStore(const std::string& address, std::string token, const MutualTls& tls,
             std::chrono::milliseconds call_timeout)
       : token_(std::move(token)), call_timeout_(call_timeout) {
     grpc::ChannelArguments args;
-    std::shared_ptr<grpc::ChannelCredentials> credentials = PeerChannelCredentials(tls, &args);
+    std::shared_ptr<grpc::ChannelCredentials> credentials = MutualTlsChannelCredentials(tls, &args);
     stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
   }
 
@@ -88,7 +88,7 @@ std::chrono::milliseconds Ms(absl::Duration d) {
 }  // namespace
 
 GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,
-                               std::string bind_host, PeerTls tls)
+                               std::string bind_host, MutualTls tls)
     : rendezvous_(rendezvous),
       rank_(rank),
       size_(rendezvous.node_count()),

@@ -22,7 +22,7 @@ class GlooCollective final : public Collective {
   // `bind_host`: the address this node's Gloo device listens on (reachable by the others).
   // `tls`: how to reach the rendezvous store (disabled: plain TCP).
   GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank, std::string bind_host,
-                 PeerTls tls = {});
+                 MutualTls tls = {});
   ~GlooCollective() override;
 
   uint32_t rank() const override { return rank_; }
@@ -44,7 +44,7 @@ class GlooCollective final : public Collective {
   const uint32_t rank_;
   const uint32_t size_;
   const std::string bind_host_;
-  const PeerTls tls_;
+  const MutualTls tls_;
   std::shared_ptr<gloo::Context> context_;
   std::string broken_;  // why the communicator failed, empty while healthy
 };

@@ -23,9 +23,13 @@
 #endif
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "unix socket to serve on (mode 0660)");
-ABSL_FLAG(std::string, listen, "", "optional TCP host:port to serve on (requires TLS)");
-ABSL_FLAG(std::string, tls_cert, "", "PEM certificate for --listen");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key for --listen");
+ABSL_FLAG(std::string, listen, "",
+          "optional TCP host:port to serve on (port 0 picks one, logged); requires mutual TLS: "
+          "--tls_cert, --tls_key and --tls_client_ca");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of gstabd for --listen");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA file that signs the certificates of --listen's clients (each must show one)");
 ABSL_FLAG(std::string, state_dir, "/var/lib/gstab", "where job statistics are checkpointed");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware threads)");
@@ -171,6 +175,7 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.peer_listen = absl::GetFlag(FLAGS_peer_listen);

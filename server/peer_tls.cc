@@ -40,9 +40,9 @@ bool IsLoopbackHost(const std::string& host) {
   return inet_pton(AF_INET6, bare.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
-absl::StatusOr<PeerTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,
-                                    const std::string& cert_file, const std::string& key_file,
-                                    const std::string& server_name) {
+absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,
+                                      const std::string& cert_file, const std::string& key_file,
+                                      const std::string& server_name) {
   const int given = !ca_file.empty() + !cert_file.empty() + !key_file.empty();
   if (given == 0) {
     if (!peer_host.empty() && !IsLoopbackHost(peer_host)) {
@@ -51,25 +51,31 @@ absl::StatusOr<PeerTls> LoadPeerTls(const std::string& peer_host, const std::str
           " (not loopback) requires mutual TLS: give --peer_tls_ca, --peer_tls_cert and "
           "--peer_tls_key"));
     }
-    return PeerTls{};
+    return MutualTls{};
   }
   if (given != 3) {
     return absl::InvalidArgumentError(
         "--peer_tls_ca, --peer_tls_cert and --peer_tls_key go together: give all three");
   }
-  PeerTls tls;
-  tls.server_name = server_name;
-  for (auto [flag, path, out] : {std::make_tuple("peer_tls_ca", &ca_file, &tls.ca),
-                                 std::make_tuple("peer_tls_cert", &cert_file, &tls.cert),
-                                 std::make_tuple("peer_tls_key", &key_file, &tls.key)}) {
-    absl::StatusOr<std::string> pem = ReadPem(flag, *path);
+  absl::StatusOr<MutualTls> tls = ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"},
+                                                {ca_file, cert_file, key_file});
+  if (tls.ok()) tls->server_name = server_name;
+  return tls;
+}
+
+absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
+                                        const std::array<std::string, 3>& files) {
+  MutualTls tls;
+  std::string* pems[3] = {&tls.ca, &tls.cert, &tls.key};
+  for (size_t i = 0; i < 3; ++i) {
+    absl::StatusOr<std::string> pem = ReadPem(flags[i], files[i]);
     if (!pem.ok()) return pem.status();
-    *out = *std::move(pem);
+    *pems[i] = *std::move(pem);
   }
   return tls;
 }
 
-std::shared_ptr<grpc::ServerCredentials> PeerServerCredentials(const PeerTls& tls) {
+std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const MutualTls& tls) {
   if (!tls.enabled()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions options(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
@@ -78,8 +84,8 @@ std::shared_ptr<grpc::ServerCredentials> PeerServerCredentials(const PeerTls& tl
   return grpc::SslServerCredentials(options);
 }
 
-std::shared_ptr<grpc::ChannelCredentials> PeerChannelCredentials(const PeerTls& tls,
-                                                                 grpc::ChannelArguments* args) {
+std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(
+    const MutualTls& tls, grpc::ChannelArguments* args) {
   if (!tls.enabled()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions options;
   options.pem_root_certs = tls.ca;

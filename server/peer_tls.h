@@ -1,7 +1,9 @@
-// Mutual TLS between the gstabd processes of multi-node jobs (docs/daemon.md, Security: TCP
-// only with TLS): the rendezvous store each job's first daemon serves, and the clients of it.
+// Mutual TLS wherever gstabd serves TCP (docs/daemon.md, Security: TCP only with TLS): between
+// the gstabd processes of multi-node jobs (the rendezvous store each job's first daemon serves,
+// and the clients of it), and on --listen, whose clients show a certificate of their own.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 
@@ -15,9 +17,9 @@ class ChannelArguments;
 
 namespace gstab {
 
-struct PeerTls {
-  std::string ca;    // PEM: the CA that signs every node's certificate
-  std::string cert;  // PEM: this node's certificate chain and key
+struct MutualTls {
+  std::string ca;    // PEM: the CA that signs the other side's certificate
+  std::string cert;  // PEM: this side's certificate chain and key
   std::string key;
   std::string server_name;  // the name in peers' certificates (empty: the host dialled)
   bool enabled() const { return !cert.empty(); }
@@ -25,17 +27,22 @@ struct PeerTls {
 
 // Reads the PEM files (all three, or none for plain TCP) and checks that plain TCP is only
 // asked for on a loopback `peer_host`. INVALID_ARGUMENT naming the flag otherwise.
-absl::StatusOr<PeerTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,
-                                    const std::string& cert_file, const std::string& key_file,
-                                    const std::string& server_name);
+absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,
+                                      const std::string& cert_file, const std::string& key_file,
+                                      const std::string& server_name);
+
+// Reads the CA, certificate and key PEM files named by flags `flags[i]` (for errors) at
+// `files[i]`. INVALID_ARGUMENT naming the flag of a file that is not readable PEM.
+absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
+                                        const std::array<std::string, 3>& files);
 
 bool IsLoopbackHost(const std::string& host);
 
-// The store's listening credentials: TLS requiring a client certificate signed by the CA, or
-// plain TCP when `tls` is disabled.
-std::shared_ptr<grpc::ServerCredentials> PeerServerCredentials(const PeerTls& tls);
+// Listening credentials: TLS requiring a client certificate signed by the CA, or plain TCP
+// when `tls` is disabled.
+std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const MutualTls& tls);
 // The matching client side; sets the target-name override in `args` when asked.
-std::shared_ptr<grpc::ChannelCredentials> PeerChannelCredentials(const PeerTls& tls,
-                                                                 grpc::ChannelArguments* args);
+std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(const MutualTls& tls,
+                                                                      grpc::ChannelArguments* args);
 
 }  // namespace gstab

@@ -4,33 +4,32 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/wire_limits.h"
 #include "glog/logging.h"
+#include "server/peer_tls.h"
 
 namespace gstab {
-namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::FailedPreconditionError(absl::StrCat("cannot read '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
   if (options.socket_path.empty() && options.listen_address.empty()) {
     return absl::InvalidArgumentError("nothing to listen on: give a socket path or an address");
   }
-  if (!options.listen_address.empty() && (options.tls_cert.empty() || options.tls_key.empty())) {
-    return absl::InvalidArgumentError(
-        "TCP listening requires TLS: give --tls_cert and --tls_key with --listen");
+  MutualTls listen_tls;
+  if (!options.listen_address.empty()) {
+    // Its clients are not the socket's, whose credentials the allow-list checks: each shows a
+    // certificate of a CA gstabd trusts instead.
+    if (options.tls_cert.empty() || options.tls_key.empty() || options.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError(
+          "TCP listening requires mutual TLS: give --tls_cert and --tls_key (gstabd's) and "
+          "--tls_client_ca (the CA that signs its clients' certificates) with --listen");
+    }
+    absl::StatusOr<MutualTls> tls =
+        ReadMutualTls({"tls_client_ca", "tls_cert", "tls_key"},
+                      {options.tls_client_ca, options.tls_cert, options.tls_key});
+    if (!tls.ok()) return tls.status();
+    listen_tls = *std::move(tls);
   }
   ServerOptions resolved = options;
   if (!options.peer_listen.empty()) {
@@ -43,13 +42,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     if (resolved.daemon.peer_host.empty()) {
       resolved.daemon.peer_host = options.peer_listen.substr(0, colon);
     }
-    absl::StatusOr<PeerTls> tls =
+    absl::StatusOr<MutualTls> tls =
         LoadPeerTls(resolved.daemon.peer_host, options.peer_tls_ca, options.peer_tls_cert,
                     options.peer_tls_key, options.peer_tls_name);
     if (!tls.ok()) return tls.status();
     resolved.daemon.peer_tls = *std::move(tls);
   }
   std::unique_ptr<Server> server(new Server(resolved));
+  server->listen_tls_ = std::move(listen_tls);
   server->observer_ =
       std::make_unique<Observer>(&server->metrics_, &server->events_, options.metrics_max_groups);
   absl::StatusOr<std::unique_ptr<Daemon>> daemon =
@@ -86,20 +86,16 @@ absl::Status Server::Start() {
     if (!listener.ok()) return listener.status();
     unix_listener_ = *std::move(listener);
   }
+  int tcp_port = 0;
   if (!options_.listen_address.empty()) {
-    absl::StatusOr<std::string> cert = ReadFile(options_.tls_cert);
-    absl::StatusOr<std::string> key = ReadFile(options_.tls_key);
-    if (!cert.ok()) return cert.status();
-    if (!key.ok()) return key.status();
-    grpc::SslServerCredentialsOptions tls;
-    tls.pem_key_cert_pairs.push_back({*key, *cert});
-    builder.AddListeningPort(options_.listen_address, grpc::SslServerCredentials(tls));
+    builder.AddListeningPort(options_.listen_address, MutualTlsServerCredentials(listen_tls_),
+                             &tcp_port);
   }
   builder.RegisterService(service_.get());
   grpc_server_ = builder.BuildAndStart();
-  if (grpc_server_ == nullptr) {
+  if (grpc_server_ == nullptr || (!options_.listen_address.empty() && tcp_port == 0)) {
     return absl::UnavailableError(
-        absl::StrCat("cannot start the gRPC server (", options_.listen_address, ")"));
+        absl::StrCat("cannot start the gRPC server (--listen=", options_.listen_address, ")"));
   }
   if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
   if (!options_.peer_listen.empty()) {
@@ -107,8 +103,8 @@ absl::Status Server::Start() {
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
     grpc::ServerBuilder peers;
     int port = 0;
-    peers.AddListeningPort(options_.peer_listen, PeerServerCredentials(options_.daemon.peer_tls),
-                           &port);
+    peers.AddListeningPort(options_.peer_listen,
+                           MutualTlsServerCredentials(options_.daemon.peer_tls), &port);
     peers.RegisterService(rendezvous_service_.get());
     peer_server_ = peers.BuildAndStart();
     if (peer_server_ == nullptr || port == 0) {
@@ -121,8 +117,12 @@ absl::Status Server::Start() {
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
-  LOG(INFO) << "gstabd serving on unix:" << options_.socket_path
-            << (options_.listen_address.empty() ? "" : " and " + options_.listen_address);
+  std::string tcp;
+  if (tcp_port != 0) {
+    const std::string host = options_.listen_address.substr(0, options_.listen_address.rfind(':'));
+    tcp = absl::StrCat(" and on TCP ", host, ":", tcp_port, " (mutual TLS)");
+  }
+  LOG(INFO) << "gstabd serving on unix:" << options_.socket_path << tcp;
   return absl::OkStatus();
 }
 

@@ -34,9 +34,12 @@ struct ServerOptions {
   DaemonOptions daemon;
   std::string socket_path = "/run/gstab/gstabd.sock";
   PeerPolicy peers;            // who may connect to the unix socket (SO_PEERCRED)
-  std::string listen_address;  // host:port for TCP; requires tls_cert and tls_key
-  std::string tls_cert;        // PEM files
+  // host:port for TCP (port 0 picks one, logged); requires mutual TLS: gstabd's certificate
+  // and key, and the CA that signs its clients' certificates (PEM files).
+  std::string listen_address;
+  std::string tls_cert;
   std::string tls_key;
+  std::string tls_client_ca;
   absl::Duration checkpoint_interval = absl::Seconds(30);
   int metrics_port = 9478;  // 0: a free port (logged); -1: no metrics endpoint
   // host:port for the other daemons of multi-node jobs (rendezvous store; port 0 picks one).
@@ -74,6 +77,7 @@ class Server {
   MetricsRegistry metrics_;
   EventBus events_;
   PeerTable peers_;  // credentials of the unix socket's connections
+  MutualTls listen_tls_;  // listen_address's: gstabd's certificate, its clients' CA
   std::unique_ptr<Observer> observer_;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<MetricsHttpServer> http_;

@@ -40,7 +40,9 @@
 #include "client_lib/config_text.h"
 #include "tools/ctl_format.h"
 
-ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "gstabd's unix socket");
+ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock",
+          "gstabd's unix socket, or HOST:PORT of its TCP port (--listen; mutual TLS with the PEM "
+          "files GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name)");
 ABSL_FLAG(bool, json, false, "print JSON (one object per line) instead of text");
 ABSL_FLAG(std::string, job, "", "the job to act on (status, events: filter)");
 ABSL_FLAG(bool, follow, false, "events: keep streaming new events");

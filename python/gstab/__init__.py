@@ -202,6 +202,10 @@ def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:
 class Client:
     """One worker's connection to its node's gstabd. Not thread-safe.
 
+    socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached
+    with mutual TLS from the PEM files that GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name
+    in the environment (docs/daemon.md, Security).
+
     reattach_timeout: when gstabd is replaced under a job of one node stepping host-memory
     gradients (a DaemonSet pod restarted or upgraded), step() waits up to this many seconds for
     the new gstabd, attaches and registers again (gstabd restores the job's statistics from its

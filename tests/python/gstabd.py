@@ -1,5 +1,6 @@
 """A real gstabd for the Python tests, in a folder of its own (CPU backend unless told)."""
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,18 @@ class Gstabd:
                 with open(self.log, errors="replace") as f:
                     raise RuntimeError("gstabd did not start: " + f.read())
             time.sleep(0.02)
+
+    def tcp_address(self) -> str:
+        """HOST:PORT of the TCP port gstabd logged (started with --listen)."""
+        deadline = time.time() + 10
+        while True:
+            with open(self.log, errors="replace") as f:
+                m = re.search(r"on TCP (\S+:\d+) \(mutual TLS\)", f.read())
+            if m:
+                return m.group(1)
+            if time.time() > deadline:
+                raise RuntimeError("gstabd logged no TCP port")
+            time.sleep(0.05)
 
     def restart(self, down: float = 0, forget: bool = False) -> int:
         """Stops gstabd (SIGTERM: it checkpoints its jobs) and starts another on the same socket

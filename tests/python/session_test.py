@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -291,6 +292,48 @@ class SessionTest(unittest.TestCase):
             gstab.Client(node.socket).attach("py-after")
         finally:
             self.assertEqual(node.stop(), 0)
+
+    def test_a_client_with_a_certificate_of_gstabds_client_ca_reaches_its_tcp_port(self):
+        # gstabd --listen: mutual TLS, the client's PEM files named by GSTAB_TLS_*. Over TCP a
+        # worker changes its job as over the socket, but registers no host shared memory.
+        with tempfile.TemporaryDirectory() as pki:
+            make_test_tls(pki)
+            node = Gstabd(ARGS.gstabd, "--listen=127.0.0.1:0", f"--tls_cert={pki}/peer.pem",
+                          f"--tls_key={pki}/peer.key", f"--tls_client_ca={pki}/ca.pem")
+            saved = dict(os.environ)
+            try:
+                address = node.tcp_address()
+                with self.assertRaises(gstab.Error) as e:
+                    gstab.Client(address)
+                self.assertEqual(e.exception.code, 3)
+                self.assertIn("GSTAB_TLS_CA is not set", e.exception.message)
+                os.environ.update(GSTAB_TLS_CA=f"{pki}/ca.pem", GSTAB_TLS_CERT=f"{pki}/peer.pem",
+                                  GSTAB_TLS_KEY=f"{pki}/peer.key", GSTAB_TLS_NAME="gstab-peer")
+                remote = gstab.Client(address)
+                remote.attach("py-tcp", policy="stabilize")
+                self.assertEqual(remote.update_config({"policy": "monitor"}), 2)
+                self.assertEqual(remote.stats()["config"]["policy"], "POLICY_MONITOR")
+                with self.assertRaises(gstab.Error) as e:
+                    one_tensor_job(remote)
+                self.assertEqual(e.exception.code, 7)
+                self.assertIn("only over gstabd's unix socket", e.exception.message)
+                remote.close()
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+                self.assertEqual(node.stop(), 0)
+
+
+def make_test_tls(folder: str) -> None:
+    """A CA (ca.pem) and a certificate it signs for "gstab-peer" (peer.pem, peer.key), for
+    server and client use alike."""
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    subprocess.run(
+        f"openssl req -x509 {ec} -keyout ca.key -out ca.pem -subj /CN=gstab-test-ca && "
+        f"openssl req {ec} -keyout peer.key -out peer.csr -subj /CN=gstab-peer && printf "
+        "'subjectAltName=DNS:gstab-peer\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ext && "
+        "openssl x509 -req -in peer.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+        "-extfile ext -out peer.pem", shell=True, cwd=folder, check=True, capture_output=True)
 
 
 if __name__ == "__main__":

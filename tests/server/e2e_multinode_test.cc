@@ -9,6 +9,7 @@
 #include "core/rule.h"
 #include "gtest/gtest.h"
 #include "tests/server/multinode_cluster.h"
+#include "tests/testing/test_tls.h"
 
 namespace gstab {
 namespace {
@@ -270,20 +271,11 @@ void StepTwoNodes(const std::vector<std::unique_ptr<DaemonProcess>>& daemons,
   }
 }
 
-// A CA and one certificate it signs for "gstab-peer" (server and client use), made with
-// openssl in `dir`: the flags that give a gstabd mutual TLS with its peers.
+// The flags that give a gstabd mutual TLS with its peers, with certificates made in `dir`.
 std::vector<std::string> MakePeerTls(const std::string& dir) {
-  const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1";
-  auto [rc, out] = testing::RunShell(
-      "cd " + dir + " && openssl req -x509" + ec +
-      " -keyout ca.key -out ca.pem -subj /CN=gstab-test-ca && openssl req" + ec +
-      " -keyout peer.key -out peer.csr -subj /CN=gstab-peer && printf "
-      "'subjectAltName=DNS:gstab-peer\nextendedKeyUsage=serverAuth,clientAuth\n' > ext && "
-      "openssl x509 -req -in peer.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
-      "-extfile ext -out peer.pem");
-  EXPECT_EQ(rc, 0) << out;
-  return {"--peer_tls_ca=" + dir + "/ca.pem", "--peer_tls_cert=" + dir + "/peer.pem",
-          "--peer_tls_key=" + dir + "/peer.key", "--peer_tls_name=gstab-peer"};
+  const testing::TestTls tls = testing::MakeTestTls(dir);
+  return {"--peer_tls_ca=" + tls.ca, "--peer_tls_cert=" + tls.cert, "--peer_tls_key=" + tls.key,
+          "--peer_tls_name=gstab-peer"};
 }
 
 // Two gstabd in <root>/node<i>, node i's peer port on `hosts[i]` with TLS flags `tls[i]`, run

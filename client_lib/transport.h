@@ -1,0 +1,30 @@
+// How a client reaches gstabd: its unix socket (a path), or its TCP port (HOST:PORT, gstabd run
+// with --listen), which takes mutual TLS with PEM files named by the environment:
+//   GSTAB_TLS_CA    the CA that signs gstabd's certificate
+//   GSTAB_TLS_CERT  this client's certificate (chain), signed by the CA of gstabd's
+//   GSTAB_TLS_KEY   --tls_client_ca, and its key
+//   GSTAB_TLS_NAME  the name gstabd's certificate carries, when not the host dialled (optional)
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace grpc {
+class ChannelArguments;
+class ChannelCredentials;
+}  // namespace grpc
+
+namespace gstab {
+
+// Whether `address` is gstabd's TCP port (HOST:PORT, [V6]:PORT) rather than a socket path.
+bool IsTcpAddress(const std::string& address);
+
+// The channel credentials for TCP `address`, from the environment above (a target-name
+// override goes into `args`). INVALID_ARGUMENT naming the variable that is unset or not
+// readable PEM.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
+    const std::string& address, grpc::ChannelArguments* args);
+
+}  // namespace gstab

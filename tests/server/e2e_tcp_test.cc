@@ -1,0 +1,181 @@
+// gstabd's TCP port (--listen): mutual TLS only. A client with a certificate of the CA gstabd
+// was given reaches the jobs as over the socket (observers, gstabctl), registers no host shared
+// memory (gstabd cannot tell whose it is), and clients without such a certificate are refused.
+#include <grpcpp/grpcpp.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client_lib/client.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/test_tls.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::TempDir;
+using testing::TestTls;
+using testing::TestWorker;
+
+// The client environment of client_lib/transport.h, set for one test and unset after.
+class TlsEnvironment {
+ public:
+  explicit TlsEnvironment(const TestTls& tls) { Use(tls); }
+  ~TlsEnvironment() {
+    for (const char* v : {"GSTAB_TLS_CA", "GSTAB_TLS_CERT", "GSTAB_TLS_KEY", "GSTAB_TLS_NAME"}) {
+      unsetenv(v);
+    }
+  }
+  void Use(const TestTls& tls) {
+    setenv("GSTAB_TLS_CA", tls.ca.c_str(), 1);
+    setenv("GSTAB_TLS_CERT", tls.cert.c_str(), 1);
+    setenv("GSTAB_TLS_KEY", tls.key.c_str(), 1);
+    setenv("GSTAB_TLS_NAME", "gstab-peer", 1);  // the name in the test certificates
+  }
+};
+
+// A gstabd serving its socket and 127.0.0.1 over mutual TLS with `tls`; its TCP address.
+class TcpDaemon {
+ public:
+  explicit TcpDaemon(const std::string& dir, const TestTls& tls) {
+    auto d = DaemonProcess::Start(dir, {"--listen=127.0.0.1:0", "--tls_cert=" + tls.cert,
+                                        "--tls_key=" + tls.key, "--tls_client_ca=" + tls.ca});
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (!d.ok()) return;
+    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
+    // The port it picked, from its log (written once it serves).
+    const std::regex logged("on TCP 127\\.0\\.0\\.1:([0-9]+) \\(mutual TLS\\)");
+    for (int i = 0; i < 100 && address_.empty(); ++i) {
+      std::smatch m;
+      const std::string log = daemon_->Log();
+      if (std::regex_search(log, m, logged)) {
+        address_ = "127.0.0.1:" + m[1].str();
+      } else {
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+    }
+    EXPECT_FALSE(address_.empty()) << daemon_->Log();
+  }
+  DaemonProcess& daemon() { return *daemon_; }
+  const std::string& address() const { return address_; }
+
+ private:
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::string address_;
+};
+
+TEST(TcpTest, ACertifiedClientActsOnAJobAsOverTheSocketButRegistersNoSharedMemory) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  TcpDaemon tcp(dir.path(), tls);
+  ASSERT_FALSE(tcp.address().empty());
+  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("tcp-job"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 7);
+  ASSERT_TRUE((*worker)->client().Step(1).ok());
+
+  TlsEnvironment env(tls);
+  auto remote = Client::Connect(tcp.address(), absl::Seconds(5));
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  AttachOptions observer = testing::JobOptions("tcp-job");
+  observer.observer = true;
+  ASSERT_TRUE((*remote)->Attach(observer).ok());
+  absl::StatusOr<v1::GetStatsResponse> stats = (*remote)->GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->last_step(), 1u);
+  v1::PolicyConfig monitor;
+  monitor.set_policy(v1::POLICY_MONITOR);
+  ASSERT_TRUE((*remote)->UpdateConfig(monitor).ok());
+  (*worker)->Fill(2, 7);
+  absl::StatusOr<v1::StepResponse> step = (*worker)->client().Step(2);
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(step->config_version(), 2u) << "the change made over TCP reached the job";
+
+  // gstabctl takes the address where it takes a socket path.
+  auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                     " --socket=" + tcp.address() + " status 2>&1");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("tcp-job"), std::string::npos) << out;
+
+  // A worker over TCP: gstabd cannot tell who owns a shared-memory object.
+  auto tcp_worker = TestWorker::Create(tcp.address(), testing::JobOptions("tcp-worker"));
+  ASSERT_FALSE(tcp_worker.ok());
+  EXPECT_EQ(tcp_worker.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(tcp_worker.status().message().find("only over gstabd's unix socket"), std::string::npos)
+      << tcp_worker.status();
+}
+
+TEST(TcpTest, ClientsWithoutACertificateOfTheClientCaAreRefusedAndTheSocketServesOn) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() + "/other");
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  const TestTls other = testing::MakeTestTls(dir.path() + "/other");  // another CA's
+  TcpDaemon tcp(dir.path(), tls);
+  ASSERT_FALSE(tcp.address().empty());
+
+  // A certificate of another CA, though the client trusts gstabd's.
+  TlsEnvironment env(tls);
+  setenv("GSTAB_TLS_CERT", other.cert.c_str(), 1);
+  setenv("GSTAB_TLS_KEY", other.key.c_str(), 1);
+  auto refused = Client::Connect(tcp.address(), absl::Seconds(2));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("over mutual TLS"), std::string::npos)
+      << refused.status();
+
+  // No certificate at all (a plain gRPC client that checks gstabd's).
+  grpc::SslCredentialsOptions server_only;
+  std::ifstream ca(tls.ca);
+  server_only.pem_root_certs.assign(std::istreambuf_iterator<char>(ca), {});
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("gstab-peer");
+  auto channel = grpc::CreateCustomChannel(tcp.address(), grpc::SslCredentials(server_only), args);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  grpc::health::v1::HealthCheckResponse health;
+  const grpc::Status s = grpc::health::v1::Health::NewStub(channel)->Check(&ctx, {}, &health);
+  EXPECT_FALSE(s.ok()) << "gstabd answered a client without a certificate";
+
+  // Without the environment the client says what to set.
+  unsetenv("GSTAB_TLS_CA");
+  auto unset = Client::Connect(tcp.address(), absl::Seconds(2));
+  ASSERT_FALSE(unset.ok());
+  EXPECT_EQ(unset.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unset.status().message().find("GSTAB_TLS_CA is not set"), std::string::npos)
+      << unset.status();
+
+  // The socket's clients never noticed.
+  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("local"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 3);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+}
+
+TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  const std::string base = testing::GstabdPath() + " --socket=" + dir.path() +
+                           "/s.sock --state_dir=" + dir.path() + "/state --metrics_port=-1" +
+                           " --listen=127.0.0.1:0";
+  auto [rc, out] = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("requires mutual TLS"), std::string::npos) << out;
+  EXPECT_NE(out.find("--tls_client_ca"), std::string::npos) << out;
+  std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key +
+                                        " --tls_client_ca=/dev/null");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--tls_client_ca=/dev/null: not a readable PEM file"), std::string::npos)
+      << out;
+}
+
+}  // namespace
+}  // namespace gstab
