@@ -53,6 +53,9 @@ struct DaemonOptions {
   bool cuda = false;
   // Run the cross-node stage through NCCL for jobs of one rank too (see GpuJobSpec).
   bool nccl_one_rank = false;
+  // A job belongs to the uid of the worker that made it (over the unix socket): a process of
+  // another uid, save root and gstabd's own, may not attach to it or forget it.
+  bool jobs_by_uid = true;
 };
 
 class Daemon {
@@ -62,7 +65,9 @@ class Daemon {
   static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options,
                                                         Observer* observer = nullptr);
 
-  absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response);
+  // `peer_uid`: the caller's uid when known (unix socket): see DaemonOptions::jobs_by_uid.
+  absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response,
+                      std::optional<uid_t> peer_uid = std::nullopt);
   // `peer_uid`: the caller's uid when known (unix socket): its host_shm objects must be its own
   // (and without it, host_shm is refused).
   absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
@@ -80,7 +85,8 @@ class Daemon {
                            v1::ImportStateResponse* response);
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
   // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).
-  absl::Status ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response);
+  absl::Status ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
+                         std::optional<uid_t> peer_uid = std::nullopt);
   absl::Status CreateRendezvous(const v1::CreateRendezvousRequest& request,
                                 v1::CreateRendezvousResponse* response);
 
@@ -183,7 +189,11 @@ class Daemon {
   // At the job cap, before `job` (not yet held) is made: retires the longest idle job of those
   // idle for at least the lease. RESOURCE_EXHAUSTED when there is none.
   absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response);
+  absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
+                              std::optional<uid_t> peer_uid);
+  // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid).
+  absl::Status OwnerRefusal(const std::string& name, std::optional<uint32_t> owner,
+                            std::optional<uid_t> peer_uid) const;
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal
@@ -192,9 +202,9 @@ class Daemon {
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                             uint32_t local_world,
                             const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
-                            v1::AttachResponse* response, std::optional<Removal>* replaced,
-                            std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                            std::optional<uid_t> peer_uid, v1::AttachResponse* response,
+                            std::optional<Removal>* replaced, std::shared_ptr<Job>* attached,
+                            std::shared_ptr<Job>* tried) ABSL_LOCKS_EXCLUDED(mu_);
 
   const DaemonOptions options_;
   RegistrationCaps caps_;

@@ -1,5 +1,7 @@
 // Daemon: how workers and observers join a job (Attach), and the rendezvous that joins a job's
 // daemons across nodes (CreateRendezvous, and each worker's JoinRendezvous on attach).
+#include <unistd.h>
+
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/token.h"
@@ -18,8 +20,20 @@ constexpr uint32_t kMaxNodes = 65536;
 
 }  // namespace
 
-absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
-                                    v1::AttachResponse* response) {
+absl::Status Daemon::OwnerRefusal(const std::string& name, std::optional<uint32_t> owner,
+                                  std::optional<uid_t> peer_uid) const {
+  if (!options_.jobs_by_uid || !owner.has_value() || !peer_uid.has_value() || *peer_uid == *owner ||
+      *peer_uid == 0 || *peer_uid == ::geteuid()) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "job '", name, "' belongs to uid ", *owner, " (its first worker's), and this process runs as "
+      "uid ", *peer_uid, ": attach as uid ", *owner, " or root, or choose another job name (with "
+      "gstabd --jobs_by_uid=false, every uid the socket admits may use every job)"));
+}
+
+absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
+                                    std::optional<uid_t> peer_uid) {
   std::shared_ptr<Job> job;
   {
     absl::MutexLock lock(&mu_);
@@ -41,6 +55,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
           "worker's attach, and a state is imported into a new job by its worker after attaching"));
     }
     job = it->second;
+    if (absl::Status s = OwnerRefusal(request.job(), job->owner(), peer_uid); !s.ok()) return s;
     const std::string token = RandomToken();
     sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
     unclaimed_.erase(request.job());
@@ -55,9 +70,10 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse* response) {
+absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse* response,
+                            std::optional<uid_t> peer_uid) {
   if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
-  if (request.observer()) return AttachObserver(request, response);
+  if (request.observer()) return AttachObserver(request, response, peer_uid);
   const uint32_t world = std::max(1u, request.world_size());
   const uint32_t local_world = std::max(1u, request.local_world_size());
   const uint32_t nodes = std::max(1u, request.node_count());
@@ -106,7 +122,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   std::shared_ptr<Job> attached, tried;
   absl::Status s =
       AttachWorker(request, *params, local_world, rendezvous.has_value() ? &*rendezvous : nullptr,
-                   response, &replaced, &attached, &tried);
+                   peer_uid, response, &replaced, &attached, &tried);
   Remove(replaced);  // the session this attach replaced, if any
   if (attached != nullptr) ReportWorkers(attached);
   // A job made for attaches that were all refused is not held for them.
@@ -117,8 +133,9 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
 absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                                   uint32_t local_world,
                                   const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
-                                  v1::AttachResponse* response, std::optional<Removal>* replaced,
-                                  std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
+                                  std::optional<uid_t> peer_uid, v1::AttachResponse* response,
+                                  std::optional<Removal>* replaced, std::shared_ptr<Job>* attached,
+                                  std::shared_ptr<Job>* tried) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
@@ -184,6 +201,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         } else {
           slot->set_restored();
         }
+        // Whose it was, even if its statistics could not be taken.
+        if (state.ok() && state->has_owner_uid()) slot->set_owner(state->owner_uid());
         checkpoints_.erase(checkpoint);
       } else {
         slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
@@ -202,6 +221,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // One attach of a job at a time from here: the checks of its workers' node count and
   // configuration, and its rendezvous, see the job as the attach before left it.
   absl::MutexLock attaching(job->attach_mutex());
+  if (absl::Status s = OwnerRefusal(request.job(), job->owner(), peer_uid); !s.ok()) return s;
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
   // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
   // wait with it.
@@ -274,6 +294,11 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       *replaced = DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
       break;
     }
+  }
+  // A job nobody owns yet (made now, over TCP, or restored from a checkpoint of a release
+  // before owners) is its first worker's over the socket.
+  if (options_.jobs_by_uid && peer_uid.has_value() && !job->owner().has_value()) {
+    job->set_owner(*peer_uid);
   }
   const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};

@@ -16,6 +16,13 @@ bool NothingToKeep(const v1::JobState& state) {
   return state.groups_size() == 0 && state.last_step() == 0;
 }
 
+// What a checkpoint of `job` keeps: its state, and whose it is.
+v1::JobState CheckpointOf(const Job& job) {
+  v1::JobState state = job.ExportState();
+  if (std::optional<uint32_t> owner = job.owner()) state.set_owner_uid(*owner);
+  return state;
+}
+
 }  // namespace
 
 bool Daemon::InUse(const std::shared_ptr<Job>& job) const {
@@ -86,7 +93,7 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
   bool empty;
   {
     absl::MutexLock save(&save_mu_);  // after any periodic save of the job's older state
-    state = job->ExportState();
+    state = CheckpointOf(*job);
     empty = NothingToKeep(state);
     // None for the retention either, nor a periodic save's.
     if (empty) {
@@ -172,8 +179,8 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
   }
 }
 
-absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
-                               v1::ForgetJobResponse* response) {
+absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
+                               std::optional<uid_t> peer_uid) {
   const std::string& name = request.job();
   if (absl::Status s = ValidateJobName(name); !s.ok()) return s;
   {
@@ -196,11 +203,19 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request,
             absl::FormatDuration(options_.lease), ")"));
       }
     }
-    const bool checkpoint = checkpoints_.count(name) == 1;
+    auto saved = checkpoints_.find(name);
+    const bool checkpoint = saved != checkpoints_.end();
     if (held == jobs_.end() && !checkpoint) {
       return absl::NotFoundError(
           absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
     }
+    std::optional<uint32_t> owner;
+    if (held != jobs_.end()) {
+      owner = held->second->owner();
+    } else if (saved->second.state.has_owner_uid()) {
+      owner = saved->second.state.owner_uid();
+    }
+    if (absl::Status s = OwnerRefusal(name, owner, peer_uid); !s.ok()) return s;
     // The file first: should it stay, nothing is forgotten (else it would come back at start).
     if (absl::Status s = store_.Remove(name); !s.ok()) return s;
     response->set_held(held != jobs_.end());
@@ -273,7 +288,7 @@ absl::Status Daemon::Checkpoint() {
       // back to it (Unmake).
       if (unclaimed_.count(job->name()) == 1) continue;
     }
-    v1::JobState state = job->ExportState();
+    v1::JobState state = CheckpointOf(*job);
     if (NothingToKeep(state)) continue;
     result.Update(store_.Save(state));
   }

@@ -54,6 +54,12 @@ class Job {
   // retirement when idle): its statistics and configuration are the checkpoint's.
   bool restored() const { return restored_; }
   void set_restored() { restored_ = true; }
+  // The uid the job belongs to (Daemon: jobs by uid), if any.
+  std::optional<uint32_t> owner() const {
+    const int64_t o = owner_;
+    return o < 0 ? std::nullopt : std::optional<uint32_t>(static_cast<uint32_t>(o));
+  }
+  void set_owner(uint32_t uid) { owner_ = uid; }
   // Held by an attach of this job while it checks and joins it (taken before the daemon's
   // lock and this job's, never while holding either).
   absl::Mutex* attach_mutex() { return &attach_mu_; }
@@ -221,6 +227,7 @@ class Job {
   CpuExecutor* const executor_;
   const StepCallback on_step_;
   std::atomic<bool> restored_{false};
+  std::atomic<int64_t> owner_{-1};  // none
   absl::Mutex attach_mu_;
 
   mutable absl::Mutex mu_;

@@ -59,6 +59,9 @@ ABSL_FLAG(std::vector<std::string>, allow_uids, {},
           "uids allowed to connect to the socket (SO_PEERCRED); with --allow_gids empty too, "
           "anyone the socket's 0660 mode lets in");
 ABSL_FLAG(std::vector<std::string>, allow_gids, {}, "primary gids allowed to connect");
+ABSL_FLAG(bool, jobs_by_uid, true,
+          "a job belongs to the uid of the worker that made it (over the socket): other uids, "
+          "save root and gstabd's own, may not attach to it or forget it");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,
           "host shared-memory objects mapped at once, over every job (each is one of the "
@@ -190,6 +193,7 @@ int main(int argc, char** argv) {
   options.daemon.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
   options.daemon.nccl_one_rank = absl::GetFlag(FLAGS_nccl_one_rank);
+  options.daemon.jobs_by_uid = absl::GetFlag(FLAGS_jobs_by_uid);
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
   const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
   options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();

@@ -4,17 +4,21 @@
 
 namespace gstab {
 
-grpc::Status StabilizerService::Attach(grpc::ServerContext*, const v1::AttachRequest* request,
+std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* context) const {
+  if (std::optional<ucred> cred = peers_->Find(context->peer())) return cred->uid;
+  return std::nullopt;  // TCP: a certificate holder
+}
+
+grpc::Status StabilizerService::Attach(grpc::ServerContext* context,
+                                       const v1::AttachRequest* request,
                                        v1::AttachResponse* response) {
-  return ToGrpcStatus(daemon_->Attach(*request, response));
+  return ToGrpcStatus(daemon_->Attach(*request, response, PeerUid(context)));
 }
 
 grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext* context,
                                                 const v1::RegisterBuffersRequest* request,
                                                 v1::RegisterBuffersResponse* response) {
-  std::optional<uid_t> uid;
-  if (std::optional<ucred> cred = peers_->Find(context->peer())) uid = cred->uid;
-  return ToGrpcStatus(daemon_->RegisterBuffers(*request, response, uid));
+  return ToGrpcStatus(daemon_->RegisterBuffers(*request, response, PeerUid(context)));
 }
 
 grpc::Status StabilizerService::Step(grpc::ServerContext*, const v1::StepRequest* request,
@@ -55,10 +59,10 @@ grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
   return ToGrpcStatus(daemon_->ImportState(*request, response));
 }
 
-grpc::Status StabilizerService::ForgetJob(grpc::ServerContext*,
+grpc::Status StabilizerService::ForgetJob(grpc::ServerContext* context,
                                           const v1::ForgetJobRequest* request,
                                           v1::ForgetJobResponse* response) {
-  return ToGrpcStatus(daemon_->ForgetJob(*request, response));
+  return ToGrpcStatus(daemon_->ForgetJob(*request, response, PeerUid(context)));
 }
 
 grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,

@@ -44,6 +44,8 @@ class StabilizerService final : public v1::Stabilizer::Service {
                                 v1::CreateRendezvousResponse* response) override;
 
  private:
+  // The caller's uid when it came through the unix socket (SO_PEERCRED).
+  std::optional<uid_t> PeerUid(const grpc::ServerContext* context) const;
   Daemon* daemon_;          // not owned
   EventBus* bus_;           // not owned
   const PeerTable* peers_;  // not owned

@@ -1,0 +1,101 @@
+// Jobs by uid (gstabd --jobs_by_uid, the default): a job belongs to the uid of the worker that
+// made it. The example trainer, run as other users through setpriv, finds another uid's job
+// refused by name, through gstabd's restart too; root and the job's own uid are not refused, and
+// --jobs_by_uid=false lets every uid the socket admits use every job.
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::TempDir;
+
+constexpr char kRefused[] = "belongs to uid 65534";
+
+class OwnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // Reachable by the other users: the folder, the socket, and copies of the binaries.
+    ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+    for (const char* binary : {"examples/mlp_trainer", "tools/gstabctl"}) {
+      const std::string to = dir_.path() + "/" + std::filesystem::path(binary).filename().string();
+      std::filesystem::copy_file(testing::BinaryPath(binary), to);
+      ASSERT_EQ(::chmod(to.c_str(), 0755), 0);
+    }
+    Start({});
+  }
+  void Start(const std::vector<std::string>& flags) {
+    auto d = DaemonProcess::Start(dir_.path(), flags);
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
+    ASSERT_EQ(::chmod(daemon_->socket().c_str(), 0666), 0);
+  }
+  void Restart(const std::vector<std::string>& flags) {
+    ASSERT_TRUE(daemon_->Stop().ok());  // SIGTERM: checkpoints written
+    daemon_.reset();
+    Start(flags);
+  }
+  // `command` of the copied binaries as uid:gid `uid`: its exit code and output.
+  std::pair<int, std::string> As(int uid, const std::string& command) {
+    return testing::RunShell("cd " + dir_.path() + " && setpriv --reuid=" + std::to_string(uid) +
+                             " --regid=" + std::to_string(uid) + " --clear-groups ./" + command +
+                             " 2>&1");
+  }
+  std::pair<int, std::string> Train(int uid, const std::string& job) {
+    return As(uid, "mlp_trainer --socket=" + daemon_->socket() + " --job=" + job +
+                       " --steps=3 --spike_steps=2 --print_every=1000");
+  }
+
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
+  auto [rc, out] = Train(65534, "theirs");
+  ASSERT_EQ(rc, 0) << out;
+  std::tie(rc, out) = Train(65533, "theirs");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+  EXPECT_NE(out.find("runs as uid 65533"), std::string::npos) << out;
+  std::tie(rc, out) = As(65533, "gstabctl --socket=" + daemon_->socket() + " forget --job=theirs");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+  // Its own job steps; the refusals left the other as it was.
+  std::tie(rc, out) = Train(65533, "mine");
+  EXPECT_EQ(rc, 0) << out;
+
+  // Root (an operator's gstabctl) is not refused.
+  auto root = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(root.ok()) << root.status();
+  AttachOptions observer = testing::JobOptions("theirs");
+  observer.observer = true;
+  ASSERT_TRUE((*root)->Attach(observer).ok());
+  absl::StatusOr<v1::GetStatsResponse> stats = (*root)->GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->last_step(), 3u) << "a refused attach changed the job";
+  ASSERT_TRUE((*root)->Detach().ok());
+  root->reset();
+
+  // The owner is in the checkpoint: after a restart the job is still theirs.
+  Restart({});
+  std::tie(rc, out) = Train(65533, "theirs");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+
+  // Without jobs by uid, the attach goes through (and the trainer's step 1 is then refused as
+  // one the job has passed, which is the job's own answer).
+  Restart({"--jobs_by_uid=false"});
+  std::tie(rc, out) = Train(65533, "theirs");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_EQ(out.find(kRefused), std::string::npos) << out;
+  EXPECT_NE(out.find("is not after its last step"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace gstab
