@@ -53,8 +53,9 @@ struct DaemonOptions {
   bool cuda = false;
   // Run the cross-node stage through NCCL for jobs of one rank too (see GpuJobSpec).
   bool nccl_one_rank = false;
-  // A job belongs to the uid of the worker that made it (over the unix socket): a process of
-  // another uid, save root and gstabd's own, may not attach to it or forget it.
+  // A job belongs to the uid of the worker that made it (over the unix socket; recorded
+  // always): when set, a process of another uid, save root and gstabd's own, may not attach to
+  // it or forget it. A TCP client (no uid: a certificate holder) is not refused, as root is not.
   bool jobs_by_uid = true;
 };
 

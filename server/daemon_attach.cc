@@ -201,13 +201,18 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         } else {
           slot->set_restored();
         }
-        // Whose it was, even if its statistics could not be taken.
-        if (state.ok() && state->has_owner_uid()) slot->set_owner(state->owner_uid());
+        // Whose it was, even if its statistics could not be taken (kept in memory too).
+        if (checkpoint->second.state.has_owner_uid()) {
+          slot->set_owner(checkpoint->second.state.owner_uid());
+        }
         checkpoints_.erase(checkpoint);
       } else {
         slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                      StepCallbackFor(request.job()), gpu_);
       }
+      // From its making: no other uid's observer attaches meanwhile. A refused attach gives
+      // the job back (Unmake).
+      if (peer_uid.has_value() && !slot->owner().has_value()) slot->set_owner(*peer_uid);
       unclaimed_.insert_or_assign(request.job(), Unclaimed{slot, std::move(from)});
     }
     job = slot;
@@ -295,9 +300,9 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       break;
     }
   }
-  // A job nobody owns yet (made now, over TCP, or restored from a checkpoint of a release
-  // before owners) is its first worker's over the socket.
-  if (options_.jobs_by_uid && peer_uid.has_value() && !job->owner().has_value()) {
+  // A job nobody owns yet (made over TCP) is its first worker's over the socket. Owners are
+  // recorded whether or not they are enforced (jobs_by_uid), so that enforcing them later holds.
+  if (peer_uid.has_value() && !job->owner().has_value()) {
     job->set_owner(*peer_uid);
   }
   const std::string token = RandomToken();

@@ -56,8 +56,9 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
     ASSERT_TRUE(w->client->Register(w->arena).ok());
     workers.push_back(std::move(w));
   }
-  for (uint64_t step = 1; step <= 3; ++step) {
-    // Each node's sum of squares per group, as the kernels add them (in double).
+  // Writes every node's gradients of `step`; returns each node's sums of squares per group, as
+  // the kernels add them (in double).
+  auto fill = [&](uint64_t step) {
     std::vector<std::vector<double>> sums(nodes, std::vector<double>(groups, 0.0));
     for (int n = 0; n < nodes; ++n) {
       for (int g = 0; g < groups; ++g) {
@@ -68,15 +69,23 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
         }
       }
     }
+    return sums;
+  };
+  auto step_all = [&](uint64_t step) {
     std::vector<absl::StatusOr<v1::StepResponse>> results(nodes);
     std::vector<std::thread> threads;
     for (int n = 0; n < nodes; ++n) {
       threads.emplace_back([&, n] { results[n] = workers[n]->client->Step(step); });
     }
     for (std::thread& t : threads) t.join();
+    return results;
+  };
+  for (uint64_t step = 1; step <= 3; ++step) {
+    const std::vector<std::vector<double>> sums = fill(step);
+    const std::vector<absl::StatusOr<v1::StepResponse>> results = step_all(step);
     for (int n = 0; n < nodes; ++n) {
-      ASSERT_TRUE(results[n].ok()) << "node " << n << " at step " << step << ": "
-                                   << results[n].status();
+      ASSERT_TRUE(results[n].ok())
+          << "node " << n << " at step " << step << ": " << results[n].status();
       ASSERT_EQ(results[n]->groups_size(), groups);
       for (int g = 0; g < groups; ++g) {
         double expected = sums[0][g];  // node-sharded: node 0's; replicated: the same anywhere
@@ -91,14 +100,28 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
       }
     }
   }
+  // The last node alone has a non-finite gradient in group 0 (sharded) and group 1
+  // (replicated): non-finite flags are combined across nodes for every group, so every node
+  // skips both, and only those.
+  fill(4);
+  static_cast<float*>(workers[nodes - 1]->arena.data(0))[3] = INFINITY;
+  static_cast<float*>(workers[nodes - 1]->arena.data(1))[5] = NAN;
+  const std::vector<absl::StatusOr<v1::StepResponse>> results = step_all(4);
+  for (int n = 0; n < nodes; ++n) {
+    ASSERT_TRUE(results[n].ok()) << "node " << n << ": " << results[n].status();
+    EXPECT_TRUE(results[n]->skip()) << "node " << n;
+    for (int g = 0; g < groups; ++g) {
+      EXPECT_EQ(results[n]->groups(g).skipped(), g <= 1) << "node " << n << " group " << g;
+    }
+  }
 }
 
 // 32 groups travel in the all-gather, 33 take the second collective.
 INSTANTIATE_TEST_SUITE_P(NodesAndGroups, MultiNodeGroupsTest,
                          ::testing::Combine(::testing::Values(2, 3), ::testing::Values(32, 33)),
                          [](const ::testing::TestParamInfo<std::tuple<int, int>>& p) {
-                           return absl::StrCat(std::get<0>(p.param), "Nodes",
-                                               std::get<1>(p.param), "Groups");
+                           return absl::StrCat(std::get<0>(p.param), "Nodes", std::get<1>(p.param),
+                                               "Groups");
                          });
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <map>
 
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -47,6 +48,9 @@ class OwnerTest : public ::testing::Test {
                              " --regid=" + std::to_string(uid) + " --clear-groups ./" + command +
                              " 2>&1");
   }
+  std::pair<int, std::string> Ctl(int uid, const std::string& args) {
+    return As(uid, "gstabctl --socket=" + daemon_->socket() + " " + args);
+  }
   std::pair<int, std::string> Train(int uid, const std::string& job) {
     return As(uid, "mlp_trainer --socket=" + daemon_->socket() + " --job=" + job +
                        " --steps=3 --spike_steps=2 --print_every=1000");
@@ -63,16 +67,28 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kRefused), std::string::npos) << out;
   EXPECT_NE(out.find("runs as uid 65533"), std::string::npos) << out;
-  std::tie(rc, out) = As(65533, "gstabctl --socket=" + daemon_->socket() + " forget --job=theirs");
+  // Nor may it act as an observer (gstabctl config set attaches as one), or forget the job.
+  std::tie(rc, out) = Ctl(65533, "config set --job=theirs policy=monitor");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+  std::tie(rc, out) = Ctl(65533, "forget --job=theirs");
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kRefused), std::string::npos) << out;
   // Its own job steps; the refusals left the other as it was.
   std::tie(rc, out) = Train(65533, "mine");
   EXPECT_EQ(rc, 0) << out;
 
-  // Root (an operator's gstabctl) is not refused.
+  // Root (an operator's gstabctl) is not refused, and sees whose each job is.
   auto root = Client::Connect(daemon_->socket());
   ASSERT_TRUE(root.ok()) << root.status();
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE((*root)->stub()->ListJobs(&ctx, {}, &listed).ok());
+  std::map<std::string, uint32_t> owners;
+  for (const v1::JobSummary& j : listed.jobs()) {
+    if (j.has_owner_uid()) owners[j.job()] = j.owner_uid();
+  }
+  EXPECT_EQ(owners, (std::map<std::string, uint32_t>{{"mine", 65533}, {"theirs", 65534}}));
   AttachOptions observer = testing::JobOptions("theirs");
   observer.observer = true;
   ASSERT_TRUE((*root)->Attach(observer).ok());
@@ -82,9 +98,12 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   ASSERT_TRUE((*root)->Detach().ok());
   root->reset();
 
-  // The owner is in the checkpoint: after a restart the job is still theirs.
+  // The owner is in the checkpoint: after a restart the job is still theirs, held or not.
   Restart({});
   std::tie(rc, out) = Train(65533, "theirs");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+  std::tie(rc, out) = Ctl(65533, "forget --job=theirs");  // a checkpoint only, now
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kRefused), std::string::npos) << out;
 

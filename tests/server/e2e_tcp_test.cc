@@ -132,18 +132,31 @@ TEST(TcpTest, ClientsWithoutACertificateOfTheClientCaAreRefusedAndTheSocketServe
   EXPECT_NE(refused.status().message().find("over mutual TLS"), std::string::npos)
       << refused.status();
 
-  // No certificate at all (a plain gRPC client that checks gstabd's).
-  grpc::SslCredentialsOptions server_only;
-  std::ifstream ca(tls.ca);
-  server_only.pem_root_certs.assign(std::istreambuf_iterator<char>(ca), {});
-  grpc::ChannelArguments args;
-  args.SetSslTargetNameOverride("gstab-peer");
-  auto channel = grpc::CreateCustomChannel(tcp.address(), grpc::SslCredentials(server_only), args);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  grpc::health::v1::HealthCheckResponse health;
-  const grpc::Status s = grpc::health::v1::Health::NewStub(channel)->Check(&ctx, {}, &health);
-  EXPECT_FALSE(s.ok()) << "gstabd answered a client without a certificate";
+  // No certificate at all: a plain gRPC client that checks gstabd's, and the same client with
+  // the CA's certificate, which gstabd answers.
+  auto health = [&](bool with_certificate) {
+    grpc::SslCredentialsOptions options;
+    auto read = [](const std::string& path) {
+      std::ifstream in(path);
+      return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    options.pem_root_certs = read(tls.ca);
+    if (with_certificate) {
+      options.pem_cert_chain = read(tls.cert);
+      options.pem_private_key = read(tls.key);
+    }
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("gstab-peer");
+    auto channel = grpc::CreateCustomChannel(tcp.address(), grpc::SslCredentials(options), args);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    grpc::health::v1::HealthCheckResponse response;
+    return grpc::health::v1::Health::NewStub(channel)->Check(&ctx, {}, &response);
+  };
+  EXPECT_TRUE(health(true).ok()) << health(true).error_message();
+  const grpc::Status without = health(false);
+  EXPECT_EQ(without.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << "gstabd answered a client without a certificate: " << without.error_message();
 
   // Without the environment the client says what to set.
   unsetenv("GSTAB_TLS_CA");
