@@ -33,6 +33,7 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
   *across = Job("across");
   across->set_node_rank(1);
   across->set_node_count(4);
+  across->set_owner_uid(1001);
   v1::JobSummary* retired = jobs.add_jobs();
   retired->set_job("old");
   retired->set_policy("clip");
@@ -50,7 +51,8 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
   EXPECT_NE(out.find("waiting: step 0 waits for local ranks 0,2,3 (1 of 4 arrived)\n"),
             std::string::npos)
       << out;
-  EXPECT_NE(out.find(" 1/4\n"), std::string::npos) << out;  // this node of four
+  EXPECT_NE(out.find("  1001   1/4\n"), std::string::npos) << out;  // its uid; this node of four
+  EXPECT_NE(out.find("     -     -\n"), std::string::npos) << out;  // no owner, one node
   EXPECT_EQ(out.find("steady: step"), std::string::npos) << out;  // nothing waits there
 
   v1::ListJobsResponse none;
