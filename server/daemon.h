@@ -192,9 +192,10 @@ class Daemon {
   absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                               std::optional<uid_t> peer_uid);
-  // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid).
+  // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid);
+  // its message says how the caller may `action` ("attach", "forget it").
   absl::Status OwnerRefusal(const std::string& name, std::optional<uint32_t> owner,
-                            std::optional<uid_t> peer_uid) const;
+                            std::optional<uid_t> peer_uid, const char* action) const;
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal

@@ -21,15 +21,19 @@ constexpr uint32_t kMaxNodes = 65536;
 }  // namespace
 
 absl::Status Daemon::OwnerRefusal(const std::string& name, std::optional<uint32_t> owner,
-                                  std::optional<uid_t> peer_uid) const {
+                                  std::optional<uid_t> peer_uid, const char* action) const {
+  const uid_t self = ::geteuid();
   if (!options_.jobs_by_uid || !owner.has_value() || !peer_uid.has_value() || *peer_uid == *owner ||
-      *peer_uid == 0 || *peer_uid == ::geteuid()) {
+      *peer_uid == 0 || *peer_uid == self) {
     return absl::OkStatus();
   }
+  const std::string who =
+      absl::StrCat("job '", name, "' belongs to uid ", *owner,
+                   " (its first worker's), and this process runs as uid ", *peer_uid);
   return absl::PermissionDeniedError(absl::StrCat(
-      "job '", name, "' belongs to uid ", *owner, " (its first worker's), and this process runs as "
-      "uid ", *peer_uid, ": attach as uid ", *owner, " or root, or choose another job name (with "
-      "gstabd --jobs_by_uid=false, every uid the socket admits may use every job)"));
+      who, ": ", action, " as uid ", *owner, ", root or gstabd's own uid ", self,
+      ", or use another job name (with gstabd --jobs_by_uid=false, every uid the socket admits "
+      "may use every job)"));
 }
 
 absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
@@ -55,7 +59,8 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
           "worker's attach, and a state is imported into a new job by its worker after attaching"));
     }
     job = it->second;
-    if (absl::Status s = OwnerRefusal(request.job(), job->owner(), peer_uid); !s.ok()) return s;
+    absl::Status mine = OwnerRefusal(request.job(), job->owner(), peer_uid, "attach");
+    if (!mine.ok()) return mine;
     const std::string token = RandomToken();
     sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
     unclaimed_.erase(request.job());
@@ -226,7 +231,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // One attach of a job at a time from here: the checks of its workers' node count and
   // configuration, and its rendezvous, see the job as the attach before left it.
   absl::MutexLock attaching(job->attach_mutex());
-  if (absl::Status s = OwnerRefusal(request.job(), job->owner(), peer_uid); !s.ok()) return s;
+  if (absl::Status mine = OwnerRefusal(request.job(), job->owner(), peer_uid, "attach");
+      !mine.ok()) {
+    return mine;
+  }
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
   // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
   // wait with it.

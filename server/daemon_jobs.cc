@@ -215,7 +215,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     } else if (saved->second.state.has_owner_uid()) {
       owner = saved->second.state.owner_uid();
     }
-    if (absl::Status s = OwnerRefusal(name, owner, peer_uid); !s.ok()) return s;
+    if (absl::Status s = OwnerRefusal(name, owner, peer_uid, "forget it"); !s.ok()) return s;
     // The file first: should it stay, nothing is forgotten (else it would come back at start).
     if (absl::Status s = store_.Remove(name); !s.ok()) return s;
     response->set_held(held != jobs_.end());

@@ -42,7 +42,8 @@
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock",
           "gstabd's unix socket, or HOST:PORT of its TCP port (--listen; mutual TLS with the PEM "
-          "files GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name)");
+          "files GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name; GSTAB_TLS_NAME: the name "
+          "in gstabd's certificate, when not the host)");
 ABSL_FLAG(bool, json, false, "print JSON (one object per line) instead of text");
 ABSL_FLAG(std::string, job, "", "the job to act on (status, events: filter)");
 ABSL_FLAG(bool, follow, false, "events: keep streaming new events");
@@ -309,7 +310,8 @@ int Rendezvous() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "gstabctl [--socket=PATH] [--json] health | status | events [--job=J] [--follow] | top | "
+      "gstabctl [--socket=PATH|HOST:PORT] [--json] health | status | events [--job=J] [--follow] | "
+      "top | "
       "config set --job=J KEY=VALUE... | config show --job=J | export --job=J --out=FILE | "
       "import --job=J --in=FILE | forget --job=J | "
       "rendezvous --job=J --nodes=N [--cuda]");

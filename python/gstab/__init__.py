@@ -204,7 +204,8 @@ class Client:
 
     socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached
     with mutual TLS from the PEM files that GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name
-    in the environment (docs/daemon.md, Security).
+    in the environment (GSTAB_TLS_NAME: the name in gstabd's certificate, when not the host
+    dialled; docs/daemon.md, Security).
 
     reattach_timeout: when gstabd is replaced under a job of one node stepping host-memory
     gradients (a DaemonSet pod restarted or upgraded), step() waits up to this many seconds for
