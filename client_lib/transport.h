@@ -1,8 +1,8 @@
 // How a client reaches gstabd: its unix socket (a path), or its TCP port (HOST:PORT, gstabd run
 // with --listen), which takes mutual TLS with PEM files named by the environment:
 //   GSTAB_TLS_CA    the CA that signs gstabd's certificate
-//   GSTAB_TLS_CERT  this client's certificate (chain), signed by the CA of gstabd's
-//   GSTAB_TLS_KEY   --tls_client_ca, and its key
+//   GSTAB_TLS_CERT  this client's certificate (chain), signed by gstabd's --tls_client_ca
+//   GSTAB_TLS_KEY   its private key
 //   GSTAB_TLS_NAME  the name gstabd's certificate carries, when not the host dialled (optional)
 #pragma once
 
