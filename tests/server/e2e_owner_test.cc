@@ -106,6 +106,14 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   std::tie(rc, out) = Ctl(65533, "forget --job=theirs");  // a checkpoint only, now
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+  // gstabctl status --all lists it as retired, with its owner.
+  std::tie(rc, out) = Ctl(65533, "status --all");
+  EXPECT_EQ(rc, 0) << out;
+  const size_t retired = out.find("retired (");
+  ASSERT_NE(retired, std::string::npos) << out;
+  const size_t row = out.find("theirs", retired);
+  ASSERT_NE(row, std::string::npos) << out;
+  EXPECT_NE(out.substr(row, out.find('\n', row) - row).find("65534"), std::string::npos) << out;
 
   // Without jobs by uid, the attach goes through (and the trainer's step 1 is then refused as
   // one the job has passed, which is the job's own answer).
