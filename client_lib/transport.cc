@@ -5,10 +5,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/pem_file.h"
 
 namespace gstab {
 
@@ -38,14 +37,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
           "certificate, and GSTAB_TLS_CERT and GSTAB_TLS_KEY to this client's certificate and "
           "key, signed by the CA gstabd's --tls_client_ca names"));
     }
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (!in || text.str().find("-----BEGIN") == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(pem.var, "=", path, ": not a readable PEM file"));
-    }
-    *pem.out = text.str();
+    absl::StatusOr<std::string> text = ReadPemFile(pem.var, path);
+    if (!text.ok()) return text.status();
+    *pem.out = *std::move(text);
   }
   if (const char* name = std::getenv("GSTAB_TLS_NAME"); name != nullptr && *name != '\0') {
     args->SetSslTargetNameOverride(name);

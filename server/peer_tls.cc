@@ -3,30 +3,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/pem_file.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 
 namespace gstab {
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in || text.str().find("-----BEGIN") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, "=", path, ": not a readable PEM file"));
-  }
-  return text.str();
-}
-
-}  // namespace
 
 bool IsLoopbackHost(const std::string& host) {
   if (host == "localhost") return true;
@@ -68,7 +52,7 @@ absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
   MutualTls tls;
   std::string* pems[3] = {&tls.ca, &tls.cert, &tls.key};
   for (size_t i = 0; i < 3; ++i) {
-    absl::StatusOr<std::string> pem = ReadPem(flags[i], files[i]);
+    absl::StatusOr<std::string> pem = ReadPemFile(absl::StrCat("--", flags[i]), files[i]);
     if (!pem.ok()) return pem.status();
     *pems[i] = *std::move(pem);
   }

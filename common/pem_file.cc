@@ -1,0 +1,21 @@
+#include "common/pem_file.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& named_by, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in || text.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(named_by, "=", path, ": not a readable PEM file"));
+  }
+  return text.str();
+}
+
+}  // namespace gstab
