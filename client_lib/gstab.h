@@ -33,7 +33,7 @@ typedef int gstab_status;
 #define GSTAB_INVALID_ARGUMENT 3
 #define GSTAB_DEADLINE_EXCEEDED 4
 #define GSTAB_NOT_FOUND 5
-#define GSTAB_PERMISSION_DENIED 7 /* e.g. the job belongs to another uid (gstabd --jobs_by_uid) */
+#define GSTAB_PERMISSION_DENIED 7 /* e.g. a job of another uid or certificate (--jobs_by_uid) */
 #define GSTAB_RESOURCE_EXHAUSTED 8
 #define GSTAB_FAILED_PRECONDITION 9
 #define GSTAB_ABORTED 10 /* this session was replaced: another process attached as its rank */

@@ -339,7 +339,7 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
         out.set_last_step(c.state.last_step());
         out.set_groups(c.groups);
         out.set_retired(true);
-        if (c.state.has_owner_uid()) out.set_owner_uid(c.state.owner_uid());
+        SetOwnerIn(OwnerIn(c.state), &out);
       }
     }
     for (const auto& [name, job] : jobs_) {
@@ -364,7 +364,7 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
     out->set_waiting_step(stats.waiting_step());
     *out->mutable_arrived_local_ranks() = stats.arrived_local_ranks();
     out->set_local_world_size(stats.local_world_size());
-    if (std::optional<uint32_t> owner = job->owner()) out->set_owner_uid(*owner);
+    SetOwnerIn(job->owner(), out);
     if (observer_ != nullptr) observer_->Summarize(job->name(), history, out);
   }
   for (v1::JobSummary& r : retired) *response->add_jobs() = std::move(r);

@@ -53,10 +53,12 @@ struct DaemonOptions {
   bool cuda = false;
   // Run the cross-node stage through NCCL for jobs of one rank too (see GpuJobSpec).
   bool nccl_one_rank = false;
-  // A job belongs to the uid of the worker that made it (over the unix socket; recorded
-  // always): when set, a process of another uid, save root and gstabd's own, may not attach to
-  // it or forget it. A TCP client (no uid: a certificate holder) is not refused, as root is not.
+  // A job belongs to whoever made it (recorded always): the uid of a worker through the unix
+  // socket, the certificate's common name of a client through --listen. When set, another
+  // caller may not attach to it or forget it, save root, gstabd's own uid and `tls_operators`.
   bool jobs_by_uid = true;
+  // Common names of client certificates that act on every job (as root does over the socket).
+  std::set<std::string> tls_operators;
 };
 
 class Daemon {
@@ -66,9 +68,9 @@ class Daemon {
   static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options,
                                                         Observer* observer = nullptr);
 
-  // `peer_uid`: the caller's uid when known (unix socket): see DaemonOptions::jobs_by_uid.
+  // `caller`: who calls, when known (the gRPC service): see DaemonOptions::jobs_by_uid.
   absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response,
-                      std::optional<uid_t> peer_uid = std::nullopt);
+                      const std::optional<Principal>& caller = std::nullopt);
   // `peer_uid`: the caller's uid when known (unix socket): its host_shm objects must be its own
   // (and without it, host_shm is refused).
   absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
@@ -87,7 +89,7 @@ class Daemon {
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
   // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).
   absl::Status ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
-                         std::optional<uid_t> peer_uid = std::nullopt);
+                         const std::optional<Principal>& caller = std::nullopt);
   absl::Status CreateRendezvous(const v1::CreateRendezvousRequest& request,
                                 v1::CreateRendezvousResponse* response);
 
@@ -191,11 +193,12 @@ class Daemon {
   // idle for at least the lease. RESOURCE_EXHAUSTED when there is none.
   absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
-                              std::optional<uid_t> peer_uid);
-  // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid);
-  // its message says how the caller may `action` ("attach", "forget it").
-  absl::Status OwnerRefusal(const std::string& name, std::optional<uint32_t> owner,
-                            std::optional<uid_t> peer_uid, const char* action) const;
+                              const std::optional<Principal>& caller);
+  // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid),
+  // or when a TCP caller's certificate has no common name to own a job by; its message says
+  // how the caller may `action` ("attach", "forget it").
+  absl::Status OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
+                            const std::optional<Principal>& caller, const char* action) const;
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal
@@ -204,7 +207,7 @@ class Daemon {
   absl::Status AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                             uint32_t local_world,
                             const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
-                            std::optional<uid_t> peer_uid, v1::AttachResponse* response,
+                            const std::optional<Principal>& caller, v1::AttachResponse* response,
                             std::optional<Removal>* replaced, std::shared_ptr<Job>* attached,
                             std::shared_ptr<Job>* tried) ABSL_LOCKS_EXCLUDED(mu_);
 

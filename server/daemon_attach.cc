@@ -20,24 +20,34 @@ constexpr uint32_t kMaxNodes = 65536;
 
 }  // namespace
 
-absl::Status Daemon::OwnerRefusal(const std::string& name, std::optional<uint32_t> owner,
-                                  std::optional<uid_t> peer_uid, const char* action) const {
-  const uid_t self = ::geteuid();
-  if (!options_.jobs_by_uid || !owner.has_value() || !peer_uid.has_value() || *peer_uid == *owner ||
-      *peer_uid == 0 || *peer_uid == self) {
-    return absl::OkStatus();
+absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
+                                  const std::optional<Principal>& caller,
+                                  const char* action) const {
+  if (!options_.jobs_by_uid || !caller.has_value()) return absl::OkStatus();
+  if (caller->nameless()) {
+    return absl::PermissionDeniedError(
+        "this client's certificate has no subject common name (CN): gstabd keeps the jobs of "
+        "TCP clients apart by it (--jobs_by_uid), so use a certificate with one");
   }
-  const std::string who =
-      absl::StrCat("job '", name, "' belongs to uid ", *owner,
-                   " (its first worker's), and this process runs as uid ", *peer_uid);
+  const uid_t self = ::geteuid();
+  const bool operator_ = caller->is_certificate()
+                             ? options_.tls_operators.count(caller->certificate) == 1
+                             : caller->uid == 0 || caller->uid == self;
+  if (!owner.has_value() || *owner == *caller || operator_) return absl::OkStatus();
+  const std::string who = absl::StrCat(
+      "job '", name, "' belongs to ", owner->ToString(), " (its first worker's), and ",
+      caller->is_certificate() ? "this client's certificate is named '" + caller->certificate + "'"
+                               : absl::StrCat("this process runs as uid ", caller->uid));
   return absl::PermissionDeniedError(absl::StrCat(
-      who, ": ", action, " as uid ", *owner, ", root or gstabd's own uid ", self,
-      ", or use another job name (with gstabd --jobs_by_uid=false, every uid the socket admits "
-      "may use every job)"));
+      who, ": ", action, owner->is_certificate() ? " with " : " as ", owner->ToString(),
+      ", as root or gstabd's own uid ", self,
+      " through its socket, or with a certificate that gstabd's --tls_operators names; or use "
+      "another job name (with gstabd --jobs_by_uid=false, every client gstabd admits may use "
+      "every job)"));
 }
 
 absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
-                                    std::optional<uid_t> peer_uid) {
+                                    const std::optional<Principal>& caller) {
   std::shared_ptr<Job> job;
   {
     absl::MutexLock lock(&mu_);
@@ -59,7 +69,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
           "worker's attach, and a state is imported into a new job by its worker after attaching"));
     }
     job = it->second;
-    absl::Status mine = OwnerRefusal(request.job(), job->owner(), peer_uid, "attach");
+    absl::Status mine = OwnerRefusal(request.job(), job->owner(), caller, "attach");
     if (!mine.ok()) return mine;
     const std::string token = RandomToken();
     sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
@@ -76,9 +86,9 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
 }
 
 absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse* response,
-                            std::optional<uid_t> peer_uid) {
+                            const std::optional<Principal>& caller) {
   if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
-  if (request.observer()) return AttachObserver(request, response, peer_uid);
+  if (request.observer()) return AttachObserver(request, response, caller);
   const uint32_t world = std::max(1u, request.world_size());
   const uint32_t local_world = std::max(1u, request.local_world_size());
   const uint32_t nodes = std::max(1u, request.node_count());
@@ -127,7 +137,7 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   std::shared_ptr<Job> attached, tried;
   absl::Status s =
       AttachWorker(request, *params, local_world, rendezvous.has_value() ? &*rendezvous : nullptr,
-                   peer_uid, response, &replaced, &attached, &tried);
+                   caller, response, &replaced, &attached, &tried);
   Remove(replaced);  // the session this attach replaced, if any
   if (attached != nullptr) ReportWorkers(attached);
   // A job made for attaches that were all refused is not held for them.
@@ -138,9 +148,9 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
 absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                                   uint32_t local_world,
                                   const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
-                                  std::optional<uid_t> peer_uid, v1::AttachResponse* response,
-                                  std::optional<Removal>* replaced, std::shared_ptr<Job>* attached,
-                                  std::shared_ptr<Job>* tried) {
+                                  const std::optional<Principal>& caller,
+                                  v1::AttachResponse* response, std::optional<Removal>* replaced,
+                                  std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
   const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
@@ -207,8 +217,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
           slot->set_restored();
         }
         // Whose it was, even if its statistics could not be taken (kept in memory too).
-        if (checkpoint->second.state.has_owner_uid()) {
-          slot->set_owner(checkpoint->second.state.owner_uid());
+        if (std::optional<Principal> owner = OwnerIn(checkpoint->second.state)) {
+          slot->set_owner(*std::move(owner));
         }
         checkpoints_.erase(checkpoint);
       } else {
@@ -217,7 +227,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       }
       // From its making: no other uid's observer attaches meanwhile. A refused attach gives
       // the job back (Unmake).
-      if (peer_uid.has_value() && !slot->owner().has_value()) slot->set_owner(*peer_uid);
+      if (caller.has_value() && !caller->nameless()) slot->ClaimIfUnowned(*caller);
       unclaimed_.insert_or_assign(request.job(), Unclaimed{slot, std::move(from)});
     }
     job = slot;
@@ -231,8 +241,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // One attach of a job at a time from here: the checks of its workers' node count and
   // configuration, and its rendezvous, see the job as the attach before left it.
   absl::MutexLock attaching(job->attach_mutex());
-  if (absl::Status mine = OwnerRefusal(request.job(), job->owner(), peer_uid, "attach");
-      !mine.ok()) {
+  if (absl::Status mine = OwnerRefusal(request.job(), job->owner(), caller, "attach"); !mine.ok()) {
     return mine;
   }
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
@@ -308,11 +317,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       break;
     }
   }
-  // A job nobody owns yet (made over TCP) is its first worker's over the socket. Owners are
-  // recorded whether or not they are enforced (jobs_by_uid), so that enforcing them later holds.
-  if (peer_uid.has_value() && !job->owner().has_value()) {
-    job->set_owner(*peer_uid);
-  }
+  // A job nobody owns yet (restored from a checkpoint of a release before owners) is its first
+  // worker's. Owners are recorded whether or not they are enforced (jobs_by_uid), so that
+  // enforcing them later holds.
+  if (caller.has_value() && !caller->nameless()) job->ClaimIfUnowned(*caller);
   const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};
   unclaimed_.erase(request.job());

@@ -19,7 +19,7 @@ bool NothingToKeep(const v1::JobState& state) {
 // What a checkpoint of `job` keeps: its state, and whose it is.
 v1::JobState CheckpointOf(const Job& job) {
   v1::JobState state = job.ExportState();
-  if (std::optional<uint32_t> owner = job.owner()) state.set_owner_uid(*owner);
+  SetOwnerIn(job.owner(), &state);
   return state;
 }
 
@@ -180,7 +180,7 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
 }
 
 absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
-                               std::optional<uid_t> peer_uid) {
+                               const std::optional<Principal>& caller) {
   const std::string& name = request.job();
   if (absl::Status s = ValidateJobName(name); !s.ok()) return s;
   {
@@ -209,13 +209,9 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
       return absl::NotFoundError(
           absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
     }
-    std::optional<uint32_t> owner;
-    if (held != jobs_.end()) {
-      owner = held->second->owner();
-    } else if (saved->second.state.has_owner_uid()) {
-      owner = saved->second.state.owner_uid();
-    }
-    if (absl::Status s = OwnerRefusal(name, owner, peer_uid, "forget it"); !s.ok()) return s;
+    const std::optional<Principal> owner =
+        held != jobs_.end() ? held->second->owner() : OwnerIn(saved->second.state);
+    if (absl::Status s = OwnerRefusal(name, owner, caller, "forget it"); !s.ok()) return s;
     // The file first: should it stay, nothing is forgotten (else it would come back at start).
     if (absl::Status s = store_.Remove(name); !s.ok()) return s;
     response->set_held(held != jobs_.end());

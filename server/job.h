@@ -28,6 +28,7 @@
 #include "server/collective.h"
 #include "server/gpu_pipeline.h"
 #include "server/gpu_workers.h"
+#include "server/principal.h"
 #include "server/registration.h"
 
 namespace gstab {
@@ -54,12 +55,20 @@ class Job {
   // retirement when idle): its statistics and configuration are the checkpoint's.
   bool restored() const { return restored_; }
   void set_restored() { restored_ = true; }
-  // The uid the job belongs to (Daemon: jobs by uid), if any.
-  std::optional<uint32_t> owner() const {
-    const int64_t o = owner_;
-    return o < 0 ? std::nullopt : std::optional<uint32_t>(static_cast<uint32_t>(o));
+  // Whom the job belongs to (Daemon: jobs by uid), if anyone.
+  std::optional<Principal> owner() const {
+    absl::MutexLock lock(&owner_mu_);
+    return owner_;
   }
-  void set_owner(uint32_t uid) { owner_ = uid; }
+  void set_owner(Principal owner) {
+    absl::MutexLock lock(&owner_mu_);
+    owner_ = std::move(owner);
+  }
+  // Makes `claimant` the owner of a job that has none.
+  void ClaimIfUnowned(const Principal& claimant) {
+    absl::MutexLock lock(&owner_mu_);
+    if (!owner_.has_value()) owner_ = claimant;
+  }
   // Held by an attach of this job while it checks and joins it (taken before the daemon's
   // lock and this job's, never while holding either).
   absl::Mutex* attach_mutex() { return &attach_mu_; }
@@ -227,7 +236,8 @@ class Job {
   CpuExecutor* const executor_;
   const StepCallback on_step_;
   std::atomic<bool> restored_{false};
-  std::atomic<int64_t> owner_{-1};  // none
+  mutable absl::Mutex owner_mu_;  // taken alone
+  std::optional<Principal> owner_ ABSL_GUARDED_BY(owner_mu_);
   absl::Mutex attach_mu_;
 
   mutable absl::Mutex mu_;

@@ -60,8 +60,12 @@ ABSL_FLAG(std::vector<std::string>, allow_uids, {},
           "anyone the socket's 0660 mode lets in");
 ABSL_FLAG(std::vector<std::string>, allow_gids, {}, "primary gids allowed to connect");
 ABSL_FLAG(bool, jobs_by_uid, true,
-          "a job belongs to the uid of the worker that made it (over the socket): other uids, "
-          "save root and gstabd's own, may not attach to it or forget it");
+          "a job belongs to whoever made it (a uid over the socket, a client certificate's "
+          "common name over --listen): others, save root, gstabd's own uid and "
+          "--tls_operators, may not attach to it or forget it");
+ABSL_FLAG(std::vector<std::string>, tls_operators, {},
+          "common names (CN) of --listen's client certificates that act on every job, as root "
+          "does over the socket (comma-separated); other certificates act on their own jobs");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,
           "host shared-memory objects mapped at once, over every job (each is one of the "
@@ -194,6 +198,9 @@ int main(int argc, char** argv) {
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
   options.daemon.nccl_one_rank = absl::GetFlag(FLAGS_nccl_one_rank);
   options.daemon.jobs_by_uid = absl::GetFlag(FLAGS_jobs_by_uid);
+  for (const std::string& name : absl::GetFlag(FLAGS_tls_operators)) {
+    options.daemon.tls_operators.insert(name);
+  }
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
   const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
   options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();

@@ -16,6 +16,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (options.socket_path.empty() && options.listen_address.empty()) {
     return absl::InvalidArgumentError("nothing to listen on: give a socket path or an address");
   }
+  if (options.listen_address.empty() && !options.daemon.tls_operators.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_operators names client certificates of gstabd's TCP port, and --listen is not set");
+  }
+  for (const std::string& name : options.daemon.tls_operators) {
+    if (name.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls_operators has an empty name: list certificates' common names, comma-separated");
+    }
+  }
   MutualTls listen_tls;
   if (!options.listen_address.empty()) {
     // Its clients are not the socket's, whose credentials the allow-list checks: each shows a

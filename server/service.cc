@@ -9,10 +9,20 @@ std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* conte
   return std::nullopt;  // TCP: a certificate holder
 }
 
+Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
+  if (std::optional<uid_t> uid = PeerUid(context)) return Principal::Uid(*uid);
+  // TCP: mutual TLS, so a certificate of --tls_client_ca's, verified in the handshake. Without
+  // a common name it is nameless, which owns no job.
+  const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth == nullptr) return Principal::Certificate("");
+  const std::vector<grpc::string_ref> names = auth->FindPropertyValues("x509_common_name");
+  return Principal::Certificate(names.empty() ? "" : std::string(names[0].data(), names[0].size()));
+}
+
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,
                                        const v1::AttachRequest* request,
                                        v1::AttachResponse* response) {
-  return ToGrpcStatus(daemon_->Attach(*request, response, PeerUid(context)));
+  return ToGrpcStatus(daemon_->Attach(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext* context,
@@ -62,7 +72,7 @@ grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
 grpc::Status StabilizerService::ForgetJob(grpc::ServerContext* context,
                                           const v1::ForgetJobRequest* request,
                                           v1::ForgetJobResponse* response) {
-  return ToGrpcStatus(daemon_->ForgetJob(*request, response, PeerUid(context)));
+  return ToGrpcStatus(daemon_->ForgetJob(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,

@@ -1,7 +1,8 @@
 // Jobs by uid (gstabd --jobs_by_uid, the default): a job belongs to the uid of the worker that
 // made it. The example trainer, run as other users through setpriv, finds another uid's job
 // refused by name, through gstabd's restart too; root and the job's own uid are not refused, and
-// --jobs_by_uid=false lets every uid the socket admits use every job.
+// --jobs_by_uid=false lets every uid the socket admits use every job. Through gstabd's TCP port,
+// a job belongs to the common name of the client certificate that made it.
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -9,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/test_tls.h"
 #include "tests/testing/worker.h"
 
 namespace gstab {
@@ -16,6 +18,7 @@ namespace {
 
 using testing::DaemonProcess;
 using testing::TempDir;
+using testing::TestTls;
 
 constexpr char kRefused[] = "belongs to uid 65534";
 
@@ -122,6 +125,128 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   EXPECT_NE(rc, 0) << out;
   EXPECT_EQ(out.find(kRefused), std::string::npos) << out;
   EXPECT_NE(out.find("is not after its last step"), std::string::npos) << out;
+}
+
+// A client through gstabd's TCP port, with `who`'s certificate.
+std::unique_ptr<Client> ConnectAs(const TestTls& who, const std::string& address) {
+  testing::TlsEnvironment env(who);
+  auto c = Client::Connect(address, absl::Seconds(5));
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+absl::Status ObserveThenDetach(Client* client, const std::string& job) {
+  AttachOptions observer = testing::JobOptions(job);
+  observer.observer = true;
+  if (absl::Status s = client->Attach(observer); !s.ok()) return s;
+  return client->Detach();
+}
+
+grpc::Status Forget(Client* client, const std::string& job) {
+  grpc::ClientContext ctx;
+  v1::ForgetJobRequest request;
+  request.set_job(job);
+  v1::ForgetJobResponse response;
+  return client->stub()->ForgetJob(&ctx, request, &response);
+}
+
+TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
+  const TestTls tls = testing::MakeTestTls(dir_.path());
+  const TestTls alice = testing::MakeClientCertificate(dir_.path(), "alice", "/CN=alice");
+  const TestTls bob = testing::MakeClientCertificate(dir_.path(), "bob", "/CN=bob");
+  const TestTls ops = testing::MakeClientCertificate(dir_.path(), "ops", "/CN=gstab-ops");
+  const TestTls nameless = testing::MakeClientCertificate(dir_.path(), "nameless", "/O=gstab");
+  std::vector<std::string> flags = testing::ListenFlags(tls);
+  flags.push_back("--tls_operators=gstab-ops");
+  Restart(flags);
+  std::string address = testing::ListenAddress(*daemon_, 1);
+  ASSERT_FALSE(address.empty());
+
+  // A uid's job, and its state for alice's (over TCP no host shared memory is registered, so
+  // alice's job gets its statistics by an import).
+  auto [rc, out] = Train(65534, "theirs");
+  ASSERT_EQ(rc, 0) << out;
+  auto root = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(root.ok()) << root.status();
+  AttachOptions observer = testing::JobOptions("theirs");
+  observer.observer = true;
+  ASSERT_TRUE((*root)->Attach(observer).ok());
+  absl::StatusOr<std::string> state = (*root)->ExportState();
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_TRUE((*root)->Detach().ok());
+  std::unique_ptr<Client> a = ConnectAs(alice, address);
+  ASSERT_NE(a, nullptr);
+  ASSERT_TRUE(a->Attach(testing::JobOptions("alices")).ok());
+  ASSERT_TRUE(a->ImportState(*state).ok());
+  ASSERT_TRUE(a->Detach().ok());
+
+  // Another certificate, and another uid through the socket, are refused it.
+  const std::string kAlices = "belongs to certificate 'alice'";
+  std::unique_ptr<Client> b = ConnectAs(bob, address);
+  ASSERT_NE(b, nullptr);
+  absl::Status refused = ObserveThenDetach(b.get(), "alices");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find(kAlices), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("this client's certificate is named 'bob'"), std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("with certificate 'alice'"), std::string::npos) << refused;
+  grpc::Status forget = Forget(b.get(), "alices");
+  EXPECT_EQ(forget.error_code(), grpc::StatusCode::PERMISSION_DENIED) << forget.error_message();
+  EXPECT_NE(forget.error_message().find(kAlices), std::string::npos) << forget.error_message();
+  std::tie(rc, out) = Ctl(65533, "config set --job=alices policy=monitor");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kAlices), std::string::npos) << out;
+  // Nor may alice act on the uid's job; her own she may.
+  refused = ObserveThenDetach(a.get(), "theirs");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find(kRefused), std::string::npos) << refused;
+  EXPECT_TRUE(ObserveThenDetach(a.get(), "alices").ok());
+  // A certificate without a common name owns nothing, so it may act on nothing.
+  std::unique_ptr<Client> n = ConnectAs(nameless, address);
+  ASSERT_NE(n, nullptr);
+  refused = n->Attach(testing::JobOptions("anything"));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find("no subject common name"), std::string::npos) << refused;
+
+  // An operator's certificate acts on both, and sees whose each is.
+  std::unique_ptr<Client> o = ConnectAs(ops, address);
+  ASSERT_NE(o, nullptr);
+  EXPECT_TRUE(ObserveThenDetach(o.get(), "theirs").ok());
+  EXPECT_TRUE(ObserveThenDetach(o.get(), "alices").ok());
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(o->stub()->ListJobs(&ctx, {}, &listed).ok());
+  std::map<std::string, std::string> owners;
+  for (const v1::JobSummary& j : listed.jobs()) {
+    owners[j.job()] = j.has_owner_certificate() ? "cert " + j.owner_certificate()
+                                                : "uid " + std::to_string(j.owner_uid());
+  }
+  EXPECT_EQ(owners, (std::map<std::string, std::string>{{"alices", "cert alice"},
+                                                        {"theirs", "uid 65534"}}));
+
+  // The certificate is in the checkpoint: after a restart, bob is still refused the job, now a
+  // checkpoint only, which gstabctl lists as alice's; alice may forget it.
+  a.reset();
+  b.reset();
+  n.reset();
+  o.reset();
+  Restart(flags);
+  address = testing::ListenAddress(*daemon_, 2);
+  ASSERT_FALSE(address.empty());
+  b = ConnectAs(bob, address);
+  ASSERT_NE(b, nullptr);
+  forget = Forget(b.get(), "alices");
+  EXPECT_EQ(forget.error_code(), grpc::StatusCode::PERMISSION_DENIED) << forget.error_message();
+  std::tie(rc, out) = Ctl(65533, "status --all");
+  EXPECT_EQ(rc, 0) << out;
+  const size_t row = out.find("alices", out.find("retired ("));
+  ASSERT_NE(row, std::string::npos) << out;
+  EXPECT_NE(out.substr(row, out.find('\n', row) - row).find("cert:alice"), std::string::npos)
+      << out;
+  a = ConnectAs(alice, address);
+  ASSERT_NE(a, nullptr);
+  forget = Forget(a.get(), "alices");
+  EXPECT_TRUE(forget.ok()) << forget.error_message();
 }
 
 }  // namespace

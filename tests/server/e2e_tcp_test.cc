@@ -1,12 +1,11 @@
 // gstabd's TCP port (--listen): mutual TLS only. A client with a certificate of the CA gstabd
-// was given reaches the jobs as over the socket (observers, gstabctl), registers no host shared
-// memory (gstabd cannot tell whose it is), and clients without such a certificate are refused.
+// was given reaches the jobs as over the socket (observers, gstabctl): its own, or every job
+// for the certificates --tls_operators names. It registers no host shared memory (gstabd
+// cannot tell whose it is), and clients without such a certificate are refused.
 #include <grpcpp/grpcpp.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -25,45 +24,18 @@ using testing::DaemonProcess;
 using testing::TempDir;
 using testing::TestTls;
 using testing::TestWorker;
-
-// The client environment of client_lib/transport.h, set for one test and unset after.
-class TlsEnvironment {
- public:
-  explicit TlsEnvironment(const TestTls& tls) { Use(tls); }
-  ~TlsEnvironment() {
-    for (const char* v : {"GSTAB_TLS_CA", "GSTAB_TLS_CERT", "GSTAB_TLS_KEY", "GSTAB_TLS_NAME"}) {
-      unsetenv(v);
-    }
-  }
-  void Use(const TestTls& tls) {
-    setenv("GSTAB_TLS_CA", tls.ca.c_str(), 1);
-    setenv("GSTAB_TLS_CERT", tls.cert.c_str(), 1);
-    setenv("GSTAB_TLS_KEY", tls.key.c_str(), 1);
-    setenv("GSTAB_TLS_NAME", "gstab-peer", 1);  // the name in the test certificates
-  }
-};
+using testing::TlsEnvironment;
 
 // A gstabd serving its socket and 127.0.0.1 over mutual TLS with `tls`; its TCP address.
 class TcpDaemon {
  public:
-  explicit TcpDaemon(const std::string& dir, const TestTls& tls) {
-    auto d = DaemonProcess::Start(dir, {"--listen=127.0.0.1:0", "--tls_cert=" + tls.cert,
-                                        "--tls_key=" + tls.key, "--tls_client_ca=" + tls.ca});
+  TcpDaemon(const std::string& dir, const TestTls& tls, std::vector<std::string> flags = {}) {
+    for (std::string& f : testing::ListenFlags(tls)) flags.push_back(std::move(f));
+    auto d = DaemonProcess::Start(dir, flags);
     EXPECT_TRUE(d.ok()) << d.status();
     if (!d.ok()) return;
     daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
-    // The port it picked, from its log (written once it serves).
-    const std::regex logged("on TCP 127\\.0\\.0\\.1:([0-9]+) \\(mutual TLS\\)");
-    for (int i = 0; i < 100 && address_.empty(); ++i) {
-      std::smatch m;
-      const std::string log = daemon_->Log();
-      if (std::regex_search(log, m, logged)) {
-        address_ = "127.0.0.1:" + m[1].str();
-      } else {
-        absl::SleepFor(absl::Milliseconds(50));
-      }
-    }
-    EXPECT_FALSE(address_.empty()) << daemon_->Log();
+    address_ = testing::ListenAddress(*daemon_);
   }
   DaemonProcess& daemon() { return *daemon_; }
   const std::string& address() const { return address_; }
@@ -73,21 +45,34 @@ class TcpDaemon {
   std::string address_;
 };
 
-TEST(TcpTest, ACertifiedClientActsOnAJobAsOverTheSocketButRegistersNoSharedMemory) {
+TEST(TcpTest, AnOperatorsCertificateActsOnEveryJobButRegistersNoSharedMemory) {
   TempDir dir;
   const TestTls tls = testing::MakeTestTls(dir.path());
-  TcpDaemon tcp(dir.path(), tls);
+  const TestTls ops = testing::MakeClientCertificate(dir.path(), "ops", "/CN=gstab-ops");
+  const TestTls alice = testing::MakeClientCertificate(dir.path(), "alice", "/CN=alice");
+  TcpDaemon tcp(dir.path(), tls, {"--tls_operators=gstab-ops"});
   ASSERT_FALSE(tcp.address().empty());
   auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("tcp-job"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 7);
   ASSERT_TRUE((*worker)->client().Step(1).ok());
-
-  TlsEnvironment env(tls);
-  auto remote = Client::Connect(tcp.address(), absl::Seconds(5));
-  ASSERT_TRUE(remote.ok()) << remote.status();
   AttachOptions observer = testing::JobOptions("tcp-job");
   observer.observer = true;
+
+  // The job is its socket worker's uid's: a certificate --tls_operators does not name may not
+  // act on it.
+  TlsEnvironment env(alice);
+  auto other = Client::Connect(tcp.address(), absl::Seconds(5));
+  ASSERT_TRUE(other.ok()) << other.status();
+  const absl::Status refused = (*other)->Attach(observer);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find("this client's certificate is named 'alice'"), std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("--tls_operators"), std::string::npos) << refused;
+
+  env.Use(ops);
+  auto remote = Client::Connect(tcp.address(), absl::Seconds(5));
+  ASSERT_TRUE(remote.ok()) << remote.status();
   ASSERT_TRUE((*remote)->Attach(observer).ok());
   absl::StatusOr<v1::GetStatsResponse> stats = (*remote)->GetStats();
   ASSERT_TRUE(stats.ok()) << stats.status();
@@ -187,6 +172,14 @@ TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
                                         " --tls_client_ca=/dev/null");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("--tls_client_ca=/dev/null: not a readable PEM file"), std::string::npos)
+      << out;
+  // Operators' certificates are --listen's.
+  std::tie(rc, out) = testing::RunShell(testing::GstabdPath() + " --socket=" + dir.path() +
+                                        "/s.sock --state_dir=" + dir.path() +
+                                        "/state --metrics_port=-1 --tls_operators=ops");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--tls_operators names client certificates of gstabd's TCP port"),
+            std::string::npos)
       << out;
 }
 

@@ -39,6 +39,7 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
   retired->set_policy("clip");
   retired->set_retired(true);
   retired->set_last_step(77);
+  retired->set_owner_certificate("alice");  // made through gstabd's TCP port
 
   const std::string out = StatusTable(jobs);
   const size_t table = out.find("steady"), wait = out.find("waiting for local workers:"),
@@ -54,6 +55,7 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
   EXPECT_NE(out.find("  1001   1/4\n"), std::string::npos) << out;  // its uid; this node of four
   EXPECT_NE(out.find("     -     -\n"), std::string::npos) << out;  // no owner, one node
   EXPECT_EQ(out.find("steady: step"), std::string::npos) << out;  // nothing waits there
+  EXPECT_NE(out.find("       77       0 cert:alice\n"), std::string::npos) << out;
 
   v1::ListJobsResponse none;
   EXPECT_NE(StatusTable(none).find("(no jobs)"), std::string::npos);

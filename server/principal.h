@@ -1,0 +1,58 @@
+// Who acts on a job, and whom a job belongs to (gstabd --jobs_by_uid): a process through
+// gstabd's unix socket, by its uid (SO_PEERCRED), or a client through its TCP port (--listen),
+// by the subject common name (CN) of the certificate it showed.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+
+struct Principal {
+  enum class Kind { kUid, kCertificate };
+
+  static Principal Uid(uint32_t uid) { return {Kind::kUid, uid, {}}; }
+  static Principal Certificate(std::string common_name) {
+    return {Kind::kCertificate, 0, std::move(common_name)};
+  }
+
+  bool is_certificate() const { return kind == Kind::kCertificate; }
+  // A certificate without a common name: it cannot own a job.
+  bool nameless() const { return is_certificate() && certificate.empty(); }
+  // "uid 1000", "certificate 'alice'".
+  std::string ToString() const {
+    return is_certificate() ? absl::StrCat("certificate '", certificate, "'")
+                            : absl::StrCat("uid ", uid);
+  }
+  bool operator==(const Principal& o) const {
+    return kind == o.kind && uid == o.uid && certificate == o.certificate;
+  }
+  bool operator!=(const Principal& o) const { return !(*this == o); }
+
+  Kind kind = Kind::kUid;
+  uint32_t uid = 0;         // kUid
+  std::string certificate;  // kCertificate: its CN, empty when it has none
+};
+
+// The owner in a JobState or JobSummary (their fields owner_uid and owner_certificate), if any.
+template <class Message>
+std::optional<Principal> OwnerIn(const Message& m) {
+  if (m.has_owner_certificate()) return Principal::Certificate(m.owner_certificate());
+  if (m.has_owner_uid()) return Principal::Uid(m.owner_uid());
+  return std::nullopt;
+}
+
+template <class Message>
+void SetOwnerIn(const std::optional<Principal>& owner, Message* m) {
+  if (!owner.has_value()) return;
+  if (owner->is_certificate()) {
+    m->set_owner_certificate(owner->certificate);
+  } else {
+    m->set_owner_uid(owner->uid);
+  }
+}
+
+}  // namespace gstab
