@@ -177,14 +177,45 @@ def check_peer(name, kinds):
     env = {e["name"]: e for e in c["env"]}
     check(env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP",
           f"{name}: NODE_IP is not the node's address")
-    secret = [v for v in spec["volumes"] if "secret" in v]
-    check(len(secret) == 1 and secret[0]["secret"]["secretName"] == "gstab-peer-tls",
+    check(mounted_secret(pod, c, "/etc/gstab/peer-tls") == "gstab-peer-tls",
           f"{name}: the peer TLS secret is not mounted")
+
+
+def mounted_secret(pod, container, path):
+    """The name of the Secret mounted at `path` in the container, or None."""
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    return vols.get(mounts.get(path), {}).get("secret", {}).get("secretName")
+
+
+def check_api(name, kinds):
+    """gstabd's TCP API: on the pod's IP, mutual TLS from its Secret, the operators' names."""
+    _, pod, c = daemon_container(kinds)
+    check(flag(c, "listen") == "$(POD_IP):7479", f"{name}: --listen not on the pod's IP")
+    env = {e["name"]: e for e in c["env"]}
+    check(env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP",
+          f"{name}: POD_IP is not the pod's address")
+    check([flag(c, f) for f in ("tls_cert", "tls_key", "tls_client_ca")] ==
+          [f"/etc/gstab/api-tls/{f}" for f in ("tls.crt", "tls.key", "ca.crt")],
+          f"{name}: --tls_cert, --tls_key, --tls_client_ca are not the API Secret's files")
+    check(flag(c, "tls_operators") == "gstab-peer,ops", f"{name}: --tls_operators not rendered")
+    check(mounted_secret(pod, c, "/etc/gstab/api-tls") == "gstab-api-tls",
+          f"{name}: the API's TLS secret is not mounted")
+    check({"name": "api", "containerPort": 7479, "protocol": "TCP"} in c["ports"],
+          f"{name}: no container port for the API")
 
 
 def bad_values(args):
     cases = [
         (["--set", "peer.enabled=true"], "tlsSecret"),
+        (["--set", "api.enabled=true"], "/api/tlsSecret"),
+        (["--set", "api.enabled=true", "--set", "api.tlsSecret=s", "--set", "api.port=9478"],
+         "api.port and metrics.port must differ"),
+        (["--set", "api.enabled=true", "--set", "api.tlsSecret=s", "--set", "peer.enabled=true",
+          "--set", "peer.tlsSecret=s", "--set", "api.port=7478"],
+         "api.port and peer.port must differ"),
+        (["--set", "api.operators[0]=a\\,b"], "/api/operators/0"),
+        (["--set", "extraArgs={--tls_operators=x}"], "may not set --tls_operators"),
         (["--set", "backend=gpu"], "/backend"),
         (["--set", "gpu.enabled=false", "--set", "backend=cuda"], "backend=cuda needs gpu.enabled"),
         (["--set", "metrics.port=70000"], "/metrics/port"),
@@ -218,7 +249,11 @@ def check_notes(args):
              (["--set", "hostPID=false"], ["WARNING: gpu.enabled with hostPID false"]),
              (["--set", "gpu.enabled=false", "--set", "socket.gid=2000",
                "--set", "socket.hostPath=/var/run/gstab"],
-              ["/var/run/gstab/gstabd.sock", "group 2000", "hostIPC: true in"])]
+              ["/var/run/gstab/gstabd.sock", "group 2000", "hostIPC: true in"]),
+             (["--set", "api.enabled=true", "--set", "api.tlsSecret=api-tls",
+               "--set", "api.operators={ops}"],
+              ["port 7479 of each gstabd pod's IP", "api-tls's ca.crt", "ops act on every job",
+               "gstabctl --socket=POD_IP:7479 status"])]
     for extra, wanted in cases:
         p = subprocess.run([args.helm, "install", "gstab", args.chart, "--dry-run=client",
                             "--namespace", "gstab", *extra], capture_output=True, text=True)
@@ -300,20 +335,24 @@ def run_rendered(args, name, kinds, tmp):
     _, pod, c = daemon_container(kinds)
     root = os.path.join(tmp, name)
     paths = {"/run/gstab": root + "/run", "/var/lib/gstab": root + "/state",
-             "/etc/gstab/peer-tls": root + "/tls"}
+             "/etc/gstab/peer-tls": root + "/tls", "/etc/gstab/api-tls": root + "/api-tls"}
     for p in paths.values():
         os.makedirs(p, exist_ok=True)
     if any(a.startswith("--peer_tls_ca=") for a in c["args"]):
         make_tls(paths["/etc/gstab/peer-tls"])
-    port = free_port()
+    api = flag(c, "listen") is not None
+    if api:
+        make_tls(paths["/etc/gstab/api-tls"])
+    port, api_port = free_port(), free_port()
 
     def mapped(a):
         for k, v in paths.items():
             a = a.replace("=" + k, "=" + v)
-        return a.replace("$(NODE_IP)", "127.0.0.1")
+        return a.replace("$(NODE_IP)", "127.0.0.1").replace("$(POD_IP)", "127.0.0.1")
 
     argv = [mapped(a) for a in c["args"]]
     argv = [f"--metrics_port={port}" if a.startswith("--metrics_port=") else a for a in argv]
+    argv = [f"--listen=127.0.0.1:{api_port}" if a.startswith("--listen=") else a for a in argv]
     # This machine has no GPU: the CUDA backend would refuse to start; every other flag is
     # the chart's.
     argv = ["--backend=cpu" if a == "--backend=cuda" else a for a in argv]
@@ -337,6 +376,13 @@ def run_rendered(args, name, kinds, tmp):
             return
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         check(b"# TYPE gstab_" in body, f"{name}: /metrics serves no gstab_ family")
+        if api:  # an operator's gstabctl off the node, with a certificate of the Secret's CA
+            tls = paths["/etc/gstab/api-tls"]
+            env = dict(os.environ, GSTAB_TLS_CA=f"{tls}/ca.crt", GSTAB_TLS_CERT=f"{tls}/tls.crt",
+                       GSTAB_TLS_KEY=f"{tls}/tls.key", GSTAB_TLS_NAME="gstab-peer")
+            p = subprocess.run([args.gstabctl, f"--socket=127.0.0.1:{api_port}", "status"],
+                               capture_output=True, text=True, env=env)
+            check(p.returncode == 0, f"{name}: gstabctl over the API port fails: {p.stderr}")
         if emulate:
             check_confinement(args, name, c, daemon.pid, mapped("=" + flag(c, "socket"))[1:],
                               tmp)
@@ -369,6 +415,8 @@ def main():
                   "--set", "metrics.grafanaDashboard.enabled=true",
                   "--set", "peer.enabled=true", "--set", "peer.tlsSecret=gstab-peer-tls",
                   "--set", "peer.tlsName=gstab-peer", "--set", "socket.gid=2000",
+                  "--set", "api.enabled=true", "--set", "api.tlsSecret=gstab-api-tls",
+                  "--set", "api.operators={gstab-peer,ops}",
                   "--set", "allowUids={0,1000}", "--set", "allowGids={2000}",
                   "--set", "extraArgs={--max_bytes=1073741824}",
                   "--set", "extraEnv[0].name=NCCL_SOCKET_IFNAME",
@@ -381,9 +429,10 @@ def main():
     scenarios = {
         "gpu-defaults": ([], [check_gpu]),
         "cpu": (["--set", "gpu.enabled=false"], [check_cpu]),
-        "gpu-everything": (everything, [check_gpu, check_peer,
+        "gpu-everything": (everything, [check_gpu, check_peer, check_api,
                                         lambda n, k: check_monitoring(n, k, args)]),
-        "cpu-everything": (everything + ["--set", "gpu.enabled=false"], [check_cpu, check_peer]),
+        "cpu-everything": (everything + ["--set", "gpu.enabled=false"],
+                           [check_cpu, check_peer, check_api]),
     }
     os.umask(0o022)
     # In /tmp, whatever TMPDIR says: workers of other uids reach the socket, as through a host

@@ -79,14 +79,14 @@ must admit the probes and `helm test` (gstabd's runAsUser, gid socket.gid or its
 differ (both are host ports with peer.enabled).
 */}}
 {{- define "gstab.checkValues" -}}
-{{- $managed := list "socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" -}}
+{{- $managed := list "socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
 {{- range .Values.extraArgs -}}
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
 {{- if has $flag $managed -}}
 {{- fail (printf "extraArgs may not set --%s: the chart sets it from its values (see values.yaml)" $flag) -}}
 {{- end -}}
 {{- end -}}
-{{- $managedEnv := list "NODE_NAME" "NODE_IP" "NVIDIA_VISIBLE_DEVICES" "NVIDIA_DRIVER_CAPABILITIES" "CUDA_CACHE_PATH" -}}
+{{- $managedEnv := list "NODE_NAME" "NODE_IP" "POD_IP" "NVIDIA_VISIBLE_DEVICES" "NVIDIA_DRIVER_CAPABILITIES" "CUDA_CACHE_PATH" -}}
 {{- range .Values.extraEnv -}}
 {{- if has .name $managedEnv -}}
 {{- fail (printf "extraEnv may not set %s: the chart sets it (see values.yaml)" .name) -}}
@@ -105,5 +105,13 @@ differ (both are host ports with peer.enabled).
 {{- end -}}
 {{- if and .Values.peer.enabled (eq (int64 .Values.peer.port) (int64 .Values.metrics.port)) -}}
 {{- fail "peer.port and metrics.port must differ: with peer.enabled both are ports of the node's network" -}}
+{{- end -}}
+{{- if .Values.api.enabled -}}
+{{- if eq (int64 .Values.api.port) (int64 .Values.metrics.port) -}}
+{{- fail "api.port and metrics.port must differ: both are ports of gstabd's pod" -}}
+{{- end -}}
+{{- if and .Values.peer.enabled (eq (int64 .Values.api.port) (int64 .Values.peer.port)) -}}
+{{- fail "api.port and peer.port must differ: both are ports of the node's network" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
