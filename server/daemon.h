@@ -23,6 +23,7 @@
 #include "server/job.h"
 #include "server/observer.h"
 #include "server/peer_tls.h"
+#include "server/principal.h"
 #include "server/registration.h"
 #include "server/rendezvous_store.h"
 #include "server/shm_mapping.h"
@@ -68,9 +69,11 @@ class Daemon {
   static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options,
                                                         Observer* observer = nullptr);
 
-  // `caller`: who calls, when known (the gRPC service): see DaemonOptions::jobs_by_uid.
+  // `caller`: who calls (the gRPC service's StabilizerService::Caller), checked against the
+  // job's owner (DaemonOptions::jobs_by_uid); nullopt, for in-process callers only, skips the
+  // check. The same for ForgetJob and CreateRendezvous.
   absl::Status Attach(const v1::AttachRequest& request, v1::AttachResponse* response,
-                      const std::optional<Principal>& caller = std::nullopt);
+                      const std::optional<Principal>& caller);
   // `peer_uid`: the caller's uid when known (unix socket): its host_shm objects must be its own
   // (and without it, host_shm is refused).
   absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
@@ -89,9 +92,10 @@ class Daemon {
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
   // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).
   absl::Status ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
-                         const std::optional<Principal>& caller = std::nullopt);
+                         const std::optional<Principal>& caller);
   absl::Status CreateRendezvous(const v1::CreateRendezvousRequest& request,
-                                v1::CreateRendezvousResponse* response);
+                                v1::CreateRendezvousResponse* response,
+                                const std::optional<Principal>& caller);
 
   // The address other daemons reach this one's rendezvous store at (set once the peer port
   // listens); empty when this daemon serves no peers.

@@ -30,12 +30,13 @@ absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<P
         "TCP clients apart by it (--jobs_by_uid), so use a certificate with one");
   }
   const uid_t self = ::geteuid();
-  const bool operator_ = caller->is_certificate()
-                             ? options_.tls_operators.count(caller->certificate) == 1
-                             : caller->uid == 0 || caller->uid == self;
-  if (!owner.has_value() || *owner == *caller || operator_) return absl::OkStatus();
+  const bool acts_on_every_job = caller->is_certificate()
+                                     ? options_.tls_operators.count(caller->certificate) == 1
+                                     : caller->uid == 0 || caller->uid == self;
+  if (!owner.has_value() || *owner == *caller || acts_on_every_job) return absl::OkStatus();
   const std::string who = absl::StrCat(
-      "job '", name, "' belongs to ", owner->ToString(), " (its first worker's), and ",
+      "job '", name, "' belongs to ", owner->ToString(),
+      " (whoever made or first claimed it), and ",
       caller->is_certificate() ? "this client's certificate is named '" + caller->certificate + "'"
                                : absl::StrCat("this process runs as uid ", caller->uid));
   return absl::PermissionDeniedError(absl::StrCat(
@@ -225,7 +226,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                      StepCallbackFor(request.job()), gpu_);
       }
-      // From its making: no other uid's observer attaches meanwhile. A refused attach gives
+      // From its making: no other caller's observer attaches meanwhile. A refused attach gives
       // the job back (Unmake).
       if (caller.has_value() && !caller->nameless()) slot->ClaimIfUnowned(*caller);
       unclaimed_.insert_or_assign(request.job(), Unclaimed{slot, std::move(from)});
@@ -396,7 +397,8 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
 }
 
 absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request,
-                                      v1::CreateRendezvousResponse* response) {
+                                      v1::CreateRendezvousResponse* response,
+                                      const std::optional<Principal>& caller) {
   if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
   if (request.node_count() < 1 || request.node_count() > kMaxNodes) {
     return absl::InvalidArgumentError(
@@ -405,6 +407,17 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   std::string peer_address;
   {
     absl::MutexLock lock(&mu_);
+    // A new rendezvous pushes out the job's older ones: the job's own callers only.
+    std::optional<Principal> owner;
+    if (auto held = jobs_.find(request.job()); held != jobs_.end()) {
+      owner = held->second->owner();
+    } else if (auto saved = checkpoints_.find(request.job()); saved != checkpoints_.end()) {
+      owner = OwnerIn(saved->second.state);
+    }
+    if (absl::Status s = OwnerRefusal(request.job(), owner, caller, "make its rendezvous");
+        !s.ok()) {
+      return s;
+    }
     peer_address = peer_address_;
   }
   if (peer_address.empty()) {

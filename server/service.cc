@@ -80,10 +80,10 @@ grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJob
   return ToGrpcStatus(daemon_->ListJobs(*request, response));
 }
 
-grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext*,
+grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext* context,
                                                  const v1::CreateRendezvousRequest* request,
                                                  v1::CreateRendezvousResponse* response) {
-  return ToGrpcStatus(daemon_->CreateRendezvous(*request, response));
+  return ToGrpcStatus(daemon_->CreateRendezvous(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,

@@ -59,26 +59,25 @@ std::string WaitingLine(const v1::JobSummary& j) {
 }
 
 std::string StatusTable(const v1::ListJobsResponse& jobs) {
-  std::string out =
-      absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s %6s %5s\n", "JOB", "POLICY",
-                      "WORKERS", "STEPS", "LAST_NORM", "STABILIZED", "SPIKES", "SKIPS",
-                      "DIVERGING", "OWNER", "NODE");
+  std::string out = absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s %5s %s\n", "JOB",
+                                    "POLICY", "WORKERS", "STEPS", "LAST_NORM", "STABILIZED",
+                                    "SPIKES", "SKIPS", "DIVERGING", "NODE", "OWNER");
   std::string retired;
   std::string waiting;
   for (const v1::JobSummary& j : jobs.jobs()) {
     if (j.arrived_local_ranks_size() > 0) absl::StrAppend(&waiting, WaitingLine(j), "\n");
     if (j.retired()) {
-      absl::StrAppendFormat(&retired, "%-24s %-10s %9d %7d %6s\n", j.job(), j.policy(),
+      absl::StrAppendFormat(&retired, "%-24s %-10s %9d %7d %s\n", j.job(), j.policy(),
                             j.last_step(), j.groups(), Owner(j));
       continue;
     }
     // A job across nodes: this node's rank of their count ("1/4"); "-" on one node.
     const std::string node =
         j.node_count() > 1 ? absl::StrCat(j.node_rank(), "/", j.node_count()) : "-";
-    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s %6s %5s\n", j.job(),
+    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s %5s %s\n", j.job(),
                           j.policy(), j.attached_workers(), j.steps(), Norm(j.last_norm()),
                           Norm(j.last_stabilized_norm()), j.spike_steps(), j.skipped_steps(),
-                          j.diverging() ? "YES" : "no", Owner(j), node);
+                          j.diverging() ? "YES" : "no", node, Owner(j));
   }
   if (std::none_of(jobs.jobs().begin(), jobs.jobs().end(),
                    [](const v1::JobSummary& j) { return !j.retired(); })) {
@@ -88,7 +87,7 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
   if (!retired.empty()) {
     absl::StrAppendFormat(&out,
                           "\nretired (statistics kept; they come back when a worker attaches):\n"
-                          "%-24s %-10s %9s %7s %6s\n%s",
+                          "%-24s %-10s %9s %7s %s\n%s",
                           "JOB", "POLICY", "LAST_STEP", "GROUPS", "OWNER", retired);
   }
   return out;

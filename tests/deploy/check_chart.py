@@ -198,7 +198,7 @@ def check_api(name, kinds):
     check([flag(c, f) for f in ("tls_cert", "tls_key", "tls_client_ca")] ==
           [f"/etc/gstab/api-tls/{f}" for f in ("tls.crt", "tls.key", "ca.crt")],
           f"{name}: --tls_cert, --tls_key, --tls_client_ca are not the API Secret's files")
-    check(flag(c, "tls_operators") == "gstab-peer,ops", f"{name}: --tls_operators not rendered")
+    check(flag(c, "tls_operators") == "ops,oncall", f"{name}: --tls_operators not rendered")
     check(mounted_secret(pod, c, "/etc/gstab/api-tls") == "gstab-api-tls",
           f"{name}: the API's TLS secret is not mounted")
     check({"name": "api", "containerPort": 7479, "protocol": "TCP"} in c["ports"],
@@ -330,6 +330,39 @@ def check_confinement(args, name, container, pid, sock_path, tmp):
                    f"privileges (rc={rc}):\n{out}")
 
 
+def make_client_certificate(folder, name):
+    """A client certificate of make_tls(folder)'s CA for the common name `name`."""
+    subprocess.run(
+        f"cd {folder} && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        f"-keyout {name}.key -out {name}.csr -subj /CN={name} && printf "
+        f"'extendedKeyUsage=clientAuth\\n' > {name}.ext && openssl x509 -req -in {name}.csr "
+        f"-CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile {name}.ext -out {name}.pem",
+        shell=True, check=True, capture_output=True)
+
+
+def check_api_port(args, name, tls, port, sock):
+    """gstabctl off the node through the rendered API port: an operator's certificate changes a
+    job a worker made through the socket; gstabd's own certificate, which api.operators does
+    not name, is refused it."""
+    p = subprocess.run([args.trainer, f"--socket={sock}", "--job=api-job", "--steps=2",
+                        "--print_every=1000"], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 0, f"{name}: the trainer failed on the socket: {p.stdout}{p.stderr}")
+
+    def ctl(cert):
+        env = dict(os.environ, GSTAB_TLS_CA=f"{tls}/ca.crt", GSTAB_TLS_CERT=f"{tls}/{cert}",
+                   GSTAB_TLS_KEY=f"{tls}/{cert.rsplit('.', 1)[0]}.key", GSTAB_TLS_NAME="gstab-peer")
+        return subprocess.run([args.gstabctl, f"--socket=127.0.0.1:{port}", "config", "set",
+                               "--job=api-job", "policy=monitor"],
+                              capture_output=True, text=True, env=env)
+
+    p = ctl("ops.pem")
+    check(p.returncode == 0, f"{name}: an operator's gstabctl over the API port fails: {p.stderr}")
+    p = ctl("tls.crt")
+    check(p.returncode != 0 and "belongs to uid" in p.stderr,
+          f"{name}: a certificate api.operators does not name changed another's job "
+          f"(rc={p.returncode}): {p.stderr}")
+
+
 def run_rendered(args, name, kinds, tmp):
     """Starts gstabd with the chart's arguments, mapped onto `tmp`; runs its probes."""
     _, pod, c = daemon_container(kinds)
@@ -343,6 +376,7 @@ def run_rendered(args, name, kinds, tmp):
     api = flag(c, "listen") is not None
     if api:
         make_tls(paths["/etc/gstab/api-tls"])
+        make_client_certificate(paths["/etc/gstab/api-tls"], "ops")
     port, api_port = free_port(), free_port()
 
     def mapped(a):
@@ -376,13 +410,9 @@ def run_rendered(args, name, kinds, tmp):
             return
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         check(b"# TYPE gstab_" in body, f"{name}: /metrics serves no gstab_ family")
-        if api:  # an operator's gstabctl off the node, with a certificate of the Secret's CA
-            tls = paths["/etc/gstab/api-tls"]
-            env = dict(os.environ, GSTAB_TLS_CA=f"{tls}/ca.crt", GSTAB_TLS_CERT=f"{tls}/tls.crt",
-                       GSTAB_TLS_KEY=f"{tls}/tls.key", GSTAB_TLS_NAME="gstab-peer")
-            p = subprocess.run([args.gstabctl, f"--socket=127.0.0.1:{api_port}", "status"],
-                               capture_output=True, text=True, env=env)
-            check(p.returncode == 0, f"{name}: gstabctl over the API port fails: {p.stderr}")
+        if api:
+            check_api_port(args, name, paths["/etc/gstab/api-tls"], api_port,
+                           mapped("=" + flag(c, "socket"))[1:])
         if emulate:
             check_confinement(args, name, c, daemon.pid, mapped("=" + flag(c, "socket"))[1:],
                               tmp)
@@ -416,7 +446,7 @@ def main():
                   "--set", "peer.enabled=true", "--set", "peer.tlsSecret=gstab-peer-tls",
                   "--set", "peer.tlsName=gstab-peer", "--set", "socket.gid=2000",
                   "--set", "api.enabled=true", "--set", "api.tlsSecret=gstab-api-tls",
-                  "--set", "api.operators={gstab-peer,ops}",
+                  "--set", "api.operators={ops,oncall}",
                   "--set", "allowUids={0,1000}", "--set", "allowGids={2000}",
                   "--set", "extraArgs={--max_bytes=1073741824}",
                   "--set", "extraEnv[0].name=NCCL_SOCKET_IFNAME",

@@ -193,6 +193,14 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   grpc::Status forget = Forget(b.get(), "alices");
   EXPECT_EQ(forget.error_code(), grpc::StatusCode::PERMISSION_DENIED) << forget.error_message();
   EXPECT_NE(forget.error_message().find(kAlices), std::string::npos) << forget.error_message();
+  refused = b->Attach(testing::JobOptions("alices"));  // as a worker
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  // Nor may bob make a rendezvous for it (which would push out alice's); alice gets past the
+  // owner check to this gstabd's lack of a peer port.
+  absl::StatusOr<std::string> blob = b->CreateRendezvous("alices", 2);
+  EXPECT_EQ(blob.status().code(), absl::StatusCode::kPermissionDenied) << blob.status();
+  blob = a->CreateRendezvous("alices", 2);
+  EXPECT_NE(blob.status().message().find("--peer_listen"), std::string::npos) << blob.status();
   std::tie(rc, out) = Ctl(65533, "config set --job=alices policy=monitor");
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kAlices), std::string::npos) << out;
@@ -235,6 +243,9 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   ASSERT_FALSE(address.empty());
   b = ConnectAs(bob, address);
   ASSERT_NE(b, nullptr);
+  refused = b->Attach(testing::JobOptions("alices"));  // restored from its checkpoint, then refused
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find(kAlices), std::string::npos) << refused;
   forget = Forget(b.get(), "alices");
   EXPECT_EQ(forget.error_code(), grpc::StatusCode::PERMISSION_DENIED) << forget.error_message();
   std::tie(rc, out) = Ctl(65533, "status --all");
@@ -247,6 +258,20 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   ASSERT_NE(a, nullptr);
   forget = Forget(a.get(), "alices");
   EXPECT_TRUE(forget.ok()) << forget.error_message();
+
+  // Without jobs by uid, any certificate acts on any job, one without a name too.
+  a.reset();
+  b.reset();
+  flags.push_back("--jobs_by_uid=false");
+  Restart(flags);
+  address = testing::ListenAddress(*daemon_, 3);
+  ASSERT_FALSE(address.empty());
+  b = ConnectAs(bob, address);
+  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(b->Attach(testing::JobOptions("theirs")).ok());
+  n = ConnectAs(nameless, address);
+  ASSERT_NE(n, nullptr);
+  EXPECT_TRUE(n->Attach(testing::JobOptions("anything")).ok());
 }
 
 }  // namespace

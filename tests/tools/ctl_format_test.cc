@@ -52,10 +52,10 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
   EXPECT_NE(out.find("waiting: step 0 waits for local ranks 0,2,3 (1 of 4 arrived)\n"),
             std::string::npos)
       << out;
-  EXPECT_NE(out.find("  1001   1/4\n"), std::string::npos) << out;  // its uid; this node of four
-  EXPECT_NE(out.find("     -     -\n"), std::string::npos) << out;  // no owner, one node
+  EXPECT_NE(out.find("   1/4 1001\n"), std::string::npos) << out;  // this node of four; its uid
+  EXPECT_NE(out.find("     - -\n"), std::string::npos) << out;     // one node, no owner
   EXPECT_EQ(out.find("steady: step"), std::string::npos) << out;  // nothing waits there
-  EXPECT_NE(out.find("       77       0 cert:alice\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("       77       0 cert:alice\n"), std::string::npos) << out;  // last
 
   v1::ListJobsResponse none;
   EXPECT_NE(StatusTable(none).find("(no jobs)"), std::string::npos);
