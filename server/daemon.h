@@ -55,10 +55,10 @@ struct DaemonOptions {
   // Run the cross-node stage through NCCL for jobs of one rank too (see GpuJobSpec).
   bool nccl_one_rank = false;
   // A job belongs to whoever made it (recorded always): the uid of a worker through the unix
-  // socket, the certificate's common name of a client through --listen. When set, another
+  // socket, the certificate's name of a client through --listen. When set, another
   // caller may not attach to it or forget it, save root, gstabd's own uid and `tls_operators`.
   bool jobs_by_uid = true;
-  // Common names of client certificates that act on every job (as root does over the socket).
+  // Names of client certificates that act on every job (as root does over the socket).
   std::set<std::string> tls_operators;
 };
 
@@ -199,7 +199,7 @@ class Daemon {
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                               const std::optional<Principal>& caller);
   // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid),
-  // or when a TCP caller's certificate has no common name to own a job by; its message says
+  // or when a TCP caller's certificate has no name to own a job by; its message says
   // how the caller may `action` ("attach", "forget it").
   absl::Status OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
                             const std::optional<Principal>& caller, const char* action) const;

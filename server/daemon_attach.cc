@@ -26,7 +26,8 @@ absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<P
   if (!options_.jobs_by_uid || !caller.has_value()) return absl::OkStatus();
   if (caller->nameless()) {
     return absl::PermissionDeniedError(
-        "this client's certificate has no subject common name (CN): gstabd keeps the jobs of "
+        "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (a "
+        "spiffe:// URI in subjectAltName): gstabd keeps the jobs of "
         "TCP clients apart by it (--jobs_by_uid), so use a certificate with one");
   }
   const uid_t self = ::geteuid();

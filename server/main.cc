@@ -61,11 +61,12 @@ ABSL_FLAG(std::vector<std::string>, allow_uids, {},
 ABSL_FLAG(std::vector<std::string>, allow_gids, {}, "primary gids allowed to connect");
 ABSL_FLAG(bool, jobs_by_uid, true,
           "a job belongs to whoever made it (a uid over the socket, a client certificate's "
-          "common name over --listen): others, save root, gstabd's own uid and "
+          "name over --listen): others, save root, gstabd's own uid and "
           "--tls_operators, may not attach to it or forget it");
-ABSL_FLAG(std::vector<std::string>, tls_operators, {},
-          "common names (CN) of --listen's client certificates that act on every job, as root "
-          "does over the socket (comma-separated); other certificates act on their own jobs");
+ABSL_FLAG(
+    std::vector<std::string>, tls_operators, {},
+    "names (CN, or SPIFFE ID) of --listen's client certificates that act on every job, as root "
+    "does over the socket (comma-separated); other certificates act on their own jobs");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,
           "host shared-memory objects mapped at once, over every job (each is one of the "

@@ -1,6 +1,7 @@
 // Who acts on a job, and whom a job belongs to (gstabd --jobs_by_uid): a process through
 // gstabd's unix socket, by its uid (SO_PEERCRED), or a client through its TCP port (--listen),
-// by the subject common name (CN) of the certificate it showed.
+// by the name of the certificate it showed: its subject common name (CN) or, without one, its
+// SPIFFE ID.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +22,7 @@ struct Principal {
   }
 
   bool is_certificate() const { return kind == Kind::kCertificate; }
-  // A certificate without a common name: it cannot own a job.
+  // A certificate with neither name: it cannot own a job.
   bool nameless() const { return is_certificate() && certificate.empty(); }
   // "uid 1000", "certificate 'alice'".
   std::string ToString() const {

@@ -23,7 +23,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   for (const std::string& name : options.daemon.tls_operators) {
     if (name.empty()) {
       return absl::InvalidArgumentError(
-          "--tls_operators has an empty name: list certificates' common names, comma-separated");
+          "--tls_operators has an empty name: list certificates' names, comma-separated");
     }
   }
   MutualTls listen_tls;

@@ -1,5 +1,7 @@
 #include "server/service.h"
 
+#include <grpc/grpc_security_constants.h>
+
 #include "server/grpc_status.h"
 
 namespace gstab {
@@ -11,12 +13,18 @@ std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* conte
 
 Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
   if (std::optional<uid_t> uid = PeerUid(context)) return Principal::Uid(*uid);
-  // TCP: mutual TLS, so a certificate of --tls_client_ca's, verified in the handshake. Without
-  // a common name it is nameless, which owns no job.
+  // TCP: mutual TLS, so a certificate of --tls_client_ca's, verified in the handshake. It is
+  // named by its subject common name or, without one, by its SPIFFE ID (its one spiffe:// URI
+  // in subjectAltName, which gRPC reads); without either it is nameless, which owns no job.
   const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   if (auth == nullptr) return Principal::Certificate("");
-  const std::vector<grpc::string_ref> names = auth->FindPropertyValues("x509_common_name");
-  return Principal::Certificate(names.empty() ? "" : std::string(names[0].data(), names[0].size()));
+  for (const char* property : {GRPC_X509_CN_PROPERTY_NAME, GRPC_PEER_SPIFFE_ID_PROPERTY_NAME}) {
+    const std::vector<grpc::string_ref> names = auth->FindPropertyValues(property);
+    if (!names.empty() && !names[0].empty()) {
+      return Principal::Certificate(std::string(names[0].data(), names[0].size()));
+    }
+  }
+  return Principal::Certificate("");
 }
 
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,

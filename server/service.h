@@ -46,7 +46,7 @@ class StabilizerService final : public v1::Stabilizer::Service {
  private:
   // The caller's uid when it came through the unix socket (SO_PEERCRED).
   std::optional<uid_t> PeerUid(const grpc::ServerContext* context) const;
-  // Who calls: the socket's uid, or the common name of a TCP client's certificate (empty when
+  // Who calls: the socket's uid, or the name of a TCP client's certificate (empty when
   // it has none).
   Principal Caller(const grpc::ServerContext* context) const;
   Daemon* daemon_;          // not owned

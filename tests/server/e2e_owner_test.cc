@@ -2,7 +2,7 @@
 // made it. The example trainer, run as other users through setpriv, finds another uid's job
 // refused by name, through gstabd's restart too; root and the job's own uid are not refused, and
 // --jobs_by_uid=false lets every uid the socket admits use every job. Through gstabd's TCP port,
-// a job belongs to the common name of the client certificate that made it.
+// a job belongs to the name (common name, or SPIFFE ID) of the client certificate that made it.
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -156,6 +156,8 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   const TestTls bob = testing::MakeClientCertificate(dir_.path(), "bob", "/CN=bob");
   const TestTls ops = testing::MakeClientCertificate(dir_.path(), "ops", "/CN=gstab-ops");
   const TestTls nameless = testing::MakeClientCertificate(dir_.path(), "nameless", "/O=gstab");
+  const TestTls spiffe = testing::MakeClientCertificate(dir_.path(), "spiffe", "/O=gstab",
+                                                        "URI:spiffe://gstab.test/team-a");
   std::vector<std::string> flags = testing::ListenFlags(tls);
   flags.push_back("--tls_operators=gstab-ops");
   Restart(flags);
@@ -209,12 +211,24 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
   EXPECT_NE(refused.message().find(kRefused), std::string::npos) << refused;
   EXPECT_TRUE(ObserveThenDetach(a.get(), "alices").ok());
-  // A certificate without a common name owns nothing, so it may act on nothing.
+  // A certificate with neither a common name nor a SPIFFE ID owns nothing, so it may act on
+  // nothing.
   std::unique_ptr<Client> n = ConnectAs(nameless, address);
   ASSERT_NE(n, nullptr);
   refused = n->Attach(testing::JobOptions("anything"));
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
-  EXPECT_NE(refused.message().find("no subject common name"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("neither a subject common name (CN) nor a SPIFFE ID"),
+            std::string::npos)
+      << refused;
+  // One without a common name but with a SPIFFE ID is named by it.
+  std::unique_ptr<Client> s = ConnectAs(spiffe, address);
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->Attach(testing::JobOptions("spiffes")).ok());
+  ASSERT_TRUE(s->Detach().ok());
+  refused = ObserveThenDetach(b.get(), "spiffes");
+  EXPECT_NE(refused.message().find("belongs to certificate 'spiffe://gstab.test/team-a'"),
+            std::string::npos)
+      << refused;
 
   // An operator's certificate acts on both, and sees whose each is.
   std::unique_ptr<Client> o = ConnectAs(ops, address);
@@ -229,8 +243,10 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
     owners[j.job()] = j.has_owner_certificate() ? "cert " + j.owner_certificate()
                                                 : "uid " + std::to_string(j.owner_uid());
   }
-  EXPECT_EQ(owners, (std::map<std::string, std::string>{{"alices", "cert alice"},
-                                                        {"theirs", "uid 65534"}}));
+  EXPECT_EQ(owners,
+            (std::map<std::string, std::string>{{"alices", "cert alice"},
+                                                {"spiffes", "cert spiffe://gstab.test/team-a"},
+                                                {"theirs", "uid 65534"}}));
 
   // The certificate is in the checkpoint: after a restart, bob is still refused the job, now a
   // checkpoint only, which gstabctl lists as alice's; alice may forget it.
@@ -238,6 +254,7 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   b.reset();
   n.reset();
   o.reset();
+  s.reset();
   Restart(flags);
   address = testing::ListenAddress(*daemon_, 2);
   ASSERT_FALSE(address.empty());

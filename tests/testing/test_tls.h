@@ -34,16 +34,18 @@ inline TestTls MakeTestTls(const std::string& dir) {
   return {dir + "/ca.pem", dir + "/peer.pem", dir + "/peer.key"};
 }
 
-// A client certificate of MakeTestTls(dir)'s CA with subject `subject` ("/CN=alice"):
-// dir/<file>.pem and dir/<file>.key.
+// A client certificate of MakeTestTls(dir)'s CA with subject `subject` ("/CN=alice") and
+// subjectAltName `san` ("URI:spiffe://...", if any): dir/<file>.pem and dir/<file>.key.
 inline TestTls MakeClientCertificate(const std::string& dir, const std::string& file,
-                                     const std::string& subject) {
+                                     const std::string& subject, const std::string& san = "") {
+  const std::string ext =
+      "extendedKeyUsage=clientAuth\\n" + (san.empty() ? "" : "subjectAltName=" + san + "\\n");
   auto [rc, out] = RunShell(
       "cd " + dir + " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes" +
-      " -keyout " + file + ".key -out " + file + ".csr -subj " + subject +
-      " && printf 'extendedKeyUsage=clientAuth\n' > " + file + ".ext && openssl x509 -req -in " +
-      file + ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile " + file +
-      ".ext -out " + file + ".pem");
+      " -keyout " + file + ".key -out " + file + ".csr -subj " + subject + " && printf '" + ext +
+      "' > " + file + ".ext && openssl x509 -req -in " + file +
+      ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile " + file + ".ext -out " +
+      file + ".pem");
   EXPECT_EQ(rc, 0) << out;
   return {dir + "/ca.pem", dir + "/" + file + ".pem", dir + "/" + file + ".key"};
 }
