@@ -66,8 +66,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
       Daemon::Create(server->options_.daemon, server->observer_.get());
   if (!daemon.ok()) return daemon.status();
   server->daemon_ = *std::move(daemon);
-  server->service_ =
-      std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_, &server->peers_);
+  MetricFamily* errors = server->metrics_.AddCounter(
+      "gstab_rpc_errors_total",
+      "Calls gstabd answered with an error, by RPC method and gRPC status code.",
+      {"method", "code"});
+  server->service_ = std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_,
+                                                         &server->peers_, errors);
   return server;
 }
 

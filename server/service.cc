@@ -6,6 +6,15 @@
 
 namespace gstab {
 
+grpc::Status StabilizerService::Answer(const char* method, const absl::Status& status) const {
+  grpc::Status answer = ToGrpcStatus(status);
+  if (!answer.ok() && errors_ != nullptr) {
+    errors_->Add(
+        {method, absl::StatusCodeToString(static_cast<absl::StatusCode>(answer.error_code()))}, 1);
+  }
+  return answer;
+}
+
 std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* context) const {
   if (std::optional<ucred> cred = peers_->Find(context->peer())) return cred->uid;
   return std::nullopt;  // TCP: a certificate holder
@@ -30,68 +39,68 @@ Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,
                                        const v1::AttachRequest* request,
                                        v1::AttachResponse* response) {
-  return ToGrpcStatus(daemon_->Attach(*request, response, Caller(context)));
+  return Answer("Attach", daemon_->Attach(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext* context,
                                                 const v1::RegisterBuffersRequest* request,
                                                 v1::RegisterBuffersResponse* response) {
-  return ToGrpcStatus(daemon_->RegisterBuffers(*request, response, PeerUid(context)));
+  return Answer("RegisterBuffers", daemon_->RegisterBuffers(*request, response, PeerUid(context)));
 }
 
 grpc::Status StabilizerService::Step(grpc::ServerContext*, const v1::StepRequest* request,
                                      v1::StepResponse* response) {
-  return ToGrpcStatus(daemon_->Step(*request, response));
+  return Answer("Step", daemon_->Step(*request, response));
 }
 
 grpc::Status StabilizerService::KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest* request,
                                           v1::KeepAliveResponse*) {
-  return ToGrpcStatus(daemon_->KeepAlive(*request));
+  return Answer("KeepAlive", daemon_->KeepAlive(*request));
 }
 
 grpc::Status StabilizerService::Detach(grpc::ServerContext*, const v1::DetachRequest* request,
                                        v1::DetachResponse*) {
-  return ToGrpcStatus(daemon_->Detach(*request));
+  return Answer("Detach", daemon_->Detach(*request));
 }
 
 grpc::Status StabilizerService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest* request,
                                          v1::GetStatsResponse* response) {
-  return ToGrpcStatus(daemon_->GetStats(*request, response));
+  return Answer("GetStats", daemon_->GetStats(*request, response));
 }
 
 grpc::Status StabilizerService::UpdateConfig(grpc::ServerContext*,
                                              const v1::UpdateConfigRequest* request,
                                              v1::UpdateConfigResponse* response) {
-  return ToGrpcStatus(daemon_->UpdateConfig(*request, response));
+  return Answer("UpdateConfig", daemon_->UpdateConfig(*request, response));
 }
 
 grpc::Status StabilizerService::ExportState(grpc::ServerContext*,
                                             const v1::ExportStateRequest* request,
                                             v1::ExportStateResponse* response) {
-  return ToGrpcStatus(daemon_->ExportState(*request, response));
+  return Answer("ExportState", daemon_->ExportState(*request, response));
 }
 
 grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
                                             const v1::ImportStateRequest* request,
                                             v1::ImportStateResponse* response) {
-  return ToGrpcStatus(daemon_->ImportState(*request, response));
+  return Answer("ImportState", daemon_->ImportState(*request, response));
 }
 
 grpc::Status StabilizerService::ForgetJob(grpc::ServerContext* context,
                                           const v1::ForgetJobRequest* request,
                                           v1::ForgetJobResponse* response) {
-  return ToGrpcStatus(daemon_->ForgetJob(*request, response, Caller(context)));
+  return Answer("ForgetJob", daemon_->ForgetJob(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,
                                          v1::ListJobsResponse* response) {
-  return ToGrpcStatus(daemon_->ListJobs(*request, response));
+  return Answer("ListJobs", daemon_->ListJobs(*request, response));
 }
 
 grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext* context,
                                                  const v1::CreateRendezvousRequest* request,
                                                  v1::CreateRendezvousResponse* response) {
-  return ToGrpcStatus(daemon_->CreateRendezvous(*request, response, Caller(context)));
+  return Answer("CreateRendezvous", daemon_->CreateRendezvous(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,

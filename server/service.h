@@ -5,6 +5,7 @@
 #include "gstab/v1/stabilizer.grpc.pb.h"
 #include "server/daemon.h"
 #include "server/event_bus.h"
+#include "server/metrics.h"
 #include "server/unix_listener.h"
 
 namespace gstab {
@@ -12,9 +13,11 @@ namespace gstab {
 class StabilizerService final : public v1::Stabilizer::Service {
  public:
   // `peers`: credentials of unix-socket connections (RegisterBuffers checks who owns the
-  // shared memory a worker names).
-  StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers)
-      : daemon_(daemon), bus_(bus), peers_(peers) {}
+  // shared memory a worker names). `errors` (may be null): a counter labelled method and code,
+  // which every call answered with an error adds to.
+  StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
+                    MetricFamily* errors = nullptr)
+      : daemon_(daemon), bus_(bus), peers_(peers), errors_(errors) {}
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
                       v1::AttachResponse* response) override;
@@ -49,9 +52,12 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // Who calls: the socket's uid, or the name of a TCP client's certificate (empty when
   // it has none).
   Principal Caller(const grpc::ServerContext* context) const;
+  // `status` as gRPC's, counted in errors_ unless OK.
+  grpc::Status Answer(const char* method, const absl::Status& status) const;
   Daemon* daemon_;          // not owned
   EventBus* bus_;           // not owned
   const PeerTable* peers_;  // not owned
+  MetricFamily* errors_;    // not owned; may be null
 };
 
 }  // namespace gstab

@@ -63,6 +63,7 @@ class E2eObservabilityTest : public ::testing::Test {
 
 TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServed) {
   Train("scraped", {"--steps=120", "--spike_steps=60", "--print_every=1000"});
+  EXPECT_NE(Ctl("config set --job=absent policy=monitor").first, 0);  // an observer's attach
   absl::StatusOr<testing::HttpResponse> get = testing::HttpRequest(port_, "GET", "/metrics");
   ASSERT_TRUE(get.ok()) << get.status();
   EXPECT_EQ(get->status, 200);
@@ -71,6 +72,9 @@ TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServ
       << get->headers;
   EXPECT_NE(get->body.find("gstab_steps_total{job=\"scraped\"} 120\n"), std::string::npos);
   EXPECT_NE(get->body.find("gstab_spikes_total{job=\"scraped\"} "), std::string::npos);
+  EXPECT_NE(get->body.find("gstab_rpc_errors_total{method=\"Attach\",code=\"NOT_FOUND\"} 1\n"),
+            std::string::npos)
+      << get->body;
   const std::string file = dir_.path() + "/scrape.txt";
   std::ofstream(file) << get->body;
   auto [rc, out] = testing::RunShell("promtool check metrics < " + file);
