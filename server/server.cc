@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/host_port.h"
 #include "common/wire_limits.h"
 #include "glog/logging.h"
 #include "server/peer_tls.h"
@@ -26,8 +27,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
           "--tls_operators has an empty name: list certificates' names, comma-separated");
     }
   }
+  ServerOptions resolved = options;
   MutualTls listen_tls;
   if (!options.listen_address.empty()) {
+    const std::optional<HostPort> at = SplitHostPort(options.listen_address);
+    if (!at.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat("--listen='", options.listen_address,
+                                                     "' must be HOST:PORT (port 0 picks one)"));
+    }
+    resolved.listen_address = JoinHostPort(at->host, at->port);
     // Its clients are not the socket's, whose credentials the allow-list checks: each shows a
     // certificate of a CA gstabd trusts instead.
     if (options.tls_cert.empty() || options.tls_key.empty() || options.tls_client_ca.empty()) {
@@ -41,17 +49,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     if (!tls.ok()) return tls.status();
     listen_tls = *std::move(tls);
   }
-  ServerOptions resolved = options;
   if (!options.peer_listen.empty()) {
-    const size_t colon = options.peer_listen.rfind(':');
-    if (colon == std::string::npos || colon == 0) {
+    const std::optional<HostPort> at = SplitHostPort(options.peer_listen);
+    if (!at.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat("--peer_listen='", options.peer_listen,
                                                      "' must be HOST:PORT (an address other "
                                                      "nodes can reach)"));
     }
-    if (resolved.daemon.peer_host.empty()) {
-      resolved.daemon.peer_host = options.peer_listen.substr(0, colon);
-    }
+    resolved.peer_listen = JoinHostPort(at->host, at->port);
+    if (resolved.daemon.peer_host.empty()) resolved.daemon.peer_host = at->host;
     absl::StatusOr<MutualTls> tls =
         LoadPeerTls(resolved.daemon.peer_host, options.peer_tls_ca, options.peer_tls_cert,
                     options.peer_tls_key, options.peer_tls_name);
@@ -125,16 +131,18 @@ absl::Status Server::Start() {
       return absl::UnavailableError(
           absl::StrCat("cannot listen for peers on ", options_.peer_listen));
     }
-    daemon_->SetPeerAddress(absl::StrCat(options_.daemon.peer_host, ":", port));
-    LOG(INFO) << "serving peers on " << options_.daemon.peer_host << ":" << port
+    const std::string address = JoinHostPort(options_.daemon.peer_host, std::to_string(port));
+    daemon_->SetPeerAddress(address);
+    LOG(INFO) << "serving peers on " << address
               << (options_.daemon.peer_tls.enabled() ? " (mutual TLS)" : " (plain TCP, loopback)");
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
   std::string tcp;
   if (tcp_port != 0) {
-    const std::string host = options_.listen_address.substr(0, options_.listen_address.rfind(':'));
-    tcp = absl::StrCat(" and on TCP ", host, ":", tcp_port, " (mutual TLS)");
+    const std::string host = SplitHostPort(options_.listen_address)->host;
+    tcp =
+        absl::StrCat(" and on TCP ", JoinHostPort(host, std::to_string(tcp_port)), " (mutual TLS)");
   }
   LOG(INFO) << "gstabd serving on unix:" << options_.socket_path << tcp;
   return absl::OkStatus();

@@ -333,6 +333,22 @@ TEST(MultiNodePeerTlsTest, DaemonsOfOneCaStepTogetherOverTls) {
   StepTwoNodes(daemons, "tls", *blob);
 }
 
+// An IPv6 host without brackets, as $(NODE_IP):port renders on an IPv6 cluster: the store's
+// address gets them, and Gloo binds the bare address.
+TEST(MultiNodeHostsTest, DaemonsStepTogetherOverIpv6) {
+  TempDir root;
+  auto daemons = StartPeers(root.path(), {"::1", "::1"}, {{}, {}});
+  ASSERT_EQ(daemons.size(), 2u);
+  auto rank0 = Client::Connect(daemons[0]->socket());
+  ASSERT_TRUE(rank0.ok());
+  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("ipv6", 2);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(*blob));
+  EXPECT_EQ(info.store_address().rfind("[::1]:", 0), 0u) << info.store_address();
+  StepTwoNodes(daemons, "ipv6", *blob);
+}
+
 // Plain TCP between daemons only on loopback; TLS flags come as a set and must be PEM files.
 TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
   TempDir dir;

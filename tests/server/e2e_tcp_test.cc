@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -156,6 +157,33 @@ TEST(TcpTest, ClientsWithoutACertificateOfTheClientCaAreRefusedAndTheSocketServe
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 3);
   EXPECT_TRUE((*worker)->client().Step(1).ok());
+}
+
+// An IPv6 address without brackets, as $(POD_IP):port renders on an IPv6 cluster.
+TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  std::vector<std::string> flags = testing::ListenFlags(tls);
+  flags[0] = "--listen=::1:0";
+  auto d = DaemonProcess::Start(dir.path(), flags);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const std::regex logged("on TCP \\[::1\\]:([0-9]+) \\(mutual TLS\\)");
+  std::smatch port;
+  for (int i = 0; i < 100; ++i) {
+    const std::string log = d->Log();
+    if (std::regex_search(log, port, logged)) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_FALSE(port.empty()) << d->Log();
+  TlsEnvironment env(tls);
+  auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                     " --socket=[::1]:" + port[1].str() + " status 2>&1");
+  EXPECT_EQ(rc, 0) << out;
+  std::tie(rc, out) = testing::RunShell(testing::GstabdPath() + " --socket=" + dir.path() +
+                                        "/t.sock --state_dir=" + dir.path() +
+                                        "/t --metrics_port=-1 --listen=:7479");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--listen=':7479' must be HOST:PORT"), std::string::npos) << out;
 }
 
 TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
