@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client_lib/transport.h"
+#include "common/host_port.h"
 #include "common/wire_limits.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -116,7 +117,7 @@ void Client::Reconnect() {
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
   const bool tcp = IsTcpAddress(address);
-  const std::string target = tcp ? address : absl::StrCat("unix:", address);
+  const std::string target = tcp ? BracketedHostPort(address) : absl::StrCat("unix:", address);
   // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
   // default 4 MiB.
   grpc::ChannelArguments args;

@@ -27,8 +27,9 @@ absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<P
   if (caller->nameless()) {
     return absl::PermissionDeniedError(
         "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (a "
-        "spiffe:// URI in subjectAltName): gstabd keeps the jobs of "
-        "TCP clients apart by it (--jobs_by_uid), so use a certificate with one");
+        "spiffe:// URI in subjectAltName; a common name that starts spiffe: does not count): "
+        "gstabd keeps the jobs of TCP clients apart by their names (--jobs_by_uid), so use a "
+        "certificate with one");
   }
   const uid_t self = ::geteuid();
   const bool acts_on_every_job = caller->is_certificate()

@@ -65,7 +65,7 @@ ABSL_FLAG(bool, jobs_by_uid, true,
           "--tls_operators, may not attach to it or forget it");
 ABSL_FLAG(
     std::vector<std::string>, tls_operators, {},
-    "names (CN, or SPIFFE ID) of --listen's client certificates that act on every job, as root "
+    "names (SPIFFE ID, or CN) of --listen's client certificates that act on every job, as root "
     "does over the socket (comma-separated); other certificates act on their own jobs");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,

@@ -1,7 +1,7 @@
 // Who acts on a job, and whom a job belongs to (gstabd --jobs_by_uid): a process through
 // gstabd's unix socket, by its uid (SO_PEERCRED), or a client through its TCP port (--listen),
-// by the name of the certificate it showed: its subject common name (CN) or, without one, its
-// SPIFFE ID.
+// by the name of the certificate it showed: its SPIFFE ID or, without one, its subject common
+// name (CN).
 #pragma once
 
 #include <cstdint>

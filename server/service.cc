@@ -2,6 +2,7 @@
 
 #include <grpc/grpc_security_constants.h>
 
+#include "absl/strings/match.h"
 #include "server/grpc_status.h"
 
 namespace gstab {
@@ -23,17 +24,21 @@ std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* conte
 Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
   if (std::optional<uid_t> uid = PeerUid(context)) return Principal::Uid(*uid);
   // TCP: mutual TLS, so a certificate of --tls_client_ca's, verified in the handshake. It is
-  // named by its subject common name or, without one, by its SPIFFE ID (its one spiffe:// URI
-  // in subjectAltName, which gRPC reads); without either it is nameless, which owns no job.
+  // named by its SPIFFE ID (gRPC reads one when the only URI in subjectAltName is a valid
+  // spiffe:// one) or, without one, by its subject common name. A common name that looks like
+  // a SPIFFE ID names nothing, so that no subject passes for one; nameless, it owns no job.
   const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   if (auth == nullptr) return Principal::Certificate("");
-  for (const char* property : {GRPC_X509_CN_PROPERTY_NAME, GRPC_PEER_SPIFFE_ID_PROPERTY_NAME}) {
-    const std::vector<grpc::string_ref> names = auth->FindPropertyValues(property);
-    if (!names.empty() && !names[0].empty()) {
-      return Principal::Certificate(std::string(names[0].data(), names[0].size()));
-    }
+  const auto first = [&auth](const char* property) {
+    const std::vector<grpc::string_ref> values = auth->FindPropertyValues(property);
+    return values.empty() ? std::string() : std::string(values[0].data(), values[0].size());
+  };
+  if (std::string spiffe_id = first(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME); !spiffe_id.empty()) {
+    return Principal::Certificate(std::move(spiffe_id));
   }
-  return Principal::Certificate("");
+  std::string common_name = first(GRPC_X509_CN_PROPERTY_NAME);
+  if (absl::StartsWithIgnoreCase(common_name, "spiffe:")) common_name.clear();
+  return Principal::Certificate(std::move(common_name));
 }
 
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,

@@ -333,11 +333,12 @@ TEST(MultiNodePeerTlsTest, DaemonsOfOneCaStepTogetherOverTls) {
   StepTwoNodes(daemons, "tls", *blob);
 }
 
-// An IPv6 host without brackets, as $(NODE_IP):port renders on an IPv6 cluster: the store's
-// address gets them, and Gloo binds the bare address.
+// An IPv6 host with brackets, and one without, as $(NODE_IP):port renders on an IPv6 cluster:
+// the store's address has them, and Gloo binds the bare address.
 TEST(MultiNodeHostsTest, DaemonsStepTogetherOverIpv6) {
+  if (!testing::Ipv6LoopbackWorks()) GTEST_SKIP() << "no IPv6 loopback address here";
   TempDir root;
-  auto daemons = StartPeers(root.path(), {"::1", "::1"}, {{}, {}});
+  auto daemons = StartPeers(root.path(), {"::1", "[::1]"}, {{}, {}});
   ASSERT_EQ(daemons.size(), 2u);
   auto rank0 = Client::Connect(daemons[0]->socket());
   ASSERT_TRUE(rank0.ok());

@@ -75,6 +75,10 @@ TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServ
   EXPECT_NE(get->body.find("gstab_rpc_errors_total{method=\"Attach\",code=\"NOT_FOUND\"} 1\n"),
             std::string::npos)
       << get->body;
+  EXPECT_NE(
+      get->body.find("gstab_rpc_errors_total{method=\"Step\",code=\"DEADLINE_EXCEEDED\"} 0\n"),
+      std::string::npos)
+      << get->body;
   const std::string file = dir_.path() + "/scrape.txt";
   std::ofstream(file) << get->body;
   auto [rc, out] = testing::RunShell("promtool check metrics < " + file);

@@ -158,6 +158,10 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   const TestTls nameless = testing::MakeClientCertificate(dir_.path(), "nameless", "/O=gstab");
   const TestTls spiffe = testing::MakeClientCertificate(dir_.path(), "spiffe", "/O=gstab",
                                                         "URI:spiffe://gstab.test/team-a");
+  const TestTls both = testing::MakeClientCertificate(dir_.path(), "both", "/CN=carol",
+                                                      "URI:spiffe://gstab.test/team-b");
+  const TestTls impostor = testing::MakeClientCertificate(dir_.path(), "impostor",
+                                                          "'/CN=spiffe:\\/\\/gstab.test\\/team-a'");
   std::vector<std::string> flags = testing::ListenFlags(tls);
   flags.push_back("--tls_operators=gstab-ops");
   Restart(flags);
@@ -229,6 +233,17 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   EXPECT_NE(refused.message().find("belongs to certificate 'spiffe://gstab.test/team-a'"),
             std::string::npos)
       << refused;
+  // A SPIFFE ID goes before a common name; a common name that looks like one names nothing.
+  std::unique_ptr<Client> c = ConnectAs(both, address);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Attach(testing::JobOptions("carols")).ok());
+  ASSERT_TRUE(c->Detach().ok());
+  std::unique_ptr<Client> i = ConnectAs(impostor, address);
+  ASSERT_NE(i, nullptr);
+  refused = ObserveThenDetach(i.get(), "spiffes");
+  EXPECT_NE(refused.message().find("neither a subject common name (CN) nor a SPIFFE ID"),
+            std::string::npos)
+      << refused;
 
   // An operator's certificate acts on both, and sees whose each is.
   std::unique_ptr<Client> o = ConnectAs(ops, address);
@@ -246,6 +261,7 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   EXPECT_EQ(owners,
             (std::map<std::string, std::string>{{"alices", "cert alice"},
                                                 {"spiffes", "cert spiffe://gstab.test/team-a"},
+                                                {"carols", "cert spiffe://gstab.test/team-b"},
                                                 {"theirs", "uid 65534"}}));
 
   // The certificate is in the checkpoint: after a restart, bob is still refused the job, now a
@@ -255,6 +271,8 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   n.reset();
   o.reset();
   s.reset();
+  c.reset();
+  i.reset();
   Restart(flags);
   address = testing::ListenAddress(*daemon_, 2);
   ASSERT_FALSE(address.empty());

@@ -71,6 +71,8 @@ absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
                                          const std::string& target);
 // A TCP port nobody listens on right now.
 int FreeTcpPort();
+// Whether this machine has the IPv6 loopback address (containers may have IPv6 off).
+bool Ipv6LoopbackWorks();
 // Runs a shell command; returns its exit code and combined output.
 std::pair<int, std::string> RunShell(const std::string& command);
 

@@ -1,0 +1,46 @@
+#include "common/host_port.h"
+
+#include <arpa/inet.h>
+
+#include <cstdint>
+
+#include "absl/algorithm/container.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace gstab {
+
+std::optional<HostPort> SplitHostPort(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) return std::nullopt;
+  absl::string_view host = address.substr(0, colon);
+  const absl::string_view port = address.substr(colon + 1);
+  uint32_t number = 0;
+  if (port.empty() || !absl::c_all_of(port, [](char c) { return c >= '0' && c <= '9'; }) ||
+      !absl::SimpleAtoi(port, &number) || number > 65535) {
+    return std::nullopt;
+  }
+  const bool bracketed = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
+  if (bracketed) host = host.substr(1, host.size() - 2);
+  if (host.empty() || absl::StrContains(host, '[') || absl::StrContains(host, ']')) {
+    return std::nullopt;
+  }
+  if (absl::StrContains(host, ':') || bracketed) {
+    in6_addr v6;
+    if (inet_pton(AF_INET6, std::string(host).c_str(), &v6) != 1) return std::nullopt;
+  }
+  return HostPort{std::string(host), std::string(port)};
+}
+
+std::string JoinHostPort(absl::string_view host, absl::string_view port) {
+  return absl::StrContains(host, ':') ? absl::StrCat("[", host, "]:", port)
+                                      : absl::StrCat(host, ":", port);
+}
+
+std::string BracketedHostPort(const std::string& address) {
+  const std::optional<HostPort> at = SplitHostPort(address);
+  return at.has_value() ? JoinHostPort(at->host, at->port) : address;
+}
+
+}  // namespace gstab
