@@ -299,6 +299,19 @@ std::vector<std::unique_ptr<DaemonProcess>> StartPeers(
   return daemons;
 }
 
+// A new rendezvous of `job` from `node0` for two nodes, and the store address in it.
+std::pair<std::string, std::string> TwoNodeRendezvous(DaemonProcess& node0,
+                                                      const std::string& job) {
+  auto rank0 = Client::Connect(node0.socket());
+  EXPECT_TRUE(rank0.ok()) << rank0.status();
+  if (!rank0.ok()) return {};
+  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous(job, 2);
+  EXPECT_TRUE(blob.ok()) << blob.status();
+  v1::RendezvousInfo info;
+  EXPECT_TRUE(blob.ok() && info.ParseFromString(*blob));
+  return {blob.value_or(""), info.store_address()};
+}
+
 // Across hosts the daemons' rendezvous store speaks mutual TLS (docs/daemon.md, Security).
 TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
   NamespaceHosts hosts;
@@ -308,15 +321,10 @@ TEST(MultiNodeHostsTest, TwoNetworkNamespacesActAsTwoHosts) {
   auto daemons = StartPeers(root.path(), {NamespaceHosts::Address(0), NamespaceHosts::Address(1)},
                             {tls, tls}, {hosts.Exec(0), hosts.Exec(1)});
   ASSERT_EQ(daemons.size(), 2u);
-  auto rank0 = Client::Connect(daemons[0]->socket());
-  ASSERT_TRUE(rank0.ok());
-  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("hosts", 2);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  v1::RendezvousInfo info;
-  ASSERT_TRUE(info.ParseFromString(*blob));
-  EXPECT_EQ(info.store_address().rfind(NamespaceHosts::Address(0) + ":", 0), 0u)
-      << info.store_address();
-  StepTwoNodes(daemons, "hosts", *blob);
+  const auto [blob, store] = TwoNodeRendezvous(*daemons[0], "hosts");
+  ASSERT_FALSE(blob.empty());
+  EXPECT_EQ(store.rfind(NamespaceHosts::Address(0) + ":", 0), 0u) << store;
+  StepTwoNodes(daemons, "hosts", blob);
 }
 
 // Mutual TLS on loopback too, where plain TCP would be allowed: the daemons of one CA step
@@ -326,11 +334,9 @@ TEST(MultiNodePeerTlsTest, DaemonsOfOneCaStepTogetherOverTls) {
   const std::vector<std::string> tls = MakePeerTls(root.path());
   auto daemons = StartPeers(root.path(), {"127.0.0.1", "127.0.0.1"}, {tls, tls});
   ASSERT_EQ(daemons.size(), 2u);
-  auto rank0 = Client::Connect(daemons[0]->socket());
-  ASSERT_TRUE(rank0.ok());
-  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("tls", 2);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  StepTwoNodes(daemons, "tls", *blob);
+  const std::string blob = TwoNodeRendezvous(*daemons[0], "tls").first;
+  ASSERT_FALSE(blob.empty());
+  StepTwoNodes(daemons, "tls", blob);
 }
 
 // An IPv6 host with brackets, and one without, as $(NODE_IP):port renders on an IPv6 cluster:
@@ -340,14 +346,10 @@ TEST(MultiNodeHostsTest, DaemonsStepTogetherOverIpv6) {
   TempDir root;
   auto daemons = StartPeers(root.path(), {"::1", "[::1]"}, {{}, {}});
   ASSERT_EQ(daemons.size(), 2u);
-  auto rank0 = Client::Connect(daemons[0]->socket());
-  ASSERT_TRUE(rank0.ok());
-  absl::StatusOr<std::string> blob = (*rank0)->CreateRendezvous("ipv6", 2);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  v1::RendezvousInfo info;
-  ASSERT_TRUE(info.ParseFromString(*blob));
-  EXPECT_EQ(info.store_address().rfind("[::1]:", 0), 0u) << info.store_address();
-  StepTwoNodes(daemons, "ipv6", *blob);
+  const auto [blob, store] = TwoNodeRendezvous(*daemons[0], "ipv6");
+  ASSERT_FALSE(blob.empty());
+  EXPECT_EQ(store.rfind("[::1]:", 0), 0u) << store;
+  StepTwoNodes(daemons, "ipv6", blob);
 }
 
 // Plain TCP between daemons only on loopback; TLS flags come as a set and must be PEM files.

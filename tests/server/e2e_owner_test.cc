@@ -135,11 +135,20 @@ std::unique_ptr<Client> ConnectAs(const TestTls& who, const std::string& address
   return c.ok() ? *std::move(c) : nullptr;
 }
 
-absl::Status ObserveThenDetach(Client* client, const std::string& job) {
-  AttachOptions observer = testing::JobOptions(job);
-  observer.observer = true;
-  if (absl::Status s = client->Attach(observer); !s.ok()) return s;
+// Attaches to `job` (as an observer, or as a worker, which makes a job) and detaches.
+absl::Status AttachThenDetach(Client* client, const std::string& job, bool observer = true) {
+  AttachOptions options = testing::JobOptions(job);
+  options.observer = observer;
+  if (absl::Status s = client->Attach(options); !s.ok()) return s;
   return client->Detach();
+}
+
+// A certificate with no name may act on no job.
+void ExpectNameless(const absl::Status& refused) {
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find("neither a subject common name (CN) nor a SPIFFE ID"),
+            std::string::npos)
+      << refused;
 }
 
 grpc::Status Forget(Client* client, const std::string& job) {
@@ -190,7 +199,7 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   const std::string kAlices = "belongs to certificate 'alice'";
   std::unique_ptr<Client> b = ConnectAs(bob, address);
   ASSERT_NE(b, nullptr);
-  absl::Status refused = ObserveThenDetach(b.get(), "alices");
+  absl::Status refused = AttachThenDetach(b.get(), "alices");
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
   EXPECT_NE(refused.message().find(kAlices), std::string::npos) << refused;
   EXPECT_NE(refused.message().find("this client's certificate is named 'bob'"), std::string::npos)
@@ -211,45 +220,36 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kAlices), std::string::npos) << out;
   // Nor may alice act on the uid's job; her own she may.
-  refused = ObserveThenDetach(a.get(), "theirs");
+  refused = AttachThenDetach(a.get(), "theirs");
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
   EXPECT_NE(refused.message().find(kRefused), std::string::npos) << refused;
-  EXPECT_TRUE(ObserveThenDetach(a.get(), "alices").ok());
+  EXPECT_TRUE(AttachThenDetach(a.get(), "alices").ok());
   // A certificate with neither a common name nor a SPIFFE ID owns nothing, so it may act on
   // nothing.
   std::unique_ptr<Client> n = ConnectAs(nameless, address);
   ASSERT_NE(n, nullptr);
-  refused = n->Attach(testing::JobOptions("anything"));
-  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
-  EXPECT_NE(refused.message().find("neither a subject common name (CN) nor a SPIFFE ID"),
-            std::string::npos)
-      << refused;
+  ExpectNameless(n->Attach(testing::JobOptions("anything")));
   // One without a common name but with a SPIFFE ID is named by it.
   std::unique_ptr<Client> s = ConnectAs(spiffe, address);
   ASSERT_NE(s, nullptr);
-  ASSERT_TRUE(s->Attach(testing::JobOptions("spiffes")).ok());
-  ASSERT_TRUE(s->Detach().ok());
-  refused = ObserveThenDetach(b.get(), "spiffes");
+  ASSERT_TRUE(AttachThenDetach(s.get(), "spiffes", /*observer=*/false).ok());
+  refused = AttachThenDetach(b.get(), "spiffes");
   EXPECT_NE(refused.message().find("belongs to certificate 'spiffe://gstab.test/team-a'"),
             std::string::npos)
       << refused;
   // A SPIFFE ID goes before a common name; a common name that looks like one names nothing.
   std::unique_ptr<Client> c = ConnectAs(both, address);
   ASSERT_NE(c, nullptr);
-  ASSERT_TRUE(c->Attach(testing::JobOptions("carols")).ok());
-  ASSERT_TRUE(c->Detach().ok());
+  ASSERT_TRUE(AttachThenDetach(c.get(), "carols", /*observer=*/false).ok());
   std::unique_ptr<Client> i = ConnectAs(impostor, address);
   ASSERT_NE(i, nullptr);
-  refused = ObserveThenDetach(i.get(), "spiffes");
-  EXPECT_NE(refused.message().find("neither a subject common name (CN) nor a SPIFFE ID"),
-            std::string::npos)
-      << refused;
+  ExpectNameless(AttachThenDetach(i.get(), "spiffes"));
 
   // An operator's certificate acts on both, and sees whose each is.
   std::unique_ptr<Client> o = ConnectAs(ops, address);
   ASSERT_NE(o, nullptr);
-  EXPECT_TRUE(ObserveThenDetach(o.get(), "theirs").ok());
-  EXPECT_TRUE(ObserveThenDetach(o.get(), "alices").ok());
+  EXPECT_TRUE(AttachThenDetach(o.get(), "theirs").ok());
+  EXPECT_TRUE(AttachThenDetach(o.get(), "alices").ok());
   grpc::ClientContext ctx;
   v1::ListJobsResponse listed;
   ASSERT_TRUE(o->stub()->ListJobs(&ctx, {}, &listed).ok());
