@@ -198,6 +198,9 @@ class Daemon {
   absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                               const std::optional<Principal>& caller);
+  // Whom job `name`, held or checkpointed, belongs to, if anyone.
+  std::optional<Principal> OwnerOf(const std::string& name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // PERMISSION_DENIED when job `name`, belonging to `owner`, is not the caller's (jobs_by_uid),
   // or when a TCP caller's certificate has no name to own a job by; its message says
   // how the caller may `action` ("attach", "forget it").

@@ -1,7 +1,5 @@
 // Daemon: how workers and observers join a job (Attach), and the rendezvous that joins a job's
 // daemons across nodes (CreateRendezvous, and each worker's JoinRendezvous on attach).
-#include <unistd.h>
-
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/token.h"
@@ -19,35 +17,6 @@ constexpr uint32_t kMaxLocalWorkers = 1024;
 constexpr uint32_t kMaxNodes = 65536;
 
 }  // namespace
-
-absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
-                                  const std::optional<Principal>& caller,
-                                  const char* action) const {
-  if (!options_.jobs_by_uid || !caller.has_value()) return absl::OkStatus();
-  if (caller->nameless()) {
-    return absl::PermissionDeniedError(
-        "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (a "
-        "spiffe:// URI in subjectAltName; a common name that starts spiffe: does not count): "
-        "gstabd keeps the jobs of TCP clients apart by their names (--jobs_by_uid), so use a "
-        "certificate with one");
-  }
-  const uid_t self = ::geteuid();
-  const bool acts_on_every_job = caller->is_certificate()
-                                     ? options_.tls_operators.count(caller->certificate) == 1
-                                     : caller->uid == 0 || caller->uid == self;
-  if (!owner.has_value() || *owner == *caller || acts_on_every_job) return absl::OkStatus();
-  const std::string who = absl::StrCat(
-      "job '", name, "' belongs to ", owner->ToString(),
-      " (whoever made or first claimed it), and ",
-      caller->is_certificate() ? "this client's certificate is named '" + caller->certificate + "'"
-                               : absl::StrCat("this process runs as uid ", caller->uid));
-  return absl::PermissionDeniedError(absl::StrCat(
-      who, ": ", action, owner->is_certificate() ? " with " : " as ", owner->ToString(),
-      ", as root or gstabd's own uid ", self,
-      " through its socket, or with a certificate that gstabd's --tls_operators names; or use "
-      "another job name (with gstabd --jobs_by_uid=false, every client gstabd admits may use "
-      "every job)"));
-}
 
 absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                                     const std::optional<Principal>& caller) {
@@ -410,13 +379,8 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   {
     absl::MutexLock lock(&mu_);
     // A new rendezvous pushes out the job's older ones: the job's own callers only.
-    std::optional<Principal> owner;
-    if (auto held = jobs_.find(request.job()); held != jobs_.end()) {
-      owner = held->second->owner();
-    } else if (auto saved = checkpoints_.find(request.job()); saved != checkpoints_.end()) {
-      owner = OwnerIn(saved->second.state);
-    }
-    if (absl::Status s = OwnerRefusal(request.job(), owner, caller, "make its rendezvous");
+    if (absl::Status s =
+            OwnerRefusal(request.job(), OwnerOf(request.job()), caller, "make its rendezvous");
         !s.ok()) {
       return s;
     }

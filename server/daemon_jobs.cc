@@ -209,9 +209,9 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
       return absl::NotFoundError(
           absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
     }
-    const std::optional<Principal> owner =
-        held != jobs_.end() ? held->second->owner() : OwnerIn(saved->second.state);
-    if (absl::Status s = OwnerRefusal(name, owner, caller, "forget it"); !s.ok()) return s;
+    if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
+      return s;
+    }
     // The file first: should it stay, nothing is forgotten (else it would come back at start).
     if (absl::Status s = store_.Remove(name); !s.ok()) return s;
     response->set_held(held != jobs_.end());

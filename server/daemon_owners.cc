@@ -1,0 +1,46 @@
+// Daemon: whom jobs belong to (DaemonOptions::jobs_by_uid), and who may act on them.
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/daemon.h"  // the class whose members these are
+
+namespace gstab {
+
+std::optional<Principal> Daemon::OwnerOf(const std::string& name) const {
+  if (auto held = jobs_.find(name); held != jobs_.end()) return held->second->owner();
+  if (auto saved = checkpoints_.find(name); saved != checkpoints_.end()) {
+    return OwnerIn(saved->second.state);
+  }
+  return std::nullopt;
+}
+
+absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
+                                  const std::optional<Principal>& caller,
+                                  const char* action) const {
+  if (!options_.jobs_by_uid || !caller.has_value()) return absl::OkStatus();
+  if (caller->nameless()) {
+    return absl::PermissionDeniedError(
+        "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (a "
+        "spiffe:// URI in subjectAltName; a common name that starts spiffe: does not count): "
+        "gstabd keeps the jobs of TCP clients apart by their names (--jobs_by_uid), so use a "
+        "certificate with one");
+  }
+  const uid_t self = ::geteuid();
+  const bool acts_on_every_job = caller->is_certificate()
+                                     ? options_.tls_operators.count(caller->certificate) == 1
+                                     : caller->uid == 0 || caller->uid == self;
+  if (!owner.has_value() || *owner == *caller || acts_on_every_job) return absl::OkStatus();
+  const std::string who = absl::StrCat(
+      "job '", name, "' belongs to ", owner->ToString(),
+      " (whoever made or first claimed it), and ",
+      caller->is_certificate() ? "this client's certificate is named '" + caller->certificate + "'"
+                               : absl::StrCat("this process runs as uid ", caller->uid));
+  return absl::PermissionDeniedError(absl::StrCat(
+      who, ": ", action, owner->is_certificate() ? " with " : " as ", owner->ToString(),
+      ", as root or gstabd's own uid ", self,
+      " through its socket, or with a certificate that gstabd's --tls_operators names; or use "
+      "another job name (with gstabd --jobs_by_uid=false, every client gstabd admits may use "
+      "every job)"));
+}
+
+}  // namespace gstab
