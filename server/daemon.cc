@@ -322,7 +322,12 @@ void Daemon::ExpireSessions(absl::Time now) {
   if (!expired.empty()) RemoveStaleShmObjects();
 }
 
-absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response) {
+absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response,
+                              const std::optional<Principal>& caller) {
+  if (caller.has_value()) {
+    response->set_caller(caller->ToString());
+    response->set_caller_acts_on_every_job(ActsOnEveryJob(*caller));
+  }
   const uint32_t history = std::min(request.history(), 256u);
   // The jobs and their worker counts under mu_; each job's own state after, under its lock only
   // (a job closing its GPU pipelines holds that for a while).

@@ -89,7 +89,8 @@ class Daemon {
                            v1::ExportStateResponse* response);
   absl::Status ImportState(const v1::ImportStateRequest& request,
                            v1::ImportStateResponse* response);
-  absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response);
+  absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response,
+                        const std::optional<Principal>& caller);
   // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).
   absl::Status ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
                          const std::optional<Principal>& caller);
@@ -198,6 +199,9 @@ class Daemon {
   absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                               const std::optional<Principal>& caller);
+  // Whether `caller` passes the owner check of every job (jobs_by_uid off, root, gstabd's own
+  // uid, a certificate tls_operators names).
+  bool ActsOnEveryJob(const Principal& caller) const;
   // Whom job `name`, held or checkpointed, belongs to, if anyone.
   std::optional<Principal> OwnerOf(const std::string& name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

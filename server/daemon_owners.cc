@@ -6,6 +6,12 @@
 
 namespace gstab {
 
+bool Daemon::ActsOnEveryJob(const Principal& caller) const {
+  if (!options_.jobs_by_uid) return true;
+  if (caller.is_certificate()) return options_.tls_operators.count(caller.certificate) == 1;
+  return caller.uid == 0 || caller.uid == ::geteuid();
+}
+
 std::optional<Principal> Daemon::OwnerOf(const std::string& name) const {
   if (auto held = jobs_.find(name); held != jobs_.end()) return held->second->owner();
   if (auto saved = checkpoints_.find(name); saved != checkpoints_.end()) {
@@ -25,11 +31,10 @@ absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<P
         "gstabd keeps the jobs of TCP clients apart by their names (--jobs_by_uid), so use a "
         "certificate with one");
   }
+  if (!owner.has_value() || *owner == *caller || ActsOnEveryJob(*caller)) {
+    return absl::OkStatus();
+  }
   const uid_t self = ::geteuid();
-  const bool acts_on_every_job = caller->is_certificate()
-                                     ? options_.tls_operators.count(caller->certificate) == 1
-                                     : caller->uid == 0 || caller->uid == self;
-  if (!owner.has_value() || *owner == *caller || acts_on_every_job) return absl::OkStatus();
   const std::string who = absl::StrCat(
       "job '", name, "' belongs to ", owner->ToString(),
       " (whoever made or first claimed it), and ",

@@ -24,8 +24,9 @@ struct Principal {
   bool is_certificate() const { return kind == Kind::kCertificate; }
   // A certificate with neither name: it cannot own a job.
   bool nameless() const { return is_certificate() && certificate.empty(); }
-  // "uid 1000", "certificate 'alice'".
+  // "uid 1000", "certificate 'alice'", "a certificate without a name".
   std::string ToString() const {
+    if (nameless()) return "a certificate without a name";
     return is_certificate() ? absl::StrCat("certificate '", certificate, "'")
                             : absl::StrCat("uid ", uid);
   }

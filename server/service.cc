@@ -97,9 +97,10 @@ grpc::Status StabilizerService::ForgetJob(grpc::ServerContext* context,
   return Answer("ForgetJob", daemon_->ForgetJob(*request, response, Caller(context)));
 }
 
-grpc::Status StabilizerService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* request,
+grpc::Status StabilizerService::ListJobs(grpc::ServerContext* context,
+                                         const v1::ListJobsRequest* request,
                                          v1::ListJobsResponse* response) {
-  return Answer("ListJobs", daemon_->ListJobs(*request, response));
+  return Answer("ListJobs", daemon_->ListJobs(*request, response, Caller(context)));
 }
 
 grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext* context,

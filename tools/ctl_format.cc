@@ -90,6 +90,12 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
                           "%-24s %-10s %9s %7s %s\n%s",
                           "JOB", "POLICY", "LAST_STEP", "GROUPS", "OWNER", retired);
   }
+  // How gstabd sees this caller (jobs by uid; over TCP, by certificate).
+  if (!jobs.caller().empty()) {
+    absl::StrAppend(&out, "\ncaller: ", jobs.caller(),
+                    jobs.caller_acts_on_every_job() ? ", which acts on every job\n"
+                                                    : ", which acts on its own jobs only\n");
+  }
   return out;
 }
 

@@ -109,9 +109,12 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   std::tie(rc, out) = Ctl(65533, "forget --job=theirs");  // a checkpoint only, now
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find(kRefused), std::string::npos) << out;
-  // gstabctl status --all lists it as retired, with its owner.
+  // gstabctl status --all lists it as retired, with its owner, and says whom gstabd took the
+  // caller for.
   std::tie(rc, out) = Ctl(65533, "status --all");
   EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("caller: uid 65533, which acts on its own jobs only"), std::string::npos)
+      << out;
   const size_t retired = out.find("retired (");
   ASSERT_NE(retired, std::string::npos) << out;
   const size_t row = out.find("theirs", retired);
@@ -229,6 +232,11 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   std::unique_ptr<Client> n = ConnectAs(nameless, address);
   ASSERT_NE(n, nullptr);
   ExpectNameless(n->Attach(testing::JobOptions("anything")));
+  grpc::ClientContext listing;
+  v1::ListJobsResponse seen;
+  ASSERT_TRUE(n->stub()->ListJobs(&listing, {}, &seen).ok());
+  EXPECT_EQ(seen.caller(), "a certificate without a name");
+  EXPECT_FALSE(seen.caller_acts_on_every_job());
   // One without a common name but with a SPIFFE ID is named by it.
   std::unique_ptr<Client> s = ConnectAs(spiffe, address);
   ASSERT_NE(s, nullptr);

@@ -86,11 +86,20 @@ TEST(TcpTest, AnOperatorsCertificateActsOnEveryJobButRegistersNoSharedMemory) {
   ASSERT_TRUE(step.ok()) << step.status();
   EXPECT_EQ(step->config_version(), 2u) << "the change made over TCP reached the job";
 
-  // gstabctl takes the address where it takes a socket path.
+  // gstabctl takes the address where it takes a socket path, and says how gstabd sees it.
   auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
                                      " --socket=" + tcp.address() + " status 2>&1");
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("tcp-job"), std::string::npos) << out;
+  EXPECT_NE(out.find("caller: certificate 'gstab-ops', which acts on every job"), std::string::npos)
+      << out;
+  env.Use(alice);
+  std::tie(rc, out) = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                        " --socket=" + tcp.address() + " status 2>&1");
+  EXPECT_NE(out.find("caller: certificate 'alice', which acts on its own jobs only"),
+            std::string::npos)
+      << out;
+  env.Use(ops);
 
   // A worker over TCP: gstabd cannot tell who owns a shared-memory object.
   auto tcp_worker = TestWorker::Create(tcp.address(), testing::JobOptions("tcp-worker"));

@@ -57,6 +57,12 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
   EXPECT_EQ(out.find("steady: step"), std::string::npos) << out;  // nothing waits there
   EXPECT_NE(out.find("       77       0 cert:alice\n"), std::string::npos) << out;  // last
 
+  EXPECT_EQ(out.find("caller:"), std::string::npos) << out;  // from a gstabd before callers
+  jobs.set_caller("certificate 'alice'");
+  EXPECT_NE(StatusTable(jobs).find("\ncaller: certificate 'alice', which acts on its own jobs "
+                                   "only\n"),
+            std::string::npos);
+
   v1::ListJobsResponse none;
   EXPECT_NE(StatusTable(none).find("(no jobs)"), std::string::npos);
 }
