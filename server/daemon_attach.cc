@@ -289,9 +289,9 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       break;
     }
   }
-  // A job nobody owns yet (restored from a checkpoint of a release before owners) is its first
-  // worker's. Owners are recorded whether or not they are enforced (jobs_by_uid), so that
-  // enforcing them later holds.
+  // A job nobody owns yet (restored from a checkpoint of a release before owners, or made by a
+  // certificate without a name under --jobs_by_uid=false) is its first worker's. Owners are
+  // recorded whether or not they are enforced (jobs_by_uid), so that enforcing them later holds.
   if (caller.has_value() && !caller->nameless()) job->ClaimIfUnowned(*caller);
   const std::string token = RandomToken();
   sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};

@@ -17,8 +17,8 @@ struct Principal {
   enum class Kind { kUid, kCertificate };
 
   static Principal Uid(uint32_t uid) { return {Kind::kUid, uid, {}}; }
-  static Principal Certificate(std::string common_name) {
-    return {Kind::kCertificate, 0, std::move(common_name)};
+  static Principal Certificate(std::string name) {
+    return {Kind::kCertificate, 0, std::move(name)};
   }
 
   bool is_certificate() const { return kind == Kind::kCertificate; }
@@ -37,7 +37,7 @@ struct Principal {
 
   Kind kind = Kind::kUid;
   uint32_t uid = 0;         // kUid
-  std::string certificate;  // kCertificate: its CN, empty when it has none
+  std::string certificate;  // kCertificate: its name (SPIFFE ID or CN); empty: it has neither
 };
 
 // The owner in a JobState or JobSummary (their fields owner_uid and owner_certificate), if any.

@@ -14,7 +14,7 @@ namespace {
 
 std::string Norm(double v) { return std::isfinite(v) ? absl::StrFormat("%.4g", v) : "non-finite"; }
 
-// Whom a job belongs to: its uid, cert:NAME (a client certificate's common name), or "-".
+// Whom a job belongs to: its uid, cert:NAME (a client certificate's name), or "-".
 std::string Owner(const v1::JobSummary& j) {
   if (j.has_owner_certificate()) return absl::StrCat("cert:", j.owner_certificate());
   return j.has_owner_uid() ? absl::StrCat(j.owner_uid()) : "-";
