@@ -117,6 +117,12 @@ void Client::Reconnect() {
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
   const bool tcp = IsTcpAddress(address);
+  if (tcp && !SplitHostPort(address).has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", address,
+        "' is neither HOST:PORT (a port up to 65535; an IPv6 host with or without brackets) nor a "
+        "socket path (one in the current folder whose name ends in ':' and digits is ./NAME)"));
+  }
   const std::string target = tcp ? BracketedHostPort(address) : absl::StrCat("unix:", address);
   // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
   // default 4 MiB.

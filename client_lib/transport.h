@@ -18,8 +18,9 @@ class ChannelCredentials;
 
 namespace gstab {
 
-// Whether `address` is gstabd's TCP port (HOST:PORT, [V6]:PORT) rather than a socket path: it
-// has no '/' and ends in ':' and digits (a socket named so in the current folder: ./name:1).
+// Whether `address` is meant as gstabd's TCP port (HOST:PORT, common/host_port.h) rather than a
+// socket path: it has no '/' and ends in ':' and digits (a socket named so in the current
+// folder: ./name:1).
 bool IsTcpAddress(const std::string& address);
 
 // The channel credentials for TCP `address`, from the environment above (a target-name

@@ -26,9 +26,16 @@ std::optional<HostPort> SplitHostPort(absl::string_view address) {
   if (host.empty() || absl::StrContains(host, '[') || absl::StrContains(host, ']')) {
     return std::nullopt;
   }
+  const size_t zone = host.find('%');
   if (absl::StrContains(host, ':') || bracketed) {
+    // An IPv6 address, maybe scoped to an interface (fe80::1%eth0), which gRPC takes too.
+    if (zone + 1 == host.size()) return std::nullopt;
     in6_addr v6;
-    if (inet_pton(AF_INET6, std::string(host).c_str(), &v6) != 1) return std::nullopt;
+    if (inet_pton(AF_INET6, std::string(host.substr(0, zone)).c_str(), &v6) != 1) {
+      return std::nullopt;
+    }
+  } else if (zone != absl::string_view::npos) {
+    return std::nullopt;  // a zone without an IPv6 address
   }
   return HostPort{std::string(host), std::string(port)};
 }

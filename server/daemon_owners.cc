@@ -26,8 +26,9 @@ absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<P
   if (!options_.jobs_by_uid || !caller.has_value()) return absl::OkStatus();
   if (caller->nameless()) {
     return absl::PermissionDeniedError(
-        "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (a "
-        "spiffe:// URI in subjectAltName; a common name that starts spiffe: does not count): "
+        "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (the "
+        "only URI in subjectAltName, a spiffe:// one; a common name that starts spiffe: does not "
+        "count): "
         "gstabd keeps the jobs of TCP clients apart by their names (--jobs_by_uid), so use a "
         "certificate with one");
   }

@@ -92,9 +92,11 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
   }
   // How gstabd sees this caller (jobs by uid; over TCP, by certificate).
   if (!jobs.caller().empty()) {
-    absl::StrAppend(&out, "\ncaller: ", jobs.caller(),
-                    jobs.caller_acts_on_every_job() ? ", which acts on every job\n"
-                                                    : ", which acts on its own jobs only\n");
+    const char* scope = jobs.caller_scope() == v1::CALLER_SCOPE_EVERY_JOB ? "acts on every job"
+                        : jobs.caller_scope() == v1::CALLER_SCOPE_NO_JOB
+                            ? "may act on no job"
+                            : "acts on its own jobs only";
+    absl::StrAppend(&out, "\ncaller: ", jobs.caller(), ", which ", scope, "\n");
   }
   return out;
 }

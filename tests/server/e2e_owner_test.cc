@@ -236,7 +236,7 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   v1::ListJobsResponse seen;
   ASSERT_TRUE(n->stub()->ListJobs(&listing, {}, &seen).ok());
   EXPECT_EQ(seen.caller(), "a certificate without a name");
-  EXPECT_FALSE(seen.caller_acts_on_every_job());
+  EXPECT_EQ(seen.caller_scope(), v1::CALLER_SCOPE_NO_JOB);
   // One without a common name but with a SPIFFE ID is named by it.
   std::unique_ptr<Client> s = ConnectAs(spiffe, address);
   ASSERT_NE(s, nullptr);

@@ -153,6 +153,14 @@ TEST(TcpTest, ClientsWithoutACertificateOfTheClientCaAreRefusedAndTheSocketServe
   EXPECT_EQ(without.error_code(), grpc::StatusCode::UNAVAILABLE)
       << "gstabd answered a client without a certificate: " << without.error_message();
 
+  // An address that is neither HOST:PORT nor a socket path is named.
+  auto malformed = Client::Connect("node1:99999", absl::Seconds(2));
+  ASSERT_FALSE(malformed.ok());
+  EXPECT_EQ(malformed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(malformed.status().message().find("'node1:99999' is neither HOST:PORT"),
+            std::string::npos)
+      << malformed.status();
+
   // Without the environment the client says what to set.
   unsetenv("GSTAB_TLS_CA");
   auto unset = Client::Connect(tcp.address(), absl::Seconds(2));
