@@ -117,13 +117,18 @@ void Client::Reconnect() {
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
   const bool tcp = IsTcpAddress(address);
-  if (tcp && !SplitHostPort(address).has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", address,
-        "' is neither HOST:PORT (a port up to 65535; an IPv6 host with or without brackets) nor a "
-        "socket path (one in the current folder whose name ends in ':' and digits is ./NAME)"));
+  std::string target = absl::StrCat("unix:", address);
+  if (tcp) {
+    const std::optional<HostPort> at = SplitHostPort(address);
+    if (!at.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", address,
+          "' is neither HOST:PORT (a port up to 65535; an IPv6 host with or without brackets) "
+          "nor a socket path (one in the current folder whose name ends in ':' and digits is "
+          "./NAME)"));
+    }
+    target = JoinHostPort(at->host, at->port);  // brackets an IPv6 host, as gRPC reads it
   }
-  const std::string target = tcp ? BracketedHostPort(address) : absl::StrCat("unix:", address);
   // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
   // default 4 MiB.
   grpc::ChannelArguments args;

@@ -45,9 +45,4 @@ std::string JoinHostPort(absl::string_view host, absl::string_view port) {
                                       : absl::StrCat(host, ":", port);
 }
 
-std::string BracketedHostPort(const std::string& address) {
-  const std::optional<HostPort> at = SplitHostPort(address);
-  return at.has_value() ? JoinHostPort(at->host, at->port) : address;
-}
-
 }  // namespace gstab

@@ -25,7 +25,4 @@ std::optional<HostPort> SplitHostPort(absl::string_view address);
 // and listens.
 std::string JoinHostPort(absl::string_view host, absl::string_view port);
 
-// `address` in the bracketed form gRPC reads, when it is HOST:PORT as above; else unchanged.
-std::string BracketedHostPort(const std::string& address);
-
 }  // namespace gstab

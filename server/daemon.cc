@@ -326,9 +326,7 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
                               const std::optional<Principal>& caller) {
   if (caller.has_value()) {
     response->set_caller(caller->ToString());
-    response->set_caller_scope(ActsOnEveryJob(*caller) ? v1::CALLER_SCOPE_EVERY_JOB
-                               : caller->nameless()    ? v1::CALLER_SCOPE_NO_JOB
-                                                       : v1::CALLER_SCOPE_OWN_JOBS);
+    response->set_caller_scope(ScopeOf(*caller));
   }
   const uint32_t history = std::min(request.history(), 256u);
   // The jobs and their worker counts under mu_; each job's own state after, under its lock only

@@ -202,6 +202,8 @@ class Daemon {
   // Whether `caller` passes the owner check of every job (jobs_by_uid off, root, gstabd's own
   // uid, a certificate tls_operators names).
   bool ActsOnEveryJob(const Principal& caller) const;
+  // Which jobs `caller` may act on (ListJobsResponse.caller_scope).
+  v1::CallerScope ScopeOf(const Principal& caller) const;
   // Whom job `name`, held or checkpointed, belongs to, if anyone.
   std::optional<Principal> OwnerOf(const std::string& name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -203,8 +203,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
             absl::FormatDuration(options_.lease), ")"));
       }
     }
-    auto saved = checkpoints_.find(name);
-    const bool checkpoint = saved != checkpoints_.end();
+    const bool checkpoint = checkpoints_.count(name) == 1;
     if (held == jobs_.end() && !checkpoint) {
       return absl::NotFoundError(
           absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));

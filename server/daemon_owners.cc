@@ -12,6 +12,11 @@ bool Daemon::ActsOnEveryJob(const Principal& caller) const {
   return caller.uid == 0 || caller.uid == ::geteuid();
 }
 
+v1::CallerScope Daemon::ScopeOf(const Principal& caller) const {
+  if (ActsOnEveryJob(caller)) return v1::CALLER_SCOPE_EVERY_JOB;
+  return caller.nameless() ? v1::CALLER_SCOPE_NO_JOB : v1::CALLER_SCOPE_OWN_JOBS;
+}
+
 std::optional<Principal> Daemon::OwnerOf(const std::string& name) const {
   if (auto held = jobs_.find(name); held != jobs_.end()) return held->second->owner();
   if (auto saved = checkpoints_.find(name); saved != checkpoints_.end()) {

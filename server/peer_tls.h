@@ -36,6 +36,7 @@ absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::s
 absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
                                         const std::array<std::string, 3>& files);
 
+// `host`: without brackets (common/host_port.h's HostPort::host).
 bool IsLoopbackHost(const std::string& host);
 
 // Listening credentials: TLS requiring a client certificate signed by the CA, or plain TCP

@@ -20,9 +20,6 @@ TEST(HostPortTest, NamesAndAddressesOfBothFamiliesWithTheirPort) {
   EXPECT_EQ(JoinHostPort("fe80::1%eth0", "7479"), "[fe80::1%eth0]:7479");
   EXPECT_EQ(JoinHostPort("fd00::5", "7479"), "[fd00::5]:7479");
   EXPECT_EQ(JoinHostPort("node1", "7479"), "node1:7479");
-  EXPECT_EQ(BracketedHostPort("fd00::5:7479"), "[fd00::5]:7479");
-  EXPECT_EQ(BracketedHostPort("/run/gstab/gstabd.sock"), "/run/gstab/gstabd.sock");
-  EXPECT_EQ(BracketedHostPort("fd00::1"), "fd00::1");  // no port: as it was
 }
 
 TEST(HostPortTest, WhatIsNotAHostAndAPortIsRefused) {

@@ -59,8 +59,18 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
 
   EXPECT_EQ(out.find("caller:"), std::string::npos) << out;  // from a gstabd before callers
   jobs.set_caller("certificate 'alice'");
+  jobs.set_caller_scope(v1::CALLER_SCOPE_OWN_JOBS);
   EXPECT_NE(StatusTable(jobs).find("\ncaller: certificate 'alice', which acts on its own jobs "
                                    "only\n"),
+            std::string::npos);
+  jobs.set_caller("uid 0");
+  jobs.set_caller_scope(v1::CALLER_SCOPE_EVERY_JOB);
+  EXPECT_NE(StatusTable(jobs).find("\ncaller: uid 0, which acts on every job\n"),
+            std::string::npos);
+  jobs.set_caller("a certificate without a name");
+  jobs.set_caller_scope(v1::CALLER_SCOPE_NO_JOB);
+  EXPECT_NE(StatusTable(jobs).find("\ncaller: a certificate without a name, which may act on no "
+                                   "job\n"),
             std::string::npos);
 
   v1::ListJobsResponse none;
