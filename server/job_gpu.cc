@@ -78,7 +78,7 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   if (layout_failure_.first == generation && !layout_failure_.second.ok()) {
     return layout_failure_.second;
   }
-  auto failed = [&](const absl::Status& s) {
+  auto failed = [&](const absl::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return absl::Status(
         s.code(), absl::StrCat("job '", name_, "' node ", nccl_.node_rank, " of ", nccl_.node_count,
                                ": agreeing the GPUs' group count and "
