@@ -31,11 +31,11 @@ absl::Status Daemon::OwnerRefusal(const std::string& name, const std::optional<P
   if (!options_.jobs_by_uid || !caller.has_value()) return absl::OkStatus();
   if (caller->nameless()) {
     return absl::PermissionDeniedError(
-        "this client's certificate has neither a subject common name (CN) nor a SPIFFE ID (the "
-        "only URI in subjectAltName, a spiffe:// one; a common name that starts spiffe: does not "
-        "count): "
-        "gstabd keeps the jobs of TCP clients apart by their names (--jobs_by_uid), so use a "
-        "certificate with one");
+        "this client's certificate has no name: no SPIFFE ID (the only URI in subjectAltName, a "
+        "spiffe:// one), subject common name (CN), DNS name or email address (subjectAltName), "
+        "or a common name that starts spiffe:, which names nothing; gstabd keeps the jobs of "
+        "TCP clients apart by their certificates' names (--jobs_by_uid), so use a certificate "
+        "with one");
   }
   if (!owner.has_value() || *owner == *caller || ActsOnEveryJob(*caller)) {
     return absl::OkStatus();

@@ -65,8 +65,9 @@ ABSL_FLAG(bool, jobs_by_uid, true,
           "--tls_operators, may not attach to it or forget it");
 ABSL_FLAG(
     std::vector<std::string>, tls_operators, {},
-    "names (SPIFFE ID, or CN) of --listen's client certificates that act on every job, as root "
-    "does over the socket (comma-separated); other certificates act on their own jobs");
+    "names of --listen's client certificates (each the first of its SPIFFE ID, CN, first DNS "
+    "name and first email address) that act on every job, as root does over the socket "
+    "(comma-separated); other certificates act on their own jobs");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,
           "host shared-memory objects mapped at once, over every job (each is one of the "

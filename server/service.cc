@@ -24,9 +24,11 @@ std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* conte
 Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
   if (std::optional<uid_t> uid = PeerUid(context)) return Principal::Uid(*uid);
   // TCP: mutual TLS, so a certificate of --tls_client_ca's, verified in the handshake. It is
-  // named by its SPIFFE ID (gRPC reads one when the only URI in subjectAltName is a valid
-  // spiffe:// one) or, without one, by its subject common name. A common name that looks like
-  // a SPIFFE ID names nothing, so that no subject passes for one; nameless, it owns no job.
+  // named by the first of: its SPIFFE ID (gRPC reads one when the only URI in subjectAltName is
+  // a valid spiffe:// one), its subject common name, its first DNS name, its first email
+  // address (both from subjectAltName, in the certificate's order). A common name that looks
+  // like a SPIFFE ID names nothing, so that no subject passes for one; a certificate with none
+  // of these is nameless and owns no job.
   const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   if (auth == nullptr) return Principal::Certificate("");
   const auto first = [&auth](const char* property) {
@@ -36,9 +38,14 @@ Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
   if (std::string spiffe_id = first(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME); !spiffe_id.empty()) {
     return Principal::Certificate(std::move(spiffe_id));
   }
-  std::string common_name = first(GRPC_X509_CN_PROPERTY_NAME);
-  if (absl::StartsWithIgnoreCase(common_name, "spiffe:")) common_name.clear();
-  return Principal::Certificate(std::move(common_name));
+  if (std::string common_name = first(GRPC_X509_CN_PROPERTY_NAME); !common_name.empty()) {
+    if (absl::StartsWithIgnoreCase(common_name, "spiffe:")) return Principal::Certificate("");
+    return Principal::Certificate(std::move(common_name));
+  }
+  if (std::string dns = first(GRPC_PEER_DNS_PROPERTY_NAME); !dns.empty()) {
+    return Principal::Certificate(std::move(dns));
+  }
+  return Principal::Certificate(first(GRPC_PEER_EMAIL_PROPERTY_NAME));
 }
 
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,

@@ -2,7 +2,8 @@
 // made it. The example trainer, run as other users through setpriv, finds another uid's job
 // refused by name, through gstabd's restart too; root and the job's own uid are not refused, and
 // --jobs_by_uid=false lets every uid the socket admits use every job. Through gstabd's TCP port,
-// a job belongs to the name (common name, or SPIFFE ID) of the client certificate that made it.
+// a job belongs to the name (SPIFFE ID, common name, DNS name or email address) of the client
+// certificate that made it.
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -149,7 +150,7 @@ absl::Status AttachThenDetach(Client* client, const std::string& job, bool obser
 // A certificate with no name may act on no job.
 void ExpectNameless(const absl::Status& refused) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
-  EXPECT_NE(refused.message().find("neither a subject common name (CN) nor a SPIFFE ID"),
+  EXPECT_NE(refused.message().find("this client's certificate has no name: no SPIFFE ID"),
             std::string::npos)
       << refused;
 }
@@ -167,13 +168,8 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   const TestTls alice = testing::MakeClientCertificate(dir_.path(), "alice", "/CN=alice");
   const TestTls bob = testing::MakeClientCertificate(dir_.path(), "bob", "/CN=bob");
   const TestTls ops = testing::MakeClientCertificate(dir_.path(), "ops", "/CN=gstab-ops");
-  const TestTls nameless = testing::MakeClientCertificate(dir_.path(), "nameless", "/O=gstab");
-  const TestTls spiffe = testing::MakeClientCertificate(dir_.path(), "spiffe", "/O=gstab",
-                                                        "URI:spiffe://gstab.test/team-a");
-  const TestTls both = testing::MakeClientCertificate(dir_.path(), "both", "/CN=carol",
-                                                      "URI:spiffe://gstab.test/team-b");
-  const TestTls impostor = testing::MakeClientCertificate(dir_.path(), "impostor",
-                                                          "'/CN=spiffe:\\/\\/gstab.test\\/team-a'");
+  const TestTls nameless =
+      testing::MakeClientCertificate(dir_.path(), "nameless", "/O=gstab", "IP:192.0.2.7");
   std::vector<std::string> flags = testing::ListenFlags(tls);
   flags.push_back("--tls_operators=gstab-ops");
   Restart(flags);
@@ -227,7 +223,7 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
   EXPECT_NE(refused.message().find(kRefused), std::string::npos) << refused;
   EXPECT_TRUE(AttachThenDetach(a.get(), "alices").ok());
-  // A certificate with neither a common name nor a SPIFFE ID owns nothing, so it may act on
+  // A certificate without a name (an IP address names nothing) owns nothing, so it may act on
   // nothing.
   std::unique_ptr<Client> n = ConnectAs(nameless, address);
   ASSERT_NE(n, nullptr);
@@ -237,21 +233,6 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   ASSERT_TRUE(n->stub()->ListJobs(&listing, {}, &seen).ok());
   EXPECT_EQ(seen.caller(), "a certificate without a name");
   EXPECT_EQ(seen.caller_scope(), v1::CALLER_SCOPE_NO_JOB);
-  // One without a common name but with a SPIFFE ID is named by it.
-  std::unique_ptr<Client> s = ConnectAs(spiffe, address);
-  ASSERT_NE(s, nullptr);
-  ASSERT_TRUE(AttachThenDetach(s.get(), "spiffes", /*observer=*/false).ok());
-  refused = AttachThenDetach(b.get(), "spiffes");
-  EXPECT_NE(refused.message().find("belongs to certificate 'spiffe://gstab.test/team-a'"),
-            std::string::npos)
-      << refused;
-  // A SPIFFE ID goes before a common name; a common name that looks like one names nothing.
-  std::unique_ptr<Client> c = ConnectAs(both, address);
-  ASSERT_NE(c, nullptr);
-  ASSERT_TRUE(AttachThenDetach(c.get(), "carols", /*observer=*/false).ok());
-  std::unique_ptr<Client> i = ConnectAs(impostor, address);
-  ASSERT_NE(i, nullptr);
-  ExpectNameless(AttachThenDetach(i.get(), "spiffes"));
 
   // An operator's certificate acts on both, and sees whose each is.
   std::unique_ptr<Client> o = ConnectAs(ops, address);
@@ -266,11 +247,8 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
     owners[j.job()] = j.has_owner_certificate() ? "cert " + j.owner_certificate()
                                                 : "uid " + std::to_string(j.owner_uid());
   }
-  EXPECT_EQ(owners,
-            (std::map<std::string, std::string>{{"alices", "cert alice"},
-                                                {"spiffes", "cert spiffe://gstab.test/team-a"},
-                                                {"carols", "cert spiffe://gstab.test/team-b"},
-                                                {"theirs", "uid 65534"}}));
+  EXPECT_EQ(owners, (std::map<std::string, std::string>{{"alices", "cert alice"},
+                                                        {"theirs", "uid 65534"}}));
 
   // The certificate is in the checkpoint: after a restart, bob is still refused the job, now a
   // checkpoint only, which gstabctl lists as alice's; alice may forget it.
@@ -278,9 +256,6 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   b.reset();
   n.reset();
   o.reset();
-  s.reset();
-  c.reset();
-  i.reset();
   Restart(flags);
   address = testing::ListenAddress(*daemon_, 2);
   ASSERT_FALSE(address.empty());
@@ -315,6 +290,52 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   n = ConnectAs(nameless, address);
   ASSERT_NE(n, nullptr);
   EXPECT_TRUE(n->Attach(testing::JobOptions("anything")).ok());
+}
+
+// Whom gstabd takes a certificate for (ListJobsResponse.caller): the first of its SPIFFE ID,
+// common name, first DNS name and first email address; a common name that looks like a SPIFFE
+// ID, or only an IP address, names nothing. A DNS name owns the jobs it makes like any name.
+TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmail) {
+  const TestTls tls = testing::MakeTestTls(dir_.path());
+  Restart(testing::ListenFlags(tls));
+  const std::string address = testing::ListenAddress(*daemon_, 1);
+  ASSERT_FALSE(address.empty());
+  const std::vector<std::tuple<std::string, std::string, std::string>> certificates = {
+      {"/O=gstab", "URI:spiffe://gstab.test/team-a", "certificate 'spiffe://gstab.test/team-a'"},
+      {"/CN=carol", "URI:spiffe://gstab.test/team-b,DNS:carol.ml.svc",
+       "certificate 'spiffe://gstab.test/team-b'"},
+      {"/CN=dave", "DNS:dave.ml.svc,email:dave@gstab.test", "certificate 'dave'"},
+      {"/O=gstab", "email:erin@gstab.test,DNS:trainer.ml.svc,DNS:trainer",
+       "certificate 'trainer.ml.svc'"},
+      {"/O=gstab", "IP:192.0.2.7,email:erin@gstab.test", "certificate 'erin@gstab.test'"},
+      {"'/CN=spiffe:\\/\\/gstab.test\\/team-a'", "DNS:impostor.ml.svc",
+       "a certificate without a name"},
+      {"/O=gstab", "IP:192.0.2.7", "a certificate without a name"},
+  };
+  int n = 0;
+  for (const auto& [subject, san, caller] : certificates) {
+    SCOPED_TRACE(subject + " " + san);
+    const TestTls cert =
+        testing::MakeClientCertificate(dir_.path(), "c" + std::to_string(n++), subject, san);
+    std::unique_ptr<Client> c = ConnectAs(cert, address);
+    ASSERT_NE(c, nullptr);
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse listed;
+    ASSERT_TRUE(c->stub()->ListJobs(&ctx, {}, &listed).ok());
+    EXPECT_EQ(listed.caller(), caller);
+  }
+  // trainer.ml.svc's job is its own: another DNS name of the same certificate is not it.
+  std::unique_ptr<Client> t = ConnectAs(
+      testing::MakeClientCertificate(dir_.path(), "t", "/O=gstab", "DNS:trainer.ml.svc"), address);
+  ASSERT_NE(t, nullptr);
+  ASSERT_TRUE(AttachThenDetach(t.get(), "trainers", /*observer=*/false).ok());
+  std::unique_ptr<Client> u = ConnectAs(
+      testing::MakeClientCertificate(dir_.path(), "u", "/O=gstab", "DNS:trainer"), address);
+  ASSERT_NE(u, nullptr);
+  const absl::Status refused = AttachThenDetach(u.get(), "trainers");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find("belongs to certificate 'trainer.ml.svc'"), std::string::npos)
+      << refused;
 }
 
 }  // namespace
