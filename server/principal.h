@@ -1,7 +1,7 @@
 // Who acts on a job, and whom a job belongs to (gstabd --jobs_by_uid): a process through
 // gstabd's unix socket, by its uid (SO_PEERCRED), or a client through its TCP port (--listen),
-// by the name of the certificate it showed: its SPIFFE ID or, without one, its subject common
-// name (CN).
+// by the name of the certificate it showed: the first of its SPIFFE ID, subject common name
+// (CN), first DNS name and first email address (StabilizerService::Caller).
 #pragma once
 
 #include <cstdint>
@@ -37,7 +37,7 @@ struct Principal {
 
   Kind kind = Kind::kUid;
   uint32_t uid = 0;         // kUid
-  std::string certificate;  // kCertificate: its name (SPIFFE ID or CN); empty: it has neither
+  std::string certificate;  // kCertificate: its name; empty: it has none
 };
 
 // The owner in a JobState or JobSummary (their fields owner_uid and owner_certificate), if any.
