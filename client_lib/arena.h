@@ -8,9 +8,9 @@
 //   float* g = static_cast<float*>(arena.data(0));
 //
 // Cleanup: the shared object is unlinked when the arena is destroyed; objects left behind by a
-// crashed process are removed by the next arena created on the machine, and by gstabd when the
-// crashed worker's session expires. Not thread-safe; the memory itself may be written by any
-// thread.
+// crashed process are removed by the next arena allocated in the same pid namespace (by a
+// process allowed to unlink them), and by gstabd when the crashed worker's session expires. Not
+// thread-safe; the memory itself may be written by any thread.
 #pragma once
 
 #include <sys/types.h>
@@ -39,8 +39,8 @@ class GradientArena {
   size_t AddTensor(std::string name, uint64_t numel, DType dtype, std::string group = "",
                    v1::Reduction reduction = v1::REDUCTION_SHARDED);
 
-  // Creates and maps the shared object ("/gstab-<pid>-<random>"), zero-filled, its memory
-  // reserved now: RESOURCE_EXHAUSTED naming /dev/shm when it has no room (rather than a bus
+  // Creates and maps the shared object ("/gstab-<pid namespace>-<pid>-<random>"), zero-filled, its
+  // memory reserved now: RESOURCE_EXHAUSTED naming /dev/shm when it has no room (rather than a bus
   // error at the first write). INVALID_ARGUMENT when the tensors add up to more than 2^50 bytes.
   absl::Status Allocate();
   bool allocated() const { return base_ != nullptr; }

@@ -19,7 +19,13 @@ thread_local std::string g_last_error;
 }  // namespace
 
 gstab_status Report(const absl::Status& status) {
-  if (!status.ok()) g_last_error = std::string(status.message());
+  if (!status.ok()) {
+    // gstab's own failures all say what went wrong; gRPC's may not (a request gstabd could not
+    // read, say), and "" would read as "nothing failed".
+    g_last_error = status.message().empty()
+                       ? absl::StrCat(absl::StatusCodeToString(status.code()), " (no message)")
+                       : std::string(status.message());
+  }
   return static_cast<gstab_status>(status.code());
 }
 
@@ -160,6 +166,7 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
   if (arena == nullptr || name == nullptr) {
     return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
+  if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) return Report(s);
   if (absl::Status s = gstab::capi::CheckTensor(name, numel, dtype, flags); !s.ok()) {
     return Report(s);
   }
@@ -185,6 +192,7 @@ gstab_status gstab_arena_allocate(gstab_arena* arena) {
 
 void* gstab_arena_data(gstab_arena* arena, size_t index) {
   if (arena == nullptr || index >= arena->arena.num_tensors()) return nullptr;
+  if (!CheckOwner(arena->owner, "arena").ok()) return nullptr;
   return arena->arena.data(index);
 }
 
@@ -193,6 +201,7 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
     return Report(absl::InvalidArgumentError("client and arena must not be NULL"));
   }
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) return Report(s);
   if (!arena->arena.allocated()) {
     return Report(absl::FailedPreconditionError(
         "the arena has no memory yet: call gstab_arena_allocate before registering it"));
@@ -215,6 +224,7 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
   if (client == nullptr || out == nullptr) {
     return Report(absl::InvalidArgumentError("client and out must not be NULL"));
   }
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   if (index >= static_cast<size_t>(client->last_step.groups_size())) {
     return Report(absl::InvalidArgumentError("group index out of range of the last step"));
   }

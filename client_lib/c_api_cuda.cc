@@ -96,6 +96,7 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
     return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
   }
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<gstab::v1::StepResponse> r =
         gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
@@ -107,13 +108,16 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
 }
 
 const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes) {
-  if (gradients == nullptr) return nullptr;
+  if (gradients == nullptr || !CheckOwner(gradients->owner, "CUDA gradients").ok()) return nullptr;
   if (bytes != nullptr) *bytes = gradients->gradients->results_bytes();
   return gradients->gradients->device_results();
 }
 
 const char* gstab_cuda_group_name(const gstab_cuda_gradients* gradients, size_t index) {
-  if (gradients == nullptr || index >= gradients->gradients->groups().size()) return nullptr;
+  if (gradients == nullptr || index >= gradients->gradients->groups().size() ||
+      !CheckOwner(gradients->owner, "CUDA gradients").ok()) {
+    return nullptr;
+  }
   return gradients->gradients->groups()[index].c_str();
 }
 

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <optional>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -17,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "client_lib/transport.h"
 #include "common/host_port.h"
+#include "common/utf8.h"
 #include "common/wire_limits.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -78,6 +80,16 @@ absl::Status Client::StoppedUnderCall(const absl::Status& cancelled) {
   return absl::UnavailableError(absl::StrCat("gstabd stopped before it answered (",
                                              cancelled.message(),
                                              "); attach again after it restarts"));
+}
+
+absl::Status Client::Unreadable(const google::protobuf::Message& request) {
+  if (std::optional<std::string> field = FirstNonUtf8Field(request)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(request.GetDescriptor()->name(), ".", *field,
+                     " is not UTF-8 text, so gstabd could not read the request: gstab's names and "
+                     "settings are UTF-8"));
+  }
+  return absl::InternalError("gstabd could not read the request (INTERNAL, with no message)");
 }
 
 absl::Status Client::NoAnswer() const {

@@ -117,6 +117,7 @@ class Client {
     ctx.set_deadline(absl::ToChronoTime(deadline));
     Response response;
     absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));
+    if (absl::IsInternal(s) && s.message().empty()) s = Unreadable(request);
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
     if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer();
@@ -132,6 +133,9 @@ class Client {
   // UNAVAILABLE for a call gstabd's stop cancelled (`cancelled`): gstabd is going away, as when
   // it refuses a call while it stops.
   static absl::Status StoppedUnderCall(const absl::Status& cancelled);
+  // gRPC's bare INTERNAL for a request gstabd could not parse: INVALID_ARGUMENT naming the field
+  // that is not UTF-8, when one is not.
+  static absl::Status Unreadable(const google::protobuf::Message& request);
   // DEADLINE_EXCEEDED for a call gstabd did not answer within call_timeout_.
   absl::Status NoAnswer() const;
   // gRPC's own UNAVAILABLE (the connection: "Socket closed", "failed to connect ...") says

@@ -291,6 +291,15 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
         "these buffers are not registered: Register them first (another CudaGradients "
         "registered through the same client replaces them)");
   }
+  {
+    absl::MutexLock lock(&registered_mu);
+    auto it = Registered().find(client->id());
+    if (it == Registered().end() || it->second != this) {
+      return absl::FailedPreconditionError(
+          "these buffers were registered through another client: step them with the client that "
+          "registered them (its session's registration is what gstabd stabilizes)");
+    }
+  }
   const DeviceScope scope(device_);
   RETURN_IF_CUDA_ERROR(scope.status());
   ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)

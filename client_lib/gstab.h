@@ -4,9 +4,9 @@
  * message of the last failure on the calling thread is gstab_last_error(). Handles are opaque
  * and owned by the caller, who frees them with the matching _destroy function. A client handle
  * must not be used from several threads at once. Handles belong to the process that made them:
- * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION, and
- * its _destroy frees nothing (the parent's session, threads and shared memory stay the
- * parent's); a child connects a client of its own.
+ * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION (those
+ * returning a pointer return NULL), and its _destroy frees nothing (the parent's session,
+ * threads and shared memory stay the parent's); a child connects a client of its own.
  *
  *   gstab_client* c;  gstab_arena* a;
  *   gstab_connect("/run/gstab/gstabd.sock", &c);
@@ -115,6 +115,7 @@ gstab_status gstab_arena_allocate(gstab_arena* arena);
 void* gstab_arena_data(gstab_arena* arena, size_t index);
 
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);
+/* `step` increases from one call to the next and stays below 2^62 (INVALID_ARGUMENT past it). */
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step; index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);
@@ -241,7 +242,8 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, c
                                               void** device_ptr);
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients);
 /* stream: a cudaStream_t (NULL: the legacy default stream). result may be NULL; its
- * result_step says which step it describes. */
+ * result_step says which step it describes. `gradients` are those last registered through
+ * `client` (GSTAB_FAILED_PRECONDITION otherwise). */
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
                              void* stream, gstab_step_result* result, uint64_t* result_step);
 /* After gstab_register_cuda: the device address of the results buffer and its size. */

@@ -8,6 +8,7 @@
 #include "common/shm_names.h"
 #include "core/config.h"
 #include "glog/logging.h"
+#include "server/state_codec.h"
 #ifdef GSTAB_WITH_CUDA
 #include "server/cuda/cuda_backend.h"
 #endif
@@ -50,8 +51,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
                                                        Observer* observer) {
   std::unique_ptr<Daemon> d(new Daemon(options, observer));
   if (absl::Status s = d->store_.Init(); !s.ok()) return s;
+  absl::StatusOr<std::vector<StateStore::Stored>> found = d->store_.LoadAll();
+  if (!found.ok()) return found.status();
   absl::MutexLock lock(&d->mu_);
-  for (StateStore::Stored& stored : d->store_.LoadAll()) {
+  for (StateStore::Stored& stored : *found) {
     LOG(INFO) << "found checkpoint of job '" << stored.state.job() << "' at step "
               << stored.state.last_step();
     std::string name = stored.state.job();
@@ -203,6 +206,7 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
 }
 
 absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response) {
+  if (absl::Status s = CheckStepNumber(request.step()); !s.ok()) return s;
   absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
   {
@@ -311,8 +315,12 @@ void Daemon::ExpireSessions(absl::Time now) {
     }
     for (const std::string& token : expired) {
       const Session& s = sessions_[token];
-      LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
-                   << " expired; releasing its buffers";
+      if (s.observer) {
+        LOG(WARNING) << "observer session of job '" << s.job->name() << "' expired";
+      } else {
+        LOG(WARNING) << "session of job '" << s.job->name() << "' local rank " << s.local_rank
+                     << " expired; releasing its buffers";
+      }
       removals.push_back(DropSession(token, "lease expired", /*worker_gone=*/true));
       if (removals.back().has_value()) removals.back()->expired = true;
     }

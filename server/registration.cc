@@ -213,7 +213,15 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
     const uint64_t first = b.offset + t.offset() * ElementSize(b.dtype);  // within b.size: no
     extents[b.cuda ? "ipc:" + b.ipc_handle : "shm:" + b.shm_name]  // overflow (checked above)
         .emplace_back(first, first + t.numel() * ElementSize(b.dtype), i);
-    plan.total_bytes += t.numel() * ElementSize(b.dtype);
+    const uint64_t bytes = t.numel() * ElementSize(b.dtype);  // within b.size (checked above)
+    if (bytes > caps.max_bytes - std::min(plan.total_bytes, caps.max_bytes)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the tensors up to tensor ", i, " ('", t.name(),
+                       "') add up to more than this daemon's "
+                       "cap of ",
+                       caps.max_bytes, " registered bytes (--max_bytes)"));
+    }
+    plan.total_bytes += bytes;
     plan.tensors.push_back(
         PlannedTensor{t.name(), group, t.reduction(), t.buffer(), t.offset(), t.numel()});
   }
@@ -231,10 +239,6 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
             t.buffer() == p.buffer() ? "" : absl::StrCat(" and buffer ", p.buffer())));
       }
     }
-  }
-  if (plan.total_bytes > caps.max_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        plan.total_bytes, " registered bytes exceed this daemon's cap of ", caps.max_bytes));
   }
   return plan;
 }
@@ -282,15 +286,10 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
   for (size_t i = 0; i < plan.buffers.size(); ++i) {
     const PlannedBuffer& b = plan.buffers[i];
     absl::StatusOr<std::shared_ptr<ShmMapping>> m =
-        registry->Acquire(b.shm_name, plan.max_object_bytes);
+        registry->Acquire(b.shm_name, plan.max_object_bytes, owner);
     if (!m.ok()) {
       return absl::Status(m.status().code(),
                           absl::StrCat("buffer ", i, ": ", m.status().message()));
-    }
-    if (owner.has_value() && (*m)->owner() != *owner) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "buffer ", i, ": shared memory '", b.shm_name, "' belongs to uid ", (*m)->owner(),
-          ", not to this worker's uid ", *owner, ": a worker registers only its own objects"));
     }
     if (b.offset > (*m)->size() || b.size > (*m)->size() - b.offset) {
       return absl::InvalidArgumentError(

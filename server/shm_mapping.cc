@@ -13,8 +13,19 @@
 
 namespace gstab {
 
+namespace {
+
+absl::Status NotTheOwners(const std::string& name, uid_t owner, uid_t caller) {
+  return absl::PermissionDeniedError(absl::StrCat("shared memory '", name, "' belongs to uid ",
+                                                  owner, ", not to this worker's uid ", caller,
+                                                  ": a worker registers only its own objects"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
-    const std::string& name, uint64_t max_bytes, std::shared_ptr<std::atomic<int>> open_count) {
+    const std::string& name, uint64_t max_bytes, std::shared_ptr<std::atomic<int>> open_count,
+    std::optional<uid_t> owner) {
   const int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     const int err = errno;
@@ -42,6 +53,10 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
   if (fstat(fd, &st) != 0 || st.st_size <= 0) {
     close(fd);
     return absl::InvalidArgumentError(absl::StrCat("shared memory '", name, "' is empty"));
+  }
+  if (owner.has_value() && st.st_uid != *owner) {
+    close(fd);
+    return NotTheOwners(name, st.st_uid, *owner);
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
     close(fd);
@@ -95,12 +110,18 @@ absl::Status ShmMapping::CheckSize() const {
 }
 
 absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::string& name,
-                                                                     uint64_t max_bytes) {
+                                                                     uint64_t max_bytes,
+                                                                     std::optional<uid_t> owner) {
   absl::MutexLock lock(&mu_);
   PruneAndCountLive(&mappings_);  // names nobody maps any more
   if (auto it = mappings_.find(name); it != mappings_.end()) {
     std::shared_ptr<ShmMapping> live = it->second.lock();
-    if (live != nullptr && live->IsCurrent()) return live;
+    if (live != nullptr && live->IsCurrent()) {
+      if (owner.has_value() && live->owner() != *owner) {
+        return NotTheOwners(name, live->owner(), *owner);
+      }
+      return live;
+    }
   }
   if (*open_ >= max_mappings_) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -109,7 +130,8 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
         "objects, detach workers that are done, or raise the cap (within the kernel's "
         "vm.max_map_count)"));
   }
-  absl::StatusOr<std::shared_ptr<ShmMapping>> opened = ShmMapping::Open(name, max_bytes, open_);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> opened =
+      ShmMapping::Open(name, max_bytes, open_, owner);
   if (!opened.ok()) {
     mappings_.erase(name);
     return opened.status();

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -24,11 +25,13 @@ class ShmMapping {
  public:
   // Opens and maps the whole object read-write. NOT_FOUND when it does not exist,
   // PERMISSION_DENIED when it cannot be opened read-write, RESOURCE_EXHAUSTED when it is larger
-  // than `max_bytes` (a huge sparse object would take gstabd's address space). `open_count`
-  // (may be null) counts the mapping while it lives.
+  // than `max_bytes` (a huge sparse object would take gstabd's address space), or, before
+  // anything is mapped, when `owner` is given and does not own it. `open_count` (may be null)
+  // counts the mapping while it lives.
   static absl::StatusOr<std::shared_ptr<ShmMapping>> Open(
       const std::string& name, uint64_t max_bytes,
-      std::shared_ptr<std::atomic<int>> open_count = nullptr);
+      std::shared_ptr<std::atomic<int>> open_count = nullptr,
+      std::optional<uid_t> owner = std::nullopt);
   ~ShmMapping();
   ShmMapping(const ShmMapping&) = delete;
   ShmMapping& operator=(const ShmMapping&) = delete;
@@ -78,9 +81,11 @@ class MappingRegistry {
 
   // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
   // IsCurrent), else opens it (anew: holders of an older mapping keep theirs). RESOURCE_EXHAUSTED
-  // when that would map more than `max_mappings` objects.
+  // when that would map more than `max_mappings` objects; PERMISSION_DENIED when `owner` is
+  // given and does not own the object (checked before it is mapped).
   absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name,
-                                                      uint64_t max_bytes = UINT64_MAX);
+                                                      uint64_t max_bytes = UINT64_MAX,
+                                                      std::optional<uid_t> owner = std::nullopt);
   // Objects currently mapped (held by at least one registration or step), an object replaced
   // under its name while its old mapping is still held counted twice.
   int LiveMappings() const { return *open_; }

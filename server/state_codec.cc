@@ -59,8 +59,16 @@ GroupStats GroupStateFromProto(const v1::GroupState& p) {
   return s;
 }
 
+absl::Status CheckStepNumber(uint64_t step) {
+  if (step < kStepLimit) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("step ", step,
+                   " is not below 2^62, where step numbers end: a negative step number passed "
+                   "as an unsigned one? The job is unchanged"));
+}
+
 absl::Status ValidateJobState(const v1::JobState& state) {
-  if (state.last_step() >= uint64_t{1} << 62) {  // no later step could be taken
+  if (state.last_step() >= kStepLimit) {  // no later step could be taken
     return absl::InvalidArgumentError(
         absl::StrCat("the state's last_step ", state.last_step(), " must be below 2^62"));
   }
@@ -102,8 +110,7 @@ absl::Status ValidateJobState(const v1::JobState& state) {
                                                        "; statistics are finite and not negative"));
       }
     }
-    constexpr uint64_t kMaxSteps = uint64_t{1} << 62;
-    if (g.t() >= kMaxSteps || g.steps() >= kMaxSteps) {
+    if (g.t() >= kStepLimit || g.steps() >= kStepLimit) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": step counts t ", g.t(), " and steps ", g.steps(), " must be below 2^62"));
     }

@@ -13,11 +13,18 @@ namespace gstab {
 inline constexpr uint32_t kJobStateFormatVersion = 1;
 // Norm groups one job may have (registrations and imports together).
 inline constexpr size_t kMaxGroupsPerJob = 65536;
+// Step numbers, and a group's step counts, are below this: a step passed as a negative number
+// made unsigned would otherwise set the job's step count past every later step.
+inline constexpr uint64_t kStepLimit = uint64_t{1} << 62;
+
+// INVALID_ARGUMENT, saying so, for a step number of kStepLimit or more.
+absl::Status CheckStepNumber(uint64_t step);
 
 // INVALID_ARGUMENT, naming the group and field, unless `state` is one gstabd could have
 // written: at most kMaxGroupsPerJob groups with valid, distinct names, finite statistics,
-// non-negative means and variances, and step counts and the last step below 2^62. Imported statistics feed the
-// scale of every later step: a NaN or negative variance would turn gradients into NaN.
+// non-negative means and variances, and step counts and the last step below kStepLimit. Imported
+// statistics feed the scale of every later step: a NaN or negative variance would turn gradients
+// into NaN.
 absl::Status ValidateJobState(const v1::JobState& state);
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& stats);

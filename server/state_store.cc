@@ -1,6 +1,7 @@
 #include "server/state_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,7 +10,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -21,7 +21,43 @@ constexpr char kSuffix[] = ".jobstate";
 constexpr char kTmpInfix[] = ".jobstate:tmp:";
 // Init's check that the folder is writable.
 constexpr char kProbePrefix[] = ".write-probe:";
+
+// The whole file at `path`: NOT_FOUND when there is none, UNAVAILABLE when it cannot be opened or
+// read (no permission, out of descriptors, an I/O error).
+absl::StatusOr<std::string> ReadWhole(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string what = absl::StrCat("cannot open '", path, "': ", strerror(err));
+    return err == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
+  }
+  std::string bytes;
+  char chunk[1 << 16];
+  ssize_t n;
+  while ((n = read(fd, chunk, sizeof chunk)) != 0) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string what = absl::StrCat("cannot read '", path, "': ", strerror(errno));
+      close(fd);
+      return absl::UnavailableError(what);
+    }
+    bytes.append(chunk, static_cast<size_t>(n));
+  }
+  close(fd);
+  return bytes;
+}
 }  // namespace
+
+StateStore::~StateStore() {
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+void StateStore::SyncDir() const {
+  const int fd = lock_fd_ >= 0 ? lock_fd_ : open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  if (fsync(fd) != 0) PLOG(WARNING) << "cannot sync state directory '" << dir_ << "'";
+  if (fd != lock_fd_) close(fd);
+}
 
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
@@ -42,6 +78,23 @@ absl::Status StateStore::Init() {
   }
   close(fd);
   unlink(probe.c_str());
+  // One gstabd a folder: two would write over each other's checkpoints, and sweep each other's
+  // temporary files below.
+  const int dir_fd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open state directory '", dir_, "': ", strerror(errno)));
+  }
+  if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    close(dir_fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("state directory '", dir_, "' is in use by another process (",
+                     err == EWOULDBLOCK ? "another gstabd, most likely" : strerror(err),
+                     "): give each gstabd its own --state_dir"));
+  }
+  if (lock_fd_ >= 0) close(lock_fd_);
+  lock_fd_ = dir_fd;
   // Temporary files of saves (and probes) a crash interrupted.
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string name = entry.path().filename().string();
@@ -70,6 +123,7 @@ absl::Status StateStore::Save(const v1::JobState& state) {
     unlink(tmp.c_str());
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "'"));
   }
+  SyncDir();
   return absl::OkStatus();
 }
 
@@ -80,6 +134,7 @@ absl::Status StateStore::Remove(const std::string& job) {
     return absl::InternalError(
         absl::StrCat("cannot delete checkpoint '", path, "': ", strerror(errno)));
   }
+  SyncDir();
   return absl::OkStatus();
 }
 
@@ -88,42 +143,38 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
   // Gone (NOT_FOUND) and not a checkpoint (DATA_LOSS) are final; any other failure (out of
   // descriptors, an I/O error) may pass (UNAVAILABLE).
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    const std::string what = absl::StrCat("cannot open '", path, "': ", strerror(err));
-    return err == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
-  }
-  std::string bytes;
-  char chunk[1 << 16];
-  ssize_t n;
-  while ((n = read(fd, chunk, sizeof chunk)) != 0) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const std::string what = absl::StrCat("cannot read '", path, "': ", strerror(errno));
-      close(fd);
-      return absl::UnavailableError(what);
-    }
-    bytes.append(chunk, static_cast<size_t>(n));
-  }
-  close(fd);
+  absl::StatusOr<std::string> bytes = ReadWhole(path);
+  if (!bytes.ok()) return bytes.status();
   v1::JobState state;
-  if (!state.ParseFromString(bytes) || state.job() != job) {
+  if (!state.ParseFromString(*bytes) || state.job() != job) {
     return absl::DataLossError(absl::StrCat("'", path, "' is not a checkpoint of job '", job, "'"));
   }
   return state;
 }
 
-std::vector<StateStore::Stored> StateStore::LoadAll() {
+absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
   std::vector<Stored> out;
   if (dir_.empty()) return out;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string path = entry.path().string();
     if (entry.path().extension() != kSuffix) continue;
-    std::ifstream in(path, std::ios::binary);
+    std::error_code type_error;
+    if (!entry.is_regular_file(type_error)) {
+      LOG(WARNING) << "skipping " << path << ": not a regular file, so not a checkpoint";
+      continue;
+    }
+    absl::StatusOr<std::string> bytes = ReadWhole(path);
+    if (absl::IsNotFound(bytes.status())) continue;  // deleted meanwhile
+    if (!bytes.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          bytes.status().message(),
+          ". gstabd does not start without a job's checkpoint, whose job would start afresh "
+          "over it (its statistics and owner lost): let gstabd's user read the file, or move it "
+          "out of --state_dir to start that job afresh"));
+    }
     v1::JobState state;
-    if (!state.ParseFromIstream(&in) || state.job().empty()) {
+    if (!state.ParseFromString(*bytes) || state.job().empty()) {
       LOG(WARNING) << "skipping unreadable checkpoint " << path;
       continue;
     }

@@ -1,7 +1,10 @@
 // Job statistics on disk: one file per job in the daemon's state directory, written atomically
-// (temporary file, fsync, rename) so a crash never leaves a torn checkpoint.
+// and durably (temporary file, fsync, rename, fsync of the folder) so a crash never leaves a torn
+// checkpoint, nor one that a power loss turns back into the one before (or, deleted, back into
+// existence).
 //
-// Thread-safe (each call works on its own files).
+// One gstabd uses a state directory at a time: Init locks it (flock on the folder) until the
+// store goes. Thread-safe (each call works on its own files).
 #pragma once
 
 #include <string>
@@ -17,8 +20,12 @@ class StateStore {
  public:
   // An empty `dir` disables persistence: Save does nothing, LoadAll finds nothing.
   explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
+  ~StateStore();
+  StateStore(const StateStore&) = delete;
+  StateStore& operator=(const StateStore&) = delete;
 
-  // Creates the directory if needed. FAILED_PRECONDITION when it cannot be created or written.
+  // Creates the directory if needed and locks it. FAILED_PRECONDITION when it cannot be created
+  // or written, or another process (another gstabd) holds it.
   absl::Status Init();
   // Whether checkpoints are kept on disk at all (a state directory was given).
   bool enabled() const { return !dir_.empty(); }
@@ -29,14 +36,21 @@ class StateStore {
     v1::JobState state;
     absl::Time saved;  // when the file was last written
   };
-  // Every readable checkpoint; unreadable files are skipped with a logged warning.
-  std::vector<Stored> LoadAll();
+  // Every checkpoint. A file that is not one (not a job's checkpoint, or not a regular file) is
+  // skipped with a logged warning: its job starts afresh. FAILED_PRECONDITION when a checkpoint
+  // file cannot be read (no permission, an I/O error): starting without it would let its job
+  // start afresh over it and lose its statistics and owner.
+  absl::StatusOr<std::vector<Stored>> LoadAll();
   // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint;
   // UNAVAILABLE when it cannot be opened or read now (out of descriptors, an I/O error).
   absl::StatusOr<v1::JobState> Load(const std::string& job);
 
  private:
+  // Makes the folder's entries (a rename, a deletion) durable.
+  void SyncDir() const;
+
   std::string dir_;
+  int lock_fd_ = -1;  // the folder, flock()ed, from Init
 };
 
 }  // namespace gstab

@@ -28,6 +28,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -38,6 +40,8 @@
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
+#include "common/utf8.h"
+#include "google/protobuf/struct.pb.h"
 #include "tools/ctl_format.h"
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock",
@@ -78,12 +82,40 @@ std::string Json(const google::protobuf::Message& message) {
   return ToJson(message, /*with_defaults=*/true);
 }
 
+// What a command did: `text` for people, or with --json the same as one JSON object of `fields`
+// (strings, numbers and booleans).
+using JsonValue = std::variant<std::string, double, bool>;
+int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields) {
+  if (!absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", text.c_str());
+    return 0;
+  }
+  google::protobuf::Struct object;
+  for (const auto& [key, value] : fields) {
+    google::protobuf::Value& v = (*object.mutable_fields())[key];
+    if (const auto* s = std::get_if<std::string>(&value)) v.set_string_value(*s);
+    if (const auto* d = std::get_if<double>(&value)) v.set_number_value(*d);
+    if (const auto* b = std::get_if<bool>(&value)) v.set_bool_value(*b);
+  }
+  std::printf("%s\n", ToJson(object).c_str());
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Connect() {
   return Client::Connect(absl::GetFlag(FLAGS_socket), absl::Seconds(3));
 }
 
-// A client attached as an observer of --job.
-absl::StatusOr<std::unique_ptr<Client>> ConnectToJob() {
+// A client attached as an observer of --job, detached when it goes, on every path: a session
+// left to its lease would keep the job from `forget` and from retiring meanwhile.
+struct DetachFirst {
+  void operator()(Client* client) const {
+    (void)client->Detach();
+    delete client;
+  }
+};
+using Observer = std::unique_ptr<Client, DetachFirst>;
+
+absl::StatusOr<Observer> ConnectToJob() {
   const std::string job = absl::GetFlag(FLAGS_job);
   if (job.empty()) return absl::InvalidArgumentError("this command needs --job=NAME");
   absl::StatusOr<std::unique_ptr<Client>> client = Connect();
@@ -92,7 +124,7 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToJob() {
   o.job = job;
   o.observer = true;
   if (absl::Status s = (*client)->Attach(o); !s.ok()) return s;
-  return client;
+  return Observer(client->release());
 }
 
 absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
@@ -128,7 +160,12 @@ int Status() {
     listed->erase(std::remove_if(listed->begin(), listed->end(),
                                  [&](const v1::JobSummary& j) { return j.job() != job; }),
                   listed->end());
-    if (listed->empty()) return Fail(absl::NotFoundError("gstabd holds no job '" + job + "'"));
+    if (listed->empty()) {
+      return Fail(absl::NotFoundError(absl::StrCat(
+          "gstabd holds no job '", job, "'",
+          absl::GetFlag(FLAGS_all) ? ""
+                                   : " (--all lists the retired ones too, kept as checkpoints)")));
+    }
   }
   std::printf(
       "%s", absl::GetFlag(FLAGS_json) ? (Json(*jobs) + "\n").c_str() : StatusTable(*jobs).c_str());
@@ -194,7 +231,6 @@ int ConfigSet(const std::vector<std::string>& assignments) {
                 absl::GetFlag(FLAGS_job).c_str(),
                 static_cast<unsigned long long>(updated->version()));
   }
-  (void)(*client)->Detach();
   return 0;
 }
 
@@ -215,7 +251,6 @@ int ConfigShow() {
                 static_cast<unsigned long long>(version),
                 ConfigSettingsText(stats->config()).c_str());
   }
-  (void)(*client)->Detach();
   return 0;
 }
 
@@ -241,10 +276,10 @@ int Export() {
     std::filesystem::remove(partial, ignored);
     return Fail(absl::InternalError(absl::StrCat("cannot write '", path, "': ", why)));
   }
-  std::printf("exported %zu bytes of job %s's statistics to %s\n", state->size(),
-              absl::GetFlag(FLAGS_job).c_str(), path.c_str());
-  (void)(*client)->Detach();
-  return 0;
+  const std::string job = absl::GetFlag(FLAGS_job);
+  return Done(
+      absl::StrCat("exported ", state->size(), " bytes of job ", job, "'s statistics to ", path),
+      {{"job", job}, {"bytes", static_cast<double>(state->size())}, {"out", path}});
 }
 
 int Import() {
@@ -257,18 +292,28 @@ int Import() {
     return Fail(
         absl::NotFoundError(absl::StrCat("cannot read '", path, "': ", std::strerror(errno))));
   }
+  std::error_code ignored;
+  if (std::filesystem::is_directory(path, ignored)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("'", path, "' is a folder: --in names a file `gstabctl export` wrote")));
+  }
   std::stringstream bytes;
   bytes << in.rdbuf();
+  if (bytes.str().empty()) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("'", path, "' is empty: --in names a file `gstabctl export` wrote")));
+  }
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
+  uint32_t groups = 0;
   if (absl::Status s =
-          (*client)->ImportState(bytes.str(), nullptr, absl::GetFlag(FLAGS_keep_config));
+          (*client)->ImportState(bytes.str(), &groups, absl::GetFlag(FLAGS_keep_config));
       !s.ok()) {
     return Fail(s);
   }
-  std::printf("imported %s into job %s\n", path.c_str(), absl::GetFlag(FLAGS_job).c_str());
-  (void)(*client)->Detach();
-  return 0;
+  const std::string job = absl::GetFlag(FLAGS_job);
+  return Done(absl::StrCat("imported ", path, " into job ", job, " (", groups, " groups)"),
+              {{"job", job}, {"in", path}, {"groups", static_cast<double>(groups)}});
 }
 
 // Drops what gstabd holds of a job no worker uses: its next attach starts it afresh.
@@ -285,11 +330,12 @@ int Forget() {
       !s.ok()) {
     return Fail(s);
   }
-  std::printf("forgot job %s (%s): its next attach starts it afresh\n", job.c_str(),
-              response.held() && response.checkpoint() ? "held, and a checkpoint"
-              : response.held()                        ? "held"
-                                                       : "a checkpoint");
-  return 0;
+  return Done(absl::StrCat("forgot job ", job, " (",
+                           response.held() && response.checkpoint() ? "held, and a checkpoint"
+                           : response.held()                        ? "held"
+                                                                    : "a checkpoint",
+                           "): its next attach starts it afresh"),
+              {{"job", job}, {"held", response.held()}, {"checkpoint", response.checkpoint()}});
 }
 
 int Rendezvous() {
@@ -301,8 +347,9 @@ int Rendezvous() {
   absl::StatusOr<std::string> blob =
       (*client)->CreateRendezvous(job, nodes, absl::GetFlag(FLAGS_cuda));
   if (!blob.ok()) return Fail(blob.status());
-  std::printf("%s\n", absl::Base64Escape(*blob).c_str());
-  return 0;
+  const std::string base64 = absl::Base64Escape(*blob);
+  return Done(base64,
+              {{"job", job}, {"nodes", static_cast<double>(nodes)}, {"rendezvous", base64}});
 }
 
 }  // namespace
@@ -319,6 +366,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(rest.begin() + 1, rest.end());
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
+  if (!gstab::IsValidUtf8(absl::GetFlag(FLAGS_job))) {
+    return gstab::ctl::Usage("--job is not UTF-8 text (job names are [A-Za-z0-9._-])");
+  }
+  if (cmd != "config" && args.size() > 1) {
+    return gstab::ctl::Usage(
+        absl::StrCat(cmd, " takes no argument but flags (--job=NAME, ...), not '", args[1], "'"));
+  }
   if (cmd == "health") return gstab::ctl::Health();
   if (cmd == "status") return gstab::ctl::Status();
   if (cmd == "events") return gstab::ctl::Events();
@@ -331,6 +385,10 @@ int main(int argc, char** argv) {
     return gstab::ctl::ConfigSet(std::vector<std::string>(args.begin() + 2, args.end()));
   }
   if (cmd == "config" && args.size() == 2 && args[1] == "show") return gstab::ctl::ConfigShow();
+  if (cmd == "config" && args.size() > 2 && args[1] == "show") {
+    return gstab::ctl::Usage(
+        absl::StrCat("config show takes no argument but --job=NAME, not '", args[2], "'"));
+  }
   if (cmd == "config") return gstab::ctl::Usage("config takes `set KEY=VALUE...` or `show`");
   return gstab::ctl::Usage("unknown command '" + cmd + "'");
 }

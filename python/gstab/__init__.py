@@ -38,17 +38,15 @@ from typing import List, Optional
 
 from ._native import (ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
                       UNAVAILABLE, CGroupResult, CStepResult, CAttachOptions, Config, Error,
-                      check, dtype_code, dtype_of, enc, flags, json_numbers, load_library,
-                      settings, take)
+                      check, dtype_code, dtype_of, enc, enc_path, flags, json_numbers,
+                      load_library, settings, take, uint)
 
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "dtype_of", "load_library"]
 
 
 def _check_numel(name: str, numel: int) -> None:
-    # The C ABI takes a uint64_t, which ctypes would silently wrap.
-    if not 0 <= numel < 2 ** 64:
-        raise ValueError(f"tensor {name!r}: numel {numel} is not an element count")
+    uint(f"tensor {name!r}: numel", numel, 64)
 
 
 @dataclass
@@ -92,7 +90,7 @@ class Arena:
         _check_numel(name, numel)
         index = ctypes.c_size_t()
         check(self._lib.gstab_arena_add_tensor_flags(
-            self._h, enc(name), numel, dtype_code(dtype), enc(group),
+            self._h, enc(name, "tensor name"), numel, dtype_code(dtype), enc(group, "group"),
             flags(replicated, node_sharded), ctypes.byref(index)))
         self._tensors.append((numel, dtype))
         return index.value
@@ -144,8 +142,8 @@ class CudaGradients:
         """As Arena.add_tensor, for `numel` elements at `device_ptr`."""
         _check_numel(name, numel)
         check(self._lib.gstab_cuda_add_tensor_flags(
-            self._h, enc(name), ctypes.c_void_p(device_ptr), numel, dtype_code(dtype), enc(group),
-            flags(replicated, node_sharded)))
+            self._h, enc(name, "tensor name"), ctypes.c_void_p(device_ptr), numel,
+            dtype_code(dtype), enc(group, "group"), flags(replicated, node_sharded)))
 
     def allocate_tensor(self, name: str, numel: int, dtype: str, group: str = "",
                         replicated: bool = False, node_sharded: bool = False) -> int:
@@ -155,7 +153,7 @@ class CudaGradients:
         _check_numel(name, numel)
         ptr = ctypes.c_void_p()
         check(self._lib.gstab_cuda_allocate_tensor_flags(
-            self._h, enc(name), numel, dtype_code(dtype), enc(group),
+            self._h, enc(name, "tensor name"), numel, dtype_code(dtype), enc(group, "group"),
             flags(replicated, node_sharded), ctypes.byref(ptr)))
         return ptr.value
 
@@ -222,7 +220,7 @@ class Client:
         self.local_rank, self.local_world_size, self.node_rank, self.node_count = 0, 1, 0, 1
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._attached = None  # attach()'s arguments, to attach again
-        check(self._lib.gstab_connect(enc(socket_path), ctypes.byref(self._h)))
+        check(self._lib.gstab_connect(enc_path(socket_path), ctypes.byref(self._h)))
         _open_clients.add(self)
 
     def _handle(self):
@@ -236,9 +234,11 @@ class Client:
                rendezvous: Optional[bytes] = None) -> None:
         """Attaches this process as a worker of `job`.
 
-        policy: "stabilize" (default), "stabilize-stable-spam", "clip", "zclip" or "monitor";
-        config: settings applied over it, such as {"clip.max_norm": 0.5}. Both are used when the
-        job is new on gstabd; later workers must agree with them. A job across nodes passes its
+        policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor"; None (the
+        default): the job's own configuration when gstabd holds or restores it, stabilize for a
+        new job. config: settings applied over it, such as {"clip.max_norm": 0.5}. A new job
+        takes both; a later worker's must agree with the job's. Out-of-range integers (a
+        negative rank, say) raise ValueError, as they would wrap in the C ABI. A job across nodes passes its
         node_rank and node_count, and the rendezvous that global rank 0 got from
         create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
         of this in from torch.distributed. Attaching again ends the earlier session, and gstabd
@@ -253,10 +253,12 @@ class Client:
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
                 node_rank, node_count, rendezvous) -> None:
         rendezvous = None if rendezvous is None else bytes(rendezvous)
-        options = CAttachOptions(rank, world_size, local_rank, local_world_size, node_rank,
-                                 node_count, rendezvous, len(rendezvous or b""), enc(policy),
-                                 settings(config))
-        check(self._lib.gstab_attach_with_options(self._handle(), enc(job),
+        options = CAttachOptions(
+            uint("rank", rank, 32), uint("world_size", world_size, 32),
+            uint("local_rank", local_rank, 32), uint("local_world_size", local_world_size, 32),
+            uint("node_rank", node_rank, 32), uint("node_count", node_count, 32), rendezvous,
+            len(rendezvous or b""), enc(policy, "policy"), settings(config))
+        check(self._lib.gstab_attach_with_options(self._handle(), enc(job, "job name"),
                                                   ctypes.byref(options)))
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.node_rank, self.node_count = node_rank, max(1, node_count)
@@ -302,7 +304,8 @@ class Client:
         """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker
         passes to attach(). cuda: the job registers CUDA gradients."""
         return take(lambda data, size: self._lib.gstab_create_rendezvous(
-            self._handle(), enc(job), node_count, int(cuda), data, size))
+            self._handle(), enc(job, "job name"), uint("node_count", node_count, 32), int(cuda),
+            data, size))
 
     def update_config(self, config: Config) -> int:
         """Changes the job's configuration from its next step; returns its new version."""
@@ -356,6 +359,7 @@ class Client:
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         r = CStepResult()
+        uint("step", step, 64)
         status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
         if status in (UNAVAILABLE, UNAUTHENTICATED) and self.reattach_timeout > 0 and \
                 self._attached is not None and self._attached["node_count"] <= 1 and \
@@ -370,7 +374,7 @@ class Client:
         default stream) and makes the stream wait for it; the host does not wait."""
         r = CStepResult()
         result_step = ctypes.c_uint64()
-        check(self._lib.gstab_cuda_step(self._handle(), gradients._h, step,
+        check(self._lib.gstab_cuda_step(self._handle(), gradients._h, uint("step", step, 64),
                                         ctypes.c_void_p(stream or None), ctypes.byref(r),
                                         ctypes.byref(result_step)))
         return self._result(r, result_step.value)

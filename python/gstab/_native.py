@@ -148,8 +148,32 @@ def dtype_of(tensor) -> str:
     return name
 
 
-def enc(text: Optional[str]) -> Optional[bytes]:
-    return None if text is None else text.encode()
+def enc(text: Optional[str], what: str = "text") -> Optional[bytes]:
+    """A name or setting as the C ABI's NUL-terminated UTF-8 (ValueError for a NUL in it, which
+    would cut it short; UnicodeEncodeError, a ValueError, for a lone surrogate)."""
+    if text is None:
+        return None
+    if "\0" in text:
+        raise ValueError(f"{what} {text!r} contains a NUL character")
+    return text.encode()
+
+
+def enc_path(path: str) -> bytes:
+    """A socket path or HOST:PORT as the file system spells it (any bytes but NUL)."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"socket path {path!r} contains a NUL character")
+    return raw
+
+
+def uint(what: str, value: int, bits: int) -> int:
+    """`value` for a C unsigned integer of `bits` bits, which ctypes would wrap silently (-1
+    becoming 2^64-1, a step past every later one)."""
+    if not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 0 <= value < 2 ** bits:
+        raise ValueError(f"{what} {value} is out of range: 0 to 2^{bits}-1")
+    return value
 
 
 def flags(replicated: bool, node_sharded: bool) -> int:
@@ -165,7 +189,7 @@ def settings(config: Optional[Config]) -> Optional[bytes]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         items.append(f"{key}={value}")
-    return " ".join(items).encode()
+    return enc(" ".join(items), "config")
 
 
 # The 64-bit integer fields of GetStatsResponse, which proto3's JSON mapping writes as strings

@@ -131,6 +131,39 @@ class ClientTest(unittest.TestCase):
                                                               ctypes.byref(h)), 3)
         self.assertIn("must not be NULL", lib.gstab_last_error().decode())
 
+    def test_numbers_and_text_the_c_abi_cannot_carry_are_refused_and_the_job_goes_on(self):
+        client = gstab.Client(self.socket)
+        # ctypes would wrap these (-1 becoming 2^32-1), or cut the name at the NUL.
+        for bad in (dict(rank=-1), dict(world_size=2 ** 32 + 1), dict(node_count=-1)):
+            with self.assertRaises(ValueError, msg=str(bad)):
+                client.attach("py-wrap", **bad)
+        with self.assertRaises(ValueError):
+            client.attach("py\0wrap")
+        client.attach("py-wrap")
+        arena = gstab.Arena()
+        with self.assertRaises(ValueError):
+            arena.add_tensor("a\0b", 4)
+        arena.add_tensor("w", 4)
+        arena.allocate()
+        client.register_arena(arena)
+        for step in (-1, 2 ** 64 + 5):
+            with self.assertRaises(ValueError, msg=str(step)):
+                client.step(step)
+        with self.assertRaises(gstab.Error) as e:
+            client.step(2 ** 62)  # gstabd's own limit: no later step would be left
+        self.assertEqual(e.exception.code, 3)
+        self.assertIn("not below 2^62", e.exception.message)
+        client.step(1)
+        self.assertEqual(client.stats()["last_step"], 1)
+        client.close()
+        # Bytes that are not UTF-8, through the C ABI: the field is named, where gRPC alone
+        # answers INTERNAL with no message.
+        lib, h = gstab.load_library(), ctypes.c_void_p()
+        self.assertEqual(lib.gstab_connect(self.socket.encode(), ctypes.byref(h)), 0)
+        self.assertEqual(lib.gstab_attach(h, b"py-\xff", 0, 1, 0, 1, None), 3)
+        self.assertIn("AttachRequest.job is not UTF-8 text", lib.gstab_last_error().decode())
+        lib.gstab_client_destroy(h)
+
     def test_an_arena_is_laid_out_once_and_has_memory_once_allocated(self):
         arena = gstab.Arena()
         arena.add_tensor("w", 16)

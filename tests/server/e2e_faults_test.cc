@@ -108,6 +108,63 @@ TEST_F(E2eFaultsTest, AWorkerRegistersOnlyItsOwnSharedMemory) {
       << s;
 }
 
+// gstabd started by `prefix` on `state_dir` (and a socket of its own), expected to refuse to
+// start: its exit code and output.
+std::pair<int, std::string> StartRefused(const std::string& gstabd, const std::string& state_dir,
+                                         const std::vector<std::string>& prefix = {}) {
+  std::vector<std::string> argv = prefix;
+  for (const std::string& arg :
+       {gstabd, "--socket=" + state_dir + ".sock", "--state_dir=" + state_dir,
+        std::string("--metrics_port=-1"), std::string("--backend=cpu")}) {
+    argv.push_back(arg);
+  }
+  absl::StatusOr<Subprocess> p = Subprocess::Start(argv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return {-1, ""};
+  const std::string out = p->ReadAll();
+  return {p->Wait(absl::Seconds(20)).value_or(-1), out};
+}
+
+// A state directory is one gstabd's: a second gstabd on it (with a socket of its own) is refused
+// before it touches the first one's files. A checkpoint gstabd cannot read stops it at start,
+// rather than let its job start afresh over it, losing its statistics and owner.
+TEST_F(E2eFaultsTest, ABusyStateDirectoryOrAnUnreadableCheckpointStopsGstabdAtStart) {
+  const std::string state = dir_.path() + "/state";
+  const std::string in_flight = state + "/j.jobstate:tmp:1.1";  // as if the first were saving
+  { std::ofstream(in_flight) << "x"; }
+  auto [code, out] = StartRefused(testing::BinaryPath("server/gstabd"), state);
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("is in use by another process"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(in_flight));
+  auto worker = TestWorker::Create(daemon_->socket(), JobOptions("first-serves"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ExpectServing(worker->get(), 1);
+
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run gstabd as another uid";
+  // A folder uid 65534 may write, holding a checkpoint only root may read.
+  const std::string other = dir_.path() + "/other";
+  std::filesystem::create_directories(other + "/state");
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chown(other.c_str(), 65534, 65534), 0);
+  ASSERT_EQ(::chown((other + "/state").c_str(), 65534, 65534), 0);
+  const std::string gstabd = other + "/gstabd";
+  std::filesystem::copy_file(testing::BinaryPath("server/gstabd"), gstabd);
+  ASSERT_EQ(::chmod(gstabd.c_str(), 0755), 0);
+  const std::string checkpoint = other + "/state/root-only.jobstate";
+  { std::ofstream(checkpoint) << "a job's statistics"; }
+  ASSERT_EQ(::chmod(checkpoint.c_str(), 0600), 0);
+  std::tie(code, out) =
+      StartRefused(gstabd, other + "/state",
+                   {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"});
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("cannot open '" + checkpoint + "': Permission denied"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("move it out of --state_dir"), std::string::npos) << out;
+  std::ifstream kept(checkpoint);
+  std::string text((std::istreambuf_iterator<char>(kept)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "a job's statistics");
+}
+
 // A worker in another pid namespace (a container sharing /dev/shm) that dies leaves its shared
 // memory behind, and no process of gstabd's namespace can tell its creator is gone: gstabd
 // removes it when the worker's lease expires.

@@ -309,15 +309,32 @@ TEST(E2eLifecycleTest, AForgottenJobStartsAfreshUnderItsName) {
     EXPECT_NE(why.find("1 session(s) attached"), std::string::npos) << why;
     ASSERT_TRUE((*worker)->client().Detach().ok());
   }
+  // gstabctl's observer sessions end with the command, failed ones too, so none of them keeps
+  // the job from being forgotten; a bad command line is refused before any.
+  const std::string missing = dir.path() + "/no-such-folder/held.state";
+  for (const std::string& failing : std::vector<std::string>{
+           "config set --job=held clip.max_norm=-1", "export --job=held --out=" + missing,
+           "import --job=held --in=" + dir.path(), "import --job=held --in=/dev/null",
+           "config show --job=held extra", "status held"}) {
+    auto [failed, why] = ctl(failing);
+    EXPECT_NE(failed, 0) << failing << ": " << why;
+    EXPECT_EQ(why.find("session(s) attached"), std::string::npos) << failing << ": " << why;
+  }
+  EXPECT_NE(ctl("import --job=held --in=" + dir.path()).second.find("is a folder"),
+            std::string::npos);
+  EXPECT_NE(ctl("import --job=held --in=/dev/null").second.find("is empty"), std::string::npos);
+  EXPECT_EQ(ctl("status held").first, 2);
   auto [rc, out] = ctl("forget --job=held");
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("forgot job held (held)"), std::string::npos) << out;
   ASSERT_EQ(daemon->Stop().value_or(-1), 0);  // "kept": a checkpoint on disk
   daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok()) << daemon.status();
-  std::tie(rc, out) = ctl("forget --job=kept");
+  std::tie(rc, out) = ctl("--json forget --job=kept");
   EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("forgot job kept (a checkpoint)"), std::string::npos) << out;
+  for (const char* field : {"\"job\":\"kept\"", "\"held\":false", "\"checkpoint\":true"}) {
+    EXPECT_NE(out.find(field), std::string::npos) << out;
+  }
   std::tie(rc, out) = ctl("forget --job=kept");
   EXPECT_EQ(rc, 1);
   EXPECT_NE(out.find("no job 'kept'"), std::string::npos) << out;

@@ -145,6 +145,14 @@ TEST(E2eTest, ExportImportRoundTripContinuesWithTheSameStatistics) {
   // An older step number than the imported state's is refused.
   (*resumed)->Fill(3, 5);
   EXPECT_EQ((*resumed)->client().Step(3).status().code(), absl::StatusCode::kInvalidArgument);
+  // So is a step number of 2^62 or more (a negative one passed as unsigned), which would leave
+  // the job no later step; the job goes on from where it was.
+  for (uint64_t huge : {~uint64_t{0}, uint64_t{1} << 62}) {
+    const absl::Status refused = (*resumed)->client().Step(huge).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_NE(refused.message().find("is not below 2^62"), std::string::npos) << refused;
+  }
+  StepAndCompare(resumed->get(), &ref_copy, 12, 5);
 }
 
 // Each group's statistics in `copy` are those of `source` (the last step's norms and scales are

@@ -66,6 +66,18 @@ TEST(RegistrationTest, CapsMixedReductionsAndNamesAreRejected) {
   EXPECT_EQ(ValidateRegistration(OneTensor(400, 100), caps).status().code(),
             absl::StatusCode::kResourceExhausted);
 
+  // Summed without wrapping around: two tensors of 2^63 bytes each are more than any cap.
+  caps.max_bytes = ~uint64_t{0};
+  v1::RegisterBuffersRequest huge = OneTensor(uint64_t{1} << 63, uint64_t{1} << 61);
+  *huge.add_buffers() = huge.buffers(0);
+  huge.mutable_buffers(1)->set_shm_name("/gstab-1-other");
+  *huge.add_tensors() = huge.tensors(0);
+  huge.mutable_tensors(1)->set_name("v");
+  huge.mutable_tensors(1)->set_buffer(1);
+  absl::Status s = ValidateRegistration(huge, caps).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("tensor 1 ('v') add up to more than"), std::string::npos) << s;
+
   v1::RegisterBuffersRequest mixed = OneTensor(400, 50);
   mixed.mutable_tensors(0)->set_group("g");
   v1::Tensor* t = mixed.add_tensors();
@@ -74,7 +86,7 @@ TEST(RegistrationTest, CapsMixedReductionsAndNamesAreRejected) {
   t->set_numel(50);
   t->set_group("g");
   t->set_reduction(v1::REDUCTION_REPLICATED);
-  absl::Status s = ValidateRegistration(mixed, RegistrationCaps{}).status();
+  s = ValidateRegistration(mixed, RegistrationCaps{}).status();
   EXPECT_NE(s.message().find("mixes sharded and replicated"), std::string::npos) << s;
   t->set_reduction(v1::REDUCTION_NODE_SHARDED);  // HSDP's: known, but not mixed either
   s = ValidateRegistration(mixed, RegistrationCaps{}).status();
@@ -184,6 +196,29 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   EXPECT_EQ((*shrunk)->size(), 4096u);
   EXPECT_TRUE((*shrunk)->CheckSize().ok());
   EXPECT_FALSE((*replaced)->CheckSize().ok());  // the old mapping is now past the end
+  shm_unlink(name.c_str());
+}
+
+// An object of another uid is refused before it is mapped, and so is a mapping already live.
+TEST(RegistrationTest, AnotherUidsObjectIsRefusedWithoutBeingMapped) {
+  const std::string name = "/gstab-test-owner-" + std::to_string(getpid());
+  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4096), 0);
+  close(fd);
+  const uid_t other = geteuid() + 1;
+  MappingRegistry registry;
+  absl::Status refused = registry.Acquire(name, UINT64_MAX, other).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find("belongs to uid " + std::to_string(geteuid())),
+            std::string::npos)
+      << refused;
+  EXPECT_EQ(registry.LiveMappings(), 0);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> own = registry.Acquire(name, UINT64_MAX, geteuid());
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(registry.Acquire(name, UINT64_MAX, other).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(registry.LiveMappings(), 1);
   shm_unlink(name.c_str());
 }
 

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -20,8 +21,28 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   v1::JobState job;
   job.set_job("j");
   ASSERT_TRUE(store.Save(job).ok());
-  ASSERT_EQ(store.LoadAll().size(), 1u);
-  EXPECT_EQ(store.LoadAll()[0].state.job(), "j");
+  absl::StatusOr<std::vector<StateStore::Stored>> all = store.LoadAll();
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].state.job(), "j");
+}
+
+// One store (one gstabd) a folder at a time: another's Init is refused, and sweeps none of the
+// first one's temporary files; the folder is free again once the first store goes.
+TEST(StateStoreTest, AFolderIsOneStoresAtATime) {
+  testing::TempDir dir;
+  auto first = std::make_unique<StateStore>(dir.path());
+  ASSERT_TRUE(first->Init().ok());
+  const std::string in_flight = dir.path() + "/j.jobstate:tmp:1.1";
+  { std::ofstream(in_flight) << "x"; }
+  StateStore second(dir.path());
+  absl::Status s = second.Init();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("give each gstabd its own --state_dir"), std::string::npos) << s;
+  EXPECT_TRUE(std::filesystem::exists(in_flight));
+  first.reset();
+  EXPECT_TRUE(second.Init().ok());
+  EXPECT_FALSE(std::filesystem::exists(in_flight));
 }
 
 // A job's checkpoint is read back whole (when a retired job is restored); one copied or renamed
@@ -45,9 +66,11 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   // later: it is not taken for lost.
   std::filesystem::create_directory(dir.path() + "/c.jobstate");
   EXPECT_EQ(store.Load("c").status().code(), absl::StatusCode::kUnavailable);
-  const std::vector<StateStore::Stored> all = store.LoadAll();
-  ASSERT_EQ(all.size(), 1u);
-  EXPECT_EQ(all[0].state.job(), "a");
+  // Nor is it taken for a checkpoint at start.
+  absl::StatusOr<std::vector<StateStore::Stored>> all = store.LoadAll();
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].state.job(), "a");
 }
 
 TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
