@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -129,6 +130,18 @@ void Client::Reconnect() {
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
   const bool tcp = IsTcpAddress(address);
+  if (address.empty()) {
+    return absl::InvalidArgumentError("no socket path given: pass gstabd's socket or HOST:PORT");
+  }
+  // sockaddr_un's limit, which gRPC would only log about while the wait below ran out.
+  constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
+  if (!tcp && address.size() > kMaxSocketPath) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path '", address, "' is ", address.size(),
+        " bytes; a unix socket's path has at "
+        "most ",
+        kMaxSocketPath, ": use a shorter one (a relative path, or a link to the folder)"));
+  }
   std::string target = absl::StrCat("unix:", address);
   if (tcp) {
     const std::optional<HostPort> at = SplitHostPort(address);
@@ -170,8 +183,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
           "client's (GSTAB_TLS_CERT) by the CA of gstabd's --tls_client_ca; gstabd refuses "
           "other certificates and clients without one"));
     }
+    struct stat st;
+    const bool there = ::stat(address.c_str(), &st) == 0;
     return absl::UnavailableError(absl::StrCat(
-        "no gstabd answers on ", address,
+        "no gstabd answers on ", address, there ? "" : " (nothing is there)",
         ": is the daemon running, and is the socket path right? (A gstabd whose --allow_uids "
         "or --allow_gids leave this process out closes its connections, and logs so)"));
   }

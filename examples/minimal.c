@@ -2,10 +2,16 @@
  * with a spike, print what gstabd did.   minimal_c SOCKET [JOB] */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "client_lib/gstab.h"
 
 int main(int argc, char** argv) {
+  if (argc > 1 && argv[1][0] == '-') {
+    fprintf(stderr, "usage: minimal_c [SOCKET [JOB]]  (SOCKET: gstabd's, /run/gstab/gstabd.sock "
+                    "by default; JOB: minimal-c)\n");
+    return argv[1][1] == 'h' || strcmp(argv[1], "--help") == 0 ? 0 : 2;
+  }
   const char* socket = argc > 1 ? argv[1] : "/run/gstab/gstabd.sock";
   const char* job = argc > 2 ? argv[2] : "minimal-c";
   gstab_client* client = NULL;

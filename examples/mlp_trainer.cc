@@ -17,6 +17,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "client_lib/client.h"
@@ -68,6 +69,9 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "trains a small MLP whose gradients gstabd stabilizes: mlp_trainer [--socket=PATH] "
+      "[--policy=stabilize|clip|zclip|monitor|none] [--spike_steps=N,...] [--steps=N] ...");
   absl::ParseCommandLine(argc, argv);
   const std::string policy = absl::GetFlag(FLAGS_policy);
   const bool use_gstab = policy != "none";

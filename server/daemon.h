@@ -212,6 +212,14 @@ class Daemon {
   // how the caller may `action` ("attach", "forget it").
   absl::Status OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
                             const std::optional<Principal>& caller, const char* action) const;
+  // FAILED_PRECONDITION when `request` asks for a configuration other than `held`, the job's
+  // (`running`, or restored from its checkpoint).
+  static absl::Status ConfigConflict(const v1::AttachRequest& request, const RuleParams& held,
+                                     bool running);
+  // What refuses an attach to a job not held (its checkpoint's owner, or configuration), before
+  // MakeRoomFor retires another job for it; checked again once the job is made.
+  absl::Status RefusalBeforeRoom(const v1::AttachRequest& request,
+                                 const std::optional<Principal>& caller) ABSL_LOCKS_EXCLUDED(mu_);
   // Attach's part before the removal: the job (left in `attached`; found or made under mu_,
   // then checked and given its rendezvous under the job's own lock) and the session (under
   // mu_); the session this one replaces (same job and local rank) is ended and its removal

@@ -117,6 +117,38 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
   return s;
 }
 
+absl::Status Daemon::ConfigConflict(const v1::AttachRequest& request, const RuleParams& held,
+                                    bool running) {
+  absl::StatusOr<RuleParams> asked = MergeConfig(held, request.config());
+  if (!asked.ok()) return asked.status();
+  if (SameEffectiveConfig(held, *asked)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "job '", request.job(), "' ", running ? "already runs" : "came back from gstabd's checkpoint",
+      " with a different configuration (", ConfigDifference(held, *asked),
+      "); attach without one to keep it, or change it once attached (update_config; `gstabctl "
+      "config set --job=",
+      request.job(), "`)"));
+}
+
+absl::Status Daemon::RefusalBeforeRoom(const v1::AttachRequest& request,
+                                       const std::optional<Principal>& caller) {
+  absl::MutexLock lock(&mu_);
+  if (jobs_.count(request.job()) == 1) return absl::OkStatus();  // held: no room to make
+  if (absl::Status s = OwnerRefusal(request.job(), OwnerOf(request.job()), caller, "attach");
+      !s.ok()) {
+    return s;
+  }
+  auto checkpoint = checkpoints_.find(request.job());
+  const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
+  if (checkpoint == checkpoints_.end() || request.config().ByteSizeLong() == 0 ||
+      node_zeros_config) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
+  if (!saved.ok()) return absl::OkStatus();  // the job comes back with the asked one
+  return ConfigConflict(request, *saved, /*running=*/false);
+}
+
 absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RuleParams& config,
                                   uint32_t local_world,
                                   const absl::StatusOr<v1::RendezvousInfo>* rendezvous,
@@ -124,6 +156,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   v1::AttachResponse* response, std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
   const bool has_config = request.config().ByteSizeLong() > 0;
+  if (absl::Status s = RefusalBeforeRoom(request, caller); !s.ok()) return s;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
   // taken, and used below if it is still the one held then.
@@ -187,6 +220,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                        StepCallbackFor(request.job()), gpu_);
         } else {
           slot->set_restored();
+          slot->RestoreConfigHistory(state->config_history());
         }
         // Whose it was, even if its statistics could not be taken (kept in memory too).
         if (std::optional<Principal> owner = OwnerIn(checkpoint->second.state)) {
@@ -225,16 +259,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // nothing): only what it sets is compared, so the job's other fields, a change made since
   // and defaults of another gstabd release (a restored job's) do not count.
   if ((existing || job->restored()) && has_config && !node_zeros_config) {
-    const RuleParams held = job->params();
-    absl::StatusOr<RuleParams> asked = MergeConfig(held, request.config());
-    if (!asked.ok()) return asked.status();
-    if (!SameEffectiveConfig(held, *asked)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("job '", request.job(), "' ",
-                       existing ? "already runs" : "came back from gstabd's checkpoint",
-                       " with a different configuration (", ConfigDifference(held, *asked),
-                       "); attach without one to keep it, or change it with UpdateConfig"));
-    }
+    if (absl::Status s = ConfigConflict(request, job->params(), existing); !s.ok()) return s;
   }
   response->set_restored(job->restored());
   if (existing && job->local_world_size() != local_world) {

@@ -18,7 +18,7 @@ bool NothingToKeep(const v1::JobState& state) {
 
 // What a checkpoint of `job` keeps: its state, and whose it is.
 v1::JobState CheckpointOf(const Job& job) {
-  v1::JobState state = job.ExportState();
+  v1::JobState state = job.ExportState(/*with_history=*/true);
   SetOwnerIn(job.owner(), &state);
   return state;
 }
@@ -189,18 +189,26 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
     if (retiring_.count(name) == 1) {
       return absl::UnavailableError(
-          absl::StrCat("job '", name, "' is being retired just now: try again"));
+          absl::StrCat("job '", name,
+                       "' is being retired or forgotten just now: try again "
+                       "(`gstabctl status --all` lists it while gstabd still holds it)"));
     }
     auto held = jobs_.find(name);
     if (held != jobs_.end()) {
       uint32_t sessions = 0;
       for (const auto& [token, s] : sessions_) sessions += s.job == held->second;
-      if (sessions > 0 || pending_.count(name) == 1) {
+      if (sessions > 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             "job '", name, "' has ", sessions,
-            " session(s) attached (workers or observers), or one attaching: stop its workers "
-            "first (a stopped worker's session ends within the lease, ",
+            " session(s) attached (workers or observers): stop its workers first (a stopped "
+            "worker's session ends within the lease, ",
             absl::FormatDuration(options_.lease), ")"));
+      }
+      if (pending_.count(name) == 1) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job '", name,
+                         "' has a call under way (an attach, a step, or an ended session's "
+                         "release): try again"));
       }
     }
     const bool checkpoint = checkpoints_.count(name) == 1;
@@ -212,9 +220,11 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
       return s;
     }
     // The file first: should it stay, nothing is forgotten (else it would come back at start).
-    if (absl::Status s = store_.Remove(name); !s.ok()) return s;
+    bool file = false;
+    if (absl::Status s = store_.Remove(name, &file); !s.ok()) return s;
     response->set_held(held != jobs_.end());
     response->set_checkpoint(checkpoint);
+    response->set_checkpoint_file(file);
     if (response->held()) jobs_.erase(held);
     unclaimed_.erase(name);
     idle_since_.erase(name);

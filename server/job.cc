@@ -114,7 +114,18 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   response->set_registered_bytes(plan.total_bytes);
   for (const std::string& name : group_names_) response->add_groups(name);
   worker->registration = std::move(registration);
-  if (session != 0) newest_session_[local_rank] = session;
+  if (session != 0) {
+    newest_session_[local_rank] = session;
+    // A Step an older session of the rank made in the open round goes (as at its removal, which
+    // may not have reached the job yet): the round must not run on this registration, whose
+    // worker has not called Step.
+    auto arrival = arrived_.find(local_rank);
+    if (round_open_ && !round_running_ && arrival != arrived_.end() && arrival->second != 0 &&
+        arrival->second < session) {
+      arrived_.erase(arrival);
+      if (arrived_.empty()) round_open_ = false;
+    }
+  }
   register_again_.erase(local_rank);  // registered again, on whichever transport
   workers_[local_rank] = std::move(worker);
   return absl::OkStatus();

@@ -131,7 +131,9 @@ class Job {
                             RuleParams* before = nullptr);
 
   void GetStats(v1::GetStatsResponse* response) const;
-  v1::JobState ExportState() const;
+  // The job's state; for its checkpoint (`with_history`), with its configuration's versions too
+  // (JobState.config_history), read with the rest at once.
+  v1::JobState ExportState(bool with_history = false) const;
   // Replaces the statistics of every group in `state` (creating groups as needed) and, when
   // `with_config`, the configuration. INVALID_ARGUMENT for an unknown format version. A step in
   // progress (its local workers arriving, or queued on the job's one GPU) is waited for, up to
@@ -139,6 +141,12 @@ class Job {
   absl::Status ImportState(const v1::JobState& state, bool with_config,
                            absl::Duration wait = kImportWait);
   static constexpr absl::Duration kImportWait = absl::Seconds(5);
+
+  // A restored job's history, read back from its checkpoint: its version goes on from the
+  // checkpoint's rather than from 1 (a new version when this gstabd reads the configuration
+  // otherwise, with other defaults). A history gstabd could not have written (versions not
+  // increasing) is ignored, with a warning.
+  void RestoreConfigHistory(const google::protobuf::RepeatedPtrField<v1::ConfigChange>& history);
 
  private:
   struct Worker {

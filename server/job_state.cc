@@ -1,6 +1,7 @@
 // Job: its configuration and statistics as the outside sees them: UpdateConfig, GetStats,
 // and the state that ExportState writes and ImportState restores (checkpoints, restarts,
 // moves between daemons).
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -8,6 +9,7 @@
 #include "core/config.h"
 #include "core/rule.h"
 #include "glog/logging.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "server/job.h"  // the class whose members these are
 #include "server/state_codec.h"
 
@@ -89,6 +91,29 @@ void Job::RecordConfigChange() {
   if (config_history_.size() > kConfigHistory) config_history_.erase(config_history_.begin());
 }
 
+void Job::RestoreConfigHistory(
+    const google::protobuf::RepeatedPtrField<v1::ConfigChange>& history) {
+  if (history.empty()) return;  // a checkpoint of a release before it: the job starts at 1
+  uint64_t version = 0;
+  for (const v1::ConfigChange& change : history) {
+    if (change.version() <= version) {
+      LOG(WARNING) << "job '" << name_ << "': its checkpoint's configuration history is not in "
+                   << "order (version " << change.version() << " after " << version
+                   << "); its versions start again at 1";
+      return;
+    }
+    version = change.version();
+  }
+  absl::MutexLock lock(&mu_);
+  const int from = std::max(0, history.size() - static_cast<int>(kConfigHistory));
+  config_history_.assign(history.begin() + from, history.end());
+  config_version_ = version;
+  if (!google::protobuf::util::MessageDifferencer::Equals(config_history_.back().config(),
+                                                          EffectiveConfig(params_))) {
+    RecordConfigChange();
+  }
+}
+
 void Job::GetStats(v1::GetStatsResponse* response) const {
   absl::MutexLock lock(&mu_);
   (void)CopySnapshot();  // the newest finished step's: GetStats never waits for the GPU
@@ -129,7 +154,7 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
   }
 }
 
-v1::JobState Job::ExportState() const {
+v1::JobState Job::ExportState(bool with_history) const {
   absl::MutexLock lock(&mu_);
   // While a step runs on the GPU the statistics are an earlier step's: that step is the one
   // the state is at.
@@ -143,6 +168,9 @@ v1::JobState Job::ExportState() const {
     GroupStats s = stats_[g];
     RescaleStabilizerEmas(stats_params_, params_, &s);  // as the config it is written with
     *state.add_groups() = GroupStateToProto(group_names_[g], s);
+  }
+  if (with_history) {
+    for (const v1::ConfigChange& change : config_history_) *state.add_config_history() = change;
   }
   return state;
 }

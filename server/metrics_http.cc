@@ -38,7 +38,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   server->ctx_ = mg_start(&callbacks, nullptr, options);
   if (server->ctx_ == nullptr) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on port ", port, " (in use?)"));
+        absl::StrCat("cannot serve metrics on port ", port,
+                     " (in use?): pick a free one, --metrics_port=0 for any, -1 for none"));
   }
   mg_server_port bound[2];
   if (mg_get_server_ports(server->ctx_, 2, bound) < 1 || bound[0].port <= 0) {

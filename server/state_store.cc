@@ -127,13 +127,16 @@ absl::Status StateStore::Save(const v1::JobState& state) {
   return absl::OkStatus();
 }
 
-absl::Status StateStore::Remove(const std::string& job) {
+absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
+  if (deleted != nullptr) *deleted = false;
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
-  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+  if (unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
     return absl::InternalError(
         absl::StrCat("cannot delete checkpoint '", path, "': ", strerror(errno)));
   }
+  if (deleted != nullptr) *deleted = true;
   SyncDir();
   return absl::OkStatus();
 }

@@ -30,8 +30,9 @@ class StateStore {
   // Whether checkpoints are kept on disk at all (a state directory was given).
   bool enabled() const { return !dir_.empty(); }
   absl::Status Save(const v1::JobState& state);
-  // Deletes job's checkpoint (none there is not an error).
-  absl::Status Remove(const std::string& job);
+  // Deletes job's checkpoint (none there is not an error); `deleted` (may be null) says whether
+  // there was one.
+  absl::Status Remove(const std::string& job, bool* deleted = nullptr);
   struct Stored {
     v1::JobState state;
     absl::Time saved;  // when the file was last written

@@ -334,8 +334,12 @@ int Forget() {
                            response.held() && response.checkpoint() ? "held, and a checkpoint"
                            : response.held()                        ? "held"
                                                                     : "a checkpoint",
+                           response.checkpoint_file() ? "; its checkpoint file deleted" : "",
                            "): its next attach starts it afresh"),
-              {{"job", job}, {"held", response.held()}, {"checkpoint", response.checkpoint()}});
+              {{"job", job},
+               {"held", response.held()},
+               {"checkpoint", response.checkpoint()},
+               {"checkpoint_file", response.checkpoint_file()}});
 }
 
 int Rendezvous() {

@@ -330,8 +330,16 @@ TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {
   auto client = Client::Connect(daemon_->socket());
   ASSERT_TRUE(client.ok());
   EXPECT_TRUE((*client)->CheckHealth().ok());
-  EXPECT_EQ(Client::Connect(dir_.path() + "/nobody.sock", absl::Milliseconds(200)).status().code(),
-            absl::StatusCode::kUnavailable);
+  absl::Status absent =
+      Client::Connect(dir_.path() + "/nobody.sock", absl::Milliseconds(200)).status();
+  EXPECT_EQ(absent.code(), absl::StatusCode::kUnavailable) << absent;
+  EXPECT_NE(absent.message().find("nobody.sock (nothing is there)"), std::string::npos) << absent;
+  // A path no unix socket can have, and none at all, are refused rather than waited on.
+  absl::Status s = Client::Connect("/tmp/" + std::string(120, 'x'), absl::Seconds(5)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("a unix socket's path has at most 107"), std::string::npos) << s;
+  EXPECT_EQ(Client::Connect("", absl::Seconds(5)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {

@@ -231,6 +231,18 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   // The retired job comes back with its statistics once there is room again.
   ASSERT_TRUE((*fresh)->client().Detach().ok());
   absl::SleepFor(kLease);
+  // An attach refused for what it asks of the checkpoint (another configuration) makes no room:
+  // the idle job it would have pushed out stays held.
+  v1::PolicyConfig clip;
+  clip.set_policy(v1::POLICY_CLIP);
+  auto refused = TestWorker::Create(daemon->socket(), JobOptions("old", clip));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("came back from gstabd's checkpoint"),
+            std::string::npos)
+      << refused.status();
+  EXPECT_TRUE(Holds(tools->get(), "new"));
+  EXPECT_EQ(RetiredEvents(tools->get()).size(), 1u);
   auto back = TestWorker::Create(daemon->socket(), JobOptions("old"));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE((*back)->client().attach_response().restored());
@@ -332,7 +344,8 @@ TEST(E2eLifecycleTest, AForgottenJobStartsAfreshUnderItsName) {
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   std::tie(rc, out) = ctl("--json forget --job=kept");
   EXPECT_EQ(rc, 0) << out;
-  for (const char* field : {"\"job\":\"kept\"", "\"held\":false", "\"checkpoint\":true"}) {
+  for (const char* field :
+       {"\"job\":\"kept\"", "\"held\":false", "\"checkpoint\":true", "\"checkpoint_file\":true"}) {
     EXPECT_NE(out.find(field), std::string::npos) << out;
   }
   std::tie(rc, out) = ctl("forget --job=kept");

@@ -332,6 +332,19 @@ TEST(E2eTest, ARestoredJobKeepsItsConfigurationAndSaysWhatDiffers) {
   ASSERT_TRUE(plain.ok()) << plain.status();
   EXPECT_TRUE((*plain)->client().attach_response().restored());
   EXPECT_EQ((*plain)->client().attach_response().effective_config().clip().max_norm(), 0.25);
+  // Its configuration's versions go on from the checkpoint's: version 2 (the change), which the
+  // first step ran with, and the next change is version 3.
+  absl::StatusOr<v1::GetStatsResponse> stats = (*plain)->client().GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_EQ(stats->config_history_size(), 2) << stats->ShortDebugString();
+  EXPECT_EQ(stats->config_history(1).version(), 2u);
+  EXPECT_EQ(stats->config_history(1).effective_step(), 1u);
+  EXPECT_EQ(stats->config_history(1).config().clip().max_norm(), 0.25);
+  v1::PolicyConfig looser;
+  looser.mutable_clip()->set_max_norm(0.5);
+  absl::StatusOr<v1::UpdateConfigResponse> updated = (*plain)->client().UpdateConfig(looser);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->version(), 3u);
 }
 
 // A node's gstabd replaced under a running worker (a DaemonSet pod restarted): its calls fail

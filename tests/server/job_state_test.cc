@@ -1,5 +1,8 @@
 // A job's statistics across configuration changes and state moves: the stabilizer's EMAs are
 // always expressed for the configuration they are written or used with (RescaleStabilizerEmas).
+#include <thread>
+#include <vector>
+
 #include "core/config.h"
 #include "core/rule.h"
 #include "gtest/gtest.h"
@@ -74,6 +77,95 @@ TEST(JobStateTest, AnExportRightAfterNewBetasIsExpressedForThem) {
   Job moved("j", before, 1, nullptr);
   ASSERT_TRUE(moved.ImportState(job.ExportState(), /*with_config=*/true).ok());
   EXPECT_EQ(moved.ExportState().groups(0).m(), expected.m);
+}
+
+// A restored job's configuration versions go on from its checkpoint's; a history out of order
+// (not one gstabd wrote) is ignored; a checkpoint whose last version is not the configuration
+// the job now has gets a new version for it.
+TEST(JobStateTest, ARestoredJobsConfigurationVersionsGoOn) {
+  const RuleParams clip = [] {
+    RuleParams p;
+    p.policy = PolicyKind::kClip;
+    return p;
+  }();
+  google::protobuf::RepeatedPtrField<v1::ConfigChange> history;
+  for (uint64_t version : {4, 5}) {
+    v1::ConfigChange* change = history.Add();
+    change->set_version(version);
+    change->set_effective_step(version * 10);
+    *change->mutable_config() = EffectiveConfig(clip);
+  }
+  Job same("j", clip, 1, nullptr);
+  same.RestoreConfigHistory(history);
+  v1::GetStatsResponse stats;
+  same.GetStats(&stats);
+  ASSERT_EQ(stats.config_history_size(), 2);
+  EXPECT_EQ(stats.config_history(1).version(), 5u);
+  EXPECT_EQ(stats.config_history(1).effective_step(), 50u);
+
+  Job other("j", RuleParams{}, 1, nullptr);  // read otherwise: a new version
+  other.RestoreConfigHistory(history);
+  stats.Clear();
+  other.GetStats(&stats);
+  ASSERT_EQ(stats.config_history_size(), 3);
+  EXPECT_EQ(stats.config_history(2).version(), 6u);
+
+  history.Mutable(1)->set_version(3);  // out of order
+  Job unordered("j", clip, 1, nullptr);
+  unordered.RestoreConfigHistory(history);
+  stats.Clear();
+  unordered.GetStats(&stats);
+  ASSERT_EQ(stats.config_history_size(), 1);
+  EXPECT_EQ(stats.config_history(0).version(), 1u);
+}
+
+// One float32 tensor "w" in host memory, as MapRegistration would give it.
+MappedRegistration HostRegistration(std::vector<float>* grads) {
+  MappedRegistration m;
+  PlannedBuffer buffer;
+  buffer.shm_name = "/gstab-test";
+  buffer.size = grads->size() * sizeof(float);
+  m.plan.buffers.push_back(buffer);
+  PlannedTensor tensor;
+  tensor.name = tensor.group = "w";
+  tensor.numel = grads->size();
+  m.plan.tensors.push_back(tensor);
+  m.plan.total_bytes = buffer.size;
+  m.tensor_data.push_back(grads->data());
+  return m;
+}
+
+// A worker restarted while its old session's Step waits in a round registers again before that
+// session's removal reaches the job: the old Step leaves the round, which then waits for the
+// new session's Step rather than run on its buffers.
+TEST(JobRoundTest, AnOlderSessionsStepIsNotRunOnTheRanksNewRegistration) {
+  CpuExecutor executor(1);
+  Job job("j", RuleParams{}, /*local_world_size=*/2, &executor);
+  std::vector<float> old_grads(64, 1.0f), new_grads(64, 1.0f), other(64, 1.0f);
+  v1::RegisterBuffersResponse registered;
+  ASSERT_TRUE(job.Register(0, HostRegistration(&old_grads), &registered, /*session=*/1).ok());
+  ASSERT_TRUE(job.Register(1, HostRegistration(&other), &registered, /*session=*/2).ok());
+  absl::Status old_status;
+  std::thread old_step([&] {
+    v1::StepResponse r;
+    old_status = job.Step(0, 1, absl::Seconds(10), &r, 0, /*session=*/1);
+  });
+  for (v1::GetStatsResponse stats; stats.arrived_local_ranks_size() == 0;) {
+    absl::SleepFor(absl::Milliseconds(1));
+    job.GetStats(&stats);
+  }
+  ASSERT_TRUE(job.Register(0, HostRegistration(&new_grads), &registered, /*session=*/3).ok());
+  v1::StepResponse r;
+  const absl::Status alone = job.Step(1, 1, absl::Milliseconds(300), &r, 0, /*session=*/2);
+  old_step.join();
+  EXPECT_EQ(old_status.code(), absl::StatusCode::kUnauthenticated) << old_status;
+  EXPECT_EQ(alone.code(), absl::StatusCode::kDeadlineExceeded) << alone;
+  std::thread new_step([&] {
+    v1::StepResponse mine;
+    EXPECT_TRUE(job.Step(0, 1, absl::Seconds(10), &mine, 0, /*session=*/3).ok());
+  });
+  EXPECT_TRUE(job.Step(1, 1, absl::Seconds(10), &r, 0, /*session=*/2).ok());
+  new_step.join();
 }
 
 }  // namespace
