@@ -45,6 +45,11 @@ __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResu
            "dtype_of", "load_library"]
 
 
+def _check_type(call: str, value, expected: type) -> None:
+    if not isinstance(value, expected):
+        raise TypeError(f"{call} takes a gstab.{expected.__name__}, not {type(value).__name__}")
+
+
 def _check_numel(name: str, numel: int) -> None:
     uint(f"tensor {name!r}: numel", numel, 64)
 
@@ -346,12 +351,14 @@ class Client:
 
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
+        _check_type("register_arena", arena, Arena)
         self.registration = None  # gstabd may have let go of the earlier one even on failure
         check(self._lib.gstab_register_arena(self._handle(), arena._h))
         self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:
         """Registers the device tensors, replacing this client's earlier registration."""
+        _check_type("register_cuda", gradients, CudaGradients)
         self.registration = None
         check(self._lib.gstab_register_cuda(self._handle(), gradients._h))
         self.registration = gradients
@@ -372,6 +379,7 @@ class Client:
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
         """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, 0: the legacy
         default stream) and makes the stream wait for it; the host does not wait."""
+        _check_type("cuda_step", gradients, CudaGradients)
         r = CStepResult()
         result_step = ctypes.c_uint64()
         check(self._lib.gstab_cuda_step(self._handle(), gradients._h, uint("step", step, 64),

@@ -149,6 +149,8 @@ class ClientTest(unittest.TestCase):
         for step in (-1, 2 ** 64 + 5):
             with self.assertRaises(ValueError, msg=str(step)):
                 client.step(step)
+        with self.assertRaises(TypeError):
+            client.register_arena(None)
         with self.assertRaises(gstab.Error) as e:
             client.step(2 ** 62)  # gstabd's own limit: no later step would be left
         self.assertEqual(e.exception.code, 3)
