@@ -50,6 +50,12 @@ absl::Status Validate(const RuleParams& p) {
   if (!unit(p.diverge_long_beta)) {
     return OutOfRange("divergence.long_beta", p.diverge_long_beta, "in [0, 1)");
   }
+  if (p.diverge_short_beta >= p.diverge_long_beta) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field divergence.short_beta = ", p.diverge_short_beta,
+                     " must be below divergence.long_beta = ", p.diverge_long_beta,
+                     ": the growth test compares a short horizon's norm with a long one's"));
+  }
   if (p.diverge_consecutive_spikes == 0 || p.diverge_consecutive_non_finite == 0 ||
       p.diverge_recovery_steps == 0) {
     return absl::InvalidArgumentError(

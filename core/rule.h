@@ -138,7 +138,12 @@ GSTAB_HD inline uint32_t UpdateDivergence(const RuleParams& p, GroupStats* s, ui
   const bool alarm = s->consecutive_spikes >= p.diverge_consecutive_spikes ||
                      s->consecutive_non_finite >= p.diverge_consecutive_non_finite || mixed ||
                      growing;
-  s->calm_steps = calm ? s->calm_steps + 1 : 0;
+  // A zero-norm step counts neither way: the calm steps before and after it add up.
+  if (calm) {
+    s->calm_steps += 1;
+  } else if (!(flags & kFlagZeroNorm)) {
+    s->calm_steps = 0;
+  }
   uint32_t out = 0;
   if (!s->diverging && alarm) {
     s->diverging = 1;

@@ -1,7 +1,7 @@
 // The chunk table: the list of gradient slices (chunks) the kernels run over, each belonging to
 // one norm group, split into fixed-size tiles. Tiles are the unit of work and of the partial
 // sums, so the reduction order depends only on the table, never on the thread count: the same
-// gradients give the same bits.
+// gradients in the same table (the same tensors, registered alike) give the same bits.
 //
 // Immutable after Create(); safe to share across threads. Does not own the gradient memory.
 #pragma once

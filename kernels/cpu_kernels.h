@@ -30,9 +30,10 @@ absl::Status CpuGroupSumSquares(const ChunkTable& table, absl::Span<TilePartial>
                                 absl::Span<double> sum_of_squares, absl::Span<uint32_t> non_finite,
                                 CpuExecutor* executor);
 
-// Multiplies every element of each group by scales[group] in place, rounding to the chunk's
-// dtype (nearest-even). A scale of exactly 1 leaves the group untouched; exactly 0 writes zeros
-// (so a non-finite gradient can be cleared).
+// Multiplies every element of each group by scales[group] in place: the product in fp32, then
+// rounded to the chunk's dtype (nearest-even), as the CUDA kernel does (for bf16 and fp16 this
+// can differ from the exact product rounded once by one unit in the last place). A scale of exactly
+// 1 leaves the group untouched; exactly 0 writes zeros (so a non-finite gradient can be cleared).
 absl::Status CpuScaleGroups(const ChunkTable& table, absl::Span<const float> scales,
                             CpuExecutor* executor);
 

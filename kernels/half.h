@@ -1,6 +1,8 @@
 // Branch-free conversions between float and the 16-bit float formats, written so that loops
-// over them vectorise. Rounding is to nearest-even, NaN stays NaN, matching the CUDA
-// intrinsics (__float2bfloat16_rn, __float2half_rn) so both backends write the same bits.
+// over them vectorise. Rounding is to nearest-even and NaN stays NaN, matching the CUDA
+// intrinsics (__float2bfloat16_rn, __float2half_rn), so both backends write the same bits for
+// every finite value (a NaN's payload may differ; a group holding one is only ever scaled by
+// exactly 0 or 1, which write zeros or nothing).
 #pragma once
 
 #include <cstdint>

@@ -54,6 +54,9 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
       {[](v1::PolicyConfig* c) { c->mutable_spike()->set_beta(0.0); }, "spike.beta"},
       {[](v1::PolicyConfig* c) { c->mutable_divergence()->set_recovery_steps(0); },
        "divergence.recovery_steps"},
+      // The growth test would compare a long horizon with a shorter one.
+      {[](v1::PolicyConfig* c) { c->mutable_divergence()->set_short_beta(0.999); },
+       "divergence.short_beta = 0.999 must be below divergence.long_beta"},
       {[](v1::PolicyConfig* c) { c->set_policy(static_cast<v1::Policy>(42)); }, "unknown policy"},
   };
   for (const Case& k : cases) {

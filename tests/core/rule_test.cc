@@ -322,6 +322,10 @@ TEST(RuleTest, ConsecutiveNonFiniteStepsStartDivergenceAndCalmStepsEndIt) {
   EXPECT_TRUE(third.flags & kFlagDiverging);
   int ended_after = -1;
   for (int i = 0; i < 200 && ended_after < 0; ++i) {
+    // An all-zero step in between counts neither way (docs/method.md).
+    if (i == 10) {
+      EXPECT_TRUE(ApplyRule(p, &s, 0.0, false).flags & kFlagDiverging);
+    }
     StepOutcome out = StepNorm(p, &s, 1.0 + 0.001 * (i % 7));
     if (out.flags & kFlagDivergenceEnded) ended_after = i + 1;
     EXPECT_FALSE(out.flags & kFlagDivergenceBegan);
