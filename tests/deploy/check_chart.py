@@ -235,6 +235,9 @@ def bad_values(args):
          "peer.port and metrics.port must differ"),
         (["--set", "daemon.leaseMs=3000000000"], "/daemon/leaseMs"),
         (["--set", "terminationGracePeriodSeconds=0"], "/terminationGracePeriodSeconds"),
+        # gstabd has no CAP_NET_BIND_SERVICE, and its --max_groups is 32-bit.
+        (["--set", "metrics.port=80"], "/metrics/port"),
+        (["--set", "metrics.maxGroups=5000000000"], "/metrics/maxGroups"),
     ]
     for extra, expected in cases:
         rc, _, err = helm(args, *extra)
@@ -243,10 +246,25 @@ def bad_values(args):
               f"\n{err}")
 
 
+def check_long_release_name(args):
+    """A release name as long as helm allows (53) still gives a Service name that is a DNS
+    label (at most 63 characters), which the API server requires."""
+    release = "training-platform-observability-prod-cluster-eu-west1"
+    p = subprocess.run([args.helm, "template", release, args.chart, "--namespace", "gstab"],
+                       capture_output=True, text=True)
+    check(p.returncode == 0, f"helm template {release}: {p.stderr}")
+    services = [d for d in yaml.safe_load_all(p.stdout) if d and d["kind"] == "Service"]
+    check(services and all(len(s["metadata"]["name"]) <= 63 for s in services),
+          f"release {release}: Service names {[s['metadata']['name'] for s in services]} "
+          "longer than 63 characters")
+
+
 def check_notes(args):
     """What `helm install` prints: the socket and what a training pod needs, for these values."""
     cases = [([], ["/run/gstab/gstabd.sock", "hostPID: true", "pod-security"]),
              (["--set", "hostPID=false"], ["WARNING: gpu.enabled with hostPID false"]),
+             (["--set", "metrics.prometheusRule.enabled=true"],
+              ["WARNING: metrics.prometheusRule without metrics.serviceMonitor"]),
              (["--set", "gpu.enabled=false", "--set", "socket.gid=2000",
                "--set", "socket.hostPath=/var/run/gstab"],
               ["/var/run/gstab/gstabd.sock", "group 2000", "hostIPC: true in"]),
@@ -456,6 +474,7 @@ def main():
                               capture_output=True, text=True)
         check(lint.returncode == 0, f"helm lint --strict {extra}:\n{lint.stdout}{lint.stderr}")
     check_notes(args)
+    check_long_release_name(args)
     scenarios = {
         "gpu-defaults": ([], [check_gpu]),
         "cpu": (["--set", "gpu.enabled=false"], [check_cpu]),

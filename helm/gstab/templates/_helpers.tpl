@@ -14,6 +14,11 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The metrics Service's name: a DNS label, so at most 63 characters with its suffix. */}}
+{{- define "gstab.metricsService" -}}
+{{- printf "%s-metrics" (include "gstab.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "gstab.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "gstab.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
