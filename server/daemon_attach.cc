@@ -347,6 +347,13 @@ absl::StatusOr<v1::RendezvousInfo> Daemon::ParseRendezvous(const v1::AttachReque
     return absl::FailedPreconditionError(
         "this gstabd serves no multi-node jobs: start it with --peer_listen=HOST:PORT");
   }
+  // Without a token the blob would match a new job's empty one and leave it on one node,
+  // summing this node's shards only.
+  if (info.token().size() != RandomToken().size() || info.store_address().empty()) {
+    return absl::InvalidArgumentError(
+        "the rendezvous blob has no rendezvous token or store address (pass CreateRendezvous's "
+        "bytes unchanged)");
+  }
   if (info.peer_records() != PeerRecordLayout()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the rendezvous blob was made by a gstabd whose cross-node records are laid out as '",

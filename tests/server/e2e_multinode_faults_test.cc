@@ -98,6 +98,26 @@ TEST(MultiNodeFaultTest, ABlobFromAnotherReleasesRecordLayoutIsRefused) {
       << refused;
 }
 
+// A blob stripped of its token or store address is refused: with no token it would match a new
+// job's empty one, and node 0 would step alone, summing its own shards only.
+TEST(MultiNodeFaultTest, ABlobWithoutItsTokenOrStoreIsRefused) {
+  Cluster cluster(2);
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(cluster.Rendezvous("stripped")));
+  for (int field = 0; field < 2; ++field) {
+    v1::RendezvousInfo stripped = info;
+    if (field == 0) stripped.clear_token();
+    if (field == 1) stripped.clear_store_address();
+    absl::Status refused =
+        TestWorker::Create(cluster.daemon(0).socket(),
+                           NodeOptions("stripped", 0, 2, stripped.SerializeAsString()))
+            .status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_NE(refused.message().find("no rendezvous token or store address"), std::string::npos)
+        << refused;
+  }
+}
+
 // A job resumed from a checkpoint older than its last step, on the gstabds it ran on: node 0
 // imports it, and node 1, which holds the job at its later step, follows node 0's steps.
 TEST(MultiNodeFaultTest, AJobResumedOnItsOwnGstabdsFromAnOlderCheckpointGoesOn) {
