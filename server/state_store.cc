@@ -79,22 +79,23 @@ absl::Status StateStore::Init() {
   close(fd);
   unlink(probe.c_str());
   // One gstabd a folder: two would write over each other's checkpoints, and sweep each other's
-  // temporary files below.
-  const int dir_fd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open state directory '", dir_, "': ", strerror(errno)));
+  // temporary files below. (An Init again keeps the lock it has.)
+  if (lock_fd_ < 0) {
+    const int dir_fd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot open state directory '", dir_, "': ", strerror(errno)));
+    }
+    if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      close(dir_fd);
+      return absl::FailedPreconditionError(
+          absl::StrCat("state directory '", dir_, "' is in use by another process (",
+                       err == EWOULDBLOCK ? "another gstabd, most likely" : strerror(err),
+                       "): give each gstabd its own --state_dir"));
+    }
+    lock_fd_ = dir_fd;
   }
-  if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    close(dir_fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat("state directory '", dir_, "' is in use by another process (",
-                     err == EWOULDBLOCK ? "another gstabd, most likely" : strerror(err),
-                     "): give each gstabd its own --state_dir"));
-  }
-  if (lock_fd_ >= 0) close(lock_fd_);
-  lock_fd_ = dir_fd;
   // Temporary files of saves (and probes) a crash interrupted.
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string name = entry.path().filename().string();
