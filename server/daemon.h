@@ -128,6 +128,8 @@ class Daemon {
   const DaemonOptions& options() const { return options_; }
 
  private:
+  // Nodes one job may span (each costs state per job, and store room per rendezvous).
+  static constexpr uint32_t kMaxNodes = 65536;
   struct Session {
     std::shared_ptr<Job> job;
     uint32_t local_rank = 0;
