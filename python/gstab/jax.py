@@ -80,8 +80,9 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
 
 
 def _array(leaf):
-    """The leaf itself if it is an array (JAX or numpy), else it as a numpy array."""
-    return leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else np.asarray(leaf)
+    """The leaf itself if it is an array (JAX or numpy), else it as JAX makes it (a Python
+    float is float32 then, as its gradient is, unless x64 is enabled)."""
+    return leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else jax.numpy.asarray(leaf)
 
 
 def leaf_name(path) -> str:

@@ -87,7 +87,10 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
 class Stabilizer:
     """One worker's parameters registered with gstabd, through `client` (already attached).
 
-    parameters: a module, or (name, parameter) pairs as `named_parameters()` gives them.
+    parameters: a module, or (name, parameter) pairs as `named_parameters()` gives them. Make
+    the Stabilizer after load_state_dict(assign=True), fully_shard and any change of which
+    parameters train: with a module, step() raises RuntimeError if its trainable parameters are
+    no longer the registered ones.
     group: the norm group of every tensor ("" gives each tensor a group of its own), or a
     function of (name, parameter) returning it.
     replicated: every rank holds the whole gradient, as after DistributedDataParallel's
@@ -107,8 +110,10 @@ class Stabilizer:
                  state: Optional[Dict[str, Any]] = None):
         if replicated is None:
             replicated = isinstance(parameters, torch.nn.parallel.DistributedDataParallel)
-        named = parameters.named_parameters() if isinstance(parameters, torch.nn.Module) \
-            else parameters
+        # A module is checked at each step for parameters swapped, added or unfrozen since: its
+        # gradients would no longer be the registered ones, and nothing would be stabilized.
+        self._module = parameters if isinstance(parameters, torch.nn.Module) else None
+        named = parameters.named_parameters() if self._module is not None else parameters
         self._params, seen = [], set()
         for name, p in named:  # a parameter shared under two names is registered once
             if p.requires_grad and p.numel() > 0 and id(p) not in seen:
@@ -116,6 +121,7 @@ class Stabilizer:
                 self._params.append((name, p))
         if not self._params:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
+        self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
         sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
         devices = {p.device for _, p in self._params}
@@ -144,6 +150,7 @@ class Stabilizer:
             except ValueError as e:
                 raise ValueError(f"parameter '{name}': {e}") from None
             g = (group(name, p) if callable(group) else group) or name  # "": its own group
+            _check_name(name)
             specs.append((name, local.numel(), dtype, g, *shared) if local.numel() else None)
             if not local.numel():
                 placeholder = f"{name}:empty" if len(name) < 250 else f"empty:{len(specs)}"
@@ -152,8 +159,9 @@ class Stabilizer:
             if spec is not None:
                 placeholders.pop(spec[3], None)
         registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
+        self._groups = {spec[3] for spec in registered}
         if state is not None:  # before registering: gstabd takes it then on any backend
-            self._import(state)
+            self._import(state, check_groups=False)
 
         # Gradients take their parameter's memory layout (channels_last, say) where it is dense,
         # as AccumulateGrad and DDP's buckets expect.
@@ -206,6 +214,8 @@ class Stabilizer:
             if p.grad is not None:
                 grad.copy_(_local(p.grad))
             p.grad = assigned
+        if state is not None:
+            self._warn_unmatched_groups()
 
     def state_dict(self) -> Dict[str, Any]:
         """The job's gstab statistics, step count and configuration, for the job's checkpoint
@@ -220,7 +230,28 @@ class Stabilizer:
         statistics only before their gradients are registered."""
         self._import(state)
 
-    def _import(self, state: Dict[str, Any]) -> None:
+    def _warn_unmatched_groups(self) -> None:
+        """After an import: warns when the job holds statistics of groups this stabilizer does
+        not register while some of its own groups have none, as when group names come from
+        parameter names under another wrapper (DDP's `module.`, torch.compile's `_orig_mod.`)
+        or another `group=`: those groups start afresh, and the imported statistics go unused."""
+        if getattr(self._client, "local_rank", 0) != 0 or getattr(self._client, "node_rank", 0):
+            return  # the importing worker's view; others may register other groups
+        stats = self._client.stats().get("groups", [])
+        fresh = sorted(g["group"] for g in stats
+                       if g["group"] in self._groups and not g.get("accepted_steps"))
+        unused = sorted(g["group"] for g in stats
+                        if g["group"] not in self._groups and g.get("accepted_steps"))
+        if fresh and unused:
+            warnings.warn(
+                f"gstab: the imported state has statistics of {len(unused)} groups this "
+                f"Stabilizer does not register (first '{unused[0]}'), and {len(fresh)} of its "
+                f"groups have none (first '{fresh[0]}'): they start afresh. Group names come "
+                "from `group=`, or from parameter names, which wrappers change (DDP adds "
+                "'module.', torch.compile '_orig_mod.'): make the Stabilizer as the saved run "
+                "did", stacklevel=3)
+
+    def _import(self, state: Dict[str, Any], check_groups: bool = True) -> None:
         if not isinstance(state, dict) or not isinstance(state.get("gstab_state"), bytes):
             raise ValueError("expected the dict Stabilizer.state_dict() gave, with its "
                              "'gstab_state' bytes")
@@ -241,6 +272,8 @@ class Stabilizer:
                 raise RuntimeError("gstab: another rank failed to import the job's state")
         if failure is not None:
             raise failure
+        if check_groups:
+            self._warn_unmatched_groups()
 
     @property
     def gradients(self):
@@ -257,6 +290,7 @@ class Stabilizer:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
         one) is where the step is ordered."""
         self._check_registered()
+        self._check_parameters()
         if self._arena is not None:
             self._take_back_replaced_gradients()
             self._last = self._client.step(step)
@@ -295,6 +329,25 @@ class Stabilizer:
                                "registered others since, attached again, or detached (make a "
                                "new Stabilizer)")
 
+    def _check_parameters(self) -> None:
+        """A module's trainable parameters must still be those registered: ones swapped since
+        (load_state_dict(assign=True), fully_shard, a parameter set anew), added or unfrozen
+        would have gradients gstabd never sees, and the step would stabilize nothing."""
+        if self._module is None:
+            return
+        current = [(n, p) for n, p in self._module.named_parameters()
+                   if p.requires_grad and p.numel() > 0]
+        if len(current) == len(self._ids) and all(id(p) in self._ids for _, p in current):
+            return
+        new = [n for n, p in current if id(p) not in self._ids]
+        gone = len(self._ids) - (len(current) - len(new))
+        raise RuntimeError(
+            f"gstab: the model's trainable parameters changed since its Stabilizer was made "
+            f"({len(new)} not registered{f', first {new[0]!r}' if new else ''}; {gone} "
+            "registered no longer the model's): their gradients would not be stabilized. Make "
+            "the Stabilizer after load_state_dict(assign=True), fully_shard and any change of "
+            "which parameters train")
+
     def _take_back_replaced_gradients(self) -> None:
         for (name, _), grad, pinned in zip(self._params, self._grads, self._pinned):
             if grad.data_ptr() != pinned.data_ptr() or grad.dtype != pinned.dtype or \
@@ -330,6 +383,15 @@ class Stabilizer:
 
 _FLAG_SKIPPED = 1 << 1  # GSTAB_FLAG_SKIPPED
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _check_name(name: str) -> None:
+    """gstabd's tensor and group names: [A-Za-z0-9._/:-], up to 256 characters."""
+    if not name or len(name) > 256 or not all(c.isascii() and (c.isalnum() or c in "._/:-")
+                                             for c in name):
+        raise ValueError(
+            f"parameter name {name!r}: gstab takes names of [A-Za-z0-9._/:-], up to 256 "
+            "characters; pass (name, parameter) pairs with names of your own, and a `group=`")
 
 
 def _nccl() -> bool:
