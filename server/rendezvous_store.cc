@@ -81,6 +81,10 @@ absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token, const
 absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<std::string>& keys,
                                    absl::Duration timeout, const std::function<bool()>& cancelled) {
   constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);
+  if (keys.size() > kMaxKeys) {  // more than a rendezvous holds: each re-check holds mu_ longer
+    return absl::InvalidArgumentError(
+        absl::StrCat("a wait for ", keys.size(), " keys; a rendezvous holds at most ", kMaxKeys));
+  }
   const absl::Time deadline = absl::Now() + timeout;
   absl::MutexLock lock(&mu_);
   std::string missing;

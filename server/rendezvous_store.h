@@ -37,7 +37,8 @@ class RendezvousStore {
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
   // Waits until every key is set; DEADLINE_EXCEEDED names the first missing one, CANCELLED
-  // says `cancelled` (polled) turned true, UNAVAILABLE that the store was closed.
+  // says `cancelled` (polled) turned true, UNAVAILABLE that the store was closed,
+  // INVALID_ARGUMENT that it asks for more than kMaxKeys keys.
   absl::Status Wait(const std::string& token, const std::vector<std::string>& keys,
                     absl::Duration timeout, const std::function<bool()>& cancelled = nullptr);
   // Ends every wait, now and later (gstabd is stopping: its peer server waits for them).

@@ -49,6 +49,10 @@ TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
   EXPECT_TRUE(store.Set(token, "k1", "small").ok());  // replacing with less makes room
   EXPECT_TRUE(store.Set(token, "one-too-many", over).ok());
   EXPECT_TRUE(store.Set(other, "k0", mib).ok());
+  // Nor may a wait ask for more keys than a rendezvous holds.
+  const std::vector<std::string> too_many(RendezvousStore::kMaxKeys + 1, "k0");
+  EXPECT_EQ(store.Wait(other, too_many, absl::Milliseconds(1)).code(),
+            absl::StatusCode::kInvalidArgument);
 
   // Rendezvous of other jobs filled in turn: the store's total is reached within one
   // rendezvous of its cap, and a rendezvous that goes makes room.
