@@ -59,9 +59,11 @@ std::string WaitingLine(const v1::JobSummary& j) {
 }
 
 std::string StatusTable(const v1::ListJobsResponse& jobs) {
-  std::string out = absl::StrFormat("%-24s %-10s %7s %9s %12s %12s %7s %6s %9s %5s %s\n", "JOB",
-                                    "POLICY", "WORKERS", "STEPS", "LAST_NORM", "STABILIZED",
-                                    "SPIKES", "SKIPS", "DIVERGING", "NODE", "OWNER");
+  // STEPS counts this gstabd's steps of the job (from 0 again after a restore); LAST_STEP is
+  // the job's step number, after which its workers go on.
+  std::string out = absl::StrFormat("%-24s %-10s %7s %9s %10s %12s %12s %7s %6s %9s %5s %s\n",
+                                    "JOB", "POLICY", "WORKERS", "STEPS", "LAST_STEP", "LAST_NORM",
+                                    "STABILIZED", "SPIKES", "SKIPS", "DIVERGING", "NODE", "OWNER");
   std::string retired;
   std::string waiting;
   for (const v1::JobSummary& j : jobs.jobs()) {
@@ -74,10 +76,10 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
     // A job across nodes: this node's rank of their count ("1/4"); "-" on one node.
     const std::string node =
         j.node_count() > 1 ? absl::StrCat(j.node_rank(), "/", j.node_count()) : "-";
-    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %12s %12s %7d %6d %9s %5s %s\n", j.job(),
-                          j.policy(), j.attached_workers(), j.steps(), Norm(j.last_norm()),
-                          Norm(j.last_stabilized_norm()), j.spike_steps(), j.skipped_steps(),
-                          j.diverging() ? "YES" : "no", node, Owner(j));
+    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %10d %12s %12s %7d %6d %9s %5s %s\n", j.job(),
+                          j.policy(), j.attached_workers(), j.steps(), j.last_step(),
+                          Norm(j.last_norm()), Norm(j.last_stabilized_norm()), j.spike_steps(),
+                          j.skipped_steps(), j.diverging() ? "YES" : "no", node, Owner(j));
   }
   if (std::none_of(jobs.jobs().begin(), jobs.jobs().end(),
                    [](const v1::JobSummary& j) { return !j.retired(); })) {

@@ -53,6 +53,8 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
             std::string::npos)
       << out;
   EXPECT_NE(out.find("   1/4 1001\n"), std::string::npos) << out;  // this node of four; its uid
+  EXPECT_NE(out.find(" STEPS  LAST_STEP "), std::string::npos) << out;
+  EXPECT_NE(out.find("       10         10 "), std::string::npos) << out;  // steps, last step
   EXPECT_NE(out.find("     - -\n"), std::string::npos) << out;     // one node, no owner
   EXPECT_EQ(out.find("steady: step"), std::string::npos) << out;  // nothing waits there
   EXPECT_NE(out.find("       77       0 cert:alice\n"), std::string::npos) << out;  // last
