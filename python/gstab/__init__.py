@@ -243,8 +243,8 @@ class Client:
         default): the job's own configuration when gstabd holds or restores it, stabilize for a
         new job. config: settings applied over it, such as {"clip.max_norm": 0.5}. A new job
         takes both; a later worker's must agree with the job's. Out-of-range integers (a
-        negative rank, say) raise ValueError, as they would wrap in the C ABI. A job across nodes passes its
-        node_rank and node_count, and the rendezvous that global rank 0 got from
+        negative rank, say) raise ValueError, as they would wrap in the C ABI. A job across
+        nodes passes its node_rank and node_count, and the rendezvous that global rank 0 got from
         create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
         of this in from torch.distributed. Attaching again ends the earlier session, and gstabd
         lets go of its registration: register again (a new gstab.torch.Stabilizer)."""
@@ -366,7 +366,7 @@ class Client:
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         r = CStepResult()
-        uint("step", step, 64)
+        step = uint("step", step, 64)
         status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
         if status in (UNAVAILABLE, UNAUTHENTICATED) and self.reattach_timeout > 0 and \
                 self._attached is not None and self._attached["node_count"] <= 1 and \

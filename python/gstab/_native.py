@@ -2,6 +2,7 @@
 conversions between Python values and the C ABI's (client_lib/gstab.h). Internal to gstab."""
 
 import ctypes
+import operator
 import os
 from typing import Mapping, Optional, Union
 
@@ -169,8 +170,10 @@ def enc_path(path: str) -> bytes:
 def uint(what: str, value: int, bits: int) -> int:
     """`value` for a C unsigned integer of `bits` bits, which ctypes would wrap silently (-1
     becoming 2^64-1, a step past every later one)."""
-    if not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    try:
+        value = operator.index(value)  # an int, or anything that is one (numpy's, say)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
     if not 0 <= value < 2 ** bits:
         raise ValueError(f"{what} {value} is out of range: 0 to 2^{bits}-1")
     return value
