@@ -227,6 +227,7 @@ void CudaGradients::CloseResults() {
   }
   results_ = nullptr;
   results_bytes_ = 0;
+  registered_through_ = 0;
   ready_word_ = nullptr;
   done_word_ = nullptr;
 }
@@ -281,6 +282,7 @@ absl::Status CudaGradients::Register(Client* client) {
   // no longer has it (a registration there must not close this one's mapping).
   Forget(this);
   Registered()[client->id()] = this;
+  registered_through_ = client->id();
   return absl::OkStatus();
 }
 
@@ -291,14 +293,10 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
         "these buffers are not registered: Register them first (another CudaGradients "
         "registered through the same client replaces them)");
   }
-  {
-    absl::MutexLock lock(&registered_mu);
-    auto it = Registered().find(client->id());
-    if (it == Registered().end() || it->second != this) {
-      return absl::FailedPreconditionError(
-          "these buffers were registered through another client: step them with the client that "
-          "registered them (its session's registration is what gstabd stabilizes)");
-    }
+  if (client->id() != registered_through_) {
+    return absl::FailedPreconditionError(
+        "these buffers were registered through another client: step them with the client that "
+        "registered them (its session's registration is what gstabd stabilizes)");
   }
   const DeviceScope scope(device_);
   RETURN_IF_CUDA_ERROR(scope.status());

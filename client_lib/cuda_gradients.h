@@ -81,7 +81,8 @@ class CudaGradients {
 
   const int device_;
   std::string device_uuid_;         // sent with each buffer: gstabd finds the GPU by it
-  uint32_t* ready_word_ = nullptr;  // inside results_
+  uint64_t registered_through_ = 0;  // the id of the Client that registered them (0: none)
+  uint32_t* ready_word_ = nullptr;   // inside results_
   uint32_t* done_word_ = nullptr;
   uint32_t ready_value_ = 0;  // the value of the last Step's ready write
   // Recorded on each Step's stream after its wait for `done`.

@@ -215,7 +215,8 @@ class Daemon {
   absl::Status OwnerRefusal(const std::string& name, const std::optional<Principal>& owner,
                             const std::optional<Principal>& caller, const char* action) const;
   // FAILED_PRECONDITION when `request` asks for a configuration other than `held`, the job's
-  // (`running`, or restored from its checkpoint).
+  // (`running`, or restored from its checkpoint); another node's worker of a multi-node job
+  // (which takes node 0's) asks for none.
   static absl::Status ConfigConflict(const v1::AttachRequest& request, const RuleParams& held,
                                      bool running);
   // What refuses an attach to a job not held (its checkpoint's owner, or configuration), before

@@ -116,6 +116,12 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
 
 absl::Status Daemon::ConfigConflict(const v1::AttachRequest& request, const RuleParams& held,
                                     bool running) {
+  // Another node of a multi-node job has node 0's configuration, whatever its workers bring.
+  const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
+  if (request.config().ByteSizeLong() == 0 || node_zeros_config) return absl::OkStatus();
+  // A worker's config must ask for nothing the job does not have (as an update, it would change
+  // nothing): only what it sets is compared, so the job's other fields, a change made since
+  // and defaults of another gstabd release (a restored job's) do not count.
   absl::StatusOr<RuleParams> asked = MergeConfig(held, request.config());
   if (!asked.ok()) return asked.status();
   if (SameEffectiveConfig(held, *asked)) return absl::OkStatus();
@@ -136,11 +142,7 @@ absl::Status Daemon::RefusalBeforeRoom(const v1::AttachRequest& request,
     return s;
   }
   auto checkpoint = checkpoints_.find(request.job());
-  const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
-  if (checkpoint == checkpoints_.end() || request.config().ByteSizeLong() == 0 ||
-      node_zeros_config) {
-    return absl::OkStatus();
-  }
+  if (checkpoint == checkpoints_.end()) return absl::OkStatus();
   absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
   if (!saved.ok()) return absl::OkStatus();  // the job comes back with the asked one
   return ConfigConflict(request, *saved, /*running=*/false);
@@ -152,7 +154,6 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   const std::optional<Principal>& caller,
                                   v1::AttachResponse* response, std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
-  const bool has_config = request.config().ByteSizeLong() > 0;
   if (absl::Status s = RefusalBeforeRoom(request, caller); !s.ok()) return s;
   if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
@@ -250,12 +251,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // The job's own state is read (and a new rendezvous installed) outside mu_: the job's lock
   // can be held a while (its GPU pipelines closing), and under mu_ every RPC of the node would
   // wait with it.
-  // Another node of a multi-node job has node 0's configuration, whatever its workers bring.
-  const bool node_zeros_config = request.node_count() > 1 && request.node_rank() != 0;
-  // A worker's config must ask for nothing the job does not have (as an update, it would change
-  // nothing): only what it sets is compared, so the job's other fields, a change made since
-  // and defaults of another gstabd release (a restored job's) do not count.
-  if ((existing || job->restored()) && has_config && !node_zeros_config) {
+  if (existing || job->restored()) {
     if (absl::Status s = ConfigConflict(request, job->params(), existing); !s.ok()) return s;
   }
   response->set_restored(job->restored());

@@ -12,6 +12,17 @@
 namespace gstab {
 namespace {
 
+// The jobs whose checkpoints LoadAll finds.
+std::vector<std::string> LoadedJobs(StateStore* store) {
+  absl::StatusOr<std::vector<StateStore::Stored>> all = store->LoadAll();
+  EXPECT_TRUE(all.ok()) << all.status();
+  std::vector<std::string> jobs;
+  if (all.ok()) {
+    for (const StateStore::Stored& stored : *all) jobs.push_back(stored.state.job());
+  }
+  return jobs;
+}
+
 TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   testing::TempDir dir;
   const std::string state = dir.path() + "/a/b";
@@ -21,10 +32,7 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   v1::JobState job;
   job.set_job("j");
   ASSERT_TRUE(store.Save(job).ok());
-  absl::StatusOr<std::vector<StateStore::Stored>> all = store.LoadAll();
-  ASSERT_TRUE(all.ok()) << all.status();
-  ASSERT_EQ(all->size(), 1u);
-  EXPECT_EQ((*all)[0].state.job(), "j");
+  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"j"});
 }
 
 // One store (one gstabd) a folder at a time: another's Init is refused, and sweeps none of the
@@ -67,10 +75,7 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   std::filesystem::create_directory(dir.path() + "/c.jobstate");
   EXPECT_EQ(store.Load("c").status().code(), absl::StatusCode::kUnavailable);
   // Nor is it taken for a checkpoint at start.
-  absl::StatusOr<std::vector<StateStore::Stored>> all = store.LoadAll();
-  ASSERT_TRUE(all.ok()) << all.status();
-  ASSERT_EQ(all->size(), 1u);
-  EXPECT_EQ((*all)[0].state.job(), "a");
+  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"a"});
 }
 
 TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
