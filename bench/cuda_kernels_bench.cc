@@ -1,7 +1,8 @@
 // GPU kernel bandwidth beside a device-to-device copy of the same bytes, measured in the same
 // run with CUDA events: the norm kernel (one read), the scale kernel (read + write), for bf16
 // and fp32 gradients from 1 MiB to 4 GiB, as one flat buffer and as the parameter shapes of a
-// 1.34B-parameter LLaMA-style model (hidden 2048, MLP 5461, 24 layers, vocabulary 32000).
+// 1.34B-parameter LLaMA-style model (hidden 2048, MLP 5461, 24 layers, vocabulary 32000) scaled
+// to each size. Every timed run starts from a cold L2, the copy's as the kernels'.
 // The main columns use the kernels' default loads in flight per thread; the last columns give
 // the norm's and the scale's ratio for each built setting (1, 2, 4, 8), to choose the default.
 //
@@ -9,11 +10,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace gstab {
@@ -28,7 +31,8 @@ void Check(cudaError_t e, const char* what) {
   }
 }
 
-// Tensor sizes (elements) of the 1.34B model in order, cut or repeated to `total` elements.
+// Tensor sizes (elements) of the 1.34B model in order, each scaled by total / 1.34B (at least
+// 1), so that every size has the model's mix of 219 tensors, back to back as in a flat bucket.
 std::vector<int64_t> ModelLayout(int64_t total) {
   const int64_t h = 2048, f = 5461, vocab = 32000;
   std::vector<int64_t> model = {vocab * h};
@@ -37,17 +41,25 @@ std::vector<int64_t> ModelLayout(int64_t total) {
   }
   model.push_back(h);
   model.push_back(vocab * h);
+  int64_t model_total = 0;
+  for (int64_t n : model) model_total += n;
+  const double r = static_cast<double>(total) / static_cast<double>(model_total);
   std::vector<int64_t> out;
   int64_t used = 0;
-  for (size_t i = 0; used < total; ++i) {
-    const int64_t n = std::min(model[i % model.size()], total - used);
-    out.push_back(n);
-    used += n;
+  for (int64_t n : model) {
+    out.push_back(std::max<int64_t>(1, std::llround(static_cast<double>(n) * r)));
+    used += out.back();
   }
+  out.front() += total - used;  // rounding's remainder to the embedding, the largest
   return out;
 }
 
-// Median milliseconds of `fn` over 20 runs after 3 warm-ups.
+// Bigger than any GPU's L2 (H100 50 MB, H200 60 MB): written before each timed run, so that no
+// run reads what the one before left in L2.
+constexpr size_t kFlushBytes = size_t{256} << 20;
+void* g_flush = nullptr;
+
+// Median milliseconds of `fn` over 20 runs after 3 warm-ups, each from a cold L2.
 template <typename Fn>
 float Time(Fn fn) {
   cudaEvent_t a, b;
@@ -56,6 +68,7 @@ float Time(Fn fn) {
   for (int i = 0; i < 3; ++i) fn();
   std::vector<float> ms;
   for (int i = 0; i < 20; ++i) {
+    Check(cudaMemsetAsync(g_flush, i, kFlushBytes), "L2 flush");
     cudaEventRecord(a);
     fn();
     cudaEventRecord(b);
@@ -68,6 +81,13 @@ float Time(Fn fn) {
   cudaEventDestroy(b);
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+void CheckLaunch(const absl::Status& s) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "launch: %s\n", std::string(s.message()).c_str());
+    std::exit(1);
+  }
 }
 
 void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
@@ -87,23 +107,28 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
   TilePartial* d_partials;
   double* d_sums;
   uint32_t* d_flags;
-  float* d_scales;
+  float* d_scales;  // 0.5 for every group, then 2 for every group: the runs take turns
   Check(cudaMalloc(&d_partials, table.tiles().size() * sizeof(TilePartial)), "malloc");
   Check(cudaMalloc(&d_sums, chunks.size() * sizeof(double)), "malloc");
   Check(cudaMalloc(&d_flags, chunks.size() * sizeof(uint32_t)), "malloc");
-  Check(cudaMalloc(&d_scales, chunks.size() * sizeof(float)), "malloc");
+  Check(cudaMalloc(&d_scales, 2 * chunks.size() * sizeof(float)), "malloc");
   std::vector<float> scales(chunks.size(), 0.5f);
+  scales.resize(2 * chunks.size(), 2.0f);
   cudaMemcpy(d_scales, scales.data(), scales.size() * sizeof(float), cudaMemcpyHostToDevice);
+  size_t scale_runs = 0;  // halved, then doubled back: the data stays as it was
 
   const float copy =
       Time([&] { cudaMemcpyAsync(d_other, d_grads, bytes, cudaMemcpyDeviceToDevice); });
   auto norm_ms = [&](int loads) {
     return Time([&] {
-      (void)LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr, nullptr, loads);
+      CheckLaunch(LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr, nullptr, loads));
     });
   };
   auto scale_ms = [&](int loads) {
-    return Time([&] { (void)LaunchScaleGroups(*dt, d_scales, nullptr, loads); });
+    return Time([&] {
+      const float* s = d_scales + (scale_runs++ % 2) * chunks.size();
+      CheckLaunch(LaunchScaleGroups(*dt, s, nullptr, loads));
+    });
   };
   const float norm = norm_ms(kDefaultLoadsInFlight);
   const float scale = scale_ms(kDefaultLoadsInFlight);
@@ -148,6 +173,7 @@ int main(int argc, char** argv) {
   const size_t max_bytes = static_cast<size_t>(max_mib) << 20;
   gstab::Check(cudaMalloc(&d_grads, max_bytes), "malloc gradients");
   gstab::Check(cudaMalloc(&d_other, max_bytes), "malloc copy target");
+  gstab::Check(cudaMalloc(&gstab::g_flush, gstab::kFlushBytes), "malloc L2 flush");
   cudaMemset(d_grads, 0x3c, max_bytes);  // finite in every dtype
   for (bool mix : {false, true}) {
     for (gstab::DType dtype : {gstab::DType::kBFloat16, gstab::DType::kFloat32}) {

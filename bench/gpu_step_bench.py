@@ -8,8 +8,9 @@ timings in one run of:
          norm, one read and one write for the scale)
   torch  torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
   gstab  one step through a real gstabd (--backend=cuda) over CUDA IPC, GPU time from the
-         worker's `ready` to `done` as its stream sees it (a GPU sleep before `ready` hides the
-         host's round trip, so only GPU work is timed); the stabilize policy, one global group
+         worker's `ready` to `done` as its stream sees it; the stabilize policy, one global group
+Each is timed after a GPU sleep (all three alike), which hides the host's launches and, for
+gstab, its round trip to gstabd: only GPU work is timed.
 Needs PyTorch with CUDA. Run from the repository root (or the GPU bundle):
   python3 bench/gpu_step_bench.py --gstabd PATH --library PATH/libgstab.so [--out DIR]
       [--gstabd_library_path DIRS] [--sets 1.34B 7.3M 4K] [--dtypes bfloat16 float32]
@@ -45,6 +46,10 @@ SETS = {
 }
 
 
+# About 25 ms on an H100 or H200: longer than any host work it hides.
+GPU_SLEEP_CYCLES = 50_000_000
+
+
 def median_ms(fn, iters, before=None):
     times = []
     for _ in range(iters):
@@ -59,19 +64,19 @@ def median_ms(fn, iters, before=None):
     return statistics.median(times)
 
 
-def start_gstabd(path, folder, library_path, flags):
+def start_gstabd(path, folder, log_path, library_path, flags):
     sock = os.path.join(folder, "gstabd.sock")
     env = dict(os.environ)
     if library_path:
         env["LD_LIBRARY_PATH"] = library_path
     daemon = subprocess.Popen([path, f"--socket={sock}", f"--state_dir={folder}/state",
                                "--backend=cuda", "--metrics_port=-1", "--lease_ms=60000"] + flags,
-                              stdout=subprocess.DEVNULL, stderr=open(f"{folder}/gstabd.log", "w"),
+                              stdout=subprocess.DEVNULL, stderr=open(log_path, "w"),
                               env=env)
     deadline = time.time() + 60
     while not os.path.exists(sock):
         if daemon.poll() is not None or time.time() > deadline:
-            raise RuntimeError("gstabd did not start: " + open(f"{folder}/gstabd.log").read())
+            raise RuntimeError("gstabd did not start: " + open(log_path).read())
         time.sleep(0.05)
     return daemon, sock
 
@@ -89,12 +94,15 @@ def bench_set(name, shapes, dtype, sock, iters, job):
     nbytes = sum(g.numel() * g.element_size() for g in grads)
     restore = lambda: torch._foreach_copy_(grads, pristine)  # noqa: E731
 
+    # Each timing sleeps on the GPU first, so that the host has enqueued all of the timed work
+    # before the start event: GPU time alone, the host's launch gaps hidden alike for all three.
+    sleep = lambda: torch.cuda._sleep(GPU_SLEEP_CYCLES)  # noqa: E731
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    copy_ms = median_ms(lambda: dst.copy_(src), iters)
+    copy_ms = median_ms(lambda: dst.copy_(src), iters, sleep)
     del src, dst
     torch_ms = median_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True),
-                         iters, restore)
+                         iters, lambda: (restore(), sleep()))
 
     client = gstab.Client(sock)
     client.attach(job, policy="stabilize")
@@ -117,9 +125,9 @@ def bench_set(name, shapes, dtype, sock, iters, job):
         restore()
         gstab_step()
     torch.cuda.synchronize()
-    # Sleeping on the GPU before `ready` lets the step's request reach gstabd and its kernels be
-    # enqueued before the stream gets there: the timed interval is GPU work only.
-    gstab_ms = median_ms(gstab_step, iters, lambda: (restore(), torch.cuda._sleep(50_000_000)))
+    # The sleep before `ready` lets the step's request reach gstabd and its kernels be enqueued
+    # before the stream gets there: the timed interval is GPU work only.
+    gstab_ms = median_ms(gstab_step, iters, lambda: (restore(), sleep()))
 
     # Correctness: gstab's norm of the pristine gradients against torch's.
     restore()
@@ -164,7 +172,9 @@ def main():
     args = parser.parse_args()
     gstab.load_library(args.library)
     folder = tempfile.mkdtemp(prefix="gstab-bench-")
-    daemon, sock = start_gstabd(args.gstabd, folder, args.gstabd_library_path, args.gstabd_flags)
+    # The log goes straight to --out: it is there even when this process is killed.
+    daemon, sock = start_gstabd(args.gstabd, folder, os.path.join(args.out, "gstabd.log"),
+                                args.gstabd_library_path, args.gstabd_flags)
     rows = []
     try:
         for name in args.sets:
@@ -175,8 +185,12 @@ def main():
                 print(json.dumps(row), flush=True)
     finally:
         daemon.terminate()
-        daemon.wait(60)
-        shutil.copy(os.path.join(folder, "gstabd.log"), os.path.join(args.out, "gstabd.log"))
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        shutil.rmtree(folder, ignore_errors=True)
     print(f"\nGPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, medians of "
           f"{args.iters}\n")
     print("| set | dtype | bytes | copy ms | floor ms | torch clip ms (x floor) | "

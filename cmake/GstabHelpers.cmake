@@ -27,6 +27,10 @@ function(gstab_add_test)
     set(labels unit)
   endif()
   set_tests_properties(${T_NAME} PROPERTIES LABELS "${labels}" TIMEOUT 600)
+  if("gpu" IN_LIST labels)
+    # One at a time: the leak checks read the whole device's free memory.
+    set_tests_properties(${T_NAME} PROPERTIES RESOURCE_LOCK gpu)
+  endif()
 endfunction()
 
 # An end-to-end test: it runs the real binaries RUNS (built before it), through gstab::testing.

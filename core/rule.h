@@ -39,6 +39,18 @@ GSTAB_HD inline double WarmBeta(double beta, uint64_t k) {
   return Min(beta, running);
 }
 
+// beta^t by repeated squaring: plain IEEE multiplications, which round alike on the host and in
+// the CUDA stats kernel (pow does not: CUDA's double pow is within 2 ulp, glibc's within 1), so
+// both backends keep bit-identical statistics. Relative error about t/2 ulp, far below what a
+// bias correction needs; underflows to 0 for large t, as pow does.
+GSTAB_HD inline double PowSteps(double beta, uint64_t t) {
+  double result = 1.0;
+  for (double b = beta; t != 0; t >>= 1, b *= b) {
+    if (t & 1) result *= b;
+  }
+  return result;
+}
+
 // Exponentially weighted mean and variance update (West 1979).
 GSTAB_HD inline void EmaMeanVar(double beta, double x, double* mean, double* var) {
   const double delta = x - *mean;
@@ -51,8 +63,8 @@ GSTAB_HD inline double StabilizeTarget(const RuleParams& p, const GroupStats& s)
   double m_hat = s.m;
   double v_hat = s.v;
   if (p.bias_correction) {
-    m_hat /= 1.0 - pow(p.beta1, static_cast<double>(s.t));
-    v_hat /= 1.0 - pow(p.beta2, static_cast<double>(s.t));
+    m_hat /= 1.0 - PowSteps(p.beta1, s.t);
+    v_hat /= 1.0 - PowSteps(p.beta2, s.t);
   }
   return m_hat / (sqrt(v_hat) + p.eps);
 }
@@ -98,7 +110,7 @@ GSTAB_HD inline uint32_t DetectSpike(const RuleParams& p, GroupStats* s, double 
   if (warm && z > p.spike_z_threshold) flags |= kFlagSpike;
   if (warm && k > 1) {
     double m_hat = s->m;  // pre-update stabilizer mean, bias corrected for t - 1 steps
-    if (p.bias_correction) m_hat /= 1.0 - pow(p.beta1, static_cast<double>(k - 1));
+    if (p.bias_correction) m_hat /= 1.0 - PowSteps(p.beta1, k - 1);
     if (n > p.spike_ratio * m_hat) flags |= kFlagSpikeRatio;
   }
   *z_out = warm ? z : 0.0;
@@ -158,7 +170,7 @@ GSTAB_HD inline uint32_t UpdateDivergence(const RuleParams& p, GroupStats* s, ui
 
 // What a bias-corrected EMA of `beta` divides by after t samples (1 without the correction).
 GSTAB_HD inline double BiasWeight(bool corrected, double beta, uint64_t t) {
-  return corrected ? 1.0 - pow(beta, static_cast<double>(t)) : 1.0;
+  return corrected ? 1.0 - PowSteps(beta, t) : 1.0;
 }
 
 }  // namespace rule_internal
@@ -253,8 +265,8 @@ GSTAB_HD inline double StabilizedSpikeBound(const RuleParams& p, uint64_t t) {
   double b = 1.0 - p.beta1;
   double w = 1.0 - p.beta2;
   if (p.bias_correction) {
-    b /= 1.0 - pow(p.beta1, static_cast<double>(t));
-    w /= 1.0 - pow(p.beta2, static_cast<double>(t));
+    b /= 1.0 - rule_internal::PowSteps(p.beta1, t);
+    w /= 1.0 - rule_internal::PowSteps(p.beta2, t);
   }
   return b / sqrt(w);
 }

@@ -131,6 +131,23 @@ TEST(RuleTest, BiasCorrectionMakesEarlyStepsUnbiased) {
   EXPECT_NEAR(StepNorm(p, &raw, 2.5).stabilized_norm, 0.4 / std::sqrt(0.001), 1e-9);
 }
 
+TEST(RuleTest, BiasCorrectionPowersAreAccurateForEveryStepCount) {
+  for (const double beta : {0.0, 0.5, 0.9, 0.99, 0.999, 0.9999}) {
+    for (const uint64_t t : {0ull, 1ull, 2ull, 3ull, 7ull, 100ull, 1000ull, 12345ull, 1000000ull}) {
+      const long double want = std::pow(static_cast<long double>(beta), t);
+      const long double got = rule_internal::PowSteps(beta, t);
+      if (want < 1e-300L) {  // underflows, as pow does
+        EXPECT_LT(got, 1e-300L) << beta << "^" << t;
+      } else {  // t multiplications of half an ulp each at most
+        EXPECT_LE(std::abs(got - want), static_cast<long double>(t + 1) * 0x1p-53L * want)
+            << beta << "^" << t;
+      }
+    }
+    EXPECT_EQ(rule_internal::PowSteps(beta, uint64_t{1} << 62), 0.0) << beta << "^2^62";
+  }
+  EXPECT_EQ(rule_internal::PowSteps(0.999, 1), 0.999);
+}
+
 TEST(RuleTest, CorruptStatisticsSkipTheStepInsteadOfScalingByNaN) {
   for (const double m : {NAN, INFINITY}) {
     GroupStats s;

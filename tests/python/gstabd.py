@@ -1,4 +1,7 @@
-"""A real gstabd for the Python tests, in a folder of its own (CPU backend unless told)."""
+"""A real gstabd for the Python tests, in a folder of its own (CPU backend unless told).
+
+GSTAB_TEST_LOG_DIR=DIR keeps each gstabd's log in DIR, past the test (scripts/gpu-check).
+"""
 import os
 import re
 import shutil
@@ -13,6 +16,12 @@ class Gstabd:
         self.dir = tempfile.TemporaryDirectory(prefix="gstab-py-")
         self.socket = os.path.join(self.dir.name, "gstabd.sock")
         self.log = os.path.join(self.dir.name, "gstabd.log")  # a file: a pipe could fill up
+        log_dir = os.environ.get("GSTAB_TEST_LOG_DIR")  # keeps the log past the test
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=log_dir, prefix="gstabd-", suffix=".log",
+                                             delete=False) as f:
+                self.log = f.name
         self.command = [binary, f"--socket={self.socket}", f"--state_dir={self.dir.name}/state",
                         "--metrics_port=-1", f"--backend={backend}", "--lease_ms=2000", *flags]
         self.env = dict(os.environ, **({"LD_LIBRARY_PATH": library_path} if library_path else {}))

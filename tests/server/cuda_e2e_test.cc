@@ -20,9 +20,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "gtest/gtest.h"
 #include "client_lib/client.h"
+#include "gtest/gtest.h"
 #include "server/cuda/cuda_ipc.h"
+#include "tests/testing/gpu.h"
 #include "tests/testing/subprocess.h"
 
 namespace gstab {
@@ -91,7 +92,7 @@ class CudaE2eTest : public ::testing::Test {
   virtual std::vector<std::string> MoreFlags() const { return {}; }
 
   void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
     std::vector<std::string> flags = {"--backend=cuda", "--lease_ms=1000"};
     for (std::string& f : MoreFlags()) flags.push_back(std::move(f));
     auto d = testing::DaemonProcess::Start(dir_.path(), flags);

@@ -20,6 +20,7 @@
 #include "server/cuda/cuda_stepper.h"
 #include "server/cuda/device_reaper.h"
 #include "server/cuda/nccl_comm.h"
+#include "tests/testing/gpu.h"
 #include "tests/testing/subprocess.h"
 
 namespace gstab {
@@ -43,7 +44,7 @@ class FlushReleases : public ::testing::Environment {
     ::testing::AddGlobalTestEnvironment(new FlushReleases);
 
 TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
   testing::TempDir dir;
   const std::string flag = dir.path() + "/stepped";
   auto worker = testing::Subprocess::Start({testing::BinaryPath("tests/cuda_ipc_worker"), flag});
@@ -123,7 +124,7 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
 }
 
 TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
   void* d;
   ASSERT_EQ(cudaMalloc(&d, 1 << 20), cudaSuccess);
   ASSERT_EQ(cudaMemset(d, 0x3c, 1 << 20), cudaSuccess);
@@ -197,7 +198,7 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
 }
 
 TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
   GoneWorkerStepsChangeNothing(/*nccl=*/false);
   GoneWorkerStepsChangeNothing(/*nccl=*/true);
 }
@@ -206,7 +207,7 @@ TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
 // message naming the job and node, and the communicator stays failed (one GPU suffices: only
 // rank 0 of 2 exists).
 TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
   void* d;
   ASSERT_EQ(cudaMalloc(&d, 4096), cudaSuccess);
