@@ -179,9 +179,10 @@ void gstab_free(void* p);
 /* ---- Gradients in CUDA device memory (the GPU backend) ----
  *
  * Any framework's tensors: device pointer + element count + dtype, on one device. gstabd
- * stabilizes them in place, stream-ordered: gstab_cuda_step records an event on `stream`, asks
- * gstabd to enqueue its kernels behind it and makes `stream` wait for them; no host waits on
- * the GPU. Without CUDA in this build the functions return GSTAB_UNIMPLEMENTED.
+ * stabilizes them in place, stream-ordered: gstab_cuda_step writes the step's `ready` word on
+ * `stream`, asks gstabd to enqueue its kernels behind it (its stream waits for that word) and
+ * makes `stream` wait for gstabd's `done` word; no host waits on the GPU. Without CUDA in this
+ * build the functions return GSTAB_UNIMPLEMENTED.
  *
  *   gstab_cuda_gradients* g;
  *   gstab_cuda_gradients_create(0, &g);

@@ -161,15 +161,23 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partials[blockIdx.x] = TilePartial{sum, static_cast<uint32_t>(any_bad)};
 }
 
+// Reads the voided word once for the whole step, after every tile's block has finished (a tile
+// that saw it set was earlier, so this read sees it too), and marks every group's flag with the
+// answer: kStepVoided or 0. ReduceGroups's blocks go by these marks, so that the word set while
+// they run cannot leave some groups summed and others voided. One block.
+__global__ void __launch_bounds__(kThreads)
+    MarkVoided(const uint32_t* voided, uint32_t num_groups, uint32_t* non_finite) {
+  const uint32_t mark = BlockSeesVoided(voided) ? kStepVoided : 0u;
+  for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) non_finite[g] = mark;
+}
+
+// `marked`: non_finite holds MarkVoided's marks (else the step is not voidable).
 __global__ void __launch_bounds__(kThreads)
     ReduceGroups(const uint32_t* offsets, const uint32_t* group_tiles, const TilePartial* partials,
-                 double* sums, uint32_t* non_finite, const uint32_t* voided) {
+                 double* sums, uint32_t* non_finite, bool marked) {
   const uint32_t g = blockIdx.x;
-  if (BlockSeesVoided(voided)) {
-    if (threadIdx.x == 0) {
-      sums[g] = 0.0;
-      non_finite[g] = kStepVoided;
-    }
+  if (marked && non_finite[g] == kStepVoided) {  // the same answer for every thread
+    if (threadIdx.x == 0) sums[g] = 0.0;
     return;
   }
   double acc = 0;
@@ -251,7 +259,8 @@ absl::StatusOr<Variant> Find(int loads_in_flight) {
 }  // namespace
 
 absl::Status PreloadCudaKernels() {
-  std::vector<const void*> kernels = {reinterpret_cast<const void*>(&ReduceGroups)};
+  std::vector<const void*> kernels = {reinterpret_cast<const void*>(&MarkVoided),
+                                      reinterpret_cast<const void*>(&ReduceGroups)};
   for (const Variant& v : kVariants) {
     kernels.push_back(reinterpret_cast<const void*>(v.sums));
     kernels.push_back(reinterpret_cast<const void*>(v.scale));
@@ -273,8 +282,14 @@ absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d
                                                               d_partials, d_voided);
     RETURN_IF_CUDA_ERROR(cudaGetLastError());
   }
-  ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(
-      table.d_group_offsets(), table.d_group_tiles(), d_partials, d_sums, d_non_finite, d_voided);
+  if (d_voided != nullptr) {
+    MarkVoided<<<1, kThreads, 0, stream>>>(d_voided, table.num_groups(), d_non_finite);
+    RETURN_IF_CUDA_ERROR(cudaGetLastError());
+  }
+  ReduceGroups<<<table.num_groups(), kThreads, 0, stream>>>(table.d_group_offsets(),
+                                                            table.d_group_tiles(), d_partials,
+                                                            d_sums, d_non_finite,
+                                                            d_voided != nullptr);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

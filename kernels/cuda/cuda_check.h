@@ -23,10 +23,13 @@ inline void ClearStaleCudaError() { (void)cudaGetLastError(); }
 
 }  // namespace gstab
 
+// The failure is returned, and cleared from the thread's last error: a caller in a framework's
+// process (PyTorch checks cudaGetLastError after its launches) must not meet it again.
 #define RETURN_IF_CUDA_ERROR(expr)                                           \
   do {                                                                       \
     const cudaError_t gstab_cuda_err_ = (expr);                              \
     if (gstab_cuda_err_ != cudaSuccess) {                                    \
+      ::gstab::ClearStaleCudaError();                                        \
       return ::gstab::CudaError(gstab_cuda_err_, #expr, __FILE__, __LINE__); \
     }                                                                        \
   } while (0)

@@ -92,9 +92,11 @@ inline constexpr int kDefaultLoadsInFlight = 4;
 // d_sums and d_non_finite one entry per group. Deterministic: the same gradients give the same
 // bits on every run. `d_voided` (device memory, may be null): while nonzero the chunks are not
 // read (the memory may belong to a worker that is gone), every sum is 0 and every flag
-// kStepVoided. Each thread sums up to 256 squares in fp32 before fp64 (the CPU kernels 64 per
-// lane); a thread whose fp32 sum overflows (finite elements beyond about 1e18) sums its share
-// again in fp64, as the CPU kernels do, so finite gradients always have a finite sum.
+// kStepVoided. The word is read once for the whole step (after the tiles, before the groups'
+// sums): set while the kernels run, it voids every group or none. Each thread sums up to 256
+// squares in fp32 before fp64 (the CPU kernels 64 per lane); a thread whose fp32 sum overflows
+// (finite elements beyond about 1e18) sums its share again in fp64, as the CPU kernels do, so
+// finite gradients always have a finite sum.
 absl::Status LaunchGroupSumSquares(const DeviceChunkTable& table, TilePartial* d_partials,
                                    double* d_sums, uint32_t* d_non_finite, cudaStream_t stream,
                                    const uint32_t* d_voided = nullptr,

@@ -47,9 +47,14 @@ absl::StatusOr<std::pair<void*, size_t>> CudaAllocationRange(const void* ptr) {
   if (fn == nullptr) return absl::FailedPreconditionError("cuMemGetAddressRange is not available");
   CUdeviceptr base = 0;
   size_t size = 0;
-  if (fn(&base, &size, reinterpret_cast<CUdeviceptr>(ptr)) != CUDA_SUCCESS) {
-    return absl::InvalidArgumentError("the pointer is not inside a CUDA allocation");
+  const CUresult r = fn(&base, &size, reinterpret_cast<CUdeviceptr>(ptr));
+  if (r == CUDA_ERROR_NOT_FOUND || r == CUDA_ERROR_INVALID_VALUE) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the pointer is not inside a CUDA allocation (CUDA driver error ",
+                     static_cast<int>(r), ")"));
   }
+  // Anything else (no context, a driver not initialised) is not the pointer's fault: named.
+  if (absl::Status s = DriverResult(r, "cuMemGetAddressRange"); !s.ok()) return s;
   return std::make_pair(reinterpret_cast<void*>(base), size);
 }
 

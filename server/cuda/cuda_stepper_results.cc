@@ -101,8 +101,11 @@ GpuStepResult CudaStepper::ResultOf(const Slot& slot) const {
   return r;
 }
 
+// Poll and Snapshot run on threads that may not have used this device yet: set first, so that
+// a query makes no context on another device; a cudaErrorNotReady cleared after.
 std::vector<GpuStepResult> CudaStepper::Poll() {
   absl::MutexLock lock(&mu_);
+  cudaSetDevice(device_);
   std::vector<GpuStepResult> done = std::move(harvested_);
   harvested_.clear();
   // The older slot first: the stream finishes its steps in order.
@@ -113,15 +116,19 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
     done.push_back(ResultOf(slot));
     slot.unreported = false;
   }
+  ClearStaleCudaError();
   return done;
 }
 
 std::optional<GpuSnapshot> CudaStepper::Snapshot() {
   absl::MutexLock lock(&mu_);
+  cudaSetDevice(device_);
   for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
     if (set_.has_value() && enqueued_ - back < set_at_) break;  // older than set_
     const Slot& slot = slots_[(enqueued_ - back) % 2];
-    if (cudaEventQuery(slot.finished) != cudaSuccess) continue;
+    const bool finished = cudaEventQuery(slot.finished) == cudaSuccess;
+    ClearStaleCudaError();
+    if (!finished) continue;
     return GpuSnapshot{slot.step,
                        std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups())};
   }
