@@ -12,7 +12,8 @@ import tempfile
 import unittest
 
 import frameworks
-from frameworks import EXAMPLES, SPIKE_STEP, GstabdTest, free_port, peer_gstabd, run_together
+from frameworks import (EXAMPLES, SPIKE_STEP, GstabdTest, free_port, peer_gstabds,
+                        run_together)
 from gstabd import Gstabd
 
 
@@ -32,6 +33,7 @@ class DistributedDataParallelTest(GstabdTest):
                   "--spike_steps", str(SPIKE_STEP), *args]
         torchrun = [sys.executable, "-m", "torch.distributed.run"]
         with tempfile.TemporaryDirectory(prefix="gstab-ddp-") as folder:
+            env = dict(env, TMPDIR=folder)  # torchrun's own log folders go with it
             sockets = sockets or [self.gstabd.socket]
             if len(sockets) == 1:
                 commands = [torchrun + ["--standalone", "--nproc_per_node=2", *common,
@@ -93,7 +95,7 @@ class DistributedDataParallelTest(GstabdTest):
 
     def run_on_two_nodes(self, job, *args, per_node=1, steps=SPIKE_STEP):
         """run_ranks on two nodes, each with a gstabd of its own."""
-        nodes = [peer_gstabd() for _ in range(2)]
+        nodes = peer_gstabds(2)
         try:
             return self.run_ranks(job, *args, sockets=[n.socket for n in nodes],
                                   per_node=per_node, steps=steps)
@@ -129,7 +131,7 @@ class DistributedDataParallelTest(GstabdTest):
             run(job, *args, "--save", checkpoint, steps=20)
             # The job comes back on other nodes.
             elsewhere = ([Gstabd(frameworks.ARGS.gstabd)] if nodes == 1
-                         else [peer_gstabd() for _ in range(2)])
+                         else peer_gstabds(2))
             try:
                 resumed, _ = self.run_ranks(job, *args, "--resume", checkpoint, steps=steps,
                                             sockets=[g.socket for g in elsewhere])
@@ -163,7 +165,7 @@ class JaxProcessesTest(unittest.TestCase):
         """examples/jax_train.py as two processes of jax.distributed, each on a "host" with a
         gstabd of its own; returns each process's report."""
         example, env = os.path.join(EXAMPLES, "jax_train.py"), frameworks.example_env()
-        hosts = [peer_gstabd() for _ in range(2)]
+        hosts = peer_gstabds(2)
         coordinator = f"127.0.0.1:{free_port()}"
         try:
             with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:

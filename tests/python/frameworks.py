@@ -69,6 +69,19 @@ def peer_gstabd() -> Gstabd:
                   library_path=ARGS.gstabd_library_path)
 
 
+def peer_gstabds(n: int) -> list:
+    """n of peer_gstabd(); those started are stopped again if one fails to start."""
+    started = []
+    try:
+        for _ in range(n):
+            started.append(peer_gstabd())
+    except BaseException:
+        for g in started:
+            g.stop()
+        raise
+    return started
+
+
 def run_together(test, commands, env) -> str:
     """Runs the commands at once, each in a process group of its own (killed whole at the end:
     torchrun and its ranks), and fails `test` unless each exits 0; their outputs, joined."""

@@ -354,7 +354,10 @@ TEST_F(CudaE2eTest, WorkerKilledMidStepLeavesTheDaemonServing) {
 
 TEST(CudaE2eNoGpuTest, CudaBackendRefusesToStartWithoutAGpu) {
   if (CudaDeviceCount() > 0) GTEST_SKIP() << "this machine has a GPU";
-  auto [rc, out] = testing::RunShell(testing::GstabdPath() + " --backend=cuda --socket=/tmp/x");
+  testing::TempDir dir;
+  auto [rc, out] =
+      testing::RunShell(testing::GstabdPath() + " --backend=cuda --socket=" + dir.path() +
+                        "/s.sock --state_dir=" + dir.path() + "/state --metrics_port=-1");
   EXPECT_EQ(rc, 2);
   EXPECT_NE(out.find("no CUDA device is usable here"), std::string::npos) << out;
 }

@@ -112,7 +112,9 @@ TEST_F(E2eFaultsTest, AWorkerRegistersOnlyItsOwnSharedMemory) {
 // start: its exit code and output.
 std::pair<int, std::string> StartRefused(const std::string& gstabd, const std::string& state_dir,
                                          const std::vector<std::string>& prefix = {}) {
-  std::vector<std::string> argv = prefix;
+  // Bounded: a gstabd that starts after all (a regression) would keep its output open.
+  std::vector<std::string> argv = {"/usr/bin/timeout", "-k", "5", "30"};
+  argv.insert(argv.end(), prefix.begin(), prefix.end());
   for (const std::string& arg :
        {gstabd, "--socket=" + state_dir + ".sock", "--state_dir=" + state_dir,
         std::string("--metrics_port=-1"), std::string("--backend=cpu")}) {

@@ -369,7 +369,8 @@ TEST(E2eLifecycleTest, ASecondGstabdOnALiveSocketAndUselessCapsAreRefusedAtStart
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto start = [&](const std::string& flag) {
     absl::StatusOr<testing::Subprocess> second = testing::Subprocess::Start(
-        {testing::BinaryPath("server/gstabd"), "--socket=" + daemon->socket(),
+        {"/usr/bin/timeout", "-k", "5", "30",  // bounded, should it start after all
+         testing::BinaryPath("server/gstabd"), "--socket=" + daemon->socket(),
          "--state_dir=" + dir.path() + "/second", "--metrics_port=-1", "--backend=cpu", flag});
     EXPECT_TRUE(second.ok()) << second.status();
     const std::string out = second->ReadAll();

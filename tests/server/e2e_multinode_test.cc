@@ -169,6 +169,9 @@ TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
   ASSERT_EQ(rc, 0) << blob;
   blob.erase(blob.find_last_not_of('\n') + 1);
   setenv("GSTAB_RENDEZVOUS", blob.c_str(), 1);
+  // Unset however this test ends: the later tests of this binary must not inherit it.
+  std::unique_ptr<const char, void (*)(const char*)> unset_rendezvous(
+      "GSTAB_RENDEZVOUS", [](const char* name) { unsetenv(name); });
   std::vector<std::unique_ptr<TestWorker>> workers;
   for (int i = 0; i < 2; ++i) {
     AttachOptions o;
@@ -179,7 +182,7 @@ TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
     ASSERT_TRUE(w.ok()) << w.status();
     workers.push_back(*std::move(w));
   }
-  unsetenv("GSTAB_RENDEZVOUS");
+  unset_rendezvous.reset();
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(2, 1))) EXPECT_TRUE(r.ok()) << r.status();
 
@@ -355,7 +358,8 @@ TEST(MultiNodeHostsTest, DaemonsStepTogetherOverIpv6) {
 // Plain TCP between daemons only on loopback; TLS flags come as a set and must be PEM files.
 TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
   TempDir dir;
-  const std::string base = testing::GstabdPath() + " --socket=" + dir.path() + "/s.sock";
+  const std::string base = testing::GstabdPath() + " --socket=" + dir.path() +
+                           "/s.sock --state_dir=" + dir.path() + "/state --metrics_port=-1";
   // A name that looks like a loopback address is not one: it may resolve anywhere.
   for (const char* host : {"10.1.2.3", "127.example.com"}) {
     auto [rc, out] = testing::RunShell(base + " --peer_listen=" + host + ":0");

@@ -218,8 +218,13 @@ bool Ipv6LoopbackWorks() {
 }
 
 std::pair<int, std::string> RunShell(const std::string& command) {
+  // Bounded: a gstabd that starts where the test expects a refusal (a regression) would keep
+  // the pipe open for good. timeout kills the command's whole process group.
+  std::string quoted = "'";
+  for (char c : command) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  quoted += "'";
   std::string out;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  FILE* p = popen(("timeout -k 5 120 sh -c " + quoted + " 2>&1").c_str(), "r");
   if (p == nullptr) return {-1, "popen failed"};
   char buf[4096];
   size_t n;

@@ -73,7 +73,8 @@ absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
 int FreeTcpPort();
 // Whether this machine has the IPv6 loopback address (containers may have IPv6 off).
 bool Ipv6LoopbackWorks();
-// Runs a shell command; returns its exit code and combined output.
+// Runs a shell command, for 120 s at most (exit code 124 after); returns its exit code and
+// combined output.
 std::pair<int, std::string> RunShell(const std::string& command);
 
 // A fresh temporary directory, removed with everything in it on destruction.
