@@ -76,6 +76,8 @@ TEST_F(E2eFaultsTest, TruncatedSharedMemoryIsRefusedAndTheDaemonServesOn) {
   auto worker = TestWorker::Create(daemon_->socket(), JobOptions("truncating"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   ExpectServing(worker->get(), 1);
+  absl::StatusOr<v1::GetStatsResponse> before = (*worker)->client().GetStats();
+  ASSERT_TRUE(before.ok()) << before.status();
   // The worker shrinks its registered object (its own pages past 4 KiB are gone too: it must
   // not touch them either).
   const int fd = shm_open((*worker)->arena().shm_name().c_str(), O_RDWR, 0);
@@ -85,6 +87,16 @@ TEST_F(E2eFaultsTest, TruncatedSharedMemoryIsRefusedAndTheDaemonServesOn) {
   absl::StatusOr<v1::StepResponse> r = (*worker)->client().Step(2);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(r.status().message().find("shrank from"), std::string::npos) << r.status();
+  // "nothing was applied to this step": the job's statistics are as they were.
+  absl::StatusOr<v1::GetStatsResponse> after = (*worker)->client().GetStats();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->last_step(), before->last_step());
+  ASSERT_EQ(after->groups_size(), before->groups_size());
+  for (int g = 0; g < after->groups_size(); ++g) {
+    EXPECT_EQ(after->groups(g).accepted_steps(), before->groups(g).accepted_steps());
+    EXPECT_EQ(after->groups(g).m(), before->groups(g).m());
+    EXPECT_EQ(after->groups(g).non_finite_steps(), before->groups(g).non_finite_steps());
+  }
   ExpectServing(bystander->get(), 1);
 }
 
@@ -265,6 +277,7 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   (*w1)->Fill(1, 2);
   // Sharded groups: the norm covers both workers' slices.
   const std::vector<double> norms = RoundNorms({w0->get(), w1->get()});
+  std::vector<unsigned char> before0 = (*w0)->Bytes(), before1 = (*w1)->Bytes();
   absl::StatusOr<v1::StepResponse> r1;
   std::thread t([&] { r1 = (*w1)->client().Step(1); });
   EXPECT_TRUE(WaitForArrivals(&(*w0)->client(), {1}));  // operators see who is missing
@@ -274,6 +287,9 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   ASSERT_TRUE(r1.ok()) << r1.status();
   EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());  // one result for the round
   ExpectNorms(*r0, norms);
+  // Both workers' gradients were scaled, by the round's scales.
+  EXPECT_TRUE((*w0)->Bytes() == testing::ScaledBytes(**w0, std::move(before0), *r0));
+  EXPECT_TRUE((*w1)->Bytes() == testing::ScaledBytes(**w1, std::move(before1), *r1));
   absl::StatusOr<v1::GetStatsResponse> after = (*w0)->client().GetStats();
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->arrived_local_ranks_size(), 0);  // nothing waits between steps
@@ -309,6 +325,8 @@ TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
   (*successor)->Fill(1, 3);
   (*other)->Fill(1, 2);
   const std::vector<double> norms = RoundNorms({successor->get(), other->get()});
+  std::vector<unsigned char> successor_before = (*successor)->Bytes();
+  const std::vector<unsigned char> abandoned_before = (*first)->Bytes();
   absl::StatusOr<v1::StepResponse> r1;
   std::thread t([&] { r1 = (*other)->client().Step(1); });
   ASSERT_TRUE(WaitForArrivals(&(*other)->client(), {1}));
@@ -322,6 +340,10 @@ TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
   ASSERT_TRUE(r1.ok()) << r1.status();
   EXPECT_EQ(r0->SerializeAsString(), r1->SerializeAsString());
   ExpectNorms(*r0, norms);  // the successor's gradients, not the abandoned ones
+  // The successor's gradients were scaled, and the abandoned session's left as they were.
+  EXPECT_TRUE((*successor)->Bytes() ==
+              testing::ScaledBytes(**successor, std::move(successor_before), *r0));
+  EXPECT_TRUE((*first)->Bytes() == abandoned_before);
 }
 
 TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {

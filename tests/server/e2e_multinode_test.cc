@@ -33,16 +33,22 @@ TEST_P(MultiNodeTest, ShardedStatisticsAreIdenticalOnEveryNodeAndEqualASingleNod
   std::vector<GroupStats> reference(3);
   for (uint64_t step = 1; step <= 8; ++step) {
     std::vector<double> total(3, 0.0);
+    std::vector<std::vector<unsigned char>> before;
     for (size_t i = 0; i < workers.size(); ++i) {
       workers[i]->Fill(step, static_cast<uint32_t>(100 + i), step == 6 ? 1e4f : 1.0f);
       const std::vector<double> sums = testing::GroupSums(*workers[i]);
       for (int g = 0; g < 3; ++g) total[g] += sums[g];
+      before.push_back(workers[i]->Bytes());
     }
     auto results = StepAll(workers, Same(workers.size(), step));
     for (size_t i = 0; i < results.size(); ++i) {
       ASSERT_TRUE(results[i].ok()) << "node " << i << ": " << results[i].status();
       EXPECT_EQ(results[i]->SerializeAsString(), results[0]->SerializeAsString())
           << "node " << i << " disagrees at step " << step;
+      // Every node scaled its own worker's gradients by the scales all nodes agreed on.
+      EXPECT_TRUE(workers[i]->Bytes() ==
+                  testing::ScaledBytes(*workers[i], std::move(before[i]), *results[i]))
+          << "node " << i << "'s gradients at step " << step;
     }
     for (int g = 0; g < 3; ++g) {
       // The single-node run over the concatenated gradients: the same rule on the total.

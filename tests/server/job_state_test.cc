@@ -140,7 +140,9 @@ MappedRegistration HostRegistration(std::vector<float>* grads) {
 // new session's Step rather than run on its buffers.
 TEST(JobRoundTest, AnOlderSessionsStepIsNotRunOnTheRanksNewRegistration) {
   CpuExecutor executor(1);
-  Job job("j", RuleParams{}, /*local_world_size=*/2, &executor);
+  RuleParams clip;  // norm 16 (128 ones of two ranks) clipped to 1: a scale of 1/16 shows
+  clip.policy = PolicyKind::kClip;
+  Job job("j", clip, /*local_world_size=*/2, &executor);
   std::vector<float> old_grads(64, 1.0f), new_grads(64, 1.0f), other(64, 1.0f);
   v1::RegisterBuffersResponse registered;
   ASSERT_TRUE(job.Register(0, HostRegistration(&old_grads), &registered, /*session=*/1).ok());
@@ -160,12 +162,24 @@ TEST(JobRoundTest, AnOlderSessionsStepIsNotRunOnTheRanksNewRegistration) {
   old_step.join();
   EXPECT_EQ(old_status.code(), absl::StatusCode::kUnauthenticated) << old_status;
   EXPECT_EQ(alone.code(), absl::StatusCode::kDeadlineExceeded) << alone;
+  // No round ran: neither registration's gradients were touched.
+  EXPECT_EQ(old_grads, std::vector<float>(64, 1.0f));
+  EXPECT_EQ(new_grads, std::vector<float>(64, 1.0f));
+  EXPECT_EQ(other, std::vector<float>(64, 1.0f));
   std::thread new_step([&] {
     v1::StepResponse mine;
     EXPECT_TRUE(job.Step(0, 1, absl::Seconds(10), &mine, 0, /*session=*/3).ok());
   });
   EXPECT_TRUE(job.Step(1, 1, absl::Seconds(10), &r, 0, /*session=*/2).ok());
   new_step.join();
+  // The round both ranks' current sessions stepped scaled their current buffers, and the old
+  // session's not.
+  ASSERT_EQ(r.groups_size(), 1);
+  const float scale = static_cast<float>(r.groups(0).scale());
+  EXPECT_LT(scale, 0.1f);
+  EXPECT_EQ(new_grads, std::vector<float>(64, scale));
+  EXPECT_EQ(other, std::vector<float>(64, scale));
+  EXPECT_EQ(old_grads, std::vector<float>(64, 1.0f));
 }
 
 }  // namespace

@@ -95,22 +95,43 @@ absl::Status StepWithToken(Client* client, const std::string& token) {
   return FromGrpcStatus(client->stub()->Step(&ctx, request, &response));
 }
 
-std::vector<double> GroupSums(const TestWorker& worker) {
+namespace {
+
+// The chunk table of a TestWorker layout over `bytes` (the worker's arena or a copy of it).
+ChunkTable LayoutTable(const TestWorker& worker, unsigned char* bytes) {
   const auto* base = static_cast<const unsigned char*>(worker.arena().data(0));
   std::vector<Chunk> chunks;
   for (size_t t = 0; t < 4; ++t) {
     const auto offset = static_cast<const unsigned char*>(worker.arena().data(t)) - base;
-    chunks.push_back(Chunk{const_cast<unsigned char*>(base) + offset,
-                           static_cast<int64_t>(kLayout[t].numel), kLayout[t].dtype,
+    chunks.push_back(Chunk{bytes + offset, static_cast<int64_t>(kLayout[t].numel), kLayout[t].dtype,
                            kLayout[t].group_index});
   }
-  ChunkTable table = *ChunkTable::Create(chunks, 3);
+  return *ChunkTable::Create(chunks, 3);
+}
+
+}  // namespace
+
+std::vector<double> GroupSums(const TestWorker& worker) {
+  ChunkTable table = LayoutTable(
+      worker,
+      const_cast<unsigned char*>(static_cast<const unsigned char*>(worker.arena().data(0))));
   std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
   std::vector<double> sums(3);
   std::vector<uint32_t> flags(3);
   (void)CpuGroupSumSquares(table, absl::MakeSpan(scratch), absl::MakeSpan(sums),
                            absl::MakeSpan(flags), nullptr);
   return sums;
+}
+
+std::vector<unsigned char> ScaledBytes(const TestWorker& worker, std::vector<unsigned char> bytes,
+                                       const v1::StepResponse& response) {
+  ChunkTable table = LayoutTable(worker, bytes.data());
+  float scales[3] = {1.0f, 1.0f, 1.0f};
+  for (int g = 0; g < 3 && g < response.groups_size(); ++g) {
+    scales[g] = static_cast<float>(response.groups(g).scale());
+  }
+  (void)CpuScaleGroups(table, scales, nullptr);
+  return bytes;
 }
 
 void Reference::set_params(const RuleParams& params) {
@@ -121,14 +142,7 @@ void Reference::set_params(const RuleParams& params) {
 ReferenceStep Reference::Step(const TestWorker& worker) {
   ReferenceStep out;
   out.bytes = worker.Bytes();
-  const auto* base = static_cast<const unsigned char*>(worker.arena().data(0));
-  std::vector<Chunk> chunks;
-  for (size_t t = 0; t < 4; ++t) {
-    const auto offset = static_cast<const unsigned char*>(worker.arena().data(t)) - base;
-    chunks.push_back(Chunk{out.bytes.data() + offset, static_cast<int64_t>(kLayout[t].numel),
-                           kLayout[t].dtype, kLayout[t].group_index});
-  }
-  ChunkTable table = *ChunkTable::Create(chunks, 3);
+  ChunkTable table = LayoutTable(worker, out.bytes.data());
   std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table));
   double sums[3];
   uint32_t flags[3];

@@ -52,6 +52,11 @@ struct ReferenceStep {
 
 // Per-group sums of squares (groups g, c, big) of `worker`'s current gradients.
 std::vector<double> GroupSums(const TestWorker& worker);
+// `bytes` (a copy of `worker`'s gradients) scaled by the CPU kernels with the group scales of
+// `response`, as gstabd applies them: what the worker's gradients must be after that step
+// when `bytes` were its gradients before it.
+std::vector<unsigned char> ScaledBytes(const TestWorker& worker, std::vector<unsigned char> bytes,
+                                       const v1::StepResponse& response);
 
 class Reference {
  public:
