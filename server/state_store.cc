@@ -12,6 +12,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "glog/logging.h"
 
 namespace gstab {
@@ -142,6 +144,16 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
   return absl::OkStatus();
 }
 
+void StateStore::SetAside(const std::string& path, const std::string& why) {
+  const std::string aside = absl::StrCat(path, ".corrupt-", absl::ToUnixSeconds(absl::Now()));
+  if (rename(path.c_str(), aside.c_str()) != 0) {
+    PLOG(ERROR) << path << " " << why << ", and cannot be set aside as " << aside;
+    return;
+  }
+  SyncDir();
+  LOG(ERROR) << path << " " << why << ": set aside as " << aside << "; its job starts afresh";
+}
+
 absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   if (dir_.empty()) return absl::NotFoundError("no state directory");
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
@@ -151,6 +163,7 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   if (!bytes.ok()) return bytes.status();
   v1::JobState state;
   if (!state.ParseFromString(*bytes) || state.job() != job) {
+    SetAside(path, absl::StrCat("is not a checkpoint of job '", job, "'"));
     return absl::DataLossError(absl::StrCat("'", path, "' is not a checkpoint of job '", job, "'"));
   }
   return state;
@@ -179,14 +192,14 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     }
     v1::JobState state;
     if (!state.ParseFromString(*bytes) || state.job().empty()) {
-      LOG(WARNING) << "skipping unreadable checkpoint " << path;
+      SetAside(path, "is not a checkpoint");
       continue;
     }
     // Saved as <job>.jobstate: a file copied or renamed would stand in for another job (or, with
     // a name that is not a job's, reach outside the folder when its job's file is deleted).
     if (entry.path().filename().string() != absl::StrCat(state.job(), kSuffix)) {
-      LOG(WARNING) << "skipping checkpoint " << path << ": it holds job '" << state.job()
-                   << "', whose file would be " << state.job() << kSuffix;
+      SetAside(path, absl::StrCat("holds job '", state.job(), "', whose file would be ",
+                                  state.job(), kSuffix));
       continue;
     }
     struct stat st;

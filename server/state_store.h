@@ -37,18 +37,23 @@ class StateStore {
     v1::JobState state;
     absl::Time saved;  // when the file was last written
   };
-  // Every checkpoint. A file that is not one (not a job's checkpoint, or not a regular file) is
-  // skipped with a logged warning: its job starts afresh. FAILED_PRECONDITION when a checkpoint
+  // Every checkpoint. A file that is not one is skipped: not a regular file, with a logged
+  // warning; not a job's checkpoint (garbled, or a job's under another job's name), set aside as
+  // <file>.corrupt-<unix seconds> with a logged error, so that the job, which starts afresh,
+  // does not overwrite it. FAILED_PRECONDITION when a checkpoint
   // file cannot be read (no permission, an I/O error): starting without it would let its job
   // start afresh over it and lose its statistics and owner.
   absl::StatusOr<std::vector<Stored>> LoadAll();
-  // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint;
-  // UNAVAILABLE when it cannot be opened or read now (out of descriptors, an I/O error).
+  // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint
+  // (set aside as LoadAll does); UNAVAILABLE when it cannot be opened or read now (out of
+  // descriptors, an I/O error).
   absl::StatusOr<v1::JobState> Load(const std::string& job);
 
  private:
   // Makes the folder's entries (a rename, a deletion) durable.
   void SyncDir() const;
+  // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged).
+  void SetAside(const std::string& path, const std::string& why);
 
   std::string dir_;
   int lock_fd_ = -1;  // the folder, flock()ed, from Init

@@ -11,6 +11,7 @@
 // Deterministic: the seeds are fixed, and a failure prints the request that caused it.
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -346,7 +347,16 @@ TEST(E2eFuzzCheckpointTest, MalformedCheckpointsLeaveGstabdServing) {
       EXPECT_FALSE(r.status().message().empty()) << job;
     }
   }
-  for (const char* job : {"junk", "empty"}) {
+  for (const std::string job : {"junk", "empty"}) {
+    // Set aside at start (kept for a look), so that its job's next checkpoint does not
+    // overwrite it; the job starts afresh.
+    const std::string file = job + ".jobstate";
+    bool aside = false;
+    for (const auto& e : std::filesystem::directory_iterator(dir.path() + "/state")) {
+      aside |= e.path().filename().string().rfind(file + ".corrupt-", 0) == 0;
+    }
+    EXPECT_TRUE(aside) << file << " was not set aside";
+    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/" + file)) << file;
     auto w = TestWorker::Create(daemon->socket(), JobOptions(job));
     ASSERT_TRUE(w.ok()) << w.status();
     EXPECT_FALSE((*w)->client().attach_response().restored()) << job;
