@@ -1,6 +1,8 @@
 // End-to-end: a real gstabd process, real clients over its unix socket, real shared memory.
 // Results must equal the core rule and CPU kernels applied to the same gradients.
+#include <csignal>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 #include "core/config.h"
@@ -268,6 +270,40 @@ TEST(E2eTest, SigtermThenRestartRestoresStatistics) {
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_TRUE((*worker)->client().attach_response().restored());
   // The next step's scale equals what the uninterrupted reference gives.
+  for (uint64_t step = 21; step <= 23; ++step) StepAndCompare(worker->get(), &ref, step, 9);
+}
+
+// A gstabd killed outright (the OOM killer, a node's hard reset: no checkpoint on the way out)
+// comes back from its last periodic checkpoint.
+TEST(E2eTest, SigkillThenRestartRestoresThePeriodicCheckpoint) {
+  TempDir dir;
+  Reference ref(RuleParams{});
+  const std::string file = dir.path() + "/state/crashed.jobstate";
+  {
+    auto daemon = DaemonProcess::Start(dir.path(), {"--checkpoint_interval_s=1"});
+    ASSERT_TRUE(daemon.ok());
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("crashed"));
+    ASSERT_TRUE(worker.ok());
+    for (uint64_t step = 1; step <= 20; ++step) StepAndCompare(worker->get(), &ref, step, 9);
+    // The periodic checkpoint that has step 20 (one a second).
+    v1::JobState saved;
+    for (int i = 0; i < 300 && saved.last_step() != 20; ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+      std::ifstream in(file, std::ios::binary);
+      if (!in || !saved.ParseFromIstream(&in)) saved.Clear();
+    }
+    ASSERT_EQ(saved.last_step(), 20u) << "no periodic checkpoint of step 20 within 30 s";
+    daemon->process().Signal(SIGKILL);
+    ASSERT_TRUE(daemon->process().Wait(absl::Seconds(10)).ok());
+  }
+  auto daemon = DaemonProcess::Start(dir.path());  // over the dead one's socket file
+  ASSERT_TRUE(daemon.ok());
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("crashed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE((*worker)->client().attach_response().restored());
+  absl::StatusOr<v1::GetStatsResponse> stats = (*worker)->client().GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->last_step(), 20u);
   for (uint64_t step = 21; step <= 23; ++step) StepAndCompare(worker->get(), &ref, step, 9);
 }
 
