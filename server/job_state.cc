@@ -131,6 +131,7 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
   response->set_registered_bytes(bytes);
   response->set_mapped_regions(static_cast<uint32_t>(regions.size()));
   response->set_local_world_size(local_world_size_);
+  response->set_imports_waiting(static_cast<uint32_t>(importing_));
   if (round_open_ && !round_running_) {
     response->set_waiting_step(round_step_);
     for (const auto& [rank, session] : arrived_) response->add_arrived_local_ranks(rank);

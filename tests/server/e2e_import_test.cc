@@ -91,7 +91,14 @@ TEST_F(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
     import = (*tool)->ImportState(state.SerializeAsString());
     imported = true;
   });
-  absl::SleepFor(absl::Milliseconds(300));
+  // The import waits for step 4 (GetStats says so), and has not ended.
+  bool waiting = false;
+  for (int i = 0; i < 3000 && !waiting && !imported.load(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    absl::StatusOr<v1::GetStatsResponse> stats = (*tool)->GetStats();
+    waiting = stats.ok() && stats->imports_waiting() == 1;
+  }
+  EXPECT_TRUE(waiting) << "no import waited for step 4 within 30 s";
   EXPECT_FALSE(imported.load()) << "the import did not wait for step 4: " << import;
 
   b->Fill(4, 4);

@@ -162,18 +162,24 @@ TEST_F(E2eObservabilityTest, RealPrometheusStoresWhatTheTrainerSaw) {
   EXPECT_EQ(groups, 6);
 }
 
+// `job`'s events with a sequence after `after`, until one that `until` accepts (following) or
+// the end of its recent history. A followed stream starts with all of the job's recent history
+// (the call returns before gstabd has subscribed it, so what happens meanwhile comes from
+// there): no event is missed however late the subscription lands.
 std::vector<v1::Event> Collect(Client* client, const std::string& job, bool follow,
-                               const std::function<bool(const v1::Event&)>& until) {
+                               const std::function<bool(const v1::Event&)>& until,
+                               uint64_t after = 0) {
   v1::WatchEventsRequest request;
   request.set_job(job);
   request.set_follow(follow);
-  request.set_recent(follow ? 0 : 1000);
+  request.set_recent(1 << 20);
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   auto reader = client->stub()->WatchEvents(&ctx, request);
   std::vector<v1::Event> events;
   v1::Event e;
   while (reader->Read(&e)) {
+    if (e.sequence() <= after) continue;
     events.push_back(e);
     if (until(e)) {
       ctx.TryCancel();
@@ -191,7 +197,6 @@ TEST_F(E2eObservabilityTest, EveryInjectedSpikeAppearsExactlyOnceInOrder) {
     events = Collect(client->get(), "evented", true,
                      [](const v1::Event& e) { return e.type() == v1::EVENT_TYPE_DETACH; });
   });
-  absl::SleepFor(absl::Milliseconds(300));  // let the subscription open
   Train("evented", {"--steps=250", "--spike_steps=60,120,180", "--print_every=1000"});
   watcher.join();
   std::map<uint64_t, int> spikes;
@@ -242,12 +247,17 @@ TEST_F(E2eObservabilityTest, AnObserversAttachAndDetachArePaired) {
   Train("watched", {"--steps=5", "--print_every=1000"});  // an observer needs a held job
   auto client = Client::Connect(daemon_->socket());
   ASSERT_TRUE(client.ok());
+  // The trainer's events are history: only those after them count.
+  const std::vector<v1::Event> trained =
+      Collect(client->get(), "watched", false, [](const v1::Event&) { return false; });
+  ASSERT_FALSE(trained.empty());
+  const uint64_t before = trained.back().sequence();
   std::vector<v1::Event> events;
   std::thread watcher([&] {
-    events = Collect(client->get(), "watched", true,
-                     [](const v1::Event& e) { return e.type() == v1::EVENT_TYPE_DETACH; });
+    events = Collect(
+        client->get(), "watched", true,
+        [](const v1::Event& e) { return e.type() == v1::EVENT_TYPE_DETACH; }, before);
   });
-  absl::SleepFor(absl::Milliseconds(300));  // let the subscription open
   auto observer = Client::Connect(daemon_->socket());
   ASSERT_TRUE(observer.ok());
   AttachOptions watch = testing::JobOptions("watched");
@@ -428,14 +438,19 @@ TEST_F(E2eObservabilityTest, GstabctlHealthFollowsTheDaemon) {
   auto [jrc, json] = Ctl("--json health");
   EXPECT_EQ(jrc, 0) << json;
   EXPECT_EQ(json, "{\"status\":\"SERVING\"}\n");
-  // A followed event stream ends only when gstabd goes, and says so (exit 1).
+  // A followed event stream ends only when gstabd goes, and says so (exit 1). A worker's
+  // attach gives the follower an event to print first, which says it has subscribed.
+  auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("followed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
   absl::StatusOr<testing::Subprocess> follower = testing::Subprocess::Start(
       {testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(), "events",
        "--follow"});
   ASSERT_TRUE(follower.ok()) << follower.status();
-  absl::SleepFor(absl::Milliseconds(300));  // subscribed
+  absl::StatusOr<std::string> first = follower->ReadLine(absl::Seconds(30));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_NE(first->find("followed"), std::string::npos) << *first;
   ASSERT_EQ(daemon_->Stop().value_or(-1), 0);
-  const std::string followed = follower->ReadAll();
+  const std::string followed = *first + "\n" + follower->ReadAll();
   EXPECT_EQ(follower->Wait(absl::Seconds(10)).value_or(-1), 1) << followed;
   EXPECT_NE(followed.find("the event stream ended: gstabd stopped"), std::string::npos)
       << followed;

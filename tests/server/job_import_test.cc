@@ -62,9 +62,11 @@ TEST(JobImportTest, TheNextStepWaitsForAnImportWaitingForTheStepBefore) {
     // for rank 1's step 51 and give up).
     absl::Status import;
     std::thread importer([&] { import = job.ImportState(state, false, absl::Milliseconds(500)); });
-    // Time for the import to reach its wait for step 1 (microseconds of work; nothing outside
-    // the job shows that it waits).
-    absl::SleepFor(absl::Milliseconds(100));
+    // Until the import waits for step 1.
+    do {
+      absl::SleepFor(absl::Milliseconds(1));
+      job.GetStats(&stats);
+    } while (stats.imports_waiting() != 1);
     v1::StepResponse r;
     ASSERT_TRUE(job.Step(1, 1, absl::Seconds(10), &r).ok());
     importer.join();
