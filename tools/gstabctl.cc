@@ -187,10 +187,14 @@ int Events() {
     std::fflush(stdout);
   }
   absl::Status s = FromGrpcStatus(reader->Finish());
-  if (!s.ok()) return Fail(s);
-  if (absl::GetFlag(FLAGS_follow)) {  // a followed stream ends only when gstabd goes
-    return Fail(absl::UnavailableError("the event stream ended: gstabd stopped"));
+  // A followed stream ends only when gstabd goes: it ends the stream as it stops, or its
+  // connection closes under it (connected before the call, so it was there).
+  if (absl::GetFlag(FLAGS_follow) && (s.ok() || absl::IsUnavailable(s))) {
+    return Fail(absl::UnavailableError(
+        s.ok() ? "the event stream ended: gstabd stopped"
+               : absl::StrCat("the event stream ended: gstabd stopped (", s.message(), ")")));
   }
+  if (!s.ok()) return Fail(s);
   return 0;
 }
 

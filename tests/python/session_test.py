@@ -141,13 +141,11 @@ class SessionTest(unittest.TestCase):
                 if all(state(t) == "T" for t in os.listdir(tasks)):
                     break
                 time.sleep(0.01)
-            start = time.monotonic()
             try:
                 with self.assertRaises(gstab.Error) as e:
                     run_steps(client, views, [2])
             finally:
                 os.kill(node.process.pid, signal.SIGCONT)
-            self.assertLess(time.monotonic() - start, 30)
             self.assertEqual(e.exception.code, 4)
             self.assertIn("did not answer within 2s", e.exception.message)
         finally:
@@ -250,10 +248,9 @@ class SessionTest(unittest.TestCase):
                 self.assertLess(time.monotonic(), deadline, "local rank 0's Step never arrived")
                 time.sleep(0.005)
             fourth.attach("py-twins-2", local_rank=0, local_world_size=2)
-            replaced_at = time.monotonic()
             waiting.join()
-            # At once, not after gstabd's step timeout (60 s) for local rank 1.
-            self.assertLess(time.monotonic() - replaced_at, 30)
+            # ABORTED at once, not DEADLINE_EXCEEDED after gstabd's step timeout (60 s) for
+            # local rank 1.
             self.assertEqual([e.code for e in failed], [10])
             self.assertEqual(third.reattached, 0)
         finally:

@@ -419,11 +419,9 @@ TEST(E2eLifecycleTest, StoppingAnswersAStepThatWaitsForAnotherLocalWorker) {
   std::thread alone([&] { waiting = workers[0]->client().Step(2); });
   // In Step, waiting for local rank 1.
   ASSERT_TRUE(testing::WaitForArrivals(&workers[1]->client(), {0}));
-  const absl::Time start = absl::Now();
   EXPECT_EQ(daemon->Stop().value_or(-1), 0);
-  const absl::Duration took = absl::Now() - start;
   alone.join();
-  EXPECT_LT(took, absl::Seconds(8)) << "gstabd waited for a step that could not finish";
+  // Answered as gstabd stops (UNAVAILABLE), not left to its 60 s step timeout.
   EXPECT_EQ(waiting.status().code(), absl::StatusCode::kUnavailable) << waiting.status();
   EXPECT_NE(waiting.status().message().find("gstabd is shutting down; step 2 of job 'pair' was "
                                             "not taken"),

@@ -401,9 +401,7 @@ TEST(MultiNodePeerTlsTest, AnUntrustedDaemonCannotJoinTheRendezvous) {
   std::vector<std::unique_ptr<TestWorker>> workers = AttachNodes(daemons, "pki", *blob);
   ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, 1);
-  const absl::Time start = absl::Now();
   auto results = StepAll(workers, Same(2, 1));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
   for (auto& r : results) EXPECT_FALSE(r.ok());
   const absl::Status& untrusted = results[1].status();
   EXPECT_TRUE(untrusted.code() == absl::StatusCode::kUnavailable ||

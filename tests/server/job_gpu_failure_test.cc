@@ -47,9 +47,7 @@ TEST(JobGpuFailureTest, AGoneWorkersStepsAreReleasedFirstSoItsPeersFinish) {
     if (rank == 1) t.gpu.busy = false;
   };
   t.gpu.calls.clear();
-  const absl::Time start = absl::Now();
   t.job.RemoveWorker(1, /*gone=*/true);
-  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
   EXPECT_EQ(t.gpu.calls, (Calls{"release 1", "take idle 0", "take idle 1"}));
   EXPECT_EQ(t.live, 0);
   // The gone worker maps nothing: its results buffer goes. Local rank 0's is kept until it

@@ -80,13 +80,11 @@ TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
   });
   // Node 0 has joined the rendezvous: it is in its wait for node 1, which never comes.
   ASSERT_TRUE(store.WaitFor(info, "rank_0"));
-  const absl::Time start = absl::Now();
   v1::GetStatsResponse stats;
   node0.job.GetStats(&stats);
   EXPECT_EQ(stats.job(), "nodes-job");
   EXPECT_EQ(node0.job.ExportState().job(), "nodes-job");
-  // Answered at once, not at the step's 3 s deadline.
-  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  // Answered while the step still waits, not once it ends at its 3 s deadline.
   EXPECT_FALSE(stepped) << "the step returned early: " << status;
   step.join();  // at its deadline
   EXPECT_FALSE(status.ok());

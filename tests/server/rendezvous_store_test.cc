@@ -93,15 +93,13 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
   RendezvousStore store;
   const std::string token = store.NewToken();
   std::atomic<bool> gave_up{false};
-  const absl::Time start = absl::Now();
   std::thread peer([&] {
     absl::SleepFor(absl::Milliseconds(100));
     gave_up = true;
   });
   absl::Status s = store.Wait(token, {"never"}, absl::Seconds(60), [&] { return gave_up.load(); });
   peer.join();
-  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;  // not the 60 s DEADLINE_EXCEEDED
 
   std::thread closer([&] {
     absl::SleepFor(absl::Milliseconds(100));
@@ -110,7 +108,6 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
   s = store.Wait(token, {"never"}, absl::Seconds(60));
   closer.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
-  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
 }
 
 // A job making rendezvous in a loop (restarting) forgets its own older ones, never another
