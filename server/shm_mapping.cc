@@ -15,6 +15,19 @@ namespace gstab {
 
 namespace {
 
+// Every page of the object must be there (st_blocks counts 512-byte units): a page gstabd
+// touched that its worker never wrote would be allocated on gstabd's account, so that a sparse
+// object (ftruncate alone) could run gstabd out of memory, or kill it with SIGBUS where
+// /dev/shm has no room for the page. gstab's arenas reserve theirs with posix_fallocate.
+absl::Status CheckAllocated(const std::string& name, const struct stat& st) {
+  const auto allocated = static_cast<uint64_t>(st.st_blocks) * 512;
+  if (allocated >= static_cast<uint64_t>(st.st_size)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "shared memory '", name, "' has ", allocated, " of its ", st.st_size,
+      " bytes allocated: gstabd maps only objects whose every page is there (reserve them "
+      "with posix_fallocate, as gstab's arenas do, or write every byte before registering)"));
+}
+
 absl::Status NotTheOwners(const std::string& name, uid_t owner, uid_t caller) {
   return absl::PermissionDeniedError(absl::StrCat("shared memory '", name, "' belongs to uid ",
                                                   owner, ", not to this worker's uid ", caller,
@@ -65,13 +78,21 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
                      " bytes: gstabd maps whole objects, of up to ", max_bytes,
                      " bytes (its --max_bytes cap on registered bytes, plus padding)"));
   }
+  if (absl::Status s = CheckAllocated(name, st); !s.ok()) {
+    close(fd);
+    return s;
+  }
   const auto size = static_cast<size_t>(st.st_size);
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (data == MAP_FAILED) {
     const int err = errno;
     close(fd);
-    return absl::InternalError(
-        absl::StrCat("cannot map shared memory '", name, "': ", strerror(err)));
+    const std::string what = absl::StrCat("cannot map shared memory '", name, "': ", strerror(err));
+    if (err == ENOMEM) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(what, " (gstabd's address space or map count is used up)"));
+    }
+    return absl::InternalError(what);
   }
   return std::shared_ptr<ShmMapping>(new ShmMapping(name, fd, static_cast<unsigned char*>(data),
                                                     size, st.st_uid, st.st_dev, st.st_ino,
@@ -105,6 +126,13 @@ absl::Status ShmMapping::CheckSize() const {
         "shared memory '", name_, "' shrank from ", size_, " to ", st.st_size,
         " bytes after it was registered (was it truncated?); nothing was applied to this step: "
         "register the gradients again"));
+  }
+  // Pages released since (a hole punched, MADV_REMOVE) would come back on gstabd's account.
+  if (absl::Status s = CheckAllocated(name_, st); !s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(s.message(),
+                     "; some were released after it was registered: nothing was "
+                     "applied to this step"));
   }
   return absl::OkStatus();
 }

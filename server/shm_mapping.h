@@ -40,9 +40,10 @@ class ShmMapping {
   unsigned char* data() const { return data_; }
   size_t size() const { return size_; }
   uid_t owner() const { return owner_; }  // the object's owner when it was opened
-  // FAILED_PRECONDITION when the object is now smaller than the mapping: its creator truncated
-  // it, and touching the pages past its end would kill gstabd with SIGBUS. Checked before every
-  // step; a truncation during a step is not caught.
+  // FAILED_PRECONDITION when the object is now smaller than the mapping (its creator truncated
+  // it, and touching the pages past its end would kill gstabd with SIGBUS), or some of its pages
+  // were released (touching them would allocate them on gstabd's account). Checked before every
+  // step; a change during a step is not caught.
   absl::Status CheckSize() const;
   // Whether `name` still names this object, at the size mapped: a worker may have replaced it
   // (removed it and made another of that name) or resized it since.

@@ -173,6 +173,7 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
     const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    ASSERT_EQ(posix_fallocate(fd, 0, static_cast<off_t>(bytes)), 0);
     ASSERT_EQ(pwrite(fd, &first, sizeof first, 0), static_cast<ssize_t>(sizeof first));
     close(fd);
   };
@@ -199,12 +200,39 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   shm_unlink(name.c_str());
 }
 
+// A sparse object (ftruncate alone) is refused before it is mapped: the pages gstabd touched
+// would be allocated on its account. Pages released after registration refuse the step.
+TEST(RegistrationTest, AnObjectWithoutAllItsPagesIsRefused) {
+  const std::string name = "/gstab-test-sparse-" + std::to_string(getpid());
+  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
+  MappingRegistry registry;
+  absl::Status sparse = registry.Acquire(name).status();
+  EXPECT_EQ(sparse.code(), absl::StatusCode::kFailedPrecondition) << sparse;
+  EXPECT_NE(sparse.message().find("has 0 of its 1048576 bytes allocated"), std::string::npos)
+      << sparse;
+  EXPECT_EQ(registry.LiveMappings(), 0);
+
+  ASSERT_EQ(posix_fallocate(fd, 0, 1 << 20), 0);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> whole = registry.Acquire(name);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_TRUE((*whole)->CheckSize().ok());
+  ASSERT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 8192), 0);
+  absl::Status punched = (*whole)->CheckSize();
+  EXPECT_EQ(punched.code(), absl::StatusCode::kFailedPrecondition) << punched;
+  EXPECT_NE(punched.message().find("released after it was registered"), std::string::npos)
+      << punched;
+  close(fd);
+  shm_unlink(name.c_str());
+}
+
 // An object of another uid is refused before it is mapped, and so is a mapping already live.
 TEST(RegistrationTest, AnotherUidsObjectIsRefusedWithoutBeingMapped) {
   const std::string name = "/gstab-test-owner-" + std::to_string(getpid());
   const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
   ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 4096), 0);
+  ASSERT_EQ(posix_fallocate(fd, 0, 4096), 0);
   close(fd);
   const uid_t other = geteuid() + 1;
   MappingRegistry registry;
@@ -281,7 +309,7 @@ TEST(RegistrationTest, ObjectsTogetherLargerThanTheCapAreNotMapped) {
   for (GradientArena* arena : {&a, &b}) {
     const int fd = shm_open(arena->shm_name().c_str(), O_RDWR, 0);
     ASSERT_GE(fd, 0);
-    ASSERT_EQ(ftruncate(fd, static_cast<off_t>(one->max_object_bytes / 2 + 4096)), 0);  // sparse
+    ASSERT_EQ(posix_fallocate(fd, 0, static_cast<off_t>(one->max_object_bytes / 2 + 4096)), 0);
     close(fd);
     v1::RegisterBuffersRequest own = arena->RegistrationRequest();
     for (v1::Tensor t : own.tensors()) {
