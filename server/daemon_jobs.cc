@@ -62,7 +62,9 @@ Daemon::Checkpointed::Checkpointed(v1::JobState job_state, absl::Time saved, boo
 
 void Daemon::Checkpointed::SavedToDisk() {
   on_disk = true;
-  state.clear_groups();
+  // Freed, not only cleared: a cleared repeated field keeps its elements allocated for reuse,
+  // and a retired job's groups (up to 65,536 of them) would stay in memory for good.
+  google::protobuf::RepeatedPtrField<v1::GroupState>().Swap(state.mutable_groups());
 }
 
 void Daemon::AwaitNotRetiring(const std::string& name) {
