@@ -103,6 +103,8 @@ void UnixListener::Stop() {
 }
 
 void UnixListener::AcceptLoop(grpc::Server* server) {
+  absl::Time last_logged = absl::InfinitePast();
+  uint64_t refused = 0;  // connections refused since the last line about them
   while (!stopping_) {
     pollfd pfd{fd_, POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;
@@ -119,8 +121,18 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     socklen_t len = sizeof cred;
     if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
         !policy_.Allows(cred.uid, cred.gid)) {
-      LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid << " gid "
-                   << cred.gid << ": not in the allow-list";
+      // At most one line a second: a process that connects in a loop must not fill the log.
+      ++refused;
+      if (const absl::Time now = absl::Now(); now - last_logged >= absl::Seconds(1)) {
+        LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid
+                     << " gid " << cred.gid << ": not in the allow-list"
+                     << (refused > 1 ? absl::StrCat(" (", refused,
+                                                    " refused since the last "
+                                                    "such line)")
+                                     : "");
+        last_logged = now;
+        refused = 0;
+      }
       close(conn);
       continue;
     }
