@@ -47,6 +47,8 @@ ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
 ABSL_FLAG(uint32_t, metrics_max_groups, 32, "groups exported per job; the rest as group _other");
+ABSL_FLAG(int32_t, max_event_streams, gstab::StabilizerService::kMaxEventStreams,
+          "event streams (WatchEvents, gstabctl events) one caller may have open at once");
 ABSL_FLAG(std::string, peer_listen, "",
           "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one); "
           "mutual TLS (--peer_tls_*) unless HOST is loopback");
@@ -141,10 +143,11 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_buffers) == 0 ||
       absl::GetFlag(FLAGS_max_tensors) == 0 || absl::GetFlag(FLAGS_max_bytes) == 0 ||
-      absl::GetFlag(FLAGS_max_mappings) <= 0) {
+      absl::GetFlag(FLAGS_max_mappings) <= 0 || absl::GetFlag(FLAGS_max_event_streams) <= 0) {
     std::fprintf(stderr,
-                 "gstabd: --max_jobs, --max_buffers, --max_tensors, --max_bytes and "
-                 "--max_mappings must be positive (0 would refuse every job or registration)\n");
+                 "gstabd: --max_jobs, --max_buffers, --max_tensors, --max_bytes, --max_mappings "
+                 "and --max_event_streams must be positive (0 would refuse every job, "
+                 "registration or event stream)\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
@@ -193,6 +196,7 @@ int main(int argc, char** argv) {
   options.peer_tls_key = absl::GetFlag(FLAGS_peer_tls_key);
   options.peer_tls_name = absl::GetFlag(FLAGS_peer_tls_name);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
+  options.max_event_streams = absl::GetFlag(FLAGS_max_event_streams);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.daemon.cuda = backend != "cpu" && gpus > 0;
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

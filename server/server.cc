@@ -80,8 +80,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   for (int code = 1; code <= static_cast<int>(absl::StatusCode::kUnauthenticated); ++code) {
     errors->Add({"Step", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}, 0);
   }
-  server->service_ = std::make_unique<StabilizerService>(server->daemon_.get(), &server->events_,
-                                                         &server->peers_, errors);
+  server->service_ = std::make_unique<StabilizerService>(
+      server->daemon_.get(), &server->events_, &server->peers_, errors, options.max_event_streams);
   return server;
 }
 

@@ -52,6 +52,7 @@ struct ServerOptions {
   std::string peer_tls_key;
   std::string peer_tls_name;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
+  int max_event_streams = StabilizerService::kMaxEventStreams;  // a caller's WatchEvents streams
 };
 
 class Server {

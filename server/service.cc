@@ -119,6 +119,20 @@ grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext* context,
 grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
                                             const v1::WatchEventsRequest* request,
                                             grpc::ServerWriter<v1::Event>* writer) {
+  // A caller's streams are counted: each holds this thread and a queue, and one caller must not
+  // take them all.
+  const std::string caller = Caller(context).ToString();
+  {
+    absl::MutexLock lock(&streams_mu_);
+    int& open = event_streams_[caller];
+    if (open >= max_event_streams_) {
+      return Answer("WatchEvents", absl::ResourceExhaustedError(absl::StrCat(
+                                       caller, " already has ", open,
+                                       " event streams open, gstabd's cap a "
+                                       "caller (--max_event_streams): close one first")));
+    }
+    ++open;
+  }
   // Each subscriber reads from its own bounded queue, so a slow one never holds up the
   // pipeline; this thread only waits for its own queue and its own writes.
   const std::shared_ptr<EventBus::Subscription> sub =
@@ -135,6 +149,8 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
     if (!writer->Write(event)) break;
   }
   bus_->Unsubscribe(sub);
+  absl::MutexLock lock(&streams_mu_);
+  if (--event_streams_[caller] == 0) event_streams_.erase(caller);
   return grpc::Status::OK;
 }
 

@@ -2,6 +2,11 @@
 // translates its status. Thread-safe (the Daemon is).
 #pragma once
 
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 #include "server/daemon.h"
 #include "server/event_bus.h"
@@ -15,9 +20,16 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // `peers`: credentials of unix-socket connections (RegisterBuffers checks who owns the
   // shared memory a worker names). `errors` (may be null): a counter labelled method and code,
   // which every call answered with an error adds to.
+  // `max_event_streams`: WatchEvents streams one caller may have open at once (each holds a
+  // thread and a queue of up to 1,024 events).
   StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
-                    MetricFamily* errors = nullptr)
-      : daemon_(daemon), bus_(bus), peers_(peers), errors_(errors) {}
+                    MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams)
+      : daemon_(daemon),
+        bus_(bus),
+        peers_(peers),
+        errors_(errors),
+        max_event_streams_(max_event_streams) {}
+  static constexpr int kMaxEventStreams = 16;
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
                       v1::AttachResponse* response) override;
@@ -58,6 +70,10 @@ class StabilizerService final : public v1::Stabilizer::Service {
   EventBus* bus_;           // not owned
   const PeerTable* peers_;  // not owned
   MetricFamily* errors_;    // not owned; may be null
+  const int max_event_streams_;
+  absl::Mutex streams_mu_;
+  // Open WatchEvents streams by caller (Principal::ToString).
+  std::map<std::string, int> event_streams_ ABSL_GUARDED_BY(streams_mu_);
 };
 
 }  // namespace gstab

@@ -272,6 +272,62 @@ TEST_F(E2eObservabilityTest, AnObserversAttachAndDetachArePaired) {
   EXPECT_EQ(events[1].detail(), "observer: detached");
 }
 
+// Each event stream holds a thread and a queue in gstabd: a caller has at most
+// --max_event_streams open at once, and one closed makes room.
+TEST(E2eEventStreamsTest, ACallerHasAtMostItsCapOfEventStreams) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_event_streams=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("streamed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();  // its ATTACH: every stream's first event
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok());
+  v1::WatchEventsRequest request;
+  request.set_follow(true);
+  request.set_recent(10);
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::Event>> reader;
+  };
+  auto open = [&] {
+    auto s = std::make_unique<Stream>();
+    s->reader = (*client)->stub()->WatchEvents(&s->ctx, request);
+    return s;
+  };
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (int i = 0; i < 2; ++i) {
+    streams.push_back(open());
+    v1::Event e;
+    ASSERT_TRUE(streams.back()->reader->Read(&e)) << "stream " << i;
+    EXPECT_EQ(e.type(), v1::EVENT_TYPE_ATTACH);
+  }
+  std::unique_ptr<Stream> third = open();
+  v1::Event e;
+  EXPECT_FALSE(third->reader->Read(&e));
+  const grpc::Status refused = third->reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("--max_event_streams"), std::string::npos)
+      << refused.error_message();
+  // One closed (gstabd notices within its 200 ms poll) makes room for another.
+  streams[0]->ctx.TryCancel();
+  (void)streams[0]->reader->Finish();
+  bool reopened = false;
+  for (int i = 0; i < 100 && !reopened; ++i) {
+    std::unique_ptr<Stream> again = open();
+    reopened = again->reader->Read(&e);
+    if (!reopened) {
+      (void)again->reader->Finish();
+      absl::SleepFor(absl::Milliseconds(100));
+    } else {
+      again->ctx.TryCancel();
+      (void)again->reader->Finish();
+    }
+  }
+  EXPECT_TRUE(reopened) << "no stream could open after one closed";
+  for (auto& s : streams) s->ctx.TryCancel();
+  for (size_t i = 1; i < streams.size(); ++i) (void)streams[i]->reader->Finish();
+}
+
 TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUncounted) {
   auto watcher = Client::Connect(daemon_->socket());
   ASSERT_TRUE(watcher.ok());
