@@ -252,6 +252,9 @@ class Daemon {
   // would take the rank from each other at every step). A token older than the newest
   // kRememberedReplacements is told UNAUTHENTICATED, as an expired one is.
   static constexpr size_t kRememberedReplacements = 4096;
+  // Observer sessions (gstabctl, dashboards) a job may have at once: every RPC's session scans
+  // are over all sessions, and one caller must not slow every job's down with many.
+  static constexpr int kMaxObserversPerJob = 64;
   std::map<std::string, std::string> replaced_sessions_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> replaced_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);

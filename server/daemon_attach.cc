@@ -40,6 +40,14 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
     job = it->second;
     absl::Status mine = OwnerRefusal(request.job(), job->owner(), caller, "attach");
     if (!mine.ok()) return mine;
+    int observers = 0;
+    for (const auto& [token, s] : sessions_) observers += s.observer && s.job == job;
+    if (observers >= kMaxObserversPerJob) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "job '", request.job(), "' already has ", observers,
+          " observer sessions, the most a job has: detach those that are done (an observer "
+          "that stops calling expires after a lease)"));
+    }
     const std::string token = RandomToken();
     sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
     unclaimed_.erase(request.job());

@@ -271,6 +271,36 @@ TEST(E2eLifecycleTest, ARefusedAttachLeavesNoJobBehind) {
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/stray.jobstate"));
 }
 
+// A job has at most 64 observer sessions at once; one detached makes room, and workers are
+// not counted.
+TEST(E2eLifecycleTest, AJobHasAtMostItsCapOfObservers) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("watched"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  AttachOptions watch = JobOptions("watched");
+  watch.observer = true;
+  std::vector<std::unique_ptr<Client>> observers;
+  for (int i = 0; i < 64; ++i) {
+    auto c = Client::Connect(daemon->socket());
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Attach(watch).ok()) << "observer " << i;
+    observers.push_back(*std::move(c));
+  }
+  auto one_more = Client::Connect(daemon->socket());
+  ASSERT_TRUE(one_more.ok());
+  absl::Status refused = (*one_more)->Attach(watch);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("already has 64 observer sessions"), std::string::npos)
+      << refused;
+  ASSERT_TRUE(observers.back()->Detach().ok());
+  EXPECT_TRUE((*one_more)->Attach(watch).ok());
+  // The job's worker steps on meanwhile.
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+}
+
 TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   TempDir dir;
   const std::string file = dir.path() + "/state/short.jobstate";
