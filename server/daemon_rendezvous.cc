@@ -113,7 +113,8 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   }
   info.set_format_version(1);
   info.set_store_address(peer_address);
-  info.set_token(rendezvous_store_.NewToken(request.job(), request.node_count()));
+  info.set_token(rendezvous_store_.NewToken(request.job(), request.node_count(),
+                                            caller.has_value() ? caller->ToString() : ""));
   info.set_job(request.job());
   {
     absl::MutexLock lock(&mu_);

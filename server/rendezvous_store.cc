@@ -9,15 +9,23 @@
 
 namespace gstab {
 
-std::string RendezvousStore::NewToken(const std::string& job, uint32_t nodes) {
+std::string RendezvousStore::NewToken(const std::string& job, uint32_t nodes,
+                                      const std::string& owner) {
   const std::string token = RandomToken();
   absl::MutexLock lock(&mu_);
   spaces_[token].max_bytes = MaxBytes(nodes);
   order_.push_back(token);
+  by_owner_[owner].push_back(token);
   std::deque<std::string>& own = by_job_[job];
   own.push_back(token);
   while (own.size() > kPerJob) Forget(own.front());
-  while (order_.size() > max_rendezvous_) Forget(order_.front());
+  while (order_.size() > max_rendezvous_) {
+    auto most = by_owner_.begin();
+    for (auto it = by_owner_.begin(); it != by_owner_.end(); ++it) {
+      if (it->second.size() > most->second.size()) most = it;
+    }
+    Forget(most->second.front());
+  }
   return token;
 }
 
@@ -27,12 +35,14 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
     spaces_.erase(it);
   }
   order_.erase(std::find(order_.begin(), order_.end(), token));
-  for (auto it = by_job_.begin(); it != by_job_.end(); ++it) {
-    auto own = std::find(it->second.begin(), it->second.end(), token);
-    if (own == it->second.end()) continue;
-    it->second.erase(own);
-    if (it->second.empty()) by_job_.erase(it);
-    return;
+  for (auto* index : {&by_job_, &by_owner_}) {
+    for (auto it = index->begin(); it != index->end(); ++it) {
+      auto own = std::find(it->second.begin(), it->second.end(), token);
+      if (own == it->second.end()) continue;
+      it->second.erase(own);
+      if (it->second.empty()) index->erase(it);
+      break;
+    }
   }
 }
 

@@ -27,10 +27,12 @@ class RendezvousStore {
 
   // Creates a namespace for a rendezvous of `job` and returns its token. A job's two newest
   // are kept (the one it starts and the one it may still end), so that one job making many
-  // (restarting in a loop) forgets its own old ones, not other jobs'; beyond the cap, the
-  // oldest of any job goes.
+  // (restarting in a loop) forgets its own old ones, not other jobs'. Beyond the cap, the
+  // oldest of the `owner` (the caller that asked: a uid, or a certificate's name) holding the
+  // most goes, so that one caller making many (for many job names) forgets its own.
   // `nodes`: the job's node count, which sizes what the rendezvous may hold (MaxBytes).
-  std::string NewToken(const std::string& job = "", uint32_t nodes = 1);
+  std::string NewToken(const std::string& job = "", uint32_t nodes = 1,
+                       const std::string& owner = "");
   // RESOURCE_EXHAUSTED past kMaxKeys keys or MaxBytes bytes of keys and values in the
   // rendezvous, or max_total_bytes in the whole store.
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
@@ -70,6 +72,7 @@ class RendezvousStore {
   std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::deque<std::string>> by_job_ ABSL_GUARDED_BY(mu_);  // newest last
+  std::map<std::string, std::deque<std::string>> by_owner_ ABSL_GUARDED_BY(mu_);  // newest last
   size_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of every rendezvous' keys and values
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -125,5 +125,19 @@ TEST(RendezvousStoreTest, AJobMakingManyForgetsItsOwnOldOnesFirst) {
   EXPECT_EQ(store.Set(quiet, "k", "v").code(), absl::StatusCode::kPermissionDenied);
 }
 
+// A caller making rendezvous for many job names forgets its own older ones, not another
+// caller's: beyond the cap, the caller holding the most gives up its oldest.
+TEST(RendezvousStoreTest, ACallerMakingManyForgetsItsOwnNotAnothers) {
+  RendezvousStore store(/*max_rendezvous=*/8);
+  const std::string victim = store.NewToken("two-nodes", 2, "uid 1000");
+  std::vector<std::string> flood;
+  for (int i = 0; i < 100; ++i) {
+    flood.push_back(store.NewToken("name-" + std::to_string(i), 2, "uid 65534"));
+  }
+  EXPECT_TRUE(store.Set(victim, "rank_0", "v").ok());
+  EXPECT_TRUE(store.Set(flood[99], "k", "v").ok());
+  EXPECT_EQ(store.Set(flood[0], "k", "v").code(), absl::StatusCode::kPermissionDenied);
+}
+
 }  // namespace
 }  // namespace gstab
