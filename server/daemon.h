@@ -35,6 +35,9 @@ struct DaemonOptions {
   std::string state_dir;  // empty: no checkpoints
   RegistrationCaps caps;
   uint32_t max_jobs = 256;  // jobs held at once, idle ones included (see RetireIdleJobs)
+  // Jobs one owner (a uid, or a certificate's name) holds at once, so that one cannot take
+  // every job of the node.
+  uint32_t max_jobs_per_owner = 64;
   // Shared-memory objects mapped at once, over every job (MappingRegistry).
   int max_mappings = MappingRegistry::kDefaultMaxMappings;
   // A job without sessions for this long is retired (InfiniteDuration: never).
@@ -174,6 +177,10 @@ class Daemon {
   // Ends one pending use of `job` (see pending_); idle from now if nothing else uses it.
   void Unpend(const std::shared_ptr<Job>& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status JobCapReached() const;
+  // RESOURCE_EXHAUSTED when `caller` already owns max_jobs_per_owner held jobs (a new job of
+  // theirs would be one more); OK for callers without a name.
+  absl::Status OwnerCapReached(const std::optional<Principal>& caller) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ABORTED, saying so, when session `token` was replaced by another attach; else OK.
   absl::Status Replaced(const std::string& token) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `status`, unless it is a job's UNAUTHENTICATED for a call of session `token` that another

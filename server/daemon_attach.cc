@@ -149,6 +149,7 @@ absl::Status Daemon::RefusalBeforeRoom(const v1::AttachRequest& request,
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = OwnerCapReached(caller); !s.ok()) return s;
   auto checkpoint = checkpoints_.find(request.job());
   if (checkpoint == checkpoints_.end()) return absl::OkStatus();
   absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
@@ -192,6 +193,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       if (jobs_.size() > options_.max_jobs) {  // filled since MakeRoomFor
         jobs_.erase(request.job());
         return JobCapReached();
+      }
+      if (absl::Status s = OwnerCapReached(caller); !s.ok()) {  // this owner's, meanwhile
+        jobs_.erase(request.job());
+        return s;
       }
       std::optional<Checkpointed> from;  // the checkpoint the job comes back from
       auto checkpoint = checkpoints_.find(request.job());

@@ -40,6 +40,20 @@ absl::Status Daemon::JobCapReached() const {
       absl::FormatDuration(options_.lease), ") yet; try again later"));
 }
 
+absl::Status Daemon::OwnerCapReached(const std::optional<Principal>& caller) const {
+  if (!caller.has_value() || caller->nameless()) return absl::OkStatus();
+  uint32_t owned = 0;
+  for (const auto& [name, job] : jobs_) {
+    owned += job != nullptr && job->owner() == caller;  // null: the slot of one being made
+  }
+  if (owned < options_.max_jobs_per_owner) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      caller->ToString(), " already owns ", owned,
+      " of the jobs this gstabd holds, the most one "
+      "owner may (--max_jobs_per_owner): detach or forget one (an idle one is retired after "
+      "--job_idle_s)"));
+}
+
 void Daemon::UpdateIdle(absl::Time now) {
   std::set<const Job*> used;
   for (const auto& [token, s] : sessions_) used.insert(s.job.get());

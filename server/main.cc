@@ -38,6 +38,8 @@ ABSL_FLAG(int32_t, step_timeout_ms, 60000, "how long a step waits for a job's ot
 ABSL_FLAG(int32_t, checkpoint_interval_s, 30, "seconds between periodic checkpoints");
 ABSL_FLAG(uint32_t, max_jobs, 256,
           "jobs held at once; at the cap, a new job retires the longest idle one");
+ABSL_FLAG(uint32_t, max_jobs_per_owner, 64,
+          "jobs one owner (a uid, or a client certificate's name) holds at once");
 ABSL_FLAG(int32_t, job_idle_s, 3600,
           "a job without workers or observers for this long is retired: its statistics are "
           "checkpointed and come back when a worker attaches (0: never)");
@@ -141,11 +143,13 @@ int main(int argc, char** argv) {
                  "positive\n");
     return 2;
   }
-  if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_buffers) == 0 ||
-      absl::GetFlag(FLAGS_max_tensors) == 0 || absl::GetFlag(FLAGS_max_bytes) == 0 ||
-      absl::GetFlag(FLAGS_max_mappings) <= 0 || absl::GetFlag(FLAGS_max_event_streams) <= 0) {
+  if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
+      absl::GetFlag(FLAGS_max_buffers) == 0 || absl::GetFlag(FLAGS_max_tensors) == 0 ||
+      absl::GetFlag(FLAGS_max_bytes) == 0 || absl::GetFlag(FLAGS_max_mappings) <= 0 ||
+      absl::GetFlag(FLAGS_max_event_streams) <= 0) {
     std::fprintf(stderr,
-                 "gstabd: --max_jobs, --max_buffers, --max_tensors, --max_bytes, --max_mappings "
+                 "gstabd: --max_jobs, --max_jobs_per_owner, --max_buffers, --max_tensors, "
+                 "--max_bytes, --max_mappings "
                  "and --max_event_streams must be positive (0 would refuse every job, "
                  "registration or event stream)\n");
     return 2;
@@ -208,6 +212,7 @@ int main(int argc, char** argv) {
     options.daemon.tls_operators.insert(name);
   }
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
+  options.daemon.max_jobs_per_owner = absl::GetFlag(FLAGS_max_jobs_per_owner);
   const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
   options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();
   const int64_t job_retention_s = absl::GetFlag(FLAGS_job_retention_s);

@@ -271,6 +271,36 @@ TEST(E2eLifecycleTest, ARefusedAttachLeavesNoJobBehind) {
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/stray.jobstate"));
 }
 
+// One owner holds at most --max_jobs_per_owner jobs: a new one past it is refused, saying
+// why, while its held jobs go on taking workers; a forgotten one makes room.
+TEST(E2eLifecycleTest, AnOwnerHoldsAtMostItsCapOfJobs) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_jobs_per_owner=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (const std::string job : {"mine-1", "mine-2"}) {
+    auto w = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  auto third = Client::Connect(daemon->socket());
+  ASSERT_TRUE(third.ok());
+  absl::Status refused = (*third)->Attach(JobOptions("mine-3"));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("uid " + std::to_string(geteuid()) + " already owns 2"),
+            std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("--max_jobs_per_owner"), std::string::npos) << refused;
+  // A held job takes a worker still (here a restarted rank 0, replacing the first's session).
+  EXPECT_TRUE((*third)->Attach(JobOptions("mine-1")).ok());
+  ASSERT_TRUE((*third)->Detach().ok());
+  ASSERT_TRUE(workers[1]->client().Detach().ok());
+  auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                     " --socket=" + daemon->socket() + " forget --job=mine-2");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_TRUE((*third)->Attach(JobOptions("mine-3")).ok());
+}
+
 // A job has at most 64 observer sessions at once; one detached makes room, and workers are
 // not counted.
 TEST(E2eLifecycleTest, AJobHasAtMostItsCapOfObservers) {
