@@ -45,6 +45,9 @@ struct DaemonOptions {
   // A checkpoint of a job not held (retired, or found at start and not attached since) is
   // deleted after this long, from memory and the state directory (InfiniteDuration: never).
   absl::Duration job_retention = absl::Hours(24 * 30);
+  // Checkpoints of jobs not held that one owner keeps: past it, that owner's oldest go (so that
+  // one making and leaving jobs in a loop cannot fill memory and the state directory).
+  uint32_t max_checkpoints_per_owner = 1024;
   absl::Duration lease = absl::Seconds(30);         // session expiry without calls
   absl::Duration step_timeout = absl::Seconds(60);  // wait for a job's other local workers
   int cpu_threads = 0;                              // 0: all hardware threads
@@ -116,7 +119,7 @@ class Daemon {
   // longest idle job at once.
   void RetireIdleJobs(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes the checkpoints of jobs not held for options.job_retention (a worker of such a job
-  // then starts it afresh).
+  // then starts it afresh), and each owner's oldest past options.max_checkpoints_per_owner.
   void DeleteOldCheckpoints(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes every held job's statistics to the state directory (and retired jobs' whose save
   // failed).

@@ -1,7 +1,12 @@
 // Daemon: the lifetime of jobs on a long-running gstabd (docs/daemon.md, "A job's lifetime"):
 // which jobs are in use, retiring idle ones (and the longest idle at the job cap), deleting
 // old checkpoints, and the periodic checkpoint itself.
+#include <algorithm>
+#include <functional>
+#include <map>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -177,21 +182,35 @@ void Daemon::RetireIdleJobs(absl::Time now) {
 }
 
 void Daemon::DeleteOldCheckpoints(absl::Time now) {
-  if (options_.job_retention == absl::InfiniteDuration()) return;
   absl::MutexLock save(&save_mu_);  // not racing Checkpoint's retry of a failed save
   absl::MutexLock lock(&mu_);
-  for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
-    if (now - it->second.since < options_.job_retention) {
-      ++it;
-      continue;
+  // Each owner's, newest first: those past the owner's cap go, as do those past the retention.
+  std::map<std::string, std::vector<std::pair<absl::Time, std::string>>> by_owner;
+  for (const auto& [name, c] : checkpoints_) {
+    const std::optional<Principal> owner = OwnerIn(c.state);
+    by_owner[owner.has_value() ? owner->ToString() : ""].emplace_back(c.since, name);
+  }
+  for (auto& [owner, kept] : by_owner) {
+    std::sort(kept.begin(), kept.end(), std::greater<>());
+    for (size_t i = 0; i < kept.size(); ++i) {
+      const auto& [since, name] = kept[i];
+      std::string why;
+      if (now - since >= options_.job_retention) {
+        why = absl::StrCat("not attached for ", absl::FormatDuration(options_.job_retention));
+      } else if (i >= options_.max_checkpoints_per_owner) {
+        why = absl::StrCat(owner.empty() ? "no owner" : owner, " keeps ",
+                           options_.max_checkpoints_per_owner,
+                           " newer ones (--max_checkpoints_per_owner)");
+      } else {
+        continue;
+      }
+      // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
+      if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
+      LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
+                << checkpoints_.at(name).state.last_step() << ": " << why;
+      generations_.erase(name);
+      checkpoints_.erase(name);
     }
-    // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
-    if (absl::Status s = store_.Remove(it->first); !s.ok()) LOG(WARNING) << s;
-    LOG(INFO) << "deleted the checkpoint of job '" << it->first << "' at step "
-              << it->second.state.last_step() << ": not attached for "
-              << absl::FormatDuration(options_.job_retention);
-    generations_.erase(it->first);
-    it = checkpoints_.erase(it);
   }
 }
 

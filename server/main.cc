@@ -45,6 +45,9 @@ ABSL_FLAG(int32_t, job_idle_s, 3600,
           "checkpointed and come back when a worker attaches (0: never)");
 ABSL_FLAG(int64_t, job_retention_s, int64_t{30} * 24 * 3600,
           "the checkpoint of a job not attached for this long is deleted (0: never)");
+ABSL_FLAG(uint32_t, max_checkpoints_per_owner, 1024,
+          "checkpoints of jobs not held one owner keeps; past it, that owner's oldest are "
+          "deleted");
 ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
@@ -144,14 +147,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
+      absl::GetFlag(FLAGS_max_checkpoints_per_owner) == 0 ||
       absl::GetFlag(FLAGS_max_buffers) == 0 || absl::GetFlag(FLAGS_max_tensors) == 0 ||
       absl::GetFlag(FLAGS_max_bytes) == 0 || absl::GetFlag(FLAGS_max_mappings) <= 0 ||
       absl::GetFlag(FLAGS_max_event_streams) <= 0) {
     std::fprintf(stderr,
-                 "gstabd: --max_jobs, --max_jobs_per_owner, --max_buffers, --max_tensors, "
+                 "gstabd: --max_jobs, --max_jobs_per_owner, --max_checkpoints_per_owner, "
+                 "--max_buffers, --max_tensors, "
                  "--max_bytes, --max_mappings "
                  "and --max_event_streams must be positive (0 would refuse every job, "
-                 "registration or event stream)\n");
+                 "registration or event stream, or keep no checkpoint)\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
@@ -216,6 +221,7 @@ int main(int argc, char** argv) {
   const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
   options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();
   const int64_t job_retention_s = absl::GetFlag(FLAGS_job_retention_s);
+  options.daemon.max_checkpoints_per_owner = absl::GetFlag(FLAGS_max_checkpoints_per_owner);
   options.daemon.job_retention =
       job_retention_s > 0 ? absl::Seconds(job_retention_s) : absl::InfiniteDuration();
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);

@@ -301,6 +301,39 @@ TEST(E2eLifecycleTest, AnOwnerHoldsAtMostItsCapOfJobs) {
   EXPECT_TRUE((*third)->Attach(JobOptions("mine-3")).ok());
 }
 
+// An owner keeps at most --max_checkpoints_per_owner checkpoints of jobs it no longer holds:
+// past it, its oldest is deleted (one making and leaving jobs in a loop cannot fill the state
+// directory).
+TEST(E2eLifecycleTest, AnOwnerKeepsAtMostItsCapOfCheckpoints) {
+  TempDir dir;
+  auto daemon =
+      DaemonProcess::Start(dir.path(), {"--job_idle_s=1", "--max_checkpoints_per_owner=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto file = [&](const std::string& job) { return dir.path() + "/state/" + job + ".jobstate"; };
+  for (const std::string job : {"oldest", "older", "newest"}) {
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    (*worker)->Fill(1, 1);
+    ASSERT_TRUE((*worker)->client().Step(1).ok());
+    ASSERT_TRUE((*worker)->client().Detach().ok());
+    // Retired (checkpointed) before the next: each has a checkpoint time of its own.
+    for (int i = 0; i < 300 && !std::filesystem::exists(file(job)); ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSERT_TRUE(std::filesystem::exists(file(job))) << job << " was not retired within 30 s";
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  for (int i = 0; i < 300 && std::filesystem::exists(file("oldest")); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(file("oldest")));
+  EXPECT_TRUE(std::filesystem::exists(file("older")));
+  EXPECT_TRUE(std::filesystem::exists(file("newest")));
+  EXPECT_NE(daemon->Log().find("keeps 2 newer ones (--max_checkpoints_per_owner)"),
+            std::string::npos)
+      << daemon->Log();
+}
+
 // A job has at most 64 observer sessions at once; one detached makes room, and workers are
 // not counted.
 TEST(E2eLifecycleTest, AJobHasAtMostItsCapOfObservers) {
