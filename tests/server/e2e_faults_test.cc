@@ -413,6 +413,18 @@ TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 1);
   EXPECT_TRUE((*worker)->client().Step(1).ok());
+
+  // By primary gid: another gid's list refuses this process, its own admits it.
+  TempDir other_gid_dir, own_gid_dir;
+  auto other_gid = DaemonProcess::Start(other_gid_dir.path(),
+                                        {"--allow_gids=" + std::to_string(getgid() + 12345)});
+  auto own_gid =
+      DaemonProcess::Start(own_gid_dir.path(), {"--allow_gids=" + std::to_string(getgid())});
+  ASSERT_TRUE(other_gid.ok() && own_gid.ok());
+  EXPECT_EQ(Client::Connect(other_gid->socket(), absl::Milliseconds(500)).status().code(),
+            absl::StatusCode::kUnavailable);
+  auto by_gid = TestWorker::Create(own_gid->socket(), JobOptions("allowed-by-gid"));
+  ASSERT_TRUE(by_gid.ok()) << by_gid.status();
 }
 
 TEST_F(E2eFaultsTest, CExampleAttachesAndSeesTheSpike) {

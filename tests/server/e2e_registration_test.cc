@@ -260,5 +260,37 @@ TEST_F(E2eRegistrationTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOthe
   ExpectServing(a->get(), 3);
 }
 
+// gstabd's --max_buffers and --max_tensors reach its checks: a registration past either is
+// refused, saying which cap, and one within them goes on.
+TEST(E2eRegistrationCapsTest, BufferAndTensorCapsComeFromTheFlags) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_buffers=1", "--max_tensors=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Attach(JobOptions("capped")).ok());
+  GradientArena a, b, wide;
+  a.AddTensor("a", 16, DType::kFloat32);
+  b.AddTensor("b", 16, DType::kFloat32);
+  for (const char* name : {"w0", "w1", "w2"}) wide.AddTensor(name, 16, DType::kFloat32);
+  ASSERT_TRUE(a.Allocate().ok() && b.Allocate().ok() && wide.Allocate().ok());
+  v1::RegisterBuffersRequest two = a.RegistrationRequest();
+  const v1::RegisterBuffersRequest second = b.RegistrationRequest();
+  for (v1::Tensor t : second.tensors()) {
+    t.set_buffer(1);
+    *two.add_tensors() = t;
+  }
+  *two.add_buffers() = second.buffers(0);
+  absl::Status buffers = (*client)->RegisterBuffers(two);
+  EXPECT_EQ(buffers.code(), absl::StatusCode::kResourceExhausted) << buffers;
+  EXPECT_NE(buffers.message().find("2 buffers exceed this daemon's cap of 1"), std::string::npos)
+      << buffers;
+  absl::Status tensors = (*client)->RegisterBuffers(wide.RegistrationRequest());
+  EXPECT_EQ(tensors.code(), absl::StatusCode::kResourceExhausted) << tensors;
+  EXPECT_NE(tensors.message().find("3 tensors exceed this daemon's cap of 2"), std::string::npos)
+      << tensors;
+  EXPECT_TRUE((*client)->Register(a).ok());
+}
+
 }  // namespace
 }  // namespace gstab
