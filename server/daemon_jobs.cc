@@ -184,32 +184,37 @@ void Daemon::RetireIdleJobs(absl::Time now) {
 void Daemon::DeleteOldCheckpoints(absl::Time now) {
   absl::MutexLock save(&save_mu_);  // not racing Checkpoint's retry of a failed save
   absl::MutexLock lock(&mu_);
-  // Each owner's, newest first: those past the owner's cap go, as do those past the retention.
+  // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
+  auto remove = [&](const std::string& name, const std::string& why)
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                      if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
+                      LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
+                                << checkpoints_.at(name).state.last_step() << ": " << why;
+                      generations_.erase(name);
+                      checkpoints_.erase(name);
+                    };
+  std::vector<std::string> expired;
+  for (const auto& [name, c] : checkpoints_) {
+    if (now - c.since >= options_.job_retention) expired.push_back(name);
+  }
+  for (const std::string& name : expired) {
+    remove(name, absl::StrCat("not attached for ", absl::FormatDuration(options_.job_retention)));
+  }
+  // No owner can be past its cap with no more checkpoints than the cap in all (the common
+  // case: this runs every housekeeping tick, under the daemon's lock).
+  if (checkpoints_.size() <= options_.max_checkpoints_per_owner) return;
   std::map<std::string, std::vector<std::pair<absl::Time, std::string>>> by_owner;
   for (const auto& [name, c] : checkpoints_) {
     const std::optional<Principal> owner = OwnerIn(c.state);
     by_owner[owner.has_value() ? owner->ToString() : ""].emplace_back(c.since, name);
   }
   for (auto& [owner, kept] : by_owner) {
-    std::sort(kept.begin(), kept.end(), std::greater<>());
-    for (size_t i = 0; i < kept.size(); ++i) {
-      const auto& [since, name] = kept[i];
-      std::string why;
-      if (now - since >= options_.job_retention) {
-        why = absl::StrCat("not attached for ", absl::FormatDuration(options_.job_retention));
-      } else if (i >= options_.max_checkpoints_per_owner) {
-        why = absl::StrCat(owner.empty() ? "no owner" : owner, " keeps ",
-                           options_.max_checkpoints_per_owner,
-                           " newer ones (--max_checkpoints_per_owner)");
-      } else {
-        continue;
-      }
-      // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
-      if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
-      LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
-                << checkpoints_.at(name).state.last_step() << ": " << why;
-      generations_.erase(name);
-      checkpoints_.erase(name);
+    if (kept.size() <= options_.max_checkpoints_per_owner) continue;
+    std::sort(kept.begin(), kept.end(), std::greater<>());  // newest first
+    for (size_t i = options_.max_checkpoints_per_owner; i < kept.size(); ++i) {
+      remove(kept[i].second, absl::StrCat(owner.empty() ? "no owner" : owner, " keeps ",
+                                          options_.max_checkpoints_per_owner,
+                                          " newer ones (--max_checkpoints_per_owner)"));
     }
   }
 }
