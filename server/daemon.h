@@ -301,7 +301,9 @@ class Daemon {
   absl::Mutex save_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::string peer_address_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, uint64_t> generations_ ABSL_GUARDED_BY(mu_);
+  // Numbers this store's rendezvous, over every job: a job's newer blob always has the higher
+  // number, and no per-name record outlives the job.
+  uint64_t rendezvous_made_ ABSL_GUARDED_BY(mu_) = 0;
   const absl::Time started_ = absl::Now();  // orders this store's rendezvous across restarts
   int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t sessions_attached_ ABSL_GUARDED_BY(mu_) = 0;  // numbers worker sessions

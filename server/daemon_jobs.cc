@@ -190,7 +190,6 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
                       if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
                       LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
                                 << checkpoints_.at(name).state.last_step() << ": " << why;
-                      generations_.erase(name);
                       checkpoints_.erase(name);
                     };
   std::vector<std::string> expired;
@@ -269,7 +268,6 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     unclaimed_.erase(name);
     idle_since_.erase(name);
     checkpoints_.erase(name);
-    // Kept: generations_ (a blob of an older generation must stay older than the next ones).
     retiring_.insert(name);  // an attach waits for the observer's retirement of the old series
   }
   LOG(INFO) << "forgot job '" << name << "' (an operator's ForgetJob): its next attach starts it "

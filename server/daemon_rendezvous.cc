@@ -118,7 +118,7 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
   info.set_job(request.job());
   {
     absl::MutexLock lock(&mu_);
-    info.set_generation(++generations_[request.job()]);
+    info.set_generation(++rendezvous_made_);
   }
   info.set_store_started_us(static_cast<uint64_t>(absl::ToUnixMicros(started_)));
   info.set_peer_records(PeerRecordLayout());

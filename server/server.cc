@@ -104,9 +104,15 @@ absl::Status Server::Start() {
   // gRPC's default 4 MiB.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   if (!options_.socket_path.empty()) {
+    MetricFamily* refusals = metrics_.AddCounter(
+        "gstab_connections_refused_total",
+        "Connections to the unix socket gstabd closed at once, by reason: not_allowed (not in "
+        "--allow_uids or --allow_gids), per_uid_cap (--max_connections_per_uid).",
+        {"reason"});
+    for (const char* reason : {"not_allowed", "per_uid_cap"}) refusals->Add({reason}, 0);
     // The unix socket is ours: connections reach gRPC only after their credentials pass.
     absl::StatusOr<std::unique_ptr<UnixListener>> listener =
-        UnixListener::Create(options_.socket_path, options_.peers, &peers_);
+        UnixListener::Create(options_.socket_path, options_.peers, &peers_, refusals);
     if (!listener.ok()) return listener.status();
     unix_listener_ = *std::move(listener);
   }

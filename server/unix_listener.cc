@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "glog/logging.h"
+#include "server/metrics.h"
 
 namespace gstab {
 
@@ -42,7 +44,8 @@ bool PeerPolicy::Allows(uid_t uid, gid_t gid) const {
 
 absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::string& path,
                                                                    PeerPolicy policy,
-                                                                   PeerTable* peers) {
+                                                                   PeerTable* peers,
+                                                                   MetricFamily* refusals) {
   sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -82,7 +85,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
   }
   return std::unique_ptr<UnixListener>(
-      new UnixListener(path, fd, st.st_ino, std::move(policy), peers));
+      new UnixListener(path, fd, st.st_ino, std::move(policy), peers, refusals));
 }
 
 UnixListener::~UnixListener() { Stop(); }
@@ -102,9 +105,38 @@ void UnixListener::Stop() {
   }
 }
 
+bool UnixListener::UnderConnectionCap(uid_t uid) {
+  if (policy_.max_connections_per_uid <= 0) return true;
+  std::vector<Handed>& open = handed_[uid];
+  open.erase(std::remove_if(open.begin(), open.end(),
+                            [](const Handed& h) {
+                              struct stat st;
+                              return fstat(h.fd, &st) != 0 || st.st_dev != h.dev ||
+                                     st.st_ino != h.inode;
+                            }),
+             open.end());
+  return static_cast<int>(open.size()) < policy_.max_connections_per_uid;
+}
+
 void UnixListener::AcceptLoop(grpc::Server* server) {
   absl::Time last_logged = absl::InfinitePast();
   uint64_t refused = 0;  // connections refused since the last line about them
+  // At most one line a second: a process that connects in a loop must not fill the log.
+  auto refuse = [&](int conn, const ucred& cred, const std::string& reason,
+                    const std::string& why) {
+    close(conn);
+    if (refusals_ != nullptr) refusals_->Add({reason}, 1);
+    ++refused;
+    if (const absl::Time now = absl::Now(); now - last_logged >= absl::Seconds(1)) {
+      LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid << " gid "
+                   << cred.gid << ": " << why
+                   << (refused > 1
+                           ? absl::StrCat(" (", refused, " refused since the last such line)")
+                           : "");
+      last_logged = now;
+      refused = 0;
+    }
+  };
   while (!stopping_) {
     pollfd pfd{fd_, POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;
@@ -119,23 +151,19 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     }
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+    struct stat st;
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || fstat(conn, &st) != 0 ||
         !policy_.Allows(cred.uid, cred.gid)) {
-      // At most one line a second: a process that connects in a loop must not fill the log.
-      ++refused;
-      if (const absl::Time now = absl::Now(); now - last_logged >= absl::Seconds(1)) {
-        LOG(WARNING) << "refused a connection from pid " << cred.pid << " uid " << cred.uid
-                     << " gid " << cred.gid << ": not in the allow-list"
-                     << (refused > 1 ? absl::StrCat(" (", refused,
-                                                    " refused since the last "
-                                                    "such line)")
-                                     : "");
-        last_logged = now;
-        refused = 0;
-      }
-      close(conn);
+      refuse(conn, cred, "not_allowed", "not in the allow-list");
       continue;
     }
+    if (!UnderConnectionCap(cred.uid)) {
+      refuse(conn, cred, "per_uid_cap",
+             absl::StrCat("uid ", cred.uid, " already holds ", policy_.max_connections_per_uid,
+                          " connections, its cap (--max_connections_per_uid)"));
+      continue;
+    }
+    handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});
     // gRPC needs a non-blocking descriptor.
     fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
     peers_->Set(conn, cred);  // before gRPC can serve a call on it

@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -26,6 +27,8 @@ class Server;
 }
 
 namespace gstab {
+
+class MetricFamily;
 
 // The credentials of each connection the listener handed to gRPC, by descriptor: gRPC names
 // such a peer "fd:N" (ServerContext::peer()). An entry is replaced when its descriptor is
@@ -45,6 +48,10 @@ class PeerTable {
 struct PeerPolicy {
   std::set<uid_t> uids;
   std::set<gid_t> gids;
+  // Connections one uid may hold open at once (0: no cap). Each costs gstabd a descriptor, and
+  // descriptors are shared by every user's connections and shared-memory mappings.
+  int max_connections_per_uid = kDefaultMaxConnectionsPerUid;
+  static constexpr int kDefaultMaxConnectionsPerUid = 512;
   bool Allows(uid_t uid, gid_t gid) const;
 };
 
@@ -52,8 +59,10 @@ class UnixListener {
  public:
   // Binds `path` (replacing a stale socket file) with mode 0660 and starts listening.
   // Each accepted connection's credentials go to `peers` (which must outlive the listener).
+  // Refused connections are counted in `refusals` (a counter labelled by reason; may be null).
   static absl::StatusOr<std::unique_ptr<UnixListener>> Create(const std::string& path,
-                                                              PeerPolicy policy, PeerTable* peers);
+                                                              PeerPolicy policy, PeerTable* peers,
+                                                              MetricFamily* refusals = nullptr);
   ~UnixListener();
   UnixListener(const UnixListener&) = delete;
   UnixListener& operator=(const UnixListener&) = delete;
@@ -63,15 +72,32 @@ class UnixListener {
   void Stop();
 
  private:
-  UnixListener(std::string path, int fd, ino_t inode, PeerPolicy policy, PeerTable* peers)
-      : path_(std::move(path)), fd_(fd), inode_(inode), policy_(std::move(policy)), peers_(peers) {}
+  UnixListener(std::string path, int fd, ino_t inode, PeerPolicy policy, PeerTable* peers,
+               MetricFamily* refusals)
+      : path_(std::move(path)),
+        fd_(fd),
+        inode_(inode),
+        policy_(std::move(policy)),
+        peers_(peers),
+        refusals_(refusals) {}
   void AcceptLoop(grpc::Server* server);
+  // Whether `uid` may open one more connection. Forgets its connections gRPC has closed since:
+  // a descriptor that is no longer that socket (closed, or reused by another).
+  bool UnderConnectionCap(uid_t uid);
 
   const std::string path_;
   int fd_;
   const ino_t inode_;  // so Stop removes this socket file, not a successor's
   const PeerPolicy policy_;
   PeerTable* const peers_;
+  MetricFamily* const refusals_;
+  // The connections handed to gRPC, by uid: descriptor and socket inode. Accept thread only.
+  struct Handed {
+    int fd;
+    dev_t dev;
+    ino_t inode;
+  };
+  std::map<uid_t, std::vector<Handed>> handed_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

@@ -3,7 +3,8 @@
 // refused by name, through gstabd's restart too; root and the job's own uid are not refused, and
 // --jobs_by_uid=false lets every uid the socket admits use every job. Through gstabd's TCP port,
 // a job belongs to the name (SPIFFE ID, common name, DNS name or email address) of the client
-// certificate that made it.
+// certificate that made it. One uid's connections are capped, not the others'.
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -336,6 +337,53 @@ TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmai
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
   EXPECT_NE(refused.message().find("belongs to certificate 'trainer.ml.svc'"), std::string::npos)
       << refused;
+}
+
+// One uid holding its --max_connections_per_uid connections open cannot open another, and
+// takes none from the others; its connections count again once it closes them.
+TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
+  Restart({"--max_connections_per_uid=3", "--metrics_port=0"});
+  const std::string hold =
+      "import socket, sys, time\n"
+      "held = [socket.socket(socket.AF_UNIX) for _ in range(3)]\n"
+      "for s in held: s.connect(sys.argv[1])\n"
+      "print('held', flush=True)\n"
+      "time.sleep(600)\n";
+  auto holder = testing::Subprocess::Start({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                                            "--clear-groups", "/usr/bin/python3", "-c", hold,
+                                            daemon_->socket()});
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  absl::StatusOr<std::string> line = holder->ReadLine(absl::Seconds(30));
+  ASSERT_TRUE(line.ok() && *line == "held") << line.status();
+
+  auto [rc, out] = Ctl(65534, "status");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(daemon_->Log().find("uid 65534 already holds 3 connections, its cap "
+                                "(--max_connections_per_uid)"),
+            std::string::npos)
+      << daemon_->Log();
+  // Another uid is not refused, and neither is the same uid once its connections are closed.
+  std::tie(rc, out) = Ctl(65533, "status");
+  EXPECT_EQ(rc, 0) << out;
+  holder->Signal(SIGKILL);
+  ASSERT_TRUE(holder->Wait(absl::Seconds(10)).ok());
+  for (int i = 0; i < 20; ++i) {  // until gRPC has closed the connections (it polls)
+    std::tie(rc, out) = Ctl(65534, "status");
+    if (rc == 0) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(rc, 0) << out;
+
+  absl::StatusOr<int> port = daemon_->MetricsPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  absl::StatusOr<testing::HttpResponse> metrics = testing::HttpRequest(*port, "GET", "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->body.find("gstab_connections_refused_total{reason=\"per_uid_cap\"} 0"),
+            std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("gstab_connections_refused_total{reason=\"per_uid_cap\"}"),
+            std::string::npos)
+      << metrics->body;
 }
 
 }  // namespace
