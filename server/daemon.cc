@@ -33,7 +33,7 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
       caps_(options.caps),
       observer_(observer),
       executor_(DefaultThreads(options.cpu_threads)),
-      registry_(options.max_mappings),
+      registry_(options.max_mappings, options.max_mappings_per_owner),
       store_(options.state_dir) {
 #ifdef GSTAB_WITH_CUDA
   if (options.cuda) {

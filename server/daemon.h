@@ -40,6 +40,7 @@ struct DaemonOptions {
   uint32_t max_jobs_per_owner = 64;
   // Shared-memory objects mapped at once, over every job (MappingRegistry).
   int max_mappings = MappingRegistry::kDefaultMaxMappings;
+  int max_mappings_per_owner = MappingRegistry::kDefaultMaxMappingsPerOwner;  // of one uid's
   // A job without sessions for this long is retired (InfiniteDuration: never).
   absl::Duration job_idle = absl::Hours(1);
   // A checkpoint of a job not held (retired, or found at start and not attached since) is

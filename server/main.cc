@@ -79,6 +79,8 @@ ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker re
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,
           "host shared-memory objects mapped at once, over every job (each is one of the "
           "kernel's vm.max_map_count mappings of gstabd)");
+ABSL_FLAG(int32_t, max_mappings_per_owner, gstab::MappingRegistry::kDefaultMaxMappingsPerOwner,
+          "of --max_mappings, the objects of one uid gstabd maps at once");
 ABSL_FLAG(int32_t, max_connections_per_uid, gstab::PeerPolicy::kDefaultMaxConnectionsPerUid,
           "connections to the unix socket one uid may hold open at once; one more is closed at "
           "once (logged)");
@@ -154,11 +156,12 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_max_buffers) == 0 || absl::GetFlag(FLAGS_max_tensors) == 0 ||
       absl::GetFlag(FLAGS_max_bytes) == 0 || absl::GetFlag(FLAGS_max_mappings) <= 0 ||
       absl::GetFlag(FLAGS_max_event_streams) <= 0 ||
-      absl::GetFlag(FLAGS_max_connections_per_uid) <= 0) {
+      absl::GetFlag(FLAGS_max_connections_per_uid) <= 0 ||
+      absl::GetFlag(FLAGS_max_mappings_per_owner) <= 0) {
     std::fprintf(stderr,
                  "gstabd: --max_jobs, --max_jobs_per_owner, --max_checkpoints_per_owner, "
                  "--max_buffers, --max_tensors, "
-                 "--max_bytes, --max_mappings, --max_event_streams "
+                 "--max_bytes, --max_mappings, --max_mappings_per_owner, --max_event_streams "
                  "and --max_connections_per_uid must be positive (0 would refuse every job, "
                  "registration, event stream or connection, or keep no checkpoint)\n");
     return 2;
@@ -232,6 +235,7 @@ int main(int argc, char** argv) {
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
   options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);
   options.daemon.max_mappings = absl::GetFlag(FLAGS_max_mappings);
+  options.daemon.max_mappings_per_owner = absl::GetFlag(FLAGS_max_mappings_per_owner);
   options.peers.max_connections_per_uid = absl::GetFlag(FLAGS_max_connections_per_uid);
 
   for (const std::string& u : absl::GetFlag(FLAGS_allow_uids)) {

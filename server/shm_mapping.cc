@@ -113,6 +113,12 @@ ShmMapping::~ShmMapping() {
   munmap(data_, size_);
   close(fd_);
   if (open_count_ != nullptr) --*open_count_;
+  if (owner_count_ != nullptr) --*owner_count_;
+}
+
+void ShmMapping::AlsoCountIn(std::shared_ptr<std::atomic<int>> count) {
+  owner_count_ = std::move(count);
+  ++*owner_count_;
 }
 
 absl::Status ShmMapping::CheckSize() const {
@@ -164,6 +170,19 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
     mappings_.erase(name);
     return opened.status();
   }
+  // The owner is known once the object is open; a refused one is unmapped on return.
+  const uid_t object_owner = (*opened)->owner();
+  std::shared_ptr<std::atomic<int>>& owned = by_owner_[object_owner];
+  if (owned == nullptr) owned = std::make_shared<std::atomic<int>>(0);
+  if (*owned >= max_per_owner_) {
+    mappings_.erase(name);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot map shared memory '", name, "': gstabd already maps ", max_per_owner_,
+        " objects of uid ", object_owner,
+        ", its cap per owner (--max_mappings_per_owner): put the gradients in fewer objects, or "
+        "detach workers that are done"));
+  }
+  (*opened)->AlsoCountIn(owned);
   mappings_[name] = *opened;
   return opened;
 }

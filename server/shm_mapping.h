@@ -48,6 +48,8 @@ class ShmMapping {
   // Whether `name` still names this object, at the size mapped: a worker may have replaced it
   // (removed it and made another of that name) or resized it since.
   bool IsCurrent() const;
+  // Counts this mapping in `count` too, for as long as it lives (once, before it is shared).
+  void AlsoCountIn(std::shared_ptr<std::atomic<int>> count);
 
  private:
   ShmMapping(std::string name, int fd, unsigned char* data, size_t size, uid_t owner, dev_t dev,
@@ -71,18 +73,24 @@ class ShmMapping {
   dev_t dev_;  // the object's identity
   ino_t ino_;
   std::shared_ptr<std::atomic<int>> open_count_;  // may be null
+  std::shared_ptr<std::atomic<int>> owner_count_;  // may be null
 };
 
 class MappingRegistry {
  public:
   // At most `max_mappings` objects mapped at once, over every job: each is a mapping in gstabd's
-  // address space, and the kernel caps those per process (vm.max_map_count).
-  explicit MappingRegistry(int max_mappings = kDefaultMaxMappings) : max_mappings_(max_mappings) {}
+  // address space, and the kernel caps those per process (vm.max_map_count). Of those, at most
+  // `max_per_owner` of one uid's objects, so that one user cannot take them all.
+  explicit MappingRegistry(int max_mappings = kDefaultMaxMappings,
+                           int max_per_owner = kDefaultMaxMappingsPerOwner)
+      : max_mappings_(max_mappings), max_per_owner_(max_per_owner) {}
   static constexpr int kDefaultMaxMappings = 16384;
+  static constexpr int kDefaultMaxMappingsPerOwner = 8192;
 
   // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
   // IsCurrent), else opens it (anew: holders of an older mapping keep theirs). RESOURCE_EXHAUSTED
-  // when that would map more than `max_mappings` objects; PERMISSION_DENIED when `owner` is
+  // when that would map more than `max_mappings` objects, or more than `max_per_owner` of the
+  // object's owner's; PERMISSION_DENIED when `owner` is
   // given and does not own the object (checked before it is mapped).
   absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name,
                                                       uint64_t max_bytes = UINT64_MAX,
@@ -93,9 +101,12 @@ class MappingRegistry {
 
  private:
   const int max_mappings_;
+  const int max_per_owner_;
   const std::shared_ptr<std::atomic<int>> open_ = std::make_shared<std::atomic<int>>(0);
   absl::Mutex mu_;
   std::map<std::string, std::weak_ptr<ShmMapping>> mappings_ ABSL_GUARDED_BY(mu_);
+  // Live mappings by the uid that owns the object.
+  std::map<uid_t, std::shared_ptr<std::atomic<int>>> by_owner_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gstab

@@ -260,6 +260,20 @@ TEST_F(E2eRegistrationTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOthe
   ExpectServing(a->get(), 3);
 }
 
+// --max_mappings_per_owner reaches the registry: a uid's second object is refused, naming it.
+TEST_F(E2eRegistrationTest, SharedMemoryPastTheOwnersMappingCapIsRefused) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings_per_owner=1"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto a = TestWorker::Create(daemon->socket(), JobOptions("a"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = TestWorker::Create(daemon->socket(), JobOptions("b"));
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
+  EXPECT_NE(b.status().message().find("--max_mappings_per_owner"), std::string::npos) << b.status();
+  ExpectServing(a->get(), 1);
+}
+
 // gstabd's --max_buffers and --max_tensors reach its checks: a registration past either is
 // refused, saying which cap, and one within them goes on.
 TEST(E2eRegistrationCapsTest, BufferAndTensorCapsComeFromTheFlags) {

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "client_lib/arena.h"
@@ -270,6 +272,31 @@ TEST(RegistrationTest, TheRegistryMapsAtMostItsCapOfObjects) {
   held->reset();
   EXPECT_EQ(registry.LiveMappings(), 0);
   EXPECT_TRUE(registry.Acquire(b.shm_name()).ok());
+}
+
+// One uid's objects take at most their share of the mappings; another uid's are still mapped.
+TEST(RegistrationTest, TheRegistryMapsAtMostItsCapOfOneOwnersObjects) {
+  GradientArena a, b, theirs;
+  for (GradientArena* arena : {&a, &b, &theirs}) {
+    arena->AddTensor("w", 256, DType::kFloat32);
+    ASSERT_TRUE(arena->Allocate().ok());
+  }
+  if (geteuid() != 0) GTEST_SKIP() << "giving an object to another uid needs root";
+  const int fd = shm_open(theirs.shm_name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fchown(fd, getuid() + 1, getgid()), 0) << strerror(errno);
+  close(fd);
+  MappingRegistry registry(/*max_mappings=*/3, /*max_per_owner=*/1);
+  absl::StatusOr<std::shared_ptr<ShmMapping>> held = registry.Acquire(a.shm_name());
+  ASSERT_TRUE(held.ok()) << held.status();
+  absl::Status refused = registry.Acquire(b.shm_name()).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("--max_mappings_per_owner"), std::string::npos) << refused;
+  EXPECT_EQ(registry.LiveMappings(), 1);  // the refused object was not kept mapped
+  absl::StatusOr<std::shared_ptr<ShmMapping>> other = registry.Acquire(theirs.shm_name());
+  EXPECT_TRUE(other.ok()) << other.status();
+  held->reset();
+  EXPECT_TRUE(registry.Acquire(b.shm_name()).ok());  // the owner's share is free again
 }
 
 // gstabd maps whole objects: one far larger than the registered bytes may be (a sparse object
