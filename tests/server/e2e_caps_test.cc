@@ -1,0 +1,204 @@
+// End-to-end: gstabd's caps on what one owner, job or caller may hold, each refused with
+// RESOURCE_EXHAUSTED naming its flag while the others go on; at start, a second gstabd on a
+// live socket and flags that would refuse everything.
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::JobOptions;
+using testing::TempDir;
+using testing::TestWorker;
+
+// A second gstabd given the socket a running one serves on exits saying so, rather than take
+// the path over and cut the first one's workers off; flags that would refuse every job or
+// registration are refused at start.
+TEST(E2eCapsTest, ASecondGstabdOnALiveSocketAndUselessCapsAreRefusedAtStart) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto start = [&](const std::string& flag) {
+    absl::StatusOr<testing::Subprocess> second = testing::Subprocess::Start(
+        {"/usr/bin/timeout", "-k", "5", "30",  // bounded, should it start after all
+         testing::BinaryPath("server/gstabd"), "--socket=" + daemon->socket(),
+         "--state_dir=" + dir.path() + "/second", "--metrics_port=-1", "--backend=cpu", flag});
+    EXPECT_TRUE(second.ok()) << second.status();
+    const std::string out = second->ReadAll();
+    return std::make_pair(second->Wait(absl::Seconds(20)).value_or(-1), out);
+  };
+  auto [code, out] = start("--lease_ms=2000");
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("serves on '" + daemon->socket() + "'"), std::string::npos) << out;
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("first-serves-on"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+  for (const char* flag : {"--max_jobs=0", "--max_bytes=0", "--cpu_threads=-1",
+                           "--max_connections_per_uid=0", "--max_mappings_per_owner=0"}) {
+    auto [refused, why] = start(flag);
+    EXPECT_EQ(refused, 2) << flag << ": " << why;
+    EXPECT_NE(why.find(std::string(flag).substr(2, std::string(flag).find('=') - 2)),
+              std::string::npos)
+        << why;
+  }
+}
+
+// One owner holds at most --max_jobs_per_owner jobs: a new one past it is refused, saying
+// why, while its held jobs go on taking workers; a forgotten one makes room.
+TEST(E2eCapsTest, AnOwnerHoldsAtMostItsCapOfJobs) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_jobs_per_owner=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (const std::string job : {"mine-1", "mine-2"}) {
+    auto w = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  auto third = Client::Connect(daemon->socket());
+  ASSERT_TRUE(third.ok());
+  absl::Status refused = (*third)->Attach(JobOptions("mine-3"));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("uid " + std::to_string(geteuid()) + " already owns 2"),
+            std::string::npos)
+      << refused;
+  EXPECT_NE(refused.message().find("--max_jobs_per_owner"), std::string::npos) << refused;
+  // A held job takes a worker still (here a restarted rank 0, replacing the first's session).
+  EXPECT_TRUE((*third)->Attach(JobOptions("mine-1")).ok());
+  ASSERT_TRUE((*third)->Detach().ok());
+  ASSERT_TRUE(workers[1]->client().Detach().ok());
+  auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                     " --socket=" + daemon->socket() + " forget --job=mine-2");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_TRUE((*third)->Attach(JobOptions("mine-3")).ok());
+}
+
+// An owner keeps at most --max_checkpoints_per_owner checkpoints of jobs it no longer holds:
+// past it, its oldest is deleted (one making and leaving jobs in a loop cannot fill the state
+// directory).
+TEST(E2eCapsTest, AnOwnerKeepsAtMostItsCapOfCheckpoints) {
+  TempDir dir;
+  auto daemon =
+      DaemonProcess::Start(dir.path(), {"--job_idle_s=1", "--max_checkpoints_per_owner=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto file = [&](const std::string& job) { return dir.path() + "/state/" + job + ".jobstate"; };
+  for (const std::string job : {"oldest", "older", "newest"}) {
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    (*worker)->Fill(1, 1);
+    ASSERT_TRUE((*worker)->client().Step(1).ok());
+    ASSERT_TRUE((*worker)->client().Detach().ok());
+    // Retired (checkpointed) before the next: each has a checkpoint time of its own.
+    for (int i = 0; i < 300 && !std::filesystem::exists(file(job)); ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSERT_TRUE(std::filesystem::exists(file(job))) << job << " was not retired within 30 s";
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  for (int i = 0; i < 300 && std::filesystem::exists(file("oldest")); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(file("oldest")));
+  EXPECT_TRUE(std::filesystem::exists(file("older")));
+  EXPECT_TRUE(std::filesystem::exists(file("newest")));
+  EXPECT_NE(daemon->Log().find("keeps 2 newer ones (--max_checkpoints_per_owner)"),
+            std::string::npos)
+      << daemon->Log();
+}
+
+// A job has at most 64 observer sessions at once; one detached makes room, and workers are
+// not counted.
+TEST(E2eCapsTest, AJobHasAtMostItsCapOfObservers) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("watched"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  AttachOptions watch = JobOptions("watched");
+  watch.observer = true;
+  std::vector<std::unique_ptr<Client>> observers;
+  for (int i = 0; i < 64; ++i) {
+    auto c = Client::Connect(daemon->socket());
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Attach(watch).ok()) << "observer " << i;
+    observers.push_back(*std::move(c));
+  }
+  auto one_more = Client::Connect(daemon->socket());
+  ASSERT_TRUE(one_more.ok());
+  absl::Status refused = (*one_more)->Attach(watch);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("already has 64 observer sessions"), std::string::npos)
+      << refused;
+  ASSERT_TRUE(observers.back()->Detach().ok());
+  EXPECT_TRUE((*one_more)->Attach(watch).ok());
+  // The job's worker steps on meanwhile.
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+}
+
+// Each event stream holds a thread and a queue in gstabd: a caller has at most
+// --max_event_streams open at once, and one closed makes room.
+TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_event_streams=2"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("streamed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();  // its ATTACH: every stream's first event
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok());
+  v1::WatchEventsRequest request;
+  request.set_follow(true);
+  request.set_recent(10);
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::Event>> reader;
+  };
+  auto open = [&] {
+    auto s = std::make_unique<Stream>();
+    s->reader = (*client)->stub()->WatchEvents(&s->ctx, request);
+    return s;
+  };
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (int i = 0; i < 2; ++i) {
+    streams.push_back(open());
+    v1::Event e;
+    ASSERT_TRUE(streams.back()->reader->Read(&e)) << "stream " << i;
+    EXPECT_EQ(e.type(), v1::EVENT_TYPE_ATTACH);
+  }
+  std::unique_ptr<Stream> third = open();
+  v1::Event e;
+  EXPECT_FALSE(third->reader->Read(&e));
+  const grpc::Status refused = third->reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("--max_event_streams"), std::string::npos)
+      << refused.error_message();
+  // One closed (gstabd notices within its 200 ms poll) makes room for another.
+  streams[0]->ctx.TryCancel();
+  (void)streams[0]->reader->Finish();
+  bool reopened = false;
+  for (int i = 0; i < 100 && !reopened; ++i) {
+    std::unique_ptr<Stream> again = open();
+    reopened = again->reader->Read(&e);
+    if (!reopened) {
+      (void)again->reader->Finish();
+      absl::SleepFor(absl::Milliseconds(100));
+    } else {
+      again->ctx.TryCancel();
+      (void)again->reader->Finish();
+    }
+  }
+  EXPECT_TRUE(reopened) << "no stream could open after one closed";
+  for (auto& s : streams) s->ctx.TryCancel();
+  for (size_t i = 1; i < streams.size(); ++i) (void)streams[i]->reader->Finish();
+}
+
+}  // namespace
+}  // namespace gstab

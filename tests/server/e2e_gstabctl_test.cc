@@ -1,0 +1,168 @@
+// End-to-end: gstabctl's commands against a real gstabd that the real example trainer has
+// stepped: status, events, config, export and import, top, health, and its refusals.
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "tests/server/e2e_trainer_fixture.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+class E2eGstabctlTest : public testing::TrainerDaemonTest {};
+
+TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
+  Train("ctl-job", {"--steps=150", "--spike_steps=75", "--print_every=1000"});
+  auto [rc, status] = Ctl("status");
+  EXPECT_EQ(rc, 0) << status;
+  EXPECT_NE(status.find("ctl-job"), std::string::npos) << status;
+  EXPECT_NE(status.find("stabilize"), std::string::npos) << status;
+  auto [jrc, json] = Ctl("--json status");
+  EXPECT_EQ(jrc, 0);
+  EXPECT_NE(json.find("\"job\":\"ctl-job\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"steps\":\"150\""), std::string::npos) << json;
+
+  auto [erc, events] = Ctl("events --job=ctl-job");
+  EXPECT_EQ(erc, 0);
+  EXPECT_NE(events.find("SPIKE     job=ctl-job step=75"), std::string::npos) << events;
+
+  auto [crc, set] = Ctl("config set --job=ctl-job policy=clip clip.max_norm=0.25");
+  EXPECT_EQ(crc, 0) << set;
+  auto [src, after] = Ctl("status");
+  EXPECT_NE(after.find("clip"), std::string::npos) << after;
+  auto [evrc, changed] = Ctl("events --job=ctl-job");  // the change, field by field
+  EXPECT_NE(changed.find("version 2: policy clip; changed: "), std::string::npos) << changed;
+  EXPECT_NE(changed.find("clip.max_norm 1 (now: 0.25)"), std::string::npos) << changed;
+  auto [brc, bad] = Ctl("config set --job=ctl-job clip.max_norm=-3");
+  EXPECT_EQ(brc, 1);
+  EXPECT_NE(bad.find("clip.max_norm"), std::string::npos) << bad;
+  // The whole configuration, as config set takes it back; the same again is no new version.
+  auto [shrc, shown] = Ctl("config show --job=ctl-job");
+  EXPECT_EQ(shrc, 0) << shown;
+  EXPECT_NE(shown.find("configuration version 2"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("clip.max_norm=0.25\n"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("policy=POLICY_CLIP\n"), std::string::npos) << shown;
+  std::string again = "config set --job=ctl-job";
+  for (absl::string_view line : absl::StrSplit(shown, '\n')) {
+    if (!line.empty() && line[0] != '#') absl::StrAppend(&again, " ", line);
+  }
+  auto [agrc, same] = Ctl(again);
+  EXPECT_EQ(agrc, 0) << same;
+  EXPECT_NE(same.find("configuration version 2,"), std::string::npos) << same;
+  auto [orc, only] = Ctl("status --job=absent");
+  EXPECT_EQ(orc, 1);
+  EXPECT_NE(only.find("no job 'absent'"), std::string::npos) << only;
+  auto [prc, preset] = Ctl("config set --job=ctl-job policy=stabilize-stable-spam");
+  EXPECT_EQ(prc, 2);
+  EXPECT_NE(preset.find("stabilize.preset=stable-spam"), std::string::npos) << preset;
+
+  const std::string file = dir_.path() + "/ctl.state";
+  EXPECT_EQ(Ctl("export --job=ctl-job --out=" + file).first, 0);
+  EXPECT_GT(std::filesystem::file_size(file), 0u);
+  // An import brings the exported configuration back; one with --keep_config keeps the job's.
+  EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm=0.5").first, 0);
+  auto [irc, imported] = Ctl("import --job=ctl-job --in=" + file);
+  EXPECT_EQ(irc, 0) << imported;
+  EXPECT_NE(Ctl("config show --job=ctl-job").second.find("clip.max_norm=0.25\n"),
+            std::string::npos);
+  EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm=0.75").first, 0);
+  auto [krc, kept] = Ctl("import --keep_config --job=ctl-job --in=" + file);
+  EXPECT_EQ(krc, 0) << kept;
+  EXPECT_NE(Ctl("config show --job=ctl-job").second.find("clip.max_norm=0.75\n"),
+            std::string::npos);
+
+  auto [trc, top] = Ctl("top --iterations=1");
+  EXPECT_EQ(trc, 0);
+  EXPECT_NE(top.find("ctl-job"), std::string::npos);
+  EXPECT_NE(top.find("spikes 1"), std::string::npos) << top;
+
+  auto [nrc, nojob] = Ctl("config set --job=absent policy=clip");
+  EXPECT_EQ(nrc, 1);
+  EXPECT_NE(nojob.find("no job 'absent'"), std::string::npos) << nojob;
+  auto [arc, absent] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
+                                         " --socket=" + dir_.path() + "/none.sock status");
+  EXPECT_EQ(arc, 1);
+  EXPECT_NE(absent.find("no gstabd answers"), std::string::npos) << absent;
+  EXPECT_EQ(Ctl("frobnicate").first, 2);
+  // A bad command line is told apart from a failure (2, not 1), before gstabd is asked.
+  EXPECT_EQ(Ctl("config set policy=clip").first, 2);                  // no --job
+  EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm").first, 2);  // not KEY=VALUE
+  EXPECT_EQ(Ctl("top --interval_ms=0").first, 2);
+  EXPECT_EQ(Ctl("export --out=" + file).first, 2);
+  // --json prints every field, the false and zero ones too.
+  auto [jsrc, full] = Ctl("--json status");
+  EXPECT_EQ(jsrc, 0);
+  EXPECT_NE(full.find("\"diverging\":false"), std::string::npos) << full;
+  // An export that cannot be written leaves nothing behind and says so.
+  auto [xrc, unwritable] = Ctl("export --job=ctl-job --out=" + dir_.path() + "/no/such/dir/x");
+  EXPECT_EQ(xrc, 1);
+  EXPECT_NE(unwritable.find("cannot write"), std::string::npos) << unwritable;
+}
+
+// A step that waits for a local worker: `gstabctl status` names the ranks it waits for.
+TEST_F(E2eGstabctlTest, StatusNamesTheLocalWorkersAStepWaitsFor) {
+  AttachOptions o = testing::JobOptions("straggling");
+  o.local_world_size = 3;
+  std::vector<std::unique_ptr<testing::TestWorker>> workers;
+  for (uint32_t rank = 0; rank < 3; ++rank) {
+    o.local_rank = rank;
+    auto w = testing::TestWorker::Create(daemon_->socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    (*w)->Fill(1, rank);
+    workers.push_back(*std::move(w));
+  }
+  absl::StatusOr<v1::StepResponse> r1;
+  std::thread t([&] { r1 = workers[1]->client().Step(1); });
+  std::string status;
+  for (int i = 0; i < 200 && status.find("waits") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+    status = Ctl("status").second;
+  }
+  EXPECT_NE(status.find("straggling: step 1 waits for local ranks 0,2 (1 of 3 arrived)"),
+            std::string::npos)
+      << status;
+  std::thread t2([&] { (void)workers[2]->client().Step(1); });
+  EXPECT_TRUE(workers[0]->client().Step(1).ok());
+  t.join();
+  t2.join();
+  EXPECT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(Ctl("status").second.find("waits"), std::string::npos);
+}
+
+// The container probe: `gstabctl health` succeeds, silently, while gstabd serves, and fails
+// with a reason once it has stopped.
+TEST_F(E2eGstabctlTest, HealthFollowsTheDaemon) {
+  auto [rc, out] = Ctl("health");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "");
+  auto [jrc, json] = Ctl("--json health");
+  EXPECT_EQ(jrc, 0) << json;
+  EXPECT_EQ(json, "{\"status\":\"SERVING\"}\n");
+  // A followed event stream ends only when gstabd goes, and says so (exit 1). A worker's
+  // attach gives the follower an event to print first, which says it has subscribed.
+  auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("followed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  absl::StatusOr<testing::Subprocess> follower =
+      testing::Subprocess::Start({testing::BinaryPath("tools/gstabctl"),
+                                  "--socket=" + daemon_->socket(), "events", "--follow"});
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  absl::StatusOr<std::string> first = follower->ReadLine(absl::Seconds(30));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_NE(first->find("followed"), std::string::npos) << *first;
+  ASSERT_EQ(daemon_->Stop().value_or(-1), 0);
+  const std::string followed = *first + "\n" + follower->ReadAll();
+  EXPECT_EQ(follower->Wait(absl::Seconds(10)).value_or(-1), 1) << followed;
+  EXPECT_NE(followed.find("the event stream ended: gstabd stopped"), std::string::npos) << followed;
+  auto [drc, down] = Ctl("health");
+  EXPECT_EQ(drc, 1) << down;
+  EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
+}
+
+}  // namespace
+}  // namespace gstab
