@@ -246,6 +246,21 @@ def bad_values(args):
               f"\n{err}")
 
 
+def check_managed_flags(args, kinds, extra):
+    """extraArgs may not set any flag the chart sets (gstabd keeps a repeated flag's last value,
+    so one would silently override the chart's): each of the rendered ones is refused."""
+    _, _, container = daemon_container(kinds)
+    from_extra_args = {"max_bytes"}  # set by `everything`'s own extraArgs
+    for arg in container["args"]:
+        name = arg[2:].split("=", 1)[0]
+        if name in from_extra_args:
+            continue
+        rc, _, err = helm(args, *extra, "--set", f"extraArgs={{--{name}=1}}")
+        check(rc != 0 and f"may not set --{name}" in err,
+              f"extraArgs={{--{name}=1}} was not refused, though the chart sets --{name}: rc={rc}"
+              f"\n{err}")
+
+
 def check_long_release_name(args):
     """A release name as long as helm allows (53) still gives a Service name that is a DNS
     label (at most 63 characters), which the API server requires."""
@@ -497,6 +512,7 @@ def main():
                 c(name, kinds)
             run_rendered(args, name, kinds, tmp)
         bad_values(args)
+        check_managed_flags(args, by_kind(render(args, *everything)), everything)
         check_training_job(args, tmp)
         package_dir = os.path.join(tmp, "package")
         os.makedirs(package_dir)
