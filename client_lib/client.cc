@@ -233,7 +233,16 @@ absl::Status Client::Attach(const AttachOptions& options) {
   absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
   if (!response.ok()) return response.status();
   StopKeepAlive();
+  const std::string previous = session();
   attached_ = *std::move(response);
+  // The earlier session ends: its registration would otherwise stay until its lease ran out,
+  // and its job's other local workers' steps would wait for it. gstabd has already ended it
+  // when this attach was of the same job and local rank (the detach is then refused: ignored).
+  if (!previous.empty() && previous != session()) {
+    v1::DetachRequest detach;
+    detach.set_session(previous);
+    (void)Call(&v1::Stabilizer::Stub::Detach, detach, absl::Seconds(10));
+  }
   if (!call_timeout_set_) {
     call_timeout_ = std::max(
         absl::Minutes(5), 8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));

@@ -65,6 +65,8 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // Attaching again, once the new attach has succeeded, ends the earlier session (its
+  // registration with it): register again. A failed attach leaves the earlier one as it was.
   absl::Status Attach(const AttachOptions& options);
   // Unique in this process for its lifetime (unlike the object's address, which a later client
   // can reuse).

@@ -254,6 +254,21 @@ class ClientTest(unittest.TestCase):
             gstab.Client(self.socket).step(1)
         self.assertIn("not attached", e.exception.message)
 
+    def test_attaching_to_another_job_ends_the_earlier_session(self):
+        with gstab.Client(self.socket) as client:
+            client.attach("py-left", local_rank=0, local_world_size=2)
+            arena = gstab.Arena()
+            arena.add_tensor("w", 16)
+            arena.allocate()
+            client.register_arena(arena)
+            client.attach("py-joined")
+            # The job left finds its other worker alone, not a lease later.
+            with gstab.Client(self.socket) as other:
+                other.attach("py-left", local_rank=1, local_world_size=2)
+                self.assertEqual(other.stats()["attached_workers"], 1)
+                self.assertEqual(other.stats()["registered_bytes"], 0)
+            self.assertEqual(client.stats()["job"], "py-joined")
+
     def test_absent_daemon_is_unavailable(self):
         with self.assertRaises(gstab.Error) as e:
             gstab.Client(os.path.join(self.dir.name, "nobody.sock")).attach("py-absent")
