@@ -29,8 +29,14 @@ constexpr const char* kShmHint =
 
 GradientArena::~GradientArena() {
   if (base_ != nullptr) munmap(base_, size_);
+  Unlink();
+}
+
+void GradientArena::Unlink() {
   // A forked child's copy leaves the object to its parent, which gstabd maps by its name.
-  if (!name_.empty() && getpid() == owner_) shm_unlink(name_.c_str());
+  if (name_.empty() || unlinked_ || getpid() != owner_) return;
+  shm_unlink(name_.c_str());
+  unlinked_ = true;
 }
 
 size_t GradientArena::AddTensor(std::string name, uint64_t numel, DType dtype, std::string group,

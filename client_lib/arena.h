@@ -50,6 +50,10 @@ class GradientArena {
   uint64_t numel(size_t tensor) const { return tensors_[tensor].numel; }
   size_t num_tensors() const { return tensors_.size(); }
   const std::string& shm_name() const { return name_; }
+  // Removes the object's name now; the memory stays mapped and usable, but no registration can
+  // find it any more. For a process on its way out whose arena outlives its exit (a framework's
+  // tensors over it that are never freed). Idempotent; a forked child's copy does nothing.
+  void Unlink();
   size_t size_bytes() const { return size_; }
 
   // The RegisterBuffers request describing this arena (one buffer per dtype); session unset.
@@ -67,6 +71,7 @@ class GradientArena {
   std::vector<Entry> tensors_;
   std::string name_;
   pid_t owner_ = 0;  // the process that created the object (the one that removes it)
+  bool unlinked_ = false;
   unsigned char* base_ = nullptr;
   size_t size_ = 0;
 };

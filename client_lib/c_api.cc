@@ -196,6 +196,10 @@ void* gstab_arena_data(gstab_arena* arena, size_t index) {
   return arena->arena.data(index);
 }
 
+void gstab_arena_unlink(gstab_arena* arena) {
+  if (arena != nullptr && CheckOwner(arena->owner, "arena").ok()) arena->arena.Unlink();
+}
+
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena) {
   if (client == nullptr || arena == nullptr) {
     return Report(absl::InvalidArgumentError("client and arena must not be NULL"));

@@ -114,6 +114,10 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
 gstab_status gstab_arena_allocate(gstab_arena* arena);
 /* NULL until gstab_arena_allocate has succeeded, or for an index past the last tensor. */
 void* gstab_arena_data(gstab_arena* arena, size_t index);
+/* Removes the arena's shared-memory object from /dev/shm now, its memory still mapped and
+ * usable (no registration can find it any more): for a process on its way out whose arena
+ * outlives its exit, as the Python package does at exit. gstab_arena_destroy also removes it. */
+void gstab_arena_unlink(gstab_arena* arena);
 
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);
 /* `step` increases from one call to the next and stays below 2^62 (INVALID_ARGUMENT past it). */

@@ -85,6 +85,7 @@ class Arena:
         self._h = ctypes.c_void_p()
         check(self._lib.gstab_arena_create(ctypes.byref(self._h)))
         self._tensors = []  # (numel, dtype)
+        _live_arenas.add(self)
 
     def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "",
                    replicated: bool = False, node_sharded: bool = False) -> int:
@@ -179,6 +180,10 @@ _log = logging.getLogger("gstab")
 # Clients still open when the interpreter exits detach then (gstabd lets go of their workers at
 # once rather than at the end of their leases; a forked child's inherited ones free nothing).
 _open_clients = weakref.WeakSet()
+# Arenas still alive then have their shared memory removed from /dev/shm: a framework's tensors
+# over an arena (torch.frombuffer) keep it alive past the interpreter's end, and nothing would
+# remove the object after (on Kubernetes, where each pod has its own pids, nothing ever would).
+_live_arenas = weakref.WeakSet()
 
 
 @atexit.register
@@ -188,6 +193,9 @@ def _close_open_clients() -> None:
             client.close()
         except Exception:  # noqa: BLE001 (nothing to report to at exit)
             pass
+    for arena in list(_live_arenas):
+        if getattr(arena, "_h", None):
+            arena._lib.gstab_arena_unlink(arena._h)  # its memory stays mapped
 
 
 def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:

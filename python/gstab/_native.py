@@ -106,6 +106,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_arena_add_tensor_flags": ([P, S, U64, I, S, U32, ctypes.POINTER(ctypes.c_size_t)],
                                          I),
         "gstab_arena_allocate": ([P], I), "gstab_arena_data": ([P, ctypes.c_size_t], P),
+        "gstab_arena_unlink": ([P], None),
         "gstab_register_arena": ([P, P], I),
         "gstab_step": ([P, U64, ctypes.POINTER(CStepResult)], I),
         "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(CGroupResult)], I),

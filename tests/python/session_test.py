@@ -171,6 +171,32 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_an_arena_alive_at_exit_leaves_no_shared_memory_behind(self):
+        # A framework's tensors over an arena (torch.frombuffer) keep it alive past the
+        # interpreter's end, so its destructor never runs: the exit removes its object anyway.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            script = ("import ctypes, os, gstab\n"
+                      f"c = gstab.Client({node.socket!r})\n"
+                      "c.attach('py-exit-arena')\n"
+                      "a = gstab.Arena()\n"
+                      "a.add_tensor('w', 64)\n"
+                      "a.allocate()\n"
+                      "c.register_arena(a)\n"
+                      "ctypes.pythonapi.Py_IncRef(ctypes.py_object(a))  # never freed\n"
+                      "print(os.getpid(), flush=True)\n")
+            env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+                       PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+            run = subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
+                                 capture_output=True, text=True)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            pid = run.stdout.split()[0]
+            left = [f for f in os.listdir("/dev/shm")
+                    if f.startswith("gstab-") and f.split("-")[2:3] == [pid]]
+            self.assertEqual(left, [])
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_forked_child_leaves_its_parents_client_and_arena_alone(self):
         # A child forked by the training process (a data loader's, say) inherits the client and
         # arena; using them there is refused, and its exit frees neither the parent's session
