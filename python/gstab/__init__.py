@@ -23,8 +23,9 @@ CUDA backend (tensors stay in the GPU's memory; PyTorch shown, any device pointe
 
 PyTorch models and JAX trees in a few lines: gstab.torch.Stabilizer and gstab.jax.Stabilizer.
 
-libgstab.so is found through $GSTAB_LIBRARY, then next to this package, then in the lib/ beside
-its folder (scripts/client-bundle's layout: OUT/python/gstab, OUT/lib), then the loader's path.
+libgstab.so is $GSTAB_LIBRARY when that is set (and nothing else), else found next to this
+package, then in the lib/ beside its folder (scripts/client-bundle's layout: OUT/python/gstab,
+OUT/lib), then on the loader's path. It must be this package's version (gstab.__version__).
 """
 
 import atexit
@@ -39,7 +40,9 @@ from typing import List, Optional
 from ._native import (ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
                       UNAVAILABLE, CGroupResult, CStepResult, CAttachOptions, Config, Error,
                       check, dtype_code, dtype_of, enc, enc_path, flags, json_numbers,
-                      load_library, settings, take, uint)
+                      load_library, settings, take, uint, VERSION)
+
+__version__ = VERSION  # and that of the libgstab.so it loads, which it checks
 
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "dtype_of", "load_library"]

@@ -59,6 +59,10 @@ class CGroupResult(ctypes.Structure):
 _lib = None
 
 
+# The libgstab.so this package is built with: its structs and signatures are this version's.
+VERSION = "0.2.0"
+
+
 def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     """Loads libgstab.so once and declares its functions."""
     global _lib
@@ -69,8 +73,12 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
                           f"(asked for {path})")
         return _lib
     here = os.path.dirname(os.path.realpath(__file__))
-    candidates = [os.environ.get("GSTAB_LIBRARY"), os.path.join(here, "libgstab.so"),
+    candidates = [os.path.join(here, "libgstab.so"),
                   os.path.join(here, "..", "..", "lib", "libgstab.so"), "libgstab.so"]
+    if os.environ.get("GSTAB_LIBRARY"):  # named: no other one stands in for it
+        candidates = [os.environ["GSTAB_LIBRARY"]]
+        if os.sep in candidates[0] and not os.path.exists(candidates[0]):
+            raise OSError(f"GSTAB_LIBRARY names {candidates[0]}, which does not exist")
     if path:  # asked for by name: no other one stands in for it
         candidates = [path]
         if os.sep in path and not os.path.exists(path):
@@ -127,6 +135,9 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
             raise OSError(f"{lib._name} (version {version}) lacks {name}, which this package "
                           "needs: use the libgstab.so built with the package") from None
         fn.argtypes, fn.restype = args, restype
+    if lib.gstab_version().decode() != VERSION:
+        raise OSError(f"{lib._name} is version {lib.gstab_version().decode()}, and this package "
+                      f"{VERSION}: use the libgstab.so built with the package")
     _lib = lib
     return lib
 

@@ -48,6 +48,16 @@ class ClientTest(unittest.TestCase):
 
     def test_version(self):
         self.assertEqual(gstab.load_library().gstab_version().decode(), "0.2.0")
+        self.assertEqual(gstab.__version__, "0.2.0")
+        # GSTAB_LIBRARY, when set, is the only library tried: one that is not there is said so.
+        env = dict(os.environ, GSTAB_LIBRARY="/nonexistent/libgstab.so",
+                   PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)),
+                   LD_LIBRARY_PATH=os.path.dirname(gstab.load_library()._name))
+        run = subprocess.run([sys.executable, "-c", "import gstab; gstab.load_library()"],
+                             env=env, timeout=60, capture_output=True, text=True)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("GSTAB_LIBRARY names /nonexistent/libgstab.so, which does not exist",
+                      run.stderr)
 
     def test_steps_stabilize_arena_gradients_in_place(self):
         client = gstab.Client(self.socket)
