@@ -341,6 +341,9 @@ class Client:
         keep_config: the job keeps its configuration; only the statistics (re-expressed for it)
         and the step count are imported."""
         groups = ctypes.c_uint32()
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be the bytes export_state() gave, not "
+                            f"{type(state).__name__}")
         state = bytes(state)
         call = self._lib.gstab_import_statistics if keep_config else self._lib.gstab_import_state
         check(call(self._handle(), state, len(state), ctypes.byref(groups)))

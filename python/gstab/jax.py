@@ -1,10 +1,12 @@
 """gstab for JAX: a pytree of gradients stabilized by gstabd.
 
     import gstab, gstab.jax
+    from jax.experimental import multihost_utils
     client = gstab.Client("/run/gstab/gstabd.sock")
     gstab.jax.attach(client, "my-run", policy="stabilize")  # hosts from jax.distributed
-    if client.node_rank == 0:                           # resuming: node 0 imports (the
-        client.import_state(saved)                      # others take its statistics)
+    if client.node_rank == 0 and client.local_rank == 0:  # resuming: one process imports
+        client.import_state(saved)                      # (the others take its statistics),
+    multihost_utils.sync_global_devices("gstab-import") # before any of them steps
     stabilizer = gstab.jax.Stabilizer(client, params)   # the gradients' shapes and dtypes
     for step in range(1, steps + 1):
         grads = grad_fn(params, batch)                    # jitted or not

@@ -121,6 +121,11 @@ class Stabilizer:
                 self._params.append((name, p))
         if not self._params:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
+        if self._module is not None:
+            for name, m in self._module.named_modules():
+                if getattr(m, "sparse", False) is True and \
+                        isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                    raise ValueError(_sparse_refusal(name or type(m).__name__))
         self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
         sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
@@ -288,7 +293,8 @@ class Stabilizer:
 
     def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
-        one) is where the step is ordered."""
+        one) is where the step is ordered, after the work queued on the current stream (the
+        backward's)."""
         self._check_registered()
         self._check_parameters()
         if self._arena is not None:
@@ -296,8 +302,11 @@ class Stabilizer:
             self._last = self._client.step(step)
             return self._last
         with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
             if stream is None:
-                stream = torch.cuda.current_stream(self.device)
+                stream = current
+            elif stream != current:
+                stream.wait_stream(current)  # for the backward, queued on the current stream
             with torch.cuda.stream(stream):  # the copies below come before gstabd's kernels
                 self._take_back_replaced_gradients()
             self._last = self._client.cuda_step(self._cuda, step, stream.cuda_stream)
@@ -359,6 +368,8 @@ class Stabilizer:
                     "Stabilizer was made; make the Stabilizer after model.to(...)")
         replaced = []
         for (name, p), grad, assigned in zip(self._params, self._grads, self._assigned):
+            if p.grad is not None and p.grad.layout != torch.strided:
+                raise ValueError(_sparse_refusal(name))
             current = None if p.grad is None else _local(p.grad)
             if current is not None and current.data_ptr() == grad.data_ptr() \
                     and current.shape == grad.shape:
@@ -406,6 +417,11 @@ def _dtensor_type():
         return DTensor
     except ImportError:  # a PyTorch without torch.distributed
         return None
+
+
+def _sparse_refusal(name: str) -> str:
+    return (f"gstab: the gradients of '{name}' are sparse (nn.Embedding(sparse=True)?): gstab "
+            "stabilizes dense gradients in place; give the module dense ones (sparse=False)")
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

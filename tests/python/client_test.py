@@ -399,6 +399,8 @@ class JobControlTest(unittest.TestCase):
                     resumed.import_state(bad)
                 self.assertEqual(e.exception.code, 3)
                 self.assertIn(says, e.exception.message)
+            with self.assertRaisesRegex(TypeError, "not int"):
+                resumed.import_state(1000)  # bytes(1000) would be a thousand zeros
             self.assertEqual(resumed.import_state(state), 2)
             stats = resumed.stats()
             self.assertEqual(stats["config"]["stabilize"]["beta1"], 0.7)

@@ -284,6 +284,15 @@ class TorchTest(GstabdTest):
             gstab.torch.Stabilizer(client, frozen)
         with self.assertRaisesRegex(ValueError, "not on meta"):
             gstab.torch.Stabilizer(client, mlp().to("meta"))
+        # Sparse gradients: refused at once for a module, at the step for bare parameters.
+        embedding = torch.nn.Embedding(10, 4, sparse=True)
+        with self.assertRaisesRegex(ValueError, "gradients of 'Embedding' are sparse"):
+            gstab.torch.Stabilizer(client, embedding)
+        loose = gstab.torch.Stabilizer(client, list(embedding.named_parameters()))
+        embedding.zero_grad(set_to_none=True)
+        embedding(torch.tensor([1, 2])).sum().backward()
+        with self.assertRaisesRegex(ValueError, "gradients of 'weight' are sparse"):
+            loose.step(1)
         import torch.distributed as dist
         from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
         with tempfile.TemporaryDirectory() as folder:
