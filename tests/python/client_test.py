@@ -35,6 +35,15 @@ def float_to_bf16(x: float) -> int:  # exact for the values used here (8 signifi
     return struct.unpack("<I", struct.pack("<f", x))[0] >> 16
 
 
+def register_one_tensor(client):
+    """An arena of one 16-element tensor, registered: to hold the client's place in a job."""
+    arena = gstab.Arena()
+    arena.add_tensor("w", 16)
+    arena.allocate()
+    client.register_arena(arena)
+    return arena
+
+
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -247,10 +256,7 @@ class ClientTest(unittest.TestCase):
     def test_a_closed_client_has_detached_and_says_it_is_closed(self):
         with gstab.Client(self.socket) as client:
             client.attach("py-closed", local_rank=0, local_world_size=2)
-            one_tensor = gstab.Arena()
-            one_tensor.add_tensor("w", 16)
-            one_tensor.allocate()
-            client.register_arena(one_tensor)
+            one_tensor = register_one_tensor(client)
             self.assertEqual(client.stats()["attached_workers"], 1)
         with self.assertRaises(gstab.Error) as e:
             client.step(2)
@@ -267,10 +273,7 @@ class ClientTest(unittest.TestCase):
     def test_attaching_to_another_job_ends_the_earlier_session(self):
         with gstab.Client(self.socket) as client:
             client.attach("py-left", local_rank=0, local_world_size=2)
-            arena = gstab.Arena()
-            arena.add_tensor("w", 16)
-            arena.allocate()
-            client.register_arena(arena)
+            arena = register_one_tensor(client)
             client.attach("py-joined")
             # The job left finds its other worker alone, not a lease later.
             with gstab.Client(self.socket) as other:

@@ -21,6 +21,14 @@ from stepping import one_tensor_job, run_steps  # noqa: E402
 ARGS = None
 
 
+def run_python(script):
+    """`script` run by another interpreter with this package and library, to its end."""
+    env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+               PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+    return subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
+                          capture_output=True, text=True)
+
+
 class SessionTest(unittest.TestCase):
     """Each test runs a gstabd of its own, which it restarts or shares among clients."""
 
@@ -160,10 +168,7 @@ class SessionTest(unittest.TestCase):
             script = ("import gstab\n"
                       f"c = gstab.Client({node.socket!r})\n"
                       "c.attach('py-exit', local_rank=0, local_world_size=2)\n")
-            env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
-                       PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
-            run = subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
-                                 capture_output=True, text=True)
+            run = run_python(script)
             self.assertEqual(run.returncode, 0, run.stderr)
             other = gstab.Client(node.socket)
             other.attach("py-exit", local_rank=1, local_world_size=2)
@@ -185,10 +190,7 @@ class SessionTest(unittest.TestCase):
                       "c.register_arena(a)\n"
                       "ctypes.pythonapi.Py_IncRef(ctypes.py_object(a))  # never freed\n"
                       "print(os.getpid(), flush=True)\n")
-            env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
-                       PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
-            run = subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
-                                 capture_output=True, text=True)
+            run = run_python(script)
             self.assertEqual(run.returncode, 0, run.stderr)
             pid = run.stdout.split()[0]
             left = [f for f in os.listdir("/dev/shm")
