@@ -52,6 +52,9 @@ ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
 ABSL_FLAG(uint32_t, metrics_max_groups, 32, "groups exported per job; the rest as group _other");
+ABSL_FLAG(int32_t, rpc_memory_mb, gstab::ServerOptions::kDefaultRpcMemoryMb,
+          "MiB of requests being received gstabd holds at once, over every caller; past it, calls "
+          "are cancelled (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int32_t, max_event_streams, gstab::StabilizerService::kMaxEventStreams,
           "event streams (WatchEvents, gstabctl events) one caller may have open at once");
 ABSL_FLAG(std::string, peer_listen, "",
@@ -166,6 +169,13 @@ int main(int argc, char** argv) {
                  "registration, event stream or connection, or keep no checkpoint)\n");
     return 2;
   }
+  if (absl::GetFlag(FLAGS_rpc_memory_mb) < gstab::ServerOptions::kMinRpcMemoryMb) {
+    std::fprintf(stderr,
+                 "gstabd: --rpc_memory_mb must be at least %d, twice the largest request gstabd "
+                 "takes (%d MiB)\n",
+                 gstab::ServerOptions::kMinRpcMemoryMb, gstab::kMaxMessageBytes >> 20);
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
     std::fprintf(stderr, "gstabd: --cpu_threads takes a count, or 0 for every hardware thread\n");
     return 2;
@@ -213,6 +223,7 @@ int main(int argc, char** argv) {
   options.peer_tls_name = absl::GetFlag(FLAGS_peer_tls_name);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.max_event_streams = absl::GetFlag(FLAGS_max_event_streams);
+  options.rpc_memory_mb = absl::GetFlag(FLAGS_rpc_memory_mb);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.daemon.cuda = backend != "cpu" && gpus > 0;
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <grpcpp/resource_quota.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -103,6 +104,11 @@ absl::Status Server::Start() {
   // ImportState carries a job's whole state, and registrations up to 65536 tensors: past
   // gRPC's default 4 MiB.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  // Requests are received whole before any check of who sent them: many large ones at once
+  // would otherwise take all of gstabd's memory.
+  grpc::ResourceQuota quota("gstabd-requests");
+  quota.Resize(static_cast<size_t>(options_.rpc_memory_mb) << 20);
+  builder.SetResourceQuota(quota);
   if (!options_.socket_path.empty()) {
     MetricFamily* refusals = metrics_.AddCounter(
         "gstab_connections_refused_total",
@@ -132,6 +138,7 @@ absl::Status Server::Start() {
     // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
     grpc::ServerBuilder peers;
+    peers.SetResourceQuota(quota);
     int port = 0;
     peers.AddListeningPort(options_.peer_listen,
                            MutualTlsServerCredentials(options_.daemon.peer_tls), &port);

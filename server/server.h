@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/wire_limits.h"
 #include "server/daemon.h"
 #include "server/event_bus.h"
 #include "server/metrics.h"
@@ -53,6 +54,12 @@ struct ServerOptions {
   std::string peer_tls_name;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
   int max_event_streams = StabilizerService::kMaxEventStreams;  // a caller's WatchEvents streams
+  // Memory gRPC may hold for the requests it is receiving, over every caller: past it, calls are
+  // cancelled (RESOURCE_EXHAUSTED) rather than gstabd running out of memory. At least twice the
+  // largest request (kMaxMessageBytes).
+  int rpc_memory_mb = kDefaultRpcMemoryMb;
+  static constexpr int kDefaultRpcMemoryMb = 1024;
+  static constexpr int kMinRpcMemoryMb = 2 * (kMaxMessageBytes >> 20);
 };
 
 class Server {

@@ -1,9 +1,11 @@
 // End-to-end: gstabd's caps on what one owner, job or caller may hold, each refused with
 // RESOURCE_EXHAUSTED naming its flag while the others go on; at start, a second gstabd on a
 // live socket and flags that would refuse everything.
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -198,6 +200,42 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
   EXPECT_TRUE(reopened) << "no stream could open after one closed";
   for (auto& s : streams) s->ctx.TryCancel();
   for (size_t i = 1; i < streams.size(); ++i) (void)streams[i]->reader->Finish();
+}
+
+// Requests are received whole before gstabd checks who sent them: past --rpc_memory_mb of them
+// at once, calls are cancelled with RESOURCE_EXHAUSTED, and gstabd serves on.
+TEST(E2eCapsTest, RequestsPastTheirMemoryAreCancelledAndGstabdServesOn) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--rpc_memory_mb=128"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  v1::ImportStateRequest big;
+  big.set_session("not-a-session");
+  big.set_state(std::string(size_t{60} << 20, 'x'));
+  auto import = [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    v1::ImportStateResponse response;
+    return (*client)->stub()->ImportState(&ctx, big, &response);
+  };
+  // One request near the largest gstabd takes is not refused for its size: it is answered.
+  const grpc::Status alone = import();
+  EXPECT_EQ(alone.error_code(), grpc::StatusCode::UNAUTHENTICATED) << alone.error_message();
+  // Sixteen at once would hold 960 MiB.
+  std::atomic<int> cancelled{0};
+  std::vector<std::thread> flood;
+  for (int i = 0; i < 16; ++i) {
+    flood.emplace_back([&] {
+      if (import().error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++cancelled;
+    });
+  }
+  for (std::thread& t : flood) t.join();
+  EXPECT_GT(cancelled.load(), 0);
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("after-the-flood"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
 }
 
 }  // namespace
