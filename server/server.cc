@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <grpcpp/resource_quota.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -175,6 +176,9 @@ void Server::Housekeeping() {
     if (absl::Now() >= next_checkpoint) {
       if (absl::Status s = daemon_->Checkpoint(); !s.ok()) LOG(WARNING) << s;
       next_checkpoint = absl::Now() + options_.checkpoint_interval;
+      // Memory freed since (a burst of large requests, checkpoints' buffers) goes back to the
+      // system: the allocator would otherwise keep it, and gstabd's RSS would show its peak.
+      malloc_trim(0);
     }
   }
 }
