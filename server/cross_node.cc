@@ -92,6 +92,9 @@ constexpr size_t kGatheredGroups = 32;
 enum RecordWord : size_t { kStep, kLayout, kConfig, kGroups, kFlags, kSums };
 constexpr size_t kNonFinite = kSums + kGatheredGroups;
 constexpr size_t kRecordWords = kNonFinite + kGatheredGroups;
+// A group's flag word in a record.
+constexpr uint64_t kPresent = 1;          // the node's workers registered the group
+constexpr uint64_t kNonFiniteFlag = 2;    // and its gradients were not finite
 constexpr uint64_t kWantsStatistics = 1;  // kFlags: the node is to take node 0's statistics
 constexpr uint64_t kRefuses = 2;          // kFlags: the node refuses the step
 
@@ -135,8 +138,9 @@ class Records {
 }  // namespace
 
 std::string PeerRecordLayout() {
-  return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups, " groups), rule ",
-                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats));
+  return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
+                      " groups, presence flags), rule ", sizeof(RuleParams), ", statistics ",
+                      sizeof(GroupStats));
 }
 
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
@@ -146,12 +150,16 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   const bool gathered = groups <= kGatheredGroups;  // the sums travel in the records
   // What this node adds to each group's sum (nothing for a group it keeps or only takes), and
   // its non-finite flags.
+  // [sums | non-finite flags | presence]; in a record, a group's flag word is kPresent plus
+  // kNonFiniteFlag, or 0 where the node does not have the group.
   std::vector<uint8_t> modes(groups);
-  std::vector<double> data(2 * groups, 0.0);
+  std::vector<double> data(3 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {
     modes[g] = CrossNodeMode(p->reduction[g], c->rank());
+    const bool present = g < p->present.size() && p->present[g];
     if (modes[g] == kAddAndTake) data[g] = p->sums[g];
     data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
+    data[2 * groups + g] = present ? 1.0 : 0.0;
   }
   std::array<uint64_t, kRecordWords> record{};
   record[kStep] = step;
@@ -161,7 +169,8 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   record[kFlags] = (mine.want_statistics ? kWantsStatistics : 0) | (mine.refused ? kRefuses : 0);
   for (size_t g = 0; gathered && g < groups; ++g) {
     record[kSums + g] = absl::bit_cast<uint64_t>(data[g]);
-    record[kNonFinite + g] = absl::bit_cast<uint64_t>(data[groups + g]);
+    record[kNonFinite + g] =
+        data[2 * groups + g] > 0 ? kPresent | (data[groups + g] > 0 ? kNonFiniteFlag : 0) : 0;
   }
   Records all(c->size());
   absl::Span<const char> bytes(reinterpret_cast<const char*>(record.data()), sizeof(record));
@@ -194,13 +203,27 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     for (size_t g = 0; g < groups; ++g) {  // in node order: the same bits on every node
       data[g] = 0.0;
       data[groups + g] = 0.0;
+      data[2 * groups + g] = 0.0;
       for (uint32_t r = 0; r < all.nodes(); ++r) {
+        const uint64_t flags = all.at(r, kNonFinite + g);
         data[g] += all.value(r, kSums + g);
-        data[groups + g] = std::max(data[groups + g], all.value(r, kNonFinite + g));
+        if ((flags & kNonFiniteFlag) != 0) data[groups + g] = 1.0;
+        if ((flags & kPresent) != 0) data[2 * groups + g] += 1.0;
       }
     }
   } else if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
     return NameMissing(c, job, step, st);
+  }
+  for (size_t g = 0; g < groups; ++g) {
+    const auto having = static_cast<uint32_t>(data[2 * groups + g]);
+    if (having == 0 || having == c->size()) continue;
+    const std::string name =
+        p->group_name ? absl::StrCat("'", p->group_name(g), "'") : absl::StrCat("#", g);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "norm group ", name, " of job '", job, "' is registered on ", having, " of its ", c->size(),
+        " nodes (on this node: ", g < p->present.size() && p->present[g] ? "yes" : "no",
+        "); every node's workers must register every group (a rank with no part of one "
+        "registers an empty placeholder for it, as gstab.torch does); nothing was summed"));
   }
   for (size_t g = 0; g < groups; ++g) {
     if (modes[g] != kKeepOwn) p->sums[g] = data[g];

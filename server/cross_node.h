@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,10 @@ struct NodePartials {
   std::vector<double> sums;          // per group, this node's combined sum of squares
   std::vector<uint32_t> non_finite;  // per group
   std::vector<int> reduction;        // per group: a v1::Reduction
+  // Per group, whether this node's workers registered it (empty: none). Every node must agree:
+  // a node without a group would leave its statistics behind the others'.
+  std::vector<bool> present;
+  std::function<std::string(size_t)> group_name;  // for messages (may be empty)
 };
 
 // A fingerprint of the job's groups (names and reductions, in index order).
@@ -57,7 +62,8 @@ std::string PeerRecordLayout();
 
 // Reduces `partials` in place. ABORTED when a node refused the step (check.refused there: every
 // node leaves it after the check, the communicator intact); INVALID_ARGUMENT when steps or
-// layouts differ across nodes (nothing is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the
+// layouts differ across nodes, or a group is registered on some nodes and not others (nothing
+// is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the
 // missing nodes when a node dies or stalls past `timeout`.
 absl::Status ReduceAcrossNodes(Collective* collective, const std::string& job, uint64_t step,
                                const StepCheck& check, absl::Duration timeout,

@@ -221,8 +221,8 @@ absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepC
                                     absl::Status refusal) {
   check.refused = true;
   const size_t groups = reduction.size();
-  NodePartials partials{std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0),
-                        reduction};
+  NodePartials partials{
+      std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0), reduction, {}, {}};
   StepAgreement agreed;
   (void)ReduceAcrossNodes(collective, name_, step, check, timeout, &partials, &agreed);
   return refusal;
@@ -308,7 +308,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
 
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
   if (collective != nullptr) {
-    NodePartials partials{sums, non_finite, reduction};
+    NodePartials partials{sums, non_finite, reduction, present, [this](size_t g) {
+                            absl::MutexLock lock(&mu_);
+                            return group_names_[g];
+                          }};
     StepAgreement agreed;
     if (absl::Status s =
             ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);

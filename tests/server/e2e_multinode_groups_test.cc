@@ -2,7 +2,7 @@
 // all-gather that checks the nodes agree; past that, a second collective sums them. Either way
 // every node gets the same results, and each group's norm is what its reduction says: sharded
 // groups sum every node's squares, replicated ones keep the node's own, node-sharded ones take
-// node 0's.
+// node 0's. A group registered on some nodes and not others is refused on every node.
 #include <cmath>
 #include <thread>
 #include <tuple>
@@ -113,6 +113,35 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
     for (int g = 0; g < groups; ++g) {
       EXPECT_EQ(results[n]->groups(g).skipped(), g <= 1) << "node " << n << " group " << g;
     }
+  }
+
+  // The last node's worker registers again without the last group: that node would leave the
+  // group's statistics behind the others', so every node refuses the step, naming the group.
+  GradientArena fewer;
+  for (int g = 0; g + 1 < groups; ++g) {
+    fewer.AddTensor(absl::StrCat("t", g), 64 + g, DType::kFloat32, absl::StrCat("g", g),
+                    ReductionOf(g));
+  }
+  ASSERT_TRUE(fewer.Allocate().ok());
+  ASSERT_TRUE(workers[nodes - 1]->client->Register(fewer).ok());
+  fill(5);
+  const std::vector<absl::StatusOr<v1::StepResponse>> refused = step_all(5);
+  for (int n = 0; n < nodes; ++n) {
+    const absl::Status& s = refused[n].status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << "node " << n;
+    EXPECT_NE(s.message().find(absl::StrCat("norm group 'g", groups - 1,
+                                            "' of job 'groups' is registered on ", nodes - 1,
+                                            " of its ", nodes, " nodes")),
+              std::string::npos)
+        << "node " << n << ": " << s;
+  }
+  // Registered whole again, the nodes step on alike.
+  ASSERT_TRUE(workers[nodes - 1]->client->Register(workers[nodes - 1]->arena).ok());
+  fill(6);
+  const std::vector<absl::StatusOr<v1::StepResponse>> again = step_all(6);
+  for (int n = 0; n < nodes; ++n) {
+    ASSERT_TRUE(again[n].ok()) << "node " << n << ": " << again[n].status();
+    EXPECT_EQ(again[n]->SerializeAsString(), again[0]->SerializeAsString()) << "node " << n;
   }
 }
 
