@@ -143,6 +143,28 @@ std::string PeerRecordLayout() {
                       sizeof(GroupStats));
 }
 
+namespace {
+
+// The groups this node has that none of its workers registered, for the layout refusal.
+std::string Unregistered(const NodePartials& p) {
+  std::vector<std::string> names;
+  for (size_t g = 0; g < p.present.size(); ++g) {
+    if (p.present[g]) continue;
+    if (names.size() == 5) {
+      names.push_back("...");
+      break;
+    }
+    names.push_back(p.group_name ? absl::StrCat("'", p.group_name(g), "'") : absl::StrCat("#", g));
+  }
+  if (names.empty()) return "";
+  return absl::StrCat(
+      "; this node has groups none of its workers registered (", absl::StrJoin(names, ", "),
+      "): an imported state brings its groups, so import one of the model's groups only, or "
+      "start the job afresh (gstabctl forget)");
+}
+
+}  // namespace
+
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
                                const StepCheck& mine, absl::Duration timeout, NodePartials* p,
                                StepAgreement* agreement) {
@@ -194,7 +216,8 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     return absl::InvalidArgumentError(absl::StrCat(
         "norm-group layouts differ across the nodes of job '", job, "' (this node has ", groups,
         " groups, the nodes between ", all.min(kGroups), " and ", all.max(kGroups),
-        " or other names); every node must register the same groups; nothing was summed"));
+        " or other names); every node must register the same groups", Unregistered(*p),
+        "; nothing was summed"));
   }
   agreement->configs_differ = all.differ(kConfig);
   // Node 0's statistics go with its configuration (they are expressed for its betas).
