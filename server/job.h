@@ -219,16 +219,18 @@ class Job {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A job across nodes gives up the round `round` of step `step`, whose local workers did not
   // all arrive (`late` says which): every waiter of it hears so, later Steps of it are refused,
-  // and the other nodes are told in the step's check (releasing mu_ meanwhile).
+  // and the other nodes are told in the step's check within `budget` (releasing mu_ meanwhile).
+  // The caller hears whether telling them failed (the communicator is then broken).
   absl::Status AbandonRound(uint64_t step, uint64_t round, const std::string& late,
-                            absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                            absl::Duration budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // UNAVAILABLE: step `step` was not taken, as gstabd is shutting down.
   absl::Status ShuttingDown(uint64_t step) const;
   // This node refuses step `step` with `refusal`: it tells the other nodes, which wait in the
-  // step's check, so that they leave it at once with their communicator intact.
+  // step's check, so that they leave it at once with their communicator intact. `told` (may be
+  // null): ABORTED when the other nodes heard it, else why they did not.
   absl::Status RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
                                  absl::Duration timeout, const std::vector<int>& reduction,
-                                 absl::Status refusal);
+                                 absl::Status refusal, absl::Status* told = nullptr);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, v1::StepResponse* response)

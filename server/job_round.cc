@@ -136,7 +136,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           return absl::DeadlineExceededError(late);
         }
         if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
-        return AbandonRound(step, my_round, late, timeout);
+        return AbandonRound(step, my_round, late, timeout - arrival);
       }
       // A worker removed while the round ran on it has no answer to wait for: its session has
       // ended.
@@ -177,7 +177,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
 }
 
 absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string& late,
-                               absl::Duration timeout) {
+                               absl::Duration budget) {
   // Every waiter of the round hears the same; a late worker's Step of it is refused.
   const absl::Status given_up = absl::DeadlineExceededError(
       absl::StrCat(late, "; the job's other nodes are told to skip it: go on from step ",
@@ -196,12 +196,19 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   std::vector<int> reduction(group_reduction_.begin(), group_reduction_.begin() + groups);
   ++announcing_;  // a next round's runner waits for it
   mu_.Unlock();
+  absl::Status told;
   {
     absl::MutexLock using_collective(&collective_use_);
-    (void)RefuseAcrossNodes(collective.get(), step, StepCheck(), timeout, reduction, given_up);
+    (void)RefuseAcrossNodes(collective.get(), step, StepCheck(), budget, reduction, given_up,
+                            &told);
   }
   mu_.Lock();
   --announcing_;
+  if (!absl::IsAborted(told)) {  // ABORTED: every node saw the refusal
+    return absl::DeadlineExceededError(absl::StrCat(
+        late, "; telling the job's other nodes failed too (", told.message(),
+        "), which breaks their communicator: attach every worker again with a new rendezvous"));
+  }
   return given_up;
 }
 
@@ -218,13 +225,15 @@ absl::Status Job::ShuttingDown(uint64_t step) const {
 
 absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
                                     absl::Duration timeout, const std::vector<int>& reduction,
-                                    absl::Status refusal) {
+                                    absl::Status refusal, absl::Status* told) {
   check.refused = true;
   const size_t groups = reduction.size();
   NodePartials partials{
       std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0), reduction, {}, {}};
   StepAgreement agreed;
-  (void)ReduceAcrossNodes(collective, name_, step, check, timeout, &partials, &agreed);
+  absl::Status heard =
+      ReduceAcrossNodes(collective, name_, step, check, timeout, &partials, &agreed);
+  if (told != nullptr) *told = std::move(heard);
   return refusal;
 }
 

@@ -236,6 +236,16 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
   workers.push_back(std::move(late));
   for (size_t i = 0; i < 3; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(3, 3))) EXPECT_TRUE(r.ok()) << r.status();
+
+  // With node 0 stalled, the telling fails too: the worker hears so, and what to do.
+  cluster.daemon(0).process().Signal(SIGSTOP);
+  workers[1]->Fill(4, 2);
+  absl::Status untold = workers[1]->client().Step(4).status();
+  cluster.daemon(0).process().Signal(SIGCONT);
+  EXPECT_EQ(untold.code(), absl::StatusCode::kDeadlineExceeded) << untold;
+  EXPECT_NE(untold.message().find("telling the job's other nodes failed too"), std::string::npos)
+      << untold;
+  EXPECT_NE(untold.message().find("attach every worker again"), std::string::npos) << untold;
 }
 
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
