@@ -13,19 +13,20 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 
 namespace gstab {
 namespace {
 
 // gloo::rendezvous::Store over the gstab.v1.Rendezvous service. Gloo reports failures by
-// exception, so errors are thrown as std::runtime_error. Calls without a timeout of their own
-// take `call_timeout` (the caller's deadline: Gloo's default is 30 s, whatever the step's).
+// exception, so errors are thrown as std::runtime_error. Every call ends by `deadline` (the
+// caller's: Gloo asks for 30 s per call by default, and waits for each peer in turn).
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
   GrpcStore(const std::string& address, std::string token, const MutualTls& tls,
-            std::chrono::milliseconds call_timeout)
-      : token_(std::move(token)), call_timeout_(call_timeout) {
+            absl::Time deadline)
+      : token_(std::move(token)), deadline_(deadline) {
     grpc::ChannelArguments args;
     std::shared_ptr<grpc::ChannelCredentials> credentials = MutualTlsChannelCredentials(tls, &args);
     stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
@@ -37,33 +38,41 @@ class GrpcStore final : public gloo::rendezvous::Store {
     request.set_key(key);
     request.set_value(std::string(data.begin(), data.end()));
     v1::StoreSetResponse response;
-    Check(stub_->StoreSet(Context(call_timeout_).get(), request, &response), "set", key);
+    Check(stub_->StoreSet(Context(Left()).get(), request, &response), "set", key);
   }
 
   std::vector<char> get(const std::string& key) override {
-    wait({key}, call_timeout_);
+    wait({key});
     v1::StoreGetRequest request;
     request.set_token(token_);
     request.set_key(key);
     v1::StoreGetResponse response;
-    Check(stub_->StoreGet(Context(call_timeout_).get(), request, &response), "get", key);
+    Check(stub_->StoreGet(Context(Left()).get(), request, &response), "get", key);
     return std::vector<char>(response.value().begin(), response.value().end());
   }
 
-  void wait(const std::vector<std::string>& keys) override { wait(keys, call_timeout_); }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, Left()); }
 
-  void wait(const std::vector<std::string>& keys,
-            const std::chrono::milliseconds& timeout) override {
+  // Gloo's own timeout is not ours (it passes its pairs', a fifth of the step's; see Connect):
+  // a wait takes what is left to the deadline.
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override {
+    const std::string first = keys.empty() ? "" : keys[0];
+    const std::chrono::milliseconds left = Left();
     v1::StoreWaitRequest request;
     request.set_token(token_);
     for (const std::string& k : keys) request.add_keys(k);
-    request.set_timeout_ms(static_cast<uint32_t>(timeout.count()));
+    request.set_timeout_ms(static_cast<uint32_t>(left.count()));
     v1::StoreWaitResponse response;
-    Check(stub_->StoreWait(Context(timeout + std::chrono::seconds(1)).get(), request, &response),
-          "wait for", keys.empty() ? "" : keys[0]);
+    Check(stub_->StoreWait(Context(left + std::chrono::seconds(1)).get(), request, &response),
+          "wait for", first);
   }
 
  private:
+  // The time left to the deadline; past it, a millisecond: a key set by then is still found.
+  std::chrono::milliseconds Left() const {
+    return std::chrono::milliseconds(
+        std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline_ - absl::Now())));
+  }
   static std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + timeout);
@@ -78,7 +87,7 @@ class GrpcStore final : public gloo::rendezvous::Store {
 
   std::unique_ptr<v1::Rendezvous::Stub> stub_;
   const std::string token_;
-  const std::chrono::milliseconds call_timeout_;
+  const absl::Time deadline_;
 };
 
 std::chrono::milliseconds Ms(absl::Duration d) {
@@ -114,14 +123,18 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
   }
   if (context_ != nullptr) return absl::OkStatus();
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, Ms(timeout));
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout);
     gloo::transport::tcp::attr attr;
     attr.hostname = bind_host_;
     std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
     auto context = std::make_shared<gloo::rendezvous::Context>(static_cast<int>(rank_),
                                                                static_cast<int>(size_));
-    context->setTimeout(Ms(timeout));
+    // A pair waits five times its timeout for its first connection (gloo's tcp::Pair): the
+    // pairs get a fifth of the step's, so that a peer that never connects fails the step in
+    // its timeout. The collectives then take the whole of it.
+    context->setTimeout(Ms(timeout / 5));
     context->connectFullMesh(store, device);
+    context->setTimeout(Ms(timeout));
     context_ = std::move(context);
   } catch (const std::exception& e) {
     return Broken("cannot connect to the job's other nodes", e);
@@ -194,15 +207,13 @@ absl::Status GlooCollective::AllGather(absl::Span<const char> mine, absl::Span<c
 std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration timeout) {
   std::vector<uint32_t> missing;
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, Ms(timeout));
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout);
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
-    const absl::Time deadline = absl::Now() + timeout;
     for (uint32_t r = 0; r < size_; ++r) {
       if (r == rank_) continue;
       try {
-        store.wait({absl::StrCat(prefix, r)},
-                   Ms(std::max(deadline - absl::Now(), absl::Milliseconds(1))));
+        store.wait({absl::StrCat(prefix, r)});  // what is left of the timeout
       } catch (const std::exception&) {
         missing.push_back(r);
       }
