@@ -232,6 +232,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         } else {
           slot->set_restored();
           slot->RestoreConfigHistory(state->config_history());
+          slot->RestoreRendezvous(state->rendezvous());
         }
         // Whose it was, even if its statistics could not be taken (kept in memory too).
         if (std::optional<Principal> owner = OwnerIn(checkpoint->second.state)) {

@@ -190,7 +190,8 @@ absl::Status Job::JoinRendezvous(std::shared_ptr<Collective> collective,
                                  const v1::RendezvousInfo& info, NcclRendezvous nccl) {
   absl::MutexLock lock(&mu_);  // the check and the install together: attaches race
   if (rendezvous_token_ == info.token()) return absl::OkStatus();
-  if (!rendezvous_token_.empty() && rendezvous_.store_address() == info.store_address() &&
+  // rendezvous_ is the job's newest, joined here or restored from its checkpoint.
+  if (!rendezvous_.store_address().empty() && rendezvous_.store_address() == info.store_address() &&
       std::make_pair(info.store_started_us(), info.generation()) <
           std::make_pair(rendezvous_.store_started_us(), rendezvous_.generation())) {
     // Generations count from each start of the store's gstabd: one made before a restart of it

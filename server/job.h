@@ -147,6 +147,9 @@ class Job {
   // otherwise, with other defaults). A history gstabd could not have written (versions not
   // increasing) is ignored, with a warning.
   void RestoreConfigHistory(const google::protobuf::RepeatedPtrField<v1::ConfigChange>& history);
+  // A restored job's newest rendezvous (its checkpoint's, without a token): an older blob is
+  // refused as if the job had run with it on this gstabd all along.
+  void RestoreRendezvous(const v1::RendezvousInfo& rendezvous);
 
  private:
   struct Worker {

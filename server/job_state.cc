@@ -91,6 +91,12 @@ void Job::RecordConfigChange() {
   if (config_history_.size() > kConfigHistory) config_history_.erase(config_history_.begin());
 }
 
+void Job::RestoreRendezvous(const v1::RendezvousInfo& rendezvous) {
+  if (rendezvous.store_address().empty()) return;  // none, or a checkpoint of an older release
+  absl::MutexLock lock(&mu_);
+  if (rendezvous_.store_address().empty()) rendezvous_ = rendezvous;
+}
+
 void Job::RestoreConfigHistory(
     const google::protobuf::RepeatedPtrField<v1::ConfigChange>& history) {
   if (history.empty()) return;  // a checkpoint of a release before it: the job starts at 1
@@ -172,6 +178,13 @@ v1::JobState Job::ExportState(bool with_history) const {
   }
   if (with_history) {
     for (const v1::ConfigChange& change : config_history_) *state.add_config_history() = change;
+    if (!rendezvous_.store_address().empty()) {
+      v1::RendezvousInfo& r = *state.mutable_rendezvous();
+      r.set_job(rendezvous_.job());
+      r.set_store_address(rendezvous_.store_address());
+      r.set_store_started_us(rendezvous_.store_started_us());
+      r.set_generation(rendezvous_.generation());
+    }
   }
   return state;
 }

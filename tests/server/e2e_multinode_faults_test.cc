@@ -51,7 +51,8 @@ TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
 }
 
 // A worker that attaches with an older blob than its job runs with (a restart that kept an old
-// GSTAB_RENDEZVOUS) is refused, and the job's current generation goes on.
+// GSTAB_RENDEZVOUS) is refused, and the job's current generation goes on; also after its node's
+// gstabd restarts.
 TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
   Cluster cluster(2);
   const std::string old_blob = cluster.Rendezvous("stale");
@@ -79,6 +80,18 @@ TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
       << refused;
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(2, 2))) EXPECT_TRUE(r.ok()) << r.status();
+
+  // Node 1's gstabd restarts: the job's checkpoint there remembers its rendezvous, so the old
+  // blob is still refused (before, a restarted gstabd took it, and its steps waited out the
+  // timeout for nodes that had moved on).
+  workers[1].reset();
+  ASSERT_TRUE(cluster.daemon(1).Stop().ok());
+  cluster.Start(1);
+  refused =
+      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("stale", 1, 2, old_blob)).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
+      << refused;
 }
 
 // A blob from a gstabd that lays out the cross-node records otherwise (another release, met
