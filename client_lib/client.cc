@@ -46,6 +46,21 @@ std::string SocketGroup(const std::string& socket_path) {
                       "run as its owner");
 }
 
+// The process that first connected a client: gRPC's threads and connections do not survive a
+// fork, so a forked child's calls would wait forever, or go down its parent's connection.
+std::atomic<pid_t> grpc_process{0};
+
+absl::Status NotAForkedChild() {
+  const pid_t me = getpid();
+  pid_t first = 0;
+  if (grpc_process.compare_exchange_strong(first, me) || first == me) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "this process (", me, ") was forked from one that had connected to gstabd (", first,
+      "), and gRPC does not work in a forked child (its calls would hang, or go down its "
+      "parent's connection): start workers anew (exec; Python: multiprocessing's 'spawn' or "
+      "'forkserver', torchrun), or connect in the children only"));
+}
+
 }  // namespace
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
@@ -129,6 +144,7 @@ void Client::Reconnect() {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
+  if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
   const bool tcp = IsTcpAddress(address);
   if (address.empty()) {
     return absl::InvalidArgumentError("no socket path given: pass gstabd's socket or HOST:PORT");

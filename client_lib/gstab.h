@@ -6,7 +6,9 @@
  * must not be used from several threads at once. Handles belong to the process that made them:
  * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION (those
  * returning a pointer return NULL), and its _destroy frees nothing (the parent's session,
- * threads and shared memory stay the parent's); a child connects a client of its own.
+ * threads and shared memory stay the parent's). Nor may a child connect a client of its own
+ * once its parent has connected one (gRPC does not survive fork): gstab_connect fails there
+ * with GSTAB_FAILED_PRECONDITION; start workers anew (exec, spawn) instead.
  *
  *   gstab_client* c;  gstab_arena* a;
  *   gstab_connect("/run/gstab/gstabd.sock", &c);

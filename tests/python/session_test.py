@@ -220,6 +220,14 @@ class SessionTest(unittest.TestCase):
                     client.step(2)
                 except gstab.Error as e:
                     code = 0 if e.code == 9 and "forked child" in e.message else 2
+                # Nor may it connect one of its own: gRPC does not survive fork (its calls
+                # hung, or went down the parent's connection).
+                try:
+                    gstab.Client(node.socket)
+                    code = code or 3
+                except gstab.Error as e:
+                    if e.code != 9 or "start workers anew" not in e.message:
+                        code = code or 4
                 client.close()
                 del arena
                 os._exit(code)
