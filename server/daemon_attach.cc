@@ -227,6 +227,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         if (s.ok()) s = slot->ImportState(*state, /*with_config=*/false);
         if (!s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
+          store_.SetAsideCheckpoint(request.job(),
+                                    absl::StrCat("cannot be restored (", s.message(), ")"));
           slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                        StepCallbackFor(request.job()), gpu_);
         } else {

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
+#include "server/state_codec.h"
 
 namespace gstab {
 namespace {
@@ -144,6 +145,12 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
   return absl::OkStatus();
 }
 
+void StateStore::SetAsideCheckpoint(const std::string& job, const std::string& why) {
+  if (dir_.empty()) return;
+  const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
+  if (access(path.c_str(), F_OK) == 0) SetAside(path, why);
+}
+
 void StateStore::SetAside(const std::string& path, const std::string& why) {
   const std::string aside = absl::StrCat(path, ".corrupt-", absl::ToUnixSeconds(absl::Now()));
   if (rename(path.c_str(), aside.c_str()) != 0) {
@@ -200,6 +207,18 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     if (entry.path().filename().string() != absl::StrCat(state.job(), kSuffix)) {
       SetAside(path, absl::StrCat("holds job '", state.job(), "', whose file would be ",
                                   state.job(), kSuffix));
+      continue;
+    }
+    // One its job could not take (a newer release's, or damaged) is kept for a look: the job,
+    // which starts afresh, would overwrite it.
+    if (state.format_version() != kJobStateFormatVersion) {
+      SetAside(path, absl::StrCat("is format version ", state.format_version(),
+                                  ", which this gstabd does not read (a newer release's? put it "
+                                  "back under a gstabd that reads it)"));
+      continue;
+    }
+    if (absl::Status s = ValidateJobState(state); !s.ok()) {
+      SetAside(path, absl::StrCat("is not a valid checkpoint (", s.message(), ")"));
       continue;
     }
     struct stat st;

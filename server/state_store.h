@@ -40,14 +40,18 @@ class StateStore {
   // Every checkpoint. A file that is not one is skipped: not a regular file, with a logged
   // warning; not a job's checkpoint (garbled, or a job's under another job's name), set aside as
   // <file>.corrupt-<unix seconds> with a logged error, so that the job, which starts afresh,
-  // does not overwrite it. FAILED_PRECONDITION when a checkpoint
-  // file cannot be read (no permission, an I/O error): starting without it would let its job
-  // start afresh over it and lose its statistics and owner.
+  // does not overwrite it; so is one of a format version this gstabd does not read, or not valid
+  // (ValidateJobState). FAILED_PRECONDITION when a checkpoint file cannot be read (no
+  // permission, an I/O error): starting without it would let its job start afresh over it and
+  // lose its statistics and owner.
   absl::StatusOr<std::vector<Stored>> LoadAll();
   // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint
   // (set aside as LoadAll does); UNAVAILABLE when it cannot be opened or read now (out of
   // descriptors, an I/O error).
   absl::StatusOr<v1::JobState> Load(const std::string& job);
+  // Sets `job`'s checkpoint aside (as LoadAll does) when its job could not take it (`why`) and
+  // starts afresh: its next checkpoint would overwrite it.
+  void SetAsideCheckpoint(const std::string& job, const std::string& why);
 
  private:
   // Makes the folder's entries (a rename, a deletion) durable.

@@ -324,6 +324,10 @@ TEST(E2eFuzzCheckpointTest, MalformedCheckpointsLeaveGstabdServing) {
   }
   write("junk", std::string(1000, '\xff'));
   write("empty", "");
+  v1::JobState newer = base;  // a newer release's, met after a rollback
+  newer.set_job("newer");
+  newer.set_format_version(2);
+  write("newer", newer.SerializeAsString());
 
   auto daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok()) << daemon.status();
@@ -347,7 +351,7 @@ TEST(E2eFuzzCheckpointTest, MalformedCheckpointsLeaveGstabdServing) {
       EXPECT_FALSE(r.status().message().empty()) << job;
     }
   }
-  for (const std::string job : {"junk", "empty"}) {
+  for (const std::string job : {"junk", "empty", "newer"}) {
     // Set aside at start (kept for a look), so that its job's next checkpoint does not
     // overwrite it; the job starts afresh.
     const std::string file = job + ".jobstate";
