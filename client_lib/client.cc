@@ -268,7 +268,9 @@ absl::Status Client::Attach(const AttachOptions& options) {
   keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {
     while (!stop->WaitForNotificationWithTimeout(period)) {
       grpc::ClientContext c;
-      c.set_deadline(absl::ToChronoTime(absl::Now() + period));
+      // Briefly: a detach, an attach and the destructor wait for this call to end (a frozen
+      // gstabd held them for a third of the lease).
+      c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(period, absl::Seconds(5))));
       v1::KeepAliveRequest req;
       req.set_session(attached_.session());
       v1::KeepAliveResponse resp;

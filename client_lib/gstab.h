@@ -76,6 +76,7 @@ const char* gstab_version(void);
 
 /* The message of the last failed call on this thread ("" when none has failed); a call that
  * succeeds leaves it as it is. */
+/* Valid until the calling thread's next failing gstab call: copy it to keep it. */
 const char* gstab_last_error(void);
 
 /* socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached

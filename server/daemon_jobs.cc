@@ -187,7 +187,12 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
   // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
   auto remove = [&](const std::string& name, const std::string& why)
                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                      if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
+                      // Kept when the file stays (a read-only disk): tried again next tick,
+                      // rather than forgotten here and restored at the next start.
+                      if (absl::Status s = store_.Remove(name); !s.ok()) {
+                        LOG_EVERY_N(WARNING, 60) << s << " (tried again each second)";
+                        return;
+                      }
                       LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
                                 << checkpoints_.at(name).state.last_step() << ": " << why;
                       checkpoints_.erase(name);
