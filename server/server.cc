@@ -74,6 +74,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
       Daemon::Create(server->options_.daemon, server->observer_.get());
   if (!daemon.ok()) return daemon.status();
   server->daemon_ = *std::move(daemon);
+  server->checkpoint_failures_ = server->metrics_.AddCounter(
+      "gstab_checkpoint_failures_total",
+      "Checkpoints of every job (periodic, or at shutdown) in which some job's could not be "
+      "written to --state_dir; the log says why.",
+      {});
+  server->checkpoint_failures_->Add({}, 0);
+  server->checkpoint_succeeded_ = server->metrics_.AddGauge(
+      "gstab_checkpoint_last_success_timestamp_seconds",
+      "When every job's statistics were last checkpointed (Unix seconds); 0 until then.", {});
+  server->checkpoint_succeeded_->Set({}, 0);
   MetricFamily* errors = server->metrics_.AddCounter(
       "gstab_rpc_errors_total",
       "Calls gstabd answered with an error, by RPC method and gRPC status code.",
@@ -174,7 +184,7 @@ void Server::Housekeeping() {
     daemon_->RetireIdleJobs(absl::Now());
     daemon_->DeleteOldCheckpoints(absl::Now());
     if (absl::Now() >= next_checkpoint) {
-      if (absl::Status s = daemon_->Checkpoint(); !s.ok()) LOG(WARNING) << s;
+      (void)Checkpoint();
       next_checkpoint = absl::Now() + options_.checkpoint_interval;
       // Memory freed since (a burst of large requests, checkpoints' buffers) goes back to the
       // system: the allocator would otherwise keep it, and gstabd's RSS would show its peak.
@@ -193,7 +203,7 @@ absl::Status Server::Stop(absl::Time deadline) {
     // A round still waiting for another node can hold its call (and the wait for the server
     // below) past Kubernetes' grace period: the statistics are saved now, and again at the end.
     LOG(WARNING) << "steps still in flight at the deadline; checkpointing now";
-    if (absl::Status s = daemon_->Checkpoint(); !s.ok()) LOG(WARNING) << s;
+    (void)Checkpoint();
   }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // Every step has finished; idle connections need no grace period.
@@ -208,8 +218,19 @@ absl::Status Server::Stop(absl::Time deadline) {
   stopping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
   http_.reset();
-  absl::Status s = daemon_->Checkpoint();
+  absl::Status s = Checkpoint();
   LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");
+  return s;
+}
+
+absl::Status Server::Checkpoint() {
+  absl::Status s = daemon_->Checkpoint();
+  if (s.ok()) {
+    checkpoint_succeeded_->Set({}, absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  } else {
+    checkpoint_failures_->Add({}, 1);
+    LOG(ERROR) << s;
+  }
   return s;
 }
 

@@ -80,6 +80,8 @@ class Server {
  private:
   explicit Server(const ServerOptions& options) : options_(options) {}
   void Housekeeping();
+  // Checkpoints every job, counting failures and the time of the last success in /metrics.
+  absl::Status Checkpoint();
 
   const ServerOptions options_;
   MetricsRegistry metrics_;
@@ -88,6 +90,8 @@ class Server {
   MutualTls listen_tls_;  // listen_address's: gstabd's certificate, its clients' CA
   std::unique_ptr<Observer> observer_;
   std::unique_ptr<Daemon> daemon_;
+  MetricFamily* checkpoint_failures_ = nullptr;
+  MetricFamily* checkpoint_succeeded_ = nullptr;
   std::unique_ptr<MetricsHttpServer> http_;
   std::unique_ptr<StabilizerService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -116,16 +116,39 @@ absl::Status StateStore::Save(const v1::JobState& state) {
   static std::atomic<uint64_t> saves{0};
   const std::string tmp = absl::StrCat(path, kTmpInfix, getpid(), ".", saves.fetch_add(1));
   const std::string bytes = state.SerializeAsString();
+  // The reason, from the call that failed (ENOSPC, EIO, EROFS...).
+  const char* failed = nullptr;
+  int err = 0;
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
   if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "' (open ", tmp,
+                                            ": ", strerror(errno),
+                                            "); the previous one, if any, is kept"));
   }
-  const ssize_t written = write(fd, bytes.data(), bytes.size());
-  const bool ok = written == static_cast<ssize_t>(bytes.size()) && fsync(fd) == 0;
+  for (size_t done = 0; done < bytes.size() && failed == nullptr;) {
+    const ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      failed = "write";
+      err = n < 0 ? errno : ENOSPC;  // no progress: the disk is full
+    }
+  }
+  if (failed == nullptr && fsync(fd) != 0) {
+    failed = "fsync";
+    err = errno;
+  }
   close(fd);
-  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+  if (failed == nullptr && rename(tmp.c_str(), path.c_str()) != 0) {
+    failed = "rename";
+    err = errno;
+  }
+  if (failed != nullptr) {
     unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "'"));
+    return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "' (", failed, ": ",
+                                            strerror(err), "); the previous one, if any, is kept"));
   }
   SyncDir();
   return absl::OkStatus();

@@ -281,5 +281,48 @@ TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUnco
   EXPECT_EQ(received + dropped, kSteps + 2);
 }
 
+// A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
+// one is exported, and moves on once checkpoints are written again.
+TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--metrics_port=0", "--checkpoint_interval_s=1"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<int> port = daemon->MetricsPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  auto worker = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("saved"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  ASSERT_TRUE((*worker)->client().Step(1).ok());
+  auto value = [&](const std::string& name) {
+    absl::StatusOr<testing::HttpResponse> r = HttpRequest(*port, "GET", "/metrics");
+    const size_t at = r.ok() ? r->body.find("\n" + name + " ") : std::string::npos;
+    return at == std::string::npos ? -1.0 : std::stod(r->body.substr(at + name.size() + 2));
+  };
+  auto wait_for = [&](const std::string& name, auto done) {
+    for (int i = 0; i < 100 && !done(value(name)); ++i) absl::SleepFor(absl::Milliseconds(100));
+    return value(name);
+  };
+  EXPECT_GT(
+      wait_for("gstab_checkpoint_last_success_timestamp_seconds", [](double v) { return v > 0; }),
+      0);
+  EXPECT_EQ(value("gstab_checkpoint_failures_total"), 0);
+
+  // The state folder replaced by a file: every save fails (ENOTDIR).
+  const std::string state = dir.path() + "/state";
+  std::filesystem::rename(state, state + ".moved");
+  std::ofstream(state) << "not a folder";
+  EXPECT_GE(wait_for("gstab_checkpoint_failures_total", [](double v) { return v >= 1; }), 1);
+  EXPECT_NE(daemon->Log().find("cannot write checkpoint"), std::string::npos) << daemon->Log();
+  EXPECT_NE(daemon->Log().find("Not a directory"), std::string::npos) << daemon->Log();
+
+  std::filesystem::remove(state);
+  std::filesystem::rename(state + ".moved", state);
+  const double failed_at = value("gstab_checkpoint_last_success_timestamp_seconds");
+  EXPECT_GT(wait_for("gstab_checkpoint_last_success_timestamp_seconds",
+                     [&](double v) { return v > failed_at; }),
+            failed_at);
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+}
+
 }  // namespace
 }  // namespace gstab
