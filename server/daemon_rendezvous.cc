@@ -64,10 +64,15 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
   nccl.node_rank = request.node_rank();
   nccl.node_count = request.node_count();
   nccl.timeout = options_.step_timeout;
-  if (absl::Status s =
-          job->JoinRendezvous(std::make_shared<GlooCollective>(
-                                  info, request.node_rank(), options_.peer_host, options_.peer_tls),
-                              info, std::move(nccl));
+  std::string identity;
+  {
+    absl::MutexLock lock(&mu_);
+    identity = peer_address_;
+  }
+  if (absl::Status s = job->JoinRendezvous(
+          std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host,
+                                           options_.peer_tls, std::move(identity)),
+          info, std::move(nccl));
       !s.ok()) {
     return s;
   }

@@ -32,6 +32,18 @@ class GrpcStore final : public gloo::rendezvous::Store {
     stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
   }
 
+  // Sets `key` to `value` unless it is set; returns what it holds then.
+  std::string Claim(const std::string& key, const std::string& value) {
+    v1::StoreSetRequest request;
+    request.set_token(token_);
+    request.set_key(key);
+    request.set_value(value);
+    request.set_if_absent(true);
+    v1::StoreSetResponse response;
+    Check(stub_->StoreSet(Context(Left()).get(), request, &response), "claim", key);
+    return response.value();
+  }
+
   void set(const std::string& key, const std::vector<char>& data) override {
     v1::StoreSetRequest request;
     request.set_token(token_);
@@ -97,12 +109,13 @@ std::chrono::milliseconds Ms(absl::Duration d) {
 }  // namespace
 
 GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,
-                               std::string bind_host, MutualTls tls)
+                               std::string bind_host, MutualTls tls, std::string identity)
     : rendezvous_(rendezvous),
       rank_(rank),
       size_(rendezvous.node_count()),
       bind_host_(std::move(bind_host)),
-      tls_(std::move(tls)) {}
+      tls_(std::move(tls)),
+      identity_(std::move(identity)) {}
 
 GlooCollective::~GlooCollective() = default;
 
@@ -124,6 +137,19 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
   if (context_ != nullptr) return absl::OkStatus();
   try {
     GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout);
+    if (!identity_.empty()) {
+      // Two gstabds of one rank would overwrite each other's addresses in the store, and every
+      // node would wait out its timeout: the second is told at once.
+      const std::string holder = store.Claim(absl::StrCat("node-rank/", rank_), identity_);
+      if (holder != identity_) {
+        broken_ = absl::StrCat(
+            "node_rank ", rank_, " of job '", rendezvous_.job(), "' is taken by the gstabd at ",
+            holder, " (this one is at ", identity_,
+            "): each node of a job attaches with a node_rank of its own, 0 to ", size_ - 1,
+            " (or this gstabd restarted: attach every worker again with a new rendezvous)");
+        return absl::FailedPreconditionError(broken_);
+      }
+    }
     gloo::transport::tcp::attr attr;
     attr.hostname = bind_host_;
     std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);

@@ -20,9 +20,11 @@ namespace gstab {
 class GlooCollective final : public Collective {
  public:
   // `bind_host`: the address this node's Gloo device listens on (reachable by the others).
-  // `tls`: how to reach the rendezvous store (disabled: plain TCP).
+  // `tls`: how to reach the rendezvous store (disabled: plain TCP). `identity` (this gstabd's
+  // peer address): claims the rank in the store at the first connection, so that two gstabds
+  // given the same node_rank are told so (empty: no claim).
   GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank, std::string bind_host,
-                 MutualTls tls = {});
+                 MutualTls tls = {}, std::string identity = "");
   ~GlooCollective() override;
 
   uint32_t rank() const override { return rank_; }
@@ -45,6 +47,7 @@ class GlooCollective final : public Collective {
   const uint32_t size_;
   const std::string bind_host_;
   const MutualTls tls_;
+  const std::string identity_;
   std::shared_ptr<gloo::Context> context_;
   std::string broken_;  // why the communicator failed, empty while healthy
 };

@@ -55,12 +55,17 @@ absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string&
 }
 
 absl::Status RendezvousStore::Set(const std::string& token, const std::string& key,
-                                  const std::string& value) {
+                                  const std::string& value, bool if_absent, std::string* holds) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Space*> space = Find(token);
   if (!space.ok()) return space.status();
   Space& s = **space;
   auto it = s.values.find(key);
+  if (if_absent && it != s.values.end()) {
+    if (holds != nullptr) *holds = it->second;
+    return absl::OkStatus();
+  }
+  if (holds != nullptr) *holds = value;
   const size_t replaced = it == s.values.end() ? 0 : key.size() + it->second.size();
   const size_t bytes = s.bytes - replaced + key.size() + value.size();
   const size_t total = total_bytes_ - s.bytes + bytes;
@@ -130,8 +135,9 @@ void RendezvousStore::Close() {
 }
 
 grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* request,
-                                         v1::StoreSetResponse*) {
-  return ToGrpcStatus(store_->Set(request->token(), request->key(), request->value()));
+                                         v1::StoreSetResponse* response) {
+  return ToGrpcStatus(store_->Set(request->token(), request->key(), request->value(),
+                                  request->if_absent(), response->mutable_value()));
 }
 
 grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* request,

@@ -34,8 +34,10 @@ class RendezvousStore {
   std::string NewToken(const std::string& job = "", uint32_t nodes = 1,
                        const std::string& owner = "");
   // RESOURCE_EXHAUSTED past kMaxKeys keys or MaxBytes bytes of keys and values in the
-  // rendezvous, or max_total_bytes in the whole store.
-  absl::Status Set(const std::string& token, const std::string& key, const std::string& value);
+  // rendezvous, or max_total_bytes in the whole store. `if_absent`: a key already set keeps its
+  // value. `holds` (may be null): the value the key holds after the call.
+  absl::Status Set(const std::string& token, const std::string& key, const std::string& value,
+                   bool if_absent = false, std::string* holds = nullptr);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
   // Waits until every key is set; DEADLINE_EXCEEDED names the first missing one, CANCELLED

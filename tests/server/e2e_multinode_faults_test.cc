@@ -8,6 +8,7 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "tests/server/multinode_cluster.h"
 
 namespace gstab {
@@ -357,6 +358,31 @@ TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
     EXPECT_NE(r.status().message().find("node(s) 1 of 3"), std::string::npos) << r.status();
   }
   std::cerr << "stalled-node error: " << failed[0].status() << "\n";
+}
+
+// Two gstabds given the same node_rank (a launcher that left it at 0): the second to connect
+// is told so at once, naming the first, rather than every node waiting out its timeout.
+TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("twins");
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("twins", 0, 2, blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  int told = 0;
+  for (auto& r : StepAll(workers, Same(2, 1))) {
+    EXPECT_FALSE(r.ok());
+    if (r.status().code() == absl::StatusCode::kFailedPrecondition &&
+        absl::StrContains(r.status().message(),
+                          "node_rank 0 of job 'twins' is taken by the "
+                          "gstabd at 127.0.0.1:")) {
+      ++told;
+    }
+  }
+  EXPECT_EQ(told, 1);
 }
 
 TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {

@@ -33,6 +33,20 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsKeysAreSet) {
 
 // A holder of the token cannot fill gstabd's memory: a rendezvous holds a bounded number of keys
 // and bytes, values replaced in place count once, and other rendezvous are not affected.
+// A claim (if_absent) sets a key once; a later one finds the first's value.
+TEST(RendezvousStoreTest, AClaimKeepsTheFirstValue) {
+  RendezvousStore store;
+  const std::string token = store.NewToken("claimed");
+  std::string holds;
+  ASSERT_TRUE(store.Set(token, "node-rank/0", "a:1", /*if_absent=*/true, &holds).ok());
+  EXPECT_EQ(holds, "a:1");
+  ASSERT_TRUE(store.Set(token, "node-rank/0", "b:2", /*if_absent=*/true, &holds).ok());
+  EXPECT_EQ(holds, "a:1");
+  EXPECT_EQ(store.Get(token, "node-rank/0").value_or(""), "a:1");
+  ASSERT_TRUE(store.Set(token, "node-rank/0", "a:1", /*if_absent=*/true, &holds).ok());
+  EXPECT_EQ(holds, "a:1");  // its own again: the same
+}
+
 TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
   RendezvousStore store(1024, size_t{128} << 20);  // 128 MiB in all (gstabd's: 1 GiB)
   const std::string token = store.NewToken("big"), other = store.NewToken("other");
