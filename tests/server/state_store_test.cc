@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "gtest/gtest.h"
+#include "server/state_codec.h"
 #include "tests/testing/subprocess.h"
 
 namespace gstab {
@@ -23,6 +24,28 @@ std::vector<std::string> LoadedJobs(StateStore* store) {
   return jobs;
 }
 
+// A checkpoint of another format version, or out of range, is set aside at start, not loaded.
+TEST(StateStoreTest, ACheckpointOfAnotherFormatOrOutOfRangeIsSetAside) {
+  testing::TempDir dir;
+  StateStore store(dir.path() + "/state");
+  ASSERT_TRUE(store.Init().ok());
+  v1::JobState newer;
+  newer.set_format_version(kJobStateFormatVersion + 1);
+  newer.set_job("newer");
+  ASSERT_TRUE(store.Save(newer).ok());
+  v1::JobState wrong;
+  wrong.set_format_version(kJobStateFormatVersion);
+  wrong.set_job("wrong");
+  wrong.set_last_step(uint64_t{1} << 63);  // past any step
+  ASSERT_TRUE(store.Save(wrong).ok());
+  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{});
+  int aside = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path() + "/state")) {
+    aside += e.path().filename().string().find(".jobstate.corrupt-") != std::string::npos;
+  }
+  EXPECT_EQ(aside, 2);
+}
+
 TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   testing::TempDir dir;
   const std::string state = dir.path() + "/a/b";
@@ -30,6 +53,7 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   ASSERT_TRUE(store.Init().ok());
   EXPECT_TRUE(std::filesystem::is_empty(state));
   v1::JobState job;
+  job.set_format_version(kJobStateFormatVersion);
   job.set_job("j");
   ASSERT_TRUE(store.Save(job).ok());
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"j"});
@@ -60,6 +84,7 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   StateStore store(dir.path());
   ASSERT_TRUE(store.Init().ok());
   v1::JobState job;
+  job.set_format_version(kJobStateFormatVersion);
   job.set_job("a");
   job.set_last_step(12);
   job.add_groups()->set_name("w");
@@ -84,6 +109,7 @@ TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
   std::filesystem::create_directories(state + "/.write-probe:1");  // even a folder by that name
   { std::ofstream(state + "/.write-probe:abcdef") << "x"; }
   v1::JobState job;
+  job.set_format_version(kJobStateFormatVersion);
   job.set_job("kept");
   ASSERT_TRUE(StateStore(state).Save(job).ok());
   StateStore store(state);
