@@ -104,7 +104,10 @@ gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
 }
 
 int gstab_attach_restored(const gstab_client* client) {
-  return client != nullptr && client->client->attach_response().restored() ? 1 : 0;
+  return client != nullptr && CheckOwner(client->owner, "client").ok() &&
+                 client->client->attach_response().restored()
+             ? 1
+             : 0;
 }
 
 gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint32_t node_count,

@@ -156,7 +156,8 @@ typedef struct {
 gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
                                        const gstab_attach_options* options);
 /* 1 when the job of the client's last attach came back from gstabd's checkpoint (its
- * statistics and configuration; after a gstabd restart, or its retirement when idle); else 0. */
+ * statistics and configuration; after a gstabd restart, or its retirement when idle); else 0
+ * (and 0 for a client inherited from a parent process). */
 int gstab_attach_restored(const gstab_client* client);
 /* Global rank 0 of a job across node_count > 1 nodes, before anyone attaches: a new rendezvous
  * blob to broadcast to every worker. cuda != 0: the job registers CUDA gradients (the blob then
