@@ -33,8 +33,12 @@ absl::Status CheckOwner(pid_t owner, const char* what) {
   if (owner == getpid()) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "this ", what, " was made by process ", owner, ", not this one (", getpid(),
-      "): a forked child makes its own (it inherits its parent's handles, not their threads, "
-      "connection or ownership of shared memory)"));
+      "): a forked child inherits its parent's handles, not their threads, connection or "
+      "ownership of shared memory",
+      std::string_view(what) == "client"
+          ? ", nor may it connect a client of its own (gRPC does not survive fork): start "
+            "workers anew (exec, spawn, torchrun)"
+          : "; it makes its own"));
 }
 
 void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result) {

@@ -306,6 +306,8 @@ class Job {
   // A job across nodes: the newest step given up at its arrival deadline (AbandonRound).
   std::optional<uint64_t> abandoned_step_ ABSL_GUARDED_BY(mu_);
   int announcing_ ABSL_GUARDED_BY(mu_) = 0;  // AbandonRound notices under way
+  // The round AbandonRound is giving up: its other waiters wait for its outcome.
+  std::optional<uint64_t> abandoning_round_ ABSL_GUARDED_BY(mu_);
   // Held while a round uses the node collective (a round's collectives, a given-up round's
   // notice), which takes one caller at a time; taken without mu_.
   absl::Mutex collective_use_;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/config.h"
@@ -135,6 +136,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           leave();
           return absl::DeadlineExceededError(late);
         }
+        if (abandoning_round_ == my_round) {  // another waiter of it is telling the nodes
+          mu_.Await(absl::Condition(&finished));
+          return round_status_;
+        }
         if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
         return AbandonRound(step, my_round, late, timeout - arrival);
       }
@@ -178,16 +183,14 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
 
 absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string& late,
                                absl::Duration budget) {
-  // Every waiter of the round hears the same; a late worker's Step of it is refused.
-  const absl::Status given_up = absl::DeadlineExceededError(
-      absl::StrCat(late, "; the job's other nodes are told to skip it: go on from step ",
-                   step + 1));
-  round_status_ = given_up;
-  round_result_ = v1::StepResponse();
-  finished_round_id_ = round;
+  // A late worker's Step of it is refused from now; every waiter of the round hears the same,
+  // once the other nodes have been told (or telling them has failed).
+  const absl::Status given_up = absl::DeadlineExceededError(absl::StrCat(
+      late, "; the job's other nodes are told to skip it: go on from step ", step + 1));
   round_open_ = false;
   arrived_.clear();
   abandoned_step_ = step;
+  abandoning_round_ = round;
   // The other nodes wait in the step's check: told of the refusal there, they leave the step
   // at once with their communicator intact (rather than wait it out and break it). One use of
   // the collective at a time: a next round of this node waits for this.
@@ -204,12 +207,19 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   }
   mu_.Lock();
   --announcing_;
+  absl::Status outcome = given_up;
   if (!absl::IsAborted(told)) {  // ABORTED: every node saw the refusal
-    return absl::DeadlineExceededError(absl::StrCat(
-        late, "; telling the job's other nodes failed too (", told.message(),
-        "), which breaks their communicator: attach every worker again with a new rendezvous"));
+    constexpr char kAgain[] = "attach every worker again with a new rendezvous";
+    outcome = absl::DeadlineExceededError(
+        absl::StrCat(late, "; telling the job's other nodes failed too (", told.message(),
+                     "), which breaks their communicator",
+                     absl::StrContains(told.message(), kAgain) ? "" : absl::StrCat(": ", kAgain)));
   }
-  return given_up;
+  round_status_ = outcome;
+  round_result_ = v1::StepResponse();
+  finished_round_id_ = round;
+  abandoning_round_.reset();
+  return outcome;
 }
 
 void Job::BeginShutdown() {

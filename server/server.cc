@@ -149,7 +149,11 @@ absl::Status Server::Start() {
     // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
     grpc::ServerBuilder peers;
-    peers.SetResourceQuota(quota);
+    // A quota of its own: local callers' large requests do not crowd out other nodes' store
+    // calls (small: addresses and Gloo's records), and the other way round.
+    grpc::ResourceQuota peer_quota("gstabd-peers");
+    peer_quota.Resize(size_t{256} << 20);
+    peers.SetResourceQuota(peer_quota);
     int port = 0;
     peers.AddListeningPort(options_.peer_listen,
                            MutualTlsServerCredentials(options_.daemon.peer_tls), &port);

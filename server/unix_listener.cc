@@ -152,8 +152,12 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     ucred cred{};
     socklen_t len = sizeof cred;
     struct stat st;
-    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || fstat(conn, &st) != 0 ||
-        !policy_.Allows(cred.uid, cred.gid)) {
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || fstat(conn, &st) != 0) {
+      refuse(conn, cred, "not_allowed",
+             absl::StrCat("its credentials could not be read (", strerror(errno), ")"));
+      continue;
+    }
+    if (!policy_.Allows(cred.uid, cred.gid)) {
       refuse(conn, cred, "not_allowed", "not in the allow-list");
       continue;
     }

@@ -250,16 +250,42 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
   workers.push_back(std::move(late));
   for (size_t i = 0; i < 3; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(3, 3))) EXPECT_TRUE(r.ok()) << r.status();
+}
 
-  // With node 0 stalled, the telling fails too: the worker hears so, and what to do.
+// With node 0 stalled, telling it fails too: every waiting worker of the given-up step hears
+// so, and what to do (not only the one that did the telling).
+TEST(MultiNodeFaultTest, WhenTheOthersCannotBeToldEveryWaitingWorkerHearsSo) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("untold");
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t rank = 0; rank < 4; ++rank) {
+    AttachOptions o = NodeOptions("untold", rank == 0 ? 0 : 1, 2, blob);
+    o.rank = rank;
+    o.world_size = 4;
+    o.local_rank = rank == 0 ? 0 : rank - 1;
+    o.local_world_size = rank == 0 ? 1 : 3;
+    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(o.node_rank)).socket(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 4; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(4, 1))) ASSERT_TRUE(r.ok()) << r.status();
+
   cluster.daemon(0).process().Signal(SIGSTOP);
-  workers[1]->Fill(4, 2);
-  absl::Status untold = workers[1]->client().Step(4).status();
+  std::vector<std::unique_ptr<TestWorker>> waiting;  // node 1's local ranks 0 and 1, not 2
+  waiting.push_back(std::move(workers[1]));
+  waiting.push_back(std::move(workers[2]));
+  for (size_t i = 0; i < 2; ++i) waiting[i]->Fill(2, static_cast<uint32_t>(2 + i));
+  auto untold = StepAll(waiting, Same(2, 2));
   cluster.daemon(0).process().Signal(SIGCONT);
-  EXPECT_EQ(untold.code(), absl::StatusCode::kDeadlineExceeded) << untold;
-  EXPECT_NE(untold.message().find("telling the job's other nodes failed too"), std::string::npos)
-      << untold;
-  EXPECT_NE(untold.message().find("attach every worker again"), std::string::npos) << untold;
+  for (auto& r : untold) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+    EXPECT_NE(r.status().message().find("telling the job's other nodes failed too"),
+              std::string::npos)
+        << r.status();
+    EXPECT_NE(r.status().message().find("attach every worker again"), std::string::npos)
+        << r.status();
+  }
 }
 
 TEST(MultiNodeFaultTest, KilledNodeFailsTheOthersFastAndReattachRecovers) {
