@@ -18,6 +18,10 @@
 
 namespace gstab {
 
+// How a collective's failure says that the job's rendezvous store (node 0's gstabd) could not be
+// reached at all.
+inline constexpr char kStoreUnreachable[] = "the job's rendezvous store cannot be reached";
+
 class Collective {
  public:
   virtual ~Collective() = default;

@@ -29,6 +29,18 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
         absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ",
                      failure.message()));
   }
+  if (absl::StrContains(failure.message(), kStoreUnreachable)) {
+    // Nothing to ask the store about the other nodes: say what is wrong.
+    absl::Status unreachable(
+        failure.code(),
+        absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ",
+                     failure.message(),
+                     ": its gstabd (node 0's) stopped, or the nodes' peer certificates do not "
+                     "pass each other's checks (each gstabd's log says which; docs/multinode.md, "
+                     "Certificates); attach every worker again with a new rendezvous"));
+    LOG(WARNING) << unreachable;
+    return unreachable;
+  }
   std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
   // A peer whose connection closed has stopped or died; one that stays silent, stalled.
   const bool closed = absl::StrContains(failure.message(), "losed by peer") ||

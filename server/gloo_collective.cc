@@ -91,6 +91,10 @@ class GrpcStore final : public gloo::rendezvous::Store {
     return ctx;
   }
   static void Check(const grpc::Status& s, const char* op, const std::string& key) {
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // NameMissing reads this
+      throw std::runtime_error(absl::StrCat(kStoreUnreachable, " (cannot ", op, " '", key,
+                                            "': ", s.error_message(), ")"));
+    }
     if (!s.ok()) {
       throw std::runtime_error(
           absl::StrCat("rendezvous store: cannot ", op, " '", key, "': ", s.error_message()));

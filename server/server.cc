@@ -15,6 +15,39 @@
 
 namespace gstab {
 
+namespace {
+
+// Each gstabd serves the rendezvous store with its --peer_tls_cert and dials the other nodes'
+// with it: dialled with its own certificate, its own --peer_listen must answer. Otherwise
+// every multi-node job would fail at its first step, far from the cause.
+absl::Status CheckPeerCertificate(const std::string& address, const MutualTls& tls) {
+  if (!tls.enabled()) return absl::OkStatus();
+  grpc::ChannelArguments args;
+  std::shared_ptr<grpc::ChannelCredentials> credentials = MutualTlsChannelCredentials(tls, &args);
+  std::unique_ptr<v1::Rendezvous::Stub> stub =
+      v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::StoreGetRequest request;
+  request.set_token("certificate-check");
+  v1::StoreGetResponse response;
+  const grpc::Status s = stub->StoreGet(&ctx, request, &response);
+  // An answer (PERMISSION_DENIED: no such token) means the handshake passed.
+  if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+      s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "gstabd cannot reach its own --peer_listen at ", address, " with its own certificate (",
+      s.error_message(),
+      "): every gstabd of a job serves and dials the others with --peer_tls_cert, so it must "
+      "name the host dialled (in its subjectAltName, or give --peer_tls_name), allow both "
+      "serverAuth and clientAuth (or name no extendedKeyUsage), and be signed by --peer_tls_ca "
+      "(docs/multinode.md, Certificates)"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
   if (options.socket_path.empty() && options.listen_address.empty()) {
     return absl::InvalidArgumentError("nothing to listen on: give a socket path or an address");
@@ -164,6 +197,9 @@ absl::Status Server::Start() {
           absl::StrCat("cannot listen for peers on ", options_.peer_listen));
     }
     const std::string address = JoinHostPort(options_.daemon.peer_host, std::to_string(port));
+    if (absl::Status s = CheckPeerCertificate(address, options_.daemon.peer_tls); !s.ok()) {
+      return s;
+    }
     daemon_->SetPeerAddress(address);
     LOG(INFO) << "serving peers on " << address
               << (options_.daemon.peer_tls.enabled() ? " (mutual TLS)" : " (plain TCP, loopback)");

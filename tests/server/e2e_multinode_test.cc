@@ -383,6 +383,19 @@ TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
                         " --peer_tls_cert=/dev/null" + " --peer_tls_key=/dev/null");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("not a readable PEM file"), std::string::npos) << out;
+  // A certificate that does not name the host dialled (the test's names gstab-peer) is refused
+  // at start: gstabd dials its own peer port with it. With the name given, it starts.
+  std::filesystem::create_directories(dir.path() + "/pki");
+  const testing::TestTls tls = testing::MakeTestTls(dir.path() + "/pki");
+  const std::string with_tls = base + " --peer_listen=127.0.0.1:0 --peer_tls_ca=" + tls.ca +
+                               " --peer_tls_cert=" + tls.cert + " --peer_tls_key=" + tls.key;
+  std::tie(rc, out) = testing::RunShell(with_tls);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("cannot reach its own --peer_listen"), std::string::npos) << out;
+  EXPECT_NE(out.find("--peer_tls_name"), std::string::npos) << out;
+  std::tie(rc, out) = testing::RunShell("timeout -s TERM 3 " + with_tls +
+                                        " --peer_tls_name=gstab-peer; echo exited $?");
+  EXPECT_NE(out.find("serving peers on"), std::string::npos) << out;
 }
 
 // A daemon whose certificate the job's store does not trust cannot join: its step fails
@@ -414,6 +427,10 @@ TEST(MultiNodePeerTlsTest, AnUntrustedDaemonCannotJoinTheRendezvous) {
     EXPECT_TRUE(lower.find("certificate verify failed") != std::string::npos ||
                 lower.find("certificate_verify_failed") != std::string::npos)
         << untrusted;
+    // Said as the store out of reach, not as node 0 silent.
+    EXPECT_NE(untrusted.message().find("rendezvous store cannot be reached"), std::string::npos)
+        << untrusted;
+    EXPECT_NE(untrusted.message().find("Certificates"), std::string::npos) << untrusted;
   }
   std::cout << "node 0: " << results[0].status() << "\nnode 1: " << untrusted << "\n";
 }
