@@ -51,11 +51,11 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
                                     const v1::RendezvousInfo& info, Job* job) {
   if (job->rendezvous_token() == info.token()) {
     if (job->node_rank() != request.node_rank()) {
-      return absl::InvalidArgumentError(absl::StrCat("job '", request.job(), "' is node ",
-                                                     job->node_rank(),
-                                                     " on this gstabd; a worker "
-                                                     "here cannot attach as node ",
-                                                     request.node_rank()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "job '", request.job(), "' is node ", job->node_rank(),
+          " on this gstabd; a worker here cannot attach as node ", request.node_rank(),
+          ": each node of a job has a gstabd of its own (on one machine, start another with its "
+          "own --socket, --state_dir and --peer_listen)"));
     }
     return absl::OkStatus();
   }

@@ -167,7 +167,16 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
     context->setTimeout(Ms(timeout));
     context_ = std::move(context);
   } catch (const std::exception& e) {
-    return Broken("cannot connect to the job's other nodes", e);
+    // A node other than 0 whose own gstabd made the blob: most likely every node made its own,
+    // and each waits in a store of its own for nodes that never come there.
+    const bool own_store =
+        rank_ != 0 && !identity_.empty() && rendezvous_.store_address() == identity_;
+    return Broken(absl::StrCat("cannot connect to the job's other nodes",
+                               own_store ? " (this node's own gstabd made the rendezvous blob: "
+                                           "if every node made its own, make it once, on node "
+                                           "0's, and pass it to every node)"
+                                         : ""),
+                  e);
   }
   return absl::OkStatus();
 }

@@ -411,6 +411,30 @@ TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
   EXPECT_EQ(told, 1);
 }
 
+// A blob made on each node (not once, on node 0's): each node waits in its own store, and
+// node 1 is told what most likely happened.
+TEST(MultiNodeFaultTest, ABlobMadeOnEachNodeIsSaidSo) {
+  Cluster cluster(2);
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int n = 0; n < 2; ++n) {
+    auto client = Client::Connect(cluster.daemon(n).socket());
+    ASSERT_TRUE(client.ok());
+    absl::StatusOr<std::string> own = (*client)->CreateRendezvous("apart", 2);
+    ASSERT_TRUE(own.ok()) << own.status();
+    auto w = TestWorker::Create(cluster.daemon(n).socket(),
+                                NodeOptions("apart", static_cast<uint32_t>(n), 2, *own));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  auto results = StepAll(workers, Same(2, 1));
+  EXPECT_FALSE(results[0].ok());
+  EXPECT_FALSE(results[1].ok());
+  EXPECT_NE(results[1].status().message().find("this node's own gstabd made the rendezvous blob"),
+            std::string::npos)
+      << results[1].status();
+}
+
 TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
   Cluster cluster(2);
   auto workers = cluster.Attach("mismatch");
