@@ -90,6 +90,14 @@ Client::~Client() {
     return;
   }
   StopKeepAlive();
+  if (!session().empty()) {
+    // As the Python client does at exit: gstabd lets go of the worker now, not a lease later
+    // (its job's other local workers stop waiting for it, and `gstabctl forget` works at once).
+    // Briefly: a process on its way out does not wait on a frozen gstabd.
+    v1::DetachRequest request;
+    request.set_session(session());
+    (void)Call(&v1::Stabilizer::Stub::Detach, request, absl::Seconds(2));
+  }
 }
 
 absl::Status Client::StoppedUnderCall(const absl::Status& cancelled) {

@@ -88,7 +88,9 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
   if (!waiting.empty()) absl::StrAppend(&out, "\nwaiting for local workers:\n", waiting);
   if (!retired.empty()) {
     absl::StrAppendFormat(&out,
-                          "\nretired (statistics kept; they come back when a worker attaches):\n"
+                          "\nnot held, kept as checkpoints (retired while idle, or found at "
+                          "gstabd's start; they come "
+                          "back when a worker attaches):\n"
                           "%-24s %-10s %9s %7s %s\n%s",
                           "JOB", "POLICY", "LAST_STEP", "GROUPS", "OWNER", retired);
   }

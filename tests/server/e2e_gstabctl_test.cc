@@ -164,5 +164,18 @@ TEST_F(E2eGstabctlTest, HealthFollowsTheDaemon) {
   EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
 }
 
+// A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
+// `forget` then works at once, rather than a lease later.
+TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
+  {
+    auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("gone"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    (*worker)->Fill(1, 1);
+    ASSERT_TRUE((*worker)->client().Step(1).ok());
+  }
+  auto [rc, out] = Ctl("forget --job=gone");
+  EXPECT_EQ(rc, 0) << out;
+}
+
 }  // namespace
 }  // namespace gstab

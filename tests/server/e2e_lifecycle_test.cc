@@ -140,7 +140,7 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   auto [rc, table] = testing::RunShell(testing::BinaryPath("tools/gstabctl") +
                                        " --socket=" + daemon->socket() + " status --all");
   EXPECT_EQ(rc, 0) << table;
-  EXPECT_NE(table.find("retired (statistics kept"), std::string::npos) << table;
+  EXPECT_NE(table.find("not held, kept as checkpoints"), std::string::npos) << table;
   EXPECT_NE(table.find("\nidle "), std::string::npos) << table;
 
   // An observer cannot attach to it (nothing is held), and is told why.

@@ -43,7 +43,7 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
 
   const std::string out = StatusTable(jobs);
   const size_t table = out.find("steady"), wait = out.find("waiting for local workers:"),
-               old = out.find("retired (statistics kept");
+               old = out.find("not held, kept as checkpoints");
   ASSERT_NE(table, std::string::npos) << out;
   ASSERT_NE(wait, std::string::npos) << out;
   ASSERT_NE(old, std::string::npos) << out;
