@@ -212,23 +212,33 @@ TEST(MultiNodeFaultTest, OldStepNumbersFailFastAndTheJobGoesOn) {
   EXPECT_EQ(s0->groups(0).m(), s1->groups(0).m());
 }
 
+// The workers of a job of one worker on node 0 and `on_node_1` on node 1, in global rank order
+// (empty when one cannot attach).
+std::vector<std::unique_ptr<TestWorker>> OneAndMany(Cluster* cluster, const std::string& job,
+                                                    uint32_t on_node_1) {
+  const std::string blob = cluster->Rendezvous(job);
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t rank = 0; rank <= on_node_1; ++rank) {
+    AttachOptions o = NodeOptions(job, rank == 0 ? 0 : 1, 2, blob);
+    o.rank = rank;
+    o.world_size = on_node_1 + 1;
+    o.local_rank = rank == 0 ? 0 : rank - 1;
+    o.local_world_size = rank == 0 ? 1 : on_node_1;
+    auto w = TestWorker::Create(cluster->daemon(static_cast<int>(o.node_rank)).socket(), o);
+    EXPECT_TRUE(w.ok()) << w.status();
+    if (!w.ok()) return {};
+    workers.push_back(*std::move(w));
+  }
+  return workers;
+}
+
 // A node whose local workers do not all call Step gives the step up at half the step timeout
 // and says so in the step's check: the other nodes leave it at once, the late worker is told
 // to go on, and the next step runs with the same communicator.
 TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) {
   Cluster cluster(2);
-  const std::string blob = cluster.Rendezvous("half-there");
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  for (uint32_t rank = 0; rank < 3; ++rank) {
-    AttachOptions o = NodeOptions("half-there", rank == 0 ? 0 : 1, 2, blob);
-    o.rank = rank;
-    o.world_size = 3;
-    o.local_rank = rank == 0 ? 0 : rank - 1;
-    o.local_world_size = rank == 0 ? 1 : 2;
-    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(o.node_rank)).socket(), o);
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
+  std::vector<std::unique_ptr<TestWorker>> workers = OneAndMany(&cluster, "half-there", 2);
+  ASSERT_EQ(workers.size(), 3u);
   for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
 
@@ -256,18 +266,8 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
 // so, and what to do (not only the one that did the telling).
 TEST(MultiNodeFaultTest, WhenTheOthersCannotBeToldEveryWaitingWorkerHearsSo) {
   Cluster cluster(2);
-  const std::string blob = cluster.Rendezvous("untold");
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  for (uint32_t rank = 0; rank < 4; ++rank) {
-    AttachOptions o = NodeOptions("untold", rank == 0 ? 0 : 1, 2, blob);
-    o.rank = rank;
-    o.world_size = 4;
-    o.local_rank = rank == 0 ? 0 : rank - 1;
-    o.local_world_size = rank == 0 ? 1 : 3;
-    auto w = TestWorker::Create(cluster.daemon(static_cast<int>(o.node_rank)).socket(), o);
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
+  std::vector<std::unique_ptr<TestWorker>> workers = OneAndMany(&cluster, "untold", 3);
+  ASSERT_EQ(workers.size(), 4u);
   for (size_t i = 0; i < 4; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(4, 1))) ASSERT_TRUE(r.ok()) << r.status();
 
