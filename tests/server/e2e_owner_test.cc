@@ -117,7 +117,7 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("caller: uid 65533, which acts on its own jobs only"), std::string::npos)
       << out;
-  const size_t retired = out.find("retired (");
+  const size_t retired = out.find("kept as checkpoints (");
   ASSERT_NE(retired, std::string::npos) << out;
   const size_t row = out.find("theirs", retired);
   ASSERT_NE(row, std::string::npos) << out;
@@ -269,7 +269,7 @@ TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
   EXPECT_EQ(forget.error_code(), grpc::StatusCode::PERMISSION_DENIED) << forget.error_message();
   std::tie(rc, out) = Ctl(65533, "status --all");
   EXPECT_EQ(rc, 0) << out;
-  const size_t row = out.find("alices", out.find("retired ("));
+  const size_t row = out.find("alices", out.find("kept as checkpoints ("));
   ASSERT_NE(row, std::string::npos) << out;
   EXPECT_NE(out.substr(row, out.find('\n', row) - row).find("cert:alice"), std::string::npos)
       << out;
