@@ -266,6 +266,12 @@ class Client:
         self.registration = None
         self._attached = arguments
 
+    @property
+    def restored(self) -> bool:
+        """Whether the job of the last attach came back from gstabd's checkpoint (after a gstabd
+        restart, or its retirement while idle); stats()["last_step"] says where it is."""
+        return bool(self._lib.gstab_attach_restored(self._handle()))
+
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
                 node_rank, node_count, rendezvous) -> None:
         rendezvous = None if rendezvous is None else bytes(rendezvous)

@@ -50,6 +50,8 @@ class SessionTest(unittest.TestCase):
             with self.assertLogs("gstab", "WARNING") as logs:
                 scales += run_steps(client, views, range(11, 21))
             self.assertEqual(client.reattached, 1)
+            self.assertTrue(client.restored)  # from the checkpoint the stop wrote
+            self.assertFalse(reference.restored)
             self.assertIn("attached and registered again", logs.output[0])
             self.assertEqual(scales, uninterrupted)  # bit for bit, spike at 15 included
             # Without reattaching, the restart reaches the caller.
