@@ -167,7 +167,8 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
                           " connections, its cap (--max_connections_per_uid)"));
       continue;
     }
-    handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});
+    if (policy_.max_connections_per_uid > 0)
+      handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});
     // gRPC needs a non-blocking descriptor.
     fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
     peers_->Set(conn, cred);  // before gRPC can serve a call on it
