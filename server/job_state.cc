@@ -264,13 +264,7 @@ absl::Status Job::ImportRefusal(const v1::JobState& state, bool with_config,
   return absl::OkStatus();
 }
 
-absl::Status Job::ImportState(const v1::JobState& state, bool with_config,
-                              absl::Duration wait) {
-  if (state.format_version() != kJobStateFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("state format version ", state.format_version(),
-                                                   " is not supported (expected ",
-                                                   kJobStateFormatVersion, ")"));
-  }
+absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl::Duration wait) {
   if (absl::Status s = ValidateJobState(state); !s.ok()) return s;
   // A state without a config (ExportState always writes one) leaves the job's as it is.
   with_config = with_config && state.has_config();

@@ -68,6 +68,11 @@ absl::Status CheckStepNumber(uint64_t step) {
 }
 
 absl::Status ValidateJobState(const v1::JobState& state) {
+  if (state.format_version() != kJobStateFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "state format version ", state.format_version(), " is not supported (expected ",
+        kJobStateFormatVersion, "; a newer release's?)"));
+  }
   if (state.last_step() >= kStepLimit) {  // no later step could be taken
     return absl::InvalidArgumentError(
         absl::StrCat("the state's last_step ", state.last_step(), " must be below 2^62"));

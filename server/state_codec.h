@@ -21,10 +21,10 @@ inline constexpr uint64_t kStepLimit = uint64_t{1} << 62;
 absl::Status CheckStepNumber(uint64_t step);
 
 // INVALID_ARGUMENT, naming the group and field, unless `state` is one gstabd could have
-// written: at most kMaxGroupsPerJob groups with valid, distinct names, finite statistics,
-// non-negative means and variances, and step counts and the last step below kStepLimit. Imported
-// statistics feed the scale of every later step: a NaN or negative variance would turn gradients
-// into NaN.
+// written: of kJobStateFormatVersion, with at most kMaxGroupsPerJob groups of valid, distinct
+// names, finite statistics, non-negative means and variances, and step counts and the last step
+// below kStepLimit. Imported statistics feed the scale of every later step: a NaN or negative
+// variance would turn gradients into NaN.
 absl::Status ValidateJobState(const v1::JobState& state);
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& stats);

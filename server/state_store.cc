@@ -234,14 +234,8 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     }
     // One its job could not take (a newer release's, or damaged) is kept for a look: the job,
     // which starts afresh, would overwrite it.
-    if (state.format_version() != kJobStateFormatVersion) {
-      SetAside(path, absl::StrCat("is format version ", state.format_version(),
-                                  ", which this gstabd does not read (a newer release's? put it "
-                                  "back under a gstabd that reads it)"));
-      continue;
-    }
     if (absl::Status s = ValidateJobState(state); !s.ok()) {
-      SetAside(path, absl::StrCat("is not a valid checkpoint (", s.message(), ")"));
+      SetAside(path, absl::StrCat("cannot be restored (", s.message(), ")"));
       continue;
     }
     struct stat st;
