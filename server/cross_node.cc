@@ -157,7 +157,8 @@ std::string PeerRecordLayout() {
 
 namespace {
 
-// The groups this node has that none of its workers registered, for the layout refusal.
+// The groups this node's workers registered before and none registers now, for the layout
+// refusal.
 std::string Unregistered(const NodePartials& p) {
   std::vector<std::string> names;
   for (size_t g = 0; g < p.present.size(); ++g) {
@@ -170,9 +171,10 @@ std::string Unregistered(const NodePartials& p) {
   }
   if (names.empty()) return "";
   return absl::StrCat(
-      "; this node has groups none of its workers registered (", absl::StrJoin(names, ", "),
-      "): an imported state brings its groups, so import one of the model's groups only, or "
-      "start the job afresh (gstabctl forget)");
+      "; this node has groups that a worker registered before and none registers now (",
+      absl::StrJoin(names, ", "),
+      "): a group stays with its job, so register it again, or start the job afresh "
+      "(gstabctl forget)");
 }
 
 }  // namespace

@@ -14,6 +14,18 @@
 #include "server/job.h"
 
 namespace gstab {
+namespace {
+
+// `values` at the indices `shared`, in their order.
+template <typename V>
+V Pick(const V& values, const std::vector<uint32_t>& shared) {
+  V out;
+  out.reserve(shared.size());
+  for (uint32_t g : shared) out.push_back(values[g]);
+  return out;
+}
+
+}  // namespace
 
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                        v1::StepResponse* response, uint32_t ready_value, uint64_t session) {
@@ -274,6 +286,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   std::vector<int> reduction;
   std::shared_ptr<Collective> collective;
   StepCheck check;
+  // The groups the cross-node stage carries: those a worker of this node has registered. A
+  // group that only an import (on node 0) or a checkpoint brought stays on its node.
+  std::vector<uint32_t> shared;
   // The configuration this step runs with: a change made meanwhile counts from the next step
   // (on every node at once: node 0's is every node's, see cross_node.h).
   RuleParams params;
@@ -286,8 +301,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     params = params_;
     config_version = config_version_;
     if (collective != nullptr) {
-      check.layout_hash =
-          LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction);
+      for (uint32_t g = 0; g < num_groups; ++g) {
+        if (reduction[g] >= 0) shared.push_back(g);
+      }
+      check.layout_hash = LayoutHash(Pick(group_names_, shared), Pick(reduction, shared));
       check.config_hash = ConfigHash(params);
       check.want_statistics = sync_statistics_;
     }
@@ -327,9 +344,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
 
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
   if (collective != nullptr) {
-    NodePartials partials{sums, non_finite, reduction, present, [this](size_t g) {
+    NodePartials partials{Pick(sums, shared), Pick(non_finite, shared), Pick(reduction, shared),
+                          Pick(present, shared), [this, &shared](size_t i) {
                             absl::MutexLock lock(&mu_);
-                            return group_names_[g];
+                            return group_names_[shared[i]];
                           }};
     StepAgreement agreed;
     if (absl::Status s =
@@ -337,8 +355,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         !s.ok()) {
       return s;
     }
-    sums = std::move(partials.sums);
-    non_finite = std::move(partials.non_finite);
+    for (size_t i = 0; i < shared.size(); ++i) {
+      sums[shared[i]] = partials.sums[i];
+      non_finite[shared[i]] = partials.non_finite[i];
+    }
     if (agreed.configs_differ) {
       if (absl::Status s =
               AdoptNodeZerosConfig(collective.get(), step, timeout, &params, &config_version);
@@ -350,13 +370,13 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       std::vector<GroupStats> stats_copy;
       {
         absl::MutexLock lock(&mu_);  // steady: only this round changes them
-        stats_copy.assign(stats_.begin(), stats_.begin() + num_groups);
+        stats_copy = Pick(stats_, shared);
       }
       if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
         return s;
       }
       absl::MutexLock lock(&mu_);
-      std::copy(stats_copy.begin(), stats_copy.end(), stats_.begin());
+      for (size_t i = 0; i < shared.size(); ++i) stats_[shared[i]] = stats_copy[i];
       if (collective_ == collective) sync_statistics_ = false;
     }
   }

@@ -20,19 +20,66 @@ using testing::NodeOptions;
 constexpr v1::Reduction kReductions[] = {v1::REDUCTION_SHARDED, v1::REDUCTION_REPLICATED,
                                          v1::REDUCTION_NODE_SHARDED};
 
+v1::Reduction ReductionOf(int group) { return kReductions[group % 3]; }
+
 // One node's worker: group g is one fp32 tensor of 64 + g elements, reduced by kReductions[g % 3].
 struct Node {
   std::unique_ptr<Client> client;
   GradientArena arena;
 };
 
-v1::Reduction ReductionOf(int group) { return kReductions[group % 3]; }
+void Layout(int groups, GradientArena* arena) {
+  for (int g = 0; g < groups; ++g) {
+    arena->AddTensor(absl::StrCat("t", g), 64 + g, DType::kFloat32, absl::StrCat("g", g),
+                     ReductionOf(g));
+  }
+  ASSERT_TRUE(arena->Allocate().ok());
+}
+
+// Node `n`'s worker of `job`, its `groups` groups registered.
+std::unique_ptr<Node> AttachNode(Cluster& cluster, const std::string& job, const std::string& blob,
+                                 int n, int groups) {
+  auto w = std::make_unique<Node>();
+  Layout(groups, &w->arena);
+  auto client = Client::Connect(cluster.daemon(n).socket());
+  EXPECT_TRUE(client.ok()) << client.status();
+  w->client = *std::move(client);
+  EXPECT_TRUE(w->client->Attach(NodeOptions(job, n, cluster.size(), blob)).ok());
+  EXPECT_TRUE(w->client->Register(w->arena).ok());
+  return w;
+}
 
 // The gradient of `node` at `step`; a replicated group's is the same on every node, as after a
 // data-parallel all-reduce.
 float Value(int node, int group, uint64_t i, uint64_t step) {
   const int n = ReductionOf(group) == v1::REDUCTION_REPLICATED ? 0 : node;
   return 0.01f * static_cast<float>(1 + (n * 7 + group * 3 + i + step) % 11);
+}
+
+// Writes node `n`'s gradients of `step` into `arena` (group g is tensor g); returns its sums of
+// squares per group, as the kernels add them (in double).
+std::vector<double> Fill(int n, uint64_t step, GradientArena& arena) {
+  std::vector<double> sums(arena.num_tensors(), 0.0);
+  for (size_t g = 0; g < arena.num_tensors(); ++g) {
+    auto* p = static_cast<float*>(arena.data(g));
+    for (uint64_t i = 0; i < arena.numel(g); ++i) {
+      p[i] = Value(n, static_cast<int>(g), i, step);
+      sums[g] += static_cast<double>(p[i]) * p[i];
+    }
+  }
+  return sums;
+}
+
+// Every node steps at once (each waits in the collective for the others).
+std::vector<absl::StatusOr<v1::StepResponse>> StepNodes(
+    const std::vector<std::unique_ptr<Node>>& workers, uint64_t step) {
+  std::vector<absl::StatusOr<v1::StepResponse>> results(workers.size());
+  std::vector<std::thread> threads;
+  for (size_t n = 0; n < workers.size(); ++n) {
+    threads.emplace_back([&, n] { results[n] = workers[n]->client->Step(step); });
+  }
+  for (std::thread& t : threads) t.join();
+  return results;
 }
 
 class MultiNodeGroupsTest : public ::testing::TestWithParam<std::tuple<int, int>> {};
@@ -42,44 +89,13 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
   Cluster cluster(nodes);
   const std::string blob = cluster.Rendezvous("groups");
   std::vector<std::unique_ptr<Node>> workers;
-  for (int n = 0; n < nodes; ++n) {
-    auto w = std::make_unique<Node>();
-    for (int g = 0; g < groups; ++g) {
-      w->arena.AddTensor(absl::StrCat("t", g), 64 + g, DType::kFloat32, absl::StrCat("g", g),
-                         ReductionOf(g));
-    }
-    ASSERT_TRUE(w->arena.Allocate().ok());
-    auto client = Client::Connect(cluster.daemon(n).socket());
-    ASSERT_TRUE(client.ok()) << client.status();
-    w->client = *std::move(client);
-    ASSERT_TRUE(w->client->Attach(NodeOptions("groups", n, nodes, blob)).ok());
-    ASSERT_TRUE(w->client->Register(w->arena).ok());
-    workers.push_back(std::move(w));
-  }
-  // Writes every node's gradients of `step`; returns each node's sums of squares per group, as
-  // the kernels add them (in double).
+  for (int n = 0; n < nodes; ++n) workers.push_back(AttachNode(cluster, "groups", blob, n, groups));
   auto fill = [&](uint64_t step) {
-    std::vector<std::vector<double>> sums(nodes, std::vector<double>(groups, 0.0));
-    for (int n = 0; n < nodes; ++n) {
-      for (int g = 0; g < groups; ++g) {
-        auto* p = static_cast<float*>(workers[n]->arena.data(g));
-        for (uint64_t i = 0; i < workers[n]->arena.numel(g); ++i) {
-          p[i] = Value(n, g, i, step);
-          sums[n][g] += static_cast<double>(p[i]) * p[i];
-        }
-      }
-    }
+    std::vector<std::vector<double>> sums;
+    for (int n = 0; n < nodes; ++n) sums.push_back(Fill(n, step, workers[n]->arena));
     return sums;
   };
-  auto step_all = [&](uint64_t step) {
-    std::vector<absl::StatusOr<v1::StepResponse>> results(nodes);
-    std::vector<std::thread> threads;
-    for (int n = 0; n < nodes; ++n) {
-      threads.emplace_back([&, n] { results[n] = workers[n]->client->Step(step); });
-    }
-    for (std::thread& t : threads) t.join();
-    return results;
-  };
+  auto step_all = [&](uint64_t step) { return StepNodes(workers, step); };
   for (uint64_t step = 1; step <= 3; ++step) {
     const std::vector<std::vector<double>> sums = fill(step);
     const std::vector<absl::StatusOr<v1::StepResponse>> results = step_all(step);
@@ -118,11 +134,7 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
   // The last node's worker registers again without the last group: that node would leave the
   // group's statistics behind the others', so every node refuses the step, naming the group.
   GradientArena fewer;
-  for (int g = 0; g + 1 < groups; ++g) {
-    fewer.AddTensor(absl::StrCat("t", g), 64 + g, DType::kFloat32, absl::StrCat("g", g),
-                    ReductionOf(g));
-  }
-  ASSERT_TRUE(fewer.Allocate().ok());
+  Layout(groups - 1, &fewer);
   ASSERT_TRUE(workers[nodes - 1]->client->Register(fewer).ok());
   fill(5);
   const std::vector<absl::StatusOr<v1::StepResponse>> refused = step_all(5);
@@ -143,6 +155,64 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
     ASSERT_TRUE(again[n].ok()) << "node " << n << ": " << again[n].status();
     EXPECT_EQ(again[n]->SerializeAsString(), again[0]->SerializeAsString()) << "node " << n;
   }
+}
+
+// A state imported on node 0 may hold a group the model no longer has. It stays on node 0 (no
+// worker's chunks, so it takes no part in a step) and the nodes step on together, every node
+// with node 0's imported statistics; a group registered afterwards is matched across the nodes
+// by name, whatever index each node gives it.
+TEST(MultiNodeImportTest, AGroupOnlyAnImportBroughtStaysOnNodeZero) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("imported");
+  std::vector<std::unique_ptr<Node>> workers;
+  for (int n = 0; n < 2; ++n) workers.push_back(AttachNode(cluster, "imported", blob, n, 3));
+  for (int n = 0; n < 2; ++n) Fill(n, 1, workers[n]->arena);
+  for (auto& r : StepNodes(workers, 1)) ASSERT_TRUE(r.ok()) << r.status();
+
+  auto observer = Client::Connect(cluster.daemon(0).socket());
+  ASSERT_TRUE(observer.ok());
+  AttachOptions watch = testing::JobOptions("imported");
+  watch.observer = true;
+  ASSERT_TRUE((*observer)->Attach(watch).ok());
+  absl::StatusOr<std::string> exported = (*observer)->ExportState();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  v1::JobState state;
+  ASSERT_TRUE(state.ParseFromString(*exported));
+  ASSERT_EQ(state.groups(0).name(), "g0");
+  state.mutable_groups(0)->set_spike_mean(12345);
+  v1::GroupState* gone = state.add_groups();
+  *gone = state.groups(1);
+  gone->set_name("gone");
+  ASSERT_TRUE((*observer)->ImportState(state.SerializeAsString()).ok());
+
+  // Node 0 now has g0, g1, g2, gone; both nodes' workers add g3 (index 4 on node 0, 3 on node 1).
+  std::vector<GradientArena> arenas(2);
+  for (int n = 0; n < 2; ++n) {
+    Layout(4, &arenas[n]);
+    ASSERT_TRUE(workers[n]->client->Register(arenas[n]).ok());
+  }
+  for (uint64_t step = 2; step <= 3; ++step) {
+    std::vector<std::vector<double>> sums;
+    for (int n = 0; n < 2; ++n) sums.push_back(Fill(n, step, arenas[n]));
+    const std::vector<absl::StatusOr<v1::StepResponse>> results = StepNodes(workers, step);
+    for (int n = 0; n < 2; ++n) {
+      ASSERT_TRUE(results[n].ok())
+          << "node " << n << " at step " << step << ": " << results[n].status();
+      ASSERT_EQ(results[n]->groups_size(), 4) << "node " << n;
+      EXPECT_EQ(results[n]->SerializeAsString(), results[0]->SerializeAsString())
+          << "node " << n << " stepped differently at step " << step;
+    }
+    for (int g = 0; g < 4; ++g) {
+      const double expected =
+          sums[0][g] + (ReductionOf(g) == v1::REDUCTION_SHARDED ? sums[1][g] : 0.0);
+      EXPECT_NEAR(results[1]->groups(g).norm() / std::sqrt(expected), 1.0, 1e-6)
+          << "group " << g << " at step " << step;
+    }
+  }
+  absl::StatusOr<v1::GetStatsResponse> stats = workers[1]->client->GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->groups(0).group(), "g0");
+  EXPECT_GT(stats->groups(0).norm_mean(), 1000) << "node 1 did not take node 0's import";
 }
 
 // 32 groups travel in the all-gather, 33 take the second collective.
