@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "client_lib/gstab.h"
+#include <gstab/gstab.h>
 
 int main(int argc, char** argv) {
   if (argc > 1 && argv[1][0] == '-') {

@@ -3,7 +3,9 @@
 
 1. `cmake --install` of the build tree into a temporary prefix gives gstabd, gstabctl,
    libgstab.so and gstab.h, and the installed gstabd serves (the installed gstabctl's health
-   probe passes against it), as the image's entrypoint would.
+   probe passes against it), as the image's entrypoint would. examples/minimal.c, built
+   outside this tree against the installed tree (with pkg-config, and with CMake's
+   find_package(gstab)), attaches to it and steps.
 2. Every shared library those binaries load is provided in the runtime stage: each library's
    Debian package (dpkg -S) is listed in packages-runtime.txt, or is one that debian:12-slim
    itself is made of; each library from outside Debian (CUDA, NCCL) maps to a package listed
@@ -91,10 +93,61 @@ def check_packages(binaries, runtime, cuda):
                       f"packages-runtime.txt and packages-cuda.txt")
 
 
-def check_installed(build, prefix):
+# A C project of a user of the installed tree.
+CMAKE_PROJECT = """cmake_minimum_required(VERSION 3.16)
+project(minimal LANGUAGES C)
+find_package(gstab 0.2 CONFIG REQUIRED)
+add_executable(minimal_c minimal.c)
+target_link_libraries(minimal_c PRIVATE gstab::gstab m)
+"""
+
+
+def built_against(prefix, example, work):
+    """examples/minimal.c built against `prefix` as a user would: {how: program}, or None."""
+    os.makedirs(work)
+    source = os.path.join(work, "minimal.c")
+    with open(example) as src, open(source, "w") as dst:
+        dst.write(src.read())
+    with open(os.path.join(work, "CMakeLists.txt"), "w") as f:
+        f.write(CMAKE_PROJECT)
+    env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(prefix, "lib/pkgconfig"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "gstab"], env=env,
+                           capture_output=True, text=True)
+    check(flags.returncode == 0, f"pkg-config finds no gstab in the installed tree: {flags.stderr}")
+    by_pkg_config = os.path.join(work, "minimal_pkg_config")
+    if flags.returncode == 0:
+        cc = subprocess.run(["cc", "-Wall", "-Werror", "-o", by_pkg_config, source,
+                             *flags.stdout.split(), "-lm"], capture_output=True, text=True)
+        check(cc.returncode == 0, f"cc with pkg-config's flags failed: {cc.stderr}")
+    build = os.path.join(work, "build")
+    cmake = subprocess.run(["cmake", "-S", work, "-B", build, "-G", "Ninja",
+                            "-DCMAKE_PREFIX_PATH=" + prefix], capture_output=True, text=True)
+    if cmake.returncode == 0:
+        cmake = subprocess.run(["cmake", "--build", build], capture_output=True, text=True)
+    check(cmake.returncode == 0,
+          f"a CMake project with find_package(gstab) failed:\n{cmake.stdout}{cmake.stderr}")
+    return {"pkg-config": by_pkg_config, "find_package": os.path.join(build, "minimal_c")}
+
+
+def check_steps(programs, prefix, sock):
+    for how, program in programs.items():
+        if not os.path.exists(program):
+            continue
+        # pkg-config's flags do not set a run path: the loader is told, as a user would.
+        env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(prefix, "lib"))
+        run = subprocess.run([program, sock, "installed-" + how], env=env, capture_output=True,
+                             text=True, timeout=60)
+        check(run.returncode == 0 and "spikes 1" in run.stdout,
+              f"minimal.c built with {how} did not step: exit {run.returncode}\n"
+              f"{run.stdout}{run.stderr}")
+
+
+def check_installed(build, prefix, example):
     subprocess.run(["cmake", "--install", build, "--prefix", prefix], check=True,
                    capture_output=True)
-    for f in ("bin/gstabd", "bin/gstabctl", "lib/libgstab.so", "include/gstab/gstab.h"):
+    programs = built_against(prefix, example, os.path.join(prefix, "user"))
+    for f in ("bin/gstabd", "bin/gstabctl", "lib/libgstab.so", "include/gstab/gstab.h",
+              "lib/pkgconfig/gstab.pc", "lib/cmake/gstab/gstabConfig.cmake"):
         check(os.path.exists(os.path.join(prefix, f)), f"cmake --install gives no {f}")
     gstabd = os.path.join(prefix, "bin/gstabd")
     if not os.path.exists(gstabd):
@@ -106,6 +159,7 @@ def check_installed(build, prefix):
     probe = [os.path.join(prefix, "bin/gstabctl"), "--socket=" + sock, "health"]
     try:
         check(wait_until_healthy(daemon, probe), "the installed gstabd never served")
+        check_steps(programs, prefix, sock)
     finally:
         daemon.terminate()
         err = daemon.communicate(timeout=30)[1].decode()
@@ -122,7 +176,8 @@ def main():
     check_dockerfile(os.path.join(args.container, "Dockerfile"),
                      os.path.dirname(os.path.dirname(os.path.abspath(args.container))), check)
     with tempfile.TemporaryDirectory() as prefix:
-        check_installed(args.build, prefix)
+        source = os.path.dirname(os.path.dirname(os.path.abspath(args.container)))
+        check_installed(args.build, prefix, os.path.join(source, "examples/minimal.c"))
         binaries = [os.path.join(prefix, f) for f in ("bin/gstabd", "bin/gstabctl",
                                                       "lib/libgstab.so")]
         check_packages([b for b in binaries if os.path.exists(b)], runtime, cuda)
