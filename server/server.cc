@@ -17,6 +17,9 @@ namespace gstab {
 
 namespace {
 
+// How long a stop waits for gRPC's calls to end before it shuts their connections down.
+constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
+
 // Each gstabd serves the rendezvous store with its --peer_tls_cert and dials the other nodes'
 // with it: dialled with its own certificate, its own --peer_listen must answer. Otherwise
 // every multi-node job would fail at its first step, far from the cause.
@@ -246,9 +249,22 @@ absl::Status Server::Stop(absl::Time deadline) {
     (void)Checkpoint();
   }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
-  // Every step has finished; idle connections need no grace period.
+  // Every step has finished; idle connections need no grace period. But an event stream whose
+  // reader stopped reading (a suspended `gstabctl events --follow`) holds its handler in a write
+  // that no cancellation ends, and the shutdown waits for every handler: past a grace period
+  // the socket's connections are shut down under gRPC.
+  absl::Notification shut_down;
+  std::thread unstick([&] {
+    if (shut_down.WaitForNotificationWithTimeout(kStuckCallsGrace)) return;
+    const int shut = unix_listener_ != nullptr ? unix_listener_->ShutdownConnections() : 0;
+    LOG(WARNING) << "calls still running " << absl::FormatDuration(kStuckCallsGrace)
+                 << " into the stop (a client that stopped reading its event stream?): "
+                 << "the socket's open connections (" << shut << ") are shut down";
+  });
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
   grpc_server_->Wait();
+  shut_down.Notify();
+  unstick.join();
   grpc_server_.reset();
   if (peer_server_ != nullptr) {
     daemon_->rendezvous_store()->Close();  // its waits would hold up the shutdown

@@ -105,17 +105,27 @@ void UnixListener::Stop() {
   }
 }
 
+bool UnixListener::Handed::Gone() const {
+  struct stat st;
+  return fstat(fd, &st) != 0 || st.st_dev != dev || st.st_ino != inode;
+}
+
+int UnixListener::ShutdownConnections() {
+  int shut = 0;
+  for (const auto& [uid, connections] : handed_) {
+    for (const Handed& h : connections) {
+      if (!h.Gone() && shutdown(h.fd, SHUT_RDWR) == 0) ++shut;
+    }
+  }
+  return shut;
+}
+
 bool UnixListener::UnderConnectionCap(uid_t uid) {
-  if (policy_.max_connections_per_uid <= 0) return true;
   std::vector<Handed>& open = handed_[uid];
-  open.erase(std::remove_if(open.begin(), open.end(),
-                            [](const Handed& h) {
-                              struct stat st;
-                              return fstat(h.fd, &st) != 0 || st.st_dev != h.dev ||
-                                     st.st_ino != h.inode;
-                            }),
+  open.erase(std::remove_if(open.begin(), open.end(), [](const Handed& h) { return h.Gone(); }),
              open.end());
-  return static_cast<int>(open.size()) < policy_.max_connections_per_uid;
+  return policy_.max_connections_per_uid <= 0 ||
+         static_cast<int>(open.size()) < policy_.max_connections_per_uid;
 }
 
 void UnixListener::AcceptLoop(grpc::Server* server) {
@@ -167,8 +177,7 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
                           " connections, its cap (--max_connections_per_uid)"));
       continue;
     }
-    if (policy_.max_connections_per_uid > 0)
-      handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});
+    handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});
     // gRPC needs a non-blocking descriptor.
     fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
     peers_->Set(conn, cred);  // before gRPC can serve a call on it

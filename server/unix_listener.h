@@ -70,6 +70,11 @@ class UnixListener {
   // Starts accepting; allowed connections go to `server` (which must outlive Stop()).
   void Start(grpc::Server* server);
   void Stop();
+  // After Stop(): shuts down (shutdown(2), both ways) each connection handed to gRPC that is
+  // still open, under gRPC, which then fails its calls. A handler waiting to write to a peer that
+  // stopped reading waits on HTTP/2 flow control, which cancelling its call does not end; this
+  // does. Returns how many it shut down.
+  int ShutdownConnections();
 
  private:
   UnixListener(std::string path, int fd, ino_t inode, PeerPolicy policy, PeerTable* peers,
@@ -81,8 +86,7 @@ class UnixListener {
         peers_(peers),
         refusals_(refusals) {}
   void AcceptLoop(grpc::Server* server);
-  // Whether `uid` may open one more connection. Forgets its connections gRPC has closed since:
-  // a descriptor that is no longer that socket (closed, or reused by another).
+  // Whether `uid` may open one more connection. Forgets its connections gRPC has closed since.
   bool UnderConnectionCap(uid_t uid);
 
   const std::string path_;
@@ -91,11 +95,15 @@ class UnixListener {
   const PeerPolicy policy_;
   PeerTable* const peers_;
   MetricFamily* const refusals_;
-  // The connections handed to gRPC, by uid: descriptor and socket inode. Accept thread only.
+  // The connections handed to gRPC, by uid: descriptor and socket inode. The accept thread's
+  // (ShutdownConnections reads it once Stop has joined that thread).
   struct Handed {
     int fd;
     dev_t dev;
     ino_t inode;
+    // Whether gRPC has closed it since: the descriptor is no longer this socket (closed, or
+    // reused by another).
+    bool Gone() const;
   };
   std::map<uid_t, std::vector<Handed>> handed_;
   std::atomic<bool> stopping_{false};

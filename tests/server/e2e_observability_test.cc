@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -242,31 +243,48 @@ TEST_F(E2eObservabilityTest, AnObserversAttachAndDetachArePaired) {
   EXPECT_EQ(events[1].detail(), "observer: detached");
 }
 
-TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUncounted) {
-  auto watcher = Client::Connect(daemon_->socket());
-  ASSERT_TRUE(watcher.ok());
-  v1::WatchEventsRequest request;
-  request.set_job("stalled");
-  request.set_follow(true);
-  // The call returns before gstabd has subscribed it: events of the job from before that (its
-  // ATTACH, if the worker is quick) come from the job's recent history instead (all of them).
-  request.set_recent(1 << 20);
-  grpc::ClientContext ctx;
-  auto reader = (*watcher)->stub()->WatchEvents(&ctx, request);  // opened, not read
-
+// A worker of a new job `job` that changes no gradient.
+std::unique_ptr<testing::TestWorker> Monitored(const std::string& socket, const std::string& job) {
   AttachOptions o;
-  o.job = "stalled";
+  o.job = job;
   o.config.set_policy(v1::POLICY_MONITOR);
-  auto worker = testing::TestWorker::Create(daemon_->socket(), o);
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  constexpr uint64_t kSteps = 2000;
-  for (uint64_t step = 1; step <= kSteps; ++step) {  // every step non-finite: one event each
-    (*worker)->Fill(step, 1);
-    static_cast<float*>((*worker)->arena().data(0))[0] = NAN;
-    absl::StatusOr<v1::StepResponse> r = (*worker)->client().Step(step);
+  auto worker = testing::TestWorker::Create(socket, o);
+  EXPECT_TRUE(worker.ok()) << worker.status();
+  return worker.ok() ? *std::move(worker) : nullptr;
+}
+
+// `steps` steps, each non-finite: one event each (a SKIP), more than a subscriber that does
+// not read can take in.
+void StepNonFinite(testing::TestWorker& worker, uint64_t steps) {
+  for (uint64_t step = 1; step <= steps; ++step) {
+    worker.Fill(step, 1);
+    static_cast<float*>(worker.arena().data(0))[0] = NAN;
+    absl::StatusOr<v1::StepResponse> r = worker.client().Step(step);
     ASSERT_TRUE(r.ok()) << "step " << step << ": " << r.status();
     ASSERT_TRUE(r->skip());
   }
+}
+
+// A stream of `job`'s events, following, with every recent one: the call returns before gstabd
+// has subscribed it, and events of the job from before that (its ATTACH, if the worker is
+// quick) come from the job's recent history instead.
+v1::WatchEventsRequest Following(const std::string& job) {
+  v1::WatchEventsRequest request;
+  request.set_job(job);
+  request.set_follow(true);
+  request.set_recent(1 << 20);
+  return request;
+}
+
+TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUncounted) {
+  auto watcher = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(watcher.ok());
+  grpc::ClientContext ctx;
+  auto reader = (*watcher)->stub()->WatchEvents(&ctx, Following("stalled"));  // opened, not read
+  constexpr uint64_t kSteps = 2000;
+  auto worker = Monitored(daemon_->socket(), "stalled");
+  ASSERT_NE(worker, nullptr);
+  StepNonFinite(*worker, kSteps);
   // Every event published for the job is either delivered or counted as dropped: ATTACH,
   // DIVERGENCE_START (three non-finite steps in a row) and one SKIP per step.
   uint64_t dropped = 0, received = 0, last_step = 0;
@@ -279,6 +297,26 @@ TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUnco
   ctx.TryCancel();
   EXPECT_EQ(last_step, kSteps);  // the newest events survive
   EXPECT_EQ(received + dropped, kSteps + 2);
+}
+
+// A subscriber that stopped reading (a suspended `gstabctl events --follow`) leaves gstabd's
+// write to it waiting, which no cancellation ends: gstabd's stop ends it, and exits 0 with its
+// statistics saved, where it used to wait for the subscriber for ever.
+TEST_F(E2eObservabilityTest, StalledSubscriberDoesNotHoldGstabdsStop) {
+  auto worker = Monitored(daemon_->socket(), "held");
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<Subprocess> follower =
+      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(),
+                         "events", "--follow", "--job=held"});
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  absl::StatusOr<std::string> attached = follower->ReadLine(absl::Seconds(30));  // subscribed
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  ASSERT_NE(attached->find("ATTACH"), std::string::npos) << *attached;
+  follower->Signal(SIGSTOP);
+  StepNonFinite(*worker, 3000);
+  EXPECT_EQ(daemon_->Stop().value_or(-1), 0) << daemon_->Log();
+  EXPECT_NE(daemon_->Log().find("statistics checkpointed"), std::string::npos) << daemon_->Log();
+  EXPECT_NE(daemon_->Log().find("open connections"), std::string::npos) << daemon_->Log();
 }
 
 // A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
