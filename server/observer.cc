@@ -113,7 +113,15 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
     // Beyond the cap the groups are one: L2 combinations of their norms and statistics.
     norm_->Set({job, kOtherGroup}, std::sqrt(other));
     stabilized_->Set({job, kOtherGroup}, std::sqrt(other_stabilized));
-    scale_->Set({job, kOtherGroup}, other > 0 ? std::sqrt(other_stabilized / other) : 1.0);
+    // A non-finite norm's gradients were zeroed (the step was skipped): scale 0, not the 1 of
+    // "no gradient" that NaN > 0 being false would give.
+    double other_scale = 1.0;
+    if (!std::isfinite(other)) {
+      other_scale = other_stabilized == 0 ? 0.0 : NAN;
+    } else if (other > 0) {
+      other_scale = std::sqrt(other_stabilized / other);
+    }
+    scale_->Set({job, kOtherGroup}, other_scale);
     ema_mean_->Set({job, kOtherGroup}, std::sqrt(other_mean));
     ema_stddev_->Set({job, kOtherGroup}, std::sqrt(other_sd));
   }

@@ -114,6 +114,8 @@ std::string Sparkline(const std::vector<double>& values) {
       hi = std::max(hi, std::log10(v));
     }
   }
+  // The bars span a decade at least: a steady norm's noise (0.1%) stays flat, not full height.
+  const double span = std::max(hi - lo, 1.0);
   std::string out;
   for (double v : values) {
     if (!std::isfinite(v)) {
@@ -121,7 +123,7 @@ std::string Sparkline(const std::vector<double>& values) {
     } else if (v <= 0 || hi <= lo) {
       out += kBars[0];
     } else {
-      const double f = (std::log10(v) - lo) / (hi - lo);
+      const double f = (std::log10(v) - lo) / span;
       out += kBars[std::clamp(static_cast<int>(f * 7.999), 0, 7)];
     }
   }

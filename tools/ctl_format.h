@@ -16,7 +16,8 @@ std::string WaitingLine(const v1::JobSummary& job);
 std::string StatusTable(const v1::ListJobsResponse& jobs);
 // The `top` screen (without the clear-screen sequence).
 std::string TopScreen(const v1::ListJobsResponse& jobs, int width);
-// ▁▂▃▄▅▆▇█ on a log scale over the finite values; '!' marks non-finite ones.
+// ▁▂▃▄▅▆▇█ on a log scale over the finite values (a decade at least, so a steady norm draws
+// flat); '!' marks non-finite ones.
 std::string Sparkline(const std::vector<double>& values);
 std::string EventLine(const v1::Event& event);
 

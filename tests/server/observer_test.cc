@@ -24,6 +24,27 @@ v1::StepResponse Step(uint64_t step, std::vector<double> norms, std::vector<bool
   return r;
 }
 
+// gstabd zeroes every group of a skipped step (stabilized norm 0): the aggregate beyond the cap
+// is scaled by 0 then, like each exported group, whatever its norm.
+TEST(ObserverTest, TheAggregatesScaleIsZeroWhenItsGradientsWereZeroed) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus, /*max_groups=*/1);
+  observer.OnAttach("j", 0, false);
+  v1::StepResponse skipped = Step(1, {1, 2, NAN}, {false, false, false});
+  for (v1::GroupResult& g : *skipped.mutable_groups()) {
+    g.set_stabilized_norm(0);
+    g.set_scale(0);
+  }
+  observer.OnStep("j", skipped, absl::Milliseconds(1));
+  std::string text = registry.Render();
+  EXPECT_NE(text.find("gstab_scale{job=\"j\",group=\"g0\"} 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_scale{job=\"j\",group=\"_other\"} 0\n"), std::string::npos) << text;
+  observer.OnStep("j", Step(2, {1, 3, 4}, {false, false, false}), absl::Milliseconds(1));
+  text = registry.Render();
+  EXPECT_NE(text.find("gstab_scale{job=\"j\",group=\"_other\"} 0.5\n"), std::string::npos) << text;
+}
+
 TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
   MetricsRegistry registry;
   EventBus bus;
@@ -36,6 +57,7 @@ TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
   EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g1\"} 1\n"), std::string::npos);
   EXPECT_EQ(text.find("group=\"g2\""), std::string::npos);  // beyond the cap
   EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"_other\"} NaN\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_scale{job=\"j\",group=\"_other\"} NaN\n"), std::string::npos);
   EXPECT_NE(text.find("gstab_steps_total{job=\"j\"} 2\n"), std::string::npos);
   EXPECT_NE(text.find("gstab_skipped_steps_total{job=\"j\"} 1\n"), std::string::npos);
   EXPECT_NE(text.find("gstab_spikes_total{job=\"j\"} 1\n"), std::string::npos);

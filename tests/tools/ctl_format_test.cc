@@ -100,6 +100,15 @@ TEST(CtlFormatTest, SparklinesMarkNonFiniteValues) {
   const std::string s = Sparkline({1.0, 10.0, 100.0, NAN, INFINITY});
   EXPECT_EQ(s.substr(s.size() - 2), "!!") << s;
   EXPECT_EQ(s.rfind("\xe2\x96\x81", 0), 0u) << s;  // the smallest is the lowest bar
+  EXPECT_EQ(s.substr(0, 9), "\xe2\x96\x81\xe2\x96\x84\xe2\x96\x88") << s;  // ▁▄█
+}
+
+TEST(CtlFormatTest, ASteadyNormDrawsFlatAndASpikeStandsOut) {
+  // Norms 0.1% apart are noise, not spikes.
+  EXPECT_EQ(Sparkline({0.2850, 0.2851, 0.2850, 0.28505}),
+            "\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81");
+  EXPECT_EQ(Sparkline({0.285, 0.2851, 285.0, 0.285}),
+            "\xe2\x96\x81\xe2\x96\x81\xe2\x96\x88\xe2\x96\x81");  // ▁▁█▁
 }
 
 TEST(CtlFormatTest, EventLinesNameTheJobStepAndGroups) {
