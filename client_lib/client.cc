@@ -152,7 +152,6 @@ void Client::Reconnect() {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         absl::Duration timeout) {
-  if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
   const bool tcp = IsTcpAddress(address);
   if (address.empty()) {
     return absl::InvalidArgumentError("no socket path given: pass gstabd's socket or HOST:PORT");
@@ -178,6 +177,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     }
     target = JoinHostPort(at->host, at->port);  // brackets an IPv6 host, as gRPC reads it
   }
+  if (!tcp && ::faccessat(AT_FDCWD, address.c_str(), R_OK | W_OK, AT_EACCESS) != 0 &&
+      errno == EACCES) {
+    // At once rather than after `timeout`: with this process's effective ids and capabilities.
+    return absl::PermissionDeniedError(
+        absl::StrCat("this process may not use gstabd's socket ", address,
+                     " (permission denied): ", SocketGroup(address)));
+  }
+  // From here on gRPC is used (the checks above leave a forked child free to connect).
+  if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
   // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
   // default 4 MiB.
   grpc::ChannelArguments args;
@@ -189,12 +197,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
         TlsFromEnvironment(address, &args);
     if (!tls.ok()) return tls.status();
     credentials = *std::move(tls);
-  } else if (::faccessat(AT_FDCWD, address.c_str(), R_OK | W_OK, AT_EACCESS) != 0 &&
-             errno == EACCES) {
-    // At once rather than after `timeout`: with this process's effective ids and capabilities.
-    return absl::PermissionDeniedError(
-        absl::StrCat("this process may not use gstabd's socket ", address,
-                     " (permission denied): ", SocketGroup(address)));
   }
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
   const absl::Time deadline = absl::Now() + timeout;
@@ -276,13 +278,20 @@ absl::Status Client::Attach(const AttachOptions& options) {
   keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {
     while (!stop->WaitForNotificationWithTimeout(period)) {
       grpc::ClientContext c;
-      // Briefly: a detach, an attach and the destructor wait for this call to end (a frozen
-      // gstabd held them for a third of the lease).
       c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(period, absl::Seconds(5))));
+      {
+        // A detach, an attach and the destructor cancel the call rather than wait for it (on a
+        // frozen gstabd, up to its deadline).
+        absl::MutexLock lock(&keepalive_mu_);
+        if (stop->HasBeenNotified()) break;
+        keepalive_call_ = &c;
+      }
       v1::KeepAliveRequest req;
       req.set_session(attached_.session());
       v1::KeepAliveResponse resp;
       (void)stub_->KeepAlive(&c, req, &resp);
+      absl::MutexLock lock(&keepalive_mu_);
+      keepalive_call_ = nullptr;
     }
   });
   return absl::OkStatus();
@@ -301,7 +310,11 @@ absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uin
 }
 
 void Client::StopKeepAlive() {
-  if (stop_keepalive_ != nullptr) stop_keepalive_->Notify();
+  if (stop_keepalive_ != nullptr) {
+    stop_keepalive_->Notify();
+    absl::MutexLock lock(&keepalive_mu_);
+    if (keepalive_call_ != nullptr) keepalive_call_->TryCancel();
+  }
   if (keepalive_.joinable()) keepalive_.join();
   stop_keepalive_.reset();
 }

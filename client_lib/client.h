@@ -19,7 +19,9 @@
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "client_lib/arena.h"
@@ -158,6 +160,8 @@ class Client {
   bool call_timeout_set_ = false;
   std::unique_ptr<absl::Notification> stop_keepalive_;
   std::thread keepalive_;
+  absl::Mutex keepalive_mu_;
+  grpc::ClientContext* keepalive_call_ ABSL_GUARDED_BY(keepalive_mu_) = nullptr;  // in flight
 };
 
 }  // namespace gstab

@@ -249,6 +249,32 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_child_of_a_process_that_never_connected_may_connect(self):
+        # Only a connection made puts gRPC in the process: a parent whose attempt was refused
+        # before that (a wrong path) leaves its forked children free to connect.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            done = run_python(f"""
+import os, gstab
+try:
+    gstab.Client("")
+except gstab.Error as e:
+    assert e.code == 3, e
+pid = os.fork()
+if pid == 0:
+    try:
+        gstab.Client({node.socket!r}).attach("py-fork-fresh")
+        os._exit(0)
+    except gstab.Error as e:
+        print(e, flush=True)
+        os._exit(1)
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("child 0", done.stdout, done.stdout)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_two_processes_of_one_local_rank_do_not_take_it_from_each_other(self):
         # A launcher that gives two workers the same local rank: the second attach replaces the
         # first's session, and the first is told so (ABORTED) instead of attaching again, which

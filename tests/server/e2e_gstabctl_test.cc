@@ -1,5 +1,6 @@
 // End-to-end: gstabctl's commands against a real gstabd that the real example trainer has
 // stepped: status, events, config, export and import, top, health, and its refusals.
+#include <csignal>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -175,6 +176,26 @@ TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
   }
   auto [rc, out] = Ctl("forget --job=gone");
   EXPECT_EQ(rc, 0) << out;
+}
+
+// On a frozen gstabd a client's destruction (which detaches) takes the detach's 2 s: a
+// keep-alive call in flight is cancelled, not waited for (up to 5 s more, with this lease).
+TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--lease_ms=15000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(testing::JobOptions("frozen")).ok());
+  // A keep-alive every 5 s (a third of the lease), each waiting up to 5 s for its answer.
+  absl::SleepFor(absl::Seconds(4));
+  daemon->process().Signal(SIGSTOP);
+  absl::SleepFor(absl::Seconds(2));  // the keep-alive call of 5 s in waits
+  const absl::Time start = absl::Now();
+  client->reset();
+  const absl::Duration took = absl::Now() - start;
+  daemon->process().Signal(SIGCONT);
+  EXPECT_LT(took, absl::Seconds(4)) << "the client waited for its keep-alive call";
 }
 
 }  // namespace
