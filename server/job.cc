@@ -114,6 +114,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   response->set_registered_bytes(plan.total_bytes);
   for (const std::string& name : group_names_) response->add_groups(name);
   worker->registration = std::move(registration);
+  detached_.erase(local_rank);
   if (session != 0) {
     newest_session_[local_rank] = session;
     // A Step an older session of the rank made in the open round goes (as at its removal, which
@@ -159,6 +160,7 @@ std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint6
     if (session < newest) return {};  // a newer session has registered since
     newest = session + 1;             // and this one may register no more
   }
+  if (!gone) detached_.insert(local_rank);
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);

@@ -279,6 +279,9 @@ class Job {
   // Per local rank, the newest session seen (registered; or ended, then plus one). Unlike
   // workers_, kept when a GPU generation ends.
   std::map<uint32_t, uint64_t> newest_session_ ABSL_GUARDED_BY(mu_);
+  // Local ranks whose worker detached and has not registered since: a step waiting for one of
+  // them is told so at once, rather than at its deadline.
+  std::set<uint32_t> detached_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
   v1::RendezvousInfo rendezvous_ ABSL_GUARDED_BY(mu_);  // the current one's (JoinRendezvous)

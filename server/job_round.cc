@@ -108,9 +108,19 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       // shutting down refuses the others' Steps, and a session that has ended (its worker
       // detached, its lease expired, or another attach took its rank) has no answer coming:
       // then waiting on is pointless.
-      auto here_or_shutdown = [this, &everyone_here, local_rank,
+      // Nor is waiting for a local rank whose worker detached (it ended its session: a worker
+      // leaving, not one restarting).
+      auto detached_missing = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        std::vector<uint32_t> ranks;
+        for (uint32_t r : detached_) {
+          if (r < local_world_size_ && arrived_.count(r) == 0) ranks.push_back(r);
+        }
+        return ranks;
+      };
+      auto here_or_shutdown = [this, &everyone_here, &detached_missing, local_rank,
                                session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return everyone_here() || shutting_down_ || SessionEnded(local_rank, session);
+        return everyone_here() || shutting_down_ || SessionEnded(local_rank, session) ||
+               !detached_missing().empty();
       };
       // A job across nodes waits half as long: its nodes' steps wait for each other as long as
       // the whole timeout, and a node whose workers did not all come tells the others in time.
@@ -123,10 +133,14 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         for (uint32_t r = 0; r < local_world_size_; ++r) {
           if (arrived_.count(r) == 0) missing.push_back(r);
         }
-        const std::string late = absl::StrCat("step ", step, " of job '", name_,
-                                              "': local ranks [", absl::StrJoin(missing, ", "),
-                                              "] did not call Step within ",
-                                              absl::FormatDuration(arrival));
+        const std::vector<uint32_t> detached = detached_missing();
+        const std::string late =
+            detached.empty()
+                ? absl::StrCat("step ", step, " of job '", name_, "': local ranks [",
+                               absl::StrJoin(missing, ", "), "] did not call Step within ",
+                               absl::FormatDuration(arrival))
+                : absl::StrCat("step ", step, " of job '", name_, "' waits for local ranks [",
+                               absl::StrJoin(detached, ", "), "], whose workers detached");
         // This call's arrival goes, unless its worker was removed (the round abandoned) since.
         auto leave = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           auto mine = arrived_.find(local_rank);
@@ -146,6 +160,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         if (collective_ == nullptr || collective_ != began_under) {
           // One node (or a new rendezvous since): this worker may come again to the same step.
           leave();
+          if (!detached.empty()) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                late, ": it is not taken until every local rank attaches, registers and steps it"));
+          }
           return absl::DeadlineExceededError(late);
         }
         if (abandoning_round_ == my_round) {  // another waiter of it is telling the nodes

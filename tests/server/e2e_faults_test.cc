@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -301,6 +302,41 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   absl::StatusOr<v1::StepResponse> alone = (*w0)->client().Step(2);
   EXPECT_EQ(alone.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_NE(alone.status().message().find("[1]"), std::string::npos) << alone.status();
+}
+
+// A local worker that detaches (its process ends) is not waited for: a Step waiting for it is
+// told so at once, not at the step timeout (a minute here), and so is one that comes after.
+TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--step_timeout_ms=60000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  AttachOptions o = JobOptions("leaving");
+  o.local_world_size = 2;
+  auto w0 = TestWorker::Create(daemon->socket(), o);
+  o.local_rank = 1;
+  auto w1 = TestWorker::Create(daemon->socket(), o);
+  ASSERT_TRUE(w0.ok() && w1.ok());
+  std::future<absl::StatusOr<v1::StepResponse>> waiting =
+      std::async(std::launch::async, [&] { return (*w0)->client().Step(1); });
+  ASSERT_TRUE(WaitForArrivals(&(*w1)->client(), {0}));
+  ASSERT_TRUE((*w1)->client().Detach().ok());
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(30)), std::future_status::ready)
+      << "the Step waited for the detached worker";
+  absl::StatusOr<v1::StepResponse> later = (*w0)->client().Step(1);
+  for (const auto& r : {waiting.get(), later}) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_NE(r.status().message().find("local ranks [1], whose workers detached"),
+              std::string::npos)
+        << r.status();
+  }
+  // Attached and registered again, rank 1 steps with rank 0.
+  auto back = TestWorker::Create(daemon->socket(), o);
+  ASSERT_TRUE(back.ok()) << back.status();
+  std::future<absl::StatusOr<v1::StepResponse>> r1 =
+      std::async(std::launch::async, [&] { return (*back)->client().Step(1); });
+  ASSERT_TRUE(WaitForArrivals(&(*w0)->client(), {1}));
+  EXPECT_TRUE((*w0)->client().Step(1).ok());
+  EXPECT_TRUE(r1.get().ok());
 }
 
 // A local worker that stepped and then was replaced (it restarted and attached again) takes its
