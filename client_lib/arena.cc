@@ -41,6 +41,7 @@ void GradientArena::Unlink() {
 
 size_t GradientArena::AddTensor(std::string name, uint64_t numel, DType dtype, std::string group,
                                 v1::Reduction reduction) {
+  if (base_ != nullptr) return kNotAdded;  // it would lie outside the object, over tensor 0
   tensors_.push_back(Entry{std::move(name), std::move(group), reduction, numel, dtype});
   return tensors_.size() - 1;
 }
@@ -107,7 +108,8 @@ absl::Status GradientArena::Allocate() {
 }
 
 void* GradientArena::data(size_t tensor) const {
-  return base_ == nullptr ? nullptr : base_ + tensors_[tensor].byte_offset;
+  if (base_ == nullptr || tensor >= tensors_.size()) return nullptr;
+  return base_ + tensors_[tensor].byte_offset;
 }
 
 v1::RegisterBuffersRequest GradientArena::RegistrationRequest() const {

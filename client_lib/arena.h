@@ -33,9 +33,11 @@ class GradientArena {
   GradientArena(const GradientArena&) = delete;
   GradientArena& operator=(const GradientArena&) = delete;
 
-  // Adds a tensor before Allocate() (the layout is fixed from then on: the C ABI refuses later
-  // ones); returns its index. An empty group means a group of its own.
-  // `reduction`: how its group's norm combines the ranks' gradients (gstab/v1/stabilizer.proto).
+  // Adds a tensor before Allocate(); returns its index. The layout is fixed once allocated: a
+  // later tensor is not added (kNotAdded; the C ABI refuses it with a message). An empty group
+  // means a group of its own. `reduction`: how its group's norm combines the ranks' gradients
+  // (gstab/v1/stabilizer.proto).
+  static constexpr size_t kNotAdded = ~size_t{0};
   size_t AddTensor(std::string name, uint64_t numel, DType dtype, std::string group = "",
                    v1::Reduction reduction = v1::REDUCTION_SHARDED);
 
@@ -45,9 +47,13 @@ class GradientArena {
   absl::Status Allocate();
   bool allocated() const { return base_ != nullptr; }
 
-  // The tensor's memory; null before Allocate() has succeeded.
+  // The tensor's memory; null before Allocate() has succeeded, and for an index that is not a
+  // tensor's (kNotAdded included).
   void* data(size_t tensor) const;
-  uint64_t numel(size_t tensor) const { return tensors_[tensor].numel; }
+  // 0 for an index that is not a tensor's.
+  uint64_t numel(size_t tensor) const {
+    return tensor < tensors_.size() ? tensors_[tensor].numel : 0;
+  }
   size_t num_tensors() const { return tensors_.size(); }
   const std::string& shm_name() const { return name_; }
   // Removes the object's name now; the memory stays mapped and usable, but no registration can

@@ -234,7 +234,9 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
   }
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   if (index >= static_cast<size_t>(client->last_step.groups_size())) {
-    return Report(absl::InvalidArgumentError("group index out of range of the last step"));
+    return Report(absl::InvalidArgumentError(
+        absl::StrCat("group index ", index, " is out of range: the last step has ",
+                     client->last_step.groups_size(), " groups (gstab_step_result.num_groups)")));
   }
   const auto& g = client->last_step.groups(static_cast<int>(index));
   *out = gstab_group_result{g.group().c_str(), g.norm(),    g.stabilized_norm(), g.scale(), g.z(),

@@ -108,6 +108,7 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
 }
 
 const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes) {
+  if (bytes != nullptr) *bytes = 0;
   if (gradients == nullptr || !CheckOwner(gradients->owner, "CUDA gradients").ok()) return nullptr;
   if (bytes != nullptr) *bytes = gradients->gradients->results_bytes();
   return gradients->gradients->device_results();

@@ -55,7 +55,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     if (workers_.count(local_rank) == 0) {
       return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",
                                                         name_,
-                                                        "' has no buffers: call RegisterBuffers "
+                                                        "' has no buffers: register its "
+                                                        "gradients (RegisterBuffers: "
+                                                        "gstab_register_arena, register_arena) "
                                                         "before Step"));
     }
     if (shutting_down_) return ShuttingDown(step);
