@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Checks that every gstab metric the dashboard and alerting rules query is one a live gstabd
-exports. Starts gstabd (metrics on a free port), runs the example trainer against it so every
-family has series, scrapes /metrics, and compares names."""
+exports, and that a real Prometheus evaluates every dashboard query. Starts gstabd (metrics on
+a free port), runs the example trainer against it so every family has series, scrapes
+/metrics and compares names, then has Prometheus scrape gstabd and runs each query (the
+dashboard's $job variable as every job)."""
 import argparse
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 
@@ -26,7 +30,7 @@ def exported_names(text):
     return names
 
 
-def queried_names(dashboard_path, rules_path):
+def dashboard_exprs(dashboard_path):
     exprs = []
     def walk(node):
         if isinstance(node, dict):
@@ -39,15 +43,74 @@ def queried_names(dashboard_path, rules_path):
                 walk(v)
     with open(dashboard_path) as f:
         walk(json.load(f))
+    return exprs
+
+
+def queried_names(dashboard_path, rules_path):
+    exprs = dashboard_exprs(dashboard_path)
     with open(rules_path) as f:
         exprs += re.findall(r"expr:\s*(.+)", f.read())
     return exprs, {n for e in exprs for n in re.findall(r"\bgstab_[a-zA-Z0-9_]+", e)}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prometheus_query(port, query):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        return json.load(urllib.request.urlopen(url, timeout=10))
+    except urllib.error.HTTPError as e:  # a query Prometheus refuses: 400 with its reason
+        return json.load(e)
+
+
+def failing_queries(prometheus, metrics_port, exprs, tmp):
+    """The dashboard queries a real Prometheus, scraping gstabd, refuses: [(query, error)]."""
+    port = free_port()
+    config = os.path.join(tmp, "prometheus.yml")
+    with open(config, "w") as f:
+        f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gstabd\n"
+                "    honor_labels: true\n    static_configs:\n"
+                f"      - targets: ['127.0.0.1:{metrics_port}']\n")
+    log = open(os.path.join(tmp, "prometheus.log"), "w")
+    prom = subprocess.Popen([prometheus, "--config.file=" + config,
+                             "--storage.tsdb.path=" + os.path.join(tmp, "tsdb"),
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    try:
+        # Three scrapes at least, so rates and increases have points to work on.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = prometheus_query(port, "count_over_time(gstab_steps_total[1m])")
+                if r["status"] == "success" and any(float(v["value"][1]) >= 3
+                                                    for v in r["data"]["result"]):
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("Prometheus never scraped gstabd three times")
+            time.sleep(0.5)
+        failed = []
+        for e in exprs:
+            # A template variable's label_values(METRIC, LABEL) as the PromQL Grafana runs.
+            query = re.sub(r"^label_values\((.+),\s*(\w+)\)$", r"group by (\2) (\1)", e)
+            r = prometheus_query(port, query.replace("$job", ".*"))
+            if r.get("status") != "success":
+                failed.append((e, r.get("error", r)))
+        return failed
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
 
 
 def main():
     ap = argparse.ArgumentParser()
     for flag in ("--gstabd", "--trainer", "--dashboard", "--rules"):
         ap.add_argument(flag, required=True)
+    ap.add_argument("--prometheus", default="/usr/bin/prometheus")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log = open(os.path.join(tmp, "gstabd.log"), "w")
@@ -68,6 +131,7 @@ def main():
             subprocess.run([args.trainer, "--socket=" + sock, "--steps=80", "--spike_steps=40",
                             "--print_every=1000"], check=True, stdout=subprocess.DEVNULL)
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            failed = failing_queries(args.prometheus, port, dashboard_exprs(args.dashboard), tmp)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
@@ -80,6 +144,10 @@ def main():
         sys.exit("no gstab metric found in the queries: is the parser broken?")
     if missing:
         sys.exit("queried but not exported: " + ", ".join(missing))
+    if failed:
+        sys.exit("Prometheus refuses dashboard queries:\n" +
+                 "\n".join(f"  {e}\n    {why}" for e, why in failed))
+    print(f"Prometheus evaluates all {len(dashboard_exprs(args.dashboard))} dashboard queries")
 
 
 if __name__ == "__main__":
