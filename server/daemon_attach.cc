@@ -309,6 +309,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   }
   *response->mutable_effective_config() = EffectiveConfig(job->params());
 
+  job->WorkerAttached(request.local_rank());  // the job's lock, not under the daemon's
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
   // A worker that attaches again under the same local rank (a restart) replaces its old

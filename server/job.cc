@@ -160,7 +160,6 @@ std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint6
     if (session < newest) return {};  // a newer session has registered since
     newest = session + 1;             // and this one may register no more
   }
-  if (!gone) detached_.insert(local_rank);
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
                      gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
@@ -174,7 +173,14 @@ std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint6
     }
     workers_.erase(w);
   }
+  if (!gone) detached_.insert(local_rank);
+  if (workers_.empty()) detached_.clear();
   return objects;
+}
+
+void Job::WorkerAttached(uint32_t local_rank) {
+  absl::MutexLock lock(&mu_);
+  detached_.erase(local_rank);
 }
 
 void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const {

@@ -74,6 +74,10 @@ class Job {
   absl::Mutex* attach_mutex() { return &attach_mu_; }
   RuleParams params() const;
 
+  // A worker of `local_rank` attached (a new session): a step no longer fails at once for that
+  // rank having detached.
+  void WorkerAttached(uint32_t local_rank);
+
   // Sessions are numbered in the order they attach (from 1; 0: not known). A session's calls
   // can arrive after a newer session of the same local rank has replaced it (they passed the
   // daemon's session check before the replacement): Register, Step and RemoveWorker with an
@@ -279,8 +283,10 @@ class Job {
   // Per local rank, the newest session seen (registered; or ended, then plus one). Unlike
   // workers_, kept when a GPU generation ends.
   std::map<uint32_t, uint64_t> newest_session_ ABSL_GUARDED_BY(mu_);
-  // Local ranks whose worker detached and has not registered since: a step waiting for one of
-  // them is told so at once, rather than at its deadline.
+  // Local ranks whose worker detached while other workers of the job stayed, and that have not
+  // attached since: a step waiting for one of them is told so at once, rather than at its
+  // deadline. Emptied when the job's last worker leaves (the end of a run: the next run's
+  // workers attach one by one).
   std::set<uint32_t> detached_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);

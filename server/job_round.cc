@@ -73,10 +73,13 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                        "workers and run `gstabctl forget --job=", name_, "`)"));
     }
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "step ", step, " of job '", name_, "' was given up on this node at step ",
-          *abandoned_step_, "'s arrival deadline, and the job's other nodes skipped it: go on "
-          "from step ", *abandoned_step_ + 1));
+      return absl::FailedPreconditionError(
+          absl::StrCat("step ", step, " of job '", name_, "' was given up on this node at step ",
+                       *abandoned_step_,
+                       " (a local worker had detached, or did not step it in time), and "
+                       "the job's other nodes skipped it: go on "
+                       "from step ",
+                       *abandoned_step_ + 1));
     }
     if (round_open_ && round_step_ != step) {
       return absl::FailedPreconditionError(

@@ -111,6 +111,10 @@ bool UnixListener::Handed::Gone() const {
 }
 
 int UnixListener::ShutdownConnections() {
+  // gRPC may close a connection meanwhile, and its descriptor be taken by another socket
+  // between the check and the shutdown: a window of two system calls, during a stop. Holding a
+  // duplicate of each descriptor would close that window, but would also keep every closed
+  // connection open for its peer.
   int shut = 0;
   for (const auto& [uid, connections] : handed_) {
     for (const Handed& h : connections) {

@@ -133,8 +133,11 @@ def check_steps(programs, prefix, sock):
     for how, program in programs.items():
         if not os.path.exists(program):
             continue
-        # pkg-config's flags do not set a run path: the loader is told, as a user would.
-        env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(prefix, "lib"))
+        # pkg-config's flags set no run path: the loader is told, as a user would. CMake's
+        # program finds the library through the run path CMake gave it.
+        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        if how == "pkg-config":
+            env["LD_LIBRARY_PATH"] = os.path.join(prefix, "lib")
         run = subprocess.run([program, sock, "installed-" + how], env=env, capture_output=True,
                              text=True, timeout=60)
         check(run.returncode == 0 and "spikes 1" in run.stdout,

@@ -304,8 +304,9 @@ TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
   EXPECT_NE(alone.status().message().find("[1]"), std::string::npos) << alone.status();
 }
 
-// A local worker that detaches (its process ends) is not waited for: a Step waiting for it is
-// told so at once, not at the step timeout (a minute here), and so is one that comes after.
+// A local worker that detaches (its process ends) while the others stay is not waited for: a
+// Step waiting for it is told so at once, not at the step timeout (a minute here), and so is
+// one that comes after. A run that ends and starts again waits for its workers as usual.
 TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
   testing::TempDir dir;
   auto daemon = testing::DaemonProcess::Start(dir.path(), {"--step_timeout_ms=60000"});
@@ -337,6 +338,23 @@ TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
   ASSERT_TRUE(WaitForArrivals(&(*w0)->client(), {1}));
   EXPECT_TRUE((*w0)->client().Step(1).ok());
   EXPECT_TRUE(r1.get().ok());
+
+  // The run ends (every worker detaches) and the job runs again: its first worker's step
+  // waits for the other, which attaches later, as in any run's start.
+  ASSERT_TRUE((*w0)->client().Detach().ok());
+  ASSERT_TRUE((*back)->client().Detach().ok());
+  o.local_rank = 0;
+  auto again0 = TestWorker::Create(daemon->socket(), o);
+  ASSERT_TRUE(again0.ok()) << again0.status();
+  std::future<absl::StatusOr<v1::StepResponse>> first =
+      std::async(std::launch::async, [&] { return (*again0)->client().Step(2); });
+  o.local_rank = 1;
+  ASSERT_TRUE(WaitForArrivals(&(*again0)->client(), {0}));
+  auto again1 = TestWorker::Create(daemon->socket(), o);
+  ASSERT_TRUE(again1.ok()) << again1.status();
+  EXPECT_TRUE((*again1)->client().Step(2).ok());
+  const absl::StatusOr<v1::StepResponse> r = first.get();
+  EXPECT_TRUE(r.ok()) << r.status();
 }
 
 // A local worker that stepped and then was replaced (it restarted and attached again) takes its
