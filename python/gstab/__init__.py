@@ -29,6 +29,8 @@ OUT/lib), then on the loader's path. It must be this package's version (gstab.__
 """
 
 import atexit
+import base64
+import binascii
 import ctypes
 import json
 import logging
@@ -213,6 +215,21 @@ def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:
     return " ".join(items)
 
 
+
+def rendezvous_bytes(rendezvous) -> Optional[bytes]:
+    """attach()'s rendezvous: bytes as create_rendezvous() gives them, or their base64 text."""
+    if rendezvous is None or isinstance(rendezvous, (bytes, bytearray, memoryview)):
+        return None if rendezvous is None else bytes(rendezvous)
+    if isinstance(rendezvous, str):
+        try:
+            return base64.b64decode(rendezvous.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("rendezvous: a str must be the base64 text `gstabctl rendezvous` "
+                             "prints; create_rendezvous() gives bytes") from None
+    raise TypeError(f"rendezvous must be bytes (from create_rendezvous()) or their base64 text, "
+                    f"not {type(rendezvous).__name__}")
+
+
 class Client:
     """One worker's connection to its node's gstabd. Not thread-safe.
 
@@ -256,7 +273,8 @@ class Client:
         takes both; a later worker's must agree with the job's. Out-of-range integers (a
         negative rank, say) raise ValueError, as they would wrap in the C ABI. A job across
         nodes passes its node_rank and node_count, and the rendezvous that global rank 0 got from
-        create_rendezvous() (None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
+        create_rendezvous() (bytes, or as a str the base64 text `gstabctl rendezvous` prints;
+        None: $GSTAB_RENDEZVOUS, in base64). gstab.torch.attach fills all
         of this in from torch.distributed. Attaching again ends the earlier session, and gstabd
         lets go of its registration: register again (a new gstab.torch.Stabilizer)."""
         arguments = dict(job=job, rank=rank, world_size=world_size, local_rank=local_rank,
@@ -274,7 +292,7 @@ class Client:
 
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
                 node_rank, node_count, rendezvous) -> None:
-        rendezvous = None if rendezvous is None else bytes(rendezvous)
+        rendezvous = rendezvous_bytes(rendezvous)
         options = CAttachOptions(
             uint("rank", rank, 32), uint("world_size", world_size, 32),
             uint("local_rank", local_rank, 32), uint("local_world_size", local_world_size, 32),

@@ -5,6 +5,7 @@
                                                  # image uses it: package and libraries from DIR
 """
 import argparse
+import base64
 import ctypes
 import math
 import os
@@ -441,6 +442,11 @@ class JobControlTest(unittest.TestCase):
             self.assertIn("node_count", e.exception.message)
             blob = gstab.Client(nodes[0].socket).create_rendezvous("py-nodes", 2)
             self.assertIsInstance(blob, bytes)
+            with self.assertRaises(ValueError) as e:  # text that is not the blob's base64
+                lonely.attach("py-nodes", node_rank=0, node_count=2, rendezvous="not base64!")
+            self.assertIn("gstabctl rendezvous", str(e.exception))
+            # Node 1 takes the blob as `gstabctl rendezvous` prints it.
+            texts = [blob, base64.b64encode(blob).decode() + "\n"]
             clients = [gstab.Client(n.socket) for n in nodes]
             results, errors = [None, None], []
 
@@ -448,7 +454,7 @@ class JobControlTest(unittest.TestCase):
                 try:
                     client = clients[rank]
                     client.attach("py-nodes", rank=rank, world_size=2, node_rank=rank,
-                                  node_count=2, rendezvous=blob)
+                                  node_count=2, rendezvous=texts[rank])
                     shard, whole = one_tensor_job(client, groups=("shard", "whole"),
                                                   replicated=("whole",))
                     results[rank] = []
