@@ -247,6 +247,9 @@ absl::Status Server::Stop(absl::Time deadline) {
     // below) past Kubernetes' grace period: the statistics are saved now, and again at the end.
     LOG(WARNING) << "steps still in flight at the deadline; checkpointing now";
     (void)Checkpoint();
+    // Such a round may wait in this node's store for nodes that never come (its connection
+    // waits up to the step timeout): the store's waits end now, and the round with them.
+    if (peer_server_ != nullptr) daemon_->rendezvous_store()->Close();
   }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // Every step has finished; idle connections need no grace period. But an event stream whose
@@ -258,7 +261,8 @@ absl::Status Server::Stop(absl::Time deadline) {
     if (shut_down.WaitForNotificationWithTimeout(kStuckCallsGrace)) return;
     const int shut = unix_listener_ != nullptr ? unix_listener_->ShutdownConnections() : 0;
     LOG(WARNING) << "calls still running " << absl::FormatDuration(kStuckCallsGrace)
-                 << " into the stop (a client that stopped reading its event stream?): "
+                 << " into the stop (a step waiting for other nodes, or a client that stopped "
+                 << "reading its event stream): "
                  << "the socket's open connections (" << shut << ") are shut down";
   });
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));

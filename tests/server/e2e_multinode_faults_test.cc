@@ -469,5 +469,27 @@ TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
       << bad[1].status();
 }
 
+// A node whose step waits for nodes that never come (a job of 3 nodes, one started) does not
+// hold gstabd's stop for the step timeout (a minute here): the store's waits end with the
+// drain, and gstabd exits 0 with its statistics saved.
+TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(
+      dir.path(), {"--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("alone", 3);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  auto worker = TestWorker::Create(daemon->socket(), NodeOptions("alone", 0, 3, *blob));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  std::thread stepping([&] { (void)(*worker)->client().Step(1); });
+  absl::SleepFor(absl::Seconds(1));  // in the step's connection to the other nodes
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0) << daemon->Log();
+  EXPECT_NE(daemon->Log().find("statistics checkpointed"), std::string::npos) << daemon->Log();
+  stepping.join();
+}
+
 }  // namespace
 }  // namespace gstab
