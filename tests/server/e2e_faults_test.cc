@@ -270,12 +270,18 @@ void ExpectNorms(const v1::StepResponse& r, const std::vector<double>& norms) {
   }
 }
 
-TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
-  AttachOptions o = JobOptions("two-local");
+// Local rank `rank` of job `job`, whose two local workers share its statistics.
+absl::StatusOr<std::unique_ptr<TestWorker>> LocalWorker(const std::string& socket,
+                                                        const std::string& job, uint32_t rank) {
+  AttachOptions o = JobOptions(job);
   o.local_world_size = 2;
-  auto w0 = TestWorker::Create(daemon_->socket(), o);
-  o.local_rank = 1;
-  auto w1 = TestWorker::Create(daemon_->socket(), o);
+  o.local_rank = rank;
+  return TestWorker::Create(socket, o);
+}
+
+TEST_F(E2eFaultsTest, LocalWorkersStepTogetherAndAMissingOneTimesOut) {
+  auto w0 = LocalWorker(daemon_->socket(), "two-local", 0);
+  auto w1 = LocalWorker(daemon_->socket(), "two-local", 1);
   ASSERT_TRUE(w0.ok() && w1.ok());
   (*w0)->Fill(1, 1);
   (*w1)->Fill(1, 2);
@@ -311,11 +317,8 @@ TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
   testing::TempDir dir;
   auto daemon = testing::DaemonProcess::Start(dir.path(), {"--step_timeout_ms=60000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
-  AttachOptions o = JobOptions("leaving");
-  o.local_world_size = 2;
-  auto w0 = TestWorker::Create(daemon->socket(), o);
-  o.local_rank = 1;
-  auto w1 = TestWorker::Create(daemon->socket(), o);
+  auto w0 = LocalWorker(daemon->socket(), "leaving", 0);
+  auto w1 = LocalWorker(daemon->socket(), "leaving", 1);
   ASSERT_TRUE(w0.ok() && w1.ok());
   std::future<absl::StatusOr<v1::StepResponse>> waiting =
       std::async(std::launch::async, [&] { return (*w0)->client().Step(1); });
@@ -331,7 +334,7 @@ TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
         << r.status();
   }
   // Attached and registered again, rank 1 steps with rank 0.
-  auto back = TestWorker::Create(daemon->socket(), o);
+  auto back = LocalWorker(daemon->socket(), "leaving", 1);
   ASSERT_TRUE(back.ok()) << back.status();
   std::future<absl::StatusOr<v1::StepResponse>> r1 =
       std::async(std::launch::async, [&] { return (*back)->client().Step(1); });
@@ -343,14 +346,12 @@ TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
   // waits for the other, which attaches later, as in any run's start.
   ASSERT_TRUE((*w0)->client().Detach().ok());
   ASSERT_TRUE((*back)->client().Detach().ok());
-  o.local_rank = 0;
-  auto again0 = TestWorker::Create(daemon->socket(), o);
+  auto again0 = LocalWorker(daemon->socket(), "leaving", 0);
   ASSERT_TRUE(again0.ok()) << again0.status();
   std::future<absl::StatusOr<v1::StepResponse>> first =
       std::async(std::launch::async, [&] { return (*again0)->client().Step(2); });
-  o.local_rank = 1;
   ASSERT_TRUE(WaitForArrivals(&(*again0)->client(), {0}));
-  auto again1 = TestWorker::Create(daemon->socket(), o);
+  auto again1 = LocalWorker(daemon->socket(), "leaving", 1);
   ASSERT_TRUE(again1.ok()) << again1.status();
   EXPECT_TRUE((*again1)->client().Step(2).ok());
   const absl::StatusOr<v1::StepResponse> r = first.get();
@@ -361,19 +362,15 @@ TEST(E2eDetachTest, AStepIsNotKeptWaitingForALocalWorkerThatDetached) {
 // step with it: the round waits for the new worker's own Step rather than run on its buffers
 // (perhaps in the middle of its backward pass).
 TEST_F(E2eFaultsTest, ReplacedWorkersStepIsNotTakenForItsSuccessors) {
-  AttachOptions o = JobOptions("restarted-rank");
-  o.local_world_size = 2;
-  auto first = TestWorker::Create(daemon_->socket(), o);
-  o.local_rank = 1;
-  auto other = TestWorker::Create(daemon_->socket(), o);
+  auto first = LocalWorker(daemon_->socket(), "restarted-rank", 0);
+  auto other = LocalWorker(daemon_->socket(), "restarted-rank", 1);
   ASSERT_TRUE(first.ok() && other.ok());
   (*first)->Fill(1, 1);
   absl::StatusOr<v1::StepResponse> voided;
   std::thread abandoned([&] { voided = (*first)->client().Step(1); });
   // Its Step has arrived and waits for rank 1.
   ASSERT_TRUE(WaitForArrivals(&(*other)->client(), {0}));
-  o.local_rank = 0;
-  auto successor = TestWorker::Create(daemon_->socket(), o);  // replaces `first`'s session
+  auto successor = LocalWorker(daemon_->socket(), "restarted-rank", 0);  // replaces `first`'s
   ASSERT_TRUE(successor.ok()) << successor.status();
   // The abandoned Step left with its session: nobody has arrived.
   absl::StatusOr<v1::GetStatsResponse> left = (*other)->client().GetStats();
