@@ -3,7 +3,7 @@
 exports, and that a real Prometheus evaluates every dashboard query. Starts gstabd (metrics on
 a free port), runs the example trainer against it so every family has series, scrapes
 /metrics and compares names, then has Prometheus scrape gstabd and runs each query (the
-dashboard's $job variable as every job)."""
+dashboard's $job variable as every job): each must give a series."""
 import argparse
 import json
 import os
@@ -31,9 +31,13 @@ def exported_names(text):
 
 
 def dashboard_exprs(dashboard_path):
+    """The dashboard's PromQL: its panels' and variables' queries (not the datasource
+    variable's, which names a plugin)."""
     exprs = []
     def walk(node):
         if isinstance(node, dict):
+            if node.get("type") == "datasource":
+                return
             for k, v in node.items():
                 if k in ("expr", "query") and isinstance(v, str):
                     exprs.append(v)
@@ -68,7 +72,8 @@ def prometheus_query(port, query):
 
 
 def failing_queries(prometheus, metrics_port, exprs, tmp):
-    """The dashboard queries a real Prometheus, scraping gstabd, refuses: [(query, error)]."""
+    """The dashboard queries a real Prometheus, scraping gstabd, refuses or answers with no
+    series: [(query, why)]."""
     port = free_port()
     config = os.path.join(tmp, "prometheus.yml")
     with open(config, "w") as f:
@@ -100,6 +105,8 @@ def failing_queries(prometheus, metrics_port, exprs, tmp):
             r = prometheus_query(port, query.replace("$job", ".*"))
             if r.get("status") != "success":
                 failed.append((e, r.get("error", r)))
+            elif not r["data"]["result"]:  # a wrong label or name matches nothing
+                failed.append((e, "no series, though the trainer's job has every family"))
         return failed
     finally:
         prom.terminate()
@@ -145,7 +152,7 @@ def main():
     if missing:
         sys.exit("queried but not exported: " + ", ".join(missing))
     if failed:
-        sys.exit("Prometheus refuses dashboard queries:\n" +
+        sys.exit("dashboard queries Prometheus refuses, or that give nothing:\n" +
                  "\n".join(f"  {e}\n    {why}" for e, why in failed))
     print(f"Prometheus evaluates all {len(dashboard_exprs(args.dashboard))} dashboard queries")
 
