@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -44,8 +45,9 @@
 #include "google/protobuf/struct.pb.h"
 #include "tools/ctl_format.h"
 
-ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock",
-          "gstabd's unix socket, or HOST:PORT of its TCP port (--listen; mutual TLS with the PEM "
+ABSL_FLAG(std::string, socket, "",
+          "gstabd's unix socket (default: $GSTAB_SOCKET, else /run/gstab/gstabd.sock), or "
+          "HOST:PORT of its TCP port (--listen; mutual TLS with the PEM "
           "files GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name; GSTAB_TLS_NAME: the name "
           "in gstabd's certificate, when not the host)");
 ABSL_FLAG(bool, json, false, "print JSON (one object per line) instead of text");
@@ -102,7 +104,12 @@ int Done(const std::string& text, const std::vector<std::pair<std::string, JsonV
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Connect() {
-  return Client::Connect(absl::GetFlag(FLAGS_socket), absl::Seconds(3));
+  std::string socket = absl::GetFlag(FLAGS_socket);
+  if (socket.empty()) {
+    const char* env = std::getenv("GSTAB_SOCKET");
+    socket = env != nullptr && *env != '\0' ? env : "/run/gstab/gstabd.sock";
+  }
+  return Client::Connect(socket, absl::Seconds(3));
 }
 
 // A client attached as an observer of --job, detached when it goes, on every path: a session

@@ -34,6 +34,7 @@ import binascii
 import ctypes
 import json
 import logging
+import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -216,6 +217,9 @@ def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:
 
 
 
+DEFAULT_SOCKET = "/run/gstab/gstabd.sock"  # gstabd's --socket default
+
+
 def rendezvous_bytes(rendezvous) -> Optional[bytes]:
     """attach()'s rendezvous: bytes as create_rendezvous() gives them, or their base64 text."""
     if rendezvous is None or isinstance(rendezvous, (bytes, bytearray, memoryview)):
@@ -233,7 +237,8 @@ def rendezvous_bytes(rendezvous) -> Optional[bytes]:
 class Client:
     """One worker's connection to its node's gstabd. Not thread-safe.
 
-    socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached
+    socket_path: gstabd's unix socket (None: $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as
+    gstabctl), or HOST:PORT of its TCP port (gstabd --listen), reached
     with mutual TLS from the PEM files that GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name
     in the environment (GSTAB_TLS_NAME: the name in gstabd's certificate, when not the host
     dialled; docs/daemon.md, Security).
@@ -244,7 +249,9 @@ class Client:
     checkpoint) and retries the step, with a warning on the "gstab" logger; `reattached`
     counts it. 0: step() raises instead."""
 
-    def __init__(self, socket_path: str, reattach_timeout: float = 60.0):
+    def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
+        if socket_path is None:
+            socket_path = os.environ.get("GSTAB_SOCKET") or DEFAULT_SOCKET
         self._lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use

@@ -69,6 +69,22 @@ class ClientTest(unittest.TestCase):
         self.assertIn("GSTAB_LIBRARY names /nonexistent/libgstab.so, which does not exist",
                       run.stderr)
 
+    def test_the_socket_comes_from_gstab_socket_when_not_given(self):
+        before = os.environ.get("GSTAB_SOCKET")
+        os.environ["GSTAB_SOCKET"] = self.socket
+        try:
+            gstab.Client().attach("py-env-socket")
+            elsewhere = os.path.join(os.path.dirname(self.socket), "elsewhere.sock")
+            os.environ["GSTAB_SOCKET"] = elsewhere
+            with self.assertRaises(gstab.Error) as e:
+                gstab.Client()
+            self.assertIn("elsewhere.sock", e.exception.message)
+        finally:
+            if before is None:
+                os.environ.pop("GSTAB_SOCKET")
+            else:
+                os.environ["GSTAB_SOCKET"] = before
+
     def test_steps_stabilize_arena_gradients_in_place(self):
         client = gstab.Client(self.socket)
         client.attach("py-job", policy="stabilize")

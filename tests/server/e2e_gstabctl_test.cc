@@ -165,6 +165,17 @@ TEST_F(E2eGstabctlTest, HealthFollowsTheDaemon) {
   EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
 }
 
+// Without --socket, gstabctl dials $GSTAB_SOCKET (a node whose gstabd has another socket).
+TEST_F(E2eGstabctlTest, TheSocketComesFromGstabSocketWhenNotGiven) {
+  auto [rc, out] = testing::RunShell("GSTAB_SOCKET=" + daemon_->socket() + " " +
+                                     testing::BinaryPath("tools/gstabctl") + " health");
+  EXPECT_EQ(rc, 0) << out;
+  auto [none, why] = testing::RunShell("GSTAB_SOCKET=" + dir_.path() + "/elsewhere.sock " +
+                                       testing::BinaryPath("tools/gstabctl") + " health");
+  EXPECT_EQ(none, 1) << why;
+  EXPECT_NE(why.find("elsewhere.sock"), std::string::npos) << why;
+}
+
 // A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
 // `forget` then works at once, rather than a lease later.
 TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
