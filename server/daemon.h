@@ -207,9 +207,11 @@ class Daemon {
   void Unmake(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_);
   // Waits (releasing mu_) until job `name` is not being retired.
   void AwaitNotRetiring(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // At the job cap, before `job` (not yet held) is made: retires the longest idle job of those
-  // idle for at least the lease. RESOURCE_EXHAUSTED when there is none.
-  absl::Status MakeRoomFor(const std::string& job) ABSL_LOCKS_EXCLUDED(mu_);
+  // At the job cap, or `caller`'s cap, before `job` (not yet held) is made: retires the
+  // longest idle job (of `caller`'s, at theirs) of those idle for at least the lease.
+  // RESOURCE_EXHAUSTED when there is none.
+  absl::Status MakeRoomFor(const std::string& job, const std::optional<Principal>& caller)
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                               const std::optional<Principal>& caller);
   // Whether `caller` passes the owner check of every job (jobs_by_uid off, root, gstabd's own

@@ -149,7 +149,6 @@ absl::Status Daemon::RefusalBeforeRoom(const v1::AttachRequest& request,
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = OwnerCapReached(caller); !s.ok()) return s;
   auto checkpoint = checkpoints_.find(request.job());
   if (checkpoint == checkpoints_.end()) return absl::OkStatus();
   absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
@@ -164,7 +163,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   v1::AttachResponse* response, std::optional<Removal>* replaced,
                                   std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
   if (absl::Status s = RefusalBeforeRoom(request, caller); !s.ok()) return s;
-  if (absl::Status s = MakeRoomFor(request.job()); !s.ok()) return s;
+  if (absl::Status s = MakeRoomFor(request.job(), caller); !s.ok()) return s;
   // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
   // taken, and used below if it is still the one held then.
   std::optional<absl::Time> preloaded_since;

@@ -54,9 +54,8 @@ absl::Status Daemon::OwnerCapReached(const std::optional<Principal>& caller) con
   if (owned < options_.max_jobs_per_owner) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       caller->ToString(), " already owns ", owned,
-      " of the jobs this gstabd holds, the most one "
-      "owner may (--max_jobs_per_owner): detach or forget one (an idle one is retired after "
-      "--job_idle_s)"));
+      " of the jobs this gstabd holds, the most one owner may (--max_jobs_per_owner), and none "
+      "has been idle for a lease to make room: detach or forget one"));
 }
 
 void Daemon::UpdateIdle(absl::Time now) {
@@ -286,35 +285,44 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
   return absl::OkStatus();
 }
 
-absl::Status Daemon::MakeRoomFor(const std::string& name) {
+absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Principal>& caller) {
   // A job attached between the choice and its retirement is kept; then choose again.
   for (int attempt = 0; attempt < 3; ++attempt) {
     std::shared_ptr<Job> oldest;
+    std::string why;
     {
       absl::MutexLock lock(&mu_);
       if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
-      if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
+      if (jobs_.count(name) == 1) return absl::OkStatus();
+      // At the owner's cap one of its own jobs goes (which makes room at the node's too).
+      const bool owner_full = !OwnerCapReached(caller).ok();
+      if (!owner_full && jobs_.size() < options_.max_jobs) return absl::OkStatus();
       const absl::Time now = absl::Now();
       UpdateIdle(now);
       // Not a job whose last worker left within the lease: it may still have the results
       // buffer gstabd exports mapped, which goes with the job.
       const absl::Time* first = nullptr;
       for (const auto& [idle_name, since] : idle_since_) {
-        if (since > now - options_.lease) continue;
+        const std::shared_ptr<Job>& job = jobs_.at(idle_name);
+        if (since > now - options_.lease || job == nullptr) continue;
+        if (owner_full && job->owner() != caller) continue;
         if (first == nullptr || since < *first) {
           first = &since;
-          oldest = jobs_.at(idle_name);
+          oldest = job;
         }
       }
+      why = owner_full ? absl::StrCat("making room for job '", name, "' at ", caller->ToString(),
+                                      "'s cap of ", options_.max_jobs_per_owner, " jobs")
+                       : absl::StrCat("making room for job '", name, "' at the cap of ",
+                                      options_.max_jobs, " jobs");
     }
     if (oldest == nullptr) break;
-    Retire(
-        oldest,
-        absl::StrCat("making room for job '", name, "' at the cap of ", options_.max_jobs, " jobs"),
-        absl::Now() - options_.lease);
+    Retire(oldest, why, absl::Now() - options_.lease);
   }
   absl::MutexLock lock(&mu_);
-  if (jobs_.size() < options_.max_jobs || jobs_.count(name) == 1) return absl::OkStatus();
+  if (jobs_.count(name) == 1) return absl::OkStatus();
+  if (absl::Status s = OwnerCapReached(caller); !s.ok()) return s;
+  if (jobs_.size() < options_.max_jobs) return absl::OkStatus();
   return JobCapReached();
 }
 

@@ -3,6 +3,7 @@
 // live socket and flags that would refuse everything.
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -81,6 +82,42 @@ TEST(E2eCapsTest, AnOwnerHoldsAtMostItsCapOfJobs) {
                                      " --socket=" + daemon->socket() + " forget --job=mine-2");
   ASSERT_EQ(rc, 0) << out;
   EXPECT_TRUE((*third)->Attach(JobOptions("mine-3")).ok());
+}
+
+// At its cap an owner's new job retires the owner's longest idle job (kept as its checkpoint),
+// as the node's cap does: a sweep of short jobs under one uid is not refused for an hour of
+// --job_idle_s.
+TEST(E2eCapsTest, AnOwnersNewJobRetiresItsLongestIdleJobAtItsCap) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_jobs_per_owner=2", "--lease_ms=500"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  for (const std::string job : {"sweep-1", "sweep-2"}) {
+    auto w = TestWorker::Create(daemon->socket(), JobOptions(job));
+    ASSERT_TRUE(w.ok()) << w.status();
+    (*w)->Fill(1, 1);
+    ASSERT_TRUE((*w)->client().Step(1).ok());
+    ASSERT_TRUE((*w)->client().Detach().ok());
+    absl::SleepFor(absl::Milliseconds(100));  // sweep-1 is the longer idle
+  }
+  absl::SleepFor(absl::Milliseconds(600));  // both idle for a lease
+  auto third = TestWorker::Create(daemon->socket(), JobOptions("sweep-3"));
+  ASSERT_TRUE(third.ok()) << third.status();
+  auto lister = Client::Connect(daemon->socket());
+  ASSERT_TRUE(lister.ok());
+  v1::ListJobsRequest request;
+  request.set_include_retired(true);
+  v1::ListJobsResponse jobs;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE((*lister)->stub()->ListJobs(&ctx, request, &jobs).ok());
+  std::map<std::string, bool> retired;
+  for (const v1::JobSummary& j : jobs.jobs()) retired[j.job()] = j.retired();
+  EXPECT_EQ(retired, (std::map<std::string, bool>{
+                         {"sweep-1", true}, {"sweep-2", false}, {"sweep-3", false}}));
+  EXPECT_NE(daemon->Log().find("'s cap of 2 jobs"), std::string::npos) << daemon->Log();
+  // Back from its checkpoint, sweep-1 makes room in turn.
+  auto again = TestWorker::Create(daemon->socket(), JobOptions("sweep-1"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->client().attach_response().restored());
 }
 
 // An owner keeps at most --max_checkpoints_per_owner checkpoints of jobs it no longer holds:
