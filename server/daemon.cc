@@ -9,6 +9,7 @@
 #include "common/shm_names.h"
 #include "core/config.h"
 #include "glog/logging.h"
+#include "server/gloo_collective.h"
 #include "server/state_codec.h"
 #ifdef GSTAB_WITH_CUDA
 #include "server/cuda/cuda_backend.h"
@@ -34,7 +35,8 @@ Daemon::Daemon(const DaemonOptions& options, Observer* observer)
       observer_(observer),
       executor_(DefaultThreads(options.cpu_threads)),
       registry_(options.max_mappings, options.max_mappings_per_owner),
-      store_(options.state_dir) {
+      store_(options.state_dir),
+      store_calls_(std::make_shared<StoreCalls>()) {
 #ifdef GSTAB_WITH_CUDA
   if (options.cuda) {
     device_memory_ = MakeCudaDeviceMemory();

@@ -31,6 +31,8 @@
 
 namespace gstab {
 
+class StoreCalls;
+
 struct DaemonOptions {
   std::string state_dir;  // empty: no checkpoints
   RegistrationCaps caps;
@@ -109,6 +111,9 @@ class Daemon {
   // listens); empty when this daemon serves no peers.
   void SetPeerAddress(std::string address);
   RendezvousStore* rendezvous_store() { return &rendezvous_store_; }
+  // Cancels the calls its jobs' communicators make to rendezvous stores (this node's or
+  // another's), now and later: a stopping gstabd's steps waiting for nodes end at once.
+  void CancelStoreCalls();
 
   // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
   void ExpireSessions(absl::Time now);
@@ -257,6 +262,7 @@ class Daemon {
   MappingRegistry registry_;
   StateStore store_;
   RendezvousStore rendezvous_store_;
+  const std::shared_ptr<StoreCalls> store_calls_;
 
   absl::Mutex mu_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);

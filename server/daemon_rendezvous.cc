@@ -71,7 +71,7 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
   }
   if (absl::Status s = job->JoinRendezvous(
           std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host,
-                                           options_.peer_tls, std::move(identity)),
+                                           options_.peer_tls, std::move(identity), store_calls_),
           info, std::move(nccl));
       !s.ok()) {
     return s;
@@ -80,6 +80,8 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
             << " as node " << request.node_rank() << " of " << info.node_count();
   return absl::OkStatus();
 }
+
+void Daemon::CancelStoreCalls() { store_calls_->CancelAll(); }
 
 absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request,
                                       v1::CreateRendezvousResponse* response,

@@ -25,8 +25,8 @@ namespace {
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
   GrpcStore(const std::string& address, std::string token, const MutualTls& tls,
-            absl::Time deadline)
-      : token_(std::move(token)), deadline_(deadline) {
+            absl::Time deadline, StoreCalls* calls)
+      : token_(std::move(token)), deadline_(deadline), calls_(calls) {
     grpc::ChannelArguments args;
     std::shared_ptr<grpc::ChannelCredentials> credentials = MutualTlsChannelCredentials(tls, &args);
     stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
@@ -40,7 +40,9 @@ class GrpcStore final : public gloo::rendezvous::Store {
     request.set_value(value);
     request.set_if_absent(true);
     v1::StoreSetResponse response;
-    Check(stub_->StoreSet(Context(Left()).get(), request, &response), "claim", key);
+    Check(
+        Run(Left(), [&](grpc::ClientContext* c) { return stub_->StoreSet(c, request, &response); }),
+        "claim", key);
     return response.value();
   }
 
@@ -50,7 +52,9 @@ class GrpcStore final : public gloo::rendezvous::Store {
     request.set_key(key);
     request.set_value(std::string(data.begin(), data.end()));
     v1::StoreSetResponse response;
-    Check(stub_->StoreSet(Context(Left()).get(), request, &response), "set", key);
+    Check(
+        Run(Left(), [&](grpc::ClientContext* c) { return stub_->StoreSet(c, request, &response); }),
+        "set", key);
   }
 
   std::vector<char> get(const std::string& key) override {
@@ -59,7 +63,9 @@ class GrpcStore final : public gloo::rendezvous::Store {
     request.set_token(token_);
     request.set_key(key);
     v1::StoreGetResponse response;
-    Check(stub_->StoreGet(Context(Left()).get(), request, &response), "get", key);
+    Check(
+        Run(Left(), [&](grpc::ClientContext* c) { return stub_->StoreGet(c, request, &response); }),
+        "get", key);
     return std::vector<char>(response.value().begin(), response.value().end());
   }
 
@@ -75,7 +81,8 @@ class GrpcStore final : public gloo::rendezvous::Store {
     for (const std::string& k : keys) request.add_keys(k);
     request.set_timeout_ms(static_cast<uint32_t>(left.count()));
     v1::StoreWaitResponse response;
-    Check(stub_->StoreWait(Context(left + std::chrono::seconds(1)).get(), request, &response),
+    Check(Run(left + std::chrono::seconds(1),
+              [&](grpc::ClientContext* c) { return stub_->StoreWait(c, request, &response); }),
           "wait for", first);
   }
 
@@ -85,10 +92,17 @@ class GrpcStore final : public gloo::rendezvous::Store {
     return std::chrono::milliseconds(
         std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline_ - absl::Now())));
   }
-  static std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-    return ctx;
+  // One call within `timeout`, tracked in calls_ for a stop to cancel.
+  template <typename Call>
+  grpc::Status Run(std::chrono::milliseconds timeout, const Call& call) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+    if (calls_ != nullptr && !calls_->Track(&ctx)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "gstabd is stopping");
+    }
+    grpc::Status s = call(&ctx);
+    if (calls_ != nullptr) calls_->Untrack(&ctx);
+    return s;
   }
   static void Check(const grpc::Status& s, const char* op, const std::string& key) {
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // NameMissing reads this
@@ -104,6 +118,7 @@ class GrpcStore final : public gloo::rendezvous::Store {
   std::unique_ptr<v1::Rendezvous::Stub> stub_;
   const std::string token_;
   const absl::Time deadline_;
+  StoreCalls* const calls_;
 };
 
 std::chrono::milliseconds Ms(absl::Duration d) {
@@ -112,14 +127,34 @@ std::chrono::milliseconds Ms(absl::Duration d) {
 
 }  // namespace
 
+void StoreCalls::CancelAll() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* call : calls_) call->TryCancel();
+}
+
+bool StoreCalls::Track(grpc::ClientContext* call) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  calls_.insert(call);
+  return true;
+}
+
+void StoreCalls::Untrack(grpc::ClientContext* call) {
+  absl::MutexLock lock(&mu_);
+  calls_.erase(call);
+}
+
 GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,
-                               std::string bind_host, MutualTls tls, std::string identity)
+                               std::string bind_host, MutualTls tls, std::string identity,
+                               std::shared_ptr<StoreCalls> calls)
     : rendezvous_(rendezvous),
       rank_(rank),
       size_(rendezvous.node_count()),
       bind_host_(std::move(bind_host)),
       tls_(std::move(tls)),
-      identity_(std::move(identity)) {}
+      identity_(std::move(identity)),
+      calls_(std::move(calls)) {}
 
 GlooCollective::~GlooCollective() = default;
 
@@ -140,7 +175,8 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
   }
   if (context_ != nullptr) return absl::OkStatus();
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout);
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
+                    calls_.get());
     if (!identity_.empty()) {
       // Two gstabds of one rank would overwrite each other's addresses in the store, and every
       // node would wait out its timeout: the second is told at once.
@@ -246,7 +282,8 @@ absl::Status GlooCollective::AllGather(absl::Span<const char> mine, absl::Span<c
 std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration timeout) {
   std::vector<uint32_t> missing;
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout);
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
+                    calls_.get());
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
     for (uint32_t r = 0; r < size_; ++r) {

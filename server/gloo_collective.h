@@ -4,9 +4,12 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "server/collective.h"
 #include "server/peer_tls.h"
@@ -14,17 +17,39 @@
 namespace gloo {
 class Context;
 }
+namespace grpc {
+class ClientContext;
+}
 
 namespace gstab {
+
+// The rendezvous-store calls a gstabd's communicators have in flight: a call to another node's
+// store waits up to the step timeout for nodes that may never come, and a stopping gstabd
+// cancels it rather than wait. Thread-safe.
+class StoreCalls {
+ public:
+  // Cancels every call in flight, and every later one at its start.
+  void CancelAll();
+  // Whether `call` may go ahead (false once cancelled); a tracked call is untracked at its end.
+  bool Track(grpc::ClientContext* call);
+  void Untrack(grpc::ClientContext* call);
+
+ private:
+  absl::Mutex mu_;
+  std::set<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 class GlooCollective final : public Collective {
  public:
   // `bind_host`: the address this node's Gloo device listens on (reachable by the others).
   // `tls`: how to reach the rendezvous store (disabled: plain TCP). `identity` (this gstabd's
   // peer address): claims the rank in the store at the first connection, so that two gstabds
-  // given the same node_rank are told so (empty: no claim).
+  // given the same node_rank are told so (empty: no claim). `calls` (may be null): where its
+  // store calls are tracked, for a stop to cancel them.
   GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank, std::string bind_host,
-                 MutualTls tls = {}, std::string identity = "");
+                 MutualTls tls = {}, std::string identity = "",
+                 std::shared_ptr<StoreCalls> calls = nullptr);
   ~GlooCollective() override;
 
   uint32_t rank() const override { return rank_; }
@@ -48,6 +73,7 @@ class GlooCollective final : public Collective {
   const std::string bind_host_;
   const MutualTls tls_;
   const std::string identity_;
+  const std::shared_ptr<StoreCalls> calls_;
   std::shared_ptr<gloo::Context> context_;
   std::string broken_;  // why the communicator failed, empty while healthy
 };

@@ -247,9 +247,10 @@ absl::Status Server::Stop(absl::Time deadline) {
     // below) past Kubernetes' grace period: the statistics are saved now, and again at the end.
     LOG(WARNING) << "steps still in flight at the deadline; checkpointing now";
     (void)Checkpoint();
-    // Such a round may wait in this node's store for nodes that never come (its connection
-    // waits up to the step timeout): the store's waits end now, and the round with them.
+    // Such a round may wait in a rendezvous store, this node's or another's, for nodes that
+    // never come (up to the step timeout): those waits end now, and the round with them.
     if (peer_server_ != nullptr) daemon_->rendezvous_store()->Close();
+    daemon_->CancelStoreCalls();
   }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // Every step has finished; idle connections need no grace period. But an event stream whose

@@ -469,26 +469,41 @@ TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
       << bad[1].status();
 }
 
-// A node whose step waits for nodes that never come (a job of 3 nodes, one started) does not
-// hold gstabd's stop for the step timeout (a minute here): the store's waits end with the
-// drain, and gstabd exits 0 with its statistics saved.
+// A node whose step waits for nodes that never come (a job of 3 nodes, 2 started) does not
+// hold gstabd's stop for the step timeout (a minute here), whether it waits in its own store
+// (node 0) or in another node's (node 1, in node 0's): those waits end with the drain, and
+// gstabd exits 0 with its statistics saved.
 TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
-  testing::TempDir dir;
-  auto daemon = testing::DaemonProcess::Start(
-      dir.path(), {"--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto client = Client::Connect(daemon->socket());
+  std::vector<testing::TempDir> dirs(2);
+  std::vector<std::unique_ptr<testing::DaemonProcess>> daemons;
+  for (testing::TempDir& dir : dirs) {
+    auto d = testing::DaemonProcess::Start(
+        dir.path(), {"--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000"});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemons.push_back(std::make_unique<testing::DaemonProcess>(*std::move(d)));
+  }
+  auto client = Client::Connect(daemons[0]->socket());
   ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("alone", 3);
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("partial", 3);
   ASSERT_TRUE(blob.ok()) << blob.status();
-  auto worker = TestWorker::Create(daemon->socket(), NodeOptions("alone", 0, 3, *blob));
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  (*worker)->Fill(1, 1);
-  std::thread stepping([&] { (void)(*worker)->client().Step(1); });
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  std::vector<std::thread> stepping;
+  for (uint32_t n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(daemons[n]->socket(), NodeOptions("partial", n, 3, *blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (auto& w : workers) {
+    w->Fill(1, 1);
+    stepping.emplace_back([&w] { (void)w->client().Step(1); });
+  }
   absl::SleepFor(absl::Seconds(1));  // in the step's connection to the other nodes
-  EXPECT_EQ(daemon->Stop().value_or(-1), 0) << daemon->Log();
-  EXPECT_NE(daemon->Log().find("statistics checkpointed"), std::string::npos) << daemon->Log();
-  stepping.join();
+  for (int n : {1, 0}) {
+    EXPECT_EQ(daemons[n]->Stop().value_or(-1), 0) << "node " << n << ": " << daemons[n]->Log();
+    EXPECT_NE(daemons[n]->Log().find("statistics checkpointed"), std::string::npos)
+        << daemons[n]->Log();
+  }
+  for (std::thread& t : stepping) t.join();
 }
 
 }  // namespace
