@@ -118,7 +118,8 @@ class Job {
   std::string rendezvous_token() const;
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
-  // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step.
+  // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step,
+  // and at once, naming them, when missing ranks' workers detached (see detached_).
   // `ready_value`: for cuda_ipc workers, the value of this step's ready write (StepRequest).
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                     v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0);
