@@ -21,6 +21,9 @@ namespace gstab {
 // How a collective's failure says that the job's rendezvous store (node 0's gstabd) could not be
 // reached at all.
 inline constexpr char kStoreUnreachable[] = "the job's rendezvous store cannot be reached";
+// In a collective's failure when this gstabd's stop cancelled it (StoreCalls): no other node is
+// to blame.
+inline constexpr char kThisGstabdStopping[] = "this gstabd is stopping";
 
 class Collective {
  public:

@@ -29,6 +29,11 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
         absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ",
                      failure.message()));
   }
+  if (absl::StrContains(failure.message(), kThisGstabdStopping)) {
+    return absl::UnavailableError(absl::StrCat(
+        "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
+        "; attach every worker again with a new rendezvous once it is back"));
+  }
   if (absl::StrContains(failure.message(), kStoreUnreachable)) {
     // Nothing to ask the store about the other nodes: say what is wrong.
     absl::Status unreachable(

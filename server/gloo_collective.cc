@@ -11,6 +11,7 @@
 
 #include <stdexcept>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -92,19 +93,25 @@ class GrpcStore final : public gloo::rendezvous::Store {
     return std::chrono::milliseconds(
         std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline_ - absl::Now())));
   }
-  // One call within `timeout`, tracked in calls_ for a stop to cancel.
+  // One call within `timeout`, tracked in calls_ for a stop to cancel; one the stop cancelled
+  // says kThisGstabdStopping.
   template <typename Call>
   grpc::Status Run(std::chrono::milliseconds timeout, const Call& call) {
+    const grpc::Status stopping(grpc::StatusCode::CANCELLED, kThisGstabdStopping);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-    if (calls_ != nullptr && !calls_->Track(&ctx)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "gstabd is stopping");
-    }
+    if (calls_ == nullptr) return call(&ctx);
+    if (!calls_->Track(&ctx)) return stopping;
+    const absl::Cleanup untrack = [&] { calls_->Untrack(&ctx); };
     grpc::Status s = call(&ctx);
-    if (calls_ != nullptr) calls_->Untrack(&ctx);
+    if (s.error_code() == grpc::StatusCode::CANCELLED && calls_->cancelled()) return stopping;
     return s;
   }
   static void Check(const grpc::Status& s, const char* op, const std::string& key) {
+    if (s.error_code() == grpc::StatusCode::CANCELLED && s.error_message() == kThisGstabdStopping) {
+      throw std::runtime_error(absl::StrCat(kThisGstabdStopping, " (cannot ", op, " '", key,
+                                            "' in the rendezvous store)"));
+    }
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // NameMissing reads this
       throw std::runtime_error(absl::StrCat(kStoreUnreachable, " (cannot ", op, " '", key,
                                             "': ", s.error_message(), ")"));
@@ -143,6 +150,11 @@ bool StoreCalls::Track(grpc::ClientContext* call) {
 void StoreCalls::Untrack(grpc::ClientContext* call) {
   absl::MutexLock lock(&mu_);
   calls_.erase(call);
+}
+
+bool StoreCalls::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
 }
 
 GlooCollective::GlooCollective(const v1::RendezvousInfo& rendezvous, uint32_t rank,

@@ -33,9 +33,10 @@ class StoreCalls {
   // Whether `call` may go ahead (false once cancelled); a tracked call is untracked at its end.
   bool Track(grpc::ClientContext* call);
   void Untrack(grpc::ClientContext* call);
+  bool cancelled() const;
 
  private:
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::set<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -493,9 +493,10 @@ TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
     ASSERT_TRUE(w.ok()) << w.status();
     workers.push_back(*std::move(w));
   }
-  for (auto& w : workers) {
-    w->Fill(1, 1);
-    stepping.emplace_back([&w] { (void)w->client().Step(1); });
+  std::vector<absl::Status> stepped(2);
+  for (size_t n = 0; n < 2; ++n) {
+    workers[n]->Fill(1, 1);
+    stepping.emplace_back([&, n] { stepped[n] = workers[n]->client().Step(1).status(); });
   }
   absl::SleepFor(absl::Seconds(1));  // in the step's connection to the other nodes
   for (int n : {1, 0}) {
@@ -504,6 +505,10 @@ TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
         << daemons[n]->Log();
   }
   for (std::thread& t : stepping) t.join();
+  // Node 1's step says its own gstabd stopped it, not that node 0 did not respond.
+  EXPECT_NE(stepped[1].message().find("on node 1: "), std::string::npos) << stepped[1];
+  EXPECT_NE(stepped[1].message().find("this gstabd is stopping"), std::string::npos) << stepped[1];
+  EXPECT_EQ(daemons[1]->Log().find("did not respond"), std::string::npos) << daemons[1]->Log();
 }
 
 }  // namespace
