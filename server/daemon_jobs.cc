@@ -311,10 +311,10 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
           oldest = job;
         }
       }
-      why = owner_full ? absl::StrCat("making room for job '", name, "' at ", caller->ToString(),
-                                      "'s cap of ", options_.max_jobs_per_owner, " jobs")
-                       : absl::StrCat("making room for job '", name, "' at the cap of ",
-                                      options_.max_jobs, " jobs");
+      const std::string cap =
+          owner_full ? absl::StrCat(caller->ToString(), "'s cap of ", options_.max_jobs_per_owner)
+                     : absl::StrCat("the cap of ", options_.max_jobs);
+      why = absl::StrCat("making room for job '", name, "' at ", cap, " jobs");
     }
     if (oldest == nullptr) break;
     Retire(oldest, why, absl::Now() - options_.lease);

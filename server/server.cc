@@ -253,10 +253,10 @@ absl::Status Server::Stop(absl::Time deadline) {
     daemon_->CancelStoreCalls();
   }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
-  // Every step has finished; idle connections need no grace period. But an event stream whose
-  // reader stopped reading (a suspended `gstabctl events --follow`) holds its handler in a write
-  // that no cancellation ends, and the shutdown waits for every handler: past a grace period
-  // the socket's connections are shut down under gRPC.
+  // The steps have finished (or were ended above); idle connections need no grace period. But
+  // an event stream whose reader stopped reading (a suspended `gstabctl events --follow`) holds
+  // its handler in a write that no cancellation ends, and the shutdown waits for every handler:
+  // past a grace period the socket's connections are shut down under gRPC.
   absl::Notification shut_down;
   std::thread unstick([&] {
     if (shut_down.WaitForNotificationWithTimeout(kStuckCallsGrace)) return;

@@ -474,22 +474,15 @@ TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
 // (node 0) or in another node's (node 1, in node 0's): those waits end with the drain, and
 // gstabd exits 0 with its statistics saved.
 TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
-  std::vector<testing::TempDir> dirs(2);
-  std::vector<std::unique_ptr<testing::DaemonProcess>> daemons;
-  for (testing::TempDir& dir : dirs) {
-    auto d = testing::DaemonProcess::Start(
-        dir.path(), {"--peer_listen=127.0.0.1:0", "--step_timeout_ms=60000"});
-    ASSERT_TRUE(d.ok()) << d.status();
-    daemons.push_back(std::make_unique<testing::DaemonProcess>(*std::move(d)));
-  }
-  auto client = Client::Connect(daemons[0]->socket());
+  Cluster cluster(2, {"--step_timeout_ms=60000"});
+  auto client = Client::Connect(cluster.daemon(0).socket());
   ASSERT_TRUE(client.ok()) << client.status();
   absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("partial", 3);
   ASSERT_TRUE(blob.ok()) << blob.status();
   std::vector<std::unique_ptr<TestWorker>> workers;
   std::vector<std::thread> stepping;
   for (uint32_t n = 0; n < 2; ++n) {
-    auto w = TestWorker::Create(daemons[n]->socket(), NodeOptions("partial", n, 3, *blob));
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("partial", n, 3, *blob));
     ASSERT_TRUE(w.ok()) << w.status();
     workers.push_back(*std::move(w));
   }
@@ -500,15 +493,16 @@ TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
   }
   absl::SleepFor(absl::Seconds(1));  // in the step's connection to the other nodes
   for (int n : {1, 0}) {
-    EXPECT_EQ(daemons[n]->Stop().value_or(-1), 0) << "node " << n << ": " << daemons[n]->Log();
-    EXPECT_NE(daemons[n]->Log().find("statistics checkpointed"), std::string::npos)
-        << daemons[n]->Log();
+    testing::DaemonProcess& d = cluster.daemon(n);
+    EXPECT_EQ(d.Stop().value_or(-1), 0) << "node " << n << ": " << d.Log();
+    EXPECT_NE(d.Log().find("statistics checkpointed"), std::string::npos) << d.Log();
   }
   for (std::thread& t : stepping) t.join();
   // Node 1's step says its own gstabd stopped it, not that node 0 did not respond.
   EXPECT_NE(stepped[1].message().find("on node 1: "), std::string::npos) << stepped[1];
   EXPECT_NE(stepped[1].message().find("this gstabd is stopping"), std::string::npos) << stepped[1];
-  EXPECT_EQ(daemons[1]->Log().find("did not respond"), std::string::npos) << daemons[1]->Log();
+  EXPECT_EQ(cluster.daemon(1).Log().find("did not respond"), std::string::npos)
+      << cluster.daemon(1).Log();
 }
 
 }  // namespace

@@ -44,13 +44,16 @@ inline std::vector<std::unique_ptr<TestWorker>> AttachNodes(
 
 class Cluster {
  public:
-  explicit Cluster(int nodes) {
+  // `flags` go to every gstabd, after (and so over) the cluster's own.
+  explicit Cluster(int nodes, std::vector<std::string> flags = {}) : flags_(std::move(flags)) {
     for (int i = 0; i < nodes; ++i) Start(i);
   }
   void Start(int node) {
     const std::string dir = root_.path() + "/node" + std::to_string(node);
     std::filesystem::create_directories(dir);
-    auto d = DaemonProcess::Start(dir, {"--peer_listen=127.0.0.1:0", kStepTimeout});
+    std::vector<std::string> flags = {"--peer_listen=127.0.0.1:0", kStepTimeout};
+    flags.insert(flags.end(), flags_.begin(), flags_.end());
+    auto d = DaemonProcess::Start(dir, flags);
     ASSERT_TRUE(d.ok()) << d.status();
     if (static_cast<int>(daemons_.size()) <= node) daemons_.resize(node + 1);
     daemons_[node] = std::make_unique<DaemonProcess>(*std::move(d));
@@ -75,6 +78,7 @@ class Cluster {
   }
 
  private:
+  const std::vector<std::string> flags_;
   TempDir root_;
   std::vector<std::unique_ptr<DaemonProcess>> daemons_;
 };
