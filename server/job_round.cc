@@ -327,7 +327,11 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       for (uint32_t g = 0; g < num_groups; ++g) {
         if (reduction[g] >= 0) shared.push_back(g);
       }
-      check.layout_hash = LayoutHash(Pick(group_names_, shared), Pick(reduction, shared));
+      // The group names are copied only when some are left out (not at every step).
+      check.layout_hash =
+          shared.size() == num_groups
+              ? LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction)
+              : LayoutHash(Pick(group_names_, shared), Pick(reduction, shared));
       check.config_hash = ConfigHash(params);
       check.want_statistics = sync_statistics_;
     }
