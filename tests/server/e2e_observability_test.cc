@@ -253,18 +253,6 @@ std::unique_ptr<testing::TestWorker> Monitored(const std::string& socket, const 
   return worker.ok() ? *std::move(worker) : nullptr;
 }
 
-// `steps` steps, each non-finite: one event each (a SKIP), more than a subscriber that does
-// not read can take in.
-void StepNonFinite(testing::TestWorker& worker, uint64_t steps) {
-  for (uint64_t step = 1; step <= steps; ++step) {
-    worker.Fill(step, 1);
-    static_cast<float*>(worker.arena().data(0))[0] = NAN;
-    absl::StatusOr<v1::StepResponse> r = worker.client().Step(step);
-    ASSERT_TRUE(r.ok()) << "step " << step << ": " << r.status();
-    ASSERT_TRUE(r->skip());
-  }
-}
-
 // A stream of `job`'s events, following, with every recent one: the call returns before gstabd
 // has subscribed it, and events of the job from before that (its ATTACH, if the worker is
 // quick) come from the job's recent history instead.
@@ -284,7 +272,7 @@ TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUnco
   constexpr uint64_t kSteps = 2000;
   auto worker = Monitored(daemon_->socket(), "stalled");
   ASSERT_NE(worker, nullptr);
-  StepNonFinite(*worker, kSteps);
+  ASSERT_EQ(testing::StepNonFinite(*worker, kSteps), absl::OkStatus());
   // Every event published for the job is either delivered or counted as dropped: ATTACH,
   // DIVERGENCE_START (three non-finite steps in a row) and one SKIP per step.
   uint64_t dropped = 0, received = 0, last_step = 0;
@@ -313,7 +301,7 @@ TEST_F(E2eObservabilityTest, StalledSubscriberDoesNotHoldGstabdsStop) {
   ASSERT_TRUE(attached.ok()) << attached.status();
   ASSERT_NE(attached->find("ATTACH"), std::string::npos) << *attached;
   follower->Signal(SIGSTOP);
-  StepNonFinite(*worker, 3000);
+  ASSERT_EQ(testing::StepNonFinite(*worker, 3000), absl::OkStatus());
   EXPECT_EQ(daemon_->Stop().value_or(-1), 0) << daemon_->Log();
   EXPECT_NE(daemon_->Log().find("statistics checkpointed"), std::string::npos) << daemon_->Log();
   EXPECT_NE(daemon_->Log().find("open connections"), std::string::npos) << daemon_->Log();

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client_lib/client.h"
+#include "client_lib/transport.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -205,6 +206,42 @@ TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
                                      "/t --metrics_port=-1 --listen=[fd00::1]x:7479");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("--listen='[fd00::1]x:7479' must be HOST:PORT"), std::string::npos) << out;
+}
+
+// A client over TCP that stopped reading its event stream (a suspended `gstabctl events
+// --follow` on an operator's laptop) leaves gstabd's write to it waiting on HTTP/2 flow
+// control, as over the socket (where only shutting the connection down ends it): over TCP,
+// gRPC's own shutdown ends that write, and gstabd exits 0 at once with its statistics saved.
+TEST(TcpTest, AStalledEventStreamOverTcpDoesNotHoldGstabdsStop) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  const TestTls ops = testing::MakeClientCertificate(dir.path(), "ops", "/CN=gstab-ops");
+  TcpDaemon tcp(dir.path(), tls, {"--tls_operators=gstab-ops"});
+  ASSERT_FALSE(tcp.address().empty());
+  v1::PolicyConfig monitor;
+  monitor.set_policy(v1::POLICY_MONITOR);
+  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("held", monitor));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  // Without bandwidth probes the stream's window stays at gRPC's first 64 KiB: 3,000 events
+  // (about 240 KB) outgrow it, and gstabd's write waits (read later, about 600 of them are
+  // counted as dropped).
+  TlsEnvironment env(ops);
+  grpc::ChannelArguments args;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      TlsFromEnvironment(tcp.address(), &args);
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto stub = v1::Stabilizer::NewStub(grpc::CreateCustomChannel(tcp.address(), *credentials, args));
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest request;
+  request.set_job("held");
+  request.set_follow(true);
+  auto reader = stub->WatchEvents(&ctx, request);  // opened, never read
+  ASSERT_EQ(testing::StepNonFinite(**worker, 3000), absl::OkStatus());
+  // Within DaemonProcess::Stop's 30 s (measured: 0.2 s).
+  EXPECT_EQ(tcp.daemon().Stop().value_or(-1), 0) << tcp.daemon().Log();
+  EXPECT_NE(tcp.daemon().Log().find("statistics checkpointed"), std::string::npos)
+      << tcp.daemon().Log();
 }
 
 TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {

@@ -1,8 +1,10 @@
 #include "tests/testing/worker.h"
 
+#include <cmath>
 #include <cstring>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/rule.h"
 #include "kernels/cpu_kernels.h"
@@ -70,6 +72,19 @@ void TestWorker::Fill(uint64_t step, uint32_t seed, float factor) {
 std::vector<unsigned char> TestWorker::Bytes() const {
   const auto* base = static_cast<const unsigned char*>(arena_.data(0));
   return std::vector<unsigned char>(base, base + arena_.size_bytes());
+}
+
+absl::Status StepNonFinite(TestWorker& worker, uint64_t steps) {
+  for (uint64_t step = 1; step <= steps; ++step) {
+    worker.Fill(step, 1);
+    static_cast<float*>(worker.arena().data(0))[0] = NAN;
+    absl::StatusOr<v1::StepResponse> r = worker.client().Step(step);
+    if (!r.ok())
+      return absl::Status(r.status().code(),
+                          absl::StrCat("step ", step, ": ", r.status().message()));
+    if (!r->skip()) return absl::InternalError(absl::StrCat("step ", step, " was not skipped"));
+  }
+  return absl::OkStatus();
 }
 
 bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks) {

@@ -23,6 +23,11 @@ bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks);
 // gstabd's answer to a Step of step 1 under session `token`, as any client could send it.
 absl::Status StepWithToken(Client* client, const std::string& token);
 
+class TestWorker;
+// Steps 1 to `steps` of `worker`'s job, each with a NaN gradient: one SKIP event each, more
+// than a subscriber that does not read can take in. An error names the first step not skipped.
+absl::Status StepNonFinite(TestWorker& worker, uint64_t steps);
+
 class TestWorker {
  public:
   // Attaches to `job` and registers the standard layout: tensors a (fp32, group g),
