@@ -336,16 +336,20 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       check.want_statistics = sync_statistics_;
     }
   }
-  auto sum_locally = [&]() -> absl::Status {
-    // A worker may have truncated its shared memory: then its pages past the new end would
-    // raise SIGBUS in gstabd.
+  // A worker may have truncated its shared memory, or punched holes in it: its lost pages would
+  // raise SIGBUS in gstabd (survived, server/shm_faults.h, but the touch read zeros).
+  auto check_objects = [&](absl::Status (ShmMapping::*test)() const) -> absl::Status {
     for (const auto& [rank, w] : workers) {
       for (const ShmMapping* object : w->registration.host_objects) {
-        if (absl::Status s = object->CheckSize(); !s.ok()) {
+        if (absl::Status s = (object->*test)(); !s.ok()) {
           return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
         }
       }
     }
+    return absl::OkStatus();
+  };
+  auto sum_locally = [&]() -> absl::Status {
+    if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) return s;
     for (const auto& [rank, w] : workers) {
       std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
       if (absl::Status s =
@@ -361,6 +365,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         non_finite[g] |= worker_flags[g];
         present[g] = true;
       }
+    }
+    if (absl::Status s = check_objects(&ShmMapping::CheckNotLost); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat(s.message(), "; nothing was applied to this step"));
     }
     return absl::OkStatus();
   };
@@ -443,6 +451,11 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // 4. Scale every worker's chunks in place.
   for (const auto& [rank, w] : workers) {
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
+  }
+  if (absl::Status s = check_objects(&ShmMapping::CheckNotLost); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(s.message(), "; step ", step,
+                                               " counted in the statistics, but that worker's "
+                                               "gradients were not all scaled"));
   }
   return absl::OkStatus();
 }

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "glog/logging.h"
 #include "server/server.h"
+#include "server/shm_faults.h"
 #include "server/shm_mapping.h"
 #ifdef GSTAB_WITH_CUDA
 #include "server/cuda/cuda_ipc.h"
@@ -91,22 +92,6 @@ ABSL_FLAG(bool, nccl_one_rank, false,
           "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
           "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");
 
-namespace {
-
-// Each step checks that the workers' shared memory has not shrunk since it was registered, but
-// a worker that truncates it in the middle of a step makes gstabd's next touch of the lost pages
-// raise SIGBUS, which ends the process. Say why before it does.
-void OnSigbus(int) {
-  static const char kMessage[] =
-      "gstabd: SIGBUS: most likely a worker truncated its registered shared memory during a "
-      "step; gstabd stops (its jobs resume from their last checkpoint when it restarts)\n";
-  (void)!write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
-  signal(SIGBUS, SIG_DFL);
-  raise(SIGBUS);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("the gstab gradient-stabilizer daemon (--helpfull: every flag)");
   // --help lists this file's flags (by default, those of a file named after the program).
@@ -167,6 +152,10 @@ int main(int argc, char** argv) {
                  "--max_bytes, --max_mappings, --max_mappings_per_owner, --max_event_streams "
                  "and --max_connections_per_uid must be positive (0 would refuse every job, "
                  "registration, event stream or connection, or keep no checkpoint)\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_max_mappings) > gstab::ShmFaults::kSlots) {
+    std::fprintf(stderr, "gstabd: --max_mappings may be at most %d\n", gstab::ShmFaults::kSlots);
     return 2;
   }
   if (absl::GetFlag(FLAGS_rpc_memory_mb) < gstab::ServerOptions::kMinRpcMemoryMb) {
@@ -266,7 +255,7 @@ int main(int argc, char** argv) {
     options.peers.gids.insert(id);
   }
 
-  signal(SIGBUS, OnSigbus);
+  gstab::ShmFaults::Install();  // a worker's lost shared memory fails its step, not gstabd
   // gstabd keeps a descriptor per mapped shared-memory object (to see it shrink) and per
   // connection: the usual soft limit of 1024 is too few for many workers' registrations.
   if (rlimit files; getrlimit(RLIMIT_NOFILE, &files) == 0) {

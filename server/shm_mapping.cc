@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/weak_map.h"
+#include "server/shm_faults.h"
 
 namespace gstab {
 
@@ -82,6 +83,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
     close(fd);
     return s;
   }
+  ShmFaults::Install();
   const auto size = static_cast<size_t>(st.st_size);
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (data == MAP_FAILED) {
@@ -94,12 +96,32 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
     }
     return absl::InternalError(what);
   }
+  const std::optional<int> slot = ShmFaults::Watch(static_cast<unsigned char*>(data), size);
+  if (!slot.has_value()) {
+    munmap(data, size);
+    close(fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot map shared memory '", name, "': gstabd maps at most ",
+                     ShmFaults::kSlots, " objects at once (lower --max_mappings to that)"));
+  }
   return std::shared_ptr<ShmMapping>(new ShmMapping(name, fd, static_cast<unsigned char*>(data),
-                                                    size, st.st_uid, st.st_dev, st.st_ino,
+                                                    size, *slot, st.st_uid, st.st_dev, st.st_ino,
                                                     std::move(open_count)));
 }
 
+bool ShmMapping::Lost() const { return ShmFaults::Faults(fault_slot_) > 0; }
+
+absl::Status ShmMapping::CheckNotLost() const {
+  if (!Lost()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "gstabd could not touch every page of shared memory '", name_,
+      "' (SIGBUS): its worker truncated it during a step, or left pages unallocated (holes) "
+      "that tmpfs had no room for (/dev/shm full?). gstabd no longer uses its mapping: "
+      "register the gradients again"));
+}
+
 bool ShmMapping::IsCurrent() const {
+  if (Lost()) return false;
   const int fd = shm_open(name_.c_str(), O_RDONLY, 0);
   if (fd < 0) return false;
   struct stat st;
@@ -110,6 +132,7 @@ bool ShmMapping::IsCurrent() const {
 }
 
 ShmMapping::~ShmMapping() {
+  ShmFaults::Unwatch(fault_slot_);
   munmap(data_, size_);
   close(fd_);
   if (open_count_ != nullptr) --*open_count_;
@@ -122,6 +145,7 @@ void ShmMapping::AlsoCountIn(std::shared_ptr<std::atomic<int>> count) {
 }
 
 absl::Status ShmMapping::CheckSize() const {
+  if (absl::Status s = CheckNotLost(); !s.ok()) return s;
   struct stat st;
   if (fstat(fd_, &st) != 0) {
     return absl::InternalError(

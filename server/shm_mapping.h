@@ -41,23 +41,29 @@ class ShmMapping {
   size_t size() const { return size_; }
   uid_t owner() const { return owner_; }  // the object's owner when it was opened
   // FAILED_PRECONDITION when the object is now smaller than the mapping (its creator truncated
-  // it, and touching the pages past its end would kill gstabd with SIGBUS), or some of its pages
-  // were released (touching them would allocate them on gstabd's account). Checked before every
-  // step; a change during a step is not caught.
+  // it, and touching the pages past its end would raise SIGBUS), some of its pages were
+  // released (touching them would allocate them on gstabd's account), or a touch of it already
+  // raised SIGBUS (Lost). Checked before every step.
   absl::Status CheckSize() const;
-  // Whether `name` still names this object, at the size mapped: a worker may have replaced it
-  // (removed it and made another of that name) or resized it since.
+  // Whether a touch of this mapping raised SIGBUS (server/shm_faults.h): its pages from there on
+  // were replaced by zeros, and the object is not used again. A step checks it after touching.
+  bool Lost() const;
+  // FAILED_PRECONDITION naming the object when Lost.
+  absl::Status CheckNotLost() const;
+  // Whether `name` still names this object, at the size mapped, and it is not Lost: a worker may
+  // have replaced it (removed it and made another of that name) or resized it since.
   bool IsCurrent() const;
   // Counts this mapping in `count` too, for as long as it lives (once, before it is shared).
   void AlsoCountIn(std::shared_ptr<std::atomic<int>> count);
 
  private:
-  ShmMapping(std::string name, int fd, unsigned char* data, size_t size, uid_t owner, dev_t dev,
-             ino_t ino, std::shared_ptr<std::atomic<int>> open_count)
+  ShmMapping(std::string name, int fd, unsigned char* data, size_t size, int fault_slot,
+             uid_t owner, dev_t dev, ino_t ino, std::shared_ptr<std::atomic<int>> open_count)
       : name_(std::move(name)),
         fd_(fd),
         data_(data),
         size_(size),
+        fault_slot_(fault_slot),
         owner_(owner),
         dev_(dev),
         ino_(ino),
@@ -69,6 +75,7 @@ class ShmMapping {
   int fd_;  // kept open for CheckSize
   unsigned char* data_;
   size_t size_;
+  int fault_slot_;  // ShmFaults'
   uid_t owner_;
   dev_t dev_;  // the object's identity
   ino_t ino_;
