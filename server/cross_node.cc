@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "common/fnv1a.h"
 #include "core/config.h"
 #include "glog/logging.h"
 #include "gstab/v1/stabilizer.pb.h"
@@ -74,20 +75,13 @@ uint8_t CrossNodeMode(int reduction, uint32_t node_rank) {
 
 namespace {
 
-// FNV-1a, continuing from `h`.
-constexpr uint64_t kFnvOffset = 1469598103934665603ull;
-uint64_t Fnv1a(absl::string_view bytes, uint64_t h = kFnvOffset) {
-  for (char c : bytes) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+// The start of the layout and configuration hashes (as released: nodes compare them).
+constexpr uint64_t kHashStart = 1469598103934665603ull;
 
 }  // namespace
 
 uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction) {
-  uint64_t h = kFnvOffset;
+  uint64_t h = kHashStart;
   for (size_t g = 0; g < groups.size(); ++g) {
     const char end[2] = {0, static_cast<char>(reduction[g])};  // the name's end, its reduction
     h = Fnv1a(absl::string_view(end, 2), Fnv1a(groups[g], h));
@@ -96,7 +90,7 @@ uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> 
 }
 
 uint64_t ConfigHash(const RuleParams& params) {
-  return Fnv1a(EffectiveConfig(params).SerializeAsString());
+  return Fnv1a(EffectiveConfig(params).SerializeAsString(), kHashStart);
 }
 
 namespace {

@@ -292,7 +292,7 @@ absl::Status Daemon::ExportState(const v1::ExportStateRequest& request,
                                  v1::ExportStateResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
-  response->set_state(session->job->ExportState().SerializeAsString());
+  response->set_state(EncodeJobState(session->job->ExportState()));
   return absl::OkStatus();
 }
 
@@ -300,15 +300,15 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
                                  v1::ImportStateResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
-  v1::JobState state;
-  if (!state.ParseFromString(request.state())) {
-    return absl::InvalidArgumentError(
-        "state bytes are not a gstab JobState (corrupt or truncated)");
+  absl::StatusOr<v1::JobState> state = DecodeJobState(request.state(), "the state bytes");
+  if (!state.ok()) {
+    // Refused as bad input whatever the cause: nothing of the job changed.
+    return absl::InvalidArgumentError(state.status().message());
   }
-  if (absl::Status s = session->job->ImportState(state, !request.keep_config()); !s.ok()) {
+  if (absl::Status s = session->job->ImportState(*state, !request.keep_config()); !s.ok()) {
     return s;
   }
-  response->set_groups(static_cast<uint32_t>(state.groups_size()));
+  response->set_groups(static_cast<uint32_t>(state->groups_size()));
   return absl::OkStatus();
 }
 

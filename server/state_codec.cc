@@ -1,14 +1,56 @@
 #include "server/state_codec.h"
 
+#include <climits>
 #include <cmath>
 #include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/fnv1a.h"
 #include "server/registration.h"
 #include "server/reserved_names.h"
 
 namespace gstab {
+namespace {
+
+// JobState.checksum's key on the wire: field 15, wire type 1 (64 bits, little-endian).
+constexpr unsigned char kChecksumKey = (15 << 3) | 1;
+constexpr size_t kChecksumBytes = 1 + 8;
+
+}  // namespace
+
+std::string EncodeJobState(v1::JobState state) {
+  state.clear_checksum();
+  const std::string body = state.SerializeAsString();
+  std::string out(kChecksumBytes, '\0');
+  out[0] = static_cast<char>(kChecksumKey);
+  const uint64_t check = Fnv1a(body);
+  for (size_t i = 0; i < 8; ++i) out[1 + i] = static_cast<char>((check >> (8 * i)) & 0xff);
+  return out + body;
+}
+
+absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::string_view what) {
+  if (!bytes.empty() && static_cast<unsigned char>(bytes[0]) == kChecksumKey) {
+    uint64_t check = 0;
+    for (size_t i = 0; i < 8 && 1 + i < bytes.size(); ++i) {
+      check |= uint64_t{static_cast<unsigned char>(bytes[1 + i])} << (8 * i);
+    }
+    if (bytes.size() < kChecksumBytes || Fnv1a(bytes.substr(kChecksumBytes)) != check) {
+      return absl::DataLossError(
+          absl::StrCat(what,
+                       " are damaged: their checksum does not match (cut short, or changed since "
+                       "gstabd wrote them)"));
+    }
+  }
+  v1::JobState state;
+  if (bytes.size() > size_t{INT_MAX} ||
+      !state.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " are not a gstab JobState (corrupt or truncated)"));
+  }
+  state.clear_checksum();
+  return state;
+}
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& s) {
   v1::GroupState p;

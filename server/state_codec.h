@@ -5,6 +5,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/rule_types.h"
 #include "gstab/v1/stabilizer.pb.h"
 
@@ -26,6 +28,15 @@ absl::Status CheckStepNumber(uint64_t step);
 // below kStepLimit. Imported statistics feed the scale of every later step: a NaN or negative
 // variance would turn gradients into NaN.
 absl::Status ValidateJobState(const v1::JobState& state);
+
+// The bytes gstabd writes for `state` (a checkpoint's file, an export): its serialization,
+// led by JobState.checksum over the rest.
+std::string EncodeJobState(v1::JobState state);
+// `bytes` as a JobState. DATA_LOSS when they lead with a checksum that does not match (cut
+// short, or changed: `what` names them in the message), INVALID_ARGUMENT when they are no
+// JobState at all. Bytes without a checksum (an older gstabd's) are read unchecked. Says
+// nothing of the state's values: ValidateJobState does.
+absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::string_view what);
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& stats);
 GroupStats GroupStateFromProto(const v1::GroupState& state);

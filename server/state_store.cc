@@ -115,7 +115,7 @@ absl::Status StateStore::Save(const v1::JobState& state) {
   // A temporary file of this call's own, so that saves never write into each other's file.
   static std::atomic<uint64_t> saves{0};
   const std::string tmp = absl::StrCat(path, kTmpInfix, getpid(), ".", saves.fetch_add(1));
-  const std::string bytes = state.SerializeAsString();
+  const std::string bytes = EncodeJobState(state);
   // The reason, from the call that failed (ENOSPC, EIO, EROFS...).
   const char* failed = nullptr;
   int err = 0;
@@ -191,10 +191,13 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   // descriptors, an I/O error) may pass (UNAVAILABLE).
   absl::StatusOr<std::string> bytes = ReadWhole(path);
   if (!bytes.ok()) return bytes.status();
-  v1::JobState state;
-  if (!state.ParseFromString(*bytes) || state.job() != job) {
-    SetAside(path, absl::StrCat("is not a checkpoint of job '", job, "'"));
-    return absl::DataLossError(absl::StrCat("'", path, "' is not a checkpoint of job '", job, "'"));
+  absl::StatusOr<v1::JobState> state = DecodeJobState(*bytes, "its bytes");
+  if (!state.ok() || state->job() != job) {
+    const std::string why = state.ok() ? absl::StrCat("is not a checkpoint of job '", job, "'")
+                                       : absl::StrCat("is not a checkpoint of job '", job,
+                                                      "': ", state.status().message());
+    SetAside(path, why);
+    return absl::DataLossError(absl::StrCat("'", path, "' ", why));
   }
   return state;
 }
@@ -220,11 +223,14 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
           "over it (its statistics and owner lost): let gstabd's user read the file, or move it "
           "out of --state_dir to start that job afresh"));
     }
-    v1::JobState state;
-    if (!state.ParseFromString(*bytes) || state.job().empty()) {
-      SetAside(path, "is not a checkpoint");
+    absl::StatusOr<v1::JobState> decoded = DecodeJobState(*bytes, "its bytes");
+    if (!decoded.ok() || decoded->job().empty()) {
+      SetAside(path, decoded.ok()
+                         ? "is not a checkpoint"
+                         : absl::StrCat("is not a checkpoint: ", decoded.status().message()));
       continue;
     }
+    v1::JobState& state = *decoded;
     // Saved as <job>.jobstate: a file copied or renamed would stand in for another job (or, with
     // a name that is not a job's, reach outside the folder when its job's file is deleted).
     if (entry.path().filename().string() != absl::StrCat(state.job(), kSuffix)) {

@@ -414,7 +414,8 @@ class JobControlTest(unittest.TestCase):
         try:
             resumed = gstab.Client(elsewhere.socket)
             resumed.attach("py-resume")  # the config comes with the state
-            for bad, says in [(b"", "empty"), (b"\x07garbage", "not a gstab JobState")]:
+            for bad, says in [(b"", "empty"), (b"\x07garbage", "not a gstab JobState"),
+                              (state[:-3], "checksum does not match")]:
                 with self.assertRaises(gstab.Error) as e:
                     resumed.import_state(bad)
                 self.assertEqual(e.exception.code, 3)

@@ -103,6 +103,53 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"a"});
 }
 
+// A checkpoint cut short or changed (a disk that lost its tail, a hand edit) is set aside, not
+// read as a smaller state: cut after its groups, it would lose its owner, and another uid could
+// take the job. One an older gstabd wrote (no checksum) is still read.
+TEST(StateStoreTest, ACheckpointCutShortOrChangedIsSetAsideAndAnOlderOnesIsRead) {
+  testing::TempDir dir;
+  StateStore store(dir.path());
+  ASSERT_TRUE(store.Init().ok());
+  v1::JobState job;
+  job.set_format_version(kJobStateFormatVersion);
+  job.set_job("a");
+  job.set_last_step(3);
+  job.add_groups()->set_name("w");
+  job.set_owner_uid(65534);
+  ASSERT_TRUE(store.Save(job).ok());
+  const std::string path = dir.path() + "/a.jobstate";
+  auto write = [&](const std::string& bytes) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  std::string whole;
+  {
+    std::ifstream in(path, std::ios::binary);
+    whole.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  for (size_t cut = 0; cut < whole.size(); ++cut) {
+    write(whole.substr(0, cut));
+    const absl::Status s = store.Load("a").status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << "cut at " << cut << ": " << s;
+  }
+  std::string changed = whole;
+  changed[changed.size() / 2] ^= 1;
+  write(changed);
+  const absl::Status s = store.Load("a").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("checksum does not match"), std::string::npos) << s;
+  write(changed);
+  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{});
+
+  write(job.SerializeAsString());  // an older gstabd's
+  absl::StatusOr<v1::JobState> older = store.Load("a");
+  ASSERT_TRUE(older.ok()) << older.status();
+  EXPECT_EQ(older->owner_uid(), 65534u);
+  write(whole);
+  absl::StatusOr<v1::JobState> loaded = store.Load("a");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->SerializeAsString(), job.SerializeAsString());
+}
+
 TEST(StateStoreTest, ProbesACrashLeftBehindAreSweptAndCheckpointsKept) {
   testing::TempDir dir;
   const std::string state = dir.path() + "/state";
