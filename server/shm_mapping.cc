@@ -56,6 +56,10 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
           what, " (a worker creates its shared memory mode 0600: gstabd must run as root with "
                 "CAP_DAC_OVERRIDE, as the Helm chart has it, or as the workers' own user)"));
     }
+    if (err == ELOOP) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " (it is a symbolic link: register the object itself)"));
+    }
     if (err == EMFILE || err == ENFILE) {
       return absl::ResourceExhaustedError(absl::StrCat(
           what, " (gstabd keeps a descriptor per mapped object: raise its open-file limit, or "

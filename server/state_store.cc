@@ -14,7 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/config.h"
 #include "glog/logging.h"
+#include "server/registration.h"
 #include "server/state_codec.h"
 
 namespace gstab {
@@ -240,7 +242,13 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     }
     // One its job could not take (a newer release's, or damaged) is kept for a look: the job,
     // which starts afresh, would overwrite it.
-    if (absl::Status s = ValidateJobState(state); !s.ok()) {
+    absl::Status s = ValidateJobState(state);
+    // A job's name and configuration came through gstabd's checks when it was saved: one that
+    // does not pass them now (a hand edit) would be listed, but could not be forgotten by name,
+    // or would take its next worker's configuration without a word.
+    if (s.ok()) s = ValidateJobName(state.job());
+    if (s.ok() && state.has_config()) s = ResolveConfig(state.config()).status();
+    if (!s.ok()) {
       SetAside(path, absl::StrCat("cannot be restored (", s.message(), ")"));
       continue;
     }

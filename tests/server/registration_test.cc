@@ -229,6 +229,21 @@ TEST(RegistrationTest, AnObjectWithoutAllItsPagesIsRefused) {
   shm_unlink(name.c_str());
 }
 
+// A symbolic link in /dev/shm is refused as bad input, saying so (not as gstabd's own failure).
+TEST(RegistrationTest, ASymbolicLinkIsRefusedSayingSo) {
+  GradientArena arena;
+  arena.AddTensor("w", 1024, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  const std::string link = "/gstab-test-link-" + std::to_string(getpid());
+  ASSERT_EQ(symlink(("/dev/shm" + arena.shm_name()).c_str(), ("/dev/shm" + link).c_str()), 0);
+  MappingRegistry registry;
+  const absl::Status refused = registry.Acquire(link).status();
+  unlink(("/dev/shm" + link).c_str());
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("it is a symbolic link"), std::string::npos) << refused;
+  EXPECT_EQ(registry.LiveMappings(), 0);
+}
+
 // An object of another uid is refused before it is mapped, and so is a mapping already live.
 TEST(RegistrationTest, AnotherUidsObjectIsRefusedWithoutBeingMapped) {
   const std::string name = "/gstab-test-owner-" + std::to_string(getpid());

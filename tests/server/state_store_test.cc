@@ -25,6 +25,7 @@ std::vector<std::string> LoadedJobs(StateStore* store) {
 }
 
 // A checkpoint of another format version, or out of range, is set aside at start, not loaded.
+// So is one whose configuration or job name gstabd would refuse.
 TEST(StateStoreTest, ACheckpointOfAnotherFormatOrOutOfRangeIsSetAside) {
   testing::TempDir dir;
   StateStore store(dir.path() + "/state");
@@ -38,12 +39,28 @@ TEST(StateStoreTest, ACheckpointOfAnotherFormatOrOutOfRangeIsSetAside) {
   wrong.set_job("wrong");
   wrong.set_last_step(uint64_t{1} << 63);  // past any step
   ASSERT_TRUE(store.Save(wrong).ok());
-  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{});
+  // Hand edits gstabd would not have written: a configuration out of range, a job name that
+  // `gstabctl forget` could not name.
+  v1::JobState edited;
+  edited.set_format_version(kJobStateFormatVersion);
+  edited.set_job("edited");
+  edited.mutable_config()->set_policy(v1::POLICY_STABILIZE);
+  edited.mutable_config()->mutable_stabilize()->set_beta1(5);
+  ASSERT_TRUE(store.Save(edited).ok());
+  v1::JobState badly_named = edited;
+  badly_named.clear_config();
+  badly_named.set_job("bad name");
+  ASSERT_TRUE(store.Save(badly_named).ok());
+  v1::JobState good = edited;
+  good.set_job("good");
+  good.mutable_config()->mutable_stabilize()->set_beta1(0.9);
+  ASSERT_TRUE(store.Save(good).ok());
+  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"good"});
   int aside = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir.path() + "/state")) {
     aside += e.path().filename().string().find(".jobstate.corrupt-") != std::string::npos;
   }
-  EXPECT_EQ(aside, 2);
+  EXPECT_EQ(aside, 4);
 }
 
 TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
