@@ -3,6 +3,8 @@
 // import in job_state.cc.
 #include "server/job.h"
 
+#include <algorithm>
+
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
@@ -63,6 +65,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     }
   }
   if (absl::Status s = CheckGroupCap(new_groups.size()); !s.ok()) return s;
+  if (absl::Status s = CheckNoSharedMemory(local_rank, registration); !s.ok()) return s;
   if (registration.plan.cuda_device >= 0) {
     for (const auto& [rank, w] : workers_) {
       if (rank != local_rank && w->registration.plan.cuda_device < 0) {
@@ -129,6 +132,46 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   }
   register_again_.erase(local_rank);  // registered again, on whichever transport
   workers_[local_rank] = std::move(worker);
+  return absl::OkStatus();
+}
+
+absl::Status Job::CheckNoSharedMemory(uint32_t local_rank,
+                                      const MappedRegistration& registration) const {
+  struct Extent {
+    uintptr_t begin, end;
+    uint32_t rank;
+    size_t tensor;
+  };
+  auto extent = [](const MappedRegistration& r, size_t i, uint32_t rank) {
+    const PlannedTensor& t = r.plan.tensors[i];
+    const auto begin = reinterpret_cast<uintptr_t>(r.tensor_data[i]);
+    return Extent{begin, begin + t.numel * ElementSize(r.plan.buffers[t.buffer].dtype), rank, i};
+  };
+  // One mapping per object (and per IPC allocation): the same memory has the same address.
+  std::vector<Extent> others;
+  for (const auto& [rank, w] : workers_) {
+    if (rank == local_rank) continue;  // replaced by this registration
+    for (size_t i = 0; i < w->registration.tensor_data.size(); ++i) {
+      others.push_back(extent(w->registration, i, rank));
+    }
+  }
+  if (others.empty()) return absl::OkStatus();
+  // Each rank's tensors are disjoint, and so are the ranks' (checked here as each came).
+  std::sort(others.begin(), others.end(),
+            [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
+  for (size_t i = 0; i < registration.tensor_data.size(); ++i) {
+    const Extent mine = extent(registration, i, local_rank);
+    auto after = std::lower_bound(others.begin(), others.end(), mine.end,
+                                  [](const Extent& e, uintptr_t end) { return e.begin < end; });
+    if (after == others.begin() || std::prev(after)->end <= mine.begin) continue;
+    const Extent& theirs = *std::prev(after);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", i, " ('", registration.plan.tensors[i].name, "') shares memory with tensor ",
+        theirs.tensor, " ('",
+        workers_.at(theirs.rank)->registration.plan.tensors[theirs.tensor].name,
+        "') of local rank ", theirs.rank, " of job '", name_,
+        "': each rank's step would count and scale it. Each rank registers its own gradients"));
+  }
   return absl::OkStatus();
 }
 

@@ -166,6 +166,11 @@ class Job {
   using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT when a tensor of `registration` shares memory with one that another local
+  // rank of this job registered: both ranks' steps would count and scale it.
+  absl::Status CheckNoSharedMemory(uint32_t local_rank,
+                                   const MappedRegistration& registration) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RESOURCE_EXHAUSTED when `new_groups` more would pass kMaxGroupsPerJob.
   absl::Status CheckGroupCap(size_t new_groups) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Bumps the config version and records params_ as its change (keeping the newest

@@ -222,6 +222,32 @@ TEST_F(E2eRegistrationTest, ARefusalQuotingAHugeNameStillReachesTheCaller) {
 // gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
 // a process's mappings). A registration past it is refused, naming the cap, and the jobs already
 // mapped go on; a mapping let go makes room.
+// Two local ranks of one job registering the same memory: each rank's step would count and
+// scale it (twice the norm, the scale applied twice). The second is refused, naming both.
+TEST_F(E2eRegistrationTest, TwoRanksOfAJobMayNotRegisterTheSameMemory) {
+  AttachOptions rank0 = JobOptions("pair");
+  rank0.local_world_size = 2;
+  AttachOptions rank1 = rank0;
+  rank1.local_rank = 1;
+  auto first = TestWorker::Create(daemon_->socket(), rank0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE((*second)->Attach(rank1).ok());
+  const absl::Status shared = (*second)->Register((*first)->arena());
+  EXPECT_EQ(shared.code(), absl::StatusCode::kInvalidArgument) << shared;
+  EXPECT_NE(shared.message().find("tensor 0 ('a') shares memory with tensor 0 ('a') of local "
+                                  "rank 0 of job 'pair'"),
+            std::string::npos)
+      << shared;
+  // Its own memory is taken, and rank 0 registering again its own is no conflict.
+  GradientArena own;
+  own.AddTensor("a", 1000, DType::kFloat32);
+  ASSERT_TRUE(own.Allocate().ok());
+  EXPECT_TRUE((*second)->Register(own).ok());
+  EXPECT_TRUE((*first)->client().Register((*first)->arena()).ok());
+}
+
 TEST_F(E2eRegistrationTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOthersGoOn) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings=2", "--metrics_port=0"});
