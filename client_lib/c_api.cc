@@ -196,8 +196,16 @@ gstab_status gstab_arena_allocate(gstab_arena* arena) {
 
 void* gstab_arena_data(gstab_arena* arena, size_t index) {
   if (arena == nullptr || index >= arena->arena.num_tensors()) return nullptr;
-  if (!CheckOwner(arena->owner, "arena").ok()) return nullptr;
-  return arena->arena.data(index);
+  if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) {
+    Report(s);
+    return nullptr;
+  }
+  void* data = arena->arena.data(index);
+  if (data == nullptr) {
+    Report(absl::FailedPreconditionError(
+        absl::StrCat("tensor ", index, " has no memory: call gstab_arena_allocate first")));
+  }
+  return data;
 }
 
 void gstab_arena_unlink(gstab_arena* arena) {

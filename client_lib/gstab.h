@@ -115,7 +115,8 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
                                           size_t* index);
 /* Reserves the arena's shared memory in /dev/shm: GSTAB_RESOURCE_EXHAUSTED when it lacks room. */
 gstab_status gstab_arena_allocate(gstab_arena* arena);
-/* NULL until gstab_arena_allocate has succeeded, or for an index past the last tensor. */
+/* NULL until gstab_arena_allocate has succeeded, for an index past the last tensor, or in a
+ * forked child (an arena is its maker's): gstab_last_error() says which. */
 void* gstab_arena_data(gstab_arena* arena, size_t index);
 /* Removes the arena's shared-memory object from /dev/shm now, its memory still mapped and
  * usable (no registration can find it any more): for a process on its way out whose arena

@@ -116,8 +116,10 @@ class Arena:
             raise IndexError(f"tensor {index} does not exist: the arena has {len(self._tensors)}")
         numel, dtype = self._tensors[index]
         address = self._lib.gstab_arena_data(self._h, index)
-        if not address:
-            raise Error(FAILED_PRECONDITION, f"tensor {index} has no memory: call allocate() first")
+        if not address:  # not allocated, or a forked child's inherited arena
+            raise Error(FAILED_PRECONDITION,
+                        self._lib.gstab_last_error().decode(errors="replace")
+                        .replace("gstab_arena_allocate", "allocate()"))
         raw = (ctypes.c_ubyte * (numel * ELEMENT_SIZE[dtype])).from_address(address)
         raw._arena = self  # the mapping lives as long as any view of it
         return memoryview(raw).cast("B")
@@ -194,9 +196,11 @@ _live_arenas = weakref.WeakSet()
 
 @atexit.register
 def _close_open_clients() -> None:
+    # Destroyed, not closed: destruction detaches too, within 2 s where gstabd does not answer
+    # (close()'s detach would wait the whole call timeout, holding up the interpreter's exit).
     for client in list(_open_clients):
         try:
-            client.close()
+            client._destroy()
         except Exception:  # noqa: BLE001 (nothing to report to at exit)
             pass
     for arena in list(_live_arenas):
@@ -466,4 +470,6 @@ class Client:
         self.close()
 
     def __del__(self):
-        self._destroy()  # no call to gstabd from a finalizer: the lease ends the session
+        # Ends the session as close() does, waiting at most 2 s for a gstabd that does not
+        # answer (the lease ends the session then).
+        self._destroy()

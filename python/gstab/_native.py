@@ -166,6 +166,8 @@ def enc(text: Optional[str], what: str = "text") -> Optional[bytes]:
     would cut it short; UnicodeEncodeError, a ValueError, for a lone surrogate)."""
     if text is None:
         return None
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, not {type(text).__name__}")
     if "\0" in text:
         raise ValueError(f"{what} {text!r} contains a NUL character")
     return text.encode()

@@ -54,13 +54,14 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         return
     dist = torch.distributed
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank)) if local_rank is None else local_rank
     local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
                    else local_world_size)
     if local_world < 1 or world % local_world:
         raise ValueError(f"world size {world} is not a multiple of local_world_size "
                          f"{local_world}: pass local_world_size (and local_rank, node_rank) "
                          "for this launcher")
+    if local_rank is None:  # as node_rank below: consecutive global ranks share a node
+        local_rank = int(os.environ.get("LOCAL_RANK", rank % local_world))
     nodes = world // local_world
     if node_rank is None:
         node_rank = int(os.environ.get("GROUP_RANK", rank // local_world))
@@ -108,6 +109,9 @@ class Stabilizer:
                  parameters: Union[torch.nn.Module, Iterable[Tuple[str, torch.Tensor]]],
                  group: Group = "model", replicated: Optional[bool] = None,
                  state: Optional[Dict[str, Any]] = None):
+        if not isinstance(client, gstab.Client):
+            raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
+                            f"{type(client).__name__}")
         if replicated is None:
             replicated = isinstance(parameters, torch.nn.parallel.DistributedDataParallel)
         # A module is checked at each step for parameters swapped, added or unfrozen since: its
@@ -115,7 +119,14 @@ class Stabilizer:
         self._module = parameters if isinstance(parameters, torch.nn.Module) else None
         named = parameters.named_parameters() if self._module is not None else parameters
         self._params, seen = [], set()
-        for name, p in named:  # a parameter shared under two names is registered once
+        for item in named:  # a parameter shared under two names is registered once
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                    and isinstance(item[1], torch.Tensor)):
+                raise TypeError(
+                    "parameters: a torch.nn.Module, or (name, parameter) pairs such as "
+                    f"model.named_parameters(), not {type(item).__name__} items "
+                    "(model.parameters() gives no names)")
+            name, p = item
             if p.requires_grad and p.numel() > 0 and id(p) not in seen:
                 seen.add(id(p))
                 self._params.append((name, p))
@@ -155,6 +166,10 @@ class Stabilizer:
             except ValueError as e:
                 raise ValueError(f"parameter '{name}': {e}") from None
             g = (group(name, p) if callable(group) else group) or name  # "": its own group
+            if not isinstance(g, str):
+                raise TypeError(f"parameter '{name}': its group is a {type(g).__name__}; "
+                                "group= takes a str, or a function of (name, parameter) "
+                                "giving one")
             _check_name(name)
             specs.append((name, local.numel(), dtype, g, *shared) if local.numel() else None)
             if not local.numel():
@@ -215,10 +230,11 @@ class Stabilizer:
         # happens to the tensors above (model.to() swaps a gradient's storage under it), so
         # gstabd never writes into memory PyTorch has given to something else.
         self._pinned = [grad.detach() for grad in self._grads]
-        for (_, p), grad, assigned in zip(self._params, self._grads, self._assigned):
-            if p.grad is not None:
-                grad.copy_(_local(p.grad))
-            p.grad = assigned
+        with torch.no_grad():  # a gradient with a graph (create_graph=True) gives its values only
+            for (_, p), grad, assigned in zip(self._params, self._grads, self._assigned):
+                if p.grad is not None:
+                    grad.copy_(_local(p.grad))
+                p.grad = assigned
         if state is not None:
             self._warn_unmatched_groups()
 
@@ -287,7 +303,8 @@ class Stabilizer:
 
     def zero_grad(self) -> None:
         """Zeroes the registered gradients in place (and puts back any that were replaced)."""
-        torch._foreach_zero_(self._grads)
+        with torch.no_grad():
+            torch._foreach_zero_(self._grads)
         for (_, p), assigned in zip(self._params, self._assigned):
             p.grad = assigned
 
@@ -297,6 +314,7 @@ class Stabilizer:
         backward's)."""
         self._check_registered()
         self._check_parameters()
+        self._last = None  # a step that raises leaves no decision for skipped() to give
         if self._arena is not None:
             self._take_back_replaced_gradients()
             self._last = self._client.step(step)
@@ -320,7 +338,7 @@ class Stabilizer:
         waits for the step."""
         self._check_registered()
         if self._last is None:
-            raise RuntimeError("no step yet")
+            raise RuntimeError("no step yet, or the last one raised: there is no decision")
         if self._arena is not None:
             return self._last.skip
         with torch.cuda.device(self.device):
@@ -358,6 +376,13 @@ class Stabilizer:
             "which parameters train")
 
     def _take_back_replaced_gradients(self) -> None:
+        # Copies of values only: after backward(create_graph=True) a new gradient carries its
+        # graph, which a copy under autograd would chain to the registered memory every step
+        # (the graph kept alive, and zero_grad's detach_() of a view refused).
+        with torch.no_grad():
+            self._take_back_replaced_gradients_unrecorded()
+
+    def _take_back_replaced_gradients_unrecorded(self) -> None:
         for (name, _), grad, pinned in zip(self._params, self._grads, self._pinned):
             if grad.data_ptr() != pinned.data_ptr() or grad.dtype != pinned.dtype or \
                     grad.device != pinned.device:

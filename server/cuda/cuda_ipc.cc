@@ -59,7 +59,11 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
     }
   }
   absl::MutexLock lock(&mu_);
-  std::shared_ptr<IpcRegion> region = regions_[handle].lock();
+  // Only live regions stay listed: every worker process brings handles of its own, and a
+  // refused handle must not stay either.
+  PruneAndCountLive(&regions_);
+  auto known = regions_.find(handle);
+  std::shared_ptr<IpcRegion> region = known != regions_.end() ? known->second.lock() : nullptr;
   if (region == nullptr) {
     {
       absl::MutexLock closing_lock(&closing_->mu);

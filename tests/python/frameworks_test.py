@@ -165,6 +165,57 @@ class TorchTest(GstabdTest):
         F.mse_loss(model(x), y).backward()
         self.assertFalse(stabilizer.step(2).skip)
         self.assertFalse(stabilizer.skipped())
+        # A step that raises (a step number already taken) leaves no stale decision behind.
+        with self.assertRaises(gstab.Error):
+            stabilizer.step(2)
+        with self.assertRaisesRegex(RuntimeError, "the last one raised"):
+            stabilizer.skipped()
+
+    def test_gradients_of_a_backward_with_create_graph_are_taken_as_values(self):
+        # backward(create_graph=True) makes each gradient anew, carrying its graph. The
+        # registered memory takes the values only: no graph is chained to it (it kept every
+        # step's graph alive), and zero_grad(set_to_none=False) works (it refused the view).
+        model = mlp()
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-create-graph"), model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = regression_batch(3)
+        for step in range(1, 5):
+            optimizer.zero_grad(set_to_none=step % 2 == 1)
+            F.mse_loss(model(x), y).backward(create_graph=True)
+            raw = [p.grad.detach().clone() for p in model.parameters()]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the copy's warning is another test's
+                result = stabilizer.step(step)
+            self.assertAlmostEqual(result.groups[0].norm / torch_norm(raw), 1.0, delta=1e-5)
+            for p in model.parameters():
+                self.assertIsNone(p.grad.grad_fn)
+                self.assertFalse(p.grad.requires_grad)
+            optimizer.step()
+
+    def test_attach_derives_the_local_rank_from_the_global_one_as_the_node_rank(self):
+        # Without torchrun's variables: rank 3 of 4, two a node, is local rank 1 of node 1.
+        from unittest import mock
+        dist = torch.distributed
+        asked = {}
+
+        class Recorder:
+            def create_rendezvous(self, job, nodes, cuda):
+                return b"blob"
+
+            def attach(self, job, **kwargs):
+                asked.update(kwargs)
+
+        def broadcast(message, src):
+            message[0] = b"blob"
+        saved = {k: os.environ.pop(k) for k in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+                 if k in os.environ}
+        self.addCleanup(os.environ.update, saved)
+        with mock.patch.object(dist, "is_initialized", return_value=True), \
+                mock.patch.object(dist, "get_rank", return_value=3), \
+                mock.patch.object(dist, "get_world_size", return_value=4), \
+                mock.patch.object(dist, "broadcast_object_list", broadcast):
+            gstab.torch.attach(Recorder(), "job", local_world_size=2, cuda=False)
+        self.assertEqual((asked["local_rank"], asked["node_rank"], asked["node_count"]), (1, 1, 2))
 
     def test_a_gstabd_restart_mid_training_goes_unnoticed(self):
         x, y = regression_batch(7)
@@ -277,6 +328,14 @@ class TorchTest(GstabdTest):
 
     def test_models_gstab_cannot_serve_are_refused_saying_why(self):
         client = self.attach("torch-bad")
+        with self.assertRaisesRegex(TypeError, r"model.parameters\(\) gives no names"):
+            gstab.torch.Stabilizer(client, mlp().parameters())
+        with self.assertRaisesRegex(TypeError, "group= takes a str"):
+            gstab.torch.Stabilizer(client, mlp(), group=5)
+        with self.assertRaisesRegex(TypeError, "takes a gstab.Client first"):
+            gstab.torch.Stabilizer(self.gstabd.socket, mlp())
+        with self.assertRaisesRegex(TypeError, "job name must be a str, not int"):
+            client.attach(5)
         with self.assertRaisesRegex(ValueError, r"parameter '0.weight'.*not float64"):
             gstab.torch.Stabilizer(client, mlp(torch.float64))
         frozen = mlp().requires_grad_(False)

@@ -230,6 +230,13 @@ class SessionTest(unittest.TestCase):
                 except gstab.Error as e:
                     if e.code != 9 or "start workers anew" not in e.message:
                         code = code or 4
+                # The arena's memory is its maker's too, and says so (not "call allocate()").
+                try:
+                    arena.buffer(w)
+                    code = code or 5
+                except gstab.Error as e:
+                    if e.code != 9 or "made by process" not in e.message:
+                        code = code or 6
                 client.close()
                 del arena
                 os._exit(code)
