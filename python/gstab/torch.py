@@ -311,7 +311,9 @@ class Stabilizer:
     def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
         one) is where the step is ordered, after the work queued on the current stream (the
-        backward's)."""
+        backward's). With another stream, the gradients are stabilized once that stream gets
+        there: work on the current stream (the optimizer's) must wait for it, as skipped() makes
+        it do, or through current_stream().wait_stream(stream)."""
         self._check_registered()
         self._check_parameters()
         self._last = None  # a step that raises leaves no decision for skipped() to give
