@@ -24,6 +24,16 @@ std::vector<std::string> LoadedJobs(StateStore* store) {
   return jobs;
 }
 
+// Job "a" at `last_step`, with one group.
+v1::JobState JobA(uint64_t last_step) {
+  v1::JobState job;
+  job.set_format_version(kJobStateFormatVersion);
+  job.set_job("a");
+  job.set_last_step(last_step);
+  job.add_groups()->set_name("w");
+  return job;
+}
+
 // A checkpoint of another format version, or out of range, is set aside at start, not loaded.
 // So is one whose configuration or job name gstabd would refuse.
 TEST(StateStoreTest, ACheckpointOfAnotherFormatOrOutOfRangeIsSetAside) {
@@ -100,11 +110,7 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   testing::TempDir dir;
   StateStore store(dir.path());
   ASSERT_TRUE(store.Init().ok());
-  v1::JobState job;
-  job.set_format_version(kJobStateFormatVersion);
-  job.set_job("a");
-  job.set_last_step(12);
-  job.add_groups()->set_name("w");
+  const v1::JobState job = JobA(12);
   ASSERT_TRUE(store.Save(job).ok());
   absl::StatusOr<v1::JobState> loaded = store.Load("a");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -127,11 +133,7 @@ TEST(StateStoreTest, ACheckpointCutShortOrChangedIsSetAsideAndAnOlderOnesIsRead)
   testing::TempDir dir;
   StateStore store(dir.path());
   ASSERT_TRUE(store.Init().ok());
-  v1::JobState job;
-  job.set_format_version(kJobStateFormatVersion);
-  job.set_job("a");
-  job.set_last_step(3);
-  job.add_groups()->set_name("w");
+  v1::JobState job = JobA(3);
   job.set_owner_uid(65534);
   ASSERT_TRUE(store.Save(job).ok());
   const std::string path = dir.path() + "/a.jobstate";
