@@ -39,8 +39,10 @@ class Collective {
   virtual absl::Status AllGather(absl::Span<const char> mine, absl::Span<char> all,
                                  absl::Duration timeout) = 0;
   // After a failure at `step`: the nodes that did not report within `timeout` (best effort,
-  // through the rendezvous store).
+  // through the rendezvous store), the first kMaxMissingNamed of them at most (the others are
+  // not asked about: each costs a store call past the timeout).
   virtual std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) = 0;
+  static constexpr size_t kMaxMissingNamed = 16;
 };
 
 }  // namespace gstab

@@ -52,11 +52,15 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
   const bool closed = absl::StrContains(failure.message(), "losed by peer") ||
                       absl::StrContains(failure.message(), "reset by peer") ||
                       absl::StrContains(failure.message(), "Broken pipe");
-  std::string who = missing.empty()
-                        ? "no node is missing from the rendezvous store, so a node stalled"
-                        : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "), " of ", c->size(),
-                                       closed ? " closed the connection (stopped, or gone)"
-                                              : " did not respond");
+  std::string who =
+      missing.empty()
+          ? "no node is missing from the rendezvous store, so a node stalled"
+          : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "),
+                         missing.size() == Collective::kMaxMissingNamed
+                             ? " (and maybe more: the first ones asked about)"
+                             : "",
+                         " of ", c->size(),
+                         closed ? " closed the connection (stopped, or gone)" : " did not respond");
   absl::Status named(
       failure.code(),
       absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",

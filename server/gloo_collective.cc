@@ -298,7 +298,7 @@ std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration
                     calls_.get());
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
-    for (uint32_t r = 0; r < size_; ++r) {
+    for (uint32_t r = 0; r < size_ && missing.size() < kMaxMissingNamed; ++r) {
       if (r == rank_) continue;
       try {
         store.wait({absl::StrCat(prefix, r)});  // what is left of the timeout

@@ -19,6 +19,9 @@ namespace {
 
 // How long a stop waits for gRPC's calls to end before it shuts their connections down.
 constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
+// And then for calls still running (a step in Gloo's exchange with other nodes, which nothing
+// here can end before its step timeout) before it exits without them.
+constexpr absl::Duration kStuckStepsGrace = absl::Seconds(3);
 
 // Each gstabd serves the rendezvous store with its --peer_tls_cert and dials the other nodes'
 // with it: dialled with its own certificate, its own --peer_listen must answer. Otherwise
@@ -265,6 +268,18 @@ absl::Status Server::Stop(absl::Time deadline) {
                  << " into the stop (a step waiting for other nodes, or a client that stopped "
                  << "reading its event stream): "
                  << "the socket's open connections (" << shut << ") are shut down";
+    if (shut_down.WaitForNotificationWithTimeout(kStuckStepsGrace)) return;
+    // A step in a cross-node exchange holds its handler, and gRPC's wait for it, until the
+    // step timeout (a minute by default, past Kubernetes' grace period), with the state folder
+    // locked against this gstabd's replacement. Its statistics are saved; the process ends.
+    const absl::Status saved = Checkpoint();
+    LOG(WARNING) << "steps still running "
+                 << absl::FormatDuration(kStuckCallsGrace + kStuckStepsGrace)
+                 << " into the stop (waiting in an exchange with other nodes until the step "
+                 << "timeout): gstabd exits without them"
+                 << (saved.ok() ? "; statistics checkpointed" : "");
+    google::FlushLogFiles(google::GLOG_INFO);
+    _exit(saved.ok() ? 0 : 1);
   });
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
   grpc_server_->Wait();

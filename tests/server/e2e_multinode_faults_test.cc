@@ -388,6 +388,26 @@ TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
 
 // Two gstabds given the same node_rank (a launcher that left it at 0): the second to connect
 // is told so at once, naming the first, rather than every node waiting out its timeout.
+// A job of many nodes whose others never came (the other pods still starting): the first
+// missing nodes are named, not all of them (each name cost a store call past the step timeout:
+// 4,096 nodes took 50 s and a 24 KB message).
+TEST(MultiNodeFaultTest, OnlyTheFirstMissingNodesAreNamed) {
+  Cluster cluster(1, {"--step_timeout_ms=2000"});
+  auto client = Client::Connect(cluster.daemon(0).socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("many", 64);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  auto alone = TestWorker::Create(cluster.daemon(0).socket(), NodeOptions("many", 0, 64, *blob));
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  (*alone)->Fill(1, 1);
+  absl::StatusOr<v1::StepResponse> r = (*alone)->client().Step(1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("node(s) 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, "
+                                      "15, 16 (and maybe more: the first ones asked about) of 64"),
+            std::string::npos)
+      << r.status();
+}
+
 TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
   Cluster cluster(2);
   const std::string blob = cluster.Rendezvous("twins");
@@ -503,6 +523,41 @@ TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
   EXPECT_NE(stepped[1].message().find("this gstabd is stopping"), std::string::npos) << stepped[1];
   EXPECT_EQ(cluster.daemon(1).Log().find("did not respond"), std::string::npos)
       << cluster.daemon(1).Log();
+}
+
+// Past the connection: a step in Gloo's exchange, waiting for a node whose worker never steps
+// (its gstabd alive). Nothing ends that exchange before the step timeout: the stop exits
+// without it, statistics saved (it held the stop for the step timeout, with the state folder
+// locked against a replacement).
+TEST(MultiNodeStopTest, AStepWaitingInTheExchangeDoesNotHoldTheStop) {
+  Cluster cluster(2, {"--step_timeout_ms=60000"});
+  auto client = Client::Connect(cluster.daemon(0).socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("exchange", 2);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("exchange", n, 2, *blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  std::vector<std::thread> stepping;
+  for (size_t n = 0; n < 2; ++n) {
+    workers[n]->Fill(1, 1);
+    stepping.emplace_back([&, n] { EXPECT_TRUE(workers[n]->client().Step(1).ok()); });
+  }
+  for (std::thread& t : stepping) t.join();
+  workers[0]->Fill(2, 1);
+  absl::Status waited;
+  std::thread waiting([&] { waited = workers[0]->client().Step(2).status(); });
+  absl::SleepFor(absl::Seconds(1));  // node 0 in the exchange, node 1's worker not stepping
+  testing::DaemonProcess& node0 = cluster.daemon(0);
+  EXPECT_EQ(node0.Stop().value_or(-1), 0) << node0.Log();
+  EXPECT_NE(node0.Log().find("gstabd exits without them; statistics checkpointed"),
+            std::string::npos)
+      << node0.Log();
+  waiting.join();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kUnavailable) << waited;
 }
 
 }  // namespace
