@@ -233,9 +233,12 @@ class Job {
   // A job across nodes gives up the round `round` of step `step`, whose local workers did not
   // all arrive (`late` says which): every waiter of it hears so, later Steps of it are refused,
   // and the other nodes are told in the step's check within `budget` (releasing mu_ meanwhile).
-  // The caller hears whether telling them failed (the communicator is then broken).
+  // The caller hears whether telling them failed (the communicator is then broken). `code`:
+  // DEADLINE_EXCEEDED for workers that did not come in time, FAILED_PRECONDITION for ones that
+  // detached.
   absl::Status AbandonRound(uint64_t step, uint64_t round, const std::string& late,
-                            absl::Duration budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                            absl::Duration budget, absl::StatusCode code)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // UNAVAILABLE: step `step` was not taken, as gstabd is shutting down.
   absl::Status ShuttingDown(uint64_t step) const;
   // This node refuses step `step` with `refusal`: it tells the other nodes, which wait in the

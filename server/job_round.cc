@@ -176,7 +176,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           return round_status_;
         }
         if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
-        return AbandonRound(step, my_round, late, timeout - arrival);
+        return AbandonRound(step, my_round, late, timeout - arrival,
+                            detached.empty() ? absl::StatusCode::kDeadlineExceeded
+                                             : absl::StatusCode::kFailedPrecondition);
       }
       // A worker removed while the round ran on it has no answer to wait for: its session has
       // ended.
@@ -217,11 +219,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
 }
 
 absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string& late,
-                               absl::Duration budget) {
+                               absl::Duration budget, absl::StatusCode code) {
   // A late worker's Step of it is refused from now; every waiter of the round hears the same,
   // once the other nodes have been told (or telling them has failed).
-  const absl::Status given_up = absl::DeadlineExceededError(absl::StrCat(
-      late, "; the job's other nodes are told to skip it: go on from step ", step + 1));
+  const absl::Status given_up = absl::Status(
+      code, absl::StrCat(late, "; the job's other nodes are told to skip it: go on from step ",
+                         step + 1));
   round_open_ = false;
   arrived_.clear();
   abandoned_step_ = step;
@@ -245,7 +248,8 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   absl::Status outcome = given_up;
   if (!absl::IsAborted(told)) {  // ABORTED: every node saw the refusal
     constexpr char kAgain[] = "attach every worker again with a new rendezvous";
-    outcome = absl::DeadlineExceededError(
+    outcome = absl::Status(
+        code,
         absl::StrCat(late, "; telling the job's other nodes failed too (", told.message(),
                      "), which breaks their communicator",
                      absl::StrContains(told.message(), kAgain) ? "" : absl::StrCat(": ", kAgain)));

@@ -97,6 +97,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
                                                      "' must be HOST:PORT (an address other "
                                                      "nodes can reach)"));
     }
+    // Other nodes dial this host (it goes into rendezvous blobs, and Gloo binds it): a wildcard
+    // would send each of them to its own machine.
+    if (at->host.empty() || at->host == "0.0.0.0" || at->host == "::" ||
+        at->host == "0:0:0:0:0:0:0:0") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--peer_listen='", options.peer_listen,
+          "': other nodes dial this address, and a wildcard names no host: give this node's own "
+          "address (the Helm chart passes the node's IP)"));
+    }
     resolved.peer_listen = JoinHostPort(at->host, at->port);
     if (resolved.daemon.peer_host.empty()) resolved.daemon.peer_host = at->host;
     absl::StatusOr<MutualTls> tls =

@@ -262,6 +262,27 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
   for (auto& r : StepAll(workers, Same(3, 3))) EXPECT_TRUE(r.ok()) << r.status();
 }
 
+// A local worker that detaches (its process ended) is not waited for: the step is given up on
+// every node at once, and its node's workers hear that it detached (FAILED_PRECONDITION, as on
+// one node), not that a deadline passed.
+TEST(MultiNodeFaultTest, ALocalWorkerThatDetachedIsNotWaitedForOnAnyNode) {
+  Cluster cluster(2, {"--step_timeout_ms=60000"});
+  std::vector<std::unique_ptr<TestWorker>> workers = OneAndMany(&cluster, "one-leaves", 2);
+  ASSERT_EQ(workers.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
+  std::unique_ptr<TestWorker> leaving = std::move(workers.back());  // node 1's local rank 1
+  workers.pop_back();
+  ASSERT_TRUE(leaving->client().Detach().ok());
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
+  auto given_up = StepAll(workers, Same(2, 2));
+  EXPECT_EQ(given_up[1].status().code(), absl::StatusCode::kFailedPrecondition)
+      << given_up[1].status();
+  EXPECT_NE(given_up[1].status().message().find("whose workers detached"), std::string::npos)
+      << given_up[1].status();
+  EXPECT_EQ(given_up[0].status().code(), absl::StatusCode::kAborted) << given_up[0].status();
+}
+
 // With node 0 stalled, telling it fails too: every waiting worker of the given-up step hears
 // so, and what to do (not only the one that did the telling).
 TEST(MultiNodeFaultTest, WhenTheOthersCannotBeToldEveryWaitingWorkerHearsSo) {

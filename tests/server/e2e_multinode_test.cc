@@ -375,6 +375,12 @@ TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
   auto [rc, out] = testing::RunShell(base + " --peer_listen=[::2]:0");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("(not loopback) requires mutual TLS"), std::string::npos) << out;
+  // A wildcard is no address other nodes can dial (it would go into every blob).
+  for (const char* wildcard : {"0.0.0.0:7478", "[::]:7478", ":::7478"}) {
+    std::tie(rc, out) = testing::RunShell(base + " --peer_listen=" + wildcard);
+    EXPECT_NE(rc, 0) << wildcard;
+    EXPECT_NE(out.find("a wildcard names no host"), std::string::npos) << wildcard << ": " << out;
+  }
   std::tie(rc, out) = testing::RunShell(base + " --peer_listen=127.0.0.1:0 --peer_tls_ca=x");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("go together"), std::string::npos) << out;
