@@ -35,6 +35,13 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
         "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
         "; attach every worker again with a new rendezvous once it is back"));
   }
+  if (absl::StrContains(failure.message(), "expired rendezvous token")) {
+    // The store answered, and said why: no node is to blame.
+    absl::Status expired(failure.code(), absl::StrCat("step ", step, " of job '", job, "' on node ",
+                                                      c->rank(), ": ", failure.message()));
+    LOG(WARNING) << expired;
+    return expired;
+  }
   if (absl::StrContains(failure.message(), kStoreUnreachable)) {
     // Nothing to ask the store about the other nodes: say what is wrong.
     absl::Status unreachable(

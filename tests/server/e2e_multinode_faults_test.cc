@@ -429,6 +429,24 @@ TEST(MultiNodeFaultTest, OnlyTheFirstMissingNodesAreNamed) {
       << r.status();
 }
 
+// A blob whose token node 0's store no longer keeps (two newer ones were made since): the step
+// says so, and what to do, rather than blame node 0 for not responding.
+TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
+  Cluster cluster(2, {"--step_timeout_ms=3000"});
+  const std::string first = cluster.Rendezvous("expired");
+  for (int newer = 0; newer < 2; ++newer) ASSERT_FALSE(cluster.Rendezvous("expired").empty());
+  std::vector<std::unique_ptr<TestWorker>> workers = cluster.Attach("expired", first);
+  ASSERT_EQ(workers.size(), 2u);
+  for (size_t n = 0; n < 2; ++n) workers[n]->Fill(1, 1);
+  for (auto& r : StepAll(workers, Same(2, 1))) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("expired rendezvous token"), std::string::npos)
+        << r.status();
+    EXPECT_NE(r.status().message().find("make a new one"), std::string::npos) << r.status();
+    EXPECT_EQ(r.status().message().find("did not respond"), std::string::npos) << r.status();
+  }
+}
+
 TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
   Cluster cluster(2);
   const std::string blob = cluster.Rendezvous("twins");
