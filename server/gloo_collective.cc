@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/token.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 
 namespace gstab {
@@ -191,14 +192,27 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
                     calls_.get());
     if (!identity_.empty()) {
       // Two gstabds of one rank would overwrite each other's addresses in the store, and every
-      // node would wait out its timeout: the second is told at once.
-      const std::string holder = store.Claim(absl::StrCat("node-rank/", rank_), identity_);
-      if (holder != identity_) {
-        broken_ = absl::StrCat(
-            "node_rank ", rank_, " of job '", rendezvous_.job(), "' is taken by the gstabd at ",
-            holder, " (this one is at ", identity_,
-            "): each node of a job attaches with a node_rank of its own, 0 to ", size_ - 1,
-            " (or this gstabd restarted: attach every worker again with a new rendezvous)");
+      // node would wait out its timeout: the second is told at once. So is this gstabd when
+      // an earlier communicator of its own used this rendezvous (the job forgotten and attached
+      // again, or gstabd restarted, with the same blob): Gloo's records of that one are still
+      // in the store, and the nodes would dial stale addresses.
+      const std::string claim = absl::StrCat(identity_, "#", RandomToken());
+      const std::string holder = store.Claim(absl::StrCat("node-rank/", rank_), claim);
+      if (holder != claim) {
+        const std::string holder_at = holder.substr(0, holder.rfind('#'));
+        broken_ =
+            holder_at == identity_
+                ? absl::StrCat("this rendezvous of job '", rendezvous_.job(),
+                               "' was used already on this node (by an earlier attach: the job "
+                               "was forgotten, or this gstabd restarted, since); make a new "
+                               "rendezvous and attach every worker with it")
+                : absl::StrCat("node_rank ", rank_, " of job '", rendezvous_.job(),
+                               "' is taken by the gstabd at ", holder_at, " (this one is at ",
+                               identity_,
+                               "): each node of a job attaches with a node_rank of its own, 0 to ",
+                               size_ - 1,
+                               " (or this gstabd restarted: attach every worker again with a new "
+                               "rendezvous)");
         return absl::FailedPreconditionError(broken_);
       }
     }

@@ -470,6 +470,37 @@ TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
   EXPECT_EQ(told, 1);
 }
 
+// A blob used again after the job was forgotten on every node (a stale GSTAB_RENDEZVOUS): the
+// store still holds the earlier run's connection records, so the step is refused at once,
+// saying so (it waited out the step timeout, then blamed a stalled node).
+TEST(MultiNodeFaultTest, ABlobUsedAgainAfterAForgetIsSaidSo) {
+  Cluster cluster(2, {"--step_timeout_ms=30000"});
+  const std::string blob = cluster.Rendezvous("reused");
+  {
+    std::vector<std::unique_ptr<TestWorker>> run = cluster.Attach("reused", blob);
+    ASSERT_EQ(run.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) run[i]->Fill(1, static_cast<uint32_t>(1 + i));
+    for (auto& r : StepAll(run, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
+    for (auto& w : run) ASSERT_TRUE(w->client().Detach().ok());
+  }
+  for (int n = 0; n < 2; ++n) {
+    auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" +
+                                       cluster.daemon(n).socket() + " forget --job=reused 2>&1");
+    ASSERT_EQ(rc, 0) << out;
+  }
+  std::vector<std::unique_ptr<TestWorker>> again = cluster.Attach("reused", blob);
+  ASSERT_EQ(again.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) again[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  const absl::Time start = absl::Now();
+  int told = 0;
+  for (auto& r : StepAll(again, Same(2, 1))) {
+    EXPECT_FALSE(r.ok());
+    told += absl::StrContains(r.status().message(), "was used already on this node");
+  }
+  EXPECT_GE(told, 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(25)) << "waited out the step timeout";
+}
+
 // A blob made on each node (not once, on node 0's): each node waits in its own store, and
 // node 1 is told what most likely happened.
 TEST(MultiNodeFaultTest, ABlobMadeOnEachNodeIsSaidSo) {
