@@ -213,8 +213,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     const bool there = ::stat(address.c_str(), &st) == 0;
     return absl::UnavailableError(absl::StrCat(
         "no gstabd answers on ", address, there ? "" : " (nothing is there)",
-        ": is the daemon running, and is the socket path right? (A gstabd whose --allow_uids "
-        "or --allow_gids leave this process out closes its connections, and logs so)"));
+        ": is the daemon running, and is the socket path right? (A gstabd closes connections "
+        "its --allow_uids or --allow_gids leave out, and those past its "
+        "--max_connections_per_uid, and logs so)"));
   }
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to

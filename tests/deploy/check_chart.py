@@ -216,6 +216,7 @@ def bad_values(args):
          "api.port and peer.port must differ"),
         (["--set", "api.operators[0]=a\\,b"], "/api/operators/0"),
         (["--set", "extraArgs={--tls_operators=x}"], "may not set --tls_operators"),
+        (["--set", "api.operators[0]=ops"], "api.operators names certificates of gstabd's TCP port"),
         (["--set", "backend=gpu"], "/backend"),
         (["--set", "gpu.enabled=false", "--set", "backend=cuda"], "backend=cuda needs gpu.enabled"),
         (["--set", "metrics.port=70000"], "/metrics/port"),

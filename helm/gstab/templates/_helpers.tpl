@@ -111,6 +111,9 @@ differ (both are host ports with peer.enabled).
 {{- if and .Values.peer.enabled (eq (int64 .Values.peer.port) (int64 .Values.metrics.port)) -}}
 {{- fail "peer.port and metrics.port must differ: with peer.enabled both are ports of the node's network" -}}
 {{- end -}}
+{{- if and .Values.api.operators (not .Values.api.enabled) -}}
+{{- fail "api.operators names certificates of gstabd's TCP port: set api.enabled=true (and api.tlsSecret) too, or leave api.operators empty" -}}
+{{- end -}}
 {{- if .Values.api.enabled -}}
 {{- if eq (int64 .Values.api.port) (int64 .Values.metrics.port) -}}
 {{- fail "api.port and metrics.port must differ: both are ports of gstabd's pod" -}}
