@@ -7,6 +7,7 @@
 #include "core/config.h"
 #include "server/cross_node.h"
 #include "server/job.h"
+#include "server/local_work.h"
 
 namespace gstab {
 
@@ -202,6 +203,7 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
           "groups; step ",
           step, " was not taken"));
     }
+    const LocalWork enqueueing;
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
       if (!gpus_.multi_rank() || (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s))) {
         return s;

@@ -12,6 +12,7 @@
 #include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
 #include "server/job.h"
+#include "server/local_work.h"
 
 namespace gstab {
 namespace {
@@ -376,7 +377,12 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     return absl::OkStatus();
   };
-  if (absl::Status local = sum_locally(); !local.ok()) {
+  absl::Status local;
+  {
+    const LocalWork summing;
+    local = sum_locally();
+  }
+  if (!local.ok()) {
     if (collective == nullptr) return local;
     return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, local);
   }
@@ -421,6 +427,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   }
 
   // 3. The rule, under the lock: statistics and configuration change only here.
+  const LocalWork applying;  // from the rule to the end of the scaling
   std::vector<float> scales(num_groups, 1.0f);
   response->set_step(step);
   {

@@ -51,8 +51,9 @@ absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string&
   if (it == spaces_.end()) {
     return absl::PermissionDeniedError(
         "unknown or expired rendezvous token: node 0's store keeps a job's two newest "
-        "rendezvous (a newer blob was made twice since, or node 0's gstabd restarted); make a "
-        "new one and attach every worker with it");
+        "rendezvous, up to its cap over all jobs (a newer blob was made twice since, the cap "
+        "pushed it out, or node 0's gstabd restarted); make a new one and attach every worker "
+        "with it");
   }
   return &it->second;
 }

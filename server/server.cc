@@ -1,7 +1,9 @@
 #include "server/server.h"
 
+#include <arpa/inet.h>
 #include <grpcpp/resource_quota.h>
 #include <malloc.h>
+#include <netinet/in.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,16 +13,30 @@
 #include "common/host_port.h"
 #include "common/wire_limits.h"
 #include "glog/logging.h"
+#include "server/local_work.h"
 #include "server/peer_tls.h"
 
 namespace gstab {
 
 namespace {
 
+// An empty host, or an address of none (0.0.0.0, ::, and their other spellings).
+bool IsWildcardAddress(const std::string& host) {
+  if (host.empty()) return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return v4.s_addr == INADDR_ANY;
+  in6_addr v6;
+  if (inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;  // a name
+  if (IN6_IS_ADDR_UNSPECIFIED(&v6)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 0 && v6.s6_addr[13] == 0 &&
+         v6.s6_addr[14] == 0 && v6.s6_addr[15] == 0;
+}
+
 // How long a stop waits for gRPC's calls to end before it shuts their connections down.
 constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
 // And then for calls still running (a step in Gloo's exchange with other nodes, which nothing
-// here can end before its step timeout) before it exits without them.
+// here can end before its step timeout) before it exits without them, once no step is doing
+// local work (LocalWork).
 constexpr absl::Duration kStuckStepsGrace = absl::Seconds(3);
 
 // Each gstabd serves the rendezvous store with its --peer_tls_cert and dials the other nodes'
@@ -99,8 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     }
     // Other nodes dial this host (it goes into rendezvous blobs, and Gloo binds it): a wildcard
     // would send each of them to its own machine.
-    if (at->host.empty() || at->host == "0.0.0.0" || at->host == "::" ||
-        at->host == "0:0:0:0:0:0:0:0") {
+    if (IsWildcardAddress(at->host)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--peer_listen='", options.peer_listen,
           "': other nodes dial this address, and a wildcard names no host: give this node's own "
@@ -280,7 +295,11 @@ absl::Status Server::Stop(absl::Time deadline) {
     if (shut_down.WaitForNotificationWithTimeout(kStuckStepsGrace)) return;
     // A step in a cross-node exchange holds its handler, and gRPC's wait for it, until the
     // step timeout (a minute by default, past Kubernetes' grace period), with the state folder
-    // locked against this gstabd's replacement. Its statistics are saved; the process ends.
+    // locked against this gstabd's replacement. Its statistics are saved; the process ends,
+    // but not while a step runs its kernels or rule (it would be counted half applied).
+    while (!LocalWork::Close()) {
+      if (shut_down.WaitForNotificationWithTimeout(absl::Milliseconds(100))) return;
+    }
     const absl::Status saved = Checkpoint();
     LOG(WARNING) << "steps still running "
                  << absl::FormatDuration(kStuckCallsGrace + kStuckStepsGrace)

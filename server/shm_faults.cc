@@ -1,21 +1,38 @@
 #include "server/shm_faults.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <mutex>
+#include <utility>
 
 namespace gstab {
 namespace {
 
 struct Slot {
   std::atomic<bool> taken{false};
+  // Odd while Watch or Unwatch changes the range: the handler reads a range whole (a seqlock),
+  // never one mapping's begin with the next one's end.
+  std::atomic<uint32_t> generation{0};
   std::atomic<uintptr_t> begin{0};  // 0: nothing watched
   std::atomic<uintptr_t> end{0};
   std::atomic<uint32_t> faults{0};
 };
+
+// `slot`'s range, read whole; {0, 0} when nothing is watched there.
+std::pair<uintptr_t, uintptr_t> RangeOf(const Slot& slot) {
+  for (;;) {
+    const uint32_t before = slot.generation.load();
+    if (before % 2 == 0) {
+      const uintptr_t begin = slot.begin.load();
+      const uintptr_t end = slot.end.load();
+      if (slot.generation.load() == before) return {begin, end};
+    }
+  }
+}
 
 Slot g_slots[ShmFaults::kSlots];
 std::atomic<int> g_high{0};  // no slot at or above this was ever taken
@@ -27,7 +44,12 @@ uintptr_t g_page = 4096;
       "its libraries, was truncated?); gstabd stops (its jobs resume from their last "
       "checkpoint when it restarts)\n";
   (void)!write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  // Ended by the signal itself (a core dump where enabled), which is blocked in its handler.
   signal(SIGBUS, SIG_DFL);
+  sigset_t bus;
+  sigemptyset(&bus);
+  sigaddset(&bus, SIGBUS);
+  pthread_sigmask(SIG_UNBLOCK, &bus, nullptr);
   raise(SIGBUS);
   _exit(128 + SIGBUS);
 }
@@ -38,10 +60,8 @@ void OnSigbus(int, siginfo_t* info, void*) {
   const int high = g_high.load(std::memory_order_acquire);
   for (int i = 0; i < high; ++i) {
     Slot& slot = g_slots[i];
-    const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
-    if (begin == 0 || address < begin) continue;
-    const uintptr_t end = slot.end.load(std::memory_order_acquire);
-    if (address >= end) continue;
+    const auto [begin, end] = RangeOf(slot);
+    if (begin == 0 || address < begin || address >= end) continue;
     // The rest of the object from the lost page on: one fault per object and step, not one
     // per page of a truncated tail.
     const uintptr_t page = address & ~(g_page - 1);
@@ -76,9 +96,11 @@ std::optional<int> ShmFaults::Watch(unsigned char* data, size_t size) {
     Slot& slot = g_slots[i];
     bool free = false;
     if (!slot.taken.compare_exchange_strong(free, true, std::memory_order_acq_rel)) continue;
-    slot.faults.store(0, std::memory_order_relaxed);
-    slot.end.store(end, std::memory_order_release);
-    slot.begin.store(begin, std::memory_order_release);
+    slot.generation.fetch_add(1);  // odd: changing
+    slot.faults.store(0);
+    slot.end.store(end);
+    slot.begin.store(begin);
+    slot.generation.fetch_add(1);
     for (int high = g_high.load(); high < i + 1 && !g_high.compare_exchange_weak(high, i + 1);) {
     }
     return i;
@@ -88,9 +110,11 @@ std::optional<int> ShmFaults::Watch(unsigned char* data, size_t size) {
 
 void ShmFaults::Unwatch(int slot) {
   Slot& s = g_slots[slot];
-  s.begin.store(0, std::memory_order_release);
-  s.end.store(0, std::memory_order_release);
-  s.taken.store(false, std::memory_order_release);
+  s.generation.fetch_add(1);
+  s.begin.store(0);
+  s.end.store(0);
+  s.generation.fetch_add(1);
+  s.taken.store(false);
 }
 
 uint32_t ShmFaults::Faults(int slot) {

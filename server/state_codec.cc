@@ -15,6 +15,10 @@ namespace {
 
 // JobState.checksum's key on the wire: field 15, wire type 1 (64 bits, little-endian).
 constexpr unsigned char kChecksumKey = (15 << 3) | 1;
+// What an older gstabd's bytes begin with: format_version's key (field 1, a varint), which it
+// always set. Bytes that begin with neither are no state gstabd wrote (or a checksum's key
+// changed, which must not pass for an older state read unchecked).
+constexpr unsigned char kUncheckedKey = (1 << 3) | 0;
 constexpr size_t kChecksumBytes = 1 + 8;
 
 }  // namespace
@@ -30,7 +34,12 @@ std::string EncodeJobState(v1::JobState state) {
 }
 
 absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::string_view what) {
-  if (!bytes.empty() && static_cast<unsigned char>(bytes[0]) == kChecksumKey) {
+  const int first = bytes.empty() ? -1 : static_cast<unsigned char>(bytes[0]);
+  if (first >= 0 && first != kChecksumKey && first != kUncheckedKey) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " are not a gstab JobState (corrupt or truncated)"));
+  }
+  if (first == kChecksumKey) {
     uint64_t check = 0;
     for (size_t i = 0; i < 8 && 1 + i < bytes.size(); ++i) {
       check |= uint64_t{static_cast<unsigned char>(bytes[1 + i])} << (8 * i);

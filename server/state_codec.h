@@ -34,8 +34,9 @@ absl::Status ValidateJobState(const v1::JobState& state);
 std::string EncodeJobState(v1::JobState state);
 // `bytes` as a JobState. DATA_LOSS when they lead with a checksum that does not match (cut
 // short, or changed: `what` names them in the message), INVALID_ARGUMENT when they are no
-// JobState at all. Bytes without a checksum (an older gstabd's) are read unchecked. Says
-// nothing of the state's values: ValidateJobState does.
+// JobState at all. Bytes without a checksum (an older gstabd's, which begin with
+// format_version) are read unchecked. Says nothing of the state's values: ValidateJobState
+// does.
 absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::string_view what);
 
 v1::GroupState GroupStateToProto(const std::string& name, const GroupStats& stats);

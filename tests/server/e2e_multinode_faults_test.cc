@@ -407,8 +407,6 @@ TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
   std::cerr << "stalled-node error: " << failed[0].status() << "\n";
 }
 
-// Two gstabds given the same node_rank (a launcher that left it at 0): the second to connect
-// is told so at once, naming the first, rather than every node waiting out its timeout.
 // A job of many nodes whose others never came (the other pods still starting): the first
 // missing nodes are named, not all of them (each name cost a store call past the step timeout:
 // 4,096 nodes took 50 s and a 24 KB message).
@@ -447,6 +445,8 @@ TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
   }
 }
 
+// Two gstabds given the same node_rank (a launcher that left it at 0): the second to connect
+// is told so at once, naming the first, rather than every node waiting out its timeout.
 TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
   Cluster cluster(2);
   const std::string blob = cluster.Rendezvous("twins");

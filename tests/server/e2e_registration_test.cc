@@ -219,9 +219,6 @@ TEST_F(E2eRegistrationTest, ARefusalQuotingAHugeNameStillReachesTheCaller) {
   EXPECT_NE(s.message().find("bytes left out"), std::string::npos);
 }
 
-// gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
-// a process's mappings). A registration past it is refused, naming the cap, and the jobs already
-// mapped go on; a mapping let go makes room.
 // Two local ranks of one job registering the same memory: each rank's step would count and
 // scale it (twice the norm, the scale applied twice). The second is refused, naming both.
 TEST_F(E2eRegistrationTest, TwoRanksOfAJobMayNotRegisterTheSameMemory) {
@@ -248,6 +245,9 @@ TEST_F(E2eRegistrationTest, TwoRanksOfAJobMayNotRegisterTheSameMemory) {
   EXPECT_TRUE((*first)->client().Register((*first)->arena()).ok());
 }
 
+// gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
+// a process's mappings). A registration past it is refused, naming the cap, and the jobs already
+// mapped go on; a mapping let go makes room.
 TEST_F(E2eRegistrationTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOthersGoOn) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings=2", "--metrics_port=0"});
