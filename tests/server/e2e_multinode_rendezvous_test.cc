@@ -1,0 +1,268 @@
+// Multi-node jobs on the CPU backend and their rendezvous: blobs that are old, expired, used
+// again, made on each node or lacking parts; two nodes of one rank; and gstabd's stop while a
+// step waits for other nodes.
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "tests/server/multinode_cluster.h"
+
+namespace gstab {
+namespace {
+
+using testing::Cluster;
+using testing::NodeOptions;
+using testing::Same;
+using testing::StepAll;
+using testing::TestWorker;
+
+// A worker that attaches with an older blob than its job runs with (a restart that kept an old
+// GSTAB_RENDEZVOUS) is refused, and the job's current generation goes on; also after its node's
+// gstabd restarts.
+TEST(MultiNodeFaultTest, AnOlderRendezvousIsRefusedAndTheCurrentOneGoesOn) {
+  Cluster cluster(2);
+  const std::string old_blob = cluster.Rendezvous("stale");
+  auto workers = cluster.Attach("stale");  // with a newer blob: the next generation
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
+
+  absl::Status refused =
+      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("stale", 1, 2, old_blob)).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
+      << refused;
+  // A blob from before the store's gstabd last started is older whatever its generation (it
+  // counts from each start): as if made by that gstabd's earlier run.
+  v1::RendezvousInfo before_restart;
+  ASSERT_TRUE(before_restart.ParseFromString(old_blob));
+  before_restart.set_store_started_us(before_restart.store_started_us() - 1000000);
+  before_restart.set_generation(before_restart.generation() + 100);
+  refused = TestWorker::Create(cluster.daemon(1).socket(),
+                               NodeOptions("stale", 1, 2, before_restart.SerializeAsString()))
+                .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("was made before the store's gstabd last started"),
+            std::string::npos)
+      << refused;
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(workers, Same(2, 2))) EXPECT_TRUE(r.ok()) << r.status();
+
+  // Node 1's gstabd restarts: the job's checkpoint there remembers its rendezvous, so the old
+  // blob is still refused (before, a restarted gstabd took it, and its steps waited out the
+  // timeout for nodes that had moved on).
+  workers[1].reset();
+  ASSERT_TRUE(cluster.daemon(1).Stop().ok());
+  cluster.Start(1);
+  refused =
+      TestWorker::Create(cluster.daemon(1).socket(), NodeOptions("stale", 1, 2, old_blob)).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("is older than the one the job runs with"), std::string::npos)
+      << refused;
+}
+
+// A blob from a gstabd that lays out the cross-node records otherwise (another release, met
+// mid-rollout) is refused at attach, saying so, rather than reduced with the wrong layout.
+TEST(MultiNodeFaultTest, ABlobFromAnotherReleasesRecordLayoutIsRefused) {
+  Cluster cluster(2);
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(cluster.Rendezvous("mixed")));
+  info.set_peer_records("check 16, rule 1, statistics 1");
+  absl::Status refused = TestWorker::Create(cluster.daemon(1).socket(),
+                                            NodeOptions("mixed", 1, 2, info.SerializeAsString()))
+                             .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("every node of a job runs the same gstabd release"),
+            std::string::npos)
+      << refused;
+}
+
+// A blob stripped of its token or store address is refused: with no token it would match a new
+// job's empty one, and node 0 would step alone, summing its own shards only.
+TEST(MultiNodeFaultTest, ABlobWithoutItsTokenOrStoreIsRefused) {
+  Cluster cluster(2);
+  v1::RendezvousInfo info;
+  ASSERT_TRUE(info.ParseFromString(cluster.Rendezvous("stripped")));
+  for (int field = 0; field < 2; ++field) {
+    v1::RendezvousInfo stripped = info;
+    if (field == 0) stripped.clear_token();
+    if (field == 1) stripped.clear_store_address();
+    absl::Status refused =
+        TestWorker::Create(cluster.daemon(0).socket(),
+                           NodeOptions("stripped", 0, 2, stripped.SerializeAsString()))
+            .status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_NE(refused.message().find("no rendezvous token or store address"), std::string::npos)
+        << refused;
+  }
+}
+
+// A blob whose token node 0's store no longer keeps (two newer ones were made since): the step
+// says so, and what to do, rather than blame node 0 for not responding.
+TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
+  Cluster cluster(2, {"--step_timeout_ms=3000"});
+  const std::string first = cluster.Rendezvous("expired");
+  for (int newer = 0; newer < 2; ++newer) ASSERT_FALSE(cluster.Rendezvous("expired").empty());
+  std::vector<std::unique_ptr<TestWorker>> workers = cluster.Attach("expired", first);
+  ASSERT_EQ(workers.size(), 2u);
+  for (size_t n = 0; n < 2; ++n) workers[n]->Fill(1, 1);
+  for (auto& r : StepAll(workers, Same(2, 1))) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("expired rendezvous token"), std::string::npos)
+        << r.status();
+    EXPECT_NE(r.status().message().find("make a new one"), std::string::npos) << r.status();
+    EXPECT_EQ(r.status().message().find("did not respond"), std::string::npos) << r.status();
+  }
+}
+
+// Two gstabds given the same node_rank (a launcher that left it at 0): the second to connect
+// is told so at once, naming the first, rather than every node waiting out its timeout.
+TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("twins");
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("twins", 0, 2, blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  int told = 0;
+  for (auto& r : StepAll(workers, Same(2, 1))) {
+    EXPECT_FALSE(r.ok());
+    if (r.status().code() == absl::StatusCode::kFailedPrecondition &&
+        absl::StrContains(r.status().message(),
+                          "node_rank 0 of job 'twins' is taken by the "
+                          "gstabd at 127.0.0.1:")) {
+      ++told;
+    }
+  }
+  EXPECT_EQ(told, 1);
+}
+
+// A blob used again after the job was forgotten on every node (a stale GSTAB_RENDEZVOUS): the
+// store still holds the earlier run's connection records, so the step is refused at once,
+// saying so (it waited out the step timeout, then blamed a stalled node).
+TEST(MultiNodeFaultTest, ABlobUsedAgainAfterAForgetIsSaidSo) {
+  Cluster cluster(2, {"--step_timeout_ms=30000"});
+  const std::string blob = cluster.Rendezvous("reused");
+  {
+    std::vector<std::unique_ptr<TestWorker>> run = cluster.Attach("reused", blob);
+    ASSERT_EQ(run.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) run[i]->Fill(1, static_cast<uint32_t>(1 + i));
+    for (auto& r : StepAll(run, Same(2, 1))) ASSERT_TRUE(r.ok()) << r.status();
+    for (auto& w : run) ASSERT_TRUE(w->client().Detach().ok());
+  }
+  for (int n = 0; n < 2; ++n) {
+    auto [rc, out] = testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" +
+                                       cluster.daemon(n).socket() + " forget --job=reused 2>&1");
+    ASSERT_EQ(rc, 0) << out;
+  }
+  std::vector<std::unique_ptr<TestWorker>> again = cluster.Attach("reused", blob);
+  ASSERT_EQ(again.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) again[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  const absl::Time start = absl::Now();
+  int told = 0;
+  for (auto& r : StepAll(again, Same(2, 1))) {
+    EXPECT_FALSE(r.ok());
+    told += absl::StrContains(r.status().message(), "was used already on this node");
+  }
+  EXPECT_GE(told, 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(25)) << "waited out the step timeout";
+}
+
+// A blob made on each node (not once, on node 0's): each node waits in its own store, and
+// node 1 is told what most likely happened.
+TEST(MultiNodeFaultTest, ABlobMadeOnEachNodeIsSaidSo) {
+  Cluster cluster(2);
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (int n = 0; n < 2; ++n) {
+    auto client = Client::Connect(cluster.daemon(n).socket());
+    ASSERT_TRUE(client.ok());
+    absl::StatusOr<std::string> own = (*client)->CreateRendezvous("apart", 2);
+    ASSERT_TRUE(own.ok()) << own.status();
+    auto w = TestWorker::Create(cluster.daemon(n).socket(),
+                                NodeOptions("apart", static_cast<uint32_t>(n), 2, *own));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  auto results = StepAll(workers, Same(2, 1));
+  EXPECT_FALSE(results[0].ok());
+  EXPECT_FALSE(results[1].ok());
+  EXPECT_NE(results[1].status().message().find("this node's own gstabd made the rendezvous blob"),
+            std::string::npos)
+      << results[1].status();
+}
+
+// A node whose step waits for nodes that never come (a job of 3 nodes, 2 started) does not
+// hold gstabd's stop for the step timeout (a minute here), whether it waits in its own store
+// (node 0) or in another node's (node 1, in node 0's): those waits end with the drain, and
+// gstabd exits 0 with its statistics saved.
+TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
+  Cluster cluster(2, {"--step_timeout_ms=60000"});
+  auto client = Client::Connect(cluster.daemon(0).socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("partial", 3);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  std::vector<std::thread> stepping;
+  for (uint32_t n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("partial", n, 3, *blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  std::vector<absl::Status> stepped(2);
+  for (size_t n = 0; n < 2; ++n) {
+    workers[n]->Fill(1, 1);
+    stepping.emplace_back([&, n] { stepped[n] = workers[n]->client().Step(1).status(); });
+  }
+  absl::SleepFor(absl::Seconds(1));  // in the step's connection to the other nodes
+  for (int n : {1, 0}) {
+    testing::DaemonProcess& d = cluster.daemon(n);
+    EXPECT_EQ(d.Stop().value_or(-1), 0) << "node " << n << ": " << d.Log();
+    EXPECT_NE(d.Log().find("statistics checkpointed"), std::string::npos) << d.Log();
+  }
+  for (std::thread& t : stepping) t.join();
+  // Node 1's step says its own gstabd stopped it, not that node 0 did not respond.
+  EXPECT_NE(stepped[1].message().find("on node 1: "), std::string::npos) << stepped[1];
+  EXPECT_NE(stepped[1].message().find("this gstabd is stopping"), std::string::npos) << stepped[1];
+  EXPECT_EQ(cluster.daemon(1).Log().find("did not respond"), std::string::npos)
+      << cluster.daemon(1).Log();
+}
+
+// Past the connection: a step in Gloo's exchange, waiting for a node whose worker never steps
+// (its gstabd alive). Nothing ends that exchange before the step timeout: the stop exits
+// without it, statistics saved (it held the stop for the step timeout, with the state folder
+// locked against a replacement).
+TEST(MultiNodeStopTest, AStepWaitingInTheExchangeDoesNotHoldTheStop) {
+  Cluster cluster(2, {"--step_timeout_ms=60000"});
+  auto client = Client::Connect(cluster.daemon(0).socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("exchange", 2);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("exchange", n, 2, *blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  std::vector<std::thread> stepping;
+  for (size_t n = 0; n < 2; ++n) {
+    workers[n]->Fill(1, 1);
+    stepping.emplace_back([&, n] { EXPECT_TRUE(workers[n]->client().Step(1).ok()); });
+  }
+  for (std::thread& t : stepping) t.join();
+  workers[0]->Fill(2, 1);
+  absl::Status waited;
+  std::thread waiting([&] { waited = workers[0]->client().Step(2).status(); });
+  absl::SleepFor(absl::Seconds(1));  // node 0 in the exchange, node 1's worker not stepping
+  testing::DaemonProcess& node0 = cluster.daemon(0);
+  EXPECT_EQ(node0.Stop().value_or(-1), 0) << node0.Log();
+  EXPECT_NE(node0.Log().find("gstabd exits without them; statistics checkpointed"),
+            std::string::npos)
+      << node0.Log();
+  waiting.join();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kUnavailable) << waited;
+}
+
+}  // namespace
+}  // namespace gstab
