@@ -204,6 +204,7 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
           step, " was not taken"));
     }
     const LocalWork enqueueing;
+    if (!enqueueing.began()) return ShuttingDown(step);  // gstabd is exiting
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
       if (!gpus_.multi_rank() || (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s))) {
         return s;

@@ -380,6 +380,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   absl::Status local;
   {
     const LocalWork summing;
+    if (!summing.began()) return ShuttingDown(step);  // gstabd is exiting
     local = sum_locally();
   }
   if (!local.ok()) {
@@ -428,6 +429,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
 
   // 3. The rule, under the lock: statistics and configuration change only here.
   const LocalWork applying;  // from the rule to the end of the scaling
+  if (!applying.began()) return ShuttingDown(step);
   std::vector<float> scales(num_groups, 1.0f);
   response->set_step(step);
   {

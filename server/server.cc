@@ -23,8 +23,8 @@ namespace {
 // An empty host, or an address of none (0.0.0.0, ::, and their other spellings).
 bool IsWildcardAddress(const std::string& host) {
   if (host.empty()) return true;
-  in_addr v4;
-  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return v4.s_addr == INADDR_ANY;
+  in_addr v4;  // inet_aton: also "0", "0.0" and "0x0", as the resolver reads them
+  if (inet_aton(host.c_str(), &v4) == 1) return v4.s_addr == INADDR_ANY;
   in6_addr v6;
   if (inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;  // a name
   if (IN6_IS_ADDR_UNSPECIFIED(&v6)) return true;

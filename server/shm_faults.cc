@@ -56,6 +56,9 @@ uintptr_t g_page = 4096;
 
 // Only async-signal-safe work: atomics, mmap (a system call), write.
 void OnSigbus(int, siginfo_t* info, void*) {
+  // Sent by a process (kill, tgkill, sigqueue), not raised by a touch: no address to look up
+  // (and the thread may be inside Watch or Unwatch, whose slot the lookup would wait for).
+  if (info->si_code <= 0) Die();
   const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
   const int high = g_high.load(std::memory_order_acquire);
   for (int i = 0; i < high; ++i) {

@@ -152,19 +152,32 @@ std::vector<std::unique_ptr<TestWorker>> OneAndMany(Cluster* cluster, const std:
   return workers;
 }
 
+// Node 0 with one worker and node 1 with two (OneAndMany), stepped once together; then node 1's
+// local rank 1 taken out of `workers` (returned; null on a failure) and the others' gradients
+// filled for step 2.
+std::unique_ptr<TestWorker> SteppedOnceLessOne(Cluster* cluster, const std::string& job,
+                                               std::vector<std::unique_ptr<TestWorker>>* workers) {
+  *workers = OneAndMany(cluster, job, 2);
+  if (workers->size() != 3u) return nullptr;
+  for (size_t i = 0; i < 3; ++i) (*workers)[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  for (auto& r : StepAll(*workers, Same(3, 1))) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return nullptr;
+  }
+  std::unique_ptr<TestWorker> out = std::move(workers->back());
+  workers->pop_back();
+  for (size_t i = 0; i < 2; ++i) (*workers)[i]->Fill(2, static_cast<uint32_t>(1 + i));
+  return out;
+}
+
 // A node whose local workers do not all call Step gives the step up at half the step timeout
 // and says so in the step's check: the other nodes leave it at once, the late worker is told
 // to go on, and the next step runs with the same communicator.
 TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) {
   Cluster cluster(2);
-  std::vector<std::unique_ptr<TestWorker>> workers = OneAndMany(&cluster, "half-there", 2);
-  ASSERT_EQ(workers.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
-
-  std::unique_ptr<TestWorker> late = std::move(workers.back());  // node 1's local rank 1
-  workers.pop_back();
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  std::unique_ptr<TestWorker> late = SteppedOnceLessOne(&cluster, "half-there", &workers);
+  ASSERT_NE(late, nullptr);
   auto given_up = StepAll(workers, Same(2, 2));
   EXPECT_EQ(given_up[1].status().code(), absl::StatusCode::kDeadlineExceeded)
       << given_up[1].status();
@@ -187,14 +200,10 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
 // one node), not that a deadline passed.
 TEST(MultiNodeFaultTest, ALocalWorkerThatDetachedIsNotWaitedForOnAnyNode) {
   Cluster cluster(2, {"--step_timeout_ms=60000"});
-  std::vector<std::unique_ptr<TestWorker>> workers = OneAndMany(&cluster, "one-leaves", 2);
-  ASSERT_EQ(workers.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
-  std::unique_ptr<TestWorker> leaving = std::move(workers.back());  // node 1's local rank 1
-  workers.pop_back();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  std::unique_ptr<TestWorker> leaving = SteppedOnceLessOne(&cluster, "one-leaves", &workers);
+  ASSERT_NE(leaving, nullptr);
   ASSERT_TRUE(leaving->client().Detach().ok());
-  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(2, static_cast<uint32_t>(1 + i));
   auto given_up = StepAll(workers, Same(2, 2));
   EXPECT_EQ(given_up[1].status().code(), absl::StatusCode::kFailedPrecondition)
       << given_up[1].status();

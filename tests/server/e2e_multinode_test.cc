@@ -376,8 +376,8 @@ TEST(MultiNodePeerTlsTest, PeerPortsOffLoopbackRequireMutualTls) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("(not loopback) requires mutual TLS"), std::string::npos) << out;
   // A wildcard is no address other nodes can dial (it would go into every blob).
-  for (const char* wildcard :
-       {"0.0.0.0:7478", "[::]:7478", ":::7478", "[0::0]:7478", "[::ffff:0.0.0.0]:7478"}) {
+  for (const char* wildcard : {"0.0.0.0:7478", "0:7478", "0x0:7478", "[::]:7478", ":::7478",
+                               "[0::0]:7478", "[::ffff:0.0.0.0]:7478"}) {
     std::tie(rc, out) = testing::RunShell(base + " --peer_listen=" + wildcard);
     EXPECT_NE(rc, 0) << wildcard;
     EXPECT_NE(out.find("a wildcard names no host"), std::string::npos) << wildcard << ": " << out;

@@ -97,5 +97,15 @@ TEST(ShmFaultsDeathTest, ASigbusOutsideWorkersMemoryStillEndsTheProcess) {
       ::testing::KilledBySignal(SIGBUS), "SIGBUS outside any worker's shared memory");
 }
 
+// A SIGBUS sent by a process (kill -BUS) has no address to look up: it ends gstabd, as before.
+TEST(ShmFaultsDeathTest, ASigbusSentByAProcessEndsIt) {
+  EXPECT_EXIT(
+      {
+        ShmFaults::Install();
+        raise(SIGBUS);
+      },
+      ::testing::KilledBySignal(SIGBUS), "SIGBUS outside any worker's shared memory");
+}
+
 }  // namespace
 }  // namespace gstab
