@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "core/config.h"
 #include "core/rule.h"
+#include "glog/logging.h"
 #include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
 #include "server/job.h"
@@ -372,6 +373,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       }
     }
     if (absl::Status s = check_objects(&ShmMapping::CheckNotLost); !s.ok()) {
+      LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
       return absl::Status(s.code(),
                           absl::StrCat(s.message(), "; nothing was applied to this step"));
     }
@@ -466,6 +468,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
   }
   if (absl::Status s = check_objects(&ShmMapping::CheckNotLost); !s.ok()) {
+    LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
     return absl::Status(s.code(), absl::StrCat(s.message(), "; step ", step,
                                                " counted in the statistics, but that worker's "
                                                "gradients were not all scaled"));
