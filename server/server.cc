@@ -300,7 +300,7 @@ absl::Status Server::Stop(absl::Time deadline) {
     while (!LocalWork::Close()) {
       if (shut_down.WaitForNotificationWithTimeout(absl::Milliseconds(100))) return;
     }
-    const absl::Status saved = Checkpoint();
+    const absl::Status saved = Checkpoint(/*final=*/true);
     LOG(WARNING) << "steps still running "
                  << absl::FormatDuration(kStuckCallsGrace + kStuckStepsGrace)
                  << " into the stop (waiting in an exchange with other nodes until the step "
@@ -322,19 +322,35 @@ absl::Status Server::Stop(absl::Time deadline) {
   stopping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
   http_.reset();
-  absl::Status s = Checkpoint();
+  absl::Status s = Checkpoint(/*final=*/true);
   LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");
   return s;
 }
 
-absl::Status Server::Checkpoint() {
+absl::Status Server::Checkpoint(bool final) {
   absl::Status s = daemon_->Checkpoint();
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&checkpoint_log_mu_);
   if (s.ok()) {
-    checkpoint_succeeded_->Set({}, absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
-  } else {
-    checkpoint_failures_->Add({}, 1);
-    LOG(ERROR) << s;
+    checkpoint_succeeded_->Set({}, absl::ToDoubleSeconds(now - absl::UnixEpoch()));
+    if (failing_) LOG(INFO) << "checkpoints are written again";
+    failing_ = false;
+    failures_unlogged_ = 0;
+    return s;
   }
+  checkpoint_failures_->Add({}, 1);
+  if (failing_ && now - failure_logged_ < kFailureLogEvery && !final) {
+    ++failures_unlogged_;
+    return s;
+  }
+  LOG(ERROR) << s
+             << (failures_unlogged_ > 0
+                     ? absl::StrCat(" (", failures_unlogged_,
+                                    " more failed since the last line about them)")
+                     : "");
+  failing_ = true;
+  failure_logged_ = now;
+  failures_unlogged_ = 0;
   return s;
 }
 

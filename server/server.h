@@ -81,7 +81,11 @@ class Server {
   explicit Server(const ServerOptions& options) : options_(options) {}
   void Housekeeping();
   // Checkpoints every job, counting failures and the time of the last success in /metrics.
-  absl::Status Checkpoint();
+  // A failure is logged at once, then at most every kFailureLogEvery while they go on (a full
+  // disk would otherwise log one every --checkpoint_interval_s), and the recovery once. A
+  // `final` one (gstabd's last) is always logged when it fails.
+  absl::Status Checkpoint(bool final = false);
+  static constexpr absl::Duration kFailureLogEvery = absl::Minutes(10);
 
   const ServerOptions options_;
   MetricsRegistry metrics_;
@@ -92,6 +96,10 @@ class Server {
   std::unique_ptr<Daemon> daemon_;
   MetricFamily* checkpoint_failures_ = nullptr;
   MetricFamily* checkpoint_succeeded_ = nullptr;
+  absl::Mutex checkpoint_log_mu_;
+  absl::Time failure_logged_ ABSL_GUARDED_BY(checkpoint_log_mu_) = absl::InfinitePast();
+  int failures_unlogged_ ABSL_GUARDED_BY(checkpoint_log_mu_) = 0;
+  bool failing_ ABSL_GUARDED_BY(checkpoint_log_mu_) = false;
   std::unique_ptr<MetricsHttpServer> http_;
   std::unique_ptr<StabilizerService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
