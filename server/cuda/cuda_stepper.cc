@@ -327,13 +327,15 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
     harvested_.push_back(ResultOf(slot));
     slot.unreported = false;
   }
-  // Copies and the event go in together under mu_: while the event still marks the slot's
-  // previous step as finished, the readers below take its copies as they are.
+  // Copies and the event go in together under mu_; should queuing them fail part way, the
+  // readers below skip the slot (rewriting) rather than take copies under way.
+  slot.rewriting = true;
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaEventRecord(slot.finished, stream_));
+  slot.rewriting = false;
   // `done` last: a worker that waits for it sees this step in Step, GetStats and metrics.
   if (absl::Status s = StreamWriteValue(stream_, d_done_, ready_value); !s.ok()) return s;
   slot.step = step;

@@ -104,6 +104,10 @@ class CudaStepper final : public GpuPipeline {
     GroupStats* h_stats = nullptr;      // pinned: the statistics after this slot's step
     uint64_t step = 0;
     bool unreported = false;
+    // Its copies are being queued anew: until its event is recorded with them, the event may
+    // still mark the slot's previous step finished while the copies overwrite its memory, so
+    // the readers skip it (for good, when queuing failed).
+    bool rewriting = false;
   };
   absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
   Slot slots_[2] ABSL_GUARDED_BY(mu_);

@@ -111,7 +111,7 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
   // The older slot first: the stream finishes its steps in order.
   for (uint64_t back = std::min<uint64_t>(2, enqueued_); back >= 1; --back) {
     Slot& slot = slots_[(enqueued_ - back) % 2];
-    if (!slot.unreported) continue;
+    if (!slot.unreported || slot.rewriting) continue;
     if (cudaEventQuery(slot.finished) != cudaSuccess) break;
     done.push_back(ResultOf(slot));
     slot.unreported = false;
@@ -126,6 +126,7 @@ std::optional<GpuSnapshot> CudaStepper::Snapshot() {
   for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
     if (set_.has_value() && enqueued_ - back < set_at_) break;  // older than set_
     const Slot& slot = slots_[(enqueued_ - back) % 2];
+    if (slot.rewriting) continue;
     const bool finished = cudaEventQuery(slot.finished) == cudaSuccess;
     ClearStaleCudaError();
     if (!finished) continue;
