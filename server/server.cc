@@ -289,7 +289,7 @@ absl::Status Server::Stop(absl::Time deadline) {
     if (shut_down.WaitForNotificationWithTimeout(kStuckCallsGrace)) return;
     const int shut = unix_listener_ != nullptr ? unix_listener_->ShutdownConnections() : 0;
     LOG(WARNING) << "calls still running " << absl::FormatDuration(kStuckCallsGrace)
-                 << " into the stop (a step waiting for other nodes, or a client that stopped "
+                 << " after the drain (a step waiting for other nodes, or a client that stopped "
                  << "reading its event stream): "
                  << "the socket's open connections (" << shut << ") are shut down";
     if (shut_down.WaitForNotificationWithTimeout(kStuckStepsGrace)) return;
@@ -301,10 +301,10 @@ absl::Status Server::Stop(absl::Time deadline) {
       if (shut_down.WaitForNotificationWithTimeout(absl::Milliseconds(100))) return;
     }
     const absl::Status saved = Checkpoint(/*final=*/true);
-    LOG(WARNING) << "steps still running "
+    LOG(WARNING) << "calls still running "
                  << absl::FormatDuration(kStuckCallsGrace + kStuckStepsGrace)
-                 << " into the stop (waiting in an exchange with other nodes until the step "
-                 << "timeout): gstabd exits without them"
+                 << " after the drain (a step waiting in an exchange with other nodes until its "
+                 << "step timeout, most likely): gstabd exits without them"
                  << (saved.ok() ? "; statistics checkpointed" : "");
     google::FlushLogFiles(google::GLOG_INFO);
     _exit(saved.ok() ? 0 : 1);
