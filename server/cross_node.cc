@@ -15,6 +15,7 @@
 #include "glog/logging.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
+#include "server/rendezvous_store.h"
 
 namespace gstab {
 namespace {
@@ -35,7 +36,7 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
         "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
         "; attach every worker again with a new rendezvous once it is back"));
   }
-  if (absl::StrContains(failure.message(), "expired rendezvous token")) {
+  if (absl::StrContains(failure.message(), kUnknownToken)) {
     // The store answered, and said why: no node is to blame.
     absl::Status expired(failure.code(), absl::StrCat("step ", step, " of job '", job, "' on node ",
                                                       c->rank(), ": ", failure.message()));

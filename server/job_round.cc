@@ -354,6 +354,14 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     return absl::OkStatus();
   };
+  // After touching the objects: a SIGBUS survived meanwhile fails the step (logged too), and
+  // `consequence` says what of it was applied.
+  auto check_lost = [&](const std::string& consequence) -> absl::Status {
+    absl::Status s = check_objects(&ShmMapping::CheckNotLost);
+    if (s.ok()) return s;
+    LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
+    return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
+  };
   auto sum_locally = [&]() -> absl::Status {
     if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) return s;
     for (const auto& [rank, w] : workers) {
@@ -372,12 +380,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         present[g] = true;
       }
     }
-    if (absl::Status s = check_objects(&ShmMapping::CheckNotLost); !s.ok()) {
-      LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
-      return absl::Status(s.code(),
-                          absl::StrCat(s.message(), "; nothing was applied to this step"));
-    }
-    return absl::OkStatus();
+    return check_lost("nothing was applied to this step");
   };
   absl::Status local;
   {
@@ -467,13 +470,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   for (const auto& [rank, w] : workers) {
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
   }
-  if (absl::Status s = check_objects(&ShmMapping::CheckNotLost); !s.ok()) {
-    LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
-    return absl::Status(s.code(), absl::StrCat(s.message(), "; step ", step,
-                                               " counted in the statistics, but that worker's "
-                                               "gradients were not all scaled"));
-  }
-  return absl::OkStatus();
+  return check_lost(absl::StrCat("step ", step,
+                                 " counted in the statistics, but that worker's gradients were "
+                                 "not all scaled"));
 }
 
 }  // namespace gstab

@@ -20,6 +20,17 @@ bool IsLoopbackHost(const std::string& host) {
   return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
+bool IsWildcardHost(const std::string& host) {
+  if (host.empty()) return true;
+  in_addr v4;  // inet_aton: also "0", "0.0" and "0x0", as the resolver reads them
+  if (inet_aton(host.c_str(), &v4) == 1) return v4.s_addr == INADDR_ANY;
+  in6_addr v6;
+  if (inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;  // a name
+  if (IN6_IS_ADDR_UNSPECIFIED(&v6)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 0 && v6.s6_addr[13] == 0 &&
+         v6.s6_addr[14] == 0 && v6.s6_addr[15] == 0;
+}
+
 absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::string& ca_file,
                                       const std::string& cert_file, const std::string& key_file,
                                       const std::string& server_name) {

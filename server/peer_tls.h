@@ -38,6 +38,9 @@ absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
 
 // `host`: without brackets (common/host_port.h's HostPort::host).
 bool IsLoopbackHost(const std::string& host);
+// Whether `host` names no host: empty, or an unspecified address (0.0.0.0, ::, and their other
+// spellings, "0" and "::ffff:0.0.0.0" included).
+bool IsWildcardHost(const std::string& host);
 
 // Listening credentials: TLS requiring a client certificate signed by the CA, or plain TCP
 // when `tls` is disabled.

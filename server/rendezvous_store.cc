@@ -49,11 +49,11 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
 absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string& token) {
   auto it = spaces_.find(token);
   if (it == spaces_.end()) {
-    return absl::PermissionDeniedError(
-        "unknown or expired rendezvous token: node 0's store keeps a job's two newest "
-        "rendezvous, up to its cap over all jobs (a newer blob was made twice since, the cap "
-        "pushed it out, or node 0's gstabd restarted); make a new one and attach every worker "
-        "with it");
+    return absl::PermissionDeniedError(absl::StrCat(
+        kUnknownToken,
+        ": node 0's store keeps a job's two newest rendezvous, up to its cap over all jobs (a "
+        "newer blob was made twice since, the cap pushed it out, or node 0's gstabd restarted); "
+        "make a new one and attach every worker with it"));
   }
   return &it->second;
 }

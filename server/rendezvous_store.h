@@ -19,6 +19,10 @@
 
 namespace gstab {
 
+// How the store's refusal of a token it does not hold begins (a communicator's failure that
+// carries it names no missing node: cross_node.cc).
+inline constexpr char kUnknownToken[] = "unknown or expired rendezvous token";
+
 class RendezvousStore {
  public:
   static constexpr size_t kMaxTotalBytes = size_t{1} << 30;

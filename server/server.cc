@@ -1,9 +1,7 @@
 #include "server/server.h"
 
-#include <arpa/inet.h>
 #include <grpcpp/resource_quota.h>
 #include <malloc.h>
-#include <netinet/in.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,18 +17,6 @@
 namespace gstab {
 
 namespace {
-
-// An empty host, or an address of none (0.0.0.0, ::, and their other spellings).
-bool IsWildcardAddress(const std::string& host) {
-  if (host.empty()) return true;
-  in_addr v4;  // inet_aton: also "0", "0.0" and "0x0", as the resolver reads them
-  if (inet_aton(host.c_str(), &v4) == 1) return v4.s_addr == INADDR_ANY;
-  in6_addr v6;
-  if (inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;  // a name
-  if (IN6_IS_ADDR_UNSPECIFIED(&v6)) return true;
-  return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 0 && v6.s6_addr[13] == 0 &&
-         v6.s6_addr[14] == 0 && v6.s6_addr[15] == 0;
-}
 
 // How long a stop waits for gRPC's calls to end before it shuts their connections down.
 constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
@@ -115,7 +101,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     }
     // Other nodes dial this host (it goes into rendezvous blobs, and Gloo binds it): a wildcard
     // would send each of them to its own machine.
-    if (IsWildcardAddress(at->host)) {
+    if (IsWildcardHost(at->host)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--peer_listen='", options.peer_listen,
           "': other nodes dial this address, and a wildcard names no host: give this node's own "
