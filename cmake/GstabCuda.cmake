@@ -3,6 +3,29 @@
 # without a GPU still compile every .cu file; ON requires both; OFF builds the CPU backend alone.
 #   GSTAB_HAVE_CUDA: nvcc (kernels/cuda, the client's CudaGradients)
 #   GSTAB_HAVE_CUDA_BACKEND: nvcc and NCCL (gstabd's CUDA backend, server/cuda)
+
+# Sets `out` to GSTAB_CUDA_ARCHITECTURES, or where that is empty to the architectures of this
+# machine's GPUs (nvidia-smi's compute capabilities), so that the GPU tests run on the GPU that
+# builds them; 90 (Hopper) where there is none.
+function(gstab_cuda_architectures out)
+  set(archs ${GSTAB_CUDA_ARCHITECTURES})
+  find_program(GSTAB_NVIDIA_SMI nvidia-smi)
+  if(NOT archs AND GSTAB_NVIDIA_SMI)
+    execute_process(COMMAND ${GSTAB_NVIDIA_SMI} --query-gpu=compute_cap --format=csv,noheader
+                    OUTPUT_VARIABLE caps RESULT_VARIABLE rc ERROR_QUIET)
+    if(rc EQUAL 0)
+      string(REPLACE "." "" caps "${caps}")
+      string(REGEX MATCHALL "[0-9]+" archs "${caps}")
+      list(REMOVE_DUPLICATES archs)
+    endif()
+  endif()
+  if(NOT archs)
+    set(archs 90)
+  endif()
+  message(STATUS "gstab CUDA architectures: ${archs}")
+  set(${out} ${archs} PARENT_SCOPE)
+endfunction()
+
 string(TOUPPER "${GSTAB_CUDA}" GSTAB_CUDA)
 set(GSTAB_HAVE_CUDA OFF)
 set(GSTAB_HAVE_CUDA_BACKEND OFF)
@@ -13,7 +36,7 @@ if(NOT GSTAB_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    set(CMAKE_CUDA_ARCHITECTURES ${GSTAB_CUDA_ARCHITECTURES})
+    gstab_cuda_architectures(CMAKE_CUDA_ARCHITECTURES)
     set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)

@@ -6,6 +6,7 @@
 // certificate that made it. One uid's connections are capped, not the others'.
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <map>
@@ -23,6 +24,10 @@ using testing::TempDir;
 using testing::TestTls;
 
 constexpr char kRefused[] = "belongs to uid 65534";
+
+// The tests run the trainer and gstabctl as other uids (setpriv), which needs root.
+#define SKIP_UNLESS_ROOT() \
+  if (geteuid() != 0) GTEST_SKIP() << "runs processes as other uids (setpriv), which needs root"
 
 class OwnerTest : public ::testing::Test {
  protected:
@@ -66,6 +71,7 @@ class OwnerTest : public ::testing::Test {
 };
 
 TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
+  SKIP_UNLESS_ROOT();
   auto [rc, out] = Train(65534, "theirs");
   ASSERT_EQ(rc, 0) << out;
   std::tie(rc, out) = Train(65533, "theirs");
@@ -165,6 +171,7 @@ grpc::Status Forget(Client* client, const std::string& job) {
 }
 
 TEST_F(OwnerTest, AJobMadeThroughTheTcpPortIsItsCertificates) {
+  SKIP_UNLESS_ROOT();
   const TestTls tls = testing::MakeTestTls(dir_.path());
   const TestTls alice = testing::MakeClientCertificate(dir_.path(), "alice", "/CN=alice");
   const TestTls bob = testing::MakeClientCertificate(dir_.path(), "bob", "/CN=bob");
@@ -342,6 +349,7 @@ TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmai
 // One uid holding its --max_connections_per_uid connections open cannot open another, and
 // takes none from the others; its connections count again once it closes them.
 TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
+  SKIP_UNLESS_ROOT();
   Restart({"--max_connections_per_uid=3", "--metrics_port=0"});
   const std::string hold =
       "import socket, sys, time\n"
