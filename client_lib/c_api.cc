@@ -195,9 +195,17 @@ gstab_status gstab_arena_allocate(gstab_arena* arena) {
 }
 
 void* gstab_arena_data(gstab_arena* arena, size_t index) {
-  if (arena == nullptr || index >= arena->arena.num_tensors()) return nullptr;
+  if (arena == nullptr) {
+    Report(absl::InvalidArgumentError("arena must not be NULL"));
+    return nullptr;
+  }
   if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) {
     Report(s);
+    return nullptr;
+  }
+  if (index >= arena->arena.num_tensors()) {
+    Report(absl::OutOfRangeError(absl::StrCat("tensor ", index, " is past the arena's ",
+                                              arena->arena.num_tensors(), " tensors")));
     return nullptr;
   }
   void* data = arena->arena.data(index);

@@ -110,8 +110,7 @@ absl::Status Client::Unreadable(const google::protobuf::Message& request) {
   if (std::optional<std::string> field = FirstNonUtf8Field(request)) {
     return absl::InvalidArgumentError(
         absl::StrCat(request.GetDescriptor()->name(), ".", *field,
-                     " is not UTF-8 text, so gstabd could not read the request: gstab's names and "
-                     "settings are UTF-8"));
+                     " is not UTF-8 text: gstab's names and settings are UTF-8"));
   }
   return absl::InternalError("gstabd could not read the request (INTERNAL, with no message)");
 }
@@ -176,6 +175,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
           "./NAME)"));
     }
     target = JoinHostPort(at->host, at->port);  // brackets an IPv6 host, as gRPC reads it
+  }
+  // Something else at the path is no gstabd starting (which makes a socket there): at once.
+  if (struct stat st; !tcp && ::stat(address.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", address, "' is ", S_ISDIR(st.st_mode) ? "a folder" : "a file",
+                     ", not a socket: give the path of gstabd's socket (its --socket)"));
   }
   if (!tcp && ::faccessat(AT_FDCWD, address.c_str(), R_OK | W_OK, AT_EACCESS) != 0 &&
       errno == EACCES) {

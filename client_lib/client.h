@@ -25,6 +25,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "client_lib/arena.h"
+#include "common/utf8.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 
 namespace grpc::health::v1 {
@@ -116,6 +117,9 @@ class Client {
                                                                              Response*),
                                 const Request& request,
                                 absl::Duration timeout = absl::InfiniteDuration()) {
+    // Text that is not UTF-8 is refused here, naming the field, rather than sent: protobuf
+    // would log an error to the caller's stderr, and gstabd answer a bare INTERNAL.
+    if (FirstNonUtf8Field(request).has_value()) return Unreadable(request);
     grpc::ClientContext ctx;
     const absl::Time deadline = absl::Now() + std::min(timeout, call_timeout_);
     ctx.set_deadline(absl::ToChronoTime(deadline));

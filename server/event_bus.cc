@@ -41,8 +41,8 @@ void EventBus::Publish(v1::Event event) {
   if (history_.size() > history_size_) history_.pop_front();
 }
 
-std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job,
-                                                            uint32_t recent) {
+std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job, uint32_t recent,
+                                                            bool live) {
   auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_));
   absl::MutexLock lock(&mu_);
   std::deque<const v1::Event*> matching;
@@ -50,7 +50,7 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
     if (job.empty() || it->job() == job) matching.push_front(&*it);
   }
   for (const v1::Event* e : matching) sub->Push(*e);
-  if (closed_) {
+  if (closed_ || !live) {
     sub->Close();
   } else {
     subscribers_.push_back(sub);

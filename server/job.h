@@ -73,6 +73,8 @@ class Job {
   // lock and this job's, never while holding either).
   absl::Mutex* attach_mutex() { return &attach_mu_; }
   RuleParams params() const;
+  // The configuration's version (UpdateConfigResponse.version).
+  uint64_t config_version() const;
 
   // A worker of `local_rank` attached (a new session): a step no longer fails at once for that
   // rank having detached.

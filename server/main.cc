@@ -165,6 +165,13 @@ int main(int argc, char** argv) {
                  gstab::ServerOptions::kMinRpcMemoryMb, gstab::kMaxMessageBytes >> 20);
     return 2;
   }
+  if (const int32_t port = absl::GetFlag(FLAGS_metrics_port); port < -1 || port > 65535) {
+    std::fprintf(stderr,
+                 "gstabd: --metrics_port=%d: a port (1 to 65535), 0 for a free one or -1 for "
+                 "none\n",
+                 port);
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
     std::fprintf(stderr, "gstabd: --cpu_threads takes a count, or 0 for every hardware thread\n");
     return 2;

@@ -13,9 +13,11 @@ namespace {
 constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 
 // Handler threads: a scrape holds one for as long as its client is slow, and an idle connection
-// (a port scanner, a stuck probe) for up to kRequestTimeoutMs.
-constexpr char kThreads[] = "8";
-constexpr char kRequestTimeoutMs[] = "5000";
+// (a port scanner, a stuck probe) for up to kRequestTimeoutMs, civetweb's limit on each read
+// and write (a scraper sends its request at once and reads the answer as it comes). Past
+// kThreads such connections at once, a scrape waits for one of them to time out.
+constexpr char kThreads[] = "32";
+constexpr char kRequestTimeoutMs[] = "2000";
 // civetweb's build-time feature bit for IPv6 (mg_check_feature).
 constexpr unsigned kIpv6Feature = 8;
 

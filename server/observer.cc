@@ -48,9 +48,10 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
   norm_histogram_ =
       r->AddHistogram("gstab_job_norm_distribution", "Finite raw L2 norms of the job's steps.", job,
                       ExponentialBuckets(1e-6, 10, 16));
-  duration_ = r->AddHistogram("gstab_step_duration_seconds",
-                              "Daemon-side duration of a step (all local workers arrived to done).",
-                              job, ExponentialBuckets(1e-5, 4, 11));
+  duration_ =
+      r->AddHistogram("gstab_step_duration_seconds",
+                      "Daemon-side duration of a step (all local workers arrived to done).", job,
+                      ExponentialBuckets(1e-6, 4, 13));  // 1 us (a small CPU step) to 17 s
   diverging_ = r->AddGauge("gstab_diverging", "1 while some group of the job is diverging.", job);
   workers_ =
       r->AddGauge("gstab_attached_workers", "Workers attached to the job on this node.", job);

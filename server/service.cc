@@ -135,17 +135,15 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
   }
   // Each subscriber reads from its own bounded queue, so a slow one never holds up the
   // pipeline; this thread only waits for its own queue and its own writes.
+  // Without `follow`, the stream ends after the recent events (the subscription is closed
+  // once they are queued), however many are published meanwhile.
   const std::shared_ptr<EventBus::Subscription> sub =
-      bus_->Subscribe(request->job(), request->recent());
-  const absl::Duration wait = request->follow() ? absl::Milliseconds(200) : absl::ZeroDuration();
+      bus_->Subscribe(request->job(), request->recent(), request->follow());
   v1::Event event;
   while (!context->IsCancelled()) {
-    const EventBus::Subscription::Result r = sub->Next(&event, wait);
+    const EventBus::Subscription::Result r = sub->Next(&event, absl::Milliseconds(200));
     if (r == EventBus::Subscription::Result::kClosed) break;
-    if (r == EventBus::Subscription::Result::kTimeout) {
-      if (request->follow()) continue;
-      break;
-    }
+    if (r == EventBus::Subscription::Result::kTimeout) continue;
     if (!writer->Write(event)) break;
   }
   bus_->Unsubscribe(sub);

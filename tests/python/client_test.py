@@ -162,6 +162,10 @@ class ClientTest(unittest.TestCase):
         self.assertIn("not both", lib.gstab_last_error().decode())
         self.assertEqual(lib.gstab_arena_add_tensor_flags(h, b"x", 4, 7, b"", 0, None), 3)
         self.assertIn("unknown dtype 7", lib.gstab_last_error().decode())
+        self.assertIsNone(lib.gstab_arena_data(h, 0))  # each NULL says why
+        self.assertIn("tensor 0 is past the arena's 0 tensors", lib.gstab_last_error().decode())
+        self.assertIsNone(lib.gstab_arena_data(None, 0))
+        self.assertIn("arena must not be NULL", lib.gstab_last_error().decode())
         lib.gstab_arena_destroy(h)
         self.assertEqual(lib.gstab_cuda_allocate_tensor_flags(None, b"x", 4, 0, b"", 1,
                                                               ctypes.byref(h)), 3)

@@ -44,8 +44,9 @@ TEST(E2eCapsTest, ASecondGstabdOnALiveSocketAndUselessCapsAreRefusedAtStart) {
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 1);
   EXPECT_TRUE((*worker)->client().Step(1).ok());
-  for (const char* flag : {"--max_jobs=0", "--max_bytes=0", "--cpu_threads=-1",
-                           "--max_connections_per_uid=0", "--max_mappings_per_owner=0"}) {
+  for (const char* flag :
+       {"--max_jobs=0", "--max_bytes=0", "--cpu_threads=-1", "--max_connections_per_uid=0",
+        "--max_mappings_per_owner=0", "--metrics_port=-2", "--metrics_port=65536"}) {
     auto [refused, why] = start(flag);
     EXPECT_EQ(refused, 2) << flag << ": " << why;
     EXPECT_NE(why.find(std::string(flag).substr(2, std::string(flag).find('=') - 2)),

@@ -422,6 +422,14 @@ TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {
   EXPECT_NE(s.message().find("a unix socket's path has at most 107"), std::string::npos) << s;
   EXPECT_EQ(Client::Connect("", absl::Seconds(5)).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // So is a path where something other than a socket is: a folder, a file.
+  s = Client::Connect(dir_.path(), absl::Seconds(30)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("is a folder, not a socket"), std::string::npos) << s;
+  const std::string file = dir_.path() + "/not-a-socket";
+  std::ofstream(file) << "x";
+  s = Client::Connect(file, absl::Seconds(30)).status();
+  EXPECT_NE(s.message().find("is a file, not a socket"), std::string::npos) << s;
 }
 
 TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {

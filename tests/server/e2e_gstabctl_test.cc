@@ -72,11 +72,16 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   EXPECT_EQ(irc, 0) << imported;
   EXPECT_NE(Ctl("config show --job=ctl-job").second.find("clip.max_norm=0.25\n"),
             std::string::npos);
+  // The import's change is an event, as config set's is.
+  EXPECT_NE(Ctl("events --job=ctl-job")
+                .second.find("version 4: policy clip; changed: clip.max_norm 0.5 (now: 0.25)"),
+            std::string::npos);
   EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm=0.75").first, 0);
   auto [krc, kept] = Ctl("import --keep_config --job=ctl-job --in=" + file);
   EXPECT_EQ(krc, 0) << kept;
   EXPECT_NE(Ctl("config show --job=ctl-job").second.find("clip.max_norm=0.75\n"),
             std::string::npos);
+  EXPECT_EQ(Ctl("events --job=ctl-job").second.find("version 6"), std::string::npos);
 
   auto [trc, top] = Ctl("top --iterations=1");
   EXPECT_EQ(trc, 0);

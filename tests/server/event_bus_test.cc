@@ -51,5 +51,23 @@ TEST(EventBusTest, JobFilterRecentHistoryAndClose) {
   EXPECT_EQ(sub->Next(&e, absl::Seconds(5)), EventBus::Subscription::Result::kClosed);
 }
 
+// `gstabctl events` without --follow: the recent events and then the end, however many are
+// published before the caller has read them.
+TEST(EventBusTest, ASubscriptionThatIsNotLiveEndsAfterTheRecentEvents) {
+  EventBus bus(8, 8);
+  bus.Publish(Spike("a", 1));
+  bus.Publish(Spike("a", 2));
+  auto sub = bus.Subscribe("a", 10, /*live=*/false);
+  bus.Publish(Spike("a", 3));
+  v1::Event e;
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 1u);
+  bus.Publish(Spike("a", 4));
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 2u);
+  EXPECT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kClosed);
+  bus.Unsubscribe(sub);  // as the service does; not subscribed, so nothing to remove
+}
+
 }  // namespace
 }  // namespace gstab
