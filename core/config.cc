@@ -23,24 +23,29 @@ absl::Status Validate(const RuleParams& p) {
   auto positive = [](double x) { return std::isfinite(x) && x > 0.0; };
   if (!unit(p.beta1)) return OutOfRange("stabilize.beta1", p.beta1, "in [0, 1)");
   if (!unit(p.beta2)) return OutOfRange("stabilize.beta2", p.beta2, "in [0, 1)");
-  if (!positive(p.eps)) return OutOfRange("stabilize.eps", p.eps, "> 0");
-  if (!positive(p.clip_max_norm)) return OutOfRange("clip.max_norm", p.clip_max_norm, "> 0");
+  if (!positive(p.eps)) return OutOfRange("stabilize.eps", p.eps, "finite and > 0");
+  if (!positive(p.clip_max_norm)) {
+    return OutOfRange("clip.max_norm", p.clip_max_norm,
+                      "finite and > 0 (policy monitor measures norms without clipping)");
+  }
   if (!(p.zclip_alpha > 0.0 && p.zclip_alpha < 1.0)) {
     return OutOfRange("zclip.alpha", p.zclip_alpha, "in (0, 1)");
   }
   if (!positive(p.zclip_z_threshold)) {
-    return OutOfRange("zclip.z_threshold", p.zclip_z_threshold, "> 0");
+    return OutOfRange("zclip.z_threshold", p.zclip_z_threshold, "finite and > 0");
   }
   if (!(std::isfinite(p.zclip_max_norm) && p.zclip_max_norm >= 0.0)) {
     return OutOfRange("zclip.max_norm", p.zclip_max_norm, ">= 0 (0 disables the cap)");
   }
   if (!positive(p.spike_z_threshold)) {
-    return OutOfRange("spike.z_threshold", p.spike_z_threshold, "> 0");
+    return OutOfRange("spike.z_threshold", p.spike_z_threshold, "finite and > 0");
   }
   if (!(p.spike_beta > 0.0 && p.spike_beta < 1.0)) {
     return OutOfRange("spike.beta", p.spike_beta, "in (0, 1)");
   }
-  if (!positive(p.spike_ratio)) return OutOfRange("spike.ratio", p.spike_ratio, "> 0");
+  if (!positive(p.spike_ratio)) {
+    return OutOfRange("spike.ratio", p.spike_ratio, "finite and > 0");
+  }
   if (!(std::isfinite(p.diverge_growth_ratio) && p.diverge_growth_ratio > 1.0)) {
     return OutOfRange("divergence.growth_ratio", p.diverge_growth_ratio, "> 1");
   }

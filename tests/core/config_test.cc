@@ -46,6 +46,9 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
       {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_beta2(-0.1); }, "stabilize.beta2"},
       {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_eps(0.0); }, "stabilize.eps"},
       {[](v1::PolicyConfig* c) { c->mutable_clip()->set_max_norm(-1.0); }, "clip.max_norm"},
+      // torch's max_norm=inf (measure only) is the monitor policy here, and the message says so.
+      {[](v1::PolicyConfig* c) { c->mutable_clip()->set_max_norm(INFINITY); },
+       "clip.max_norm = inf is out of range: must be finite and > 0 (policy monitor"},
       {[](v1::PolicyConfig* c) { c->mutable_zclip()->set_alpha(1.0); }, "zclip.alpha"},
       {[](v1::PolicyConfig* c) { c->mutable_spike()->set_z_threshold(NAN); }, "spike.z_threshold"},
       {[](v1::PolicyConfig* c) { c->mutable_divergence()->set_growth_ratio(0.5); },
