@@ -6,18 +6,45 @@
 
 # Sets `out` to GSTAB_CUDA_ARCHITECTURES, or where that is empty to the architectures of this
 # machine's GPUs (nvidia-smi's compute capabilities), so that the GPU tests run on the GPU that
-# builds them; 90 (Hopper) where there is none.
+# builds them; 90 (Hopper) where there is none. A GPU newer than this nvcc knows gets nvcc's
+# newest (its PTX runs there); one older than nvcc supports is left out, with a warning.
 function(gstab_cuda_architectures out)
-  set(archs ${GSTAB_CUDA_ARCHITECTURES})
+  if(GSTAB_CUDA_ARCHITECTURES)
+    set(${out} ${GSTAB_CUDA_ARCHITECTURES} PARENT_SCOPE)
+    return()
+  endif()
+  execute_process(COMMAND ${CMAKE_CUDA_COMPILER} --list-gpu-arch
+                  OUTPUT_VARIABLE listed RESULT_VARIABLE rc ERROR_QUIET)
+  string(REGEX MATCHALL "compute_[0-9]+" supported "${listed}")
+  list(TRANSFORM supported REPLACE "compute_" "")
+  set(newest 0)
+  foreach(a IN LISTS supported)
+    if(a GREATER newest)
+      set(newest ${a})
+    endif()
+  endforeach()
+  set(archs "")
   find_program(GSTAB_NVIDIA_SMI nvidia-smi)
-  if(NOT archs AND GSTAB_NVIDIA_SMI)
+  if(GSTAB_NVIDIA_SMI)
     execute_process(COMMAND ${GSTAB_NVIDIA_SMI} --query-gpu=compute_cap --format=csv,noheader
                     OUTPUT_VARIABLE caps RESULT_VARIABLE rc ERROR_QUIET)
-    if(rc EQUAL 0)
-      string(REPLACE "." "" caps "${caps}")
-      string(REGEX MATCHALL "[0-9]+" archs "${caps}")
-      list(REMOVE_DUPLICATES archs)
-    endif()
+    string(REPLACE "\n" ";" lines "${caps}")
+    foreach(line IN LISTS lines)
+      string(STRIP "${line}" line)
+      if(NOT line MATCHES "^([0-9]+)\\.([0-9]+)$")  # other lines are nvidia-smi's warnings
+        continue()
+      endif()
+      set(a "${CMAKE_MATCH_1}${CMAKE_MATCH_2}")
+      if(a IN_LIST supported)
+        list(APPEND archs ${a})
+      elseif(newest GREATER 0 AND a GREATER newest)
+        list(APPEND archs ${newest})
+      else()
+        message(WARNING "this machine's GPU of compute capability ${line} is not one "
+                        "${CMAKE_CUDA_COMPILER} compiles for: the GPU tests will not run on it")
+      endif()
+    endforeach()
+    list(REMOVE_DUPLICATES archs)
   endif()
   if(NOT archs)
     set(archs 90)

@@ -305,16 +305,18 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
     // Refused as bad input whatever the cause: nothing of the job changed.
     return absl::InvalidArgumentError(state.status().message());
   }
-  const RuleParams before = session->job->params();
-  if (absl::Status s = session->job->ImportState(*state, !request.keep_config()); !s.ok()) {
+  std::optional<Job::ConfigSwitch> switched;
+  if (absl::Status s =
+          session->job->ImportState(*state, !request.keep_config(), Job::kImportWait, &switched);
+      !s.ok()) {
     return s;
   }
   response->set_groups(static_cast<uint32_t>(state->groups_size()));
   // A configuration the state brings is a change like UpdateConfig's, with its event.
-  const RuleParams after = session->job->params();
-  if (observer_ != nullptr && !SameEffectiveConfig(before, after)) {
-    observer_->OnConfigChange(session->job->name(), session->job->config_version(),
-                              PolicyName(after.policy), ConfigDifference(before, after, "now"));
+  if (observer_ != nullptr && switched.has_value()) {
+    observer_->OnConfigChange(session->job->name(), switched->version,
+                              PolicyName(switched->after.policy),
+                              ConfigDifference(switched->before, switched->after, "now"));
   }
   return absl::OkStatus();
 }

@@ -33,11 +33,6 @@ RuleParams Job::params() const {
   return params_;
 }
 
-uint64_t Job::config_version() const {
-  absl::MutexLock lock(&mu_);
-  return config_version_;
-}
-
 uint32_t Job::GroupIndex(const std::string& group) {
   auto [it, inserted] = group_index_.emplace(group, static_cast<uint32_t>(group_names_.size()));
   if (inserted) {

@@ -73,8 +73,6 @@ class Job {
   // lock and this job's, never while holding either).
   absl::Mutex* attach_mutex() { return &attach_mu_; }
   RuleParams params() const;
-  // The configuration's version (UpdateConfigResponse.version).
-  uint64_t config_version() const;
 
   // A worker of `local_rank` attached (a new session): a step no longer fails at once for that
   // rank having detached.
@@ -145,8 +143,16 @@ class Job {
   // `with_config`, the configuration. INVALID_ARGUMENT for an unknown format version. A step in
   // progress (its local workers arriving, or queued on the job's one GPU) is waited for, up to
   // `wait`; the job's next step waits for the import meanwhile.
+  // `switched` (may be null) receives the configuration the import replaced, if it replaced
+  // one: before, after and the new version, read at once.
+  struct ConfigSwitch {
+    RuleParams before;
+    RuleParams after;
+    uint64_t version = 0;
+  };
   absl::Status ImportState(const v1::JobState& state, bool with_config,
-                           absl::Duration wait = kImportWait);
+                           absl::Duration wait = kImportWait,
+                           std::optional<ConfigSwitch>* switched = nullptr);
   static constexpr absl::Duration kImportWait = absl::Seconds(5);
 
   // A restored job's history, read back from its checkpoint: its version goes on from the

@@ -264,7 +264,8 @@ absl::Status Job::ImportRefusal(const v1::JobState& state, bool with_config,
   return absl::OkStatus();
 }
 
-absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl::Duration wait) {
+absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl::Duration wait,
+                              std::optional<ConfigSwitch>* switched) {
   if (absl::Status s = ValidateJobState(state); !s.ok()) return s;
   // A state without a config (ExportState always writes one) leaves the job's as it is.
   with_config = with_config && state.has_config();
@@ -318,8 +319,10 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
     for (const v1::GroupState& g : state.groups()) stats_[GroupIndex(g.name())] = imported_group(g);
   }
   if (with_config && !SameEffectiveConfig(params, params_)) {
+    const RuleParams before = params_;
     params_ = params;
     RecordConfigChange();
+    if (switched != nullptr) *switched = ConfigSwitch{before, params_, config_version_};
   }
   stats_params_ = params_;  // the imported statistics are the configuration's
   // The imported state defines where the job is: a job resumed from an older checkpoint
