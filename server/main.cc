@@ -1,13 +1,16 @@
 // gstabd: the gstab daemon. Flags are read once into ServerOptions; SIGTERM / SIGINT are
-// taken synchronously by this thread (sigwait), which then stops the server gracefully.
+// taken synchronously by the main thread (sigwait), which then stops the server gracefully.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -92,7 +95,46 @@ ABSL_FLAG(bool, nccl_one_rank, false,
           "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
           "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");
 
+namespace {
+
+// The signals gstabd takes in AwaitStopSignal: the stop signals; SIGHUP, SIGUSR1 and SIGUSR2,
+// which would otherwise end it without a checkpoint (a closed terminal, a habitual reload);
+// and SIGCHLD as a container's process 1, which inherits the orphans of `kubectl exec` shells.
+sigset_t HandledSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, sig);
+  if (getpid() == 1) sigaddset(&set, SIGCHLD);
+  return set;
+}
+
+// Waits for SIGTERM or SIGINT, and returns it; logs and ignores the others of `signals`, and
+// reaps the children that end meanwhile.
+int AwaitStopSignal(const sigset_t& signals) {
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGTERM || sig == SIGINT) return sig;
+    if (sig == SIGCHLD) {
+      while (waitpid(-1, nullptr, WNOHANG) > 0) {
+      }
+      continue;
+    }
+    LOG(WARNING) << "ignored " << strsignal(sig)
+                 << ": gstabd has nothing to reload; SIGTERM or SIGINT stops it";
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  // Before any thread starts (CUDA's driver starts some below): every thread inherits the
+  // block, and only the loop at the end of main takes these signals.
+  const sigset_t signals = HandledSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A reader of gstabd's log or a client that goes away must not end it (civetweb would ignore
+  // SIGPIPE too, but only with the metrics port on).
+  signal(SIGPIPE, SIG_IGN);
   absl::SetProgramUsageMessage("the gstab gradient-stabilizer daemon (--helpfull: every flag)");
   // --help lists this file's flags (by default, those of a file named after the program).
   absl::FlagsUsageConfig usage;
@@ -101,7 +143,13 @@ int main(int argc, char** argv) {
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  if (const std::vector<char*> rest = absl::ParseCommandLine(argc, argv); rest.size() > 1) {
+    std::fprintf(stderr,
+                 "gstabd: unexpected argument '%s': flags take their values as --flag=value (a "
+                 "boolean as --flag or --flag=false)\n",
+                 rest[1]);
+    return 2;
+  }
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
 
@@ -172,8 +220,10 @@ int main(int argc, char** argv) {
                  port);
     return 2;
   }
-  if (absl::GetFlag(FLAGS_cpu_threads) < 0) {
-    std::fprintf(stderr, "gstabd: --cpu_threads takes a count, or 0 for every hardware thread\n");
+  if (absl::GetFlag(FLAGS_cpu_threads) < 0 || absl::GetFlag(FLAGS_cpu_threads) > 1024) {
+    std::fprintf(stderr,
+                 "gstabd: --cpu_threads takes a count up to 1024, or 0 for every hardware "
+                 "thread\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_job_idle_s) < 0 || absl::GetFlag(FLAGS_job_retention_s) < 0) {
@@ -280,13 +330,6 @@ int main(int argc, char** argv) {
                       "raise the limit (ulimit -n, the container's nofile) or lower --max_mappings";
     }
   }
-  // Block the stop signals in every thread; this one waits for them below.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
   absl::StatusOr<std::unique_ptr<gstab::Server>> server = gstab::Server::Create(options);
   if (!server.ok()) {
     LOG(ERROR) << server.status();
@@ -296,9 +339,8 @@ int main(int argc, char** argv) {
     LOG(ERROR) << s;
     return 1;
   }
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  LOG(INFO) << "received signal " << sig;
+  const int sig = AwaitStopSignal(signals);
+  LOG(INFO) << "received " << strsignal(sig);
   absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10));
   if (!stopped.ok()) LOG(ERROR) << stopped;
   return stopped.ok() ? 0 : 1;

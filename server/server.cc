@@ -64,6 +64,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::InvalidArgumentError(
         "--tls_operators names client certificates of gstabd's TCP port, and --listen is not set");
   }
+  // Settings that would be ignored: a port meant to be served is not.
+  if (options.listen_address.empty() &&
+      !(options.tls_cert.empty() && options.tls_key.empty() && options.tls_client_ca.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls_cert, --tls_key and --tls_client_ca are for gstabd's TCP port, and --listen is "
+        "not set");
+  }
+  if (options.peer_listen.empty() &&
+      !(options.peer_tls_ca.empty() && options.peer_tls_cert.empty() &&
+        options.peer_tls_key.empty() && options.peer_tls_name.empty())) {
+    return absl::InvalidArgumentError(
+        "--peer_tls_ca, --peer_tls_cert, --peer_tls_key and --peer_tls_name are for the peer "
+        "port, and --peer_listen is not set");
+  }
   for (const std::string& name : options.daemon.tls_operators) {
     if (name.empty()) {
       return absl::InvalidArgumentError(
@@ -151,6 +165,10 @@ Server::~Server() {
 }
 
 absl::Status Server::Start() {
+  if (options_.daemon.state_dir.empty()) {
+    LOG(WARNING) << "--state_dir is empty: job statistics are not checkpointed, and are lost "
+                    "when gstabd stops or retires a job";
+  }
   // Metrics first: once the socket exists, everything gstabd serves is up.
   if (options_.metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
@@ -291,7 +309,7 @@ absl::Status Server::Stop(absl::Time deadline) {
                  << absl::FormatDuration(kStuckCallsGrace + kStuckStepsGrace)
                  << " after the drain (a step waiting in an exchange with other nodes until its "
                  << "step timeout, most likely): gstabd exits without them"
-                 << (saved.ok() ? "; statistics checkpointed" : "");
+                 << (saved.ok() ? Checkpointed() : "");
     google::FlushLogFiles(google::GLOG_INFO);
     _exit(saved.ok() ? 0 : 1);
   });
@@ -309,7 +327,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   if (housekeeping_.joinable()) housekeeping_.join();
   http_.reset();
   absl::Status s = Checkpoint(/*final=*/true);
-  LOG(INFO) << "gstabd stopped" << (s.ok() ? "; statistics checkpointed" : "");
+  LOG(INFO) << "gstabd stopped" << (s.ok() ? Checkpointed() : "");
   return s;
 }
 

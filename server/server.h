@@ -86,6 +86,11 @@ class Server {
   // `final` one (gstabd's last) is always logged when it fails.
   absl::Status Checkpoint(bool final = false);
   static constexpr absl::Duration kFailureLogEvery = absl::Minutes(10);
+  // What the stop's log line adds after a successful last checkpoint.
+  const char* Checkpointed() const {
+    return options_.daemon.state_dir.empty() ? "; no --state_dir: statistics not kept"
+                                             : "; statistics checkpointed";
+  }
 
   const ServerOptions options_;
   MetricsRegistry metrics_;

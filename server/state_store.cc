@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/folders.h"
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/registration.h"
@@ -66,11 +67,10 @@ void StateStore::SyncDir() const {
 
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
-  std::error_code ec;
-  std::filesystem::create_directories(dir_, ec);
-  if (ec) {
+  // Checkpoints are 0640: the folder, when gstabd makes it, lets its group read them too.
+  if (absl::Status s = CreateFolders(dir_, 0750); !s.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot create state directory '", dir_, "': ", ec.message()));
+        absl::StrCat("cannot create state directory '", dir_, "': ", s.message()));
   }
   // A folder gstabd cannot write (a read-only mount, another owner) would lose every job's
   // statistics at the first checkpoint, long after start: refuse it now.
@@ -102,6 +102,7 @@ absl::Status StateStore::Init() {
     lock_fd_ = dir_fd;
   }
   // Temporary files of saves (and probes) a crash interrupted.
+  std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string name = entry.path().filename().string();
     if (name.find(kTmpInfix) != std::string::npos || name.rfind(kProbePrefix, 0) == 0) {

@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/folders.h"
 #include "glog/logging.h"
 #include "server/metrics.h"
 
@@ -51,9 +52,22 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     return absl::InvalidArgumentError(absl::StrCat(
         "socket path '", path, "' is empty or longer than ", sizeof(addr.sun_path) - 1, " bytes"));
   }
-  std::error_code ec;
   const std::filesystem::path p(path);
-  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+  // Its folder, when gstabd makes it, is open to every user: the socket's own mode (0660, its
+  // group) says who may connect.
+  if (p.has_parent_path()) {
+    if (absl::Status s = CreateFolders(p.parent_path().string(), 0755); !s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot listen on '", path, "': ", s.message()));
+    }
+  }
+  // Something other than a socket at the path is not a stale socket to replace (a mistyped
+  // --socket naming a file would be deleted).
+  if (struct stat st; ::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("'", path, "' is ", S_ISDIR(st.st_mode) ? "a folder" : "a file",
+                     ", not a socket: give --socket a path where gstabd may make its socket"));
+  }
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   // A socket a live process accepts on is another gstabd's: taking its path over would cut
@@ -71,6 +85,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
           "': stop it first, or give this one another --socket (and --state_dir)"));
     }
   }
+  std::error_code ec;
   std::filesystem::remove(p, ec);  // a stale socket of a previous run
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket(): ", strerror(errno)));

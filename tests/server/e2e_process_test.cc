@@ -1,0 +1,132 @@
+// gstabd as a system service runs it: the signals it ignores rather than die of without a
+// checkpoint, the folders it creates (modes that do not follow the umask it was started with),
+// a --socket path that is not a socket, and a command line with a stray word.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::JobOptions;
+using testing::Subprocess;
+using testing::TempDir;
+using testing::TestWorker;
+
+// gstabd with `flags` (after the defaults below, so they win), expected to refuse to start:
+// its exit code and output.
+std::pair<int, std::string> StartRefused(const TempDir& dir,
+                                         const std::vector<std::string>& flags) {
+  std::vector<std::string> argv = {"/usr/bin/timeout",
+                                   "-k",
+                                   "5",
+                                   "30",
+                                   testing::BinaryPath("server/gstabd"),
+                                   "--socket=" + dir.path() + "/refused.sock",
+                                   "--state_dir=" + dir.path() + "/refused-state",
+                                   "--metrics_port=-1",
+                                   "--backend=cpu"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  absl::StatusOr<Subprocess> p = Subprocess::Start(argv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return {-1, ""};
+  const std::string out = p->ReadAll();
+  return {p->Wait(absl::Seconds(20)).value_or(-1), out};
+}
+
+mode_t ModeOf(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? st.st_mode & 07777 : 0;
+}
+
+TEST(E2eProcessTest, HangUpAndUserSignalsAreIgnoredAndTheStopStillCheckpoints) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("hung-up"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  ASSERT_TRUE((*worker)->client().Step(1).ok());
+  for (int sig : {SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE}) daemon->process().Signal(sig);
+  absl::SleepFor(absl::Milliseconds(300));
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(2).ok()) << daemon->Log();
+  worker->reset();
+  absl::StatusOr<int> code = daemon->Stop();
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << daemon->Log();
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/state/hung-up.jobstate")) << daemon->Log();
+  EXPECT_NE(daemon->Log().find("ignored Hangup"), std::string::npos) << daemon->Log();
+}
+
+// A --socket naming a file (a typo) must not delete it; a folder is refused too.
+TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
+  TempDir dir;
+  const std::string file = dir.path() + "/config.yaml";
+  std::ofstream(file) << "precious";
+  auto [code, out] = StartRefused(dir, {"--socket=" + file});
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("is a file, not a socket"), std::string::npos) << out;
+  std::ifstream kept(file);
+  std::stringstream text;
+  text << kept.rdbuf();
+  EXPECT_EQ(text.str(), "precious");
+  std::filesystem::create_directory(dir.path() + "/folder");
+  auto [fcode, fout] = StartRefused(dir, {"--socket=" + dir.path() + "/folder"});
+  EXPECT_EQ(fcode, 1) << fout;
+  EXPECT_NE(fout.find("is a folder, not a socket"), std::string::npos) << fout;
+  EXPECT_TRUE(std::filesystem::is_directory(dir.path() + "/folder"));
+}
+
+// `--jobs_by_uid false` would leave the flag true and drop "false" unseen.
+TEST(E2eProcessTest, AWordThatIsNotAFlagIsRefused) {
+  TempDir dir;
+  auto [code, out] = StartRefused(dir, {"--jobs_by_uid", "false"});
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("unexpected argument 'false'"), std::string::npos) << out;
+  auto [tcode, tout] = StartRefused(dir, {"--tls_cert=/nowhere.pem"});
+  EXPECT_NE(tcode, 0) << tout;
+  EXPECT_NE(tout.find("--listen is not set"), std::string::npos) << tout;
+  auto [ccode, cout] = StartRefused(dir, {"--cpu_threads=100000"});
+  EXPECT_EQ(ccode, 2) << cout;
+}
+
+// Under umask 000 the folders gstabd makes would be anyone's to change (a checkpoint deleted
+// by any user); under 077 the socket's folder would shut out the group it is shared with.
+TEST(E2eProcessTest, FoldersGstabdMakesHaveTheirModesWhateverTheUmask) {
+  for (const char* umask : {"000", "077"}) {
+    TempDir dir;
+    const std::string socket = dir.path() + "/run/gstab/gstabd.sock";
+    const std::string state = dir.path() + "/lib/gstab";
+    absl::StatusOr<Subprocess> p =
+        Subprocess::Start({"/bin/sh", "-c", std::string("umask ") + umask + "; exec \"$0\" \"$@\"",
+                           testing::BinaryPath("server/gstabd"), "--socket=" + socket,
+                           "--state_dir=" + state, "--metrics_port=-1", "--backend=cpu"},
+                          dir.path() + "/gstabd.log");
+    ASSERT_TRUE(p.ok()) << p.status();
+    for (int i = 0; i < 1000 && !std::filesystem::exists(socket); ++i) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    ASSERT_TRUE(std::filesystem::exists(socket)) << umask;
+    EXPECT_EQ(ModeOf(dir.path() + "/run"), 0755u) << umask;
+    EXPECT_EQ(ModeOf(dir.path() + "/run/gstab"), 0755u) << umask;
+    EXPECT_EQ(ModeOf(socket), 0660u) << umask;
+    EXPECT_EQ(ModeOf(dir.path() + "/lib"), 0750u) << umask;
+    EXPECT_EQ(ModeOf(state), 0750u) << umask;
+    p->Signal(SIGTERM);
+    EXPECT_EQ(p->Wait(absl::Seconds(20)).value_or(-1), 0) << umask;
+  }
+}
+
+}  // namespace
+}  // namespace gstab
