@@ -10,9 +10,9 @@
 
 namespace gstab {
 
-// Creates `path` and any missing folders above it, each with exactly `mode` (not reduced by
-// the umask: under umask 077 a socket's folder would shut out the group it is shared with,
-// under umask 000 anyone could delete a checkpoint). Folders that exist are left as they are.
+// Creates `path` with exactly `mode`, and any missing folders above it with 0755, whatever the
+// umask (under umask 077 a socket's folder would shut out the group it is shared with, under
+// umask 000 anyone could delete a checkpoint). Folders that exist are left as they are.
 // FAILED_PRECONDITION, naming the folder and the reason, when one cannot be made.
 absl::Status CreateFolders(const std::string& path, mode_t mode);
 

@@ -64,8 +64,13 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
   // Something other than a socket at the path is not a stale socket to replace (a mistyped
   // --socket naming a file would be deleted).
   if (struct stat st; ::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    const char* kind = S_ISDIR(st.st_mode)    ? "a folder"
+                       : S_ISLNK(st.st_mode)  ? "a symbolic link"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISREG(st.st_mode)  ? "a file"
+                                              : "a device";
     return absl::FailedPreconditionError(
-        absl::StrCat("'", path, "' is ", S_ISDIR(st.st_mode) ? "a folder" : "a file",
+        absl::StrCat("'", path, "' is ", kind,
                      ", not a socket: give --socket a path where gstabd may make its socket"));
   }
   addr.sun_family = AF_UNIX;

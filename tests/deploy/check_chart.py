@@ -235,6 +235,7 @@ def bad_values(args):
         (["--set", "peer.enabled=true", "--set", "peer.tlsSecret=s", "--set", "peer.port=9478"],
          "peer.port and metrics.port must differ"),
         (["--set", "daemon.leaseMs=3000000000"], "/daemon/leaseMs"),
+        (["--set", "daemon.cpuThreads=2000"], "/daemon/cpuThreads"),  # gstabd takes 1024
         (["--set", "terminationGracePeriodSeconds=0"], "/terminationGracePeriodSeconds"),
         # gstabd has no CAP_NET_BIND_SERVICE, and its --max_groups is 32-bit.
         (["--set", "metrics.port=80"], "/metrics/port"),

@@ -86,6 +86,11 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   EXPECT_EQ(fcode, 1) << fout;
   EXPECT_NE(fout.find("is a folder, not a socket"), std::string::npos) << fout;
   EXPECT_TRUE(std::filesystem::is_directory(dir.path() + "/folder"));
+  std::filesystem::create_symlink(file, dir.path() + "/link.sock");
+  auto [lcode, lout] = StartRefused(dir, {"--socket=" + dir.path() + "/link.sock"});
+  EXPECT_EQ(lcode, 1) << lout;
+  EXPECT_NE(lout.find("is a symbolic link, not a socket"), std::string::npos) << lout;
+  EXPECT_TRUE(std::filesystem::is_symlink(dir.path() + "/link.sock"));
 }
 
 // `--jobs_by_uid false` would leave the flag true and drop "false" unseen.
@@ -106,8 +111,9 @@ TEST(E2eProcessTest, AWordThatIsNotAFlagIsRefused) {
 TEST(E2eProcessTest, FoldersGstabdMakesHaveTheirModesWhateverTheUmask) {
   for (const char* umask : {"000", "077"}) {
     TempDir dir;
-    const std::string socket = dir.path() + "/run/gstab/gstabd.sock";
-    const std::string state = dir.path() + "/lib/gstab";
+    // The two share a folder gstabd makes too: it must stay open to the socket's users.
+    const std::string socket = dir.path() + "/srv/run/gstabd.sock";
+    const std::string state = dir.path() + "/srv/state";
     absl::StatusOr<Subprocess> p =
         Subprocess::Start({"/bin/sh", "-c", std::string("umask ") + umask + "; exec \"$0\" \"$@\"",
                            testing::BinaryPath("server/gstabd"), "--socket=" + socket,
@@ -118,10 +124,9 @@ TEST(E2eProcessTest, FoldersGstabdMakesHaveTheirModesWhateverTheUmask) {
       absl::SleepFor(absl::Milliseconds(20));
     }
     ASSERT_TRUE(std::filesystem::exists(socket)) << umask;
-    EXPECT_EQ(ModeOf(dir.path() + "/run"), 0755u) << umask;
-    EXPECT_EQ(ModeOf(dir.path() + "/run/gstab"), 0755u) << umask;
+    EXPECT_EQ(ModeOf(dir.path() + "/srv"), 0755u) << umask;
+    EXPECT_EQ(ModeOf(dir.path() + "/srv/run"), 0755u) << umask;
     EXPECT_EQ(ModeOf(socket), 0660u) << umask;
-    EXPECT_EQ(ModeOf(dir.path() + "/lib"), 0750u) << umask;
     EXPECT_EQ(ModeOf(state), 0750u) << umask;
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(absl::Seconds(20)).value_or(-1), 0) << umask;
