@@ -188,9 +188,10 @@ TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
   auto d = DaemonProcess::Start(dir.path(), flags);
   ASSERT_TRUE(d.ok()) << d.status();
   const std::regex logged("on TCP \\[::1\\]:([0-9]+) \\(mutual TLS\\)");
-  std::smatch port;
+  std::smatch port;  // refers into `log`, which outlives it
+  std::string log;
   for (int i = 0; i < 100; ++i) {
-    const std::string log = d->Log();
+    log = d->Log();
     if (std::regex_search(log, port, logged)) break;
     absl::SleepFor(absl::Milliseconds(50));
   }
