@@ -41,8 +41,20 @@ absl::StatusOr<Subprocess> Subprocess::Start(const std::vector<std::string>& arg
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // The child starts as a service manager would start it: no signal blocked or ignored, whatever
+  // this process (or the test runner above it) blocks or ignores. An ignored SIGPIPE would
+  // otherwise carry over into gstabd and hide its own handling.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
   Subprocess p;
-  const int err = posix_spawn(&p.pid_, args[0], &actions, nullptr, args.data(), environ);
+  const int err = posix_spawn(&p.pid_, args[0], &actions, &attr, args.data(), environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
   if (fds[1] >= 0) close(fds[1]);
   if (err != 0) {
