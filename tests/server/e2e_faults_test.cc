@@ -128,19 +128,13 @@ TEST_F(E2eFaultsTest, AWorkerRegistersOnlyItsOwnSharedMemory) {
 // start: its exit code and output.
 std::pair<int, std::string> StartRefused(const std::string& gstabd, const std::string& state_dir,
                                          const std::vector<std::string>& prefix = {}) {
-  // Bounded: a gstabd that starts after all (a regression) would keep its output open.
-  std::vector<std::string> argv = {"/usr/bin/timeout", "-k", "5", "30"};
-  argv.insert(argv.end(), prefix.begin(), prefix.end());
+  std::vector<std::string> argv = prefix;
   for (const std::string& arg :
        {gstabd, "--socket=" + state_dir + ".sock", "--state_dir=" + state_dir,
         std::string("--metrics_port=-1"), std::string("--backend=cpu")}) {
     argv.push_back(arg);
   }
-  absl::StatusOr<Subprocess> p = Subprocess::Start(argv);
-  EXPECT_TRUE(p.ok()) << p.status();
-  if (!p.ok()) return {-1, ""};
-  const std::string out = p->ReadAll();
-  return {p->Wait(absl::Seconds(20)).value_or(-1), out};
+  return testing::RunBounded(argv);
 }
 
 // A state directory is one gstabd's: a second gstabd on it (with a socket of its own) is refused

@@ -245,6 +245,15 @@ std::pair<int, std::string> RunShell(const std::string& command) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+std::pair<int, std::string> RunBounded(const std::vector<std::string>& argv) {
+  std::vector<std::string> bounded = {"/usr/bin/timeout", "-k", "5", "30"};
+  bounded.insert(bounded.end(), argv.begin(), argv.end());
+  absl::StatusOr<Subprocess> p = Subprocess::Start(bounded);
+  if (!p.ok()) return {-1, std::string(p.status().message())};
+  const std::string out = p->ReadAll();
+  return {p->Wait(absl::Seconds(20)).value_or(-1), out};
+}
+
 absl::StatusOr<int> DaemonProcess::Stop() {
   process_.Signal(SIGTERM);
   return process_.Wait(absl::Seconds(30));

@@ -76,6 +76,10 @@ bool Ipv6LoopbackWorks();
 // Runs a shell command, for 120 s at most (exit code 124 after); returns its exit code and
 // combined output.
 std::pair<int, std::string> RunShell(const std::string& command);
+// Runs argv (argv[0] a path; a gstabd expected to refuse to start, say) for 30 s at most, should
+// it run on after all; returns its exit code (-1 when it could not start or did not end) and
+// combined output.
+std::pair<int, std::string> RunBounded(const std::vector<std::string>& argv);
 
 // A fresh temporary directory, removed with everything in it on destruction.
 class TempDir {
