@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -22,6 +23,7 @@
 #include "server/server.h"
 #include "server/shm_faults.h"
 #include "server/shm_mapping.h"
+#include "server/stderr_log.h"
 #ifdef GSTAB_WITH_CUDA
 #include "server/cuda/cuda_ipc.h"
 #endif
@@ -91,6 +93,9 @@ ABSL_FLAG(int32_t, max_mappings_per_owner, gstab::MappingRegistry::kDefaultMaxMa
 ABSL_FLAG(int32_t, max_connections_per_uid, gstab::PeerPolicy::kDefaultMaxConnectionsPerUid,
           "connections to the unix socket one uid may hold open at once; one more is closed at "
           "once (logged)");
+ABSL_FLAG(int64_t, log_queue_bytes, gstab::StderrLog::kDefaultMaxQueuedBytes,
+          "log lines held while stderr is not read (4096 to 1 GiB); beyond, lines are dropped "
+          "and counted");
 ABSL_FLAG(bool, nccl_one_rank, false,
           "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
           "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");
@@ -150,8 +155,16 @@ int main(int argc, char** argv) {
                  rest[1]);
     return 2;
   }
-  FLAGS_logtostderr = true;
+  const int64_t log_queue_bytes = absl::GetFlag(FLAGS_log_queue_bytes);
+  if (log_queue_bytes < 4096 || log_queue_bytes > (int64_t{1} << 30)) {
+    std::fprintf(stderr, "gstabd: --log_queue_bytes must be from 4096 to 1073741824 (1 GiB)\n");
+    return 2;
+  }
   google::InitGoogleLogging(argv[0]);
+  // Log lines go to stderr through a thread of their own: a reader that stops reading stderr
+  // holds up that thread, not gstabd. At the end, what is queued gets a moment to go out.
+  gstab::StderrLog* log = gstab::StderrLog::Install(static_cast<size_t>(log_queue_bytes));
+  absl::Cleanup flush_log = [log] { log->Flush(absl::Seconds(2)); };
 
   const std::string backend = absl::GetFlag(FLAGS_backend);
 #ifdef GSTAB_WITH_CUDA

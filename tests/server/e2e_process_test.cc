@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
@@ -84,7 +86,8 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
 }
 
 // `--jobs_by_uid false` would leave the flag true and drop "false" unseen; TLS files without
-// their port would be ignored; 100,000 kernel threads would abort gstabd seconds later.
+// their port would be ignored; 100,000 kernel threads would abort gstabd seconds later; a log
+// queue of 100 bytes would hold no line.
 TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
   TempDir dir;
   auto [code, out] = StartRefused(dir, {"--jobs_by_uid", "false"});
@@ -96,6 +99,9 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
   auto [ccode, cout] = StartRefused(dir, {"--cpu_threads=100000"});
   EXPECT_EQ(ccode, 2) << cout;
   EXPECT_NE(cout.find("--cpu_threads takes a count up to 1024"), std::string::npos) << cout;
+  auto [lcode, lout] = StartRefused(dir, {"--log_queue_bytes=100"});
+  EXPECT_EQ(lcode, 2) << lout;
+  EXPECT_NE(lout.find("--log_queue_bytes must be from 4096"), std::string::npos) << lout;
 }
 
 // Under umask 000 the folders gstabd makes would be anyone's to change (a checkpoint deleted
@@ -123,6 +129,43 @@ TEST(E2eProcessTest, FoldersGstabdMakesHaveTheirModesWhateverTheUmask) {
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(absl::Seconds(20)).value_or(-1), 0) << umask;
   }
+}
+
+// A reader that stops reading gstabd's stderr (a stalled container runtime, a pipe nobody
+// drains) must not stop gstabd: attaches go on, lines beyond the queue are dropped and counted,
+// the count is logged once stderr takes lines again, and SIGTERM still stops it.
+TEST(E2eProcessTest, AStderrNobodyReadsHoldsUpNoCallAndNoStop) {
+  TempDir dir;
+  setenv("GSTAB_CALL_TIMEOUT_S", "10", 1);  // a call held up by a log line fails, not hangs
+  // The pipe holds 64 KiB and the queue 16 KiB: each attach logs a line of about 100 bytes.
+  auto daemon = Subprocess::Start({testing::BinaryPath("server/gstabd"),
+                                   "--socket=" + dir.path() + "/gstabd.sock",
+                                   "--state_dir=" + dir.path() + "/state", "--metrics_port=-1",
+                                   "--backend=cpu", "--log_queue_bytes=16384"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<std::string> first = daemon->ReadLine(absl::Seconds(10));
+  ASSERT_TRUE(first.ok()) << first.status();  // started (and the pipe left unread from now on)
+  auto client = Client::Connect(dir.path() + "/gstabd.sock", absl::Seconds(10));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 2000; ++i) {
+    absl::Status s = (*client)->Attach(JobOptions(absl::StrCat("unread-log-", i % 8)));
+    ASSERT_TRUE(s.ok()) << "attach " << i << " after " << absl::Now() - start << ": " << s;
+  }
+  ASSERT_TRUE((*client)->Detach().ok());
+  // Reading again: the queued lines come out, then the count of those dropped.
+  bool told = false;
+  for (absl::StatusOr<std::string> line = daemon->ReadLine(absl::Seconds(10)); line.ok() && !told;
+       line = daemon->ReadLine(absl::Seconds(10))) {
+    told = absl::StrContains(*line, "log lines dropped: stderr was not read");
+  }
+  EXPECT_TRUE(told);
+  daemon->Signal(SIGTERM);
+  const std::string rest = daemon->ReadAll();
+  absl::StatusOr<int> code = daemon->Wait(absl::Seconds(10));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << rest;
+  EXPECT_TRUE(absl::StrContains(rest, "received Terminated")) << rest;
 }
 
 }  // namespace

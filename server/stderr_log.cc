@@ -1,0 +1,114 @@
+#include "server/stderr_log.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/support/log.h"
+
+namespace gstab {
+namespace {
+
+// Writes all of `text` to stderr, waiting while it is full; gives up when stderr is closed or
+// fails (the lines are lost: there is nowhere else to say so).
+void WriteToStderr(const std::string& text) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, text.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Someone else's non-blocking stderr (a shared terminal, say): wait until it takes more.
+      pollfd p = {STDERR_FILENO, POLLOUT, 0};
+      (void)::poll(&p, 1, -1);
+    } else {
+      return;
+    }
+  }
+}
+
+// gRPC's log lines, into glog (and so through the writer thread rather than straight to stderr).
+void GrpcLine(gpr_log_func_args* args) {
+  const google::LogSeverity severity =
+      args->severity == GPR_LOG_SEVERITY_ERROR ? google::GLOG_ERROR : google::GLOG_INFO;
+  google::LogMessage(args->file, args->line, severity).stream() << "grpc: " << args->message;
+}
+
+}  // namespace
+
+StderrLog::StderrLog(size_t max_queued_bytes) : max_queued_bytes_(max_queued_bytes) {}
+
+StderrLog* StderrLog::Install(size_t max_queued_bytes) {
+  auto* log = new StderrLog(max_queued_bytes);  // never deleted: see the header
+  log->writer_ = std::thread([log] { log->Run(); });
+  log->writer_.detach();
+  for (int severity = google::GLOG_INFO; severity < google::NUM_SEVERITIES; ++severity) {
+    google::SetLogDestination(severity, "");  // no log files
+  }
+  FLAGS_logtostderr = false;
+  FLAGS_alsologtostderr = false;
+  FLAGS_stderrthreshold = google::NUM_SEVERITIES;  // glog itself writes no line to stderr
+  google::AddLogSink(log);
+  gpr_set_log_function(&GrpcLine);
+  return log;
+}
+
+void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/,
+                     const char* base_filename, int line, const google::LogMessageTime& time,
+                     const char* message, size_t message_len) {
+  std::string text =
+      absl::StrCat(ToString(severity, base_filename, line, time, message, message_len), "\n");
+  absl::MutexLock lock(&mu_);
+  if (severity >= google::GLOG_FATAL) {
+    // The process ends after this line: write it now, after the lines queued before it.
+    std::string rest;
+    rest.swap(queue_);
+    if (unreported_ > 0) rest.insert(0, DroppedNotice(unreported_));
+    unreported_ = 0;
+    WriteToStderr(rest + text);
+    return;
+  }
+  if (queue_.size() + text.size() > max_queued_bytes_) {
+    ++dropped_;
+    ++unreported_;
+    return;
+  }
+  queue_ += text;
+}
+
+void StderrLog::Run() {
+  std::string batch;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      mu_.Await(absl::Condition(this, &StderrLog::Queued));
+      batch.swap(queue_);
+      if (unreported_ > 0) batch.insert(0, DroppedNotice(unreported_));
+      unreported_ = 0;
+      writing_ = true;
+    }
+    WriteToStderr(batch);
+    batch.clear();
+  }
+}
+
+bool StderrLog::Flush(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(this, &StderrLog::Idle), timeout);
+}
+
+uint64_t StderrLog::dropped() const {
+  absl::MutexLock lock(&mu_);
+  return dropped_;
+}
+
+std::string StderrLog::DroppedNotice(uint64_t dropped) {
+  return absl::StrCat("gstabd: ", dropped,
+                      " log lines dropped: stderr was not read while they were logged\n");
+}
+
+}  // namespace gstab
