@@ -59,8 +59,11 @@ class GstabdTest(unittest.TestCase):
 
 
 def example_env() -> dict:
-    """The environment for an example process: this one's, with the library under test."""
-    return dict(os.environ, **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
+    """The environment for an example process: this one's, with the library under test. A
+    process that crashes (SIGSEGV) prints every thread's Python stack (faulthandler) into the
+    output the failing test shows: the crash's place, in gstab's library or a framework's."""
+    return dict(os.environ, PYTHONFAULTHANDLER="1",
+                **({"GSTAB_LIBRARY": ARGS.library} if ARGS.library else {}))
 
 
 def peer_gstabd() -> Gstabd:
