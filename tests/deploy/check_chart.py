@@ -116,7 +116,23 @@ def check_common(name, kinds):
               f"{name}: Service targets another port")
     check(c["securityContext"].get("allowPrivilegeEscalation") is False,
           f"{name}: privilege escalation allowed")
+    # The DaemonSet would adopt (and delete) a `helm test` pod its selector matches.
+    for test_pod in kinds.get("Pod", []):
+        test_labels = test_pod["metadata"].get("labels", {})
+        check(not ds["spec"]["selector"]["matchLabels"].items() <= test_labels.items(),
+              f"{name}: the DaemonSet's selector matches the test pod {test_pod['metadata']['name']}")
+        for svc in kinds.get("Service", []):
+            check(not svc["spec"]["selector"].items() <= test_labels.items(),
+                  f"{name}: Service {svc['metadata']['name']} routes to the test pod")
     return ds, pod, c
+
+
+def node_terms(pod):
+    """The pod's required node-affinity terms, each as {(key, operator): values}."""
+    affinity = pod["spec"].get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    return [{(e["key"], e["operator"]): e.get("values") for e in t["matchExpressions"]}
+            for t in terms.get("nodeSelectorTerms", [])]
 
 
 def check_gpu(name, kinds):
@@ -130,6 +146,13 @@ def check_gpu(name, kinds):
           f"{name}: gstabd must see every GPU of its node")
     check(pod["spec"].get("hostPID") is True, f"{name}: CUDA IPC across pods needs hostPID")
     check(c["image"].endswith("-cuda"), f"{name}: image {c['image']} is not the CUDA flavour")
+    # On GPU nodes only (elsewhere the NVIDIA runtime class has no handler), tolerating their taint.
+    for p in [pod] + kinds.get("Pod", []):
+        which = p["metadata"].get("name", "the DaemonSet's pod")
+        check({("nvidia.com/gpu.present", "In"): ["true"]} in node_terms(p),
+              f"{name}: {which} is not kept to GPU nodes: {node_terms(p)}")
+        check(any(t.get("key") == "nvidia.com/gpu" for t in p["spec"].get("tolerations", [])),
+              f"{name}: {which} does not tolerate the nvidia.com/gpu taint")
 
 
 def check_cpu(name, kinds):
@@ -141,6 +164,11 @@ def check_cpu(name, kinds):
     check(c["image"].endswith("-cpu"), f"{name}: image {c['image']} is not the CPU flavour")
     check(pod["spec"].get("hostPID") is False,
           f"{name}: the CPU backend needs no host pid namespace, yet the chart asks for it")
+    # Never on a node a GPU release serves: both would take its socket and state folders.
+    terms = node_terms(pod)
+    check(len(terms) == 1 and terms[0].get(("nvidia.com/gpu.present", "NotIn")) == ["true"],
+          f"{name}: the CPU flavour may land on GPU nodes: {terms}")
+    check(not pod["spec"].get("tolerations"), f"{name}: the CPU flavour tolerates GPU taints")
 
 
 def check_monitoring(name, kinds, args):
@@ -240,6 +268,9 @@ def bad_values(args):
         # gstabd has no CAP_NET_BIND_SERVICE, and its --max_groups is 32-bit.
         (["--set", "metrics.port=80"], "/metrics/port"),
         (["--set", "metrics.maxGroups=5000000000"], "/metrics/maxGroups"),
+        (["--set", "imagePullSecrets={regcred}"], "/imagePullSecrets/0"),
+        (["--set", "updateStrategy.type=RollingUpdate",
+          "--set", "updateStrategy.rollingUpdate.maxUnavailable=0"], "maxUnavailable may not be 0"),
     ]
     for extra, expected in cases:
         rc, _, err = helm(args, *extra)

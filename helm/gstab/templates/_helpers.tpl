@@ -32,6 +32,38 @@ app.kubernetes.io/component: gstabd
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The `helm test` pod's labels: none of the selector's, or the DaemonSet would adopt it (and
+delete it as a second pod on its node) and the metrics Service would route to it. */}}
+{{- define "gstab.testLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/part-of: {{ include "gstab.name" . }}
+app.kubernetes.io/component: test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Where gstabd runs unless nodeSelector, tolerations or affinity are set. The GPU flavour:
+nodes with an NVIDIA GPU (labelled by NVIDIA's GPU feature discovery or by node feature
+discovery's PCI vendor label), tolerating their usual taint; elsewhere its runtime class has no
+handler. The CPU flavour: anywhere but those, so that it and a GPU release never meet on a node
+(they would share its socket and state folders). */}}
+{{- define "gstab.placement" -}}
+{{- $gpuNode := list (dict "matchExpressions" (list (dict "key" "nvidia.com/gpu.present" "operator" "In" "values" (list "true")))) (dict "matchExpressions" (list (dict "key" "feature.node.kubernetes.io/pci-10de.present" "operator" "In" "values" (list "true")))) -}}
+{{- $notGpuNode := list (dict "matchExpressions" (list (dict "key" "nvidia.com/gpu.present" "operator" "NotIn" "values" (list "true")) (dict "key" "feature.node.kubernetes.io/pci-10de.present" "operator" "NotIn" "values" (list "true")))) -}}
+{{- $placement := dict -}}
+{{- if .Values.nodeSelector }}{{ $_ := set $placement "nodeSelector" .Values.nodeSelector }}{{ end -}}
+{{- if kindIs "invalid" .Values.tolerations -}}
+{{- if .Values.gpu.enabled }}{{ $_ := set $placement "tolerations" (list (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule")) }}{{ end -}}
+{{- else if .Values.tolerations -}}
+{{- $_ := set $placement "tolerations" .Values.tolerations -}}
+{{- end -}}
+{{- if kindIs "invalid" .Values.affinity -}}
+{{- $_ := set $placement "affinity" (dict "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" (ternary $gpuNode $notGpuNode .Values.gpu.enabled)))) -}}
+{{- else if .Values.affinity -}}
+{{- $_ := set $placement "affinity" .Values.affinity -}}
+{{- end -}}
+{{- if $placement }}{{ toYaml $placement }}{{ end -}}
+{{- end -}}
+
 {{- define "gstab.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "gstab.fullname" .) .Values.serviceAccount.name -}}
