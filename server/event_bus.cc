@@ -37,17 +37,27 @@ void EventBus::Publish(v1::Event event) {
     event.set_wall_time_unix_nanos(absl::ToUnixNanos(absl::Now()));
   }
   for (const auto& s : subscribers_) s->Push(event);
-  history_.push_back(std::move(event));
-  if (history_.size() > history_size_) history_.pop_front();
+  const bool session =
+      event.type() == v1::EVENT_TYPE_ATTACH || event.type() == v1::EVENT_TYPE_DETACH;
+  std::deque<v1::Event>& history = session ? session_history_ : history_;
+  history.push_back(std::move(event));
+  if (history.size() > history_size_) history.pop_front();
 }
 
 std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job, uint32_t recent,
                                                             bool live) {
   auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_));
   absl::MutexLock lock(&mu_);
+  // The newest `recent` of both histories, merged back into the order they were published in.
   std::deque<const v1::Event*> matching;
-  for (auto it = history_.rbegin(); it != history_.rend() && matching.size() < recent; ++it) {
-    if (job.empty() || it->job() == job) matching.push_front(&*it);
+  auto other = history_.rbegin();
+  auto session = session_history_.rbegin();
+  while (matching.size() < recent &&
+         (other != history_.rend() || session != session_history_.rend())) {
+    const bool take_other = session == session_history_.rend() ||
+                            (other != history_.rend() && other->sequence() > session->sequence());
+    const v1::Event& e = take_other ? *other++ : *session++;
+    if (job.empty() || e.job() == job) matching.push_front(&e);
   }
   for (const v1::Event* e : matching) sub->Push(*e);
   if (closed_ || !live) {

@@ -40,7 +40,9 @@ class EventBus {
     bool closed_ ABSL_GUARDED_BY(mu_) = false;
   };
 
-  // `capacity`: events queued per subscriber; `history`: recent events kept for new ones.
+  // `capacity`: events queued per subscriber; `history`: recent events kept for new ones, twice:
+  // the sessions' (ATTACH, DETACH) and the others, so that sessions coming and going (an
+  // operator's `gstabctl config show` in a loop, say) cannot push spikes out of the history.
   explicit EventBus(size_t capacity = 1024, size_t history = 1024)
       : capacity_(capacity), history_size_(history) {}
 
@@ -60,7 +62,8 @@ class EventBus {
   const size_t history_size_;
   absl::Mutex mu_;
   uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<v1::Event> history_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::Event> history_ ABSL_GUARDED_BY(mu_);          // all but the sessions'
+  std::deque<v1::Event> session_history_ ABSL_GUARDED_BY(mu_);  // ATTACH and DETACH
   std::list<std::shared_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };

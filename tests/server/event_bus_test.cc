@@ -1,5 +1,7 @@
 #include "server/event_bus.h"
 
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace gstab {
@@ -67,6 +69,36 @@ TEST(EventBusTest, ASubscriptionThatIsNotLiveEndsAfterTheRecentEvents) {
   EXPECT_EQ(e.step(), 2u);
   EXPECT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kClosed);
   bus.Unsubscribe(sub);  // as the service does; not subscribed, so nothing to remove
+}
+
+// Sessions coming and going (an operator's `gstabctl config show` in a loop) must not push the
+// job's spikes out of the history; what a subscriber gets is both, in the order published.
+TEST(EventBusTest, SessionsComingAndGoingKeepTheSpikesInTheHistory) {
+  EventBus bus(/*capacity=*/64, /*history=*/8);
+  bus.Publish(Spike("j", 1));
+  for (int i = 0; i < 100; ++i) {
+    v1::Event e;
+    e.set_type(i % 2 == 0 ? v1::EVENT_TYPE_ATTACH : v1::EVENT_TYPE_DETACH);
+    e.set_job("j");
+    bus.Publish(e);
+    if (i == 50) bus.Publish(Spike("j", 2));
+  }
+  auto sub = bus.Subscribe("j", 64, /*live=*/false);
+  std::vector<v1::Event> got;
+  for (v1::Event e;
+       sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent;) {
+    got.push_back(e);
+  }
+  ASSERT_EQ(got.size(), 10u);  // 2 spikes, and the last 8 sessions' events
+  EXPECT_EQ(got[0].type(), v1::EVENT_TYPE_SPIKE);
+  EXPECT_EQ(got[0].step(), 1u);
+  EXPECT_EQ(got[1].type(), v1::EVENT_TYPE_SPIKE);
+  EXPECT_EQ(got[1].step(), 2u);
+  for (size_t i = 1; i < got.size(); ++i) EXPECT_GT(got[i].sequence(), got[i - 1].sequence());
+  auto newest = bus.Subscribe("j", 3, /*live=*/false);  // the newest 3, whatever their kind
+  v1::Event e;
+  ASSERT_EQ(newest->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.sequence(), 100u);
 }
 
 }  // namespace
