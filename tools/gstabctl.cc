@@ -7,7 +7,7 @@
 //   gstabctl top                           a refreshing view: norm sparklines per job
 //   gstabctl config set --job=J policy=clip clip.max_norm=0.5
 //   gstabctl config show --job=J           the job's whole configuration, as config set takes it
-//   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint
+//   gstabctl export --job=J --out=FILE     the job's statistics, for its own checkpoint (-: stdout)
 //   gstabctl import --job=J --in=FILE [--keep_config]  (--keep_config: statistics only)
 //   gstabctl forget --job=J                drops what gstabd holds of a job no worker uses
 //                                           (statistics, step count, configuration, checkpoint)
@@ -18,17 +18,18 @@
 // integers as strings, as protobuf's JSON mapping has them). Exit status 0 on success, 1 on any
 // error (with the reason on stderr), 2 for a bad command line (an unknown command, a missing or
 // malformed argument; a flag absl cannot parse exits with 1).
+#include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -36,13 +37,15 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
-#include "common/utf8.h"
+#include "common/wire_limits.h"
 #include "google/protobuf/struct.pb.h"
+#include "tools/ctl_files.h"
 #include "tools/ctl_format.h"
 
 ABSL_FLAG(std::string, socket, "",
@@ -56,13 +59,15 @@ ABSL_FLAG(bool, follow, false, "events: keep streaming new events");
 ABSL_FLAG(uint32_t, recent, 100, "events: how many recent events to show first");
 ABSL_FLAG(int, interval_ms, 1000, "top: refresh period");
 ABSL_FLAG(int, iterations, 0, "top: refreshes before exiting (0: until interrupted)");
-ABSL_FLAG(std::string, out, "", "export: file to write");
-ABSL_FLAG(std::string, in, "", "import: file to read");
+ABSL_FLAG(std::string, out, "", "export: file to write (-: stdout)");
+ABSL_FLAG(std::string, in, "", "import: file to read (-: stdin)");
 ABSL_FLAG(bool, keep_config, false,
           "import: the job keeps its configuration (only the statistics and step count)");
 ABSL_FLAG(uint32_t, nodes, 0, "rendezvous: the job's node count");
 ABSL_FLAG(bool, cuda, false, "rendezvous: the job registers GPU gradients (adds an NCCL id)");
 ABSL_FLAG(bool, all, false, "status: also the retired jobs, kept as checkpoints");
+ABSL_FLAG(int, timeout_s, 10,
+          "how long to wait for each of gstabd's answers (events --follow: none once it streams)");
 
 namespace gstab::ctl {
 namespace {
@@ -83,6 +88,16 @@ int Usage(const std::string& why) {
 std::string Json(const google::protobuf::Message& message) {
   return ToJson(message, /*with_defaults=*/true);
 }
+
+// A call made here directly (not through the client library, whose calls have their own
+// deadline, GSTAB_CALL_TIMEOUT_S, which main sets from --timeout_s) waits --timeout_s at most.
+void SetDeadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(
+      absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s))));
+}
+
+// Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
+bool StdoutWritten() { return std::fflush(stdout) == 0 && !std::ferror(stdout); }
 
 // What a command did: `text` for people, or with --json the same as one JSON object of `fields`
 // (strings, numbers and booleans).
@@ -140,6 +155,7 @@ absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
   request.set_history(history);
   request.set_include_retired(include_retired);
   grpc::ClientContext ctx;
+  SetDeadline(&ctx);
   v1::ListJobsResponse response;
   if (absl::Status s = FromGrpcStatus(client->stub()->ListJobs(&ctx, request, &response));
       !s.ok()) {
@@ -187,13 +203,36 @@ int Events() {
   request.set_follow(absl::GetFlag(FLAGS_follow));
   request.set_recent(absl::GetFlag(FLAGS_recent));
   grpc::ClientContext ctx;
+  if (!request.follow()) SetDeadline(&ctx);
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);
+  // Followed: ends when stdout's reader goes (`| head -1`, `| grep -m1`) even while no event
+  // comes, rather than hold one of the caller's event streams until the next one.
+  std::atomic<bool> streaming{true}, reader_gone{false};
+  std::thread watch([&] {
+    while (request.follow() && streaming.load()) {
+      pollfd out = {STDOUT_FILENO, 0, 0};  // POLLERR and POLLHUP come unasked
+      if (::poll(&out, 1, 200) > 0 && (out.revents & (POLLERR | POLLHUP)) != 0) {
+        reader_gone = true;
+        ctx.TryCancel();
+        return;
+      }
+    }
+  });
   v1::Event event;
-  while (reader->Read(&event)) {
+  bool written = true;
+  while (written && reader->Read(&event)) {
     std::printf("%s\n", absl::GetFlag(FLAGS_json) ? Json(event).c_str() : EventLine(event).c_str());
-    std::fflush(stdout);
+    written = StdoutWritten();
   }
+  if (!written) ctx.TryCancel();
   absl::Status s = FromGrpcStatus(reader->Finish());
+  streaming = false;
+  watch.join();
+  if (reader_gone) return 128 + SIGPIPE;  // as if the next write had met the closed pipe
+  if (!written) {
+    return Fail(
+        absl::InternalError(absl::StrCat("cannot write the events: ", std::strerror(errno))));
+  }
   // A followed stream ends only when gstabd goes: it ends the stream as it stops, or its
   // connection closes under it (connected before the call, so it was there).
   if (absl::GetFlag(FLAGS_follow) && (s.ok() || absl::IsUnavailable(s))) {
@@ -221,7 +260,7 @@ int Top() {
     } else {
       std::printf("%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str());
     }
-    std::fflush(stdout);
+    if (!StdoutWritten()) return Fail(absl::InternalError("cannot write to stdout"));
   }
   return 0;
 }
@@ -274,20 +313,13 @@ int Export() {
   if (!client.ok()) return Fail(client.status());
   auto state = (*client)->ExportState();
   if (!state.ok()) return Fail(state.status());
-  // Whole or not at all: written beside it, then renamed over it.
-  const std::string partial = path + ".partial." + std::to_string(getpid());
-  std::ofstream out(partial, std::ios::binary);
-  out << *state;
-  out.close();
-  std::error_code renamed;
-  if (out) std::filesystem::rename(partial, path, renamed);
-  if (!out || renamed) {
-    const std::string why = renamed ? renamed.message() : std::strerror(errno);
-    std::error_code ignored;
-    std::filesystem::remove(partial, ignored);
-    return Fail(absl::InternalError(absl::StrCat("cannot write '", path, "': ", why)));
-  }
+  if (absl::Status s = WriteWhole(path, *state); !s.ok()) return Fail(s);
   const std::string job = absl::GetFlag(FLAGS_job);
+  if (path == "-") {  // stdout holds the state: what was done goes to stderr
+    std::fprintf(stderr, "gstabctl: exported %zu bytes of job %s's statistics\n", state->size(),
+                 job.c_str());
+    return 0;
+  }
   return Done(
       absl::StrCat("exported ", state->size(), " bytes of job ", job, "'s statistics to ", path),
       {{"job", job}, {"bytes", static_cast<double>(state->size())}, {"out", path}});
@@ -298,27 +330,12 @@ int Import() {
   if (path.empty() || absl::GetFlag(FLAGS_job).empty()) {
     return Usage("import needs --job=NAME and --in=FILE");
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return Fail(
-        absl::NotFoundError(absl::StrCat("cannot read '", path, "': ", std::strerror(errno))));
-  }
-  std::error_code ignored;
-  if (std::filesystem::is_directory(path, ignored)) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("'", path, "' is a folder: --in names a file `gstabctl export` wrote")));
-  }
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  if (bytes.str().empty()) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("'", path, "' is empty: --in names a file `gstabctl export` wrote")));
-  }
+  absl::StatusOr<std::string> bytes = ReadWhole(path, kMaxMessageBytes);
+  if (!bytes.ok()) return Fail(bytes.status());
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
   uint32_t groups = 0;
-  if (absl::Status s =
-          (*client)->ImportState(bytes.str(), &groups, absl::GetFlag(FLAGS_keep_config));
+  if (absl::Status s = (*client)->ImportState(*bytes, &groups, absl::GetFlag(FLAGS_keep_config));
       !s.ok()) {
     return Fail(s);
   }
@@ -337,6 +354,7 @@ int Forget() {
   request.set_job(job);
   v1::ForgetJobResponse response;
   grpc::ClientContext ctx;
+  SetDeadline(&ctx);
   if (absl::Status s = FromGrpcStatus((*client)->stub()->ForgetJob(&ctx, request, &response));
       !s.ok()) {
     return Fail(s);
@@ -370,20 +388,29 @@ int Rendezvous() {
 }  // namespace
 }  // namespace gstab::ctl
 
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "gstabctl [--socket=PATH|HOST:PORT] [--json] health | status | events [--job=J] [--follow] | "
-      "top | "
-      "config set --job=J KEY=VALUE... | config show --job=J | export --job=J --out=FILE | "
-      "import --job=J --in=FILE | forget --job=J | "
-      "rendezvous --job=J --nodes=N [--cuda]");
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  std::vector<std::string> args(rest.begin() + 1, rest.end());
+namespace {
+
+constexpr char kUsage[] =
+    "gstabctl [--socket=PATH|HOST:PORT] [--json] [--timeout_s=S] health | status | events "
+    "[--job=J] [--follow] | top | config set --job=J KEY=VALUE... | config show --job=J | export "
+    "--job=J --out=FILE|- | import --job=J --in=FILE|- | forget --job=J | rendezvous --job=J "
+    "--nodes=N [--cuda]";
+
+bool IsJobName(const std::string& job) {
+  return !job.empty() && job.size() <= 128 && std::all_of(job.begin(), job.end(), [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
+}
+
+int Run(const std::vector<std::string>& args) {
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
-  if (!gstab::IsValidUtf8(absl::GetFlag(FLAGS_job))) {
-    return gstab::ctl::Usage("--job is not UTF-8 text (job names are [A-Za-z0-9._-])");
+  if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty() && !IsJobName(job)) {
+    return gstab::ctl::Usage("--job: job names are 1 to 128 characters of [A-Za-z0-9._-]");
   }
+  if (absl::GetFlag(FLAGS_timeout_s) <= 0) return gstab::ctl::Usage("--timeout_s must be > 0");
+  // The client library's calls wait as long as gstabctl's own (unless the caller says).
+  setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(), 0);
   if (cmd != "config" && args.size() > 1) {
     return gstab::ctl::Usage(
         absl::StrCat(cmd, " takes no argument but flags (--job=NAME, ...), not '", args[1], "'"));
@@ -406,4 +433,19 @@ int main(int argc, char** argv) {
   }
   if (cmd == "config") return gstab::ctl::Usage("config takes `set KEY=VALUE...` or `show`");
   return gstab::ctl::Usage("unknown command '" + cmd + "'");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()));
+  // What was printed must have reached stdout: `gstabctl --json status > snap.json` on a full
+  // disk fails rather than leave an empty file behind an exit status of 0.
+  if (code == 0 && !gstab::ctl::StdoutWritten()) {
+    std::fprintf(stderr, "gstabctl: cannot write to stdout: %s\n", std::strerror(errno));
+    code = 1;
+  }
+  return code;
 }

@@ -1,5 +1,9 @@
 // End-to-end: gstabctl's commands against a real gstabd that the real example trainer has
 // stepped: status, events, config, export and import, top, health, and its refusals.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <filesystem>
 #include <string>
@@ -184,6 +188,57 @@ TEST_F(E2eGstabctlTest, TheSocketComesFromGstabSocketWhenNotGiven) {
                                        testing::BinaryPath("tools/gstabctl") + " health");
   EXPECT_EQ(none, 1) << why;
   EXPECT_NE(why.find("elsewhere.sock"), std::string::npos) << why;
+}
+
+// Where `export --out` names something other than a regular file it writes there rather than
+// replace it (as root, --out=/dev/null would have become a file); a symbolic link and a file's
+// mode stay; `-` is stdout and stdin. Output that cannot be written fails the command.
+TEST_F(E2eGstabctlTest, ExportWritesThroughWhatIsThereAndFailsWhenOutputIsLost) {
+  Train("files", {"--steps=40"});
+  const std::string ctl = testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket();
+  const std::string real = dir_.path() + "/real.state", link = dir_.path() + "/link.state";
+  ASSERT_EQ(Ctl("export --job=files --out=" + real).first, 0);
+  ::chmod(real.c_str(), 0600);
+  std::filesystem::create_symlink(real, link);
+  auto [lrc, lout] = Ctl("export --job=files --out=" + link);
+  EXPECT_EQ(lrc, 0) << lout;
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  struct stat st;
+  ASSERT_EQ(::stat(real.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  const std::string fifo = dir_.path() + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);  // the state fits its buffer
+  ASSERT_GE(reader, 0);
+  auto [frc, fout] = Ctl("export --job=files --out=" + fifo);
+  EXPECT_EQ(frc, 0) << fout;
+  EXPECT_TRUE(std::filesystem::is_fifo(fifo));
+  char state[4096];
+  EXPECT_EQ(::read(reader, state, sizeof state), std::filesystem::file_size(real));
+  ::close(reader);
+  auto [prc, piped] = testing::RunShell(ctl + " export --job=files --out=- | " + ctl +
+                                        " import --job=files --in=-");
+  EXPECT_EQ(prc, 0) << piped;
+  EXPECT_NE(piped.find("imported"), std::string::npos) << piped;
+  auto [zrc, zero] = Ctl("import --job=files --in=/dev/zero");
+  EXPECT_EQ(zrc, 1) << zero;
+  EXPECT_NE(zero.find("more than any state gstabd takes"), std::string::npos) << zero;
+  auto [src, full] = Ctl("--json status > /dev/full");
+  EXPECT_EQ(src, 1) << full;
+  EXPECT_NE(full.find("cannot write to stdout"), std::string::npos) << full;
+  EXPECT_EQ(Ctl("events --job='my_run!'").first, 2);  // a name no job can have
+}
+
+// `events --follow | head -1`: once head has its line, gstabctl ends while no event comes,
+// rather than hold one of the caller's event streams (--max_event_streams) until the next one.
+TEST_F(E2eGstabctlTest, AFollowedStreamEndsWhenItsReaderGoes) {
+  Train("quiet", {"--steps=5"});
+  const absl::Time start = absl::Now();
+  auto [rc, out] = testing::RunShell("timeout 20 " + testing::BinaryPath("tools/gstabctl") +
+                                     " --socket=" + daemon_->socket() +
+                                     " events --follow --job=quiet --recent=1 | head -1");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << out;
+  EXPECT_NE(out.find("quiet"), std::string::npos) << out;
 }
 
 // A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
