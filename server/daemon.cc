@@ -61,12 +61,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
     LOG(INFO) << "found checkpoint of job '" << stored.state.job() << "' at step "
               << stored.state.last_step();
     std::string name = stored.state.job();
-    d->checkpoints_.insert_or_assign(name, Checkpointed(std::move(stored.state), stored.saved,
-                                                        /*saved_to_disk=*/true));
+    Checkpointed checkpoint(std::move(stored.state), stored.saved, /*saved_to_disk=*/true);
+    checkpoint.groups = stored.groups;  // the groups stayed on disk
+    d->checkpoints_.insert_or_assign(name, std::move(checkpoint));
   }
   found->clear();
-  // Every checkpoint was read whole, and its groups freed again (they stay on disk): give that
-  // peak back, which the allocator would otherwise keep (hundreds of MB for wide jobs).
+  // Each checkpoint was read whole, and its groups freed again (they stay on disk): give that
+  // back, which the allocator would otherwise keep.
   malloc_trim(0);
   return d;
 }

@@ -10,10 +10,38 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "glog/logging.h"
 #include "server/daemon.h"  // the class whose members these are
 
 namespace gstab {
+namespace {
+
+// The failed saves of one round of checkpoints: the first one's reason, and every job's name,
+// so that the log says which jobs' statistics are stale on disk, not only the first.
+class SaveFailures {
+ public:
+  void Add(const std::string& job, const absl::Status& s) {
+    if (first_.ok()) first_ = s;
+    jobs_.push_back(job);
+  }
+  absl::Status Status() const {
+    if (jobs_.size() <= 1) return first_;
+    constexpr size_t kNamed = 20;
+    const std::vector<std::string> named(jobs_.begin() + 1,
+                                         jobs_.begin() + std::min(jobs_.size(), kNamed + 1));
+    return absl::Status(first_.code(),
+                        absl::StrCat(first_.message(), "; the checkpoints of ", jobs_.size() - 1,
+                                     " other jobs failed too: ", absl::StrJoin(named, ", "),
+                                     jobs_.size() - 1 > kNamed ? ", ..." : ""));
+  }
+
+ private:
+  absl::Status first_;
+  std::vector<std::string> jobs_;
+};
+
+}  // namespace
 namespace {
 
 // A job that has no group and never stepped (its workers attached and went): no checkpoint.
@@ -332,7 +360,7 @@ absl::Status Daemon::Checkpoint() {
     absl::MutexLock lock(&mu_);
     for (const auto& [name, job] : jobs_) jobs.push_back(job);
   }
-  absl::Status result;
+  SaveFailures failures;
   for (const auto& job : jobs) {
     // A job retired since the list was taken has saved a newer state than this would.
     absl::MutexLock save(&save_mu_);
@@ -346,10 +374,10 @@ absl::Status Daemon::Checkpoint() {
     }
     v1::JobState state = CheckpointOf(*job);
     if (NothingToKeep(state)) continue;
-    result.Update(store_.Save(state));
+    if (absl::Status s = store_.Save(state); !s.ok()) failures.Add(state.job(), s);
   }
   // Retired jobs whose save failed then.
-  if (!store_.enabled()) return result;
+  if (!store_.enabled()) return failures.Status();
   absl::MutexLock save(&save_mu_);
   std::vector<v1::JobState> unsaved;
   {
@@ -360,12 +388,12 @@ absl::Status Daemon::Checkpoint() {
   }
   for (const v1::JobState& state : unsaved) {
     absl::Status s = store_.Save(state);
-    result.Update(s);
+    if (!s.ok()) failures.Add(state.job(), s);
     absl::MutexLock lock(&mu_);
     auto c = checkpoints_.find(state.job());
     if (s.ok() && c != checkpoints_.end() && !c->second.on_disk) c->second.SavedToDisk();
   }
-  return result;
+  return failures.Status();
 }
 
 }  // namespace gstab

@@ -352,6 +352,7 @@ int main(int argc, char** argv) {
     LOG(ERROR) << s;
     return 1;
   }
+  log->Flush(absl::Seconds(1));  // the start's lines (its ports) out soon after the socket
   const int sig = AwaitStopSignal(signals);
   LOG(INFO) << "received " << strsignal(sig);
   absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10));

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/folders.h"
+#include "common/wire_limits.h"
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/registration.h"
@@ -28,14 +29,32 @@ constexpr char kTmpInfix[] = ".jobstate:tmp:";
 // Init's check that the folder is writable.
 constexpr char kProbePrefix[] = ".write-probe:";
 
+// No checkpoint is larger: a job's state, its 65,536 groups at most included, is a few MB, and
+// one imported came in a message of at most this.
+constexpr off_t kMaxCheckpointBytes = kMaxMessageBytes;
+
 // The whole file at `path`: NOT_FOUND when there is none, UNAVAILABLE when it cannot be opened or
-// read (no permission, out of descriptors, an I/O error).
+// read (no permission, out of descriptors, an I/O error), DATA_LOSS when it is no checkpoint by
+// its kind (a folder, a FIFO: never read) or its size (larger than any: never read whole).
 absl::StatusOr<std::string> ReadWhole(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO: no wait
   if (fd < 0) {
     const int err = errno;
     const std::string what = absl::StrCat("cannot open '", path, "': ", strerror(err));
     return err == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const std::string what = absl::StrCat("cannot stat '", path, "': ", strerror(errno));
+    close(fd);
+    return absl::UnavailableError(what);
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size > kMaxCheckpointBytes) {
+    const bool regular = S_ISREG(st.st_mode);
+    close(fd);
+    return absl::DataLossError(
+        regular ? absl::StrCat("is larger than any checkpoint (", st.st_size, " bytes)")
+                : std::string("is not a regular file"));
   }
   std::string bytes;
   char chunk[1 << 16];
@@ -55,14 +74,48 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path) {
 }  // namespace
 
 StateStore::~StateStore() {
+  absl::MutexLock lock(&folder_mu_);
   if (lock_fd_ >= 0) close(lock_fd_);
 }
 
 void StateStore::SyncDir() const {
+  absl::MutexLock lock(&folder_mu_);
   const int fd = lock_fd_ >= 0 ? lock_fd_ : open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
   if (fsync(fd) != 0) PLOG(WARNING) << "cannot sync state directory '" << dir_ << "'";
   if (fd != lock_fd_) close(fd);
+}
+
+absl::Status StateStore::CheckFolder() {
+  absl::MutexLock lock(&folder_mu_);
+  if (lock_fd_ < 0) return absl::OkStatus();
+  struct stat now, locked;
+  if (stat(dir_.c_str(), &now) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory '", dir_, "' is gone (", strerror(errno),
+        "): it was removed since gstabd locked it; checkpoints are written again once it is "
+        "back"));
+  }
+  if (fstat(lock_fd_, &locked) == 0 && now.st_dev == locked.st_dev && now.st_ino == locked.st_ino) {
+    return absl::OkStatus();
+  }
+  // Another folder under the name since (removed and made again): written only once it is this
+  // gstabd's alone, as at Init. Another gstabd started meanwhile may hold it.
+  const int fd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (fd >= 0) close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory '", dir_, "' was replaced since gstabd locked it, and the new one ",
+        err == EWOULDBLOCK ? "is locked by another process (another gstabd, most likely)"
+                           : absl::StrCat("cannot be locked (", strerror(err), ")"),
+        ": this gstabd writes no checkpoint there"));
+  }
+  close(lock_fd_);
+  lock_fd_ = fd;
+  LOG(WARNING) << "state directory '" << dir_
+               << "' was replaced since gstabd locked it: the new one is locked and written now";
+  return absl::OkStatus();
 }
 
 absl::Status StateStore::Init() {
@@ -85,6 +138,7 @@ absl::Status StateStore::Init() {
   unlink(probe.c_str());
   // One gstabd a folder: two would write over each other's checkpoints, and sweep each other's
   // temporary files below. (An Init again keeps the lock it has.)
+  absl::MutexLock lock(&folder_mu_);
   if (lock_fd_ < 0) {
     const int dir_fd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd < 0) {
@@ -115,6 +169,9 @@ absl::Status StateStore::Init() {
 absl::Status StateStore::Save(const v1::JobState& state) {
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
+  if (absl::Status s = CheckFolder(); !s.ok()) {
+    return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "': ", s.message()));
+  }
   // A temporary file of this call's own, so that saves never write into each other's file.
   static std::atomic<uint64_t> saves{0};
   const std::string tmp = absl::StrCat(path, kTmpInfix, getpid(), ".", saves.fetch_add(1));
@@ -161,6 +218,10 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
   if (deleted != nullptr) *deleted = false;
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
+  if (absl::Status s = CheckFolder(); !s.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot delete checkpoint '", path, "': ", s.message()));
+  }
   if (unlink(path.c_str()) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
     return absl::InternalError(
@@ -178,7 +239,12 @@ void StateStore::SetAsideCheckpoint(const std::string& job, const std::string& w
 }
 
 void StateStore::SetAside(const std::string& path, const std::string& why) {
-  const std::string aside = absl::StrCat(path, ".corrupt-", absl::ToUnixSeconds(absl::Now()));
+  // A name of its own: another set aside in the same second must not replace this one.
+  const std::string base = absl::StrCat(path, ".corrupt-", absl::ToUnixSeconds(absl::Now()));
+  std::string aside = base;
+  for (int n = 1; n < 1000 && access(aside.c_str(), F_OK) == 0; ++n) {
+    aside = absl::StrCat(base, ".", n);
+  }
   if (rename(path.c_str(), aside.c_str()) != 0) {
     PLOG(ERROR) << path << " " << why << ", and cannot be set aside as " << aside;
     return;
@@ -193,6 +259,11 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   // Gone (NOT_FOUND) and not a checkpoint (DATA_LOSS) are final; any other failure (out of
   // descriptors, an I/O error) may pass (UNAVAILABLE).
   absl::StatusOr<std::string> bytes = ReadWhole(path);
+  if (absl::IsDataLoss(bytes.status())) {
+    const std::string why = absl::StrCat(bytes.status().message(), ", so not a checkpoint");
+    SetAside(path, why);
+    return absl::DataLossError(absl::StrCat("'", path, "' ", why));
+  }
   if (!bytes.ok()) return bytes.status();
   absl::StatusOr<v1::JobState> state = DecodeJobState(*bytes, "its bytes");
   if (!state.ok() || state->job() != job) {
@@ -212,13 +283,14 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string path = entry.path().string();
     if (entry.path().extension() != kSuffix) continue;
-    std::error_code type_error;
-    if (!entry.is_regular_file(type_error)) {
-      LOG(WARNING) << "skipping " << path << ": not a regular file, so not a checkpoint";
-      continue;
-    }
+    // Not a regular file (a folder, a link to one: its job's saves would fail for good), or
+    // larger than any checkpoint: set aside unread.
     absl::StatusOr<std::string> bytes = ReadWhole(path);
     if (absl::IsNotFound(bytes.status())) continue;  // deleted meanwhile
+    if (absl::IsDataLoss(bytes.status())) {
+      SetAside(path, absl::StrCat(bytes.status().message(), ", so not a checkpoint"));
+      continue;
+    }
     if (!bytes.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           bytes.status().message(),
@@ -256,7 +328,11 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     struct stat st;
     const absl::Time saved =
         stat(path.c_str(), &st) == 0 ? absl::TimeFromTimespec(st.st_mtim) : absl::Now();
-    out.push_back(Stored{std::move(state), saved});
+    // Its groups stay on disk until its job comes back: read all at once, wide checkpoints
+    // would take gigabytes at start (a job's 65,536 groups take about 18 MB decoded).
+    const auto groups = static_cast<uint32_t>(state.groups_size());
+    google::protobuf::RepeatedPtrField<v1::GroupState>().Swap(state.mutable_groups());
+    out.push_back(Stored{std::move(state), saved, groups});
   }
   return out;
 }

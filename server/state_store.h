@@ -4,13 +4,16 @@
 // existence).
 //
 // One gstabd uses a state directory at a time: Init locks it (flock on the folder) until the
-// store goes. Thread-safe (each call works on its own files).
+// store goes (and, should the folder be removed and made again, the new one: CheckFolder).
+// Thread-safe (each call works on its own files).
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gstab/v1/stabilizer.pb.h"
 
@@ -34,16 +37,17 @@ class StateStore {
   // there was one.
   absl::Status Remove(const std::string& job, bool* deleted = nullptr);
   struct Stored {
-    v1::JobState state;
-    absl::Time saved;  // when the file was last written
+    v1::JobState state;  // without its groups (Load gives them)
+    absl::Time saved;    // when the file was last written
+    uint32_t groups = 0;
   };
-  // Every checkpoint. A file that is not one is skipped: not a regular file, with a logged
-  // warning; not a job's checkpoint (garbled, or a job's under another job's name), set aside as
+  // Every checkpoint. A <job>.jobstate that is not one (not a regular file, larger than any
+  // checkpoint, garbled, or a job's under another job's name) is set aside as
   // <file>.corrupt-<unix seconds> with a logged error, so that the job, which starts afresh,
-  // does not overwrite it; so is one of a format version this gstabd does not read, or not valid
-  // (ValidateJobState). FAILED_PRECONDITION when a checkpoint file cannot be read (no
-  // permission, an I/O error): starting without it would let its job start afresh over it and
-  // lose its statistics and owner.
+  // does not overwrite it (or fail to, at every save); so is one of a format version this gstabd
+  // does not read, or not valid (ValidateJobState). FAILED_PRECONDITION when a checkpoint file
+  // cannot be read (no permission, an I/O error): starting without it would let its job start
+  // afresh over it and lose its statistics and owner.
   absl::StatusOr<std::vector<Stored>> LoadAll();
   // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint
   // (set aside as LoadAll does); UNAVAILABLE when it cannot be opened or read now (out of
@@ -56,11 +60,16 @@ class StateStore {
  private:
   // Makes the folder's entries (a rename, a deletion) durable.
   void SyncDir() const;
+  // OK while the folder at dir_ is the one locked. One made again under the name since is
+  // locked in its place, unless another process holds it (FAILED_PRECONDITION): saves and
+  // deletions go by name, and must not reach another gstabd's folder.
+  absl::Status CheckFolder();
   // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged).
   void SetAside(const std::string& path, const std::string& why);
 
   std::string dir_;
-  int lock_fd_ = -1;  // the folder, flock()ed, from Init
+  mutable absl::Mutex folder_mu_;
+  int lock_fd_ ABSL_GUARDED_BY(folder_mu_) = -1;  // the folder, flock()ed, from Init
 };
 
 }  // namespace gstab

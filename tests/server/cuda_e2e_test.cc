@@ -161,8 +161,7 @@ TEST_F(CudaE2eNcclTest, WorkerStepsThroughGstabdOnTheGpu) {
   const std::string out = RunWorker({"gpu-job", "check"}, &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("RESULT ok"), std::string::npos) << out;
-  EXPECT_NE(daemon_->Log().find("through NCCL, rank 0 of 1"), std::string::npos)
-      << "no communicator was made";
+  EXPECT_TRUE(daemon_->WaitForLog("through NCCL, rank 0 of 1")) << "no communicator was made";
 }
 
 // A CUDA job whose worker has gone is retired once idle (--job_idle_s): its statistics come

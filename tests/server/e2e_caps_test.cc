@@ -145,8 +145,7 @@ TEST(E2eCapsTest, AnOwnerKeepsAtMostItsCapOfCheckpoints) {
   EXPECT_FALSE(std::filesystem::exists(file("oldest")));
   EXPECT_TRUE(std::filesystem::exists(file("older")));
   EXPECT_TRUE(std::filesystem::exists(file("newest")));
-  EXPECT_NE(daemon->Log().find("keeps 2 newer ones (--max_checkpoints_per_owner)"),
-            std::string::npos)
+  EXPECT_TRUE(daemon->WaitForLog("keeps 2 newer ones (--max_checkpoints_per_owner)"))
       << daemon->Log();
 }
 

@@ -216,7 +216,7 @@ TEST_F(E2eFaultsTest, DeadWorkerOfAnotherPidNamespaceLeavesNoSharedMemory) {
   };
   while (left() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(100));
   EXPECT_FALSE(left()) << "the dead worker's shared memory is still in /dev/shm";
-  EXPECT_NE(daemon_->Log().find("(its lease expired)"), std::string::npos);
+  EXPECT_TRUE(daemon_->WaitForLog("(its lease expired)"));
 }
 
 TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {

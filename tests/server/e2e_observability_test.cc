@@ -321,6 +321,10 @@ TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 1);
   ASSERT_TRUE((*worker)->client().Step(1).ok());
+  auto other = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("saved2"));
+  ASSERT_TRUE(other.ok()) << other.status();
+  (*other)->Fill(1, 1);
+  ASSERT_TRUE((*other)->client().Step(1).ok());
   auto value = [&](const std::string& name) {
     absl::StatusOr<testing::HttpResponse> r = HttpRequest(*port, "GET", "/metrics");
     const size_t at = r.ok() ? r->body.find("\n" + name + " ") : std::string::npos;
@@ -342,6 +346,10 @@ TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
   EXPECT_GE(wait_for("gstab_checkpoint_failures_total", [](double v) { return v >= 3; }), 3);
   EXPECT_NE(daemon->Log().find("cannot write checkpoint"), std::string::npos) << daemon->Log();
   EXPECT_NE(daemon->Log().find("Not a directory"), std::string::npos) << daemon->Log();
+  // Every job whose checkpoint failed is named, not only the first.
+  EXPECT_NE(daemon->Log().find("the checkpoints of 1 other jobs failed too: saved2"),
+            std::string::npos)
+      << daemon->Log();
   // Once, not at every interval while the failures go on.
   const std::string log = daemon->Log();
   const size_t first = log.find("cannot write checkpoint");
@@ -353,8 +361,7 @@ TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
   EXPECT_GT(wait_for("gstab_checkpoint_last_success_timestamp_seconds",
                      [&](double v) { return v > failed_at; }),
             failed_at);
-  EXPECT_NE(daemon->Log().find("checkpoints are written again"), std::string::npos)
-      << daemon->Log();
+  EXPECT_TRUE(daemon->WaitForLog("checkpoints are written again")) << daemon->Log();
   EXPECT_EQ(daemon->Stop().value_or(-1), 0);
 }
 

@@ -366,9 +366,9 @@ TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
 
   auto [rc, out] = Ctl(65534, "status");
   EXPECT_NE(rc, 0) << out;
-  EXPECT_NE(daemon_->Log().find("uid 65534 already holds 3 connections, its cap "
-                                "(--max_connections_per_uid)"),
-            std::string::npos)
+  EXPECT_TRUE(
+      daemon_->WaitForLog("uid 65534 already holds 3 connections, its cap "
+                          "(--max_connections_per_uid)"))
       << daemon_->Log();
   // Another uid is not refused, and neither is the same uid once its connections are closed.
   std::tie(rc, out) = Ctl(65533, "status");

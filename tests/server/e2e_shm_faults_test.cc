@@ -71,8 +71,7 @@ TEST(E2eShmFaultsTest, HolesThatCannotBeFilledFailTheirStepNotGstabd) {
       << lost.status();
   EXPECT_NE(lost.status().message().find("nothing was applied to this step"), std::string::npos)
       << lost.status();
-  EXPECT_NE(daemon->Log().find("job 'holes' step 2: local rank 0: gstabd could not touch"),
-            std::string::npos)
+  EXPECT_TRUE(daemon->WaitForLog("job 'holes' step 2: local rank 0: gstabd could not touch"))
       << daemon->Log();  // the operator hears of it too
   // And at every step after, until the worker registers again.
   absl::StatusOr<v1::StepResponse> still = (*victim)->client().Step(2);

@@ -2,6 +2,8 @@
 // out at the first checkpoint with the statistics lost.
 #include "server/state_store.h"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -118,12 +120,79 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   EXPECT_EQ(store.Load("b").status().code(), absl::StatusCode::kNotFound);
   std::filesystem::copy_file(dir.path() + "/a.jobstate", dir.path() + "/b.jobstate");
   EXPECT_EQ(store.Load("b").status().code(), absl::StatusCode::kDataLoss);
-  // One that cannot be read now (here: a folder in its place, whose read fails) may be read
-  // later: it is not taken for lost.
+  // A folder in its place is no checkpoint: set aside (its job's saves would fail for good, and
+  // its attaches be refused), not taken for one at start either.
   std::filesystem::create_directory(dir.path() + "/c.jobstate");
-  EXPECT_EQ(store.Load("c").status().code(), absl::StatusCode::kUnavailable);
-  // Nor is it taken for a checkpoint at start.
+  EXPECT_EQ(store.Load("c").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/c.jobstate"));
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"a"});
+}
+
+// At start, what is no checkpoint by its kind or size is set aside unread: a folder (whose
+// job's every save would fail), a FIFO (whose read would wait for good), a file larger than
+// any checkpoint (read whole, it would take its size in memory). The checkpoints found come
+// without their groups, which stay on disk until their job comes back.
+TEST(StateStoreTest, WhatIsNoCheckpointByItsKindOrSizeIsSetAsideUnread) {
+  testing::TempDir dir;
+  StateStore store(dir.path());
+  ASSERT_TRUE(store.Init().ok());
+  ASSERT_TRUE(store.Save(JobA(3)).ok());
+  std::filesystem::create_directory(dir.path() + "/folder.jobstate");
+  ASSERT_EQ(::mkfifo((dir.path() + "/fifo.jobstate").c_str(), 0600), 0);
+  std::filesystem::resize_file(
+      (std::ofstream(dir.path() + "/huge.jobstate") << "x", dir.path() + "/huge.jobstate"),
+      size_t{512} << 20);  // sparse: no disk taken
+  absl::StatusOr<std::vector<StateStore::Stored>> all = store.LoadAll();
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].state.job(), "a");
+  EXPECT_EQ((*all)[0].state.groups_size(), 0);
+  EXPECT_EQ((*all)[0].groups, 1u);
+  for (const char* name : {"folder", "fifo", "huge"}) {
+    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/" + name + ".jobstate")) << name;
+  }
+  size_t aside = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    aside += e.path().filename().string().find(".jobstate.corrupt-") != std::string::npos;
+  }
+  EXPECT_EQ(aside, 3u);
+  absl::StatusOr<v1::JobState> whole = store.Load("a");  // the groups, from disk
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->groups_size(), 1);
+}
+
+// The folder removed under a running gstabd and made again (by hand, or by a second gstabd that
+// then locked it): saves go by name, so they must not write into a folder another gstabd holds.
+// One nobody holds is locked and written; while none is there, saves fail saying so.
+TEST(StateStoreTest, AFolderMadeAgainIsWrittenOnlyOnceItIsLocked) {
+  testing::TempDir dir;
+  const std::string state = dir.path() + "/state";
+  StateStore first(state);
+  ASSERT_TRUE(first.Init().ok());
+  ASSERT_TRUE(first.Save(JobA(3)).ok());
+  std::filesystem::remove_all(state);
+  absl::Status gone = first.Save(JobA(4));
+  EXPECT_FALSE(gone.ok());
+  EXPECT_NE(gone.message().find("is gone"), std::string::npos) << gone;
+  {
+    StateStore second(state);  // another gstabd makes and locks it, and saves step 10
+    ASSERT_TRUE(second.Init().ok());
+    ASSERT_TRUE(second.Save(JobA(10)).ok());
+    absl::Status held = first.Save(JobA(5));
+    EXPECT_FALSE(held.ok());
+    EXPECT_NE(held.message().find("locked by another process"), std::string::npos) << held;
+    EXPECT_FALSE(first.Remove("a").ok());
+    absl::StatusOr<v1::JobState> kept = second.Load("a");
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    EXPECT_EQ(kept->last_step(), 10u);
+  }
+  // That gstabd gone, the folder is the first one's again: locked, and written.
+  ASSERT_TRUE(first.Save(JobA(6)).ok());
+  StateStore third(state);
+  EXPECT_FALSE(third.Init().ok());
+  absl::StatusOr<v1::JobState> now = first.Load("a");
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(now->last_step(), 6u);
 }
 
 // A checkpoint cut short or changed (a disk that lost its tail, a hand edit) is set aside, not

@@ -164,15 +164,26 @@ std::string DaemonProcess::Log() const {
   return text.str();
 }
 
-absl::StatusOr<int> DaemonProcess::MetricsPort() const {
-  std::ifstream in(log_);
-  std::string line;
-  const std::string marker = "metrics on http://0.0.0.0:";
-  while (std::getline(in, line)) {
-    const size_t at = line.find(marker);
-    if (at != std::string::npos) return std::atoi(line.c_str() + at + marker.size());
+bool DaemonProcess::WaitForLog(const std::string& text, absl::Duration timeout) const {
+  for (const absl::Time deadline = absl::Now() + timeout;;) {
+    if (Log().find(text) != std::string::npos) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(20));
   }
-  return absl::NotFoundError("gstabd logged no metrics port");
+}
+
+absl::StatusOr<int> DaemonProcess::MetricsPort() const {
+  // gstabd's log lines go out on a thread of their own: the line may follow the socket.
+  const std::string marker = "metrics on http://0.0.0.0:";
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(5);;) {
+    std::ifstream in(log_);
+    for (std::string line; std::getline(in, line);) {
+      const size_t at = line.find(marker);
+      if (at != std::string::npos) return std::atoi(line.c_str() + at + marker.size());
+    }
+    if (absl::Now() > deadline) return absl::NotFoundError("gstabd logged no metrics port");
+    absl::SleepFor(absl::Milliseconds(20));
+  }
 }
 
 absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,

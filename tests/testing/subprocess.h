@@ -52,6 +52,9 @@ class DaemonProcess {
   absl::StatusOr<int> Stop();
   // What the daemon has logged so far.
   std::string Log() const;
+  // Whether the daemon logs `text` within `timeout` (its lines go out on a thread of their own,
+  // a moment after what they tell of).
+  bool WaitForLog(const std::string& text, absl::Duration timeout = absl::Seconds(5)) const;
 
  private:
   DaemonProcess(Subprocess p, std::string socket, std::string log)
