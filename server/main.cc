@@ -29,6 +29,9 @@
 #endif
 
 ABSL_FLAG(std::string, socket, "/run/gstab/gstabd.sock", "unix socket to serve on (mode 0660)");
+ABSL_FLAG(std::string, health_socket, "",
+          "optional second unix socket for gstabd's own probes (gstabctl health): only gstabd's "
+          "uid and root may connect, outside --max_connections_per_uid");
 ABSL_FLAG(std::string, listen, "",
           "optional TCP host:port to serve on (port 0 picks one, logged); requires mutual TLS: "
           "--tls_cert, --tls_key and --tls_client_ca");
@@ -269,6 +272,11 @@ int main(int argc, char** argv) {
   setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "0", /*overwrite=*/1);
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
+  options.health_socket_path = absl::GetFlag(FLAGS_health_socket);
+  if (!options.health_socket_path.empty() && options.health_socket_path == options.socket_path) {
+    std::fprintf(stderr, "gstabd: --health_socket must be another path than --socket\n");
+    return 2;
+  }
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -13,6 +13,7 @@
 #include "glog/logging.h"
 #include "server/local_work.h"
 #include "server/peer_tls.h"
+#include "server/stderr_log.h"
 
 namespace gstab {
 
@@ -200,6 +201,15 @@ absl::Status Server::Start() {
     if (!listener.ok()) return listener.status();
     unix_listener_ = *std::move(listener);
   }
+  if (!options_.health_socket_path.empty()) {
+    PeerPolicy probes;
+    probes.uids = {geteuid(), 0};
+    probes.max_connections_per_uid = ServerOptions::kHealthConnections;
+    absl::StatusOr<std::unique_ptr<UnixListener>> listener =
+        UnixListener::Create(options_.health_socket_path, probes, &peers_, /*refusals=*/nullptr);
+    if (!listener.ok()) return listener.status();
+    health_listener_ = *std::move(listener);
+  }
   int tcp_port = 0;
   if (!options_.listen_address.empty()) {
     builder.AddListeningPort(options_.listen_address, MutualTlsServerCredentials(listen_tls_),
@@ -212,6 +222,7 @@ absl::Status Server::Start() {
         absl::StrCat("cannot start the gRPC server (--listen=", options_.listen_address, ")"));
   }
   if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
+  if (health_listener_ != nullptr) health_listener_->Start(grpc_server_.get());
   if (!options_.peer_listen.empty()) {
     // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
@@ -246,7 +257,10 @@ absl::Status Server::Start() {
     tcp =
         absl::StrCat(" and on TCP ", JoinHostPort(host, std::to_string(tcp_port)), " (mutual TLS)");
   }
-  LOG(INFO) << "gstabd serving on unix:" << options_.socket_path << tcp;
+  LOG(INFO) << "gstabd serving on unix:" << options_.socket_path << tcp
+            << (options_.health_socket_path.empty()
+                    ? ""
+                    : absl::StrCat(" (probes: unix:", options_.health_socket_path, ")"));
   return absl::OkStatus();
 }
 
@@ -272,6 +286,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   LOG(INFO) << "gstabd stopping: draining in-flight steps";
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   if (unix_listener_ != nullptr) unix_listener_->Stop();  // no new connections; removes the file
+  if (health_listener_ != nullptr) health_listener_->Stop();
   daemon_->BeginShutdown();
   if (!daemon_->DrainSteps(deadline)) {
     // A round still waiting for another node can hold its call (and the wait for the server
@@ -291,7 +306,8 @@ absl::Status Server::Stop(absl::Time deadline) {
   absl::Notification shut_down;
   std::thread unstick([&] {
     if (shut_down.WaitForNotificationWithTimeout(kStuckCallsGrace)) return;
-    const int shut = unix_listener_ != nullptr ? unix_listener_->ShutdownConnections() : 0;
+    int shut = unix_listener_ != nullptr ? unix_listener_->ShutdownConnections() : 0;
+    if (health_listener_ != nullptr) shut += health_listener_->ShutdownConnections();
     LOG(WARNING) << "calls still running " << absl::FormatDuration(kStuckCallsGrace)
                  << " after the drain (a step waiting for other nodes, or a client that stopped "
                  << "reading its event stream): "
@@ -310,7 +326,7 @@ absl::Status Server::Stop(absl::Time deadline) {
                  << " after the drain (a step waiting in an exchange with other nodes until its "
                  << "step timeout, most likely): gstabd exits without them"
                  << (saved.ok() ? Checkpointed() : "");
-    google::FlushLogFiles(google::GLOG_INFO);
+    StderrLog::FlushInstalled(absl::Seconds(2));  // _exit runs no destructor
     _exit(saved.ok() ? 0 : 1);
   });
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));

@@ -35,6 +35,12 @@ struct ServerOptions {
   DaemonOptions daemon;
   std::string socket_path = "/run/gstab/gstabd.sock";
   PeerPolicy peers;            // who may connect to the unix socket (SO_PEERCRED)
+  // A second unix socket for gstabd's own probes (gstabctl health), outside the socket's
+  // per-uid cap: workers of the uid a probe runs as (root, say) that hold that many
+  // connections must not fail it, and have the whole node's gstabd restarted. Only gstabd's own
+  // uid and root may connect, kHealthConnections at once. Empty: none.
+  std::string health_socket_path;
+  static constexpr int kHealthConnections = 16;
   // host:port for TCP (port 0 picks one, logged); requires mutual TLS: gstabd's certificate
   // and key, and the CA that signs its clients' certificates (PEM files).
   std::string listen_address;
@@ -112,6 +118,7 @@ class Server {
   std::unique_ptr<grpc::Server> peer_server_;  // the Rendezvous service on peer_listen
   absl::Notification stopping_;
   std::unique_ptr<UnixListener> unix_listener_;
+  std::unique_ptr<UnixListener> health_listener_;
   std::thread housekeeping_;
 };
 

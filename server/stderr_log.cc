@@ -4,6 +4,8 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "grpc/support/log.h"
 
@@ -37,6 +39,8 @@ void GrpcLine(gpr_log_func_args* args) {
   google::LogMessage(args->file, args->line, severity).stream() << "grpc: " << args->message;
 }
 
+std::atomic<StderrLog*> g_installed{nullptr};
+
 }  // namespace
 
 StderrLog::StderrLog(size_t max_queued_bytes) : max_queued_bytes_(max_queued_bytes) {}
@@ -53,6 +57,7 @@ StderrLog* StderrLog::Install(size_t max_queued_bytes) {
   FLAGS_stderrthreshold = google::NUM_SEVERITIES;  // glog itself writes no line to stderr
   google::AddLogSink(log);
   gpr_set_log_function(&GrpcLine);
+  g_installed = log;
   return log;
 }
 
@@ -99,6 +104,10 @@ void StderrLog::Run() {
 bool StderrLog::Flush(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   return mu_.AwaitWithTimeout(absl::Condition(this, &StderrLog::Idle), timeout);
+}
+
+void StderrLog::FlushInstalled(absl::Duration timeout) {
+  if (StderrLog* log = g_installed.load(); log != nullptr) log->Flush(timeout);
 }
 
 uint64_t StderrLog::dropped() const {

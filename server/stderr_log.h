@@ -35,6 +35,9 @@ class StderrLog final : public google::LogSink {
   bool Flush(absl::Duration timeout);
   // Lines dropped so far because the queue was full.
   uint64_t dropped() const;
+  // Flush of the installed StderrLog, if any: for a process about to end by _exit, which runs
+  // no destructor.
+  static void FlushInstalled(absl::Duration timeout);
 
   void send(google::LogSeverity severity, const char* full_filename, const char* base_filename,
             int line, const google::LogMessageTime& time, const char* message,

@@ -92,10 +92,16 @@ def check_common(name, kinds):
     state = flag(c, "state_dir")
     check(state in mounts and "hostPath" in vols[mounts[state]],
           f"{name}: --state_dir {state} is not on the host (checkpoints would die with the pod)")
+    # The probes ask on a socket of the pod's own (not the host's: the workers' uids' connection
+    # caps must not fail them).
+    probe_sock = flag(c, "health_socket")
+    probe_dir = os.path.dirname(probe_sock or "")
+    check(probe_sock and probe_dir in mounts and "emptyDir" in vols[mounts[probe_dir]],
+          f"{name}: --health_socket {probe_sock} is not in a volume of the pod's own")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         cmd = c[probe]["exec"]["command"]
-        check(cmd[-1] == "health" and f"--socket={sock}" in cmd,
-              f"{name}: {probe} does not ask gstabd's health on {sock}: {cmd}")
+        check(cmd[-1] == "health" and f"--socket={probe_sock}" in cmd,
+              f"{name}: {probe} does not ask gstabd's health on {probe_sock}: {cmd}")
     limits = json.dumps(c.get("resources", {}))
     check("nvidia.com/gpu" not in limits,
           f"{name}: the DaemonSet requests GPUs, which the training pods would then lack")
@@ -433,7 +439,8 @@ def run_rendered(args, name, kinds, tmp):
     """Starts gstabd with the chart's arguments, mapped onto `tmp`; runs its probes."""
     _, pod, c = daemon_container(kinds)
     root = os.path.join(tmp, name)
-    paths = {"/run/gstab": root + "/run", "/var/lib/gstab": root + "/state",
+    paths = {"/run/gstab": root + "/run", "/run/probe": root + "/probe",
+             "/var/lib/gstab": root + "/state",
              "/etc/gstab/peer-tls": root + "/tls", "/etc/gstab/api-tls": root + "/api-tls"}
     for p in paths.values():
         os.makedirs(p, exist_ok=True)

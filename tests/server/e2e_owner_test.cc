@@ -394,5 +394,33 @@ TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
       << metrics->body;
 }
 
+// gstabd's probes run as a uid whose workers may hold that uid's --max_connections_per_uid (root,
+// in the chart): on --health_socket they are outside that cap, so a leaking client does not have
+// its node's gstabd restarted. Only gstabd's uid and root may use that socket.
+TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
+  SKIP_UNLESS_ROOT();
+  const std::string probe = dir_.path() + "/probe/gstabd.sock";
+  Restart({"--max_connections_per_uid=3", "--health_socket=" + probe});
+  const std::string hold =
+      "import socket, sys, time\n"
+      "held = [socket.socket(socket.AF_UNIX) for _ in range(3)]\n"
+      "for s in held: s.connect(sys.argv[1])\n"
+      "print('held', flush=True)\n"
+      "time.sleep(600)\n";
+  auto holder = testing::Subprocess::Start({"/usr/bin/python3", "-c", hold, daemon_->socket()});
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  absl::StatusOr<std::string> line = holder->ReadLine(absl::Seconds(30));
+  ASSERT_TRUE(line.ok() && *line == "held") << line.status();
+  auto [rc, out] = Ctl(0, "health");
+  EXPECT_NE(rc, 0) << out;  // the main socket: root is at its cap
+  std::tie(rc, out) = As(0, "gstabctl --socket=" + probe + " health");
+  EXPECT_EQ(rc, 0) << out;
+  ::chmod(probe.c_str(), 0666);  // past the mode, the allow-list still keeps others out
+  std::tie(rc, out) = As(65534, "gstabctl --socket=" + probe + " health");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_TRUE(daemon_->WaitForLog("not in the allow-list")) << daemon_->Log();
+  holder->Signal(SIGKILL);
+}
+
 }  // namespace
 }  // namespace gstab

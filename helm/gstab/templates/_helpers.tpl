@@ -91,10 +91,15 @@ handler. The CPU flavour: anywhere but those, so that it and a GPU release never
 /run/gstab/gstabd.sock
 {{- end -}}
 
-{{/* The probe: gstabctl asks gstabd's health service over the socket. */}}
+{{/* The probes' own socket (gstabd --health_socket), in a volume of the pod alone. */}}
+{{- define "gstab.probeSocketPath" -}}
+/run/probe/gstabd.sock
+{{- end -}}
+
+{{/* The probe: gstabctl asks gstabd's health service over the probes' socket. */}}
 {{- define "gstab.healthCommand" -}}
 exec:
-  command: [gstabctl, --socket={{ include "gstab.socketPath" . }}, health]
+  command: [gstabctl, --socket={{ include "gstab.probeSocketPath" . }}, health]
 {{- end -}}
 
 {{/* A list of integers joined by commas (YAML numbers arrive as floats: 1e+06 otherwise). */}}
@@ -116,7 +121,7 @@ must admit the probes and `helm test` (gstabd's runAsUser, gid socket.gid or its
 differ (both are host ports with peer.enabled).
 */}}
 {{- define "gstab.checkValues" -}}
-{{- $managed := list "socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
+{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
 {{- range .Values.extraArgs -}}
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
 {{- if has $flag $managed -}}
