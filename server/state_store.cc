@@ -155,12 +155,15 @@ absl::Status StateStore::Init() {
     }
     lock_fd_ = dir_fd;
   }
-  // Temporary files of saves (and probes) a crash interrupted.
+  // Temporary files of saves (and probes) a crash interrupted (a listing that fails part way
+  // leaves the rest: they are never read).
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
-    const std::string name = entry.path().filename().string();
+  for (std::filesystem::directory_iterator it(dir_, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
     if (name.find(kTmpInfix) != std::string::npos || name.rfind(kProbePrefix, 0) == 0) {
-      std::filesystem::remove(entry.path(), ec);
+      std::error_code ignored;
+      std::filesystem::remove(it->path(), ignored);
     }
   }
   return absl::OkStatus();
@@ -279,8 +282,12 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
 absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
   std::vector<Stored> out;
   if (dir_.empty()) return out;
+  // Listed whole or not at all: a job whose checkpoint a failed listing left out would start
+  // afresh over it.
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+  std::filesystem::directory_iterator it(dir_, ec);
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::filesystem::directory_entry& entry = *it;
     const std::string path = entry.path().string();
     if (entry.path().extension() != kSuffix) continue;
     // Not a regular file (a folder, a link to one: its job's saves would fail for good), or
@@ -333,6 +340,12 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     const auto groups = static_cast<uint32_t>(state.groups_size());
     google::protobuf::RepeatedPtrField<v1::GroupState>().Swap(state.mutable_groups());
     out.push_back(Stored{std::move(state), saved, groups});
+  }
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot list state directory '", dir_, "' (", ec.message(),
+        "): gstabd does not start without its checkpoints, whose jobs would start afresh over "
+        "them"));
   }
   return out;
 }

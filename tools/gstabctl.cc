@@ -31,7 +31,6 @@
 #include <string>
 #include <thread>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -44,7 +43,7 @@
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
 #include "common/wire_limits.h"
-#include "google/protobuf/struct.pb.h"
+#include "tools/ctl_common.h"
 #include "tools/ctl_files.h"
 #include "tools/ctl_format.h"
 
@@ -54,7 +53,7 @@ ABSL_FLAG(std::string, socket, "",
           "files GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name; GSTAB_TLS_NAME: the name "
           "in gstabd's certificate, when not the host)");
 ABSL_FLAG(bool, json, false, "print JSON (one object per line) instead of text");
-ABSL_FLAG(std::string, job, "", "the job to act on (status, events: filter)");
+ABSL_FLAG(std::string, job, "", "the job to act on (status, events, top: filter)");
 ABSL_FLAG(bool, follow, false, "events: keep streaming new events");
 ABSL_FLAG(uint32_t, recent, 100, "events: how many recent events to show first");
 ABSL_FLAG(int, interval_ms, 1000, "top: refresh period");
@@ -72,98 +71,6 @@ ABSL_FLAG(int, timeout_s, 10,
 namespace gstab::ctl {
 namespace {
 
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "gstabctl: %s\n", std::string(status.message()).c_str());
-  return 1;
-}
-
-int Usage(const std::string& why) {
-  std::fprintf(stderr,
-               "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
-               "KEY=VALUE...|config show|export|import|forget|rendezvous (see --help)\n",
-               why.c_str());
-  return 2;
-}
-
-std::string Json(const google::protobuf::Message& message) {
-  return ToJson(message, /*with_defaults=*/true);
-}
-
-// A call made here directly (not through the client library, whose calls have their own
-// deadline, GSTAB_CALL_TIMEOUT_S, which main sets from --timeout_s) waits --timeout_s at most.
-void SetDeadline(grpc::ClientContext* ctx) {
-  ctx->set_deadline(
-      absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s))));
-}
-
-// Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
-bool StdoutWritten() { return std::fflush(stdout) == 0 && !std::ferror(stdout); }
-
-// What a command did: `text` for people, or with --json the same as one JSON object of `fields`
-// (strings, numbers and booleans).
-using JsonValue = std::variant<std::string, double, bool>;
-int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields) {
-  if (!absl::GetFlag(FLAGS_json)) {
-    std::printf("%s\n", text.c_str());
-    return 0;
-  }
-  google::protobuf::Struct object;
-  for (const auto& [key, value] : fields) {
-    google::protobuf::Value& v = (*object.mutable_fields())[key];
-    if (const auto* s = std::get_if<std::string>(&value)) v.set_string_value(*s);
-    if (const auto* d = std::get_if<double>(&value)) v.set_number_value(*d);
-    if (const auto* b = std::get_if<bool>(&value)) v.set_bool_value(*b);
-  }
-  std::printf("%s\n", ToJson(object).c_str());
-  return 0;
-}
-
-absl::StatusOr<std::unique_ptr<Client>> Connect() {
-  std::string socket = absl::GetFlag(FLAGS_socket);
-  if (socket.empty()) {
-    const char* env = std::getenv("GSTAB_SOCKET");
-    socket = env != nullptr && *env != '\0' ? env : "/run/gstab/gstabd.sock";
-  }
-  return Client::Connect(socket, absl::Seconds(3));
-}
-
-// A client attached as an observer of --job, detached when it goes, on every path: a session
-// left to its lease would keep the job from `forget` and from retiring meanwhile.
-struct DetachFirst {
-  void operator()(Client* client) const {
-    (void)client->Detach();
-    delete client;
-  }
-};
-using Observer = std::unique_ptr<Client, DetachFirst>;
-
-absl::StatusOr<Observer> ConnectToJob() {
-  const std::string job = absl::GetFlag(FLAGS_job);
-  if (job.empty()) return absl::InvalidArgumentError("this command needs --job=NAME");
-  absl::StatusOr<std::unique_ptr<Client>> client = Connect();
-  if (!client.ok()) return client.status();
-  AttachOptions o;
-  o.job = job;
-  o.observer = true;
-  if (absl::Status s = (*client)->Attach(o); !s.ok()) return s;
-  return Observer(client->release());
-}
-
-absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
-                                              bool include_retired = false) {
-  v1::ListJobsRequest request;
-  request.set_history(history);
-  request.set_include_retired(include_retired);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::ListJobsResponse response;
-  if (absl::Status s = FromGrpcStatus(client->stub()->ListJobs(&ctx, request, &response));
-      !s.ok()) {
-    return s;
-  }
-  return response;
-}
-
 // Quiet on success, so a probe's log stays empty; the reason on stderr otherwise.
 int Health() {
   auto client = Connect();
@@ -179,11 +86,8 @@ int Status() {
   auto jobs = ListJobs(client->get(), 0, absl::GetFlag(FLAGS_all));
   if (!jobs.ok()) return Fail(jobs.status());
   if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty()) {  // that job alone
-    auto* listed = jobs->mutable_jobs();
-    listed->erase(std::remove_if(listed->begin(), listed->end(),
-                                 [&](const v1::JobSummary& j) { return j.job() != job; }),
-                  listed->end());
-    if (listed->empty()) {
+    OnlyJob(&*jobs, job);
+    if (jobs->jobs().empty()) {
       return Fail(absl::NotFoundError(absl::StrCat(
           "gstabd holds no job '", job, "'",
           absl::GetFlag(FLAGS_all) ? ""
@@ -255,6 +159,7 @@ int Top() {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
     auto jobs = ListJobs(client->get(), 60);
     if (!jobs.ok()) return Fail(jobs.status());
+    if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty()) OnlyJob(&*jobs, job);
     if (absl::GetFlag(FLAGS_json)) {
       std::printf("%s\n", Json(*jobs).c_str());
     } else {

@@ -1,0 +1,103 @@
+#include "tools/ctl_common.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/flags/flag.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client_lib/config_text.h"
+#include "google/protobuf/struct.pb.h"
+
+namespace gstab::ctl {
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "gstabctl: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr,
+               "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
+               "KEY=VALUE...|config show|export|import|forget|rendezvous (see --help)\n",
+               why.c_str());
+  return 2;
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  return ToJson(message, /*with_defaults=*/true);
+}
+
+void SetDeadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(
+      absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s))));
+}
+
+bool StdoutWritten() { return std::fflush(stdout) == 0 && !std::ferror(stdout); }
+
+int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields) {
+  if (!absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", text.c_str());
+    return 0;
+  }
+  google::protobuf::Struct object;
+  for (const auto& [key, value] : fields) {
+    google::protobuf::Value& v = (*object.mutable_fields())[key];
+    if (const auto* s = std::get_if<std::string>(&value)) v.set_string_value(*s);
+    if (const auto* d = std::get_if<double>(&value)) v.set_number_value(*d);
+    if (const auto* b = std::get_if<bool>(&value)) v.set_bool_value(*b);
+  }
+  std::printf("%s\n", ToJson(object).c_str());
+  return 0;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Connect() {
+  std::string socket = absl::GetFlag(FLAGS_socket);
+  if (socket.empty()) {
+    const char* env = std::getenv("GSTAB_SOCKET");
+    socket = env != nullptr && *env != '\0' ? env : "/run/gstab/gstabd.sock";
+  }
+  return Client::Connect(socket, absl::Seconds(3));
+}
+
+void DetachFirst::operator()(Client* client) const {
+  (void)client->Detach();
+  delete client;
+}
+
+absl::StatusOr<Observer> ConnectToJob() {
+  const std::string job = absl::GetFlag(FLAGS_job);
+  if (job.empty()) return absl::InvalidArgumentError("this command needs --job=NAME");
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect();
+  if (!client.ok()) return client.status();
+  AttachOptions o;
+  o.job = job;
+  o.observer = true;
+  if (absl::Status s = (*client)->Attach(o); !s.ok()) return s;
+  return Observer(client->release());
+}
+
+absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
+                                              bool include_retired) {
+  v1::ListJobsRequest request;
+  request.set_history(history);
+  request.set_include_retired(include_retired);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ListJobsResponse response;
+  if (absl::Status s = FromGrpcStatus(client->stub()->ListJobs(&ctx, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+void OnlyJob(v1::ListJobsResponse* jobs, const std::string& job) {
+  auto* listed = jobs->mutable_jobs();
+  listed->erase(std::remove_if(listed->begin(), listed->end(),
+                               [&](const v1::JobSummary& j) { return j.job() != job; }),
+                listed->end());
+}
+
+}  // namespace gstab::ctl

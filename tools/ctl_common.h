@@ -1,0 +1,57 @@
+// What gstabctl's commands share: its output conventions, its connection to gstabd, and the
+// flags these read.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/flags/declare.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "client_lib/client.h"
+#include "gstab/v1/stabilizer.pb.h"
+
+ABSL_DECLARE_FLAG(std::string, socket);
+ABSL_DECLARE_FLAG(bool, json);
+ABSL_DECLARE_FLAG(std::string, job);
+ABSL_DECLARE_FLAG(int, timeout_s);
+
+namespace gstab::ctl {
+
+// The reason on stderr; exit status 1.
+int Fail(const absl::Status& status);
+// A bad command line: the reason and the usage on stderr; exit status 2.
+int Usage(const std::string& why);
+// `message` as JSON, every field (defaults too).
+std::string Json(const google::protobuf::Message& message);
+// A call made here directly (not through the client library, whose calls have their own
+// deadline, GSTAB_CALL_TIMEOUT_S, which main sets from --timeout_s) waits --timeout_s at most.
+void SetDeadline(grpc::ClientContext* ctx);
+// Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
+bool StdoutWritten();
+
+// What a command did: `text` for people, or with --json the same as one JSON object of `fields`
+// (strings, numbers and booleans); exit status 0.
+using JsonValue = std::variant<std::string, double, bool>;
+int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields);
+
+// A client of --socket ($GSTAB_SOCKET, else gstabd's default socket).
+absl::StatusOr<std::unique_ptr<Client>> Connect();
+
+// A client attached as an observer of --job, detached when it goes, on every path: a session
+// left to its lease would keep the job from `forget` and from retiring meanwhile.
+struct DetachFirst {
+  void operator()(Client* client) const;
+};
+using Observer = std::unique_ptr<Client, DetachFirst>;
+absl::StatusOr<Observer> ConnectToJob();
+
+absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
+                                              bool include_retired = false);
+// Keeps `job` alone in `jobs`.
+void OnlyJob(v1::ListJobsResponse* jobs, const std::string& job);
+
+}  // namespace gstab::ctl
