@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/test_tls.h"
@@ -60,6 +61,28 @@ class OwnerTest : public ::testing::Test {
   }
   std::pair<int, std::string> Ctl(int uid, const std::string& args) {
     return As(uid, "gstabctl --socket=" + daemon_->socket() + " " + args);
+  }
+  // A process of uid:gid `uid` holding `count` connections to the socket open, once it holds them.
+  absl::StatusOr<testing::Subprocess> HoldConnections(int uid, int count) {
+    const std::string hold = absl::StrCat(
+        "import socket, sys, time\n"
+        "held = [socket.socket(socket.AF_UNIX) for _ in range(",
+        count, ")]\n",
+        "for s in held: s.connect(sys.argv[1])\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n");
+    const std::string id = std::to_string(uid);
+    absl::StatusOr<testing::Subprocess> holder = testing::Subprocess::Start(
+        {"/usr/bin/setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups", "/usr/bin/python3",
+         "-c", hold, daemon_->socket()});
+    if (!holder.ok()) return holder.status();
+    absl::StatusOr<std::string> line = holder->ReadLine(absl::Seconds(30));
+    if (!line.ok() || *line != "held") {
+      return absl::InternalError(
+          absl::StrCat("the connections were not held: ",
+                       line.ok() ? *line : std::string(line.status().message())));
+    }
+    return holder;
   }
   std::pair<int, std::string> Train(int uid, const std::string& job) {
     return As(uid, "mlp_trainer --socket=" + daemon_->socket() + " --job=" + job +
@@ -351,18 +374,8 @@ TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmai
 TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
   SKIP_UNLESS_ROOT();
   Restart({"--max_connections_per_uid=3", "--metrics_port=0"});
-  const std::string hold =
-      "import socket, sys, time\n"
-      "held = [socket.socket(socket.AF_UNIX) for _ in range(3)]\n"
-      "for s in held: s.connect(sys.argv[1])\n"
-      "print('held', flush=True)\n"
-      "time.sleep(600)\n";
-  auto holder = testing::Subprocess::Start({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
-                                            "--clear-groups", "/usr/bin/python3", "-c", hold,
-                                            daemon_->socket()});
+  absl::StatusOr<testing::Subprocess> holder = HoldConnections(65534, 3);
   ASSERT_TRUE(holder.ok()) << holder.status();
-  absl::StatusOr<std::string> line = holder->ReadLine(absl::Seconds(30));
-  ASSERT_TRUE(line.ok() && *line == "held") << line.status();
 
   auto [rc, out] = Ctl(65534, "status");
   EXPECT_NE(rc, 0) << out;
@@ -401,16 +414,8 @@ TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
   SKIP_UNLESS_ROOT();
   const std::string probe = dir_.path() + "/probe/gstabd.sock";
   Restart({"--max_connections_per_uid=3", "--health_socket=" + probe});
-  const std::string hold =
-      "import socket, sys, time\n"
-      "held = [socket.socket(socket.AF_UNIX) for _ in range(3)]\n"
-      "for s in held: s.connect(sys.argv[1])\n"
-      "print('held', flush=True)\n"
-      "time.sleep(600)\n";
-  auto holder = testing::Subprocess::Start({"/usr/bin/python3", "-c", hold, daemon_->socket()});
+  absl::StatusOr<testing::Subprocess> holder = HoldConnections(0, 3);
   ASSERT_TRUE(holder.ok()) << holder.status();
-  absl::StatusOr<std::string> line = holder->ReadLine(absl::Seconds(30));
-  ASSERT_TRUE(line.ok() && *line == "held") << line.status();
   auto [rc, out] = Ctl(0, "health");
   EXPECT_NE(rc, 0) << out;  // the main socket: root is at its cap
   std::tie(rc, out) = As(0, "gstabctl --socket=" + probe + " health");
