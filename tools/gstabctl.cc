@@ -153,12 +153,21 @@ int Top() {
   if (absl::GetFlag(FLAGS_interval_ms) <= 0 || iterations < 0) {
     return Usage("top needs --interval_ms > 0 and --iterations >= 0");
   }
-  auto client = Connect();
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect();
   if (!client.ok()) return Fail(client.status());
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
-    auto jobs = ListJobs(client->get(), 60);
-    if (!jobs.ok()) return Fail(jobs.status());
+    if (!client.ok()) client = Connect();  // after a failed frame
+    absl::StatusOr<v1::ListJobsResponse> jobs =
+        client.ok() ? ListJobs(client->get(), 60) : client.status();
+    if (!jobs.ok()) {
+      if (iterations != 0) return Fail(jobs.status());
+      // Until interrupted: a gstabd that restarts (a rollout) is waited for, not the view's end.
+      std::fprintf(stderr, "gstabctl: %s (trying again)\n",
+                   std::string(jobs.status().message()).c_str());
+      client = jobs.status();  // connects anew at the next frame
+      continue;
+    }
     if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty()) OnlyJob(&*jobs, job);
     if (absl::GetFlag(FLAGS_json)) {
       std::printf("%s\n", Json(*jobs).c_str());

@@ -241,6 +241,35 @@ TEST_F(E2eGstabctlTest, AFollowedStreamEndsWhenItsReaderGoes) {
   EXPECT_NE(out.find("quiet"), std::string::npos) << out;
 }
 
+// `top` until interrupted outlives a gstabd restart (a rollout): the frames stop while none
+// serves, and go on once one does.
+TEST_F(E2eGstabctlTest, TopUntilInterruptedWaitsForARestartedGstabd) {
+  auto top = testing::Subprocess::Start({testing::BinaryPath("tools/gstabctl"),
+                                         "--socket=" + daemon_->socket(), "--json",
+                                         "--interval_ms=200", "--timeout_s=2", "top"});
+  ASSERT_TRUE(top.ok()) << top.status();
+  absl::StatusOr<std::string> frame = top->ReadLine(absl::Seconds(10));
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  ASSERT_EQ(daemon_->Stop().value_or(-1), 0);
+  bool told = false;
+  for (absl::StatusOr<std::string> line = top->ReadLine(absl::Seconds(15)); line.ok() && !told;
+       line = top->ReadLine(absl::Seconds(15))) {
+    told = line->find("(trying again)") != std::string::npos;
+  }
+  EXPECT_TRUE(told);
+  auto again = testing::DaemonProcess::Start(dir_.path());
+  ASSERT_TRUE(again.ok()) << again.status();
+  bool framed = false;
+  for (absl::StatusOr<std::string> line = top->ReadLine(absl::Seconds(15)); line.ok() && !framed;
+       line = top->ReadLine(absl::Seconds(15))) {
+    framed = line->rfind("{", 0) == 0;  // a frame again
+  }
+  EXPECT_TRUE(framed);
+  top->Signal(SIGTERM);
+  (void)top->Wait(absl::Seconds(5));
+  daemon_ = std::make_unique<testing::DaemonProcess>(*std::move(again));
+}
+
 // A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
 // `forget` then works at once, rather than a lease later.
 TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
