@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype_proto.h"
+#include "common/job_name.h"
 #include "common/shm_names.h"
 #include "server/reserved_names.h"
 
@@ -111,9 +112,7 @@ absl::Status ValidateTensorName(const std::string& what, const std::string& name
 }
 
 absl::Status ValidateJobName(const std::string& job) {
-  if (job.empty() || job.size() > 128 || !std::all_of(job.begin(), job.end(), [](char c) {
-        return IsNameChar(c) && c != '/' && c != ':';
-      })) {
+  if (!IsJobName(job)) {
     return absl::InvalidArgumentError(
         absl::StrCat("job name '", job, "' must be 1 to 128 characters of [A-Za-z0-9._-]"));
   }

@@ -47,8 +47,7 @@ StderrLog::StderrLog(size_t max_queued_bytes) : max_queued_bytes_(max_queued_byt
 
 StderrLog* StderrLog::Install(size_t max_queued_bytes) {
   auto* log = new StderrLog(max_queued_bytes);  // never deleted: see the header
-  log->writer_ = std::thread([log] { log->Run(); });
-  log->writer_.detach();
+  std::thread([log] { log->Run(); }).detach();
   for (int severity = google::GLOG_INFO; severity < google::NUM_SEVERITIES; ++severity) {
     google::SetLogDestination(severity, "");  // no log files
   }
@@ -69,35 +68,27 @@ void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/
   absl::MutexLock lock(&mu_);
   if (severity >= google::GLOG_FATAL) {
     // The process ends after this line: write it now, after the lines queued before it.
-    std::string rest;
-    rest.swap(queue_);
-    if (unreported_ > 0) rest.insert(0, DroppedNotice(unreported_));
-    unreported_ = 0;
-    WriteToStderr(rest + text);
+    WriteToStderr(TakeQueued() + text);
     return;
   }
   if (queue_.size() + text.size() > max_queued_bytes_) {
     ++dropped_;
-    ++unreported_;
     return;
   }
   queue_ += text;
 }
 
 void StderrLog::Run() {
-  std::string batch;
   for (;;) {
+    std::string batch;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
       mu_.Await(absl::Condition(this, &StderrLog::Queued));
-      batch.swap(queue_);
-      if (unreported_ > 0) batch.insert(0, DroppedNotice(unreported_));
-      unreported_ = 0;
+      batch = TakeQueued();
       writing_ = true;
     }
     WriteToStderr(batch);
-    batch.clear();
   }
 }
 
@@ -110,14 +101,16 @@ void StderrLog::FlushInstalled(absl::Duration timeout) {
   if (StderrLog* log = g_installed.load(); log != nullptr) log->Flush(timeout);
 }
 
-uint64_t StderrLog::dropped() const {
-  absl::MutexLock lock(&mu_);
-  return dropped_;
-}
-
-std::string StderrLog::DroppedNotice(uint64_t dropped) {
-  return absl::StrCat("gstabd: ", dropped,
-                      " log lines dropped: stderr was not read while they were logged\n");
+std::string StderrLog::TakeQueued() {
+  std::string lines;
+  if (dropped_ > 0) {
+    lines = absl::StrCat("gstabd: ", dropped_,
+                         " log lines dropped: stderr was not read while they were logged\n");
+    dropped_ = 0;
+  }
+  lines += queue_;
+  queue_.clear();
+  return lines;
 }
 
 }  // namespace gstab

@@ -33,8 +33,6 @@ class StderrLog final : public google::LogSink {
   // Waits up to `timeout` for the queued lines to be written (before the process exits);
   // false when some are still waiting.
   bool Flush(absl::Duration timeout);
-  // Lines dropped so far because the queue was full.
-  uint64_t dropped() const;
   // Flush of the installed StderrLog, if any: for a process about to end by _exit, which runs
   // no destructor.
   static void FlushInstalled(absl::Duration timeout);
@@ -46,18 +44,16 @@ class StderrLog final : public google::LogSink {
  private:
   explicit StderrLog(size_t max_queued_bytes);
   void Run();
+  // The queued lines, after the notice of those dropped since the last (if any); empties both.
+  std::string TakeQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Queued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty(); }
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && !writing_; }
-  // The notice of `dropped` lines, with the time of writing.
-  static std::string DroppedNotice(uint64_t dropped);
 
   const size_t max_queued_bytes_;
   mutable absl::Mutex mu_;
   std::string queue_ ABSL_GUARDED_BY(mu_);  // whole lines, each ending in '\n'
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t unreported_ ABSL_GUARDED_BY(mu_) = 0;  // dropped since the last notice
-  std::thread writer_;
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;  // lines dropped since the last notice
 };
 
 }  // namespace gstab

@@ -36,12 +36,12 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
+#include "common/job_name.h"
 #include "common/wire_limits.h"
 #include "tools/ctl_common.h"
 #include "tools/ctl_files.h"
@@ -310,16 +310,10 @@ constexpr char kUsage[] =
     "--job=J --out=FILE|- | import --job=J --in=FILE|- | forget --job=J | rendezvous --job=J "
     "--nodes=N [--cuda]";
 
-bool IsJobName(const std::string& job) {
-  return !job.empty() && job.size() <= 128 && std::all_of(job.begin(), job.end(), [](char c) {
-    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
-  });
-}
-
 int Run(const std::vector<std::string>& args) {
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
-  if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty() && !IsJobName(job)) {
+  if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty() && !gstab::IsJobName(job)) {
     return gstab::ctl::Usage("--job: job names are 1 to 128 characters of [A-Za-z0-9._-]");
   }
   if (absl::GetFlag(FLAGS_timeout_s) <= 0) return gstab::ctl::Usage("--timeout_s must be > 0");

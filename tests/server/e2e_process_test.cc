@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -137,6 +138,7 @@ TEST(E2eProcessTest, FoldersGstabdMakesHaveTheirModesWhateverTheUmask) {
 TEST(E2eProcessTest, AStderrNobodyReadsHoldsUpNoCallAndNoStop) {
   TempDir dir;
   setenv("GSTAB_CALL_TIMEOUT_S", "10", 1);  // a call held up by a log line fails, not hangs
+  absl::Cleanup restore = [] { unsetenv("GSTAB_CALL_TIMEOUT_S"); };  // for this test alone
   // The pipe holds 64 KiB and the queue 16 KiB: each attach logs a line of about 100 bytes.
   auto daemon = Subprocess::Start({testing::BinaryPath("server/gstabd"),
                                    "--socket=" + dir.path() + "/gstabd.sock",
