@@ -14,11 +14,8 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "common/command_line.h"
 #include "glog/logging.h"
 #include "server/server.h"
 #include "server/shm_faults.h"
@@ -143,15 +140,12 @@ int main(int argc, char** argv) {
   // A reader of gstabd's log or a client that goes away must not end it (civetweb would ignore
   // SIGPIPE too, but only with the metrics port on).
   signal(SIGPIPE, SIG_IGN);
-  absl::SetProgramUsageMessage("the gstab gradient-stabilizer daemon (--helpfull: every flag)");
-  // --help lists this file's flags (by default, those of a file named after the program).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "server/main.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  if (const std::vector<char*> rest = absl::ParseCommandLine(argc, argv); rest.size() > 1) {
+  // --help lists this file's flags; --helpfull abseil's as well.
+  if (const std::vector<char*> rest = gstab::ParseCommandLineOrExit(
+          argc, argv, "gstabd",
+          "[--flag=VALUE ...]: the gstab gradient-stabilizer daemon (--helpfull: every flag)",
+          "server/main.cc");
+      rest.size() > 1) {
     std::fprintf(stderr,
                  "gstabd: unexpected argument '%s': flags take their values as --flag=value (a "
                  "boolean as --flag or --flag=false)\n",

@@ -34,13 +34,12 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
+#include "common/command_line.h"
 #include "common/job_name.h"
 #include "common/wire_limits.h"
 #include "tools/ctl_common.h"
@@ -305,10 +304,18 @@ int Rendezvous() {
 namespace {
 
 constexpr char kUsage[] =
-    "gstabctl [--socket=PATH|HOST:PORT] [--json] [--timeout_s=S] health | status | events "
-    "[--job=J] [--follow] | top | config set --job=J KEY=VALUE... | config show --job=J | export "
-    "--job=J --out=FILE|- | import --job=J --in=FILE|- | forget --job=J | rendezvous --job=J "
-    "--nodes=N [--cuda]";
+    "[--socket=PATH|HOST:PORT] [--json] [--timeout_s=S] COMMAND\n\n"
+    "Commands:\n"
+    "  health\n"
+    "  status [--job=J] [--all]\n"
+    "  events [--job=J] [--recent=N] [--follow]\n"
+    "  top [--job=J] [--interval_ms=MS] [--iterations=N]\n"
+    "  config set --job=J KEY=VALUE...\n"
+    "  config show --job=J\n"
+    "  export --job=J --out=FILE|-\n"
+    "  import --job=J --in=FILE|- [--keep_config]\n"
+    "  forget --job=J\n"
+    "  rendezvous --job=J --nodes=N [--cuda]";
 
 int Run(const std::vector<std::string>& args) {
   if (args.empty()) return gstab::ctl::Usage("no command");
@@ -346,8 +353,8 @@ int Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  std::vector<char*> rest =
+      gstab::ParseCommandLineOrExit(argc, argv, "gstabctl", kUsage, "tools/gstabctl.cc");
   int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()));
   // What was printed must have reached stdout: `gstabctl --json status > snap.json` on a full
   // disk fails rather than leave an empty file behind an exit status of 0.

@@ -110,6 +110,17 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   EXPECT_EQ(Ctl("config set --job=ctl-job clip.max_norm").first, 2);  // not KEY=VALUE
   EXPECT_EQ(Ctl("top --interval_ms=0").first, 2);
   EXPECT_EQ(Ctl("export --out=" + file).first, 2);
+  auto [frc, flag] = Ctl("status --jobs=ctl-job");  // abseil's own parser exits 1
+  EXPECT_EQ(frc, 2);
+  EXPECT_NE(flag.find("unknown flag --jobs"), std::string::npos) << flag;
+  auto [vrc, value] = Ctl("--timeout_s=2s status");
+  EXPECT_EQ(vrc, 2);
+  EXPECT_NE(value.find("--timeout_s: '2s' is not a value it takes"), std::string::npos) << value;
+  EXPECT_EQ(Ctl("status --job").first, 2);  // no value
+  auto [hrc, help] = Ctl("--help");         // lists the commands and succeeds
+  EXPECT_EQ(hrc, 0) << help;
+  EXPECT_NE(help.find("  export --job=J --out=FILE|-\n"), std::string::npos) << help;
+  EXPECT_NE(help.find("  --timeout_s\n"), std::string::npos) << help;
   // --json prints every field, the false and zero ones too.
   auto [jsrc, full] = Ctl("--json status");
   EXPECT_EQ(jsrc, 0);

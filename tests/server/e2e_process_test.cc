@@ -103,6 +103,25 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
   auto [lcode, lout] = StartRefused(dir, {"--log_queue_bytes=100"});
   EXPECT_EQ(lcode, 2) << lout;
   EXPECT_NE(lout.find("--log_queue_bytes must be from 4096"), std::string::npos) << lout;
+  // A flag abseil cannot read is a bad command line too (abseil's own parser exits 1).
+  auto [ucode, uout] = StartRefused(dir, {"--max_job=4"});
+  EXPECT_EQ(ucode, 2) << uout;
+  EXPECT_NE(uout.find("unknown flag --max_job"), std::string::npos) << uout;
+  auto [vcode, vout] = StartRefused(dir, {"--lease_ms=soon"});
+  EXPECT_EQ(vcode, 2) << vout;
+  EXPECT_NE(vout.find("--lease_ms: 'soon' is not a value it takes"), std::string::npos) << vout;
+}
+
+// --help answers with gstabd's own flags, and succeeds (abseil's parser exits 1).
+TEST(E2eProcessTest, HelpListsGstabdsFlagsAndSucceeds) {
+  auto [code, out] = testing::RunShell(testing::BinaryPath("server/gstabd") + " --help");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("Usage: gstabd"), std::string::npos) << out;
+  EXPECT_NE(out.find("  --state_dir\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find("--flagfile"), std::string::npos) << out;  // abseil's: --helpfull
+  auto [fcode, full] = testing::RunShell(testing::BinaryPath("server/gstabd") + " --helpfull");
+  EXPECT_EQ(fcode, 0) << full;
+  EXPECT_NE(full.find("  --flagfile\n"), std::string::npos) << full;
 }
 
 // Under umask 000 the folders gstabd makes would be anyone's to change (a checkpoint deleted

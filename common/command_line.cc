@@ -1,0 +1,142 @@
+#include "common/command_line.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace gstab {
+namespace {
+
+constexpr size_t kHelpWidth = 80;
+
+// abseil's flags that read flags from elsewhere or let unknown ones through: with them, only
+// abseil's parser knows what is defined, so CheckFlags leaves the command line to it.
+bool DefersToAbseil(absl::string_view name) {
+  return name == "flagfile" || name == "fromenv" || name == "tryfromenv" || name == "undefok";
+}
+
+// "--name=value", "-name value", "--noname": the name without dashes, and the value after '='.
+struct FlagArg {
+  absl::string_view name;
+  absl::string_view value;
+  bool has_value = false;
+};
+
+FlagArg Split(absl::string_view arg) {
+  arg.remove_prefix(absl::StartsWith(arg, "--") ? 2 : 1);
+  FlagArg f;
+  const size_t eq = arg.find('=');
+  f.name = arg.substr(0, eq);
+  if (eq != absl::string_view::npos) {
+    f.value = arg.substr(eq + 1);
+    f.has_value = true;
+  }
+  return f;
+}
+
+bool IsFlag(absl::string_view arg) { return arg.size() > 1 && arg[0] == '-'; }
+
+bool IsHelp(absl::string_view name) {
+  return name == "help" || name == "h" || name == "helpshort" || name == "helpfull";
+}
+
+// Appends `text` to `out`, words wrapped at kHelpWidth, each line after the first indented.
+void Wrap(absl::string_view text, size_t indent, std::string* out) {
+  size_t column = indent;
+  bool first = true;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    if (!first && column + 1 + word.size() > kHelpWidth) {
+      absl::StrAppend(out, "\n", std::string(indent, ' '));
+      column = indent;
+    } else if (!first) {
+      out->push_back(' ');
+      ++column;
+    }
+    absl::StrAppend(out, word);
+    column += word.size();
+    first = false;
+  }
+}
+
+}  // namespace
+
+std::string CheckFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;  // what follows is positional
+    if (!IsFlag(arg)) continue;
+    const FlagArg f = Split(arg);
+    if (DefersToAbseil(f.name)) return "";
+    if (f.name.empty()) return absl::StrCat("'", arg, "' names no flag");
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(f.name);
+    if (flag == nullptr && absl::StartsWith(f.name, "no")) {  // --nofoo: a boolean set false
+      absl::CommandLineFlag* negated = absl::FindCommandLineFlag(f.name.substr(2));
+      if (negated != nullptr && negated->IsOfType<bool>()) {
+        if (f.has_value) return absl::StrCat("--", f.name, " takes no value, not '", f.value, "'");
+        continue;
+      }
+    }
+    if (flag == nullptr) return absl::StrCat("unknown flag --", f.name, " (--help lists them)");
+    if (IsHelp(f.name)) continue;
+    absl::string_view value = f.value;
+    if (!f.has_value) {
+      if (flag->IsOfType<bool>()) continue;  // --foo: true
+      if (i + 1 == argc) return absl::StrCat("--", f.name, " needs a value (--", f.name, "=VALUE)");
+      value = argv[++i];  // --foo VALUE
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::StrCat("--", f.name, ": '", value, "' is not a value it takes (", error, ")");
+    }
+  }
+  return "";
+}
+
+std::string FlagsHelp(absl::string_view program, absl::string_view usage,
+                      absl::string_view flags_file) {
+  std::vector<absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (flags_file.empty() || absl::EndsWith(flag->Filename(), flags_file)) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(), [](absl::CommandLineFlag* a, absl::CommandLineFlag* b) {
+    return a->Name() < b->Name();
+  });
+  std::string out = absl::StrCat("Usage: ", program, " ", usage, "\n\nFlags:\n");
+  for (const absl::CommandLineFlag* flag : flags) {
+    absl::StrAppend(&out, "  --", flag->Name(), "\n      ");
+    const std::string fallback = flag->DefaultValue();
+    Wrap(absl::StrCat(flag->Help(), " (default: ", fallback.empty() ? "\"\"" : fallback, ")"), 6,
+         &out);
+    out.push_back('\n');
+  }
+  return out;
+}
+
+std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
+                                          absl::string_view usage, absl::string_view flags_file) {
+  for (int i = 1; i < argc && absl::string_view(argv[i]) != "--"; ++i) {
+    if (!IsFlag(argv[i])) continue;
+    const absl::string_view name = Split(argv[i]).name;
+    if (!IsHelp(name)) continue;
+    const std::string help = FlagsHelp(program, usage, name == "helpfull" ? "" : flags_file);
+    std::fputs(help.c_str(), stdout);
+    std::exit(std::fflush(stdout) == 0 ? 0 : 1);
+  }
+  if (const std::string problem = CheckFlags(argc, argv); !problem.empty()) {
+    std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(program.size()), program.data(),
+                 problem.c_str());
+    std::exit(2);
+  }
+  absl::SetProgramUsageMessage(usage);
+  return absl::ParseCommandLine(argc, argv);
+}
+
+}  // namespace gstab

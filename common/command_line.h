@@ -1,0 +1,28 @@
+// The command line of gstabd and gstabctl: abseil's flags, with the exit codes of a Unix tool.
+// abseil's own parser exits 1 for --help and for a command line it cannot read, which scripts
+// cannot tell apart from a failure; here --help exits 0 and a bad command line 2.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+
+namespace gstab {
+
+// The problem with argv's flags (an unknown flag, a value its flag cannot take, a missing
+// value), or "" when there is none. Sets the flags it checks, as parsing would.
+std::string CheckFlags(int argc, char** argv);
+
+// `program`'s help: `usage`, then the flags defined in files whose path ends with
+// `flags_file` (every flag when it is empty), each with its help and default.
+std::string FlagsHelp(absl::string_view program, absl::string_view usage,
+                      absl::string_view flags_file);
+
+// Parses the command line and returns its positional arguments (argv[0] first). --help (-h)
+// prints FlagsHelp for `flags_file` to stdout and exits 0, --helpfull for every flag; a
+// command line CheckFlags refuses is named on stderr and exits 2.
+std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
+                                          absl::string_view usage, absl::string_view flags_file);
+
+}  // namespace gstab
