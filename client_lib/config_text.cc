@@ -42,7 +42,8 @@ absl::Status SetConfigField(const std::string& key, const std::string& value,
     switch (f->cpp_type()) {
       case FieldDescriptor::CPPTYPE_DOUBLE: {
         double d;
-        ok = absl::SimpleAtod(value, &d);
+        // Decimal only: strtod would read "0x10" as 16, which nobody writing a norm means.
+        ok = value.find_first_of("xXpP") == std::string::npos && absl::SimpleAtod(value, &d);
         if (ok) r->SetDouble(msg, f, d);
         break;
       }

@@ -61,7 +61,10 @@ std::string WaitingLine(const v1::JobSummary& j) {
 std::string StatusTable(const v1::ListJobsResponse& jobs) {
   // STEPS counts this gstabd's steps of the job (from 0 again after a restore); LAST_STEP is
   // the job's step number, after which its workers go on.
-  std::string out = absl::StrFormat("%-24s %-10s %7s %9s %10s %12s %12s %7s %6s %9s %5s %s\n",
+  // The JOB column as wide as the longest name (up to 128 characters), so columns line up.
+  int w = 24;
+  for (const v1::JobSummary& j : jobs.jobs()) w = std::max(w, static_cast<int>(j.job().size()));
+  std::string out = absl::StrFormat("%-*s %-10s %7s %9s %10s %12s %12s %7s %6s %9s %5s %s\n", w,
                                     "JOB", "POLICY", "WORKERS", "STEPS", "LAST_STEP", "LAST_NORM",
                                     "STABILIZED", "SPIKES", "SKIPS", "DIVERGING", "NODE", "OWNER");
   std::string retired;
@@ -69,15 +72,15 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
   for (const v1::JobSummary& j : jobs.jobs()) {
     if (j.arrived_local_ranks_size() > 0) absl::StrAppend(&waiting, WaitingLine(j), "\n");
     if (j.retired()) {
-      absl::StrAppendFormat(&retired, "%-24s %-10s %9d %7d %s\n", j.job(), j.policy(),
+      absl::StrAppendFormat(&retired, "%-*s %-10s %9d %7d %s\n", w, j.job(), j.policy(),
                             j.last_step(), j.groups(), Owner(j));
       continue;
     }
     // A job across nodes: this node's rank of their count ("1/4"); "-" on one node.
     const std::string node =
         j.node_count() > 1 ? absl::StrCat(j.node_rank(), "/", j.node_count()) : "-";
-    absl::StrAppendFormat(&out, "%-24s %-10s %7d %9d %10d %12s %12s %7d %6d %9s %5s %s\n", j.job(),
-                          j.policy(), j.attached_workers(), j.steps(), j.last_step(),
+    absl::StrAppendFormat(&out, "%-*s %-10s %7d %9d %10d %12s %12s %7d %6d %9s %5s %s\n", w,
+                          j.job(), j.policy(), j.attached_workers(), j.steps(), j.last_step(),
                           Norm(j.last_norm()), Norm(j.last_stabilized_norm()), j.spike_steps(),
                           j.skipped_steps(), j.diverging() ? "YES" : "no", node, Owner(j));
   }
@@ -91,8 +94,8 @@ std::string StatusTable(const v1::ListJobsResponse& jobs) {
                           "\nnot held, kept as checkpoints (retired while idle, or found at "
                           "gstabd's start; they come "
                           "back when a worker attaches):\n"
-                          "%-24s %-10s %9s %7s %s\n%s",
-                          "JOB", "POLICY", "LAST_STEP", "GROUPS", "OWNER", retired);
+                          "%-*s %-10s %9s %7s %s\n%s",
+                          w, "JOB", "POLICY", "LAST_STEP", "GROUPS", "OWNER", retired);
   }
   // How gstabd sees this caller (jobs by uid; over TCP, by certificate).
   if (!jobs.caller().empty()) {

@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 
 namespace gstab::ctl {
@@ -77,6 +79,27 @@ TEST(CtlFormatTest, StatusListsJobsThenWaitingStepsThenRetiredJobs) {
 
   v1::ListJobsResponse none;
   EXPECT_NE(StatusTable(none).find("(no jobs)"), std::string::npos);
+}
+
+// A name past the JOB column's 24 characters widens it for every row, the heading's too.
+TEST(CtlFormatTest, ALongJobNameWidensTheJobColumn) {
+  v1::ListJobsResponse jobs;
+  *jobs.add_jobs() = Job("short");
+  const std::string long_name = "llama-70b-pretrain.node-pool-a.run-0042";
+  *jobs.add_jobs() = Job(long_name);
+  v1::JobSummary* retired = jobs.add_jobs();
+  retired->set_job("old");
+  retired->set_policy("clip");
+  retired->set_retired(true);
+  const std::string out = StatusTable(jobs);
+  std::vector<size_t> policy_columns;
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    if (line.empty() || line.find("not held") != absl::string_view::npos) continue;
+    if (line.find("caller") == 0) continue;
+    policy_columns.push_back(line.find_first_not_of(' ', line.find(' ')));
+  }
+  ASSERT_EQ(policy_columns.size(), 5u) << out;  // two headings, three jobs
+  for (size_t column : policy_columns) EXPECT_EQ(column, long_name.size() + 1) << out;
 }
 
 TEST(CtlFormatTest, TopShowsAWaitingStepUnderItsJob) {
