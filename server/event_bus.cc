@@ -1,5 +1,7 @@
 #include "server/event_bus.h"
 
+#include <algorithm>
+
 namespace gstab {
 
 void EventBus::Subscription::Push(const v1::Event& event) {
@@ -39,33 +41,55 @@ void EventBus::Publish(v1::Event event) {
   for (const auto& s : subscribers_) s->Push(event);
   const bool session =
       event.type() == v1::EVENT_TYPE_ATTACH || event.type() == v1::EVENT_TYPE_DETACH;
-  std::deque<v1::Event>& history = session ? session_history_ : history_;
-  history.push_back(std::move(event));
-  if (history.size() > history_size_) history.pop_front();
+  (session ? session_history_ : history_).Add(std::move(event));
 }
 
 std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job, uint32_t recent,
                                                             bool live) {
   auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_));
   absl::MutexLock lock(&mu_);
-  // The newest `recent` of both histories, merged back into the order they were published in.
-  std::deque<const v1::Event*> matching;
-  auto other = history_.rbegin();
-  auto session = session_history_.rbegin();
-  while (matching.size() < recent &&
-         (other != history_.rend() || session != session_history_.rend())) {
-    const bool take_other = session == session_history_.rend() ||
-                            (other != history_.rend() && other->sequence() > session->sequence());
-    const v1::Event& e = take_other ? *other++ : *session++;
-    if (job.empty() || e.job() == job) matching.push_front(&e);
-  }
-  for (const v1::Event* e : matching) sub->Push(*e);
+  // The newest `recent` of both histories, in the order they were published in.
+  std::vector<const v1::Event*> matching;
+  history_.Collect(job, &matching);
+  session_history_.Collect(job, &matching);
+  std::sort(matching.begin(), matching.end(),
+            [](const v1::Event* a, const v1::Event* b) { return a->sequence() < b->sequence(); });
+  const size_t first = matching.size() > recent ? matching.size() - recent : 0;
+  for (size_t i = first; i < matching.size(); ++i) sub->Push(*matching[i]);
   if (closed_ || !live) {
     sub->Close();
   } else {
     subscribers_.push_back(sub);
   }
   return sub;
+}
+
+void EventBus::History::Add(v1::Event event) {
+  std::string job = event.job();
+  by_job_[std::move(job)].push_back(std::move(event));
+  if (++size_ <= capacity_) return;
+  // The job holding the most gives up its oldest (of equals, the one whose oldest is older).
+  auto most = by_job_.begin();
+  for (auto it = by_job_.begin(); it != by_job_.end(); ++it) {
+    const size_t n = it->second.size(), m = most->second.size();
+    if (n > m || (n == m && it->second.front().sequence() < most->second.front().sequence())) {
+      most = it;
+    }
+  }
+  most->second.pop_front();
+  if (most->second.empty()) by_job_.erase(most);
+  --size_;
+}
+
+void EventBus::History::Collect(const std::string& job, std::vector<const v1::Event*>* out) const {
+  auto add = [out](const std::deque<v1::Event>& events) {
+    for (const v1::Event& e : events) out->push_back(&e);
+  };
+  if (!job.empty()) {
+    if (auto it = by_job_.find(job); it != by_job_.end()) add(it->second);
+    return;
+  }
+  for (const auto& [name, events] : by_job_) add(events);
 }
 
 void EventBus::Unsubscribe(const std::shared_ptr<Subscription>& subscription) {

@@ -10,8 +10,10 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gstab/v1/stabilizer.pb.h"
@@ -43,8 +45,10 @@ class EventBus {
   // `capacity`: events queued per subscriber; `history`: recent events kept for new ones, twice:
   // the sessions' (ATTACH, DETACH) and the others, so that sessions coming and going (an
   // operator's `gstabctl config show` in a loop, say) cannot push spikes out of the history.
+  // Each is shared fairly between jobs: past `history` events, the job holding the most loses
+  // its oldest, so one job's flood of spikes cannot push another job's out either.
   explicit EventBus(size_t capacity = 1024, size_t history = 1024)
-      : capacity_(capacity), history_size_(history) {}
+      : capacity_(capacity), history_(history), session_history_(history) {}
 
   // Stamps the sequence number and (if unset) the wall time, then delivers.
   void Publish(v1::Event event);
@@ -58,12 +62,25 @@ class EventBus {
   void Close();
 
  private:
+  // One kind of events' recent history: `capacity` over every job, shared as said above.
+  class History {
+   public:
+    explicit History(size_t capacity) : capacity_(capacity) {}
+    void Add(v1::Event event);
+    // Appends the events of `job` (empty: of every job).
+    void Collect(const std::string& job, std::vector<const v1::Event*>* out) const;
+
+   private:
+    const size_t capacity_;
+    size_t size_ = 0;
+    absl::flat_hash_map<std::string, std::deque<v1::Event>> by_job_;  // oldest first
+  };
+
   const size_t capacity_;
-  const size_t history_size_;
   absl::Mutex mu_;
   uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<v1::Event> history_ ABSL_GUARDED_BY(mu_);          // all but the sessions'
-  std::deque<v1::Event> session_history_ ABSL_GUARDED_BY(mu_);  // ATTACH and DETACH
+  History history_ ABSL_GUARDED_BY(mu_);          // all but the sessions'
+  History session_history_ ABSL_GUARDED_BY(mu_);  // ATTACH and DETACH
   std::list<std::shared_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };

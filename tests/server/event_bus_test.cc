@@ -101,5 +101,29 @@ TEST(EventBusTest, SessionsComingAndGoingKeepTheSpikesInTheHistory) {
   EXPECT_EQ(e.sequence(), 100u);
 }
 
+// One job spiking every step must not push another job's few spikes out of the history: a
+// job's on-call would find its spikes gone from `gstabctl events --job`.
+TEST(EventBusTest, ANoisyJobCannotPushAQuietJobsEventsOutOfTheHistory) {
+  EventBus bus(/*capacity=*/64, /*history=*/8);
+  bus.Publish(Spike("quiet", 10));
+  for (uint64_t s = 1; s <= 500; ++s) {
+    bus.Publish(Spike("noisy", s));
+    if (s == 250) bus.Publish(Spike("quiet", 20));
+  }
+  auto read = [&bus](const std::string& job) {
+    std::vector<uint64_t> steps;
+    auto sub = bus.Subscribe(job, 64, /*live=*/false);
+    for (v1::Event e;
+         sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent;) {
+      steps.push_back(e.step());
+    }
+    return steps;
+  };
+  EXPECT_EQ(read("quiet"), (std::vector<uint64_t>{10, 20}));
+  // The noisy job keeps the rest of the history, its newest; every job's, in published order.
+  EXPECT_EQ(read("noisy"), (std::vector<uint64_t>{495, 496, 497, 498, 499, 500}));
+  EXPECT_EQ(read(""), (std::vector<uint64_t>{10, 20, 495, 496, 497, 498, 499, 500}));
+}
+
 }  // namespace
 }  // namespace gstab
