@@ -78,13 +78,38 @@ StateStore::~StateStore() {
   if (lock_fd_ >= 0) close(lock_fd_);
 }
 
-void StateStore::SyncDir() const {
+absl::Status StateStore::SyncDir() const {
   absl::MutexLock lock(&folder_mu_);
   const int fd = lock_fd_ >= 0 ? lock_fd_ : open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  if (fsync(fd) != 0) PLOG(WARNING) << "cannot sync state directory '" << dir_ << "'";
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot open state directory '", dir_, "' to sync it: ", strerror(errno)));
+  }
+  const int failed = fsync(fd) != 0 && errno != EINVAL ? errno : 0;
   if (fd != lock_fd_) close(fd);
+  if (failed != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot sync state directory '", dir_, "': ", strerror(failed)));
+  }
+  return absl::OkStatus();
 }
+
+namespace {
+
+// Makes the entry of `path` in its parent folder durable (a folder just made), where the file
+// system allows.
+void SyncParent(const std::string& path) {
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  const int fd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // a parent gstabd may not open (search permission only) keeps its entry
+  if (fsync(fd) != 0 && errno != EINVAL) {
+    PLOG(WARNING) << "cannot sync '" << parent << "', the folder of state directory '" << path
+                  << "': should the machine lose power, the state directory may be lost";
+  }
+  close(fd);
+}
+
+}  // namespace
 
 absl::Status StateStore::CheckFolder() {
   absl::MutexLock lock(&folder_mu_);
@@ -121,10 +146,13 @@ absl::Status StateStore::CheckFolder() {
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
   // Checkpoints are 0640: the folder, when gstabd makes it, lets its group read them too.
+  std::error_code unknown;
+  const bool existed = std::filesystem::exists(dir_, unknown);
   if (absl::Status s = CreateFolders(dir_, 0750); !s.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory '", dir_, "': ", s.message()));
   }
+  if (!existed) SyncParent(dir_);
   // A folder gstabd cannot write (a read-only mount, another owner) would lose every job's
   // statistics at the first checkpoint, long after start: refuse it now.
   std::string probe = absl::StrCat(dir_, "/", kProbePrefix, "XXXXXX");
@@ -203,7 +231,10 @@ absl::Status StateStore::Save(const v1::JobState& state) {
     failed = "fsync";
     err = errno;
   }
-  close(fd);
+  if (close(fd) != 0 && failed == nullptr) {  // a network file system's late write error
+    failed = "close";
+    err = errno;
+  }
   if (failed == nullptr && rename(tmp.c_str(), path.c_str()) != 0) {
     failed = "rename";
     err = errno;
@@ -213,7 +244,11 @@ absl::Status StateStore::Save(const v1::JobState& state) {
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "' (", failed, ": ",
                                             strerror(err), "); the previous one, if any, is kept"));
   }
-  SyncDir();
+  // In place, but a crash could still bring the previous one back: the save failed.
+  if (absl::Status s = SyncDir(); !s.ok()) {
+    return absl::InternalError(absl::StrCat("checkpoint '", path, "' is written but ", s.message(),
+                                            ": a crash could bring the previous one back"));
+  }
   return absl::OkStatus();
 }
 
@@ -231,7 +266,8 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
         absl::StrCat("cannot delete checkpoint '", path, "': ", strerror(errno)));
   }
   if (deleted != nullptr) *deleted = true;
-  SyncDir();
+  // Deleted now; only a crash could bring it back (which a later deletion would mend).
+  if (absl::Status s = SyncDir(); !s.ok()) LOG(WARNING) << "deleted '" << path << "', but " << s;
   return absl::OkStatus();
 }
 
@@ -252,7 +288,7 @@ void StateStore::SetAside(const std::string& path, const std::string& why) {
     PLOG(ERROR) << path << " " << why << ", and cannot be set aside as " << aside;
     return;
   }
-  SyncDir();
+  if (absl::Status s = SyncDir(); !s.ok()) LOG(WARNING) << s;
   LOG(ERROR) << path << " " << why << ": set aside as " << aside << "; its job starts afresh";
 }
 

@@ -32,6 +32,9 @@ class StateStore {
   absl::Status Init();
   // Whether checkpoints are kept on disk at all (a state directory was given).
   bool enabled() const { return !dir_.empty(); }
+  // Writes `state` as its job's checkpoint, replacing the previous one only once the new one
+  // is whole on disk: INTERNAL when a write, fsync, close, rename, or the folder's fsync after
+  // the rename fails (the checkpoint may then not survive a crash), saying which.
   absl::Status Save(const v1::JobState& state);
   // Deletes job's checkpoint (none there is not an error); `deleted` (may be null) says whether
   // there was one.
@@ -58,8 +61,9 @@ class StateStore {
   void SetAsideCheckpoint(const std::string& job, const std::string& why);
 
  private:
-  // Makes the folder's entries (a rename, a deletion) durable.
-  void SyncDir() const;
+  // Makes the folder's entries (a rename, a deletion) durable. OK where the file system has
+  // no such thing (EINVAL).
+  absl::Status SyncDir() const;
   // OK while the folder at dir_ is the one locked. One made again under the name since is
   // locked in its place, unless another process holds it (FAILED_PRECONDITION): saves and
   // deletions go by name, and must not reach another gstabd's folder.

@@ -1,0 +1,151 @@
+// The checkpoint store on a file system that fails to sync or close: this binary's fsync and
+// close fail on demand (EIO, or EINVAL where a file system cannot sync a folder), for a
+// folder or a checkpoint's temporary file, and pass everything else to the C library's.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "server/state_codec.h"
+#include "server/state_store.h"
+#include "tests/testing/subprocess.h"
+
+namespace {
+
+std::atomic<int> folder_fsync_error{0};         // errno for a folder's fsync; 0: none
+std::atomic<bool> fail_temporary_close{false};  // EIO for closing a checkpoint's temporary file
+
+bool IsFolder(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsTemporaryCheckpoint(int fd) {
+  char path[PATH_MAX];
+  const ssize_t n =
+      readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), path, sizeof path - 1);
+  return n > 0 &&
+         std::string(path, static_cast<size_t>(n)).find(".jobstate:tmp:") != std::string::npos;
+}
+
+}  // namespace
+
+extern "C" int fsync(int fd) {
+  static const auto real = reinterpret_cast<int (*)(int)>(dlsym(RTLD_NEXT, "fsync"));
+  if (const int error = folder_fsync_error.load(); error != 0 && IsFolder(fd)) {
+    errno = error;
+    return -1;
+  }
+  return real(fd);
+}
+
+extern "C" int close(int fd) {
+  static const auto real = reinterpret_cast<int (*)(int)>(dlsym(RTLD_NEXT, "close"));
+  if (fail_temporary_close.load() && IsTemporaryCheckpoint(fd)) {
+    real(fd);  // closed, as Linux does, with the error of a write that did not reach the disk
+    errno = EIO;
+    return -1;
+  }
+  return real(fd);
+}
+
+namespace gstab {
+namespace {
+
+v1::JobState JobAt(uint64_t last_step) {
+  v1::JobState job;
+  job.set_format_version(kJobStateFormatVersion);
+  job.set_job("a");
+  job.set_last_step(last_step);
+  job.add_groups()->set_name("w");
+  return job;
+}
+
+uint64_t StepOnDisk(StateStore* store) {
+  absl::StatusOr<v1::JobState> job = store->Load("a");
+  EXPECT_TRUE(job.ok()) << job.status();
+  return job.ok() ? job->last_step() : 0;
+}
+
+class StateStoreSyncTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    folder_fsync_error = 0;
+    fail_temporary_close = false;
+  }
+  testing::TempDir dir_;
+};
+
+// A rename the folder's fsync did not make durable could be undone by a crash: the save says
+// so (and is counted failed) rather than report a checkpoint that may not be there.
+TEST_F(StateStoreSyncTest, ASaveWhoseFolderCannotBeSyncedFails) {
+  StateStore store(dir_.path() + "/state");
+  ASSERT_TRUE(store.Init().ok());
+  ASSERT_TRUE(store.Save(JobAt(1)).ok());
+  folder_fsync_error = EIO;
+  const absl::Status s = store.Save(JobAt(2));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("a.jobstate' is written but cannot sync state directory"),
+            absl::string_view::npos)
+      << s;
+  EXPECT_NE(s.message().find("Input/output error"), absl::string_view::npos) << s;
+  folder_fsync_error = 0;
+  EXPECT_EQ(StepOnDisk(&store), 2u);  // in place: only its durability is in doubt
+  ASSERT_TRUE(store.Save(JobAt(3)).ok());
+  EXPECT_EQ(StepOnDisk(&store), 3u);
+}
+
+// Some file systems cannot sync a folder at all (EINVAL): nothing to fail there.
+TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
+  folder_fsync_error = EINVAL;
+  StateStore store(dir_.path() + "/new/state");  // made, and its parent synced
+  ASSERT_TRUE(store.Init().ok());
+  EXPECT_TRUE(store.Save(JobAt(4)).ok());
+  bool deleted = false;
+  EXPECT_TRUE(store.Remove("a", &deleted).ok());
+  EXPECT_TRUE(deleted);
+}
+
+// A deletion is done once the file is gone; a folder that cannot be synced after it is logged.
+TEST_F(StateStoreSyncTest, ADeletionIsDoneWhenItsFolderCannotBeSynced) {
+  StateStore store(dir_.path() + "/state");
+  ASSERT_TRUE(store.Init().ok());
+  ASSERT_TRUE(store.Save(JobAt(1)).ok());
+  folder_fsync_error = EIO;
+  bool deleted = false;
+  EXPECT_TRUE(store.Remove("a", &deleted).ok());
+  EXPECT_TRUE(deleted);
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state/a.jobstate"));
+}
+
+// close() reports a write a network file system could not complete: the new checkpoint is not
+// put in place, and the previous one stays.
+TEST_F(StateStoreSyncTest, ACheckpointWhoseCloseFailsIsNotPutInPlace) {
+  StateStore store(dir_.path() + "/state");
+  ASSERT_TRUE(store.Init().ok());
+  ASSERT_TRUE(store.Save(JobAt(1)).ok());
+  fail_temporary_close = true;
+  const absl::Status s = store.Save(JobAt(2));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("(close: Input/output error); the previous one, if any, is kept"),
+            absl::string_view::npos)
+      << s;
+  fail_temporary_close = false;
+  EXPECT_EQ(StepOnDisk(&store), 1u);
+  size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path() + "/state")) {
+    (void)entry;
+    ++files;
+  }
+  EXPECT_EQ(files, 1u);  // no temporary file left
+}
+
+}  // namespace
+}  // namespace gstab
