@@ -10,6 +10,7 @@
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/gloo_collective.h"
+#include "server/grpc_status.h"
 #include "server/state_codec.h"
 #ifdef GSTAB_WITH_CUDA
 #include "server/cuda/cuda_backend.h"
@@ -220,7 +221,7 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
   {
     absl::MutexLock lock(&mu_);
     if (shutting_down_) {
-      return absl::UnavailableError("gstabd is shutting down; attach again after it restarts");
+      return StoppingError("gstabd is shutting down; attach again after it restarts");
     }
     ++steps_in_flight_;
     ++pending_[session->job->name()];  // not retired while its step runs

@@ -6,6 +6,7 @@
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/daemon.h"  // the class whose members these are
+#include "server/grpc_status.h"
 
 namespace gstab {
 namespace {
@@ -180,7 +181,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   bool existing;
   {
     absl::MutexLock lock(&mu_);
-    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+    if (shutting_down_) return StoppingError("gstabd is shutting down");
     AwaitNotRetiring(request.job());
     std::shared_ptr<Job>& slot = jobs_[request.job()];
     existing = slot != nullptr;
@@ -310,7 +311,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
 
   job->WorkerAttached(request.local_rank());  // the job's lock, not under the daemon's
   absl::MutexLock lock(&mu_);
-  if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+  if (shutting_down_) return StoppingError("gstabd is shutting down");
   // A worker that attaches again under the same local rank (a restart) replaces its old
   // session.
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {

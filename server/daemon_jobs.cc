@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "glog/logging.h"
 #include "server/daemon.h"  // the class whose members these are
+#include "server/grpc_status.h"
 
 namespace gstab {
 namespace {
@@ -257,7 +258,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
   {
     absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
     absl::MutexLock lock(&mu_);
-    if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+    if (shutting_down_) return StoppingError("gstabd is shutting down");
     if (retiring_.count(name) == 1) {
       return absl::UnavailableError(
           absl::StrCat("job '", name,
@@ -320,7 +321,7 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
     std::string why;
     {
       absl::MutexLock lock(&mu_);
-      if (shutting_down_) return absl::UnavailableError("gstabd is shutting down");
+      if (shutting_down_) return StoppingError("gstabd is shutting down");
       if (jobs_.count(name) == 1) return absl::OkStatus();
       // At the owner's cap one of its own jobs goes (which makes room at the node's too).
       const bool owner_full = !OwnerCapReached(caller).ok();

@@ -31,6 +31,20 @@ std::string CutStatusMessage(absl::string_view message) {
                       message.substr(tail));
 }
 
+namespace {
+constexpr char kStoppingPayload[] = "type.gstab.dev/gstabd-stopping";
+}  // namespace
+
+absl::Status StoppingError(absl::string_view message) {
+  absl::Status status = absl::UnavailableError(message);
+  status.SetPayload(kStoppingPayload, absl::Cord());
+  return status;
+}
+
+bool CountsAsRpcError(const absl::Status& status) {
+  return !status.ok() && !status.GetPayload(kStoppingPayload).has_value();
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   // absl::StatusCode and grpc::StatusCode share their numeric values (both follow

@@ -19,4 +19,11 @@ std::string CutStatusMessage(absl::string_view message);
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// UNAVAILABLE because gstabd is stopping (a planned restart, a rollout): its workers attach
+// again by themselves. Such answers are not counted in gstab_rpc_errors_total, so that alerts
+// on failing calls do not fire at every restart.
+absl::Status StoppingError(absl::string_view message);
+// Whether an answer counts as an error in gstab_rpc_errors_total (an error, not StoppingError's).
+bool CountsAsRpcError(const absl::Status& status);
+
 }  // namespace gstab

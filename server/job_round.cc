@@ -12,6 +12,7 @@
 #include "glog/logging.h"
 #include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
+#include "server/grpc_status.h"
 #include "server/job.h"
 #include "server/local_work.h"
 
@@ -269,9 +270,8 @@ void Job::BeginShutdown() {
 }
 
 absl::Status Job::ShuttingDown(uint64_t step) const {
-  return absl::UnavailableError(absl::StrCat("gstabd is shutting down; step ", step, " of job '",
-                                             name_,
-                                             "' was not taken: attach again after it restarts"));
+  return StoppingError(absl::StrCat("gstabd is shutting down; step ", step, " of job '", name_,
+                                    "' was not taken: attach again after it restarts"));
 }
 
 absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,

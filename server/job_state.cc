@@ -10,6 +10,7 @@
 #include "core/rule.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "server/grpc_status.h"
 #include "server/job.h"  // the class whose members these are
 #include "server/state_codec.h"
 
@@ -198,7 +199,7 @@ absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
     const bool gpu = !gpus_.empty() && !gpus_.multi_rank() && !gpus_.Primary().Idle();
     if (!round && !gpu) break;
     if (shutting_down_) {
-      status = absl::UnavailableError("gstabd is shutting down: import after it restarts");
+      status = StoppingError("gstabd is shutting down: import after it restarts");
       break;
     }
     if (absl::Now() >= deadline) {

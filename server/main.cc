@@ -345,14 +345,18 @@ int main(int argc, char** argv) {
                       "raise the limit (ulimit -n, the container's nofile) or lower --max_mappings";
     }
   }
+  // INVALID_ARGUMENT: flags that do not go together, or name what cannot be used (a PEM file
+  // that is none, a socket path too long): a bad command line, as above. Else the machine
+  // refused (the state folder, the socket, a port in use).
+  auto exit_code = [](const absl::Status& s) { return absl::IsInvalidArgument(s) ? 2 : 1; };
   absl::StatusOr<std::unique_ptr<gstab::Server>> server = gstab::Server::Create(options);
   if (!server.ok()) {
     LOG(ERROR) << server.status();
-    return 1;
+    return exit_code(server.status());
   }
   if (absl::Status s = (*server)->Start(); !s.ok()) {
     LOG(ERROR) << s;
-    return 1;
+    return exit_code(s);
   }
   log->Flush(absl::Seconds(1));  // the start's lines (its ports) out soon after the socket
   const int sig = AwaitStopSignal(signals);

@@ -9,7 +9,7 @@ namespace gstab {
 
 grpc::Status StabilizerService::Answer(const char* method, const absl::Status& status) const {
   grpc::Status answer = ToGrpcStatus(status);
-  if (!answer.ok() && errors_ != nullptr) {
+  if (CountsAsRpcError(status) && errors_ != nullptr) {
     errors_->Add(
         {method, absl::StatusCodeToString(static_cast<absl::StatusCode>(answer.error_code()))}, 1);
   }

@@ -9,6 +9,21 @@
 namespace gstab {
 namespace {
 
+// A restart's refusals reach the caller as UNAVAILABLE, with their message, but are not
+// counted as errors (an alert on gstab_rpc_errors_total would fire at every rollout); other
+// UNAVAILABLE answers (a node of the job lost) are.
+TEST(GrpcStatusTest, AStoppingGstabdsRefusalsAreNotCountedAsErrors) {
+  const absl::Status stopping = StoppingError("gstabd is shutting down");
+  EXPECT_EQ(stopping.code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(CountsAsRpcError(stopping));
+  const grpc::Status sent = ToGrpcStatus(stopping);
+  EXPECT_EQ(sent.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(sent.error_message(), "gstabd is shutting down");
+  EXPECT_TRUE(CountsAsRpcError(absl::UnavailableError("node 1 of job 'a' is gone")));
+  EXPECT_TRUE(CountsAsRpcError(absl::InvalidArgumentError("step 3 is not after 5")));
+  EXPECT_FALSE(CountsAsRpcError(absl::OkStatus()));
+}
+
 TEST(GrpcStatusTest, ShortMessagesPassUnchanged) {
   const grpc::Status s = ToGrpcStatus(absl::InvalidArgumentError("step 3 is bad"));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
