@@ -1,10 +1,15 @@
 #include "tools/ctl_common.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/flags/flag.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client_lib/config_text.h"
@@ -61,7 +66,50 @@ absl::StatusOr<std::unique_ptr<Client>> Connect() {
   return Client::Connect(socket, absl::Seconds(3));
 }
 
+namespace {
+
+// The observer session open now, for the signal thread: its stub (gRPC stubs may be called from
+// any thread) and its id.
+absl::Mutex session_mu;
+v1::Stabilizer::Stub* session_stub ABSL_GUARDED_BY(session_mu) = nullptr;
+std::string session_id ABSL_GUARDED_BY(session_mu);
+
+void WatchSession(Client* client) {
+  absl::MutexLock lock(&session_mu);
+  session_stub = client != nullptr ? client->stub() : nullptr;
+  session_id = client != nullptr ? client->session() : "";
+}
+
+}  // namespace
+
+void HandleStopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, sig);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread: they all inherit it
+  std::thread([signals] {
+    int sig = 0;
+    if (sigwait(&signals, &sig) != 0) return;
+    {
+      absl::MutexLock lock(&session_mu);  // held to the end: the client stays until then
+      if (session_stub != nullptr) {
+        v1::DetachRequest request;
+        request.set_session(session_id);
+        v1::DetachResponse response;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+        (void)session_stub->Detach(&ctx, request, &response);
+      }
+      // Dies of the signal, as without this thread (a shell sees 128 + the signal).
+      signal(sig, SIG_DFL);
+      pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+      raise(sig);
+    }
+  }).detach();
+}
+
 void DetachFirst::operator()(Client* client) const {
+  WatchSession(nullptr);
   (void)client->Detach();
   delete client;
 }
@@ -75,6 +123,7 @@ absl::StatusOr<Observer> ConnectToJob() {
   o.job = job;
   o.observer = true;
   if (absl::Status s = (*client)->Attach(o); !s.ok()) return s;
+  WatchSession(client->get());
   return Observer(client->release());
 }
 

@@ -41,8 +41,14 @@ int Done(const std::string& text, const std::vector<std::pair<std::string, JsonV
 // A client of --socket ($GSTAB_SOCKET, else gstabd's default socket).
 absl::StatusOr<std::unique_ptr<Client>> Connect();
 
-// A client attached as an observer of --job, detached when it goes, on every path: a session
-// left to its lease would keep the job from `forget` and from retiring meanwhile.
+// Blocks SIGINT, SIGTERM and SIGHUP for every thread gstabctl starts (call it first) and takes
+// them on a thread of its own: it detaches the observer session open then (ConnectToJob's), and
+// then gstabctl dies of the signal as it would have.
+void HandleStopSignals();
+
+// A client attached as an observer of --job, detached when it goes, on every path (a signal
+// included): a session left to its lease would keep the job from `forget` and from retiring
+// meanwhile.
 struct DetachFirst {
   void operator()(Client* client) const;
 };

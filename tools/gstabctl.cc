@@ -353,6 +353,7 @@ int Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gstab::ctl::HandleStopSignals();
   std::vector<char*> rest =
       gstab::ParseCommandLineOrExit(argc, argv, "gstabctl", kUsage, "tools/gstabctl.cc");
   int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()));

@@ -281,6 +281,32 @@ TEST_F(E2eGstabctlTest, TopUntilInterruptedWaitsForARestartedGstabd) {
   daemon_ = std::make_unique<testing::DaemonProcess>(*std::move(again));
 }
 
+// Ctrl-C while gstabctl is attached as an observer (an export held on a FIFO nobody reads) ends
+// its session at once, not at its lease (30 s): `forget` works right after. gstabctl still dies
+// of the signal.
+TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
+  Train("interrupted", {"--steps=5", "--print_every=1000"});
+  const std::string fifo = dir_.path() + "/unread.fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  absl::StatusOr<testing::Subprocess> ctl = testing::Subprocess::Start(
+      {testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(), "export",
+       "--job=interrupted", "--out=" + fifo});
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  bool attached = false;  // then held opening the FIFO for its write
+  for (int i = 0; i < 100 && !attached; ++i) {
+    attached = Ctl("events --job=interrupted").second.find("observer\n") != std::string::npos;
+    if (!attached) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(attached);
+  auto [held, refused] = Ctl("forget --job=interrupted");
+  EXPECT_EQ(held, 1) << refused;  // the observer holds the job
+  ctl->Signal(SIGINT);
+  EXPECT_EQ(ctl->Wait(absl::Seconds(10)).value_or(-1), 128 + SIGINT);
+  auto [rc, forgot] = Ctl("forget --job=interrupted");
+  EXPECT_EQ(rc, 0) << forgot;
+  EXPECT_NE(Ctl("events --job=interrupted").second.find("observer: "), std::string::npos);
+}
+
 // A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
 // `forget` then works at once, rather than a lease later.
 TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
