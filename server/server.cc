@@ -221,8 +221,6 @@ absl::Status Server::Start() {
     return absl::UnavailableError(
         absl::StrCat("cannot start the gRPC server (--listen=", options_.listen_address, ")"));
   }
-  if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
-  if (health_listener_ != nullptr) health_listener_->Start(grpc_server_.get());
   if (!options_.peer_listen.empty()) {
     // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
     rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
@@ -249,6 +247,11 @@ absl::Status Server::Start() {
     LOG(INFO) << "serving peers on " << address
               << (options_.daemon.peer_tls.enabled() ? " (mutual TLS)" : " (plain TCP, loopback)");
   }
+  // Calls on the sockets only now: a CreateRendezvous as soon as the socket exists would find
+  // no peer address yet (the peer port's certificate check dials it, which takes a while).
+  // Connections made meanwhile wait in the socket's backlog.
+  if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
+  if (health_listener_ != nullptr) health_listener_->Start(grpc_server_.get());
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
   std::string tcp;

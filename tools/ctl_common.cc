@@ -3,8 +3,10 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -40,6 +42,12 @@ void SetDeadline(grpc::ClientContext* ctx) {
 }
 
 bool StdoutWritten() { return std::fflush(stdout) == 0 && !std::ferror(stdout); }
+
+int StdoutFailed() {
+  if (errno == EPIPE) return 128 + SIGPIPE;
+  std::fprintf(stderr, "gstabctl: cannot write to stdout: %s\n", std::strerror(errno));
+  return 1;
+}
 
 int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields) {
   if (!absl::GetFlag(FLAGS_json)) {
@@ -83,9 +91,16 @@ void WatchSession(Client* client) {
 }  // namespace
 
 void HandleStopSignals() {
+  signal(SIGPIPE, SIG_IGN);
   sigset_t signals;
   sigemptyset(&signals);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, sig);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction was = {};
+    // A blocked signal is queued even when ignored: one the caller ignores stays out of the set.
+    if (sigaction(sig, nullptr, &was) == 0 && was.sa_handler == SIG_IGN) continue;
+    sigaddset(&signals, sig);
+  }
+  if (sigisemptyset(&signals)) return;
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread: they all inherit it
   std::thread([signals] {
     int sig = 0;
@@ -109,8 +124,8 @@ void HandleStopSignals() {
 }
 
 void DetachFirst::operator()(Client* client) const {
-  WatchSession(nullptr);
   (void)client->Detach();
+  WatchSession(nullptr);  // after: a signal during the detach detaches too (the second is moot)
   delete client;
 }
 

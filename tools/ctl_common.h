@@ -32,6 +32,10 @@ std::string Json(const google::protobuf::Message& message);
 void SetDeadline(grpc::ClientContext* ctx);
 // Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
 bool StdoutWritten();
+// The exit status once stdout failed: 141 (128 + SIGPIPE) for a closed pipe, as a process that
+// died of the signal gives (gstabctl ignores SIGPIPE, so that it detaches first); else 1, the
+// reason on stderr.
+int StdoutFailed();
 
 // What a command did: `text` for people, or with --json the same as one JSON object of `fields`
 // (strings, numbers and booleans); exit status 0.
@@ -41,9 +45,11 @@ int Done(const std::string& text, const std::vector<std::pair<std::string, JsonV
 // A client of --socket ($GSTAB_SOCKET, else gstabd's default socket).
 absl::StatusOr<std::unique_ptr<Client>> Connect();
 
-// Blocks SIGINT, SIGTERM and SIGHUP for every thread gstabctl starts (call it first) and takes
-// them on a thread of its own: it detaches the observer session open then (ConnectToJob's), and
-// then gstabctl dies of the signal as it would have.
+// Blocks SIGINT, SIGTERM and SIGHUP (those the caller did not set to be ignored: `nohup`, a
+// shell's background job) for every thread gstabctl starts (call it first), and takes them on
+// a thread of its own: it detaches the observer session open then (ConnectToJob's), and then
+// gstabctl dies of the signal as it would have. SIGPIPE is ignored: a write to a closed pipe
+// fails (StdoutFailed) and the command detaches on its way out.
 void HandleStopSignals();
 
 // A client attached as an observer of --job, detached when it goes, on every path (a signal

@@ -132,10 +132,7 @@ int Events() {
   streaming = false;
   watch.join();
   if (reader_gone) return 128 + SIGPIPE;  // as if the next write had met the closed pipe
-  if (!written) {
-    return Fail(
-        absl::InternalError(absl::StrCat("cannot write the events: ", std::strerror(errno))));
-  }
+  if (!written) return StdoutFailed();
   // A followed stream ends only when gstabd goes: it ends the stream as it stops, or its
   // connection closes under it (connected before the call, so it was there).
   if (absl::GetFlag(FLAGS_follow) && (s.ok() || absl::IsUnavailable(s))) {
@@ -173,7 +170,7 @@ int Top() {
     } else {
       std::printf("%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str());
     }
-    if (!StdoutWritten()) return Fail(absl::InternalError("cannot write to stdout"));
+    if (!StdoutWritten()) return StdoutFailed();
   }
   return 0;
 }
@@ -359,9 +356,6 @@ int main(int argc, char** argv) {
   int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()));
   // What was printed must have reached stdout: `gstabctl --json status > snap.json` on a full
   // disk fails rather than leave an empty file behind an exit status of 0.
-  if (code == 0 && !gstab::ctl::StdoutWritten()) {
-    std::fprintf(stderr, "gstabctl: cannot write to stdout: %s\n", std::strerror(errno));
-    code = 1;
-  }
+  if (code == 0 && !gstab::ctl::StdoutWritten()) code = gstab::ctl::StdoutFailed();
   return code;
 }

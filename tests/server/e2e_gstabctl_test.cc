@@ -307,6 +307,31 @@ TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
   EXPECT_NE(Ctl("events --job=interrupted").second.find("observer: "), std::string::npos);
 }
 
+// A signal the caller ignores stays ignored (`nohup gstabctl events --follow &`; a script's
+// background job ignores SIGINT), and a pipe's reader going mid-export leaves no session behind.
+TEST_F(E2eGstabctlTest, IgnoredSignalsStayIgnoredAndAClosedPipeDetachesToo) {
+  Train("piped", {"--steps=5", "--print_every=1000"});
+  absl::StatusOr<testing::Subprocess> follow = testing::Subprocess::Start(
+      {"/bin/sh", "-c",
+       "trap '' HUP INT; exec " + testing::BinaryPath("tools/gstabctl") +
+           " --socket=" + daemon_->socket() + " events --follow --recent=0"});
+  ASSERT_TRUE(follow.ok()) << follow.status();
+  absl::SleepFor(absl::Milliseconds(300));  // past gstabctl's start
+  follow->Signal(SIGHUP);
+  follow->Signal(SIGINT);
+  EXPECT_FALSE(follow->Wait(absl::Milliseconds(500)).ok());  // still following
+  follow->Signal(SIGTERM);
+  EXPECT_EQ(follow->Wait(absl::Seconds(10)).value_or(-1), 128 + SIGTERM);
+
+  // `true` reads nothing: the write meets a closed pipe. Exit 1, and the session is gone.
+  auto [rc, out] =
+      testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket() +
+                        " export --job=piped --out=- | (exec 0<&-; sleep 0.2)");
+  EXPECT_NE(out.find("Broken pipe"), std::string::npos) << out;
+  auto [frc, forgot] = Ctl("forget --job=piped");
+  EXPECT_EQ(frc, 0) << forgot;
+}
+
 // A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
 // `forget` then works at once, rather than a lease later.
 TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
