@@ -23,6 +23,12 @@ bool DefersToAbseil(absl::string_view name) {
   return name == "flagfile" || name == "fromenv" || name == "tryfromenv" || name == "undefok";
 }
 
+// abseil's own usage flags, which its parser handles and no registry lists.
+bool IsAbseilUsageFlag(absl::string_view name) {
+  return name == "version" || name == "only_check_args" || name == "helpon" ||
+         name == "helpmatch" || name == "helppackage";
+}
+
 // "--name=value", "-name value", "--noname": the name without dashes, and the value after '='.
 struct FlagArg {
   absl::string_view name;
@@ -66,39 +72,68 @@ void Wrap(absl::string_view text, size_t indent, std::string* out) {
   }
 }
 
-}  // namespace
+// What the command line asks for: help (which, when asked, wins over any problem), or the
+// first problem with its flags ("" for none). Sets the flags it checks, as parsing would.
+struct Reading {
+  absl::string_view help;  // "help", "helpfull"...; empty when not asked for
+  std::string problem;
+};
 
-std::string CheckFlags(int argc, char** argv) {
+Reading Read(int argc, char** argv) {
+  Reading r;
+  for (int i = 1; i < argc; ++i) {  // flags that leave the command line to abseil, anywhere
+    if (absl::string_view(argv[i]) == "--") break;
+    if (IsFlag(argv[i]) && DefersToAbseil(Split(argv[i]).name)) return r;
+  }
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
     if (arg == "--") break;  // what follows is positional
     if (!IsFlag(arg)) continue;
     const FlagArg f = Split(arg);
-    if (DefersToAbseil(f.name)) return "";
-    if (f.name.empty()) return absl::StrCat("'", arg, "' names no flag");
+    if (IsHelp(f.name)) {
+      r.help = f.name;
+      return r;
+    }
+    if (!r.problem.empty() || IsAbseilUsageFlag(f.name)) continue;
+    if (f.name.empty()) {
+      r.problem = absl::StrCat("'", arg, "' names no flag");
+      continue;
+    }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(f.name);
     if (flag == nullptr && absl::StartsWith(f.name, "no")) {  // --nofoo: a boolean set false
       absl::CommandLineFlag* negated = absl::FindCommandLineFlag(f.name.substr(2));
       if (negated != nullptr && negated->IsOfType<bool>()) {
-        if (f.has_value) return absl::StrCat("--", f.name, " takes no value, not '", f.value, "'");
+        if (f.has_value) {
+          r.problem = absl::StrCat("--", f.name, " takes no value, not '", f.value, "'");
+        }
         continue;
       }
     }
-    if (flag == nullptr) return absl::StrCat("unknown flag --", f.name, " (--help lists them)");
-    if (IsHelp(f.name)) continue;
+    if (flag == nullptr) {
+      r.problem = absl::StrCat("unknown flag --", f.name, " (--help lists them)");
+      continue;
+    }
     absl::string_view value = f.value;
     if (!f.has_value) {
       if (flag->IsOfType<bool>()) continue;  // --foo: true
-      if (i + 1 == argc) return absl::StrCat("--", f.name, " needs a value (--", f.name, "=VALUE)");
-      value = argv[++i];  // --foo VALUE
+      if (i + 1 == argc) {
+        r.problem = absl::StrCat("--", f.name, " needs a value (--", f.name, "=VALUE)");
+        continue;
+      }
+      value = argv[++i];  // --foo VALUE: the value is not read as a flag
     }
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
-      return absl::StrCat("--", f.name, ": '", value, "' is not a value it takes (", error, ")");
+      r.problem =
+          absl::StrCat("--", f.name, ": '", value, "' is not a value it takes (", error, ")");
     }
   }
-  return "";
+  return r;
 }
+
+}  // namespace
+
+std::string CheckFlags(int argc, char** argv) { return Read(argc, argv).problem; }
 
 std::string FlagsHelp(absl::string_view program, absl::string_view usage,
                       absl::string_view flags_file) {
@@ -122,17 +157,15 @@ std::string FlagsHelp(absl::string_view program, absl::string_view usage,
 
 std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
                                           absl::string_view usage, absl::string_view flags_file) {
-  for (int i = 1; i < argc && absl::string_view(argv[i]) != "--"; ++i) {
-    if (!IsFlag(argv[i])) continue;
-    const absl::string_view name = Split(argv[i]).name;
-    if (!IsHelp(name)) continue;
-    const std::string help = FlagsHelp(program, usage, name == "helpfull" ? "" : flags_file);
+  const Reading r = Read(argc, argv);
+  if (!r.help.empty()) {
+    const std::string help = FlagsHelp(program, usage, r.help == "helpfull" ? "" : flags_file);
     std::fputs(help.c_str(), stdout);
     std::exit(std::fflush(stdout) == 0 ? 0 : 1);
   }
-  if (const std::string problem = CheckFlags(argc, argv); !problem.empty()) {
+  if (!r.problem.empty()) {
     std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(program.size()), program.data(),
-                 problem.c_str());
+                 r.problem.c_str());
     std::exit(2);
   }
   absl::SetProgramUsageMessage(usage);

@@ -122,6 +122,15 @@ TEST(E2eProcessTest, HelpListsGstabdsFlagsAndSucceeds) {
   auto [fcode, full] = testing::RunShell(testing::BinaryPath("server/gstabd") + " --helpfull");
   EXPECT_EQ(fcode, 0) << full;
   EXPECT_NE(full.find("  --flagfile\n"), std::string::npos) << full;
+  // abseil's own flags keep working: a deployment script's check of its flags, an unknown flag
+  // let through by --undefok wherever it stands.
+  const std::string gstabd = testing::BinaryPath("server/gstabd");
+  EXPECT_EQ(testing::RunShell(gstabd + " --lease_ms 5 --only_check_args").first, 0);
+  EXPECT_EQ(testing::RunShell(gstabd + " --newflag=1 --undefok=newflag --only_check_args").first,
+            0);
+  EXPECT_EQ(testing::RunShell(gstabd + " --undefok=newflag --newflag=1 --only_check_args").first,
+            0);
+  EXPECT_EQ(testing::RunShell(gstabd + " --lease_ms=x --only_check_args").first, 2);
 }
 
 // Under umask 000 the folders gstabd makes would be anyone's to change (a checkpoint deleted
