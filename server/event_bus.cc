@@ -50,11 +50,14 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   absl::MutexLock lock(&mu_);
   // The newest `recent` of both histories, in the order they were published in.
   std::vector<const v1::Event*> matching;
-  history_.Collect(job, &matching);
-  session_history_.Collect(job, &matching);
-  std::sort(matching.begin(), matching.end(),
-            [](const v1::Event* a, const v1::Event* b) { return a->sequence() < b->sequence(); });
+  history_.Collect(job, recent, &matching);
+  session_history_.Collect(job, recent, &matching);
+  auto by_sequence = [](const v1::Event* a, const v1::Event* b) {
+    return a->sequence() < b->sequence();
+  };
   const size_t first = matching.size() > recent ? matching.size() - recent : 0;
+  std::nth_element(matching.begin(), matching.begin() + first, matching.end(), by_sequence);
+  std::sort(matching.begin() + first, matching.end(), by_sequence);
   for (size_t i = first; i < matching.size(); ++i) sub->Push(*matching[i]);
   if (closed_ || !live) {
     sub->Close();
@@ -65,25 +68,35 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
 }
 
 void EventBus::History::Add(v1::Event event) {
-  std::string job = event.job();
-  by_job_[std::move(job)].push_back(std::move(event));
-  if (++size_ <= capacity_) return;
-  // The job holding the most gives up its oldest (of equals, the one whose oldest is older).
-  auto most = by_job_.begin();
-  for (auto it = by_job_.begin(); it != by_job_.end(); ++it) {
-    const size_t n = it->second.size(), m = most->second.size();
-    if (n > m || (n == m && it->second.front().sequence() < most->second.front().sequence())) {
-      most = it;
-    }
+  const uint64_t sequence = event.sequence();
+  auto [it, made] = by_job_.try_emplace(event.job());
+  std::deque<v1::Event>& events = it->second;
+  if (events.empty()) oldest_.emplace(sequence, it->first);
+  events.push_back(std::move(event));
+  ++size_;
+  if (events.size() > per_job_) PopOldest(it->first, &events);
+  if (size_ > total_) {  // the oldest of all, whichever job's
+    const std::string job = oldest_.begin()->second;
+    PopOldest(job, &by_job_.at(job));
   }
-  most->second.pop_front();
-  if (most->second.empty()) by_job_.erase(most);
-  --size_;
 }
 
-void EventBus::History::Collect(const std::string& job, std::vector<const v1::Event*>* out) const {
-  auto add = [out](const std::deque<v1::Event>& events) {
-    for (const v1::Event& e : events) out->push_back(&e);
+void EventBus::History::PopOldest(const std::string& job, std::deque<v1::Event>* events) {
+  oldest_.erase({events->front().sequence(), job});
+  events->pop_front();
+  --size_;
+  if (events->empty()) {
+    by_job_.erase(job);  // `job` may be the map's key: not used after this
+    return;
+  }
+  oldest_.emplace(events->front().sequence(), job);
+}
+
+void EventBus::History::Collect(const std::string& job, size_t recent,
+                                std::vector<const v1::Event*>* out) const {
+  auto add = [out, recent](const std::deque<v1::Event>& events) {
+    const size_t first = events.size() > recent ? events.size() - recent : 0;
+    for (size_t i = first; i < events.size(); ++i) out->push_back(&events[i]);
   };
   if (!job.empty()) {
     if (auto it = by_job_.find(job); it != by_job_.end()) add(it->second);

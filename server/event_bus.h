@@ -9,7 +9,9 @@
 #include <deque>
 #include <list>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -42,13 +44,14 @@ class EventBus {
     bool closed_ ABSL_GUARDED_BY(mu_) = false;
   };
 
-  // `capacity`: events queued per subscriber; `history`: recent events kept for new ones, twice:
-  // the sessions' (ATTACH, DETACH) and the others, so that sessions coming and going (an
+  // `capacity`: events queued per subscriber. Recent events are kept for new subscribers twice
+  // over: the sessions' (ATTACH, DETACH) and the others, so that sessions coming and going (an
   // operator's `gstabctl config show` in a loop, say) cannot push spikes out of the history.
-  // Each is shared fairly between jobs: past `history` events, the job holding the most loses
-  // its oldest, so one job's flood of spikes cannot push another job's out either.
-  explicit EventBus(size_t capacity = 1024, size_t history = 1024)
-      : capacity_(capacity), history_(history), session_history_(history) {}
+  // Each keeps a job's newest `per_job` events, and `total` over every job: past that the
+  // oldest go, whichever job's. A job spiking at every step thus keeps `per_job` events, and
+  // cannot push out another job's newer ones.
+  explicit EventBus(size_t capacity = 1024, size_t per_job = 128, size_t total = 1024)
+      : capacity_(capacity), history_(per_job, total), session_history_(per_job, total) {}
 
   // Stamps the sequence number and (if unset) the wall time, then delivers.
   void Publish(v1::Event event);
@@ -62,18 +65,23 @@ class EventBus {
   void Close();
 
  private:
-  // One kind of events' recent history: `capacity` over every job, shared as said above.
+  // One kind of events' recent history, kept as said above.
   class History {
    public:
-    explicit History(size_t capacity) : capacity_(capacity) {}
+    History(size_t per_job, size_t total) : per_job_(per_job), total_(total) {}
     void Add(v1::Event event);
-    // Appends the events of `job` (empty: of every job).
-    void Collect(const std::string& job, std::vector<const v1::Event*>* out) const;
+    // Appends the newest `recent` events of `job` (empty: of every job), in no order.
+    void Collect(const std::string& job, size_t recent, std::vector<const v1::Event*>* out) const;
 
    private:
-    const size_t capacity_;
+    // Drops the oldest event of `events`, `job`'s.
+    void PopOldest(const std::string& job, std::deque<v1::Event>* events);
+
+    const size_t per_job_;
+    const size_t total_;
     size_t size_ = 0;
     absl::flat_hash_map<std::string, std::deque<v1::Event>> by_job_;  // oldest first
+    std::set<std::pair<uint64_t, std::string>> oldest_;  // each job's oldest: sequence, job
   };
 
   const size_t capacity_;

@@ -34,12 +34,12 @@ TEST(EventBusTest, SlowSubscriberLosesTheOldestAndIsToldHowMany) {
 }
 
 TEST(EventBusTest, JobFilterRecentHistoryAndClose) {
-  EventBus bus(8, 3);
+  EventBus bus(8, /*per_job=*/2);
   bus.Publish(Spike("a", 1));
   bus.Publish(Spike("b", 2));
   bus.Publish(Spike("a", 3));
   bus.Publish(Spike("a", 4));
-  auto sub = bus.Subscribe("a", 10);  // history keeps the last 3: b2, a3, a4
+  auto sub = bus.Subscribe("a", 10);  // history keeps a's last 2: a3, a4
   v1::Event e;
   ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
   EXPECT_EQ(e.step(), 3u);
@@ -74,7 +74,7 @@ TEST(EventBusTest, ASubscriptionThatIsNotLiveEndsAfterTheRecentEvents) {
 // Sessions coming and going (an operator's `gstabctl config show` in a loop) must not push the
 // job's spikes out of the history; what a subscriber gets is both, in the order published.
 TEST(EventBusTest, SessionsComingAndGoingKeepTheSpikesInTheHistory) {
-  EventBus bus(/*capacity=*/64, /*history=*/8);
+  EventBus bus(/*capacity=*/64, /*per_job=*/8);
   bus.Publish(Spike("j", 1));
   for (int i = 0; i < 100; ++i) {
     v1::Event e;
@@ -101,28 +101,44 @@ TEST(EventBusTest, SessionsComingAndGoingKeepTheSpikesInTheHistory) {
   EXPECT_EQ(e.sequence(), 100u);
 }
 
+// The steps of `job`'s events in the history (empty: every job's), oldest first.
+std::vector<uint64_t> HistorySteps(EventBus* bus, const std::string& job) {
+  std::vector<uint64_t> steps;
+  auto sub = bus->Subscribe(job, 1000, /*live=*/false);
+  for (v1::Event e;
+       sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent;) {
+    steps.push_back(e.step());
+  }
+  return steps;
+}
+
 // One job spiking every step must not push another job's few spikes out of the history: a
 // job's on-call would find its spikes gone from `gstabctl events --job`.
 TEST(EventBusTest, ANoisyJobCannotPushAQuietJobsEventsOutOfTheHistory) {
-  EventBus bus(/*capacity=*/64, /*history=*/8);
+  EventBus bus(/*capacity=*/64, /*per_job=*/4, /*total=*/8);
   bus.Publish(Spike("quiet", 10));
   for (uint64_t s = 1; s <= 500; ++s) {
     bus.Publish(Spike("noisy", s));
     if (s == 250) bus.Publish(Spike("quiet", 20));
   }
-  auto read = [&bus](const std::string& job) {
-    std::vector<uint64_t> steps;
-    auto sub = bus.Subscribe(job, 64, /*live=*/false);
-    for (v1::Event e;
-         sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent;) {
-      steps.push_back(e.step());
-    }
-    return steps;
-  };
-  EXPECT_EQ(read("quiet"), (std::vector<uint64_t>{10, 20}));
-  // The noisy job keeps the rest of the history, its newest; every job's, in published order.
-  EXPECT_EQ(read("noisy"), (std::vector<uint64_t>{495, 496, 497, 498, 499, 500}));
-  EXPECT_EQ(read(""), (std::vector<uint64_t>{10, 20, 495, 496, 497, 498, 499, 500}));
+  EXPECT_EQ(HistorySteps(&bus, "quiet"), (std::vector<uint64_t>{10, 20}));
+  EXPECT_EQ(HistorySteps(&bus, "noisy"), (std::vector<uint64_t>{497, 498, 499, 500}));
+  EXPECT_EQ(HistorySteps(&bus, ""), (std::vector<uint64_t>{10, 20, 497, 498, 499, 500}));
+}
+
+// A daemon that runs for weeks sees many jobs come and go: their old events age out before a
+// running job's newer ones, which stay its newest `per_job`.
+TEST(EventBusTest, FinishedJobsOldEventsAgeOutBeforeARunningJobsNewOnes) {
+  EventBus bus(/*capacity=*/1000, /*per_job=*/50, /*total=*/100);
+  for (uint64_t s = 1; s <= 50; ++s) bus.Publish(Spike("hot", s));
+  for (int j = 0; j < 1100; ++j) bus.Publish(Spike("finished-" + std::to_string(j), 1));
+  for (uint64_t s = 51; s <= 100; ++s) bus.Publish(Spike("hot", s));
+  std::vector<uint64_t> want;
+  for (uint64_t s = 51; s <= 100; ++s) want.push_back(s);
+  EXPECT_EQ(HistorySteps(&bus, "hot"), want);
+  EXPECT_EQ(HistorySteps(&bus, "").size(), 100u);  // the total
+  EXPECT_TRUE(HistorySteps(&bus, "finished-0").empty());
+  EXPECT_EQ(HistorySteps(&bus, "finished-1099").size(), 1u);
 }
 
 }  // namespace
