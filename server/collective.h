@@ -42,6 +42,9 @@ class Collective {
   // through the rendezvous store), the first kMaxMissingNamed of them at most (the others are
   // not asked about: each costs a store call past the timeout).
   virtual std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) = 0;
+  // Whether this gstabd's stop has cancelled the collective's calls (a failure since is the
+  // stop's, not another node's).
+  virtual bool Stopping() const { return false; }
   static constexpr size_t kMaxMissingNamed = 16;
 };
 

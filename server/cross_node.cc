@@ -15,6 +15,7 @@
 #include "glog/logging.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
+#include "server/grpc_status.h"
 #include "server/rendezvous_store.h"
 
 namespace gstab {
@@ -31,7 +32,12 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
         absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ",
                      failure.message()));
   }
-  if (absl::StrContains(failure.message(), kThisGstabdStopping)) {
+  if (c->Stopping()) {  // this gstabd's stop: a restart, not counted as a failing step
+    return StoppingError(absl::StrCat(
+        "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
+        "; attach every worker again with a new rendezvous once it is back"));
+  }
+  if (absl::StrContains(failure.message(), kThisGstabdStopping)) {  // another node's stop
     return absl::UnavailableError(absl::StrCat(
         "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
         "; attach every worker again with a new rendezvous once it is back"));

@@ -61,6 +61,7 @@ class GlooCollective final : public Collective {
   absl::Status AllGather(absl::Span<const char> mine, absl::Span<char> all,
                          absl::Duration timeout) override;
   std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) override;
+  bool Stopping() const override { return calls_ != nullptr && calls_->cancelled(); }
 
  private:
   absl::Status Connect(absl::Duration timeout);
