@@ -111,6 +111,9 @@ def main():
                           "gstabd keeps the unit's open-file limit")
                 else:
                     print(f"skip the open-file limit: this machine's hard limit is below {nofile}")
+            refused = subprocess.run(command + ["--no_such_flag"], capture_output=True)
+            check(str(refused.returncode) in unit["RestartPreventExitStatus"][0].split(),
+                  f"a refused command line's exit ({refused.returncode}) is not restarted")
             stop_signal = getattr(signal, unit["KillSignal"][0])
             timeout = float(unit["TimeoutStopSec"][0])
             started = time.monotonic()
