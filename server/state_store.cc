@@ -96,17 +96,31 @@ absl::Status StateStore::SyncDir() const {
 
 namespace {
 
-// Makes the entry of `path` in its parent folder durable (a folder just made), where the file
-// system allows.
-void SyncParent(const std::string& path) {
-  const std::string parent = std::filesystem::path(path).parent_path().string();
-  const int fd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // a parent gstabd may not open (search permission only) keeps its entry
-  if (fsync(fd) != 0 && errno != EINVAL) {
-    PLOG(WARNING) << "cannot sync '" << parent << "', the folder of state directory '" << path
-                  << "': should the machine lose power, the state directory may be lost";
+// The folders of `path` that do not exist yet, `path` first.
+std::vector<std::filesystem::path> Missing(const std::string& path) {
+  std::vector<std::filesystem::path> missing;
+  std::error_code unknown;
+  for (std::filesystem::path p(path); !p.empty() && !std::filesystem::exists(p, unknown);
+       p = p.parent_path()) {
+    missing.push_back(p);
+    if (p == p.parent_path()) break;
   }
-  close(fd);
+  return missing;
+}
+
+// Makes the entries of the folders just made durable in their parents, where the file system
+// allows (each new folder's own entries are synced when written).
+void SyncParents(const std::vector<std::filesystem::path>& made, const std::string& path) {
+  for (const std::filesystem::path& folder : made) {
+    const std::string parent = folder.parent_path().string();
+    const int fd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) continue;  // a parent gstabd may not open (search permission only)
+    if (fsync(fd) != 0 && errno != EINVAL) {
+      PLOG(WARNING) << "cannot sync '" << parent << "', a folder above state directory '" << path
+                    << "': should the machine lose power, the state directory may be lost";
+    }
+    close(fd);
+  }
 }
 
 }  // namespace
@@ -146,13 +160,12 @@ absl::Status StateStore::CheckFolder() {
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
   // Checkpoints are 0640: the folder, when gstabd makes it, lets its group read them too.
-  std::error_code unknown;
-  const bool existed = std::filesystem::exists(dir_, unknown);
+  const std::vector<std::filesystem::path> made = Missing(dir_);
   if (absl::Status s = CreateFolders(dir_, 0750); !s.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory '", dir_, "': ", s.message()));
   }
-  if (!existed) SyncParent(dir_);
+  SyncParents(made, dir_);
   // A folder gstabd cannot write (a read-only mount, another owner) would lose every job's
   // statistics at the first checkpoint, long after start: refuse it now.
   std::string probe = absl::StrCat(dir_, "/", kProbePrefix, "XXXXXX");
@@ -260,14 +273,18 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
     return absl::InternalError(
         absl::StrCat("cannot delete checkpoint '", path, "': ", s.message()));
   }
-  if (unlink(path.c_str()) != 0) {
-    if (errno == ENOENT) return absl::OkStatus();
+  const bool unlinked = unlink(path.c_str()) == 0;
+  if (!unlinked && errno != ENOENT) {
     return absl::InternalError(
         absl::StrCat("cannot delete checkpoint '", path, "': ", strerror(errno)));
   }
-  if (deleted != nullptr) *deleted = true;
-  // Deleted now; only a crash could bring it back (which a later deletion would mend).
-  if (absl::Status s = SyncDir(); !s.ok()) LOG(WARNING) << "deleted '" << path << "', but " << s;
+  if (deleted != nullptr) *deleted = unlinked;
+  // Gone, but a crash could bring it back until the folder is synced: so also when it was gone
+  // already (a deletion tried again after this failed).
+  if (absl::Status s = SyncDir(); !s.ok()) {
+    return absl::InternalError(absl::StrCat("deleted checkpoint '", path, "', but ", s.message(),
+                                            ": a crash could bring it back"));
+  }
   return absl::OkStatus();
 }
 

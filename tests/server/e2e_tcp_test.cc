@@ -259,8 +259,14 @@ TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
   EXPECT_NE(out.find("--tls_client_ca"), std::string::npos) << out;
   std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key +
                                         " --tls_client_ca=/dev/null");
-  EXPECT_NE(rc, 0);
+  EXPECT_EQ(rc, 2);  // a file, but no certificate: the flag names the wrong file
   EXPECT_NE(out.find("--tls_client_ca=/dev/null: not a readable PEM file"), std::string::npos)
+      << out;
+  std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key +
+                                        " --tls_client_ca=" + dir.path() + "/not-mounted-yet.pem");
+  EXPECT_EQ(rc, 1);  // the machine's: a secret not mounted yet
+  EXPECT_NE(out.find("not-mounted-yet.pem: not a readable PEM file (No such file or directory)"),
+            std::string::npos)
       << out;
   // Operators' certificates are --listen's.
   std::tie(rc, out) = testing::RunShell(testing::GstabdPath() + " --socket=" + dir.path() +

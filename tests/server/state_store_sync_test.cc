@@ -20,6 +20,7 @@
 namespace {
 
 std::atomic<int> folder_fsync_error{0};         // errno for a folder's fsync; 0: none
+std::atomic<int> folders_failed{0};             // folders' fsyncs failed on demand
 std::atomic<bool> fail_temporary_close{false};  // EIO for closing a checkpoint's temporary file
 
 bool IsFolder(int fd) {
@@ -40,6 +41,7 @@ bool IsTemporaryCheckpoint(int fd) {
 extern "C" int fsync(int fd) {
   static const auto real = reinterpret_cast<int (*)(int)>(dlsym(RTLD_NEXT, "fsync"));
   if (const int error = folder_fsync_error.load(); error != 0 && IsFolder(fd)) {
+    ++folders_failed;
     errno = error;
     return -1;
   }
@@ -113,16 +115,33 @@ TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
   EXPECT_TRUE(deleted);
 }
 
-// A deletion is done once the file is gone; a folder that cannot be synced after it is logged.
-TEST_F(StateStoreSyncTest, ADeletionIsDoneWhenItsFolderCannotBeSynced) {
+// A deletion the folder's sync did not make durable could be undone by a crash (a forgotten
+// job's checkpoint back, its next run refused for its step numbers): it fails, and once tried
+// again, with the file gone already, it syncs the folder and succeeds.
+TEST_F(StateStoreSyncTest, ADeletionWhoseFolderCannotBeSyncedFailsUntilItIs) {
   StateStore store(dir_.path() + "/state");
   ASSERT_TRUE(store.Init().ok());
   ASSERT_TRUE(store.Save(JobAt(1)).ok());
   folder_fsync_error = EIO;
   bool deleted = false;
-  EXPECT_TRUE(store.Remove("a", &deleted).ok());
+  const absl::Status s = store.Remove("a", &deleted);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("a crash could bring it back"), absl::string_view::npos) << s;
   EXPECT_TRUE(deleted);
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state/a.jobstate"));
+  EXPECT_FALSE(store.Remove("a", &deleted).ok());  // still not synced
+  folder_fsync_error = 0;
+  EXPECT_TRUE(store.Remove("a", &deleted).ok());
+  EXPECT_FALSE(deleted);
+}
+
+// Every folder gstabd makes above the state directory is synced into its parent.
+TEST_F(StateStoreSyncTest, EveryFolderMadeIsSyncedIntoItsParent) {
+  folder_fsync_error = EIO;  // each failure is logged, and the start goes on
+  folders_failed = 0;
+  StateStore store(dir_.path() + "/a/b/state");
+  EXPECT_TRUE(store.Init().ok());
+  EXPECT_EQ(folders_failed.load(), 3);  // the parents of a, a/b and a/b/state
 }
 
 // close() reports a write a network file system could not complete: the new checkpoint is not
