@@ -110,7 +110,7 @@ TEST(E2eCapsTest, AnOwnersNewJobRetiresItsLongestIdleJobAtItsCap) {
   for (const v1::JobSummary& j : jobs.jobs()) retired[j.job()] = j.retired();
   EXPECT_EQ(retired, (std::map<std::string, bool>{
                          {"sweep-1", true}, {"sweep-2", false}, {"sweep-3", false}}));
-  EXPECT_NE(daemon->Log().find("'s cap of 2 jobs"), std::string::npos) << daemon->Log();
+  EXPECT_TRUE(daemon->WaitForLog("'s cap of 2 jobs")) << daemon->Log();
   // Back from its checkpoint, sweep-1 makes room in turn.
   auto again = TestWorker::Create(daemon->socket(), JobOptions("sweep-1"));
   ASSERT_TRUE(again.ok()) << again.status();

@@ -265,18 +265,23 @@ v1::WatchEventsRequest Following(const std::string& job) {
 }
 
 TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUncounted) {
+  auto worker = Monitored(daemon_->socket(), "stalled");
+  ASSERT_NE(worker, nullptr);
   auto watcher = Client::Connect(daemon_->socket());
   ASSERT_TRUE(watcher.ok());
   grpc::ClientContext ctx;
-  auto reader = (*watcher)->stub()->WatchEvents(&ctx, Following("stalled"));  // opened, not read
+  auto reader = (*watcher)->stub()->WatchEvents(&ctx, Following("stalled"));
+  // The worker's ATTACH comes from the history as gstabd subscribes the stream: once it is read,
+  // every later event reaches the stream's queue (or is counted dropped there). Then not read.
+  uint64_t dropped = 0, received = 0, last_step = 0;
+  v1::Event e;
+  ASSERT_TRUE(reader->Read(&e));
+  ASSERT_EQ(e.type(), v1::EVENT_TYPE_ATTACH);
+  ++received;
   constexpr uint64_t kSteps = 2000;
-  auto worker = Monitored(daemon_->socket(), "stalled");
-  ASSERT_NE(worker, nullptr);
   ASSERT_EQ(testing::StepNonFinite(*worker, kSteps), absl::OkStatus());
   // Every event published for the job is either delivered or counted as dropped: ATTACH,
   // DIVERGENCE_START (three non-finite steps in a row) and one SKIP per step.
-  uint64_t dropped = 0, received = 0, last_step = 0;
-  v1::Event e;
   while (last_step < kSteps && reader->Read(&e)) {
     dropped += e.dropped_before();
     ++received;

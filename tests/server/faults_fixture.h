@@ -1,5 +1,7 @@
 // The gstabd that bad-input and fault tests run against: short lease and step timeout (1 s,
-// 500 ms), at most 100 tensors a registration, so that refusals and expiries come fast.
+// 3 s: long enough for a test's second local worker to attach while the first one's step
+// waits, on a loaded machine), at most 100 tensors a registration, so that refusals and
+// expiries come fast.
 #pragma once
 
 #include <memory>
@@ -14,7 +16,7 @@ class FaultsFixture : public ::testing::Test {
  protected:
   void SetUp() override {
     auto d = DaemonProcess::Start(
-        dir_.path(), {"--lease_ms=1000", "--max_tensors=100", "--step_timeout_ms=500"});
+        dir_.path(), {"--lease_ms=1000", "--max_tensors=100", "--step_timeout_ms=3000"});
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
   }

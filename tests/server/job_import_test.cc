@@ -58,10 +58,10 @@ TEST(JobImportTest, TheNextStepWaitsForAnImportWaitingForTheStepBefore) {
       absl::SleepFor(absl::Milliseconds(1));
       job.GetStats(&stats);
     } while (stats.arrived_local_ranks_size() != 1);
-    // The import waits for step 1 (a short wait: one that lost the race to step 51 would wait
+    // The import waits for step 1 (a bounded wait: one that lost the race to step 51 would wait
     // for rank 1's step 51 and give up).
     absl::Status import;
-    std::thread importer([&] { import = job.ImportState(state, false, absl::Milliseconds(500)); });
+    std::thread importer([&] { import = job.ImportState(state, false, absl::Seconds(5)); });
     // Until the import waits for step 1.
     do {
       absl::SleepFor(absl::Milliseconds(1));
