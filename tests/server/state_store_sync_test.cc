@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "server/state_codec.h"
 #include "server/state_store.h"
+#include "tests/server/job_a_state.h"
 #include "tests/testing/subprocess.h"
 
 namespace {
@@ -61,14 +62,7 @@ extern "C" int close(int fd) {
 namespace gstab {
 namespace {
 
-v1::JobState JobAt(uint64_t last_step) {
-  v1::JobState job;
-  job.set_format_version(kJobStateFormatVersion);
-  job.set_job("a");
-  job.set_last_step(last_step);
-  job.add_groups()->set_name("w");
-  return job;
-}
+using testing::JobA;
 
 uint64_t StepOnDisk(StateStore* store) {
   absl::StatusOr<v1::JobState> job = store->Load("a");
@@ -90,9 +84,9 @@ class StateStoreSyncTest : public ::testing::Test {
 TEST_F(StateStoreSyncTest, ASaveWhoseFolderCannotBeSyncedFails) {
   StateStore store(dir_.path() + "/state");
   ASSERT_TRUE(store.Init().ok());
-  ASSERT_TRUE(store.Save(JobAt(1)).ok());
+  ASSERT_TRUE(store.Save(JobA(1)).ok());
   folder_fsync_error = EIO;
-  const absl::Status s = store.Save(JobAt(2));
+  const absl::Status s = store.Save(JobA(2));
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_NE(s.message().find("a.jobstate' is written but cannot sync state directory"),
             absl::string_view::npos)
@@ -100,7 +94,7 @@ TEST_F(StateStoreSyncTest, ASaveWhoseFolderCannotBeSyncedFails) {
   EXPECT_NE(s.message().find("Input/output error"), absl::string_view::npos) << s;
   folder_fsync_error = 0;
   EXPECT_EQ(StepOnDisk(&store), 2u);  // in place: only its durability is in doubt
-  ASSERT_TRUE(store.Save(JobAt(3)).ok());
+  ASSERT_TRUE(store.Save(JobA(3)).ok());
   EXPECT_EQ(StepOnDisk(&store), 3u);
 }
 
@@ -109,7 +103,7 @@ TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
   folder_fsync_error = EINVAL;
   StateStore store(dir_.path() + "/new/state");  // made, and its parent synced
   ASSERT_TRUE(store.Init().ok());
-  EXPECT_TRUE(store.Save(JobAt(4)).ok());
+  EXPECT_TRUE(store.Save(JobA(4)).ok());
   bool deleted = false;
   EXPECT_TRUE(store.Remove("a", &deleted).ok());
   EXPECT_TRUE(deleted);
@@ -121,7 +115,7 @@ TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
 TEST_F(StateStoreSyncTest, ADeletionWhoseFolderCannotBeSyncedFailsUntilItIs) {
   StateStore store(dir_.path() + "/state");
   ASSERT_TRUE(store.Init().ok());
-  ASSERT_TRUE(store.Save(JobAt(1)).ok());
+  ASSERT_TRUE(store.Save(JobA(1)).ok());
   folder_fsync_error = EIO;
   bool deleted = false;
   const absl::Status s = store.Remove("a", &deleted);
@@ -149,9 +143,9 @@ TEST_F(StateStoreSyncTest, EveryFolderMadeIsSyncedIntoItsParent) {
 TEST_F(StateStoreSyncTest, ACheckpointWhoseCloseFailsIsNotPutInPlace) {
   StateStore store(dir_.path() + "/state");
   ASSERT_TRUE(store.Init().ok());
-  ASSERT_TRUE(store.Save(JobAt(1)).ok());
+  ASSERT_TRUE(store.Save(JobA(1)).ok());
   fail_temporary_close = true;
-  const absl::Status s = store.Save(JobAt(2));
+  const absl::Status s = store.Save(JobA(2));
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_NE(s.message().find("(close: Input/output error); the previous one, if any, is kept"),
             absl::string_view::npos)

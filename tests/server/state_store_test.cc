@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "server/state_codec.h"
+#include "tests/server/job_a_state.h"
 #include "tests/testing/subprocess.h"
 
 namespace gstab {
@@ -26,15 +27,7 @@ std::vector<std::string> LoadedJobs(StateStore* store) {
   return jobs;
 }
 
-// Job "a" at `last_step`, with one group.
-v1::JobState JobA(uint64_t last_step) {
-  v1::JobState job;
-  job.set_format_version(kJobStateFormatVersion);
-  job.set_job("a");
-  job.set_last_step(last_step);
-  job.add_groups()->set_name("w");
-  return job;
-}
+using testing::JobA;
 
 // A checkpoint of another format version, or out of range, is set aside at start, not loaded.
 // So is one whose configuration or job name gstabd would refuse.
