@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <utility>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -81,9 +84,12 @@ struct Reading {
 
 Reading Read(int argc, char** argv) {
   Reading r;
-  for (int i = 1; i < argc; ++i) {  // flags that leave the command line to abseil, anywhere
-    if (absl::string_view(argv[i]) == "--") break;
-    if (IsFlag(argv[i]) && DefersToAbseil(Split(argv[i]).name)) return r;
+  auto note = [&r](std::string problem) {
+    if (r.problem.empty()) r.problem = std::move(problem);
+  };
+  bool defer = false;  // flags that leave the command line to abseil, anywhere
+  for (int i = 1; i < argc && absl::string_view(argv[i]) != "--"; ++i) {
+    defer |= IsFlag(argv[i]) && DefersToAbseil(Split(argv[i]).name);
   }
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
@@ -94,38 +100,35 @@ Reading Read(int argc, char** argv) {
       r.help = f.name;
       return r;
     }
-    if (!r.problem.empty() || IsAbseilUsageFlag(f.name)) continue;
+    if (defer || IsAbseilUsageFlag(f.name)) continue;
     if (f.name.empty()) {
-      r.problem = absl::StrCat("'", arg, "' names no flag");
+      note(absl::StrCat("'", arg, "' names no flag"));
       continue;
     }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(f.name);
     if (flag == nullptr && absl::StartsWith(f.name, "no")) {  // --nofoo: a boolean set false
       absl::CommandLineFlag* negated = absl::FindCommandLineFlag(f.name.substr(2));
       if (negated != nullptr && negated->IsOfType<bool>()) {
-        if (f.has_value) {
-          r.problem = absl::StrCat("--", f.name, " takes no value, not '", f.value, "'");
-        }
+        if (f.has_value) note(absl::StrCat("--", f.name, " takes no value, not '", f.value, "'"));
         continue;
       }
     }
     if (flag == nullptr) {
-      r.problem = absl::StrCat("unknown flag --", f.name, " (--help lists them)");
+      note(absl::StrCat("unknown flag --", f.name, " (--help lists them)"));
       continue;
     }
     absl::string_view value = f.value;
     if (!f.has_value) {
       if (flag->IsOfType<bool>()) continue;  // --foo: true
       if (i + 1 == argc) {
-        r.problem = absl::StrCat("--", f.name, " needs a value (--", f.name, "=VALUE)");
+        note(absl::StrCat("--", f.name, " needs a value (--", f.name, "=VALUE)"));
         continue;
       }
       value = argv[++i];  // --foo VALUE: the value is not read as a flag
     }
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
-      r.problem =
-          absl::StrCat("--", f.name, ": '", value, "' is not a value it takes (", error, ")");
+      note(absl::StrCat("--", f.name, ": '", value, "' is not a value it takes (", error, ")"));
     }
   }
   return r;
@@ -169,6 +172,11 @@ std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_vi
     std::exit(2);
   }
   absl::SetProgramUsageMessage(usage);
+  absl::FlagsUsageConfig config;  // --version
+  config.version_string = [name = std::string(program)] {
+    return absl::StrCat(name, " ", GSTAB_RELEASE, "\n");
+  };
+  absl::SetFlagsUsageConfig(config);
   return absl::ParseCommandLine(argc, argv);
 }
 

@@ -1,27 +1,45 @@
 #include "common/pem_file.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
 namespace gstab {
 
 absl::StatusOr<std::string> ReadPemFile(const std::string& named_by, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in.is_open()) {  // the machine's (a secret not mounted yet, no permission): not the flag's
-    return absl::FailedPreconditionError(absl::StrCat(
-        named_by, "=", path, ": not a readable PEM file (", std::strerror(errno), ")"));
+  // Not there, not readable, empty: the machine's (a secret not mounted or not written yet, no
+  // permission), which may mend by itself. A file with no PEM block in it: the flag's.
+  auto unreadable = [&](const std::string& why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(named_by, "=", path, ": not a readable PEM file (", why, ")"));
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return unreadable(std::strerror(errno));
+  std::string text;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return unreadable(std::strerror(err));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+    if (text.size() > (size_t{1} << 20)) break;  // no certificate chain is this long
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in || text.str().find("-----BEGIN") == std::string::npos) {
+  ::close(fd);
+  if (text.empty()) return unreadable("it is empty");
+  if (text.find("-----BEGIN") == std::string::npos) {
     return absl::InvalidArgumentError(
-        absl::StrCat(named_by, "=", path, ": not a readable PEM file"));
+        absl::StrCat(named_by, "=", path, ": not a readable PEM file (no PEM block in it)"));
   }
-  return text.str();
+  return text;
 }
 
 }  // namespace gstab

@@ -294,12 +294,19 @@ absl::Status BroadcastValues(Collective* c, absl::Duration timeout, T* values, s
   static_assert(std::is_trivially_copyable_v<T>);
   std::vector<char> bytes(count * sizeof(T));
   std::memcpy(bytes.data(), values, bytes.size());
-  if (absl::Status s = c->Broadcast(absl::MakeSpan(bytes), timeout); !s.ok()) return s;
+  if (absl::Status s = c->Broadcast(absl::MakeSpan(bytes), timeout); !s.ok()) {
+    return AsStopping(*c, s);
+  }
   std::memcpy(values, bytes.data(), bytes.size());
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::Status AsStopping(const Collective& collective, absl::Status failure) {
+  if (failure.ok() || !collective.Stopping()) return failure;
+  return StoppingError(failure.message());
+}
 
 absl::Status SyncStatistics(Collective* c, absl::Duration timeout, std::vector<GroupStats>* stats) {
   return BroadcastValues(c, timeout, stats->data(), stats->size());

@@ -71,6 +71,9 @@ absl::Status ReduceAcrossNodes(Collective* collective, const std::string& job, u
 
 // Replaces `params` with node 0's.
 absl::Status BroadcastParams(Collective* collective, absl::Duration timeout, RuleParams* params);
+// `failure` of a collective, as a StoppingError (server/grpc_status.h) when this gstabd's stop
+// cut it short: not counted as a failed call.
+absl::Status AsStopping(const Collective& collective, absl::Status failure);
 
 // Replaces `stats` with node 0's (a new communicator starts from one set of statistics).
 absl::Status SyncStatistics(Collective* collective, absl::Duration timeout,

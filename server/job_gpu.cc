@@ -109,7 +109,8 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   agreeing_layout_ = false;
   if (absl::Status s = generation_ended(); !s.ok()) return s;
   if (!agreed.ok()) {
-    layout_failure_ = {generation, failed(agreed)};  // the node collective is broken now
+    // The node collective is broken now (by this gstabd's stop, perhaps).
+    layout_failure_ = {generation, AsStopping(*collective, failed(agreed))};
     return layout_failure_.second;
   }
   if (configs_differ && !SameEffectiveConfig(node_zeros, params_)) {

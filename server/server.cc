@@ -178,6 +178,34 @@ absl::Status Server::Start() {
     http_ = *std::move(http);
     LOG(INFO) << "metrics on http://0.0.0.0:" << http_->port() << "/metrics";
   }
+  // The peer port before anything serves callers: a CreateRendezvous must find the peer address
+  // (the port's certificate check dials it, which takes a while).
+  if (!options_.peer_listen.empty()) {
+    // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
+    rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
+    grpc::ServerBuilder peers;
+    // A quota of its own: local callers' large requests do not crowd out other nodes' store
+    // calls (small: addresses and Gloo's records), and the other way round.
+    grpc::ResourceQuota peer_quota("gstabd-peers");
+    peer_quota.Resize(size_t{256} << 20);
+    peers.SetResourceQuota(peer_quota);
+    int port = 0;
+    peers.AddListeningPort(options_.peer_listen,
+                           MutualTlsServerCredentials(options_.daemon.peer_tls), &port);
+    peers.RegisterService(rendezvous_service_.get());
+    peer_server_ = peers.BuildAndStart();
+    if (peer_server_ == nullptr || port == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for peers on ", options_.peer_listen));
+    }
+    const std::string address = JoinHostPort(options_.daemon.peer_host, std::to_string(port));
+    if (absl::Status s = CheckPeerCertificate(address, options_.daemon.peer_tls); !s.ok()) {
+      return s;
+    }
+    daemon_->SetPeerAddress(address);
+    LOG(INFO) << "serving peers on " << address
+              << (options_.daemon.peer_tls.enabled() ? " (mutual TLS)" : " (plain TCP, loopback)");
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   // ImportState carries a job's whole state, and registrations up to 65536 tensors: past
@@ -221,35 +249,6 @@ absl::Status Server::Start() {
     return absl::UnavailableError(
         absl::StrCat("cannot start the gRPC server (--listen=", options_.listen_address, ")"));
   }
-  if (!options_.peer_listen.empty()) {
-    // Only the rendezvous store is served to peers; holders of a rendezvous token may use it.
-    rendezvous_service_ = std::make_unique<RendezvousService>(daemon_->rendezvous_store());
-    grpc::ServerBuilder peers;
-    // A quota of its own: local callers' large requests do not crowd out other nodes' store
-    // calls (small: addresses and Gloo's records), and the other way round.
-    grpc::ResourceQuota peer_quota("gstabd-peers");
-    peer_quota.Resize(size_t{256} << 20);
-    peers.SetResourceQuota(peer_quota);
-    int port = 0;
-    peers.AddListeningPort(options_.peer_listen,
-                           MutualTlsServerCredentials(options_.daemon.peer_tls), &port);
-    peers.RegisterService(rendezvous_service_.get());
-    peer_server_ = peers.BuildAndStart();
-    if (peer_server_ == nullptr || port == 0) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen for peers on ", options_.peer_listen));
-    }
-    const std::string address = JoinHostPort(options_.daemon.peer_host, std::to_string(port));
-    if (absl::Status s = CheckPeerCertificate(address, options_.daemon.peer_tls); !s.ok()) {
-      return s;
-    }
-    daemon_->SetPeerAddress(address);
-    LOG(INFO) << "serving peers on " << address
-              << (options_.daemon.peer_tls.enabled() ? " (mutual TLS)" : " (plain TCP, loopback)");
-  }
-  // Calls on the sockets only now: a CreateRendezvous as soon as the socket exists would find
-  // no peer address yet (the peer port's certificate check dials it, which takes a while).
-  // Connections made meanwhile wait in the socket's backlog.
   if (unix_listener_ != nullptr) unix_listener_->Start(grpc_server_.get());
   if (health_listener_ != nullptr) health_listener_->Start(grpc_server_.get());
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
@@ -297,9 +296,11 @@ absl::Status Server::Stop(absl::Time deadline) {
     LOG(WARNING) << "steps still in flight at the deadline; checkpointing now";
     (void)Checkpoint();
     // Such a round may wait in a rendezvous store, this node's or another's, for nodes that
-    // never come (up to the step timeout): those waits end now, and the round with them.
-    if (peer_server_ != nullptr) daemon_->rendezvous_store()->Close();
+    // never come (up to the step timeout): those waits end now, and the round with them. This
+    // gstabd's calls are marked cancelled first, so that a call its own closed store answers is
+    // known as the stop's.
     daemon_->CancelStoreCalls();
+    if (peer_server_ != nullptr) daemon_->rendezvous_store()->Close();
   }
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // The steps have finished (or were ended above); idle connections need no grace period. But

@@ -1,6 +1,8 @@
 #include "tools/ctl_common.h"
 
+#include <poll.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -41,11 +43,24 @@ void SetDeadline(grpc::ClientContext* ctx) {
       absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s))));
 }
 
-bool StdoutWritten() { return std::fflush(stdout) == 0 && !std::ferror(stdout); }
+namespace {
+int stdout_errno = 0;  // why stdout last failed (errno changes meanwhile)
+}  // namespace
+
+bool StdoutWritten() {
+  if (std::fflush(stdout) != 0 && stdout_errno == 0) stdout_errno = errno;
+  return !std::ferror(stdout);
+}
 
 int StdoutFailed() {
-  if (errno == EPIPE) return 128 + SIGPIPE;
-  std::fprintf(stderr, "gstabctl: cannot write to stdout: %s\n", std::strerror(errno));
+  // A pipe whose reader is gone says so itself (errno may be a later call's by now).
+  pollfd out = {STDOUT_FILENO, POLLOUT, 0};
+  if (stdout_errno == EPIPE ||
+      (::poll(&out, 1, 0) > 0 && (out.revents & (POLLERR | POLLHUP)) != 0)) {
+    return 128 + SIGPIPE;
+  }
+  std::fprintf(stderr, "gstabctl: cannot write to stdout: %s\n",
+               stdout_errno != 0 ? std::strerror(stdout_errno) : "an earlier write failed");
   return 1;
 }
 

@@ -131,6 +131,10 @@ TEST(E2eProcessTest, HelpListsGstabdsFlagsAndSucceeds) {
   EXPECT_EQ(testing::RunShell(gstabd + " --undefok=newflag --newflag=1 --only_check_args").first,
             0);
   EXPECT_EQ(testing::RunShell(gstabd + " --lease_ms=x --only_check_args").first, 2);
+  EXPECT_EQ(testing::RunShell(gstabd + " --undefok=newflag --help").first, 0);
+  auto [vcode, version] = testing::RunShell(gstabd + " --version");
+  EXPECT_EQ(vcode, 0);
+  EXPECT_EQ(version.rfind("gstabd 0.", 0), 0u) << version;
 }
 
 // Under umask 000 the folders gstabd makes would be anyone's to change (a checkpoint deleted

@@ -257,10 +257,18 @@ TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("requires mutual TLS"), std::string::npos) << out;
   EXPECT_NE(out.find("--tls_client_ca"), std::string::npos) << out;
+  const std::string text = dir.path() + "/notes.txt";
+  std::ofstream(text) << "not a certificate\n";
+  std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key +
+                                        " --tls_client_ca=" + text);
+  EXPECT_EQ(rc, 2);  // a file, but no certificate: the flag names the wrong file
+  EXPECT_NE(out.find("notes.txt: not a readable PEM file (no PEM block in it)"), std::string::npos)
+      << out;
   std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key +
                                         " --tls_client_ca=/dev/null");
-  EXPECT_EQ(rc, 2);  // a file, but no certificate: the flag names the wrong file
-  EXPECT_NE(out.find("--tls_client_ca=/dev/null: not a readable PEM file"), std::string::npos)
+  EXPECT_EQ(rc, 1);  // empty: not written yet, perhaps
+  EXPECT_NE(out.find("--tls_client_ca=/dev/null: not a readable PEM file (it is empty)"),
+            std::string::npos)
       << out;
   std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + tls.key +
                                         " --tls_client_ca=" + dir.path() + "/not-mounted-yet.pem");
