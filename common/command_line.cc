@@ -21,7 +21,7 @@ namespace {
 constexpr size_t kHelpWidth = 80;
 
 // abseil's flags that read flags from elsewhere or let unknown ones through: with them, only
-// abseil's parser knows what is defined, so CheckFlags leaves the command line to it.
+// abseil's parser knows what is defined, so Read leaves the checking to it.
 bool DefersToAbseil(absl::string_view name) {
   return name == "flagfile" || name == "fromenv" || name == "tryfromenv" || name == "undefok";
 }
@@ -134,10 +134,8 @@ Reading Read(int argc, char** argv) {
   return r;
 }
 
-}  // namespace
-
-std::string CheckFlags(int argc, char** argv) { return Read(argc, argv).problem; }
-
+// `program`'s help: `usage`, then the flags defined in files whose path ends with
+// `flags_file` (every flag when it is empty), each with its help and default.
 std::string FlagsHelp(absl::string_view program, absl::string_view usage,
                       absl::string_view flags_file) {
   std::vector<absl::CommandLineFlag*> flags;
@@ -157,6 +155,8 @@ std::string FlagsHelp(absl::string_view program, absl::string_view usage,
   }
   return out;
 }
+
+}  // namespace
 
 std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
                                           absl::string_view usage, absl::string_view flags_file) {

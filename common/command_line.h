@@ -3,25 +3,16 @@
 // cannot tell apart from a failure; here --help exits 0 and a bad command line 2.
 #pragma once
 
-#include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
 
 namespace gstab {
 
-// The problem with argv's flags (an unknown flag, a value its flag cannot take, a missing
-// value), or "" when there is none. Sets the flags it checks, as parsing would.
-std::string CheckFlags(int argc, char** argv);
-
-// `program`'s help: `usage`, then the flags defined in files whose path ends with
-// `flags_file` (every flag when it is empty), each with its help and default.
-std::string FlagsHelp(absl::string_view program, absl::string_view usage,
-                      absl::string_view flags_file);
-
 // Parses the command line and returns its positional arguments (argv[0] first). --help (-h)
-// prints FlagsHelp for `flags_file` to stdout and exits 0, --helpfull for every flag; a
-// command line CheckFlags refuses is named on stderr and exits 2.
+// prints `usage` and the flags defined in files whose path ends with `flags_file`, each with
+// its help and default, to stdout and exits 0 (--helpfull: every flag). An unknown flag, a
+// value its flag cannot take or a missing value is named on stderr and exits 2.
 std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
                                           absl::string_view usage, absl::string_view flags_file);
 
