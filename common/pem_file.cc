@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/fd_read.h"
 
 namespace gstab {
 
@@ -20,22 +21,11 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& named_by, const std::
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return unreadable(std::strerror(errno));
   std::string text;
-  char buffer[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      return unreadable(std::strerror(err));
-    }
-    if (n == 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-    if (text.size() > (size_t{1} << 20)) break;  // no certificate chain is this long
-  }
+  const int err = ReadToEnd(fd, size_t{1} << 20, &text);  // no certificate chain is this long
   ::close(fd);
+  if (err != 0 && err != EFBIG) return unreadable(std::strerror(err));
   if (text.empty()) return unreadable("it is empty");
-  if (text.find("-----BEGIN") == std::string::npos) {
+  if (err == EFBIG || text.find("-----BEGIN") == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat(named_by, "=", path, ": not a readable PEM file (no PEM block in it)"));
   }

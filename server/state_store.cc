@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/fd_read.h"
 #include "common/folders.h"
 #include "common/wire_limits.h"
 #include "core/config.h"
@@ -57,18 +58,12 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path) {
                 : std::string("is not a regular file"));
   }
   std::string bytes;
-  char chunk[1 << 16];
-  ssize_t n;
-  while ((n = read(fd, chunk, sizeof chunk)) != 0) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const std::string what = absl::StrCat("cannot read '", path, "': ", strerror(errno));
-      close(fd);
-      return absl::UnavailableError(what);
-    }
-    bytes.append(chunk, static_cast<size_t>(n));
-  }
+  const int err = ReadToEnd(fd, kMaxCheckpointBytes, &bytes);
   close(fd);
+  if (err == EFBIG) return absl::DataLossError("grew larger than any checkpoint while read");
+  if (err != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot read '", path, "': ", strerror(err)));
+  }
   return bytes;
 }
 }  // namespace

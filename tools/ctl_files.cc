@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/fd_read.h"
 
 namespace gstab::ctl {
 namespace {
@@ -83,26 +84,17 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path, size_t max_bytes)
         absl::StrCat("'", path, "' is a folder: --in names a file `gstabctl export` wrote"));
   }
   std::string bytes;
-  char chunk[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(fd, chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int e = errno;
-      ::close(fd);
-      return absl::InternalError(absl::StrCat("cannot read '", path, "': ", std::strerror(e)));
-    }
-    if (n == 0) break;
-    if (bytes.size() + static_cast<size_t>(n) > max_bytes) {
-      ::close(fd);
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", path, "' holds more than ", max_bytes,
-                       " bytes, more than any state gstabd takes: --in names a file "
-                       "`gstabctl export` wrote"));
-    }
-    bytes.append(chunk, static_cast<size_t>(n));
-  }
+  const int e = ReadToEnd(fd, max_bytes, &bytes);
   ::close(fd);
+  if (e == EFBIG) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", path, "' holds more than ", max_bytes,
+                     " bytes, more than any state gstabd takes: --in names a file "
+                     "`gstabctl export` wrote"));
+  }
+  if (e != 0) {
+    return absl::InternalError(absl::StrCat("cannot read '", path, "': ", std::strerror(e)));
+  }
   if (bytes.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", path, "' is empty: --in names a file `gstabctl export` wrote"));
