@@ -21,8 +21,8 @@ namespace gstab {
 // How a collective's failure says that the job's rendezvous store (node 0's gstabd) could not be
 // reached at all.
 inline constexpr char kStoreUnreachable[] = "the job's rendezvous store cannot be reached";
-// In a collective's failure when this gstabd's stop cancelled it (StoreCalls): no other node is
-// to blame.
+// In a collective's failure when a gstabd's stop ended it: this one's, which cancelled its store
+// calls (StoreCalls; Collective::Stopping), or the store's own gstabd's. No node is missing.
 inline constexpr char kThisGstabdStopping[] = "this gstabd is stopping";
 
 class Collective {

@@ -32,15 +32,12 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
         absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ",
                      failure.message()));
   }
-  if (c->Stopping()) {  // this gstabd's stop: a restart, not counted as a failing step
-    return StoppingError(absl::StrCat(
-        "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
-        "; attach every worker again with a new rendezvous once it is back"));
-  }
-  if (absl::StrContains(failure.message(), kThisGstabdStopping)) {  // another node's stop
-    return absl::UnavailableError(absl::StrCat(
-        "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
-        "; attach every worker again with a new rendezvous once it is back"));
+  // A gstabd's stop, this one's (not counted as a failing step) or another node's (its store's).
+  if (c->Stopping() || absl::StrContains(failure.message(), kThisGstabdStopping)) {
+    return AsStopping(
+        *c, absl::UnavailableError(absl::StrCat(
+                "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
+                "; attach every worker again with a new rendezvous once it is back")));
   }
   if (absl::StrContains(failure.message(), kUnknownToken)) {
     // The store answered, and said why: no node is to blame.

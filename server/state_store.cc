@@ -66,6 +66,11 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path) {
   }
   return bytes;
 }
+
+// fsync of a folder: 0, or its errno. A file system that cannot sync folders at all (EINVAL) has
+// nothing to fail.
+int SyncFolder(int fd) { return fsync(fd) != 0 && errno != EINVAL ? errno : 0; }
+
 }  // namespace
 
 StateStore::~StateStore() {
@@ -80,7 +85,7 @@ absl::Status StateStore::SyncDir() const {
     return absl::InternalError(
         absl::StrCat("cannot open state directory '", dir_, "' to sync it: ", strerror(errno)));
   }
-  const int failed = fsync(fd) != 0 && errno != EINVAL ? errno : 0;
+  const int failed = SyncFolder(fd);
   if (fd != lock_fd_) close(fd);
   if (failed != 0) {
     return absl::InternalError(
@@ -110,9 +115,10 @@ void SyncParents(const std::vector<std::filesystem::path>& made, const std::stri
     const std::string parent = folder.parent_path().string();
     const int fd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) continue;  // a parent gstabd may not open (search permission only)
-    if (fsync(fd) != 0 && errno != EINVAL) {
-      PLOG(WARNING) << "cannot sync '" << parent << "', a folder above state directory '" << path
-                    << "': should the machine lose power, the state directory may be lost";
+    if (const int err = SyncFolder(fd); err != 0) {
+      LOG(WARNING) << "cannot sync '" << parent << "', a folder above state directory '" << path
+                   << "': should the machine lose power, the state directory may be lost: "
+                   << strerror(err);
     }
     close(fd);
   }

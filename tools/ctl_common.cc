@@ -52,13 +52,14 @@ bool StdoutWritten() {
   return !std::ferror(stdout);
 }
 
+bool StdoutReaderGone(int wait_ms) {
+  pollfd out = {STDOUT_FILENO, 0, 0};  // POLLERR and POLLHUP come unasked
+  return ::poll(&out, 1, wait_ms) > 0 && (out.revents & (POLLERR | POLLHUP)) != 0;
+}
+
 int StdoutFailed() {
   // A pipe whose reader is gone says so itself (errno may be a later call's by now).
-  pollfd out = {STDOUT_FILENO, POLLOUT, 0};
-  if (stdout_errno == EPIPE ||
-      (::poll(&out, 1, 0) > 0 && (out.revents & (POLLERR | POLLHUP)) != 0)) {
-    return 128 + SIGPIPE;
-  }
+  if (stdout_errno == EPIPE || StdoutReaderGone(0)) return 128 + SIGPIPE;
   std::fprintf(stderr, "gstabctl: cannot write to stdout: %s\n",
                stdout_errno != 0 ? std::strerror(stdout_errno) : "an earlier write failed");
   return 1;
@@ -120,21 +121,19 @@ void HandleStopSignals() {
   std::thread([signals] {
     int sig = 0;
     if (sigwait(&signals, &sig) != 0) return;
-    {
-      absl::MutexLock lock(&session_mu);  // held to the end: the client stays until then
-      if (session_stub != nullptr) {
-        v1::DetachRequest request;
-        request.set_session(session_id);
-        v1::DetachResponse response;
-        grpc::ClientContext ctx;
-        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-        (void)session_stub->Detach(&ctx, request, &response);
-      }
-      // Dies of the signal, as without this thread (a shell sees 128 + the signal).
-      signal(sig, SIG_DFL);
-      pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
-      raise(sig);
+    absl::MutexLock lock(&session_mu);  // held to the end: the client stays until then
+    if (session_stub != nullptr) {
+      v1::DetachRequest request;
+      request.set_session(session_id);
+      v1::DetachResponse response;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+      (void)session_stub->Detach(&ctx, request, &response);
     }
+    // Dies of the signal, as without this thread (a shell sees 128 + the signal).
+    signal(sig, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+    raise(sig);
   }).detach();
 }
 

@@ -32,6 +32,8 @@ std::string Json(const google::protobuf::Message& message);
 void SetDeadline(grpc::ClientContext* ctx);
 // Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
 bool StdoutWritten();
+// Whether stdout is a pipe (or socket) whose reader has gone, waiting up to `wait_ms` for it to go.
+bool StdoutReaderGone(int wait_ms);
 // The exit status once stdout failed: 141 (128 + SIGPIPE) for a closed pipe, as a process that
 // died of the signal gives (gstabctl ignores SIGPIPE, so that it detaches first); else 1, the
 // reason on stderr.

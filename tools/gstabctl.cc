@@ -18,7 +18,6 @@
 // integers as strings, as protobuf's JSON mapping has them). Exit status 0 on success, 1 on any
 // error (with the reason on stderr), 2 for a bad command line (an unknown command, a missing or
 // malformed argument; a flag absl cannot parse exits with 1).
-#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -113,8 +112,7 @@ int Events() {
   std::atomic<bool> streaming{true}, reader_gone{false};
   std::thread watch([&] {
     while (request.follow() && streaming.load()) {
-      pollfd out = {STDOUT_FILENO, 0, 0};  // POLLERR and POLLHUP come unasked
-      if (::poll(&out, 1, 200) > 0 && (out.revents & (POLLERR | POLLHUP)) != 0) {
+      if (StdoutReaderGone(200)) {
         reader_gone = true;
         ctx.TryCancel();
         return;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
@@ -89,27 +90,23 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
 // `--jobs_by_uid false` would leave the flag true and drop "false" unseen; TLS files without
 // their port would be ignored; 100,000 kernel threads would abort gstabd seconds later; a log
 // queue of 100 bytes would hold no line.
+// A flag abseil cannot read is a bad command line too (abseil's own parser exits 1). Each
+// exits 2, saying what was wrong.
 TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
   TempDir dir;
-  auto [code, out] = StartRefused(dir, {"--jobs_by_uid", "false"});
-  EXPECT_EQ(code, 2) << out;
-  EXPECT_NE(out.find("unexpected argument 'false'"), std::string::npos) << out;
-  auto [tcode, tout] = StartRefused(dir, {"--tls_cert=/nowhere.pem"});
-  EXPECT_EQ(tcode, 2) << tout;
-  EXPECT_NE(tout.find("--listen is not set"), std::string::npos) << tout;
-  auto [ccode, cout] = StartRefused(dir, {"--cpu_threads=100000"});
-  EXPECT_EQ(ccode, 2) << cout;
-  EXPECT_NE(cout.find("--cpu_threads takes a count up to 1024"), std::string::npos) << cout;
-  auto [lcode, lout] = StartRefused(dir, {"--log_queue_bytes=100"});
-  EXPECT_EQ(lcode, 2) << lout;
-  EXPECT_NE(lout.find("--log_queue_bytes must be from 4096"), std::string::npos) << lout;
-  // A flag abseil cannot read is a bad command line too (abseil's own parser exits 1).
-  auto [ucode, uout] = StartRefused(dir, {"--max_job=4"});
-  EXPECT_EQ(ucode, 2) << uout;
-  EXPECT_NE(uout.find("unknown flag --max_job"), std::string::npos) << uout;
-  auto [vcode, vout] = StartRefused(dir, {"--lease_ms=soon"});
-  EXPECT_EQ(vcode, 2) << vout;
-  EXPECT_NE(vout.find("--lease_ms: 'soon' is not a value it takes"), std::string::npos) << vout;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> refused = {
+      {{"--jobs_by_uid", "false"}, "unexpected argument 'false'"},
+      {{"--tls_cert=/nowhere.pem"}, "--listen is not set"},
+      {{"--cpu_threads=100000"}, "--cpu_threads takes a count up to 1024"},
+      {{"--log_queue_bytes=100"}, "--log_queue_bytes must be from 4096"},
+      {{"--max_job=4"}, "unknown flag --max_job"},
+      {{"--lease_ms=soon"}, "--lease_ms: 'soon' is not a value it takes"},
+  };
+  for (const auto& [flags, says] : refused) {
+    auto [code, out] = StartRefused(dir, flags);
+    EXPECT_EQ(code, 2) << flags[0] << ": " << out;
+    EXPECT_NE(out.find(says), std::string::npos) << flags[0] << ": " << out;
+  }
 }
 
 // --help answers with gstabd's own flags, and succeeds (abseil's parser exits 1).

@@ -10,7 +10,9 @@
 #include <cerrno>
 #include <climits>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "server/state_codec.h"
@@ -21,7 +23,7 @@
 namespace {
 
 std::atomic<int> folder_fsync_error{0};         // errno for a folder's fsync; 0: none
-std::atomic<int> folders_failed{0};             // folders' fsyncs failed on demand
+std::vector<std::string> folders_failed;        // the folders whose fsync failed on demand
 std::atomic<bool> fail_temporary_close{false};  // EIO for closing a checkpoint's temporary file
 
 bool IsFolder(int fd) {
@@ -29,12 +31,16 @@ bool IsFolder(int fd) {
   return fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-bool IsTemporaryCheckpoint(int fd) {
+// The path `fd` was opened at.
+std::string PathOf(int fd) {
   char path[PATH_MAX];
   const ssize_t n =
       readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), path, sizeof path - 1);
-  return n > 0 &&
-         std::string(path, static_cast<size_t>(n)).find(".jobstate:tmp:") != std::string::npos;
+  return n > 0 ? std::string(path, static_cast<size_t>(n)) : "";
+}
+
+bool IsTemporaryCheckpoint(int fd) {
+  return PathOf(fd).find(".jobstate:tmp:") != std::string::npos;
 }
 
 }  // namespace
@@ -42,7 +48,7 @@ bool IsTemporaryCheckpoint(int fd) {
 extern "C" int fsync(int fd) {
   static const auto real = reinterpret_cast<int (*)(int)>(dlsym(RTLD_NEXT, "fsync"));
   if (const int error = folder_fsync_error.load(); error != 0 && IsFolder(fd)) {
-    ++folders_failed;
+    folders_failed.push_back(PathOf(fd));
     errno = error;
     return -1;
   }
@@ -76,26 +82,31 @@ class StateStoreSyncTest : public ::testing::Test {
     folder_fsync_error = 0;
     fail_temporary_close = false;
   }
+  // A store in <dir>/state holding job a's checkpoint at step 1.
+  std::unique_ptr<StateStore> StoreAtStepOne() {
+    auto store = std::make_unique<StateStore>(dir_.path() + "/state");
+    EXPECT_TRUE(store->Init().ok());
+    EXPECT_TRUE(store->Save(JobA(1)).ok());
+    return store;
+  }
   testing::TempDir dir_;
 };
 
 // A rename the folder's fsync did not make durable could be undone by a crash: the save says
 // so (and is counted failed) rather than report a checkpoint that may not be there.
 TEST_F(StateStoreSyncTest, ASaveWhoseFolderCannotBeSyncedFails) {
-  StateStore store(dir_.path() + "/state");
-  ASSERT_TRUE(store.Init().ok());
-  ASSERT_TRUE(store.Save(JobA(1)).ok());
+  std::unique_ptr<StateStore> store = StoreAtStepOne();
   folder_fsync_error = EIO;
-  const absl::Status s = store.Save(JobA(2));
+  const absl::Status s = store->Save(JobA(2));
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_NE(s.message().find("a.jobstate' is written but cannot sync state directory"),
             absl::string_view::npos)
       << s;
   EXPECT_NE(s.message().find("Input/output error"), absl::string_view::npos) << s;
   folder_fsync_error = 0;
-  EXPECT_EQ(StepOnDisk(&store), 2u);  // in place: only its durability is in doubt
-  ASSERT_TRUE(store.Save(JobA(3)).ok());
-  EXPECT_EQ(StepOnDisk(&store), 3u);
+  EXPECT_EQ(StepOnDisk(store.get()), 2u);  // in place: only its durability is in doubt
+  ASSERT_TRUE(store->Save(JobA(3)).ok());
+  EXPECT_EQ(StepOnDisk(store.get()), 3u);
 }
 
 // Some file systems cannot sync a folder at all (EINVAL): nothing to fail there.
@@ -112,12 +123,10 @@ TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
 // A deletion is done once the file is gone (its caller forgets the job with it), even when the
 // folder cannot be synced after it: that is logged.
 TEST_F(StateStoreSyncTest, ADeletionIsDoneWhenItsFolderCannotBeSynced) {
-  StateStore store(dir_.path() + "/state");
-  ASSERT_TRUE(store.Init().ok());
-  ASSERT_TRUE(store.Save(JobA(1)).ok());
+  std::unique_ptr<StateStore> store = StoreAtStepOne();
   folder_fsync_error = EIO;
   bool deleted = false;
-  EXPECT_TRUE(store.Remove("a", &deleted).ok());
+  EXPECT_TRUE(store->Remove("a", &deleted).ok());
   EXPECT_TRUE(deleted);
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state/a.jobstate"));
 }
@@ -125,26 +134,26 @@ TEST_F(StateStoreSyncTest, ADeletionIsDoneWhenItsFolderCannotBeSynced) {
 // Every folder gstabd makes above the state directory is synced into its parent.
 TEST_F(StateStoreSyncTest, EveryFolderMadeIsSyncedIntoItsParent) {
   folder_fsync_error = EIO;  // each failure is logged, and the start goes on
-  folders_failed = 0;
+  folders_failed.clear();
   StateStore store(dir_.path() + "/a/b/state");
   EXPECT_TRUE(store.Init().ok());
-  EXPECT_EQ(folders_failed.load(), 3);  // the parents of a, a/b and a/b/state
+  const std::string root = std::filesystem::canonical(dir_.path()).string();
+  EXPECT_EQ(folders_failed,  // the parents of a/b/state, a/b and a
+            (std::vector<std::string>{root + "/a/b", root + "/a", root}));
 }
 
 // close() reports a write a network file system could not complete: the new checkpoint is not
 // put in place, and the previous one stays.
 TEST_F(StateStoreSyncTest, ACheckpointWhoseCloseFailsIsNotPutInPlace) {
-  StateStore store(dir_.path() + "/state");
-  ASSERT_TRUE(store.Init().ok());
-  ASSERT_TRUE(store.Save(JobA(1)).ok());
+  std::unique_ptr<StateStore> store = StoreAtStepOne();
   fail_temporary_close = true;
-  const absl::Status s = store.Save(JobA(2));
+  const absl::Status s = store->Save(JobA(2));
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_NE(s.message().find("(close: Input/output error); the previous one, if any, is kept"),
             absl::string_view::npos)
       << s;
   fail_temporary_close = false;
-  EXPECT_EQ(StepOnDisk(&store), 1u);
+  EXPECT_EQ(StepOnDisk(store.get()), 1u);
   size_t files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir_.path() + "/state")) {
     (void)entry;
