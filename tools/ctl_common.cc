@@ -93,16 +93,22 @@ absl::StatusOr<std::unique_ptr<Client>> Connect() {
 namespace {
 
 // The observer session open now, for the signal thread: its stub (gRPC stubs may be called from
-// any thread) and its id.
+// any thread) and its id; and whether an attach is in flight (its session is not known yet).
 absl::Mutex session_mu;
 v1::Stabilizer::Stub* session_stub ABSL_GUARDED_BY(session_mu) = nullptr;
 std::string session_id ABSL_GUARDED_BY(session_mu);
+bool attaching ABSL_GUARDED_BY(session_mu) = false;
 
 void WatchSession(Client* client) {
   absl::MutexLock lock(&session_mu);
   session_stub = client != nullptr ? client->stub() : nullptr;
   session_id = client != nullptr ? client->session() : "";
+  attaching = false;
 }
+
+// How long a signal waits for an attach in flight to answer, so that it can detach the session
+// gstabd made. A frozen gstabd's attach is given up on: its session then lasts to its lease.
+constexpr absl::Duration kAttachWait = absl::Seconds(3);
 
 }  // namespace
 
@@ -122,6 +128,9 @@ void HandleStopSignals() {
     int sig = 0;
     if (sigwait(&signals, &sig) != 0) return;
     absl::MutexLock lock(&session_mu);  // held to the end: the client stays until then
+    session_mu.AwaitWithTimeout(absl::Condition(
+                                    +[](bool* in_flight) { return !*in_flight; }, &attaching),
+                                kAttachWait);
     if (session_stub != nullptr) {
       v1::DetachRequest request;
       request.set_session(session_id);
@@ -151,7 +160,14 @@ absl::StatusOr<Observer> ConnectToJob() {
   AttachOptions o;
   o.job = job;
   o.observer = true;
-  if (absl::Status s = (*client)->Attach(o); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&session_mu);
+    attaching = true;
+  }
+  if (absl::Status s = (*client)->Attach(o); !s.ok()) {
+    WatchSession(nullptr);
+    return s;
+  }
   WatchSession(client->get());
   return Observer(client->release());
 }

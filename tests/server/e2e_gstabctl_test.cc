@@ -6,6 +6,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -305,6 +306,29 @@ TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
   auto [rc, forgot] = Ctl("forget --job=interrupted");
   EXPECT_EQ(rc, 0) << forgot;
   EXPECT_NE(Ctl("events --job=interrupted").second.find("observer: "), std::string::npos);
+}
+
+// A signal that comes while gstabctl's attach is in flight waits for its answer, and detaches
+// the session gstabd made for it. strace holds the attach's answer back: it delays the return of
+// gstabctl's fifth sendmsg (the preface, the settings' ack, the connection check, a window
+// update, then the attach) by 3 s, and the signal comes 1 s in.
+TEST_F(E2eGstabctlTest, ASignalDuringTheAttachDetachesTheSessionItMade) {
+  Train("mid-attach", {"--steps=5", "--print_every=1000"});
+  absl::StatusOr<testing::Subprocess> traced = testing::Subprocess::Start(
+      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=sendmsg", "-e",
+       "inject=sendmsg:delay_exit=3000000:when=5", testing::BinaryPath("tools/gstabctl"),
+       "--socket=" + daemon_->socket(), "export", "--job=mid-attach",
+       "--out=" + dir_.path() + "/mid-attach.state"});
+  ASSERT_TRUE(traced.ok()) << traced.status();
+  absl::SleepFor(absl::Seconds(1));
+  std::ifstream children(
+      absl::StrCat("/proc/", traced->pid(), "/task/", traced->pid(), "/children"));
+  pid_t ctl = 0;
+  ASSERT_TRUE(children >> ctl) << "gstabctl under strace";
+  ASSERT_EQ(kill(ctl, SIGINT), 0);
+  EXPECT_EQ(traced->Wait(absl::Seconds(15)).value_or(-1), 128 + SIGINT);  // strace passes it on
+  auto [rc, forgot] = Ctl("forget --job=mid-attach");  // no observer holds the job
+  EXPECT_EQ(rc, 0) << forgot;
 }
 
 // A signal the caller ignores stays ignored (`nohup gstabctl events --follow &`; a script's
