@@ -61,6 +61,8 @@ absl::Status GradientArena::Allocate() {
     offsets.push_back(offset);
     offset += (t.numel * ElementSize(t.dtype) + kAlign - 1) / kAlign * kAlign;
   }
+  const uint64_t progress_offset = offset;  // RegisterBuffersRequest.progress: gstabd's word
+  offset += kAlign;
   RemoveStaleShmObjects();
   // Refused at once when /dev/shm has less room free: reserving the pages of a size beyond it
   // could fill the host's memory first (a /dev/shm as large as it), and be killed for it.
@@ -75,9 +77,13 @@ absl::Status GradientArena::Allocate() {
   owner_ = getpid();
   const int fd = shm_open(name_.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   if (fd < 0) {
-    const std::string err = strerror(errno);
+    const int e = errno;
     name_.clear();
-    return absl::InternalError(absl::StrCat("cannot create shared memory: ", err));
+    const std::string message =
+        absl::StrCat("cannot create shared memory in /dev/shm: ", strerror(e));
+    if (e == EMFILE || e == ENFILE) return absl::ResourceExhaustedError(message);
+    if (e == EACCES) return absl::PermissionDeniedError(message);
+    return absl::InternalError(message);
   }
   size_ = static_cast<size_t>(offset);
   // The pages are reserved now: a sparse object (ftruncate alone) that /dev/shm has no room for
@@ -103,6 +109,7 @@ absl::Status GradientArena::Allocate() {
                                                      reserved == ENOSPC ? kShmHint : ""));
   }
   base_ = static_cast<unsigned char*>(base);
+  progress_offset_ = progress_offset;
   for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].byte_offset = offsets[i];
   return absl::OkStatus();
 }
@@ -136,6 +143,8 @@ v1::RegisterBuffersRequest GradientArena::RegistrationRequest() const {
     tensor->set_group(t.group);
     tensor->set_reduction(t.reduction);
   }
+  request.mutable_progress()->set_buffer(0);  // every buffer covers the whole object
+  request.mutable_progress()->set_offset(progress_offset_);
   return request;
 }
 

@@ -61,8 +61,11 @@ class GradientArena {
   // tensors over it that are never freed). Idempotent; a forked child's copy does nothing.
   void Unlink();
   size_t size_bytes() const { return size_; }
+  // The bytes the tensors span from the object's start (the progress word follows them).
+  uint64_t tensor_bytes() const { return progress_offset_; }
 
-  // The RegisterBuffers request describing this arena (one buffer per dtype); session unset.
+  // The RegisterBuffers request describing this arena (one buffer per dtype, and the progress
+  // word in the 64 bytes after the last tensor); session unset.
   v1::RegisterBuffersRequest RegistrationRequest() const;
 
  private:
@@ -80,6 +83,7 @@ class GradientArena {
   bool unlinked_ = false;
   unsigned char* base_ = nullptr;
   size_t size_ = 0;
+  uint64_t progress_offset_ = 0;  // gstabd's progress word, past the tensors
 };
 
 }  // namespace gstab

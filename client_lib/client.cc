@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "client_lib/transport.h"
 #include "common/host_port.h"
 #include "common/utf8.h"
@@ -121,21 +123,81 @@ absl::Status Client::NoAnswer() const {
                    " (stopped, or stuck?): its health check and log say more"));
 }
 
-absl::Status Client::Unreachable(const absl::Status& unavailable) const {
-  // gRPC's words for a connection that is not there. gstabd's own UNAVAILABLE may quote them
-  // from another connection (a job's other node), and then names the job.
-  static constexpr absl::string_view kTransport[] = {"Socket closed",
-                                                     "failed to connect",
-                                                     "Connection reset",
-                                                     "Broken pipe",
-                                                     "Connection refused",
-                                                     "Endpoint read failed",
-                                                     "connections to all backends failing"};
-  bool transport = absl::StrContains(unavailable.message(), target_);
-  for (absl::string_view words : kTransport) {
-    transport = transport || absl::StrContains(unavailable.message(), words);
+namespace {
+
+// gRPC's words for a connection that could not be made: a call failing so was never sent.
+constexpr absl::string_view kNotConnected[] = {"failed to connect", "Connection refused",
+                                               "connections to all backends failing"};
+// Its words for a connection that went under a call.
+constexpr absl::string_view kConnectionLost[] = {"Socket closed", "Connection reset", "Broken pipe",
+                                                 "Endpoint read failed"};
+
+bool ContainsAny(absl::string_view message, absl::Span<const absl::string_view> words) {
+  return std::any_of(words.begin(), words.end(),
+                     [&](absl::string_view w) { return absl::StrContains(message, w); });
+}
+
+// The page of `offset` in shared object `shm_name`, mapped to read the word there; null when it
+// cannot be.
+std::shared_ptr<const uint64_t> MapProgressWord(const std::string& shm_name, uint64_t offset) {
+  const int fd = shm_open(shm_name.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) return nullptr;
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  void* mapped = mmap(nullptr, page, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(start));
+  close(fd);
+  if (mapped == MAP_FAILED) return nullptr;
+  return std::shared_ptr<const uint64_t>(
+      reinterpret_cast<const uint64_t*>(static_cast<const char*>(mapped) + (offset - start)),
+      [mapped, page](const uint64_t*) { munmap(mapped, page); });
+}
+
+}  // namespace
+
+bool Client::FromTransport(absl::string_view message) const {
+  // gstabd's own UNAVAILABLE may quote gRPC's words from another connection (a job's other
+  // node), and then names the job.
+  return (absl::StrContains(message, target_) || ContainsAny(message, kNotConnected) ||
+          ContainsAny(message, kConnectionLost)) &&
+         !absl::StrContains(message, "job '");
+}
+
+bool Client::CutOff(const grpc::Status& answer) const {
+  if (answer.error_code() == grpc::StatusCode::CANCELLED) return true;
+  return answer.error_code() == grpc::StatusCode::UNAVAILABLE &&
+         FromTransport(answer.error_message()) &&
+         !ContainsAny(answer.error_message(), kNotConnected);
+}
+
+absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const {
+  const std::string why = absl::StrCat(" (", last_answer_.error_message(), ")");
+  constexpr absl::string_view kSkip =
+      ": skip this step (zero them) rather than step them again, then attach and register again "
+      "once gstabd serves";
+  if (progress_ == nullptr || !progress_marked_) {
+    // gstabd's stop cancels calls once its steps have drained: such a step was not run, or run
+    // to the end. The connection's going tells nothing.
+    if (last_answer_.error_code() == grpc::StatusCode::CANCELLED) return error;
+    return absl::DataLossError(absl::StrCat("gstabd at ", target_,
+                                            " went away while it may have been scaling step ", step,
+                                            why, ": part of its gradients may be scaled", kSkip));
   }
-  if (!transport || absl::StrContains(unavailable.message(), "job '")) return unavailable;
+  const uint64_t mark = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST);
+  if (mark == step * 4 + 1) {
+    return absl::DataLossError(
+        absl::StrCat("gstabd at ", target_, " went away while it was scaling step ", step, why,
+                     ": part of its gradients are scaled and the rest not", kSkip));
+  }
+  if (mark == step * 4 + 2) {
+    return absl::DataLossError(absl::StrCat(
+        "gstabd at ", target_, " went away after it scaled step ", step,
+        " and before its answer came", why, ": the gradients are scaled, its results lost", kSkip));
+  }
+  return error;  // gstabd never touched them
+}
+
+absl::Status Client::Unreachable(const absl::Status& unavailable) const {
+  if (!FromTransport(unavailable.message())) return unavailable;
   return absl::UnavailableError(absl::StrCat("cannot reach gstabd at ", target_, " (",
                                              unavailable.message(),
                                              "): it stopped or restarts; attach again once it "
@@ -326,11 +388,17 @@ void Client::StopKeepAlive() {
 }
 
 absl::Status Client::Register(const GradientArena& arena) {
-  return RegisterBuffers(arena.RegistrationRequest());
+  const v1::RegisterBuffersRequest request = arena.RegistrationRequest();
+  if (absl::Status s = RegisterBuffers(request); !s.ok()) return s;
+  // Without it, a step cut off is taken as possibly scaled in part (DATA_LOSS).
+  progress_ = MapProgressWord(arena.shm_name(), request.progress().offset());
+  progress_marked_ = false;
+  return absl::OkStatus();
 }
 
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      v1::RegisterBuffersResponse* response) {
+  progress_ = nullptr;  // this registration replaces the arena's (or fails, and may have)
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   request.set_session(session());
   absl::StatusOr<v1::RegisterBuffersResponse> r =
@@ -346,7 +414,14 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
   request.set_session(session());
   request.set_step(step);
   request.set_ready_value(ready_value);
-  return Call(&v1::Stabilizer::Stub::Step, request);
+  absl::StatusOr<v1::StepResponse> response = Call(&v1::Stabilizer::Stub::Step, request);
+  if (response.ok() && progress_ != nullptr) {
+    // A gstabd that does not mark it (an older one) leaves a word that says nothing.
+    progress_marked_ = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST) == step * 4 + 2;
+    if (!progress_marked_) progress_ = nullptr;
+  }
+  if (response.ok() || !CutOff(last_answer_)) return response;
+  return StepCutOff(step, response.status());
 }
 
 absl::Status Client::Detach() {

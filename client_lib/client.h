@@ -86,6 +86,10 @@ class Client {
                                v1::RegisterBuffersResponse* response = nullptr);
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
   // `ready_value`: cuda_ipc registrations (CudaGradients::Step sets it), see StepRequest.
+  // DATA_LOSS when gstabd went away (killed, say) after it had begun to scale them, or, for
+  // a registration without a progress word (RegisterBuffersRequest.progress), when it may have:
+  // the step must not be retried on them. After UNAVAILABLE or UNAUTHENTICATED they are as they
+  // were.
   absl::StatusOr<v1::StepResponse> Step(uint64_t step, uint32_t ready_value = 0);
   absl::Status Detach();
   absl::StatusOr<v1::GetStatsResponse> GetStats();
@@ -124,7 +128,9 @@ class Client {
     const absl::Time deadline = absl::Now() + std::min(timeout, call_timeout_);
     ctx.set_deadline(absl::ToChronoTime(deadline));
     Response response;
-    absl::Status s = FromGrpcStatus((stub_.get()->*method)(&ctx, request, &response));
+    const grpc::Status answer = (stub_.get()->*method)(&ctx, request, &response);
+    last_answer_ = answer;
+    absl::Status s = FromGrpcStatus(answer);
     if (absl::IsInternal(s) && s.message().empty()) s = Unreadable(request);
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
@@ -149,6 +155,16 @@ class Client {
   // gRPC's own UNAVAILABLE (the connection: "Socket closed", "failed to connect ...") says
   // which gstabd and what to do; gstabd's own UNAVAILABLE is kept.
   absl::Status Unreachable(const absl::Status& unavailable) const;
+  // Whether a call that failed so may have been running in gstabd when it ended: the
+  // connection went (gstabd killed, or crashed), or gstabd's stop cancelled it. A call that
+  // never left (no connection to make it on) and gstabd's own refusals did not run.
+  bool CutOff(const grpc::Status& answer) const;
+  // Step's error for a step CutOff: from the progress word, when there is one, whether gstabd
+  // had begun to scale the gradients (DATA_LOSS) or not (`error`, to be retried).
+  absl::Status StepCutOff(uint64_t step, const absl::Status& error) const;
+  // Whether an UNAVAILABLE's message is gRPC's about the connection to this gstabd, rather
+  // than gstabd's own.
+  bool FromTransport(absl::string_view message) const;
 
   const uint64_t id_;
   const pid_t owner_;  // the process that made it (a forked child leaves it alone)
@@ -156,6 +172,11 @@ class Client {
   std::string target_;
   std::unique_ptr<v1::Stabilizer::Stub> stub_;
   v1::AttachResponse attached_;
+  grpc::Status last_answer_;  // the last call's, untranslated
+  // The progress word (RegisterBuffersRequest.progress) of the arena registered last, mapped on
+  // its own: the arena may go before the client. Null for other registrations.
+  std::shared_ptr<const uint64_t> progress_;
+  bool progress_marked_ = false;  // gstabd marked it at a step since it was registered
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when

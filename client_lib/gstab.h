@@ -40,8 +40,13 @@ typedef int gstab_status;
 #define GSTAB_FAILED_PRECONDITION 9
 #define GSTAB_ABORTED 10 /* this session was replaced: another process attached as its rank */
 #define GSTAB_UNIMPLEMENTED 12
-#define GSTAB_UNAVAILABLE 14
-#define GSTAB_UNAUTHENTICATED 16
+#define GSTAB_INTERNAL 13    /* the system refused something else (shm_open: out of descriptors) */
+#define GSTAB_UNAVAILABLE 14 /* gstabd is not there, or is stopping: attach again once it serves \
+                              */
+#define GSTAB_DATA_LOSS 15   /* gstab_step: gstabd went away while it scaled (see gstab_step) */
+#define GSTAB_UNAUTHENTICATED                                     \
+  16 /* gstabd does not know the session (restarted, or the lease \
+        ran out): attach and register again */
 
 typedef enum { GSTAB_FLOAT32 = 0, GSTAB_BFLOAT16 = 1, GSTAB_FLOAT16 = 2 } gstab_dtype;
 
@@ -113,7 +118,9 @@ gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64
 gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, uint64_t numel,
                                           gstab_dtype dtype, const char* group, uint32_t flags,
                                           size_t* index);
-/* Reserves the arena's shared memory in /dev/shm: GSTAB_RESOURCE_EXHAUSTED when it lacks room. */
+/* Reserves the arena's shared memory in /dev/shm: GSTAB_RESOURCE_EXHAUSTED when it lacks room
+ * or the process is out of file descriptors, GSTAB_PERMISSION_DENIED when /dev/shm refuses
+ * this user, GSTAB_INTERNAL for another refusal (the message says which). */
 gstab_status gstab_arena_allocate(gstab_arena* arena);
 /* NULL until gstab_arena_allocate has succeeded, for an index past the last tensor, or in a
  * forked child (an arena is its maker's): gstab_last_error() says which. */
@@ -124,7 +131,14 @@ void* gstab_arena_data(gstab_arena* arena, size_t index);
 void gstab_arena_unlink(gstab_arena* arena);
 
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);
-/* `step` increases from one call to the next and stays below 2^62 (INVALID_ARGUMENT past it). */
+/* `step` increases from one call to the next and stays below 2^62 (INVALID_ARGUMENT past it).
+ * GSTAB_UNAVAILABLE or GSTAB_UNAUTHENTICATED: gstabd did not touch the gradients (it was gone,
+ * stopping, or restarted, or went away before it scaled them): attach and register again, then
+ * step again. GSTAB_DATA_LOSS: gstabd went away (killed, or crashed) after it had begun to scale
+ * them, as the arena's progress word showed, or may have (the first step after a registration,
+ * or a gstabd that does not mark the word): part of them, or all, may be scaled, so skip this
+ * step (zero them) rather than step them again, then attach and register again once gstabd
+ * serves. */
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step; index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);

@@ -466,9 +466,11 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     if (collective_ == collective) generation_stepped_ = collective != nullptr;
   }
 
-  // 4. Scale every worker's chunks in place.
+  // 4. Scale every worker's chunks in place, marked in their progress words around it.
+  for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
   for (const auto& [rank, w] : workers) {
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
+    MarkProgress(w->registration.progress, step, true);
   }
   return check_lost(absl::StrCat("step ", step,
                                  " counted in the statistics, but that worker's gradients were "

@@ -24,6 +24,42 @@ bool IsNameChar(char c) {
          c == '_' || c == '-' || c == '/' || c == ':';
 }
 
+// RegisterBuffersRequest.progress, checked against the plan's buffers and the tensors' extents
+// in each object ("shm:<name>": sorted (first byte, end byte, tensor index)).
+absl::Status PlanProgress(
+    const v1::RegisterBuffersRequest& request,
+    const std::map<std::string, std::vector<std::tuple<uint64_t, uint64_t, int>>>& extents,
+    RegistrationPlan* plan) {
+  const v1::StepProgress& p = request.progress();
+  if (plan->cuda_device >= 0) {
+    return absl::InvalidArgumentError(
+        "progress: a word in host shared memory, for host_shm registrations (a cuda_ipc "
+        "worker's stream waits on gstabd's done word instead)");
+  }
+  if (p.buffer() >= plan->buffers.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("progress: buffer index ", p.buffer(),
+                                                   " is out of range (", plan->buffers.size(),
+                                                   " buffers)"));
+  }
+  if (p.offset() % 8 != 0 || p.offset() > std::numeric_limits<uint64_t>::max() - 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("progress: offset ", p.offset(), " is not that of an aligned 8-byte word"));
+  }
+  const std::string& object = plan->buffers[p.buffer()].shm_name;
+  auto spans = extents.find("shm:" + object);
+  if (spans != extents.end()) {
+    for (const auto& [begin, end, index] : spans->second) {
+      if (p.offset() < end && begin < p.offset() + 8) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "progress: the word at byte ", p.offset(), " of '", object, "' lies in tensor ", index,
+            " ('", request.tensors(index).name(), "'): gstabd would write over it"));
+      }
+    }
+  }
+  plan->progress.emplace(p.buffer(), p.offset());
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PlannedBuffer> PlanBuffer(const v1::Buffer& b, size_t i, bool cuda_ipc) {
   PlannedBuffer out;
   const bool cuda = b.transport() == v1::TRANSPORT_CUDA_IPC;
@@ -239,7 +275,17 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
       }
     }
   }
+  if (request.has_progress()) {
+    if (absl::Status s = PlanProgress(request, extents, &plan); !s.ok()) return s;
+  }
   return plan;
+}
+
+void MarkProgress(uint64_t* progress, uint64_t step, bool scaled) {
+  // Ordered with the scaling's own stores: the mark before them is seen before any of them, and
+  // the one after them after all of them.
+  if (progress != nullptr)
+    __atomic_store_n(progress, step * 4 + (scaled ? 2 : 1), __ATOMIC_SEQ_CST);
 }
 
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
@@ -312,6 +358,16 @@ absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, Mappin
   for (const PlannedTensor& t : plan.tensors) {
     const PlannedBuffer& b = plan.buffers[t.buffer];
     out.tensor_data.push_back(bases[t.buffer] + b.offset + t.offset * ElementSize(b.dtype));
+  }
+  if (plan.progress.has_value()) {
+    const auto [buffer, offset] = *plan.progress;
+    const ShmMapping* object = out.host_objects[buffer];
+    if (object->size() < 8 || offset > object->size() - 8) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("progress: the word at byte ", offset, " lies past the ", object->size(),
+                       " bytes of shared memory '", plan.buffers[buffer].shm_name, "'"));
+    }
+    out.progress = reinterpret_cast<uint64_t*>(bases[buffer] + offset);
   }
   out.plan = std::move(plan);
   return out;

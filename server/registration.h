@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -55,6 +56,9 @@ struct RegistrationPlan {
   // The largest host shared-memory object gstabd maps for it (it maps whole objects): the
   // daemon's cap on registered bytes, plus room for padding between tensors.
   uint64_t max_object_bytes = 0;
+  // RegisterBuffersRequest.progress: the buffer whose object holds the word, and its byte
+  // offset in that object.
+  std::optional<std::pair<uint32_t, uint64_t>> progress;
 };
 
 // A plan whose shared objects are open: the mappings and each tensor's first element.
@@ -63,7 +67,12 @@ struct MappedRegistration {
   std::vector<std::shared_ptr<void>> mappings;  // keep-alives, one per buffer
   std::vector<const ShmMapping*> host_objects;  // host_shm buffers' (kept alive by mappings)
   std::vector<void*> tensor_data;               // one per tensor (device pointers for cuda_ipc)
+  uint64_t* progress = nullptr;                 // the plan's progress word, when it has one
 };
+
+// Marks `progress` (may be null) as RegisterBuffersRequest.progress says: scaling step `step`,
+// or (`scaled`) done with it.
+void MarkProgress(uint64_t* progress, uint64_t step, bool scaled);
 
 // "sharded", "replicated" or "node-sharded", for messages.
 const char* ReductionName(int reduction);

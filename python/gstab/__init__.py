@@ -34,13 +34,14 @@ import binascii
 import ctypes
 import json
 import logging
+import math
 import os
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ._native import (ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
+from ._native import (DATA_LOSS, ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
                       UNAVAILABLE, CGroupResult, CStepResult, CAttachOptions, Config, Error,
                       check, dtype_code, dtype_of, enc, enc_path, flags, json_numbers,
                       load_library, settings, take, uint, VERSION)
@@ -81,6 +82,11 @@ class StepResult:
     stabilized_norm: float
     result_step: int  # the step these results belong to (CUDA: the newest finished one)
     groups: List[GroupResult] = field(default_factory=list)
+
+
+def _lost_step(step: int) -> StepResult:
+    """The result of a step whose gradients were zeroed because its own result was lost."""
+    return StepResult(True, False, 0, math.nan, 0.0, step)
 
 
 class Arena:
@@ -136,6 +142,11 @@ class Arena:
             import ml_dtypes
             dtype = ml_dtypes.bfloat16
         return np.frombuffer(self.buffer(index), dtype=dtype)
+
+    def _zero(self) -> None:
+        for index, (numel, dtype) in enumerate(self._tensors):
+            ctypes.memset(self._lib.gstab_arena_data(self._h, index), 0,
+                          numel * ELEMENT_SIZE[dtype])
 
     def __del__(self):
         if getattr(self, "_h", None):
@@ -251,7 +262,10 @@ class Client:
     gradients (a DaemonSet pod restarted or upgraded), step() waits up to this many seconds for
     the new gstabd, attaches and registers again (gstabd restores the job's statistics from its
     checkpoint) and retries the step, with a warning on the "gstab" logger; `reattached`
-    counts it. 0: step() raises instead."""
+    counts it. A step whose gradients gstabd had begun to scale when it went (killed, or
+    crashed; or its stop cut off the answer) is not stepped again: its gradients are zeroed and
+    its result has skip set (norm NaN, no group results). 0: step() raises instead (DATA_LOSS
+    for such a step)."""
 
     def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
         if socket_path is None:
@@ -322,6 +336,8 @@ class Client:
         gstabd has no trace of starts afresh with the configuration attach() was given."""
         why = self._lib.gstab_last_error().decode(errors="replace")
         what = ("gstabd went away" if code == UNAVAILABLE
+                else "gstabd went away while it may have been scaling the gradients (zeroed: "
+                "the step is skipped)" if code == DATA_LOSS
                 else "gstabd no longer knew this worker's session")
         deadline = time.monotonic() + self.reattach_timeout
         registration = self.registration
@@ -417,9 +433,14 @@ class Client:
         r = CStepResult()
         step = uint("step", step, 64)
         status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
-        if status in (UNAVAILABLE, UNAUTHENTICATED) and self.reattach_timeout > 0 and \
-                self._attached is not None and self._attached["node_count"] <= 1 and \
-                isinstance(self.registration, Arena):
+        again = self.reattach_timeout > 0 and self._attached is not None and \
+            self._attached["node_count"] <= 1 and isinstance(self.registration, Arena)
+        if status == DATA_LOSS and again:
+            # gstabd went away after it had begun to scale them: they cannot be stepped again.
+            self.registration._zero()
+            self._attach_again(step, status)
+            return _lost_step(step)
+        if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
             self._attach_again(step, status)
             status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
         check(status)

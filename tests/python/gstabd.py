@@ -52,11 +52,15 @@ class Gstabd:
                 raise RuntimeError("gstabd logged no TCP port")
             time.sleep(0.05)
 
-    def restart(self, down: float = 0, forget: bool = False) -> int:
+    def restart(self, down: float = 0, forget: bool = False, kill: bool = False) -> int:
         """Stops gstabd (SIGTERM: it checkpoints its jobs) and starts another on the same socket
         and state folder `down` seconds later, as a DaemonSet replaces its pod; returns the first
-        one's exit status. forget: the state folder is emptied in between (no checkpoints)."""
-        self.process.terminate()
+        one's exit status. forget: the state folder is emptied in between (no checkpoints).
+        kill: SIGKILL rather than SIGTERM (an out-of-memory kill, a crash)."""
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
         rc = self.process.wait(20)
         if os.path.exists(self.socket):
             os.unlink(self.socket)

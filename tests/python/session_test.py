@@ -4,6 +4,9 @@ package against a real gstabd.
     session_test.py --gstabd PATH --library PATH
 """
 import argparse
+import array
+import ctypes
+import math
 import os
 import signal
 import subprocess
@@ -127,6 +130,53 @@ class SessionTest(unittest.TestCase):
             stepper.join(60)
             self.assertEqual(failures, [])
             self.assertEqual(client.reattached, 1)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_step_a_killed_gstabd_had_begun_to_scale_is_skipped_not_stepped_again(self):
+        # SIGKILL while gstabd scales a step's gradients (seen in the arena's progress word,
+        # after its last tensor): the worker does not step them again (their norm, and their
+        # direction, would be wrong), but zeroes them, and the step's result says skip.
+        node = Gstabd(ARGS.gstabd, "--cpu_threads=1")
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-killed", policy="clip", config={"clip.max_norm": 1.0})
+            numel = 16 << 20  # 64 MiB: scaling takes milliseconds
+            arena = gstab.Arena()
+            arena.add_tensor("w", numel)
+            arena.allocate()
+            client.register_arena(arena)
+            grads = arena.view(0)
+            progress = ctypes.c_uint64.from_address(
+                arena._lib.gstab_arena_data(arena._h, 0) + 4 * numel)
+            twos = array.array("f", [2.0]) * numel
+            zeros = bytes(4 * numel)
+
+            def kill_while_scaling(times):
+                killed = 0  # the word keeps the mark of the step a kill cut off
+                for _ in range(times):
+                    while progress.value % 4 != 1 or progress.value == killed:
+                        pass
+                    killed = progress.value
+                    node.restart(kill=True)
+
+            killer = threading.Thread(target=kill_while_scaling, args=(2,))
+            killer.start()
+            step, skipped, wrong = 0, [], []
+            while killer.is_alive() or step < 3:
+                step += 1
+                grads[:] = twos
+                result = client.step(step)
+                if result.skip:
+                    skipped.append(step)
+                    self.assertEqual(grads.cast("B").tobytes(), zeros)
+                elif abs(result.norm - 2 * math.sqrt(numel)) > 1e-3 * result.norm or \
+                        grads[0] != grads[numel - 1]:
+                    wrong.append((step, result.norm, grads[0], grads[numel - 1]))
+            killer.join()
+            self.assertEqual(wrong, [])
+            self.assertEqual(len(skipped), 2)
+            self.assertEqual(client.reattached, 2)
         finally:
             self.assertEqual(node.stop(), 0)
 

@@ -166,6 +166,52 @@ TEST(RegistrationTest, MappingChecksTheRealObjectSizeAndSharesMappings) {
   EXPECT_NE(s.message().find("exceeds"), std::string::npos) << s;
 }
 
+// The progress word: the arena's lies past its tensors, and gstabd's mark reaches the worker's
+// memory there. One in a tensor, misaligned, past the object or in a cuda_ipc registration is
+// refused, saying why.
+TEST(RegistrationTest, TheProgressWordLiesOutsideTheTensorsInsideTheObject) {
+  GradientArena arena;
+  arena.AddTensor("w", 256, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  MappingRegistry registry;
+  v1::RegisterBuffersRequest r = arena.RegistrationRequest();
+  ASSERT_TRUE(r.has_progress());
+  EXPECT_EQ(r.progress().offset(), 1024u);  // right after the tensor's 1 KiB
+  absl::StatusOr<MappedRegistration> m =
+      MapRegistration(*ValidateRegistration(r, RegistrationCaps{}), &registry, nullptr, getuid());
+  ASSERT_TRUE(m.ok()) << m.status();
+  MarkProgress(m->progress, 7, /*scaled=*/false);
+  const auto* word = reinterpret_cast<const uint64_t*>(
+      static_cast<const unsigned char*>(arena.data(0)) + r.progress().offset());
+  EXPECT_EQ(*word, 7u * 4 + 1);
+  MarkProgress(m->progress, 7, /*scaled=*/true);
+  EXPECT_EQ(*word, 7u * 4 + 2);
+  MarkProgress(nullptr, 8, true);  // a registration without one: nothing
+
+  auto refusal = [&](uint32_t buffer, uint64_t offset) {
+    v1::RegisterBuffersRequest bad = r;
+    bad.mutable_progress()->set_buffer(buffer);
+    bad.mutable_progress()->set_offset(offset);
+    absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(bad, RegistrationCaps{});
+    if (!plan.ok()) return std::string(plan.status().message());
+    return std::string(
+        MapRegistration(*std::move(plan), &registry, nullptr, getuid()).status().message());
+  };
+  EXPECT_NE(refusal(0, 1016).find("lies in tensor 0 ('w')"), std::string::npos);
+  EXPECT_NE(refusal(0, 1028).find("not that of an aligned 8-byte word"), std::string::npos);
+  EXPECT_NE(refusal(1, 1024).find("buffer index 1 is out of range"), std::string::npos);
+  EXPECT_NE(refusal(0, uint64_t{1} << 40).find("lies past the"), std::string::npos);
+  EXPECT_EQ(refusal(0, arena.size_bytes() - 8), "");  // the object's last word
+
+  v1::RegisterBuffersRequest cuda = r;
+  cuda.mutable_buffers(0)->set_transport(v1::TRANSPORT_CUDA_IPC);
+  cuda.mutable_buffers(0)->set_ipc_handle(std::string(64, '\0'));
+  RegistrationCaps caps;
+  caps.cuda_ipc = true;
+  absl::Status s = ValidateRegistration(cuda, caps).status();
+  EXPECT_NE(s.message().find("progress: a word in host shared memory"), std::string::npos) << s;
+}
+
 // An object replaced under its name (removed and made again) or resized while a registration
 // still maps it is mapped anew: registering again reaches the worker's current memory, at its
 // current size, not the old mapping.

@@ -71,7 +71,7 @@ void TestWorker::Fill(uint64_t step, uint32_t seed, float factor) {
 
 std::vector<unsigned char> TestWorker::Bytes() const {
   const auto* base = static_cast<const unsigned char*>(arena_.data(0));
-  return std::vector<unsigned char>(base, base + arena_.size_bytes());
+  return std::vector<unsigned char>(base, base + arena_.tensor_bytes());
 }
 
 absl::Status StepNonFinite(TestWorker& worker, uint64_t steps) {
