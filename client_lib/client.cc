@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <optional>
+#include <system_error>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -88,7 +89,7 @@ Client::~Client() {
   if (getpid() != owner_) {
     // A forked child's copy: its keep-alive thread is the parent's and is not in this process,
     // so it is neither joined (that would wait for good) nor destroyed (std::terminate).
-    new std::thread(std::move(keepalive_));
+    if (keepalive_ != nullptr) new std::thread(std::move(keepalive_.release()->thread));
     return;
   }
   StopKeepAlive();
@@ -117,9 +118,9 @@ absl::Status Client::Unreadable(const google::protobuf::Message& request) {
   return absl::InternalError("gstabd could not read the request (INTERNAL, with no message)");
 }
 
-absl::Status Client::NoAnswer() const {
+absl::Status Client::NoAnswer(absl::Duration waited) {
   return absl::DeadlineExceededError(
-      absl::StrCat("gstabd did not answer within ", absl::FormatDuration(call_timeout_),
+      absl::StrCat("gstabd did not answer within ", absl::FormatDuration(waited),
                    " (stopped, or stuck?): its health check and log say more"));
 }
 
@@ -202,6 +203,10 @@ absl::Status Client::Unreachable(const absl::Status& unavailable) const {
                                              unavailable.message(),
                                              "): it stopped or restarts; attach again once it "
                                              "serves"));
+}
+
+void Client::ReconnectIfBackingOff() {
+  if (channel_->GetState(false) == GRPC_CHANNEL_TRANSIENT_FAILURE) Reconnect();
 }
 
 void Client::Reconnect() {
@@ -291,6 +296,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     grpc::health::v1::HealthCheckResponse response;
     const grpc::Status s =
         client->AskHealth(std::min(deadline, absl::Now() + absl::Seconds(5)), &response);
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() >= deadline) {
+      // Its first call would wait minutes for it (the call timeout).
+      return absl::UnavailableError(
+          absl::StrCat("gstabd at ", address, " took the connection but did not answer within ",
+                       absl::FormatDuration(timeout),
+                       " (stopped, or stuck?): its health check and log say more"));
+    }
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline) break;
     client->Reconnect();
   }
@@ -326,7 +338,18 @@ absl::Status Client::Attach(const AttachOptions& options) {
   }
   absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
   if (!response.ok()) return response.status();
+  absl::StatusOr<std::unique_ptr<KeepAlive>> keepalive =
+      StartKeepAlive(response->session(), response->lease_ms());
+  if (!keepalive.ok()) {
+    // Without its keep-alive the new session would lapse unseen: it ends now, and the earlier
+    // one goes on as it was.
+    v1::DetachRequest detach;
+    detach.set_session(response->session());
+    (void)Call(&v1::Stabilizer::Stub::Detach, detach, absl::Seconds(10));
+    return keepalive.status();
+  }
   StopKeepAlive();
+  keepalive_ = *std::move(keepalive);
   const std::string previous = session();
   attached_ = *std::move(response);
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
@@ -341,28 +364,39 @@ absl::Status Client::Attach(const AttachOptions& options) {
     call_timeout_ = std::max(
         absl::Minutes(5), 8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));
   }
-  const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(attached_.lease_ms(), 3) / 3);
-  stop_keepalive_ = std::make_unique<absl::Notification>();
-  keepalive_ = std::thread([this, period, stop = stop_keepalive_.get()] {
-    while (!stop->WaitForNotificationWithTimeout(period)) {
-      grpc::ClientContext c;
-      c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(period, absl::Seconds(5))));
-      {
-        // A detach, an attach and the destructor cancel the call rather than wait for it (on a
-        // frozen gstabd, up to its deadline).
-        absl::MutexLock lock(&keepalive_mu_);
-        if (stop->HasBeenNotified()) break;
-        keepalive_call_ = &c;
-      }
-      v1::KeepAliveRequest req;
-      req.set_session(attached_.session());
-      v1::KeepAliveResponse resp;
-      (void)stub_->KeepAlive(&c, req, &resp);
-      absl::MutexLock lock(&keepalive_mu_);
-      keepalive_call_ = nullptr;
-    }
-  });
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive(
+    const std::string& session, uint64_t lease_ms) {
+  const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(lease_ms, 3) / 3);
+  auto k = std::make_unique<KeepAlive>();
+  try {
+    k->thread = std::thread([this, period, session, k = k.get()] {
+      while (!k->stop.WaitForNotificationWithTimeout(period)) {
+        grpc::ClientContext c;
+        c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(period, absl::Seconds(5))));
+        {
+          // A detach, an attach and the destructor cancel the call rather than wait for it (on
+          // a frozen gstabd, up to its deadline).
+          absl::MutexLock lock(&k->mu);
+          if (k->stop.HasBeenNotified()) break;
+          k->call = &c;
+        }
+        v1::KeepAliveRequest req;
+        req.set_session(session);
+        v1::KeepAliveResponse resp;
+        (void)stub_->KeepAlive(&c, req, &resp);
+        absl::MutexLock lock(&k->mu);
+        k->call = nullptr;
+      }
+    });
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot start the session's keep-alive thread (", e.what(),
+                     "): the process is out of threads or memory; the attach is undone"));
+  }
+  return k;
 }
 
 absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uint32_t node_count,
@@ -378,13 +412,14 @@ absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uin
 }
 
 void Client::StopKeepAlive() {
-  if (stop_keepalive_ != nullptr) {
-    stop_keepalive_->Notify();
-    absl::MutexLock lock(&keepalive_mu_);
-    if (keepalive_call_ != nullptr) keepalive_call_->TryCancel();
+  if (keepalive_ == nullptr) return;
+  keepalive_->stop.Notify();
+  {
+    absl::MutexLock lock(&keepalive_->mu);
+    if (keepalive_->call != nullptr) keepalive_->call->TryCancel();
   }
-  if (keepalive_.joinable()) keepalive_.join();
-  stop_keepalive_.reset();
+  if (keepalive_->thread.joinable()) keepalive_->thread.join();
+  keepalive_.reset();
 }
 
 absl::Status Client::Register(const GradientArena& arena) {

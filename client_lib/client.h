@@ -108,7 +108,11 @@ class Client {
 
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string target);
+  struct KeepAlive;
   void StopKeepAlive();
+  // Starts a thread that keeps `session` alive: RESOURCE_EXHAUSTED when it cannot.
+  absl::StatusOr<std::unique_ptr<KeepAlive>> StartKeepAlive(const std::string& session,
+                                                            uint64_t lease_ms);
   // FAILED_PRECONDITION unless attached.
   absl::Status NeedSession() const;
   // The standard health check's answer, by `deadline`.
@@ -124,8 +128,10 @@ class Client {
     // Text that is not UTF-8 is refused here, naming the field, rather than sent: protobuf
     // would log an error to the caller's stderr, and gstabd answer a bare INTERNAL.
     if (FirstNonUtf8Field(request).has_value()) return Unreadable(request);
+    ReconnectIfBackingOff();
     grpc::ClientContext ctx;
-    const absl::Time deadline = absl::Now() + std::min(timeout, call_timeout_);
+    const absl::Duration wait = std::min(timeout, call_timeout_);
+    const absl::Time deadline = absl::Now() + wait;
     ctx.set_deadline(absl::ToChronoTime(deadline));
     Response response;
     const grpc::Status answer = (stub_.get()->*method)(&ctx, request, &response);
@@ -134,7 +140,7 @@ class Client {
     if (absl::IsInternal(s) && s.message().empty()) s = Unreadable(request);
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
-    if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer();
+    if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer(wait);
     if (absl::IsUnavailable(s)) s = Unreachable(s);
     if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
@@ -144,14 +150,18 @@ class Client {
   // rather than after gRPC's connection backoff (up to 2 minutes), which would keep the worker
   // waiting long after a new gstabd serves.
   void Reconnect();
+  // Reconnect, when the channel still waits out its connection backoff (gstabd was gone a
+  // while): the call would fail at once, though a gstabd may serve again by now.
+  void ReconnectIfBackingOff();
   // UNAVAILABLE for a call gstabd's stop cancelled (`cancelled`): gstabd is going away, as when
   // it refuses a call while it stops.
   static absl::Status StoppedUnderCall(const absl::Status& cancelled);
   // gRPC's bare INTERNAL for a request gstabd could not parse: INVALID_ARGUMENT naming the field
   // that is not UTF-8, when one is not.
   static absl::Status Unreadable(const google::protobuf::Message& request);
-  // DEADLINE_EXCEEDED for a call gstabd did not answer within call_timeout_.
-  absl::Status NoAnswer() const;
+  // DEADLINE_EXCEEDED for a call gstabd did not answer within `waited` (call_timeout_, or the
+  // call's own shorter timeout).
+  static absl::Status NoAnswer(absl::Duration waited);
   // gRPC's own UNAVAILABLE (the connection: "Socket closed", "failed to connect ...") says
   // which gstabd and what to do; gstabd's own UNAVAILABLE is kept.
   absl::Status Unreachable(const absl::Status& unavailable) const;
@@ -183,10 +193,14 @@ class Client {
   // set, instead.
   absl::Duration call_timeout_ = absl::Minutes(5);
   bool call_timeout_set_ = false;
-  std::unique_ptr<absl::Notification> stop_keepalive_;
-  std::thread keepalive_;
-  absl::Mutex keepalive_mu_;
-  grpc::ClientContext* keepalive_call_ ABSL_GUARDED_BY(keepalive_mu_) = nullptr;  // in flight
+  // The thread that keeps a session alive (a KeepAlive call every third of its lease).
+  struct KeepAlive {
+    absl::Notification stop;
+    absl::Mutex mu;
+    grpc::ClientContext* call ABSL_GUARDED_BY(mu) = nullptr;  // in flight
+    std::thread thread;
+  };
+  std::unique_ptr<KeepAlive> keepalive_;  // attached_'s session's
 };
 
 }  // namespace gstab

@@ -1,0 +1,111 @@
+// The client library where its process or gstabd fails it: a thread it cannot start, a gstabd
+// that takes the connection but does not answer, one back after a long outage. This binary's
+// pthread_create fails on demand.
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cerrno>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace {
+std::atomic<bool> refuse_threads{false};
+}  // namespace
+
+extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
+                              void* arg) {
+  using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+  static const auto real = reinterpret_cast<Create>(dlsym(RTLD_NEXT, "pthread_create"));
+  if (refuse_threads.load()) return EAGAIN;
+  return real(thread, attr, start, arg);
+}
+
+namespace gstab {
+namespace {
+
+using testing::DaemonProcess;
+using testing::JobOptions;
+using testing::TempDir;
+using testing::TestWorker;
+
+// Attached workers of each job, as gstabd lists them.
+uint32_t AttachedWorkers(Client* client, const std::string& job) {
+  v1::ListJobsRequest request;
+  v1::ListJobsResponse response;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(client->stub()->ListJobs(&ctx, request, &response).ok());
+  for (const v1::JobSummary& j : response.jobs()) {
+    if (j.job() == job) return j.attached_workers();
+  }
+  return 0;
+}
+
+// An attach whose keep-alive thread cannot start is undone: the new session ends, and the
+// earlier one goes on (the header's promise for a failed attach), keeping itself alive.
+TEST(E2eClientFaultsTest, AnAttachWithoutItsKeepAliveThreadLeavesTheEarlierSessionAsItWas) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=1500"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("first"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const std::string session = (*worker)->client().session();
+  refuse_threads = true;
+  absl::Status s = (*worker)->client().Attach(JobOptions("second"));
+  refuse_threads = false;
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "keep-alive thread")) << s;
+  EXPECT_EQ((*worker)->client().session(), session);
+  absl::SleepFor(absl::Seconds(3));  // two leases: only its keep-alive holds the session
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+  EXPECT_EQ(AttachedWorkers(&(*worker)->client(), "first"), 1u);
+  EXPECT_EQ(AttachedWorkers(&(*worker)->client(), "second"), 0u);
+}
+
+// A gstabd that takes the connection but does not answer (stopped) fails the connect within its
+// timeout, saying so, rather than a first call that would wait minutes.
+TEST(E2eClientFaultsTest, AConnectToAGstabdThatDoesNotAnswerFailsSayingSo) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto first = Client::Connect(daemon->socket());  // the process's connection, made
+  ASSERT_TRUE(first.ok()) << first.status();
+  daemon->process().Signal(SIGSTOP);
+  const absl::Time start = absl::Now();
+  auto second = Client::Connect(daemon->socket(), absl::Seconds(2));
+  const absl::Duration took = absl::Now() - start;
+  daemon->process().Signal(SIGCONT);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(), "did not answer")) << second.status();
+  EXPECT_LT(took, absl::Seconds(4));
+}
+
+// A client whose gstabd was gone long enough for gRPC to wait tens of seconds between connection
+// attempts reaches the new one at its next call, not at gRPC's next attempt.
+TEST(E2eClientFaultsTest, TheFirstCallAfterALongOutageReachesTheNewGstabd) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(JobOptions("outage")).ok());
+  ASSERT_TRUE(daemon->Stop().ok());
+  EXPECT_EQ((*client)->GetStats().status().code(), absl::StatusCode::kUnavailable);
+  absl::SleepFor(absl::Seconds(25));  // gRPC's backoff grows to over 10 s meanwhile
+  auto again = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(again.ok()) << again.status();
+  absl::Status s = (*client)->Attach(JobOptions("outage"));
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+}  // namespace
+}  // namespace gstab
