@@ -262,7 +262,7 @@ class Client:
     gradients (a DaemonSet pod restarted or upgraded), step() waits up to this many seconds for
     the new gstabd, attaches and registers again (gstabd restores the job's statistics from its
     checkpoint) and retries the step, with a warning on the "gstab" logger; `reattached`
-    counts it. A step whose gradients gstabd had begun to scale when it went (killed, or
+    counts it. So do stats(), export_state(), import_state() and update_config(). A step whose gradients gstabd had begun to scale when it went (killed, or
     crashed; or its stop cut off the answer) is not stepped again: its gradients are zeroed and
     its result has skip set (norm NaN, no group results). 0: step() raises instead (DATA_LOSS
     for such a step)."""
@@ -277,6 +277,7 @@ class Client:
         # the job's nodes, and their count.
         self.local_rank, self.local_world_size, self.node_rank, self.node_count = 0, 1, 0, 1
         self.reattach_timeout, self.reattached = reattach_timeout, 0
+        self._reattaching = False
         self._attached = None  # attach()'s arguments, to attach again
         check(self._lib.gstab_connect(enc_path(socket_path), ctypes.byref(self._h)))
         _open_clients.add(self)
@@ -328,7 +329,24 @@ class Client:
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.node_rank, self.node_count = node_rank, max(1, node_count)
 
-    def _attach_again(self, step: int, code: int) -> None:
+    def _may_attach_again(self) -> bool:
+        """Whether a call that found gstabd replaced attaches and registers again by itself (see
+        reattach_timeout): host-memory gradients (or none yet), one node."""
+        return self.reattach_timeout > 0 and self._attached is not None and \
+            not self._reattaching and self._attached["node_count"] <= 1 and \
+            (self.registration is None or isinstance(self.registration, Arena))
+
+    def _again_on_restart(self, what: str, call):
+        """call(), and once more after attaching again if it found gstabd replaced."""
+        try:
+            return call()
+        except Error as e:
+            if e.code not in (UNAVAILABLE, UNAUTHENTICATED) or not self._may_attach_again():
+                raise
+            self._attach_again(f"in {what}()", e.code)
+        return call()
+
+    def _attach_again(self, where: str, code: int) -> None:
         """gstabd went away under this worker (restarted: UNAVAILABLE), or no longer knows its
         session (UNAUTHENTICATED: restarted between steps, or the lease expired while this
         process was stopped): attach and register again once a gstabd serves. The job goes on
@@ -341,30 +359,38 @@ class Client:
                 else "gstabd no longer knew this worker's session")
         deadline = time.monotonic() + self.reattach_timeout
         registration = self.registration
-        while True:
-            try:
-                # Without a configuration: the job's own (update_config's, gstabctl's) is kept.
-                self._attach(**dict(self._attached, policy=None, config=None))
-                restored = bool(self._lib.gstab_attach_restored(self._handle()))
-                held = self.stats()["steps"] > 0
-                if not restored and not held:  # started afresh: as attach() asked
-                    asked = _policy_settings(self._attached["policy"], self._attached["config"])
-                    if asked:
-                        self.update_config(asked)
-                self.register_arena(registration)
-                break
-            except Error as e:
-                if e.code != UNAVAILABLE or time.monotonic() >= deadline:
-                    hint = (" (the worker's shared memory went with its session: allocate a new "
-                            "Arena)" if e.code == NOT_FOUND else "")
-                    raise Error(e.code, f"{what} at step {step} ({why}), and attaching again "
-                                f"failed: {e.message}{hint}") from None
-                time.sleep(0.2)
+        self._reattaching = True  # the calls below do not attach again themselves
+        try:
+            while True:
+                try:
+                    # Without a configuration: the job's own (update_config's, gstabctl's) is
+                    # kept.
+                    self._attach(**dict(self._attached, policy=None, config=None))
+                    restored = bool(self._lib.gstab_attach_restored(self._handle()))
+                    held = self.stats()["last_step"] > 0
+                    if not restored and not held:  # started afresh: as attach() asked
+                        asked = _policy_settings(self._attached["policy"],
+                                                 self._attached["config"])
+                        if asked:
+                            self.update_config(asked)
+                    if registration is not None:
+                        self.register_arena(registration)
+                    break
+                except Error as e:
+                    if e.code != UNAVAILABLE or time.monotonic() >= deadline:
+                        hint = (" (the worker's shared memory went with its session: allocate "
+                                "a new Arena, or with gstab.torch and gstab.jax a new "
+                                "Stabilizer)" if e.code == NOT_FOUND else "")
+                        raise Error(e.code, f"{what} {where} ({why}), and attaching again "
+                                    f"failed: {e.message}{hint}") from None
+                    time.sleep(0.2)
+        finally:
+            self._reattaching = False
         self.reattached += 1
-        _log.warning("gstab: %s at step %d (%s); job '%s' attached and registered again, %s",
-                     what, step, why, self._attached["job"],
-                     "its statistics as gstabd holds them" if held else
+        _log.warning("gstab: %s %s (%s); job '%s' attached and registered again, %s",
+                     what, where, why, self._attached["job"],
                      "its statistics restored from gstabd's checkpoint" if restored else
+                     "its statistics as gstabd holds them" if held else
                      "its statistics started afresh (gstabd had no checkpoint of it)")
 
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
@@ -377,13 +403,15 @@ class Client:
     def update_config(self, config: Config) -> int:
         """Changes the job's configuration from its next step; returns its new version."""
         version = ctypes.c_uint64()
-        check(self._lib.gstab_update_config(self._handle(), settings(config) or b"",
-                                            ctypes.byref(version)))
+        text = settings(config) or b""
+        self._again_on_restart("update_config", lambda: check(self._lib.gstab_update_config(
+            self._handle(), text, ctypes.byref(version))))
         return version.value
 
     def export_state(self) -> bytes:
         """The job's statistics, step count and configuration, for the job's own checkpoint."""
-        return take(lambda data, size: self._lib.gstab_export_state(self._handle(), data, size))
+        return self._again_on_restart("export_state", lambda: take(
+            lambda data, size: self._lib.gstab_export_state(self._handle(), data, size)))
 
     def import_state(self, state: bytes, keep_config: bool = False) -> int:
         """Restores what export_state() gave; returns the number of groups. A CUDA job with
@@ -397,14 +425,16 @@ class Client:
                             f"{type(state).__name__}")
         state = bytes(state)
         call = self._lib.gstab_import_statistics if keep_config else self._lib.gstab_import_state
-        check(call(self._handle(), state, len(state), ctypes.byref(groups)))
+        self._again_on_restart("import_state", lambda: check(
+            call(self._handle(), state, len(state), ctypes.byref(groups))))
         return groups.value
 
     def stats(self) -> dict:
         """gstabd's GetStatsResponse for the job, in proto3's JSON mapping as a dict (field
         names as in stabilizer.proto; 64-bit integers are strings there, converted back)."""
         text = ctypes.c_void_p()
-        check(self._lib.gstab_get_stats_json(self._handle(), ctypes.byref(text)))
+        self._again_on_restart("stats", lambda: check(
+            self._lib.gstab_get_stats_json(self._handle(), ctypes.byref(text))))
         try:
             return json_numbers(json.loads(ctypes.string_at(text).decode()))
         finally:
@@ -433,15 +463,14 @@ class Client:
         r = CStepResult()
         step = uint("step", step, 64)
         status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
-        again = self.reattach_timeout > 0 and self._attached is not None and \
-            self._attached["node_count"] <= 1 and isinstance(self.registration, Arena)
+        again = self._may_attach_again() and isinstance(self.registration, Arena)
         if status == DATA_LOSS and again:
             # gstabd went away after it had begun to scale them: they cannot be stepped again.
             self.registration._zero()
-            self._attach_again(step, status)
+            self._attach_again(f"at step {step}", status)
             return _lost_step(step)
         if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
-            self._attach_again(step, status)
+            self._attach_again(f"at step {step}", status)
             status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
         check(status)
         return self._result(r, step)
@@ -471,13 +500,10 @@ class Client:
         """Detaches (when attached: gstabd lets go of this worker at once, not at the end of its
         lease) and closes the connection; the Client is not used after. `with gstab.Client(...)
         as client:` closes it at the end of the block."""
-        if getattr(self, "_h", None):
-            if self._attached is not None:
-                try:
-                    self.detach()
-                except Error:
-                    pass  # gstabd gone, or a forked child's copy: nothing to let go of here
-            self._destroy()
+        # Destroying detaches too, waiting 2 s at most for a gstabd that does not answer
+        # (detach() would wait up to 10 s).
+        self.registration = self._attached = None
+        self._destroy()
 
     def _destroy(self) -> None:
         if getattr(self, "_h", None):

@@ -273,7 +273,8 @@ class Stabilizer:
                 "did", stacklevel=3)
 
     def _import(self, state: Dict[str, Any], check_groups: bool = True) -> None:
-        if not isinstance(state, dict) or not isinstance(state.get("gstab_state"), bytes):
+        if not isinstance(state, dict) or \
+                not isinstance(state.get("gstab_state"), (bytes, bytearray, memoryview)):
             raise ValueError("expected the dict Stabilizer.state_dict() gave, with its "
                              "'gstab_state' bytes")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -179,6 +179,12 @@ class ClientTest(unittest.TestCase):
                 client.attach("py-wrap", **bad)
         with self.assertRaises(ValueError):
             client.attach("py\0wrap")
+        # A setting that would read as two, or as none, in the settings text.
+        for bad in ({"policy": "clip monitor"}, {"clip.max_norm=3 policy": "monitor"},
+                    {"clip.max_norm": ""}):
+            with self.assertRaises(ValueError, msg=str(bad)) as e:
+                client.attach("py-wrap", config=bad)
+            self.assertIn("single words", str(e.exception))
         client.attach("py-wrap")
         arena = gstab.Arena()
         with self.assertRaises(ValueError):

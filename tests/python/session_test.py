@@ -86,6 +86,11 @@ class SessionTest(unittest.TestCase):
             client.update_config({"policy": "monitor"})
             run_steps(client, views, [3])
             self.assertEqual(node.restart(), 0)
+            # Not a step first: the job's checkpoint, as a worker saving it after a step would.
+            self.assertEqual(gstab.Client(node.socket).attach("py-config-other"), None)
+            exported = client.export_state()
+            self.assertEqual(client.reattached, 1)
+            self.assertEqual(client.import_state(exported), 1)
             run_steps(client, views, [4])
             self.assertEqual(client.reattached, 1)
             config = client.stats()["config"]
@@ -208,6 +213,17 @@ class SessionTest(unittest.TestCase):
                 os.kill(node.process.pid, signal.SIGCONT)
             self.assertEqual(e.exception.code, 4)
             self.assertIn("did not answer within 2s", e.exception.message)
+            # close() waits 2 s at most too, whatever the call timeout.
+            os.environ["GSTAB_CALL_TIMEOUT_S"] = "60"
+            frozen = gstab.Client(node.socket)
+            frozen.attach("py-frozen-close")
+            os.kill(node.process.pid, signal.SIGSTOP)
+            start = time.monotonic()
+            try:
+                frozen.close()
+            finally:
+                os.kill(node.process.pid, signal.SIGCONT)
+            self.assertLess(time.monotonic() - start, 4)
         finally:
             del os.environ["GSTAB_CALL_TIMEOUT_S"]
             self.assertEqual(node.stop(), 0)
