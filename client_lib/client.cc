@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -12,8 +13,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <system_error>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -138,6 +141,31 @@ bool ContainsAny(absl::string_view message, absl::Span<const absl::string_view> 
                      [&](absl::string_view w) { return absl::StrContains(message, w); });
 }
 
+// RESOURCE_EXHAUSTED when the process has too few file descriptors left to connect: gRPC aborts
+// the process when its first channel cannot get its own (an epoll set, a wake-up eventfd), and
+// with one or two left the connection itself fails, as if no gstabd were there.
+absl::Status CheckDescriptorsFree() {
+  constexpr int kNeeded = 8;
+  std::vector<int> fds;
+  int error = 0;
+  while (fds.size() < kNeeded) {
+    const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      error = errno;
+      break;
+    }
+    fds.push_back(fd);
+  }
+  for (int fd : fds) close(fd);
+  if (error != EMFILE && error != ENFILE) return absl::OkStatus();
+  struct rlimit limit = {};
+  getrlimit(RLIMIT_NOFILE, &limit);
+  return absl::ResourceExhaustedError(
+      absl::StrCat("this process has ", fds.size(), " file descriptors free (", strerror(error),
+                   "; its limit is ", limit.rlim_cur, "), and connecting to gstabd takes ", kNeeded,
+                   ": close files, or raise the limit (ulimit -n)"));
+}
+
 // The page of `offset` in shared object `shm_name`, mapped to read the word there; null when it
 // cannot be.
 std::shared_ptr<const uint64_t> MapProgressWord(const std::string& shm_name, uint64_t offset) {
@@ -222,6 +250,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   if (address.empty()) {
     return absl::InvalidArgumentError("no socket path given: pass gstabd's socket or HOST:PORT");
   }
+  if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
   // sockaddr_un's limit, which gRPC would only log about while the wait below ran out.
   constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
   if (!tcp && address.size() > kMaxSocketPath) {

@@ -4,9 +4,11 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <cerrno>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -68,6 +70,30 @@ TEST(E2eClientFaultsTest, AnAttachWithoutItsKeepAliveThreadLeavesTheEarlierSessi
   EXPECT_TRUE((*worker)->client().Step(1).ok());
   EXPECT_EQ(AttachedWorkers(&(*worker)->client(), "first"), 1u);
   EXPECT_EQ(AttachedWorkers(&(*worker)->client(), "second"), 0u);
+}
+
+// A process out of file descriptors is told so at connect, rather than aborted inside gRPC (its
+// first channel's) or told that no gstabd answers.
+TEST(E2eClientFaultsTest, AConnectWithoutFileDescriptorsLeftFailsSayingSo) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  struct rlimit was = {};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &was), 0);
+  int open_now = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    (void)entry;
+    ++open_now;
+  }
+  struct rlimit tight = was;
+  tight.rlim_cur = static_cast<rlim_t>(open_now + 2);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  auto client = Client::Connect(daemon->socket(), absl::Seconds(2));
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &was), 0);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kResourceExhausted) << client.status();
+  EXPECT_TRUE(absl::StrContains(client.status().message(), "ulimit -n")) << client.status();
+  EXPECT_TRUE(Client::Connect(daemon->socket()).ok());  // with them back
 }
 
 // A gstabd that takes the connection but does not answer (stopped) fails the connect within its
