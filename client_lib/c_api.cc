@@ -1,16 +1,20 @@
 // The C ABI of client_lib/gstab.h over gstab::Client.
 #include <cmath>
 #include <memory>
+#include <set>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "client_lib/c_api_internal.h"
 #include "client_lib/client.h"
 #include "client_lib/gstab.h"
+#include "common/job_name.h"
 
 struct gstab_arena {
   gstab::GradientArena arena;
   pid_t owner = getpid();
+  std::set<std::string> names;  // its tensors'
 };
 
 namespace gstab::capi {
@@ -59,7 +63,22 @@ void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_res
   result->stabilized_norm = std::sqrt(stabilized);
 }
 
-absl::Status CheckTensor(const char* name, uint64_t numel, gstab_dtype dtype, uint32_t flags) {
+absl::Status CheckTensor(const char* name, const char* group, uint64_t numel, gstab_dtype dtype,
+                         uint32_t flags) {
+  // Refused here, naming the call, rather than by gstabd at registration, once the memory is
+  // reserved and the arena cannot take the tensor back.
+  if (!IsTensorName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor name '", absl::CHexEscape(name),
+                                                   "' must be 1 to ", kMaxTensorNameLength,
+                                                   " characters of [A-Za-z0-9._/:-]"));
+  }
+  if (group != nullptr && *group != '\0' && !IsTensorName(group)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "': group '", absl::CHexEscape(group),
+                     "' must be empty (a group of its "
+                     "own) or 1 to ",
+                     kMaxTensorNameLength, " characters of [A-Za-z0-9._/:-]"));
+  }
   if (numel == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor '", name, "' has no elements: add only tensors that hold some"));
@@ -171,7 +190,7 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
     return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
   if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) return Report(s);
-  if (absl::Status s = gstab::capi::CheckTensor(name, numel, dtype, flags); !s.ok()) {
+  if (absl::Status s = gstab::capi::CheckTensor(name, group, numel, dtype, flags); !s.ok()) {
     return Report(s);
   }
   if (arena->arena.allocated()) {
@@ -180,6 +199,12 @@ gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, 
                      "' comes after the arena was allocated: add every tensor before allocating")));
   }
   return Guarded([&] {
+    if (!arena->names.insert(name).second) {
+      return Report(absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name,
+                       "' is in the arena already: each tensor's name is its "
+                       "own")));
+    }
     const size_t i =
         arena->arena.AddTensor(name, numel, static_cast<gstab::DType>(dtype),
                                group == nullptr ? "" : group, gstab::capi::ReductionOf(flags));

@@ -53,9 +53,11 @@ gstab_status Guarded(Body&& body) noexcept {
 }
 // Keeps `response` as the client's last step (for gstab_step_group) and summarises it.
 void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result);
-// INVALID_ARGUMENT naming what is wrong when tensor `name` has no elements or implausibly
-// many, or `dtype` or `flags` (GSTAB_TENSOR_*) is unknown.
-absl::Status CheckTensor(const char* name, uint64_t numel, gstab_dtype dtype, uint32_t flags);
+// INVALID_ARGUMENT naming what is wrong when tensor `name` or `group` (may be NULL or empty) is
+// not a name gstabd takes, the tensor has no elements or implausibly many, or `dtype` or
+// `flags` (GSTAB_TENSOR_*) is unknown.
+absl::Status CheckTensor(const char* name, const char* group, uint64_t numel, gstab_dtype dtype,
+                         uint32_t flags);
 // The reduction GSTAB_TENSOR_* `flags` (checked by CheckTensor) ask for.
 v1::Reduction ReductionOf(uint32_t flags);
 

@@ -19,11 +19,6 @@ namespace {
 // arena aligns each to 64 bytes) and the page at the end; at least this much.
 constexpr uint64_t kMinObjectPadding = uint64_t{64} << 20;
 
-bool IsNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-         c == '_' || c == '-' || c == '/' || c == ':';
-}
-
 // RegisterBuffersRequest.progress, checked against the plan's buffers and the tensors' extents
 // in each object ("shm:<name>": sorted (first byte, end byte, tensor index)).
 absl::Status PlanProgress(
@@ -140,7 +135,7 @@ const char* ReductionName(int reduction) {
 }
 
 absl::Status ValidateTensorName(const std::string& what, const std::string& name) {
-  if (name.empty() || name.size() > 256 || !std::all_of(name.begin(), name.end(), IsNameChar)) {
+  if (!IsTensorName(name)) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " '", name, "' must be 1 to 256 characters of [A-Za-z0-9._/:-]"));
   }

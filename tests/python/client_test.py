@@ -189,7 +189,15 @@ class ClientTest(unittest.TestCase):
         arena = gstab.Arena()
         with self.assertRaises(ValueError):
             arena.add_tensor("a\0b", 4)
+        # Names gstabd would refuse at registration are refused here, before any memory.
         arena.add_tensor("w", 4)
+        for name, group, says in (("", "", "must be 1 to 256"), ("x" * 257, "", "must be 1"),
+                                  ("w", "", "in the arena already"),
+                                  ("v", "a group", "group 'a group' must be empty")):
+            with self.assertRaises(gstab.Error, msg=name[:10]) as e:
+                arena.add_tensor(name, 4, group=group)
+            self.assertEqual(e.exception.code, 3)
+            self.assertIn(says, e.exception.message)
         arena.allocate()
         client.register_arena(arena)
         for step in (-1, 2 ** 64 + 5):
