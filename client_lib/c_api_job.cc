@@ -21,10 +21,7 @@ absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
   const std::string name = policy == nullptr ? "" : policy;
   if (name.empty()) return config;
   if (name == "stabilize") {
-    // The v4 preset, named: an existing job of another preset refuses it, as it refuses
-    // stabilize-stable-spam when it runs v4 (later workers agree with the first).
     config.set_policy(gstab::v1::POLICY_STABILIZE);
-    config.mutable_stabilize()->set_preset(gstab::v1::STABILIZE_PRESET_V4);
   } else if (name == "stabilize-stable-spam") {
     config.set_policy(gstab::v1::POLICY_STABILIZE);
     config.mutable_stabilize()->set_preset(gstab::v1::STABILIZE_PRESET_STABLE_SPAM);

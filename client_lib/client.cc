@@ -192,6 +192,8 @@ bool Client::FromTransport(absl::string_view message) const {
 }
 
 bool Client::CutOff(const grpc::Status& answer) const {
+  // gstabd's own answers carry details (server/grpc_status.h): it ran the call to its end.
+  if (!answer.error_details().empty()) return false;
   if (answer.error_code() == grpc::StatusCode::CANCELLED) return true;
   return answer.error_code() == grpc::StatusCode::UNAVAILABLE &&
          FromTransport(answer.error_message()) &&
@@ -204,8 +206,9 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const 
       ": skip this step (zero them) rather than step them again, then attach and register again "
       "once gstabd serves";
   if (progress_ == nullptr || !progress_marked_) {
-    // gstabd's stop cancels calls once its steps have drained: such a step was not run, or run
-    // to the end. The connection's going tells nothing.
+    // gstabd's stop cancels calls only once no step may begin to scale (server.cc): such a
+    // step was not run, or run to the end, or (its drain cut short) stopped before scaling.
+    // The connection's going tells nothing.
     if (last_answer_.error_code() == grpc::StatusCode::CANCELLED) return error;
     return absl::DataLossError(absl::StrCat("gstabd at ", target_,
                                             " went away while it may have been scaling step ", step,
@@ -325,7 +328,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     grpc::health::v1::HealthCheckResponse response;
     const grpc::Status s =
         client->AskHealth(std::min(deadline, absl::Now() + absl::Seconds(5)), &response);
-    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() >= deadline) {
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      if (absl::Now() < deadline) continue;  // each check waits 5 s at most
       // Its first call would wait minutes for it (the call timeout).
       return absl::UnavailableError(
           absl::StrCat("gstabd at ", address, " took the connection but did not answer within ",
@@ -365,18 +369,18 @@ absl::Status Client::Attach(const AttachOptions& options) {
     }
     request.set_rendezvous(blob);
   }
+  // Before the attach: one that gstabd takes may already have ended the earlier session (the
+  // same job and local rank), and a session without its keep-alive would lapse unseen.
+  absl::StatusOr<std::unique_ptr<KeepAlive>> keepalive = StartKeepAlive();
+  if (!keepalive.ok()) return keepalive.status();
   absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
-  if (!response.ok()) return response.status();
-  absl::StatusOr<std::unique_ptr<KeepAlive>> keepalive =
-      StartKeepAlive(response->session(), response->lease_ms());
-  if (!keepalive.ok()) {
-    // Without its keep-alive the new session would lapse unseen: it ends now, and the earlier
-    // one goes on as it was.
-    v1::DetachRequest detach;
-    detach.set_session(response->session());
-    (void)Call(&v1::Stabilizer::Stub::Detach, detach, absl::Seconds(10));
-    return keepalive.status();
+  if (!response.ok()) {
+    StopKeepAlive(keepalive->get());
+    return response.status();
   }
+  (*keepalive)->session = response->session();
+  (*keepalive)->period = absl::Milliseconds(std::max<uint64_t>(response->lease_ms(), 3) / 3);
+  (*keepalive)->start.Notify();
   StopKeepAlive();
   keepalive_ = *std::move(keepalive);
   const std::string previous = session();
@@ -396,15 +400,14 @@ absl::Status Client::Attach(const AttachOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive(
-    const std::string& session, uint64_t lease_ms) {
-  const absl::Duration period = absl::Milliseconds(std::max<uint64_t>(lease_ms, 3) / 3);
+absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
   auto k = std::make_unique<KeepAlive>();
   try {
-    k->thread = std::thread([this, period, session, k = k.get()] {
-      while (!k->stop.WaitForNotificationWithTimeout(period)) {
+    k->thread = std::thread([this, k = k.get()] {
+      k->start.WaitForNotification();
+      while (!k->stop.WaitForNotificationWithTimeout(k->period)) {
         grpc::ClientContext c;
-        c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(period, absl::Seconds(5))));
+        c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(k->period, absl::Seconds(5))));
         {
           // A detach, an attach and the destructor cancel the call rather than wait for it (on
           // a frozen gstabd, up to its deadline).
@@ -413,7 +416,7 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive(
           k->call = &c;
         }
         v1::KeepAliveRequest req;
-        req.set_session(session);
+        req.set_session(k->session);
         v1::KeepAliveResponse resp;
         (void)stub_->KeepAlive(&c, req, &resp);
         absl::MutexLock lock(&k->mu);
@@ -423,7 +426,7 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive(
   } catch (const std::system_error& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot start the session's keep-alive thread (", e.what(),
-                     "): the process is out of threads or memory; the attach is undone"));
+                     "): the process is out of threads or memory; nothing was attached"));
   }
   return k;
 }
@@ -442,13 +445,18 @@ absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uin
 
 void Client::StopKeepAlive() {
   if (keepalive_ == nullptr) return;
-  keepalive_->stop.Notify();
-  {
-    absl::MutexLock lock(&keepalive_->mu);
-    if (keepalive_->call != nullptr) keepalive_->call->TryCancel();
-  }
-  if (keepalive_->thread.joinable()) keepalive_->thread.join();
+  StopKeepAlive(keepalive_.get());
   keepalive_.reset();
+}
+
+void Client::StopKeepAlive(KeepAlive* k) {
+  k->stop.Notify();
+  if (!k->start.HasBeenNotified()) k->start.Notify();  // one never given a session
+  {
+    absl::MutexLock lock(&k->mu);
+    if (k->call != nullptr) k->call->TryCancel();
+  }
+  if (k->thread.joinable()) k->thread.join();
 }
 
 absl::Status Client::Register(const GradientArena& arena) {

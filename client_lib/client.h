@@ -110,9 +110,11 @@ class Client {
   Client(std::shared_ptr<grpc::Channel> channel, std::string target);
   struct KeepAlive;
   void StopKeepAlive();
-  // Starts a thread that keeps `session` alive: RESOURCE_EXHAUSTED when it cannot.
-  absl::StatusOr<std::unique_ptr<KeepAlive>> StartKeepAlive(const std::string& session,
-                                                            uint64_t lease_ms);
+  // Starts a thread that keeps a session alive once given it: RESOURCE_EXHAUSTED when it
+  // cannot.
+  absl::StatusOr<std::unique_ptr<KeepAlive>> StartKeepAlive();
+  // Stops `k`'s thread and waits for it.
+  static void StopKeepAlive(KeepAlive* k);
   // FAILED_PRECONDITION unless attached.
   absl::Status NeedSession() const;
   // The standard health check's answer, by `deadline`.
@@ -193,9 +195,13 @@ class Client {
   // set, instead.
   absl::Duration call_timeout_ = absl::Minutes(5);
   bool call_timeout_set_ = false;
-  // The thread that keeps a session alive (a KeepAlive call every third of its lease).
+  // The thread that keeps a session alive (a KeepAlive call every third of its lease). It is
+  // started before the attach that makes the session, and waits for it (`start`).
   struct KeepAlive {
+    absl::Notification start;  // session and period are set, or stop is notified
     absl::Notification stop;
+    std::string session;
+    absl::Duration period;
     absl::Mutex mu;
     grpc::ClientContext* call ABSL_GUARDED_BY(mu) = nullptr;  // in flight
     std::thread thread;

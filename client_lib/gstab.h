@@ -90,8 +90,8 @@ const char* gstab_last_error(void);
 gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 
-/* policy: "stabilize" (its v4 preset), "stabilize-stable-spam", "clip", "zclip" or "monitor",
- * for a job new on gstabd (later workers must agree with it); NULL or "": none asked for: the job's
+/* policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor", for a job new on
+ * gstabd (later workers must agree with it); NULL or "": none asked for: the job's
  * own configuration (an existing job's, one restored from gstabd's checkpoint, or the default,
  * stabilize, for a new job). Attaching again ends the earlier session once the new attach has
  * succeeded (register again); a failed attach leaves the earlier one as it was. */

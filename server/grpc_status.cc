@@ -48,9 +48,12 @@ bool CountsAsRpcError(const absl::Status& status) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   // absl::StatusCode and grpc::StatusCode share their numeric values (both follow
-  // google.rpc.Code).
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      CutStatusMessage(status.message()));
+  // google.rpc.Code). The details, a google.rpc.Status of the code alone (field 1, a varint
+  // below 128), say that gstabd answered: gRPC's own errors (a connection gone) have none,
+  // whatever their words.
+  const auto code = static_cast<int>(status.code());
+  return grpc::Status(static_cast<grpc::StatusCode>(code), CutStatusMessage(status.message()),
+                      std::string{'\x08', static_cast<char>(code)});
 }
 
 }  // namespace gstab

@@ -17,6 +17,8 @@ namespace gstab {
 inline constexpr size_t kMaxStatusMessageBytes = 2048;
 std::string CutStatusMessage(absl::string_view message);
 
+// With error details (a google.rpc.Status of the code), by which a client tells gstabd's answer
+// from gRPC's own errors.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // UNAVAILABLE because gstabd is stopping (a planned restart, a rollout): its workers attach

@@ -22,10 +22,11 @@ class LocalWork {
 
   bool began() const { return began_; }
 
-  // True, and no local work may begin from then on, when none is in progress.
+  // True, and no local work may begin from then on, when none is in progress (or it is closed
+  // already).
   static bool Close() {
     int idle = 0;
-    return count_.compare_exchange_strong(idle, kClosed);
+    return count_.compare_exchange_strong(idle, kClosed) || idle == kClosed;
   }
 
  private:

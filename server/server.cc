@@ -25,6 +25,9 @@ constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
 // here can end before its step timeout) before it exits without them, once no step is doing
 // local work (LocalWork).
 constexpr absl::Duration kStuckStepsGrace = absl::Seconds(3);
+// How long a stop whose drain ran out waits for the local work under way (a CPU step's rule and
+// scaling take milliseconds) before it cancels the calls left.
+constexpr absl::Duration kCloseLocalWorkWait = absl::Seconds(2);
 
 // Each gstabd serves the rendezvous store with its --peer_tls_cert and dials the other nodes'
 // with it: dialled with its own certificate, its own --peer_listen must answer. Otherwise
@@ -295,6 +298,13 @@ absl::Status Server::Stop(absl::Time deadline) {
     // below) past Kubernetes' grace period: the statistics are saved now, and again at the end.
     LOG(WARNING) << "steps still in flight at the deadline; checkpointing now";
     (void)Checkpoint();
+    // From now on no step begins its rule or its scaling: a Step the shutdown below cancels has
+    // then done all of it or none, as its client reads in its progress word. A GPU step in
+    // NCCL may hold local work longer; it is not waited for past this.
+    for (const absl::Time until = absl::Now() + kCloseLocalWorkWait;
+         !LocalWork::Close() && absl::Now() < until;) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
     // Such a round may wait in a rendezvous store, this node's or another's, for nodes that
     // never come (up to the step timeout): those waits end now, and the round with them. This
     // gstabd's calls are marked cancelled first, so that a call its own closed store answers is

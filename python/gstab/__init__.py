@@ -368,7 +368,8 @@ class Client:
                     # kept.
                     self._attach(**dict(self._attached, policy=None, config=None))
                     restored = bool(self._lib.gstab_attach_restored(self._handle()))
-                    held = self.stats()["last_step"] > 0
+                    stats = self.stats()
+                    held = stats["steps"] > 0 or stats["last_step"] > 0
                     if not restored and not held:  # started afresh: as attach() asked
                         asked = _policy_settings(self._attached["policy"],
                                                  self._attached["config"])
@@ -468,7 +469,11 @@ class Client:
         if status == DATA_LOSS and again:
             # gstabd went away after it had begun to scale them: they cannot be stepped again.
             self.registration._zero()
-            self._attach_again(f"at step {step}", status)
+            try:
+                self._attach_again(f"at step {step}", status)
+            except Error as e:  # still DATA_LOSS: the step is not to be stepped again
+                raise Error(DATA_LOSS, f"{e.message}; step {step}'s gradients were zeroed: "
+                            "skip it") from None
             return _lost_step(step)
         if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
             self._attach_again(f"at step {step}", status)

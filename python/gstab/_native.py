@@ -206,10 +206,12 @@ def settings(config: Optional[Config]) -> Optional[bytes]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         key, value = str(key), str(value)
-        # The text is KEY=VALUE settings apart by whitespace: neither may hold a separator.
-        if not key or "=" in key or any(c.isspace() for c in key + value) or not value:
+        # The text is KEY=VALUE settings apart by whitespace or commas: neither may hold one.
+        if not key or not value or "=" in key or \
+                any(c.isspace() or c == "," for c in key + value):
             raise ValueError(f"config setting {key!r}: {value!r}: keys and values are single "
-                             "words (no spaces; no '=' in a key), such as {'clip.max_norm': 0.5}")
+                             "words (no spaces or commas; no '=' in a key), such as "
+                             "{'clip.max_norm': 0.5}")
         items.append(f"{key}={value}")
     return enc(" ".join(items), "config")
 

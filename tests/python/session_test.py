@@ -182,6 +182,26 @@ class SessionTest(unittest.TestCase):
             self.assertEqual(wrong, [])
             self.assertEqual(len(skipped), 2)
             self.assertEqual(client.reattached, 2)
+            # With no gstabd back in time the step raises, DATA_LOSS still (not to be retried).
+            client.reattach_timeout = 1
+            last = progress.value
+
+            def kill_for_good():
+                while progress.value % 4 != 1 or progress.value == last:
+                    pass
+                node.process.kill()
+                node.process.wait()
+
+            killer = threading.Thread(target=kill_for_good)
+            killer.start()
+            grads[:] = twos
+            with self.assertRaises(gstab.Error) as e:
+                client.step(step + 1)
+            killer.join()
+            self.assertEqual(e.exception.code, 15)
+            self.assertEqual(grads.cast("B").tobytes(), zeros)
+            os.unlink(node.socket)
+            node._start()
         finally:
             self.assertEqual(node.stop(), 0)
 

@@ -24,6 +24,19 @@ TEST(GrpcStatusTest, AStoppingGstabdsRefusalsAreNotCountedAsErrors) {
   EXPECT_FALSE(CountsAsRpcError(absl::OkStatus()));
 }
 
+// gstabd's answers carry details (a google.rpc.Status of their code), by which a client tells
+// them from gRPC's own errors, whatever their words: this one quotes a lost connection to
+// another node, yet gstabd answered it, and a step it failed scaled nothing.
+TEST(GrpcStatusTest, GstabdsAnswersSayTheyAreGstabds) {
+  const grpc::Status s =
+      ToGrpcStatus(absl::UnavailableError("broadcast: Read error: Connection reset by peer"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(s.error_details(), std::string("\x08\x0e", 2));
+  EXPECT_EQ(ToGrpcStatus(absl::InvalidArgumentError("x")).error_details(),
+            std::string("\x08\x03", 2));
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).error_details().empty());
+}
+
 TEST(GrpcStatusTest, ShortMessagesPassUnchanged) {
   const grpc::Status s = ToGrpcStatus(absl::InvalidArgumentError("step 3 is bad"));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
