@@ -265,8 +265,7 @@ class Client:
     counts it. So do stats(), export_state(), import_state() and update_config(). A step
     whose gradients gstabd had begun to scale when it went (killed, or crashed; or its stop cut
     off the answer) is not stepped again: its gradients are zeroed and its result has skip set
-    (norm NaN, no group results). 0: step() raises instead (DATA_LOSS
-    for such a step)."""
+    (norm NaN, no group results). 0: step() raises instead (DATA_LOSS for such a step)."""
 
     def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
         if socket_path is None:
