@@ -25,6 +25,7 @@
 #include "absl/types/span.h"
 #include "client_lib/transport.h"
 #include "common/host_port.h"
+#include "common/step_progress.h"
 #include "common/utf8.h"
 #include "common/wire_limits.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -215,12 +216,12 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const 
                                             why, ": part of its gradients may be scaled", kSkip));
   }
   const uint64_t mark = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST);
-  if (mark == step * 4 + 1) {
+  if (mark == ScalingMark(step)) {
     return absl::DataLossError(
         absl::StrCat("gstabd at ", target_, " went away while it was scaling step ", step, why,
                      ": part of its gradients are scaled and the rest not", kSkip));
   }
-  if (mark == step * 4 + 2) {
+  if (mark == ScaledMark(step)) {
     return absl::DataLossError(absl::StrCat(
         "gstabd at ", target_, " went away after it scaled step ", step,
         " and before its answer came", why, ": the gradients are scaled, its results lost", kSkip));
@@ -489,7 +490,7 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
   absl::StatusOr<v1::StepResponse> response = Call(&v1::Stabilizer::Stub::Step, request);
   if (response.ok() && progress_ != nullptr) {
     // A gstabd that does not mark it (an older one) leaves a word that says nothing.
-    progress_marked_ = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST) == step * 4 + 2;
+    progress_marked_ = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST) == ScaledMark(step);
     if (!progress_marked_) progress_ = nullptr;
   }
   if (response.ok() || !CutOff(last_answer_)) return response;

@@ -10,6 +10,7 @@
 #include "common/dtype_proto.h"
 #include "common/job_name.h"
 #include "common/shm_names.h"
+#include "common/step_progress.h"
 #include "server/reserved_names.h"
 
 namespace gstab {
@@ -279,8 +280,8 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
 void MarkProgress(uint64_t* progress, uint64_t step, bool scaled) {
   // Ordered with the scaling's own stores: the mark before them is seen before any of them, and
   // the one after them after all of them.
-  if (progress != nullptr)
-    __atomic_store_n(progress, step * 4 + (scaled ? 2 : 1), __ATOMIC_SEQ_CST);
+  if (progress == nullptr) return;
+  __atomic_store_n(progress, scaled ? ScaledMark(step) : ScalingMark(step), __ATOMIC_SEQ_CST);
 }
 
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
