@@ -31,11 +31,13 @@ OUT/lib), then on the loader's path. It must be this package's version (gstab.__
 import atexit
 import base64
 import binascii
+import contextlib
 import ctypes
 import json
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -197,7 +199,9 @@ class CudaGradients:
 _log = logging.getLogger("gstab")
 
 # Clients still open when the interpreter exits detach then (gstabd lets go of their workers at
-# once rather than at the end of their leases; a forked child's inherited ones free nothing).
+# once rather than at the end of their leases; a forked child's inherited ones free nothing). One
+# that a thread is in a call with (a daemon thread's step) is left to its lease: freeing it under
+# the call crashed the process.
 _open_clients = weakref.WeakSet()
 # Arenas still alive then have their shared memory removed from /dev/shm: a framework's tensors
 # over an arena (torch.frombuffer) keep it alive past the interpreter's end, and nothing would
@@ -270,6 +274,7 @@ class Client:
     def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
         if socket_path is None:
             socket_path = os.environ.get("GSTAB_SOCKET") or DEFAULT_SOCKET
+        self._calls_lock, self._in_flight, self._closing = threading.Lock(), 0, False
         self._lib = load_library()
         self._h = ctypes.c_void_p()
         self.registration = None  # the Arena or CudaGradients last registered: what steps use
@@ -282,10 +287,29 @@ class Client:
         check(self._lib.gstab_connect(enc_path(socket_path), ctypes.byref(self._h)))
         _open_clients.add(self)
 
-    def _handle(self):
-        if not self._h:
-            raise Error(FAILED_PRECONDITION, "this gstab.Client is closed")
-        return self._h
+    @contextlib.contextmanager
+    def _in_call(self):
+        """This client's handle, for calls into the library. ctypes lets other threads run
+        during a call, so close(), the destructor and the interpreter's exit can come while one
+        is in flight (a daemon thread's step, say): they leave the handle to the last call in
+        flight to destroy, and calls after them are refused."""
+        with self._calls_lock:
+            if self._closing or not self._h:
+                raise Error(FAILED_PRECONDITION, "this gstab.Client is closed")
+            self._in_flight += 1
+        try:
+            yield self._h
+        finally:
+            with self._calls_lock:
+                self._in_flight -= 1
+                last = self._closing and self._in_flight == 0
+            if last:
+                self._destroy()
+
+    def _call(self, function, *args):
+        """function(this client's handle, *args), as _in_call says."""
+        with self._in_call() as h:
+            return function(h, *args)
 
     def attach(self, job: str, rank: int = 0, world_size: int = 1, local_rank: int = 0,
                local_world_size: int = 1, policy: Optional[str] = None, *,
@@ -314,7 +338,7 @@ class Client:
     def restored(self) -> bool:
         """Whether the job of the last attach came back from gstabd's checkpoint (after a gstabd
         restart, or its retirement while idle); stats()["last_step"] says where it is."""
-        return bool(self._lib.gstab_attach_restored(self._handle()))
+        return bool(self._call(self._lib.gstab_attach_restored))
 
     def _attach(self, job, rank, world_size, local_rank, local_world_size, policy, config,
                 node_rank, node_count, rendezvous) -> None:
@@ -324,8 +348,8 @@ class Client:
             uint("local_rank", local_rank, 32), uint("local_world_size", local_world_size, 32),
             uint("node_rank", node_rank, 32), uint("node_count", node_count, 32), rendezvous,
             len(rendezvous or b""), enc(policy, "policy"), settings(config))
-        check(self._lib.gstab_attach_with_options(self._handle(), enc(job, "job name"),
-                                                  ctypes.byref(options)))
+        check(self._call(self._lib.gstab_attach_with_options, enc(job, "job name"),
+                         ctypes.byref(options)))
         self.local_rank, self.local_world_size = local_rank, local_world_size
         self.node_rank, self.node_count = node_rank, max(1, node_count)
 
@@ -366,7 +390,7 @@ class Client:
                     # Without a configuration: the job's own (update_config's, gstabctl's) is
                     # kept.
                     self._attach(**dict(self._attached, policy=None, config=None))
-                    restored = bool(self._lib.gstab_attach_restored(self._handle()))
+                    restored = bool(self._call(self._lib.gstab_attach_restored))
                     stats = self.stats()
                     held = stats["steps"] > 0 or stats["last_step"] > 0
                     if not restored and not held:  # started afresh: as attach() asked
@@ -397,22 +421,22 @@ class Client:
     def create_rendezvous(self, job: str, node_count: int, cuda: bool = False) -> bytes:
         """Global rank 0 of a job across nodes, before anyone attaches: the blob every worker
         passes to attach(). cuda: the job registers CUDA gradients."""
-        return take(lambda data, size: self._lib.gstab_create_rendezvous(
-            self._handle(), enc(job, "job name"), uint("node_count", node_count, 32), int(cuda),
-            data, size))
+        return take(lambda data, size: self._call(
+            self._lib.gstab_create_rendezvous, enc(job, "job name"),
+            uint("node_count", node_count, 32), int(cuda), data, size))
 
     def update_config(self, config: Config) -> int:
         """Changes the job's configuration from its next step; returns its new version."""
         version = ctypes.c_uint64()
         text = settings(config) or b""
-        self._again_on_restart("update_config", lambda: check(self._lib.gstab_update_config(
-            self._handle(), text, ctypes.byref(version))))
+        self._again_on_restart("update_config", lambda: check(self._call(
+            self._lib.gstab_update_config, text, ctypes.byref(version))))
         return version.value
 
     def export_state(self) -> bytes:
         """The job's statistics, step count and configuration, for the job's own checkpoint."""
         return self._again_on_restart("export_state", lambda: take(
-            lambda data, size: self._lib.gstab_export_state(self._handle(), data, size)))
+            lambda data, size: self._call(self._lib.gstab_export_state, data, size)))
 
     def import_state(self, state: bytes, keep_config: bool = False) -> int:
         """Restores what export_state() gave; returns the number of groups. A CUDA job with
@@ -427,7 +451,7 @@ class Client:
         state = bytes(state)
         call = self._lib.gstab_import_statistics if keep_config else self._lib.gstab_import_state
         self._again_on_restart("import_state", lambda: check(
-            call(self._handle(), state, len(state), ctypes.byref(groups))))
+            self._call(call, state, len(state), ctypes.byref(groups))))
         return groups.value
 
     def stats(self) -> dict:
@@ -435,7 +459,7 @@ class Client:
         names as in stabilizer.proto; 64-bit integers are strings there, converted back)."""
         text = ctypes.c_void_p()
         self._again_on_restart("stats", lambda: check(
-            self._lib.gstab_get_stats_json(self._handle(), ctypes.byref(text))))
+            self._call(self._lib.gstab_get_stats_json, ctypes.byref(text))))
         try:
             return json_numbers(json.loads(ctypes.string_at(text).decode()))
         finally:
@@ -443,27 +467,28 @@ class Client:
 
     def detach(self) -> None:
         self.registration = self._attached = None
-        check(self._lib.gstab_detach(self._handle()))
+        check(self._call(self._lib.gstab_detach))
 
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
         _check_type("register_arena", arena, Arena)
         self.registration = None  # gstabd may have let go of the earlier one even on failure
-        check(self._lib.gstab_register_arena(self._handle(), arena._h))
+        check(self._call(self._lib.gstab_register_arena, arena._h))
         self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:
         """Registers the device tensors, replacing this client's earlier registration."""
         _check_type("register_cuda", gradients, CudaGradients)
         self.registration = None
-        check(self._lib.gstab_register_cuda(self._handle(), gradients._h))
+        check(self._call(self._lib.gstab_register_cuda, gradients._h))
         self.registration = gradients
 
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
-        r = CStepResult()
         step = uint("step", step, 64)
-        status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
+        status, result = self._step_once(step)
+        if result is not None:
+            return result
         again = self._may_attach_again() and isinstance(self.registration, Arena)
         if status == DATA_LOSS and again:
             # gstabd went away after it had begun to scale them: they cannot be stepped again.
@@ -476,9 +501,17 @@ class Client:
             return _lost_step(step)
         if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
             self._attach_again(f"at step {step}", status)
-            status = self._lib.gstab_step(self._handle(), step, ctypes.byref(r))
+            status, result = self._step_once(step)
         check(status)
-        return self._result(r, step)
+        return result
+
+    def _step_once(self, step: int):
+        """gstab_step's status, and its result when it succeeded (read in the same call: a
+        close() from another thread does not lose a step gstabd took)."""
+        r = CStepResult()
+        with self._in_call() as h:
+            status = self._lib.gstab_step(h, step, ctypes.byref(r))
+            return status, (self._result(h, r, step) if status == 0 else None)
 
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
         """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, 0: the legacy
@@ -486,16 +519,17 @@ class Client:
         _check_type("cuda_step", gradients, CudaGradients)
         r = CStepResult()
         result_step = ctypes.c_uint64()
-        check(self._lib.gstab_cuda_step(self._handle(), gradients._h, uint("step", step, 64),
-                                        ctypes.c_void_p(stream or None), ctypes.byref(r),
-                                        ctypes.byref(result_step)))
-        return self._result(r, result_step.value)
+        with self._in_call() as h:
+            check(self._lib.gstab_cuda_step(h, gradients._h, uint("step", step, 64),
+                                            ctypes.c_void_p(stream or None), ctypes.byref(r),
+                                            ctypes.byref(result_step)))
+            return self._result(h, r, result_step.value)
 
-    def _result(self, r: CStepResult, result_step: int) -> StepResult:
+    def _result(self, h, r: CStepResult, result_step: int) -> StepResult:
         groups = []
         for i in range(r.num_groups):
             g = CGroupResult()
-            check(self._lib.gstab_step_group(self._handle(), i, ctypes.byref(g)))
+            check(self._lib.gstab_step_group(h, i, ctypes.byref(g)))
             groups.append(GroupResult(g.group.decode(), g.norm, g.stabilized_norm, g.scale, g.z,
                                       bool(g.spike), bool(g.skipped), bool(g.diverging)))
         return StepResult(bool(r.skip), bool(r.diverging), r.spikes, r.norm, r.stabilized_norm,
@@ -511,9 +545,14 @@ class Client:
         self._destroy()
 
     def _destroy(self) -> None:
-        if getattr(self, "_h", None):
-            self._lib.gstab_client_destroy(self._h)
-            self._h = None
+        if not getattr(self, "_h", None):
+            return
+        with self._calls_lock:
+            self._closing = True
+            if self._in_flight:  # the last of those calls destroys it
+                return
+            h, self._h = self._h, None
+        self._lib.gstab_client_destroy(h)
 
     def __enter__(self) -> "Client":
         return self

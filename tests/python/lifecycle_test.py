@@ -1,0 +1,230 @@
+"""A worker process's own life with the Python package against a real gstabd: its exit with
+clients and arenas left open, threads in a call while it ends, and forked children.
+
+    lifecycle_test.py --gstabd PATH --library PATH
+"""
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import gstab  # noqa: E402
+from gstabd import Gstabd  # noqa: E402
+from stepping import one_tensor_job, run_steps  # noqa: E402
+
+ARGS = None
+
+
+def run_python(script):
+    """`script` run by another interpreter with this package and library, to its end."""
+    env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+               PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+    return subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
+                          capture_output=True, text=True)
+
+
+class LifecycleTest(unittest.TestCase):
+    """Each test runs a gstabd of its own."""
+
+    def test_a_worker_that_exits_without_closing_is_let_go_of_at_once(self):
+        # The interpreter's exit detaches the clients left open: gstabd lets go of the worker
+        # then, not a lease later.
+        node = Gstabd(ARGS.gstabd, "--lease_ms=30000")
+        try:
+            script = ("import gstab\n"
+                      f"c = gstab.Client({node.socket!r})\n"
+                      "c.attach('py-exit', local_rank=0, local_world_size=2)\n")
+            run = run_python(script)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            other = gstab.Client(node.socket)
+            other.attach("py-exit", local_rank=1, local_world_size=2)
+            self.assertEqual(other.stats()["attached_workers"], 1)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_an_exit_while_a_thread_is_in_a_step_neither_crashes_nor_disturbs_gstabd(self):
+        # A daemon thread stepping when the main thread returns: the exit leaves the client it
+        # is in a call with (gstabd lets it go at its lease's end) rather than freeing it under
+        # the call. Before, the process crashed (SIGSEGV) in most such exits.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            other = gstab.Client(node.socket)
+            other.attach("py-exit-other")
+            views = one_tensor_job(other)
+            for delay in (0.1, 0.2, 0.3, 0.4, 0.5):
+                run = run_python(f"""
+import threading, time, gstab
+c = gstab.Client({node.socket!r})
+c.attach("py-exit-stepping-{delay}")
+a = gstab.Arena()
+a.add_tensor("w", 1 << 22)
+a.allocate()
+c.register_arena(a)
+def step_on():
+    step = 1
+    while True:
+        c.step(step)
+        step += 1
+threading.Thread(target=step_on, daemon=True).start()
+time.sleep({delay})
+""")
+                self.assertEqual(run.returncode, 0, f"exit after {delay} s: {run.stderr}")
+                self.assertNotIn("Exception in thread", run.stderr)  # it stepped to the end
+            run_steps(other, views, [1, 2])  # another job's session is untouched
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_close_from_another_thread_waits_for_the_call_in_flight(self):
+        # close() while a thread is in a step: the step ends as it would have, the client is
+        # destroyed (and detached) after it, and the thread's next call is refused as closed.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-close-thread")
+            arena = gstab.Arena()
+            arena.add_tensor("w", 1 << 22)
+            arena.allocate()
+            client.register_arena(arena)
+            outcome = []
+
+            def step_on():
+                step = 1
+                try:
+                    while True:
+                        client.step(step)
+                        step += 1
+                except gstab.Error as e:
+                    outcome.append((step, e.code, e.message))
+
+            stepper = threading.Thread(target=step_on)
+            stepper.start()
+            time.sleep(0.3)
+            client.close()
+            stepper.join(20)
+            self.assertFalse(stepper.is_alive())
+            self.assertEqual(len(outcome), 1)
+            step, code, message = outcome[0]
+            self.assertGreater(step, 1)
+            self.assertEqual((code, message), (9, "this gstab.Client is closed"))
+            again = gstab.Client(node.socket)  # the job goes on from where the thread left it
+            again.attach("py-close-thread")
+            self.assertEqual(again.stats()["last_step"], step - 1)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_an_arena_alive_at_exit_leaves_no_shared_memory_behind(self):
+        # A framework's tensors over an arena (torch.frombuffer) keep it alive past the
+        # interpreter's end, so its destructor never runs: the exit removes its object anyway.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            script = ("import ctypes, os, gstab\n"
+                      f"c = gstab.Client({node.socket!r})\n"
+                      "c.attach('py-exit-arena')\n"
+                      "a = gstab.Arena()\n"
+                      "a.add_tensor('w', 64)\n"
+                      "a.allocate()\n"
+                      "c.register_arena(a)\n"
+                      "ctypes.pythonapi.Py_IncRef(ctypes.py_object(a))  # never freed\n"
+                      "print(os.getpid(), flush=True)\n")
+            run = run_python(script)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            pid = run.stdout.split()[0]
+            left = [f for f in os.listdir("/dev/shm")
+                    if f.startswith("gstab-") and f.split("-")[2:3] == [pid]]
+            self.assertEqual(left, [])
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_forked_child_leaves_its_parents_client_and_arena_alone(self):
+        # A child forked by the training process (a data loader's, say) inherits the client and
+        # arena; using them there is refused, and its exit frees neither the parent's session
+        # nor its shared memory (before: closing waited for good on a thread not in the child).
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-fork")
+            arena = gstab.Arena()
+            w = arena.add_tensor("w", 64)
+            arena.allocate()
+            client.register_arena(arena)
+            view = arena.view(w)
+            run_steps(client, [view], [1])
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    client.step(2)
+                except gstab.Error as e:
+                    code = 0 if e.code == 9 and "forked child" in e.message else 2
+                # Nor may it connect one of its own: gRPC does not survive fork (its calls
+                # hung, or went down the parent's connection).
+                try:
+                    gstab.Client(node.socket)
+                    code = code or 3
+                except gstab.Error as e:
+                    if e.code != 9 or "start workers anew" not in e.message:
+                        code = code or 4
+                # The arena's memory is its maker's too, and says so (not "call allocate()").
+                try:
+                    arena.buffer(w)
+                    code = code or 5
+                except gstab.Error as e:
+                    if e.code != 9 or "made by process" not in e.message:
+                        code = code or 6
+                client.close()
+                del arena
+                os._exit(code)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            if not done:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            self.assertTrue(done, "the child hung closing its parent's client")
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+            run_steps(client, [view], [2])  # the parent's session and memory are intact
+            client.register_arena(arena)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_child_of_a_process_that_never_connected_may_connect(self):
+        # Only a connection made puts gRPC in the process: a parent whose attempt was refused
+        # before that (a wrong path) leaves its forked children free to connect.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            done = run_python(f"""
+import os, gstab
+try:
+    gstab.Client("")
+except gstab.Error as e:
+    assert e.code == 3, e
+pid = os.fork()
+if pid == 0:
+    try:
+        gstab.Client({node.socket!r}).attach("py-fork-fresh")
+        os._exit(0)
+    except gstab.Error as e:
+        print(e, flush=True)
+        os._exit(1)
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("child 0", done.stdout, done.stdout)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gstabd", required=True)
+    parser.add_argument("--library", help="default: where the package finds it")
+    ARGS, rest = parser.parse_known_args()
+    gstab.load_library(ARGS.library)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
