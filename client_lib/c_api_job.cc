@@ -20,8 +20,9 @@ absl::StatusOr<gstab::v1::PolicyConfig> PolicyFromName(const char* policy) {
   gstab::v1::PolicyConfig config;
   const std::string name = policy == nullptr ? "" : policy;
   if (name.empty()) return config;
-  if (name == "stabilize") {
+  if (name == "stabilize") {  // v4's betas: a worker joining a Stable-SPAM job is refused
     config.set_policy(gstab::v1::POLICY_STABILIZE);
+    config.mutable_stabilize()->set_preset(gstab::v1::STABILIZE_PRESET_V4);
   } else if (name == "stabilize-stable-spam") {
     config.set_policy(gstab::v1::POLICY_STABILIZE);
     config.mutable_stabilize()->set_preset(gstab::v1::STABILIZE_PRESET_STABLE_SPAM);

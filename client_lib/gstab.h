@@ -91,7 +91,9 @@ gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 
 /* policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor", for a job new on
- * gstabd (later workers must agree with it); NULL or "": none asked for: the job's
+ * gstabd (later workers must agree with it: "stabilize" is the v4 preset's betas, and a worker
+ * naming the other preset's is refused, unless the job's betas were tuned since to neither's);
+ * NULL or "": none asked for: the job's
  * own configuration (an existing job's, one restored from gstabd's checkpoint, or the default,
  * stabilize, for a new job). Attaching again ends the earlier session once the new attach has
  * succeeded (register again); a failed attach leaves the earlier one as it was. */

@@ -89,6 +89,25 @@ absl::StatusOr<PolicyKind> ToPolicyKind(v1::Policy policy, PolicyKind fallback) 
   }
 }
 
+struct Betas {
+  double beta1;
+  double beta2;
+};
+
+// The betas a stabilize preset supplies; null for an unknown one.
+const Betas* PresetBetas(v1::StabilizePreset preset) {
+  static constexpr Betas kV4{0.6, 0.999};
+  static constexpr Betas kStableSpam{0.7, 0.9};
+  switch (preset) {
+    case v1::STABILIZE_PRESET_V4:
+      return &kV4;
+    case v1::STABILIZE_PRESET_STABLE_SPAM:
+      return &kStableSpam;
+    default:
+      return nullptr;
+  }
+}
+
 // Copies the fields that are set in `c` over `p`.
 absl::Status Overlay(const v1::PolicyConfig& c, RuleParams* p) {
   absl::StatusOr<PolicyKind> policy = ToPolicyKind(c.policy(), p->policy);
@@ -96,21 +115,15 @@ absl::Status Overlay(const v1::PolicyConfig& c, RuleParams* p) {
   p->policy = *policy;
 
   const v1::StabilizeConfig& st = c.stabilize();
-  switch (st.preset()) {
-    case v1::STABILIZE_PRESET_UNSPECIFIED:
-      break;
-    case v1::STABILIZE_PRESET_V4:
-      p->beta1 = 0.6;
-      p->beta2 = 0.999;
-      break;
-    case v1::STABILIZE_PRESET_STABLE_SPAM:
-      p->beta1 = 0.7;
-      p->beta2 = 0.9;
-      break;
-    default:
+  if (st.preset() != v1::STABILIZE_PRESET_UNSPECIFIED) {
+    const Betas* betas = PresetBetas(st.preset());
+    if (betas == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("unknown stabilize.preset ",
                                                      static_cast<int>(st.preset()),
                                                      ": expected V4 or STABLE_SPAM"));
+    }
+    p->beta1 = betas->beta1;
+    p->beta2 = betas->beta2;
   }
   if (st.has_beta1()) p->beta1 = st.beta1();
   if (st.has_beta2()) p->beta2 = st.beta2();
@@ -253,6 +266,14 @@ v1::PolicyConfig EffectiveConfig(const RuleParams& p) {
   c.set_non_finite_action(p.zero_non_finite ? v1::NON_FINITE_ACTION_ZERO
                                             : v1::NON_FINITE_ACTION_KEEP);
   return c;
+}
+
+bool HasPresetBetas(const RuleParams& params) {
+  for (v1::StabilizePreset preset : {v1::STABILIZE_PRESET_V4, v1::STABILIZE_PRESET_STABLE_SPAM}) {
+    const Betas* betas = PresetBetas(preset);
+    if (params.beta1 == betas->beta1 && params.beta2 == betas->beta2) return true;
+  }
+  return false;
 }
 
 const char* PolicyName(PolicyKind policy) {

@@ -27,6 +27,10 @@ bool SameEffectiveConfig(const RuleParams& a, const RuleParams& b);
 std::string ConfigDifference(const RuleParams& held, const RuleParams& asked,
                              const std::string& label = "asked");
 
+// Whether `params`' beta1 and beta2 are those of a stabilize preset (v4, stable-spam), rather
+// than tuned to others.
+bool HasPresetBetas(const RuleParams& params);
+
 const char* PolicyName(PolicyKind policy);
 
 }  // namespace gstab

@@ -131,7 +131,12 @@ absl::Status Daemon::ConfigConflict(const v1::AttachRequest& request, const Rule
   // A worker's config must ask for nothing the job does not have (as an update, it would change
   // nothing): only what it sets is compared, so the job's other fields, a change made since
   // and defaults of another gstabd release (a restored job's) do not count.
-  absl::StatusOr<RuleParams> asked = MergeConfig(held, request.config());
+  // A preset names beta1 and beta2: a worker naming the other preset's is refused, both ways
+  // (`stabilize` is v4's). Of a job whose betas were tuned since (neither preset's), it asks
+  // nothing: the job's restarted workers still name the preset they were started with.
+  v1::PolicyConfig config = request.config();
+  if (config.has_stabilize() && !HasPresetBetas(held)) config.mutable_stabilize()->clear_preset();
+  absl::StatusOr<RuleParams> asked = MergeConfig(held, config);
   if (!asked.ok()) return asked.status();
   if (SameEffectiveConfig(held, *asked)) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(

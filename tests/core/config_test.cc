@@ -37,6 +37,18 @@ TEST(ConfigTest, StableSpamPresetAndExplicitFieldsWin) {
   EXPECT_EQ(ResolveConfig(c)->beta2, 0.95);
 }
 
+TEST(ConfigTest, PresetBetasAreTheV4AndStableSpamOnesOnly) {
+  v1::PolicyConfig c;
+  EXPECT_TRUE(HasPresetBetas(*ResolveConfig(c)));
+  c.mutable_stabilize()->set_preset(v1::STABILIZE_PRESET_STABLE_SPAM);
+  EXPECT_TRUE(HasPresetBetas(*ResolveConfig(c)));
+  c.mutable_stabilize()->set_beta2(0.95);  // tuned
+  EXPECT_FALSE(HasPresetBetas(*ResolveConfig(c)));
+  c.mutable_stabilize()->set_beta1(0.6);  // one of each preset's is neither's
+  c.mutable_stabilize()->set_beta2(0.9);
+  EXPECT_FALSE(HasPresetBetas(*ResolveConfig(c)));
+}
+
 TEST(ConfigTest, OutOfRangeValuesNameTheField) {
   struct Case {
     void (*mutate)(v1::PolicyConfig*);
