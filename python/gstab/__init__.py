@@ -320,7 +320,9 @@ class Client:
         policy: "stabilize", "stabilize-stable-spam", "clip", "zclip" or "monitor"; None (the
         default): the job's own configuration when gstabd holds or restores it, stabilize for a
         new job. config: settings applied over it, such as {"clip.max_norm": 0.5}. A new job
-        takes both; a later worker's must agree with the job's. Out-of-range integers (a
+        takes both; a later worker's must agree with the job's (stabilize names the v4 preset's
+        betas: naming the other preset than the job's is refused, unless its betas were tuned
+        since to neither's). Out-of-range integers (a
         negative rank, say) raise ValueError, as they would wrap in the C ABI. A job across
         nodes passes its node_rank and node_count, and the rendezvous that global rank 0 got from
         create_rendezvous() (bytes, or as a str the base64 text `gstabctl rendezvous` prints;
