@@ -284,6 +284,15 @@ void MarkProgress(uint64_t* progress, uint64_t step, bool scaled) {
   __atomic_store_n(progress, scaled ? ScaledMark(step) : ScalingMark(step), __ATOMIC_SEQ_CST);
 }
 
+absl::Status ClaimHostObjects(const std::string& job, MappedRegistration* mapped) {
+  for (const ShmMapping* object : mapped->host_objects) {
+    absl::StatusOr<std::shared_ptr<void>> claim = object->ClaimFor(job);
+    if (!claim.ok()) return claim.status();
+    mapped->claims.push_back(*std::move(claim));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<MappedRegistration> MapRegistration(RegistrationPlan plan, MappingRegistry* registry,
                                                    DeviceMemory* device,
                                                    std::optional<uid_t> owner) {

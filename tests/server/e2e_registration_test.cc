@@ -245,6 +245,28 @@ TEST_F(E2eRegistrationTest, TwoRanksOfAJobMayNotRegisterTheSameMemory) {
   EXPECT_TRUE((*first)->client().Register((*first)->arena()).ok());
 }
 
+// A job's gradients are its own: the same memory registered in another job would be scaled by
+// both, each job's statistics taking the other's scaled gradients. Refused while the first job
+// holds it; taken once it let go.
+TEST_F(E2eRegistrationTest, TwoJobsMayNotRegisterTheSameMemory) {
+  auto first = TestWorker::Create(daemon_->socket(), JobOptions("mine"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE((*second)->Attach(JobOptions("theirs")).ok());
+  const absl::Status shared = (*second)->Register((*first)->arena());
+  EXPECT_EQ(shared.code(), absl::StatusCode::kFailedPrecondition) << shared;
+  EXPECT_NE(shared.message().find("is registered by job 'mine': a job's gradients are its own"),
+            std::string::npos)
+      << shared;
+  (*first)->Fill(1, 1);
+  const std::vector<unsigned char> before = (*first)->Bytes();
+  ASSERT_TRUE((*first)->client().Step(1).ok());
+  EXPECT_NE((*first)->Bytes(), before);  // scaled by its own job
+  ASSERT_TRUE((*first)->client().Detach().ok());
+  EXPECT_TRUE((*second)->Register((*first)->arena()).ok());
+}
+
 // gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
 // a process's mappings). A registration past it is refused, naming the cap, and the jobs already
 // mapped go on; a mapping let go makes room.
