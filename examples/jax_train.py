@@ -85,8 +85,9 @@ def main():
                                                   for g in jax.tree_util.tree_leaves(grads))))}
         if stabilizer is not None:
             grads, result = stabilizer.step(grads, step)
-            group = result.groups[0]
-            record.update(norm=group.norm, scale=group.scale, spike=group.spike)
+            if result.groups:  # none for a step lost to a gstabd restart (skipped)
+                group = result.groups[0]
+                record.update(norm=group.norm, scale=group.scale, spike=group.spike)
             if result.skip:
                 steps.append(record)
                 continue

@@ -114,6 +114,9 @@ class Stabilizer:
 
     def __init__(self, client: gstab.Client, like: Any, group: Group = "model",
                  replicated: bool = False, node_sharded: bool = False):
+        if not isinstance(client, gstab.Client):
+            raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
+                            f"{type(client).__name__}")
         leaves, self._treedef = jax.tree_util.tree_flatten_with_path(like)
         if not leaves:
             raise ValueError("the tree has no leaves: there is nothing to stabilize")

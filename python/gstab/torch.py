@@ -26,6 +26,7 @@ warning; a parameter without a gradient this step counts as zero.
 """
 
 import os
+import socket
 import warnings
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
@@ -43,17 +44,27 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
            local_world_size: Optional[int] = None, node_rank: Optional[int] = None,
            cuda: Optional[bool] = None) -> None:
     """Attaches this process to its node's gstabd as a worker of `job`, with its ranks taken
-    from torch.distributed (a job of one process when it is not initialized) and torchrun's
-    LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (pass them for other launchers). A job across
-    nodes gets its rendezvous from global rank 0, broadcast over the default process group, so
-    every rank must call this. cuda: whether the job registers CUDA gradients (default: the
-    process group has an NCCL backend; pass cuda=True for a GPU job over another backend).
-    policy and config as for gstab.Client.attach."""
+    from torch.distributed and torchrun's LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK. Under
+    another launcher (no LOCAL_WORLD_SIZE), the ranks sharing this host's name are its node's.
+    Without torch.distributed initialized: a job of this process alone, or of the local_rank
+    and local_world_size given (processes of one node). A job across nodes gets its rendezvous
+    from global rank 0, broadcast over the default process group, so every rank must call
+    this. cuda: whether the job registers CUDA gradients (default: the process group has an
+    NCCL backend; pass cuda=True for a GPU job over another backend). policy and config as
+    for gstab.Client.attach."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        client.attach(job, policy=policy, config=config)
+        if node_rank:
+            raise ValueError("node_rank: a job across nodes needs torch.distributed initialized "
+                             "(its rendezvous is broadcast over the default process group)")
+        local_rank, local_world = local_rank or 0, local_world_size or 1
+        client.attach(job, rank=local_rank, world_size=local_world, local_rank=local_rank,
+                      local_world_size=local_world, policy=policy, config=config)
         return
     dist = torch.distributed
     rank, world = dist.get_rank(), dist.get_world_size()
+    if local_world_size is None and "LOCAL_WORLD_SIZE" not in os.environ and world > 1:
+        local_rank, local_world_size, node_rank = _layout_by_host(
+            rank, world, local_rank, node_rank)
     local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
                    else local_world_size)
     if local_world < 1 or world % local_world:
@@ -85,6 +96,26 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
                   node_rank=node_rank, node_count=nodes, rendezvous=blob)
 
 
+def _layout_by_host(rank: int, world: int, local_rank: Optional[int],
+                    node_rank: Optional[int]) -> Tuple[int, int, int]:
+    """(local_rank, local_world_size, node_rank) from the hosts' names, gathered over the
+    default process group: a node's ranks are those on its host, in global rank order, and the
+    nodes are in the order of their first rank. Given ranks are kept."""
+    hosts = [None] * world
+    torch.distributed.all_gather_object(hosts, socket.gethostname())
+    order = list(dict.fromkeys(hosts))  # each host once, in the order of its first rank
+    counts = {h: hosts.count(h) for h in order}
+    if len(set(counts.values())) != 1:
+        raise ValueError("the hosts run different numbers of ranks (" +
+                         ", ".join(f"{h}: {n}" for h, n in counts.items()) +
+                         "): gstab needs as many workers on each node; or pass "
+                         "local_world_size, local_rank and node_rank")
+    mine = hosts[rank]
+    local = [r for r in range(world) if hosts[r] == mine].index(rank)
+    return (local if local_rank is None else local_rank, counts[mine],
+            order.index(mine) if node_rank is None else node_rank)
+
+
 class Stabilizer:
     """One worker's parameters registered with gstabd, through `client` (already attached).
 
@@ -102,13 +133,16 @@ class Stabilizer:
     (replicated for a Replicate placement).
     state: what state_dict() gave, from the job's checkpoint: the statistics, step count and
     configuration the job resumes with, imported before the gradients are registered (see
-    load_state_dict).
+    load_state_dict). keep_config: the job keeps its configuration (the one attach() gave a
+    new job, say), and only the statistics (re-expressed for it) and the step count are
+    imported; without it, a policy or config attach() was given that the state's replaces is
+    warned of.
     """
 
     def __init__(self, client: gstab.Client,
                  parameters: Union[torch.nn.Module, Iterable[Tuple[str, torch.Tensor]]],
                  group: Group = "model", replicated: Optional[bool] = None,
-                 state: Optional[Dict[str, Any]] = None):
+                 state: Optional[Dict[str, Any]] = None, keep_config: bool = False):
         if not isinstance(client, gstab.Client):
             raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
                             f"{type(client).__name__}")
@@ -127,6 +161,13 @@ class Stabilizer:
                     f"model.named_parameters(), not {type(item).__name__} items "
                     "(model.parameters() gives no names)")
             name, p = item
+            if p.requires_grad and not p.is_leaf:
+                raise ValueError(f"parameter '{name}' is computed from another tensor (a copy "
+                                 "such as p.to(...), p.float() or p.cuda()), not a leaf: "
+                                 "backward fills only leaves' .grad, so gstab would see zeros; "
+                                 "pass the parameters themselves")
+            if p.requires_grad and p.grad is not None and p.grad.is_sparse:
+                raise ValueError(_sparse_refusal(name))
             if p.requires_grad and p.numel() > 0 and id(p) not in seen:
                 seen.add(id(p))
                 self._params.append((name, p))
@@ -134,7 +175,7 @@ class Stabilizer:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
         if self._module is not None:
             for name, m in self._module.named_modules():
-                if getattr(m, "sparse", False) is True and \
+                if getattr(m, "sparse", False) is True and m.weight.requires_grad and \
                         isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
                     raise ValueError(_sparse_refusal(name or type(m).__name__))
         self._ids = frozenset(id(p) for _, p in self._params)
@@ -181,7 +222,7 @@ class Stabilizer:
         registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
         self._groups = {spec[3] for spec in registered}
         if state is not None:  # before registering: gstabd takes it then on any backend
-            self._import(state, check_groups=False)
+            self._import(state, check_groups=False, keep_config=keep_config)
 
         # Gradients take their parameter's memory layout (channels_last, say) where it is dense,
         # as AccumulateGrad and DDP's buckets expect.
@@ -240,16 +281,21 @@ class Stabilizer:
 
     def state_dict(self) -> Dict[str, Any]:
         """The job's gstab statistics, step count and configuration, for the job's checkpoint
-        (bytes in a dict: torch.save and torch.load(weights_only=True) take it)."""
+        (bytes in a dict: torch.save and torch.load(weights_only=True) take it). On a GPU it
+        waits for the last step's stream first: gstabd gives the statistics of the newest step
+        finished on the GPU, which must be the one the model's weights were updated with."""
+        if self._stream is not None:
+            self._stream.synchronize()
         return {"gstab_state": self._client.export_state()}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Dict[str, Any], keep_config: bool = False) -> None:
         """Resumes the job's statistics from state_dict()'s dict. Every rank calls it (as
         with the constructor's `state`): one worker imports (local rank 0 of node 0: the other
         nodes take node 0's statistics at the next step), then all wait for each other. A job
         on several GPUs must pass `state` to the constructor instead, as gstabd takes its
-        statistics only before their gradients are registered."""
-        self._import(state)
+        statistics only before their gradients are registered. keep_config as the
+        constructor's."""
+        self._import(state, keep_config=keep_config)
 
     def _warn_unmatched_groups(self) -> None:
         """After an import: warns when the job holds statistics of groups this stabilizer does
@@ -272,7 +318,8 @@ class Stabilizer:
                 "'module.', torch.compile '_orig_mod.'): make the Stabilizer as the saved run "
                 "did", stacklevel=3)
 
-    def _import(self, state: Dict[str, Any], check_groups: bool = True) -> None:
+    def _import(self, state: Dict[str, Any], check_groups: bool = True,
+                keep_config: bool = False) -> None:
         if not isinstance(state, dict) or \
                 not isinstance(state.get("gstab_state"), (bytes, bytearray, memoryview)):
             raise ValueError("expected the dict Stabilizer.state_dict() gave, with its "
@@ -283,7 +330,7 @@ class Stabilizer:
         if getattr(self._client, "local_rank", 0) == 0 and \
                 getattr(self._client, "node_rank", 0) == 0:
             try:
-                self._client.import_state(state["gstab_state"])
+                self._import_here(state["gstab_state"], keep_config)
             except Exception as e:  # noqa: BLE001 (every rank hears of it, then it is raised)
                 failure = e
         if distributed:  # nobody registers or steps before the import; a failure reaches all
@@ -296,6 +343,18 @@ class Stabilizer:
             raise failure
         if check_groups:
             self._warn_unmatched_groups()
+
+    def _import_here(self, state: bytes, keep_config: bool) -> None:
+        """The import, on the worker that makes it; warns when it replaces a configuration
+        attach() was given (the state's wins unless keep_config)."""
+        attached = getattr(self._client, "_attached", None) or {}
+        asked = not keep_config and (attached.get("policy") or attached.get("config"))
+        before = self._client.stats()["config"] if asked else None
+        self._client.import_state(state, keep_config=keep_config)
+        if before is not None and self._client.stats()["config"] != before:
+            warnings.warn("gstab: the imported state's configuration replaced the one attach() "
+                          "was given (Stabilizer(keep_config=True), or load_state_dict's, "
+                          "keeps the job's and imports only the statistics)", stacklevel=4)
 
     @property
     def gradients(self):

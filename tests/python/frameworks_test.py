@@ -217,6 +217,65 @@ class TorchTest(GstabdTest):
             gstab.torch.attach(Recorder(), "job", local_world_size=2, cuda=False)
         self.assertEqual((asked["local_rank"], asked["node_rank"], asked["node_count"]), (1, 1, 2))
 
+    def test_attach_takes_the_nodes_from_the_hosts_names_without_torchruns_variables(self):
+        # srun, mpirun or a launcher of one's own: the ranks on this host are this node's.
+        from unittest import mock
+        dist = torch.distributed
+        asked = {}
+
+        class Recorder:
+            def create_rendezvous(self, job, nodes, cuda):
+                return b"blob"
+
+            def attach(self, job, **kwargs):
+                asked.update(kwargs)
+
+        def broadcast(message, src):
+            message[0] = b"blob"
+        saved = {k: os.environ.pop(k) for k in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+                 if k in os.environ}
+        self.addCleanup(os.environ.update, saved)
+        for hosts, rank, expected in [(["n1", "n2", "n1", "n2"], 3, (1, 2, 1, 2)),
+                                      (["n2", "n2", "n1", "n1"], 2, (0, 2, 1, 2)),
+                                      (["n1", "n1", "n1"], 1, (1, 3, 0, 1))]:
+            def gather(out, mine, hosts=hosts):
+                out[:] = hosts
+            with mock.patch.object(dist, "is_initialized", return_value=True), \
+                    mock.patch.object(dist, "get_rank", return_value=rank), \
+                    mock.patch.object(dist, "get_world_size", return_value=len(hosts)), \
+                    mock.patch.object(dist, "all_gather_object", gather), \
+                    mock.patch.object(dist, "broadcast_object_list", broadcast):
+                gstab.torch.attach(Recorder(), "job", cuda=False)
+            self.assertEqual((asked["local_rank"], asked["local_world_size"], asked["node_rank"],
+                              asked["node_count"]), expected, hosts)
+        with mock.patch.object(dist, "is_initialized", return_value=True), \
+                mock.patch.object(dist, "get_rank", return_value=0), \
+                mock.patch.object(dist, "get_world_size", return_value=3), \
+                mock.patch.object(dist, "all_gather_object",
+                                  lambda out, mine: out.__setitem__(slice(None), ["a", "a", "b"])):
+            with self.assertRaisesRegex(ValueError, "different numbers of ranks"):
+                gstab.torch.attach(Recorder(), "job", cuda=False)
+        # Without torch.distributed: the local ranks given, not dropped.
+        gstab.torch.attach(Recorder(), "job", local_rank=1, local_world_size=2)
+        self.assertEqual((asked["local_rank"], asked["local_world_size"]), (1, 2))
+        with self.assertRaisesRegex(ValueError, "needs torch.distributed initialized"):
+            gstab.torch.attach(Recorder(), "job", node_rank=1)
+
+    def test_a_state_that_replaces_the_attached_policy_is_warned_of_or_kept_out(self):
+        client = self.attach("torch-state-source", policy="monitor")
+        saved = gstab.torch.Stabilizer(client, mlp()).state_dict()
+        for keep in (False, True):
+            client = self.attach(f"torch-state-{keep}", policy="clip",
+                                 config={"clip.max_norm": 0.01})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                gstab.torch.Stabilizer(client, mlp(), state=saved, keep_config=keep)
+            replaced = [w for w in caught if "replaced the one attach() was given" in
+                        str(w.message)]
+            self.assertEqual(len(replaced), 0 if keep else 1, keep)
+            self.assertEqual(client.stats()["config"]["policy"],
+                             "POLICY_CLIP" if keep else "POLICY_MONITOR")
+
     def test_a_gstabd_restart_mid_training_goes_unnoticed(self):
         x, y = regression_batch(7)
 
@@ -352,6 +411,18 @@ class TorchTest(GstabdTest):
         embedding(torch.tensor([1, 2])).sum().backward()
         with self.assertRaisesRegex(ValueError, "gradients of 'weight' are sparse"):
             loose.step(1)
+        with self.assertRaisesRegex(ValueError, "gradients of 'weight' are sparse"):  # at once
+            gstab.torch.Stabilizer(client, list(embedding.named_parameters()))
+        frozen_lookup = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True), mlp())
+        frozen_lookup[0].requires_grad_(False)  # never has a gradient: no refusal
+        gstab.torch.Stabilizer(client, frozen_lookup)
+        # A copy of a parameter (not a leaf) never has its .grad filled: gstab would see zeros
+        # while the model's own gradients reached the optimizer unstabilized.
+        with self.assertRaisesRegex(ValueError, "parameter '0.weight' is computed from another"):
+            gstab.torch.Stabilizer(client, [(n, p.to(torch.bfloat16))
+                                            for n, p in mlp().named_parameters()])
+        with self.assertRaisesRegex(TypeError, "takes a gstab.Client first"):
+            gstab.jax.Stabilizer(self.gstabd.socket, {"w": np.ones(3, np.float32)})
         import torch.distributed as dist
         from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
         with tempfile.TemporaryDirectory() as folder:
