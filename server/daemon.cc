@@ -178,6 +178,7 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
   absl::MutexLock report(&report_mu_);
   // The job's lock first, not under mu_: a job closing its GPU pipelines holds it for a while.
   const uint64_t bytes = job->RegisteredBytes();
+  const bool diverging = job->Diverging();
   uint32_t workers = 0;
   {
     absl::MutexLock lock(&mu_);
@@ -186,6 +187,7 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
     for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
   }
   observer_->SetWorkers(job->name(), workers, bytes);
+  observer_->Seed(job->name(), diverging);
   observer_->SetShmMappings(registry_.LiveMappings(), options_.max_mappings);
 }
 

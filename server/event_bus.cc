@@ -47,6 +47,8 @@ void EventBus::Publish(v1::Event event) {
 std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job, uint32_t recent,
                                                             bool live) {
   auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_));
+  // No more than its queue holds: the rest would read as events this reader was too slow for.
+  recent = static_cast<uint32_t>(std::min<size_t>(recent, capacity_));
   absl::MutexLock lock(&mu_);
   // The newest `recent` of both histories, in the order they were published in.
   std::vector<const v1::Event*> matching;

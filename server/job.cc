@@ -314,6 +314,12 @@ uint64_t Job::RegisteredBytes() const {
   return bytes;
 }
 
+bool Job::Diverging() const {
+  absl::MutexLock lock(&mu_);
+  return std::any_of(stats_.begin(), stats_.end(),
+                     [](const GroupStats& s) { return s.diverging != 0; });
+}
+
 absl::Status Job::CheckGroupCap(size_t new_groups) const {
   if (group_names_.size() + new_groups <= kMaxGroupsPerJob) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(

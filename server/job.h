@@ -95,6 +95,9 @@ class Job {
   std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
                                         uint64_t session = 0);
   uint64_t RegisteredBytes() const;
+  // Whether some group is diverging, as the statistics held here say (a GPU job's as of the last
+  // copy from the GPU).
+  bool Diverging() const;
   // The GPU of local rank `local_rank`'s newest cuda_ipc registration, if it made one (even if
   // its GPU generation has ended since).
   std::optional<int> CudaDevice(uint32_t local_rank) const;

@@ -78,14 +78,34 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
   // series stay bounded however often it registers new groups); the rest as one aggregate.
   std::vector<bool> exported(step.groups_size());
   bool aggregated = false;
+  // Exported groups this step does not have (a registration without them since), and the
+  // aggregate when there is none now: their series go rather than stand still at old values.
+  std::vector<std::string> gone;
   {
     absl::MutexLock lock(&mu_);
-    std::set<std::string>& names = jobs_[job].exported_groups;
+    JobState& state = jobs_[job];
+    std::set<std::string>& names = state.exported_groups;
+    size_t present = 0;
     for (int i = 0; i < step.groups_size(); ++i) {
       const std::string& name = step.groups(i).group();
       exported[i] =
           names.count(name) == 1 || (names.size() < max_groups_ && names.insert(name).second);
       aggregated |= !exported[i];
+      present += exported[i];
+    }
+    if (present < names.size()) {
+      std::set<std::string> here;
+      for (const v1::GroupResult& g : step.groups()) here.insert(g.group());
+      for (const std::string& name : names) {
+        if (here.count(name) == 0) gone.push_back(name);
+      }
+    }
+    if (state.aggregated && !aggregated) gone.push_back(kOtherGroup);
+    state.aggregated = aggregated;
+  }
+  for (const std::string& group : gone) {
+    for (MetricFamily* gauge : {norm_, stabilized_, scale_, ema_mean_, ema_stddev_}) {
+      gauge->Remove({job, group});
     }
   }
   double sum = 0, stabilized_sum = 0, other = 0, other_stabilized = 0, other_mean = 0, other_sd = 0;
@@ -212,6 +232,15 @@ void Observer::OnConfigChange(const std::string& job, uint64_t version, const st
 void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes) {
   workers_->Set({job}, workers);
   bytes_->Set({job}, static_cast<double>(registered_bytes));
+}
+
+void Observer::Seed(const std::string& job, bool diverging) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!jobs_.try_emplace(job).second) return;  // known: its own record is newer
+    jobs_[job].diverging = diverging;
+  }
+  diverging_->Set({job}, diverging ? 1 : 0);
 }
 
 void Observer::SetShmMappings(int mapped, int cap) {

@@ -40,6 +40,10 @@ class Observer {
   void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
                       const std::string& changes = "");
   void SetWorkers(const std::string& job, uint32_t workers, uint64_t registered_bytes);
+  // Starts the record of a job this observer has none of (one restored from its checkpoint,
+  // after gstabd's restart or its retirement) from the job's own state: whether it is
+  // diverging, so that its next step's event says a change only when there is one.
+  void Seed(const std::string& job, bool diverging);
   // Shared-memory objects gstabd maps for all its jobs, and its cap (--max_mappings).
   void SetShmMappings(int mapped, int cap);
   // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and
@@ -58,6 +62,7 @@ class Observer {
     double last_stabilized = 0;
     std::deque<double> recent;              // job-level norms, oldest first
     std::set<std::string> exported_groups;  // at most max_groups_
+    bool aggregated = false;                // the last step had groups past max_groups_
   };
   void PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                          bool was_diverging);

@@ -17,7 +17,7 @@
 // Human-readable by default, --json for scripts (every field, defaults included; 64-bit
 // integers as strings, as protobuf's JSON mapping has them). Exit status 0 on success, 1 on any
 // error (with the reason on stderr), 2 for a bad command line (an unknown command, a missing or
-// malformed argument; a flag absl cannot parse exits with 1).
+// malformed argument, or a flag absl cannot parse).
 #include <signal.h>
 #include <unistd.h>
 

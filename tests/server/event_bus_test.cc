@@ -71,6 +71,22 @@ TEST(EventBusTest, ASubscriptionThatIsNotLiveEndsAfterTheRecentEvents) {
   bus.Unsubscribe(sub);  // as the service does; not subscribed, so nothing to remove
 }
 
+// Asking for more recent events than a subscriber's queue holds gives the newest it holds, not
+// a report of events dropped for a slow reader (the history can hold more than the queue: twice
+// over, sessions' and the others').
+TEST(EventBusTest, MoreRecentEventsThanTheQueueHoldsGivesTheNewestWithoutDrops) {
+  EventBus bus(/*capacity=*/4, /*per_job=*/16, /*total=*/16);
+  for (uint64_t s = 1; s <= 10; ++s) bus.Publish(Spike("j", s));
+  auto sub = bus.Subscribe("", 100, /*live=*/false);
+  v1::Event e;
+  for (uint64_t s = 7; s <= 10; ++s) {
+    ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+    EXPECT_EQ(e.step(), s);
+    EXPECT_EQ(e.dropped_before(), 0u);
+  }
+  EXPECT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kClosed);
+}
+
 // Sessions coming and going (an operator's `gstabctl config show` in a loop) must not push the
 // job's spikes out of the history; what a subscriber gets is both, in the order published.
 TEST(EventBusTest, SessionsComingAndGoingKeepTheSpikesInTheHistory) {

@@ -110,5 +110,49 @@ TEST(ObserverTest, AnEventNamesAtMost64GroupsAndCountsTheRest) {
       << registry.Render();
 }
 
+// A registration without some groups since: their series leave /metrics rather than standing
+// still at their last values, as the aggregate does once no group is past the cap.
+TEST(ObserverTest, GroupsAStepNoLongerHasLeaveTheMetrics) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus, /*max_groups=*/2);
+  observer.OnStep("j", Step(1, {1, 2, 3}, {false, false, false}), absl::Milliseconds(1));
+  std::string text = registry.Render();
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g1\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("group=\"_other\""), std::string::npos) << text;
+  observer.OnStep("j", Step(2, {5}, {false}), absl::Milliseconds(1));
+  text = registry.Render();
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g0\"} 5\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("group=\"g1\""), std::string::npos) << text;
+  EXPECT_EQ(text.find("group=\"_other\""), std::string::npos) << text;
+  observer.OnStep("j", Step(3, {5, 6}, {false, false}), absl::Milliseconds(1));
+  EXPECT_NE(registry.Render().find("gstab_norm{job=\"j\",group=\"g1\"} 6\n"), std::string::npos);
+}
+
+// A job restored diverging (after gstabd's restart, or its retirement) is shown diverging from
+// its attach, and its recovery is an event; one restored calm that diverges is one too, once.
+TEST(ObserverTest, ARestoredJobsDivergenceIsSeededFromItsState) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus);
+  observer.Seed("j", /*diverging=*/true);
+  EXPECT_NE(registry.Render().find("gstab_diverging{job=\"j\"} 1\n"), std::string::npos);
+  v1::JobSummary summary;
+  observer.Summarize("j", 0, &summary);
+  EXPECT_TRUE(summary.diverging());
+  v1::StepResponse still = Step(10, {1}, {false});
+  still.set_diverging(true);
+  observer.OnStep("j", still, absl::Milliseconds(1));  // no second DIVERGENCE_START
+  observer.Seed("j", /*diverging=*/false);             // known: its own record stands
+  observer.OnStep("j", Step(11, {1}, {false}), absl::Milliseconds(1));
+  auto sub = bus.Subscribe("j", 100, /*live=*/false);
+  std::vector<v1::EventType> types;
+  v1::Event e;
+  while (sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent) {
+    types.push_back(e.type());
+  }
+  EXPECT_EQ(types, std::vector<v1::EventType>{v1::EVENT_TYPE_DIVERGENCE_END});
+}
+
 }  // namespace
 }  // namespace gstab
