@@ -2,10 +2,12 @@
 
 GSTAB_TEST_LOG_DIR=DIR keeps each gstabd's log in DIR, past the test (scripts/gpu-check).
 """
+import argparse
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -76,3 +78,15 @@ class Gstabd:
         rc = self.process.wait(20)
         self.dir.cleanup()
         return rc
+
+
+def command_line():
+    """A test file's command line, `--gstabd PATH [--library PATH]`, with the library loaded:
+    (those arguments, the rest for unittest.main's argv)."""
+    import gstab
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gstabd", required=True)
+    parser.add_argument("--library", help="default: where the package finds it")
+    args, rest = parser.parse_known_args()
+    gstab.load_library(args.library)
+    return args, [sys.argv[0]] + rest

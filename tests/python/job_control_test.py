@@ -3,7 +3,6 @@ through the Python package against a real gstabd.
 
     job_control_test.py --gstabd PATH --library PATH
 """
-import argparse
 import base64
 import math
 import os
@@ -14,7 +13,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
-from gstabd import Gstabd  # noqa: E402
+from gstabd import Gstabd, command_line  # noqa: E402
 from stepping import fill, one_tensor_job, run_steps  # noqa: E402
 
 ARGS = None
@@ -266,9 +265,5 @@ class JobControlTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gstabd", required=True)
-    parser.add_argument("--library", help="default: where the package finds it")
-    ARGS, rest = parser.parse_known_args()
-    gstab.load_library(ARGS.library)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    ARGS, argv = command_line()
+    unittest.main(argv=argv, verbosity=2)

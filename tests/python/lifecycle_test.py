@@ -3,7 +3,6 @@ clients and arenas left open, threads in a call while it ends, and forked childr
 
     lifecycle_test.py --gstabd PATH --library PATH
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
-from gstabd import Gstabd  # noqa: E402
+from gstabd import Gstabd, command_line  # noqa: E402
 from stepping import one_tensor_job, run_steps  # noqa: E402
 
 ARGS = None
@@ -222,9 +221,5 @@ print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gstabd", required=True)
-    parser.add_argument("--library", help="default: where the package finds it")
-    ARGS, rest = parser.parse_known_args()
-    gstab.load_library(ARGS.library)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    ARGS, argv = command_line()
+    unittest.main(argv=argv, verbosity=2)
