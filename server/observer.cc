@@ -181,23 +181,22 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
   v1::Event diverging = MakeEvent(
       step.diverging() ? v1::EVENT_TYPE_DIVERGENCE_START : v1::EVENT_TYPE_DIVERGENCE_END, job, at);
   for (v1::Event* e : {&spike, &skip, &diverging}) e->set_norm(norm);
-  double z = 0;
   // An event names at most kEventGroups groups and counts the rest: a job of thousands of
   // groups would otherwise make every event (and the history and queues holding them) huge.
-  auto concerns = [](v1::Event* e, const std::string& group) {
+  // Its z is the largest of the groups it concerns (0 for a skip's non-finite ones).
+  auto concerns = [](v1::Event* e, const v1::GroupResult& g) {
     if (e->groups_size() < kEventGroups) {
-      e->add_groups(group);
+      e->add_groups(g.group());
     } else {
       e->set_more_groups(e->more_groups() + 1);
     }
+    if (std::isfinite(g.z())) e->set_z(std::max(e->z(), g.z()));
   };
   for (const v1::GroupResult& g : step.groups()) {
-    z = std::max(z, g.z());
-    if (g.spike()) concerns(&spike, g.group());
-    if (g.skipped()) concerns(&skip, g.group());
-    if (g.diverging()) concerns(&diverging, g.group());
+    if (g.spike()) concerns(&spike, g);
+    if (g.skipped()) concerns(&skip, g);
+    if (g.diverging()) concerns(&diverging, g);
   }
-  for (v1::Event* e : {&spike, &skip, &diverging}) e->set_z(z);
   if (spike.groups_size() > 0) bus_->Publish(std::move(spike));
   if (skip.groups_size() > 0) bus_->Publish(std::move(skip));
   if (step.diverging() != was_diverging) bus_->Publish(std::move(diverging));

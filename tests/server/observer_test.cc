@@ -78,6 +78,9 @@ TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
       EXPECT_EQ(e.groups_size(), 2);
       EXPECT_EQ(e.z(), 9.0);
     }
+    if (e.type() == v1::EVENT_TYPE_SKIP) {
+      EXPECT_EQ(e.z(), 0.5);  // the skipped group's, not the spiking ones' 9
+    }
   }
   EXPECT_EQ(types, (std::vector<v1::EventType>{v1::EVENT_TYPE_ATTACH, v1::EVENT_TYPE_SPIKE,
                                                v1::EVENT_TYPE_SKIP}));
