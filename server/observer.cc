@@ -79,26 +79,32 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
   std::vector<bool> exported(step.groups_size());
   bool aggregated = false;
   // Exported groups this step does not have (a registration without them since), and the
-  // aggregate when there is none now: their series go rather than stand still at old values.
+  // aggregate when there is none now: their series go rather than stand still at old values,
+  // and the groups' places go to others.
   std::vector<std::string> gone;
   {
     absl::MutexLock lock(&mu_);
     JobState& state = jobs_[job];
     std::set<std::string>& names = state.exported_groups;
     size_t present = 0;
+    for (const v1::GroupResult& g : step.groups()) present += names.count(g.group());
+    if (present < names.size()) {
+      std::set<std::string> here;
+      for (const v1::GroupResult& g : step.groups()) here.insert(g.group());
+      for (auto it = names.begin(); it != names.end();) {
+        if (here.count(*it) == 1) {
+          ++it;
+        } else {
+          gone.push_back(*it);
+          it = names.erase(it);
+        }
+      }
+    }
     for (int i = 0; i < step.groups_size(); ++i) {
       const std::string& name = step.groups(i).group();
       exported[i] =
           names.count(name) == 1 || (names.size() < max_groups_ && names.insert(name).second);
       aggregated |= !exported[i];
-      present += exported[i];
-    }
-    if (present < names.size()) {
-      std::set<std::string> here;
-      for (const v1::GroupResult& g : step.groups()) here.insert(g.group());
-      for (const std::string& name : names) {
-        if (here.count(name) == 0) gone.push_back(name);
-      }
     }
     if (state.aggregated && !aggregated) gone.push_back(kOtherGroup);
     state.aggregated = aggregated;
@@ -234,11 +240,9 @@ void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t reg
 }
 
 void Observer::Seed(const std::string& job, bool diverging) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!jobs_.try_emplace(job).second) return;  // known: its own record is newer
-    jobs_[job].diverging = diverging;
-  }
+  absl::MutexLock lock(&mu_);  // a step's gauge comes after: it finds the record made here
+  if (!jobs_.try_emplace(job).second) return;  // known: its own record is newer
+  jobs_[job].diverging = diverging;
   diverging_->Set({job}, diverging ? 1 : 0);
 }
 

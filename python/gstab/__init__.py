@@ -223,6 +223,16 @@ def _close_open_clients() -> None:
             arena._lib.gstab_arena_unlink(arena._h)  # its memory stays mapped
 
 
+def _after_fork_in_child() -> None:
+    # No thread but the forking one goes on in the child: no call of another is in flight, and a
+    # client's lock another thread held at the fork would stay held (the exit's destroy waited).
+    for client in list(_open_clients):
+        client._calls_lock, client._in_flight = threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _policy_settings(policy: Optional[str], config: Optional[Config]) -> str:
     """attach()'s policy and config as one settings text (as update_config takes it)."""
     items = []
@@ -358,9 +368,10 @@ class Client:
     def _may_attach_again(self) -> bool:
         """Whether a call that found gstabd replaced attaches and registers again by itself (see
         reattach_timeout): host-memory gradients (or none yet), one node."""
-        return self.reattach_timeout > 0 and self._attached is not None and \
-            not self._reattaching and self._attached["node_count"] <= 1 and \
-            (self.registration is None or isinstance(self.registration, Arena))
+        attached, registration = self._attached, self.registration  # close() may clear them
+        return self.reattach_timeout > 0 and attached is not None and \
+            not self._reattaching and attached["node_count"] <= 1 and \
+            (registration is None or isinstance(registration, Arena))
 
     def _again_on_restart(self, what: str, call):
         """call(), and once more after attaching again if it found gstabd replaced."""
@@ -384,20 +395,23 @@ class Client:
                 "the step is skipped)" if code == DATA_LOSS
                 else "gstabd no longer knew this worker's session")
         deadline = time.monotonic() + self.reattach_timeout
-        registration = self.registration
+        # As they were: a close() from another thread meanwhile clears them (and is told to the
+        # loop below by the calls it refuses).
+        registration, attached = self.registration, self._attached
+        if attached is None:
+            raise Error(FAILED_PRECONDITION, "this gstab.Client is closed")
         self._reattaching = True  # the calls below do not attach again themselves
         try:
             while True:
                 try:
                     # Without a configuration: the job's own (update_config's, gstabctl's) is
                     # kept.
-                    self._attach(**dict(self._attached, policy=None, config=None))
+                    self._attach(**dict(attached, policy=None, config=None))
                     restored = bool(self._call(self._lib.gstab_attach_restored))
                     stats = self.stats()
                     held = stats["steps"] > 0 or stats["last_step"] > 0
                     if not restored and not held:  # started afresh: as attach() asked
-                        asked = _policy_settings(self._attached["policy"],
-                                                 self._attached["config"])
+                        asked = _policy_settings(attached["policy"], attached["config"])
                         if asked:
                             self.update_config(asked)
                     if registration is not None:
@@ -415,7 +429,7 @@ class Client:
             self._reattaching = False
         self.reattached += 1
         _log.warning("gstab: %s %s (%s); job '%s' attached and registered again, %s",
-                     what, where, why, self._attached["job"],
+                     what, where, why, attached["job"],
                      "its statistics restored from gstabd's checkpoint" if restored else
                      "its statistics as gstabd holds them" if held else
                      "its statistics started afresh (gstabd had no checkpoint of it)")
@@ -491,10 +505,11 @@ class Client:
         status, result = self._step_once(step)
         if result is not None:
             return result
-        again = self._may_attach_again() and isinstance(self.registration, Arena)
+        registration = self.registration  # a close() from another thread may clear it
+        again = self._may_attach_again() and isinstance(registration, Arena)
         if status == DATA_LOSS and again:
             # gstabd went away after it had begun to scale them: they cannot be stepped again.
-            self.registration._zero()
+            registration._zero()
             try:
                 self._attach_again(f"at step {step}", status)
             except Error as e:  # still DATA_LOSS: the step is not to be stepped again

@@ -48,8 +48,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     another launcher (no LOCAL_WORLD_SIZE), the ranks sharing this host's name are its node's.
     Without torch.distributed initialized: a job of this process alone, or of the local_rank
     and local_world_size given (processes of one node). A job across nodes gets its rendezvous
-    from global rank 0, broadcast over the default process group, so every rank must call
-    this. cuda: whether the job registers CUDA gradients (default: the process group has an
+    from global rank 0, broadcast over the default process group, and the hosts' names are
+    gathered over it, so every rank must call this then. cuda: whether the job registers CUDA gradients (default: the process group has an
     NCCL backend; pass cuda=True for a GPU job over another backend). policy and config as
     for gstab.Client.attach."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -101,8 +101,17 @@ def _layout_by_host(rank: int, world: int, local_rank: Optional[int],
     """(local_rank, local_world_size, node_rank) from the hosts' names, gathered over the
     default process group: a node's ranks are those on its host, in global rank order, and the
     nodes are in the order of their first rank. Given ranks are kept."""
+    dist = torch.distributed
     hosts = [None] * world
-    torch.distributed.all_gather_object(hosts, socket.gethostname())
+    # Over Gloo: NCCL would gather on the current GPU, which may not be set yet (each rank on
+    # cuda:0, a duplicate-GPU error).
+    group = dist.new_group(backend="gloo") if "nccl" in str(dist.get_backend()).lower() \
+        else None
+    try:
+        dist.all_gather_object(hosts, socket.gethostname(), group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
     order = list(dict.fromkeys(hosts))  # each host once, in the order of its first rank
     counts = {h: hosts.count(h) for h in order}
     if len(set(counts.values())) != 1:
@@ -175,8 +184,8 @@ class Stabilizer:
             raise ValueError("no parameter requires a gradient: there is nothing to stabilize")
         if self._module is not None:
             for name, m in self._module.named_modules():
-                if getattr(m, "sparse", False) is True and m.weight.requires_grad and \
-                        isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and \
+                        m.sparse and m.weight.requires_grad:
                     raise ValueError(_sparse_refusal(name or type(m).__name__))
         self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).

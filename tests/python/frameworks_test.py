@@ -46,11 +46,12 @@ def attach_as(rank, world, hosts=None, **kwargs):
     def broadcast(message, src):
         message[0] = b"blob"
 
-    def gather(out, mine):
+    def gather(out, mine, group=None):
         out[:] = hosts
     with mock.patch.object(dist, "is_initialized", return_value=rank is not None), \
             mock.patch.object(dist, "get_rank", return_value=rank), \
             mock.patch.object(dist, "get_world_size", return_value=world), \
+            mock.patch.object(dist, "get_backend", return_value="gloo"), \
             mock.patch.object(dist, "all_gather_object", gather), \
             mock.patch.object(dist, "broadcast_object_list", broadcast):
         gstab.torch.attach(Recorder(), "job", cuda=False, **kwargs)
@@ -403,6 +404,9 @@ class TorchTest(GstabdTest):
         frozen_lookup = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True), mlp())
         frozen_lookup[0].requires_grad_(False)  # never has a gradient: no refusal
         gstab.torch.Stabilizer(client, frozen_lookup)
+        mixer = mlp()
+        mixer.sparse = True  # an attribute of that name on a module of another kind
+        gstab.torch.Stabilizer(client, mixer)
         # A copy of a parameter (not a leaf) never has its .grad filled: gstab would see zeros
         # while the model's own gradients reached the optimizer unstabilized.
         with self.assertRaisesRegex(ValueError, "parameter '0.weight' is computed from another"):

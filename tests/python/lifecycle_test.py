@@ -80,38 +80,78 @@ time.sleep({delay})
     def test_a_close_from_another_thread_waits_for_the_call_in_flight(self):
         # close() while a thread is in a step: the step ends as it would have, the client is
         # destroyed (and detached) after it, and the thread's next call is refused as closed.
-        node = Gstabd(ARGS.gstabd)
+        # Its job's other worker, stepping in lockstep, is told at once that it detached.
+        node = Gstabd(ARGS.gstabd, "--step_timeout_ms=60000")
         try:
-            client = gstab.Client(node.socket)
-            client.attach("py-close-thread")
-            arena = gstab.Arena()
-            arena.add_tensor("w", 1 << 22)
-            arena.allocate()
-            client.register_arena(arena)
-            outcome = []
+            clients, arenas = [gstab.Client(node.socket) for _ in range(2)], []
+            for rank, client in enumerate(clients):
+                client.attach("py-close-thread", local_rank=rank, local_world_size=2)
+                arenas.append(gstab.Arena())
+                arenas[-1].add_tensor("w", 1 << 20)
+                arenas[-1].allocate()
+                client.register_arena(arenas[-1])
+            outcome = {}
 
-            def step_on():
+            def step_on(rank):
                 step = 1
                 try:
                     while True:
-                        client.step(step)
+                        clients[rank].step(step)
                         step += 1
                 except gstab.Error as e:
-                    outcome.append((step, e.code, e.message))
+                    outcome[rank] = (step, e.code, e.message, time.monotonic())
 
-            stepper = threading.Thread(target=step_on)
-            stepper.start()
+            steppers = [threading.Thread(target=step_on, args=(r,)) for r in range(2)]
+            for stepper in steppers:
+                stepper.start()
             time.sleep(0.3)
+            closed = time.monotonic()
+            clients[0].close()
+            for stepper in steppers:
+                stepper.join(30)
+            self.assertFalse(any(stepper.is_alive() for stepper in steppers))
+            self.assertIsNone(clients[0]._h)  # destroyed once its call was done
+            step, code, message, _ = outcome[0]
+            self.assertGreater(step, 1)
+            self.assertEqual((code, message), (9, "this gstab.Client is closed"))
+            # Detached: the other worker's step is refused at once, not after the step timeout.
+            _, code, message, when = outcome[1]
+            self.assertEqual(code, 9, message)
+            self.assertIn("detached", message)
+            self.assertLess(when - closed, 20)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_close_while_another_thread_attaches_again_ends_that_thread_as_closed(self):
+        # A step waiting for gstabd to come back (attaching again) when another thread closes
+        # the client: it is told the client is closed, not a TypeError from what close() let go.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket, reattach_timeout=20)
+            client.attach("py-close-reattach")
+            views = one_tensor_job(client)
+            run_steps(client, views, [1])
+            node.process.kill()
+            node.process.wait()
+            outcome = []
+
+            def step_again():
+                try:
+                    client.step(2)
+                except Exception as e:  # noqa: BLE001 (what it was is the test)
+                    outcome.append(e)
+
+            stepper = threading.Thread(target=step_again)
+            stepper.start()
+            time.sleep(0.5)  # in the loop waiting for a gstabd to attach to
             client.close()
             stepper.join(20)
             self.assertFalse(stepper.is_alive())
-            self.assertEqual(len(outcome), 1)
-            step, code, message = outcome[0]
-            self.assertGreater(step, 1)
-            self.assertEqual((code, message), (9, "this gstab.Client is closed"))
-            again = gstab.Client(node.socket)  # the job goes on from where the thread left it
-            again.attach("py-close-thread")
-            self.assertEqual(again.stats()["last_step"], step - 1)
+            self.assertIsInstance(outcome[0], gstab.Error)
+            self.assertEqual(outcome[0].code, 9)
+            self.assertIn("this gstab.Client is closed", outcome[0].message)
+            os.unlink(node.socket)
+            node._start()
         finally:
             self.assertEqual(node.stop(), 0)
 

@@ -130,6 +130,15 @@ TEST(ObserverTest, GroupsAStepNoLongerHasLeaveTheMetrics) {
   EXPECT_EQ(text.find("group=\"_other\""), std::string::npos) << text;
   observer.OnStep("j", Step(3, {5, 6}, {false, false}), absl::Milliseconds(1));
   EXPECT_NE(registry.Render().find("gstab_norm{job=\"j\",group=\"g1\"} 6\n"), std::string::npos);
+  // Renamed groups (a wrapper's prefix, say) take the places of those gone.
+  v1::StepResponse renamed = Step(4, {7, 8, 9}, {false, false, false});
+  for (v1::GroupResult& g : *renamed.mutable_groups()) g.set_group("module." + g.group());
+  observer.OnStep("j", renamed, absl::Milliseconds(1));
+  text = registry.Render();
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"module.g0\"} 7\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"module.g1\"} 8\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"_other\"} 9\n"), std::string::npos);
+  EXPECT_EQ(text.find("group=\"g0\""), std::string::npos);
 }
 
 // A job restored diverging (after gstabd's restart, or its retirement) is shown diverging from
