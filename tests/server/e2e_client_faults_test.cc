@@ -108,7 +108,7 @@ TEST(E2eClientFaultsTest, AConnectToAGstabdThatDoesNotAnswerFailsSayingSo) {
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto first = Client::Connect(daemon->socket());  // the process's connection, made
   ASSERT_TRUE(first.ok()) << first.status();
-  daemon->process().Signal(SIGSTOP);
+  ASSERT_TRUE(daemon->process().Stop());
   const absl::Time start = absl::Now();
   auto second = Client::Connect(daemon->socket(), absl::Seconds(7));
   const absl::Duration took = absl::Now() - start;

@@ -380,7 +380,7 @@ TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
   ASSERT_TRUE((*client)->Attach(testing::JobOptions("frozen")).ok());
   // A keep-alive every 5 s (a third of the lease), each waiting up to 5 s for its answer.
   absl::SleepFor(absl::Seconds(4));
-  daemon->process().Signal(SIGSTOP);
+  ASSERT_TRUE(daemon->process().Stop());
   absl::SleepFor(absl::Seconds(2));  // the keep-alive call of 5 s in waits
   const absl::Time start = absl::Now();
   client->reset();

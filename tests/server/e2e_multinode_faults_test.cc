@@ -221,7 +221,7 @@ TEST(MultiNodeFaultTest, WhenTheOthersCannotBeToldEveryWaitingWorkerHearsSo) {
   for (size_t i = 0; i < 4; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(4, 1))) ASSERT_TRUE(r.ok()) << r.status();
 
-  cluster.daemon(0).process().Signal(SIGSTOP);
+  ASSERT_TRUE(cluster.daemon(0).process().Stop());
   std::vector<std::unique_ptr<TestWorker>> waiting;  // node 1's local ranks 0 and 1, not 2
   waiting.push_back(std::move(workers[1]));
   waiting.push_back(std::move(workers[2]));
@@ -323,7 +323,7 @@ TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
   for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
   for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
 
-  cluster.daemon(1).process().Signal(SIGSTOP);  // alive but silent
+  ASSERT_TRUE(cluster.daemon(1).process().Stop());  // alive but silent
   std::vector<std::unique_ptr<TestWorker>> others;
   others.push_back(std::move(workers[0]));
   others.push_back(std::move(workers[2]));

@@ -305,7 +305,7 @@ TEST_F(E2eObservabilityTest, StalledSubscriberDoesNotHoldGstabdsStop) {
   absl::StatusOr<std::string> attached = follower->ReadLine(absl::Seconds(30));  // subscribed
   ASSERT_TRUE(attached.ok()) << attached.status();
   ASSERT_NE(attached->find("ATTACH"), std::string::npos) << *attached;
-  follower->Signal(SIGSTOP);
+  ASSERT_TRUE(follower->Stop());
   ASSERT_EQ(testing::StepNonFinite(*worker, 3000), absl::OkStatus());
   EXPECT_EQ(daemon_->Stop().value_or(-1), 0) << daemon_->Log();
   EXPECT_NE(daemon_->Log().find("statistics checkpointed"), std::string::npos) << daemon_->Log();

@@ -121,6 +121,18 @@ void Subprocess::Signal(int sig) {
   if (pid_ > 0) kill(pid_, sig);
 }
 
+bool Subprocess::Stop(absl::Duration timeout) {
+  if (pid_ <= 0 || kill(pid_, SIGSTOP) != 0) return false;
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG | WUNTRACED);
+    if (r == pid_ && WIFSTOPPED(status)) return true;
+    if (r == pid_ || r < 0 || absl::Now() > deadline) return false;  // exited, or still running
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
 absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (pid_ > 0) {

@@ -27,6 +27,10 @@ class Subprocess {
   // Everything the child writes until it exits.
   std::string ReadAll();
   void Signal(int sig);
+  // SIGSTOP, then waits until the process has stopped (false if it had not within `timeout`).
+  // A stop is not at once: the thread the signal reaches stops the others, which run on until
+  // then (tens of milliseconds on a busy machine, long enough to answer a call).
+  bool Stop(absl::Duration timeout = absl::Seconds(10));
   // Waits for exit; returns the exit code, or 128 + signal.
   absl::StatusOr<int> Wait(absl::Duration timeout);
 
