@@ -13,6 +13,10 @@ Across hosts, one process each (jax.distributed, each host's gstabd started with
 across processes, so they are registered replicated:
 
     python3 examples/jax_train.py --coordinator HOST0:PORT --num_processes 2 --process_id N
+
+A gstabd holds the job (--job, jax-example) after the run: running it again from step 1 on the
+same gstabd is refused (its steps must go on from the last); pass another --job, or
+`gstabctl forget --job=jax-example` first.
 """
 import argparse
 import json

@@ -1,5 +1,7 @@
 /* The smallest C program using gstab: attach, register one gradient tensor, run a few steps
- * with a spike, print what gstabd did.   minimal_c SOCKET [JOB] */
+ * with a spike, print what gstabd did.   minimal_c SOCKET [JOB]
+ * gstabd holds the job afterwards: a second run on the same gstabd, from step 1 again, needs
+ * another JOB, or `gstabctl forget --job=minimal-c` first. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>

@@ -21,7 +21,11 @@ with --peer_listen), and gstab.torch.attach shares the job's rendezvous:
 
 --save DIR writes a checkpoint after the last step (torch.distributed.checkpoint: the model,
 the optimizer and gstab's statistics) and --resume DIR continues from one, on this gstabd or
-another, with the same statistics.
+another, with the same statistics, to --steps (beyond the checkpoint's).
+
+A gstabd holds the job (--job, torch-ddp-example) after the run: running it again from step 1
+on the same gstabd is refused (its steps must go on from the last); pass another --job, or
+`gstabctl forget --job=torch-ddp-example` first.
 """
 import argparse
 import json
@@ -101,6 +105,9 @@ def main():
                        optim_state_dict=checkpoint["optimizer"])
         first = checkpoint["step"] + 1
         gstab_state = checkpoint["gstab"] if checkpoint["gstab"]["gstab_state"] else None
+        if first > args.steps:
+            sys.exit(f"the checkpoint in {args.resume} is at step {first - 1}: pass --steps "
+                     f"beyond it (now {args.steps}) to train on")
     data = torch.Generator().manual_seed(10 + rank)  # each rank its own batch
     x = torch.randn(64, 8, generator=data)
     x, y = x.to(device), x.sum(1, keepdim=True).sin().to(device)

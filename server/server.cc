@@ -262,10 +262,15 @@ absl::Status Server::Start() {
     tcp =
         absl::StrCat(" and on TCP ", JoinHostPort(host, std::to_string(tcp_port)), " (mutual TLS)");
   }
+  // Which backend serves, said once: --backend=auto on a GPU node whose driver is unusable
+  // serves host memory alone, and GPU workers' registrations are refused.
   LOG(INFO) << "gstabd serving on unix:" << options_.socket_path << tcp
             << (options_.health_socket_path.empty()
                     ? ""
-                    : absl::StrCat(" (probes: unix:", options_.health_socket_path, ")"));
+                    : absl::StrCat(" (probes: unix:", options_.health_socket_path, ")"))
+            << "; backend: "
+            << (options_.daemon.cuda ? "cuda (and host shared memory)"
+                                     : "cpu (host shared memory only)");
   return absl::OkStatus();
 }
 
