@@ -264,7 +264,10 @@ def rendezvous_bytes(rendezvous) -> Optional[bytes]:
 
 
 class Client:
-    """One worker's connection to its node's gstabd. Not thread-safe.
+    """One worker's connection to its node's gstabd. Not thread-safe: one call at a time, but
+    close() may come from another thread while a call is in flight: the client goes once that
+    call is done, and later calls are refused. At the interpreter's exit, a client a thread is
+    still in a call with is left to gstabd, which lets go of it at its lease's end.
 
     socket_path: gstabd's unix socket (None: $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as
     gstabctl), or HOST:PORT of its TCP port (gstabd --listen), reached
