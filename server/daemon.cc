@@ -208,7 +208,7 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
   absl::StatusOr<MappedRegistration> mapped =
       MapRegistration(*std::move(plan), &registry_, device_memory_.get(), peer_uid);
   if (!mapped.ok()) return mapped.status();
-  if (absl::Status s = ClaimHostObjects(session->job->name(), &*mapped); !s.ok()) return s;
+  if (absl::Status s = ClaimMemory(session->job->name(), &claims_, &*mapped); !s.ok()) return s;
   // A session that ends meanwhile is handled by the job: its removal either removes this
   // registration (when it comes after) or has it refused (when it came before).
   absl::Status s =

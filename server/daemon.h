@@ -260,6 +260,7 @@ class Daemon {
   GpuBackend gpu_;                               // empty without the CUDA pipeline
   CpuExecutor executor_;
   MappingRegistry registry_;
+  MemoryClaims claims_;  // registered memory by job, over every job
   StateStore store_;
   RendezvousStore rendezvous_store_;
   const std::shared_ptr<StoreCalls> store_calls_;

@@ -17,6 +17,7 @@
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/dtype.h"
 #include "server/gpu_pipeline.h"
+#include "server/memory_claims.h"
 #include "server/shm_mapping.h"
 
 namespace gstab {
@@ -68,12 +69,12 @@ struct MappedRegistration {
   std::vector<const ShmMapping*> host_objects;  // host_shm buffers' (kept alive by mappings)
   std::vector<void*> tensor_data;               // one per tensor (device pointers for cuda_ipc)
   uint64_t* progress = nullptr;                 // the plan's progress word, when it has one
-  std::vector<std::shared_ptr<void>> claims;    // ClaimHostObjects'
+  std::shared_ptr<void> claim;                  // ClaimMemory's
 };
 
-// Claims every host_shm object of `mapped` for job `job` (ShmMapping::ClaimFor), for as long as
-// the registration lives; FAILED_PRECONDITION when another job holds one.
-absl::Status ClaimHostObjects(const std::string& job, MappedRegistration* mapped);
+// Claims the memory of `mapped`'s tensors for job `job` in `claims`, for as long as the
+// registration lives; FAILED_PRECONDITION when another job holds some of it.
+absl::Status ClaimMemory(const std::string& job, MemoryClaims* claims, MappedRegistration* mapped);
 
 // Marks `progress` (may be null) as RegisterBuffersRequest.progress says: scaling step `step`,
 // or (`scaled`) done with it.

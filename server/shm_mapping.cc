@@ -148,23 +148,6 @@ void ShmMapping::AlsoCountIn(std::shared_ptr<std::atomic<int>> count) {
   ++*owner_count_;
 }
 
-absl::StatusOr<std::shared_ptr<void>> ShmMapping::ClaimFor(const std::string& job) const {
-  absl::MutexLock lock(&claim_mu_);
-  if (claims_ > 0 && claimed_by_ != job) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("shared-memory object '", name_, "' is registered by job '", claimed_by_,
-                     "': a job's gradients are its own (both jobs would scale them); give job '",
-                     job, "' memory of its own"));
-  }
-  claimed_by_ = job;
-  ++claims_;
-  std::shared_ptr<const ShmMapping> self = shared_from_this();
-  return std::shared_ptr<void>(nullptr, [self](void*) {
-    absl::MutexLock release(&self->claim_mu_);
-    --self->claims_;
-  });
-}
-
 absl::Status ShmMapping::CheckSize() const {
   if (absl::Status s = CheckNotLost(); !s.ok()) return s;
   struct stat st;

@@ -21,7 +21,7 @@
 
 namespace gstab {
 
-class ShmMapping : public std::enable_shared_from_this<ShmMapping> {
+class ShmMapping {
  public:
   // Opens and maps the whole object read-write. NOT_FOUND when it does not exist,
   // PERMISSION_DENIED when it cannot be opened read-write, RESOURCE_EXHAUSTED when it is larger
@@ -55,12 +55,6 @@ class ShmMapping : public std::enable_shared_from_this<ShmMapping> {
   bool IsCurrent() const;
   // Counts this mapping in `count` too, for as long as it lives (once, before it is shared).
   void AlsoCountIn(std::shared_ptr<std::atomic<int>> count);
-  // Holds the object for job `job` while the returned claim lives (a registration's): a job's
-  // gradients are its own, and another job's steps would scale them too, each job's statistics
-  // then taking the other's scaled gradients. Any number of claims of one job at once (its
-  // workers, a registration replacing another); FAILED_PRECONDITION naming the object and the
-  // job that holds it for another.
-  absl::StatusOr<std::shared_ptr<void>> ClaimFor(const std::string& job) const;
 
  private:
   ShmMapping(std::string name, int fd, unsigned char* data, size_t size, int fault_slot,
@@ -87,9 +81,6 @@ class ShmMapping : public std::enable_shared_from_this<ShmMapping> {
   ino_t ino_;
   std::shared_ptr<std::atomic<int>> open_count_;  // may be null
   std::shared_ptr<std::atomic<int>> owner_count_;  // may be null
-  mutable absl::Mutex claim_mu_;
-  mutable std::string claimed_by_ ABSL_GUARDED_BY(claim_mu_);  // the job of the claims
-  mutable int claims_ ABSL_GUARDED_BY(claim_mu_) = 0;
 };
 
 class MappingRegistry {
