@@ -43,10 +43,11 @@ class MemoryClaims {
   struct State {
     absl::Mutex mu;
     std::multimap<uintptr_t, Held> held ABSL_GUARDED_BY(mu);  // by begin
-    uintptr_t longest ABSL_GUARDED_BY(mu) = 0;  // bounds how far before an extent to look
     uint64_t claims ABSL_GUARDED_BY(mu) = 0;
   };
   static void Release(State* state, uint64_t claim, const std::vector<Extent>& extents);
+  static absl::Status Refusal(const std::string& job, const std::string& holder,
+                              const std::string& what);
 
   const std::shared_ptr<State> state_ = std::make_shared<State>();
 };
