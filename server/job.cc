@@ -143,9 +143,8 @@ absl::Status Job::CheckNoSharedMemory(uint32_t local_rank,
     size_t tensor;
   };
   auto extent = [](const MappedRegistration& r, size_t i, uint32_t rank) {
-    const PlannedTensor& t = r.plan.tensors[i];
-    const auto begin = reinterpret_cast<uintptr_t>(r.tensor_data[i]);
-    return Extent{begin, begin + t.numel * ElementSize(r.plan.buffers[t.buffer].dtype), rank, i};
+    const MemoryClaims::Extent e = TensorExtent(r, i);
+    return Extent{e.begin, e.end, rank, i};
   };
   // One mapping per object (and per IPC allocation): the same memory has the same address.
   std::vector<Extent> others;

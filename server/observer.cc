@@ -87,7 +87,10 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
     JobState& state = jobs_[job];
     std::set<std::string>& names = state.exported_groups;
     size_t present = 0;
-    for (const v1::GroupResult& g : step.groups()) present += names.count(g.group());
+    for (int i = 0; i < step.groups_size(); ++i) {
+      exported[i] = names.count(step.groups(i).group()) == 1;
+      present += exported[i];
+    }
     if (present < names.size()) {
       std::set<std::string> here;
       for (const v1::GroupResult& g : step.groups()) here.insert(g.group());
@@ -100,10 +103,10 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
         }
       }
     }
-    for (int i = 0; i < step.groups_size(); ++i) {
-      const std::string& name = step.groups(i).group();
-      exported[i] =
-          names.count(name) == 1 || (names.size() < max_groups_ && names.insert(name).second);
+    for (int i = 0; i < step.groups_size(); ++i) {  // new names, while there is room
+      if (!exported[i]) {
+        exported[i] = names.size() < max_groups_ && names.insert(step.groups(i).group()).second;
+      }
       aggregated |= !exported[i];
     }
     if (state.aggregated && !aggregated) gone.push_back(kOtherGroup);
@@ -241,8 +244,9 @@ void Observer::SetWorkers(const std::string& job, uint32_t workers, uint64_t reg
 
 void Observer::Seed(const std::string& job, bool diverging) {
   absl::MutexLock lock(&mu_);  // a step's gauge comes after: it finds the record made here
-  if (!jobs_.try_emplace(job).second) return;  // known: its own record is newer
-  jobs_[job].diverging = diverging;
+  auto [record, made] = jobs_.try_emplace(job);
+  if (!made) return;  // known: its own record is newer
+  record->second.diverging = diverging;
   diverging_->Set({job}, diverging ? 1 : 0);
 }
 

@@ -72,6 +72,9 @@ struct MappedRegistration {
   std::shared_ptr<void> claim;                  // ClaimMemory's
 };
 
+// Tensor `i`'s memory in gstabd's address space: one address per object and IPC allocation.
+MemoryClaims::Extent TensorExtent(const MappedRegistration& mapped, size_t i);
+
 // Claims the memory of `mapped`'s tensors for job `job` in `claims`, for as long as the
 // registration lives; FAILED_PRECONDITION when another job holds some of it.
 absl::Status ClaimMemory(const std::string& job, MemoryClaims* claims, MappedRegistration* mapped);

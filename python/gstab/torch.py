@@ -49,9 +49,9 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     Without torch.distributed initialized: a job of this process alone, or of the local_rank
     and local_world_size given (processes of one node). A job across nodes gets its rendezvous
     from global rank 0, broadcast over the default process group, and the hosts' names are
-    gathered over it, so every rank must call this then. cuda: whether the job registers CUDA gradients (default: the process group has an
-    NCCL backend; pass cuda=True for a GPU job over another backend). policy and config as
-    for gstab.Client.attach."""
+    gathered over it, so every rank must call this then. cuda: whether the job registers CUDA
+    gradients (default: the process group has an NCCL backend; pass cuda=True for a GPU job
+    over another backend). policy and config as for gstab.Client.attach."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         if node_rank:
             raise ValueError("node_rank: a job across nodes needs torch.distributed initialized "
@@ -170,14 +170,16 @@ class Stabilizer:
                     f"model.named_parameters(), not {type(item).__name__} items "
                     "(model.parameters() gives no names)")
             name, p = item
-            if p.requires_grad and not p.is_leaf:
+            if not p.requires_grad:
+                continue
+            if not p.is_leaf:
                 raise ValueError(f"parameter '{name}' is computed from another tensor (a copy "
                                  "such as p.to(...), p.float() or p.cuda()), not a leaf: "
                                  "backward fills only leaves' .grad, so gstab would see zeros; "
                                  "pass the parameters themselves")
-            if p.requires_grad and p.grad is not None and p.grad.is_sparse:
+            if p.grad is not None and p.grad.is_sparse:
                 raise ValueError(_sparse_refusal(name))
-            if p.requires_grad and p.numel() > 0 and id(p) not in seen:
+            if p.numel() > 0 and id(p) not in seen:
                 seen.add(id(p))
                 self._params.append((name, p))
         if not self._params:
