@@ -25,6 +25,7 @@
 #include "absl/types/span.h"
 #include "client_lib/transport.h"
 #include "common/host_port.h"
+#include "common/refusal.h"
 #include "common/step_progress.h"
 #include "common/utf8.h"
 #include "common/wire_limits.h"
@@ -305,7 +306,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   }
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
   const absl::Time deadline = absl::Now() + timeout;
-  if (!channel->WaitForConnected(absl::ToChronoTime(deadline))) {
+  bool connected = false;
+  do {
+    connected = channel->WaitForConnected(
+        absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(1))));
+    if (connected || tcp) continue;
+    // A gstabd that refuses this process (its allow-list, its per-uid cap) closes each
+    // connection at once, which gRPC would retry until `deadline`: it says why on a connection
+    // of our own.
+    std::optional<absl::Status> refused = ProbeRefusal(
+        address, std::clamp(deadline - absl::Now(), absl::ZeroDuration(), absl::Seconds(1)));
+    if (refused.has_value()) return *std::move(refused);
+  } while (!connected && absl::Now() < deadline);
+  if (!connected) {
     if (tcp) {
       return absl::UnavailableError(absl::StrCat(
           "no gstabd answers on ", address,
@@ -316,11 +329,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     }
     struct stat st;
     const bool there = ::stat(address.c_str(), &st) == 0;
-    return absl::UnavailableError(absl::StrCat(
-        "no gstabd answers on ", address, there ? "" : " (nothing is there)",
-        ": is the daemon running, and is the socket path right? (A gstabd closes connections "
-        "its --allow_uids or --allow_gids leave out, and those past its "
-        "--max_connections_per_uid, and logs so)"));
+    return absl::UnavailableError(
+        absl::StrCat("no gstabd answers on ", address, there ? "" : " (nothing is there)",
+                     ": is the daemon running, and is the socket path right?"));
   }
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to

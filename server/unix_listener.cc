@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/folders.h"
+#include "common/refusal.h"
 #include "glog/logging.h"
 #include "server/metrics.h"
 
@@ -158,6 +159,7 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
   // At most one line a second: a process that connects in a loop must not fill the log.
   auto refuse = [&](int conn, const ucred& cred, const std::string& reason,
                     const std::string& why) {
+    SendRefusal(conn, reason, why);  // what the client library reports, rather than a timeout
     close(conn);
     if (refusals_ != nullptr) refusals_->Add({reason}, 1);
     ++refused;
@@ -192,13 +194,16 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
       continue;
     }
     if (!policy_.Allows(cred.uid, cred.gid)) {
-      refuse(conn, cred, "not_allowed", "not in the allow-list");
+      refuse(conn, cred, "not_allowed",
+             absl::StrCat("uid ", cred.uid, " gid ", cred.gid,
+                          " is not in the allow-list (--allow_uids, --allow_gids)"));
       continue;
     }
     if (!UnderConnectionCap(cred.uid)) {
       refuse(conn, cred, "per_uid_cap",
              absl::StrCat("uid ", cred.uid, " already holds ", policy_.max_connections_per_uid,
-                          " connections, its cap (--max_connections_per_uid)"));
+                          " connections, its cap (--max_connections_per_uid): close the "
+                          "clients it no longer uses, or raise the cap"));
       continue;
     }
     handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});

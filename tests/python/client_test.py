@@ -11,9 +11,11 @@ import ctypes
 import math
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
+import time
 import unittest
 
 _where = argparse.ArgumentParser(add_help=False)
@@ -320,6 +322,33 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(gstab.Error) as e:
             gstab.Client(os.path.join(self.dir.name, "nobody.sock")).attach("py-absent")
         self.assertEqual(e.exception.code, 14)
+
+    def test_a_uid_at_its_connection_cap_is_told_so(self):
+        capped = Gstabd(ARGS.gstabd, "--max_connections_per_uid=2")
+        held = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+        try:
+            for s in held:
+                s.connect(capped.socket)
+            with self.assertRaises(gstab.Error) as e:
+                gstab.Client(capped.socket).attach("py-capped")
+            self.assertEqual(e.exception.code, 8, e.exception.message)  # RESOURCE_EXHAUSTED
+            self.assertIn("refused this process's connection: uid %d already holds 2 connections"
+                          % os.getuid(), e.exception.message)
+            for s in held:
+                s.close()
+            for _ in range(50):  # until gstabd has seen them closed
+                try:
+                    with gstab.Client(capped.socket) as client:
+                        client.attach("py-capped")
+                        break
+                except gstab.Error:
+                    time.sleep(0.1)
+            else:
+                self.fail("the uid's connections were closed, and it is still refused")
+        finally:
+            for s in held:
+                s.close()
+            capped.stop()
 
     def test_cuda_gradients_fail_cleanly_without_a_gpu(self):
         if os.path.exists("/dev/nvidia0"):

@@ -377,8 +377,13 @@ TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
   absl::StatusOr<testing::Subprocess> holder = HoldConnections(65534, 3);
   ASSERT_TRUE(holder.ok()) << holder.status();
 
-  auto [rc, out] = Ctl(65534, "status");
+  // Told why, rather than waiting out its timeout to hear that no gstabd answers.
+  auto [rc, out] = Ctl(65534, "--timeout_s=120 status");
   EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("refused this process's connection: uid 65534 already holds 3 connections, "
+                     "its cap (--max_connections_per_uid)"),
+            std::string::npos)
+      << out;
   EXPECT_TRUE(
       daemon_->WaitForLog("uid 65534 already holds 3 connections, its cap "
                           "(--max_connections_per_uid)"))
@@ -421,8 +426,12 @@ TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
   std::tie(rc, out) = As(0, "gstabctl --socket=" + probe + " health");
   EXPECT_EQ(rc, 0) << out;
   ::chmod(probe.c_str(), 0666);  // past the mode, the allow-list still keeps others out
-  std::tie(rc, out) = As(65534, "gstabctl --socket=" + probe + " health");
+  std::tie(rc, out) = As(65534, "gstabctl --socket=" + probe + " --timeout_s=120 health");
   EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("refused this process's connection: uid 65534 gid 65534 is not in the "
+                     "allow-list (--allow_uids, --allow_gids)"),
+            std::string::npos)
+      << out;
   EXPECT_TRUE(daemon_->WaitForLog("not in the allow-list")) << daemon_->Log();
   holder->Signal(SIGKILL);
 }
