@@ -239,8 +239,49 @@ def check_api(name, kinds):
           f"{name}: no container port for the API")
 
 
+NETWORK_POLICY = ["--set", "networkPolicy.enabled=true", "--set", "api.enabled=true",
+                  "--set", "api.tlsSecret=gstab-api-tls", "--set", "api.operators={ops,oncall}",
+                  "--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector": {"matchLabels":'
+                  ' {"kubernetes.io/metadata.name": "monitoring"}}}]',
+                  "--set-json", 'networkPolicy.apiFrom=[{"ipBlock": {"cidr": "10.0.0.0/8"}}]']
+
+
+def check_network_policy(name, kinds):
+    """networkPolicy.enabled: gstabd's pods, and only they, take connections on the metrics and
+    API ports from the peers given, and open none."""
+    _, pod, c = daemon_container(kinds)
+    policies = kinds.get("NetworkPolicy", [])
+    check(len(policies) == 1, f"{name}: {len(policies)} NetworkPolicies, not 1")
+    if not policies:
+        return
+    spec = policies[0]["spec"]
+    selector = spec["podSelector"]["matchLabels"]
+    labels = pod["metadata"]["labels"]
+    check(selector and all(labels.get(k) == v for k, v in selector.items()),
+          f"{name}: the NetworkPolicy's selector {selector} misses gstabd's pods {labels}")
+    for test_pod in kinds.get("Pod", []):
+        test_labels = test_pod["metadata"]["labels"]
+        check(not all(test_labels.get(k) == v for k, v in selector.items()),
+              f"{name}: the NetworkPolicy also selects the helm test pod")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    rules = {r["ports"][0]["port"]: r.get("from") for r in spec["ingress"]}
+    check(rules == {
+        ports["metrics"]: [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}],
+        ports["api"]: [{"ipBlock": {"cidr": "10.0.0.0/8"}}]},
+        f"{name}: the NetworkPolicy's ingress {spec['ingress']} is not the metrics port from "
+        f"metricsFrom and the API port from apiFrom")
+    check(sorted(spec["policyTypes"]) == ["Egress", "Ingress"] and spec.get("egress") == [],
+          f"{name}: the NetworkPolicy lets gstabd's pods open connections: {spec}")
+
+
 def bad_values(args):
     cases = [
+        (["--set", "networkPolicy.enabled=true", "--set", "peer.enabled=true",
+          "--set", "peer.tlsSecret=s"], "does not cover peer.enabled"),
+        (["--set-json", 'networkPolicy.apiFrom=[{"ipBlock": {"cidr": "10.0.0.0/8"}}]'],
+         "networkPolicy.apiFrom admits clients to gstabd's TCP API"),
+        (["--set", "networkPolicy.metricsFrom=monitoring"], "/networkPolicy/metricsFrom"),
         (["--set", "peer.enabled=true"], "tlsSecret"),
         (["--set", "api.enabled=true"], "/api/tlsSecret"),
         (["--set", "api.enabled=true", "--set", "api.tlsSecret=s", "--set", "api.port=9478"],
@@ -539,6 +580,8 @@ def main():
                                         lambda n, k: check_monitoring(n, k, args)]),
         "cpu-everything": (everything + ["--set", "gpu.enabled=false"],
                            [check_cpu, check_peer, check_api]),
+        "cpu-network-policy": (NETWORK_POLICY + ["--set", "gpu.enabled=false"],
+                               [check_cpu, check_api, check_network_policy]),
     }
     os.umask(0o022)
     # In /tmp, whatever TMPDIR says: workers of other uids reach the socket, as through a host
@@ -550,6 +593,8 @@ def main():
             kinds = by_kind(docs)
             validate(args, docs, tmp, name)
             check_common(name, kinds)
+            check("networkPolicy.enabled=true" in extra or "NetworkPolicy" not in kinds,
+                  f"{name}: a NetworkPolicy without networkPolicy.enabled")
             for c in checks:
                 c(name, kinds)
             run_rendered(args, name, kinds, tmp)

@@ -148,6 +148,12 @@ differ (both are host ports with peer.enabled).
 {{- if and .Values.peer.enabled (eq (int64 .Values.peer.port) (int64 .Values.metrics.port)) -}}
 {{- fail "peer.port and metrics.port must differ: with peer.enabled both are ports of the node's network" -}}
 {{- end -}}
+{{- if and .Values.networkPolicy.enabled .Values.peer.enabled -}}
+{{- fail "networkPolicy.enabled does not cover peer.enabled: gstabd then runs on the host network, which NetworkPolicies do not reach; keep its ports (metrics.port, peer.port, and those Gloo and NCCL open) to the scrapers and the other nodes with the hosts' firewall, and leave networkPolicy.enabled false" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.apiFrom (not .Values.api.enabled) -}}
+{{- fail "networkPolicy.apiFrom admits clients to gstabd's TCP API: set api.enabled=true (and api.tlsSecret) too, or leave networkPolicy.apiFrom empty" -}}
+{{- end -}}
 {{- if and .Values.api.operators (not .Values.api.enabled) -}}
 {{- fail "api.operators names certificates of gstabd's TCP port: set api.enabled=true (and api.tlsSecret) too, or leave api.operators empty" -}}
 {{- end -}}
