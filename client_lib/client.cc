@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "client_lib/transport.h"
+#include "common/done_written.h"
 #include "common/host_port.h"
 #include "common/refusal.h"
 #include "common/step_progress.h"
@@ -73,7 +74,9 @@ absl::Status NotAForkedChild() {
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+  absl::Status s(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+  if (DetailsSayDoneWritten(status.error_details())) MarkDoneWritten(&s);
+  return s;
 }
 
 Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)

@@ -34,7 +34,8 @@ class HealthCheckResponse;
 
 namespace gstab {
 
-// grpc::Status -> absl::Status with the same code and message.
+// grpc::Status -> absl::Status with the same code and message, and DoneWritten when gstabd
+// said so (common/done_written.h).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 struct AttachOptions {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/done_written.h"
 #include "common/dtype_proto.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/driver_api.h"
@@ -303,7 +304,9 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
   ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)
   if (absl::Status s = StreamWriteValue(stream, ready_word_, ready_value_); !s.ok()) return s;
   absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
-  if (!r.ok()) return r;
+  // A step gstabd failed after queuing part of it: its kernels may still run on the gradients,
+  // and gstabd writes the done word behind them, which the stream waits for as for a step taken.
+  if (!r.ok() && !DoneWritten(r.status())) return r;
   if (absl::Status s = StreamWaitValue(stream, done_word_, ready_value_); !s.ok()) return s;
   if (done_passed_ == nullptr) {
     RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&done_passed_, cudaEventDisableTiming));

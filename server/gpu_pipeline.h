@@ -57,7 +57,9 @@ class GpuPipeline {
   // pass, and writes `ready_value` to the done word once the gradients are stabilized. A
   // multi-node job's first step waits (up to the spec's timeout) for every node to join the
   // communicator. UNAVAILABLE or DEADLINE_EXCEEDED once the communicator has failed (a GPU's
-  // worker or a node died or stalled): the generation is over.
+  // worker or a node died or stalled): the generation is over. An error after part of the step
+  // was queued still writes the done word behind it, and says so (MarkDoneWritten,
+  // common/done_written.h): the worker's stream must wait for it before touching the gradients.
   virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) = 0;
   // The steps finished since the last call, oldest first; never blocks. A step whose results
   // were overwritten before any call saw it finished (the GPU two steps behind) is missing.

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/done_written.h"
 
 namespace gstab {
 namespace {
@@ -51,9 +52,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   // google.rpc.Code). The details, a google.rpc.Status of the code alone (field 1, a varint
   // below 128), say that gstabd answered: gRPC's own errors (a connection gone) have none,
   // whatever their words.
+  // A CUDA step failed part way says that its done word is written all the same.
   const auto code = static_cast<int>(status.code());
+  std::string details{'\x08', static_cast<char>(code)};
+  if (DoneWritten(status)) details += DoneWrittenDetail();
   return grpc::Status(static_cast<grpc::StatusCode>(code), CutStatusMessage(status.message()),
-                      std::string{'\x08', static_cast<char>(code)});
+                      details);
 }
 
 }  // namespace gstab

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/done_written.h"
 #include "core/config.h"
 #include "server/cross_node.h"
 #include "server/job.h"
@@ -217,9 +218,11 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
                                        : "every local worker registers its buffers again";
       EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s step ", step,
                                     " failed in the GPU communicator (", s.message(), ")"));
-      return absl::Status(
+      absl::Status ended(
           s.code(), absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", s.message(),
                                  "; this ended the job's GPU generation: ", recovery));
+      if (DoneWritten(s)) MarkDoneWritten(&ended);  // the worker's stream waits for it still
+      return ended;
     }
     if (primary) {  // the job's step count and history follow its first local GPU
       for (v1::ConfigChange& change : config_history_) {  // every change made since

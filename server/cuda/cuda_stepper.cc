@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/done_written.h"
 #include "glog/logging.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -287,15 +288,17 @@ absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint3
   // gradients before that.
   if (absl::Status s = StreamWaitValue(stream_, d_ready_, ready_value); !s.ok()) return s;
   last_ready_.store(ready_value);
+  absl::Status s;
   if (spec_.nccl.node_count > 1) {
     NextSequence(step);
-    if (absl::Status s = MarkProgress(0); !s.ok()) return s;  // the watchdog times from here
+    s = MarkProgress(0);  // the watchdog times from here
   }
-  const absl::Status s = EnqueueAfterReady(step, params, ready_value, deadline);
-  if (!s.ok()) {
+  if (s.ok()) s = EnqueueAfterReady(step, params, ready_value, deadline);
+  if (!s.ok() && StreamWriteValue(stream_, d_done_, ready_value).ok()) {
     // Whatever part was enqueued, the worker's stream goes on: `done` behind it (which an
-    // aborted communicator no longer holds up).
-    (void)StreamWriteValue(stream_, d_done_, ready_value);
+    // aborted communicator no longer holds up). The error says so, and the worker's stream
+    // waits for it before its gradients are touched again (the kernels queued may still run).
+    MarkDoneWritten(&s);
   }
   (void)MarkProgress(1);  // and the watchdog stops timing the step there
   return s;

@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "client_lib/client.h"
+#include "common/done_written.h"
 #include "gtest/gtest.h"
 
 namespace gstab {
@@ -35,6 +37,29 @@ TEST(GrpcStatusTest, GstabdsAnswersSayTheyAreGstabds) {
   EXPECT_EQ(ToGrpcStatus(absl::InvalidArgumentError("x")).error_details(),
             std::string("\x08\x03", 2));
   EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).error_details().empty());
+}
+
+// A CUDA step gstabd failed after queuing part of it says that its done word is written (the
+// worker's stream must wait for it): in the details, as a google.rpc.Any of its type, beside the
+// code; other answers say nothing of it.
+TEST(GrpcStatusTest, AStepFailedAfterItsDoneWordWasQueuedSaysSo) {
+  absl::Status failed = absl::InternalError("cudaLaunchKernel: too many resources requested");
+  MarkDoneWritten(&failed);
+  const grpc::Status sent = ToGrpcStatus(failed);
+  EXPECT_EQ(sent.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_EQ(sent.error_details(),
+            std::string("\x08\x0d\x1a\x1d\x0a\x1btype.gstab.dev/done-written", 33));
+  EXPECT_TRUE(DetailsSayDoneWritten(sent.error_details()));
+  // As the client library reads it.
+  const absl::Status received = FromGrpcStatus(sent);
+  EXPECT_EQ(received.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(received.message(), failed.message());
+  EXPECT_TRUE(DoneWritten(received));
+  EXPECT_FALSE(DoneWritten(FromGrpcStatus(ToGrpcStatus(absl::InternalError("x")))));
+  EXPECT_FALSE(DoneWritten(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"))));
+  absl::Status ok;
+  MarkDoneWritten(&ok);  // a step taken needs no mark
+  EXPECT_TRUE(ToGrpcStatus(ok).ok());
 }
 
 TEST(GrpcStatusTest, ShortMessagesPassUnchanged) {

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/done_written.h"
 #include "gtest/gtest.h"
 #include "server/job.h"
 #include "tests/server/fake_gpu.h"
@@ -106,6 +107,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   t.gpu.enqueue_error = absl::UnavailableError(
       "step 3: the check all-reduce of job 'pair' rank 1 of 2 failed: the NCCL communicator was "
       "aborted");  // as CudaStepper's cross-node stage says it
+  MarkDoneWritten(&t.gpu.enqueue_error);  // part of the step was queued
   v1::StepResponse r;
   absl::Status broken = t.job.Step(1, 3, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(broken.code(), absl::StatusCode::kUnavailable);
@@ -117,6 +119,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
                 "again"),
             std::string::npos)
       << broken;
+  EXPECT_TRUE(DoneWritten(broken)) << "the worker's stream would not wait for its done word";
   EXPECT_EQ(t.live, 0);
   absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition);
@@ -152,6 +155,8 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   ASSERT_TRUE(worker.Register(&one).ok());
   gpu.enqueue_error = absl::UnavailableError("the device is gone");
   EXPECT_EQ(one.Step(0, 1, absl::Seconds(1), &r, kReady).message(), "the device is gone");
+  MarkDoneWritten(&gpu.enqueue_error);
+  EXPECT_TRUE(DoneWritten(one.Step(0, 2, absl::Seconds(1), &r, kReady)));
   EXPECT_EQ(live, 1);
 }
 
