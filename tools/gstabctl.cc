@@ -149,6 +149,8 @@ int Top() {
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect();
   if (!client.ok()) return Fail(client.status());
+  const std::string job = absl::GetFlag(FLAGS_job);
+  bool job_seen = false;
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
     if (!client.ok()) client = Connect();  // after a failed frame
@@ -162,13 +164,22 @@ int Top() {
       client = jobs.status();  // connects anew at the next frame
       continue;
     }
-    if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty()) OnlyJob(&*jobs, job);
+    if (!job.empty()) {
+      OnlyJob(&*jobs, job);
+      job_seen |= !jobs->jobs().empty();
+    }
     if (absl::GetFlag(FLAGS_json)) {
       std::printf("%s\n", Json(*jobs).c_str());
     } else {
       std::printf("%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str());
     }
     if (!StdoutWritten()) return StdoutFailed();
+  }
+  // A view of a set number of frames (a script's) that never showed its job failed, as `status`
+  // does; an open-ended one waits for the job.
+  if (!job.empty() && !job_seen) {
+    return Fail(absl::NotFoundError(
+        absl::StrCat("gstabd held no job '", job, "' in any of the ", iterations, " frames")));
   }
   return 0;
 }

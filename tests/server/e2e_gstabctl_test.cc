@@ -97,6 +97,11 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   EXPECT_EQ(trc, 0);
   EXPECT_NE(top.find("ctl-job"), std::string::npos);
   EXPECT_NE(top.find("spikes 1"), std::string::npos) << top;
+  EXPECT_EQ(Ctl("top --iterations=1 --job=ctl-job").first, 0);
+  auto [torc, other] = Ctl("top --iterations=2 --interval_ms=10 --job=ctl-jobs");
+  EXPECT_EQ(torc, 1) << other;
+  EXPECT_NE(other.find("gstabd held no job 'ctl-jobs' in any of the 2 frames"), std::string::npos)
+      << other;
 
   auto [nrc, nojob] = Ctl("config set --job=absent policy=clip");
   EXPECT_EQ(nrc, 1);
