@@ -124,6 +124,9 @@ class Daemon {
   // restart (AttachResponse.restored). At the job cap, an attach of a new job retires the
   // longest idle job at once.
   void RetireIdleJobs(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Reports the steps CUDA jobs' GPUs have finished since their last Step (metrics, events):
+  // without it they would wait for the next Step (Job::ReportFinishedGpuSteps).
+  void ReportFinishedGpuSteps() ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes the checkpoints of jobs not held for options.job_retention (a worker of such a job
   // then starts it afresh), and each owner's oldest past options.max_checkpoints_per_owner.
   void DeleteOldCheckpoints(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);

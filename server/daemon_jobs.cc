@@ -209,6 +209,18 @@ void Daemon::RetireIdleJobs(absl::Time now) {
   for (const std::shared_ptr<Job>& job : idle) Retire(job, reason, now - options_.job_idle);
 }
 
+void Daemon::ReportFinishedGpuSteps() {
+  if (!options_.cuda) return;
+  std::vector<std::shared_ptr<Job>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, job] : jobs_) {
+      if (job != nullptr) jobs.push_back(job);
+    }
+  }
+  for (const std::shared_ptr<Job>& job : jobs) job->ReportFinishedGpuSteps();
+}
+
 void Daemon::DeleteOldCheckpoints(absl::Time now) {
   absl::MutexLock save(&save_mu_);  // not racing Checkpoint's retry of a failed save
   absl::MutexLock lock(&mu_);
@@ -359,7 +371,9 @@ absl::Status Daemon::Checkpoint() {
   std::vector<std::shared_ptr<Job>> jobs;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& [name, job] : jobs_) jobs.push_back(job);
+    for (const auto& [name, job] : jobs_) {
+      if (job != nullptr) jobs.push_back(job);
+    }
   }
   SaveFailures failures;
   for (const auto& job : jobs) {

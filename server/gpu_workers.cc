@@ -86,13 +86,16 @@ bool GpuWorkers::AwaitIdle(absl::Duration wait) {
   }
 }
 
-std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t> gone) {
+std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t> gone,
+                                                         std::vector<GpuStepResult>* finished) {
   // Closing happens under the job's lock (and, for a new rendezvous, the daemon's): the waits
   // are short and shared by every local rank, whatever their number.
   // A gone worker's ready write never comes: its steps are released first, so that its peers'
   // collectives, which wait for it, meet it and finish (every GPU skips the step).
-  if (gone.has_value() && Has(*gone)) Slot(*gone).Release();
+  bool voided = gone.has_value() && Has(*gone);  // a step released or aborted
+  if (voided) Slot(*gone).Release();
   if (multi_rank_ && !InLockstep()) {
+    voided = true;
     // Local ranks stopped at different steps: their collectives cannot meet. Every held step is
     // released first, so that no collective is still queued behind a ready word when its
     // communicator is aborted, then the communicators are.
@@ -105,6 +108,7 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
   }
   bool idle = AwaitIdle(kCloseWait);
   if (!idle) {  // a live worker has not written its ready word yet: its steps are voided too
+    voided = true;
     for (auto& [rank, w] : slots_) {
       if (rank != gone && !w.pipeline->Idle()) w.pipeline->Release();
     }
@@ -118,6 +122,8 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
     }
     idle = AwaitIdle(kCloseWait);
   }
+  // Every step ran as its worker asked: the ones no Step has polled yet are still reported.
+  if (finished != nullptr && idle && !voided && !slots_.empty()) *finished = Primary().Poll();
   // A results buffer is freed once idle; one still written by a step that never finishes is
   // left allocated with that step's memory, and the statistics are the newest finished step's.
   // An aborted pipeline that is still not idle has had its waits: it is given up on at once.

@@ -187,6 +187,14 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
 }
 
 std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
+  GpuReports finished;  // a clean detach's last steps on the GPU, reported once mu_ is released
+  std::vector<std::string> objects = RemoveWorkerLocked(local_rank, gone, session, &finished);
+  ReportGpuSteps(finished);
+  return objects;
+}
+
+std::vector<std::string> Job::RemoveWorkerLocked(uint32_t local_rank, bool gone, uint64_t session,
+                                                 GpuReports* finished) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it: the round must not run on a later
   // registration of the rank (a restarted worker) that has not called Step yet. A round already
@@ -204,7 +212,8 @@ std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint6
   }
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
-                     gone ? std::optional<uint32_t>(local_rank) : std::nullopt);
+                     gone ? std::optional<uint32_t>(local_rank) : std::nullopt,
+                     gone ? nullptr : finished);
   }
   register_again_.erase(local_rank);
   cuda_devices_.erase(local_rank);

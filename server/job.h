@@ -37,6 +37,13 @@ struct StepCheck;  // server/cross_node.h
 
 class Job {
  public:
+  // Finished GPU steps taken off a pipeline under mu_, reported after it is released, in the
+  // order of their tickets (0: nothing to report).
+  struct GpuReports {
+    uint64_t ticket = 0;
+    std::vector<v1::StepResponse> reports;
+  };
+
   // Called once per finished round by the worker that ran it, without locks held.
   // A finished step's results, and how long the daemon took (nullopt: not timed, as on the
   // CUDA pipeline, whose steps finish on the GPU after Step has answered).
@@ -95,6 +102,10 @@ class Job {
   std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
                                         uint64_t session = 0);
   uint64_t RegisteredBytes() const;
+  // The CUDA pipeline: reports the steps the job's GPU has finished since a Step last looked
+  // (metrics, events), without waiting for the GPU; else they would wait for the worker's next
+  // Step, which a run's last step never has. gstabd's housekeeping calls it about every second.
+  void ReportFinishedGpuSteps() ABSL_LOCKS_EXCLUDED(mu_);
   // Whether some group is diverging, as the statistics held here say (a GPU job's as of the last
   // copy from the GPU).
   bool Diverging() const;
@@ -224,8 +235,23 @@ class Job {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Closes the GPU pipelines (keeping their statistics); every CUDA worker registers again,
   // and hears `why` when it steps before it has. `gone`: a local rank whose worker is gone.
-  void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt)
+  // `finished` (a worker's clean detach): the primary's finished steps no Step has reported,
+  // for ReportGpuSteps once mu_ is released.
+  void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt,
+                        GpuReports* finished = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Local rank `local_rank`'s `finished` steps as reports answering step `step`, into `out`; a
+  // ticket for on_step_ when they are the primary's (`primary`), whose results speak for the
+  // job. Notes a step the nodes disagreed on (gpu_mismatch_).
+  void CollectGpuSteps(uint32_t local_rank, bool primary,
+                       const std::vector<GpuStepResult>& finished, uint64_t step, GpuReports* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // RemoveWorker under mu_; `finished` as EndGpuGeneration's.
+  std::vector<std::string> RemoveWorkerLocked(uint32_t local_rank, bool gone, uint64_t session,
+                                              GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);
+  // Hands `taken` to on_step_ after the reports of every earlier ticket: a Step and
+  // ReportFinishedGpuSteps may take steps off the pipeline one after the other and report
+  // them at once.
+  void ReportGpuSteps(const GpuReports& taken) ABSL_LOCKS_EXCLUDED(mu_, report_mu_);
   // FAILED_PRECONDITION: local_rank's GPU generation ended; it registers its buffers again
   // (saying why, when EndGpuGeneration said).
   absl::Status RegisterAgain(uint32_t local_rank) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -341,6 +367,10 @@ class Job {
   // notice), which takes one caller at a time; taken without mu_.
   absl::Mutex collective_use_;
   absl::Status round_status_ ABSL_GUARDED_BY(mu_);
+  // GPU reports: tickets handed out (under mu_), and the newest one reported.
+  uint64_t gpu_reports_taken_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Mutex report_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  uint64_t gpu_reports_given_ ABSL_GUARDED_BY(report_mu_) = 0;
   v1::StepResponse round_result_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -135,10 +135,16 @@ absl::Status Job::RegisterAgain(uint32_t local_rank) const {
       "': ", again != register_again_.end() ? again->second : "register the buffers again"));
 }
 
-void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone) {
+void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone,
+                           GpuReports* finished) {
   if (gpus_.empty()) return;
   if (collective_ != nullptr) nccl_spent_ = true;  // the rendezvous's NCCL id is used up
-  std::optional<std::vector<GroupStats>> stats = gpus_.Close(gone);  // the statistics outlive it
+  const uint32_t primary = gpus_.primary();        // before Close empties gpus_
+  std::vector<GpuStepResult> unpolled;
+  // The statistics outlive it.
+  std::optional<std::vector<GroupStats>> stats =
+      gpus_.Close(gone, finished != nullptr ? &unpolled : nullptr);
+  if (finished != nullptr) CollectGpuSteps(primary, true, unpolled, last_step_, finished);
   if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
   for (const auto& [rank, w] : workers_) {
     register_again_[rank] =
@@ -170,10 +176,60 @@ std::optional<uint64_t> Job::CopySnapshot() const {
   return snapshot->step;
 }
 
+void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
+                          const std::vector<GpuStepResult>& finished, uint64_t step,
+                          GpuReports* out) {
+  for (const GpuStepResult& done : finished) {
+    if (!done.outcomes.empty() && (done.outcomes[0].flags & kFlagMismatch) != 0) {
+      gpu_mismatch_[local_rank] = done.step;  // its outcomes say skipped; the next Step fails
+    }
+    v1::StepResponse& report = out->reports.emplace_back();
+    report.set_step(step);
+    report.set_config_version(config_version_);
+    report.set_results_step(done.step);
+    for (size_t g = 0; g < done.outcomes.size(); ++g) {
+      const StepOutcome& o = done.outcomes[g];
+      if (primary) last_outcome_[g] = o;
+      v1::GroupResult* r = report.add_groups();
+      FillGroupResult(g, o, r);
+      if (g < done.stats.size()) {
+        r->set_norm_mean(done.stats[g].spike_mean);
+        r->set_norm_stddev(std::sqrt(done.stats[g].spike_var));
+      }
+      if (r->skipped()) report.set_skip(true);
+      if (r->diverging()) report.set_diverging(true);
+    }
+  }
+  // The job's metrics and events follow its first local GPU.
+  if (primary && !out->reports.empty() && on_step_) out->ticket = ++gpu_reports_taken_;
+}
+
+void Job::ReportGpuSteps(const GpuReports& taken) {
+  if (taken.ticket == 0) return;
+  absl::MutexLock lock(&report_mu_);
+  // After the reports taken before them, which another thread may still be handing over.
+  auto turn = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(report_mu_) {
+    return gpu_reports_given_ + 1 == taken.ticket;
+  };
+  report_mu_.Await(absl::Condition(&turn));
+  // Not timed: the steps ran on the GPU after Step had answered.
+  for (const v1::StepResponse& report : taken.reports) on_step_(report, std::nullopt);
+  gpu_reports_given_ = taken.ticket;
+}
+
+void Job::ReportFinishedGpuSteps() {
+  GpuReports taken;
+  {
+    absl::MutexLock lock(&mu_);
+    if (gpus_.empty() || importing_ != 0) return;  // an import waits for the GPU: not now
+    CollectGpuSteps(gpus_.primary(), true, gpus_.Poll(gpus_.primary()), last_step_, &taken);
+  }
+  ReportGpuSteps(taken);
+}
+
 absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
                           uint64_t session, v1::StepResponse* response) {
-  std::vector<v1::StepResponse> reports;  // the primary's finished steps, for on_step_
-  bool primary;
+  GpuReports taken;  // the finished steps, for on_step_ (the primary's)
   {
     absl::MutexLock lock(&mu_);
     // An import waiting for the GPU's queued step goes first (for a bounded time).
@@ -192,7 +248,7 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
       if (absl::Status s = AgreeGpuLayout(local_rank); !s.ok()) return s;
       if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     }
-    primary = local_rank == gpus_.primary();
+    const bool primary = local_rank == gpus_.primary();
     // A disagreement is reported before a step is enqueued: once one is, the answer must be
     // OK, so that the worker's stream waits for its done word before touching the gradients.
     if (auto mismatch = gpu_mismatch_.find(local_rank); mismatch != gpu_mismatch_.end()) {
@@ -236,33 +292,10 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     response->set_config_version(config_version_);
     // Every finished step is reported to on_step_ (metrics, events); the answer carries the
     // newest.
-    for (const GpuStepResult& done : gpus_.Poll(local_rank)) {
-      if (!done.outcomes.empty() && (done.outcomes[0].flags & kFlagMismatch) != 0) {
-        gpu_mismatch_[local_rank] = done.step;  // its outcomes say skipped; the next Step fails
-      }
-      v1::StepResponse& report = reports.emplace_back();
-      report.set_step(step);
-      report.set_config_version(config_version_);
-      report.set_results_step(done.step);
-      for (size_t g = 0; g < done.outcomes.size(); ++g) {
-        const StepOutcome& out = done.outcomes[g];
-        if (primary) last_outcome_[g] = out;
-        v1::GroupResult* r = report.add_groups();
-        FillGroupResult(g, out, r);
-        if (g < done.stats.size()) {
-          r->set_norm_mean(done.stats[g].spike_mean);
-          r->set_norm_stddev(std::sqrt(done.stats[g].spike_var));
-        }
-        if (r->skipped()) report.set_skip(true);
-        if (r->diverging()) report.set_diverging(true);
-      }
-    }
-    if (!reports.empty()) *response = reports.back();
+    CollectGpuSteps(local_rank, primary, gpus_.Poll(local_rank), step, &taken);
+    if (!taken.reports.empty()) *response = taken.reports.back();
   }
-  // Not timed: the step runs on the GPU after Step has answered.
-  if (primary && on_step_) {
-    for (const v1::StepResponse& report : reports) on_step_(report, std::nullopt);
-  }
+  ReportGpuSteps(taken);
   return absl::OkStatus();
 }
 

@@ -280,6 +280,7 @@ void Server::Housekeeping() {
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
     daemon_->ExpireSessions(absl::Now());
     daemon_->RetireIdleJobs(absl::Now());
+    daemon_->ReportFinishedGpuSteps();
     daemon_->DeleteOldCheckpoints(absl::Now());
     if (absl::Now() >= next_checkpoint) {
       (void)Checkpoint();

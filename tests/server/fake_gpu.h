@@ -49,7 +49,8 @@ inline constexpr uint32_t kReady = 7;
 // or some; the closing calls the pipelines got, in order ("release 1", "abort 0", "take idle 0"
 // or "take busy 0", with the rank), and the results buffer each rank's TakeResults handed over;
 // what a release or an abort does to it; an error every Enqueue returns instead; and whether
-// finished steps are held back from Poll (a slow GPU, whose steps then finish together).
+// finished steps are held back from Poll (a slow GPU, whose steps then finish together), or the
+// newest one is finished too (a GPU that has caught up; else it is "still running").
 struct FakeGpu {
   std::atomic<bool> busy{false};
   std::atomic<int> idle_checks{0};  // Idle() calls: an import waiting for the GPU polls it
@@ -59,6 +60,7 @@ struct FakeGpu {
   std::function<void(uint32_t rank)> on_release, on_abort;
   absl::Status enqueue_error;
   bool hold_results = false;
+  bool caught_up = false;
 };
 
 // Runs each step on the CPU at once but reports it only at the next Poll after that, like a
@@ -100,8 +102,8 @@ class LaggingPipeline final : public GpuPipeline {
   }
   std::vector<GpuStepResult> Poll() override {
     std::vector<GpuStepResult> done;
-    while (queue_.size() >= 2 &&
-           (gpu_ == nullptr || !gpu_->hold_results)) {  // the newest step is "still running"
+    const size_t running = gpu_ != nullptr && gpu_->caught_up ? 0 : 1;  // the newest, unless
+    while (queue_.size() > running && (gpu_ == nullptr || !gpu_->hold_results)) {
       done.push_back(queue_.front());
       queue_.pop_front();
       if (snapshots_.front().has_value()) snapshot_ = snapshots_.front();

@@ -81,38 +81,6 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   EXPECT_EQ(after.groups(0).accepted_steps(), 77u);
 }
 
-// Steps that finish together on the GPU (it ran behind) each reach the metrics and events once,
-// in order, with their statistics; the answer carries the newest. They are not timed.
-TEST(JobGpuTest, EveryFinishedStepIsReportedOnceInOrder) {
-  int live = 0;
-  FakeGpu gpu;
-  std::vector<uint64_t> reported;
-  bool timed = false;
-  double mean = 0;
-  Job job(
-      "gpu-job", RuleParams{}, 1, nullptr,
-      [&](const v1::StepResponse& r, std::optional<absl::Duration> duration) {
-        reported.push_back(r.results_step());
-        timed |= duration.has_value();
-        mean = r.groups(0).norm_mean();
-      },
-      LaggingBackend(&live, 0, nullptr, &gpu));
-  FakeCudaWorker worker;
-  ASSERT_TRUE(worker.Register(&job).ok());
-  v1::StepResponse response;
-  gpu.hold_results = true;
-  for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
-  }
-  EXPECT_TRUE(reported.empty());
-  gpu.hold_results = false;
-  ASSERT_TRUE(job.Step(0, 4, absl::Seconds(1), &response, kReady).ok());
-  EXPECT_EQ(reported, (std::vector<uint64_t>{1, 2, 3}));
-  EXPECT_EQ(response.results_step(), 3u);
-  EXPECT_FALSE(timed);
-  EXPECT_GT(mean, 0) << "the statistics after the step were not reported";
-}
-
 // New betas on a GPU job with registered buffers are refused (its statistics, on the GPU, would
 // have to be re-expressed for them in stream order), changing nothing; other fields change.
 TEST(JobGpuTest, NewBetasAreRefusedWhileGpuBuffersAreRegistered) {
