@@ -143,8 +143,8 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
 
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
-  const std::vector<std::string> objects =
-      removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->session);
+  const std::vector<std::string> objects = removal->job->RemoveWorker(
+      removal->local_rank, removal->worker_gone, removal->session, removal->expired);
   // A worker silent for a whole lease has most likely died, and a dead worker cannot unlink
   // its shared memory. Objects of this pid namespace are removed once their creator is gone
   // (RemoveStaleShmObjects); for another namespace's (a container's) gstabd cannot see the

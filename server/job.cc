@@ -186,15 +186,17 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
       "' has ended (it detached, its lease expired, or the rank attached again): attach again"));
 }
 
-std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session) {
+std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session,
+                                           bool expired) {
   GpuReports finished;  // a clean detach's last steps on the GPU, reported once mu_ is released
-  std::vector<std::string> objects = RemoveWorkerLocked(local_rank, gone, session, &finished);
+  std::vector<std::string> objects =
+      RemoveWorkerLocked(local_rank, gone, session, expired, &finished);
   ReportGpuSteps(finished);
   return objects;
 }
 
 std::vector<std::string> Job::RemoveWorkerLocked(uint32_t local_rank, bool gone, uint64_t session,
-                                                 GpuReports* finished) {
+                                                 bool expired, GpuReports* finished) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it: the round must not run on a later
   // registration of the rank (a restarted worker) that has not called Step yet. A round already
@@ -224,7 +226,7 @@ std::vector<std::string> Job::RemoveWorkerLocked(uint32_t local_rank, bool gone,
     }
     workers_.erase(w);
   }
-  if (!gone) detached_.insert(local_rank);
+  if (!gone || expired) detached_[local_rank] = expired;
   if (workers_.empty()) detached_.clear();
   return objects;
 }

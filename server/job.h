@@ -98,9 +98,11 @@ class Job {
   // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
   // queued may never be ready: its GPU pipeline is released rather than waited for. Ends
   // session `session` for this rank: a newer session's registration stays.
+  // `expired`: its lease ran out (a worker that stopped without detaching: crashed, killed, or
+  // frozen); as a detach, a step waiting for it is told so at once (see detached_).
   // Returns the names of the host shared-memory objects of the registration it removed.
   std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
-                                        uint64_t session = 0);
+                                        uint64_t session = 0, bool expired = false);
   uint64_t RegisteredBytes() const;
   // The CUDA pipeline: reports the steps the job's GPU has finished since a Step last looked
   // (metrics, events), without waiting for the GPU; else they would wait for the worker's next
@@ -247,7 +249,8 @@ class Job {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RemoveWorker under mu_; `finished` as EndGpuGeneration's.
   std::vector<std::string> RemoveWorkerLocked(uint32_t local_rank, bool gone, uint64_t session,
-                                              GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);
+                                              bool expired, GpuReports* finished)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Hands `taken` to on_step_ after the reports of every earlier ticket: a Step and
   // ReportFinishedGpuSteps may take steps off the pipeline one after the other and report
   // them at once.
@@ -329,11 +332,12 @@ class Job {
   // Per local rank, the newest session seen (registered; or ended, then plus one). Unlike
   // workers_, kept when a GPU generation ends.
   std::map<uint32_t, uint64_t> newest_session_ ABSL_GUARDED_BY(mu_);
-  // Local ranks whose worker detached while other workers of the job stayed, and that have not
-  // attached since: a step waiting for one of them is told so at once, rather than at its
-  // deadline. Emptied when the job's last worker leaves (the end of a run: the next run's
+  // Local ranks whose worker detached, or whose lease expired (true), while other workers of the
+  // job stayed, and that have not attached since: a step waiting for one of them is told so at
+  // once, rather than at its deadline. Not a worker replaced by a new attach of its rank (a
+  // restart). Emptied when the job's last worker leaves (the end of a run: the next run's
   // workers attach one by one).
-  std::set<uint32_t> detached_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, bool> detached_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Collective> collective_ ABSL_GUARDED_BY(mu_);
   std::string rendezvous_token_ ABSL_GUARDED_BY(mu_);
   v1::RendezvousInfo rendezvous_ ABSL_GUARDED_BY(mu_);  // the current one's (JoinRendezvous)

@@ -120,7 +120,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       // leaving, not one restarting).
       auto detached_missing = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         std::vector<uint32_t> ranks;
-        for (uint32_t r : detached_) {
+        for (const auto& [r, expired] : detached_) {
           if (r < local_world_size_ && arrived_.count(r) == 0) ranks.push_back(r);
         }
         return ranks;
@@ -142,13 +142,20 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           if (arrived_.count(r) == 0) missing.push_back(r);
         }
         const std::vector<uint32_t> detached = detached_missing();
+        bool expired = false, left = false;  // of the ranks missing, how they went
+        for (uint32_t r : detached) (detached_.at(r) ? expired : left) = true;
+        const char* how = !expired ? "detached"
+                          : !left  ? "stopped without detaching (their sessions' leases expired: "
+                                     "crashed, killed, or frozen)"
+                                   : "detached, or stopped without detaching (their sessions' "
+                                     "leases expired)";
         const std::string late =
             detached.empty()
                 ? absl::StrCat("step ", step, " of job '", name_, "': local ranks [",
                                absl::StrJoin(missing, ", "), "] did not call Step within ",
                                absl::FormatDuration(arrival))
                 : absl::StrCat("step ", step, " of job '", name_, "' waits for local ranks [",
-                               absl::StrJoin(detached, ", "), "], whose workers detached");
+                               absl::StrJoin(detached, ", "), "], whose workers ", how);
         // This call's arrival goes, unless its worker was removed (the round abandoned) since.
         auto leave = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           auto mine = arrived_.find(local_rank);

@@ -45,6 +45,41 @@ class LifecycleTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_step_waiting_for_a_killed_local_worker_fails_at_its_lease_not_the_timeout(self):
+        # Rank 1 is killed after registering, without detaching: once its lease runs out, rank
+        # 0's step waiting for it is told so, not a minute later at the step timeout.
+        node = Gstabd(ARGS.gstabd, "--lease_ms=1500", "--step_timeout_ms=60000")
+        try:
+            killed = subprocess.Popen([sys.executable, "-c", f"""
+import os, signal, gstab
+c = gstab.Client({node.socket!r})
+c.attach("py-killed", local_rank=1, local_world_size=2)
+a = gstab.Arena()
+a.add_tensor("w", 256)
+a.allocate()
+c.register_arena(a)
+print("registered", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""], env=dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+                    PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__))),
+                stdout=subprocess.PIPE, text=True)
+            client = gstab.Client(node.socket)
+            client.attach("py-killed", local_rank=0, local_world_size=2)
+            one_tensor_job(client)
+            self.assertEqual(killed.stdout.readline().strip(), "registered")
+            killed.wait(timeout=30)
+            began = time.monotonic()
+            with self.assertRaises(gstab.Error) as e:
+                client.step(1)
+            waited = time.monotonic() - began
+            self.assertEqual(e.exception.code, 9, e.exception.message)  # FAILED_PRECONDITION
+            self.assertIn("waits for local ranks [1], whose workers stopped without detaching",
+                          e.exception.message)
+            self.assertLess(waited, 30, "the step waited for the killed worker's step timeout")
+            client.close()
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_an_exit_while_a_thread_is_in_a_step_neither_crashes_nor_disturbs_gstabd(self):
         # A daemon thread stepping when the main thread returns: the exit leaves the client it
         # is in a call with (gstabd lets it go at its lease's end) rather than freeing it under
