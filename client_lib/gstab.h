@@ -114,8 +114,9 @@ void gstab_arena_destroy(gstab_arena* arena);
 #define GSTAB_TENSOR_NODE_SHARDED (1u << 1)
 
 /* name, and group when given: 1 to 256 characters of [A-Za-z0-9._/:-], each tensor's name its
- * own (GSTAB_INVALID_ARGUMENT otherwise). group: "" or NULL for a group of its own. *index (may
- * be NULL) receives the tensor index.
+ * own (GSTAB_INVALID_ARGUMENT otherwise). group: "" or NULL for a group of its own, named after
+ * the tensor (gstab_register_arena refuses another tensor naming that group: name it for both to
+ * share it). *index (may be NULL) receives the tensor index.
  * Every tensor is added before gstab_arena_allocate (GSTAB_FAILED_PRECONDITION after it). */
 gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64_t numel,
                                     gstab_dtype dtype, const char* group, size_t* index);

@@ -256,6 +256,24 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
     plan.tensors.push_back(
         PlannedTensor{t.name(), group, t.reduction(), t.buffer(), t.offset(), t.numel()});
   }
+  // A tensor's group of its own is named after it: another tensor naming that group would
+  // silently share its norm.
+  std::map<std::string, const std::string*> named_groups;  // group -> a tensor naming it
+  for (const v1::Tensor& t : request.tensors()) {
+    if (!t.group().empty()) named_groups.emplace(t.group(), &t.name());
+  }
+  for (const v1::Tensor& t : request.tensors()) {
+    auto named = t.group().empty() ? named_groups.find(t.name()) : named_groups.end();
+    if (named != named_groups.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name(),
+                       "' has a group of its own (no group given), which is named after "
+                       "it, and tensor '",
+                       *named->second, "' names group '", t.name(),
+                       "': the two would share one norm; give the first its group by name ('",
+                       t.name(), "') if they are to, or the second another group"));
+    }
+  }
   for (auto& [object, spans] : extents) {
     std::sort(spans.begin(), spans.end());
     for (size_t k = 1; k < spans.size(); ++k) {

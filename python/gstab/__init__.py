@@ -103,7 +103,8 @@ class Arena:
 
     def add_tensor(self, name: str, numel: int, dtype: str = "float32", group: str = "",
                    replicated: bool = False, node_sharded: bool = False) -> int:
-        """Adds a tensor (before allocate()); returns its index. group "": a group of its own.
+        """Adds a tensor (before allocate()); returns its index. group "": a group of its own,
+        named after the tensor (another tensor may not name it; give both that name to share it).
         How its group's norm combines the ranks' gradients: sharded by default (each rank
         holds a slice); replicated: every rank holds the whole gradient (as after DDP's
         all-reduce); node_sharded: each node holds it whole, sliced across its ranks (HSDP)."""

@@ -62,6 +62,27 @@ TEST(RegistrationTest, ValidPlanResolvesGroupsAndBytes) {
   EXPECT_EQ(plan->total_bytes, 400u);
 }
 
+// A tensor without a group has one of its own, named after it: another tensor naming that group
+// is refused (it would share the first's norm unasked), while both naming it share it.
+TEST(RegistrationTest, AGroupOfItsOwnIsNotSharedUnasked) {
+  v1::RegisterBuffersRequest r = OneTensor(400, 60);  // "w", no group
+  v1::Tensor* t = r.add_tensors();
+  t->set_name("w.bias");
+  t->set_offset(60);
+  t->set_numel(40);
+  t->set_group("w");
+  absl::Status s = ValidateRegistration(r, RegistrationCaps{}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("tensor 'w' has a group of its own (no group given), which is "
+                             "named after it, and tensor 'w.bias' names group 'w'"),
+            std::string::npos)
+      << s;
+  r.mutable_tensors(0)->set_group("w");
+  absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(r, RegistrationCaps{});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->tensors[0].group, plan->tensors[1].group);
+}
+
 TEST(RegistrationTest, CapsMixedReductionsAndNamesAreRejected) {
   RegistrationCaps caps;
   caps.max_bytes = 100;
