@@ -95,8 +95,9 @@ void gstab_client_destroy(gstab_client* client);
  * naming the other preset's is refused, unless the job's betas were tuned since to neither's);
  * NULL or "": none asked for: the job's
  * own configuration (an existing job's, one restored from gstabd's checkpoint, or the default,
- * stabilize, for a new job). Attaching again ends the earlier session once the new attach has
- * succeeded (register again); a failed attach leaves the earlier one as it was. */
+ * stabilize, for a new job). world_size and local_world_size 0 are taken as 1 (a worker alone),
+ * as an unset field is on the wire. Attaching again ends the earlier session once the new attach
+ * has succeeded (register again); a failed attach leaves the earlier one as it was. */
 gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
                           uint32_t local_rank, uint32_t local_world_size, const char* policy);
 gstab_status gstab_detach(gstab_client* client);
@@ -159,9 +160,9 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
 
 typedef struct {
   uint32_t rank;             /* global rank, below world_size */
-  uint32_t world_size;
+  uint32_t world_size;       /* 0 is taken as 1, as in gstab_attach */
   uint32_t local_rank;       /* rank on this node, below local_world_size */
-  uint32_t local_world_size;
+  uint32_t local_world_size; /* 0 is taken as 1, as in gstab_attach */
   uint32_t node_rank;        /* this node among the job's nodes, below node_count */
   uint32_t node_count;       /* 0 or 1: the job runs on this node alone */
   /* node_count > 1: the blob global rank 0 got from gstab_create_rendezvous, broadcast by the
