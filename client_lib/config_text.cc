@@ -3,12 +3,14 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "common/utf8.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -131,6 +133,10 @@ std::string ToJson(const google::protobuf::Message& message, bool with_defaults)
 }
 
 absl::StatusOr<v1::PolicyConfig> ParseConfigSettings(absl::string_view settings) {
+  if (!IsValidUtf8(settings)) {  // refused before any of it is quoted back
+    return absl::InvalidArgumentError(
+        absl::StrCat("config settings '", absl::CHexEscape(settings), "' are not UTF-8 text"));
+  }
   v1::PolicyConfig config;
   for (absl::string_view item :
        absl::StrSplit(settings, absl::ByAnyChar(" \t\r\n,"), absl::SkipEmpty())) {

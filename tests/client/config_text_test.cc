@@ -38,6 +38,7 @@ TEST(ConfigTextTest, WhatCannotBeReadIsRefusedNamingTheKey) {
            Case{"clip.max_norm", "'clip.max_norm' is not KEY=VALUE"},
            Case{"policy=sgd", "it takes POLICY_"},
            Case{"policy=unspecified", "cannot take the value 'unspecified'"},
+           Case{"policy=clip\xff", "config settings 'policy=clip\\xff' are not UTF-8 text"},
        }) {
     absl::StatusOr<v1::PolicyConfig> parsed = ParseConfigSettings(c.text);
     ASSERT_FALSE(parsed.ok()) << c.text;
