@@ -279,7 +279,11 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   if (existing && job->local_world_size() != local_world) {
     return absl::InvalidArgumentError(
         absl::StrCat("job '", request.job(), "' has local_world_size ", job->local_world_size(),
-                     " on this node, not ", local_world));
+                     " on this node, not ", local_world,
+                     ": every worker of a job on one node gives the same; a job made with the "
+                     "wrong one keeps it while it is held (its statistics too): use a new job "
+                     "name, or `gstabctl forget --job=",
+                     request.job(), "` once none of its workers is attached"));
   }
   {
     // Also for the attach that made the job: another may have attached before this one got the

@@ -87,6 +87,17 @@ class JobControlTest(unittest.TestCase):
                 self.assertEqual(second.stats()["config"]["stabilize"], betas, again)
             self.assertEqual(betas["beta1"], 0.65)
 
+    def test_a_workers_other_local_world_size_is_refused_saying_how_to_start_over(self):
+        with gstab.Client(self.gstabd.socket) as first:
+            first.attach("py-lws", local_rank=0, local_world_size=2)
+        with gstab.Client(self.gstabd.socket) as client:
+            with self.assertRaises(gstab.Error) as e:
+                client.attach("py-lws", local_rank=0, local_world_size=1)
+            self.assertEqual(e.exception.code, 3, e.exception.message)
+            self.assertIn("has local_world_size 2 on this node, not 1", e.exception.message)
+            self.assertIn("`gstabctl forget --job=py-lws` once none of its workers is attached",
+                          e.exception.message)
+
     def test_bad_settings_are_refused_by_name_and_the_client_still_serves(self):
         client = gstab.Client(self.gstabd.socket)
         for config, says in [("clip.max_nrom=1", "unknown config key 'clip.max_nrom'"),
