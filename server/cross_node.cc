@@ -40,9 +40,10 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
                 "; attach every worker again with a new rendezvous once it is back")));
   }
   if (absl::StrContains(failure.message(), kUnknownToken)) {
-    // The store answered, and said why: no node is to blame.
-    absl::Status expired(failure.code(), absl::StrCat("step ", step, " of job '", job, "' on node ",
-                                                      c->rank(), ": ", failure.message()));
+    // The store answered, and said why: no node is to blame, and no retry with this blob can
+    // succeed (Gloo's failure is UNAVAILABLE whatever the store said).
+    absl::Status expired = absl::FailedPreconditionError(absl::StrCat(
+        "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message()));
     LOG(WARNING) << expired;
     return expired;
   }

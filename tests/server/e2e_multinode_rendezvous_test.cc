@@ -106,6 +106,7 @@ TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
   for (size_t n = 0; n < 2; ++n) workers[n]->Fill(1, 1);
   for (auto& r : StepAll(workers, Same(2, 1))) {
     ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
     EXPECT_NE(r.status().message().find("expired rendezvous token"), std::string::npos)
         << r.status();
     EXPECT_NE(r.status().message().find("make a new one"), std::string::npos) << r.status();
