@@ -66,7 +66,9 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
                       absl::StrContains(failure.message(), "Broken pipe");
   std::string who =
       missing.empty()
-          ? "no node is missing from the rendezvous store, so a node stalled"
+          ? "no node is missing from the rendezvous store, so a node stalled (this one "
+            "among them, if its gstabd or machine was paused, or it came past the others' "
+            "deadline)"
           : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "),
                          missing.size() == Collective::kMaxMissingNamed
                              ? " (and maybe more: the first ones asked about)"
@@ -245,8 +247,12 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     return absl::InvalidArgumentError(absl::StrCat(
         "norm-group layouts differ across the nodes of job '", job, "' (this node has ", groups,
         " groups, the nodes between ", all.min(kGroups), " and ", all.max(kGroups),
-        " or other names); every node must register the same groups", Unregistered(*p),
-        "; nothing was summed"));
+        all.differ(kGroups) ? ""
+                            : ": the same count, so other names, another order, or "
+                              "another reduction (sharded, replicated, node-sharded)",
+        "); every node must register the same groups, in the same order, each with the same "
+        "reduction",
+        Unregistered(*p), "; nothing was summed"));
   }
   agreement->configs_differ = all.differ(kConfig);
   // Node 0's statistics go with its configuration (they are expressed for its betas).
