@@ -430,8 +430,24 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         absl::MutexLock lock(&mu_);  // steady: only this round changes them
         stats_copy = Pick(stats_, shared);
       }
+      const std::vector<GroupStats> own = stats_copy;
       if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
         return s;
+      }
+      // Node 0's may be older than this node's (its gstabd restarted from an older checkpoint):
+      // the steps between are gone here. Said, since nothing else would show it.
+      uint64_t behind = 0;
+      for (size_t i = 0; i < own.size(); ++i) {
+        if (own[i].steps > stats_copy[i].steps) {
+          behind = std::max(behind, own[i].steps - stats_copy[i].steps);
+        }
+      }
+      if (behind > 0) {
+        LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << " step " << step
+                     << ": took node 0's statistics, which counted up to " << behind
+                     << " steps fewer than this node's (node 0's gstabd restarted from an older "
+                        "checkpoint, or none): this node's statistics of those steps are gone";
+        response->set_statistics_rolled_back(behind);
       }
       absl::MutexLock lock(&mu_);
       for (size_t i = 0; i < shared.size(); ++i) stats_[shared[i]] = stats_copy[i];

@@ -206,6 +206,16 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
     if (g.skipped()) concerns(&skip, g);
     if (g.diverging()) concerns(&diverging, g);
   }
+  if (step.statistics_rolled_back() > 0) {  // before this step's own events, which follow it
+    v1::Event rolled_back = MakeEvent(v1::EVENT_TYPE_STATISTICS_ROLLED_BACK, job, at);
+    rolled_back.set_norm(norm);
+    rolled_back.set_detail(absl::StrCat(
+        "took node 0's statistics at a new rendezvous; they counted up to ",
+        step.statistics_rolled_back(),
+        " steps fewer than this node's (node 0's gstabd restarted from an older checkpoint, or "
+        "none): this node's statistics of those steps are gone"));
+    bus_->Publish(std::move(rolled_back));
+  }
   if (spike.groups_size() > 0) bus_->Publish(std::move(spike));
   if (skip.groups_size() > 0) bus_->Publish(std::move(skip));
   if (step.diverging() != was_diverging) bus_->Publish(std::move(diverging));

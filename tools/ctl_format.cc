@@ -38,6 +38,8 @@ const char* EventName(v1::EventType t) {
       return "CONFIG";
     case v1::EVENT_TYPE_JOB_RETIRED:
       return "RETIRED";
+    case v1::EVENT_TYPE_STATISTICS_ROLLED_BACK:
+      return "ROLLED_BACK";
     default:
       return "EVENT";
   }

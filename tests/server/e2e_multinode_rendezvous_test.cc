@@ -95,6 +95,37 @@ TEST(MultiNodeFaultTest, ABlobWithoutItsTokenOrStoreIsRefused) {
   }
 }
 
+// Node 0's gstabd killed before its first checkpoint and started again holds the job afresh: at
+// the new rendezvous every node takes node 0's statistics, and node 1, whose had counted three
+// steps, says that they are gone (its Step, an event), where nothing showed it before.
+TEST(MultiNodeFaultTest, ANodeTakingOlderStatisticsFromNodeZeroSaysSo) {
+  Cluster cluster(2);
+  auto workers = cluster.Attach("rolled");
+  for (uint64_t step = 1; step <= 3; ++step) {
+    for (size_t i = 0; i < 2; ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
+    for (auto& r : StepAll(workers, Same(2, step))) ASSERT_TRUE(r.ok()) << r.status();
+  }
+  cluster.daemon(0).process().Signal(SIGKILL);
+  ASSERT_TRUE(cluster.daemon(0).process().Wait(absl::Seconds(10)).ok());
+  workers.clear();
+  cluster.Start(0);
+  workers = cluster.Attach("rolled");
+  ASSERT_EQ(workers.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(4, static_cast<uint32_t>(1 + i));
+  std::vector<absl::StatusOr<v1::StepResponse>> r = StepAll(workers, Same(2, 4));
+  ASSERT_TRUE(r[0].ok() && r[1].ok()) << r[0].status() << r[1].status();
+  EXPECT_EQ(r[0]->statistics_rolled_back(), 0u);
+  EXPECT_EQ(r[1]->statistics_rolled_back(), 3u);
+  EXPECT_EQ(r[1]->groups(0).norm(), r[0]->groups(0).norm());  // one state again
+  EXPECT_EQ(r[1]->groups(0).scale(), r[0]->groups(0).scale());
+  auto [rc, events] = testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" +
+                                        cluster.daemon(1).socket() + " events --job=rolled");
+  EXPECT_EQ(rc, 0) << events;
+  EXPECT_NE(events.find("ROLLED_BACK"), std::string::npos) << events;
+  EXPECT_NE(events.find("counted up to 3 steps fewer than this node's"), std::string::npos)
+      << events;
+}
+
 // A blob whose token node 0's store no longer keeps (two newer ones were made since): the step
 // says so, and what to do, rather than blame node 0 for not responding.
 TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
