@@ -212,8 +212,9 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
     rolled_back.set_detail(absl::StrCat(
         "took node 0's statistics at a new rendezvous; they counted up to ",
         step.statistics_rolled_back(),
-        " steps fewer than this node's (node 0's gstabd restarted from an older checkpoint, or "
-        "none): this node's statistics of those steps are gone"));
+        " steps fewer than this node's (node 0 resumed from an older state: its gstabd restarted "
+        "from an older checkpoint or none, or it imported one): this node's statistics of those "
+        "steps are gone"));
     bus_->Publish(std::move(rolled_back));
   }
   if (spike.groups_size() > 0) bus_->Publish(std::move(spike));
