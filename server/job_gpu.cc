@@ -218,12 +218,14 @@ void Job::ReportGpuSteps(const GpuReports& taken) {
 }
 
 void Job::ReportFinishedGpuSteps() {
+  // Not waited for: a job closing its pipelines holds its lock while the GPU finishes, and
+  // gstabd's housekeeping (leases, checkpoints) must not wait with it. The next call looks.
+  if (!mu_.TryLock()) return;
   GpuReports taken;
-  {
-    absl::MutexLock lock(&mu_);
-    if (gpus_.empty() || importing_ != 0) return;  // an import waits for the GPU: not now
+  if (!gpus_.empty() && importing_ == 0) {  // an import waits for the GPU: not now
     CollectGpuSteps(gpus_.primary(), true, gpus_.Poll(gpus_.primary()), last_step_, &taken);
   }
+  mu_.Unlock();
   ReportGpuSteps(taken);
 }
 
