@@ -310,16 +310,24 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
   const absl::Time deadline = absl::Now() + timeout;
   bool connected = false;
+  bool probe = !tcp;
+  // A short first wait: a refused connection is said at once (below), a taken one is quick.
+  absl::Duration slice = absl::Milliseconds(250);
   do {
-    connected = channel->WaitForConnected(
-        absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(1))));
-    if (connected || tcp) continue;
+    connected =
+        channel->WaitForConnected(absl::ToChronoTime(std::min(deadline, absl::Now() + slice)));
+    slice = absl::Seconds(1);
+    if (connected || !probe) continue;
     // A gstabd that refuses this process (its allow-list, its per-uid cap) closes each
     // connection at once, which gRPC would retry until `deadline`: it says why on a connection
-    // of our own.
+    // of our own, worth a moment past `deadline`. One that says nothing (busy, or frozen) is
+    // not asked again: each probe would wait in its backlog.
+    bool silent = false;
     std::optional<absl::Status> refused = ProbeRefusal(
-        address, std::clamp(deadline - absl::Now(), absl::ZeroDuration(), absl::Seconds(1)));
+        address, std::clamp(deadline - absl::Now(), absl::Milliseconds(250), absl::Seconds(1)),
+        &silent);
     if (refused.has_value()) return *std::move(refused);
+    probe = !silent;
   } while (!connected && absl::Now() < deadline);
   if (!connected) {
     if (tcp) {
@@ -332,9 +340,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     }
     struct stat st;
     const bool there = ::stat(address.c_str(), &st) == 0;
-    return absl::UnavailableError(
-        absl::StrCat("no gstabd answers on ", address, there ? "" : " (nothing is there)",
-                     ": is the daemon running, and is the socket path right?"));
+    return absl::UnavailableError(absl::StrCat(
+        "no gstabd answers on ", address, there ? "" : " (nothing is there)",
+        ": is the daemon running, and is the socket path right? (An older gstabd closes the "
+        "connections its allow-list refuses, or past its per-uid cap, without saying so here: "
+        "its log says why)"));
   }
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to

@@ -166,6 +166,7 @@ class Daemon {
     uint32_t local_rank = 0;
     bool worker_gone = false;
     bool expired = false;  // its lease expired: the worker has been silent for a whole lease
+    uint64_t attaches = 0;  // Job::Attaches of its rank when the session was dropped
     uint64_t session = 0;  // the session's number: a newer session's registration stays
   };
   // Ends session `token`; its worker's removal is returned, for Remove once mu_ is released.

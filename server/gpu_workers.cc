@@ -92,6 +92,8 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
   // are short and shared by every local rank, whatever their number.
   // A gone worker's ready write never comes: its steps are released first, so that its peers'
   // collectives, which wait for it, meet it and finish (every GPU skips the step).
+  // The primary's steps finished so far, before anything is released: they ran as asked.
+  if (finished != nullptr && !slots_.empty()) *finished = Primary().Poll();
   bool voided = gone.has_value() && Has(*gone);  // a step released or aborted
   if (voided) Slot(*gone).Release();
   if (multi_rank_ && !InLockstep()) {
@@ -122,8 +124,10 @@ std::optional<std::vector<GroupStats>> GpuWorkers::Close(std::optional<uint32_t>
     }
     idle = AwaitIdle(kCloseWait);
   }
-  // Every step ran as its worker asked: the ones no Step has polled yet are still reported.
-  if (finished != nullptr && idle && !voided && !slots_.empty()) *finished = Primary().Poll();
+  // Nothing was released or aborted: the steps that finished meanwhile ran as asked too.
+  if (finished != nullptr && idle && !voided && !slots_.empty()) {
+    for (GpuStepResult& r : Primary().Poll()) finished->push_back(std::move(r));
+  }
   // A results buffer is freed once idle; one still written by a step that never finishes is
   // left allocated with that step's memory, and the statistics are the newest finished step's.
   // An aborted pipeline that is still not idle has had its waits: it is given up on at once.

@@ -53,8 +53,9 @@ class GpuWorkers {
   // its place): its queued steps are released before anything waits (GpuPipeline::Release), so
   // the other local ranks' steps, whose collectives wait for it, finish; its results buffer is
   // freed once the GPU is done with it, as a dead process maps nothing.
-  // `finished` (optional): the primary's steps finished and not yet polled, when every step
-  // finished without a release or an abort (a worker's clean detach); else left empty.
+  // `finished` (optional): the primary's steps finished and not yet polled: those finished
+  // before anything is released, and, when nothing was released or aborted, those that
+  // finished while the close waited.
   std::optional<std::vector<GroupStats>> Close(std::optional<uint32_t> gone = std::nullopt,
                                                std::vector<GpuStepResult>* finished = nullptr);
 

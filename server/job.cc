@@ -187,16 +187,18 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
 }
 
 std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session,
-                                           bool expired) {
+                                           std::optional<uint64_t> expired) {
   GpuReports finished;  // a clean detach's last steps on the GPU, reported once mu_ is released
   std::vector<std::string> objects =
-      RemoveWorkerLocked(local_rank, gone, session, expired, &finished);
+      RemoveWorkerUnderLock(local_rank, gone, session, expired, &finished);
   ReportGpuSteps(finished);
   return objects;
 }
 
-std::vector<std::string> Job::RemoveWorkerLocked(uint32_t local_rank, bool gone, uint64_t session,
-                                                 bool expired, GpuReports* finished) {
+std::vector<std::string> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone,
+                                                    uint64_t session,
+                                                    std::optional<uint64_t> expired,
+                                                    GpuReports* finished) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it: the round must not run on a later
   // registration of the rank (a restarted worker) that has not called Step yet. A round already
@@ -214,8 +216,7 @@ std::vector<std::string> Job::RemoveWorkerLocked(uint32_t local_rank, bool gone,
   }
   if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
-                     gone ? std::optional<uint32_t>(local_rank) : std::nullopt,
-                     gone ? nullptr : finished);
+                     gone ? std::optional<uint32_t>(local_rank) : std::nullopt, finished);
   }
   register_again_.erase(local_rank);
   cuda_devices_.erase(local_rank);
@@ -226,12 +227,28 @@ std::vector<std::string> Job::RemoveWorkerLocked(uint32_t local_rank, bool gone,
     }
     workers_.erase(w);
   }
-  if (!gone || expired) detached_[local_rank] = expired;
+  // An expired worker's rank that attached again meanwhile (its removal comes after the daemon
+  // dropped the session) is not waited on as gone.
+  if (!gone) {
+    detached_[local_rank] = false;
+  } else if (expired.has_value() && Attaches(local_rank) == *expired) {
+    detached_[local_rank] = true;
+  }
   if (workers_.empty()) detached_.clear();
   return objects;
 }
 
+uint64_t Job::Attaches(uint32_t local_rank) const {
+  absl::MutexLock lock(&attaches_mu_);
+  auto it = attaches_.find(local_rank);
+  return it == attaches_.end() ? 0 : it->second;
+}
+
 void Job::WorkerAttached(uint32_t local_rank) {
+  {
+    absl::MutexLock lock(&attaches_mu_);
+    ++attaches_[local_rank];
+  }
   absl::MutexLock lock(&mu_);
   detached_.erase(local_rank);
 }

@@ -99,10 +99,15 @@ class Job {
   // queued may never be ready: its GPU pipeline is released rather than waited for. Ends
   // session `session` for this rank: a newer session's registration stays.
   // `expired`: its lease ran out (a worker that stopped without detaching: crashed, killed, or
-  // frozen); as a detach, a step waiting for it is told so at once (see detached_).
+  // frozen) when the rank had attached that many times (Attaches): as after a detach, a step
+  // waiting for it is told so at once (see detached_), unless the rank has attached since.
   // Returns the names of the host shared-memory objects of the registration it removed.
   std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
-                                        uint64_t session = 0, bool expired = false);
+                                        uint64_t session = 0,
+                                        std::optional<uint64_t> expired = std::nullopt);
+  // How many times a worker of `local_rank` has attached (WorkerAttached). Takes a lock of its
+  // own alone: callable under the daemon's.
+  uint64_t Attaches(uint32_t local_rank) const;
   uint64_t RegisteredBytes() const;
   // The CUDA pipeline: reports the steps the job's GPU has finished since a Step last looked
   // (metrics, events), without waiting for the GPU; else they would wait for the worker's next
@@ -237,8 +242,8 @@ class Job {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Closes the GPU pipelines (keeping their statistics); every CUDA worker registers again,
   // and hears `why` when it steps before it has. `gone`: a local rank whose worker is gone.
-  // `finished` (a worker's clean detach): the primary's finished steps no Step has reported,
-  // for ReportGpuSteps once mu_ is released.
+  // `finished` (a worker's removal): the primary's finished steps no Step has reported, for
+  // ReportGpuSteps once mu_ is released (GpuWorkers::Close says which).
   void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt,
                         GpuReports* finished = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Local rank `local_rank`'s `finished` steps as reports answering step `step`, into `out`; a
@@ -247,10 +252,10 @@ class Job {
   void CollectGpuSteps(uint32_t local_rank, bool primary,
                        const std::vector<GpuStepResult>& finished, uint64_t step, GpuReports* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // RemoveWorker under mu_; `finished` as EndGpuGeneration's.
-  std::vector<std::string> RemoveWorkerLocked(uint32_t local_rank, bool gone, uint64_t session,
-                                              bool expired, GpuReports* finished)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // RemoveWorker's work under mu_ (which it takes); `finished` as EndGpuGeneration's.
+  std::vector<std::string> RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
+                                                 std::optional<uint64_t> expired,
+                                                 GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);
   // Hands `taken` to on_step_ after the reports of every earlier ticket: a Step and
   // ReportFinishedGpuSteps may take steps off the pipeline one after the other and report
   // them at once.
@@ -305,6 +310,8 @@ class Job {
   mutable absl::Mutex owner_mu_;  // taken alone
   std::optional<Principal> owner_ ABSL_GUARDED_BY(owner_mu_);
   absl::Mutex attach_mu_;
+  mutable absl::Mutex attaches_mu_;                                      // taken alone
+  std::map<uint32_t, uint64_t> attaches_ ABSL_GUARDED_BY(attaches_mu_);  // see Attaches
 
   mutable absl::Mutex mu_;
   RuleParams params_ ABSL_GUARDED_BY(mu_);
@@ -373,6 +380,9 @@ class Job {
   absl::Status round_status_ ABSL_GUARDED_BY(mu_);
   // GPU reports: tickets handed out (under mu_), and the newest one reported.
   uint64_t gpu_reports_taken_ ABSL_GUARDED_BY(mu_) = 0;
+  // The primary's newest finished step as its Step answers it, for a Step that finds nothing
+  // new (ReportFinishedGpuSteps took it first); reset when the generation ends.
+  std::optional<v1::StepResponse> newest_gpu_report_ ABSL_GUARDED_BY(mu_);
   absl::Mutex report_mu_ ABSL_ACQUIRED_AFTER(mu_);
   uint64_t gpu_reports_given_ ABSL_GUARDED_BY(report_mu_) = 0;
   v1::StepResponse round_result_ ABSL_GUARDED_BY(mu_);

@@ -145,6 +145,7 @@ void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone,
   std::optional<std::vector<GroupStats>> stats =
       gpus_.Close(gone, finished != nullptr ? &unpolled : nullptr);
   if (finished != nullptr) CollectGpuSteps(primary, true, unpolled, last_step_, finished);
+  newest_gpu_report_.reset();  // the next generation's first Step has no results yet
   if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
   for (const auto& [rank, w] : workers_) {
     register_again_[rank] =
@@ -201,7 +202,11 @@ void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
     }
   }
   // The job's metrics and events follow its first local GPU.
-  if (primary && !out->reports.empty() && on_step_) out->ticket = ++gpu_reports_taken_;
+  // One ticket for all of `out`'s reports: each ticket handed out must be reported.
+  if (primary && !out->reports.empty() && on_step_ && out->ticket == 0) {
+    out->ticket = ++gpu_reports_taken_;
+  }
+  if (primary && !out->reports.empty()) newest_gpu_report_ = out->reports.back();
 }
 
 void Job::ReportGpuSteps(const GpuReports& taken) {
@@ -295,7 +300,15 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     // Every finished step is reported to on_step_ (metrics, events); the answer carries the
     // newest.
     CollectGpuSteps(local_rank, primary, gpus_.Poll(local_rank), step, &taken);
-    if (!taken.reports.empty()) *response = taken.reports.back();
+    if (!taken.reports.empty()) {
+      *response = taken.reports.back();
+    } else if (primary && newest_gpu_report_.has_value()) {
+      // Taken off the pipeline by the housekeeping since (ReportFinishedGpuSteps): the answer
+      // still carries the newest finished step's results.
+      *response = *newest_gpu_report_;
+      response->set_step(step);
+      response->set_config_version(config_version_);
+    }
   }
   ReportGpuSteps(taken);
   return absl::OkStatus();

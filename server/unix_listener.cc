@@ -194,16 +194,15 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
       continue;
     }
     if (!policy_.Allows(cred.uid, cred.gid)) {
-      refuse(conn, cred, "not_allowed",
-             absl::StrCat("uid ", cred.uid, " gid ", cred.gid,
-                          " is not in the allow-list (--allow_uids, --allow_gids)"));
+      refuse(
+          conn, cred, "not_allowed",
+          absl::StrCat("uid ", cred.uid, " gid ", cred.gid, " is not in ", policy_.allow_source));
       continue;
     }
     if (!UnderConnectionCap(cred.uid)) {
       refuse(conn, cred, "per_uid_cap",
              absl::StrCat("uid ", cred.uid, " already holds ", policy_.max_connections_per_uid,
-                          " connections, its cap (--max_connections_per_uid): close the "
-                          "clients it no longer uses, or raise the cap"));
+                          " connections, ", policy_.cap_source));
       continue;
     }
     handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});

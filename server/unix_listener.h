@@ -52,6 +52,11 @@ struct PeerPolicy {
   // descriptors are shared by every user's connections and shared-memory mappings.
   int max_connections_per_uid = kDefaultMaxConnectionsPerUid;
   static constexpr int kDefaultMaxConnectionsPerUid = 512;
+  // Where the allow-list and the cap come from, for the refused (gstabd's flags by default).
+  std::string allow_source = "the allow-list (--allow_uids, --allow_gids)";
+  std::string cap_source =
+      "its cap (--max_connections_per_uid): close the clients it no longer "
+      "uses, or raise the cap";
   bool Allows(uid_t uid, gid_t gid) const;
 };
 

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/shm_names.h"
 #include "gtest/gtest.h"
 #include "tests/server/faults_fixture.h"
@@ -436,8 +437,14 @@ TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {
   auto allowing = DaemonProcess::Start(
       allowing_dir.path(), {"--allow_uids=" + other_uid + "," + std::to_string(getuid())});
   ASSERT_TRUE(refusing.ok() && allowing.ok());
+  // Told why, within the short timeout.
   auto refused = Client::Connect(refusing->socket(), absl::Milliseconds(500));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_NE(refused.status().message().find(
+                absl::StrCat("uid ", getuid(), " gid ", getgid(),
+                             " is not in the allow-list (--allow_uids, --allow_gids)")),
+            std::string::npos)
+      << refused.status();
   // A process that connects in a loop does not fill the log: one line a second at most, which
   // counts what it left out.
   auto connect_once = [&] {
@@ -482,7 +489,7 @@ TEST(E2ePeerCredentialsTest, OnlyAllowListedPeersReachTheService) {
       DaemonProcess::Start(own_gid_dir.path(), {"--allow_gids=" + std::to_string(getgid())});
   ASSERT_TRUE(other_gid.ok() && own_gid.ok());
   EXPECT_EQ(Client::Connect(other_gid->socket(), absl::Milliseconds(500)).status().code(),
-            absl::StatusCode::kUnavailable);
+            absl::StatusCode::kPermissionDenied);
   auto by_gid = TestWorker::Create(own_gid->socket(), JobOptions("allowed-by-gid"));
   ASSERT_TRUE(by_gid.ok()) << by_gid.status();
 }

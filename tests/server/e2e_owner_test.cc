@@ -429,10 +429,10 @@ TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
   std::tie(rc, out) = As(65534, "gstabctl --socket=" + probe + " --timeout_s=120 health");
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find("refused this process's connection: uid 65534 gid 65534 is not in the "
-                     "allow-list (--allow_uids, --allow_gids)"),
+                     "probe socket's allow-list (gstabd's own uid and root)"),
             std::string::npos)
       << out;
-  EXPECT_TRUE(daemon_->WaitForLog("not in the allow-list")) << daemon_->Log();
+  EXPECT_TRUE(daemon_->WaitForLog("not in the probe socket's allow-list")) << daemon_->Log();
   holder->Signal(SIGKILL);
 }
 

@@ -73,12 +73,18 @@ TEST(JobGpuReportsTest, AStepFinishedAfterItsStepIsReportedWithoutTheNext) {
   t.gpu.caught_up = false;
   ASSERT_TRUE(t.Step(3).ok());
   EXPECT_EQ(t.reported, (std::vector<uint64_t>{1, 2}));
+  // Its answer still carries the newest finished step, which the housekeeping took.
+  EXPECT_EQ(t.response.step(), 3u);
+  EXPECT_EQ(t.response.results_step(), 2u);
+  ASSERT_EQ(t.response.groups_size(), 1);
+  EXPECT_GT(t.response.groups(0).norm(), 0);
   EXPECT_FALSE(t.timed);
 }
 
 // A worker that detaches cleanly has its last steps reported as its GPU pipeline closes; a
-// worker that is gone (its lease expired) has its queued steps voided, and they are not.
-TEST(JobGpuReportsTest, ACleanDetachReportsTheLastStepsAndAGoneWorkersAreNot) {
+// worker that is gone (its lease expired) has those that finished reported, and its queued
+// ones, voided, not.
+TEST(JobGpuReportsTest, ARemovedWorkersFinishedStepsAreReportedAndItsVoidedOnesAreNot) {
   ReportedJob clean;
   ASSERT_TRUE(clean.registered.ok()) << clean.registered;
   ASSERT_TRUE(clean.Step(1).ok());
@@ -92,10 +98,19 @@ TEST(JobGpuReportsTest, ACleanDetachReportsTheLastStepsAndAGoneWorkersAreNot) {
   ASSERT_TRUE(gone.registered.ok()) << gone.registered;
   ASSERT_TRUE(gone.Step(1).ok());
   ASSERT_TRUE(gone.Step(2).ok());
-  gone.gpu.caught_up = true;
-  gone.job.RemoveWorker(0, /*gone=*/true);
-  EXPECT_EQ(gone.reported, (std::vector<uint64_t>{1}));
+  ASSERT_TRUE(gone.Step(3).ok());
+  EXPECT_EQ(gone.reported, (std::vector<uint64_t>{1, 2}));
+  gone.job.RemoveWorker(0, /*gone=*/true);  // step 3 still queued: released
+  EXPECT_EQ(gone.reported, (std::vector<uint64_t>{1, 2}));
   EXPECT_EQ(gone.live, 0);
+
+  ReportedJob finished;  // gone after its GPU finished every step
+  ASSERT_TRUE(finished.registered.ok()) << finished.registered;
+  ASSERT_TRUE(finished.Step(1).ok());
+  ASSERT_TRUE(finished.Step(2).ok());
+  finished.gpu.caught_up = true;
+  finished.job.RemoveWorker(0, /*gone=*/true);
+  EXPECT_EQ(finished.reported, (std::vector<uint64_t>{1, 2}));
 }
 
 }  // namespace
