@@ -283,7 +283,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                      ": every worker of a job on one node gives the same; a job made with the "
                      "wrong one keeps it while it is held (its statistics too): use a new job "
                      "name, or `gstabctl forget --job=",
-                     request.job(), "` once none of its workers is attached"));
+                     request.job(), "` once none of its workers or observers is attached"));
   }
   {
     // Also for the attach that made the job: another may have attached before this one got the

@@ -95,8 +95,8 @@ class JobControlTest(unittest.TestCase):
                 client.attach("py-lws", local_rank=0, local_world_size=1)
             self.assertEqual(e.exception.code, 3, e.exception.message)
             self.assertIn("has local_world_size 2 on this node, not 1", e.exception.message)
-            self.assertIn("`gstabctl forget --job=py-lws` once none of its workers is attached",
-                          e.exception.message)
+            self.assertIn("`gstabctl forget --job=py-lws` once none of its workers or observers "
+                          "is attached", e.exception.message)
 
     def test_bad_settings_are_refused_by_name_and_the_client_still_serves(self):
         client = gstab.Client(self.gstabd.socket)
