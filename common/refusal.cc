@@ -56,7 +56,7 @@ std::optional<absl::Status> ProbeRefusal(const std::string& path, absl::Duration
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) break;
       got.append(buffer, static_cast<size_t>(n));
-      // gRPC's server speaks first in binary (HTTP/2 frames): not a refusal.
+      // Anything else (gRPC's server may speak first, in HTTP/2 frames) is no refusal.
       if (!absl::StartsWith(kPrefix, got.substr(0, kPrefix.size()))) break;
     }
   }
