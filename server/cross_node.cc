@@ -16,6 +16,7 @@
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
 #include "server/grpc_status.h"
+#include "server/registration.h"
 #include "server/rendezvous_store.h"
 
 namespace gstab {
@@ -194,6 +195,52 @@ std::string Unregistered(const NodePartials& p) {
       "(gstabctl forget)");
 }
 
+// For a layout mismatch: where this node's groups first differ from another node's (node 0's;
+// for node 0, the first node that differs), from every node's fingerprint of each group's name
+// and reduction, gathered. Every node calls it (they reach the same verdict from the same
+// records); empty when it cannot tell (the gather failed, or too many groups to gather).
+std::string FirstDifference(Collective* c, const NodePartials& p, uint64_t max_groups,
+                            absl::Duration timeout) {
+  constexpr uint64_t kMaxCompared = 65536;  // the most groups a job has
+  if (max_groups == 0 || max_groups > kMaxCompared) return "";
+  const size_t n = static_cast<size_t>(max_groups);
+  std::vector<std::string> names(p.reduction.size());
+  std::vector<uint64_t> mine(n, 0);  // 0: no group there
+  for (size_t g = 0; g < names.size() && g < n; ++g) {
+    names[g] = p.group_name ? p.group_name(g) : absl::StrCat("#", g);
+    mine[g] =
+        LayoutHash(absl::MakeConstSpan(&names[g], 1), absl::MakeConstSpan(&p.reduction[g], 1));
+  }
+  std::vector<uint64_t> all(n * c->size());
+  if (!c->AllGather(
+            absl::Span<const char>(reinterpret_cast<const char*>(mine.data()),
+                                   n * sizeof(uint64_t)),
+            absl::Span<char>(reinterpret_cast<char*>(all.data()), all.size() * sizeof(uint64_t)),
+            timeout)
+           .ok()) {
+    return "";
+  }
+  auto list = [&](uint32_t node) { return absl::MakeConstSpan(&all[node * n], n); };
+  uint32_t other = 0;
+  for (uint32_t node = 1; c->rank() == 0 && other == 0 && node < c->size(); ++node) {
+    if (list(node) != list(0)) other = node;
+  }
+  if (other == c->rank()) return "";
+  const absl::Span<const uint64_t> ours = list(c->rank()), theirs = list(other);
+  for (size_t g = 0; g < n; ++g) {
+    if (ours[g] == theirs[g]) continue;
+    return absl::StrCat(
+        "; the first difference from node ", other, " is group #", g, ": here ",
+        ours[g] == 0 ? "none"
+                     : absl::StrCat("'", names[g], "' (", ReductionName(p.reduction[g]), ")"),
+        ", there ",
+        theirs[g] == 0 ? "none"
+        : ours[g] == 0 ? "a group"
+                       : "another name or reduction");
+  }
+  return "";
+}
+
 }  // namespace
 
 absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t step,
@@ -244,6 +291,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
                      " to ", all.max(kStep), "; nothing was summed"));
   }
   if (all.differ(kLayout) || all.differ(kGroups)) {
+    const std::string first = FirstDifference(c, *p, all.max(kGroups), timeout);
     return absl::InvalidArgumentError(absl::StrCat(
         "norm-group layouts differ across the nodes of job '", job, "' (this node has ", groups,
         " groups, the nodes between ", all.min(kGroups), " and ", all.max(kGroups),
@@ -252,7 +300,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
                               "another reduction (sharded, replicated, node-sharded)",
         "); every node must register the same groups, in the same order, each with the same "
         "reduction",
-        Unregistered(*p), "; nothing was summed"));
+        first, Unregistered(*p), "; nothing was summed"));
   }
   agreement->configs_differ = all.differ(kConfig);
   // Node 0's statistics go with its configuration (they are expressed for its betas).

@@ -384,6 +384,16 @@ TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(r.status().message().find("layouts differ"), std::string::npos) << r.status();
   }
+  // Each node names the first group where it differs from the other.
+  EXPECT_NE(bad[1].status().message().find(
+                "the first difference from node 0 is group #3: here 'other-group' (sharded), "
+                "there none"),
+            std::string::npos)
+      << bad[1].status();
+  EXPECT_NE(bad[0].status().message().find(
+                "the first difference from node 1 is group #3: here none, there a group"),
+            std::string::npos)
+      << bad[0].status();
   // Node 1 names the groups it has that its worker no longer registers, and what to do.
   EXPECT_EQ(bad[0].status().message().find("none registers now"), std::string::npos)
       << bad[0].status();
