@@ -18,11 +18,15 @@ from stepping import one_tensor_job, run_steps  # noqa: E402
 ARGS = None
 
 
+def child_env():
+    """The environment of another interpreter that uses this package and library."""
+    return dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+                PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+
+
 def run_python(script):
     """`script` run by another interpreter with this package and library, to its end."""
-    env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
-               PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
-    return subprocess.run([sys.executable, "-c", script], env=env, timeout=60,
+    return subprocess.run([sys.executable, "-c", script], env=child_env(), timeout=60,
                           capture_output=True, text=True)
 
 
@@ -60,9 +64,7 @@ a.allocate()
 c.register_arena(a)
 print("registered", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
-"""], env=dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
-                    PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__))),
-                stdout=subprocess.PIPE, text=True)
+"""], env=child_env(), stdout=subprocess.PIPE, text=True)
             client = gstab.Client(node.socket)
             client.attach("py-killed", local_rank=0, local_world_size=2)
             one_tensor_job(client)
