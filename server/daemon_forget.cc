@@ -1,0 +1,75 @@
+// Daemon: forgetting a job (ForgetJob, `gstabctl forget`): an operator drops all gstabd holds of
+// an idle job, its checkpoint on disk included, so that its next attach starts it afresh.
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "server/daemon.h"  // the class whose members these are
+#include "server/grpc_status.h"
+
+namespace gstab {
+
+absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJobResponse* response,
+                               const std::optional<Principal>& caller) {
+  const std::string& name = request.job();
+  if (absl::Status s = ValidateJobName(name); !s.ok()) return s;
+  {
+    absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return StoppingError("gstabd is shutting down");
+    if (retiring_.count(name) == 1) {
+      return absl::UnavailableError(
+          absl::StrCat("job '", name,
+                       "' is being retired or forgotten just now: try again "
+                       "(`gstabctl status --all` lists it while gstabd still holds it)"));
+    }
+    auto held = jobs_.find(name);
+    if (held != jobs_.end()) {
+      uint32_t sessions = 0;
+      for (const auto& [token, s] : sessions_) sessions += s.job == held->second;
+      if (sessions > 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job '", name, "' has ", sessions,
+            " session(s) attached (workers or observers): stop its workers first (a stopped "
+            "worker's session ends within the lease, ",
+            absl::FormatDuration(options_.lease), ")"));
+      }
+      if (pending_.count(name) == 1) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job '", name,
+                         "' has a call under way (an attach, a step, or an ended session's "
+                         "release): try again"));
+      }
+    }
+    const bool checkpoint = checkpoints_.count(name) == 1;
+    if (held == jobs_.end() && !checkpoint) {
+      return absl::NotFoundError(
+          absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
+    }
+    if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
+      return s;
+    }
+    // The file first: should it stay, nothing is forgotten (else it would come back at start).
+    bool file = false;
+    if (absl::Status s = store_.Remove(name, &file); !s.ok()) return s;
+    response->set_held(held != jobs_.end());
+    response->set_checkpoint(checkpoint);
+    response->set_checkpoint_file(file);
+    if (response->held()) jobs_.erase(held);
+    unclaimed_.erase(name);
+    idle_since_.erase(name);
+    checkpoints_.erase(name);
+    retiring_.insert(name);  // an attach waits for the observer's retirement of the old series
+  }
+  LOG(INFO) << "forgot job '" << name << "' (an operator's ForgetJob): its next attach starts it "
+            << "afresh";
+  if (observer_ != nullptr) {
+    absl::MutexLock report(&report_mu_);
+    observer_->OnRetire(name, "forgotten (ForgetJob): its next attach starts it afresh");
+  }
+  absl::MutexLock lock(&mu_);
+  retiring_.erase(name);
+  return absl::OkStatus();
+}
+
+}  // namespace gstab
