@@ -61,8 +61,15 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     checkpoints_.erase(name);
     retiring_.insert(name);  // an attach waits for the observer's retirement of the old series
   }
+  // Outside the daemon's lock (a listing of the folder), while an attach of the name waits
+  // (retiring_): one that sets a file aside anew is not undone here.
+  response->set_set_aside_files_deleted(store_.RemoveSetAside(name));
   LOG(INFO) << "forgot job '" << name << "' (an operator's ForgetJob): its next attach starts it "
-            << "afresh";
+            << "afresh"
+            << (response->set_aside_files_deleted() > 0
+                    ? absl::StrCat("; deleted its ", response->set_aside_files_deleted(),
+                                   " set-aside file(s)")
+                    : "");
   if (observer_ != nullptr) {
     absl::MutexLock report(&report_mu_);
     observer_->OnRetire(name, "forgotten (ForgetJob): its next attach starts it afresh");

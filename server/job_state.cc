@@ -327,9 +327,12 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
   }
   stats_params_ = params_;  // the imported statistics are the configuration's
   // The imported state defines where the job is: a job resumed from an older checkpoint
-  // continues from that checkpoint's step.
+  // continues from that checkpoint's step, and one saved before its first step (registered,
+  // never stepped) from any step, 0 included.
   last_step_ = state.last_step();
-  have_step_ = true;
+  have_step_ =
+      state.last_step() > 0 || std::any_of(state.groups().begin(), state.groups().end(),
+                                           [](const v1::GroupState& g) { return g.steps() > 0; });
   abandoned_step_.reset();
   if (collective_ != nullptr) sync_statistics_ = true;  // every node takes node 0's
   return absl::OkStatus();

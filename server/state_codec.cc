@@ -3,6 +3,7 @@
 #include <climits>
 #include <cmath>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -34,8 +35,14 @@ std::string EncodeJobState(v1::JobState state) {
 }
 
 absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::string_view what) {
-  const int first = bytes.empty() ? -1 : static_cast<unsigned char>(bytes[0]);
-  if (first >= 0 && first != kChecksumKey && first != kUncheckedKey) {
+  if (bytes.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what,
+                     " are empty: not a gstab JobState (ExportState's bytes, or a "
+                     "checkpoint's)"));
+  }
+  const int first = static_cast<unsigned char>(bytes[0]);
+  if (first != kChecksumKey && first != kUncheckedKey) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " are not a gstab JobState (corrupt or truncated)"));
   }
@@ -118,7 +125,20 @@ absl::Status CheckStepNumber(uint64_t step) {
                    "as an unsigned one? The job is unchanged"));
 }
 
+namespace {
+// Norms of float gradients, summed in double, stay below about 1e51 (3.4e38, fp32's largest,
+// times the root of 2^40 elements); zclip_warm_sum, a sum over the warm-up's few steps, too.
+// Statistics far past that are no run's, and could overflow to inf once re-expressed for other
+// betas (RescaleStabilizerEmas), leaving every later step of the job skipped.
+constexpr double kMaxNormStatistic = 1e60;
+}  // namespace
+
 absl::Status ValidateJobState(const v1::JobState& state) {
+  if (state.format_version() == 0) {
+    return absl::InvalidArgumentError(
+        "the state has no format_version: not a gstab JobState (ExportState's bytes, or a "
+        "checkpoint's)");
+  }
   if (state.format_version() != kJobStateFormatVersion) {
     return absl::InvalidArgumentError(absl::StrCat(
         "state format version ", state.format_version(), " is not supported (expected ",
@@ -148,22 +168,29 @@ absl::Status ValidateJobState(const v1::JobState& state) {
     if (!names.insert(g.name()).second) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate group name"));
     }
-    const std::pair<const char*, double> non_negative[] = {
-        {"m", g.m()},
-        {"v", g.v()},
-        {"zclip_mean", g.zclip_mean()},
-        {"zclip_var", g.zclip_var()},
-        {"zclip_warm_sum", g.zclip_warm_sum()},
-        {"zclip_warm_sumsq", g.zclip_warm_sumsq()},
-        {"spike_mean", g.spike_mean()},
-        {"spike_var", g.spike_var()},
-        {"short_ema", g.short_ema()},
-        {"long_ema", g.long_ema()},
+    // Each bounded by what gradients can give (kMaxNormStatistic), squares by its square.
+    const std::tuple<const char*, double, bool> statistics[] = {
+        {"m", g.m(), false},
+        {"v", g.v(), true},
+        {"zclip_mean", g.zclip_mean(), false},
+        {"zclip_var", g.zclip_var(), true},
+        {"zclip_warm_sum", g.zclip_warm_sum(), false},
+        {"zclip_warm_sumsq", g.zclip_warm_sumsq(), true},
+        {"spike_mean", g.spike_mean(), false},
+        {"spike_var", g.spike_var(), true},
+        {"short_ema", g.short_ema(), false},
+        {"long_ema", g.long_ema(), false},
     };
-    for (const auto& [field, value] : non_negative) {
+    for (const auto& [field, value, squared] : statistics) {
       if (!std::isfinite(value) || value < 0) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, " is ", value,
                                                        "; statistics are finite and not negative"));
+      }
+      const double bound = squared ? kMaxNormStatistic * kMaxNormStatistic : kMaxNormStatistic;
+      if (value > bound) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": ", field, " is ", value, ", past ", bound,
+                         ", more than any gradients' norms can give"));
       }
     }
     if (g.t() >= kStepLimit || g.steps() >= kStepLimit) {

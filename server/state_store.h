@@ -59,8 +59,13 @@ class StateStore {
   // Sets `job`'s checkpoint aside (as LoadAll does) when its job could not take it (`why`) and
   // starts afresh: its next checkpoint would overwrite it.
   void SetAsideCheckpoint(const std::string& job, const std::string& why);
+  // Deletes the files of `job` set aside (<job>.jobstate.corrupt-*), for a job forgotten: how
+  // many (those that cannot be deleted are logged and kept).
+  uint32_t RemoveSetAside(const std::string& job);
 
  private:
+  static constexpr char kSuffix[] = ".jobstate";
+
   // Makes the folder's entries (a rename, a deletion) durable. OK where the file system has
   // no such thing (EINVAL).
   absl::Status SyncDir() const;

@@ -69,6 +69,20 @@ absl::Status WriteWhole(const std::string& path, const std::string& bytes) {
     ::unlink(partial.c_str());
     return CannotWrite(path, e);
   }
+  // The rename made durable: without the folder's sync, a crash could leave the previous file
+  // (or none) under the name after "exported". A file system without it (EINVAL) has nothing to
+  // lose.
+  const size_t slash = target.rfind('/');
+  const std::string folder = slash == std::string::npos ? "." : target.substr(0, slash + 1);
+  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0 || (::fsync(dir) != 0 && errno != EINVAL)) {
+    const int err = errno;
+    if (dir >= 0) ::close(dir);
+    return absl::InternalError(absl::StrCat("wrote '", path, "', but cannot sync its folder '",
+                                            folder, "': ", std::strerror(err),
+                                            " (a crash now could lose it)"));
+  }
+  ::close(dir);
   return absl::OkStatus();
 }
 

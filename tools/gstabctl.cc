@@ -278,16 +278,22 @@ int Forget() {
       !s.ok()) {
     return Fail(s);
   }
-  return Done(absl::StrCat("forgot job ", job, " (",
-                           response.held() && response.checkpoint() ? "held, and a checkpoint"
-                           : response.held()                        ? "held"
-                                                                    : "a checkpoint",
-                           response.checkpoint_file() ? "; its checkpoint file deleted" : "",
-                           "): its next attach starts it afresh"),
-              {{"job", job},
-               {"held", response.held()},
-               {"checkpoint", response.checkpoint()},
-               {"checkpoint_file", response.checkpoint_file()}});
+  return Done(
+      absl::StrCat(
+          "forgot job ", job, " (",
+          response.held() && response.checkpoint() ? "held, and a checkpoint"
+          : response.held()                        ? "held"
+                                                   : "a checkpoint",
+          response.checkpoint_file() ? "; its checkpoint file deleted" : "",
+          response.set_aside_files_deleted() > 0
+              ? absl::StrCat("; ", response.set_aside_files_deleted(), " set-aside file(s) deleted")
+              : "",
+          "): its next attach starts it afresh"),
+      {{"job", job},
+       {"held", response.held()},
+       {"checkpoint", response.checkpoint()},
+       {"checkpoint_file", response.checkpoint_file()},
+       {"set_aside_files_deleted", static_cast<double>(response.set_aside_files_deleted())}});
 }
 
 int Rendezvous() {

@@ -5,6 +5,7 @@
 // for --job_retention_s is deleted.
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 #include <tuple>
 
@@ -342,12 +343,21 @@ TEST(E2eLifecycleTest, AForgottenJobStartsAfreshUnderItsName) {
   ASSERT_EQ(daemon->Stop().value_or(-1), 0);  // "kept": a checkpoint on disk
   daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok()) << daemon.status();
+  // Its files set aside as not restorable go with it; other jobs', and other files, stay.
+  const std::string state = dir.path() + "/state/";
+  for (const char* file : {"kept.jobstate.corrupt-1700000000", "kept.jobstate.corrupt-1700000000.1",
+                           "kept.jobstate.corrupt-notes", "kept2.jobstate.corrupt-1700000000"}) {
+    std::ofstream(state + file) << "x";
+  }
   std::tie(rc, out) = ctl("--json forget --job=kept");
   EXPECT_EQ(rc, 0) << out;
-  for (const char* field :
-       {"\"job\":\"kept\"", "\"held\":false", "\"checkpoint\":true", "\"checkpoint_file\":true"}) {
+  for (const char* field : {"\"job\":\"kept\"", "\"held\":false", "\"checkpoint\":true",
+                            "\"checkpoint_file\":true", "\"set_aside_files_deleted\":2"}) {
     EXPECT_NE(out.find(field), std::string::npos) << out;
   }
+  EXPECT_FALSE(std::filesystem::exists(state + "kept.jobstate.corrupt-1700000000.1"));
+  EXPECT_TRUE(std::filesystem::exists(state + "kept.jobstate.corrupt-notes"));
+  EXPECT_TRUE(std::filesystem::exists(state + "kept2.jobstate.corrupt-1700000000"));
   std::tie(rc, out) = ctl("forget --job=kept");
   EXPECT_EQ(rc, 1);
   EXPECT_NE(out.find("no job 'kept'"), std::string::npos) << out;

@@ -176,6 +176,9 @@ TEST_F(E2eRegistrationTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   const StateCase state_cases[] = {
       {"NaN mean", [](auto* s) { s->mutable_groups(0)->set_m(NAN); }, "m is nan"},
       {"negative variance", [](auto* s) { s->mutable_groups(0)->set_v(-1e30); }, "v is -1e+30"},
+      // Finite, but no gradients' (re-expressed for other betas, it could become inf).
+      {"huge second moment", [](auto* s) { s->mutable_groups(0)->set_v(1e300); }, "v is 1e+300"},
+      {"huge mean", [](auto* s) { s->mutable_groups(0)->set_long_ema(1e100); }, "long_ema is"},
       {"t about to wrap", [](auto* s) { s->mutable_groups(0)->set_t(~uint64_t{0}); }, "2^62"},
       {"no step after the last", [](auto* s) { s->set_last_step(~uint64_t{0}); }, "last_step"},
       {"duplicate group", [](auto* s) { *s->add_groups() = s->groups(0); }, "duplicate group"},
@@ -192,6 +195,14 @@ TEST_F(E2eRegistrationTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
     absl::Status s = (*observer)->ImportState(state.SerializeAsString());
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << s;
     EXPECT_NE(s.message().find(c.message), std::string::npos) << c.what << ": " << s;
+  }
+  // Not a state at all: no bytes, or a message whose format version is 0.
+  for (const auto& [bytes, message] :
+       {std::pair<std::string, const char*>{"", "are empty"},
+        {std::string("\x08\x00\x12\x01j", 5), "no format_version"}}) {
+    const absl::Status s = (*observer)->ImportState(bytes);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(message), std::string::npos) << s;
   }
   absl::StatusOr<std::string> after = (*observer)->ExportState();
   ASSERT_TRUE(after.ok());

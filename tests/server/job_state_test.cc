@@ -182,5 +182,31 @@ TEST(JobRoundTest, AnOlderSessionsStepIsNotRunOnTheRanksNewRegistration) {
   EXPECT_EQ(old_grads, std::vector<float>(64, 1.0f));
 }
 
+// A state saved before the job's first step (its workers registered and never stepped: the
+// checkpoint at a stop, an early export) leaves step 0 to come; one saved after a step at 0
+// does not.
+TEST(JobStateTest, AStateSavedBeforeAnyStepLeavesStepZeroToCome) {
+  CpuExecutor executor(1);
+  std::vector<float> grads(64, 1.0f);
+  for (const uint64_t steps : {0, 1}) {
+    Job job("j", RuleParams{}, 1, &executor);
+    v1::RegisterBuffersResponse registered;
+    ASSERT_TRUE(job.Register(0, HostRegistration(&grads), &registered, /*session=*/1).ok());
+    GroupStats stats;
+    stats.steps = steps;
+    v1::JobState state = StateWith(RuleParams{}, stats);
+    state.set_last_step(0);
+    state.mutable_groups(0)->set_name("w");
+    ASSERT_TRUE(job.ImportState(state, /*with_config=*/false).ok());
+    v1::StepResponse r;
+    const absl::Status s = job.Step(0, 0, absl::Seconds(10), &r, 0, /*session=*/1);
+    if (steps == 0) {
+      EXPECT_TRUE(s.ok()) << s;
+    } else {
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gstab

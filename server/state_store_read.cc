@@ -1,0 +1,158 @@
+// StateStore's reading side: a job's checkpoint when it comes back (Load), and every
+// checkpoint at start (LoadAll), each checked before it is used, and set aside when it is not
+// one.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/fd_read.h"
+#include "common/wire_limits.h"
+#include "core/config.h"
+#include "server/registration.h"
+#include "server/state_codec.h"
+#include "server/state_store.h"
+
+namespace gstab {
+namespace {
+
+// No checkpoint is larger: a job's state, its 65,536 groups at most included, is a few MB, and
+// one imported came in a message of at most this.
+constexpr off_t kMaxCheckpointBytes = kMaxMessageBytes;
+
+// The whole file at `path`: NOT_FOUND when there is none, UNAVAILABLE when it cannot be opened or
+// read (no permission, out of descriptors, an I/O error), DATA_LOSS when it is no checkpoint by
+// its kind (a folder, a FIFO: never read) or its size (larger than any: never read whole).
+absl::StatusOr<std::string> ReadWhole(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO: no wait
+  if (fd < 0) {
+    const int err = errno;
+    const std::string what = absl::StrCat("cannot open '", path, "': ", strerror(err));
+    return err == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const std::string what = absl::StrCat("cannot stat '", path, "': ", strerror(errno));
+    close(fd);
+    return absl::UnavailableError(what);
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size > kMaxCheckpointBytes) {
+    const bool regular = S_ISREG(st.st_mode);
+    close(fd);
+    return absl::DataLossError(
+        regular ? absl::StrCat("is larger than any checkpoint (", st.st_size, " bytes)")
+                : std::string("is not a regular file"));
+  }
+  std::string bytes;
+  const int err = ReadToEnd(fd, kMaxCheckpointBytes, &bytes);
+  close(fd);
+  if (err == EFBIG) return absl::DataLossError("grew larger than any checkpoint while read");
+  if (err != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot read '", path, "': ", strerror(err)));
+  }
+  return bytes;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
+  if (dir_.empty()) return absl::NotFoundError("no state directory");
+  const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
+  // Gone (NOT_FOUND) and not a checkpoint (DATA_LOSS) are final; any other failure (out of
+  // descriptors, an I/O error) may pass (UNAVAILABLE).
+  absl::StatusOr<std::string> bytes = ReadWhole(path);
+  if (absl::IsDataLoss(bytes.status())) {
+    const std::string why = absl::StrCat(bytes.status().message(), ", so not a checkpoint");
+    SetAside(path, why);
+    return absl::DataLossError(absl::StrCat("'", path, "' ", why));
+  }
+  if (!bytes.ok()) return bytes.status();
+  absl::StatusOr<v1::JobState> state = DecodeJobState(*bytes, "its bytes");
+  if (!state.ok() || state->job() != job) {
+    const std::string why = state.ok() ? absl::StrCat("is not a checkpoint of job '", job, "'")
+                                       : absl::StrCat("is not a checkpoint of job '", job,
+                                                      "': ", state.status().message());
+    SetAside(path, why);
+    return absl::DataLossError(absl::StrCat("'", path, "' ", why));
+  }
+  return state;
+}
+
+absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
+  std::vector<Stored> out;
+  if (dir_.empty()) return out;
+  // Listed whole or not at all: a job whose checkpoint a failed listing left out would start
+  // afresh over it.
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir_, ec);
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::filesystem::directory_entry& entry = *it;
+    const std::string path = entry.path().string();
+    if (entry.path().extension() != kSuffix) continue;
+    // Not a regular file (a folder, a link to one: its job's saves would fail for good), or
+    // larger than any checkpoint: set aside unread.
+    absl::StatusOr<std::string> bytes = ReadWhole(path);
+    if (absl::IsNotFound(bytes.status())) continue;  // deleted meanwhile
+    if (absl::IsDataLoss(bytes.status())) {
+      SetAside(path, absl::StrCat(bytes.status().message(), ", so not a checkpoint"));
+      continue;
+    }
+    if (!bytes.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          bytes.status().message(),
+          ". gstabd does not start without a job's checkpoint, whose job would start afresh "
+          "over it (its statistics and owner lost): let gstabd's user read the file, or move it "
+          "out of --state_dir to start that job afresh"));
+    }
+    absl::StatusOr<v1::JobState> decoded = DecodeJobState(*bytes, "its bytes");
+    if (!decoded.ok() || decoded->job().empty()) {
+      SetAside(path, decoded.ok()
+                         ? "is not a checkpoint"
+                         : absl::StrCat("is not a checkpoint: ", decoded.status().message()));
+      continue;
+    }
+    v1::JobState& state = *decoded;
+    // Saved as <job>.jobstate: a file copied or renamed would stand in for another job (or, with
+    // a name that is not a job's, reach outside the folder when its job's file is deleted).
+    if (entry.path().filename().string() != absl::StrCat(state.job(), kSuffix)) {
+      SetAside(path, absl::StrCat("holds job '", state.job(), "', whose file would be ",
+                                  state.job(), kSuffix));
+      continue;
+    }
+    // One its job could not take (a newer release's, or damaged) is kept for a look: the job,
+    // which starts afresh, would overwrite it.
+    absl::Status s = ValidateJobState(state);
+    // A job's name and configuration came through gstabd's checks when it was saved: one that
+    // does not pass them now (a hand edit) would be listed, but could not be forgotten by name,
+    // or would take its next worker's configuration without a word.
+    if (s.ok()) s = ValidateJobName(state.job());
+    if (s.ok() && state.has_config()) s = ResolveConfig(state.config()).status();
+    if (!s.ok()) {
+      SetAside(path, absl::StrCat("cannot be restored (", s.message(), ")"));
+      continue;
+    }
+    struct stat st;
+    const absl::Time saved =
+        stat(path.c_str(), &st) == 0 ? absl::TimeFromTimespec(st.st_mtim) : absl::Now();
+    // Its groups stay on disk until its job comes back: read all at once, wide checkpoints
+    // would take gigabytes at start (a job's 65,536 groups take about 18 MB decoded).
+    const auto groups = static_cast<uint32_t>(state.groups_size());
+    google::protobuf::RepeatedPtrField<v1::GroupState>().Swap(state.mutable_groups());
+    out.push_back(Stored{std::move(state), saved, groups});
+  }
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot list state directory '", dir_, "' (", ec.message(),
+        "): gstabd does not start without its checkpoints, whose jobs would start afresh over "
+        "them"));
+  }
+  return out;
+}
+
+}  // namespace gstab
