@@ -285,4 +285,9 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
   return GSTAB_OK;
 }
 
+uint64_t gstab_step_statistics_rolled_back(const gstab_client* client) {
+  if (client == nullptr || !CheckOwner(client->owner, "client").ok()) return 0;
+  return client->last_step.statistics_rolled_back();
+}
+
 }  // extern "C"

@@ -148,6 +148,11 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step; index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);
+/* The last gstab_step of a job across nodes (the CPU backend): by how many steps this node's
+ * statistics went back when it took node 0's at the job's new rendezvous, having counted more
+ * (node 0 restarted from an older checkpoint, or imported an older state; a
+ * STATISTICS_ROLLED_BACK event says the same); else 0 (and 0 for a NULL client). */
+uint64_t gstab_step_statistics_rolled_back(const gstab_client* client);
 
 /* ---- Configuration, jobs across nodes, checkpoints ----
  *

@@ -33,6 +33,7 @@ import base64
 import binascii
 import contextlib
 import ctypes
+import enum
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ._native import (DATA_LOSS, ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
+from ._native import (CODE_NAMES, DATA_LOSS, ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
                       UNAVAILABLE, CGroupResult, CStepResult, CAttachOptions, Config, Error,
                       check, dtype_code, dtype_of, enc, enc_path, flags, json_numbers,
                       load_library, settings, take, uint, VERSION)
@@ -51,7 +52,23 @@ from ._native import (DATA_LOSS, ELEMENT_SIZE, FAILED_PRECONDITION, NOT_FOUND, U
 __version__ = VERSION  # and that of the libgstab.so it loads, which it checks
 
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
-           "dtype_of", "load_library"]
+           "StatusCode", "dtype_of", "load_library", "FLAG_ACCEPTED", "FLAG_SKIPPED",
+           "FLAG_ZERO_NORM", "FLAG_SPIKE", "FLAG_SPIKE_RATIO", "FLAG_DIVERGING", "FLAG_CLIPPED",
+           "FLAG_MISMATCH"]
+
+# Error.code: gRPC's status codes (`except gstab.Error as e: if e.code == StatusCode.DATA_LOSS`).
+StatusCode = enum.IntEnum("StatusCode", {name: code for code, name in CODE_NAMES.items()})
+
+# The bits of a group's flags in the CUDA results buffer (CudaGradients.results; gstab.h's
+# GSTAB_FLAG_), and of their OR in its header.
+FLAG_ACCEPTED = 1 << 0
+FLAG_SKIPPED = 1 << 1  # non-finite: skip the optimizer step
+FLAG_ZERO_NORM = 1 << 2
+FLAG_SPIKE = 1 << 3
+FLAG_SPIKE_RATIO = 1 << 4
+FLAG_DIVERGING = 1 << 5
+FLAG_CLIPPED = 1 << 8
+FLAG_MISMATCH = 1 << 9  # nodes disagreed on the step or groups: nothing applied
 
 
 def _check_type(call: str, value, expected: type) -> None:
@@ -84,6 +101,9 @@ class StepResult:
     stabilized_norm: float
     result_step: int  # the step these results belong to (CUDA: the newest finished one)
     groups: List[GroupResult] = field(default_factory=list)
+    # A job across nodes on the CPU backend: by how many steps this node's statistics went back
+    # when it took node 0's at this step (node 0 restarted from an older checkpoint); else 0.
+    statistics_rolled_back: int = 0
 
 
 def _lost_step(step: int) -> StepResult:
@@ -186,10 +206,26 @@ class CudaGradients:
         return ptr.value
 
     def results(self):
-        """(device address, bytes) of the per-step results buffer (see gstab.h)."""
+        """(device address, bytes) of the per-step results buffer, after Client.register_cuda:
+        a gstab_results_header (step: uint64, num_groups: uint32, flags: uint32, the OR of the
+        groups' FLAG_ bits), then one gstab_group_outcome per group in group_names()' order
+        (norm, stabilized_norm, scale, z: float64; flags: uint32; 4 bytes reserved). Kernels on
+        the step's stream may read it once cuda_step returns."""
         size = ctypes.c_size_t()
         address = self._lib.gstab_cuda_results(self._h, ctypes.byref(size))
-        return address or 0, size.value
+        if not address:
+            raise Error(FAILED_PRECONDITION, "these gradients have no results buffer: register "
+                        "them first (Client.register_cuda), in the process that made them")
+        return address, size.value
+
+    def group_names(self) -> List[str]:
+        """The groups of the results buffer's outcomes, in its order (after register_cuda)."""
+        names = []
+        while True:
+            name = self._lib.gstab_cuda_group_name(self._h, len(names))
+            if name is None:
+                return names
+            names.append(name.decode())
 
     def __del__(self):
         if getattr(self, "_h", None):
@@ -283,7 +319,8 @@ class Client:
     counts it. So do stats(), export_state(), import_state() and update_config(). A step
     whose gradients gstabd had begun to scale when it went (killed, or crashed; or its stop cut
     off the answer) is not stepped again: its gradients are zeroed and its result has skip set
-    (norm NaN, no group results). 0: step() raises instead (DATA_LOSS for such a step)."""
+    (norm NaN, no group results). 0: step() raises instead (DATA_LOSS for such a step, its
+    gradients zeroed all the same, as on a job across nodes)."""
 
     def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
         if socket_path is None:
@@ -486,6 +523,9 @@ class Client:
             self._lib.gstab_free(text)
 
     def detach(self) -> None:
+        """Ends this worker's session: gstabd lets go of it at once. The client is detached
+        even when this raises (gstabd gone or stopping): the session then ends with its lease,
+        and nothing attaches again by itself."""
         self.registration = self._attached = None
         check(self._call(self._lib.gstab_detach))
 
@@ -510,19 +550,25 @@ class Client:
         if result is not None:
             return result
         registration = self.registration  # a close() from another thread may clear it
-        again = self._may_attach_again() and isinstance(registration, Arena)
-        if status == DATA_LOSS and again:
-            # gstabd went away after it had begun to scale them: they cannot be stepped again.
-            registration._zero()
-            try:
-                self._attach_again(f"at step {step}", status)
-            except Error as e:  # still DATA_LOSS: the step is not to be stepped again
-                raise Error(DATA_LOSS, f"{e.message}; step {step}'s gradients were zeroed: "
-                            "skip it") from None
-            return _lost_step(step)
+        arena = isinstance(registration, Arena)
+        again = arena and self._may_attach_again()
         if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
             self._attach_again(f"at step {step}", status)
             status, result = self._step_once(step)
+            if result is not None:
+                return result
+        if status == DATA_LOSS and arena:
+            # gstabd went away after it had begun to scale them, or may have (the first step
+            # after a registration): they cannot be stepped again, whether or not it comes back.
+            message = self._lib.gstab_last_error().decode(errors="replace")
+            registration._zero()
+            if again:
+                try:
+                    self._attach_again(f"at step {step}", status)
+                    return _lost_step(step)
+                except Error as e:
+                    message = e.message
+            raise Error(DATA_LOSS, f"{message}; step {step}'s gradients were zeroed: skip it")
         check(status)
         return result
 
@@ -554,7 +600,7 @@ class Client:
             groups.append(GroupResult(g.group.decode(), g.norm, g.stabilized_norm, g.scale, g.z,
                                       bool(g.spike), bool(g.skipped), bool(g.diverging)))
         return StepResult(bool(r.skip), bool(r.diverging), r.spikes, r.norm, r.stabilized_norm,
-                          result_step, groups)
+                          result_step, groups, self._lib.gstab_step_statistics_rolled_back(h))
 
     def close(self) -> None:
         """Detaches (when attached: gstabd lets go of this worker at once, not at the end of its

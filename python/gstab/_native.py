@@ -118,6 +118,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_register_arena": ([P, P], I),
         "gstab_step": ([P, U64, ctypes.POINTER(CStepResult)], I),
         "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(CGroupResult)], I),
+        "gstab_step_statistics_rolled_back": ([P], U64),
         "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
         "gstab_cuda_add_tensor_flags": ([P, S, P, U64, I, S, U32], I),
         "gstab_cuda_allocate_tensor_flags": ([P, S, U64, I, S, U32, PP], I),

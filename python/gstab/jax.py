@@ -67,13 +67,16 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
                 blob = client.create_rendezvous(job, nodes)
             except Exception as e:  # noqa: BLE001 (the others hear of it, then it is raised)
                 failure = e
-        # The blob's length first (-1: process 0 failed), then its bytes.
+        # The blob's length first (negative: process 0 failed, -1 - its status code), then its
+        # bytes. int32: JAX without jax_enable_x64 would narrow an int64, with a warning.
+        code = failure.code if isinstance(failure, gstab.Error) else 2  # UNKNOWN
         size = int(multihost_utils.broadcast_one_to_all(
-            np.array(-1 if failure else len(blob or b""), dtype=np.int64)))
+            np.array(-1 - code if failure else len(blob or b""), dtype=np.int32)))
         if failure is not None:
             raise failure
         if size < 0:
-            raise gstab.Error(14, "process 0 could not create the job's rendezvous")
+            raise gstab.Error(-1 - size, "process 0 could not create the job's rendezvous: its "
+                              "error says why")
         data = np.frombuffer(blob, dtype=np.uint8) if rank == 0 else np.zeros(size, np.uint8)
         blob = np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
     client.attach(job, rank=rank, world_size=world, local_rank=local_rank,

@@ -25,6 +25,7 @@ DDP with `gradient_as_bucket_view=True`) is copied into the registered memory fi
 warning; a parameter without a gradient this step counts as zero.
 """
 
+import contextlib
 import os
 import socket
 import warnings
@@ -87,7 +88,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
             except Exception as e:  # noqa: BLE001 (passed on to every rank, then raised)
                 message = [e if isinstance(e, gstab.Error) else
                            RuntimeError(f"gstab: rank 0 could not create the rendezvous: {e!r}")]
-        dist.broadcast_object_list(message, src=0)
+        with _cpu_group() as group:
+            dist.broadcast_object_list(message, src=0, group=group)
         if isinstance(message[0], Exception):
             raise message[0]
         blob = message[0]
@@ -96,22 +98,29 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
                   node_rank=node_rank, node_count=nodes, rendezvous=blob)
 
 
+@contextlib.contextmanager
+def _cpu_group():
+    """The group of every rank to pass Python objects over before the worker's GPU is set: a
+    Gloo group of all ranks while the default group has NCCL (whose collectives run on the
+    current GPU, cuda:0 on every rank until set_device: a duplicate-GPU error), else None, the
+    default group. Every rank enters it (making a group is collective)."""
+    dist = torch.distributed
+    group = dist.new_group(backend="gloo") if _nccl() else None
+    try:
+        yield group
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
+
+
 def _layout_by_host(rank: int, world: int, local_rank: Optional[int],
                     node_rank: Optional[int]) -> Tuple[int, int, int]:
     """(local_rank, local_world_size, node_rank) from the hosts' names, gathered over the
     default process group: a node's ranks are those on its host, in global rank order, and the
     nodes are in the order of their first rank. Given ranks are kept."""
-    dist = torch.distributed
     hosts = [None] * world
-    # Over Gloo: NCCL would gather on the current GPU, which may not be set yet (each rank on
-    # cuda:0, a duplicate-GPU error).
-    group = dist.new_group(backend="gloo") if "nccl" in str(dist.get_backend()).lower() \
-        else None
-    try:
-        dist.all_gather_object(hosts, socket.gethostname(), group=group)
-    finally:
-        if group is not None:
-            dist.destroy_process_group(group)
+    with _cpu_group() as group:
+        torch.distributed.all_gather_object(hosts, socket.gethostname(), group=group)
     order = list(dict.fromkeys(hosts))  # each host once, in the order of its first rank
     counts = {h: hosts.count(h) for h in order}
     if len(set(counts.values())) != 1:
@@ -223,6 +232,7 @@ class Stabilizer:
                                 "group= takes a str, or a function of (name, parameter) "
                                 "giving one")
             _check_name(name)
+            _check_name(g, group_of=name)  # before an import changes the job
             specs.append((name, local.numel(), dtype, g, *shared) if local.numel() else None)
             if not local.numel():
                 placeholder = f"{name}:empty" if len(name) < 250 else f"empty:{len(specs)}"
@@ -490,14 +500,18 @@ class Stabilizer:
                 "replaces them every step)", stacklevel=3)
 
 
-_FLAG_SKIPPED = 1 << 1  # GSTAB_FLAG_SKIPPED
+_FLAG_SKIPPED = gstab.FLAG_SKIPPED
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _check_name(name: str) -> None:
-    """gstabd's tensor and group names: [A-Za-z0-9._/:-], up to 256 characters."""
+def _check_name(name: str, group_of: Optional[str] = None) -> None:
+    """gstabd's tensor and group names: [A-Za-z0-9._/:-], up to 256 characters. group_of: the
+    parameter whose group `name` is."""
     if not name or len(name) > 256 or not all(c.isascii() and (c.isalnum() or c in "._/:-")
                                              for c in name):
+        if group_of is not None:
+            raise ValueError(f"parameter '{group_of}': group {name!r}: gstab takes names of "
+                             "[A-Za-z0-9._/:-], up to 256 characters")
         raise ValueError(
             f"parameter name {name!r}: gstab takes names of [A-Za-z0-9._/:-], up to 256 "
             "characters; pass (name, parameter) pairs with names of your own, and a `group=`")
@@ -572,7 +586,7 @@ class _DeviceWords:
 
     def __init__(self, address: int, size: int):
         if not address:
-            raise gstab.Error(13, "gstabd mapped no results buffer for this registration")
+            raise gstab.Error(13, "the registration has no results buffer")
         self.__cuda_array_interface__ = {"shape": (size // 4,), "typestr": "<i4",
                                          "data": (address, False), "strides": None,
                                          "version": 2}

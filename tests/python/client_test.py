@@ -114,9 +114,33 @@ class ClientTest(unittest.TestCase):
             self.assertAlmostEqual(g.stabilized_norm, g.norm * g.scale, delta=1e-9 * g.norm)
             for i in (0, 1, 500, 999):
                 self.assertAlmostEqual(wv[i], ws[i] * g.scale, delta=1e-6 * abs(ws[i]) + 1e-30)
+            # One group: the step's results are the group's.
+            self.assertEqual(r.spikes, int(g.spike))
+            self.assertAlmostEqual(r.norm, g.norm, delta=1e-12 * g.norm)
+            self.assertAlmostEqual(r.stabilized_norm, g.stabilized_norm, delta=1e-9 * g.norm)
+            self.assertFalse(r.diverging or g.diverging)
+            self.assertEqual(r.statistics_rolled_back, 0)
+            if step < 30:
+                self.assertFalse(g.spike, f"step {step}")
+                self.assertLess(g.z, 6.0, f"step {step}")
         self.assertTrue(g.spike, "the 1e4x step is a spike")
+        self.assertEqual(r.spikes, 1)
+        self.assertGreater(g.z, 6.0, "past the z threshold")
         self.assertLess(g.scale, 1e-2, "the spike's magnitude is replaced")
         client.detach()
+
+    def test_the_packages_flags_and_status_codes_are_the_headers(self):
+        header = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                   "client_lib", "gstab.h")).read()
+        flags = dict(re.findall(r"#define GSTAB_(FLAG_\w+) \(1u << (\d+)\)", header))
+        self.assertEqual(len(flags), 8)
+        for name, bit in flags.items():
+            self.assertEqual(getattr(gstab, name), 1 << int(bit), name)
+        codes = dict(re.findall(r"#define GSTAB_([A-Z_]+) (\d+)", header))
+        self.assertGreater(len(codes), 10)
+        for name, code in codes.items():
+            if name != "OK":
+                self.assertEqual(gstab.StatusCode[name], int(code), name)
 
     def test_non_finite_step_is_skipped(self):
         client = gstab.Client(self.socket)
@@ -136,6 +160,15 @@ class ClientTest(unittest.TestCase):
         last = client.stats()["groups"][0]["last_norm"]  # "NaN" in the JSON
         self.assertIsInstance(last, float)
         self.assertTrue(math.isnan(last))
+        self.assertFalse(r.diverging)
+        # Three non-finite steps in a row: the job is diverging.
+        for step in (2, 3):
+            wv[7] = float("nan")
+            r = client.step(step)
+        self.assertTrue(r.skip)
+        self.assertTrue(r.diverging)
+        self.assertTrue(r.groups[0].diverging)
+        self.assertEqual(r.spikes, 0)
 
     def test_bad_input_raises_errors_that_say_what_was_wrong(self):
         client = gstab.Client(self.socket)

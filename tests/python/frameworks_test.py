@@ -43,7 +43,7 @@ def attach_as(rank, world, hosts=None, **kwargs):
         def attach(self, job, **arguments):
             asked.update(arguments)
 
-    def broadcast(message, src):
+    def broadcast(message, src, group=None):
         message[0] = b"blob"
 
     def gather(out, mine, group=None):
@@ -111,6 +111,9 @@ class TorchTest(GstabdTest):
                            ({"gstab_state": b"\x07junk"}, gstab.Error)]:
             with self.assertRaises(error):
                 stabilizer.load_state_dict(bad)
+        # A bad group name is refused before the state is imported.
+        with self.assertRaisesRegex(ValueError, "parameter '0.weight': group 'a b'"):
+            gstab.torch.Stabilizer(client, model, group="a b", state=saved)
         self.assertEqual(client.stats()["last_step"], 20)  # the refused ones changed nothing
         stabilizer.load_state_dict(saved)  # back to step 10: the same scales again
         self.assertEqual(client.stats()["last_step"], 10)

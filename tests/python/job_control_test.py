@@ -203,6 +203,7 @@ class JobControlTest(unittest.TestCase):
             texts = [blob, base64.b64encode(blob).decode() + "\n"]
             clients = [gstab.Client(n.socket) for n in nodes]
             results, errors = [None, None], []
+            together = threading.Barrier(2, timeout=60)
 
             def worker(rank):
                 try:
@@ -212,10 +213,26 @@ class JobControlTest(unittest.TestCase):
                     shard, whole = one_tensor_job(client, groups=("shard", "whole"),
                                                   replicated=("whole",))
                     results[rank] = []
-                    for step in range(1, 4):
+                    for step in range(1, 5):
+                        if step == 4:
+                            # The job resumes from node 0's state of step 1: a new rendezvous,
+                            # and node 0 imports before the first step.
+                            together.wait()
+                            if rank == 0:
+                                texts[:] = [gstab.Client(nodes[0].socket).create_rendezvous(
+                                    "py-nodes", 2)] * 2
+                            together.wait()
+                            client.attach("py-nodes", rank=rank, world_size=2, node_rank=rank,
+                                          node_count=2, rendezvous=texts[rank])
+                            if rank == 0:
+                                client.import_state(saved)
+                            shard, whole = one_tensor_job(client, groups=("shard", "whole"),
+                                                          replicated=("whole",))
                         norms = fill(shard, step, salt=rank), fill(whole, step)
                         r = client.step(step)
                         results[rank].append((norms, r))
+                        if rank == 0 and step == 1:
+                            saved = client.export_state()
                 except Exception as exc:  # reported by the main thread
                     errors.append(exc)
 
@@ -231,6 +248,10 @@ class JobControlTest(unittest.TestCase):
                 self.assertAlmostEqual(r0.groups[0].norm, math.hypot(n0, n1), delta=1e-5 * n0)
                 self.assertAlmostEqual(r0.groups[1].norm, whole, delta=1e-5 * whole)
                 self.assertEqual([g.scale for g in r0.groups], [g.scale for g in r1.groups])
+                self.assertEqual((r0.statistics_rolled_back, r1.statistics_rolled_back), (0, 0))
+            # Node 1 had counted two steps more than the statistics it takes from node 0.
+            rolled_back = [results[rank][3][1].statistics_rolled_back for rank in (0, 1)]
+            self.assertEqual(rolled_back, [0, 2])
         finally:
             for n in nodes:
                 self.assertEqual(n.stop(), 0)

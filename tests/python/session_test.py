@@ -206,6 +206,25 @@ class SessionTest(unittest.TestCase):
             self.assertEqual(grads.cast("B").tobytes(), zeros)
             os.unlink(node.socket)
             node._start()
+            # reattach_timeout=0: the step raises DATA_LOSS at once, its gradients zeroed all
+            # the same.
+            client.attach("py-killed")
+            client.register_arena(arena)
+            client.reattach_timeout = 0
+            over.clear()
+            killer = threading.Thread(target=kill_for_good, daemon=True)
+            killer.start()
+            with self.assertRaises(gstab.Error) as e:
+                for step in range(step + 1, step + 500):
+                    grads[:] = twos
+                    client.step(step)
+            over.set()
+            killer.join()
+            self.assertEqual(e.exception.code, 15, e.exception.message)
+            self.assertIn("were zeroed: skip it", e.exception.message)
+            self.assertEqual(grads.cast("B").tobytes(), zeros)
+            os.unlink(node.socket)
+            node._start()
         finally:
             over.set()
             self.assertEqual(node.stop(), 0)
