@@ -1,6 +1,8 @@
 // Daemon: forgetting a job (ForgetJob, `gstabctl forget`): an operator drops all gstabd holds of
 // an idle job, its checkpoint on disk included, so that its next attach starts it afresh.
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -13,6 +15,9 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
                                const std::optional<Principal>& caller) {
   const std::string& name = request.job();
   if (absl::Status s = ValidateJobName(name); !s.ok()) return s;
+  // The job, let go of under the daemon's lock and destroyed outside it (its GPU pipelines
+  // close then), before an attach of the name may make it anew.
+  std::shared_ptr<Job> dropped;
   {
     absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
     absl::MutexLock lock(&mu_);
@@ -55,8 +60,11 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     response->set_held(held != jobs_.end());
     response->set_checkpoint(checkpoint);
     response->set_checkpoint_file(file);
-    if (response->held()) jobs_.erase(held);
-    unclaimed_.erase(name);
+    if (response->held()) {
+      dropped = std::move(held->second);
+      jobs_.erase(held);
+    }
+    unclaimed_.erase(name);  // the same job, if held
     idle_since_.erase(name);
     checkpoints_.erase(name);
     retiring_.insert(name);  // an attach waits for the observer's retirement of the old series
@@ -74,6 +82,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     absl::MutexLock report(&report_mu_);
     observer_->OnRetire(name, "forgotten (ForgetJob): its next attach starts it afresh");
   }
+  dropped.reset();
   absl::MutexLock lock(&mu_);
   retiring_.erase(name);
   return absl::OkStatus();
