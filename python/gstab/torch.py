@@ -198,6 +198,7 @@ class Stabilizer:
                 if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and \
                         m.sparse and m.weight.requires_grad:
                     raise ValueError(_sparse_refusal(name or type(m).__name__))
+                _check_fsdp1(name, m)
         self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
         sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
@@ -550,6 +551,28 @@ def _like(p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         return local
     return dtensor.from_local(local, p.device_mesh, p.placements, run_check=False,
                               shape=p.shape, stride=p.stride())
+
+
+def _check_fsdp1(name: str, module: torch.nn.Module) -> None:
+    """FSDP1's FullyShardedDataParallel holds plain flat parameters, whose gradients gstab sums
+    over every rank: right for the sharding strategies that give each rank its own shard, and
+    refused for those whose ranks hold whole copies (gstab would count each copy)."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    except ImportError:  # a torch without FSDP
+        return
+    if not isinstance(module, FullyShardedDataParallel):
+        return
+    strategy = module.sharding_strategy
+    if strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP) or \
+            torch.distributed.get_world_size() == 1:  # one rank: FSDP1 shards nothing
+        return
+    copies = "each rank holds" if strategy == ShardingStrategy.NO_SHARD else "each node holds"
+    raise ValueError(
+        f"module '{name or type(module).__name__}' is FSDP1's FullyShardedDataParallel with "
+        f"{strategy.name}: {copies} a whole copy of the gradients, which gstab would count "
+        "once per copy. gstab serves FSDP1 with FULL_SHARD or SHARD_GRAD_OP, FSDP2's "
+        "fully_shard (HSDP: its 2-D mesh) and DDP")
 
 
 def _sharing(name: str, p: torch.Tensor, replicated: bool,

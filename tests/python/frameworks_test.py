@@ -427,6 +427,15 @@ class TorchTest(GstabdTest):
                     torch.ones(4, 4), init_device_mesh("cpu", (1, 1)), [Shard(0), Shard(1)]))
                 with self.assertRaisesRegex(ValueError, "parameter 'w' is a DTensor on a 2-D"):
                     gstab.torch.Stabilizer(client, [("w", hybrid)])
+                # FSDP1 whose ranks hold whole gradients: each copy would count. (One rank's
+                # FSDP1 shards nothing: NO_SHARD whatever it is asked, and served.)
+                from unittest import mock
+                from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+                copies = FullyShardedDataParallel(mlp(), device_id=torch.device("cpu"),
+                                                  sharding_strategy=ShardingStrategy.NO_SHARD)
+                with mock.patch.object(dist, "get_world_size", return_value=2), \
+                        self.assertRaisesRegex(ValueError, "with NO_SHARD: each rank holds"):
+                    gstab.torch.Stabilizer(client, copies)
             finally:
                 dist.destroy_process_group()
         # A name gstabd would refuse, before anything is imported or allocated.
