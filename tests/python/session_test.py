@@ -187,44 +187,41 @@ class SessionTest(unittest.TestCase):
             # A step whose scaling the killer did not see (descheduled for those milliseconds
             # on a busy machine) goes through: the next one is tried.
             client.reattach_timeout = 1
-            over.clear()
 
-            def kill_for_good():
-                if scaling_after(progress.value) is not None:
-                    node.process.kill()
-                    node.process.wait()
+            def killed_for_good(first_step):
+                """Steps from first_step until gstabd, killed for good while scaling, makes a
+                step raise; that error, once gstabd is started again. The gradients are zeroed
+                (DATA_LOSS: not to be stepped again)."""
+                over.clear()
 
-            killer = threading.Thread(target=kill_for_good, daemon=True)
-            killer.start()
-            with self.assertRaises(gstab.Error) as e:
-                for step in range(step + 1, step + 500):
-                    grads[:] = twos
-                    client.step(step)
-            over.set()
-            killer.join()
-            self.assertEqual(e.exception.code, 15)
-            self.assertEqual(grads.cast("B").tobytes(), zeros)
-            os.unlink(node.socket)
-            node._start()
+                def kill():
+                    if scaling_after(progress.value) is not None:
+                        node.process.kill()
+                        node.process.wait()
+
+                killer = threading.Thread(target=kill, daemon=True)
+                killer.start()
+                with self.assertRaises(gstab.Error) as e:
+                    for step in range(first_step, first_step + 500):
+                        grads[:] = twos
+                        client.step(step)
+                over.set()
+                killer.join()
+                self.assertEqual(grads.cast("B").tobytes(), zeros)
+                os.unlink(node.socket)
+                node._start()
+                return e.exception, step
+
+            error, step = killed_for_good(step + 1)
+            self.assertEqual(error.code, 15, error.message)
             # reattach_timeout=0: the step raises DATA_LOSS at once, its gradients zeroed all
             # the same.
             client.attach("py-killed")
             client.register_arena(arena)
             client.reattach_timeout = 0
-            over.clear()
-            killer = threading.Thread(target=kill_for_good, daemon=True)
-            killer.start()
-            with self.assertRaises(gstab.Error) as e:
-                for step in range(step + 1, step + 500):
-                    grads[:] = twos
-                    client.step(step)
-            over.set()
-            killer.join()
-            self.assertEqual(e.exception.code, 15, e.exception.message)
-            self.assertIn("were zeroed: skip it", e.exception.message)
-            self.assertEqual(grads.cast("B").tobytes(), zeros)
-            os.unlink(node.socket)
-            node._start()
+            error, step = killed_for_good(step + 1)
+            self.assertEqual(error.code, 15, error.message)
+            self.assertIn("were zeroed: skip it", error.message)
         finally:
             over.set()
             self.assertEqual(node.stop(), 0)
