@@ -3,16 +3,13 @@
 // refused by name, through gstabd's restart too; root and the job's own uid are not refused, and
 // --jobs_by_uid=false lets every uid the socket admits use every job. Through gstabd's TCP port,
 // a job belongs to the name (SPIFFE ID, common name, DNS name or email address) of the client
-// certificate that made it. One uid's connections are capped, not the others'.
-#include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
+// certificate that made it (connection caps: e2e_owner_connections_test.cc).
 #include <filesystem>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/server/owner_fixture.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/test_tls.h"
 #include "tests/testing/worker.h"
@@ -20,78 +17,9 @@
 namespace gstab {
 namespace {
 
-using testing::DaemonProcess;
-using testing::TempDir;
+using testing::kRefused;
+using testing::OwnerTest;
 using testing::TestTls;
-
-constexpr char kRefused[] = "belongs to uid 65534";
-
-// The tests run the trainer and gstabctl as other uids (setpriv), which needs root.
-#define SKIP_UNLESS_ROOT() \
-  if (geteuid() != 0) GTEST_SKIP() << "runs processes as other uids (setpriv), which needs root"
-
-class OwnerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    // Reachable by the other users: the folder, the socket, and copies of the binaries.
-    ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
-    for (const char* binary : {"examples/mlp_trainer", "tools/gstabctl"}) {
-      const std::string to = dir_.path() + "/" + std::filesystem::path(binary).filename().string();
-      std::filesystem::copy_file(testing::BinaryPath(binary), to);
-      ASSERT_EQ(::chmod(to.c_str(), 0755), 0);
-    }
-    Start({});
-  }
-  void Start(const std::vector<std::string>& flags) {
-    auto d = DaemonProcess::Start(dir_.path(), flags);
-    ASSERT_TRUE(d.ok()) << d.status();
-    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
-    ASSERT_EQ(::chmod(daemon_->socket().c_str(), 0666), 0);
-  }
-  void Restart(const std::vector<std::string>& flags) {
-    ASSERT_TRUE(daemon_->Stop().ok());  // SIGTERM: checkpoints written
-    daemon_.reset();
-    Start(flags);
-  }
-  // `command` of the copied binaries as uid:gid `uid`: its exit code and output.
-  std::pair<int, std::string> As(int uid, const std::string& command) {
-    return testing::RunShell("cd " + dir_.path() + " && setpriv --reuid=" + std::to_string(uid) +
-                             " --regid=" + std::to_string(uid) + " --clear-groups ./" + command +
-                             " 2>&1");
-  }
-  std::pair<int, std::string> Ctl(int uid, const std::string& args) {
-    return As(uid, "gstabctl --socket=" + daemon_->socket() + " " + args);
-  }
-  // A process of uid:gid `uid` holding `count` connections to the socket open, once it holds them.
-  absl::StatusOr<testing::Subprocess> HoldConnections(int uid, int count) {
-    const std::string hold = absl::StrCat(
-        "import socket, sys, time\n"
-        "held = [socket.socket(socket.AF_UNIX) for _ in range(",
-        count, ")]\n",
-        "for s in held: s.connect(sys.argv[1])\n"
-        "print('held', flush=True)\n"
-        "time.sleep(600)\n");
-    const std::string id = std::to_string(uid);
-    absl::StatusOr<testing::Subprocess> holder = testing::Subprocess::Start(
-        {"/usr/bin/setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups", "/usr/bin/python3",
-         "-c", hold, daemon_->socket()});
-    if (!holder.ok()) return holder.status();
-    absl::StatusOr<std::string> line = holder->ReadLine(absl::Seconds(30));
-    if (!line.ok() || *line != "held") {
-      return absl::InternalError(
-          absl::StrCat("the connections were not held: ",
-                       line.ok() ? *line : std::string(line.status().message())));
-    }
-    return holder;
-  }
-  std::pair<int, std::string> Train(int uid, const std::string& job) {
-    return As(uid, "mlp_trainer --socket=" + daemon_->socket() + " --job=" + job +
-                       " --steps=3 --spike_steps=2 --print_every=1000");
-  }
-
-  TempDir dir_;
-  std::unique_ptr<DaemonProcess> daemon_;
-};
 
 TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   SKIP_UNLESS_ROOT();
@@ -367,73 +295,6 @@ TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmai
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
   EXPECT_NE(refused.message().find("belongs to certificate 'trainer.ml.svc'"), std::string::npos)
       << refused;
-}
-
-// One uid holding its --max_connections_per_uid connections open cannot open another, and
-// takes none from the others; its connections count again once it closes them.
-TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
-  SKIP_UNLESS_ROOT();
-  Restart({"--max_connections_per_uid=3", "--metrics_port=0"});
-  absl::StatusOr<testing::Subprocess> holder = HoldConnections(65534, 3);
-  ASSERT_TRUE(holder.ok()) << holder.status();
-
-  // Told why, rather than waiting out its timeout to hear that no gstabd answers.
-  auto [rc, out] = Ctl(65534, "--timeout_s=120 status");
-  EXPECT_NE(rc, 0) << out;
-  EXPECT_NE(out.find("refused this process's connection: uid 65534 already holds 3 connections, "
-                     "its cap (--max_connections_per_uid)"),
-            std::string::npos)
-      << out;
-  EXPECT_TRUE(
-      daemon_->WaitForLog("uid 65534 already holds 3 connections, its cap "
-                          "(--max_connections_per_uid)"))
-      << daemon_->Log();
-  // Another uid is not refused, and neither is the same uid once its connections are closed.
-  std::tie(rc, out) = Ctl(65533, "status");
-  EXPECT_EQ(rc, 0) << out;
-  holder->Signal(SIGKILL);
-  ASSERT_TRUE(holder->Wait(absl::Seconds(10)).ok());
-  for (int i = 0; i < 20; ++i) {  // until gRPC has closed the connections (it polls)
-    std::tie(rc, out) = Ctl(65534, "status");
-    if (rc == 0) break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
-  EXPECT_EQ(rc, 0) << out;
-
-  absl::StatusOr<int> port = daemon_->MetricsPort();
-  ASSERT_TRUE(port.ok()) << port.status();
-  absl::StatusOr<testing::HttpResponse> metrics = testing::HttpRequest(*port, "GET", "/metrics");
-  ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_EQ(metrics->body.find("gstab_connections_refused_total{reason=\"per_uid_cap\"} 0"),
-            std::string::npos)
-      << metrics->body;
-  EXPECT_NE(metrics->body.find("gstab_connections_refused_total{reason=\"per_uid_cap\"}"),
-            std::string::npos)
-      << metrics->body;
-}
-
-// gstabd's probes run as a uid whose workers may hold that uid's --max_connections_per_uid (root,
-// in the chart): on --health_socket they are outside that cap, so a leaking client does not have
-// its node's gstabd restarted. Only gstabd's uid and root may use that socket.
-TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
-  SKIP_UNLESS_ROOT();
-  const std::string probe = dir_.path() + "/probe/gstabd.sock";
-  Restart({"--max_connections_per_uid=3", "--health_socket=" + probe});
-  absl::StatusOr<testing::Subprocess> holder = HoldConnections(0, 3);
-  ASSERT_TRUE(holder.ok()) << holder.status();
-  auto [rc, out] = Ctl(0, "health");
-  EXPECT_NE(rc, 0) << out;  // the main socket: root is at its cap
-  std::tie(rc, out) = As(0, "gstabctl --socket=" + probe + " health");
-  EXPECT_EQ(rc, 0) << out;
-  ::chmod(probe.c_str(), 0666);  // past the mode, the allow-list still keeps others out
-  std::tie(rc, out) = As(65534, "gstabctl --socket=" + probe + " --timeout_s=120 health");
-  EXPECT_NE(rc, 0) << out;
-  EXPECT_NE(out.find("refused this process's connection: uid 65534 gid 65534 is not in the "
-                     "probe socket's allow-list (gstabd's own uid and root)"),
-            std::string::npos)
-      << out;
-  EXPECT_TRUE(daemon_->WaitForLog("not in the probe socket's allow-list")) << daemon_->Log();
-  holder->Signal(SIGKILL);
 }
 
 }  // namespace

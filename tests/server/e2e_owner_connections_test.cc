@@ -1,0 +1,86 @@
+// Jobs by uid: one uid's connections to the socket are capped (--max_connections_per_uid), not
+// the others', and the refused process is told why; gstabd's probes on --health_socket are
+// outside that cap.
+#include <signal.h>
+
+#include <string>
+#include <tuple>
+
+#include "gtest/gtest.h"
+#include "tests/server/owner_fixture.h"
+#include "tests/testing/subprocess.h"
+
+namespace gstab {
+namespace {
+
+using testing::OwnerTest;
+
+// One uid holding its --max_connections_per_uid connections open cannot open another, and
+// takes none from the others; its connections count again once it closes them.
+TEST_F(OwnerTest, AUidAtItsConnectionCapIsRefusedAndOthersAreNot) {
+  SKIP_UNLESS_ROOT();
+  Restart({"--max_connections_per_uid=3", "--metrics_port=0"});
+  absl::StatusOr<testing::Subprocess> holder = HoldConnections(65534, 3);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+
+  // Told why, rather than waiting out its timeout to hear that no gstabd answers.
+  auto [rc, out] = Ctl(65534, "--timeout_s=120 status");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("refused this process's connection: uid 65534 already holds 3 connections, "
+                     "its cap (--max_connections_per_uid)"),
+            std::string::npos)
+      << out;
+  EXPECT_TRUE(
+      daemon_->WaitForLog("uid 65534 already holds 3 connections, its cap "
+                          "(--max_connections_per_uid)"))
+      << daemon_->Log();
+  // Another uid is not refused, and neither is the same uid once its connections are closed.
+  std::tie(rc, out) = Ctl(65533, "status");
+  EXPECT_EQ(rc, 0) << out;
+  holder->Signal(SIGKILL);
+  ASSERT_TRUE(holder->Wait(absl::Seconds(10)).ok());
+  for (int i = 0; i < 20; ++i) {  // until gRPC has closed the connections (it polls)
+    std::tie(rc, out) = Ctl(65534, "status");
+    if (rc == 0) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(rc, 0) << out;
+
+  absl::StatusOr<int> port = daemon_->MetricsPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  absl::StatusOr<testing::HttpResponse> metrics = testing::HttpRequest(*port, "GET", "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->body.find("gstab_connections_refused_total{reason=\"per_uid_cap\"} 0"),
+            std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("gstab_connections_refused_total{reason=\"per_uid_cap\"}"),
+            std::string::npos)
+      << metrics->body;
+}
+
+// gstabd's probes run as a uid whose workers may hold that uid's --max_connections_per_uid (root,
+// in the chart): on --health_socket they are outside that cap, so a leaking client does not have
+// its node's gstabd restarted. Only gstabd's uid and root may use that socket.
+TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
+  SKIP_UNLESS_ROOT();
+  const std::string probe = dir_.path() + "/probe/gstabd.sock";
+  Restart({"--max_connections_per_uid=3", "--health_socket=" + probe});
+  absl::StatusOr<testing::Subprocess> holder = HoldConnections(0, 3);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  auto [rc, out] = Ctl(0, "health");
+  EXPECT_NE(rc, 0) << out;  // the main socket: root is at its cap
+  std::tie(rc, out) = As(0, "gstabctl --socket=" + probe + " health");
+  EXPECT_EQ(rc, 0) << out;
+  ::chmod(probe.c_str(), 0666);  // past the mode, the allow-list still keeps others out
+  std::tie(rc, out) = As(65534, "gstabctl --socket=" + probe + " --timeout_s=120 health");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("refused this process's connection: uid 65534 gid 65534 is not in the "
+                     "probe socket's allow-list (gstabd's own uid and root)"),
+            std::string::npos)
+      << out;
+  EXPECT_TRUE(daemon_->WaitForLog("not in the probe socket's allow-list")) << daemon_->Log();
+  holder->Signal(SIGKILL);
+}
+
+}  // namespace
+}  // namespace gstab
