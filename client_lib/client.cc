@@ -582,10 +582,9 @@ grpc::Status Client::AskHealth(absl::Time deadline,
   return health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), response);
 }
 
-absl::Status Client::CheckHealth() {
+absl::Status Client::CheckHealth(absl::Duration timeout) {
   grpc::health::v1::HealthCheckResponse response;
-  if (absl::Status s = FromGrpcStatus(AskHealth(absl::Now() + absl::Seconds(5), &response));
-      !s.ok()) {
+  if (absl::Status s = FromGrpcStatus(AskHealth(absl::Now() + timeout, &response)); !s.ok()) {
     return s;
   }
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {

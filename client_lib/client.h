@@ -100,8 +100,9 @@ class Client {
   // its configuration (ImportStateRequest.keep_config).
   absl::Status ImportState(const std::string& state, uint32_t* groups = nullptr,
                            bool keep_config = false);
-  // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not.
-  absl::Status CheckHealth();
+  // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not
+  // (DEADLINE_EXCEEDED when it has not answered within `timeout`).
+  absl::Status CheckHealth(absl::Duration timeout = absl::Seconds(5));
 
   const v1::AttachResponse& attach_response() const { return attached_; }
   const std::string& session() const { return attached_.session(); }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -157,6 +158,26 @@ std::string FlagsHelp(absl::string_view program, absl::string_view usage,
 }
 
 }  // namespace
+
+std::set<std::string> FlagsOnCommandLine(int argc, char** argv) {
+  std::set<std::string> given;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!IsFlag(arg)) continue;
+    const FlagArg f = Split(arg);
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(f.name);
+    if (flag == nullptr && absl::StartsWith(f.name, "no")) {
+      const absl::CommandLineFlag* negated = absl::FindCommandLineFlag(f.name.substr(2));
+      if (negated != nullptr && negated->IsOfType<bool>()) given.emplace(negated->Name());
+      continue;
+    }
+    if (flag == nullptr) continue;
+    given.emplace(flag->Name());
+    if (!f.has_value && !flag->IsOfType<bool>()) ++i;  // --foo VALUE
+  }
+  return given;
+}
 
 std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
                                           absl::string_view usage, absl::string_view flags_file) {

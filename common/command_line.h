@@ -3,6 +3,8 @@
 // cannot tell apart from a failure; here --help exits 0 and a bad command line 2.
 #pragma once
 
+#include <set>
+#include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -15,5 +17,9 @@ namespace gstab {
 // value its flag cannot take or a missing value is named on stderr and exits 2.
 std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
                                           absl::string_view usage, absl::string_view flags_file);
+
+// The flags the command line sets, by name (--nofoo as foo), for a program whose commands each
+// take some of its flags. Meant after ParseCommandLineOrExit, which has checked them.
+std::set<std::string> FlagsOnCommandLine(int argc, char** argv);
 
 }  // namespace gstab

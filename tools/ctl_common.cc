@@ -65,9 +65,10 @@ int StdoutFailed() {
   return 1;
 }
 
-int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields) {
+int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields,
+         std::FILE* out) {
   if (!absl::GetFlag(FLAGS_json)) {
-    std::printf("%s\n", text.c_str());
+    std::fprintf(out, "%s\n", text.c_str());
     return 0;
   }
   google::protobuf::Struct object;
@@ -77,7 +78,7 @@ int Done(const std::string& text, const std::vector<std::pair<std::string, JsonV
     if (const auto* d = std::get_if<double>(&value)) v.set_number_value(*d);
     if (const auto* b = std::get_if<bool>(&value)) v.set_bool_value(*b);
   }
-  std::printf("%s\n", ToJson(object).c_str());
+  std::fprintf(out, "%s\n", ToJson(object).c_str());
   return 0;
 }
 
@@ -87,7 +88,7 @@ absl::StatusOr<std::unique_ptr<Client>> Connect() {
     const char* env = std::getenv("GSTAB_SOCKET");
     socket = env != nullptr && *env != '\0' ? env : "/run/gstab/gstabd.sock";
   }
-  return Client::Connect(socket, absl::Seconds(3));
+  return Client::Connect(socket, absl::Seconds(std::min(3, absl::GetFlag(FLAGS_timeout_s))));
 }
 
 namespace {

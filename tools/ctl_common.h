@@ -42,7 +42,8 @@ int StdoutFailed();
 // What a command did: `text` for people, or with --json the same as one JSON object of `fields`
 // (strings, numbers and booleans); exit status 0.
 using JsonValue = std::variant<std::string, double, bool>;
-int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields);
+int Done(const std::string& text, const std::vector<std::pair<std::string, JsonValue>>& fields,
+         std::FILE* out = stdout);
 
 // A client of --socket ($GSTAB_SOCKET, else gstabd's default socket).
 absl::StatusOr<std::unique_ptr<Client>> Connect();

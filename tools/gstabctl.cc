@@ -27,6 +27,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -73,7 +75,10 @@ namespace {
 int Health() {
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
-  if (absl::Status s = (*client)->CheckHealth(); !s.ok()) return Fail(s);
+  if (absl::Status s = (*client)->CheckHealth(absl::Seconds(absl::GetFlag(FLAGS_timeout_s)));
+      !s.ok()) {
+    return Fail(s);
+  }
   if (absl::GetFlag(FLAGS_json)) std::printf("{\"status\":\"SERVING\"}\n");
   return 0;
 }
@@ -120,10 +125,11 @@ int Events() {
     }
   });
   v1::Event event;
-  bool written = true;
+  bool written = true, printed = false;
   while (written && reader->Read(&event)) {
     std::printf("%s\n", absl::GetFlag(FLAGS_json) ? Json(event).c_str() : EventLine(event).c_str());
     written = StdoutWritten();
+    printed = true;
   }
   if (!written) ctx.TryCancel();
   absl::Status s = FromGrpcStatus(reader->Finish());
@@ -139,6 +145,15 @@ int Events() {
                : absl::StrCat("the event stream ended: gstabd stopped (", s.message(), ")")));
   }
   if (!s.ok()) return Fail(s);
+  if (!printed && !request.job().empty() && !request.follow()) {  // as status and top do
+    absl::StatusOr<v1::ListJobsResponse> jobs = ListJobs(client->get(), 0, /*retired=*/true);
+    if (!jobs.ok()) return Fail(jobs.status());
+    OnlyJob(&*jobs, request.job());
+    if (jobs->jobs().empty()) {
+      return Fail(absl::NotFoundError(
+          absl::StrCat("gstabd holds no job '", request.job(), "' and no checkpoint of it")));
+    }
+  }
   return 0;
 }
 
@@ -147,8 +162,9 @@ int Top() {
   if (absl::GetFlag(FLAGS_interval_ms) <= 0 || iterations < 0) {
     return Usage("top needs --interval_ms > 0 and --iterations >= 0");
   }
+  // Open-ended, it waits for a gstabd not there yet too (a view opened during a rollout).
   absl::StatusOr<std::unique_ptr<Client>> client = Connect();
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok() && iterations != 0) return Fail(client.status());
   const std::string job = absl::GetFlag(FLAGS_job);
   bool job_seen = false;
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
@@ -234,14 +250,12 @@ int Export() {
   if (!state.ok()) return Fail(state.status());
   if (absl::Status s = WriteWhole(path, *state); !s.ok()) return Fail(s);
   const std::string job = absl::GetFlag(FLAGS_job);
-  if (path == "-") {  // stdout holds the state: what was done goes to stderr
-    std::fprintf(stderr, "gstabctl: exported %zu bytes of job %s's statistics\n", state->size(),
-                 job.c_str());
-    return 0;
-  }
+  // To stdout, which holds the state: what was done goes to stderr.
   return Done(
-      absl::StrCat("exported ", state->size(), " bytes of job ", job, "'s statistics to ", path),
-      {{"job", job}, {"bytes", static_cast<double>(state->size())}, {"out", path}});
+      absl::StrCat(path == "-" ? "gstabctl: " : "", "exported ", state->size(), " bytes of job ",
+                   job, "'s statistics", path == "-" ? "" : absl::StrCat(" to ", path)),
+      {{"job", job}, {"bytes", static_cast<double>(state->size())}, {"out", path}},
+      path == "-" ? stderr : stdout);
 }
 
 int Import() {
@@ -329,11 +343,41 @@ constexpr char kUsage[] =
     "  forget --job=J\n"
     "  rendezvous --job=J --nodes=N [--cuda]";
 
-int Run(const std::vector<std::string>& args) {
+// The flags each command takes, besides --socket, --json and --timeout_s.
+const std::map<std::string, std::set<std::string>>& CommandFlags() {
+  static const auto* flags = new std::map<std::string, std::set<std::string>>{
+      {"health", {}},
+      {"status", {"job", "all"}},
+      {"events", {"job", "recent", "follow"}},
+      {"top", {"job", "interval_ms", "iterations"}},
+      {"config", {"job"}},
+      {"export", {"job", "out"}},
+      {"import", {"job", "in", "keep_config"}},
+      {"forget", {"job"}},
+      {"rendezvous", {"job", "nodes", "cuda"}},
+  };
+  return *flags;
+}
+
+int Run(const std::vector<std::string>& args, const std::set<std::string>& given) {
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
-  if (const std::string job = absl::GetFlag(FLAGS_job); !job.empty() && !gstab::IsJobName(job)) {
-    return gstab::ctl::Usage("--job: job names are 1 to 128 characters of [A-Za-z0-9._-]");
+  if (auto command = CommandFlags().find(cmd); command != CommandFlags().end()) {
+    for (const std::string& flag : given) {
+      if (flag == "socket" || flag == "json" || flag == "timeout_s") continue;
+      if (command->second.count(flag) == 0) {
+        return gstab::ctl::Usage(absl::StrCat(
+            cmd, " takes no --", flag,
+            command->second.empty()
+                ? ""
+                : absl::StrCat(" (its flags: --", absl::StrJoin(command->second, ", --"), ")")));
+      }
+    }
+  }
+  if (const std::string job = absl::GetFlag(FLAGS_job);
+      given.count("job") == 1 && !gstab::IsJobName(job)) {
+    return gstab::ctl::Usage(absl::StrCat(
+        "--job: job names are 1 to 128 characters of [A-Za-z0-9._-], not '", job, "'"));
   }
   if (absl::GetFlag(FLAGS_timeout_s) <= 0) return gstab::ctl::Usage("--timeout_s must be > 0");
   // The client library's calls wait as long as gstabctl's own (unless the caller says).
@@ -368,7 +412,8 @@ int main(int argc, char** argv) {
   gstab::ctl::HandleStopSignals();
   std::vector<char*> rest =
       gstab::ParseCommandLineOrExit(argc, argv, "gstabctl", kUsage, "tools/gstabctl.cc");
-  int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()));
+  int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()),
+                 gstab::FlagsOnCommandLine(argc, argv));
   // What was printed must have reached stdout: `gstabctl --json status > snap.json` on a full
   // disk fails rather than leave an empty file behind an exit status of 0.
   if (code == 0 && !gstab::ctl::StdoutWritten()) code = gstab::ctl::StdoutFailed();

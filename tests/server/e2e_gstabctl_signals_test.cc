@@ -1,0 +1,131 @@
+// End-to-end: gstabctl and the client library under signals and a frozen gstabd. An observer
+// command interrupted (Ctrl-C, SIGTERM, a closed pipe) detaches its session before it dies, also
+// mid-attach, and signals the caller ignored stay ignored; a client destroyed while gstabd is
+// frozen does not wait for its keep-alive call.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "tests/server/e2e_trainer_fixture.h"
+#include "tests/testing/subprocess.h"
+#include "tests/testing/worker.h"
+
+namespace gstab {
+namespace {
+
+class E2eGstabctlTest : public testing::TrainerDaemonTest {};
+
+// Ctrl-C while gstabctl is attached as an observer (an export held on a FIFO nobody reads) ends
+// its session at once, not at its lease (30 s): `forget` works right after. gstabctl still dies
+// of the signal.
+TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
+  Train("interrupted", {"--steps=5", "--print_every=1000"});
+  const std::string fifo = dir_.path() + "/unread.fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  absl::StatusOr<testing::Subprocess> ctl = testing::Subprocess::Start(
+      {testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(), "export",
+       "--job=interrupted", "--out=" + fifo});
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  bool attached = false;  // then held opening the FIFO for its write
+  for (int i = 0; i < 100 && !attached; ++i) {
+    attached = Ctl("events --job=interrupted").second.find("observer\n") != std::string::npos;
+    if (!attached) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(attached);
+  auto [held, refused] = Ctl("forget --job=interrupted");
+  EXPECT_EQ(held, 1) << refused;  // the observer holds the job
+  ctl->Signal(SIGINT);
+  EXPECT_EQ(ctl->Wait(absl::Seconds(10)).value_or(-1), 128 + SIGINT);
+  auto [rc, forgot] = Ctl("forget --job=interrupted");
+  EXPECT_EQ(rc, 0) << forgot;
+  EXPECT_NE(Ctl("events --job=interrupted").second.find("observer: "), std::string::npos);
+}
+
+// A signal that comes while gstabctl's attach is in flight waits for its answer, and detaches
+// the session gstabd made for it. strace holds the attach's answer back: it delays the return of
+// gstabctl's fifth sendmsg (the preface, the settings' ack, the connection check, a window
+// update, then the attach) by 3 s, and the signal comes 1 s in.
+TEST_F(E2eGstabctlTest, ASignalDuringTheAttachDetachesTheSessionItMade) {
+  Train("mid-attach", {"--steps=5", "--print_every=1000"});
+  absl::StatusOr<testing::Subprocess> traced = testing::Subprocess::Start(
+      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=sendmsg", "-e",
+       "inject=sendmsg:delay_exit=3000000:when=5", testing::BinaryPath("tools/gstabctl"),
+       "--socket=" + daemon_->socket(), "export", "--job=mid-attach",
+       "--out=" + dir_.path() + "/mid-attach.state"});
+  ASSERT_TRUE(traced.ok()) << traced.status();
+  absl::SleepFor(absl::Seconds(1));
+  std::ifstream children(
+      absl::StrCat("/proc/", traced->pid(), "/task/", traced->pid(), "/children"));
+  pid_t ctl = 0;
+  ASSERT_TRUE(children >> ctl) << "gstabctl under strace";
+  ASSERT_EQ(kill(ctl, SIGINT), 0);
+  EXPECT_EQ(traced->Wait(absl::Seconds(15)).value_or(-1), 128 + SIGINT);  // strace passes it on
+  auto [rc, forgot] = Ctl("forget --job=mid-attach");  // no observer holds the job
+  EXPECT_EQ(rc, 0) << forgot;
+}
+
+// A signal the caller ignores stays ignored (`nohup gstabctl events --follow &`; a script's
+// background job ignores SIGINT), and a pipe's reader going mid-export leaves no session behind.
+TEST_F(E2eGstabctlTest, IgnoredSignalsStayIgnoredAndAClosedPipeDetachesToo) {
+  Train("piped", {"--steps=5", "--print_every=1000"});
+  absl::StatusOr<testing::Subprocess> follow = testing::Subprocess::Start(
+      {"/bin/sh", "-c",
+       "trap '' HUP INT; echo ignoring; exec " + testing::BinaryPath("tools/gstabctl") +
+           " --socket=" + daemon_->socket() + " events --follow --recent=0"});
+  ASSERT_TRUE(follow.ok()) << follow.status();
+  ASSERT_EQ(follow->ReadLine(absl::Seconds(10)).value_or(""), "ignoring");  // exec inherits it
+  follow->Signal(SIGHUP);
+  follow->Signal(SIGINT);
+  EXPECT_FALSE(follow->Wait(absl::Milliseconds(500)).ok());  // still following
+  follow->Signal(SIGTERM);
+  EXPECT_EQ(follow->Wait(absl::Seconds(10)).value_or(-1), 128 + SIGTERM);
+
+  // `true` reads nothing: the write meets a closed pipe. Exit 1, and the session is gone.
+  auto [rc, out] =
+      testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket() +
+                        " export --job=piped --out=- | (exec 0<&-; sleep 0.2)");
+  EXPECT_NE(out.find("Broken pipe"), std::string::npos) << out;
+  auto [frc, forgot] = Ctl("forget --job=piped");
+  EXPECT_EQ(frc, 0) << forgot;
+}
+
+// A C++ (or C) client destroyed while attached detaches, as the Python client does at exit:
+// `forget` then works at once, rather than a lease later.
+TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
+  {
+    auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("gone"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    (*worker)->Fill(1, 1);
+    ASSERT_TRUE((*worker)->client().Step(1).ok());
+  }
+  auto [rc, out] = Ctl("forget --job=gone");
+  EXPECT_EQ(rc, 0) << out;
+}
+
+// On a frozen gstabd a client's destruction (which detaches) takes the detach's 2 s: a
+// keep-alive call in flight is cancelled, not waited for (up to 5 s more, with this lease).
+TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--lease_ms=15000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(testing::JobOptions("frozen")).ok());
+  // A keep-alive every 5 s (a third of the lease), each waiting up to 5 s for its answer.
+  absl::SleepFor(absl::Seconds(4));
+  ASSERT_TRUE(daemon->process().Stop());
+  absl::SleepFor(absl::Seconds(2));  // the keep-alive call of 5 s in waits
+  const absl::Time start = absl::Now();
+  client->reset();
+  const absl::Duration took = absl::Now() - start;
+  daemon->process().Signal(SIGCONT);
+  // Its detach's 2 s, and not the keep-alive call's 5 s.
+  EXPECT_LT(took, absl::Milliseconds(4500)) << "the client waited for its keep-alive call";
+}
+
+}  // namespace
+}  // namespace gstab
