@@ -319,6 +319,10 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
     return s;
   }
   response->set_groups(static_cast<uint32_t>(state->groups_size()));
+  if (observer_ != nullptr) {  // under report_mu_: not after the series' removal at retirement
+    absl::MutexLock report(&report_mu_);
+    observer_->SetImported(session->job->name(), session->job->Diverging());
+  }
   // A configuration the state brings is a change like UpdateConfig's, with its event.
   if (observer_ != nullptr && switched.has_value()) {
     observer_->OnConfigChange(session->job->name(), switched->version,

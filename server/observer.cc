@@ -261,6 +261,14 @@ void Observer::Seed(const std::string& job, bool diverging) {
   diverging_->Set({job}, diverging ? 1 : 0);
 }
 
+void Observer::SetImported(const std::string& job, bool diverging) {
+  absl::MutexLock lock(&mu_);
+  auto record = jobs_.find(job);
+  if (record == jobs_.end()) return;  // none yet: Seed makes it
+  record->second.diverging = diverging;
+  diverging_->Set({job}, diverging ? 1 : 0);
+}
+
 void Observer::SetShmMappings(int mapped, int cap) {
   shm_mappings_->Set({}, mapped);
   shm_mappings_limit_->Set({}, cap);

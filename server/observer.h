@@ -44,6 +44,10 @@ class Observer {
   // after gstabd's restart or its retirement) from the job's own state: whether it is
   // diverging, so that its next step's event says a change only when there is one.
   void Seed(const std::string& job, bool diverging);
+  // After an import into a job this observer has a record of: whether the imported statistics
+  // are diverging, before the job's next step says so (its event then says a change only when
+  // there is one).
+  void SetImported(const std::string& job, bool diverging);
   // Shared-memory objects gstabd maps for all its jobs, and its cap (--max_mappings).
   void SetShmMappings(int mapped, int cap);
   // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and

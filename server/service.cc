@@ -3,6 +3,7 @@
 #include <grpc/grpc_security_constants.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "server/grpc_status.h"
 
 namespace gstab {
@@ -25,10 +26,12 @@ Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
   if (std::optional<uid_t> uid = PeerUid(context)) return Principal::Uid(*uid);
   // TCP: mutual TLS, so a certificate of --tls_client_ca's, verified in the handshake. It is
   // named by the first of: its SPIFFE ID (gRPC reads one when the only URI in subjectAltName is
-  // a valid spiffe:// one), its subject common name, its first DNS name, its first email
-  // address (both from subjectAltName, in the certificate's order). A common name that looks
-  // like a SPIFFE ID names nothing, so that no subject passes for one; a certificate with none
-  // of these is nameless and owns no job.
+  // a valid spiffe:// one), its subject common name, "dns:" and its first DNS name, "email:"
+  // and its first email address (both from subjectAltName, in the certificate's order). Each
+  // kind keeps to names of its own: a common name that looks like a SPIFFE ID or one of the
+  // other kinds' names nothing, so that no certificate passes for one of another kind (a DNS
+  // name "ops" is not the common name "ops"); a certificate with none of these is nameless and
+  // owns no job.
   const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   if (auth == nullptr) return Principal::Certificate("");
   const auto first = [&auth](const char* property) {
@@ -39,13 +42,16 @@ Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
     return Principal::Certificate(std::move(spiffe_id));
   }
   if (std::string common_name = first(GRPC_X509_CN_PROPERTY_NAME); !common_name.empty()) {
-    if (absl::StartsWithIgnoreCase(common_name, "spiffe:")) return Principal::Certificate("");
+    for (const char* other_kind : {"spiffe:", "dns:", "email:"}) {
+      if (absl::StartsWithIgnoreCase(common_name, other_kind)) return Principal::Certificate("");
+    }
     return Principal::Certificate(std::move(common_name));
   }
   if (std::string dns = first(GRPC_PEER_DNS_PROPERTY_NAME); !dns.empty()) {
-    return Principal::Certificate(std::move(dns));
+    return Principal::Certificate(absl::StrCat("dns:", dns));
   }
-  return Principal::Certificate(first(GRPC_PEER_EMAIL_PROPERTY_NAME));
+  const std::string email = first(GRPC_PEER_EMAIL_PROPERTY_NAME);
+  return Principal::Certificate(email.empty() ? "" : absl::StrCat("email:", email));
 }
 
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,

@@ -1,4 +1,5 @@
-// End-to-end: an import into a live job waits for the step in progress, through a real gstabd.
+// End-to-end: an import into a live job waits for the step in progress, through a real gstabd,
+// and what it brings shows in the job's gauges at once.
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -141,6 +142,36 @@ TEST_F(E2eImportTest, AnImportWhoseStepDoesNotEndIsRefusedAndTheJobGoesOn) {
   rank0.join();
   EXPECT_TRUE(step2.ok()) << step2;
   StepBoth(a, b, 3);
+}
+
+// An import of diverging statistics into a job that has stepped: its gauge and summary say so
+// at once, not after the next step.
+TEST(E2eImportGaugesTest, ImportedDivergenceShowsBeforeTheNextStep) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path(), {"--metrics_port=0"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<int> port = daemon->MetricsPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("div"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 3);
+  ASSERT_TRUE((*worker)->client().Step(1).ok());
+  absl::StatusOr<std::string> exported = (*worker)->client().ExportState();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  v1::JobState state;
+  ASSERT_TRUE(state.ParseFromString(*exported));
+  for (v1::GroupState& g : *state.mutable_groups()) g.set_diverging(1);
+  state.clear_checksum();
+  ASSERT_TRUE((*worker)->client().ImportState(state.SerializeAsString()).ok());
+  absl::StatusOr<testing::HttpResponse> metrics = testing::HttpRequest(*port, "GET", "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_NE(metrics->body.find("gstab_diverging{job=\"div\"} 1\n"), std::string::npos)
+      << metrics->body;
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse jobs;
+  ASSERT_TRUE((*worker)->client().stub()->ListJobs(&ctx, {}, &jobs).ok());
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_TRUE(jobs.jobs(0).diverging());
 }
 
 }  // namespace

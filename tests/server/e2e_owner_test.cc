@@ -265,10 +265,16 @@ TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmai
        "certificate 'spiffe://gstab.test/team-b'"},
       {"/CN=dave", "DNS:dave.ml.svc,email:dave@gstab.test", "certificate 'dave'"},
       {"/O=gstab", "email:erin@gstab.test,DNS:trainer.ml.svc,DNS:trainer",
-       "certificate 'trainer.ml.svc'"},
-      {"/O=gstab", "IP:192.0.2.7,email:erin@gstab.test", "certificate 'erin@gstab.test'"},
+       "certificate 'dns:trainer.ml.svc'"},
+      {"/O=gstab", "IP:192.0.2.7,email:erin@gstab.test", "certificate 'email:erin@gstab.test'"},
       {"'/CN=spiffe:\\/\\/gstab.test\\/team-a'", "DNS:impostor.ml.svc",
        "a certificate without a name"},
+      // A name of one kind does not pass for another's: a DNS name or an email address that
+      // reads as a common name or a SPIFFE ID, a common name that reads as a DNS name.
+      {"/O=gstab", "DNS:dave", "certificate 'dns:dave'"},
+      {"/O=gstab", "email:spiffe://gstab.test/team-a",
+       "certificate 'email:spiffe://gstab.test/team-a'"},
+      {"/CN=dns:trainer.ml.svc", "", "a certificate without a name"},
       {"/O=gstab", "IP:192.0.2.7", "a certificate without a name"},
   };
   int n = 0;
@@ -293,7 +299,8 @@ TEST_F(OwnerTest, ACertificateIsNamedBySpiffeIdThenCommonNameThenDnsNameThenEmai
   ASSERT_NE(u, nullptr);
   const absl::Status refused = AttachThenDetach(u.get(), "trainers");
   EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
-  EXPECT_NE(refused.message().find("belongs to certificate 'trainer.ml.svc'"), std::string::npos)
+  EXPECT_NE(refused.message().find("belongs to certificate 'dns:trainer.ml.svc'"),
+            std::string::npos)
       << refused;
 }
 
