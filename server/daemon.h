@@ -40,6 +40,9 @@ struct DaemonOptions {
   // Jobs one owner (a uid, or a certificate's name) holds at once, so that one cannot take
   // every job of the node.
   uint32_t max_jobs_per_owner = 64;
+  // Nodes one job may span: on each node a job across nodes holds a connection to every other
+  // node (Gloo's full mesh), so that one caller cannot take the node's file descriptors.
+  uint32_t max_nodes = 1024;
   // Shared-memory objects mapped at once, over every job (MappingRegistry).
   int max_mappings = MappingRegistry::kDefaultMaxMappings;
   int max_mappings_per_owner = MappingRegistry::kDefaultMaxMappingsPerOwner;  // of one uid's
@@ -143,8 +146,6 @@ class Daemon {
   const DaemonOptions& options() const { return options_; }
 
  private:
-  // Nodes one job may span (each costs state per job, and store room per rendezvous).
-  static constexpr uint32_t kMaxNodes = 65536;
   struct Session {
     std::shared_ptr<Job> job;
     uint32_t local_rank = 0;

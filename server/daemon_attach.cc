@@ -75,9 +75,10 @@ absl::Status Daemon::Attach(const v1::AttachRequest& request, v1::AttachResponse
                                                    " exceeds gstabd's limit of ", kMaxLocalWorkers,
                                                    " workers per node"));
   }
-  if (nodes > kMaxNodes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("node_count ", nodes, " exceeds gstabd's limit of ", kMaxNodes, " nodes"));
+  if (nodes > options_.max_nodes) {
+    return absl::InvalidArgumentError(absl::StrCat("node_count ", nodes,
+                                                   " exceeds gstabd's limit of ",
+                                                   options_.max_nodes, " nodes (--max_nodes)"));
   }
   if (request.rank() >= world) {
     return absl::InvalidArgumentError(

@@ -87,9 +87,9 @@ absl::Status Daemon::CreateRendezvous(const v1::CreateRendezvousRequest& request
                                       v1::CreateRendezvousResponse* response,
                                       const std::optional<Principal>& caller) {
   if (absl::Status s = ValidateJobName(request.job()); !s.ok()) return s;
-  if (request.node_count() < 1 || request.node_count() > kMaxNodes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("node_count must be 1 to ", kMaxNodes, ", not ", request.node_count()));
+  if (request.node_count() < 1 || request.node_count() > options_.max_nodes) {
+    return absl::InvalidArgumentError(absl::StrCat("node_count must be 1 to ", options_.max_nodes,
+                                                   " (--max_nodes), not ", request.node_count()));
   }
   std::string peer_address;
   {

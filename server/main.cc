@@ -46,6 +46,9 @@ ABSL_FLAG(uint32_t, max_jobs, 256,
           "jobs held at once; at the cap, a new job retires the longest idle one");
 ABSL_FLAG(uint32_t, max_jobs_per_owner, 64,
           "jobs one owner (a uid, or a client certificate's name) holds at once");
+ABSL_FLAG(uint32_t, max_nodes, 1024,
+          "nodes one job may span (1 to 65536): on each node such a job holds a connection to "
+          "every other node");
 ABSL_FLAG(int32_t, job_idle_s, 3600,
           "a job without workers or observers for this long is retired: its statistics are "
           "checkpointed and come back when a worker attaches (0: never)");
@@ -212,6 +215,11 @@ int main(int argc, char** argv) {
                  "registration, event stream or connection, or keep no checkpoint)\n");
     return 2;
   }
+  if (absl::GetFlag(FLAGS_max_nodes) < 1 || absl::GetFlag(FLAGS_max_nodes) > 65536) {
+    std::fprintf(stderr, "gstabd: --max_nodes must be 1 to 65536, not %u\n",
+                 absl::GetFlag(FLAGS_max_nodes));
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_max_mappings) > gstab::ShmFaults::kSlots) {
     std::fprintf(stderr, "gstabd: --max_mappings may be at most %d\n", gstab::ShmFaults::kSlots);
     return 2;
@@ -297,6 +305,7 @@ int main(int argc, char** argv) {
   }
   options.daemon.max_jobs = absl::GetFlag(FLAGS_max_jobs);
   options.daemon.max_jobs_per_owner = absl::GetFlag(FLAGS_max_jobs_per_owner);
+  options.daemon.max_nodes = absl::GetFlag(FLAGS_max_nodes);
   const int32_t job_idle_s = absl::GetFlag(FLAGS_job_idle_s);
   options.daemon.job_idle = job_idle_s > 0 ? absl::Seconds(job_idle_s) : absl::InfiniteDuration();
   const int64_t job_retention_s = absl::GetFlag(FLAGS_job_retention_s);

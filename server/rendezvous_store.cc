@@ -16,7 +16,9 @@ std::string RendezvousStore::NewToken(const std::string& job, uint32_t nodes,
   spaces_[token].max_bytes = MaxBytes(nodes);
   order_.push_back(token);
   by_owner_[owner].push_back(token);
-  std::deque<std::string>& own = by_job_[job];
+  // Per caller: another caller's rendezvous of the job's name (made before the job is held,
+  // when nobody owns it yet) do not push out this one's.
+  std::deque<std::string>& own = by_job_[absl::StrCat(owner, "\n", job)];
   own.push_back(token);
   while (own.size() > kPerJob) Forget(own.front());
   while (order_.size() > max_rendezvous_) {
@@ -51,8 +53,9 @@ absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string&
   if (it == spaces_.end()) {
     return absl::PermissionDeniedError(absl::StrCat(
         kUnknownToken,
-        ": node 0's store keeps a job's two newest rendezvous, up to its cap over all jobs (a "
-        "newer blob was made twice since, the cap pushed it out, or node 0's gstabd restarted); "
+        ": node 0's store keeps the two newest rendezvous each caller made of a job, up to its cap "
+        "over all jobs (a newer blob was made twice since, the cap pushed it out, or node 0's "
+        "gstabd restarted); "
         "make a new one and attach every worker with it"));
   }
   return &it->second;

@@ -29,9 +29,10 @@ class RendezvousStore {
   explicit RendezvousStore(size_t max_rendezvous = 1024, size_t max_total_bytes = kMaxTotalBytes)
       : max_rendezvous_(max_rendezvous), max_total_bytes_(max_total_bytes) {}
 
-  // Creates a namespace for a rendezvous of `job` and returns its token. A job's two newest
-  // are kept (the one it starts and the one it may still end), so that one job making many
-  // (restarting in a loop) forgets its own old ones, not other jobs'. Beyond the cap, the
+  // Creates a namespace for a rendezvous of `job` and returns its token. The two newest each
+  // `owner` made of a job are kept (the one it starts and the one it may still end), so that
+  // one job making many (restarting in a loop) forgets its own old ones, not other jobs', nor
+  // another caller's of the same name (before the job is held nobody owns it). Beyond the cap, the
   // oldest of the `owner` (the caller that asked: a uid, or a certificate's name) holding the
   // most goes, so that one caller making many (for many job names) forgets its own.
   // `nodes`: the job's node count, which sizes what the rendezvous may hold (MaxBytes).

@@ -151,6 +151,15 @@ TEST_F(E2eRegistrationTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
   absl::Status nodes = (*stranger)->Attach(other_nodes);
   EXPECT_EQ(nodes.code(), absl::StatusCode::kFailedPrecondition) << nodes;
   EXPECT_NE(nodes.message().find("runs on 1 node(s)"), std::string::npos) << nodes;
+  AttachOptions many_nodes = JobOptions("many-nodes");
+  many_nodes.world_size = many_nodes.node_count = 1025;
+  many_nodes.rendezvous = "anything";
+  absl::Status nodes_cap = (*stranger)->Attach(many_nodes);
+  EXPECT_EQ(nodes_cap.code(), absl::StatusCode::kInvalidArgument) << nodes_cap;
+  EXPECT_NE(nodes_cap.message().find("limit of 1024 nodes (--max_nodes)"), std::string::npos)
+      << nodes_cap;
+  absl::StatusOr<std::string> blob = (*stranger)->CreateRendezvous("many-nodes", 1025);
+  EXPECT_EQ(blob.status().code(), absl::StatusCode::kInvalidArgument) << blob.status();
   AttachOptions huge_local = JobOptions("huge-local");
   huge_local.local_world_size = 4000000000u;
   absl::Status huge = (*stranger)->Attach(huge_local);

@@ -151,6 +151,9 @@ TEST(RendezvousStoreTest, ACallerMakingManyForgetsItsOwnNotAnothers) {
   EXPECT_TRUE(store.Set(victim, "rank_0", "v").ok());
   EXPECT_TRUE(store.Set(flood[99], "k", "v").ok());
   EXPECT_EQ(store.Set(flood[0], "k", "v").code(), absl::StatusCode::kPermissionDenied);
+  // Nor do another caller's rendezvous of the same job name (made before anyone holds the job).
+  for (int i = 0; i < 3; ++i) store.NewToken("two-nodes", 2, "uid 65534");
+  EXPECT_TRUE(store.Set(victim, "rank_1", "v").ok());
 }
 
 }  // namespace
