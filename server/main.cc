@@ -60,6 +60,9 @@ ABSL_FLAG(uint32_t, max_checkpoints_per_owner, 1024,
 ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "the IPv4 address /metrics listens on (127.0.0.1: this machine only; empty: every "
+          "interface)");
 ABSL_FLAG(uint32_t, metrics_max_groups, 32, "groups exported per job; the rest as group _other");
 ABSL_FLAG(int32_t, rpc_memory_mb, gstab::ServerOptions::kDefaultRpcMemoryMb,
           "MiB of requests being received gstabd holds at once, over every caller; past it, calls "
@@ -285,6 +288,7 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   options.peer_tls_ca = absl::GetFlag(FLAGS_peer_tls_ca);
   options.peer_tls_cert = absl::GetFlag(FLAGS_peer_tls_cert);

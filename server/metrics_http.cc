@@ -1,5 +1,6 @@
 #include "server/metrics_http.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
 
 #include <cstring>
@@ -24,15 +25,23 @@ constexpr unsigned kIpv6Feature = 8;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const MetricsRegistry* registry, int port) {
+    const MetricsRegistry* registry, int port, const std::string& address) {
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("metrics port ", port, " is out of range"));
+  }
+  in_addr parsed;
+  if (!address.empty() && inet_pton(AF_INET, address.c_str(), &parsed) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", address,
+                     "' is not an IPv4 address (this gstabd's HTTP server has no IPv6)"));
   }
   mg_init_library(0);
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer(registry));
   // Port 0: civetweb binds a free port, read back below. "+": IPv4 and IPv6 where civetweb was
   // built with IPv6 (Debian 12's is not: IPv4 only).
-  const std::string ports = absl::StrCat(mg_check_feature(kIpv6Feature) != 0 ? "+" : "", port);
+  const std::string ports = address.empty()
+                                ? absl::StrCat(mg_check_feature(kIpv6Feature) != 0 ? "+" : "", port)
+                                : absl::StrCat(address, ":", port);
   const char* options[] = {"listening_ports",    ports.c_str(),     "num_threads", kThreads,
                            "request_timeout_ms", kRequestTimeoutMs, nullptr};
   mg_callbacks callbacks;
@@ -40,8 +49,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   server->ctx_ = mg_start(&callbacks, nullptr, options);
   if (server->ctx_ == nullptr) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on port ", port,
-                     " (in use?): pick a free one, --metrics_port=0 for any, -1 for none"));
+        absl::StrCat("cannot serve metrics on ", address.empty() ? "port " : address + ":", port,
+                     " (in use, or not an address of this machine?): pick a free port, "
+                     "--metrics_port=0 for any, -1 for none"));
   }
   mg_server_port bound[2];
   if (mg_get_server_ports(server->ctx_, 2, bound) < 1 || bound[0].port <= 0) {

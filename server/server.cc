@@ -176,10 +176,12 @@ absl::Status Server::Start() {
   // Metrics first: once the socket exists, everything gstabd serves is up.
   if (options_.metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
-        MetricsHttpServer::Start(&metrics_, options_.metrics_port);
+        MetricsHttpServer::Start(&metrics_, options_.metrics_port, options_.metrics_address);
     if (!http.ok()) return http.status();
     http_ = *std::move(http);
-    LOG(INFO) << "metrics on http://0.0.0.0:" << http_->port() << "/metrics";
+    LOG(INFO) << "metrics on http://"
+              << (options_.metrics_address.empty() ? "0.0.0.0" : options_.metrics_address) << ":"
+              << http_->port() << "/metrics";
   }
   // The peer port before anything serves callers: a CreateRendezvous must find the peer address
   // (the port's certificate check dials it, which takes a while).

@@ -49,6 +49,7 @@ struct ServerOptions {
   std::string tls_client_ca;
   absl::Duration checkpoint_interval = absl::Seconds(30);
   int metrics_port = 9478;  // 0: a free port (logged); -1: no metrics endpoint
+  std::string metrics_address;  // the IPv4 address it listens on; empty: every interface
   // host:port for the other daemons of multi-node jobs (rendezvous store; port 0 picks one).
   // Empty: this daemon serves single-node jobs only.
   std::string peer_listen;

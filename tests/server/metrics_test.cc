@@ -8,6 +8,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "server/metrics_http.h"
 #include "tests/testing/subprocess.h"
 
 namespace gstab {
@@ -95,6 +96,30 @@ TEST(MetricsTest, BucketsAreRoundAndRemovalForgetsAJob) {
   g->RemoveByFirstLabel("a");
   EXPECT_EQ(r.Render(),
             "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"b\",group=\"1\"} 3\n");
+}
+
+// --metrics_address: the endpoint listens on that address alone (127.0.0.1: this machine), and
+// an address that is not IPv4 is refused saying so.
+TEST(MetricsHttpTest, AnAddressNarrowsWhereMetricsAreServed) {
+  MetricsRegistry registry;
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> local =
+      MetricsHttpServer::Start(&registry, 0, "127.0.0.1");
+  ASSERT_TRUE(local.ok()) << local.status();
+  absl::StatusOr<testing::HttpResponse> scraped =
+      testing::HttpRequest((*local)->port(), "GET", "/metrics");
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  auto [rc, listening] = testing::RunShell("ss -Hltn");
+  ASSERT_EQ(rc, 0) << listening;
+  const std::string port = ":" + std::to_string((*local)->port()) + " ";
+  EXPECT_NE(listening.find("127.0.0.1" + port), std::string::npos) << listening;
+  EXPECT_EQ(listening.find("0.0.0.0" + port), std::string::npos) << listening;
+  for (const char* bad : {"::1", "localhost", "127.0.0.1:80"}) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> refused =
+        MetricsHttpServer::Start(&registry, 0, bad);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(refused.status().message().find("is not an IPv4 address"), std::string::npos)
+        << refused.status();
+  }
 }
 
 }  // namespace
