@@ -69,6 +69,9 @@ ABSL_FLAG(int32_t, rpc_memory_mb, gstab::ServerOptions::kDefaultRpcMemoryMb,
           "are cancelled (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int32_t, max_event_streams, gstab::StabilizerService::kMaxEventStreams,
           "event streams (WatchEvents, gstabctl events) one caller may have open at once");
+ABSL_FLAG(int32_t, max_calls_per_caller, gstab::StabilizerService::kMaxCallsPerCaller,
+          "calls that may wait in gstabd (Attach, RegisterBuffers, Step, ImportState) one caller "
+          "(a uid, or a client certificate's name) may have in flight at once, each on a thread");
 ABSL_FLAG(std::string, peer_listen, "",
           "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one); "
           "mutual TLS (--peer_tls_*) unless HOST is loopback");
@@ -208,12 +211,14 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_max_buffers) == 0 || absl::GetFlag(FLAGS_max_tensors) == 0 ||
       absl::GetFlag(FLAGS_max_bytes) == 0 || absl::GetFlag(FLAGS_max_mappings) <= 0 ||
       absl::GetFlag(FLAGS_max_event_streams) <= 0 ||
+      absl::GetFlag(FLAGS_max_calls_per_caller) <= 0 ||
       absl::GetFlag(FLAGS_max_connections_per_uid) <= 0 ||
       absl::GetFlag(FLAGS_max_mappings_per_owner) <= 0) {
     std::fprintf(stderr,
                  "gstabd: --max_jobs, --max_jobs_per_owner, --max_checkpoints_per_owner, "
                  "--max_buffers, --max_tensors, "
-                 "--max_bytes, --max_mappings, --max_mappings_per_owner, --max_event_streams "
+                 "--max_bytes, --max_mappings, --max_mappings_per_owner, --max_event_streams, "
+                 "--max_calls_per_caller "
                  "and --max_connections_per_uid must be positive (0 would refuse every job, "
                  "registration, event stream or connection, or keep no checkpoint)\n");
     return 2;
@@ -296,6 +301,7 @@ int main(int argc, char** argv) {
   options.peer_tls_name = absl::GetFlag(FLAGS_peer_tls_name);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.max_event_streams = absl::GetFlag(FLAGS_max_event_streams);
+  options.max_calls_per_caller = absl::GetFlag(FLAGS_max_calls_per_caller);
   options.rpc_memory_mb = absl::GetFlag(FLAGS_rpc_memory_mb);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.daemon.cuda = backend != "cpu" && gpus > 0;

@@ -160,7 +160,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     errors->Add({"Step", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}, 0);
   }
   server->service_ = std::make_unique<StabilizerService>(
-      server->daemon_.get(), &server->events_, &server->peers_, errors, options.max_event_streams);
+      server->daemon_.get(), &server->events_, &server->peers_, errors, options.max_event_streams,
+      options.max_calls_per_caller);
   return server;
 }
 

@@ -61,6 +61,8 @@ struct ServerOptions {
   std::string peer_tls_name;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
   int max_event_streams = StabilizerService::kMaxEventStreams;  // a caller's WatchEvents streams
+  // A caller's calls that may wait (Attach, RegisterBuffers, Step, ImportState) in flight.
+  int max_calls_per_caller = StabilizerService::kMaxCallsPerCaller;
   // Memory gRPC may hold for the requests it is receiving, over every caller: past it, calls are
   // cancelled (RESOURCE_EXHAUSTED) rather than gstabd running out of memory. At least twice the
   // largest request (kMaxMessageBytes).

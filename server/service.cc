@@ -17,6 +17,29 @@ grpc::Status StabilizerService::Answer(const char* method, const absl::Status& s
   return answer;
 }
 
+grpc::Status StabilizerService::Counted(const char* method, const grpc::ServerContext* context,
+                                        const std::function<absl::Status()>& call) {
+  const std::string caller = Caller(context).ToString();
+  {
+    absl::MutexLock lock(&calls_mu_);
+    int& in_flight = calls_[caller];
+    if (in_flight >= max_calls_) {
+      return Answer(method, absl::ResourceExhaustedError(absl::StrCat(
+                                caller, " already has ", in_flight,
+                                " calls waiting in gstabd (Attach, RegisterBuffers, Step, "
+                                "ImportState), its cap a caller (--max_calls_per_caller): let "
+                                "them end first (its jobs' other workers step, or time out)")));
+    }
+    ++in_flight;
+  }
+  const absl::Status status = call();
+  {
+    absl::MutexLock lock(&calls_mu_);
+    if (--calls_[caller] == 0) calls_.erase(caller);
+  }
+  return Answer(method, status);
+}
+
 std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* context) const {
   if (std::optional<ucred> cred = peers_->Find(context->peer())) return cred->uid;
   return std::nullopt;  // TCP: a certificate holder
@@ -57,18 +80,20 @@ Principal StabilizerService::Caller(const grpc::ServerContext* context) const {
 grpc::Status StabilizerService::Attach(grpc::ServerContext* context,
                                        const v1::AttachRequest* request,
                                        v1::AttachResponse* response) {
-  return Answer("Attach", daemon_->Attach(*request, response, Caller(context)));
+  return Counted("Attach", context,
+                 [&] { return daemon_->Attach(*request, response, Caller(context)); });
 }
 
 grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext* context,
                                                 const v1::RegisterBuffersRequest* request,
                                                 v1::RegisterBuffersResponse* response) {
-  return Answer("RegisterBuffers", daemon_->RegisterBuffers(*request, response, PeerUid(context)));
+  return Counted("RegisterBuffers", context,
+                 [&] { return daemon_->RegisterBuffers(*request, response, PeerUid(context)); });
 }
 
-grpc::Status StabilizerService::Step(grpc::ServerContext*, const v1::StepRequest* request,
+grpc::Status StabilizerService::Step(grpc::ServerContext* context, const v1::StepRequest* request,
                                      v1::StepResponse* response) {
-  return Answer("Step", daemon_->Step(*request, response));
+  return Counted("Step", context, [&] { return daemon_->Step(*request, response); });
 }
 
 grpc::Status StabilizerService::KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest* request,
@@ -98,10 +123,10 @@ grpc::Status StabilizerService::ExportState(grpc::ServerContext*,
   return Answer("ExportState", daemon_->ExportState(*request, response));
 }
 
-grpc::Status StabilizerService::ImportState(grpc::ServerContext*,
+grpc::Status StabilizerService::ImportState(grpc::ServerContext* context,
                                             const v1::ImportStateRequest* request,
                                             v1::ImportStateResponse* response) {
-  return Answer("ImportState", daemon_->ImportState(*request, response));
+  return Counted("ImportState", context, [&] { return daemon_->ImportState(*request, response); });
 }
 
 grpc::Status StabilizerService::ForgetJob(grpc::ServerContext* context,

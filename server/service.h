@@ -2,6 +2,7 @@
 // translates its status. Thread-safe (the Daemon is).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -21,15 +22,20 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // shared memory a worker names). `errors` (may be null): a counter labelled method and code,
   // which every call answered with an error adds to.
   // `max_event_streams`: WatchEvents streams one caller may have open at once (each holds a
-  // thread and a queue of up to 1,024 events).
+  // thread and a queue of up to 1,024 events). `max_calls`: the calls that may wait in gstabd
+  // (Attach, RegisterBuffers, Step, ImportState) one caller may have in flight at once, each on
+  // a thread of gstabd's (a Step waiting for its job's other workers, say).
   StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
-                    MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams)
+                    MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams,
+                    int max_calls = kMaxCallsPerCaller)
       : daemon_(daemon),
         bus_(bus),
         peers_(peers),
         errors_(errors),
-        max_event_streams_(max_event_streams) {}
+        max_event_streams_(max_event_streams),
+        max_calls_(max_calls) {}
   static constexpr int kMaxEventStreams = 16;
+  static constexpr int kMaxCallsPerCaller = 2048;
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
                       v1::AttachResponse* response) override;
@@ -66,6 +72,10 @@ class StabilizerService final : public v1::Stabilizer::Service {
   Principal Caller(const grpc::ServerContext* context) const;
   // `status` as gRPC's, counted in errors_ unless OK.
   grpc::Status Answer(const char* method, const absl::Status& status) const;
+  // `call()`'s answer, the call counted among its caller's in flight meanwhile; refused with
+  // RESOURCE_EXHAUSTED, uncalled, when the caller has max_calls_ in flight already.
+  grpc::Status Counted(const char* method, const grpc::ServerContext* context,
+                       const std::function<absl::Status()>& call);
   Daemon* daemon_;          // not owned
   EventBus* bus_;           // not owned
   const PeerTable* peers_;  // not owned
@@ -74,6 +84,9 @@ class StabilizerService final : public v1::Stabilizer::Service {
   absl::Mutex streams_mu_;
   // Open WatchEvents streams by caller (Principal::ToString).
   std::map<std::string, int> event_streams_ ABSL_GUARDED_BY(streams_mu_);
+  const int max_calls_;
+  absl::Mutex calls_mu_;
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(calls_mu_);  // by caller, as event_streams_
 };
 
 }  // namespace gstab

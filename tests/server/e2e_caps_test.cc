@@ -1,5 +1,6 @@
-// End-to-end: gstabd's caps on what one owner, job or caller may hold, each refused with
-// RESOURCE_EXHAUSTED naming its flag while the others go on; at start, a second gstabd on a
+// End-to-end: gstabd's caps on what one owner, job or caller may hold (jobs, checkpoints,
+// observers, event streams, calls waiting), each refused with RESOURCE_EXHAUSTED naming its flag
+// while the others go on; at start, a second gstabd on a
 // live socket and flags that would refuse everything.
 #include <atomic>
 #include <filesystem>
@@ -233,6 +234,46 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
   EXPECT_TRUE(reopened) << "no stream could open after one closed";
   for (auto& s : streams) s->ctx.TryCancel();
   for (size_t i = 1; i < streams.size(); ++i) (void)streams[i]->reader->Finish();
+}
+
+// A caller's calls that wait in gstabd (here Steps waiting for their job's third worker) are
+// capped: one more is refused at once, naming the flag, and room comes back as they end.
+TEST(E2eCapsTest, ACallerHasAtMostItsCapOfWaitingCalls) {
+  TempDir dir;
+  auto daemon =
+      DaemonProcess::Start(dir.path(), {"--max_calls_per_caller=2", "--step_timeout_ms=3000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::vector<std::unique_ptr<TestWorker>> ranks;
+  for (uint32_t rank = 0; rank < 3; ++rank) {
+    AttachOptions o = JobOptions("waiting");
+    o.local_rank = rank;
+    o.local_world_size = 3;
+    auto worker = TestWorker::Create(daemon->socket(), o);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    (*worker)->Fill(1, rank + 1);
+    ranks.push_back(*std::move(worker));
+  }
+  std::vector<absl::Status> waited(2);
+  std::vector<std::thread> steps;
+  for (size_t rank = 0; rank < 2; ++rank) {
+    steps.emplace_back([&, rank] { waited[rank] = ranks[rank]->client().Step(1).status(); });
+  }
+  for (v1::GetStatsResponse stats; stats.arrived_local_ranks_size() < 2;) {  // not counted
+    absl::SleepFor(absl::Milliseconds(10));
+    absl::StatusOr<v1::GetStatsResponse> s = ranks[2]->client().GetStats();
+    ASSERT_TRUE(s.ok()) << s.status();
+    stats = *s;
+  }
+  const absl::Status refused = ranks[2]->client().Step(1).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("2 calls waiting in gstabd"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("--max_calls_per_caller"), std::string::npos) << refused;
+  for (std::thread& t : steps) t.join();
+  for (const absl::Status& s : waited) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  }
+  auto other = TestWorker::Create(daemon->socket(), JobOptions("after"));
+  EXPECT_TRUE(other.ok()) << other.status();
 }
 
 // Requests are received whole before gstabd checks who sent them: past --rpc_memory_mb of them
