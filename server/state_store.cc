@@ -121,9 +121,11 @@ absl::Status StateStore::CheckFolder() {
 
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
-  // Checkpoints are 0640: the folder, when gstabd makes it, lets its group read them too.
+  // Checkpoints are gstabd's user's alone (0600, in a folder of 0700 when gstabd makes it): its
+  // group is often the training users' (the socket's), and each job's statistics, configuration
+  // and owner are its owner's to export.
   const std::vector<std::filesystem::path> made = Missing(dir_);
-  if (absl::Status s = CreateFolders(dir_, 0750); !s.ok()) {
+  if (absl::Status s = CreateFolders(dir_, 0700); !s.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory '", dir_, "': ", s.message()));
   }
@@ -185,7 +187,7 @@ absl::Status StateStore::Save(const v1::JobState& state) {
   // The reason, from the call that failed (ENOSPC, EIO, EROFS...).
   const char* failed = nullptr;
   int err = 0;
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "' (open ", tmp,
                                             ": ", strerror(errno),

@@ -155,7 +155,7 @@ TEST(E2eProcessTest, FoldersGstabdMakesHaveTheirModesWhateverTheUmask) {
     EXPECT_EQ(ModeOf(dir.path() + "/srv"), 0755u) << umask;
     EXPECT_EQ(ModeOf(dir.path() + "/srv/run"), 0755u) << umask;
     EXPECT_EQ(ModeOf(socket), 0660u) << umask;
-    EXPECT_EQ(ModeOf(state), 0750u) << umask;
+    EXPECT_EQ(ModeOf(state), 0700u) << umask;
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(absl::Seconds(20)).value_or(-1), 0) << umask;
   }

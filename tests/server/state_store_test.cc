@@ -79,6 +79,12 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   job.set_job("j");
   ASSERT_TRUE(store.Save(job).ok());
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"j"});
+  // gstabd's user's alone: its group is often the training users'.
+  struct stat st;
+  ASSERT_EQ(::stat(state.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  ASSERT_EQ(::stat((state + "/j.jobstate").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
 }
 
 // One store (one gstabd) a folder at a time: another's Init is refused, and sweeps none of the
