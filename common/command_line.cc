@@ -166,6 +166,10 @@ std::set<std::string> FlagsOnCommandLine(int argc, char** argv) {
     if (arg == "--") break;
     if (!IsFlag(arg)) continue;
     const FlagArg f = Split(arg);
+    if (DefersToAbseil(f.name)) {  // abseil's own, no command's (--flagfile=F)
+      if (!f.has_value) ++i;
+      continue;
+    }
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(f.name);
     if (flag == nullptr && absl::StartsWith(f.name, "no")) {
       const absl::CommandLineFlag* negated = absl::FindCommandLineFlag(f.name.substr(2));

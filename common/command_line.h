@@ -19,7 +19,8 @@ std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_vi
                                           absl::string_view usage, absl::string_view flags_file);
 
 // The flags the command line sets, by name (--nofoo as foo), for a program whose commands each
-// take some of its flags. Meant after ParseCommandLineOrExit, which has checked them.
+// take some of its flags; abseil's own (--flagfile, --fromenv...) are left out, and so are the
+// flags they set. Meant after ParseCommandLineOrExit, which has checked them.
 std::set<std::string> FlagsOnCommandLine(int argc, char** argv);
 
 }  // namespace gstab

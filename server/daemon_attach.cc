@@ -226,11 +226,12 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());
         slot = std::make_shared<Job>(request.job(), saved.ok() ? *saved : config, local_world,
                                      &executor_, StepCallbackFor(request.job()), gpu_);
+        // Given back as it was should every attach be refused (a checkpoint whose file is gone
+        // or is not one: not). Also one its job refuses below: its file is set aside, but the
+        // name stays its owner's, and the next attach starts the job afresh.
+        if (state.ok()) from = checkpoint->second;
         absl::Status s = state.status();
         if (s.ok()) s = slot->ImportState(*state, /*with_config=*/false);
-        // Given back as it was should every attach be refused; not one that could not be
-        // restored (its file gone, not a checkpoint, or refused by the job: set aside below).
-        if (s.ok()) from = checkpoint->second;
         if (!s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
           store_.SetAsideCheckpoint(request.job(),

@@ -330,9 +330,10 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
   // continues from that checkpoint's step, and one saved before its first step (registered,
   // never stepped) from any step, 0 included.
   last_step_ = state.last_step();
+  // (Groups the state lacks keep their counts: a job that stepped them has stepped.)
   have_step_ =
-      state.last_step() > 0 || std::any_of(state.groups().begin(), state.groups().end(),
-                                           [](const v1::GroupState& g) { return g.steps() > 0; });
+      state.last_step() > 0 ||
+      std::any_of(stats_.begin(), stats_.end(), [](const GroupStats& g) { return g.steps > 0; });
   abandoned_step_.reset();
   if (collective_ != nullptr) sync_statistics_ = true;  // every node takes node 0's
   return absl::OkStatus();

@@ -1,5 +1,6 @@
 // gstabd: the gstab daemon. Flags are read once into ServerOptions; SIGTERM / SIGINT are
 // taken synchronously by the main thread (sigwait), which then stops the server gracefully.
+#include <arpa/inet.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -222,6 +223,14 @@ int main(int argc, char** argv) {
                  "and --max_connections_per_uid must be positive (0 would refuse every job, "
                  "registration, event stream or connection, or keep no checkpoint)\n");
     return 2;
+  }
+  if (const std::string address = absl::GetFlag(FLAGS_metrics_address); !address.empty()) {
+    in_addr parsed;
+    if (inet_pton(AF_INET, address.c_str(), &parsed) != 1) {
+      std::fprintf(stderr, "gstabd: --metrics_address=%s is not an IPv4 address\n",
+                   address.c_str());
+      return 2;
+    }
   }
   if (absl::GetFlag(FLAGS_max_nodes) < 1 || absl::GetFlag(FLAGS_max_nodes) > 65536) {
     std::fprintf(stderr, "gstabd: --max_nodes must be 1 to 65536, not %u\n",

@@ -71,10 +71,11 @@ absl::Status WriteWhole(const std::string& path, const std::string& bytes) {
   }
   // The rename made durable: without the folder's sync, a crash could leave the previous file
   // (or none) under the name after "exported". A file system without it (EINVAL) has nothing to
-  // lose.
+  // lose, and a folder this user may write but not read (a drop folder) cannot be synced.
   const size_t slash = target.rfind('/');
   const std::string folder = slash == std::string::npos ? "." : target.substr(0, slash + 1);
   const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0 && (errno == EACCES || errno == EPERM)) return absl::OkStatus();
   if (dir < 0 || (::fsync(dir) != 0 && errno != EINVAL)) {
     const int err = errno;
     if (dir >= 0) ::close(dir);

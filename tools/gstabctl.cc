@@ -162,9 +162,12 @@ int Top() {
   if (absl::GetFlag(FLAGS_interval_ms) <= 0 || iterations < 0) {
     return Usage("top needs --interval_ms > 0 and --iterations >= 0");
   }
-  // Open-ended, it waits for a gstabd not there yet too (a view opened during a rollout).
+  // Open-ended, it waits for a gstabd not there yet too (a view opened during a rollout), but
+  // not for what would never pass (a malformed address, TLS files missing).
   absl::StatusOr<std::unique_ptr<Client>> client = Connect();
-  if (!client.ok() && iterations != 0) return Fail(client.status());
+  if (!client.ok() && (iterations != 0 || !absl::IsUnavailable(client.status()))) {
+    return Fail(client.status());
+  }
   const std::string job = absl::GetFlag(FLAGS_job);
   bool job_seen = false;
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
@@ -374,8 +377,9 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
       }
     }
   }
+  // Given empty (--job=), or a name no job can have (from the command line or a --flagfile).
   if (const std::string job = absl::GetFlag(FLAGS_job);
-      given.count("job") == 1 && !gstab::IsJobName(job)) {
+      (given.count("job") == 1 || !job.empty()) && !gstab::IsJobName(job)) {
     return gstab::ctl::Usage(absl::StrCat(
         "--job: job names are 1 to 128 characters of [A-Za-z0-9._-], not '", job, "'"));
   }

@@ -198,7 +198,7 @@ class Stabilizer:
                 if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and \
                         m.sparse and m.weight.requires_grad:
                     raise ValueError(_sparse_refusal(name or type(m).__name__))
-                _check_fsdp1(name, m)
+                _check_fsdp1(name, m, replicated, client.node_count)
         self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
         sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
@@ -553,10 +553,12 @@ def _like(p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
                               shape=p.shape, stride=p.stride())
 
 
-def _check_fsdp1(name: str, module: torch.nn.Module) -> None:
+def _check_fsdp1(name: str, module: torch.nn.Module, replicated: bool, nodes: int) -> None:
     """FSDP1's FullyShardedDataParallel holds plain flat parameters, whose gradients gstab sums
     over every rank: right for the sharding strategies that give each rank its own shard, and
-    refused for those whose ranks hold whole copies (gstab would count each copy)."""
+    refused for those whose ranks hold whole copies (gstab would count each copy), unless
+    `replicated` says so (NO_SHARD is then DDP's layout) or the copies are one node's (a hybrid
+    strategy on one node shards as FULL_SHARD does)."""
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
     except ImportError:  # a torch without FSDP
@@ -564,15 +566,17 @@ def _check_fsdp1(name: str, module: torch.nn.Module) -> None:
     if not isinstance(module, FullyShardedDataParallel):
         return
     strategy = module.sharding_strategy
+    no_shard = strategy == ShardingStrategy.NO_SHARD
     if strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP) or \
-            torch.distributed.get_world_size() == 1:  # one rank: FSDP1 shards nothing
+            torch.distributed.get_world_size() == 1 or (no_shard and replicated) or \
+            (not no_shard and nodes == 1):  # one rank: FSDP1 shards nothing
         return
-    copies = "each rank holds" if strategy == ShardingStrategy.NO_SHARD else "each node holds"
+    copies = "each rank holds" if no_shard else "each node holds"
     raise ValueError(
         f"module '{name or type(module).__name__}' is FSDP1's FullyShardedDataParallel with "
         f"{strategy.name}: {copies} a whole copy of the gradients, which gstab would count "
-        "once per copy. gstab serves FSDP1 with FULL_SHARD or SHARD_GRAD_OP, FSDP2's "
-        "fully_shard (HSDP: its 2-D mesh) and DDP")
+        "once per copy. gstab serves FSDP1 with FULL_SHARD or SHARD_GRAD_OP (NO_SHARD with "
+        "replicated=True), FSDP2's fully_shard (HSDP: its 2-D mesh) and DDP")
 
 
 def _sharing(name: str, p: torch.Tensor, replicated: bool,

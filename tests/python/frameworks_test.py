@@ -433,9 +433,10 @@ class TorchTest(GstabdTest):
                 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
                 copies = FullyShardedDataParallel(mlp(), device_id=torch.device("cpu"),
                                                   sharding_strategy=ShardingStrategy.NO_SHARD)
-                with mock.patch.object(dist, "get_world_size", return_value=2), \
-                        self.assertRaisesRegex(ValueError, "with NO_SHARD: each rank holds"):
-                    gstab.torch.Stabilizer(client, copies)
+                with mock.patch.object(dist, "get_world_size", return_value=2):
+                    with self.assertRaisesRegex(ValueError, "with NO_SHARD: each rank holds"):
+                        gstab.torch.Stabilizer(client, copies)
+                    gstab.torch.Stabilizer(client, copies, replicated=True, group="copies")
             finally:
                 dist.destroy_process_group()
         # A name gstabd would refuse, before anything is imported or allocated.
