@@ -1,0 +1,75 @@
+// Daemon: a job's statistics and configuration through one of its sessions (a worker's, or an
+// observer's such as gstabctl's): GetStats, UpdateConfig, ExportState and ImportState.
+#include <optional>
+
+#include "core/config.h"
+#include "server/daemon.h"  // the class whose members these are
+#include "server/state_codec.h"
+
+namespace gstab {
+
+absl::Status Daemon::GetStats(const v1::GetStatsRequest& request, v1::GetStatsResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  session->job->GetStats(response);
+  absl::MutexLock lock(&mu_);
+  uint32_t workers = 0;
+  for (const auto& [token, s] : sessions_) workers += s.job == session->job && !s.observer;
+  response->set_attached_workers(workers);
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
+                                  v1::UpdateConfigResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  RuleParams before;
+  absl::Status s = session->job->UpdateConfig(request.config(), response, &before);
+  if (!s.ok()) return s;
+  // An update that changes nothing keeps the version, and is no event.
+  absl::StatusOr<RuleParams> after = ResolveConfig(response->effective_config());
+  if (observer_ != nullptr && after.ok() && !SameEffectiveConfig(before, *after)) {
+    observer_->OnConfigChange(session->job->name(), response->version(), PolicyName(after->policy),
+                              ConfigDifference(before, *after, "now"));
+  }
+  return s;
+}
+
+absl::Status Daemon::ExportState(const v1::ExportStateRequest& request,
+                                 v1::ExportStateResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  response->set_state(EncodeJobState(session->job->ExportState()));
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
+                                 v1::ImportStateResponse* response) {
+  absl::StatusOr<Session> session = Use(request.session());
+  if (!session.ok()) return session.status();
+  absl::StatusOr<v1::JobState> state = DecodeJobState(request.state(), "the state bytes");
+  if (!state.ok()) {
+    // Refused as bad input whatever the cause: nothing of the job changed.
+    return absl::InvalidArgumentError(state.status().message());
+  }
+  std::optional<Job::ConfigSwitch> switched;
+  if (absl::Status s =
+          session->job->ImportState(*state, !request.keep_config(), Job::kImportWait, &switched);
+      !s.ok()) {
+    return s;
+  }
+  response->set_groups(static_cast<uint32_t>(state->groups_size()));
+  if (observer_ != nullptr) {  // under report_mu_: not after the series' removal at retirement
+    absl::MutexLock report(&report_mu_);
+    observer_->SetImported(session->job->name(), session->job->Diverging());
+  }
+  // A configuration the state brings is a change like UpdateConfig's, with its event.
+  if (observer_ != nullptr && switched.has_value()) {
+    observer_->OnConfigChange(session->job->name(), switched->version,
+                              PolicyName(switched->after.policy),
+                              ConfigDifference(switched->before, switched->after, "now"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gstab
