@@ -19,6 +19,10 @@ namespace gstab {
 
 namespace {
 
+// How long gRPC's shutdown lets calls finish before it cancels them: enough for the answers of
+// calls already ended (a drained step's "shutting down") to reach their clients on a loaded
+// machine, where 100 ms was seen to cut one off.
+constexpr absl::Duration kAnswerGrace = absl::Seconds(1);
 // How long a stop waits for gRPC's calls to end before it shuts their connections down.
 constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
 // And then for calls still running (a step in Gloo's exchange with other nodes, which nothing
@@ -354,7 +358,7 @@ absl::Status Server::Stop(absl::Time deadline) {
     StderrLog::FlushInstalled(absl::Seconds(2));  // _exit runs no destructor
     _exit(saved.ok() ? 0 : 1);
   });
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)));
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + kAnswerGrace));
   grpc_server_->Wait();
   shut_down.Notify();
   unstick.join();
