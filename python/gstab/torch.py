@@ -35,6 +35,8 @@ import torch
 
 import gstab
 
+from ._torch_layouts import _check_fsdp1, _like, _local, _sharing, _sparse_refusal
+
 __all__ = ["Stabilizer", "attach"]
 
 Group = Union[str, Callable[[str, torch.nn.Parameter], str]]
@@ -522,90 +524,6 @@ def _nccl() -> bool:
     """Whether the default process group reduces CUDA tensors with NCCL ("nccl", or a
     per-device backend string such as "cpu:gloo,cuda:nccl")."""
     return "nccl" in str(torch.distributed.get_backend())
-
-
-def _dtensor_type():
-    try:
-        from torch.distributed.tensor import DTensor
-        return DTensor
-    except ImportError:  # a PyTorch without torch.distributed
-        return None
-
-
-def _sparse_refusal(name: str) -> str:
-    return (f"gstab: the gradients of '{name}' are sparse (nn.Embedding(sparse=True)?): gstab "
-            "stabilizes dense gradients in place; give the module dense ones (sparse=False)")
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """What this rank holds of `t`: a DTensor's local shard, else `t` itself."""
-    dtensor = _dtensor_type()
-    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
-
-
-def _like(p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-    """`local` as a gradient of `p`: a DTensor over it with p's mesh and placements if p is a
-    DTensor, else `local` itself."""
-    dtensor = _dtensor_type()
-    if dtensor is None or not isinstance(p, dtensor):
-        return local
-    return dtensor.from_local(local, p.device_mesh, p.placements, run_check=False,
-                              shape=p.shape, stride=p.stride())
-
-
-def _check_fsdp1(name: str, module: torch.nn.Module, replicated: bool, nodes: int) -> None:
-    """FSDP1's FullyShardedDataParallel holds plain flat parameters, whose gradients gstab sums
-    over every rank: right for the sharding strategies that give each rank its own shard, and
-    refused for those whose ranks hold whole copies (gstab would count each copy), unless
-    `replicated` says so (NO_SHARD is then DDP's layout) or the copies are one node's (a hybrid
-    strategy on one node shards as FULL_SHARD does)."""
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-    except ImportError:  # a torch without FSDP
-        return
-    if not isinstance(module, FullyShardedDataParallel):
-        return
-    strategy = module.sharding_strategy
-    no_shard = strategy == ShardingStrategy.NO_SHARD
-    if strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP) or \
-            torch.distributed.get_world_size() == 1 or (no_shard and replicated) or \
-            (not no_shard and nodes == 1):  # one rank: FSDP1 shards nothing
-        return
-    copies = "each rank holds" if no_shard else "each node holds"
-    raise ValueError(
-        f"module '{name or type(module).__name__}' is FSDP1's FullyShardedDataParallel with "
-        f"{strategy.name}: {copies} a whole copy of the gradients, which gstab would count "
-        "once per copy. gstab serves FSDP1 with FULL_SHARD or SHARD_GRAD_OP (NO_SHARD with "
-        "replicated=True), FSDP2's fully_shard (HSDP: its 2-D mesh) and DDP")
-
-
-def _sharing(name: str, p: torch.Tensor, replicated: bool,
-             client: gstab.Client) -> Tuple[bool, bool]:
-    """How p's group's norm combines the ranks' gradients: (replicated, node_sharded). A plain
-    tensor: `replicated`. A DTensor on a mesh of all the job's ranks: sharded (FSDP2's Shard),
-    replicated (Replicate everywhere), or node-sharded (HSDP: a 2-D mesh replicated across the
-    nodes and sharded within each, its rows the nodes). What gstab cannot sum is refused."""
-    dtensor = _dtensor_type()
-    if dtensor is None or not isinstance(p, dtensor):
-        return replicated, False
-    mesh = p.device_mesh
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    kinds = [type(placement).__name__ for placement in p.placements]
-    if mesh.size() == world and set(kinds) <= {"Shard", "Replicate"}:
-        if set(kinds) == {"Replicate"}:
-            return True, False
-        if mesh.ndim == 1:
-            return False, False
-        nodes, local = client.node_count, client.local_world_size
-        rows = [[n * local + r for r in range(local)] for n in range(nodes)]
-        if kinds == ["Replicate", "Shard"] and mesh.mesh.tolist() == rows:
-            return False, True
-    raise ValueError(
-        f"parameter '{name}' is a DTensor on a {mesh.ndim}-D mesh of {mesh.size()} of the job's "
-        f"{world} ranks, placed {p.placements}: gstab serves DTensors sharded (FSDP2's "
-        "fully_shard) or replicated over a mesh of all ranks, and HSDP's 2-D mesh whose rows "
-        "are the nodes (replicated across nodes, sharded within each). Register other layouts' "
-        "local shards with gstab.Arena or gstab.CudaGradients, in groups that are whole")
 
 
 class _DeviceWords:
