@@ -247,6 +247,34 @@ TEST(RuleTest, ZClipWarmsUpThenClipsReciprocally) {
   EXPECT_NEAR(StepNorm(capped, &s, mu).stabilized_norm, 5.0, 1e-12);
 }
 
+// The warm-up may be changed at any step (UpdateConfig, an import keeping the job's
+// configuration): shortened past the steps taken, the EMA is set up at the next step from every
+// step so far (it stayed 0 and zeroed every later step); lengthened after its end, it is not
+// entered again (clipping would stop for the new warm-up's length).
+TEST(RuleTest, ZClipWarmUpChangedMidwayKeepsClippingFromTheStepsTaken) {
+  RuleParams p;
+  p.policy = PolicyKind::kZClip;
+  p.zclip_warmup_steps = 100;
+  GroupStats s;
+  for (int i = 0; i < 50; ++i) StepNorm(p, &s, i % 2 == 0 ? 9.0 : 11.0);
+  EXPECT_EQ(s.zclip_mean, 0.0);  // not set up yet
+  p.zclip_warmup_steps = 25;
+  StepOutcome out = StepNorm(p, &s, 10.0);
+  EXPECT_EQ(out.scale, 1.0);
+  EXPECT_NEAR(s.zclip_mean, 10.0, 1e-12);  // 25 nines, 25 elevens and a ten
+  EXPECT_NEAR(s.zclip_var, 50.0 / 51.0, 1e-9);
+  out = StepNorm(p, &s, 1000.0);  // a spike is clipped, not zeroed
+  EXPECT_TRUE(out.flags & kFlagClipped);
+  EXPECT_GT(out.stabilized_norm, 10.0);
+  EXPECT_LT(out.stabilized_norm, 20.0);
+
+  p.zclip_warmup_steps = 1000;
+  const double mean = s.zclip_mean;
+  out = StepNorm(p, &s, 1000.0);
+  EXPECT_TRUE(out.flags & kFlagClipped) << "a lengthened warm-up was entered again";
+  EXPECT_LT(out.stabilized_norm, 2 * mean);
+}
+
 TEST(RuleTest, SpikeDetectionFiresOnAPlantedSpikeOnlyAndNotOnNoise) {
   RuleParams p = Stabilize();
   GroupStats s;
