@@ -51,8 +51,13 @@ def check_common(name, kinds):
           f"{name}: --health_socket {probe_sock} is not in a volume of the pod's own")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         cmd = c[probe]["exec"]["command"]
-        check(cmd[-1] == "health" and f"--socket={probe_sock}" in cmd,
+        check(cmd[:3] == ["gstabctl", f"--socket={probe_sock}", "health"],
               f"{name}: {probe} does not ask gstabd's health on {probe_sock}: {cmd}")
+        # Its own waits (3 s for a connection, then --timeout_s for the answer) end before the
+        # kubelet's timeout, so that a slow answer fails as gstabctl says, not as a kill.
+        waits = [int(a.split("=", 1)[1]) for a in cmd if a.startswith("--timeout_s=")]
+        check(len(waits) == 1 and 3 + waits[0] < c[probe]["timeoutSeconds"],
+              f"{name}: {probe} may outlast its timeoutSeconds: {cmd}")
     limits = json.dumps(c.get("resources", {}))
     check("nvidia.com/gpu" not in limits,
           f"{name}: the DaemonSet requests GPUs, which the training pods would then lack")
@@ -183,7 +188,8 @@ def check_api(name, kinds):
     check([flag(c, f) for f in ("tls_cert", "tls_key", "tls_client_ca")] ==
           [f"/etc/gstab/api-tls/{f}" for f in ("tls.crt", "tls.key", "ca.crt")],
           f"{name}: --tls_cert, --tls_key, --tls_client_ca are not the API Secret's files")
-    check(flag(c, "tls_operators") == "ops,oncall", f"{name}: --tls_operators not rendered")
+    check(flag(c, "tls_operators") == "ops,oncall,email:sre@example.org",
+          f"{name}: --tls_operators not rendered")
     check(mounted_secret(pod, c, "/etc/gstab/api-tls") == "gstab-api-tls",
           f"{name}: the API's TLS secret is not mounted")
     check({"name": "api", "containerPort": 7479, "protocol": "TCP"} in c["ports"],
@@ -191,7 +197,8 @@ def check_api(name, kinds):
 
 
 NETWORK_POLICY = ["--set", "networkPolicy.enabled=true", "--set", "api.enabled=true",
-                  "--set", "api.tlsSecret=gstab-api-tls", "--set", "api.operators={ops,oncall}",
+                  "--set", "api.tlsSecret=gstab-api-tls",
+                  "--set", "api.operators={ops,oncall,email:sre@example.org}",
                   "--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector": {"matchLabels":'
                   ' {"kubernetes.io/metadata.name": "monitoring"}}}]',
                   "--set-json", 'networkPolicy.apiFrom=[{"ipBlock": {"cidr": "10.0.0.0/8"}}]']

@@ -25,15 +25,10 @@ from chart_objects import (FAILURES, NETWORK_POLICY, check, check_api, check_com
                            daemon_container, flag)
 from pod_sandbox import (CAP_BITS, as_security_context, can_emulate_pods, effective_caps,
                          free_port, make_tls, train_as)
+from chart_values import bad_values, check_managed_flags, helm
 from probe import wait_until_healthy
 
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
-
-
-def helm(args, *extra, chart=None):
-    cmd = [args.helm, "template", "gstab", chart or args.chart, "--namespace", "gstab", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
 
 
 def render(args, *extra):
@@ -60,72 +55,6 @@ def validate(args, docs, tmp, name):
                            capture_output=True, text=True)
         check(p.returncode == 0,
               f"{name}: Kubernetes {version} schema rejects the chart:\n{p.stdout}{p.stderr}")
-
-
-def bad_values(args):
-    cases = [
-        (["--set", "networkPolicy.enabled=true", "--set", "peer.enabled=true",
-          "--set", "peer.tlsSecret=s"], "does not cover peer.enabled"),
-        (["--set-json", 'networkPolicy.apiFrom=[{"ipBlock": {"cidr": "10.0.0.0/8"}}]'],
-         "networkPolicy.apiFrom admits clients to gstabd's TCP API"),
-        (["--set", "networkPolicy.metricsFrom=monitoring"], "/networkPolicy/metricsFrom"),
-        (["--set", "peer.enabled=true"], "tlsSecret"),
-        (["--set", "api.enabled=true"], "/api/tlsSecret"),
-        (["--set", "api.enabled=true", "--set", "api.tlsSecret=s", "--set", "api.port=9478"],
-         "api.port and metrics.port must differ"),
-        (["--set", "api.enabled=true", "--set", "api.tlsSecret=s", "--set", "peer.enabled=true",
-          "--set", "peer.tlsSecret=s", "--set", "api.port=7478"],
-         "api.port and peer.port must differ"),
-        (["--set", "api.operators[0]=a\\,b"], "/api/operators/0"),
-        (["--set", "extraArgs={--tls_operators=x}"], "may not set --tls_operators"),
-        (["--set", "api.operators[0]=ops"], "api.operators names certificates of gstabd's TCP port"),
-        (["--set", "backend=gpu"], "/backend"),
-        (["--set", "gpu.enabled=false", "--set", "backend=cuda"], "backend=cuda needs gpu.enabled"),
-        (["--set", "metrics.port=70000"], "/metrics/port"),
-        (["--set", "state.hostPath=var/lib/gstab"], "/state/hostPath"),
-        (["--set", "socket.hostPath="], "/socket/hostPath"),
-        (["--set", "daemon.leaseMs=0"], "/daemon/leaseMs"),
-        (["--set", "metrics.prot=1"], "'prot'"),
-        (["--set", "extraArgs={max_jobs=3}"], "/extraArgs/0"),
-        (["--set", "allowUids={-1}"], "/allowUids/0"),
-        (["--set", "allowUids={1000}"], "must admit gstabd's own probes"),
-        (["--set", "allowGids={2000}"], "must admit gstabd's own probes"),
-        (["--set", "extraArgs={--socket=/tmp/x.sock}"], "may not set --socket"),
-        (["--set", "extraEnv[0].name=NODE_IP", "--set", "extraEnv[0].value=1.2.3.4"],
-         "extraEnv may not set NODE_IP"),
-        (["--set", "extraEnv[0].value=eth0"], "/extraEnv/0"),
-        (["--set", "peer.enabled=true", "--set", "peer.tlsSecret=s", "--set", "peer.port=9478"],
-         "peer.port and metrics.port must differ"),
-        (["--set", "daemon.leaseMs=3000000000"], "/daemon/leaseMs"),
-        (["--set", "daemon.cpuThreads=2000"], "/daemon/cpuThreads"),  # gstabd takes 1024
-        (["--set", "terminationGracePeriodSeconds=0"], "/terminationGracePeriodSeconds"),
-        # gstabd has no CAP_NET_BIND_SERVICE, and its --max_groups is 32-bit.
-        (["--set", "metrics.port=80"], "/metrics/port"),
-        (["--set", "metrics.maxGroups=5000000000"], "/metrics/maxGroups"),
-        (["--set", "imagePullSecrets={regcred}"], "/imagePullSecrets/0"),
-        (["--set", "updateStrategy.type=RollingUpdate",
-          "--set", "updateStrategy.rollingUpdate.maxUnavailable=0"], "maxUnavailable may not be 0"),
-    ]
-    for extra, expected in cases:
-        rc, _, err = helm(args, *extra)
-        check(rc != 0 and expected in err,
-              f"values {' '.join(extra)}: expected a refusal naming {expected!r}, got rc={rc}:"
-              f"\n{err}")
-
-
-def check_managed_flags(args, kinds, extra):
-    """extraArgs may not set any flag the chart sets (gstabd keeps a repeated flag's last value,
-    so one would silently override the chart's): each of the rendered ones is refused."""
-    _, _, container = daemon_container(kinds)
-    from_extra_args = {"max_bytes"}  # set by `everything`'s own extraArgs
-    for arg in container["args"]:
-        name = arg[2:].split("=", 1)[0]
-        if name in from_extra_args:
-            continue
-        rc, _, err = helm(args, *extra, "--set", f"extraArgs={{--{name}=1}}")
-        check(rc != 0 and f"may not set --{name}" in err,
-              f"extraArgs={{--{name}=1}} was not refused, though the chart sets --{name}: rc={rc}"
-              f"\n{err}")
 
 
 def check_long_release_name(args):
@@ -349,7 +278,8 @@ def main():
                   "--set", "peer.enabled=true", "--set", "peer.tlsSecret=gstab-peer-tls",
                   "--set", "peer.tlsName=gstab-peer", "--set", "socket.gid=2000",
                   "--set", "api.enabled=true", "--set", "api.tlsSecret=gstab-api-tls",
-                  "--set", "api.operators={ops,oncall}",
+                  "--set", "api.operators={ops,oncall,email:sre@example.org}",
+                  "--set", "metrics.listenOnPodIP=true",
                   "--set", "allowUids={0,1000}", "--set", "allowGids={2000}",
                   "--set", "extraArgs={--max_bytes=1073741824}",
                   "--set", "extraEnv[0].name=NCCL_SOCKET_IFNAME",

@@ -99,7 +99,7 @@ handler. The CPU flavour: anywhere but those, so that it and a GPU release never
 {{/* The probe: gstabctl asks gstabd's health service over the probes' socket. */}}
 {{- define "gstab.healthCommand" -}}
 exec:
-  command: [gstabctl, --socket={{ include "gstab.probeSocketPath" . }}, health]
+  command: [gstabctl, --socket={{ include "gstab.probeSocketPath" . }}, health, --timeout_s=5]
 {{- end -}}
 
 {{/* A list of integers joined by commas (YAML numbers arrive as floats: 1e+06 otherwise). */}}
@@ -117,11 +117,12 @@ exec:
 {{/*
 Values the chart's own arguments depend on, checked before anything renders: extraArgs may not
 set a flag the chart sets, nor extraEnv a variable it sets (the probes, mounts and ports follow the chart's); the allow-lists
-must admit the probes and `helm test` (gstabd's runAsUser, gid socket.gid or its runAsGroup); the peer and metrics ports
-differ (both are host ports with peer.enabled).
+must admit `helm test` and `kubectl exec` (gstabd's runAsUser, gid socket.gid or its runAsGroup: the probes use the
+probes' socket, which admits gstabd's uid and root whatever the lists say); the peer and metrics ports differ (both are
+host ports with peer.enabled); operators' names with "@" are email addresses, which start "email:".
 */}}
 {{- define "gstab.checkValues" -}}
-{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
+{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "metrics_address" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
 {{- range .Values.extraArgs -}}
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
 {{- if has $flag $managed -}}
@@ -142,7 +143,7 @@ differ (both are host ports with peer.enabled).
 {{- range .Values.allowUids }}{{ if eq (int64 .) $uid }}{{ $admitted = true }}{{ end }}{{ end -}}
 {{- range .Values.allowGids }}{{ if eq (int64 .) $gid }}{{ $admitted = true }}{{ end }}{{ end -}}
 {{- if not $admitted -}}
-{{- fail (printf "allowUids/allowGids must admit gstabd's own probes and the helm test pod, which connect as uid %d with gid %d: add %d to allowUids, or %d to allowGids" $uid $gid $uid $gid) -}}
+{{- fail (printf "allowUids/allowGids must admit the helm test pod and `kubectl exec gstabctl` into gstabd's pod, which connect as uid %d with gid %d: add %d to allowUids, or %d to allowGids" $uid $gid $uid $gid) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.peer.enabled (eq (int64 .Values.peer.port) (int64 .Values.metrics.port)) -}}
@@ -153,6 +154,11 @@ differ (both are host ports with peer.enabled).
 {{- end -}}
 {{- if and .Values.networkPolicy.apiFrom (not .Values.api.enabled) -}}
 {{- fail "networkPolicy.apiFrom admits clients to gstabd's TCP API: set api.enabled=true (and api.tlsSecret) too, or leave networkPolicy.apiFrom empty" -}}
+{{- end -}}
+{{- range .Values.api.operators -}}
+{{- if and (contains "@" .) (not (hasPrefix "email:" .)) -}}
+{{- fail (printf "api.operators entry %q is an email address: gstabd names a certificate by its email address as \"email:ADDRESS\", so this entry would name no certificate; write \"email:%s\"" . .) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.api.operators (not .Values.api.enabled) -}}
 {{- fail "api.operators names certificates of gstabd's TCP port: set api.enabled=true (and api.tlsSecret) too, or leave api.operators empty" -}}
