@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
@@ -40,8 +41,11 @@ class Collective {
                                  absl::Duration timeout) = 0;
   // After a failure at `step`: the nodes that did not report within `timeout` (best effort,
   // through the rendezvous store), the first kMaxMissingNamed of them at most (the others are
-  // not asked about: each costs a store call past the timeout).
-  virtual std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) = 0;
+  // not asked about: each costs a store call past the timeout); node 0 when its store cannot be
+  // reached. An error when the store answered but could not be asked (it no longer holds the
+  // rendezvous, or is full): its answer, which blames no node.
+  virtual absl::StatusOr<std::vector<uint32_t>> MissingNodes(uint64_t step,
+                                                             absl::Duration timeout) = 0;
   // Whether this gstabd's stop has cancelled the collective's calls (a failure since is the
   // stop's, not another node's).
   virtual bool Stopping() const { return false; }

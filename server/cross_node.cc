@@ -60,13 +60,18 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
     LOG(WARNING) << unreachable;
     return unreachable;
   }
-  std::vector<uint32_t> missing = c->MissingNodes(step, kDiagnoseTimeout);
+  absl::StatusOr<std::vector<uint32_t>> asked = c->MissingNodes(step, kDiagnoseTimeout);
+  const std::vector<uint32_t> missing = asked.ok() ? *asked : std::vector<uint32_t>();
   // A peer whose connection closed has stopped or died; one that stays silent, stalled.
   const bool closed = absl::StrContains(failure.message(), "losed by peer") ||
                       absl::StrContains(failure.message(), "reset by peer") ||
                       absl::StrContains(failure.message(), "Broken pipe");
   std::string who =
-      missing.empty()
+      !asked.ok()
+          ? absl::StrCat("a node failed or stalled, and node 0's rendezvous store could not say "
+                         "which (",
+                         asked.status().message(), ")")
+      : missing.empty()
           ? "no node is missing from the rendezvous store, so a node stalled (this one "
             "among them, if its gstabd or machine was paused, or it came past the others' "
             "deadline)"

@@ -305,7 +305,8 @@ absl::Status GlooCollective::AllGather(absl::Span<const char> mine, absl::Span<c
   return absl::OkStatus();
 }
 
-std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration timeout) {
+absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step,
+                                                                   absl::Duration timeout) {
   std::vector<uint32_t> missing;
   try {
     GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
@@ -320,8 +321,10 @@ std::vector<uint32_t> GlooCollective::MissingNodes(uint64_t step, absl::Duration
         missing.push_back(r);
       }
     }
-  } catch (const std::exception&) {
-    missing.push_back(0);  // the store itself (node 0's daemon) is unreachable
+  } catch (const std::exception& e) {
+    // Unreachable, node 0's gstabd is gone; one that answered with a refusal is there.
+    if (!absl::StrContains(e.what(), kStoreUnreachable)) return absl::UnavailableError(e.what());
+    missing.push_back(0);
   }
   return missing;
 }

@@ -60,7 +60,8 @@ class GlooCollective final : public Collective {
   absl::Status Broadcast(absl::Span<char> bytes, absl::Duration timeout) override;
   absl::Status AllGather(absl::Span<const char> mine, absl::Span<char> all,
                          absl::Duration timeout) override;
-  std::vector<uint32_t> MissingNodes(uint64_t step, absl::Duration timeout) override;
+  absl::StatusOr<std::vector<uint32_t>> MissingNodes(uint64_t step,
+                                                     absl::Duration timeout) override;
   bool Stopping() const override { return calls_ != nullptr && calls_->cancelled(); }
 
  private:

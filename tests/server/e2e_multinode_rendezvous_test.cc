@@ -1,6 +1,7 @@
 // Multi-node jobs on the CPU backend and their rendezvous: blobs that are old, expired, used
 // again, made on each node or lacking parts; two nodes of one rank; and gstabd's stop while a
 // step waits for other nodes.
+#include <csignal>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -142,6 +143,30 @@ TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
         << r.status();
     EXPECT_NE(r.status().message().find("make a new one"), std::string::npos) << r.status();
     EXPECT_EQ(r.status().message().find("did not respond"), std::string::npos) << r.status();
+  }
+}
+
+// A node lost once node 0's store has let go of the job's rendezvous (two newer of the job
+// made since, or its cap): the others cannot ask the store which node is missing, and say so
+// with its answer, blaming no node (they named node 0, which was there).
+TEST(MultiNodeFaultTest, ANodeLostAfterTheStoreLetGoOfTheRendezvousBlamesNoNode) {
+  Cluster cluster(3);
+  auto workers = cluster.Attach("let-go");
+  ASSERT_EQ(workers.size(), 3u);
+  for (size_t n = 0; n < 3; ++n) workers[n]->Fill(1, 1);
+  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
+  for (int newer = 0; newer < 2; ++newer) ASSERT_FALSE(cluster.Rendezvous("let-go").empty());
+  cluster.daemon(2).process().Signal(SIGKILL);
+  ASSERT_TRUE(cluster.daemon(2).process().Wait(absl::Seconds(10)).ok());
+  workers.pop_back();
+  for (size_t n = 0; n < 2; ++n) workers[n]->Fill(2, 1);
+  for (auto& r : StepAll(workers, Same(2, 2))) {
+    ASSERT_FALSE(r.ok());
+    const std::string message(r.status().message());
+    EXPECT_NE(message.find("node 0's rendezvous store could not say which"), std::string::npos)
+        << r.status();
+    EXPECT_NE(message.find("expired rendezvous token"), std::string::npos) << r.status();
+    EXPECT_EQ(message.find("node(s) 0"), std::string::npos) << r.status();
   }
 }
 
