@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "glog/logging.h"
 #include "common/token.h"
 #include "server/grpc_status.h"
 
@@ -48,16 +49,40 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
   }
 }
 
+bool RendezvousStore::MakeRoom(const std::string& keep, size_t more) {
+  std::vector<std::pair<absl::Time, std::string>> idle;  // (last use, token)
+  const absl::Time unused_since = absl::Now() - idle_evictable_;
+  for (const auto& [token, space] : spaces_) {
+    if (token != keep && space.bytes > 0 && space.used <= unused_since) {
+      idle.emplace_back(space.used, token);
+    }
+  }
+  std::sort(idle.begin(), idle.end());
+  size_t forgotten = 0;
+  for (const auto& [used, token] : idle) {
+    if (total_bytes_ + more <= max_total_bytes_) break;
+    Forget(token);
+    ++forgotten;
+  }
+  if (forgotten > 0) {
+    LOG(INFO) << "rendezvous store: forgot " << forgotten << " rendezvous unused for "
+              << absl::FormatDuration(idle_evictable_) << " or more to make room (its cap, "
+              << (max_total_bytes_ >> 20) << " MiB in all)";
+  }
+  return total_bytes_ + more <= max_total_bytes_;
+}
+
 absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string& token) {
   auto it = spaces_.find(token);
   if (it == spaces_.end()) {
     return absl::PermissionDeniedError(absl::StrCat(
         kUnknownToken,
-        ": node 0's store keeps the two newest rendezvous each caller made of a job, up to its cap "
-        "over all jobs (a newer blob was made twice since, the cap pushed it out, or node 0's "
+        ": node 0's store keeps the two newest rendezvous each caller made of a job, up to its caps "
+        "over all jobs (a newer blob was made twice since, the caps pushed it out, or node 0's "
         "gstabd restarted); "
         "make a new one and attach every worker with it"));
   }
+  it->second.used = absl::Now();
   return &it->second;
 }
 
@@ -75,17 +100,17 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   if (holds != nullptr) *holds = value;
   const size_t replaced = it == s.values.end() ? 0 : key.size() + it->second.size();
   const size_t bytes = s.bytes - replaced + key.size() + value.size();
-  const size_t total = total_bytes_ - s.bytes + bytes;
   if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > s.max_bytes ||
-      total > max_total_bytes_) {
+      (bytes > s.bytes && !MakeRoom(token, bytes - s.bytes))) {
     return absl::ResourceExhaustedError(
         absl::StrCat("key '", key, "' (", value.size(), " bytes) would pass the store's caps: ",
                      kMaxKeys, " keys and ", s.max_bytes, " bytes for this rendezvous, ",
-                     max_total_bytes_ >> 20, " MiB in all"));
+                     max_total_bytes_ >> 20, " MiB in all (of rendezvous used in the last ",
+                     absl::FormatDuration(idle_evictable_), ")"));
   }
   s.values[key] = value;
+  total_bytes_ = total_bytes_ - s.bytes + bytes;
   s.bytes = bytes;
-  total_bytes_ = total;
   return absl::OkStatus();
 }
 
@@ -109,6 +134,7 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
   }
   const absl::Time deadline = absl::Now() + timeout;
   absl::MutexLock lock(&mu_);
+  if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();  // used now
   std::string missing;
   auto all_set = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (closed_) return true;  // reported below

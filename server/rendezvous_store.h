@@ -1,7 +1,8 @@
 // The rendezvous key-value store gstabd serves to the other daemons of a multi-node job (the
 // gstab.v1.Rendezvous service on --peer_listen), and the gRPC service over it. Keys live in the
 // namespace of one rendezvous token; only holders of the token (from the blob the job passed
-// around) can read or write them. The oldest rendezvous are forgotten beyond a cap.
+// around) can read or write them. The oldest rendezvous are forgotten beyond a cap, and the
+// least recently used ones, idle a while, when the store's bytes would pass theirs.
 //
 // Thread-safe.
 #pragma once
@@ -26,8 +27,14 @@ inline constexpr char kUnknownToken[] = "unknown or expired rendezvous token";
 class RendezvousStore {
  public:
   static constexpr size_t kMaxTotalBytes = size_t{1} << 30;
-  explicit RendezvousStore(size_t max_rendezvous = 1024, size_t max_total_bytes = kMaxTotalBytes)
-      : max_rendezvous_(max_rendezvous), max_total_bytes_(max_total_bytes) {}
+  // A rendezvous unused that long may be forgotten to make room (a job's nodes use theirs while
+  // they connect, and after only to name a missing node): a store's wait is 10 minutes at most.
+  static constexpr absl::Duration kIdleEvictable = absl::Minutes(10);
+  explicit RendezvousStore(size_t max_rendezvous = 1024, size_t max_total_bytes = kMaxTotalBytes,
+                           absl::Duration idle_evictable = kIdleEvictable)
+      : max_rendezvous_(max_rendezvous),
+        max_total_bytes_(max_total_bytes),
+        idle_evictable_(idle_evictable) {}
 
   // Creates a namespace for a rendezvous of `job` and returns its token. The two newest each
   // `owner` made of a job are kept (the one it starts and the one it may still end), so that
@@ -39,7 +46,8 @@ class RendezvousStore {
   std::string NewToken(const std::string& job = "", uint32_t nodes = 1,
                        const std::string& owner = "");
   // RESOURCE_EXHAUSTED past kMaxKeys keys or MaxBytes bytes of keys and values in the
-  // rendezvous, or max_total_bytes in the whole store. `if_absent`: a key already set keeps its
+  // rendezvous, or max_total_bytes in the whole store once the rendezvous unused for
+  // idle_evictable are forgotten, least recently used first. `if_absent`: a key already set keeps its
   // value. `holds` (may be null): the value the key holds after the call.
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value,
                    bool if_absent = false, std::string* holds = nullptr);
@@ -65,16 +73,21 @@ class RendezvousStore {
     std::map<std::string, std::string> values;
     size_t bytes = 0;      // of the keys and values
     size_t max_bytes = 0;  // MaxBytes of its job's node count
+    absl::Time used = absl::Now();  // its last Set, Get or Wait
   };
   // PERMISSION_DENIED for an unknown token.
   absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Drops the namespace of `token` (in order_ too).
   void Forget(std::string token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets rendezvous unused for idle_evictable_ (not `keep`), least recently used first, until
+  // `more` bytes fit in max_total_bytes_; whether they do.
+  bool MakeRoom(const std::string& keep, size_t more) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   static constexpr size_t kPerJob = 2;
   const size_t max_rendezvous_;
   const size_t max_total_bytes_;
+  const absl::Duration idle_evictable_;
   absl::Mutex mu_;
   std::map<std::string, Space> spaces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);

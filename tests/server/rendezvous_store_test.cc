@@ -101,6 +101,36 @@ TEST(RendezvousStoreTest, ARendezvousHoldsBoundedKeysAndBytes) {
   }
 }
 
+// A full store forgets the rendezvous unused the longest (those of jobs connected long ago) to
+// make room for a new job's, never one used within the idle time: a node that hosted many jobs'
+// stores went on refusing every new job once 1 GiB of old ones' records had gathered.
+TEST(RendezvousStoreTest, AFullStoreForgetsTheLeastRecentlyUsedIdleRendezvous) {
+  const std::string kib(1024, 'x');
+  RendezvousStore store(1024, 4 * 1024 + 64, absl::Milliseconds(200));
+  const std::string oldest = store.NewToken("oldest"), older = store.NewToken("older");
+  ASSERT_TRUE(store.Set(oldest, "k", kib).ok());
+  ASSERT_TRUE(store.Set(older, "k", kib).ok());
+  ASSERT_TRUE(store.Set(older, "k2", kib).ok());
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(store.Get(older, "k").ok());  // used again: now the newer of the two
+  absl::SleepFor(absl::Milliseconds(300));
+  const std::string fresh = store.NewToken("fresh");
+  ASSERT_TRUE(store.Set(fresh, "k", kib).ok());  // fits: 4 KiB in all
+  EXPECT_TRUE(store.Set(fresh, "k2", kib).ok());  // makes room: the least recently used goes
+  EXPECT_EQ(store.Get(oldest, "k").status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(store.Get(older, "k").ok());
+
+  // Nothing idle: refused, naming the caps.
+  RendezvousStore busy(1024, 2 * 1024 + 64);
+  const std::string a = busy.NewToken("a"), b = busy.NewToken("b");
+  ASSERT_TRUE(busy.Set(a, "k", kib).ok());
+  ASSERT_TRUE(busy.Set(b, "k", kib).ok());
+  absl::Status full = busy.Set(b, "k2", kib);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_NE(full.message().find("used in the last 10m"), std::string::npos) << full;
+  EXPECT_TRUE(busy.Get(a, "k").ok());
+}
+
 // A peer that gave up, and a stopping gstabd, end a wait long before its timeout: gstabd's peer
 // server waits for its calls when it stops, and a final checkpoint comes after.
 TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
