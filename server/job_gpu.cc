@@ -97,7 +97,9 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   const uint64_t config = ConfigHash(params_);
   const double hi = static_cast<double>(config >> 32);
   const double lo = static_cast<double>(config & 0xffffffffu);
-  std::vector<double> range = {n, -n, hi, -hi, lo, -lo};
+  // And the GPUs a node: NCCL's ranks are node rank x local world size + local rank.
+  const double gpus = local_world_size_;
+  std::vector<double> range = {n, -n, hi, -hi, lo, -lo, gpus, -gpus};
   RuleParams node_zeros = params_;
   agreeing_layout_ = true;
   mu_.Unlock();
@@ -117,6 +119,14 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   if (configs_differ && !SameEffectiveConfig(node_zeros, params_)) {
     TakeNodeZerosConfig(node_zeros, nccl_.node_rank, "before the generation's first step");
     stats_params_ = node_zeros;  // the GPUs take node 0's statistics at the first step
+  }
+  if (range[6] != -range[7]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the nodes of job '", name_, "' run different numbers of local GPU workers (", gpus,
+        " on this node, between ", -range[7], " and ", range[6],
+        " across nodes): every node must run as many (torchrun's --nproc-per-node, the "
+        "attaches' local_world_size), since NCCL's ranks are node rank x that number + local "
+        "rank; nothing was summed"));
   }
   if (range[0] != -range[1]) {
     return absl::InvalidArgumentError(absl::StrCat(

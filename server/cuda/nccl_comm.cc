@@ -150,8 +150,10 @@ absl::Status NcclComm::Broadcast(void* d_bytes, size_t bytes, int root, cudaStre
 absl::Status NcclComm::Finish(ncclResult_t r, absl::Time deadline, absl::string_view what) {
   if (r == ncclSuccess) return absl::OkStatus();
   if (r == ncclInProgress) return Settle(deadline, what);
+  // UNAVAILABLE, as a failure found later is: the generation ends, and its workers attach again.
   Abort(absl::StrCat(what, " of ", context_, " failed: ", ncclGetErrorString(r)));
-  return NcclError(what, context_, r);
+  absl::MutexLock lock(&mu_);
+  return BrokenLocked();
 }
 
 absl::Status NcclComm::AllReduce(void* d_values, size_t count, ncclDataType_t type, ncclRedOp_t op,

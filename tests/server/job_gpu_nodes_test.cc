@@ -4,6 +4,7 @@
 #include <atomic>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
@@ -50,19 +51,22 @@ class LoopbackStore {
   std::unique_ptr<grpc::Server> server_;
 };
 
-// Node `node` of a job of `nodes` nodes, one GPU, on fake pipelines.
+// Node `node` of a job of `nodes` nodes, `gpus` GPUs (each a local rank's), on fake pipelines.
 struct GpuNode {
   GpuNode(const v1::RendezvousInfo& info, uint32_t node, const RuleParams& params,
-          absl::Duration timeout)
-      : job("nodes-job", params, 1, nullptr, nullptr, LaggingBackend(&live)) {
+          absl::Duration timeout, uint32_t gpus = 1)
+      : job("nodes-job", params, gpus, nullptr, nullptr, LaggingBackend(&live)),
+        workers(gpus) {
     job.SetCollective(
         std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
         NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, info.node_count(), timeout});
-    EXPECT_TRUE(worker.Register(&job).ok());
+    for (uint32_t g = 0; g < gpus; ++g) {
+      EXPECT_TRUE(workers[g].Register(&job, g, static_cast<int>(g)).ok());
+    }
   }
   int live = 0;
   Job job;
-  FakeCudaWorker worker;
+  std::vector<FakeCudaWorker> workers;
 };
 
 // While a node's first step waits for the other nodes, the job still answers GetStats and
@@ -113,6 +117,29 @@ TEST(JobGpuNodesTest, NodesAgreeAtTheFirstStepAndTakeNodeZerosConfiguration) {
   v1::GetStatsResponse stats;
   node1.job.GetStats(&stats);
   EXPECT_EQ(stats.last_step(), 1u);
+}
+
+// Nodes running different numbers of GPU workers (one launched with another
+// --nproc-per-node): refused at the first step on every node, naming the numbers, where their
+// NCCL ranks would have collided and the join waited out its deadline, blaming a missing node.
+TEST(JobGpuNodesTest, NodesOfDifferentGpuCountsAreToldSo) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  GpuNode node0(info, 0, RuleParams{}, absl::Seconds(30), 2);
+  GpuNode node1(info, 1, RuleParams{}, absl::Seconds(30), 1);
+  absl::Status status1;
+  std::thread other([&] {
+    v1::StepResponse r;
+    status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, kReady);
+  });
+  v1::StepResponse r;
+  const absl::Status status0 = node0.job.Step(0, 1, absl::Seconds(30), &r, kReady);
+  other.join();
+  for (const absl::Status& s : {status0, status1}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("different numbers of local GPU workers"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("between 1 and 2"), std::string::npos) << s;
+  }
 }
 
 // A registration refused after its groups were looked up (here: a job across nodes whose
