@@ -160,6 +160,12 @@ absl::Status StateStore::Init() {
     }
     lock_fd_ = dir_fd;
   }
+  // A folder gstabd owns is its alone whoever made it (a Kubernetes hostPath folder is made
+  // 0755), and so are the files in it (checkpoints of older releases are 0640).
+  uint32_t tightened = 0;
+  if (struct stat st; fstat(lock_fd_, &st) == 0 && st.st_uid == geteuid() && (st.st_mode & 077)) {
+    tightened += fchmod(lock_fd_, st.st_mode & 0700) == 0;
+  }
   // Temporary files of saves (and probes) a crash interrupted (a listing that fails part way
   // leaves the rest: they are never read).
   std::error_code ec;
@@ -169,7 +175,18 @@ absl::Status StateStore::Init() {
     if (name.find(kTmpInfix) != std::string::npos || name.rfind(kProbePrefix, 0) == 0) {
       std::error_code ignored;
       std::filesystem::remove(it->path(), ignored);
+      continue;
     }
+    const std::string path = it->path().string();
+    if (struct stat st; lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+                        st.st_uid == geteuid() && (st.st_mode & 077)) {
+      tightened += chmod(path.c_str(), st.st_mode & 0700) == 0;
+    }
+  }
+  if (tightened > 0) {
+    LOG(INFO) << "state directory '" << dir_ << "': took group and other access away from "
+              << tightened << " of its entries (the folder or files in it): checkpoints are "
+              << "gstabd's user's alone";
   }
   return absl::OkStatus();
 }

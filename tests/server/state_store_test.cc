@@ -87,6 +87,33 @@ TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
   EXPECT_EQ(st.st_mode & 07777, 0600u);
 }
 
+// A folder made by someone else (a Kubernetes hostPath is made 0755) and files of older releases
+// (checkpoints were 0640) are made gstabd's user's alone when it starts.
+TEST(StateStoreTest, AFolderFoundOpenAndItsFilesAreMadeOwnersAlone) {
+  testing::TempDir dir;
+  const std::string state = dir.path() + "/state";
+  ASSERT_EQ(::mkdir(state.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(state.c_str(), 0755), 0);  // whatever the umask
+  {
+    StateStore first(state);
+    ASSERT_TRUE(first.Init().ok());
+    v1::JobState job;
+    job.set_format_version(kJobStateFormatVersion);
+    job.set_job("old");
+    ASSERT_TRUE(first.Save(job).ok());
+  }
+  ASSERT_EQ(::chmod(state.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod((state + "/old.jobstate").c_str(), 0640), 0);
+  StateStore store(state);
+  ASSERT_TRUE(store.Init().ok());
+  struct stat st;
+  ASSERT_EQ(::stat(state.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  ASSERT_EQ(::stat((state + "/old.jobstate").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"old"});
+}
+
 // One store (one gstabd) a folder at a time: another's Init is refused, and sweeps none of the
 // first one's temporary files; the folder is free again once the first store goes.
 TEST(StateStoreTest, AFolderIsOneStoresAtATime) {
