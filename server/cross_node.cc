@@ -365,6 +365,11 @@ absl::Status AsStopping(const Collective& collective, absl::Status failure) {
   return StoppingError(failure.message());
 }
 
+absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
+                         const absl::Status& failure) {
+  return NameMissing(c, job, step, failure);
+}
+
 absl::Status SyncStatistics(Collective* c, absl::Duration timeout, std::vector<GroupStats>* stats) {
   return BroadcastValues(c, timeout, stats->data(), stats->size());
 }

@@ -79,4 +79,10 @@ absl::Status AsStopping(const Collective& collective, absl::Status failure);
 absl::Status SyncStatistics(Collective* collective, absl::Duration timeout,
                             std::vector<GroupStats>* stats);
 
+// A collective's `failure` at `step` of `job`, said as ReduceAcrossNodes says its own: the
+// missing nodes named (asked through the rendezvous store), as stopping where this gstabd's stop
+// cut it short, with what to do, and in this node's log.
+absl::Status NameFailure(Collective* collective, const std::string& job, uint64_t step,
+                         const absl::Status& failure);
+
 }  // namespace gstab

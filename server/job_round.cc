@@ -299,7 +299,9 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
                                        absl::Duration timeout, RuleParams* params,
                                        uint64_t* version) {
   RuleParams node_zeros = *params;
-  if (absl::Status s = BroadcastParams(collective, timeout, &node_zeros); !s.ok()) return s;
+  if (absl::Status s = BroadcastParams(collective, timeout, &node_zeros); !s.ok()) {
+    return NameFailure(collective, name_, step, s);
+  }
   if (SameEffectiveConfig(node_zeros, *params)) return absl::OkStatus();  // node 0, or alike
   *params = node_zeros;
   absl::MutexLock lock(&mu_);
@@ -432,7 +434,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       }
       const std::vector<GroupStats> own = stats_copy;
       if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
-        return s;
+        return NameFailure(collective.get(), name_, step, s);
       }
       // Node 0's may be older than this node's (its gstabd restarted from an older checkpoint):
       // the steps between are gone here. Said, since nothing else would show it.
