@@ -1,36 +1,24 @@
 #include "client_lib/client.h"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <optional>
 #include <system_error>
-#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
-#include "client_lib/transport.h"
 #include "common/done_written.h"
-#include "common/host_port.h"
-#include "common/refusal.h"
 #include "common/step_progress.h"
 #include "common/utf8.h"
-#include "common/wire_limits.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace gstab {
 namespace {
@@ -38,36 +26,6 @@ namespace {
 uint64_t NextClientId() {
   static std::atomic<uint64_t> next{1};
   return next.fetch_add(1);
-}
-
-// What a process refused gstabd's socket needs, naming the socket's group when it can be read.
-std::string SocketGroup(const std::string& socket_path) {
-  struct stat st;
-  if (::stat(socket_path.c_str(), &st) != 0) {
-    return "a folder on its path may not be searched by this process";
-  }
-  std::string group = absl::StrCat("gid ", st.st_gid);
-  if (const struct group* g = ::getgrgid(st.st_gid); g != nullptr) {
-    group = absl::StrCat("'", g->gr_name, "' (gid ", st.st_gid, ")");
-  }
-  return absl::StrCat("it is created mode 0660, so the worker needs its group ", group,
-                      " among its groups (Kubernetes: runAsGroup or supplementalGroups), or to "
-                      "run as its owner");
-}
-
-// The process that first connected a client: gRPC's threads and connections do not survive a
-// fork, so a forked child's calls would wait forever, or go down its parent's connection.
-std::atomic<pid_t> grpc_process{0};
-
-absl::Status NotAForkedChild() {
-  const pid_t me = getpid();
-  pid_t first = 0;
-  if (grpc_process.compare_exchange_strong(first, me) || first == me) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "this process (", me, ") was forked from one that had connected to gstabd (", first,
-      "), and gRPC does not work in a forked child (its calls would hang, or go down its "
-      "parent's connection): start workers anew (exec; Python: multiprocessing's 'spawn' or "
-      "'forkserver', torchrun), or connect in the children only"));
 }
 
 }  // namespace
@@ -146,31 +104,6 @@ bool ContainsAny(absl::string_view message, absl::Span<const absl::string_view> 
                      [&](absl::string_view w) { return absl::StrContains(message, w); });
 }
 
-// RESOURCE_EXHAUSTED when the process has too few file descriptors left to connect: gRPC aborts
-// the process when its first channel cannot get its own (an epoll set, a wake-up eventfd), and
-// with one or two left the connection itself fails, as if no gstabd were there.
-absl::Status CheckDescriptorsFree() {
-  constexpr int kNeeded = 8;
-  std::vector<int> fds;
-  int error = 0;
-  while (fds.size() < kNeeded) {
-    const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      error = errno;
-      break;
-    }
-    fds.push_back(fd);
-  }
-  for (int fd : fds) close(fd);
-  if (error != EMFILE && error != ENFILE) return absl::OkStatus();
-  struct rlimit limit = {};
-  getrlimit(RLIMIT_NOFILE, &limit);
-  return absl::ResourceExhaustedError(
-      absl::StrCat("this process has ", fds.size(), " file descriptors free (", strerror(error),
-                   "; its limit is ", limit.rlim_cur, "), and connecting to gstabd takes ", kNeeded,
-                   ": close files, or raise the limit (ulimit -n)"));
-}
-
 // The page of `offset` in shared object `shm_name`, mapped to read the word there; null when it
 // cannot be.
 std::shared_ptr<const uint64_t> MapProgressWord(const std::string& shm_name, uint64_t offset) {
@@ -239,132 +172,6 @@ absl::Status Client::Unreachable(const absl::Status& unavailable) const {
                                              unavailable.message(),
                                              "): it stopped or restarts; attach again once it "
                                              "serves"));
-}
-
-void Client::ReconnectIfBackingOff() {
-  if (channel_->GetState(false) == GRPC_CHANNEL_TRANSIENT_FAILURE) Reconnect();
-}
-
-void Client::Reconnect() {
-  grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
-  // Calls that fail fast poll nothing: without a wait here the new connection's handshake would
-  // only complete at gRPC's backup poll, up to 5 s later.
-  channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
-}
-
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
-                                                        absl::Duration timeout) {
-  const bool tcp = IsTcpAddress(address);
-  if (address.empty()) {
-    return absl::InvalidArgumentError("no socket path given: pass gstabd's socket or HOST:PORT");
-  }
-  if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
-  // sockaddr_un's limit, which gRPC would only log about while the wait below ran out.
-  constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
-  if (!tcp && address.size() > kMaxSocketPath) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "socket path '", address, "' is ", address.size(),
-        " bytes; a unix socket's path has at "
-        "most ",
-        kMaxSocketPath, ": use a shorter one (a relative path, or a link to the folder)"));
-  }
-  std::string target = absl::StrCat("unix:", address);
-  if (tcp) {
-    const std::optional<HostPort> at = SplitHostPort(address);
-    if (!at.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "'", address,
-          "' is neither HOST:PORT (a port up to 65535; an IPv6 host with or without brackets) "
-          "nor a socket path (one in the current folder whose name ends in ':' and digits is "
-          "./NAME)"));
-    }
-    target = JoinHostPort(at->host, at->port);  // brackets an IPv6 host, as gRPC reads it
-  }
-  // Something else at the path is no gstabd starting (which makes a socket there): at once.
-  if (struct stat st; !tcp && ::stat(address.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", address, "' is ", S_ISDIR(st.st_mode) ? "a folder" : "a file",
-                     ", not a socket: give the path of gstabd's socket (its --socket)"));
-  }
-  if (!tcp && ::faccessat(AT_FDCWD, address.c_str(), R_OK | W_OK, AT_EACCESS) != 0 &&
-      errno == EACCES) {
-    // At once rather than after `timeout`: with this process's effective ids and capabilities.
-    return absl::PermissionDeniedError(
-        absl::StrCat("this process may not use gstabd's socket ", address,
-                     " (permission denied): ", SocketGroup(address)));
-  }
-  // From here on gRPC is used (the checks above leave a forked child free to connect).
-  if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
-  // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
-  // default 4 MiB.
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  args.SetMaxSendMessageSize(kMaxMessageBytes);
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (tcp) {
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
-        TlsFromEnvironment(address, &args);
-    if (!tls.ok()) return tls.status();
-    credentials = *std::move(tls);
-  }
-  auto channel = grpc::CreateCustomChannel(target, credentials, args);
-  const absl::Time deadline = absl::Now() + timeout;
-  bool connected = false;
-  bool probe = !tcp;
-  // A short first wait: a refused connection is said at once (below), a taken one is quick.
-  absl::Duration slice = absl::Milliseconds(250);
-  do {
-    connected =
-        channel->WaitForConnected(absl::ToChronoTime(std::min(deadline, absl::Now() + slice)));
-    slice = absl::Seconds(1);
-    if (connected || !probe) continue;
-    // A gstabd that refuses this process (its allow-list, its per-uid cap) closes each
-    // connection at once, which gRPC would retry until `deadline`: it says why on a connection
-    // of our own, worth a moment past `deadline`. One that says nothing (busy, or frozen) is
-    // not asked again: each probe would wait in its backlog.
-    bool silent = false;
-    std::optional<absl::Status> refused = ProbeRefusal(
-        address, std::clamp(deadline - absl::Now(), absl::Milliseconds(250), absl::Seconds(1)),
-        &silent);
-    if (refused.has_value()) return *std::move(refused);
-    probe = !silent;
-  } while (!connected && absl::Now() < deadline);
-  if (!connected) {
-    if (tcp) {
-      return absl::UnavailableError(absl::StrCat(
-          "no gstabd answers on ", address,
-          " over mutual TLS: does a gstabd listen there (--listen)? Its certificate must be "
-          "signed by GSTAB_TLS_CA and name the host dialled (or GSTAB_TLS_NAME), and this "
-          "client's (GSTAB_TLS_CERT) by the CA of gstabd's --tls_client_ca; gstabd refuses "
-          "other certificates and clients without one"));
-    }
-    struct stat st;
-    const bool there = ::stat(address.c_str(), &st) == 0;
-    return absl::UnavailableError(absl::StrCat(
-        "no gstabd answers on ", address, there ? "" : " (nothing is there)",
-        ": is the daemon running, and is the socket path right? (An older gstabd closes the "
-        "connections its allow-list refuses, or past its per-uid cap, without saying so here: "
-        "its log says why)"));
-  }
-  std::unique_ptr<Client> client(new Client(std::move(channel), target));
-  // gRPC shares connections between the channels of a process: one that another client made to
-  // a gstabd since replaced still looks ready. A first call finds out, and connects anew.
-  for (;;) {
-    grpc::health::v1::HealthCheckResponse response;
-    const grpc::Status s =
-        client->AskHealth(std::min(deadline, absl::Now() + absl::Seconds(5)), &response);
-    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      if (absl::Now() < deadline) continue;  // each check waits 5 s at most
-      // Its first call would wait minutes for it (the call timeout).
-      return absl::UnavailableError(
-          absl::StrCat("gstabd at ", address, " took the connection but did not answer within ",
-                       absl::FormatDuration(timeout),
-                       " (stopped, or stuck?): its health check and log say more"));
-    }
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline) break;
-    client->Reconnect();
-  }
-  return client;
 }
 
 absl::Status Client::Attach(const AttachOptions& options) {
@@ -572,25 +379,6 @@ absl::Status Client::ImportState(const std::string& state, uint32_t* groups, boo
   absl::StatusOr<v1::ImportStateResponse> r = Call(&v1::Stabilizer::Stub::ImportState, request);
   if (r.ok() && groups != nullptr) *groups = r->groups();
   return r.status();
-}
-
-grpc::Status Client::AskHealth(absl::Time deadline,
-                               grpc::health::v1::HealthCheckResponse* response) {
-  auto health = grpc::health::v1::Health::NewStub(channel_);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(deadline));
-  return health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), response);
-}
-
-absl::Status Client::CheckHealth(absl::Duration timeout) {
-  grpc::health::v1::HealthCheckResponse response;
-  if (absl::Status s = FromGrpcStatus(AskHealth(absl::Now() + timeout, &response)); !s.ok()) {
-    return s;
-  }
-  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
-    return absl::UnavailableError("gstabd is not serving (shutting down?)");
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace gstab
