@@ -67,10 +67,10 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
                       absl::StrContains(failure.message(), "reset by peer") ||
                       absl::StrContains(failure.message(), "Broken pipe");
   std::string who =
-      !asked.ok()
-          ? absl::StrCat("a node failed or stalled, and node 0's rendezvous store could not say "
-                         "which (",
-                         asked.status().message(), ")")
+      !asked.ok() ? absl::StrCat(
+                        "a node failed or stalled, and node 0's rendezvous store could not say "
+                        "which (",
+                        asked.status().message(), ")")
       : missing.empty()
           ? "no node is missing from the rendezvous store, so a node stalled (this one "
             "among them, if its gstabd or machine was paused, or it came past the others' "

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "glog/logging.h"
 #include "common/token.h"
+#include "glog/logging.h"
 #include "server/grpc_status.h"
 
 namespace gstab {
@@ -77,7 +77,8 @@ absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string&
   if (it == spaces_.end()) {
     return absl::PermissionDeniedError(absl::StrCat(
         kUnknownToken,
-        ": node 0's store keeps the two newest rendezvous each caller made of a job, up to its caps "
+        ": node 0's store keeps the two newest rendezvous each caller made of a job, up to its "
+        "caps "
         "over all jobs (a newer blob was made twice since, the caps pushed it out, or node 0's "
         "gstabd restarted); "
         "make a new one and attach every worker with it"));
@@ -102,11 +103,11 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   const size_t bytes = s.bytes - replaced + key.size() + value.size();
   if ((it == s.values.end() && s.values.size() >= kMaxKeys) || bytes > s.max_bytes ||
       (bytes > s.bytes && !MakeRoom(token, bytes - s.bytes))) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("key '", key, "' (", value.size(), " bytes) would pass the store's caps: ",
-                     kMaxKeys, " keys and ", s.max_bytes, " bytes for this rendezvous, ",
-                     max_total_bytes_ >> 20, " MiB in all (of rendezvous used in the last ",
-                     absl::FormatDuration(idle_evictable_), ")"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "key '", key, "' (", value.size(), " bytes) would pass the store's caps: ", kMaxKeys,
+        " keys and ", s.max_bytes, " bytes for this rendezvous, ", max_total_bytes_ >> 20,
+        " MiB in all (of rendezvous used in the last ", absl::FormatDuration(idle_evictable_),
+        ")"));
   }
   s.values[key] = value;
   total_bytes_ = total_bytes_ - s.bytes + bytes;

@@ -47,8 +47,8 @@ class RendezvousStore {
                        const std::string& owner = "");
   // RESOURCE_EXHAUSTED past kMaxKeys keys or MaxBytes bytes of keys and values in the
   // rendezvous, or max_total_bytes in the whole store once the rendezvous unused for
-  // idle_evictable are forgotten, least recently used first. `if_absent`: a key already set keeps its
-  // value. `holds` (may be null): the value the key holds after the call.
+  // idle_evictable are forgotten, least recently used first. `if_absent`: a key already set keeps
+  // its value. `holds` (may be null): the value the key holds after the call.
   absl::Status Set(const std::string& token, const std::string& key, const std::string& value,
                    bool if_absent = false, std::string* holds = nullptr);
   // NOT_FOUND when the key is not set.

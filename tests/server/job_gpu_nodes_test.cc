@@ -55,8 +55,7 @@ class LoopbackStore {
 struct GpuNode {
   GpuNode(const v1::RendezvousInfo& info, uint32_t node, const RuleParams& params,
           absl::Duration timeout, uint32_t gpus = 1)
-      : job("nodes-job", params, gpus, nullptr, nullptr, LaggingBackend(&live)),
-        workers(gpus) {
+      : job("nodes-job", params, gpus, nullptr, nullptr, LaggingBackend(&live)), workers(gpus) {
     job.SetCollective(
         std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
         NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, info.node_count(), timeout});

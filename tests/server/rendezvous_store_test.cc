@@ -115,7 +115,7 @@ TEST(RendezvousStoreTest, AFullStoreForgetsTheLeastRecentlyUsedIdleRendezvous) {
   ASSERT_TRUE(store.Get(older, "k").ok());  // used again: now the newer of the two
   absl::SleepFor(absl::Milliseconds(300));
   const std::string fresh = store.NewToken("fresh");
-  ASSERT_TRUE(store.Set(fresh, "k", kib).ok());  // fits: 4 KiB in all
+  ASSERT_TRUE(store.Set(fresh, "k", kib).ok());   // fits: 4 KiB in all
   EXPECT_TRUE(store.Set(fresh, "k2", kib).ok());  // makes room: the least recently used goes
   EXPECT_EQ(store.Get(oldest, "k").status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE(store.Get(older, "k").ok());
