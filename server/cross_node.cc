@@ -60,27 +60,30 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
     LOG(WARNING) << unreachable;
     return unreachable;
   }
-  absl::StatusOr<std::vector<uint32_t>> asked = c->MissingNodes(step, kDiagnoseTimeout);
-  const std::vector<uint32_t> missing = asked.ok() ? *asked : std::vector<uint32_t>();
+  absl::StatusOr<std::vector<uint32_t>> missing = c->MissingNodes(step, kDiagnoseTimeout);
   // A peer whose connection closed has stopped or died; one that stays silent, stalled.
   const bool closed = absl::StrContains(failure.message(), "losed by peer") ||
                       absl::StrContains(failure.message(), "reset by peer") ||
                       absl::StrContains(failure.message(), "Broken pipe");
-  std::string who =
-      !asked.ok() ? absl::StrCat(
-                        "a node failed or stalled, and node 0's rendezvous store could not say "
-                        "which (",
-                        asked.status().message(), ")")
-      : missing.empty()
-          ? "no node is missing from the rendezvous store, so a node stalled (this one "
-            "among them, if its gstabd or machine was paused, or it came past the others' "
-            "deadline)"
-          : absl::StrCat("node(s) ", absl::StrJoin(missing, ", "),
-                         missing.size() == Collective::kMaxMissingNamed
-                             ? " (and maybe more: the first ones asked about)"
-                             : "",
-                         " of ", c->size(),
-                         closed ? " closed the connection (stopped, or gone)" : " did not respond");
+  std::string who;
+  if (!missing.ok()) {
+    who = absl::StrCat(
+        "a node failed or stalled, and node 0's rendezvous store could not say "
+        "which (",
+        missing.status().message(), ")");
+  } else if (missing->empty()) {
+    who =
+        "no node is missing from the rendezvous store, so a node stalled (this one among them, "
+        "if its gstabd or machine was paused, or it came past the others' deadline)";
+  } else {
+    who = absl::StrCat("node(s) ", absl::StrJoin(*missing, ", "),
+                       missing->size() == Collective::kMaxMissingNamed
+                           ? " (and maybe more: the first ones "
+                             "asked about)"
+                           : "",
+                       " of ", c->size(),
+                       closed ? " closed the connection (stopped, or gone)" : " did not respond");
+  }
   absl::Status named(
       failure.code(),
       absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",
