@@ -25,6 +25,8 @@ inline constexpr char kStoreUnreachable[] = "the job's rendezvous store cannot b
 // In a collective's failure when a gstabd's stop ended it: this one's, which cancelled its store
 // calls (StoreCalls; Collective::Stopping), or the store's own gstabd's. No node is missing.
 inline constexpr char kThisGstabdStopping[] = "this gstabd is stopping";
+// How a collective's failure says that the store answered, refusing (an unknown token, a cap).
+inline constexpr char kStoreRefused[] = "the job's rendezvous store refused";
 
 class Collective {
  public:
@@ -41,9 +43,9 @@ class Collective {
                                  absl::Duration timeout) = 0;
   // After a failure at `step`: the nodes that did not report within `timeout` (best effort,
   // through the rendezvous store), the first kMaxMissingNamed of them at most (the others are
-  // not asked about: each costs a store call past the timeout); node 0 when its store cannot be
-  // reached. An error when the store answered but could not be asked (it no longer holds the
-  // rendezvous, or is full): its answer, which blames no node.
+  // not asked about: each costs a store call past the timeout); node 0 when its store does not
+  // answer. An error when the store answered with a refusal (it no longer holds the rendezvous,
+  // or is full): its answer, which blames no node.
   virtual absl::StatusOr<std::vector<uint32_t>> MissingNodes(uint64_t step,
                                                              absl::Duration timeout) = 0;
   // Whether this gstabd's stop has cancelled the collective's calls (a failure since is the

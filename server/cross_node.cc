@@ -89,7 +89,7 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
       absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",
                    failure.message(), "); attach every worker again with a new rendezvous"));
   LOG(WARNING) << named;  // the node's own log says so too, not only its workers'
-  return named;
+  return AsStopping(*c, named);  // this gstabd's stop began while the store was asked
 }
 
 }  // namespace

@@ -118,8 +118,13 @@ class GrpcStore final : public gloo::rendezvous::Store {
                                             "': ", s.error_message(), ")"));
     }
     if (!s.ok()) {
-      throw std::runtime_error(
-          absl::StrCat("rendezvous store: cannot ", op, " '", key, "': ", s.error_message()));
+      // The store's own refusals (an unknown token, its caps) say it is there; anything else
+      // (no answer in time, most of all) may be node 0's gstabd gone.
+      const bool refused = s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+                           s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+                           s.error_code() == grpc::StatusCode::INVALID_ARGUMENT;
+      throw std::runtime_error(absl::StrCat(refused ? kStoreRefused : "rendezvous store",
+                                            ": cannot ", op, " '", key, "': ", s.error_message()));
     }
   }
 
@@ -322,8 +327,9 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
       }
     }
   } catch (const std::exception& e) {
-    // Unreachable, node 0's gstabd is gone; one that answered with a refusal is there.
-    if (!absl::StrContains(e.what(), kStoreUnreachable)) return absl::UnavailableError(e.what());
+    // A store that answered with a refusal is there, and blames no node; one that did not
+    // answer (unreachable, silent) is node 0's gstabd, missing.
+    if (absl::StrContains(e.what(), kStoreRefused)) return absl::UnavailableError(e.what());
     missing.push_back(0);
   }
   return missing;

@@ -170,6 +170,27 @@ TEST(MultiNodeFaultTest, ANodeLostAfterTheStoreLetGoOfTheRendezvousBlamesNoNode)
   }
 }
 
+// Node 0 stalled (its machine paused, or cut off): its store does not answer either, and the
+// others name node 0, which is what is missing.
+TEST(MultiNodeFaultTest, AStalledNodeZeroIsNamed) {
+  Cluster cluster(3);
+  auto workers = cluster.Attach("stalled-zero");
+  ASSERT_EQ(workers.size(), 3u);
+  for (size_t n = 0; n < 3; ++n) workers[n]->Fill(1, 1);
+  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(cluster.daemon(0).process().Stop());
+  std::vector<std::unique_ptr<TestWorker>> others;
+  others.push_back(std::move(workers[1]));
+  others.push_back(std::move(workers[2]));
+  for (auto& w : others) w->Fill(2, 1);
+  auto failed = StepAll(others, Same(2, 2));
+  cluster.daemon(0).process().Signal(SIGCONT);
+  for (auto& r : failed) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("node(s) 0 of 3"), std::string::npos) << r.status();
+  }
+}
+
 // Two gstabds given the same node_rank (a launcher that left it at 0): the second to connect
 // is told so at once, naming the first, rather than every node waiting out its timeout.
 TEST(MultiNodeFaultTest, TwoNodesOfOneNodeRankAreToldSo) {
