@@ -177,8 +177,8 @@ class Records {
 
 std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
-                      " groups, presence flags), rule ", sizeof(RuleParams), ", statistics ",
-                      sizeof(GroupStats));
+                      " groups, presence flags), GPU layout ", kGpuLayoutValues, " values, rule ",
+                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats));
 }
 
 namespace {

@@ -56,8 +56,13 @@ struct StepAgreement {
                                  // for, or the configurations differ
 };
 
+// The values a CUDA job's nodes agree at a generation's first step (Job::AgreeGpuLayout: group
+// count, configuration hash and GPUs a node, each as a max and a negated max).
+inline constexpr size_t kGpuLayoutValues = 8;
+
 // How this gstabd lays out the records nodes exchange as raw bytes (the step check's length,
-// RuleParams, GroupStats): every node of a job must lay them out alike (RendezvousInfo).
+// the GPU layout agreement's, RuleParams, GroupStats): every node of a job must lay them out
+// alike (RendezvousInfo).
 std::string PeerRecordLayout();
 
 // Reduces `partials` in place. ABORTED when a node refused the step (check.refused there: every

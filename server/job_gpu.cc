@@ -2,6 +2,7 @@
 // registration until a worker leaves or registers again (which ends the job's communicator);
 // the step that enqueues a worker's GPU work and answers without waiting for it.
 #include <algorithm>
+#include <array>
 
 #include "absl/strings/str_cat.h"
 #include "common/done_written.h"
@@ -99,13 +100,28 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   const double lo = static_cast<double>(config & 0xffffffffu);
   // And the GPUs a node: NCCL's ranks are node rank x local world size + local rank.
   const double gpus = local_world_size_;
-  std::vector<double> range = {n, -n, hi, -hi, lo, -lo, gpus, -gpus};
+  std::array<double, kGpuLayoutValues> range = {n, -n, hi, -hi, lo, -lo, gpus, -gpus};
   RuleParams node_zeros = params_;
   agreeing_layout_ = true;
   mu_.Unlock();
   absl::Status agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
+  // Every node has the same maxima: each refuses alike, and none then waits in the broadcast.
+  absl::Status refused;
+  if (agreed.ok() && range[6] != -range[7]) {
+    refused = absl::InvalidArgumentError(absl::StrCat(
+        "the nodes of job '", name_, "' run different numbers of local GPU workers (", gpus,
+        " on this node, between ", -range[7], " and ", range[6],
+        " across nodes): every node must run as many (torchrun's --nproc-per-node, the "
+        "attaches' local_world_size), since NCCL's ranks are node rank x that number + local "
+        "rank; nothing was summed"));
+  } else if (agreed.ok() && range[0] != -range[1]) {
+    refused = absl::InvalidArgumentError(absl::StrCat(
+        "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
+        " on this node, between ", -range[1], " and ", range[0],
+        " across nodes); every node must register the same groups; nothing was summed"));
+  }
   const bool configs_differ = range[2] != -range[3] || range[4] != -range[5];
-  if (agreed.ok() && configs_differ) {
+  if (agreed.ok() && refused.ok() && configs_differ) {
     agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
   }
   mu_.Lock();
@@ -116,23 +132,15 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
     layout_failure_ = {generation, AsStopping(*collective, failed(agreed))};
     return layout_failure_.second;
   }
+  if (!refused.ok()) {
+    // The node's other local ranks are told the same, rather than each agreeing anew (with an
+    // all-reduce the other nodes, refused already, would never join).
+    layout_failure_ = {generation, refused};
+    return refused;
+  }
   if (configs_differ && !SameEffectiveConfig(node_zeros, params_)) {
     TakeNodeZerosConfig(node_zeros, nccl_.node_rank, "before the generation's first step");
     stats_params_ = node_zeros;  // the GPUs take node 0's statistics at the first step
-  }
-  if (range[6] != -range[7]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the nodes of job '", name_, "' run different numbers of local GPU workers (", gpus,
-        " on this node, between ", -range[7], " and ", range[6],
-        " across nodes): every node must run as many (torchrun's --nproc-per-node, the "
-        "attaches' local_world_size), since NCCL's ranks are node rank x that number + local "
-        "rank; nothing was summed"));
-  }
-  if (range[0] != -range[1]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
-        " on this node, between ", -range[1], " and ", range[0],
-        " across nodes); every node must register the same groups; nothing was summed"));
   }
   gpus_.set_layout_agreed();
   return absl::OkStatus();

@@ -119,22 +119,30 @@ TEST(JobGpuNodesTest, NodesAgreeAtTheFirstStepAndTakeNodeZerosConfiguration) {
 }
 
 // Nodes running different numbers of GPU workers (one launched with another
-// --nproc-per-node): refused at the first step on every node, naming the numbers, where their
-// NCCL ranks would have collided and the join waited out its deadline, blaming a missing node.
+// --nproc-per-node): refused at the first step on every node and to each of its workers at
+// once, naming the numbers, where their NCCL ranks would have collided and the join waited out
+// its deadline, blaming a missing node.
 TEST(JobGpuNodesTest, NodesOfDifferentGpuCountsAreToldSo) {
   LoopbackStore store;
   const v1::RendezvousInfo info = store.Rendezvous(2);
   GpuNode node0(info, 0, RuleParams{}, absl::Seconds(30), 2);
   GpuNode node1(info, 1, RuleParams{}, absl::Seconds(30), 1);
-  absl::Status status1;
+  absl::Status status1, second_gpu;
   std::thread other([&] {
     v1::StepResponse r;
     status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, kReady);
   });
+  const absl::Time start = absl::Now();
+  std::thread second([&] {
+    v1::StepResponse r;
+    second_gpu = node0.job.Step(1, 1, absl::Seconds(30), &r, kReady);
+  });
   v1::StepResponse r;
   const absl::Status status0 = node0.job.Step(0, 1, absl::Seconds(30), &r, kReady);
   other.join();
-  for (const absl::Status& s : {status0, status1}) {
+  second.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "a worker waited out the step's deadline";
+  for (const absl::Status& s : {status0, status1, second_gpu}) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_NE(s.message().find("different numbers of local GPU workers"), std::string::npos) << s;
     EXPECT_NE(s.message().find("between 1 and 2"), std::string::npos) << s;
