@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/folders.h"
@@ -119,6 +120,27 @@ absl::Status StateStore::CheckFolder() {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Takes group and other access away from the file at `path` when it is a regular file of this
+// process's user (opened without following a link, so no file elsewhere is changed); whether it
+// did.
+bool MakeOwnersAlone(const std::string& path) {
+  struct stat named;  // not opened otherwise: a FIFO or a device is set aside unread (LoadAll)
+  if (lstat(path.c_str(), &named) != 0 || !S_ISREG(named.st_mode) || (named.st_mode & 077) == 0) {
+    return false;
+  }
+  const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  const bool changed = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_ino == named.st_ino &&
+                       st.st_uid == geteuid() && fchmod(fd, st.st_mode & 07700) == 0;
+  close(fd);
+  return changed;
+}
+
+}  // namespace
+
 absl::Status StateStore::Init() {
   if (dir_.empty()) return absl::OkStatus();
   // Checkpoints are gstabd's user's alone (0600, in a folder of 0700 when gstabd makes it): its
@@ -160,33 +182,38 @@ absl::Status StateStore::Init() {
     }
     lock_fd_ = dir_fd;
   }
-  // A folder gstabd owns is its alone whoever made it (a Kubernetes hostPath folder is made
-  // 0755), and so are the files in it (checkpoints of older releases are 0640).
-  uint32_t tightened = 0;
-  if (struct stat st; fstat(lock_fd_, &st) == 0 && st.st_uid == geteuid() && (st.st_mode & 077)) {
-    tightened += fchmod(lock_fd_, st.st_mode & 0700) == 0;
-  }
   // Temporary files of saves (and probes) a crash interrupted (a listing that fails part way
   // leaves the rest: they are never read).
   std::error_code ec;
+  uint32_t tightened = 0;
+  bool only_checkpoints = true;
   for (std::filesystem::directory_iterator it(dir_, ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (name.find(kTmpInfix) != std::string::npos || name.rfind(kProbePrefix, 0) == 0) {
       std::error_code ignored;
       std::filesystem::remove(it->path(), ignored);
-      continue;
+    } else if (absl::EndsWith(name, kSuffix) || absl::StrContains(name, ".jobstate.corrupt-")) {
+      tightened += MakeOwnersAlone(it->path().string());
+    } else {
+      only_checkpoints = false;
     }
-    const std::string path = it->path().string();
-    if (struct stat st; lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-                        st.st_uid == geteuid() && (st.st_mode & 077)) {
-      tightened += chmod(path.c_str(), st.st_mode & 0700) == 0;
-    }
+  }
+  // The folder too, when it holds gstabd's files alone (a Kubernetes hostPath folder is made
+  // 0755): not a folder shared with others (--state_dir=/tmp, a home folder).
+  if (struct stat st; !ec && only_checkpoints && fstat(lock_fd_, &st) == 0 &&
+                      st.st_uid == geteuid() && (st.st_mode & 077) != 0) {
+    tightened += fchmod(lock_fd_, st.st_mode & 07700) == 0;
+  } else if (fstat(lock_fd_, &st) == 0 && (st.st_mode & 077) != 0) {
+    LOG(WARNING) << "state directory '" << dir_ << "' is open to others (mode "
+                 << absl::StrFormat("%04o", st.st_mode & 07777)
+                 << "): its checkpoints are not, but their job names are listed there; give "
+                 << "gstabd a folder of its own, mode 0700";
   }
   if (tightened > 0) {
     LOG(INFO) << "state directory '" << dir_ << "': took group and other access away from "
-              << tightened << " of its entries (the folder or files in it): checkpoints are "
-              << "gstabd's user's alone";
+              << tightened << " of its entries (the folder, checkpoints of earlier releases): "
+              << "they are gstabd's user's alone";
   }
   return absl::OkStatus();
 }

@@ -104,14 +104,34 @@ TEST(StateStoreTest, AFolderFoundOpenAndItsFilesAreMadeOwnersAlone) {
   }
   ASSERT_EQ(::chmod(state.c_str(), 0755), 0);
   ASSERT_EQ(::chmod((state + "/old.jobstate").c_str(), 0640), 0);
-  StateStore store(state);
-  ASSERT_TRUE(store.Init().ok());
-  struct stat st;
-  ASSERT_EQ(::stat(state.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0700u);
-  ASSERT_EQ(::stat((state + "/old.jobstate").c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0600u);
-  EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"old"});
+  auto mode = [](const std::string& path) {
+    struct stat st;
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+    return st.st_mode & 07777;
+  };
+  {
+    StateStore store(state);
+    ASSERT_TRUE(store.Init().ok());
+    EXPECT_EQ(mode(state), 0700u);
+    EXPECT_EQ(mode(state + "/old.jobstate"), 0600u);
+    EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"old"});
+  }
+  // A folder shared with other files (--state_dir=/tmp, say) is left as it is, and so are the
+  // files that are not gstabd's, and those a checkpoint's name links to.
+  ASSERT_EQ(::chmod(state.c_str(), 01777), 0);
+  ASSERT_EQ(::chmod((state + "/old.jobstate").c_str(), 0640), 0);
+  const std::string other = dir.path() + "/elsewhere";
+  std::ofstream(other) << "x";
+  ASSERT_EQ(::chmod(other.c_str(), 0644), 0);
+  ASSERT_EQ(::symlink(other.c_str(), (state + "/link.jobstate").c_str()), 0);
+  std::ofstream(state + "/notes.txt") << "x";
+  ASSERT_EQ(::chmod((state + "/notes.txt").c_str(), 0644), 0);
+  StateStore shared(state);
+  ASSERT_TRUE(shared.Init().ok());
+  EXPECT_EQ(mode(state), 01777u);
+  EXPECT_EQ(mode(state + "/old.jobstate"), 0600u);
+  EXPECT_EQ(mode(state + "/notes.txt"), 0644u);
+  EXPECT_EQ(mode(other), 0644u);
 }
 
 // One store (one gstabd) a folder at a time: another's Init is refused, and sweeps none of the
