@@ -159,9 +159,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
       "gstab_rpc_errors_total",
       "Calls gstabd answered with an error, by RPC method and gRPC status code.",
       {"method", "code"});
-  // Step's series from the start, so that an alert on their increase sees the first error.
+  // Step's series from the start, and those of the other calls refused at a cap, so that an
+  // alert on their increase sees the first error (GstabStepsFailing, GstabRefusingAtItsCaps).
   for (int code = 1; code <= static_cast<int>(absl::StatusCode::kUnauthenticated); ++code) {
     errors->Add({"Step", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}, 0);
+  }
+  for (const char* method :
+       {"Attach", "RegisterBuffers", "CreateRendezvous", "ImportState", "WatchEvents"}) {
+    errors->Add({method, absl::StatusCodeToString(absl::StatusCode::kResourceExhausted)}, 0);
   }
   server->service_ = std::make_unique<StabilizerService>(
       server->daemon_.get(), &server->events_, &server->peers_, errors, options.max_event_streams,

@@ -50,6 +50,12 @@ TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServ
       get->body.find("gstab_rpc_errors_total{method=\"Step\",code=\"DEADLINE_EXCEEDED\"} 0\n"),
       std::string::npos)
       << get->body;
+  // And the calls refused at a cap: the first refusal is an increase (GstabRefusingAtItsCaps).
+  EXPECT_NE(
+      get->body.find(
+          "gstab_rpc_errors_total{method=\"RegisterBuffers\",code=\"RESOURCE_EXHAUSTED\"} 0\n"),
+      std::string::npos)
+      << get->body;
   const std::string file = dir_.path() + "/scrape.txt";
   std::ofstream(file) << get->body;
   auto [rc, out] = testing::RunShell("promtool check metrics < " + file);
