@@ -50,9 +50,6 @@ def bad_values(args):
         (["--set", "terminationGracePeriodSeconds=0"], "/terminationGracePeriodSeconds"),
         # Shorter than a stop's drain and its two checkpoints.
         (["--set", "terminationGracePeriodSeconds=20"], "/terminationGracePeriodSeconds"),
-        # An email address without "email:" names no certificate (gstabd's names: daemon.md).
-        (["--set", "api.enabled=true", "--set", "api.tlsSecret=s",
-          "--set", "api.operators={ops@example.org}"], 'write "email:ops@example.org"'),
         (["--set", "metrics.listenOnPodIP=yes"], "/metrics/listenOnPodIP"),
         # gstabd has no CAP_NET_BIND_SERVICE, and its --max_groups is 32-bit.
         (["--set", "metrics.port=80"], "/metrics/port"),
@@ -81,3 +78,6 @@ def check_managed_flags(args, kinds, extra):
         check(rc != 0 and f"may not set --{name}" in err,
               f"extraArgs={{--{name}=1}} was not refused, though the chart sets --{name}: rc={rc}"
               f"\n{err}")
+    # One the chart sets only with a value is the user's without it.
+    rc, _, err = helm(args, "--set", "extraArgs={--metrics_address=10.0.0.1}")
+    check(rc == 0, f"extraArgs --metrics_address refused without metrics.listenOnPodIP:\n{err}")

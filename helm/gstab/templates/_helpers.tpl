@@ -119,10 +119,11 @@ Values the chart's own arguments depend on, checked before anything renders: ext
 set a flag the chart sets, nor extraEnv a variable it sets (the probes, mounts and ports follow the chart's); the allow-lists
 must admit `helm test` and `kubectl exec` (gstabd's runAsUser, gid socket.gid or its runAsGroup: the probes use the
 probes' socket, which admits gstabd's uid and root whatever the lists say); the peer and metrics ports differ (both are
-host ports with peer.enabled); operators' names with "@" are email addresses, which start "email:".
+host ports with peer.enabled);
 */}}
 {{- define "gstab.checkValues" -}}
-{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "metrics_address" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
+{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
+{{- if .Values.metrics.listenOnPodIP }}{{ $managed = append $managed "metrics_address" }}{{ end -}}
 {{- range .Values.extraArgs -}}
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
 {{- if has $flag $managed -}}
@@ -154,11 +155,6 @@ host ports with peer.enabled); operators' names with "@" are email addresses, wh
 {{- end -}}
 {{- if and .Values.networkPolicy.apiFrom (not .Values.api.enabled) -}}
 {{- fail "networkPolicy.apiFrom admits clients to gstabd's TCP API: set api.enabled=true (and api.tlsSecret) too, or leave networkPolicy.apiFrom empty" -}}
-{{- end -}}
-{{- range .Values.api.operators -}}
-{{- if and (contains "@" .) (not (hasPrefix "email:" .)) -}}
-{{- fail (printf "api.operators entry %q is an email address: gstabd names a certificate by its email address as \"email:ADDRESS\", so this entry would name no certificate; write \"email:%s\"" . .) -}}
-{{- end -}}
 {{- end -}}
 {{- if and .Values.api.operators (not .Values.api.enabled) -}}
 {{- fail "api.operators names certificates of gstabd's TCP port: set api.enabled=true (and api.tlsSecret) too, or leave api.operators empty" -}}
