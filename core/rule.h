@@ -70,20 +70,30 @@ GSTAB_HD inline double StabilizeTarget(const RuleParams& p, const GroupStats& s)
 }
 
 // ZClip: returns the norm to clip to (n itself when no clipping applies) and updates its EMA.
-// The EMA is set up once, from the plain mean and variance of every accepted step until then:
-// at the warm-up's last step, or at the first step past it when the warm-up was shortened (an
-// UpdateConfig, an import) after its end. A set-up mean is positive (accepted norms are), so a
-// mean of 0 is one not set up yet, and a warm-up lengthened later is not entered again.
+// The EMA is set up once: at the warm-up's last step from the plain mean and variance of the
+// warm-up's norms, or, when the warm-up was shortened below the steps taken (an UpdateConfig, an
+// import), at the next step from the spike detector's running statistics of every accepted
+// step (this step's included). A set-up mean is positive (accepted norms are), so a mean of 0 is
+// one not set up yet, and a warm-up lengthened later is not entered again.
 GSTAB_HD inline double ZClipTarget(const RuleParams& p, GroupStats* s, double n) {
   const uint64_t k = s->t;  // this step's index among accepted steps, 1-based
   const uint64_t warmup = p.zclip_warmup_steps > 0 ? p.zclip_warmup_steps : 1;
   if (!(s->zclip_mean > 0.0)) {
-    s->zclip_warm_sum += n;
-    s->zclip_warm_sumsq += n * n;
-    if (k >= warmup) {
-      const double kd = static_cast<double>(k);
-      s->zclip_mean = s->zclip_warm_sum / kd;
-      s->zclip_var = Max(0.0, s->zclip_warm_sumsq / kd - s->zclip_mean * s->zclip_mean);
+    if (k > warmup) {
+      // The warm-up sums may cover fewer steps than k (a state of a release that let them stop
+      // short): the detector's statistics cover them all. Its mean is positive after an
+      // accepted step, unless the state lacks it: then this norm.
+      const bool detector = s->spike_mean > 0.0;
+      s->zclip_mean = detector ? s->spike_mean : n;
+      s->zclip_var = detector ? s->spike_var : 0.0;
+    } else {
+      s->zclip_warm_sum += n;
+      s->zclip_warm_sumsq += n * n;
+      if (k == warmup) {
+        const double kd = static_cast<double>(k);
+        s->zclip_mean = s->zclip_warm_sum / kd;
+        s->zclip_var = Max(0.0, s->zclip_warm_sumsq / kd - s->zclip_mean * s->zclip_mean);
+      }
     }
     return p.zclip_max_norm > 0.0 ? Min(n, p.zclip_max_norm) : n;
   }
