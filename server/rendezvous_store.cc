@@ -52,11 +52,15 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
 bool RendezvousStore::MakeRoom(const std::string& keep, size_t more) {
   std::vector<std::pair<absl::Time, std::string>> idle;  // (last use, token)
   const absl::Time unused_since = absl::Now() - idle_evictable_;
+  size_t idle_bytes = 0;
   for (const auto& [token, space] : spaces_) {
     if (token != keep && space.bytes > 0 && space.used <= unused_since) {
       idle.emplace_back(space.used, token);
+      idle_bytes += space.bytes;
     }
   }
+  // None forgotten for nothing: their jobs keep naming a node they lose.
+  if (total_bytes_ + more > max_total_bytes_ + idle_bytes) return false;
   std::sort(idle.begin(), idle.end());
   size_t forgotten = 0;
   for (const auto& [used, token] : idle) {

@@ -120,6 +120,12 @@ TEST(RendezvousStoreTest, AFullStoreForgetsTheLeastRecentlyUsedIdleRendezvous) {
   EXPECT_EQ(store.Get(oldest, "k").status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE(store.Get(older, "k").ok());
 
+  // Too little idle to make room: refused, and nothing forgotten for it.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(store.Set(fresh, "big", std::string(8 * 1024, 'x')).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store.Get(older, "k").ok());
+
   // Nothing idle: refused, naming the caps.
   RendezvousStore busy(1024, 2 * 1024 + 64);
   const std::string a = busy.NewToken("a"), b = busy.NewToken("b");
