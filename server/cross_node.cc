@@ -34,7 +34,8 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
                      failure.message()));
   }
   // A gstabd's stop, this one's (not counted as a failing step) or another node's (its store's).
-  if (c->Stopping() || absl::StrContains(failure.message(), kThisGstabdStopping)) {
+  if (c->Stopping() || absl::StrContains(failure.message(), kThisGstabdStopping) ||
+      absl::StrContains(failure.message(), kStoreStopping)) {
     return AsStopping(
         *c, absl::UnavailableError(absl::StrCat(
                 "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),

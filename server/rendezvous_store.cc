@@ -161,7 +161,7 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
     if (done || absl::Now() >= deadline) break;
     if (cancelled && cancelled()) return absl::CancelledError("the wait was cancelled");
   }
-  if (closed_) return StoppingError("this gstabd is stopping");
+  if (closed_) return StoppingError(kStoreStopping);  // read by the other nodes
   if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();
   if (!done) return absl::DeadlineExceededError(absl::StrCat("key '", missing, "' was not set"));
   return absl::OkStatus();

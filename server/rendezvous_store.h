@@ -23,6 +23,9 @@ namespace gstab {
 // How the store's refusal of a token it does not hold begins (a communicator's failure that
 // carries it names no missing node: cross_node.cc).
 inline constexpr char kUnknownToken[] = "unknown or expired rendezvous token";
+// Its answer while its gstabd (node 0's) stops, which the other nodes read: no node is missing.
+inline constexpr char kStoreStopping[] =
+    "node 0's gstabd, which serves the job's rendezvous store, is stopping";
 
 class RendezvousStore {
  public:

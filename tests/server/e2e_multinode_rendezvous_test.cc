@@ -307,6 +307,38 @@ TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
       << cluster.daemon(1).Log();
 }
 
+// Node 0 stopping first, while node 1's step waits in its store for a node that never came:
+// node 1 is told that node 0's gstabd is stopping (it read "this gstabd is stopping", its own
+// gstabd running on).
+TEST(MultiNodeStopTest, NodeZerosStopIsSaidSoOnTheOtherNodes) {
+  Cluster cluster(2, {"--step_timeout_ms=20000"});
+  auto client = Client::Connect(cluster.daemon(0).socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("zero-stops", 3);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  for (uint32_t n = 0; n < 2; ++n) {
+    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("zero-stops", n, 3, *blob));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  absl::Status stepped;
+  workers[1]->Fill(1, 1);
+  std::thread stepping([&] { stepped = workers[1]->client().Step(1).status(); });
+  absl::SleepFor(absl::Seconds(1));  // in the step's wait in node 0's store for node 2
+  EXPECT_EQ(cluster.daemon(0).Stop().value_or(-1), 0) << cluster.daemon(0).Log();
+  stepping.join();
+  std::cerr << "node 0 stopping, node 1's step: " << stepped << "\n";
+  EXPECT_FALSE(stepped.ok());
+  EXPECT_NE(stepped.message().find("node 0's gstabd, which serves the job's rendezvous store, is "
+                                   "stopping"),
+            std::string::npos)
+      << stepped;
+  EXPECT_EQ(stepped.message().find("this gstabd is stopping"), std::string::npos) << stepped;
+  EXPECT_EQ(cluster.daemon(1).Log().find("did not respond"), std::string::npos)
+      << cluster.daemon(1).Log();
+}
+
 // Past the connection: a step in Gloo's exchange, waiting for a node whose worker never steps
 // (its gstabd alive). Nothing ends that exchange before the step timeout: the stop exits
 // without it, statistics saved (it held the stop for the step timeout, with the state folder
