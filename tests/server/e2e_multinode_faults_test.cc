@@ -344,14 +344,10 @@ TEST(MultiNodeFaultTest, StalledNodeFailsTheOthersWithinTheDeadline) {
 // 4,096 nodes took 50 s and a 24 KB message).
 TEST(MultiNodeFaultTest, OnlyTheFirstMissingNodesAreNamed) {
   Cluster cluster(1, {"--step_timeout_ms=2000"});
-  auto client = Client::Connect(cluster.daemon(0).socket());
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("many", 64);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  auto alone = TestWorker::Create(cluster.daemon(0).socket(), NodeOptions("many", 0, 64, *blob));
-  ASSERT_TRUE(alone.ok()) << alone.status();
-  (*alone)->Fill(1, 1);
-  absl::StatusOr<v1::StepResponse> r = (*alone)->client().Step(1);
+  std::vector<std::unique_ptr<TestWorker>> alone = cluster.AttachFirstOf("many", 64);
+  ASSERT_TRUE(alone[0] != nullptr);
+  alone[0]->Fill(1, 1);
+  absl::StatusOr<v1::StepResponse> r = alone[0]->client().Step(1);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("node(s) 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, "
                                       "15, 16 (and maybe more: the first ones asked about) of 64"),

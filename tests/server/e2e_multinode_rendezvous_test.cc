@@ -277,17 +277,9 @@ TEST(MultiNodeFaultTest, ABlobMadeOnEachNodeIsSaidSo) {
 // gstabd exits 0 with its statistics saved.
 TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
   Cluster cluster(2, {"--step_timeout_ms=60000"});
-  auto client = Client::Connect(cluster.daemon(0).socket());
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("partial", 3);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  std::vector<std::unique_ptr<TestWorker>> workers;
+  std::vector<std::unique_ptr<TestWorker>> workers = cluster.AttachFirstOf("partial", 3);
+  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
   std::vector<std::thread> stepping;
-  for (uint32_t n = 0; n < 2; ++n) {
-    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("partial", n, 3, *blob));
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
   std::vector<absl::Status> stepped(2);
   for (size_t n = 0; n < 2; ++n) {
     workers[n]->Fill(1, 1);
@@ -312,16 +304,8 @@ TEST(MultiNodeStopTest, AStepWaitingForAbsentNodesDoesNotHoldTheStop) {
 // gstabd running on).
 TEST(MultiNodeStopTest, NodeZerosStopIsSaidSoOnTheOtherNodes) {
   Cluster cluster(2, {"--step_timeout_ms=20000"});
-  auto client = Client::Connect(cluster.daemon(0).socket());
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("zero-stops", 3);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  for (uint32_t n = 0; n < 2; ++n) {
-    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("zero-stops", n, 3, *blob));
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
+  std::vector<std::unique_ptr<TestWorker>> workers = cluster.AttachFirstOf("zero-stops", 3);
+  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
   absl::Status stepped;
   workers[1]->Fill(1, 1);
   std::thread stepping([&] { stepped = workers[1]->client().Step(1).status(); });
@@ -345,16 +329,8 @@ TEST(MultiNodeStopTest, NodeZerosStopIsSaidSoOnTheOtherNodes) {
 // locked against a replacement).
 TEST(MultiNodeStopTest, AStepWaitingInTheExchangeDoesNotHoldTheStop) {
   Cluster cluster(2, {"--step_timeout_ms=60000"});
-  auto client = Client::Connect(cluster.daemon(0).socket());
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::string> blob = (*client)->CreateRendezvous("exchange", 2);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  std::vector<std::unique_ptr<TestWorker>> workers;
-  for (uint32_t n = 0; n < 2; ++n) {
-    auto w = TestWorker::Create(cluster.daemon(n).socket(), NodeOptions("exchange", n, 2, *blob));
-    ASSERT_TRUE(w.ok()) << w.status();
-    workers.push_back(*std::move(w));
-  }
+  std::vector<std::unique_ptr<TestWorker>> workers = cluster.Attach("exchange");
+  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
   std::vector<std::thread> stepping;
   for (size_t n = 0; n < 2; ++n) {
     workers[n]->Fill(1, 1);

@@ -28,13 +28,14 @@ inline AttachOptions NodeOptions(const std::string& job, uint32_t node, uint32_t
   return o;
 }
 
-// One worker per daemon, attached to `job` as node i of daemons.size() with `blob`.
+// One worker per daemon, attached to `job` as node i of `nodes` (0: daemons.size(); more: the
+// others never come) with `blob`.
 inline std::vector<std::unique_ptr<TestWorker>> AttachNodes(
     const std::vector<std::unique_ptr<DaemonProcess>>& daemons, const std::string& job,
-    const std::string& blob) {
+    const std::string& blob, uint32_t nodes = 0) {
   std::vector<std::unique_ptr<TestWorker>> workers;
-  const auto nodes = static_cast<uint32_t>(daemons.size());
-  for (uint32_t i = 0; i < nodes; ++i) {
+  if (nodes == 0) nodes = static_cast<uint32_t>(daemons.size());
+  for (uint32_t i = 0; i < daemons.size(); ++i) {
     auto w = TestWorker::Create(daemons[i]->socket(), NodeOptions(job, i, nodes, blob));
     EXPECT_TRUE(w.ok()) << w.status();
     workers.push_back(w.ok() ? *std::move(w) : nullptr);
@@ -61,11 +62,13 @@ class Cluster {
   DaemonProcess& daemon(int node) { return *daemons_[node]; }
   int size() const { return static_cast<int>(daemons_.size()); }
 
-  // A fresh rendezvous from node 0's daemon (what global rank 0 does).
-  std::string Rendezvous(const std::string& job) {
+  // A fresh rendezvous from node 0's daemon (what global rank 0 does), of `nodes` nodes (0: the
+  // cluster's).
+  std::string Rendezvous(const std::string& job, uint32_t nodes = 0) {
     auto client = Client::Connect(daemons_[0]->socket());
     EXPECT_TRUE(client.ok());
-    absl::StatusOr<std::string> blob = (*client)->CreateRendezvous(job, size());
+    absl::StatusOr<std::string> blob =
+        (*client)->CreateRendezvous(job, nodes == 0 ? size() : nodes);
     EXPECT_TRUE(blob.ok()) << blob.status();
     return blob.value_or("");
   }
@@ -75,6 +78,10 @@ class Cluster {
   }
   std::vector<std::unique_ptr<TestWorker>> Attach(const std::string& job, const std::string& blob) {
     return AttachNodes(daemons_, job, blob);
+  }
+  // The cluster's nodes as the first of a job of `nodes` nodes, whose others never come.
+  std::vector<std::unique_ptr<TestWorker>> AttachFirstOf(const std::string& job, uint32_t nodes) {
+    return AttachNodes(daemons_, job, Rendezvous(job, nodes), nodes);
   }
 
  private:
