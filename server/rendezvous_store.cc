@@ -50,6 +50,7 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
 }
 
 bool RendezvousStore::MakeRoom(const std::string& keep, size_t more) {
+  if (total_bytes_ + more <= max_total_bytes_) return true;
   std::vector<std::pair<absl::Time, std::string>> idle;  // (last use, token)
   const absl::Time unused_since = absl::Now() - idle_evictable_;
   size_t idle_bytes = 0;
@@ -82,10 +83,8 @@ absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string&
     return absl::PermissionDeniedError(absl::StrCat(
         kUnknownToken,
         ": node 0's store keeps the two newest rendezvous each caller made of a job, up to its "
-        "caps "
-        "over all jobs (a newer blob was made twice since, the caps pushed it out, or node 0's "
-        "gstabd restarted); "
-        "make a new one and attach every worker with it"));
+        "caps over all jobs (a newer blob was made twice since, the caps pushed it out, or node "
+        "0's gstabd restarted); make a new one and attach every worker with it"));
   }
   it->second.used = absl::Now();
   return &it->second;
