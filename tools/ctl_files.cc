@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/fd_read.h"
+#include "tools/ctl_common.h"
 
 namespace gstab::ctl {
 namespace {
@@ -58,17 +59,20 @@ absl::Status WriteWhole(const std::string& path, const std::string& bytes) {
   }
   const std::string partial = absl::StrCat(target, ".partial.", ::getpid());
   const mode_t mode = exists ? (st.st_mode & 07777) : 0666;  // a new file: as the umask says
-  const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) return CannotWrite(path, errno);
+  const int fd = OpenPartialFile(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) {
+    const int err = errno;
+    NoPartialFile();
+    return CannotWrite(path, err);
+  }
   int e = WriteAll(fd, bytes);
   if (e == 0 && exists && ::fchmod(fd, mode) != 0) e = errno;  // the umask may have cut it
   if (e == 0 && ::fsync(fd) != 0) e = errno;
   if (::close(fd) != 0 && e == 0) e = errno;
   if (e == 0 && ::rename(partial.c_str(), target.c_str()) != 0) e = errno;
-  if (e != 0) {
-    ::unlink(partial.c_str());
-    return CannotWrite(path, e);
-  }
+  if (e != 0) ::unlink(partial.c_str());
+  NoPartialFile();
+  if (e != 0) return CannotWrite(path, e);
   // The rename made durable: without the folder's sync, a crash could leave the previous file
   // (or none) under the name after "exported". A file system without it (EINVAL) has nothing to
   // lose, and a folder this user may write but not read (a drop folder) cannot be synced.

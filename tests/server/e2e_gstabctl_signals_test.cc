@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/server/e2e_trainer_fixture.h"
@@ -43,6 +45,42 @@ TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
   auto [rc, forgot] = Ctl("forget --job=interrupted");
   EXPECT_EQ(rc, 0) << forgot;
   EXPECT_NE(Ctl("events --job=interrupted").second.find("observer: "), std::string::npos);
+}
+
+// Ctrl-C while an export writes its file leaves no temporary file behind (`<out>.partial.<pid>`,
+// which nothing would remove): strace holds gstabctl's fsync of it 4 s, and the signal comes
+// while it waits.
+TEST_F(E2eGstabctlTest, AnInterruptedExportLeavesNoTemporaryFile) {
+  Train("cut-short", {"--steps=5", "--print_every=1000"});
+  const std::string folder = dir_.path() + "/exports";
+  ASSERT_EQ(mkdir(folder.c_str(), 0700), 0);
+  absl::StatusOr<testing::Subprocess> traced = testing::Subprocess::Start(
+      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=fsync", "-e",
+       "inject=fsync:delay_exit=4000000:when=1", testing::BinaryPath("tools/gstabctl"),
+       "--socket=" + daemon_->socket(), "export", "--job=cut-short",
+       "--out=" + folder + "/cut-short.state"});
+  ASSERT_TRUE(traced.ok()) << traced.status();
+  auto entries = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(folder)) {
+      names.push_back(e.path().filename().string());
+    }
+    return names;
+  };
+  bool writing = false;  // the temporary file is there: in its fsync
+  for (int i = 0; i < 100 && !writing; ++i) {
+    for (const std::string& name : entries())
+      writing |= name.find(".partial.") != std::string::npos;
+    if (!writing) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(writing);
+  std::ifstream children(
+      absl::StrCat("/proc/", traced->pid(), "/task/", traced->pid(), "/children"));
+  pid_t ctl = 0;
+  ASSERT_TRUE(children >> ctl) << "gstabctl under strace";
+  ASSERT_EQ(kill(ctl, SIGINT), 0);
+  EXPECT_EQ(traced->Wait(absl::Seconds(20)).value_or(-1), 128 + SIGINT);
+  EXPECT_EQ(entries(), std::vector<std::string>{});
 }
 
 // A signal that comes while gstabctl's attach is in flight waits for its answer, and detaches
