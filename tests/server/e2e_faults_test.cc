@@ -519,5 +519,19 @@ TEST_F(E2eFaultsTest, TrainerSurvivesSpikesWithStabilizeAndDivergesWithout) {
   EXPECT_NE(run("stabilize").find("diverged=no"), std::string::npos);
 }
 
+// A misspelt policy is refused, naming those there are (it ran `stabilize`, and its SUMMARY
+// named the misspelling).
+TEST_F(E2eFaultsTest, TrainerRefusesAPolicyItDoesNotKnow) {
+  absl::StatusOr<Subprocess> p = Subprocess::Start({testing::BinaryPath("examples/mlp_trainer"),
+                                                    "--socket=" + daemon_->socket(),
+                                                    "--job=trainer-typo", "--policy=stabilise"});
+  ASSERT_TRUE(p.ok());
+  const std::string out = p->ReadAll();
+  EXPECT_EQ(p->Wait(absl::Seconds(30)).value_or(-1), 1) << out;
+  EXPECT_NE(out.find("unknown --policy 'stabilise': none, stabilize, stabilize-stable-spam"),
+            std::string::npos)
+      << out;
+}
+
 }  // namespace
 }  // namespace gstab
