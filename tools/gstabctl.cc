@@ -109,6 +109,19 @@ int Events() {
   request.set_job(absl::GetFlag(FLAGS_job));
   request.set_follow(absl::GetFlag(FLAGS_follow));
   request.set_recent(absl::GetFlag(FLAGS_recent));
+  if (request.follow() && !request.job().empty()) {
+    // Followed, a job not there yet is waited for (a watcher started before its job), and said
+    // so: a misspelt name would otherwise wait in silence.
+    absl::StatusOr<v1::ListJobsResponse> jobs = ListJobs(client->get(), 0, /*retired=*/true);
+    if (!jobs.ok()) return Fail(jobs.status());
+    OnlyJob(&*jobs, request.job());
+    if (jobs->jobs().empty()) {
+      std::fprintf(stderr,
+                   "gstabctl: gstabd holds no job '%s' and no checkpoint of it yet: waiting for "
+                   "its events (check the name)\n",
+                   request.job().c_str());
+    }
+  }
   grpc::ClientContext ctx;
   if (!request.follow()) SetDeadline(&ctx);
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);

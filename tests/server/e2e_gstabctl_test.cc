@@ -133,6 +133,20 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   auto [urc, unknown] = Ctl("events --job=absent");  // as status says of a job it lacks
   EXPECT_EQ(urc, 1) << unknown;
   EXPECT_NE(unknown.find("no job 'absent'"), std::string::npos) << unknown;
+  // Followed, it waits for the job (a watcher started first), saying so: until the job comes
+  // and steps, here at once; a misspelt name would otherwise wait in silence.
+  testing::Subprocess watcher = *testing::Subprocess::Start({testing::BinaryPath("tools/gstabctl"),
+                                                             "--socket=" + daemon_->socket(),
+                                                             "events", "--job=later", "--follow"});
+  absl::SleepFor(absl::Milliseconds(500));
+  Train("later", {"--steps=3", "--print_every=1000"});
+  watcher.Signal(SIGTERM);
+  const std::string waited = watcher.ReadAll();
+  EXPECT_NE(waited.find("no job 'later' and no checkpoint of it yet: waiting for its events"),
+            std::string::npos)
+      << waited;
+  EXPECT_NE(waited.find("ATTACH"), std::string::npos) << waited;
+  (void)watcher.Wait(absl::Seconds(10));
   auto [hrc, help] = Ctl("--help");         // lists the commands and succeeds
   EXPECT_EQ(hrc, 0) << help;
   EXPECT_NE(help.find("  export --job=J --out=FILE|-\n"), std::string::npos) << help;
