@@ -146,15 +146,22 @@ TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {
   }
 }
 
+// A worker on each node of `cluster`, attached to `job` and through its first step.
+void AttachAndStepOnce(Cluster* cluster, const std::string& job,
+                       std::vector<std::unique_ptr<TestWorker>>* workers) {
+  *workers = cluster->Attach(job);
+  ASSERT_EQ(workers->size(), static_cast<size_t>(cluster->size()));
+  for (auto& w : *workers) w->Fill(1, 1);
+  for (auto& r : StepAll(*workers, Same(workers->size(), 1))) ASSERT_TRUE(r.ok()) << r.status();
+}
+
 // A node lost once node 0's store has let go of the job's rendezvous (two newer of the job
 // made since, or its cap): the others cannot ask the store which node is missing, and say so
 // with its answer, blaming no node (they named node 0, which was there).
 TEST(MultiNodeFaultTest, ANodeLostAfterTheStoreLetGoOfTheRendezvousBlamesNoNode) {
   Cluster cluster(3);
-  auto workers = cluster.Attach("let-go");
-  ASSERT_EQ(workers.size(), 3u);
-  for (size_t n = 0; n < 3; ++n) workers[n]->Fill(1, 1);
-  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  ASSERT_NO_FATAL_FAILURE(AttachAndStepOnce(&cluster, "let-go", &workers));
   for (int newer = 0; newer < 2; ++newer) ASSERT_FALSE(cluster.Rendezvous("let-go").empty());
   cluster.daemon(2).process().Signal(SIGKILL);
   ASSERT_TRUE(cluster.daemon(2).process().Wait(absl::Seconds(10)).ok());
@@ -174,10 +181,8 @@ TEST(MultiNodeFaultTest, ANodeLostAfterTheStoreLetGoOfTheRendezvousBlamesNoNode)
 // others name node 0, which is what is missing.
 TEST(MultiNodeFaultTest, AStalledNodeZeroIsNamed) {
   Cluster cluster(3);
-  auto workers = cluster.Attach("stalled-zero");
-  ASSERT_EQ(workers.size(), 3u);
-  for (size_t n = 0; n < 3; ++n) workers[n]->Fill(1, 1);
-  for (auto& r : StepAll(workers, Same(3, 1))) ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  ASSERT_NO_FATAL_FAILURE(AttachAndStepOnce(&cluster, "stalled-zero", &workers));
   ASSERT_TRUE(cluster.daemon(0).process().Stop());
   std::vector<std::unique_ptr<TestWorker>> others;
   others.push_back(std::move(workers[1]));
