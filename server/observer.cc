@@ -82,9 +82,15 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
   // aggregate when there is none now: their series go rather than stand still at old values,
   // and the groups' places go to others.
   std::vector<std::string> gone;
+  bool config_taken = false;  // a newer configuration no change announced here
   {
     absl::MutexLock lock(&mu_);
     JobState& state = jobs_[job];
+    if (step.config_version() > state.config_version) {
+      config_taken = state.config_known;
+      state.config_version = step.config_version();
+    }
+    state.config_known = true;
     std::set<std::string>& names = state.exported_groups;
     size_t present = 0;
     for (int i = 0; i < step.groups_size(); ++i) {
@@ -178,6 +184,14 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
     s.recent.push_back(norm);
     if (s.recent.size() > kRecentNorms) s.recent.pop_front();
   }
+  if (config_taken) {  // before the step's own events: it ran with it
+    const uint64_t at = step.results_step() != 0 ? step.results_step() : step.step();
+    v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, at);
+    e.set_detail(absl::StrCat("version ", step.config_version(), " from step ", at,
+                              " on: node 0's, taken by this node (a job across nodes runs "
+                              "node 0's configuration)"));
+    bus_->Publish(std::move(e));
+  }
   PublishStepEvents(job, step, norm, was_diverging);
 }
 
@@ -242,6 +256,12 @@ void Observer::OnDetach(const std::string& job, uint32_t local_rank, bool observ
 
 void Observer::OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
                               const std::string& changes) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = jobs_.find(job); it != jobs_.end() && version > it->second.config_version) {
+      it->second.config_version = version;  // its steps from now on are not announced again
+    }
+  }
   v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, 0);
   e.set_detail(absl::StrCat("version ", version, ": policy ", policy,
                             changes.empty() ? "" : "; changed: ", changes));

@@ -67,6 +67,10 @@ class Observer {
     std::deque<double> recent;              // job-level norms, oldest first
     std::set<std::string> exported_groups;  // at most max_groups_
     bool aggregated = false;                // the last step had groups past max_groups_
+    // The configuration version the job's steps ran with, once a step or a change said it: a
+    // step of a newer one that no change announced (a node taking node 0's) is announced.
+    uint64_t config_version = 0;
+    bool config_known = false;
   };
   void PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                          bool was_diverging);

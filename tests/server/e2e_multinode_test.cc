@@ -128,6 +128,18 @@ TEST(MultiNodeConfigTest, EveryNodeStepsWithNodeZerosConfiguration) {
   ASSERT_TRUE(workers[0]->client().UpdateConfig(monitor).ok());
   for (double scale : step_all(5)) EXPECT_EQ(scale, 1.0) << "monitor changes no gradient";
   EXPECT_EQ(policy(1), v1::POLICY_MONITOR);
+  // Each node's event stream says its job's configuration changed: node 0's at the change,
+  // node 1's at the step it took node 0's (it said nothing).
+  auto events = [&](int node) {
+    return testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" +
+                             cluster.daemon(node).socket() + " events --job=configured")
+        .second;
+  };
+  const std::string zero = events(0), one = events(1);
+  EXPECT_NE(zero.find("  CONFIG  "), std::string::npos) << zero;
+  EXPECT_EQ(zero.find("taken by this node"), std::string::npos) << zero;
+  EXPECT_NE(one.find("node 0's, taken by this node"), std::string::npos) << one;
+  EXPECT_EQ(one.find("  CONFIG  "), one.rfind("  CONFIG  ")) << one;  // once
 
   // A worker of node 1 that attaches again with its own configuration is not refused for it.
   v1::PolicyConfig stabilize;
