@@ -25,7 +25,9 @@ namespace {
 // Time the survivors give each other to report after a failure, to name who is missing.
 constexpr absl::Duration kDiagnoseTimeout = absl::Seconds(1);
 
-absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
+}  // namespace
+
+absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
                          const absl::Status& failure) {
   if (absl::IsFailedPrecondition(failure)) {
     // Broken at an earlier step, which named who was missing: no new diagnosis (a second each).
@@ -92,8 +94,6 @@ absl::Status NameMissing(Collective* c, const std::string& job, uint64_t step,
   LOG(WARNING) << named;  // the node's own log says so too, not only its workers'
   return AsStopping(*c, named);  // this gstabd's stop began while the store was asked
 }
-
-}  // namespace
 
 uint8_t CrossNodeMode(int reduction, uint32_t node_rank) {
   if (reduction == v1::REDUCTION_REPLICATED) return kKeepOwn;
@@ -284,7 +284,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   Records all(c->size());
   absl::Span<const char> bytes(reinterpret_cast<const char*>(record.data()), sizeof(record));
   if (absl::Status st = c->AllGather(bytes, all.bytes(), timeout); !st.ok()) {
-    return NameMissing(c, job, step, st);
+    return NameFailure(c, job, step, st);
   }
   // Every node reads the same records, so every node comes to the same verdict.
   if (all.any(kRefuses)) {
@@ -327,7 +327,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
       }
     }
   } else if (absl::Status st = c->AllReduceSum(absl::MakeSpan(data), timeout); !st.ok()) {
-    return NameMissing(c, job, step, st);
+    return NameFailure(c, job, step, st);
   }
   for (size_t g = 0; g < groups; ++g) {
     const auto having = static_cast<uint32_t>(data[2 * groups + g]);
@@ -367,11 +367,6 @@ absl::Status BroadcastValues(Collective* c, absl::Duration timeout, T* values, s
 absl::Status AsStopping(const Collective& collective, absl::Status failure) {
   if (failure.ok() || !collective.Stopping()) return failure;
   return StoppingError(failure.message());
-}
-
-absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
-                         const absl::Status& failure) {
-  return NameMissing(c, job, step, failure);
 }
 
 absl::Status SyncStatistics(Collective* c, absl::Duration timeout, std::vector<GroupStats>* stats) {

@@ -113,7 +113,7 @@ class GrpcStore final : public gloo::rendezvous::Store {
       throw std::runtime_error(absl::StrCat(kThisGstabdStopping, " (cannot ", op, " '", key,
                                             "' in the rendezvous store)"));
     }
-    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // NameMissing reads this
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // NameFailure reads this
       throw std::runtime_error(absl::StrCat(kStoreUnreachable, " (cannot ", op, " '", key,
                                             "': ", s.error_message(), ")"));
     }

@@ -10,6 +10,11 @@ namespace {
 constexpr size_t kRecentNorms = 256;
 constexpr int kEventGroups = 64;  // groups an event names (the rest are counted)
 
+// The step a step's results belong to (the CUDA backend answers before its GPU work finishes).
+uint64_t ResultsStep(const v1::StepResponse& step) {
+  return step.results_step() != 0 ? step.results_step() : step.step();
+}
+
 v1::Event MakeEvent(v1::EventType type, const std::string& job, uint64_t step) {
   v1::Event e;
   e.set_type(type);
@@ -185,7 +190,7 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
     if (s.recent.size() > kRecentNorms) s.recent.pop_front();
   }
   if (config_taken) {  // before the step's own events: it ran with it
-    const uint64_t at = step.results_step() != 0 ? step.results_step() : step.step();
+    const uint64_t at = ResultsStep(step);
     v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, at);
     e.set_detail(absl::StrCat("version ", step.config_version(), " from step ", at,
                               " on: node 0's, taken by this node (a job across nodes runs "
@@ -197,8 +202,7 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
 
 void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                                  bool was_diverging) {
-  // The step the results belong to (the CUDA backend answers before its GPU work finishes).
-  const uint64_t at = step.results_step() != 0 ? step.results_step() : step.step();
+  const uint64_t at = ResultsStep(step);
   v1::Event spike = MakeEvent(v1::EVENT_TYPE_SPIKE, job, at);
   v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, at);
   v1::Event diverging = MakeEvent(

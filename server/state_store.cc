@@ -28,6 +28,8 @@ namespace {
 constexpr char kTmpInfix[] = ".jobstate:tmp:";
 // Init's check that the folder is writable.
 constexpr char kProbePrefix[] = ".write-probe:";
+// After a checkpoint's name (<job>.jobstate), that of a file set aside (SetAside).
+constexpr char kSetAsideInfix[] = ".corrupt-";
 
 // fsync of a folder: 0, or its errno. A file system that cannot sync folders at all (EINVAL) has
 // nothing to fail.
@@ -193,7 +195,8 @@ absl::Status StateStore::Init() {
     if (name.find(kTmpInfix) != std::string::npos || name.rfind(kProbePrefix, 0) == 0) {
       std::error_code ignored;
       std::filesystem::remove(it->path(), ignored);
-    } else if (absl::EndsWith(name, kSuffix) || absl::StrContains(name, ".jobstate.corrupt-")) {
+    } else if (absl::EndsWith(name, kSuffix) ||
+               absl::StrContains(name, absl::StrCat(kSuffix, kSetAsideInfix))) {
       tightened += MakeOwnersAlone(it->path().string());
     } else {
       only_checkpoints = false;
@@ -201,14 +204,15 @@ absl::Status StateStore::Init() {
   }
   // The folder too, when it holds gstabd's files alone (a Kubernetes hostPath folder is made
   // 0755): not a folder shared with others (--state_dir=/tmp, a home folder).
-  if (struct stat st; !ec && only_checkpoints && fstat(lock_fd_, &st) == 0 &&
-                      st.st_uid == geteuid() && (st.st_mode & 077) != 0) {
-    tightened += fchmod(lock_fd_, st.st_mode & 07700) == 0;
-  } else if (fstat(lock_fd_, &st) == 0 && (st.st_mode & 077) != 0) {
-    LOG(WARNING) << "state directory '" << dir_ << "' is open to others (mode "
-                 << absl::StrFormat("%04o", st.st_mode & 07777)
-                 << "): its checkpoints are not, but their job names are listed there; give "
-                 << "gstabd a folder of its own, mode 0700";
+  if (struct stat st; fstat(lock_fd_, &st) == 0 && (st.st_mode & 077) != 0) {
+    if (!ec && only_checkpoints && st.st_uid == geteuid()) {
+      tightened += fchmod(lock_fd_, st.st_mode & 07700) == 0;
+    } else {
+      LOG(WARNING) << "state directory '" << dir_ << "' is open to others (mode "
+                   << absl::StrFormat("%04o", st.st_mode & 07777)
+                   << "): its checkpoints are not, but their job names are listed there; give "
+                   << "gstabd a folder of its own, mode 0700";
+    }
   }
   if (tightened > 0) {
     LOG(INFO) << "state directory '" << dir_ << "': took group and other access away from "
@@ -304,7 +308,7 @@ void StateStore::SetAsideCheckpoint(const std::string& job, const std::string& w
 
 void StateStore::SetAside(const std::string& path, const std::string& why) {
   // A name of its own: another set aside in the same second must not replace this one.
-  const std::string base = absl::StrCat(path, ".corrupt-", absl::ToUnixSeconds(absl::Now()));
+  const std::string base = absl::StrCat(path, kSetAsideInfix, absl::ToUnixSeconds(absl::Now()));
   std::string aside = base;
   for (int n = 1; n < 1000 && access(aside.c_str(), F_OK) == 0; ++n) {
     aside = absl::StrCat(base, ".", n);
@@ -325,7 +329,7 @@ uint32_t StateStore::RemoveSetAside(const std::string& job) {
   }
   // <job>.jobstate.corrupt-<seconds>, or .corrupt-<seconds>.<n> (SetAside): another job's
   // name never takes that form, its own file ending in .jobstate.
-  const std::string prefix = absl::StrCat(job, kSuffix, ".corrupt-");
+  const std::string prefix = absl::StrCat(job, kSuffix, kSetAsideInfix);
   auto set_aside = [&](const std::string& name) {
     if (!absl::StartsWith(name, prefix)) return false;
     const std::string rest = name.substr(prefix.size());

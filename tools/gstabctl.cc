@@ -102,6 +102,14 @@ int Status() {
   return 0;
 }
 
+// Whether gstabd holds `job` or keeps it as a checkpoint.
+absl::StatusOr<bool> Knows(Client* client, const std::string& job) {
+  absl::StatusOr<v1::ListJobsResponse> jobs = ListJobs(client, 0, /*retired=*/true);
+  if (!jobs.ok()) return jobs.status();
+  OnlyJob(&*jobs, job);
+  return !jobs->jobs().empty();
+}
+
 int Events() {
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
@@ -112,10 +120,9 @@ int Events() {
   if (request.follow() && !request.job().empty()) {
     // Followed, a job not there yet is waited for (a watcher started before its job), and said
     // so: a misspelt name would otherwise wait in silence.
-    absl::StatusOr<v1::ListJobsResponse> jobs = ListJobs(client->get(), 0, /*retired=*/true);
-    if (!jobs.ok()) return Fail(jobs.status());
-    OnlyJob(&*jobs, request.job());
-    if (jobs->jobs().empty()) {
+    absl::StatusOr<bool> known = Knows(client->get(), request.job());
+    if (!known.ok()) return Fail(known.status());
+    if (!*known) {
       std::fprintf(stderr,
                    "gstabctl: gstabd holds no job '%s' and no checkpoint of it yet: waiting for "
                    "its events (check the name)\n",
@@ -159,10 +166,9 @@ int Events() {
   }
   if (!s.ok()) return Fail(s);
   if (!printed && !request.job().empty() && !request.follow()) {  // as status and top do
-    absl::StatusOr<v1::ListJobsResponse> jobs = ListJobs(client->get(), 0, /*retired=*/true);
-    if (!jobs.ok()) return Fail(jobs.status());
-    OnlyJob(&*jobs, request.job());
-    if (jobs->jobs().empty()) {
+    absl::StatusOr<bool> known = Knows(client->get(), request.job());
+    if (!known.ok()) return Fail(known.status());
+    if (!*known) {
       return Fail(absl::NotFoundError(
           absl::StrCat("gstabd holds no job '", request.job(), "' and no checkpoint of it")));
     }
