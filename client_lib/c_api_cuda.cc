@@ -126,6 +126,9 @@ const char* gstab_cuda_group_name(const gstab_cuda_gradients* gradients, size_t 
 
 static_assert(sizeof(gstab_results_header) == sizeof(gstab::StepResultsHeader));
 static_assert(sizeof(gstab_group_outcome) == sizeof(gstab::StepOutcome));
-static_assert(GSTAB_FLAG_SKIPPED == gstab::kFlagSkipped && GSTAB_FLAG_SPIKE == gstab::kFlagSpike &&
-              GSTAB_FLAG_DIVERGING == gstab::kFlagDiverging &&
-              GSTAB_FLAG_CLIPPED == gstab::kFlagClipped);
+static_assert(
+    GSTAB_FLAG_ACCEPTED == gstab::kFlagAccepted && GSTAB_FLAG_SKIPPED == gstab::kFlagSkipped &&
+    GSTAB_FLAG_ZERO_NORM == gstab::kFlagZeroNorm && GSTAB_FLAG_SPIKE == gstab::kFlagSpike &&
+    GSTAB_FLAG_SPIKE_RATIO == gstab::kFlagSpikeRatio &&
+    GSTAB_FLAG_DIVERGING == gstab::kFlagDiverging && GSTAB_FLAG_CLIPPED == gstab::kFlagClipped &&
+    GSTAB_FLAG_MISMATCH == gstab::kFlagMismatch && GSTAB_FLAG_VOIDED == gstab::kFlagVoided);

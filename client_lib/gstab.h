@@ -240,6 +240,9 @@ typedef struct gstab_cuda_gradients gstab_cuda_gradients;
 #define GSTAB_FLAG_DIVERGING (1u << 5)
 #define GSTAB_FLAG_CLIPPED (1u << 8)
 #define GSTAB_FLAG_MISMATCH (1u << 9) /* nodes disagreed on the step or groups: nothing applied */
+/* The step was voided (a node or local GPU of the job was lost, its all-reduce aborted): nothing
+ * applied. Set with GSTAB_FLAG_SKIPPED; the norms are NaN, as nothing was measured. */
+#define GSTAB_FLAG_VOIDED (1u << 10)
 
 typedef struct {
   uint64_t step;       /* the step these results belong to (0: none yet) */

@@ -87,6 +87,8 @@ enum StepFlag : uint32_t {
   kFlagClipped = 1u << 8,          // the applied scale is below one
   kFlagMismatch = 1u << 9,         // the job's nodes disagreed on the step or the group layout:
                                    // nothing was applied (set with kFlagSkipped)
+  kFlagVoided = 1u << 10,          // CUDA: the step was voided (a node or local GPU lost, the
+                                   // all-reduce aborted): nothing was applied (with kFlagSkipped)
 };
 
 struct StepOutcome {

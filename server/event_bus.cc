@@ -32,6 +32,11 @@ EventBus::Subscription::Result EventBus::Subscription::Next(v1::Event* event,
   return Result::kEvent;
 }
 
+void EventBus::StartSequenceAt(uint64_t sequence) {
+  absl::MutexLock lock(&mu_);
+  sequence_ = sequence;
+}
+
 void EventBus::Publish(v1::Event event) {
   absl::MutexLock lock(&mu_);
   event.set_sequence(++sequence_);

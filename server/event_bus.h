@@ -53,6 +53,8 @@ class EventBus {
   explicit EventBus(size_t capacity = 1024, size_t per_job = 128, size_t total = 1024)
       : capacity_(capacity), history_(per_job, total), session_history_(per_job, total) {}
 
+  // Numbers the events from `sequence` + 1 on (no event published yet).
+  void StartSequenceAt(uint64_t sequence);
   // Stamps the sequence number and (if unset) the wall time, then delivers.
   void Publish(v1::Event event);
   // Subscribes to `job` (empty: all), first receiving up to `recent` (at most `capacity`) past

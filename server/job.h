@@ -243,15 +243,19 @@ class Job {
   // Closes the GPU pipelines (keeping their statistics); every CUDA worker registers again,
   // and hears `why` when it steps before it has. `gone`: a local rank whose worker is gone.
   // `finished` (a worker's removal): the primary's finished steps no Step has reported, for
-  // ReportGpuSteps once mu_ is released (GpuWorkers::Close says which).
+  // ReportGpuSteps once mu_ is released (GpuWorkers::Close says which); without it (a failure,
+  // a registration again, a new rendezvous), they wait in unreported_gpu_steps_.
   void EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone = std::nullopt,
                         GpuReports* finished = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Local rank `local_rank`'s `finished` steps as reports answering step `step`, into `out`; a
-  // ticket for on_step_ when they are the primary's (`primary`), whose results speak for the
-  // job. Notes a step the nodes disagreed on (gpu_mismatch_).
+  // Local rank `local_rank`'s `finished` steps as reports answering step `step`, into `out`;
+  // when they are the primary's (`primary`), whose results speak for the job, after those of
+  // an ended generation not reported yet (unreported_gpu_steps_). Notes a step the nodes
+  // disagreed on (gpu_mismatch_).
   void CollectGpuSteps(uint32_t local_rank, bool primary,
                        const std::vector<GpuStepResult>& finished, uint64_t step, GpuReports* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A ticket for on_step_ for `out`'s reports (the primary's), unless it has one or none.
+  void TakeReportTicket(GpuReports* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RemoveWorker's work under mu_ (which it takes); `finished` as EndGpuGeneration's.
   std::vector<std::string> RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
                                                  std::optional<uint64_t> expired,
@@ -383,6 +387,10 @@ class Job {
   // The primary's newest finished step as its Step answers it, for a Step that finds nothing
   // new (ReportFinishedGpuSteps took it first); reset when the generation ends.
   std::optional<v1::StepResponse> newest_gpu_report_ ABSL_GUARDED_BY(mu_);
+  // Reports of the primary's steps that finished before their generation ended other than by
+  // a worker's removal: the next to collect the primary's steps (its Step, the housekeeping)
+  // reports them first.
+  std::vector<v1::StepResponse> unreported_gpu_steps_ ABSL_GUARDED_BY(mu_);
   absl::Mutex report_mu_ ABSL_ACQUIRED_AFTER(mu_);
   uint64_t gpu_reports_given_ ABSL_GUARDED_BY(report_mu_) = 0;
   v1::StepResponse round_result_ ABSL_GUARDED_BY(mu_);

@@ -12,6 +12,22 @@
 #include "server/local_work.h"
 
 namespace gstab {
+namespace {
+
+// Why a finished GPU step applied nothing (StepResponse.not_applied), from its outcomes' flags
+// (every group's are the same then); empty when it ran.
+std::string NotApplied(uint32_t flags) {
+  if ((flags & kFlagMismatch) != 0) {
+    return "the job's nodes disagreed on the step number or the norm-group layout";
+  }
+  if ((flags & kFlagVoided) != 0) {
+    return "the step was voided on the GPU: a node or local GPU of the job was lost, or its "
+           "all-reduce was aborted";
+  }
+  return "";
+}
+
+}  // namespace
 
 absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
                               const ChunkTable& table, v1::RegisterBuffersResponse* response) {
@@ -160,9 +176,15 @@ void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone,
   const uint32_t primary = gpus_.primary();        // before Close empties gpus_
   std::vector<GpuStepResult> unpolled;
   // The statistics outlive it.
-  std::optional<std::vector<GroupStats>> stats =
-      gpus_.Close(gone, finished != nullptr ? &unpolled : nullptr);
-  if (finished != nullptr) CollectGpuSteps(primary, true, unpolled, last_step_, finished);
+  std::optional<std::vector<GroupStats>> stats = gpus_.Close(gone, &unpolled);
+  if (finished != nullptr) {
+    CollectGpuSteps(primary, true, unpolled, last_step_, finished);
+    TakeReportTicket(finished);
+  } else {  // reported once mu_ is free, by the next that collects the primary's steps
+    GpuReports ended;
+    CollectGpuSteps(primary, true, unpolled, last_step_, &ended);
+    unreported_gpu_steps_ = std::move(ended.reports);
+  }
   newest_gpu_report_.reset();  // the next generation's first Step has no results yet
   if (stats.has_value()) std::copy(stats->begin(), stats->end(), stats_.begin());
   for (const auto& [rank, w] : workers_) {
@@ -198,6 +220,10 @@ std::optional<uint64_t> Job::CopySnapshot() const {
 void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
                           const std::vector<GpuStepResult>& finished, uint64_t step,
                           GpuReports* out) {
+  if (primary) {  // steps of an ended generation first: they are older
+    for (v1::StepResponse& r : unreported_gpu_steps_) out->reports.push_back(std::move(r));
+    unreported_gpu_steps_.clear();
+  }
   for (const GpuStepResult& done : finished) {
     if (!done.outcomes.empty() && (done.outcomes[0].flags & kFlagMismatch) != 0) {
       gpu_mismatch_[local_rank] = done.step;  // its outcomes say skipped; the next Step fails
@@ -218,13 +244,15 @@ void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
       if (r->skipped()) report.set_skip(true);
       if (r->diverging()) report.set_diverging(true);
     }
+    if (!done.outcomes.empty()) report.set_not_applied(NotApplied(done.outcomes[0].flags));
   }
   // The job's metrics and events follow its first local GPU.
+  if (primary && !finished.empty()) newest_gpu_report_ = out->reports.back();
+}
+
+void Job::TakeReportTicket(GpuReports* out) {
   // One ticket for all of `out`'s reports: each ticket handed out must be reported.
-  if (primary && !out->reports.empty() && on_step_ && out->ticket == 0) {
-    out->ticket = ++gpu_reports_taken_;
-  }
-  if (primary && !out->reports.empty()) newest_gpu_report_ = out->reports.back();
+  if (!out->reports.empty() && on_step_ && out->ticket == 0) out->ticket = ++gpu_reports_taken_;
 }
 
 void Job::ReportGpuSteps(const GpuReports& taken) {
@@ -245,8 +273,12 @@ void Job::ReportFinishedGpuSteps() {
   // gstabd's housekeeping (leases, checkpoints) must not wait with it. The next call looks.
   if (!mu_.TryLock()) return;
   GpuReports taken;
-  if (!gpus_.empty() && importing_ == 0) {  // an import waits for the GPU: not now
-    CollectGpuSteps(gpus_.primary(), true, gpus_.Poll(gpus_.primary()), last_step_, &taken);
+  if (importing_ == 0) {  // an import waits for the GPU: not now
+    const uint32_t primary = gpus_.empty() ? 0 : gpus_.primary();
+    CollectGpuSteps(primary, true,
+                    gpus_.empty() ? std::vector<GpuStepResult>{} : gpus_.Poll(primary), last_step_,
+                    &taken);
+    TakeReportTicket(&taken);
   }
   mu_.Unlock();
   ReportGpuSteps(taken);
@@ -317,8 +349,10 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     response->set_config_version(config_version_);
     // Every finished step is reported to on_step_ (metrics, events); the answer carries the
     // newest.
-    CollectGpuSteps(local_rank, primary, gpus_.Poll(local_rank), step, &taken);
-    if (!taken.reports.empty()) {
+    std::vector<GpuStepResult> finished = gpus_.Poll(local_rank);
+    CollectGpuSteps(local_rank, primary, finished, step, &taken);
+    if (primary) TakeReportTicket(&taken);
+    if (!finished.empty()) {
       *response = taken.reports.back();
     } else if (primary && newest_gpu_report_.has_value()) {
       // Taken off the pipeline by the housekeeping since (ReportFinishedGpuSteps): the answer

@@ -70,6 +70,12 @@ ABSL_FLAG(int32_t, rpc_memory_mb, gstab::ServerOptions::kDefaultRpcMemoryMb,
           "are cancelled (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int32_t, max_event_streams, gstab::StabilizerService::kMaxEventStreams,
           "event streams (WatchEvents, gstabctl events) one caller may have open at once");
+ABSL_FLAG(int32_t, keepalive_ms, 60000,
+          "gstabd pings a client's connection after this long without traffic while it has a "
+          "call in flight (an event stream, a step waiting)");
+ABSL_FLAG(int32_t, keepalive_timeout_ms, 20000,
+          "a client that does not answer gstabd's ping within this long (its host gone, the "
+          "process stopped) has its connection closed and its calls ended");
 ABSL_FLAG(int32_t, max_calls_per_caller, gstab::StabilizerService::kMaxCallsPerCaller,
           "calls that may wait in gstabd (Attach, RegisterBuffers, Step, ImportState) one caller "
           "(a uid, or a client certificate's name) may have in flight at once, each on a thread");
@@ -201,10 +207,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
-      absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0) {
+      absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0 || absl::GetFlag(FLAGS_keepalive_ms) <= 0 ||
+      absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0) {
     std::fprintf(stderr,
-                 "gstabd: --lease_ms, --step_timeout_ms and --checkpoint_interval_s must be "
-                 "positive\n");
+                 "gstabd: --lease_ms, --step_timeout_ms, --checkpoint_interval_s, --keepalive_ms "
+                 "and --keepalive_timeout_ms must be positive\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
@@ -311,6 +318,8 @@ int main(int argc, char** argv) {
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.max_event_streams = absl::GetFlag(FLAGS_max_event_streams);
   options.max_calls_per_caller = absl::GetFlag(FLAGS_max_calls_per_caller);
+  options.keepalive = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_ms));
+  options.keepalive_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));
   options.rpc_memory_mb = absl::GetFlag(FLAGS_rpc_memory_mb);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.daemon.cuda = backend != "cpu" && gpus > 0;

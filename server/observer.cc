@@ -79,6 +79,10 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
                       std::optional<absl::Duration> duration) {
   steps_->Add({job}, 1);
   (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
+  if (!step.not_applied().empty()) {
+    OnStepNotApplied(job, step);
+    return;
+  }
   // The first max_groups_ group names a job shows are exported one by one, for good (so the
   // series stay bounded however often it registers new groups); the rest as one aggregate.
   std::vector<bool> exported(step.groups_size());
@@ -198,6 +202,19 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
     bus_->Publish(std::move(e));
   }
   PublishStepEvents(job, step, norm, was_diverging);
+}
+
+void Observer::OnStepNotApplied(const std::string& job, const v1::StepResponse& step) {
+  // Nothing was measured: no norm, gauge or divergence changes, and nothing counts as
+  // non-finite (no gradient was); a skip, as the worker's optimizer skips it.
+  {
+    absl::MutexLock lock(&mu_);
+    jobs_[job].skipped += 1;
+  }
+  v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, ResultsStep(step));
+  skip.set_norm(NAN);
+  skip.set_detail(absl::StrCat("nothing applied: ", step.not_applied()));
+  bus_->Publish(std::move(skip));
 }
 
 void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,

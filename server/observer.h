@@ -72,6 +72,8 @@ class Observer {
     uint64_t config_version = 0;
     bool config_known = false;
   };
+  // A step that applied nothing (StepResponse.not_applied): a skip, and nothing else.
+  void OnStepNotApplied(const std::string& job, const v1::StepResponse& step);
   void PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                          bool was_diverging);
 

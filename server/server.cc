@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/resource_quota.h>
 #include <malloc.h>
 #include <sys/stat.h>
@@ -139,6 +140,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
   std::unique_ptr<Server> server(new Server(resolved));
   server->listen_tls_ = std::move(listen_tls);
+  // Event numbers go on increasing across restarts (a reader that resumes after the last one it
+  // saw misses nothing): from the start's time in microseconds, which the events of a run before
+  // it cannot reach at fewer than a million a second.
+  server->events_.StartSequenceAt(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now())));
   server->observer_ =
       std::make_unique<Observer>(&server->metrics_, &server->events_, options.metrics_max_groups);
   absl::StatusOr<std::unique_ptr<Daemon>> daemon =
@@ -228,6 +233,18 @@ absl::Status Server::Start() {
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   // Requests are received whole before any check of who sent them: many large ones at once
   // would otherwise take all of gstabd's memory.
+  // A connection whose client stopped answering (its host gone, the process stopped) is closed,
+  // ending its calls: a dead event-stream reader would otherwise hold its thread and its place
+  // for as long as TCP's own keep-alive (two hours), or for good on the unix socket. Pinged
+  // while a call is in flight, and an idle event stream sends no data: no cap on pings without.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive)));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive)));
   grpc::ResourceQuota quota("gstabd-requests");
   quota.Resize(static_cast<size_t>(options_.rpc_memory_mb) << 20);
   builder.SetResourceQuota(quota);
@@ -332,6 +349,9 @@ absl::Status Server::Stop(absl::Time deadline) {
     daemon_->CancelStoreCalls();
     if (peer_server_ != nullptr) daemon_->rendezvous_store()->Close();
   }
+  // CUDA steps the GPU has finished since the housekeeping last looked: their metrics and
+  // events, before the event streams end (not waited for: one still on the GPU goes unreported).
+  daemon_->ReportFinishedGpuSteps();
   events_.Close();  // ends WatchEvents streams, after the drained steps' events
   // The steps have finished (or were ended above); idle connections need no grace period. But
   // an event stream whose reader stopped reading (a suspended `gstabctl events --follow`) holds

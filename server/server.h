@@ -61,6 +61,12 @@ struct ServerOptions {
   std::string peer_tls_name;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
   int max_event_streams = StabilizerService::kMaxEventStreams;  // a caller's WatchEvents streams
+  // How long a connection with a call in flight may stay silent before gstabd pings its client,
+  // and how long the client has to answer: one that does not (its host gone, the process
+  // stopped) has its connection closed and its calls ended, so that a dead reader of an event
+  // stream does not hold its place (--max_event_streams) for good.
+  absl::Duration keepalive = absl::Seconds(60);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
   // A caller's calls that may wait (Attach, RegisterBuffers, Step, ImportState) in flight.
   int max_calls_per_caller = StabilizerService::kMaxCallsPerCaller;
   // Memory gRPC may hold for the requests it is receiving, over every caller: past it, calls are

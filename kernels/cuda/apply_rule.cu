@@ -13,7 +13,7 @@ __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const doub
   StepOutcome out;
   if (non_finite[g] == kNodesDisagree || non_finite[g] == kStepVoided) {
     out.norm = NAN;
-    out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : 0u);
+    out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
   } else {
     out = ApplyRule(params, &stats[g], sum_of_squares[g], non_finite[g] != 0);
   }

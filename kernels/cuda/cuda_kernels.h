@@ -58,7 +58,7 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_mod
 // and the fp32 scale the scale kernel applies. One thread per group; the same header as the CPU
 // path, so both backends compute the same statistics. A flag of kNodesDisagree leaves the
 // group's statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch); so does
-// kStepVoided (scale 1, kFlagSkipped).
+// kStepVoided (scale 1, kFlagSkipped | kFlagVoided). Either's norm is NaN: nothing was measured.
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, const uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,

@@ -56,7 +56,7 @@ __version__ = VERSION  # and that of the libgstab.so it loads, which it checks
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "StatusCode", "dtype_of", "load_library", "FLAG_ACCEPTED", "FLAG_SKIPPED",
            "FLAG_ZERO_NORM", "FLAG_SPIKE", "FLAG_SPIKE_RATIO", "FLAG_DIVERGING", "FLAG_CLIPPED",
-           "FLAG_MISMATCH"]
+           "FLAG_MISMATCH", "FLAG_VOIDED"]
 
 # Error.code: gRPC's status codes (`except gstab.Error as e: if e.code == StatusCode.DATA_LOSS`).
 StatusCode = enum.IntEnum("StatusCode", {name: code for code, name in CODE_NAMES.items()})
@@ -71,6 +71,7 @@ FLAG_SPIKE_RATIO = 1 << 4
 FLAG_DIVERGING = 1 << 5
 FLAG_CLIPPED = 1 << 8
 FLAG_MISMATCH = 1 << 9  # nodes disagreed on the step or groups: nothing applied
+FLAG_VOIDED = 1 << 10  # a node or local GPU was lost, the all-reduce aborted: nothing applied
 
 
 def _check_type(call: str, value, expected: type) -> None:

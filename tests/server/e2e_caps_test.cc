@@ -3,6 +3,7 @@
 // while the others go on; at start, a second gstabd on a
 // live socket and flags that would refuse everything.
 #include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -43,7 +44,8 @@ TEST(E2eCapsTest, ASecondGstabdOnALiveSocketAndUselessCapsAreRefusedAtStart) {
   EXPECT_TRUE((*worker)->client().Step(1).ok());
   for (const char* flag :
        {"--max_jobs=0", "--max_bytes=0", "--cpu_threads=-1", "--max_connections_per_uid=0",
-        "--max_mappings_per_owner=0", "--metrics_port=-2", "--metrics_port=65536"}) {
+        "--max_mappings_per_owner=0", "--metrics_port=-2", "--metrics_port=65536",
+        "--keepalive_ms=0", "--keepalive_timeout_ms=-1"}) {
     auto [refused, why] = start(flag);
     EXPECT_EQ(refused, 2) << flag << ": " << why;
     EXPECT_NE(why.find(std::string(flag).substr(2, std::string(flag).find('=') - 2)),
@@ -234,6 +236,45 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
   EXPECT_TRUE(reopened) << "no stream could open after one closed";
   for (auto& s : streams) s->ctx.TryCancel();
   for (size_t i = 1; i < streams.size(); ++i) (void)streams[i]->reader->Finish();
+}
+
+// A reader of an event stream that stopped answering (here stopped; a host gone is the same to
+// gstabd) loses its stream once it misses gstabd's keep-alive ping, and its place under
+// --max_event_streams with it: without the ping it held the place for good.
+TEST(E2eCapsTest, AStoppedEventReaderLosesItsStreamAtTheKeepAlive) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(
+      dir.path(), {"--max_event_streams=1", "--keepalive_ms=500", "--keepalive_timeout_ms=500"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("watched"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  absl::StatusOr<testing::Subprocess> reader =
+      testing::Subprocess::Start({testing::BinaryPath("tools/gstabctl"),
+                                  "--socket=" + daemon->socket(), "events", "--follow"});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  absl::StatusOr<std::string> first = reader->ReadLine(absl::Seconds(10));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_NE(first->find("ATTACH"), std::string::npos) << *first;  // it holds the one place
+  ASSERT_TRUE(reader->Stop());
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok());
+  v1::WatchEventsRequest request;
+  request.set_recent(1);
+  grpc::Status last;
+  bool opened = false;
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (!opened && absl::Now() < until) {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::Event>> stream =
+        (*client)->stub()->WatchEvents(&ctx, request);
+    v1::Event e;
+    opened = stream->Read(&e);
+    last = stream->Finish();
+    if (!opened) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(opened) << "the stopped reader still holds its place: " << last.error_message();
+  reader->Signal(SIGKILL);
+  (void)reader->Wait(absl::Seconds(10));
 }
 
 // A caller's calls that wait in gstabd (here Steps waiting for their job's third worker) are

@@ -49,8 +49,8 @@ bool Holds(Client* client, const std::string& job) {
   return std::find(held.begin(), held.end(), job) != held.end();
 }
 
-// The JOB_RETIRED events in the daemon's recent history.
-std::vector<v1::Event> RetiredEvents(Client* client) {
+// The events of `type` in the daemon's recent history.
+std::vector<v1::Event> RecentEvents(Client* client, v1::EventType type) {
   v1::WatchEventsRequest request;
   request.set_recent(1024);
   grpc::ClientContext ctx;
@@ -59,9 +59,13 @@ std::vector<v1::Event> RetiredEvents(Client* client) {
   std::vector<v1::Event> out;
   v1::Event e;
   while (reader->Read(&e)) {
-    if (e.type() == v1::EVENT_TYPE_JOB_RETIRED) out.push_back(e);
+    if (e.type() == type) out.push_back(e);
   }
   return out;
+}
+
+std::vector<v1::Event> RetiredEvents(Client* client) {
+  return RecentEvents(client, v1::EVENT_TYPE_JOB_RETIRED);
 }
 
 TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
@@ -298,6 +302,31 @@ TEST(E2eLifecycleTest, CheckpointOfAJobGoneForTheRetentionIsDeleted) {
   auto worker = TestWorker::Create(daemon->socket(), JobOptions("short"));
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_FALSE((*worker)->client().attach_response().restored());
+}
+
+// Event numbers go on increasing across a restart of gstabd: a reader that resumes after the
+// last one it saw (a dashboard's collector) neither misses the new run's events nor repeats any.
+TEST(E2eLifecycleTest, EventNumbersGoOnIncreasingAcrossARestart) {
+  TempDir dir;
+  uint64_t before = 0;
+  {
+    auto daemon = DaemonProcess::Start(dir.path());
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("numbered"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    std::vector<v1::Event> attached = RecentEvents(&(*worker)->client(), v1::EVENT_TYPE_ATTACH);
+    ASSERT_EQ(attached.size(), 1u);
+    before = attached[0].sequence();
+    worker->reset();
+    EXPECT_EQ(daemon->Stop().value_or(-1), 0);
+  }
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("numbered"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::vector<v1::Event> attached = RecentEvents(&(*worker)->client(), v1::EVENT_TYPE_ATTACH);
+  ASSERT_EQ(attached.size(), 1u);
+  EXPECT_GT(attached[0].sequence(), before);
 }
 
 // An operator starts a job afresh under its name: refused while a worker is attached, then

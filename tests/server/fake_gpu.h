@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -64,8 +65,9 @@ struct FakeGpu {
 };
 
 // Runs each step on the CPU at once but reports it only at the next Poll after that, like a
-// GPU that finishes later. `rank`: its rank in the job's communicator; `gpu` (optional): see
-// FakeGpu.
+// GPU that finishes later. `extra_flags` are set on every outcome; with kFlagMismatch or
+// kFlagVoided, every step applies nothing. `rank`: its rank in the job's communicator; `gpu`
+// (optional): see FakeGpu.
 class LaggingPipeline final : public GpuPipeline {
  public:
   LaggingPipeline(const ChunkTable& table, std::vector<GroupStats> stats, int* live,
@@ -89,10 +91,19 @@ class LaggingPipeline final : public GpuPipeline {
     GpuStepResult r;
     r.step = step;
     std::vector<float> scales;
+    // A step the GPU voided, or the nodes disagreed on, applies nothing (as LaunchApplyRule).
+    const bool applied = (extra_flags_ & (kFlagMismatch | kFlagVoided)) == 0;
     for (size_t g = 0; g < sums.size(); ++g) {
-      r.outcomes.push_back(ApplyRule(params, &stats_[g], sums[g], flags[g] != 0));
-      r.outcomes.back().flags |= extra_flags_;
-      scales.push_back(static_cast<float>(r.outcomes.back().scale));
+      StepOutcome out;
+      if (applied) {
+        out = ApplyRule(params, &stats_[g], sums[g], flags[g] != 0);
+      } else {
+        out.norm = NAN;
+        out.flags = kFlagSkipped;
+      }
+      out.flags |= extra_flags_;
+      r.outcomes.push_back(out);
+      scales.push_back(static_cast<float>(out.scale));
     }
     (void)CpuScaleGroups(table_, scales, nullptr);
     r.stats = stats_;

@@ -1,7 +1,8 @@
 // How the CUDA path's finished steps reach the metrics and events (Job's step callback): each
 // once, in order, untimed; those the GPU finishes after the Step that queued them without
-// waiting for the worker's next Step; a clean detach's last ones; a dead worker's voided ones
-// never.
+// waiting for the worker's next Step; a clean detach's last ones, and those finished before a
+// generation ended otherwise; a dead worker's voided ones never; a step the GPU voided, as one
+// that applied nothing.
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -13,24 +14,28 @@
 namespace gstab {
 namespace {
 
-// A job of one local GPU on a fake GPU whose reports (their results steps) are recorded.
+// A job of one local GPU on a fake GPU whose reports (their results steps) are recorded;
+// `extra_flags` as LaggingPipeline's.
 struct ReportedJob {
-  ReportedJob() { registered = worker.Register(&job); }
+  explicit ReportedJob(uint32_t extra_flags = 0)
+      : job(
+            "gpu-job", RuleParams{}, 1, nullptr,
+            [this](const v1::StepResponse& r, std::optional<absl::Duration> duration) {
+              reported.push_back(r.results_step());
+              timed |= duration.has_value();
+              mean = r.groups(0).norm_mean();
+              last = r;
+            },
+            LaggingBackend(&live, extra_flags, nullptr, &gpu)) {
+    registered = worker.Register(&job);
+  }
   int live = 0;
   FakeGpu gpu;
   std::vector<uint64_t> reported;
   bool timed = false;
   double mean = 0;
-  Job job{"gpu-job",
-          RuleParams{},
-          1,
-          nullptr,
-          [this](const v1::StepResponse& r, std::optional<absl::Duration> duration) {
-            reported.push_back(r.results_step());
-            timed |= duration.has_value();
-            mean = r.groups(0).norm_mean();
-          },
-          LaggingBackend(&live, 0, nullptr, &gpu)};
+  v1::StepResponse last;  // the newest report
+  Job job;
   FakeCudaWorker worker;
   absl::Status registered;
   v1::StepResponse response;
@@ -111,6 +116,54 @@ TEST(JobGpuReportsTest, ARemovedWorkersFinishedStepsAreReportedAndItsVoidedOnesA
   finished.gpu.caught_up = true;
   finished.job.RemoveWorker(0, /*gone=*/true);
   EXPECT_EQ(finished.reported, (std::vector<uint64_t>{1, 2}));
+}
+
+// Steps that finished before their generation ended other than by a worker's leaving (here a
+// registration again; a communicator failure and a new rendezvous end it the same way) are
+// reported: by the housekeeping, or by the primary's next Step, before its own.
+TEST(JobGpuReportsTest, StepsFinishedBeforeTheGenerationEndedAreReported) {
+  ReportedJob housekept;
+  ASSERT_TRUE(housekept.registered.ok()) << housekept.registered;
+  ASSERT_TRUE(housekept.Step(1).ok());
+  ASSERT_TRUE(housekept.Step(2).ok());
+  housekept.gpu.caught_up = true;  // step 2 finishes as the generation ends
+  ASSERT_TRUE(housekept.worker.Register(&housekept.job).ok());
+  EXPECT_EQ(housekept.reported, (std::vector<uint64_t>{1}));  // not under the job's lock
+  housekept.job.ReportFinishedGpuSteps();
+  EXPECT_EQ(housekept.reported, (std::vector<uint64_t>{1, 2}));
+  housekept.job.ReportFinishedGpuSteps();
+  EXPECT_EQ(housekept.reported, (std::vector<uint64_t>{1, 2}));
+
+  ReportedJob stepped;
+  ASSERT_TRUE(stepped.registered.ok()) << stepped.registered;
+  ASSERT_TRUE(stepped.Step(1).ok());
+  ASSERT_TRUE(stepped.Step(2).ok());
+  stepped.gpu.caught_up = true;
+  ASSERT_TRUE(stepped.worker.Register(&stepped.job).ok());
+  ASSERT_TRUE(stepped.Step(3).ok());  // the new generation's first: reported with it
+  EXPECT_EQ(stepped.reported, (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(stepped.response.results_step(), 3u);
+}
+
+// A step the GPU voided (a node or local GPU lost, the all-reduce aborted) is reported as one
+// that applied nothing, saying why: the metrics and events then show no non-finite gradient.
+TEST(JobGpuReportsTest, AVoidedStepIsReportedAsNotApplied) {
+  ReportedJob t(kFlagVoided);
+  ASSERT_TRUE(t.registered.ok()) << t.registered;
+  ASSERT_TRUE(t.Step(1).ok());
+  ASSERT_TRUE(t.Step(2).ok());
+  ASSERT_EQ(t.reported, (std::vector<uint64_t>{1}));
+  EXPECT_TRUE(t.last.skip());
+  EXPECT_NE(t.last.not_applied().find("voided on the GPU"), std::string::npos)
+      << t.last.not_applied();
+  EXPECT_EQ(t.response.not_applied(), t.last.not_applied());  // the worker's answer says it too
+  for (float g : t.worker.grads) ASSERT_EQ(g, 0.5f);          // nothing was scaled
+
+  ReportedJob ran;
+  ASSERT_TRUE(ran.registered.ok()) << ran.registered;
+  ASSERT_TRUE(ran.Step(1).ok());
+  ASSERT_TRUE(ran.Step(2).ok());
+  EXPECT_TRUE(ran.last.not_applied().empty()) << ran.last.not_applied();
 }
 
 }  // namespace

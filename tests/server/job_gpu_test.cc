@@ -214,6 +214,9 @@ TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &r, kReady).ok());
   EXPECT_EQ(r.results_step(), 1u);
   EXPECT_TRUE(r.skip());
+  EXPECT_NE(r.not_applied().find("nodes disagreed on the step number or the norm-group layout"),
+            std::string::npos)
+      << r.not_applied();
   absl::Status s = job.Step(0, 3, absl::Seconds(1), &r, kReady);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("differ across the nodes of job 'split-job' (found at step 1)"),

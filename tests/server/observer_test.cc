@@ -92,6 +92,51 @@ TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
   EXPECT_EQ(summary.skipped_steps(), 1u);
 }
 
+// A CUDA step voided on the GPU (a node lost, the all-reduce aborted) applied nothing and
+// measured nothing: a skip with its reason, not a non-finite gradient (no alert of one), and the
+// job's norms, histogram and divergence stay as the last step that ran left them.
+TEST(ObserverTest, AStepThatAppliedNothingIsASkipAndNoNonFiniteNorm) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus);
+  observer.OnAttach("j", 0, false);
+  v1::StepResponse ran = Step(1, {3, 4}, {false, false});
+  ran.set_diverging(true);
+  observer.OnStep("j", ran, std::nullopt);
+  v1::StepResponse voided = Step(2, {NAN, NAN}, {false, false});
+  voided.set_results_step(2);
+  voided.set_not_applied("the step was voided on the GPU");
+  observer.OnStep("j", voided, std::nullopt);
+  const std::string text = registry.Render();
+  EXPECT_NE(text.find("gstab_steps_total{job=\"j\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_skipped_steps_total{job=\"j\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_non_finite_norms_total{job=\"j\"} 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g1\"} 4\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_job_norm{job=\"j\"} 5\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_job_norm_distribution_count{job=\"j\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("gstab_diverging{job=\"j\"} 1\n"), std::string::npos) << text;
+  auto sub = bus.Subscribe("j", 100, /*live=*/false);
+  std::vector<v1::EventType> types;
+  v1::Event e;
+  while (sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent) {
+    types.push_back(e.type());
+    if (e.type() == v1::EVENT_TYPE_SKIP) {
+      EXPECT_EQ(e.step(), 2u);
+      EXPECT_EQ(e.groups_size(), 0);
+      EXPECT_EQ(e.detail(), "nothing applied: the step was voided on the GPU");
+    }
+  }
+  EXPECT_EQ(types,
+            (std::vector<v1::EventType>{v1::EVENT_TYPE_ATTACH, v1::EVENT_TYPE_DIVERGENCE_START,
+                                        v1::EVENT_TYPE_SKIP}));
+  v1::JobSummary summary;
+  observer.Summarize("j", 10, &summary);
+  EXPECT_EQ(summary.skipped_steps(), 1u);
+  EXPECT_EQ(summary.recent_norms_size(), 1);
+  EXPECT_EQ(summary.last_norm(), 5);
+  EXPECT_TRUE(summary.diverging());
+}
+
 // A step where thousands of groups spike makes one event of bounded size: the first 64 groups
 // are named, the rest counted.
 TEST(ObserverTest, AnEventNamesAtMost64GroupsAndCountsTheRest) {
