@@ -39,6 +39,11 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
   non_finite_ =
       r->AddCounter("gstab_non_finite_norms_total",
                     "Norm-group norms that were NaN or Inf (kept out of histograms).", job);
+  not_applied_ = r->AddCounter(
+      "gstab_not_applied_steps_total",
+      "CUDA steps that applied nothing: voided on the GPU (a node or GPU of the job lost, the "
+      "all-reduce aborted) or the job's nodes disagreed on the step or groups. Not skipped steps.",
+      job);
   norm_ = r->AddGauge("gstab_norm", "Last raw L2 norm of the group.", job_group);
   stabilized_ =
       r->AddGauge("gstab_stabilized_norm", "Last L2 norm of the group after scaling.", job_group);
@@ -64,9 +69,9 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
       r->AddGauge("gstab_attached_workers", "Workers attached to the job on this node.", job);
   bytes_ =
       r->AddGauge("gstab_registered_bytes", "Gradient bytes registered by the job's workers.", job);
-  per_job_ = {steps_,          accepted_, skipped_,   spikes_,     non_finite_, norm_,
-              stabilized_,     scale_,    ema_mean_,  ema_stddev_, job_norm_,   job_stabilized_,
-              norm_histogram_, duration_, diverging_, workers_,    bytes_};
+  per_job_ = {steps_,          accepted_,       skipped_,  spikes_,    non_finite_, not_applied_,
+              norm_,           stabilized_,     scale_,    ema_mean_,  ema_stddev_, job_norm_,
+              job_stabilized_, norm_histogram_, duration_, diverging_, workers_,    bytes_};
   shm_mappings_ = r->AddGauge("gstab_shm_mappings",
                               "Shared-memory objects gstabd maps for its jobs' workers.", {});
   shm_mappings_limit_ = r->AddGauge("gstab_shm_mappings_limit",
@@ -78,11 +83,11 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
 void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
                       std::optional<absl::Duration> duration) {
   steps_->Add({job}, 1);
-  (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
   if (!step.not_applied().empty()) {
     OnStepNotApplied(job, step);
     return;
   }
+  (step.skip() ? skipped_ : accepted_)->Add({job}, 1);
   // The first max_groups_ group names a job shows are exported one by one, for good (so the
   // series stay bounded however often it registers new groups); the rest as one aggregate.
   std::vector<bool> exported(step.groups_size());
@@ -205,12 +210,10 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
 }
 
 void Observer::OnStepNotApplied(const std::string& job, const v1::StepResponse& step) {
-  // Nothing was measured: no norm, gauge or divergence changes, and nothing counts as
-  // non-finite (no gradient was); a skip, as the worker's optimizer skips it.
-  {
-    absl::MutexLock lock(&mu_);
-    jobs_[job].skipped += 1;
-  }
+  // Nothing was measured: no norm, gauge or divergence changes, and neither a skip for
+  // non-finite gradients (alerts take those for NaN/Inf) nor a non-finite norm; an event, as
+  // the worker's optimizer skips it.
+  not_applied_->Add({job}, 1);
   v1::Event skip = MakeEvent(v1::EVENT_TYPE_SKIP, job, ResultsStep(step));
   skip.set_norm(NAN);
   skip.set_detail(absl::StrCat("nothing applied: ", step.not_applied()));
@@ -259,7 +262,7 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
 
 void Observer::OnAttach(const std::string& job, uint32_t local_rank, bool observer) {
   // Counters exist from the job's first attach, at 0, so rates and alerts see them start.
-  for (MetricFamily* counter : {steps_, accepted_, skipped_, spikes_, non_finite_}) {
+  for (MetricFamily* counter : {steps_, accepted_, skipped_, spikes_, non_finite_, not_applied_}) {
     counter->Add({job}, 0);
   }
   v1::Event e = MakeEvent(v1::EVENT_TYPE_ATTACH, job, 0);

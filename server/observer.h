@@ -72,7 +72,8 @@ class Observer {
     uint64_t config_version = 0;
     bool config_known = false;
   };
-  // A step that applied nothing (StepResponse.not_applied): a skip, and nothing else.
+  // A step that applied nothing (StepResponse.not_applied): counted and told (a SKIP event
+  // saying why), and nothing else.
   void OnStepNotApplied(const std::string& job, const v1::StepResponse& step);
   void PublishStepEvents(const std::string& job, const v1::StepResponse& step, double norm,
                          bool was_diverging);
@@ -80,6 +81,7 @@ class Observer {
   EventBus* const bus_;
   const uint32_t max_groups_;
   MetricFamily* steps_;
+  MetricFamily* not_applied_;
   MetricFamily* accepted_;
   MetricFamily* skipped_;
   MetricFamily* spikes_;

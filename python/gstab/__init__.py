@@ -30,12 +30,13 @@ OUT/lib), then on the loader's path. It must be this package's version (gstab.__
 
 import enum
 
-from ._native import CODE_NAMES, Config, Error, dtype_of, load_library, VERSION
+from ._native import (CODE_NAMES, DATA_LOSS, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
+                      UNAVAILABLE, Config, Error, dtype_of, load_library, VERSION)
 from ._buffers import Arena, CudaGradients
 from ._results import (FLAG_ACCEPTED, FLAG_CLIPPED, FLAG_DIVERGING, FLAG_MISMATCH, FLAG_SKIPPED,
                        FLAG_SPIKE, FLAG_SPIKE_RATIO, FLAG_VOIDED, FLAG_ZERO_NORM, GroupResult,
                        StepResult)
-from ._client import Client
+from ._client import DEFAULT_SOCKET, Client, rendezvous_bytes
 
 __version__ = VERSION  # and that of the libgstab.so it loads, which it checks
 
@@ -47,8 +48,5 @@ __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResu
 # Error.code: gRPC's status codes (`except gstab.Error as e: if e.code == StatusCode.DATA_LOSS`).
 StatusCode = enum.IntEnum("StatusCode", {name: code for code, name in CODE_NAMES.items()})
 
-# The public classes are gstab's, wherever they are defined: tracebacks and reprs say
-# gstab.Error, not gstab._native.Error.
-for _public in (Error, Client, Arena, CudaGradients, GroupResult, StepResult):
-    _public.__module__ = __name__
-del _public
+# A traceback says gstab.Error, the name users catch, not gstab._native.Error.
+Error.__module__ = __name__

@@ -349,6 +349,15 @@ class Stabilizer:
             raise ValueError("expected the dict Stabilizer.state_dict() gave, with its "
                              "'gstab_state' bytes")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        workers = getattr(self._client, "local_world_size", 1) * \
+            getattr(self._client, "node_count", 1)
+        if not distributed and workers > 1:
+            # Only local rank 0 of node 0 imports: without a group to wait on it, the others
+            # would register and step before it (its late import then refused), or step on.
+            raise ValueError(f"gstab.torch: the job has {workers} workers and no "
+                             "torch.distributed process group to order the import by: import "
+                             "with client.import_state() on local rank 0 of node 0 before any "
+                             "worker registers, or initialize the process group first")
         failure = None
         # Node 0's gstabd holds the job's statistics: the other nodes take them from it.
         if getattr(self._client, "local_rank", 0) == 0 and \
@@ -394,10 +403,15 @@ class Stabilizer:
 
     def step(self, step: int, stream: Optional["torch.cuda.Stream"] = None) -> gstab.StepResult:
         """Stabilizes this step's gradients in place; `stream` (CUDA: default the current
-        one) is where the step is ordered, after the work queued on the current stream (the
-        backward's). With another stream, the gradients are stabilized once that stream gets
-        there: work on the current stream (the optimizer's) must wait for it, as skipped() makes
-        it do, or through current_stream().wait_stream(stream)."""
+        one, else a stream of the parameters' device) is where the step is ordered, after the
+        work queued on the current stream (the backward's). With another stream, the gradients
+        are stabilized once that stream gets there: work on the current stream (the
+        optimizer's) must wait for it, as skipped() makes it do, or through
+        current_stream().wait_stream(stream).
+
+        On a GPU the host does not wait for the step, and the StepResult it returns is that of
+        an earlier step (its result_step: the newest the GPU had finished); whether to skip
+        this step's optimizer step is skipped()'s answer, not the result's skip."""
         self._check_registered()
         self._check_parameters()
         self._last = None  # a step that raises leaves no decision for skipped() to give
@@ -409,6 +423,9 @@ class Stabilizer:
             current = torch.cuda.current_stream(self.device)
             if stream is None:
                 stream = current
+            elif stream.device != self.device:
+                raise ValueError(f"gstab.torch: step()'s stream is on {stream.device}, the "
+                                 f"gradients on {self.device}: pass a stream of their device")
             elif stream != current:
                 stream.wait_stream(current)  # for the backward, queued on the current stream
             with torch.cuda.stream(stream):  # the copies below come before gstabd's kernels

@@ -123,6 +123,13 @@ class TorchTest(GstabdTest):
         other = self.attach("torch-state-renamed")
         with self.assertWarnsRegex(UserWarning, "does not register \\(first 'model'\\)"):
             gstab.torch.Stabilizer(other, model, group="renamed", state=saved)
+        # A job of several workers imports on one of them: without a process group to order
+        # the others after it, `state` is refused, saying what to do.
+        pair = gstab.Client(self.gstabd.socket)
+        self.addCleanup(pair.close)
+        pair.attach("torch-state-pair", world_size=2, local_world_size=2)
+        with self.assertRaisesRegex(ValueError, "the job has 2 workers and no torch.distributed"):
+            gstab.torch.Stabilizer(pair, model, state=saved)
 
     def test_replaced_and_missing_gradients_are_taken_back_with_one_warning(self):
         model = mlp()

@@ -244,7 +244,7 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
 TEST(E2eCapsTest, AStoppedEventReaderLosesItsStreamAtTheKeepAlive) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(
-      dir.path(), {"--max_event_streams=1", "--keepalive_ms=500", "--keepalive_timeout_ms=500"});
+      dir.path(), {"--max_event_streams=1", "--keepalive_ms=1000", "--keepalive_timeout_ms=2000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto worker = TestWorker::Create(daemon->socket(), JobOptions("watched"));
   ASSERT_TRUE(worker.ok()) << worker.status();

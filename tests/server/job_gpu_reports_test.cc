@@ -41,6 +41,7 @@ struct ReportedJob {
   v1::StepResponse response;
 
   absl::Status Step(uint64_t step) {
+    response.Clear();  // as gstabd's service hands each Step a new one
     return job.Step(0, step, absl::Seconds(1), &response, kReady);
   }
 };
@@ -140,7 +141,13 @@ TEST(JobGpuReportsTest, StepsFinishedBeforeTheGenerationEndedAreReported) {
   ASSERT_TRUE(stepped.Step(2).ok());
   stepped.gpu.caught_up = true;
   ASSERT_TRUE(stepped.worker.Register(&stepped.job).ok());
+  stepped.gpu.caught_up = false;
   ASSERT_TRUE(stepped.Step(3).ok());  // the new generation's first: reported with it
+  EXPECT_EQ(stepped.reported, (std::vector<uint64_t>{1, 2}));
+  // Its answer has no results yet: the old generation's are not its pipeline's.
+  EXPECT_EQ(stepped.response.results_step(), 0u);
+  EXPECT_EQ(stepped.response.groups_size(), 0);
+  ASSERT_TRUE(stepped.Step(4).ok());
   EXPECT_EQ(stepped.reported, (std::vector<uint64_t>{1, 2, 3}));
   EXPECT_EQ(stepped.response.results_step(), 3u);
 }

@@ -93,8 +93,9 @@ TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
 }
 
 // A CUDA step voided on the GPU (a node lost, the all-reduce aborted) applied nothing and
-// measured nothing: a skip with its reason, not a non-finite gradient (no alert of one), and the
-// job's norms, histogram and divergence stay as the last step that ran left them.
+// measured nothing: counted apart, and a SKIP event with its reason; neither a skip for non-finite
+// gradients (no alert of one) nor a non-finite norm, and the job's norms, histogram and
+// divergence stay as the last step that ran left them.
 TEST(ObserverTest, AStepThatAppliedNothingIsASkipAndNoNonFiniteNorm) {
   MetricsRegistry registry;
   EventBus bus;
@@ -109,7 +110,9 @@ TEST(ObserverTest, AStepThatAppliedNothingIsASkipAndNoNonFiniteNorm) {
   observer.OnStep("j", voided, std::nullopt);
   const std::string text = registry.Render();
   EXPECT_NE(text.find("gstab_steps_total{job=\"j\"} 2\n"), std::string::npos) << text;
-  EXPECT_NE(text.find("gstab_skipped_steps_total{job=\"j\"} 1\n"), std::string::npos) << text;
+  // Not a skip for NaN/Inf gradients: GstabNonFiniteGradients alerts on those.
+  EXPECT_NE(text.find("gstab_skipped_steps_total{job=\"j\"} 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("gstab_not_applied_steps_total{job=\"j\"} 1\n"), std::string::npos) << text;
   EXPECT_NE(text.find("gstab_non_finite_norms_total{job=\"j\"} 0\n"), std::string::npos) << text;
   EXPECT_NE(text.find("gstab_norm{job=\"j\",group=\"g1\"} 4\n"), std::string::npos) << text;
   EXPECT_NE(text.find("gstab_job_norm{job=\"j\"} 5\n"), std::string::npos) << text;
@@ -131,7 +134,7 @@ TEST(ObserverTest, AStepThatAppliedNothingIsASkipAndNoNonFiniteNorm) {
                                         v1::EVENT_TYPE_SKIP}));
   v1::JobSummary summary;
   observer.Summarize("j", 10, &summary);
-  EXPECT_EQ(summary.skipped_steps(), 1u);
+  EXPECT_EQ(summary.skipped_steps(), 0u);
   EXPECT_EQ(summary.recent_norms_size(), 1);
   EXPECT_EQ(summary.last_norm(), 5);
   EXPECT_TRUE(summary.diverging());
