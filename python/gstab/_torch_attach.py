@@ -1,0 +1,111 @@
+"""gstab.torch.attach: a worker's ranks, from torch.distributed and its launcher, and the job's
+rendezvous across nodes, broadcast from global rank 0."""
+
+import contextlib
+import os
+import socket
+from typing import Optional, Tuple
+
+import torch
+
+import gstab
+
+
+def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
+           config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
+           local_world_size: Optional[int] = None, node_rank: Optional[int] = None,
+           cuda: Optional[bool] = None) -> None:
+    """Attaches this process to its node's gstabd as a worker of `job`, with its ranks taken
+    from torch.distributed and torchrun's LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK. Under
+    another launcher (no LOCAL_WORLD_SIZE), the ranks sharing this host's name are its node's.
+    Without torch.distributed initialized: a job of this process alone, or of the local_rank
+    and local_world_size given (processes of one node). A job across nodes gets its rendezvous
+    from global rank 0, broadcast over the default process group, and the hosts' names are
+    gathered over it, so every rank must call this then. cuda: whether the job registers CUDA
+    gradients (default: the process group has an NCCL backend; pass cuda=True for a GPU job
+    over another backend). policy and config as for gstab.Client.attach."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if node_rank:
+            raise ValueError("node_rank: a job across nodes needs torch.distributed initialized "
+                             "(its rendezvous is broadcast over the default process group)")
+        local_rank, local_world = local_rank or 0, local_world_size or 1
+        client.attach(job, rank=local_rank, world_size=local_world, local_rank=local_rank,
+                      local_world_size=local_world, policy=policy, config=config)
+        return
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if local_world_size is None and "LOCAL_WORLD_SIZE" not in os.environ and world > 1:
+        local_rank, local_world_size, node_rank = _layout_by_host(
+            rank, world, local_rank, node_rank)
+    local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
+                   else local_world_size)
+    if local_world < 1 or world % local_world:
+        raise ValueError(f"world size {world} is not a multiple of local_world_size "
+                         f"{local_world}: pass local_world_size (and local_rank, node_rank) "
+                         "for this launcher")
+    if local_rank is None:  # as node_rank below: consecutive global ranks share a node
+        local_rank = int(os.environ.get("LOCAL_RANK", rank % local_world))
+    nodes = world // local_world
+    if node_rank is None:
+        node_rank = int(os.environ.get("GROUP_RANK", rank // local_world))
+    blob = None
+    if nodes > 1:
+        if cuda is None:
+            cuda = _nccl()
+        message = [None]
+        if rank == 0:  # the others must hear of a failure too, or they wait for good
+            try:
+                message = [client.create_rendezvous(job, nodes, cuda)]
+            except Exception as e:  # noqa: BLE001 (passed on to every rank, then raised)
+                message = [e if isinstance(e, gstab.Error) else
+                           RuntimeError(f"gstab: rank 0 could not create the rendezvous: {e!r}")]
+        with _cpu_group() as group:
+            dist.broadcast_object_list(message, src=0, group=group)
+        if isinstance(message[0], Exception):
+            raise message[0]
+        blob = message[0]
+    client.attach(job, rank=rank, world_size=world, local_rank=local_rank,
+                  local_world_size=local_world, policy=policy, config=config,
+                  node_rank=node_rank, node_count=nodes, rendezvous=blob)
+
+
+@contextlib.contextmanager
+def _cpu_group():
+    """The group of every rank to pass Python objects over before the worker's GPU is set: a
+    Gloo group of all ranks while the default group has NCCL (whose collectives run on the
+    current GPU, cuda:0 on every rank until set_device: a duplicate-GPU error), else None, the
+    default group. Every rank enters it (making a group is collective)."""
+    dist = torch.distributed
+    group = dist.new_group(backend="gloo") if _nccl() else None
+    try:
+        yield group
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
+
+
+def _layout_by_host(rank: int, world: int, local_rank: Optional[int],
+                    node_rank: Optional[int]) -> Tuple[int, int, int]:
+    """(local_rank, local_world_size, node_rank) from the hosts' names, gathered over the
+    default process group: a node's ranks are those on its host, in global rank order, and the
+    nodes are in the order of their first rank. Given ranks are kept."""
+    hosts = [None] * world
+    with _cpu_group() as group:
+        torch.distributed.all_gather_object(hosts, socket.gethostname(), group=group)
+    order = list(dict.fromkeys(hosts))  # each host once, in the order of its first rank
+    counts = {h: hosts.count(h) for h in order}
+    if len(set(counts.values())) != 1:
+        raise ValueError("the hosts run different numbers of ranks (" +
+                         ", ".join(f"{h}: {n}" for h, n in counts.items()) +
+                         "): gstab needs as many workers on each node; or pass "
+                         "local_world_size, local_rank and node_rank")
+    mine = hosts[rank]
+    local = [r for r in range(world) if hosts[r] == mine].index(rank)
+    return (local if local_rank is None else local_rank, counts[mine],
+            order.index(mine) if node_rank is None else node_rank)
+
+
+def _nccl() -> bool:
+    """Whether the default process group reduces CUDA tensors with NCCL ("nccl", or a
+    per-device backend string such as "cpu:gloo,cuda:nccl")."""
+    return "nccl" in str(torch.distributed.get_backend())
