@@ -262,6 +262,7 @@ gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* 
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
+    client->last_step.Clear();  // a failed step leaves no results of an earlier one
     absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
     if (!r.ok()) return Report(r.status());
     gstab::capi::SetLastStep(client, *std::move(r), result);

@@ -98,6 +98,7 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
   return Guarded([&] {
+    client->last_step.Clear();  // a failed step leaves no results of an earlier one
     absl::StatusOr<gstab::v1::StepResponse> r =
         gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
     if (!r.ok()) return Report(r.status());

@@ -324,6 +324,14 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
     progress_marked_ = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST) == ScaledMark(step);
     if (!progress_marked_) progress_ = nullptr;
   }
+  if (absl::IsDeadlineExceeded(response.status()) && last_answer_.error_details().empty()) {
+    // Not gstabd's answer (its own carry details) but this client's wait running out: stopped
+    // or stuck, gstabd may still take the step when it runs again.
+    return absl::DataLossError(
+        absl::StrCat(response.status().message(), "; it may still scale step ", step,
+                     "'s gradients when it runs again: skip this step (zero them) rather than "
+                     "step them again, then attach and register again once gstabd serves"));
+  }
   if (response.ok() || !CutOff(last_answer_)) return response;
   return StepCutOff(step, response.status());
 }

@@ -12,10 +12,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client_lib/client.h"
 #include "client_lib/transport.h"
@@ -26,6 +28,13 @@
 
 namespace gstab {
 namespace {
+
+// A positive number of milliseconds from the environment variable `name`, else `otherwise`.
+int MillisecondsFromEnvironment(const char* name, int otherwise) {
+  int ms = 0;
+  const char* v = std::getenv(name);
+  return v != nullptr && absl::SimpleAtoi(v, &ms) && ms > 0 ? ms : otherwise;
+}
 
 // What a process refused gstabd's socket needs, naming the socket's group when it can be read.
 std::string SocketGroup(const std::string& socket_path) {
@@ -143,6 +152,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // A call in flight whose gstabd stops answering (its host gone, the process stopped) ends once
+  // a ping goes unanswered: a followed event stream has no deadline of its own. Pinged only while
+  // a call is in flight; an idle stream sends no data, so no cap on pings without.
+  const int keepalive_ms = MillisecondsFromEnvironment("GSTAB_KEEPALIVE_MS", 60000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+              MillisecondsFromEnvironment("GSTAB_KEEPALIVE_TIMEOUT_MS", 20000));
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, keepalive_ms);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (tcp) {
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =

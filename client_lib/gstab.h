@@ -81,7 +81,9 @@ const char* gstab_version(void);
 
 /* The message of the last failed call on this thread ("" when none has failed); a call that
  * succeeds leaves it as it is. */
-/* Valid until the calling thread's next failing gstab call: copy it to keep it. */
+/* Valid until the calling thread's next failing gstab call: copy it to keep it. Per OS thread:
+ * a binding whose calls may move between threads (Go's goroutines) reads it on the thread of
+ * the failed call (runtime.LockOSThread, or one C function making both calls). */
 const char* gstab_last_error(void);
 
 /* socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached
@@ -144,9 +146,13 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
  * them, as the arena's progress word showed, or may have (the first step after a registration,
  * or a gstabd that does not mark the word): part of them, or all, may be scaled, so skip this
  * step (zero them) rather than step them again, then attach and register again once gstabd
- * serves. */
+ * serves. So too when gstabd did not answer within the call timeout ($GSTAB_CALL_TIMEOUT_S;
+ * stopped or stuck, it may scale them when it runs again). GSTAB_DEADLINE_EXCEEDED: the job's
+ * other local workers did not step it within gstabd's step timeout; the gradients are
+ * untouched, and the same step may be taken again. */
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
-/* Per-group results of the last gstab_step; index < result.num_groups. */
+/* Per-group results of the last gstab_step or gstab_cuda_step, when it succeeded (a failed one
+ * leaves none: GSTAB_INVALID_ARGUMENT); index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);
 /* The last gstab_step of a job across nodes (the CPU backend): by how many steps this node's
  * statistics went back when it took node 0's at the job's new rendezvous, having counted more
@@ -285,9 +291,12 @@ gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gra
  * `client` (GSTAB_FAILED_PRECONDITION otherwise). */
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
                              void* stream, gstab_step_result* result, uint64_t* result_step);
-/* After gstab_register_cuda: the device address of the results buffer and its size. */
+/* After gstab_register_cuda: the device address of the results buffer and its size; valid
+ * until `gradients` registers again or is destroyed, or another registration through its client
+ * replaces it. */
 const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes);
-/* The name of group `index` of the results buffer (NULL when out of range). */
+/* The name of group `index` of the results buffer (NULL when out of range); valid until
+ * `gradients` registers again or is destroyed. */
 const char* gstab_cuda_group_name(const gstab_cuda_gradients* gradients, size_t index);
 
 #ifdef __cplusplus

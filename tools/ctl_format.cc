@@ -12,7 +12,8 @@
 namespace gstab::ctl {
 namespace {
 
-std::string Norm(double v) { return std::isfinite(v) ? absl::StrFormat("%.4g", v) : "non-finite"; }
+// NaN and infinity apart: they point to different causes (0/0 against an overflow).
+std::string Norm(double v) { return std::isnan(v) ? "nan" : absl::StrFormat("%.4g", v); }
 
 // Whom a job belongs to: its uid, cert:NAME (a client certificate's name), or "-".
 std::string Owner(const v1::JobSummary& j) {

@@ -162,7 +162,8 @@ int Events() {
   if (absl::GetFlag(FLAGS_follow) && (s.ok() || absl::IsUnavailable(s))) {
     return Fail(absl::UnavailableError(
         s.ok() ? "the event stream ended: gstabd stopped"
-               : absl::StrCat("the event stream ended: gstabd stopped (", s.message(), ")")));
+               : absl::StrCat("the event stream ended: gstabd stopped, or stopped answering (",
+                              s.message(), ")")));
   }
   if (!s.ok()) return Fail(s);
   if (!printed && !request.job().empty() && !request.follow()) {  // as status and top do
@@ -270,7 +271,11 @@ int Export() {
   if (!client.ok()) return Fail(client.status());
   auto state = (*client)->ExportState();
   if (!state.ok()) return Fail(state.status());
-  if (absl::Status s = WriteWhole(path, *state); !s.ok()) return Fail(s);
+  if (absl::Status s = WriteWhole(path, *state); !s.ok()) {
+    // `--out=- | head -c1`: as any other write to a pipe whose reader went.
+    if (path == "-" && StdoutReaderGone(0)) return 128 + SIGPIPE;
+    return Fail(s);
+  }
   const std::string job = absl::GetFlag(FLAGS_job);
   // To stdout, which holds the state: what was done goes to stderr.
   return Done(
@@ -384,16 +389,16 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
 int Run(const std::vector<std::string>& args, const std::set<std::string>& given) {
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
-  if (auto command = CommandFlags().find(cmd); command != CommandFlags().end()) {
-    for (const std::string& flag : given) {
-      if (flag == "socket" || flag == "json" || flag == "timeout_s") continue;
-      if (command->second.count(flag) == 0) {
-        return gstab::ctl::Usage(absl::StrCat(
-            cmd, " takes no --", flag,
-            command->second.empty()
-                ? ""
-                : absl::StrCat(" (its flags: --", absl::StrJoin(command->second, ", --"), ")")));
-      }
+  const auto command = CommandFlags().find(cmd);
+  if (command == CommandFlags().end()) return gstab::ctl::Usage("unknown command '" + cmd + "'");
+  for (const std::string& flag : given) {
+    if (flag == "socket" || flag == "json" || flag == "timeout_s") continue;
+    if (command->second.count(flag) == 0) {
+      return gstab::ctl::Usage(absl::StrCat(
+          cmd, " takes no --", flag,
+          command->second.empty()
+              ? ""
+              : absl::StrCat(" (its flags: --", absl::StrJoin(command->second, ", --"), ")")));
     }
   }
   // Given empty (--job=), or a name no job can have (from the command line or a --flagfile).
@@ -403,8 +408,10 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
         "--job: job names are 1 to 128 characters of [A-Za-z0-9._-], not '", job, "'"));
   }
   if (absl::GetFlag(FLAGS_timeout_s) <= 0) return gstab::ctl::Usage("--timeout_s must be > 0");
-  // The client library's calls wait as long as gstabctl's own (unless the caller says).
-  setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(), 0);
+  // The client library's calls wait as long as gstabctl's own: --timeout_s when given, else
+  // $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments), else the flag's default.
+  setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(),
+         given.count("timeout_s") == 1 ? 1 : 0);
   if (cmd != "config" && args.size() > 1) {
     return gstab::ctl::Usage(
         absl::StrCat(cmd, " takes no argument but flags (--job=NAME, ...), not '", args[1], "'"));
@@ -432,6 +439,7 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
 }  // namespace
 
 int main(int argc, char** argv) {
+  gstab::ctl::OpenStandardDescriptors();
   gstab::ctl::HandleStopSignals();
   std::vector<char*> rest =
       gstab::ParseCommandLineOrExit(argc, argv, "gstabctl", kUsage, "tools/gstabctl.cc");

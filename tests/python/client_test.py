@@ -170,6 +170,14 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(r.diverging)
         self.assertTrue(r.groups[0].diverging)
         self.assertEqual(r.spikes, 0)
+        # A failed step leaves no group results of the one before it (the C ABI's
+        # gstab_step_group), which a binding would take for its own.
+        with self.assertRaises(gstab.Error):
+            client.step(3)  # not after the last step
+        from gstab._native import CGroupResult
+        with client._in_call() as h:
+            self.assertEqual(client._lib.gstab_step_group(h, 0, ctypes.byref(CGroupResult())),
+                             gstab.StatusCode.INVALID_ARGUMENT)
 
     def test_bad_input_raises_errors_that_say_what_was_wrong(self):
         client = gstab.Client(self.socket)

@@ -228,11 +228,13 @@ class SessionTest(unittest.TestCase):
 
     def test_a_frozen_gstabd_is_waited_for_no_longer_than_the_call_timeout(self):
         # A gstabd that is stopped (SIGSTOP), not gone: a call gives up after
-        # $GSTAB_CALL_TIMEOUT_S (by default minutes past gstabd's step timeout), saying so.
+        # $GSTAB_CALL_TIMEOUT_S (by default minutes past gstabd's step timeout), saying so. A
+        # step so given up is DATA_LOSS, its gradients zeroed: gstabd may still scale them when
+        # it runs again.
         node = Gstabd(ARGS.gstabd)
         os.environ["GSTAB_CALL_TIMEOUT_S"] = "2"
         try:
-            client = gstab.Client(node.socket)
+            client = gstab.Client(node.socket, reattach_timeout=0)
             client.attach("py-frozen")
             views = one_tensor_job(client)
             run_steps(client, views, [1])
@@ -252,8 +254,11 @@ class SessionTest(unittest.TestCase):
                     run_steps(client, views, [2])
             finally:
                 os.kill(node.process.pid, signal.SIGCONT)
-            self.assertEqual(e.exception.code, 4)
+            self.assertEqual(e.exception.code, 15, e.exception.message)
             self.assertIn("did not answer within 2s", e.exception.message)
+            self.assertIn("it may still scale step 2's gradients", e.exception.message)
+            self.assertIn("were zeroed: skip it", e.exception.message)
+            self.assertEqual(bytes(views[0].cast("B")), bytes(len(views[0].cast("B"))))
             # close() waits 2 s at most too, whatever the call timeout.
             os.environ["GSTAB_CALL_TIMEOUT_S"] = "60"
             frozen = gstab.Client(node.socket)

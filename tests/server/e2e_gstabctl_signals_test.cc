@@ -165,5 +165,26 @@ TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
   EXPECT_LT(took, absl::Milliseconds(4500)) << "the client waited for its keep-alive call";
 }
 
+// A followed event stream whose gstabd stops answering (frozen here; a host gone is the same to
+// the client) fails once its ping goes unanswered, rather than wait in silence for good; while
+// gstabd answers, the pings (here every 1.5 s) keep it open.
+TEST(E2eClientExitTest, AFollowedStreamEndsWhenGstabdStopsAnsweringItsPings) {
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<testing::Subprocess> follow = testing::Subprocess::Start(
+      {"/usr/bin/env", "GSTAB_KEEPALIVE_MS=1500", "GSTAB_KEEPALIVE_TIMEOUT_MS=1500",
+       testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(), "events",
+       "--follow"});
+  ASSERT_TRUE(follow.ok()) << follow.status();
+  EXPECT_FALSE(follow->Wait(absl::Seconds(6)).ok()) << "the stream ended while gstabd answered";
+  ASSERT_TRUE(daemon->process().Stop());
+  absl::StatusOr<int> code = follow->Wait(absl::Seconds(20));
+  daemon->process().Signal(SIGCONT);
+  ASSERT_TRUE(code.ok()) << "still following a gstabd that stopped answering";
+  EXPECT_EQ(*code, 1);
+  EXPECT_NE(follow->ReadAll().find("stopped answering"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace gstab

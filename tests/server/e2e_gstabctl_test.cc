@@ -261,6 +261,15 @@ TEST_F(E2eGstabctlTest, ExportWritesThroughWhatIsThereAndFailsWhenOutputIsLost) 
                                         " import --job=files --in=-");
   EXPECT_EQ(prc, 0) << piped;
   EXPECT_NE(piped.find("imported"), std::string::npos) << piped;
+  // A reader of the state gone before it is written: the exit of any write to a closed pipe
+  // (141), silent, as `events` and `status` give.
+  auto [grc, gone] = testing::RunShell(
+      "{ " + ctl + " export --job=files --out=-; echo rc=$? >&2; } | " + "{ exec 0<&-; sleep 2; }");
+  EXPECT_NE(gone.find("rc=141"), std::string::npos) << gone;
+  EXPECT_EQ(gone.find("Broken pipe"), std::string::npos) << gone;
+  auto [urc, unknown] = Ctl("job list");  // the command first, then its arguments
+  EXPECT_EQ(urc, 2) << unknown;
+  EXPECT_NE(unknown.find("unknown command 'job'"), std::string::npos) << unknown;
   // The state on stdout, and what was done on stderr, as JSON under --json.
   auto [jrc, done] = testing::RunShell(ctl + " --json export --job=files --out=- 2>&1 >/dev/null");
   EXPECT_EQ(jrc, 0) << done;

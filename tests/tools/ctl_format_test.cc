@@ -148,5 +148,16 @@ TEST(CtlFormatTest, EventLinesNameTheJobStepAndGroups) {
   EXPECT_NE(line.find("groups=g"), std::string::npos) << line;
 }
 
+// NaN and infinity point to different causes (0/0, an overflow): each is printed as itself.
+TEST(CtlFormatTest, NaNAndInfiniteNormsArePrintedApart) {
+  v1::Event e;
+  e.set_type(v1::EVENT_TYPE_SKIP);
+  e.set_job("j");
+  e.set_norm(NAN);
+  EXPECT_NE(EventLine(e).find(" norm=nan "), std::string::npos) << EventLine(e);
+  e.set_norm(INFINITY);
+  EXPECT_NE(EventLine(e).find(" norm=inf "), std::string::npos) << EventLine(e);
+}
+
 }  // namespace
 }  // namespace gstab::ctl
