@@ -115,6 +115,7 @@ CudaGradients::~CudaGradients() {
 
 absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t numel, DType dtype,
                                       std::string group, v1::Reduction reduction) {
+  if (absl::Status s = CheckNewName(name); !s.ok()) return s;
   // The IPC handle names the allocation (a framework's caching allocator hands out pieces of
   // larger blocks), so register the block's handle and the tensor's offset inside it.
   const DeviceScope scope(device_);
@@ -161,6 +162,7 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
     b->set_device(device_);
     b->set_device_uuid(device_uuid_);
   }
+  names_.insert(name);
   v1::Tensor* t = request_.add_tensors();
   t->set_name(std::move(name));
   t->set_buffer(buffer->second);
@@ -171,9 +173,17 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   return absl::OkStatus();
 }
 
+absl::Status CudaGradients::CheckNewName(const std::string& name) const {
+  if (names_.count(name) == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("tensor '", name,
+                   "' was added already: each tensor of a registration has a name of its own"));
+}
+
 absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t numel, DType dtype,
                                                     std::string group, v1::Reduction reduction) {
   if (numel == 0) return absl::InvalidArgumentError("cannot allocate a tensor of 0 elements");
+  if (absl::Status s = CheckNewName(name); !s.ok()) return s;  // before its memory is taken
   const DeviceScope scope(device_);
   RETURN_IF_CUDA_ERROR(scope.status());
   void* p = nullptr;

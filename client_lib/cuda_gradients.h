@@ -26,6 +26,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -75,6 +76,8 @@ class CudaGradients {
 
  private:
   explicit CudaGradients(int device) : device_(device) {}
+  // INVALID_ARGUMENT when a tensor named `name` was added already.
+  absl::Status CheckNewName(const std::string& name) const;
   // Lets go of the results buffer once nothing on this process's streams waits for or reads it
   // (unless streams_stuck_).
   void CloseResults();
@@ -91,6 +94,9 @@ class CudaGradients {
   v1::RegisterBuffersRequest request_;
   // request_'s buffer of each allocation (its IPC handle) and dtype.
   std::map<std::pair<std::string, DType>, uint32_t> buffers_;
+  // The tensors' names: one given twice is refused as it is added, not by gstabd at the
+  // registration, after the results buffer of the one it would replace was let go.
+  std::set<std::string> names_;
   StepResultsHeader* results_ = nullptr;  // opened from gstabd's IPC handle
   uint64_t results_bytes_ = 0;
   std::vector<std::string> groups_;
