@@ -94,8 +94,7 @@ namespace {
 
 // gRPC's words for a connection that could not be made: a call failing so was never sent.
 constexpr absl::string_view kNotConnected[] = {"failed to connect", "Connection refused",
-                                               "connections to all backends failing",
-                                               "DNS resolution failed", "empty address list"};
+                                               "connections to all backends failing"};
 // Its words for a connection that went under a call.
 constexpr absl::string_view kConnectionLost[] = {"Socket closed", "Connection reset", "Broken pipe",
                                                  "Endpoint read failed"};
@@ -134,10 +133,20 @@ bool Client::CutOff(const grpc::Status& answer) const {
   // gstabd's own answers carry details (server/grpc_status.h): it ran the call to its end.
   if (!answer.error_details().empty()) return false;
   if (answer.error_code() == grpc::StatusCode::CANCELLED) return true;
-  // Any other UNAVAILABLE but a connection never made: gRPC's words for a connection lost under
-  // a call change between its versions, and one not known here must not pass for "untouched".
   return answer.error_code() == grpc::StatusCode::UNAVAILABLE &&
+         FromTransport(answer.error_message()) &&
          !ContainsAny(answer.error_message(), kNotConnected);
+}
+
+bool Client::Unanswered(const grpc::Status& answer, absl::Time deadline) const {
+  if (!answer.error_details().empty()) return false;  // gstabd's own answer
+  if (answer.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    return absl::StrContains(answer.error_message(), "keepalive watchdog timeout");
+  }
+  // A connection not up by then (a frozen gstabd accepts it but never says it is ready) never
+  // carried the call.
+  return answer.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() >= deadline &&
+         channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
 }
 
 absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const {
@@ -326,9 +335,7 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
     progress_marked_ = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST) == ScaledMark(step);
     if (!progress_marked_) progress_ = nullptr;
   }
-  if (absl::IsDeadlineExceeded(response.status()) && last_answer_.error_details().empty()) {
-    // Not gstabd's answer (its own carry details) but this client's wait running out: stopped
-    // or stuck, gstabd may still take the step when it runs again.
+  if (!response.ok() && last_unanswered_) {
     return absl::DataLossError(
         absl::StrCat(response.status().message(), "; it may still scale step ", step,
                      "'s gradients when it runs again: skip this step (zero them) rather than "

@@ -140,6 +140,7 @@ class Client {
     Response response;
     const grpc::Status answer = (stub_.get()->*method)(&ctx, request, &response);
     last_answer_ = answer;
+    last_unanswered_ = Unanswered(answer, deadline);
     absl::Status s = FromGrpcStatus(answer);
     if (absl::IsInternal(s) && s.message().empty()) s = Unreadable(request);
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
@@ -179,6 +180,11 @@ class Client {
   // Whether an UNAVAILABLE's message is gRPC's about the connection to this gstabd, rather
   // than gstabd's own.
   bool FromTransport(absl::string_view message) const;
+  // Whether a call that failed with `answer` was sent to gstabd and not answered: the client's
+  // wait ran out (by `deadline`) on a connection that was up, or gstabd stopped answering the
+  // connection's pings while the call was in flight. Stopped or stuck, gstabd may still take it
+  // when it runs again.
+  bool Unanswered(const grpc::Status& answer, absl::Time deadline) const;
 
   const uint64_t id_;
   const pid_t owner_;  // the process that made it (a forked child leaves it alone)
@@ -187,6 +193,8 @@ class Client {
   std::unique_ptr<v1::Stabilizer::Stub> stub_;
   v1::AttachResponse attached_;
   grpc::Status last_answer_;  // the last call's, untranslated
+  // The last call reached gstabd and got no answer (see Unanswered).
+  bool last_unanswered_ = false;
   // The progress word (RegisterBuffersRequest.progress) of the arena registered last, mapped on
   // its own: the arena may go before the client. Null for other registrations.
   std::shared_ptr<const uint64_t> progress_;

@@ -154,13 +154,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   // A call in flight whose gstabd stops answering (its host gone, the process stopped) ends once
   // a ping goes unanswered: a followed event stream has no deadline of its own. Pinged only while
-  // a call is in flight; an idle stream sends no data, so no cap on pings without.
-  const int keepalive_ms = MillisecondsFromEnvironment("GSTAB_KEEPALIVE_MS", 60000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  // a call is in flight; an idle stream sends no data, so no cap on pings without. Every 5 min
+  // by default: what gRPC servers take by default (gstabd takes one a second), so that a gstabd
+  // of an earlier release does not close a quiet stream for too many pings.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+              std::max(1000, MillisecondsFromEnvironment("GSTAB_KEEPALIVE_MS", 300000)));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
               MillisecondsFromEnvironment("GSTAB_KEEPALIVE_TIMEOUT_MS", 20000));
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, keepalive_ms);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (tcp) {
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =

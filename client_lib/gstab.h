@@ -146,10 +146,11 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
  * them, as the arena's progress word showed, or may have (the first step after a registration,
  * or a gstabd that does not mark the word): part of them, or all, may be scaled, so skip this
  * step (zero them) rather than step them again, then attach and register again once gstabd
- * serves. So too when gstabd did not answer within the call timeout ($GSTAB_CALL_TIMEOUT_S;
- * stopped or stuck, it may scale them when it runs again). GSTAB_DEADLINE_EXCEEDED: the job's
- * other local workers did not step it within gstabd's step timeout; the gradients are
- * untouched, and the same step may be taken again. */
+ * serves. So too when gstabd, sent the step, did not answer within the call timeout
+ * ($GSTAB_CALL_TIMEOUT_S) or stopped answering the connection's pings: stopped or stuck, it may
+ * scale them when it runs again. GSTAB_DEADLINE_EXCEEDED is gstabd's own answer: the step's wait
+ * for the job's other workers (local, or on other nodes) ran out before the gradients were
+ * touched; docs/daemon.md and docs/multinode.md say how the job goes on. */
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step or gstab_cuda_step, when it succeeded (a failed one
  * leaves none: GSTAB_INVALID_ARGUMENT); index < result.num_groups. */

@@ -243,10 +243,8 @@ absl::Status Server::Start() {
       GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
       static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive_timeout)));
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
-                             static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive)));
-  // Clients ping too (the library's $GSTAB_KEEPALIVE_MS, a minute by default), to tell a gstabd
-  // gone from a quiet event stream: up to once a second is no abuse.
+  // Clients ping too (the library's $GSTAB_KEEPALIVE_MS), to tell a gstabd gone from a quiet
+  // event stream: up to once a second is no abuse.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   grpc::ResourceQuota quota("gstabd-requests");
   quota.Resize(static_cast<size_t>(options_.rpc_memory_mb) << 20);

@@ -36,6 +36,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
@@ -408,10 +409,16 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
         "--job: job names are 1 to 128 characters of [A-Za-z0-9._-], not '", job, "'"));
   }
   if (absl::GetFlag(FLAGS_timeout_s) <= 0) return gstab::ctl::Usage("--timeout_s must be > 0");
-  // The client library's calls wait as long as gstabctl's own: --timeout_s when given, else
-  // $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments), else the flag's default.
-  setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(),
-         given.count("timeout_s") == 1 ? 1 : 0);
+  // Every wait of gstabctl's, and of the client library's calls, is --timeout_s when given on
+  // the command line, else $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments, which
+  // operators inherit through `kubectl exec`), else --timeout_s's value (a --flagfile's too).
+  int from_environment = 0;
+  if (const char* v = std::getenv("GSTAB_CALL_TIMEOUT_S");
+      given.count("timeout_s") == 0 && v != nullptr && absl::SimpleAtoi(v, &from_environment) &&
+      from_environment > 0) {
+    absl::SetFlag(&FLAGS_timeout_s, from_environment);
+  }
+  setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(), 1);
   if (cmd != "config" && args.size() > 1) {
     return gstab::ctl::Usage(
         absl::StrCat(cmd, " takes no argument but flags (--job=NAME, ...), not '", args[1], "'"));

@@ -441,8 +441,6 @@ def _check_name(name: str, group_of: Optional[str] = None) -> None:
             "characters; pass (name, parameter) pairs with names of your own, and a `group=`")
 
 
-
-
 class _DeviceWords:
     """Device memory as int32 words, for torch.as_tensor (CUDA array interface, no copy)."""
 

@@ -238,27 +238,43 @@ class SessionTest(unittest.TestCase):
             client.attach("py-frozen")
             views = one_tensor_job(client)
             run_steps(client, views, [1])
-            os.kill(node.process.pid, signal.SIGSTOP)
-            tasks = f"/proc/{node.process.pid}/task"
-            for _ in range(500):  # stopped once every thread is
 
-                def state(task):
-                    with open(f"{tasks}/{task}/stat") as f:
-                        return f.read().rsplit(")", 1)[1].split()[0]
+            def frozen_step(client, views):
+                os.kill(node.process.pid, signal.SIGSTOP)
+                tasks = f"/proc/{node.process.pid}/task"
+                for _ in range(500):  # stopped once every thread is
 
-                if all(state(t) == "T" for t in os.listdir(tasks)):
-                    break
-                time.sleep(0.01)
+                    def state(task):
+                        with open(f"{tasks}/{task}/stat") as f:
+                            return f.read().rsplit(")", 1)[1].split()[0]
+
+                    if all(state(t) == "T" for t in os.listdir(tasks)):
+                        break
+                    time.sleep(0.01)
+                try:
+                    with self.assertRaises(gstab.Error) as e:
+                        run_steps(client, views, [2])
+                finally:
+                    os.kill(node.process.pid, signal.SIGCONT)
+                self.assertEqual(e.exception.code, 15, e.exception.message)
+                self.assertIn("it may still scale step 2's gradients", e.exception.message)
+                self.assertIn("were zeroed: skip it", e.exception.message)
+                self.assertEqual(bytes(views[0].cast("B")), bytes(len(views[0].cast("B"))))
+                return e.exception.message
+
+            self.assertIn("did not answer within 2s", frozen_step(client, views))
+            # The same when gstabd stops answering the connection's pings first (by default
+            # after five minutes and 20 s, before a step's call timeout runs out).
+            os.environ.update(GSTAB_CALL_TIMEOUT_S="60", GSTAB_KEEPALIVE_MS="1000",
+                              GSTAB_KEEPALIVE_TIMEOUT_MS="2000")
             try:
-                with self.assertRaises(gstab.Error) as e:
-                    run_steps(client, views, [2])
+                pinged = gstab.Client(node.socket, reattach_timeout=0)
             finally:
-                os.kill(node.process.pid, signal.SIGCONT)
-            self.assertEqual(e.exception.code, 15, e.exception.message)
-            self.assertIn("did not answer within 2s", e.exception.message)
-            self.assertIn("it may still scale step 2's gradients", e.exception.message)
-            self.assertIn("were zeroed: skip it", e.exception.message)
-            self.assertEqual(bytes(views[0].cast("B")), bytes(len(views[0].cast("B"))))
+                del os.environ["GSTAB_KEEPALIVE_MS"], os.environ["GSTAB_KEEPALIVE_TIMEOUT_MS"]
+            pinged.attach("py-frozen-pinged")
+            pinged_views = one_tensor_job(pinged)
+            run_steps(pinged, pinged_views, [1])
+            self.assertIn("keepalive watchdog timeout", frozen_step(pinged, pinged_views))
             # close() waits 2 s at most too, whatever the call timeout.
             os.environ["GSTAB_CALL_TIMEOUT_S"] = "60"
             frozen = gstab.Client(node.socket)

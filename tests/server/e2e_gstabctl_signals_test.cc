@@ -124,9 +124,9 @@ TEST_F(E2eGstabctlTest, IgnoredSignalsStayIgnoredAndAClosedPipeDetachesToo) {
 
   // The reader closes its end at once: the write meets a closed pipe. gstabctl exits as at any
   // closed pipe (141, silent: e2e_gstabctl_test), and the session is gone.
-  auto [rc, out] =
-      testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket() +
-                        " export --job=piped --out=- | (exec 0<&-; sleep 0.2)");
+  auto [rc, out] = testing::RunShell("{ sleep 1; " + testing::BinaryPath("tools/gstabctl") +
+                                     " --socket=" + daemon_->socket() +
+                                     " export --job=piped --out=-; } | (exec 0<&-; sleep 2)");
   EXPECT_EQ(out.find("Broken pipe"), std::string::npos) << out;
   auto [frc, forgot] = Ctl("forget --job=piped");
   EXPECT_EQ(frc, 0) << forgot;
@@ -168,17 +168,17 @@ TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
 
 // A followed event stream whose gstabd stops answering (frozen here; a host gone is the same to
 // the client) fails once its ping goes unanswered, rather than wait in silence for good; while
-// gstabd answers, the pings (here every 1.5 s) keep it open.
+// gstabd answers, the pings (here every 2 s) keep it open.
 TEST(E2eClientExitTest, AFollowedStreamEndsWhenGstabdStopsAnsweringItsPings) {
   testing::TempDir dir;
   auto daemon = testing::DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   absl::StatusOr<testing::Subprocess> follow = testing::Subprocess::Start(
-      {"/usr/bin/env", "GSTAB_KEEPALIVE_MS=1500", "GSTAB_KEEPALIVE_TIMEOUT_MS=1500",
+      {"/usr/bin/env", "GSTAB_KEEPALIVE_MS=2000", "GSTAB_KEEPALIVE_TIMEOUT_MS=4000",
        testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(), "events",
        "--follow"});
   ASSERT_TRUE(follow.ok()) << follow.status();
-  EXPECT_FALSE(follow->Wait(absl::Seconds(6)).ok()) << "the stream ended while gstabd answered";
+  EXPECT_FALSE(follow->Wait(absl::Seconds(8)).ok()) << "the stream ended while gstabd answered";
   ASSERT_TRUE(daemon->process().Stop());
   absl::StatusOr<int> code = follow->Wait(absl::Seconds(20));
   daemon->process().Signal(SIGCONT);

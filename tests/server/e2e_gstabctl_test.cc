@@ -261,10 +261,12 @@ TEST_F(E2eGstabctlTest, ExportWritesThroughWhatIsThereAndFailsWhenOutputIsLost) 
                                         " import --job=files --in=-");
   EXPECT_EQ(prc, 0) << piped;
   EXPECT_NE(piped.find("imported"), std::string::npos) << piped;
-  // A reader of the state gone before it is written: the exit of any write to a closed pipe
+  // A reader of the state gone before it is written (it closes its end while gstabctl waits a
+  // second to start): the exit of any write to a closed pipe
   // (141), silent, as `events` and `status` give.
-  auto [grc, gone] = testing::RunShell(
-      "{ " + ctl + " export --job=files --out=-; echo rc=$? >&2; } | " + "{ exec 0<&-; sleep 2; }");
+  auto [grc, gone] =
+      testing::RunShell("{ sleep 1; " + ctl + " export --job=files --out=-; echo rc=$? >&2; } | " +
+                        "{ exec 0<&-; sleep 3; }");
   EXPECT_NE(gone.find("rc=141"), std::string::npos) << gone;
   EXPECT_EQ(gone.find("Broken pipe"), std::string::npos) << gone;
   auto [urc, unknown] = Ctl("job list");  // the command first, then its arguments
