@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -191,6 +192,11 @@ int Top() {
   }
   const std::string job = absl::GetFlag(FLAGS_job);
   bool job_seen = false;
+  // Open-ended, a job gstabd neither holds nor keeps is waited for, and said so under each frame
+  // until it comes (on stderr once, with --json): a misspelt name would otherwise show an empty
+  // view for good, as `events --follow` says too.
+  std::optional<bool> known;
+  bool said = false;
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
     if (!client.ok()) client = Connect();  // after a failed frame
@@ -208,10 +214,21 @@ int Top() {
       OnlyJob(&*jobs, job);
       job_seen |= !jobs->jobs().empty();
     }
+    std::string waiting;
+    if (iterations == 0 && !job.empty() && !job_seen && !known.has_value()) {
+      if (absl::StatusOr<bool> k = Knows(client->get(), job); k.ok()) known = *k;
+    }
+    if (known == false && !job_seen) {
+      waiting = absl::StrCat("gstabd holds no job '", job,
+                             "' and no checkpoint of it yet: waiting for it (check the name)");
+    }
     if (absl::GetFlag(FLAGS_json)) {
       std::printf("%s\n", Json(*jobs).c_str());
+      if (!waiting.empty() && !said) std::fprintf(stderr, "gstabctl: %s\n", waiting.c_str());
+      said |= !waiting.empty();
     } else {
-      std::printf("%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str());
+      std::printf("%s%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str(),
+                  waiting.empty() ? "" : absl::StrCat(waiting, "\n").c_str());
     }
     if (!StdoutWritten()) return StdoutFailed();
   }

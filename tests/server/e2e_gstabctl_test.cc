@@ -298,6 +298,25 @@ TEST_F(E2eGstabctlTest, AFollowedStreamEndsWhenItsReaderGoes) {
   EXPECT_NE(out.find("quiet"), std::string::npos) << out;
 }
 
+// `top --job=J` until interrupted, of a job gstabd neither holds nor keeps (a misspelt name),
+// says under its frames that it waits for it, rather than show an empty view in silence.
+TEST_F(E2eGstabctlTest, TopOfAJobNotThereSaysItWaitsForIt) {
+  auto top = testing::Subprocess::Start({testing::BinaryPath("tools/gstabctl"),
+                                         "--socket=" + daemon_->socket(), "--interval_ms=100",
+                                         "top", "--job=no-such-run"});
+  ASSERT_TRUE(top.ok()) << top.status();
+  bool told = false;
+  const absl::Time until = absl::Now() + absl::Seconds(10);  // frames come every 100 ms
+  for (absl::StatusOr<std::string> line = top->ReadLine(absl::Seconds(10));
+       line.ok() && !told && absl::Now() < until; line = top->ReadLine(absl::Seconds(10))) {
+    told = line->find("holds no job 'no-such-run' and no checkpoint of it yet: waiting for it") !=
+           std::string::npos;
+  }
+  EXPECT_TRUE(told);
+  top->Signal(SIGTERM);
+  (void)top->Wait(absl::Seconds(5));
+}
+
 // `top` until interrupted outlives a gstabd restart (a rollout): the frames stop while none
 // serves, and go on once one does.
 TEST_F(E2eGstabctlTest, TopUntilInterruptedWaitsForARestartedGstabd) {
