@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "common/done_written.h"
+#include "common/environment.h"
 #include "common/step_progress.h"
 #include "common/utf8.h"
 
@@ -43,10 +44,8 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
       channel_(std::move(channel)),
       target_(std::move(target)),
       stub_(v1::Stabilizer::NewStub(channel_)) {
-  int seconds = 0;
-  if (const char* v = std::getenv("GSTAB_CALL_TIMEOUT_S");
-      v != nullptr && absl::SimpleAtoi(v, &seconds) && seconds > 0) {
-    call_timeout_ = absl::Seconds(seconds);
+  if (std::optional<int> seconds = PositiveFromEnvironment("GSTAB_CALL_TIMEOUT_S")) {
+    call_timeout_ = absl::Seconds(*seconds);
     call_timeout_set_ = true;
   }
 }

@@ -12,15 +12,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client_lib/client.h"
 #include "client_lib/transport.h"
+#include "common/environment.h"
 #include "common/host_port.h"
 #include "common/refusal.h"
 #include "common/wire_limits.h"
@@ -28,13 +27,6 @@
 
 namespace gstab {
 namespace {
-
-// A positive number of milliseconds from the environment variable `name`, else `otherwise`.
-int MillisecondsFromEnvironment(const char* name, int otherwise) {
-  int ms = 0;
-  const char* v = std::getenv(name);
-  return v != nullptr && absl::SimpleAtoi(v, &ms) && ms > 0 ? ms : otherwise;
-}
 
 // What a process refused gstabd's socket needs, naming the socket's group when it can be read.
 std::string SocketGroup(const std::string& socket_path) {
@@ -158,9 +150,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   // by default: what gRPC servers take by default (gstabd takes one a second), so that a gstabd
   // of an earlier release does not close a quiet stream for too many pings.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
-              std::max(1000, MillisecondsFromEnvironment("GSTAB_KEEPALIVE_MS", 300000)));
+              std::max(1000, PositiveFromEnvironment("GSTAB_KEEPALIVE_MS").value_or(300000)));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-              MillisecondsFromEnvironment("GSTAB_KEEPALIVE_TIMEOUT_MS", 20000));
+              PositiveFromEnvironment("GSTAB_KEEPALIVE_TIMEOUT_MS").value_or(20000));
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (tcp) {

@@ -274,10 +274,14 @@ void Job::ReportFinishedGpuSteps() {
   if (!mu_.TryLock()) return;
   GpuReports taken;
   if (importing_ == 0) {  // an import waits for the GPU: not now
-    const uint32_t primary = gpus_.empty() ? 0 : gpus_.primary();
-    CollectGpuSteps(primary, true,
-                    gpus_.empty() ? std::vector<GpuStepResult>{} : gpus_.Poll(primary), last_step_,
-                    &taken);
+    // Without pipelines (the generation ended), the ended generation's steps alone.
+    uint32_t primary = 0;
+    std::vector<GpuStepResult> finished;
+    if (!gpus_.empty()) {
+      primary = gpus_.primary();
+      finished = gpus_.Poll(primary);
+    }
+    CollectGpuSteps(primary, true, finished, last_step_, &taken);
     TakeReportTicket(&taken);
   }
   mu_.Unlock();

@@ -37,12 +37,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
 #include "common/command_line.h"
+#include "common/environment.h"
 #include "common/job_name.h"
 #include "common/wire_limits.h"
 #include "tools/ctl_common.h"
@@ -429,11 +429,9 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
   // Every wait of gstabctl's, and of the client library's calls, is --timeout_s when given on
   // the command line, else $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments, which
   // operators inherit through `kubectl exec`), else --timeout_s's value (a --flagfile's too).
-  int from_environment = 0;
-  if (const char* v = std::getenv("GSTAB_CALL_TIMEOUT_S");
-      given.count("timeout_s") == 0 && v != nullptr && absl::SimpleAtoi(v, &from_environment) &&
-      from_environment > 0) {
-    absl::SetFlag(&FLAGS_timeout_s, from_environment);
+  if (std::optional<int> from_environment = gstab::PositiveFromEnvironment("GSTAB_CALL_TIMEOUT_S");
+      given.count("timeout_s") == 0 && from_environment.has_value()) {
+    absl::SetFlag(&FLAGS_timeout_s, *from_environment);
   }
   setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(), 1);
   if (cmd != "config" && args.size() > 1) {
