@@ -291,4 +291,9 @@ uint64_t gstab_step_statistics_rolled_back(const gstab_client* client) {
   return client->last_step.statistics_rolled_back();
 }
 
+const char* gstab_step_not_applied(const gstab_client* client) {
+  if (client == nullptr || !CheckOwner(client->owner, "client").ok()) return "";
+  return client->last_step.not_applied().c_str();
+}
+
 }  // extern "C"

@@ -124,6 +124,24 @@ gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint
   });
 }
 
+gstab_status gstab_daemon_instance(gstab_client* client, char* instance) {
+  if (client == nullptr || instance == nullptr) {
+    return Report(absl::InvalidArgumentError("client and instance must not be NULL"));
+  }
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  return Guarded([&] {
+    absl::StatusOr<gstab::v1::IdentifyResponse> r = client->client->Identify();
+    if (!r.ok()) return Report(r.status());
+    if (r->instance().size() != GSTAB_INSTANCE_SIZE - 1) {  // bytes of another kind of server
+      return Report(absl::InternalError(
+          absl::StrCat("gstabd named its instance with ", r->instance().size(), " characters, not ",
+                       GSTAB_INSTANCE_SIZE - 1, ": is this a gstabd?")));
+    }
+    std::memcpy(instance, r->instance().c_str(), GSTAB_INSTANCE_SIZE);
+    return GSTAB_OK;
+  });
+}
+
 gstab_status gstab_update_config(gstab_client* client, const char* settings, uint64_t* version) {
   if (client == nullptr || settings == nullptr) {
     return Report(absl::InvalidArgumentError("client and settings must not be NULL"));

@@ -285,6 +285,10 @@ absl::StatusOr<std::string> Client::CreateRendezvous(const std::string& job, uin
   return r->rendezvous();
 }
 
+absl::StatusOr<v1::IdentifyResponse> Client::Identify() {
+  return Call(&v1::Stabilizer::Stub::Identify, v1::IdentifyRequest());
+}
+
 void Client::StopKeepAlive() {
   if (keepalive_ == nullptr) return;
   StopKeepAlive(keepalive_.get());

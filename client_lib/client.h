@@ -80,6 +80,9 @@ class Client {
   // `cuda`: the job registers GPU gradients (cuda_ipc), so the blob carries an NCCL id too.
   absl::StatusOr<std::string> CreateRendezvous(const std::string& job, uint32_t node_count,
                                                bool cuda = false);
+  // Which gstabd answers (IdentifyResponse): workers that get the same instance share a node.
+  // UNIMPLEMENTED from a gstabd of an earlier release.
+  absl::StatusOr<v1::IdentifyResponse> Identify();
   absl::Status Register(const GradientArena& arena);
   // `response` (may be null) receives gstabd's answer: the job's groups and, for cuda_ipc
   // buffers, the results buffer.

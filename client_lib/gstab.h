@@ -160,6 +160,13 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
  * (node 0 restarted from an older checkpoint, or imported an older state; a
  * STATISTICS_ROLLED_BACK event says the same); else 0 (and 0 for a NULL client). */
 uint64_t gstab_step_statistics_rolled_back(const gstab_client* client);
+/* Why nothing was applied to the step the last gstab_step or gstab_cuda_step's results belong
+ * to: a CUDA step voided on the GPU (a node or local GPU of the job lost, the all-reduce
+ * aborted; GSTAB_FLAG_VOIDED) or one the job's nodes disagreed on (GSTAB_FLAG_MISMATCH). Its
+ * result's skip is set then, and its groups' norms are NaN: nothing was measured, and the
+ * statistics did not move. "" when it was applied (and for a NULL client). Valid until the
+ * client's next step. */
+const char* gstab_step_not_applied(const gstab_client* client);
 
 /* ---- Configuration, jobs across nodes, checkpoints ----
  *
@@ -197,6 +204,13 @@ int gstab_attach_restored(const gstab_client* client);
  * carries an NCCL id too). */
 gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint32_t node_count,
                                      int cuda, void** blob, size_t* size);
+/* The instance of the gstabd `client` talks to, needing no attach: GSTAB_INSTANCE_SIZE - 1 hex
+ * digits, random at each start of gstabd, written with a NUL to `instance`. Workers of a job
+ * that get the same instance talk to one gstabd and are one node of the job (its local ranks),
+ * whatever their hosts' or containers' names; gather them to number the job's nodes.
+ * GSTAB_UNIMPLEMENTED from a gstabd of an earlier release. */
+#define GSTAB_INSTANCE_SIZE 33
+gstab_status gstab_daemon_instance(gstab_client* client, char* instance);
 /* Changes the job's configuration from its next step; *version (may be NULL) receives the
  * configuration's new version. */
 gstab_status gstab_update_config(gstab_client* client, const char* settings, uint64_t* version);

@@ -302,7 +302,8 @@ absl::Status Server::Start() {
                     : absl::StrCat(" (probes: unix:", options_.health_socket_path, ")"))
             << "; backend: "
             << (options_.daemon.cuda ? "cuda (and host shared memory)"
-                                     : "cpu (host shared memory only)");
+                                     : "cpu (host shared memory only)")
+            << "; instance " << service_->instance();
   return absl::OkStatus();
 }
 

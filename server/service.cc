@@ -1,9 +1,15 @@
 #include "server/service.h"
 
 #include <grpc/grpc_security_constants.h>
+#include <unistd.h>
+
+#include <climits>
+#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "server/grpc_status.h"
 
 namespace gstab {
@@ -145,6 +151,25 @@ grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext* context,
                                                  const v1::CreateRendezvousRequest* request,
                                                  v1::CreateRendezvousResponse* response) {
   return Answer("CreateRendezvous", daemon_->CreateRendezvous(*request, response, Caller(context)));
+}
+
+v1::IdentifyResponse StabilizerService::NewIdentity() {
+  v1::IdentifyResponse identity;
+  std::random_device entropy;  // the kernel's random numbers: two starts never share one
+  std::string instance;
+  for (int i = 0; i < 4; ++i) absl::StrAppendFormat(&instance, "%08x", entropy());
+  identity.set_instance(instance);
+  identity.set_version(GSTAB_VERSION);
+  char host[HOST_NAME_MAX + 1] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) identity.set_host(host);
+  identity.set_started_unix_ms(static_cast<uint64_t>(absl::ToUnixMillis(absl::Now())));
+  return identity;
+}
+
+grpc::Status StabilizerService::Identify(grpc::ServerContext*, const v1::IdentifyRequest*,
+                                         v1::IdentifyResponse* response) {
+  *response = identity_;
+  return grpc::Status::OK;
 }
 
 grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,

@@ -33,7 +33,8 @@ class StabilizerService final : public v1::Stabilizer::Service {
         peers_(peers),
         errors_(errors),
         max_event_streams_(max_event_streams),
-        max_calls_(max_calls) {}
+        max_calls_(max_calls),
+        identity_(NewIdentity()) {}
   static constexpr int kMaxEventStreams = 16;
   static constexpr int kMaxCallsPerCaller = 2048;
 
@@ -63,6 +64,10 @@ class StabilizerService final : public v1::Stabilizer::Service {
                            grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status CreateRendezvous(grpc::ServerContext*, const v1::CreateRendezvousRequest* request,
                                 v1::CreateRendezvousResponse* response) override;
+  grpc::Status Identify(grpc::ServerContext*, const v1::IdentifyRequest* request,
+                        v1::IdentifyResponse* response) override;
+  // This gstabd's instance (IdentifyResponse.instance), as its log names it.
+  const std::string& instance() const { return identity_.instance(); }
 
  private:
   // The caller's uid when it came through the unix socket (SO_PEERCRED).
@@ -72,6 +77,8 @@ class StabilizerService final : public v1::Stabilizer::Service {
   Principal Caller(const grpc::ServerContext* context) const;
   // `status` as gRPC's, counted in errors_ unless OK.
   grpc::Status Answer(const char* method, const absl::Status& status) const;
+  // A new instance's answer to Identify: a random instance, this release, this host, now.
+  static v1::IdentifyResponse NewIdentity();
   // `call()`'s answer, the call counted among its caller's in flight meanwhile; refused with
   // RESOURCE_EXHAUSTED, uncalled, when the caller has max_calls_ in flight already.
   grpc::Status Counted(const char* method, const grpc::ServerContext* context,
@@ -87,6 +94,7 @@ class StabilizerService final : public v1::Stabilizer::Service {
   const int max_calls_;
   absl::Mutex calls_mu_;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(calls_mu_);  // by caller, as event_streams_
+  const v1::IdentifyResponse identity_;
 };
 
 }  // namespace gstab

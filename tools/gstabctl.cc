@@ -1,6 +1,8 @@
 // gstabctl: look at and steer a node's gstabd.
 //
 //   gstabctl health                        exit 0 when gstabd serves (a container probe)
+//   gstabctl version                       gstabctl's release, and gstabd's: its release, host,
+//                                           instance (which workers share a node) and start
 //   gstabctl status [--all] [--job=J]      jobs, workers, policy, last norms, counters
 //                                           (--all: and the retired jobs, kept as checkpoints)
 //   gstabctl events [--job=J] [--follow]   recent events, or the live stream
@@ -39,8 +41,10 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
+#include "client_lib/gstab.h"
 #include "common/command_line.h"
 #include "common/environment.h"
 #include "common/job_name.h"
@@ -83,6 +87,24 @@ int Health() {
   }
   if (absl::GetFlag(FLAGS_json)) std::printf("{\"status\":\"SERVING\"}\n");
   return 0;
+}
+
+int Version() {
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (!json) std::printf("gstabctl %s\n", GSTAB_VERSION);  // said even when no gstabd answers
+  auto client = Connect();
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::IdentifyResponse> daemon = (*client)->Identify();
+  if (!daemon.ok()) return Fail(daemon.status());
+  const std::string started = absl::FormatTime(
+      absl::RFC3339_sec, absl::FromUnixMillis(daemon->started_unix_ms()), absl::UTCTimeZone());
+  return Done(absl::StrCat("gstabd ", daemon->version(), " on ", daemon->host(), ", instance ",
+                           daemon->instance(), ", started ", started),
+              {{"gstabctl", GSTAB_VERSION},
+               {"gstabd", daemon->version()},
+               {"host", daemon->host()},
+               {"instance", daemon->instance()},
+               {"started", started}});
 }
 
 int Status() {
@@ -378,6 +400,7 @@ constexpr char kUsage[] =
     "[--socket=PATH|HOST:PORT] [--json] [--timeout_s=S] COMMAND\n\n"
     "Commands:\n"
     "  health\n"
+    "  version\n"
     "  status [--job=J] [--all]\n"
     "  events [--job=J] [--recent=N] [--follow]\n"
     "  top [--job=J] [--interval_ms=MS] [--iterations=N]\n"
@@ -392,6 +415,7 @@ constexpr char kUsage[] =
 const std::map<std::string, std::set<std::string>>& CommandFlags() {
   static const auto* flags = new std::map<std::string, std::set<std::string>>{
       {"health", {}},
+      {"version", {}},
       {"status", {"job", "all"}},
       {"events", {"job", "recent", "follow"}},
       {"top", {"job", "interval_ms", "iterations"}},
@@ -439,6 +463,7 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
         absl::StrCat(cmd, " takes no argument but flags (--job=NAME, ...), not '", args[1], "'"));
   }
   if (cmd == "health") return gstab::ctl::Health();
+  if (cmd == "version") return gstab::ctl::Version();
   if (cmd == "status") return gstab::ctl::Status();
   if (cmd == "events") return gstab::ctl::Events();
   if (cmd == "top") return gstab::ctl::Top();

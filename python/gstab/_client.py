@@ -15,8 +15,8 @@ import weakref
 from typing import Optional
 
 from ._native import (DATA_LOSS, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE,
-                      CGroupResult, CStepResult, CAttachOptions, Config, Error, check, enc,
-                      enc_path, json_numbers, load_library, settings, take, uint)
+                      UNIMPLEMENTED, CGroupResult, CStepResult, CAttachOptions, Config, Error,
+                      check, enc, enc_path, json_numbers, load_library, settings, take, uint)
 from ._buffers import Arena, CudaGradients, _live_arenas
 from ._results import GroupResult, StepResult, _lost_step
 
@@ -271,6 +271,18 @@ class Client:
             self._lib.gstab_create_rendezvous, enc(job, "job name"),
             uint("node_count", node_count, 32), int(cuda), data, size))
 
+    def daemon_instance(self) -> Optional[str]:
+        """The instance of the gstabd this client talks to (32 hex digits, random at each start
+        of gstabd), needing no attach: workers of a job that get the same one are one node of
+        the job, whatever their hosts' or containers' names. None from a gstabd of an earlier
+        release, which cannot say."""
+        out = ctypes.create_string_buffer(33)  # GSTAB_INSTANCE_SIZE
+        status = self._call(self._lib.gstab_daemon_instance, out)
+        if status == UNIMPLEMENTED:
+            return None
+        check(status)
+        return out.value.decode()
+
     def update_config(self, config: Config) -> int:
         """Changes the job's configuration from its next step; returns its new version."""
         version = ctypes.c_uint64()
@@ -389,7 +401,8 @@ class Client:
             groups.append(GroupResult(g.group.decode(), g.norm, g.stabilized_norm, g.scale, g.z,
                                       bool(g.spike), bool(g.skipped), bool(g.diverging)))
         return StepResult(bool(r.skip), bool(r.diverging), r.spikes, r.norm, r.stabilized_norm,
-                          result_step, groups, self._lib.gstab_step_statistics_rolled_back(h))
+                          result_step, groups, self._lib.gstab_step_statistics_rolled_back(h),
+                          self._lib.gstab_step_not_applied(h).decode(errors="replace"))
 
     def close(self) -> None:
         """Detaches (when attached: gstabd lets go of this worker at once, not at the end of its

@@ -104,6 +104,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_attach_with_options": ([P, S, ctypes.POINTER(CAttachOptions)], I),
         "gstab_attach_restored": ([P], I),
         "gstab_create_rendezvous": ([P, S, U32, I, PP, ctypes.POINTER(ctypes.c_size_t)], I),
+        "gstab_daemon_instance": ([P, ctypes.c_char_p], I),
         "gstab_update_config": ([P, S, ctypes.POINTER(ctypes.c_uint64)], I),
         "gstab_export_state": ([P, PP, ctypes.POINTER(ctypes.c_size_t)], I),
         "gstab_import_state": ([P, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(U32)], I),
@@ -118,7 +119,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
         "gstab_register_arena": ([P, P], I),
         "gstab_step": ([P, U64, ctypes.POINTER(CStepResult)], I),
         "gstab_step_group": ([P, ctypes.c_size_t, ctypes.POINTER(CGroupResult)], I),
-        "gstab_step_statistics_rolled_back": ([P], U64),
+        "gstab_step_statistics_rolled_back": ([P], U64), "gstab_step_not_applied": ([P], S),
         "gstab_cuda_gradients_create": ([I, PP], I), "gstab_cuda_gradients_destroy": ([P], None),
         "gstab_cuda_add_tensor_flags": ([P, S, P, U64, I, S, U32], I),
         "gstab_cuda_allocate_tensor_flags": ([P, S, U64, I, S, U32, PP], I),
@@ -254,3 +255,4 @@ def take(call) -> bytes:
 
 # gRPC status codes the client acts on.
 UNAVAILABLE, UNAUTHENTICATED, FAILED_PRECONDITION, NOT_FOUND, DATA_LOSS = 14, 16, 9, 5, 15
+UNIMPLEMENTED = 12

@@ -42,6 +42,10 @@ class StepResult:
     # A job across nodes on the CPU backend: by how many steps this node's statistics went back
     # when it took node 0's at this step (node 0 restarted from an older checkpoint); else 0.
     statistics_rolled_back: int = 0
+    # Why nothing was applied to step result_step (a CUDA step voided on the GPU, or one the
+    # job's nodes disagreed on: skip is set, the norms NaN, the statistics unmoved); "" when
+    # it was applied.
+    not_applied: str = ""
 
 
 def _lost_step(step: int) -> StepResult:

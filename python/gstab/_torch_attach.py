@@ -3,25 +3,29 @@ rendezvous across nodes, broadcast from global rank 0."""
 
 import contextlib
 import os
-import socket
 from typing import Optional, Tuple
 
 import torch
 
 import gstab
+from . import _nodes
 
 
 def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
            config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
            local_world_size: Optional[int] = None, node_rank: Optional[int] = None,
            cuda: Optional[bool] = None) -> None:
-    """Attaches this process to its node's gstabd as a worker of `job`, with its ranks taken
-    from torch.distributed and torchrun's LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK. Under
-    another launcher (no LOCAL_WORLD_SIZE), the ranks sharing this host's name are its node's.
-    Without torch.distributed initialized: a job of this process alone, or of the local_rank
-    and local_world_size given (processes of one node). A job across nodes gets its rendezvous
-    from global rank 0, broadcast over the default process group, and the hosts' names are
-    gathered over it, so every rank must call this then. cuda: whether the job registers CUDA
+    """Attaches this process to its node's gstabd as a worker of `job`, with its rank and world
+    size taken from torch.distributed. The ranks whose clients talk to one gstabd (the same
+    instance, Client.daemon_instance) are one node's, whatever the launcher or the hosts' and
+    pods' names say: one pod per GPU on a host is one node of several ranks. With a gstabd of
+    an earlier release, which cannot say: torchrun's LOCAL_RANK, LOCAL_WORLD_SIZE and
+    GROUP_RANK, else the ranks sharing a host's name. local_world_size (and local_rank,
+    node_rank) given: those, with consecutive global ranks on a node. Without torch.distributed
+    initialized: a job of this process alone, or of the local_rank and local_world_size given
+    (processes of one node). With several ranks, every rank must call this at once: the ranks'
+    gstabds are gathered over the default process group, and a job across nodes gets its
+    rendezvous from global rank 0, broadcast over it. cuda: whether the job registers CUDA
     gradients (default: the process group has an NCCL backend; pass cuda=True for a GPU job
     over another backend). policy and config as for gstab.Client.attach."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -34,9 +38,9 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         return
     dist = torch.distributed
     rank, world = dist.get_rank(), dist.get_world_size()
-    if local_world_size is None and "LOCAL_WORLD_SIZE" not in os.environ and world > 1:
-        local_rank, local_world_size, node_rank = _layout_by_host(
-            rank, world, local_rank, node_rank)
+    if local_world_size is None and world > 1:
+        local_rank, local_world_size, node_rank = _layout_by_gstabd(
+            client, rank, world, local_rank, node_rank)
     local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
                    else local_world_size)
     if local_world < 1 or world % local_world:
@@ -84,25 +88,29 @@ def _cpu_group():
             dist.destroy_process_group(group)
 
 
-def _layout_by_host(rank: int, world: int, local_rank: Optional[int],
-                    node_rank: Optional[int]) -> Tuple[int, int, int]:
-    """(local_rank, local_world_size, node_rank) from the hosts' names, gathered over the
-    default process group: a node's ranks are those on its host, in global rank order, and the
-    nodes are in the order of their first rank. Given ranks are kept."""
-    hosts = [None] * world
+def _layout_by_gstabd(client: gstab.Client, rank: int, world: int, local_rank: Optional[int],
+                      node_rank: Optional[int]) -> Tuple[Optional[int], Optional[int],
+                                                         Optional[int]]:
+    """(local_rank, local_world_size, node_rank) from the ranks' gstabds, gathered over the
+    default process group: a node's ranks are those of one gstabd instance, in global rank
+    order, and the nodes are in the order of their first rank. With a gstabd of an earlier
+    release among them: (given ranks, None) under torchrun (its variables decide), else by the
+    hosts' names. Given ranks are kept."""
+    answers = [None] * world
     with _cpu_group() as group:
-        torch.distributed.all_gather_object(hosts, socket.gethostname(), group=group)
-    order = list(dict.fromkeys(hosts))  # each host once, in the order of its first rank
-    counts = {h: hosts.count(h) for h in order}
-    if len(set(counts.values())) != 1:
-        raise ValueError("the hosts run different numbers of ranks (" +
-                         ", ".join(f"{h}: {n}" for h, n in counts.items()) +
-                         "): gstab needs as many workers on each node; or pass "
-                         "local_world_size, local_rank and node_rank")
-    mine = hosts[rank]
-    local = [r for r in range(world) if hosts[r] == mine].index(rank)
-    return (local if local_rank is None else local_rank, counts[mine],
-            order.index(mine) if node_rank is None else node_rank)
+        torch.distributed.all_gather_object(answers, _nodes.whoami(client), group=group)
+    failure = _nodes.first_failure(answers)
+    if failure is not None:
+        raise failure
+    if all(instance is not None for instance, _, _ in answers):
+        keys = [instance for instance, _, _ in answers]
+    elif "LOCAL_WORLD_SIZE" in os.environ:
+        return local_rank, None, node_rank
+    else:
+        keys = [host for _, host, _ in answers]
+    local, local_world, node, _ = _nodes.layout(keys, rank)
+    return (local if local_rank is None else local_rank, local_world,
+            node if node_rank is None else node_rank)
 
 
 def _nccl() -> bool:

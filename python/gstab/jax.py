@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 import gstab
+from gstab import _nodes
 
 __all__ = ["Stabilizer", "attach", "leaf_name"]
 
@@ -44,20 +45,31 @@ _ALIGN = 64  # of every tensor in an arena
 
 def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
            config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
-           local_world_size: int = 1) -> None:
+           local_world_size: Optional[int] = None) -> None:
     """Attaches this process to its host's gstabd as a worker of `job`: rank
-    jax.process_index() of jax.process_count(), one process per host unless local_world_size
-    says otherwise (processes numbered host by host; local_rank default: rank modulo it). With
-    several hosts, process 0 asks its gstabd for the rendezvous and broadcasts it to the others
-    (every process must call this), over JAX's collectives (on the CPU:
-    jax_cpu_collectives_implementation "gloo")."""
+    jax.process_index() of jax.process_count(). The processes whose clients talk to one gstabd
+    (the same instance, Client.daemon_instance) are one node's, numbered in process order,
+    whatever their hosts' or containers' names; with a gstabd of an earlier release, which
+    cannot say, one process per host. local_world_size given: that many consecutive processes
+    a node (local_rank default: rank modulo it). With several processes, every process must
+    call this at once: their gstabds are gathered, and with several nodes process 0 asks its
+    gstabd for the rendezvous and broadcasts it to the others, over JAX's collectives (on the
+    CPU: jax_cpu_collectives_implementation "gloo")."""
     rank, world = jax.process_index(), jax.process_count()
+    node_rank = None
+    if local_world_size is None:
+        local_world_size = 1
+        if world > 1:
+            local, local_world_size, node_rank = _layout_by_gstabd(client, rank, world)
+            local_rank = local if local_rank is None else local_rank
     if local_world_size < 1 or world % local_world_size:
         raise ValueError(f"{world} processes are not a multiple of local_world_size "
                          f"{local_world_size}")
     nodes = world // local_world_size
     if local_rank is None:
         local_rank = rank % local_world_size
+    if node_rank is None:
+        node_rank = rank // local_world_size
     blob = None
     if nodes > 1:
         from jax.experimental import multihost_utils
@@ -81,7 +93,36 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         blob = np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
     client.attach(job, rank=rank, world_size=world, local_rank=local_rank,
                   local_world_size=local_world_size, policy=policy, config=config,
-                  node_rank=rank // local_world_size, node_count=nodes, rendezvous=blob)
+                  node_rank=node_rank, node_count=nodes, rendezvous=blob)
+
+
+def _layout_by_gstabd(client: gstab.Client, rank: int, world: int) -> Tuple[int, int, int]:
+    """(local_rank, local_world_size, node_rank) from the processes' gstabds, gathered with
+    JAX's collectives: a node's processes are those of one gstabd instance. One process a node
+    when any gstabd is of an earlier release."""
+    from jax.experimental import multihost_utils
+    instance, _, error = _nodes.whoami(client)
+    # Each process's answer as 17 bytes: 0 and the instance's 16 bytes; 1 (an earlier
+    # release); or 2 and the failure's status code.
+    mine = np.zeros(17, np.uint8)
+    if error is not None:
+        mine[:2] = (2, error.code)
+    elif instance is None:
+        mine[0] = 1
+    else:
+        mine[1:] = np.frombuffer(bytes.fromhex(instance), np.uint8)
+    answers = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, 17)
+    if error is not None:
+        raise error
+    for process, answer in enumerate(answers):
+        if answer[0] == 2:
+            raise gstab.Error(int(answer[1]), f"process {process} could not ask its gstabd "
+                              "which it is, so no process of the job attached: its error says "
+                              "why")
+    if (answers[:, 0] == 1).any():
+        return 0, 1, rank
+    local, local_world, node, _ = _nodes.layout([a.tobytes() for a in answers], rank)
+    return local, local_world, node
 
 
 def _array(leaf):

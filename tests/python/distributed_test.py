@@ -65,6 +65,19 @@ class DistributedDataParallelTest(GstabdTest):
         self.assertTrue(all(math.isfinite(x) for x in ranks[0]["parameters"]))
         self.assertIn(f"step {SPIKE_STEP:4d}", output)  # rank 0's progress lines
 
+    def test_two_torchrun_nodes_on_one_gstabd_are_one_node_of_two_ranks(self):
+        # One pod a GPU: each pod's torchrun says one rank a node, and both pods reach their
+        # Kubernetes node's gstabd. gstab makes them one node of two local ranks (before, the
+        # second attached as another node of the same job on that gstabd and was refused).
+        sockets = [self.gstabd.socket] * 2
+        ranks, output = self.run_ranks("ddp-pods", sockets=sockets)
+        self.assertNotIn("gstab:", output)
+        for rank in ranks:  # replicated: one node's norm is the all-reduced gradient's own
+            for record in rank["steps"]:
+                self.assertAlmostEqual(record["gstab_norm"] / record["norm"], 1.0, delta=1e-5)
+        self.assertEqual([r["scale"] for r in ranks[0]["steps"]],
+                         [r["scale"] for r in ranks[1]["steps"]])
+
     def test_the_same_gradients_registered_sharded_count_every_rank(self):
         ranks, _ = self.run_ranks("ddp-sharded", replicated="false")
         for record in ranks[0]["steps"]:
@@ -161,11 +174,12 @@ class DistributedDataParallelTest(GstabdTest):
 class JaxProcessesTest(unittest.TestCase):
     """examples/jax_train.py as two jax.distributed processes, each host with a gstabd."""
 
-    def run_hosts(self, job, replicated):
+    def run_hosts(self, job, replicated, gstabds=2):
         """examples/jax_train.py as two processes of jax.distributed, each on a "host" with a
-        gstabd of its own; returns each process's report."""
+        gstabd of its own (gstabds=1: both with one gstabd); returns each process's report."""
         example, env = os.path.join(EXAMPLES, "jax_train.py"), frameworks.example_env()
-        hosts = peer_gstabds(2)
+        started = peer_gstabds(gstabds)
+        hosts = started * (2 // gstabds)
         coordinator = f"127.0.0.1:{free_port()}"
         try:
             with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
@@ -180,7 +194,7 @@ class JaxProcessesTest(unittest.TestCase):
                         reports.append(json.load(f))
                 return reports
         finally:
-            for host in hosts:
+            for host in started:
                 self.assertEqual(host.stop(), 0)
 
     def test_processes_on_two_hosts_share_one_replicated_gradient(self):
@@ -197,6 +211,16 @@ class JaxProcessesTest(unittest.TestCase):
         for record in reports[0]["steps"]:
             self.assertAlmostEqual(record["norm"] / record["grad_norm"], math.sqrt(2),
                                    delta=1e-5)
+
+    def test_two_processes_with_one_gstabd_are_one_node(self):
+        # Two processes, two containers, one gstabd: one node of two local workers sharing its
+        # statistics, where before each process was taken for a host and the second refused.
+        reports = self.run_hosts("jax-one-gstabd", "true", gstabds=1)
+        for report in reports:
+            for record in report["steps"]:
+                self.assertAlmostEqual(record["norm"] / record["grad_norm"], 1.0, delta=1e-5)
+        self.assertEqual([r["scale"] for r in reports[0]["steps"]],
+                         [r["scale"] for r in reports[1]["steps"]])
 
 
 if __name__ == "__main__":

@@ -29,35 +29,6 @@ from frameworks import EXAMPLES, SPIKE_STEP, GstabdTest, mlp, regression_batch, 
 from gstabd import Gstabd
 
 
-def attach_as(rank, world, hosts=None, **kwargs):
-    """What gstab.torch.attach asks Client.attach for, as global rank `rank` of `world` (None:
-    torch.distributed not initialized) on `hosts` (each rank's), the process group faked."""
-    from unittest import mock
-    dist = torch.distributed
-    asked = {}
-
-    class Recorder:
-        def create_rendezvous(self, job, nodes, cuda):
-            return b"blob"
-
-        def attach(self, job, **arguments):
-            asked.update(arguments)
-
-    def broadcast(message, src, group=None):
-        message[0] = b"blob"
-
-    def gather(out, mine, group=None):
-        out[:] = hosts
-    with mock.patch.object(dist, "is_initialized", return_value=rank is not None), \
-            mock.patch.object(dist, "get_rank", return_value=rank), \
-            mock.patch.object(dist, "get_world_size", return_value=world), \
-            mock.patch.object(dist, "get_backend", return_value="gloo"), \
-            mock.patch.object(dist, "all_gather_object", gather), \
-            mock.patch.object(dist, "broadcast_object_list", broadcast):
-        gstab.torch.attach(Recorder(), "job", cuda=False, **kwargs)
-    return asked
-
-
 class TorchTest(GstabdTest):
     def test_a_model_rides_out_a_spike_its_gradients_stabilized_in_place(self):
         model = mlp()
@@ -230,34 +201,6 @@ class TorchTest(GstabdTest):
                 self.assertIsNone(p.grad.grad_fn)
                 self.assertFalse(p.grad.requires_grad)
             optimizer.step()
-
-    def test_attach_derives_the_local_rank_from_the_global_one_as_the_node_rank(self):
-        # Without torchrun's variables: rank 3 of 4, two a node, is local rank 1 of node 1.
-        self.without_torchruns_variables()
-        asked = attach_as(3, 4, local_world_size=2)
-        self.assertEqual((asked["local_rank"], asked["node_rank"], asked["node_count"]), (1, 1, 2))
-
-    def test_attach_takes_the_nodes_from_the_hosts_names_without_torchruns_variables(self):
-        # srun, mpirun or a launcher of one's own: the ranks on this host are this node's.
-        self.without_torchruns_variables()
-        for hosts, rank, expected in [(["n1", "n2", "n1", "n2"], 3, (1, 2, 1, 2)),
-                                      (["n2", "n2", "n1", "n1"], 2, (0, 2, 1, 2)),
-                                      (["n1", "n1", "n1"], 1, (1, 3, 0, 1))]:
-            asked = attach_as(rank, len(hosts), hosts)
-            self.assertEqual((asked["local_rank"], asked["local_world_size"], asked["node_rank"],
-                              asked["node_count"]), expected, hosts)
-        with self.assertRaisesRegex(ValueError, "different numbers of ranks"):
-            attach_as(0, 3, ["a", "a", "b"])
-        # Without torch.distributed: the local ranks given, not dropped.
-        asked = attach_as(None, None, local_rank=1, local_world_size=2)
-        self.assertEqual((asked["local_rank"], asked["local_world_size"]), (1, 2))
-        with self.assertRaisesRegex(ValueError, "needs torch.distributed initialized"):
-            attach_as(None, None, node_rank=1)
-
-    def without_torchruns_variables(self):
-        saved = {k: os.environ.pop(k) for k in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
-                 if k in os.environ}
-        self.addCleanup(os.environ.update, saved)
 
     def test_a_state_that_replaces_the_attached_policy_is_warned_of_or_kept_out(self):
         client = self.attach("torch-state-source", policy="monitor")

@@ -3,6 +3,7 @@ clients and arenas left open, threads in a call while it ends, and forked childr
 
     lifecycle_test.py --gstabd PATH --library PATH
 """
+import ctypes
 import os
 import subprocess
 import sys
@@ -28,6 +29,11 @@ def run_python(script):
     """`script` run by another interpreter with this package and library, to its end."""
     return subprocess.run([sys.executable, "-c", script], env=child_env(), timeout=60,
                           capture_output=True, text=True)
+
+
+def read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
 
 
 class LifecycleTest(unittest.TestCase):
@@ -295,6 +301,37 @@ print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
             self.assertIn("child 0", done.stdout, done.stdout)
         finally:
             self.assertEqual(node.stop(), 0)
+
+    def test_a_gstabd_names_one_instance_to_every_client_and_a_new_one_at_each_start(self):
+        # What gstab.torch.attach and gstab.jax.attach group a job's workers into nodes by.
+        first, second = Gstabd(ARGS.gstabd), Gstabd(ARGS.gstabd)
+        try:
+            clients = [gstab.Client(first.socket), gstab.Client(first.socket),
+                       gstab.Client(second.socket)]
+            clients[1].attach("py-instance")  # with or without a session
+            instances = [c.daemon_instance() for c in clients]
+            self.assertRegex(instances[0], r"^[0-9a-f]{32}$")
+            self.assertEqual(instances[0], instances[1])
+            self.assertNotEqual(instances[0], instances[2])
+            self.assertEqual(first.restart(), 0)
+            again = gstab.Client(first.socket).daemon_instance()
+            self.assertNotIn(again, instances)
+            # gstabd's log names it, for an operator matching workers to gstabds.
+            deadline = time.time() + 10
+            while f"instance {again}" not in read(first.log):
+                self.assertLess(time.time(), deadline, "gstabd's log never named its instance")
+                time.sleep(0.05)
+            for c in clients:
+                c.close()
+            with self.assertRaises(gstab.Error) as e:
+                gstab.Client(os.path.join(first.dir.name, "nobody.sock")).daemon_instance()
+            self.assertEqual(e.exception.code, 14)
+            lib = gstab.load_library()  # the C ABI's NULLs: refused, saying which
+            self.assertEqual(lib.gstab_daemon_instance(None, ctypes.create_string_buffer(33)), 3)
+            self.assertIn(b"client and instance must not be NULL", lib.gstab_last_error())
+        finally:
+            self.assertEqual(first.stop(), 0)
+            self.assertEqual(second.stop(), 0)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client_lib/gstab.h"
 #include "gtest/gtest.h"
 #include "tests/server/e2e_trainer_fixture.h"
 #include "tests/testing/subprocess.h"
@@ -217,6 +219,29 @@ TEST_F(E2eGstabctlTest, HealthFollowsTheDaemon) {
   EXPECT_NE(followed.find("the event stream ended: gstabd stopped"), std::string::npos) << followed;
   auto [drc, down] = Ctl("health");
   EXPECT_EQ(drc, 1) << down;
+  EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
+}
+
+// `version`: gstabctl's release and the gstabd's, with its host and its instance, which tells
+// which workers share a node; still gstabctl's own when no gstabd answers.
+TEST_F(E2eGstabctlTest, VersionNamesBothReleasesAndGstabdsInstance) {
+  auto [rc, out] = Ctl("version");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_TRUE(absl::StartsWith(out, "gstabctl " GSTAB_VERSION "\ngstabd " GSTAB_VERSION " on "))
+      << out;
+  auto [jrc, json] = Ctl("--json version");
+  EXPECT_EQ(jrc, 0) << json;
+  const std::string key = "\"instance\":\"";
+  const size_t at = json.find(key);
+  ASSERT_NE(at, std::string::npos) << json;
+  const std::string instance = json.substr(at + key.size(), 32);
+  EXPECT_EQ(instance.find_first_not_of("0123456789abcdef"), std::string::npos) << json;
+  EXPECT_EQ(json.substr(at + key.size() + 32, 1), "\"") << json;
+  EXPECT_NE(out.find(", instance " + instance + ", started 20"), std::string::npos) << out;
+  ASSERT_EQ(daemon_->Stop().value_or(-1), 0);
+  auto [drc, down] = Ctl("version");
+  EXPECT_EQ(drc, 1) << down;
+  EXPECT_NE(down.find("gstabctl " GSTAB_VERSION "\n"), std::string::npos) << down;
   EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
 }
 

@@ -1,0 +1,195 @@
+"""gstab.torch.attach and gstab.jax.attach: which node, local rank and node rank each worker
+attaches as, from its gstabd's instance (or, from a gstabd of an earlier release, torchrun's
+variables or the hosts' names), with the collectives faked: what each rank would gather.
+
+    attach_layout_test.py --gstabd PATH --library PATH   # with PyTorch and JAX installed
+
+The same layouts through real processes and a real gstabd are distributed_test.py's.
+"""
+import os
+import unittest
+from unittest import mock
+
+import numpy as np
+import torch
+
+import frameworks
+import gstab
+import gstab.jax
+import gstab.torch
+
+TORCHRUN = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
+class Recorder:
+    """A client that records what attach asks of it; `instance` is its gstabd's answer (None:
+    of an earlier release; an Error: it could not be asked)."""
+
+    def __init__(self, instance=None):
+        self.asked, self.instance = {}, instance
+        self.rendezvous_nodes = None
+
+    def daemon_instance(self):
+        if isinstance(self.instance, gstab.Error):
+            raise self.instance
+        return self.instance
+
+    def create_rendezvous(self, job, nodes, cuda=False):
+        self.rendezvous_nodes = nodes
+        return b"blob"
+
+    def attach(self, job, **arguments):
+        self.asked.update(arguments)
+
+
+def torch_attach(rank, world, instances=None, hosts=None, **kwargs):
+    """What gstab.torch.attach asks Client.attach for, as global rank `rank` of `world` (None:
+    torch.distributed not initialized), the ranks' gstabds being `instances` (default: all of
+    an earlier release) and their hosts `hosts`, the process group faked."""
+    dist = torch.distributed
+    world_list = range(world or 1)
+    instances = instances or [None for _ in world_list]
+    hosts = hosts or ["host" for _ in world_list]
+    client = Recorder(instances[rank or 0])
+
+    def broadcast(message, src, group=None):
+        message[0] = b"blob"
+
+    def gather(out, mine, group=None):
+        # Every rank's answer as its own client would give it; this rank's is the real one.
+        out[:] = [mine if r == rank else
+                  (None if isinstance(i, gstab.Error) else i, h,
+                   i if isinstance(i, gstab.Error) else None)
+                  for r, (i, h) in enumerate(zip(instances, hosts))]
+    with mock.patch.object(dist, "is_initialized", return_value=rank is not None), \
+            mock.patch.object(dist, "get_rank", return_value=rank), \
+            mock.patch.object(dist, "get_world_size", return_value=world), \
+            mock.patch.object(dist, "get_backend", return_value="gloo"), \
+            mock.patch.object(dist, "all_gather_object", gather), \
+            mock.patch.object(dist, "broadcast_object_list", broadcast), \
+            mock.patch("socket.gethostname", return_value=hosts[rank or 0]):
+        gstab.torch.attach(client, "job", cuda=False, **kwargs)
+    return client.asked
+
+
+def layout(asked):
+    return (asked["local_rank"], asked["local_world_size"], asked["node_rank"],
+            asked["node_count"])
+
+
+class TorchAttachTest(unittest.TestCase):
+    def setUp(self):
+        saved = {k: os.environ.pop(k) for k in TORCHRUN if k in os.environ}
+        self.addCleanup(os.environ.update, saved)
+
+    def torchrun(self, local_rank, local_world, group_rank):
+        os.environ.update(LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(local_world),
+                          GROUP_RANK=str(group_rank))
+
+    def test_the_ranks_of_one_gstabd_are_one_node_whatever_torchrun_says(self):
+        # One pod a GPU: torchrun in each pod says one rank a node, each pod its own host name;
+        # two pods on each Kubernetes node share its gstabd (the DaemonSet's).
+        instances = ["a" * 32, "a" * 32, "b" * 32, "b" * 32]
+        pods = ["pod-0", "pod-1", "pod-2", "pod-3"]
+        expected = [(0, 2, 0, 2), (1, 2, 0, 2), (0, 2, 1, 2), (1, 2, 1, 2)]
+        for rank in range(4):
+            self.torchrun(0, 1, rank)
+            self.assertEqual(layout(torch_attach(rank, 4, instances, pods)), expected[rank])
+        # The nodes in the order of their first rank, the local ranks in global rank order.
+        instances = ["b" * 32, "a" * 32, "b" * 32, "a" * 32]
+        self.assertEqual(layout(torch_attach(3, 4, instances)), (1, 2, 1, 2))
+        self.assertEqual(layout(torch_attach(2, 4, instances)), (1, 2, 0, 2))
+        # Two processes on one host, each with a gstabd of its own (the tests' two nodes).
+        self.assertEqual(layout(torch_attach(1, 2, ["a" * 32, "b" * 32])), (0, 1, 1, 2))
+        with self.assertRaisesRegex(ValueError, r"different numbers of ranks \(by node: 0, 1; 2"):
+            torch_attach(0, 3, ["a" * 32, "a" * 32, "b" * 32])
+
+    def test_a_rank_whose_gstabd_cannot_be_asked_fails_every_ranks_attach(self):
+        lost = gstab.Error(14, "no gstabd at unix:/run/gstab/gstab.sock")
+        for rank in range(3):
+            with self.assertRaises(gstab.Error) as caught:
+                torch_attach(rank, 3, ["a" * 32, lost, "a" * 32])
+            self.assertEqual(caught.exception.code, 14)
+            self.assertIn("rank 1 could not ask its gstabd which it is, so no worker of the job "
+                          "attached: no gstabd at unix:", str(caught.exception))
+
+    def test_with_a_gstabd_of_an_earlier_release_torchruns_variables_or_the_hosts_decide(self):
+        self.torchrun(1, 2, 1)
+        self.assertEqual(layout(torch_attach(3, 4, hosts=["h"] * 4)), (1, 2, 1, 2))
+        del os.environ["LOCAL_WORLD_SIZE"]
+        # srun, mpirun or a launcher of one's own: the ranks on this host are this node's.
+        for hosts, rank, expected in [(["n1", "n2", "n1", "n2"], 3, (1, 2, 1, 2)),
+                                      (["n2", "n2", "n1", "n1"], 2, (0, 2, 1, 2)),
+                                      (["n1", "n1", "n1"], 1, (1, 3, 0, 1))]:
+            self.assertEqual(layout(torch_attach(rank, len(hosts), hosts=hosts)), expected, hosts)
+        # One new gstabd among old ones changes nothing: the instances are not all known.
+        self.assertEqual(layout(torch_attach(1, 2, [None, "a" * 32], ["n1", "n1"])),
+                         (1, 2, 0, 1))
+
+    def test_the_ranks_given_are_kept(self):
+        # Rank 3 of 4, two a node: local rank 1 of node 1, no gstabd asked.
+        asked = torch_attach(3, 4, [gstab.Error(14, "not asked")] * 4, local_world_size=2)
+        self.assertEqual(layout(asked), (1, 2, 1, 2))
+        asked = torch_attach(1, 2, ["a" * 32] * 2, local_rank=0, node_rank=0)
+        self.assertEqual(layout(asked), (0, 2, 0, 1))
+        # Without torch.distributed: the local ranks given, not dropped.
+        asked = torch_attach(None, None, local_rank=1, local_world_size=2)
+        self.assertEqual((asked["local_rank"], asked["local_world_size"]), (1, 2))
+        with self.assertRaisesRegex(ValueError, "needs torch.distributed initialized"):
+            torch_attach(None, None, node_rank=1)
+
+
+def jax_attach(process, answers, **kwargs):
+    """What gstab.jax.attach asks Client.attach for, as process `process` of len(answers),
+    each process's gstabd answering as Recorder does, JAX's collectives faked."""
+    from jax.experimental import multihost_utils
+    client = Recorder(answers[process])
+    rows = []
+    for answer in answers:  # each process's 17 bytes, as _layout_by_gstabd packs them
+        row = np.zeros(17, np.uint8)
+        if isinstance(answer, gstab.Error):
+            row[:2] = (2, answer.code)
+        elif answer is None:
+            row[0] = 1
+        else:
+            row[1:] = np.frombuffer(bytes.fromhex(answer), np.uint8)
+        rows.append(row)
+    with mock.patch("jax.process_index", return_value=process), \
+            mock.patch("jax.process_count", return_value=len(answers)), \
+            mock.patch.object(multihost_utils, "process_allgather",
+                              return_value=np.stack(rows)), \
+            mock.patch.object(multihost_utils, "broadcast_one_to_all",
+                              side_effect=lambda x: np.frombuffer(b"blob", np.uint8)
+                              if np.ndim(x) else np.array(4, np.int32)):
+        gstab.jax.attach(client, "job", **kwargs)
+    return client
+
+
+class JaxAttachTest(unittest.TestCase):
+    def test_the_processes_of_one_gstabd_are_one_node(self):
+        a, b = "0a" * 16, "0b" * 16
+        client = jax_attach(2, [a, b, b, a])
+        self.assertEqual(layout(client.asked), (1, 2, 1, 2))
+        self.assertEqual((client.rendezvous_nodes, client.asked["rendezvous"]), (None, b"blob"))
+        self.assertEqual(jax_attach(0, [a, b, b, a]).rendezvous_nodes, 2)
+        # One gstabd for all: one node, no rendezvous.
+        client = jax_attach(1, [a, a])
+        self.assertEqual(layout(client.asked), (1, 2, 0, 1))
+        self.assertEqual((client.rendezvous_nodes, client.asked["rendezvous"]), (None, None))
+
+    def test_a_gstabd_of_an_earlier_release_makes_each_process_a_node(self):
+        self.assertEqual(layout(jax_attach(1, ["0a" * 16, None]).asked), (0, 1, 1, 2))
+
+    def test_a_process_whose_gstabd_cannot_be_asked_fails_every_processs_attach(self):
+        for process in (0, 1):
+            with self.assertRaisesRegex(gstab.Error, "UNAVAILABLE" if process else
+                                        "process 1 could not ask its gstabd"):
+                jax_attach(process, ["0a" * 16, gstab.Error(14, "no gstabd")])
+
+    def test_the_local_world_size_given_is_kept(self):
+        client = jax_attach(3, [gstab.Error(14, "not asked")] * 4, local_world_size=2)
+        self.assertEqual(layout(client.asked), (1, 2, 1, 2))
+
+
+if __name__ == "__main__":
+    frameworks.main()
