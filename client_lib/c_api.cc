@@ -1,5 +1,7 @@
 // The C ABI of client_lib/gstab.h over gstab::Client.
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <set>
 #include <string>
@@ -116,6 +118,31 @@ v1::Reduction ReductionOf(uint32_t flags) {
 }  // namespace gstab::capi
 
 namespace {
+
+// The structs of the C ABI, pinned where size_t and pointers are 64-bit (Linux on x86-64 and
+// aarch64): bindings lay them out by hand (gstab/_native.py's ctypes structs, the CUDA results
+// buffer's readers), and programs built against libgstab.so.0.2 keep working with later builds
+// of it. A change here needs a new SONAME.
+#if UINTPTR_MAX == UINT64_MAX
+template <typename T>
+constexpr bool Pinned(size_t size) {
+  return sizeof(T) == size && alignof(T) == 8;
+}
+static_assert(Pinned<gstab_step_result>(40) && offsetof(gstab_step_result, num_groups) == 16 &&
+                  offsetof(gstab_step_result, stabilized_norm) == 32,
+              "gstab_step_result's layout is the ABI's");
+static_assert(Pinned<gstab_group_result>(56) && offsetof(gstab_group_result, z) == 32 &&
+                  offsetof(gstab_group_result, diverging) == 48,
+              "gstab_group_result's layout is the ABI's");
+static_assert(Pinned<gstab_attach_options>(56) &&
+                  offsetof(gstab_attach_options, rendezvous) == 24 &&
+                  offsetof(gstab_attach_options, config) == 48,
+              "gstab_attach_options' layout is the ABI's");
+static_assert(Pinned<gstab_results_header>(16) && offsetof(gstab_results_header, flags) == 12,
+              "gstab_results_header's layout is the ABI's");
+static_assert(Pinned<gstab_group_outcome>(40) && offsetof(gstab_group_outcome, flags) == 32,
+              "gstab_group_outcome's layout is the ABI's");
+#endif
 
 using gstab::capi::CheckOwner;
 using gstab::capi::Guarded;

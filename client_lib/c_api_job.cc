@@ -1,8 +1,11 @@
 // The C ABI's configuration, multi-node and checkpoint functions (client_lib/gstab.h).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "client_lib/c_api_internal.h"
 #include "client_lib/config_text.h"
@@ -132,10 +135,13 @@ gstab_status gstab_daemon_instance(gstab_client* client, char* instance) {
   return Guarded([&] {
     absl::StatusOr<gstab::v1::IdentifyResponse> r = client->client->Identify();
     if (!r.ok()) return Report(r.status());
-    if (r->instance().size() != GSTAB_INSTANCE_SIZE - 1) {  // bytes of another kind of server
+    // Callers gather it as text of that size: anything else comes from another kind of server.
+    const std::string& text = r->instance();
+    if (text.size() != GSTAB_INSTANCE_SIZE - 1 ||
+        !std::all_of(text.begin(), text.end(), [](char c) { return absl::ascii_isxdigit(c); })) {
       return Report(absl::InternalError(
-          absl::StrCat("gstabd named its instance with ", r->instance().size(), " characters, not ",
-                       GSTAB_INSTANCE_SIZE - 1, ": is this a gstabd?")));
+          absl::StrCat("the server named its instance '", absl::CHexEscape(text.substr(0, 64)),
+                       "', not ", GSTAB_INSTANCE_SIZE - 1, " hex digits: is it a gstabd?")));
     }
     std::memcpy(instance, r->instance().c_str(), GSTAB_INSTANCE_SIZE);
     return GSTAB_OK;

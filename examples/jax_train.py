@@ -74,7 +74,7 @@ def main():
     stabilizer = None
     if not args.no_gstab:
         client = gstab.Client(args.socket)
-        gstab.jax.attach(client, args.job, policy=args.policy)  # hosts from jax.distributed
+        gstab.jax.attach(client, args.job, policy=args.policy)  # nodes: the gstabds reached
         stabilizer = gstab.jax.Stabilizer(client, params, replicated=args.replicated == "true")
 
     steps = []
@@ -108,7 +108,10 @@ def main():
         weights = [float(v) for leaf in jax.tree_util.tree_leaves(params)
                    for v in jnp.ravel(leaf)]
         with open(args.report, "w") as f:
-            json.dump({"steps": steps, "final_loss": final, "parameters": weights}, f)
+            layout = None if stabilizer is None else [  # the node gstab took it for
+                client.local_rank, client.local_world_size, client.node_rank, client.node_count]
+            json.dump({"steps": steps, "final_loss": final, "parameters": weights,
+                       "gstab_layout": layout}, f)
     if stabilizer is not None:
         client.detach()
 

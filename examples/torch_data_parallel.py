@@ -169,8 +169,10 @@ def main():
     if args.report:
         weights = torch.cat([whole(p.detach()).flatten()
                              for p in model.parameters()]).cpu().tolist()
+        layout = None if stabilizer is None else [  # the node gstab took this rank for
+            client.local_rank, client.local_world_size, client.node_rank, client.node_count]
         with open(os.path.join(args.report, f"rank{rank}.json"), "w") as f:
-            json.dump({"steps": steps, "parameters": weights}, f)
+            json.dump({"steps": steps, "parameters": weights, "gstab_layout": layout}, f)
     if stabilizer is not None:
         client.detach()
     dist.destroy_process_group()

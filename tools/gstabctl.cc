@@ -95,6 +95,10 @@ int Version() {
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
   absl::StatusOr<v1::IdentifyResponse> daemon = (*client)->Identify();
+  if (absl::IsUnimplemented(daemon.status())) {
+    return Fail(absl::UnimplementedError(
+        "gstabd is of an earlier release, which cannot say its release or instance"));
+  }
   if (!daemon.ok()) return Fail(daemon.status());
   const std::string started = absl::FormatTime(
       absl::RFC3339_sec, absl::FromUnixMillis(daemon->started_unix_ms()), absl::UTCTimeZone());
@@ -219,6 +223,7 @@ int Top() {
   // view for good, as `events --follow` says too.
   std::optional<bool> known;
   bool said = false;
+  std::optional<absl::Time> down_since;  // while gstabd does not answer
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
     if (!client.ok()) client = Connect();  // after a failed frame
@@ -226,11 +231,26 @@ int Top() {
         client.ok() ? ListJobs(client->get(), 60) : client.status();
     if (!jobs.ok()) {
       if (iterations != 0) return Fail(jobs.status());
-      // Until interrupted: a gstabd that restarts (a rollout) is waited for, not the view's end.
-      std::fprintf(stderr, "gstabctl: %s (trying again)\n",
-                   std::string(jobs.status().message()).c_str());
+      // Until interrupted: a gstabd that restarts (a rollout) is waited for, not the view's end,
+      // said once on stderr. A terminal shows the wait in place of the last frame, which would
+      // otherwise stand there as if current.
+      const std::string why(jobs.status().message());
+      if (!down_since.has_value()) {
+        down_since = absl::Now();
+        std::fprintf(stderr, "gstabctl: %s (trying again)\n", why.c_str());
+      }
+      if (!absl::GetFlag(FLAGS_json) && isatty(1)) {
+        std::printf("\x1b[2J\x1b[Hgstabd has not answered since %s: %s\nwaiting for it\n",
+                    absl::FormatTime("%H:%M:%S", *down_since, absl::LocalTimeZone()).c_str(),
+                    why.c_str());
+        if (!StdoutWritten()) return StdoutFailed();
+      }
       client = jobs.status();  // connects anew at the next frame
       continue;
+    }
+    if (down_since.has_value()) {
+      std::fprintf(stderr, "gstabctl: gstabd answers again\n");
+      down_since.reset();
     }
     if (!job.empty()) {
       OnlyJob(&*jobs, job);

@@ -121,6 +121,9 @@ class Client:
         # From attach(): this worker's rank on its node, the node's workers, this node among
         # the job's nodes, and their count.
         self.local_rank, self.local_world_size, self.node_rank, self.node_count = 0, 1, 0, 1
+        # Each node's global ranks, node by node, as gstab.torch.attach found them (the ranks
+        # that reach one gstabd); None: node_rank's local_world_size consecutive ranks each.
+        self.node_ranks = None
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._reattaching = False
         self._attached = None  # attach()'s arguments, to attach again
@@ -173,7 +176,7 @@ class Client:
                          local_world_size=local_world_size, policy=policy, config=config,
                          node_rank=node_rank, node_count=node_count, rendezvous=rendezvous)
         self._attach(**arguments)  # on failure, the earlier session (if any) goes on
-        self.registration = None
+        self.registration, self.node_ranks = None, None
         self._attached = arguments
 
     @property

@@ -50,4 +50,6 @@ class StepResult:
 
 def _lost_step(step: int) -> StepResult:
     """The result of a step whose gradients were zeroed because its own result was lost."""
-    return StepResult(True, False, 0, math.nan, 0.0, step)
+    return StepResult(True, False, 0, math.nan, 0.0, step,
+                      not_applied="its answer was lost (gstabd went away while it scaled): the "
+                      "gradients were zeroed")

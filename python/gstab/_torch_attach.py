@@ -3,7 +3,7 @@ rendezvous across nodes, broadcast from global rank 0."""
 
 import contextlib
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -20,8 +20,10 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     instance, Client.daemon_instance) are one node's, whatever the launcher or the hosts' and
     pods' names say: one pod per GPU on a host is one node of several ranks. With a gstabd of
     an earlier release, which cannot say: torchrun's LOCAL_RANK, LOCAL_WORLD_SIZE and
-    GROUP_RANK, else the ranks sharing a host's name. local_world_size (and local_rank,
-    node_rank) given: those, with consecutive global ranks on a node. Without torch.distributed
+    GROUP_RANK, else the ranks sharing a host's name. A local_rank or node_rank given alone
+    must be the one found (ValueError on every rank otherwise). local_world_size (and
+    local_rank, node_rank) given: those, with consecutive global ranks on a node, and nothing
+    gathered. The nodes found are kept in client.node_ranks. Without torch.distributed
     initialized: a job of this process alone, or of the local_rank and local_world_size given
     (processes of one node). With several ranks, every rank must call this at once: the ranks'
     gstabds are gathered over the default process group, and a job across nodes gets its
@@ -38,9 +40,11 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         return
     dist = torch.distributed
     rank, world = dist.get_rank(), dist.get_world_size()
+    node_ranks = None
     if local_world_size is None and world > 1:
-        local_rank, local_world_size, node_rank = _layout_by_gstabd(
-            client, rank, world, local_rank, node_rank)
+        found = _layout_by_gstabd(client, rank, world, local_rank, node_rank)
+        if found is not None:
+            local_rank, local_world_size, node_rank, _, node_ranks = found
     local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
                    else local_world_size)
     if local_world < 1 or world % local_world:
@@ -71,6 +75,7 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     client.attach(job, rank=rank, world_size=world, local_rank=local_rank,
                   local_world_size=local_world, policy=policy, config=config,
                   node_rank=node_rank, node_count=nodes, rendezvous=blob)
+    client.node_ranks = node_ranks
 
 
 @contextlib.contextmanager
@@ -89,28 +94,26 @@ def _cpu_group():
 
 
 def _layout_by_gstabd(client: gstab.Client, rank: int, world: int, local_rank: Optional[int],
-                      node_rank: Optional[int]) -> Tuple[Optional[int], Optional[int],
-                                                         Optional[int]]:
-    """(local_rank, local_world_size, node_rank) from the ranks' gstabds, gathered over the
-    default process group: a node's ranks are those of one gstabd instance, in global rank
-    order, and the nodes are in the order of their first rank. With a gstabd of an earlier
-    release among them: (given ranks, None) under torchrun (its variables decide), else by the
-    hosts' names. Given ranks are kept."""
+                      node_rank: Optional[int]) -> Optional[_nodes.Layout]:
+    """This rank's layout from the ranks' gstabds, gathered over the default process group: a
+    node's ranks are those of one gstabd instance. With a gstabd of an earlier release among
+    them: None under torchrun (its variables decide), else by the hosts' names. A local_rank
+    or node_rank given must be the one found (ValueError on every rank otherwise)."""
     answers = [None] * world
     with _cpu_group() as group:
-        torch.distributed.all_gather_object(answers, _nodes.whoami(client), group=group)
-    failure = _nodes.first_failure(answers)
+        torch.distributed.all_gather_object(
+            answers, (*_nodes.whoami(client), (local_rank, node_rank)), group=group)
+    failure = _nodes.first_failure([error for _, _, error, _ in answers])
     if failure is not None:
         raise failure
-    if all(instance is not None for instance, _, _ in answers):
-        keys = [instance for instance, _, _ in answers]
+    if all(instance is not None for instance, _, _, _ in answers):
+        keys = [instance for instance, _, _, _ in answers]
     elif "LOCAL_WORLD_SIZE" in os.environ:
-        return local_rank, None, node_rank
+        return None
     else:
-        keys = [host for _, host, _ in answers]
-    local, local_world, node, _ = _nodes.layout(keys, rank)
-    return (local if local_rank is None else local_rank, local_world,
-            node if node_rank is None else node_rank)
+        keys = [host for _, host, _, _ in answers]
+    _nodes.check_given(keys, [given for _, _, _, given in answers])
+    return _nodes.layout(keys, rank)
 
 
 def _nccl() -> bool:

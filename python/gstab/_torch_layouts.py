@@ -81,9 +81,13 @@ def _sharing(name: str, p: torch.Tensor, replicated: bool,
             return True, False
         if mesh.ndim == 1:
             return False, False
-        nodes, local = client.node_count, client.local_world_size
-        rows = [[n * local + r for r in range(local)] for n in range(nodes)]
-        if kinds == ["Replicate", "Shard"] and mesh.mesh.tolist() == rows:
+        # The rows must be gstab's nodes (which ranks reach one gstabd), in any order: each
+        # node's shards then sum to the whole tensor, once per node.
+        local = client.local_world_size
+        nodes = getattr(client, "node_ranks", None) or [
+            [n * local + r for r in range(local)] for n in range(client.node_count)]
+        if kinds == ["Replicate", "Shard"] and \
+                sorted(map(sorted, mesh.mesh.tolist())) == sorted(map(sorted, nodes)):
             return False, True
     raise ValueError(
         f"parameter '{name}' is a DTensor on a {mesh.ndim}-D mesh of {mesh.size()} of the job's "

@@ -3,7 +3,7 @@
     import gstab, gstab.jax
     from jax.experimental import multihost_utils
     client = gstab.Client("/run/gstab/gstabd.sock")
-    gstab.jax.attach(client, "my-run", policy="stabilize")  # hosts from jax.distributed
+    gstab.jax.attach(client, "my-run", policy="stabilize")  # nodes: the processes' gstabds
     if client.node_rank == 0 and client.local_rank == 0:  # resuming: one process imports
         client.import_state(saved)                      # (the others take its statistics),
     multihost_utils.sync_global_devices("gstab-import") # before any of them steps
@@ -20,8 +20,9 @@ results come back as new arrays with the leaves' shardings. That is one copy eac
 the host for arrays on an accelerator. Leaves are named by their paths in the tree
 (`params['dense']['kernel']` is `dense/kernel`).
 
-A job of several processes (jax.distributed) is a job across nodes to gstab, one node per
-host: attach() gets the rendezvous from process 0 and shares it over JAX's own collectives.
+A job of several processes (jax.distributed) is a job of as many nodes as the gstabds its
+processes reach (one per host, as a rule): attach() gets the rendezvous from process 0 and
+shares it over JAX's own collectives.
 Each process registers the arrays it holds whole; gradients averaged across processes are
 `replicated=True`, each process's own slice of a model is sharded (the default). The job's
 checkpoint keeps client.export_state()'s bytes.
@@ -41,27 +42,31 @@ __all__ = ["Stabilizer", "attach", "leaf_name"]
 
 Group = Union[str, Callable[[str, Any], str]]
 _ALIGN = 64  # of every tensor in an arena
+_INSTANCE_CHARS = 32  # of a gstabd's instance (Client.daemon_instance)
 
 
 def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
            config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
            local_world_size: Optional[int] = None) -> None:
-    """Attaches this process to its host's gstabd as a worker of `job`: rank
+    """Attaches this process to its node's gstabd as a worker of `job`: rank
     jax.process_index() of jax.process_count(). The processes whose clients talk to one gstabd
     (the same instance, Client.daemon_instance) are one node's, numbered in process order,
     whatever their hosts' or containers' names; with a gstabd of an earlier release, which
-    cannot say, one process per host. local_world_size given: that many consecutive processes
-    a node (local_rank default: rank modulo it). With several processes, every process must
+    cannot say, one process per host. A local_rank given alone must be the one found
+    (ValueError on every process otherwise). local_world_size given: that many consecutive
+    processes a node (local_rank default: rank modulo it). With several processes, every
+    process must
     call this at once: their gstabds are gathered, and with several nodes process 0 asks its
     gstabd for the rendezvous and broadcasts it to the others, over JAX's collectives (on the
     CPU: jax_cpu_collectives_implementation "gloo")."""
     rank, world = jax.process_index(), jax.process_count()
-    node_rank = None
+    node_rank, node_ranks = None, None
     if local_world_size is None:
         local_world_size = 1
         if world > 1:
-            local, local_world_size, node_rank = _layout_by_gstabd(client, rank, world)
-            local_rank = local if local_rank is None else local_rank
+            found = _layout_by_gstabd(client, rank, world, local_rank)
+            if found is not None:
+                local_rank, local_world_size, node_rank, _, node_ranks = found
     if local_world_size < 1 or world % local_world_size:
         raise ValueError(f"{world} processes are not a multiple of local_world_size "
                          f"{local_world_size}")
@@ -94,35 +99,42 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     client.attach(job, rank=rank, world_size=world, local_rank=local_rank,
                   local_world_size=local_world_size, policy=policy, config=config,
                   node_rank=node_rank, node_count=nodes, rendezvous=blob)
+    client.node_ranks = node_ranks
 
 
-def _layout_by_gstabd(client: gstab.Client, rank: int, world: int) -> Tuple[int, int, int]:
-    """(local_rank, local_world_size, node_rank) from the processes' gstabds, gathered with
-    JAX's collectives: a node's processes are those of one gstabd instance. One process a node
-    when any gstabd is of an earlier release."""
+def _layout_by_gstabd(client: gstab.Client, rank: int, world: int,
+                      local_rank: Optional[int]) -> Optional[_nodes.Layout]:
+    """This process's layout from the processes' gstabds, gathered with JAX's collectives: a
+    node's processes are those of one gstabd instance. None (one process a node) when any
+    gstabd is of an earlier release. A local_rank given must be the one found."""
     from jax.experimental import multihost_utils
     instance, _, error = _nodes.whoami(client)
-    # Each process's answer as 17 bytes: 0 and the instance's 16 bytes; 1 (an earlier
-    # release); or 2 and the failure's status code.
-    mine = np.zeros(17, np.uint8)
+    # Each process's answer as int32s: a state (0: an instance; 1: a gstabd of an earlier
+    # release; 2: a failure, with its status code next), the local_rank given (-1: none), and
+    # the instance's 32 characters.
+    mine = np.zeros(3 + _INSTANCE_CHARS, np.int32)
+    mine[2] = -1 if local_rank is None else local_rank
     if error is not None:
         mine[:2] = (2, error.code)
     elif instance is None:
         mine[0] = 1
     else:
-        mine[1:] = np.frombuffer(bytes.fromhex(instance), np.uint8)
-    answers = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, 17)
+        mine[3:] = np.frombuffer(instance.encode()[:_INSTANCE_CHARS].ljust(_INSTANCE_CHARS),
+                                 np.uint8)
+    answers = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, -1)
     if error is not None:
         raise error
-    for process, answer in enumerate(answers):
-        if answer[0] == 2:
-            raise gstab.Error(int(answer[1]), f"process {process} could not ask its gstabd "
-                              "which it is, so no process of the job attached: its error says "
-                              "why")
+    failure = _nodes.first_failure(
+        [gstab.Error(int(a[1]), "its own error says why") if a[0] == 2 else None
+         for a in answers], "process")
+    if failure is not None:
+        raise failure
     if (answers[:, 0] == 1).any():
-        return 0, 1, rank
-    local, local_world, node, _ = _nodes.layout([a.tobytes() for a in answers], rank)
-    return local, local_world, node
+        return None
+    keys = [a[3:].tobytes() for a in answers]
+    _nodes.check_given(keys, [(None if a[2] < 0 else int(a[2]), None) for a in answers],
+                       "process")
+    return _nodes.layout(keys, rank)
 
 
 def _array(leaf):
@@ -152,8 +164,9 @@ class Stabilizer:
     of (leaf name, leaf) returning it.
     replicated: every rank holds the whole gradient (after a `pmean` across data-parallel
     ranks), so norms are not summed across ranks; False (the default) for sharded gradients.
-    node_sharded: each host holds the whole gradient, sliced across its processes (sharded
-    within a host, replicated across hosts): norms sum one host's slices.
+    node_sharded: each node (the processes that reach one gstabd) holds the whole gradient,
+    sliced across its processes (sharded within a node, replicated across nodes): norms sum
+    one node's slices.
     """
 
     def __init__(self, client: gstab.Client, like: Any, group: Group = "model",

@@ -143,6 +143,15 @@ class ClientTest(unittest.TestCase):
         for name, code in codes.items():
             if name != "OK":
                 self.assertEqual(gstab.StatusCode[name], int(code), name)
+        # The structs as the library pins them (client_lib/c_api.cc's static_asserts): the
+        # package's ctypes copies must lay them out the same.
+        from gstab._native import CAttachOptions, CGroupResult, CStepResult
+        self.assertEqual([ctypes.sizeof(c) for c in (CStepResult, CGroupResult, CAttachOptions)],
+                         [40, 56, 56])
+        self.assertEqual((CStepResult.num_groups.offset, CStepResult.stabilized_norm.offset,
+                          CGroupResult.z.offset, CGroupResult.diverging.offset,
+                          CAttachOptions.rendezvous.offset, CAttachOptions.config.offset),
+                         (16, 32, 32, 48, 24, 48))
 
     def test_non_finite_step_is_skipped(self):
         client = gstab.Client(self.socket)

@@ -77,6 +77,7 @@ class DistributedDataParallelTest(GstabdTest):
                 self.assertAlmostEqual(record["gstab_norm"] / record["norm"], 1.0, delta=1e-5)
         self.assertEqual([r["scale"] for r in ranks[0]["steps"]],
                          [r["scale"] for r in ranks[1]["steps"]])
+        self.assertEqual([r["gstab_layout"] for r in ranks], [[0, 2, 0, 1], [1, 2, 0, 1]])
 
     def test_the_same_gradients_registered_sharded_count_every_rank(self):
         ranks, _ = self.run_ranks("ddp-sharded", replicated="false")
@@ -129,7 +130,8 @@ class DistributedDataParallelTest(GstabdTest):
         ranks, output = self.run_on_two_nodes("hsdp-two-nodes", "--hsdp", "--group", "",
                                               per_node=2)
         self.assertNotIn("gstab:", output)
-        self.assertEqual(len(ranks), 4)
+        self.assertEqual([r["gstab_layout"] for r in ranks],
+                         [[0, 2, 0, 2], [1, 2, 0, 2], [0, 2, 1, 2], [1, 2, 1, 2]])
         self.check_fsdp_norms(ranks)
 
     def check_resumed_bit_for_bit(self, job, *args, nodes=1):
@@ -199,6 +201,7 @@ class JaxProcessesTest(unittest.TestCase):
 
     def test_processes_on_two_hosts_share_one_replicated_gradient(self):
         reports = self.run_hosts("jax-two-hosts", "true")
+        self.assertEqual([r["gstab_layout"] for r in reports], [[0, 1, 0, 2], [0, 1, 1, 2]])
         for report in reports:  # gstab's norm is the averaged gradient's own
             for record in report["steps"]:
                 self.assertAlmostEqual(record["norm"] / record["grad_norm"], 1.0, delta=1e-5)
@@ -216,6 +219,7 @@ class JaxProcessesTest(unittest.TestCase):
         # Two processes, two containers, one gstabd: one node of two local workers sharing its
         # statistics, where before each process was taken for a host and the second refused.
         reports = self.run_hosts("jax-one-gstabd", "true", gstabds=1)
+        self.assertEqual([r["gstab_layout"] for r in reports], [[0, 2, 0, 1], [1, 2, 0, 1]])
         for report in reports:
             for record in report["steps"]:
                 self.assertAlmostEqual(record["norm"] / record["grad_norm"], 1.0, delta=1e-5)
