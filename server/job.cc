@@ -140,36 +140,33 @@ absl::Status Job::CheckNoSharedMemory(uint32_t local_rank,
   struct Extent {
     uintptr_t begin, end;
     uint32_t rank;
-    size_t tensor;
-  };
-  auto extent = [](const MappedRegistration& r, size_t i, uint32_t rank) {
-    const MemoryClaims::Extent e = TensorExtent(r, i);
-    return Extent{e.begin, e.end, rank, i};
+    size_t index;  // in WrittenExtents
   };
   // One mapping per object (and per IPC allocation): the same memory has the same address.
   std::vector<Extent> others;
   for (const auto& [rank, w] : workers_) {
     if (rank == local_rank) continue;  // replaced by this registration
-    for (size_t i = 0; i < w->registration.tensor_data.size(); ++i) {
-      others.push_back(extent(w->registration, i, rank));
+    const std::vector<MemoryClaims::Extent> theirs = WrittenExtents(w->registration);
+    for (size_t i = 0; i < theirs.size(); ++i) {
+      others.push_back({theirs[i].begin, theirs[i].end, rank, i});
     }
   }
   if (others.empty()) return absl::OkStatus();
-  // Each rank's tensors are disjoint, and so are the ranks' (checked here as each came).
+  // Each rank's extents are disjoint, and so are the ranks' (checked here as each came).
   std::sort(others.begin(), others.end(),
             [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
-  for (size_t i = 0; i < registration.tensor_data.size(); ++i) {
-    const Extent mine = extent(registration, i, local_rank);
-    auto after = std::lower_bound(others.begin(), others.end(), mine.end,
+  const std::vector<MemoryClaims::Extent> mine = WrittenExtents(registration);
+  for (size_t i = 0; i < mine.size(); ++i) {
+    auto after = std::lower_bound(others.begin(), others.end(), mine[i].end,
                                   [](const Extent& e, uintptr_t end) { return e.begin < end; });
-    if (after == others.begin() || std::prev(after)->end <= mine.begin) continue;
+    if (after == others.begin() || std::prev(after)->end <= mine[i].begin) continue;
     const Extent& theirs = *std::prev(after);
     return absl::InvalidArgumentError(absl::StrCat(
-        "tensor ", i, " ('", registration.plan.tensors[i].name, "') shares memory with tensor ",
-        theirs.tensor, " ('",
-        workers_.at(theirs.rank)->registration.plan.tensors[theirs.tensor].name,
-        "') of local rank ", theirs.rank, " of job '", name_,
-        "': each rank's step would count and scale it. Each rank registers its own gradients"));
+        WrittenExtentName(registration, i), " shares memory with ",
+        WrittenExtentName(workers_.at(theirs.rank)->registration, theirs.index), " of local rank ",
+        theirs.rank, " of job '", name_,
+        "': gstabd would write both at each step, counting and scaling gradients twice or "
+        "writing over them. Each rank registers its own gradients and progress word"));
   }
   return absl::OkStatus();
 }

@@ -72,11 +72,15 @@ struct MappedRegistration {
   std::shared_ptr<void> claim;                  // ClaimMemory's
 };
 
-// Tensor `i`'s memory in gstabd's address space: one address per object and IPC allocation.
-MemoryClaims::Extent TensorExtent(const MappedRegistration& mapped, size_t i);
+// The memory gstabd writes for `mapped`, in its address space (one address per object and IPC
+// allocation): each tensor's, in order, then its progress word's when it has one.
+std::vector<MemoryClaims::Extent> WrittenExtents(const MappedRegistration& mapped);
+// What WrittenExtents' extent `i` is, for messages: "tensor 3 ('fc.weight')", or "its progress
+// word".
+std::string WrittenExtentName(const MappedRegistration& mapped, size_t i);
 
-// Claims the memory of `mapped`'s tensors for job `job` in `claims`, for as long as the
-// registration lives; FAILED_PRECONDITION when another job holds some of it.
+// Claims the memory gstabd writes for `mapped` (WrittenExtents) for job `job` in `claims`, for
+// as long as the registration lives; FAILED_PRECONDITION when another job holds some of it.
 absl::Status ClaimMemory(const std::string& job, MemoryClaims* claims, MappedRegistration* mapped);
 
 // Marks `progress` (may be null) as RegisterBuffersRequest.progress says: scaling step `step`,

@@ -18,20 +18,30 @@ void MarkProgress(uint64_t* progress, uint64_t step, bool scaled) {
   __atomic_store_n(progress, scaled ? ScaledMark(step) : ScalingMark(step), __ATOMIC_SEQ_CST);
 }
 
-MemoryClaims::Extent TensorExtent(const MappedRegistration& mapped, size_t i) {
-  const PlannedTensor& t = mapped.plan.tensors[i];
-  const auto begin = reinterpret_cast<uintptr_t>(mapped.tensor_data[i]);
-  return {begin, begin + t.numel * ElementSize(mapped.plan.buffers[t.buffer].dtype)};
+std::vector<MemoryClaims::Extent> WrittenExtents(const MappedRegistration& mapped) {
+  std::vector<MemoryClaims::Extent> extents;
+  for (size_t i = 0; i < mapped.plan.tensors.size(); ++i) {
+    const PlannedTensor& t = mapped.plan.tensors[i];
+    const auto begin = reinterpret_cast<uintptr_t>(mapped.tensor_data[i]);
+    extents.push_back({begin, begin + t.numel * ElementSize(mapped.plan.buffers[t.buffer].dtype)});
+  }
+  // gstabd writes the progress word at every step: in another rank's or job's tensor it would
+  // overwrite their gradients.
+  if (mapped.progress != nullptr) {
+    const auto word = reinterpret_cast<uintptr_t>(mapped.progress);
+    extents.push_back({word, word + sizeof(uint64_t)});
+  }
+  return extents;
+}
+
+std::string WrittenExtentName(const MappedRegistration& mapped, size_t i) {
+  if (i >= mapped.plan.tensors.size()) return "its progress word";
+  return absl::StrCat("tensor ", i, " ('", mapped.plan.tensors[i].name, "')");
 }
 
 absl::Status ClaimMemory(const std::string& job, MemoryClaims* claims, MappedRegistration* mapped) {
-  std::vector<MemoryClaims::Extent> extents;
-  for (size_t i = 0; i < mapped->plan.tensors.size(); ++i) {
-    extents.push_back(TensorExtent(*mapped, i));
-  }
-  absl::StatusOr<std::shared_ptr<void>> claim = claims->Claim(job, extents, [mapped](size_t i) {
-    return absl::StrCat("tensor ", i, " ('", mapped->plan.tensors[i].name, "')");
-  });
+  absl::StatusOr<std::shared_ptr<void>> claim = claims->Claim(
+      job, WrittenExtents(*mapped), [mapped](size_t i) { return WrittenExtentName(*mapped, i); });
   if (!claim.ok()) return claim.status();
   mapped->claim = *std::move(claim);
   return absl::OkStatus();

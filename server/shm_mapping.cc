@@ -40,7 +40,9 @@ absl::Status NotTheOwners(const std::string& name, uid_t owner, uid_t caller) {
 absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
     const std::string& name, uint64_t max_bytes, std::shared_ptr<std::atomic<int>> open_count,
     std::optional<uid_t> owner) {
-  const int fd = shm_open(name.c_str(), O_RDWR, 0);
+  // O_NONBLOCK: a FIFO put under the name must not hold gstabd's caller (and the registry's
+  // lock) until someone writes to it; it is refused below as not a regular object.
+  const int fd = shm_open(name.c_str(), O_RDWR | O_NONBLOCK | O_NOCTTY, 0);
   if (fd < 0) {
     const int err = errno;
     const std::string what =
@@ -68,7 +70,20 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
     return absl::InternalError(what);
   }
   struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return absl::InternalError(
+        absl::StrCat("cannot stat shared memory '", name, "': ", strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", name,
+                     "' in /dev/shm is not a shared memory object but a FIFO, socket or "
+                     "device: register the object the gradients are in"));
+  }
+  if (st.st_size <= 0) {
     close(fd);
     return absl::InvalidArgumentError(absl::StrCat("shared memory '", name, "' is empty"));
   }
@@ -126,13 +141,16 @@ absl::Status ShmMapping::CheckNotLost() const {
 
 bool ShmMapping::IsCurrent() const {
   if (Lost()) return false;
-  const int fd = shm_open(name_.c_str(), O_RDONLY, 0);
-  if (fd < 0) return false;
+  // By the name's entry, without opening it: whatever was put there (a FIFO, whose open would
+  // wait for a writer) is only looked at.
   struct stat st;
-  const bool same = fstat(fd, &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_ &&
-                    static_cast<uint64_t>(st.st_size) == size_;
-  close(fd);
-  return same;
+  return fstatat(AT_FDCWD, (kShmDirectory + name_).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+         S_ISREG(st.st_mode) && st.st_dev == dev_ && st.st_ino == ino_ &&
+         static_cast<uint64_t>(st.st_size) == size_;
+}
+
+bool ShmMapping::Maps(const ShmMapping& other) const {
+  return dev_ == other.dev_ && ino_ == other.ino_;
 }
 
 ShmMapping::~ShmMapping() {
@@ -197,6 +215,23 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
   if (!opened.ok()) {
     mappings_.erase(name);
     return opened.status();
+  }
+  // One usable mapping an object: under a second name (a hard link) or a second size (grown
+  // since), a second mapping's tensors could be claimed beside the first's, at other addresses,
+  // and counted and scaled twice; it would also let one object take gstabd's address space
+  // many times over. A mapping past its object's end (shrunk) or lost fails its steps already.
+  for (const auto& [other_name, weak] : mappings_) {
+    const std::shared_ptr<ShmMapping> other = weak.lock();
+    if (other != nullptr && other->Maps(**opened) && other->CheckSize().ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shared memory '", name, "' (", (*opened)->size(), " bytes) is the object gstabd maps ",
+          other_name == name ? "already" : absl::StrCat("already as '", other_name, "'"), " (",
+          other->size(),
+          " bytes) for a registration still in use: gstabd maps an object once, "
+          "under one name at one size, so that no gradient in it is counted or scaled twice. "
+          "Register a new object, or let that registration go first (detach, or register "
+          "again without it)"));
+    }
   }
   // The owner is known once the object is open; a refused one is unmapped on return.
   const uid_t object_owner = (*opened)->owner();

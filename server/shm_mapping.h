@@ -53,6 +53,10 @@ class ShmMapping {
   // Whether `name` still names this object, at the size mapped, and it is not Lost: a worker may
   // have replaced it (removed it and made another of that name) or resized it since.
   bool IsCurrent() const;
+  // Whether `other` maps the same object (device and inode), under whatever name and size.
+  bool Maps(const ShmMapping& other) const;
+  // Where POSIX shared memory objects live on Linux (glibc's shm_open).
+  static constexpr char kShmDirectory[] = "/dev/shm";
   // Counts this mapping in `count` too, for as long as it lives (once, before it is shared).
   void AlsoCountIn(std::shared_ptr<std::atomic<int>> count);
 
@@ -95,7 +99,9 @@ class MappingRegistry {
   static constexpr int kDefaultMaxMappingsPerOwner = 8192;
 
   // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
-  // IsCurrent), else opens it (anew: holders of an older mapping keep theirs). RESOURCE_EXHAUSTED
+  // IsCurrent), else opens it (anew: holders of an older mapping keep theirs).
+  // FAILED_PRECONDITION when a mapping still usable maps the same object under another name or
+  // size (a hard link, an object grown since). RESOURCE_EXHAUSTED
   // when that would map more than `max_mappings` objects, or more than `max_per_owner` of the
   // object's owner's; PERMISSION_DENIED when `owner` is
   // given and does not own the object (checked before it is mapped).

@@ -288,6 +288,41 @@ TEST_F(E2eRegistrationTest, TwoJobsMayNotRegisterTheSameMemory) {
   EXPECT_TRUE((*second)->Register((*first)->arena()).ok());
 }
 
+// The progress word gstabd writes at every step is memory it writes, as the tensors are: one
+// placed in another job's or another local rank's gradients is refused, naming both.
+TEST_F(E2eRegistrationTest, AProgressWordInAnotherJobsOrRanksGradientsIsRefused) {
+  AttachOptions rank0 = JobOptions("worded");
+  rank0.local_world_size = 2;
+  auto first = TestWorker::Create(daemon_->socket(), rank0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const v1::RegisterBuffersRequest theirs = (*first)->arena().RegistrationRequest();
+  // A registration of its own memory whose progress word is in the first worker's tensor 'a'.
+  GradientArena own;
+  own.AddTensor("b", 1000, DType::kFloat32);
+  ASSERT_TRUE(own.Allocate().ok());
+  v1::RegisterBuffersRequest request = own.RegistrationRequest();
+  *request.add_buffers() = theirs.buffers(0);
+  request.mutable_progress()->set_buffer(1);
+  request.mutable_progress()->set_offset(theirs.tensors(0).offset() * sizeof(float));
+  AttachOptions rank1 = rank0;
+  rank1.local_rank = 1;
+  for (const AttachOptions& options : {JobOptions("wording"), rank1}) {
+    auto client = Client::Connect(daemon_->socket());
+    ASSERT_TRUE(client.ok()) << client.status();
+    ASSERT_TRUE((*client)->Attach(options).ok());
+    const absl::Status refused = (*client)->RegisterBuffers(request);
+    EXPECT_FALSE(refused.ok());
+    EXPECT_NE(refused.message().find(options.job == "worded"
+                                         ? "its progress word shares memory with tensor 0 ('a') "
+                                           "of local rank 0 of job 'worded'"
+                                         : "its progress word is memory job 'worded' registered"),
+              std::string::npos)
+        << refused;
+  }
+  // Refused before anything was taken: the first worker registers its own memory again.
+  EXPECT_TRUE((*first)->client().Register((*first)->arena()).ok());
+}
+
 // gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
 // a process's mappings). A registration past it is refused, naming the cap, and the jobs already
 // mapped go on; a mapping let go makes room.

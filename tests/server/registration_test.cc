@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -266,7 +267,48 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   EXPECT_EQ((*shrunk)->size(), 4096u);
   EXPECT_TRUE((*shrunk)->CheckSize().ok());
   EXPECT_FALSE((*replaced)->CheckSize().ok());  // the old mapping is now past the end
+
+  // Grown, or linked under a second name, while a mapping of it is still usable: a second
+  // mapping's tensors could be claimed beside the first's and scaled twice. Refused.
+  make(16384, 4.0f);
+  absl::Status grown = registry.Acquire(name).status();
+  EXPECT_EQ(grown.code(), absl::StatusCode::kFailedPrecondition) << grown;
+  EXPECT_NE(grown.message().find("(16384 bytes) is the object gstabd maps already (4096 bytes) "
+                                 "for a registration still in use"),
+            std::string::npos)
+      << grown;
+  const std::string linked = name + "-linked";
+  ASSERT_EQ(link(("/dev/shm" + name).c_str(), ("/dev/shm" + linked).c_str()), 0);
+  absl::Status alias = registry.Acquire(linked).status();
+  EXPECT_EQ(alias.code(), absl::StatusCode::kFailedPrecondition) << alias;
+  EXPECT_NE(alias.message().find("is the object gstabd maps already as '" + name + "'"),
+            std::string::npos)
+      << alias;
+  shrunk->reset();  // its registration gone: the object is mapped at its new size
+  absl::StatusOr<std::shared_ptr<ShmMapping>> regrown = registry.Acquire(name);
+  ASSERT_TRUE(regrown.ok()) << regrown.status();
+  EXPECT_EQ((*regrown)->size(), 16384u);
+  shm_unlink(linked.c_str());
   shm_unlink(name.c_str());
+}
+
+// A FIFO put under a mapped object's name is refused, at once: opening it to look would wait
+// for a writer, holding up every registration on the node.
+TEST(RegistrationTest, AFifoUnderAnObjectsNameIsRefusedWithoutWaiting) {
+  GradientArena arena;
+  arena.AddTensor("w", 1024, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  MappingRegistry registry;
+  absl::StatusOr<std::shared_ptr<ShmMapping>> held = registry.Acquire(arena.shm_name());
+  ASSERT_TRUE(held.ok()) << held.status();
+  const std::string path = "/dev/shm" + arena.shm_name();
+  ASSERT_EQ(unlink(path.c_str()), 0);
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  const absl::Status fifo = registry.Acquire(arena.shm_name()).status();
+  unlink(path.c_str());
+  EXPECT_EQ(fifo.code(), absl::StatusCode::kInvalidArgument) << fifo;
+  EXPECT_NE(fifo.message().find("is not a shared memory object but a FIFO"), std::string::npos)
+      << fifo;
 }
 
 // A sparse object (ftruncate alone) is refused before it is mapped: the pages gstabd touched
