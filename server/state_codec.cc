@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/fnv1a.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "server/registration.h"
 #include "server/reserved_names.h"
 
@@ -21,6 +23,54 @@ constexpr unsigned char kChecksumKey = (15 << 3) | 1;
 // changed, which must not pass for an older state read unchecked).
 constexpr unsigned char kUncheckedKey = (1 << 3) | 0;
 constexpr size_t kChecksumBytes = 1 + 8;
+
+// What bytes may parse into. Parsing allocates per field entry (a GroupState takes about 180
+// bytes for its 2 bytes on the wire, an unknown field tens), so 64 MiB of empty entries would
+// take gigabytes of gstabd's memory before ValidateJobState refused them; the largest state
+// gstabd writes (kMaxGroupsPerJob groups of 21 fields) has about 1.4 million entries.
+constexpr size_t kMaxWireEntries = size_t{2} << 20;
+constexpr size_t kMaxConfigHistory = 1024;  // gstabd keeps 64
+constexpr int kMaxNesting = 8;              // JobState, ConfigChange, PolicyConfig and its parts
+
+struct WireBudget {
+  size_t entries = 0;
+  size_t groups = 0;
+  size_t history = 0;
+};
+
+// Walks the message of type `type` in `in` (to its limit) without building it: false when it
+// is malformed or takes more than the budget.
+bool WithinBudget(google::protobuf::io::CodedInputStream* in,
+                  const google::protobuf::Descriptor* type, int depth, WireBudget* budget) {
+  using google::protobuf::internal::WireFormatLite;
+  const bool top = type == v1::JobState::descriptor();
+  for (uint32_t tag = in->ReadTag(); tag != 0; tag = in->ReadTag()) {
+    if (++budget->entries > kMaxWireEntries) return false;
+    const int number = WireFormatLite::GetTagFieldNumber(tag);
+    if (top && number == v1::JobState::kGroupsFieldNumber && ++budget->groups > kMaxGroupsPerJob) {
+      return false;
+    }
+    if (top && number == v1::JobState::kConfigHistoryFieldNumber &&
+        ++budget->history > kMaxConfigHistory) {
+      return false;
+    }
+    const google::protobuf::FieldDescriptor* field = type->FindFieldByNumber(number);
+    if (field != nullptr && field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      uint32_t length = 0;
+      if (depth >= kMaxNesting || !in->ReadVarint32(&length)) return false;
+      const auto limit = in->PushLimit(static_cast<int>(length));
+      if (!WithinBudget(in, field->message_type(), depth + 1, budget) ||
+          !in->ConsumedEntireMessage()) {
+        return false;
+      }
+      in->PopLimit(limit);
+    } else if (!WireFormatLite::SkipField(in, tag)) {
+      return false;
+    }
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -58,9 +108,21 @@ absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::strin
                        "gstabd wrote them)"));
     }
   }
+  if (bytes.size() > size_t{INT_MAX}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " are not a gstab JobState (", bytes.size(), " bytes)"));
+  }
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                            static_cast<int>(bytes.size()));
+  WireBudget budget;
+  if (!WithinBudget(&in, v1::JobState::descriptor(), 0, &budget) || !in.ConsumedEntireMessage()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " are not a gstab JobState gstabd could have written (corrupt, or more than ",
+        kMaxGroupsPerJob, " groups, ", kMaxConfigHistory, " configuration changes or ",
+        kMaxWireEntries, " fields in all)"));
+  }
   v1::JobState state;
-  if (bytes.size() > size_t{INT_MAX} ||
-      !state.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+  if (!state.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " are not a gstab JobState (corrupt or truncated)"));
   }

@@ -28,11 +28,15 @@ constexpr off_t kMaxCheckpointBytes = kMaxMessageBytes;
 
 // The whole file at `path`: NOT_FOUND when there is none, UNAVAILABLE when it cannot be opened or
 // read (no permission, out of descriptors, an I/O error), DATA_LOSS when it is no checkpoint by
-// its kind (a folder, a FIFO: never read) or its size (larger than any: never read whole).
+// its kind (a folder, a FIFO, a socket, a symbolic link: never read) or its size (larger than
+// any: never read whole). gstabd writes regular files only: a link is not followed, neither to
+// another user's file nor to none.
 absl::StatusOr<std::string> ReadWhole(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO: no wait
-  if (fd < 0) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);  // a FIFO:
+  if (fd < 0) {                                                                       // no wait
     const int err = errno;
+    if (err == ELOOP) return absl::DataLossError("is a symbolic link");
+    if (err == ENXIO || err == ENODEV) return absl::DataLossError("is not a regular file");
     const std::string what = absl::StrCat("cannot open '", path, "': ", strerror(err));
     return err == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
   }

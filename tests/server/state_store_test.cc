@@ -2,8 +2,12 @@
 // out at the first checkpoint with the statistics lost.
 #include "server/state_store.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -28,6 +32,33 @@ std::vector<std::string> LoadedJobs(StateStore* store) {
 }
 
 using testing::JobA;
+
+// Bytes that would parse into far more memory than themselves (64 MiB of empty groups or
+// unknown fields: gigabytes) are refused before they are parsed, with or without a checksum.
+TEST(StateStoreTest, AStateOfTooManyEntriesIsRefusedUnparsed) {
+  v1::JobState wide = JobA(1);
+  wide.clear_groups();
+  for (size_t i = 0; i <= kMaxGroupsPerJob; ++i) wide.add_groups();
+  absl::Status groups = DecodeJobState(EncodeJobState(wide), "the bytes").status();
+  EXPECT_EQ(groups.code(), absl::StatusCode::kInvalidArgument) << groups;
+  EXPECT_NE(groups.message().find("the bytes are not a gstab JobState gstabd could have written "
+                                  "(corrupt, or more than 65536 groups"),
+            std::string::npos)
+      << groups;
+  std::string unknown = "\x08\x01";  // an older gstabd's bytes: format_version first, unchecked
+  for (int i = 0; i < (3 << 20); ++i) unknown.append("\xa0\x06\x00", 3);  // field 100: 0
+  EXPECT_EQ(DecodeJobState(unknown, "the bytes").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // As many as gstabd writes are read.
+  wide.mutable_groups()->RemoveLast();
+  for (int i = 0; i < 64; ++i) {
+    wide.add_config_history()->mutable_config()->set_policy(v1::POLICY_CLIP);
+  }
+  absl::StatusOr<v1::JobState> read = DecodeJobState(EncodeJobState(wide), "the bytes");
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(static_cast<size_t>(read->groups_size()), kMaxGroupsPerJob);
+  EXPECT_EQ(read->config_history_size(), 64);
+}
 
 // A checkpoint of another format version, or out of range, is set aside at start, not loaded.
 // So is one whose configuration or job name gstabd would refuse.
@@ -188,20 +219,34 @@ TEST(StateStoreTest, WhatIsNoCheckpointByItsKindOrSizeIsSetAsideUnread) {
   std::filesystem::resize_file(
       (std::ofstream(dir.path() + "/huge.jobstate") << "x", dir.path() + "/huge.jobstate"),
       size_t{512} << 20);  // sparse: no disk taken
+  // A socket (whose open fails) and links, to a checkpoint or to nothing, are not followed:
+  // before, a socket kept gstabd from starting, and a link to nothing was skipped silently.
+  const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string socket_path = dir.path() + "/socket.jobstate";
+  ASSERT_LT(socket_path.size(), sizeof(address.sun_path));
+  std::strcpy(address.sun_path, socket_path.c_str());
+  ASSERT_EQ(::bind(sock, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ::close(sock);
+  std::filesystem::create_symlink(dir.path() + "/a.jobstate", dir.path() + "/linked.jobstate");
+  std::filesystem::create_symlink(dir.path() + "/gone", dir.path() + "/dangling.jobstate");
   absl::StatusOr<std::vector<StateStore::Stored>> all = store.LoadAll();
   ASSERT_TRUE(all.ok()) << all.status();
   ASSERT_EQ(all->size(), 1u);
   EXPECT_EQ((*all)[0].state.job(), "a");
   EXPECT_EQ((*all)[0].state.groups_size(), 0);
   EXPECT_EQ((*all)[0].groups, 1u);
-  for (const char* name : {"folder", "fifo", "huge"}) {
-    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/" + name + ".jobstate")) << name;
+  for (const char* name : {"folder", "fifo", "huge", "socket", "linked", "dangling"}) {
+    EXPECT_FALSE(std::filesystem::exists(
+        std::filesystem::symlink_status(dir.path() + "/" + name + ".jobstate")))
+        << name;
   }
   size_t aside = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
     aside += e.path().filename().string().find(".jobstate.corrupt-") != std::string::npos;
   }
-  EXPECT_EQ(aside, 3u);
+  EXPECT_EQ(aside, 6u);
   absl::StatusOr<v1::JobState> whole = store.Load("a");  // the groups, from disk
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(whole->groups_size(), 1);
