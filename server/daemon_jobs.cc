@@ -223,43 +223,50 @@ void Daemon::ReportFinishedGpuSteps() {
 
 void Daemon::DeleteOldCheckpoints(absl::Time now) {
   absl::MutexLock save(&save_mu_);  // not racing Checkpoint's retry of a failed save
-  absl::MutexLock lock(&mu_);
-  // Under mu_, so that an attach cannot restore the job (and save it anew) meanwhile.
-  auto remove = [&](const std::string& name, const std::string& why)
-                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                      // Kept when the file stays (a read-only disk): tried again next tick,
-                      // rather than forgotten here and restored at the next start.
-                      if (absl::Status s = store_.Remove(name); !s.ok()) {
-                        LOG_EVERY_N(WARNING, 60) << s << " (tried again each second)";
-                        return;
-                      }
-                      LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
-                                << checkpoints_.at(name).state.last_step() << ": " << why;
-                      checkpoints_.erase(name);
-                    };
-  std::vector<std::string> expired;
-  for (const auto& [name, c] : checkpoints_) {
-    if (now - c.since >= options_.job_retention) expired.push_back(name);
-  }
-  for (const std::string& name : expired) {
-    remove(name, absl::StrCat("not attached for ", absl::FormatDuration(options_.job_retention)));
-  }
-  // No owner can be past its cap with no more checkpoints than the cap in all (the common
-  // case: this runs every housekeeping tick, under the daemon's lock).
-  if (checkpoints_.size() <= options_.max_checkpoints_per_owner) return;
-  std::map<std::string, std::vector<std::pair<absl::Time, std::string>>> by_owner;
-  for (const auto& [name, c] : checkpoints_) {
-    const std::optional<Principal> owner = OwnerIn(c.state);
-    by_owner[owner.has_value() ? owner->ToString() : ""].emplace_back(c.since, name);
-  }
-  for (auto& [owner, kept] : by_owner) {
-    if (kept.size() <= options_.max_checkpoints_per_owner) continue;
-    std::sort(kept.begin(), kept.end(), std::greater<>());  // newest first
-    for (size_t i = options_.max_checkpoints_per_owner; i < kept.size(); ++i) {
-      remove(kept[i].second, absl::StrCat(owner.empty() ? "no owner" : owner, " keeps ",
-                                          options_.max_checkpoints_per_owner,
-                                          " newer ones (--max_checkpoints_per_owner)"));
+  // Which to delete, and why, is decided under the daemon's lock; the files are deleted outside
+  // it (an unlink and a folder sync, which a busy disk can hold for seconds, would hold every
+  // job's steps), while attaches to those jobs wait (retiring_), so that none restores one (and
+  // saves it anew) meanwhile.
+  std::vector<std::pair<std::string, std::string>> deleting;
+  {
+    absl::MutexLock lock(&mu_);
+    std::map<std::string, std::vector<std::pair<absl::Time, std::string>>> by_owner;
+    for (const auto& [name, c] : checkpoints_) {
+      if (now - c.since >= options_.job_retention) {
+        deleting.emplace_back(
+            name, absl::StrCat("not attached for ", absl::FormatDuration(options_.job_retention)));
+      } else if (checkpoints_.size() > options_.max_checkpoints_per_owner) {
+        // (No owner can be past its cap with no more checkpoints than the cap in all: the
+        // common case, this running every housekeeping tick.)
+        const std::optional<Principal> owner = OwnerIn(c.state);
+        by_owner[owner.has_value() ? owner->ToString() : ""].emplace_back(c.since, name);
+      }
     }
+    for (auto& [owner, kept] : by_owner) {
+      if (kept.size() <= options_.max_checkpoints_per_owner) continue;
+      std::sort(kept.begin(), kept.end(), std::greater<>());  // newest first
+      for (size_t i = options_.max_checkpoints_per_owner; i < kept.size(); ++i) {
+        deleting.emplace_back(kept[i].second,
+                              absl::StrCat(owner.empty() ? "no owner" : owner, " keeps ",
+                                           options_.max_checkpoints_per_owner,
+                                           " newer ones (--max_checkpoints_per_owner)"));
+      }
+    }
+    for (const auto& [name, why] : deleting) retiring_.insert(name);
+  }
+  for (const auto& [name, why] : deleting) {
+    // Kept when the file stays (a read-only disk): tried again next tick, rather than
+    // forgotten here and restored at the next start.
+    const absl::Status removed = store_.Remove(name);
+    if (!removed.ok()) {
+      LOG_EVERY_N(WARNING, 60) << removed << " (tried again each second)";
+    }
+    absl::MutexLock lock(&mu_);
+    retiring_.erase(name);
+    if (!removed.ok()) continue;
+    LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
+              << checkpoints_.at(name).state.last_step() << ": " << why;
+    checkpoints_.erase(name);
   }
 }
 
