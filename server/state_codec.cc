@@ -38,38 +38,43 @@ struct WireBudget {
   size_t history = 0;
 };
 
-// Walks the message of type `type` in `in` (to its limit) without building it: false when it
-// is malformed or takes more than the budget.
-bool WithinBudget(google::protobuf::io::CodedInputStream* in,
-                  const google::protobuf::Descriptor* type, int depth, WireBudget* budget) {
+// Walks the message of type `type` in `in` (to its limit) without building it: "" when it is
+// well formed and within the budget, else what is wrong.
+std::string OverBudget(google::protobuf::io::CodedInputStream* in,
+                       const google::protobuf::Descriptor* type, int depth, WireBudget* budget) {
   using google::protobuf::internal::WireFormatLite;
+  const std::string malformed = "corrupt or truncated";
   const bool top = type == v1::JobState::descriptor();
   for (uint32_t tag = in->ReadTag(); tag != 0; tag = in->ReadTag()) {
-    if (++budget->entries > kMaxWireEntries) return false;
+    if (++budget->entries > kMaxWireEntries) {
+      return absl::StrCat("more than ", kMaxWireEntries, " fields in all");
+    }
     const int number = WireFormatLite::GetTagFieldNumber(tag);
     if (top && number == v1::JobState::kGroupsFieldNumber && ++budget->groups > kMaxGroupsPerJob) {
-      return false;
+      return absl::StrCat("more than ", kMaxGroupsPerJob, " groups: a job has at most ",
+                          kMaxGroupsPerJob);
     }
     if (top && number == v1::JobState::kConfigHistoryFieldNumber &&
         ++budget->history > kMaxConfigHistory) {
-      return false;
+      return absl::StrCat("more than ", kMaxConfigHistory, " configuration changes");
     }
     const google::protobuf::FieldDescriptor* field = type->FindFieldByNumber(number);
     if (field != nullptr && field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
         WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint32_t length = 0;
-      if (depth >= kMaxNesting || !in->ReadVarint32(&length)) return false;
+      if (depth >= kMaxNesting || !in->ReadVarint32(&length)) return malformed;
       const auto limit = in->PushLimit(static_cast<int>(length));
-      if (!WithinBudget(in, field->message_type(), depth + 1, budget) ||
-          !in->ConsumedEntireMessage()) {
-        return false;
+      if (std::string why = OverBudget(in, field->message_type(), depth + 1, budget);
+          !why.empty()) {
+        return why;
       }
+      if (!in->ConsumedEntireMessage()) return malformed;
       in->PopLimit(limit);
     } else if (!WireFormatLite::SkipField(in, tag)) {
-      return false;
+      return malformed;
     }
   }
-  return true;
+  return "";
 }
 
 }  // namespace
@@ -115,11 +120,11 @@ absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::strin
   google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
                                             static_cast<int>(bytes.size()));
   WireBudget budget;
-  if (!WithinBudget(&in, v1::JobState::descriptor(), 0, &budget) || !in.ConsumedEntireMessage()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " are not a gstab JobState gstabd could have written (corrupt, or more than ",
-        kMaxGroupsPerJob, " groups, ", kMaxConfigHistory, " configuration changes or ",
-        kMaxWireEntries, " fields in all)"));
+  std::string why = OverBudget(&in, v1::JobState::descriptor(), 0, &budget);
+  if (why.empty() && !in.ConsumedEntireMessage()) why = "corrupt or truncated";
+  if (!why.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " are not a gstab JobState gstabd could have written (", why, ")"));
   }
   v1::JobState state;
   if (!state.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
