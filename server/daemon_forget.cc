@@ -18,6 +18,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
   // The job, let go of under the daemon's lock and destroyed outside it (its GPU pipelines
   // close then), before an attach of the name may make it anew.
   std::shared_ptr<Job> dropped;
+  bool set_aside_only = false;  // nothing held of it, and the caller may delete its files
   {
     absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
     absl::MutexLock lock(&mu_);
@@ -48,30 +49,50 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     }
     const bool checkpoint = checkpoints_.count(name) == 1;
     if (held == jobs_.end() && !checkpoint) {
-      return absl::NotFoundError(
-          absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
+      // Perhaps its set-aside files alone (a checkpoint found garbled at start): they carry no
+      // owner, so an operator's forget deletes them, below.
+      if (caller.has_value() && !ActsOnEveryJob(*caller)) {
+        return absl::NotFoundError(
+            absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
+      }
+      set_aside_only = true;
+    } else {
+      if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
+        return s;
+      }
+      // The file first: should it stay, nothing is forgotten (else it would come back at start).
+      bool file = false;
+      if (absl::Status s = store_.Remove(name, &file); !s.ok()) return s;
+      response->set_held(held != jobs_.end());
+      response->set_checkpoint(checkpoint);
+      response->set_checkpoint_file(file);
+      if (response->held()) {
+        dropped = std::move(held->second);
+        jobs_.erase(held);
+      }
+      unclaimed_.erase(name);  // the same job, if held
+      idle_since_.erase(name);
+      checkpoints_.erase(name);
     }
-    if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
-      return s;
-    }
-    // The file first: should it stay, nothing is forgotten (else it would come back at start).
-    bool file = false;
-    if (absl::Status s = store_.Remove(name, &file); !s.ok()) return s;
-    response->set_held(held != jobs_.end());
-    response->set_checkpoint(checkpoint);
-    response->set_checkpoint_file(file);
-    if (response->held()) {
-      dropped = std::move(held->second);
-      jobs_.erase(held);
-    }
-    unclaimed_.erase(name);  // the same job, if held
-    idle_since_.erase(name);
-    checkpoints_.erase(name);
-    retiring_.insert(name);  // an attach waits for the observer's retirement of the old series
+    // An attach of the name waits for the set-aside files' deletion, and for the observer's
+    // retirement of the old series.
+    retiring_.insert(name);
   }
   // Outside the daemon's lock (a listing of the folder), while an attach of the name waits
   // (retiring_): one that sets a file aside anew is not undone here.
   response->set_set_aside_files_deleted(store_.RemoveSetAside(name));
+  if (set_aside_only) {
+    absl::MutexLock lock(&mu_);
+    retiring_.erase(name);
+    if (response->set_aside_files_deleted() == 0) {
+      return absl::NotFoundError(absl::StrCat("gstabd holds no job '", name,
+                                              "', no checkpoint of it and no set-aside file"));
+    }
+    LOG(INFO) << "deleted the " << response->set_aside_files_deleted()
+              << " set-aside file(s) of job '" << name
+              << "', of which gstabd holds nothing else (an operator's ForgetJob)";
+    return absl::OkStatus();
+  }
   LOG(INFO) << "forgot job '" << name << "' (an operator's ForgetJob): its next attach starts it "
             << "afresh"
             << (response->set_aside_files_deleted() > 0

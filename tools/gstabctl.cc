@@ -384,7 +384,8 @@ int Forget() {
           "forgot job ", job, " (",
           response.held() && response.checkpoint() ? "held, and a checkpoint"
           : response.held()                        ? "held"
-                                                   : "a checkpoint",
+          : response.checkpoint()                  ? "a checkpoint"
+                                                   : "nothing but set-aside files",
           response.checkpoint_file() ? "; its checkpoint file deleted" : "",
           response.set_aside_files_deleted() > 0
               ? absl::StrCat("; ", response.set_aside_files_deleted(), " set-aside file(s) deleted")

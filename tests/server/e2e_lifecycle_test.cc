@@ -389,6 +389,18 @@ TEST(E2eLifecycleTest, AForgottenJobStartsAfreshUnderItsName) {
   std::tie(rc, out) = ctl("forget --job=kept");
   EXPECT_EQ(rc, 1);
   EXPECT_NE(out.find("no job 'kept'"), std::string::npos) << out;
+  // A job gstabd holds nothing of but set-aside files (a checkpoint garbled at start): an
+  // operator's forget deletes them; they said "no job" before, and stayed.
+  std::tie(rc, out) = ctl("forget --job=kept2");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("forgot job kept2 (nothing but set-aside files; 1 set-aside file(s) "
+                     "deleted)"),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(std::filesystem::exists(state + "kept2.jobstate.corrupt-1700000000"));
+  std::tie(rc, out) = ctl("forget --job=kept2");
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("no checkpoint of it and no set-aside file"), std::string::npos) << out;
   for (const std::string job : {"held", "kept"}) {
     auto fresh = TestWorker::Create(daemon->socket(), JobOptions(job));
     ASSERT_TRUE(fresh.ok()) << fresh.status();
