@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/weak_map.h"
@@ -33,6 +35,13 @@ absl::Status NotTheOwners(const std::string& name, uid_t owner, uid_t caller) {
   return absl::PermissionDeniedError(absl::StrCat("shared memory '", name, "' belongs to uid ",
                                                   owner, ", not to this worker's uid ", caller,
                                                   ": a worker registers only its own objects"));
+}
+
+absl::Status NotARegularObject(const std::string& name) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", name,
+                   "' in /dev/shm is not a shared memory object but a FIFO, socket, device or "
+                   "folder: register the object the gradients are in"));
 }
 
 }  // namespace
@@ -62,6 +71,9 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
       return absl::InvalidArgumentError(
           absl::StrCat(what, " (it is a symbolic link: register the object itself)"));
     }
+    if (err == ENXIO || err == ENODEV || err == EISDIR) {  // a socket, a device, a folder
+      return NotARegularObject(name);
+    }
     if (err == EMFILE || err == ENFILE) {
       return absl::ResourceExhaustedError(absl::StrCat(
           what, " (gstabd keeps a descriptor per mapped object: raise its open-file limit, or "
@@ -78,10 +90,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
   }
   if (!S_ISREG(st.st_mode)) {
     close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", name,
-                     "' in /dev/shm is not a shared memory object but a FIFO, socket or "
-                     "device: register the object the gradients are in"));
+    return NotARegularObject(name);
   }
   if (st.st_size <= 0) {
     close(fd);
@@ -140,17 +149,13 @@ absl::Status ShmMapping::CheckNotLost() const {
 }
 
 bool ShmMapping::IsCurrent() const {
-  if (Lost()) return false;
+  if (Lost() || superseded_) return false;
   // By the name's entry, without opening it: whatever was put there (a FIFO, whose open would
   // wait for a writer) is only looked at.
   struct stat st;
   return fstatat(AT_FDCWD, (kShmDirectory + name_).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
          S_ISREG(st.st_mode) && st.st_dev == dev_ && st.st_ino == ino_ &&
          static_cast<uint64_t>(st.st_size) == size_;
-}
-
-bool ShmMapping::Maps(const ShmMapping& other) const {
-  return dev_ == other.dev_ && ino_ == other.ino_;
 }
 
 ShmMapping::~ShmMapping() {
@@ -168,6 +173,12 @@ void ShmMapping::AlsoCountIn(std::shared_ptr<std::atomic<int>> count) {
 
 absl::Status ShmMapping::CheckSize() const {
   if (absl::Status s = CheckNotLost(); !s.ok()) return s;
+  if (superseded_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shared memory '", name_, "' was registered again at another size since (", size_,
+        " bytes here): gstabd maps an object once, so this registration of it is over; "
+        "nothing was applied to this step: register the gradients again"));
+  }
   struct stat st;
   if (fstat(fd_, &st) != 0) {
     return absl::InternalError(
@@ -219,19 +230,26 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
   // One usable mapping an object: under a second name (a hard link) or a second size (grown
   // since), a second mapping's tensors could be claimed beside the first's, at other addresses,
   // and counted and scaled twice; it would also let one object take gstabd's address space
-  // many times over. A mapping past its object's end (shrunk) or lost fails its steps already.
-  for (const auto& [other_name, weak] : mappings_) {
-    const std::shared_ptr<ShmMapping> other = weak.lock();
-    if (other != nullptr && other->Maps(**opened) && other->CheckSize().ok()) {
+  // many times over. A mapping past its object's end (shrunk) or lost fails its steps already,
+  // and is superseded below, so that it cannot become usable again.
+  PruneAndCountLive(&by_object_);
+  const auto first = by_object_.lower_bound({(*opened)->device(), (*opened)->inode(), 0});
+  const auto last = by_object_.upper_bound({(*opened)->device(), (*opened)->inode(), UINT64_MAX});
+  std::vector<std::shared_ptr<ShmMapping>> older;
+  for (auto it = first; it != last; ++it) {
+    std::shared_ptr<ShmMapping> other = it->second.lock();
+    if (other == nullptr) continue;
+    if (other->CheckSize().ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "shared memory '", name, "' (", (*opened)->size(), " bytes) is the object gstabd maps ",
-          other_name == name ? "already" : absl::StrCat("already as '", other_name, "'"), " (",
-          other->size(),
-          " bytes) for a registration still in use: gstabd maps an object once, "
-          "under one name at one size, so that no gradient in it is counted or scaled twice. "
-          "Register a new object, or let that registration go first (detach, or register "
-          "again without it)"));
+          other->name() == name ? "already" : absl::StrCat("already as '", other->name(), "'"),
+          " (", other->size(),
+          " bytes) for a registration still in use: gstabd maps an object "
+          "once, under one name at one size, so that no gradient in it is counted or scaled "
+          "twice. Register a new object, or let that registration go first (detach, or "
+          "register again without it)"));
     }
+    older.push_back(std::move(other));
   }
   // The owner is known once the object is open; a refused one is unmapped on return.
   const uid_t object_owner = (*opened)->owner();
@@ -246,6 +264,8 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
         "detach workers that are done"));
   }
   (*opened)->AlsoCountIn(owned);
+  for (const std::shared_ptr<ShmMapping>& other : older) other->Supersede();
+  by_object_[{(*opened)->device(), (*opened)->inode(), ++serial_}] = *opened;
   mappings_[name] = *opened;
   return opened;
 }

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -53,8 +54,12 @@ class ShmMapping {
   // Whether `name` still names this object, at the size mapped, and it is not Lost: a worker may
   // have replaced it (removed it and made another of that name) or resized it since.
   bool IsCurrent() const;
-  // Whether `other` maps the same object (device and inode), under whatever name and size.
-  bool Maps(const ShmMapping& other) const;
+  dev_t device() const { return dev_; }  // the object's identity
+  ino_t inode() const { return ino_; }
+  // Marks this mapping as replaced by a newer one of its object (MappingRegistry::Acquire):
+  // CheckSize fails from then on, for good, so that it cannot become usable beside that one
+  // (an object shrunk, mapped anew, then grown back).
+  void Supersede() { superseded_ = true; }
   // Where POSIX shared memory objects live on Linux (glibc's shm_open).
   static constexpr char kShmDirectory[] = "/dev/shm";
   // Counts this mapping in `count` too, for as long as it lives (once, before it is shared).
@@ -85,6 +90,7 @@ class ShmMapping {
   ino_t ino_;
   std::shared_ptr<std::atomic<int>> open_count_;  // may be null
   std::shared_ptr<std::atomic<int>> owner_count_;  // may be null
+  std::atomic<bool> superseded_{false};
 };
 
 class MappingRegistry {
@@ -120,6 +126,11 @@ class MappingRegistry {
   std::map<std::string, std::weak_ptr<ShmMapping>> mappings_ ABSL_GUARDED_BY(mu_);
   // Live mappings by the uid that owns the object.
   std::map<uid_t, std::shared_ptr<std::atomic<int>>> by_owner_ ABSL_GUARDED_BY(mu_);
+  // Every mapping by its object (device, inode) and a serial number, those replaced under
+  // their name too.
+  std::map<std::tuple<dev_t, ino_t, uint64_t>, std::weak_ptr<ShmMapping>> by_object_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t serial_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace gstab

@@ -49,6 +49,13 @@ std::string OverBudget(google::protobuf::io::CodedInputStream* in,
     if (++budget->entries > kMaxWireEntries) {
       return absl::StrCat("more than ", kMaxWireEntries, " fields in all");
     }
+    // Groups (wire types 3 and 4) are no proto3 encoding, and no gstabd wrote one; skipped
+    // whole, their fields would go uncounted and be kept, each, as an unknown field.
+    const WireFormatLite::WireType wire = WireFormatLite::GetTagWireType(tag);
+    if (wire == WireFormatLite::WIRETYPE_START_GROUP ||
+        wire == WireFormatLite::WIRETYPE_END_GROUP) {
+      return malformed;
+    }
     const int number = WireFormatLite::GetTagFieldNumber(tag);
     if (top && number == v1::JobState::kGroupsFieldNumber && ++budget->groups > kMaxGroupsPerJob) {
       return absl::StrCat("more than ", kMaxGroupsPerJob, " groups: a job has at most ",
@@ -60,7 +67,7 @@ std::string OverBudget(google::protobuf::io::CodedInputStream* in,
     }
     const google::protobuf::FieldDescriptor* field = type->FindFieldByNumber(number);
     if (field != nullptr && field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
-        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+        wire == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint32_t length = 0;
       if (depth >= kMaxNesting || !in->ReadVarint32(&length)) return malformed;
       const auto limit = in->PushLimit(static_cast<int>(length));

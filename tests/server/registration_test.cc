@@ -288,6 +288,13 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   absl::StatusOr<std::shared_ptr<ShmMapping>> regrown = registry.Acquire(name);
   ASSERT_TRUE(regrown.ok()) << regrown.status();
   EXPECT_EQ((*regrown)->size(), 16384u);
+  // The mapping the shrink made past its end stays over, grown back or not: two usable
+  // mappings of one object at different addresses would both be scaled.
+  const absl::Status over = (*replaced)->CheckSize();
+  EXPECT_EQ(over.code(), absl::StatusCode::kFailedPrecondition) << over;
+  EXPECT_NE(over.message().find("was registered again at another size since (8192 bytes here)"),
+            std::string::npos)
+      << over;
   shm_unlink(linked.c_str());
   shm_unlink(name.c_str());
 }

@@ -51,6 +51,13 @@ TEST(StateStoreTest, AStateOfTooManyEntriesIsRefusedUnparsed) {
   EXPECT_EQ(fields.code(), absl::StatusCode::kInvalidArgument) << fields;
   EXPECT_NE(fields.message().find("(more than 2097152 fields in all)"), std::string::npos)
       << fields;
+  // Fields inside a group (a wire type proto3 has not), skipped whole, would go uncounted.
+  std::string grouped = "\x08\x01\xa3\x06";  // field 100 opens a group
+  for (int i = 0; i < (1 << 20); ++i) grouped.append("\x08\x00", 2);
+  grouped.append("\xa4\x06", 2);
+  const absl::Status group = DecodeJobState(grouped, "the bytes").status();
+  EXPECT_EQ(group.code(), absl::StatusCode::kInvalidArgument) << group;
+  EXPECT_NE(group.message().find("(corrupt or truncated)"), std::string::npos) << group;
   // As many as gstabd writes are read.
   wide.mutable_groups()->RemoveLast();
   for (int i = 0; i < 64; ++i) {
