@@ -143,7 +143,7 @@ gstab_status gstab_daemon_instance(gstab_client* client, char* instance) {
           absl::StrCat("the server named its instance '", absl::CHexEscape(text.substr(0, 64)),
                        "', not ", GSTAB_INSTANCE_SIZE - 1, " hex digits: is it a gstabd?")));
     }
-    std::memcpy(instance, r->instance().c_str(), GSTAB_INSTANCE_SIZE);
+    std::memcpy(instance, text.c_str(), GSTAB_INSTANCE_SIZE);
     return GSTAB_OK;
   });
 }

@@ -41,21 +41,30 @@ def first_failure(errors: Sequence[Optional[Error]], what: str = "rank") -> Opti
     return None
 
 
-def layout(keys: Sequence[Hashable], rank: int) -> Layout:
-    """`rank`'s layout when the ranks with equal keys share a node: a node's local ranks in
-    global rank order, the nodes in the order of their first rank. ValueError when the nodes
-    have different numbers of ranks."""
+def _nodes_of(keys: Sequence[Hashable]) -> List[List[int]]:
+    """The ranks of each node, when the ranks with equal keys share one: a node's in global
+    rank order, the nodes in the order of their first rank. ValueError when the nodes have
+    different numbers of ranks."""
     by_key: dict = {}  # key -> its ranks, in order
     for r, key in enumerate(keys):
         by_key.setdefault(key, []).append(r)
-    nodes: List[List[int]] = list(by_key.values())
+    nodes = list(by_key.values())
     if len({len(n) for n in nodes}) != 1:
-        raise ValueError("the nodes run different numbers of ranks (by node: " +
-                         "; ".join(", ".join(map(str, n)) for n in nodes) +
-                         "): gstab needs as many workers on each node; or pass "
-                         "local_world_size, local_rank and node_rank")
-    mine = by_key[keys[rank]]
-    return Layout(mine.index(rank), len(mine), nodes.index(mine), len(nodes), nodes)
+        raise ValueError(f"the nodes run different numbers of ranks ({_by_node(nodes)}): gstab "
+                         "needs as many workers on each node; or pass local_world_size, "
+                         "local_rank and node_rank")
+    return nodes
+
+
+def _by_node(nodes: List[List[int]]) -> str:
+    return "by node: " + "; ".join(", ".join(map(str, n)) for n in nodes)
+
+
+def layout(keys: Sequence[Hashable], rank: int) -> Layout:
+    """`rank`'s layout when the ranks with equal keys share a node (_nodes_of)."""
+    nodes = _nodes_of(keys)
+    node = next(i for i, n in enumerate(nodes) if rank in n)
+    return Layout(nodes[node].index(rank), len(nodes[node]), node, len(nodes), nodes)
 
 
 def check_given(keys: Sequence[Hashable], given: Sequence[Tuple[Optional[int], Optional[int]]],
@@ -63,14 +72,12 @@ def check_given(keys: Sequence[Hashable], given: Sequence[Tuple[Optional[int], O
     """Refuses, on every worker alike, a local_rank or node_rank a worker gave (given: each
     worker's, None where it gave none) that is not the one its gstabd makes it: two workers of
     one gstabd with one local rank would take each other's place at every attach."""
-    for r, (local_rank, node_rank) in enumerate(given):
-        found = layout(keys, r)
-        for name, value, right in (("local_rank", local_rank, found.local_rank),
-                                   ("node_rank", node_rank, found.node_rank)):
+    nodes = _nodes_of(keys)
+    found = {r: (n.index(r), i) for i, n in enumerate(nodes) for r in n}
+    for r, values in enumerate(given):
+        for name, value, right in zip(("local_rank", "node_rank"), values, found[r]):
             if value is not None and value != right:
                 raise ValueError(
                     f"{what} {r} gave {name}={value}, but the {what}s that reach its gstabd "
-                    f"make it {name} {right} (by node: " +
-                    "; ".join(", ".join(map(str, n)) for n in found.nodes) +
-                    "): leave it out, or give local_world_size too, for nodes of consecutive "
-                    f"{what}s")
+                    f"make it {name} {right} ({_by_node(nodes)}): leave it out, or give "
+                    f"local_world_size too, for nodes of consecutive {what}s")

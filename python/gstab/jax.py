@@ -55,10 +55,9 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     cannot say, one process per host. A local_rank given alone must be the one found
     (ValueError on every process otherwise). local_world_size given: that many consecutive
     processes a node (local_rank default: rank modulo it). With several processes, every
-    process must
-    call this at once: their gstabds are gathered, and with several nodes process 0 asks its
-    gstabd for the rendezvous and broadcasts it to the others, over JAX's collectives (on the
-    CPU: jax_cpu_collectives_implementation "gloo")."""
+    process must call this at once: their gstabds are gathered, and with several nodes process
+    0 asks its gstabd for the rendezvous and broadcasts it to the others, over JAX's
+    collectives (on the CPU: jax_cpu_collectives_implementation "gloo")."""
     rank, world = jax.process_index(), jax.process_count()
     node_rank, node_ranks = None, None
     if local_world_size is None:
