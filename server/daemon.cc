@@ -144,23 +144,36 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
 
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
-  const std::vector<std::string> objects = removal->job->RemoveWorker(
+  const std::vector<ShmObject> objects = removal->job->RemoveWorker(
       removal->local_rank, removal->worker_gone, removal->session,
       removal->expired ? std::optional<uint64_t>(removal->attaches) : std::nullopt);
   // A worker silent for a whole lease has most likely died, and a dead worker cannot unlink
   // its shared memory. Objects of this pid namespace are removed once their creator is gone
   // (RemoveStaleShmObjects); for another namespace's (a container's) gstabd cannot see the
   // creator, so it removes them now. A worker that was only frozen keeps its mapping, and is
-  // told to allocate anew when it registers them again.
+  // told to allocate anew when it registers them again. A name under which another object was
+  // made since (a worker of that name's, restarted) is left to it.
   if (removal->expired) {
-    for (const std::string& name : objects) {
-      if (CreatedInThisPidNamespace(name)) continue;
-      if (shm_unlink(name.c_str()) == 0) {
-        LOG(INFO) << "removed shared memory '" << name << "' of job '" << removal->job->name()
-                  << "' local rank " << removal->local_rank << " (its lease expired)";
-      } else if (errno != ENOENT) {
-        LOG(WARNING) << "cannot remove shared memory '" << name
-                     << "' of an expired worker: " << strerror(errno);
+    for (const ShmObject& object : objects) {
+      if (CreatedInThisPidNamespace(object.name)) continue;
+      std::string error;
+      switch (RemoveIfStill(object, &error)) {
+        case ShmRemoval::kRemoved:
+          LOG(INFO) << "removed shared memory '" << object.name << "' of job '"
+                    << removal->job->name() << "' local rank " << removal->local_rank
+                    << " (its lease expired)";
+          break;
+        case ShmRemoval::kReplaced:
+          LOG(INFO) << "kept shared memory '" << object.name << "' of job '" << removal->job->name()
+                    << "' local rank " << removal->local_rank
+                    << ", whose lease expired: another object was made under its name since";
+          break;
+        case ShmRemoval::kFailed:
+          LOG(WARNING) << "cannot remove shared memory '" << object.name
+                       << "' of an expired worker: " << error;
+          break;
+        case ShmRemoval::kAlreadyGone:
+          break;
       }
     }
   }

@@ -183,19 +183,18 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
       "' has ended (it detached, its lease expired, or the rank attached again): attach again"));
 }
 
-std::vector<std::string> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session,
-                                           std::optional<uint64_t> expired) {
+std::vector<ShmObject> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session,
+                                         std::optional<uint64_t> expired) {
   GpuReports finished;  // a clean detach's last steps on the GPU, reported once mu_ is released
-  std::vector<std::string> objects =
+  std::vector<ShmObject> objects =
       RemoveWorkerUnderLock(local_rank, gone, session, expired, &finished);
   ReportGpuSteps(finished);
   return objects;
 }
 
-std::vector<std::string> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone,
-                                                    uint64_t session,
-                                                    std::optional<uint64_t> expired,
-                                                    GpuReports* finished) {
+std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
+                                                  std::optional<uint64_t> expired,
+                                                  GpuReports* finished) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it: the round must not run on a later
   // registration of the rank (a restarted worker) that has not called Step yet. A round already
@@ -217,11 +216,9 @@ std::vector<std::string> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool go
   }
   register_again_.erase(local_rank);
   cuda_devices_.erase(local_rank);
-  std::vector<std::string> objects;
+  std::vector<ShmObject> objects;
   if (auto w = workers_.find(local_rank); w != workers_.end()) {
-    for (const PlannedBuffer& b : w->second->registration.plan.buffers) {
-      if (!b.cuda) objects.push_back(b.shm_name);
-    }
+    for (const ShmMapping* m : w->second->registration.host_objects) objects.push_back(m->object());
     workers_.erase(w);
   }
   // An expired worker's rank that attached again meanwhile (its removal comes after the daemon

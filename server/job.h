@@ -30,6 +30,7 @@
 #include "server/gpu_workers.h"
 #include "server/principal.h"
 #include "server/registration.h"
+#include "server/shm_mapping.h"
 
 namespace gstab {
 
@@ -101,10 +102,9 @@ class Job {
   // `expired`: its lease ran out (a worker that stopped without detaching: crashed, killed, or
   // frozen) when the rank had attached that many times (Attaches): as after a detach, a step
   // waiting for it is told so at once (see detached_), unless the rank has attached since.
-  // Returns the names of the host shared-memory objects of the registration it removed.
-  std::vector<std::string> RemoveWorker(uint32_t local_rank, bool gone = false,
-                                        uint64_t session = 0,
-                                        std::optional<uint64_t> expired = std::nullopt);
+  // Returns the host shared-memory objects of the registration it removed.
+  std::vector<ShmObject> RemoveWorker(uint32_t local_rank, bool gone = false, uint64_t session = 0,
+                                      std::optional<uint64_t> expired = std::nullopt);
   // How many times a worker of `local_rank` has attached (WorkerAttached). Takes a lock of its
   // own alone: callable under the daemon's.
   uint64_t Attaches(uint32_t local_rank) const;
@@ -257,9 +257,9 @@ class Job {
   // A ticket for on_step_ for `out`'s reports (the primary's), unless it has one or none.
   void TakeReportTicket(GpuReports* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RemoveWorker's work under mu_ (which it takes); `finished` as EndGpuGeneration's.
-  std::vector<std::string> RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
-                                                 std::optional<uint64_t> expired,
-                                                 GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<ShmObject> RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
+                                               std::optional<uint64_t> expired,
+                                               GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);
   // Hands `taken` to on_step_ after the reports of every earlier ticket: a Step and
   // ReportFinishedGpuSteps may take steps off the pipeline one after the other and report
   // them at once.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/weak_map.h"
 #include "server/shm_faults.h"
 
@@ -63,9 +64,17 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
                        "allocate the gradients anew)"));
     }
     if (err == EACCES) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          what, " (a worker creates its shared memory mode 0600: gstabd must run as root with "
-                "CAP_DAC_OVERRIDE, as the Helm chart has it, or as the workers' own user)"));
+      struct stat named;  // whose it is, by the name's entry (not opened)
+      const std::string whose =
+          fstatat(AT_FDCWD, (kShmDirectory + name).c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0
+              ? absl::StrCat("it is uid ", named.st_uid, "'s, mode ",
+                             absl::StrFormat("%04o", named.st_mode & 07777),
+                             ", and gstabd runs as uid ", geteuid(), ": ")
+              : "";
+      return absl::PermissionDeniedError(
+          absl::StrCat(what, " (", whose,
+                       "a worker creates its shared memory mode 0600: gstabd must run as root with "
+                       "CAP_DAC_OVERRIDE, as the Helm chart has it, or as the workers' own user)"));
     }
     if (err == ELOOP) {
       return absl::InvalidArgumentError(
@@ -146,6 +155,23 @@ absl::Status ShmMapping::CheckNotLost() const {
       "' (SIGBUS): its worker truncated it during a step, or left pages unallocated (holes) "
       "that tmpfs had no room for (/dev/shm full?). gstabd no longer uses its mapping: "
       "register the gradients again"));
+}
+
+ShmRemoval RemoveIfStill(const ShmObject& object, std::string* error) {
+  struct stat st;
+  if (fstatat(AT_FDCWD, (ShmMapping::kShmDirectory + object.name).c_str(), &st,
+              AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return ShmRemoval::kAlreadyGone;
+    if (error != nullptr) *error = strerror(errno);
+    return ShmRemoval::kFailed;
+  }
+  if (st.st_dev != object.device || st.st_ino != object.inode) {
+    return ShmRemoval::kReplaced;
+  }
+  if (shm_unlink(object.name.c_str()) == 0) return ShmRemoval::kRemoved;
+  if (errno == ENOENT) return ShmRemoval::kAlreadyGone;
+  if (error != nullptr) *error = strerror(errno);
+  return ShmRemoval::kFailed;
 }
 
 bool ShmMapping::IsCurrent() const {

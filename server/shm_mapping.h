@@ -22,6 +22,21 @@
 
 namespace gstab {
 
+// A mapped object's name and identity, to act on the name only while it still names the object.
+struct ShmObject {
+  std::string name;
+  dev_t device = 0;
+  ino_t inode = 0;
+};
+
+// What RemoveIfStill did.
+enum class ShmRemoval { kRemoved, kAlreadyGone, kReplaced, kFailed };
+// Removes `object`'s name from /dev/shm if it still names that object. kReplaced when another
+// object (or anything else) is under the name now: a worker made a new one since, which is
+// left alone. `error` (may be null) takes strerror's text when kFailed. (A replacement between
+// the look and the removal cannot be told: shm_unlink goes by name alone.)
+ShmRemoval RemoveIfStill(const ShmObject& object, std::string* error = nullptr);
+
 class ShmMapping {
  public:
   // Opens and maps the whole object read-write. NOT_FOUND when it does not exist,
@@ -56,6 +71,7 @@ class ShmMapping {
   bool IsCurrent() const;
   dev_t device() const { return dev_; }  // the object's identity
   ino_t inode() const { return ino_; }
+  ShmObject object() const { return ShmObject{name_, dev_, ino_}; }
   // Marks this mapping as replaced by a newer one of its object (MappingRegistry::Acquire):
   // CheckSize fails from then on, for good, so that it cannot become usable beside that one
   // (an object shrunk, mapped anew, then grown back).

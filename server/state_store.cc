@@ -177,10 +177,16 @@ absl::Status StateStore::Init() {
     if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
       close(dir_fd);
+      if (err != EWOULDBLOCK) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot lock state directory '", dir_, "' (", strerror(err),
+                         "): gstabd locks it so that no other gstabd writes there; give "
+                         "--state_dir a folder on a file system with locks"));
+      }
       return absl::FailedPreconditionError(
-          absl::StrCat("state directory '", dir_, "' is in use by another process (",
-                       err == EWOULDBLOCK ? "another gstabd, most likely" : strerror(err),
-                       "): give each gstabd its own --state_dir"));
+          absl::StrCat("state directory '", dir_,
+                       "' is in use by another process (another gstabd, most likely): give "
+                       "each gstabd its own --state_dir"));
     }
     lock_fd_ = dir_fd;
   }
