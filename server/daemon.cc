@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/monotonic_clock.h"
 #include "common/shm_names.h"
 #include "core/config.h"
 #include "glog/logging.h"
@@ -87,7 +88,7 @@ absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
         "unknown or expired session: attach again (sessions expire after the lease without "
         "calls, and when gstabd restarts)");
   }
-  it->second.last_seen = absl::Now();
+  it->second.last_seen = MonotonicNow();
   return it->second;
 }
 
@@ -134,7 +135,7 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
   sessions_.erase(it);
   if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, s.observer, reason);
   if (s.observer) {
-    if (!InUse(s.job)) idle_since_.emplace(s.job->name(), absl::Now());
+    if (!InUse(s.job)) idle_since_.emplace(s.job->name(), MonotonicNow());
     return std::nullopt;
   }
   ++pending_[s.job->name()];  // until Remove is done: the job's final state is not in it yet
@@ -185,7 +186,7 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
 void Daemon::Unpend(const std::shared_ptr<Job>& job) {
   auto it = pending_.find(job->name());
   if (--it->second == 0) pending_.erase(it);
-  if (!InUse(job)) idle_since_.emplace(job->name(), absl::Now());
+  if (!InUse(job)) idle_since_.emplace(job->name(), MonotonicNow());
 }
 
 void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {

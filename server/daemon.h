@@ -119,6 +119,7 @@ class Daemon {
   void CancelStoreCalls();
 
   // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
+  // `now`, here and in RetireIdleJobs, by MonotonicNow (common/monotonic_clock.h).
   void ExpireSessions(absl::Time now);
   // Retires every job that has had no session (worker or observer) for longer than
   // options.job_idle: its statistics are written to the state directory and kept in memory as
@@ -149,7 +150,7 @@ class Daemon {
   struct Session {
     std::shared_ptr<Job> job;
     uint32_t local_rank = 0;
-    absl::Time last_seen;
+    absl::Time last_seen;  // MonotonicNow
     bool observer = false;
     uint64_t id = 0;  // worker sessions: numbered in attach order, from 1 (see Job::Register)
   };
@@ -303,7 +304,7 @@ class Daemon {
     std::optional<Checkpointed> from;
   };
   std::map<std::string, Unclaimed> unclaimed_ ABSL_GUARDED_BY(mu_);
-  // Since when each held job has had no session (jobs with sessions are absent).
+  // Since when (MonotonicNow) each held job has had no session (jobs with sessions are absent).
   std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported
   // Attaches, worker removals and steps under way, per job: they keep it from retiring as a

@@ -2,6 +2,7 @@
 // daemon_rendezvous.cc.
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "common/monotonic_clock.h"
 #include "common/token.h"
 #include "core/config.h"
 #include "glog/logging.h"
@@ -50,7 +51,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
           "that stops calling expires after a lease)"));
     }
     const std::string token = RandomToken();
-    sessions_[token] = Session{job, 0, absl::Now(), /*observer=*/true};
+    sessions_[token] = Session{job, 0, MonotonicNow(), /*observer=*/true};
     unclaimed_.erase(request.job());
     idle_since_.erase(request.job());
     response->set_session(token);
@@ -340,7 +341,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // recorded whether or not they are enforced (jobs_by_uid), so that enforcing them later holds.
   if (caller.has_value() && !caller->nameless()) job->ClaimIfUnowned(*caller);
   const std::string token = RandomToken();
-  sessions_[token] = Session{job, request.local_rank(), absl::Now(), false, ++sessions_attached_};
+  sessions_[token] =
+      Session{job, request.local_rank(), MonotonicNow(), false, ++sessions_attached_};
   unclaimed_.erase(request.job());
   idle_since_.erase(request.job());
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/monotonic_clock.h"
 #include "glog/logging.h"
 #include "server/daemon.h"  // the class whose members these are
 #include "server/grpc_status.h"
@@ -282,7 +283,7 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
       // At the owner's cap one of its own jobs goes (which makes room at the node's too).
       const bool owner_full = !OwnerCapReached(caller).ok();
       if (!owner_full && jobs_.size() < options_.max_jobs) return absl::OkStatus();
-      const absl::Time now = absl::Now();
+      const absl::Time now = MonotonicNow();
       UpdateIdle(now);
       // Not a job whose last worker left within the lease: it may still have the results
       // buffer gstabd exports mapped, which goes with the job.
@@ -302,7 +303,7 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
       why = absl::StrCat("making room for job '", name, "' at ", cap, " jobs");
     }
     if (oldest == nullptr) break;
-    Retire(oldest, why, absl::Now() - options_.lease);
+    Retire(oldest, why, MonotonicNow() - options_.lease);
   }
   absl::MutexLock lock(&mu_);
   if (jobs_.count(name) == 1) return absl::OkStatus();

@@ -2,6 +2,7 @@
 // to arrive runs (partial sums per worker, the cross-node sum, the rule, the scales), and how a
 // stopping gstabd answers the rounds that can no longer complete.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/match.h"
@@ -207,14 +208,16 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     mu_.Await(absl::Condition(&quiet));
   }
 
-  const absl::Time start = absl::Now();
+  // By a monotonic clock: the wall clock, stepped by NTP mid-round, would report a negative or
+  // huge duration.
+  const auto start = std::chrono::steady_clock::now();
   v1::StepResponse result;
   absl::Status status;
   {
     absl::MutexLock using_collective(&collective_use_);  // after a given-up round's notice
     status = RunRound(step, snapshot, num_groups, timeout, &result);
   }
-  const absl::Duration duration = absl::Now() - start;
+  const absl::Duration duration = absl::FromChrono(std::chrono::steady_clock::now() - start);
   {
     absl::MutexLock lock(&mu_);
     round_result_ = result;

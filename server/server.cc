@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/host_port.h"
+#include "common/monotonic_clock.h"
 #include "common/wire_limits.h"
 #include "glog/logging.h"
 #include "server/local_work.h"
@@ -309,15 +310,16 @@ absl::Status Server::Start() {
 
 void Server::Housekeeping() {
   const absl::Duration tick = std::min(options_.daemon.lease / 4, absl::Seconds(1));
-  absl::Time next_checkpoint = absl::Now() + options_.checkpoint_interval;
+  // Spans by the monotonic clock; the checkpoints' ages (kept across restarts) by the wall's.
+  absl::Time next_checkpoint = MonotonicNow() + options_.checkpoint_interval;
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
-    daemon_->ExpireSessions(absl::Now());
-    daemon_->RetireIdleJobs(absl::Now());
+    daemon_->ExpireSessions(MonotonicNow());
+    daemon_->RetireIdleJobs(MonotonicNow());
     daemon_->ReportFinishedGpuSteps();
     daemon_->DeleteOldCheckpoints(absl::Now());
-    if (absl::Now() >= next_checkpoint) {
+    if (MonotonicNow() >= next_checkpoint) {
       (void)Checkpoint();
-      next_checkpoint = absl::Now() + options_.checkpoint_interval;
+      next_checkpoint = MonotonicNow() + options_.checkpoint_interval;
       // Memory freed since (a burst of large requests, checkpoints' buffers) goes back to the
       // system: the allocator would otherwise keep it, and gstabd's RSS would show its peak.
       malloc_trim(0);
