@@ -37,6 +37,9 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of gstabd for --li
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA file that signs the certificates of --listen's clients (each must show one)");
+ABSL_FLAG(int32_t, tls_reload_s, 60,
+          "seconds between looks at the TLS files of --listen and --peer_listen: certificates "
+          "renewed in place are served from then on (dials read them anew each time)");
 ABSL_FLAG(std::string, state_dir, "/var/lib/gstab", "where job statistics are checkpointed");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware threads)");
@@ -208,10 +211,10 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
       absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0 || absl::GetFlag(FLAGS_keepalive_ms) <= 0 ||
-      absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0) {
+      absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0 || absl::GetFlag(FLAGS_tls_reload_s) <= 0) {
     std::fprintf(stderr,
-                 "gstabd: --lease_ms, --step_timeout_ms, --checkpoint_interval_s, --keepalive_ms "
-                 "and --keepalive_timeout_ms must be positive\n");
+                 "gstabd: --lease_ms, --step_timeout_ms, --checkpoint_interval_s, --keepalive_ms, "
+                 "--keepalive_timeout_ms and --tls_reload_s must be positive\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
@@ -308,6 +311,7 @@ int main(int argc, char** argv) {
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
+  options.tls_reload = absl::Seconds(absl::GetFlag(FLAGS_tls_reload_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.peer_listen = absl::GetFlag(FLAGS_peer_listen);

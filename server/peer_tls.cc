@@ -3,11 +3,16 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/pem_file.h"
+#include "glog/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 
 namespace gstab {
 
@@ -57,6 +62,7 @@ absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::s
 absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
                                         const std::array<std::string, 3>& files) {
   MutualTls tls;
+  tls.files = files;
   std::string* pems[3] = {&tls.ca, &tls.cert, &tls.key};
   for (size_t i = 0; i < 3; ++i) {
     absl::StatusOr<std::string> pem = ReadPemFile(absl::StrCat("--", flags[i]), files[i]);
@@ -68,6 +74,17 @@ absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
 
 std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const MutualTls& tls) {
   if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  if (!tls.files[0].empty()) {
+    // The credentials take a reference to the provider, which lives on with them.
+    auto files = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        tls.files[2], tls.files[1], tls.files[0],
+        static_cast<unsigned>(std::max<int64_t>(1, absl::ToInt64Seconds(tls.reload))));
+    grpc::experimental::TlsServerCredentialsOptions options(files);
+    options.watch_root_certs();
+    options.watch_identity_key_cert_pairs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    return grpc::experimental::TlsServerCredentials(options);
+  }
   grpc::SslServerCredentialsOptions options(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   options.pem_root_certs = tls.ca;
@@ -78,10 +95,20 @@ std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const Mutual
 std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(
     const MutualTls& tls, grpc::ChannelArguments* args) {
   if (!tls.enabled()) return grpc::InsecureChannelCredentials();
+  const MutualTls* pems = &tls;
+  absl::StatusOr<MutualTls> now;
+  if (!tls.files[0].empty()) {
+    now = ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
+    if (now.ok()) {
+      pems = &*now;
+    } else {
+      LOG(WARNING) << "dialling with the TLS files as gstabd read them at start: " << now.status();
+    }
+  }
   grpc::SslCredentialsOptions options;
-  options.pem_root_certs = tls.ca;
-  options.pem_private_key = tls.key;
-  options.pem_cert_chain = tls.cert;
+  options.pem_root_certs = pems->ca;
+  options.pem_private_key = pems->key;
+  options.pem_cert_chain = pems->cert;
   if (!tls.server_name.empty()) args->SetSslTargetNameOverride(tls.server_name);
   return grpc::SslCredentials(options);
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace grpc {
 class ChannelCredentials;
@@ -22,6 +23,11 @@ struct MutualTls {
   std::string cert;  // PEM: this side's certificate chain and key
   std::string key;
   std::string server_name;  // the name in peers' certificates (empty: the host dialled)
+  // The files the PEMs came from (ca, cert, key), when they did: read again while gstabd runs,
+  // so that certificates renewed in place (cert-manager's Secrets) are used without a restart.
+  std::array<std::string, 3> files;
+  // How often a listening port looks at `files` again; each dial reads them.
+  absl::Duration reload = absl::Seconds(60);
   bool enabled() const { return !cert.empty(); }
 };
 
@@ -43,9 +49,12 @@ bool IsLoopbackHost(const std::string& host);
 bool IsWildcardHost(const std::string& host);
 
 // Listening credentials: TLS requiring a client certificate signed by the CA, or plain TCP
-// when `tls` is disabled.
+// when `tls` is disabled. With `tls.files`, the port serves the files' certificate and trusts
+// their CA as they are every `tls.reload` (a renewal that fails to read keeps the last good
+// ones: gRPC logs why).
 std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const MutualTls& tls);
-// The matching client side; sets the target-name override in `args` when asked.
+// The matching client side; sets the target-name override in `args` when asked. With
+// `tls.files`, they are read again for it (the PEMs of `tls` when that fails).
 std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(const MutualTls& tls,
                                                                       grpc::ChannelArguments* args);
 

@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
                       {options.tls_client_ca, options.tls_cert, options.tls_key});
     if (!tls.ok()) return tls.status();
     listen_tls = *std::move(tls);
+    listen_tls.reload = options.tls_reload;
   }
   if (!options.peer_listen.empty()) {
     const std::optional<HostPort> at = SplitHostPort(options.peer_listen);
@@ -138,6 +139,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
                     options.peer_tls_key, options.peer_tls_name);
     if (!tls.ok()) return tls.status();
     resolved.daemon.peer_tls = *std::move(tls);
+    resolved.daemon.peer_tls.reload = options.tls_reload;
   }
   std::unique_ptr<Server> server(new Server(resolved));
   server->listen_tls_ = std::move(listen_tls);

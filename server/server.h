@@ -47,6 +47,8 @@ struct ServerOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // How often the TLS files (these and the peer_tls_* ones) are looked at again.
+  absl::Duration tls_reload = absl::Seconds(60);
   absl::Duration checkpoint_interval = absl::Seconds(30);
   int metrics_port = 9478;  // 0: a free port (logged); -1: no metrics endpoint
   std::string metrics_address;  // the IPv4 address it listens on; empty: every interface

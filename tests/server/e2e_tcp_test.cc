@@ -247,6 +247,49 @@ TEST(TcpTest, AStalledEventStreamOverTcpDoesNotHoldGstabdsStop) {
   EXPECT_EQ(tcp.daemon().Log().find("exits without them"), std::string::npos) << tcp.daemon().Log();
 }
 
+// cert-manager renews a Secret's files in place, and gstabd runs for months: its TCP port serves
+// the renewed certificate, and trusts the renewed CA, without a restart.
+TEST(TcpTest, CertificatesRenewedInPlaceAreServedWithoutARestart) {
+  TempDir dir;
+  const std::string live = dir.path() + "/live";
+  std::filesystem::create_directories(live);
+  std::filesystem::create_directories(dir.path() + "/old");
+  std::filesystem::create_directories(dir.path() + "/new");
+  const TestTls old_tls = testing::MakeTestTls(dir.path() + "/old");
+  const TestTls new_tls = testing::MakeTestTls(dir.path() + "/new");  // another CA's too
+  // As a Secret volume renews them: the whole set at once.
+  auto install = [&](const TestTls& tls) {
+    for (const auto& [from, to] : {std::pair{tls.ca, "ca.pem"}, std::pair{tls.cert, "peer.pem"},
+                                   std::pair{tls.key, "peer.key"}}) {
+      std::filesystem::copy_file(from, live + "/" + to + ".new",
+                                 std::filesystem::copy_options::overwrite_existing);
+      std::filesystem::rename(live + "/" + to + ".new", live + "/" + to);
+    }
+  };
+  install(old_tls);
+  const TestTls served{live + "/ca.pem", live + "/peer.pem", live + "/peer.key"};
+  TcpDaemon tcp(dir.path(), served, {"--tls_reload_s=1"});
+  ASSERT_FALSE(tcp.address().empty());
+  {
+    TlsEnvironment env(old_tls);
+    auto client = Client::Connect(tcp.address(), absl::Seconds(3));
+    EXPECT_TRUE(client.ok()) << client.status();
+  }
+
+  install(new_tls);
+  TlsEnvironment env(new_tls);  // trusts the new CA alone, and shows its certificate
+  absl::StatusOr<std::unique_ptr<Client>> renewed = absl::UnavailableError("not tried");
+  for (const absl::Time until = absl::Now() + absl::Seconds(10);
+       !renewed.ok() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(500));
+    renewed = Client::Connect(tcp.address(), absl::Seconds(2));
+  }
+  EXPECT_TRUE(renewed.ok()) << "the renewed certificate is not served: " << renewed.status();
+  env.Use(old_tls);  // the old CA's certificate is trusted no more
+  auto old = Client::Connect(tcp.address(), absl::Seconds(2));
+  EXPECT_FALSE(old.ok());
+}
+
 TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
   TempDir dir;
   const TestTls tls = testing::MakeTestTls(dir.path());
