@@ -201,8 +201,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gstabd: CUDA_DEVICE_MAX_CONNECTIONS=%s ignored: gstabd uses 32\n", v);
   }
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/1);
-  const int gpus = gstab::CudaDeviceCount();
+  std::string no_gpu_why;  // CUDA's reason for none, when it has one worth telling
+  const int gpus = gstab::CudaDeviceCount(&no_gpu_why);
 #else
+  const std::string no_gpu_why;
   const int gpus = 0;
 #endif
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
@@ -277,10 +279,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (backend == "cuda" && gpus == 0) {
-    std::fprintf(stderr,
-                 "gstabd: --backend=cuda, but no CUDA device is usable here (no GPU or driver, "
-                 "or a build without CUDA); use --backend=cpu or auto\n");
+    std::fprintf(
+        stderr,
+        "gstabd: --backend=cuda, but no CUDA device is usable here (%s); use "
+        "--backend=cpu or auto\n",
+        no_gpu_why.empty() ? "no GPU or driver, or a build without CUDA" : no_gpu_why.c_str());
     return 2;
+  }
+  if (backend == "auto" && !no_gpu_why.empty()) {
+    std::fprintf(stderr, "gstabd: CUDA is not usable here (%s): serving the CPU backend\n",
+                 no_gpu_why.c_str());
   }
 
   // NCCL connects its ranks while the communicator initialises (in the background), not at

@@ -11,8 +11,16 @@
 namespace gstab {
 
 inline absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
-  return absl::InternalError(absl::StrCat(file, ":", line, ": ", expr, " failed: ",
-                                          cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+  // The likely cause, where CUDA's words do not say it: gstabd and its workers use each GPU at
+  // once, which an exclusive compute mode forbids.
+  const char* hint = err == cudaErrorDevicesUnavailable
+                         ? " (is the GPU in an exclusive compute mode? gstabd and the training "
+                           "processes share each GPU, which needs the DEFAULT mode: nvidia-smi -c "
+                           "DEFAULT)"
+                         : "";
+  return absl::InternalError(absl::StrCat(file, ":", line, ": ", expr,
+                                          " failed: ", cudaGetErrorName(err), ": ",
+                                          cudaGetErrorString(err), hint));
 }
 
 // A kernel launch reports failure through cudaGetLastError, which also returns what earlier

@@ -1,5 +1,7 @@
 #include "server/cuda/cuda_ipc.h"
 
+#include <dlfcn.h>
+
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -22,10 +24,21 @@ absl::Status CheckDevice(int device) {
 
 }  // namespace
 
-int CudaDeviceCount() {
+int CudaDeviceCount(std::string* why) {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+  if (const cudaError_t e = cudaGetDeviceCount(&n); e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky "no driver" error
+    // An old driver, or GPUs in a state CUDA refuses, are told; a machine without a GPU or a
+    // driver is not (CUDA says "insufficient driver" for no driver at all: the runtime then
+    // found no libcuda to load).
+    const bool no_driver = e == cudaErrorInsufficientDriver &&
+                           dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) == nullptr;
+    if (why != nullptr && e != cudaErrorNoDevice && !no_driver) {
+      *why = absl::StrCat(cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+      if (e == cudaErrorInsufficientDriver) {
+        absl::StrAppend(why, " (gstabd's CUDA 13 needs an NVIDIA driver of 580 or later)");
+      }
+    }
     return 0;
   }
   return n;

@@ -19,8 +19,9 @@
 
 namespace gstab {
 
-// Devices this process can use; 0 (not an error) without a driver or a GPU.
-int CudaDeviceCount();
+// Devices this process can use; 0 (not an error) without a driver or a GPU. `why` (may be null)
+// takes CUDA's reason when there are none ("" for a GPU-less machine's plain "no device").
+int CudaDeviceCount(std::string* why = nullptr);
 
 struct IpcRegion {
   void* base = nullptr;  // start of the worker's allocation in this process

@@ -71,6 +71,9 @@ def check_common(name, kinds):
     labels = pod["metadata"]["labels"]
     check(ds["spec"]["selector"]["matchLabels"].items() <= labels.items(),
           f"{name}: the DaemonSet's selector does not match its pods")
+    # A chart release alone must not change the pods (and restart every node's gstabd).
+    versioned = {"helm.sh/chart", "app.kubernetes.io/version"} & labels.keys()
+    check(not versioned, f"{name}: the pods carry the chart's version labels {versioned}")
     for svc in kinds.get("Service", []):
         check(svc["spec"]["selector"].items() <= labels.items(),
               f"{name}: Service {svc['metadata']['name']} selects no gstabd pod")

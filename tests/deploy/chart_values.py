@@ -38,6 +38,8 @@ def bad_values(args):
         (["--set", "extraArgs={max_jobs=3}"], "/extraArgs/0"),
         (["--set", "allowUids={-1}"], "/allowUids/0"),
         (["--set", "allowUids={1000}"], "must admit the helm test pod"),
+        # Without root, the capabilities the chart adds are not effective.
+        (["--set", "securityContext.runAsUser=1000"], "securityContext.runAsUser must be 0"),
         (["--set", "allowGids={2000}"], "must admit the helm test pod"),
         (["--set", "extraArgs={--socket=/tmp/x.sock}"], "may not set --socket"),
         (["--set", "extraEnv[0].name=NODE_IP", "--set", "extraEnv[0].value=1.2.3.4"],

@@ -32,6 +32,14 @@ app.kubernetes.io/component: gstabd
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The pods' labels: none that a chart release changes (its version), or an upgrade that
+changes nothing of gstabd would restart every node's gstabd (with RollingUpdate), ending every
+worker's session there, or mark every pod out of date (with OnDelete). */}}
+{{- define "gstab.podLabels" -}}
+{{ include "gstab.selectorLabels" . }}
+app.kubernetes.io/component: gstabd
+{{- end -}}
+
 {{/* The `helm test` pod's labels: none of the selector's, or the DaemonSet would adopt it (and
 delete it as a second pod on its node) and the metrics Service would route to it. */}}
 {{- define "gstab.testLabels" -}}
@@ -135,6 +143,9 @@ host ports with peer.enabled);
 {{- if has .name $managedEnv -}}
 {{- fail (printf "extraEnv may not set %s: the chart sets it (see values.yaml)" .name) -}}
 {{- end -}}
+{{- end -}}
+{{- if ne (int64 (.Values.securityContext.runAsUser | default 0)) 0 -}}
+{{- fail (printf "securityContext.runAsUser must be 0 (it is %v): a container of another uid has none of the capabilities it adds (Kubernetes grants no ambient ones), so gstabd could open neither workers' shared memory (0600, theirs) nor the root-owned TLS Secret files and host folders; it keeps only DAC_OVERRIDE and FOWNER as root" .Values.securityContext.runAsUser) -}}
 {{- end -}}
 {{- if or .Values.allowUids .Values.allowGids -}}
 {{- $uid := int64 (.Values.securityContext.runAsUser | default 0) -}}
