@@ -191,10 +191,12 @@ void Daemon::Unpend(const std::shared_ptr<Job>& job) {
 
 void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
   if (observer_ == nullptr) return;
-  absl::MutexLock report(&report_mu_);
-  // The job's lock first, not under mu_: a job closing its GPU pipelines holds it for a while.
+  absl::MutexLock job_report(&job->gauge_report_mu());  // this job's reports in order
+  // The job's lock, under neither of the daemon's: a job closing its GPU pipelines holds it for
+  // a while, which must hold no other job's reports (nor the housekeeping's).
   const uint64_t bytes = job->RegisteredBytes();
   const bool diverging = job->Diverging();
+  absl::MutexLock report(&report_mu_);
   uint32_t workers = 0;
   {
     absl::MutexLock lock(&mu_);

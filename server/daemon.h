@@ -323,8 +323,9 @@ class Daemon {
   const absl::Time started_ = absl::Now();  // orders this store's rendezvous across restarts
   int steps_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t sessions_attached_ ABSL_GUARDED_BY(mu_) = 0;  // numbers worker sessions
-  // Held across a job's gauge report (its reads and the set), so that reports do not overtake
-  // each other; taken before any other lock, never under one.
+  // Held across the set of a job's gauges (after Job::gauge_report_mu and the reads, which it
+  // keeps in order) and across a retirement's removal of its series, so that no report of a
+  // retired job lands after that; taken under no lock but a job's gauge_report_mu.
   absl::Mutex report_mu_;
 };
 

@@ -1,12 +1,37 @@
 // Daemon: a job's statistics and configuration through one of its sessions (a worker's, or an
 // observer's such as gstabctl's): GetStats, UpdateConfig, ExportState and ImportState.
 #include <optional>
+#include <string>
+#include <utility>
 
 #include "core/config.h"
 #include "server/daemon.h"  // the class whose members these are
 #include "server/state_codec.h"
 
 namespace gstab {
+
+namespace {
+
+// Brackets a change of a job's configuration that this node makes, for the observer
+// (Observer::ConfigChangeComing): from before the job takes it to after it is announced.
+class ConfigAnnouncement {
+ public:
+  ConfigAnnouncement(Observer* observer, std::string job)
+      : observer_(observer), job_(std::move(job)) {
+    if (observer_ != nullptr) observer_->ConfigChangeComing(job_);
+  }
+  ~ConfigAnnouncement() {
+    if (observer_ != nullptr) observer_->ConfigChangeDone(job_);
+  }
+  ConfigAnnouncement(const ConfigAnnouncement&) = delete;
+  ConfigAnnouncement& operator=(const ConfigAnnouncement&) = delete;
+
+ private:
+  Observer* const observer_;
+  const std::string job_;
+};
+
+}  // namespace
 
 absl::Status Daemon::GetStats(const v1::GetStatsRequest& request, v1::GetStatsResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
@@ -23,6 +48,7 @@ absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
                                   v1::UpdateConfigResponse* response) {
   absl::StatusOr<Session> session = Use(request.session());
   if (!session.ok()) return session.status();
+  const ConfigAnnouncement announced(observer_, session->job->name());
   RuleParams before;
   absl::Status s = session->job->UpdateConfig(request.config(), response, &before);
   if (!s.ok()) return s;
@@ -53,6 +79,7 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
     return absl::InvalidArgumentError(state.status().message());
   }
   std::optional<Job::ConfigSwitch> switched;
+  const ConfigAnnouncement announced(observer_, session->job->name());
   if (absl::Status s =
           session->job->ImportState(*state, !request.keep_config(), Job::kImportWait, &switched);
       !s.ok()) {
@@ -60,8 +87,10 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
   }
   response->set_groups(static_cast<uint32_t>(state->groups_size()));
   if (observer_ != nullptr) {  // under report_mu_: not after the series' removal at retirement
+    absl::MutexLock job_report(&session->job->gauge_report_mu());
+    const bool diverging = session->job->Diverging();
     absl::MutexLock report(&report_mu_);
-    observer_->SetImported(session->job->name(), session->job->Diverging());
+    observer_->SetImported(session->job->name(), diverging);
   }
   // A configuration the state brings is a change like UpdateConfig's, with its event.
   if (observer_ != nullptr && switched.has_value()) {

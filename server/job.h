@@ -116,6 +116,11 @@ class Job {
   // Whether some group is diverging, as the statistics held here say (a GPU job's as of the last
   // copy from the GPU).
   bool Diverging() const;
+  // Held by the daemon across one report of this job's gauges (its reads and the set), so that
+  // the job's reports do not overtake each other while other jobs' go on. Taken under no lock.
+  absl::Mutex& gauge_report_mu() const ABSL_LOCK_RETURNED(gauge_report_mu_) {
+    return gauge_report_mu_;
+  }
   // The GPU of local rank `local_rank`'s newest cuda_ipc registration, if it made one (even if
   // its GPU generation has ended since).
   std::optional<int> CudaDevice(uint32_t local_rank) const;
@@ -393,6 +398,7 @@ class Job {
   std::vector<v1::StepResponse> unreported_gpu_steps_ ABSL_GUARDED_BY(mu_);
   absl::Mutex report_mu_ ABSL_ACQUIRED_AFTER(mu_);
   uint64_t gpu_reports_given_ ABSL_GUARDED_BY(report_mu_) = 0;
+  mutable absl::Mutex gauge_report_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   v1::StepResponse round_result_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -80,8 +80,26 @@ Observer::Observer(MetricsRegistry* r, EventBus* bus, uint32_t max_groups)
       ->Set({GSTAB_VERSION}, 1);
 }
 
+bool Observer::Retired(const std::string& job) const {
+  absl::MutexLock lock(&mu_);
+  return retired_.count(job) == 1;
+}
+
 void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
                       std::optional<absl::Duration> duration) {
+  if (Retired(job)) return;
+  RecordStep(job, step, duration);
+  // Retired meanwhile: what this step set goes with the rest.
+  {
+    absl::MutexLock lock(&mu_);
+    if (retired_.count(job) == 0) return;
+    jobs_.erase(job);
+  }
+  for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
+}
+
+void Observer::RecordStep(const std::string& job, const v1::StepResponse& step,
+                          std::optional<absl::Duration> duration) {
   steps_->Add({job}, 1);
   if (!step.not_applied().empty()) {
     OnStepNotApplied(job, step);
@@ -101,7 +119,7 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
     absl::MutexLock lock(&mu_);
     JobState& state = jobs_[job];
     if (step.config_version() > state.config_version) {
-      config_taken = state.config_known;
+      config_taken = state.config_known && announcing_.count(job) == 0;
       state.config_version = step.config_version();
     }
     state.config_known = true;
@@ -261,6 +279,12 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
 }
 
 void Observer::OnAttach(const std::string& job, uint32_t local_rank, bool observer) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (retired_.erase(job) == 1) {
+      retired_order_.erase(std::find(retired_order_.begin(), retired_order_.end(), job));
+    }
+  }
   // Counters exist from the job's first attach, at 0, so rates and alerts see them start.
   for (MetricFamily* counter : {steps_, accepted_, skipped_, spikes_, non_finite_, not_applied_}) {
     counter->Add({job}, 0);
@@ -276,6 +300,18 @@ void Observer::OnDetach(const std::string& job, uint32_t local_rank, bool observ
   e.set_detail(observer ? absl::StrCat("observer: ", reason)
                         : absl::StrCat("local rank ", local_rank, ": ", reason));
   bus_->Publish(std::move(e));
+}
+
+void Observer::ConfigChangeComing(const std::string& job) {
+  absl::MutexLock lock(&mu_);
+  ++announcing_[job];
+}
+
+void Observer::ConfigChangeDone(const std::string& job) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = announcing_.find(job); it != announcing_.end() && --it->second == 0) {
+    announcing_.erase(it);
+  }
 }
 
 void Observer::OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
@@ -319,11 +355,18 @@ void Observer::SetShmMappings(int mapped, int cap) {
 }
 
 void Observer::OnRetire(const std::string& job, const std::string& reason) {
-  for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
   {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);  // first: a report coming meanwhile adds nothing back
     jobs_.erase(job);
+    if (retired_.insert(job).second) {
+      retired_order_.push_back(job);
+      if (retired_order_.size() > kRememberedRetired) {
+        retired_.erase(retired_order_.front());
+        retired_order_.pop_front();
+      }
+    }
   }
+  for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
   v1::Event e = MakeEvent(v1::EVENT_TYPE_JOB_RETIRED, job, 0);
   e.set_detail(reason);
   bus_->Publish(std::move(e));

@@ -36,6 +36,11 @@ class Observer {
   void OnAttach(const std::string& job, uint32_t local_rank, bool observer);
   void OnDetach(const std::string& job, uint32_t local_rank, bool observer,
                 const std::string& reason);
+  // Around a change of `job`'s configuration that this node makes (UpdateConfig, ImportState),
+  // from before the job takes it to after OnConfigChange announces it: a step that runs with it
+  // meanwhile is not taken for a change made elsewhere (node 0's, taken by this node).
+  void ConfigChangeComing(const std::string& job);
+  void ConfigChangeDone(const std::string& job);
   // `changes`: what changed, for people ("clip.max_norm 1 (asked: 0.5)", ConfigDifference).
   void OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
                       const std::string& changes = "");
@@ -51,7 +56,9 @@ class Observer {
   // Shared-memory objects gstabd maps for all its jobs, and its cap (--max_mappings).
   void SetShmMappings(int mapped, int cap);
   // The daemon let go of `job` (see Daemon::RetireIdleJobs): its series leave /metrics and
-  // its summary is forgotten; a JOB_RETIRED event says `reason`.
+  // its summary is forgotten; a JOB_RETIRED event says `reason`. A report of its steps that
+  // comes after (a GPU's finished steps, collected before) is dropped, until the job's next
+  // attach: it would bring the series back, for good.
   void OnRetire(const std::string& job, const std::string& reason);
 
   // Fills counters, the last norms and up to `history` recent norms of `job`.
@@ -72,6 +79,10 @@ class Observer {
     uint64_t config_version = 0;
     bool config_known = false;
   };
+  bool Retired(const std::string& job) const;
+  // OnStep's work, for a job not retired.
+  void RecordStep(const std::string& job, const v1::StepResponse& step,
+                  std::optional<absl::Duration> duration);
   // A step that applied nothing (StepResponse.not_applied): counted and told (a SKIP event
   // saying why), and nothing else.
   void OnStepNotApplied(const std::string& job, const v1::StepResponse& step);
@@ -104,6 +115,11 @@ class Observer {
 
   mutable absl::Mutex mu_;
   std::map<std::string, JobState> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> announcing_ ABSL_GUARDED_BY(mu_);  // ConfigChangeComing's, per job
+  // Jobs retired and not attached since, the newest kRememberedRetired of them (in order).
+  static constexpr size_t kRememberedRetired = 1024;
+  std::set<std::string> retired_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> retired_order_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gstab

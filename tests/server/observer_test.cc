@@ -214,5 +214,67 @@ TEST(ObserverTest, ARestoredJobsDivergenceIsSeededFromItsState) {
   EXPECT_EQ(types, std::vector<v1::EventType>{v1::EVENT_TYPE_DIVERGENCE_END});
 }
 
+// The events of `job` published so far (history), in order.
+std::vector<v1::Event> Events(EventBus& bus, const std::string& job) {
+  auto sub = bus.Subscribe(job, 100, /*live=*/false);
+  std::vector<v1::Event> events;
+  v1::Event e;
+  while (sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent) {
+    events.push_back(e);
+  }
+  return events;
+}
+
+// A step that runs with a configuration this node is changing, before the change is announced,
+// is not taken for node 0's: one CONFIG_CHANGE, the change's own. A newer version no change
+// here announced is node 0's.
+TEST(ObserverTest, AStepAheadOfItsChangesAnnouncementIsNotTakenForNode0s) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus);
+  v1::StepResponse step = Step(1, {1}, {false});
+  step.set_config_version(1);
+  observer.OnStep("j", step, absl::Milliseconds(1));
+  observer.ConfigChangeComing("j");
+  step = Step(2, {1}, {false});
+  step.set_config_version(2);
+  observer.OnStep("j", step, absl::Milliseconds(1));
+  observer.OnConfigChange("j", 2, "stabilizer", "beta1 0.8");
+  observer.ConfigChangeDone("j");
+  std::vector<v1::Event> events = Events(bus, "j");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].type(), v1::EVENT_TYPE_CONFIG_CHANGE);
+  EXPECT_NE(events[0].detail().find("beta1 0.8"), std::string::npos) << events[0].detail();
+
+  step = Step(3, {1}, {false});
+  step.set_config_version(3);
+  observer.OnStep("j", step, absl::Milliseconds(1));
+  events = Events(bus, "j");
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_NE(events[1].detail().find("node 0's, taken by this node"), std::string::npos)
+      << events[1].detail();
+}
+
+// A retired job's step reported late (a GPU's, collected before the retirement) brings none of
+// its series back; after the job's next attach its steps count again.
+TEST(ObserverTest, AStepReportedAfterItsJobsRetirementIsDropped) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus);
+  observer.OnAttach("j", 0, false);
+  observer.OnStep("j", Step(1, {1}, {false}), absl::Milliseconds(1));
+  observer.OnRetire("j", "idle");
+  observer.OnStep("j", Step(2, {1}, {false}), absl::Milliseconds(1));
+  EXPECT_EQ(registry.Render().find("job=\"j\""), std::string::npos) << registry.Render();
+  v1::JobSummary summary;
+  observer.Summarize("j", 10, &summary);
+  EXPECT_EQ(summary.recent_norms_size(), 0);
+
+  observer.OnAttach("j", 0, false);
+  observer.OnStep("j", Step(3, {1}, {false}), absl::Milliseconds(1));
+  EXPECT_NE(registry.Render().find("gstab_steps_total{job=\"j\"} 1\n"), std::string::npos)
+      << registry.Render();
+}
+
 }  // namespace
 }  // namespace gstab
