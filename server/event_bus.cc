@@ -6,9 +6,12 @@ namespace gstab {
 
 void EventBus::Subscription::Push(const v1::Event& event) {
   if (!job_.empty() && event.job() != job_) return;
+  const size_t bytes = event.ByteSizeLong();
   absl::MutexLock lock(&mu_);
-  queue_.push_back(event);
-  if (queue_.size() > capacity_) {
+  queue_.emplace_back(event, bytes);
+  bytes_ += bytes;
+  while (queue_.size() > capacity_ || (bytes_ > max_bytes_ && queue_.size() > 1)) {
+    bytes_ -= queue_.front().second;
     queue_.pop_front();
     ++dropped_;
   }
@@ -25,7 +28,8 @@ EventBus::Subscription::Result EventBus::Subscription::Next(v1::Event* event,
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || !queue_.empty(); };
   mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
   if (queue_.empty()) return closed_ ? Result::kClosed : Result::kTimeout;
-  *event = std::move(queue_.front());
+  *event = std::move(queue_.front().first);
+  bytes_ -= queue_.front().second;
   queue_.pop_front();
   event->set_dropped_before(dropped_);
   dropped_ = 0;
@@ -51,7 +55,7 @@ void EventBus::Publish(v1::Event event) {
 
 std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job, uint32_t recent,
                                                             bool live) {
-  auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_));
+  auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_, max_queue_bytes_));
   // No more than its queue holds: the rest would read as events this reader was too slow for.
   recent = static_cast<uint32_t>(std::min<size_t>(recent, capacity_));
   absl::MutexLock lock(&mu_);

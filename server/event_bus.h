@@ -1,7 +1,8 @@
 // The daemon's event stream: the pipeline publishes spike, skip, divergence, attach, detach and
 // config-change events; each WatchEvents subscriber reads them from its own bounded queue.
-// Publishing never blocks on a subscriber: a full queue drops its oldest event and the next
-// event delivered carries how many were lost (Event.dropped_before).
+// Publishing never blocks on a subscriber: a full queue (in events, or in bytes: an event may
+// name many groups) drops its oldest event and the next event delivered carries how many were
+// lost (Event.dropped_before).
 //
 // Thread-safe.
 #pragma once
@@ -32,26 +33,37 @@ class EventBus {
 
    private:
     friend class EventBus;
-    Subscription(std::string job, size_t capacity) : job_(std::move(job)), capacity_(capacity) {}
+    Subscription(std::string job, size_t capacity, size_t max_bytes)
+        : job_(std::move(job)), capacity_(capacity), max_bytes_(max_bytes) {}
     void Push(const v1::Event& event);
     void Close();
 
     const std::string job_;
     const size_t capacity_;
+    const size_t max_bytes_;
     absl::Mutex mu_;
-    std::deque<v1::Event> queue_ ABSL_GUARDED_BY(mu_);
+    std::deque<std::pair<v1::Event, size_t>> queue_ ABSL_GUARDED_BY(mu_);  // and its bytes
+    size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;                                // queued, in all
     uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
     bool closed_ ABSL_GUARDED_BY(mu_) = false;
   };
 
-  // `capacity`: events queued per subscriber. Recent events are kept for new subscribers twice
+  // `capacity`: events queued per subscriber, and `max_queue_bytes` their encoded bytes (the
+  // newest is kept whatever its size). Recent events are kept for new subscribers twice
   // over: the sessions' (ATTACH, DETACH) and the others, so that sessions coming and going (an
   // operator's `gstabctl config show` in a loop, say) cannot push spikes out of the history.
   // Each keeps a job's newest `per_job` events, and `total` over every job: past that the
   // oldest go, whichever job's. A job spiking at every step thus keeps `per_job` events, and
   // cannot push out another job's newer ones.
-  explicit EventBus(size_t capacity = 1024, size_t per_job = 128, size_t total = 1024)
-      : capacity_(capacity), history_(per_job, total), session_history_(per_job, total) {}
+  explicit EventBus(size_t capacity = 1024, size_t per_job = 128, size_t total = 1024,
+                    size_t max_queue_bytes = kDefaultMaxQueueBytes)
+      : capacity_(capacity),
+        max_queue_bytes_(max_queue_bytes),
+        history_(per_job, total),
+        session_history_(per_job, total) {}
+  // A thousand events of a few groups each; about sixty of the largest (64 groups named in 256
+  // characters each).
+  static constexpr size_t kDefaultMaxQueueBytes = size_t{1} << 20;
 
   // Numbers the events from `sequence` + 1 on (no event published yet).
   void StartSequenceAt(uint64_t sequence);
@@ -88,6 +100,7 @@ class EventBus {
   };
 
   const size_t capacity_;
+  const size_t max_queue_bytes_;
   absl::Mutex mu_;
   uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
   History history_ ABSL_GUARDED_BY(mu_);          // all but the sessions'

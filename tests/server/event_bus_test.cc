@@ -33,6 +33,35 @@ TEST(EventBusTest, SlowSubscriberLosesTheOldestAndIsToldHowMany) {
   EXPECT_EQ(sub->Next(&e, absl::Milliseconds(10)), EventBus::Subscription::Result::kTimeout);
 }
 
+// Large events (many groups named) fill a slow subscriber's queue by its bytes before its count:
+// it holds the newest that fit, and the next event read says how many went.
+TEST(EventBusTest, ASlowSubscribersQueueIsBoundedInBytesToo) {
+  EventBus bus(/*capacity=*/1024, /*per_job=*/16, /*total=*/16, /*max_queue_bytes=*/100000);
+  auto sub = bus.Subscribe("", 0);
+  for (uint64_t s = 1; s <= 50; ++s) {
+    v1::Event e = Spike("j", s);
+    for (int g = 0; g < 64; ++g) e.add_groups(std::string(150, static_cast<char>('a' + g % 26)));
+    bus.Publish(std::move(e));
+  }
+  v1::Event e;
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  const uint64_t first = e.step();
+  EXPECT_GT(first, 40u);  // at most ten of ~10 KB fit
+  EXPECT_EQ(e.dropped_before(), first - 1);
+  uint64_t read = 1;
+  while (sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent) {
+    EXPECT_EQ(e.step(), first + read++);
+    EXPECT_EQ(e.dropped_before(), 0u);
+  }
+  EXPECT_EQ(first + read - 1, 50u);  // the newest is kept
+  // One event larger than the whole budget is still delivered.
+  v1::Event huge = Spike("j", 51);
+  huge.set_detail(std::string(200000, 'x'));
+  bus.Publish(std::move(huge));
+  ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_EQ(e.step(), 51u);
+}
+
 TEST(EventBusTest, JobFilterRecentHistoryAndClose) {
   EventBus bus(8, /*per_job=*/2);
   bus.Publish(Spike("a", 1));
