@@ -8,7 +8,10 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/fd_read.h"
 #include "tools/ctl_common.h"
@@ -33,58 +36,126 @@ int WriteAll(int fd, const std::string& bytes) {
 
 }  // namespace
 
-absl::Status WriteWhole(const std::string& path, const std::string& bytes) {
-  if (path == "-") {
-    if (int e = WriteAll(STDOUT_FILENO, bytes); e != 0) return CannotWrite("stdout", e);
-    return absl::OkStatus();
+absl::StatusOr<Output> ResolveOutput(const std::string& path) {
+  Output out;
+  out.path = path;
+  // An open descriptor named as a file: written as it is (`>> log` appends; opening its name
+  // anew would start at the file's beginning, and a rename would replace the file).
+  int fd = -1;
+  if (path == "-" || path == "/dev/stdout") {
+    fd = STDOUT_FILENO;
+  } else if (path == "/dev/stderr") {
+    fd = STDERR_FILENO;
+  } else {
+    for (const char* prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+      if (absl::StartsWith(path, prefix) && absl::SimpleAtoi(path.substr(strlen(prefix)), &fd)) {
+        break;
+      }
+      fd = -1;
+    }
+  }
+  if (fd >= 0) {
+    out.kind = Output::kDescriptor;
+    out.fd = fd;
+    return out;
   }
   struct stat st;
-  const bool exists = ::stat(path.c_str(), &st) == 0;  // through symbolic links
-  if (exists && S_ISDIR(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is a folder: --out names a file"));
-  }
-  if (exists && !S_ISREG(st.st_mode)) {  // a device, a FIFO: written as it is
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return CannotWrite(path, errno);
-    const int e = WriteAll(fd, bytes);
-    const int closed = ::close(fd) == 0 ? 0 : errno;
-    if (e != 0 || closed != 0) return CannotWrite(path, e != 0 ? e : closed);
-    return absl::OkStatus();
-  }
-  std::string target = path;
-  if (exists) {  // a symbolic link stays: the file it names is replaced
+  if (::stat(path.c_str(), &st) == 0) {  // through symbolic links
+    if (S_ISDIR(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "' is a folder: --out names a file"));
+    }
+    if (!S_ISREG(st.st_mode)) {  // a device, a FIFO: written as it is
+      out.kind = Output::kInPlace;
+      return out;
+    }
+    // A symbolic link stays: the file it names is replaced, as this user could write it.
     char real[PATH_MAX];
     if (::realpath(path.c_str(), real) == nullptr) return CannotWrite(path, errno);
-    target = real;
+    if (::access(real, W_OK) != 0) return CannotWrite(path, errno);
+    out.target = real;
+    out.existing = st;
+  } else if (errno != ENOENT) {
+    return CannotWrite(path, errno);
+  } else {
+    out.target = path;
+    // A symbolic link to nothing yet: the file it names is made, not the link replaced.
+    char link[PATH_MAX];
+    const ssize_t n = ::readlink(path.c_str(), link, sizeof(link) - 1);
+    if (n > 0) {
+      const std::string to(link, static_cast<size_t>(n));
+      const size_t slash = path.rfind('/');
+      out.target = to[0] == '/' || slash == std::string::npos
+                       ? to
+                       : absl::StrCat(path.substr(0, slash + 1), to);
+    }
   }
-  const std::string partial = absl::StrCat(target, ".partial.", ::getpid());
-  const mode_t mode = exists ? (st.st_mode & 07777) : 0666;  // a new file: as the umask says
-  const int fd = OpenPartialFile(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  const size_t slash = out.target.rfind('/');
+  out.folder = slash == std::string::npos ? "." : out.target.substr(0, slash + 1);
+  if (::access(out.folder.c_str(), W_OK | X_OK) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot write '", path, "': its folder '",
+                                                   out.folder, "' cannot be written (",
+                                                   std::strerror(errno), ")"));
+  }
+  out.kind = Output::kReplace;
+  return out;
+}
+
+absl::Status WriteWhole(const Output& out, const std::string& bytes) {
+  if (out.kind == Output::kDescriptor) {
+    if (int e = WriteAll(out.fd, bytes); e != 0) {
+      return CannotWrite(out.fd == STDOUT_FILENO ? "stdout" : out.path, e);
+    }
+    return absl::OkStatus();
+  }
+  if (out.kind == Output::kInPlace) {
+    const int fd = ::open(out.path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return CannotWrite(out.path, errno);
+    const int e = WriteAll(fd, bytes);
+    const int closed = ::close(fd) == 0 ? 0 : errno;
+    if (e != 0 || closed != 0) return CannotWrite(out.path, e != 0 ? e : closed);
+    return absl::OkStatus();
+  }
+  const bool exists = out.existing.has_value();
+  const mode_t mode = exists ? (out.existing->st_mode & 07777) : 0666;  // new: as the umask says
+  // Beside the target, under a name of its own: a name of the target's own length plus a suffix
+  // could pass the folder's name limit, and a fixed one could meet a killed run's leftover.
+  std::string partial;
+  int fd = -1;
+  for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
+    partial = absl::StrCat(out.folder, ".gstabctl-", ::getpid(), "-",
+                           absl::Hex(std::random_device()(), absl::kZeroPad8), ".partial");
+    fd = OpenPartialFile(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) {
     const int err = errno;
     NoPartialFile();
-    return CannotWrite(path, err);
+    return absl::InternalError(absl::StrCat("cannot write '", out.path, "': cannot make '", partial,
+                                            "' beside it: ", std::strerror(err)));
   }
   int e = WriteAll(fd, bytes);
   if (e == 0 && exists && ::fchmod(fd, mode) != 0) e = errno;  // the umask may have cut it
+  // The file's owner stays, where this user may keep it (root); else it becomes this user's.
+  if (e == 0 && exists && out.existing->st_uid != ::geteuid()) {
+    (void)::fchown(fd, out.existing->st_uid, out.existing->st_gid);
+  }
   if (e == 0 && ::fsync(fd) != 0) e = errno;
   if (::close(fd) != 0 && e == 0) e = errno;
-  if (e == 0 && ::rename(partial.c_str(), target.c_str()) != 0) e = errno;
+  if (e == 0 && ::rename(partial.c_str(), out.target.c_str()) != 0) e = errno;
   if (e != 0) ::unlink(partial.c_str());
   NoPartialFile();
-  if (e != 0) return CannotWrite(path, e);
+  if (e != 0) return CannotWrite(out.path, e);
   // The rename made durable: without the folder's sync, a crash could leave the previous file
   // (or none) under the name after "exported". A file system without it (EINVAL) has nothing to
   // lose, and a folder this user may write but not read (a drop folder) cannot be synced.
-  const size_t slash = target.rfind('/');
-  const std::string folder = slash == std::string::npos ? "." : target.substr(0, slash + 1);
-  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int dir = ::open(out.folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir < 0 && (errno == EACCES || errno == EPERM)) return absl::OkStatus();
   if (dir < 0 || (::fsync(dir) != 0 && errno != EINVAL)) {
     const int err = errno;
     if (dir >= 0) ::close(dir);
-    return absl::InternalError(absl::StrCat("wrote '", path, "', but cannot sync its folder '",
-                                            folder, "': ", std::strerror(err),
+    return absl::InternalError(absl::StrCat("wrote '", out.path, "', but cannot sync its folder '",
+                                            out.folder, "': ", std::strerror(err),
                                             " (a crash now could lose it)"));
   }
   ::close(dir);

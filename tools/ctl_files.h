@@ -1,7 +1,10 @@
 // The files `gstabctl export` writes and `gstabctl import` reads.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstddef>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -9,11 +12,29 @@
 
 namespace gstab::ctl {
 
-// Writes `bytes` to `path`. "-" is stdout. A regular file, or a new one, is replaced whole
-// (written beside it, then renamed over it, keeping an existing file's mode; through a symbolic
-// link, the file it names). Anything else that exists there (/dev/null, /dev/stdout, a FIFO) is
-// written in place: never replaced by a file.
-absl::Status WriteWhole(const std::string& path, const std::string& bytes);
+// Where `gstabctl export --out=PATH` writes, worked out (and checked) before the export.
+struct Output {
+  enum Kind {
+    kDescriptor,  // "-" (stdout), /dev/stdout, /dev/stderr, /dev/fd/N: that descriptor
+    kInPlace,     // a device, a FIFO: opened and written as it is, never replaced by a file
+    kReplace,     // a regular file, or a new one: written beside it, then renamed over it
+  };
+  Kind kind = kReplace;
+  std::string path;  // as given
+  int fd = -1;       // kDescriptor
+  // kReplace: the file replaced (through symbolic links, whether or not it exists yet), its
+  // folder (ending in '/', or "."), and what it was when it exists (its mode and owner stay).
+  std::string target;
+  std::string folder;
+  std::optional<struct stat> existing;
+};
+
+// INVALID_ARGUMENT for a folder, or a file whose folder this user cannot write; INTERNAL for
+// a file it cannot write (read-only: replacing it would get around that).
+absl::StatusOr<Output> ResolveOutput(const std::string& path);
+
+// Writes `bytes` where `out` says.
+absl::Status WriteWhole(const Output& out, const std::string& bytes);
 
 // All of `path` ("-": stdin), refused past `max_bytes` (no state is larger than gstabd takes).
 absl::StatusOr<std::string> ReadWhole(const std::string& path, size_t max_bytes);

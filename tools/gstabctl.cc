@@ -327,22 +327,32 @@ int Export() {
   if (path.empty() || absl::GetFlag(FLAGS_job).empty()) {
     return Usage("export needs --job=NAME and --out=FILE");
   }
+  // Checked before the job is touched: a folder, or a file that cannot be written, costs no
+  // session and no export.
+  absl::StatusOr<Output> out = ResolveOutput(path);
+  if (!out.ok()) return Fail(out.status());
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
   auto state = (*client)->ExportState();
   if (!state.ok()) return Fail(state.status());
-  if (absl::Status s = WriteWhole(path, *state); !s.ok()) {
+  // Detached before writing: a reader that never reads (`--out=- | ssh` at a password prompt)
+  // must not keep the job attached, which would keep it from being forgotten or retired.
+  client->reset();
+  if (absl::Status s = WriteWhole(*out, *state); !s.ok()) {
     // `--out=- | head -c1`: as any other write to a pipe whose reader went.
-    if (path == "-" && StdoutReaderGone(0)) return 128 + SIGPIPE;
+    if (out->kind == Output::kDescriptor && out->fd == STDOUT_FILENO && StdoutReaderGone(0)) {
+      return 128 + SIGPIPE;
+    }
     return Fail(s);
   }
   const std::string job = absl::GetFlag(FLAGS_job);
   // To stdout, which holds the state: what was done goes to stderr.
+  const bool to_stdout = out->kind == Output::kDescriptor && out->fd == STDOUT_FILENO;
   return Done(
-      absl::StrCat(path == "-" ? "gstabctl: " : "", "exported ", state->size(), " bytes of job ",
-                   job, "'s statistics", path == "-" ? "" : absl::StrCat(" to ", path)),
+      absl::StrCat(to_stdout ? "gstabctl: " : "", "exported ", state->size(), " bytes of job ", job,
+                   "'s statistics", path == "-" ? "" : absl::StrCat(" to ", path)),
       {{"job", job}, {"bytes", static_cast<double>(state->size())}, {"out", path}},
-      path == "-" ? stderr : stdout);
+      to_stdout ? stderr : stdout);
 }
 
 int Import() {

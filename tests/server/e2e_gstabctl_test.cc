@@ -311,6 +311,65 @@ TEST_F(E2eGstabctlTest, ExportWritesThroughWhatIsThereAndFailsWhenOutputIsLost) 
   EXPECT_EQ(Ctl("events --job='my_run!'").first, 2);  // a name no job can have
 }
 
+// What export writes through rather than replaces: a symbolic link to nothing yet makes the file
+// it names; /dev/stdout redirected to a file appends there (`>> log`), the state alone. A folder
+// that cannot take the file is refused before the job is touched, and the job is not held
+// attached while a slow reader takes the state.
+TEST_F(E2eGstabctlTest, ExportWritesWhereItIsToldAndHoldsNoSessionWhileWriting) {
+  Train("writes", {"--steps=20"});
+  const std::string ctl = testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket();
+  const std::string real = dir_.path() + "/real.state", dangling = dir_.path() + "/dangling";
+  ASSERT_EQ(Ctl("export --job=writes --out=" + real).first, 0);
+  const uintmax_t size = std::filesystem::file_size(real);
+  std::filesystem::create_symlink("made.state", dangling);  // relative to the link's folder
+  auto [drc, dout] = Ctl("export --job=writes --out=" + dangling);
+  EXPECT_EQ(drc, 0) << dout;
+  EXPECT_TRUE(std::filesystem::is_symlink(dangling));
+  EXPECT_EQ(std::filesystem::file_size(dir_.path() + "/made.state"), size);
+
+  const std::string log = dir_.path() + "/log";
+  std::ofstream(log) << "header\n";
+  auto [arc, aout] =
+      testing::RunShell(ctl + " export --job=writes --out=/dev/stdout >> " + log + " 2>/dev/null");
+  EXPECT_EQ(arc, 0) << aout;
+  EXPECT_EQ(std::filesystem::file_size(log), size + 7) << "not appended, or more than the state";
+
+  auto [nrc, nowhere] = Ctl("export --job=writes --out=" + dir_.path() + "/no/such/x.state");
+  EXPECT_EQ(nrc, 1) << nowhere;
+  EXPECT_NE(nowhere.find("its folder"), std::string::npos) << nowhere;
+
+  // A FIFO nobody reads yet: gstabctl waits to open it, detached already, so the job can go.
+  const std::string fifo = dir_.path() + "/slow";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto observers_gone = [&] {
+    const std::string events = Ctl("events --job=writes --recent=100").second;
+    size_t n = 0;
+    for (size_t at = 0; (at = events.find("observer: detached", at)) != std::string::npos; ++at)
+      ++n;
+    return n;
+  };
+  const size_t before = observers_gone();
+  absl::StatusOr<testing::Subprocess> slow = testing::Subprocess::Start(
+      {testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(), "export",
+       "--job=writes", "--out=" + fifo});
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  // Its observer session has come and gone (`events` takes none).
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (observers_gone() == before && absl::Now() < until) absl::SleepFor(absl::Milliseconds(100));
+  const std::pair<int, std::string> forgot = Ctl("forget --job=writes");
+  EXPECT_EQ(forgot.first, 0) << "the export held the job attached: " << forgot.second;
+  const int reader = ::open(fifo.c_str(), O_RDONLY);
+  ASSERT_GE(reader, 0);
+  std::string got(size + 1, '\0');
+  size_t read_bytes = 0;
+  for (ssize_t n; (n = ::read(reader, got.data() + read_bytes, got.size() - read_bytes)) > 0;) {
+    read_bytes += static_cast<size_t>(n);
+  }
+  ::close(reader);
+  EXPECT_EQ(read_bytes, size);
+  EXPECT_EQ(slow->Wait(absl::Seconds(10)).value_or(-1), 0) << slow->ReadAll();
+}
+
 // `events --follow | head -1`: once head has its line, gstabctl ends while no event comes,
 // rather than hold one of the caller's event streams (--max_event_streams) until the next one.
 TEST_F(E2eGstabctlTest, AFollowedStreamEndsWhenItsReaderGoes) {
