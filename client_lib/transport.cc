@@ -1,11 +1,15 @@
 #include "client_lib/transport.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/pem_file.h"
 
@@ -21,30 +25,50 @@ bool IsTcpAddress(const std::string& address) {
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
     const std::string& address, grpc::ChannelArguments* args) {
-  grpc::SslCredentialsOptions options;
-  struct Pem {
-    const char* var;
-    std::string* out;
-  };
-  for (const Pem& pem : {Pem{"GSTAB_TLS_CA", &options.pem_root_certs},
-                         Pem{"GSTAB_TLS_CERT", &options.pem_cert_chain},
-                         Pem{"GSTAB_TLS_KEY", &options.pem_private_key}}) {
-    const char* path = std::getenv(pem.var);
+  std::string paths[3];  // CA, certificate, key
+  int i = 0;
+  for (const char* var : {"GSTAB_TLS_CA", "GSTAB_TLS_CERT", "GSTAB_TLS_KEY"}) {
+    const char* path = std::getenv(var);
     if (path == nullptr || *path == '\0') {
       return absl::InvalidArgumentError(absl::StrCat(
-          "gstabd's TCP port ", address, " takes mutual TLS, and ", pem.var,
+          "gstabd's TCP port ", address, " takes mutual TLS, and ", var,
           " is not set: set GSTAB_TLS_CA to the PEM file of the CA that signs gstabd's "
           "certificate, and GSTAB_TLS_CERT and GSTAB_TLS_KEY to this client's certificate and "
           "key, signed by the CA gstabd's --tls_client_ca names"));
     }
-    absl::StatusOr<std::string> text = ReadPemFile(pem.var, path);
-    if (!text.ok()) return text.status();
-    *pem.out = *std::move(text);
+    // Read now, for a clear error at once; the connections read them themselves (below).
+    if (absl::StatusOr<std::string> text = ReadPemFile(var, path); !text.ok()) {
+      return text.status();
+    }
+    paths[i++] = path;
+  }
+  unsigned reload = 60;
+  if (const char* v = std::getenv("GSTAB_TLS_RELOAD_S"); v != nullptr && *v != '\0') {
+    if (!absl::SimpleAtoi(v, &reload) || reload == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GSTAB_TLS_RELOAD_S='", v,
+                       "': expected how often (seconds, 1 or more) to read the TLS "
+                       "files again"));
+    }
   }
   if (const char* name = std::getenv("GSTAB_TLS_NAME"); name != nullptr && *name != '\0') {
     args->SetSslTargetNameOverride(name);
   }
-  return grpc::SslCredentials(options);
+  // The files as they are at each connection (every `reload` seconds, the last good ones kept):
+  // a long-running client that connects again after its certificate or CA was renewed in place
+  // shows the renewed ones.
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(
+      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(paths[2], paths[1],
+                                                                           paths[0], reload));
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_verify_server_certs(true);
+  // gstabd's certificate must name the host dialled (or GSTAB_TLS_NAME), as it must for gRPC's
+  // SSL credentials: said here rather than left to gRPC's default.
+  options.set_certificate_verifier(
+      std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+  return grpc::experimental::TlsCredentials(options);
 }
 
 }  // namespace gstab

@@ -4,6 +4,9 @@
 //   GSTAB_TLS_CERT  this client's certificate (chain), signed by gstabd's --tls_client_ca
 //   GSTAB_TLS_KEY   its private key
 //   GSTAB_TLS_NAME  the name gstabd's certificate carries, when not the host dialled (optional)
+//   GSTAB_TLS_RELOAD_S  how often the three files are read again (60 when unset): a client
+//                   connects again (gstabd restarted, say) with the files as they are then,
+//                   certificates renewed in place included
 #pragma once
 
 #include <memory>
@@ -24,8 +27,9 @@ namespace gstab {
 bool IsTcpAddress(const std::string& address);
 
 // The channel credentials for TCP `address`, from the environment above (a target-name
-// override goes into `args`). INVALID_ARGUMENT naming the variable that is unset or not
-// readable PEM.
+// override goes into `args`). INVALID_ARGUMENT naming the variable that is unset (or
+// GSTAB_TLS_RELOAD_S when it is not a count of seconds), FAILED_PRECONDITION naming one whose
+// file is not readable PEM.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
     const std::string& address, grpc::ChannelArguments* args);
 

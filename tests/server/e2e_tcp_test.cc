@@ -290,6 +290,65 @@ TEST(TcpTest, CertificatesRenewedInPlaceAreServedWithoutARestart) {
   EXPECT_FALSE(old.ok());
 }
 
+// A client that runs for months over TCP reads its TLS files again (GSTAB_TLS_RELOAD_S): when
+// gstabd comes back with a certificate of a renewed CA, the client, its files renewed in place
+// too, connects to it. gstabd's certificate must still name the host dialled (or
+// GSTAB_TLS_NAME).
+TEST(TcpTest, AClientConnectsAgainWithItsRenewedCertificates) {
+  TempDir dir;
+  for (const char* sub : {"/old", "/new", "/client", "/server"}) {
+    std::filesystem::create_directories(dir.path() + sub);
+  }
+  const TestTls old_tls = testing::MakeTestTls(dir.path() + "/old");
+  const TestTls new_tls = testing::MakeTestTls(dir.path() + "/new");
+  auto install = [](const TestTls& from, const std::string& to) {
+    for (const auto& [file, name] : {std::pair{from.ca, "ca.pem"}, std::pair{from.cert, "peer.pem"},
+                                     std::pair{from.key, "peer.key"}}) {
+      std::filesystem::copy_file(file, to + "/" + name + ".new",
+                                 std::filesystem::copy_options::overwrite_existing);
+      std::filesystem::rename(to + "/" + name + ".new", to + "/" + name);
+    }
+    return TestTls{to + "/ca.pem", to + "/peer.pem", to + "/peer.key"};
+  };
+  const TestTls server = install(old_tls, dir.path() + "/server");
+  const TestTls client_files = install(old_tls, dir.path() + "/client");
+  std::string address;
+  std::vector<std::string> flags = testing::ListenFlags(server);
+  {
+    TcpDaemon first(dir.path(), server);
+    ASSERT_FALSE(first.address().empty());
+    address = first.address();
+    TlsEnvironment env(client_files);
+    unsetenv("GSTAB_TLS_NAME");  // gstabd's certificate names gstab-peer, not 127.0.0.1
+    auto misnamed = Client::Connect(address, absl::Seconds(2));
+    EXPECT_FALSE(misnamed.ok()) << "a certificate of another name was taken";
+  }
+  TlsEnvironment env(client_files);
+  setenv("GSTAB_TLS_RELOAD_S", "1", 1);
+  // gstabd on a fixed port: the one the first took, free again.
+  flags[0] = "--listen=" + address;
+  auto d = DaemonProcess::Start(dir.path() + "/server", flags);
+  ASSERT_TRUE(d.ok()) << d.status();
+  auto client = Client::Connect(address, absl::Seconds(3));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Identify().ok());
+  EXPECT_EQ(d->Stop().value_or(-1), 0);
+
+  install(new_tls, dir.path() + "/server");
+  install(new_tls, dir.path() + "/client");
+  d = DaemonProcess::Start(dir.path() + "/server", flags);
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::Status again = absl::UnavailableError("not tried");
+  for (const absl::Time until = absl::Now() + absl::Seconds(10);
+       !again.ok() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(300));
+    again = (*client)->Identify().status();
+  }
+  EXPECT_TRUE(again.ok()) << "the client showed its old certificate: " << again;
+  unsetenv("GSTAB_TLS_RELOAD_S");
+  EXPECT_EQ(d->Stop().value_or(-1), 0);
+}
+
 TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
   TempDir dir;
   const TestTls tls = testing::MakeTestTls(dir.path());
