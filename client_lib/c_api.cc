@@ -157,11 +157,9 @@ const char* gstab_version(void) { return GSTAB_VERSION; }
 const char* gstab_last_error(void) { return gstab::capi::g_last_error.c_str(); }
 
 gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
-  if (socket_path == nullptr || out == nullptr) {
-    return Report(absl::InvalidArgumentError("socket_path and out must not be NULL"));
-  }
+  if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
   return Guarded([&] {
-    auto client = gstab::Client::Connect(socket_path);
+    auto client = gstab::Client::Connect(socket_path != nullptr ? socket_path : "");
     if (!client.ok()) return Report(client.status());
     *out = new gstab_client;
     (*out)->client = *std::move(client);

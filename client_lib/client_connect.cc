@@ -96,12 +96,10 @@ void Client::Reconnect() {
   channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given,
                                                         absl::Duration timeout) {
+  const std::string address = given.empty() ? SocketFromEnvironment() : given;
   const bool tcp = IsTcpAddress(address);
-  if (address.empty()) {
-    return absl::InvalidArgumentError("no socket path given: pass gstabd's socket or HOST:PORT");
-  }
   if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
   // sockaddr_un's limit, which gRPC would only log about while the wait below ran out.
   constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;

@@ -88,7 +88,8 @@ const char* gstab_last_error(void);
 
 /* socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached
  * with mutual TLS from the PEM files that GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name
- * (GSTAB_TLS_NAME: the name in gstabd's certificate, if not the host). */
+ * (GSTAB_TLS_NAME: the name in gstabd's certificate, if not the host); NULL or "":
+ * $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as gstabctl and the Python package dial. */
 gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 

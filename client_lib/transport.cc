@@ -15,6 +15,11 @@
 
 namespace gstab {
 
+std::string SocketFromEnvironment() {
+  const char* env = std::getenv("GSTAB_SOCKET");
+  return env != nullptr && *env != '\0' ? env : kDefaultSocket;
+}
+
 bool IsTcpAddress(const std::string& address) {
   if (address.find('/') != std::string::npos) return false;  // a path
   const size_t colon = address.rfind(':');

@@ -21,6 +21,11 @@ class ChannelCredentials;
 
 namespace gstab {
 
+// Where gstabd is when the caller names no address: $GSTAB_SOCKET when set, else the socket the
+// Helm chart and the systemd unit give it (kDefaultSocket), as gstabctl and Python dial.
+inline constexpr char kDefaultSocket[] = "/run/gstab/gstabd.sock";
+std::string SocketFromEnvironment();
+
 // Whether `address` is meant as gstabd's TCP port (HOST:PORT, common/host_port.h) rather than a
 // socket path: it has no '/' and ends in ':' and digits (a socket named so in the current
 // folder: ./name:1).

@@ -84,12 +84,9 @@ int Done(const std::string& text, const std::vector<std::pair<std::string, JsonV
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Connect() {
-  std::string socket = absl::GetFlag(FLAGS_socket);
-  if (socket.empty()) {
-    const char* env = std::getenv("GSTAB_SOCKET");
-    socket = env != nullptr && *env != '\0' ? env : "/run/gstab/gstabd.sock";
-  }
-  return Client::Connect(socket, absl::Seconds(std::min(3, absl::GetFlag(FLAGS_timeout_s))));
+  // Empty: $GSTAB_SOCKET, else the default socket (Client::Connect).
+  return Client::Connect(absl::GetFlag(FLAGS_socket),
+                         absl::Seconds(std::min(3, absl::GetFlag(FLAGS_timeout_s))));
 }
 
 namespace {

@@ -254,6 +254,14 @@ TEST_F(E2eGstabctlTest, TheSocketComesFromGstabSocketWhenNotGiven) {
                                        testing::BinaryPath("tools/gstabctl") + " health");
   EXPECT_EQ(none, 1) << why;
   EXPECT_NE(why.find("elsewhere.sock"), std::string::npos) << why;
+  // So do the C++ and C clients given no address.
+  setenv("GSTAB_SOCKET", daemon_->socket().c_str(), 1);
+  auto client = Client::Connect("");
+  EXPECT_TRUE(client.ok()) << client.status();
+  gstab_client* c = nullptr;
+  EXPECT_EQ(gstab_connect(nullptr, &c), GSTAB_OK) << gstab_last_error();
+  gstab_client_destroy(c);
+  unsetenv("GSTAB_SOCKET");
 }
 
 // Where `export --out` names something other than a regular file it writes there rather than
