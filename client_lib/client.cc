@@ -248,6 +248,10 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
     k->thread = std::thread([this, k = k.get()] {
       k->start.WaitForNotification();
       while (!k->stop.WaitForNotificationWithTimeout(k->period)) {
+        // After a lost connection (a TCP link down a while) gRPC waits out its backoff, up to
+        // two minutes, failing every call at once meanwhile: a worker idle for that long (an
+        // evaluation) would lose its session to a gstabd that is reachable again.
+        ReconnectIfBackingOff();
         grpc::ClientContext c;
         c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(k->period, absl::Seconds(5))));
         {

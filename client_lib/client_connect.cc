@@ -100,26 +100,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
                                                         absl::Duration timeout) {
   const std::string address = given.empty() ? SocketFromEnvironment() : given;
   const bool tcp = IsTcpAddress(address);
+  if (absl::Status s = CheckAddress(address); !s.ok()) return s;
   if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
-  // sockaddr_un's limit, which gRPC would only log about while the wait below ran out.
-  constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
-  if (!tcp && address.size() > kMaxSocketPath) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "socket path '", address, "' is ", address.size(),
-        " bytes; a unix socket's path has at "
-        "most ",
-        kMaxSocketPath, ": use a shorter one (a relative path, or a link to the folder)"));
-  }
   std::string target = absl::StrCat("unix:", address);
   if (tcp) {
-    const std::optional<HostPort> at = SplitHostPort(address);
-    if (!at.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "'", address,
-          "' is neither HOST:PORT (a port up to 65535; an IPv6 host with or without brackets) "
-          "nor a socket path (one in the current folder whose name ends in ':' and digits is "
-          "./NAME)"));
-    }
+    const std::optional<HostPort> at = SplitHostPort(address);  // checked above
     target = JoinHostPort(at->host, at->port);  // brackets an IPv6 host, as gRPC reads it
   }
   // Something else at the path is no gstabd starting (which makes a socket there): at once.

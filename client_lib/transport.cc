@@ -4,6 +4,7 @@
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_certificate_verifier.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <cctype>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/host_port.h"
 #include "common/pem_file.h"
 
 namespace gstab {
@@ -26,6 +28,26 @@ bool IsTcpAddress(const std::string& address) {
   if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) return false;
   return std::all_of(address.begin() + static_cast<std::ptrdiff_t>(colon) + 1, address.end(),
                      [](unsigned char c) { return std::isdigit(c) != 0; });
+}
+
+absl::Status CheckAddress(const std::string& address) {
+  if (IsTcpAddress(address)) {
+    if (SplitHostPort(address).has_value()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", address,
+        "' is neither HOST:PORT (a port up to 65535; an IPv6 host with or without brackets) "
+        "nor a socket path (one in the current folder whose name ends in ':' and digits is "
+        "./NAME)"));
+  }
+  // sockaddr_un's limit, which gRPC would only log about while a connection's wait ran out.
+  constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
+  if (address.size() > kMaxSocketPath) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path '", address, "' is ", address.size(),
+                     " bytes; a unix socket's path has at most ", kMaxSocketPath,
+                     ": use a shorter one (a relative path, or a link to the folder)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace grpc {
@@ -30,6 +31,10 @@ std::string SocketFromEnvironment();
 // socket path: it has no '/' and ends in ':' and digits (a socket named so in the current
 // folder: ./name:1).
 bool IsTcpAddress(const std::string& address);
+
+// INVALID_ARGUMENT, saying why, when `address` can be neither: HOST:PORT with a bad port, or a
+// socket path longer than a unix socket's may be.
+absl::Status CheckAddress(const std::string& address);
 
 // The channel credentials for TCP `address`, from the environment above (a target-name
 // override goes into `args`). INVALID_ARGUMENT naming the variable that is unset (or

@@ -29,8 +29,8 @@ int Fail(const absl::Status& status) {
 
 int Usage(const std::string& why) {
   std::fprintf(stderr,
-               "gstabctl: %s\nusage: gstabctl [flags] health|status|events|top|config set "
-               "KEY=VALUE...|config show|export|import|forget|rendezvous (see --help)\n",
+               "gstabctl: %s\nusage: gstabctl [flags] health|version|status|events|top|config "
+               "set KEY=VALUE...|config show|export|import|forget|rendezvous (see --help)\n",
                why.c_str());
   return 2;
 }

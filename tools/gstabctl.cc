@@ -45,6 +45,7 @@
 #include "client_lib/client.h"
 #include "client_lib/config_text.h"
 #include "client_lib/gstab.h"
+#include "client_lib/transport.h"
 #include "common/command_line.h"
 #include "common/environment.h"
 #include "common/job_name.h"
@@ -224,19 +225,27 @@ int Top() {
   std::optional<bool> known;
   bool said = false;
   std::optional<absl::Time> down_since;  // while gstabd does not answer
+  std::string down_why;                  // why, as last said
   for (int i = 0; iterations == 0 || i < iterations; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
     if (!client.ok()) client = Connect();  // after a failed frame
     absl::StatusOr<v1::ListJobsResponse> jobs =
         client.ok() ? ListJobs(client->get(), 60) : client.status();
     if (!jobs.ok()) {
-      if (iterations != 0) return Fail(jobs.status());
       // Until interrupted: a gstabd that restarts (a rollout) is waited for, not the view's end,
-      // said once on stderr. A terminal shows the wait in place of the last frame, which would
-      // otherwise stand there as if current.
+      // said on stderr once (and again when the reason changes). A terminal shows the wait in
+      // place of the last frame, which would otherwise stand there as if current. What waiting
+      // would not mend (the socket's group changed: PERMISSION_DENIED) ends the view; a call
+      // gstabd's stop cancelled is waited through.
+      const absl::Status& failed = jobs.status();
+      if (iterations != 0 || !(absl::IsUnavailable(failed) || absl::IsDeadlineExceeded(failed) ||
+                               absl::IsCancelled(failed))) {
+        return Fail(failed);
+      }
       const std::string why(jobs.status().message());
-      if (!down_since.has_value()) {
-        down_since = absl::Now();
+      if (!down_since.has_value() || why != down_why) {
+        if (!down_since.has_value()) down_since = absl::Now();
+        down_why = why;
         std::fprintf(stderr, "gstabctl: %s (trying again)\n", why.c_str());
       }
       if (!absl::GetFlag(FLAGS_json) && isatty(1)) {
@@ -481,6 +490,11 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
         "--job: job names are 1 to 128 characters of [A-Za-z0-9._-], not '", job, "'"));
   }
   if (absl::GetFlag(FLAGS_timeout_s) <= 0) return gstab::ctl::Usage("--timeout_s must be > 0");
+  if (const std::string socket = absl::GetFlag(FLAGS_socket); !socket.empty()) {
+    if (absl::Status s = gstab::CheckAddress(socket); !s.ok()) {
+      return gstab::ctl::Usage(absl::StrCat("--socket: ", s.message()));
+    }
+  }
   // Every wait of gstabctl's, and of the client library's calls, is --timeout_s when given on
   // the command line, else $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments, which
   // operators inherit through `kubectl exec`), else --timeout_s's value (a --flagfile's too).
