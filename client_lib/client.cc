@@ -55,6 +55,10 @@ Client::~Client() {
     // A forked child's copy: its keep-alive thread is the parent's and is not in this process,
     // so it is neither joined (that would wait for good) nor destroyed (std::terminate).
     if (keepalive_ != nullptr) new std::thread(std::move(keepalive_.release()->thread));
+    // Nor are its gRPC objects destroyed, which would call into a gRPC that did not come
+    // through the fork (and may wait for the parent's threads).
+    (void)stub_.release();
+    new std::shared_ptr<grpc::Channel>(std::move(channel_));
     return;
   }
   StopKeepAlive();

@@ -17,6 +17,11 @@ void EventBus::Subscription::Push(const v1::Event& event) {
   }
 }
 
+void EventBus::Subscription::ForgetDrops() {
+  absl::MutexLock lock(&mu_);
+  dropped_ = 0;
+}
+
 void EventBus::Subscription::Close() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
@@ -70,6 +75,9 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   std::nth_element(matching.begin(), matching.begin() + first, matching.end(), by_sequence);
   std::sort(matching.begin() + first, matching.end(), by_sequence);
   for (size_t i = first; i < matching.size(); ++i) sub->Push(*matching[i]);
+  // Past events its byte budget could not hold are history it asked for, not events it was
+  // too slow for: the newest are there, and no loss is reported.
+  sub->ForgetDrops();
   if (closed_ || !live) {
     sub->Close();
   } else {

@@ -36,6 +36,7 @@ class EventBus {
     Subscription(std::string job, size_t capacity, size_t max_bytes)
         : job_(std::move(job)), capacity_(capacity), max_bytes_(max_bytes) {}
     void Push(const v1::Event& event);
+    void ForgetDrops();
     void Close();
 
     const std::string job_;

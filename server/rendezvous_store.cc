@@ -52,7 +52,7 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
 bool RendezvousStore::MakeRoom(const std::string& keep, size_t more) {
   if (total_bytes_ + more <= max_total_bytes_) return true;
   std::vector<std::pair<absl::Time, std::string>> idle;  // (last use, token)
-  const absl::Time unused_since = absl::Now() - idle_evictable_;
+  const absl::Time unused_since = MonotonicNow() - idle_evictable_;
   size_t idle_bytes = 0;
   for (const auto& [token, space] : spaces_) {
     if (token != keep && space.bytes > 0 && space.used <= unused_since) {
@@ -86,7 +86,7 @@ absl::StatusOr<RendezvousStore::Space*> RendezvousStore::Find(const std::string&
         "caps over all jobs (a newer blob was made twice since, the caps pushed it out, or node "
         "0's gstabd restarted); make a new one and attach every worker with it"));
   }
-  it->second.used = absl::Now();
+  it->second.used = MonotonicNow();
   return &it->second;
 }
 
@@ -136,7 +136,7 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
     return absl::InvalidArgumentError(
         absl::StrCat("a wait for ", keys.size(), " keys; a rendezvous holds at most ", kMaxKeys));
   }
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline = MonotonicNow() + timeout;
   absl::MutexLock lock(&mu_);
   if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();  // used now
   std::string missing;
@@ -154,10 +154,10 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
   };
   bool done = false;
   for (;;) {
-    const absl::Duration left = deadline - absl::Now();
+    const absl::Duration left = deadline - MonotonicNow();
     done = mu_.AwaitWithTimeout(absl::Condition(&all_set),
                                 cancelled ? std::min(left, kCancelPoll) : left);
-    if (done || absl::Now() >= deadline) break;
+    if (done || MonotonicNow() >= deadline) break;
     if (cancelled && cancelled()) return absl::CancelledError("the wait was cancelled");
   }
   if (closed_) return StoppingError(kStoreStopping);  // read by the other nodes

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/monotonic_clock.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 
 namespace gstab {
@@ -76,7 +77,7 @@ class RendezvousStore {
     std::map<std::string, std::string> values;
     size_t bytes = 0;      // of the keys and values
     size_t max_bytes = 0;  // MaxBytes of its job's node count
-    absl::Time used = absl::Now();  // its last Set, Get or Wait
+    absl::Time used = MonotonicNow();  // its last Set, Get or Wait
   };
   // PERMISSION_DENIED for an unknown token.
   absl::StatusOr<Space*> Find(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -55,6 +55,13 @@ absl::StatusOr<Output> ResolveOutput(const std::string& path) {
     }
   }
   if (fd >= 0) {
+    // Open for writing now: one that is not would be taken, by the write, for whatever gstabctl
+    // opens under its number meanwhile (a connection's).
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot write '", path, "': descriptor ", fd, " is not open for writing"));
+    }
     out.kind = Output::kDescriptor;
     out.fd = fd;
     return out;
@@ -78,17 +85,16 @@ absl::StatusOr<Output> ResolveOutput(const std::string& path) {
   } else if (errno != ENOENT) {
     return CannotWrite(path, errno);
   } else {
-    out.target = path;
-    // A symbolic link to nothing yet: the file it names is made, not the link replaced.
-    char link[PATH_MAX];
-    const ssize_t n = ::readlink(path.c_str(), link, sizeof(link) - 1);
-    if (n > 0) {
-      const std::string to(link, static_cast<size_t>(n));
-      const size_t slash = path.rfind('/');
-      out.target = to[0] == '/' || slash == std::string::npos
-                       ? to
-                       : absl::StrCat(path.substr(0, slash + 1), to);
+    // A symbolic link to nothing: followed by hand, it would make a file wherever the link's
+    // maker chose, past the kernel's checks of links in shared folders; replaced, it would be
+    // lost. Neither: refused.
+    if (struct stat link; ::lstat(path.c_str(), &link) == 0 && S_ISLNK(link.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path,
+                       "' is a symbolic link to nothing: --out names the file (or a "
+                       "link to one that exists)"));
     }
+    out.target = path;
   }
   const size_t slash = out.target.rfind('/');
   out.folder = slash == std::string::npos ? "." : out.target.substr(0, slash + 1);
@@ -111,6 +117,13 @@ absl::Status WriteWhole(const Output& out, const std::string& bytes) {
   if (out.kind == Output::kInPlace) {
     const int fd = ::open(out.path.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return CannotWrite(out.path, errno);
+    // A regular file put there since it was looked at would be written over from its start,
+    // its end left: it is replaced whole or not at all.
+    if (struct stat now; ::fstat(fd, &now) == 0 && S_ISREG(now.st_mode)) {
+      ::close(fd);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "'", out.path, "' became a regular file while the state was exported: export again"));
+    }
     const int e = WriteAll(fd, bytes);
     const int closed = ::close(fd) == 0 ? 0 : errno;
     if (e != 0 || closed != 0) return CannotWrite(out.path, e != 0 ? e : closed);

@@ -235,11 +235,11 @@ int Top() {
       // Until interrupted: a gstabd that restarts (a rollout) is waited for, not the view's end,
       // said on stderr once (and again when the reason changes). A terminal shows the wait in
       // place of the last frame, which would otherwise stand there as if current. What waiting
-      // would not mend (the socket's group changed: PERMISSION_DENIED) ends the view; a call
-      // gstabd's stop cancelled is waited through.
+      // would not mend (the socket's group changed: PERMISSION_DENIED; a certificate gstabd
+      // refuses) ends the view.
       const absl::Status& failed = jobs.status();
-      if (iterations != 0 || !(absl::IsUnavailable(failed) || absl::IsDeadlineExceeded(failed) ||
-                               absl::IsCancelled(failed))) {
+      if (iterations != 0 || absl::IsPermissionDenied(failed) || absl::IsUnauthenticated(failed) ||
+          absl::IsInvalidArgument(failed) || absl::IsFailedPrecondition(failed)) {
         return Fail(failed);
       }
       const std::string why(jobs.status().message());

@@ -54,6 +54,12 @@ TEST(EventBusTest, ASlowSubscribersQueueIsBoundedInBytesToo) {
     EXPECT_EQ(e.dropped_before(), 0u);
   }
   EXPECT_EQ(first + read - 1, 50u);  // the newest is kept
+  // A new reader asking for more history than its budget holds gets the newest, and is not told
+  // it was too slow.
+  auto late = bus.Subscribe("", 50, /*live=*/false);
+  ASSERT_EQ(late->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent);
+  EXPECT_GT(e.step(), 40u);
+  EXPECT_EQ(e.dropped_before(), 0u);
   // One event larger than the whole budget is still delivered.
   v1::Event huge = Spike("j", 51);
   huge.set_detail(std::string(200000, 'x'));
