@@ -1,5 +1,6 @@
 #include "server/observer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -120,6 +121,13 @@ void Observer::RecordStep(const std::string& job, const v1::StepResponse& step,
     JobState& state = jobs_[job];
     if (step.config_version() > state.config_version) {
       config_taken = state.config_known && announcing_.count(job) == 0;
+      // While this node changes the configuration, a newer version is held back: the change's
+      // own, announced by it, or node 0's meanwhile (this node's change refused), announced when
+      // the change is done.
+      if (state.config_known && !config_taken) {
+        state.held_back_version = step.config_version();
+        state.held_back_step = ResultsStep(step);
+      }
       state.config_version = step.config_version();
     }
     state.config_known = true;
@@ -217,12 +225,7 @@ void Observer::RecordStep(const std::string& job, const v1::StepResponse& step,
     if (s.recent.size() > kRecentNorms) s.recent.pop_front();
   }
   if (config_taken) {  // before the step's own events: it ran with it
-    const uint64_t at = ResultsStep(step);
-    v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, at);
-    e.set_detail(absl::StrCat("version ", step.config_version(), " from step ", at,
-                              " on: node 0's, taken by this node (a job across nodes runs "
-                              "node 0's configuration)"));
-    bus_->Publish(std::move(e));
+    PublishTakenConfig(job, step.config_version(), ResultsStep(step));
   }
   PublishStepEvents(job, step, norm, was_diverging);
 }
@@ -308,18 +311,41 @@ void Observer::ConfigChangeComing(const std::string& job) {
 }
 
 void Observer::ConfigChangeDone(const std::string& job) {
-  absl::MutexLock lock(&mu_);
-  if (auto it = announcing_.find(job); it != announcing_.end() && --it->second == 0) {
+  uint64_t version = 0;
+  uint64_t at = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = announcing_.find(job);
+    if (it == announcing_.end() || --it->second > 0) return;
     announcing_.erase(it);
+    auto state = jobs_.find(job);
+    if (state == jobs_.end() || state->second.held_back_version == 0) return;
+    // Not the version a change here announced: node 0's, taken meanwhile.
+    if (state->second.held_back_version > state->second.announced_version) {
+      version = state->second.held_back_version;
+      at = state->second.held_back_step;
+    }
+    state->second.held_back_version = 0;
   }
+  if (version > 0) PublishTakenConfig(job, version, at);
+}
+
+void Observer::PublishTakenConfig(const std::string& job, uint64_t version, uint64_t at) {
+  v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, at);
+  e.set_detail(absl::StrCat("version ", version, " from step ", at,
+                            " on: node 0's, taken by this node (a job across nodes runs node "
+                            "0's configuration)"));
+  bus_->Publish(std::move(e));
 }
 
 void Observer::OnConfigChange(const std::string& job, uint64_t version, const std::string& policy,
                               const std::string& changes) {
   {
     absl::MutexLock lock(&mu_);
-    if (auto it = jobs_.find(job); it != jobs_.end() && version > it->second.config_version) {
-      it->second.config_version = version;  // its steps from now on are not announced again
+    if (auto it = jobs_.find(job); it != jobs_.end()) {
+      // Its steps from now on are not announced again.
+      it->second.config_version = std::max(it->second.config_version, version);
+      it->second.announced_version = std::max(it->second.announced_version, version);
     }
   }
   v1::Event e = MakeEvent(v1::EVENT_TYPE_CONFIG_CHANGE, job, 0);

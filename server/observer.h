@@ -78,8 +78,15 @@ class Observer {
     // step of a newer one that no change announced (a node taking node 0's) is announced.
     uint64_t config_version = 0;
     bool config_known = false;
+    // The newest version a change on this node announced, and one a step showed while a change
+    // was under way (with its step), announced as node 0's when the change was not it.
+    uint64_t announced_version = 0;
+    uint64_t held_back_version = 0;
+    uint64_t held_back_step = 0;
   };
   bool Retired(const std::string& job) const;
+  // A CONFIG_CHANGE event: `version` from step `at` on is node 0's, taken by this node.
+  void PublishTakenConfig(const std::string& job, uint64_t version, uint64_t at);
   // OnStep's work, for a job not retired.
   void RecordStep(const std::string& job, const v1::StepResponse& step,
                   std::optional<absl::Duration> duration);

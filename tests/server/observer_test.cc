@@ -253,6 +253,19 @@ TEST(ObserverTest, AStepAheadOfItsChangesAnnouncementIsNotTakenForNode0s) {
   ASSERT_EQ(events.size(), 2u);
   EXPECT_NE(events[1].detail().find("node 0's, taken by this node"), std::string::npos)
       << events[1].detail();
+
+  // A change here that is refused (a node other than 0 may not change the job) while node 0's
+  // comes: node 0's is announced once the change is done.
+  observer.ConfigChangeComing("j");
+  step = Step(4, {1}, {false});
+  step.set_config_version(4);
+  observer.OnStep("j", step, absl::Milliseconds(1));
+  EXPECT_EQ(Events(bus, "j").size(), 2u);
+  observer.ConfigChangeDone("j");
+  events = Events(bus, "j");
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_NE(events[2].detail().find("version 4 from step 4 on: node 0's"), std::string::npos)
+      << events[2].detail();
 }
 
 // A retired job's step reported late (a GPU's, collected before the retirement) brings none of
