@@ -291,6 +291,7 @@ absl::Status Server::Start() {
   if (health_listener_ != nullptr) health_listener_->Start(grpc_server_.get());
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   housekeeping_ = std::thread([this] { Housekeeping(); });
+  state_keeping_ = std::thread([this] { StateKeeping(); });
   std::string tcp;
   if (tcp_port != 0) {
     const std::string host = SplitHostPort(options_.listen_address)->host;
@@ -312,12 +313,18 @@ absl::Status Server::Start() {
 
 void Server::Housekeeping() {
   const absl::Duration tick = std::min(options_.daemon.lease / 4, absl::Seconds(1));
+  while (!stopping_.WaitForNotificationWithTimeout(tick)) {
+    daemon_->ExpireSessions(MonotonicNow());
+    daemon_->ReportFinishedGpuSteps();
+  }
+}
+
+void Server::StateKeeping() {
+  const absl::Duration tick = std::min(options_.daemon.lease / 4, absl::Seconds(1));
   // Spans by the monotonic clock; the checkpoints' ages (kept across restarts) by the wall's.
   absl::Time next_checkpoint = MonotonicNow() + options_.checkpoint_interval;
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
-    daemon_->ExpireSessions(MonotonicNow());
     daemon_->RetireIdleJobs(MonotonicNow());
-    daemon_->ReportFinishedGpuSteps();
     daemon_->DeleteOldCheckpoints(absl::Now());
     if (MonotonicNow() >= next_checkpoint) {
       (void)Checkpoint();
@@ -401,6 +408,7 @@ absl::Status Server::Stop(absl::Time deadline) {
   }
   stopping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
+  if (state_keeping_.joinable()) state_keeping_.join();
   http_.reset();
   absl::Status s = Checkpoint(/*final=*/true);
   LOG(INFO) << "gstabd stopped" << (s.ok() ? Checkpointed() : "");

@@ -96,7 +96,13 @@ class Server {
 
  private:
   explicit Server(const ServerOptions& options) : options_(options) {}
+  // Every tick (a quarter lease, at most a second): sessions past their lease, and the GPU steps
+  // finished since. Nothing that touches the disk, which can hang (a state folder on a network
+  // file system gone away): that is StateKeeping's, on a thread of its own.
   void Housekeeping();
+  // Every tick: idle jobs retired (their checkpoints written), old checkpoints deleted, and
+  // every --checkpoint_interval_s a checkpoint of every job.
+  void StateKeeping();
   // Checkpoints every job, counting failures and the time of the last success in /metrics.
   // A failure is logged at once, then at most every kFailureLogEvery while they go on (a full
   // disk would otherwise log one every --checkpoint_interval_s), and the recovery once. A
@@ -131,6 +137,7 @@ class Server {
   std::unique_ptr<UnixListener> unix_listener_;
   std::unique_ptr<UnixListener> health_listener_;
   std::thread housekeeping_;
+  std::thread state_keeping_;
 };
 
 }  // namespace gstab

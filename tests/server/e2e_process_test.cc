@@ -3,6 +3,7 @@
 // a --socket path that is not a socket, and command lines it would misread.
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 
 #include <filesystem>
 #include <fstream>
@@ -197,6 +198,36 @@ TEST(E2eProcessTest, AStderrNobodyReadsHoldsUpNoCallAndNoStop) {
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0) << rest;
   EXPECT_TRUE(absl::StrContains(rest, "received Terminated")) << rest;
+}
+
+// A state folder whose disk hangs (a network file system gone away: strace holds every rename,
+// the last step of each checkpoint's save, 30 s) holds up its checkpoints alone: a killed
+// worker's session still ends at its lease.
+TEST(E2eProcessTest, AHungStateFolderHoldsUpNoLease) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=1000", "--checkpoint_interval_s=1"},
+                                     {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e",
+                                      "trace=rename", "-e", "inject=rename:delay_enter=30000000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  // gstabd itself, under strace: killed at the end (its last checkpoint would hang too).
+  std::ifstream children(absl::StrCat("/proc/", daemon->process().pid(), "/task/",
+                                      daemon->process().pid(), "/children"));
+  pid_t gstabd = 0;
+  ASSERT_TRUE(children >> gstabd) << "gstabd under strace";
+  absl::Cleanup kill_gstabd = [gstabd] { kill(gstabd, SIGKILL); };
+  absl::StatusOr<Subprocess> worker = Subprocess::Start(
+      {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon->socket(),
+       "--job=hung-disk", "--steps=1000000", "--print_every=1", "--spike_steps="});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(worker->ReadLine(absl::Seconds(20)).ok());
+  // A checkpoint of the job has begun (every second), and hangs.
+  EXPECT_TRUE(daemon->WaitForLog("hung-disk", absl::Seconds(1)));
+  absl::SleepFor(absl::Seconds(2));
+  worker->Signal(SIGKILL);
+  ASSERT_TRUE(worker->Wait(absl::Seconds(10)).ok());
+  EXPECT_TRUE(
+      daemon->WaitForLog("session of job 'hung-disk' local rank 0 expired", absl::Seconds(8)))
+      << "the lease waited for the hung checkpoint: " << daemon->Log();
 }
 
 }  // namespace
