@@ -21,7 +21,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
   bool set_aside_only = false;  // nothing held of it, and the caller may delete its files
   {
     absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
-    absl::MutexLock lock(&mu_);
+    absl::ReleasableMutexLock lock(&mu_);
     if (shutting_down_) return StoppingError("gstabd is shutting down");
     if (retiring_.count(name) == 1) {
       return absl::UnavailableError(
@@ -60,23 +60,36 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
       if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
         return s;
       }
-      // The file first: should it stay, nothing is forgotten (else it would come back at start).
+    }
+    // An attach of the name waits (and a retirement leaves the job alone) for the file's
+    // removal below, the set-aside files' deletion, and the observer's retirement of the old
+    // series.
+    retiring_.insert(name);
+    if (!set_aside_only) {
+      // The file first, outside the daemon's lock (an unlink and a folder sync, which a hung
+      // disk holds for good, would hold every job's steps): should it stay, nothing is
+      // forgotten (else it would come back at start).
+      lock.Release();
       bool file = false;
-      if (absl::Status s = store_.Remove(name, &file); !s.ok()) return s;
-      response->set_held(held != jobs_.end());
-      response->set_checkpoint(checkpoint);
+      const absl::Status removed = store_.Remove(name, &file);
+      absl::MutexLock relock(&mu_);
+      if (!removed.ok()) {
+        retiring_.erase(name);
+        return removed;
+      }
+      // As it was: no attach or retirement touched it meanwhile, and it had no session.
+      auto still = jobs_.find(name);
+      response->set_held(still != jobs_.end());
+      response->set_checkpoint(checkpoints_.count(name) == 1);
       response->set_checkpoint_file(file);
       if (response->held()) {
-        dropped = std::move(held->second);
-        jobs_.erase(held);
+        dropped = std::move(still->second);
+        jobs_.erase(still);
       }
       unclaimed_.erase(name);  // the same job, if held
       idle_since_.erase(name);
       checkpoints_.erase(name);
     }
-    // An attach of the name waits for the set-aside files' deletion, and for the observer's
-    // retirement of the old series.
-    retiring_.insert(name);
   }
   // Outside the daemon's lock (a listing of the folder), while an attach of the name waits
   // (retiring_): one that sets a file aside anew is not undone here.

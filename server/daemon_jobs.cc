@@ -129,8 +129,8 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     auto it = jobs_.find(name);
     auto since = idle_since_.find(name);
     if (it == jobs_.end() || it->second != job || InUse(job) || since == idle_since_.end() ||
-        since->second > idle_before) {
-      return false;  // attached again, or already gone
+        since->second > idle_before || retiring_.count(name) == 1) {
+      return false;  // attached again, already gone, or being forgotten
     }
     jobs_.erase(it);
     unclaimed_.erase(name);

@@ -230,5 +230,47 @@ TEST(E2eProcessTest, AHungStateFolderHoldsUpNoLease) {
       << "the lease waited for the hung checkpoint: " << daemon->Log();
 }
 
+// An operator's forget whose checkpoint file sits on a hung disk (strace holds gstabd's unlink of
+// that file 5 s) holds up that forget alone: another job's steps go on meanwhile.
+TEST(E2eProcessTest, AForgetOnAHungDiskHoldsUpNoStep) {
+  TempDir dir;
+  const std::string file = dir.path() + "/state/forgotten.jobstate";
+  auto daemon =
+      DaemonProcess::Start(dir.path(), {"--checkpoint_interval_s=1"},
+                           {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-P", file, "-e",
+                            "trace=unlink", "-e", "inject=unlink:delay_enter=5000000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::ifstream children(absl::StrCat("/proc/", daemon->process().pid(), "/task/",
+                                      daemon->process().pid(), "/children"));
+  pid_t gstabd = 0;
+  ASSERT_TRUE(children >> gstabd) << "gstabd under strace";
+  absl::Cleanup kill_gstabd = [gstabd] { kill(gstabd, SIGKILL); };
+  {
+    auto done = TestWorker::Create(daemon->socket(), JobOptions("forgotten"));
+    ASSERT_TRUE(done.ok()) << done.status();
+    (*done)->Fill(1, 1);
+    ASSERT_TRUE((*done)->client().Step(1).ok());
+  }  // detached
+  auto busy = TestWorker::Create(daemon->socket(), JobOptions("busy"));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  for (int i = 0; i < 100 && !std::filesystem::exists(file); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(std::filesystem::exists(file)) << "no checkpoint of the job to forget";
+  absl::StatusOr<Subprocess> forget =
+      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(),
+                         "forget", "--job=forgotten"});
+  ASSERT_TRUE(forget.ok()) << forget.status();
+  absl::SleepFor(absl::Milliseconds(500));  // in its unlink
+  const absl::Time start = absl::Now();
+  for (uint64_t step = 1; step <= 5; ++step) {
+    (*busy)->Fill(step, 2);
+    ASSERT_TRUE((*busy)->client().Step(step).ok());
+  }
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(2500)) << "the steps waited for the forget";
+  EXPECT_EQ(forget->Wait(absl::Seconds(15)).value_or(-1), 0) << forget->ReadAll();
+  EXPECT_FALSE(std::filesystem::exists(file));
+}
+
 }  // namespace
 }  // namespace gstab
