@@ -228,16 +228,42 @@ absl::Status StateStore::Init() {
   return absl::OkStatus();
 }
 
+namespace {
+
+// EncodeJobState's leading bytes: a checksum of all the rest.
+constexpr size_t kChecksumPrefix = 9;
+
+}  // namespace
+
+bool StateStore::Unchanged(const std::string& job, const std::string& path,
+                           const std::string& bytes) {
+  absl::MutexLock lock(&written_mu_);
+  auto w = written_.find(job);
+  struct stat st;
+  // By name, not followed: the file as this store left it (not removed, replaced or grown).
+  return w != written_.end() && w->second.checksum == bytes.substr(0, kChecksumPrefix) &&
+         lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == w->second.device &&
+         st.st_ino == w->second.inode && st.st_size == w->second.size &&
+         st.st_mtim.tv_sec == w->second.modified.tv_sec &&
+         st.st_mtim.tv_nsec == w->second.modified.tv_nsec &&
+         static_cast<size_t>(st.st_size) == bytes.size();
+}
+
 absl::Status StateStore::Save(const v1::JobState& state) {
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
   if (absl::Status s = CheckFolder(); !s.ok()) {
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "': ", s.message()));
   }
+  const std::string bytes = EncodeJobState(state);
+  if (Unchanged(state.job(), path, bytes)) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&written_mu_);  // until written whole again
+    written_.erase(state.job());
+  }
   // A temporary file of this call's own, so that saves never write into each other's file.
   static std::atomic<uint64_t> saves{0};
   const std::string tmp = absl::StrCat(path, kTmpInfix, getpid(), ".", saves.fetch_add(1));
-  const std::string bytes = EncodeJobState(state);
   // The reason, from the call that failed (ENOSPC, EIO, EROFS...).
   const char* failed = nullptr;
   int err = 0;
@@ -262,6 +288,11 @@ absl::Status StateStore::Save(const v1::JobState& state) {
     failed = "fsync";
     err = errno;
   }
+  Written written;
+  if (struct stat st; failed == nullptr && fstat(fd, &st) == 0) {
+    written =
+        Written{st.st_dev, st.st_ino, st.st_size, st.st_mtim, bytes.substr(0, kChecksumPrefix)};
+  }
   if (close(fd) != 0 && failed == nullptr) {  // a network file system's late write error
     failed = "close";
     err = errno;
@@ -280,12 +311,20 @@ absl::Status StateStore::Save(const v1::JobState& state) {
     return absl::InternalError(absl::StrCat("checkpoint '", path, "' is written but ", s.message(),
                                             ": a crash could bring the previous one back"));
   }
+  if (!written.checksum.empty()) {
+    absl::MutexLock lock(&written_mu_);
+    written_[state.job()] = std::move(written);
+  }
   return absl::OkStatus();
 }
 
 absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
   if (deleted != nullptr) *deleted = false;
   if (dir_.empty()) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&written_mu_);
+    written_.erase(job);
+  }
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
   if (absl::Status s = CheckFolder(); !s.ok()) {
     return absl::InternalError(
@@ -308,6 +347,10 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
 
 void StateStore::SetAsideCheckpoint(const std::string& job, const std::string& why) {
   if (dir_.empty()) return;
+  {
+    absl::MutexLock lock(&written_mu_);
+    written_.erase(job);
+  }
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
   if (access(path.c_str(), F_OK) == 0) SetAside(path, why);
 }

@@ -8,6 +8,9 @@
 // Thread-safe (each call works on its own files).
 #pragma once
 
+#include <sys/types.h>
+
+#include <map>
 #include <string>
 #include <vector>
 
@@ -34,7 +37,9 @@ class StateStore {
   bool enabled() const { return !dir_.empty(); }
   // Writes `state` as its job's checkpoint, replacing the previous one only once the new one
   // is whole on disk: INTERNAL when a write, fsync, close, rename, or the folder's fsync after
-  // the rename fails (the checkpoint may then not survive a crash), saying which.
+  // the rename fails (the checkpoint may then not survive a crash), saying which. A state whose
+  // bytes are those this store last wrote for the job, to a file still there as written, is
+  // not written again (an idle job's checkpoint, every interval).
   absl::Status Save(const v1::JobState& state);
   // Deletes job's checkpoint (none there is not an error); `deleted` (may be null) says whether
   // there was one.
@@ -76,7 +81,21 @@ class StateStore {
   // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged).
   void SetAside(const std::string& path, const std::string& why);
 
+  // What Save last wrote for a job: the file (its identity, size and time) and its bytes' checksum
+  // (EncodeJobState's leading bytes).
+  struct Written {
+    dev_t device = 0;
+    ino_t inode = 0;
+    off_t size = 0;
+    struct timespec modified = {};  // a write in place changes it
+    std::string checksum;
+  };
+  // Whether `bytes` are what the file at `path` holds as Save last wrote it for `job`.
+  bool Unchanged(const std::string& job, const std::string& path, const std::string& bytes);
+
   std::string dir_;
+  absl::Mutex written_mu_;
+  std::map<std::string, Written> written_ ABSL_GUARDED_BY(written_mu_);
   mutable absl::Mutex folder_mu_;
   int lock_fd_ ABSL_GUARDED_BY(folder_mu_) = -1;  // the folder, flock()ed, from Init
 };

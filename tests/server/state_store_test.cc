@@ -214,6 +214,52 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"a"});
 }
 
+// An idle job's checkpoint is not written again at every interval: a save of the same state to
+// a file still as written is skipped (the file keeps its inode). A changed state is written, and
+// so is the same state once its file was removed, replaced, or written over in place.
+TEST(StateStoreTest, AnUnchangedStateIsNotWrittenAgain) {
+  testing::TempDir dir;
+  StateStore store(dir.path());
+  ASSERT_TRUE(store.Init().ok());
+  const std::string path = dir.path() + "/a.jobstate";
+  auto inode = [&] {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+  };
+  ASSERT_TRUE(store.Save(JobA(12)).ok());
+  const ino_t first = inode();
+  ASSERT_TRUE(store.Save(JobA(12)).ok());
+  EXPECT_EQ(inode(), first) << "an unchanged state was written again";
+  ASSERT_TRUE(store.Save(JobA(13)).ok());
+  const ino_t changed = inode();
+  EXPECT_NE(changed, first);
+  ASSERT_TRUE(store.Save(JobA(13)).ok());
+  EXPECT_EQ(inode(), changed);
+
+  std::filesystem::remove(path);  // by hand
+  ASSERT_TRUE(store.Save(JobA(13)).ok());
+  EXPECT_NE(inode(), 0u);
+  std::filesystem::copy_file(path, dir.path() + "/copy");
+  std::filesystem::rename(dir.path() + "/copy", path);  // replaced by another file
+  const ino_t replaced = inode();
+  ASSERT_TRUE(store.Save(JobA(13)).ok());
+  EXPECT_NE(inode(), replaced);
+  // Written over in place, to the same size (its time changes: a tick of the kernel's coarse
+  // clock later).
+  const ino_t before = inode();
+  absl::SleepFor(absl::Milliseconds(20));
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);
+    f.put('\x7f');
+  }
+  ASSERT_TRUE(store.Save(JobA(13)).ok());
+  EXPECT_NE(inode(), before);
+  absl::StatusOr<v1::JobState> loaded = store.Load("a");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->SerializeAsString(), JobA(13).SerializeAsString());
+}
+
 // At start, what is no checkpoint by its kind or size is set aside unread: a folder (whose
 // job's every save would fail), a FIFO (whose read would wait for good), a file larger than
 // any checkpoint (read whole, it would take its size in memory). The checkpoints found come
