@@ -41,7 +41,8 @@ GSTAB_HD inline double WarmBeta(double beta, uint64_t k) {
 
 // beta^t by repeated squaring: plain IEEE multiplications, which round alike on the host and in
 // the CUDA stats kernel (pow does not: CUDA's double pow is within 2 ulp, glibc's within 1), so
-// both backends keep bit-identical statistics. Relative error about t/2 ulp, far below what a
+// both backends keep bit-identical statistics from the same sums (their kernels' sums differ in
+// the last bits: cpu_kernels.h). Relative error about t/2 ulp, far below what a
 // bias correction needs; underflows to 0 for large t, as pow does.
 GSTAB_HD inline double PowSteps(double beta, uint64_t t) {
   double result = 1.0;

@@ -1,6 +1,7 @@
 // CPU kernels of the per-step pipeline: per-group sum of squares with a non-finite flag, and
 // an in-place per-group scale. The CUDA twins (kernels/cuda_kernels.h) take the same chunk
-// table and produce the same results.
+// table and produce the same results to fp32 rounding (their sums run in another order, so the
+// two backends' sums are not bit for bit the same; each is deterministic on its own).
 //
 // Deterministic: fp32 accumulation inside a tile (many independent lanes; fp64 for a run of
 // huge finite elements whose fp32 sum would overflow, so finite gradients always have a finite
