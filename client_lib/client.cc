@@ -50,6 +50,9 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
   }
 }
 
+thread_local grpc::Status Client::last_answer_;
+thread_local bool Client::last_unanswered_ = false;
+
 Client::~Client() {
   if (getpid() != owner_) {
     // A forked child's copy: its keep-alive thread is the parent's and is not in this process,

@@ -196,9 +196,12 @@ class Client {
   std::string target_;
   std::unique_ptr<v1::Stabilizer::Stub> stub_;
   v1::AttachResponse attached_;
-  grpc::Status last_answer_;  // the last call's, untranslated
-  // The last call reached gstabd and got no answer (see Unanswered).
-  bool last_unanswered_ = false;
+  // The calling thread's last call's answer, untranslated, and whether that call reached gstabd
+  // and got no answer (see Unanswered): read right after the call it tells of, per thread, so
+  // that a call of another thread (a monitoring thread's stats while a step waits) neither
+  // overwrites it nor races with it.
+  static thread_local grpc::Status last_answer_;
+  static thread_local bool last_unanswered_;
   // The progress word (RegisterBuffersRequest.progress) of the arena registered last, mapped on
   // its own: the arena may go before the client. Null for other registrations.
   std::shared_ptr<const uint64_t> progress_;

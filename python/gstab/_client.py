@@ -124,6 +124,10 @@ class Client:
         # Each node's global ranks, node by node, as gstab.torch.attach found them (the ranks
         # that reach one gstabd); None: node_rank's local_world_size consecutive ranks each.
         self.node_ranks = None
+        if isinstance(reattach_timeout, bool) or \
+                not isinstance(reattach_timeout, (int, float)) or not reattach_timeout >= 0:
+            raise ValueError(f"reattach_timeout: seconds (0 or more: 0 never attaches again), "
+                             f"not {reattach_timeout!r}")
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._reattaching = False
         self._attached = None  # attach()'s arguments, to attach again

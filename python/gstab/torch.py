@@ -70,8 +70,9 @@ class Stabilizer:
         if not isinstance(client, gstab.Client):
             raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
                             f"{type(client).__name__}")
-        if replicated is None:
-            replicated = isinstance(parameters, torch.nn.parallel.DistributedDataParallel)
+        if replicated is None:  # DDP's, also under torch.compile (which wraps it)
+            replicated = isinstance(getattr(parameters, "_orig_mod", parameters),
+                                    torch.nn.parallel.DistributedDataParallel)
         # A module is checked at each step for parameters swapped, added or unfrozen since: its
         # gradients would no longer be the registered ones, and nothing would be stabilized.
         self._module = parameters if isinstance(parameters, torch.nn.Module) else None
@@ -316,9 +317,9 @@ class Stabilizer:
         On a GPU the host does not wait for the step, and the StepResult it returns is that of
         an earlier step (its result_step: the newest the GPU had finished); whether to skip
         this step's optimizer step is skipped()'s answer, not the result's skip."""
+        self._last = None  # a step that raises leaves no decision for skipped() to give
         self._check_registered()
         self._check_parameters()
-        self._last = None  # a step that raises leaves no decision for skipped() to give
         if self._arena is not None:
             self._take_back_replaced_gradients()
             self._last = self._client.step(step)
@@ -375,12 +376,16 @@ class Stabilizer:
             return
         new = [n for n, p in current if id(p) not in self._ids]
         gone = len(self._ids) - (len(current) - len(new))
+        # Registered ones still the model's that stopped training (a freezing schedule).
+        held = {id(p) for _, p in self._module.named_parameters()}
+        frozen = [n for n, p in self._params if id(p) in held and not p.requires_grad]
         raise RuntimeError(
             f"gstab: the model's trainable parameters changed since its Stabilizer was made "
             f"({len(new)} not registered{f', first {new[0]!r}' if new else ''}; {gone} "
-            "registered no longer the model's): their gradients would not be stabilized. Make "
-            "the Stabilizer after load_state_dict(assign=True), fully_shard and any change of "
-            "which parameters train")
+            f"registered no longer trained{f', first {frozen[0]!r}, frozen' if frozen else ''}):"
+            " their gradients would not be stabilized. Make the Stabilizer after "
+            "load_state_dict(assign=True), fully_shard and any change of which parameters "
+            "train (a new one for each stage of a freezing schedule)")
 
     def _take_back_replaced_gradients(self) -> None:
         # Copies of values only: after backward(create_graph=True) a new gradient carries its

@@ -226,6 +226,9 @@ class ClientTest(unittest.TestCase):
         self.assertIn("must not be NULL", lib.gstab_last_error().decode())
 
     def test_numbers_and_text_the_c_abi_cannot_carry_are_refused_and_the_job_goes_on(self):
+        for bad in (None, -1, "5", True):  # not found out only when gstabd restarts
+            with self.assertRaisesRegex(ValueError, "reattach_timeout: seconds"):
+                gstab.Client(self.socket, reattach_timeout=bad)
         client = gstab.Client(self.socket)
         # ctypes would wrap these (-1 becoming 2^32-1), or cut the name at the NUL.
         for bad in (dict(rank=-1), dict(world_size=2 ** 32 + 1), dict(node_count=-1)):

@@ -180,6 +180,14 @@ class TorchTest(GstabdTest):
             stabilizer.step(2)
         with self.assertRaisesRegex(RuntimeError, "the last one raised"):
             stabilizer.skipped()
+        # So does one refused before it reaches gstabd (the trainable parameters changed).
+        F.mse_loss(model(x), y).backward()
+        self.assertFalse(stabilizer.step(3).skip)
+        model[0].bias.requires_grad_(False)
+        with self.assertRaisesRegex(RuntimeError, "first '0.bias', frozen"):
+            stabilizer.step(4)
+        with self.assertRaisesRegex(RuntimeError, "the last one raised"):
+            stabilizer.skipped()
 
     def test_gradients_of_a_backward_with_create_graph_are_taken_as_values(self):
         # backward(create_graph=True) makes each gradient anew, carrying its graph. The
@@ -387,6 +395,13 @@ class TorchTest(GstabdTest):
                     with self.assertRaisesRegex(ValueError, "with NO_SHARD: each rank holds"):
                         gstab.torch.Stabilizer(client, copies)
                     gstab.torch.Stabilizer(client, copies, replicated=True, group="copies")
+                # DDP under torch.compile (an OptimizedModule around it) is still DDP's layout.
+                compiled = torch.compile(torch.nn.parallel.DistributedDataParallel(mlp()))
+                with mock.patch.object(gstab.torch, "_sharing",
+                                       wraps=gstab.torch._sharing) as sharing:
+                    gstab.torch.Stabilizer(client, compiled, group="compiled")
+                self.assertTrue(sharing.call_args_list)
+                self.assertTrue(all(call.args[2] for call in sharing.call_args_list))
             finally:
                 dist.destroy_process_group()
         # A name gstabd would refuse, before anything is imported or allocated.
