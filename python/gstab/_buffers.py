@@ -89,14 +89,23 @@ class CudaGradients:
     """Gradients in CUDA device memory (any framework's pointers) and the step's events."""
 
     def __init__(self, device: int = 0):
+        """`device`: the CUDA ordinal, or a torch.device("cuda", N)."""
+        if getattr(device, "type", None) == "cuda" and hasattr(device, "index"):
+            if device.index is None:
+                raise ValueError("device: a torch.device with its ordinal (cuda:N), not 'cuda'")
+            device = device.index
+        device = uint("device", device, 31)
         self._lib = load_library()
         self._h = ctypes.c_void_p()
         check(self._lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
 
     def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
                    group: str = "", replicated: bool = False, node_sharded: bool = False) -> None:
-        """As Arena.add_tensor, for `numel` elements at `device_ptr`."""
+        """As Arena.add_tensor (but returning nothing), for `numel` elements at `device_ptr`, an
+        address (a tensor's data_ptr())."""
         _check_numel(name, numel)
+        device_ptr = uint(f"tensor {name!r}: device_ptr (an address: tensor.data_ptr())",
+                          device_ptr, 64)
         check(self._lib.gstab_cuda_add_tensor_flags(
             self._h, enc(name, "tensor name"), ctypes.c_void_p(device_ptr), numel,
             dtype_code(dtype), enc(group, "group"), flags(replicated, node_sharded)))

@@ -389,9 +389,12 @@ class Client:
             return status, (self._result(h, r, step) if status == 0 else None)
 
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
-        """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, 0: the legacy
-        default stream) and makes the stream wait for it; the host does not wait."""
+        """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, or a stream with a
+        cuda_stream attribute such as torch.cuda.Stream; 0: the legacy default stream) and makes
+        the stream wait for it; the host does not wait."""
         _check_type("cuda_step", gradients, CudaGradients)
+        stream = uint("stream (a cudaStream_t as an int, or a torch.cuda.Stream)",
+                      getattr(stream, "cuda_stream", stream), 64)
         r = CStepResult()
         result_step = ctypes.c_uint64()
         with self._in_call() as h:

@@ -229,6 +229,10 @@ class ClientTest(unittest.TestCase):
         for bad in (None, -1, "5", True):  # not found out only when gstabd restarts
             with self.assertRaisesRegex(ValueError, "reattach_timeout: seconds"):
                 gstab.Client(self.socket, reattach_timeout=bad)
+        # A device named as text is refused by gstab, before any CUDA call (ctypes' own
+        # "wrong type" named nothing).
+        with self.assertRaisesRegex(TypeError, "device must be an int, not str"):
+            gstab.CudaGradients("cuda:0")
         client = gstab.Client(self.socket)
         # ctypes would wrap these (-1 becoming 2^32-1), or cut the name at the NUL.
         for bad in (dict(rank=-1), dict(world_size=2 ** 32 + 1), dict(node_count=-1)):
