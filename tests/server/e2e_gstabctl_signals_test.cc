@@ -19,7 +19,19 @@
 namespace gstab {
 namespace {
 
-class E2eGstabctlTest : public testing::TrainerDaemonTest {};
+class E2eGstabctlTest : public testing::TrainerDaemonTest {
+ protected:
+  // gstabctl exporting `job` to `out` under strace, which injects `inject` ("delay_exit=...")
+  // into its calls of `syscall`.
+  absl::StatusOr<testing::Subprocess> TracedExport(const std::string& syscall,
+                                                   const std::string& inject,
+                                                   const std::string& job, const std::string& out) {
+    return testing::Subprocess::Start(
+        {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=" + syscall, "-e",
+         "inject=" + syscall + ":" + inject, testing::BinaryPath("tools/gstabctl"),
+         "--socket=" + daemon_->socket(), "export", "--job=" + job, "--out=" + out});
+  }
+};
 
 // Ctrl-C while gstabctl is attached as an observer (its export's request held 1.5 s by strace,
 // which delays the return of its sixth sendmsg: the preface, the settings' ack, the connection
@@ -28,11 +40,8 @@ class E2eGstabctlTest : public testing::TrainerDaemonTest {};
 // for the held request, within the 2 s gstabctl gives it.)
 TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
   Train("interrupted", {"--steps=5", "--print_every=1000"});
-  absl::StatusOr<testing::Subprocess> traced = testing::Subprocess::Start(
-      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=sendmsg", "-e",
-       "inject=sendmsg:delay_exit=1500000:when=6", testing::BinaryPath("tools/gstabctl"),
-       "--socket=" + daemon_->socket(), "export", "--job=interrupted",
-       "--out=" + dir_.path() + "/interrupted.state"});
+  absl::StatusOr<testing::Subprocess> traced = TracedExport(
+      "sendmsg", "delay_exit=1500000:when=6", "interrupted", dir_.path() + "/interrupted.state");
   ASSERT_TRUE(traced.ok()) << traced.status();
   bool attached = false;  // then held sending its export
   for (int i = 0; i < 200 && !attached; ++i) {
@@ -40,10 +49,8 @@ TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
     if (!attached) absl::SleepFor(absl::Milliseconds(20));
   }
   ASSERT_TRUE(attached);
-  std::ifstream children(
-      absl::StrCat("/proc/", traced->pid(), "/task/", traced->pid(), "/children"));
-  pid_t ctl = 0;
-  ASSERT_TRUE(children >> ctl) << "gstabctl under strace";
+  const pid_t ctl = testing::TracedChild(traced->pid());
+  ASSERT_NE(ctl, 0) << "gstabctl under strace";
   ASSERT_EQ(kill(ctl, SIGINT), 0);
   EXPECT_EQ(traced->Wait(absl::Seconds(15)).value_or(-1), 128 + SIGINT);  // strace passes it on
   auto [rc, forgot] = Ctl("forget --job=interrupted");
@@ -58,11 +65,8 @@ TEST_F(E2eGstabctlTest, AnInterruptedExportLeavesNoTemporaryFile) {
   Train("cut-short", {"--steps=5", "--print_every=1000"});
   const std::string folder = dir_.path() + "/exports";
   ASSERT_EQ(mkdir(folder.c_str(), 0700), 0);
-  absl::StatusOr<testing::Subprocess> traced = testing::Subprocess::Start(
-      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=fsync", "-e",
-       "inject=fsync:delay_exit=4000000:when=1", testing::BinaryPath("tools/gstabctl"),
-       "--socket=" + daemon_->socket(), "export", "--job=cut-short",
-       "--out=" + folder + "/cut-short.state"});
+  absl::StatusOr<testing::Subprocess> traced =
+      TracedExport("fsync", "delay_exit=4000000:when=1", "cut-short", folder + "/cut-short.state");
   ASSERT_TRUE(traced.ok()) << traced.status();
   auto entries = [&] {
     std::vector<std::string> names;
@@ -77,10 +81,8 @@ TEST_F(E2eGstabctlTest, AnInterruptedExportLeavesNoTemporaryFile) {
     if (!writing) absl::SleepFor(absl::Milliseconds(50));
   }
   ASSERT_TRUE(writing);
-  std::ifstream children(
-      absl::StrCat("/proc/", traced->pid(), "/task/", traced->pid(), "/children"));
-  pid_t ctl = 0;
-  ASSERT_TRUE(children >> ctl) << "gstabctl under strace";
+  const pid_t ctl = testing::TracedChild(traced->pid());
+  ASSERT_NE(ctl, 0) << "gstabctl under strace";
   ASSERT_EQ(kill(ctl, SIGINT), 0);
   EXPECT_EQ(traced->Wait(absl::Seconds(20)).value_or(-1), 128 + SIGINT);
   EXPECT_EQ(entries(), std::vector<std::string>{});
@@ -92,17 +94,12 @@ TEST_F(E2eGstabctlTest, AnInterruptedExportLeavesNoTemporaryFile) {
 // update, then the attach) by 3 s, and the signal comes 1 s in.
 TEST_F(E2eGstabctlTest, ASignalDuringTheAttachDetachesTheSessionItMade) {
   Train("mid-attach", {"--steps=5", "--print_every=1000"});
-  absl::StatusOr<testing::Subprocess> traced = testing::Subprocess::Start(
-      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=sendmsg", "-e",
-       "inject=sendmsg:delay_exit=3000000:when=5", testing::BinaryPath("tools/gstabctl"),
-       "--socket=" + daemon_->socket(), "export", "--job=mid-attach",
-       "--out=" + dir_.path() + "/mid-attach.state"});
+  absl::StatusOr<testing::Subprocess> traced = TracedExport(
+      "sendmsg", "delay_exit=3000000:when=5", "mid-attach", dir_.path() + "/mid-attach.state");
   ASSERT_TRUE(traced.ok()) << traced.status();
   absl::SleepFor(absl::Seconds(1));
-  std::ifstream children(
-      absl::StrCat("/proc/", traced->pid(), "/task/", traced->pid(), "/children"));
-  pid_t ctl = 0;
-  ASSERT_TRUE(children >> ctl) << "gstabctl under strace";
+  const pid_t ctl = testing::TracedChild(traced->pid());
+  ASSERT_NE(ctl, 0) << "gstabctl under strace";
   ASSERT_EQ(kill(ctl, SIGINT), 0);
   EXPECT_EQ(traced->Wait(absl::Seconds(15)).value_or(-1), 128 + SIGINT);  // strace passes it on
   auto [rc, forgot] = Ctl("forget --job=mid-attach");  // no observer holds the job

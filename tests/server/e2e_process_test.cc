@@ -210,10 +210,8 @@ TEST(E2eProcessTest, AHungStateFolderHoldsUpNoLease) {
                                       "trace=rename", "-e", "inject=rename:delay_enter=30000000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   // gstabd itself, under strace: killed at the end (its last checkpoint would hang too).
-  std::ifstream children(absl::StrCat("/proc/", daemon->process().pid(), "/task/",
-                                      daemon->process().pid(), "/children"));
-  pid_t gstabd = 0;
-  ASSERT_TRUE(children >> gstabd) << "gstabd under strace";
+  const pid_t gstabd = testing::TracedChild(daemon->process().pid());
+  ASSERT_NE(gstabd, 0) << "gstabd under strace";
   absl::Cleanup kill_gstabd = [gstabd] { kill(gstabd, SIGKILL); };
   absl::StatusOr<Subprocess> worker = Subprocess::Start(
       {testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon->socket(),
@@ -240,10 +238,8 @@ TEST(E2eProcessTest, AForgetOnAHungDiskHoldsUpNoStep) {
                            {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-P", file, "-e",
                             "trace=unlink", "-e", "inject=unlink:delay_enter=5000000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
-  std::ifstream children(absl::StrCat("/proc/", daemon->process().pid(), "/task/",
-                                      daemon->process().pid(), "/children"));
-  pid_t gstabd = 0;
-  ASSERT_TRUE(children >> gstabd) << "gstabd under strace";
+  const pid_t gstabd = testing::TracedChild(daemon->process().pid());
+  ASSERT_NE(gstabd, 0) << "gstabd under strace";
   absl::Cleanup kill_gstabd = [gstabd] { kill(gstabd, SIGKILL); };
   {
     auto done = TestWorker::Create(daemon->socket(), JobOptions("forgotten"));

@@ -302,4 +302,10 @@ std::string BinaryPath(const std::string& relative) {
   return std::string(GSTAB_BUILD_DIR) + "/" + relative;
 }
 
+pid_t TracedChild(pid_t tracer) {
+  std::ifstream children(absl::StrCat("/proc/", tracer, "/task/", tracer, "/children"));
+  pid_t child = 0;
+  return children >> child ? child : 0;
+}
+
 }  // namespace gstab::testing

@@ -83,6 +83,10 @@ bool Ipv6LoopbackWorks();
 // Runs a shell command, for 120 s at most (exit code 124 after); returns its exit code and
 // combined output.
 std::pair<int, std::string> RunShell(const std::string& command);
+
+// The process that strace (pid `tracer`, run as `strace ... PROGRAM ARGS`) traces: its first
+// child, or 0 when it has none (yet).
+pid_t TracedChild(pid_t tracer);
 // Runs argv (argv[0] a path; a gstabd expected to refuse to start, say) for 30 s at most, should
 // it run on after all; returns its exit code (-1 when it could not start or did not end) and
 // combined output.
