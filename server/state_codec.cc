@@ -22,7 +22,6 @@ constexpr unsigned char kChecksumKey = (15 << 3) | 1;
 // always set. Bytes that begin with neither are no state gstabd wrote (or a checksum's key
 // changed, which must not pass for an older state read unchecked).
 constexpr unsigned char kUncheckedKey = (1 << 3) | 0;
-constexpr size_t kChecksumBytes = 1 + 8;
 
 // What bytes may parse into. Parsing allocates per field entry (a GroupState takes about 180
 // bytes for its 2 bytes on the wire, an unknown field tens), so 64 MiB of empty entries would
@@ -89,7 +88,7 @@ std::string OverBudget(google::protobuf::io::CodedInputStream* in,
 std::string EncodeJobState(v1::JobState state) {
   state.clear_checksum();
   const std::string body = state.SerializeAsString();
-  std::string out(kChecksumBytes, '\0');
+  std::string out(kEncodedChecksumBytes, '\0');
   out[0] = static_cast<char>(kChecksumKey);
   const uint64_t check = Fnv1a(body);
   for (size_t i = 0; i < 8; ++i) out[1 + i] = static_cast<char>((check >> (8 * i)) & 0xff);
@@ -113,7 +112,8 @@ absl::StatusOr<v1::JobState> DecodeJobState(absl::string_view bytes, absl::strin
     for (size_t i = 0; i < 8 && 1 + i < bytes.size(); ++i) {
       check |= uint64_t{static_cast<unsigned char>(bytes[1 + i])} << (8 * i);
     }
-    if (bytes.size() < kChecksumBytes || Fnv1a(bytes.substr(kChecksumBytes)) != check) {
+    if (bytes.size() < kEncodedChecksumBytes ||
+        Fnv1a(bytes.substr(kEncodedChecksumBytes)) != check) {
       return absl::DataLossError(
           absl::StrCat(what,
                        " are damaged: their checksum does not match (cut short, or changed since "

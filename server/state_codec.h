@@ -30,7 +30,8 @@ absl::Status CheckStepNumber(uint64_t step);
 absl::Status ValidateJobState(const v1::JobState& state);
 
 // The bytes gstabd writes for `state` (a checkpoint's file, an export): its serialization,
-// led by JobState.checksum over the rest.
+// led by JobState.checksum over the rest (its key and 8 bytes: kEncodedChecksumBytes).
+inline constexpr size_t kEncodedChecksumBytes = 1 + 8;
 std::string EncodeJobState(v1::JobState state);
 // `bytes` as a JobState. DATA_LOSS when they lead with a checksum that does not match (cut
 // short, or changed: `what` names them in the message), INVALID_ARGUMENT when they are no

@@ -228,20 +228,13 @@ absl::Status StateStore::Init() {
   return absl::OkStatus();
 }
 
-namespace {
-
-// EncodeJobState's leading bytes: a checksum of all the rest.
-constexpr size_t kChecksumPrefix = 9;
-
-}  // namespace
-
 bool StateStore::Unchanged(const std::string& job, const std::string& path,
                            const std::string& bytes) {
   absl::MutexLock lock(&written_mu_);
   auto w = written_.find(job);
   struct stat st;
   // By name, not followed: the file as this store left it (not removed, replaced or grown).
-  return w != written_.end() && w->second.checksum == bytes.substr(0, kChecksumPrefix) &&
+  return w != written_.end() && w->second.checksum == bytes.substr(0, kEncodedChecksumBytes) &&
          lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == w->second.device &&
          st.st_ino == w->second.inode && st.st_size == w->second.size &&
          st.st_mtim.tv_sec == w->second.modified.tv_sec &&
@@ -290,8 +283,8 @@ absl::Status StateStore::Save(const v1::JobState& state) {
   }
   Written written;
   if (struct stat st; failed == nullptr && fstat(fd, &st) == 0) {
-    written =
-        Written{st.st_dev, st.st_ino, st.st_size, st.st_mtim, bytes.substr(0, kChecksumPrefix)};
+    written = Written{st.st_dev, st.st_ino, st.st_size, st.st_mtim,
+                      bytes.substr(0, kEncodedChecksumBytes)};
   }
   if (close(fd) != 0 && failed == nullptr) {  // a network file system's late write error
     failed = "close";
