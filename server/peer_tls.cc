@@ -98,7 +98,16 @@ std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(
   const MutualTls* pems = &tls;
   absl::StatusOr<MutualTls> now;
   if (!tls.files[0].empty()) {
-    now = ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
+    // The files are read one after another: a renewal between two reads pairs a new
+    // certificate with the old key. Read until two reads in a row agree.
+    for (int read = 0; read < 4; ++read) {
+      absl::StatusOr<MutualTls> again =
+          ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
+      const bool settled = now.ok() && again.ok() && again->ca == now->ca &&
+                           again->cert == now->cert && again->key == now->key;
+      now = std::move(again);
+      if (settled || !now.ok()) break;
+    }
     if (now.ok()) {
       pems = &*now;
     } else {

@@ -6,7 +6,8 @@ package wraps buildkit's): what would otherwise surface only in a `docker build`
   ARG declared before the first FROM is not visible inside a stage unless declared again);
 - every COPY source from the build context exists in the repository;
 - what the runtime stage copies from the build stage is what the build stage makes, and the
-  runtime stage installs the package lists the image check compares with the binaries."""
+  runtime stage installs the package lists the image check compares with the binaries;
+- the last stage picks a flavour's stage (runtime-cpu or runtime-cuda) by FLAVOUR."""
 import glob
 import os
 import re
@@ -34,7 +35,19 @@ def stages(commands):
 def check_dockerfile(path, context, check):
     commands = dockerfile.parse_file(path)
     all_stages = stages(commands)
-    check(len(all_stages) == 2, f"{path}: expected a build and a runtime stage")
+    names = [name for name, _ in all_stages]
+    check(names == ["build", "runtime", "runtime-cpu", "runtime-cuda", ""],
+          f"{path}: expected the stages build, runtime, runtime-cpu and runtime-cuda, and an "
+          f"unnamed last one, not {names}")
+    last_from = [c for c in commands if c.cmd == "FROM"][-1].value
+    check(last_from == ("runtime-${FLAVOUR}",),
+          f"{path}: the last stage should be FROM runtime-${{FLAVOUR}}, not {last_from}")
+    check(not all_stages[-1][1], f"{path}: the last stage only picks a flavour")
+    required = {name: any(c.cmd == "ENV" and "NVIDIA_REQUIRE_CUDA" in c.value[::2] for c in body)
+                for name, body in all_stages}
+    check(required.get("runtime-cuda") and not required.get("runtime-cpu")
+          and not required.get("runtime"),
+          f"{path}: only the GPU flavour should set NVIDIA_REQUIRE_CUDA: {required}")
     shell = "dash" if subprocess.run(["which", "dash"], capture_output=True).returncode == 0 \
         else "sh"
     made_by_build = ""
@@ -64,6 +77,7 @@ def check_dockerfile(path, context, check):
                     else:
                         check(glob.glob(os.path.join(context, source)),
                               f"{path}: COPY {source}: not in the build context {context}")
-    runtime = "".join(c.value[0] for c in all_stages[-1][1] if c.cmd == "RUN" and not c.json)
+    runtime = "".join(c.value[0] for name, body in all_stages if name == "runtime"
+                      for c in body if c.cmd == "RUN" and not c.json)
     for listed in ("packages-runtime.txt", "packages-cuda.txt"):
         check(listed in runtime, f"{path}: the runtime stage does not install {listed}")
