@@ -95,7 +95,7 @@ class Client:
     call is done, and later calls are refused. At the interpreter's exit, a client a thread is
     still in a call with is left to gstabd, which lets go of it at its lease's end.
 
-    socket_path: gstabd's unix socket (None: $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as
+    socket_path: gstabd's unix socket (None or "": $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as
     gstabctl), or HOST:PORT of its TCP port (gstabd --listen), reached
     with mutual TLS from the PEM files that GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name
     in the environment (GSTAB_TLS_NAME: the name in gstabd's certificate, when not the host
@@ -112,8 +112,6 @@ class Client:
     gradients zeroed all the same, as on a job across nodes)."""
 
     def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
-        if socket_path is None:
-            socket_path = os.environ.get("GSTAB_SOCKET") or DEFAULT_SOCKET
         self._calls_lock, self._in_flight, self._closing = threading.Lock(), 0, False
         self._lib = load_library()
         self._h = ctypes.c_void_p()
@@ -131,7 +129,8 @@ class Client:
         self.reattach_timeout, self.reattached = reattach_timeout, 0
         self._reattaching = False
         self._attached = None  # attach()'s arguments, to attach again
-        check(self._lib.gstab_connect(enc_path(socket_path), ctypes.byref(self._h)))
+        # None or "": the library dials $GSTAB_SOCKET, else DEFAULT_SOCKET.
+        check(self._lib.gstab_connect(enc_path(socket_path or ""), ctypes.byref(self._h)))
         _open_clients.add(self)
 
     @contextlib.contextmanager
