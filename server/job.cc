@@ -4,6 +4,8 @@
 #include "server/job.h"
 
 #include <algorithm>
+#include <optional>
+#include <set>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -44,6 +46,47 @@ uint32_t Job::GroupIndex(const std::string& group) {
   return it->second;
 }
 
+Job::GroupLayout Job::Groups() const {
+  return GroupLayout{group_names_, group_reduction_, stats_, last_outcome_};
+}
+
+void Job::SetGroups(GroupLayout layout) {
+  group_names_ = std::move(layout.names);
+  group_reduction_ = std::move(layout.reduction);
+  stats_ = std::move(layout.stats);
+  last_outcome_ = std::move(layout.outcomes);
+  group_index_.clear();
+  for (uint32_t g = 0; g < group_names_.size(); ++g) group_index_.emplace(group_names_[g], g);
+}
+
+bool Job::OrderGroupsLike(const RegistrationPlan& plan) {
+  std::vector<std::string> order;
+  std::set<std::string> seen;
+  for (const PlannedTensor& t : plan.tensors) {
+    if (seen.insert(t.group).second) order.push_back(t.group);
+  }
+  const size_t named = order.size();
+  for (const std::string& g : group_names_) {
+    if (seen.insert(g).second) order.push_back(g);
+  }
+  // What registering would make of the order as it is: new groups after the others.
+  std::vector<std::string> as_is = group_names_;
+  for (size_t i = 0; i < named; ++i) {
+    if (group_index_.count(order[i]) == 0) as_is.push_back(order[i]);
+  }
+  if (as_is == order) return false;
+  GroupLayout layout;
+  for (const std::string& name : order) {
+    auto it = group_index_.find(name);
+    layout.names.push_back(name);
+    layout.reduction.push_back(it == group_index_.end() ? -1 : group_reduction_[it->second]);
+    layout.stats.push_back(it == group_index_.end() ? GroupStats{} : stats_[it->second]);
+    layout.outcomes.push_back(it == group_index_.end() ? StepOutcome{} : last_outcome_[it->second]);
+  }
+  SetGroups(std::move(layout));
+  return true;
+}
+
 absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
                            v1::RegisterBuffersResponse* response, uint64_t session) {
   auto worker = std::make_shared<Worker>();
@@ -78,11 +121,26 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     return absl::FailedPreconditionError(
         "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
   }
+  // A job with no worker registered (new, restored, or imported into first) takes this
+  // registration's order: on node 0, an import before its workers registered laid the groups
+  // out in the state's order, and a model whose groups were added or moved since stepped apart
+  // from the other nodes' layout, refused at every step. Not while a round or an import holds
+  // group indices.
+  std::optional<GroupLayout> before_reorder;
+  if (workers_.empty() && gpus_.empty() && !round_running_ && importing_ == 0 &&
+      !group_names_.empty()) {
+    before_reorder = Groups();
+    if (!OrderGroupsLike(plan)) before_reorder.reset();
+  }
   // The groups this registration brings are the job's only if it succeeds: a refused one
-  // leaves the job's groups (names, reductions, statistics) as they were.
+  // leaves the job's groups (names, order, reductions, statistics) as they were.
   const size_t groups_before = group_names_.size();
   const std::vector<int> reductions_before = group_reduction_;
   absl::Cleanup forget_groups = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (before_reorder.has_value()) {
+      SetGroups(*std::move(before_reorder));
+      return;
+    }
     for (size_t g = groups_before; g < group_names_.size(); ++g) {
       group_index_.erase(group_names_[g]);
     }

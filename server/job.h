@@ -200,6 +200,22 @@ class Job {
   using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job's groups, by index: what OrderGroupsLike moves, and a refused registration puts
+  // back.
+  struct GroupLayout {
+    std::vector<std::string> names;
+    std::vector<int> reduction;
+    std::vector<GroupStats> stats;
+    std::vector<StepOutcome> outcomes;
+  };
+  GroupLayout Groups() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetGroups(GroupLayout layout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Orders the groups as `plan` first names them, then those it does not name (a checkpoint's or
+  // an import's) as they were; creates the plan's new ones. For a job none of whose workers is
+  // registered: every node of a job across nodes then lays out the same registration's groups
+  // in the same order, which its cross-node stage needs, whatever its own import or checkpoint
+  // brought before. False when the order was that already (new groups, if any, at the end).
+  bool OrderGroupsLike(const RegistrationPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // INVALID_ARGUMENT when a tensor of `registration` shares memory with one that another local
   // rank of this job registered: both ranks' steps would count and scale it.
   absl::Status CheckNoSharedMemory(uint32_t local_rank,

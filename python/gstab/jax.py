@@ -16,8 +16,9 @@
 
 JAX arrays are immutable, so the gradients travel through host shared memory that gstabd maps
 (the CPU backend): `step()` copies each leaf into it, gstabd stabilizes it in place, and the
-results come back as new arrays with the leaves' shardings. That is one copy each way, through
-the host for arrays on an accelerator. Leaves are named by their paths in the tree
+results come back as new arrays with the leaves' shardings. That is one copy each way for
+arrays on the CPU, two for arrays on an accelerator (through the host). Global arrays (over
+several processes' devices) are read from, and made again as, this process's shards. Leaves are named by their paths in the tree
 (`params['dense']['kernel']` is `dense/kernel`).
 
 A job of several processes (jax.distributed) is a job of as many nodes as the gstabds its
@@ -138,8 +139,44 @@ def _layout_by_gstabd(client: gstab.Client, rank: int, world: int,
 
 def _array(leaf):
     """The leaf itself if it is an array (JAX or numpy), else it as JAX makes it (a Python
-    float is float32 then, as its gradient is, unless x64 is enabled)."""
+    float is float32 then, as its gradient is; float64 with x64 enabled, which is refused)."""
     return leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else jax.numpy.asarray(leaf)
+
+
+def _held_whole(leaf) -> bool:
+    """Whether this process holds every element of the leaf: a numpy array, a JAX array on
+    this process's devices only, or one whose shards here cover it (replicated across the
+    processes). Shards of one sharding do not overlap, so the distinct ones here cover the
+    array if their sizes add up to its own."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return True
+    held = set()
+    for index in leaf.sharding.addressable_devices_indices_map(leaf.shape).values():
+        held.add(tuple(s.indices(n)[:2] for s, n in zip(index, leaf.shape)))
+    return sum(int(np.prod([stop - start for start, stop in i])) for i in held) == leaf.size
+
+
+def _refuse_unless_held_whole(name: str, leaf) -> None:
+    if not _held_whole(leaf):
+        raise ValueError(
+            f"leaf '{name}' is sharded across processes ({leaf.sharding}): this process holds "
+            f"only part of it. Register what each process holds whole: the gradients gathered "
+            f"or made replicated (replicated=True), or this process's shards as tensors of a "
+            f"gstab.Arena of their own")
+
+
+def _read_into(buffer: np.ndarray, leaf) -> None:
+    """The leaf's elements into `buffer` (flat, the leaf's dtype). A leaf spanning other
+    processes' devices is read from the shards here, never through a collective."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        np.copyto(buffer, np.asarray(leaf).reshape(-1))
+        return
+    whole, done = buffer.reshape(leaf.shape), set()
+    for shard in leaf.addressable_shards:
+        key = tuple(s.indices(n)[:2] for s, n in zip(shard.index, leaf.shape))
+        if key not in done:  # replicated over this process's devices: read once
+            done.add(key)
+            whole[shard.index] = np.asarray(shard.data)
 
 
 def leaf_name(path) -> str:
@@ -186,6 +223,7 @@ class Stabilizer:
             if name in names:
                 raise ValueError(f"two leaves are both named '{name}' once made a tensor name")
             names.add(name)
+            _refuse_unless_held_whole(name, leaf)
             dtype = np.dtype(leaf.dtype)
             if dtype.name not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"leaf '{name}': gstab stabilizes float32, bfloat16 and float16 "
@@ -227,8 +265,9 @@ class Stabilizer:
             if tuple(leaf.shape) != shape or np.dtype(leaf.dtype) != dtype:
                 raise ValueError(f"leaf '{name}' is {np.dtype(leaf.dtype).name}{list(leaf.shape)}"
                                  f", registered as {dtype.name}{list(shape)}")
+            _refuse_unless_held_whole(name, leaf)
             if buffer is not None:
-                np.copyto(buffer, np.asarray(leaf).reshape(-1))
+                _read_into(buffer, leaf)
         result = self._client.step(step)
         # One copy out of the shared memory, which the next step rewrites. JAX on the CPU makes
         # arrays over suitably aligned host memory without copying it: the new arrays view this
@@ -238,17 +277,25 @@ class Stabilizer:
         fresh = fresh[skip:skip + self._span.nbytes]
         np.copyto(fresh, self._span)
         out = list(leaves)
-        put, hosts, shardings = [], [], []  # one device_put for every jax.Array leaf
+        put, hosts, shardings = [], [], []  # one device_put for the leaves of this process
         for i, (leaf, (_, shape, dtype, _), offset) in enumerate(
                 zip(leaves, self._specs, self._offsets)):
             if offset is None:
                 continue
             host = fresh[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype)
             out[i] = host.reshape(shape)
-            if isinstance(leaf, jax.Array):
+            if not isinstance(leaf, jax.Array):
+                continue
+            if leaf.is_fully_addressable:
                 put.append(i)
                 hosts.append(out[i])
                 shardings.append(leaf.sharding)
+            else:
+                # Each process makes its own shards from its own copy: device_put would check
+                # that every process passed the same values, gathering them all (and refusing
+                # any NaN, which equals nothing).
+                out[i] = jax.make_array_from_callback(shape, leaf.sharding,
+                                                      lambda index, h=out[i]: h[index])
         for i, array in zip(put, jax.device_put(hosts, shardings)):
             out[i] = array
         return jax.tree_util.tree_unflatten(treedef, out), result

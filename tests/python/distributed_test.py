@@ -226,6 +226,40 @@ class JaxProcessesTest(unittest.TestCase):
         self.assertEqual([r["scale"] for r in reports[0]["steps"]],
                          [r["scale"] for r in reports[1]["steps"]])
 
+    def test_global_arrays_are_read_and_remade_from_this_process_s_shards(self):
+        # Gradients as a multi-process jit leaves them: global arrays replicated over a mesh of
+        # both processes' devices. They were put back with device_put, which gathers every
+        # process's copy to compare them, and failed both processes at a NaN (monitor keeps
+        # it). A leaf sharded across the processes was taken, and failed at the first step.
+        worker, env = os.path.join(os.path.dirname(__file__), "jax_global_worker.py"), \
+            frameworks.example_env()
+        started = peer_gstabds(2)
+        coordinator = f"127.0.0.1:{free_port()}"
+        try:
+            with tempfile.TemporaryDirectory(prefix="gstab-jax-global-") as folder:
+                run_together(self, [
+                    [sys.executable, worker, "--socket", host.socket, "--job", "jax-global",
+                     "--coordinator", coordinator, "--process_id", str(i),
+                     "--report", f"{folder}/{i}.json"] for i, host in enumerate(started)], env)
+                reports = []
+                for i in range(2):
+                    with open(f"{folder}/{i}.json") as f:
+                        reports.append(json.load(f))
+        finally:
+            for host in started:
+                self.assertEqual(host.stop(), 0)
+        w_norm = math.sqrt(sum(x * x for x in
+                               [-1 + 2 * i / 23 for i in range(24)]))
+        for report in reports:
+            self.assertFalse(report["fully_addressable"])  # the case at hand
+            for step in ("step1", "step2", "step3"):
+                self.assertTrue(report[step]["same_sharding"], report)
+                self.assertTrue(report[step]["equal"], report)
+            self.assertAlmostEqual(report["step1"]["norms"]["w"], w_norm, places=4)
+            self.assertAlmostEqual(report["step1"]["norms"]["b"], math.sqrt(5), places=5)
+            self.assertTrue(math.isnan(report["step2"]["norms"]["w"]), report)
+            self.assertIn("leaf 's' is sharded across processes", report["sharded_refusal"])
+
 
 if __name__ == "__main__":
     frameworks.main()

@@ -2,7 +2,8 @@
 // all-gather that checks the nodes agree; past that, a second collective sums them. Either way
 // every node gets the same results, and each group's norm is what its reduction says: sharded
 // groups sum every node's squares, replicated ones keep the node's own, node-sharded ones take
-// node 0's. A group registered on some nodes and not others is refused on every node.
+// node 0's. A group registered on some nodes and not others is refused on every node. A state
+// imported on node 0 holds its groups in every node's order.
 #include <cmath>
 #include <thread>
 #include <tuple>
@@ -213,6 +214,72 @@ TEST(MultiNodeImportTest, AGroupOnlyAnImportBroughtStaysOnNodeZero) {
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->groups(0).group(), "g0");
   EXPECT_GT(stats->groups(0).norm_mean(), 1000) << "node 1 did not take node 0's import";
+}
+
+// The resume path the docs give: node 0 imports the checkpoint before its workers register. The
+// import laid node 0's groups out in the state's order, so a model with a group added between
+// two of the checkpoint's (or moved) stepped with another layout than the other nodes' and was
+// refused at every step. Every node now lays out its first registration's order.
+TEST(MultiNodeImportTest, AStateImportedBeforeRegistrationTakesTheRegistrationsOrder) {
+  Cluster cluster(2);
+  absl::StatusOr<std::string> saved;
+  {  // The checkpoint: groups g0 and g2 of a run whose model had no g1.
+    const std::string blob = cluster.Rendezvous("saved");
+    std::vector<std::unique_ptr<Node>> workers;
+    for (int n = 0; n < 2; ++n) workers.push_back(AttachNode(cluster, "saved", blob, n, 3));
+    for (int n = 0; n < 2; ++n) Fill(n, 1, workers[n]->arena);
+    for (auto& r : StepNodes(workers, 1)) ASSERT_TRUE(r.ok()) << r.status();
+    saved = workers[0]->client->ExportState();
+    ASSERT_TRUE(saved.ok()) << saved.status();
+  }
+  v1::JobState state;
+  ASSERT_TRUE(state.ParseFromString(*saved));
+  ASSERT_EQ(state.groups_size(), 3);
+  ASSERT_EQ(state.groups(1).name(), "g1");
+  state.mutable_groups()->DeleteSubrange(1, 1);
+  state.mutable_groups(0)->set_spike_mean(12345);  // to see where node 0's g0 went
+
+  const std::string blob = cluster.Rendezvous("resumed");
+  std::vector<std::unique_ptr<Node>> workers;
+  for (int n = 0; n < 2; ++n) {
+    auto w = std::make_unique<Node>();
+    Layout(3, &w->arena);
+    auto client = Client::Connect(cluster.daemon(n).socket());
+    ASSERT_TRUE(client.ok()) << client.status();
+    w->client = *std::move(client);
+    ASSERT_TRUE(w->client->Attach(NodeOptions("resumed", n, 2, blob)).ok());
+    workers.push_back(std::move(w));
+  }
+  ASSERT_TRUE(workers[0]->client->ImportState(state.SerializeAsString()).ok());
+  for (int n = 0; n < 2; ++n) {
+    ASSERT_TRUE(workers[n]->client->Register(workers[n]->arena).ok()) << "node " << n;
+  }
+  for (uint64_t step = 2; step <= 3; ++step) {
+    std::vector<std::vector<double>> sums;
+    for (int n = 0; n < 2; ++n) sums.push_back(Fill(n, step, workers[n]->arena));
+    const std::vector<absl::StatusOr<v1::StepResponse>> results = StepNodes(workers, step);
+    for (int n = 0; n < 2; ++n) {
+      ASSERT_TRUE(results[n].ok())
+          << "node " << n << " at step " << step << ": " << results[n].status();
+      EXPECT_EQ(results[n]->SerializeAsString(), results[0]->SerializeAsString())
+          << "node " << n << " stepped differently at step " << step;
+    }
+    for (int g = 0; g < 3; ++g) {
+      ASSERT_EQ(results[0]->groups(g).group(), absl::StrCat("g", g));
+      const double expected =
+          sums[0][g] + (ReductionOf(g) == v1::REDUCTION_SHARDED ? sums[1][g] : 0.0);
+      EXPECT_NEAR(results[0]->groups(g).norm() / std::sqrt(expected), 1.0, 1e-6)
+          << "group " << g << " at step " << step;
+    }
+  }
+  for (int n = 0; n < 2; ++n) {  // node 0's import, on both nodes, with its group
+    absl::StatusOr<v1::GetStatsResponse> stats = workers[n]->client->GetStats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    ASSERT_EQ(stats->groups(0).group(), "g0");
+    ASSERT_EQ(stats->groups(2).group(), "g2");
+    EXPECT_GT(stats->groups(0).norm_mean(), 1000) << "node " << n;
+    EXPECT_LT(stats->groups(2).norm_mean(), 1000) << "node " << n;
+  }
 }
 
 // 32 groups travel in the all-gather, 33 take the second collective.

@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 #include "server/job.h"
 #include "tests/server/fake_gpu.h"
+#include "tests/server/job_a_state.h"
 
 namespace gstab {
 namespace {
@@ -114,6 +115,29 @@ TEST(JobGpuImportTest, ReadsAfterAnImportGiveTheImportedStateUntilALaterStepFini
   v1::JobState after = one.job.ExportState();
   EXPECT_EQ(after.groups(0).t(), 78u);
   EXPECT_EQ(after.last_step(), 51u);
+}
+
+// A registration refused after it put the groups of a job with no worker registered in its
+// order (server/job.cc, Register) leaves them as they were, statistics included: here a
+// cuda_ipc registration on a job without a CUDA pipeline, refused at the pipeline's making.
+TEST(JobGpuImportTest, ARefusedRegistrationLeavesTheGroupsInTheirOrder) {
+  Job job("no-gpu", RuleParams{}, 1, nullptr);
+  v1::JobState state = testing::JobA(5);
+  state.mutable_groups(0)->set_name("v");
+  state.mutable_groups(0)->set_t(3);
+  v1::GroupState* w = state.add_groups();
+  w->set_name("w");
+  w->set_t(4);
+  ASSERT_TRUE(job.ImportState(state, false).ok());
+  FakeCudaWorker worker;  // its group "w" first: the job's order would be w, v
+  absl::Status s = worker.Register(&job);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  v1::JobState after = job.ExportState();
+  ASSERT_EQ(after.groups_size(), 2);
+  EXPECT_EQ(after.groups(0).name(), "v");
+  EXPECT_EQ(after.groups(0).t(), 3u);
+  EXPECT_EQ(after.groups(1).name(), "w");
+  EXPECT_EQ(after.groups(1).t(), 4u);
 }
 
 }  // namespace
