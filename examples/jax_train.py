@@ -9,8 +9,9 @@ Needs python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so whe
 it.
 
 Across hosts, one process each (jax.distributed, each host's gstabd started with
---peer_listen): every process trains on a batch of its own and the gradients are averaged
-across processes, so they are registered replicated:
+--peer_listen): the batch is sharded over a mesh of every process's devices, each process
+holding its own rows, and the jitted gradient is the whole batch's, replicated on every
+device (global arrays): each process holds it whole, so it is registered replicated:
 
     python3 examples/jax_train.py --coordinator HOST0:PORT --num_processes 2 --process_id N
 
@@ -25,7 +26,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import gstab  # noqa: E402
@@ -41,6 +43,11 @@ def init(key):
 def loss_fn(params, x, y, factor):
     h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
     return jnp.mean((h @ params["out"]["kernel"] + params["out"]["bias"] - y) ** 2) * factor
+
+
+def local(array) -> np.ndarray:
+    """This process's copy of a replicated global array, without a collective."""
+    return np.asarray(array.addressable_data(0))
 
 
 def main():
@@ -65,11 +72,18 @@ def main():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
                                    process_id=args.process_id)
-    params = init(jax.random.PRNGKey(0))  # the same initial weights in every process
-    x = jax.random.normal(jax.random.PRNGKey(1 + jax.process_index()), (64, 8))
-    y = jnp.sin(x.sum(1, keepdims=True))
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
-    update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - args.lr * b, p, g))
+    # Data parallel over every process's devices: the batch's rows sharded, the rest replicated.
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    local_x = np.asarray(jax.random.normal(jax.random.PRNGKey(1 + jax.process_index()), (64, 8)))
+    x = jax.make_array_from_process_local_data(rows, local_x)  # this process's 64 rows
+    y = jax.make_array_from_process_local_data(rows, np.sin(local_x.sum(1, keepdims=True)))
+    params = jax.tree_util.tree_map(  # the same initial weights in every process
+        lambda a: jax.make_array_from_callback(a.shape, whole, lambda i: np.asarray(a)[i]),
+        init(jax.random.PRNGKey(0)))
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn), out_shardings=whole)
+    update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - args.lr * b, p, g),
+                     out_shardings=whole)
 
     stabilizer = None
     if not args.no_gstab:
@@ -80,13 +94,10 @@ def main():
     steps = []
     for step in range(1, args.steps + 1):
         factor = 1e4 if step in args.spike_steps else 1.0
-        loss, grads = grad_fn(params, x, y, factor)
-        if jax.process_count() > 1:  # data parallel: every process gets the mean gradient
-            grads = jax.tree_util.tree_map(lambda g: g.mean(0),
-                                           multihost_utils.process_allgather(grads))
-        record = {"step": step, "loss": float(loss) / factor,
-                  "grad_norm": float(jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
-                                                  for g in jax.tree_util.tree_leaves(grads))))}
+        loss, grads = grad_fn(params, x, y, factor)  # the whole batch's mean gradient
+        record = {"step": step, "loss": float(local(loss)) / factor,
+                  "grad_norm": float(np.sqrt(sum(np.sum(local(g).astype(np.float32) ** 2)
+                                                 for g in jax.tree_util.tree_leaves(grads))))}
         if stabilizer is not None:
             grads, result = stabilizer.step(grads, step)
             if result.groups:  # none for a step lost to a gstabd restart (skipped)
@@ -102,11 +113,11 @@ def main():
                   f"{'  scale %.3g' % record['scale'] if 'scale' in record else ''}"
                   f"{' spike' if record.get('spike') else ''}", flush=True)
 
-    final = float(loss_fn(params, x, y, 1.0))
+    final = float(local(jax.jit(loss_fn, out_shardings=whole)(params, x, y, 1.0)))
     print(f"final loss {final:.5g}")
     if args.report:
         weights = [float(v) for leaf in jax.tree_util.tree_leaves(params)
-                   for v in jnp.ravel(leaf)]
+                   for v in local(leaf).ravel()]
         with open(args.report, "w") as f:
             layout = None if stabilizer is None else [  # the node gstab took it for
                 client.local_rank, client.local_world_size, client.node_rank, client.node_count]
