@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "common/command_line.h"
 #include "glog/logging.h"
+#include "server/nccl_settings.h"
 #include "server/server.h"
 #include "server/shm_faults.h"
 #include "server/shm_mapping.h"
@@ -291,22 +292,7 @@ int main(int argc, char** argv) {
                  no_gpu_why.c_str());
   }
 
-  // NCCL connects its ranks while the communicator initialises (in the background), not at
-  // the first collective: one job's local GPUs are ranks in this one process, and a lazy
-  // connection would make a rank's first collective wait for another's under the job's lock.
-  if (const char* v = std::getenv("NCCL_RUNTIME_CONNECT"); v != nullptr && std::string(v) != "0") {
-    std::fprintf(stderr, "gstabd: NCCL_RUNTIME_CONNECT=%s ignored: gstabd needs 0\n", v);
-  }
-  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/1);
-  // And collectives launch per rank (not waiting, inside NCCL, for the process's other ranks).
-  setenv("NCCL_LAUNCH_MODE", "PARALLEL", /*overwrite=*/1);
-  // Nor are one job's collectives ordered behind another's on the same GPU (NCCL 2.26 and newer
-  // would, set to 1): a job's step can be held at its worker's ready word for a backward pass.
-  if (const char* v = std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT");
-      v != nullptr && std::string(v) != "0") {
-    std::fprintf(stderr, "gstabd: NCCL_LAUNCH_ORDER_IMPLICIT=%s ignored: gstabd needs 0\n", v);
-  }
-  setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "0", /*overwrite=*/1);
+  gstab::SetGstabdNcclEnvironment();  // before NCCL starts
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
   options.health_socket_path = absl::GetFlag(FLAGS_health_socket);

@@ -87,7 +87,9 @@ DeviceChunkTable& DeviceChunkTable::operator=(DeviceChunkTable&& o) noexcept {
 DeviceChunkTable::~DeviceChunkTable() { Free(); }
 
 void DeviceChunkTable::Free() {
-  cudaFree(base_);
+  // Not for a table moved from (destroyed on RPC threads): whether cudaFree(nullptr) waits for
+  // the device, as a real free may, is CUDA's to say.
+  if (base_ != nullptr) cudaFree(base_);
   base_ = nullptr;
   d_chunks_ = nullptr;
   d_tiles_ = nullptr;

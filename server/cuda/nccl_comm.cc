@@ -20,10 +20,9 @@ absl::Status NcclError(absl::string_view what, absl::string_view context, ncclRe
 // resources on the calling thread, which can wait for work anywhere on the device (another
 // job's stream held at its worker's ready word, for as long as that worker's backward pass, or
 // until a release that needs a lock the caller holds). So it runs in the background.
-void AbortInBackground(ncclComm_t comm) {
+// `device`: the communicator's (-1: leave the thread's as it is).
+void AbortInBackground(ncclComm_t comm, int device) {
   if (comm == nullptr) return;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) device = -1;
   DeferCommunicatorAbort([comm, device] {
     if (device >= 0) cudaSetDevice(device);
     ncclCommAbort(comm);
@@ -53,16 +52,18 @@ absl::StatusOr<std::unique_ptr<NcclComm>> NcclComm::Start(const std::string& uni
   }
   ncclUniqueId id;
   std::memcpy(&id, unique_id.data(), sizeof id);
+  int device = -1;  // the communicator's, the caller's current one
+  if (cudaGetDevice(&device) != cudaSuccess) device = -1;
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, size, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
-    AbortInBackground(comm);
+    AbortInBackground(comm, device);
     return NcclError("ncclCommInitRankConfig", context, r);
   }
   return std::unique_ptr<NcclComm>(
-      new NcclComm(comm, rank, size, std::move(context), std::move(before_abort)));
+      new NcclComm(comm, device, rank, size, std::move(context), std::move(before_abort)));
 }
 
 NcclComm::~NcclComm() {
@@ -79,7 +80,7 @@ NcclComm::~NcclComm() {
   if (r == ncclSuccess) {
     ncclCommDestroy(comm_);
   } else {
-    AbortInBackground(comm_);
+    AbortInBackground(comm_, device_);
   }
   comm_ = nullptr;
 }
@@ -93,7 +94,7 @@ void NcclComm::AbortLocked(const std::string& why) {
   if (!broken_.empty()) return;
   broken_ = why;
   if (before_abort_) before_abort_();
-  AbortInBackground(comm_);
+  AbortInBackground(comm_, device_);
   comm_ = nullptr;
 }
 

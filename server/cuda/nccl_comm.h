@@ -57,9 +57,10 @@ class NcclComm {
   void Abort(const std::string& why);
 
  private:
-  NcclComm(ncclComm_t comm, int rank, int size, std::string context,
+  NcclComm(ncclComm_t comm, int device, int rank, int size, std::string context,
            std::function<void()> before_abort)
       : comm_(comm),
+        device_(device),
         rank_(rank),
         size_(size),
         context_(std::move(context)),
@@ -71,6 +72,7 @@ class NcclComm {
 
   mutable absl::Mutex mu_;
   ncclComm_t comm_ ABSL_GUARDED_BY(mu_);
+  const int device_;  // the CUDA device it was made on (-1: unknown), for its abort's thread
   const int rank_;
   const int size_;
   const std::string context_;

@@ -20,6 +20,7 @@
 #include "server/cuda/cuda_stepper.h"
 #include "server/cuda/device_reaper.h"
 #include "server/cuda/nccl_comm.h"
+#include "server/nccl_settings.h"
 #include "tests/testing/gpu.h"
 #include "tests/testing/subprocess.h"
 
@@ -32,6 +33,8 @@ const bool kLazyModuleLoading = setenv("CUDA_MODULE_LOADING", "LAZY", 1) == 0;
 // As gstabd has it (CUDA's default is 8): the release stream of a pipeline is not to share a
 // hardware queue with the stream it releases.
 const bool kConnections = setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 1) == 0;
+// NCCL as gstabd runs it (connected at initialisation, not at the first collective).
+const bool kNccl = (SetGstabdNcclEnvironment(), true);
 
 // Device memory is released on a background thread: let it finish before the process exits.
 class FlushReleases : public ::testing::Environment {
