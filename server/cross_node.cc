@@ -207,12 +207,16 @@ std::string Unregistered(const NodePartials& p) {
 // For a layout mismatch: where this node's groups first differ from another node's (node 0's;
 // for node 0, the first node that differs), from every node's fingerprint of each group's name
 // and reduction, gathered. Every node calls it (they reach the same verdict from the same
-// records); empty when it cannot tell (the gather failed, or too many groups to gather).
+// records); empty when it cannot tell (the gather failed, or the difference lies past the
+// groups compared: as many as 64 MiB of fingerprints from every node hold, the same number on
+// every node, so that a mismatch of many groups on many nodes costs no node its memory).
 std::string FirstDifference(Collective* c, const NodePartials& p, uint64_t max_groups,
                             absl::Duration timeout) {
   constexpr uint64_t kMaxCompared = 65536;  // the most groups a job has
+  constexpr uint64_t kMaxGatheredBytes = uint64_t{64} << 20;
   if (max_groups == 0 || max_groups > kMaxCompared) return "";
-  const size_t n = static_cast<size_t>(max_groups);
+  const size_t n = static_cast<size_t>(
+      std::min<uint64_t>(max_groups, kMaxGatheredBytes / (sizeof(uint64_t) * c->size())));
   std::vector<std::string> names(p.reduction.size());
   std::vector<uint64_t> mine(n, 0);  // 0: no group there
   for (size_t g = 0; g < names.size() && g < n; ++g) {
