@@ -249,11 +249,18 @@ absl::Status Client::Attach(const AttachOptions& options) {
   return absl::OkStatus();
 }
 
+namespace {
+std::atomic<Client::DaemonLostHandler> daemon_lost_handler{nullptr};
+}  // namespace
+
+void Client::SetDaemonLostHandler(DaemonLostHandler handler) { daemon_lost_handler = handler; }
+
 absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
   auto k = std::make_unique<KeepAlive>();
   try {
     k->thread = std::thread([this, k = k.get()] {
       k->start.WaitForNotification();
+      int unanswered = 0;  // keep-alives in a row that found no gstabd
       while (!k->stop.WaitForNotificationWithTimeout(k->period)) {
         // After a lost connection (a TCP link down a while) gRPC waits out its backoff, up to
         // two minutes, failing every call at once meanwhile: a worker idle for that long (an
@@ -271,9 +278,16 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
         v1::KeepAliveRequest req;
         req.set_session(k->session);
         v1::KeepAliveResponse resp;
-        (void)stub_->KeepAlive(&c, req, &resp);
-        absl::MutexLock lock(&k->mu);
-        k->call = nullptr;
+        const grpc::Status answer = stub_->KeepAlive(&c, req, &resp);
+        {
+          absl::MutexLock lock(&k->mu);
+          k->call = nullptr;
+          if (k->stop.HasBeenNotified()) break;  // a cancelled call says nothing of gstabd
+        }
+        unanswered = answer.error_code() == grpc::StatusCode::UNAVAILABLE ? unanswered + 1 : 0;
+        if (answer.error_code() == grpc::StatusCode::UNAUTHENTICATED || unanswered >= 2) {
+          if (DaemonLostHandler handler = daemon_lost_handler.load()) handler(id_);
+        }
       }
     });
   } catch (const std::system_error& e) {

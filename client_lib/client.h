@@ -108,6 +108,15 @@ class Client {
   // (DEADLINE_EXCEEDED when it has not answered within `timeout`).
   absl::Status CheckHealth(absl::Duration timeout = absl::Seconds(5));
 
+  // What learns that the session's gstabd is gone: called on a client's keep-alive thread, with
+  // its id(), when gstabd no longer knows the session (UNAUTHENTICATED: a gstabd restarted
+  // since, or the session expired) or has not answered two keep-alives in a row (UNAVAILABLE:
+  // no gstabd at the address), and again at each keep-alive while that lasts. One for the
+  // process (null: none); CudaGradients sets it, to release streams that wait for a step gstabd
+  // will never finish. It must return within a keep-alive period.
+  using DaemonLostHandler = void (*)(uint64_t client_id);
+  static void SetDaemonLostHandler(DaemonLostHandler handler);
+
   const v1::AttachResponse& attach_response() const { return attached_; }
   const std::string& session() const { return attached_.session(); }
   v1::Stabilizer::Stub* stub() { return stub_.get(); }

@@ -104,10 +104,11 @@ absl::StatusOr<std::unique_ptr<CudaGradients>> CudaGradients::Create(int device)
 
 CudaGradients::~CudaGradients() {
   {
-    absl::MutexLock lock(&registered_mu);
+    absl::MutexLock lock(&registered_mu);  // after a release for a lost gstabd under way
     Forget(this);
   }
   CloseResults();
+  absl::MutexLock lock(&handshake_mu_);
   if (done_passed_ != nullptr) cudaEventDestroy(done_passed_);
   if (streams_stuck_) return;  // AllocateTensor's memory stays: a free would wait for good
   for (void* p : owned_) cudaFree(p);
@@ -198,7 +199,54 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
   return p;
 }
 
+bool CudaGradients::WriteDoneHere() {
+  cudaStream_t side;
+  bool released = false;
+  if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
+    (void)StreamWriteValue(side, done_word_, ready_value_);
+    // The side stream may share a hardware queue with the stream that waits (CUDA has
+    // CUDA_DEVICE_MAX_CONNECTIONS of them, 8 by default; with 1 it always does): then its
+    // write waits behind that wait, for good.
+    released = WaitDone([side] { return cudaStreamQuery(side); }, kOwnWriteWait);
+    if (released) cudaStreamDestroy(side);
+  }
+  ClearStaleCudaError();
+  if (!released) {
+    std::fprintf(stderr,
+                 "gstab: could not release them either (its write waits behind theirs in a "
+                 "hardware queue they share; CUDA_DEVICE_MAX_CONNECTIONS=1 makes that "
+                 "certain); leaving them waiting and the results mapped\n");
+  }
+  streams_stuck_ = !released;
+  return released;
+}
+
+void CudaGradients::ReleaseForLostDaemon(uint64_t client_id) {
+  absl::MutexLock registered(&registered_mu);  // the object stays while this runs
+  auto it = Registered().find(client_id);
+  if (it == Registered().end()) return;
+  CudaGradients* g = it->second;
+  if (!g->handshake_mu_.TryLock()) return;  // a Step or a close: asked again soon
+  if (g->done_word_ != nullptr && g->done_passed_ != nullptr && !g->streams_stuck_) {
+    const DeviceScope scope(g->device_);
+    const cudaError_t passed = cudaEventQuery(g->done_passed_);
+    ClearStaleCudaError();
+    if (scope.status() == cudaSuccess && passed == cudaErrorNotReady) {
+      if (!g->released_for_lost_daemon_) {
+        std::fprintf(stderr,
+                     "gstab: gstabd is gone (its session is unknown, or no gstabd answers) with "
+                     "a step of this process still on the GPU; releasing the streams that wait "
+                     "for it (that step's gradients may be partly stabilized)\n");
+        g->released_for_lost_daemon_ = true;
+      }
+      g->WriteDoneHere();
+    }
+  }
+  g->handshake_mu_.Unlock();
+}
+
 void CudaGradients::CloseResults() {
+  absl::MutexLock lock(&handshake_mu_);
   if (results_ != nullptr && !streams_stuck_) {
     const DeviceScope scope(device_);
     // gstabd writes `done` for every step it accepted; if it died first, nothing will, and the
@@ -206,28 +254,13 @@ void CudaGradients::CloseResults() {
     // from a stream of its own, so that this process's streams go on (that step's gradients
     // may be partly stabilized).
     if (done_passed_ != nullptr &&
-        !WaitDone([this] { return cudaEventQuery(done_passed_); }, done_wait_)) {
+        !WaitDone([this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return cudaEventQuery(done_passed_); },
+                  done_wait_)) {
       std::fprintf(stderr,
                    "gstab: gstabd did not finish the last step within %lld s (has it stopped?); "
                    "releasing the streams that wait for it\n",
                    static_cast<long long>(absl::ToInt64Seconds(done_wait_)));
-      cudaStream_t side;
-      bool released = false;
-      if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
-        (void)StreamWriteValue(side, done_word_, ready_value_);
-        // The side stream may share a hardware queue with the stream that waits (CUDA has
-        // CUDA_DEVICE_MAX_CONNECTIONS of them, 8 by default; with 1 it always does): then its
-        // write waits behind that wait, for good.
-        released = WaitDone([side] { return cudaStreamQuery(side); }, kOwnWriteWait);
-        if (released) cudaStreamDestroy(side);
-      }
-      if (!released) {
-        std::fprintf(stderr,
-                     "gstab: could not release them either (its write waits behind theirs in a "
-                     "hardware queue they share; CUDA_DEVICE_MAX_CONNECTIONS=1 makes that "
-                     "certain); leaving them waiting and the results mapped\n");
-      }
-      streams_stuck_ = !released;
+      WriteDoneHere();
     }
     if (!streams_stuck_) {  // else neither waited for nor closed: either would wait for good
       // Reads of the results may still be queued on the caller's streams.
@@ -254,7 +287,7 @@ absl::Status CudaGradients::Register(Client* client) {
   }
   if (replaced != nullptr) replaced->CloseResults();
   CloseResults();
-  if (streams_stuck_) {
+  if (absl::MutexLock lock(&handshake_mu_); streams_stuck_) {
     return absl::FailedPreconditionError(
         "this process's streams still wait for the done word of a step gstabd never finished, "
         "and writing it here did not get through (see the message above); steps on them would "
@@ -286,8 +319,13 @@ absl::Status CudaGradients::Register(Client* client) {
     }
   }
   ready_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.ready_offset());
-  done_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.done_offset());
-  ready_value_ = 0;  // a new buffer's ready word starts at 0
+  {
+    absl::MutexLock lock(&handshake_mu_);
+    done_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.done_offset());
+    ready_value_ = 0;  // a new buffer's ready word starts at 0
+  }
+  // A gstabd found gone releases the streams waiting for its steps (see the header).
+  Client::SetDaemonLostHandler(&CudaGradients::ReleaseForLostDaemon);
   absl::MutexLock lock(&registered_mu);
   // Registered through this client only now: another client it was registered through before
   // no longer has it (a registration there must not close this one's mapping).
@@ -311,13 +349,19 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
   }
   const DeviceScope scope(device_);
   RETURN_IF_CUDA_ERROR(scope.status());
-  ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)
-  if (absl::Status s = StreamWriteValue(stream, ready_word_, ready_value_); !s.ok()) return s;
-  absl::StatusOr<v1::StepResponse> r = client->Step(step, ready_value_);
+  uint32_t ready;
+  {
+    absl::MutexLock lock(&handshake_mu_);
+    ready_value_ = ready_value_ == UINT32_MAX ? 1 : ready_value_ + 1;  // never 0 (absent)
+    ready = ready_value_;
+  }
+  if (absl::Status s = StreamWriteValue(stream, ready_word_, ready); !s.ok()) return s;
+  absl::StatusOr<v1::StepResponse> r = client->Step(step, ready);
   // A step gstabd failed after queuing part of it: its kernels may still run on the gradients,
   // and gstabd writes the done word behind them, which the stream waits for as for a step taken.
   if (!r.ok() && !DoneWritten(r.status())) return r;
-  if (absl::Status s = StreamWaitValue(stream, done_word_, ready_value_); !s.ok()) return s;
+  absl::MutexLock lock(&handshake_mu_);
+  if (absl::Status s = StreamWaitValue(stream, done_word_, ready); !s.ok()) return s;
   if (done_passed_ == nullptr) {
     RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&done_passed_, cudaEventDisableTiming));
   }

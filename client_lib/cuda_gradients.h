@@ -19,7 +19,12 @@
 // the streams waiting for it go on), then for the device. If that write has not landed within
 // 10 s (its stream shares a hardware queue with the waiting one), nothing is waited for, closed
 // or freed any more: Register then fails, and the destructor leaves its memory allocated.
-// Not thread-safe.
+// A gstabd found gone before then (its session unknown to the gstabd at the address, or no
+// gstabd there for two keep-alives: Client::SetDaemonLostHandler) has the done word written
+// here at once, from the client's keep-alive thread: a worker whose gstabd was killed or
+// restarted mid-step then fails at its next Step rather than hang at its next wait for the
+// device (that step's gradients may be partly stabilized).
+// Not thread-safe (but for that release, which it orders itself).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -31,7 +36,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client_lib/client.h"
 #include "core/rule_types.h"
@@ -80,16 +87,25 @@ class CudaGradients {
   absl::Status CheckNewName(const std::string& name) const;
   // Lets go of the results buffer once nothing on this process's streams waits for or reads it
   // (unless streams_stuck_).
-  void CloseResults();
+  void CloseResults() ABSL_LOCKS_EXCLUDED(handshake_mu_);
+  // Writes the done word of the last step from a stream of its own, when a stream still waits
+  // for it; false when the write did not land within kOwnWriteWait (then streams_stuck_).
+  bool WriteDoneHere() ABSL_EXCLUSIVE_LOCKS_REQUIRED(handshake_mu_);
+  // Client::SetDaemonLostHandler's: WriteDoneHere for the CudaGradients registered through the
+  // client `client_id`, unless it is busy (a Step or a close: asked again at the next
+  // keep-alive).
+  static void ReleaseForLostDaemon(uint64_t client_id);
 
   const int device_;
   std::string device_uuid_;         // sent with each buffer: gstabd finds the GPU by it
   uint64_t registered_through_ = 0;  // the id of the Client that registered them (0: none)
   uint32_t* ready_word_ = nullptr;   // inside results_
-  uint32_t* done_word_ = nullptr;
-  uint32_t ready_value_ = 0;  // the value of the last Step's ready write
+  // The handshake's state that the release for a lost gstabd, on a keep-alive thread, reads.
+  absl::Mutex handshake_mu_;
+  uint32_t* done_word_ ABSL_GUARDED_BY(handshake_mu_) = nullptr;
+  uint32_t ready_value_ ABSL_GUARDED_BY(handshake_mu_) = 0;  // the last Step's ready write
   // Recorded on each Step's stream after its wait for `done`.
-  cudaEvent_t done_passed_ = nullptr;
+  cudaEvent_t done_passed_ ABSL_GUARDED_BY(handshake_mu_) = nullptr;
   absl::Duration done_wait_;  // how long CloseResults waits for it (set by Register)
   v1::RegisterBuffersRequest request_;
   // request_'s buffer of each allocation (its IPC handle) and dtype.
@@ -103,7 +119,8 @@ class CudaGradients {
   std::vector<void*> owned_;  // AllocateTensor's allocations
   // Streams wait for a done word that neither gstabd nor CloseResults could write: anything
   // that waits for the device (a free, a close) would wait for good.
-  bool streams_stuck_ = false;
+  bool streams_stuck_ ABSL_GUARDED_BY(handshake_mu_) = false;
+  bool released_for_lost_daemon_ ABSL_GUARDED_BY(handshake_mu_) = false;  // said once
 };
 
 }  // namespace gstab

@@ -309,6 +309,27 @@ TEST_F(CudaE2eTest, AnImportWaitsForTheStepHeldOnTheGpuThenApplies) {
   for (const v1::GroupStats& g : stats->groups()) EXPECT_EQ(g.accepted_steps(), 77u) << g.group();
 }
 
+// gstabd killed with a worker's step queued on the GPU: the worker's stream waits for a done
+// word that gstabd's stream will never write. The client library writes it once its keep-alive
+// finds no gstabd, so the worker's next wait for the device returns, and its next step fails,
+// rather than the worker hanging for good.
+TEST_F(CudaE2eTest, GstabdKilledMidStepLeavesNoWorkerWaitingForGood) {
+  const std::string flag = dir_.path() + "/open-the-gate";
+  auto worker = testing::Subprocess::Start({testing::BinaryPath("tests/cuda_e2e_worker"),
+                                            daemon_->socket(), "orphaned", "orphaned", flag});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  absl::StatusOr<std::string> line = ReadUntil(*worker, "HELD", absl::Seconds(60));
+  ASSERT_TRUE(line.ok()) << line.status();
+  daemon_->process().Signal(SIGKILL);
+  ASSERT_TRUE(daemon_->process().Wait(absl::Seconds(10)).ok());
+  daemon_.reset();
+  std::ofstream(flag) << "open\n";
+  absl::StatusOr<std::string> done = ReadUntil(*worker, "RESULT", absl::Seconds(60));
+  EXPECT_TRUE(done.ok() && done->find("RESULT ok") != std::string::npos)
+      << (done.ok() ? *done : done.status().ToString());
+  EXPECT_EQ(worker->Wait(absl::Seconds(30)).value_or(-1), 0);
+}
+
 // A worker SIGKILLed while stepping: gstabd keeps serving other jobs and, once the lease
 // expires, lets go of the dead worker's IPC mappings and memory (its results buffer included).
 // Two rounds (a victim killed, a survivor served); gstabd's holdings after the second equal

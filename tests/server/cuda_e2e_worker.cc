@@ -239,6 +239,47 @@ int Held(const char* socket, const char* job, const char* flag) {
   return 0;
 }
 
+// As Held, but gstabd is killed before the gate opens (the test writes `flag` after): its
+// stream's done write never runs, and the client library writes the done word itself once its
+// keep-alive finds no gstabd. The worker's stream must then finish rather than wait for good.
+int Orphaned(const char* socket, const char* job, const char* flag) {
+  constexpr uint64_t kNumel = 1 << 16;
+  void* g = nullptr;
+  absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, kNumel, gstab::DType::kFloat32}}, &g);
+  if (!s.ok()) return Fail("setup: " + s.status().ToString());
+  uint32_t* gate = nullptr;
+  if (cudaMalloc(&gate, sizeof *gate) != cudaSuccess) return Fail("no device memory");
+  cudaMemset(gate, 0, sizeof *gate);
+  if (cudaDeviceSynchronize() != cudaSuccess) return Fail("setup on the device failed");
+  if (absl::Status st = gstab::StreamWaitValue(s->stream, gate, 1); !st.ok()) {
+    return Fail("gate: " + st.ToString());
+  }
+  absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(s->client.get(), 1, s->stream);
+  if (!r.ok()) return Fail("step: " + r.status().ToString());
+  std::printf("HELD\n");
+  std::fflush(stdout);
+  for (int i = 0; i < 6000 && !std::filesystem::exists(flag); ++i) usleep(10000);
+  cudaStream_t opener;
+  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
+  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
+    return Fail("opening the gate: " + st.ToString());
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  cudaError_t e;
+  while ((e = cudaStreamQuery(s->stream)) == cudaErrorNotReady && absl::Now() < deadline) {
+    usleep(10000);
+  }
+  if (e != cudaSuccess) {
+    return Fail(std::string("the worker's stream still waits 30 s after gstabd went: ") +
+                cudaGetErrorName(e));
+  }
+  // The next step says gstabd is gone.
+  r = s->grads->Step(s->client.get(), 2, s->stream);
+  if (r.ok()) return Fail("a step with gstabd gone succeeded");
+  std::printf("RESULT ok released: %s\n", r.status().ToString().c_str());
+  return 0;
+}
+
 int Replace(const char* socket, const char* job) {
   absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, 4096, gstab::DType::kFloat32}});
   if (!s.ok()) return Fail("setup: " + s.status().ToString());
@@ -312,6 +353,7 @@ int main(int argc, char** argv) {
   if (mode == "loop" && argc == 5) return Loop(argv[1], argv[2], std::atol(argv[4]));
   if (mode == "forever") return Loop(argv[1], argv[2], -1);
   if (mode == "held" && argc == 5) return Held(argv[1], argv[2], argv[4]);
+  if (mode == "orphaned" && argc == 5) return Orphaned(argv[1], argv[2], argv[4]);
   if (mode == "replace") return Replace(argv[1], argv[2]);
   return 2;
 }

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -136,6 +137,53 @@ TEST(E2eClientFaultsTest, TheFirstCallAfterALongOutageReachesTheNewGstabd) {
   ASSERT_TRUE(again.ok()) << again.status();
   absl::Status s = (*client)->Attach(JobOptions("outage"));
   EXPECT_TRUE(s.ok()) << s;
+}
+
+// What learns that a session's gstabd is gone (CudaGradients releases the streams waiting for
+// its steps with it, which would otherwise wait for good): told on the keep-alive thread, with
+// the client's id, once gstabd is killed, and once a new gstabd, which does not know the
+// session, answers at the socket; never while the session's own gstabd serves it.
+std::atomic<uint64_t> lost_client{0};
+std::atomic<int> lost_calls{0};
+
+bool LostWithin(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (lost_calls.load() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  return lost_calls.load() > 0;
+}
+
+TEST(E2eClientFaultsTest, AGoneGstabdIsToldToTheDaemonLostHandler) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=1500"});  // keep-alives: 500 ms
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(JobOptions("lost")).ok());
+  Client::SetDaemonLostHandler([](uint64_t id) {
+    lost_client = id;
+    ++lost_calls;
+  });
+  absl::Cleanup unset = [] { Client::SetDaemonLostHandler(nullptr); };
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_EQ(lost_calls.load(), 0) << "told while its gstabd serves the session";
+
+  daemon->process().Signal(SIGKILL);
+  ASSERT_TRUE(daemon->process().Wait(absl::Seconds(10)).ok());
+  EXPECT_TRUE(LostWithin(absl::Seconds(5))) << "not told that no gstabd answers";
+  EXPECT_EQ(lost_client.load(), (*client)->id());
+
+  auto again = DaemonProcess::Start(dir.path(), {"--lease_ms=1500"});
+  ASSERT_TRUE(again.ok()) << again.status();
+  // Connected to the new one once a call of the session is refused there, not unanswered.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*client)->GetStats().status().code() != absl::StatusCode::kUnauthenticated &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ((*client)->GetStats().status().code(), absl::StatusCode::kUnauthenticated);
+  absl::SleepFor(absl::Seconds(1));  // a keep-alive that found no gstabd, told meanwhile
+  lost_calls = 0;
+  EXPECT_TRUE(LostWithin(absl::Seconds(5))) << "not told that the new gstabd has no session";
 }
 
 }  // namespace
