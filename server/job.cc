@@ -121,14 +121,16 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     return absl::FailedPreconditionError(
         "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
   }
-  // A job with no worker registered (new, restored, or imported into first) takes this
-  // registration's order: on node 0, an import before its workers registered laid the groups
-  // out in the state's order, and a model whose groups were added or moved since stepped apart
-  // from the other nodes' layout, refused at every step. Not while a round or an import holds
-  // group indices.
+  // The first registration of a job made, restored or imported into takes its order: on node 0,
+  // an import before its workers registered laid the groups out in the state's order, and a
+  // model whose groups were added or moved since stepped apart from the other nodes' layout,
+  // refused at every step. Not while a worker, a round or an import holds group indices.
   std::optional<GroupLayout> before_reorder;
-  if (workers_.empty() && gpus_.empty() && !round_running_ && importing_ == 0 &&
+  if (!groups_ordered_ && workers_.empty() && gpus_.empty() && !round_running_ && importing_ == 0 &&
       !group_names_.empty()) {
+    // Aligned first, so that a refused registration puts back statistics of stats_params_
+    // (the GPU's registration aligns them too).
+    AlignStatistics();
     before_reorder = Groups();
     if (!OrderGroupsLike(plan)) before_reorder.reset();
   }
@@ -167,6 +169,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     }
   }
   std::move(forget_groups).Cancel();
+  groups_ordered_ = true;
   worker->table = *std::move(table);
   worker->has_group.assign(group_names_.size(), false);
   for (uint32_t g : worker->tensor_group) worker->has_group[g] = true;

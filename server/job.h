@@ -211,10 +211,11 @@ class Job {
   GroupLayout Groups() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetGroups(GroupLayout layout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Orders the groups as `plan` first names them, then those it does not name (a checkpoint's or
-  // an import's) as they were; creates the plan's new ones. For a job none of whose workers is
-  // registered: every node of a job across nodes then lays out the same registration's groups
-  // in the same order, which its cross-node stage needs, whatever its own import or checkpoint
-  // brought before. False when the order was that already (new groups, if any, at the end).
+  // an import's) as they were; creates the plan's new ones. For a job no registration has
+  // ordered since it was made, restored or imported into: every node of a job across nodes then
+  // lays out the same registration's groups in the same order, which its cross-node stage needs,
+  // whatever its own import or checkpoint brought before. False when the order was that already
+  // (new groups, if any, at the end).
   bool OrderGroupsLike(const RegistrationPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // INVALID_ARGUMENT when a tensor of `registration` shares memory with one that another local
   // rank of this job registered: both ranks' steps would count and scale it.
@@ -345,6 +346,9 @@ class Job {
   std::vector<std::string> group_names_ ABSL_GUARDED_BY(mu_);
   std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, else a v1::Reduction
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
+  // A registration has set the groups' order since the job was made, restored or imported
+  // into: later ones (a GPU generation's, after the last worker left) keep it.
+  bool groups_ordered_ ABSL_GUARDED_BY(mu_) = false;
   mutable std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
   // The configuration stats_' stabilizer EMAs were built with; AlignStatistics re-expresses
   // them for params_ (a change of beta1, beta2 or bias correction) before they are next used.

@@ -326,6 +326,7 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
     if (switched != nullptr) *switched = ConfigSwitch{before, params_, config_version_};
   }
   stats_params_ = params_;  // the imported statistics are the configuration's
+  groups_ordered_ = false;  // the next first registration orders them (see Register)
   // The imported state defines where the job is: a job resumed from an older checkpoint
   // continues from that checkpoint's step, and one saved before its first step (registered,
   // never stepped) from any step, 0 included.

@@ -140,5 +140,49 @@ TEST(JobGpuImportTest, ARefusedRegistrationLeavesTheGroupsInTheirOrder) {
   EXPECT_EQ(after.groups(1).t(), 4u);
 }
 
+// A refused GPU registration after the job's betas changed (its statistics not re-expressed for
+// them yet, as they are at the next use) leaves statistics that match the betas they are taken
+// for: the same as a job that was never offered the registration. The pipeline's making fails
+// here, after the registration re-expressed them.
+TEST(JobGpuImportTest, ARefusedRegistrationLeavesTheStatisticsOfTheirConfiguration) {
+  auto run = [](bool offered) {
+    GpuBackend failing;
+    failing.make_pipeline = [](int, const ChunkTable&, const std::vector<GroupStats>&,
+                               const GpuJobSpec&) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
+      return absl::ResourceExhaustedError("out of device memory");
+    };
+    failing.new_nccl_id = [] { return absl::StatusOr<std::string>(Id(1)); };
+    Job job("betas", RuleParams{}, 1, nullptr, nullptr, failing);
+    v1::JobState state = testing::JobA(5);
+    for (const char* name : {"v", "w"}) {  // "v" first: the registration's "w" reorders them
+      v1::GroupState* g = name == std::string("v") ? state.mutable_groups(0) : state.add_groups();
+      g->set_name(name);
+      g->set_t(4);
+      g->set_m(2.0);
+      g->set_v(5.0);
+    }
+    EXPECT_TRUE(job.ImportState(state, false).ok());
+    v1::PolicyConfig betas;
+    betas.mutable_stabilize()->set_beta1(0.9);
+    betas.mutable_stabilize()->set_beta2(0.95);
+    v1::UpdateConfigResponse response;
+    EXPECT_TRUE(job.UpdateConfig(betas, &response).ok());
+    if (offered) {
+      FakeCudaWorker worker;
+      absl::Status s = worker.Register(&job);
+      EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+    }
+    return job.ExportState();
+  };
+  const v1::JobState refused = run(true), never = run(false);
+  ASSERT_EQ(refused.groups_size(), 2);
+  for (int g = 0; g < 2; ++g) {
+    EXPECT_EQ(refused.groups(g).name(), never.groups(g).name());
+    EXPECT_DOUBLE_EQ(refused.groups(g).m(), never.groups(g).m()) << never.groups(g).name();
+    EXPECT_DOUBLE_EQ(refused.groups(g).v(), never.groups(g).v()) << never.groups(g).name();
+  }
+  EXPECT_NE(never.groups(0).m(), 2.0) << "the betas' change did not re-express them";
+}
+
 }  // namespace
 }  // namespace gstab

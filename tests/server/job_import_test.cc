@@ -80,5 +80,45 @@ TEST(JobImportTest, TheNextStepWaitsForAnImportWaitingForTheStepBefore) {
   }
 }
 
+// Group `name`'s tensor of 64 floats, first in `order`, registered as local rank 0 of `job`.
+absl::Status RegisterGroups(Job* job, const std::vector<std::string>& order, GradientArena* arena,
+                            MappingRegistry* registry) {
+  for (const std::string& name : order) arena->AddTensor(name, 64, DType::kFloat32, name);
+  if (absl::Status s = arena->Allocate(); !s.ok()) return s;
+  absl::StatusOr<RegistrationPlan> plan =
+      ValidateRegistration(arena->RegistrationRequest(), RegistrationCaps{});
+  if (!plan.ok()) return plan.status();
+  absl::StatusOr<MappedRegistration> mapped = MapRegistration(*plan, registry, nullptr, getuid());
+  if (!mapped.ok()) return mapped.status();
+  v1::RegisterBuffersResponse response;
+  return job->Register(0, *std::move(mapped), &response);
+}
+
+std::vector<std::string> GroupOrder(const Job& job) {
+  std::vector<std::string> names;
+  const v1::JobState state = job.ExportState();
+  for (const v1::GroupState& g : state.groups()) names.push_back(g.name());
+  return names;
+}
+
+// The first registration of a job orders its groups (an import before it had laid them out in
+// the state's order); later ones, after every worker left (a new run of a held job, a GPU
+// generation's end), keep that order, as the job's other nodes do.
+TEST(JobImportTest, TheFirstRegistrationOrdersTheGroupsAndLaterOnesKeepIt) {
+  CpuExecutor executor(1);
+  Job job("ordered", RuleParams{}, 1, &executor);
+  v1::JobState state = job.ExportState();
+  for (const char* name : {"c", "a"}) state.add_groups()->set_name(name);
+  ASSERT_TRUE(job.ImportState(state, false).ok());
+  EXPECT_EQ(GroupOrder(job), (std::vector<std::string>{"c", "a"}));
+  GradientArena first, second;
+  MappingRegistry registry;
+  ASSERT_TRUE(RegisterGroups(&job, {"a", "b", "c"}, &first, &registry).ok());
+  EXPECT_EQ(GroupOrder(job), (std::vector<std::string>{"a", "b", "c"}));
+  job.RemoveWorker(0);
+  ASSERT_TRUE(RegisterGroups(&job, {"c", "b", "a"}, &second, &registry).ok());
+  EXPECT_EQ(GroupOrder(job), (std::vector<std::string>{"a", "b", "c"}));
+}
+
 }  // namespace
 }  // namespace gstab
