@@ -260,33 +260,55 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
   try {
     k->thread = std::thread([this, k = k.get()] {
       k->start.WaitForNotification();
+      // One call of the thread's (a keep-alive, or an Identify), cancelled rather than waited
+      // for by a detach, an attach or the destructor (on a frozen gstabd, up to its deadline);
+      // nullopt when stopped.
+      auto call = [&](auto rpc, const auto& request,
+                      auto* response) -> std::optional<grpc::Status> {
+        grpc::ClientContext c;
+        c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(k->period, absl::Seconds(5))));
+        {
+          absl::MutexLock lock(&k->mu);
+          if (k->stop.HasBeenNotified()) return std::nullopt;
+          k->call = &c;
+        }
+        const grpc::Status answer = (stub_.get()->*rpc)(&c, request, response);
+        absl::MutexLock lock(&k->mu);
+        k->call = nullptr;
+        if (k->stop.HasBeenNotified()) return std::nullopt;  // a cancelled call tells nothing
+        return answer;
+      };
+      // The gstabd instance that holds the session (empty: one that cannot say), to tell a
+      // session it ended itself (an expired lease, a replacement: it releases the session's
+      // steps) from one a new gstabd never had (the one that held it is gone).
+      auto instance = [&]() -> std::optional<std::string> {
+        v1::IdentifyResponse identity;
+        std::optional<grpc::Status> answer =
+            call(&v1::Stabilizer::Stub::Identify, v1::IdentifyRequest(), &identity);
+        if (!answer.has_value()) return std::nullopt;
+        return answer->ok() ? identity.instance() : "";
+      };
+      std::optional<std::string> holder = instance();
       int unanswered = 0;  // keep-alives in a row that found no gstabd
-      while (!k->stop.WaitForNotificationWithTimeout(k->period)) {
+      while (holder.has_value() && !k->stop.WaitForNotificationWithTimeout(k->period)) {
         // After a lost connection (a TCP link down a while) gRPC waits out its backoff, up to
         // two minutes, failing every call at once meanwhile: a worker idle for that long (an
         // evaluation) would lose its session to a gstabd that is reachable again.
         ReconnectIfBackingOff();
-        grpc::ClientContext c;
-        c.set_deadline(absl::ToChronoTime(absl::Now() + std::min(k->period, absl::Seconds(5))));
-        {
-          // A detach, an attach and the destructor cancel the call rather than wait for it (on
-          // a frozen gstabd, up to its deadline).
-          absl::MutexLock lock(&k->mu);
-          if (k->stop.HasBeenNotified()) break;
-          k->call = &c;
-        }
         v1::KeepAliveRequest req;
         req.set_session(k->session);
         v1::KeepAliveResponse resp;
-        const grpc::Status answer = stub_->KeepAlive(&c, req, &resp);
-        {
-          absl::MutexLock lock(&k->mu);
-          k->call = nullptr;
-          if (k->stop.HasBeenNotified()) break;  // a cancelled call says nothing of gstabd
+        std::optional<grpc::Status> answer = call(&v1::Stabilizer::Stub::KeepAlive, req, &resp);
+        if (!answer.has_value()) break;
+        unanswered = answer->error_code() == grpc::StatusCode::UNAVAILABLE ? unanswered + 1 : 0;
+        bool lost = unanswered >= 2;
+        if (answer->error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+          std::optional<std::string> now = instance();
+          if (!now.has_value()) break;
+          lost = holder->empty() || *now != *holder;
         }
-        unanswered = answer.error_code() == grpc::StatusCode::UNAVAILABLE ? unanswered + 1 : 0;
-        if (answer.error_code() == grpc::StatusCode::UNAUTHENTICATED || unanswered >= 2) {
-          if (DaemonLostHandler handler = daemon_lost_handler.load()) handler(id_);
+        if (DaemonLostHandler handler = daemon_lost_handler.load(); lost && handler != nullptr) {
+          handler(id_);
         }
       }
     });

@@ -222,6 +222,8 @@ bool CudaGradients::WriteDoneHere() {
 }
 
 void CudaGradients::ReleaseForLostDaemon(uint64_t client_id) {
+  // Never waits (it runs on a keep-alive thread, under the process's registration lock): a
+  // write is queued at one call, and looked at again at the next.
   absl::MutexLock registered(&registered_mu);  // the object stays while this runs
   auto it = Registered().find(client_id);
   if (it == Registered().end()) return;
@@ -229,18 +231,37 @@ void CudaGradients::ReleaseForLostDaemon(uint64_t client_id) {
   if (!g->handshake_mu_.TryLock()) return;  // a Step or a close: asked again soon
   if (g->done_word_ != nullptr && g->done_passed_ != nullptr && !g->streams_stuck_) {
     const DeviceScope scope(g->device_);
-    const cudaError_t passed = cudaEventQuery(g->done_passed_);
-    ClearStaleCudaError();
-    if (scope.status() == cudaSuccess && passed == cudaErrorNotReady) {
+    if (scope.status() != cudaSuccess) {
+      // Nothing to do on this thread.
+    } else if (g->release_stream_ != nullptr) {  // a write queued earlier: landed, or stuck
+      if (cudaStreamQuery(g->release_stream_) != cudaErrorNotReady) {
+        cudaStreamDestroy(g->release_stream_);
+        g->release_stream_ = nullptr;
+      } else if (absl::Now() - g->release_queued_ > kOwnWriteWait) {
+        std::fprintf(stderr,
+                     "gstab: the release has not landed in %lld s (its write waits behind the "
+                     "streams it releases, in a hardware queue they share; "
+                     "CUDA_DEVICE_MAX_CONNECTIONS=1 makes that certain)\n",
+                     static_cast<long long>(absl::ToInt64Seconds(kOwnWriteWait)));
+        g->streams_stuck_ = true;
+      }
+    } else if (cudaEventQuery(g->done_passed_) == cudaErrorNotReady) {
       if (!g->released_for_lost_daemon_) {
         std::fprintf(stderr,
-                     "gstab: gstabd is gone (its session is unknown, or no gstabd answers) with "
-                     "a step of this process still on the GPU; releasing the streams that wait "
-                     "for it (that step's gradients may be partly stabilized)\n");
+                     "gstab: gstabd is gone (its session is unknown to the gstabd there now, or "
+                     "none answers) with a step of this process still on the GPU; releasing the "
+                     "streams that wait for it (that step's gradients may be partly "
+                     "stabilized)\n");
         g->released_for_lost_daemon_ = true;
       }
-      g->WriteDoneHere();
+      if (cudaStreamCreateWithFlags(&g->release_stream_, cudaStreamNonBlocking) == cudaSuccess) {
+        (void)StreamWriteValue(g->release_stream_, g->done_word_, g->ready_value_);
+        g->release_queued_ = absl::Now();
+      } else {
+        g->release_stream_ = nullptr;
+      }
     }
+    ClearStaleCudaError();
   }
   g->handshake_mu_.Unlock();
 }
@@ -261,6 +282,10 @@ void CudaGradients::CloseResults() {
                    "releasing the streams that wait for it\n",
                    static_cast<long long>(absl::ToInt64Seconds(done_wait_)));
       WriteDoneHere();
+    }
+    if (release_stream_ != nullptr) {  // destroyed once its write is done
+      cudaStreamDestroy(release_stream_);
+      release_stream_ = nullptr;
     }
     if (!streams_stuck_) {  // else neither waited for nor closed: either would wait for good
       // Reads of the results may still be queued on the caller's streams.

@@ -19,9 +19,9 @@
 // the streams waiting for it go on), then for the device. If that write has not landed within
 // 10 s (its stream shares a hardware queue with the waiting one), nothing is waited for, closed
 // or freed any more: Register then fails, and the destructor leaves its memory allocated.
-// A gstabd found gone before then (its session unknown to the gstabd at the address, or no
-// gstabd there for two keep-alives: Client::SetDaemonLostHandler) has the done word written
-// here at once, from the client's keep-alive thread: a worker whose gstabd was killed or
+// A gstabd found gone before then (a new gstabd at the address, which does not know the
+// session, or none there for two keep-alives: Client::SetDaemonLostHandler) has the done word
+// written here at once, from the client's keep-alive thread: a worker whose gstabd was killed or
 // restarted mid-step then fails at its next Step rather than hang at its next wait for the
 // device (that step's gradients may be partly stabilized).
 // Not thread-safe (but for that release, which it orders itself).
@@ -91,9 +91,9 @@ class CudaGradients {
   // Writes the done word of the last step from a stream of its own, when a stream still waits
   // for it; false when the write did not land within kOwnWriteWait (then streams_stuck_).
   bool WriteDoneHere() ABSL_EXCLUSIVE_LOCKS_REQUIRED(handshake_mu_);
-  // Client::SetDaemonLostHandler's: WriteDoneHere for the CudaGradients registered through the
-  // client `client_id`, unless it is busy (a Step or a close: asked again at the next
-  // keep-alive).
+  // Client::SetDaemonLostHandler's: for the CudaGradients registered through the client
+  // `client_id`, queues a write of the done word when a stream still waits for it, and looks
+  // at that write again at the next call; nothing while it is busy (a Step or a close).
   static void ReleaseForLostDaemon(uint64_t client_id);
 
   const int device_;
@@ -121,6 +121,9 @@ class CudaGradients {
   // that waits for the device (a free, a close) would wait for good.
   bool streams_stuck_ ABSL_GUARDED_BY(handshake_mu_) = false;
   bool released_for_lost_daemon_ ABSL_GUARDED_BY(handshake_mu_) = false;  // said once
+  // ReleaseForLostDaemon's write of the done word, queued at release_queued_ (null: none).
+  cudaStream_t release_stream_ ABSL_GUARDED_BY(handshake_mu_) = nullptr;
+  absl::Time release_queued_ ABSL_GUARDED_BY(handshake_mu_);
 };
 
 }  // namespace gstab

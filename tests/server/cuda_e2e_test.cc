@@ -327,6 +327,7 @@ TEST_F(CudaE2eTest, GstabdKilledMidStepLeavesNoWorkerWaitingForGood) {
   absl::StatusOr<std::string> done = ReadUntil(*worker, "RESULT", absl::Seconds(60));
   EXPECT_TRUE(done.ok() && done->find("RESULT ok") != std::string::npos)
       << (done.ok() ? *done : done.status().ToString());
+  // 128 + SIGALRM (14): the worker still waited for the device 30 s after gstabd went.
   EXPECT_EQ(worker->Wait(absl::Seconds(30)).value_or(-1), 0);
 }
 

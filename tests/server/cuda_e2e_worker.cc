@@ -264,15 +264,12 @@ int Orphaned(const char* socket, const char* job, const char* flag) {
   if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
     return Fail("opening the gate: " + st.ToString());
   }
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  cudaError_t e;
-  while ((e = cudaStreamQuery(s->stream)) == cudaErrorNotReady && absl::Now() < deadline) {
-    usleep(10000);
-  }
-  if (e != cudaSuccess) {
-    return Fail(std::string("the worker's stream still waits 30 s after gstabd went: ") +
-                cudaGetErrorName(e));
-  }
+  // Blocked in a wait for the device, as a training loop's next loss.item() would be, while the
+  // client's keep-alive thread releases it; SIGALRM ends the process if nothing does.
+  alarm(30);
+  const cudaError_t e = cudaDeviceSynchronize();
+  alarm(0);
+  if (e != cudaSuccess) return Fail(std::string("waiting for the device: ") + cudaGetErrorName(e));
   // The next step says gstabd is gone.
   r = s->grads->Step(s->client.get(), 2, s->stream);
   if (r.ok()) return Fail("a step with gstabd gone succeeded");

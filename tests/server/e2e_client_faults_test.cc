@@ -142,7 +142,8 @@ TEST(E2eClientFaultsTest, TheFirstCallAfterALongOutageReachesTheNewGstabd) {
 // What learns that a session's gstabd is gone (CudaGradients releases the streams waiting for
 // its steps with it, which would otherwise wait for good): told on the keep-alive thread, with
 // the client's id, once gstabd is killed, and once a new gstabd, which does not know the
-// session, answers at the socket; never while the session's own gstabd serves it.
+// session, answers at the socket; never while the session's own gstabd serves it, nor when
+// that gstabd ended the session itself.
 std::atomic<uint64_t> lost_client{0};
 std::atomic<int> lost_calls{0};
 
@@ -166,6 +167,18 @@ TEST(E2eClientFaultsTest, AGoneGstabdIsToldToTheDaemonLostHandler) {
   absl::Cleanup unset = [] { Client::SetDaemonLostHandler(nullptr); };
   absl::SleepFor(absl::Seconds(2));
   EXPECT_EQ(lost_calls.load(), 0) << "told while its gstabd serves the session";
+  // A session its own gstabd ended (its lease expired while gstabd was stopped, here): that
+  // gstabd releases the session's steps itself, so nothing is told.
+  for (int tries = 0; tries < 3 && (*client)->GetStats().ok(); ++tries) {
+    ASSERT_TRUE(daemon->process().Stop());
+    absl::SleepFor(absl::Seconds(3));  // two leases
+    daemon->process().Signal(SIGCONT);
+    absl::SleepFor(absl::Seconds(1));
+  }
+  ASSERT_EQ((*client)->GetStats().status().code(), absl::StatusCode::kUnauthenticated)
+      << "the session did not expire";
+  absl::SleepFor(absl::Seconds(2));  // keep-alives refused meanwhile
+  EXPECT_EQ(lost_calls.load(), 0) << "told when the gstabd that held the session ended it";
 
   daemon->process().Signal(SIGKILL);
   ASSERT_TRUE(daemon->process().Wait(absl::Seconds(10)).ok());
