@@ -75,8 +75,10 @@ def main():
     # Data parallel over every process's devices: the batch's rows sharded, the rest replicated.
     mesh = Mesh(np.array(jax.devices()), ("data",))
     rows, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
-    local_x = np.asarray(jax.random.normal(jax.random.PRNGKey(1 + jax.process_index()), (64, 8)))
-    x = jax.make_array_from_process_local_data(rows, local_x)  # this process's 64 rows
+    local_rows = 64 * jax.local_device_count()  # as many on each of its devices
+    local_x = np.asarray(jax.random.normal(jax.random.PRNGKey(1 + jax.process_index()),
+                                           (local_rows, 8)))
+    x = jax.make_array_from_process_local_data(rows, local_x)  # this process's rows
     y = jax.make_array_from_process_local_data(rows, np.sin(local_x.sum(1, keepdims=True)))
     params = jax.tree_util.tree_map(  # the same initial weights in every process
         lambda a: jax.make_array_from_callback(a.shape, whole, lambda i: np.asarray(a)[i]),
