@@ -129,6 +129,19 @@ class CudaE2eTest : public ::testing::Test {
     return out;
   }
 
+  // A worker of `job` in `mode` ("held", "orphaned": see cuda_e2e_worker.cc) whose step waits
+  // at its gate until `flag` exists, once it has said HELD.
+  absl::StatusOr<testing::Subprocess> StartHeldWorker(const std::string& job,
+                                                      const std::string& mode,
+                                                      const std::string& flag) {
+    auto worker = testing::Subprocess::Start(
+        {testing::BinaryPath("tests/cuda_e2e_worker"), daemon_->socket(), job, mode, flag});
+    if (!worker.ok()) return worker.status();
+    absl::StatusOr<std::string> line = ReadUntil(*worker, "HELD", absl::Seconds(60));
+    if (!line.ok()) return line.status();
+    return worker;
+  }
+
   testing::TempDir dir_;
   std::optional<testing::DaemonProcess> daemon_;
 };
@@ -269,11 +282,8 @@ TEST_F(CudaE2eTest, HeldStepsHoldUpNeitherTheirWorkersNorOtherJobs) {
 // step, and applies once the worker's stream has let it run.
 TEST_F(CudaE2eTest, AnImportWaitsForTheStepHeldOnTheGpuThenApplies) {
   const std::string flag = dir_.path() + "/open-the-gate";
-  auto worker = testing::Subprocess::Start({testing::BinaryPath("tests/cuda_e2e_worker"),
-                                            daemon_->socket(), "import-held", "held", flag});
+  auto worker = StartHeldWorker("import-held", "held", flag);
   ASSERT_TRUE(worker.ok()) << worker.status();
-  absl::StatusOr<std::string> line = ReadUntil(*worker, "HELD", absl::Seconds(60));
-  ASSERT_TRUE(line.ok() && line->find("HELD") != std::string::npos) << line.status();
   auto tool = Client::Connect(daemon_->socket());
   ASSERT_TRUE(tool.ok()) << tool.status();
   AttachOptions observer;
@@ -315,11 +325,8 @@ TEST_F(CudaE2eTest, AnImportWaitsForTheStepHeldOnTheGpuThenApplies) {
 // rather than the worker hanging for good.
 TEST_F(CudaE2eTest, GstabdKilledMidStepLeavesNoWorkerWaitingForGood) {
   const std::string flag = dir_.path() + "/open-the-gate";
-  auto worker = testing::Subprocess::Start({testing::BinaryPath("tests/cuda_e2e_worker"),
-                                            daemon_->socket(), "orphaned", "orphaned", flag});
+  auto worker = StartHeldWorker("orphaned", "orphaned", flag);
   ASSERT_TRUE(worker.ok()) << worker.status();
-  absl::StatusOr<std::string> line = ReadUntil(*worker, "HELD", absl::Seconds(60));
-  ASSERT_TRUE(line.ok()) << line.status();
   daemon_->process().Signal(SIGKILL);
   ASSERT_TRUE(daemon_->process().Wait(absl::Seconds(10)).ok());
   daemon_.reset();

@@ -196,45 +196,72 @@ int Loop(const char* socket, const char* job, long steps) {
 // or a worker that stalls before it): Step answers while the GPU has not reached the ready
 // write, since the gate opens only after Step has returned. Meanwhile gstabd's stream for this
 // job waits at the ready word, and other jobs must go on.
-int Held(const char* socket, const char* job, const char* flag) {
-  constexpr uint64_t kNumel = 1 << 20;
-  void* g = nullptr;
-  absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, kNumel, gstab::DType::kBFloat16}}, &g);
-  if (!s.ok()) return Fail("setup: " + s.status().ToString());
+// A job of one bf16 tensor of kHeldNumel elements whose step 1 is sent while its stream waits at
+// a gate (a word of this process's, 0 until opened), as after a long backward pass: the step is
+// held at its ready word on gstabd's side. Prints HELD once Step has answered.
+constexpr uint64_t kHeldNumel = 1 << 20;
+struct HeldStep {
+  Setup s;
   uint32_t* gate = nullptr;
-  if (cudaMalloc(&gate, sizeof *gate) != cudaSuccess) return Fail("no device memory");
-  cudaMemset(gate, 0, sizeof *gate);
-  cudaMemset(g, 0x3c, kNumel * 2);
-  if (cudaDeviceSynchronize() != cudaSuccess) return Fail("setup on the device failed");
-  if (absl::Status st = gstab::StreamWaitValue(s->stream, gate, 1); !st.ok()) {
-    return Fail("gate: " + st.ToString());
+};
+
+absl::StatusOr<HeldStep> StepHeldAtAGate(const char* socket, const char* job) {
+  HeldStep held;
+  void* g = nullptr;
+  absl::StatusOr<Setup> s =
+      Connect(socket, job, {{nullptr, kHeldNumel, gstab::DType::kBFloat16}}, &g);
+  if (!s.ok()) return absl::Status(s.status().code(), "setup: " + s.status().ToString());
+  held.s = *std::move(s);
+  if (cudaMalloc(&held.gate, sizeof *held.gate) != cudaSuccess) {
+    return absl::ResourceExhaustedError("no device memory");
   }
-  absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(s->client.get(), 1, s->stream);
-  if (!r.ok()) return Fail("step: " + r.status().ToString());
+  cudaMemset(held.gate, 0, sizeof *held.gate);
+  cudaMemset(g, 0x3c, kHeldNumel * 2);
+  if (cudaDeviceSynchronize() != cudaSuccess) {
+    return absl::InternalError("setup on the device failed");
+  }
+  if (absl::Status st = gstab::StreamWaitValue(held.s.stream, held.gate, 1); !st.ok()) {
+    return absl::InternalError("gate: " + st.ToString());
+  }
+  absl::StatusOr<gstab::v1::StepResponse> r =
+      held.s.grads->Step(held.s.client.get(), 1, held.s.stream);
+  if (!r.ok()) return absl::Status(r.status().code(), "step: " + r.status().ToString());
   std::printf("HELD\n");
   std::fflush(stdout);
+  return held;
+}
+
+// Opens the gate from a stream of its own (the worker's stream is the one waiting).
+absl::Status OpenGate(uint32_t* gate) {
+  cudaStream_t opener;
+  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
+  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
+    return absl::InternalError("opening the gate: " + st.ToString());
+  }
+  return absl::OkStatus();
+}
+
+int Held(const char* socket, const char* job, const char* flag) {
+  absl::StatusOr<HeldStep> held = StepHeldAtAGate(socket, job);
+  if (!held.ok()) return Fail(std::string(held.status().message()));
+  Setup& s = held->s;
   // Held far longer than the test waits for the other job, so that a job held up fails there.
   for (int i = 0; i < 60000 && !std::filesystem::exists(flag); ++i) usleep(10000);
   // Still held when the test opens the gate (after another job's whole run): else this job
   // held nothing up, and the test would prove nothing.
-  if (cudaStreamQuery(s->stream) != cudaErrorNotReady) {
+  if (cudaStreamQuery(s.stream) != cudaErrorNotReady) {
     return Fail("the step was no longer held when the gate opened");
   }
-  // Opened from a stream of its own: the worker's stream is the one waiting.
-  cudaStream_t opener;
-  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
-  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
-    return Fail("opening the gate: " + st.ToString());
-  }
+  if (absl::Status st = OpenGate(held->gate); !st.ok()) return Fail(std::string(st.message()));
   gstab::StepResultsHeader header{};
-  cudaMemcpyAsync(&header, s->grads->device_results(), sizeof header, cudaMemcpyDeviceToHost,
-                  s->stream);
-  if (cudaStreamSynchronize(s->stream) != cudaSuccess) return Fail("stream failed");
+  cudaMemcpyAsync(&header, s.grads->device_results(), sizeof header, cudaMemcpyDeviceToHost,
+                  s.stream);
+  if (cudaStreamSynchronize(s.stream) != cudaSuccess) return Fail("stream failed");
   if (header.step != 1 || (header.flags & gstab::kFlagAccepted) == 0) {
     return Fail("the held step did not complete: results step " + std::to_string(header.step) +
                 " flags " + std::to_string(header.flags));
   }
-  if (absl::Status st = s->client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
+  if (absl::Status st = s.client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
   std::printf("RESULT ok held step completed\n");
   return 0;
 }
@@ -243,27 +270,11 @@ int Held(const char* socket, const char* job, const char* flag) {
 // stream's done write never runs, and the client library writes the done word itself once its
 // keep-alive finds no gstabd. The worker's stream must then finish rather than wait for good.
 int Orphaned(const char* socket, const char* job, const char* flag) {
-  constexpr uint64_t kNumel = 1 << 16;
-  void* g = nullptr;
-  absl::StatusOr<Setup> s = Connect(socket, job, {{nullptr, kNumel, gstab::DType::kFloat32}}, &g);
-  if (!s.ok()) return Fail("setup: " + s.status().ToString());
-  uint32_t* gate = nullptr;
-  if (cudaMalloc(&gate, sizeof *gate) != cudaSuccess) return Fail("no device memory");
-  cudaMemset(gate, 0, sizeof *gate);
-  if (cudaDeviceSynchronize() != cudaSuccess) return Fail("setup on the device failed");
-  if (absl::Status st = gstab::StreamWaitValue(s->stream, gate, 1); !st.ok()) {
-    return Fail("gate: " + st.ToString());
-  }
-  absl::StatusOr<gstab::v1::StepResponse> r = s->grads->Step(s->client.get(), 1, s->stream);
-  if (!r.ok()) return Fail("step: " + r.status().ToString());
-  std::printf("HELD\n");
-  std::fflush(stdout);
+  absl::StatusOr<HeldStep> held = StepHeldAtAGate(socket, job);
+  if (!held.ok()) return Fail(std::string(held.status().message()));
+  Setup& s = held->s;
   for (int i = 0; i < 6000 && !std::filesystem::exists(flag); ++i) usleep(10000);
-  cudaStream_t opener;
-  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
-  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
-    return Fail("opening the gate: " + st.ToString());
-  }
+  if (absl::Status st = OpenGate(held->gate); !st.ok()) return Fail(std::string(st.message()));
   // Blocked in a wait for the device, as a training loop's next loss.item() would be, while the
   // client's keep-alive thread releases it; SIGALRM ends the process if nothing does.
   alarm(30);
@@ -271,7 +282,7 @@ int Orphaned(const char* socket, const char* job, const char* flag) {
   alarm(0);
   if (e != cudaSuccess) return Fail(std::string("waiting for the device: ") + cudaGetErrorName(e));
   // The next step says gstabd is gone.
-  r = s->grads->Step(s->client.get(), 2, s->stream);
+  absl::StatusOr<gstab::v1::StepResponse> r = s.grads->Step(s.client.get(), 2, s.stream);
   if (r.ok()) return Fail("a step with gstabd gone succeeded");
   std::printf("RESULT ok released: %s\n", r.status().ToString().c_str());
   return 0;
