@@ -22,15 +22,23 @@ struct gstab_arena {
 namespace gstab::capi {
 namespace {
 thread_local std::string g_last_error;
+// Set when a failure's message could not be kept (no memory for it): what gstab_last_error says
+// then. Null otherwise.
+thread_local const char* g_last_error_fixed = nullptr;
 }  // namespace
 
-gstab_status Report(const absl::Status& status) {
+gstab_status Report(const absl::Status& status) noexcept {
   if (!status.ok()) {
-    // gstab's own failures all say what went wrong; gRPC's may not (a request gstabd could not
-    // read, say), and "" would read as "nothing failed".
-    g_last_error = status.message().empty()
-                       ? absl::StrCat(absl::StatusCodeToString(status.code()), " (no message)")
-                       : std::string(status.message());
+    try {
+      // gstab's own failures all say what went wrong; gRPC's may not (a request gstabd could
+      // not read, say), and "" would read as "nothing failed".
+      g_last_error = status.message().empty()
+                         ? absl::StrCat(absl::StatusCodeToString(status.code()), " (no message)")
+                         : std::string(status.message());
+      g_last_error_fixed = nullptr;
+    } catch (...) {  // out of memory: Guarded's report of it must not throw again
+      g_last_error_fixed = "out of host memory (the failure's own message could not be kept)";
+    }
   }
   return static_cast<gstab_status>(status.code());
 }
@@ -154,10 +162,14 @@ extern "C" {
 
 const char* gstab_version(void) { return GSTAB_VERSION; }
 
-const char* gstab_last_error(void) { return gstab::capi::g_last_error.c_str(); }
+const char* gstab_last_error(void) {
+  return gstab::capi::g_last_error_fixed != nullptr ? gstab::capi::g_last_error_fixed
+                                                    : gstab::capi::g_last_error.c_str();
+}
 
 gstab_status gstab_connect(const char* socket_path, gstab_client** out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
+  *out = nullptr;
   return Guarded([&] {
     auto client = gstab::Client::Connect(socket_path != nullptr ? socket_path : "");
     if (!client.ok()) return Report(client.status());
@@ -192,6 +204,7 @@ gstab_status gstab_detach(gstab_client* client) {
 
 gstab_status gstab_arena_create(gstab_arena** out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
+  *out = nullptr;
   return Guarded([&] {
     *out = new gstab_arena;
     return GSTAB_OK;
@@ -312,12 +325,14 @@ gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_gr
 }
 
 uint64_t gstab_step_statistics_rolled_back(const gstab_client* client) {
-  if (client == nullptr || !CheckOwner(client->owner, "client").ok()) return 0;
+  if (client == nullptr) return 0;
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s), 0;
   return client->last_step.statistics_rolled_back();
 }
 
 const char* gstab_step_not_applied(const gstab_client* client) {
-  if (client == nullptr || !CheckOwner(client->owner, "client").ok()) return "";
+  if (client == nullptr) return "";
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s), "";
   return client->last_step.not_applied().c_str();
 }
 

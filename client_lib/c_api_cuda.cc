@@ -17,6 +17,7 @@ extern "C" {
 
 gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out) {
   if (out == nullptr) return Report(absl::InvalidArgumentError("out must not be NULL"));
+  *out = nullptr;
   return Guarded([&] {
     absl::StatusOr<std::unique_ptr<gstab::CudaGradients>> g = gstab::CudaGradients::Create(device);
     if (!g.ok()) return Report(g.status());
@@ -67,6 +68,7 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, c
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
+  *device_ptr = nullptr;
   if (absl::Status s = gstab::capi::CheckTensor(name, group, numel, dtype, flags); !s.ok()) {
     return Report(s);
   }
@@ -92,13 +94,14 @@ gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gra
 
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
                              void* stream, gstab_step_result* result, uint64_t* result_step) {
-  if (client == nullptr || gradients == nullptr) {
-    return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
-  }
+  if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
+  client->last_step.Clear();  // a failed step leaves no results of an earlier one
+  if (gradients == nullptr) {
+    return Report(absl::InvalidArgumentError("gradients must not be NULL"));
+  }
   if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
   return Guarded([&] {
-    client->last_step.Clear();  // a failed step leaves no results of an earlier one
     absl::StatusOr<gstab::v1::StepResponse> r =
         gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
     if (!r.ok()) return Report(r.status());
@@ -110,16 +113,20 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
 
 const void* gstab_cuda_results(const gstab_cuda_gradients* gradients, size_t* bytes) {
   if (bytes != nullptr) *bytes = 0;
-  if (gradients == nullptr || !CheckOwner(gradients->owner, "CUDA gradients").ok()) return nullptr;
+  if (gradients == nullptr) return nullptr;
+  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) {
+    return Report(s), nullptr;
+  }
   if (bytes != nullptr) *bytes = gradients->gradients->results_bytes();
   return gradients->gradients->device_results();
 }
 
 const char* gstab_cuda_group_name(const gstab_cuda_gradients* gradients, size_t index) {
-  if (gradients == nullptr || index >= gradients->gradients->groups().size() ||
-      !CheckOwner(gradients->owner, "CUDA gradients").ok()) {
-    return nullptr;
+  if (gradients == nullptr) return nullptr;
+  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) {
+    return Report(s), nullptr;
   }
+  if (index >= gradients->gradients->groups().size()) return nullptr;
   return gradients->gradients->groups()[index].c_str();
 }
 

@@ -24,8 +24,9 @@ struct gstab_client {
 namespace gstab::capi {
 
 // Records a failed `status`'s message as the thread's last error and returns its code (a
-// success leaves the last error as it is).
-gstab_status Report(const absl::Status& status);
+// success leaves the last error as it is). Never throws: without memory for the message, the
+// last error says so instead.
+gstab_status Report(const absl::Status& status) noexcept;
 
 // FAILED_PRECONDITION when `owner` (the process that made a handle) is not this process: a
 // forked child inherits its parent's handles, whose threads, connection and shared memory are

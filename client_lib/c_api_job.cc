@@ -108,10 +108,9 @@ gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
 }
 
 int gstab_attach_restored(const gstab_client* client) {
-  return client != nullptr && CheckOwner(client->owner, "client").ok() &&
-                 client->client->attach_response().restored()
-             ? 1
-             : 0;
+  if (client == nullptr) return 0;
+  if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s), 0;
+  return client->client->attach_response().restored() ? 1 : 0;
 }
 
 gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint32_t node_count,
@@ -119,6 +118,8 @@ gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint
   if (client == nullptr || job == nullptr || blob == nullptr || size == nullptr) {
     return Report(absl::InvalidArgumentError("client, job, blob and size must not be NULL"));
   }
+  *blob = nullptr;
+  *size = 0;
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<std::string> r = client->client->CreateRendezvous(job, node_count, cuda != 0);
@@ -170,6 +171,8 @@ gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size
   if (client == nullptr || state == nullptr || size == nullptr) {
     return Report(absl::InvalidArgumentError("client, state and size must not be NULL"));
   }
+  *state = nullptr;
+  *size = 0;
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<std::string> r = client->client->ExportState();

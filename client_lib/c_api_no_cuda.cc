@@ -11,7 +11,10 @@ gstab_status NoCuda() {
 
 extern "C" {
 
-gstab_status gstab_cuda_gradients_create(int, gstab_cuda_gradients**) { return NoCuda(); }
+gstab_status gstab_cuda_gradients_create(int, gstab_cuda_gradients** out) {
+  if (out != nullptr) *out = nullptr;
+  return NoCuda();
+}
 void gstab_cuda_gradients_destroy(gstab_cuda_gradients*) {}
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients*, const char*, void*, uint64_t, gstab_dtype,
                                    const char*) {
@@ -22,16 +25,21 @@ gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients*, const char*, voi
   return NoCuda();
 }
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients*, const char*, uint64_t, gstab_dtype,
-                                        const char*, void**) {
+                                        const char*, void** device_ptr) {
+  if (device_ptr != nullptr) *device_ptr = nullptr;
   return NoCuda();
 }
 gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients*, const char*, uint64_t,
-                                              gstab_dtype, const char*, uint32_t, void**) {
+                                              gstab_dtype, const char*, uint32_t,
+                                              void** device_ptr) {
+  if (device_ptr != nullptr) *device_ptr = nullptr;
   return NoCuda();
 }
 gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }
-gstab_status gstab_cuda_step(gstab_client*, gstab_cuda_gradients*, uint64_t, void*,
+gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients*, uint64_t, void*,
                              gstab_step_result*, uint64_t*) {
+  // A failed step leaves no results of an earlier one (not a forked child's: its parent's).
+  if (client != nullptr && client->owner == getpid()) client->last_step.Clear();
   return NoCuda();
 }
 const void* gstab_cuda_results(const gstab_cuda_gradients*, size_t* bytes) {

@@ -5,12 +5,14 @@
  * and owned by the caller, who frees them with the matching _destroy function. A client handle
  * must not be used from several threads at once. Handles belong to the process that made them:
  * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION (those
- * returning a pointer return NULL), and its _destroy frees nothing (the parent's session,
+ * returning a value return NULL, "" or 0, as each says for a NULL handle, with
+ * gstab_last_error() saying why), and its _destroy frees nothing (the parent's session,
  * threads and shared memory stay the parent's). Nor may a child connect a client of its own
- * once its parent has connected one (gRPC does not survive fork): gstab_connect fails there
- * with GSTAB_FAILED_PRECONDITION; start workers anew (exec, spawn) instead.
+ * once its parent has called gstab_connect, even one that failed (gRPC does not survive fork):
+ * gstab_connect fails there with GSTAB_FAILED_PRECONDITION; start workers anew (exec, spawn)
+ * instead. A function's pointer and size out-parameters are set to NULL and 0 when it fails.
  *
- *   gstab_client* c;  gstab_arena* a;
+ *   gstab_client* c = NULL;  gstab_arena* a = NULL;
  *   gstab_connect("/run/gstab/gstabd.sock", &c);
  *   gstab_attach(c, "my-job", 0, 1, 0, 1, "stabilize");
  *   gstab_arena_create(&a);
@@ -38,9 +40,12 @@ typedef int gstab_status;
 #define GSTAB_PERMISSION_DENIED 7 /* e.g. a job of another uid or certificate (--jobs_by_uid) */
 #define GSTAB_RESOURCE_EXHAUSTED 8
 #define GSTAB_FAILED_PRECONDITION 9
-#define GSTAB_ABORTED 10 /* this session was replaced: another process attached as its rank */
+/* A step of a job across nodes that another node refused (nothing changed: go on with the next
+ * step); a configuration change while the job's GPUs enqueue a step (try again); else this
+ * session was replaced (another process attached as its rank: the message says which). */
+#define GSTAB_ABORTED 10
 #define GSTAB_UNIMPLEMENTED 12
-#define GSTAB_INTERNAL 13    /* the system refused something else (shm_open: out of descriptors) */
+#define GSTAB_INTERNAL 13    /* the system refused something else (the message says what) */
 #define GSTAB_UNAVAILABLE 14 /* gstabd is not there, or is stopping: attach again once it serves \
                               */
 #define GSTAB_DATA_LOSS 15   /* gstab_step: gstabd went away while it scaled (see gstab_step) */
@@ -151,7 +156,10 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
  * ($GSTAB_CALL_TIMEOUT_S) or stopped answering the connection's pings: stopped or stuck, it may
  * scale them when it runs again. GSTAB_DEADLINE_EXCEEDED is gstabd's own answer: the step's wait
  * for the job's other workers (local, or on other nodes) ran out before the gradients were
- * touched; docs/daemon.md and docs/multinode.md say how the job goes on. */
+ * touched; GSTAB_ABORTED (a job across nodes): another node refused the step, and nothing
+ * changed; GSTAB_FAILED_PRECONDITION: this worker came late to a step the others gave up on,
+ * or the message says what to do. In each of those three, go on from the next step;
+ * docs/daemon.md and docs/multinode.md say more. */
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
 /* Per-group results of the last gstab_step or gstab_cuda_step, when it succeeded (a failed one
  * leaves none: GSTAB_INVALID_ARGUMENT); index < result.num_groups. */
@@ -213,7 +221,8 @@ gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint
 #define GSTAB_INSTANCE_SIZE 33
 gstab_status gstab_daemon_instance(gstab_client* client, char* instance);
 /* Changes the job's configuration from its next step; *version (may be NULL) receives the
- * configuration's new version. */
+ * configuration's new version. GSTAB_ABORTED while the job's GPUs are enqueueing a step: try
+ * again. */
 gstab_status gstab_update_config(gstab_client* client, const char* settings, uint64_t* version);
 /* The job's statistics as versioned bytes, for the job's own checkpoint. */
 gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size);

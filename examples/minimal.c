@@ -18,13 +18,14 @@ int main(int argc, char** argv) {
   const char* job = argc > 2 ? argv[2] : "minimal-c";
   gstab_client* client = NULL;
   gstab_arena* arena = NULL;
+  int rc = 1;
   if (gstab_connect(socket, &client) != GSTAB_OK ||
       gstab_attach(client, job, 0, 1, 0, 1, "stabilize") != GSTAB_OK ||
       gstab_arena_create(&arena) != GSTAB_OK ||
       gstab_arena_add_tensor(arena, "w", 1000, GSTAB_FLOAT32, "", NULL) != GSTAB_OK ||
       gstab_arena_allocate(arena) != GSTAB_OK || gstab_register_arena(client, arena) != GSTAB_OK) {
     fprintf(stderr, "minimal_c: %s\n", gstab_last_error());
-    return 1;
+    goto done;
   }
   float* g = (float*)gstab_arena_data(arena, 0);
   for (uint64_t step = 1; step <= 40; ++step) {
@@ -33,15 +34,17 @@ int main(int argc, char** argv) {
     gstab_step_result r;
     if (gstab_step(client, step, &r) != GSTAB_OK) {
       fprintf(stderr, "minimal_c: step %llu: %s\n", (unsigned long long)step, gstab_last_error());
-      return 1;
+      goto done;
     }
     if (step >= 28) {
       printf("step %llu raw %.4g stabilized %.4g spikes %d skip %d\n", (unsigned long long)step,
              r.norm, r.stabilized_norm, r.spikes, r.skip);
     }
   }
-  gstab_detach(client);
+  rc = 0;
+done: /* the session ends and the arena's shared memory goes, whatever failed */
+  if (client != NULL) gstab_detach(client);
   gstab_arena_destroy(arena);
   gstab_client_destroy(client);
-  return 0;
+  return rc;
 }

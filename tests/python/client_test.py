@@ -188,6 +188,13 @@ class ClientTest(unittest.TestCase):
         with client._in_call() as h:
             self.assertEqual(client._lib.gstab_step_group(h, 0, ctypes.byref(CGroupResult())),
                              gstab.StatusCode.INVALID_ARGUMENT)
+        # So too a CUDA step refused for its arguments (or in a build without CUDA).
+        wv[7] = 1.0
+        client.step(4)
+        with client._in_call() as h:
+            self.assertNotEqual(client._lib.gstab_cuda_step(h, None, 5, None, None, None), 0)
+            self.assertEqual(client._lib.gstab_step_group(h, 0, ctypes.byref(CGroupResult())),
+                             gstab.StatusCode.INVALID_ARGUMENT)
 
     def test_bad_input_raises_errors_that_say_what_was_wrong(self):
         client = gstab.Client(self.socket)
@@ -221,6 +228,12 @@ class ClientTest(unittest.TestCase):
         self.assertIn("arena must not be NULL", lib.gstab_last_error().decode())
         lib.gstab_arena_destroy(h)
         self.assertEqual(lib.gstab_step_not_applied(None), b"")
+        # A failed call's pointer out-parameters are NULL, not what the caller had there (a
+        # cleanup path would free that).
+        h = ctypes.c_void_p(0x1234)
+        self.assertEqual(lib.gstab_connect(b"/nonexistent/gstabd.sock", ctypes.byref(h)),
+                         gstab.StatusCode.UNAVAILABLE)
+        self.assertIsNone(h.value)
         self.assertEqual(lib.gstab_cuda_allocate_tensor_flags(None, b"x", 4, 0, b"", 1,
                                                               ctypes.byref(h)), 3)
         self.assertIn("must not be NULL", lib.gstab_last_error().decode())
