@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "server/shm_mapping.h"
 #include "server/stderr_log.h"
 #ifdef GSTAB_WITH_CUDA
+#include "kernels/cuda/cuda_check.h"
 #include "server/cuda/cuda_ipc.h"
 #endif
 
@@ -150,6 +152,21 @@ int AwaitStopSignal(const sigset_t& signals) {
   }
 }
 
+#ifdef GSTAB_WITH_CUDA
+// Set at the first CUDA error that loses gstabd's context for good: gstabd then stops, as at
+// SIGTERM, and exits 70, to be restarted. Serving on, every GPU job's steps would fail, and
+// workers waiting for steps it held would wait for good (their client libraries release them
+// once gstabd is gone).
+std::atomic<bool> cuda_context_lost{false};
+void StopOnStickyCudaError(cudaError_t err, const char* expr) {
+  if (cuda_context_lost.exchange(true)) return;
+  LOG(ERROR) << "gstabd's CUDA context is lost (" << cudaGetErrorName(err) << ": "
+             << cudaGetErrorString(err) << ", at " << expr
+             << "): every later CUDA call fails alike; gstabd stops, to be restarted";
+  kill(getpid(), SIGTERM);
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -203,6 +220,7 @@ int main(int argc, char** argv) {
   }
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/1);
   std::string no_gpu_why;  // CUDA's reason for none, when it has one worth telling
+  gstab::sticky_cuda_error_handler = &StopOnStickyCudaError;
   const int gpus = gstab::CudaDeviceCount(&no_gpu_why);
 #else
   const std::string no_gpu_why;
@@ -398,5 +416,8 @@ int main(int argc, char** argv) {
   LOG(INFO) << "received " << strsignal(sig);
   absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10));
   if (!stopped.ok()) LOG(ERROR) << stopped;
+#ifdef GSTAB_WITH_CUDA
+  if (cuda_context_lost.load()) return 70;
+#endif
   return stopped.ok() ? 0 : 1;
 }

@@ -4,13 +4,45 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 
 namespace gstab {
 
+// Errors after which the process's CUDA context is lost for good: every later CUDA call fails
+// alike, and only a new process can use the GPU again (a kernel's illegal address, an
+// uncorrectable ECC error, a device-side assert, ...).
+inline bool IsStickyCudaError(cudaError_t err) {
+  switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Told of the first sticky error CudaError sees, where `expr` failed: set by a process that must
+// not go on without its context (gstabd stops, so that it is restarted: its workers would
+// otherwise wait for steps it can no longer finish). Null (the default): nothing is told.
+using StickyCudaErrorHandler = void (*)(cudaError_t err, const char* expr);
+inline std::atomic<StickyCudaErrorHandler> sticky_cuda_error_handler{nullptr};
+
 inline absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
+  if (IsStickyCudaError(err)) {
+    if (StickyCudaErrorHandler handler = sticky_cuda_error_handler.load()) handler(err, expr);
+  }
   // The likely cause, where CUDA's words do not say it: gstabd and its workers use each GPU at
   // once, which an exclusive compute mode forbids.
   const char* hint = err == cudaErrorDevicesUnavailable
