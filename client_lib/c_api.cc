@@ -43,6 +43,11 @@ gstab_status Report(const absl::Status& status) noexcept {
   return static_cast<gstab_status>(status.code());
 }
 
+gstab_status ReportOutOfMemory() noexcept {
+  g_last_error_fixed = "out of host memory";
+  return GSTAB_RESOURCE_EXHAUSTED;
+}
+
 absl::Status CheckOwner(pid_t owner, const char* what) {
   if (owner == getpid()) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(

@@ -27,6 +27,8 @@ namespace gstab::capi {
 // success leaves the last error as it is). Never throws: without memory for the message, the
 // last error says so instead.
 gstab_status Report(const absl::Status& status) noexcept;
+// RESOURCE_EXHAUSTED, its last error a fixed text: for when there is no memory for a status.
+gstab_status ReportOutOfMemory() noexcept;
 
 // FAILED_PRECONDITION when `owner` (the process that made a handle) is not this process: a
 // forked child inherits its parent's handles, whose threads, connection and shared memory are
@@ -40,16 +42,28 @@ gstab_status Guarded(Body&& body) noexcept {
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    return Report(absl::ResourceExhaustedError("out of host memory"));
+    return ReportOutOfMemory();
   } catch (const std::system_error& e) {
     const bool again = e.code() == std::errc::resource_unavailable_try_again;
-    return Report(absl::Status(again ? absl::StatusCode::kResourceExhausted
-                                     : absl::StatusCode::kInternal,
-                               absl::StrCat("the system refused: ", e.what())));
+    try {
+      return Report(
+          absl::Status(again ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kInternal,
+                       absl::StrCat("the system refused: ", e.what())));
+    } catch (...) {
+      return ReportOutOfMemory();
+    }
   } catch (const std::exception& e) {
-    return Report(absl::InternalError(absl::StrCat("unexpected failure: ", e.what())));
+    try {
+      return Report(absl::InternalError(absl::StrCat("unexpected failure: ", e.what())));
+    } catch (...) {
+      return ReportOutOfMemory();
+    }
   } catch (...) {
-    return Report(absl::InternalError("unexpected failure"));
+    try {
+      return Report(absl::InternalError("unexpected failure"));
+    } catch (...) {
+      return ReportOutOfMemory();
+    }
   }
 }
 // Keeps `response` as the client's last step (for gstab_step_group) and summarises it.

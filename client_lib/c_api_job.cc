@@ -195,6 +195,7 @@ gstab_status gstab_get_stats_json(gstab_client* client, char** json) {
   if (client == nullptr || json == nullptr) {
     return Report(absl::InvalidArgumentError("client and json must not be NULL"));
   }
+  *json = nullptr;
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<gstab::v1::GetStatsResponse> r = client->client->GetStats();

@@ -8,9 +8,10 @@
  * returning a value return NULL, "" or 0, as each says for a NULL handle, with
  * gstab_last_error() saying why), and its _destroy frees nothing (the parent's session,
  * threads and shared memory stay the parent's). Nor may a child connect a client of its own
- * once its parent has called gstab_connect, even one that failed (gRPC does not survive fork):
- * gstab_connect fails there with GSTAB_FAILED_PRECONDITION; start workers anew (exec, spawn)
- * instead. A function's pointer and size out-parameters are set to NULL and 0 when it fails.
+ * once its parent has connected one, or tried to and failed for want of gstabd (gRPC does not
+ * survive fork): gstab_connect fails there with GSTAB_FAILED_PRECONDITION; start workers anew
+ * (exec, spawn) instead. A function's pointer and size out-parameters are set to NULL and 0
+ * when it fails.
  *
  *   gstab_client* c = NULL;  gstab_arena* a = NULL;
  *   gstab_connect("/run/gstab/gstabd.sock", &c);

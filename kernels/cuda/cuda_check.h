@@ -27,22 +27,35 @@ inline bool IsStickyCudaError(cudaError_t err) {
     case cudaErrorInvalidPc:
     case cudaErrorAssert:
     case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
+    case cudaErrorContained:
+    case cudaErrorTensorMemoryLeak:
+    case cudaErrorMpsClientTerminated:
       return true;
     default:
       return false;
   }
 }
 
-// Told of the first sticky error CudaError sees, where `expr` failed: set by a process that must
-// not go on without its context (gstabd stops, so that it is restarted: its workers would
-// otherwise wait for steps it can no longer finish). Null (the default): nothing is told.
+// Told of each sticky error that NoteCudaError sees (every checked call, and the queries that
+// read a step's progress), with where: set by a process that must not go on without its
+// context (gstabd stops, so that it is restarted: its workers would otherwise wait for steps it
+// can no longer finish). Null (the default, and a worker's): nothing is told.
 using StickyCudaErrorHandler = void (*)(cudaError_t err, const char* expr);
 inline std::atomic<StickyCudaErrorHandler> sticky_cuda_error_handler{nullptr};
 
-inline absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
+// Returns `err`, having told the handler of it when it is sticky. For results read rather than
+// turned into a status (cudaEventQuery, cudaStreamQuery) and the driver's (its codes for these
+// are the runtime's).
+inline cudaError_t NoteCudaError(cudaError_t err, const char* expr = "a CUDA query") {
   if (IsStickyCudaError(err)) {
     if (StickyCudaErrorHandler handler = sticky_cuda_error_handler.load()) handler(err, expr);
   }
+  return err;
+}
+
+inline absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
+  NoteCudaError(err, expr);
   // The likely cause, where CUDA's words do not say it: gstabd and its workers use each GPU at
   // once, which an exclusive compute mode forbids.
   const char* hint = err == cudaErrorDevicesUnavailable

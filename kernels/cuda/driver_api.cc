@@ -4,6 +4,7 @@
 #include <cudaTypedefs.h>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_check.h"
 
 namespace gstab {
 namespace {
@@ -24,6 +25,7 @@ Fn DriverFunction(const char* name, int version) {
 
 absl::Status DriverResult(CUresult r, const char* what) {
   if (r == CUDA_SUCCESS) return absl::OkStatus();
+  NoteCudaError(static_cast<cudaError_t>(r), what);
   static const auto describe = DriverFunction<PFN_cuGetErrorString_v6000>("cuGetErrorString", 6000);
   const char* text = nullptr;
   if (describe == nullptr || describe(r, &text) != CUDA_SUCCESS || text == nullptr) {

@@ -15,7 +15,7 @@ namespace gstab {
 
 bool CudaStepper::Idle() {
   cudaSetDevice(device_);
-  const bool idle = cudaStreamQuery(stream_) == cudaSuccess;
+  const bool idle = NoteCudaError(cudaStreamQuery(stream_)) == cudaSuccess;
   ClearStaleCudaError();  // a cudaErrorNotReady must not surface in a later check
   return idle;
 }
@@ -112,7 +112,7 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
   for (uint64_t back = std::min<uint64_t>(2, enqueued_); back >= 1; --back) {
     Slot& slot = slots_[(enqueued_ - back) % 2];
     if (!slot.unreported || slot.rewriting) continue;
-    if (cudaEventQuery(slot.finished) != cudaSuccess) break;
+    if (NoteCudaError(cudaEventQuery(slot.finished)) != cudaSuccess) break;
     done.push_back(ResultOf(slot));
     slot.unreported = false;
   }
@@ -127,7 +127,7 @@ std::optional<GpuSnapshot> CudaStepper::Snapshot() {
     if (set_.has_value() && enqueued_ - back < set_at_) break;  // older than set_
     const Slot& slot = slots_[(enqueued_ - back) % 2];
     if (slot.rewriting) continue;
-    const bool finished = cudaEventQuery(slot.finished) == cudaSuccess;
+    const bool finished = NoteCudaError(cudaEventQuery(slot.finished)) == cudaSuccess;
     ClearStaleCudaError();
     if (!finished) continue;
     return GpuSnapshot{slot.step,

@@ -31,9 +31,16 @@ TEST(CudaCheckTest, AnErrorThatLosesTheContextIsToldToTheHandler) {
     EXPECT_FALSE(Launch(survived).ok());
   }
   EXPECT_TRUE(told.empty());
-  for (cudaError_t sticky : {cudaErrorLaunchFailure, cudaErrorECCUncorrectable, cudaErrorAssert}) {
+  for (cudaError_t sticky : {cudaErrorLaunchFailure, cudaErrorECCUncorrectable, cudaErrorAssert,
+                             cudaErrorContained, cudaErrorMpsClientTerminated}) {
     EXPECT_TRUE(IsStickyCudaError(sticky)) << cudaGetErrorName(sticky);
   }
+  // A query's result, read rather than made a status, is told too; a step still running is not.
+  EXPECT_EQ(NoteCudaError(cudaErrorNotReady), cudaErrorNotReady);
+  EXPECT_TRUE(told.empty());
+  EXPECT_EQ(NoteCudaError(cudaErrorLaunchFailure), cudaErrorLaunchFailure);
+  EXPECT_EQ(told, std::vector<cudaError_t>{cudaErrorLaunchFailure});
+  told.clear();
   sticky_cuda_error_handler = nullptr;
   EXPECT_FALSE(Launch(cudaErrorIllegalAddress).ok());
   EXPECT_TRUE(told.empty());

@@ -205,6 +205,16 @@ struct HeldStep {
   uint32_t* gate = nullptr;
 };
 
+// Opens the gate from a stream of its own (the worker's stream is the one waiting).
+absl::Status OpenGate(uint32_t* gate) {
+  cudaStream_t opener;
+  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
+  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
+    return absl::InternalError("opening the gate: " + st.ToString());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<HeldStep> StepHeldAtAGate(const char* socket, const char* job) {
   HeldStep held;
   void* g = nullptr;
@@ -225,20 +235,13 @@ absl::StatusOr<HeldStep> StepHeldAtAGate(const char* socket, const char* job) {
   }
   absl::StatusOr<gstab::v1::StepResponse> r =
       held.s.grads->Step(held.s.client.get(), 1, held.s.stream);
-  if (!r.ok()) return absl::Status(r.status().code(), "step: " + r.status().ToString());
+  if (!r.ok()) {
+    (void)OpenGate(held.gate);  // else freeing the gradients would wait for the stream for good
+    return absl::Status(r.status().code(), "step: " + r.status().ToString());
+  }
   std::printf("HELD\n");
   std::fflush(stdout);
   return held;
-}
-
-// Opens the gate from a stream of its own (the worker's stream is the one waiting).
-absl::Status OpenGate(uint32_t* gate) {
-  cudaStream_t opener;
-  cudaStreamCreateWithFlags(&opener, cudaStreamNonBlocking);
-  if (absl::Status st = gstab::StreamWriteValue(opener, gate, 1); !st.ok()) {
-    return absl::InternalError("opening the gate: " + st.ToString());
-  }
-  return absl::OkStatus();
 }
 
 int Held(const char* socket, const char* job, const char* flag) {
