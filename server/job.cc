@@ -121,13 +121,14 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     return absl::FailedPreconditionError(
         "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
   }
-  // The first registration of a job made, restored or imported into takes its order: on node 0,
-  // an import before its workers registered laid the groups out in the state's order, and a
-  // model whose groups were added or moved since stepped apart from the other nodes' layout,
-  // refused at every step. Not while a worker, a round or an import holds group indices.
+  // The first registration of a job made, restored or imported into, or since it joined its
+  // rendezvous, takes its order: on node 0, an import before its workers registered laid the
+  // groups out in the state's order, and a model whose groups were added or moved since stepped
+  // apart from the other nodes' layout, refused at every step. Not while a worker, a round or an
+  // import holds group indices (a registration then leaves the order to a later one).
+  const bool may_order = workers_.empty() && gpus_.empty() && !round_running_ && importing_ == 0;
   std::optional<GroupLayout> before_reorder;
-  if (!groups_ordered_ && workers_.empty() && gpus_.empty() && !round_running_ && importing_ == 0 &&
-      !group_names_.empty()) {
+  if (!groups_ordered_ && may_order && !group_names_.empty()) {
     // Aligned first, so that a refused registration puts back statistics of stats_params_
     // (the GPU's registration aligns them too).
     AlignStatistics();
@@ -169,7 +170,7 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     }
   }
   std::move(forget_groups).Cancel();
-  groups_ordered_ = true;
+  if (may_order) groups_ordered_ = true;
   worker->table = *std::move(table);
   worker->has_group.assign(group_names_.size(), false);
   for (uint32_t g : worker->tensor_group) worker->has_group[g] = true;
@@ -365,6 +366,10 @@ void Job::InstallCollective(std::shared_ptr<Collective> collective, std::string 
   abandoned_step_.reset();  // a step given up in the old generation
   EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator
   nccl_spent_ = false;
+  // Every node of the new run joins before its workers register (and node 0 imports after):
+  // each node's first registration of it sets the order, whatever the node held before (the
+  // job held from the last run on some nodes, restored or new on others).
+  groups_ordered_ = false;
 }
 
 uint32_t Job::node_rank() const {

@@ -347,7 +347,8 @@ class Job {
   std::vector<int> group_reduction_ ABSL_GUARDED_BY(mu_);  // -1 unknown, else a v1::Reduction
   std::map<std::string, uint32_t> group_index_ ABSL_GUARDED_BY(mu_);
   // A registration has set the groups' order since the job was made, restored or imported
-  // into: later ones (a GPU generation's, after the last worker left) keep it.
+  // into, or joined its current rendezvous: later ones (a GPU generation's, after the last
+  // worker left) keep it.
   bool groups_ordered_ ABSL_GUARDED_BY(mu_) = false;
   mutable std::vector<GroupStats> stats_ ABSL_GUARDED_BY(mu_);
   // The configuration stats_' stabilizer EMAs were built with; AlignStatistics re-expresses

@@ -282,6 +282,55 @@ TEST(MultiNodeImportTest, AStateImportedBeforeRegistrationTakesTheRegistrationsO
   }
 }
 
+// The same resume with the job still held from the last run on both gstabds (it retires only
+// after --job_idle_s): node 0's import reset its order and node 1's did not, so node 0 laid out
+// g0, g1, g2 and node 1 g0, g2, g1, refused at every step. Each node's first registration after
+// the new rendezvous now sets the order.
+TEST(MultiNodeImportTest, AJobHeldFromTheLastRunTakesTheNewRunsOrderOnEveryNode) {
+  Cluster cluster(2);
+  auto run = [&](const std::vector<int>& groups, std::vector<GradientArena>* arenas) {
+    const std::string blob = cluster.Rendezvous("held");
+    std::vector<std::unique_ptr<Node>> workers;
+    for (int n = 0; n < 2; ++n) {
+      auto w = std::make_unique<Node>();
+      auto client = Client::Connect(cluster.daemon(n).socket());
+      EXPECT_TRUE(client.ok()) << client.status();
+      w->client = *std::move(client);
+      EXPECT_TRUE(w->client->Attach(NodeOptions("held", n, 2, blob)).ok());
+      workers.push_back(std::move(w));
+    }
+    for (int n = 0; n < 2; ++n) {
+      for (int g : groups) {
+        (*arenas)[n].AddTensor(absl::StrCat("t", g), 64 + g, DType::kFloat32, absl::StrCat("g", g),
+                               ReductionOf(g));
+      }
+      EXPECT_TRUE((*arenas)[n].Allocate().ok());
+    }
+    return workers;
+  };
+  std::vector<GradientArena> first(2);
+  auto workers = run({0, 2}, &first);
+  for (int n = 0; n < 2; ++n) ASSERT_TRUE(workers[n]->client->Register(first[n]).ok());
+  for (int n = 0; n < 2; ++n) Fill(n, 1, first[n]);
+  for (auto& r : StepNodes(workers, 1)) ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<std::string> saved = workers[0]->client->ExportState();
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  for (auto& w : workers) ASSERT_TRUE(w->client->Detach().ok());
+
+  std::vector<GradientArena> second(2);
+  workers = run({0, 1, 2}, &second);
+  ASSERT_TRUE(workers[0]->client->ImportState(*saved).ok());
+  for (int n = 0; n < 2; ++n) {
+    ASSERT_TRUE(workers[n]->client->Register(second[n]).ok()) << "node " << n;
+  }
+  for (int n = 0; n < 2; ++n) Fill(n, 2, second[n]);
+  const std::vector<absl::StatusOr<v1::StepResponse>> results = StepNodes(workers, 2);
+  for (int n = 0; n < 2; ++n) {
+    ASSERT_TRUE(results[n].ok()) << "node " << n << ": " << results[n].status();
+    EXPECT_EQ(results[n]->SerializeAsString(), results[0]->SerializeAsString()) << "node " << n;
+  }
+}
+
 // 32 groups travel in the all-gather, 33 take the second collective.
 INSTANTIATE_TEST_SUITE_P(NodesAndGroups, MultiNodeGroupsTest,
                          ::testing::Combine(::testing::Values(2, 3), ::testing::Values(32, 33)),

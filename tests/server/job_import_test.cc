@@ -102,8 +102,9 @@ std::vector<std::string> GroupOrder(const Job& job) {
 }
 
 // The first registration of a job orders its groups (an import before it had laid them out in
-// the state's order); later ones, after every worker left (a new run of a held job, a GPU
-// generation's end), keep that order, as the job's other nodes do.
+// the state's order); later ones, after every worker left (a GPU generation's end, or a new run
+// of a job of one node, held), keep that order. (A job across nodes is ordered again at each
+// rendezvous: e2e_multinode_groups_test.)
 TEST(JobImportTest, TheFirstRegistrationOrdersTheGroupsAndLaterOnesKeepIt) {
   CpuExecutor executor(1);
   Job job("ordered", RuleParams{}, 1, &executor);
