@@ -199,26 +199,58 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
   return p;
 }
 
+cudaStream_t CudaGradients::QueueDoneWrite() {
+  cudaStream_t side = nullptr;
+  if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess) return nullptr;
+  (void)StreamWriteValue(side, done_word_, ready_value_);
+  return side;
+}
+
+void CudaGradients::GiveUpRelease() {
+  // The side stream may share a hardware queue with the stream that waits (CUDA has
+  // CUDA_DEVICE_MAX_CONNECTIONS of them, 8 by default; with 1 it always does): then its write
+  // waits behind that wait, for good.
+  std::fprintf(stderr,
+               "gstab: could not release them (the write waits behind theirs in a hardware queue "
+               "they share; CUDA_DEVICE_MAX_CONNECTIONS=1 makes that certain); leaving them "
+               "waiting and the results mapped\n");
+  streams_stuck_ = true;
+}
+
 bool CudaGradients::WriteDoneHere() {
-  cudaStream_t side;
-  bool released = false;
-  if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
-    (void)StreamWriteValue(side, done_word_, ready_value_);
-    // The side stream may share a hardware queue with the stream that waits (CUDA has
-    // CUDA_DEVICE_MAX_CONNECTIONS of them, 8 by default; with 1 it always does): then its
-    // write waits behind that wait, for good.
-    released = WaitDone([side] { return cudaStreamQuery(side); }, kOwnWriteWait);
-    if (released) cudaStreamDestroy(side);
+  cudaStream_t side = QueueDoneWrite();
+  const bool released =
+      side != nullptr && WaitDone([side] { return cudaStreamQuery(side); }, kOwnWriteWait);
+  if (released) cudaStreamDestroy(side);
+  ClearStaleCudaError();
+  if (!released) GiveUpRelease();
+  return released;
+}
+
+void CudaGradients::ReleaseIfWaiting() {
+  if (done_word_ == nullptr || done_passed_ == nullptr || streams_stuck_) return;
+  const DeviceScope scope(device_);
+  if (scope.status() != cudaSuccess) return ClearStaleCudaError();
+  if (release_stream_ != nullptr) {  // a write queued earlier: landed, or stuck
+    if (cudaStreamQuery(release_stream_) != cudaErrorNotReady) {
+      cudaStreamDestroy(release_stream_);
+      release_stream_ = nullptr;
+    } else if (absl::Now() - release_queued_ > kOwnWriteWait) {
+      GiveUpRelease();
+    }
+  } else if (cudaEventQuery(done_passed_) == cudaErrorNotReady) {
+    if (!released_for_lost_daemon_) {
+      std::fprintf(stderr,
+                   "gstab: gstabd is gone (its session is unknown to the gstabd there now, or "
+                   "none answers) with a step of this process still on the GPU; releasing the "
+                   "streams that wait for it (that step's gradients may be partly "
+                   "stabilized)\n");
+      released_for_lost_daemon_ = true;
+    }
+    release_stream_ = QueueDoneWrite();
+    release_queued_ = absl::Now();
   }
   ClearStaleCudaError();
-  if (!released) {
-    std::fprintf(stderr,
-                 "gstab: could not release them either (its write waits behind theirs in a "
-                 "hardware queue they share; CUDA_DEVICE_MAX_CONNECTIONS=1 makes that "
-                 "certain); leaving them waiting and the results mapped\n");
-  }
-  streams_stuck_ = !released;
-  return released;
 }
 
 void CudaGradients::ReleaseForLostDaemon(uint64_t client_id) {
@@ -229,40 +261,7 @@ void CudaGradients::ReleaseForLostDaemon(uint64_t client_id) {
   if (it == Registered().end()) return;
   CudaGradients* g = it->second;
   if (!g->handshake_mu_.TryLock()) return;  // a Step or a close: asked again soon
-  if (g->done_word_ != nullptr && g->done_passed_ != nullptr && !g->streams_stuck_) {
-    const DeviceScope scope(g->device_);
-    if (scope.status() != cudaSuccess) {
-      // Nothing to do on this thread.
-    } else if (g->release_stream_ != nullptr) {  // a write queued earlier: landed, or stuck
-      if (cudaStreamQuery(g->release_stream_) != cudaErrorNotReady) {
-        cudaStreamDestroy(g->release_stream_);
-        g->release_stream_ = nullptr;
-      } else if (absl::Now() - g->release_queued_ > kOwnWriteWait) {
-        std::fprintf(stderr,
-                     "gstab: the release has not landed in %lld s (its write waits behind the "
-                     "streams it releases, in a hardware queue they share; "
-                     "CUDA_DEVICE_MAX_CONNECTIONS=1 makes that certain)\n",
-                     static_cast<long long>(absl::ToInt64Seconds(kOwnWriteWait)));
-        g->streams_stuck_ = true;
-      }
-    } else if (cudaEventQuery(g->done_passed_) == cudaErrorNotReady) {
-      if (!g->released_for_lost_daemon_) {
-        std::fprintf(stderr,
-                     "gstab: gstabd is gone (its session is unknown to the gstabd there now, or "
-                     "none answers) with a step of this process still on the GPU; releasing the "
-                     "streams that wait for it (that step's gradients may be partly "
-                     "stabilized)\n");
-        g->released_for_lost_daemon_ = true;
-      }
-      if (cudaStreamCreateWithFlags(&g->release_stream_, cudaStreamNonBlocking) == cudaSuccess) {
-        (void)StreamWriteValue(g->release_stream_, g->done_word_, g->ready_value_);
-        g->release_queued_ = absl::Now();
-      } else {
-        g->release_stream_ = nullptr;
-      }
-    }
-    ClearStaleCudaError();
-  }
+  g->ReleaseIfWaiting();
   g->handshake_mu_.Unlock();
 }
 

@@ -91,6 +91,13 @@ class CudaGradients {
   // Writes the done word of the last step from a stream of its own, when a stream still waits
   // for it; false when the write did not land within kOwnWriteWait (then streams_stuck_).
   bool WriteDoneHere() ABSL_EXCLUSIVE_LOCKS_REQUIRED(handshake_mu_);
+  // A new stream with the done word's write of the last step queued on it (null: none made).
+  cudaStream_t QueueDoneWrite() ABSL_EXCLUSIVE_LOCKS_REQUIRED(handshake_mu_);
+  // Says that a write of the done word has not landed, and sets streams_stuck_.
+  void GiveUpRelease() ABSL_EXCLUSIVE_LOCKS_REQUIRED(handshake_mu_);
+  // ReleaseForLostDaemon's work on this object: queues the write when a stream waits for the
+  // done word, or looks at the one queued before.
+  void ReleaseIfWaiting() ABSL_EXCLUSIVE_LOCKS_REQUIRED(handshake_mu_);
   // Client::SetDaemonLostHandler's: for the CudaGradients registered through the client
   // `client_id`, queues a write of the done word when a stream still waits for it, and looks
   // at that write again at the next call; nothing while it is busy (a Step or a close).

@@ -206,19 +206,11 @@ int main(int argc, char** argv) {
   // Loaded lazily, a kernel's first launch may wait for all work on the device, including a
   // step of another job held at its worker's ready word (CudaStepper preloads its own kernels
   // too; this covers what else gstabd links).
-  if (const char* v = std::getenv("CUDA_MODULE_LOADING");
-      v != nullptr && std::string(v) != "EAGER") {
-    std::fprintf(stderr, "gstabd: CUDA_MODULE_LOADING=%s ignored: gstabd needs EAGER\n", v);
-  }
-  setenv("CUDA_MODULE_LOADING", "EAGER", /*overwrite=*/1);
+  gstab::RequireEnvironment("CUDA_MODULE_LOADING", "EAGER", "needs");
   // Each job's stream waits at its worker's ready word for the length of a backward pass, and
   // streams beyond the device's hardware queues share one in order: a job whose stream shares a
   // queue with a waiting one waits too. Ask for the most queues CUDA gives (32, default 8).
-  if (const char* v = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
-      v != nullptr && std::string(v) != "32") {
-    std::fprintf(stderr, "gstabd: CUDA_DEVICE_MAX_CONNECTIONS=%s ignored: gstabd uses 32\n", v);
-  }
-  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/1);
+  gstab::RequireEnvironment("CUDA_DEVICE_MAX_CONNECTIONS", "32", "uses");
   std::string no_gpu_why;  // CUDA's reason for none, when it has one worth telling
   gstab::sticky_cuda_error_handler = &StopOnStickyCudaError;
   const int gpus = gstab::CudaDeviceCount(&no_gpu_why);
