@@ -143,6 +143,12 @@ def _array(leaf):
     return leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else jax.numpy.asarray(leaf)
 
 
+def _extent(index, shape) -> tuple:
+    """A shard's index (a tuple of slices) as (start, stop) per dimension: equal for equal
+    shards, however JAX spelled their slices."""
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
 def _held_whole(leaf) -> bool:
     """Whether this process holds every element of the leaf: a numpy array, a JAX array on
     this process's devices only, or one whose shards here cover it (replicated across the
@@ -152,7 +158,7 @@ def _held_whole(leaf) -> bool:
         return True
     held = set()
     for index in leaf.sharding.addressable_devices_indices_map(leaf.shape).values():
-        held.add(tuple(s.indices(n)[:2] for s, n in zip(index, leaf.shape)))
+        held.add(_extent(index, leaf.shape))
     return sum(int(np.prod([stop - start for start, stop in i])) for i in held) == leaf.size
 
 
@@ -173,7 +179,7 @@ def _read_into(buffer: np.ndarray, leaf) -> None:
         return
     whole, done = buffer.reshape(leaf.shape), set()
     for shard in leaf.addressable_shards:
-        key = tuple(s.indices(n)[:2] for s, n in zip(shard.index, leaf.shape))
+        key = _extent(shard.index, leaf.shape)
         if key not in done:  # replicated over this process's devices: read once
             done.add(key)
             whole[shard.index] = np.asarray(shard.data)
