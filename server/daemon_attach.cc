@@ -172,8 +172,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
                                   std::shared_ptr<Job>* attached, std::shared_ptr<Job>* tried) {
   if (absl::Status s = RefusalBeforeRoom(request, caller); !s.ok()) return s;
   if (absl::Status s = MakeRoomFor(request.job(), caller); !s.ok()) return s;
-  // A retired job's checkpoint on disk (possibly large) is read before the daemon's lock is
-  // taken, and used below if it is still the one held then.
+  // A retired job's checkpoint on disk (possibly large, on a disk that may be slow) is read
+  // before the daemon's lock is taken, and used below if it is still the one held then; if
+  // another has taken its place meanwhile (the job attached, stepped and retired again), that
+  // one is read, again outside the lock.
   std::optional<absl::Time> preloaded_since;
   {
     absl::MutexLock lock(&mu_);
@@ -182,11 +184,11 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       preloaded_since = c->second.since;
     }
   }
-  absl::StatusOr<v1::JobState> preloaded = absl::NotFoundError("not read");
-  if (preloaded_since.has_value()) preloaded = store_.Load(request.job());
   std::shared_ptr<Job> job;
   bool existing;
-  {
+  for (bool held = false; !held;) {
+    absl::StatusOr<v1::JobState> preloaded = absl::NotFoundError("not read");
+    if (preloaded_since.has_value()) preloaded = store_.Load(request.job());
     absl::MutexLock lock(&mu_);
     if (shutting_down_) return StoppingError("gstabd is shutting down");
     AwaitNotRetiring(request.job());
@@ -210,11 +212,13 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       if (checkpoint != checkpoints_.end()) {
         // Whole again: its groups are kept on disk only (read above, or, if another checkpoint
         // has taken its place since, here).
-        absl::StatusOr<v1::JobState> state = checkpoint->second.state;
-        if (checkpoint->second.on_disk) {
-          state = preloaded_since == checkpoint->second.since ? std::move(preloaded)
-                                                              : store_.Load(request.job());
+        if (checkpoint->second.on_disk && preloaded_since != checkpoint->second.since) {
+          jobs_.erase(request.job());
+          preloaded_since = checkpoint->second.since;
+          continue;  // the lock is let go, and that checkpoint read
         }
+        absl::StatusOr<v1::JobState> state = checkpoint->second.state;
+        if (checkpoint->second.on_disk) state = std::move(preloaded);
         if (!state.ok() && !absl::IsNotFound(state.status()) &&
             !absl::IsDataLoss(state.status())) {  // passing (I/O): kept, to try again
           jobs_.erase(request.job());
@@ -261,6 +265,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     job = slot;
     *tried = job;
     ++pending_[request.job()];  // not retired while this attach is under way
+    held = true;
   }
   absl::Cleanup unpend = [this, &job] {
     absl::MutexLock lock(&mu_);

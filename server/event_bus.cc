@@ -74,10 +74,17 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   const size_t first = matching.size() > recent ? matching.size() - recent : 0;
   std::nth_element(matching.begin(), matching.begin() + first, matching.end(), by_sequence);
   std::sort(matching.begin() + first, matching.end(), by_sequence);
-  for (size_t i = first; i < matching.size(); ++i) sub->Push(*matching[i]);
-  // Past events its byte budget could not hold are history it asked for, not events it was
-  // too slow for: the newest are there, and no loss is reported.
-  sub->ForgetDrops();
+  // Past events its byte budget cannot hold are history it asked for, not events it was too
+  // slow for: the newest that fit are copied (the newest one at least), under the lock every
+  // Publish, thus every step's answer, waits for; the older are not, and no loss is reported.
+  size_t oldest = matching.size(), bytes = 0;
+  while (oldest > first) {
+    bytes += matching[oldest - 1]->ByteSizeLong();
+    if (bytes > max_queue_bytes_ && oldest < matching.size()) break;
+    --oldest;
+  }
+  for (size_t i = oldest; i < matching.size(); ++i) sub->Push(*matching[i]);
+  sub->ForgetDrops();  // (none: the budget above is the queue's)
   if (closed_ || !live) {
     sub->Close();
   } else {

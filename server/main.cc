@@ -158,6 +158,7 @@ int AwaitStopSignal(const sigset_t& signals) {
 // workers waiting for steps it held would wait for good (their client libraries release them
 // once gstabd is gone).
 std::atomic<bool> cuda_context_lost{false};
+constexpr int kCudaContextLostExit = 70;
 void StopOnStickyCudaError(cudaError_t err, const char* expr) {
   if (cuda_context_lost.exchange(true)) return;
   LOG(ERROR) << "gstabd's CUDA context is lost (" << cudaGetErrorName(err) << ": "
@@ -406,10 +407,11 @@ int main(int argc, char** argv) {
   log->Flush(absl::Seconds(1));  // the start's lines (its ports) out soon after the socket
   const int sig = AwaitStopSignal(signals);
   LOG(INFO) << "received " << strsignal(sig);
-  absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10));
-  if (!stopped.ok()) LOG(ERROR) << stopped;
+  int stop_code = 0;  // the stop's own cause, if any; else 0, or 1 if the stop fails
 #ifdef GSTAB_WITH_CUDA
-  if (cuda_context_lost.load()) return 70;
+  if (cuda_context_lost.load()) stop_code = kCudaContextLostExit;
 #endif
-  return stopped.ok() ? 0 : 1;
+  absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10), stop_code);
+  if (!stopped.ok()) LOG(ERROR) << stopped;
+  return stop_code != 0 ? stop_code : stopped.ok() ? 0 : 1;
 }

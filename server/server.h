@@ -88,8 +88,10 @@ class Server {
 
   absl::Status Start();
   // Health NOT_SERVING, refuse new steps, finish in-flight calls until `deadline`, write
-  // checkpoints, remove the socket.
-  absl::Status Stop(absl::Time deadline);
+  // checkpoints, remove the socket. A stop with a cause of its own (a lost CUDA context) passes
+  // the process's exit code, which the last resort's _exit (below) exits with too; otherwise
+  // that exits 0, or 1 when its checkpoint fails.
+  absl::Status Stop(absl::Time deadline, int exit_code = 0);
 
   Daemon* daemon() { return daemon_.get(); }
   int metrics_port() const { return http_ == nullptr ? -1 : http_->port(); }

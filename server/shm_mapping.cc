@@ -23,9 +23,27 @@ namespace {
 // touched that its worker never wrote would be allocated on gstabd's account, so that a sparse
 // object (ftruncate alone) could run gstabd out of memory, or kill it with SIGBUS where
 // /dev/shm has no room for the page. gstab's arenas reserve theirs with posix_fallocate.
+//
+// The count includes blocks reserved past the object's end (fallocate with KEEP_SIZE), which
+// could balance holes of any size inside it; tmpfs offers no other way to find holes (SEEK_HOLE
+// reports fallocated, unwritten pages as holes too), so such blocks are allowed only within
+// the object's last huge page (tmpfs may allocate 2 MiB pages): the holes they can hide, and
+// thus what a worker can have allocated on gstabd's account, stay under 2 MiB an object.
+constexpr uint64_t kHugePageBytes = uint64_t{2} << 20;
+
 absl::Status CheckAllocated(const std::string& name, const struct stat& st) {
   const auto allocated = static_cast<uint64_t>(st.st_blocks) * 512;
-  if (allocated >= static_cast<uint64_t>(st.st_size)) return absl::OkStatus();
+  const auto size = static_cast<uint64_t>(st.st_size);
+  const uint64_t whole_pages = (size + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  if (allocated > whole_pages) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shared memory '", name, "' has ", allocated - size, " bytes allocated past its end of ",
+        size,
+        " (fallocate with FALLOC_FL_KEEP_SIZE): they would hide holes in it, whose pages "
+        "gstabd's touch would allocate on its own account; allocate exactly the object (as "
+        "gstab's arenas do with posix_fallocate)"));
+  }
+  if (allocated >= size) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "shared memory '", name, "' has ", allocated, " of its ", st.st_size,
       " bytes allocated: gstabd maps only objects whose every page is there (reserve them "
@@ -220,8 +238,8 @@ absl::Status ShmMapping::CheckSize() const {
   if (absl::Status s = CheckAllocated(name_, st); !s.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat(s.message(),
-                     "; some were released after it was registered: nothing was "
-                     "applied to this step"));
+                     "; it changed after it was registered: nothing was applied to this "
+                     "step"));
   }
   return absl::OkStatus();
 }

@@ -27,7 +27,7 @@ using testing::TestWorker;
 // A worker that leaves holes in its shared memory, with /dev/shm too full to fill them, makes
 // gstabd's touch of them raise SIGBUS: that step fails, naming the object, and gstabd serves on,
 // its other jobs untouched. (The holes hide from the check of allocated pages: blocks reserved
-// past the object's end count as its own.)
+// past the object's end count as its own, within its last huge page.)
 //
 // Needs root, for a small /dev/shm of its own (a mount namespace of this test's thread, which
 // gstabd, started from it, shares).
