@@ -260,7 +260,10 @@ void gstab_free(void* p);
  * `result` of gstab_cuda_step describes the newest step whose GPU work had finished when gstabd
  * answered (result_step; 0 if none yet). This step's own results are written, before the
  * stream may continue, to the device buffer of gstab_cuda_results: a gstab_results_header and
- * then one gstab_group_outcome per group, so kernels on `stream` can read the skip decision. */
+ * then one gstab_group_outcome per group, so kernels on `stream` can read the skip decision.
+ * A header whose step is not the one passed means this step's results were never written: its
+ * gstabd was lost before its kernels ran (the library then lets the stream go on, and a later
+ * call fails), and the gradients may be partly stabilized: skip the optimizer step. */
 
 typedef struct gstab_cuda_gradients gstab_cuda_gradients;
 

@@ -120,7 +120,8 @@ struct GpuJobSpec {
   // nothing; true runs it through an NCCL communicator of world size 1 anyway (for checking
   // NCCL on a machine with one GPU).
   bool nccl_one_rank = false;
-  // Keep-alives of the worker's mapped gradients (MappedRegistration::mappings): held as long
+  // Keep-alives of the worker's mapped gradients (MappedRegistration::mappings, and its memory
+  // claim): held as long
   // as the pipeline's kernels may touch them, for good (with the pipeline's own memory) when a
   // step never finishes.
   std::vector<std::shared_ptr<void>> memory;

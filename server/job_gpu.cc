@@ -39,21 +39,29 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
                      "CreateRendezvous(cuda=true) to register cuda_ipc buffers "
                      "(gstab.torch.attach(..., cuda=True), `gstabctl rendezvous --cuda`)"));
   }
+  // Across nodes a communicator's NCCL id serves one generation: a registration that would
+  // end the running one is refused before it does (a refused call changes nothing, and the
+  // worker's registration steps on), as is one after the generation has ended.
+  if (collective_ != nullptr && (nccl_spent_ || gpus_.Has(local_rank))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_, "''s GPU communicator across nodes ",
+        nccl_spent_ ? "has ended"
+                    : "would end at this registration (its local rank is "
+                      "registered already)",
+        ", and its NCCL id cannot be used again: attach every worker with a new rendezvous "
+        "(CreateRendezvous(cuda=true): gstab.torch.attach(..., cuda=True), `gstabctl "
+        "rendezvous --cuda`), then register"));
+  }
   if (gpus_.Has(local_rank)) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered again"));
-  }
-  if (collective_ != nullptr && nccl_spent_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job '", name_,
-        "''s GPU communicator across nodes has ended and its NCCL id cannot be "
-        "used again: attach every worker with a new rendezvous (CreateRendezvous(cuda=true): "
-        "gstab.torch.attach(..., cuda=True), `gstabctl rendezvous --cuda`)"));
   }
   GpuJobSpec layout;
   layout.job = name_;
   for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
   layout.layout_hash = LayoutHash(group_names_, group_reduction_);
   layout.memory = registration.mappings;
+  // And its claim: another job may not claim that memory while these kernels may write it.
+  if (registration.claim != nullptr) layout.memory.push_back(registration.claim);
   if (gpus_.empty()) AlignStatistics();  // the first pipeline starts from stats_
   if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
                                  std::move(layout), nccl_, stats_);

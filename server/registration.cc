@@ -37,8 +37,9 @@ absl::Status PlanProgress(
                                                    " buffers)"));
   }
   if (p.offset() % 8 != 0 || p.offset() > std::numeric_limits<uint64_t>::max() - 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("progress: offset ", p.offset(), " is not that of an aligned 8-byte word"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "progress: offset ", p.offset(),
+        p.offset() % 8 != 0 ? " is not that of an aligned 8-byte word" : " is out of range"));
   }
   const std::string& object = plan->buffers[p.buffer()].shm_name;
   auto spans = extents.find("shm:" + object);
@@ -175,20 +176,19 @@ absl::StatusOr<RegistrationPlan> ValidateRegistration(const v1::RegisterBuffersR
     if (!b.ok()) return b.status();
     plan.buffers.push_back(*std::move(b));
   }
-  if (plan.buffers[0].cuda) {
-    plan.cuda_device = plan.buffers[0].device;
-    for (const PlannedBuffer& b : plan.buffers) {
-      if (!b.cuda || b.device != plan.cuda_device || b.device_uuid != plan.buffers[0].device_uuid) {
-        return absl::InvalidArgumentError(
-            "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
-      }
-    }
-  } else {
-    for (const PlannedBuffer& b : plan.buffers) {
-      if (b.cuda) {
-        return absl::InvalidArgumentError(
-            "a registration's buffers must all be cuda_ipc on one device, or all host_shm");
-      }
+  const PlannedBuffer& buffer0 = plan.buffers[0];
+  if (buffer0.cuda) plan.cuda_device = buffer0.device;
+  for (size_t i = 1; i < plan.buffers.size(); ++i) {
+    const PlannedBuffer& b = plan.buffers[i];
+    const char* differs = b.cuda != buffer0.cuda                 ? "its transport"
+                          : !b.cuda                              ? nullptr
+                          : b.device != buffer0.device           ? "its device ordinal"
+                          : b.device_uuid != buffer0.device_uuid ? "its device uuid"
+                                                                 : nullptr;
+    if (differs != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "buffers[", i, "] differs from buffers[0] in ", differs,
+          ": a registration's buffers must all be cuda_ipc on one device, or all host_shm"));
     }
   }
 

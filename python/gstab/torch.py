@@ -32,7 +32,7 @@ import torch
 
 import gstab
 
-from ._torch_attach import _nccl, attach
+from ._torch_attach import _cpu_group, _nccl, attach
 from ._torch_layouts import _check_fsdp1, _like, _local, _sharing, _sparse_refusal
 
 __all__ = ["Stabilizer", "attach"]
@@ -122,16 +122,20 @@ class Stabilizer:
         self._arena = self._cuda = None
         self._placeholders = []  # CUDA: the one-element zero tensors of empty groups
         self._warned = False
-        self._last = self._stream = None
+        self._last = self._stream = self._step = None
         # What each rank holds of a parameter: the whole of a plain tensor, a DTensor's local
         # shard (FSDP2). Empty shards are not registered; a group with nothing else on this
         # rank gets a one-element zero placeholder, so every rank has every group.
         self._local = [_local(p) for _, p in self._params]
+        # A parameter's gradients are of its grad_dtype where one is set (fp32 gradients of
+        # bf16 weights, say), else of its own dtype.
+        grad_dtypes = [getattr(p, "grad_dtype", None) or p.dtype for _, p in self._params]
         # specs: (name, numel, dtype, group, replicated, node_sharded) | None
         specs, placeholders = [], {}
-        for (name, p), local, shared in zip(self._params, self._local, sharing):
+        for (name, p), local, shared, grad_dtype in zip(self._params, self._local, sharing,
+                                                         grad_dtypes):
             try:
-                dtype = gstab.dtype_of(p)
+                dtype = gstab.dtype_of(torch.empty(0, dtype=grad_dtype, device="meta"))
             except ValueError as e:
                 raise ValueError(f"parameter '{name}': {e}") from None
             g = (group(name, p) if callable(group) else group) or name  # "": its own group
@@ -150,6 +154,17 @@ class Stabilizer:
                 placeholders.pop(spec[3], None)
         registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
         self._groups = {spec[3] for spec in registered}
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                getattr(client, "local_world_size", 1) * getattr(client, "node_count", 1) > 1:
+            # A state given on some ranks only (`torch.load(...) if rank == 0 else None`)
+            # would leave the import's wait below unmatched: the others' first collectives
+            # (DDP's) would meet it, and the job would hang. Refused on every rank instead.
+            given = self._ranks_with(state is not None)
+            if given not in (0, torch.distributed.get_world_size()):
+                raise ValueError(
+                    f"gstab.torch: state= was given on {given} of "
+                    f"{torch.distributed.get_world_size()} ranks: every rank passes the same "
+                    "state (one imports it, and all wait for that)")
         if state is not None:  # before registering: gstabd takes it then on any backend
             self._import(state, check_groups=False, keep_config=keep_config)
 
@@ -160,15 +175,12 @@ class Stabilizer:
             indices = [self._arena.add_tensor(*spec) for spec in registered]
             self._arena.allocate()
             index = iter(indices)
-            self._grads = [torch.zeros_like(local) if spec is None else
-                           torch.frombuffer(self._arena.buffer(next(index)), dtype=local.dtype)
+            self._grads = [torch.zeros_like(local, dtype=grad_dtype) if spec is None else
+                           torch.frombuffer(self._arena.buffer(next(index)), dtype=grad_dtype)
                            .as_strided(local.shape,
                                        torch.empty_like(local, device="meta").stride())
-                           for spec, local in zip(specs, self._local)]
-            client.register_arena(self._arena)
-            self._registration = self._arena
+                           for spec, local, grad_dtype in zip(specs, self._local, grad_dtypes)]
         else:
-            self._registration = None
             try:
                 import numpy  # noqa: F401  (PyTorch reads the CUDA array interface through it)
             except ImportError:
@@ -179,8 +191,9 @@ class Stabilizer:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             with torch.cuda.device(self.device):  # gstab's CUDA calls set the thread's device
                 self._cuda = gstab.CudaGradients(self.device.index)
-                self._grads = [torch.zeros_like(local, memory_format=torch.preserve_format)
-                               for local in self._local]
+                self._grads = [torch.zeros_like(local, memory_format=torch.preserve_format,
+                                                dtype=grad_dtype)
+                               for local, grad_dtype in zip(self._local, grad_dtypes)]
                 for spec, grad in zip(specs, self._grads):
                     if spec is not None:
                         self._cuda.add_tensor(spec[0], grad.data_ptr(), *spec[1:])
@@ -188,25 +201,42 @@ class Stabilizer:
                     self._placeholders.append(torch.zeros(1, dtype=_TORCH_DTYPES[spec[2]],
                                                           device=self.device))
                     self._cuda.add_tensor(spec[0], self._placeholders[-1].data_ptr(), *spec[1:])
-                client.register_cuda(self._cuda)
-                address, size = self._cuda.results()
-                # The results buffer gstab.h describes, as int32 words: flags are word 3.
-                self._results = torch.as_tensor(_DeviceWords(address, size),
-                                                device=self.device)
-            self._registration = self._cuda
+        self._registration = self._arena if self._arena is not None else self._cuda
         # What p.grad is set to: the registered tensor, or a DTensor over it (made once).
         self._assigned = [_like(p, grad) for (_, p), grad in zip(self._params, self._grads)]
         # Aliases of the registered memory, never handed out: they keep it allocated whatever
         # happens to the tensors above (model.to() swaps a gradient's storage under it), so
         # gstabd never writes into memory PyTorch has given to something else.
         self._pinned = [grad.detach() for grad in self._grads]
+        self._param_dtypes = [p.dtype for _, p in self._params]
         with torch.no_grad():  # a gradient with a graph (create_graph=True) gives its values only
-            for (_, p), grad, assigned in zip(self._params, self._grads, self._assigned):
+            for (_, p), grad in zip(self._params, self._grads):
                 if p.grad is not None:
                     grad.copy_(_local(p.grad))
-                p.grad = assigned
+        self._register(client)
         if state is not None:
             self._warn_unmatched_groups()
+
+    def _register(self, client) -> None:
+        """Registers the gradients and sets each p.grad to its registered tensor. What fails
+        after gstabd took the registration leaves it over memory kept allocated for good
+        (gstabd writes there at any step through `client` until a registration replaces it)."""
+        try:
+            if self._arena is not None:
+                client.register_arena(self._arena)
+            else:
+                with torch.cuda.device(self.device):
+                    client.register_cuda(self._cuda)
+                    address, size = self._cuda.results()
+                    # The results buffer gstab.h describes, as int32 words: flags are word 3.
+                    self._results = torch.as_tensor(_DeviceWords(address, size),
+                                                    device=self.device)
+            for (_, p), assigned in zip(self._params, self._assigned):
+                p.grad = assigned
+        except BaseException:
+            if client.registration is self._registration:
+                _ABANDONED.append((self._registration, self._pinned, self._placeholders))
+            raise
 
     def state_dict(self) -> Dict[str, Any]:
         """The job's gstab statistics, step count and configuration, for the job's checkpoint
@@ -272,15 +302,26 @@ class Stabilizer:
             except Exception as e:  # noqa: BLE001 (every rank hears of it, then it is raised)
                 failure = e
         if distributed:  # nobody registers or steps before the import; a failure reaches all
-            device = self.device if self.device.type == "cuda" and _nccl() else "cpu"
-            failed = torch.tensor([failure is not None], dtype=torch.int32, device=device)
-            torch.distributed.all_reduce(failed)
-            if failed.item() and failure is None:
+            if self._ranks_with(failure is not None) and failure is None:
                 raise RuntimeError("gstab: another rank failed to import the job's state")
         if failure is not None:
             raise failure
         if check_groups:
             self._warn_unmatched_groups()
+
+    def _ranks_with(self, flag: bool) -> int:
+        """How many ranks of the default process group pass a true flag (every rank calls it):
+        over NCCL on this stabilizer's GPU, else over Gloo (a group of its own where the
+        default one has NCCL only, which reduces no CPU tensor)."""
+        dist = torch.distributed
+        if self.device.type == "cuda" and _nccl():
+            count = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
+            dist.all_reduce(count)
+            return int(count.item())
+        count = torch.tensor([int(flag)], dtype=torch.int32)
+        with _cpu_group() as group:
+            dist.all_reduce(count, group=group)
+        return int(count.item())
 
     def _import_here(self, state: bytes, keep_config: bool) -> None:
         """The import, on the worker that makes it; warns when it replaces a configuration
@@ -336,7 +377,7 @@ class Stabilizer:
             with torch.cuda.stream(stream):  # the copies below come before gstabd's kernels
                 self._take_back_replaced_gradients()
             self._last = self._client.cuda_step(self._cuda, step, stream.cuda_stream)
-            self._stream = stream
+            self._stream, self._step = stream, step
             return self._last
 
     def skipped(self):
@@ -352,7 +393,11 @@ class Stabilizer:
         with torch.cuda.device(self.device):
             current = torch.cuda.current_stream(self.device)
             with torch.cuda.stream(self._stream):
-                flag = (self._results[3] & _FLAG_SKIPPED) != 0
+                # Results of another step (the header's first word): this step's were never
+                # written, as when its gstabd was lost before its kernels ran and the library
+                # let the stream go on. Its gradients may be partly stabilized: skip.
+                written = self._results[:2].view(torch.int64)[0] == self._step
+                flag = ((self._results[3] & _FLAG_SKIPPED) != 0) | ~written
             if self._stream != current:
                 current.wait_stream(self._stream)
                 flag.record_stream(current)
@@ -395,14 +440,21 @@ class Stabilizer:
             self._take_back_replaced_gradients_unrecorded()
 
     def _take_back_replaced_gradients_unrecorded(self) -> None:
-        for (name, _), grad, pinned in zip(self._params, self._grads, self._pinned):
-            if grad.data_ptr() != pinned.data_ptr() or grad.dtype != pinned.dtype or \
-                    grad.device != pinned.device:
-                raise RuntimeError(
-                    f"gstab: the gradient of '{name}' no longer lives in the memory gstabd "
-                    f"stabilizes (now {grad.dtype} on {grad.device}, registered as "
-                    f"{pinned.dtype} on {pinned.device}): the model was moved or cast after its "
-                    "Stabilizer was made; make the Stabilizer after model.to(...)")
+        # model.to() swaps a tensor's contents under it: the registered one's, or those of the
+        # DTensor over it (FSDP2), or, with no gradient set, only the parameter's.
+        for (name, p), grad, pinned, assigned, param_dtype in zip(
+                self._params, self._grads, self._pinned, self._assigned, self._param_dtypes):
+            for what, t in (("gradient", grad), ("gradient", _local(assigned)),
+                            ("parameter", _local(p))):
+                moved = t.device != pinned.device or \
+                    (t.dtype != param_dtype if what == "parameter" else
+                     t.dtype != pinned.dtype or t.data_ptr() != pinned.data_ptr())
+                if moved:
+                    raise RuntimeError(
+                        f"gstab: the {what} of '{name}' was moved or cast after its Stabilizer "
+                        f"was made (now {t.dtype} on {t.device}; its gradient registered as "
+                        f"{pinned.dtype} on {pinned.device}): gstabd would stabilize memory the "
+                        "model no longer uses; make the Stabilizer after model.to(...)")
         replaced = []
         for (name, p), grad, assigned in zip(self._params, self._grads, self._assigned):
             if p.grad is not None and p.grad.layout != torch.strided:
@@ -430,6 +482,8 @@ class Stabilizer:
 
 
 _FLAG_SKIPPED = gstab.FLAG_SKIPPED
+# Registrations whose Stabilizer failed after gstabd took them, with their memory: never freed.
+_ABANDONED = []
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -86,7 +86,19 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
     std::memcpy(&h, handle.data(), sizeof h);
     RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
     void* ptr = nullptr;
-    RETURN_IF_CUDA_ERROR(cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess));
+    if (const cudaError_t opened = cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess);
+        opened != cudaSuccess) {
+      // The worker's handle, not gstabd, is at fault unless the context itself is lost.
+      ClearStaleCudaError();
+      if (IsStickyCudaError(opened)) {
+        return CudaError(opened, "cudaIpcOpenMemHandle", __FILE__, __LINE__);
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the CUDA IPC handle does not open on device ", device, " (", cudaGetErrorName(opened),
+          ": ", cudaGetErrorString(opened),
+          "): it names no live allocation of a process on this node (its process exited, or "
+          "freed it), or memory of another GPU; register memory the worker holds"));
+    }
     region = std::shared_ptr<IpcRegion>(new IpcRegion{ptr, 0, device},
                                         [closing = closing_, handle](IpcRegion* r) {
                                           {
@@ -106,6 +118,17 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
                                         });
     absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
     if (!range.ok()) return range.status();  // `region` goes, closing the mapping
+    // The GPU the memory is on: a worker's wrong device (its uuid) would have gstabd's
+    // kernels on one GPU reach another's memory over peer access, or fail later.
+    cudaPointerAttributes where{};
+    RETURN_IF_CUDA_ERROR(cudaPointerGetAttributes(&where, ptr));
+    if (where.device != device) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the CUDA IPC handle names memory on gstabd's device ", where.device,
+                       ", not on device ", device,
+                       " that the registration gives (its device "
+                       "uuid): register each GPU's memory under its own device"));
+    }
     region->size = range->second - (static_cast<char*>(ptr) - static_cast<char*>(range->first));
     regions_[handle] = region;
   }

@@ -161,6 +161,23 @@ class DistributedDataParallelTest(GstabdTest):
             self.assertEqual(resumed[rank]["parameters"], whole[rank]["parameters"])
         self.assertTrue(resumed[0]["steps"][SPIKE_STEP - 21]["spike"])
 
+    def test_a_state_given_on_one_rank_only_is_refused_on_every_rank(self):
+        # Rank 0 alone importing would wait in a collective the other rank never enters (its
+        # DDP's would meet it instead): the job hung.
+        worker = os.path.join(os.path.dirname(__file__), "torch_state_worker.py")
+        with tempfile.TemporaryDirectory(prefix="gstab-state-") as folder:
+            run_together(self, [[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node=2", worker, "--socket", self.gstabd.socket,
+                                 "--job", "state-on-rank-0", "--report", folder]],
+                         dict(frameworks.example_env(), TMPDIR=folder))
+            reports = []
+            for rank in range(2):
+                with open(os.path.join(folder, f"rank{rank}.json")) as f:
+                    reports.append(json.load(f))
+        for report in reports:
+            self.assertIn("state= was given on 1 of 2 ranks", report["refusal"] or "")
+            self.assertGreater(report["norm"], 0)
+
     def test_a_ddp_job_resumed_from_its_checkpoint_on_another_gstabd_continues_bit_for_bit(self):
         self.check_resumed_bit_for_bit("ddp-resumed")
 

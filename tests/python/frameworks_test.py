@@ -141,6 +141,25 @@ class TorchTest(GstabdTest):
         for g, before in zip(result.groups, raw):
             self.assertAlmostEqual(g.norm / torch_norm([before]), 1.0, delta=1e-5)
 
+    def test_float32_gradients_of_bfloat16_parameters_set_by_grad_dtype(self):
+        model = mlp(torch.bfloat16)
+        for p in model.parameters():
+            p.grad_dtype = torch.float32
+        stabilizer = gstab.torch.Stabilizer(self.attach("torch-grad-dtype"), model)
+        params = list(model.parameters())
+        addresses = [p.grad.data_ptr() for p in params]
+        self.assertEqual({p.grad.dtype for p in params}, {torch.float32})
+        x, y = regression_batch(3, torch.bfloat16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # accumulated in place: nothing is copied
+            F.mse_loss(model(x), y).backward()
+            raw = [p.grad.clone() for p in params]
+            group = stabilizer.step(1).groups[0]
+        self.assertEqual([p.grad.data_ptr() for p in params], addresses)
+        self.assertAlmostEqual(group.norm / torch_norm(raw), 1.0, delta=1e-5)
+        for p, before in zip(params, raw):
+            torch.testing.assert_close(p.grad, before * group.scale, rtol=1e-5, atol=1e-30)
+
     def test_bfloat16_parameters_in_groups_chosen_per_parameter(self):
         model = mlp(torch.bfloat16)
         stabilizer = gstab.torch.Stabilizer(
@@ -402,6 +421,15 @@ class TorchTest(GstabdTest):
                     gstab.torch.Stabilizer(client, compiled, group="compiled")
                 self.assertTrue(sharing.call_args_list)
                 self.assertTrue(all(call.args[2] for call in sharing.call_args_list))
+                # FSDP2's model cast after its stabilizer was made: model.to() swaps the
+                # contents of the DTensor gradient over the registered memory, which stays.
+                from torch.distributed.fsdp import fully_shard
+                sharded = mlp()
+                fully_shard(sharded)
+                sharded_stabilizer = gstab.torch.Stabilizer(client, sharded, group="sharded")
+                sharded.to(torch.bfloat16)
+                with self.assertRaisesRegex(RuntimeError, "gradient of '.*' was moved or cast"):
+                    sharded_stabilizer.step(1)
             finally:
                 dist.destroy_process_group()
         # A name gstabd would refuse, before anything is imported or allocated.
@@ -417,6 +445,14 @@ class TorchTest(GstabdTest):
         model.to(torch.bfloat16)
         with self.assertRaisesRegex(RuntimeError, "after its Stabilizer was made"):
             stabilizer.step(2)
+        # So is one cast with no gradient set (zero_grad(set_to_none=True)): only its
+        # parameters moved.
+        model = mlp()
+        stabilizer = gstab.torch.Stabilizer(client, model)
+        model.zero_grad(set_to_none=True)
+        model.to(torch.bfloat16)
+        with self.assertRaisesRegex(RuntimeError, "parameter of '.*' was moved or cast"):
+            stabilizer.step(1)
         # Parameters swapped (load_state_dict(assign=True), as after meta-device init) or
         # unfrozen since: their gradients are not the registered ones, and would go unstabilized.
         for change in ("swap", "unfreeze"):

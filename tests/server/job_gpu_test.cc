@@ -367,7 +367,18 @@ TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {
   RegistrationCaps caps;
   caps.cuda_ipc = true;
   absl::Status mixed = ValidateRegistration(request, caps).status();
-  EXPECT_NE(mixed.message().find("must all be cuda_ipc on one device"), std::string::npos) << mixed;
+  EXPECT_NE(mixed.message().find("buffers[1] differs from buffers[0] in its transport: a "
+                                 "registration's buffers must all be cuda_ipc on one device"),
+            std::string::npos)
+      << mixed;
+  // Two GPUs' memory: which of their fields differs is named.
+  request.mutable_buffers(1)->set_transport(v1::TRANSPORT_CUDA_IPC);
+  request.mutable_buffers(1)->set_ipc_handle(std::string(64, 'i'));
+  request.mutable_buffers(1)->set_device(1);
+  absl::Status devices = ValidateRegistration(request, caps).status();
+  EXPECT_NE(devices.message().find("buffers[1] differs from buffers[0] in its device ordinal"),
+            std::string::npos)
+      << devices;
 }
 
 }  // namespace
