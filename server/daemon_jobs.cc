@@ -58,6 +58,9 @@ v1::JobState CheckpointOf(const Job& job) {
   return state;
 }
 
+// How long a round of checkpoints waits for a job's lock before it saves the other jobs first.
+constexpr absl::Duration kBusyJobWait = absl::Milliseconds(200);
+
 }  // namespace
 
 bool Daemon::InUse(const std::shared_ptr<Job>& job) const {
@@ -321,21 +324,34 @@ absl::Status Daemon::Checkpoint() {
     }
   }
   SaveFailures failures;
-  for (const auto& job : jobs) {
+  // A job whose lock a step holds a while (one of several GPUs enqueuing, in NCCL's waits) is
+  // saved after the others, which do not wait for it (a stop's checkpoint may be cut short).
+  // False: busy, not saved.
+  auto save_job = [&](const std::shared_ptr<Job>& job, bool wait) {
     // A job retired since the list was taken has saved a newer state than this would.
-    absl::MutexLock save(&save_mu_);
+    absl::MutexLock saving(&save_mu_);
     {
       absl::MutexLock lock(&mu_);
       auto held = jobs_.find(job->name());
-      if (held == jobs_.end() || held->second != job) continue;
+      if (held == jobs_.end() || held->second != job) return true;
       // Not used yet: its checkpoint (if it came from one) is as it was, and it may be given
       // back to it (Unmake).
-      if (unclaimed_.count(job->name()) == 1) continue;
+      if (unclaimed_.count(job->name()) == 1) return true;
     }
-    v1::JobState state = CheckpointOf(*job);
-    if (NothingToKeep(state)) continue;
-    if (absl::Status s = store_.Save(state); !s.ok()) failures.Add(state.job(), s);
+    std::optional<v1::JobState> state =
+        wait ? job->ExportState(/*with_history=*/true)
+             : job->ExportStateWithin(kBusyJobWait, /*with_history=*/true);
+    if (!state.has_value()) return false;
+    SetOwnerIn(job->owner(), &*state);
+    if (NothingToKeep(*state)) return true;
+    if (absl::Status s = store_.Save(*state); !s.ok()) failures.Add(state->job(), s);
+    return true;
+  };
+  std::vector<std::shared_ptr<Job>> busy;
+  for (const auto& job : jobs) {
+    if (!save_job(job, /*wait=*/false)) busy.push_back(job);
   }
+  for (const auto& job : busy) save_job(job, /*wait=*/true);
   // Retired jobs whose save failed then.
   if (!store_.enabled()) return failures.Status();
   absl::MutexLock save(&save_mu_);

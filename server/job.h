@@ -165,6 +165,9 @@ class Job {
   // The job's state; for its checkpoint (`with_history`), with its configuration's versions too
   // (JobState.config_history), read with the rest at once.
   v1::JobState ExportState(bool with_history = false) const;
+  // The same, unless the job's lock stays held for `wait` (a step of several GPUs holds it
+  // while it enqueues, NCCL's waits included): then nothing.
+  std::optional<v1::JobState> ExportStateWithin(absl::Duration wait, bool with_history) const;
   // Replaces the statistics of every group in `state` (creating groups as needed) and, when
   // `with_config`, the configuration. INVALID_ARGUMENT for an unknown format version. A step in
   // progress (its local workers arriving, or queued on the job's one GPU) is waited for, up to
@@ -296,6 +299,7 @@ class Job {
   // Copies the GPU-resident statistics into stats_ without waiting for the GPU: the exact ones
   // when it is idle, else the newest finished step's, whose step it returns then.
   std::optional<uint64_t> RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::JobState ExportStateLocked(bool with_history) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the newest finished GPU step's statistics into stats_ and returns that step
   // (nullopt: no GPU pipeline, or no step finished yet).
   std::optional<uint64_t> CopySnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

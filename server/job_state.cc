@@ -164,6 +164,21 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
 
 v1::JobState Job::ExportState(bool with_history) const {
   absl::MutexLock lock(&mu_);
+  return ExportStateLocked(with_history);
+}
+
+std::optional<v1::JobState> Job::ExportStateWithin(absl::Duration wait, bool with_history) const {
+  // Polled: a timed lock of abseil's still waits for the lock itself once its time is up.
+  for (const absl::Time deadline = absl::Now() + wait; !mu_.TryLock();) {
+    if (absl::Now() >= deadline) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  v1::JobState state = ExportStateLocked(with_history);
+  mu_.Unlock();
+  return state;
+}
+
+v1::JobState Job::ExportStateLocked(bool with_history) const {
   // While a step runs on the GPU the statistics are an earlier step's: that step is the one
   // the state is at.
   const std::optional<uint64_t> statistics_step = RefreshStatistics();

@@ -58,15 +58,21 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         node_rank = int(os.environ.get("GROUP_RANK", rank // local_world))
     blob = None
     if nodes > 1:
-        if cuda is None:
+        guessed = cuda is None
+        if guessed:
             cuda = _nccl()
         message = [None]
         if rank == 0:  # the others must hear of a failure too, or they wait for good
             try:
                 message = [client.create_rendezvous(job, nodes, cuda)]
+            except gstab.Error as e:
+                if guessed and cuda and "CUDA backend" in e.message:  # NCCL's guess
+                    e = gstab.Error(e.code, f"{e.message} (gstab.torch.attach took the job "
+                                    "for a GPU job, as the process group has NCCL: pass "
+                                    "cuda=False for gradients on the CPU)")
+                message = [e]
             except Exception as e:  # noqa: BLE001 (passed on to every rank, then raised)
-                message = [e if isinstance(e, gstab.Error) else
-                           RuntimeError(f"gstab: rank 0 could not create the rendezvous: {e!r}")]
+                message = [RuntimeError(f"gstab: rank 0 could not create the rendezvous: {e!r}")]
         with _cpu_group() as group:
             dist.broadcast_object_list(message, src=0, group=group)
         if isinstance(message[0], Exception):

@@ -52,7 +52,8 @@ class Stabilizer:
     replicated: every rank holds the whole gradient, as after DistributedDataParallel's
     all-reduce, so norms are not summed across ranks; False when each rank holds a slice of
     the gradients (their squares are summed). Default: True for a DistributedDataParallel
-    module, else False; pass it for DDP behind another wrapper (torch.compile). DTensor
+    module (also under torch.compile), else False; pass it for DDP behind another wrapper, or
+    for parameters given as DDP's `.module`'s. DTensor
     parameters (FSDP2's fully_shard) need nothing: their local shards are registered, sharded
     (replicated for a Replicate placement).
     state: what state_dict() gave, from the job's checkpoint: the statistics, step count and

@@ -72,7 +72,8 @@ def check_long_release_name(args):
 
 def check_notes(args):
     """What `helm install` prints: the socket and what a training pod needs, for these values."""
-    cases = [([], ["/run/gstab/gstabd.sock", "hostPID: true", "pod-security"]),
+    cases = [([], ["/run/gstab/gstabd.sock", "hostPID: true", "pod-security",
+                   "must set\nhonor_labels: true"]),
              (["--set", "hostPID=false"], ["WARNING: gpu.enabled with hostPID false"]),
              (["--set", "metrics.prometheusRule.enabled=true"],
               ["WARNING: metrics.prometheusRule without metrics.serviceMonitor"]),

@@ -2,9 +2,12 @@
 // dies with a step queued, a step that never finishes, a communicator that breaks. Driven through
 // the GpuPipeline seam by fake pipelines (tests/server/fake_gpu.h), so it runs without a GPU;
 // CudaStepper's side of the same calls is tested on a GPU by cuda_ipc_test.
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "common/done_written.h"
 #include "gtest/gtest.h"
 #include "server/job.h"
@@ -83,6 +86,28 @@ TEST(JobGpuFailureTest, StuckStepsAreReleasedThenAbortedOnceForAllRanks) {
   v1::GetStatsResponse stats;
   t.job.GetStats(&stats);
   EXPECT_EQ(stats.groups(0).accepted_steps(), 2u);  // the statistics outlive the generation
+}
+
+// A checkpoint does not wait on a job whose lock a closing generation holds (its pipelines'
+// waits): ExportStateWithin gives up, so that the daemon saves its other jobs first.
+TEST(JobGpuFailureTest, AJobsStateIsNotWaitedForWhileItsGenerationCloses) {
+  LocalGpus t;
+  t.gpu.busy = true;
+  absl::Notification releasing, go_on;
+  t.gpu.on_release = [&](uint32_t rank) {
+    if (rank != 1) return;
+    releasing.Notify();
+    go_on.WaitForNotification();
+    t.gpu.busy = false;
+  };
+  std::thread closing([&] { t.job.RemoveWorker(1, /*gone=*/true); });
+  releasing.WaitForNotification();
+  EXPECT_FALSE(t.job.ExportStateWithin(absl::Milliseconds(50), true).has_value());
+  go_on.Notify();
+  closing.join();
+  std::optional<v1::JobState> state = t.job.ExportStateWithin(absl::Milliseconds(50), true);
+  ASSERT_TRUE(state.has_value());
+  EXPECT_EQ(state->groups(0).t(), 2u);  // the two steps the generation finished
 }
 
 // Local GPUs that stopped at different steps (local rank 1's worker died before its step 3):

@@ -180,6 +180,12 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   const std::vector<std::string> names = {"w"};
   const std::vector<int> reductions = {0};
   EXPECT_EQ(seen.layout_hash, LayoutHash(names, reductions));
+  // Registering again would end the generation, whose NCCL id serves no other: refused before
+  // it does, the running registration kept.
+  absl::Status twice = worker.Register(&job);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(twice.message().find("would end at this registration"), std::string::npos) << twice;
+  EXPECT_EQ(live, 1);
   // The first step agrees the group count through the node collective before any NCCL
   // call; here no other node exists, so it fails (in time) and nothing is enqueued.
   v1::StepResponse r;
