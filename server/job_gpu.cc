@@ -39,21 +39,19 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
                      "CreateRendezvous(cuda=true) to register cuda_ipc buffers "
                      "(gstab.torch.attach(..., cuda=True), `gstabctl rendezvous --cuda`)"));
   }
-  // Across nodes a communicator's NCCL id serves one generation: a registration that would
-  // end the running one is refused before it does (a refused call changes nothing, and the
-  // worker's registration steps on), as is one after the generation has ended.
-  if (collective_ != nullptr && (nccl_spent_ || gpus_.Has(local_rank))) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job '", name_, "''s GPU communicator across nodes ",
-        nccl_spent_ ? "has ended"
-                    : "would end at this registration (its local rank is "
-                      "registered already)",
-        ", and its NCCL id cannot be used again: attach every worker with a new rendezvous "
-        "(CreateRendezvous(cuda=true): gstab.torch.attach(..., cuda=True), `gstabctl "
-        "rendezvous --cuda`), then register"));
-  }
+  // Across nodes a communicator's NCCL id serves one generation. A registration again ends the
+  // running one even when it is refused below: its worker's library has let go of its old
+  // registration already, and the job's other workers hear of it at once (rather than wait at
+  // its ready word until the step timeout).
   if (gpus_.Has(local_rank)) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered again"));
+  }
+  if (collective_ != nullptr && nccl_spent_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_,
+        "''s GPU communicator across nodes has ended and its NCCL id cannot be "
+        "used again: attach every worker with a new rendezvous (CreateRendezvous(cuda=true): "
+        "gstab.torch.attach(..., cuda=True), `gstabctl rendezvous --cuda`)"));
   }
   GpuJobSpec layout;
   layout.job = name_;

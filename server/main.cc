@@ -407,11 +407,14 @@ int main(int argc, char** argv) {
   log->Flush(absl::Seconds(1));  // the start's lines (its ports) out soon after the socket
   const int sig = AwaitStopSignal(signals);
   LOG(INFO) << "received " << strsignal(sig);
-  int stop_code = 0;  // the stop's own cause, if any; else 0, or 1 if the stop fails
+  // The stop's own cause, if any (also one met while stopping); else 0, or 1 if it fails.
+  auto stop_code = [] {
 #ifdef GSTAB_WITH_CUDA
-  if (cuda_context_lost.load()) stop_code = kCudaContextLostExit;
+    if (cuda_context_lost.load()) return kCudaContextLostExit;
 #endif
+    return 0;
+  };
   absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10), stop_code);
   if (!stopped.ok()) LOG(ERROR) << stopped;
-  return stop_code != 0 ? stop_code : stopped.ok() ? 0 : 1;
+  return stop_code() != 0 ? stop_code() : stopped.ok() ? 0 : 1;
 }

@@ -336,7 +336,7 @@ void Server::StateKeeping() {
   }
 }
 
-absl::Status Server::Stop(absl::Time deadline, int exit_code) {
+absl::Status Server::Stop(absl::Time deadline, std::function<int()> exit_code) {
   if (grpc_server_ == nullptr) return absl::OkStatus();
   LOG(INFO) << "gstabd stopping: draining in-flight steps";
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
@@ -394,7 +394,8 @@ absl::Status Server::Stop(absl::Time deadline, int exit_code) {
                  << "step timeout, most likely): gstabd exits without them"
                  << (saved.ok() ? Checkpointed() : "");
     StderrLog::FlushInstalled(absl::Seconds(2));  // _exit runs no destructor
-    _exit(exit_code != 0 ? exit_code : saved.ok() ? 0 : 1);
+    const int code = exit_code();
+    _exit(code != 0 ? code : saved.ok() ? 0 : 1);
   });
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + kAnswerGrace));
   grpc_server_->Wait();

@@ -12,6 +12,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -88,10 +89,11 @@ class Server {
 
   absl::Status Start();
   // Health NOT_SERVING, refuse new steps, finish in-flight calls until `deadline`, write
-  // checkpoints, remove the socket. A stop with a cause of its own (a lost CUDA context) passes
-  // the process's exit code, which the last resort's _exit (below) exits with too; otherwise
-  // that exits 0, or 1 when its checkpoint fails.
-  absl::Status Stop(absl::Time deadline, int exit_code = 0);
+  // checkpoints, remove the socket. `exit_code` gives the process's exit code for a stop with a
+  // cause of its own (a lost CUDA context), else 0: the last resort's _exit (server.cc) exits
+  // with it, or with 0, or 1 when its checkpoint fails. Called from the last resort's thread.
+  absl::Status Stop(
+      absl::Time deadline, std::function<int()> exit_code = [] { return 0; });
 
   Daemon* daemon() { return daemon_.get(); }
   int metrics_port() const { return http_ == nullptr ? -1 : http_->port(); }

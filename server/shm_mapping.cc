@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cinttypes>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -27,14 +29,27 @@ namespace {
 // The count includes blocks reserved past the object's end (fallocate with KEEP_SIZE), which
 // could balance holes of any size inside it; tmpfs offers no other way to find holes (SEEK_HOLE
 // reports fallocated, unwritten pages as holes too), so such blocks are allowed only within
-// the object's last huge page (tmpfs may allocate 2 MiB pages): the holes they can hide, and
-// thus what a worker can have allocated on gstabd's account, stay under 2 MiB an object.
-constexpr uint64_t kHugePageBytes = uint64_t{2} << 20;
+// the object's last huge page (tmpfs may allocate those: 2 MiB on x86-64, up to 512 MiB on
+// arm64 with 64 KiB pages): the holes they can hide, and thus what a worker can have
+// allocated on gstabd's account, stay under one huge page an object.
+uint64_t HugePageBytes() {
+  static const uint64_t bytes = [] {
+    uint64_t read = 0;
+    if (FILE* f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r")) {
+      if (fscanf(f, "%" SCNu64, &read) != 1) read = 0;
+      fclose(f);
+    }
+    // A power of two of at least a page, or x86-64's 2 MiB.
+    return read >= 4096 && (read & (read - 1)) == 0 ? read : uint64_t{2} << 20;
+  }();
+  return bytes;
+}
 
 absl::Status CheckAllocated(const std::string& name, const struct stat& st) {
   const auto allocated = static_cast<uint64_t>(st.st_blocks) * 512;
   const auto size = static_cast<uint64_t>(st.st_size);
-  const uint64_t whole_pages = (size + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  const uint64_t huge = HugePageBytes();
+  const uint64_t whole_pages = size > UINT64_MAX - huge ? size : (size + huge - 1) / huge * huge;
   if (allocated > whole_pages) {
     return absl::FailedPreconditionError(absl::StrCat(
         "shared memory '", name, "' has ", allocated - size, " bytes allocated past its end of ",

@@ -71,6 +71,7 @@ class Stabilizer:
         if not isinstance(client, gstab.Client):
             raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
                             f"{type(client).__name__}")
+        _agree_on_state(client, state)
         if replicated is None:  # DDP's, also under torch.compile (which wraps it)
             replicated = isinstance(getattr(parameters, "_orig_mod", parameters),
                                     torch.nn.parallel.DistributedDataParallel)
@@ -128,9 +129,10 @@ class Stabilizer:
         # shard (FSDP2). Empty shards are not registered; a group with nothing else on this
         # rank gets a one-element zero placeholder, so every rank has every group.
         self._local = [_local(p) for _, p in self._params]
-        # A parameter's gradients are of its grad_dtype where one is set (fp32 gradients of
-        # bf16 weights, say), else of its own dtype.
-        grad_dtypes = [getattr(p, "grad_dtype", None) or p.dtype for _, p in self._params]
+        # A parameter's gradients are of its grad_dtype (fp32 gradients of bf16 weights, say);
+        # with none (None: any dtype), of its gradient's where it has one, else of its own.
+        grad_dtypes = [getattr(p, "grad_dtype", None) or
+                       (p.grad.dtype if p.grad is not None else p.dtype) for _, p in self._params]
         # specs: (name, numel, dtype, group, replicated, node_sharded) | None
         specs, placeholders = [], {}
         for (name, p), local, shared, grad_dtype in zip(self._params, self._local, sharing,
@@ -155,17 +157,6 @@ class Stabilizer:
                 placeholders.pop(spec[3], None)
         registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
         self._groups = {spec[3] for spec in registered}
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-                getattr(client, "local_world_size", 1) * getattr(client, "node_count", 1) > 1:
-            # A state given on some ranks only (`torch.load(...) if rank == 0 else None`)
-            # would leave the import's wait below unmatched: the others' first collectives
-            # (DDP's) would meet it, and the job would hang. Refused on every rank instead.
-            given = self._ranks_with(state is not None)
-            if given not in (0, torch.distributed.get_world_size()):
-                raise ValueError(
-                    f"gstab.torch: state= was given on {given} of "
-                    f"{torch.distributed.get_world_size()} ranks: every rank passes the same "
-                    "state (one imports it, and all wait for that)")
         if state is not None:  # before registering: gstabd takes it then on any backend
             self._import(state, check_groups=False, keep_config=keep_config)
 
@@ -303,26 +294,12 @@ class Stabilizer:
             except Exception as e:  # noqa: BLE001 (every rank hears of it, then it is raised)
                 failure = e
         if distributed:  # nobody registers or steps before the import; a failure reaches all
-            if self._ranks_with(failure is not None) and failure is None:
+            if _ranks_with(failure is not None) and failure is None:
                 raise RuntimeError("gstab: another rank failed to import the job's state")
         if failure is not None:
             raise failure
         if check_groups:
             self._warn_unmatched_groups()
-
-    def _ranks_with(self, flag: bool) -> int:
-        """How many ranks of the default process group pass a true flag (every rank calls it):
-        over NCCL on this stabilizer's GPU, else over Gloo (a group of its own where the
-        default one has NCCL only, which reduces no CPU tensor)."""
-        dist = torch.distributed
-        if self.device.type == "cuda" and _nccl():
-            count = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
-            dist.all_reduce(count)
-            return int(count.item())
-        count = torch.tensor([int(flag)], dtype=torch.int32)
-        with _cpu_group() as group:
-            dist.all_reduce(count, group=group)
-        return int(count.item())
 
     def _import_here(self, state: bytes, keep_config: bool) -> None:
         """The import, on the worker that makes it; warns when it replaces a configuration
@@ -397,7 +374,10 @@ class Stabilizer:
                 # Results of another step (the header's first word): this step's were never
                 # written, as when its gstabd was lost before its kernels ran and the library
                 # let the stream go on. Its gradients may be partly stabilized: skip.
-                written = self._results[:2].view(torch.int64)[0] == self._step
+                # (A header never written is zero: no groups. The step's bits as an int64.)
+                step = self._step - (1 << 64) if self._step >= 1 << 63 else self._step
+                written = (self._results[:2].view(torch.int64)[0] == step) & \
+                    (self._results[2] != 0)
                 flag = ((self._results[3] & _FLAG_SKIPPED) != 0) | ~written
             if self._stream != current:
                 current.wait_stream(self._stream)
@@ -480,6 +460,34 @@ class Stabilizer:
                 "copied into the memory gstabd stabilizes. zero_grad(set_to_none=False) keeps "
                 "gradients in place and saves the copy (DDP with gradient_as_bucket_view=True "
                 "replaces them every step)", stacklevel=3)
+
+
+def _ranks_with(flag: bool) -> int:
+    """How many ranks of the default process group pass a true flag (every rank calls it), over
+    Gloo: a group of its own where the default one has NCCL (which reduces no CPU tensor, and
+    would need this rank's GPU set)."""
+    count = torch.tensor([int(flag)], dtype=torch.int32)
+    with _cpu_group() as group:
+        torch.distributed.all_reduce(count, group=group)
+    return int(count.item())
+
+
+def _agree_on_state(client: gstab.Client, state) -> None:
+    """A state given on some ranks only (`torch.load(...) if rank == 0 else None`) would leave
+    the import's wait unmatched: the others' first collectives (DDP's) would meet it, and the
+    job would hang. Refused on every rank instead, before anything that could fail on one rank
+    alone. Only where the default process group is the job's workers (each makes a Stabilizer);
+    a group with other ranks (evaluators, other jobs) is not waited on."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    workers = getattr(client, "local_world_size", 1) * getattr(client, "node_count", 1)
+    if workers < 2 or workers != dist.get_world_size():
+        return
+    given = _ranks_with(state is not None)
+    if given not in (0, workers):
+        raise ValueError(f"gstab.torch: state= was given on {given} of {workers} ranks: every "
+                         "rank passes the same state (one imports it, and all wait for that)")
 
 
 _FLAG_SKIPPED = gstab.FLAG_SKIPPED

@@ -88,9 +88,11 @@ absl::StatusOr<std::shared_ptr<IpcRegion>> CudaIpcRegistry::Open(const std::stri
     void* ptr = nullptr;
     if (const cudaError_t opened = cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess);
         opened != cudaSuccess) {
-      // The worker's handle, not gstabd, is at fault unless the context itself is lost.
+      // What a handle of a process that exited or freed its memory (or garbage) gives: the
+      // worker's fault. Anything else (out of memory, peer access, a lost context) is gstabd's.
       ClearStaleCudaError();
-      if (IsStickyCudaError(opened)) {
+      if (opened != cudaErrorInvalidValue && opened != cudaErrorInvalidResourceHandle &&
+          opened != cudaErrorMapBufferObjectFailed) {
         return CudaError(opened, "cudaIpcOpenMemHandle", __FILE__, __LINE__);
       }
       return absl::FailedPreconditionError(absl::StrCat(
