@@ -160,27 +160,30 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const 
   constexpr absl::string_view kSkip =
       ": skip this step (zero them) rather than step them again, then attach and register again "
       "once gstabd serves";
-  if (progress_ == nullptr || !progress_marked_) {
-    // gstabd's stop cancels calls only once no step may begin to scale (server.cc): such a
-    // step was not run, or run to the end, or (its drain cut short) stopped before scaling.
-    // The connection's going tells nothing.
-    if (last_answer_.error_code() == grpc::StatusCode::CANCELLED) return error;
-    return absl::DataLossError(absl::StrCat("gstabd at ", target_,
-                                            " went away while it may have been scaling step ", step,
-                                            why, ": part of its gradients may be scaled", kSkip));
+  // A mark of this step's is a marking gstabd's (at any step since registration): trusted.
+  if (progress_ != nullptr) {
+    const uint64_t mark = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST);
+    if (mark == ScalingMark(step)) {
+      return absl::DataLossError(
+          absl::StrCat("gstabd at ", target_, " went away while it was scaling step ", step, why,
+                       ": part of its gradients are scaled and the rest not", kSkip));
+    }
+    if (mark == ScaledMark(step)) {
+      return absl::DataLossError(
+          absl::StrCat("gstabd at ", target_, " went away after it scaled step ", step,
+                       " and before its answer came", why,
+                       ": the gradients are scaled, its results lost", kSkip));
+    }
+    // No mark says nothing of a gstabd not yet seen marking (one of an older release).
+    if (progress_marked_) return error;  // gstabd never touched them
   }
-  const uint64_t mark = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST);
-  if (mark == ScalingMark(step)) {
-    return absl::DataLossError(
-        absl::StrCat("gstabd at ", target_, " went away while it was scaling step ", step, why,
-                     ": part of its gradients are scaled and the rest not", kSkip));
-  }
-  if (mark == ScaledMark(step)) {
-    return absl::DataLossError(absl::StrCat(
-        "gstabd at ", target_, " went away after it scaled step ", step,
-        " and before its answer came", why, ": the gradients are scaled, its results lost", kSkip));
-  }
-  return error;  // gstabd never touched them
+  // gstabd's stop cancels calls only once no step may begin to scale (server.cc): such a step
+  // was not run, or run to the end, or (its drain cut short) stopped before scaling. The
+  // connection's going tells nothing.
+  if (last_answer_.error_code() == grpc::StatusCode::CANCELLED) return error;
+  return absl::DataLossError(absl::StrCat("gstabd at ", target_,
+                                          " went away while it may have been scaling step ", step,
+                                          why, ": part of its gradients may be scaled", kSkip));
 }
 
 absl::Status Client::Unreachable(const absl::Status& unavailable) const {
@@ -251,6 +254,10 @@ absl::Status Client::Attach(const AttachOptions& options) {
 
 namespace {
 std::atomic<Client::DaemonLostHandler> daemon_lost_handler{nullptr};
+
+// Longer than gstabd refuses calls while it stops before it exits: its drain ends with its
+// server's shutdown, and within 1 + 2 + 3 s of that it has exited (server/server.cc).
+constexpr absl::Duration kGstabdStopBound = absl::Seconds(20);
 }  // namespace
 
 void Client::SetDaemonLostHandler(DaemonLostHandler handler) { daemon_lost_handler = handler; }
@@ -281,31 +288,47 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
       // The gstabd instance that holds the session (empty: one that cannot say), to tell a
       // session it ended itself (an expired lease, a replacement: it releases the session's
       // steps) from one a new gstabd never had (the one that held it is gone).
-      auto instance = [&]() -> std::optional<std::string> {
+      // `identified`: whether the answer was gstabd's own (an instance, or "" from a gstabd
+      // of a release that cannot say), not a call that failed on the way.
+      auto instance = [&](bool* identified) -> std::optional<std::string> {
         v1::IdentifyResponse identity;
         std::optional<grpc::Status> answer =
             call(&v1::Stabilizer::Stub::Identify, v1::IdentifyRequest(), &identity);
         if (!answer.has_value()) return std::nullopt;
+        *identified = answer->ok() || answer->error_code() == grpc::StatusCode::UNIMPLEMENTED;
         return answer->ok() ? identity.instance() : "";
       };
-      std::optional<std::string> holder = instance();
+      bool identified = false;
+      std::optional<std::string> holder = instance(&identified);
       int unanswered = 0;  // keep-alives in a row that found no gstabd
+      absl::Time unanswered_since;
       while (holder.has_value() && !k->stop.WaitForNotificationWithTimeout(k->period)) {
         // After a lost connection (a TCP link down a while) gRPC waits out its backoff, up to
         // two minutes, failing every call at once meanwhile: a worker idle for that long (an
         // evaluation) would lose its session to a gstabd that is reachable again.
         ReconnectIfBackingOff();
+        if (!identified && !(holder = instance(&identified)).has_value()) break;
         v1::KeepAliveRequest req;
         req.set_session(k->session);
         v1::KeepAliveResponse resp;
         std::optional<grpc::Status> answer = call(&v1::Stabilizer::Stub::KeepAlive, req, &resp);
         if (!answer.has_value()) break;
-        unanswered = answer->error_code() == grpc::StatusCode::UNAVAILABLE ? unanswered + 1 : 0;
-        bool lost = unanswered >= 2;
+        if (answer->error_code() != grpc::StatusCode::UNAVAILABLE) {
+          unanswered = 0;
+        } else if (unanswered++ == 0) {
+          unanswered_since = absl::Now();
+        }
+        // A stopping gstabd refuses calls for a while before it exits, and the steps it holds
+        // may still run their kernels meanwhile: gone only once no answer came for longer
+        // than its stop takes.
+        bool lost = unanswered >= 2 && absl::Now() - unanswered_since >= kGstabdStopBound;
         if (answer->error_code() == grpc::StatusCode::UNAUTHENTICATED) {
-          std::optional<std::string> now = instance();
+          bool now_identified = false;
+          std::optional<std::string> now = instance(&now_identified);
           if (!now.has_value()) break;
-          lost = holder->empty() || *now != *holder;
+          // Not told when either gstabd could not be asked: the session's steps are then left
+          // to its re-registration or destruction.
+          lost = identified && now_identified && (holder->empty() || *now != *holder);
         }
         if (DaemonLostHandler handler = daemon_lost_handler.load(); lost && handler != nullptr) {
           handler(id_);

@@ -47,7 +47,12 @@ grpc::Status StabilizerService::Counted(const char* method, const grpc::ServerCo
 }
 
 std::optional<uid_t> StabilizerService::PeerUid(const grpc::ServerContext* context) const {
-  if (std::optional<ucred> cred = peers_->Find(context->peer())) return cred->uid;
+  std::optional<ucred> cred = peers_->Find(context->peer());
+  // Looked at after the lookup: a connection's descriptor number is taken by the next one once
+  // it is closed, and its entry then names that connection's process. A call whose connection
+  // went (cancelled before its descriptor is closed) gets no uid: refused where one is needed,
+  // and a certificate without a name (which owns no job) to Caller.
+  if (cred.has_value() && !context->IsCancelled()) return cred->uid;
   return std::nullopt;  // TCP: a certificate holder
 }
 
