@@ -25,6 +25,10 @@ namespace {
 // calls already ended (a drained step's "shutting down") to reach their clients on a loaded
 // machine, where 100 ms was seen to cut one off.
 constexpr absl::Duration kAnswerGrace = absl::Seconds(1);
+// A TCP connection (--listen, --peer_listen) that has not finished its TLS handshake by then is
+// closed: gRPC's own default, two minutes, lets anyone who reaches the port hold connections
+// (and their memory) that long without a certificate.
+constexpr int kTlsHandshakeTimeoutMs = 20000;
 // How long a stop waits for gRPC's calls to end before it shuts their connections down.
 constexpr absl::Duration kStuckCallsGrace = absl::Seconds(2);
 // And then for calls still running (a step in Gloo's exchange with other nodes, which nothing
@@ -212,6 +216,7 @@ absl::Status Server::Start() {
     grpc::ResourceQuota peer_quota("gstabd-peers");
     peer_quota.Resize(size_t{256} << 20);
     peers.SetResourceQuota(peer_quota);
+    peers.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, kTlsHandshakeTimeoutMs);
     int port = 0;
     peers.AddListeningPort(options_.peer_listen,
                            MutualTlsServerCredentials(options_.daemon.peer_tls), &port);
@@ -249,6 +254,7 @@ absl::Status Server::Start() {
   // Clients ping too (the library's $GSTAB_KEEPALIVE_MS), to tell a gstabd gone from a quiet
   // event stream: up to once a second is no abuse.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, kTlsHandshakeTimeoutMs);
   grpc::ResourceQuota quota("gstabd-requests");
   quota.Resize(static_cast<size_t>(options_.rpc_memory_mb) << 20);
   builder.SetResourceQuota(quota);

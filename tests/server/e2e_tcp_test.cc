@@ -3,7 +3,13 @@
 // for the certificates --tls_operators names. It registers no host shared memory (gstabd
 // cannot tell whose it is), and clients without such a certificate are refused.
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -179,6 +185,33 @@ TEST(TcpTest, ClientsWithoutACertificateOfTheClientCaAreRefusedAndTheSocketServe
 
 // An IPv6 address without brackets, as $(POD_IP):port renders on an IPv6 cluster, served and
 // dialled as with them.
+// A connection to the TCP port that never begins its TLS handshake is closed within gstabd's
+// handshake timeout (20 s), not gRPC's two minutes: whoever reaches the port cannot hold
+// connections open without a certificate.
+TEST(TcpTest, AConnectionThatNeverHandshakesIsClosed) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  TcpDaemon tcp(dir.path(), tls);
+  ASSERT_FALSE(tcp.address().empty());
+  const int port = std::stoi(tcp.address().substr(tcp.address().rfind(':') + 1));
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << strerror(errno);
+  const timeval wait{40, 0};  // past the timeout, well short of two minutes
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait), 0);
+  const absl::Time start = absl::Now();
+  char byte;
+  const ssize_t got = recv(fd, &byte, 1, 0);
+  const absl::Duration took = absl::Now() - start;
+  close(fd);
+  EXPECT_EQ(got, 0) << "not closed by gstabd within 40 s: " << strerror(errno);
+  EXPECT_GE(took, absl::Seconds(15));
+}
+
 TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
   if (!testing::Ipv6LoopbackWorks()) GTEST_SKIP() << "no IPv6 loopback address here";
   TempDir dir;
