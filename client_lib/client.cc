@@ -11,6 +11,7 @@
 #include <optional>
 #include <system_error>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -225,14 +226,15 @@ absl::Status Client::Attach(const AttachOptions& options) {
   // same job and local rank), and a session without its keep-alive would lapse unseen.
   absl::StatusOr<std::unique_ptr<KeepAlive>> keepalive = StartKeepAlive();
   if (!keepalive.ok()) return keepalive.status();
+  // Also should the call throw (out of memory: Guarded reports it): a joinable thread's
+  // destruction would end the process.
+  absl::Cleanup unused = [&] { StopKeepAlive(keepalive->get()); };
   absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
-  if (!response.ok()) {
-    StopKeepAlive(keepalive->get());
-    return response.status();
-  }
+  if (!response.ok()) return response.status();
   (*keepalive)->session = response->session();
   (*keepalive)->period = absl::Milliseconds(std::max<uint64_t>(response->lease_ms(), 3) / 3);
   (*keepalive)->start.Notify();
+  std::move(unused).Cancel();
   StopKeepAlive();
   keepalive_ = *std::move(keepalive);
   const std::string previous = session();
