@@ -19,6 +19,7 @@
 #include "absl/types/span.h"
 #include "common/done_written.h"
 #include "common/environment.h"
+#include "common/listener_process.h"
 #include "common/step_progress.h"
 #include "common/utf8.h"
 
@@ -257,8 +258,10 @@ absl::Status Client::Attach(const AttachOptions& options) {
 namespace {
 std::atomic<Client::DaemonLostHandler> daemon_lost_handler{nullptr};
 
-// Longer than gstabd refuses calls while it stops before it exits: its drain ends with its
-// server's shutdown, and within 1 + 2 + 3 s of that it has exited (server/server.cc).
+// Where gstabd's process cannot be watched: longer than a stopping gstabd usually refuses calls
+// before it exits (its server's shutdown ends its drain, and 1 + 2 + 3 s later the last resort
+// ends it, server/server.cc), though not a bound: a step running its kernels, or held in NCCL,
+// holds the exit longer.
 constexpr absl::Duration kGstabdStopBound = absl::Seconds(20);
 }  // namespace
 
@@ -302,6 +305,12 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
       };
       bool identified = false;
       std::optional<std::string> holder = instance(&identified);
+      // gstabd's process, where this process can see it (over the socket, in one pid
+      // namespace, as CUDA IPC needs): its exit is the one sure sign that the steps it holds
+      // will never run. A stopping gstabd refuses calls before it exits, for as long as a step
+      // it holds takes (one in NCCL, say), and that step may still run its kernels.
+      const ListenerProcess gstabd(absl::StartsWith(target_, "unix:") ? target_.substr(5)
+                                                                      : std::string());
       int unanswered = 0;  // keep-alives in a row that found no gstabd
       absl::Time unanswered_since;
       while (holder.has_value() && !k->stop.WaitForNotificationWithTimeout(k->period)) {
@@ -309,28 +318,38 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
         // two minutes, failing every call at once meanwhile: a worker idle for that long (an
         // evaluation) would lose its session to a gstabd that is reachable again.
         ReconnectIfBackingOff();
-        if (!identified && !(holder = instance(&identified)).has_value()) break;
+        // A first Identify lost on the way is asked again, and its answer taken only when the
+        // keep-alive beside it is answered too (else it may be a new gstabd's).
+        bool asked_again = false;
+        std::optional<std::string> again;
+        if (!identified && !(again = instance(&asked_again)).has_value()) break;
         v1::KeepAliveRequest req;
         req.set_session(k->session);
         v1::KeepAliveResponse resp;
         std::optional<grpc::Status> answer = call(&v1::Stabilizer::Stub::KeepAlive, req, &resp);
         if (!answer.has_value()) break;
+        if (asked_again && answer->ok()) {
+          holder = std::move(again);
+          identified = true;
+        }
         if (answer->error_code() != grpc::StatusCode::UNAVAILABLE) {
           unanswered = 0;
         } else if (unanswered++ == 0) {
           unanswered_since = absl::Now();
         }
-        // A stopping gstabd refuses calls for a while before it exits, and the steps it holds
-        // may still run their kernels meanwhile: gone only once no answer came for longer
-        // than its stop takes.
-        bool lost = unanswered >= 2 && absl::Now() - unanswered_since >= kGstabdStopBound;
+        // Without the process to watch (over TCP, or in another pid namespace): gone once no
+        // answer came for longer than a stop takes, unless a step holds it.
+        bool lost = answer->ok() ? false
+                    : gstabd.Watching()
+                        ? gstabd.Exited()
+                        : unanswered >= 2 && absl::Now() - unanswered_since >= kGstabdStopBound;
         if (answer->error_code() == grpc::StatusCode::UNAUTHENTICATED) {
           bool now_identified = false;
           std::optional<std::string> now = instance(&now_identified);
           if (!now.has_value()) break;
           // Not told when either gstabd could not be asked: the session's steps are then left
           // to its re-registration or destruction.
-          lost = identified && now_identified && (holder->empty() || *now != *holder);
+          lost |= identified && now_identified && (holder->empty() || *now != *holder);
         }
         if (DaemonLostHandler handler = daemon_lost_handler.load(); lost && handler != nullptr) {
           handler(id_);

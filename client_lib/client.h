@@ -111,10 +111,11 @@ class Client {
   // What learns that the session's gstabd is gone: called on a client's keep-alive thread, with
   // its id(), when another gstabd than the one that held the session answers that it does not
   // know it (UNAUTHENTICATED, and Identify names another instance: a restart; both gstabds
-  // must have answered Identify), or none has answered the keep-alives for 20 s (UNAVAILABLE,
-  // longer than a stopping gstabd refuses calls before it exits), and again at each keep-alive
-  // while that lasts. Not when the gstabd that held the session ended it (an expired lease):
-  // that one releases the session's steps itself. One for the
+  // must have answered Identify), or a keep-alive finds no gstabd and its process has exited
+  // (watched by a pidfd; where this process cannot see it, over TCP or from another pid
+  // namespace: none has answered for 20 s, longer than a stop usually refuses calls before it
+  // exits), and again at each keep-alive while that lasts. Not when the gstabd that held the
+  // session ended it (an expired lease): that one releases the session's steps itself. One for the
   // process (null: none); CudaGradients sets it, to release streams that wait for a step gstabd
   // will never finish. It must return within a keep-alive period.
   using DaemonLostHandler = void (*)(uint64_t client_id);

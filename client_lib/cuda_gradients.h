@@ -19,8 +19,8 @@
 // the streams waiting for it go on), then for the device. If that write has not landed within
 // 10 s (its stream shares a hardware queue with the waiting one), nothing is waited for, closed
 // or freed any more: Register then fails, and the destructor leaves its memory allocated.
-// A gstabd found gone before then (a new gstabd at the address, which does not know the
-// session, or none there for two keep-alives: Client::SetDaemonLostHandler) has the done word
+// A gstabd found gone before then (its process exited, or a new gstabd at the address, which
+// does not know the session: Client::SetDaemonLostHandler) has the done word
 // written here at once, from the client's keep-alive thread: a worker whose gstabd was killed or
 // restarted mid-step then fails at its next Step rather than hang at its next wait for the
 // device (that step's gradients may be partly stabilized).

@@ -236,7 +236,6 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     return out;
   }
 
-  const GroupStats before = *s;  // put back should the scale be refused below
   s->t += 1;
   uint32_t flags = kFlagAccepted | DetectSpike(p, s, n, &out.z);
   if (flags & (kFlagSpike | kFlagSpikeRatio)) s->spikes += 1;
@@ -264,10 +263,9 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     // Only statistics gstabd never writes give this (an imported mean far beyond any norm the
     // job had): leave the gradients as they are and have the step skipped rather than apply a
     // scale that is NaN, infinite once the kernels make it a float, or that would grow the
-    // gradients past a float's range. A skipped step moves no statistic.
-    *s = before;
+    // gradients past a float's range.
     scale = 1.0;
-    flags = kFlagSkipped;
+    flags |= kFlagSkipped;
   }
   if (scale < 1.0) flags |= kFlagClipped;
   out.scale = scale;

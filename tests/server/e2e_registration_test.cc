@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/step_progress.h"
 #include "gtest/gtest.h"
 #include "tests/server/faults_fixture.h"
 #include "tests/testing/subprocess.h"
@@ -263,6 +264,21 @@ TEST_F(E2eRegistrationTest, TwoRanksOfAJobMayNotRegisterTheSameMemory) {
   ASSERT_TRUE(own.Allocate().ok());
   EXPECT_TRUE((*second)->Register(own).ok());
   EXPECT_TRUE((*first)->client().Register((*first)->arena()).ok());
+}
+
+// A registration starts its progress word blank: a mark an earlier registration of the same
+// memory left would read, at a step of the same number cut off, as a step gstabd scaled.
+TEST_F(E2eRegistrationTest, ARegistrationStartsItsProgressWordBlank) {
+  auto worker = TestWorker::Create(daemon_->socket(), JobOptions("blank"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  ASSERT_TRUE((*worker)->client().Step(1).ok());
+  const GradientArena& arena = (*worker)->arena();
+  const auto* word = reinterpret_cast<const uint64_t*>(static_cast<const char*>(arena.data(0)) +
+                                                       arena.tensor_bytes());
+  EXPECT_EQ(__atomic_load_n(word, __ATOMIC_SEQ_CST), ScaledMark(1));
+  ASSERT_TRUE((*worker)->client().Register(arena).ok());
+  EXPECT_EQ(__atomic_load_n(word, __ATOMIC_SEQ_CST), 0u);
 }
 
 // A job's gradients are its own: the same memory registered in another job would be scaled by

@@ -183,8 +183,6 @@ TEST(TcpTest, ClientsWithoutACertificateOfTheClientCaAreRefusedAndTheSocketServe
   EXPECT_TRUE((*worker)->client().Step(1).ok());
 }
 
-// An IPv6 address without brackets, as $(POD_IP):port renders on an IPv6 cluster, served and
-// dialled as with them.
 // A connection to the TCP port that never begins its TLS handshake is closed within gstabd's
 // handshake timeout (20 s), not gRPC's two minutes: whoever reaches the port cannot hold
 // connections open without a certificate.
@@ -212,6 +210,8 @@ TEST(TcpTest, AConnectionThatNeverHandshakesIsClosed) {
   EXPECT_GE(took, absl::Seconds(15));
 }
 
+// An IPv6 address without brackets, as $(POD_IP):port renders on an IPv6 cluster, served and
+// dialled as with them.
 TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
   if (!testing::Ipv6LoopbackWorks()) GTEST_SKIP() << "no IPv6 loopback address here";
   TempDir dir;
