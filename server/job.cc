@@ -194,8 +194,10 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   }
   register_again_.erase(local_rank);  // registered again, on whichever transport
   // A mark left by an earlier registration (or gstabd) of the same memory would read as this
-  // one's when a step of the same number is cut off: the word starts blank.
-  if (worker->registration.progress != nullptr) {
+  // one's when a step of the same number is cut off: the word starts blank. Not while a round
+  // runs: it marks its workers' words outside the lock, possibly this memory's through an
+  // older registration, after the blank.
+  if (worker->registration.progress != nullptr && !round_running_) {
     __atomic_store_n(worker->registration.progress, uint64_t{0}, __ATOMIC_SEQ_CST);
   }
   workers_[local_rank] = std::move(worker);
