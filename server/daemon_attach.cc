@@ -210,8 +210,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       std::optional<Checkpointed> from;  // the checkpoint the job comes back from
       auto checkpoint = checkpoints_.find(request.job());
       if (checkpoint != checkpoints_.end()) {
-        // Whole again: its groups are kept on disk only (read above, or, if another checkpoint
-        // has taken its place since, here).
+        // Whole again: its groups are kept on disk only (read above, outside the lock; if
+        // another checkpoint has taken its place since, that one is, in the next turn).
         if (checkpoint->second.on_disk && preloaded_since != checkpoint->second.since) {
           jobs_.erase(request.job());
           preloaded_since = checkpoint->second.since;

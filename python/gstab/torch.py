@@ -32,7 +32,7 @@ import torch
 
 import gstab
 
-from ._torch_attach import _cpu_group, _nccl, attach
+from ._torch_attach import _cpu_group, attach
 from ._torch_layouts import _check_fsdp1, _like, _local, _sharing, _sparse_refusal
 
 __all__ = ["Stabilizer", "attach"]
