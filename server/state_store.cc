@@ -202,7 +202,8 @@ absl::Status StateStore::Init() {
       std::error_code ignored;
       std::filesystem::remove(it->path(), ignored);
     } else if (absl::EndsWith(name, kSuffix) ||
-               absl::StrContains(name, absl::StrCat(kSuffix, kSetAsideInfix))) {
+               absl::StrContains(name, absl::StrCat(kSuffix, kSetAsideInfix)) ||
+               absl::StrContains(name, absl::StrCat(kSuffix, kNewerInfix))) {
       tightened += MakeOwnersAlone(it->path().string());
     } else {
       only_checkpoints = false;
@@ -348,9 +349,10 @@ void StateStore::SetAsideCheckpoint(const std::string& job, const std::string& w
   if (access(path.c_str(), F_OK) == 0) SetAside(path, why);
 }
 
-void StateStore::SetAside(const std::string& path, const std::string& why) {
+void StateStore::SetAside(const std::string& path, const std::string& why, const char* infix) {
   // A name of its own: another set aside in the same second must not replace this one.
-  const std::string base = absl::StrCat(path, kSetAsideInfix, absl::ToUnixSeconds(absl::Now()));
+  const std::string base = absl::StrCat(path, infix != nullptr ? infix : kSetAsideInfix,
+                                        absl::ToUnixSeconds(absl::Now()));
   std::string aside = base;
   for (int n = 1; n < 1000 && access(aside.c_str(), F_OK) == 0; ++n) {
     aside = absl::StrCat(base, ".", n);

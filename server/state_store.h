@@ -52,8 +52,10 @@ class StateStore {
   // Every checkpoint. A <job>.jobstate that is not one (not a regular file, larger than any
   // checkpoint, garbled, or a job's under another job's name) is set aside as
   // <file>.corrupt-<unix seconds> with a logged error, so that the job, which starts afresh,
-  // does not overwrite it (or fail to, at every save); so is one of a format version this gstabd
-  // does not read, or not valid (ValidateJobState). FAILED_PRECONDITION when a checkpoint file
+  // does not overwrite it (or fail to, at every save); so is one not valid (ValidateJobState).
+  // One of a newer format version (a newer release's, met after a rollback) is set aside as
+  // <file>.newer-<unix seconds>, which RemoveSetAside keeps: the newer release can take it
+  // back. FAILED_PRECONDITION when a checkpoint file
   // cannot be read (no permission, an I/O error): starting without it would let its job start
   // afresh over it and lose its statistics and owner.
   absl::StatusOr<std::vector<Stored>> LoadAll();
@@ -70,6 +72,8 @@ class StateStore {
 
  private:
   static constexpr char kSuffix[] = ".jobstate";
+  // After a checkpoint's name, that of a newer release's checkpoint set aside (kept by forget).
+  static constexpr char kNewerInfix[] = ".newer-";
 
   // Makes the folder's entries (a rename, a deletion) durable. OK where the file system has
   // no such thing (EINVAL).
@@ -78,8 +82,9 @@ class StateStore {
   // locked in its place, unless another process holds it (FAILED_PRECONDITION): saves and
   // deletions go by name, and must not reach another gstabd's folder.
   absl::Status CheckFolder();
-  // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged).
-  void SetAside(const std::string& path, const std::string& why);
+  // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged), as
+  // <path><infix><unix seconds>.
+  void SetAside(const std::string& path, const std::string& why, const char* infix = nullptr);
 
   // What Save last wrote for a job: the file (its identity, size and time) and its bytes' checksum
   // (EncodeJobState's leading bytes).

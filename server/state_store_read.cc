@@ -129,8 +129,19 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
                                   state.job(), kSuffix));
       continue;
     }
-    // One its job could not take (a newer release's, or damaged) is kept for a look: the job,
-    // which starts afresh, would overwrite it.
+    // A newer release's (this gstabd rolled back to) is kept for that release, under a name
+    // `forget` does not delete: the job, which starts afresh here, would overwrite it.
+    if (state.format_version() > kJobStateFormatVersion) {
+      SetAside(path,
+               absl::StrCat("was written by a newer gstabd release (checkpoint format ",
+                            state.format_version(), "; this one reads ", kJobStateFormatVersion,
+                            "); it is kept for that release (rename it back to ", state.job(),
+                            kSuffix, " while it does not run)"),
+               kNewerInfix);
+      continue;
+    }
+    // One its job could not take (damaged, or edited) is kept for a look: the job, which
+    // starts afresh, would overwrite it.
     absl::Status s = ValidateJobState(state);
     // A job's name and configuration came through gstabd's checks when it was saved: one that
     // does not pass them now (a hand edit) would be listed, but could not be forgotten by name,

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "server/state_codec.h"
 #include "tests/server/job_a_state.h"
@@ -101,11 +102,16 @@ TEST(StateStoreTest, ACheckpointOfAnotherFormatOrOutOfRangeIsSetAside) {
   good.mutable_config()->mutable_stabilize()->set_beta1(0.9);
   ASSERT_TRUE(store.Save(good).ok());
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"good"});
-  int aside = 0;
+  int aside = 0, kept = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir.path() + "/state")) {
     aside += e.path().filename().string().find(".jobstate.corrupt-") != std::string::npos;
+    kept += absl::StartsWith(e.path().filename().string(), "newer.jobstate.newer-");
   }
-  EXPECT_EQ(aside, 4);
+  EXPECT_EQ(aside, 3);
+  // The newer release's is kept apart, and forgetting its job here does not delete it: the
+  // newer release, run again, can take it back.
+  EXPECT_EQ(kept, 1);
+  EXPECT_EQ(store.RemoveSetAside("newer"), 0u);
 }
 
 TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
