@@ -352,12 +352,13 @@ TEST(E2eFuzzCheckpointTest, MalformedCheckpointsLeaveGstabdServing) {
     }
   }
   for (const std::string job : {"junk", "empty", "newer"}) {
-    // Set aside at start (kept for a look), so that its job's next checkpoint does not
-    // overwrite it; the job starts afresh.
+    // Set aside at start (kept for a look; a newer release's, for that release), so that its
+    // job's next checkpoint does not overwrite it; the job starts afresh.
     const std::string file = job + ".jobstate";
+    const std::string infix = job == "newer" ? ".newer-" : ".corrupt-";
     bool aside = false;
     for (const auto& e : std::filesystem::directory_iterator(dir.path() + "/state")) {
-      aside |= e.path().filename().string().rfind(file + ".corrupt-", 0) == 0;
+      aside |= e.path().filename().string().rfind(file + infix, 0) == 0;
     }
     EXPECT_TRUE(aside) << file << " was not set aside";
     EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/" + file)) << file;
