@@ -58,6 +58,13 @@ v1::JobState CheckpointOf(const Job& job) {
   return state;
 }
 
+// The same, unless the job's lock stays held for `wait` (Job::ExportStateWithin): then nothing.
+std::optional<v1::JobState> CheckpointWithin(const Job& job, absl::Duration wait) {
+  std::optional<v1::JobState> state = job.ExportStateWithin(wait, /*with_history=*/true);
+  if (state.has_value()) SetOwnerIn(job.owner(), &*state);
+  return state;
+}
+
 // How long a round of checkpoints waits for a job's lock before it saves the other jobs first.
 constexpr absl::Duration kBusyJobWait = absl::Milliseconds(200);
 
@@ -339,10 +346,8 @@ absl::Status Daemon::Checkpoint() {
       if (unclaimed_.count(job->name()) == 1) return true;
     }
     std::optional<v1::JobState> state =
-        wait ? job->ExportState(/*with_history=*/true)
-             : job->ExportStateWithin(kBusyJobWait, /*with_history=*/true);
+        wait ? CheckpointOf(*job) : CheckpointWithin(*job, kBusyJobWait);
     if (!state.has_value()) return false;
-    SetOwnerIn(job->owner(), &*state);
     if (NothingToKeep(*state)) return true;
     if (absl::Status s = store_.Save(*state); !s.ok()) failures.Add(state->job(), s);
     return true;
