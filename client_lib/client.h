@@ -60,10 +60,11 @@ class Client {
  public:
   // Connects to gstabd at `address`, its unix socket's path or its TCP port's HOST:PORT (mutual
   // TLS from the environment: client_lib/transport.h; empty: $GSTAB_SOCKET, else
-  // /run/gstab/gstabd.sock), and waits up to `timeout` for it to be
-  // ready. UNAVAILABLE, naming the address, when no daemon answers; PERMISSION_DENIED, naming
+  // /run/gstab/gstabd.sock), and waits up to `timeout` for it to serve. UNAVAILABLE, naming the
+  // address, when no daemon answers, or only one that is stopping; PERMISSION_DENIED, naming
   // the socket's group, when this process may not use the socket; INVALID_ARGUMENT when a TLS
-  // variable is unset, FAILED_PRECONDITION when its file is not readable PEM.
+  // variable is unset, FAILED_PRECONDITION when its file is not readable PEM, or when the server
+  // there is not gstabd.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const std::string& address, absl::Duration timeout = absl::Seconds(10));
   ~Client();

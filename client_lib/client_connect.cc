@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "client_lib/client.h"
 #include "client_lib/transport.h"
 #include "common/environment.h"
@@ -185,12 +186,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   }
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to
-  // a gstabd since replaced still looks ready. A first call finds out, and connects anew.
+  // a gstabd since replaced still looks ready, or one to a gstabd now stopping (NOT_SERVING,
+  // while a new gstabd may already listen at the path). A first call finds out, and connects
+  // anew until `deadline`.
+  bool stopping = false;  // at the last answer
   for (;;) {
     grpc::health::v1::HealthCheckResponse response;
     const grpc::Status s =
         client->AskHealth(std::min(deadline, absl::Now() + absl::Seconds(5)), &response);
-    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !stopping) {
       if (absl::Now() < deadline) continue;  // each check waits 5 s at most
       // Its first call would wait minutes for it (the call timeout).
       return absl::UnavailableError(
@@ -198,7 +202,27 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
                        absl::FormatDuration(timeout),
                        " (stopped, or stuck?): its health check and log say more"));
     }
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline) break;
+    if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      // Every gstabd serves gRPC's health service: its first call would say "unknown service".
+      return absl::FailedPreconditionError(
+          absl::StrCat("the server at ", address,
+                       " is not gstabd (it serves no gRPC health service): give the address of "
+                       "gstabd's socket (its --socket) or TCP port (its --listen)"));
+    }
+    if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      stopping = s.ok() && response.status() != grpc::health::v1::HealthCheckResponse::SERVING;
+    }
+    if (stopping && absl::Now() >= deadline) {
+      return absl::UnavailableError(
+          absl::StrCat("gstabd at ", address,
+                       " is not serving (stopping), and no other gstabd answered there "
+                       "within ",
+                       absl::FormatDuration(timeout), ": connect again once one serves"));
+    }
+    if (!stopping && (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline)) {
+      break;
+    }
+    if (stopping) absl::SleepFor(std::min(absl::Milliseconds(200), deadline - absl::Now()));
     client->Reconnect();
   }
   return client;

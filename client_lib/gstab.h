@@ -95,7 +95,9 @@ const char* gstab_last_error(void);
 /* socket_path: gstabd's unix socket, or HOST:PORT of its TCP port (gstabd --listen), reached
  * with mutual TLS from the PEM files that GSTAB_TLS_CA, GSTAB_TLS_CERT and GSTAB_TLS_KEY name
  * (GSTAB_TLS_NAME: the name in gstabd's certificate, if not the host); NULL or "":
- * $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as gstabctl and the Python package dial. */
+ * $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as gstabctl and the Python package dial.
+ * Waits up to 10 s for a gstabd that serves: GSTAB_UNAVAILABLE when none answers, or only one
+ * that is stopping; GSTAB_FAILED_PRECONDITION when the server there is not gstabd. */
 gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 

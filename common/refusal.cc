@@ -2,15 +2,14 @@
 
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/unix_connect.h"
 
 namespace gstab {
 namespace {
@@ -29,36 +28,30 @@ void SendRefusal(int fd, absl::string_view reason, absl::string_view why) {
 
 std::optional<absl::Status> ProbeRefusal(const std::string& path, absl::Duration wait,
                                          bool* silent) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path) return std::nullopt;
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int fd = ConnectUnix(path);
   if (fd < 0) return std::nullopt;
   std::string got;
   bool timed_out = false;
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
-    // Until the line's end, the connection's end, or `wait`.
-    const absl::Time deadline = absl::Now() + wait;
-    char buffer[256];
-    while (got.size() < kMaxLine && !absl::StrContains(got, '\n')) {
-      const absl::Duration left = deadline - absl::Now();
-      pollfd pfd{fd, POLLIN, 0};
-      const int ready = left <= absl::ZeroDuration()
-                            ? 0
-                            : poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0) {
-        timed_out = ready == 0;
-        break;
-      }
-      const ssize_t n = read(fd, buffer, sizeof buffer);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) break;
-      got.append(buffer, static_cast<size_t>(n));
-      // Anything else (gRPC's server may speak first, in HTTP/2 frames) is no refusal.
-      if (!absl::StartsWith(kPrefix, got.substr(0, kPrefix.size()))) break;
+  // Until the line's end, the connection's end, or `wait`.
+  const absl::Time deadline = absl::Now() + wait;
+  char buffer[256];
+  while (got.size() < kMaxLine && !absl::StrContains(got, '\n')) {
+    const absl::Duration left = deadline - absl::Now();
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = left <= absl::ZeroDuration()
+                          ? 0
+                          : poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) {
+      timed_out = ready == 0;
+      break;
     }
+    const ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) break;
+    got.append(buffer, static_cast<size_t>(n));
+    // Anything else (gRPC's server may speak first, in HTTP/2 frames) is no refusal.
+    if (!absl::StartsWith(kPrefix, got.substr(0, kPrefix.size()))) break;
   }
   close(fd);
   if (silent != nullptr) *silent = timed_out && got.empty();

@@ -1,7 +1,9 @@
 // The client library where its process or gstabd fails it: a thread it cannot start, a gstabd
-// that takes the connection but does not answer, one back after a long outage. This binary's
-// pthread_create fails on demand.
+// that takes the connection but does not answer, a server that is not a serving gstabd, one back
+// after a long outage. This binary's pthread_create fails on demand.
 #include <dlfcn.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -120,6 +122,49 @@ TEST(E2eClientFaultsTest, AConnectToAGstabdThatDoesNotAnswerFailsSayingSo) {
   EXPECT_TRUE(absl::StrContains(second.status().message(), "did not answer")) << second.status();
   EXPECT_GE(took, absl::Seconds(7));
   EXPECT_LT(took, absl::Seconds(9));
+}
+
+// A server at the socket that is not a gstabd serving: one stopping (its health check answers
+// NOT_SERVING, as a stopping gstabd's does on connections made before) fails the connect at its
+// timeout, saying so, rather than a first call refused later; one that is no gstabd at all (no
+// health service), at once.
+// A gRPC server of some other service (all its methods unimplemented).
+std::unique_ptr<grpc::Server> ServeAt(const std::string& path, bool health) {
+  static v1::Rendezvous::Service* other = new v1::Rendezvous::Service();
+  grpc::EnableDefaultHealthCheckService(health);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
+  builder.RegisterService(other);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  grpc::EnableDefaultHealthCheckService(false);
+  return server;
+}
+
+TEST(E2eClientFaultsTest, AConnectToAServerThatIsNotAServingGstabdFailsSayingSo) {
+  TempDir dir;
+  const std::string path = dir.path() + "/other.sock";
+  {
+    std::unique_ptr<grpc::Server> stopping = ServeAt(path, /*health=*/true);
+    ASSERT_NE(stopping, nullptr);
+    stopping->GetHealthCheckService()->SetServingStatus(false);
+    const absl::Time start = absl::Now();
+    auto client = Client::Connect(path, absl::Seconds(2));
+    ASSERT_FALSE(client.ok());
+    EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable) << client.status();
+    EXPECT_TRUE(absl::StrContains(client.status().message(), "not serving")) << client.status();
+    EXPECT_GE(absl::Now() - start, absl::Seconds(2));
+    stopping->GetHealthCheckService()->SetServingStatus(true);
+    EXPECT_TRUE(Client::Connect(path, absl::Seconds(2)).ok());  // serving again
+    stopping->Shutdown();
+  }
+  std::filesystem::remove(path);
+  std::unique_ptr<grpc::Server> other = ServeAt(path, /*health=*/false);
+  ASSERT_NE(other, nullptr);
+  auto client = Client::Connect(path, absl::Seconds(5));
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kFailedPrecondition) << client.status();
+  EXPECT_TRUE(absl::StrContains(client.status().message(), "is not gstabd")) << client.status();
+  other->Shutdown();
 }
 
 // A client whose gstabd was gone long enough for gRPC to wait tens of seconds between connection
