@@ -31,6 +31,7 @@ checkpoint keeps client.export_state()'s bytes.
 
 import ctypes
 import re
+import warnings
 from typing import Any, Callable, Optional, Tuple, Union
 
 import jax
@@ -73,6 +74,14 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     nodes = world // local_world_size
     if local_rank is None:
         local_rank = rank % local_world_size
+    elif node_rank is None and local_rank != rank % local_world_size:
+        # Not found from the gstabds (one process, a gstabd of an earlier release, or
+        # local_world_size given): consecutive processes a node. Every process knows every
+        # other's layout here, so a wrong local_rank fails wherever it is given, before any
+        # process attaches or waits for the others.
+        raise ValueError(f"local_rank {local_rank} is not process {rank}'s: with "
+                         f"{local_world_size} consecutive processes a node it is "
+                         f"{rank % local_world_size}")
     if node_rank is None:
         node_rank = rank // local_world_size
     blob = None
@@ -130,6 +139,12 @@ def _layout_by_gstabd(client: gstab.Client, rank: int, world: int,
     if failure is not None:
         raise failure
     if (answers[:, 0] == 1).any():
+        # One process a node, each its node's local_rank 0: refused on every process alike.
+        wrong = [(p, int(a[2])) for p, a in enumerate(answers) if a[2] > 0]
+        if wrong:
+            raise ValueError(f"process {wrong[0][0]} gave local_rank={wrong[0][1]}, but with a "
+                             f"gstabd of an earlier release each process is a node of its own "
+                             f"(local_rank 0): give local_world_size to say otherwise")
         return None
     keys = [a[3:].tobytes() for a in answers]
     _nodes.check_given(keys, [(None if a[2] < 0 else int(a[2]), None) for a in answers],
@@ -141,6 +156,12 @@ def _array(leaf):
     """The leaf itself if it is an array (JAX or numpy), else it as JAX makes it (a Python
     float is float32 then, as its gradient is; float64 with x64 enabled, which is refused)."""
     return leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else jax.numpy.asarray(leaf)
+
+
+def _native(dtype) -> np.dtype:
+    """`dtype` in this machine's byte order: a numpy leaf of another ('>f4') is read into, and
+    returned from, the arena's native one."""
+    return np.dtype(dtype).newbyteorder("=")
 
 
 def _extent(index, shape) -> tuple:
@@ -217,6 +238,7 @@ class Stabilizer:
             raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
                             f"{type(client).__name__}")
         leaves, self._treedef = jax.tree_util.tree_flatten_with_path(like)
+        leaves = [(path, _array(leaf)) for path, leaf in leaves]
         if not leaves:
             raise ValueError("the tree has no leaves: there is nothing to stabilize")
         self._client = client
@@ -224,13 +246,12 @@ class Stabilizer:
         self._specs = []  # (name, shape, numpy dtype, arena index or None for empty leaves)
         names = set()
         for path, leaf in leaves:
-            leaf = _array(leaf)
             name = leaf_name(path)
             if name in names:
                 raise ValueError(f"two leaves are both named '{name}' once made a tensor name")
             names.add(name)
             _refuse_unless_held_whole(name, leaf)
-            dtype = np.dtype(leaf.dtype)
+            dtype = _native(leaf.dtype)
             if dtype.name not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"leaf '{name}': gstab stabilizes float32, bfloat16 and float16 "
                                  f"gradients, not {dtype.name}")
@@ -243,6 +264,9 @@ class Stabilizer:
             self._specs.append((name, shape, dtype, index))
         if all(index is None for _, _, _, index in self._specs):
             raise ValueError("every leaf is empty: there is nothing to stabilize")
+        # Copies across processes are checked once, in `like` and in the first gradients.
+        self._copies_checked = replicated or node_sharded
+        self._check_copies((leaf_name(path), leaf) for path, leaf in leaves)
         self._arena.allocate()
         self._buffers = [None if index is None else self._arena.array(index)
                          for _, _, _, index in self._specs]
@@ -256,6 +280,24 @@ class Stabilizer:
         self._offsets = [None if b is None else b.ctypes.data - base for b in self._buffers]
         client.register_arena(self._arena)
 
+    def _check_copies(self, named_leaves) -> None:
+        """Warns when a leaf registered as this process's slice (neither replicated nor
+        node_sharded) is a global array held whole here that spans other processes' devices:
+        every process holding it counts its copy, and norms come out sqrt(N) too large for N
+        processes. (A leaf held only in part is refused, so such a leaf is replicated.)"""
+        if self._copies_checked:
+            return
+        for name, leaf in named_leaves:
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+                warnings.warn(
+                    f"leaf '{name}' is replicated across processes ({leaf.sharding}), but is "
+                    f"registered as this process's slice: every process counts its copy, and "
+                    f"norms come out sqrt(N) too large for N processes. Pass replicated=True "
+                    f"for gradients averaged across the processes (node_sharded=True for ones "
+                    f"sliced across a node's processes)", RuntimeWarning, stacklevel=3)
+                self._copies_checked = True
+                return
+
     def step(self, grads: Any, step: int) -> Tuple[Any, gstab.StepResult]:
         """Returns the stabilized gradients (a tree like `grads`) and gstabd's results."""
         if self._client.registration is not self._arena:
@@ -268,12 +310,15 @@ class Stabilizer:
             raise ValueError(f"the gradients' tree {treedef} is not the registered one "
                              f"{self._treedef}")
         for leaf, (name, shape, dtype, _), buffer in zip(leaves, self._specs, self._buffers):
-            if tuple(leaf.shape) != shape or np.dtype(leaf.dtype) != dtype:
+            if tuple(leaf.shape) != shape or _native(leaf.dtype) != dtype:
                 raise ValueError(f"leaf '{name}' is {np.dtype(leaf.dtype).name}{list(leaf.shape)}"
                                  f", registered as {dtype.name}{list(shape)}")
             _refuse_unless_held_whole(name, leaf)
             if buffer is not None:
                 _read_into(buffer, leaf)
+        if not self._copies_checked:
+            self._check_copies(zip((name for name, _, _, _ in self._specs), leaves))
+            self._copies_checked = True
         result = self._client.step(step)
         # One copy out of the shared memory, which the next step rewrites. JAX on the CPU makes
         # arrays over suitably aligned host memory without copying it: the new arrays view this

@@ -258,6 +258,18 @@ class JaxAttachTest(unittest.TestCase):
         for process in (0, 1):
             with self.assertRaisesRegex(ValueError, "process 1 gave local_rank=0"):
                 jax_attach(process, [a, a], given=[0, 0], local_rank=0)
+        # Not found from the gstabds: consecutive processes a node, refused before attaching
+        # (it reached gstabd, or hung the others at their first step). A gstabd of an earlier
+        # release: on every process.
+        with self.assertRaisesRegex(ValueError, "local_rank 1 is not process 0's"):
+            jax_attach(0, [a], local_rank=1)
+        with self.assertRaisesRegex(ValueError, "local_rank 0 is not process 3's"):
+            jax_attach(3, [a] * 4, local_rank=0, local_world_size=2)
+        for process in (0, 1):
+            with self.assertRaisesRegex(ValueError, "process 1 gave local_rank=1, but with a "
+                                        "gstabd of an earlier release"):
+                jax_attach(process, [None, None], given=[None, 1],
+                           local_rank=1 if process else None)
 
 
 if __name__ == "__main__":

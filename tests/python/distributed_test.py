@@ -195,14 +195,15 @@ class JaxProcessesTest(unittest.TestCase):
 
     def run_hosts(self, job, replicated, gstabds=2):
         """examples/jax_train.py as two processes of jax.distributed, each on a "host" with a
-        gstabd of its own (gstabds=1: both with one gstabd); returns each process's report."""
+        gstabd of its own (gstabds=1: both with one gstabd); returns each process's report, and
+        their outputs."""
         example, env = os.path.join(EXAMPLES, "jax_train.py"), frameworks.example_env()
         started = peer_gstabds(gstabds)
         hosts = started * (2 // gstabds)
         coordinator = f"127.0.0.1:{free_port()}"
         try:
             with tempfile.TemporaryDirectory(prefix="gstab-jax-") as folder:
-                run_together(self, [
+                output = run_together(self, [
                     [sys.executable, example, "--socket", host.socket, "--job", job,
                      "--coordinator", coordinator, "--num_processes", "2", "--process_id",
                      str(i), "--replicated", replicated, "--report", f"{folder}/{i}.json"]
@@ -211,13 +212,14 @@ class JaxProcessesTest(unittest.TestCase):
                 for i in range(2):
                     with open(f"{folder}/{i}.json") as f:
                         reports.append(json.load(f))
-                return reports
+                return reports, output
         finally:
             for host in started:
                 self.assertEqual(host.stop(), 0)
 
     def test_processes_on_two_hosts_share_one_replicated_gradient(self):
-        reports = self.run_hosts("jax-two-hosts", "true")
+        reports, output = self.run_hosts("jax-two-hosts", "true")
+        self.assertNotIn("RuntimeWarning", output)
         self.assertEqual([r["gstab_layout"] for r in reports], [[0, 1, 0, 2], [0, 1, 1, 2]])
         for report in reports:  # gstab's norm is the averaged gradient's own
             for record in report["steps"]:
@@ -226,8 +228,10 @@ class JaxProcessesTest(unittest.TestCase):
         self.assertEqual([r["scale"] for r in reports[0]["steps"]],
                          [r["scale"] for r in reports[1]["steps"]])
         self.assertEqual(reports[0]["parameters"], reports[1]["parameters"])
-        # Registered as slices instead, the norm sums both hosts' squares, through their gstabds.
-        reports = self.run_hosts("jax-two-hosts-sharded", "false")
+        # Registered as slices instead, the norm sums both hosts' squares, through their gstabds,
+        # with a warning on each process that names the copies.
+        reports, output = self.run_hosts("jax-two-hosts-sharded", "false")
+        self.assertEqual(output.count("is replicated across processes"), 2, output)
         for record in reports[0]["steps"]:
             self.assertAlmostEqual(record["norm"] / record["grad_norm"], math.sqrt(2),
                                    delta=1e-5)
@@ -235,7 +239,7 @@ class JaxProcessesTest(unittest.TestCase):
     def test_two_processes_with_one_gstabd_are_one_node(self):
         # Two processes, two containers, one gstabd: one node of two local workers sharing its
         # statistics, where before each process was taken for a host and the second refused.
-        reports = self.run_hosts("jax-one-gstabd", "true", gstabds=1)
+        reports, _ = self.run_hosts("jax-one-gstabd", "true", gstabds=1)
         self.assertEqual([r["gstab_layout"] for r in reports], [[0, 2, 0, 1], [1, 2, 0, 1]])
         for report in reports:
             for record in report["steps"]:

@@ -587,6 +587,15 @@ class JaxTest(GstabdTest):
             stabilizer.step(jax_params(), 3)
         self.assertFalse(later.step({"w": np.ones(3, np.float32)}, 3)[1].skip)
 
+    def test_numpy_leaves_of_the_other_byte_order_keep_their_values(self):
+        # Read into the arena's native float32 and returned in it; viewed in the leaf's own
+        # order, the values came back byte-swapped.
+        client = self.attach("jax-byte-order", policy="monitor")
+        stabilizer = gstab.jax.Stabilizer(client, {"w": np.ones(3, ">f4")})
+        grads, result = stabilizer.step({"w": np.array([1.5, 2.0, 3.0], ">f4")}, 1)
+        np.testing.assert_array_equal(grads["w"], [1.5, 2.0, 3.0])
+        self.assertAlmostEqual(result.groups[0].norm, math.sqrt(1.5 ** 2 + 4 + 9), places=5)
+
 
 if __name__ == "__main__":
     frameworks.main()
