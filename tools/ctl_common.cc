@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "client_lib/config_text.h"
 #include "google/protobuf/struct.pb.h"
+#include "tools/ctl_files.h"
 
 namespace gstab::ctl {
 
@@ -109,22 +110,7 @@ void WatchSession(Client* client) {
 // gstabd made. A frozen gstabd's attach is given up on: its session then lasts to its lease.
 constexpr absl::Duration kAttachWait = absl::Seconds(3);
 
-// The temporary file of a write under way (OpenPartialFile): a signal removes it.
-absl::Mutex partial_mu;
-std::string partial_file ABSL_GUARDED_BY(partial_mu);
-
 }  // namespace
-
-int OpenPartialFile(const std::string& path, int flags, mode_t mode) {
-  absl::MutexLock lock(&partial_mu);
-  partial_file = path;
-  return ::open(path.c_str(), flags, mode);
-}
-
-void NoPartialFile() {
-  absl::MutexLock lock(&partial_mu);
-  partial_file.clear();
-}
 
 void HandleStopSignals() {
   signal(SIGPIPE, SIG_IGN);
@@ -153,9 +139,7 @@ void HandleStopSignals() {
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
       (void)session_stub->Detach(&ctx, request, &response);
     }
-    // Leaves no temporary file behind; held to the end, so that no other is made meanwhile.
-    absl::MutexLock partial(&partial_mu);
-    if (!partial_file.empty()) ::unlink(partial_file.c_str());
+    RemovePartialFileForGood();
     // Dies of the signal, as without this thread (a shell sees 128 + the signal).
     signal(sig, SIG_DFL);
     pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);

@@ -62,12 +62,6 @@ absl::StatusOr<std::unique_ptr<Client>> Connect();
 // fails (StdoutFailed) and the command detaches on its way out.
 void HandleStopSignals();
 
-// Creates `path` (open's flags and mode) as the temporary file of a write under way, which the
-// signal thread removes before gstabctl dies of a signal; NoPartialFile once it is renamed or
-// removed. A signal's removal and the creation do not interleave.
-int OpenPartialFile(const std::string& path, int flags, mode_t mode);
-void NoPartialFile();
-
 // A client attached as an observer of --job, detached when it goes, on every path (a signal
 // included): a session left to its lease would keep the job from `forget` and from retiring
 // meanwhile.

@@ -13,10 +13,33 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/fd_read.h"
-#include "tools/ctl_common.h"
 
 namespace gstab::ctl {
+namespace {
+
+absl::Mutex partial_mu;
+std::string partial_file ABSL_GUARDED_BY(partial_mu);
+
+}  // namespace
+
+int OpenPartialFile(const std::string& path, int flags, mode_t mode) {
+  absl::MutexLock lock(&partial_mu);
+  partial_file = path;
+  return ::open(path.c_str(), flags, mode);
+}
+
+void NoPartialFile() {
+  absl::MutexLock lock(&partial_mu);
+  partial_file.clear();
+}
+
+// Held to the process's end, so that no other file is made meanwhile.
+void RemovePartialFileForGood() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  partial_mu.Lock();
+  if (!partial_file.empty()) ::unlink(partial_file.c_str());
+}
 namespace {
 
 absl::Status CannotWrite(const std::string& path, int error) {
@@ -97,7 +120,7 @@ absl::StatusOr<Output> ResolveOutput(const std::string& path) {
     out.target = path;
   }
   const size_t slash = out.target.rfind('/');
-  out.folder = slash == std::string::npos ? "." : out.target.substr(0, slash + 1);
+  out.folder = slash == std::string::npos ? "./" : out.target.substr(0, slash + 1);
   if (::access(out.folder.c_str(), W_OK | X_OK) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("cannot write '", path, "': its folder '",
                                                    out.folder, "' cannot be written (",
@@ -148,11 +171,18 @@ absl::Status WriteWhole(const Output& out, const std::string& bytes) {
                                             "' beside it: ", std::strerror(err)));
   }
   int e = WriteAll(fd, bytes);
-  if (e == 0 && exists && ::fchmod(fd, mode) != 0) e = errno;  // the umask may have cut it
-  // The file's owner stays, where this user may keep it (root); else it becomes this user's.
-  if (e == 0 && exists && out.existing->st_uid != ::geteuid()) {
-    (void)::fchown(fd, out.existing->st_uid, out.existing->st_gid);
+  // The file's owner and group stay where this user may keep them: both as root, the group
+  // where this user is among it (a group-shared folder); else they become this user's. Before
+  // the mode, which a change of owner may cut (its set-id bits), as the umask may have.
+  if (e == 0 && exists) {
+    struct stat made;
+    if (::fstat(fd, &made) == 0 &&
+        (made.st_uid != out.existing->st_uid || made.st_gid != out.existing->st_gid) &&
+        ::fchown(fd, out.existing->st_uid, out.existing->st_gid) != 0) {
+      (void)::fchown(fd, static_cast<uid_t>(-1), out.existing->st_gid);
+    }
   }
+  if (e == 0 && exists && ::fchmod(fd, mode) != 0) e = errno;
   if (e == 0 && ::fsync(fd) != 0) e = errno;
   if (::close(fd) != 0 && e == 0) e = errno;
   if (e == 0 && ::rename(partial.c_str(), out.target.c_str()) != 0) e = errno;

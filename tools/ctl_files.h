@@ -23,7 +23,8 @@ struct Output {
   std::string path;  // as given
   int fd = -1;       // kDescriptor
   // kReplace: the file replaced (through symbolic links, whether or not it exists yet), its
-  // folder (ending in '/', or "."), and what it was when it exists (its mode and owner stay).
+  // folder (ending in '/'), and what it was when it exists (its mode, owner and group stay
+  // where this user may keep them).
   std::string target;
   std::string folder;
   std::optional<struct stat> existing;
@@ -35,6 +36,17 @@ absl::StatusOr<Output> ResolveOutput(const std::string& path);
 
 // Writes `bytes` where `out` says.
 absl::Status WriteWhole(const Output& out, const std::string& bytes);
+
+// The temporary file of a write under way, which the signal thread removes before gstabctl
+// dies of a signal (RemovePartialFileForGood). A signal's removal and the creation do not
+// interleave.
+// Creates `path` (open's flags and mode) as that file; NoPartialFile once it is renamed or
+// removed.
+int OpenPartialFile(const std::string& path, int flags, mode_t mode);
+void NoPartialFile();
+// Removes the file of a write under way, if any, and keeps any other from being made: for a
+// process about to die.
+void RemovePartialFileForGood();
 
 // All of `path` ("-": stdin), refused past `max_bytes` (no state is larger than gstabd takes).
 absl::StatusOr<std::string> ReadWhole(const std::string& path, size_t max_bytes);
