@@ -43,9 +43,11 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
                 "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message(),
                 "; attach every worker again with a new rendezvous once it is back")));
   }
-  if (absl::StrContains(failure.message(), kUnknownToken)) {
-    // The store answered, and said why: no node is to blame, and no retry with this blob can
-    // succeed (Gloo's failure is UNAVAILABLE whatever the store said).
+  if (absl::StrContains(failure.message(), kUnknownToken) ||
+      absl::StrContains(failure.message(), kStoreRefused)) {
+    // The store answered, and said why (the rendezvous unknown or expired, its caps): no node
+    // is to blame, and no retry with this blob can succeed (Gloo's failure is UNAVAILABLE
+    // whatever the store said).
     absl::Status expired = absl::FailedPreconditionError(absl::StrCat(
         "step ", step, " of job '", job, "' on node ", c->rank(), ": ", failure.message()));
     LOG(WARNING) << expired;

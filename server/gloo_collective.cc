@@ -192,6 +192,18 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
                      "); attach every worker again with a new rendezvous"));
   }
   if (context_ != nullptr) return absl::OkStatus();
+  // This node's own fault, said as such before any other node is asked about: the address
+  // gstabd's --peer_listen names is gone from this machine (a pod's or host's address changed).
+  std::shared_ptr<gloo::transport::Device> device;
+  try {
+    gloo::transport::tcp::attr attr;
+    attr.hostname = bind_host_;
+    device = gloo::transport::tcp::CreateDevice(attr);
+  } catch (const std::exception& e) {
+    broken_ = absl::StrCat("this node cannot listen for the job's other nodes on ", bind_host_,
+                           " (gstabd's --peer_listen host): ", e.what());
+    return absl::FailedPreconditionError(broken_);
+  }
   try {
     GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
                     calls_.get());
@@ -221,9 +233,6 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
         return absl::FailedPreconditionError(broken_);
       }
     }
-    gloo::transport::tcp::attr attr;
-    attr.hostname = bind_host_;
-    std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
     auto context = std::make_shared<gloo::rendezvous::Context>(static_cast<int>(rank_),
                                                                static_cast<int>(size_));
     // A pair waits five times its timeout for its first connection (gloo's tcp::Pair): the

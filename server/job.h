@@ -398,6 +398,7 @@ class Job {
   bool round_open_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t round_step_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t round_id_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time round_opened_ ABSL_GUARDED_BY(mu_);  // MonotonicNow() at its first arrival
   bool round_running_ ABSL_GUARDED_BY(mu_) = false;            // its last worker has arrived
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;            // see BeginShutdown
   int importing_ ABSL_GUARDED_BY(mu_) = 0;  // imports waiting between steps: steps wait for them

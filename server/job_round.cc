@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/monotonic_clock.h"
 #include "core/config.h"
 #include "core/rule.h"
 #include "glog/logging.h"
@@ -93,6 +94,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     if (!round_open_) {
       round_open_ = true;
       round_step_ = step;
+      round_opened_ = MonotonicNow();
       arrived_.clear();
       ++round_id_;
     }
@@ -187,7 +189,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           return round_status_;
         }
         if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
-        return AbandonRound(step, my_round, late, timeout - arrival,
+        // The other nodes' steps wait up to `timeout` from their arrivals, about this round's
+        // first: what is left of it, to hear the refusal. No less than half of it, as when the
+        // arrival wait ran out; more when a detached rank cut that wait short.
+        const absl::Duration telling =
+            std::max(timeout - (MonotonicNow() - round_opened_), timeout - arrival);
+        return AbandonRound(step, my_round, late, telling,
                             detached.empty() ? absl::StatusCode::kDeadlineExceeded
                                              : absl::StatusCode::kFailedPrecondition);
       }

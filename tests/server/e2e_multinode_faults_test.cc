@@ -215,6 +215,31 @@ TEST(MultiNodeFaultTest, ALocalWorkerThatDetachedIsNotWaitedForOnAnyNode) {
   EXPECT_EQ(given_up[0].status().code(), absl::StatusCode::kAborted) << given_up[0].status();
 }
 
+// The other nodes hear of it for as long as their steps wait (the step timeout from the
+// round's first arrival), not half of it: node 0's worker here comes 4 s after node 1's, past
+// half the 6 s timeout. Before, the telling gave up at 3 s, and both nodes' communicator broke.
+TEST(MultiNodeFaultTest, ANodeComingLateStillHearsThatALocalWorkerDetachedElsewhere) {
+  Cluster cluster(2, {"--step_timeout_ms=6000"});
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  std::unique_ptr<TestWorker> leaving = SteppedOnceLessOne(&cluster, "late-node", &workers);
+  ASSERT_NE(leaving, nullptr);
+  ASSERT_TRUE(leaving->client().Detach().ok());
+  absl::StatusOr<v1::StepResponse> node1;
+  std::thread first([&] { node1 = workers[1]->client().Step(2); });
+  absl::SleepFor(absl::Seconds(4));
+  absl::StatusOr<v1::StepResponse> node0 = workers[0]->client().Step(2);
+  first.join();
+  EXPECT_EQ(node1.status().code(), absl::StatusCode::kFailedPrecondition) << node1.status();
+  EXPECT_NE(node1.status().message().find("whose workers detached"), std::string::npos)
+      << node1.status();
+  EXPECT_EQ(node0.status().code(), absl::StatusCode::kAborted) << node0.status();
+  // The communicator is whole: the next step is given up alike, not failed for a break.
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
+  auto next = StepAll(workers, Same(2, 3));
+  EXPECT_EQ(next[0].status().code(), absl::StatusCode::kAborted) << next[0].status();
+  EXPECT_EQ(next[1].status().code(), absl::StatusCode::kFailedPrecondition) << next[1].status();
+}
+
 // With node 0 stalled, telling it fails too: every waiting worker of the given-up step hears
 // so, and what to do (not only the one that did the telling).
 TEST(MultiNodeFaultTest, WhenTheOthersCannotBeToldEveryWaitingWorkerHearsSo) {
