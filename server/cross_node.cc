@@ -181,7 +181,8 @@ class Records {
 std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
                       " groups, presence flags), GPU layout ", kGpuLayoutValues, " values, rule ",
-                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats));
+                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats),
+                      ", connections by mesh keys");
 }
 
 namespace {

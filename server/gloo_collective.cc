@@ -4,7 +4,6 @@
 #include <gloo/allreduce.h>
 #include <gloo/broadcast.h>
 #include <gloo/math.h>
-#include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
 #include <grpcpp/grpcpp.h>
@@ -17,122 +16,10 @@
 #include "absl/time/clock.h"
 #include "common/token.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
+#include "server/gloo_store.h"
 
 namespace gstab {
 namespace {
-
-// gloo::rendezvous::Store over the gstab.v1.Rendezvous service. Gloo reports failures by
-// exception, so errors are thrown as std::runtime_error. Every call ends by `deadline` (the
-// caller's: Gloo asks for 30 s per call by default, and waits for each peer in turn).
-class GrpcStore final : public gloo::rendezvous::Store {
- public:
-  GrpcStore(const std::string& address, std::string token, const MutualTls& tls,
-            absl::Time deadline, StoreCalls* calls)
-      : token_(std::move(token)), deadline_(deadline), calls_(calls) {
-    grpc::ChannelArguments args;
-    std::shared_ptr<grpc::ChannelCredentials> credentials = MutualTlsChannelCredentials(tls, &args);
-    stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
-  }
-
-  // Sets `key` to `value` unless it is set; returns what it holds then.
-  std::string Claim(const std::string& key, const std::string& value) {
-    v1::StoreSetRequest request;
-    request.set_token(token_);
-    request.set_key(key);
-    request.set_value(value);
-    request.set_if_absent(true);
-    v1::StoreSetResponse response;
-    Check(
-        Run(Left(), [&](grpc::ClientContext* c) { return stub_->StoreSet(c, request, &response); }),
-        "claim", key);
-    return response.value();
-  }
-
-  void set(const std::string& key, const std::vector<char>& data) override {
-    v1::StoreSetRequest request;
-    request.set_token(token_);
-    request.set_key(key);
-    request.set_value(std::string(data.begin(), data.end()));
-    v1::StoreSetResponse response;
-    Check(
-        Run(Left(), [&](grpc::ClientContext* c) { return stub_->StoreSet(c, request, &response); }),
-        "set", key);
-  }
-
-  std::vector<char> get(const std::string& key) override {
-    wait({key});
-    v1::StoreGetRequest request;
-    request.set_token(token_);
-    request.set_key(key);
-    v1::StoreGetResponse response;
-    Check(
-        Run(Left(), [&](grpc::ClientContext* c) { return stub_->StoreGet(c, request, &response); }),
-        "get", key);
-    return std::vector<char>(response.value().begin(), response.value().end());
-  }
-
-  void wait(const std::vector<std::string>& keys) override { wait(keys, Left()); }
-
-  // Gloo's own timeout is not ours (it passes its pairs', a fifth of the step's; see Connect):
-  // a wait takes what is left to the deadline.
-  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override {
-    const std::string first = keys.empty() ? "" : keys[0];
-    const std::chrono::milliseconds left = Left();
-    v1::StoreWaitRequest request;
-    request.set_token(token_);
-    for (const std::string& k : keys) request.add_keys(k);
-    request.set_timeout_ms(static_cast<uint32_t>(left.count()));
-    v1::StoreWaitResponse response;
-    Check(Run(left + std::chrono::seconds(1),
-              [&](grpc::ClientContext* c) { return stub_->StoreWait(c, request, &response); }),
-          "wait for", first);
-  }
-
- private:
-  // The time left to the deadline; past it, a millisecond: a key set by then is still found.
-  std::chrono::milliseconds Left() const {
-    return std::chrono::milliseconds(
-        std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline_ - absl::Now())));
-  }
-  // One call within `timeout`, tracked in calls_ for a stop to cancel; one the stop cancelled
-  // says kThisGstabdStopping.
-  template <typename Call>
-  grpc::Status Run(std::chrono::milliseconds timeout, const Call& call) {
-    const grpc::Status stopping(grpc::StatusCode::CANCELLED, kThisGstabdStopping);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-    if (calls_ == nullptr) return call(&ctx);
-    if (!calls_->Track(&ctx)) return stopping;
-    const absl::Cleanup untrack = [&] { calls_->Untrack(&ctx); };
-    grpc::Status s = call(&ctx);
-    if (s.error_code() == grpc::StatusCode::CANCELLED && calls_->cancelled()) return stopping;
-    return s;
-  }
-  static void Check(const grpc::Status& s, const char* op, const std::string& key) {
-    if (s.error_code() == grpc::StatusCode::CANCELLED && s.error_message() == kThisGstabdStopping) {
-      throw std::runtime_error(absl::StrCat(kThisGstabdStopping, " (cannot ", op, " '", key,
-                                            "' in the rendezvous store)"));
-    }
-    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // NameFailure reads this
-      throw std::runtime_error(absl::StrCat(kStoreUnreachable, " (cannot ", op, " '", key,
-                                            "': ", s.error_message(), ")"));
-    }
-    if (!s.ok()) {
-      // The store's own refusals (an unknown token, its caps) say it is there; anything else
-      // (no answer in time, most of all) may be node 0's gstabd gone.
-      const bool refused = s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
-                           s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-                           s.error_code() == grpc::StatusCode::INVALID_ARGUMENT;
-      throw std::runtime_error(absl::StrCat(refused ? kStoreRefused : "rendezvous store",
-                                            ": cannot ", op, " '", key, "': ", s.error_message()));
-    }
-  }
-
-  std::unique_ptr<v1::Rendezvous::Stub> stub_;
-  const std::string token_;
-  const absl::Time deadline_;
-  StoreCalls* const calls_;
-};
 
 std::chrono::milliseconds Ms(absl::Duration d) {
   return std::chrono::milliseconds(std::max<int64_t>(1, absl::ToInt64Milliseconds(d)));
@@ -233,13 +120,11 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
         return absl::FailedPreconditionError(broken_);
       }
     }
-    auto context = std::make_shared<gloo::rendezvous::Context>(static_cast<int>(rank_),
-                                                               static_cast<int>(size_));
     // A pair waits five times its timeout for its first connection (gloo's tcp::Pair): the
     // pairs get a fifth of the step's, so that a peer that never connects fails the step in
     // its timeout. The collectives then take the whole of it.
-    context->setTimeout(Ms(timeout / 5));
-    context->connectFullMesh(store, device);
+    std::shared_ptr<gloo::Context> context = ConnectMesh(
+        &store, static_cast<int>(rank_), static_cast<int>(size_), device, Ms(timeout / 5));
     context->setTimeout(Ms(timeout));
     context_ = std::move(context);
   } catch (const std::exception& e) {

@@ -129,6 +129,38 @@ absl::StatusOr<std::string> RendezvousStore::Get(const std::string& token, const
   return it->second;
 }
 
+absl::StatusOr<std::vector<std::string>> RendezvousStore::GetSlices(
+    const std::string& token, const std::vector<Slice>& slices) {
+  uint64_t total = 0;
+  for (const Slice& slice : slices) {
+    total += std::min<uint64_t>(slice.length, kMaxSliceBytes + 1);
+  }
+  if (slices.size() > kMaxKeys || total > kMaxSliceBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a get of ", slices.size(), " parts, ", total,
+                                                   " bytes: at most ", kMaxKeys, " parts and ",
+                                                   kMaxSliceBytes, " bytes"));
+  }
+  std::vector<std::string> out;
+  out.reserve(slices.size());
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Space*> space = Find(token);
+  if (!space.ok()) return space.status();
+  for (const Slice& slice : slices) {
+    auto it = (*space)->values.find(slice.key);
+    if (it == (*space)->values.end()) {
+      return absl::NotFoundError(absl::StrCat("key '", slice.key, "' not set"));
+    }
+    const std::string& value = it->second;
+    if (slice.offset > value.size() || slice.length > value.size() - slice.offset) {
+      return absl::OutOfRangeError(absl::StrCat("key '", slice.key, "' holds ", value.size(),
+                                                " bytes, not ", slice.length, " from ",
+                                                slice.offset));
+    }
+    out.push_back(value.substr(slice.offset, slice.length));
+  }
+  return out;
+}
+
 absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<std::string>& keys,
                                    absl::Duration timeout, const std::function<bool()>& cancelled) {
   constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);
@@ -140,13 +172,17 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
   absl::MutexLock lock(&mu_);
   if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();  // used now
   std::string missing;
+  // Keys are only set, never unset, while their rendezvous lasts: each check goes on from the
+  // first key not yet seen. A wait for every node's key, which each of a job's nodes makes,
+  // then costs each Set (which checks every wait) one lookup a wait, not one a key.
+  size_t seen = 0;
   auto all_set = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (closed_) return true;  // reported below
     auto it = spaces_.find(token);
     if (it == spaces_.end()) return true;  // reported below
-    for (const std::string& k : keys) {
-      if (it->second.values.count(k) == 0) {
-        missing = k;
+    for (; seen < keys.size(); ++seen) {
+      if (it->second.values.count(keys[seen]) == 0) {
+        missing = keys[seen];
         return false;
       }
     }
@@ -179,6 +215,16 @@ grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSe
 
 grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* request,
                                          v1::StoreGetResponse* response) {
+  if (!request->slices().empty()) {
+    std::vector<RendezvousStore::Slice> slices;
+    slices.reserve(request->slices_size());
+    for (const v1::StoreSlice& s : request->slices())
+      slices.push_back({s.key(), s.offset(), s.length()});
+    absl::StatusOr<std::vector<std::string>> parts = store_->GetSlices(request->token(), slices);
+    if (!parts.ok()) return ToGrpcStatus(parts.status());
+    for (std::string& part : *parts) response->add_slices(std::move(part));
+    return grpc::Status::OK;
+  }
   absl::StatusOr<std::string> value = store_->Get(request->token(), request->key());
   if (!value.ok()) return ToGrpcStatus(value.status());
   response->set_value(*std::move(value));

@@ -7,10 +7,12 @@
 // Thread-safe.
 #pragma once
 
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -57,6 +59,16 @@ class RendezvousStore {
                    bool if_absent = false, std::string* holds = nullptr);
   // NOT_FOUND when the key is not set.
   absl::StatusOr<std::string> Get(const std::string& token, const std::string& key);
+  // Parts of several keys' values, in order: NOT_FOUND when a key is not set, OUT_OF_RANGE when
+  // a part passes its value's end, INVALID_ARGUMENT past kMaxKeys parts or kMaxSliceBytes in
+  // all. Only the parts are copied under the store's lock, not the values.
+  struct Slice {
+    std::string key;
+    uint64_t offset = 0;
+    uint64_t length = 0;
+  };
+  absl::StatusOr<std::vector<std::string>> GetSlices(const std::string& token,
+                                                     const std::vector<Slice>& slices);
   // Waits until every key is set; DEADLINE_EXCEEDED names the first missing one, CANCELLED
   // says `cancelled` (polled) turned true, UNAVAILABLE that the store was closed,
   // INVALID_ARGUMENT that it asks for more than kMaxKeys keys.
@@ -66,8 +78,9 @@ class RendezvousStore {
   void Close();
 
   static constexpr size_t kMaxKeys = 65536;
-  // Gloo's connection records come to about 100 bytes per pair of nodes (each node sets one
-  // key naming its pairs): a rendezvous holds 16 MiB and 256 bytes a pair.
+  static constexpr size_t kMaxSliceBytes = size_t{64} << 20;  // of one GetSlices
+  // Gloo's connection records come to 136 bytes per ordered pair of nodes (each node sets one
+  // key naming its pairs' addresses): a rendezvous holds 16 MiB and 256 bytes a pair.
   static constexpr size_t MaxBytes(uint32_t nodes) {
     return (size_t{16} << 20) + size_t{256} * nodes * nodes;
   }

@@ -108,7 +108,7 @@ TEST_F(E2eFuzzTest, MalformedRequestsGetAReasonAndLeaveOtherJobsAlone) {
                                     "a",
                                     "big",
                                     rendezvous.token(),
-                                    "rank_0"};
+                                    "mesh/0"};
   };
   mutate.set_strings(live_strings());
   v1::Stabilizer::Stub* stub = (*tools)->stub();

@@ -50,7 +50,7 @@ TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
     stepped = true;
   });
   // Node 0 has joined the rendezvous: it is in its wait for node 1, which never comes.
-  ASSERT_TRUE(store.WaitFor(info, "rank_0"));
+  ASSERT_TRUE(store.WaitFor(info, "mesh/0"));
   v1::GetStatsResponse stats;
   node0.job.GetStats(&stats);
   EXPECT_EQ(stats.job(), "nodes-job");

@@ -31,6 +31,37 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsKeysAreSet) {
             absl::StatusCode::kPermissionDenied);
 }
 
+// A node's connection records are fetched in parts: the parts asked for, in order, each within
+// its value; a part past a value's end, a key not set, or more parts than a rendezvous holds is
+// refused, saying so.
+TEST(RendezvousStoreTest, PartsOfSeveralValuesComeInOneGet) {
+  RendezvousStore store;
+  const std::string token = store.NewToken("parts", 3);
+  ASSERT_TRUE(store.Set(token, "mesh/0", "aaBBcc").ok());
+  ASSERT_TRUE(store.Set(token, "mesh/1", "ddEEff").ok());
+  absl::StatusOr<std::vector<std::string>> parts =
+      store.GetSlices(token, {{"mesh/1", 2, 2}, {"mesh/0", 2, 2}, {"mesh/0", 6, 0}});
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  EXPECT_EQ(*parts, (std::vector<std::string>{"EE", "BB", ""}));
+  absl::StatusOr<std::vector<std::string>> past = store.GetSlices(token, {{"mesh/0", 5, 2}});
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kOutOfRange) << past.status();
+  EXPECT_NE(past.status().message().find("holds 6 bytes"), std::string::npos) << past.status();
+  EXPECT_EQ(store.GetSlices(token, {{"mesh/0", ~uint64_t{0}, 2}}).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(store.GetSlices(token, {{"mesh/2", 0, 1}}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store
+                .GetSlices(token, std::vector<RendezvousStore::Slice>(RendezvousStore::kMaxKeys + 1,
+                                                                      {"mesh/0", 0, 1}))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.GetSlices(token, {{"mesh/0", 0, ~uint64_t{0}}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.GetSlices("no such token", {{"mesh/0", 0, 1}}).status().code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
 // A holder of the token cannot fill gstabd's memory: a rendezvous holds a bounded number of keys
 // and bytes, values replaced in place count once, and other rendezvous are not affected.
 // A claim (if_absent) sets a key once; a later one finds the first's value.

@@ -1,7 +1,11 @@
-// How a failed cross-node step is named: a node's own fault as its own, and a store's refusal as
-// the store's, without blaming other nodes (real Gloo, through a real store on loopback).
+// The node collective over real Gloo, through a real rendezvous store on loopback: its mesh of
+// nodes, and how a failed step is named (a node's own fault as its own, a store's refusal as
+// the store's, without blaming other nodes).
+#include "server/gloo_collective.h"
+
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -10,7 +14,6 @@
 #include "gtest/gtest.h"
 #include "server/collective.h"
 #include "server/cross_node.h"
-#include "server/gloo_collective.h"
 #include "tests/server/loopback_store.h"
 
 namespace gstab {
@@ -18,9 +21,41 @@ namespace {
 
 using testing::LoopbackStore;
 
+// Five nodes connect their mesh, each fetching from the others' keys only the address kept for
+// it, and every pair carries the right node's values: a sum and a gather across them.
+TEST(GlooCollectiveTest, TheNodesMeshCarriesEachNodesValuesToEveryOther) {
+  constexpr uint32_t kNodes = 5;
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(kNodes);
+  std::vector<std::unique_ptr<GlooCollective>> nodes;
+  for (uint32_t r = 0; r < kNodes; ++r) {
+    nodes.push_back(std::make_unique<GlooCollective>(info, r, "127.0.0.1"));
+  }
+  std::vector<absl::Status> sums(kNodes), gathers(kNodes);
+  std::vector<std::vector<double>> values(kNodes);
+  std::vector<std::string> gathered(kNodes, std::string(kNodes, '\0'));
+  std::vector<std::thread> threads;
+  for (uint32_t r = 0; r < kNodes; ++r) {
+    threads.emplace_back([&, r] {
+      values[r] = {1.0 + r, 10.0 * r};
+      sums[r] = nodes[r]->AllReduceSum(absl::MakeSpan(values[r]), absl::Seconds(20));
+      const char mine = static_cast<char>('a' + r);
+      gathers[r] = nodes[r]->AllGather(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(gathered[r]),
+                                       absl::Seconds(20));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (uint32_t r = 0; r < kNodes; ++r) {
+    ASSERT_TRUE(sums[r].ok()) << "node " << r << ": " << sums[r];
+    EXPECT_EQ(values[r], (std::vector<double>{15.0, 100.0})) << "node " << r;
+    ASSERT_TRUE(gathers[r].ok()) << "node " << r << ": " << gathers[r];
+    EXPECT_EQ(gathered[r], "abcde") << "node " << r;
+  }
+}
+
 // A node whose --peer_listen address is gone from its machine says so at once, as its own
 // fault; before, it waited for the others and named them as not responding.
-TEST(CrossNodeFailureTest, ANodeThatCannotListenSaysSoAtOnce) {
+TEST(GlooCollectiveTest, ANodeThatCannotListenSaysSoAtOnce) {
   LoopbackStore store;
   const v1::RendezvousInfo info = store.Rendezvous(2);
   GlooCollective node(info, 1, "192.0.2.1");  // TEST-NET-1: on no machine
@@ -56,7 +91,7 @@ class Asked final : public Collective {
 
 // The store refusing (full, here) blames no node, and is no failure to retry with the same
 // rendezvous: said as the store's answer, and no node is asked about.
-TEST(CrossNodeFailureTest, AStoreThatRefusesBlamesNoNode) {
+TEST(GlooCollectiveTest, AStoreThatRefusesBlamesNoNode) {
   Asked c;
   const absl::Status failure = absl::UnavailableError(
       absl::StrCat("cannot connect to the job's other nodes: ", kStoreRefused,
