@@ -54,8 +54,8 @@ ABSL_FLAG(uint32_t, max_jobs, 256,
 ABSL_FLAG(uint32_t, max_jobs_per_owner, 64,
           "jobs one owner (a uid, or a client certificate's name) holds at once");
 ABSL_FLAG(uint32_t, max_nodes, 1024,
-          "nodes one job may span (1 to 65536): on each node such a job holds a connection to "
-          "every other node");
+          "nodes one job may span (1 to 2048): on each node such a job holds a connection to "
+          "every other node, and node 0's rendezvous store holds 136 bytes a pair of nodes");
 ABSL_FLAG(int32_t, job_idle_s, 3600,
           "a job without workers or observers for this long is retired: its statistics are "
           "checkpointed and come back when a worker attaches (0: never)");
@@ -256,8 +256,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (absl::GetFlag(FLAGS_max_nodes) < 1 || absl::GetFlag(FLAGS_max_nodes) > 65536) {
-    std::fprintf(stderr, "gstabd: --max_nodes must be 1 to 65536, not %u\n",
+  if (absl::GetFlag(FLAGS_max_nodes) < 1 || absl::GetFlag(FLAGS_max_nodes) > 2048) {
+    // A job's connection records take 136 bytes a pair of nodes: past about 2,800 nodes they
+    // would not fit the rendezvous store's 1 GiB, and such a job could never connect. 2048
+    // (570 MB) leaves room for other jobs' rendezvous.
+    std::fprintf(stderr,
+                 "gstabd: --max_nodes must be 1 to 2048 (a larger job's connection records "
+                 "would not fit node 0's rendezvous store), not %u\n",
                  absl::GetFlag(FLAGS_max_nodes));
     return 2;
   }
