@@ -146,6 +146,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
     credentials = *std::move(tls);
   }
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
+  // A channel of its own connections (not shared with the process's other channels): what
+  // reaches a new gstabd while another channel's connection to a stopping one is still open.
+  grpc::ChannelArguments own_args = args;
+  own_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   const absl::Time deadline = absl::Now() + timeout;
   bool connected = false;
   bool probe = !tcp;
@@ -187,8 +191,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   std::unique_ptr<Client> client(new Client(std::move(channel), target));
   // gRPC shares connections between the channels of a process: one that another client made to
   // a gstabd since replaced still looks ready, or one to a gstabd now stopping (NOT_SERVING,
-  // while a new gstabd may already listen at the path). A first call finds out, and connects
-  // anew until `deadline`.
+  // while a new gstabd may already listen at the path: a channel of its own connections goes
+  // there). A first call finds out, and connects anew until `deadline`.
   bool stopping = false;  // at the last answer
   for (;;) {
     grpc::health::v1::HealthCheckResponse response;
@@ -222,7 +226,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
     if (!stopping && (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline)) {
       break;
     }
-    if (stopping) absl::SleepFor(std::min(absl::Milliseconds(200), deadline - absl::Now()));
+    if (stopping) {
+      absl::SleepFor(std::min(absl::Milliseconds(200), deadline - absl::Now()));
+      client.reset(new Client(grpc::CreateCustomChannel(target, credentials, own_args), target));
+      continue;
+    }
     client->Reconnect();
   }
   return client;

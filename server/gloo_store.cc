@@ -171,6 +171,10 @@ class MeshContext final : public gloo::Context {
     for (int peer = 0; peer < size; ++peer) {
       if (peer == rank) continue;
       const std::string& address = addresses[i++];
+      if (address.size() != record) {  // the store answers the length asked for, or refuses
+        throw std::runtime_error(absl::StrCat("node ", peer, "'s connection record for node ", rank,
+                                              " is ", address.size(), " bytes, not ", record));
+      }
       pairs->getPair(peer)->connect(std::vector<char>(address.begin(), address.end()));
     }
     device_ = device;

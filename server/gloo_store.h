@@ -27,8 +27,8 @@ class StoreCalls;
 
 // gloo::rendezvous::Store over the gstab.v1.Rendezvous service. Gloo reports failures by
 // exception, so errors are thrown as std::runtime_error (kStoreUnreachable, kStoreRefused and
-// kThisGstabdStopping say which, for NameFailure). Every call ends by `deadline` (the caller's:
-// Gloo asks for 30 s per call by default, and waits for each peer in turn).
+// kThisGstabdStopping say which, for NameFailure). Every call ends by `deadline` (the caller's,
+// not Gloo's 30 s a call).
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
   // `calls` (may be null): where the calls are tracked, for a stop to cancel them.

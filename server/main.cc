@@ -53,9 +53,14 @@ ABSL_FLAG(uint32_t, max_jobs, 256,
           "jobs held at once; at the cap, a new job retires the longest idle one");
 ABSL_FLAG(uint32_t, max_jobs_per_owner, 64,
           "jobs one owner (a uid, or a client certificate's name) holds at once");
+// A job's connection records take 136 bytes an ordered pair of nodes, and node 0's rendezvous
+// store keeps a job's two newest rendezvous within its 1 GiB: past about 1,980 nodes they would
+// not fit, and such a job could never connect again after a failure.
+constexpr uint32_t kMaxNodes = 1536;
 ABSL_FLAG(uint32_t, max_nodes, 1024,
-          "nodes one job may span (1 to 2048): on each node such a job holds a connection to "
-          "every other node, and node 0's rendezvous store holds 136 bytes a pair of nodes");
+          "nodes one job may span (1 to 1536; a larger value is taken as 1536): on each node such "
+          "a job holds a connection to every other node, and node 0's rendezvous store 136 bytes "
+          "an ordered pair of nodes");
 ABSL_FLAG(int32_t, job_idle_s, 3600,
           "a job without workers or observers for this long is retired: its statistics are "
           "checkpointed and come back when a worker attaches (0: never)");
@@ -256,15 +261,15 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (absl::GetFlag(FLAGS_max_nodes) < 1 || absl::GetFlag(FLAGS_max_nodes) > 2048) {
-    // A job's connection records take 136 bytes a pair of nodes: past about 2,800 nodes they
-    // would not fit the rendezvous store's 1 GiB, and such a job could never connect. 2048
-    // (570 MB) leaves room for other jobs' rendezvous.
-    std::fprintf(stderr,
-                 "gstabd: --max_nodes must be 1 to 2048 (a larger job's connection records "
-                 "would not fit node 0's rendezvous store), not %u\n",
-                 absl::GetFlag(FLAGS_max_nodes));
+  if (absl::GetFlag(FLAGS_max_nodes) < 1) {
+    std::fprintf(stderr, "gstabd: --max_nodes must be 1 to %u, not 0\n", kMaxNodes);
     return 2;
+  }
+  if (absl::GetFlag(FLAGS_max_nodes) > kMaxNodes) {
+    // Taken before, and refusing it now would keep a node's gstabd from starting at an upgrade.
+    LOG(WARNING) << "--max_nodes=" << absl::GetFlag(FLAGS_max_nodes) << " taken as " << kMaxNodes
+                 << ": a larger job's connection records would not fit node 0's rendezvous store";
+    absl::SetFlag(&FLAGS_max_nodes, kMaxNodes);
   }
   if (absl::GetFlag(FLAGS_max_mappings) > gstab::ShmFaults::kSlots) {
     std::fprintf(stderr, "gstabd: --max_mappings may be at most %d\n", gstab::ShmFaults::kSlots);

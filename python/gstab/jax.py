@@ -75,10 +75,10 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     if local_rank is None:
         local_rank = rank % local_world_size
     elif node_rank is None and local_rank != rank % local_world_size:
-        # Not found from the gstabds (one process, a gstabd of an earlier release, or
-        # local_world_size given): consecutive processes a node. Every process knows every
-        # other's layout here, so a wrong local_rank fails wherever it is given, before any
-        # process attaches or waits for the others.
+        # Not found from the gstabds (one process, or local_world_size given): consecutive
+        # processes a node. Refused on the process that gave it, before it attaches (the
+        # others, given theirs rightly, go on to wait for it). A gstabd of an earlier release
+        # is refused in _layout_by_gstabd, on every process alike.
         raise ValueError(f"local_rank {local_rank} is not process {rank}'s: with "
                          f"{local_world_size} consecutive processes a node it is "
                          f"{rank % local_world_size}")

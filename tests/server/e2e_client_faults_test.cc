@@ -126,8 +126,8 @@ TEST(E2eClientFaultsTest, AConnectToAGstabdThatDoesNotAnswerFailsSayingSo) {
 
 // A server at the socket that is not a gstabd serving: one stopping (its health check answers
 // NOT_SERVING, as a stopping gstabd's does on connections made before) fails the connect at its
-// timeout, saying so, rather than a first call refused later; one that is no gstabd at all (no
-// health service), at once.
+// timeout, saying so, rather than a first call refused later, and a new one at the path is
+// reached meanwhile; one that is no gstabd at all (no health service) fails it at once.
 // A gRPC server of some other service (all its methods unimplemented).
 std::unique_ptr<grpc::Server> ServeAt(const std::string& path, bool health) {
   static v1::Rendezvous::Service* other = new v1::Rendezvous::Service();
@@ -154,8 +154,19 @@ TEST(E2eClientFaultsTest, AConnectToAServerThatIsNotAServingGstabdFailsSayingSo)
     EXPECT_TRUE(absl::StrContains(client.status().message(), "not serving")) << client.status();
     EXPECT_GE(absl::Now() - start, absl::Seconds(2));
     stopping->GetHealthCheckService()->SetServingStatus(true);
-    EXPECT_TRUE(Client::Connect(path, absl::Seconds(2)).ok());  // serving again
+    auto held = Client::Connect(path, absl::Seconds(2));  // serving again
+    ASSERT_TRUE(held.ok()) << held.status();
+    // A new server at the path while the process still holds a connection to the stopping
+    // one, which a channel shares with the process's others: reached on a connection of its
+    // own.
+    stopping->GetHealthCheckService()->SetServingStatus(false);
+    std::filesystem::remove(path);
+    std::unique_ptr<grpc::Server> next = ServeAt(path, /*health=*/true);
+    ASSERT_NE(next, nullptr);
+    auto reached = Client::Connect(path, absl::Seconds(5));
+    EXPECT_TRUE(reached.ok()) << reached.status();
     stopping->Shutdown();
+    next->Shutdown();
   }
   std::filesystem::remove(path);
   std::unique_ptr<grpc::Server> other = ServeAt(path, /*health=*/false);
