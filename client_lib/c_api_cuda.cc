@@ -65,10 +65,10 @@ gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const c
 gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, const char* name,
                                               uint64_t numel, gstab_dtype dtype, const char* group,
                                               uint32_t flags, void** device_ptr) {
+  if (device_ptr != nullptr) *device_ptr = nullptr;  // first: set when any check fails, too
   if (gradients == nullptr || name == nullptr || device_ptr == nullptr) {
     return Report(absl::InvalidArgumentError("gradients, name and device_ptr must not be NULL"));
   }
-  *device_ptr = nullptr;
   if (absl::Status s = gstab::capi::CheckTensor(name, group, numel, dtype, flags); !s.ok()) {
     return Report(s);
   }

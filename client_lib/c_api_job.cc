@@ -115,11 +115,11 @@ int gstab_attach_restored(const gstab_client* client) {
 
 gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint32_t node_count,
                                      int cuda, void** blob, size_t* size) {
+  if (blob != nullptr) *blob = nullptr;  // first: set when any check below fails, too
+  if (size != nullptr) *size = 0;
   if (client == nullptr || job == nullptr || blob == nullptr || size == nullptr) {
     return Report(absl::InvalidArgumentError("client, job, blob and size must not be NULL"));
   }
-  *blob = nullptr;
-  *size = 0;
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<std::string> r = client->client->CreateRendezvous(job, node_count, cuda != 0);
@@ -168,11 +168,11 @@ gstab_status gstab_update_config(gstab_client* client, const char* settings, uin
 }
 
 gstab_status gstab_export_state(gstab_client* client, void** state, size_t* size) {
+  if (state != nullptr) *state = nullptr;  // first: set when any check below fails, too
+  if (size != nullptr) *size = 0;
   if (client == nullptr || state == nullptr || size == nullptr) {
     return Report(absl::InvalidArgumentError("client, state and size must not be NULL"));
   }
-  *state = nullptr;
-  *size = 0;
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<std::string> r = client->client->ExportState();
@@ -192,10 +192,10 @@ gstab_status gstab_import_statistics(gstab_client* client, const void* state, si
 }
 
 gstab_status gstab_get_stats_json(gstab_client* client, char** json) {
+  if (json != nullptr) *json = nullptr;  // first: set when any check below fails, too
   if (client == nullptr || json == nullptr) {
     return Report(absl::InvalidArgumentError("client and json must not be NULL"));
   }
-  *json = nullptr;
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     absl::StatusOr<gstab::v1::GetStatsResponse> r = client->client->GetStats();

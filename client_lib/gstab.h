@@ -257,10 +257,10 @@ void gstab_free(void* p);
  *   gstab_cuda_gradients_create(0, &g);
  *   gstab_cuda_add_tensor(g, "fc1.weight", ptr, numel, GSTAB_BFLOAT16, "");
  *   gstab_register_cuda(c, g);
- *   ... backward on stream ...;  gstab_cuda_step(c, g, step, stream, &result);
+ *   ... backward on stream ...;  gstab_cuda_step(c, g, step, stream, &result, &result_step);
  *
  * `result` of gstab_cuda_step describes the newest step whose GPU work had finished when gstabd
- * answered (result_step; 0 if none yet). This step's own results are written, before the
+ * answered (*result_step; 0 if none yet). This step's own results are written, before the
  * stream may continue, to the device buffer of gstab_cuda_results: a gstab_results_header and
  * then one gstab_group_outcome per group, so kernels on `stream` can read the skip decision.
  * A header whose step is not the one passed means this step's results were never written: its
@@ -317,9 +317,9 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, c
                                               const char* group, uint32_t flags,
                                               void** device_ptr);
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients);
-/* stream: a cudaStream_t (NULL: the legacy default stream). result may be NULL; its
- * result_step says which step it describes. `gradients` are those last registered through
- * `client` (GSTAB_FAILED_PRECONDITION otherwise). */
+/* stream: a cudaStream_t (NULL: the legacy default stream). result and result_step may be
+ * NULL; *result_step says which step *result describes. `gradients` are those last registered
+ * through `client` (GSTAB_FAILED_PRECONDITION otherwise). */
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
                              void* stream, gstab_step_result* result, uint64_t* result_step);
 /* After gstab_register_cuda: the device address of the results buffer and its size; valid

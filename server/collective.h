@@ -45,7 +45,7 @@ class Collective {
   // through the rendezvous store), the first kMaxMissingNamed of them at most (the others are
   // not asked about: each costs a store call past the timeout); node 0 when its store does not
   // answer. An error when the store answered with a refusal (it no longer holds the rendezvous,
-  // or is full): its answer, which blames no node.
+  // or is full), or this gstabd's stop cancelled the calls: the reason, which blames no node.
   virtual absl::StatusOr<std::vector<uint32_t>> MissingNodes(uint64_t step,
                                                              absl::Duration timeout) = 0;
   // Whether this gstabd's stop has cancelled the collective's calls (a failure since is the

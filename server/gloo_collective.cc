@@ -216,14 +216,20 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
       if (r == rank_) continue;
       try {
         store.wait({absl::StrCat(prefix, r)});  // what is left of the timeout
-      } catch (const std::exception&) {
+      } catch (const std::exception& e) {
+        // Only a wait the store ended unmet names node r; any other failure is the store's
+        // or this gstabd's (below).
+        if (!absl::StrContains(e.what(), "was not set")) throw;
         missing.push_back(r);
       }
     }
   } catch (const std::exception& e) {
-    // A store that answered with a refusal is there, and blames no node; one that did not
-    // answer (unreachable, silent) is node 0's gstabd, missing.
-    if (absl::StrContains(e.what(), kStoreRefused)) return absl::UnavailableError(e.what());
+    // A store that answered with a refusal is there, and blames no node, nor does this
+    // gstabd's stop; one that did not answer (unreachable, silent) is node 0's gstabd, missing.
+    if (absl::StrContains(e.what(), kStoreRefused) ||
+        absl::StrContains(e.what(), kThisGstabdStopping)) {
+      return absl::UnavailableError(e.what());
+    }
     missing.push_back(0);
   }
   return missing;

@@ -234,9 +234,20 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(lib.gstab_connect(b"/nonexistent/gstabd.sock", ctypes.byref(h)),
                          gstab.StatusCode.UNAVAILABLE)
         self.assertIsNone(h.value)
-        self.assertEqual(lib.gstab_cuda_allocate_tensor_flags(None, b"x", 4, 0, b"", 1,
-                                                              ctypes.byref(h)), 3)
-        self.assertIn("must not be NULL", lib.gstab_last_error().decode())
+        # Also when the handle itself is NULL (a connect that failed, then a cleanup path).
+        size = ctypes.c_size_t(7)
+        for call, sized in (
+                (lambda: lib.gstab_cuda_allocate_tensor_flags(None, b"x", 4, 0, b"", 1,
+                                                              ctypes.byref(h)), False),
+                (lambda: lib.gstab_export_state(None, ctypes.byref(h), ctypes.byref(size)), True),
+                (lambda: lib.gstab_create_rendezvous(None, b"j", 2, 0, ctypes.byref(h),
+                                                     ctypes.byref(size)), True),
+                (lambda: lib.gstab_get_stats_json(None, ctypes.byref(h)), False)):
+            h.value, size.value = 0x1234, 7
+            self.assertEqual(call(), 3)
+            self.assertIn("must not be NULL", lib.gstab_last_error().decode())
+            self.assertIsNone(h.value)
+            self.assertEqual(size.value, 0 if sized else 7)
 
     def test_numbers_and_text_the_c_abi_cannot_carry_are_refused_and_the_job_goes_on(self):
         for bad in (None, -1, "5", True):  # not found out only when gstabd restarts
