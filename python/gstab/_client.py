@@ -243,6 +243,11 @@ class Client:
                     # Without a configuration: the job's own (update_config's, gstabctl's) is
                     # kept.
                     self._attach(**dict(attached, policy=None, config=None))
+                    # Registered next: the new session has none, and a failure below must not
+                    # leave `registration` naming an arena gstabd does not hold (register_arena
+                    # clears it when it fails itself).
+                    if registration is not None:
+                        self.register_arena(registration)
                     restored = bool(self._call(self._lib.gstab_attach_restored))
                     stats = self.stats()
                     held = stats["steps"] > 0 or stats["last_step"] > 0
@@ -250,8 +255,6 @@ class Client:
                         asked = _policy_settings(attached["policy"], attached["config"])
                         if asked:
                             self.update_config(asked)
-                    if registration is not None:
-                        self.register_arena(registration)
                     break
                 except Error as e:
                     if e.code != UNAVAILABLE or time.monotonic() >= deadline:

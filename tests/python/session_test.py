@@ -64,6 +64,41 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_reattach_cut_short_after_attaching_leaves_the_arena_registered(self):
+        # The re-attach attached, then a later call of it failed (not UNAVAILABLE): the error
+        # reaches the caller, and the client's registration is still the one gstabd holds, so
+        # the next step goes on. It registered last before, and the arena it still named was
+        # not gstabd's: every later step was refused for want of buffers.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket, reattach_timeout=20)
+            client.attach("py-reattach-cut")
+            views = one_tensor_job(client)
+            run_steps(client, views, range(1, 4))
+            self.assertEqual(node.restart(), 0)
+            real_stats, failed = client.stats, []
+
+            def stats_failing_once():
+                if not failed:
+                    failed.append(True)
+                    raise gstab.Error(13, "injected")
+                return real_stats()
+            client.stats = stats_failing_once
+            with self.assertRaises(gstab.Error) as e:
+                for _ in range(100):  # UNAVAILABLE until the channel reconnects
+                    try:
+                        run_steps(client, views, [4])
+                        break
+                    except gstab.Error as error:
+                        if error.code != 14:
+                            raise
+                        time.sleep(0.1)
+            self.assertIn("injected", e.exception.message)
+            self.assertIsNotNone(client.registration)
+            run_steps(client, views, [5])  # registered: gstabd has the arena
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_restart_keeps_the_configuration_the_job_was_changed_to(self):
         # The worker attaches again without its attach() configuration: the job's own, changed
         # since (update_config, gstabctl), comes back from the checkpoint. A gstabd with no
