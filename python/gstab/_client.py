@@ -372,7 +372,10 @@ class Client:
             # after a registration): they cannot be stepped again, whether or not it comes back.
             message = self._lib.gstab_last_error().decode(errors="replace")
             registration._zero()
-            if again:
+            # A call gstabd never answered (frozen, or its host unreachable; the library says
+            # it "may still scale" the step) is not followed by an attach: that would wait a
+            # second call timeout on the same gstabd. The next step finds out whether it is back.
+            if again and "may still scale" not in message:
                 try:
                     self._attach_again(f"at step {step}", status)
                     return _lost_step(step)

@@ -298,6 +298,17 @@ class SessionTest(unittest.TestCase):
                 return e.exception.message
 
             self.assertIn("did not answer within 2s", frozen_step(client, views))
+            # A client that re-attaches by itself does not try it on the frozen gstabd (another
+            # call timeout): told within the one.
+            eager = gstab.Client(node.socket, reattach_timeout=20)
+            eager.attach("py-frozen-eager")
+            eager_views = one_tensor_job(eager)
+            run_steps(eager, eager_views, [1])
+            start = time.monotonic()
+            frozen_step(eager, eager_views)
+            self.assertLess(time.monotonic() - start, 3.5)
+            self.assertEqual(eager.reattached, 0)
+            run_steps(eager, eager_views, [3])  # gstabd back: the session goes on
             # The same when gstabd stops answering the connection's pings first (by default
             # after five minutes and 20 s, before a step's call timeout runs out).
             os.environ.update(GSTAB_CALL_TIMEOUT_S="60", GSTAB_KEEPALIVE_MS="1000",
