@@ -430,6 +430,7 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
     if (!progress_marked_) progress_ = nullptr;
   }
   if (!response.ok() && last_unanswered_) {
+    // "may still scale": the Python package reads it (no attach again after it, _client.py).
     return absl::DataLossError(
         absl::StrCat(response.status().message(), "; it may still scale step ", step,
                      "'s gradients when it runs again: skip this step (zero them) rather than "

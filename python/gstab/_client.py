@@ -109,7 +109,9 @@ class Client:
     whose gradients gstabd had begun to scale when it went (killed, or crashed; or its stop cut
     off the answer) is not stepped again: its gradients are zeroed and its result has skip set
     (norm NaN, no group results). 0: step() raises instead (DATA_LOSS for such a step, its
-    gradients zeroed all the same, as on a job across nodes)."""
+    gradients zeroed all the same, as on a job across nodes). A step gstabd never answered
+    (frozen, or its host unreachable) raises DATA_LOSS whatever this is, without attaching
+    again to a gstabd that may not answer that either."""
 
     def __init__(self, socket_path: Optional[str] = None, reattach_timeout: float = 60.0):
         self._calls_lock, self._in_flight, self._closing = threading.Lock(), 0, False
@@ -243,11 +245,6 @@ class Client:
                     # Without a configuration: the job's own (update_config's, gstabctl's) is
                     # kept.
                     self._attach(**dict(attached, policy=None, config=None))
-                    # Registered next: the new session has none, and a failure below must not
-                    # leave `registration` naming an arena gstabd does not hold (register_arena
-                    # clears it when it fails itself).
-                    if registration is not None:
-                        self.register_arena(registration)
                     restored = bool(self._call(self._lib.gstab_attach_restored))
                     stats = self.stats()
                     held = stats["steps"] > 0 or stats["last_step"] > 0
@@ -255,9 +252,17 @@ class Client:
                         asked = _policy_settings(attached["policy"], attached["config"])
                         if asked:
                             self.update_config(asked)
+                    # Last: a job registered before its configuration is set would step on the
+                    # default policy, should setting it fail.
+                    if registration is not None:
+                        self.register_arena(registration)
                     break
                 except Error as e:
                     if e.code != UNAVAILABLE or time.monotonic() >= deadline:
+                        # The new session (if it was made) holds no arena: neither does this
+                        # client, so that steps say to register, and Stabilizers that they are
+                        # no longer registered.
+                        self.registration = None
                         hint = (" (the worker's shared memory went with its session: allocate "
                                 "a new Arena, or with gstab.torch and gstab.jax a new "
                                 "Stabilizer)" if e.code == NOT_FOUND else "")
@@ -373,8 +378,9 @@ class Client:
             message = self._lib.gstab_last_error().decode(errors="replace")
             registration._zero()
             # A call gstabd never answered (frozen, or its host unreachable; the library says
-            # it "may still scale" the step) is not followed by an attach: that would wait a
-            # second call timeout on the same gstabd. The next step finds out whether it is back.
+            # it "may still scale" the step: client_lib/client.cc, Client::Step) is not
+            # followed by an attach: that would wait a second call timeout on the same gstabd.
+            # The next step finds out whether it is back.
             if again and "may still scale" not in message:
                 try:
                     self._attach_again(f"at step {step}", status)

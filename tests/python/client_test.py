@@ -244,8 +244,12 @@ class ClientTest(unittest.TestCase):
                                                      ctypes.byref(size)), True),
                 (lambda: lib.gstab_get_stats_json(None, ctypes.byref(h)), False)):
             h.value, size.value = 0x1234, 7
-            self.assertEqual(call(), 3)
-            self.assertIn("must not be NULL", lib.gstab_last_error().decode())
+            status = call()
+            if status == 12:  # a library built without CUDA, for the CUDA call
+                self.assertIn("without CUDA", lib.gstab_last_error().decode())
+            else:
+                self.assertEqual(status, 3)
+                self.assertIn("must not be NULL", lib.gstab_last_error().decode())
             self.assertIsNone(h.value)
             self.assertEqual(size.value, 0 if sized else 7)
 

@@ -64,11 +64,11 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
-    def test_a_reattach_cut_short_after_attaching_leaves_the_arena_registered(self):
+    def test_a_reattach_cut_short_after_attaching_leaves_no_registration_behind(self):
         # The re-attach attached, then a later call of it failed (not UNAVAILABLE): the error
-        # reaches the caller, and the client's registration is still the one gstabd holds, so
-        # the next step goes on. It registered last before, and the arena it still named was
-        # not gstabd's: every later step was refused for want of buffers.
+        # reaches the caller, and the client, like the new session, holds no arena. It still
+        # named the old one before, which gstabd no longer held, and a Stabilizer over it was
+        # never told it was no longer registered.
         node = Gstabd(ARGS.gstabd)
         try:
             client = gstab.Client(node.socket, reattach_timeout=20)
@@ -94,8 +94,10 @@ class SessionTest(unittest.TestCase):
                             raise
                         time.sleep(0.1)
             self.assertIn("injected", e.exception.message)
-            self.assertIsNotNone(client.registration)
-            run_steps(client, views, [5])  # registered: gstabd has the arena
+            self.assertIsNone(client.registration)
+            with self.assertRaises(gstab.Error) as e:
+                run_steps(client, views, [5])
+            self.assertEqual(e.exception.code, 9, e.exception.message)  # register first
         finally:
             self.assertEqual(node.stop(), 0)
 
@@ -304,9 +306,7 @@ class SessionTest(unittest.TestCase):
             eager.attach("py-frozen-eager")
             eager_views = one_tensor_job(eager)
             run_steps(eager, eager_views, [1])
-            start = time.monotonic()
-            frozen_step(eager, eager_views)
-            self.assertLess(time.monotonic() - start, 3.5)
+            self.assertNotIn("attaching again", frozen_step(eager, eager_views))
             self.assertEqual(eager.reattached, 0)
             run_steps(eager, eager_views, [3])  # gstabd back: the session goes on
             # The same when gstabd stops answering the connection's pings first (by default
