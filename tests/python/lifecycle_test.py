@@ -14,7 +14,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
 from gstabd import Gstabd, command_line  # noqa: E402
-from stepping import one_tensor_job, run_steps  # noqa: E402
+from stepping import attached_job, one_tensor_job, run_steps  # noqa: E402
 
 ARGS = None
 
@@ -170,10 +170,8 @@ time.sleep({delay})
         # the client: it is told the client is closed, not a TypeError from what close() let go.
         node = Gstabd(ARGS.gstabd)
         try:
-            client = gstab.Client(node.socket, reattach_timeout=20)
-            client.attach("py-close-reattach")
-            views = one_tensor_job(client)
-            run_steps(client, views, [1])
+            client, views = attached_job(node.socket, "py-close-reattach", [1],
+                                         reattach_timeout=20)
             node.process.kill()
             node.process.wait()
             outcome = []

@@ -18,7 +18,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
 from gstabd import Gstabd, command_line  # noqa: E402
-from stepping import one_tensor_job, run_steps  # noqa: E402
+from stepping import attached_job, one_tensor_job, run_steps  # noqa: E402
 
 ARGS = None
 
@@ -71,10 +71,8 @@ class SessionTest(unittest.TestCase):
         # never told it was no longer registered.
         node = Gstabd(ARGS.gstabd)
         try:
-            client = gstab.Client(node.socket, reattach_timeout=20)
-            client.attach("py-reattach-cut")
-            views = one_tensor_job(client)
-            run_steps(client, views, range(1, 4))
+            client, views = attached_job(node.socket, "py-reattach-cut", range(1, 4),
+                                         reattach_timeout=20)
             self.assertEqual(node.restart(), 0)
             real_stats, failed = client.stats, []
 
@@ -302,10 +300,8 @@ class SessionTest(unittest.TestCase):
             self.assertIn("did not answer within 2s", frozen_step(client, views))
             # A client that re-attaches by itself does not try it on the frozen gstabd (another
             # call timeout): told within the one.
-            eager = gstab.Client(node.socket, reattach_timeout=20)
-            eager.attach("py-frozen-eager")
-            eager_views = one_tensor_job(eager)
-            run_steps(eager, eager_views, [1])
+            eager, eager_views = attached_job(node.socket, "py-frozen-eager", [1],
+                                              reattach_timeout=20)
             self.assertNotIn("attaching again", frozen_step(eager, eager_views))
             self.assertEqual(eager.reattached, 0)
             run_steps(eager, eager_views, [3])  # gstabd back: the session goes on

@@ -34,3 +34,13 @@ def run_steps(client, views, steps):
             fill(v, step, salt=k)
         scales.append([g.scale for g in client.step(step).groups])
     return scales
+
+
+def attached_job(socket: str, job: str, steps=(), reattach_timeout: float = 60.0):
+    """A client of the gstabd at `socket` attached to `job`, one tensor registered and `steps`
+    stepped; the client and the tensor's views."""
+    client = gstab.Client(socket, reattach_timeout=reattach_timeout)
+    client.attach(job)
+    views = one_tensor_job(client)
+    run_steps(client, views, steps)
+    return client, views
