@@ -27,6 +27,9 @@ bool HaveGpu() {
 
 #define SKIP_WITHOUT_GPU() GSTAB_SKIP_WITHOUT_GPU(HaveGpu())
 
+::testing::Environment* const kGpuOnly =
+    ::testing::AddGlobalTestEnvironment(new testing::GpuOnlyBinary(&HaveGpu));
+
 struct Layout {
   std::vector<int64_t> numel;
   std::vector<DType> dtype;

@@ -45,6 +45,8 @@ class FlushReleases : public ::testing::Environment {
 };
 ::testing::Environment* const kFlushReleases =
     ::testing::AddGlobalTestEnvironment(new FlushReleases);
+::testing::Environment* const kGpuOnly = ::testing::AddGlobalTestEnvironment(
+    new testing::GpuOnlyBinary(+[] { return CudaDeviceCount() > 0; }));
 
 TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
