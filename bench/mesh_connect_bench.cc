@@ -8,7 +8,6 @@
 //   mesh_connect_bench [N...]   (default: 4 8 16 32)
 #include <gloo/rendezvous/context.h>
 #include <gloo/transport/tcp/device.h>
-#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <cstdio>
@@ -18,10 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/gloo_store.h"
-#include "server/rendezvous_store.h"
+#include "tests/server/loopback_store.h"
 
 namespace gstab {
 namespace {
@@ -54,8 +52,8 @@ struct Result {
 };
 
 // Every node's mesh connected, one thread a node; the wall time to the last.
-Result Connect(const std::string& address, RendezvousStore* store, int nodes, bool gloo_way) {
-  const std::string token = store->NewToken("bench", static_cast<uint32_t>(nodes));
+Result Connect(testing::LoopbackStore* store, int nodes, bool gloo_way) {
+  const v1::RendezvousInfo info = store->Rendezvous(static_cast<uint32_t>(nodes));
   std::atomic<uint64_t> bytes{0};
   std::atomic<bool> failed{false};
   std::vector<std::shared_ptr<gloo::Context>> contexts(nodes);
@@ -64,8 +62,8 @@ Result Connect(const std::string& address, RendezvousStore* store, int nodes, bo
   for (int r = 0; r < nodes; ++r) {
     threads.emplace_back([&, r] {
       try {
-        GrpcStore grpc_store(address, token, MutualTls{}, absl::Now() + absl::Seconds(120),
-                             nullptr);
+        GrpcStore grpc_store(info.store_address(), info.token(), MutualTls{},
+                             absl::Now() + absl::Seconds(120), nullptr);
         gloo::transport::tcp::attr attr;
         attr.hostname = "127.0.0.1";
         std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
@@ -101,14 +99,7 @@ int main(int argc, char** argv) {
   std::vector<int> sizes;
   for (int i = 1; i < argc; ++i) sizes.push_back(std::atoi(argv[i]));
   if (sizes.empty()) sizes = {4, 8, 16, 32};
-  gstab::RendezvousStore store;
-  gstab::RendezvousService service(&store);
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  const std::string address = absl::StrCat("127.0.0.1:", port);
+  gstab::testing::LoopbackStore store;
   std::printf(
       "| nodes | gstab connect (s) | Gloo connectFullMesh (s) | ratio | gstab bytes fetched "
       "| Gloo bytes fetched |\n|---|---|---|---|---|---|\n");
@@ -117,8 +108,8 @@ int main(int argc, char** argv) {
     // Alternated, best of three each: the machine is shared.
     gstab::Result mesh{1e9, 0}, gloo{1e9, 0};
     for (int round = 0; round < 3; ++round) {
-      const gstab::Result m = Connect(address, &store, n, false);
-      const gstab::Result g = Connect(address, &store, n, true);
+      const gstab::Result m = Connect(&store, n, false);
+      const gstab::Result g = Connect(&store, n, true);
       if (m.seconds < mesh.seconds) mesh = m;
       if (g.seconds < gloo.seconds) gloo = g;
     }
@@ -126,7 +117,5 @@ int main(int argc, char** argv) {
                 gloo.seconds / mesh.seconds, static_cast<unsigned long long>(mesh.bytes),
                 static_cast<unsigned long long>(gloo.bytes));
   }
-  store.Close();
-  server->Shutdown();
   return 0;
 }
