@@ -198,21 +198,31 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
   for (auto& r : StepAll(workers, Same(3, 3))) EXPECT_TRUE(r.ok()) << r.status();
 }
 
+// SteppedOnceLessOne, the worker left out then detached (its process ended); whether it did.
+bool SteppedOnceOneDetached(Cluster* cluster, const std::string& job,
+                            std::vector<std::unique_ptr<TestWorker>>* workers) {
+  std::unique_ptr<TestWorker> leaving = SteppedOnceLessOne(cluster, job, workers);
+  return leaving != nullptr && leaving->client().Detach().ok();
+}
+
+// A step given up for a detached local worker of node 1: its other worker is told so
+// (FAILED_PRECONDITION, as on one node), node 0's that the step was given up (ABORTED).
+void ExpectGivenUpForADetachedWorker(const absl::StatusOr<v1::StepResponse>& node0,
+                                     const absl::StatusOr<v1::StepResponse>& node1) {
+  EXPECT_EQ(node1.status().code(), absl::StatusCode::kFailedPrecondition) << node1.status();
+  EXPECT_NE(node1.status().message().find("whose workers detached"), std::string::npos)
+      << node1.status();
+  EXPECT_EQ(node0.status().code(), absl::StatusCode::kAborted) << node0.status();
+}
+
 // A local worker that detaches (its process ended) is not waited for: the step is given up on
-// every node at once, and its node's workers hear that it detached (FAILED_PRECONDITION, as on
-// one node), not that a deadline passed.
+// every node at once, and its node's workers hear that it detached, not that a deadline passed.
 TEST(MultiNodeFaultTest, ALocalWorkerThatDetachedIsNotWaitedForOnAnyNode) {
   Cluster cluster(2, {"--step_timeout_ms=60000"});
   std::vector<std::unique_ptr<TestWorker>> workers;
-  std::unique_ptr<TestWorker> leaving = SteppedOnceLessOne(&cluster, "one-leaves", &workers);
-  ASSERT_NE(leaving, nullptr);
-  ASSERT_TRUE(leaving->client().Detach().ok());
+  ASSERT_TRUE(SteppedOnceOneDetached(&cluster, "one-leaves", &workers));
   auto given_up = StepAll(workers, Same(2, 2));
-  EXPECT_EQ(given_up[1].status().code(), absl::StatusCode::kFailedPrecondition)
-      << given_up[1].status();
-  EXPECT_NE(given_up[1].status().message().find("whose workers detached"), std::string::npos)
-      << given_up[1].status();
-  EXPECT_EQ(given_up[0].status().code(), absl::StatusCode::kAborted) << given_up[0].status();
+  ExpectGivenUpForADetachedWorker(given_up[0], given_up[1]);
 }
 
 // The other nodes hear of it for as long as their steps wait (the step timeout from the
@@ -221,23 +231,17 @@ TEST(MultiNodeFaultTest, ALocalWorkerThatDetachedIsNotWaitedForOnAnyNode) {
 TEST(MultiNodeFaultTest, ANodeComingLateStillHearsThatALocalWorkerDetachedElsewhere) {
   Cluster cluster(2, {"--step_timeout_ms=6000"});
   std::vector<std::unique_ptr<TestWorker>> workers;
-  std::unique_ptr<TestWorker> leaving = SteppedOnceLessOne(&cluster, "late-node", &workers);
-  ASSERT_NE(leaving, nullptr);
-  ASSERT_TRUE(leaving->client().Detach().ok());
+  ASSERT_TRUE(SteppedOnceOneDetached(&cluster, "late-node", &workers));
   absl::StatusOr<v1::StepResponse> node1;
   std::thread first([&] { node1 = workers[1]->client().Step(2); });
   absl::SleepFor(absl::Seconds(4));
   absl::StatusOr<v1::StepResponse> node0 = workers[0]->client().Step(2);
   first.join();
-  EXPECT_EQ(node1.status().code(), absl::StatusCode::kFailedPrecondition) << node1.status();
-  EXPECT_NE(node1.status().message().find("whose workers detached"), std::string::npos)
-      << node1.status();
-  EXPECT_EQ(node0.status().code(), absl::StatusCode::kAborted) << node0.status();
+  ExpectGivenUpForADetachedWorker(node0, node1);
   // The communicator is whole: the next step is given up alike, not failed for a break.
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
   auto next = StepAll(workers, Same(2, 3));
-  EXPECT_EQ(next[0].status().code(), absl::StatusCode::kAborted) << next[0].status();
-  EXPECT_EQ(next[1].status().code(), absl::StatusCode::kFailedPrecondition) << next[1].status();
+  ExpectGivenUpForADetachedWorker(next[0], next[1]);
 }
 
 // With node 0 stalled, telling it fails too: every waiting worker of the given-up step hears
