@@ -407,7 +407,7 @@ absl::Status Client::Register(const GradientArena& arena) {
 
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      v1::RegisterBuffersResponse* response) {
-  progress_ = nullptr;  // this registration replaces the arena's (or fails, and may have)
+  progress_ = nullptr;  // this registration replaces the arena's, or fails and ends it
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   request.set_session(session());
   absl::StatusOr<v1::RegisterBuffersResponse> r =

@@ -147,6 +147,8 @@ void* gstab_arena_data(gstab_arena* arena, size_t index);
  * outlives its exit, as the Python package does at exit. gstab_arena_destroy also removes it. */
 void gstab_arena_unlink(gstab_arena* arena);
 
+/* Replaces the client's earlier registration. Refused, it leaves none: gstab_step is refused
+ * (GSTAB_FAILED_PRECONDITION, naming why) until a registration succeeds. */
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);
 /* `step` increases from one call to the next and stays below 2^62 (INVALID_ARGUMENT past it).
  * GSTAB_UNAVAILABLE or GSTAB_UNAUTHENTICATED: gstabd did not touch the gradients (it was gone,

@@ -221,18 +221,27 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
                                      std::optional<uid_t> peer_uid) {
   absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
+  absl::Status s = Register(*session, request, response, peer_uid);
+  // The worker's client has let go of its earlier registration whatever the outcome, so a
+  // refused one leaves gstabd none either, rather than scaling memory the worker has moved on
+  // from.
+  if (!s.ok()) session->job->DropRegistration(session->local_rank, session->id, s);
+  ReportWorkers(session->job);
+  return ReplacedOr(request.session(), s);
+}
+
+absl::Status Daemon::Register(const Session& session, const v1::RegisterBuffersRequest& request,
+                              v1::RegisterBuffersResponse* response,
+                              std::optional<uid_t> peer_uid) {
   absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps_);
   if (!plan.ok()) return plan.status();
   absl::StatusOr<MappedRegistration> mapped =
       MapRegistration(*std::move(plan), &registry_, device_memory_.get(), peer_uid);
   if (!mapped.ok()) return mapped.status();
-  if (absl::Status s = ClaimMemory(session->job->name(), &claims_, &*mapped); !s.ok()) return s;
+  if (absl::Status s = ClaimMemory(session.job->name(), &claims_, &*mapped); !s.ok()) return s;
   // A session that ends meanwhile is handled by the job: its removal either removes this
   // registration (when it comes after) or has it refused (when it came before).
-  absl::Status s =
-      session->job->Register(session->local_rank, *std::move(mapped), response, session->id);
-  ReportWorkers(session->job);
-  return ReplacedOr(request.session(), s);
+  return session.job->Register(session.local_rank, *std::move(mapped), response, session.id);
 }
 
 absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response) {

@@ -160,6 +160,11 @@ class Daemon {
   absl::StatusOr<Session> Use(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
   // As Use(), but refuses observer sessions (they may not register or step).
   absl::StatusOr<Session> UseAsWorker(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
+  // RegisterBuffers past the session check: validates, maps and claims the buffers, and
+  // registers them with the session's job.
+  absl::Status Register(const Session& session, const v1::RegisterBuffersRequest& request,
+                        v1::RegisterBuffersResponse* response, std::optional<uid_t> peer_uid)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // A dropped worker session's removal from its job. It runs after mu_ is released: closing the
   // job's GPU pipelines waits (bounded, seconds per GPU) for their work, and under mu_ that
   // would hold up every RPC of the node, lease renewals included.

@@ -204,6 +204,25 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   return absl::OkStatus();
 }
 
+void Job::DropRegistration(uint32_t local_rank, uint64_t session, const absl::Status& why) {
+  absl::MutexLock lock(&mu_);
+  if (SessionEnded(local_rank, session)) return;
+  const bool had = workers_.count(local_rank) != 0 || gpus_.Has(local_rank);
+  auto arrival = arrived_.find(local_rank);  // its Step in the open round goes with it
+  if (round_open_ && !round_running_ && arrival != arrived_.end()) {
+    arrived_.erase(arrival);
+    if (arrived_.empty()) round_open_ = false;
+  }
+  if (gpus_.Has(local_rank)) {
+    EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s registration was refused"));
+  }
+  workers_.erase(local_rank);
+  if (!had && register_again_.count(local_rank) == 0) return;  // "has no buffers" says it all
+  register_again_[local_rank] =
+      absl::StrCat("its last registration was refused (", why.message(),
+                   "), and its earlier one went with it: register its gradients again before Step");
+}
+
 absl::Status Job::CheckNoSharedMemory(uint32_t local_rank,
                                       const MappedRegistration& registration) const {
   struct Extent {

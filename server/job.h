@@ -96,6 +96,10 @@ class Job {
   // INVALID_ARGUMENT when a group's reduction (sharded / replicated) disagrees with the job's.
   absl::Status Register(uint32_t local_rank, MappedRegistration registration,
                         v1::RegisterBuffersResponse* response, uint64_t session = 0);
+  // A registration of session `session` was refused (`why`), by the job or before it: the rank's
+  // earlier registration goes too, as its client has let go of it, and its Steps are refused,
+  // naming `why`, until it registers again. Nothing for a session that has ended.
+  void DropRegistration(uint32_t local_rank, uint64_t session, const absl::Status& why);
   // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
   // queued may never be ready: its GPU pipeline is released rather than waited for. Ends
   // session `session` for this rank: a newer session's registration stays.

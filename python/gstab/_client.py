@@ -347,7 +347,7 @@ class Client:
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
         _check_type("register_arena", arena, Arena)
-        self.registration = None  # gstabd may have let go of the earlier one even on failure
+        self.registration = None  # a refused registration ends the earlier one too
         check(self._call(self._lib.gstab_register_arena, arena._h))
         self.registration = arena
 

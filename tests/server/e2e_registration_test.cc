@@ -339,91 +339,38 @@ TEST_F(E2eRegistrationTest, AProgressWordInAnotherJobsOrRanksGradientsIsRefused)
   EXPECT_TRUE((*first)->client().Register((*first)->arena()).ok());
 }
 
-// gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
-// a process's mappings). A registration past it is refused, naming the cap, and the jobs already
-// mapped go on; a mapping let go makes room.
-TEST_F(E2eRegistrationTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOthersGoOn) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings=2", "--metrics_port=0"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  absl::StatusOr<int> port = daemon->MetricsPort();
-  ASSERT_TRUE(port.ok()) << port.status();
-  auto metric = [&](const std::string& series) {
-    absl::StatusOr<testing::HttpResponse> r = testing::HttpRequest(*port, "GET", "/metrics");
-    return r.ok() && r->body.find(series + "\n") != std::string::npos;
-  };
-  EXPECT_TRUE(metric("gstab_shm_mappings 0"));  // from the start
-  EXPECT_TRUE(metric("gstab_shm_mappings_limit 2"));
-  auto a = TestWorker::Create(daemon->socket(), JobOptions("a"));
-  ASSERT_TRUE(a.ok()) << a.status();
-  auto b = TestWorker::Create(daemon->socket(), JobOptions("b"));
-  ASSERT_TRUE(b.ok()) << b.status();
-  ExpectServing(a->get(), 1);
-
-  auto c = TestWorker::Create(daemon->socket(), JobOptions("c"));
-  ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted) << c.status();
-  EXPECT_NE(c.status().message().find("already maps 2 objects"), std::string::npos)
-      << c.status();
-  EXPECT_NE(c.status().message().find("--max_mappings"), std::string::npos) << c.status();
-  EXPECT_TRUE(metric("gstab_shm_mappings 2"));
-  EXPECT_TRUE(metric("gstab_shm_mappings_limit 2"));
-  ExpectServing(a->get(), 2);
-  ExpectServing(b->get(), 1);
-
-  ASSERT_TRUE((*b)->client().Detach().ok());  // b's mapping is let go at once
-  b->reset();
-  auto again = TestWorker::Create(daemon->socket(), JobOptions("c"));
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_TRUE(metric("gstab_shm_mappings 2"));
-  ExpectServing(again->get(), 1);
-  ExpectServing(a->get(), 3);
-}
-
-// --max_mappings_per_owner reaches the registry: a uid's second object is refused, naming it.
-TEST_F(E2eRegistrationTest, SharedMemoryPastTheOwnersMappingCapIsRefused) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings_per_owner=1"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto a = TestWorker::Create(daemon->socket(), JobOptions("a"));
-  ASSERT_TRUE(a.ok()) << a.status();
-  auto b = TestWorker::Create(daemon->socket(), JobOptions("b"));
-  ASSERT_FALSE(b.ok());
-  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
-  EXPECT_NE(b.status().message().find("--max_mappings_per_owner"), std::string::npos) << b.status();
-  ExpectServing(a->get(), 1);
-}
-
-// gstabd's --max_buffers and --max_tensors reach its checks: a registration past either is
-// refused, saying which cap, and one within them goes on.
-TEST(E2eRegistrationCapsTest, BufferAndTensorCapsComeFromTheFlags) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_buffers=1", "--max_tensors=2"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto client = Client::Connect(daemon->socket());
-  ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->Attach(JobOptions("capped")).ok());
-  GradientArena a, b, wide;
-  a.AddTensor("a", 16, DType::kFloat32);
-  b.AddTensor("b", 16, DType::kFloat32);
-  for (const char* name : {"w0", "w1", "w2"}) wide.AddTensor(name, 16, DType::kFloat32);
-  ASSERT_TRUE(a.Allocate().ok() && b.Allocate().ok() && wide.Allocate().ok());
-  v1::RegisterBuffersRequest two = a.RegistrationRequest();
-  const v1::RegisterBuffersRequest second = b.RegistrationRequest();
-  for (v1::Tensor t : second.tensors()) {
-    t.set_buffer(1);
-    *two.add_tensors() = t;
+// A registration replaces the worker's earlier one, and a refused one ends it too (the client
+// has let go of it): the worker's steps are refused, saying why, and its earlier gradients are
+// left as they are, until it registers again. Refused before the job (a tensor past its buffer)
+// and by the job (a group's reduction).
+TEST_F(E2eRegistrationTest, ARefusedRegistrationEndsTheEarlierOne) {
+  auto worker = TestWorker::Create(daemon_->socket(), JobOptions("replaced"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const v1::RegisterBuffersRequest good = (*worker)->arena().RegistrationRequest();
+  v1::RegisterBuffersRequest outside = good;
+  outside.mutable_tensors(0)->set_numel(1u << 30);
+  v1::RegisterBuffersRequest reduction = good;
+  for (v1::Tensor& t : *reduction.mutable_tensors()) {
+    if (t.group() == "g") t.set_reduction(v1::REDUCTION_REPLICATED);  // sharded in the job
   }
-  *two.add_buffers() = second.buffers(0);
-  absl::Status buffers = (*client)->RegisterBuffers(two);
-  EXPECT_EQ(buffers.code(), absl::StatusCode::kResourceExhausted) << buffers;
-  EXPECT_NE(buffers.message().find("2 buffers exceed this daemon's cap of 1"), std::string::npos)
-      << buffers;
-  absl::Status tensors = (*client)->RegisterBuffers(wide.RegistrationRequest());
-  EXPECT_EQ(tensors.code(), absl::StatusCode::kResourceExhausted) << tensors;
-  EXPECT_NE(tensors.message().find("3 tensors exceed this daemon's cap of 2"), std::string::npos)
-      << tensors;
-  EXPECT_TRUE((*client)->Register(a).ok());
+  uint64_t step = 1;
+  for (const auto& [bad, why] : {std::pair{outside, "outside buffer"},
+                                 std::pair{reduction, "but this registration marks it"}}) {
+    ExpectServing(worker->get(), step++);
+    const absl::Status refused = (*worker)->client().RegisterBuffers(bad);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.message().find(why), std::string::npos) << refused;
+    (*worker)->Fill(step, 1);
+    const std::vector<unsigned char> before = (*worker)->Bytes();
+    absl::StatusOr<v1::StepResponse> r = (*worker)->client().Step(step);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_NE(r.status().message().find("its last registration was refused"), std::string::npos)
+        << r.status();
+    EXPECT_NE(r.status().message().find(why), std::string::npos) << r.status();
+    EXPECT_EQ((*worker)->Bytes(), before);  // not scaled
+    ASSERT_TRUE((*worker)->client().Register((*worker)->arena()).ok());
+  }
+  ExpectServing(worker->get(), step);
 }
 
 }  // namespace

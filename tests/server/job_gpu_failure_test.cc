@@ -185,5 +185,28 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   EXPECT_EQ(live, 1);
 }
 
+// A local rank's refused registration (its client has let go of the earlier one) ends the
+// generation: its own steps name the refusal, the other rank's ask it to register again.
+TEST(JobGpuFailureTest, ARefusedRegistrationEndsTheGeneration) {
+  LocalGpus t;
+  t.job.DropRegistration(1, /*session=*/0, absl::InvalidArgumentError("tensor 'w' is bad"));
+  EXPECT_EQ(t.live, 0);
+  v1::StepResponse r;
+  const absl::Status own = t.job.Step(1, 3, absl::Seconds(1), &r, kReady);
+  EXPECT_EQ(own.code(), absl::StatusCode::kFailedPrecondition) << own;
+  EXPECT_NE(own.message().find("its last registration was refused (tensor 'w' is bad)"),
+            std::string::npos)
+      << own;
+  const absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  EXPECT_NE(other.message().find("local rank 1's registration was refused, which ends the "
+                                 "job's GPU communicator: register the buffers again"),
+            std::string::npos)
+      << other;
+  for (uint32_t rank = 0; rank < 2; ++rank) {
+    EXPECT_TRUE(t.workers[rank].Register(&t.job, rank, static_cast<int>(rank)).ok());
+  }
+  EXPECT_EQ(t.live, 2);
+}
+
 }  // namespace
 }  // namespace gstab
