@@ -229,6 +229,7 @@ gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64
 gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, uint64_t numel,
                                           gstab_dtype dtype, const char* group, uint32_t flags,
                                           size_t* index) {
+  if (index != nullptr) *index = SIZE_MAX;  // first: set when any check below fails, too
   if (arena == nullptr || name == nullptr) {
     return Report(absl::InvalidArgumentError("arena and name must not be NULL"));
   }
@@ -302,6 +303,7 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
 }
 
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result) {
+  if (result != nullptr) *result = gstab_step_result{};  // first: set when anything fails
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
@@ -314,6 +316,7 @@ gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* 
 }
 
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out) {
+  if (out != nullptr) *out = gstab_group_result{};  // first: set when any check below fails
   if (client == nullptr || out == nullptr) {
     return Report(absl::InvalidArgumentError("client and out must not be NULL"));
   }

@@ -94,6 +94,8 @@ gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gra
 
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
                              void* stream, gstab_step_result* result, uint64_t* result_step) {
+  if (result != nullptr) *result = gstab_step_result{};  // first: set when anything fails
+  if (result_step != nullptr) *result_step = 0;
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   client->last_step.Clear();  // a failed step leaves no results of an earlier one

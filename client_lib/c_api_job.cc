@@ -57,6 +57,7 @@ gstab_status HandOut(const std::string& bytes, void** out, size_t* size) {
 // gstab_import_state and gstab_import_statistics.
 gstab_status Import(gstab_client* client, const void* state, size_t size, uint32_t* groups,
                     bool keep_config) {
+  if (groups != nullptr) *groups = 0;  // first: set when any check below fails, too
   if (client == nullptr || (state == nullptr && size != 0)) {
     return Report(absl::InvalidArgumentError("client and state must not be NULL"));
   }
@@ -129,6 +130,7 @@ gstab_status gstab_create_rendezvous(gstab_client* client, const char* job, uint
 }
 
 gstab_status gstab_daemon_instance(gstab_client* client, char* instance) {
+  if (instance != nullptr) *instance = '\0';  // first: set when any check below fails, too
   if (client == nullptr || instance == nullptr) {
     return Report(absl::InvalidArgumentError("client and instance must not be NULL"));
   }
@@ -150,6 +152,7 @@ gstab_status gstab_daemon_instance(gstab_client* client, char* instance) {
 }
 
 gstab_status gstab_update_config(gstab_client* client, const char* settings, uint64_t* version) {
+  if (version != nullptr) *version = 0;  // first: set when any check below fails, too
   if (client == nullptr || settings == nullptr) {
     return Report(absl::InvalidArgumentError("client and settings must not be NULL"));
   }

@@ -37,7 +37,9 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients*, const char*
 }
 gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients*, uint64_t, void*,
-                             gstab_step_result*, uint64_t*) {
+                             gstab_step_result* result, uint64_t* result_step) {
+  if (result != nullptr) *result = gstab_step_result{};
+  if (result_step != nullptr) *result_step = 0;
   // A failed step leaves no results of an earlier one (not a forked child's: its parent's).
   if (client != nullptr && client->owner == getpid()) client->last_step.Clear();
   return NoCuda();

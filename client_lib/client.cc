@@ -240,6 +240,7 @@ absl::Status Client::Attach(const AttachOptions& options) {
   keepalive_ = *std::move(keepalive);
   const std::string previous = session();
   attached_ = *std::move(response);
+  registration_failed_.clear();  // the new session has none: gstabd says so
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
   // and its job's other local workers' steps would wait for it. gstabd has already ended it
   // when this attach was of the same job and local rank (the detach is then refused: ignored).
@@ -408,17 +409,27 @@ absl::Status Client::Register(const GradientArena& arena) {
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      v1::RegisterBuffersResponse* response) {
   progress_ = nullptr;  // this registration replaces the arena's, or fails and ends it
+  registration_failed_ = "not sent";
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   request.set_session(session());
   absl::StatusOr<v1::RegisterBuffersResponse> r =
       Call(&v1::Stabilizer::Stub::RegisterBuffers, request);
-  if (!r.ok()) return r.status();
+  if (!r.ok()) {
+    registration_failed_ = r.status().ToString();
+    return r.status();
+  }
+  registration_failed_.clear();
   if (response != nullptr) *response = *std::move(r);
   return absl::OkStatus();
 }
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
+  if (!registration_failed_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the last registration through this client failed (", registration_failed_,
+        "), and its earlier one went with it: register the gradients again before Step"));
+  }
   v1::StepRequest request;
   request.set_session(session());
   request.set_step(step);

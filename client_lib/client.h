@@ -95,7 +95,8 @@ class Client {
   // DATA_LOSS when gstabd went away (killed, say) after it had begun to scale them, or, for
   // a registration without a progress word (RegisterBuffersRequest.progress), when it may have:
   // the step must not be retried on them. After UNAVAILABLE or UNAUTHENTICATED they are as they
-  // were.
+  // were. FAILED_PRECONDITION, sending nothing, after a registration failed (until one succeeds
+  // or the client attaches again).
   absl::StatusOr<v1::StepResponse> Step(uint64_t step, uint32_t ready_value = 0);
   absl::Status Detach();
   absl::StatusOr<v1::GetStatsResponse> GetStats();
@@ -220,6 +221,11 @@ class Client {
   // its own: the arena may go before the client. Null for other registrations.
   std::shared_ptr<const uint64_t> progress_;
   bool progress_marked_ = false;  // gstabd marked it at a step since it was registered
+  // Why the last registration failed, if it did: Steps are refused until one succeeds. gstabd
+  // lets go of the earlier registration when it refuses one, but not for a refusal before it
+  // (the per-caller call cap, an unanswered call), where it may still hold the earlier one, or
+  // have taken the new one.
+  std::string registration_failed_;
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when

@@ -10,8 +10,9 @@
  * threads and shared memory stay the parent's). Nor may a child connect a client of its own
  * once its parent has connected one, or tried to and failed for want of gstabd (gRPC does not
  * survive fork): gstab_connect fails there with GSTAB_FAILED_PRECONDITION; start workers anew
- * (exec, spawn) instead. A function's pointer and size out-parameters are set to NULL and 0
- * when it fails.
+ * (exec, spawn) instead. A function's out-parameters are set when it fails too: pointers to
+ * NULL, sizes, counts, versions and step numbers to 0, a tensor index to SIZE_MAX, results to
+ * all zeros (NULL names), an instance to "".
  *
  *   gstab_client* c = NULL;  gstab_arena* a = NULL;
  *   gstab_connect("/run/gstab/gstabd.sock", &c);
@@ -147,8 +148,9 @@ void* gstab_arena_data(gstab_arena* arena, size_t index);
  * outlives its exit, as the Python package does at exit. gstab_arena_destroy also removes it. */
 void gstab_arena_unlink(gstab_arena* arena);
 
-/* Replaces the client's earlier registration. Refused, it leaves none: gstab_step is refused
- * (GSTAB_FAILED_PRECONDITION, naming why) until a registration succeeds. */
+/* Replaces the client's earlier registration. Failed, it leaves none: gstab_step and
+ * gstab_cuda_step are refused (GSTAB_FAILED_PRECONDITION, naming why) until a registration
+ * succeeds or the client attaches again. */
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena);
 /* `step` increases from one call to the next and stays below 2^62 (INVALID_ARGUMENT past it).
  * GSTAB_UNAVAILABLE or GSTAB_UNAUTHENTICATED: gstabd did not touch the gradients (it was gone,
@@ -318,6 +320,7 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, c
                                               uint64_t numel, gstab_dtype dtype,
                                               const char* group, uint32_t flags,
                                               void** device_ptr);
+/* As gstab_register_arena: failed, it leaves the client no registration. */
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients);
 /* stream: a cudaStream_t (NULL: the legacy default stream). result and result_step may be
  * NULL; *result_step says which step *result describes. `gradients` are those last registered

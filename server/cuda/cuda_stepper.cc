@@ -324,10 +324,19 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
     return s;
   }
   absl::MutexLock lock(&mu_);
-  Slot& slot = slots_[enqueued_ % 2];
+  Slot& slot = slots_[enqueued_ % kResultSlots];
   // Its step, if finished and not yet reported, is kept for Poll before the slot is reused.
-  if (slot.unreported && cudaEventQuery(slot.finished) == cudaSuccess) {
-    harvested_.push_back(ResultOf(slot));
+  if (slot.unreported && !slot.rewriting) {
+    if (cudaEventQuery(slot.finished) == cudaSuccess) {
+      harvested_.push_back(ResultOf(slot));
+    } else {
+      ClearStaleCudaError();  // cudaErrorNotReady
+      LOG_EVERY_N(WARNING, 1000)
+          << "job '" << spec_.job << "' GPU " << device_ << ": step " << slot.step
+          << "'s results are not reported (its metrics and events), as the worker queued "
+          << kResultSlots << " steps after it before it finished (" << google::COUNTER
+          << " such steps); its gradients and statistics are not affected";
+    }
     slot.unreported = false;
   }
   // Copies and the event go in together under mu_; should queuing them fail part way, the

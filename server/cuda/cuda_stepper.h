@@ -44,6 +44,12 @@ class CudaStepper final : public GpuPipeline {
   CudaStepper(const CudaStepper&) = delete;
   CudaStepper& operator=(const CudaStepper&) = delete;
 
+  // How many unfinished steps Poll can report: a worker whose host runs ahead of its GPU
+  // (nothing in its loop waits for the GPU) has several queued at once. Past this the oldest
+  // unfinished one's results are not reported (its metrics and events; its scaling and
+  // statistics are unaffected), and gstabd logs it.
+  static constexpr uint64_t kResultSlots = 4;
+
   // Enqueues one step behind the worker's ready write of `ready_value` (0 while the ready word
   // is still 0: at once), ending with the same value written to the done word.
   absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) override;
@@ -96,8 +102,9 @@ class CudaStepper final : public GpuPipeline {
   std::unique_ptr<NcclComm> comm_;  // null for a job of one rank (see GpuJobSpec)
   bool joined_ = false;             // the communicator is up and node 0's statistics adopted
 
-  // Two result slots, used by alternate steps, so that while the newest step runs the one
-  // before it can still be reported: its outcomes copied to pinned memory, then its event.
+  // Result slots, used by steps in turn (see kResultSlots), so that while the newest step runs
+  // the ones before it can still be reported: its outcomes copied to pinned memory, then its
+  // event.
   struct Slot {
     cudaEvent_t finished = nullptr;
     StepOutcome* h_outcomes = nullptr;  // pinned
@@ -110,7 +117,7 @@ class CudaStepper final : public GpuPipeline {
     bool rewriting = false;
   };
   absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
-  Slot slots_[2] ABSL_GUARDED_BY(mu_);
+  Slot slots_[kResultSlots] ABSL_GUARDED_BY(mu_);
   // Finished steps taken from a slot as Enqueue reused it, for the next Poll.
   std::vector<GpuStepResult> harvested_ ABSL_GUARDED_BY(mu_);
   GpuStepResult ResultOf(const Slot& slot) const;
@@ -119,7 +126,8 @@ class CudaStepper final : public GpuPipeline {
   // watchdog times the GPU while they differ. The newest steps' numbers, for its messages.
   uint32_t sequence_ = 0;
   std::pair<uint32_t, uint64_t> recent_[16] ABSL_GUARDED_BY(mu_) = {};
-  uint64_t enqueued_ ABSL_GUARDED_BY(mu_) = 0;  // the newest is in slots_[(enqueued_ - 1) % 2]
+  // The newest step is in slots_[(enqueued_ - 1) % kResultSlots].
+  uint64_t enqueued_ ABSL_GUARDED_BY(mu_) = 0;
   // Statistics SetStatistics wrote when enqueued_ was set_at_: the snapshot until a step
   // enqueued since finishes.
   std::optional<GpuSnapshot> set_ ABSL_GUARDED_BY(mu_);

@@ -109,8 +109,8 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
   std::vector<GpuStepResult> done = std::move(harvested_);
   harvested_.clear();
   // The older slot first: the stream finishes its steps in order.
-  for (uint64_t back = std::min<uint64_t>(2, enqueued_); back >= 1; --back) {
-    Slot& slot = slots_[(enqueued_ - back) % 2];
+  for (uint64_t back = std::min(kResultSlots, enqueued_); back >= 1; --back) {
+    Slot& slot = slots_[(enqueued_ - back) % kResultSlots];
     if (!slot.unreported || slot.rewriting) continue;
     if (NoteCudaError(cudaEventQuery(slot.finished)) != cudaSuccess) break;
     done.push_back(ResultOf(slot));
@@ -123,9 +123,9 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
 std::optional<GpuSnapshot> CudaStepper::Snapshot() {
   absl::MutexLock lock(&mu_);
   cudaSetDevice(device_);
-  for (uint64_t back = 1; back <= 2 && back <= enqueued_; ++back) {
+  for (uint64_t back = 1; back <= kResultSlots && back <= enqueued_; ++back) {
     if (set_.has_value() && enqueued_ - back < set_at_) break;  // older than set_
-    const Slot& slot = slots_[(enqueued_ - back) % 2];
+    const Slot& slot = slots_[(enqueued_ - back) % kResultSlots];
     if (slot.rewriting) continue;
     const bool finished = NoteCudaError(cudaEventQuery(slot.finished)) == cudaSuccess;
     ClearStaleCudaError();

@@ -101,11 +101,11 @@ bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks) {
   return false;
 }
 
-absl::Status StepWithToken(Client* client, const std::string& token) {
+absl::Status StepWithToken(Client* client, const std::string& token, uint64_t step) {
   grpc::ClientContext ctx;
   v1::StepRequest request;
   request.set_session(token);
-  request.set_step(1);
+  request.set_step(step);
   v1::StepResponse response;
   return FromGrpcStatus(client->stub()->Step(&ctx, request, &response));
 }

@@ -21,7 +21,7 @@ AttachOptions JobOptions(const std::string& name, v1::PolicyConfig config = {});
 bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks);
 
 // gstabd's answer to a Step of step 1 under session `token`, as any client could send it.
-absl::Status StepWithToken(Client* client, const std::string& token);
+absl::Status StepWithToken(Client* client, const std::string& token, uint64_t step = 1);
 
 class TestWorker;
 // Steps 1 to `steps` of `worker`'s job, each with a NaN gradient: one SKIP event each, more
