@@ -25,7 +25,12 @@ thread_local std::string g_last_error;
 // Set when a failure's message could not be kept (no memory for it): what gstab_last_error says
 // then. Null otherwise.
 thread_local const char* g_last_error_fixed = nullptr;
+thread_local bool g_last_step_unanswered = false;
 }  // namespace
+
+void NoteStepOutcome(const absl::Status& status) {
+  g_last_step_unanswered = Client::StepUnanswered(status);
+}
 
 gstab_status Report(const absl::Status& status) noexcept {
   if (!status.ok()) {
@@ -167,6 +172,8 @@ extern "C" {
 
 const char* gstab_version(void) { return GSTAB_VERSION; }
 
+int gstab_last_step_unanswered(void) { return gstab::capi::g_last_step_unanswered ? 1 : 0; }
+
 const char* gstab_last_error(void) {
   return gstab::capi::g_last_error_fixed != nullptr ? gstab::capi::g_last_error_fixed
                                                     : gstab::capi::g_last_error.c_str();
@@ -290,25 +297,32 @@ void gstab_arena_unlink(gstab_arena* arena) {
 }
 
 gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena) {
-  if (client == nullptr || arena == nullptr) {
-    return Report(absl::InvalidArgumentError("client and arena must not be NULL"));
-  }
+  if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
-  if (absl::Status s = CheckOwner(arena->owner, "arena"); !s.ok()) return Report(s);
-  if (!arena->arena.allocated()) {
-    return Report(absl::FailedPreconditionError(
-        "the arena has no memory yet: call gstab_arena_allocate before registering it"));
-  }
-  return Guarded([&] { return Report(client->client->Register(arena->arena)); });
+  return Guarded([&] {
+    absl::Status s = arena == nullptr ? absl::InvalidArgumentError("arena must not be NULL")
+                                      : CheckOwner(arena->owner, "arena");
+    if (s.ok() && !arena->arena.allocated()) {
+      s = absl::FailedPreconditionError(
+          "the arena has no memory yet: call gstab_arena_allocate before registering it");
+    }
+    if (!s.ok()) {
+      client->client->RegistrationFailed(s);  // which Register does for its own failures
+      return Report(s);
+    }
+    return Report(client->client->Register(arena->arena));
+  });
 }
 
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result) {
+  gstab::capi::NoteStepOutcome(absl::OkStatus());        // first: a refused call was not unanswered
   if (result != nullptr) *result = gstab_step_result{};  // first: set when anything fails
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
     client->last_step.Clear();  // a failed step leaves no results of an earlier one
     absl::StatusOr<gstab::v1::StepResponse> r = client->client->Step(step);
+    gstab::capi::NoteStepOutcome(r.status());
     if (!r.ok()) return Report(r.status());
     gstab::capi::SetLastStep(client, *std::move(r), result);
     return GSTAB_OK;

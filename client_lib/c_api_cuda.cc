@@ -84,16 +84,22 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients* gradients, c
 }
 
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients* gradients) {
-  if (client == nullptr || gradients == nullptr) {
-    return Report(absl::InvalidArgumentError("client and gradients must not be NULL"));
-  }
+  if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
-  if (absl::Status s = CheckOwner(gradients->owner, "CUDA gradients"); !s.ok()) return Report(s);
-  return Guarded([&] { return Report(gradients->gradients->Register(client->client.get())); });
+  return Guarded([&] {
+    absl::Status s = gradients == nullptr ? absl::InvalidArgumentError("gradients must not be NULL")
+                                          : CheckOwner(gradients->owner, "CUDA gradients");
+    if (!s.ok()) {
+      client->client->RegistrationFailed(s);  // which Register does for its own failures
+      return Report(s);
+    }
+    return Report(gradients->gradients->Register(client->client.get()));
+  });
 }
 
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradients, uint64_t step,
                              void* stream, gstab_step_result* result, uint64_t* result_step) {
+  gstab::capi::NoteStepOutcome(absl::OkStatus());        // first: a refused call was not unanswered
   if (result != nullptr) *result = gstab_step_result{};  // first: set when anything fails
   if (result_step != nullptr) *result_step = 0;
   if (client == nullptr) return Report(absl::InvalidArgumentError("client must not be NULL"));
@@ -106,6 +112,7 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients* gradien
   return Guarded([&] {
     absl::StatusOr<gstab::v1::StepResponse> r =
         gradients->gradients->Step(client->client.get(), step, static_cast<cudaStream_t>(stream));
+    gstab::capi::NoteStepOutcome(r.status());
     if (!r.ok()) return Report(r.status());
     if (result_step != nullptr) *result_step = r->results_step();
     gstab::capi::SetLastStep(client, *std::move(r), result);

@@ -66,6 +66,9 @@ gstab_status Guarded(Body&& body) noexcept {
     }
   }
 }
+// What gstab_last_step_unanswered says: set by gstab_step and gstab_cuda_step from their
+// outcome, on the calling thread.
+void NoteStepOutcome(const absl::Status& status);
 // Keeps `response` as the client's last step (for gstab_step_group) and summarises it.
 void SetLastStep(gstab_client* client, v1::StepResponse response, gstab_step_result* result);
 // INVALID_ARGUMENT naming what is wrong when tensor `name` or `group` (may be NULL or empty) is

@@ -2,11 +2,12 @@
 #include "client_lib/c_api_internal.h"
 
 namespace {
-gstab_status NoCuda() {
-  return gstab::capi::Report(
-      absl::UnimplementedError("this libgstab was built without CUDA; rebuild it where nvcc "
-                               "exists (GSTAB_CUDA=AUTO or ON) to register CUDA gradients"));
+absl::Status NoCudaStatus() {
+  return absl::UnimplementedError(
+      "this libgstab was built without CUDA; rebuild it where nvcc exists (GSTAB_CUDA=AUTO or "
+      "ON) to register CUDA gradients");
 }
+gstab_status NoCuda() { return gstab::capi::Report(NoCudaStatus()); }
 }  // namespace
 
 extern "C" {
@@ -35,9 +36,16 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients*, const char*
   if (device_ptr != nullptr) *device_ptr = nullptr;
   return NoCuda();
 }
-gstab_status gstab_register_cuda(gstab_client*, gstab_cuda_gradients*) { return NoCuda(); }
+gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients*) {
+  // As a failed registration: the client's earlier one goes (not a forked child's: its parent's).
+  if (client != nullptr && client->owner == getpid()) {
+    client->client->RegistrationFailed(NoCudaStatus());
+  }
+  return NoCuda();
+}
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients*, uint64_t, void*,
                              gstab_step_result* result, uint64_t* result_step) {
+  gstab::capi::NoteStepOutcome(absl::OkStatus());
   if (result != nullptr) *result = gstab_step_result{};
   if (result_step != nullptr) *result_step = 0;
   // A failed step leaves no results of an earlier one (not a forked child's: its parent's).

@@ -55,6 +55,11 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
 thread_local grpc::Status Client::last_answer_;
 thread_local bool Client::last_unanswered_ = false;
 
+namespace {
+// Marks a Step's DATA_LOSS as unanswered (Client::StepUnanswered).
+constexpr char kUnansweredPayload[] = "gstab.dev/step-unanswered";
+}  // namespace
+
 Client::~Client() {
   if (getpid() != owner_) {
     // A forked child's copy: its keep-alive thread is the parent's and is not in this process,
@@ -240,7 +245,10 @@ absl::Status Client::Attach(const AttachOptions& options) {
   keepalive_ = *std::move(keepalive);
   const std::string previous = session();
   attached_ = *std::move(response);
-  registration_failed_.clear();  // the new session has none: gstabd says so
+  {
+    absl::MutexLock lock(&registration_mu_);
+    registration_failed_.clear();  // the new session has none: gstabd says so
+  }
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
   // and its job's other local workers' steps would wait for it. gstabd has already ended it
   // when this attach was of the same job and local rank (the detach is then refused: ignored).
@@ -409,26 +417,38 @@ absl::Status Client::Register(const GradientArena& arena) {
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      v1::RegisterBuffersResponse* response) {
   progress_ = nullptr;  // this registration replaces the arena's, or fails and ends it
-  registration_failed_ = "not sent";
-  if (absl::Status s = NeedSession(); !s.ok()) return s;
+  if (absl::Status s = NeedSession(); !s.ok()) {
+    RegistrationFailed(s);
+    return s;
+  }
   request.set_session(session());
   absl::StatusOr<v1::RegisterBuffersResponse> r =
       Call(&v1::Stabilizer::Stub::RegisterBuffers, request);
   if (!r.ok()) {
-    registration_failed_ = r.status().ToString();
+    RegistrationFailed(r.status());
     return r.status();
   }
+  absl::MutexLock lock(&registration_mu_);
   registration_failed_.clear();
   if (response != nullptr) *response = *std::move(r);
   return absl::OkStatus();
 }
 
+void Client::RegistrationFailed(const absl::Status& why) {
+  progress_ = nullptr;
+  absl::MutexLock lock(&registration_mu_);
+  registration_failed_ = why.ToString();
+}
+
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
-  if (!registration_failed_.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the last registration through this client failed (", registration_failed_,
-        "), and its earlier one went with it: register the gradients again before Step"));
+  {
+    absl::MutexLock lock(&registration_mu_);
+    if (!registration_failed_.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the last registration through this client failed (", registration_failed_,
+          "), and its earlier one went with it: register the gradients again before Step"));
+    }
   }
   v1::StepRequest request;
   request.set_session(session());
@@ -441,14 +461,19 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
     if (!progress_marked_) progress_ = nullptr;
   }
   if (!response.ok() && last_unanswered_) {
-    // "may still scale": the Python package reads it (no attach again after it, _client.py).
-    return absl::DataLossError(
+    absl::Status lost = absl::DataLossError(
         absl::StrCat(response.status().message(), "; it may still scale step ", step,
                      "'s gradients when it runs again: skip this step (zero them) rather than "
                      "step them again, then attach and register again once gstabd serves"));
+    lost.SetPayload(kUnansweredPayload, absl::Cord());
+    return lost;
   }
   if (response.ok() || !CutOff(last_answer_)) return response;
   return StepCutOff(step, response.status());
+}
+
+bool Client::StepUnanswered(const absl::Status& step_status) {
+  return absl::IsDataLoss(step_status) && step_status.GetPayload(kUnansweredPayload).has_value();
 }
 
 absl::Status Client::Detach() {

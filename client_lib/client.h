@@ -90,6 +90,11 @@ class Client {
   // buffers, the results buffer.
   absl::Status RegisterBuffers(v1::RegisterBuffersRequest request,
                                v1::RegisterBuffersResponse* response = nullptr);
+  // A registration through this client failed (`why`), wherever it did: the client has let go of
+  // its earlier one, and refuses Steps (FAILED_PRECONDITION, naming `why`) until a registration
+  // succeeds or it attaches again. RegisterBuffers calls it; so do registrations that fail
+  // before it or after it (CudaGradients::Register, the C ABI's checks).
+  void RegistrationFailed(const absl::Status& why);
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
   // `ready_value`: cuda_ipc registrations (CudaGradients::Step sets it), see StepRequest.
   // DATA_LOSS when gstabd went away (killed, say) after it had begun to scale them, or, for
@@ -98,6 +103,10 @@ class Client {
   // were. FAILED_PRECONDITION, sending nothing, after a registration failed (until one succeeds
   // or the client attaches again).
   absl::StatusOr<v1::StepResponse> Step(uint64_t step, uint32_t ready_value = 0);
+  // Whether `step_status` (a Step's) is DATA_LOSS because gstabd, sent the step, did not answer
+  // (within the call timeout, or the connection's pings went unanswered): stopped or stuck, it
+  // may still scale the gradients when it runs again.
+  static bool StepUnanswered(const absl::Status& step_status);
   absl::Status Detach();
   absl::StatusOr<v1::GetStatsResponse> GetStats();
   absl::StatusOr<v1::UpdateConfigResponse> UpdateConfig(const v1::PolicyConfig& update);
@@ -221,11 +230,12 @@ class Client {
   // its own: the arena may go before the client. Null for other registrations.
   std::shared_ptr<const uint64_t> progress_;
   bool progress_marked_ = false;  // gstabd marked it at a step since it was registered
-  // Why the last registration failed, if it did: Steps are refused until one succeeds. gstabd
-  // lets go of the earlier registration when it refuses one, but not for a refusal before it
-  // (the per-caller call cap, an unanswered call), where it may still hold the earlier one, or
-  // have taken the new one.
-  std::string registration_failed_;
+  // Why the last registration failed, if it did (RegistrationFailed): Steps are refused until
+  // one succeeds. gstabd lets go of the earlier registration when it refuses one, but not for a
+  // failure before it (the library's own checks, the per-caller call cap, an unanswered call),
+  // where it may still hold the earlier one, or have taken the new one.
+  mutable absl::Mutex registration_mu_;
+  std::string registration_failed_ ABSL_GUARDED_BY(registration_mu_);
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when

@@ -223,8 +223,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
                        "within ",
                        absl::FormatDuration(timeout), ": connect again once one serves"));
     }
-    if (!stopping && (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= deadline)) {
-      break;
+    if (!stopping && s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    if (!stopping && absl::Now() >= deadline) {
+      // The connection went (gstabd gone since it took it) and no gstabd took another: its
+      // first call would fail the same way.
+      return absl::UnavailableError(absl::StrCat(
+          "gstabd at ", address, " took the connection, but its health check failed until the ",
+          absl::FormatDuration(timeout), " connect timeout (", s.error_message(),
+          "): connect again once gstabd serves"));
     }
     if (stopping) {
       absl::SleepFor(std::min(absl::Milliseconds(200), deadline - absl::Now()));

@@ -301,6 +301,12 @@ void CudaGradients::CloseResults() {
 }
 
 absl::Status CudaGradients::Register(Client* client) {
+  absl::Status s = RegisterThrough(client);
+  if (!s.ok()) client->RegistrationFailed(s);
+  return s;
+}
+
+absl::Status CudaGradients::RegisterThrough(Client* client) {
   // gstabd frees the results buffer of a registration it replaces: let go of it first, this
   // object's and that of another registered through the same client.
   CudaGradients* replaced = nullptr;

@@ -102,6 +102,8 @@ class CudaGradients {
   // `client_id`, queues a write of the done word when a stream still waits for it, and looks
   // at that write again at the next call; nothing while it is busy (a Step or a close).
   static void ReleaseForLostDaemon(uint64_t client_id);
+  // Register's work; Register marks the client's registration failed when this fails.
+  absl::Status RegisterThrough(Client* client);
 
   const int device_;
   std::string device_uuid_;         // sent with each buffer: gstabd finds the GPU by it

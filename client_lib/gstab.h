@@ -168,6 +168,11 @@ gstab_status gstab_register_arena(gstab_client* client, const gstab_arena* arena
  * or the message says what to do. In each of those three, go on from the next step;
  * docs/daemon.md and docs/multinode.md say more. */
 gstab_status gstab_step(gstab_client* client, uint64_t step, gstab_step_result* result);
+/* 1 when the calling thread's last gstab_step or gstab_cuda_step failed with GSTAB_DATA_LOSS
+ * because gstabd, sent the step, did not answer it (above: stopped or stuck, it may still scale
+ * the gradients when it runs again, so an attach to it now would wait for it once more); 0
+ * otherwise, also for a step gstabd was cut off from by going away. */
+int gstab_last_step_unanswered(void);
 /* Per-group results of the last gstab_step or gstab_cuda_step, when it succeeded (a failed one
  * leaves none: GSTAB_INVALID_ARGUMENT); index < result.num_groups. */
 gstab_status gstab_step_group(const gstab_client* client, size_t index, gstab_group_result* out);

@@ -376,12 +376,12 @@ class Client:
             # gstabd went away after it had begun to scale them, or may have (the first step
             # after a registration): they cannot be stepped again, whether or not it comes back.
             message = self._lib.gstab_last_error().decode(errors="replace")
+            unanswered = self._lib.gstab_last_step_unanswered()
             registration._zero()
-            # A call gstabd never answered (frozen, or its host unreachable; the library says
-            # it "may still scale" the step: client_lib/client.cc, Client::Step) is not
-            # followed by an attach: that would wait a second call timeout on the same gstabd.
-            # The next step finds out whether it is back.
-            if again and "may still scale" not in message:
+            # A call gstabd never answered (frozen, or its host unreachable: it may still scale
+            # the step) is not followed by an attach: that would wait a second call timeout on
+            # the same gstabd. The next step finds out whether it is back.
+            if again and not unanswered:
                 try:
                     self._attach_again(f"at step {step}", status)
                     return _lost_step(step)

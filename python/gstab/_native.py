@@ -99,6 +99,7 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     PP = ctypes.POINTER(ctypes.c_void_p)
     signatures = {
         "gstab_version": ([], S), "gstab_last_error": ([], S),
+        "gstab_last_step_unanswered": ([], I),
         "gstab_connect": ([S, PP], I), "gstab_client_destroy": ([P], None),
         "gstab_attach": ([P, S, U32, U32, U32, U32, S], I), "gstab_detach": ([P], I),
         "gstab_attach_with_options": ([P, S, ctypes.POINTER(CAttachOptions)], I),

@@ -326,16 +326,18 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   absl::MutexLock lock(&mu_);
   Slot& slot = slots_[enqueued_ % kResultSlots];
   // Its step, if finished and not yet reported, is kept for Poll before the slot is reused.
-  if (slot.unreported && !slot.rewriting) {
-    if (cudaEventQuery(slot.finished) == cudaSuccess) {
+  if (slot.unreported) {
+    const cudaError_t finished = NoteCudaError(cudaEventQuery(slot.finished));
+    ClearStaleCudaError();  // cudaErrorNotReady
+    if (finished == cudaSuccess) {
       harvested_.push_back(ResultOf(slot));
-    } else {
-      ClearStaleCudaError();  // cudaErrorNotReady
-      LOG_EVERY_N(WARNING, 1000)
-          << "job '" << spec_.job << "' GPU " << device_ << ": step " << slot.step
-          << "'s results are not reported (its metrics and events), as the worker queued "
-          << kResultSlots << " steps after it before it finished (" << google::COUNTER
-          << " such steps); its gradients and statistics are not affected";
+    } else if (finished == cudaErrorNotReady &&
+               (++lost_results_ == 1 || lost_results_ % 1000 == 0)) {
+      LOG(WARNING) << "job '" << spec_.job << "' GPU " << device_ << ": step " << slot.step
+                   << "'s results are not reported (its metrics and events), as the worker "
+                   << "queued " << kResultSlots << " steps after it before it finished ("
+                   << lost_results_ << " such steps so far); its gradients and statistics are "
+                   << "not affected";
     }
     slot.unreported = false;
   }

@@ -118,6 +118,7 @@ class CudaStepper final : public GpuPipeline {
   };
   absl::Mutex mu_;  // the slots, between the job's thread and the watchdog
   Slot slots_[kResultSlots] ABSL_GUARDED_BY(mu_);
+  uint64_t lost_results_ ABSL_GUARDED_BY(mu_) = 0;  // steps whose slot was reused unfinished
   // Finished steps taken from a slot as Enqueue reused it, for the next Poll.
   std::vector<GpuStepResult> harvested_ ABSL_GUARDED_BY(mu_);
   GpuStepResult ResultOf(const Slot& slot) const;

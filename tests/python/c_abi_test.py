@@ -2,6 +2,7 @@
 header's numbers are the package's, and the library's own checks of its arguments.
 
     c_abi_test.py --library PATH
+    c_abi_test.py --bundle DIR    # scripts/client-bundle's DIR: package and library from DIR
 
 The package over a real gstabd: client_test.py.
 """
@@ -12,7 +13,11 @@ import re
 import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+_where = argparse.ArgumentParser(add_help=False)
+_where.add_argument("--bundle")
+_BUNDLE = _where.parse_known_args()[0].bundle
+sys.path.insert(0, os.path.join(_BUNDLE, "python") if _BUNDLE else
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
 
 ARGS = None
@@ -116,6 +121,7 @@ class CAbiTest(unittest.TestCase):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--library", help="default: where the package finds it")
+    parser.add_argument("--bundle", help="import gstab from this client bundle")
     ARGS, rest = parser.parse_known_args()
     gstab.load_library(ARGS.library)
     unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)

@@ -206,6 +206,15 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(struct.unpack("<16f", kept.buffer(0)), (100.0,) * 16)
         client.register_arena(kept)
         client.step(2)
+        # So too one the library refused before gstabd saw it (gstabd still holds the earlier).
+        with self.assertRaises(gstab.Error) as e:
+            client.register_arena(gstab.Arena())
+        self.assertIn("the arena has no memory yet", e.exception.message)
+        with self.assertRaises(gstab.Error) as e:
+            client.step(3)
+        self.assertIn("the arena has no memory yet", e.exception.message)
+        client.register_arena(kept)
+        client.step(3)
         client.close()
 
     def test_numbers_and_text_the_c_abi_cannot_carry_are_refused_and_the_job_goes_on(self):

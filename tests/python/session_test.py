@@ -249,6 +249,7 @@ class SessionTest(unittest.TestCase):
 
             error, step = killed_for_good(step + 1)
             self.assertEqual(error.code, 15, error.message)
+            self.assertEqual(client._lib.gstab_last_step_unanswered(), 0)  # answered, cut off
             # reattach_timeout=0: the step raises DATA_LOSS at once, its gradients zeroed all
             # the same.
             client.attach("py-killed")
@@ -292,6 +293,7 @@ class SessionTest(unittest.TestCase):
                 finally:
                     os.kill(node.process.pid, signal.SIGCONT)
                 self.assertEqual(e.exception.code, 15, e.exception.message)
+                self.assertEqual(client._lib.gstab_last_step_unanswered(), 1)  # this thread's
                 self.assertIn("it may still scale step 2's gradients", e.exception.message)
                 self.assertIn("were zeroed: skip it", e.exception.message)
                 self.assertEqual(bytes(views[0].cast("B")), bytes(len(views[0].cast("B"))))

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "common/listener_process.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
@@ -138,6 +139,34 @@ std::unique_ptr<grpc::Server> ServeAt(const std::string& path, bool health) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   grpc::EnableDefaultHealthCheckService(false);
   return server;
+}
+
+// A health service that answers every check UNAVAILABLE, as a connection lost at each call.
+class UnavailableHealth final : public grpc::health::v1::Health::Service {
+  grpc::Status Check(grpc::ServerContext*, const grpc::health::v1::HealthCheckRequest*,
+                     grpc::health::v1::HealthCheckResponse*) override {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "made unavailable");
+  }
+};
+
+// A server that takes the connection but whose health check fails UNAVAILABLE until the connect
+// timeout: the connect fails, saying so, rather than hand back a client whose first call fails.
+TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckStaysUnavailableFailsSayingSo) {
+  TempDir dir;
+  const std::string path = dir.path() + "/unavailable.sock";
+  UnavailableHealth health;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
+  builder.RegisterService(&health);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  auto client = Client::Connect(path, absl::Seconds(2));
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable) << client.status();
+  EXPECT_TRUE(absl::StrContains(client.status().message(), "health check failed"))
+      << client.status();
+  EXPECT_TRUE(absl::StrContains(client.status().message(), "made unavailable")) << client.status();
+  server->Shutdown();
 }
 
 TEST(E2eClientFaultsTest, AConnectToAServerThatIsNotAServingGstabdFailsSayingSo) {

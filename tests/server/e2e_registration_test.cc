@@ -377,6 +377,19 @@ TEST_F(E2eRegistrationTest, ARefusedRegistrationEndsTheEarlierOne) {
     ASSERT_TRUE((*worker)->client().Register((*worker)->arena()).ok());
   }
   ExpectServing(worker->get(), step);
+  // A registration the client library refused before sending it (a name that is not UTF-8):
+  // gstabd still holds the earlier one, which the client no longer steps.
+  v1::RegisterBuffersRequest unsent = good;
+  unsent.mutable_tensors(0)->set_name("\xff");
+  Client& client = (*worker)->client();
+  const absl::Status refused = client.RegisterBuffers(unsent);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(StepWithToken(&client, client.session(), ++step).ok());  // gstabd's is in place
+  const absl::Status own = client.Step(++step).status();
+  EXPECT_EQ(own.code(), absl::StatusCode::kFailedPrecondition) << own;
+  EXPECT_NE(own.message().find("the last registration through this client failed"),
+            std::string::npos)
+      << own;
 }
 
 }  // namespace
