@@ -38,10 +38,11 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients*, const char*
 }
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients*) {
   // As a failed registration: the client's earlier one goes (not a forked child's: its parent's).
-  if (client != nullptr && client->owner == getpid()) {
+  if (client == nullptr || client->owner != getpid()) return NoCuda();
+  return gstab::capi::Guarded([&] {
     client->client->RegistrationFailed(NoCudaStatus());
-  }
-  return NoCuda();
+    return NoCuda();
+  });
 }
 gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients*, uint64_t, void*,
                              gstab_step_result* result, uint64_t* result_step) {

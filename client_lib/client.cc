@@ -247,7 +247,8 @@ absl::Status Client::Attach(const AttachOptions& options) {
   attached_ = *std::move(response);
   {
     absl::MutexLock lock(&registration_mu_);
-    registration_failed_.clear();  // the new session has none: gstabd says so
+    registration_failed_ = false;  // the new session has none: gstabd says so
+    registration_failure_.clear();
   }
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
   // and its job's other local workers' steps would wait for it. gstabd has already ended it
@@ -416,7 +417,9 @@ absl::Status Client::Register(const GradientArena& arena) {
 
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      v1::RegisterBuffersResponse* response) {
-  progress_ = nullptr;  // this registration replaces the arena's, or fails and ends it
+  // Failed until it succeeds: this registration replaces the earlier one, and one cut short
+  // (by an exception, out of memory) may have reached gstabd.
+  RegistrationFailed(absl::Status());
   if (absl::Status s = NeedSession(); !s.ok()) {
     RegistrationFailed(s);
     return s;
@@ -428,25 +431,32 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
     RegistrationFailed(r.status());
     return r.status();
   }
-  absl::MutexLock lock(&registration_mu_);
-  registration_failed_.clear();
   if (response != nullptr) *response = *std::move(r);
+  absl::MutexLock lock(&registration_mu_);
+  registration_failed_ = false;
+  registration_failure_.clear();
   return absl::OkStatus();
 }
 
-void Client::RegistrationFailed(const absl::Status& why) {
+void Client::RegistrationFailed(const absl::Status& why) noexcept {
   progress_ = nullptr;
   absl::MutexLock lock(&registration_mu_);
-  registration_failed_ = why.ToString();
+  registration_failed_ = true;
+  try {
+    registration_failure_ = why.ok() ? "it did not complete" : why.ToString();
+  } catch (...) {
+    registration_failure_.clear();  // out of memory: Step says so
+  }
 }
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   {
     absl::MutexLock lock(&registration_mu_);
-    if (!registration_failed_.empty()) {
+    if (registration_failed_) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "the last registration through this client failed (", registration_failed_,
+          "the last registration through this client failed (",
+          registration_failure_.empty() ? "out of memory" : registration_failure_,
           "), and its earlier one went with it: register the gradients again before Step"));
     }
   }

@@ -90,11 +90,12 @@ class Client {
   // buffers, the results buffer.
   absl::Status RegisterBuffers(v1::RegisterBuffersRequest request,
                                v1::RegisterBuffersResponse* response = nullptr);
-  // A registration through this client failed (`why`), wherever it did: the client has let go of
-  // its earlier one, and refuses Steps (FAILED_PRECONDITION, naming `why`) until a registration
-  // succeeds or it attaches again. RegisterBuffers calls it; so do registrations that fail
-  // before it or after it (CudaGradients::Register, the C ABI's checks).
-  void RegistrationFailed(const absl::Status& why);
+  // A registration through this client failed (`why`; OK: it did not complete), wherever it
+  // did: the client has let go of its earlier one, and refuses Steps (FAILED_PRECONDITION,
+  // naming `why`) until a registration succeeds or it attaches again. RegisterBuffers calls it;
+  // so do registrations that fail before it or after it (CudaGradients::Register, the C ABI's
+  // checks).
+  void RegistrationFailed(const absl::Status& why) noexcept;
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
   // `ready_value`: cuda_ipc registrations (CudaGradients::Step sets it), see StepRequest.
   // DATA_LOSS when gstabd went away (killed, say) after it had begun to scale them, or, for
@@ -234,8 +235,11 @@ class Client {
   // one succeeds. gstabd lets go of the earlier registration when it refuses one, but not for a
   // failure before it (the library's own checks, the per-caller call cap, an unanswered call),
   // where it may still hold the earlier one, or have taken the new one.
+  // Under a lock: Python's stats() may attach and register again from another thread than the
+  // one that steps.
   mutable absl::Mutex registration_mu_;
-  std::string registration_failed_ ABSL_GUARDED_BY(registration_mu_);
+  bool registration_failed_ ABSL_GUARDED_BY(registration_mu_) = false;
+  std::string registration_failure_ ABSL_GUARDED_BY(registration_mu_);  // why, if kept
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when

@@ -193,7 +193,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   // a gstabd since replaced still looks ready, or one to a gstabd now stopping (NOT_SERVING,
   // while a new gstabd may already listen at the path: a channel of its own connections goes
   // there). A first call finds out, and connects anew until `deadline`.
-  bool stopping = false;  // at the last answer
+  bool stopping = false;      // at the last answer
+  bool saw_stopping = false;  // at any answer
   for (;;) {
     grpc::health::v1::HealthCheckResponse response;
     const grpc::Status s =
@@ -215,8 +216,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
     }
     if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
       stopping = s.ok() && response.status() != grpc::health::v1::HealthCheckResponse::SERVING;
+      saw_stopping = saw_stopping || stopping;
     }
-    if (stopping && absl::Now() >= deadline) {
+    if ((stopping || (saw_stopping && s.error_code() == grpc::StatusCode::UNAVAILABLE)) &&
+        absl::Now() >= deadline) {
       return absl::UnavailableError(
           absl::StrCat("gstabd at ", address,
                        " is not serving (stopping), and no other gstabd answered there "

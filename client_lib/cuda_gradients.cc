@@ -301,7 +301,13 @@ void CudaGradients::CloseResults() {
 }
 
 absl::Status CudaGradients::Register(Client* client) {
-  absl::Status s = RegisterThrough(client);
+  absl::Status s;
+  try {
+    s = RegisterThrough(client);
+  } catch (...) {  // out of memory, after gstabd may have taken it
+    client->RegistrationFailed(absl::Status());
+    throw;
+  }
   if (!s.ok()) client->RegistrationFailed(s);
   return s;
 }

@@ -13,11 +13,8 @@ import re
 import sys
 import unittest
 
-_where = argparse.ArgumentParser(add_help=False)
-_where.add_argument("--bundle")
-_BUNDLE = _where.parse_known_args()[0].bundle
-sys.path.insert(0, os.path.join(_BUNDLE, "python") if _BUNDLE else
-                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import package_path  # first: the folder gstab comes from
+BUNDLE = package_path.first_on_sys_path()
 import gstab  # noqa: E402
 
 ARGS = None
@@ -25,7 +22,9 @@ ARGS = None
 
 class CAbiTest(unittest.TestCase):
     def test_the_packages_flags_and_status_codes_are_the_headers(self):
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+        # The bundle's own header, where the package comes from a bundle.
+        with open(os.path.join(BUNDLE, "include", "gstab", "gstab.h") if BUNDLE else
+                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                "client_lib", "gstab.h")) as f:
             header = f.read()
         flags = dict(re.findall(r"#define GSTAB_(FLAG_\w+) \(1u << (\d+)\)", header))

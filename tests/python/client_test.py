@@ -18,11 +18,8 @@ import sys
 import time
 import unittest
 
-_where = argparse.ArgumentParser(add_help=False)
-_where.add_argument("--bundle")
-_BUNDLE = _where.parse_known_args()[0].bundle
-sys.path.insert(0, os.path.join(_BUNDLE, "python") if _BUNDLE else
-                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import package_path  # first: the folder gstab comes from
+_BUNDLE = package_path.first_on_sys_path()
 import gstab  # noqa: E402
 from gstabd import Gstabd  # noqa: E402
 
@@ -215,6 +212,14 @@ class ClientTest(unittest.TestCase):
         self.assertIn("the arena has no memory yet", e.exception.message)
         client.register_arena(kept)
         client.step(3)
+        # And a CUDA registration refused for its arguments (or by a build without CUDA).
+        with client._in_call() as h:
+            self.assertIn(client._lib.gstab_register_cuda(h, None), (3, 12))
+        with self.assertRaises(gstab.Error) as e:
+            client.step(4)
+        self.assertEqual(e.exception.code, gstab.StatusCode.FAILED_PRECONDITION)
+        client.register_arena(kept)
+        client.step(4)
         client.close()
 
     def test_numbers_and_text_the_c_abi_cannot_carry_are_refused_and_the_job_goes_on(self):
