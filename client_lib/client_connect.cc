@@ -195,6 +195,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   // there). A first call finds out, and connects anew until `deadline`.
   bool stopping = false;      // at the last answer
   bool saw_stopping = false;  // at any answer
+  // Between connections tried anew while gstabd stops: each is a connection (over TCP a TLS
+  // handshake) to a gstabd that may drain for minutes; a new one at the path is reached within
+  // a second of serving.
+  absl::Duration pause = absl::Milliseconds(200);
   for (;;) {
     grpc::health::v1::HealthCheckResponse response;
     const grpc::Status s =
@@ -236,7 +240,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
           "): connect again once gstabd serves"));
     }
     if (stopping) {
-      absl::SleepFor(std::min(absl::Milliseconds(200), deadline - absl::Now()));
+      absl::SleepFor(std::min(pause, deadline - absl::Now()));
+      pause = std::min(2 * pause, absl::Seconds(1));
       client.reset(new Client(grpc::CreateCustomChannel(target, credentials, own_args), target));
       continue;
     }
