@@ -69,8 +69,16 @@ MetricFamily::MetricFamily(std::string name, std::string help, MetricType type,
       bounds_(std::move(bounds)) {}
 
 MetricFamily::Series& MetricFamily::Get(const Labels& labels) {
-  Series& s = series_[labels];
-  if (type_ == MetricType::kHistogram && s.buckets.empty()) s.buckets.assign(bounds_.size(), 0);
+  auto [it, inserted] = series_.try_emplace(labels);
+  Series& s = it->second;
+  if (inserted) {
+    for (size_t i = 0; i < label_names_.size() && i < labels.size(); ++i) {
+      absl::StrAppend(&s.pairs, i ? "," : "", label_names_[i], "=\"", Escape(labels[i], true),
+                      "\"");
+    }
+    pairs_bytes_ += s.pairs.size();
+    if (type_ == MetricType::kHistogram) s.buckets.assign(bounds_.size(), 0);
+  }
   return s;
 }
 
@@ -100,13 +108,21 @@ void MetricFamily::Observe(const Labels& labels, double value) {
 
 void MetricFamily::Remove(const Labels& labels) {
   absl::MutexLock lock(&mu_);
-  series_.erase(labels);
+  auto it = series_.find(labels);
+  if (it == series_.end()) return;
+  pairs_bytes_ -= it->second.pairs.size();
+  series_.erase(it);
 }
 
 void MetricFamily::RemoveByFirstLabel(const std::string& first) {
   absl::MutexLock lock(&mu_);
   for (auto it = series_.begin(); it != series_.end();) {
-    it = (!it->first.empty() && it->first[0] == first) ? series_.erase(it) : std::next(it);
+    if (it->first.empty() || it->first[0] != first) {
+      ++it;
+      continue;
+    }
+    pairs_bytes_ -= it->second.pairs.size();
+    it = series_.erase(it);
   }
 }
 
@@ -119,26 +135,46 @@ double MetricFamily::Value(const Labels& labels) const {
 void MetricFamily::Render(std::string* out) const {
   absl::StrAppend(out, "# HELP ", name_, " ", Escape(help_, false), "\n");
   absl::StrAppend(out, "# TYPE ", name_, " ", TypeName(type_), "\n");
-  absl::MutexLock lock(&mu_);
-  for (const auto& [labels, s] : series_) {
-    std::string pairs;
-    for (size_t i = 0; i < label_names_.size() && i < labels.size(); ++i) {
-      absl::StrAppend(&pairs, i ? "," : "", label_names_[i], "=\"", Escape(labels[i], true), "\"");
+  // Copied under the lock, flat (three allocations), and formatted after: a step's update waits
+  // for a copy of the family, not for its text (bench/RESULTS.md, metrics_bench).
+  struct Row {
+    size_t pairs_end;  // in `pairs`
+    double value;
+    uint64_t count;
+  };
+  std::vector<Row> rows;
+  std::string pairs;
+  std::vector<uint64_t> buckets;  // histograms: bounds_.size() a row
+  {
+    absl::MutexLock lock(&mu_);
+    rows.reserve(series_.size());
+    pairs.reserve(pairs_bytes_);
+    buckets.reserve(type_ == MetricType::kHistogram ? series_.size() * bounds_.size() : 0);
+    for (const auto& [labels, s] : series_) {
+      pairs += s.pairs;
+      rows.push_back(Row{pairs.size(), s.value, s.count});
+      buckets.insert(buckets.end(), s.buckets.begin(), s.buckets.end());
     }
+  }
+  size_t begin = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Row& s = rows[r];
+    const absl::string_view labels(pairs.data() + begin, s.pairs_end - begin);
+    begin = s.pairs_end;
     if (type_ != MetricType::kHistogram) {
-      absl::StrAppend(out, name_, pairs.empty() ? "" : "{", pairs, pairs.empty() ? "" : "}", " ",
+      absl::StrAppend(out, name_, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ",
                       FormatMetricValue(s.value), "\n");
       continue;
     }
-    const std::string sep = pairs.empty() ? "" : ",";
+    const absl::string_view sep = labels.empty() ? "" : ",";
     uint64_t cumulative = 0;
     for (size_t i = 0; i < bounds_.size(); ++i) {
-      cumulative += s.buckets[i];
-      absl::StrAppend(out, name_, "_bucket{", pairs, sep, "le=\"", FormatMetricValue(bounds_[i]),
+      cumulative += buckets[r * bounds_.size() + i];
+      absl::StrAppend(out, name_, "_bucket{", labels, sep, "le=\"", FormatMetricValue(bounds_[i]),
                       "\"} ", cumulative, "\n");
     }
-    absl::StrAppend(out, name_, "_bucket{", pairs, sep, "le=\"+Inf\"} ", s.count, "\n");
-    const std::string braces = pairs.empty() ? "" : absl::StrCat("{", pairs, "}");
+    absl::StrAppend(out, name_, "_bucket{", labels, sep, "le=\"+Inf\"} ", s.count, "\n");
+    const std::string braces = labels.empty() ? "" : absl::StrCat("{", labels, "}");
     absl::StrAppend(out, name_, "_sum", braces, " ", FormatMetricValue(s.value), "\n");
     absl::StrAppend(out, name_, "_count", braces, " ", s.count, "\n");
   }

@@ -40,6 +40,7 @@ class MetricFamily {
     double value = 0;
     std::vector<uint64_t> buckets;  // histogram: non-cumulative counts per bound
     uint64_t count = 0;
+    std::string pairs;  // its labels as exposed (name="value",...), made with the series
   };
   MetricFamily(std::string name, std::string help, MetricType type,
                std::vector<std::string> label_names, std::vector<double> bounds);
@@ -51,8 +52,10 @@ class MetricFamily {
   const MetricType type_;
   const std::vector<std::string> label_names_;
   const std::vector<double> bounds_;
+  // A step's updates wait for this lock: Render holds it only to copy the series.
   mutable absl::Mutex mu_;
   std::map<Labels, Series> series_ ABSL_GUARDED_BY(mu_);
+  size_t pairs_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of every series' `pairs`
 };
 
 class MetricsRegistry {

@@ -98,6 +98,30 @@ TEST(MetricsTest, BucketsAreRoundAndRemovalForgetsAJob) {
             "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"b\",group=\"1\"} 3\n");
 }
 
+// Each series keeps its own labels and buckets in the text, also after others around it went
+// and came back (a scrape copies the family flat, then formats it).
+TEST(MetricsTest, SeriesKeepTheirOwnLabelsAndBucketsAsOthersComeAndGo) {
+  MetricsRegistry r;
+  MetricFamily* h = r.AddHistogram("gstab_h", "H.", {"job"}, {1, 2});
+  h->Observe({"a"}, 0.5);
+  h->Observe({"b"}, 1.5);
+  h->Observe({"c"}, 1.5);
+  h->Remove({"b"});
+  h->Observe({"c"}, 5);
+  h->Observe({"b"}, 0.5);
+  EXPECT_EQ(r.Render(),
+            "# HELP gstab_h H.\n# TYPE gstab_h histogram\n"
+            "gstab_h_bucket{job=\"a\",le=\"1\"} 1\ngstab_h_bucket{job=\"a\",le=\"2\"} 1\n"
+            "gstab_h_bucket{job=\"a\",le=\"+Inf\"} 1\ngstab_h_sum{job=\"a\"} 0.5\n"
+            "gstab_h_count{job=\"a\"} 1\n"
+            "gstab_h_bucket{job=\"b\",le=\"1\"} 1\ngstab_h_bucket{job=\"b\",le=\"2\"} 1\n"
+            "gstab_h_bucket{job=\"b\",le=\"+Inf\"} 1\ngstab_h_sum{job=\"b\"} 0.5\n"
+            "gstab_h_count{job=\"b\"} 1\n"
+            "gstab_h_bucket{job=\"c\",le=\"1\"} 0\ngstab_h_bucket{job=\"c\",le=\"2\"} 1\n"
+            "gstab_h_bucket{job=\"c\",le=\"+Inf\"} 2\ngstab_h_sum{job=\"c\"} 6.5\n"
+            "gstab_h_count{job=\"c\"} 2\n");
+}
+
 // --metrics_address: the endpoint listens on that address alone (127.0.0.1: this machine), and
 // an address that is not IPv4 is refused saying so.
 TEST(MetricsHttpTest, AnAddressNarrowsWhereMetricsAreServed) {
