@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "server/grpc_status.h"
+#include "server/registration.h"
 
 namespace gstab {
 
@@ -180,6 +181,10 @@ grpc::Status StabilizerService::Identify(grpc::ServerContext*, const v1::Identif
 grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
                                             const v1::WatchEventsRequest* request,
                                             grpc::ServerWriter<v1::Event>* writer) {
+  // A job that could not exist would stream nothing, silently (a misspelling).
+  if (!request->job().empty()) {
+    if (absl::Status s = ValidateJobName(request->job()); !s.ok()) return Answer("WatchEvents", s);
+  }
   // A caller's streams are counted: each holds this thread and a queue, and one caller must not
   // take them all.
   const std::string caller = Caller(context).ToString();

@@ -275,6 +275,17 @@ TEST(E2eCapsTest, AStoppedEventReaderLosesItsStreamAtTheKeepAlive) {
   EXPECT_TRUE(opened) << "the stopped reader still holds its place: " << last.error_message();
   reader->Signal(SIGKILL);
   (void)reader->Wait(absl::Seconds(10));
+  // A job no job could be named is refused, saying so, rather than streamed nothing.
+  request.set_job("no such job!");
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<v1::Event>> stream =
+      (*client)->stub()->WatchEvents(&ctx, request);
+  v1::Event e;
+  EXPECT_FALSE(stream->Read(&e));
+  const grpc::Status refused = stream->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("must be 1 to 128 characters"), std::string::npos)
+      << refused.error_message();
 }
 
 // A caller's calls that wait in gstabd (here Steps waiting for their job's third worker) are
