@@ -19,6 +19,7 @@ def bad_values(args):
          "networkPolicy.apiFrom admits clients to gstabd's TCP API"),
         (["--set", "networkPolicy.metricsFrom=monitoring"], "/networkPolicy/metricsFrom"),
         (["--set", "peer.enabled=true"], "tlsSecret"),
+        (["--set", "peer.enabled=true", "--set", "peer.tlsSecret=s"], "needs peer.tlsName"),
         (["--set", "api.enabled=true"], "/api/tlsSecret"),
         (["--set", "api.enabled=true", "--set", "api.tlsSecret=s", "--set", "api.port=9478"],
          "api.port and metrics.port must differ"),
