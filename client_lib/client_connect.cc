@@ -240,7 +240,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
           "): connect again once gstabd serves"));
     }
     if (stopping) {
-      absl::SleepFor(std::min(pause, deadline - absl::Now()));
+      // Woken 200 ms before the deadline at the latest, so that the last wait still asks.
+      absl::SleepFor(std::min(pause, std::max(absl::Milliseconds(50),
+                                              deadline - absl::Now() - absl::Milliseconds(200))));
       pause = std::min(2 * pause, absl::Seconds(1));
       client.reset(new Client(grpc::CreateCustomChannel(target, credentials, own_args), target));
       continue;
