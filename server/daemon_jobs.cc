@@ -159,7 +159,10 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     if (empty) {
       if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
     }
-    absl::Status s = empty ? absl::OkStatus() : store_.Save(state);
+    // Written even when unchanged: after a restart, the retention counts from the file's time,
+    // which must be this retirement's, not the job's last change (it may have stayed attached,
+    // idle, for longer than the retention).
+    absl::Status s = empty ? absl::OkStatus() : store_.Save(state, /*rewrite=*/true);
     on_disk = s.ok();
     if (!on_disk) {
       LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (the next "

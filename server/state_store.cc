@@ -243,14 +243,14 @@ bool StateStore::Unchanged(const std::string& job, const std::string& path,
          static_cast<size_t>(st.st_size) == bytes.size();
 }
 
-absl::Status StateStore::Save(const v1::JobState& state) {
+absl::Status StateStore::Save(const v1::JobState& state, bool rewrite) {
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
   if (absl::Status s = CheckFolder(); !s.ok()) {
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "': ", s.message()));
   }
   const std::string bytes = EncodeJobState(state);
-  if (Unchanged(state.job(), path, bytes)) return absl::OkStatus();
+  if (!rewrite && Unchanged(state.job(), path, bytes)) return absl::OkStatus();
   {
     absl::MutexLock lock(&written_mu_);  // until written whole again
     written_.erase(state.job());

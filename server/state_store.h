@@ -39,8 +39,10 @@ class StateStore {
   // is whole on disk: INTERNAL when a write, fsync, close, rename, or the folder's fsync after
   // the rename fails (the checkpoint may then not survive a crash), saying which. A state whose
   // bytes are those this store last wrote for the job, to a file still there as written, is
-  // not written again (an idle job's checkpoint, every interval).
-  absl::Status Save(const v1::JobState& state);
+  // not written again (an idle job's checkpoint, every interval), unless `rewrite`: the file's
+  // time is then when it was saved last (a job's retirement), which the retention counts from
+  // after a restart (LoadAll's Stored::saved).
+  absl::Status Save(const v1::JobState& state, bool rewrite = false);
   // Deletes job's checkpoint (none there is not an error); `deleted` (may be null) says whether
   // there was one.
   absl::Status Remove(const std::string& job, bool* deleted = nullptr);
@@ -95,6 +97,10 @@ class StateStore {
     struct timespec modified = {};  // a write in place changes it
     std::string checksum;
   };
+  // Whether a checkpoint file owned by `owner` is not to be trusted: another user's, in a folder
+  // others may write (one gstabd's user alone writes holds only what that user or root put
+  // there). Logs why.
+  bool Foreign(const std::string& path, uid_t owner) const;
   // Whether `bytes` are what the file at `path` holds as Save last wrote it for `job`.
   bool Unchanged(const std::string& job, const std::string& path, const std::string& bytes);
 

@@ -15,6 +15,7 @@
 #include "common/fd_read.h"
 #include "common/wire_limits.h"
 #include "core/config.h"
+#include "glog/logging.h"
 #include "server/registration.h"
 #include "server/state_codec.h"
 #include "server/state_store.h"
@@ -30,8 +31,8 @@ constexpr off_t kMaxCheckpointBytes = kMaxMessageBytes;
 // read (no permission, out of descriptors, an I/O error), DATA_LOSS when it is no checkpoint by
 // its kind (a folder, a FIFO, a socket, a symbolic link: never read) or its size (larger than
 // any: never read whole). gstabd writes regular files only: a link is not followed, neither to
-// another user's file nor to none.
-absl::StatusOr<std::string> ReadWhole(const std::string& path) {
+// another user's file nor to none. `owner` (may be null) receives the file's owner.
+absl::StatusOr<std::string> ReadWhole(const std::string& path, uid_t* owner = nullptr) {
   const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);  // a FIFO:
   if (fd < 0) {                                                                       // no wait
     const int err = errno;
@@ -46,6 +47,7 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path) {
     close(fd);
     return absl::UnavailableError(what);
   }
+  if (owner != nullptr) *owner = st.st_uid;
   if (!S_ISREG(st.st_mode) || st.st_size > kMaxCheckpointBytes) {
     const bool regular = S_ISREG(st.st_mode);
     close(fd);
@@ -65,12 +67,30 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path) {
 
 }  // namespace
 
+bool StateStore::Foreign(const std::string& path, uid_t owner) const {
+  if (owner == geteuid()) return false;
+  struct stat st;
+  {
+    absl::MutexLock lock(&folder_mu_);
+    if (lock_fd_ < 0 || fstat(lock_fd_, &st) != 0 || (st.st_mode & 022) == 0) return false;
+  }
+  LOG(ERROR) << "'" << path << "' belongs to uid " << owner << ", not to gstabd's user, in a "
+             << "state directory others may write: not restored (anyone there could have "
+             << "written it), and its job starts afresh. Give gstabd a folder of its own, mode "
+             << "0700";
+  return true;
+}
+
 absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   if (dir_.empty()) return absl::NotFoundError("no state directory");
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
   // Gone (NOT_FOUND) and not a checkpoint (DATA_LOSS) are final; any other failure (out of
   // descriptors, an I/O error) may pass (UNAVAILABLE).
-  absl::StatusOr<std::string> bytes = ReadWhole(path);
+  uid_t owner = geteuid();
+  absl::StatusOr<std::string> bytes = ReadWhole(path, &owner);
+  if (bytes.ok() && Foreign(path, owner)) {
+    return absl::NotFoundError(absl::StrCat("'", path, "' is not gstabd's user's"));
+  }
   if (absl::IsDataLoss(bytes.status())) {
     const std::string why = absl::StrCat(bytes.status().message(), ", so not a checkpoint");
     SetAside(path, why);
@@ -101,8 +121,10 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     if (entry.path().extension() != kSuffix) continue;
     // Not a regular file (a folder, a link to one: its job's saves would fail for good), or
     // larger than any checkpoint: set aside unread.
-    absl::StatusOr<std::string> bytes = ReadWhole(path);
+    uid_t owner = geteuid();
+    absl::StatusOr<std::string> bytes = ReadWhole(path, &owner);
     if (absl::IsNotFound(bytes.status())) continue;  // deleted meanwhile
+    if (bytes.ok() && Foreign(path, owner)) continue;  // left where it is
     if (absl::IsDataLoss(bytes.status())) {
       SetAside(path, absl::StrCat(bytes.status().message(), ", so not a checkpoint"));
       continue;

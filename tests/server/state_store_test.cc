@@ -220,6 +220,28 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"a"});
 }
 
+// In a state directory others may write, a checkpoint another user owns is not restored
+// (anyone could have written it, claiming a job for its owner); in one of gstabd's user alone
+// it is (root's, or from before gstabd's user changed).
+TEST(StateStoreTest, AnotherUsersCheckpointInAFolderOthersMayWriteIsNotRestored) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user";
+  testing::TempDir dir;
+  {
+    StateStore store(dir.path());
+    ASSERT_TRUE(store.Init().ok());
+    ASSERT_TRUE(store.Save(JobA(12)).ok());
+  }
+  const std::string path = dir.path() + "/a.jobstate";
+  ASSERT_EQ(chown(path.c_str(), 4321, 4321), 0);
+  StateStore alone(dir.path());
+  ASSERT_TRUE(alone.Init().ok());
+  EXPECT_EQ(LoadedJobs(&alone), std::vector<std::string>{"a"});
+  ASSERT_EQ(chmod(dir.path().c_str(), 01777), 0);  // as /tmp
+  EXPECT_TRUE(LoadedJobs(&alone).empty());
+  EXPECT_EQ(alone.Load("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(std::filesystem::exists(path));  // left where it is
+}
+
 // An idle job's checkpoint is not written again at every interval: a save of the same state to
 // a file still as written is skipped (the file keeps its inode). A changed state is written, and
 // so is the same state once its file was removed, replaced, or written over in place.
@@ -261,6 +283,11 @@ TEST(StateStoreTest, AnUnchangedStateIsNotWrittenAgain) {
   }
   ASSERT_TRUE(store.Save(JobA(13)).ok());
   EXPECT_NE(inode(), before);
+  // Unless asked to (a retirement: the file's time is what the retention counts from after a
+  // restart).
+  const ino_t retired = inode();
+  ASSERT_TRUE(store.Save(JobA(13), /*rewrite=*/true).ok());
+  EXPECT_NE(inode(), retired);
   absl::StatusOr<v1::JobState> loaded = store.Load("a");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->SerializeAsString(), JobA(13).SerializeAsString());
