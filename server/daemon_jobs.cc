@@ -159,10 +159,10 @@ bool Daemon::Retire(const std::shared_ptr<Job>& job, const std::string& reason,
     if (empty) {
       if (absl::Status s = store_.Remove(name); !s.ok()) LOG(WARNING) << s;
     }
-    // Written even when unchanged: after a restart, the retention counts from the file's time,
-    // which must be this retirement's, not the job's last change (it may have stayed attached,
-    // idle, for longer than the retention).
-    absl::Status s = empty ? absl::OkStatus() : store_.Save(state, /*rewrite=*/true);
+    // Its file's time is this retirement's also when unchanged: after a restart the retention
+    // counts from it, not from the job's last change (it may have stayed attached, idle, for
+    // longer than the retention).
+    absl::Status s = empty ? absl::OkStatus() : store_.Save(state, /*touch=*/true);
     on_disk = s.ok();
     if (!on_disk) {
       LOG(WARNING) << "job '" << name << "' retired without a checkpoint on disk (the next "
@@ -352,7 +352,11 @@ absl::Status Daemon::Checkpoint() {
         wait ? CheckpointOf(*job) : CheckpointWithin(*job, kBusyJobWait);
     if (!state.has_value()) return false;
     if (NothingToKeep(*state)) return true;
-    if (absl::Status s = store_.Save(*state); !s.ok()) failures.Add(state->job(), s);
+    // A live job's file gets this round's time also when unchanged (the retention after a
+    // restart, a stop's included, counts from it).
+    if (absl::Status s = store_.Save(*state, /*touch=*/true); !s.ok()) {
+      failures.Add(state->job(), s);
+    }
     return true;
   };
   std::vector<std::shared_ptr<Job>> busy;

@@ -205,6 +205,11 @@ absl::Status StateStore::Init() {
                absl::StrContains(name, absl::StrCat(kSuffix, kSetAsideInfix)) ||
                absl::StrContains(name, absl::StrCat(kSuffix, kNewerInfix))) {
       tightened += MakeOwnersAlone(it->path().string());
+      // Another user's file there says others wrote the folder: it keeps its mode (and its
+      // warning), and Foreign leaves the file alone.
+      if (struct stat st; lstat(it->path().c_str(), &st) == 0 && st.st_uid != geteuid()) {
+        only_checkpoints = false;
+      }
     } else {
       only_checkpoints = false;
     }
@@ -212,6 +217,7 @@ absl::Status StateStore::Init() {
   // The folder too, when it holds gstabd's files alone (a Kubernetes hostPath folder is made
   // 0755): not a folder shared with others (--state_dir=/tmp, a home folder).
   if (struct stat st; fstat(lock_fd_, &st) == 0 && (st.st_mode & 077) != 0) {
+    shared_ = (st.st_mode & 022) != 0;  // as found, before any change below
     if (!ec && only_checkpoints && st.st_uid == geteuid()) {
       tightened += fchmod(lock_fd_, st.st_mode & 07700) == 0;
     } else {
@@ -229,6 +235,20 @@ absl::Status StateStore::Init() {
   return absl::OkStatus();
 }
 
+void StateStore::Touch(const std::string& job, const std::string& path) {
+  absl::MutexLock lock(&written_mu_);
+  auto w = written_.find(job);
+  struct stat st;
+  // Not followed, as Unchanged found it; the file as written stays known by its new time.
+  if (w == written_.end() || utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0 ||
+      lstat(path.c_str(), &st) != 0) {
+    PLOG(WARNING) << "cannot set the time of checkpoint '" << path << "' (a restart's retention "
+                  << "counts from it)";
+    return;
+  }
+  w->second.modified = st.st_mtim;
+}
+
 bool StateStore::Unchanged(const std::string& job, const std::string& path,
                            const std::string& bytes) {
   absl::MutexLock lock(&written_mu_);
@@ -243,14 +263,17 @@ bool StateStore::Unchanged(const std::string& job, const std::string& path,
          static_cast<size_t>(st.st_size) == bytes.size();
 }
 
-absl::Status StateStore::Save(const v1::JobState& state, bool rewrite) {
+absl::Status StateStore::Save(const v1::JobState& state, bool touch) {
   if (dir_.empty()) return absl::OkStatus();
   const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
   if (absl::Status s = CheckFolder(); !s.ok()) {
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "': ", s.message()));
   }
   const std::string bytes = EncodeJobState(state);
-  if (!rewrite && Unchanged(state.job(), path, bytes)) return absl::OkStatus();
+  if (Unchanged(state.job(), path, bytes)) {
+    if (touch) Touch(state.job(), path);
+    return absl::OkStatus();
+  }
   {
     absl::MutexLock lock(&written_mu_);  // until written whole again
     written_.erase(state.job());

@@ -39,10 +39,10 @@ class StateStore {
   // is whole on disk: INTERNAL when a write, fsync, close, rename, or the folder's fsync after
   // the rename fails (the checkpoint may then not survive a crash), saying which. A state whose
   // bytes are those this store last wrote for the job, to a file still there as written, is
-  // not written again (an idle job's checkpoint, every interval), unless `rewrite`: the file's
-  // time is then when it was saved last (a job's retirement), which the retention counts from
-  // after a restart (LoadAll's Stored::saved).
-  absl::Status Save(const v1::JobState& state, bool rewrite = false);
+  // not written again (an idle job's checkpoint, every interval). `touch`: such a file's time is
+  // set to now all the same (a live job's, and one retiring): after a restart the retention
+  // counts from it (LoadAll's Stored::saved).
+  absl::Status Save(const v1::JobState& state, bool touch = false);
   // Deletes job's checkpoint (none there is not an error); `deleted` (may be null) says whether
   // there was one.
   absl::Status Remove(const std::string& job, bool* deleted = nullptr);
@@ -101,6 +101,8 @@ class StateStore {
   // others may write (one gstabd's user alone writes holds only what that user or root put
   // there). Logs why.
   bool Foreign(const std::string& path, uid_t owner) const;
+  // Sets the time of `job`'s file at `path`, as Save wrote it, to now.
+  void Touch(const std::string& job, const std::string& path);
   // Whether `bytes` are what the file at `path` holds as Save last wrote it for `job`.
   bool Unchanged(const std::string& job, const std::string& path, const std::string& bytes);
 
@@ -109,6 +111,8 @@ class StateStore {
   std::map<std::string, Written> written_ ABSL_GUARDED_BY(written_mu_);
   mutable absl::Mutex folder_mu_;
   int lock_fd_ ABSL_GUARDED_BY(folder_mu_) = -1;  // the folder, flock()ed, from Init
+  // Whether others than gstabd's user could write the folder when Init found it (or since).
+  bool shared_ ABSL_GUARDED_BY(folder_mu_) = false;
 };
 
 }  // namespace gstab

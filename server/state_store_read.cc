@@ -72,7 +72,8 @@ bool StateStore::Foreign(const std::string& path, uid_t owner) const {
   struct stat st;
   {
     absl::MutexLock lock(&folder_mu_);
-    if (lock_fd_ < 0 || fstat(lock_fd_, &st) != 0 || (st.st_mode & 022) == 0) return false;
+    const bool shared_now = lock_fd_ >= 0 && fstat(lock_fd_, &st) == 0 && (st.st_mode & 022) != 0;
+    if (!shared_ && !shared_now) return false;
   }
   LOG(ERROR) << "'" << path << "' belongs to uid " << owner << ", not to gstabd's user, in a "
              << "state directory others may write: not restored (anyone there could have "
@@ -128,6 +129,9 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     if (absl::IsDataLoss(bytes.status())) {
       SetAside(path, absl::StrCat(bytes.status().message(), ", so not a checkpoint"));
       continue;
+    }
+    if (struct stat st; !bytes.ok() && lstat(path.c_str(), &st) == 0 && Foreign(path, st.st_uid)) {
+      continue;  // another user's, unreadable: it does not stop gstabd either
     }
     if (!bytes.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(

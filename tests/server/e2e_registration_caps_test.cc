@@ -11,19 +11,14 @@
 namespace gstab {
 namespace {
 
-using testing::DaemonProcess;
-using testing::JobOptions;
-using testing::TempDir;
-using testing::TestWorker;
-
 class E2eMappingCapsTest : public testing::FaultsFixture {};
 
 // gstabd maps each registered object once, over every job, up to --max_mappings (the kernel caps
 // a process's mappings). A registration past it is refused, naming the cap, and the jobs already
 // mapped go on; a mapping let go makes room.
 TEST_F(E2eMappingCapsTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOthersGoOn) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings=2", "--metrics_port=0"});
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--max_mappings=2", "--metrics_port=0"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   absl::StatusOr<int> port = daemon->MetricsPort();
   ASSERT_TRUE(port.ok()) << port.status();
@@ -33,13 +28,13 @@ TEST_F(E2eMappingCapsTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOther
   };
   EXPECT_TRUE(metric("gstab_shm_mappings 0"));  // from the start
   EXPECT_TRUE(metric("gstab_shm_mappings_limit 2"));
-  auto a = TestWorker::Create(daemon->socket(), JobOptions("a"));
+  auto a = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("a"));
   ASSERT_TRUE(a.ok()) << a.status();
-  auto b = TestWorker::Create(daemon->socket(), JobOptions("b"));
+  auto b = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("b"));
   ASSERT_TRUE(b.ok()) << b.status();
   ExpectServing(a->get(), 1);
 
-  auto c = TestWorker::Create(daemon->socket(), JobOptions("c"));
+  auto c = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("c"));
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted) << c.status();
   EXPECT_NE(c.status().message().find("already maps 2 objects"), std::string::npos) << c.status();
@@ -51,7 +46,7 @@ TEST_F(E2eMappingCapsTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOther
 
   ASSERT_TRUE((*b)->client().Detach().ok());  // b's mapping is let go at once
   b->reset();
-  auto again = TestWorker::Create(daemon->socket(), JobOptions("c"));
+  auto again = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("c"));
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_TRUE(metric("gstab_shm_mappings 2"));
   ExpectServing(again->get(), 1);
@@ -60,12 +55,12 @@ TEST_F(E2eMappingCapsTest, SharedMemoryPastTheDaemonsMappingCapIsRefusedAndOther
 
 // --max_mappings_per_owner reaches the registry: a uid's second object is refused, naming it.
 TEST_F(E2eMappingCapsTest, SharedMemoryPastTheOwnersMappingCapIsRefused) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_mappings_per_owner=1"});
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--max_mappings_per_owner=1"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto a = TestWorker::Create(daemon->socket(), JobOptions("a"));
+  auto a = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("a"));
   ASSERT_TRUE(a.ok()) << a.status();
-  auto b = TestWorker::Create(daemon->socket(), JobOptions("b"));
+  auto b = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("b"));
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
   EXPECT_NE(b.status().message().find("--max_mappings_per_owner"), std::string::npos) << b.status();
@@ -75,12 +70,12 @@ TEST_F(E2eMappingCapsTest, SharedMemoryPastTheOwnersMappingCapIsRefused) {
 // gstabd's --max_buffers and --max_tensors reach its checks: a registration past either is
 // refused, saying which cap, and one within them goes on.
 TEST(E2eRegistrationCapsTest, BufferAndTensorCapsComeFromTheFlags) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_buffers=1", "--max_tensors=2"});
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--max_buffers=1", "--max_tensors=2"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto client = Client::Connect(daemon->socket());
   ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->Attach(JobOptions("capped")).ok());
+  ASSERT_TRUE((*client)->Attach(testing::JobOptions("capped")).ok());
   GradientArena a, b, wide;
   a.AddTensor("a", 16, DType::kFloat32);
   b.AddTensor("b", 16, DType::kFloat32);

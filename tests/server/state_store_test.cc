@@ -233,13 +233,21 @@ TEST(StateStoreTest, AnotherUsersCheckpointInAFolderOthersMayWriteIsNotRestored)
   }
   const std::string path = dir.path() + "/a.jobstate";
   ASSERT_EQ(chown(path.c_str(), 4321, 4321), 0);
-  StateStore alone(dir.path());
-  ASSERT_TRUE(alone.Init().ok());
-  EXPECT_EQ(LoadedJobs(&alone), std::vector<std::string>{"a"});
-  ASSERT_EQ(chmod(dir.path().c_str(), 01777), 0);  // as /tmp
-  EXPECT_TRUE(LoadedJobs(&alone).empty());
-  EXPECT_EQ(alone.Load("a").status().code(), absl::StatusCode::kNotFound);
+  {
+    StateStore alone(dir.path());
+    ASSERT_TRUE(alone.Init().ok());
+    EXPECT_EQ(LoadedJobs(&alone), std::vector<std::string>{"a"});
+  }
+  // Found open to others' writes (not made 0700 by Init, which another user's file there stops).
+  ASSERT_EQ(chmod(dir.path().c_str(), 0777), 0);
+  StateStore shared(dir.path());
+  ASSERT_TRUE(shared.Init().ok());
+  EXPECT_TRUE(LoadedJobs(&shared).empty());
+  EXPECT_EQ(shared.Load("a").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(std::filesystem::exists(path));  // left where it is
+  struct stat st;
+  ASSERT_EQ(::stat(dir.path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0777u);
 }
 
 // An idle job's checkpoint is not written again at every interval: a save of the same state to
@@ -283,11 +291,20 @@ TEST(StateStoreTest, AnUnchangedStateIsNotWrittenAgain) {
   }
   ASSERT_TRUE(store.Save(JobA(13)).ok());
   EXPECT_NE(inode(), before);
-  // Unless asked to (a retirement: the file's time is what the retention counts from after a
-  // restart).
-  const ino_t retired = inode();
-  ASSERT_TRUE(store.Save(JobA(13), /*rewrite=*/true).ok());
-  EXPECT_NE(inode(), retired);
+  // Asked to, it sets the file's time all the same (a live or retiring job's: the retention after
+  // a restart counts from it), and the file stays known as written.
+  auto modified = [&] {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 ? absl::TimeFromTimespec(st.st_mtim) : absl::Time();
+  };
+  const ino_t kept = inode();
+  const absl::Time written = modified();
+  absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(store.Save(JobA(13), /*touch=*/true).ok());
+  EXPECT_EQ(inode(), kept);
+  EXPECT_GT(modified(), written);
+  ASSERT_TRUE(store.Save(JobA(13)).ok());
+  EXPECT_EQ(inode(), kept);
   absl::StatusOr<v1::JobState> loaded = store.Load("a");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->SerializeAsString(), JobA(13).SerializeAsString());
