@@ -97,6 +97,19 @@ void Client::Reconnect() {
   channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
 }
 
+namespace {
+
+// A connect whose health check answered UNAVAILABLE (`why`) until its timeout.
+absl::Status HealthFailed(const std::string& address, absl::Duration timeout,
+                          const std::string& why) {
+  return absl::UnavailableError(absl::StrCat(
+      "gstabd at ", address, " took the connection, but its health check failed until the ",
+      absl::FormatDuration(timeout), " connect timeout (", why,
+      "): connect again once gstabd serves"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given,
                                                         absl::Duration timeout) {
   const std::string address = given.empty() ? SocketFromEnvironment() : given;
@@ -199,12 +212,16 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   // handshake) to a gstabd that may drain for minutes; a new one at the path is reached within
   // a second of serving.
   absl::Duration pause = absl::Milliseconds(200);
+  std::string unavailable;  // the last UNAVAILABLE answer's message, if any
   for (;;) {
     grpc::health::v1::HealthCheckResponse response;
     const grpc::Status s =
         client->AskHealth(std::min(deadline, absl::Now() + absl::Seconds(5)), &response);
     if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !stopping) {
       if (absl::Now() < deadline) continue;  // each check waits 5 s at most
+      if (!unavailable.empty()) {  // the last ask, cut short by the deadline, told nothing new
+        return HealthFailed(address, timeout, unavailable);
+      }
       // Its first call would wait minutes for it (the call timeout).
       return absl::UnavailableError(
           absl::StrCat("gstabd at ", address, " took the connection but did not answer within ",
@@ -231,13 +248,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
                        absl::FormatDuration(timeout), ": connect again once one serves"));
     }
     if (!stopping && s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-    if (!stopping && absl::Now() >= deadline) {
+    if (!stopping) {
+      unavailable = s.error_message();
       // The connection went (gstabd gone since it took it) and no gstabd took another: its
       // first call would fail the same way.
-      return absl::UnavailableError(absl::StrCat(
-          "gstabd at ", address, " took the connection, but its health check failed until the ",
-          absl::FormatDuration(timeout), " connect timeout (", s.error_message(),
-          "): connect again once gstabd serves"));
+      if (absl::Now() >= deadline) return HealthFailed(address, timeout, unavailable);
+      absl::SleepFor(std::min(absl::Milliseconds(50), deadline - absl::Now()));
     }
     if (stopping) {
       // Woken 200 ms before the deadline at the latest, so that the last wait still asks.

@@ -70,7 +70,8 @@ class CudaGradients {
   // Registers the tensors with the job `client` is attached to and maps the
   // results buffer gstabd writes (replacing an earlier registration's). A CudaGradients
   // registered through the same client before is replaced: it lets go of its results buffer
-  // (which gstabd frees) and its Step fails until it registers again.
+  // (which gstabd frees) and its Step fails until it registers again. Failed, it leaves
+  // `client` no registration (Client::RegistrationFailed).
   absl::Status Register(Client* client);
   absl::StatusOr<v1::StepResponse> Step(Client* client, uint64_t step, cudaStream_t stream);
 

@@ -206,7 +206,7 @@ absl::Status StateStore::Init() {
                absl::StrContains(name, absl::StrCat(kSuffix, kNewerInfix))) {
       tightened += MakeOwnersAlone(it->path().string());
       // Another user's file there says others wrote the folder: it keeps its mode (and its
-      // warning), and Foreign leaves the file alone.
+      // warning), so that Foreign still finds the folder open to others.
       if (struct stat st; lstat(it->path().c_str(), &st) == 0 && st.st_uid != geteuid()) {
         only_checkpoints = false;
       }
@@ -238,9 +238,10 @@ absl::Status StateStore::Init() {
 void StateStore::Touch(const std::string& job, const std::string& path) {
   absl::MutexLock lock(&written_mu_);
   auto w = written_.find(job);
+  if (w == written_.end()) return;  // removed meanwhile
   struct stat st;
   // Not followed, as Unchanged found it; the file as written stays known by its new time.
-  if (w == written_.end() || utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0 ||
+  if (utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0 ||
       lstat(path.c_str(), &st) != 0) {
     PLOG(WARNING) << "cannot set the time of checkpoint '" << path << "' (a restart's retention "
                   << "counts from it)";

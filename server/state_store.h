@@ -48,7 +48,7 @@ class StateStore {
   absl::Status Remove(const std::string& job, bool* deleted = nullptr);
   struct Stored {
     v1::JobState state;  // without its groups (Load gives them)
-    absl::Time saved;    // when the file was last written
+    absl::Time saved;    // the file's modification time (see Save's `touch`)
     uint32_t groups = 0;
   };
   // Every checkpoint. A <job>.jobstate that is not one (not a regular file, larger than any
@@ -111,7 +111,7 @@ class StateStore {
   std::map<std::string, Written> written_ ABSL_GUARDED_BY(written_mu_);
   mutable absl::Mutex folder_mu_;
   int lock_fd_ ABSL_GUARDED_BY(folder_mu_) = -1;  // the folder, flock()ed, from Init
-  // Whether others than gstabd's user could write the folder when Init found it (or since).
+  // Whether others than gstabd's user could write the folder when Init found it.
   bool shared_ ABSL_GUARDED_BY(folder_mu_) = false;
 };
 

@@ -108,7 +108,7 @@ std::vector<GpuStepResult> CudaStepper::Poll() {
   cudaSetDevice(device_);
   std::vector<GpuStepResult> done = std::move(harvested_);
   harvested_.clear();
-  // The older slot first: the stream finishes its steps in order.
+  // The oldest slot first: the stream finishes its steps in order.
   for (uint64_t back = std::min(kResultSlots, enqueued_); back >= 1; --back) {
     Slot& slot = slots_[(enqueued_ - back) % kResultSlots];
     if (!slot.unreported || slot.rewriting) continue;

@@ -17,8 +17,6 @@ import package_path  # first: the folder gstab comes from
 BUNDLE = package_path.first_on_sys_path()
 import gstab  # noqa: E402
 
-ARGS = None
-
 
 class CAbiTest(unittest.TestCase):
     def test_the_packages_flags_and_status_codes_are_the_headers(self):
@@ -121,6 +119,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--library", help="default: where the package finds it")
     parser.add_argument("--bundle", help="import gstab from this client bundle")
-    ARGS, rest = parser.parse_known_args()
-    gstab.load_library(ARGS.library)
+    args, rest = parser.parse_known_args()
+    gstab.load_library(args.library)
     unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)

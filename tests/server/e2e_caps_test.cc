@@ -275,7 +275,17 @@ TEST(E2eCapsTest, AStoppedEventReaderLosesItsStreamAtTheKeepAlive) {
   EXPECT_TRUE(opened) << "the stopped reader still holds its place: " << last.error_message();
   reader->Signal(SIGKILL);
   (void)reader->Wait(absl::Seconds(10));
-  // A job no job could be named is refused, saying so, rather than streamed nothing.
+}
+
+// An event stream for a job no job could be named is refused, saying so, rather than streaming
+// nothing (a misspelled name).
+TEST(E2eCapsTest, AnEventStreamForANameNoJobCouldHaveIsRefused) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  v1::WatchEventsRequest request;
   request.set_job("no such job!");
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReader<v1::Event>> stream =

@@ -14,10 +14,8 @@
 namespace gstab {
 namespace {
 
-using testing::DaemonProcess;
 using testing::JobOptions;
 using testing::StepWithToken;
-using testing::TempDir;
 using testing::TestWorker;
 
 class E2eRegistrationTest : public testing::FaultsFixture {};

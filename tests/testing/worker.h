@@ -20,7 +20,7 @@ AttachOptions JobOptions(const std::string& name, v1::PolicyConfig config = {});
 // arrived (GetStatsResponse.arrived_local_ranks); false after 10 s.
 bool WaitForArrivals(Client* client, const std::vector<uint32_t>& ranks);
 
-// gstabd's answer to a Step of step 1 under session `token`, as any client could send it.
+// gstabd's answer to a Step of step `step` under session `token`, as any client could send it.
 absl::Status StepWithToken(Client* client, const std::string& token, uint64_t step = 1);
 
 class TestWorker;
