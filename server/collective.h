@@ -27,6 +27,8 @@ inline constexpr char kStoreUnreachable[] = "the job's rendezvous store cannot b
 inline constexpr char kThisGstabdStopping[] = "this gstabd is stopping";
 // How a collective's failure says that the store answered, refusing (an unknown token, a cap).
 inline constexpr char kStoreRefused[] = "the job's rendezvous store refused";
+// How the store says a wait ended with a key unset (its deadline came first).
+inline constexpr char kStoreKeyNotSet[] = "was not set";
 
 class Collective {
  public:

@@ -66,7 +66,7 @@ absl::Status GlooCollective::Broken(const std::string& what, const std::exceptio
   context_.reset();
   const bool timeout = absl::StrContains(e.what(), "imed out") ||
                        absl::StrContains(e.what(), "imeout") ||
-                       absl::StrContains(e.what(), "was not set");
+                       absl::StrContains(e.what(), kStoreKeyNotSet);
   return timeout ? absl::DeadlineExceededError(broken_) : absl::UnavailableError(broken_);
 }
 
@@ -217,7 +217,7 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
       } catch (const std::exception& e) {
         // Only a wait the store ended unmet names node r; any other failure is the store's
         // or this gstabd's (below).
-        if (!absl::StrContains(e.what(), "was not set")) throw;
+        if (!absl::StrContains(e.what(), kStoreKeyNotSet)) throw;
         missing.push_back(r);
       }
     }

@@ -4,6 +4,7 @@
 #include "server/job.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <set>
 
@@ -183,14 +184,8 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   if (session != 0) {
     newest_session_[local_rank] = session;
     // A Step an older session of the rank made in the open round goes (as at its removal, which
-    // may not have reached the job yet): the round must not run on this registration, whose
-    // worker has not called Step.
-    auto arrival = arrived_.find(local_rank);
-    if (round_open_ && !round_running_ && arrival != arrived_.end() && arrival->second != 0 &&
-        arrival->second < session) {
-      arrived_.erase(arrival);
-      if (arrived_.empty()) round_open_ = false;
-    }
+    // may not have reached the job yet).
+    WithdrawArrival(local_rank, 1, session - 1);
   }
   register_again_.erase(local_rank);  // registered again, on whichever transport
   // A mark left by an earlier registration (or gstabd) of the same memory would read as this
@@ -204,15 +199,21 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   return absl::OkStatus();
 }
 
+void Job::WithdrawArrival(uint32_t local_rank, uint64_t first, uint64_t last) {
+  auto arrival = arrived_.find(local_rank);
+  if (!round_open_ || round_running_ || arrival == arrived_.end() || arrival->second < first ||
+      arrival->second > last) {
+    return;
+  }
+  arrived_.erase(arrival);
+  if (arrived_.empty()) round_open_ = false;
+}
+
 void Job::DropRegistration(uint32_t local_rank, uint64_t session, const absl::Status& why) {
   absl::MutexLock lock(&mu_);
   if (SessionEnded(local_rank, session)) return;
   const bool had = workers_.count(local_rank) != 0 || gpus_.Has(local_rank);
-  auto arrival = arrived_.find(local_rank);  // its Step in the open round goes with it
-  if (round_open_ && !round_running_ && arrival != arrived_.end()) {
-    arrived_.erase(arrival);
-    if (arrived_.empty()) round_open_ = false;
-  }
+  WithdrawArrival(local_rank, 0, session);  // its Step in the open round goes with it
   if (gpus_.Has(local_rank)) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s registration was refused"));
   }
@@ -284,15 +285,9 @@ std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone
                                                   std::optional<uint64_t> expired,
                                                   GpuReports* finished) {
   absl::MutexLock lock(&mu_);
-  // Its Step in the open round, if it made one, goes with it: the round must not run on a later
-  // registration of the rank (a restarted worker) that has not called Step yet. A round already
-  // running keeps its arrivals (its runner has taken the registrations it steps).
-  auto arrival = arrived_.find(local_rank);
-  if (round_open_ && !round_running_ && arrival != arrived_.end() &&
-      (session == 0 || arrival->second <= session)) {
-    arrived_.erase(arrival);
-    if (arrived_.empty()) round_open_ = false;
-  }
+  // Its Step in the open round, if it made one, goes with it (a restarted worker's registration
+  // follows).
+  WithdrawArrival(local_rank, 0, session == 0 ? UINT64_MAX : session);
   if (session != 0) {
     uint64_t& newest = newest_session_[local_rank];
     if (session < newest) return {};  // a newer session has registered since

@@ -286,6 +286,12 @@ class Job {
   // A ticket for on_step_ for `out`'s reports (the primary's), unless it has one or none.
   void TakeReportTicket(GpuReports* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RemoveWorker's work under mu_ (which it takes); `finished` as EndGpuGeneration's.
+  // Takes back local rank `local_rank`'s Step in the open round when a session numbered `first`
+  // to `last` made it: the round must not run on a registration whose worker has not called
+  // Step. A round already running keeps its arrivals (its runner has taken the registrations it
+  // steps).
+  void WithdrawArrival(uint32_t local_rank, uint64_t first, uint64_t last)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<ShmObject> RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
                                                std::optional<uint64_t> expired,
                                                GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "common/token.h"
 #include "glog/logging.h"
+#include "server/collective.h"
 #include "server/grpc_status.h"
 
 namespace gstab {
@@ -198,7 +199,8 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
   }
   if (closed_) return StoppingError(kStoreStopping);  // read by the other nodes
   if (absl::StatusOr<Space*> space = Find(token); !space.ok()) return space.status();
-  if (!done) return absl::DeadlineExceededError(absl::StrCat("key '", missing, "' was not set"));
+  if (!done)
+    return absl::DeadlineExceededError(absl::StrCat("key '", missing, "' ", kStoreKeyNotSet));
   return absl::OkStatus();
 }
 

@@ -78,8 +78,9 @@ class RendezvousStore {
   void Close();
 
   static constexpr size_t kMaxKeys = 65536;
-  // Of one GetSlices: a node's share of a job's connection records is 136 bytes a node (278 KB
-  // for the largest job), and every byte is copied under the store's lock.
+  // Of one GetSlices: a node's share of a job's connection records is 136 bytes a node (about
+  // 209 KB for the largest job, of --max_nodes' 1536), and every byte is copied under the store's
+  // lock.
   static constexpr size_t kMaxSliceBytes = size_t{1} << 20;
   // Gloo's connection records come to 136 bytes per ordered pair of nodes (each node sets one
   // key naming its pairs' addresses): a rendezvous holds 16 MiB and 256 bytes a pair.

@@ -206,7 +206,7 @@ absl::Status StateStore::Init() {
                absl::StrContains(name, absl::StrCat(kSuffix, kNewerInfix))) {
       tightened += MakeOwnersAlone(it->path().string());
       // Another user's file there says others wrote the folder: it keeps its mode (and its
-      // warning), so that Foreign still finds the folder open to others.
+      // warning), by which Foreign finds the folder open to others.
       if (struct stat st; lstat(it->path().c_str(), &st) == 0 && st.st_uid != geteuid()) {
         only_checkpoints = false;
       }
@@ -217,7 +217,6 @@ absl::Status StateStore::Init() {
   // The folder too, when it holds gstabd's files alone (a Kubernetes hostPath folder is made
   // 0755): not a folder shared with others (--state_dir=/tmp, a home folder).
   if (struct stat st; fstat(lock_fd_, &st) == 0 && (st.st_mode & 077) != 0) {
-    shared_ = (st.st_mode & 022) != 0;  // as found, before any change below
     if (!ec && only_checkpoints && st.st_uid == geteuid()) {
       tightened += fchmod(lock_fd_, st.st_mode & 07700) == 0;
     } else {

@@ -111,8 +111,6 @@ class StateStore {
   std::map<std::string, Written> written_ ABSL_GUARDED_BY(written_mu_);
   mutable absl::Mutex folder_mu_;
   int lock_fd_ ABSL_GUARDED_BY(folder_mu_) = -1;  // the folder, flock()ed, from Init
-  // Whether others than gstabd's user could write the folder when Init found it.
-  bool shared_ ABSL_GUARDED_BY(folder_mu_) = false;
 };
 
 }  // namespace gstab

@@ -69,11 +69,11 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path, uid_t* owner = nu
 
 bool StateStore::Foreign(const std::string& path, uid_t owner) const {
   if (owner == geteuid()) return false;
+  // Init keeps the mode of a folder that holds another user's file.
   struct stat st;
   {
     absl::MutexLock lock(&folder_mu_);
-    const bool shared_now = lock_fd_ >= 0 && fstat(lock_fd_, &st) == 0 && (st.st_mode & 022) != 0;
-    if (!shared_ && !shared_now) return false;
+    if (lock_fd_ < 0 || fstat(lock_fd_, &st) != 0 || (st.st_mode & 022) == 0) return false;
   }
   LOG(ERROR) << "'" << path << "' belongs to uid " << owner << ", not to gstabd's user, in a "
              << "state directory others may write: not restored (anyone there could have "
