@@ -218,6 +218,9 @@ grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSe
 grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* request,
                                          v1::StoreGetResponse* response) {
   if (!request->slices().empty()) {
+    if (!request->key().empty())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "a StoreGet names either a key or slices, not both");
     std::vector<RendezvousStore::Slice> slices;
     slices.reserve(request->slices_size());
     for (const v1::StoreSlice& s : request->slices())

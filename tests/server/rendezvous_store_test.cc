@@ -62,6 +62,31 @@ TEST(RendezvousStoreTest, PartsOfSeveralValuesComeInOneGet) {
             absl::StatusCode::kPermissionDenied);
 }
 
+// Over the wire, a StoreGet asks for a key's value or for parts of several: one naming both is
+// refused, saying so, rather than answering one and ignoring the other.
+TEST(RendezvousStoreTest, AGetNamingAKeyAndPartsIsRefused) {
+  RendezvousStore store;
+  RendezvousService service(&store);
+  const std::string token = store.NewToken("both", 2);
+  ASSERT_TRUE(store.Set(token, "mesh/0", "aaBB").ok());
+  v1::StoreGetRequest request;
+  request.set_token(token);
+  v1::StoreSlice* slice = request.add_slices();
+  slice->set_key("mesh/0");
+  slice->set_offset(2);
+  slice->set_length(2);
+  v1::StoreGetResponse parts;
+  ASSERT_TRUE(service.StoreGet(nullptr, &request, &parts).ok());
+  ASSERT_EQ(parts.slices_size(), 1);
+  EXPECT_EQ(parts.slices(0), "BB");
+  request.set_key("mesh/0");
+  v1::StoreGetResponse both;
+  const grpc::Status refused = service.StoreGet(nullptr, &request, &both);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("not both"), std::string::npos) << refused.error_message();
+  EXPECT_TRUE(both.value().empty() && both.slices().empty());
+}
+
 // A holder of the token cannot fill gstabd's memory: a rendezvous holds a bounded number of keys
 // and bytes, values replaced in place count once, and other rendezvous are not affected.
 // A claim (if_absent) sets a key once; a later one finds the first's value.
