@@ -161,14 +161,15 @@ bool Client::Unanswered(const grpc::Status& answer, absl::Time deadline) const {
          channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
 }
 
-absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const {
+absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error,
+                                const ProgressWord& progress) const {
   const std::string why = absl::StrCat(" (", last_answer_.error_message(), ")");
   constexpr absl::string_view kSkip =
       ": skip this step (zero them) rather than step them again, then attach and register again "
       "once gstabd serves";
   // A mark of this step's is a marking gstabd's (at any step since registration): trusted.
-  if (progress_ != nullptr) {
-    const uint64_t mark = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST);
+  if (progress.word != nullptr) {
+    const uint64_t mark = __atomic_load_n(progress.word.get(), __ATOMIC_SEQ_CST);
     if (mark == ScalingMark(step)) {
       return absl::DataLossError(
           absl::StrCat("gstabd at ", target_, " went away while it was scaling step ", step, why,
@@ -181,7 +182,7 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error) const 
                        ": the gradients are scaled, its results lost", kSkip));
     }
     // No mark says nothing of a gstabd not yet seen marking (one of an older release).
-    if (progress_marked_) return error;  // gstabd never touched them
+    if (progress.marked) return error;  // gstabd never touched them
   }
   // gstabd's stop cancels calls only once no step may begin to scale (server.cc): such a step
   // was not run, or run to the end, or (its drain cut short) stopped before scaling. The
@@ -284,8 +285,10 @@ absl::Status Client::Register(const GradientArena& arena) {
   const v1::RegisterBuffersRequest request = arena.RegistrationRequest();
   if (absl::Status s = RegisterBuffers(request); !s.ok()) return s;
   // Without it, a step cut off is taken as possibly scaled in part (DATA_LOSS).
-  progress_ = MapProgressWord(arena.shm_name(), request.progress().offset());
-  progress_marked_ = false;
+  std::shared_ptr<const uint64_t> word =
+      MapProgressWord(arena.shm_name(), request.progress().offset());
+  absl::MutexLock lock(&registration_mu_);
+  progress_ = {std::move(word), false};
   return absl::OkStatus();
 }
 
@@ -313,8 +316,8 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
 }
 
 void Client::RegistrationFailed(const absl::Status& why) noexcept {
-  progress_ = nullptr;
   absl::MutexLock lock(&registration_mu_);
+  progress_ = ProgressWord();
   registration_failed_ = true;
   try {
     registration_failure_ = why.ok() ? "it did not complete" : why.ToString();
@@ -325,8 +328,10 @@ void Client::RegistrationFailed(const absl::Status& why) noexcept {
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
+  ProgressWord progress;  // this step's view of it: a registration of another thread may replace it
   {
     absl::MutexLock lock(&registration_mu_);
+    progress = progress_;
     if (registration_failed_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the last registration through this client failed (",
@@ -339,10 +344,12 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
   request.set_step(step);
   request.set_ready_value(ready_value);
   absl::StatusOr<v1::StepResponse> response = Call(&v1::Stabilizer::Stub::Step, request);
-  if (response.ok() && progress_ != nullptr) {
+  if (response.ok() && progress.word != nullptr) {
     // A gstabd that does not mark it (an older one) leaves a word that says nothing.
-    progress_marked_ = __atomic_load_n(progress_.get(), __ATOMIC_SEQ_CST) == ScaledMark(step);
-    if (!progress_marked_) progress_ = nullptr;
+    const bool marked = __atomic_load_n(progress.word.get(), __ATOMIC_SEQ_CST) == ScaledMark(step);
+    absl::MutexLock lock(&registration_mu_);
+    if (progress_.word == progress.word)
+      progress_ = marked ? ProgressWord{progress.word, true} : ProgressWord();
   }
   if (!response.ok() && last_unanswered_) {
     absl::Status lost = absl::DataLossError(
@@ -353,7 +360,7 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
     return lost;
   }
   if (response.ok() || !CutOff(last_answer_)) return response;
-  return StepCutOff(step, response.status());
+  return StepCutOff(step, response.status(), progress);
 }
 
 bool Client::StepUnanswered(const absl::Status& step_status) {

@@ -205,7 +205,14 @@ class Client {
   bool CutOff(const grpc::Status& answer) const;
   // Step's error for a step CutOff: from the progress word, when there is one, whether gstabd
   // had begun to scale the gradients (DATA_LOSS) or not (`error`, to be retried).
-  absl::Status StepCutOff(uint64_t step, const absl::Status& error) const;
+  struct ProgressWord {
+    // RegisterBuffersRequest.progress of the arena registered last, mapped on its own: the
+    // arena may go before the client. Null for other registrations.
+    std::shared_ptr<const uint64_t> word;
+    bool marked = false;  // gstabd marked it at a step since it was registered
+  };
+  absl::Status StepCutOff(uint64_t step, const absl::Status& error,
+                          const ProgressWord& progress) const;
   // Whether an UNAVAILABLE's message is gRPC's about the connection to this gstabd, rather
   // than gstabd's own.
   bool FromTransport(absl::string_view message) const;
@@ -227,19 +234,16 @@ class Client {
   // overwrites it nor races with it.
   static thread_local grpc::Status last_answer_;
   static thread_local bool last_unanswered_;
-  // The progress word (RegisterBuffersRequest.progress) of the arena registered last, mapped on
-  // its own: the arena may go before the client. Null for other registrations.
-  std::shared_ptr<const uint64_t> progress_;
-  bool progress_marked_ = false;  // gstabd marked it at a step since it was registered
   // Why the last registration failed, if it did (RegistrationFailed): Steps are refused until
   // one succeeds. gstabd lets go of the earlier registration when it refuses one, but not for a
   // failure before it (the library's own checks, the per-caller call cap, an unanswered call),
   // where it may still hold the earlier one, or have taken the new one.
-  // Under a lock: Python's stats() may attach and register again from another thread than the
-  // one that steps.
+  // Under a lock, with the progress word: Python's stats() may attach and register again from
+  // another thread than the one that steps.
   mutable absl::Mutex registration_mu_;
   bool registration_failed_ ABSL_GUARDED_BY(registration_mu_) = false;
   std::string registration_failure_ ABSL_GUARDED_BY(registration_mu_);  // why, if kept
+  ProgressWord progress_ ABSL_GUARDED_BY(registration_mu_);
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when
