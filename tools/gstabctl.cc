@@ -23,9 +23,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,7 +30,6 @@
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -53,6 +49,7 @@
 #include "tools/ctl_common.h"
 #include "tools/ctl_files.h"
 #include "tools/ctl_format.h"
+#include "tools/ctl_watch.h"
 
 ABSL_FLAG(std::string, socket, "",
           "gstabd's unix socket (default: $GSTAB_SOCKET, else /run/gstab/gstabd.sock), or "
@@ -128,167 +125,6 @@ int Status() {
   }
   std::printf(
       "%s", absl::GetFlag(FLAGS_json) ? (Json(*jobs) + "\n").c_str() : StatusTable(*jobs).c_str());
-  return 0;
-}
-
-// Whether gstabd holds `job` or keeps it as a checkpoint.
-absl::StatusOr<bool> Knows(Client* client, const std::string& job) {
-  absl::StatusOr<v1::ListJobsResponse> jobs = ListJobs(client, 0, /*retired=*/true);
-  if (!jobs.ok()) return jobs.status();
-  OnlyJob(&*jobs, job);
-  return !jobs->jobs().empty();
-}
-
-int Events() {
-  auto client = Connect();
-  if (!client.ok()) return Fail(client.status());
-  v1::WatchEventsRequest request;
-  request.set_job(absl::GetFlag(FLAGS_job));
-  request.set_follow(absl::GetFlag(FLAGS_follow));
-  request.set_recent(absl::GetFlag(FLAGS_recent));
-  if (request.follow() && !request.job().empty()) {
-    // Followed, a job not there yet is waited for (a watcher started before its job), and said
-    // so: a misspelt name would otherwise wait in silence.
-    absl::StatusOr<bool> known = Knows(client->get(), request.job());
-    if (!known.ok()) return Fail(known.status());
-    if (!*known) {
-      std::fprintf(stderr,
-                   "gstabctl: gstabd holds no job '%s' and no checkpoint of it yet: waiting for "
-                   "its events (check the name)\n",
-                   request.job().c_str());
-    }
-  }
-  grpc::ClientContext ctx;
-  if (!request.follow()) SetDeadline(&ctx);
-  auto reader = (*client)->stub()->WatchEvents(&ctx, request);
-  // Followed: ends when stdout's reader goes (`| head -1`, `| grep -m1`) even while no event
-  // comes, rather than hold one of the caller's event streams until the next one.
-  std::atomic<bool> streaming{true}, reader_gone{false};
-  std::thread watch([&] {
-    while (request.follow() && streaming.load()) {
-      if (StdoutReaderGone(200)) {
-        reader_gone = true;
-        ctx.TryCancel();
-        return;
-      }
-    }
-  });
-  v1::Event event;
-  bool written = true, printed = false;
-  while (written && reader->Read(&event)) {
-    std::printf("%s\n", absl::GetFlag(FLAGS_json) ? Json(event).c_str() : EventLine(event).c_str());
-    written = StdoutWritten();
-    printed = true;
-  }
-  if (!written) ctx.TryCancel();
-  absl::Status s = FromGrpcStatus(reader->Finish());
-  streaming = false;
-  watch.join();
-  if (reader_gone) return 128 + SIGPIPE;  // as if the next write had met the closed pipe
-  if (!written) return StdoutFailed();
-  // A followed stream ends only when gstabd goes: it ends the stream as it stops, or its
-  // connection closes under it (connected before the call, so it was there).
-  if (absl::GetFlag(FLAGS_follow) && (s.ok() || absl::IsUnavailable(s))) {
-    return Fail(absl::UnavailableError(
-        s.ok() ? "the event stream ended: gstabd stopped"
-               : absl::StrCat("the event stream ended: gstabd stopped, or stopped answering (",
-                              s.message(), ")")));
-  }
-  if (!s.ok()) return Fail(s);
-  if (!printed && !request.job().empty() && !request.follow()) {  // as status and top do
-    absl::StatusOr<bool> known = Knows(client->get(), request.job());
-    if (!known.ok()) return Fail(known.status());
-    if (!*known) {
-      return Fail(absl::NotFoundError(
-          absl::StrCat("gstabd holds no job '", request.job(), "' and no checkpoint of it")));
-    }
-  }
-  return 0;
-}
-
-int Top() {
-  const int iterations = absl::GetFlag(FLAGS_iterations);
-  if (absl::GetFlag(FLAGS_interval_ms) <= 0 || iterations < 0) {
-    return Usage("top needs --interval_ms > 0 and --iterations >= 0");
-  }
-  // Open-ended, it waits for a gstabd not there yet too (a view opened during a rollout), but
-  // not for what would never pass (a malformed address, TLS files missing).
-  absl::StatusOr<std::unique_ptr<Client>> client = Connect();
-  if (!client.ok() && (iterations != 0 || !absl::IsUnavailable(client.status()))) {
-    return Fail(client.status());
-  }
-  const std::string job = absl::GetFlag(FLAGS_job);
-  bool job_seen = false;
-  // Open-ended, a job gstabd neither holds nor keeps is waited for, and said so under each frame
-  // until it comes (on stderr once, with --json): a misspelt name would otherwise show an empty
-  // view for good, as `events --follow` says too.
-  std::optional<bool> known;
-  bool said = false;
-  std::optional<absl::Time> down_since;  // while gstabd does not answer
-  std::string down_why;                  // why, as last said
-  for (int i = 0; iterations == 0 || i < iterations; ++i) {
-    if (i > 0) absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_interval_ms)));
-    if (!client.ok()) client = Connect();  // after a failed frame
-    absl::StatusOr<v1::ListJobsResponse> jobs =
-        client.ok() ? ListJobs(client->get(), 60) : client.status();
-    if (!jobs.ok()) {
-      // Until interrupted: a gstabd that restarts (a rollout) is waited for, not the view's end,
-      // said on stderr once (and again when the reason changes). A terminal shows the wait in
-      // place of the last frame, which would otherwise stand there as if current. What waiting
-      // would not mend (the socket's group changed: PERMISSION_DENIED; a certificate gstabd
-      // refuses) ends the view.
-      const absl::Status& failed = jobs.status();
-      if (iterations != 0 || absl::IsPermissionDenied(failed) || absl::IsUnauthenticated(failed) ||
-          absl::IsInvalidArgument(failed) || absl::IsFailedPrecondition(failed)) {
-        return Fail(failed);
-      }
-      const std::string why(jobs.status().message());
-      if (!down_since.has_value() || why != down_why) {
-        if (!down_since.has_value()) down_since = absl::Now();
-        down_why = why;
-        std::fprintf(stderr, "gstabctl: %s (trying again)\n", why.c_str());
-      }
-      if (!absl::GetFlag(FLAGS_json) && isatty(1)) {
-        std::printf("\x1b[2J\x1b[Hgstabd has not answered since %s: %s\nwaiting for it\n",
-                    absl::FormatTime("%H:%M:%S", *down_since, absl::LocalTimeZone()).c_str(),
-                    why.c_str());
-        if (!StdoutWritten()) return StdoutFailed();
-      }
-      client = jobs.status();  // connects anew at the next frame
-      continue;
-    }
-    if (down_since.has_value()) {
-      std::fprintf(stderr, "gstabctl: gstabd answers again\n");
-      down_since.reset();
-    }
-    if (!job.empty()) {
-      OnlyJob(&*jobs, job);
-      job_seen |= !jobs->jobs().empty();
-    }
-    std::string waiting;
-    if (iterations == 0 && !job.empty() && !job_seen && !known.has_value()) {
-      if (absl::StatusOr<bool> k = Knows(client->get(), job); k.ok()) known = *k;
-    }
-    if (known == false && !job_seen) {
-      waiting = absl::StrCat("gstabd holds no job '", job,
-                             "' and no checkpoint of it yet: waiting for it (check the name)");
-    }
-    if (absl::GetFlag(FLAGS_json)) {
-      std::printf("%s\n", Json(*jobs).c_str());
-      if (!waiting.empty() && !said) std::fprintf(stderr, "gstabctl: %s\n", waiting.c_str());
-      said |= !waiting.empty();
-    } else {
-      std::printf("%s%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str(),
-                  waiting.empty() ? "" : absl::StrCat(waiting, "\n").c_str());
-    }
-    if (!StdoutWritten()) return StdoutFailed();
-  }
-  // A view of a set number of frames (a script's) that never showed its job failed, as `status`
-  // does; an open-ended one waits for the job.
-  if (!job.empty() && !job_seen) {
-    return Fail(absl::NotFoundError(
-        absl::StrCat("gstabd held no job '", job, "' in any of the ", iterations, " frames")));
-  }
   return 0;
 }
 
