@@ -139,15 +139,14 @@ std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
     return std::nullopt;
   }
   ++pending_[s.job->name()];  // until Remove is done: the job's final state is not in it yet
-  return Removal{s.job, s.local_rank, worker_gone, /*expired=*/false, s.job->Attaches(s.local_rank),
-                 s.id};
+  return Removal{s.job, s.local_rank, worker_gone, /*expired=*/false, s.attach, s.id};
 }
 
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
-  const std::vector<ShmObject> objects = removal->job->RemoveWorker(
-      removal->local_rank, removal->worker_gone, removal->session,
-      removal->expired ? std::optional<uint64_t>(removal->attaches) : std::nullopt);
+  const std::vector<ShmObject> objects =
+      removal->job->RemoveWorker(removal->local_rank, removal->worker_gone, removal->session,
+                                 removal->attach, removal->expired);
   // A worker silent for a whole lease has most likely died, and a dead worker cannot unlink
   // its shared memory. Objects of this pid namespace are removed once their creator is gone
   // (RemoveStaleShmObjects); for another namespace's (a container's) gstabd cannot see the

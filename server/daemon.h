@@ -153,6 +153,7 @@ class Daemon {
     absl::Time last_seen;  // MonotonicNow
     bool observer = false;
     uint64_t id = 0;  // worker sessions: numbered in attach order, from 1 (see Job::Register)
+    uint64_t attach = 0;  // worker sessions: the rank's attach count at this one's (Job::Attaches)
   };
 
   Daemon(const DaemonOptions& options, Observer* observer);
@@ -173,7 +174,7 @@ class Daemon {
     uint32_t local_rank = 0;
     bool worker_gone = false;
     bool expired = false;  // its lease expired: the worker has been silent for a whole lease
-    uint64_t attaches = 0;  // Job::Attaches of its rank when the session was dropped
+    uint64_t attach = 0;   // the session's Session::attach
     uint64_t session = 0;  // the session's number: a newer session's registration stays
   };
   // Ends session `token`; its worker's removal is returned, for Remove once mu_ is released.

@@ -326,7 +326,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   }
   *response->mutable_effective_config() = EffectiveConfig(job->params());
 
-  job->WorkerAttached(request.local_rank());  // the job's lock, not under the daemon's
+  const uint64_t attach = job->WorkerAttached(request.local_rank());  // not under the daemon's
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return StoppingError("gstabd is shutting down");
   // A worker that attaches again under the same local rank (a restart) replaces its old
@@ -347,7 +347,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   if (caller.has_value() && !caller->nameless()) job->ClaimIfUnowned(*caller);
   const std::string token = RandomToken();
   sessions_[token] =
-      Session{job, request.local_rank(), MonotonicNow(), false, ++sessions_attached_};
+      Session{job, request.local_rank(), MonotonicNow(), false, ++sessions_attached_, attach};
   unclaimed_.erase(request.job());
   idle_since_.erase(request.job());
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);

@@ -265,6 +265,11 @@ bool Job::SessionEnded(uint32_t local_rank, uint64_t session) const {
   return session != 0 && newest != newest_session_.end() && session < newest->second;
 }
 
+bool Job::RegisteredBy(uint32_t local_rank, uint64_t session) const {
+  auto newest = newest_session_.find(local_rank);
+  return session == 0 || (newest != newest_session_.end() && newest->second == session);
+}
+
 absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
   if (!SessionEnded(local_rank, session)) return absl::OkStatus();
   return absl::UnauthenticatedError(absl::StrCat(
@@ -273,16 +278,16 @@ absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
 }
 
 std::vector<ShmObject> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session,
-                                         std::optional<uint64_t> expired) {
+                                         std::optional<uint64_t> attach, bool expired) {
   GpuReports finished;  // a clean detach's last steps on the GPU, reported once mu_ is released
   std::vector<ShmObject> objects =
-      RemoveWorkerUnderLock(local_rank, gone, session, expired, &finished);
+      RemoveWorkerUnderLock(local_rank, gone, session, attach, expired, &finished);
   ReportGpuSteps(finished);
   return objects;
 }
 
 std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
-                                                  std::optional<uint64_t> expired,
+                                                  std::optional<uint64_t> attach, bool expired,
                                                   GpuReports* finished) {
   absl::MutexLock lock(&mu_);
   // Its Step in the open round, if it made one, goes with it (a restarted worker's registration
@@ -304,12 +309,14 @@ std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone
     for (const ShmMapping* m : w->second->registration.host_objects) objects.push_back(m->object());
     workers_.erase(w);
   }
-  // An expired worker's rank that attached again meanwhile (its removal comes after the daemon
-  // dropped the session) is not waited on as gone.
-  if (!gone) {
-    detached_[local_rank] = false;
-  } else if (expired.has_value() && Attaches(local_rank) == *expired) {
-    detached_[local_rank] = true;
+  // A rank that attached again since this session did (a restarted worker's attach can come
+  // before the old session's detach or expiry reaches the job) is not waited on as gone.
+  if (!attach.has_value() || Attaches(local_rank) == *attach) {
+    if (!gone) {
+      detached_[local_rank] = false;
+    } else if (expired) {
+      detached_[local_rank] = true;
+    }
   }
   if (workers_.empty()) detached_.clear();
   return objects;
@@ -321,13 +328,15 @@ uint64_t Job::Attaches(uint32_t local_rank) const {
   return it == attaches_.end() ? 0 : it->second;
 }
 
-void Job::WorkerAttached(uint32_t local_rank) {
+uint64_t Job::WorkerAttached(uint32_t local_rank) {
+  uint64_t attach;
   {
     absl::MutexLock lock(&attaches_mu_);
-    ++attaches_[local_rank];
+    attach = ++attaches_[local_rank];
   }
   absl::MutexLock lock(&mu_);
   detached_.erase(local_rank);
+  return attach;
 }
 
 void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const {

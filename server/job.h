@@ -83,8 +83,9 @@ class Job {
   RuleParams params() const;
 
   // A worker of `local_rank` attached (a new session): a step no longer fails at once for that
-  // rank having detached.
-  void WorkerAttached(uint32_t local_rank);
+  // rank having detached. Returns the rank's attach count with it (Attaches), which names this
+  // attach's session to RemoveWorker.
+  uint64_t WorkerAttached(uint32_t local_rank);
 
   // Sessions are numbered in the order they attach (from 1; 0: not known). A session's calls
   // can arrive after a newer session of the same local rank has replaced it (they passed the
@@ -103,12 +104,14 @@ class Job {
   // `gone`: the worker is dead or replaced (its lease expired, it attached again), so a step it
   // queued may never be ready: its GPU pipeline is released rather than waited for. Ends
   // session `session` for this rank: a newer session's registration stays.
-  // `expired`: its lease ran out (a worker that stopped without detaching: crashed, killed, or
-  // frozen) when the rank had attached that many times (Attaches): as after a detach, a step
-  // waiting for it is told so at once (see detached_), unless the rank has attached since.
+  // A step waiting for the rank is then told at once (see detached_) that its worker detached
+  // (`gone` false) or that its lease ran out (`expired`: a worker that stopped without
+  // detaching: crashed, killed, or frozen); not when the session was replaced, nor when the
+  // rank has attached since the session's own attach (`attach`, WorkerAttached's count).
   // Returns the host shared-memory objects of the registration it removed.
   std::vector<ShmObject> RemoveWorker(uint32_t local_rank, bool gone = false, uint64_t session = 0,
-                                      std::optional<uint64_t> expired = std::nullopt);
+                                      std::optional<uint64_t> attach = std::nullopt,
+                                      bool expired = false);
   // How many times a worker of `local_rank` has attached (WorkerAttached). Takes a lock of its
   // own alone: callable under the daemon's.
   uint64_t Attaches(uint32_t local_rank) const;
@@ -263,6 +266,9 @@ class Job {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a newer session than `session` has registered or ended local rank `local_rank`.
   bool SessionEnded(uint32_t local_rank, uint64_t session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether session `session` made local rank `local_rank`'s registration (any, for calls made
+  // without sessions: 0).
+  bool RegisteredBy(uint32_t local_rank, uint64_t session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value, uint64_t session,
                        v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
   // Registers a cuda_ipc worker: its pipeline in the current GPU generation.
@@ -293,7 +299,7 @@ class Job {
   void WithdrawArrival(uint32_t local_rank, uint64_t first, uint64_t last)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<ShmObject> RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
-                                               std::optional<uint64_t> expired,
+                                               std::optional<uint64_t> attach, bool expired,
                                                GpuReports* finished) ABSL_LOCKS_EXCLUDED(mu_);
   // Hands `taken` to on_step_ after the reports of every earlier ticket: a Step and
   // ReportFinishedGpuSteps may take steps off the pipeline one after the other and report

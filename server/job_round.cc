@@ -57,7 +57,9 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     };
     mu_.Await(absl::Condition(&may_go));
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
-    if (workers_.count(local_rank) == 0) {
+    // Its own registration: a new session of a restarted worker may step before the old one's
+    // removal reaches the job, which takes the registration out of a round the step is in.
+    if (workers_.count(local_rank) == 0 || !RegisteredBy(local_rank, session)) {
       return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",
                                                         name_,
                                                         "' has no buffers: register its "
@@ -128,10 +130,17 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         }
         return ranks;
       };
-      auto here_or_shutdown = [this, &everyone_here, &detached_missing, local_rank,
+      // This Step was taken back from the round (its session's next registration was refused:
+      // DropRegistration), not by the round's end or abandonment.
+      auto withdrawn = [this, my_round, local_rank, session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        if (finished_round_id_ >= my_round || abandoning_round_ == my_round) return false;
+        auto mine = arrived_.find(local_rank);
+        return round_id_ != my_round || mine == arrived_.end() || mine->second != session;
+      };
+      auto here_or_shutdown = [this, &everyone_here, &detached_missing, &withdrawn, local_rank,
                                session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return everyone_here() || shutting_down_ || SessionEnded(local_rank, session) ||
-               !detached_missing().empty();
+               !detached_missing().empty() || withdrawn();
       };
       // A job across nodes waits half as long: its nodes' steps wait for each other as long as
       // the whole timeout, and a node whose workers did not all come tells the others in time.
@@ -174,6 +183,14 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         if (shutting_down_) {
           leave();
           return ShuttingDown(step);
+        }
+        if (withdrawn()) {
+          auto again = register_again_.find(local_rank);
+          return absl::FailedPreconditionError(absl::StrCat(
+              "local rank ", local_rank, "'s Step(", step, ") of job '", name_,
+              "' was taken back while it waited: ",
+              again != register_again_.end() ? again->second
+                                             : "its registration went; register it again"));
         }
         if (collective_ == nullptr || collective_ != began_under) {
           // One node (or a new rendezvous since): this worker may come again to the same step.

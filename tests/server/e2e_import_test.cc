@@ -110,7 +110,7 @@ TEST_F(E2eImportTest, AnImportWaitsForTheStepInProgressAndGoesBeforeTheNext) {
   EXPECT_TRUE(import.ok()) << import;
   // Rank 0's next step, sent at once, comes after the import: it meets the imported state's
   // step number. (It may reach gstabd after the import is done; gstabd holds it when it comes
-  // sooner, a race this test does not force: job_import_test does.)
+  // sooner, a race this test does not force: job_cpu_test does.)
   EXPECT_EQ(step5.code(), absl::StatusCode::kInvalidArgument) << step5;
   EXPECT_NE(step5.message().find("go on from step 51"), std::string::npos) << step5;
   absl::StatusOr<v1::GetStatsResponse> stats = (*tool)->GetStats();

@@ -10,29 +10,10 @@
 #include "kernels/cpu_executor.h"
 #include "server/job.h"
 #include "server/registration.h"
+#include "tests/server/cpu_worker.h"
 
 namespace gstab {
 namespace {
-
-// A worker's gradients in shared memory, registered with `job` as local rank `rank`.
-struct CpuWorker {
-  absl::Status Register(Job* job, uint32_t rank) {
-    arena.AddTensor("w", 1024, DType::kFloat32);
-    if (absl::Status s = arena.Allocate(); !s.ok()) return s;
-    for (int i = 0; i < 1024; ++i)
-      static_cast<float*>(arena.data(0))[i] = 0.01f * static_cast<float>(i % 7);
-    absl::StatusOr<RegistrationPlan> plan =
-        ValidateRegistration(arena.RegistrationRequest(), RegistrationCaps{});
-    if (!plan.ok()) return plan.status();
-    absl::StatusOr<MappedRegistration> mapped =
-        MapRegistration(*plan, &registry, nullptr, getuid());
-    if (!mapped.ok()) return mapped.status();
-    v1::RegisterBuffersResponse response;
-    return job->Register(rank, *std::move(mapped), &response);
-  }
-  GradientArena arena;
-  MappingRegistry registry;
-};
 
 TEST(JobImportTest, TheNextStepWaitsForAnImportWaitingForTheStepBefore) {
   // Each round the race is the import's wake-up against rank 0's next step, sent at once.

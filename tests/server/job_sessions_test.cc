@@ -1,0 +1,95 @@
+// A CPU job's rounds as sessions of a rank come and go: a Step is its own session's, on its own
+// session's registration, and a rank is taken for detached only by its own session's leaving
+// (driven at the Job, where no RPC orders the calls).
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu_executor.h"
+#include "server/job.h"
+#include "tests/server/cpu_worker.h"
+
+namespace gstab {
+namespace {
+
+// Until `n` local ranks wait in the open round.
+void AwaitArrivals(const Job& job, int n) {
+  v1::GetStatsResponse stats;
+  do {
+    absl::SleepFor(absl::Milliseconds(1));
+    job.GetStats(&stats);
+  } while (stats.arrived_local_ranks_size() != n);
+}
+
+// A restarted worker's new session may step before the old session's removal reaches the job:
+// it is told to register, rather than join the round on the old registration (which the removal
+// would take out of the round, leaving its gradients unscaled under an OK).
+TEST(JobSessionsTest, ASessionStepsOnItsOwnRegistrationOnly) {
+  CpuExecutor executor(1);
+  Job job("restarted", RuleParams{}, 1, &executor);
+  CpuWorker old_worker;
+  ASSERT_TRUE(old_worker.Register(&job, 0, /*session=*/1).ok());
+  v1::StepResponse r;
+  const absl::Status early = job.Step(0, 1, absl::Seconds(10), &r, 0, /*session=*/2);
+  EXPECT_TRUE(absl::IsFailedPrecondition(early)) << early;
+  EXPECT_TRUE(absl::StrContains(early.message(), "has no buffers")) << early;
+  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(10), &r, 0, /*session=*/1).ok());
+  CpuWorker new_worker;
+  ASSERT_TRUE(new_worker.Register(&job, 0, /*session=*/2).ok());
+  EXPECT_TRUE(job.Step(0, 2, absl::Seconds(10), &r, 0, /*session=*/2).ok());
+}
+
+// A session's refused registration takes its waiting Step out of the round: that Step is
+// answered then, naming why, not at its deadline as if its own rank had not come.
+TEST(JobSessionsTest, AStepTakenBackByItsSessionsRefusedRegistrationIsAnsweredThen) {
+  CpuExecutor executor(1);
+  Job job("refused", RuleParams{}, 2, &executor);
+  CpuWorker w0, w1;
+  ASSERT_TRUE(w0.Register(&job, 0, /*session=*/1).ok());
+  ASSERT_TRUE(w1.Register(&job, 1, /*session=*/2).ok());
+  absl::Status waiting;
+  std::thread rank0([&] {
+    v1::StepResponse r;
+    waiting = job.Step(0, 1, absl::Seconds(60), &r, 0, /*session=*/1);
+  });
+  AwaitArrivals(job, 1);
+  const absl::Time dropped = absl::Now();
+  job.DropRegistration(0, 1, absl::InvalidArgumentError("tensor 'w' is past its buffer"));
+  rank0.join();
+  EXPECT_LT(absl::Now() - dropped, absl::Seconds(30)) << "answered at its deadline";
+  EXPECT_TRUE(absl::IsFailedPrecondition(waiting)) << waiting;
+  EXPECT_TRUE(absl::StrContains(waiting.message(), "taken back")) << waiting;
+  EXPECT_TRUE(absl::StrContains(waiting.message(), "past its buffer")) << waiting;
+  v1::GetStatsResponse stats;
+  job.GetStats(&stats);
+  EXPECT_EQ(stats.arrived_local_ranks_size(), 0);
+}
+
+// The old session of a restarted rank detaching after the new one attached does not make the
+// other ranks' Steps fail at once for that rank having left: they wait for its new worker.
+// Its own detach, with no attach since, does.
+TEST(JobSessionsTest, ADetachAfterTheRanksNextAttachIsNotALeaving) {
+  CpuExecutor executor(1);
+  Job job("detach-race", RuleParams{}, 2, &executor);
+  CpuWorker w0, w1;
+  const uint64_t first = job.WorkerAttached(0);
+  ASSERT_TRUE(w0.Register(&job, 0, /*session=*/1).ok());
+  job.WorkerAttached(1);
+  ASSERT_TRUE(w1.Register(&job, 1, /*session=*/2).ok());
+  job.WorkerAttached(0);  // rank 0's new worker (session 3), before its old one detaches
+  job.RemoveWorker(0, /*gone=*/false, /*session=*/1, first);
+  v1::StepResponse r;
+  const absl::Status waited = job.Step(1, 1, absl::Milliseconds(300), &r, 0, /*session=*/2);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(waited)) << waited;
+  EXPECT_TRUE(absl::StrContains(waited.message(), "did not call Step")) << waited;
+
+  const uint64_t last = job.WorkerAttached(0);  // session 4, which then detaches
+  job.RemoveWorker(0, /*gone=*/false, /*session=*/4, last);
+  const absl::Status left = job.Step(1, 1, absl::Seconds(60), &r, 0, /*session=*/2);
+  EXPECT_TRUE(absl::IsFailedPrecondition(left)) << left;
+  EXPECT_TRUE(absl::StrContains(left.message(), "detached")) << left;
+}
+
+}  // namespace
+}  // namespace gstab
