@@ -51,11 +51,15 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         raise ValueError(f"world size {world} is not a multiple of local_world_size "
                          f"{local_world}: pass local_world_size (and local_rank, node_rank) "
                          "for this launcher")
-    if local_rank is None:  # as node_rank below: consecutive global ranks share a node
-        local_rank = int(os.environ.get("LOCAL_RANK", rank % local_world))
+    # Consecutive global ranks share a node: with local_world_size given, always (torchrun's
+    # variables may count other nodes: one pod a GPU, each its own torchrun node); else
+    # torchrun's, where it set them (a gstabd of an earlier release).
+    launcher = os.environ if local_world_size is None else {}
+    if local_rank is None:
+        local_rank = int(launcher.get("LOCAL_RANK", rank % local_world))
     nodes = world // local_world
     if node_rank is None:
-        node_rank = int(os.environ.get("GROUP_RANK", rank // local_world))
+        node_rank = int(launcher.get("GROUP_RANK", rank // local_world))
     blob = None
     if nodes > 1:
         guessed = cuda is None

@@ -275,16 +275,21 @@ class Stabilizer:
                 not isinstance(state.get("gstab_state"), (bytes, bytearray, memoryview)):
             raise ValueError("expected the dict Stabilizer.state_dict() gave, with its "
                              "'gstab_state' bytes")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        dist = torch.distributed
         workers = getattr(self._client, "local_world_size", 1) * \
             getattr(self._client, "node_count", 1)
-        if not distributed and workers > 1:
+        # The default process group orders the import where it is the job's workers: a group
+        # with other ranks (evaluators, other jobs) would wait for them, and never finish.
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
+        if workers > 1 and world != workers:
             # Only local rank 0 of node 0 imports: without a group to wait on it, the others
             # would register and step before it (its late import then refused), or step on.
-            raise ValueError(f"gstab.torch: the job has {workers} workers and no "
-                             "torch.distributed process group to order the import by: import "
-                             "with client.import_state() on local rank 0 of node 0 before any "
-                             "worker registers, or initialize the process group first")
+            group = (f"its default torch.distributed process group has {world} ranks"
+                     if world else "no torch.distributed process group")
+            raise ValueError(f"gstab.torch: the job has {workers} workers and {group} to "
+                             "order the import by: import with client.import_state() on local "
+                             "rank 0 of node 0 before any worker registers, or make the default "
+                             "process group the job's workers first")
         failure = None
         # Node 0's gstabd holds the job's statistics: the other nodes take them from it.
         if getattr(self._client, "local_rank", 0) == 0 and \
@@ -293,7 +298,7 @@ class Stabilizer:
                 self._import_here(state["gstab_state"], keep_config)
             except Exception as e:  # noqa: BLE001 (every rank hears of it, then it is raised)
                 failure = e
-        if distributed:  # nobody registers or steps before the import; a failure reaches all
+        if workers > 1:  # nobody registers or steps before the import; a failure reaches all
             if _ranks_with(failure is not None) and failure is None:
                 raise RuntimeError("gstab: another rank failed to import the job's state")
         if failure is not None:

@@ -141,6 +141,10 @@ class TorchAttachTest(unittest.TestCase):
         client = torch_attach(3, 4, [gstab.Error(14, "not asked")] * 4, local_world_size=2)
         self.assertEqual(layout(client), (1, 2, 1, 2))
         self.assertIsNone(client.node_ranks)
+        # Consecutive ranks also under torchrun's variables of another layout (one pod a GPU,
+        # each pod a torchrun node of its own).
+        self.torchrun(0, 1, 3)
+        self.assertEqual(layout(torch_attach(3, 4, local_world_size=2)), (1, 2, 1, 2))
         # Given alone, they must be the ones found: two pods that each pass LOCAL_RANK=0 to one
         # gstabd would take each other's place at every attach. Every rank refuses alike.
         instances = ["a" * 32] * 2

@@ -397,6 +397,13 @@ class TorchTest(GstabdTest):
                     torch.ones(4, 4), init_device_mesh("cpu", (1, 1)), [Shard(0), Shard(1)]))
                 with self.assertRaisesRegex(ValueError, "parameter 'w' is a DTensor on a 2-D"):
                     gstab.torch.Stabilizer(client, [("w", hybrid)])
+                # A job of two workers in a default group that is not them (its other ranks
+                # evaluators, say): the import's wait on that group would never end.
+                pair = gstab.Client(self.gstabd.socket)
+                self.addCleanup(pair.close)
+                pair.attach("torch-group-pair", world_size=2, local_world_size=2)
+                with self.assertRaisesRegex(ValueError, "process group has 1 ranks to order"):
+                    gstab.torch.Stabilizer(pair, mlp(), state={"gstab_state": b"x"})
                 # FSDP1 whose ranks hold whole gradients: each copy would count. (One rank's
                 # FSDP1 shards nothing: NO_SHARD whatever it is asked, and served.)
                 from unittest import mock
