@@ -77,19 +77,25 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   // A socket a live process accepts on is another gstabd's: taking its path over would cut
-  // its workers off from it while it runs on.
-  // Without blocking: one that is alive but not accepting (stopped, its backlog full) says
-  // EAGAIN; a dead one's leftover file, ECONNREFUSED.
-  if (const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-      probe >= 0) {
-    const bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 ||
-                      errno == EAGAIN || errno == EINPROGRESS;
-    close(probe);
-    if (live) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "another process (a gstabd?) serves on '", path,
-          "': stop it first, or give this one another --socket (and --state_dir)"));
-    }
+  // its workers off from it while it runs on. Only a dead one's leftover file (ECONNREFUSED) is
+  // replaced. Without blocking: one that is alive but not accepting (stopped, its backlog full)
+  // says EAGAIN. Any other answer leaves the path alone: a live socket of another kind (a
+  // datagram one, as journald's: EPROTOTYPE) or one this user may not connect to (EACCES, as
+  // another user's gstabd's in a shared folder).
+  const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (probe < 0) return absl::InternalError(absl::StrCat("socket(): ", strerror(errno)));
+  const int connected = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int probed = connected == 0 ? 0 : errno;
+  close(probe);
+  if (probed == 0 || probed == EAGAIN || probed == EINPROGRESS) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("another process (a gstabd?) serves on '", path,
+                     "': stop it first, or give this one another --socket (and --state_dir)"));
+  }
+  if (probed != ECONNREFUSED && probed != ENOENT) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "'", path, "' is a socket gstabd cannot tell for a leftover (connecting to it: ",
+        strerror(probed), "): remove it if no process uses it, or give --socket another path"));
   }
   std::error_code ec;
   std::filesystem::remove(p, ec);  // a stale socket of a previous run

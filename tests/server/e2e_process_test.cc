@@ -2,9 +2,14 @@
 // checkpoint, the folders it creates (modes that do not follow the umask it was started with),
 // a --socket path that is not a socket, and command lines it would misread.
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -86,6 +91,24 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   EXPECT_EQ(lcode, 1) << lout;
   EXPECT_NE(lout.find("is a symbolic link, not a socket"), std::string::npos) << lout;
   EXPECT_TRUE(std::filesystem::is_symlink(dir.path() + "/link.sock"));
+  // A live socket of another kind (a datagram one, as journald's) is not a leftover to take.
+  const std::string datagram = dir.path() + "/journal.sock";
+  const int live = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, datagram.c_str(), datagram.size() + 1);
+  ASSERT_EQ(bind(live, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << strerror(errno);
+  struct stat before;
+  ASSERT_EQ(stat(datagram.c_str(), &before), 0);
+  auto [dcode, dout] = StartRefused(dir, {"--socket=" + datagram});
+  EXPECT_EQ(dcode, 1) << dout;
+  EXPECT_NE(dout.find("cannot tell for a leftover (connecting to it: Protocol wrong type"),
+            std::string::npos)
+      << dout;
+  struct stat after;
+  EXPECT_EQ(stat(datagram.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  close(live);
 }
 
 // `--jobs_by_uid false` would leave the flag true and drop "false" unseen; TLS files without
