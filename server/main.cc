@@ -207,6 +207,10 @@ int main(int argc, char** argv) {
   absl::Cleanup flush_log = [log] { log->Flush(absl::Seconds(2)); };
 
   const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
+    std::fprintf(stderr, "gstabd: --backend=%s: expected auto, cpu or cuda\n", backend.c_str());
+    return 2;
+  }
 #ifdef GSTAB_WITH_CUDA
   // Before CUDA starts: load every kernel (ours and NCCL's) when the device context is made.
   // Loaded lazily, a kernel's first launch may wait for all work on the device, including a
@@ -219,15 +223,13 @@ int main(int argc, char** argv) {
   gstab::RequireEnvironment("CUDA_DEVICE_MAX_CONNECTIONS", "32", "uses");
   std::string no_gpu_why;  // CUDA's reason for none, when it has one worth telling
   gstab::sticky_cuda_error_handler = &StopOnStickyCudaError;
-  const int gpus = gstab::CudaDeviceCount(&no_gpu_why);
+  // --backend=cpu does not start CUDA at all: a node whose GPU or driver hangs CUDA's start
+  // still gets a gstabd that serves host memory.
+  const int gpus = backend == "cpu" ? 0 : gstab::CudaDeviceCount(&no_gpu_why);
 #else
   const std::string no_gpu_why;
   const int gpus = 0;
 #endif
-  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
-    std::fprintf(stderr, "gstabd: --backend=%s: expected auto, cpu or cuda\n", backend.c_str());
-    return 2;
-  }
   if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
       absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0 || absl::GetFlag(FLAGS_keepalive_ms) <= 0 ||
       absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0 || absl::GetFlag(FLAGS_tls_reload_s) <= 0) {
