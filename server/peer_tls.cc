@@ -13,6 +13,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
+#include "server/tls_key_pair.h"
 
 namespace gstab {
 
@@ -69,6 +70,9 @@ absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
     if (!pem.ok()) return pem.status();
     *pems[i] = *std::move(pem);
   }
+  const std::string cert_flag = absl::StrCat("--", flags[1]),
+                    key_flag = absl::StrCat("--", flags[2]);
+  if (absl::Status s = CheckKeyPair(tls.cert, tls.key, cert_flag, key_flag); !s.ok()) return s;
   return tls;
 }
 

@@ -411,6 +411,18 @@ TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
   EXPECT_NE(out.find("not-mounted-yet.pem: not a readable PEM file (No such file or directory)"),
             std::string::npos)
       << out;
+  // A key of another certificate (a Secret's files mixed up) would fail every handshake of a
+  // gstabd that says it serves: refused at start, as the wrong file named.
+  std::tie(rc, out) =
+      testing::RunShell(base + " --tls_cert=" + tls.cert + " --tls_key=" + dir.path() +
+                        "/ca.key --tls_client_ca=" + tls.ca);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(out.find("--tls_key is not the key of --tls_cert's certificate"), std::string::npos)
+      << out;
+  std::tie(rc, out) = testing::RunShell(base + " --tls_cert=" + tls.key + " --tls_key=" + tls.key +
+                                        " --tls_client_ca=" + tls.ca);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(out.find("--tls_cert holds no certificate"), std::string::npos) << out;
   // Operators' certificates are --listen's.
   std::tie(rc, out) = testing::RunShell(testing::GstabdPath() + " --socket=" + dir.path() +
                                         "/s.sock --state_dir=" + dir.path() +

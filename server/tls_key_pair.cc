@@ -1,0 +1,73 @@
+#include "server/tls_key_pair.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+
+namespace gstab {
+namespace {
+
+struct FreeBio {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct FreeX509 {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct FreeKey {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+
+std::unique_ptr<BIO, FreeBio> ReadOnly(const std::string& text) {
+  return std::unique_ptr<BIO, FreeBio>(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+}
+
+// A passphrase is never asked for (OpenSSL's default asks the terminal): gRPC cannot use an
+// encrypted key either.
+int NoPassphrase(char*, int, int, void*) { return 0; }
+
+}  // namespace
+
+absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pem,
+                          absl::string_view cert_named_by, absl::string_view key_named_by) {
+  std::unique_ptr<BIO, FreeBio> cert_text = ReadOnly(cert_pem), key_text = ReadOnly(key_pem);
+  if (cert_text == nullptr || key_text == nullptr) {
+    return absl::ResourceExhaustedError("out of memory reading the TLS files");
+  }
+  // The first certificate is the one the key signs for; a chain's others follow it.
+  std::unique_ptr<X509, FreeX509> cert(
+      PEM_read_bio_X509(cert_text.get(), nullptr, &NoPassphrase, nullptr));
+  std::unique_ptr<EVP_PKEY, FreeKey> key(
+      PEM_read_bio_PrivateKey(key_text.get(), nullptr, &NoPassphrase, nullptr));
+  ERR_clear_error();  // what failed is said below; the next reader starts clean
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(cert_named_by, " holds no certificate (is it the key, or the CA's?)"));
+  }
+  if (key == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key_named_by,
+                     " holds no private key gstabd can read (an encrypted key is not taken: "
+                     "give the key without its passphrase)"));
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat(key_named_by, " is not the key of ", cert_named_by,
+                     "'s certificate: give the key made with that certificate (the files of "
+                     "one Secret, one certificate)"));
+  }
+  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
+    LOG(WARNING) << cert_named_by << "'s certificate has expired: TLS clients refuse it until "
+                 << "a renewed one is written there";
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gstab
