@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -262,6 +263,12 @@ int main(int argc, char** argv) {
                    address.c_str());
       return 2;
     }
+    if (absl::GetFlag(FLAGS_metrics_port) == -1) {
+      std::fprintf(stderr,
+                   "gstabd: --metrics_address is the metrics port's, and --metrics_port=-1 "
+                   "serves none\n");
+      return 2;
+    }
   }
   if (absl::GetFlag(FLAGS_max_nodes) < 1) {
     std::fprintf(stderr, "gstabd: --max_nodes must be 1 to %u, not 0\n", kMaxNodes);
@@ -319,7 +326,15 @@ int main(int argc, char** argv) {
   gstab::ServerOptions options;
   options.socket_path = absl::GetFlag(FLAGS_socket);
   options.health_socket_path = absl::GetFlag(FLAGS_health_socket);
-  if (!options.health_socket_path.empty() && options.health_socket_path == options.socket_path) {
+  // As paths, not as text: `/run/gstab//gstabd.sock`, or the socket's through a symbolic link.
+  auto same_path = [](const std::string& a, const std::string& b) {
+    std::error_code ea, eb;
+    return std::filesystem::weakly_canonical(a, ea) == std::filesystem::weakly_canonical(b, eb) &&
+           !ea && !eb;
+  };
+  if (!options.health_socket_path.empty() &&
+      (options.health_socket_path == options.socket_path ||
+       same_path(options.health_socket_path, options.socket_path))) {
     std::fprintf(stderr, "gstabd: --health_socket must be another path than --socket\n");
     return 2;
   }
@@ -383,6 +398,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     options.peers.gids.insert(id);
+  }
+  if (options.socket_path.empty() && !(options.peers.uids.empty() && options.peers.gids.empty())) {
+    std::fprintf(stderr,
+                 "gstabd: --allow_uids and --allow_gids are for the socket, and --socket= turns it "
+                 "off\n");
+    return 2;
   }
 
   gstab::ShmFaults::Install();  // a worker's lost shared memory fails its step, not gstabd

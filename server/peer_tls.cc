@@ -42,6 +42,11 @@ absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::s
                                       const std::string& server_name) {
   const int given = !ca_file.empty() + !cert_file.empty() + !key_file.empty();
   if (given == 0) {
+    if (!server_name.empty()) {
+      return absl::InvalidArgumentError(
+          "--peer_tls_name names the host in the peers' certificates, and no --peer_tls_ca, "
+          "--peer_tls_cert and --peer_tls_key are given: give them, or drop the name");
+    }
     if (!peer_host.empty() && !IsLoopbackHost(peer_host)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--peer_listen on ", peer_host,

@@ -125,6 +125,13 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
       {{"--log_queue_bytes=100"}, "--log_queue_bytes must be from 4096"},
       {{"--max_job=4"}, "unknown flag --max_job"},
       {{"--lease_ms=soon"}, "--lease_ms: 'soon' is not a value it takes"},
+      // Settings of something turned off, which would be ignored.
+      {{"--metrics_address=127.0.0.1"}, "--metrics_port=-1 serves none"},
+      {{"--socket=", "--allow_uids=0"}, "--socket= turns it off"},
+      {{"--peer_listen=127.0.0.1:0", "--peer_tls_name=gstab-peer"},
+       "no --peer_tls_ca, --peer_tls_cert and --peer_tls_key are given"},
+      // The socket under another spelling of its path.
+      {{"--health_socket=" + dir.path() + "//refused.sock"}, "must be another path than --socket"},
   };
   for (const auto& [flags, says] : refused) {
     auto [code, out] = StartRefused(dir, flags);
