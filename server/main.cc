@@ -123,7 +123,7 @@ ABSL_FLAG(int32_t, max_connections_per_uid, gstab::PeerPolicy::kDefaultMaxConnec
           "once (logged)");
 ABSL_FLAG(int64_t, log_queue_bytes, gstab::StderrLog::kDefaultMaxQueuedBytes,
           "log lines held while stderr is not read (4096 to 1 GiB); beyond, lines are dropped "
-          "and counted");
+          "and counted; a line longer than a quarter of it is cut");
 ABSL_FLAG(bool, nccl_one_rank, false,
           "CUDA jobs of one GPU on one node run the cross-node stage through a world-size-1 NCCL "
           "communicator too (it changes nothing; it checks NCCL on a one-GPU machine)");

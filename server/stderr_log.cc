@@ -63,8 +63,18 @@ StderrLog* StderrLog::Install(size_t max_queued_bytes) {
 void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/,
                      const char* base_filename, int line, const google::LogMessageTime& time,
                      const char* message, size_t message_len) {
-  std::string text =
-      absl::StrCat(ToString(severity, base_filename, line, time, message, message_len), "\n");
+  std::string text = ToString(severity, base_filename, line, time, message, message_len);
+  // A line may take a quarter of the queue: a longer one (a message naming many jobs) is cut
+  // there, rather than dropped whole however well stderr is read.
+  if (const size_t longest = max_queued_bytes_ / 4;
+      longest > kCutNoteBytes && text.size() + 1 > longest) {
+    size_t cut = longest - kCutNoteBytes;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // UTF-8
+    const size_t rest = text.size() - cut;
+    text.resize(cut);
+    absl::StrAppend(&text, " [", rest, " more bytes cut]");
+  }
+  text += '\n';
   absl::MutexLock lock(&mu_);
   if (severity >= google::GLOG_FATAL) {
     // The process ends after this line: write it now, after the lines queued before it.

@@ -46,8 +46,12 @@ class StderrLog final : public google::LogSink {
   void Run();
   // The queued lines, after the notice of those dropped since the last (if any); empties both.
   std::string TakeQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool Queued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty(); }
-  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && !writing_; }
+  // The notice of lines dropped is written too, with no line after it.
+  bool Queued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || dropped_ > 0; }
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return queue_.empty() && dropped_ == 0 && !writing_;
+  }
+  static constexpr size_t kCutNoteBytes = 40;  // room for " [N more bytes cut]" and the newline
 
   const size_t max_queued_bytes_;
   mutable absl::Mutex mu_;

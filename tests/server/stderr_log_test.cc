@@ -1,5 +1,6 @@
 // StderrLog's FATAL path: the line that ends the process is written at once, after every line
-// queued before it, and once. (e2e_process_test covers a stderr that nobody reads.)
+// queued before it, and once; a line longer than a quarter of the queue is cut, not dropped.
+// (e2e_process_test covers a stderr that nobody reads.)
 #include "server/stderr_log.h"
 
 #include <signal.h>
@@ -8,14 +9,16 @@
 
 #include <string>
 
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace gstab {
 namespace {
 
-// In a child process whose stderr is a pipe: installs StderrLog, queues `lines` lines, then
-// logs a FATAL one. Returns what the child wrote to stderr, and sets *status.
-std::string OutputOfAFatalLine(int lines, int* status) {
+// Runs `logging` in a child process whose stderr is a pipe, after it installed StderrLog with a
+// queue of `queue_bytes`. Returns what the child wrote to stderr, and sets *status.
+template <typename Logging>
+std::string OutputOf(size_t queue_bytes, Logging logging, int* status) {
   int fds[2];
   if (pipe(fds) != 0) return "";
   const pid_t pid = fork();
@@ -23,9 +26,10 @@ std::string OutputOfAFatalLine(int lines, int* status) {
     dup2(fds[1], STDERR_FILENO);
     close(fds[0]);
     google::InitGoogleLogging("stderr_log_test");  // as gstabd's main does
-    StderrLog::Install();
-    for (int i = 0; i < lines; ++i) LOG(INFO) << "queued line " << i;
-    LOG(FATAL) << "the last word";
+    StderrLog::Install(queue_bytes);
+    logging();
+    StderrLog::FlushInstalled(absl::Seconds(10));
+    _exit(0);
   }
   close(fds[1]);
   std::string out;
@@ -46,7 +50,13 @@ size_t Count(const std::string& text, const std::string& what) {
 
 TEST(StderrLogTest, AFatalLineComesOnceAfterEveryLineQueuedBeforeIt) {
   int status = 0;
-  const std::string out = OutputOfAFatalLine(1000, &status);
+  const std::string out = OutputOf(
+      StderrLog::kDefaultMaxQueuedBytes,
+      [] {
+        for (int i = 0; i < 1000; ++i) LOG(INFO) << "queued line " << i;
+        LOG(FATAL) << "the last word";
+      },
+      &status);
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT) << status;
   EXPECT_EQ(Count(out, "the last word"), 1u) << out;
   EXPECT_EQ(Count(out, "queued line "), 1000u);
@@ -54,6 +64,33 @@ TEST(StderrLogTest, AFatalLineComesOnceAfterEveryLineQueuedBeforeIt) {
   ASSERT_NE(last_queued, std::string::npos) << out;
   EXPECT_GT(out.find("the last word"), last_queued) << out;
   EXPECT_NE(out.find("F20"), std::string::npos) << out;  // glog's format, severity F
+}
+
+// With the smallest queue gstabd takes (--log_queue_bytes=4096), a line of 10,000 bytes is
+// written cut to a quarter of it, saying how much went, and the lines around it come whole.
+TEST(StderrLogTest, ALineLongerThanAQuarterOfTheQueueIsCutNotDropped) {
+  int status = 0;
+  const std::string out = OutputOf(
+      4096,
+      [] {
+        LOG(INFO) << "before";
+        LOG(WARNING) << "long " << std::string(10000, 'x');
+        LOG(INFO) << "after";
+      },
+      &status);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(Count(out, "dropped"), 0u) << out;
+  const size_t long_line = out.find("long xxx");
+  ASSERT_NE(long_line, std::string::npos) << out;
+  const size_t end = out.find('\n', long_line);
+  ASSERT_NE(end, std::string::npos);
+  const std::string line = out.substr(long_line, end - long_line);
+  EXPECT_NE(line.find(" more bytes cut]"), std::string::npos) << line;
+  EXPECT_LT(out.find("before"), long_line) << out;
+  EXPECT_GT(out.find("after"), end) << out;
+  // The whole written line, with glog's prefix, within a quarter of the queue.
+  const size_t begin = out.rfind('\n', long_line) + 1;
+  EXPECT_LE(end + 1 - begin, 1024u) << line.size();
 }
 
 }  // namespace
