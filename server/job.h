@@ -45,7 +45,7 @@ class Job {
     std::vector<v1::StepResponse> reports;
   };
 
-  // Called once per finished round by the worker that ran it, without locks held.
+  // Called once per round that succeeded, by the worker that ran it, without locks held.
   // A finished step's results, and how long the daemon took (nullopt: not timed, as on the
   // CUDA pipeline, whose steps finish on the GPU after Step has answered).
   using StepCallback = std::function<void(const v1::StepResponse&, std::optional<absl::Duration>)>;
@@ -151,8 +151,11 @@ class Job {
   std::string rendezvous_token() const;
 
   // Runs (or joins) the round of `step`. DEADLINE_EXCEEDED names the local ranks that did not
-  // arrive within `timeout`; FAILED_PRECONDITION for a worker without buffers or on another step,
-  // and at once, naming them, when missing ranks' workers detached (see detached_).
+  // arrive within `timeout` of this call (half of it on a job across nodes, whose nodes wait for
+  // each other as long); FAILED_PRECONDITION for a worker without buffers (or whose buffers its
+  // session did not register) or on another step, and at once, naming them, when missing
+  // ranks' workers detached (see detached_), or when this call's own session's registration was
+  // refused meanwhile.
   // `ready_value`: for cuda_ipc workers, the value of this step's ready write (StepRequest).
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                     v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0);

@@ -1,48 +1,34 @@
 // Job's CPU backend: the round of one step, which every local worker joins with Step and the last
-// to arrive runs (partial sums per worker, the cross-node sum, the rule, the scales), and how a
-// stopping gstabd answers the rounds that can no longer complete.
+// to arrive runs (RunRound, job_run.cc), a round given up at its deadline, and how a stopping
+// gstabd answers the rounds that can no longer complete.
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/monotonic_clock.h"
-#include "core/config.h"
-#include "core/rule.h"
-#include "glog/logging.h"
-#include "kernels/cpu_kernels.h"
 #include "server/cross_node.h"
 #include "server/grpc_status.h"
 #include "server/job.h"
-#include "server/local_work.h"
 
 namespace gstab {
-namespace {
-
-// `values` at the indices `shared`, in their order.
-template <typename V>
-V Pick(const V& values, const std::vector<uint32_t>& shared) {
-  V out;
-  out.reserve(shared.size());
-  for (uint32_t g : shared) out.push_back(values[g]);
-  return out;
-}
-
-}  // namespace
 
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                        v1::StepResponse* response, uint32_t ready_value, uint64_t session) {
+  // Its session's last registration was refused (DropRegistration): why.
+  auto registration_refused = [this, local_rank]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto again = register_again_.find(local_rank);
+    if (again == register_again_.end()) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", again->second));
+  };
   bool gpu;
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     gpu = gpus_.Has(local_rank);
-    if (auto again = register_again_.find(local_rank); !gpu && again != register_again_.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", again->second));
-    }
+    if (absl::Status s = registration_refused(); !gpu && !s.ok()) return s;
   }
   if (gpu) return StepGpu(local_rank, step, ready_value, session, response);
   WorkerMap snapshot;
@@ -57,6 +43,8 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     };
     mu_.Await(absl::Condition(&may_go));
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
+    // Refused while the import was waited for.
+    if (absl::Status s = registration_refused(); !s.ok()) return s;
     // Its own registration: a new session of a restarted worker may step before the old one's
     // removal reaches the job, which takes the registration out of a round the step is in.
     if (workers_.count(local_rank) == 0 || !RegisteredBy(local_rank, session)) {
@@ -185,12 +173,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           return ShuttingDown(step);
         }
         if (withdrawn()) {
-          auto again = register_again_.find(local_rank);
-          return absl::FailedPreconditionError(absl::StrCat(
-              "local rank ", local_rank, "'s Step(", step, ") of job '", name_,
-              "' was taken back while it waited: ",
-              again != register_again_.end() ? again->second
-                                             : "its registration went; register it again"));
+          const absl::Status refused = registration_refused();
+          return absl::FailedPreconditionError(
+              absl::StrCat("Step(", step, ") was taken back while it waited: ",
+                           refused.ok() ? absl::StrCat("local rank ", local_rank,
+                                                       "'s registration went; register it again")
+                                        : refused.message()));
         }
         if (collective_ == nullptr || collective_ != began_under) {
           // One node (or a new rendezvous since): this worker may come again to the same step.
@@ -306,228 +294,6 @@ void Job::BeginShutdown() {
 absl::Status Job::ShuttingDown(uint64_t step) const {
   return StoppingError(absl::StrCat("gstabd is shutting down; step ", step, " of job '", name_,
                                     "' was not taken: attach again after it restarts"));
-}
-
-absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
-                                    absl::Duration timeout, const std::vector<int>& reduction,
-                                    absl::Status refusal, absl::Status* told) {
-  check.refused = true;
-  const size_t groups = reduction.size();
-  NodePartials partials{
-      std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0), reduction, {}, {}};
-  StepAgreement agreed;
-  absl::Status heard =
-      ReduceAcrossNodes(collective, name_, step, check, timeout, &partials, &agreed);
-  if (told != nullptr) *told = std::move(heard);
-  return refusal;
-}
-
-absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
-                                       absl::Duration timeout, RuleParams* params,
-                                       uint64_t* version) {
-  RuleParams node_zeros = *params;
-  if (absl::Status s = BroadcastParams(collective, timeout, &node_zeros); !s.ok()) {
-    return NameFailure(collective, name_, step, s);
-  }
-  if (SameEffectiveConfig(node_zeros, *params)) return absl::OkStatus();  // node 0, or alike
-  *params = node_zeros;
-  absl::MutexLock lock(&mu_);
-  TakeNodeZerosConfig(node_zeros, collective->rank(), absl::StrCat("at step ", step));
-  // Ours, for node 0's betas, should node 0's statistics not arrive; asked for until they have.
-  AlignStatistics();
-  sync_statistics_ = true;
-  *version = config_version_;
-  return absl::OkStatus();
-}
-
-absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                           absl::Duration timeout, v1::StepResponse* response) {
-  // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
-  std::vector<double> sums(num_groups, 0.0);
-  std::vector<uint32_t> non_finite(num_groups, 0);
-  std::vector<bool> present(num_groups, false);
-  std::vector<double> worker_sums(num_groups);
-  std::vector<uint32_t> worker_flags(num_groups);
-  std::vector<int> reduction;
-  std::shared_ptr<Collective> collective;
-  StepCheck check;
-  // The groups the cross-node stage carries: those a worker of this node has registered. A
-  // group that only an import (on node 0) or a checkpoint brought stays on its node.
-  std::vector<uint32_t> shared;
-  // The configuration this step runs with: a change made meanwhile counts from the next step
-  // (on every node at once: node 0's is every node's, see cross_node.h).
-  RuleParams params;
-  uint64_t config_version;  // params' version
-  {
-    absl::MutexLock lock(&mu_);
-    reduction.assign(group_reduction_.begin(), group_reduction_.begin() + num_groups);
-    collective = collective_;
-    AlignStatistics();  // node 0's are aligned before it sends them
-    params = params_;
-    config_version = config_version_;
-    if (collective != nullptr) {
-      for (uint32_t g = 0; g < num_groups; ++g) {
-        if (reduction[g] >= 0) shared.push_back(g);
-      }
-      // The group names are copied only when some are left out (not at every step).
-      check.layout_hash =
-          shared.size() == num_groups
-              ? LayoutHash(absl::MakeConstSpan(group_names_.data(), num_groups), reduction)
-              : LayoutHash(Pick(group_names_, shared), Pick(reduction, shared));
-      check.config_hash = ConfigHash(params);
-      check.want_statistics = sync_statistics_;
-    }
-  }
-  // A worker may have truncated its shared memory, or punched holes in it: its lost pages would
-  // raise SIGBUS in gstabd (survived, server/shm_faults.h, but the touch read zeros).
-  auto check_objects = [&](absl::Status (ShmMapping::*test)() const) -> absl::Status {
-    for (const auto& [rank, w] : workers) {
-      for (const ShmMapping* object : w->registration.host_objects) {
-        if (absl::Status s = (object->*test)(); !s.ok()) {
-          return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
-        }
-      }
-    }
-    return absl::OkStatus();
-  };
-  // After touching the objects: a SIGBUS survived meanwhile fails the step (logged too), and
-  // `consequence` says what of it was applied.
-  auto check_lost = [&](const std::string& consequence) -> absl::Status {
-    absl::Status s = check_objects(&ShmMapping::CheckNotLost);
-    if (s.ok()) return s;
-    LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
-    return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
-  };
-  auto sum_locally = [&]() -> absl::Status {
-    if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) return s;
-    for (const auto& [rank, w] : workers) {
-      std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
-      if (absl::Status s =
-              CpuGroupSumSquares(w->table, absl::MakeSpan(scratch), absl::MakeSpan(worker_sums),
-                                 absl::MakeSpan(worker_flags), executor_);
-          !s.ok()) {
-        return s;
-      }
-      for (size_t g = 0; g < w->has_group.size(); ++g) {
-        if (!w->has_group[g]) continue;
-        const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
-        if (!replicated || !present[g]) sums[g] += worker_sums[g];
-        non_finite[g] |= worker_flags[g];
-        present[g] = true;
-      }
-    }
-    return check_lost("nothing was applied to this step");
-  };
-  absl::Status local;
-  {
-    const LocalWork summing;
-    if (!summing.began()) return ShuttingDown(step);  // gstabd is exiting
-    local = sum_locally();
-  }
-  if (!local.ok()) {
-    if (collective == nullptr) return local;
-    return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, local);
-  }
-
-  // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
-  if (collective != nullptr) {
-    NodePartials partials{Pick(sums, shared), Pick(non_finite, shared), Pick(reduction, shared),
-                          Pick(present, shared), [this, &shared](size_t i) {
-                            absl::MutexLock lock(&mu_);
-                            return group_names_[shared[i]];
-                          }};
-    StepAgreement agreed;
-    if (absl::Status s =
-            ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
-        !s.ok()) {
-      return s;
-    }
-    for (size_t i = 0; i < shared.size(); ++i) {
-      sums[shared[i]] = partials.sums[i];
-      non_finite[shared[i]] = partials.non_finite[i];
-    }
-    if (agreed.configs_differ) {
-      if (absl::Status s =
-              AdoptNodeZerosConfig(collective.get(), step, timeout, &params, &config_version);
-          !s.ok()) {
-        return s;
-      }
-    }
-    if (agreed.sync_statistics) {
-      std::vector<GroupStats> stats_copy;
-      {
-        absl::MutexLock lock(&mu_);  // steady: only this round changes them
-        stats_copy = Pick(stats_, shared);
-      }
-      const std::vector<GroupStats> own = stats_copy;
-      if (absl::Status s = SyncStatistics(collective.get(), timeout, &stats_copy); !s.ok()) {
-        return NameFailure(collective.get(), name_, step, s);
-      }
-      // Node 0's may be older than this node's (its gstabd restarted from an older checkpoint):
-      // the steps between are gone here. Said, since nothing else would show it.
-      uint64_t behind = 0;
-      for (size_t i = 0; i < own.size(); ++i) {
-        if (own[i].steps > stats_copy[i].steps) {
-          behind = std::max(behind, own[i].steps - stats_copy[i].steps);
-        }
-      }
-      if (behind > 0) {
-        LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << " step " << step
-                     << ": took node 0's statistics, which counted up to " << behind
-                     << " steps fewer than this node's (node 0 resumed from an older state: its "
-                        "gstabd restarted from an older checkpoint or none, or it imported one): "
-                        "this node's statistics of those steps are gone";
-        response->set_statistics_rolled_back(behind);
-      }
-      absl::MutexLock lock(&mu_);
-      for (size_t i = 0; i < shared.size(); ++i) stats_[shared[i]] = stats_copy[i];
-      if (collective_ == collective) sync_statistics_ = false;
-    }
-  }
-
-  // 3. The rule, under the lock: statistics and configuration change only here.
-  const LocalWork applying;  // from the rule to the end of the scaling
-  if (!applying.began()) return ShuttingDown(step);
-  std::vector<float> scales(num_groups, 1.0f);
-  response->set_step(step);
-  {
-    absl::MutexLock lock(&mu_);
-    // The changes this step runs with take effect here (one made since counts from the next).
-    for (v1::ConfigChange& change : config_history_) {
-      if (change.version() > 1 && change.version() <= config_version &&
-          change.effective_step() == 0) {
-        change.set_effective_step(step);
-      }
-    }
-    for (size_t g = 0; g < num_groups; ++g) {
-      if (!present[g]) continue;
-      const StepOutcome out = ApplyRule(params, &stats_[g], sums[g], non_finite[g] != 0);
-      last_outcome_[g] = out;
-      scales[g] = static_cast<float>(out.scale);
-      v1::GroupResult* r = response->add_groups();
-      FillGroupResult(g, out, r);
-      r->set_norm_mean(stats_[g].spike_mean);
-      r->set_norm_stddev(std::sqrt(stats_[g].spike_var));
-      if (r->skipped()) response->set_skip(true);
-      if (r->diverging()) response->set_diverging(true);
-    }
-    response->set_config_version(config_version);
-    response->set_results_step(step);
-    steps_ += 1;
-    last_step_ = step;
-    have_step_ = true;
-    if (collective_ == collective) generation_stepped_ = collective != nullptr;
-  }
-
-  // 4. Scale every worker's chunks in place, marked in their progress words around it.
-  for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
-  for (const auto& [rank, w] : workers) {
-    if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
-    MarkProgress(w->registration.progress, step, true);
-  }
-  return check_lost(absl::StrCat("step ", step,
-                                 " counted in the statistics, but that worker's gradients were "
-                                 "not all scaled"));
 }
 
 }  // namespace gstab
