@@ -203,14 +203,14 @@ class Client {
   // connection went (gstabd killed, or crashed), or gstabd's stop cancelled it. A call that
   // never left (no connection to make it on) and gstabd's own refusals did not run.
   bool CutOff(const grpc::Status& answer) const;
-  // Step's error for a step CutOff: from the progress word, when there is one, whether gstabd
-  // had begun to scale the gradients (DATA_LOSS) or not (`error`, to be retried).
   struct ProgressWord {
     // RegisterBuffersRequest.progress of the arena registered last, mapped on its own: the
     // arena may go before the client. Null for other registrations.
     std::shared_ptr<const uint64_t> word;
     bool marked = false;  // gstabd marked it at a step since it was registered
   };
+  // Step's error for a step CutOff: from the progress word, when there is one, whether gstabd
+  // had begun to scale the gradients (DATA_LOSS) or not (`error`, to be retried).
   absl::Status StepCutOff(uint64_t step, const absl::Status& error,
                           const ProgressWord& progress) const;
   // Whether an UNAVAILABLE's message is gRPC's about the connection to this gstabd, rather
@@ -238,8 +238,9 @@ class Client {
   // one succeeds. gstabd lets go of the earlier registration when it refuses one, but not for a
   // failure before it (the library's own checks, the per-caller call cap, an unanswered call),
   // where it may still hold the earlier one, or have taken the new one.
-  // Under a lock, with the progress word: Python's stats() may attach and register again from
-  // another thread than the one that steps.
+  // Under a lock, with the progress word: a client's calls come one at a time (gstab.h), but a
+  // binding may make them from different threads (Python's stats() attaching and registering
+  // again on a monitoring thread, between two steps of the training thread).
   mutable absl::Mutex registration_mu_;
   bool registration_failed_ ABSL_GUARDED_BY(registration_mu_) = false;
   std::string registration_failure_ ABSL_GUARDED_BY(registration_mu_);  // why, if kept

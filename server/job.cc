@@ -265,6 +265,13 @@ bool Job::SessionEnded(uint32_t local_rank, uint64_t session) const {
   return session != 0 && newest != newest_session_.end() && session < newest->second;
 }
 
+absl::Status Job::NoBuffers(uint32_t local_rank) const {
+  return absl::FailedPreconditionError(
+      absl::StrCat("local rank ", local_rank, " of job '", name_,
+                   "' has no buffers of this session's: register its gradients (RegisterBuffers: "
+                   "gstab_register_arena, register_arena) before Step"));
+}
+
 bool Job::RegisteredBy(uint32_t local_rank, uint64_t session) const {
   auto newest = newest_session_.find(local_rank);
   return session == 0 || (newest != newest_session_.end() && newest->second == session);

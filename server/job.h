@@ -45,7 +45,8 @@ class Job {
     std::vector<v1::StepResponse> reports;
   };
 
-  // Called once per round that succeeded, by the worker that ran it, without locks held.
+  // Called without locks held once per round that succeeded (CPU), by the worker that ran it,
+  // or once per step the GPU finished (CUDA), by whichever call reports it.
   // A finished step's results, and how long the daemon took (nullopt: not timed, as on the
   // CUDA pipeline, whose steps finish on the GPU after Step has answered).
   using StepCallback = std::function<void(const v1::StepResponse&, std::optional<absl::Duration>)>;
@@ -272,6 +273,8 @@ class Job {
   // Whether session `session` made local rank `local_rank`'s registration (any, for calls made
   // without sessions: 0).
   bool RegisteredBy(uint32_t local_rank, uint64_t session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Step's refusal of a rank without buffers (none, or none its session registered).
+  absl::Status NoBuffers(uint32_t local_rank) const;
   absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value, uint64_t session,
                        v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
   // Registers a cuda_ipc worker: its pipeline in the current GPU generation.

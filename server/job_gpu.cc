@@ -304,6 +304,8 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     mu_.Await(absl::Condition(&no_import));
     if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
     if (!gpus_.Has(local_rank)) return RegisterAgain(local_rank);  // the generation ended
+    // A new session of a restarted worker, before the old one's removal reaches the job.
+    if (!RegisteredBy(local_rank, session)) return NoBuffers(local_rank);
     if (ready_value == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("local rank ", local_rank, " of job '", name_,

@@ -48,12 +48,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     // Its own registration: a new session of a restarted worker may step before the old one's
     // removal reaches the job, which takes the registration out of a round the step is in.
     if (workers_.count(local_rank) == 0 || !RegisteredBy(local_rank, session)) {
-      return absl::FailedPreconditionError(absl::StrCat("local rank ", local_rank, " of job '",
-                                                        name_,
-                                                        "' has no buffers: register its "
-                                                        "gradients (RegisterBuffers: "
-                                                        "gstab_register_arena, register_arena) "
-                                                        "before Step"));
+      return NoBuffers(local_rank);
     }
     if (shutting_down_) return ShuttingDown(step);
     // Refused at once, on every node: across nodes, a node's retried step must not take the
@@ -149,8 +144,17 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
                                      "crashed, killed, or frozen)"
                                    : "detached, or stopped without detaching (their sessions' "
                                      "leases expired)";
+        // Taken back by its own session's refused registration: answered now, naming why, and
+        // across nodes its round is given up as one that ran out would be.
+        const bool taken_back = withdrawn();
+        const absl::Status refused = registration_refused();
         const std::string late =
-            detached.empty()
+            taken_back ? absl::StrCat("Step(", step, ") was taken back while it waited: ",
+                                      refused.ok()
+                                          ? absl::StrCat("local rank ", local_rank,
+                                                         "'s registration went; register it again")
+                                          : refused.message())
+            : detached.empty()
                 ? absl::StrCat("step ", step, " of job '", name_, "': local ranks [",
                                absl::StrJoin(missing, ", "), "] did not call Step within ",
                                absl::FormatDuration(arrival))
@@ -172,17 +176,13 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           leave();
           return ShuttingDown(step);
         }
-        if (withdrawn()) {
-          const absl::Status refused = registration_refused();
-          return absl::FailedPreconditionError(
-              absl::StrCat("Step(", step, ") was taken back while it waited: ",
-                           refused.ok() ? absl::StrCat("local rank ", local_rank,
-                                                       "'s registration went; register it again")
-                                        : refused.message()));
-        }
+        const absl::StatusCode code = taken_back || !detached.empty()
+                                          ? absl::StatusCode::kFailedPrecondition
+                                          : absl::StatusCode::kDeadlineExceeded;
         if (collective_ == nullptr || collective_ != began_under) {
           // One node (or a new rendezvous since): this worker may come again to the same step.
           leave();
+          if (taken_back) return absl::FailedPreconditionError(late);
           if (!detached.empty()) {
             return absl::FailedPreconditionError(absl::StrCat(
                 late, ": it is not taken until every local rank attaches, registers and steps it"));
@@ -193,15 +193,13 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
           mu_.Await(absl::Condition(&finished));
           return round_status_;
         }
-        if (round_id_ != my_round || round_running_) return absl::DeadlineExceededError(late);
+        if (round_id_ != my_round || round_running_) return absl::Status(code, late);
         // The other nodes' steps wait up to `timeout` from their arrivals, about this round's
         // first: what is left of it, to hear the refusal. No less than half of it, as when the
         // arrival wait ran out; more when a detached rank cut that wait short.
         const absl::Duration telling =
             std::max(timeout - (MonotonicNow() - round_opened_), timeout - arrival);
-        return AbandonRound(step, my_round, late, telling,
-                            detached.empty() ? absl::StatusCode::kDeadlineExceeded
-                                             : absl::StatusCode::kFailedPrecondition);
+        return AbandonRound(step, my_round, late, telling, code);
       }
       // A worker removed while the round ran on it has no answer to wait for: its session has
       // ended.

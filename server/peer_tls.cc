@@ -59,7 +59,7 @@ absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::s
     return absl::InvalidArgumentError(
         "--peer_tls_ca, --peer_tls_cert and --peer_tls_key go together: give all three");
   }
-  absl::StatusOr<MutualTls> tls = ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"},
+  absl::StatusOr<MutualTls> tls = LoadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"},
                                                 {ca_file, cert_file, key_file});
   if (tls.ok()) tls->server_name = server_name;
   return tls;
@@ -75,9 +75,18 @@ absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
     if (!pem.ok()) return pem.status();
     *pems[i] = *std::move(pem);
   }
-  const std::string cert_flag = absl::StrCat("--", flags[1]),
-                    key_flag = absl::StrCat("--", flags[2]);
-  if (absl::Status s = CheckKeyPair(tls.cert, tls.key, cert_flag, key_flag); !s.ok()) return s;
+  return tls;
+}
+
+absl::StatusOr<MutualTls> LoadMutualTls(const std::array<const char*, 3>& flags,
+                                        const std::array<std::string, 3>& files) {
+  absl::StatusOr<MutualTls> tls = ReadMutualTls(flags, files);
+  if (!tls.ok()) return tls.status();
+  if (absl::Status s = CheckKeyPair(tls->cert, tls->key, absl::StrCat("--", flags[1]),
+                                    absl::StrCat("--", flags[2]));
+      !s.ok()) {
+    return s;
+  }
   return tls;
 }
 

@@ -41,6 +41,10 @@ absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::s
 // `files[i]`. INVALID_ARGUMENT naming the flag of a file that is not readable PEM.
 absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
                                         const std::array<std::string, 3>& files);
+// ReadMutualTls at start, which also checks that the key is the certificate's (CheckKeyPair).
+// Not on the rereads of renewed files, which retry a key read in the middle of a renewal.
+absl::StatusOr<MutualTls> LoadMutualTls(const std::array<const char*, 3>& flags,
+                                        const std::array<std::string, 3>& files);
 
 // `host`: without brackets (common/host_port.h's HostPort::host).
 bool IsLoopbackHost(const std::string& host);

@@ -115,7 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
           "--tls_client_ca (the CA that signs its clients' certificates) with --listen");
     }
     absl::StatusOr<MutualTls> tls =
-        ReadMutualTls({"tls_client_ca", "tls_cert", "tls_key"},
+        LoadMutualTls({"tls_client_ca", "tls_cert", "tls_key"},
                       {options.tls_client_ca, options.tls_cert, options.tls_key});
     if (!tls.ok()) return tls.status();
     listen_tls = *std::move(tls);

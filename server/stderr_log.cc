@@ -77,7 +77,9 @@ void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/
   text += '\n';
   absl::MutexLock lock(&mu_);
   if (severity >= google::GLOG_FATAL) {
-    // The process ends after this line: write it now, after the lines queued before it.
+    // The process ends after this line: write it now, after the lines queued before it and
+    // after the batch being written (2 s at most: a stderr nobody reads would hold it for good).
+    mu_.AwaitWithTimeout(absl::Condition(this, &StderrLog::NotWriting), absl::Seconds(2));
     WriteToStderr(TakeQueued() + text);
     return;
   }

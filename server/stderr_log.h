@@ -48,6 +48,7 @@ class StderrLog final : public google::LogSink {
   std::string TakeQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The notice of lines dropped is written too, with no line after it.
   bool Queued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || dropped_ > 0; }
+  bool NotWriting() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; }
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return queue_.empty() && dropped_ == 0 && !writing_;
   }

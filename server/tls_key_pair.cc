@@ -58,7 +58,9 @@ absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pe
   }
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(
+    // Not a bad command line for certain: files read in the middle of their renewal (written
+    // one after the other) mend themselves, and a service manager should start gstabd again.
+    return absl::FailedPreconditionError(
         absl::StrCat(key_named_by, " is not the key of ", cert_named_by,
                      "'s certificate: give the key made with that certificate (the files of "
                      "one Secret, one certificate)"));

@@ -11,8 +11,9 @@
 namespace gstab {
 
 // INVALID_ARGUMENT, naming the flags (`cert_named_by`, `key_named_by`: "--tls_cert"), when the
-// certificate's text holds no certificate, the key's no private key that can be read without a
-// passphrase, or the key is not the certificate's. Logs a warning for a certificate past its
+// certificate's text holds no certificate, or the key's no private key that can be read without
+// a passphrase; FAILED_PRECONDITION when the key is not the certificate's (files read in the
+// middle of their renewal, or mixed up). Logs a warning for a certificate past its
 // end date (a renewed one may be on its way: the files are watched).
 absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pem,
                           absl::string_view cert_named_by, absl::string_view key_named_by);

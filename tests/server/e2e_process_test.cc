@@ -118,6 +118,7 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
 // exits 2, saying what was wrong.
 TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
   TempDir dir;
+  std::filesystem::create_directory_symlink(dir.path(), dir.path() + "/via-link");
   const std::vector<std::pair<std::vector<std::string>, std::string>> refused = {
       {{"--jobs_by_uid", "false"}, "unexpected argument 'false'"},
       {{"--tls_cert=/nowhere.pem"}, "--listen is not set"},
@@ -132,6 +133,7 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
        "no --peer_tls_ca, --peer_tls_cert and --peer_tls_key are given"},
       // The socket under another spelling of its path.
       {{"--health_socket=" + dir.path() + "//refused.sock"}, "must be another path than --socket"},
+      {{"--health_socket=" + dir.path() + "/via-link/refused.sock"}, "must be another path"},
   };
   for (const auto& [flags, says] : refused) {
     auto [code, out] = StartRefused(dir, flags);

@@ -106,6 +106,20 @@ TEST(JobGpuTest, NewBetasAreRefusedWhileGpuBuffersAreRegistered) {
   EXPECT_TRUE(job.UpdateConfig(clip, &updated).ok());
 }
 
+// A restarted worker's new session that steps before its old session's removal reaches the job
+// is told to register, rather than have its step queued on the old session's pipeline.
+TEST(JobGpuTest, ASessionStepsOnItsOwnRegistrationOnly) {
+  int live = 0;
+  Job job("gpu-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
+  FakeCudaWorker old_worker;
+  ASSERT_TRUE(old_worker.Register(&job, 0, 0, /*session=*/1).ok());
+  v1::StepResponse r;
+  const absl::Status early = job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/2);
+  EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition) << early;
+  EXPECT_NE(early.message().find("has no buffers of this session's"), std::string::npos) << early;
+  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/1).ok());
+}
+
 // A session's calls can arrive after a newer session of the same local rank has replaced it
 // (gstabd removes a dropped session's worker after releasing its own lock, and RPCs already
 // past its session check go on): the newer session's registration stays, and the older
