@@ -1,6 +1,6 @@
-// Job: its workers' registrations and sessions, its configuration, and its communicator across
-// nodes. The CPU round of a step is in job_round.cc, the CUDA side in job_gpu.cc, export and
-// import in job_state.cc.
+// Job: its workers' registrations, its configuration, and its communicator across nodes. Its
+// sessions are in job_sessions.cc, the CPU round of a step in job_round.cc and job_run.cc, the
+// CUDA side in job_gpu.cc, export and import in job_state.cc.
 #include "server/job.h"
 
 #include <algorithm>
@@ -199,31 +199,6 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   return absl::OkStatus();
 }
 
-void Job::WithdrawArrival(uint32_t local_rank, uint64_t first, uint64_t last) {
-  auto arrival = arrived_.find(local_rank);
-  if (!round_open_ || round_running_ || arrival == arrived_.end() || arrival->second < first ||
-      arrival->second > last) {
-    return;
-  }
-  arrived_.erase(arrival);
-  if (arrived_.empty()) round_open_ = false;
-}
-
-void Job::DropRegistration(uint32_t local_rank, uint64_t session, const absl::Status& why) {
-  absl::MutexLock lock(&mu_);
-  if (SessionEnded(local_rank, session)) return;
-  const bool had = workers_.count(local_rank) != 0 || gpus_.Has(local_rank);
-  WithdrawArrival(local_rank, 0, session);  // its Step in the open round goes with it
-  if (gpus_.Has(local_rank)) {
-    EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s registration was refused"));
-  }
-  workers_.erase(local_rank);
-  if (!had && register_again_.count(local_rank) == 0) return;  // "has no buffers" says it all
-  register_again_[local_rank] =
-      absl::StrCat("its last registration was refused (", why.message(),
-                   "), and its earlier one went with it: register its gradients again before Step");
-}
-
 absl::Status Job::CheckNoSharedMemory(uint32_t local_rank,
                                       const MappedRegistration& registration) const {
   struct Extent {
@@ -258,92 +233,6 @@ absl::Status Job::CheckNoSharedMemory(uint32_t local_rank,
         "writing over them. Each rank registers its own gradients and progress word"));
   }
   return absl::OkStatus();
-}
-
-bool Job::SessionEnded(uint32_t local_rank, uint64_t session) const {
-  auto newest = newest_session_.find(local_rank);
-  return session != 0 && newest != newest_session_.end() && session < newest->second;
-}
-
-absl::Status Job::NoBuffers(uint32_t local_rank) const {
-  return absl::FailedPreconditionError(
-      absl::StrCat("local rank ", local_rank, " of job '", name_,
-                   "' has no buffers of this session's: register its gradients (RegisterBuffers: "
-                   "gstab_register_arena, register_arena) before Step"));
-}
-
-bool Job::RegisteredBy(uint32_t local_rank, uint64_t session) const {
-  auto newest = newest_session_.find(local_rank);
-  return session == 0 || (newest != newest_session_.end() && newest->second == session);
-}
-
-absl::Status Job::CheckSession(uint32_t local_rank, uint64_t session) const {
-  if (!SessionEnded(local_rank, session)) return absl::OkStatus();
-  return absl::UnauthenticatedError(absl::StrCat(
-      "this session of local rank ", local_rank, " of job '", name_,
-      "' has ended (it detached, its lease expired, or the rank attached again): attach again"));
-}
-
-std::vector<ShmObject> Job::RemoveWorker(uint32_t local_rank, bool gone, uint64_t session,
-                                         std::optional<uint64_t> attach, bool expired) {
-  GpuReports finished;  // a clean detach's last steps on the GPU, reported once mu_ is released
-  std::vector<ShmObject> objects =
-      RemoveWorkerUnderLock(local_rank, gone, session, attach, expired, &finished);
-  ReportGpuSteps(finished);
-  return objects;
-}
-
-std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone, uint64_t session,
-                                                  std::optional<uint64_t> attach, bool expired,
-                                                  GpuReports* finished) {
-  absl::MutexLock lock(&mu_);
-  // Its Step in the open round, if it made one, goes with it (a restarted worker's registration
-  // follows).
-  WithdrawArrival(local_rank, 0, session == 0 ? UINT64_MAX : session);
-  if (session != 0) {
-    uint64_t& newest = newest_session_[local_rank];
-    if (session < newest) return {};  // a newer session has registered since
-    newest = session + 1;             // and this one may register no more
-  }
-  if (gpus_.Has(local_rank)) {  // the communicator cannot go on without it
-    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " left"),
-                     gone ? std::optional<uint32_t>(local_rank) : std::nullopt, finished);
-  }
-  register_again_.erase(local_rank);
-  cuda_devices_.erase(local_rank);
-  std::vector<ShmObject> objects;
-  if (auto w = workers_.find(local_rank); w != workers_.end()) {
-    for (const ShmMapping* m : w->second->registration.host_objects) objects.push_back(m->object());
-    workers_.erase(w);
-  }
-  // A rank that attached again since this session did (a restarted worker's attach can come
-  // before the old session's detach or expiry reaches the job) is not waited on as gone.
-  if (!attach.has_value() || Attaches(local_rank) == *attach) {
-    if (!gone) {
-      detached_[local_rank] = false;
-    } else if (expired) {
-      detached_[local_rank] = true;
-    }
-  }
-  if (workers_.empty()) detached_.clear();
-  return objects;
-}
-
-uint64_t Job::Attaches(uint32_t local_rank) const {
-  absl::MutexLock lock(&attaches_mu_);
-  auto it = attaches_.find(local_rank);
-  return it == attaches_.end() ? 0 : it->second;
-}
-
-uint64_t Job::WorkerAttached(uint32_t local_rank) {
-  uint64_t attach;
-  {
-    absl::MutexLock lock(&attaches_mu_);
-    attach = ++attaches_[local_rank];
-  }
-  absl::MutexLock lock(&mu_);
-  detached_.erase(local_rank);
-  return attach;
 }
 
 void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const {
