@@ -65,7 +65,7 @@ typedef struct {
   int diverging; /* some group is in the diverging state */
   int spikes;    /* groups flagged as spikes this step */
   size_t num_groups;
-  double norm;            /* raw L2 norm over all groups (NaN when non-finite) */
+  double norm;            /* raw L2 norm over all groups (NaN or +Inf when non-finite: test skip) */
   double stabilized_norm; /* L2 norm after scaling */
 } gstab_step_result;
 

@@ -47,7 +47,7 @@ absl::Status CheckAddress(const std::string& address) {
                      " bytes; a unix socket's path has at most ", kMaxSocketPath,
                      ": use a shorter one (a relative path, or a link to the folder)"));
   }
-  return absl::OkStatus();
+  return CheckSocketPathForGrpc(address);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(

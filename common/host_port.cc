@@ -45,4 +45,14 @@ std::string JoinHostPort(absl::string_view host, absl::string_view port) {
                                       : absl::StrCat(host, ":", port);
 }
 
+absl::Status CheckSocketPathForGrpc(absl::string_view path) {
+  if (const size_t at = path.find_first_of("?#%"); at != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path '", path, "' has '", path.substr(at, 1),
+                     "', which gRPC's clients read as part of a URI and would not reach it: "
+                     "use a path without '?', '#' or '%'"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace gstab

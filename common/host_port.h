@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
 namespace gstab {
@@ -24,5 +25,10 @@ std::optional<HostPort> SplitHostPort(absl::string_view address);
 // "host:port", the host in brackets when it is an IPv6 address (has a colon), as gRPC dials
 // and listens.
 std::string JoinHostPort(absl::string_view host, absl::string_view port);
+
+// INVALID_ARGUMENT for a unix socket path with '?', '#' or '%': gRPC dials such a path as a
+// "unix:" URI, which reads them as a query, a fragment or an escape, so that no client would
+// reach a socket there (a connect would wait out its timeout).
+absl::Status CheckSocketPathForGrpc(absl::string_view path);
 
 }  // namespace gstab

@@ -49,13 +49,18 @@ absl::Status ValidateShmName(const std::string& name) {
   return absl::OkStatus();
 }
 
+// Where /proc does not say (namespace 0), every such process names its objects alike: whose they
+// are, and whether their creator lives, is not known, so none is taken for this namespace's.
 bool CreatedInThisPidNamespace(const std::string& name) {
-  return name.rfind(absl::StrFormat("/gstab-%d-", PidNamespace()), 0) == 0;
+  const uint64_t ns = PidNamespace();
+  return ns != 0 && name.rfind(absl::StrFormat("/gstab-%d-", ns), 0) == 0;
 }
 
 int RemoveStaleShmObjects() {
   int removed = 0;
-  const std::string ours = absl::StrFormat("gstab-%d-", PidNamespace());
+  const uint64_t ns = PidNamespace();
+  if (ns == 0) return 0;  // a pid here may be a live process of another namespace
+  const std::string ours = absl::StrFormat("gstab-%d-", ns);
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
     const std::string file = entry.path().filename().string();

@@ -17,7 +17,8 @@ std::string NewShmName();
 // How the names of objects created by process `pid` (of this process's pid namespace) begin,
 // without the leading '/': "gstab-<namespace>-<pid>-".
 std::string ShmNamePrefix(int pid);
-// Whether object `name` ("/gstab-...") was created by a process of this pid namespace.
+// Whether object `name` ("/gstab-...") was created by a process of this pid namespace (false
+// where /proc does not tell this process's namespace).
 bool CreatedInThisPidNamespace(const std::string& name);
 
 // Accepts "/gstab-" followed by [A-Za-z0-9._-], at most 200 bytes in all. The prefix keeps
@@ -25,7 +26,8 @@ bool CreatedInThisPidNamespace(const std::string& name);
 absl::Status ValidateShmName(const std::string& name);
 
 // Unlinks every gstab object created in this process's pid namespace whose creator no longer
-// exists; returns how many. Mappings that are still open stay valid.
+// exists; returns how many. Mappings that are still open stay valid. None where /proc does not
+// tell this process's namespace.
 int RemoveStaleShmObjects();
 
 }  // namespace gstab

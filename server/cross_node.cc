@@ -66,7 +66,9 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
     return unreachable;
   }
   absl::StatusOr<std::vector<uint32_t>> missing = c->MissingNodes(step, kDiagnoseTimeout);
-  // A peer whose connection closed has stopped or died; one that stays silent, stalled.
+  // A peer whose connection closed has stopped or died, or gave up on a stalled node first and
+  // closed its own connections (each node's timeout closes them, and its neighbours then see
+  // them close): a closed connection does not tell which.
   const bool closed = absl::StrContains(failure.message(), "losed by peer") ||
                       absl::StrContains(failure.message(), "reset by peer") ||
                       absl::StrContains(failure.message(), "Broken pipe");
@@ -87,7 +89,9 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
                              "asked about)"
                            : "",
                        " of ", c->size(),
-                       closed ? " closed the connection (stopped, or gone)" : " did not respond");
+                       closed ? " did not answer (a connection closed: a node stopped or went, or "
+                                "another gave up on a stalled one first)"
+                              : " did not respond");
   }
   absl::Status named(
       failure.code(),
@@ -298,7 +302,8 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     return absl::AbortedError(
         absl::StrCat("step ", step, " of job '", job, "' was refused on ",
                      mine.refused ? "this node" : "another node (its workers were told why)",
-                     "; no node changed anything, and the next step can go on"));
+                     "; no node changed anything: skip it and go on from step ", step + 1,
+                     " (the refusing node takes this one no more)"));
   }
   if (all.differ(kStep)) {
     return absl::InvalidArgumentError(

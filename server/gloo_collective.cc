@@ -64,8 +64,10 @@ GlooCollective::~GlooCollective() = default;
 absl::Status GlooCollective::Broken(const std::string& what, const std::exception& e) {
   broken_ = absl::StrCat(what, ": ", e.what());
   context_.reset();
+  // Gloo's words for a wait that ran out, and gRPC's for the store's ("Deadline Exceeded").
   const bool timeout = absl::StrContains(e.what(), "imed out") ||
                        absl::StrContains(e.what(), "imeout") ||
+                       absl::StrContains(e.what(), "Deadline Exceeded") ||
                        absl::StrContains(e.what(), kStoreKeyNotSet);
   return timeout ? absl::DeadlineExceededError(broken_) : absl::UnavailableError(broken_);
 }
@@ -205,11 +207,13 @@ absl::Status GlooCollective::AllGather(absl::Span<const char> mine, absl::Span<c
 absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step,
                                                                    absl::Duration timeout) {
   std::vector<uint32_t> missing;
+  bool answered = false;  // the store answered a call of this search
   try {
     GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
                     calls_.get());
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
+    answered = true;
     for (uint32_t r = 0; r < size_ && missing.size() < kMaxMissingNamed; ++r) {
       if (r == rank_) continue;
       try {
@@ -223,9 +227,11 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
     }
   } catch (const std::exception& e) {
     // A store that answered with a refusal is there, and blames no node, nor does this
-    // gstabd's stop; one that did not answer (unreachable, silent) is node 0's gstabd, missing.
+    // gstabd's stop, nor a store that answered this search before failing (the nodes named so
+    // far would be half the answer); one that never answered (unreachable, silent) is node 0's
+    // gstabd, missing.
     if (absl::StrContains(e.what(), kStoreRefused) ||
-        absl::StrContains(e.what(), kThisGstabdStopping)) {
+        absl::StrContains(e.what(), kThisGstabdStopping) || answered) {
       return absl::UnavailableError(e.what());
     }
     missing.push_back(0);

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/folders.h"
+#include "common/host_port.h"
 #include "common/refusal.h"
 #include "glog/logging.h"
 #include "server/metrics.h"
@@ -53,6 +54,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     return absl::InvalidArgumentError(absl::StrCat(
         "socket path '", path, "' is empty or longer than ", sizeof(addr.sun_path) - 1, " bytes"));
   }
+  if (absl::Status s = CheckSocketPathForGrpc(path); !s.ok()) return s;
   const std::filesystem::path p(path);
   // Its folder, when gstabd makes it, is open to every user: the socket's own mode (0660, its
   // group) says who may connect.

@@ -419,6 +419,10 @@ TEST_F(E2eFaultsTest, SocketIsGroupOnlyAndHealthServes) {
   absl::Status s = Client::Connect("/tmp/" + std::string(120, 'x'), absl::Seconds(5)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("a unix socket's path has at most 107"), std::string::npos) << s;
+  // So is one gRPC would dial as another (a URI's query): it would wait out the timeout.
+  s = Client::Connect(dir_.path() + "/gstabd?.sock", absl::Seconds(30)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("has '?'"), std::string::npos) << s;
   unsetenv("GSTAB_SOCKET");
   s = Client::Connect("", absl::Milliseconds(200)).status();
   EXPECT_NE(s.message().find("/run/gstab/gstabd.sock"), std::string::npos) << s;

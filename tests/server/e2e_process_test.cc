@@ -134,6 +134,8 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
       // The socket under another spelling of its path.
       {{"--health_socket=" + dir.path() + "//refused.sock"}, "must be another path than --socket"},
       {{"--health_socket=" + dir.path() + "/via-link/refused.sock"}, "must be another path"},
+      // A path no gRPC client could dial (read as a URI).
+      {{"--socket=" + dir.path() + "/gstabd%20.sock"}, "has '%', which gRPC's clients read"},
   };
   for (const auto& [flags, says] : refused) {
     auto [code, out] = StartRefused(dir, flags);
