@@ -302,8 +302,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     return absl::AbortedError(
         absl::StrCat("step ", step, " of job '", job, "' was refused on ",
                      mine.refused ? "this node" : "another node (its workers were told why)",
-                     "; no node changed anything: skip it and go on from step ", step + 1,
-                     " (the refusing node takes this one no more)"));
+                     "; no node changed anything: skip it and go on from step ", step + 1));
   }
   if (all.differ(kStep)) {
     return absl::InvalidArgumentError(

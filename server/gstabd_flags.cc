@@ -132,7 +132,7 @@ std::optional<std::string> BackendFromFlag() {
   return backend;
 }
 
-std::optional<ServerOptions> OptionsFromFlags(bool cuda) {
+std::optional<ServerOptions> OptionsFromFlags() {
   if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
       absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0 || absl::GetFlag(FLAGS_keepalive_ms) <= 0 ||
       absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0 || absl::GetFlag(FLAGS_tls_reload_s) <= 0) {
@@ -246,7 +246,6 @@ std::optional<ServerOptions> OptionsFromFlags(bool cuda) {
   options.keepalive_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));
   options.rpc_memory_mb = absl::GetFlag(FLAGS_rpc_memory_mb);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
-  options.daemon.cuda = cuda;
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.daemon.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));

@@ -18,8 +18,8 @@ inline constexpr char kGstabdFlagsFile[] = "server/gstabd_flags.cc";
 std::optional<size_t> LogQueueBytesFromFlag();
 // --backend: "auto", "cpu" or "cuda".
 std::optional<std::string> BackendFromFlag();
-// Every other flag, checked alone and together, gathered into gstabd's options; `cuda`:
-// whether the CUDA backend serves.
-std::optional<ServerOptions> OptionsFromFlags(bool cuda);
+// Every other flag, checked alone and together, gathered into gstabd's options (all but
+// whether the CUDA backend serves, which main finds).
+std::optional<ServerOptions> OptionsFromFlags();
 
 }  // namespace gstab

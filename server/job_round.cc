@@ -149,11 +149,11 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         const bool taken_back = withdrawn();
         const absl::Status refused = registration_refused();
         const std::string late =
-            taken_back ? absl::StrCat("Step(", step, ") was taken back while it waited: ",
-                                      refused.ok()
-                                          ? absl::StrCat("local rank ", local_rank,
-                                                         "'s registration went; register it again")
-                                          : refused.message())
+            taken_back ? absl::StrCat("step ", step, " of job '", name_, "': local rank ",
+                                      local_rank, "'s Step was taken back while it waited (",
+                                      refused.ok() ? "its registration went; register it again"
+                                                   : refused.message(),
+                                      ")")
             : detached.empty()
                 ? absl::StrCat("step ", step, " of job '", name_, "': local ranks [",
                                absl::StrJoin(missing, ", "), "] did not call Step within ",

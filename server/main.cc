@@ -106,6 +106,10 @@ int main(int argc, char** argv) {
   const std::optional<std::string> backend_flag = gstab::BackendFromFlag();
   if (!backend_flag.has_value()) return 2;
   const std::string& backend = *backend_flag;
+  // Before CUDA starts: a bad command line does not wait for it.
+  std::optional<gstab::ServerOptions> flags = gstab::OptionsFromFlags();
+  if (!flags.has_value()) return 2;
+  gstab::ServerOptions& options = *flags;
 #ifdef GSTAB_WITH_CUDA
   // Before CUDA starts: load every kernel (ours and NCCL's) when the device context is made.
   // Loaded lazily, a kernel's first launch may wait for all work on the device, including a
@@ -138,9 +142,7 @@ int main(int argc, char** argv) {
                  no_gpu_why.c_str());
   }
 
-  std::optional<gstab::ServerOptions> flags = gstab::OptionsFromFlags(backend != "cpu" && gpus > 0);
-  if (!flags.has_value()) return 2;
-  gstab::ServerOptions& options = *flags;
+  options.daemon.cuda = backend != "cpu" && gpus > 0;
   gstab::SetGstabdNcclEnvironment();  // before NCCL starts
   gstab::ShmFaults::Install();  // a worker's lost shared memory fails its step, not gstabd
   // gstabd keeps a descriptor per mapped shared-memory object (to see it shrink) and per
