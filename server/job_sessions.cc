@@ -1,5 +1,6 @@
 // Job: its workers' sessions: which session's registration and Step are whose, a worker's
 // leaving (detached, expired, replaced), and a Step taken back from the open round.
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -21,6 +22,13 @@ void Job::WithdrawArrival(uint32_t local_rank, uint64_t first, uint64_t last) {
 void Job::DropRegistration(uint32_t local_rank, uint64_t session, const absl::Status& why) {
   absl::MutexLock lock(&mu_);
   if (SessionEnded(local_rank, session)) return;
+  // The rank's newest session from here, as a registration would make it: an older session's
+  // late calls, and its removal reaching the job after this (a replaced worker's), neither step
+  // nor take this refusal's reason away.
+  if (session != 0) {
+    uint64_t& newest = newest_session_[local_rank];
+    newest = std::max(newest, session);
+  }
   const bool had = workers_.count(local_rank) != 0 || gpus_.Has(local_rank);
   WithdrawArrival(local_rank, 0, session);  // its Step in the open round goes with it
   if (gpus_.Has(local_rank)) {

@@ -66,6 +66,25 @@ TEST(JobSessionsTest, AStepTakenBackByItsSessionsRefusedRegistrationIsAnsweredTh
   EXPECT_EQ(stats.arrived_local_ranks_size(), 0);
 }
 
+// A restarted worker's new session whose registration is refused before the old session's
+// removal reaches the job: the old session's removal neither takes the refusal's reason away
+// (the new session's Step names it) nor leaves the old session able to step.
+TEST(JobSessionsTest, AnOlderSessionsRemovalKeepsANewerSessionsRefusal) {
+  CpuExecutor executor(1);
+  Job job("refused-then-removed", RuleParams{}, 1, &executor);
+  CpuWorker old_worker;
+  ASSERT_TRUE(old_worker.Register(&job, 0, /*session=*/1).ok());
+  job.DropRegistration(0, /*session=*/2,
+                       absl::InvalidArgumentError("tensor 'w' is past its buffer"));
+  v1::StepResponse r;
+  EXPECT_EQ(job.Step(0, 1, absl::Seconds(10), &r, 0, /*session=*/1).code(),
+            absl::StatusCode::kUnauthenticated);
+  job.RemoveWorker(0, /*gone=*/true, /*session=*/1);
+  const absl::Status refused = job.Step(0, 1, absl::Seconds(10), &r, 0, /*session=*/2);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused)) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "past its buffer")) << refused;
+}
+
 // The old session of a restarted rank detaching after the new one attached does not make the
 // other ranks' Steps fail at once for that rank having left: they wait for its new worker.
 // Its own detach, with no attach since, does.
