@@ -207,8 +207,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
 
   // 3. The rule, under the lock: statistics and configuration change only here.
   const LocalWork applying;  // from the rule to the end of the scaling
-  if (!applying.began() && collective == nullptr) return ShuttingDown(step);
   if (!applying.began()) {
+    if (collective == nullptr) return ShuttingDown(step);
     // Too late to refuse it: the other nodes have agreed on it and apply it.
     return StoppingError(absl::StrCat(
         "gstabd is shutting down; step ", step, " of job '", name_,

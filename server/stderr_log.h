@@ -49,9 +49,7 @@ class StderrLog final : public google::LogSink {
   // The notice of lines dropped is written too, with no line after it.
   bool Queued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || dropped_ > 0; }
   bool NotWriting() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; }
-  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return queue_.empty() && dropped_ == 0 && !writing_;
-  }
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !Queued() && NotWriting(); }
   static constexpr size_t kCutNoteBytes = 40;  // room for " [N more bytes cut]" and the newline
 
   const size_t max_queued_bytes_;
