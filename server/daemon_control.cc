@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/config.h"
+#include "glog/logging.h"
 #include "server/daemon.h"  // the class whose members these are
 #include "server/state_codec.h"
 
@@ -86,6 +87,11 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
     return s;
   }
   response->set_groups(static_cast<uint32_t>(state->groups_size()));
+  if (!state->job().empty() && state->job() != session->job->name()) {
+    // Taken (a run resumed under a new name), but said: another job's groups may go unused.
+    LOG(WARNING) << "job '" << session->job->name() << "' imported a state exported from job '"
+                 << state->job() << "'";
+  }
   if (observer_ != nullptr) {  // under report_mu_: not after the series' removal at retirement
     absl::MutexLock job_report(&session->job->gauge_report_mu());
     const bool diverging = session->job->Diverging();

@@ -319,11 +319,13 @@ class Job {
   // local rank's agreement); FAILED_PRECONDITION when the generation ended meanwhile.
   absl::Status AgreeGpuLayout(uint32_t local_rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the GPU-resident statistics into stats_ without waiting for the GPU: the exact ones
-  // when it is idle, else the newest finished step's, whose step it returns then.
+  // when it is idle, else the newest finished step's (or, before one, what the generation
+  // started from), whose step it returns then.
   std::optional<uint64_t> RefreshStatistics() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::JobState ExportStateLocked(bool with_history) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Copies the newest finished GPU step's statistics into stats_ and returns that step
-  // (nullopt: no GPU pipeline, or no step finished yet).
+  // Copies the newest finished GPU step's statistics into stats_ and returns that step (nullopt:
+  // no GPU pipeline). Before a step of the generation has finished, stats_ stays what the
+  // generation started from, and its step is returned (gpu_base_step_).
   std::optional<uint64_t> CopySnapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -413,6 +415,9 @@ class Job {
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
   bool have_step_ ABSL_GUARDED_BY(mu_) = false;  // last_step_ is meaningful
+  // The step of the statistics the current GPU generation started from (last_step_ then):
+  // stats_'s until a step of the generation finishes (CopySnapshot).
+  uint64_t gpu_base_step_ ABSL_GUARDED_BY(mu_) = 0;
   // A job across nodes has run a step with its current rendezvous: its nodes' last steps agree.
   bool generation_stepped_ ABSL_GUARDED_BY(mu_) = false;
 

@@ -60,7 +60,10 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   layout.memory = registration.mappings;
   // And its claim: another job may not claim that memory while these kernels may write it.
   if (registration.claim != nullptr) layout.memory.push_back(registration.claim);
-  if (gpus_.empty()) AlignStatistics();  // the first pipeline starts from stats_
+  if (gpus_.empty()) {  // the first pipeline starts from stats_
+    AlignStatistics();
+    gpu_base_step_ = last_step_;
+  }
   if (absl::Status s = gpus_.Add(local_rank, registration.plan.cuda_device, table,
                                  std::move(layout), nccl_, stats_);
       !s.ok()) {
@@ -218,7 +221,7 @@ std::optional<uint64_t> Job::RefreshStatistics() const {
 std::optional<uint64_t> Job::CopySnapshot() const {
   if (gpus_.empty()) return std::nullopt;
   std::optional<GpuSnapshot> snapshot = gpus_.Primary().Snapshot();
-  if (!snapshot.has_value()) return std::nullopt;
+  if (!snapshot.has_value()) return gpu_base_step_;
   std::copy(snapshot->stats.begin(), snapshot->stats.end(), stats_.begin());
   return snapshot->step;
 }

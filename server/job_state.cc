@@ -224,7 +224,8 @@ absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
                                after,
                                " (its local workers arriving, or its nodes stepping together): "
                                "import between steps")
-                : absl::StrCat("a step of job '", name_, "' was still queued on its GPU", after,
+                : absl::StrCat("step ", last_step_, " of job '", name_,
+                               "' was still queued on its GPU", after,
                                " (held at its worker's ready word, or running): import between "
                                "steps, or before the workers register their CUDA buffers"));
       break;
@@ -252,13 +253,17 @@ absl::Status Job::ImportRefusal(const v1::JobState& state, bool with_config,
   for (const v1::GroupState& g : state.groups()) new_groups += group_index_.count(g.name()) == 0;
   if (absl::Status s = CheckGroupCap(new_groups); !s.ok()) return s;
   if (absl::Status s = NodeZerosStateOnly("import its state"); !s.ok()) return s;
-  if (collective_ != nullptr && generation_stepped_ && state.last_step() < last_step_) {
-    // Every node refuses a step it has passed, and only node 0 would go back.
+  if (collective_ != nullptr && generation_stepped_ && state.last_step() != last_step_) {
+    // Every node refuses a step it has passed, and only node 0 would move: back (the others
+    // refusing the steps after the state's) or ahead (node 0 refusing the others' next steps).
     return absl::FailedPreconditionError(absl::StrCat(
-        "job '", name_, "' spans ", collective_->size(), " nodes, which have stepped together to "
-        "step ", last_step_, ": the other nodes would refuse the steps after this state's ",
-        state.last_step(), ". To resume the job from it, attach every worker again with a new "
-        "rendezvous, and import on node 0 before the first step"));
+        "job '", name_, "' spans ", collective_->size(),
+        " nodes, which have stepped together to "
+        "step ",
+        last_step_, ", and this state is at step ", state.last_step(),
+        ": node 0 alone would move there, and the nodes' next steps would not meet. To resume "
+        "the job from it, attach every worker again with a new rendezvous, and import on node 0 "
+        "before the first step"));
   }
   if (!gpus_.empty() && gpus_.multi_rank()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -270,10 +275,11 @@ absl::Status Job::ImportRefusal(const v1::JobState& state, bool with_config,
     if (with_config && !SameStabilizerEmas(params, params_)) return RegisteredGpuBetas();
     for (const v1::GroupState& g : state.groups()) {
       if (group_index_.count(g.name()) == 0) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("group '", g.name(),
-                         "' is not registered: a job on the CUDA pipeline imports "
-                         "statistics of its registered groups only"));
+        return absl::FailedPreconditionError(absl::StrCat(
+            "group '", g.name(),
+            "' of the state is not registered: a job on the CUDA pipeline imports statistics of "
+            "its registered groups only, once they are registered (import before the workers "
+            "register their CUDA buffers to bring other groups)"));
       }
     }
   }
@@ -308,9 +314,15 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
     if (absl::StatusOr<RuleParams> saved = ResolveConfig(state.config()); saved.ok()) {
       saved_with = *saved;
     } else {
+      // Its statistics are still re-expressed from its betas, if this gstabd takes those.
+      v1::PolicyConfig betas;
+      *betas.mutable_stabilize() = state.config().stabilize();
+      absl::StatusOr<RuleParams> emas = ResolveConfig(betas);
+      if (emas.ok()) saved_with = *emas;
       LOG(WARNING) << "job '" << name_ << "': the imported state's configuration is not one "
-                   << "this gstabd takes (" << saved.status().message()
-                   << "); its statistics are taken as the job's configuration's";
+                   << "this gstabd takes (" << saved.status().message() << "); its statistics "
+                   << (emas.ok() ? "are taken with its stabilize betas"
+                                 : "are taken as the job's configuration's");
     }
   }
   auto imported_group = [&](const v1::GroupState& g) {

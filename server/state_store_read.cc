@@ -65,6 +65,14 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path, uid_t* owner = nu
   return bytes;
 }
 
+// Why a checkpoint of a newer release's format (this gstabd rolled back to) is set aside.
+std::string NewerRelease(const v1::JobState& state, absl::string_view suffix) {
+  return absl::StrCat("was written by a newer gstabd release (checkpoint format ",
+                      state.format_version(), "; this one reads ", kJobStateFormatVersion,
+                      "); it is kept for that release (rename it back to ", state.job(), suffix,
+                      " while it does not run)");
+}
+
 }  // namespace
 
 bool StateStore::Foreign(const std::string& path, uid_t owner) const {
@@ -104,6 +112,12 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
                                        : absl::StrCat("is not a checkpoint of job '", job,
                                                       "': ", state.status().message());
     SetAside(path, why);
+    return absl::DataLossError(absl::StrCat("'", path, "' ", why));
+  }
+  // As LoadAll: one placed there since (a newer release's) is kept for that release.
+  if (state->format_version() > kJobStateFormatVersion) {
+    const std::string why = NewerRelease(*state, kSuffix);
+    SetAside(path, why, kNewerInfix);
     return absl::DataLossError(absl::StrCat("'", path, "' ", why));
   }
   return state;
@@ -158,12 +172,7 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     // A newer release's (this gstabd rolled back to) is kept for that release, under a name
     // `forget` does not delete: the job, which starts afresh here, would overwrite it.
     if (state.format_version() > kJobStateFormatVersion) {
-      SetAside(path,
-               absl::StrCat("was written by a newer gstabd release (checkpoint format ",
-                            state.format_version(), "; this one reads ", kJobStateFormatVersion,
-                            "); it is kept for that release (rename it back to ", state.job(),
-                            kSuffix, " while it does not run)"),
-               kNewerInfix);
+      SetAside(path, NewerRelease(state, kSuffix), kNewerInfix);
       continue;
     }
     // One its job could not take (damaged, or edited) is kept for a look: the job, which

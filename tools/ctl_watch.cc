@@ -59,15 +59,26 @@ int Events() {
     }
   }
   grpc::ClientContext ctx;
-  if (!request.follow()) SetDeadline(&ctx);
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);
+  // Not followed: each event is waited for --timeout_s at most, and none while it is written
+  // (a slow reader of the output, `| less`, holds the stream, not a deadline over all of it).
+  const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  std::atomic<int64_t> reading_since{0};  // unix nanoseconds; 0 while not in a Read
   // Followed: ends when stdout's reader goes (`| head -1`, `| grep -m1`) even while no event
   // comes, rather than hold one of the caller's event streams until the next one.
-  std::atomic<bool> streaming{true}, reader_gone{false};
+  std::atomic<bool> streaming{true}, reader_gone{false}, timed_out{false};
   std::thread watch([&] {
-    while (request.follow() && streaming.load()) {
-      if (StdoutReaderGone(200)) {
+    while (streaming.load()) {
+      if (request.follow()) {
+        if (!StdoutReaderGone(200)) continue;
         reader_gone = true;
+        ctx.TryCancel();
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+      const int64_t since = reading_since.load();
+      if (since != 0 && absl::Now() - absl::FromUnixNanos(since) > timeout) {
+        timed_out = true;
         ctx.TryCancel();
         return;
       }
@@ -75,16 +86,26 @@ int Events() {
   });
   v1::Event event;
   bool written = true, printed = false;
-  while (written && reader->Read(&event)) {
+  for (;;) {
+    reading_since = absl::ToUnixNanos(absl::Now());
+    if (!reader->Read(&event)) break;
+    reading_since = 0;
     std::printf("%s\n", absl::GetFlag(FLAGS_json) ? Json(event).c_str() : EventLine(event).c_str());
     written = StdoutWritten();
     printed = true;
+    if (!written) break;
   }
+  reading_since = 0;
   if (!written) ctx.TryCancel();
   absl::Status s = FromGrpcStatus(reader->Finish());
   streaming = false;
   watch.join();
   if (reader_gone) return 128 + SIGPIPE;  // as if the next write had met the closed pipe
+  if (timed_out) {
+    return Fail(absl::DeadlineExceededError(
+        absl::StrCat("gstabd sent no event for ", absl::FormatDuration(timeout),
+                     " (--timeout_s), and had not ended the stream: stopped, or stuck?")));
+  }
   if (!written) return StdoutFailed();
   // A followed stream ends only when gstabd goes: it ends the stream as it stops, or its
   // connection closes under it (connected before the call, so it was there).

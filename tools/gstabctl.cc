@@ -69,8 +69,10 @@ ABSL_FLAG(bool, keep_config, false,
 ABSL_FLAG(uint32_t, nodes, 0, "rendezvous: the job's node count");
 ABSL_FLAG(bool, cuda, false, "rendezvous: the job registers GPU gradients (adds an NCCL id)");
 ABSL_FLAG(bool, all, false, "status: also the retired jobs, kept as checkpoints");
-ABSL_FLAG(int, timeout_s, 10,
-          "how long to wait for each of gstabd's answers (events --follow: none once it streams)");
+ABSL_FLAG(
+    int, timeout_s, 10,
+    "how long to wait for each of gstabd's answers (events: for each event; events --follow: none "
+    "once it streams)");
 
 namespace gstab::ctl {
 namespace {

@@ -347,8 +347,12 @@ class Client:
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
         _check_type("register_arena", arena, Arena)
-        self.registration = None  # a refused registration ends the earlier one too
-        check(self._call(self._lib.gstab_register_arena, arena._h))
+
+        def register():
+            self.registration = None  # a refused registration ends the earlier one too
+            check(self._call(self._lib.gstab_register_arena, arena._h))
+        # Across a restart of gstabd too, as a step goes on (see reattach_timeout).
+        self._again_on_restart("register_arena", register)
         self.registration = arena
 
     def register_cuda(self, gradients: CudaGradients) -> None:

@@ -229,7 +229,8 @@ class Stabilizer:
     ranks), so norms are not summed across ranks; False (the default) for sharded gradients.
     node_sharded: each node (the processes that reach one gstabd) holds the whole gradient,
     sliced across its processes (sharded within a node, replicated across nodes): norms sum
-    one node's slices.
+    one node's slices. Each process's slice is arrays of its own: a global array sliced across
+    processes is refused, as this process holds only part of it.
     """
 
     def __init__(self, client: gstab.Client, like: Any, group: Group = "model",
@@ -238,6 +239,7 @@ class Stabilizer:
             raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
                             f"{type(client).__name__}")
         leaves, self._treedef = jax.tree_util.tree_flatten_with_path(like)
+        self._paths = [jax.tree_util.keystr(path) for path, _ in leaves]
         leaves = [(path, _array(leaf)) for path, leaf in leaves]
         if not leaves:
             raise ValueError("the tree has no leaves: there is nothing to stabilize")
@@ -298,6 +300,21 @@ class Stabilizer:
                 self._copies_checked = True
                 return
 
+    def _tree_difference(self, grads) -> str:
+        """What makes `grads`' tree another than the registered one: a leaf path one has and
+        the other lacks, or else their containers."""
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
+        missing = [p for p in self._paths if p not in set(paths)]
+        extra = [p for p in paths if p not in set(self._paths)]
+        if missing:
+            where = f"lacks the registered leaf {missing[0]} ({len(missing)} missing in all)"
+        elif extra:
+            where = f"has a leaf {extra[0]} that was not registered ({len(extra)} in all)"
+        else:
+            where = ("has the registered leaves in other containers (a list for a tuple, a dict "
+                     "for another mapping type, say)")
+        return f"the gradients' tree {where}: make the Stabilizer from a tree like them"
+
     def step(self, grads: Any, step: int) -> Tuple[Any, gstab.StepResult]:
         """Returns the stabilized gradients (a tree like `grads`) and gstabd's results."""
         if self._client.registration is not self._arena:
@@ -305,10 +322,12 @@ class Stabilizer:
                                "registered others since, attached again, or detached (make a "
                                "new Stabilizer)")
         leaves, treedef = jax.tree_util.tree_flatten(grads)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            raise TypeError("Stabilizer.step() takes concrete arrays: call it outside jax.jit, "
+                            "pmap and shard_map, between a jitted gradient and a jitted update")
         leaves = [_array(leaf) for leaf in leaves]
         if treedef != self._treedef:
-            raise ValueError(f"the gradients' tree {treedef} is not the registered one "
-                             f"{self._treedef}")
+            raise ValueError(self._tree_difference(grads))
         for leaf, (name, shape, dtype, _), buffer in zip(leaves, self._specs, self._buffers):
             if tuple(leaf.shape) != shape or _native(leaf.dtype) != dtype:
                 raise ValueError(f"leaf '{name}' is {np.dtype(leaf.dtype).name}{list(leaf.shape)}"

@@ -120,8 +120,13 @@ class JaxTest(GstabdTest):
         stabilizer = gstab.jax.Stabilizer(client, jax_params())
         grads = jax_params()
         del grads["out"]
-        with self.assertRaisesRegex(ValueError, "not the registered one"):
+        with self.assertRaisesRegex(ValueError, r"lacks the registered leaf \['out'\]"):
             stabilizer.step(grads, 1)
+        grads = dict(jax_params(), extra=jnp.ones(2))
+        with self.assertRaisesRegex(ValueError, r"has a leaf \['extra'\] that was not registered"):
+            stabilizer.step(grads, 1)
+        with self.assertRaisesRegex(TypeError, "outside jax.jit"):
+            jax.jit(lambda g: stabilizer.step(g, 1)[0])(jax_params())
         grads = jax_params()
         grads["dense"]["bias"] = jnp.zeros((31,))
         with self.assertRaisesRegex(ValueError, r"leaf 'dense/bias' is float32\[31\], "

@@ -404,6 +404,24 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_registration_after_a_restart_attaches_again_first(self):
+        # A Stabilizer made after gstabd restarted (a new model, an evaluation) registers as a
+        # step would step: attached again, the job resumed.
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-register-after")
+            run_steps(client, one_tensor_job(client), range(1, 4))
+            self.assertEqual(node.restart(), 0)
+            with self.assertLogs("gstab", "WARNING"):
+                views = one_tensor_job(client)
+            self.assertEqual(client.reattached, 1)
+            self.assertTrue(client.restored)
+            run_steps(client, views, [4])
+            self.assertEqual(client.stats()["last_step"], 4)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_new_client_attaches_at_once_after_a_restart(self):
         # gRPC shares connections within a process: the one an earlier client made to the
         # gstabd that was replaced must not fail a new client's first call.

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "client_lib/client.h"
 #include "gtest/gtest.h"
 #include "tests/server/e2e_trainer_fixture.h"
 #include "tests/testing/subprocess.h"
@@ -86,6 +87,26 @@ TEST_F(E2eGstabctlTest, AnInterruptedExportLeavesNoTemporaryFile) {
   ASSERT_EQ(kill(ctl, SIGINT), 0);
   EXPECT_EQ(traced->Wait(absl::Seconds(20)).value_or(-1), 128 + SIGINT);
   EXPECT_EQ(entries(), std::vector<std::string>{});
+}
+
+// `events` waits --timeout_s for each event, not for the whole stream: a reader slower than
+// that to take its output (`| less`) still gets every event, the stream held meanwhile.
+TEST_F(E2eGstabctlTest, AReaderSlowerThanTheTimeoutGetsEveryEvent) {
+  // 1,024 ATTACH and DETACH events of 8 jobs (all gstabd keeps of them), about 100 KB of JSON:
+  // more than a pipe holds.
+  for (int job = 0; job < 8; ++job) {
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(daemon_->socket());
+    ASSERT_TRUE(c.ok()) << c.status();
+    for (int i = 0; i < 64; ++i) {
+      ASSERT_TRUE((*c)->Attach(testing::JobOptions("slow-" + std::to_string(job))).ok());
+      ASSERT_TRUE((*c)->Detach().ok());
+    }
+  }
+  auto [rc, out] = testing::RunShell(
+      "{ " + testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket() +
+      " events --json --recent=1024 --timeout_s=1; echo \"exit $?\" >&2; } | (sleep 3; wc -l)");
+  EXPECT_NE(out.find("exit 0"), std::string::npos) << out;
+  EXPECT_NE(out.find("1024"), std::string::npos) << out;
 }
 
 // A signal that comes while gstabctl's attach is in flight waits for its answer, and detaches

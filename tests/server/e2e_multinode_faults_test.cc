@@ -126,6 +126,15 @@ TEST(MultiNodeFaultTest, OldStepNumbersFailFastAndTheJobGoesOn) {
   EXPECT_NE(back.message().find("attach every worker again with a new rendezvous"),
             std::string::npos)
       << back;
+  // Nor a newer one: node 0 alone would go there, and refuse the other nodes' next steps.
+  v1::JobState ahead;
+  ASSERT_TRUE(ahead.ParseFromString(*saved));
+  ahead.set_last_step(9);
+  absl::Status forward = workers[0]->client().ImportState(ahead.SerializeAsString());
+  EXPECT_EQ(forward.code(), absl::StatusCode::kFailedPrecondition) << forward;
+  EXPECT_NE(forward.message().find("stepped together to step 6, and this state is at step 9"),
+            std::string::npos)
+      << forward;
   for (auto& r : step_all(Same(2, 7))) EXPECT_TRUE(r.ok()) << r.status();
   auto s0 = workers[0]->client().GetStats();
   auto s1 = workers[1]->client().GetStats();

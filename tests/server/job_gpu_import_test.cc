@@ -117,6 +117,28 @@ TEST(JobGpuImportTest, ReadsAfterAnImportGiveTheImportedStateUntilALaterStepFini
   EXPECT_EQ(after.last_step(), 51u);
 }
 
+// A generation's first step, still running: a checkpoint then is at the step the generation
+// started from, with its statistics (not at the step queued, with the statistics before it).
+TEST(JobGpuImportTest, ReadsDuringAGenerationsFirstStepGiveTheStepItStartedFrom) {
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  v1::StepResponse response;
+  for (uint64_t step = 1; step <= 3; ++step) {
+    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+  }
+  one.job.RemoveWorker(0);  // the generation ends; the worker registers again
+  ASSERT_TRUE(one.worker.Register(&one.job).ok());
+  one.gpu.busy = true;
+  ASSERT_TRUE(one.job.Step(0, 4, absl::Seconds(1), &response, kReady).ok());
+  v1::JobState during = one.job.ExportState();
+  EXPECT_EQ(during.groups(0).t(), 3u);
+  EXPECT_EQ(during.last_step(), 3u);
+  one.gpu.busy = false;
+  v1::JobState after = one.job.ExportState();
+  EXPECT_EQ(after.groups(0).t(), 4u);
+  EXPECT_EQ(after.last_step(), 4u);
+}
+
 // A registration refused after it put the groups of a job with no worker registered in its
 // order (server/job.cc, Register) leaves them as they were, statistics included: here a
 // cuda_ipc registration on a job without a CUDA pipeline, refused at the pipeline's making.

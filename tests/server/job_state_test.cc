@@ -56,6 +56,22 @@ TEST(JobStateTest, ImportedStatisticsAreExpressedForTheJobsConfiguration) {
   EXPECT_EQ(other.params().beta1, 0.9);
 }
 
+// A state whose configuration this gstabd refuses (a newer release's setting, a hand edit),
+// imported without it: its statistics are still re-expressed from its betas.
+TEST(JobStateTest, AStateOfARefusedConfigurationIsReExpressedFromItsBetas) {
+  const RuleParams saved = Betas(0.9, 0.99);
+  const RuleParams job_config = Betas(0.6, 0.999);
+  v1::JobState state = StateWith(saved, Warm());
+  state.mutable_config()->mutable_clip()->set_max_norm(-1);  // refused
+  ASSERT_FALSE(ResolveConfig(state.config()).ok());
+  Job job("j", job_config, 1, nullptr);
+  ASSERT_TRUE(job.ImportState(state, /*with_config=*/false).ok());
+  GroupStats expected = Warm();
+  RescaleStabilizerEmas(saved, job_config, &expected);
+  EXPECT_EQ(job.ExportState().groups(0).m(), expected.m);
+  EXPECT_EQ(job.ExportState().groups(0).v(), expected.v);
+}
+
 // New betas count from the next step, but what the job shows and exports before it is already
 // expressed for them (an export then imported elsewhere must not be re-expressed twice or never).
 TEST(JobStateTest, AnExportRightAfterNewBetasIsExpressedForThem) {

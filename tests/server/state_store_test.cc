@@ -112,6 +112,11 @@ TEST(StateStoreTest, ACheckpointOfAnotherFormatOrOutOfRangeIsSetAside) {
   // newer release, run again, can take it back.
   EXPECT_EQ(kept, 1);
   EXPECT_EQ(store.RemoveSetAside("newer"), 0u);
+  // One put there while gstabd runs, read at its job's attach, is kept apart likewise.
+  ASSERT_TRUE(store.Save(newer).ok());
+  EXPECT_EQ(store.Load("newer").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store.RemoveSetAside("newer"), 0u);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/state/newer.jobstate"));
 }
 
 TEST(StateStoreTest, WritableFolderIsCreatedAndLeftAsFound) {
