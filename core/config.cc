@@ -23,6 +23,16 @@ absl::Status Validate(const RuleParams& p) {
   auto positive = [](double x) { return std::isfinite(x) && x > 0.0; };
   if (!unit(p.beta1)) return OutOfRange("stabilize.beta1", p.beta1, "in [0, 1)");
   if (!unit(p.beta2)) return OutOfRange("stabilize.beta2", p.beta2, "in [0, 1)");
+  // A norm's EMA that outlasts the squared norm's (beta1 > sqrt(beta2)) would let a spike's
+  // weight in m outgrow its weight in sqrt(v) in the steps after it: the stabilized norm there
+  // grows with the spike, where the method bounds it.
+  if (p.beta1 * p.beta1 > p.beta2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field stabilize.beta1 = ", p.beta1,
+                     " must be at most sqrt(stabilize.beta2) = ", std::sqrt(p.beta2),
+                     ": a larger beta1 remembers a spike longer than beta2 does, and the "
+                     "stabilized norms after a spike grow with it"));
+  }
   if (!positive(p.eps)) return OutOfRange("stabilize.eps", p.eps, "finite and > 0");
   if (!positive(p.clip_max_norm)) {
     return OutOfRange("clip.max_norm", p.clip_max_norm,

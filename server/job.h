@@ -346,9 +346,10 @@ class Job {
   absl::Status RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
                                  absl::Duration timeout, const std::vector<int>& reduction,
                                  absl::Status refusal, absl::Status* told = nullptr);
-  // The pipeline of one round, run by the last worker to arrive, without mu_ held.
+  // The pipeline of one round, run by the last worker to arrive, without mu_ held. `counted`:
+  // whether the rule ran (the statistics took the step), which a failure after it leaves true.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                        absl::Duration timeout, v1::StepResponse* response)
+                        absl::Duration timeout, v1::StepResponse* response, bool* counted)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Replaces `params` (this step's configuration, of `version`) with node 0's, and the job's
   // with it where they differ (a new version; logged: a multi-node job's configuration is node

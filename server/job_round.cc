@@ -222,10 +222,11 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   // huge duration.
   const auto start = std::chrono::steady_clock::now();
   v1::StepResponse result;
+  bool counted = false;
   absl::Status status;
   {
     absl::MutexLock using_collective(&collective_use_);  // after a given-up round's notice
-    status = RunRound(step, snapshot, num_groups, timeout, &result);
+    status = RunRound(step, snapshot, num_groups, timeout, &result, &counted);
   }
   const absl::Duration duration = absl::FromChrono(std::chrono::steady_clock::now() - start);
   {
@@ -236,7 +237,8 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     round_open_ = false;
     round_running_ = false;
   }
-  if (status.ok() && on_step_) on_step_(result, duration);
+  // A step the statistics took is reported (metrics, events) also when scaling it failed after.
+  if (counted && on_step_) on_step_(result, duration);
   *response = std::move(result);
   return status;
 }

@@ -61,7 +61,7 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
 }
 
 absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                           absl::Duration timeout, v1::StepResponse* response) {
+                           absl::Duration timeout, v1::StepResponse* response, bool* counted) {
   // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
   std::vector<double> sums(num_groups, 0.0);
   std::vector<uint32_t> non_finite(num_groups, 0);
@@ -245,6 +245,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     last_step_ = step;
     have_step_ = true;
     if (collective_ == collective) generation_stepped_ = collective != nullptr;
+    *counted = true;
   }
 
   // 4. Scale every worker's chunks in place, marked in their progress words around it.

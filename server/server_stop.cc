@@ -140,7 +140,10 @@ absl::Status Server::Checkpoint(bool final) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&checkpoint_log_mu_);
   if (s.ok()) {
-    checkpoint_succeeded_->Set({}, absl::ToDoubleSeconds(now - absl::UnixEpoch()));
+    // Without --state_dir nothing was written: the gauge stays 0.
+    if (!options_.daemon.state_dir.empty()) {
+      checkpoint_succeeded_->Set({}, absl::ToDoubleSeconds(now - absl::UnixEpoch()));
+    }
     if (failing_) LOG(INFO) << "checkpoints are written again";
     failing_ = false;
     failures_unlogged_ = 0;

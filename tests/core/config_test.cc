@@ -56,6 +56,12 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
   } cases[] = {
       {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_beta1(1.0); }, "stabilize.beta1"},
       {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_beta2(-0.1); }, "stabilize.beta2"},
+      // The stabilized norm is bounded whatever the spike only while beta1 <= sqrt(beta2).
+      {[](v1::PolicyConfig* c) {
+         c->mutable_stabilize()->set_beta1(0.9);
+         c->mutable_stabilize()->set_beta2(0.5);
+       },
+       "stabilize.beta1 = 0.9 must be at most sqrt(stabilize.beta2) = 0.707107"},
       {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_eps(0.0); }, "stabilize.eps"},
       {[](v1::PolicyConfig* c) { c->mutable_clip()->set_max_norm(-1.0); }, "clip.max_norm"},
       // torch's max_norm=inf (measure only) is the monitor policy here, and the message says so.

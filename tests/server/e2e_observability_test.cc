@@ -376,5 +376,26 @@ TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
   EXPECT_EQ(daemon->Stop().value_or(-1), 0);
 }
 
+// Without a --state_dir nothing is written: the time of the last checkpoint stays 0 (an alert on
+// its age would otherwise read checkpoints that never were).
+TEST(E2eCheckpointMetricsTest, WithoutAStateDirNoCheckpointIsClaimed) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(
+      dir.path(), {"--metrics_port=0", "--checkpoint_interval_s=1", "--state_dir="});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<int> port = daemon->MetricsPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  auto worker = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("unsaved"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  ASSERT_TRUE((*worker)->client().Step(1).ok());
+  absl::SleepFor(absl::Milliseconds(2500));  // two checkpoint rounds
+  absl::StatusOr<testing::HttpResponse> r = HttpRequest(*port, "GET", "/metrics");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(r->body.find("\ngstab_checkpoint_last_success_timestamp_seconds 0\n"),
+            std::string::npos)
+      << r->body;
+}
+
 }  // namespace
 }  // namespace gstab
