@@ -148,4 +148,5 @@ static_assert(
     GSTAB_FLAG_ZERO_NORM == gstab::kFlagZeroNorm && GSTAB_FLAG_SPIKE == gstab::kFlagSpike &&
     GSTAB_FLAG_SPIKE_RATIO == gstab::kFlagSpikeRatio &&
     GSTAB_FLAG_DIVERGING == gstab::kFlagDiverging && GSTAB_FLAG_CLIPPED == gstab::kFlagClipped &&
-    GSTAB_FLAG_MISMATCH == gstab::kFlagMismatch && GSTAB_FLAG_VOIDED == gstab::kFlagVoided);
+    GSTAB_FLAG_MISMATCH == gstab::kFlagMismatch && GSTAB_FLAG_VOIDED == gstab::kFlagVoided &&
+    GSTAB_FLAG_WITH_STEP == gstab::kFlagWithStep);

@@ -77,7 +77,8 @@ typedef struct {
   double scale;
   double z;
   int spike;
-  int skipped;
+  int skipped; /* the step is skipped: this group's norm is non-finite, or another group's is
+                  (then this one's norm is finite, its statistics untouched) */
   int diverging;
 } gstab_group_result;
 
@@ -289,6 +290,10 @@ typedef struct gstab_cuda_gradients gstab_cuda_gradients;
 /* The step was voided (a node or local GPU of the job was lost, its all-reduce aborted): nothing
  * applied. Set with GSTAB_FLAG_SKIPPED; the norms are NaN, as nothing was measured. */
 #define GSTAB_FLAG_VOIDED (1u << 10)
+/* The group's norm was finite, but another group's was not: the step is skipped whole, so this
+ * group's statistics are untouched and its gradients zeroed or kept as the non-finite one's.
+ * Set with GSTAB_FLAG_SKIPPED. */
+#define GSTAB_FLAG_WITH_STEP (1u << 11)
 
 typedef struct {
   uint64_t step;       /* the step these results belong to (0: none yet) */

@@ -274,6 +274,29 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
   return out;
 }
 
+// A group whose norm is finite, on a step another group's non-finite norm skips: the job's step
+// is skipped whole, so its statistics stay untouched too (counted as a step seen), and its
+// gradients are zeroed or kept as the non-finite group's are.
+GSTAB_HD inline StepOutcome SkipWithStep(const RuleParams& p, GroupStats* s,
+                                         double sum_of_squares) {
+  StepOutcome out;
+  out.norm = sqrt(sum_of_squares);
+  s->steps += 1;
+  out.flags = kFlagSkipped | kFlagWithStep | (s->diverging ? kFlagDiverging : 0u);
+  out.scale = (p.zero_non_finite && p.policy != PolicyKind::kMonitor) ? 0.0 : 1.0;
+  out.stabilized_norm = out.norm * out.scale;
+  return out;
+}
+
+// One group's part of a step of the job: `step_non_finite`, whether any group of the step was
+// non-finite (on any rank or node: the same on each), skips the step whole.
+GSTAB_HD inline StepOutcome ApplyRuleInStep(const RuleParams& p, GroupStats* s,
+                                            double sum_of_squares, bool any_non_finite,
+                                            bool step_non_finite) {
+  if (step_non_finite && !any_non_finite) return SkipWithStep(p, s, sum_of_squares);
+  return ApplyRule(p, s, sum_of_squares, any_non_finite);
+}
+
 // The bound of docs/method.md on the stabilized norm of an arbitrarily large spike at
 // accepted step t: b / sqrt(w), b = (1 - beta1) / (1 - beta1^t), w = (1 - beta2) / (1 - beta2^t).
 GSTAB_HD inline double StabilizedSpikeBound(const RuleParams& p, uint64_t t) {

@@ -89,6 +89,8 @@ enum StepFlag : uint32_t {
                                    // nothing was applied (set with kFlagSkipped)
   kFlagVoided = 1u << 10,          // CUDA: the step was voided (a node or local GPU lost, the
                                    // all-reduce aborted): nothing was applied (with kFlagSkipped)
+  kFlagWithStep = 1u << 11,        // finite, skipped with the step another group's non-finite
+                                   // norm skips: statistics untouched (with kFlagSkipped)
 };
 
 struct StepOutcome {

@@ -227,9 +227,13 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         change.set_effective_step(step);
       }
     }
+    // A non-finite group skips the whole step: the others' statistics stay as they are.
+    bool step_non_finite = false;
+    for (size_t g = 0; g < num_groups; ++g) step_non_finite |= present[g] && non_finite[g] != 0;
     for (size_t g = 0; g < num_groups; ++g) {
       if (!present[g]) continue;
-      const StepOutcome out = ApplyRule(params, &stats_[g], sums[g], non_finite[g] != 0);
+      const StepOutcome out =
+          ApplyRuleInStep(params, &stats_[g], sums[g], non_finite[g] != 0, step_non_finite);
       last_outcome_[g] = out;
       scales[g] = static_cast<float>(out.scale);
       v1::GroupResult* r = response->add_groups();

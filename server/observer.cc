@@ -260,9 +260,14 @@ void Observer::PublishStepEvents(const std::string& job, const v1::StepResponse&
     }
     if (std::isfinite(g.z())) e->set_z(std::max(e->z(), g.z()));
   };
+  // A skip names the groups that skipped the step: the non-finite ones, where there are (the
+  // others, finite, were skipped with them).
+  const bool non_finite =
+      std::any_of(step.groups().begin(), step.groups().end(),
+                  [](const v1::GroupResult& g) { return !std::isfinite(g.norm()); });
   for (const v1::GroupResult& g : step.groups()) {
     if (g.spike()) concerns(&spike, g);
-    if (g.skipped()) concerns(&skip, g);
+    if (g.skipped() && (!non_finite || !std::isfinite(g.norm()))) concerns(&skip, g);
     if (g.diverging()) concerns(&diverging, g);
   }
   if (step.statistics_rolled_back() > 0) {  // before this step's own events, which follow it

@@ -5,20 +5,36 @@
 namespace gstab {
 namespace {
 
-__global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const double* sum_of_squares,
-                                const uint32_t* non_finite, uint32_t num_groups,
-                                StepOutcome* outcomes, float* scales) {
-  const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
-  if (g >= num_groups) return;
-  StepOutcome out;
-  if (non_finite[g] == kNodesDisagree || non_finite[g] == kStepVoided) {
-    out.norm = NAN;
-    out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
-  } else {
-    out = ApplyRule(params, &stats[g], sum_of_squares[g], non_finite[g] != 0);
+constexpr uint32_t kRuleThreads = 256;
+
+__device__ bool NotApplied(uint32_t non_finite) {
+  return non_finite == kNodesDisagree || non_finite == kStepVoided;
+}
+
+// One block: whether any group's norm is non-finite decides for every group (a non-finite group
+// skips the whole step, the others' statistics untouched: core/rule.h, ApplyRuleInStep), so the
+// block first ORs that over the groups (__syncthreads_or: the same answer whatever the order).
+__global__ void __launch_bounds__(kRuleThreads)
+    ApplyRuleKernel(RuleParams params, GroupStats* stats, const double* sum_of_squares,
+                    const uint32_t* non_finite, uint32_t num_groups, StepOutcome* outcomes,
+                    float* scales) {
+  int mine = 0;
+  for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) {
+    mine |= non_finite[g] != 0 && !NotApplied(non_finite[g]);
   }
-  outcomes[g] = out;
-  scales[g] = static_cast<float>(out.scale);
+  const bool step_non_finite = __syncthreads_or(mine) != 0;
+  for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) {
+    StepOutcome out;
+    if (NotApplied(non_finite[g])) {
+      out.norm = NAN;
+      out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
+    } else {
+      out = ApplyRuleInStep(params, &stats[g], sum_of_squares[g], non_finite[g] != 0,
+                            step_non_finite);
+    }
+    outcomes[g] = out;
+    scales[g] = static_cast<float>(out.scale);
+  }
 }
 
 // One block: ORs every group's flags (integer atomics, so the result does not depend on the
@@ -63,10 +79,8 @@ absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              cudaStream_t stream) {
   ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
-  constexpr uint32_t kThreads = 128;
-  const uint32_t blocks = (num_groups + kThreads - 1) / kThreads;
-  ApplyRuleKernel<<<blocks, kThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
-                                                   num_groups, d_outcomes, d_scales);
+  ApplyRuleKernel<<<1, kRuleThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
+                                                  num_groups, d_outcomes, d_scales);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

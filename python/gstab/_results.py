@@ -16,6 +16,7 @@ FLAG_DIVERGING = 1 << 5
 FLAG_CLIPPED = 1 << 8
 FLAG_MISMATCH = 1 << 9  # nodes disagreed on the step or groups: nothing applied
 FLAG_VOIDED = 1 << 10  # a node or local GPU was lost, the all-reduce aborted: nothing applied
+FLAG_WITH_STEP = 1 << 11  # finite, skipped with the step another group's non-finite norm skips
 
 
 @dataclass

@@ -203,6 +203,35 @@ TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {
   EXPECT_EQ(ApplyRule(monitor, &s, NAN, true).scale, 1.0);
 }
 
+// A step with a non-finite group is skipped whole: a finite group's statistics stay as they
+// were too, and its gradients are zeroed (or kept) as the non-finite group's.
+TEST(RuleTest, AFiniteGroupOnANonFiniteStepIsSkippedWithIt) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  for (int i = 0; i < 50; ++i) StepNorm(p, &s, 1.0 + 0.01 * i);
+  s.diverging = true;  // a state it keeps and reports
+  const GroupStats before = s;
+  const StepOutcome out = ApplyRuleInStep(p, &s, 1e8, /*any_non_finite=*/false,
+                                          /*step_non_finite=*/true);
+  EXPECT_EQ(out.flags, kFlagSkipped | kFlagWithStep | kFlagDiverging);
+  EXPECT_EQ(out.norm, 1e4);  // measured: finite
+  EXPECT_EQ(out.scale, 0.0);
+  EXPECT_EQ(out.stabilized_norm, 0.0);
+  EXPECT_TRUE(SameStatistics(before, s));
+  EXPECT_EQ(s.t, before.t);
+  EXPECT_EQ(s.steps, before.steps + 1);
+  EXPECT_EQ(s.non_finite_steps, before.non_finite_steps);  // not its own
+  RuleParams monitor = p;
+  monitor.policy = PolicyKind::kMonitor;
+  EXPECT_EQ(ApplyRuleInStep(monitor, &s, 4.0, false, true).scale, 1.0);
+  // Its own non-finite norm, or a step without one, as ApplyRule.
+  GroupStats a = before, b = before;
+  EXPECT_EQ(ApplyRuleInStep(p, &a, 4.0, false, false).flags, ApplyRule(p, &b, 4.0, false).flags);
+  EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0);
+  EXPECT_EQ(ApplyRuleInStep(p, &a, NAN, true, true).flags, ApplyRule(p, &b, NAN, true).flags);
+  EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0);
+}
+
 TEST(RuleTest, ClipEqualsTorchClipGradNorm) {
   RuleParams p;
   p.policy = PolicyKind::kClip;

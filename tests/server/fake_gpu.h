@@ -3,6 +3,7 @@
 // each step on the CPU and reports it a step later, and a worker whose gradients it stabilizes.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -93,10 +94,12 @@ class LaggingPipeline final : public GpuPipeline {
     std::vector<float> scales;
     // A step the GPU voided, or the nodes disagreed on, applies nothing (as LaunchApplyRule).
     const bool applied = (extra_flags_ & (kFlagMismatch | kFlagVoided)) == 0;
+    const bool step_non_finite =
+        std::any_of(flags.begin(), flags.end(), [](uint32_t f) { return f != 0; });
     for (size_t g = 0; g < sums.size(); ++g) {
       StepOutcome out;
       if (applied) {
-        out = ApplyRule(params, &stats_[g], sums[g], flags[g] != 0);
+        out = ApplyRuleInStep(params, &stats_[g], sums[g], flags[g] != 0, step_non_finite);
       } else {
         out.norm = NAN;
         out.flags = kFlagSkipped;

@@ -92,6 +92,31 @@ TEST(ObserverTest, GroupsBeyondTheCapAreAggregatedAndCountersFollowSteps) {
   EXPECT_EQ(summary.skipped_steps(), 1u);
 }
 
+// A step with a non-finite group is skipped whole (its finite groups with it): its SKIP event
+// names the non-finite groups, and only they count as non-finite norms.
+TEST(ObserverTest, ASkipNamesTheNonFiniteGroupsNotThoseSkippedWithThem) {
+  MetricsRegistry registry;
+  EventBus bus;
+  Observer observer(&registry, &bus, /*max_groups=*/8);
+  observer.OnAttach("j", 0, false);
+  v1::StepResponse step = Step(1, {1, NAN, 2}, {false, false, false});
+  for (v1::GroupResult& g : *step.mutable_groups()) g.set_skipped(true);
+  step.set_skip(true);
+  observer.OnStep("j", step, absl::Milliseconds(1));
+  EXPECT_NE(registry.Render().find("gstab_non_finite_norms_total{job=\"j\"} 1\n"),
+            std::string::npos);
+  auto sub = bus.Subscribe("j", 100);
+  v1::Event e;
+  int skips = 0;
+  while (sub->Next(&e, absl::ZeroDuration()) == EventBus::Subscription::Result::kEvent) {
+    if (e.type() != v1::EVENT_TYPE_SKIP) continue;
+    ++skips;
+    ASSERT_EQ(e.groups_size(), 1);
+    EXPECT_EQ(e.groups(0), "g1");
+  }
+  EXPECT_EQ(skips, 1);
+}
+
 // A CUDA step voided on the GPU (a node lost, the all-reduce aborted) applied nothing and
 // measured nothing: counted apart, and a SKIP event with its reason; neither a skip for non-finite
 // gradients (no alert of one) nor a non-finite norm, and the job's norms, histogram and

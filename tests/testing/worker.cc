@@ -163,8 +163,10 @@ ReferenceStep Reference::Step(const TestWorker& worker) {
   uint32_t flags[3];
   (void)CpuGroupSumSquares(table, absl::MakeSpan(scratch), sums, flags, nullptr);
   float scales[3];
+  const bool step_non_finite = flags[0] != 0 || flags[1] != 0 || flags[2] != 0;
   for (int g = 0; g < 3; ++g) {
-    out.outcomes.push_back(ApplyRule(params_, &stats_[g], sums[g], flags[g] != 0));
+    out.outcomes.push_back(
+        ApplyRuleInStep(params_, &stats_[g], sums[g], flags[g] != 0, step_non_finite));
     scales[g] = static_cast<float>(out.outcomes.back().scale);
   }
   (void)CpuScaleGroups(table, scales, nullptr);
