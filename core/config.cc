@@ -26,7 +26,7 @@ absl::Status Validate(const RuleParams& p) {
   // A norm's EMA that outlasts the squared norm's (beta1 > sqrt(beta2)) would let a spike's
   // weight in m outgrow its weight in sqrt(v) in the steps after it: the stabilized norm there
   // grows with the spike, where the method bounds it.
-  if (p.beta1 * p.beta1 > p.beta2) {
+  if (p.beta1 > std::sqrt(p.beta2)) {
     return absl::InvalidArgumentError(
         absl::StrCat("config field stabilize.beta1 = ", p.beta1,
                      " must be at most sqrt(stabilize.beta2) = ", std::sqrt(p.beta2),

@@ -186,7 +186,7 @@ std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
                       " groups, presence flags), GPU layout ", kGpuLayoutValues, " values, rule ",
                       sizeof(RuleParams), ", statistics ", sizeof(GroupStats),
-                      ", connections by mesh keys");
+                      ", connections by mesh keys, a non-finite group skipping the whole step");
 }
 
 namespace {

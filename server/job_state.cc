@@ -3,6 +3,7 @@
 // moves between daemons).
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,32 @@
 #include "server/state_codec.h"
 
 namespace gstab {
+namespace {
+
+// The EMA settings (betas, bias correction) a state was saved with, read from its stabilize
+// part alone, where its configuration as a whole is refused: the preset's or the defaults
+// where unset, each beta taken if it is in [0, 1) (even one this gstabd now refuses to run
+// with, such as a beta1 above sqrt(beta2)). Nullopt when they cannot be read.
+std::optional<RuleParams> SavedEmas(const v1::StabilizeConfig& saved) {
+  v1::PolicyConfig preset;
+  *preset.mutable_stabilize() = saved;
+  preset.mutable_stabilize()->clear_beta1();
+  preset.mutable_stabilize()->clear_beta2();
+  absl::StatusOr<RuleParams> p = ResolveConfig(preset);
+  if (!p.ok()) return std::nullopt;
+  auto unit = [](double b) { return std::isfinite(b) && b >= 0.0 && b < 1.0; };
+  if (saved.has_beta1()) {
+    if (!unit(saved.beta1())) return std::nullopt;
+    p->beta1 = saved.beta1();
+  }
+  if (saved.has_beta2()) {
+    if (!unit(saved.beta2())) return std::nullopt;
+    p->beta2 = saved.beta2();
+  }
+  return *p;
+}
+
+}  // namespace
 
 absl::Status Job::NodeZerosStateOnly(const std::string& what) const {
   if (collective_ == nullptr) return absl::OkStatus();
@@ -314,15 +341,13 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
     if (absl::StatusOr<RuleParams> saved = ResolveConfig(state.config()); saved.ok()) {
       saved_with = *saved;
     } else {
-      // Its statistics are still re-expressed from its betas, if this gstabd takes those.
-      v1::PolicyConfig betas;
-      *betas.mutable_stabilize() = state.config().stabilize();
-      absl::StatusOr<RuleParams> emas = ResolveConfig(betas);
-      if (emas.ok()) saved_with = *emas;
+      // Its statistics are still re-expressed from its betas, if this gstabd can read those.
+      std::optional<RuleParams> emas = SavedEmas(state.config().stabilize());
+      if (emas.has_value()) saved_with = *emas;
       LOG(WARNING) << "job '" << name_ << "': the imported state's configuration is not one "
                    << "this gstabd takes (" << saved.status().message() << "); its statistics "
-                   << (emas.ok() ? "are taken with its stabilize betas"
-                                 : "are taken as the job's configuration's");
+                   << (emas.has_value() ? "are taken with its stabilize betas"
+                                        : "are taken as the job's configuration's");
     }
   }
   auto imported_group = [&](const v1::GroupState& g) {

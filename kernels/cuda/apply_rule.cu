@@ -5,36 +5,38 @@
 namespace gstab {
 namespace {
 
-constexpr uint32_t kRuleThreads = 256;
-
 __device__ bool NotApplied(uint32_t non_finite) {
   return non_finite == kNodesDisagree || non_finite == kStepVoided;
 }
 
-// One block: whether any group's norm is non-finite decides for every group (a non-finite group
-// skips the whole step, the others' statistics untouched: core/rule.h, ApplyRuleInStep), so the
-// block first ORs that over the groups (__syncthreads_or: the same answer whatever the order).
-__global__ void __launch_bounds__(kRuleThreads)
-    ApplyRuleKernel(RuleParams params, GroupStats* stats, const double* sum_of_squares,
-                    const uint32_t* non_finite, uint32_t num_groups, StepOutcome* outcomes,
-                    float* scales) {
+// One block: whether any group's norm is non-finite (not a step applying nothing), into
+// non_finite[num_groups]. __syncthreads_or: the same answer whatever the order.
+__global__ void AnyNonFiniteKernel(uint32_t* non_finite, uint32_t num_groups) {
   int mine = 0;
   for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) {
     mine |= non_finite[g] != 0 && !NotApplied(non_finite[g]);
   }
-  const bool step_non_finite = __syncthreads_or(mine) != 0;
-  for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x) {
-    StepOutcome out;
-    if (NotApplied(non_finite[g])) {
-      out.norm = NAN;
-      out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
-    } else {
-      out = ApplyRuleInStep(params, &stats[g], sum_of_squares[g], non_finite[g] != 0,
-                            step_non_finite);
-    }
-    outcomes[g] = out;
-    scales[g] = static_cast<float>(out.scale);
+  const int any = __syncthreads_or(mine);
+  if (threadIdx.x == 0) non_finite[num_groups] = any != 0 ? 1u : 0u;
+}
+
+// One thread per group. A non-finite group skips the whole step, the others' statistics
+// untouched (core/rule.h, ApplyRuleInStep): non_finite[num_groups] says whether one is.
+__global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const double* sum_of_squares,
+                                const uint32_t* non_finite, uint32_t num_groups,
+                                StepOutcome* outcomes, float* scales) {
+  const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
+  if (g >= num_groups) return;
+  StepOutcome out;
+  if (NotApplied(non_finite[g])) {
+    out.norm = NAN;
+    out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
+  } else {
+    out = ApplyRuleInStep(params, &stats[g], sum_of_squares[g], non_finite[g] != 0,
+                          non_finite[num_groups] != 0);
   }
+  outcomes[g] = out;
+  scales[g] = static_cast<float>(out.scale);
 }
 
 // One block: ORs every group's flags (integer atomics, so the result does not depend on the
@@ -60,7 +62,8 @@ __global__ void SummarizeKernel(uint64_t step, const StepOutcome* outcomes, uint
 }  // namespace
 
 absl::Status internal::PreloadRuleKernels() {
-  return LoadKernels({reinterpret_cast<const void*>(&ApplyRuleKernel),
+  return LoadKernels({reinterpret_cast<const void*>(&AnyNonFiniteKernel),
+                      reinterpret_cast<const void*>(&ApplyRuleKernel),
                       reinterpret_cast<const void*>(&SummarizeKernel)});
 }
 
@@ -74,13 +77,17 @@ absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes
 }
 
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
-                             const double* d_sum_of_squares, const uint32_t* d_non_finite,
+                             const double* d_sum_of_squares, uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
                              cudaStream_t stream) {
   ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
-  ApplyRuleKernel<<<1, kRuleThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
-                                                  num_groups, d_outcomes, d_scales);
+  AnyNonFiniteKernel<<<1, 256, 0, stream>>>(d_non_finite, num_groups);
+  RETURN_IF_CUDA_ERROR(cudaGetLastError());
+  constexpr uint32_t kThreads = 128;
+  const uint32_t blocks = (num_groups + kThreads - 1) / kThreads;
+  ApplyRuleKernel<<<blocks, kThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
+                                                   num_groups, d_outcomes, d_scales);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

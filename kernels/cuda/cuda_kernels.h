@@ -55,12 +55,15 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_mod
 
 // Applies the update rule of core/rule.h to `num_groups` groups on the device: reads each
 // group's sum of squares and non-finite flag, updates d_stats in place, and writes the outcome
-// and the fp32 scale the scale kernel applies. One thread per group; the same header as the CPU
-// path, so both backends compute the same statistics. A flag of kNodesDisagree leaves the
-// group's statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch); so does
-// kStepVoided (scale 1, kFlagSkipped | kFlagVoided). Either's norm is NaN: nothing was measured.
+// and the fp32 scale the scale kernel applies. One thread per group, after one block that finds
+// whether any group's norm is non-finite: such a group skips the whole step, the other groups'
+// statistics untouched (core/rule.h, ApplyRuleInStep); the same header as the CPU path, so
+// both backends compute the same statistics. A flag of kNodesDisagree leaves the group's
+// statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch); so does kStepVoided
+// (scale 1, kFlagSkipped | kFlagVoided). Either's norm is NaN: nothing was measured.
+// d_non_finite has num_groups + 1 entries: the last is written here (whether one is non-finite).
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
-                             const double* d_sum_of_squares, const uint32_t* d_non_finite,
+                             const double* d_sum_of_squares, uint32_t* d_non_finite,
                              uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
                              cudaStream_t stream);
 

@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
   }
   for (absl::Status st :
        {DeviceAlloc(&s->d_partials_, table.tiles().size()), DeviceAlloc(&s->d_sums_, groups),
-        DeviceAlloc(&s->d_flags_, groups), DeviceAlloc(&s->d_modes_, groups),
+        DeviceAlloc(&s->d_flags_, groups + 1), DeviceAlloc(&s->d_modes_, groups),
         DeviceAlloc(&s->d_exchange_, kCrossNodeCheckSize + 2 * groups),
         DeviceAlloc(&s->d_stats_, groups), DeviceAlloc(&s->d_scales_, groups)}) {
     if (!st.ok()) return st;

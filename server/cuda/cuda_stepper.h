@@ -138,7 +138,7 @@ class CudaStepper final : public GpuPipeline {
 
   TilePartial* d_partials_ = nullptr;
   double* d_sums_ = nullptr;
-  uint32_t* d_flags_ = nullptr;
+  uint32_t* d_flags_ = nullptr;  // one more than the groups: LaunchApplyRule's
   uint8_t* d_modes_ = nullptr;
   double* d_exchange_ = nullptr;    // the cross-node vector (see cuda_kernels.h)
   int* h_aborted_ = nullptr;        // mapped pinned memory: 1 once the communicator is aborted

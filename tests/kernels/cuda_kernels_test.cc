@@ -252,7 +252,7 @@ TEST(CudaKernelsTest, StatsKernelEqualsTheHostRule) {
   cudaMalloc(&d_stats, 3 * sizeof(GroupStats));
   cudaMemcpy(d_stats, host.data(), 3 * sizeof(GroupStats), cudaMemcpyHostToDevice);
   cudaMalloc(&d_sums, 3 * sizeof(double));
-  cudaMalloc(&d_flags, 3 * sizeof(uint32_t));
+  cudaMalloc(&d_flags, 4 * sizeof(uint32_t));  // one more: LaunchApplyRule's
   cudaMalloc(&d_out, 3 * sizeof(StepOutcome));
   cudaMalloc(&d_scales, 3 * sizeof(float));
   std::mt19937 rng(5);
@@ -309,6 +309,36 @@ class DeviceArray {
   T* d_ = nullptr;
 };
 
+// A non-finite group skips the whole step, whichever thread and block it falls to: here the
+// last of 65,536 groups, the others' statistics untouched and their outcomes "skipped with it".
+TEST(CudaKernelsTest, OneNonFiniteGroupOfManySkipsEveryGroupsStep) {
+  SKIP_WITHOUT_GPU();
+  constexpr uint32_t kGroups = 65536;
+  std::vector<GroupStats> start(kGroups);
+  for (GroupStats& s : start) s.t = 5;
+  std::vector<double> sums(kGroups, 4.0);
+  std::vector<uint32_t> flags(kGroups + 1, 0);  // one more: LaunchApplyRule's
+  flags[kGroups - 1] = 1;
+  DeviceArray<GroupStats> stats(kGroups, start.data());
+  DeviceArray<double> d_sums(kGroups, sums.data());
+  DeviceArray<uint32_t> d_flags(kGroups + 1, flags.data());
+  DeviceArray<StepOutcome> outcomes(kGroups);
+  DeviceArray<float> scales(kGroups);
+  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), d_sums.get(), d_flags.get(), kGroups,
+                              outcomes.get(), scales.get(), nullptr)
+                  .ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<StepOutcome> out = outcomes.Read();
+  const std::vector<GroupStats> after = stats.Read();
+  for (uint32_t g = 0; g + 1 < kGroups; ++g) {
+    ASSERT_EQ(out[g].flags, kFlagSkipped | kFlagWithStep) << "group " << g;
+    ASSERT_EQ(out[g].norm, 2.0) << "group " << g;
+    ASSERT_EQ(after[g].t, 5u) << "group " << g;
+  }
+  EXPECT_TRUE(std::isnan(out[kGroups - 1].norm));
+  EXPECT_EQ(scales.Read(), std::vector<float>(kGroups, 0.0f));  // every group's zeroed
+}
+
 // A step voided before its sums reads nothing, and its flags have the rule kernel keep the
 // statistics and give scale 1, which the scale kernel writes nothing for.
 TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
@@ -324,7 +354,7 @@ TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
   DeviceArray<uint32_t> voided(1, &one);
   DeviceArray<TilePartial> partials(table.tiles().size());
   DeviceArray<double> sums(table.num_groups());
-  DeviceArray<uint32_t> flags(table.num_groups());
+  DeviceArray<uint32_t> flags(table.num_groups() + 1);  // one more: LaunchApplyRule's
   std::vector<GroupStats> start(table.num_groups());
   for (GroupStats& s : start) s.t = 5;
   DeviceArray<GroupStats> stats(start.size(), start.data());
@@ -339,7 +369,10 @@ TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
   ASSERT_TRUE(LaunchScaleGroups(*dt, scales.get(), nullptr).ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_EQ(sums.Read(), std::vector<double>(table.num_groups(), 0.0));
-  EXPECT_EQ(flags.Read(), std::vector<uint32_t>(table.num_groups(), kStepVoided));
+  std::vector<uint32_t> flagged = flags.Read();
+  EXPECT_EQ(flagged.back(), 0u);  // a voided step has no non-finite group
+  flagged.pop_back();
+  EXPECT_EQ(flagged, std::vector<uint32_t>(table.num_groups(), kStepVoided));
   EXPECT_EQ(scales.Read(), std::vector<float>(table.num_groups(), 1.0f));
   for (const GroupStats& s : stats.Read()) EXPECT_EQ(s.t, 5u);
   for (const StepOutcome& o : outcomes.Read()) EXPECT_EQ(o.flags, kFlagSkipped | kFlagVoided);

@@ -2,6 +2,7 @@
 // holding the job's next steps meanwhile, for a bounded time.
 #include <atomic>
 #include <thread>
+#include <utility>
 
 #include "gtest/gtest.h"
 #include "server/job.h"
@@ -21,6 +22,20 @@ void StepThenEditState(OneGpuJob* one, v1::JobState* state) {
   *state = one->job.ExportState();
   state->mutable_groups(0)->set_t(77);
   state->set_last_step(50);
+}
+
+// Checkpoints of `one`'s job while its GPU runs the step just queued, then once it has finished:
+// the accepted steps (t) and the step each is at.
+void ExpectExports(OneGpuJob* one, std::pair<uint64_t, uint64_t> during,
+                   std::pair<uint64_t, uint64_t> after) {
+  one->gpu.busy = true;
+  const v1::JobState running = one->job.ExportState();
+  EXPECT_EQ(running.groups(0).t(), during.first);
+  EXPECT_EQ(running.last_step(), during.second);
+  one->gpu.busy = false;
+  const v1::JobState finished = one->job.ExportState();
+  EXPECT_EQ(finished.groups(0).t(), after.first);
+  EXPECT_EQ(finished.last_step(), after.second);
 }
 
 TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImport) {
@@ -107,14 +122,7 @@ TEST(JobGpuImportTest, ReadsAfterAnImportGiveTheImportedStateUntilALaterStepFini
 
   // Step 51 runs: a checkpoint meanwhile is the imported state, not a step before it.
   ASSERT_TRUE(one.job.Step(0, 51, absl::Seconds(1), &response, kReady).ok());
-  one.gpu.busy = true;
-  v1::JobState during = one.job.ExportState();
-  EXPECT_EQ(during.groups(0).t(), 77u);
-  EXPECT_EQ(during.last_step(), 50u);
-  one.gpu.busy = false;
-  v1::JobState after = one.job.ExportState();
-  EXPECT_EQ(after.groups(0).t(), 78u);
-  EXPECT_EQ(after.last_step(), 51u);
+  ExpectExports(&one, {77, 50}, {78, 51});
 }
 
 // A generation's first step, still running: a checkpoint then is at the step the generation
@@ -128,15 +136,8 @@ TEST(JobGpuImportTest, ReadsDuringAGenerationsFirstStepGiveTheStepItStartedFrom)
   }
   one.job.RemoveWorker(0);  // the generation ends; the worker registers again
   ASSERT_TRUE(one.worker.Register(&one.job).ok());
-  one.gpu.busy = true;
   ASSERT_TRUE(one.job.Step(0, 4, absl::Seconds(1), &response, kReady).ok());
-  v1::JobState during = one.job.ExportState();
-  EXPECT_EQ(during.groups(0).t(), 3u);
-  EXPECT_EQ(during.last_step(), 3u);
-  one.gpu.busy = false;
-  v1::JobState after = one.job.ExportState();
-  EXPECT_EQ(after.groups(0).t(), 4u);
-  EXPECT_EQ(after.last_step(), 4u);
+  ExpectExports(&one, {3, 3}, {4, 4});
 }
 
 // A registration refused after it put the groups of a job with no worker registered in its

@@ -70,6 +70,14 @@ TEST(JobStateTest, AStateOfARefusedConfigurationIsReExpressedFromItsBetas) {
   RescaleStabilizerEmas(saved, job_config, &expected);
   EXPECT_EQ(job.ExportState().groups(0).m(), expected.m);
   EXPECT_EQ(job.ExportState().groups(0).v(), expected.v);
+  // Betas an older gstabd took and this one refuses (beta1 above sqrt(beta2)) are read too.
+  const RuleParams older = Betas(0.95, 0.9);
+  ASSERT_FALSE(ResolveConfig(EffectiveConfig(older)).ok());
+  Job other("j", job_config, 1, nullptr);
+  ASSERT_TRUE(other.ImportState(StateWith(older, Warm()), /*with_config=*/false).ok());
+  GroupStats from_older = Warm();
+  RescaleStabilizerEmas(older, job_config, &from_older);
+  EXPECT_EQ(other.ExportState().groups(0).m(), from_older.m);
 }
 
 // New betas count from the next step, but what the job shows and exports before it is already
