@@ -78,7 +78,8 @@ typedef struct {
   double z;
   int spike;
   int skipped; /* the step is skipped: this group's norm is non-finite, or another group's is
-                  (then this one's norm is finite, its statistics untouched) */
+                  (then this one's norm is finite, its statistics untouched), or its scale
+                  was refused (statistics gstabd never writes, an import's) */
   int diverging;
 } gstab_group_result;
 

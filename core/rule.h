@@ -236,7 +236,6 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     return out;
   }
 
-  const GroupStats found = *s;  // kept, should the step's scale be refused below
   s->t += 1;
   uint32_t flags = kFlagAccepted | DetectSpike(p, s, n, &out.z);
   if (flags & (kFlagSpike | kFlagSpikeRatio)) s->spikes += 1;
@@ -262,16 +261,11 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
   }
   if (!IsFinite(scale) || scale > kMaxFloatScale || (scale > 1.0 && n * scale > kMaxFloatScale)) {
     // Only statistics gstabd never writes give this (an imported mean far beyond any norm the
-    // job had): leave the gradients and the group's statistics as they are and have the step
-    // skipped rather than apply a scale that is NaN, infinite once the kernels make it a float,
-    // or that would grow the gradients past a float's range. (The job's other groups take the
-    // step: the scale is known only once their statistics have.)
-    *s = found;  // (its steps counted, as the step was seen)
-    out.z = 0.0;
-    out.scale = 1.0;
-    out.stabilized_norm = n;
-    out.flags = kFlagSkipped | (s->diverging ? kFlagDiverging : 0u);
-    return out;
+    // job had): leave the gradients as they are and have the step skipped rather than apply a
+    // scale that is NaN, infinite once the kernels make it a float, or that would grow the
+    // gradients past a float's range.
+    scale = 1.0;
+    flags |= kFlagSkipped;
   }
   if (scale < 1.0) flags |= kFlagClipped;
   out.scale = scale;

@@ -27,6 +27,7 @@ std::optional<RuleParams> SavedEmas(const v1::StabilizeConfig& saved) {
   *preset.mutable_stabilize() = saved;
   preset.mutable_stabilize()->clear_beta1();
   preset.mutable_stabilize()->clear_beta2();
+  preset.mutable_stabilize()->clear_eps();  // no part of the EMAs' expression
   absl::StatusOr<RuleParams> p = ResolveConfig(preset);
   if (!p.ok()) return std::nullopt;
   auto unit = [](double b) { return std::isfinite(b) && b >= 0.0 && b < 1.0; };
