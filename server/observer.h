@@ -65,6 +65,11 @@ class Observer {
   void Summarize(const std::string& job, uint32_t history, v1::JobSummary* summary) const;
 
  private:
+  static constexpr int kEventGroups = 64;  // groups an event names (the rest are counted)
+  // The step a step's results belong to (the CUDA backend answers before its GPU work finishes).
+  static uint64_t ResultsStep(const v1::StepResponse& step);
+  static v1::Event MakeEvent(v1::EventType type, const std::string& job, uint64_t step);
+
   struct JobState {
     uint64_t skipped = 0;
     uint64_t spike_steps = 0;

@@ -74,6 +74,8 @@ class StateStore {
 
  private:
   static constexpr char kSuffix[] = ".jobstate";
+  // After a checkpoint's name (<job>.jobstate), that of a file set aside (SetAside).
+  static constexpr char kSetAsideInfix[] = ".corrupt-";
   // After a checkpoint's name, that of a newer release's checkpoint set aside (kept by forget).
   static constexpr char kNewerInfix[] = ".newer-";
 
