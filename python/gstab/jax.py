@@ -72,16 +72,16 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         raise ValueError(f"{world} processes are not a multiple of local_world_size "
                          f"{local_world_size}")
     nodes = world // local_world_size
+    if node_rank is None:
+        # Not found from the gstabds (one process, or local_world_size given): consecutive
+        # processes a node. A local_rank given otherwise is refused before anyone attaches, on
+        # every process alike (the others would wait for this one in the rendezvous's
+        # broadcast, or its first step).
+        _refuse_wrong_local_rank(rank, world,
+                                 rank % local_world_size if local_rank is None else local_rank,
+                                 local_world_size)
     if local_rank is None:
         local_rank = rank % local_world_size
-    elif node_rank is None and local_rank != rank % local_world_size:
-        # Not found from the gstabds (one process, or local_world_size given): consecutive
-        # processes a node. Refused on the process that gave it, before it attaches (the
-        # others, given theirs rightly, go on to wait for it). A gstabd of an earlier release
-        # is refused in _layout_by_gstabd, on every process alike.
-        raise ValueError(f"local_rank {local_rank} is not process {rank}'s: with "
-                         f"{local_world_size} consecutive processes a node it is "
-                         f"{rank % local_world_size}")
     if node_rank is None:
         node_rank = rank // local_world_size
     blob = None
@@ -109,6 +109,23 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
                   local_world_size=local_world_size, policy=policy, config=config,
                   node_rank=node_rank, node_count=nodes, rendezvous=blob)
     client.node_ranks = node_ranks
+
+
+def _refuse_wrong_local_rank(rank: int, world: int, local_rank: int,
+                             local_world_size: int) -> None:
+    """Raises ValueError, on every process, when some process's local_rank is not its place
+    among local_world_size consecutive processes a node (one collective with several)."""
+    mine = np.array([local_rank, rank % local_world_size], np.int32)
+    if world > 1:
+        from jax.experimental import multihost_utils
+        every = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, 2)
+    else:
+        every = mine.reshape(1, 2)
+    for process, (given, expected) in enumerate(every):
+        if given != expected:
+            raise ValueError(f"local_rank {given} is not process {process}'s: with "
+                             f"{local_world_size} consecutive processes a node it is "
+                             f"{expected}")
 
 
 def _layout_by_gstabd(client: gstab.Client, rank: int, world: int,

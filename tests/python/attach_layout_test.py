@@ -217,7 +217,12 @@ def jax_attach(process, answers, given=None, **kwargs):
     given = given or [None] * len(answers)
 
     def gather(mine):
-        rows = [jax_row(a, g) for a, g in zip(answers, given)]
+        if len(mine) == 2:  # the local_rank check: each process's local rank, and its place
+            per_node = kwargs.get("local_world_size") or 1
+            rows = [np.array([p % per_node if g is None else g, p % per_node], np.int32)
+                    for p, g in enumerate(given)]
+        else:
+            rows = [jax_row(a, g) for a, g in zip(answers, given)]
         rows[process] = mine
         return np.stack(rows)
     with mock.patch("jax.process_index", return_value=process), \
@@ -269,6 +274,9 @@ class JaxAttachTest(unittest.TestCase):
             jax_attach(0, [a], local_rank=1)
         with self.assertRaisesRegex(ValueError, "local_rank 0 is not process 3's"):
             jax_attach(3, [a] * 4, local_rank=0, local_world_size=2)
+        # ... and on the other processes too, which would otherwise wait for it.
+        with self.assertRaisesRegex(ValueError, "local_rank 1 is not process 1's"):
+            jax_attach(0, [a, a], given=[None, 1], local_world_size=1)
         for process in (0, 1):
             with self.assertRaisesRegex(ValueError, "process 1 gave local_rank=1, but with a "
                                         "gstabd of an earlier release"):

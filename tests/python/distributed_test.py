@@ -280,6 +280,7 @@ class JaxProcessesTest(unittest.TestCase):
             self.assertAlmostEqual(report["step1"]["norms"]["b"], math.sqrt(5), places=5)
             self.assertTrue(math.isnan(report["step2"]["norms"]["w"]), report)
             self.assertIn("leaf 's' is sharded across processes", report["sharded_refusal"])
+            self.assertIn("local_rank 1 is not process 1's", report["wrong_local_rank"])
 
 
 if __name__ == "__main__":

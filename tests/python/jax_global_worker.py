@@ -36,9 +36,18 @@ def main():
               "b": np.arange(3, dtype=np.float32)}
 
     client = gstab.Client(args.socket)
+    # Process 1 gives a local_rank that is not its own: every process is refused, before anyone
+    # waits for it.
+    try:
+        gstab.jax.attach(client, args.job + "-wrong", local_world_size=1,
+                         local_rank=1 if args.process_id == 1 else None)
+        report_wrong = None
+    except ValueError as e:
+        report_wrong = str(e)
     gstab.jax.attach(client, args.job, policy="monitor")  # gradients come back unchanged
     grads = {k: global_array(v, replicated) for k, v in values.items()}
-    report = {"fully_addressable": grads["w"].is_fully_addressable}
+    report = {"fully_addressable": grads["w"].is_fully_addressable,
+              "wrong_local_rank": report_wrong}
     stabilizer = gstab.jax.Stabilizer(client, grads, group="", replicated=True)
     for step, nan in ((1, False), (2, True), (3, False)):
         sent = {k: v.copy() for k, v in values.items()}
