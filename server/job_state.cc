@@ -286,9 +286,8 @@ absl::Status Job::ImportRefusal(const v1::JobState& state, bool with_config,
     // refusing the steps after the state's) or ahead (node 0 refusing the others' next steps).
     return absl::FailedPreconditionError(absl::StrCat(
         "job '", name_, "' spans ", collective_->size(),
-        " nodes, which have stepped together to "
-        "step ",
-        last_step_, ", and this state is at step ", state.last_step(),
+        " nodes, which have stepped together to step ", last_step_, ", and this state is at step ",
+        state.last_step(),
         ": node 0 alone would move there, and the nodes' next steps would not meet. To resume "
         "the job from it, attach every worker again with a new rendezvous, and import on node 0 "
         "before the first step"));
