@@ -320,9 +320,11 @@ class Stabilizer:
     def _tree_difference(self, grads) -> str:
         """What makes `grads`' tree another than the registered one: a leaf path one has and
         the other lacks, or else their containers."""
-        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
-        missing = [p for p in self._paths if p not in set(paths)]
-        extra = [p for p in paths if p not in set(self._paths)]
+        leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
+        paths = [jax.tree_util.keystr(path) for path, _ in leaves]
+        have, registered = set(paths), set(self._paths)
+        missing = [p for p in self._paths if p not in have]
+        extra = [p for p in paths if p not in registered]
         if missing:
             where = f"lacks the registered leaf {missing[0]} ({len(missing)} missing in all)"
         elif extra:
