@@ -30,6 +30,7 @@ checkpoint keeps client.export_state()'s bytes.
 """
 
 import ctypes
+import operator
 import re
 import warnings
 from typing import Any, Callable, Optional, Tuple, Union
@@ -114,14 +115,21 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
 def _refuse_wrong_local_rank(rank: int, world: int, local_rank: int,
                              local_world_size: int) -> None:
     """Raises ValueError, on every process, when some process's local_rank is not its place
-    among local_world_size consecutive processes a node (one collective with several)."""
-    mine = np.array([local_rank, rank % local_world_size], np.int32)
+    among local_world_size consecutive processes a node (one collective with several). One
+    that is not an int in [0, 2^31) is sent as -1, so that it too is refused everywhere."""
+    try:
+        given = operator.index(local_rank)
+    except TypeError:
+        given = -1
+    mine = np.array([given if 0 <= given < 2**31 else -1, rank % local_world_size], np.int32)
     if world > 1:
         from jax.experimental import multihost_utils
         every = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, 2)
     else:
         every = mine.reshape(1, 2)
     for process, (given, expected) in enumerate(every):
+        if given < 0:
+            raise ValueError(f"process {process}'s local_rank is not an int in [0, 2^31)")
         if given != expected:
             raise ValueError(f"local_rank {given} is not process {process}'s: with "
                              f"{local_world_size} consecutive processes a node it is "

@@ -267,16 +267,21 @@ class JaxAttachTest(unittest.TestCase):
         for process in (0, 1):
             with self.assertRaisesRegex(ValueError, "process 1 gave local_rank=0"):
                 jax_attach(process, [a, a], given=[0, 0], local_rank=0)
-        # Not found from the gstabds: consecutive processes a node, refused before attaching
-        # (it reached gstabd, or hung the others at their first step). A gstabd of an earlier
-        # release: on every process.
+        # Not found from the gstabds: consecutive processes a node, refused before attaching on
+        # every process (it reached gstabd, or hung the others at their first step).
         with self.assertRaisesRegex(ValueError, "local_rank 1 is not process 0's"):
             jax_attach(0, [a], local_rank=1)
         with self.assertRaisesRegex(ValueError, "local_rank 0 is not process 3's"):
             jax_attach(3, [a] * 4, local_rank=0, local_world_size=2)
-        # ... and on the other processes too, which would otherwise wait for it.
+        # ... and on the other processes too, which would otherwise wait for it; so is one that
+        # is no local rank at all.
         with self.assertRaisesRegex(ValueError, "local_rank 1 is not process 1's"):
             jax_attach(0, [a, a], given=[None, 1], local_world_size=1)
+        for bad in (1.5, 2**31):
+            with self.assertRaisesRegex(ValueError, "process 1's local_rank is not an int"):
+                jax_attach(1, [a, a], local_rank=bad, local_world_size=1)
+        with self.assertRaisesRegex(ValueError, "process 1's local_rank is not an int"):
+            jax_attach(0, [a, a], given=[None, -1], local_world_size=1)
         for process in (0, 1):
             with self.assertRaisesRegex(ValueError, "process 1 gave local_rank=1, but with a "
                                         "gstabd of an earlier release"):
