@@ -188,6 +188,12 @@ GSTAB_HD inline double BiasWeight(bool corrected, double beta, uint64_t t) {
   return corrected ? 1.0 - PowSteps(beta, t) : 1.0;
 }
 
+// The scale of a skipped step's gradients: zeroed (non_finite_action zero), or kept as they
+// are (keep, or the monitor policy, which changes no gradient).
+GSTAB_HD inline double SkippedScale(const RuleParams& p) {
+  return (p.zero_non_finite && p.policy != PolicyKind::kMonitor) ? 0.0 : 1.0;
+}
+
 }  // namespace rule_internal
 
 // Whether the stabilizer's EMAs mean the same under `a` and `b` (beta1, beta2, bias correction).
@@ -225,7 +231,7 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
   if (any_non_finite || !IsFinite(n)) {
     s->non_finite_steps += 1;
     out.flags = kFlagSkipped;
-    out.scale = (p.zero_non_finite && p.policy != PolicyKind::kMonitor) ? 0.0 : 1.0;
+    out.scale = SkippedScale(p);
     out.stabilized_norm = out.scale == 0.0 ? 0.0 : out.norm;
     out.flags |= UpdateDivergence(p, s, out.flags);
     return out;
@@ -283,7 +289,7 @@ GSTAB_HD inline StepOutcome SkipWithStep(const RuleParams& p, GroupStats* s,
   out.norm = sqrt(sum_of_squares);
   s->steps += 1;
   out.flags = kFlagSkipped | kFlagWithStep | (s->diverging ? kFlagDiverging : 0u);
-  out.scale = (p.zero_non_finite && p.policy != PolicyKind::kMonitor) ? 0.0 : 1.0;
+  out.scale = rule_internal::SkippedScale(p);
   out.stabilized_norm = out.norm * out.scale;
   return out;
 }
