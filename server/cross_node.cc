@@ -130,11 +130,12 @@ uint64_t ConfigHash(const RuleParams& params) {
 namespace {
 
 // The record every node contributes to a step's all-gather, in 64-bit words: the step, the
-// layout's and the configuration's fingerprints, the group count and the flags, then, for a job
+// layout's and the configuration's fingerprints, the group count, the flags and node 0's first
+// step (StepCheck::first_step), then, for a job
 // of at most kGatheredGroups groups, what the node adds to each group's sum of squares and its
 // non-finite flags, as doubles. A larger job sums those in a second collective.
 constexpr size_t kGatheredGroups = 32;
-enum RecordWord : size_t { kStep, kLayout, kConfig, kGroups, kFlags, kSums };
+enum RecordWord : size_t { kStep, kLayout, kConfig, kGroups, kFlags, kFirstStep, kSums };
 constexpr size_t kNonFinite = kSums + kGatheredGroups;
 constexpr size_t kRecordWords = kNonFinite + kGatheredGroups;
 // A group's flag word in a record.
@@ -181,6 +182,19 @@ class Records {
 };
 
 }  // namespace
+
+absl::Status StepNotAfterLast(const std::string& job, uint64_t step, uint64_t last_step,
+                              bool node_zeros) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "step ", step, " of job '", job, "' is not after its last step, ", last_step,
+      node_zeros ? " (node 0's: the job's nodes follow node 0's step numbers)" : "",
+      ": go on from step ", last_step + 1,
+      " (a run resumed from its checkpoint imports the gstab state saved with it, which sets the "
+      "step count: Stabilizer(state=...) in gstab.torch, import_state, `gstabctl import`",
+      node_zeros ? ", on node 0" : "",
+      "; to start the job afresh, stop its workers and run `gstabctl forget --job=", job, "`",
+      node_zeros ? " on every node" : "", ")"));
+}
 
 std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
@@ -287,6 +301,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   record[kConfig] = mine.config_hash;
   record[kGroups] = groups;
   record[kFlags] = (mine.want_statistics ? kWantsStatistics : 0) | (mine.refused ? kRefuses : 0);
+  record[kFirstStep] = mine.first_step;
   for (size_t g = 0; gathered && g < groups; ++g) {
     record[kSums + g] = absl::bit_cast<uint64_t>(data[g]);
     record[kNonFinite + g] =
@@ -309,6 +324,10 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         absl::StrCat("step numbers differ across the nodes of job '", job, "': this node (",
                      c->rank(), ") is at step ", step, ", the nodes range from ", all.min(kStep),
                      " to ", all.max(kStep), "; nothing was summed"));
+  }
+  // Node 0's step numbers bind every node: after a new rendezvous its last step is the job's.
+  if (const uint64_t first = all.at(0, kFirstStep); first > step) {
+    return StepNotAfterLast(job, step, first - 1, /*node_zeros=*/c->size() > 1);
   }
   if (all.differ(kLayout) || all.differ(kGroups)) {
     const std::string first = FirstDifference(c, *p, all.max(kGroups), timeout);

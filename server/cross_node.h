@@ -48,6 +48,9 @@ struct StepCheck {
   uint64_t config_hash = 0;
   bool want_statistics = false;  // this node is to take node 0's statistics
   bool refused = false;          // this node refuses the step: it joins the check only
+  // Node 0: the first step it takes, its last step + 1 (0: any). The other nodes follow node
+  // 0's step numbers (a new rendezvous resets theirs), so this binds them all.
+  uint64_t first_step = 0;
 };
 // What the nodes agreed, the same on every node.
 struct StepAgreement {
@@ -67,12 +70,18 @@ std::string PeerRecordLayout();
 
 // Reduces `partials` in place. ABORTED when a node refused the step (check.refused there: every
 // node leaves it after the check, the communicator intact); INVALID_ARGUMENT when steps or
-// layouts differ across nodes, or a group is registered on some nodes and not others (nothing
-// is summed); UNAVAILABLE / DEADLINE_EXCEEDED naming the
-// missing nodes when a node dies or stalls past `timeout`.
+// layouts differ across nodes, the step is not after node 0's last (check.first_step there), or a
+// group is registered on some nodes and not others (nothing is summed); UNAVAILABLE /
+// DEADLINE_EXCEEDED naming the missing nodes when a node dies or stalls past `timeout`.
 absl::Status ReduceAcrossNodes(Collective* collective, const std::string& job, uint64_t step,
                                const StepCheck& check, absl::Duration timeout,
                                NodePartials* partials, StepAgreement* agreement);
+
+// INVALID_ARGUMENT: step `step` of `job` is not after its last step, `last_step` (node 0's, on
+// a job across nodes: `node_zeros`), saying which step to go on from and how a resumed run
+// goes on from its own.
+absl::Status StepNotAfterLast(const std::string& job, uint64_t step, uint64_t last_step,
+                              bool node_zeros);
 
 // Replaces `params` with node 0's.
 absl::Status BroadcastParams(Collective* collective, absl::Duration timeout, RuleParams* params);

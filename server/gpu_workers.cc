@@ -48,6 +48,7 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   retired_results_.erase(local_rank);  // the worker let go of it before registering again
   Worker& w = slots_[local_rank];
   w.pipeline = *std::move(pipeline);
+  w.last_ready.reset();  // a new pipeline's ready word starts at 0
   w.device = device;
   w.groups = table.num_groups();
   multi_rank_ = layout.nccl.node_count > 1;
@@ -175,10 +176,21 @@ absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleP
                                                    local_rank, "'s last step ", *w.last_step,
                                                    " of job '", job_, "'"));
   }
+  // The wait for the ready word is cyclic (it passes once the word is at or after the value):
+  // a value not after the last would let the kernels read gradients the worker's backward pass
+  // is still writing. Gaps are fine (a worker's refused steps use values up).
+  if (w.last_ready.has_value() && static_cast<int32_t>(ready_value - *w.last_ready) <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step ", step, " of local rank ", local_rank, " of job '", job_, "' carries ready_value ",
+        ready_value, ", not after its last step's, ", *w.last_ready,
+        ": the worker's stream writes one more to the ready word each step (past 2^32 - 1 to "
+        "1), after its backward pass, and the step's ready_value is that write's"));
+  }
   if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value); !s.ok()) {
     return s;
   }
   w.last_step = step;
+  w.last_ready = ready_value;
   return absl::OkStatus();
 }
 

@@ -63,7 +63,8 @@ class GpuWorkers {
   // communicator needs them all).
   absl::Status AllRegistered() const;
   // Enqueues local_rank's step behind its worker's ready write of `ready_value` (AllRegistered
-  // first).
+  // first). INVALID_ARGUMENT for a step not after the rank's last, or a ready_value not after
+  // the last (cyclically), since the rank registered.
   absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
                        uint32_t ready_value);
   std::vector<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
@@ -94,6 +95,7 @@ class GpuWorkers {
     std::unique_ptr<GpuPipeline> pipeline;
     int device = 0;
     std::optional<uint64_t> last_step;
+    std::optional<uint32_t> last_ready;  // the ready_value of its last step enqueued
     uint32_t groups = 0;
   };
 

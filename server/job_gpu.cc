@@ -129,6 +129,9 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   RuleParams node_zeros = params_;
   agreeing_layout_ = true;
   mu_.Unlock();
+  // The node collective takes one caller at a time: a CPU round of another local rank may use
+  // it (a worker registering cuda_ipc buffers while a round it was in is given up).
+  collective_use_.Lock();
   absl::Status agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
   // Every node has the same maxima: each refuses alike, and none then waits in the broadcast.
   absl::Status refused;
@@ -149,6 +152,7 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   if (agreed.ok() && refused.ok() && configs_differ) {
     agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
   }
+  collective_use_.Unlock();
   mu_.Lock();
   agreeing_layout_ = false;
   if (absl::Status s = generation_ended(); !s.ok()) return s;

@@ -52,15 +52,12 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     }
     if (shutting_down_) return ShuttingDown(step);
     // Refused at once, on every node: across nodes, a node's retried step must not take the
-    // round of the step the others wait in the check for, which its worker sends next.
-    if (have_step_ && step <= last_step_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("step ", step, " of job '", name_, "' is not after its last step, ",
-                       last_step_, ": go on from step ", last_step_ + 1,
-                       " (a run resumed from its checkpoint imports the gstab state saved with "
-                       "it, which sets the step count: Stabilizer(state=...) in gstab.torch, "
-                       "import_state, `gstabctl import`; to start the job afresh, stop its "
-                       "workers and run `gstabctl forget --job=", name_, "`)"));
+    // round of the step the others wait in the check for, which its worker sends next. At a
+    // rendezvous's first step node 0 alone knows the job's last step (the others follow its
+    // numbers): it refuses in the step's check, which every node then leaves at once.
+    const bool in_check = collective_ != nullptr && !generation_stepped_;
+    if (have_step_ && step <= last_step_ && !in_check) {
+      return StepNotAfterLast(name_, step, last_step_, false);
     }
     if (abandoned_step_.has_value() && step <= *abandoned_step_) {
       return absl::FailedPreconditionError(

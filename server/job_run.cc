@@ -96,6 +96,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
               : LayoutHash(Pick(group_names_, shared), Pick(reduction, shared));
       check.config_hash = ConfigHash(params);
       check.want_statistics = sync_statistics_;
+      if (collective->rank() == 0 && have_step_) check.first_step = last_step_ + 1;
     }
   }
   // A worker may have truncated its shared memory, or punched holes in it: its lost pages would

@@ -127,6 +127,39 @@ TEST(MultiNodeFaultTest, ANodeTakingOlderStatisticsFromNodeZeroSaysSo) {
       << events;
 }
 
+// A job restarted with a new rendezvous and without its gstab state, at a step before node 0's
+// last: node 0 refuses it in the step's check, so every node refuses it at once, saying which
+// step to go on from (the other nodes, whose step count the new rendezvous reset, waited out
+// the step timeout, then blamed a stalled node). The job goes on from there, its nodes alike.
+TEST(MultiNodeFaultTest, AStepBeforeNodeZerosLastIsRefusedOnEveryNode) {
+  Cluster cluster(2);
+  auto workers = cluster.Attach("renumbered");
+  auto step_all = [&](uint64_t step) {
+    for (size_t i = 0; i < 2; ++i) workers[i]->Fill(step, static_cast<uint32_t>(1 + i));
+    return StepAll(workers, Same(2, step));
+  };
+  for (uint64_t step = 1; step <= 5; ++step) {
+    for (auto& r : step_all(step)) ASSERT_TRUE(r.ok()) << r.status();
+  }
+  workers = cluster.Attach("renumbered");  // resumed from an older framework checkpoint
+  ASSERT_EQ(workers.size(), 2u);
+  for (auto& r : step_all(3)) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(),
+                                  "is not after its last step, 5 (node 0's: the job's nodes "
+                                  "follow node 0's step numbers): go on from step 6"))
+        << r.status();
+  }
+  std::vector<absl::StatusOr<v1::StepResponse>> r = step_all(6);
+  ASSERT_TRUE(r[0].ok() && r[1].ok()) << r[0].status() << r[1].status();
+  EXPECT_EQ(r[1]->groups(0).scale(), r[0]->groups(0).scale());
+  for (auto& w : workers) {
+    absl::StatusOr<v1::GetStatsResponse> stats = w->client().GetStats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_EQ(stats->groups(0).accepted_steps(), 6u);  // 5, then 6: step 3 changed nothing
+  }
+}
+
 // A blob whose token node 0's store no longer keeps (two newer ones were made since): the step
 // says so, and what to do, rather than blame node 0 for not responding.
 TEST(MultiNodeFaultTest, AnExpiredBlobIsSaidSoNotBlamedOnANode) {

@@ -43,8 +43,12 @@ class HostDeviceMemory final : public DeviceMemory {
   }
 };
 
-// A ready value, as a CUDA worker's Step sends (the fake pipelines do not wait on it).
-inline constexpr uint32_t kReady = 7;
+// A ready value, as a CUDA worker's Step sends: one more at each call, as gstabd refuses one
+// not after the last (the fake pipelines do not wait on it).
+inline uint32_t NextReady() {
+  static std::atomic<uint32_t> last{0};
+  return ++last;
+}
 
 // The "GPU" that a test's fake pipelines share: whether it still has work queued (a step held at
 // a worker's ready word: then Statistics, which would wait, must not be called), for every rank

@@ -30,7 +30,7 @@ struct LocalGpus {
     for (uint64_t step = 1; step <= 2; ++step) {
       for (uint32_t rank = 0; rank < local_world_size; ++rank) {
         v1::StepResponse r;
-        EXPECT_TRUE(job.Step(rank, step, absl::Seconds(1), &r, kReady).ok());
+        EXPECT_TRUE(job.Step(rank, step, absl::Seconds(1), &r, NextReady()).ok());
       }
     }
   }
@@ -59,7 +59,7 @@ TEST(JobGpuFailureTest, AGoneWorkersStepsAreReleasedFirstSoItsPeersFinish) {
   EXPECT_TRUE(t.gpu.results[1].expired());
   EXPECT_FALSE(t.gpu.results[0].expired());
   v1::StepResponse r;
-  absl::Status again = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  absl::Status again = t.job.Step(0, 3, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(again.message().find("local rank 1 left"), std::string::npos) << again;
 }
@@ -116,7 +116,7 @@ TEST(JobGpuFailureTest, AJobsStateIsNotWaitedForWhileItsGenerationCloses) {
 TEST(JobGpuFailureTest, LocalGpusAtDifferentStepsAreReleasedThenAborted) {
   LocalGpus t;
   v1::StepResponse r;
-  ASSERT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, kReady).ok());
+  ASSERT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, NextReady()).ok());
   t.gpu.calls.clear();
   t.job.RemoveWorker(1, /*gone=*/true);
   EXPECT_EQ(t.gpu.calls,
@@ -134,7 +134,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
       "aborted");  // as CudaStepper's cross-node stage says it
   MarkDoneWritten(&t.gpu.enqueue_error);  // part of the step was queued
   v1::StepResponse r;
-  absl::Status broken = t.job.Step(1, 3, absl::Seconds(1), &r, kReady);
+  absl::Status broken = t.job.Step(1, 3, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(broken.code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(broken.message().find("local rank 1 of job 'pair': step 3: the check all-reduce"),
             std::string::npos)
@@ -146,7 +146,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
       << broken;
   EXPECT_TRUE(DoneWritten(broken)) << "the worker's stream would not wait for its done word";
   EXPECT_EQ(t.live, 0);
-  absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(other.message().find("local rank 1's step 3 failed in the GPU communicator"),
             std::string::npos)
@@ -155,19 +155,20 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   t.gpu.enqueue_error = absl::OkStatus();
   ASSERT_TRUE(t.workers[0].Register(&t.job, 0, 0).ok());
   ASSERT_TRUE(t.workers[1].Register(&t.job, 1, 1).ok());
-  EXPECT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, kReady).ok());
-  EXPECT_TRUE(t.job.Step(1, 3, absl::Seconds(1), &r, kReady).ok());
+  EXPECT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, NextReady()).ok());
+  EXPECT_TRUE(t.job.Step(1, 3, absl::Seconds(1), &r, NextReady()).ok());
   v1::GetStatsResponse stats;
   t.job.GetStats(&stats);
   EXPECT_EQ(stats.groups(0).accepted_steps(), 2u);
 
   // Other errors end nothing: the generation goes on.
   t.gpu.enqueue_error = absl::InternalError("cudaLaunchKernel: too many resources requested");
-  EXPECT_EQ(t.job.Step(0, 4, absl::Seconds(1), &r, kReady).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(t.job.Step(0, 4, absl::Seconds(1), &r, NextReady()).code(),
+            absl::StatusCode::kInternal);
   EXPECT_EQ(t.live, 2);
   // A communicator that timed out ends it, like one that failed.
   t.gpu.enqueue_error = absl::DeadlineExceededError("joining the NCCL communicator timed out");
-  absl::Status late = t.job.Step(0, 4, absl::Seconds(1), &r, kReady);
+  absl::Status late = t.job.Step(0, 4, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_NE(late.message().find("local rank 0 of job 'pair': joining"), std::string::npos) << late;
   EXPECT_EQ(t.live, 0);
@@ -179,9 +180,9 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&one).ok());
   gpu.enqueue_error = absl::UnavailableError("the device is gone");
-  EXPECT_EQ(one.Step(0, 1, absl::Seconds(1), &r, kReady).message(), "the device is gone");
+  EXPECT_EQ(one.Step(0, 1, absl::Seconds(1), &r, NextReady()).message(), "the device is gone");
   MarkDoneWritten(&gpu.enqueue_error);
-  EXPECT_TRUE(DoneWritten(one.Step(0, 2, absl::Seconds(1), &r, kReady)));
+  EXPECT_TRUE(DoneWritten(one.Step(0, 2, absl::Seconds(1), &r, NextReady())));
   EXPECT_EQ(live, 1);
 }
 
@@ -192,12 +193,12 @@ TEST(JobGpuFailureTest, ARefusedRegistrationEndsTheGeneration) {
   t.job.DropRegistration(1, /*session=*/0, absl::InvalidArgumentError("tensor 'w' is bad"));
   EXPECT_EQ(t.live, 0);
   v1::StepResponse r;
-  const absl::Status own = t.job.Step(1, 3, absl::Seconds(1), &r, kReady);
+  const absl::Status own = t.job.Step(1, 3, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(own.code(), absl::StatusCode::kFailedPrecondition) << own;
   EXPECT_NE(own.message().find("its last registration was refused (tensor 'w' is bad)"),
             std::string::npos)
       << own;
-  const absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  const absl::Status other = t.job.Step(0, 3, absl::Seconds(1), &r, NextReady());
   EXPECT_NE(other.message().find("local rank 1's registration was refused, which ends the "
                                  "job's GPU communicator: register the buffers again"),
             std::string::npos)

@@ -17,7 +17,7 @@ void StepThenEditState(OneGpuJob* one, v1::JobState* state) {
   ASSERT_TRUE(one->registered.ok()) << one->registered;
   v1::StepResponse response;
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(one->job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+    ASSERT_TRUE(one->job.Step(0, step, absl::Seconds(1), &response, NextReady()).ok());
   }
   *state = one->job.ExportState();
   state->mutable_groups(0)->set_t(77);
@@ -59,7 +59,7 @@ TEST(JobGpuImportTest, AnImportWaitsForTheQueuedStepAndTheNextStepWaitsForTheImp
   absl::Status step_status;
   std::thread stepper([&] {
     v1::StepResponse r;
-    step_status = one.job.Step(0, 51, absl::Seconds(1), &r, kReady);
+    step_status = one.job.Step(0, 51, absl::Seconds(1), &r, NextReady());
     stepped = true;
   });
   absl::SleepFor(absl::Milliseconds(100));
@@ -85,7 +85,7 @@ TEST(JobGpuImportTest, AnImportWhoseWaitRunsOutChangesNothingAndStepsGoOn) {
   OneGpuJob one;
   ASSERT_TRUE(one.registered.ok()) << one.registered;
   v1::StepResponse response;
-  ASSERT_TRUE(one.job.Step(0, 1, absl::Seconds(1), &response, kReady).ok());
+  ASSERT_TRUE(one.job.Step(0, 1, absl::Seconds(1), &response, NextReady()).ok());
   v1::JobState state = one.job.ExportState();
   state.mutable_groups(0)->set_t(77);
 
@@ -95,7 +95,7 @@ TEST(JobGpuImportTest, AnImportWhoseWaitRunsOutChangesNothingAndStepsGoOn) {
   EXPECT_NE(refused.message().find("still queued on its GPU after 300ms"), std::string::npos)
       << refused;
   // Steps are no longer held: the next is taken at once.
-  ASSERT_TRUE(one.job.Step(0, 2, absl::Seconds(1), &response, kReady).ok());
+  ASSERT_TRUE(one.job.Step(0, 2, absl::Seconds(1), &response, NextReady()).ok());
 
   // An import refused whatever the steps do is refused at once, for what it is.
   state.mutable_config()->mutable_stabilize()->set_beta1(0.5);
@@ -121,7 +121,7 @@ TEST(JobGpuImportTest, ReadsAfterAnImportGiveTheImportedStateUntilALaterStepFini
   EXPECT_EQ(stats.last_step(), 50u);
 
   // Step 51 runs: a checkpoint meanwhile is the imported state, not a step before it.
-  ASSERT_TRUE(one.job.Step(0, 51, absl::Seconds(1), &response, kReady).ok());
+  ASSERT_TRUE(one.job.Step(0, 51, absl::Seconds(1), &response, NextReady()).ok());
   ExpectExports(&one, {77, 50}, {78, 51});
 }
 
@@ -132,11 +132,11 @@ TEST(JobGpuImportTest, ReadsDuringAGenerationsFirstStepGiveTheStepItStartedFrom)
   ASSERT_TRUE(one.registered.ok()) << one.registered;
   v1::StepResponse response;
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+    ASSERT_TRUE(one.job.Step(0, step, absl::Seconds(1), &response, NextReady()).ok());
   }
   one.job.RemoveWorker(0);  // the generation ends; the worker registers again
   ASSERT_TRUE(one.worker.Register(&one.job).ok());
-  ASSERT_TRUE(one.job.Step(0, 4, absl::Seconds(1), &response, kReady).ok());
+  ASSERT_TRUE(one.job.Step(0, 4, absl::Seconds(1), &response, NextReady()).ok());
   ExpectExports(&one, {3, 3}, {4, 4});
 }
 

@@ -46,7 +46,7 @@ TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
   absl::Status status;
   std::thread step([&] {
     v1::StepResponse r;
-    status = node0.job.Step(0, 1, absl::Seconds(3), &r, kReady);
+    status = node0.job.Step(0, 1, absl::Seconds(3), &r, NextReady());
     stepped = true;
   });
   // Node 0 has joined the rendezvous: it is in its wait for node 1, which never comes.
@@ -74,10 +74,10 @@ TEST(JobGpuNodesTest, NodesAgreeAtTheFirstStepAndTakeNodeZerosConfiguration) {
   absl::Status status1;
   std::thread other([&] {
     v1::StepResponse r;
-    status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, kReady);
+    status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, NextReady());
   });
   v1::StepResponse r;
-  EXPECT_TRUE(node0.job.Step(0, 1, absl::Seconds(30), &r, kReady).ok());
+  EXPECT_TRUE(node0.job.Step(0, 1, absl::Seconds(30), &r, NextReady()).ok());
   other.join();
   EXPECT_TRUE(status1.ok()) << status1;
   EXPECT_EQ(node1.job.params().policy, PolicyKind::kClip);
@@ -98,15 +98,15 @@ TEST(JobGpuNodesTest, NodesOfDifferentGpuCountsAreToldSo) {
   absl::Status status1, second_gpu;
   std::thread other([&] {
     v1::StepResponse r;
-    status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, kReady);
+    status1 = node1.job.Step(0, 1, absl::Seconds(30), &r, NextReady());
   });
   const absl::Time start = absl::Now();
   std::thread second([&] {
     v1::StepResponse r;
-    second_gpu = node0.job.Step(1, 1, absl::Seconds(30), &r, kReady);
+    second_gpu = node0.job.Step(1, 1, absl::Seconds(30), &r, NextReady());
   });
   v1::StepResponse r;
-  const absl::Status status0 = node0.job.Step(0, 1, absl::Seconds(30), &r, kReady);
+  const absl::Status status0 = node0.job.Step(0, 1, absl::Seconds(30), &r, NextReady());
   other.join();
   second.join();
   EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "a worker waited out the step's deadline";

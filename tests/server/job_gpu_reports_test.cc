@@ -42,7 +42,7 @@ struct ReportedJob {
 
   absl::Status Step(uint64_t step) {
     response.Clear();  // as gstabd's service hands each Step a new one
-    return job.Step(0, step, absl::Seconds(1), &response, kReady);
+    return job.Step(0, step, absl::Seconds(1), &response, NextReady());
   }
 };
 

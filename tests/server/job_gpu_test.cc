@@ -2,6 +2,7 @@
 // statistics mirrored on demand) driven through the GpuPipeline / DeviceMemory seams by a
 // CPU-backed pipeline, so it runs on machines without a GPU. The CUDA implementations behind
 // the same seams are tested on a GPU by cuda_ipc_test.
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/cross_node.h"
 #include "server/gloo_collective.h"
@@ -32,16 +33,16 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   absl::Status no_ready = job.Step(0, 1, absl::Seconds(1), &first);
   EXPECT_EQ(no_ready.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(no_ready.message().find("no ready_value"), std::string::npos) << no_ready;
-  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &first, kReady).ok());
+  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &first, NextReady()).ok());
   EXPECT_EQ(first.step(), 1u);
   EXPECT_EQ(first.results_step(), 0u);  // nothing finished yet
   EXPECT_EQ(first.groups_size(), 0);
   v1::StepResponse second;
-  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &second, kReady).ok());
+  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &second, NextReady()).ok());
   EXPECT_EQ(second.results_step(), 1u);  // the previous step's results
   ASSERT_EQ(second.groups_size(), 1);
   EXPECT_NEAR(second.groups(0).norm(), std::sqrt(1000 * 0.25), 1e-9);
-  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &second, kReady).code(),
+  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &second, NextReady()).code(),
             absl::StatusCode::kInvalidArgument);
 
   v1::GetStatsResponse stats;
@@ -81,6 +82,33 @@ TEST(JobGpuTest, AnswersBeforeTheGpuFinishesAndMirrorsStatisticsOnDemand) {
   EXPECT_EQ(after.groups(0).accepted_steps(), 77u);
 }
 
+// gstabd's stream waits until the worker's ready word is at or after the step's ready_value
+// (cyclically): a value not after the last step's would pass at once, and the kernels would read
+// gradients the backward pass is still writing. Refused, changing nothing; gaps and the wrap
+// past 2^32 - 1 (to 1: 0 is no value) are taken.
+TEST(JobGpuTest, AReadyValueNotAfterTheLastStepsIsRefused) {
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  v1::StepResponse r;
+  ASSERT_TRUE(one.job.Step(0, 1, absl::Seconds(1), &r, 10).ok());
+  for (uint32_t stale : {10u, 9u, 0x8000000Au}) {  // the same, behind, half the cycle ahead
+    const absl::Status s = one.job.Step(0, 2, absl::Seconds(1), &r, stale);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(
+                  absl::StrCat("carries ready_value ", stale, ", not after its last step's, 10")),
+              std::string::npos)
+        << s;
+  }
+  EXPECT_TRUE(one.job.Step(0, 2, absl::Seconds(1), &r, 12).ok()) << "a gap";
+  uint64_t step = 3;
+  for (uint32_t ready : {0x60000000u, 0xC0000000u, UINT32_MAX}) {  // in hops under half the cycle
+    EXPECT_TRUE(one.job.Step(0, step++, absl::Seconds(1), &r, ready).ok()) << ready;
+  }
+  EXPECT_TRUE(one.job.Step(0, step++, absl::Seconds(1), &r, 1).ok()) << "past the wrap";
+  EXPECT_EQ(one.job.Step(0, step, absl::Seconds(1), &r, UINT32_MAX).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // New betas on a GPU job with registered buffers are refused (its statistics, on the GPU, would
 // have to be re-expressed for them in stream order), changing nothing; other fields change.
 TEST(JobGpuTest, NewBetasAreRefusedWhileGpuBuffersAreRegistered) {
@@ -91,7 +119,7 @@ TEST(JobGpuTest, NewBetasAreRefusedWhileGpuBuffersAreRegistered) {
   ASSERT_TRUE(worker.Register(&job).ok());
   v1::StepResponse response;
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, kReady).ok());
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, NextReady()).ok());
   }
   v1::PolicyConfig betas;
   betas.mutable_stabilize()->set_beta1(0.9);
@@ -114,10 +142,10 @@ TEST(JobGpuTest, ASessionStepsOnItsOwnRegistrationOnly) {
   FakeCudaWorker old_worker;
   ASSERT_TRUE(old_worker.Register(&job, 0, 0, /*session=*/1).ok());
   v1::StepResponse r;
-  const absl::Status early = job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/2);
+  const absl::Status early = job.Step(0, 1, absl::Seconds(1), &r, NextReady(), /*session=*/2);
   EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition) << early;
   EXPECT_NE(early.message().find("has no buffers of this session's"), std::string::npos) << early;
-  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/1).ok());
+  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, NextReady(), /*session=*/1).ok());
 }
 
 // A session's calls can arrive after a newer session of the same local rank has replaced it
@@ -136,12 +164,12 @@ TEST(JobGpuTest, AnOlderSessionsLateCallsLeaveANewerSessionsRegistration) {
   EXPECT_EQ(late.code(), absl::StatusCode::kUnauthenticated) << late;
   EXPECT_NE(late.message().find("this session of local rank 0 of job"), std::string::npos) << late;
   v1::StepResponse r;
-  EXPECT_EQ(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/1).code(),
+  EXPECT_EQ(job.Step(0, 1, absl::Seconds(1), &r, NextReady(), /*session=*/1).code(),
             absl::StatusCode::kUnauthenticated);
-  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/2).ok());
+  EXPECT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, NextReady(), /*session=*/2).ok());
   job.RemoveWorker(0, /*gone=*/true, /*session=*/2);
   EXPECT_EQ(live, 0);
-  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &r, kReady, /*session=*/3).code(),
+  EXPECT_EQ(job.Step(0, 2, absl::Seconds(1), &r, NextReady(), /*session=*/3).code(),
             absl::StatusCode::kFailedPrecondition);  // a newer session that has not registered
   // A session ended before its registration lands: refused, nothing registered.
   EXPECT_EQ(new_worker.Register(&job, 0, 0, /*session=*/2).code(),
@@ -159,7 +187,7 @@ TEST(JobGpuTest, AnOlderSessionsLateCallsLeaveANewerSessionsRegistration) {
   const int before = live;
   pair.RemoveWorker(0, /*gone=*/true, /*session=*/1);
   EXPECT_EQ(live, before);
-  absl::Status again = pair.Step(0, 1, absl::Seconds(1), &r, kReady, /*session=*/3);
+  absl::Status again = pair.Step(0, 1, absl::Seconds(1), &r, NextReady(), /*session=*/3);
   EXPECT_NE(again.message().find("local rank 1 registered again"), std::string::npos)
       << again.ToString();
 }
@@ -198,14 +226,14 @@ TEST(JobGpuTest, MultiNodeCudaJobsGetTheirRendezvousCommunicator) {
   // call; here no other node exists, so it fails (in time) and nothing is enqueued.
   v1::StepResponse r;
   const absl::Time start = absl::Now();
-  absl::Status alone = job.Step(0, 1, absl::Seconds(1), &r, kReady);
+  absl::Status alone = job.Step(0, 1, absl::Seconds(1), &r, NextReady());
   EXPECT_FALSE(alone.ok());
   EXPECT_NE(alone.message().find("other nodes"), std::string::npos) << alone;
   EXPECT_LT(absl::Now() - start, absl::Seconds(20));
 
   job.SetCollective(gloo, "generation-3", nccl);
   EXPECT_EQ(live, 0);  // the old communicator's pipeline is closed
-  absl::Status again = job.Step(0, 2, absl::Seconds(1), &r, kReady);
+  absl::Status again = job.Step(0, 2, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(again.message().find("new rendezvous, which ends the job's GPU communicator: "
                                  "register the buffers again"),
@@ -234,22 +262,23 @@ TEST(JobGpuTest, NodesThatDisagreeAreReported) {
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&job).ok());
   v1::StepResponse r;
-  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(1), &r, kReady).ok());  // its results are not in yet
+  ASSERT_TRUE(
+      job.Step(0, 1, absl::Seconds(1), &r, NextReady()).ok());  // its results are not in yet
   // Step 2 is enqueued, then step 1's results show the disagreement: answered, skipped.
-  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &r, kReady).ok());
+  ASSERT_TRUE(job.Step(0, 2, absl::Seconds(1), &r, NextReady()).ok());
   EXPECT_EQ(r.results_step(), 1u);
   EXPECT_TRUE(r.skip());
   EXPECT_NE(r.not_applied().find("nodes disagreed on the step number or the norm-group layout"),
             std::string::npos)
       << r.not_applied();
-  absl::Status s = job.Step(0, 3, absl::Seconds(1), &r, kReady);
+  absl::Status s = job.Step(0, 3, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("differ across the nodes of job 'split-job' (found at step 1)"),
             std::string::npos)
       << s;
   EXPECT_NE(s.message().find("step 3 was not taken"), std::string::npos) << s;
   // Nothing was enqueued for it: step 3 can still be taken (reported once).
-  EXPECT_TRUE(job.Step(0, 3, absl::Seconds(1), &r, kReady).ok());
+  EXPECT_TRUE(job.Step(0, 3, absl::Seconds(1), &r, NextReady()).ok());
 }
 
 // Several local workers, one GPU each: every one a rank of one communicator per generation;
@@ -264,7 +293,7 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   EXPECT_EQ(seen.nccl.node_rank, 0u);
   EXPECT_EQ(seen.nccl.node_count, 2u);
   v1::StepResponse r;
-  absl::Status early = job.Step(0, 1, absl::Seconds(1), &r, kReady);
+  absl::Status early = job.Step(0, 1, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(early.message().find("local rank(s) 1 of job 'gpus-job' have not registered"),
             std::string::npos)
@@ -277,11 +306,11 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   EXPECT_EQ(seen.nccl.node_rank, 1u);
   EXPECT_EQ(live, 2);
   for (uint64_t step = 1; step <= 3; ++step) {
-    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &r, kReady).ok());
-    ASSERT_TRUE(job.Step(1, step, absl::Seconds(1), &r, kReady).ok());
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &r, NextReady()).ok());
+    ASSERT_TRUE(job.Step(1, step, absl::Seconds(1), &r, NextReady()).ok());
   }
   EXPECT_EQ(r.results_step(), 2u);  // local rank 1's own pipeline answers for it
-  EXPECT_EQ(job.Step(1, 3, absl::Seconds(1), &r, kReady).code(),
+  EXPECT_EQ(job.Step(1, 3, absl::Seconds(1), &r, NextReady()).code(),
             absl::StatusCode::kInvalidArgument);
   v1::GetStatsResponse stats;
   job.GetStats(&stats);
@@ -298,12 +327,12 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
   EXPECT_EQ(live, 1);
   EXPECT_EQ(seen.nccl.unique_id, Id(2));
-  absl::Status again = job.Step(1, 4, absl::Seconds(1), &r, kReady);
+  absl::Status again = job.Step(1, 4, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(again.message().find("local rank 0 registered again"), std::string::npos) << again;
   ASSERT_TRUE(w1.Register(&job, 1, 1).ok());
   EXPECT_EQ(seen.nccl.unique_id, Id(2));
-  ASSERT_TRUE(job.Step(0, 4, absl::Seconds(1), &r, kReady).ok());
+  ASSERT_TRUE(job.Step(0, 4, absl::Seconds(1), &r, NextReady()).ok());
   v1::GetStatsResponse after;
   job.GetStats(&after);
   EXPECT_EQ(after.groups(0).accepted_steps(), 3u);  // the statistics outlived the generation
@@ -311,7 +340,7 @@ TEST(JobGpuTest, LocalGpusShareOneCommunicatorPerGeneration) {
   // A local worker that leaves ends the generation as well.
   job.RemoveWorker(1);
   EXPECT_EQ(live, 0);
-  absl::Status left = job.Step(0, 5, absl::Seconds(1), &r, kReady);
+  absl::Status left = job.Step(0, 5, absl::Seconds(1), &r, NextReady());
   EXPECT_NE(left.message().find("local rank 1 left"), std::string::npos) << left;
 }
 
@@ -324,7 +353,7 @@ TEST(JobGpuTest, LocalGpusWithDifferentGroupsAreRefusedBeforeAnyCollective) {
   ASSERT_TRUE(w0.Register(&job, 0, 0).ok());
   ASSERT_TRUE(w1.Register(&job, 1, 1).ok());
   v1::StepResponse r;
-  absl::Status s = job.Step(0, 1, absl::Seconds(1), &r, kReady);
+  absl::Status s = job.Step(0, 1, absl::Seconds(1), &r, NextReady());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("registered different norm groups (1 and 2)"), std::string::npos) << s;
 }
