@@ -11,6 +11,14 @@ import gstab
 from . import _nodes
 
 
+def _launched_processes() -> int:
+    """How many processes the launcher says it started (WORLD_SIZE; 1 without it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
            config: Optional[gstab.Config] = None, *, local_rank: Optional[int] = None,
            local_world_size: Optional[int] = None, node_rank: Optional[int] = None,
@@ -25,7 +33,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     local_rank, node_rank) given: those, with consecutive global ranks on a node, and nothing
     gathered. The nodes found are kept in client.node_ranks. Without torch.distributed
     initialized: a job of this process alone, or of the local_rank and local_world_size given
-    (processes of one node). With several ranks, every rank must call this at once: the ranks'
+    (processes of one node); with neither given where WORLD_SIZE says a launcher started
+    several processes, ValueError (each would attach as the same worker). With several ranks, every rank must call this at once: the ranks'
     gstabds are gathered over the default process group, and a job across nodes gets its
     rendezvous from global rank 0, broadcast over it. cuda: whether the job registers CUDA
     gradients (default: the process group has an NCCL backend; pass cuda=True for a GPU job
@@ -34,6 +43,14 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         if node_rank:
             raise ValueError("node_rank: a job across nodes needs torch.distributed initialized "
                              "(its rendezvous is broadcast over the default process group)")
+        launched = _launched_processes()
+        if launched > 1 and local_rank is None and local_world_size is None:
+            raise ValueError(
+                f"WORLD_SIZE is {launched} (a launcher such as torchrun started several "
+                "processes), but torch.distributed is not initialized: call gstab.torch.attach "
+                "after torch.distributed.init_process_group (else every process would attach as "
+                "the same worker, each replacing the last), or pass local_rank and "
+                "local_world_size for processes of one node")
         local_rank, local_world = local_rank or 0, local_world_size or 1
         client.attach(job, rank=local_rank, world_size=local_world, local_rank=local_rank,
                       local_world_size=local_world, policy=policy, config=config)

@@ -18,7 +18,7 @@ import gstab
 import gstab.jax
 import gstab.torch
 
-TORCHRUN = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+TORCHRUN = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "WORLD_SIZE")
 
 
 class Recorder:
@@ -161,6 +161,15 @@ class TorchAttachTest(unittest.TestCase):
         self.assertEqual((asked["local_rank"], asked["local_world_size"]), (1, 2))
         with self.assertRaisesRegex(ValueError, "needs torch.distributed initialized"):
             torch_attach(None, None, node_rank=1)
+        # A launcher's processes attaching before init_process_group would all be one worker.
+        os.environ["WORLD_SIZE"] = "8"
+        with self.assertRaisesRegex(ValueError, "WORLD_SIZE is 8 .* call gstab.torch.attach "
+                                    "after torch.distributed.init_process_group"):
+            torch_attach(None, None)
+        asked = torch_attach(None, None, local_rank=1, local_world_size=2).asked
+        self.assertEqual((asked["local_rank"], asked["local_world_size"]), (1, 2))
+        os.environ["WORLD_SIZE"] = "1"
+        self.assertEqual(torch_attach(None, None).asked["local_world_size"], 1)
 
     def test_an_hsdp_mesh_must_have_gstabs_nodes_for_rows(self):
         # The nodes found are kept: an HSDP mesh whose rows are consecutive ranks is refused
