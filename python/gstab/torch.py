@@ -53,7 +53,8 @@ class Stabilizer:
     all-reduce, so norms are not summed across ranks; False when each rank holds a slice of
     the gradients (their squares are summed). Default: True for a DistributedDataParallel
     module (also under torch.compile), else False; pass it for DDP behind another wrapper, or
-    for parameters given as DDP's `.module`'s. DTensor
+    for parameters given as DDP's `.module`'s (names all 'module.', as DDP's own
+    named_parameters() gives them, on several ranks without it: warned of). DTensor
     parameters (FSDP2's fully_shard) need nothing: their local shards are registered, sharded
     (replicated for a Replicate placement).
     state: what state_dict() gave, from the job's checkpoint: the statistics, step count and
@@ -72,6 +73,7 @@ class Stabilizer:
             raise TypeError(f"Stabilizer takes a gstab.Client first (attached), not "
                             f"{type(client).__name__}")
         _agree_on_state(client, state)
+        guessed = replicated is None
         if replicated is None:  # DDP's, also under torch.compile (which wraps it)
             replicated = isinstance(getattr(parameters, "_orig_mod", parameters),
                                     torch.nn.parallel.DistributedDataParallel)
@@ -111,6 +113,16 @@ class Stabilizer:
         self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
         sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
+        if guessed and client.local_world_size * client.node_count > 1 and \
+                all(name.startswith("module.") and not any(shared) and _local(p) is p
+                    for (name, p), shared in zip(self._params, sharing)):  # plain tensors
+            warnings.warn(
+                "gstab: every parameter's name starts 'module.', as DistributedDataParallel's "
+                "named_parameters() gives them, and they are taken for each rank's shard of the "
+                "gradients (summed across ranks): if they are a DDP model's, whole on every "
+                "rank, pass the DDP module itself or replicated=True (else every norm is "
+                "sqrt(ranks) times too large); replicated=False says they are shards",
+                stacklevel=2)
         devices = {p.device for _, p in self._params}
         if len(devices) != 1:
             raise ValueError(f"parameters are on {len(devices)} devices "

@@ -95,6 +95,22 @@ class TorchTest(GstabdTest):
         with self.assertRaisesRegex(ValueError, "the job has 2 workers and no torch.distributed"):
             gstab.torch.Stabilizer(pair, model, state=saved)
 
+    def test_ddps_named_parameters_taken_for_shards_are_warned_of(self):
+        # DDP's named_parameters() (every name 'module.'), whole on each of 2 ranks: summed as
+        # shards unless said otherwise.
+        pair = gstab.Client(self.gstabd.socket)
+        self.addCleanup(pair.close)
+        pair.attach("torch-ddp-names", world_size=2, local_world_size=2)
+        model = mlp()
+        named = [("module." + n, p) for n, p in model.named_parameters()]
+        with self.assertWarnsRegex(UserWarning, "pass the DDP module itself or replicated=True"):
+            gstab.torch.Stabilizer(pair, named)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            gstab.torch.Stabilizer(pair, named, replicated=False)
+            gstab.torch.Stabilizer(pair, model.named_parameters())
+            gstab.torch.Stabilizer(self.attach("torch-ddp-names-one"), named)  # one rank
+
     def test_replaced_and_missing_gradients_are_taken_back_with_one_warning(self):
         model = mlp()
         unused = torch.nn.Linear(4, 4)  # no gradient reaches it: its grad stays None
