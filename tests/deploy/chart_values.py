@@ -2,6 +2,8 @@
 flags the chart sets, which extraArgs may not set again (check_chart.py runs these)."""
 import subprocess
 
+import yaml
+
 from chart_objects import check, daemon_container
 
 
@@ -87,3 +89,19 @@ def check_managed_flags(args, kinds, extra):
     # One the chart sets only with a value is the user's without it.
     rc, _, err = helm(args, "--set", "extraArgs={--metrics_address=10.0.0.1}")
     check(rc == 0, f"extraArgs --metrics_address refused without metrics.listenOnPodIP:\n{err}")
+
+
+def check_user_annotations(args):
+    """The pods' scrape annotations are the chart's where the user's podAnnotations do not set
+    them: a user's own (prometheus.io/scrape "false", to keep one scraper off) is kept."""
+    rc, out, err = helm(args, "--set-string", "podAnnotations.prometheus\\.io/scrape=false",
+                        "--set-string", "podAnnotations.team=ml-infra")
+    check(rc == 0, f"helm template with podAnnotations:\n{err}")
+    if rc != 0:
+        return
+    ds = [d for d in yaml.safe_load_all(out) if d and d.get("kind") == "DaemonSet"][0]
+    ann = ds["spec"]["template"]["metadata"].get("annotations", {})
+    check(ann.get("prometheus.io/scrape") == "false" and ann.get("team") == "ml-infra",
+          f"the user's podAnnotations were not kept: {ann}")
+    check(ann.get("prometheus.io/path") == "/metrics" and "prometheus.io/port" in ann,
+          f"the chart's other scrape annotations are missing: {ann}")
