@@ -20,6 +20,18 @@ using testing::Same;
 using testing::StepAll;
 using testing::TestWorker;
 
+// Every node's statistics counted `steps` accepted steps in every group: a refused or given-up
+// step changed none.
+void ExpectAcceptedSteps(const std::vector<std::unique_ptr<TestWorker>>& workers, uint64_t steps) {
+  for (size_t i = 0; i < workers.size(); ++i) {
+    absl::StatusOr<v1::GetStatsResponse> stats = workers[i]->client().GetStats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const auto& g : stats->groups()) {
+      EXPECT_EQ(g.accepted_steps(), steps) << "worker " << i << ", group " << g.group();
+    }
+  }
+}
+
 // A node that refuses a step (here: its worker truncated its shared memory) says so in the
 // step's check: the other nodes leave the step at once, nothing changes anywhere, and the
 // communicator goes on without a new rendezvous.
@@ -34,6 +46,8 @@ TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(ftruncate(fd, 4096), 0);
   close(fd);
+  workers[0]->Fill(2, 1);
+  const std::vector<unsigned char> before = workers[0]->Bytes();
   auto refused = StepAll(workers, Same(2, 2));
   // The other node is told (ABORTED), rather than waiting out its timeout (DEADLINE_EXCEEDED).
   EXPECT_EQ(refused[1].status().code(), absl::StatusCode::kFailedPrecondition)
@@ -41,6 +55,8 @@ TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
   EXPECT_EQ(refused[0].status().code(), absl::StatusCode::kAborted) << refused[0].status();
   EXPECT_NE(refused[0].status().message().find("refused on another node"), std::string::npos)
       << refused[0].status();
+  EXPECT_EQ(workers[0]->Bytes(), before) << "node 0 scaled a step node 1 refused";
+  ExpectAcceptedSteps(workers, 1);
 
   // Node 1's worker starts afresh (attach and register again, the same blob); no rendezvous.
   auto restarted =
@@ -48,7 +64,10 @@ TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   workers[1] = *std::move(restarted);
   for (size_t i = 0; i < 2; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
-  for (auto& r : StepAll(workers, Same(2, 3))) EXPECT_TRUE(r.ok()) << r.status();
+  auto after = StepAll(workers, Same(2, 3));
+  for (auto& r : after) ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(after[0]->SerializeAsString(), after[1]->SerializeAsString());
+  ExpectAcceptedSteps(workers, 2);
 }
 
 // A job resumed from a checkpoint older than its last step, on the gstabds it ran on: node 0
@@ -190,6 +209,7 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
   std::vector<std::unique_ptr<TestWorker>> workers;
   std::unique_ptr<TestWorker> late = SteppedOnceLessOne(&cluster, "half-there", &workers);
   ASSERT_NE(late, nullptr);
+  const std::vector<unsigned char> before = workers[0]->Bytes();
   auto given_up = StepAll(workers, Same(2, 2));
   EXPECT_EQ(given_up[1].status().code(), absl::StatusCode::kDeadlineExceeded)
       << given_up[1].status();
@@ -201,6 +221,8 @@ TEST(MultiNodeFaultTest, ANodeMissingALocalWorkerTellsTheOthersAndTheJobGoesOn) 
   absl::Status too_late = late->client().Step(2).status();
   EXPECT_EQ(too_late.code(), absl::StatusCode::kFailedPrecondition) << too_late;
   EXPECT_NE(too_late.message().find("go on from step 3"), std::string::npos) << too_late;
+  EXPECT_EQ(workers[0]->Bytes(), before) << "node 0 scaled a step node 1 gave up";
+  ExpectAcceptedSteps(workers, 1);
 
   workers.push_back(std::move(late));
   for (size_t i = 0; i < 3; ++i) workers[i]->Fill(3, static_cast<uint32_t>(1 + i));
@@ -405,8 +427,7 @@ TEST(MultiNodeFaultTest, MismatchedStepsAndLayoutsAreRejectedNotSummed) {
     EXPECT_NE(r.status().message().find("step numbers differ"), std::string::npos) << r.status();
   }
   for (auto& r : StepAll(workers, Same(2, 7))) EXPECT_TRUE(r.ok()) << r.status();
-  auto stats = workers[0]->client().GetStats();
-  EXPECT_EQ(stats->groups(0).accepted_steps(), 2u);  // the rejected step changed nothing
+  ExpectAcceptedSteps(workers, 2);  // the rejected step changed nothing, on either node
 
   // Node 1 re-registers a different set of groups.
   GradientArena other;
