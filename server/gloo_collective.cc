@@ -7,9 +7,11 @@
 #include <gloo/transport/tcp/device.h>
 #include <grpcpp/grpcpp.h>
 
+#include <optional>
 #include <stdexcept>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/token.h"
@@ -21,6 +23,21 @@ namespace {
 
 std::chrono::milliseconds Ms(absl::Duration d) {
   return std::chrono::milliseconds(std::max<int64_t>(1, absl::ToInt64Milliseconds(d)));
+}
+
+// The node whose key (`prefix` and its rank) a failed store wait names as not set, if it names
+// one: "key 'failed-at/7/3' was not set" (RendezvousStore::Wait).
+std::optional<uint32_t> UnsetNode(absl::string_view failure, absl::string_view prefix) {
+  const std::string quoted = absl::StrCat("key '", prefix);
+  const size_t at = failure.find(quoted);
+  if (at == absl::string_view::npos) return std::nullopt;
+  absl::string_view rest = failure.substr(at + quoted.size());
+  const size_t end = rest.find('\'');
+  uint32_t node = 0;
+  if (end == absl::string_view::npos || !absl::SimpleAtoi(rest.substr(0, end), &node)) {
+    return std::nullopt;
+  }
+  return node;
 }
 
 }  // namespace
@@ -214,15 +231,27 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
     const std::string prefix = absl::StrCat("failed-at/", step, "/");
     store.set(absl::StrCat(prefix, rank_), {'1'});
     answered = true;
-    for (uint32_t r = 0; r < size_ && missing.size() < kMaxMissingNamed; ++r) {
-      if (r == rank_) continue;
+    // One wait for every node's key from `next` on (what is left of the timeout): the store
+    // names the first not set, whose node is missing, and the keys before it are set. Store calls
+    // a search: the missing nodes named, plus one (not one a node: 1,023 each of 1,024 nodes,
+    // all at node 0's store).
+    uint32_t next = rank_ == 0 ? 1 : 0;
+    while (next < size_ && missing.size() < kMaxMissingNamed) {
+      std::vector<std::string> keys;
+      for (uint32_t r = next; r < size_; ++r) {
+        if (r != rank_) keys.push_back(absl::StrCat(prefix, r));
+      }
       try {
-        store.wait({absl::StrCat(prefix, r)});  // what is left of the timeout
+        store.wait(keys);
+        break;  // the rest are set
       } catch (const std::exception& e) {
-        // Only a wait the store ended unmet names node r; any other failure is the store's
-        // or this gstabd's (below).
+        // Only a wait the store ended unmet names a node; any other failure is the store's or
+        // this gstabd's (below).
         if (!absl::StrContains(e.what(), kStoreKeyNotSet)) throw;
-        missing.push_back(r);
+        const uint32_t unset = UnsetNode(e.what(), prefix).value_or(next);
+        if (unset < next || unset >= size_ || unset == rank_) throw;  // not a key asked for
+        missing.push_back(unset);
+        next = unset + 1 == rank_ ? unset + 2 : unset + 1;
       }
     }
   } catch (const std::exception& e) {
