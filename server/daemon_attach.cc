@@ -186,6 +186,9 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   }
   std::shared_ptr<Job> job;
   bool existing;
+  // Why the job's checkpoint file is set aside (its job refused it), once mu_ is let go: a
+  // rename and a folder sync, which every RPC of the node would wait for under it.
+  std::optional<std::string> set_aside;
   for (bool held = false; !held;) {
     absl::StatusOr<v1::JobState> preloaded = absl::NotFoundError("not read");
     if (preloaded_since.has_value()) preloaded = store_.Load(request.job());
@@ -239,8 +242,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         if (s.ok()) s = slot->ImportState(*state, /*with_config=*/false);
         if (!s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
-          store_.SetAsideCheckpoint(request.job(),
-                                    absl::StrCat("cannot be restored (", s.message(), ")"));
+          set_aside = absl::StrCat("cannot be restored (", s.message(), ")");
           slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                        StepCallbackFor(request.job()), gpu_);
         } else {
@@ -266,6 +268,10 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
     *tried = job;
     ++pending_[request.job()];  // not retired while this attach is under way
     held = true;
+  }
+  if (set_aside.has_value()) {  // the job made afresh has no state to save over it yet
+    absl::MutexLock saving(&save_mu_);
+    store_.SetAsideCheckpoint(request.job(), *set_aside);
   }
   absl::Cleanup unpend = [this, &job] {
     absl::MutexLock lock(&mu_);

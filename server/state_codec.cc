@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/fnv1a.h"
+#include "common/job_name.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "server/registration.h"
@@ -217,6 +218,13 @@ absl::Status ValidateJobState(const v1::JobState& state) {
     return absl::InvalidArgumentError(absl::StrCat(
         "state format version ", state.format_version(), " is not supported (expected ",
         kJobStateFormatVersion, "; a newer release's?)"));
+  }
+  // The job it was exported from, which gstabd logs: a job's name or none.
+  if (!state.job().empty() && !IsJobName(state.job())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the state's job (", state.job().size(),
+        " bytes) is not a job name (1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-'): "
+        "not a state gstabd exported"));
   }
   if (state.last_step() >= kStepLimit) {  // no later step could be taken
     return absl::InvalidArgumentError(

@@ -191,6 +191,8 @@ TEST_F(E2eRegistrationTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
       {"no step after the last", [](auto* s) { s->set_last_step(~uint64_t{0}); }, "last_step"},
       {"duplicate group", [](auto* s) { *s->add_groups() = s->groups(0); }, "duplicate group"},
       {"bad group name", [](auto* s) { s->mutable_groups(0)->set_name("a b"); }, "characters"},
+      // Its source job's name is logged: no line of its own there.
+      {"bad job name", [](auto* s) { s->set_job("x\nE1207 forged line"); }, "not a job name"},
       {"too many groups",
        [](auto* s) {
          for (int i = 0; i < 65537; ++i) s->add_groups()->set_name("g" + std::to_string(i));
