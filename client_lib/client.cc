@@ -138,8 +138,17 @@ absl::Status Client::Attach(const AttachOptions& options) {
   std::move(unused).Cancel();
   StopKeepAlive();
   keepalive_ = *std::move(keepalive);
-  const std::string previous = session();
-  attached_ = *std::move(response);
+  std::string previous;
+  {
+    absl::MutexLock lock(&session_mu_);
+    previous = attached_.session();
+    attached_ = *std::move(response);
+    if (!call_timeout_set_) {
+      call_timeout_ =
+          std::max(absl::Minutes(5),
+                   8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));
+    }
+  }
   {
     absl::MutexLock lock(&registration_mu_);
     registration_failed_ = false;  // the new session has none: gstabd says so
@@ -152,10 +161,6 @@ absl::Status Client::Attach(const AttachOptions& options) {
     v1::DetachRequest detach;
     detach.set_session(previous);
     (void)Call(&v1::Stabilizer::Stub::Detach, detach, absl::Seconds(10));
-  }
-  if (!call_timeout_set_) {
-    call_timeout_ = std::max(
-        absl::Minutes(5), 8 * absl::Milliseconds(attached_.step_timeout_ms()) + absl::Seconds(10));
   }
   return absl::OkStatus();
 }
@@ -270,6 +275,7 @@ absl::Status Client::Detach() {
   // Briefly: gstabd answers a detach at once (its wait for a GPU worker's mappings is bounded
   // by 2 s), and a process on its way out must not wait minutes for a frozen gstabd.
   absl::Status s = Call(&v1::Stabilizer::Stub::Detach, request, absl::Seconds(10)).status();
+  absl::MutexLock lock(&session_mu_);
   attached_.clear_session();  // gone either way: gstabd ends it, or its lease runs out
   return s;
 }

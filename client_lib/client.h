@@ -133,8 +133,16 @@ class Client {
   using DaemonLostHandler = void (*)(uint64_t client_id);
   static void SetDaemonLostHandler(DaemonLostHandler handler);
 
-  const v1::AttachResponse& attach_response() const { return attached_; }
-  const std::string& session() const { return attached_.session(); }
+  // Copies, read under a lock: a binding may attach again on one thread (Python's stats()
+  // after a gstabd restart) while another steps.
+  v1::AttachResponse attach_response() const {
+    absl::MutexLock lock(&session_mu_);
+    return attached_;
+  }
+  std::string session() const {
+    absl::MutexLock lock(&session_mu_);
+    return attached_.session();
+  }
   v1::Stabilizer::Stub* stub() { return stub_.get(); }
 
  private:
@@ -163,7 +171,7 @@ class Client {
     if (FirstNonUtf8Field(request).has_value()) return Unreadable(request);
     ReconnectIfBackingOff();
     grpc::ClientContext ctx;
-    const absl::Duration wait = std::min(timeout, call_timeout_);
+    const absl::Duration wait = std::min(timeout, CallTimeout());
     const absl::Time deadline = absl::Now() + wait;
     ctx.set_deadline(absl::ToChronoTime(deadline));
     Response response;
@@ -227,7 +235,8 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::string target_;
   std::unique_ptr<v1::Stabilizer::Stub> stub_;
-  v1::AttachResponse attached_;
+  mutable absl::Mutex session_mu_;
+  v1::AttachResponse attached_ ABSL_GUARDED_BY(session_mu_);
   // The calling thread's last call's answer, untranslated, and whether that call reached gstabd
   // and got no answer (see Unanswered): read right after the call it tells of, per thread, so
   // that a call of another thread (a monitoring thread's stats while a step waits) neither
@@ -249,8 +258,12 @@ class Client {
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when
   // set, instead.
-  absl::Duration call_timeout_ = absl::Minutes(5);
-  bool call_timeout_set_ = false;
+  absl::Duration call_timeout_ ABSL_GUARDED_BY(session_mu_) = absl::Minutes(5);
+  bool call_timeout_set_ ABSL_GUARDED_BY(session_mu_) = false;
+  absl::Duration CallTimeout() const {
+    absl::MutexLock lock(&session_mu_);
+    return call_timeout_;
+  }
   // The thread that keeps a session alive (a KeepAlive call every third of its lease). It is
   // started before the attach that makes the session, and waits for it (`start`).
   struct KeepAlive {

@@ -129,7 +129,10 @@ class Client:
             raise ValueError(f"reattach_timeout: seconds (0 or more: 0 never attaches again), "
                              f"not {reattach_timeout!r}")
         self.reattach_timeout, self.reattached = reattach_timeout, 0
-        self._reattaching = False
+        # The thread attaching again (None: none); the lock it holds meanwhile: another thread
+        # whose call found gstabd replaced waits for it, then goes on in the session it made.
+        self._reattaching = None
+        self._reattach_lock = threading.Lock()
         self._attached = None  # attach()'s arguments, to attach again
         # None or "": the library dials $GSTAB_SOCKET, else DEFAULT_SOCKET.
         check(self._lib.gstab_connect(enc_path(socket_path or ""), ctypes.byref(self._h)))
@@ -208,26 +211,34 @@ class Client:
         reattach_timeout): host-memory gradients (or none yet), one node."""
         attached, registration = self._attached, self.registration  # close() may clear them
         return self.reattach_timeout > 0 and attached is not None and \
-            not self._reattaching and attached["node_count"] <= 1 and \
+            self._reattaching != threading.get_ident() and attached["node_count"] <= 1 and \
             (registration is None or isinstance(registration, Arena))
 
     def _again_on_restart(self, what: str, call):
         """call(), and once more after attaching again if it found gstabd replaced."""
+        seen = self.reattached
         try:
             return call()
         except Error as e:
             if e.code not in (UNAVAILABLE, UNAUTHENTICATED) or not self._may_attach_again():
                 raise
-            self._attach_again(f"in {what}()", e.code)
+            self._attach_again(f"in {what}()", e.code, seen)
         return call()
 
-    def _attach_again(self, where: str, code: int) -> None:
+    def _attach_again(self, where: str, code: int, seen: int) -> None:
         """gstabd went away under this worker (restarted: UNAVAILABLE), or no longer knows its
         session (UNAUTHENTICATED: restarted between steps, or the lease expired while this
         process was stopped): attach and register again once a gstabd serves. The job goes on
         as gstabd holds it or restored it from its checkpoint, configuration included; one that
-        gstabd has no trace of starts afresh with the configuration attach() was given."""
-        why = self._lib.gstab_last_error().decode(errors="replace")
+        gstabd has no trace of starts afresh with the configuration attach() was given. Nothing
+        when another thread has attached again since the failed call began (`seen`: the count
+        of attaches again then)."""
+        why = self._lib.gstab_last_error().decode(errors="replace")  # this thread's
+        with self._reattach_lock:
+            if self.reattached == seen:
+                self._attach_again_now(where, code, why)
+
+    def _attach_again_now(self, where: str, code: int, why: str) -> None:
         what = ("gstabd went away" if code == UNAVAILABLE
                 else "gstabd went away while it may have been scaling the gradients (zeroed: "
                 "the step is skipped)" if code == DATA_LOSS
@@ -238,7 +249,7 @@ class Client:
         registration, attached = self.registration, self._attached
         if attached is None:
             raise Error(FAILED_PRECONDITION, "this gstab.Client is closed")
-        self._reattaching = True  # the calls below do not attach again themselves
+        self._reattaching = threading.get_ident()  # its calls below do not attach again
         try:
             while True:
                 try:
@@ -270,7 +281,7 @@ class Client:
                                     f"failed: {e.message}{hint}") from None
                     time.sleep(0.2)
         finally:
-            self._reattaching = False
+            self._reattaching = None
         self.reattached += 1
         _log.warning("gstab: %s %s (%s); job '%s' attached and registered again, %s",
                      what, where, why, attached["job"],
@@ -365,6 +376,7 @@ class Client:
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         step = uint("step", step, 64)
+        seen = self.reattached
         status, result = self._step_once(step)
         if result is not None:
             return result
@@ -372,7 +384,7 @@ class Client:
         arena = isinstance(registration, Arena)
         again = arena and self._may_attach_again()
         if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
-            self._attach_again(f"at step {step}", status)
+            self._attach_again(f"at step {step}", status, seen)
             status, result = self._step_once(step)
             if result is not None:
                 return result
@@ -387,7 +399,7 @@ class Client:
             # the same gstabd. The next step finds out whether it is back.
             if again and not unanswered:
                 try:
-                    self._attach_again(f"at step {step}", status)
+                    self._attach_again(f"at step {step}", status, seen)
                     return _lost_step(step)
                 except Error as e:
                     message = e.message

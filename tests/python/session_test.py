@@ -404,6 +404,43 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_a_monitoring_thread_and_the_training_thread_both_ride_out_a_restart(self):
+        # stats() on a monitoring thread and step() on the training thread both find gstabd
+        # gone: one attaches and registers again, the other waits for it and goes on in its
+        # session (it raised UNAVAILABLE while the first was attaching again).
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-two-threads", policy="stabilize-stable-spam")
+            views = one_tensor_job(client)
+            run_steps(client, views, range(1, 4))
+            errors, done = [], threading.Event()
+
+            def monitor():
+                while not done.is_set():
+                    try:
+                        client.stats()
+                    except gstab.Error as e:
+                        errors.append(e)
+                        return
+                    time.sleep(0.02)
+            watcher = threading.Thread(target=monitor)
+            restart = threading.Thread(target=lambda: node.restart(down=2))
+            watcher.start()
+            restart.start()
+            try:
+                time.sleep(0.5)  # down now
+                run_steps(client, views, range(4, 7))
+            finally:
+                done.set()
+                watcher.join()
+                restart.join()
+            self.assertEqual(errors, [])
+            self.assertEqual(client.reattached, 1)
+            self.assertEqual(client.stats()["last_step"], 6)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_registration_after_a_restart_attaches_again_first(self):
         # A Stabilizer made after gstabd restarted (a new model, an evaluation) registers as a
         # step would step: attached again, the job resumed.
