@@ -74,7 +74,11 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
                                                                       : std::string());
       int unanswered = 0;  // keep-alives in a row that found no gstabd
       absl::Time unanswered_since;
-      while (holder.has_value() && !k->stop.WaitForNotificationWithTimeout(k->period)) {
+      // A keep-alive that failed on the way (gstabd busy, a link down a while) is sent again
+      // within a second, not a period later: two failures a period apart would let the lease
+      // (three periods) run out under a live worker.
+      absl::Duration wait = k->period;
+      while (holder.has_value() && !k->stop.WaitForNotificationWithTimeout(wait)) {
         // After a lost connection (a TCP link down a while) gRPC waits out its backoff, up to
         // two minutes, failing every call at once meanwhile: a worker idle for that long (an
         // evaluation) would lose its session to a gstabd that is reachable again.
@@ -93,6 +97,9 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
           holder = std::move(again);
           identified = true;
         }
+        const bool retry =
+            !answer->ok() && answer->error_code() != grpc::StatusCode::UNAUTHENTICATED;
+        wait = retry ? std::min(k->period, absl::Seconds(1)) : k->period;
         if (answer->error_code() != grpc::StatusCode::UNAVAILABLE) {
           unanswered = 0;
         } else if (unanswered++ == 0) {
