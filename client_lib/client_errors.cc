@@ -61,8 +61,10 @@ bool Client::CutOff(const grpc::Status& answer) const {
   // gstabd's own answers carry details (server/grpc_status.h): it ran the call to its end.
   if (!answer.error_details().empty()) return false;
   if (answer.error_code() == grpc::StatusCode::CANCELLED) return true;
+  // Any other transport failure may have come mid-call, in whatever words its gRPC release and
+  // transport use ("GOAWAY received", "Transport closed", ...): unless it says the call never
+  // left, the progress word decides.
   return answer.error_code() == grpc::StatusCode::UNAVAILABLE &&
-         FromTransport(answer.error_message()) &&
          !ContainsAny(answer.error_message(), kNotConnected);
 }
 
