@@ -410,10 +410,7 @@ class SessionTest(unittest.TestCase):
         # session (it raised UNAVAILABLE while the first was attaching again).
         node = Gstabd(ARGS.gstabd)
         try:
-            client = gstab.Client(node.socket)
-            client.attach("py-two-threads", policy="stabilize-stable-spam")
-            views = one_tensor_job(client)
-            run_steps(client, views, range(1, 4))
+            client, views = attached_job(node.socket, "py-two-threads", range(1, 4))
             errors, done = [], threading.Event()
 
             def monitor():
