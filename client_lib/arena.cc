@@ -52,7 +52,7 @@ absl::Status GradientArena::Allocate() {
   std::vector<uint64_t> offsets;
   uint64_t offset = 0;
   for (const Entry& t : tensors_) {
-    if (static_cast<uint32_t>(t.dtype) > static_cast<uint32_t>(DType::kFloat16)) {
+    if (!IsValidDType(static_cast<uint32_t>(t.dtype))) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", t.name, "' has dtype ", static_cast<uint32_t>(t.dtype),
                        ", not one of float32 (0), bfloat16 (1), float16 (2)"));

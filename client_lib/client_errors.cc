@@ -36,8 +36,10 @@ absl::Status Client::NoAnswer(absl::Duration waited) {
 namespace {
 
 // gRPC's words for a connection that could not be made: a call failing so was never sent.
-constexpr absl::string_view kNotConnected[] = {"failed to connect", "Connection refused",
-                                               "connections to all backends failing"};
+constexpr absl::string_view kNotConnected[] = {
+    "failed to connect",     "Connection refused", "connections to all backends failing",
+    "DNS resolution failed", "empty address list", "Stream refused",
+    "REFUSED_STREAM"};
 // Its words for a connection that went under a call.
 constexpr absl::string_view kConnectionLost[] = {"Socket closed", "Connection reset", "Broken pipe",
                                                  "Endpoint read failed"};
@@ -64,8 +66,10 @@ bool Client::CutOff(const grpc::Status& answer) const {
   // Any other transport failure may have come mid-call, in whatever words its gRPC release and
   // transport use ("GOAWAY received", "Transport closed", ...): unless it says the call never
   // left, the progress word decides.
+  // An older gstabd's own UNAVAILABLE (without details) names the job.
   return answer.error_code() == grpc::StatusCode::UNAVAILABLE &&
-         !ContainsAny(answer.error_message(), kNotConnected);
+         !ContainsAny(answer.error_message(), kNotConnected) &&
+         !absl::StrContains(answer.error_message(), "job '");
 }
 
 bool Client::Unanswered(const grpc::Status& answer, absl::Time deadline) const {

@@ -74,7 +74,7 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
                                                                       : std::string());
       int unanswered = 0;  // keep-alives in a row that found no gstabd
       absl::Time unanswered_since;
-      // A keep-alive that failed on the way (gstabd busy, a link down a while) is sent again
+      // A keep-alive that failed on the way (no answer in time, a link down a while) is sent again
       // within a second, not a period later: two failures a period apart would let the lease
       // (three periods) run out under a live worker.
       absl::Duration wait = k->period;
@@ -97,8 +97,10 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
           holder = std::move(again);
           identified = true;
         }
-        const bool retry =
-            !answer->ok() && answer->error_code() != grpc::StatusCode::UNAUTHENTICATED;
+        // Not gstabd's own refusals (a replaced session's ABORTED, say): they would repeat.
+        const bool retry = answer->error_details().empty() &&
+                           (answer->error_code() == grpc::StatusCode::UNAVAILABLE ||
+                            answer->error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
         wait = retry ? std::min(k->period, absl::Seconds(1)) : k->period;
         if (answer->error_code() != grpc::StatusCode::UNAVAILABLE) {
           unanswered = 0;

@@ -248,10 +248,11 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
         // Only a wait the store ended unmet names a node; any other failure is the store's or
         // this gstabd's (below).
         if (!absl::StrContains(e.what(), kStoreKeyNotSet)) throw;
-        const uint32_t unset = UnsetNode(e.what(), prefix).value_or(next);
-        if (unset < next || unset >= size_ || unset == rank_) throw;  // not a key asked for
-        missing.push_back(unset);
-        next = unset + 1 == rank_ ? unset + 2 : unset + 1;
+        // A key not named, or not one asked for: the store could not say which.
+        const std::optional<uint32_t> unset = UnsetNode(e.what(), prefix);
+        if (!unset.has_value() || *unset < next || *unset >= size_ || *unset == rank_) throw;
+        missing.push_back(*unset);
+        next = *unset + 1 == rank_ ? *unset + 2 : *unset + 1;
       }
     }
   } catch (const std::exception& e) {

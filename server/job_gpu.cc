@@ -129,30 +129,33 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
   RuleParams node_zeros = params_;
   agreeing_layout_ = true;
   mu_.Unlock();
-  // The node collective takes one caller at a time: a CPU round of another local rank may use
-  // it (a worker registering cuda_ipc buffers while a round it was in is given up).
-  collective_use_.Lock();
-  absl::Status agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
-  // Every node has the same maxima: each refuses alike, and none then waits in the broadcast.
+  absl::Status agreed;
   absl::Status refused;
-  if (agreed.ok() && range[6] != -range[7]) {
-    refused = absl::InvalidArgumentError(absl::StrCat(
-        "the nodes of job '", name_, "' run different numbers of local GPU workers (", gpus,
-        " on this node, between ", -range[7], " and ", range[6],
-        " across nodes): every node must run as many (torchrun's --nproc-per-node, the "
-        "attaches' local_world_size), since NCCL's ranks are node rank x that number + local "
-        "rank; nothing was summed"));
-  } else if (agreed.ok() && range[0] != -range[1]) {
-    refused = absl::InvalidArgumentError(absl::StrCat(
-        "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
-        " on this node, between ", -range[1], " and ", range[0],
-        " across nodes); every node must register the same groups; nothing was summed"));
+  bool configs_differ = false;
+  {
+    // The node collective takes one caller at a time: a CPU round of another local rank may use
+    // it (a worker registering cuda_ipc buffers while a round it was in is given up).
+    absl::MutexLock using_collective(&collective_use_);
+    agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
+    // Every node has the same maxima: each refuses alike, and none then waits in the broadcast.
+    if (agreed.ok() && range[6] != -range[7]) {
+      refused = absl::InvalidArgumentError(absl::StrCat(
+          "the nodes of job '", name_, "' run different numbers of local GPU workers (", gpus,
+          " on this node, between ", -range[7], " and ", range[6],
+          " across nodes): every node must run as many (torchrun's --nproc-per-node, the "
+          "attaches' local_world_size), since NCCL's ranks are node rank x that number + local "
+          "rank; nothing was summed"));
+    } else if (agreed.ok() && range[0] != -range[1]) {
+      refused = absl::InvalidArgumentError(absl::StrCat(
+          "the nodes of job '", name_, "' registered different numbers of norm groups (", n,
+          " on this node, between ", -range[1], " and ", range[0],
+          " across nodes); every node must register the same groups; nothing was summed"));
+    }
+    configs_differ = range[2] != -range[3] || range[4] != -range[5];
+    if (agreed.ok() && refused.ok() && configs_differ) {
+      agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
+    }
   }
-  const bool configs_differ = range[2] != -range[3] || range[4] != -range[5];
-  if (agreed.ok() && refused.ok() && configs_differ) {
-    agreed = BroadcastParams(collective.get(), timeout, &node_zeros);
-  }
-  collective_use_.Unlock();
   mu_.Lock();
   agreeing_layout_ = false;
   if (absl::Status s = generation_ended(); !s.ok()) return s;

@@ -14,9 +14,10 @@ import time
 import weakref
 from typing import Optional
 
-from ._native import (DATA_LOSS, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE,
-                      UNIMPLEMENTED, CGroupResult, CStepResult, CAttachOptions, Config, Error,
-                      check, enc, enc_path, json_numbers, load_library, settings, take, uint)
+from ._native import (ABORTED, DATA_LOSS, FAILED_PRECONDITION, NOT_FOUND, UNAUTHENTICATED,
+                      UNAVAILABLE, UNIMPLEMENTED, CGroupResult, CStepResult, CAttachOptions,
+                      Config, Error, check, enc, enc_path, json_numbers, load_library, settings,
+                      take, uint)
 from ._buffers import Arena, CudaGradients, _live_arenas
 from ._results import GroupResult, StepResult, _lost_step
 
@@ -27,6 +28,10 @@ def _check_type(call: str, value, expected: type) -> None:
 
 
 _log = logging.getLogger("gstab")
+# What a call made while another thread attached again may hear, gstabd not having taken it:
+# the old session gone (UNAVAILABLE, UNAUTHENTICATED), replaced (ABORTED), or the new one not
+# registered yet (FAILED_PRECONDITION).
+_IN_ANOTHER_SESSION = (UNAVAILABLE, UNAUTHENTICATED, ABORTED, FAILED_PRECONDITION)
 
 # Clients still open when the interpreter exits detach then (gstabd lets go of their workers at
 # once rather than at the end of their leases; a forked child's inherited ones free nothing). One
@@ -133,6 +138,9 @@ class Client:
         # whose call found gstabd replaced waits for it, then goes on in the session it made.
         self._reattaching = None
         self._reattach_lock = threading.Lock()
+        # Attaches again tried (under the lock), and the last one's error (None: it succeeded):
+        # a thread that waited for another's learns its outcome rather than trying again.
+        self._reattach_tries, self._reattach_error = 0, None
         self._attached = None  # attach()'s arguments, to attach again
         # None or "": the library dials $GSTAB_SOCKET, else DEFAULT_SOCKET.
         check(self._lib.gstab_connect(enc_path(socket_path or ""), ctypes.byref(self._h)))
@@ -214,12 +222,27 @@ class Client:
             self._reattaching != threading.get_ident() and attached["node_count"] <= 1 and \
             (registration is None or isinstance(registration, Arena))
 
+    def _reattached_meanwhile(self, seen: int) -> bool:
+        """Whether another thread attached again since `seen` (_reattach_tries then), waiting
+        for one under way: a call made meanwhile found the old session gone, or the new one
+        not registered yet. Raises that attach's error when it failed."""
+        if self._reattaching not in (None, threading.get_ident()):
+            with self._reattach_lock:
+                pass
+        if self._reattach_tries == seen:
+            return False
+        if self._reattach_error is not None:
+            raise Error(self._reattach_error.code, self._reattach_error.message)
+        return True
+
     def _again_on_restart(self, what: str, call):
         """call(), and once more after attaching again if it found gstabd replaced."""
-        seen = self.reattached
+        seen = self._reattach_tries
         try:
             return call()
         except Error as e:
+            if e.code in _IN_ANOTHER_SESSION and self._reattached_meanwhile(seen):
+                return call()  # in the session another thread made
             if e.code not in (UNAVAILABLE, UNAUTHENTICATED) or not self._may_attach_again():
                 raise
             self._attach_again(f"in {what}()", e.code, seen)
@@ -231,12 +254,23 @@ class Client:
         process was stopped): attach and register again once a gstabd serves. The job goes on
         as gstabd holds it or restored it from its checkpoint, configuration included; one that
         gstabd has no trace of starts afresh with the configuration attach() was given. Nothing
-        when another thread has attached again since the failed call began (`seen`: the count
-        of attaches again then)."""
+        when another thread has attached again since the failed call began (`seen`:
+        _reattach_tries then), or its error when that failed."""
         why = self._lib.gstab_last_error().decode(errors="replace")  # this thread's
         with self._reattach_lock:
-            if self.reattached == seen:
-                self._attach_again_now(where, code, why)
+            if self._reattach_tries == seen:
+                # Counted once over: a call another thread begins meanwhile (its `seen` this
+                # count) learns of this one when it finds the lock taken.
+                try:
+                    self._attach_again_now(where, code, why)
+                    self._reattach_error = None
+                except Error as e:
+                    self._reattach_error = e
+                    raise
+                finally:
+                    self._reattach_tries += 1
+                return
+        self._reattached_meanwhile(seen)  # raises another thread's failure
 
     def _attach_again_now(self, where: str, code: int, why: str) -> None:
         what = ("gstabd went away" if code == UNAVAILABLE
@@ -252,6 +286,9 @@ class Client:
         self._reattaching = threading.get_ident()  # its calls below do not attach again
         try:
             while True:
+                if self._attached is not attached:  # detach() or close() meanwhile
+                    raise Error(FAILED_PRECONDITION, "this gstab.Client is closed (or was "
+                                "detached) while it attached again")
                 try:
                     # Without a configuration: the job's own (update_config's, gstabctl's) is
                     # kept.
@@ -376,10 +413,17 @@ class Client:
     def step(self, step: int) -> StepResult:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         step = uint("step", step, 64)
-        seen = self.reattached
+        seen = self._reattach_tries
         status, result = self._step_once(step)
         if result is not None:
             return result
+        # gstabd did not take it (DATA_LOSS aside) in a session another thread has replaced, or
+        # before its new one had registered: stepped in that one.
+        if status in _IN_ANOTHER_SESSION and self._reattached_meanwhile(seen):
+            seen = self._reattach_tries
+            status, result = self._step_once(step)
+            if result is not None:
+                return result
         registration = self.registration  # a close() from another thread may clear it
         arena = isinstance(registration, Arena)
         again = arena and self._may_attach_again()

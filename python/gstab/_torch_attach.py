@@ -33,8 +33,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     local_rank, node_rank) given: those, with consecutive global ranks on a node, and nothing
     gathered. The nodes found are kept in client.node_ranks. Without torch.distributed
     initialized: a job of this process alone, or of the local_rank and local_world_size given
-    (processes of one node); with neither given where WORLD_SIZE says a launcher started
-    several processes, ValueError (each would attach as the same worker). With several ranks, every rank must call this at once: the ranks'
+    (processes of one node); without both where WORLD_SIZE says a launcher started several
+    processes, ValueError (each would attach as the same worker). With several ranks, every rank must call this at once: the ranks'
     gstabds are gathered over the default process group, and a job across nodes gets its
     rendezvous from global rank 0, broadcast over it. cuda: whether the job registers CUDA
     gradients (default: the process group has an NCCL backend; pass cuda=True for a GPU job
@@ -44,7 +44,7 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
             raise ValueError("node_rank: a job across nodes needs torch.distributed initialized "
                              "(its rendezvous is broadcast over the default process group)")
         launched = _launched_processes()
-        if launched > 1 and local_rank is None and local_world_size is None:
+        if launched > 1 and (local_rank is None or local_world_size is None):
             raise ValueError(
                 f"WORLD_SIZE is {launched} (a launcher such as torchrun started several "
                 "processes), but torch.distributed is not initialized: call gstab.torch.attach "

@@ -166,6 +166,8 @@ class TorchAttachTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "WORLD_SIZE is 8 .* call gstab.torch.attach "
                                     "after torch.distributed.init_process_group"):
             torch_attach(None, None)
+        with self.assertRaisesRegex(ValueError, "WORLD_SIZE is 8"):
+            torch_attach(None, None, local_rank=1)  # every process local world size 1
         asked = torch_attach(None, None, local_rank=1, local_world_size=2).asked
         self.assertEqual((asked["local_rank"], asked["local_world_size"]), (1, 2))
         os.environ["WORLD_SIZE"] = "1"
