@@ -350,20 +350,10 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
   }
   for (const auto& [job, workers] : jobs) {
     v1::JobSummary* out = response->add_jobs();
-    out->set_job(job->name());
-    v1::GetStatsResponse stats;
-    job->GetStats(&stats);
-    out->set_policy(PolicyName(job->params().policy));
-    out->set_steps(stats.steps());
-    out->set_last_step(stats.last_step());
-    out->set_groups(static_cast<uint32_t>(stats.groups_size()));
-    out->set_registered_bytes(stats.registered_bytes());
+    job->Summarize(out);  // not GetStats: its groups' statistics, up to 65,536 of them
     out->set_attached_workers(workers);
     out->set_node_rank(job->node_rank());
     out->set_node_count(job->node_count());
-    out->set_waiting_step(stats.waiting_step());
-    *out->mutable_arrived_local_ranks() = stats.arrived_local_ranks();
-    out->set_local_world_size(stats.local_world_size());
     SetOwnerIn(job->owner(), out);
     if (observer_ != nullptr) observer_->Summarize(job->name(), history, out);
   }

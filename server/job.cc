@@ -342,4 +342,21 @@ absl::Status Job::CheckGroupCap(size_t new_groups) const {
       "use a new job name)"));
 }
 
+void Job::Summarize(v1::JobSummary* out) const {
+  absl::MutexLock lock(&mu_);
+  out->set_job(name_);
+  out->set_policy(PolicyName(params_.policy));
+  out->set_steps(steps_);
+  out->set_last_step(last_step_);
+  out->set_groups(static_cast<uint32_t>(group_names_.size()));
+  uint64_t bytes = 0;
+  for (const auto& [rank, w] : workers_) bytes += w->registration.plan.total_bytes;
+  out->set_registered_bytes(bytes);
+  out->set_local_world_size(local_world_size_);
+  if (round_open_ && !round_running_) {
+    out->set_waiting_step(round_step_);
+    for (const auto& [rank, session] : arrived_) out->add_arrived_local_ranks(rank);
+  }
+}
+
 }  // namespace gstab

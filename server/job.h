@@ -173,6 +173,10 @@ class Job {
                             RuleParams* before = nullptr);
 
   void GetStats(v1::GetStatsResponse* response) const;
+  // The job's line of ListJobs: its policy, step counts, group count, registered bytes, local
+  // world size and the step waiting for workers (not its groups' statistics, which GetStats
+  // builds).
+  void Summarize(v1::JobSummary* out) const;
   // The job's state; for its checkpoint (`with_history`), with its configuration's versions too
   // (JobState.config_history), read with the rest at once.
   v1::JobState ExportState(bool with_history = false) const;

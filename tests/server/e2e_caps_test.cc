@@ -110,9 +110,23 @@ TEST(E2eCapsTest, AnOwnersNewJobRetiresItsLongestIdleJobAtItsCap) {
   grpc::ClientContext ctx;
   ASSERT_TRUE((*lister)->stub()->ListJobs(&ctx, request, &jobs).ok());
   std::map<std::string, bool> retired;
-  for (const v1::JobSummary& j : jobs.jobs()) retired[j.job()] = j.retired();
+  std::map<std::string, v1::JobSummary> held;
+  for (const v1::JobSummary& j : jobs.jobs()) {
+    retired[j.job()] = j.retired();
+    if (!j.retired()) held[j.job()] = j;
+  }
   EXPECT_EQ(retired, (std::map<std::string, bool>{
                          {"sweep-1", true}, {"sweep-2", false}, {"sweep-3", false}}));
+  // Each held job's line: stepped once and left (its buffers gone), or registered and waiting.
+  EXPECT_EQ(held["sweep-2"].steps(), 1u);
+  EXPECT_EQ(held["sweep-2"].last_step(), 1u);
+  EXPECT_EQ(held["sweep-2"].groups(), 3u);
+  EXPECT_EQ(held["sweep-2"].registered_bytes(), 0u);
+  EXPECT_EQ(held["sweep-3"].steps(), 0u);
+  EXPECT_EQ(held["sweep-3"].groups(), 3u);
+  EXPECT_GT(held["sweep-3"].registered_bytes(), 0u);
+  EXPECT_EQ(held["sweep-3"].local_world_size(), 1u);
+  EXPECT_EQ(held["sweep-3"].policy(), "stabilize");
   EXPECT_TRUE(daemon->WaitForLog("'s cap of 2 jobs")) << daemon->Log();
   // Back from its checkpoint, sweep-1 makes room in turn.
   auto again = TestWorker::Create(daemon->socket(), JobOptions("sweep-1"));
