@@ -120,7 +120,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
   };
   auto sum_locally = [&]() -> absl::Status {
-    if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) return s;
+    if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat(s.message(), "; nothing was applied to this step"));
+    }
     for (const auto& [rank, w] : workers) {
       std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
       if (absl::Status s =
@@ -253,7 +256,15 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     *counted = true;
   }
 
-  // 4. Scale every worker's chunks in place, marked in their progress words around it.
+  // 4. Scale every worker's chunks in place, marked in their progress words around it. Not a
+  // worker's that cut its shared memory short since the sums (the cross-node stage lies
+  // between): its lost pages would take gstabd's own memory as they were scaled (shm_faults.h).
+  if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) {
+    LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
+    return absl::Status(s.code(), absl::StrCat(s.message(), "; step ", step,
+                                               " counted in the statistics, but no gradients of "
+                                               "this node were scaled"));
+  }
   for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
   for (const auto& [rank, w] : workers) {
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;

@@ -235,8 +235,8 @@ absl::Status ShmMapping::CheckSize() const {
   if (superseded_) {
     return absl::FailedPreconditionError(absl::StrCat(
         "shared memory '", name_, "' was registered again at another size since (", size_,
-        " bytes here): gstabd maps an object once, so this registration of it is over; "
-        "nothing was applied to this step: register the gradients again"));
+        " bytes here): gstabd maps an object once, so this registration of it is over: "
+        "register the gradients again"));
   }
   struct stat st;
   if (fstat(fd_, &st) != 0) {
@@ -246,15 +246,12 @@ absl::Status ShmMapping::CheckSize() const {
   if (static_cast<uint64_t>(st.st_size) < size_) {
     return absl::FailedPreconditionError(absl::StrCat(
         "shared memory '", name_, "' shrank from ", size_, " to ", st.st_size,
-        " bytes after it was registered (was it truncated?); nothing was applied to this step: "
-        "register the gradients again"));
+        " bytes after it was registered (was it truncated?): register the gradients again"));
   }
   // Pages released since (a hole punched, MADV_REMOVE) would come back on gstabd's account.
   if (absl::Status s = CheckAllocated(name_, st); !s.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat(s.message(),
-                     "; it changed after it was registered: nothing was applied to this "
-                     "step"));
+        absl::StrCat(s.message(), "; it changed after it was registered"));
   }
   return absl::OkStatus();
 }

@@ -59,7 +59,8 @@ class ShmMapping {
   // FAILED_PRECONDITION when the object is now smaller than the mapping (its creator truncated
   // it, and touching the pages past its end would raise SIGBUS), some of its pages were
   // released (touching them would allocate them on gstabd's account), or a touch of it already
-  // raised SIGBUS (Lost). Checked before every step.
+  // raised SIGBUS (Lost). Checked before every step, and again before its scaling; the caller
+  // says what of the step was applied.
   absl::Status CheckSize() const;
   // Whether a touch of this mapping raised SIGBUS (server/shm_faults.h): its pages from there on
   // were replaced by zeros, and the object is not used again. A step checks it after touching.

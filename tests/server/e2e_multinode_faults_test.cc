@@ -70,6 +70,29 @@ TEST(MultiNodeFaultTest, ANodesRefusalEndsTheStepEverywhereAndTheJobGoesOn) {
   ExpectAcceptedSteps(workers, 2);
 }
 
+// A worker that cuts its shared memory short after its node summed the step (while it waits
+// for the other nodes) is not scaled: the step is refused on that node, saying the statistics
+// took it, rather than its lost pages being written (each would take gstabd's own memory).
+TEST(MultiNodeFaultTest, AnObjectCutShortBeforeTheScalingIsNotScaled) {
+  Cluster cluster(2);
+  auto workers = cluster.Attach("cut-mid-step");
+  for (size_t i = 0; i < 2; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  absl::StatusOr<v1::StepResponse> node1;
+  std::thread waiting([&] { node1 = workers[1]->client().Step(1); });  // summed, then waits
+  absl::SleepFor(absl::Milliseconds(500));
+  const int fd = shm_open(workers[1]->arena().shm_name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4096), 0);
+  close(fd);
+  absl::StatusOr<v1::StepResponse> node0 = workers[0]->client().Step(1);
+  waiting.join();
+  EXPECT_TRUE(node0.ok()) << node0.status();
+  ASSERT_FALSE(node1.ok());
+  EXPECT_NE(node1.status().message().find("no gradients of this node were scaled"),
+            std::string::npos)
+      << node1.status();
+}
+
 // A job resumed from a checkpoint older than its last step, on the gstabds it ran on: node 0
 // imports it, and node 1, which holds the job at its later step, follows node 0's steps.
 TEST(MultiNodeFaultTest, AJobResumedOnItsOwnGstabdsFromAnOlderCheckpointGoesOn) {
