@@ -1,0 +1,119 @@
+// What ListJobs (`gstabctl status`) costs gstabd per job held, and how long it holds each job's
+// lock: its line of the listing (Job::Summarize) beside GetStats on the same jobs in the same
+// run (what ListJobs called for each job before: every group's statistics built, to count them).
+//
+//   list_jobs_bench [--jobs=16] [--groups=65536] [--rounds=20]
+//
+// Jobs hold `groups` norm groups each (imported, as a checkpoint or `gstabctl import` brings
+// them; 65,536 is kMaxGroupsPerJob). Each round reads every job once each way; the figures are
+// per job. Figures go to bench/RESULTS.md.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "bench/stats.h"
+#include "core/config.h"
+#include "server/job.h"
+#include "server/state_codec.h"
+
+namespace gstab {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  int jobs = 16;
+  int groups = 65536;
+  int rounds = 20;
+};
+
+Options Parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    int* field = absl::ConsumePrefix(&arg, "--jobs=")     ? &o.jobs
+                 : absl::ConsumePrefix(&arg, "--groups=") ? &o.groups
+                 : absl::ConsumePrefix(&arg, "--rounds=") ? &o.rounds
+                                                          : nullptr;
+    if (field == nullptr || !absl::SimpleAtoi(arg, field) || *field < 1) {
+      std::fprintf(stderr, "usage: list_jobs_bench [--jobs=N] [--groups=N] [--rounds=N]\n");
+      std::exit(2);
+    }
+  }
+  return o;
+}
+
+// A state of `groups` warm groups, as a job that has stepped a while holds.
+v1::JobState StateOf(int groups) {
+  v1::JobState state;
+  state.set_format_version(kJobStateFormatVersion);
+  state.set_last_step(1000);
+  *state.mutable_config() = EffectiveConfig(RuleParams{});
+  GroupStats s;
+  s.t = s.steps = 1000;
+  s.m = 0.9;
+  s.v = 0.82;
+  s.spike_mean = 1.0;
+  s.spike_var = 0.01;
+  for (int g = 0; g < groups; ++g) {
+    *state.add_groups() = GroupStateToProto(absl::StrCat("layers.", g, ".weight"), s);
+  }
+  return state;
+}
+
+// Microseconds per job of `read` over every job, one value per round.
+template <typename Read>
+std::vector<double> Time(const std::vector<std::unique_ptr<Job>>& jobs, int rounds,
+                         const Read& read) {
+  std::vector<double> per_job;
+  for (int r = 0; r < rounds; ++r) {
+    const auto start = Clock::now();
+    for (const auto& job : jobs) read(*job);
+    const std::chrono::duration<double, std::micro> took = Clock::now() - start;
+    per_job.push_back(took.count() / static_cast<double>(jobs.size()));
+  }
+  return per_job;
+}
+
+int Main(int argc, char** argv) {
+  const Options o = Parse(argc, argv);
+  const v1::JobState state = StateOf(o.groups);
+  std::vector<std::unique_ptr<Job>> jobs;
+  for (int j = 0; j < o.jobs; ++j) {
+    jobs.push_back(std::make_unique<Job>(absl::StrCat("job-", j), RuleParams{}, 1, nullptr));
+    if (absl::Status s = jobs.back()->ImportState(state, /*with_config=*/false); !s.ok()) {
+      std::fprintf(stderr, "import: %s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  size_t lines = 0;  // read, so that nothing is optimized away
+  const std::vector<double> summary = Time(jobs, o.rounds, [&](const Job& job) {
+    v1::JobSummary out;
+    job.Summarize(&out);
+    lines += out.groups();
+  });
+  const std::vector<double> stats = Time(jobs, o.rounds, [&](const Job& job) {
+    v1::GetStatsResponse out;
+    job.GetStats(&out);
+    lines += static_cast<size_t>(out.groups_size());
+  });
+  const double s50 = bench::Percentile(summary, 0.5);
+  const double g50 = bench::Percentile(stats, 0.5);
+  std::printf("%d jobs of %d groups, %d rounds (%zu groups read)\n", o.jobs, o.groups, o.rounds,
+              lines);
+  std::printf(
+      "per job, us: Summarize median %.1f (max %.1f); GetStats median %.1f (max %.1f); "
+      "GetStats / Summarize %.0fx\n",
+      s50, bench::Percentile(summary, 1.0), g50, bench::Percentile(stats, 1.0), g50 / s50);
+  return 0;
+}
+
+}  // namespace
+}  // namespace gstab
+
+int main(int argc, char** argv) { return gstab::Main(argc, argv); }
