@@ -13,9 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
+#include "bench/flags.h"
 #include "bench/stats.h"
 #include "core/config.h"
 #include "server/job.h"
@@ -34,17 +33,8 @@ struct Options {
 
 Options Parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    int* field = absl::ConsumePrefix(&arg, "--jobs=")     ? &o.jobs
-                 : absl::ConsumePrefix(&arg, "--groups=") ? &o.groups
-                 : absl::ConsumePrefix(&arg, "--rounds=") ? &o.rounds
-                                                          : nullptr;
-    if (field == nullptr || !absl::SimpleAtoi(arg, field) || *field < 1) {
-      std::fprintf(stderr, "usage: list_jobs_bench [--jobs=N] [--groups=N] [--rounds=N]\n");
-      std::exit(2);
-    }
-  }
+  bench::ParseFlags(argc, argv,
+                    {{"--jobs=", &o.jobs}, {"--groups=", &o.groups}, {"--rounds=", &o.rounds}});
   return o;
 }
 

@@ -17,9 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
+#include "bench/flags.h"
 #include "bench/stats.h"
 #include "server/metrics.h"
 
@@ -37,25 +36,11 @@ struct Options {
 
 Options Parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    bool ok = true;
-    if (absl::ConsumePrefix(&arg, "--jobs=")) {
-      ok = absl::SimpleAtoi(arg, &o.jobs);
-    } else if (absl::ConsumePrefix(&arg, "--groups=")) {
-      ok = absl::SimpleAtoi(arg, &o.groups);
-    } else if (absl::ConsumePrefix(&arg, "--families=")) {
-      ok = absl::SimpleAtoi(arg, &o.families);
-    } else if (absl::ConsumePrefix(&arg, "--seconds=")) {
-      ok = absl::SimpleAtod(arg, &o.seconds);
-    } else {
-      ok = false;
-    }
-    if (!ok || o.jobs < 1 || o.groups < 1 || o.families < 1 || o.seconds <= 0) {
-      std::fprintf(stderr, "bad argument '%s'\n", argv[i]);
-      std::exit(2);
-    }
-  }
+  bench::ParseFlags(argc, argv,
+                    {{"--jobs=", &o.jobs},
+                     {"--groups=", &o.groups},
+                     {"--families=", &o.families},
+                     {"--seconds=", &o.seconds}});
   return o;
 }
 
