@@ -25,19 +25,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct Options {
-  int jobs = 16;
-  int groups = 65536;
-  int rounds = 20;
-};
-
-Options Parse(int argc, char** argv) {
-  Options o;
-  bench::ParseFlags(argc, argv,
-                    {{"--jobs=", &o.jobs}, {"--groups=", &o.groups}, {"--rounds=", &o.rounds}});
-  return o;
-}
-
 // A state of `groups` warm groups, as a job that has stepped a while holds.
 v1::JobState StateOf(int groups) {
   v1::JobState state;
@@ -71,7 +58,11 @@ std::vector<double> Time(const std::vector<std::unique_ptr<Job>>& jobs, int roun
 }
 
 int Main(int argc, char** argv) {
-  const Options o = Parse(argc, argv);
+  struct {
+    int jobs = 16, groups = 65536, rounds = 20;
+  } o;
+  bench::ParseFlags(argc, argv,
+                    {{"--jobs=", &o.jobs}, {"--groups=", &o.groups}, {"--rounds=", &o.rounds}});
   const v1::JobState state = StateOf(o.groups);
   std::vector<std::unique_ptr<Job>> jobs;
   for (int j = 0; j < o.jobs; ++j) {
