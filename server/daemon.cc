@@ -276,7 +276,9 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
     absl::MutexLock lock(&mu_);
     if (sessions_.count(request.session()) == 0) {
       if (absl::Status replaced = Replaced(request.session()); !replaced.ok()) return replaced;
-      return absl::UnauthenticatedError("unknown or expired session");
+      return absl::UnauthenticatedError(
+          "unknown or expired session: nothing to detach (gstabd ended it already: its lease ran "
+          "out, or gstabd restarted)");
     }
     removal = DropSession(request.session(), "detached", /*worker_gone=*/false);
   }
