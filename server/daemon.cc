@@ -243,7 +243,8 @@ absl::Status Daemon::Register(const Session& session, const v1::RegisterBuffersR
   return session.job->Register(session.local_rank, *std::move(mapped), response, session.id);
 }
 
-absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response) {
+absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* response,
+                          absl::Time call_deadline) {
   if (absl::Status s = CheckStepNumber(request.step()); !s.ok()) return s;
   absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
@@ -257,7 +258,7 @@ absl::Status Daemon::Step(const v1::StepRequest& request, v1::StepResponse* resp
   }
   absl::Status status =
       session->job->Step(session->local_rank, request.step(), options_.step_timeout, response,
-                         request.ready_value(), session->id);
+                         request.ready_value(), session->id, call_deadline);
   {
     absl::MutexLock lock(&mu_);
     --steps_in_flight_;

@@ -91,7 +91,9 @@ class Daemon {
   absl::Status RegisterBuffers(const v1::RegisterBuffersRequest& request,
                                v1::RegisterBuffersResponse* response,
                                std::optional<uid_t> peer_uid);
-  absl::Status Step(const v1::StepRequest& request, v1::StepResponse* response);
+  // `call_deadline`: when the caller gives up the call (Job::Step).
+  absl::Status Step(const v1::StepRequest& request, v1::StepResponse* response,
+                    absl::Time call_deadline = absl::InfiniteFuture());
   absl::Status KeepAlive(const v1::KeepAliveRequest& request);
   absl::Status Detach(const v1::DetachRequest& request);
   absl::Status GetStats(const v1::GetStatsRequest& request, v1::GetStatsResponse* response);

@@ -158,8 +158,13 @@ class Job {
   // ranks' workers detached (see detached_), or when this call's own session's registration was
   // refused meanwhile.
   // `ready_value`: for cuda_ipc workers, the value of this step's ready write (StepRequest).
+  // `call_deadline`: when the worker's call gives up (its client then takes the step as lost and
+  // zeroes its gradients): on the CPU backend a round whose rule or scaling would come after
+  // any of its workers' deadlines does neither (DEADLINE_EXCEEDED), so that a gstabd resumed
+  // after a freeze does not scale gradients that a worker's next backward pass is writing.
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
-                    v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0);
+                    v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0,
+                    absl::Time call_deadline = absl::InfiniteFuture());
 
   // gstabd is stopping: Steps of an open round that still waits for other local workers (whose
   // Steps gstabd now refuses) answer UNAVAILABLE at once, as do later ones on the CPU backend.
@@ -352,9 +357,10 @@ class Job {
                                  absl::Status refusal, absl::Status* told = nullptr);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held. `counted`:
   // whether the rule ran (the statistics took the step), which a failure after it leaves true.
+  // `given_up`: the earliest of its workers' call deadlines (Step).
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                        absl::Duration timeout, v1::StepResponse* response, bool* counted)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                        absl::Duration timeout, absl::Time given_up, v1::StepResponse* response,
+                        bool* counted) ABSL_LOCKS_EXCLUDED(mu_);
   // Replaces `params` (this step's configuration, of `version`) with node 0's, and the job's
   // with it where they differ (a new version; logged: a multi-node job's configuration is node
   // 0's).
@@ -435,6 +441,8 @@ class Job {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;            // see BeginShutdown
   int importing_ ABSL_GUARDED_BY(mu_) = 0;  // imports waiting between steps: steps wait for them
   std::map<uint32_t, uint64_t> arrived_ ABSL_GUARDED_BY(mu_);  // local rank -> its session
+  // Local rank -> its last Step's call deadline (read for the ranks of arrived_).
+  std::map<uint32_t, absl::Time> call_deadlines_ ABSL_GUARDED_BY(mu_);
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
   // A job across nodes: the newest step given up at its arrival deadline (AbandonRound).
   std::optional<uint64_t> abandoned_step_ ABSL_GUARDED_BY(mu_);

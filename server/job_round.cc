@@ -15,7 +15,8 @@
 namespace gstab {
 
 absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
-                       v1::StepResponse* response, uint32_t ready_value, uint64_t session) {
+                       v1::StepResponse* response, uint32_t ready_value, uint64_t session,
+                       absl::Time call_deadline) {
   // Its session's last registration was refused (DropRegistration): why.
   auto registration_refused = [this, local_rank]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto again = register_again_.find(local_rank);
@@ -32,6 +33,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   }
   if (gpu) return StepGpu(local_rank, step, ready_value, session, response);
   WorkerMap snapshot;
+  absl::Time given_up = absl::InfiniteFuture();  // the arrivals' earliest call deadline
   size_t num_groups = 0;
   uint64_t my_round = 0;
   {
@@ -84,6 +86,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       return absl::FailedPreconditionError(
           absl::StrCat("local rank ", local_rank, " already called Step(", step, ")"));
     }
+    call_deadlines_[local_rank] = call_deadline;
     my_round = round_id_;
     if (arrived_.size() < local_world_size_) {
       // A round given up at its deadline is announced on the communicator it began under only
@@ -207,6 +210,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     for (const auto& [r, arrival_session] : arrived_) {
       auto it = workers_.find(r);
       if (it != workers_.end()) snapshot.emplace(r, it->second);
+      given_up = std::min(given_up, call_deadlines_[r]);
     }
     num_groups = group_names_.size();
     round_running_ = true;
@@ -223,7 +227,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   absl::Status status;
   {
     absl::MutexLock using_collective(&collective_use_);  // after a given-up round's notice
-    status = RunRound(step, snapshot, num_groups, timeout, &result, &counted);
+    status = RunRound(step, snapshot, num_groups, timeout, given_up, &result, &counted);
   }
   const absl::Duration duration = absl::FromChrono(std::chrono::steady_clock::now() - start);
   {

@@ -61,7 +61,18 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
 }
 
 absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
-                           absl::Duration timeout, v1::StepResponse* response, bool* counted) {
+                           absl::Duration timeout, absl::Time given_up, v1::StepResponse* response,
+                           bool* counted) {
+  // A worker's call given up (gstabd frozen past its deadline, say): its client has taken the
+  // step as lost and zeroed its gradients, and its next backward pass may be writing them.
+  auto too_late = [&](const std::string& consequence) -> absl::Status {
+    if (absl::Now() < given_up) return absl::OkStatus();
+    LOG(WARNING) << "job '" << name_ << "' step " << step
+                 << ": a worker's call gave up before it was done; " << consequence;
+    return absl::DeadlineExceededError(absl::StrCat(
+        "step ", step, " of job '", name_, "' came after a worker's call of it gave up (gstabd ",
+        "stalled past the call's deadline); ", consequence));
+  };
   // 1. Partial sums per worker, combined per group in local-rank order (deterministic).
   std::vector<double> sums(num_groups, 0.0);
   std::vector<uint32_t> non_finite(num_groups, 0);
@@ -210,6 +221,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   }
 
   // 3. The rule, under the lock: statistics and configuration change only here.
+  if (absl::Status s = too_late("nothing was applied to it on this node"); !s.ok()) return s;
   const LocalWork applying;  // from the rule to the end of the scaling
   if (!applying.began()) {
     if (collective == nullptr) return ShuttingDown(step);
@@ -264,6 +276,11 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     return absl::Status(s.code(), absl::StrCat(s.message(), "; step ", step,
                                                " counted in the statistics, but no gradients of "
                                                "this node were scaled"));
+  }
+  if (absl::Status s = too_late("it counted in the statistics, but no gradients of this node "
+                                "were scaled");
+      !s.ok()) {
+    return s;
   }
   for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
   for (const auto& [rank, w] : workers) {

@@ -105,7 +105,11 @@ grpc::Status StabilizerService::RegisterBuffers(grpc::ServerContext* context,
 
 grpc::Status StabilizerService::Step(grpc::ServerContext* context, const v1::StepRequest* request,
                                      v1::StepResponse* response) {
-  return Counted("Step", context, [&] { return daemon_->Step(*request, response); });
+  // The client's deadline (gRPC's infinite one, past absl's range, reads as none).
+  const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
+                                  ? absl::InfiniteFuture()
+                                  : absl::FromChrono(context->deadline());
+  return Counted("Step", context, [&] { return daemon_->Step(*request, response, deadline); });
 }
 
 grpc::Status StabilizerService::KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest* request,

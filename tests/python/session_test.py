@@ -18,7 +18,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import gstab  # noqa: E402
 from gstabd import Gstabd, command_line  # noqa: E402
-from stepping import attached_job, one_tensor_job, run_steps  # noqa: E402
+from stepping import attached_job, fill, one_tensor_job, run_steps  # noqa: E402
 
 ARGS = None
 
@@ -332,6 +332,42 @@ class SessionTest(unittest.TestCase):
             self.assertLess(time.monotonic() - start, 4)
         finally:
             del os.environ["GSTAB_CALL_TIMEOUT_S"]
+            self.assertEqual(node.stop(), 0)
+
+    def test_a_round_that_comes_after_a_workers_call_gave_up_applies_nothing(self):
+        # A worker whose step call gave up (no answer within its call timeout) zeroes its
+        # gradients and goes on to its next backward pass; the round it waited in, run later
+        # when the job's other worker comes, must not scale them.
+        node = Gstabd(ARGS.gstabd)
+        os.environ["GSTAB_CALL_TIMEOUT_S"] = "1"
+        try:
+            first = gstab.Client(node.socket, reattach_timeout=0)
+        finally:
+            del os.environ["GSTAB_CALL_TIMEOUT_S"]
+        try:
+            first.attach("py-gave-up", world_size=2, local_world_size=2)
+            views0 = one_tensor_job(first)
+            second = gstab.Client(node.socket)
+            second.attach("py-gave-up", rank=1, world_size=2, local_rank=1, local_world_size=2)
+            views1 = one_tensor_job(second)
+            fill(views0[0], 1)
+            fill(views1[0], 1, salt=1)
+            with self.assertRaises(gstab.Error) as lost:
+                first.step(1)  # rank 1 does not come within its 1 s
+            self.assertEqual(lost.exception.code, 15, lost.exception.message)  # DATA_LOSS
+            fill(views0[0], 2)  # its next step's gradients
+            before = bytes(views0[0].cast("B"))
+            # gstabd's deadline for the call is the client's as the request reached it (the
+            # same instant, give or take the socket's latency).
+            time.sleep(0.2)
+            with self.assertRaises(gstab.Error) as late:
+                second.step(1)
+            self.assertEqual(late.exception.code, 4, late.exception.message)
+            self.assertIn("came after a worker's call of it gave up", late.exception.message)
+            self.assertIn("nothing was applied", late.exception.message)
+            self.assertEqual(bytes(views0[0].cast("B")), before)
+            self.assertEqual(second.stats()["last_step"], 0)
+        finally:
             self.assertEqual(node.stop(), 0)
 
     def test_two_processes_of_one_local_rank_do_not_take_it_from_each_other(self):

@@ -2,6 +2,7 @@
 // session's registration, and a rank is taken for detached only by its own session's leaving
 // (driven at the Job, where no RPC orders the calls).
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
@@ -108,6 +109,48 @@ TEST(JobSessionsTest, ADetachAfterTheRanksNextAttachIsNotALeaving) {
   const absl::Status left = job.Step(1, 1, absl::Seconds(60), &r, 0, /*session=*/2);
   EXPECT_TRUE(absl::IsFailedPrecondition(left)) << left;
   EXPECT_TRUE(absl::StrContains(left.message(), "detached")) << left;
+}
+
+// A round that runs after one of its workers' calls gave up (gstabd frozen past the call's
+// deadline: the worker's client took the step as lost, zeroed its gradients and went on) applies
+// nothing: its gradients may be the next step's by now. The same step then runs as usual.
+TEST(JobSessionsTest, ARoundAfterAWorkersCallGaveUpAppliesNothing) {
+  CpuExecutor executor(1);
+  Job job("gave-up", RuleParams{}, 2, &executor);
+  CpuWorker w0, w1;
+  ASSERT_TRUE(w0.Register(&job, 0).ok());
+  ASSERT_TRUE(w1.Register(&job, 1).ok());
+  const auto bytes = [](CpuWorker& w) {
+    const auto* p = static_cast<const unsigned char*>(w.arena.data(0));
+    return std::vector<unsigned char>(p, p + 1024 * sizeof(float));
+  };
+  const std::vector<unsigned char> before = bytes(w0);
+  absl::Status given_up;
+  std::thread rank0([&] {
+    v1::StepResponse r;
+    given_up = job.Step(0, 1, absl::Seconds(60), &r, 0, 0, absl::Now() + absl::Milliseconds(100));
+  });
+  AwaitArrivals(job, 1);
+  absl::SleepFor(absl::Milliseconds(300));  // past rank 0's call deadline
+  v1::StepResponse r;
+  const absl::Status late = job.Step(1, 1, absl::Seconds(60), &r);
+  rank0.join();
+  for (const absl::Status& s : {given_up, late}) {
+    EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "came after a worker's call of it gave up")) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "nothing was applied")) << s;
+  }
+  EXPECT_EQ(bytes(w0), before);
+  v1::GetStatsResponse stats;
+  job.GetStats(&stats);
+  EXPECT_EQ(stats.groups(0).accepted_steps(), 0u);
+  std::thread again([&] {
+    v1::StepResponse r0;
+    EXPECT_TRUE(job.Step(0, 1, absl::Seconds(60), &r0).ok());
+  });
+  EXPECT_TRUE(job.Step(1, 1, absl::Seconds(60), &r).ok());
+  again.join();
+  EXPECT_NE(bytes(w0), before);  // scaled this time
 }
 
 }  // namespace
