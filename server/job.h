@@ -159,9 +159,11 @@ class Job {
   // refused meanwhile.
   // `ready_value`: for cuda_ipc workers, the value of this step's ready write (StepRequest).
   // `call_deadline`: when the worker's call gives up (its client then takes the step as lost and
-  // zeroes its gradients): on the CPU backend a round whose rule or scaling would come after
-  // any of its workers' deadlines does neither (DEADLINE_EXCEEDED), so that a gstabd resumed
-  // after a freeze does not scale gradients that a worker's next backward pass is writing.
+  // zeroes its gradients): on the CPU backend a round found past any of its workers' deadlines
+  // once summed applies nothing (on a job across nodes, refused in the step's check on every
+  // node), and one found so before its scaling counts the step and scales nothing
+  // (DEADLINE_EXCEEDED): a gstabd resumed after a freeze does not scale gradients that a
+  // worker's next backward pass is writing.
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                     v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0,
                     absl::Time call_deadline = absl::InfiniteFuture());

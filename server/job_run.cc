@@ -159,6 +159,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     if (!summing.began()) return ShuttingDown(step);  // gstabd is exiting
     local = sum_locally();
   }
+  // Before the check, where a job across nodes can still refuse it on every node (after it, the
+  // other nodes apply it: this one then counts it too, below, and scales nothing).
+  if (local.ok()) local = too_late("nothing was applied to it");
   if (!local.ok()) {
     if (collective == nullptr) return local;
     return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, local);
@@ -221,7 +224,6 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   }
 
   // 3. The rule, under the lock: statistics and configuration change only here.
-  if (absl::Status s = too_late("nothing was applied to it on this node"); !s.ok()) return s;
   const LocalWork applying;  // from the rule to the end of the scaling
   if (!applying.began()) {
     if (collective == nullptr) return ShuttingDown(step);

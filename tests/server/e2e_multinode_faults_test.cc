@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
@@ -222,6 +223,37 @@ std::unique_ptr<TestWorker> SteppedOnceLessOne(Cluster* cluster, const std::stri
   workers->pop_back();
   for (size_t i = 0; i < 2; ++i) (*workers)[i]->Fill(2, static_cast<uint32_t>(1 + i));
   return out;
+}
+
+// A round found, once summed, to come after one of its workers' calls gave up (here: calls give
+// up after 1 s, and node 1's second worker comes 1.5 s after its first) is refused in the step's
+// check on every node: node 0, whose worker's call is young, applies nothing either, so the
+// nodes' statistics stay alike (the worker that gave up has zeroed its gradients and gone on).
+TEST(MultiNodeFaultTest, ARoundAfterAWorkersCallGaveUpIsRefusedOnEveryNode) {
+  Cluster cluster(2, {"--step_timeout_ms=20000"});  // local workers waited for 10 s
+  setenv("GSTAB_CALL_TIMEOUT_S", "1", 1);
+  std::vector<std::unique_ptr<TestWorker>> workers = OneAndMany(&cluster, "late-call", 2);
+  unsetenv("GSTAB_CALL_TIMEOUT_S");
+  ASSERT_EQ(workers.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) workers[i]->Fill(1, static_cast<uint32_t>(1 + i));
+  const std::vector<unsigned char> node0_before = workers[0]->Bytes();
+  absl::StatusOr<v1::StepResponse> gave_up = workers[1]->client().Step(1);  // after 1 s
+  EXPECT_EQ(gave_up.status().code(), absl::StatusCode::kDataLoss) << gave_up.status();
+  workers[1]->Fill(2, 2);  // its next step's gradients
+  const std::vector<unsigned char> node1_next = workers[1]->Bytes();
+  absl::SleepFor(absl::Milliseconds(300));  // past gstabd's deadline of that call too
+  absl::StatusOr<v1::StepResponse> late;
+  std::thread node1([&] { late = workers[2]->client().Step(1); });  // refuses, in the check
+  absl::SleepFor(absl::Milliseconds(200));
+  absl::StatusOr<v1::StepResponse> node0 = workers[0]->client().Step(1);
+  node1.join();
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded) << late.status();
+  EXPECT_NE(late.status().message().find("nothing was applied"), std::string::npos)
+      << late.status();
+  EXPECT_EQ(node0.status().code(), absl::StatusCode::kAborted) << node0.status();
+  EXPECT_EQ(workers[1]->Bytes(), node1_next);
+  EXPECT_EQ(workers[0]->Bytes(), node0_before);
+  ExpectAcceptedSteps(workers, 0);
 }
 
 // A node whose local workers do not all call Step gives the step up at half the step timeout
