@@ -122,10 +122,11 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     return absl::OkStatus();
   };
-  // After touching the objects: a SIGBUS survived meanwhile fails the step (logged too), and
-  // `consequence` says what of it was applied.
-  auto check_lost = [&](const std::string& consequence) -> absl::Status {
-    absl::Status s = check_objects(&ShmMapping::CheckNotLost);
+  // A fault `test` finds in an object fails the step (logged too), and `consequence` says what
+  // of it was applied.
+  auto check_faults = [&](absl::Status (ShmMapping::*test)() const,
+                          const std::string& consequence) -> absl::Status {
+    absl::Status s = check_objects(test);
     if (s.ok()) return s;
     LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
     return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
@@ -151,7 +152,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         present[g] = true;
       }
     }
-    return check_lost("nothing was applied to this step");
+    // After touching the objects: a SIGBUS survived meanwhile.
+    return check_faults(&ShmMapping::CheckNotLost, "nothing was applied to this step");
   };
   absl::Status local;
   {
@@ -273,25 +275,19 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // 4. Scale every worker's chunks in place, marked in their progress words around it. Not a
   // worker's that cut its shared memory short since the sums (the cross-node stage lies
   // between): its lost pages would take gstabd's own memory as they were scaled (shm_faults.h).
-  if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) {
-    LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
-    return absl::Status(s.code(), absl::StrCat(s.message(), "; step ", step,
-                                               " counted in the statistics, but no gradients of "
-                                               "this node were scaled"));
-  }
-  if (absl::Status s = too_late("it counted in the statistics, but no gradients of this node "
-                                "were scaled");
-      !s.ok()) {
-    return s;
-  }
+  const std::string not_scaled = absl::StrCat(
+      "step ", step, " counted in the statistics, but no gradients of this node were scaled");
+  if (absl::Status s = check_faults(&ShmMapping::CheckSize, not_scaled); !s.ok()) return s;
+  if (absl::Status s = too_late(not_scaled); !s.ok()) return s;
   for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
   for (const auto& [rank, w] : workers) {
     if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
     MarkProgress(w->registration.progress, step, true);
   }
-  return check_lost(absl::StrCat("step ", step,
-                                 " counted in the statistics, but that worker's gradients were "
-                                 "not all scaled"));
+  return check_faults(&ShmMapping::CheckNotLost,
+                      absl::StrCat("step ", step,
+                                   " counted in the statistics, but that worker's gradients were "
+                                   "not all scaled"));
 }
 
 }  // namespace gstab

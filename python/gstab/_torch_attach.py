@@ -34,9 +34,9 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     gathered. The nodes found are kept in client.node_ranks. Without torch.distributed
     initialized: a job of this process alone, or of the local_rank and local_world_size given
     (processes of one node); without both where WORLD_SIZE says a launcher started several
-    processes, ValueError (each would attach as the same worker). With several ranks, every rank must call this at once: the ranks'
-    gstabds are gathered over the default process group, and a job across nodes gets its
-    rendezvous from global rank 0, broadcast over it. cuda: whether the job registers CUDA
+    processes, ValueError (each would attach as the same worker). With several ranks, every
+    rank must call this at once: the ranks' gstabds are gathered over the default process
+    group, and a job across nodes gets its rendezvous from global rank 0, broadcast over it. cuda: whether the job registers CUDA
     gradients (default: the process group has an NCCL backend; pass cuda=True for a GPU job
     over another backend). policy and config as for gstab.Client.attach."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
