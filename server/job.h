@@ -163,7 +163,8 @@ class Job {
   // once summed applies nothing (on a job across nodes, refused in the step's check on every
   // node), and one found so before its scaling counts the step and scales nothing
   // (DEADLINE_EXCEEDED): a gstabd resumed after a freeze does not scale gradients that a
-  // worker's next backward pass is writing.
+  // worker's next backward pass is writing. A CUDA step found past it enqueues nothing; with
+  // several GPUs (whose collectives would wait for its) it ends the job's GPU generation.
   absl::Status Step(uint32_t local_rank, uint64_t step, absl::Duration timeout,
                     v1::StepResponse* response, uint32_t ready_value = 0, uint64_t session = 0,
                     absl::Time call_deadline = absl::InfiniteFuture());
@@ -287,7 +288,8 @@ class Job {
   // Step's refusal of a rank without buffers (none, or none its session registered).
   absl::Status NoBuffers(uint32_t local_rank) const;
   absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value, uint64_t session,
-                       v1::StepResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+                       absl::Time call_deadline, v1::StepResponse* response)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Registers a cuda_ipc worker: its pipeline in the current GPU generation.
   absl::Status RegisterGpu(uint32_t local_rank, const MappedRegistration& registration,
                            const ChunkTable& table, v1::RegisterBuffersResponse* response)

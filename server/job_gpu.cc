@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/done_written.h"
 #include "core/config.h"
+#include "glog/logging.h"
 #include "server/cross_node.h"
 #include "server/job.h"
 #include "server/local_work.h"
@@ -305,8 +306,13 @@ void Job::ReportFinishedGpuSteps() {
 }
 
 absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value,
-                          uint64_t session, v1::StepResponse* response) {
+                          uint64_t session, absl::Time call_deadline, v1::StepResponse* response) {
   GpuReports taken;  // the finished steps, for on_step_ (the primary's)
+  // How a job whose GPU generation a failed step ended goes on.
+  auto recovery = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return collective_ != nullptr ? "attach every worker again with a new rendezvous"
+                                  : "every local worker registers its buffers again";
+  };
   {
     absl::MutexLock lock(&mu_);
     // An import waiting for the GPU's queued step goes first (for a bounded time).
@@ -342,20 +348,35 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     }
     const LocalWork enqueueing;
     if (!enqueueing.began()) return ShuttingDown(step);  // gstabd is exiting
+    // Its worker's call gave up (gstabd stalled past its deadline): the client did not make its
+    // stream wait for the done word, so kernels enqueued now would scale gradients its next
+    // backward pass writes. Nothing is enqueued; the other GPUs' collectives of this step would
+    // wait for its, so with several the generation ends.
+    if (absl::Now() >= call_deadline) {
+      std::string consequence = "nothing of it was enqueued";
+      if (gpus_.multi_rank()) {
+        EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s step ", step,
+                                      " came after its worker's call gave up"));
+        absl::StrAppend(&consequence, "; this ended the job's GPU generation: ", recovery());
+      }
+      LOG(WARNING) << "job '" << name_ << "' local rank " << local_rank << " step " << step
+                   << ": its worker's call gave up before it was enqueued; " << consequence;
+      return absl::DeadlineExceededError(absl::StrCat(
+          "step ", step, " of job '", name_, "' local rank ", local_rank,
+          " came after its worker's call gave up (gstabd stalled past the call's deadline); ",
+          consequence));
+    }
     if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
       if (!gpus_.multi_rank() || (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s))) {
         return s;
       }
       // The communicator failed (another GPU's worker or a node died or stalled): no later step
       // of this generation can run, so it ends now and its memory goes.
-      const std::string recovery = collective_ != nullptr
-                                       ? "attach every worker again with a new rendezvous"
-                                       : "every local worker registers its buffers again";
       EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s step ", step,
                                     " failed in the GPU communicator (", s.message(), ")"));
       absl::Status ended(
           s.code(), absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", s.message(),
-                                 "; this ended the job's GPU generation: ", recovery));
+                                 "; this ended the job's GPU generation: ", recovery()));
       if (DoneWritten(s)) MarkDoneWritten(&ended);  // the worker's stream waits for it still
       return ended;
     }

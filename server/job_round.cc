@@ -31,7 +31,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
     gpu = gpus_.Has(local_rank);
     if (absl::Status s = registration_refused(); !gpu && !s.ok()) return s;
   }
-  if (gpu) return StepGpu(local_rank, step, ready_value, session, response);
+  if (gpu) return StepGpu(local_rank, step, ready_value, session, call_deadline, response);
   WorkerMap snapshot;
   absl::Time given_up = absl::InfiniteFuture();  // the arrivals' earliest call deadline
   size_t num_groups = 0;

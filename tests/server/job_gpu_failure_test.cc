@@ -186,6 +186,48 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
   EXPECT_EQ(live, 1);
 }
 
+// A CUDA step that reaches gstabd's queue after its worker's call gave up (gstabd stalled past
+// the call's deadline) is not enqueued: the client made its stream wait for no done word, so the
+// kernels would scale gradients the next backward pass writes. With one GPU the job goes on
+// unchanged; with several (whose other GPUs' collectives of the step would wait for it) the
+// generation ends, and the workers are told why.
+TEST(JobGpuFailureTest, AStepPastItsCallsDeadlineIsNotEnqueued) {
+  const absl::Time gave_up = absl::Now() - absl::Seconds(1);
+  v1::StepResponse r;
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  ASSERT_TRUE(one.job.Step(0, 1, absl::Seconds(1), &r, NextReady()).ok());
+  const absl::Status late = one.job.Step(0, 2, absl::Seconds(1), &r, NextReady(), 0, gave_up);
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
+  EXPECT_NE(late.message().find("step 2 of job 'gpu-job' local rank 0 came after its worker's call "
+                                "gave up (gstabd stalled past the call's deadline); nothing of "
+                                "it was enqueued"),
+            std::string::npos)
+      << late;
+  EXPECT_FALSE(DoneWritten(late)) << "nothing queued writes its done word";
+  EXPECT_EQ(one.job.ExportState().groups(0).t(), 1u);  // the GPU ran step 1 alone
+  EXPECT_EQ(one.job.ExportState().last_step(), 1u);
+  EXPECT_EQ(one.live, 1);
+  ASSERT_TRUE(one.job.Step(0, 2, absl::Seconds(1), &r, NextReady()).ok()) << "sent again, in time";
+  EXPECT_EQ(one.job.ExportState().groups(0).t(), 2u);
+
+  LocalGpus t;
+  ASSERT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, NextReady()).ok());
+  const absl::Status ended = t.job.Step(1, 3, absl::Seconds(1), &r, NextReady(), 0, gave_up);
+  EXPECT_EQ(ended.code(), absl::StatusCode::kDeadlineExceeded) << ended;
+  EXPECT_NE(ended.message().find("nothing of it was enqueued; this ended the job's GPU "
+                                 "generation: every local worker registers its buffers again"),
+            std::string::npos)
+      << ended;
+  EXPECT_EQ(t.live, 0);
+  const absl::Status other = t.job.Step(0, 4, absl::Seconds(1), &r, NextReady());
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+  EXPECT_NE(other.message().find("local rank 1's step 3 came after its worker's call gave up, "
+                                 "which ends the job's GPU communicator"),
+            std::string::npos)
+      << other;
+}
+
 // A local rank's refused registration (its client has let go of the earlier one) ends the
 // generation: its own steps name the refusal, the other rank's ask it to register again.
 TEST(JobGpuFailureTest, ARefusedRegistrationEndsTheGeneration) {
