@@ -355,7 +355,7 @@ void Job::Summarize(v1::JobSummary* out) const {
   out->set_local_world_size(local_world_size_);
   if (round_open_ && !round_running_) {
     out->set_waiting_step(round_step_);
-    for (const auto& [rank, session] : arrived_) out->add_arrived_local_ranks(rank);
+    for (const auto& [rank, arrival] : arrived_) out->add_arrived_local_ranks(rank);
   }
 }
 

@@ -444,9 +444,12 @@ class Job {
   bool round_running_ ABSL_GUARDED_BY(mu_) = false;            // its last worker has arrived
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;            // see BeginShutdown
   int importing_ ABSL_GUARDED_BY(mu_) = 0;  // imports waiting between steps: steps wait for them
-  std::map<uint32_t, uint64_t> arrived_ ABSL_GUARDED_BY(mu_);  // local rank -> its session
-  // Local rank -> its last Step's call deadline (read for the ranks of arrived_).
-  std::map<uint32_t, absl::Time> call_deadlines_ ABSL_GUARDED_BY(mu_);
+  // A local worker's Step in the open round: its session, and when its call gives up.
+  struct Arrival {
+    uint64_t session = 0;
+    absl::Time call_deadline;
+  };
+  std::map<uint32_t, Arrival> arrived_ ABSL_GUARDED_BY(mu_);  // by local rank
   uint64_t finished_round_id_ ABSL_GUARDED_BY(mu_) = 0;
   // A job across nodes: the newest step given up at its arrival deadline (AbandonRound).
   std::optional<uint64_t> abandoned_step_ ABSL_GUARDED_BY(mu_);

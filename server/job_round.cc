@@ -82,11 +82,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       arrived_.clear();
       ++round_id_;
     }
-    if (!arrived_.emplace(local_rank, session).second) {
+    if (!arrived_.emplace(local_rank, Arrival{session, call_deadline}).second) {
       return absl::FailedPreconditionError(
           absl::StrCat("local rank ", local_rank, " already called Step(", step, ")"));
     }
-    call_deadlines_[local_rank] = call_deadline;
     my_round = round_id_;
     if (arrived_.size() < local_world_size_) {
       // A round given up at its deadline is announced on the communicator it began under only
@@ -118,7 +117,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       auto withdrawn = [this, my_round, local_rank, session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         if (finished_round_id_ >= my_round || abandoning_round_ == my_round) return false;
         auto mine = arrived_.find(local_rank);
-        return round_id_ != my_round || mine == arrived_.end() || mine->second != session;
+        return round_id_ != my_round || mine == arrived_.end() || mine->second.session != session;
       };
       auto here_or_shutdown = [this, &everyone_here, &detached_missing, &withdrawn, local_rank,
                                session]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -163,7 +162,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
         // This call's arrival goes, unless its worker was removed (the round abandoned) since.
         auto leave = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           auto mine = arrived_.find(local_rank);
-          if (round_id_ == my_round && mine != arrived_.end() && mine->second == session) {
+          if (round_id_ == my_round && mine != arrived_.end() && mine->second.session == session) {
             arrived_.erase(mine);
             if (arrived_.empty()) round_open_ = false;
           }
@@ -207,10 +206,10 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       *response = round_result_;
       return round_status_;
     }
-    for (const auto& [r, arrival_session] : arrived_) {
+    for (const auto& [r, arrival] : arrived_) {
       auto it = workers_.find(r);
       if (it != workers_.end()) snapshot.emplace(r, it->second);
-      given_up = std::min(given_up, call_deadlines_[r]);
+      given_up = std::min(given_up, arrival.call_deadline);
     }
     num_groups = group_names_.size();
     round_running_ = true;

@@ -11,8 +11,8 @@ namespace gstab {
 
 void Job::WithdrawArrival(uint32_t local_rank, uint64_t first, uint64_t last) {
   auto arrival = arrived_.find(local_rank);
-  if (!round_open_ || round_running_ || arrival == arrived_.end() || arrival->second < first ||
-      arrival->second > last) {
+  if (!round_open_ || round_running_ || arrival == arrived_.end() ||
+      arrival->second.session < first || arrival->second.session > last) {
     return;
   }
   arrived_.erase(arrival);

@@ -169,7 +169,7 @@ void Job::GetStats(v1::GetStatsResponse* response) const {
   response->set_imports_waiting(static_cast<uint32_t>(importing_));
   if (round_open_ && !round_running_) {
     response->set_waiting_step(round_step_);
-    for (const auto& [rank, session] : arrived_) response->add_arrived_local_ranks(rank);
+    for (const auto& [rank, arrival] : arrived_) response->add_arrived_local_ranks(rank);
   }
   for (size_t g = 0; g < group_names_.size(); ++g) {
     GroupStats s = stats_[g];
