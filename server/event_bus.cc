@@ -1,12 +1,12 @@
 #include "server/event_bus.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace gstab {
 
-void EventBus::Subscription::Push(const v1::Event& event) {
-  if (!job_.empty() && event.job() != job_) return;
-  const size_t bytes = event.ByteSizeLong();
+void EventBus::Subscription::Push(const Shared& event, size_t bytes) {
+  if (!job_.empty() && event->job() != job_) return;
   absl::MutexLock lock(&mu_);
   queue_.emplace_back(event, bytes);
   bytes_ += bytes;
@@ -29,15 +29,20 @@ void EventBus::Subscription::Close() {
 
 EventBus::Subscription::Result EventBus::Subscription::Next(v1::Event* event,
                                                             absl::Duration timeout) {
-  absl::MutexLock lock(&mu_);
-  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || !queue_.empty(); };
-  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
-  if (queue_.empty()) return closed_ ? Result::kClosed : Result::kTimeout;
-  *event = std::move(queue_.front().first);
-  bytes_ -= queue_.front().second;
-  queue_.pop_front();
-  event->set_dropped_before(dropped_);
-  dropped_ = 0;
+  Shared next;
+  uint64_t dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || !queue_.empty(); };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+    if (queue_.empty()) return closed_ ? Result::kClosed : Result::kTimeout;
+    next = std::move(queue_.front().first);
+    bytes_ -= queue_.front().second;
+    queue_.pop_front();
+    dropped = std::exchange(dropped_, 0);
+  }
+  *event = *next;  // copied outside the queue's lock, which publishes take
+  event->set_dropped_before(dropped);
   return Result::kEvent;
 }
 
@@ -47,15 +52,17 @@ void EventBus::StartSequenceAt(uint64_t sequence) {
 }
 
 void EventBus::Publish(v1::Event event) {
-  absl::MutexLock lock(&mu_);
-  event.set_sequence(++sequence_);
-  if (event.wall_time_unix_nanos() == 0) {
-    event.set_wall_time_unix_nanos(absl::ToUnixNanos(absl::Now()));
-  }
-  for (const auto& s : subscribers_) s->Push(event);
   const bool session =
       event.type() == v1::EVENT_TYPE_ATTACH || event.type() == v1::EVENT_TYPE_DETACH;
-  (session ? session_history_ : history_).Add(std::move(event));
+  auto shared = std::make_shared<v1::Event>(std::move(event));
+  absl::MutexLock lock(&mu_);
+  shared->set_sequence(++sequence_);
+  if (shared->wall_time_unix_nanos() == 0) {
+    shared->set_wall_time_unix_nanos(absl::ToUnixNanos(absl::Now()));
+  }
+  const size_t bytes = shared->ByteSizeLong();
+  for (const auto& s : subscribers_) s->Push(shared, bytes);
+  (session ? session_history_ : history_).Add(std::move(shared));
 }
 
 std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& job, uint32_t recent,
@@ -65,12 +72,10 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   recent = static_cast<uint32_t>(std::min<size_t>(recent, capacity_));
   absl::MutexLock lock(&mu_);
   // The newest `recent` of both histories, in the order they were published in.
-  std::vector<const v1::Event*> matching;
+  std::vector<Shared> matching;
   history_.Collect(job, recent, &matching);
   session_history_.Collect(job, recent, &matching);
-  auto by_sequence = [](const v1::Event* a, const v1::Event* b) {
-    return a->sequence() < b->sequence();
-  };
+  auto by_sequence = [](const Shared& a, const Shared& b) { return a->sequence() < b->sequence(); };
   const size_t first = matching.size() > recent ? matching.size() - recent : 0;
   std::nth_element(matching.begin(), matching.begin() + first, matching.end(), by_sequence);
   std::sort(matching.begin() + first, matching.end(), by_sequence);
@@ -78,12 +83,14 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   // slow for: the newest that fit are copied (the newest one at least), under the lock every
   // Publish, thus every step's answer, waits for; the older are not, and no loss is reported.
   size_t oldest = matching.size(), bytes = 0;
+  std::vector<size_t> sizes(matching.size());
   while (oldest > first) {
-    bytes += matching[oldest - 1]->ByteSizeLong();
+    sizes[oldest - 1] = matching[oldest - 1]->ByteSizeLong();
+    bytes += sizes[oldest - 1];
     if (bytes > max_queue_bytes_ && oldest < matching.size()) break;
     --oldest;
   }
-  for (size_t i = oldest; i < matching.size(); ++i) sub->Push(*matching[i]);
+  for (size_t i = oldest; i < matching.size(); ++i) sub->Push(matching[i], sizes[i]);
   sub->ForgetDrops();  // (none: the budget above is the queue's)
   if (closed_ || !live) {
     sub->Close();
@@ -93,10 +100,10 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   return sub;
 }
 
-void EventBus::History::Add(v1::Event event) {
-  const uint64_t sequence = event.sequence();
-  auto [it, made] = by_job_.try_emplace(event.job());
-  std::deque<v1::Event>& events = it->second;
+void EventBus::History::Add(Shared event) {
+  const uint64_t sequence = event->sequence();
+  auto [it, made] = by_job_.try_emplace(event->job());
+  std::deque<Shared>& events = it->second;
   if (events.empty()) oldest_.emplace(sequence, it->first);
   events.push_back(std::move(event));
   ++size_;
@@ -107,22 +114,22 @@ void EventBus::History::Add(v1::Event event) {
   }
 }
 
-void EventBus::History::PopOldest(const std::string& job, std::deque<v1::Event>* events) {
-  oldest_.erase({events->front().sequence(), job});
+void EventBus::History::PopOldest(const std::string& job, std::deque<Shared>* events) {
+  oldest_.erase({events->front()->sequence(), job});
   events->pop_front();
   --size_;
   if (events->empty()) {
     by_job_.erase(job);  // `job` may be the map's key: not used after this
     return;
   }
-  oldest_.emplace(events->front().sequence(), job);
+  oldest_.emplace(events->front()->sequence(), job);
 }
 
 void EventBus::History::Collect(const std::string& job, size_t recent,
-                                std::vector<const v1::Event*>* out) const {
-  auto add = [out, recent](const std::deque<v1::Event>& events) {
+                                std::vector<Shared>* out) const {
+  auto add = [out, recent](const std::deque<Shared>& events) {
     const size_t first = events.size() > recent ? events.size() - recent : 0;
-    for (size_t i = first; i < events.size(); ++i) out->push_back(&events[i]);
+    for (size_t i = first; i < events.size(); ++i) out->push_back(events[i]);
   };
   if (!job.empty()) {
     if (auto it = by_job_.find(job); it != by_job_.end()) add(it->second);

@@ -2,7 +2,8 @@
 // config-change events; each WatchEvents subscriber reads them from its own bounded queue.
 // Publishing never blocks on a subscriber: a full queue (in events, or in bytes: an event may
 // name many groups) drops its oldest event and the next event delivered carries how many were
-// lost (Event.dropped_before).
+// lost (Event.dropped_before). An event is stored once, however many queues and histories hold
+// it: a publish costs a pointer per subscriber, not a copy.
 //
 // Thread-safe.
 #pragma once
@@ -35,7 +36,9 @@ class EventBus {
     friend class EventBus;
     Subscription(std::string job, size_t capacity, size_t max_bytes)
         : job_(std::move(job)), capacity_(capacity), max_bytes_(max_bytes) {}
-    void Push(const v1::Event& event);
+    using Shared = std::shared_ptr<const v1::Event>;
+    // `bytes`: the event's encoded size.
+    void Push(const Shared& event, size_t bytes);
     void ForgetDrops();
     void Close();
 
@@ -43,7 +46,7 @@ class EventBus {
     const size_t capacity_;
     const size_t max_bytes_;
     absl::Mutex mu_;
-    std::deque<std::pair<v1::Event, size_t>> queue_ ABSL_GUARDED_BY(mu_);  // and its bytes
+    std::deque<std::pair<Shared, size_t>> queue_ ABSL_GUARDED_BY(mu_);     // and its bytes
     size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;                                // queued, in all
     uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
     bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -81,22 +84,23 @@ class EventBus {
   void Close();
 
  private:
+  using Shared = Subscription::Shared;
   // One kind of events' recent history, kept as said above.
   class History {
    public:
     History(size_t per_job, size_t total) : per_job_(per_job), total_(total) {}
-    void Add(v1::Event event);
+    void Add(Shared event);
     // Appends the newest `recent` events of `job` (empty: of every job), in no order.
-    void Collect(const std::string& job, size_t recent, std::vector<const v1::Event*>* out) const;
+    void Collect(const std::string& job, size_t recent, std::vector<Shared>* out) const;
 
    private:
     // Drops the oldest event of `events`, `job`'s.
-    void PopOldest(const std::string& job, std::deque<v1::Event>* events);
+    void PopOldest(const std::string& job, std::deque<Shared>* events);
 
     const size_t per_job_;
     const size_t total_;
     size_t size_ = 0;
-    absl::flat_hash_map<std::string, std::deque<v1::Event>> by_job_;  // oldest first
+    absl::flat_hash_map<std::string, std::deque<Shared>> by_job_;  // oldest first
     std::set<std::pair<uint64_t, std::string>> oldest_;  // each job's oldest: sequence, job
   };
 
