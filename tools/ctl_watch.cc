@@ -141,8 +141,8 @@ int Top() {
   const std::string job = absl::GetFlag(FLAGS_job);
   bool job_seen = false;
   // Open-ended, a job gstabd neither holds nor keeps is waited for, and said so under each frame
-  // until it comes (on stderr once, with --json): a misspelt name would otherwise show an empty
-  // view for good, as `events --follow` says too.
+  // until it comes (on stderr once, with --json), and again once it has gone (forgotten): a
+  // misspelt name would otherwise show an empty view for good, as `events --follow` says too.
   std::optional<bool> known;
   bool said = false;
   std::optional<absl::Time> down_since;  // while gstabd does not answer
@@ -182,22 +182,29 @@ int Top() {
       std::fprintf(stderr, "gstabctl: gstabd answers again\n");
       down_since.reset();
     }
+    bool shown = false;
     if (!job.empty()) {
       OnlyJob(&*jobs, job);
-      job_seen |= !jobs->jobs().empty();
+      shown = !jobs->jobs().empty();
+      job_seen |= shown;
     }
     std::string waiting;
-    if (iterations == 0 && !job.empty() && !job_seen && !known.has_value()) {
+    // While a frame lacks the job (not there yet, or forgotten since), whether gstabd keeps a
+    // checkpoint of it, asked again at each such frame.
+    if (iterations == 0 && !job.empty() && !shown) {
       if (absl::StatusOr<bool> k = Knows(client->get(), job); k.ok()) known = *k;
     }
-    if (known == false && !job_seen) {
-      waiting = absl::StrCat("gstabd holds no job '", job,
-                             "' and no checkpoint of it yet: waiting for it (check the name)");
+    if (known == false && !shown) {
+      waiting = job_seen ? absl::StrCat("gstabd no longer holds job '", job,
+                                        "' nor a checkpoint of it: waiting for it")
+                         : absl::StrCat("gstabd holds no job '", job,
+                                        "' and no checkpoint of it yet: waiting for it (check "
+                                        "the name)");
     }
     if (absl::GetFlag(FLAGS_json)) {
       std::printf("%s\n", Json(*jobs).c_str());
       if (!waiting.empty() && !said) std::fprintf(stderr, "gstabctl: %s\n", waiting.c_str());
-      said |= !waiting.empty();
+      said = !waiting.empty();  // said again once the job has come and gone
     } else {
       std::printf("%s%s%s", isatty(1) ? "\x1b[2J\x1b[H" : "", TopScreen(*jobs, 60).c_str(),
                   waiting.empty() ? "" : absl::StrCat(waiting, "\n").c_str());

@@ -415,6 +415,30 @@ TEST_F(E2eGstabctlTest, TopOfAJobNotThereSaysItWaitsForIt) {
   (void)top->Wait(absl::Seconds(5));
 }
 
+// A job `top --job=J` showed, forgotten since (`gstabctl forget`): the frames say so, rather
+// than go blank in silence.
+TEST_F(E2eGstabctlTest, TopOfAJobForgottenSinceSaysSo) {
+  Train("shown", {"--steps=5"});
+  auto top = testing::Subprocess::Start({testing::BinaryPath("tools/gstabctl"),
+                                         "--socket=" + daemon_->socket(), "--interval_ms=100",
+                                         "top", "--job=shown"});
+  ASSERT_TRUE(top.ok()) << top.status();
+  auto says = [&](const std::string& text) {
+    const absl::Time until = absl::Now() + absl::Seconds(10);  // frames come every 100 ms
+    for (absl::StatusOr<std::string> line = top->ReadLine(absl::Seconds(10));
+         line.ok() && absl::Now() < until; line = top->ReadLine(absl::Seconds(10))) {
+      if (line->find(text) != std::string::npos) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(says("shown"));
+  const std::pair<int, std::string> forgot = Ctl("forget --job=shown");
+  ASSERT_EQ(forgot.first, 0) << forgot.second;
+  EXPECT_TRUE(says("gstabd no longer holds job 'shown' nor a checkpoint of it: waiting for it"));
+  top->Signal(SIGTERM);
+  (void)top->Wait(absl::Seconds(5));
+}
+
 // `top` until interrupted outlives a gstabd restart (a rollout): the frames stop while none
 // serves, and go on once one does.
 TEST_F(E2eGstabctlTest, TopUntilInterruptedWaitsForARestartedGstabd) {
