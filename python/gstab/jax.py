@@ -40,6 +40,7 @@ import numpy as np
 
 import gstab
 from gstab import _nodes
+from gstab._groups import warn_unmatched_groups
 
 __all__ = ["Stabilizer", "attach", "leaf_name"]
 
@@ -271,7 +272,7 @@ class Stabilizer:
         self._client = client
         self._arena = gstab.Arena()
         self._specs = []  # (name, shape, numpy dtype, arena index or None for empty leaves)
-        names = set()
+        names, groups = set(), set()
         for path, leaf in leaves:
             name = leaf_name(path)
             if name in names:
@@ -285,9 +286,10 @@ class Stabilizer:
             shape = tuple(leaf.shape)
             index = None
             if int(np.prod(shape)) > 0:
-                index = self._arena.add_tensor(name, int(np.prod(shape)), dtype.name,
-                                               group(name, leaf) if callable(group) else group,
+                leaf_group = group(name, leaf) if callable(group) else group
+                index = self._arena.add_tensor(name, int(np.prod(shape)), dtype.name, leaf_group,
                                                replicated, node_sharded)
+                groups.add(leaf_group)
             self._specs.append((name, shape, dtype, index))
         if all(index is None for _, _, _, index in self._specs):
             raise ValueError("every leaf is empty: there is nothing to stabilize")
@@ -306,6 +308,9 @@ class Stabilizer:
         self._span = np.frombuffer(span, np.uint8)
         self._offsets = [None if b is None else b.ctypes.data - base for b in self._buffers]
         client.register_arena(self._arena)
+        # A run resumed (import_state, or gstabd's checkpoint) under other group names.
+        warn_unmatched_groups(client, groups, "Group names come from `group=` (a name, or a "
+                              "function of each leaf's name and array)", stacklevel=3)
 
     def _check_copies(self, named_leaves) -> None:
         """Warns when a leaf registered as this process's slice (neither replicated nor

@@ -32,6 +32,7 @@ import torch
 
 import gstab
 
+from ._groups import warn_unmatched_groups
 from ._torch_attach import _cpu_group, attach
 from ._torch_layouts import _check_fsdp1, _like, _local, _sharing, _sparse_refusal
 
@@ -261,25 +262,12 @@ class Stabilizer:
         self._import(state, keep_config=keep_config)
 
     def _warn_unmatched_groups(self) -> None:
-        """After an import: warns when the job holds statistics of groups this stabilizer does
-        not register while some of its own groups have none, as when group names come from
-        parameter names under another wrapper (DDP's `module.`, torch.compile's `_orig_mod.`)
-        or another `group=`: those groups start afresh, and the imported statistics go unused."""
-        if getattr(self._client, "local_rank", 0) != 0 or getattr(self._client, "node_rank", 0):
-            return  # the importing worker's view; others may register other groups
-        stats = self._client.stats().get("groups", [])
-        fresh = sorted(g["group"] for g in stats
-                       if g["group"] in self._groups and not g.get("accepted_steps"))
-        unused = sorted(g["group"] for g in stats
-                        if g["group"] not in self._groups and g.get("accepted_steps"))
-        if fresh and unused:
-            warnings.warn(
-                f"gstab: the imported state has statistics of {len(unused)} groups this "
-                f"Stabilizer does not register (first '{unused[0]}'), and {len(fresh)} of its "
-                f"groups have none (first '{fresh[0]}'): they start afresh. Group names come "
-                "from `group=`, or from parameter names, which wrappers change (DDP adds "
-                "'module.', torch.compile '_orig_mod.'): make the Stabilizer as the saved run "
-                "did", stacklevel=3)
+        """After an import: warns when the imported statistics are of other groups than this
+        stabilizer's (_groups.warn_unmatched_groups)."""
+        warn_unmatched_groups(
+            self._client, self._groups,
+            "Group names come from `group=`, or from parameter names, which wrappers change "
+            "(DDP adds 'module.', torch.compile '_orig_mod.')", stacklevel=4)
 
     def _import(self, state: Dict[str, Any], check_groups: bool = True,
                 keep_config: bool = False) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +104,27 @@ class JaxTest(GstabdTest):
                           jax.tree_util.tree_leaves(raw)))
         for g in result.groups:
             self.assertAlmostEqual(g.norm / tree_norm(leaves[g.group]), 1.0, delta=1e-5)
+
+    def test_a_run_resumed_under_other_group_names_is_warned_of(self):
+        params = jax_params()
+        stabilizer = gstab.jax.Stabilizer(self.attach("jax-saved"), params, group="")
+        grads = jax.tree_util.tree_map(jnp.ones_like, params)
+        for step in range(1, 4):
+            stabilizer.step(grads, step)
+        saved = stabilizer._client.export_state()
+        # The same names: the statistics are taken up, and nothing is said.
+        same = self.attach("jax-resumed")
+        same.import_state(saved)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            gstab.jax.Stabilizer(same, params, group="")
+        # Other names (here `group=`; a renamed module does the same): said.
+        other = self.attach("jax-renamed")
+        other.import_state(saved)
+        with self.assertWarnsRegex(UserWarning, "4 groups this Stabilizer does not register "
+                                   "\\(first 'dense/bias'\\), and 1 of its groups have none "
+                                   "\\(first 'model'\\)"):
+            gstab.jax.Stabilizer(other, params)
 
     def test_non_finite_gradients_skip_the_step(self):
         params = jax_params()
