@@ -113,16 +113,23 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     client.node_ranks = node_ranks
 
 
+def _local_rank_word(local_rank) -> int:
+    """local_rank as gathered across the processes: itself if an int in [0, 2^31), else -1, so
+    that every process refuses it alike (a value int32 cannot hold would fail on its process
+    alone, and the others would wait in the gathering for good)."""
+    try:
+        given = operator.index(local_rank)
+    except TypeError:
+        return -1
+    return given if 0 <= given < 2**31 else -1
+
+
 def _refuse_wrong_local_rank(rank: int, world: int, local_rank: int,
                              local_world_size: int) -> None:
     """Raises ValueError, on every process, when some process's local_rank is not its place
     among local_world_size consecutive processes a node (one collective with several). One
     that is not an int in [0, 2^31) is sent as -1, so that it too is refused everywhere."""
-    try:
-        given = operator.index(local_rank)
-    except TypeError:
-        given = -1
-    mine = np.array([given if 0 <= given < 2**31 else -1, rank % local_world_size], np.int32)
+    mine = np.array([_local_rank_word(local_rank), rank % local_world_size], np.int32)
     if world > 1:
         from jax.experimental import multihost_utils
         every = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, 2)
@@ -145,10 +152,11 @@ def _layout_by_gstabd(client: gstab.Client, rank: int, world: int,
     from jax.experimental import multihost_utils
     instance, _, error = _nodes.whoami(client)
     # Each process's answer as int32s: a state (0: an instance; 1: a gstabd of an earlier
-    # release; 2: a failure, with its status code next), the local_rank given (-1: none), and
-    # the instance's 32 characters.
+    # release; 2: a failure, with its status code next), the local_rank given (-1: none; -2:
+    # not an int in [0, 2^31)), and the instance's 32 characters.
     mine = np.zeros(3 + _INSTANCE_CHARS, np.int32)
-    mine[2] = -1 if local_rank is None else local_rank
+    given = _local_rank_word(local_rank)
+    mine[2] = -1 if local_rank is None else given if given >= 0 else -2
     if error is not None:
         mine[:2] = (2, error.code)
     elif instance is None:
@@ -159,6 +167,9 @@ def _layout_by_gstabd(client: gstab.Client, rank: int, world: int,
     answers = np.asarray(multihost_utils.process_allgather(mine)).reshape(world, -1)
     if error is not None:
         raise error
+    for process, answer in enumerate(answers):
+        if answer[2] == -2:
+            raise ValueError(f"process {process}'s local_rank is not an int in [0, 2^31)")
     failure = _nodes.first_failure(
         [gstab.Error(int(a[1]), "its own error says why") if a[0] == 2 else None
          for a in answers], "process")

@@ -293,6 +293,12 @@ class JaxAttachTest(unittest.TestCase):
                 jax_attach(1, [a, a], local_rank=bad, local_world_size=1)
         with self.assertRaisesRegex(ValueError, "process 1's local_rank is not an int"):
             jax_attach(0, [a, a], given=[None, -1], local_world_size=1)
+        # Also when found from the gstabds (local_world_size not given).
+        for bad in (1.5, 2**31, -1):
+            with self.assertRaisesRegex(ValueError, "process 1's local_rank is not an int"):
+                jax_attach(1, [a, a], local_rank=bad)
+        with self.assertRaisesRegex(ValueError, "process 1's local_rank is not an int"):
+            jax_attach(0, [a, a], given=[None, -2])
         for process in (0, 1):
             with self.assertRaisesRegex(ValueError, "process 1 gave local_rank=1, but with a "
                                         "gstabd of an earlier release"):
