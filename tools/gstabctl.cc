@@ -92,14 +92,19 @@ int Health() {
 int Version() {
   const bool json = absl::GetFlag(FLAGS_json);
   if (!json) std::printf("gstabctl %s\n", GSTAB_VERSION);  // said even when no gstabd answers
+  // With --json, gstabctl's own release alone (exit 1) when gstabd cannot say its own.
+  auto failed = [json](const absl::Status& s) {
+    if (json) std::printf("{\"gstabctl\":\"%s\"}\n", GSTAB_VERSION);
+    return Fail(s);
+  };
   auto client = Connect();
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return failed(client.status());
   absl::StatusOr<v1::IdentifyResponse> daemon = (*client)->Identify();
   if (absl::IsUnimplemented(daemon.status())) {
-    return Fail(absl::UnimplementedError(
+    return failed(absl::UnimplementedError(
         "gstabd is of an earlier release, which cannot say its release or instance"));
   }
-  if (!daemon.ok()) return Fail(daemon.status());
+  if (!daemon.ok()) return failed(daemon.status());
   const std::string started = absl::FormatTime(
       absl::RFC3339_sec, absl::FromUnixMillis(daemon->started_unix_ms()), absl::UTCTimeZone());
   return Done(absl::StrCat("gstabd ", daemon->version(), " on ", daemon->host(), ", instance ",

@@ -220,6 +220,11 @@ TEST_F(E2eGstabctlTest, HealthFollowsTheDaemon) {
   auto [drc, down] = Ctl("health");
   EXPECT_EQ(drc, 1) << down;
   EXPECT_NE(down.find("no gstabd answers"), std::string::npos) << down;
+  auto [jdrc, jdown] =
+      testing::RunShell(testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket() +
+                        " --json version 2>/dev/null");
+  EXPECT_EQ(jdrc, 1) << jdown;
+  EXPECT_EQ(jdown, "{\"gstabctl\":\"" GSTAB_VERSION "\"}\n");
 }
 
 // `version`: gstabctl's release and the gstabd's, with its host and its instance, which tells
