@@ -33,7 +33,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -311,6 +313,19 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
   return *flags;
 }
 
+// The flags given: on the command line, and those a --flagfile or --fromenv set to other than
+// their defaults (a flag file of an operator's, say), so that a command refuses these too.
+std::set<std::string> GivenFlags(int argc, char** argv) {
+  std::set<std::string> given = gstab::FlagsOnCommandLine(argc, argv);
+  for (const auto& [command, flags] : CommandFlags()) {
+    for (const std::string& name : flags) {
+      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+      if (flag != nullptr && flag->CurrentValue() != flag->DefaultValue()) given.insert(name);
+    }
+  }
+  return given;
+}
+
 int Run(const std::vector<std::string>& args, const std::set<std::string>& given) {
   if (args.empty()) return gstab::ctl::Usage("no command");
   const std::string& cmd = args[0];
@@ -378,8 +393,7 @@ int main(int argc, char** argv) {
   gstab::ctl::HandleStopSignals();
   std::vector<char*> rest =
       gstab::ParseCommandLineOrExit(argc, argv, "gstabctl", kUsage, "tools/gstabctl.cc");
-  int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()),
-                 gstab::FlagsOnCommandLine(argc, argv));
+  int code = Run(std::vector<std::string>(rest.begin() + 1, rest.end()), GivenFlags(argc, argv));
   // What was printed must have reached stdout: `gstabctl --json status > snap.json` on a full
   // disk fails rather than leave an empty file behind an exit status of 0.
   if (code == 0 && !gstab::ctl::StdoutWritten()) code = gstab::ctl::StdoutFailed();

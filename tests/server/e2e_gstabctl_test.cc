@@ -130,6 +130,14 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   EXPECT_NE(stray.find("status takes no --follow (its flags: --all, --job)"), std::string::npos)
       << stray;
   EXPECT_EQ(Ctl("health --job=ctl-job").first, 2);
+  // So is one a flag file sets (an operator's own, kept for another command).
+  const std::string flags = dir_.path() + "/ops.flags";
+  std::ofstream(flags) << "--follow\n--timeout_s=5\n";
+  auto [ffrc, filed] = Ctl("--flagfile=" + flags + " status");
+  EXPECT_EQ(ffrc, 2) << filed;
+  EXPECT_NE(filed.find("status takes no --follow"), std::string::npos) << filed;
+  std::ofstream(flags) << "--timeout_s=5\n--job=ctl-job\n";
+  EXPECT_EQ(Ctl("--flagfile=" + flags + " status").first, 0);
   EXPECT_EQ(Ctl("--job= status").first, 2);  // an empty name
   EXPECT_EQ(Ctl("--nojson --timeout_s 5 status --all").first, 0);
   auto [urc, unknown] = Ctl("events --job=absent");  // as status says of a job it lacks
