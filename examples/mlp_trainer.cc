@@ -13,6 +13,12 @@
 // spike as no gstab (the v4 defaults' long memory of it: docs/method.md), where `clip` and
 // `stabilize-stable-spam` lose none; with `--optimizer=sgd --lr=0.05` (scripts/demo) no gstab
 // diverges and each policy trains on.
+//
+// gstabd keeps the job (--job, default mlp-example) after the run, with its statistics and
+// configuration: run again against the same gstabd with another --job (scripts/demo names one
+// per policy), or `gstabctl forget --job=mlp-example` first. A second run under the same name is
+// refused at its first step (step 1 is not after the job's last) or, with another --policy, at
+// attach.
 #include <cmath>
 #include <cstdio>
 #include <memory>
