@@ -300,6 +300,10 @@ void Daemon::ExpireSessions(absl::Time now) {
   std::vector<std::optional<Removal>> removals;
   {
     absl::MutexLock lock(&mu_);
+    // A stopping gstabd answers no keep-alives: its workers are alive, and a stop held up past
+    // a lease (a step in an exchange with other nodes) must not release their buffers, nor
+    // unlink their shared memory.
+    if (shutting_down_) return;
     for (const auto& [token, s] : sessions_) {
       if (now - s.last_seen > options_.lease) expired.push_back(token);
     }

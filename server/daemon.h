@@ -120,7 +120,8 @@ class Daemon {
   // another's), now and later: a stopping gstabd's steps waiting for nodes end at once.
   void CancelStoreCalls();
 
-  // Drops sessions idle for longer than the lease; their registrations (and mappings) go.
+  // Drops sessions idle for longer than the lease; their registrations (and mappings) go. None
+  // once BeginShutdown has run: a stopping gstabd answers no keep-alives.
   // `now`, here and in RetireIdleJobs, by MonotonicNow (common/monotonic_clock.h).
   void ExpireSessions(absl::Time now);
   // Retires every job that has had no session (worker or observer) for longer than

@@ -320,6 +320,28 @@ TEST_F(E2eObservabilityTest, StalledSubscriberDoesNotHoldGstabdsStop) {
   EXPECT_EQ(daemon_->Log().find("exits without them"), std::string::npos) << daemon_->Log();
 }
 
+// A stop held up past the workers' lease (here by a stalled subscriber; across nodes, by a step
+// in an exchange) expires no session: gstabd answers no keep-alives while it stops, and would
+// release live workers' buffers (unlinking the shared memory of a container's).
+TEST(E2eStopTest, AStopLongerThanALeaseExpiresNoSession) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=300"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = Monitored(daemon->socket(), "leased");
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<Subprocess> follower =
+      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(),
+                         "events", "--follow", "--job=leased"});
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  ASSERT_TRUE(follower->ReadLine(absl::Seconds(30)).ok());  // subscribed
+  ASSERT_TRUE(follower->Stop());
+  ASSERT_EQ(testing::StepNonFinite(*worker, 3000), absl::OkStatus());
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0) << daemon->Log();
+  EXPECT_GE(absl::Now() - start, absl::Seconds(1)) << "the stop took less than 3 leases";
+  EXPECT_EQ(daemon->Log().find("expired"), std::string::npos) << daemon->Log();
+}
+
 // A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
 // one is exported, and moves on once checkpoints are written again.
 TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
