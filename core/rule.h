@@ -269,7 +269,9 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
     // Only statistics gstabd never writes give this (an imported mean far beyond any norm the
     // job had): leave the gradients as they are and have the step skipped rather than apply a
     // scale that is NaN, infinite once the kernels make it a float, or that would grow the
-    // gradients past a float's range.
+    // gradients past a float's range. Unlike other skipped steps', the norm is taken: the
+    // statistics move toward the job's own norms, where left as they are they would skip every
+    // step for good.
     scale = 1.0;
     flags |= kFlagSkipped;
   }
@@ -278,6 +280,13 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
   out.stabilized_norm = n * scale;
   out.flags = flags | UpdateDivergence(p, s, flags);
   return out;
+}
+
+// A group's scale as the kernels apply it, a float, in which 0 zeroes the gradients (a skipped
+// step's): a positive scale below a float's range is the smallest positive float instead.
+GSTAB_HD inline float KernelScale(double scale) {
+  const float f = static_cast<float>(scale);
+  return scale > 0.0 && f == 0.0f ? 1.40129846e-45f : f;  // FLT_TRUE_MIN
 }
 
 // A group whose norm is finite, on a step another group's non-finite norm skips: the job's step

@@ -255,7 +255,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       const StepOutcome out =
           ApplyRuleInStep(params, &stats_[g], sums[g], non_finite[g] != 0, step_non_finite);
       last_outcome_[g] = out;
-      scales[g] = static_cast<float>(out.scale);
+      scales[g] = KernelScale(out.scale);
       v1::GroupResult* r = response->add_groups();
       FillGroupResult(g, out, r);
       r->set_norm_mean(stats_[g].spike_mean);

@@ -36,7 +36,7 @@ __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const doub
                           non_finite[num_groups] != 0);
   }
   outcomes[g] = out;
-  scales[g] = static_cast<float>(out.scale);
+  scales[g] = KernelScale(out.scale);
 }
 
 // One block: ORs every group's flags (integer atomics, so the result does not depend on the

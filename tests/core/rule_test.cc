@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -172,6 +173,24 @@ TEST(RuleTest, CorruptStatisticsSkipTheStepInsteadOfScalingByNaN) {
   const StepOutcome grown = ApplyRule(Stabilize(), &grow, 1e20, false);
   EXPECT_EQ(grown.scale, 1.0);
   EXPECT_TRUE(grown.flags & kFlagSkipped);
+}
+
+// The kernels take a scale as a float, whose 0 zeroes the gradients: a positive scale below a
+// float's range is applied as the smallest positive float, not as 0.
+TEST(RuleTest, APositiveScaleNeverReachesTheKernelsAsZero) {
+  EXPECT_EQ(KernelScale(0.0), 0.0f);
+  EXPECT_EQ(KernelScale(0.5), 0.5f);
+  EXPECT_EQ(KernelScale(1e-50), std::numeric_limits<float>::denorm_min());
+  EXPECT_GT(KernelScale(7e-46), 0.0f);
+  // As clip makes one: max_norm 1e-6 of gradients whose norm is near fp32's range, summed.
+  GroupStats s;
+  RuleParams clip;
+  clip.policy = PolicyKind::kClip;
+  clip.clip_max_norm = 1e-6;
+  const StepOutcome out = ApplyRule(clip, &s, 2e80, false);  // 1,700 elements at FLT_MAX
+  EXPECT_GT(out.scale, 0.0);
+  EXPECT_EQ(static_cast<float>(out.scale), 0.0f);
+  EXPECT_GT(KernelScale(out.scale), 0.0f);
 }
 
 TEST(RuleTest, NonFiniteAndZeroNormsLeaveStatisticsUntouched) {
