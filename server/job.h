@@ -275,7 +275,6 @@ class Job {
   absl::Status ImportRefusal(const v1::JobState& state, bool with_config,
                              const RuleParams& params) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr size_t kConfigHistory = 64;
-  // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
   // UNAUTHENTICATED when a newer session than `session` has registered or ended local rank
   // `local_rank` (see Register).
   absl::Status CheckSession(uint32_t local_rank, uint64_t session) const
@@ -287,6 +286,7 @@ class Job {
   bool RegisteredBy(uint32_t local_rank, uint64_t session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Step's refusal of a rank without buffers (none, or none its session registered).
   absl::Status NoBuffers(uint32_t local_rank) const;
+  // The CUDA path: enqueue local_rank's step and answer with its newest finished one.
   absl::Status StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_value, uint64_t session,
                        absl::Time call_deadline, v1::StepResponse* response)
       ABSL_LOCKS_EXCLUDED(mu_);
