@@ -163,8 +163,12 @@ def main():
 
     if args.save:  # every rank writes its part
         model_state, optimizer_state = get_state_dict(model, optimizer)
+        gstab_state = [stabilizer.state_dict() if stabilizer else {"gstab_state": b""}]
+        # Rank 0's on every rank: dcp.save keeps one rank's copy of a value all ranks give, not
+        # necessarily rank 0's, and on several GPUs another rank's can be a step behind.
+        dist.broadcast_object_list(gstab_state, src=0)
         dcp.save({"model": model_state, "optimizer": optimizer_state, "step": args.steps,
-                  "gstab": stabilizer.state_dict() if stabilizer else {"gstab_state": b""}},
+                  "gstab": gstab_state[0]},
                  checkpoint_id=args.save)
     if args.report:
         weights = torch.cat([whole(p.detach()).flatten()
