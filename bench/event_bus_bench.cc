@@ -9,6 +9,7 @@
 // The event names `groups` groups of 256 characters (a spike naming the most an event lists).
 // Subscribers read nothing, so their queues stay full and drop their oldest, as a stalled
 // `gstabctl events --follow` does. Figures go to bench/RESULTS.md.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -68,13 +69,16 @@ int Main(int argc, char** argv) {
   for (int s = 0; s < o.subscribers; ++s) subs.push_back(bus.Subscribe("", 0));
   const std::vector<double> shared = Time(o.events, [&] { bus.Publish(event); });
 
-  // The copies: one queue of its own events per subscriber, as full as the bus's (1 MiB).
+  // The copies: one queue of its own events per subscriber, as full as the bus's (1,024 events
+  // and 1 MiB of them).
+  const size_t held =
+      std::clamp<size_t>(EventBus::kDefaultMaxQueueBytes / event.ByteSizeLong(), 1, 1024);
   std::vector<std::deque<v1::Event>> queues(o.subscribers);
   size_t bytes = 0;
   const std::vector<double> copied = Time(o.events, [&] {
     for (auto& queue : queues) {
       bytes += event.ByteSizeLong();
-      if (queue.size() >= 63) queue.pop_front();
+      if (queue.size() >= held) queue.pop_front();
       queue.push_back(event);
     }
   });

@@ -3,7 +3,8 @@
 // Publishing never blocks on a subscriber: a full queue (in events, or in bytes: an event may
 // name many groups) drops its oldest event and the next event delivered carries how many were
 // lost (Event.dropped_before). An event is stored once, however many queues and histories hold
-// it: a publish costs a pointer per subscriber, not a copy.
+// it (shared_ptr: its owners come and go in any order): a publish costs a pointer per
+// subscriber, not a copy.
 //
 // Thread-safe.
 #pragma once

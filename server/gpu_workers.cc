@@ -167,10 +167,10 @@ absl::Status GpuWorkers::AllRegistered() const {
                    "together once every local worker has"));
 }
 
-absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
-                                 uint32_t ready_value) {
+absl::Status GpuWorkers::CheckEnqueue(uint32_t local_rank, uint64_t step,
+                                      uint32_t ready_value) const {
   if (absl::Status s = AllRegistered(); !s.ok()) return s;
-  Worker& w = slots_.at(local_rank);
+  const Worker& w = slots_.at(local_rank);
   if (w.last_step.has_value() && step <= *w.last_step) {
     return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after local rank ",
                                                    local_rank, "'s last step ", *w.last_step,
@@ -186,6 +186,13 @@ absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleP
         ": the worker's stream writes one more to the ready word each step (past 2^32 - 1 to "
         "1), after its backward pass, and the step's ready_value is that write's"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
+                                 uint32_t ready_value) {
+  if (absl::Status s = CheckEnqueue(local_rank, step, ready_value); !s.ok()) return s;
+  Worker& w = slots_.at(local_rank);
   if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value); !s.ok()) {
     return s;
   }

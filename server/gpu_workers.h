@@ -62,9 +62,12 @@ class GpuWorkers {
   // FAILED_PRECONDITION naming the local ranks that have not registered yet (the
   // communicator needs them all).
   absl::Status AllRegistered() const;
-  // Enqueues local_rank's step behind its worker's ready write of `ready_value` (AllRegistered
-  // first). INVALID_ARGUMENT for a step not after the rank's last, or a ready_value not after
-  // the last (cyclically), since the rank registered.
+  // Whether Enqueue would take local_rank's step (AllRegistered first): INVALID_ARGUMENT for a
+  // step not after the rank's last, or a ready_value not after the last (cyclically), since
+  // the rank registered.
+  absl::Status CheckEnqueue(uint32_t local_rank, uint64_t step, uint32_t ready_value) const;
+  // Enqueues local_rank's step behind its worker's ready write of `ready_value`, CheckEnqueue's
+  // checks first.
   absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
                        uint32_t ready_value);
   std::vector<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }

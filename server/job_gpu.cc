@@ -350,8 +350,10 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
     if (!enqueueing.began()) return ShuttingDown(step);  // gstabd is exiting
     // Its worker's call gave up (gstabd stalled past its deadline): the client did not make its
     // stream wait for the done word, so kernels enqueued now would scale gradients its next
-    // backward pass writes. Nothing is enqueued; the other GPUs' collectives of this step would
-    // wait for its, so with several the generation ends.
+    // backward pass writes. Nothing is enqueued; the other GPUs' collectives of this step (of
+    // this node's and the other nodes') would wait for its, so with several the generation ends.
+    // A step refused anyway is refused as such, ending nothing.
+    if (absl::Status s = gpus_.CheckEnqueue(local_rank, step, ready_value); !s.ok()) return s;
     if (absl::Now() >= call_deadline) {
       std::string consequence = "nothing of it was enqueued";
       if (gpus_.multi_rank()) {

@@ -144,6 +144,8 @@ int Top() {
   // until it comes (on stderr once, with --json), and again once it has gone (forgotten): a
   // misspelt name would otherwise show an empty view for good, as `events --follow` says too.
   std::optional<bool> known;
+  constexpr int kAskEvery = 10;
+  int frames_without = 0;  // frames in a row without the job
   bool said = false;
   std::optional<absl::Time> down_since;  // while gstabd does not answer
   std::string down_why;                  // why, as last said
@@ -189,10 +191,16 @@ int Top() {
       job_seen |= shown;
     }
     std::string waiting;
-    // While a frame lacks the job (not there yet, or forgotten since), whether gstabd keeps a
-    // checkpoint of it, asked again at each such frame.
+    // While frames lack the job (not there yet, or forgotten since), whether gstabd keeps a
+    // checkpoint of it: asked at the first such frame, and again every kAskEvery frames (a
+    // second listing, of every checkpoint too).
     if (iterations == 0 && !job.empty() && !shown) {
-      if (absl::StatusOr<bool> k = Knows(client->get(), job); k.ok()) known = *k;
+      if (frames_without % kAskEvery == 0) {
+        if (absl::StatusOr<bool> k = Knows(client->get(), job); k.ok()) known = *k;
+      }
+      ++frames_without;
+    } else {
+      frames_without = 0;
     }
     if (known == false && !shown) {
       waiting = job_seen ? absl::StrCat("gstabd no longer holds job '", job,

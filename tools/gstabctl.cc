@@ -96,7 +96,7 @@ int Version() {
   if (!json) std::printf("gstabctl %s\n", GSTAB_VERSION);  // said even when no gstabd answers
   // With --json, gstabctl's own release alone (exit 1) when gstabd cannot say its own.
   auto failed = [json](const absl::Status& s) {
-    if (json) std::printf("{\"gstabctl\":\"%s\"}\n", GSTAB_VERSION);
+    if (json) Done("", {{"gstabctl", GSTAB_VERSION}});
     return Fail(s);
   };
   auto client = Connect();

@@ -300,7 +300,7 @@ class Stabilizer:
                 leaf_group = group(name, leaf) if callable(group) else group
                 index = self._arena.add_tensor(name, int(np.prod(shape)), dtype.name, leaf_group,
                                                replicated, node_sharded)
-                groups.add(leaf_group)
+                groups.add(leaf_group or name)  # "": the tensor's own (Arena)
             self._specs.append((name, shape, dtype, index))
         if all(index is None for _, _, _, index in self._specs):
             raise ValueError("every leaf is empty: there is nothing to stabilize")

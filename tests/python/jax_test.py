@@ -125,6 +125,15 @@ class JaxTest(GstabdTest):
                                    "\\(first 'dense/bias'\\), and 1 of its groups have none "
                                    "\\(first 'model'\\)"):
             gstab.jax.Stabilizer(other, params)
+        # And the other way: saved under one group, resumed with the leaves' own (group="").
+        one = gstab.jax.Stabilizer(self.attach("jax-one-group"), params)
+        one.step(grads, 1)
+        leaves = self.attach("jax-leaves")
+        leaves.import_state(one._client.export_state())
+        with self.assertWarnsRegex(UserWarning, "1 groups this Stabilizer does not register "
+                                   "\\(first 'model'\\), and 4 of its groups have none "
+                                   "\\(first 'dense/bias'\\)"):
+            gstab.jax.Stabilizer(leaves, params, group="")
 
     def test_non_finite_gradients_skip_the_step(self):
         params = jax_params()

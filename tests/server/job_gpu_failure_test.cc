@@ -190,7 +190,7 @@ TEST(JobGpuFailureTest, ABrokenCommunicatorEndsTheGeneration) {
 // the call's deadline) is not enqueued: the client made its stream wait for no done word, so the
 // kernels would scale gradients the next backward pass writes. With one GPU the job goes on
 // unchanged; with several (whose other GPUs' collectives of the step would wait for it) the
-// generation ends, and the workers are told why.
+// generation ends, and the workers are told why; a step refused anyway ends nothing.
 TEST(JobGpuFailureTest, AStepPastItsCallsDeadlineIsNotEnqueued) {
   const absl::Time gave_up = absl::Now() - absl::Seconds(1);
   v1::StepResponse r;
@@ -213,6 +213,10 @@ TEST(JobGpuFailureTest, AStepPastItsCallsDeadlineIsNotEnqueued) {
 
   LocalGpus t;
   ASSERT_TRUE(t.job.Step(0, 3, absl::Seconds(1), &r, NextReady()).ok());
+  // One refused anyway (here a step already taken) is refused as such, ending nothing.
+  EXPECT_EQ(t.job.Step(1, 2, absl::Seconds(1), &r, NextReady(), 0, gave_up).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.live, 2);
   const absl::Status ended = t.job.Step(1, 3, absl::Seconds(1), &r, NextReady(), 0, gave_up);
   EXPECT_EQ(ended.code(), absl::StatusCode::kDeadlineExceeded) << ended;
   EXPECT_NE(ended.message().find("nothing of it was enqueued; this ended the job's GPU "
