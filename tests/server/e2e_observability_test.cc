@@ -298,21 +298,32 @@ TEST_F(E2eObservabilityTest, StalledSubscriberNeverHoldsStepsAndLosesNothingUnco
   EXPECT_EQ(received + dropped, kSteps + 2);
 }
 
+// A `gstabctl events --follow` of `worker`'s job, subscribed, then suspended (SIGSTOP) while the
+// worker's events fill gstabd's write to it: a subscriber that stopped reading.
+absl::StatusOr<Subprocess> StalledFollower(const std::string& socket, const std::string& job,
+                                           testing::TestWorker& worker) {
+  absl::StatusOr<Subprocess> follower =
+      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + socket, "events",
+                         "--follow", "--job=" + job});
+  if (!follower.ok()) return follower.status();
+  absl::StatusOr<std::string> attached = follower->ReadLine(absl::Seconds(30));  // subscribed
+  if (!attached.ok()) return attached.status();
+  if (attached->find("ATTACH") == std::string::npos) {
+    return absl::InternalError("not the worker's ATTACH event: " + *attached);
+  }
+  if (!follower->Stop()) return absl::InternalError("cannot suspend the follower");
+  if (absl::Status s = testing::StepNonFinite(worker, 3000); !s.ok()) return s;
+  return follower;
+}
+
 // A subscriber that stopped reading (a suspended `gstabctl events --follow`) leaves gstabd's
 // write to it waiting, which no cancellation ends: gstabd's stop ends it, and exits 0 with its
 // statistics saved, where it used to wait for the subscriber for ever.
 TEST_F(E2eObservabilityTest, StalledSubscriberDoesNotHoldGstabdsStop) {
   auto worker = Monitored(daemon_->socket(), "held");
   ASSERT_NE(worker, nullptr);
-  absl::StatusOr<Subprocess> follower =
-      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(),
-                         "events", "--follow", "--job=held"});
+  absl::StatusOr<Subprocess> follower = StalledFollower(daemon_->socket(), "held", *worker);
   ASSERT_TRUE(follower.ok()) << follower.status();
-  absl::StatusOr<std::string> attached = follower->ReadLine(absl::Seconds(30));  // subscribed
-  ASSERT_TRUE(attached.ok()) << attached.status();
-  ASSERT_NE(attached->find("ATTACH"), std::string::npos) << *attached;
-  ASSERT_TRUE(follower->Stop());
-  ASSERT_EQ(testing::StepNonFinite(*worker, 3000), absl::OkStatus());
   EXPECT_EQ(daemon_->Stop().value_or(-1), 0) << daemon_->Log();
   EXPECT_NE(daemon_->Log().find("statistics checkpointed"), std::string::npos) << daemon_->Log();
   EXPECT_NE(daemon_->Log().find("open connections"), std::string::npos) << daemon_->Log();
@@ -329,13 +340,8 @@ TEST(E2eStopTest, AStopLongerThanALeaseExpiresNoSession) {
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto worker = Monitored(daemon->socket(), "leased");
   ASSERT_NE(worker, nullptr);
-  absl::StatusOr<Subprocess> follower =
-      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(),
-                         "events", "--follow", "--job=leased"});
+  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "leased", *worker);
   ASSERT_TRUE(follower.ok()) << follower.status();
-  ASSERT_TRUE(follower->ReadLine(absl::Seconds(30)).ok());  // subscribed
-  ASSERT_TRUE(follower->Stop());
-  ASSERT_EQ(testing::StepNonFinite(*worker, 3000), absl::OkStatus());
   const absl::Time start = absl::Now();
   EXPECT_EQ(daemon->Stop().value_or(-1), 0) << daemon->Log();
   EXPECT_GE(absl::Now() - start, absl::Seconds(2)) << "the stop took less than 2 leases";
