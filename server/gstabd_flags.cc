@@ -35,6 +35,9 @@ ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware 
 ABSL_FLAG(int32_t, lease_ms, 30000, "a session expires after this long without calls");
 ABSL_FLAG(int32_t, step_timeout_ms, 60000, "how long a step waits for a job's other local workers");
 ABSL_FLAG(int32_t, checkpoint_interval_s, 30, "seconds between periodic checkpoints");
+ABSL_FLAG(int32_t, stop_limit_s, 55,
+          "seconds a stop may take before gstabd exits without finishing it; below the "
+          "supervisor's (Kubernetes' grace period, systemd's stop timeout)");
 ABSL_FLAG(uint32_t, max_jobs, 256,
           "jobs held at once; at the cap, a new job retires the longest idle one");
 ABSL_FLAG(uint32_t, max_jobs_per_owner, 64,
@@ -135,10 +138,11 @@ std::optional<std::string> BackendFromFlag() {
 std::optional<ServerOptions> OptionsFromFlags() {
   if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
       absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0 || absl::GetFlag(FLAGS_keepalive_ms) <= 0 ||
-      absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0 || absl::GetFlag(FLAGS_tls_reload_s) <= 0) {
+      absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0 || absl::GetFlag(FLAGS_tls_reload_s) <= 0 ||
+      absl::GetFlag(FLAGS_stop_limit_s) <= 0) {
     std::fprintf(stderr,
                  "gstabd: --lease_ms, --step_timeout_ms, --checkpoint_interval_s, --keepalive_ms, "
-                 "--keepalive_timeout_ms and --tls_reload_s must be positive\n");
+                 "--keepalive_timeout_ms, --tls_reload_s and --stop_limit_s must be positive\n");
     return std::nullopt;
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
@@ -231,6 +235,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
+  options.stop_limit = absl::Seconds(absl::GetFlag(FLAGS_stop_limit_s));
   options.tls_reload = absl::Seconds(absl::GetFlag(FLAGS_tls_reload_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);

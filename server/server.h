@@ -51,6 +51,9 @@ struct ServerOptions {
   // How often the TLS files (these and the peer_tls_* ones) are looked at again.
   absl::Duration tls_reload = absl::Seconds(60);
   absl::Duration checkpoint_interval = absl::Seconds(30);
+  // The longest a stop may take before gstabd exits without finishing it (StopLimit): below the
+  // supervisor's own limit (Kubernetes' grace period, systemd's stop timeout; 60 s as shipped).
+  absl::Duration stop_limit = absl::Seconds(55);
   int metrics_port = 9478;  // 0: a free port (logged); -1: no metrics endpoint
   std::string metrics_address;  // the IPv4 address it listens on; empty: every interface
   // host:port for the other daemons of multi-node jobs (rendezvous store; port 0 picks one).

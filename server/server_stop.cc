@@ -10,6 +10,7 @@
 #include "server/local_work.h"
 #include "server/server.h"
 #include "server/stderr_log.h"
+#include "server/stop_limit.h"
 
 namespace gstab {
 namespace {
@@ -58,6 +59,17 @@ void Server::StateKeeping() {
 absl::Status Server::Stop(absl::Time deadline, std::function<int()> exit_code) {
   if (grpc_server_ == nullptr) return absl::OkStatus();
   LOG(INFO) << "gstabd stopping: draining in-flight steps";
+  // Whatever holds it (a GPU step in NCCL's waits, a state disk that no longer answers), the
+  // stop ends before the supervisor's kill would, which keeps the node without a gstabd as long.
+  const StopLimit limit(options_.stop_limit, [this, exit_code] {
+    LOG(ERROR) << "gstabd's stop has run " << absl::FormatDuration(options_.stop_limit)
+               << " (--stop_limit_s; a GPU step held in NCCL's waits, or a state disk that does "
+                  "not answer, most likely): gstabd exits without finishing it, nor its final "
+                  "checkpoint";
+    StderrLog::FlushInstalled(absl::Seconds(2));  // _exit runs no destructor
+    const int code = exit_code();
+    _exit(code != 0 ? code : 1);
+  });
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   if (unix_listener_ != nullptr) unix_listener_->Stop();  // no new connections; removes the file
   if (health_listener_ != nullptr) health_listener_->Stop();

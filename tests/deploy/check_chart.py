@@ -256,6 +256,8 @@ def run_rendered(args, name, kinds, tmp):
         check(p.returncode == 0, f"{name}: the helm test pod's command fails: {p.stderr}")
         daemon.send_signal(signal.SIGTERM)
         grace = pod["spec"]["terminationGracePeriodSeconds"]
+        check(int(flag(c, "stop_limit_s")) == grace - 5,
+              f"{name}: gstabd's stop limit is not 5 s under the pod's grace period")
         check(daemon.wait(timeout=grace) == 0, f"{name}: gstabd did not stop cleanly on SIGTERM")
         check(subprocess.run(probe, capture_output=True).returncode != 0,
               f"{name}: the probe still passes with gstabd stopped")

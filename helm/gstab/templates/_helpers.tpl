@@ -130,7 +130,7 @@ probes' socket, which admits gstabd's uid and root whatever the lists say); the 
 host ports with peer.enabled);
 */}}
 {{- define "gstab.checkValues" -}}
-{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
+{{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "stop_limit_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
 {{- if .Values.metrics.listenOnPodIP }}{{ $managed = append $managed "metrics_address" }}{{ end -}}
 {{- range .Values.extraArgs -}}
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" -}}
