@@ -351,6 +351,22 @@ TEST(E2eStopTest, AStopLongerThanALeaseExpiresNoSession) {
   EXPECT_EQ(log.find("expired", stopping), std::string::npos) << log;
 }
 
+// A stop held up past --stop_limit_s (here by a stalled subscriber, which gstabd would end 2 s
+// after the drain) ends there: gstabd exits 1, saying why, rather than wait for the supervisor's
+// kill.
+TEST(E2eStopTest, AStopEndsAtItsLimit) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--stop_limit_s=1"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = Monitored(daemon->socket(), "limited");
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "limited", *worker);
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  EXPECT_EQ(daemon->Stop().value_or(-1), 1) << daemon->Log();
+  EXPECT_NE(daemon->Log().find("gstabd's stop has run 1s (--stop_limit_s;"), std::string::npos)
+      << daemon->Log();
+}
+
 // A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
 // one is exported, and moves on once checkpoints are written again.
 TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
