@@ -67,8 +67,11 @@ gstab_status Import(gstab_client* client, const void* state, size_t size, uint32
   }
   if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
   return Guarded([&] {
-    return Report(client->client->ImportState(std::string(static_cast<const char*>(state), size),
-                                              groups, keep_config));
+    gstab::v1::ImportStateResponse imported;
+    const absl::Status s = client->client->ImportState(
+        std::string(static_cast<const char*>(state), size), &imported, keep_config);
+    if (s.ok() && groups != nullptr) *groups = imported.groups();
+    return Report(s);
   });
 }
 

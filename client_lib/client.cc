@@ -310,14 +310,15 @@ absl::StatusOr<std::string> Client::ExportState() {
   return r->state();
 }
 
-absl::Status Client::ImportState(const std::string& state, uint32_t* groups, bool keep_config) {
+absl::Status Client::ImportState(const std::string& state, v1::ImportStateResponse* response,
+                                 bool keep_config) {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::ImportStateRequest request;
   request.set_session(session());
   request.set_state(state);
   request.set_keep_config(keep_config);
   absl::StatusOr<v1::ImportStateResponse> r = Call(&v1::Stabilizer::Stub::ImportState, request);
-  if (r.ok() && groups != nullptr) *groups = r->groups();
+  if (r.ok() && response != nullptr) *response = *std::move(r);
   return r.status();
 }
 

@@ -112,9 +112,10 @@ class Client {
   absl::StatusOr<v1::GetStatsResponse> GetStats();
   absl::StatusOr<v1::UpdateConfigResponse> UpdateConfig(const v1::PolicyConfig& update);
   absl::StatusOr<std::string> ExportState();
-  // `groups` (may be null) receives the number of groups imported. `keep_config`: the job keeps
-  // its configuration (ImportStateRequest.keep_config).
-  absl::Status ImportState(const std::string& state, uint32_t* groups = nullptr,
+  // `response` (may be null) receives gstabd's answer: the groups imported, and those no
+  // worker registers now. `keep_config`: the job keeps its configuration
+  // (ImportStateRequest.keep_config).
+  absl::Status ImportState(const std::string& state, v1::ImportStateResponse* response = nullptr,
                            bool keep_config = false);
   // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not
   // (DEADLINE_EXCEEDED when it has not answered within `timeout`).

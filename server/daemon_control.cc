@@ -87,6 +87,14 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
     return s;
   }
   response->set_groups(static_cast<uint32_t>(state->groups_size()));
+  const std::vector<std::string> unregistered = session->job->UnregisteredGroups(*state);
+  if (!unregistered.empty()) {
+    response->set_unregistered_groups(static_cast<uint32_t>(unregistered.size()));
+    response->set_first_unregistered(unregistered.front());
+    LOG(WARNING) << "job '" << session->job->name() << "' imported statistics of "
+                 << unregistered.size() << " groups no worker of it registers (first '"
+                 << unregistered.front() << "')";
+  }
   if (!state->job().empty() && state->job() != session->job->name()) {
     // Taken (a run resumed under a new name), but said: another job's groups may go unused.
     LOG(WARNING) << "job '" << session->job->name() << "' imported a state exported from job '"

@@ -359,4 +359,21 @@ void Job::Summarize(v1::JobSummary* out) const {
   }
 }
 
+std::vector<std::string> Job::UnregisteredGroups(const v1::JobState& state) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<bool> registered(group_names_.size(), false);
+  for (const auto& [rank, worker] : workers_) {
+    for (size_t g = 0; g < worker->has_group.size() && g < registered.size(); ++g) {
+      registered[g] = registered[g] || worker->has_group[g];
+    }
+  }
+  std::vector<std::string> unregistered;
+  if (workers_.empty()) return unregistered;
+  for (const v1::GroupState& group : state.groups()) {
+    auto it = group_index_.find(group.name());
+    if (it == group_index_.end() || !registered[it->second]) unregistered.push_back(group.name());
+  }
+  return unregistered;
+}
+
 }  // namespace gstab

@@ -218,14 +218,28 @@ int Import() {
   if (!bytes.ok()) return Fail(bytes.status());
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
-  uint32_t groups = 0;
-  if (absl::Status s = (*client)->ImportState(*bytes, &groups, absl::GetFlag(FLAGS_keep_config));
+  v1::ImportStateResponse imported;
+  if (absl::Status s = (*client)->ImportState(*bytes, &imported, absl::GetFlag(FLAGS_keep_config));
       !s.ok()) {
     return Fail(s);
   }
   const std::string job = absl::GetFlag(FLAGS_job);
-  return Done(absl::StrCat("imported ", path, " into job ", job, " (", groups, " groups)"),
-              {{"job", job}, {"in", path}, {"groups", static_cast<double>(groups)}});
+  // Taken, but said: groups no worker registers keep their statistics for nothing, and the
+  // workers' own groups start afresh (another group naming than the saved run's, most likely).
+  if (imported.unregistered_groups() > 0) {
+    std::fprintf(stderr,
+                 "gstabctl: %u of the state's groups are not registered by any worker of job %s "
+                 "on this node (first '%s'): their statistics go unused until a registration "
+                 "names them; resume with the group names the saved run had\n",
+                 imported.unregistered_groups(), job.c_str(),
+                 imported.first_unregistered().c_str());
+  }
+  return Done(
+      absl::StrCat("imported ", path, " into job ", job, " (", imported.groups(), " groups)"),
+      {{"job", job},
+       {"in", path},
+       {"groups", static_cast<double>(imported.groups())},
+       {"unregistered_groups", static_cast<double>(imported.unregistered_groups())}});
 }
 
 // Drops what gstabd holds of a job no worker uses: its next attach starts it afresh.

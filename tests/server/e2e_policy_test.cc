@@ -207,9 +207,10 @@ TEST(E2eTest, AnImportCanKeepTheJobsConfiguration) {
   absl::Status whole = (*target)->client().ImportState(state);
   EXPECT_EQ(whole.code(), absl::StatusCode::kInvalidArgument) << whole;
   EXPECT_NE(whole.message().find("spike.beta"), std::string::npos) << whole;
-  uint32_t groups = 0;
-  ASSERT_TRUE((*target)->client().ImportState(state, &groups, /*keep_config=*/true).ok());
-  EXPECT_EQ(groups, 3u);
+  v1::ImportStateResponse imported;
+  ASSERT_TRUE((*target)->client().ImportState(state, &imported, /*keep_config=*/true).ok());
+  EXPECT_EQ(imported.groups(), 3u);
+  EXPECT_EQ(imported.unregistered_groups(), 0u) << imported.first_unregistered();
   absl::StatusOr<v1::GetStatsResponse> stats = (*target)->client().GetStats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->config().policy(), v1::POLICY_STABILIZE);  // its own, kept
