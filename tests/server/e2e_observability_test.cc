@@ -331,40 +331,50 @@ TEST_F(E2eObservabilityTest, StalledSubscriberDoesNotHoldGstabdsStop) {
   EXPECT_EQ(daemon_->Log().find("exits without them"), std::string::npos) << daemon_->Log();
 }
 
+// How a gstabd started with `flags` stops while a stalled subscriber (StalledFollower) holds its
+// stop, which gstabd would end 2 s after the drain: its exit code, how long it took, its log.
+struct HeldStop {
+  int code = -1;
+  absl::Duration took;
+  std::string log;
+};
+absl::StatusOr<HeldStop> StopHeldBySubscriber(const std::vector<std::string>& flags) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path(), flags);
+  if (!daemon.ok()) return daemon.status();
+  auto worker = Monitored(daemon->socket(), "held");
+  if (worker == nullptr) return absl::InternalError("the worker did not attach");
+  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "held", *worker);
+  if (!follower.ok()) return follower.status();
+  const absl::Time start = absl::Now();
+  HeldStop stop;
+  stop.code = daemon->Stop().value_or(-1);
+  stop.took = absl::Now() - start;
+  stop.log = daemon->Log();
+  return stop;
+}
+
 // A stop held up past the workers' lease (here by a stalled subscriber; across nodes, by a step
 // in an exchange) expires no session: gstabd answers no keep-alives while it stops, and would
 // release live workers' buffers (unlinking the shared memory of a container's).
 TEST(E2eStopTest, AStopLongerThanALeaseExpiresNoSession) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=1000"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto worker = Monitored(daemon->socket(), "leased");
-  ASSERT_NE(worker, nullptr);
-  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "leased", *worker);
-  ASSERT_TRUE(follower.ok()) << follower.status();
-  const absl::Time start = absl::Now();
-  EXPECT_EQ(daemon->Stop().value_or(-1), 0) << daemon->Log();
-  EXPECT_GE(absl::Now() - start, absl::Seconds(2)) << "the stop took less than 2 leases";
-  const std::string log = daemon->Log();
-  const size_t stopping = log.find("gstabd stopping");
-  ASSERT_NE(stopping, std::string::npos) << log;
-  EXPECT_EQ(log.find("expired", stopping), std::string::npos) << log;
+  absl::StatusOr<HeldStop> stop = StopHeldBySubscriber({"--lease_ms=1000"});
+  ASSERT_TRUE(stop.ok()) << stop.status();
+  EXPECT_EQ(stop->code, 0) << stop->log;
+  EXPECT_GE(stop->took, absl::Seconds(2)) << "the stop took less than 2 leases";
+  const size_t stopping = stop->log.find("gstabd stopping");
+  ASSERT_NE(stopping, std::string::npos) << stop->log;
+  EXPECT_EQ(stop->log.find("expired", stopping), std::string::npos) << stop->log;
 }
 
-// A stop held up past --stop_limit_s (here by a stalled subscriber, which gstabd would end 2 s
-// after the drain) ends there: gstabd exits 1, saying why, rather than wait for the supervisor's
-// kill.
+// A stop held up past --stop_limit_s ends there: gstabd exits 1, saying why, rather than wait
+// for the supervisor's kill.
 TEST(E2eStopTest, AStopEndsAtItsLimit) {
-  TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--stop_limit_s=1"});
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto worker = Monitored(daemon->socket(), "limited");
-  ASSERT_NE(worker, nullptr);
-  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "limited", *worker);
-  ASSERT_TRUE(follower.ok()) << follower.status();
-  EXPECT_EQ(daemon->Stop().value_or(-1), 1) << daemon->Log();
-  EXPECT_NE(daemon->Log().find("gstabd's stop has run 1s (--stop_limit_s;"), std::string::npos)
-      << daemon->Log();
+  absl::StatusOr<HeldStop> stop = StopHeldBySubscriber({"--stop_limit_s=1"});
+  ASSERT_TRUE(stop.ok()) << stop.status();
+  EXPECT_EQ(stop->code, 1) << stop->log;
+  EXPECT_NE(stop->log.find("gstabd's stop has run 1s (--stop_limit_s;"), std::string::npos)
+      << stop->log;
 }
 
 // A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
