@@ -159,6 +159,26 @@ MappedRegistration HostRegistration(std::vector<float>* grads) {
   return m;
 }
 
+// A clip scale below fp32's range (max_norm 1e-6 of gradients near FLT_MAX) scales the gradients
+// down to subnormals, as it says it does, and does not zero them (a scale of 0, to the kernels).
+TEST(JobRoundTest, AScaleBelowFloatsRangeScalesRatherThanZeroes) {
+  CpuExecutor executor(1);
+  RuleParams clip;
+  clip.policy = PolicyKind::kClip;
+  clip.clip_max_norm = 1e-6;
+  Job job("j", clip, /*local_world_size=*/1, &executor);
+  std::vector<float> grads(2048, 3e38f);  // norm 1.4e40: a scale of 7e-47
+  v1::RegisterBuffersResponse registered;
+  ASSERT_TRUE(job.Register(0, HostRegistration(&grads), &registered).ok());
+  v1::StepResponse r;
+  ASSERT_TRUE(job.Step(0, 1, absl::Seconds(10), &r).ok());
+  ASSERT_EQ(r.groups_size(), 1);
+  EXPECT_GT(r.groups(0).scale(), 0.0);
+  EXPECT_FALSE(r.skip());
+  EXPECT_GT(grads[0], 0.0f);
+  EXPECT_EQ(grads[0], grads[2047]);
+}
+
 // A worker restarted while its old session's Step waits in a round registers again before that
 // session's removal reaches the job: the old Step leaves the round, which then waits for the
 // new session's Step rather than run on its buffers.
