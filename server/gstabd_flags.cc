@@ -70,6 +70,8 @@ ABSL_FLAG(int32_t, rpc_memory_mb, gstab::ServerOptions::kDefaultRpcMemoryMb,
           "are cancelled (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int32_t, max_event_streams, gstab::StabilizerService::kMaxEventStreams,
           "event streams (WatchEvents, gstabctl events) one caller may have open at once");
+ABSL_FLAG(int32_t, max_event_streams_total, gstab::StabilizerService::kMaxEventStreamsTotal,
+          "event streams open at once over every caller (each holds a thread of gstabd's)");
 ABSL_FLAG(int32_t, keepalive_ms, 60000,
           "gstabd pings a client's connection after this long without traffic while it has a "
           "call in flight (an event stream, a step waiting)");
@@ -150,6 +152,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
       absl::GetFlag(FLAGS_max_buffers) == 0 || absl::GetFlag(FLAGS_max_tensors) == 0 ||
       absl::GetFlag(FLAGS_max_bytes) == 0 || absl::GetFlag(FLAGS_max_mappings) <= 0 ||
       absl::GetFlag(FLAGS_max_event_streams) <= 0 ||
+      absl::GetFlag(FLAGS_max_event_streams_total) <= 0 ||
       absl::GetFlag(FLAGS_max_calls_per_caller) <= 0 ||
       absl::GetFlag(FLAGS_max_connections_per_uid) <= 0 ||
       absl::GetFlag(FLAGS_max_mappings_per_owner) <= 0) {
@@ -157,6 +160,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
                  "gstabd: --max_jobs, --max_jobs_per_owner, --max_checkpoints_per_owner, "
                  "--max_buffers, --max_tensors, "
                  "--max_bytes, --max_mappings, --max_mappings_per_owner, --max_event_streams, "
+                 "--max_event_streams_total, "
                  "--max_calls_per_caller "
                  "and --max_connections_per_uid must be positive (0 would refuse every job, "
                  "registration, event stream or connection, or keep no checkpoint)\n");
@@ -246,6 +250,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
   options.peer_tls_name = absl::GetFlag(FLAGS_peer_tls_name);
   options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
   options.max_event_streams = absl::GetFlag(FLAGS_max_event_streams);
+  options.max_event_streams_total = absl::GetFlag(FLAGS_max_event_streams_total);
   options.max_calls_per_caller = absl::GetFlag(FLAGS_max_calls_per_caller);
   options.keepalive = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_ms));
   options.keepalive_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));

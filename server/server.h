@@ -67,6 +67,7 @@ struct ServerOptions {
   std::string peer_tls_name;
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
   int max_event_streams = StabilizerService::kMaxEventStreams;  // a caller's WatchEvents streams
+  int max_event_streams_total = StabilizerService::kMaxEventStreamsTotal;  // every caller's
   // How long a connection with a call in flight may stay silent before gstabd pings its client,
   // and how long the client has to answer: one that does not (its host gone, the process
   // stopped) has its connection closed and its calls ended, so that a dead reader of an event

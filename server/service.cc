@@ -189,8 +189,8 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
   if (!request->job().empty()) {
     if (absl::Status s = ValidateJobName(request->job()); !s.ok()) return Answer("WatchEvents", s);
   }
-  // A caller's streams are counted: each holds this thread and a queue, and one caller must not
-  // take them all.
+  // Streams are counted, a caller's and all: each holds this thread and a queue, and one caller
+  // must not take them all, nor every caller together gstabd's threads.
   const std::string caller = Caller(context).ToString();
   {
     absl::MutexLock lock(&streams_mu_);
@@ -201,7 +201,16 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
                                        " event streams open, gstabd's cap a "
                                        "caller (--max_event_streams): close one first")));
     }
+    if (event_streams_total_ >= max_event_streams_total_) {
+      if (open == 0) event_streams_.erase(caller);
+      return Answer("WatchEvents",
+                    absl::ResourceExhaustedError(absl::StrCat(
+                        "gstabd has ", event_streams_total_,
+                        " event streams open, its cap over every caller "
+                        "(--max_event_streams_total): try again once one has closed")));
+    }
     ++open;
+    ++event_streams_total_;
   }
   // Each subscriber reads from its own bounded queue, so a slow one never holds up the
   // pipeline; this thread only waits for its own queue and its own writes.
@@ -218,6 +227,7 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
   }
   bus_->Unsubscribe(sub);
   absl::MutexLock lock(&streams_mu_);
+  --event_streams_total_;
   if (--event_streams_[caller] == 0) event_streams_.erase(caller);
   return grpc::Status::OK;
 }

@@ -22,20 +22,24 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // shared memory a worker names). `errors` (may be null): a counter labelled method and code,
   // which every call answered with an error adds to.
   // `max_event_streams`: WatchEvents streams one caller may have open at once (each holds a
-  // thread and a queue of up to 1,024 events). `max_calls`: the calls that may wait in gstabd
-  // (Attach, RegisterBuffers, Step, ImportState) one caller may have in flight at once, each on
-  // a thread of gstabd's (a Step waiting for its job's other workers, say).
+  // thread and a queue of up to 1,024 events); `max_event_streams_total`, over every caller.
+  // `max_calls`: the calls that may wait in gstabd (Attach, RegisterBuffers, Step, ImportState) one
+  // caller may have in flight at once, each on a thread of gstabd's (a Step waiting for its job's
+  // other workers, say).
   StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
                     MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams,
-                    int max_calls = kMaxCallsPerCaller)
+                    int max_calls = kMaxCallsPerCaller,
+                    int max_event_streams_total = kMaxEventStreamsTotal)
       : daemon_(daemon),
         bus_(bus),
         peers_(peers),
         errors_(errors),
         max_event_streams_(max_event_streams),
+        max_event_streams_total_(max_event_streams_total),
         max_calls_(max_calls),
         identity_(NewIdentity()) {}
   static constexpr int kMaxEventStreams = 16;
+  static constexpr int kMaxEventStreamsTotal = 256;
   static constexpr int kMaxCallsPerCaller = 2048;
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
@@ -88,9 +92,11 @@ class StabilizerService final : public v1::Stabilizer::Service {
   const PeerTable* peers_;  // not owned
   MetricFamily* errors_;    // not owned; may be null
   const int max_event_streams_;
+  const int max_event_streams_total_;
   absl::Mutex streams_mu_;
-  // Open WatchEvents streams by caller (Principal::ToString).
+  // Open WatchEvents streams by caller (Principal::ToString), and over every caller.
   std::map<std::string, int> event_streams_ ABSL_GUARDED_BY(streams_mu_);
+  int event_streams_total_ ABSL_GUARDED_BY(streams_mu_) = 0;
   const int max_calls_;
   absl::Mutex calls_mu_;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(calls_mu_);  // by caller, as event_streams_

@@ -196,11 +196,11 @@ TEST(E2eCapsTest, AJobHasAtMostItsCapOfObservers) {
   EXPECT_TRUE((*worker)->client().Step(1).ok());
 }
 
-// Each event stream holds a thread and a queue in gstabd: a caller has at most
-// --max_event_streams open at once, and one closed makes room.
-TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
+// Each event stream holds a thread and a queue in gstabd: with `flags` capping them at 2 (a
+// caller's, or every caller's), a third is refused naming `cap`, and one closed makes room.
+void ExpectTwoEventStreamsAtMost(const std::vector<std::string>& flags, const std::string& cap) {
   TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--max_event_streams=2"});
+  auto daemon = DaemonProcess::Start(dir.path(), flags);
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto worker = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("streamed"));
   ASSERT_TRUE(worker.ok()) << worker.status();  // its ATTACH: every stream's first event
@@ -230,8 +230,7 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
   EXPECT_FALSE(third->reader->Read(&e));
   const grpc::Status refused = third->reader->Finish();
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(refused.error_message().find("--max_event_streams"), std::string::npos)
-      << refused.error_message();
+  EXPECT_NE(refused.error_message().find(cap + ")"), std::string::npos) << refused.error_message();
   // One closed (gstabd notices within its 200 ms poll) makes room for another.
   streams[0]->ctx.TryCancel();
   (void)streams[0]->reader->Finish();
@@ -250,6 +249,15 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
   EXPECT_TRUE(reopened) << "no stream could open after one closed";
   for (auto& s : streams) s->ctx.TryCancel();
   for (size_t i = 1; i < streams.size(); ++i) (void)streams[i]->reader->Finish();
+}
+
+TEST(E2eCapsTest, ACallerHasAtMostItsCapOfEventStreams) {
+  ExpectTwoEventStreamsAtMost({"--max_event_streams=2"}, "--max_event_streams");
+}
+
+TEST(E2eCapsTest, EveryCallerTogetherHasAtMostTheTotalCapOfEventStreams) {
+  ExpectTwoEventStreamsAtMost({"--max_event_streams=4", "--max_event_streams_total=2"},
+                              "--max_event_streams_total");
 }
 
 // A reader of an event stream that stopped answering (here stopped; a host gone is the same to
