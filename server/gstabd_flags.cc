@@ -35,6 +35,9 @@ ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware 
 ABSL_FLAG(int32_t, lease_ms, 30000, "a session expires after this long without calls");
 ABSL_FLAG(int32_t, step_timeout_ms, 60000, "how long a step waits for a job's other local workers");
 ABSL_FLAG(int32_t, checkpoint_interval_s, 30, "seconds between periodic checkpoints");
+// How long a stop held up by calls may take by itself before its last resort (server_stop.cc):
+// a --stop_limit_s below it cuts that stop's checkpoints short.
+constexpr absl::Duration kStopTakesItself = absl::Seconds(20);
 ABSL_FLAG(int32_t, stop_limit_s, 55,
           "seconds a stop may take before gstabd exits without finishing it; below the "
           "supervisor's (Kubernetes' grace period, systemd's stop timeout)");
@@ -240,6 +243,12 @@ std::optional<ServerOptions> OptionsFromFlags() {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.checkpoint_interval = absl::Seconds(absl::GetFlag(FLAGS_checkpoint_interval_s));
   options.stop_limit = absl::Seconds(absl::GetFlag(FLAGS_stop_limit_s));
+  if (options.stop_limit < kStopTakesItself) {
+    LOG(WARNING) << "--stop_limit_s=" << absl::GetFlag(FLAGS_stop_limit_s) << " is below the "
+                 << absl::FormatDuration(kStopTakesItself)
+                 << " a held-up stop may take by itself (a drain of up to 10 s, its checkpoint, "
+                    "5 s more for calls, and the last checkpoint): a stop cut there skips them";
+  }
   options.tls_reload = absl::Seconds(absl::GetFlag(FLAGS_tls_reload_s));
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);

@@ -368,7 +368,7 @@ std::vector<std::string> Job::UnregisteredGroups(const v1::JobState& state) cons
     }
   }
   std::vector<std::string> unregistered;
-  if (workers_.empty()) return unregistered;
+  if (workers_.size() < local_world_size_) return unregistered;  // the others' groups unknown
   for (const v1::GroupState& group : state.groups()) {
     auto it = group_index_.find(group.name());
     if (it == group_index_.end() || !registered[it->second]) unregistered.push_back(group.name());

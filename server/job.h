@@ -206,9 +206,10 @@ class Job {
                            absl::Duration wait = kImportWait,
                            std::optional<ConfigSwitch>* switched = nullptr);
   static constexpr absl::Duration kImportWait = absl::Seconds(5);
-  // The names of `state`'s groups that no worker registered on this node now names (none while
-  // no worker has registered: an import before registering is the usual order).
-  std::vector<std::string> UnregisteredGroups(const v1::JobState& state) const;
+  // The names of `state`'s groups that no worker registered on this node now names (none until
+  // every local worker has registered: an import before registering is the usual order).
+  std::vector<std::string> UnregisteredGroups(const v1::JobState& state) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // A restored job's history, read back from its checkpoint: its version goes on from the
   // checkpoint's rather than from 1 (a new version when this gstabd reads the configuration

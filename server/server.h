@@ -94,8 +94,9 @@ class Server {
   absl::Status Start();
   // Health NOT_SERVING, refuse new steps, finish in-flight calls until `deadline`, write
   // checkpoints, remove the socket. `exit_code` gives the process's exit code for a stop with a
-  // cause of its own (a lost CUDA context), else 0: the last resort's _exit (server.cc) exits
-  // with it, or with 0, or 1 when its checkpoint fails. Called from the last resort's thread.
+  // cause of its own (a lost CUDA context), else 0: the last resort's _exit (server_stop.cc)
+  // exits with it, or with 0, or 1 when its checkpoint fails; the stop limit's (StopLimit,
+  // options.stop_limit) with it, or with 1. Called from those two threads.
   absl::Status Stop(
       absl::Time deadline, std::function<int()> exit_code = [] { return 0; });
 

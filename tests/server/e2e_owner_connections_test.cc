@@ -5,6 +5,8 @@
 
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/server/owner_fixture.h"
@@ -80,6 +82,29 @@ TEST_F(OwnerTest, ProbesOnTheHealthSocketPassWhileTheirUidIsAtItsCap) {
       << out;
   EXPECT_TRUE(daemon_->WaitForLog("not in the probe socket's allow-list")) << daemon_->Log();
   holder->Signal(SIGKILL);
+}
+
+// The cap on event streams over every caller (--max_event_streams_total) counts every caller's:
+// root's two followed streams fill it, and another uid, with none open, is refused.
+TEST_F(OwnerTest, EveryCallersEventStreamsCountTowardTheTotalCap) {
+  SKIP_UNLESS_ROOT();
+  Restart({"--max_event_streams=4", "--max_event_streams_total=2"});
+  auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("streamed"));
+  ASSERT_TRUE(worker.ok()) << worker.status();  // its ATTACH: each stream's first line
+  std::vector<testing::Subprocess> followers;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<testing::Subprocess> follower = testing::Subprocess::Start(
+        {testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon_->socket(), "events",
+         "--follow", "--recent=1"});
+    ASSERT_TRUE(follower.ok()) << follower.status();
+    ASSERT_TRUE(follower->ReadLine(absl::Seconds(30)).ok()) << "stream " << i;
+    followers.push_back(*std::move(follower));
+  }
+  auto [rc, out] = Ctl(65534, "events --recent=1");
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("its cap over every caller (--max_event_streams_total)"), std::string::npos)
+      << out;
+  for (testing::Subprocess& f : followers) f.Signal(SIGTERM);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // A job's statistics across configuration changes and state moves: the stabilizer's EMAs are
 // always expressed for the configuration they are written or used with (RescaleStabilizerEmas).
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -159,8 +160,9 @@ MappedRegistration HostRegistration(std::vector<float>* grads) {
   return m;
 }
 
-// A clip scale below fp32's range (max_norm 1e-6 of gradients near FLT_MAX) scales the gradients
-// down to subnormals, as it says it does, and does not zero them (a scale of 0, to the kernels).
+// A clip scale below fp32's range (max_norm 1e-6 of gradients near FLT_MAX) is applied as the
+// smallest positive float, scaling the gradients down (to about 4e-7), and does not zero them (a
+// scale of 0, to the kernels).
 TEST(JobRoundTest, AScaleBelowFloatsRangeScalesRatherThanZeroes) {
   CpuExecutor executor(1);
   RuleParams clip;
@@ -175,7 +177,7 @@ TEST(JobRoundTest, AScaleBelowFloatsRangeScalesRatherThanZeroes) {
   ASSERT_EQ(r.groups_size(), 1);
   EXPECT_GT(r.groups(0).scale(), 0.0);
   EXPECT_FALSE(r.skip());
-  EXPECT_GT(grads[0], 0.0f);
+  EXPECT_EQ(grads[0], 3e38f * std::numeric_limits<float>::denorm_min());
   EXPECT_EQ(grads[0], grads[2047]);
 }
 
