@@ -80,7 +80,7 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   std::nth_element(matching.begin(), matching.begin() + first, matching.end(), by_sequence);
   std::sort(matching.begin() + first, matching.end(), by_sequence);
   // Past events its byte budget cannot hold are history it asked for, not events it was too
-  // slow for: the newest that fit are copied (the newest one at least), under the lock every
+  // slow for: the newest that fit are queued (the newest one at least), under the lock every
   // Publish, thus every step's answer, waits for; the older are not, and no loss is reported.
   size_t oldest = matching.size(), bytes = 0;
   std::vector<size_t> sizes(matching.size());
