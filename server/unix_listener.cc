@@ -76,6 +76,17 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
         absl::StrCat("'", path, "' is ", kind,
                      ", not a socket: give --socket a path where gstabd may make its socket"));
   }
+  // From here to the bind, a gstabd starting at the same moment would find no live socket
+  // either, and one of the two would remove the other's new one as a leftover.
+  absl::StatusOr<PathLock> lock = PathLock::Take(path + ".lock");
+  if (absl::IsAlreadyExists(lock.status())) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("another process (a gstabd?) is starting or serves on '", path, "' (",
+                     lock.status().message(),
+                     "): stop it first, or give this one another --socket (and "
+                     "--state_dir)"));
+  }
+  if (!lock.ok()) return lock.status();
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   // A socket a live process accepts on is another gstabd's: taking its path over would cut
@@ -114,7 +125,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
   }
   return std::unique_ptr<UnixListener>(
-      new UnixListener(path, fd, st.st_ino, std::move(policy), peers, refusals));
+      new UnixListener(path, *std::move(lock), fd, st.st_ino, std::move(policy), peers, refusals));
 }
 
 UnixListener::~UnixListener() { Stop(); }
@@ -132,6 +143,7 @@ void UnixListener::Stop() {
     struct stat st;
     if (stat(path_.c_str(), &st) == 0 && st.st_ino == inode_) unlink(path_.c_str());
   }
+  lock_.reset();
 }
 
 bool UnixListener::Handed::Gone() const {

@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/path_lock.h"
 
 namespace grpc {
 class Server;
@@ -62,7 +63,9 @@ struct PeerPolicy {
 
 class UnixListener {
  public:
-  // Binds `path` (replacing a stale socket file) with mode 0660 and starts listening.
+  // Binds `path` (replacing a stale socket file) with mode 0660 and starts listening. Holds
+  // `path`.lock (PathLock) while it does, and until Stop(): ALREADY_EXISTS when another gstabd
+  // holds it or serves on `path`.
   // Each accepted connection's credentials go to `peers` (which must outlive the listener).
   // Refused connections are counted in `refusals` (a counter labelled by reason; may be null).
   static absl::StatusOr<std::unique_ptr<UnixListener>> Create(const std::string& path,
@@ -82,9 +85,10 @@ class UnixListener {
   int ShutdownConnections();
 
  private:
-  UnixListener(std::string path, int fd, ino_t inode, PeerPolicy policy, PeerTable* peers,
-               MetricFamily* refusals)
+  UnixListener(std::string path, PathLock lock, int fd, ino_t inode, PeerPolicy policy,
+               PeerTable* peers, MetricFamily* refusals)
       : path_(std::move(path)),
+        lock_(std::move(lock)),
         fd_(fd),
         inode_(inode),
         policy_(std::move(policy)),
@@ -95,6 +99,7 @@ class UnixListener {
   bool UnderConnectionCap(uid_t uid);
 
   const std::string path_;
+  std::optional<PathLock> lock_;  // let go of (and its file removed) at Stop()
   int fd_;
   const ino_t inode_;  // so Stop removes this socket file, not a successor's
   const PeerPolicy policy_;

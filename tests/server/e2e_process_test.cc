@@ -1,7 +1,10 @@
 // gstabd as a system service runs it: the signals it ignores rather than die of without a
 // checkpoint, the folders it creates (modes that do not follow the umask it was started with),
-// a --socket path that is not a socket, and command lines it would misread.
+// a --socket path that is not a socket or that another gstabd is taking, and command lines it would
+// misread.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -109,6 +112,36 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   EXPECT_EQ(stat(datagram.c_str(), &after), 0);
   EXPECT_EQ(after.st_ino, before.st_ino);
   close(live);
+}
+
+// Two gstabds started at once on one --socket (with different --state_dir) would both find no
+// live socket there, and the later one would remove the earlier one's as a leftover: the one
+// that finds <socket>.lock held (here by the test) is refused, and leaves the path alone. A lock
+// file a killed gstabd left behind does not stop the next; a stop removes it.
+TEST(E2eProcessTest, ASocketAnotherGstabdIsTakingIsLeftToIt) {
+  TempDir dir;
+  const std::string socket_path = dir.path() + "/gstabd.sock";
+  const int held = open((socket_path + ".lock").c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(held, 0) << strerror(errno);
+  ASSERT_EQ(flock(held, LOCK_EX), 0) << strerror(errno);
+  auto [code, out] = StartRefused(dir, {"--socket=" + socket_path});
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("is starting or serves on '" + socket_path + "'"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(socket_path));
+  EXPECT_TRUE(std::filesystem::exists(socket_path + ".lock"));
+  close(held);  // as a killed gstabd would: its file stays, unlocked
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("after-a-left-lock"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+  worker->reset();
+  absl::StatusOr<int> stopped = daemon->Stop();
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(*stopped, 0) << daemon->Log();
+  EXPECT_FALSE(std::filesystem::exists(socket_path)) << daemon->Log();
+  EXPECT_FALSE(std::filesystem::exists(socket_path + ".lock")) << daemon->Log();
 }
 
 // `--jobs_by_uid false` would leave the flag true and drop "false" unseen; TLS files without
