@@ -87,6 +87,12 @@ gstab_status gstab_attach_with_options(gstab_client* client, const char* job,
   if (options->rendezvous == nullptr && options->rendezvous_size != 0) {
     return Report(absl::InvalidArgumentError("rendezvous is NULL but rendezvous_size is not 0"));
   }
+  if (options->rendezvous != nullptr && options->rendezvous_size == 0 && options->node_count > 1) {
+    // Only NULL stands for $GSTAB_RENDEZVOUS: an empty blob is a caller's mistake.
+    return Report(absl::InvalidArgumentError(
+        "rendezvous_size is 0 for a job across nodes (node_count > 1): pass the blob global rank "
+        "0 got from gstab_create_rendezvous, or NULL to read $GSTAB_RENDEZVOUS"));
+  }
   return Guarded([&] {
     if (absl::Status s = CheckOwner(client->owner, "client"); !s.ok()) return Report(s);
     absl::StatusOr<gstab::v1::PolicyConfig> policy = PolicyFromName(options->policy);

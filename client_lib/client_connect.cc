@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -84,6 +85,17 @@ absl::Status CheckDescriptorsFree() {
                    ": close files, or raise the limit (ulimit -n)"));
 }
 
+// A relative socket path as an absolute one: gRPC connects anew (after a gstabd restart) from
+// the working folder of that moment, which the process may have changed since. One that would
+// be too long for a socket address (or one gRPC would misread) stays as it is.
+std::string FromWorkingFolder(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  char cwd[PATH_MAX];
+  if (getcwd(cwd, sizeof cwd) == nullptr) return path;
+  std::string absolute = absl::StrCat(cwd, cwd[1] == '\0' ? "" : "/", path);
+  return CheckAddress(absolute).ok() ? absolute : path;
+}
+
 }  // namespace
 
 void Client::ReconnectIfBackingOff() {
@@ -112,9 +124,10 @@ absl::Status HealthFailed(const std::string& address, absl::Duration timeout,
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given,
                                                         absl::Duration timeout) {
-  const std::string address = given.empty() ? SocketFromEnvironment() : given;
+  std::string address = given.empty() ? SocketFromEnvironment() : given;
   const bool tcp = IsTcpAddress(address);
   if (absl::Status s = CheckAddress(address); !s.ok()) return s;
+  if (!tcp) address = FromWorkingFolder(address);
   if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
   std::string target = absl::StrCat("unix:", address);
   if (tcp) {
@@ -234,6 +247,22 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
           absl::StrCat("the server at ", address,
                        " is not gstabd (it serves no gRPC health service): give the address of "
                        "gstabd's socket (its --socket) or TCP port (its --listen)"));
+    }
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // gstabd's health service knows the server's own service (""); another's may not.
+      return absl::FailedPreconditionError(
+          absl::StrCat("the server at ", address,
+                       " is not gstabd (its health service does not know the server's own, \"\": ",
+                       s.error_message(),
+                       "): give the address of gstabd's socket (its --socket) "
+                       "or TCP port (its --listen)"));
+    }
+    if (s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+        s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      // Its first call would be refused the same way.
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                          absl::StrCat("the server at ", address,
+                                       " refused this client's health check: ", s.error_message()));
     }
     if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
       stopping = s.ok() && response.status() != grpc::health::v1::HealthCheckResponse::SERVING;

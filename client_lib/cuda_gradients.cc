@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -323,6 +324,7 @@ absl::Status CudaGradients::RegisterThrough(Client* client) {
   }
   if (replaced != nullptr) replaced->CloseResults();
   CloseResults();
+  groups_.clear();  // the closed buffer's
   if (absl::MutexLock lock(&handshake_mu_); streams_stuck_) {
     return absl::FailedPreconditionError(
         "this process's streams still wait for the done word of a step gstabd never finished, "
@@ -333,7 +335,8 @@ absl::Status CudaGradients::RegisterThrough(Client* client) {
       std::max(kMinDoneWait, 2 * absl::Milliseconds(client->attach_response().step_timeout_ms()));
   v1::RegisterBuffersResponse response;
   if (absl::Status s = client->RegisterBuffers(request_, &response); !s.ok()) return s;
-  groups_.assign(response.groups().begin(), response.groups().end());
+  // A registration that fails from here on leaves no results buffer or group names to read.
+  absl::Cleanup unmap = [this] { CloseResults(); };
   if (response.results_handle().size() != sizeof(cudaIpcMemHandle_t)) {
     return absl::InternalError(absl::StrCat("gstabd answered with a ",
                                             response.results_handle().size(),
@@ -360,6 +363,8 @@ absl::Status CudaGradients::RegisterThrough(Client* client) {
     done_word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(p) + response.done_offset());
     ready_value_ = 0;  // a new buffer's ready word starts at 0
   }
+  std::move(unmap).Cancel();
+  groups_.assign(response.groups().begin(), response.groups().end());
   // A gstabd found gone releases the streams waiting for its steps (see the header).
   Client::SetDaemonLostHandler(&CudaGradients::ReleaseForLostDaemon);
   absl::MutexLock lock(&registered_mu);

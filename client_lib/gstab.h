@@ -208,7 +208,8 @@ typedef struct {
   uint32_t node_rank;        /* this node among the job's nodes, below node_count */
   uint32_t node_count;       /* 0 or 1: the job runs on this node alone */
   /* node_count > 1: the blob global rank 0 got from gstab_create_rendezvous, broadcast by the
-   * job. NULL: the environment variable GSTAB_RENDEZVOUS (the blob in base64). */
+   * job. NULL: the environment variable GSTAB_RENDEZVOUS (the blob in base64); an empty one
+   * (rendezvous_size 0) is refused. */
   const void* rendezvous;
   size_t rendezvous_size;
   const char* policy; /* as for gstab_attach; NULL: none asked for */
@@ -312,6 +313,10 @@ typedef struct {
 } gstab_group_outcome;
 
 gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out);
+/* Registered gradients go after their client's session: gstab_detach, or gstab_client_destroy
+ * (which detaches), returns once gstabd has closed its mappings of them. Destroyed first, the
+ * memory gstab_cuda_allocate_tensor made is freed while gstabd still has it open through CUDA
+ * IPC, which CUDA leaves undefined. */
 void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);
 /* device_ptr: device memory of the gradients' device, inside one CUDA allocation. */
 gstab_status gstab_cuda_add_tensor(gstab_cuda_gradients* gradients, const char* name,
@@ -323,7 +328,8 @@ gstab_status gstab_cuda_add_tensor_flags(gstab_cuda_gradients* gradients, const 
 /* Allocates numel elements of device memory owned by `gradients` (freed with it, unless its
  * streams were left waiting for a step gstabd never finished) and adds them as a tensor;
  * *device_ptr receives the address. Each allocation is a multiple of 2 MiB (CUDA IPC shares
- * memory in such blocks): for many small tensors, allocate one and add its slices. */
+ * memory in such blocks): for many small tensors, allocate one and add its slices.
+ * GSTAB_RESOURCE_EXHAUSTED when the device is out of memory. */
 gstab_status gstab_cuda_allocate_tensor(gstab_cuda_gradients* gradients, const char* name,
                                         uint64_t numel, gstab_dtype dtype, const char* group,
                                         void** device_ptr);

@@ -63,9 +63,14 @@ inline absl::Status CudaError(cudaError_t err, const char* expr, const char* fil
                            "processes share each GPU, which needs the DEFAULT mode: nvidia-smi -c "
                            "DEFAULT)"
                          : "";
-  return absl::InternalError(absl::StrCat(file, ":", line, ": ", expr,
-                                          " failed: ", cudaGetErrorName(err), ": ",
-                                          cudaGetErrorString(err), hint));
+  // Out of device memory is a limit the caller can act on (free memory, smaller buffers), as
+  // RESOURCE_EXHAUSTED is for host memory; any other failure is INTERNAL.
+  const absl::StatusCode code = err == cudaErrorMemoryAllocation
+                                    ? absl::StatusCode::kResourceExhausted
+                                    : absl::StatusCode::kInternal;
+  return absl::Status(
+      code, absl::StrCat(file, ":", line, ": ", expr, " failed: ", cudaGetErrorName(err), ": ",
+                         cudaGetErrorString(err), hint));
 }
 
 // A kernel launch reports failure through cudaGetLastError, which also returns what earlier

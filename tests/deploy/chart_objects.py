@@ -100,6 +100,14 @@ def node_terms(pod):
             for t in terms.get("nodeSelectorTerms", [])]
 
 
+def check_image_nodes(name, which, terms):
+    """Each default node-affinity term keeps to the nodes the images run on (Linux, x86_64)."""
+    for t in terms:
+        check(t.get(("kubernetes.io/os", "In")) == ["linux"] and
+              t.get(("kubernetes.io/arch", "In")) == ["amd64"],
+              f"{name}: {which} may land on nodes the images do not run on: {t}")
+
+
 def check_gpu(name, kinds):
     _, pod, c = daemon_container(kinds)
     env = {e["name"]: e.get("value") for e in c["env"]}
@@ -114,8 +122,9 @@ def check_gpu(name, kinds):
     # On GPU nodes only (elsewhere the NVIDIA runtime class has no handler), tolerating their taint.
     for p in [pod] + kinds.get("Pod", []):
         which = p["metadata"].get("name", "the DaemonSet's pod")
-        check({("nvidia.com/gpu.present", "In"): ["true"]} in node_terms(p),
+        check(any(t.get(("nvidia.com/gpu.present", "In")) == ["true"] for t in node_terms(p)),
               f"{name}: {which} is not kept to GPU nodes: {node_terms(p)}")
+        check_image_nodes(name, which, node_terms(p))
         check(any(t.get("key") == "nvidia.com/gpu" for t in p["spec"].get("tolerations", [])),
               f"{name}: {which} does not tolerate the nvidia.com/gpu taint")
 
@@ -133,6 +142,7 @@ def check_cpu(name, kinds):
     terms = node_terms(pod)
     check(len(terms) == 1 and terms[0].get(("nvidia.com/gpu.present", "NotIn")) == ["true"],
           f"{name}: the CPU flavour may land on GPU nodes: {terms}")
+    check_image_nodes(name, "the DaemonSet's pod", terms)
     check(not pod["spec"].get("tolerations"), f"{name}: the CPU flavour tolerates GPU taints")
 
 

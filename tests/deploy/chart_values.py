@@ -46,6 +46,9 @@ def bad_values(args):
         # Without root, the capabilities the chart adds are not effective.
         (["--set", "securityContext.runAsUser=1000"], "securityContext.runAsUser must be 0"),
         (["--set", "allowGids={2000}"], "must admit the helm test pod"),
+        # Helm replaces a list whole: the chart's two capabilities would be lost.
+        (["--set", "securityContext.capabilities.add={IPC_LOCK}"],
+         "must keep DAC_OVERRIDE and FOWNER"),
         (["--set", "extraArgs={--socket=/tmp/x.sock}"], "may not set --socket"),
         (["--set", "extraEnv[0].name=NODE_IP", "--set", "extraEnv[0].value=1.2.3.4"],
          "extraEnv may not set NODE_IP"),

@@ -175,6 +175,10 @@ class ClientTest(unittest.TestCase):
             client.attach("py-bad", policy="clipp")
         self.assertEqual(e.exception.code, 3)
         self.assertIn("unknown policy 'clipp'", e.exception.message)
+        with self.assertRaises(gstab.Error) as e:  # only None reads $GSTAB_RENDEZVOUS
+            client.attach("py-bad-nodes", world_size=2, node_count=2, rendezvous=b"")
+        self.assertEqual(e.exception.code, 3)
+        self.assertIn("rendezvous_size is 0", e.exception.message)
         client.attach("py-bad")
         with self.assertRaises(gstab.Error) as e:
             client.step(1)  # nothing registered

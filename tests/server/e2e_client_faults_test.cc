@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
@@ -141,32 +142,87 @@ std::unique_ptr<grpc::Server> ServeAt(const std::string& path, bool health) {
   return server;
 }
 
-// A health service that answers every check UNAVAILABLE, as a connection lost at each call.
-class UnavailableHealth final : public grpc::health::v1::Health::Service {
+// A health service that answers every check with `code`: UNAVAILABLE, as a connection lost at
+// each call; NOT_FOUND, as another server's that does not know gstabd's own service ("").
+class FailingHealth final : public grpc::health::v1::Health::Service {
+ public:
+  explicit FailingHealth(grpc::StatusCode code) : code_(code) {}
   grpc::Status Check(grpc::ServerContext*, const grpc::health::v1::HealthCheckRequest*,
                      grpc::health::v1::HealthCheckResponse*) override {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "made unavailable");
+    return grpc::Status(code_, "made to fail");
   }
+
+ private:
+  const grpc::StatusCode code_;
 };
+
+std::unique_ptr<grpc::Server> ServeHealthAt(const std::string& path,
+                                            grpc::health::v1::Health::Service* health) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
+  builder.RegisterService(health);
+  return builder.BuildAndStart();
+}
 
 // A server that takes the connection but whose health check fails UNAVAILABLE until the connect
 // timeout: the connect fails, saying so, rather than hand back a client whose first call fails.
 TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckStaysUnavailableFailsSayingSo) {
   TempDir dir;
   const std::string path = dir.path() + "/unavailable.sock";
-  UnavailableHealth health;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
-  builder.RegisterService(&health);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  FailingHealth health(grpc::StatusCode::UNAVAILABLE);
+  std::unique_ptr<grpc::Server> server = ServeHealthAt(path, &health);
   ASSERT_NE(server, nullptr);
   auto client = Client::Connect(path, absl::Seconds(2));
   ASSERT_FALSE(client.ok());
   EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable) << client.status();
   EXPECT_TRUE(absl::StrContains(client.status().message(), "health check failed"))
       << client.status();
-  EXPECT_TRUE(absl::StrContains(client.status().message(), "made unavailable")) << client.status();
+  EXPECT_TRUE(absl::StrContains(client.status().message(), "made to fail")) << client.status();
   server->Shutdown();
+}
+
+// A server whose health service does not know gstabd's own service is not gstabd; one that
+// refuses the check would refuse the client's first call too: either connect fails, saying so,
+// rather than hand back a client whose first call fails.
+TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckIsRefusedFailsSayingSo) {
+  TempDir dir;
+  for (const auto& [answer, code, says] :
+       {std::make_tuple(grpc::StatusCode::NOT_FOUND, absl::StatusCode::kFailedPrecondition,
+                        "is not gstabd"),
+        std::make_tuple(grpc::StatusCode::PERMISSION_DENIED, absl::StatusCode::kPermissionDenied,
+                        "refused this client's health check: made to fail")}) {
+    const std::string path = dir.path() + "/refusing.sock";
+    FailingHealth health(answer);
+    std::unique_ptr<grpc::Server> server = ServeHealthAt(path, &health);
+    ASSERT_NE(server, nullptr);
+    auto client = Client::Connect(path, absl::Seconds(5));
+    ASSERT_FALSE(client.ok());
+    EXPECT_EQ(client.status().code(), code) << client.status();
+    EXPECT_TRUE(absl::StrContains(client.status().message(), says)) << client.status();
+    server->Shutdown();
+    std::filesystem::remove(path);
+  }
+}
+
+// A worker connected by a relative socket path that then changes its working folder reaches a
+// restarted gstabd at the path it meant, not at the same name in its new folder.
+TEST(E2eClientFaultsTest, ARelativeSocketPathOutlastsAChangeOfWorkingFolder) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const std::filesystem::path before = std::filesystem::current_path();
+  absl::Cleanup back = [&] { std::filesystem::current_path(before); };
+  std::filesystem::current_path(dir.path());
+  auto client = Client::Connect(std::filesystem::path(daemon->socket()).filename().string());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(JobOptions("moved")).ok());
+  std::filesystem::current_path("/");
+  ASSERT_TRUE(daemon->Stop().ok());
+  EXPECT_EQ((*client)->GetStats().status().code(), absl::StatusCode::kUnavailable);
+  auto again = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(again.ok()) << again.status();
+  absl::Status s = (*client)->Attach(JobOptions("moved"));
+  EXPECT_TRUE(s.ok()) << s;
 }
 
 TEST(E2eClientFaultsTest, AConnectToAServerThatIsNotAServingGstabdFailsSayingSo) {

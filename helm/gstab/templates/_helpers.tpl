@@ -53,10 +53,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 nodes with an NVIDIA GPU (labelled by NVIDIA's GPU feature discovery or by node feature
 discovery's PCI vendor label), tolerating their usual taint; elsewhere its runtime class has no
 handler. The CPU flavour: anywhere but those, so that it and a GPU release never meet on a node
-(they would share its socket and state folders). */}}
+(they would share its socket and state folders). Both: Linux x86_64 nodes, which the images are
+built for. */}}
 {{- define "gstab.placement" -}}
-{{- $gpuNode := list (dict "matchExpressions" (list (dict "key" "nvidia.com/gpu.present" "operator" "In" "values" (list "true")))) (dict "matchExpressions" (list (dict "key" "feature.node.kubernetes.io/pci-10de.present" "operator" "In" "values" (list "true")))) -}}
-{{- $notGpuNode := list (dict "matchExpressions" (list (dict "key" "nvidia.com/gpu.present" "operator" "NotIn" "values" (list "true")) (dict "key" "feature.node.kubernetes.io/pci-10de.present" "operator" "NotIn" "values" (list "true")))) -}}
+{{- $image := list (dict "key" "kubernetes.io/os" "operator" "In" "values" (list "linux")) (dict "key" "kubernetes.io/arch" "operator" "In" "values" (list "amd64")) -}}
+{{- $gpuNode := list (dict "matchExpressions" (concat (list (dict "key" "nvidia.com/gpu.present" "operator" "In" "values" (list "true"))) $image)) (dict "matchExpressions" (concat (list (dict "key" "feature.node.kubernetes.io/pci-10de.present" "operator" "In" "values" (list "true"))) $image)) -}}
+{{- $notGpuNode := list (dict "matchExpressions" (concat (list (dict "key" "nvidia.com/gpu.present" "operator" "NotIn" "values" (list "true")) (dict "key" "feature.node.kubernetes.io/pci-10de.present" "operator" "NotIn" "values" (list "true"))) $image)) -}}
 {{- $placement := dict -}}
 {{- if .Values.nodeSelector }}{{ $_ := set $placement "nodeSelector" .Values.nodeSelector }}{{ end -}}
 {{- if kindIs "invalid" .Values.tolerations -}}
@@ -146,6 +148,10 @@ host ports with peer.enabled);
 {{- end -}}
 {{- if ne (int64 (.Values.securityContext.runAsUser | default 0)) 0 -}}
 {{- fail (printf "securityContext.runAsUser must be 0 (it is %v): a container of another uid has none of the capabilities it adds (Kubernetes grants no ambient ones), so gstabd could open neither workers' shared memory (0600, theirs) nor the root-owned TLS Secret files and host folders; it keeps only DAC_OVERRIDE and FOWNER as root" .Values.securityContext.runAsUser) -}}
+{{- end -}}
+{{- $caps := (.Values.securityContext.capabilities | default dict).add | default list -}}
+{{- if not (and (has "DAC_OVERRIDE" $caps) (has "FOWNER" $caps)) -}}
+{{- fail (printf "securityContext.capabilities.add must keep DAC_OVERRIDE and FOWNER (it is %v): without them gstabd can open no worker's shared memory (0600, theirs) and cannot remove a dead worker's from /dev/shm; a list given with --set or -f replaces the chart's whole, so add others beside them: [DAC_OVERRIDE, FOWNER, IPC_LOCK]" $caps) -}}
 {{- end -}}
 {{- if or .Values.allowUids .Values.allowGids -}}
 {{- $uid := int64 (.Values.securityContext.runAsUser | default 0) -}}
