@@ -61,6 +61,8 @@ absl::StatusOr<PathLock> PathLock::Take(const std::string& lock_path) {
 PathLock::PathLock(PathLock&& other) noexcept
     : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)) {}
 
+bool PathLock::Held() const { return fd_ >= 0 && IsFileAt(fd_, path_); }
+
 PathLock::~PathLock() {
   if (fd_ < 0) return;
   // Removed while still locked: a process that opened it before then and locks it next finds

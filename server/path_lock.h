@@ -20,6 +20,8 @@ class PathLock {
   PathLock& operator=(PathLock&&) = delete;
   PathLock(const PathLock&) = delete;
   ~PathLock();  // removes the file (when it is still this one), then lets go of the lock
+  // Whether the locked file is still the one at the path (not removed, or replaced, since).
+  bool Held() const;
 
  private:
   PathLock(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}

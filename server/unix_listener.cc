@@ -112,6 +112,16 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
   }
   std::error_code ec;
   std::filesystem::remove(p, ec);  // a stale socket of a previous run
+  absl::StatusOr<std::pair<int, ino_t>> bound = Bind(path);
+  if (!bound.ok()) return bound.status();
+  return std::unique_ptr<UnixListener>(new UnixListener(
+      path, *std::move(lock), bound->first, bound->second, std::move(policy), peers, refusals));
+}
+
+absl::StatusOr<std::pair<int, ino_t>> UnixListener::Bind(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);  // its length checked by Create
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket(): ", strerror(errno)));
   // Born 0660: there is no moment where other users could connect.
@@ -124,8 +134,32 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     close(fd);
     return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
   }
-  return std::unique_ptr<UnixListener>(
-      new UnixListener(path, *std::move(lock), fd, st.st_ino, std::move(policy), peers, refusals));
+  return std::make_pair(fd, st.st_ino);
+}
+
+absl::Status UnixListener::BindAgainIfRemoved() {
+  struct stat st;
+  if (::lstat(path_.c_str(), &st) == 0 || errno != ENOENT) return absl::OkStatus();
+  // Its folder may have gone with it (and the lock file in it): made again, and locked anew,
+  // unless another gstabd has started there meanwhile.
+  const std::filesystem::path p(path_);
+  if (p.has_parent_path()) {
+    if (absl::Status s = CreateFolders(p.parent_path().string(), 0755); !s.ok()) return s;
+  }
+  if (!lock_->Held()) {
+    absl::StatusOr<PathLock> lock = PathLock::Take(path_ + ".lock");
+    if (!lock.ok()) return lock.status();
+    lock_.emplace(*std::move(lock));
+  }
+  absl::StatusOr<std::pair<int, ino_t>> bound = Bind(path_);
+  if (!bound.ok()) return bound.status();
+  close(fd_);  // the connections it took stay open
+  fd_ = bound->first;
+  inode_ = bound->second;
+  LOG(WARNING) << "gstabd's socket " << path_
+               << " was removed while gstabd served on it (by whom? workers reach gstabd through "
+                  "it alone): made it again; workers connect again at their next call";
+  return absl::OkStatus();
 }
 
 UnixListener::~UnixListener() { Stop(); }
@@ -193,7 +227,19 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
       refused = 0;
     }
   };
+  absl::Time looked = absl::Now();
+  std::string not_bound;  // why the socket could not be made again, as last logged
   while (!stopping_) {
+    if (const absl::Time now = absl::Now(); now - looked >= absl::Seconds(1)) {
+      looked = now;
+      absl::Status s = BindAgainIfRemoved();
+      if (!s.ok() && std::string(s.message()) != not_bound) {
+        LOG(ERROR) << "gstabd's socket " << path_
+                   << " was removed, and gstabd cannot make it again (it tries every second): "
+                   << s.message();
+      }
+      not_bound = s.ok() ? "" : std::string(s.message());
+    }
     pollfd pfd{fd_, POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;
     const int conn = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);

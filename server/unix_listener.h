@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -94,14 +95,21 @@ class UnixListener {
         policy_(std::move(policy)),
         peers_(peers),
         refusals_(refusals) {}
+  // A socket bound at `path` (mode 0660) and listening: its descriptor and inode.
+  static absl::StatusOr<std::pair<int, ino_t>> Bind(const std::string& path);
+  // Makes the socket again when its file is gone (an operator's rm, a worker's: nothing could
+  // connect any more, while gstabd looked healthy). The accept thread's, once a second.
+  absl::Status BindAgainIfRemoved();
   void AcceptLoop(grpc::Server* server);
   // Whether `uid` may open one more connection. Forgets its connections gRPC has closed since.
   bool UnderConnectionCap(uid_t uid);
 
   const std::string path_;
   std::optional<PathLock> lock_;  // let go of (and its file removed) at Stop()
+  // The listening socket, and its file's inode, so that Stop removes this socket file, not a
+  // successor's. The accept thread's while it runs (BindAgainIfRemoved replaces them).
   int fd_;
-  const ino_t inode_;  // so Stop removes this socket file, not a successor's
+  ino_t inode_;
   const PeerPolicy policy_;
   PeerTable* const peers_;
   MetricFamily* const refusals_;

@@ -1,7 +1,7 @@
 // gstabd as a system service runs it: the signals it ignores rather than die of without a
 // checkpoint, the folders it creates (modes that do not follow the umask it was started with),
-// a --socket path that is not a socket or that another gstabd is taking, and command lines it would
-// misread.
+// a --socket path that is not a socket or that another gstabd is taking, a socket removed while
+// it serves, and command lines it would misread.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -136,6 +136,34 @@ TEST(E2eProcessTest, ASocketAnotherGstabdIsTakingIsLeftToIt) {
   ASSERT_TRUE(worker.ok()) << worker.status();
   (*worker)->Fill(1, 1);
   EXPECT_TRUE((*worker)->client().Step(1).ok());
+  worker->reset();
+  absl::StatusOr<int> stopped = daemon->Stop();
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(*stopped, 0) << daemon->Log();
+  EXPECT_FALSE(std::filesystem::exists(socket_path)) << daemon->Log();
+  EXPECT_FALSE(std::filesystem::exists(socket_path + ".lock")) << daemon->Log();
+}
+
+// A socket removed while gstabd serves (an operator's rm, a root worker's) would leave gstabd
+// healthy to its probes, which use another socket, while no worker could reach it: gstabd makes
+// it again within a second or two, and its lock file, removed with it, is taken anew, so a
+// second gstabd is still refused the path.
+TEST(E2eProcessTest, ASocketRemovedWhileServingIsMadeAgain) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const std::string socket_path = daemon->socket();
+  ASSERT_TRUE(std::filesystem::remove(socket_path));
+  ASSERT_TRUE(std::filesystem::remove(socket_path + ".lock"));
+  EXPECT_TRUE(daemon->WaitForLog("was removed while gstabd served on it")) << daemon->Log();
+  EXPECT_TRUE(std::filesystem::exists(socket_path + ".lock"));
+  auto worker = TestWorker::Create(socket_path, JobOptions("made-again"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  (*worker)->Fill(1, 1);
+  EXPECT_TRUE((*worker)->client().Step(1).ok());
+  auto [code, out] = StartRefused(dir, {"--socket=" + socket_path});
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("is starting or serves on '" + socket_path + "'"), std::string::npos) << out;
   worker->reset();
   absl::StatusOr<int> stopped = daemon->Stop();
   ASSERT_TRUE(stopped.ok()) << stopped.status();
