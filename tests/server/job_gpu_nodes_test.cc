@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "server/gloo_collective.h"
 #include "server/rendezvous_store.h"
+#include "tests/server/cpu_worker.h"
 #include "tests/server/fake_gpu.h"
 #include "tests/server/loopback_store.h"
 
@@ -35,6 +36,22 @@ struct GpuNode {
   Job job;
   std::vector<FakeCudaWorker> workers;
 };
+
+// A job whose rendezvous was made for CUDA gradients takes no host-memory registration: its CPU
+// steps would send records of other sizes on the Gloo pairs the other nodes' GPU steps use,
+// which Gloo takes for a fatal error, ending the whole gstabd.
+TEST(JobGpuNodesTest, HostMemoryUnderACudaRendezvousIsRefused) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  int live = 0;
+  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
+  job.SetCollective(std::make_shared<GlooCollective>(info, 0, "127.0.0.1"), info.token(),
+                    NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), 0, 2, absl::Seconds(3)});
+  CpuWorker worker;
+  const absl::Status s = worker.Register(&job, 0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("made for CUDA gradients"), std::string::npos) << s;
+}
 
 // While a node's first step waits for the other nodes, the job still answers GetStats and
 // exports (a checkpoint, gstabctl, a scrape): before, they waited up to the step deadline.
