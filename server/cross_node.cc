@@ -1,6 +1,7 @@
 #include "server/cross_node.h"
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <cstring>
 #include <type_traits>
@@ -96,7 +97,10 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
   absl::Status named(
       failure.code(),
       absl::StrCat("step ", step, " of job '", job, "' on node ", c->rank(), ": ", who, " (",
-                   failure.message(), "); attach every worker again with a new rendezvous"));
+                   failure.message(),
+                   "); nodes whose exchange ended before the failure may have applied this step, "
+                   "which this node did not (their workers' results say): attach every worker "
+                   "again with a new rendezvous"));
   LOG(WARNING) << named;  // the node's own log says so too, not only its workers'
   return AsStopping(*c, named);  // this gstabd's stop began while the store was asked
 }
@@ -246,13 +250,16 @@ std::string FirstDifference(Collective* c, const NodePartials& p, uint64_t max_g
         LayoutHash(absl::MakeConstSpan(&names[g], 1), absl::MakeConstSpan(&p.reduction[g], 1));
   }
   std::vector<uint64_t> all(n * c->size());
-  if (!c->AllGather(
-            absl::Span<const char>(reinterpret_cast<const char*>(mine.data()),
-                                   n * sizeof(uint64_t)),
-            absl::Span<char>(reinterpret_cast<char*>(all.data()), all.size() * sizeof(uint64_t)),
-            timeout)
-           .ok()) {
-    return "";
+  if (absl::Status s = c->AllGather(
+          absl::Span<const char>(reinterpret_cast<const char*>(mine.data()), n * sizeof(uint64_t)),
+          absl::Span<char>(reinterpret_cast<char*>(all.data()), all.size() * sizeof(uint64_t)),
+          timeout);
+      !s.ok()) {
+    // The communicator is broken now: the next step would say only that.
+    return absl::StrCat("; the exchange that would have named the first difference failed (",
+                        s.message(),
+                        "), which leaves the job's nodes unable to step: attach every worker "
+                        "again, with a new rendezvous, once the layouts agree");
   }
   auto list = [&](uint32_t node) { return absl::MakeConstSpan(&all[node * n], n); };
   uint32_t other = 0;
@@ -360,7 +367,14 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     return NameFailure(c, job, step, st);
   }
   for (size_t g = 0; g < groups; ++g) {
-    const auto having = static_cast<uint32_t>(data[2 * groups + g]);
+    // A count of nodes, summed across them: anything else (a corrupt peer's) is no count.
+    const double count = data[2 * groups + g];
+    if (!(count >= 0.0 && count <= c->size()) || count != std::floor(count)) {
+      return absl::DataLossError(absl::StrCat("job '", job, "' step ", step, ": the nodes' count of group #", g,
+                                              " came back as ", count, " of ", c->size(),
+                                              " nodes; nothing was summed"));
+    }
+    const auto having = static_cast<uint32_t>(count);
     if (having == 0 || having == c->size()) continue;
     const std::string name =
         p->group_name ? absl::StrCat("'", p->group_name(g), "'") : absl::StrCat("#", g);
