@@ -209,7 +209,7 @@ typedef struct {
   uint32_t node_count;       /* 0 or 1: the job runs on this node alone */
   /* node_count > 1: the blob global rank 0 got from gstab_create_rendezvous, broadcast by the
    * job. NULL: the environment variable GSTAB_RENDEZVOUS (the blob in base64); an empty one
-   * (rendezvous_size 0) is refused. */
+   * (not NULL, rendezvous_size 0) is refused there. */
   const void* rendezvous;
   size_t rendezvous_size;
   const char* policy; /* as for gstab_attach; NULL: none asked for */
@@ -314,8 +314,8 @@ typedef struct {
 
 gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out);
 /* Registered gradients go after their client's session: gstab_detach, or gstab_client_destroy
- * (which detaches), returns once gstabd has closed its mappings of them. Destroyed first, the
- * memory gstab_cuda_allocate_tensor made is freed while gstabd still has it open through CUDA
+ * (which detaches), waits (up to 2 s) for gstabd to close its mappings of them. Destroyed first,
+ * the memory gstab_cuda_allocate_tensor made is freed while gstabd still has it open through CUDA
  * IPC, which CUDA leaves undefined. */
 void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);
 /* device_ptr: device memory of the gradients' device, inside one CUDA allocation. */

@@ -232,9 +232,10 @@ std::string Unregistered(const NodePartials& p) {
 // For a layout mismatch: where this node's groups first differ from another node's (node 0's;
 // for node 0, the first node that differs), from every node's fingerprint of each group's name
 // and reduction, gathered. Every node calls it (they reach the same verdict from the same
-// records); empty when it cannot tell (the gather failed, or the difference lies past the
-// groups compared: as many as 64 MiB of fingerprints from every node hold, the same number on
-// every node, so that a mismatch of many groups on many nodes costs no node its memory).
+// records); the gather's failure when it failed; empty when it cannot tell (the difference
+// lies past the groups compared: as many as 64 MiB of fingerprints from every node hold, the
+// same number on every node, so that a mismatch of many groups on many nodes costs no node its
+// memory).
 std::string FirstDifference(Collective* c, const NodePartials& p, uint64_t max_groups,
                             absl::Duration timeout) {
   constexpr uint64_t kMaxCompared = 65536;  // the most groups a job has
@@ -370,9 +371,9 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     // A count of nodes, summed across them: anything else (a corrupt peer's) is no count.
     const double count = data[2 * groups + g];
     if (!(count >= 0.0 && count <= c->size()) || count != std::floor(count)) {
-      return absl::DataLossError(absl::StrCat("job '", job, "' step ", step, ": the nodes' count of group #", g,
-                                              " came back as ", count, " of ", c->size(),
-                                              " nodes; nothing was summed"));
+      return absl::InternalError(
+          absl::StrCat("job '", job, "' step ", step, ": the nodes' count of group #", g,
+                       " came back as ", count, " of ", c->size(), " nodes; nothing was summed"));
     }
     const auto having = static_cast<uint32_t>(count);
     if (having == 0 || having == c->size()) continue;

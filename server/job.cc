@@ -121,14 +121,6 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   } else if (!gpus_.empty()) {
     return absl::FailedPreconditionError(
         "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
-  } else if (collective_ != nullptr && !nccl_.unique_id.empty()) {
-    // Its steps would exchange CPU records where the other nodes' GPU steps exchange theirs: on
-    // the same Gloo pairs, messages of other sizes, which Gloo takes for a fatal error.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job '", name_,
-        "''s rendezvous was made for CUDA gradients (CreateRendezvous(cuda=true)): every node "
-        "registers cuda_ipc buffers, not host_shm; for host-memory gradients make the "
-        "rendezvous without cuda"));
   }
   // The first registration of a job made, restored or imported into, or since it joined its
   // rendezvous, takes its order: on node 0, an import before its workers registered laid the
@@ -297,6 +289,7 @@ void Job::InstallCollective(std::shared_ptr<Collective> collective, std::string 
   // which may go back: a job resumed from a checkpoint older than this node's last step.
   if (collective_ != nullptr && collective_->rank() != 0) have_step_ = false;
   generation_stepped_ = false;
+  host_transport_agreed_ = false;
   abandoned_step_.reset();  // a step given up in the old generation
   EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator
   nccl_spent_ = false;

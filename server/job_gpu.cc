@@ -139,7 +139,14 @@ absl::Status Job::AgreeGpuLayout(uint32_t local_rank) {
     absl::MutexLock using_collective(&collective_use_);
     agreed = collective->AllReduceMax(absl::MakeSpan(range), timeout);
     // Every node has the same maxima: each refuses alike, and none then waits in the broadcast.
-    if (agreed.ok() && range[6] != -range[7]) {
+    if (agreed.ok() && range[7] == 0) {
+      // A node of host-memory steps joins as one of no GPUs (AgreeHostTransport).
+      refused = absl::FailedPreconditionError(absl::StrCat(
+          "another node of job '", name_,
+          "' registered host_shm buffers, this one cuda_ipc: every node of a job registers its "
+          "gradients one way; attach every worker again with a new rendezvous; nothing was "
+          "summed"));
+    } else if (agreed.ok() && range[6] != -range[7]) {
       refused = absl::InvalidArgumentError(absl::StrCat(
           "the nodes of job '", name_, "' run different numbers of local GPU workers (", gpus,
           " on this node, between ", -range[7], " and ", range[6],

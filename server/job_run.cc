@@ -1,6 +1,7 @@
 // Job's CPU backend: the run of a round all local workers have joined (job_round.cc): partial
 // sums per worker, the cross-node sum and agreement, the rule, the scales.
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -28,9 +29,39 @@ V Pick(const V& values, const std::vector<uint32_t>& shared) {
 
 }  // namespace
 
+absl::Status Job::AgreeHostTransport(Collective* collective, uint64_t step,
+                                     absl::Duration timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (nccl_.unique_id.empty() || host_transport_agreed_ || collective != collective_.get()) {
+      return absl::OkStatus();
+    }
+  }
+  std::array<double, kGpuLayoutValues> range{};  // no groups, no configuration, no GPUs
+  if (absl::Status s = collective->AllReduceMax(absl::MakeSpan(range), timeout); !s.ok()) {
+    return NameFailure(collective, name_, step, s);
+  }
+  const double gpus = range[6];  // the most GPUs a node of the job registered
+  if (gpus > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "step ", step, " of job '", name_, "': other nodes registered cuda_ipc buffers (up to ",
+        gpus,
+        " GPUs a node), this one host_shm: every node of a job registers its gradients "
+        "one way; attach every worker again with a new rendezvous (made with cuda for GPU "
+        "gradients, without for host memory)"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (collective == collective_.get()) host_transport_agreed_ = true;
+  return absl::OkStatus();
+}
+
 absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
                                     absl::Duration timeout, const std::vector<int>& reduction,
                                     absl::Status refusal, absl::Status* told) {
+  if (absl::Status s = AgreeHostTransport(collective, step, timeout); !s.ok()) {
+    if (told != nullptr) *told = s;
+    return refusal;
+  }
   check.refused = true;
   const size_t groups = reduction.size();
   NodePartials partials{
@@ -177,6 +208,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
                             return group_names_[shared[i]];
                           }};
     StepAgreement agreed;
+    if (absl::Status s = AgreeHostTransport(collective.get(), step, timeout); !s.ok()) return s;
     if (absl::Status s =
             ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
         !s.ok()) {

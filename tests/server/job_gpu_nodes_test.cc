@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu_executor.h"
 #include "server/gloo_collective.h"
 #include "server/rendezvous_store.h"
 #include "tests/server/cpu_worker.h"
@@ -37,20 +38,66 @@ struct GpuNode {
   std::vector<FakeCudaWorker> workers;
 };
 
-// A job whose rendezvous was made for CUDA gradients takes no host-memory registration: its CPU
-// steps would send records of other sizes on the Gloo pairs the other nodes' GPU steps use,
-// which Gloo takes for a fatal error, ending the whole gstabd.
-TEST(JobGpuNodesTest, HostMemoryUnderACudaRendezvousIsRefused) {
+// Under a rendezvous made for CUDA gradients, a node whose workers registered host memory and
+// one whose workers registered GPU gradients: each refuses its step at once, saying why. The
+// first exchange of the GPU node (its layout agreement) and that of a host-memory step (the step
+// check) differ in size: before, both waited out their deadline and blamed a stalled node. The
+// host-memory node joins the layout agreement as a node of no GPUs instead.
+TEST(JobGpuNodesTest, HostMemoryAndGpuNodesUnderOneCudaRendezvousBothRefuse) {
   LoopbackStore store;
   const v1::RendezvousInfo info = store.Rendezvous(2);
-  int live = 0;
-  Job job("nodes-job", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live));
-  job.SetCollective(std::make_shared<GlooCollective>(info, 0, "127.0.0.1"), info.token(),
-                    NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), 0, 2, absl::Seconds(3)});
-  CpuWorker worker;
-  const absl::Status s = worker.Register(&job, 0);
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-  EXPECT_NE(s.message().find("made for CUDA gradients"), std::string::npos) << s;
+  GpuNode gpu_node(info, 0, RuleParams{}, absl::Seconds(20));
+  CpuExecutor executor(1);
+  Job host_job("nodes-job", RuleParams{}, 1, &executor);
+  host_job.SetCollective(
+      std::make_shared<GlooCollective>(info, 1, "127.0.0.1"), info.token(),
+      NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), 1, 2, absl::Seconds(20)});
+  CpuWorker host_worker;
+  ASSERT_TRUE(host_worker.Register(&host_job, 0).ok());
+  absl::Status host_status;
+  std::thread host([&] {
+    v1::StepResponse r;
+    host_status = host_job.Step(0, 1, absl::Seconds(20), &r);
+  });
+  v1::StepResponse r;
+  const absl::Status gpu_status = gpu_node.job.Step(0, 1, absl::Seconds(20), &r, NextReady());
+  host.join();
+  EXPECT_EQ(gpu_status.code(), absl::StatusCode::kFailedPrecondition) << gpu_status;
+  EXPECT_NE(gpu_status.message().find("registered host_shm buffers, this one cuda_ipc"),
+            std::string::npos)
+      << gpu_status;
+  EXPECT_EQ(host_status.code(), absl::StatusCode::kFailedPrecondition) << host_status;
+  EXPECT_NE(host_status.message().find("other nodes registered cuda_ipc buffers"),
+            std::string::npos)
+      << host_status;
+}
+
+// Nodes all of host memory under a rendezvous made for CUDA gradients (gstab.torch asks for
+// one whenever the process group is NCCL's) step as under any other.
+TEST(JobGpuNodesTest, HostMemoryNodesStepUnderACudaRendezvous) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  CpuExecutor executor(1);
+  std::vector<std::unique_ptr<Job>> jobs;
+  std::vector<CpuWorker> workers(2);
+  for (uint32_t node = 0; node < 2; ++node) {
+    jobs.push_back(std::make_unique<Job>("nodes-job", RuleParams{}, 1, &executor));
+    jobs[node]->SetCollective(
+        std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
+        NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, 2, absl::Seconds(20)});
+    ASSERT_TRUE(workers[node].Register(jobs[node].get(), 0).ok());
+  }
+  for (uint64_t step = 1; step <= 2; ++step) {
+    absl::Status other_status;
+    std::thread other([&] {
+      v1::StepResponse r;
+      other_status = jobs[1]->Step(0, step, absl::Seconds(20), &r);
+    });
+    v1::StepResponse r;
+    EXPECT_TRUE(jobs[0]->Step(0, step, absl::Seconds(20), &r).ok()) << step;
+    other.join();
+    EXPECT_TRUE(other_status.ok()) << step << ": " << other_status;
+  }
 }
 
 // While a node's first step waits for the other nodes, the job still answers GetStats and
