@@ -389,16 +389,22 @@ class Client:
         """Ends this worker's session: gstabd lets go of it at once. The client is detached
         even when this raises (gstabd gone or stopping): the session then ends with its lease,
         and nothing attaches again by itself."""
-        self.registration = self._attached = None
+        # The gradients stay alive until gstabd has let go of them: CUDA memory freed while
+        # gstabd has it open is undefined (gstab.h).
+        ended, self.registration, self._attached = self.registration, None, None
         check(self._call(self._lib.gstab_detach))
+        del ended
 
     def register_arena(self, arena: Arena) -> None:
         """Registers the arena's tensors, replacing this client's earlier registration."""
         _check_type("register_arena", arena, Arena)
 
         def register():
-            self.registration = None  # a refused registration ends the earlier one too
+            # A refused registration ends the earlier one too, which lives until gstabd has let
+            # go of it.
+            replaced, self.registration = self.registration, None
             check(self._call(self._lib.gstab_register_arena, arena._h))
+            del replaced
         # Across a restart of gstabd too, as a step goes on (see reattach_timeout).
         self._again_on_restart("register_arena", register)
         self.registration = arena
@@ -406,8 +412,9 @@ class Client:
     def register_cuda(self, gradients: CudaGradients) -> None:
         """Registers the device tensors, replacing this client's earlier registration."""
         _check_type("register_cuda", gradients, CudaGradients)
-        self.registration = None
+        replaced, self.registration = self.registration, None  # alive until gstabd let go
         check(self._call(self._lib.gstab_register_cuda, gradients._h))
+        del replaced
         self.registration = gradients
 
     def step(self, step: int) -> StepResult:
@@ -490,8 +497,9 @@ class Client:
         lease) and closes the connection; the Client is not used after. `with gstab.Client(...)
         as client:` closes it at the end of the block."""
         # Destroying detaches too, waiting 2 s at most for a gstabd that does not answer
-        # (detach() would wait up to 10 s).
-        self.registration = self._attached = None
+        # (detach() would wait up to 10 s). The registration lives until then (a call still in
+        # flight may destroy the handle later).
+        self._retired, self.registration, self._attached = self.registration, None, None
         self._destroy()
 
     def _destroy(self) -> None:
@@ -503,6 +511,7 @@ class Client:
                 return
             h, self._h = self._h, None
         self._lib.gstab_client_destroy(h)
+        self._retired = None
 
     def __enter__(self) -> "Client":
         return self

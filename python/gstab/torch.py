@@ -41,6 +41,24 @@ __all__ = ["Stabilizer", "attach"]
 Group = Union[str, Callable[[str, torch.nn.Parameter], str]]
 
 
+def _in_group_order(specs, placeholders):
+    """The tensors a rank registers, each with its parameter's index (None: a placeholder):
+    every parameter's spec where it has elements here (an FSDP2 shard may have none), and a
+    one-element zero placeholder (`placeholders[i]`) in place of a group's first parameter
+    where that has none. Every rank thus has every group, first named in the parameters'
+    order: gstabd lays a node's groups out in the order its first registration names them,
+    and the nodes of a job across nodes must agree on it."""
+    registered, named = [], set()
+    for i, (spec, placeholder) in enumerate(zip(specs, placeholders)):
+        group = placeholder[3]
+        if group not in named and spec is None:
+            registered.append((placeholder, None))
+        named.add(group)
+        if spec is not None:
+            registered.append((spec, i))
+    return registered
+
+
 class Stabilizer:
     """One worker's parameters registered with gstabd, through `client` (already attached).
 
@@ -139,15 +157,15 @@ class Stabilizer:
         self._warned = False
         self._last = self._stream = self._step = None
         # What each rank holds of a parameter: the whole of a plain tensor, a DTensor's local
-        # shard (FSDP2). Empty shards are not registered; a group with nothing else on this
-        # rank gets a one-element zero placeholder, so every rank has every group.
+        # shard (FSDP2). Empty shards are not registered (_in_group_order).
         self._local = [_local(p) for _, p in self._params]
         # A parameter's gradients are of its grad_dtype (fp32 gradients of bf16 weights, say);
         # with none (None: any dtype), of its gradient's where it has one, else of its own.
         grad_dtypes = [getattr(p, "grad_dtype", None) or
                        (p.grad.dtype if p.grad is not None else p.dtype) for _, p in self._params]
-        # specs: (name, numel, dtype, group, replicated, node_sharded) | None
-        specs, placeholders = [], {}
+        # specs: (name, numel, dtype, group, replicated, node_sharded) | None; placeholders:
+        # the spec of each parameter's placeholder, should it need one
+        specs, placeholders = [], []
         for (name, p), local, shared, grad_dtype in zip(self._params, self._local, sharing,
                                                          grad_dtypes):
             try:
@@ -162,14 +180,10 @@ class Stabilizer:
             _check_name(name)
             _check_name(g, group_of=name)  # before an import changes the job
             specs.append((name, local.numel(), dtype, g, *shared) if local.numel() else None)
-            if not local.numel():
-                placeholder = f"{name}:empty" if len(name) < 250 else f"empty:{len(specs)}"
-                placeholders.setdefault(g, (placeholder, 1, dtype, g, *shared))
-        for spec in specs:
-            if spec is not None:
-                placeholders.pop(spec[3], None)
-        registered = [spec for spec in specs if spec is not None] + list(placeholders.values())
-        self._groups = {spec[3] for spec in registered}
+            placeholder = f"{name}:empty" if len(name) < 250 else f"empty:{len(specs)}"
+            placeholders.append((placeholder, 1, dtype, g, *shared))
+        registered = _in_group_order(specs, placeholders)
+        self._groups = {spec[3] for spec, _ in registered}
         if state is not None:  # before registering: gstabd takes it then on any backend
             self._import(state, check_groups=False, keep_config=keep_config)
 
@@ -177,14 +191,18 @@ class Stabilizer:
         # as AccumulateGrad and DDP's buckets expect.
         if self.device.type == "cpu":
             self._arena = gstab.Arena()
-            indices = [self._arena.add_tensor(*spec) for spec in registered]
+            index = {}  # a parameter's index: its tensor's in the arena
+            for spec, i in registered:
+                tensor = self._arena.add_tensor(*spec)
+                if i is not None:
+                    index[i] = tensor
             self._arena.allocate()
-            index = iter(indices)
             self._grads = [torch.zeros_like(local, dtype=grad_dtype) if spec is None else
-                           torch.frombuffer(self._arena.buffer(next(index)), dtype=grad_dtype)
+                           torch.frombuffer(self._arena.buffer(index[i]), dtype=grad_dtype)
                            .as_strided(local.shape,
                                        torch.empty_like(local, device="meta").stride())
-                           for spec, local, grad_dtype in zip(specs, self._local, grad_dtypes)]
+                           for i, (spec, local, grad_dtype)
+                           in enumerate(zip(specs, self._local, grad_dtypes))]
         else:
             try:
                 import numpy  # noqa: F401  (PyTorch reads the CUDA array interface through it)
@@ -199,13 +217,12 @@ class Stabilizer:
                 self._grads = [torch.zeros_like(local, memory_format=torch.preserve_format,
                                                 dtype=grad_dtype)
                                for local, grad_dtype in zip(self._local, grad_dtypes)]
-                for spec, grad in zip(specs, self._grads):
-                    if spec is not None:
-                        self._cuda.add_tensor(spec[0], grad.data_ptr(), *spec[1:])
-                for spec in placeholders.values():
-                    self._placeholders.append(torch.zeros(1, dtype=_TORCH_DTYPES[spec[2]],
-                                                          device=self.device))
-                    self._cuda.add_tensor(spec[0], self._placeholders[-1].data_ptr(), *spec[1:])
+                for spec, i in registered:
+                    if i is None:
+                        self._placeholders.append(torch.zeros(1, dtype=_TORCH_DTYPES[spec[2]],
+                                                              device=self.device))
+                    memory = self._grads[i] if i is not None else self._placeholders[-1]
+                    self._cuda.add_tensor(spec[0], memory.data_ptr(), *spec[1:])
         self._registration = self._arena if self._arena is not None else self._cuda
         # What p.grad is set to: the registered tensor, or a DTensor over it (made once).
         self._assigned = [_like(p, grad) for (_, p), grad in zip(self._params, self._grads)]

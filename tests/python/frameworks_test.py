@@ -150,6 +150,23 @@ class TorchTest(GstabdTest):
         for g, before in zip(result.groups, raw):
             self.assertAlmostEqual(g.norm / torch_norm([before]), 1.0, delta=1e-5)
 
+    def test_groups_are_named_in_their_parameters_order_where_a_shard_is_empty(self):
+        # FSDP2 leaves some ranks an empty shard of a small parameter: such a rank registers a
+        # placeholder in place of a group's first parameter, so that every rank, and every node
+        # of a job across nodes, names the groups first in the same order (gstabd lays a node's
+        # groups out as its first registration names them).
+        def spec(name, numel, group):
+            return (name, numel, "float32", group, False, False)
+        parameters = [("cls", 1, "A"), ("x", 3, "B"), ("w", 4, "A"), ("y", 2, "C")]
+        placeholders = [spec(f"{n}:empty", 1, g) for n, _, g in parameters]
+        whole = [spec(*p) for p in parameters]
+        sharded = [None, whole[1], whole[2], None]  # cls and y have nothing on this rank
+        for specs in (whole, sharded):
+            registered = gstab.torch._in_group_order(specs, placeholders)
+            self.assertEqual(list(dict.fromkeys(s[3] for s, _ in registered)), ["A", "B", "C"])
+        self.assertEqual([(s[0], i) for s, i in gstab.torch._in_group_order(sharded, placeholders)],
+                         [("cls:empty", None), ("x", 1), ("w", 2), ("y:empty", None)])
+
     def test_float32_gradients_of_bfloat16_parameters_set_by_grad_dtype(self):
         model = mlp(torch.bfloat16)
         for p in model.parameters():
