@@ -137,22 +137,44 @@ absl::StatusOr<std::pair<int, ino_t>> UnixListener::Bind(const std::string& path
   return std::make_pair(fd, st.st_ino);
 }
 
-absl::Status UnixListener::BindAgainIfRemoved() {
+absl::Status UnixListener::KeepPath() {
   struct stat st;
-  if (::lstat(path_.c_str(), &st) == 0 || errno != ENOENT) return absl::OkStatus();
-  // Its folder may have gone with it (and the lock file in it): made again, and locked anew,
-  // unless another gstabd has started there meanwhile.
+  const bool there = ::lstat(path_.c_str(), &st) == 0;
+  if (!there && errno != ENOENT) return absl::OkStatus();  // cannot tell
+  if (there && st.st_ino != inode_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gstabd's socket ", path_,
+        " was removed, and another file has taken its path since (another gstabd's socket, "
+        "started meanwhile?): workers reach that one, not this gstabd; stop one of the two"));
+  }
+  // The lock file may have been removed alone, or with the folder: taken again, unless another
+  // gstabd has started there meanwhile.
+  auto relock = [&]() -> absl::Status {
+    if (lock_->Held()) return absl::OkStatus();
+    absl::StatusOr<PathLock> lock = PathLock::Take(path_ + ".lock");
+    if (!lock.ok()) {
+      return absl::Status(lock.status().code(),
+                          absl::StrCat("gstabd's lock file ", path_, ".lock was removed, and ",
+                                       lock.status().message()));
+    }
+    lock_.emplace(*std::move(lock));
+    return absl::OkStatus();
+  };
+  if (there) return relock();
   const std::filesystem::path p(path_);
   if (p.has_parent_path()) {
-    if (absl::Status s = CreateFolders(p.parent_path().string(), 0755); !s.ok()) return s;
+    if (absl::Status s = CreateFolders(p.parent_path().string(), 0755); !s.ok()) {
+      return absl::Status(
+          s.code(), absl::StrCat("gstabd's socket ", path_, " was removed, and: ", s.message()));
+    }
   }
-  if (!lock_->Held()) {
-    absl::StatusOr<PathLock> lock = PathLock::Take(path_ + ".lock");
-    if (!lock.ok()) return lock.status();
-    lock_.emplace(*std::move(lock));
-  }
+  if (absl::Status s = relock(); !s.ok()) return s;
   absl::StatusOr<std::pair<int, ino_t>> bound = Bind(path_);
-  if (!bound.ok()) return bound.status();
+  if (!bound.ok()) {
+    return absl::Status(
+        bound.status().code(),
+        absl::StrCat("gstabd's socket ", path_, " was removed, and ", bound.status().message()));
+  }
   close(fd_);  // the connections it took stay open
   fd_ = bound->first;
   inode_ = bound->second;
@@ -228,17 +250,15 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     }
   };
   absl::Time looked = absl::Now();
-  std::string not_bound;  // why the socket could not be made again, as last logged
+  std::string not_kept;  // why KeepPath failed, as last logged
   while (!stopping_) {
     if (const absl::Time now = absl::Now(); now - looked >= absl::Seconds(1)) {
       looked = now;
-      absl::Status s = BindAgainIfRemoved();
-      if (!s.ok() && std::string(s.message()) != not_bound) {
-        LOG(ERROR) << "gstabd's socket " << path_
-                   << " was removed, and gstabd cannot make it again (it tries every second): "
-                   << s.message();
+      absl::Status s = KeepPath();
+      if (!s.ok() && std::string(s.message()) != not_kept) {
+        LOG(ERROR) << s.message() << " (gstabd looks again every second)";
       }
-      not_bound = s.ok() ? "" : std::string(s.message());
+      not_kept = s.ok() ? "" : std::string(s.message());
     }
     pollfd pfd{fd_, POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;

@@ -97,9 +97,11 @@ class UnixListener {
         refusals_(refusals) {}
   // A socket bound at `path` (mode 0660) and listening: its descriptor and inode.
   static absl::StatusOr<std::pair<int, ino_t>> Bind(const std::string& path);
-  // Makes the socket again when its file is gone (an operator's rm, a worker's: nothing could
-  // connect any more, while gstabd looked healthy). The accept thread's, once a second.
-  absl::Status BindAgainIfRemoved();
+  // Keeps the path this gstabd's: makes the socket again when its file is gone (an operator's
+  // rm, a worker's: nothing could connect any more, while gstabd looked healthy), and takes the
+  // lock file again when it is gone. Why not, when it cannot (another file has the path,
+  // another gstabd holds a new lock file). The accept thread's, once a second.
+  absl::Status KeepPath();
   void AcceptLoop(grpc::Server* server);
   // Whether `uid` may open one more connection. Forgets its connections gRPC has closed since.
   bool UnderConnectionCap(uid_t uid);
@@ -107,7 +109,7 @@ class UnixListener {
   const std::string path_;
   std::optional<PathLock> lock_;  // let go of (and its file removed) at Stop()
   // The listening socket, and its file's inode, so that Stop removes this socket file, not a
-  // successor's. The accept thread's while it runs (BindAgainIfRemoved replaces them).
+  // successor's. The accept thread's while it runs (KeepPath replaces them).
   int fd_;
   ino_t inode_;
   const PeerPolicy policy_;

@@ -146,15 +146,15 @@ TEST(E2eProcessTest, ASocketAnotherGstabdIsTakingIsLeftToIt) {
 
 // A socket removed while gstabd serves (an operator's rm, a root worker's) would leave gstabd
 // healthy to its probes, which use another socket, while no worker could reach it: gstabd makes
-// it again within a second or two, and its lock file, removed with it, is taken anew, so a
-// second gstabd is still refused the path.
+// it again within a second or two, and its lock file, removed too, is taken anew, so a second
+// gstabd is still refused the path. Another socket that takes the path is logged as an error.
 TEST(E2eProcessTest, ASocketRemovedWhileServingIsMadeAgain) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path());
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const std::string socket_path = daemon->socket();
+  ASSERT_TRUE(std::filesystem::remove(socket_path + ".lock"));  // first: taken again alone
   ASSERT_TRUE(std::filesystem::remove(socket_path));
-  ASSERT_TRUE(std::filesystem::remove(socket_path + ".lock"));
   EXPECT_TRUE(daemon->WaitForLog("was removed while gstabd served on it")) << daemon->Log();
   EXPECT_TRUE(std::filesystem::exists(socket_path + ".lock"));
   auto worker = TestWorker::Create(socket_path, JobOptions("made-again"));
@@ -165,11 +165,21 @@ TEST(E2eProcessTest, ASocketRemovedWhileServingIsMadeAgain) {
   EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("is starting or serves on '" + socket_path + "'"), std::string::npos) << out;
   worker->reset();
+  // Another socket put in its place (at once, by a rename) is said, and left to its owner.
+  const std::string other = dir.path() + "/other.sock";
+  const int listening = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, other.c_str(), other.size() + 1);
+  ASSERT_EQ(bind(listening, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << strerror(errno);
+  std::filesystem::rename(other, socket_path);
+  EXPECT_TRUE(daemon->WaitForLog("another file has taken its path")) << daemon->Log();
   absl::StatusOr<int> stopped = daemon->Stop();
   ASSERT_TRUE(stopped.ok()) << stopped.status();
   EXPECT_EQ(*stopped, 0) << daemon->Log();
-  EXPECT_FALSE(std::filesystem::exists(socket_path)) << daemon->Log();
+  EXPECT_TRUE(std::filesystem::exists(socket_path)) << "another's socket removed";
   EXPECT_FALSE(std::filesystem::exists(socket_path + ".lock")) << daemon->Log();
+  close(listening);
 }
 
 // `--jobs_by_uid false` would leave the flag true and drop "false" unseen; TLS files without

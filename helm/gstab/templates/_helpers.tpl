@@ -149,8 +149,18 @@ host ports with peer.enabled);
 {{- if ne (int64 (.Values.securityContext.runAsUser | default 0)) 0 -}}
 {{- fail (printf "securityContext.runAsUser must be 0 (it is %v): a container of another uid has none of the capabilities it adds (Kubernetes grants no ambient ones), so gstabd could open neither workers' shared memory (0600, theirs) nor the root-owned TLS Secret files and host folders; it keeps only DAC_OVERRIDE and FOWNER as root" .Values.securityContext.runAsUser) -}}
 {{- end -}}
+{{- if kindIs "invalid" .Values.affinity -}}
+{{- range $key, $want := dict "kubernetes.io/arch" "amd64" "kubernetes.io/os" "linux" -}}
+{{- $given := index ($.Values.nodeSelector | default dict) $key -}}
+{{- if and $given (ne (toString $given) $want) -}}
+{{- fail (printf "nodeSelector %s=%v leaves gstabd no node: its default affinity keeps it to %s nodes, which the images are built for; for an image of your own built for %v, set affinity (your own terms, or {} for none)" $key $given $want $given) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $caps := (.Values.securityContext.capabilities | default dict).add | default list -}}
-{{- if not (and (has "DAC_OVERRIDE" $caps) (has "FOWNER" $caps)) -}}
+{{- $names := list -}}
+{{- range $caps }}{{ $names = append $names (trimPrefix "CAP_" (upper (toString .))) }}{{ end -}}
+{{- if and (not .Values.securityContext.privileged) (not (and (has "DAC_OVERRIDE" $names) (has "FOWNER" $names))) -}}
 {{- fail (printf "securityContext.capabilities.add must keep DAC_OVERRIDE and FOWNER (it is %v): without them gstabd can open no worker's shared memory (0600, theirs) and cannot remove a dead worker's from /dev/shm; a list given with --set or -f replaces the chart's whole, so add others beside them: [DAC_OVERRIDE, FOWNER, IPC_LOCK]" $caps) -}}
 {{- end -}}
 {{- if or .Values.allowUids .Values.allowGids -}}
