@@ -52,16 +52,25 @@ def _check_fsdp1(name: str, module: torch.nn.Module, replicated: bool, nodes: in
         return
     strategy = module.sharding_strategy
     no_shard = strategy == ShardingStrategy.NO_SHARD
-    if strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP) or \
-            torch.distributed.get_world_size() == 1 or (no_shard and replicated) or \
-            (not no_shard and nodes == 1):  # one rank: FSDP1 shards nothing
+    world = torch.distributed.get_world_size()
+    # The ranks one copy of the gradients is sharded over (a process_group or device_mesh of
+    # fewer than the job's ranks leaves each group of them a whole copy).
+    group = getattr(module, "process_group", None)
+    shard_ranks = group.size() if group is not None else world
+    if world == 1 or (no_shard and replicated):  # one rank: FSDP1 shards nothing
         return
-    copies = "each rank holds" if no_shard else "each node holds"
+    if shard_ranks == world and (
+            strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP) or
+            (not no_shard and nodes == 1)):  # a hybrid strategy's one node: FULL_SHARD's layout
+        return
+    copies = ("each rank holds" if no_shard else
+              f"each group of the {shard_ranks} ranks it shards over (of the job's {world}) holds")
     raise ValueError(
         f"module '{name or type(module).__name__}' is FSDP1's FullyShardedDataParallel with "
         f"{strategy.name}: {copies} a whole copy of the gradients, which gstab would count "
-        "once per copy. gstab serves FSDP1 with FULL_SHARD or SHARD_GRAD_OP (NO_SHARD with "
-        "replicated=True), FSDP2's fully_shard (HSDP: its 2-D mesh) and DDP")
+        "once per copy. gstab serves FSDP1 with FULL_SHARD or SHARD_GRAD_OP over all the "
+        "job's ranks (NO_SHARD with replicated=True), FSDP2's fully_shard (HSDP: its 2-D "
+        "mesh) and DDP")
 
 
 def _sharing(name: str, p: torch.Tensor, replicated: bool,

@@ -443,10 +443,19 @@ class TorchTest(GstabdTest):
                 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
                 copies = FullyShardedDataParallel(mlp(), device_id=torch.device("cpu"),
                                                   sharding_strategy=ShardingStrategy.NO_SHARD)
-                with mock.patch.object(dist, "get_world_size", return_value=2):
+                # So do FULL_SHARD's over a group of fewer ranks than the job's (a hybrid
+                # mesh's rows on one node, say): one copy per group. (FSDP1 of one rank took
+                # NO_SHARD: the strategy it would have on more.)
+                sharded_over_one = FullyShardedDataParallel(mlp(), device_id=torch.device("cpu"))
+                with mock.patch.object(dist, "get_world_size", return_value=2), \
+                        mock.patch.object(sharded_over_one, "sharding_strategy",
+                                          ShardingStrategy.FULL_SHARD):
                     with self.assertRaisesRegex(ValueError, "with NO_SHARD: each rank holds"):
                         gstab.torch.Stabilizer(client, copies)
                     gstab.torch.Stabilizer(client, copies, replicated=True, group="copies")
+                    with self.assertRaisesRegex(ValueError, "FULL_SHARD: each group of the 1 "
+                                                "ranks it shards over \\(of the job's 2\\)"):
+                        gstab.torch.Stabilizer(client, sharded_over_one)
                 # DDP under torch.compile (an OptimizedModule around it) is still DDP's layout.
                 compiled = torch.compile(torch.nn.parallel.DistributedDataParallel(mlp()))
                 with mock.patch.object(gstab.torch, "_sharing",
