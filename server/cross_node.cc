@@ -311,7 +311,9 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   record[kFlags] = (mine.want_statistics ? kWantsStatistics : 0) | (mine.refused ? kRefuses : 0);
   record[kFirstStep] = mine.first_step;
   for (size_t g = 0; gathered && g < groups; ++g) {
-    record[kSums + g] = absl::bit_cast<uint64_t>(data[g]);
+    // A replicated group's own sum goes too, not to be added (below) but compared: replicas'
+    // gradients have the same sum on every node.
+    record[kSums + g] = absl::bit_cast<uint64_t>(modes[g] == kKeepOwn ? p->sums[g] : data[g]);
     record[kNonFinite + g] =
         data[2 * groups + g] > 0 ? kPresent | (data[groups + g] > 0 ? kNonFiniteFlag : 0) : 0;
   }
@@ -388,6 +390,22 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   for (size_t g = 0; g < groups; ++g) {
     if (modes[g] != kKeepOwn) p->sums[g] = data[g];
     p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
+  }
+  for (size_t g = 0; gathered && g < groups && agreement->replicas_differ.empty(); ++g) {
+    if (modes[g] != kKeepOwn || data[2 * groups + g] == 0.0) continue;
+    const double first = all.value(0, kSums + g);
+    for (uint32_t r = 1; r < all.nodes(); ++r) {
+      const double other = all.value(r, kSums + g);
+      // Beyond rounding: the same gradients laid out in other chunks sum in another order.
+      if (std::isfinite(first) && std::isfinite(other) &&
+          std::abs(other - first) > 1e-9 * std::max(std::abs(first), std::abs(other))) {
+        agreement->replicas_differ = absl::StrCat(
+            "replicated group ",
+            p->group_name ? absl::StrCat("'", p->group_name(g), "'") : absl::StrCat("#", g),
+            "'s sum of squares is ", first, " on node 0 and ", other, " on node ", r);
+        break;
+      }
+    }
   }
   return absl::OkStatus();
 }

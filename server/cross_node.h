@@ -57,6 +57,10 @@ struct StepAgreement {
   bool configs_differ = false;   // every node takes node 0's configuration (BroadcastParams)
   bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics): asked
                                  // for, or the configurations differ
+  // The first replicated group whose gradients differ across the nodes, said (a job of at most
+  // 32 groups, whose sums travel in the records; empty: none found). Each node scales it by its
+  // own norm: their replicas drift apart.
+  std::string replicas_differ;
 };
 
 // The values a CUDA job's nodes agree at a generation's first step (Job::AgreeGpuLayout: group

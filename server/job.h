@@ -451,6 +451,8 @@ class Job {
   // This node's host-memory steps have joined the nodes' transport agreement under the current
   // rendezvous (AgreeHostTransport).
   bool host_transport_agreed_ ABSL_GUARDED_BY(mu_) = false;
+  // A replicated group's differing sums across nodes have been logged (once a rendezvous).
+  bool replicas_warned_ ABSL_GUARDED_BY(mu_) = false;
 
   // The open round: which step, who has arrived; and the last finished round's result.
   bool round_open_ ABSL_GUARDED_BY(mu_) = false;

@@ -218,6 +218,17 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       sums[shared[i]] = partials.sums[i];
       non_finite[shared[i]] = partials.non_finite[i];
     }
+    if (!agreed.replicas_differ.empty()) {
+      absl::MutexLock lock(&mu_);
+      if (!replicas_warned_) {  // once a rendezvous: it would say the same at every step
+        replicas_warned_ = true;
+        LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << agreed.replicas_differ
+                     << ": each node scales it by its own norm, so the replicas drift apart. "
+                        "Are they replicas (stepped once the data-parallel all-reduce has "
+                        "finished, the same tensors registered alike on every node)? Said once "
+                        "a rendezvous";
+      }
+    }
     if (agreed.configs_differ) {
       if (absl::Status s =
               AdoptNodeZerosConfig(collective.get(), step, timeout, &params, &config_version);

@@ -2,8 +2,9 @@
 // all-gather that checks the nodes agree; past that, a second collective sums them. Either way
 // every node gets the same results, and each group's norm is what its reduction says: sharded
 // groups sum every node's squares, replicated ones keep the node's own, node-sharded ones take
-// node 0's. A group registered on some nodes and not others is refused on every node. A state
-// imported on node 0 holds its groups in every node's order.
+// node 0's. A group registered on some nodes and not others is refused on every node; replicated
+// gradients that differ across the nodes are said. A state imported on node 0 holds its groups
+// in every node's order.
 #include <cmath>
 #include <thread>
 #include <tuple>
@@ -158,6 +159,35 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
   for (int n = 0; n < nodes; ++n) {
     ASSERT_TRUE(again[n].ok()) << "node " << n << ": " << again[n].status();
     EXPECT_EQ(again[n]->SerializeAsString(), again[0]->SerializeAsString()) << "node " << n;
+  }
+}
+
+// Replicated gradients that differ across the nodes (stepped before the data-parallel
+// all-reduce finished, or no replicas at all) are scaled by each node's own norm, and the nodes'
+// replicas drift apart: every node's gstabd says so in its log, once a rendezvous.
+TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
+  Cluster cluster(2);
+  const std::string blob = cluster.Rendezvous("replicas");
+  std::vector<std::unique_ptr<Node>> workers;
+  for (int n = 0; n < 2; ++n) workers.push_back(AttachNode(cluster, "replicas", blob, n, 3));
+  for (uint64_t step = 1; step <= 3; ++step) {
+    for (int n = 0; n < 2; ++n) Fill(n, step, workers[n]->arena);
+    if (step >= 2) static_cast<float*>(workers[1]->arena.data(1))[0] *= 2;  // g1: replicated
+    const std::vector<absl::StatusOr<v1::StepResponse>> results = StepNodes(workers, step);
+    for (int n = 0; n < 2; ++n) ASSERT_TRUE(results[n].ok()) << results[n].status();
+    if (step == 1) {
+      for (int n = 0; n < 2; ++n) {
+        EXPECT_FALSE(cluster.daemon(n).WaitForLog("drift apart", absl::Milliseconds(300)))
+            << "node " << n << ", where the replicas agree";
+      }
+    }
+  }
+  for (int n = 0; n < 2; ++n) {
+    EXPECT_TRUE(cluster.daemon(n).WaitForLog(
+        "step 2: replicated group 'g1''s sum of squares is"))
+        << cluster.daemon(n).Log();
+    const std::string log = cluster.daemon(n).Log();
+    EXPECT_EQ(log.find("drift apart"), log.rfind("drift apart")) << "said more than once";
   }
 }
 
