@@ -2,7 +2,10 @@
 // same run. Prints one row per (layout, dtype, size, threads) with GB/s and the ratio to the
 // baseline; see bench/RESULTS.md for recorded figures.
 //
-//   cpu_kernels_bench [--max_mb=1024] [--threads=N]
+// A second table: a step of several local workers, their tables one loop after another (as a
+// step ran them) against one loop over all their tiles.
+//
+//   cpu_kernels_bench [--max_mb=1024] [--threads=N] [--workers_only]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -131,6 +134,54 @@ void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
   Row(mix ? "mix" : "flat", dtype, bytes, threads, sizes.size(), norm_s, read_s, scale_s, copy_s);
 }
 
+// A step of `workers` local workers of `mib` MiB of fp32 each (one tensor, 4 groups): their
+// tables one loop after another, as a step ran them (each loop as many threads as its own
+// tiles allow), against one loop over all their tiles (CpuGroupSumSquaresOfTables,
+// CpuScaleGroupsOfTables), with the same executor.
+void BenchWorkers(int workers, int64_t mib, int threads) {
+  const int64_t numel = (mib << 20) / 4;
+  std::vector<std::vector<float>> grads(workers, std::vector<float>(numel, 0.01f));
+  std::vector<ChunkTable> tables;
+  for (int w = 0; w < workers; ++w) {
+    std::vector<Chunk> chunks;
+    for (uint32_t g = 0; g < 4; ++g) {
+      chunks.push_back(Chunk{grads[w].data() + g * (numel / 4), numel / 4, DType::kFloat32, g});
+    }
+    absl::StatusOr<ChunkTable> table = ChunkTable::Create(chunks, 4);
+    if (!table.ok()) std::exit(1);
+    tables.push_back(*std::move(table));
+  }
+  std::vector<const ChunkTable*> pointers;
+  for (const ChunkTable& t : tables) pointers.push_back(&t);
+  CpuExecutor executor(threads);
+  std::vector<double> sums(4 * workers);
+  std::vector<uint32_t> flags(4 * workers);
+  std::vector<absl::Span<double>> sum_spans;
+  std::vector<absl::Span<uint32_t>> flag_spans;
+  for (int w = 0; w < workers; ++w) {
+    sum_spans.push_back(absl::MakeSpan(sums).subspan(4 * w, 4));
+    flag_spans.push_back(absl::MakeSpan(flags).subspan(4 * w, 4));
+  }
+  const float halve[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+  const float twice[4] = {2.0f, 2.0f, 2.0f, 2.0f};
+  int flip = 0;
+  const double each_s = MedianSeconds([&] {
+    for (int w = 0; w < workers; ++w) {
+      std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(tables[w]));
+      (void)CpuGroupSumSquares(tables[w], absl::MakeSpan(scratch), sum_spans[w], flag_spans[w],
+                               &executor);
+    }
+    const float* scales = (flip++ % 2) ? twice : halve;
+    for (int w = 0; w < workers; ++w) (void)CpuScaleGroups(tables[w], {scales, 4}, &executor);
+  });
+  const double all_s = MedianSeconds([&] {
+    (void)CpuGroupSumSquaresOfTables(pointers, sum_spans, flag_spans, &executor);
+    (void)CpuScaleGroupsOfTables(pointers, (flip++ % 2) ? twice : halve, &executor);
+  });
+  std::printf("%7d %8lld %3d | %9.3f %9.3f %5.2f\n", workers, static_cast<long long>(mib),
+              threads, each_s * 1e3, all_s * 1e3, each_s / all_s);
+}
+
 }  // namespace
 }  // namespace gstab
 
@@ -141,6 +192,7 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a.rfind("--max_mb=", 0) == 0) max_mb = std::atoll(a.c_str() + 9);
     if (a.rfind("--threads=", 0) == 0) max_threads = std::atoi(a.c_str() + 10);
+    if (a == "--workers_only") max_mb = 0;
   }
   std::printf("CPU kernels: GB/s of gradient bytes; ratio = baseline time / kernel time\n");
   std::printf("%-6s %-8s %8s %3s %6s | %7s %7s %5s | %7s %7s %5s\n", "layout", "dtype", "MiB",
@@ -154,6 +206,14 @@ int main(int argc, char** argv) {
         }
       }
     }
+  }
+  std::printf("\nA step's local workers (fp32, sum and scale): a loop per worker's table, as "
+              "a step ran them, against one loop over every worker's tiles; ms, ratio = per "
+              "table / one loop\n");
+  std::printf("%7s %8s %3s | %9s %9s %5s\n", "workers", "MiB each", "thr", "per table",
+              "one loop", "ratio");
+  for (int workers : {1, 2, 4, 8}) {
+    for (int64_t mib : {2, 8}) gstab::BenchWorkers(workers, mib, max_threads);
   }
   return 0;
 }

@@ -38,4 +38,16 @@ absl::Status CpuGroupSumSquares(const ChunkTable& table, absl::Span<TilePartial>
 absl::Status CpuScaleGroups(const ChunkTable& table, absl::Span<const float> scales,
                             CpuExecutor* executor);
 
+// The two above over several tables at once (a step's local workers, whose tables index the
+// same groups): one parallel loop over all their tiles, so that workers of a few tiles each
+// still use every thread, where a loop per table would use as many threads as its own tiles
+// allow, one table after another. Table t's sums and flags go to sum_of_squares[t] and
+// non_finite[t] (each as large as its table's groups): the same bits as CpuGroupSumSquares.
+absl::Status CpuGroupSumSquaresOfTables(absl::Span<const ChunkTable* const> tables,
+                                        absl::Span<const absl::Span<double>> sum_of_squares,
+                                        absl::Span<const absl::Span<uint32_t>> non_finite,
+                                        CpuExecutor* executor);
+absl::Status CpuScaleGroupsOfTables(absl::Span<const ChunkTable* const> tables,
+                                    absl::Span<const float> scales, CpuExecutor* executor);
+
 }  // namespace gstab

@@ -108,8 +108,11 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   std::vector<double> sums(num_groups, 0.0);
   std::vector<uint32_t> non_finite(num_groups, 0);
   std::vector<bool> present(num_groups, false);
-  std::vector<double> worker_sums(num_groups);
-  std::vector<uint32_t> worker_flags(num_groups);
+  // Each worker's sums and flags, num_groups of them a worker, in local-rank order.
+  std::vector<double> worker_sums(workers.size() * num_groups);
+  std::vector<uint32_t> worker_flags(workers.size() * num_groups);
+  std::vector<const ChunkTable*> tables;
+  for (const auto& [rank, w] : workers) tables.push_back(&w->table);
   std::vector<int> reduction;
   std::shared_ptr<Collective> collective;
   StepCheck check;
@@ -167,21 +170,28 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       return absl::Status(s.code(),
                           absl::StrCat(s.message(), "; nothing was applied to this step"));
     }
+    // Every worker's tiles in one parallel loop, then combined in local-rank order.
+    std::vector<absl::Span<double>> sum_spans;
+    std::vector<absl::Span<uint32_t>> flag_spans;
+    for (size_t k = 0; k < workers.size(); ++k) {
+      sum_spans.push_back(absl::MakeSpan(worker_sums).subspan(k * num_groups, num_groups));
+      flag_spans.push_back(absl::MakeSpan(worker_flags).subspan(k * num_groups, num_groups));
+    }
+    if (absl::Status s =
+            CpuGroupSumSquaresOfTables(tables, sum_spans, flag_spans, executor_);
+        !s.ok()) {
+      return s;
+    }
+    size_t k = 0;
     for (const auto& [rank, w] : workers) {
-      std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(w->table));
-      if (absl::Status s =
-              CpuGroupSumSquares(w->table, absl::MakeSpan(scratch), absl::MakeSpan(worker_sums),
-                                 absl::MakeSpan(worker_flags), executor_);
-          !s.ok()) {
-        return s;
-      }
       for (size_t g = 0; g < w->has_group.size(); ++g) {
         if (!w->has_group[g]) continue;
         const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
-        if (!replicated || !present[g]) sums[g] += worker_sums[g];
-        non_finite[g] |= worker_flags[g];
+        if (!replicated || !present[g]) sums[g] += sum_spans[k][g];
+        non_finite[g] |= flag_spans[k][g];
         present[g] = true;
       }
+      ++k;
     }
     // After touching the objects: a SIGBUS survived meanwhile.
     return check_faults(&ShmMapping::CheckNotLost, "nothing was applied to this step");
@@ -323,10 +333,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   if (absl::Status s = check_faults(&ShmMapping::CheckSize, not_scaled); !s.ok()) return s;
   if (absl::Status s = too_late(not_scaled); !s.ok()) return s;
   for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
-  for (const auto& [rank, w] : workers) {
-    if (absl::Status s = CpuScaleGroups(w->table, scales, executor_); !s.ok()) return s;
-    MarkProgress(w->registration.progress, step, true);
-  }
+  if (absl::Status s = CpuScaleGroupsOfTables(tables, scales, executor_); !s.ok()) return s;
+  for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, true);
   return check_faults(&ShmMapping::CheckNotLost,
                       absl::StrCat("step ", step,
                                    " counted in the statistics, but that worker's gradients were "

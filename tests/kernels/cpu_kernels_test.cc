@@ -222,6 +222,51 @@ TEST(CpuKernelsTest, ScaleMultipliesEachGroupAndRoundsToItsDType) {
   }
 }
 
+// A step's local workers in one loop over all their tiles: each table's sums are bit for bit
+// those of its own loop, and each table is scaled as alone, whatever the threads; a table of
+// fewer groups than the others, and one of no tiles, take their part.
+TEST(CpuKernelsTest, SeveralTablesInOneLoopAreEachAsAlone) {
+  Buffer a(DType::kFloat32, 3 << 20, 1), b(DType::kBFloat16, 5000, 2), c(DType::kFloat32, 7, 3);
+  Buffer a0(DType::kFloat32, 3 << 20, 1), b0(DType::kBFloat16, 5000, 2);
+  std::vector<ChunkTable> tables;
+  for (auto chunks : {std::vector<Chunk>{Chunk{a.data(), 3 << 20, DType::kFloat32, 0},
+                                         Chunk{c.data(), 7, DType::kFloat32, 2}},
+                      std::vector<Chunk>{}, std::vector<Chunk>{Chunk{b.data(), 5000,
+                                                                     DType::kBFloat16, 1}}}) {
+    absl::StatusOr<ChunkTable> table = ChunkTable::Create(chunks, chunks.empty() ? 0 : 3);
+    ASSERT_TRUE(table.ok()) << table.status();
+    tables.push_back(*std::move(table));
+  }
+  const std::vector<const ChunkTable*> pointers = {&tables[0], &tables[1], &tables[2]};
+  for (int threads : {1, 2, 3}) {
+    CpuExecutor executor(threads);
+    std::vector<double> sums(9, -1.0);
+    std::vector<uint32_t> flags(9, 7);
+    std::vector<absl::Span<double>> sum_spans;
+    std::vector<absl::Span<uint32_t>> flag_spans;
+    for (size_t t = 0; t < 3; ++t) {
+      sum_spans.push_back(absl::MakeSpan(sums).subspan(3 * t, 3));
+      flag_spans.push_back(absl::MakeSpan(flags).subspan(3 * t, 3));
+    }
+    ASSERT_TRUE(CpuGroupSumSquaresOfTables(pointers, sum_spans, flag_spans, &executor).ok());
+    for (size_t t : {size_t{0}, size_t{2}}) {
+      const Result alone = GroupSums(tables[t], nullptr);
+      ASSERT_EQ(std::memcmp(alone.sums.data(), sum_spans[t].data(), 3 * sizeof(double)), 0)
+          << "table " << t << ", " << threads << " threads";
+    }
+    EXPECT_EQ(sums[3], -1.0) << "a table of no groups writes nothing";
+  }
+  const float scales[] = {0.5f, 0.25f, 1.0f};
+  CpuExecutor executor(2);
+  ASSERT_TRUE(CpuScaleGroupsOfTables(pointers, scales, &executor).ok());
+  for (int64_t i = 0; i < (3 << 20); i += 4099) ASSERT_EQ(a.Get(i), a0.Get(i) * 0.5f) << i;
+  for (int64_t i = 0; i < 5000; ++i) {
+    ASSERT_EQ(b.Get(i), RoundTo(DType::kBFloat16, b0.Get(i) * 0.25f)) << i;
+  }
+  const float too_few[] = {1.0f};
+  EXPECT_FALSE(CpuScaleGroupsOfTables(pointers, too_few, &executor).ok());
+}
+
 TEST(CpuKernelsTest, BadTablesAndSpansAreRejectedWithAReason) {
   float x[4] = {};
   EXPECT_EQ(ChunkTable::Create({Chunk{x, 4, DType::kFloat32, 2}}, 2).status().code(),
