@@ -204,7 +204,8 @@ std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
                       " groups, presence flags), GPU layout ", kGpuLayoutValues, " values, rule ",
                       sizeof(RuleParams), ", statistics ", sizeof(GroupStats),
-                      ", connections by mesh keys, a non-finite group skipping the whole step");
+                      ", connections by mesh keys, a non-finite group skipping the whole step, "
+                      "replicated sums compared, host-memory nodes in the GPU layout agreement");
 }
 
 namespace {
@@ -396,9 +397,10 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     const double first = all.value(0, kSums + g);
     for (uint32_t r = 1; r < all.nodes(); ++r) {
       const double other = all.value(r, kSums + g);
-      // Beyond rounding: the same gradients laid out in other chunks sum in another order.
+      // Beyond rounding: the same gradients laid out in other chunks sum in another order (in
+      // fp32 within a tile: about 1e-7 apart).
       if (std::isfinite(first) && std::isfinite(other) &&
-          std::abs(other - first) > 1e-9 * std::max(std::abs(first), std::abs(other))) {
+          std::abs(other - first) > 1e-5 * std::max(std::abs(first), std::abs(other))) {
         agreement->replicas_differ = absl::StrCat(
             "replicated group ",
             p->group_name ? absl::StrCat("'", p->group_name(g), "'") : absl::StrCat("#", g),

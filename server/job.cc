@@ -289,7 +289,6 @@ void Job::InstallCollective(std::shared_ptr<Collective> collective, std::string 
   // which may go back: a job resumed from a checkpoint older than this node's last step.
   if (collective_ != nullptr && collective_->rank() != 0) have_step_ = false;
   generation_stepped_ = false;
-  host_transport_agreed_ = false;
   replicas_warned_ = false;
   abandoned_step_.reset();  // a step given up in the old generation
   EndGpuGeneration("the job attached with a new rendezvous");  // a new communicator

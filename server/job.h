@@ -360,18 +360,19 @@ class Job {
   // This node refuses step `step` with `refusal`: it tells the other nodes, which wait in the
   // step's check, so that they leave it at once with their communicator intact. `told` (may be
   // null): ABORTED when the other nodes heard it, else why they did not.
-  absl::Status RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
-                                 absl::Duration timeout, const std::vector<int>& reduction,
-                                 absl::Status refusal, absl::Status* told = nullptr);
+  absl::Status RefuseAcrossNodes(const std::shared_ptr<Collective>& collective, uint64_t step,
+                                 StepCheck check, absl::Duration timeout,
+                                 const std::vector<int>& reduction, absl::Status refusal,
+                                 absl::Status* told = nullptr);
   // Before this node's first exchange of host-memory steps under a CUDA rendezvous (one with an
   // NCCL id): nodes that registered cuda_ipc buffers begin theirs with AgreeGpuLayout's, of
   // another size, which Gloo cannot pair with this node's step check (seen: both wait out their
   // deadline, and the job is left with a broken communicator, blamed on a stalled node; Gloo's
   // size checks may abort the process). This node joins that agreement as a node of no GPUs
   // instead: every node then refuses a mix alike, saying why, and nodes all of host memory go
-  // on. OK at once elsewhere, and once it agreed.
-  absl::Status AgreeHostTransport(Collective* collective, uint64_t step, absl::Duration timeout)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // on. OK at once elsewhere; once agreed on `collective`, that agreement's outcome.
+  absl::Status AgreeHostTransport(const std::shared_ptr<Collective>& collective, uint64_t step,
+                                  absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held. `counted`:
   // whether the rule ran (the statistics took the step), which a failure after it leaves true.
   // `given_up`: the earliest of its workers' call deadlines (Step).
@@ -448,9 +449,13 @@ class Job {
   uint64_t gpu_base_step_ ABSL_GUARDED_BY(mu_) = 0;
   // A job across nodes has run a step with its current rendezvous: its nodes' last steps agree.
   bool generation_stepped_ ABSL_GUARDED_BY(mu_) = false;
-  // This node's host-memory steps have joined the nodes' transport agreement under the current
-  // rendezvous (AgreeHostTransport).
-  bool host_transport_agreed_ ABSL_GUARDED_BY(mu_) = false;
+  // The collective this node's host-memory steps agreed the transport on (AgreeHostTransport),
+  // and the outcome: a collective is a rendezvous's, so a new one agrees anew.
+  struct HostTransport {
+    std::weak_ptr<Collective> on;
+    absl::Status outcome;
+  };
+  HostTransport host_transport_ ABSL_GUARDED_BY(mu_);
   // A replicated group's differing sums across nodes have been logged (once a rendezvous).
   bool replicas_warned_ ABSL_GUARDED_BY(mu_) = false;
 

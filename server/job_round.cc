@@ -265,8 +265,7 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   absl::Status told;
   {
     absl::MutexLock using_collective(&collective_use_);
-    (void)RefuseAcrossNodes(collective.get(), step, StepCheck(), budget, reduction, given_up,
-                            &told);
+    (void)RefuseAcrossNodes(collective, step, StepCheck(), budget, reduction, given_up, &told);
   }
   mu_.Lock();
   --announcing_;

@@ -29,37 +29,40 @@ V Pick(const V& values, const std::vector<uint32_t>& shared) {
 
 }  // namespace
 
-absl::Status Job::AgreeHostTransport(Collective* collective, uint64_t step,
-                                     absl::Duration timeout) {
+absl::Status Job::AgreeHostTransport(const std::shared_ptr<Collective>& collective,
+                                     uint64_t step, absl::Duration timeout) {
   {
     absl::MutexLock lock(&mu_);
-    if (nccl_.unique_id.empty() || host_transport_agreed_ || collective != collective_.get()) {
-      return absl::OkStatus();
-    }
+    if (nccl_.unique_id.empty()) return absl::OkStatus();
+    // Agreed on this collective (the round's, which a new rendezvous may have replaced as the
+    // job's meanwhile: its other nodes still begin with the agreement there): its outcome.
+    if (host_transport_.on.lock() == collective) return host_transport_.outcome;
   }
   std::array<double, kGpuLayoutValues> range{};  // no groups, no configuration, no GPUs
-  if (absl::Status s = collective->AllReduceMax(absl::MakeSpan(range), timeout); !s.ok()) {
-    return NameFailure(collective, name_, step, s);
-  }
+  absl::Status outcome = collective->AllReduceMax(absl::MakeSpan(range), timeout);
+  if (!outcome.ok()) return NameFailure(collective.get(), name_, step, outcome);
   const double gpus = range[6];  // the most GPUs a node of the job registered
   if (gpus > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "step ", step, " of job '", name_, "': other nodes registered cuda_ipc buffers (up to ",
-        gpus,
-        " GPUs a node), this one host_shm: every node of a job registers its gradients "
-        "one way; attach every worker again with a new rendezvous (made with cuda for GPU "
-        "gradients, without for host memory)"));
+    outcome = absl::FailedPreconditionError(absl::StrCat(
+        "job '", name_, "': other nodes registered cuda_ipc buffers (up to ", gpus,
+        " GPUs a node), this one host_shm: every node of a job registers its gradients one way; "
+        "attach every worker again with a new rendezvous (made with cuda for GPU gradients, "
+        "without for host memory)"));
   }
+  // Every later step on this collective hears the same: the other nodes take part in no
+  // agreement again (the GPU nodes keep their refusal too).
   absl::MutexLock lock(&mu_);
-  if (collective == collective_.get()) host_transport_agreed_ = true;
-  return absl::OkStatus();
+  host_transport_ = {collective, outcome};
+  return outcome;
 }
 
-absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepCheck check,
-                                    absl::Duration timeout, const std::vector<int>& reduction,
-                                    absl::Status refusal, absl::Status* told) {
+absl::Status Job::RefuseAcrossNodes(const std::shared_ptr<Collective>& collective,
+                                    uint64_t step, StepCheck check, absl::Duration timeout,
+                                    const std::vector<int>& reduction, absl::Status refusal,
+                                    absl::Status* told) {
   if (absl::Status s = AgreeHostTransport(collective, step, timeout); !s.ok()) {
-    if (told != nullptr) *told = s;
+    // Refused alike on every node (their communicator intact), or the agreement failed.
+    if (told != nullptr) *told = absl::IsFailedPrecondition(s) ? absl::AbortedError(s.message()) : s;
     return refusal;
   }
   check.refused = true;
@@ -68,7 +71,7 @@ absl::Status Job::RefuseAcrossNodes(Collective* collective, uint64_t step, StepC
       std::vector<double>(groups, 0.0), std::vector<uint32_t>(groups, 0), reduction, {}, {}};
   StepAgreement agreed;
   absl::Status heard =
-      ReduceAcrossNodes(collective, name_, step, check, timeout, &partials, &agreed);
+      ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
   if (told != nullptr) *told = std::move(heard);
   return refusal;
 }
@@ -207,7 +210,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   if (local.ok()) local = too_late("nothing was applied to it");
   if (!local.ok()) {
     if (collective == nullptr) return local;
-    return RefuseAcrossNodes(collective.get(), step, check, timeout, reduction, local);
+    return RefuseAcrossNodes(collective, step, check, timeout, reduction, local);
   }
 
   // 2. Across nodes: one rank per (job, node); nothing changes here when it fails.
@@ -218,7 +221,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
                             return group_names_[shared[i]];
                           }};
     StepAgreement agreed;
-    if (absl::Status s = AgreeHostTransport(collective.get(), step, timeout); !s.ok()) return s;
+    if (absl::Status s = AgreeHostTransport(collective, step, timeout); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("step ", step, " of ", s.message()));
+    }
     if (absl::Status s =
             ReduceAcrossNodes(collective.get(), name_, step, check, timeout, &partials, &agreed);
         !s.ok()) {
@@ -230,7 +235,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     }
     if (!agreed.replicas_differ.empty()) {
       absl::MutexLock lock(&mu_);
-      if (!replicas_warned_) {  // once a rendezvous: it would say the same at every step
+      // Once a rendezvous (it would say the same at every step); not a replaced one's.
+      if (!replicas_warned_ && collective_ == collective) {
         replicas_warned_ = true;
         LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << agreed.replicas_differ
                      << ": each node scales it by its own norm, so the replicas drift apart. "
