@@ -29,8 +29,8 @@ V Pick(const V& values, const std::vector<uint32_t>& shared) {
 
 }  // namespace
 
-absl::Status Job::AgreeHostTransport(const std::shared_ptr<Collective>& collective,
-                                     uint64_t step, absl::Duration timeout) {
+absl::Status Job::AgreeHostTransport(const std::shared_ptr<Collective>& collective, uint64_t step,
+                                     absl::Duration timeout) {
   {
     absl::MutexLock lock(&mu_);
     if (nccl_.unique_id.empty()) return absl::OkStatus();
@@ -56,13 +56,14 @@ absl::Status Job::AgreeHostTransport(const std::shared_ptr<Collective>& collecti
   return outcome;
 }
 
-absl::Status Job::RefuseAcrossNodes(const std::shared_ptr<Collective>& collective,
-                                    uint64_t step, StepCheck check, absl::Duration timeout,
+absl::Status Job::RefuseAcrossNodes(const std::shared_ptr<Collective>& collective, uint64_t step,
+                                    StepCheck check, absl::Duration timeout,
                                     const std::vector<int>& reduction, absl::Status refusal,
                                     absl::Status* told) {
   if (absl::Status s = AgreeHostTransport(collective, step, timeout); !s.ok()) {
     // Refused alike on every node (their communicator intact), or the agreement failed.
-    if (told != nullptr) *told = absl::IsFailedPrecondition(s) ? absl::AbortedError(s.message()) : s;
+    if (told != nullptr)
+      *told = absl::IsFailedPrecondition(s) ? absl::AbortedError(s.message()) : s;
     return refusal;
   }
   check.refused = true;
@@ -180,8 +181,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       sum_spans.push_back(absl::MakeSpan(worker_sums).subspan(k * num_groups, num_groups));
       flag_spans.push_back(absl::MakeSpan(worker_flags).subspan(k * num_groups, num_groups));
     }
-    if (absl::Status s =
-            CpuGroupSumSquaresOfTables(tables, sum_spans, flag_spans, executor_);
+    if (absl::Status s = CpuGroupSumSquaresOfTables(tables, sum_spans, flag_spans, executor_);
         !s.ok()) {
       return s;
     }
