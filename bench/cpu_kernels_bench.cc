@@ -178,8 +178,8 @@ void BenchWorkers(int workers, int64_t mib, int threads) {
     (void)CpuGroupSumSquaresOfTables(pointers, sum_spans, flag_spans, &executor);
     (void)CpuScaleGroupsOfTables(pointers, (flip++ % 2) ? twice : halve, &executor);
   });
-  std::printf("%7d %8lld %3d | %9.3f %9.3f %5.2f\n", workers, static_cast<long long>(mib),
-              threads, each_s * 1e3, all_s * 1e3, each_s / all_s);
+  std::printf("%7d %8lld %3d | %9.3f %9.3f %5.2f\n", workers, static_cast<long long>(mib), threads,
+              each_s * 1e3, all_s * 1e3, each_s / all_s);
 }
 
 }  // namespace
@@ -207,11 +207,12 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("\nA step's local workers (fp32, sum and scale): a loop per worker's table, as "
-              "a step ran them, against one loop over every worker's tiles; ms, ratio = per "
-              "table / one loop\n");
-  std::printf("%7s %8s %3s | %9s %9s %5s\n", "workers", "MiB each", "thr", "per table",
-              "one loop", "ratio");
+  std::printf(
+      "\nA step's local workers (fp32, sum and scale): a loop per worker's table, as "
+      "a step ran them, against one loop over every worker's tiles; ms, ratio = per "
+      "table / one loop\n");
+  std::printf("%7s %8s %3s | %9s %9s %5s\n", "workers", "MiB each", "thr", "per table", "one loop",
+              "ratio");
   for (int workers : {1, 2, 4, 8}) {
     for (int64_t mib : {2, 8}) gstab::BenchWorkers(workers, mib, max_threads);
   }

@@ -21,8 +21,8 @@ void ForEachTile(absl::Span<const ChunkTable* const> tables, CpuExecutor* execut
     bytes += tables[t]->total_bytes();
   }
   auto tile = [&](int64_t i) {
-    const size_t t = static_cast<size_t>(std::upper_bound(first.begin(), first.end(), i) -
-                                         first.begin() - 1);
+    const size_t t =
+        static_cast<size_t>(std::upper_bound(first.begin(), first.end(), i) - first.begin() - 1);
     fn(t, i - first[t]);
   };
   if (executor == nullptr) {
@@ -104,8 +104,7 @@ absl::Status CpuGroupSumSquaresOfTables(absl::Span<const ChunkTable* const> tabl
   }
   size_t tiles = 0;
   for (size_t t = 0; t < tables.size(); ++t) {
-    if (absl::Status s =
-            CheckOutputs(*tables[t], sum_of_squares[t].size(), non_finite[t].size());
+    if (absl::Status s = CheckOutputs(*tables[t], sum_of_squares[t].size(), non_finite[t].size());
         !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("table ", t, ": ", s.message()));
     }

@@ -1,8 +1,8 @@
 #include "server/cross_node.h"
 
 #include <algorithm>
-#include <cmath>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 

@@ -62,8 +62,9 @@ absl::Status Job::RefuseAcrossNodes(const std::shared_ptr<Collective>& collectiv
                                     absl::Status* told) {
   if (absl::Status s = AgreeHostTransport(collective, step, timeout); !s.ok()) {
     // Refused alike on every node (their communicator intact), or the agreement failed.
-    if (told != nullptr)
+    if (told != nullptr) {
       *told = absl::IsFailedPrecondition(s) ? absl::AbortedError(s.message()) : s;
+    }
     return refusal;
   }
   check.refused = true;

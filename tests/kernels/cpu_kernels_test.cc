@@ -229,10 +229,10 @@ TEST(CpuKernelsTest, SeveralTablesInOneLoopAreEachAsAlone) {
   Buffer a(DType::kFloat32, 3 << 20, 1), b(DType::kBFloat16, 5000, 2), c(DType::kFloat32, 7, 3);
   Buffer a0(DType::kFloat32, 3 << 20, 1), b0(DType::kBFloat16, 5000, 2);
   std::vector<ChunkTable> tables;
-  for (auto chunks : {std::vector<Chunk>{Chunk{a.data(), 3 << 20, DType::kFloat32, 0},
-                                         Chunk{c.data(), 7, DType::kFloat32, 2}},
-                      std::vector<Chunk>{}, std::vector<Chunk>{Chunk{b.data(), 5000,
-                                                                     DType::kBFloat16, 1}}}) {
+  for (auto chunks :
+       {std::vector<Chunk>{Chunk{a.data(), 3 << 20, DType::kFloat32, 0},
+                           Chunk{c.data(), 7, DType::kFloat32, 2}},
+        std::vector<Chunk>{}, std::vector<Chunk>{Chunk{b.data(), 5000, DType::kBFloat16, 1}}}) {
     absl::StatusOr<ChunkTable> table = ChunkTable::Create(chunks, chunks.empty() ? 0 : 3);
     ASSERT_TRUE(table.ok()) << table.status();
     tables.push_back(*std::move(table));

@@ -183,8 +183,7 @@ TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
     }
   }
   for (int n = 0; n < 2; ++n) {
-    EXPECT_TRUE(cluster.daemon(n).WaitForLog(
-        "step 2: replicated group 'g1''s sum of squares is"))
+    EXPECT_TRUE(cluster.daemon(n).WaitForLog("step 2: replicated group 'g1''s sum of squares is"))
         << cluster.daemon(n).Log();
     const std::string log = cluster.daemon(n).Log();
     EXPECT_EQ(log.find("drift apart"), log.rfind("drift apart")) << "said more than once";

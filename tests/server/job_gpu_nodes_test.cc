@@ -63,8 +63,7 @@ TEST(JobGpuNodesTest, HostMemoryAndGpuNodesUnderOneCudaRendezvousBothRefuse) {
       host_status = host_job.Step(0, step, absl::Seconds(20), &r);
     });
     v1::StepResponse r;
-    const absl::Status gpu_status =
-        gpu_node.job.Step(0, step, absl::Seconds(20), &r, NextReady());
+    const absl::Status gpu_status = gpu_node.job.Step(0, step, absl::Seconds(20), &r, NextReady());
     host.join();
     EXPECT_EQ(gpu_status.code(), absl::StatusCode::kFailedPrecondition) << gpu_status;
     EXPECT_NE(gpu_status.message().find("registered host_shm buffers, this one cuda_ipc"),
