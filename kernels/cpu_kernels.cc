@@ -10,23 +10,24 @@
 namespace gstab {
 namespace {
 
-// Runs fn(t, i) for every tile i of every table t, over as many threads as the tables' bytes
-// together call for.
+// Runs fn(t, i, at) for every tile i of every table t, `at` its place among all the tables'
+// tiles (one table's after another), over as many threads as the tables' bytes together call
+// for.
 void ForEachTile(absl::Span<const ChunkTable* const> tables, CpuExecutor* executor,
-                 const std::function<void(size_t, int64_t)>& fn) {
+                 const std::function<void(size_t, int64_t, int64_t)>& fn) {
   std::vector<int64_t> first(tables.size() + 1, 0);  // table t's tiles: [first[t], first[t+1])
   int64_t bytes = 0;
   for (size_t t = 0; t < tables.size(); ++t) {
     first[t + 1] = first[t] + static_cast<int64_t>(tables[t]->tiles().size());
     bytes += tables[t]->total_bytes();
   }
-  auto tile = [&](int64_t i) {
+  auto tile = [&](int64_t at) {
     const size_t t =
-        static_cast<size_t>(std::upper_bound(first.begin(), first.end(), i) - first.begin() - 1);
-    fn(t, i - first[t]);
+        static_cast<size_t>(std::upper_bound(first.begin(), first.end(), at) - first.begin() - 1);
+    fn(t, at - first[t], at);
   };
   if (executor == nullptr) {
-    for (int64_t i = 0; i < first.back(); ++i) tile(i);
+    for (int64_t at = 0; at < first.back(); ++at) tile(at);
     return;
   }
   const int64_t wanted = std::max<int64_t>(1, bytes / kCpuMinBytesPerThread);
@@ -51,21 +52,21 @@ absl::Status CheckOutputs(const ChunkTable& table, size_t sums, size_t flags) {
 void SumTables(absl::Span<const ChunkTable* const> tables, absl::Span<TilePartial> scratch,
                absl::Span<const absl::Span<double>> sum_of_squares,
                absl::Span<const absl::Span<uint32_t>> non_finite, CpuExecutor* executor) {
-  std::vector<size_t> first(tables.size() + 1, 0);
-  for (size_t t = 0; t < tables.size(); ++t) first[t + 1] = first[t] + tables[t]->tiles().size();
   const CpuTileFunctions& fns = BestCpuTileFunctions();
-  ForEachTile(tables, executor, [&](size_t t, int64_t i) {
+  ForEachTile(tables, executor, [&](size_t t, int64_t i, int64_t at) {
     const Tile& tile = tables[t]->tiles()[i];
-    scratch[first[t] + i] = fns.sum_of_squares(tables[t]->chunks()[tile.chunk], tile);
+    scratch[at] = fns.sum_of_squares(tables[t]->chunks()[tile.chunk], tile);
   });
+  const TilePartial* partial = scratch.data();  // the tables' tiles, one table's after another
   for (size_t t = 0; t < tables.size(); ++t) {
     const ChunkTable& table = *tables[t];
     std::fill_n(sum_of_squares[t].begin(), table.num_groups(), 0.0);
     std::fill_n(non_finite[t].begin(), table.num_groups(), 0u);
-    for (size_t i = 0; i < table.tiles().size(); ++i) {
-      const uint32_t g = table.chunks()[table.tiles()[i].chunk].group;
-      sum_of_squares[t][g] += scratch[first[t] + i].sum_of_squares;
-      non_finite[t][g] |= scratch[first[t] + i].non_finite;
+    for (const Tile& tile : table.tiles()) {
+      const uint32_t g = table.chunks()[tile.chunk].group;
+      sum_of_squares[t][g] += partial->sum_of_squares;
+      non_finite[t][g] |= partial->non_finite;
+      ++partial;
     }
   }
 }
@@ -121,7 +122,7 @@ absl::Status CpuScaleGroupsOfTables(absl::Span<const ChunkTable* const> tables,
     if (absl::Status s = CheckScales(*table, scales); !s.ok()) return s;
   }
   const CpuTileFunctions& fns = BestCpuTileFunctions();
-  ForEachTile(tables, executor, [&](size_t t, int64_t i) {
+  ForEachTile(tables, executor, [&](size_t t, int64_t i, int64_t) {
     const Tile& tile = tables[t]->tiles()[i];
     const Chunk& c = tables[t]->chunks()[tile.chunk];
     const float s = scales[c.group];

@@ -210,6 +210,11 @@ std::string PeerRecordLayout() {
 
 namespace {
 
+// Group `g` as messages name it: 'its name', or #g where the caller gave no names.
+std::string GroupLabel(const NodePartials& p, size_t g) {
+  return p.group_name ? absl::StrCat("'", p.group_name(g), "'") : absl::StrCat("#", g);
+}
+
 // The groups this node's workers registered before and none registers now, for the layout
 // refusal.
 std::string Unregistered(const NodePartials& p) {
@@ -220,7 +225,7 @@ std::string Unregistered(const NodePartials& p) {
       names.push_back("...");
       break;
     }
-    names.push_back(p.group_name ? absl::StrCat("'", p.group_name(g), "'") : absl::StrCat("#", g));
+    names.push_back(GroupLabel(p, g));
   }
   if (names.empty()) return "";
   return absl::StrCat(
@@ -380,10 +385,9 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     }
     const auto having = static_cast<uint32_t>(count);
     if (having == 0 || having == c->size()) continue;
-    const std::string name =
-        p->group_name ? absl::StrCat("'", p->group_name(g), "'") : absl::StrCat("#", g);
     return absl::InvalidArgumentError(absl::StrCat(
-        "norm group ", name, " of job '", job, "' is registered on ", having, " of its ", c->size(),
+        "norm group ", GroupLabel(*p, g), " of job '", job, "' is registered on ", having,
+        " of its ", c->size(),
         " nodes (on this node: ", g < p->present.size() && p->present[g] ? "yes" : "no",
         "); every node's workers must register every group (a rank with no part of one "
         "registers an empty placeholder for it, as gstab.torch does); nothing was summed"));
@@ -401,10 +405,9 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
       // fp32 within a tile: about 1e-7 apart).
       if (std::isfinite(first) && std::isfinite(other) &&
           std::abs(other - first) > 1e-5 * std::max(std::abs(first), std::abs(other))) {
-        agreement->replicas_differ = absl::StrCat(
-            "replicated group ",
-            p->group_name ? absl::StrCat("'", p->group_name(g), "'") : absl::StrCat("#", g),
-            "'s sum of squares is ", first, " on node 0 and ", other, " on node ", r);
+        agreement->replicas_differ =
+            absl::StrCat("replicated group ", GroupLabel(*p, g), "'s sum of squares is ", first,
+                         " on node 0 and ", other, " on node ", r);
         break;
       }
     }
