@@ -234,6 +234,8 @@ absl::Status Daemon::Register(const Session& session, const v1::RegisterBuffersR
                               std::optional<uid_t> peer_uid) {
   absl::StatusOr<RegistrationPlan> plan = ValidateRegistration(request, caps_);
   if (!plan.ok()) return plan.status();
+  absl::StatusOr<std::shared_ptr<void>> reserved = ReserveTensors(session, plan->tensors.size());
+  if (!reserved.ok()) return reserved.status();
   absl::StatusOr<MappedRegistration> mapped =
       MapRegistration(*std::move(plan), &registry_, device_memory_.get(), peer_uid);
   if (!mapped.ok()) return mapped.status();

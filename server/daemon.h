@@ -40,6 +40,10 @@ struct DaemonOptions {
   // Jobs one owner (a uid, or a certificate's name) holds at once, so that one cannot take
   // every job of the node.
   uint32_t max_jobs_per_owner = 64;
+  // Tensors one owner's registrations hold at once, over all its jobs and workers (the per
+  // registration cap, RegistrationCaps::max_tensors, times one owner's jobs and local ranks
+  // would let one uid make gstabd hold tens of GB of tensor tables).
+  uint64_t max_tensors_per_owner = uint64_t{1} << 20;
   // Nodes one job may span: on each node a job across nodes holds a connection to every other
   // node (Gloo's full mesh), so that one caller cannot take the node's file descriptors.
   uint32_t max_nodes = 1024;
@@ -186,6 +190,12 @@ class Daemon {
   std::optional<Removal> DropSession(const std::string& token, const std::string& reason,
                                      bool worker_gone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(const std::optional<Removal>& removal) ABSL_LOCKS_EXCLUDED(mu_);
+  // Holds `tensors` of the session's job's owner's budget (max_tensors_per_owner) while the
+  // session's registration runs; released when the returned handle goes. RESOURCE_EXHAUSTED
+  // when they, the owner's tensors registered (save the session's rank's own registration,
+  // which this one replaces) and the owner's other registrations under way pass the cap.
+  absl::StatusOr<std::shared_ptr<void>> ReserveTensors(const Session& session, uint64_t tensors)
+      ABSL_LOCKS_EXCLUDED(mu_, budget_mu_);
   // Refreshes the job's worker and byte gauges.
   void ReportWorkers(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_, report_mu_);
   Job::StepCallback StepCallbackFor(const std::string& job);
@@ -325,6 +335,9 @@ class Daemon {
   // written after a newer one. Taken before a job's lock and mu_, never under them.
   absl::Mutex save_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Tensors of registrations under way, by owner (Principal::ToString; "" for jobs of none).
+  absl::Mutex budget_mu_;  // taken alone
+  std::map<std::string, uint64_t> tensors_in_flight_ ABSL_GUARDED_BY(budget_mu_);
   std::string peer_address_ ABSL_GUARDED_BY(mu_);
   // Numbers this store's rendezvous, over every job: a job's newer blob always has the higher
   // number, and no per-name record outlives the job.

@@ -63,6 +63,9 @@ ABSL_FLAG(uint32_t, max_checkpoints_per_owner, 1024,
           "deleted");
 ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
+ABSL_FLAG(uint64_t, max_tensors_per_owner, uint64_t{1} << 20,
+          "tensors one owner's (uid's, or certificate's) registrations hold at once, over all "
+          "its jobs and workers");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
 ABSL_FLAG(std::string, metrics_address, "",
           "the IPv4 address /metrics listens on (127.0.0.1: this machine only; empty: every "
@@ -153,15 +156,15 @@ std::optional<ServerOptions> OptionsFromFlags() {
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
       absl::GetFlag(FLAGS_max_checkpoints_per_owner) == 0 ||
       absl::GetFlag(FLAGS_max_buffers) == 0 || absl::GetFlag(FLAGS_max_tensors) == 0 ||
-      absl::GetFlag(FLAGS_max_bytes) == 0 || absl::GetFlag(FLAGS_max_mappings) <= 0 ||
-      absl::GetFlag(FLAGS_max_event_streams) <= 0 ||
+      absl::GetFlag(FLAGS_max_tensors_per_owner) == 0 || absl::GetFlag(FLAGS_max_bytes) == 0 ||
+      absl::GetFlag(FLAGS_max_mappings) <= 0 || absl::GetFlag(FLAGS_max_event_streams) <= 0 ||
       absl::GetFlag(FLAGS_max_event_streams_total) <= 0 ||
       absl::GetFlag(FLAGS_max_calls_per_caller) <= 0 ||
       absl::GetFlag(FLAGS_max_connections_per_uid) <= 0 ||
       absl::GetFlag(FLAGS_max_mappings_per_owner) <= 0) {
     std::fprintf(stderr,
                  "gstabd: --max_jobs, --max_jobs_per_owner, --max_checkpoints_per_owner, "
-                 "--max_buffers, --max_tensors, "
+                 "--max_buffers, --max_tensors, --max_tensors_per_owner, "
                  "--max_bytes, --max_mappings, --max_mappings_per_owner, --max_event_streams, "
                  "--max_event_streams_total, "
                  "--max_calls_per_caller "
@@ -284,6 +287,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
       job_retention_s > 0 ? absl::Seconds(job_retention_s) : absl::InfiniteDuration();
   options.daemon.caps.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.daemon.caps.max_tensors = absl::GetFlag(FLAGS_max_tensors);
+  options.daemon.max_tensors_per_owner = absl::GetFlag(FLAGS_max_tensors_per_owner);
   options.daemon.caps.max_bytes = absl::GetFlag(FLAGS_max_bytes);
   options.daemon.max_mappings = absl::GetFlag(FLAGS_max_mappings);
   options.daemon.max_mappings_per_owner = absl::GetFlag(FLAGS_max_mappings_per_owner);

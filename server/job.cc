@@ -328,6 +328,15 @@ uint64_t Job::RegisteredBytes() const {
   return bytes;
 }
 
+uint64_t Job::RegisteredTensors(std::optional<uint32_t> except_rank) const {
+  absl::MutexLock lock(&mu_);
+  uint64_t tensors = 0;
+  for (const auto& [rank, w] : workers_) {
+    if (rank != except_rank) tensors += w->registration.plan.tensors.size();
+  }
+  return tensors;
+}
+
 bool Job::Diverging() const {
   absl::MutexLock lock(&mu_);
   return std::any_of(stats_.begin(), stats_.end(),

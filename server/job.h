@@ -117,6 +117,8 @@ class Job {
   // own alone: callable under the daemon's.
   uint64_t Attaches(uint32_t local_rank) const;
   uint64_t RegisteredBytes() const;
+  // Tensors its workers' registrations hold, save `except_rank`'s.
+  uint64_t RegisteredTensors(std::optional<uint32_t> except_rank = std::nullopt) const;
   // The CUDA pipeline: reports the steps the job's GPU has finished since a Step last looked
   // (metrics, events), without waiting for the GPU; else they would wait for the worker's next
   // Step, which a run's last step never has. gstabd's housekeeping calls it about every second.

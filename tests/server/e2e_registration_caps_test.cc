@@ -1,6 +1,7 @@
 // End-to-end: what gstabd refuses at registration for its caps, against a real gstabd process:
-// the mappings it holds over every job and per owner, and the buffers and tensors of one
-// registration. Each refusal names the cap, and the jobs within it go on.
+// the mappings it holds over every job and per owner, the buffers and tensors of one
+// registration, and the tensors one owner's registrations hold. Each refusal names the cap, and the
+// jobs within it go on.
 #include <string>
 
 #include "gtest/gtest.h"
@@ -97,6 +98,34 @@ TEST(E2eRegistrationCapsTest, BufferAndTensorCapsComeFromTheFlags) {
   EXPECT_NE(tensors.message().find("3 tensors exceed this daemon's cap of 2"), std::string::npos)
       << tensors;
   EXPECT_TRUE((*client)->Register(a).ok());
+}
+
+// --max_tensors_per_owner counts an owner's registered tensors over all its jobs: a second job's
+// registration past it is refused, saying how many the owner holds, while a worker registering
+// again (its new registration replaces its own) and its steps go on; a detach makes room.
+TEST_F(E2eMappingCapsTest, TensorsPastTheOwnersCapAreRefusedOverAllItsJobs) {
+  testing::TempDir dir;
+  auto daemon = testing::DaemonProcess::Start(dir.path(), {"--max_tensors_per_owner=6"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto a = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("a"));  // 4 tensors
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("b"));
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
+  EXPECT_NE(b.status().message().find("this registration's 4 tensors would pass the 6"),
+            std::string::npos)
+      << b.status();
+  EXPECT_NE(b.status().message().find("--max_tensors_per_owner): its jobs' workers hold 4"),
+            std::string::npos)
+      << b.status();
+  ASSERT_TRUE((*a)->client().Register((*a)->arena()).ok());  // replaces its own 4
+  ExpectServing(a->get(), 1);
+
+  ASSERT_TRUE((*a)->client().Detach().ok());
+  a->reset();
+  auto again = testing::TestWorker::Create(daemon->socket(), testing::JobOptions("b"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  ExpectServing(again->get(), 1);
 }
 
 }  // namespace
