@@ -79,69 +79,6 @@ void Daemon::SetPeerAddress(std::string address) {
   peer_address_ = std::move(address);
 }
 
-absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
-  absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(token);
-  if (token.empty() || it == sessions_.end()) {
-    if (absl::Status replaced = Replaced(token); !replaced.ok()) return replaced;
-    return absl::UnauthenticatedError(
-        "unknown or expired session: attach again (sessions expire after the lease without "
-        "calls, and when gstabd restarts)");
-  }
-  it->second.last_seen = MonotonicNow();
-  return it->second;
-}
-
-absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {
-  absl::StatusOr<Session> session = Use(token);
-  if (session.ok() && session->observer) {
-    return absl::FailedPreconditionError(
-        "an observer session cannot register buffers or step; attach as a worker");
-  }
-  return session;
-}
-
-absl::Status Daemon::Replaced(const std::string& token) const {
-  auto replaced = replaced_sessions_.find(token);
-  if (replaced == replaced_sessions_.end()) return absl::OkStatus();
-  return absl::AbortedError(replaced->second);
-}
-
-absl::Status Daemon::ReplacedOr(const std::string& token, absl::Status status) {
-  if (!absl::IsUnauthenticated(status)) return status;
-  absl::MutexLock lock(&mu_);
-  absl::Status replaced = Replaced(token);
-  return replaced.ok() ? status : replaced;
-}
-
-void Daemon::RememberReplaced(const std::string& token, const std::string& job,
-                              uint32_t local_rank) {
-  replaced_sessions_[token] = absl::StrCat(
-      "this session of local rank ", local_rank, " of job '", job,
-      "' was replaced: another process attached as that local rank (two processes cannot share "
-      "one; check the launcher's local ranks, or detach this one)");
-  replaced_order_.push_back(token);
-  if (replaced_order_.size() > kRememberedReplacements) {
-    replaced_sessions_.erase(replaced_order_.front());
-    replaced_order_.pop_front();
-  }
-}
-
-std::optional<Daemon::Removal> Daemon::DropSession(const std::string& token,
-                                                   const std::string& reason, bool worker_gone) {
-  auto it = sessions_.find(token);
-  if (it == sessions_.end()) return std::nullopt;
-  const Session s = it->second;
-  sessions_.erase(it);
-  if (observer_ != nullptr) observer_->OnDetach(s.job->name(), s.local_rank, s.observer, reason);
-  if (s.observer) {
-    if (!InUse(s.job)) idle_since_.emplace(s.job->name(), MonotonicNow());
-    return std::nullopt;
-  }
-  ++pending_[s.job->name()];  // until Remove is done: the job's final state is not in it yet
-  return Removal{s.job, s.local_rank, worker_gone, /*expired=*/false, s.attach, s.id};
-}
-
 void Daemon::Remove(const std::optional<Removal>& removal) {
   if (!removal.has_value()) return;
   const std::vector<ShmObject> objects =
@@ -201,7 +138,7 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
     absl::MutexLock lock(&mu_);
     auto held = jobs_.find(job->name());
     if (held == jobs_.end() || held->second != job) return;  // retired: its series are gone
-    for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
+    workers = WorkersOf(job);
   }
   observer_->SetWorkers(job->name(), workers, bytes);
   observer_->Seed(job->name(), diverging);
@@ -352,9 +289,7 @@ absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsRe
       }
     }
     for (const auto& [name, job] : jobs_) {
-      uint32_t workers = 0;
-      for (const auto& [token, s] : sessions_) workers += s.job == job && !s.observer;
-      jobs.emplace_back(job, workers);
+      jobs.emplace_back(job, WorkersOf(job));
     }
   }
   for (const auto& [job, workers] : jobs) {

@@ -190,6 +190,14 @@ class Daemon {
   std::optional<Removal> DropSession(const std::string& token, const std::string& reason,
                                      bool worker_gone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(const std::optional<Removal>& removal) ABSL_LOCKS_EXCLUDED(mu_);
+  // Adds session `token` (sessions_ and job_sessions_).
+  void AddSession(const std::string& token, Session session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `job`'s worker sessions, its observer sessions, and the token of its worker session of
+  // `local_rank` (null: none).
+  uint32_t WorkersOf(const std::shared_ptr<Job>& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t ObserversOf(const std::shared_ptr<Job>& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  const std::string* WorkerToken(const std::shared_ptr<Job>& job, uint32_t local_rank) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Holds `tensors` of the session's job's owner's budget (max_tensors_per_owner) while the
   // session's registration runs; released when the returned handle goes. RESOURCE_EXHAUSTED
   // when they, the owner's tensors registered (save the session's rank's own registration,
@@ -292,6 +300,13 @@ class Daemon {
 
   absl::Mutex mu_;
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  // sessions_ by job: its observers' count, and its workers' tokens by local rank (a rank has
+  // one worker session: another attach of it replaces it). Kept by AddSession and DropSession.
+  struct JobSessions {
+    uint32_t observers = 0;
+    std::map<uint32_t, std::string> workers;
+  };
+  std::map<const Job*, JobSessions> job_sessions_ ABSL_GUARDED_BY(mu_);
   // Tokens of the newest sessions replaced by another attach of their local rank, and what a
   // call with one is told (ABORTED: its worker must not attach again, or the two processes
   // would take the rank from each other at every step). A token older than the newest

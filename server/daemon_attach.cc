@@ -42,8 +42,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
     job = it->second;
     absl::Status mine = OwnerRefusal(request.job(), job->owner(), caller, "attach");
     if (!mine.ok()) return mine;
-    int observers = 0;
-    for (const auto& [token, s] : sessions_) observers += s.observer && s.job == job;
+    const uint32_t observers = ObserversOf(job);
     if (observers >= kMaxObserversPerJob) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "job '", request.job(), "' already has ", observers,
@@ -51,7 +50,7 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
           "that stops calling expires after a lease)"));
     }
     const std::string token = RandomToken();
-    sessions_[token] = Session{job, 0, MonotonicNow(), /*observer=*/true};
+    AddSession(token, Session{job, 0, MonotonicNow(), /*observer=*/true});
     unclaimed_.erase(request.job());
     idle_since_.erase(request.job());
     response->set_session(token);
@@ -309,9 +308,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       bool in_use = false;
       {
         absl::MutexLock lock(&mu_);
-        for (const auto& [token, s] : sessions_) {
-          in_use |= s.job == job && !s.observer && s.local_rank != request.local_rank();
-        }
+        const bool own_rank = WorkerToken(job, request.local_rank()) != nullptr;
+        in_use = WorkersOf(job) > (own_rank ? 1u : 0u);
       }
       if (in_use) {
         return absl::FailedPreconditionError(
@@ -337,23 +335,20 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   if (shutting_down_) return StoppingError("gstabd is shutting down");
   // A worker that attaches again under the same local rank (a restart) replaces its old
   // session.
-  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
-    if (it->second.job == job && !it->second.observer &&
-        it->second.local_rank == request.local_rank()) {
-      LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
-                << " attached again; dropping its previous session";
-      RememberReplaced(it->first, request.job(), request.local_rank());
-      *replaced = DropSession(it->first, "replaced by a new attach", /*worker_gone=*/true);
-      break;
-    }
+  if (const std::string* previous = WorkerToken(job, request.local_rank())) {
+    const std::string token = *previous;  // DropSession erases what `previous` points to
+    LOG(INFO) << "job '" << request.job() << "' local rank " << request.local_rank()
+              << " attached again; dropping its previous session";
+    RememberReplaced(token, request.job(), request.local_rank());
+    *replaced = DropSession(token, "replaced by a new attach", /*worker_gone=*/true);
   }
   // A job nobody owns yet (restored from a checkpoint of a release before owners, or made by a
   // certificate without a name under --jobs_by_uid=false) is its first worker's. Owners are
   // recorded whether or not they are enforced (jobs_by_uid), so that enforcing them later holds.
   if (caller.has_value() && !caller->nameless()) job->ClaimIfUnowned(*caller);
   const std::string token = RandomToken();
-  sessions_[token] =
-      Session{job, request.local_rank(), MonotonicNow(), false, ++sessions_attached_, attach};
+  AddSession(token, Session{job, request.local_rank(), MonotonicNow(), false, ++sessions_attached_,
+                            attach});
   unclaimed_.erase(request.job());
   idle_since_.erase(request.job());
   if (observer_ != nullptr) observer_->OnAttach(request.job(), request.local_rank(), false);

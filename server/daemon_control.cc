@@ -39,9 +39,7 @@ absl::Status Daemon::GetStats(const v1::GetStatsRequest& request, v1::GetStatsRe
   if (!session.ok()) return session.status();
   session->job->GetStats(response);
   absl::MutexLock lock(&mu_);
-  uint32_t workers = 0;
-  for (const auto& [token, s] : sessions_) workers += s.job == session->job && !s.observer;
-  response->set_attached_workers(workers);
+  response->set_attached_workers(WorkersOf(session->job));
   return absl::OkStatus();
 }
 

@@ -31,8 +31,7 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     }
     auto held = jobs_.find(name);
     if (held != jobs_.end()) {
-      uint32_t sessions = 0;
-      for (const auto& [token, s] : sessions_) sessions += s.job == held->second;
+      const uint32_t sessions = WorkersOf(held->second) + ObserversOf(held->second);
       if (sessions > 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             "job '", name, "' has ", sessions,

@@ -71,11 +71,7 @@ constexpr absl::Duration kBusyJobWait = absl::Milliseconds(200);
 }  // namespace
 
 bool Daemon::InUse(const std::shared_ptr<Job>& job) const {
-  if (pending_.count(job->name()) == 1) return true;
-  for (const auto& [token, s] : sessions_) {
-    if (s.job == job) return true;
-  }
-  return false;
+  return pending_.count(job->name()) == 1 || job_sessions_.count(job.get()) == 1;
 }
 
 absl::Status Daemon::JobCapReached() const {
@@ -99,11 +95,9 @@ absl::Status Daemon::OwnerCapReached(const std::optional<Principal>& caller) con
 }
 
 void Daemon::UpdateIdle(absl::Time now) {
-  std::set<const Job*> used;
-  for (const auto& [token, s] : sessions_) used.insert(s.job.get());
   std::map<std::string, absl::Time> idle;
   for (const auto& [name, job] : jobs_) {
-    if (used.count(job.get()) == 1 || pending_.count(name) == 1) continue;
+    if (job_sessions_.count(job.get()) == 1 || pending_.count(name) == 1) continue;
     auto known = idle_since_.find(name);
     idle[name] = known == idle_since_.end() ? now : known->second;
   }
