@@ -33,9 +33,10 @@ grpc::Status StabilizerService::Counted(const char* method, const grpc::ServerCo
     if (in_flight >= max_calls_) {
       return Answer(method, absl::ResourceExhaustedError(absl::StrCat(
                                 caller, " already has ", in_flight,
-                                " calls waiting in gstabd (Attach, RegisterBuffers, Step, "
-                                "ImportState), its cap a caller (--max_calls_per_caller): let "
-                                "them end first (its jobs' other workers step, or time out)")));
+                                " calls waiting in gstabd (every call but KeepAlive, Detach, "
+                                "Identify and WatchEvents), its cap a caller "
+                                "(--max_calls_per_caller): let them end first (its jobs' other "
+                                "workers step, or time out)")));
     }
     ++in_flight;
   }
@@ -122,21 +123,23 @@ grpc::Status StabilizerService::Detach(grpc::ServerContext*, const v1::DetachReq
   return Answer("Detach", daemon_->Detach(*request));
 }
 
-grpc::Status StabilizerService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest* request,
+grpc::Status StabilizerService::GetStats(grpc::ServerContext* context,
+                                         const v1::GetStatsRequest* request,
                                          v1::GetStatsResponse* response) {
-  return Answer("GetStats", daemon_->GetStats(*request, response));
+  return Counted("GetStats", context, [&] { return daemon_->GetStats(*request, response); });
 }
 
-grpc::Status StabilizerService::UpdateConfig(grpc::ServerContext*,
+grpc::Status StabilizerService::UpdateConfig(grpc::ServerContext* context,
                                              const v1::UpdateConfigRequest* request,
                                              v1::UpdateConfigResponse* response) {
-  return Answer("UpdateConfig", daemon_->UpdateConfig(*request, response));
+  return Counted("UpdateConfig", context,
+                 [&] { return daemon_->UpdateConfig(*request, response); });
 }
 
-grpc::Status StabilizerService::ExportState(grpc::ServerContext*,
+grpc::Status StabilizerService::ExportState(grpc::ServerContext* context,
                                             const v1::ExportStateRequest* request,
                                             v1::ExportStateResponse* response) {
-  return Answer("ExportState", daemon_->ExportState(*request, response));
+  return Counted("ExportState", context, [&] { return daemon_->ExportState(*request, response); });
 }
 
 grpc::Status StabilizerService::ImportState(grpc::ServerContext* context,
@@ -148,19 +151,22 @@ grpc::Status StabilizerService::ImportState(grpc::ServerContext* context,
 grpc::Status StabilizerService::ForgetJob(grpc::ServerContext* context,
                                           const v1::ForgetJobRequest* request,
                                           v1::ForgetJobResponse* response) {
-  return Answer("ForgetJob", daemon_->ForgetJob(*request, response, Caller(context)));
+  return Counted("ForgetJob", context,
+                 [&] { return daemon_->ForgetJob(*request, response, Caller(context)); });
 }
 
 grpc::Status StabilizerService::ListJobs(grpc::ServerContext* context,
                                          const v1::ListJobsRequest* request,
                                          v1::ListJobsResponse* response) {
-  return Answer("ListJobs", daemon_->ListJobs(*request, response, Caller(context)));
+  return Counted("ListJobs", context,
+                 [&] { return daemon_->ListJobs(*request, response, Caller(context)); });
 }
 
 grpc::Status StabilizerService::CreateRendezvous(grpc::ServerContext* context,
                                                  const v1::CreateRendezvousRequest* request,
                                                  v1::CreateRendezvousResponse* response) {
-  return Answer("CreateRendezvous", daemon_->CreateRendezvous(*request, response, Caller(context)));
+  return Counted("CreateRendezvous", context,
+                 [&] { return daemon_->CreateRendezvous(*request, response, Caller(context)); });
 }
 
 v1::IdentifyResponse StabilizerService::NewIdentity() {

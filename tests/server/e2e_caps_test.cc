@@ -343,18 +343,27 @@ TEST(E2eCapsTest, ACallerHasAtMostItsCapOfWaitingCalls) {
   for (size_t rank = 0; rank < 2; ++rank) {
     steps.emplace_back([&, rank] { waited[rank] = ranks[rank]->client().Step(1).status(); });
   }
+  // GetStats is counted too: refused once both Steps wait (it sees at most one arrived).
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  for (v1::GetStatsResponse stats; stats.arrived_local_ranks_size() < 2;) {  // not counted
+  for (absl::StatusOr<v1::GetStatsResponse> stats = ranks[2]->client().GetStats(); stats.ok();
+       stats = ranks[2]->client().GetStats()) {
     ASSERT_LT(absl::Now(), deadline) << "the two Steps never both waited";
+    ASSERT_LT(stats->arrived_local_ranks_size(), 2) << "GetStats was not counted";
     absl::SleepFor(absl::Milliseconds(10));
-    absl::StatusOr<v1::GetStatsResponse> s = ranks[2]->client().GetStats();
-    ASSERT_TRUE(s.ok()) << s.status();
-    stats = *s;
   }
   const absl::Status refused = ranks[2]->client().Step(1).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
   EXPECT_NE(refused.message().find("2 calls waiting in gstabd"), std::string::npos) << refused;
   EXPECT_NE(refused.message().find("--max_calls_per_caller"), std::string::npos) << refused;
+  // Every call that may wait on a busy job is counted (as ExportState, on the job's lock).
+  const absl::Status exported = ranks[2]->client().ExportState().status();
+  EXPECT_EQ(exported.code(), absl::StatusCode::kResourceExhausted) << exported;
+  auto observer = Client::Connect(daemon->socket());
+  ASSERT_TRUE(observer.ok()) << observer.status();
+  const absl::Status rendezvous = (*observer)->CreateRendezvous("other", 2).status();
+  EXPECT_EQ(rendezvous.code(), absl::StatusCode::kResourceExhausted) << rendezvous;
+  // Health checks are answered still (a probe must not fail for one busy caller).
+  EXPECT_TRUE((*observer)->CheckHealth().ok());
   ASSERT_TRUE(ranks[2]->client().Detach().ok());
   for (std::thread& t : steps) t.join();
   for (const absl::Status& s : waited) {
