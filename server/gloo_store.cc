@@ -14,8 +14,11 @@
 namespace gstab {
 
 GrpcStore::GrpcStore(const std::string& address, std::string token, const MutualTls& tls,
-                     absl::Time deadline, StoreCalls* calls)
-    : token_(std::move(token)), deadline_(deadline), calls_(calls) {
+                     absl::Time deadline, StoreCalls* calls, absl::Duration wait_part)
+    : token_(std::move(token)),
+      deadline_(deadline),
+      calls_(calls),
+      wait_part_(std::max<int64_t>(1, absl::ToInt64Milliseconds(wait_part))) {
   grpc::ChannelArguments args;
   std::shared_ptr<grpc::ChannelCredentials> credentials = MutualTlsChannelCredentials(tls, &args);
   stub_ = v1::Rendezvous::NewStub(grpc::CreateCustomChannel(address, credentials, args));
@@ -81,15 +84,23 @@ void GrpcStore::wait(const std::vector<std::string>& keys) { wait(keys, Left());
 
 void GrpcStore::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) {
   const std::string first = keys.empty() ? "" : keys[0];
-  const std::chrono::milliseconds left = Left();
   v1::StoreWaitRequest request;
   request.set_token(token_);
   for (const std::string& k : keys) request.add_keys(k);
-  request.set_timeout_ms(static_cast<uint32_t>(left.count()));
-  v1::StoreWaitResponse response;
-  Check(Run(left + std::chrono::seconds(1),
-            [&](grpc::ClientContext* c) { return stub_->StoreWait(c, request, &response); }),
-        "wait for", first);
+  for (;;) {
+    const std::chrono::milliseconds left = Left();
+    const std::chrono::milliseconds part = std::min(left, wait_part_);
+    request.set_timeout_ms(static_cast<uint32_t>(part.count()));
+    v1::StoreWaitResponse response;
+    const grpc::Status s = Run(part + std::chrono::seconds(1), [&](grpc::ClientContext* c) {
+      return stub_->StoreWait(c, request, &response);
+    });
+    // A part that ended before the deadline: the next one (a step deadline past the store's
+    // longest wait, --step_timeout_ms over 10 minutes, waits on).
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && part < left) continue;
+    Check(s, "wait for", first);
+    return;
+  }
 }
 
 std::chrono::milliseconds GrpcStore::Left() const {

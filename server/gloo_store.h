@@ -32,8 +32,12 @@ class StoreCalls;
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
   // `calls` (may be null): where the calls are tracked, for a stop to cancel them.
+  // `wait_part`: the longest one StoreWait call waits (the store answers within 10 minutes,
+  // and a rendezvous untouched for 10 may be evicted): a longer wait is made of several.
   GrpcStore(const std::string& address, std::string token, const MutualTls& tls,
-            absl::Time deadline, StoreCalls* calls);
+            absl::Time deadline, StoreCalls* calls, absl::Duration wait_part = kWaitPart);
+
+  static constexpr absl::Duration kWaitPart = absl::Minutes(5);
 
   // Sets `key` to `value` unless it is set; returns what it holds then.
   std::string Claim(const std::string& key, const std::string& value);
@@ -61,6 +65,7 @@ class GrpcStore final : public gloo::rendezvous::Store {
   const std::string token_;
   const absl::Time deadline_;
   StoreCalls* const calls_;
+  const std::chrono::milliseconds wait_part_;
 };
 
 // A Gloo context of `size` nodes, this one `rank`, its pairs connected through `store`, each

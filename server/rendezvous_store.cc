@@ -211,8 +211,11 @@ void RendezvousStore::Close() {
 
 grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* request,
                                          v1::StoreSetResponse* response) {
+  // The value is answered to a claim only (a plain set's would travel back whole: a large job's
+  // mesh records, every node's).
   return ToGrpcStatus(store_->Set(request->token(), request->key(), request->value(),
-                                  request->if_absent(), response->mutable_value()));
+                                  request->if_absent(),
+                                  request->if_absent() ? response->mutable_value() : nullptr));
 }
 
 grpc::Status RendezvousService::StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* request,

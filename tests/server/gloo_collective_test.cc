@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "server/collective.h"
 #include "server/cross_node.h"
+#include "server/gloo_store.h"
 #include "tests/server/loopback_store.h"
 
 namespace gstab {
@@ -106,6 +107,29 @@ TEST(GlooCollectiveTest, AStoreThatRefusesBlamesNoNode) {
   EXPECT_EQ(named.code(), absl::StatusCode::kFailedPrecondition) << named;
   EXPECT_TRUE(absl::StrContains(named.message(), "its cap")) << named;
   EXPECT_FALSE(absl::StrContains(named.message(), "stalled")) << named;
+}
+
+// A wait longer than one StoreWait call may be (the store's cap is 10 minutes; here a part of
+// 200 ms) waits on in parts until its deadline: a key set after the first part is found.
+TEST(GrpcStoreTest, AWaitLongerThanOneCallWaitsOnInParts) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  GrpcStore waiter(info.store_address(), info.token(), MutualTls{}, deadline, nullptr,
+                   absl::Milliseconds(200));
+  std::thread later([&] {
+    absl::SleepFor(absl::Milliseconds(700));
+    GrpcStore(info.store_address(), info.token(), MutualTls{}, deadline, nullptr)
+        .set("late", {'x'});
+  });
+  EXPECT_NO_THROW(waiter.wait({"late"}));
+  later.join();
+  // And a key never set fails at the deadline, not at the first part's end.
+  GrpcStore short_deadline(info.store_address(), info.token(), MutualTls{},
+                           absl::Now() + absl::Milliseconds(600), nullptr, absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  EXPECT_THROW(short_deadline.wait({"never"}), std::runtime_error);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
 }
 
 }  // namespace
