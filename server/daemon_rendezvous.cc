@@ -49,16 +49,8 @@ absl::StatusOr<v1::RendezvousInfo> Daemon::ParseRendezvous(const v1::AttachReque
 
 absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
                                     const v1::RendezvousInfo& info, Job* job) {
-  if (job->rendezvous_token() == info.token()) {
-    if (job->node_rank() != request.node_rank()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "job '", request.job(), "' is node ", job->node_rank(),
-          " on this gstabd; a worker here cannot attach as node ", request.node_rank(),
-          ": each node of a job has a gstabd of its own (on one machine, start another with its "
-          "own --socket, --state_dir and --peer_listen)"));
-    }
-    return absl::OkStatus();
-  }
+  // The job compares the token and the node under its lock: two attaches with one new blob
+  // race, and the second must find the first's node.
   NcclRendezvous nccl;
   nccl.unique_id = info.nccl_unique_id();
   nccl.node_rank = request.node_rank();
@@ -69,11 +61,12 @@ absl::Status Daemon::JoinRendezvous(const v1::AttachRequest& request,
     absl::MutexLock lock(&mu_);
     identity = peer_address_;
   }
+  const bool joined = job->rendezvous_token() == info.token();
   if (absl::Status s = job->JoinRendezvous(
           std::make_shared<GlooCollective>(info, request.node_rank(), options_.peer_host,
                                            options_.peer_tls, std::move(identity), store_calls_),
           info, std::move(nccl));
-      !s.ok()) {
+      !s.ok() || joined) {
     return s;
   }
   LOG(INFO) << "job '" << request.job() << "' joins rendezvous generation " << info.generation()

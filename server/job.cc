@@ -249,7 +249,15 @@ void Job::FillGroupResult(size_t g, const StepOutcome& out, v1::GroupResult* r) 
 absl::Status Job::JoinRendezvous(std::shared_ptr<Collective> collective,
                                  const v1::RendezvousInfo& info, NcclRendezvous nccl) {
   absl::MutexLock lock(&mu_);  // the check and the install together: attaches race
-  if (rendezvous_token_ == info.token()) return absl::OkStatus();
+  if (rendezvous_token_ == info.token()) {
+    const uint32_t rank = collective_ == nullptr ? 0 : collective_->rank();
+    if (rank == nccl.node_rank) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "job '", name_, "' is node ", rank, " on this gstabd; a worker here cannot attach as node ",
+        nccl.node_rank,
+        ": each node of a job has a gstabd of its own (on one machine, start another with its "
+        "own --socket, --state_dir and --peer_listen)"));
+  }
   // rendezvous_ is the job's newest, joined here or restored from its checkpoint.
   if (!rendezvous_.store_address().empty() && rendezvous_.store_address() == info.store_address() &&
       std::make_pair(info.store_started_us(), info.generation()) <

@@ -143,9 +143,9 @@ class Job {
   void SetCollective(std::shared_ptr<Collective> collective, std::string rendezvous_token,
                      NcclRendezvous nccl = {});
   // SetCollective for the rendezvous `info`, unless the job has it already (OK: another attach
-  // installed it) or it is older than the job's current one from the same store
-  // (FAILED_PRECONDITION: a worker kept an old blob, say in GSTAB_RENDEZVOUS, and would take
-  // every node of the job back to a generation that has ended).
+  // installed it; INVALID_ARGUMENT when as another node than `nccl.node_rank`) or it is older than
+  // the job's current one from the same store (FAILED_PRECONDITION: a worker kept an old blob, say
+  // in GSTAB_RENDEZVOUS, and would take every node of the job back to a generation that has ended).
   absl::Status JoinRendezvous(std::shared_ptr<Collective> collective,
                               const v1::RendezvousInfo& info, NcclRendezvous nccl);
   // This node's rank in the current communicator (0 without one), and its node count (1).

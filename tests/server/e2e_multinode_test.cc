@@ -231,6 +231,25 @@ TEST(MultiNodeTest, LaunchersCanPassTheRendezvousThroughTheEnvironment) {
   s = TestWorker::Create(cluster.daemon(0).socket(), o).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("NCCL id has 5 bytes, not 128"), std::string::npos) << s;
+
+  // One gstabd is one node of a job: a worker of another node rank there is refused, saying so.
+  absl::StatusOr<std::string> two = (*c0)->CreateRendezvous("one-node-here", 2);
+  ASSERT_TRUE(two.ok()) << two.status();
+  AttachOptions first;
+  first.job = "one-node-here";
+  first.node_count = 2;
+  first.local_world_size = 2;
+  first.rendezvous = *two;
+  auto node0 = TestWorker::Create(cluster.daemon(0).socket(), first);
+  ASSERT_TRUE(node0.ok()) << node0.status();
+  AttachOptions second = first;
+  second.local_rank = 1;
+  second.node_rank = 1;
+  s = TestWorker::Create(cluster.daemon(0).socket(), second).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("is node 0 on this gstabd; a worker here cannot attach as node 1"),
+            std::string::npos)
+      << s;
 }
 
 // Two hosts made of network namespaces joined by a veth pair (needs root and iproute2; the
