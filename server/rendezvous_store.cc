@@ -24,10 +24,14 @@ std::string RendezvousStore::NewToken(const std::string& job, uint32_t nodes,
   own.push_back(token);
   while (own.size() > kPerJob) Forget(own.front());
   while (order_.size() > max_rendezvous_) {
-    auto most = by_owner_.begin();
+    // Never the one just made: a caller holding no other would be handed a token already gone
+    // (of owners holding one each, the first in the map's order went).
+    auto most = by_owner_.end();
     for (auto it = by_owner_.begin(); it != by_owner_.end(); ++it) {
-      if (it->second.size() > most->second.size()) most = it;
+      if (it->second.front() == token) continue;
+      if (most == by_owner_.end() || it->second.size() > most->second.size()) most = it;
     }
+    if (most == by_owner_.end()) break;
     Forget(most->second.front());
   }
   return token;

@@ -248,5 +248,17 @@ TEST(RendezvousStoreTest, ACallerMakingManyForgetsItsOwnNotAnothers) {
   EXPECT_TRUE(store.Set(victim, "rank_1", "v").ok());
 }
 
+// At the cap, with every owner holding one, the rendezvous just made stays (whichever owner
+// comes first in name order): another owner's goes.
+TEST(RendezvousStoreTest, ANewRendezvousIsNeverTheOneForgotten) {
+  RendezvousStore store(/*max_rendezvous=*/2);
+  const std::string a = store.NewToken("a", 2, "uid 2000");
+  const std::string b = store.NewToken("b", 2, "uid 3000");
+  const std::string first = store.NewToken("c", 2, "uid 1000");  // sorts before the others
+  EXPECT_TRUE(store.Set(first, "k", "v").ok());
+  EXPECT_EQ(store.Set(a, "k", "v").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(store.Set(b, "k", "v").ok());
+}
+
 }  // namespace
 }  // namespace gstab
