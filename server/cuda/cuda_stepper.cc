@@ -344,6 +344,7 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   // Copies and the event go in together under mu_; should queuing them fail part way, the
   // readers below skip the slot (rewriting) rather than take copies under way.
   slot.rewriting = true;
+  slot.step = step;  // the copies' step, even should `done` below fail to queue
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),
@@ -352,7 +353,6 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   slot.rewriting = false;
   // `done` last: a worker that waits for it sees this step in Step, GetStats and metrics.
   if (absl::Status s = StreamWriteValue(stream_, d_done_, ready_value); !s.ok()) return s;
-  slot.step = step;
   slot.unreported = true;
   ++enqueued_;
   return absl::OkStatus();
