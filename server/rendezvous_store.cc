@@ -42,6 +42,7 @@ void RendezvousStore::Forget(std::string token) {  // a copy: it may be order_'s
     total_bytes_ -= it->second.bytes;
     spaces_.erase(it);
   }
+  WakeWaits(token);  // they report it gone
   order_.erase(std::find(order_.begin(), order_.end(), token));
   for (auto* index : {&by_job_, &by_owner_}) {
     for (auto it = index->begin(); it != index->end(); ++it) {
@@ -120,6 +121,7 @@ absl::Status RendezvousStore::Set(const std::string& token, const std::string& k
   s.values[key] = value;
   total_bytes_ = total_bytes_ - s.bytes + bytes;
   s.bytes = bytes;
+  for (auto [w, end] = waiting_.equal_range({token, key}); w != end; ++w) w->second->Signal();
   return absl::OkStatus();
 }
 
@@ -194,11 +196,14 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
     return true;
   };
   bool done = false;
+  absl::CondVar woken;
   for (;;) {
+    done = all_set();
     const absl::Duration left = deadline - MonotonicNow();
-    done = mu_.AwaitWithTimeout(absl::Condition(&all_set),
-                                cancelled ? std::min(left, kCancelPoll) : left);
-    if (done || MonotonicNow() >= deadline) break;
+    if (done || left <= absl::ZeroDuration()) break;
+    auto entry = waiting_.emplace(std::make_pair(token, missing), &woken);
+    woken.WaitWithTimeout(&mu_, cancelled ? std::min(left, kCancelPoll) : left);
+    waiting_.erase(entry);
     if (cancelled && cancelled()) return absl::CancelledError("the wait was cancelled");
   }
   if (closed_) return StoppingError(kStoreStopping);  // read by the other nodes
@@ -211,6 +216,14 @@ absl::Status RendezvousStore::Wait(const std::string& token, const std::vector<s
 void RendezvousStore::Close() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
+  WakeWaits("");
+}
+
+void RendezvousStore::WakeWaits(const std::string& token) {
+  auto it = token.empty() ? waiting_.begin() : waiting_.lower_bound({token, ""});
+  for (; it != waiting_.end() && (token.empty() || it->first.first == token); ++it) {
+    it->second->Signal();
+  }
 }
 
 grpc::Status RendezvousService::StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* request,

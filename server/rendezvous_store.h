@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -115,6 +116,12 @@ class RendezvousStore {
   std::map<std::string, std::deque<std::string>> by_owner_ ABSL_GUARDED_BY(mu_);  // newest last
   size_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of every rendezvous' keys and values
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // Waits under way, by the rendezvous and key each is missing: a Set wakes those missing its
+  // key, and no other (a job's first connection has every node wait at once, each for every
+  // node's key; a condition of absl's would be evaluated for every wait at each unlock of mu_).
+  std::multimap<std::pair<std::string, std::string>, absl::CondVar*> waiting_ ABSL_GUARDED_BY(mu_);
+  // Wakes the waits of `token` (every wait, for an empty one).
+  void WakeWaits(const std::string& token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 class RendezvousService final : public v1::Rendezvous::Service {
