@@ -211,9 +211,24 @@ TEST(RendezvousStoreTest, AWaitEndsWhenItsPeerGivesUpOrTheStoreCloses) {
     absl::SleepFor(absl::Milliseconds(100));
     store.Close();
   });
-  s = store.Wait(token, {"never"}, absl::Seconds(60));
+  absl::Time start = absl::Now();
+  s = store.Wait(token, {"never"}, absl::Seconds(60));  // no poll: the close wakes it
   closer.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+
+  // A rendezvous forgotten (pushed out by a newer one) ends its waits at once, as unknown.
+  RendezvousStore small(/*max_rendezvous=*/1);
+  const std::string old = small.NewToken("a");
+  std::thread newer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    small.NewToken("b");
+  });
+  start = absl::Now();
+  s = small.Wait(old, {"never"}, absl::Seconds(60));
+  newer.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
 }
 
 // A job making rendezvous in a loop (restarting) forgets its own older ones, never another
