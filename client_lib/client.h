@@ -8,8 +8,9 @@
 //
 // Every method returns the daemon's error as an absl::Status with the same code and message.
 // While attached, a background thread renews the session's lease, so pauses between steps
-// (evaluation, checkpointing) do not expire it. Methods are not meant to be called
-// concurrently from several threads.
+// (evaluation, checkpointing) do not expire it. Methods are called one at a time, save that a
+// monitoring thread may call GetStats (and a binding attach and register again, as Python's
+// stats() does after a gstabd restart) while another thread's Step is under way.
 #pragma once
 
 #include <sys/types.h>

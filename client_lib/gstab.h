@@ -2,8 +2,11 @@
  *
  * Every function returns a gstab_status (0 = GSTAB_OK, otherwise a gRPC status code); the
  * message of the last failure on the calling thread is gstab_last_error(). Handles are opaque
- * and owned by the caller, who frees them with the matching _destroy function. A client handle
- * must not be used from several threads at once. Handles belong to the process that made them:
+ * and owned by the caller, who frees them with the matching _destroy function. A client handle's
+ * calls come one at a time, from any thread, save one case: a monitoring thread may call
+ * gstab_get_stats_json while another thread's call (gstab_step waiting for the job's other
+ * workers, say) is under way. A handle must not be destroyed while a call on it runs. Handles
+ * belong to the process that made them:
  * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION (those
  * returning a value return NULL, "" or 0, as each says for a NULL handle, with
  * gstab_last_error() saying why), and its _destroy frees nothing (the parent's session,
