@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include "server/server.h"
 #include "server/shm_faults.h"
 #include "server/stderr_log.h"
+#include "server/stop_limit.h"
 #ifdef GSTAB_WITH_CUDA
 #include "kernels/cuda/cuda_check.h"
 #include "server/cuda/cuda_ipc.h"
@@ -55,6 +57,19 @@ int AwaitStopSignal(const sigset_t& signals) {
     LOG(WARNING) << "ignored " << strsignal(sig)
                  << ": gstabd has nothing to reload; SIGTERM or SIGINT stops it";
   }
+}
+
+// After the stop signal: a second SIGTERM or SIGINT (an operator's second Ctrl-C) ends gstabd at
+// once, without the rest of its stop; the other signals are taken as before.
+void ExitAtASecondStopSignal(const sigset_t& signals) {
+  std::thread([signals] {
+    const int sig = AwaitStopSignal(signals);
+    LOG(WARNING) << "received " << strsignal(sig)
+                 << " again while stopping: gstabd exits now, without finishing its stop (the "
+                    "statistics of its last checkpoint stand)";
+    gstab::StderrLog::FlushInstalled(absl::Seconds(1));  // _exit runs no destructor
+    _exit(1);
+  }).detach();
 }
 
 #ifdef GSTAB_WITH_CUDA
@@ -178,6 +193,7 @@ int main(int argc, char** argv) {
   log->Flush(absl::Seconds(1));  // the start's lines (its ports) out soon after the socket
   const int sig = AwaitStopSignal(signals);
   LOG(INFO) << "received " << strsignal(sig);
+  ExitAtASecondStopSignal(signals);
   // The stop's own cause, if any (also one met while stopping); else 0, or 1 if it fails.
   auto stop_code = [] {
 #ifdef GSTAB_WITH_CUDA
@@ -185,7 +201,24 @@ int main(int argc, char** argv) {
 #endif
     return 0;
   };
-  absl::Status stopped = (*server)->Stop(absl::Now() + absl::Seconds(10), stop_code);
+  const absl::Time stop_began = absl::Now();
+  // The drain leaves the stop's checkpoints most of --stop_limit_s.
+  absl::Status stopped =
+      (*server)->Stop(stop_began + std::min(absl::Seconds(10), options.stop_limit / 3), stop_code);
   if (!stopped.ok()) LOG(ERROR) << stopped;
-  return stop_code() != 0 ? stop_code() : stopped.ok() ? 0 : 1;
+  const int code = stop_code() != 0 ? stop_code() : stopped.ok() ? 0 : 1;
+  {
+    // The stop limit covers the teardown after the stop too: a job's GPU pipelines wait for
+    // their streams as they close (up to the step timeout each), and the stop's checkpoint is
+    // saved by now.
+    const gstab::StopLimit teardown(
+        std::max(options.stop_limit - (absl::Now() - stop_began), absl::Milliseconds(100)), [code] {
+          LOG(ERROR) << "gstabd's teardown after its stop ran past --stop_limit_s (a job's GPU "
+                        "stream that does not finish, most likely): gstabd exits without it";
+          gstab::StderrLog::FlushInstalled(absl::Seconds(1));  // _exit runs no destructor
+          _exit(code);
+        });
+    server->reset();
+  }
+  return code;
 }

@@ -377,6 +377,24 @@ TEST(E2eStopTest, AStopEndsAtItsLimit) {
       << stop->log;
 }
 
+// A second SIGTERM while gstabd stops (held here by a stalled subscriber) ends it at once, exit
+// code 1, saying so: an operator's second Ctrl-C is not ignored.
+TEST(E2eStopTest, ASecondStopSignalEndsTheStopAtOnce) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = Monitored(daemon->socket(), "held");
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "held", *worker);
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  daemon->process().Signal(SIGTERM);
+  ASSERT_TRUE(daemon->WaitForLog("gstabd stopping")) << daemon->Log();
+  daemon->process().Signal(SIGTERM);
+  EXPECT_EQ(daemon->process().Wait(absl::Seconds(30)).value_or(-1), 1) << daemon->Log();
+  EXPECT_NE(daemon->Log().find("again while stopping: gstabd exits now"), std::string::npos)
+      << daemon->Log();
+}
+
 // A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
 // one is exported, and moves on once checkpoints are written again.
 TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
