@@ -87,6 +87,7 @@ absl::StatusOr<MutualTls> LoadMutualTls(const std::array<const char*, 3>& flags,
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = CheckCertificates(tls->ca, absl::StrCat("--", flags[0])); !s.ok()) return s;
   return tls;
 }
 

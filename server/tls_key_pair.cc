@@ -8,6 +8,7 @@
 
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
 
@@ -32,7 +33,31 @@ std::unique_ptr<BIO, FreeBio> ReadOnly(const std::string& text) {
 // encrypted key either.
 int NoPassphrase(char*, int, int, void*) { return 0; }
 
+// Whether `pem`, which OpenSSL read nothing from, begins a block of the kind `marker` names:
+// a file caught in the middle of its writing (a renewal written in place), which mends itself
+// and is no bad command line.
+bool CutShort(const std::string& pem, absl::string_view marker) {
+  return absl::StrContains(pem, marker);
+}
+
 }  // namespace
+
+absl::Status CheckCertificates(const std::string& pem, absl::string_view named_by) {
+  std::unique_ptr<BIO, FreeBio> text = ReadOnly(pem);
+  if (text == nullptr) return absl::ResourceExhaustedError("out of memory reading the TLS files");
+  std::unique_ptr<X509, FreeX509> first(
+      PEM_read_bio_X509(text.get(), nullptr, &NoPassphrase, nullptr));
+  ERR_clear_error();
+  if (first != nullptr) return absl::OkStatus();
+  if (CutShort(pem, "-----BEGIN CERTIFICATE-----")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        named_by, " holds a certificate gstabd cannot read (cut short: being written?)"));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(named_by,
+                   " holds no certificate: give the CA's certificate (not a key, nor a "
+                   "certificate request)"));
+}
 
 absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pem,
                           absl::string_view cert_named_by, absl::string_view key_named_by) {
@@ -47,10 +72,19 @@ absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pe
       PEM_read_bio_PrivateKey(key_text.get(), nullptr, &NoPassphrase, nullptr));
   ERR_clear_error();  // what failed is said below; the next reader starts clean
   if (cert == nullptr) {
+    if (CutShort(cert_pem, "-----BEGIN CERTIFICATE-----")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          cert_named_by, " holds a certificate gstabd cannot read (cut short: being written?)"));
+    }
     return absl::InvalidArgumentError(
         absl::StrCat(cert_named_by, " holds no certificate (is it the key, or the CA's?)"));
   }
   if (key == nullptr) {
+    if (CutShort(key_pem, "PRIVATE KEY-----") &&
+        !absl::StrContains(key_pem, "ENCRYPTED PRIVATE KEY")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          key_named_by, " holds a private key gstabd cannot read (cut short: being written?)"));
+    }
     return absl::InvalidArgumentError(
         absl::StrCat(key_named_by,
                      " holds no private key gstabd can read (an encrypted key is not taken: "

@@ -424,6 +424,27 @@ TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
                                         " --tls_key=" + tls.key + " --tls_client_ca=" + tls.ca);
   EXPECT_EQ(rc, 2);
   EXPECT_NE(out.find("--tls_cert holds no certificate"), std::string::npos) << out;
+  // A certificate cut short (caught in the middle of a renewal written in place) is no bad
+  // command line: exit 1, which a service manager restarts.
+  std::string cert_text;
+  {
+    std::ifstream in(tls.cert);
+    cert_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const std::string half = dir.path() + "/half.pem";
+  std::ofstream(half) << cert_text.substr(0, cert_text.size() / 2);
+  std::tie(rc, out) = testing::RunShell("timeout 30 " + base + " --tls_cert=" + half +
+                                        " --tls_key=" + tls.key + " --tls_client_ca=" + tls.ca);
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("--tls_cert holds a certificate gstabd cannot read (cut short"),
+            std::string::npos)
+      << out;
+  // A CA file that holds a key, not a certificate, is the wrong file: exit 2, at start (every
+  // client's handshake would fail).
+  std::tie(rc, out) = testing::RunShell("timeout 30 " + base + " --tls_cert=" + tls.cert +
+                                        " --tls_key=" + tls.key + " --tls_client_ca=" + tls.key);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(out.find("--tls_client_ca holds no certificate"), std::string::npos) << out;
   // Operators' certificates are --listen's.
   std::tie(rc, out) = testing::RunShell(testing::GstabdPath() + " --socket=" + dir.path() +
                                         "/s.sock --state_dir=" + dir.path() +
