@@ -230,6 +230,10 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   // are closed on a background thread, since a close can wait for the device), bounded.
   if (device_memory_ != nullptr && device.has_value()) {
     device_memory_->AwaitClosedMappings(*device, kDetachReleaseWait);
+  } else if (removal.has_value()) {
+    // Host memory: a round that took the worker's Step (one its call gave up on) may still
+    // scale its gradients.
+    removal->job->AwaitRoundOf(removal->local_rank, kDetachReleaseWait);
   }
   return absl::OkStatus();
 }

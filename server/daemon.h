@@ -341,6 +341,9 @@ class Daemon {
   // Since when (MonotonicNow) each held job has had no session (jobs with sessions are absent).
   std::map<std::string, absl::Time> idle_since_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retiring_ ABSL_GUARDED_BY(mu_);  // jobs whose state is being exported
+  // Jobs made afresh whose checkpoint could not be restored, until its file is set aside: a
+  // checkpoint of the new job written before would be set aside instead.
+  std::set<std::string> setting_aside_ ABSL_GUARDED_BY(mu_);
   // Attaches, worker removals and steps under way, per job: they keep it from retiring as a
   // session does (an attach has not made its session yet; a removal has not ended the job's GPU
   // generation, which brings its final statistics home; a step's session may have ended while

@@ -242,6 +242,7 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
         if (!s.ok()) {
           LOG(WARNING) << "ignoring checkpoint of job '" << request.job() << "': " << s;
           set_aside = absl::StrCat("cannot be restored (", s.message(), ")");
+          setting_aside_.insert(request.job());  // no checkpoint of it until the file is aside
           slot = std::make_shared<Job>(request.job(), config, local_world, &executor_,
                                        StepCallbackFor(request.job()), gpu_);
         } else {
@@ -271,6 +272,8 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   if (set_aside.has_value()) {  // the job made afresh has no state to save over it yet
     absl::MutexLock saving(&save_mu_);
     store_.SetAsideCheckpoint(request.job(), *set_aside);
+    absl::MutexLock lock(&mu_);
+    setting_aside_.erase(request.job());
   }
   absl::Cleanup unpend = [this, &job] {
     absl::MutexLock lock(&mu_);

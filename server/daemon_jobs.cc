@@ -341,6 +341,8 @@ absl::Status Daemon::Checkpoint() {
       // Not used yet: its checkpoint (if it came from one) is as it was, and it may be given
       // back to it (Unmake).
       if (unclaimed_.count(job->name()) == 1) return true;
+      // Its unreadable checkpoint not set aside yet: a save now would be set aside in its place.
+      if (setting_aside_.count(job->name()) == 1) return true;
     }
     std::optional<v1::JobState> state =
         wait ? CheckpointOf(*job) : CheckpointWithin(*job, kBusyJobWait);

@@ -117,6 +117,10 @@ class Job {
   // own alone: callable under the daemon's.
   uint64_t Attaches(uint32_t local_rank) const;
   uint64_t RegisteredBytes() const;
+  // Waits, up to `wait`, for a round that scales `local_rank`'s gradients to end (a worker that
+  // detaches after its Step call gave up, while the round it joined still runs, may reuse its
+  // memory once Detach answers).
+  void AwaitRoundOf(uint32_t local_rank, absl::Duration wait) const;
   // Tensors its workers' registrations hold, save `except_rank`'s.
   uint64_t RegisteredTensors(std::optional<uint32_t> except_rank = std::nullopt) const;
   // The CUDA pipeline: reports the steps the job's GPU has finished since a Step last looked

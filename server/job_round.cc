@@ -281,7 +281,8 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
   round_status_ = outcome;
   round_result_ = v1::StepResponse();
   finished_round_id_ = round;
-  abandoning_round_.reset();
+  // A later round abandoned while this one's notice went keeps its own mark.
+  if (abandoning_round_ == round) abandoning_round_.reset();
   return outcome;
 }
 

@@ -110,6 +110,16 @@ std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone
   return objects;
 }
 
+void Job::AwaitRoundOf(uint32_t local_rank, absl::Duration wait) const {
+  absl::MutexLock lock(&mu_);
+  // A running round keeps its arrivals (withdrawn only from a round not yet running).
+  if (!round_running_ || arrived_.count(local_rank) == 0) return;
+  const uint64_t running = round_id_;
+  auto ended = [this, running]()
+                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finished_round_id_ >= running; };
+  mu_.AwaitWithTimeout(absl::Condition(&ended), wait);
+}
+
 uint64_t Job::Attaches(uint32_t local_rank) const {
   absl::MutexLock lock(&attaches_mu_);
   auto it = attaches_.find(local_rank);

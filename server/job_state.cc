@@ -238,7 +238,9 @@ absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
   absl::Status status;
   bool holding = false;
   for (;;) {
-    const bool round = round_open_;
+    // A round being abandoned tells the other nodes with mu_ released (round_open_ is false
+    // by then): an import then would take its refusal's step back from a retried Step.
+    const bool round = round_open_ || announcing_ > 0;
     const bool gpu = !gpus_.empty() && !gpus_.multi_rank() && !gpus_.Primary().Idle();
     if (!round && !gpu) break;
     if (shutting_down_) {
@@ -263,7 +265,7 @@ absl::Status Job::AwaitBetweenSteps(absl::Duration wait) {
       ++importing_;  // the job's next step waits: the one in progress is the last before this
     }
     auto ended = [this, round]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return shutting_down_ || (round && !round_open_);
+      return shutting_down_ || (round && !round_open_ && announcing_ == 0);
     };
     if (gpu) {
       mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Microseconds(200));  // polled
