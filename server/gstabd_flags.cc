@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -268,6 +269,31 @@ std::optional<ServerOptions> OptionsFromFlags() {
   options.keepalive_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));
   options.rpc_memory_mb = absl::GetFlag(FLAGS_rpc_memory_mb);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);
+  // gstabd makes a state folder of its own files alone mode 0700 at start: a socket there (left
+  // out of that check once a clean stop removed it) would then shut other users' workers out.
+  auto in_state_dir = [&options](const std::string& socket) {
+    if (socket.empty() || options.daemon.state_dir.empty()) return false;
+    std::error_code es, ed;
+    const std::filesystem::path folder =
+        std::filesystem::weakly_canonical(std::filesystem::path(socket).parent_path(), es);
+    std::filesystem::path state =
+        std::filesystem::weakly_canonical(options.daemon.state_dir, ed).lexically_normal();
+    if (es || ed) return false;
+    if (state.filename().empty()) state = state.parent_path();  // a trailing '/'
+    return std::mismatch(state.begin(), state.end(), folder.begin(), folder.end()).first ==
+           state.end();
+  };
+  for (const auto& [flag, path] :
+       {std::pair<const char*, const std::string&>{"--socket", options.socket_path},
+        {"--health_socket", options.health_socket_path}}) {
+    if (!in_state_dir(path)) continue;
+    std::fprintf(stderr,
+                 "gstabd: %s=%s is in --state_dir=%s: gstabd makes its state folder its own "
+                 "user's alone (mode 0700), which would shut other users' workers out of the "
+                 "socket; give the socket a folder of its own (/run/gstab)\n",
+                 flag, path.c_str(), options.daemon.state_dir.c_str());
+    return std::nullopt;
+  }
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.daemon.lease = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ms));
   options.daemon.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));

@@ -4,8 +4,11 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/pem_file.h"
 #include "glog/logging.h"
 #include "grpcpp/grpcpp.h"
@@ -111,32 +114,53 @@ std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const Mutual
   return grpc::SslServerCredentials(options);
 }
 
+MutualTls DialPems(const MutualTls& tls) {
+  if (tls.files[0].empty()) return tls;
+  // The last read of each set of files that agreed and paired: the start's PEMs may have
+  // expired by the time a renewal is caught half written.
+  static absl::Mutex last_good_mu(absl::kConstInit);
+  static auto* last_good = new std::map<std::array<std::string, 3>, MutualTls>();
+  absl::StatusOr<MutualTls> now;
+  absl::Status why;
+  for (int read = 0; read < 8; ++read) {
+    if (read > 0) absl::SleepFor(absl::Milliseconds(20));  // a renewal under way may end
+    absl::StatusOr<MutualTls> again =
+        ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
+    const bool agree = now.ok() && again.ok() && again->ca == now->ca && again->cert == now->cert &&
+                       again->key == now->key;
+    now = std::move(again);
+    if (!now.ok()) {
+      why = now.status();
+      break;
+    }
+    if (!agree) continue;
+    why = CheckKeyPair(now->cert, now->key, "--peer_tls_cert", "--peer_tls_key");
+    if (why.ok()) why = CheckCertificates(now->ca, "--peer_tls_ca");
+    if (!why.ok()) continue;
+    MutualTls read_now = *std::move(now);
+    read_now.server_name = tls.server_name;
+    read_now.files = tls.files;
+    read_now.reload = tls.reload;
+    absl::MutexLock lock(&last_good_mu);
+    (*last_good)[tls.files] = read_now;
+    return read_now;
+  }
+  absl::MutexLock lock(&last_good_mu);
+  auto good = last_good->find(tls.files);
+  LOG(WARNING) << "dialling with the TLS files as gstabd "
+               << (good == last_good->end() ? "read them at start" : "last read them whole") << ": "
+               << (why.ok() ? absl::UnknownError("they changed at every read") : why);
+  return good == last_good->end() ? tls : good->second;
+}
+
 std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(
     const MutualTls& tls, grpc::ChannelArguments* args) {
   if (!tls.enabled()) return grpc::InsecureChannelCredentials();
-  const MutualTls* pems = &tls;
-  absl::StatusOr<MutualTls> now;
-  if (!tls.files[0].empty()) {
-    // The files are read one after another: a renewal between two reads pairs a new
-    // certificate with the old key. Read until two reads in a row agree.
-    for (int read = 0; read < 4; ++read) {
-      absl::StatusOr<MutualTls> again =
-          ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
-      const bool settled = now.ok() && again.ok() && again->ca == now->ca &&
-                           again->cert == now->cert && again->key == now->key;
-      now = std::move(again);
-      if (settled || !now.ok()) break;
-    }
-    if (now.ok()) {
-      pems = &*now;
-    } else {
-      LOG(WARNING) << "dialling with the TLS files as gstabd read them at start: " << now.status();
-    }
-  }
+  const MutualTls pems = DialPems(tls);
   grpc::SslCredentialsOptions options;
-  options.pem_root_certs = pems->ca;
-  options.pem_private_key = pems->key;
-  options.pem_cert_chain = pems->cert;
+  options.pem_root_certs = pems.ca;
+  options.pem_private_key = pems.key;
+  options.pem_cert_chain = pems.cert;
   if (!tls.server_name.empty()) args->SetSslTargetNameOverride(tls.server_name);
   return grpc::SslCredentials(options);
 }

@@ -58,8 +58,14 @@ bool IsWildcardHost(const std::string& host);
 // ones: gRPC logs why).
 std::shared_ptr<grpc::ServerCredentials> MutualTlsServerCredentials(const MutualTls& tls);
 // The matching client side; sets the target-name override in `args` when asked. With
-// `tls.files`, they are read again for it (the PEMs of `tls` when that fails).
+// `tls.files`, they are read again for it (DialPems).
+
 std::shared_ptr<grpc::ChannelCredentials> MutualTlsChannelCredentials(const MutualTls& tls,
                                                                       grpc::ChannelArguments* args);
+// The PEMs a dial with `tls` shows: its files read again until two reads in a row agree and
+// the key is the certificate's (a renewal written in place, certificate then key, read in
+// between would pair a new certificate with the old key); else the last such read of these
+// files, or `tls`'s own PEMs before any.
+MutualTls DialPems(const MutualTls& tls);
 
 }  // namespace gstab

@@ -156,7 +156,7 @@ def check_installed(build, prefix, example):
     if not os.path.exists(gstabd):
         return
     sock = os.path.join(prefix, "gstabd.sock")
-    daemon = subprocess.Popen([gstabd, "--socket=" + sock, "--state_dir=" + prefix,
+    daemon = subprocess.Popen([gstabd, "--socket=" + sock, "--state_dir=" + prefix + "/state",
                                "--backend=cpu", "--metrics_port=-1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     probe = [os.path.join(prefix, "bin/gstabctl"), "--socket=" + sock, "health"]

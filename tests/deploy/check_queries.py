@@ -122,7 +122,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         log = open(os.path.join(tmp, "gstabd.log"), "w")
         sock = os.path.join(tmp, "gstabd.sock")
-        daemon = subprocess.Popen([args.gstabd, "--socket=" + sock, "--state_dir=" + tmp,
+        daemon = subprocess.Popen([args.gstabd, "--socket=" + sock, "--state_dir=" + tmp + "/state",
                                    "--metrics_port=0"], stdout=log, stderr=log)
         try:
             port = None

@@ -205,6 +205,9 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
       // The socket under another spelling of its path.
       {{"--health_socket=" + dir.path() + "//refused.sock"}, "must be another path than --socket"},
       {{"--health_socket=" + dir.path() + "/via-link/refused.sock"}, "must be another path"},
+      // A socket in the state folder, which gstabd makes its own user's alone.
+      {{"--state_dir=" + dir.path() + "/via-link"}, "is in --state_dir="},
+      {{"--health_socket=" + dir.path() + "/refused-state/sub/probe.sock"}, "is in --state_dir="},
       // A path no gRPC client could dial (read as a URI).
       {{"--socket=" + dir.path() + "/gstabd%20.sock"}, "has '%', which gRPC's clients read"},
   };
