@@ -43,7 +43,7 @@ struct DaemonOptions {
   // Tensors one owner's registrations hold at once, over all its jobs and workers (the per
   // registration cap, RegistrationCaps::max_tensors, times one owner's jobs and local ranks
   // would let one uid make gstabd hold tens of GB of tensor tables).
-  uint64_t max_tensors_per_owner = uint64_t{1} << 20;
+  uint64_t max_tensors_per_owner = uint64_t{1} << 22;
   // Nodes one job may span: on each node a job across nodes holds a connection to every other
   // node (Gloo's full mesh), so that one caller cannot take the node's file descriptors.
   uint32_t max_nodes = 1024;

@@ -64,7 +64,7 @@ ABSL_FLAG(uint32_t, max_checkpoints_per_owner, 1024,
           "deleted");
 ABSL_FLAG(uint32_t, max_buffers, 1024, "buffers per worker registration");
 ABSL_FLAG(uint32_t, max_tensors, 65536, "tensors per worker registration");
-ABSL_FLAG(uint64_t, max_tensors_per_owner, uint64_t{1} << 20,
+ABSL_FLAG(uint64_t, max_tensors_per_owner, uint64_t{1} << 22,
           "tensors one owner's (uid's, or certificate's) registrations hold at once, over all "
           "its jobs and workers");
 ABSL_FLAG(int32_t, metrics_port, 9478, "Prometheus /metrics port (0: a free port, -1: none)");
@@ -275,7 +275,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
     if (socket.empty() || options.daemon.state_dir.empty()) return false;
     std::error_code es, ed;
     const std::filesystem::path folder =
-        std::filesystem::weakly_canonical(std::filesystem::path(socket).parent_path(), es);
+        std::filesystem::weakly_canonical(std::filesystem::absolute(socket, es).parent_path(), es);
     std::filesystem::path state =
         std::filesystem::weakly_canonical(options.daemon.state_dir, ed).lexically_normal();
     if (es || ed) return false;
@@ -283,15 +283,13 @@ std::optional<ServerOptions> OptionsFromFlags() {
     return std::mismatch(state.begin(), state.end(), folder.begin(), folder.end()).first ==
            state.end();
   };
-  for (const auto& [flag, path] :
-       {std::pair<const char*, const std::string&>{"--socket", options.socket_path},
-        {"--health_socket", options.health_socket_path}}) {
-    if (!in_state_dir(path)) continue;
+  // (Not the health socket: only gstabd's uid and root connect to it.)
+  if (in_state_dir(options.socket_path)) {
     std::fprintf(stderr,
-                 "gstabd: %s=%s is in --state_dir=%s: gstabd makes its state folder its own "
-                 "user's alone (mode 0700), which would shut other users' workers out of the "
+                 "gstabd: --socket=%s is in --state_dir=%s: gstabd makes its state folder its "
+                 "own user's alone (mode 0700), which would shut other users' workers out of the "
                  "socket; give the socket a folder of its own (/run/gstab)\n",
-                 flag, path.c_str(), options.daemon.state_dir.c_str());
+                 options.socket_path.c_str(), options.daemon.state_dir.c_str());
     return std::nullopt;
   }
   options.daemon.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

@@ -278,9 +278,12 @@ absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string&
                      "), which breaks their communicator",
                      absl::StrContains(told.message(), kAgain) ? "" : absl::StrCat(": ", kAgain)));
   }
-  round_status_ = outcome;
-  round_result_ = v1::StepResponse();
-  finished_round_id_ = round;
+  // Notices of two abandoned rounds may end in either order: the newer round's stands.
+  if (round >= finished_round_id_) {
+    round_status_ = outcome;
+    round_result_ = v1::StepResponse();
+    finished_round_id_ = round;
+  }
   // A later round abandoned while this one's notice went keeps its own mark.
   if (abandoning_round_ == round) abandoning_round_.reset();
   return outcome;

@@ -123,7 +123,7 @@ MutualTls DialPems(const MutualTls& tls) {
   absl::StatusOr<MutualTls> now;
   absl::Status why;
   for (int read = 0; read < 8; ++read) {
-    if (read > 0) absl::SleepFor(absl::Milliseconds(20));  // a renewal under way may end
+    if (read > 1) absl::SleepFor(absl::Milliseconds(20));  // a renewal under way may end
     absl::StatusOr<MutualTls> again =
         ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
     const bool agree = now.ok() && again.ok() && again->ca == now->ca && again->cert == now->cert &&

@@ -33,11 +33,14 @@ std::unique_ptr<BIO, FreeBio> ReadOnly(const std::string& text) {
 // encrypted key either.
 int NoPassphrase(char*, int, int, void*) { return 0; }
 
-// Whether `pem`, which OpenSSL read nothing from, begins a block of the kind `marker` names:
-// a file caught in the middle of its writing (a renewal written in place), which mends itself
-// and is no bad command line.
+// Whether `pem`, which OpenSSL read nothing from, ends inside a block that begins as one of the
+// kind `marker` names: a file caught in the middle of its writing (a renewal written in place),
+// which mends itself and is no bad command line. A whole block that does not parse (an
+// encrypted key, a damaged file) is not cut short.
 bool CutShort(const std::string& pem, absl::string_view marker) {
-  return absl::StrContains(pem, marker);
+  const size_t last = pem.rfind("-----BEGIN ");
+  return last != std::string::npos && pem.find("-----END ", last) == std::string::npos &&
+         absl::StrContains(pem, marker);
 }
 
 }  // namespace
@@ -80,8 +83,7 @@ absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pe
         absl::StrCat(cert_named_by, " holds no certificate (is it the key, or the CA's?)"));
   }
   if (key == nullptr) {
-    if (CutShort(key_pem, "PRIVATE KEY-----") &&
-        !absl::StrContains(key_pem, "ENCRYPTED PRIVATE KEY")) {
+    if (CutShort(key_pem, "PRIVATE KEY-----") && !absl::StrContains(key_pem, "ENCRYPTED")) {
       return absl::FailedPreconditionError(absl::StrCat(
           key_named_by, " holds a private key gstabd cannot read (cut short: being written?)"));
     }

@@ -207,7 +207,8 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
       {{"--health_socket=" + dir.path() + "/via-link/refused.sock"}, "must be another path"},
       // A socket in the state folder, which gstabd makes its own user's alone.
       {{"--state_dir=" + dir.path() + "/via-link"}, "is in --state_dir="},
-      {{"--health_socket=" + dir.path() + "/refused-state/sub/probe.sock"}, "is in --state_dir="},
+      {{"--socket=" + dir.path() + "/refused-state/sub/gstabd.sock"}, "is in --state_dir="},
+      {{"--socket=refused.sock", "--state_dir=."}, "is in --state_dir=."},
       // A path no gRPC client could dial (read as a URI).
       {{"--socket=" + dir.path() + "/gstabd%20.sock"}, "has '%', which gRPC's clients read"},
   };

@@ -439,6 +439,17 @@ TEST(TcpTest, ListeningWithoutMutualTlsIsRefusedAtStart) {
   EXPECT_NE(out.find("--tls_cert holds a certificate gstabd cannot read (cut short"),
             std::string::npos)
       << out;
+  // A whole key that cannot be read (encrypted with a passphrase, in OpenSSL's traditional
+  // form: its BEGIN line names no encryption) is no renewal under way: exit 2.
+  ASSERT_EQ(testing::RunShell("openssl ec -in " + tls.key + " -aes128 -passout pass:x -out " +
+                              dir.path() + "/encrypted.key")
+                .first,
+            0);
+  std::tie(rc, out) =
+      testing::RunShell("timeout 30 " + base + " --tls_cert=" + tls.cert +
+                        " --tls_key=" + dir.path() + "/encrypted.key --tls_client_ca=" + tls.ca);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(out.find("--tls_key holds no private key gstabd can read"), std::string::npos) << out;
   // A CA file that holds a key, not a certificate, is the wrong file: exit 2, at start (every
   // client's handshake would fail).
   std::tie(rc, out) = testing::RunShell("timeout 30 " + base + " --tls_cert=" + tls.cert +

@@ -44,6 +44,16 @@ TEST(DialPemsTest, ARenewalCaughtHalfWrittenIsNotShown) {
   shown = DialPems(*start);
   EXPECT_EQ(shown.cert, Read(renewed.cert));
   EXPECT_EQ(shown.key, Read(renewed.key));
+
+  // A third certificate caught without its key: the renewed pair (the last whole one), not
+  // the start's, which may have expired by then.
+  const testing::TestTls third =
+      testing::MakeClientCertificate(dir.path(), "third", "/CN=gstab-peer");
+  std::filesystem::copy_file(third.cert, files.cert,
+                             std::filesystem::copy_options::overwrite_existing);
+  shown = DialPems(*start);
+  EXPECT_EQ(shown.cert, Read(renewed.cert));
+  EXPECT_EQ(shown.key, Read(renewed.key));
 }
 
 }  // namespace
