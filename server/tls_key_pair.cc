@@ -43,6 +43,17 @@ bool CutShort(const std::string& pem, absl::string_view marker) {
          absl::StrContains(pem, marker);
 }
 
+// Why no certificate was read from `pem`: cut short (FAILED_PRECONDITION), or `none_in_it`
+// (INVALID_ARGUMENT), each after `named_by`.
+absl::Status NoCertificate(const std::string& pem, absl::string_view named_by,
+                           absl::string_view none_in_it) {
+  if (CutShort(pem, "-----BEGIN CERTIFICATE-----")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        named_by, " holds a certificate gstabd cannot read (cut short: being written?)"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(named_by, none_in_it));
+}
+
 }  // namespace
 
 absl::Status CheckCertificates(const std::string& pem, absl::string_view named_by) {
@@ -52,14 +63,9 @@ absl::Status CheckCertificates(const std::string& pem, absl::string_view named_b
       PEM_read_bio_X509(text.get(), nullptr, &NoPassphrase, nullptr));
   ERR_clear_error();
   if (first != nullptr) return absl::OkStatus();
-  if (CutShort(pem, "-----BEGIN CERTIFICATE-----")) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        named_by, " holds a certificate gstabd cannot read (cut short: being written?)"));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(named_by,
-                   " holds no certificate: give the CA's certificate (not a key, nor a "
-                   "certificate request)"));
+  return NoCertificate(pem, named_by,
+                       " holds no certificate: give the CA's certificate (not a key, nor a "
+                       "certificate request)");
 }
 
 absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pem,
@@ -75,12 +81,8 @@ absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pe
       PEM_read_bio_PrivateKey(key_text.get(), nullptr, &NoPassphrase, nullptr));
   ERR_clear_error();  // what failed is said below; the next reader starts clean
   if (cert == nullptr) {
-    if (CutShort(cert_pem, "-----BEGIN CERTIFICATE-----")) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          cert_named_by, " holds a certificate gstabd cannot read (cut short: being written?)"));
-    }
-    return absl::InvalidArgumentError(
-        absl::StrCat(cert_named_by, " holds no certificate (is it the key, or the CA's?)"));
+    return NoCertificate(cert_pem, cert_named_by,
+                         " holds no certificate (is it the key, or the CA's?)");
   }
   if (key == nullptr) {
     if (CutShort(key_pem, "PRIVATE KEY-----") && !absl::StrContains(key_pem, "ENCRYPTED")) {
