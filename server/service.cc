@@ -26,6 +26,11 @@ grpc::Status StabilizerService::Answer(const char* method, const absl::Status& s
 
 grpc::Status StabilizerService::Counted(const char* method, const grpc::ServerContext* context,
                                         const std::function<absl::Status()>& call) {
+  // Its connection gone, a call has no caller to count it against (Caller would take it for a
+  // certificate without a name, and fill that cap), and nobody to answer.
+  if (context->IsCancelled()) {
+    return Answer(method, absl::CancelledError("the call was cancelled before gstabd took it"));
+  }
   const std::string caller = Caller(context).ToString();
   {
     absl::MutexLock lock(&calls_mu_);
