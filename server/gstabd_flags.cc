@@ -86,8 +86,9 @@ ABSL_FLAG(int32_t, keepalive_timeout_ms, 20000,
           "a client that does not answer gstabd's ping within this long (its host gone, the "
           "process stopped) has its connection closed and its calls ended");
 ABSL_FLAG(int32_t, max_calls_per_caller, gstab::StabilizerService::kMaxCallsPerCaller,
-          "calls that may wait in gstabd (Attach, RegisterBuffers, Step, ImportState) one caller "
-          "(a uid, or a client certificate's name) may have in flight at once, each on a thread");
+          "calls that may wait in gstabd (every call but KeepAlive, Detach, Identify and "
+          "WatchEvents) one caller (a uid, or a client certificate's name) may have in flight at "
+          "once, each on a thread");
 ABSL_FLAG(std::string, peer_listen, "",
           "HOST:PORT other nodes' gstabd reach this one at (multi-node jobs; port 0 picks one); "
           "mutual TLS (--peer_tls_*) unless HOST is loopback");
@@ -105,8 +106,9 @@ ABSL_FLAG(bool, jobs_by_uid, true,
           "name over --listen): others, save root, gstabd's own uid and "
           "--tls_operators, may not attach to it or forget it");
 ABSL_FLAG(std::vector<std::string>, tls_operators, {},
-          "names of --listen's client certificates (each the first of its SPIFFE ID, CN, first DNS "
-          "name and first email address) that act on every job, as root does over the socket "
+          "names of --listen's client certificates (each the first of its SPIFFE ID, CN, dns: and "
+          "its first DNS name, email: and its first email address) that act on every job, as root "
+          "does over the socket "
           "(comma-separated); other certificates act on their own jobs");
 ABSL_FLAG(uint64_t, max_bytes, uint64_t{64} << 30, "gradient bytes per worker registration");
 ABSL_FLAG(int32_t, max_mappings, gstab::MappingRegistry::kDefaultMaxMappings,

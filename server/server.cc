@@ -160,7 +160,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     errors->Add({"Step", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}, 0);
   }
   for (const char* method :
-       {"Attach", "RegisterBuffers", "CreateRendezvous", "ImportState", "WatchEvents"}) {
+       {"Attach", "RegisterBuffers", "CreateRendezvous", "ImportState", "WatchEvents", "GetStats",
+        "UpdateConfig", "ExportState", "ForgetJob", "ListJobs"}) {
     errors->Add({method, absl::StatusCodeToString(absl::StatusCode::kResourceExhausted)}, 0);
   }
   server->service_ = std::make_unique<StabilizerService>(

@@ -95,7 +95,8 @@ def rendezvous_bytes(rendezvous) -> Optional[bytes]:
 
 
 class Client:
-    """One worker's connection to its node's gstabd. Not thread-safe: one call at a time, but
+    """One worker's connection to its node's gstabd. Calls come one at a time, save that a
+    monitoring thread may call stats() while another thread's call (step()) is under way; and
     close() may come from another thread while a call is in flight: the client goes once that
     call is done, and later calls are refused. At the interpreter's exit, a client a thread is
     still in a call with is left to gstabd, which lets go of it at its lease's end.

@@ -51,11 +51,12 @@ TEST_F(E2eObservabilityTest, LiveScrapeIsValidExpositionAndOnlyGetAndHeadAreServ
       std::string::npos)
       << get->body;
   // And the calls refused at a cap: the first refusal is an increase (GstabRefusingAtItsCaps).
-  EXPECT_NE(
-      get->body.find(
-          "gstab_rpc_errors_total{method=\"RegisterBuffers\",code=\"RESOURCE_EXHAUSTED\"} 0\n"),
-      std::string::npos)
-      << get->body;
+  for (const char* method : {"RegisterBuffers", "GetStats", "ListJobs"}) {
+    EXPECT_NE(get->body.find(absl::StrCat("gstab_rpc_errors_total{method=\"", method,
+                                          "\",code=\"RESOURCE_EXHAUSTED\"} 0\n")),
+              std::string::npos)
+        << method << ": " << get->body;
+  }
   const std::string file = dir_.path() + "/scrape.txt";
   std::ofstream(file) << get->body;
   auto [rc, out] = testing::RunShell("promtool check metrics < " + file);
