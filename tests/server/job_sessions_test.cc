@@ -1,13 +1,17 @@
 // A CPU job's rounds as sessions of a rank come and go: a Step is its own session's, on its own
 // session's registration, and a rank is taken for detached only by its own session's leaving
 // (driven at the Job, where no RPC orders the calls).
+#include <atomic>
+#include <memory>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu_executor.h"
+#include "server/collective.h"
 #include "server/job.h"
 #include "tests/server/cpu_worker.h"
 
@@ -151,6 +155,63 @@ TEST(JobSessionsTest, ARoundAfterAWorkersCallGaveUpAppliesNothing) {
   EXPECT_TRUE(job.Step(1, 1, absl::Seconds(60), &r).ok());
   again.join();
   EXPECT_NE(bytes(w0), before);  // scaled this time
+}
+
+// A collective whose every call waits until it is opened, then fails: a round held in its
+// exchange with other nodes.
+class Gate final : public Collective {
+ public:
+  uint32_t rank() const override { return 0; }
+  uint32_t size() const override { return 2; }
+  absl::Status AllReduceSum(absl::Span<double>, absl::Duration) override { return Wait(); }
+  absl::Status AllReduceMax(absl::Span<double>, absl::Duration) override { return Wait(); }
+  absl::Status Broadcast(absl::Span<char>, absl::Duration) override { return Wait(); }
+  absl::Status AllGather(absl::Span<const char>, absl::Span<char>, absl::Duration) override {
+    return Wait();
+  }
+  absl::StatusOr<std::vector<uint32_t>> MissingNodes(uint64_t, absl::Duration) override {
+    return std::vector<uint32_t>{};
+  }
+  void Open() { open_.Notify(); }
+  bool waited() const { return waited_.HasBeenNotified(); }
+
+ private:
+  absl::Status Wait() {
+    if (!waited_.HasBeenNotified()) waited_.Notify();
+    open_.WaitForNotification();
+    return absl::UnavailableError("the gate's other node went");
+  }
+  absl::Notification open_, waited_;
+};
+
+// A worker that leaves while the round that took its Step still runs (its Step call gave up):
+// AwaitRoundOf, which Detach calls before it answers, returns only once that round has ended,
+// so gstabd does not scale memory the worker may reuse after its Detach.
+TEST(JobSessionsTest, AwaitRoundOfALeavingRankWaitsForItsRunningRound) {
+  CpuExecutor executor(1);
+  Job job("leaving", RuleParams{}, 1, &executor);
+  auto gate = std::make_shared<Gate>();
+  job.SetCollective(gate, "token");
+  CpuWorker w;
+  ASSERT_TRUE(w.Register(&job, 0, /*session=*/1).ok());
+  std::thread step([&] {
+    v1::StepResponse r;
+    (void)job.Step(0, 1, absl::Seconds(60), &r, 0, /*session=*/1);
+  });
+  while (!gate->waited()) absl::SleepFor(absl::Milliseconds(1));  // the round runs
+  job.RemoveWorker(0, /*gone=*/false, /*session=*/1, std::nullopt, /*expired=*/false);
+  std::atomic<bool> returned{false};
+  std::thread detach([&] {
+    job.AwaitRoundOf(0, absl::Seconds(60));
+    returned = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(returned.load()) << "returned while the round still ran";
+  gate->Open();
+  detach.join();
+  step.join();
+  EXPECT_TRUE(returned.load());
+  job.AwaitRoundOf(0, absl::Seconds(60));  // no round: at once
 }
 
 }  // namespace
