@@ -214,5 +214,35 @@ TEST(JobSessionsTest, AwaitRoundOfALeavingRankWaitsForItsRunningRound) {
   job.AwaitRoundOf(0, absl::Seconds(60));  // no round: at once
 }
 
+// A round given up at its deadline (a local rank never came) tells the other nodes to skip
+// its step with the job's lock released: an import meanwhile waits for that notice, for it would
+// clear the refusal's step and let a retried Step of it in while the other nodes skip it.
+TEST(JobSessionsTest, AnImportWaitsForAnAbandonedRoundsNoticeToTheOtherNodes) {
+  CpuExecutor executor(1);
+  Job job("abandoned", RuleParams{}, 2, &executor);
+  auto gate = std::make_shared<Gate>();
+  job.SetCollective(gate, "token");
+  CpuWorker w0, w1;
+  ASSERT_TRUE(w0.Register(&job, 0, /*session=*/1).ok());
+  ASSERT_TRUE(w1.Register(&job, 1, /*session=*/2).ok());
+  const v1::JobState state = job.ExportState();
+  std::thread step([&] {
+    v1::StepResponse r;
+    (void)job.Step(0, 1, absl::Milliseconds(400), &r, 0, /*session=*/1);  // rank 1 never comes
+  });
+  while (!gate->waited()) absl::SleepFor(absl::Milliseconds(1));  // the notice is under way
+  std::atomic<bool> imported{false};
+  std::thread import([&] {
+    (void)job.ImportState(state, /*with_config=*/false, absl::Seconds(60));
+    imported = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(imported.load()) << "imported while the notice was under way";
+  gate->Open();
+  import.join();
+  step.join();
+  EXPECT_TRUE(imported.load());
+}
+
 }  // namespace
 }  // namespace gstab
