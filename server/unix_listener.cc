@@ -124,12 +124,12 @@ absl::StatusOr<std::pair<int, ino_t>> UnixListener::Bind(const std::string& path
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);  // its length checked by Create
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket(): ", strerror(errno)));
-  // Born 0660: there is no moment where other users could connect.
-  const mode_t previous = umask(0117);
-  const int bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  umask(previous);
+  // Made 0660 before it listens: a socket that does not listen refuses every connection, so
+  // there is no moment where other users could connect (the process-wide umask, which other
+  // threads' files would take, is left alone).
   struct stat st;
-  if (bound != 0 || listen(fd, 128) != 0 || stat(path.c_str(), &st) != 0) {
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      chmod(path.c_str(), 0660) != 0 || listen(fd, 128) != 0 || stat(path.c_str(), &st) != 0) {
     const std::string err = strerror(errno);
     close(fd);
     return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
