@@ -122,8 +122,8 @@ absl::Status Server::Stop(absl::Time deadline, std::function<int()> exit_code) {
     LOG(WARNING) << "calls still running "
                  << absl::FormatDuration(kStuckCallsGrace + kStuckStepsGrace)
                  << " after the drain (a step waiting in an exchange with other nodes until its "
-                 << "step timeout, most likely): gstabd exits without them"
-                 << (saved.ok() ? Checkpointed() : "");
+                 << "step timeout, or a client over --listen that stopped reading its event "
+                 << "stream): gstabd exits without them" << (saved.ok() ? Checkpointed() : "");
     StderrLog::FlushInstalled(absl::Seconds(2));  // _exit runs no destructor
     const int code = exit_code();
     _exit(code != 0 ? code : saved.ok() ? 0 : 1);
