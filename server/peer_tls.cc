@@ -124,19 +124,19 @@ MutualTls DialPems(const MutualTls& tls) {
   absl::Status why;
   for (int read = 0; read < 8; ++read) {
     if (read > 1) absl::SleepFor(absl::Milliseconds(20));  // a renewal under way may end
+    // Read and checked as at start: FAILED_PRECONDITION for a key not the certificate's, or a
+    // file cut short, which a renewal under way mends; anything else it does not.
     absl::StatusOr<MutualTls> again =
-        ReadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
+        LoadMutualTls({"peer_tls_ca", "peer_tls_cert", "peer_tls_key"}, tls.files);
     const bool agree = now.ok() && again.ok() && again->ca == now->ca && again->cert == now->cert &&
                        again->key == now->key;
     now = std::move(again);
     if (!now.ok()) {
       why = now.status();
-      break;
+      if (!absl::IsFailedPrecondition(why)) break;
+      continue;
     }
     if (!agree) continue;
-    why = CheckKeyPair(now->cert, now->key, "--peer_tls_cert", "--peer_tls_key");
-    if (why.ok()) why = CheckCertificates(now->ca, "--peer_tls_ca");
-    if (!why.ok()) continue;
     MutualTls read_now = *std::move(now);
     read_now.server_name = tls.server_name;
     read_now.files = tls.files;

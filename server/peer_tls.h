@@ -41,8 +41,8 @@ absl::StatusOr<MutualTls> LoadPeerTls(const std::string& peer_host, const std::s
 // `files[i]`. INVALID_ARGUMENT naming the flag of a file that is not readable PEM.
 absl::StatusOr<MutualTls> ReadMutualTls(const std::array<const char*, 3>& flags,
                                         const std::array<std::string, 3>& files);
-// ReadMutualTls at start, which also checks that the key is the certificate's (CheckKeyPair).
-// Not on the rereads of renewed files, which retry a key read in the middle of a renewal.
+// ReadMutualTls, then checks that the key is the certificate's (CheckKeyPair) and that the CA
+// file holds a certificate (CheckCertificates): at start, and at each of DialPems' reads.
 absl::StatusOr<MutualTls> LoadMutualTls(const std::array<const char*, 3>& flags,
                                         const std::array<std::string, 3>& files);
 

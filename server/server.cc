@@ -159,9 +159,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   for (int code = 1; code <= static_cast<int>(absl::StatusCode::kUnauthenticated); ++code) {
     errors->Add({"Step", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}, 0);
   }
-  for (const char* method :
-       {"Attach", "RegisterBuffers", "CreateRendezvous", "ImportState", "WatchEvents", "GetStats",
-        "UpdateConfig", "ExportState", "ForgetJob", "ListJobs"}) {
+  for (const char* method : StabilizerService::kCappedMethods) {
     errors->Add({method, absl::StatusCodeToString(absl::StatusCode::kResourceExhausted)}, 0);
   }
   server->service_ = std::make_unique<StabilizerService>(

@@ -2,6 +2,7 @@
 // translates its status. Thread-safe (the Daemon is).
 #pragma once
 
+#include <array>
 #include <functional>
 #include <map>
 #include <string>
@@ -41,6 +42,12 @@ class StabilizerService final : public v1::Stabilizer::Service {
   static constexpr int kMaxEventStreams = 16;
   static constexpr int kMaxEventStreamsTotal = 256;
   static constexpr int kMaxCallsPerCaller = 2048;
+  // The calls besides Step that a cap may refuse (RESOURCE_EXHAUSTED): those Counted
+  // against --max_calls_per_caller, and WatchEvents (its streams' caps). Their error series
+  // start at 0 (server.cc), so that an alert on their increase sees the first refusal.
+  static constexpr std::array<const char*, 10> kCappedMethods = {
+      "Attach",   "RegisterBuffers", "CreateRendezvous", "ImportState", "WatchEvents",
+      "GetStats", "UpdateConfig",    "ExportState",      "ForgetJob",   "ListJobs"};
 
   grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
                       v1::AttachResponse* response) override;
