@@ -153,6 +153,7 @@ absl::Status Client::Attach(const AttachOptions& options) {
     absl::MutexLock lock(&registration_mu_);
     registration_failed_ = false;  // the new session has none: gstabd says so
     registration_failure_.clear();
+    ++registration_;  // nor any registration of the earlier one
   }
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
   // and its job's other local workers' steps would wait for it. gstabd has already ended it
@@ -193,7 +194,9 @@ absl::Status Client::Register(const GradientArena& arena) {
 }
 
 absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
-                                     v1::RegisterBuffersResponse* response) {
+                                     v1::RegisterBuffersResponse* response,
+                                     uint64_t* registration) {
+  if (registration != nullptr) *registration = 0;
   // Failed until it succeeds: this registration replaces the earlier one, and one cut short
   // (by an exception, out of memory) may have reached gstabd.
   RegistrationFailed(absl::Status());
@@ -212,12 +215,14 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
   absl::MutexLock lock(&registration_mu_);
   registration_failed_ = false;
   registration_failure_.clear();
+  if (registration != nullptr) *registration = registration_;
   return absl::OkStatus();
 }
 
 void Client::RegistrationFailed(const absl::Status& why) noexcept {
   absl::MutexLock lock(&registration_mu_);
   progress_ = ProgressWord();
+  ++registration_;
   registration_failed_ = true;
   try {
     registration_failure_ = why.ok() ? "it did not complete" : why.ToString();

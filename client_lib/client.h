@@ -89,8 +89,19 @@ class Client {
   absl::Status Register(const GradientArena& arena);
   // `response` (may be null) receives gstabd's answer: the job's groups and, for cuda_ipc
   // buffers, the results buffer.
+  // `registration` (may be null) receives the number of the registration gstabd took (see
+  // Registration).
   absl::Status RegisterBuffers(v1::RegisterBuffersRequest request,
-                               v1::RegisterBuffersResponse* response = nullptr);
+                               v1::RegisterBuffersResponse* response = nullptr,
+                               uint64_t* registration = nullptr);
+  // Numbers this client's registrations: each attach and each registration sent (whatever its
+  // outcome) moves it on, so a registration's number stays the current one only as long as
+  // gstabd still steps that registration in this client's session (CudaGradients::Step refuses
+  // a step of buffers another registration replaced, whose results buffer gstabd has freed).
+  uint64_t Registration() const {
+    absl::MutexLock lock(&registration_mu_);
+    return registration_;
+  }
   // A registration through this client failed (`why`; OK: it did not complete), wherever it
   // did: the client has let go of its earlier one, and refuses Steps (FAILED_PRECONDITION,
   // naming `why`) until a registration succeeds or it attaches again. RegisterBuffers calls it;
@@ -256,6 +267,7 @@ class Client {
   bool registration_failed_ ABSL_GUARDED_BY(registration_mu_) = false;
   std::string registration_failure_ ABSL_GUARDED_BY(registration_mu_);  // why, if kept
   ProgressWord progress_ ABSL_GUARDED_BY(registration_mu_);
+  uint64_t registration_ ABSL_GUARDED_BY(registration_mu_) = 0;
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):
   // five minutes until attached, then beyond the longest a step can take by gstabd's step
   // timeout (its local and cross-node waits, each bounded by it); $GSTAB_CALL_TIMEOUT_S, when

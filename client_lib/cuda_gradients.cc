@@ -334,7 +334,10 @@ absl::Status CudaGradients::RegisterThrough(Client* client) {
   done_wait_ =
       std::max(kMinDoneWait, 2 * absl::Milliseconds(client->attach_response().step_timeout_ms()));
   v1::RegisterBuffersResponse response;
-  if (absl::Status s = client->RegisterBuffers(request_, &response); !s.ok()) return s;
+  uint64_t registration = 0;
+  if (absl::Status s = client->RegisterBuffers(request_, &response, &registration); !s.ok()) {
+    return s;
+  }
   // A registration that fails from here on leaves no results buffer or group names to read.
   absl::Cleanup unmap = [this] { CloseResults(); };
   if (response.results_handle().size() != sizeof(cudaIpcMemHandle_t)) {
@@ -373,6 +376,7 @@ absl::Status CudaGradients::RegisterThrough(Client* client) {
   Forget(this);
   Registered()[client->id()] = this;
   registered_through_ = client->id();
+  registration_ = registration;
   return absl::OkStatus();
 }
 
@@ -387,6 +391,14 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
     return absl::FailedPreconditionError(
         "these buffers were registered through another client: step them with the client that "
         "registered them (its session's registration is what gstabd stabilizes)");
+  }
+  if (client->Registration() != registration_) {
+    // gstabd has freed their results buffer: a ready word written there would go nowhere, and
+    // the stream would wait for good for a done word nobody writes.
+    return absl::FailedPreconditionError(
+        "these buffers are no longer this client's registration: another registration through "
+        "it (host-memory gradients, say), or an attach since, replaced them; register them "
+        "again before Step");
   }
   const DeviceScope scope(device_);
   RETURN_IF_CUDA_ERROR(scope.status());

@@ -109,6 +109,7 @@ class CudaGradients {
   const int device_;
   std::string device_uuid_;         // sent with each buffer: gstabd finds the GPU by it
   uint64_t registered_through_ = 0;  // the id of the Client that registered them (0: none)
+  uint64_t registration_ = 0;        // that registration's Client::Registration()
   uint32_t* ready_word_ = nullptr;   // inside results_
   // The handshake's state that the release for a lost gstabd, on a keep-alive thread, reads.
   absl::Mutex handshake_mu_;

@@ -5,7 +5,10 @@
  * and owned by the caller, who frees them with the matching _destroy function. A client handle's
  * calls come one at a time, from any thread, save one case: a monitoring thread may call
  * gstab_get_stats_json while another thread's call (gstab_step waiting for the job's other
- * workers, say) is under way. A handle must not be destroyed while a call on it runs. Handles
+ * workers, say) is under way, and, after finding gstabd restarted, attach and register host
+ * memory again (gstab_attach_with_options, gstab_attach_restored, gstab_update_config,
+ * gstab_register_arena: the Python binding's stats() does) while that call fails or waits. A
+ * handle must not be destroyed while a call on it runs. Handles
  * belong to the process that made them:
  * in a forked child every call on an inherited one fails with GSTAB_FAILED_PRECONDITION (those
  * returning a value return NULL, "" or 0, as each says for a NULL handle, with
@@ -316,8 +319,9 @@ typedef struct {
 } gstab_group_outcome;
 
 gstab_status gstab_cuda_gradients_create(int device, gstab_cuda_gradients** out);
-/* Registered gradients go after their client's session: gstab_detach, or gstab_client_destroy
- * (which detaches), waits (up to 2 s) for gstabd to close its mappings of them. Destroyed first,
+/* Registered gradients go after their client's session, or after the registration that
+ * replaced them: gstab_detach, gstab_client_destroy (which detaches) and a registration through
+ * the same client wait (up to 2 s) for gstabd to close its mappings of them. Destroyed first,
  * the memory gstab_cuda_allocate_tensor made is freed while gstabd still has it open through CUDA
  * IPC, which CUDA leaves undefined. */
 void gstab_cuda_gradients_destroy(gstab_cuda_gradients* gradients);

@@ -20,7 +20,8 @@
 namespace gstab {
 namespace {
 
-// How long Detach waits for gstabd's mappings of the worker's gradients to close.
+// How long Detach (and a registration replacing one of device memory) waits for gstabd's
+// mappings of the worker's gradients to close.
 constexpr absl::Duration kDetachReleaseWait = absl::Seconds(2);
 
 int DefaultThreads(int requested) {
@@ -157,11 +158,16 @@ absl::Status Daemon::RegisterBuffers(const v1::RegisterBuffersRequest& request,
                                      std::optional<uid_t> peer_uid) {
   absl::StatusOr<Session> session = UseAsWorker(request.session());
   if (!session.ok()) return session.status();
+  const std::optional<int> replaced_device = session->job->CudaDevice(session->local_rank);
   absl::Status s = Register(*session, request, response, peer_uid);
   // The worker's client has let go of its earlier registration whatever the outcome, so a
   // refused one leaves gstabd none either, rather than scaling memory the worker has moved on
   // from.
   if (!s.ok()) session->job->DropRegistration(session->local_rank, session->id, s);
+  // The worker may free the replaced gradients once this answers (Detach's case).
+  if (device_memory_ != nullptr && replaced_device.has_value()) {
+    device_memory_->AwaitClosedMappings(*replaced_device, kDetachReleaseWait);
+  }
   ReportWorkers(session->job);
   return ReplacedOr(request.session(), s);
 }

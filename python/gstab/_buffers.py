@@ -76,8 +76,9 @@ class Arena:
 
     def _zero(self) -> None:
         for index, (numel, dtype) in enumerate(self._tensors):
-            ctypes.memset(self._lib.gstab_arena_data(self._h, index), 0,
-                          numel * ELEMENT_SIZE[dtype])
+            address = self._lib.gstab_arena_data(self._h, index)
+            if address:  # none: not allocated (nothing to zero)
+                ctypes.memset(address, 0, numel * ELEMENT_SIZE[dtype])
 
     def __del__(self):
         if getattr(self, "_h", None):

@@ -59,6 +59,7 @@ def _after_fork_in_child() -> None:
     # client's lock another thread held at the fork would stay held (the exit's destroy waited).
     for client in list(_open_clients):
         client._calls_lock, client._in_flight = threading.Lock(), 0
+        client._reattach_lock, client._reattaching = threading.Lock(), None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -212,7 +213,8 @@ class Client:
             len(rendezvous or b""), enc(policy, "policy"), settings(config))
         check(self._call(self._lib.gstab_attach_with_options, enc(job, "job name"),
                          ctypes.byref(options)))
-        self.local_rank, self.local_world_size = local_rank, local_world_size
+        # 0 counts as 1 (as gstab.h says), for the layouts built from them too.
+        self.local_rank, self.local_world_size = local_rank, max(1, local_world_size)
         self.node_rank, self.node_count = node_rank, max(1, node_count)
 
     def _may_attach_again(self) -> bool:
@@ -422,6 +424,9 @@ class Client:
         """Stabilizes the registered host-memory gradients in place (see reattach_timeout)."""
         step = uint("step", step, 64)
         seen = self._reattach_tries
+        # As it is now: a close() from another thread clears self.registration, and a step cut
+        # off (DATA_LOSS) still zeroes these gradients.
+        registration = self.registration
         status, result = self._step_once(step)
         if result is not None:
             return result
@@ -432,11 +437,11 @@ class Client:
             status, result = self._step_once(step)
             if result is not None:
                 return result
-        registration = self.registration  # a close() from another thread may clear it
         arena = isinstance(registration, Arena)
         again = arena and self._may_attach_again()
         if status in (UNAVAILABLE, UNAUTHENTICATED) and again:
             self._attach_again(f"at step {step}", status, seen)
+            seen = self._reattach_tries  # a second loss below attaches again, as the first did
             status, result = self._step_once(step)
             if result is not None:
                 return result

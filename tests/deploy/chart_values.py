@@ -42,6 +42,11 @@ def bad_values(args):
         (["--set", "metrics.prot=1"], "'prot'"),
         (["--set", "extraArgs={max_jobs=3}"], "/extraArgs/0"),
         (["--set", "allowUids={-1}"], "/allowUids/0"),
+        (["--set", "allowUids={4294967296}"], "/allowUids/0"),
+        # gstabd makes a state folder 0700: a socket in it would shut the workers out.
+        (["--set", "state.hostPath=/run/gstab/"], "must be apart"),
+        (["--set", "socket.hostPath=/var/lib/gstab/sock"], "must be apart"),
+        (["--set", "state.hostPath=/run"], "must be apart"),
         (["--set", "allowUids={1000}"], "must admit the helm test pod"),
         # Without root, the capabilities the chart adds are not effective.
         (["--set", "securityContext.runAsUser=1000"], "securityContext.runAsUser must be 0"),

@@ -379,6 +379,13 @@ class ClientTest(unittest.TestCase):
                 self.assertEqual(other.stats()["registered_bytes"], 0)
             self.assertEqual(client.stats()["job"], "py-joined")
 
+    def test_a_local_world_size_of_0_counts_as_1(self):
+        # As the C ABI takes it: the layouts gstab.torch builds from it would have no worker.
+        with gstab.Client(self.socket) as client:
+            client.attach("py-lws0", world_size=0, local_world_size=0)
+            self.assertEqual((client.local_world_size, client.node_count), (1, 1))
+            self.assertEqual(client.stats()["local_world_size"], 1)
+
     def test_absent_daemon_is_unavailable(self):
         with self.assertRaises(gstab.Error) as e:
             gstab.Client(os.path.join(self.dir.name, "nobody.sock")).attach("py-absent")

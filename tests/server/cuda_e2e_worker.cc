@@ -12,7 +12,8 @@
 //                                         through the same client: the first lets go of its
 //                                         results and refuses to step, the second steps; then
 //                                         the second moves to another client, and a third
-//                                         through the first client leaves it be
+//                                         through the first client leaves it be, and
+//                                         an arena registered in its place refuses its steps
 // Prints "RESULT ok ..." or "RESULT <what failed>".
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include <tuple>
 #include <vector>
 
+#include "client_lib/arena.h"
 #include "client_lib/cuda_gradients.h"
 #include "core/rule.h"
 #include "kernels/cuda/driver_api.h"
@@ -348,6 +350,22 @@ int Replace(const char* socket, const char* job) {
     return Fail("the moved second's step: " + r.status().ToString());
   }
   if (cudaStreamSynchronize(s->stream) != cudaSuccess) return Fail("stream failed");
+  // The other client attaches to a job of host memory and registers an arena: gstabd has freed
+  // the second's results buffer, and its step is refused rather than left waiting for good.
+  gstab::AttachOptions host;
+  host.job = std::string(job) + "-host";
+  if (absl::Status st = (*other)->Attach(host); !st.ok()) return Fail("host: " + st.ToString());
+  gstab::GradientArena arena;
+  arena.AddTensor("h", 1024, gstab::DType::kFloat32);
+  if (absl::Status st = arena.Allocate(); !st.ok()) return Fail("arena: " + st.ToString());
+  if (absl::Status st = (*other)->Register(arena); !st.ok()) {
+    return Fail("the arena's registration: " + st.ToString());
+  }
+  absl::StatusOr<gstab::v1::StepResponse> gone = (*second)->Step(other->get(), 2, s->stream);
+  if (gone.ok() || gone.status().code() != absl::StatusCode::kFailedPrecondition ||
+      gone.status().message().find("no longer this client's registration") == std::string::npos) {
+    return Fail("a step of buffers an arena replaced: " + gone.status().ToString());
+  }
   if (absl::Status st = s->client->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
   if (absl::Status st = (*other)->Detach(); !st.ok()) return Fail("detach: " + st.ToString());
   std::printf("RESULT ok the second registration replaced the first\n");

@@ -129,7 +129,7 @@ Values the chart's own arguments depend on, checked before anything renders: ext
 set a flag the chart sets, nor extraEnv a variable it sets (the probes, mounts and ports follow the chart's); the allow-lists
 must admit `helm test` and `kubectl exec` (gstabd's runAsUser, gid socket.gid or its runAsGroup: the probes use the
 probes' socket, which admits gstabd's uid and root whatever the lists say); the peer and metrics ports differ (both are
-host ports with peer.enabled);
+host ports with peer.enabled); the socket's and the state's host folders are apart;
 */}}
 {{- define "gstab.checkValues" -}}
 {{- $managed := list "socket" "health_socket" "state_dir" "backend" "metrics_port" "metrics_max_groups" "lease_ms" "step_timeout_ms" "checkpoint_interval_s" "stop_limit_s" "max_jobs" "max_jobs_per_owner" "max_connections_per_uid" "job_idle_s" "job_retention_s" "cpu_threads" "allow_uids" "allow_gids" "peer_listen" "peer_tls_ca" "peer_tls_cert" "peer_tls_key" "peer_tls_name" "listen" "tls_cert" "tls_key" "tls_client_ca" "tls_operators" -}}
@@ -145,6 +145,11 @@ host ports with peer.enabled);
 {{- if has .name $managedEnv -}}
 {{- fail (printf "extraEnv may not set %s: the chart sets it (see values.yaml)" .name) -}}
 {{- end -}}
+{{- end -}}
+{{- $socketDir := clean .Values.socket.hostPath -}}
+{{- $stateDir := clean .Values.state.hostPath -}}
+{{- if or (eq $socketDir $stateDir) (hasPrefix (printf "%s/" (trimSuffix "/" $stateDir)) $socketDir) (hasPrefix (printf "%s/" (trimSuffix "/" $socketDir)) $stateDir) -}}
+{{- fail (printf "socket.hostPath (%s) and state.hostPath (%s) must be apart, neither in the other: gstabd makes a state folder that holds only its own files mode 0700, which would shut the workers out of the socket, and the workers' pods would see the checkpoints' folder" .Values.socket.hostPath .Values.state.hostPath) -}}
 {{- end -}}
 {{- if ne (int64 (.Values.securityContext.runAsUser | default 0)) 0 -}}
 {{- fail (printf "securityContext.runAsUser must be 0 (it is %v): a container of another uid has none of the capabilities it adds (Kubernetes grants no ambient ones), so gstabd could open neither workers' shared memory (0600, theirs) nor the root-owned TLS Secret files and host folders; it keeps only DAC_OVERRIDE and FOWNER as root" .Values.securityContext.runAsUser) -}}
