@@ -165,7 +165,11 @@ class Daemon {
 
   Daemon(const DaemonOptions& options, Observer* observer);
   // The session of `token`, renewing its lease. UNAUTHENTICATED when unknown or expired.
-  absl::StatusOr<Session> Use(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
+  // `hold`: the job counts as in use (pending_) until Unhold, so that it is neither retired nor
+  // forgotten while the call works on it (an import that waits for a running step, while its
+  // session's lease runs out).
+  absl::StatusOr<Session> Use(const std::string& token, bool hold = false) ABSL_LOCKS_EXCLUDED(mu_);
+  void Unhold(const Session& session) ABSL_LOCKS_EXCLUDED(mu_);
   // As Use(), but refuses observer sessions (they may not register or step).
   absl::StatusOr<Session> UseAsWorker(const std::string& token) ABSL_LOCKS_EXCLUDED(mu_);
   // RegisterBuffers past the session check: validates, maps and claims the buffers, and
@@ -344,11 +348,16 @@ class Daemon {
   // Jobs made afresh whose checkpoint could not be restored, until its file is set aside: a
   // checkpoint of the new job written before would be set aside instead.
   std::set<std::string> setting_aside_ ABSL_GUARDED_BY(mu_);
-  // Attaches, worker removals and steps under way, per job: they keep it from retiring as a
-  // session does (an attach has not made its session yet; a removal has not ended the job's GPU
-  // generation, which brings its final statistics home; a step's session may have ended while
-  // its round runs).
+  // Attaches, worker removals, steps, and the calls that change or export a job's state (Use's
+  // `hold`) under way, per job: they keep it from retiring as a session does (an attach has not
+  // made its session yet; a removal has not ended the job's GPU generation, which brings its
+  // final statistics home; a step's or an import's session may have ended while it runs).
   std::map<std::string, int> pending_ ABSL_GUARDED_BY(mu_);
+  // Checkpoint's part for retired jobs whose save failed: saved again, `failed` told of those
+  // that fail again.
+  void SaveRetiredUnsaved(
+      const std::function<void(const std::string& job, const absl::Status&)>& failed)
+      ABSL_LOCKS_EXCLUDED(mu_, save_mu_);
   // Held across each checkpoint's export and write, so that an older state of a job is never
   // written after a newer one. Taken before a job's lock and mu_, never under them.
   absl::Mutex save_mu_;

@@ -1,9 +1,12 @@
 // Daemon: a job's statistics and configuration through one of its sessions (a worker's, or an
-// observer's such as gstabctl's): GetStats, UpdateConfig, ExportState and ImportState.
+// observer's such as gstabctl's): GetStats, UpdateConfig, ExportState and ImportState. Those
+// that change or export the state hold the job (Use's `hold`): one retired meanwhile would
+// checkpoint the state from before a change, which would then be lost.
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "core/config.h"
 #include "glog/logging.h"
 #include "server/daemon.h"  // the class whose members these are
@@ -45,8 +48,9 @@ absl::Status Daemon::GetStats(const v1::GetStatsRequest& request, v1::GetStatsRe
 
 absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
                                   v1::UpdateConfigResponse* response) {
-  absl::StatusOr<Session> session = Use(request.session());
+  absl::StatusOr<Session> session = Use(request.session(), /*hold=*/true);
   if (!session.ok()) return session.status();
+  absl::Cleanup unhold = [&] { Unhold(*session); };
   const ConfigAnnouncement announced(observer_, session->job->name());
   RuleParams before;
   absl::Status s = session->job->UpdateConfig(request.config(), response, &before);
@@ -62,16 +66,18 @@ absl::Status Daemon::UpdateConfig(const v1::UpdateConfigRequest& request,
 
 absl::Status Daemon::ExportState(const v1::ExportStateRequest& request,
                                  v1::ExportStateResponse* response) {
-  absl::StatusOr<Session> session = Use(request.session());
+  absl::StatusOr<Session> session = Use(request.session(), /*hold=*/true);
   if (!session.ok()) return session.status();
+  absl::Cleanup unhold = [&] { Unhold(*session); };
   response->set_state(EncodeJobState(session->job->ExportState()));
   return absl::OkStatus();
 }
 
 absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
                                  v1::ImportStateResponse* response) {
-  absl::StatusOr<Session> session = Use(request.session());
+  absl::StatusOr<Session> session = Use(request.session(), /*hold=*/true);
   if (!session.ok()) return session.status();
+  absl::Cleanup unhold = [&] { Unhold(*session); };
   absl::StatusOr<v1::JobState> state = DecodeJobState(request.state(), "the state bytes");
   if (!state.ok()) {
     // Refused as bad input whatever the cause: nothing of the job changed.

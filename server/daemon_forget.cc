@@ -40,10 +40,10 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
             absl::FormatDuration(options_.lease), ")"));
       }
       if (pending_.count(name) == 1) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("job '", name,
-                         "' has a call under way (an attach, a step, or an ended session's "
-                         "release): try again"));
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job '", name,
+            "' has a call under way (an attach, a step, an import or configuration change, or an "
+            "ended session's release): try again"));
       }
     }
     const bool checkpoint = checkpoints_.count(name) == 1;

@@ -359,25 +359,40 @@ absl::Status Daemon::Checkpoint() {
   for (const auto& job : jobs) {
     if (!save_job(job, /*wait=*/false)) busy.push_back(job);
   }
+  // Before the busy jobs, which a step can hold until gstabd's stop gives up on them: retired
+  // jobs whose own save failed have their statistics nowhere else.
+  SaveRetiredUnsaved(
+      [&failures](const std::string& job, const absl::Status& s) { failures.Add(job, s); });
   for (const auto& job : busy) save_job(job, /*wait=*/true);
-  // Retired jobs whose save failed then.
-  if (!store_.enabled()) return failures.Status();
+  return failures.Status();
+}
+
+void Daemon::SaveRetiredUnsaved(
+    const std::function<void(const std::string& job, const absl::Status&)>& failed) {
+  if (!store_.enabled()) return;
   absl::MutexLock save(&save_mu_);
-  std::vector<v1::JobState> unsaved;
+  std::vector<std::string> unsaved;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [name, c] : checkpoints_) {
-      if (!c.on_disk) unsaved.push_back(c.state);
+      if (!c.on_disk) unsaved.push_back(name);
     }
   }
-  for (const v1::JobState& state : unsaved) {
+  // One state copied at a time, under the daemon's lock only for the copy.
+  for (const std::string& name : unsaved) {
+    v1::JobState state;
+    {
+      absl::MutexLock lock(&mu_);
+      auto c = checkpoints_.find(name);
+      if (c == checkpoints_.end() || c->second.on_disk) continue;
+      state = c->second.state;
+    }
     absl::Status s = store_.Save(state);
-    if (!s.ok()) failures.Add(state.job(), s);
+    if (!s.ok()) failed(name, s);
     absl::MutexLock lock(&mu_);
-    auto c = checkpoints_.find(state.job());
+    auto c = checkpoints_.find(name);
     if (s.ok() && c != checkpoints_.end() && !c->second.on_disk) c->second.SavedToDisk();
   }
-  return failures.Status();
 }
 
 }  // namespace gstab

@@ -10,7 +10,7 @@
 
 namespace gstab {
 
-absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
+absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token, bool hold) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(token);
   if (token.empty() || it == sessions_.end()) {
@@ -20,7 +20,13 @@ absl::StatusOr<Daemon::Session> Daemon::Use(const std::string& token) {
         "calls, and when gstabd restarts)");
   }
   it->second.last_seen = MonotonicNow();
+  if (hold) ++pending_[it->second.job->name()];
   return it->second;
+}
+
+void Daemon::Unhold(const Session& session) {
+  absl::MutexLock lock(&mu_);
+  Unpend(session.job);
 }
 
 absl::StatusOr<Daemon::Session> Daemon::UseAsWorker(const std::string& token) {

@@ -61,9 +61,10 @@ class StateStore {
   // cannot be read (no permission, an I/O error): starting without it would let its job start
   // afresh over it and lose its statistics and owner.
   absl::StatusOr<std::vector<Stored>> LoadAll();
-  // `job`'s checkpoint. NOT_FOUND without one; DATA_LOSS when it is not `job`'s checkpoint
-  // (set aside as LoadAll does); UNAVAILABLE when it cannot be opened or read now (out of
-  // descriptors, an I/O error).
+  // `job`'s checkpoint. NOT_FOUND without one, and when the folder is no longer the one locked
+  // (CheckFolder: removed, or replaced by another gstabd's); DATA_LOSS when it is not `job`'s
+  // checkpoint (set aside as LoadAll does); UNAVAILABLE when it cannot be opened or read now
+  // (out of descriptors, an I/O error).
   absl::StatusOr<v1::JobState> Load(const std::string& job);
   // Sets `job`'s checkpoint aside (as LoadAll does) when its job could not take it (`why`) and
   // starts afresh: its next checkpoint would overwrite it.
@@ -84,7 +85,7 @@ class StateStore {
   absl::Status SyncDir() const;
   // OK while the folder at dir_ is the one locked. One made again under the name since is
   // locked in its place, unless another process holds it (FAILED_PRECONDITION): saves and
-  // deletions go by name, and must not reach another gstabd's folder.
+  // deletions go by name, and must not reach another gstabd's folder; nor do reads.
   absl::Status CheckFolder();
   // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged), as
   // <path><infix><unix seconds>.

@@ -22,6 +22,10 @@ void StateStore::SetAsideCheckpoint(const std::string& job, const std::string& w
     written_.erase(job);
   }
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
+  if (absl::Status s = CheckFolder(); !s.ok()) {  // not another gstabd's file
+    LOG(WARNING) << "'" << path << "' " << why << ", and is not set aside: " << s;
+    return;
+  }
   if (access(path.c_str(), F_OK) == 0) SetAside(path, why);
 }
 

@@ -95,6 +95,11 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
   // Gone (NOT_FOUND) and not a checkpoint (DATA_LOSS) are final; any other failure (out of
   // descriptors, an I/O error) may pass (UNAVAILABLE).
+  // Nor is it read from a folder that is no longer this gstabd's (removed, or replaced by one
+  // another gstabd locks, whose job of the same name it would be): its checkpoints went with it.
+  if (absl::Status s = CheckFolder(); !s.ok()) {
+    return absl::NotFoundError(absl::StrCat("'", path, "' not read: ", s.message()));
+  }
   uid_t owner = geteuid();
   absl::StatusOr<std::string> bytes = ReadWhole(path, &owner);
   if (bytes.ok() && Foreign(path, owner)) {

@@ -364,7 +364,8 @@ TEST(StateStoreTest, WhatIsNoCheckpointByItsKindOrSizeIsSetAsideUnread) {
 
 // The folder removed under a running gstabd and made again (by hand, or by a second gstabd that
 // then locked it): saves go by name, so they must not write into a folder another gstabd holds.
-// One nobody holds is locked and written; while none is there, saves fail saying so.
+// One nobody holds is locked and written; while none is there, saves fail saying so. Nor is a
+// checkpoint in another gstabd's folder read or set aside.
 TEST(StateStoreTest, AFolderMadeAgainIsWrittenOnlyOnceItIsLocked) {
   testing::TempDir dir;
   const std::string state = dir.path() + "/state";
@@ -383,6 +384,11 @@ TEST(StateStoreTest, AFolderMadeAgainIsWrittenOnlyOnceItIsLocked) {
     EXPECT_FALSE(held.ok());
     EXPECT_NE(held.message().find("locked by another process"), std::string::npos) << held;
     EXPECT_FALSE(first.Remove("a").ok());
+    // Nor is the other gstabd's job of the same name read, or set aside, as this one's.
+    absl::StatusOr<v1::JobState> foreign = first.Load("a");
+    EXPECT_TRUE(absl::IsNotFound(foreign.status())) << foreign.status();
+    EXPECT_NE(foreign.status().message().find("locked by another process"), std::string::npos);
+    first.SetAsideCheckpoint("a", "cannot be restored");
     absl::StatusOr<v1::JobState> kept = second.Load("a");
     ASSERT_TRUE(kept.ok()) << kept.status();
     EXPECT_EQ(kept->last_step(), 10u);
