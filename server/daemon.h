@@ -107,6 +107,9 @@ class Daemon {
                            v1::ExportStateResponse* response);
   absl::Status ImportState(const v1::ImportStateRequest& request,
                            v1::ImportStateResponse* response);
+  // Whether `caller` passes the owner check of every job (jobs_by_uid off, root, gstabd's own
+  // uid, a certificate tls_operators names).
+  bool ActsOnEveryJob(const Principal& caller) const;
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response,
                         const std::optional<Principal>& caller);
   // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).
@@ -256,9 +259,6 @@ class Daemon {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AttachObserver(const v1::AttachRequest& request, v1::AttachResponse* response,
                               const std::optional<Principal>& caller);
-  // Whether `caller` passes the owner check of every job (jobs_by_uid off, root, gstabd's own
-  // uid, a certificate tls_operators names).
-  bool ActsOnEveryJob(const Principal& caller) const;
   // Which jobs `caller` may act on (ListJobsResponse.caller_scope).
   v1::CallerScope ScopeOf(const Principal& caller) const;
   // Whom job `name`, held or checkpointed, belongs to, if anyone.

@@ -151,11 +151,13 @@ absl::Status Daemon::ConfigConflict(const v1::AttachRequest& request, const Rule
 absl::Status Daemon::RefusalBeforeRoom(const v1::AttachRequest& request,
                                        const std::optional<Principal>& caller) {
   absl::MutexLock lock(&mu_);
-  if (jobs_.count(request.job()) == 1) return absl::OkStatus();  // held: no room to make
+  // Held or not, before the attach uses anything of the job (it would count as in use, and wait
+  // for its owner's attach); the check under the job's attach lock covers a claim meanwhile.
   if (absl::Status s = OwnerRefusal(request.job(), OwnerOf(request.job()), caller, "attach");
       !s.ok()) {
     return s;
   }
+  if (jobs_.count(request.job()) == 1) return absl::OkStatus();  // held: no room to make
   auto checkpoint = checkpoints_.find(request.job());
   if (checkpoint == checkpoints_.end()) return absl::OkStatus();
   absl::StatusOr<RuleParams> saved = ResolveConfig(checkpoint->second.state.config());

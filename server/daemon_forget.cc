@@ -23,13 +23,20 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
     absl::MutexLock save(&save_mu_);  // no save of the job under way to bring it back
     absl::ReleasableMutexLock lock(&mu_);
     if (shutting_down_) return StoppingError("gstabd is shutting down");
+    auto held = jobs_.find(name);
+    const bool checkpoint = checkpoints_.count(name) == 1;
+    // Another owner's job is refused as such, whatever state it is in.
+    if (held != jobs_.end() || checkpoint) {
+      if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
+        return s;
+      }
+    }
     if (retiring_.count(name) == 1) {
       return absl::UnavailableError(
           absl::StrCat("job '", name,
                        "' is being retired or forgotten just now: try again "
                        "(`gstabctl status --all` lists it while gstabd still holds it)"));
     }
-    auto held = jobs_.find(name);
     if (held != jobs_.end()) {
       const uint32_t sessions = WorkersOf(held->second) + ObserversOf(held->second);
       if (sessions > 0) {
@@ -46,7 +53,6 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
             "ended session's release): try again"));
       }
     }
-    const bool checkpoint = checkpoints_.count(name) == 1;
     if (held == jobs_.end() && !checkpoint) {
       // Perhaps its set-aside files alone (a checkpoint found garbled at start): they carry no
       // owner, so an operator's forget deletes them, below.
@@ -55,10 +61,6 @@ absl::Status Daemon::ForgetJob(const v1::ForgetJobRequest& request, v1::ForgetJo
             absl::StrCat("gstabd holds no job '", name, "' and no checkpoint of it"));
       }
       set_aside_only = true;
-    } else {
-      if (absl::Status s = OwnerRefusal(name, OwnerOf(name), caller, "forget it"); !s.ok()) {
-        return s;
-      }
     }
     // An attach of the name waits (and a retirement leaves the job alone) for the file's
     // removal below, the set-aside files' deletion, and the observer's retirement of the old

@@ -202,7 +202,9 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
   }
   // Streams are counted, a caller's and all: each holds this thread and a queue, and one caller
   // must not take them all, nor every caller together gstabd's threads.
-  const std::string caller = Caller(context).ToString();
+  const Principal principal = Caller(context);
+  const std::string caller = principal.ToString();
+  const int kept = daemon_->ActsOnEveryJob(principal) ? 0 : OperatorsEventStreams();
   {
     absl::MutexLock lock(&streams_mu_);
     int& open = event_streams_[caller];
@@ -212,13 +214,15 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
                                        " event streams open, gstabd's cap a "
                                        "caller (--max_event_streams): close one first")));
     }
-    if (event_streams_total_ >= max_event_streams_total_) {
+    if (event_streams_total_ >= max_event_streams_total_ - kept) {
       if (open == 0) event_streams_.erase(caller);
       return Answer("WatchEvents",
                     absl::ResourceExhaustedError(absl::StrCat(
                         "gstabd has ", event_streams_total_,
                         " event streams open, its cap over every caller "
-                        "(--max_event_streams_total): try again once one has closed")));
+                        "(--max_event_streams_total)",
+                        kept > 0 ? absl::StrCat(" less the ", kept, " it keeps for operators") : "",
+                        ": try again once one has closed")));
     }
     ++open;
     ++event_streams_total_;

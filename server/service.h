@@ -2,6 +2,7 @@
 // translates its status. Thread-safe (the Daemon is).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <functional>
 #include <map>
@@ -23,7 +24,10 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // shared memory a worker names). `errors` (may be null): a counter labelled method and code,
   // which every call answered with an error adds to.
   // `max_event_streams`: WatchEvents streams one caller may have open at once (each holds a
-  // thread and a queue of up to 1,024 events); `max_event_streams_total`, over every caller.
+  // thread and a queue of up to 1,024 events); `max_event_streams_total`, over every caller, of
+  // which callers that act on every job (operators: root, gstabd's uid, --tls_operators) keep
+  // OperatorsEventStreams() to themselves, so that other callers' streams together never lock an
+  // operator's `gstabctl events` out.
   // `max_calls`: the calls that may wait in gstabd (Attach, RegisterBuffers, Step, ImportState) one
   // caller may have in flight at once, each on a thread of gstabd's (a Step waiting for its job's
   // other workers, say).
@@ -100,6 +104,10 @@ class StabilizerService final : public v1::Stabilizer::Service {
   MetricFamily* errors_;    // not owned; may be null
   const int max_event_streams_;
   const int max_event_streams_total_;
+  // Of the total, kept for operators: one caller's cap, at most a quarter of the total.
+  int OperatorsEventStreams() const {
+    return std::min(max_event_streams_, max_event_streams_total_ / 4);
+  }
   absl::Mutex streams_mu_;
   // Open WatchEvents streams by caller (Principal::ToString), and over every caller.
   std::map<std::string, int> event_streams_ ABSL_GUARDED_BY(streams_mu_);

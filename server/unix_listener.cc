@@ -64,6 +64,18 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
           absl::StrCat("cannot listen on '", path, "': ", s.message()));
     }
   }
+  // In a folder any user may write without the sticky bit (/tmp has it), another user could
+  // swap the socket for a link between gstabd's bind and its chmod (which follows links: gstabd,
+  // root, would change the mode of a file of that user's choosing), or remove it.
+  if (struct stat folder;
+      ::stat(p.has_parent_path() ? p.parent_path().c_str() : ".", &folder) == 0 &&
+      (folder.st_mode & S_IWOTH) != 0 && (folder.st_mode & S_ISVTX) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot listen on '", path,
+        "': its folder is writable by every user and not sticky "
+        "(any user could replace or remove the socket): give --socket a folder others may not "
+        "write (or one with the sticky bit, as /tmp)"));
+  }
   // Something other than a socket at the path is not a stale socket to replace (a mistyped
   // --socket naming a file would be deleted).
   if (struct stat st; ::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {

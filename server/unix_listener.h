@@ -34,7 +34,11 @@ class MetricFamily;
 
 // The credentials of each connection the listener handed to gRPC, by descriptor: gRPC names
 // such a peer "fd:N" (ServerContext::peer()). An entry is replaced when its descriptor is
-// reused by the next accepted connection; a live connection's entry is always its own.
+// reused by the next accepted connection; a live connection's entry is always its own. That
+// holds because gRPC (1.51) closes a connection's descriptor only once every call on it has
+// ended (closing the transport shuts it down): a call never sees its descriptor reused. A gRPC
+// that closed it earlier would let a call read the next connection's credentials; check this
+// at an upgrade.
 class PeerTable {
  public:
   void Set(int fd, const ucred& cred);

@@ -54,6 +54,12 @@ TEST_F(OwnerTest, AnotherUidsJobIsRefusedByNameAndItsOwnGoesOn) {
   AttachOptions observer = testing::JobOptions("theirs");
   observer.observer = true;
   ASSERT_TRUE((*root)->Attach(observer).ok());
+  // With a session attached, another uid's forget is refused as not its own, not told to stop
+  // the job's workers.
+  std::tie(rc, out) = Ctl(65533, "forget --job=theirs");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find(kRefused), std::string::npos) << out;
+  EXPECT_EQ(out.find("session(s) attached"), std::string::npos) << out;
   absl::StatusOr<v1::GetStatsResponse> stats = (*root)->GetStats();
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->last_step(), 3u) << "a refused attach changed the job";

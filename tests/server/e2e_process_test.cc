@@ -112,6 +112,18 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   EXPECT_EQ(stat(datagram.c_str(), &after), 0);
   EXPECT_EQ(after.st_ino, before.st_ino);
   close(live);
+  // A folder every user may write, without the sticky bit: another user could swap the socket
+  // for a link whose target gstabd would chmod. With the sticky bit (as /tmp) it is taken.
+  const std::string open = dir.path() + "/open";
+  std::filesystem::create_directory(open);
+  ASSERT_EQ(chmod(open.c_str(), 0777), 0);
+  auto [ocode, oout] = StartRefused(dir, {"--socket=" + open + "/gstabd.sock"});
+  EXPECT_EQ(ocode, 1) << oout;
+  EXPECT_NE(oout.find("writable by every user and not sticky"), std::string::npos) << oout;
+  ASSERT_EQ(chmod(open.c_str(), 01777), 0);
+  absl::StatusOr<DaemonProcess> sticky = DaemonProcess::Start(open);  // its socket there
+  ASSERT_TRUE(sticky.ok()) << sticky.status();
+  EXPECT_EQ(sticky->Stop().value_or(-1), 0) << sticky->Log();
 }
 
 // Two gstabds started at once on one --socket (with different --state_dir) would both find no
