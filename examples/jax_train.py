@@ -5,8 +5,8 @@
 A small regression MLP trained with SGD on gradients from a jitted `jax.grad`; the loss is
 multiplied by 10^4 on the --spike_steps (a stand-in for a bad batch). With gstab the spikes are
 flagged and their magnitude replaced; run with --no_gstab to see the same loop without it.
-Needs python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds
-it.
+It imports gstab from this tree's python/ (or the client bundle's, on PYTHONPATH) and needs
+libgstab.so where gstab finds it (GSTAB_LIBRARY names it: build/client_lib/libgstab.so here).
 
 Across hosts, one process each (jax.distributed, each host's gstabd started with
 --peer_listen): the batch is sharded over a mesh of every process's devices, each process

@@ -10,8 +10,9 @@ holds the whole all-reduced gradient (registered replicated); under FSDP2 (fully
 holds a shard, and gstab's norm sums every rank's shards: the whole gradient's norm. Under HSDP
 (--hsdp: fully_shard on a 2-D mesh, sharded within each node and replicated across nodes) each
 node holds the whole gradient, and the norm sums one node's shards. Ranks run on the CPU
-(Gloo), or one GPU each (NCCL) with --cuda; gstabd must then run its CUDA backend. Needs
-python/ on PYTHONPATH (or the client bundle's python/) and libgstab.so where gstab finds it.
+(Gloo), or one GPU each (NCCL) with --cuda; gstabd must then run its CUDA backend. It imports
+gstab from this tree's python/ (or the client bundle's, on PYTHONPATH) and needs libgstab.so
+where gstab finds it (GSTAB_LIBRARY names it: build/client_lib/libgstab.so here).
 
 Across nodes, each node's torchrun points the ranks at that node's gstabd (gstabd started
 with --peer_listen), and gstab.torch.attach shares the job's rendezvous:
