@@ -79,6 +79,9 @@ ABSL_FLAG(int32_t, max_event_streams, gstab::StabilizerService::kMaxEventStreams
           "event streams (WatchEvents, gstabctl events) one caller may have open at once");
 ABSL_FLAG(int32_t, max_event_streams_total, gstab::StabilizerService::kMaxEventStreamsTotal,
           "event streams open at once over every caller (each holds a thread of gstabd's)");
+ABSL_FLAG(int32_t, event_write_timeout_s, 60,
+          "an event stream whose reader takes no event for this long (a suspended `gstabctl events "
+          "--follow`, a client that never reads) is ended, its unix-socket connection shut down");
 ABSL_FLAG(int32_t, keepalive_ms, 60000,
           "gstabd pings a client's connection after this long without traffic while it has a "
           "call in flight (an event stream, a step waiting)");
@@ -150,10 +153,11 @@ std::optional<ServerOptions> OptionsFromFlags() {
   if (absl::GetFlag(FLAGS_lease_ms) <= 0 || absl::GetFlag(FLAGS_step_timeout_ms) <= 0 ||
       absl::GetFlag(FLAGS_checkpoint_interval_s) <= 0 || absl::GetFlag(FLAGS_keepalive_ms) <= 0 ||
       absl::GetFlag(FLAGS_keepalive_timeout_ms) <= 0 || absl::GetFlag(FLAGS_tls_reload_s) <= 0 ||
-      absl::GetFlag(FLAGS_stop_limit_s) <= 0) {
+      absl::GetFlag(FLAGS_stop_limit_s) <= 0 || absl::GetFlag(FLAGS_event_write_timeout_s) <= 0) {
     std::fprintf(stderr,
                  "gstabd: --lease_ms, --step_timeout_ms, --checkpoint_interval_s, --keepalive_ms, "
-                 "--keepalive_timeout_ms, --tls_reload_s and --stop_limit_s must be positive\n");
+                 "--keepalive_timeout_ms, --tls_reload_s, --stop_limit_s and "
+                 "--event_write_timeout_s must be positive\n");
     return std::nullopt;
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
@@ -268,6 +272,7 @@ std::optional<ServerOptions> OptionsFromFlags() {
   options.max_event_streams_total = absl::GetFlag(FLAGS_max_event_streams_total);
   options.max_calls_per_caller = absl::GetFlag(FLAGS_max_calls_per_caller);
   options.keepalive = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_ms));
+  options.event_write_timeout = absl::Seconds(absl::GetFlag(FLAGS_event_write_timeout_s));
   options.keepalive_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));
   options.rpc_memory_mb = absl::GetFlag(FLAGS_rpc_memory_mb);
   options.daemon.state_dir = absl::GetFlag(FLAGS_state_dir);

@@ -164,7 +164,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
   server->service_ = std::make_unique<StabilizerService>(
       server->daemon_.get(), &server->events_, &server->peers_, errors, options.max_event_streams,
-      options.max_calls_per_caller, options.max_event_streams_total);
+      options.max_calls_per_caller, options.max_event_streams_total, options.event_write_timeout);
   return server;
 }
 

@@ -68,6 +68,8 @@ struct ServerOptions {
   uint32_t metrics_max_groups = Observer::kDefaultMaxGroups;
   int max_event_streams = StabilizerService::kMaxEventStreams;  // a caller's WatchEvents streams
   int max_event_streams_total = StabilizerService::kMaxEventStreamsTotal;  // every caller's
+  // An event stream whose reader takes no event for this long is ended (EndStalledStreams).
+  absl::Duration event_write_timeout = absl::Seconds(60);
   // How long a connection with a call in flight may stay silent before gstabd pings its client,
   // and how long the client has to answer: one that does not (its host gone, the process
   // stopped) has its connection closed and its calls ended, so that a dead reader of an event

@@ -36,6 +36,7 @@ void Server::Housekeeping() {
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
     daemon_->ExpireSessions(MonotonicNow());
     daemon_->ReportFinishedGpuSteps();
+    service_->EndStalledStreams(MonotonicNow());
   }
 }
 

@@ -1,15 +1,19 @@
 #include "server/service.h"
 
 #include <grpc/grpc_security_constants.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <climits>
 #include <random>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/monotonic_clock.h"
+#include "glog/logging.h"
 #include "server/grpc_status.h"
 #include "server/registration.h"
 
@@ -238,13 +242,44 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
     const EventBus::Subscription::Result r = sub->Next(&event, absl::Milliseconds(200));
     if (r == EventBus::Subscription::Result::kClosed) break;
     if (r == EventBus::Subscription::Result::kTimeout) continue;
-    if (!writer->Write(event)) break;
+    {
+      absl::MutexLock lock(&streams_mu_);
+      writing_[context] = Writing{MonotonicNow(), context->peer(), caller};
+    }
+    const bool written = writer->Write(event);
+    {
+      absl::MutexLock lock(&streams_mu_);
+      writing_.erase(context);
+    }
+    if (!written) break;
   }
   bus_->Unsubscribe(sub);
   absl::MutexLock lock(&streams_mu_);
   --event_streams_total_;
   if (--event_streams_[caller] == 0) event_streams_.erase(caller);
   return grpc::Status::OK;
+}
+
+int StabilizerService::EndStalledStreams(absl::Time now) {
+  int ended = 0;
+  absl::MutexLock lock(&streams_mu_);  // the stream's call runs until its entry is gone
+  for (auto& [context, writing] : writing_) {
+    if (writing.ended || now - writing.since < event_write_timeout_) continue;
+    writing.ended = true;
+    ++ended;
+    context->TryCancel();
+    int fd = -1;
+    const bool unix_socket = absl::StartsWith(writing.peer, "fd:") &&
+                             absl::SimpleAtoi(absl::string_view(writing.peer).substr(3), &fd);
+    // The call is in flight: its connection's descriptor is still its own (see PeerTable).
+    if (unix_socket) shutdown(fd, SHUT_RDWR);
+    LOG(WARNING) << "an event stream of " << writing.caller << " has taken no event for "
+                 << absl::FormatDuration(now - writing.since)
+                 << " (--event_write_timeout_s; a suspended `gstabctl events --follow`, or a "
+                 << "client that never reads): ended"
+                 << (unix_socket ? ", its connection shut down" : "");
+  }
+  return ended;
 }
 
 }  // namespace gstab

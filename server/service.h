@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 #include "server/daemon.h"
 #include "server/event_bus.h"
@@ -34,13 +35,15 @@ class StabilizerService final : public v1::Stabilizer::Service {
   StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
                     MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams,
                     int max_calls = kMaxCallsPerCaller,
-                    int max_event_streams_total = kMaxEventStreamsTotal)
+                    int max_event_streams_total = kMaxEventStreamsTotal,
+                    absl::Duration event_write_timeout = absl::Seconds(60))
       : daemon_(daemon),
         bus_(bus),
         peers_(peers),
         errors_(errors),
         max_event_streams_(max_event_streams),
         max_event_streams_total_(max_event_streams_total),
+        event_write_timeout_(event_write_timeout),
         max_calls_(max_calls),
         identity_(NewIdentity()) {}
   static constexpr int kMaxEventStreams = 16;
@@ -75,6 +78,11 @@ class StabilizerService final : public v1::Stabilizer::Service {
                         v1::ListJobsResponse* response) override;
   grpc::Status ForgetJob(grpc::ServerContext*, const v1::ForgetJobRequest* request,
                          v1::ForgetJobResponse* response) override;
+  // Ends the event streams whose write has waited event_write_timeout (their reader reads
+  // nothing): cancelled, and a unix-socket connection shut down (which ends the write; over TCP
+  // the cancellation alone, which a write to a full window may not notice). Logged once each;
+  // how many it ended. Called by the housekeeping, about every second.
+  int EndStalledStreams(absl::Time now);
   grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status CreateRendezvous(grpc::ServerContext*, const v1::CreateRendezvousRequest* request,
@@ -104,6 +112,7 @@ class StabilizerService final : public v1::Stabilizer::Service {
   MetricFamily* errors_;    // not owned; may be null
   const int max_event_streams_;
   const int max_event_streams_total_;
+  const absl::Duration event_write_timeout_;
   // Of the total, kept for operators: one caller's cap, at most a quarter of the total.
   int OperatorsEventStreams() const {
     return std::min(max_event_streams_, max_event_streams_total_ / 4);
@@ -112,6 +121,15 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // Open WatchEvents streams by caller (Principal::ToString), and over every caller.
   std::map<std::string, int> event_streams_ ABSL_GUARDED_BY(streams_mu_);
   int event_streams_total_ ABSL_GUARDED_BY(streams_mu_) = 0;
+  // Event streams in a write, since when (MonotonicNow), for EndStalledStreams: a write to a
+  // reader that reads nothing waits for good, and no cancellation ends it.
+  struct Writing {
+    absl::Time since;
+    std::string peer;    // ServerContext::peer(): "fd:N" for a unix-socket connection
+    std::string caller;  // Principal::ToString
+    bool ended = false;
+  };
+  std::map<grpc::ServerContext*, Writing> writing_ ABSL_GUARDED_BY(streams_mu_);
   const int max_calls_;
   absl::Mutex calls_mu_;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(calls_mu_);  // by caller, as event_streams_

@@ -14,6 +14,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -394,6 +395,35 @@ TEST(E2eStopTest, ASecondStopSignalEndsTheStopAtOnce) {
   EXPECT_EQ(daemon->process().Wait(absl::Seconds(30)).value_or(-1), 1) << daemon->Log();
   EXPECT_NE(daemon->Log().find("again while stopping: gstabd exits now"), std::string::npos)
       << daemon->Log();
+}
+
+// A reader that takes no event (a suspended follower) has its stream ended after
+// --event_write_timeout_s, its connection shut down: the stream's thread, and its place under
+// the caller's cap of streams, are free again, and gstabd's stop is not held by it.
+TEST(E2eEventStreamTest, AStreamWhoseReaderTakesNoEventIsEnded) {
+  TempDir dir;
+  absl::StatusOr<DaemonProcess> daemon =
+      DaemonProcess::Start(dir.path(), {"--event_write_timeout_s=2", "--max_event_streams=1"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = Monitored(daemon->socket(), "held");
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "held", *worker);
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  ASSERT_TRUE(daemon->WaitForLog("has taken no event for", absl::Seconds(30))) << daemon->Log();
+  EXPECT_NE(daemon->Log().find("its connection shut down"), std::string::npos) << daemon->Log();
+  const std::string events = testing::BinaryPath("tools/gstabctl") +
+                             " --socket=" + daemon->socket() + " events --recent=1 2>&1";
+  int rc = -1;
+  std::string out;
+  for (int i = 0; i < 100 && rc != 0; ++i) {  // the stream's end is noticed within its poll
+    std::tie(rc, out) = testing::RunShell(events);
+    if (rc != 0) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(rc, 0) << out;
+  follower->Signal(SIGCONT);
+  EXPECT_NE(follower->Wait(absl::Seconds(30)).value_or(0), 0);  // its stream broke off
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0) << daemon->Log();
+  EXPECT_EQ(daemon->Log().find("open connections"), std::string::npos) << daemon->Log();
 }
 
 // A checkpoint gstabd cannot write is counted, and the log says why; the time of the last good
