@@ -56,7 +56,8 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     jax.process_index() of jax.process_count(). The processes whose clients talk to one gstabd
     (the same instance, Client.daemon_instance) are one node's, numbered in process order,
     whatever their hosts' or containers' names; with a gstabd of an earlier release, which
-    cannot say, one process per host. A local_rank given alone must be the one found
+    cannot say, each process is a node of its own (one process per host: else give
+    local_world_size). A local_rank given alone must be the one found
     (ValueError on every process otherwise). local_world_size given: that many consecutive
     processes a node (local_rank default: rank modulo it). With several processes, every
     process must call this at once: their gstabds are gathered, and with several nodes process

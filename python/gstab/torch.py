@@ -7,7 +7,7 @@
     for step in range(1, steps + 1):
         loss_fn(model(x), y).backward()
         stabilizer.step(step)               # after backward (and after DDP's all-reduce)
-        if not stabilizer.skipped():        # this step's gradients were not finite
+        if not stabilizer.skipped():        # gstab says skip this optimizer step
             optimizer.step()
         optimizer.zero_grad(set_to_none=False)
     torch.save({"model": model.state_dict(), "gstab": stabilizer.state_dict()}, path)
@@ -129,6 +129,15 @@ class Stabilizer:
                         m.sparse and m.weight.requires_grad:
                     raise ValueError(_sparse_refusal(name or type(m).__name__))
                 _check_fsdp1(name, m, replicated, client.node_count)
+                if guessed and not replicated and name and client.local_world_size * \
+                        client.node_count > 1 and \
+                        isinstance(m, torch.nn.parallel.DistributedDataParallel):
+                    warnings.warn(
+                        f"gstab: '{name}' is a DistributedDataParallel module inside the one "
+                        "given, whose gradients are whole on every rank, but the parameters "
+                        "are taken for each rank's shard (summed across ranks, every norm "
+                        "sqrt(ranks) times too large): pass replicated=True, or the DDP module "
+                        "itself", stacklevel=2)
         self._ids = frozenset(id(p) for _, p in self._params)
         # Per parameter, how its group's norm combines the ranks: (replicated, node_sharded).
         sharing = [_sharing(name, p, replicated, client) for name, p in self._params]
@@ -264,7 +273,13 @@ class Stabilizer:
         """The job's gstab statistics, step count and configuration, for the job's checkpoint
         (bytes in a dict: torch.save and torch.load(weights_only=True) take it). On a GPU it
         waits for the last step's stream first: gstabd gives the statistics of the newest step
-        finished on the GPU, which must be the one the model's weights were updated with."""
+        finished on the GPU, which must be the one the model's weights were updated with. On
+        several GPUs, keep local rank 0 of node 0's (gstabd holds local rank 0's GPU's
+        statistics; another rank, waiting for its own stream only, can read them a step behind
+        its weights): torch.distributed.checkpoint keeps one rank's copy, not necessarily that
+        one, so broadcast rank 0's first (examples/torch_data_parallel.py does), and pass it
+        back as the constructor's `state` rather than handing the Stabilizer to DCP to load
+        (load_state_dict after registration is refused on a job of several GPUs)."""
         if self._stream is not None:
             self._stream.synchronize()
         return {"gstab_state": self._client.export_state()}

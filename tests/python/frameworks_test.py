@@ -323,7 +323,10 @@ class TorchTest(GstabdTest):
             before = [p.detach().clone() for p in params]
             scale_before = scaler.get_scale()
             result = stabilizer.step(step)
-            scaler.step(optimizer)  # skips the step itself when unscale_ found an inf
+            # gstab may skip a step the scaler would take (a voided or lost step); update() backs
+            # off all the same, from the inf unscale_ found.
+            if not result.skip:
+                scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=False)
             overflow = step in (injected, SPIKE_STEP)
@@ -463,6 +466,13 @@ class TorchTest(GstabdTest):
                     gstab.torch.Stabilizer(client, compiled, group="compiled")
                 self.assertTrue(sharing.call_args_list)
                 self.assertTrue(all(call.args[2] for call in sharing.call_args_list))
+                # DDP inside another module, on a job of two workers: whole on every rank too,
+                # which the guess (the module given is no DDP) misses, and says so.
+                wrapper = torch.nn.Module()
+                wrapper.net = torch.nn.parallel.DistributedDataParallel(mlp())
+                with self.assertWarnsRegex(UserWarning, "'net' is a DistributedDataParallel "
+                                           "module inside the one given"):
+                    gstab.torch.Stabilizer(pair, wrapper, group="wrapped")
                 # FSDP2's model cast after its stabilizer was made: model.to() swaps the
                 # contents of the DTensor gradient over the registered memory, which stays.
                 from torch.distributed.fsdp import fully_shard
