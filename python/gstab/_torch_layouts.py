@@ -9,12 +9,19 @@ import torch
 import gstab
 
 
+_DTENSOR = []  # DTensor's class (None without torch.distributed), once looked up
+
+
 def _dtensor_type():
-    try:
-        from torch.distributed.tensor import DTensor
-        return DTensor
-    except ImportError:  # a PyTorch without torch.distributed
-        return None
+    # Looked up once: the step's checks call it several times a parameter, and an import
+    # statement each time cost most of a step's time for models of thousands of tensors.
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+            _DTENSOR.append(DTensor)
+        except ImportError:  # a PyTorch without torch.distributed
+            _DTENSOR.append(None)
+    return _DTENSOR[0]
 
 
 def _sparse_refusal(name: str) -> str:

@@ -240,6 +240,11 @@ class Stabilizer:
         # gstabd never writes into memory PyTorch has given to something else.
         self._pinned = [grad.detach() for grad in self._grads]
         self._param_dtypes = [p.dtype for _, p in self._params]
+        # What each step's quick check compares (_nothing_moved).
+        self._placed = [(p, grad, assigned, pinned.data_ptr(), pinned.device, dtype)
+                        for (_, p), grad, assigned, pinned, dtype in zip(
+                            self._params, self._grads, self._assigned, self._pinned,
+                            self._param_dtypes)]
         with torch.no_grad():  # a gradient with a graph (create_graph=True) gives its values only
             for (_, p), grad in zip(self._params, self._grads):
                 if p.grad is not None:
@@ -433,10 +438,17 @@ class Stabilizer:
         would have gradients gstabd never sees, and the step would stabilize nothing."""
         if self._module is None:
             return
+        trained = 0  # the quick walk first: no names made
+        for p in self._module.parameters():
+            if p.requires_grad and p.numel() > 0:
+                if id(p) not in self._ids:
+                    break
+                trained += 1
+        else:
+            if trained == len(self._ids):
+                return
         current = [(n, p) for n, p in self._module.named_parameters()
                    if p.requires_grad and p.numel() > 0]
-        if len(current) == len(self._ids) and all(id(p) in self._ids for _, p in current):
-            return
         new = [n for n, p in current if id(p) not in self._ids]
         gone = len(self._ids) - (len(current) - len(new))
         # Registered ones still the model's that stopped training (a freezing schedule).
@@ -458,6 +470,23 @@ class Stabilizer:
             self._take_back_replaced_gradients_unrecorded()
 
     def _take_back_replaced_gradients_unrecorded(self) -> None:
+        if not self._nothing_moved():
+            self._raise_if_moved()
+        self._take_back_replaced()
+
+    def _nothing_moved(self) -> bool:
+        """_raise_if_moved's question, answered quickly at each step (its walk took
+        milliseconds for models of thousands of tensors): a gradient moved or cast has new
+        memory, so its address says; a parameter's dtype and device are compared."""
+        for p, grad, assigned, address, device, param_dtype in self._placed:
+            if grad.data_ptr() != address or _local(assigned).data_ptr() != address:
+                return False
+            local = _local(p)
+            if local.dtype is not param_dtype or local.device != device:
+                return False
+        return True
+
+    def _raise_if_moved(self) -> None:
         # model.to() swaps a tensor's contents under it: the registered one's, or those of the
         # DTensor over it (FSDP2), or, with no gradient set, only the parameter's.
         for (name, p), grad, pinned, assigned, param_dtype in zip(
@@ -473,8 +502,12 @@ class Stabilizer:
                         f"was made (now {t.dtype} on {t.device}; its gradient registered as "
                         f"{pinned.dtype} on {pinned.device}): gstabd would stabilize memory the "
                         "model no longer uses; make the Stabilizer after model.to(...)")
+
+    def _take_back_replaced(self) -> None:
         replaced = []
         for (name, p), grad, assigned in zip(self._params, self._grads, self._assigned):
+            if p.grad is assigned:  # as set: over the registered memory (_nothing_moved)
+                continue
             if p.grad is not None and p.grad.layout != torch.strided:
                 raise ValueError(_sparse_refusal(name))
             current = None if p.grad is None else _local(p.grad)
