@@ -6,6 +6,7 @@
 // Immutable after Create(); safe to share across threads. Does not own the gradient memory.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -19,6 +20,10 @@ struct Chunk {
   int64_t numel = 0;
   DType dtype = DType::kFloat32;
   uint32_t group = 0;  // norm group index, < num_groups
+  // Where its memory's loss is counted (may be null: never lost): nonzero once a touch of it
+  // failed and its pages were replaced by private ones (server/shm_faults.h). The scale kernels
+  // pass such a chunk's tiles over: each page they wrote would be gstabd's own memory.
+  const std::atomic<uint32_t>* lost = nullptr;
 };
 
 struct Tile {

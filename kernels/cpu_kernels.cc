@@ -126,7 +126,10 @@ absl::Status CpuScaleGroupsOfTables(absl::Span<const ChunkTable* const> tables,
     const Tile& tile = tables[t]->tiles()[i];
     const Chunk& c = tables[t]->chunks()[tile.chunk];
     const float s = scales[c.group];
-    if (s != 1.0f) fns.scale(c, tile, s);
+    // Checked at each tile: a loss found mid-step leaves the rest of its chunk alone.
+    if (s != 1.0f && (c.lost == nullptr || c.lost->load(std::memory_order_relaxed) == 0)) {
+      fns.scale(c, tile, s);
+    }
   });
   return absl::OkStatus();
 }

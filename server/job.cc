@@ -159,8 +159,10 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
     const uint32_t g = GroupIndex(t.group);
     group_reduction_[g] = static_cast<int>(t.reduction);
     worker->tensor_group.push_back(g);
-    chunks.push_back(Chunk{registration.tensor_data[i], static_cast<int64_t>(t.numel),
-                           plan.buffers[t.buffer].dtype, g});
+    chunks.push_back(Chunk{
+        registration.tensor_data[i], static_cast<int64_t>(t.numel), plan.buffers[t.buffer].dtype, g,
+        registration.host_objects.empty() ? nullptr
+                                          : registration.host_objects[t.buffer]->lost_count()});
   }
   absl::StatusOr<ChunkTable> table =
       ChunkTable::Create(std::move(chunks), static_cast<uint32_t>(group_names_.size()));

@@ -1,6 +1,7 @@
 // Mapping a validated registration (registration.h): its buffers opened through the daemon's
 // MappingRegistry (shared memory) or DeviceMemory (CUDA IPC), its tensors' memory claimed, and
 // the arena's progress word.
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -40,8 +41,24 @@ std::string WrittenExtentName(const MappedRegistration& mapped, size_t i) {
 }
 
 absl::Status ClaimMemory(const std::string& job, MemoryClaims* claims, MappedRegistration* mapped) {
-  absl::StatusOr<std::shared_ptr<void>> claim = claims->Claim(
-      job, WrittenExtents(*mapped), [mapped](size_t i) { return WrittenExtentName(*mapped, i); });
+  const std::vector<MemoryClaims::Extent> extents = WrittenExtents(*mapped);
+  // Apart from each other by address too: the plan compared offsets within each buffer's own
+  // object, and two buffers may name one memory (two CUDA IPC handles of one allocation).
+  std::vector<size_t> order(extents.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return extents[a].begin < extents[b].begin; });
+  for (size_t k = 1; k < order.size(); ++k) {
+    if (extents[order[k - 1]].end > extents[order[k]].begin) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          WrittenExtentName(*mapped, order[k]), " shares memory with ",
+          WrittenExtentName(*mapped, order[k - 1]),
+          " of the same registration (two buffers naming one memory): gstabd would count and "
+          "scale it twice"));
+    }
+  }
+  absl::StatusOr<std::shared_ptr<void>> claim =
+      claims->Claim(job, extents, [mapped](size_t i) { return WrittenExtentName(*mapped, i); });
   if (!claim.ok()) return claim.status();
   mapped->claim = *std::move(claim);
   return absl::OkStatus();

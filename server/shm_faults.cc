@@ -124,4 +124,6 @@ uint32_t ShmFaults::Faults(int slot) {
   return g_slots[slot].faults.load(std::memory_order_acquire);
 }
 
+const std::atomic<uint32_t>* ShmFaults::FaultCount(int slot) { return &g_slots[slot].faults; }
+
 }  // namespace gstab

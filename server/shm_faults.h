@@ -12,6 +12,7 @@
 // The handler takes no lock and allocates nothing: slots are a fixed array of atomics.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -32,6 +33,8 @@ class ShmFaults {
   static void Unwatch(int slot);
   // How many times a touch of `slot`'s range raised SIGBUS since Watch.
   static uint32_t Faults(int slot);
+  // Where Faults counts them (valid while the slot is watched).
+  static const std::atomic<uint32_t>* FaultCount(int slot);
 };
 
 }  // namespace gstab

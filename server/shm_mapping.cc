@@ -181,6 +181,10 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
 
 bool ShmMapping::Lost() const { return ShmFaults::Faults(fault_slot_) > 0; }
 
+const std::atomic<uint32_t>* ShmMapping::lost_count() const {
+  return ShmFaults::FaultCount(fault_slot_);
+}
+
 absl::Status ShmMapping::CheckNotLost() const {
   if (!Lost()) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(

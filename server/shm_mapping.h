@@ -65,6 +65,8 @@ class ShmMapping {
   // Whether a touch of this mapping raised SIGBUS (server/shm_faults.h): its pages from there on
   // were replaced by zeros, and the object is not used again. A step checks it after touching.
   bool Lost() const;
+  // Where Lost is counted, for the kernels (Chunk::lost): valid as long as this mapping.
+  const std::atomic<uint32_t>* lost_count() const;
   // FAILED_PRECONDITION naming the object when Lost.
   absl::Status CheckNotLost() const;
   // Whether `name` still names this object, at the size mapped, and it is not Lost: a worker may

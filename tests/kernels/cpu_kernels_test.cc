@@ -1,5 +1,6 @@
 #include "kernels/cpu_kernels.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -219,6 +220,29 @@ TEST(CpuKernelsTest, ScaleMultipliesEachGroupAndRoundsToItsDType) {
     }
     for (int64_t i = 0; i < 77; ++i) ASSERT_EQ(b.Get(i), b0.Get(i));  // scale 1: untouched
     for (int64_t i = 0; i < 5; ++i) ASSERT_EQ(c.Get(i), 0.0f);        // scale 0 clears NaN too
+  }
+}
+
+// A chunk whose memory was lost (a worker truncated its shared memory mid-step: its pages are
+// gstabd's own private ones from then on) is not scaled, tile by tile from the loss on, so that
+// gstabd writes none of those pages; other chunks, of its group too, are scaled.
+TEST(CpuKernelsTest, AChunkWhoseMemoryWasLostIsNotScaled) {
+  CpuExecutor executor(2);
+  const int64_t numel = 5 * ChunkTable::kDefaultTileElements + 3;
+  Buffer lost_one(DType::kFloat32, numel, 1), kept(DType::kFloat32, numel, 2);
+  Buffer lost0(DType::kFloat32, numel, 1), kept0(DType::kFloat32, numel, 2);
+  std::atomic<uint32_t> lost{0}, fine{0};
+  absl::StatusOr<ChunkTable> table =
+      ChunkTable::Create({Chunk{lost_one.data(), numel, DType::kFloat32, 0, &lost},
+                          Chunk{kept.data(), numel, DType::kFloat32, 0, &fine}},
+                         1);
+  ASSERT_TRUE(table.ok());
+  const float scales[] = {0.5f};
+  lost = 1;
+  ASSERT_TRUE(CpuScaleGroups(*table, scales, &executor).ok());
+  for (int64_t i = 0; i < numel; ++i) {
+    ASSERT_EQ(lost_one.Get(i), lost0.Get(i)) << "written at " << i;
+    ASSERT_EQ(kept.Get(i), kept0.Get(i) * 0.5f) << "not scaled at " << i;
   }
 }
 

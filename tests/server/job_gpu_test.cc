@@ -7,6 +7,7 @@
 #include "server/cross_node.h"
 #include "server/gloo_collective.h"
 #include "server/job.h"
+#include "server/memory_claims.h"
 #include "tests/server/fake_gpu.h"
 
 namespace gstab {
@@ -399,6 +400,35 @@ TEST(JobGpuTest, WorkersGpusAreFoundByUuid) {
   other.resize(16, '\0');
   b->set_device_uuid(other);
   EXPECT_FALSE(MapRegistration(*ValidateRegistration(request, caps), &registry, &memory).ok());
+}
+
+// Two buffers whose handles differ but open one memory (bytes a driver ignores): their tensors
+// are compared by address, and the registration is refused rather than counted and scaled twice.
+TEST(JobGpuTest, TwoHandlesOfOneMemoryAreRefused) {
+  float grads[1000];
+  v1::RegisterBuffersRequest request = CudaRequest(grads, 0, "a");
+  v1::Buffer* twin = request.add_buffers();
+  *twin = request.buffers(0);
+  std::string handle = twin->ipc_handle();
+  handle[63] = 1;  // past the address: the same memory to HostDeviceMemory
+  twin->set_ipc_handle(handle);
+  v1::Tensor* t = request.add_tensors();
+  t->set_name("b");
+  t->set_numel(10);
+  t->set_buffer(1);
+  t->set_offset(990);
+  HostDeviceMemory memory;
+  MappingRegistry registry;
+  absl::StatusOr<MappedRegistration> mapped =
+      MapRegistration(*ValidateRegistration(request, CudaCaps()), &registry, &memory);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  MemoryClaims claims;
+  const absl::Status refused = ClaimMemory("j", &claims, &*mapped);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("tensor 1 ('b') shares memory with tensor 0 ('a') of the same "
+                                   "registration"),
+            std::string::npos)
+      << refused;
 }
 
 TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {

@@ -10,9 +10,13 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "client_lib/arena.h"
 #include "gtest/gtest.h"
+#include "kernels/chunk_table.h"
+#include "kernels/cpu_executor.h"
+#include "kernels/cpu_kernels.h"
 #include "server/shm_mapping.h"
 
 namespace gstab {
@@ -54,6 +58,29 @@ TEST(ShmFaultsTest, ATouchOfATruncatedObjectLosesThatObjectOnly) {
   EXPECT_EQ(reinterpret_cast<const float*>((*lost)->data())[0], 2.0f);
 
   EXPECT_TRUE((*lost)->Lost());
+  // The kernels see the loss (Chunk::lost) and scale none of the object's tiles: each page they
+  // wrote past the loss would be a private page of gstabd's (up to the whole object, a worker's
+  // --max_bytes). Of the pages past the first, only the one this test wrote is resident.
+  ASSERT_NE((*lost)->lost_count(), nullptr);
+  EXPECT_NE((*lost)->lost_count()->load(), 0u);
+  EXPECT_EQ((*kept)->lost_count()->load(), 0u);
+  {
+    CpuExecutor executor(2);
+    absl::StatusOr<ChunkTable> table =
+        ChunkTable::Create({Chunk{(*lost)->data(), static_cast<int64_t>(kNumel), DType::kFloat32, 0,
+                                  (*lost)->lost_count()}},
+                           1);
+    ASSERT_TRUE(table.ok()) << table.status();
+    const float half[] = {0.5f};
+    ASSERT_TRUE(CpuScaleGroups(*table, half, &executor).ok());
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t pages = (*lost)->size() / page - 1;
+    std::vector<unsigned char> resident(pages);
+    ASSERT_EQ(mincore((*lost)->data() + page, pages * page, resident.data()), 0) << errno;
+    size_t count = 0;
+    for (unsigned char r : resident) count += r & 1;
+    EXPECT_LE(count, 1u) << "of " << pages << " pages past the first";
+  }
   const absl::Status refused = (*lost)->CheckSize();
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   EXPECT_NE(refused.message().find("(SIGBUS)"), std::string::npos) << refused;
