@@ -83,6 +83,16 @@ absl::Status NotARegularObject(const std::string& name) {
 absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
     const std::string& name, uint64_t max_bytes, std::shared_ptr<std::atomic<int>> open_count,
     std::optional<uid_t> owner) {
+  // Its entry first, not opened: an open is seen by others (it wakes a process waiting in
+  // open() on another user's FIFO, breaks a lease). Checked again on the descriptor below, as
+  // the entry can change in between.
+  if (struct stat entry;
+      fstatat(AT_FDCWD, (kShmDirectory + name).c_str(), &entry, AT_SYMLINK_NOFOLLOW) == 0 &&
+      !S_ISLNK(entry.st_mode)) {
+    if (!S_ISREG(entry.st_mode)) return NotARegularObject(name);
+    if (owner.has_value() && entry.st_uid != *owner)
+      return NotTheOwners(name, entry.st_uid, *owner);
+  }
   // O_NONBLOCK: a FIFO put under the name must not hold gstabd's caller (and the registry's
   // lock) until someone writes to it; it is refused below as not a regular object.
   const int fd = shm_open(name.c_str(), O_RDWR | O_NONBLOCK | O_NOCTTY, 0);

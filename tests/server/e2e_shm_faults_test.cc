@@ -99,7 +99,7 @@ TEST(E2eShmFaultsTest, HolesThatCannotBeFilledFailTheirStepNotGstabd) {
 TEST(E2eShmFaultsTest, AnObjectGstabdCannotOpenIsRefusedNamingItsOwner) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to run gstabd as another user";
   TempDir dir;
-  ASSERT_EQ(chmod(dir.path().c_str(), 0777), 0);  // for gstabd's socket and state
+  ASSERT_EQ(chmod(dir.path().c_str(), 01777), 0);  // for gstabd's socket and state (sticky)
   auto daemon = DaemonProcess::Start(
       dir.path(), {}, {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();

@@ -5,10 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
+#include "absl/time/clock.h"
 #include "client_lib/arena.h"
 #include "common/shm_names.h"
 #include "gtest/gtest.h"
@@ -311,7 +314,20 @@ TEST(RegistrationTest, AFifoUnderAnObjectsNameIsRefusedWithoutWaiting) {
   const std::string path = "/dev/shm" + arena.shm_name();
   ASSERT_EQ(unlink(path.c_str()), 0);
   ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  // Nor is it opened: an open would wake a process waiting in open() for a reader.
+  std::atomic<bool> woken{false};
+  std::thread writer([&] {
+    const int w = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    woken = true;
+    if (w >= 0) close(w);
+  });
+  absl::SleepFor(absl::Milliseconds(100));  // the writer waits in open()
   const absl::Status fifo = registry.Acquire(arena.shm_name()).status();
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(woken) << "gstabd's look at the FIFO opened it";
+  const int reader = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // lets it go
+  writer.join();
+  if (reader >= 0) close(reader);
   unlink(path.c_str());
   EXPECT_EQ(fifo.code(), absl::StatusCode::kInvalidArgument) << fifo;
   EXPECT_NE(fifo.message().find("is not a shared memory object but a FIFO"), std::string::npos)
