@@ -198,8 +198,10 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
                                      uint64_t* registration) {
   if (registration != nullptr) *registration = 0;
   // Failed until it succeeds: this registration replaces the earlier one, and one cut short
-  // (by an exception, out of memory) may have reached gstabd.
-  RegistrationFailed(absl::Status());
+  // (by an exception, out of memory) may have reached gstabd. Its number is taken now: should
+  // another thread attach meanwhile (which may end the session gstabd takes it in), the number
+  // has moved on by the time it succeeds, and its CUDA steps are refused.
+  const uint64_t number = RegistrationFailed(absl::Status());
   if (absl::Status s = NeedSession(); !s.ok()) {
     RegistrationFailed(s);
     return s;
@@ -215,20 +217,21 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
   absl::MutexLock lock(&registration_mu_);
   registration_failed_ = false;
   registration_failure_.clear();
-  if (registration != nullptr) *registration = registration_;
+  if (registration != nullptr) *registration = number;
   return absl::OkStatus();
 }
 
-void Client::RegistrationFailed(const absl::Status& why) noexcept {
+uint64_t Client::RegistrationFailed(const absl::Status& why) noexcept {
   absl::MutexLock lock(&registration_mu_);
   progress_ = ProgressWord();
-  ++registration_;
+  const uint64_t number = ++registration_;
   registration_failed_ = true;
   try {
     registration_failure_ = why.ok() ? "it did not complete" : why.ToString();
   } catch (...) {
     registration_failure_.clear();  // out of memory: Step says so
   }
+  return number;
 }
 
 absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_value) {

@@ -107,7 +107,8 @@ class Client {
   // naming `why`) until a registration succeeds or it attaches again. RegisterBuffers calls it;
   // so do registrations that fail before it or after it (CudaGradients::Register, the C ABI's
   // checks).
-  void RegistrationFailed(const absl::Status& why) noexcept;
+  // Returns the number (Registration) it moved this client's registrations on to.
+  uint64_t RegistrationFailed(const absl::Status& why) noexcept;
   // Stabilizes the registered gradients in place; returns once they are rescaled (CPU backend).
   // `ready_value`: cuda_ipc registrations (CudaGradients::Step sets it), see StepRequest.
   // DATA_LOSS when gstabd went away (killed, say) after it had begun to scale them, or, for

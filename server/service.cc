@@ -1,14 +1,12 @@
 #include "server/service.h"
 
 #include <grpc/grpc_security_constants.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <climits>
 #include <random>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -268,11 +266,7 @@ int StabilizerService::EndStalledStreams(absl::Time now) {
     writing.ended = true;
     ++ended;
     context->TryCancel();
-    int fd = -1;
-    const bool unix_socket = absl::StartsWith(writing.peer, "fd:") &&
-                             absl::SimpleAtoi(absl::string_view(writing.peer).substr(3), &fd);
-    // The call is in flight: its connection's descriptor is still its own (see PeerTable).
-    if (unix_socket) shutdown(fd, SHUT_RDWR);
+    const bool unix_socket = peers_ != nullptr && peers_->Shutdown(writing.peer);
     LOG(WARNING) << "an event stream of " << writing.caller << " has taken no event for "
                  << absl::FormatDuration(now - writing.since)
                  << " (--event_write_timeout_s; a suspended `gstabctl events --follow`, or a "

@@ -90,8 +90,13 @@ absl::Status StateStore::CheckFolder() {
   if (lock_fd_ < 0) return absl::OkStatus();
   struct stat now, locked;
   if (stat(dir_.c_str(), &now) != 0) {
+    const int err = errno;
+    if (err != ENOENT && err != ENOTDIR) {  // EACCES, EIO: may pass
+      return absl::UnavailableError(
+          absl::StrCat("cannot look at state directory '", dir_, "' now (", strerror(err), ")"));
+    }
     return absl::FailedPreconditionError(absl::StrCat(
-        "state directory '", dir_, "' is gone (", strerror(errno),
+        "state directory '", dir_, "' is gone (", strerror(err),
         "): it was removed since gstabd locked it; checkpoints are written again once it is "
         "back"));
   }
@@ -104,11 +109,14 @@ absl::Status StateStore::CheckFolder() {
   if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     if (fd >= 0) close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "state directory '", dir_, "' was replaced since gstabd locked it, and the new one ",
-        err == EWOULDBLOCK ? "is locked by another process (another gstabd, most likely)"
-                           : absl::StrCat("cannot be locked (", strerror(err), ")"),
-        ": this gstabd writes no checkpoint there"));
+    // Another gstabd's is final; out of descriptors, say, may pass.
+    return absl::Status(
+        err == EWOULDBLOCK ? absl::StatusCode::kFailedPrecondition : absl::StatusCode::kUnavailable,
+        absl::StrCat(
+            "state directory '", dir_, "' was replaced since gstabd locked it, and the new one ",
+            err == EWOULDBLOCK ? "is locked by another process (another gstabd, most likely)"
+                               : absl::StrCat("cannot be locked (", strerror(err), ")"),
+            ": this gstabd writes no checkpoint there"));
   }
   close(lock_fd_);
   lock_fd_ = fd;

@@ -84,8 +84,10 @@ class StateStore {
   // no such thing (EINVAL).
   absl::Status SyncDir() const;
   // OK while the folder at dir_ is the one locked. One made again under the name since is
-  // locked in its place, unless another process holds it (FAILED_PRECONDITION): saves and
-  // deletions go by name, and must not reach another gstabd's folder; nor do reads.
+  // locked in its place, unless another process holds it (FAILED_PRECONDITION, as when the
+  // folder is gone; UNAVAILABLE for a failure that may pass: no permission to look, out of
+  // descriptors): saves and deletions go by name, and must not reach another gstabd's folder;
+  // nor do reads.
   absl::Status CheckFolder();
   // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged), as
   // <path><infix><unix seconds>.

@@ -98,7 +98,10 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   // Nor is it read from a folder that is no longer this gstabd's (removed, or replaced by one
   // another gstabd locks, whose job of the same name it would be): its checkpoints went with it.
   if (absl::Status s = CheckFolder(); !s.ok()) {
-    return absl::NotFoundError(absl::StrCat("'", path, "' not read: ", s.message()));
+    // A failure that may pass keeps the checkpoint (its attach tries again).
+    return absl::Status(
+        absl::IsUnavailable(s) ? absl::StatusCode::kUnavailable : absl::StatusCode::kNotFound,
+        absl::StrCat("'", path, "' not read: ", s.message()));
   }
   uid_t owner = geteuid();
   absl::StatusOr<std::string> bytes = ReadWhole(path, &owner);

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/folders.h"
 #include "common/host_port.h"
@@ -26,9 +27,9 @@
 
 namespace gstab {
 
-void PeerTable::Set(int fd, const ucred& cred) {
+void PeerTable::Set(int fd, const ucred& cred, dev_t dev, ino_t inode) {
   absl::MutexLock lock(&mu_);
-  by_fd_[fd] = cred;
+  by_fd_[fd] = Entry{cred, dev, inode};
 }
 
 std::optional<ucred> PeerTable::Find(const std::string& peer) const {
@@ -37,7 +38,20 @@ std::optional<ucred> PeerTable::Find(const std::string& peer) const {
   absl::MutexLock lock(&mu_);
   auto it = by_fd_.find(fd);
   if (it == by_fd_.end()) return std::nullopt;
-  return it->second;
+  return it->second.cred;
+}
+
+bool PeerTable::Shutdown(const std::string& peer) const {
+  int fd = 0;
+  if (!absl::StartsWith(peer, "fd:") || !absl::SimpleAtoi(peer.substr(3), &fd)) return false;
+  absl::MutexLock lock(&mu_);  // no Set of a new connection on this descriptor meanwhile
+  auto it = by_fd_.find(fd);
+  struct stat st;
+  if (it == by_fd_.end() || fstat(fd, &st) != 0 || st.st_dev != it->second.dev ||
+      st.st_ino != it->second.inode) {
+    return false;  // closed, or another socket's now
+  }
+  return shutdown(fd, SHUT_RDWR) == 0;
 }
 
 bool PeerPolicy::Allows(uid_t uid, gid_t gid) const {
@@ -64,17 +78,18 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
           absl::StrCat("cannot listen on '", path, "': ", s.message()));
     }
   }
-  // In a folder any user may write without the sticky bit (/tmp has it), another user could
-  // swap the socket for a link between gstabd's bind and its chmod (which follows links: gstabd,
-  // root, would change the mode of a file of that user's choosing), or remove it.
+  // In a folder other users may write (its group's, or anyone) without the sticky bit (/tmp has
+  // it), another user could swap the socket for a link between gstabd's bind and its chmod
+  // (which follows links: gstabd, root, would change the mode of a file of that user's
+  // choosing), or remove it.
   if (struct stat folder;
       ::stat(p.has_parent_path() ? p.parent_path().c_str() : ".", &folder) == 0 &&
-      (folder.st_mode & S_IWOTH) != 0 && (folder.st_mode & S_ISVTX) == 0) {
+      (folder.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (folder.st_mode & S_ISVTX) == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "cannot listen on '", path,
-        "': its folder is writable by every user and not sticky "
-        "(any user could replace or remove the socket): give --socket a folder others may not "
-        "write (or one with the sticky bit, as /tmp)"));
+        "cannot listen on '", path, "': its folder is writable by other users (mode ",
+        absl::StrFormat("%04o", folder.st_mode & 07777),
+        ") and not sticky (they could replace or remove the socket): give --socket a folder "
+        "only its owner may write (or one with the sticky bit, as /tmp)"));
   }
   // Something other than a socket at the path is not a stale socket to replace (a mistyped
   // --socket naming a file would be deleted).
@@ -306,7 +321,7 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
     handed_[cred.uid].push_back({conn, st.st_dev, st.st_ino});
     // gRPC needs a non-blocking descriptor.
     fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
-    peers_->Set(conn, cred);  // before gRPC can serve a call on it
+    peers_->Set(conn, cred, st.st_dev, st.st_ino);  // before gRPC can serve a call on it
     grpc::AddInsecureChannelFromFd(server, conn);
   }
 }

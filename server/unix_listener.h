@@ -41,13 +41,22 @@ class MetricFamily;
 // at an upgrade.
 class PeerTable {
  public:
-  void Set(int fd, const ucred& cred);
+  // `dev`, `inode`: the socket's identity (fstat), which Shutdown checks.
+  void Set(int fd, const ucred& cred, dev_t dev = 0, ino_t inode = 0);
   // The credentials behind gRPC peer `peer`, or nullopt (a TCP peer, or unknown).
   std::optional<ucred> Find(const std::string& peer) const;
+  // Shuts down the connection of gRPC peer `peer` (both ways), if its descriptor is still the
+  // socket Set recorded; whether it did.
+  bool Shutdown(const std::string& peer) const;
 
  private:
+  struct Entry {
+    ucred cred;
+    dev_t dev;
+    ino_t inode;
+  };
   mutable absl::Mutex mu_;
-  std::map<int, ucred> by_fd_ ABSL_GUARDED_BY(mu_);
+  std::map<int, Entry> by_fd_ ABSL_GUARDED_BY(mu_);
 };
 
 // Who may connect. Empty sets mean "anyone the socket's mode lets in".

@@ -112,14 +112,19 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   EXPECT_EQ(stat(datagram.c_str(), &after), 0);
   EXPECT_EQ(after.st_ino, before.st_ino);
   close(live);
-  // A folder every user may write, without the sticky bit: another user could swap the socket
-  // for a link whose target gstabd would chmod. With the sticky bit (as /tmp) it is taken.
+  // A folder other users may write, without the sticky bit: they could swap the socket for a
+  // link whose target gstabd would chmod. With the sticky bit (as /tmp) it is taken.
   const std::string open = dir.path() + "/open";
   std::filesystem::create_directory(open);
   ASSERT_EQ(chmod(open.c_str(), 0777), 0);
   auto [ocode, oout] = StartRefused(dir, {"--socket=" + open + "/gstabd.sock"});
   EXPECT_EQ(ocode, 1) << oout;
-  EXPECT_NE(oout.find("writable by every user and not sticky"), std::string::npos) << oout;
+  EXPECT_NE(oout.find("writable by other users (mode 0777) and not sticky"), std::string::npos)
+      << oout;
+  ASSERT_EQ(chmod(open.c_str(), 0775), 0);  // its group's: the training users', often
+  auto [gcode, gout] = StartRefused(dir, {"--socket=" + open + "/gstabd.sock"});
+  EXPECT_EQ(gcode, 1) << gout;
+  EXPECT_NE(gout.find("(mode 0775) and not sticky"), std::string::npos) << gout;
   ASSERT_EQ(chmod(open.c_str(), 01777), 0);
   absl::StatusOr<DaemonProcess> sticky = DaemonProcess::Start(open);  // its socket there
   ASSERT_TRUE(sticky.ok()) << sticky.status();
