@@ -233,6 +233,11 @@ time.sleep({delay})
             client.register_arena(arena)
             view = arena.view(w)
             run_steps(client, [view], [1])
+            # Another thread of the parent in the middle of attaching again (stats() after a
+            # gstabd restart) at the fork: its lock, held in the child for good, must not hang
+            # the child's calls.
+            client._reattach_lock.acquire()
+            client._reattaching = -1
             pid = os.fork()
             if pid == 0:
                 code = 1
@@ -258,6 +263,8 @@ time.sleep({delay})
                 client.close()
                 del arena
                 os._exit(code)
+            client._reattaching = None
+            client._reattach_lock.release()
             deadline = time.monotonic() + 20
             while True:
                 done, status = os.waitpid(pid, os.WNOHANG)
