@@ -259,6 +259,7 @@ absl::Status Server::Start() {
     probes.max_connections_per_uid = ServerOptions::kHealthConnections;
     probes.allow_source = "the probe socket's allow-list (gstabd's own uid and root)";
     probes.cap_source = "the probe socket's cap (probes do not hold connections open)";
+    probes.private_folder = false;
     absl::StatusOr<std::unique_ptr<UnixListener>> listener =
         UnixListener::Create(options_.health_socket_path, probes, &peers_, /*refusals=*/nullptr);
     if (!listener.ok()) return listener.status();

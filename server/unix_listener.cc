@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
   // (which follows links: gstabd, root, would change the mode of a file of that user's
   // choosing), or remove it.
   if (struct stat folder;
+      policy.private_folder &&
       ::stat(p.has_parent_path() ? p.parent_path().c_str() : ".", &folder) == 0 &&
       (folder.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (folder.st_mode & S_ISVTX) == 0) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -72,6 +72,10 @@ struct PeerPolicy {
   std::string cap_source =
       "its cap (--max_connections_per_uid): close the clients it no longer "
       "uses, or raise the cap";
+  // Whether a folder other users may write, without the sticky bit, is refused (see Create).
+  // Not for the probes' socket: under Kubernetes its folder is an emptyDir of gstabd's pod
+  // (mode 0777 or 1777 by the kubelet's version), which no other pod reaches.
+  bool private_folder = true;
   bool Allows(uid_t uid, gid_t gid) const;
 };
 

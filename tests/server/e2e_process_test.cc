@@ -129,6 +129,13 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   absl::StatusOr<DaemonProcess> sticky = DaemonProcess::Start(open);  // its socket there
   ASSERT_TRUE(sticky.ok()) << sticky.status();
   EXPECT_EQ(sticky->Stop().value_or(-1), 0) << sticky->Log();
+  // The probes' socket is not checked: under Kubernetes its folder is an emptyDir of gstabd's
+  // own pod, 0777 where the kubelet makes it so.
+  ASSERT_EQ(chmod(open.c_str(), 0777), 0);
+  absl::StatusOr<DaemonProcess> probed =
+      DaemonProcess::Start(dir.path(), {"--health_socket=" + open + "/probe.sock"});
+  ASSERT_TRUE(probed.ok()) << probed.status();
+  EXPECT_EQ(probed->Stop().value_or(-1), 0) << probed->Log();
 }
 
 // Two gstabds started at once on one --socket (with different --state_dir) would both find no
