@@ -258,13 +258,11 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-int StabilizerService::EndStalledStreams(absl::Time now) {
-  int ended = 0;
+void StabilizerService::EndStalledStreams(absl::Time now) {
   absl::MutexLock lock(&streams_mu_);  // the stream's call runs until its entry is gone
   for (auto& [context, writing] : writing_) {
     if (writing.ended || now - writing.since < event_write_timeout_) continue;
     writing.ended = true;
-    ++ended;
     context->TryCancel();
     const bool unix_socket = peers_ != nullptr && peers_->Shutdown(writing.peer);
     LOG(WARNING) << "an event stream of " << writing.caller << " has taken no event for "
@@ -273,7 +271,6 @@ int StabilizerService::EndStalledStreams(absl::Time now) {
                  << "client that never reads): ended"
                  << (unix_socket ? ", its connection shut down" : "");
   }
-  return ended;
 }
 
 }  // namespace gstab

@@ -80,9 +80,9 @@ class StabilizerService final : public v1::Stabilizer::Service {
                          v1::ForgetJobResponse* response) override;
   // Ends the event streams whose write has waited event_write_timeout (their reader reads
   // nothing): cancelled, and a unix-socket connection shut down (which ends the write; over TCP
-  // the cancellation alone, which a write to a full window may not notice). Logged once each;
-  // how many it ended. Called by the housekeeping, about every second.
-  int EndStalledStreams(absl::Time now);
+  // the cancellation alone, which a write to a full window may not notice). Logged once each.
+  // Called by the housekeeping, about every second.
+  void EndStalledStreams(absl::Time now);
   grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status CreateRendezvous(grpc::ServerContext*, const v1::CreateRendezvousRequest* request,

@@ -32,26 +32,40 @@ void PeerTable::Set(int fd, const ucred& cred, dev_t dev, ino_t inode) {
   by_fd_[fd] = Entry{cred, dev, inode};
 }
 
-std::optional<ucred> PeerTable::Find(const std::string& peer) const {
+namespace {
+
+// The descriptor of gRPC peer `peer` ("fd:N"), if it names one.
+std::optional<int> PeerFd(const std::string& peer) {
   int fd = 0;
   if (!absl::StartsWith(peer, "fd:") || !absl::SimpleAtoi(peer.substr(3), &fd)) return std::nullopt;
+  return fd;
+}
+
+// Whether descriptor `fd` is still the socket of identity (`dev`, `inode`): not closed, nor
+// reused by another.
+bool StillSocket(int fd, dev_t dev, ino_t inode) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == inode;
+}
+
+}  // namespace
+
+std::optional<ucred> PeerTable::Find(const std::string& peer) const {
+  const std::optional<int> fd = PeerFd(peer);
+  if (!fd.has_value()) return std::nullopt;
   absl::MutexLock lock(&mu_);
-  auto it = by_fd_.find(fd);
+  auto it = by_fd_.find(*fd);
   if (it == by_fd_.end()) return std::nullopt;
   return it->second.cred;
 }
 
 bool PeerTable::Shutdown(const std::string& peer) const {
-  int fd = 0;
-  if (!absl::StartsWith(peer, "fd:") || !absl::SimpleAtoi(peer.substr(3), &fd)) return false;
+  const std::optional<int> fd = PeerFd(peer);
+  if (!fd.has_value()) return false;
   absl::MutexLock lock(&mu_);  // no Set of a new connection on this descriptor meanwhile
-  auto it = by_fd_.find(fd);
-  struct stat st;
-  if (it == by_fd_.end() || fstat(fd, &st) != 0 || st.st_dev != it->second.dev ||
-      st.st_ino != it->second.inode) {
-    return false;  // closed, or another socket's now
-  }
-  return shutdown(fd, SHUT_RDWR) == 0;
+  auto it = by_fd_.find(*fd);
+  if (it == by_fd_.end() || !StillSocket(*fd, it->second.dev, it->second.inode)) return false;
+  return shutdown(*fd, SHUT_RDWR) == 0;
 }
 
 bool PeerPolicy::Allows(uid_t uid, gid_t gid) const {
@@ -230,10 +244,7 @@ void UnixListener::Stop() {
   lock_.reset();
 }
 
-bool UnixListener::Handed::Gone() const {
-  struct stat st;
-  return fstat(fd, &st) != 0 || st.st_dev != dev || st.st_ino != inode;
-}
+bool UnixListener::Handed::Gone() const { return !StillSocket(fd, dev, inode); }
 
 int UnixListener::ShutdownConnections() {
   // gRPC may close a connection meanwhile, and its descriptor be taken by another socket
