@@ -59,15 +59,31 @@ GSTAB_HD inline void EmaMeanVar(double beta, double x, double* mean, double* var
   *var = beta * (*var + (1.0 - beta) * delta * delta);
 }
 
-// The GradientStabilizer target norm after folding n into the EMAs (t already advanced).
+// The largest target t accepted norms can give, whatever they were. With a_k and c_k the weights
+// of the norm k steps back in m_hat and v_hat (bias correction included), Cauchy-Schwarz gives
+// m_hat^2 <= v_hat * sum(a_k^2 / c_k), a geometric series in r = beta1^2 / beta2 (at most 1:
+// config.h). Statistics the EMAs built with these betas stay below it; others (an imported state,
+// or one built with other betas and re-expressed for these) are held to it, where their target
+// could otherwise be any size, and the gradients scaled past an fp16's range.
+GSTAB_HD inline double TargetBound(const RuleParams& p, uint64_t t, double m_weight,
+                                   double v_weight) {
+  const double r = p.beta2 > 0.0 ? p.beta1 * p.beta1 / p.beta2 : 0.0;  // beta2 0: beta1 0
+  const double series = r < 1.0 ? (1.0 - PowSteps(r, t)) / (1.0 - r) : static_cast<double>(t);
+  const double g1 = 1.0 - p.beta1;
+  return sqrt(g1 * g1 * v_weight * series / ((1.0 - p.beta2) * m_weight * m_weight));
+}
+
+// The GradientStabilizer target norm after folding n into the EMAs (t already advanced), held to
+// TargetBound.
 GSTAB_HD inline double StabilizeTarget(const RuleParams& p, const GroupStats& s) {
-  double m_hat = s.m;
-  double v_hat = s.v;
-  if (p.bias_correction) {
-    m_hat /= 1.0 - PowSteps(p.beta1, s.t);
-    v_hat /= 1.0 - PowSteps(p.beta2, s.t);
-  }
-  return m_hat / (sqrt(v_hat) + p.eps);
+  // What the bias correction divides m and v by (1 without it).
+  const double m_weight = p.bias_correction ? 1.0 - PowSteps(p.beta1, s.t) : 1.0;
+  const double v_weight = p.bias_correction ? 1.0 - PowSteps(p.beta2, s.t) : 1.0;
+  const double target = (s.m / m_weight) / (sqrt(s.v / v_weight) + p.eps);
+  // A NaN or infinite target (statistics corrupt past the import's checks) stays as it is: the
+  // rule skips the step for it.
+  const double bound = TargetBound(p, s.t, m_weight, v_weight);
+  return IsFinite(target) && target > bound ? bound : target;
 }
 
 // ZClip: returns the norm to clip to (n itself when no clipping applies) and updates its EMA.
@@ -266,8 +282,9 @@ GSTAB_HD inline StepOutcome ApplyRule(const RuleParams& p, GroupStats* s, double
       break;
   }
   if (!IsFinite(scale) || scale > kMaxFloatScale || (scale > 1.0 && n * scale > kMaxFloatScale)) {
-    // Only statistics gstabd never writes give this (an imported mean far beyond any norm the
-    // job had): leave the gradients as they are and have the step skipped rather than apply a
+    // Only statistics gstabd never writes give this (NaN or infinite ones; the target is
+    // otherwise bounded, so a finite one only with a norm below any float sums'): leave the
+    // gradients as they are and have the step skipped rather than apply a
     // scale that is NaN, infinite once the kernels make it a float, or that would grow the
     // gradients past a float's range. Unlike other skipped steps', the norm is taken: the
     // statistics move toward the job's own norms, where left as they are they would skip every

@@ -187,6 +187,12 @@ TEST_F(E2eRegistrationTest, EveryBadRegistrationGetsTheRightCodeAndAReason) {
       // Finite, but no gradients' (re-expressed for other betas, it could become inf).
       {"huge second moment", [](auto* s) { s->mutable_groups(0)->set_v(1e300); }, "v is 1e+300"},
       {"huge mean", [](auto* s) { s->mutable_groups(0)->set_long_ema(1e100); }, "long_ema is"},
+      {"means before any step",
+       [](auto* s) {
+         s->mutable_groups(0)->set_t(0);
+         s->mutable_groups(0)->set_m(2.0);
+       },
+       "while t is 0"},
       {"t about to wrap", [](auto* s) { s->mutable_groups(0)->set_t(~uint64_t{0}); }, "2^62"},
       {"no step after the last", [](auto* s) { s->set_last_step(~uint64_t{0}); }, "last_step"},
       {"duplicate group", [](auto* s) { *s->add_groups() = s->groups(0); }, "duplicate group"},
