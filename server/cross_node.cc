@@ -105,6 +105,11 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
   return AsStopping(*c, named);  // this gstabd's stop began while the store was asked
 }
 
+bool ReplicaSumsDiffer(double a, double b) {
+  return std::isfinite(a) && std::isfinite(b) &&
+         std::abs(a - b) > 1e-5 * std::max(std::abs(a), std::abs(b));
+}
+
 uint8_t CrossNodeMode(int reduction, uint32_t node_rank) {
   if (reduction == v1::REDUCTION_REPLICATED) return kKeepOwn;
   if (reduction == v1::REDUCTION_NODE_SHARDED && node_rank != 0) return kTakeOnly;
@@ -305,7 +310,9 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   for (size_t g = 0; g < groups; ++g) {
     modes[g] = CrossNodeMode(p->reduction[g], c->rank());
     const bool present = g < p->present.size() && p->present[g];
-    if (modes[g] == kAddAndTake) data[g] = p->sums[g];
+    // A replicated group's sum is node 0's on every node: one scale for every replica, whatever
+    // the rounding of each node's own sum (its chunks laid out otherwise).
+    if (modes[g] == kAddAndTake || (modes[g] == kKeepOwn && c->rank() == 0)) data[g] = p->sums[g];
     data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
     data[2 * groups + g] = present ? 1.0 : 0.0;
   }
@@ -367,7 +374,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
       data[2 * groups + g] = 0.0;
       for (uint32_t r = 0; r < all.nodes(); ++r) {
         const uint64_t flags = all.at(r, kNonFinite + g);
-        data[g] += all.value(r, kSums + g);
+        if (modes[g] != kKeepOwn || r == 0) data[g] += all.value(r, kSums + g);
         if ((flags & kNonFiniteFlag) != 0) data[groups + g] = 1.0;
         if ((flags & kPresent) != 0) data[2 * groups + g] += 1.0;
       }
@@ -393,7 +400,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         "registers an empty placeholder for it, as gstab.torch does); nothing was summed"));
   }
   for (size_t g = 0; g < groups; ++g) {
-    if (modes[g] != kKeepOwn) p->sums[g] = data[g];
+    p->sums[g] = data[g];
     p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
   }
   for (size_t g = 0; gathered && g < groups && agreement->replicas_differ.empty(); ++g) {
@@ -401,10 +408,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     const double first = all.value(0, kSums + g);
     for (uint32_t r = 1; r < all.nodes(); ++r) {
       const double other = all.value(r, kSums + g);
-      // Beyond rounding: the same gradients laid out in other chunks sum in another order (in
-      // fp32 within a tile: about 1e-7 apart).
-      if (std::isfinite(first) && std::isfinite(other) &&
-          std::abs(other - first) > 1e-5 * std::max(std::abs(first), std::abs(other))) {
+      if (ReplicaSumsDiffer(first, other)) {
         agreement->replicas_differ =
             absl::StrCat("replicated group ", GroupLabel(*p, g), "'s sum of squares is ", first,
                          " on node 0 and ", other, " on node ", r);

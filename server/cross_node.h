@@ -38,6 +38,11 @@ struct NodePartials {
 // (a v1::Reduction): kAddAndTake, kKeepOwn or kTakeOnly of kernels/cross_node_mode.h.
 uint8_t CrossNodeMode(int reduction, uint32_t node_rank);
 
+// Whether two sums of squares of one replicated gradient differ beyond rounding: the same
+// gradients laid out in other chunks sum in another order (in fp32 within a tile: about 1e-7
+// apart). Non-finite sums are not compared.
+bool ReplicaSumsDiffer(double a, double b);
+
 uint64_t LayoutHash(absl::Span<const std::string> groups, absl::Span<const int> reduction);
 // A fingerprint of an effective configuration.
 uint64_t ConfigHash(const RuleParams& params);
@@ -58,8 +63,8 @@ struct StepAgreement {
   bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics): asked
                                  // for, or the configurations differ
   // The first replicated group whose gradients differ across the nodes, said (a job of at most
-  // 32 groups, whose sums travel in the records; empty: none found). Each node scales it by its
-  // own norm: their replicas drift apart.
+  // 32 groups, whose sums travel in the records; empty: none found). Every node scales it by
+  // node 0's norm, which the other nodes' gradients do not have.
   std::string replicas_differ;
 };
 

@@ -464,6 +464,7 @@ class Job {
   HostTransport host_transport_ ABSL_GUARDED_BY(mu_);
   // A replicated group's differing sums across nodes have been logged (once a rendezvous).
   bool replicas_warned_ ABSL_GUARDED_BY(mu_) = false;
+  bool local_replicas_warned_ ABSL_GUARDED_BY(mu_) = false;  // said once a job
 
   // The open round: which step, who has arrived; and the last finished round's result.
   bool round_open_ ABSL_GUARDED_BY(mu_) = false;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
@@ -170,6 +171,12 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
     return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
   };
+  // The first replicated group whose local workers' sums differ beyond rounding.
+  struct LocalReplicas {
+    uint32_t group, first_rank, other_rank;
+    double first_sum, other_sum;
+  };
+  std::optional<LocalReplicas> local_replicas;
   auto sum_locally = [&]() -> absl::Status {
     if (absl::Status s = check_objects(&ShmMapping::CheckSize); !s.ok()) {
       return absl::Status(s.code(),
@@ -187,11 +194,18 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       return s;
     }
     size_t k = 0;
+    std::vector<uint32_t> first_rank(num_groups);  // a replicated group's: its sum is taken
     for (const auto& [rank, w] : workers) {
       for (size_t g = 0; g < w->has_group.size(); ++g) {
         if (!w->has_group[g]) continue;
         const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
-        if (!replicated || !present[g]) sums[g] += sum_spans[k][g];
+        if (!replicated || !present[g]) {
+          sums[g] += sum_spans[k][g];
+          first_rank[g] = rank;
+        } else if (!local_replicas.has_value() && ReplicaSumsDiffer(sums[g], sum_spans[k][g])) {
+          local_replicas = LocalReplicas{static_cast<uint32_t>(g), first_rank[g], rank, sums[g],
+                                         sum_spans[k][g]};
+        }
         non_finite[g] |= flag_spans[k][g];
         present[g] = true;
       }
@@ -205,6 +219,21 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     const LocalWork summing;
     if (!summing.began()) return ShuttingDown(step);  // gstabd is exiting
     local = sum_locally();
+  }
+  if (local_replicas.has_value()) {
+    absl::MutexLock lock(&mu_);
+    if (!local_replicas_warned_) {
+      local_replicas_warned_ = true;
+      LOG(WARNING) << "job '" << name_ << "' step " << step << ": replicated group '"
+                   << group_names_[local_replicas->group] << "''s sum of squares is "
+                   << local_replicas->first_sum << " on local rank " << local_replicas->first_rank
+                   << " and " << local_replicas->other_sum << " on local rank "
+                   << local_replicas->other_rank << ": its norm is local rank "
+                   << local_replicas->first_rank
+                   << "'s alone, which the others' gradients do not have. Are they replicas "
+                      "(stepped once the data-parallel all-reduce has finished)? Shards are "
+                      "registered sharded (the default). Said once a job";
+    }
   }
   // Before the check, where a job across nodes can still refuse it on every node (after it, the
   // other nodes apply it: this one then counts it too, below, and scales nothing).
@@ -240,8 +269,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       if (!replicas_warned_ && collective_ == collective) {
         replicas_warned_ = true;
         LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << agreed.replicas_differ
-                     << ": each node scales it by its own norm, so the replicas drift apart. "
-                        "Are they replicas (stepped once the data-parallel all-reduce has "
+                     << ": every node scales it by node 0's norm, which the other nodes' "
+                        "gradients do not have. Are they replicas (stepped once the data-parallel "
+                        "all-reduce has "
                         "finished, the same tensors registered alike on every node)? Said once "
                         "a rendezvous";
       }

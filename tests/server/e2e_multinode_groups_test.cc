@@ -1,10 +1,10 @@
 // Jobs across nodes by their number of norm groups: up to 32, a step's sums travel in the one
 // all-gather that checks the nodes agree; past that, a second collective sums them. Either way
 // every node gets the same results, and each group's norm is what its reduction says: sharded
-// groups sum every node's squares, replicated ones keep the node's own, node-sharded ones take
-// node 0's. A group registered on some nodes and not others is refused on every node; replicated
-// gradients that differ across the nodes are said. A state imported on node 0 holds its groups
-// in every node's order.
+// groups sum every node's squares, replicated and node-sharded ones take node 0's. A group
+// registered on some nodes and not others is refused on every node; replicated gradients that
+// differ across the nodes, or across a node's workers, are said. A state imported on node 0
+// holds its groups in every node's order.
 #include <cmath>
 #include <thread>
 #include <tuple>
@@ -163,8 +163,10 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
 }
 
 // Replicated gradients that differ across the nodes (stepped before the data-parallel
-// all-reduce finished, or no replicas at all) are scaled by each node's own norm, and the nodes'
-// replicas drift apart: every node's gstabd says so in its log, once a rendezvous.
+// all-reduce finished, or no replicas at all) are scaled by node 0's norm on every node, which
+// is not the other nodes' gradients' norm: every node's gstabd says so in its log, once a
+// rendezvous. The replicas are scaled alike (rounding in a node's own sum would have them drift
+// apart).
 TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
   Cluster cluster(2);
   const std::string blob = cluster.Rendezvous("replicas");
@@ -175,9 +177,11 @@ TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
     if (step >= 2) static_cast<float*>(workers[1]->arena.data(1))[0] *= 2;  // g1: replicated
     const std::vector<absl::StatusOr<v1::StepResponse>> results = StepNodes(workers, step);
     for (int n = 0; n < 2; ++n) ASSERT_TRUE(results[n].ok()) << results[n].status();
+    EXPECT_EQ(results[1]->SerializeAsString(), results[0]->SerializeAsString())
+        << "step " << step << ": node 1 scaled otherwise than node 0";
     if (step == 1) {
       for (int n = 0; n < 2; ++n) {
-        EXPECT_FALSE(cluster.daemon(n).WaitForLog("drift apart", absl::Milliseconds(300)))
+        EXPECT_FALSE(cluster.daemon(n).WaitForLog("Are they replicas", absl::Milliseconds(300)))
             << "node " << n << ", where the replicas agree";
       }
     }
@@ -186,8 +190,59 @@ TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
     EXPECT_TRUE(cluster.daemon(n).WaitForLog("step 2: replicated group 'g1''s sum of squares is"))
         << cluster.daemon(n).Log();
     const std::string log = cluster.daemon(n).Log();
-    EXPECT_EQ(log.find("drift apart"), log.rfind("drift apart")) << "said more than once";
+    EXPECT_NE(log.find("every node scales it by node 0's norm"), std::string::npos) << log;
+    EXPECT_EQ(log.find("Are they replicas"), log.rfind("Are they replicas"))
+        << "said more than once";
   }
+}
+
+// The workers of one node whose replicated gradients differ (shards registered replicated, say)
+// are scaled by the first's norm alone: gstabd says so in its log, once, naming the local ranks.
+TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossANodesWorkersAreSaid) {
+  testing::TempDir dir;
+  absl::StatusOr<testing::DaemonProcess> daemon = testing::DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  std::vector<std::unique_ptr<Node>> workers;
+  for (uint32_t rank = 0; rank < 2; ++rank) {
+    auto w = std::make_unique<Node>();
+    w->arena.AddTensor("t", 64, DType::kFloat32, "g", v1::REDUCTION_REPLICATED);
+    ASSERT_TRUE(w->arena.Allocate().ok());
+    auto client = Client::Connect(daemon->socket());
+    ASSERT_TRUE(client.ok()) << client.status();
+    w->client = *std::move(client);
+    AttachOptions options = testing::JobOptions("local-replicas");
+    options.local_rank = rank;
+    options.local_world_size = 2;
+    ASSERT_TRUE(w->client->Attach(options).ok());
+    ASSERT_TRUE(w->client->Register(w->arena).ok());
+    workers.push_back(std::move(w));
+  }
+  for (uint64_t step = 1; step <= 3; ++step) {
+    std::vector<double> sums;
+    for (int rank = 0; rank < 2; ++rank) {
+      sums.push_back(Fill(0, step, workers[rank]->arena)[0]);
+      if (step >= 2 && rank == 1) {
+        static_cast<float*>(workers[rank]->arena.data(0))[0] *= 3;
+      }
+    }
+    const std::vector<absl::StatusOr<v1::StepResponse>> results = StepNodes(workers, step);
+    for (int rank = 0; rank < 2; ++rank) {
+      ASSERT_TRUE(results[rank].ok()) << results[rank].status();
+      // Local rank 0's norm (the sums filled alike; rank 1's first element since tripled).
+      EXPECT_NEAR(results[rank]->groups(0).norm() / std::sqrt(sums[0]), 1.0, 1e-6)
+          << "rank " << rank << " step " << step;
+    }
+    if (step == 1) {
+      EXPECT_FALSE(daemon->WaitForLog("Are they replicas", absl::Milliseconds(300)))
+          << "where the replicas agree";
+    }
+  }
+  EXPECT_TRUE(daemon->WaitForLog("step 2: replicated group 'g''s sum of squares is"))
+      << daemon->Log();
+  const std::string log = daemon->Log();
+  EXPECT_NE(log.find("on local rank 0 and"), std::string::npos) << log;
+  EXPECT_EQ(log.find("Are they replicas"), log.rfind("Are they replicas")) << "said more than once";
+  EXPECT_EQ(daemon->Stop().value_or(-1), 0);
 }
 
 // A state imported on node 0 may hold a group the model no longer has. It stays on node 0 (no
