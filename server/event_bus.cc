@@ -69,7 +69,12 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
                                                             bool live) {
   auto sub = std::shared_ptr<Subscription>(new Subscription(job, capacity_, max_queue_bytes_));
   // No more than its queue holds: the rest would read as events this reader was too slow for.
-  recent = static_cast<uint32_t>(std::min<size_t>(recent, capacity_));
+  // A live one's past events take half of it at most, the other half left to the events
+  // published before it has read them (the first would otherwise push one out, and the reader
+  // be told it was too slow before it could read anything).
+  const size_t room = live ? std::max<size_t>(capacity_ / 2, 1) : capacity_;
+  const size_t byte_room = live ? max_queue_bytes_ / 2 : max_queue_bytes_;
+  recent = static_cast<uint32_t>(std::min<size_t>(recent, room));
   absl::MutexLock lock(&mu_);
   // The newest `recent` of both histories, in the order they were published in.
   std::vector<Shared> matching;
@@ -87,7 +92,7 @@ std::shared_ptr<EventBus::Subscription> EventBus::Subscribe(const std::string& j
   while (oldest > first) {
     sizes[oldest - 1] = matching[oldest - 1]->ByteSizeLong();
     bytes += sizes[oldest - 1];
-    if (bytes > max_queue_bytes_ && oldest < matching.size()) break;
+    if (bytes > byte_room && oldest < matching.size()) break;
     --oldest;
   }
   for (size_t i = oldest; i < matching.size(); ++i) sub->Push(matching[i], sizes[i]);

@@ -74,8 +74,8 @@ class EventBus {
   void StartSequenceAt(uint64_t sequence);
   // Stamps the sequence number and (if unset) the wall time, then delivers.
   void Publish(v1::Event event);
-  // Subscribes to `job` (empty: all), first receiving up to `recent` (at most `capacity`) past
-  // events, then (if
+  // Subscribes to `job` (empty: all), first receiving up to `recent` past events (at most the
+  // queue's capacity and bytes; half of them if `live`, the rest left to new events), then (if
   // `live`) each event published after. A subscription that is not live ends after the past
   // ones: its Next answers kClosed once they are read.
   std::shared_ptr<Subscription> Subscribe(const std::string& job, uint32_t recent,

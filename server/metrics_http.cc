@@ -70,6 +70,14 @@ MetricsHttpServer::~MetricsHttpServer() {
 int MetricsHttpServer::Handle(::mg_connection* conn, void* self) {
   const mg_request_info* info = mg_get_request_info(conn);
   const std::string method = info->request_method;
+  // A scrape sends no body. civetweb reads whatever body a handled request announces before it
+  // closes the connection, each read waiting up to kRequestTimeoutMs: a body trickled a byte at
+  // a time would hold a handler thread for good, and kThreads of them every scrape. An error
+  // answer (mg_send_http_error) closes the connection without reading it.
+  if (info->content_length > 0 || mg_get_header(conn, "Transfer-Encoding") != nullptr) {
+    mg_send_http_error(conn, 413, "a scrape of /metrics sends no request body");
+    return 413;
+  }
   if (method != "GET" && method != "HEAD") {
     mg_printf(conn,
               "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\n"

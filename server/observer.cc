@@ -88,12 +88,11 @@ void Observer::OnStep(const std::string& job, const v1::StepResponse& step,
                       std::optional<absl::Duration> duration) {
   if (Retired(job)) return;
   RecordStep(job, step, duration);
-  // Retired meanwhile: what this step set goes with the rest.
-  {
-    absl::MutexLock lock(&mu_);
-    if (retired_.count(job) == 0) return;
-    jobs_.erase(job);
-  }
+  // Retired meanwhile: what this step set goes with the rest. Under mu_, with the look: an
+  // attach of the job again after it (OnAttach) has its series kept.
+  absl::MutexLock lock(&mu_);
+  if (retired_.count(job) == 0) return;
+  jobs_.erase(job);
   for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
 }
 
@@ -256,7 +255,9 @@ void Observer::SetShmMappings(int mapped, int cap) {
 
 void Observer::OnRetire(const std::string& job, const std::string& reason) {
   {
-    absl::MutexLock lock(&mu_);  // first: a report coming meanwhile adds nothing back
+    // First: a report coming meanwhile adds nothing back. The series go under mu_ too: an attach
+    // of the job again (OnAttach) comes wholly before or after.
+    absl::MutexLock lock(&mu_);
     jobs_.erase(job);
     if (retired_.insert(job).second) {
       retired_order_.push_back(job);
@@ -265,8 +266,8 @@ void Observer::OnRetire(const std::string& job, const std::string& reason) {
         retired_order_.pop_front();
       }
     }
+    for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
   }
-  for (MetricFamily* family : per_job_) family->RemoveByFirstLabel(job);
   v1::Event e = MakeEvent(v1::EVENT_TYPE_JOB_RETIRED, job, 0);
   e.set_detail(reason);
   bus_->Publish(std::move(e));

@@ -122,6 +122,36 @@ TEST(EventBusTest, MoreRecentEventsThanTheQueueHoldsGivesTheNewestWithoutDrops) 
   EXPECT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kClosed);
 }
 
+// A live subscriber's past events fill half its queue at most: the events published before it
+// reads anything find room, and it is not told it was too slow (it had not read yet). In bytes
+// too.
+TEST(EventBusTest, ALiveSubscribersPastEventsLeaveRoomForNewOnes) {
+  for (const bool by_bytes : {false, true}) {
+    auto stamped = [](uint64_t step) {  // every one of the same size
+      v1::Event e = Spike("j", step);
+      e.set_wall_time_unix_nanos(1);
+      return e;
+    };
+    v1::Event sized = stamped(12);
+    sized.set_sequence(12);
+    EventBus bus(/*capacity=*/8, /*per_job=*/16, /*total=*/16,
+                 /*max_queue_bytes=*/by_bytes ? 4 * sized.ByteSizeLong() : 1 << 20);
+    for (uint64_t s = 1; s <= 10; ++s) bus.Publish(stamped(s));
+    auto sub = bus.Subscribe("", 100);
+    for (uint64_t s = 11; s <= 12; ++s) bus.Publish(stamped(s));
+    v1::Event e;
+    const uint64_t first = by_bytes ? 9 : 7;  // the newest 2 (half the bytes) or 4 (half of 8)
+    for (uint64_t s = first; s <= 12; ++s) {
+      ASSERT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kEvent)
+          << "by bytes " << by_bytes << " step " << s;
+      EXPECT_EQ(e.step(), s) << "by bytes " << by_bytes;
+      EXPECT_EQ(e.dropped_before(), 0u) << "by bytes " << by_bytes << " step " << s;
+    }
+    EXPECT_EQ(sub->Next(&e, absl::ZeroDuration()), EventBus::Subscription::Result::kTimeout);
+    bus.Unsubscribe(sub);
+  }
+}
+
 // Sessions coming and going (an operator's `gstabctl config show` in a loop) must not push the
 // job's spikes out of the history; what a subscriber gets is both, in the order published.
 TEST(EventBusTest, SessionsComingAndGoingKeepTheSpikesInTheHistory) {

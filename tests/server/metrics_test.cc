@@ -1,9 +1,15 @@
 #include "server/metrics.h"
 
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <clocale>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -144,6 +150,52 @@ TEST(MetricsHttpTest, AnAddressNarrowsWhereMetricsAreServed) {
     EXPECT_NE(refused.status().message().find("is not an IPv4 address"), std::string::npos)
         << refused.status();
   }
+}
+
+// A request that announces a body is answered 413 and its connection closed, the body unread: a
+// body sent a byte at a time (each within civetweb's read timeout) held a handler thread for
+// good before, and 32 such connections every scrape. Other requests are served as before.
+TEST(MetricsHttpTest, ARequestWithABodyIsAnsweredWithoutReadingIt) {
+  MetricsRegistry registry;
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      MetricsHttpServer::Start(&registry, 0, "127.0.0.1");
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const char* head : {"POST /metrics HTTP/1.1\r\nContent-Length: 100000\r\n\r\n",
+                           "GET /metrics HTTP/1.1\r\nContent-Length: 100000\r\n\r\n",
+                           "GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"}) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<uint16_t>((*server)->port()));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    ASSERT_EQ(send(fd, head, strlen(head), MSG_NOSIGNAL), static_cast<ssize_t>(strlen(head)));
+    // The body trickles, a byte every 0.5 s (civetweb waits 2 s for each read), for up to 8 s.
+    std::string answer;
+    bool closed = false;
+    for (int i = 0; i < 16 && !closed; ++i) {
+      (void)send(fd, "1", 1, MSG_NOSIGNAL);
+      pollfd in = {fd, POLLIN, 0};
+      while (!closed && poll(&in, 1, 500) > 0) {
+        char buf[4096];
+        const ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) {
+          closed = true;
+        } else {
+          answer.append(buf, static_cast<size_t>(n));
+        }
+      }
+    }
+    close(fd);
+    EXPECT_TRUE(closed) << head << ": still open after 8 s of a trickled body";
+    EXPECT_NE(answer.find(" 413 "), std::string::npos) << head << answer;
+    EXPECT_NE(answer.find("sends no request body"), std::string::npos) << head << answer;
+  }
+  absl::StatusOr<testing::HttpResponse> scraped =
+      testing::HttpRequest((*server)->port(), "GET", "/metrics");
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  EXPECT_EQ(scraped->status, 200);
 }
 
 }  // namespace
