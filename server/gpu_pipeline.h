@@ -60,7 +60,10 @@ class GpuPipeline {
   // worker or a node died or stalled): the generation is over. An error after part of the step
   // was queued still writes the done word behind it, and says so (MarkDoneWritten,
   // common/done_written.h): the worker's stream must wait for it before touching the gradients.
-  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) = 0;
+  // DEADLINE_EXCEEDED, nothing enqueued, when `call_deadline` (the worker's call's) has passed
+  // once the communicator is joined: the worker's stream does not wait for the done word then.
+  virtual absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
+                               absl::Time call_deadline) = 0;
   // The steps finished since the last call, oldest first; never blocks. A step whose results
   // were overwritten before any call saw it finished (the GPU two steps behind) is missing.
   virtual std::vector<GpuStepResult> Poll() = 0;

@@ -190,10 +190,10 @@ absl::Status GpuWorkers::CheckEnqueue(uint32_t local_rank, uint64_t step,
 }
 
 absl::Status GpuWorkers::Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
-                                 uint32_t ready_value) {
+                                 uint32_t ready_value, absl::Time call_deadline) {
   if (absl::Status s = CheckEnqueue(local_rank, step, ready_value); !s.ok()) return s;
   Worker& w = slots_.at(local_rank);
-  if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value); !s.ok()) {
+  if (absl::Status s = w.pipeline->Enqueue(step, params, ready_value, call_deadline); !s.ok()) {
     return s;
   }
   w.last_step = step;

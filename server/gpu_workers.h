@@ -67,9 +67,9 @@ class GpuWorkers {
   // the rank registered.
   absl::Status CheckEnqueue(uint32_t local_rank, uint64_t step, uint32_t ready_value) const;
   // Enqueues local_rank's step behind its worker's ready write of `ready_value`, CheckEnqueue's
-  // checks first.
+  // checks first (GpuPipeline::Enqueue).
   absl::Status Enqueue(uint32_t local_rank, uint64_t step, const RuleParams& params,
-                       uint32_t ready_value);
+                       uint32_t ready_value, absl::Time call_deadline);
   std::vector<GpuStepResult> Poll(uint32_t local_rank) { return Slot(local_rank).Poll(); }
   GpuPipeline& Slot(uint32_t local_rank) { return *slots_.at(local_rank).pipeline; }
   GpuPipeline& Primary() { return *slots_.begin()->second.pipeline; }

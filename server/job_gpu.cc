@@ -375,7 +375,8 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
           " came after its worker's call gave up (gstabd stalled past the call's deadline); ",
           consequence));
     }
-    if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value); !s.ok()) {
+    if (absl::Status s = gpus_.Enqueue(local_rank, step, params_, ready_value, call_deadline);
+        !s.ok()) {
       if (!gpus_.multi_rank() || (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s))) {
         return s;
       }

@@ -278,11 +278,20 @@ absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
                               stream_);
 }
 
-absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) {
+absl::Status CudaStepper::Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
+                                  absl::Time call_deadline) {
   const absl::Time deadline = absl::Now() + spec_.nccl.timeout;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   if (!joined_) {  // before waiting on `ready`: the worker's backward pass is not in the way
     if (absl::Status s = Join(step, deadline); !s.ok()) return s;
+    // Joining waits for every rank (up to the NCCL timeout): the worker's call may have given up
+    // meanwhile, and its stream then goes on without waiting for the done word.
+    if (absl::Now() >= call_deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("step ", step,
+                       ": its worker's call gave up while gstabd joined the GPU communicator; "
+                       "nothing of it was enqueued"));
+    }
   }
   // The worker's stream writes ready_value after its backward pass; nothing here reads its
   // gradients before that.

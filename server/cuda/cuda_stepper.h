@@ -52,7 +52,8 @@ class CudaStepper final : public GpuPipeline {
 
   // Enqueues one step behind the worker's ready write of `ready_value` (0 while the ready word
   // is still 0: at once), ending with the same value written to the done word.
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value) override;
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t ready_value,
+                       absl::Time call_deadline) override;
   // The newest enqueued step, once its GPU work has finished (reported once).
   std::vector<GpuStepResult> Poll() override;
   std::optional<GpuSnapshot> Snapshot() override;

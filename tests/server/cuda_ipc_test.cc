@@ -92,7 +92,7 @@ TEST(CudaIpcTest, WorkerGradientsAreStabilizedInPlaceThroughIpc) {
   absl::Notification enqueued;
   absl::Status enqueue_status;
   std::thread enqueue([&] {
-    enqueue_status = (*stepper)->Enqueue(1, RuleParams{}, 1);
+    enqueue_status = (*stepper)->Enqueue(1, RuleParams{}, 1, absl::InfiniteFuture());
     enqueued.Notify();
   });
   EXPECT_TRUE(enqueued.WaitForNotificationWithTimeout(absl::Seconds(10)))
@@ -141,12 +141,13 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   size_t free_before, free_after, total;
   for (uint64_t step = 1; step <= 100; ++step) {
-    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, 0).ok());  // 0: ready now
+    ASSERT_TRUE(
+        (*stepper)->Enqueue(step, RuleParams{}, 0, absl::InfiniteFuture()).ok());  // 0: ready now
   }
   ASSERT_TRUE((*stepper)->Statistics().ok());
   cudaMemGetInfo(&free_before, &total);
   for (uint64_t step = 101; step <= 10100; ++step) {
-    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, 0).ok()) << step;
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, 0, absl::InfiniteFuture()).ok()) << step;
   }
   absl::StatusOr<std::vector<GroupStats>> stats = (*stepper)->Statistics();
   ASSERT_TRUE(stats.ok());
@@ -176,7 +177,7 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   // Never written; as many as the pipeline reports at once (a worker's host ahead of its GPU).
   for (uint32_t step = 1; step <= CudaStepper::kResultSlots; ++step) {
-    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, step).ok());
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, step, absl::InfiniteFuture()).ok());
   }
   absl::SleepFor(absl::Milliseconds(200));
   EXPECT_FALSE((*stepper)->Idle());  // held at step 1's ready word
@@ -228,13 +229,13 @@ TEST(NcclCommTest, AMissingNodeFailsTheStepWithinTheDeadline) {
   auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   const absl::Time start = absl::Now();
-  absl::Status s = (*stepper)->Enqueue(1, RuleParams{}, 0);
+  absl::Status s = (*stepper)->Enqueue(1, RuleParams{}, 0, absl::InfiniteFuture());
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_NE(s.message().find("job 'lonely-job' rank 0 of 2"), std::string::npos) << s;
   EXPECT_LT(took, absl::Seconds(10));
   std::cout << "missing node detected after " << took << ": " << s << "\n";
-  absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, 0);
+  absl::Status again = (*stepper)->Enqueue(2, RuleParams{}, 0, absl::InfiniteFuture());
   EXPECT_FALSE(again.ok());
   stepper->reset();  // closing a failed pipeline does not hang
   // The abort runs in the background; it ends (before the process exits, too).

@@ -86,7 +86,7 @@ class LaggingPipeline final : public GpuPipeline {
     ++*live_;
   }
   ~LaggingPipeline() override { --*live_; }
-  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t) override {
+  absl::Status Enqueue(uint64_t step, const RuleParams& params, uint32_t, absl::Time) override {
     if (gpu_ != nullptr && !gpu_->enqueue_error.ok()) return gpu_->enqueue_error;
     std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(table_));
     std::vector<double> sums(table_.num_groups());
