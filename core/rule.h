@@ -62,7 +62,8 @@ GSTAB_HD inline void EmaMeanVar(double beta, double x, double* mean, double* var
 // The largest target t accepted norms can give, whatever they were. With a_k and c_k the weights
 // of the norm k steps back in m_hat and v_hat (bias correction included), Cauchy-Schwarz gives
 // m_hat^2 <= v_hat * sum(a_k^2 / c_k), a geometric series in r = beta1^2 / beta2 (at most 1:
-// config.h). Statistics the EMAs built with these betas stay below it; others (an imported state,
+// config.h). Statistics the EMAs built with these betas stay at or below it (the first step's
+// meet it); others (an imported state,
 // or one built with other betas and re-expressed for these) are held to it, where their target
 // could otherwise be any size, and the gradients scaled past an fp16's range.
 GSTAB_HD inline double TargetBound(const RuleParams& p, uint64_t t, double m_weight,
@@ -80,10 +81,12 @@ GSTAB_HD inline double StabilizeTarget(const RuleParams& p, const GroupStats& s)
   const double m_weight = p.bias_correction ? 1.0 - PowSteps(p.beta1, s.t) : 1.0;
   const double v_weight = p.bias_correction ? 1.0 - PowSteps(p.beta2, s.t) : 1.0;
   const double target = (s.m / m_weight) / (sqrt(s.v / v_weight) + p.eps);
-  // A NaN or infinite target (statistics corrupt past the import's checks) stays as it is: the
-  // rule skips the step for it.
+  // Held only past the bound's rounding: statistics the betas built meet it at most (the first
+  // step does, eps lost in rounding), and keep their results to the bit. A NaN or infinite
+  // target (statistics corrupt past the import's checks) stays as it is: the rule skips the step
+  // for it.
   const double bound = TargetBound(p, s.t, m_weight, v_weight);
-  return IsFinite(target) && target > bound ? bound : target;
+  return IsFinite(target) && target > bound * (1.0 + 1e-9) ? bound : target;
 }
 
 // ZClip: returns the norm to clip to (n itself when no clipping applies) and updates its EMA.

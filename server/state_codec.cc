@@ -275,12 +275,6 @@ absl::Status ValidateJobState(const v1::JobState& state) {
                          ", more than any gradients' norms can give"));
       }
     }
-    // The means of accepted norms, and none was accepted (a state gstabd never writes).
-    if (g.t() == 0 && (g.m() != 0 || g.v() != 0)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": m is ", g.m(), " and v ", g.v(),
-                       " while t is 0; the means of accepted norms are 0 before the first"));
-    }
     if (g.t() >= kStepLimit || g.steps() >= kStepLimit) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": step counts t ", g.t(), " and steps ", g.steps(), " must be below 2^62"));
