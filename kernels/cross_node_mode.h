@@ -11,7 +11,7 @@ namespace gstab {
 inline constexpr uint8_t kAddAndTake = 0;
 // Replicated: keeps its own sums on the CUDA backend (every GPU's replica, after NCCL's all-reduce,
 // the same bits in the same layout); on the CPU backend every node takes node 0's, which the
-// nodes' records carry (server/cross_node.cc).
+// nodes' exchange carries (server/cross_node.cc).
 inline constexpr uint8_t kKeepOwn = 1;
 // Node-sharded off node 0 (node 0 holds the same gradient): adds nothing, takes the total.
 inline constexpr uint8_t kTakeOnly = 2;

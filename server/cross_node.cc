@@ -210,7 +210,8 @@ std::string PeerRecordLayout() {
                       " groups, presence flags), GPU layout ", kGpuLayoutValues, " values, rule ",
                       sizeof(RuleParams), ", statistics ", sizeof(GroupStats),
                       ", connections by mesh keys, a non-finite group skipping the whole step, "
-                      "replicated sums compared, host-memory nodes in the GPU layout agreement");
+                      "replicated sums compared, host-memory nodes in the GPU layout agreement, "
+                      "replicated groups taking node 0's sum, compared at any group count");
 }
 
 namespace {
@@ -301,12 +302,13 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
                                StepAgreement* agreement) {
   const size_t groups = p->sums.size();
   const bool gathered = groups <= kGatheredGroups;  // the sums travel in the records
-  // What this node adds to each group's sum (nothing for a group it keeps or only takes), and
-  // its non-finite flags.
-  // [sums | non-finite flags | presence]; in a record, a group's flag word is kPresent plus
-  // kNonFiniteFlag, or 0 where the node does not have the group.
+  // What this node adds to each group's sum (nothing for a group it only takes), and its
+  // non-finite flags.
+  // [sums | non-finite flags | presence | replicated groups' own sums, summed to compare them
+  // (past kGatheredGroups: the records carry them otherwise)]; in a record, a group's flag word
+  // is kPresent plus kNonFiniteFlag, or 0 where the node does not have the group.
   std::vector<uint8_t> modes(groups);
-  std::vector<double> data(3 * groups, 0.0);
+  std::vector<double> data(4 * groups, 0.0);
   for (size_t g = 0; g < groups; ++g) {
     modes[g] = CrossNodeMode(p->reduction[g], c->rank());
     const bool present = g < p->present.size() && p->present[g];
@@ -315,6 +317,7 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
     if (modes[g] == kAddAndTake || (modes[g] == kKeepOwn && c->rank() == 0)) data[g] = p->sums[g];
     data[groups + g] = p->non_finite[g] ? 1.0 : 0.0;
     data[2 * groups + g] = present ? 1.0 : 0.0;
+    if (modes[g] == kKeepOwn) data[3 * groups + g] = p->sums[g];
   }
   std::array<uint64_t, kRecordWords> record{};
   record[kStep] = step;
@@ -402,6 +405,16 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
   for (size_t g = 0; g < groups; ++g) {
     p->sums[g] = data[g];
     p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
+  }
+  for (size_t g = 0; !gathered && g < groups && agreement->replicas_differ.empty(); ++g) {
+    // The nodes' own sums on average against node 0's: apart beyond rounding, some differ.
+    if (modes[g] != kKeepOwn || data[2 * groups + g] == 0.0) continue;
+    const double mean = data[3 * groups + g] / data[2 * groups + g];
+    if (ReplicaSumsDiffer(data[g], mean)) {
+      agreement->replicas_differ =
+          absl::StrCat("replicated group ", GroupLabel(*p, g), "'s sum of squares is ", data[g],
+                       " on node 0 and ", mean, " on average over the ", c->size(), " nodes");
+    }
   }
   for (size_t g = 0; gathered && g < groups && agreement->replicas_differ.empty(); ++g) {
     if (modes[g] != kKeepOwn || data[2 * groups + g] == 0.0) continue;

@@ -62,9 +62,9 @@ struct StepAgreement {
   bool configs_differ = false;   // every node takes node 0's configuration (BroadcastParams)
   bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics): asked
                                  // for, or the configurations differ
-  // The first replicated group whose gradients differ across the nodes, said (a job of at most
-  // 32 groups, whose sums travel in the records; empty: none found). Every node scales it by
-  // node 0's norm, which the other nodes' gradients do not have.
+  // The first replicated group whose gradients differ across the nodes, said (empty: none
+  // found; past 32 groups, found by the nodes' sums on average). Every node scales it by node
+  // 0's norm, which the other nodes' gradients do not have.
   std::string replicas_differ;
 };
 

@@ -162,16 +162,12 @@ TEST_P(MultiNodeGroupsTest, EveryNodeGetsTheSameNormsAsItsGroupsReductionsSay) {
   }
 }
 
-// Replicated gradients that differ across the nodes (stepped before the data-parallel
-// all-reduce finished, or no replicas at all) are scaled by node 0's norm on every node, which
-// is not the other nodes' gradients' norm: every node's gstabd says so in its log, once a
-// rendezvous. The replicas are scaled alike (rounding in a node's own sum would have them drift
-// apart).
-TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
+// Two nodes of `groups` groups, whose replicated group g1 differs from step 2 on.
+void ReplicasThatDiffer(int groups) {
   Cluster cluster(2);
   const std::string blob = cluster.Rendezvous("replicas");
   std::vector<std::unique_ptr<Node>> workers;
-  for (int n = 0; n < 2; ++n) workers.push_back(AttachNode(cluster, "replicas", blob, n, 3));
+  for (int n = 0; n < 2; ++n) workers.push_back(AttachNode(cluster, "replicas", blob, n, groups));
   for (uint64_t step = 1; step <= 3; ++step) {
     for (int n = 0; n < 2; ++n) Fill(n, step, workers[n]->arena);
     if (step >= 2) static_cast<float*>(workers[1]->arena.data(1))[0] *= 2;  // g1: replicated
@@ -193,6 +189,18 @@ TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
     EXPECT_NE(log.find("every node scales it by node 0's norm"), std::string::npos) << log;
     EXPECT_EQ(log.find("Are they replicas"), log.rfind("Are they replicas"))
         << "said more than once";
+  }
+}
+
+// Replicated gradients that differ across the nodes (stepped before the data-parallel
+// all-reduce finished, or no replicas at all) are scaled by node 0's norm on every node, which
+// is not the other nodes' gradients' norm: every node's gstabd says so in its log, once a
+// rendezvous. The replicas are scaled alike (rounding in a node's own sum would have them drift
+// apart). Up to 32 groups the nodes' records carry their own sums; past that, an all-reduce.
+TEST(MultiNodeGroupsTest, ReplicasThatDifferAcrossTheNodesAreSaid) {
+  for (const int groups : {3, 33}) {
+    SCOPED_TRACE(absl::StrCat(groups, " groups"));
+    ReplicasThatDiffer(groups);
   }
 }
 
