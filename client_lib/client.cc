@@ -97,6 +97,7 @@ std::shared_ptr<const uint64_t> MapProgressWord(const std::string& shm_name, uin
 }  // namespace
 
 absl::Status Client::Attach(const AttachOptions& options) {
+  absl::MutexLock attaching(&attach_mu_);
   v1::AttachRequest request;
   request.set_job(options.job);
   request.set_rank(options.rank);
@@ -183,6 +184,10 @@ absl::StatusOr<v1::IdentifyResponse> Client::Identify() {
 }
 
 absl::Status Client::Register(const GradientArena& arena) {
+  if (!arena.allocated()) {  // its layout was never checked either (a dtype, its size)
+    return absl::FailedPreconditionError(
+        "the arena is not allocated: Allocate() it (and check that it succeeded) first");
+  }
   const v1::RegisterBuffersRequest request = arena.RegistrationRequest();
   if (absl::Status s = RegisterBuffers(request); !s.ok()) return s;
   // Without it, a step cut off is taken as possibly scaled in part (DATA_LOSS).
@@ -276,6 +281,7 @@ bool Client::StepUnanswered(const absl::Status& step_status) {
 }
 
 absl::Status Client::Detach() {
+  absl::MutexLock attaching(&attach_mu_);
   StopKeepAlive();
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::DetachRequest request;

@@ -74,6 +74,8 @@ class Client {
 
   // Attaching again, once the new attach has succeeded, ends the earlier session (its
   // registration with it): register again. A failed attach leaves the earlier one as it was.
+  // Attach and Detach take turns: a monitoring thread's attach that overlaps another thread's
+  // attach or detach waits for it.
   absl::Status Attach(const AttachOptions& options);
   // Unique in this process for its lifetime (unlike the object's address, which a later client
   // can reuse).
@@ -86,6 +88,7 @@ class Client {
   // Which gstabd answers (IdentifyResponse): workers that get the same instance share a node.
   // UNIMPLEMENTED from a gstabd of an earlier release.
   absl::StatusOr<v1::IdentifyResponse> Identify();
+  // FAILED_PRECONDITION when `arena` is not allocated.
   absl::Status Register(const GradientArena& arena);
   // `response` (may be null) receives gstabd's answer: the job's groups and, for cuda_ipc
   // buffers, the results buffer.
@@ -290,7 +293,10 @@ class Client {
     grpc::ClientContext* call ABSL_GUARDED_BY(mu) = nullptr;  // in flight
     std::thread thread;
   };
-  std::unique_ptr<KeepAlive> keepalive_;  // attached_'s session's
+  // Held by Attach and Detach, which replace the session and its keep-alive thread: two at once
+  // would join one thread twice, or drop a running one (std::terminate).
+  absl::Mutex attach_mu_;
+  std::unique_ptr<KeepAlive> keepalive_;  // attached_'s session's; changed under attach_mu_
 };
 
 }  // namespace gstab

@@ -129,6 +129,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   if (absl::Status s = CheckAddress(address); !s.ok()) return s;
   if (!tcp) address = FromWorkingFolder(address);
   if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
+  // Read by the client (its calls' deadline) once connected: checked here.
+  if (absl::StatusOr<std::optional<int>> call_timeout = CheckedFromEnvironment(
+          "GSTAB_CALL_TIMEOUT_S", 1, "how long (seconds) a call waits for gstabd's answer");
+      !call_timeout.ok()) {
+    return call_timeout.status();
+  }
   std::string target = absl::StrCat("unix:", address);
   if (tcp) {
     const std::optional<HostPort> at = SplitHostPort(address);  // checked above
@@ -159,10 +165,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   // a call is in flight; an idle stream sends no data, so no cap on pings without. Every 5 min
   // by default: what gRPC servers take by default (gstabd takes one a second), so that a gstabd
   // of an earlier release does not close a quiet stream for too many pings.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
-              std::max(1000, PositiveFromEnvironment("GSTAB_KEEPALIVE_MS").value_or(300000)));
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-              PositiveFromEnvironment("GSTAB_KEEPALIVE_TIMEOUT_MS").value_or(20000));
+  const absl::StatusOr<std::optional<int>> ping_ms =
+      CheckedFromEnvironment("GSTAB_KEEPALIVE_MS", 1000, "how long (ms) a call waits to ping");
+  if (!ping_ms.ok()) return ping_ms.status();
+  const absl::StatusOr<std::optional<int>> ping_timeout_ms = CheckedFromEnvironment(
+      "GSTAB_KEEPALIVE_TIMEOUT_MS", 1000, "how long (ms) a ping waits for its answer");
+  if (!ping_timeout_ms.ok()) return ping_timeout_ms.status();
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ping_ms->value_or(300000));
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ping_timeout_ms->value_or(20000));
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (tcp) {

@@ -144,9 +144,11 @@ gstab_status gstab_arena_add_tensor(gstab_arena* arena, const char* name, uint64
 gstab_status gstab_arena_add_tensor_flags(gstab_arena* arena, const char* name, uint64_t numel,
                                           gstab_dtype dtype, const char* group, uint32_t flags,
                                           size_t* index);
-/* Reserves the arena's shared memory in /dev/shm: GSTAB_RESOURCE_EXHAUSTED when it lacks room
- * or the process is out of file descriptors, GSTAB_PERMISSION_DENIED when /dev/shm refuses
- * this user, GSTAB_INTERNAL for another refusal (the message says which). */
+/* Reserves the arena's shared memory in /dev/shm: GSTAB_RESOURCE_EXHAUSTED when it lacks room,
+ * the process is out of file descriptors or the memory cannot be mapped,
+ * GSTAB_PERMISSION_DENIED when /dev/shm refuses this user, GSTAB_INTERNAL for another refusal
+ * (the message says which); GSTAB_INVALID_ARGUMENT for an arena of no tensors or of more than
+ * 2^50 bytes, GSTAB_FAILED_PRECONDITION for one allocated already. */
 gstab_status gstab_arena_allocate(gstab_arena* arena);
 /* NULL until gstab_arena_allocate has succeeded, for an index past the last tensor, or in a
  * forked child (an arena is its maker's): gstab_last_error() says which. */

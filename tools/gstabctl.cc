@@ -370,9 +370,13 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
   // Every wait of gstabctl's, and of the client library's calls, is --timeout_s when given on
   // the command line, else $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments, which
   // operators inherit through `kubectl exec`), else --timeout_s's value (a --flagfile's too).
-  if (std::optional<int> from_environment = gstab::PositiveFromEnvironment("GSTAB_CALL_TIMEOUT_S");
-      given.count("timeout_s") == 0 && from_environment.has_value()) {
-    absl::SetFlag(&FLAGS_timeout_s, *from_environment);
+  const absl::StatusOr<std::optional<int>> from_environment = gstab::CheckedFromEnvironment(
+      "GSTAB_CALL_TIMEOUT_S", 1, "how long (seconds) a call waits for gstabd's answer");
+  if (!from_environment.ok() && given.count("timeout_s") == 0) {
+    return gstab::ctl::Usage(std::string(from_environment.status().message()));
+  }
+  if (from_environment.ok() && from_environment->has_value() && given.count("timeout_s") == 0) {
+    absl::SetFlag(&FLAGS_timeout_s, **from_environment);
   }
   setenv("GSTAB_CALL_TIMEOUT_S", std::to_string(absl::GetFlag(FLAGS_timeout_s)).c_str(), 1);
   if (cmd != "config" && args.size() > 1) {

@@ -13,10 +13,13 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/listener_process.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -79,6 +82,65 @@ TEST(E2eClientFaultsTest, AnAttachWithoutItsKeepAliveThreadLeavesTheEarlierSessi
   EXPECT_TRUE((*worker)->client().Step(1).ok());
   EXPECT_EQ(AttachedWorkers(&(*worker)->client(), "first"), 1u);
   EXPECT_EQ(AttachedWorkers(&(*worker)->client(), "second"), 0u);
+}
+
+// gstab.h lets a monitoring thread attach again while the training thread's call fails or
+// waits, and that call may be an attach or a detach of its own: they take turns. Two at once
+// joined one keep-alive thread twice, or dropped a running one (std::terminate), and a detach
+// could leave the session an attach had just made alive, unowned.
+TEST(E2eClientFaultsTest, AttachesAndDetachesOnSeveralThreadsTakeTurns) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<std::thread> threads;
+  std::atomic<int> failed{0};
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 30; ++i) {
+        if (t < 2) {
+          if (!(*client)->Attach(JobOptions(t == 0 ? "turns" : "other")).ok()) ++failed;
+        } else {
+          (void)(*client)->Detach();  // FAILED_PRECONDITION when not attached
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  // Whatever the last turn was, one attach leaves one session, of that job, alive.
+  ASSERT_TRUE((*client)->Attach(JobOptions("turns")).ok());
+  EXPECT_EQ(AttachedWorkers(client->get(), "turns"), 1u);
+  EXPECT_EQ(AttachedWorkers(client->get(), "other"), 0u);
+  EXPECT_TRUE((*client)->Detach().ok());
+  EXPECT_EQ(AttachedWorkers(client->get(), "turns"), 0u);
+}
+
+// A connection setting in the environment that is not a whole number in range fails the
+// connect, naming it, rather than leave the default in force unseen (a timeout of "600s", or
+// one of 1 ms that would give up every call).
+TEST(E2eClientFaultsTest, AMistypedConnectionSettingFailsTheConnectSayingSo) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  for (const auto& [name, value] :
+       {std::pair<const char*, const char*>{"GSTAB_CALL_TIMEOUT_S", "600s"},
+        {"GSTAB_CALL_TIMEOUT_S", "0"},
+        {"GSTAB_KEEPALIVE_MS", "999"},
+        {"GSTAB_KEEPALIVE_TIMEOUT_MS", "1"}}) {
+    setenv(name, value, 1);
+    auto refused = Client::Connect(daemon->socket());
+    unsetenv(name);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument)
+        << name << "=" << value << ": " << refused.status();
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), absl::StrCat(name, "='", value)))
+        << refused.status();
+  }
+  setenv("GSTAB_KEEPALIVE_TIMEOUT_MS", "", 1);  // empty: unset
+  auto client = Client::Connect(daemon->socket());
+  unsetenv("GSTAB_KEEPALIVE_TIMEOUT_MS");
+  EXPECT_TRUE(client.ok()) << client.status();
 }
 
 // A process out of file descriptors is told so at connect, rather than aborted inside gRPC (its
