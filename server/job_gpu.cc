@@ -380,10 +380,14 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
       if (!gpus_.multi_rank() || (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s))) {
         return s;
       }
-      // The communicator failed (another GPU's worker or a node died or stalled): no later step
-      // of this generation can run, so it ends now and its memory goes.
-      EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s step ", step,
-                                    " failed in the GPU communicator (", s.message(), ")"));
+      // The communicator failed (another GPU's worker or a node died or stalled), or joining it
+      // outlasted the worker's call: no later step of this generation can run (the other GPUs'
+      // collectives of this step wait for this one's), so it ends now and its memory goes.
+      const bool gave_up = absl::IsDeadlineExceeded(s) && absl::Now() >= call_deadline;
+      EndGpuGeneration(absl::StrCat(
+          "local rank ", local_rank, "'s step ", step,
+          gave_up ? " came after its worker's call gave up (" : " failed in the GPU communicator (",
+          s.message(), ")"));
       absl::Status ended(
           s.code(), absl::StrCat("local rank ", local_rank, " of job '", name_, "': ", s.message(),
                                  "; this ended the job's GPU generation: ", recovery()));
