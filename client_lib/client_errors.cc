@@ -63,12 +63,18 @@ bool Client::CutOff(const grpc::Status& answer) const {
   // gstabd's own answers carry details (server/grpc_status.h): it ran the call to its end.
   if (!answer.error_details().empty()) return false;
   if (answer.error_code() == grpc::StatusCode::CANCELLED) return true;
-  // Any other transport failure may have come mid-call, in whatever words its gRPC release and
-  // transport use ("GOAWAY received", "Transport closed", ...): unless it says the call never
-  // left, the progress word decides.
-  // An older gstabd's own UNAVAILABLE (without details) names the job.
-  return answer.error_code() == grpc::StatusCode::UNAVAILABLE &&
-         !ContainsAny(answer.error_message(), kNotConnected) &&
+  // Any other transport failure may have come mid-call, in whatever words and code its gRPC
+  // release and transport use (UNAVAILABLE "GOAWAY received", "Transport closed"; INTERNAL
+  // "Received RST_STREAM"; UNKNOWN "Stream removed"): unless it says the call never left, the
+  // progress word decides. An INTERNAL without words is gRPC's refusal of a request gstabd
+  // could not read (not run). An older gstabd's own UNAVAILABLE (without details) names the job;
+  // its INTERNAL or UNKNOWN, a fault of its own, is taken as a cut-off too (the gradients are
+  // then skipped where they might have been stepped).
+  const grpc::StatusCode code = answer.error_code();
+  const bool transport = code == grpc::StatusCode::UNAVAILABLE ||
+                         code == grpc::StatusCode::UNKNOWN ||
+                         (code == grpc::StatusCode::INTERNAL && !answer.error_message().empty());
+  return transport && !ContainsAny(answer.error_message(), kNotConnected) &&
          !absl::StrContains(answer.error_message(), "job '");
 }
 

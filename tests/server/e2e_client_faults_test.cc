@@ -266,6 +266,80 @@ TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckIsRefusedFailsSayingSo) {
   }
 }
 
+// A server of gstabd's service whose Step fails as `code` and `message` say, without gstabd's
+// error details: as a transport failure mid-call reads (or an older gstabd's own answer).
+class StepFailingStabilizer final : public v1::Stabilizer::Service {
+ public:
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  std::string message;
+  grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest*,
+                      v1::AttachResponse* response) override {
+    response->set_session("session");
+    response->set_lease_ms(60000);
+    response->set_step_timeout_ms(1000);
+    return grpc::Status::OK;
+  }
+  grpc::Status RegisterBuffers(grpc::ServerContext*, const v1::RegisterBuffersRequest*,
+                               v1::RegisterBuffersResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest*,
+                         v1::KeepAliveResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status Detach(grpc::ServerContext*, const v1::DetachRequest*,
+                      v1::DetachResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status Step(grpc::ServerContext*, const v1::StepRequest*, v1::StepResponse*) override {
+    return grpc::Status(code, message);
+  }
+};
+
+// A step whose call ends in a transport failure may have been running in gstabd, whatever
+// code gRPC gives the failure (UNAVAILABLE, INTERNAL "Received RST_STREAM", UNKNOWN "Stream
+// removed"): the worker is told DATA_LOSS (skip the step), not a code gstab.h does not
+// describe. A refusal (INVALID_ARGUMENT), and gRPC's bare INTERNAL for a request it could not
+// read, come back as they are.
+TEST(E2eClientFaultsTest, AStepCutOffInAnyOfGrpcsWordsIsDataLoss) {
+  TempDir dir;
+  const std::string path = dir.path() + "/fake.sock";
+  StepFailingStabilizer fake;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
+  builder.RegisterService(&fake);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  grpc::EnableDefaultHealthCheckService(false);
+  ASSERT_NE(server, nullptr);
+  auto client = Client::Connect(path, absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(JobOptions("cut")).ok());
+  GradientArena arena;
+  arena.AddTensor("w", 16, DType::kFloat32);
+  ASSERT_TRUE(arena.Allocate().ok());
+  ASSERT_TRUE((*client)->Register(arena).ok());
+  uint64_t step = 0;
+  for (const auto& [code, message, expected] :
+       {std::make_tuple(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2",
+                        absl::StatusCode::kDataLoss),
+        std::make_tuple(grpc::StatusCode::UNKNOWN, "Stream removed", absl::StatusCode::kDataLoss),
+        std::make_tuple(grpc::StatusCode::UNAVAILABLE, "Socket closed",
+                        absl::StatusCode::kDataLoss),
+        std::make_tuple(grpc::StatusCode::INVALID_ARGUMENT, "refused",
+                        absl::StatusCode::kInvalidArgument),
+        std::make_tuple(grpc::StatusCode::INTERNAL, "", absl::StatusCode::kInternal)}) {
+    fake.code = code;
+    fake.message = message;
+    const absl::Status s = (*client)->Step(++step).status();
+    EXPECT_EQ(s.code(), expected) << message << ": " << s;
+    if (expected == absl::StatusCode::kDataLoss) {
+      EXPECT_TRUE(absl::StrContains(s.message(), "may be scaled")) << s;
+    }
+  }
+  server->Shutdown();
+}
+
 // A worker connected by a relative socket path that then changes its working folder reaches a
 // restarted gstabd at the path it meant, not at the same name in its new folder.
 TEST(E2eClientFaultsTest, ARelativeSocketPathOutlastsAChangeOfWorkingFolder) {
