@@ -1,6 +1,10 @@
 #include "common/command_line.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -203,6 +207,18 @@ std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_vi
   };
   absl::SetFlagsUsageConfig(config);
   return absl::ParseCommandLine(argc, argv);
+}
+
+void OpenStandardDescriptors() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    // The lowest free descriptor: `fd`, as those below it are open by now.
+    const int opened = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+    if (opened != fd) {
+      if (opened >= 0) close(opened);
+      _exit(1);  // nothing is there to say why
+    }
+  }
 }
 
 }  // namespace gstab

@@ -23,4 +23,10 @@ std::vector<char*> ParseCommandLineOrExit(int argc, char** argv, absl::string_vi
 // flags they set. Meant after ParseCommandLineOrExit, which has checked them.
 std::set<std::string> FlagsOnCommandLine(int argc, char** argv);
 
+// Descriptors 0, 1 and 2 open, on /dev/null where the caller closed one (`gstabctl status >&-`,
+// a launcher's `gstabd 2>&-`): the next descriptor opened (a socket, a lock file, a device)
+// would otherwise take its number, and output meant for stdout or the log be written into it.
+// Exits 1 where it cannot. First thing in main, before any thread.
+void OpenStandardDescriptors();
+
 }  // namespace gstab

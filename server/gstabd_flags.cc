@@ -36,6 +36,8 @@ ABSL_FLAG(int32_t, cpu_threads, 0, "threads of the CPU kernels (0: all hardware 
 ABSL_FLAG(int32_t, lease_ms, 30000, "a session expires after this long without calls");
 ABSL_FLAG(int32_t, step_timeout_ms, 60000, "how long a step waits for a job's other local workers");
 ABSL_FLAG(int32_t, checkpoint_interval_s, 30, "seconds between periodic checkpoints");
+// The least --lease_ms and --step_timeout_ms.
+constexpr int kMinMilliseconds = 100;
 // How long a stop held up by calls may take by itself before its last resort (server_stop.cc):
 // a --stop_limit_s below it cuts that stop's checkpoints short.
 constexpr absl::Duration kStopTakesItself = absl::Seconds(20);
@@ -159,6 +161,20 @@ std::optional<ServerOptions> OptionsFromFlags() {
                  "--keepalive_timeout_ms, --tls_reload_s, --stop_limit_s and "
                  "--event_write_timeout_s must be positive\n");
     return std::nullopt;
+  }
+  // Milliseconds: a value meant as seconds (--lease_ms=30) would expire every session, or time
+  // out every step, at once, and have housekeeping tick every few milliseconds.
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"lease_ms", absl::GetFlag(FLAGS_lease_ms)},
+        {"step_timeout_ms", absl::GetFlag(FLAGS_step_timeout_ms)}}) {
+    if (value < kMinMilliseconds) {
+      std::fprintf(stderr,
+                   "gstabd: --%s=%lld is in milliseconds and must be at least %d (did you mean "
+                   "--%s=%lld, %lld seconds?)\n",
+                   name, static_cast<long long>(value), kMinMilliseconds, name,
+                   static_cast<long long>(value) * 1000, static_cast<long long>(value));
+      return std::nullopt;
+    }
   }
   if (absl::GetFlag(FLAGS_max_jobs) == 0 || absl::GetFlag(FLAGS_max_jobs_per_owner) == 0 ||
       absl::GetFlag(FLAGS_max_checkpoints_per_owner) == 0 ||

@@ -43,11 +43,19 @@ sigset_t HandledSignals() {
 }
 
 // Waits for SIGTERM or SIGINT, and returns it; logs and ignores the others of `signals`, and
-// reaps the children that end meanwhile.
-int AwaitStopSignal(const sigset_t& signals) {
+// reaps the children that end meanwhile. `others_only`: a stop signal gstabd sent itself (a
+// lost CUDA context's, StopOnStickyCudaError) is ignored too, logged.
+int AwaitStopSignal(const sigset_t& signals, bool others_only = false) {
   for (;;) {
-    int sig = 0;
-    if (sigwait(&signals, &sig) != 0) continue;
+    siginfo_t info;
+    const int sig = sigwaitinfo(&signals, &info);
+    if (sig < 0) continue;
+    if ((sig == SIGTERM || sig == SIGINT) && others_only && info.si_code == SI_USER &&
+        info.si_pid == getpid()) {
+      LOG(WARNING) << "gstabd's own " << strsignal(sig)
+                   << " while stopping (its CUDA context lost): the stop goes on";
+      continue;
+    }
     if (sig == SIGTERM || sig == SIGINT) return sig;
     if (sig == SIGCHLD) {
       while (waitpid(-1, nullptr, WNOHANG) > 0) {
@@ -55,21 +63,41 @@ int AwaitStopSignal(const sigset_t& signals) {
       continue;
     }
     LOG(WARNING) << "ignored " << strsignal(sig)
-                 << ": gstabd has nothing to reload; SIGTERM or SIGINT stops it";
+                 << ": gstabd reloads nothing at a signal (it reads its TLS files again every "
+                    "--tls_reload_s); SIGTERM or SIGINT stops it";
   }
 }
 
 // After the stop signal: a second SIGTERM or SIGINT (an operator's second Ctrl-C) ends gstabd at
-// once, without the rest of its stop; the other signals are taken as before.
-void ExitAtASecondStopSignal(const sigset_t& signals) {
-  std::thread([signals] {
-    const int sig = AwaitStopSignal(signals);
+// once, without the rest of its stop, exiting `code()` (the stop's own cause's, else 1); the
+// other signals are taken as before.
+void ExitAtASecondStopSignal(const sigset_t& signals, int (*code)()) {
+  std::thread([signals, code] {
+    const int sig = AwaitStopSignal(signals, /*others_only=*/true);
     LOG(WARNING) << "received " << strsignal(sig)
                  << " again while stopping: gstabd exits now, without finishing its stop (the "
                     "statistics of its last checkpoint stand)";
     gstab::StderrLog::FlushInstalled(absl::Seconds(1));  // _exit runs no destructor
-    _exit(1);
+    const int exit_code = code();
+    _exit(exit_code != 0 ? exit_code : 1);
   }).detach();
+}
+
+// A stop signal that came while gstabd started (before it serves): taken, and returned.
+std::optional<int> PendingStopSignal(const sigset_t& signals) {
+  sigset_t pending;
+  if (sigpending(&pending) != 0) return std::nullopt;
+  for (int sig : {SIGTERM, SIGINT}) {
+    if (sigismember(&pending, sig) == 1 && sigismember(&signals, sig) == 1) {
+      sigset_t one;
+      sigemptyset(&one);
+      sigaddset(&one, sig);
+      int taken = 0;
+      (void)sigwait(&one, &taken);
+      return sig;
+    }
+  }
+  return std::nullopt;
 }
 
 #ifdef GSTAB_WITH_CUDA
@@ -91,6 +119,7 @@ void StopOnStickyCudaError(cudaError_t err, const char* expr) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gstab::OpenStandardDescriptors();  // a closed stderr's number is not the log's next file's
   // Before any thread starts (CUDA's driver starts some below): every thread inherits the
   // block, and only the loop at the end of main takes these signals.
   const sigset_t signals = HandledSignals();
@@ -186,6 +215,13 @@ int main(int argc, char** argv) {
     LOG(ERROR) << server.status();
     return exit_code(server.status());
   }
+  // A stop asked for while gstabd started (its checkpoints read, CUDA started): it exits without
+  // serving, rather than take workers' attaches for a moment and stop.
+  if (const std::optional<int> early = PendingStopSignal(signals)) {
+    LOG(INFO) << "received " << strsignal(*early)
+              << " while starting: gstabd exits without serving";
+    return 0;
+  }
   if (absl::Status s = (*server)->Start(); !s.ok()) {
     LOG(ERROR) << s;
     return exit_code(s);
@@ -193,14 +229,14 @@ int main(int argc, char** argv) {
   log->Flush(absl::Seconds(1));  // the start's lines (its ports) out soon after the socket
   const int sig = AwaitStopSignal(signals);
   LOG(INFO) << "received " << strsignal(sig);
-  ExitAtASecondStopSignal(signals);
   // The stop's own cause, if any (also one met while stopping); else 0, or 1 if it fails.
-  auto stop_code = [] {
+  int (*stop_code)() = [] {
 #ifdef GSTAB_WITH_CUDA
     if (cuda_context_lost.load()) return kCudaContextLostExit;
 #endif
     return 0;
   };
+  ExitAtASecondStopSignal(signals, stop_code);
   const absl::Time stop_began = absl::Now();
   // The drain leaves the stop's checkpoints most of --stop_limit_s.
   absl::Status stopped =

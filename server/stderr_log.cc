@@ -1,9 +1,12 @@
 #include "server/stderr_log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -13,11 +16,24 @@ namespace gstab {
 namespace {
 
 // Writes all of `text` to stderr, waiting while it is full; gives up when stderr is closed or
-// fails (the lines are lost: there is nowhere else to say so).
-void WriteToStderr(const std::string& text) {
+// fails (the lines are lost: there is nowhere else to say so), or at `deadline`: then it writes
+// only what stderr takes at once (a pipe PIPE_BUF at a time once poll says it has room), as a
+// blocking write to a pipe nobody reads would wait for good. False when it gave up so.
+bool WriteToStderr(const std::string& text, absl::Time deadline = absl::InfiniteFuture()) {
+  const bool bounded = deadline != absl::InfiniteFuture();
   size_t done = 0;
   while (done < text.size()) {
-    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, text.size() - done);
+    size_t size = text.size() - done;
+    if (bounded) {
+      pollfd p = {STDERR_FILENO, POLLOUT, 0};
+      const int64_t wait_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+      if (wait_ms <= 0 || ::poll(&p, 1, static_cast<int>(std::min<int64_t>(wait_ms, 1000))) <= 0) {
+        if (absl::Now() >= deadline) return false;
+        continue;
+      }
+      size = std::min<size_t>(size, PIPE_BUF);
+    }
+    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, size);
     if (n > 0) {
       done += static_cast<size_t>(n);
     } else if (n < 0 && errno == EINTR) {
@@ -25,11 +41,12 @@ void WriteToStderr(const std::string& text) {
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       // Someone else's non-blocking stderr (a shared terminal, say): wait until it takes more.
       pollfd p = {STDERR_FILENO, POLLOUT, 0};
-      (void)::poll(&p, 1, -1);
+      (void)::poll(&p, 1, bounded ? 100 : -1);
     } else {
-      return;
+      return true;
     }
   }
+  return true;
 }
 
 // gRPC's log lines, into glog (and so through the writer thread rather than straight to stderr).
@@ -80,7 +97,12 @@ void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/
     // The process ends after this line: write it now, after the lines queued before it and
     // after the batch being written (2 s at most: a stderr nobody reads would hold it for good).
     mu_.AwaitWithTimeout(absl::Condition(this, &StderrLog::NotWriting), absl::Seconds(2));
-    WriteToStderr(TakeQueued() + text);
+    if (!WriteToStderr(TakeQueued() + text, absl::Now() + absl::Seconds(2))) {
+      // Nobody reads stderr: glog's stack trace, written to it next, would wait for good, and
+      // the process never end (to be restarted). It fails at once instead.
+      const int flags = fcntl(STDERR_FILENO, F_GETFL);
+      if (flags >= 0) (void)fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK);
+    }
     return;
   }
   if (queue_.size() + text.size() > max_queued_bytes_) {

@@ -1,6 +1,5 @@
 #include "tools/ctl_common.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -193,18 +192,6 @@ void OnlyJob(v1::ListJobsResponse* jobs, const std::string& job) {
   listed->erase(std::remove_if(listed->begin(), listed->end(),
                                [&](const v1::JobSummary& j) { return j.job() != job; }),
                 listed->end());
-}
-
-void OpenStandardDescriptors() {
-  for (int fd = 0; fd <= 2; ++fd) {
-    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
-    // The lowest free descriptor: `fd`, as those below it are open by now.
-    const int opened = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
-    if (opened != fd) {
-      if (opened >= 0) close(opened);
-      _exit(1);  // nothing is there to say why
-    }
-  }
 }
 
 }  // namespace gstab::ctl

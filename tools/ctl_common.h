@@ -36,11 +36,6 @@ void SetDeadline(grpc::ClientContext* ctx);
 bool StdoutWritten();
 // Whether stdout is a pipe (or socket) whose reader has gone, waiting up to `wait_ms` for it to go.
 bool StdoutReaderGone(int wait_ms);
-// Descriptors 0, 1 and 2 open, on /dev/null where the caller closed one (`gstabctl status
-// >&-`): the next descriptor opened (gRPC's socket) would otherwise take its number, and output
-// meant for stdout (an export's state with --out=-) would be written into it. Exits 1 where it
-// cannot.
-void OpenStandardDescriptors();
 // The exit status once stdout failed: 141 (128 + SIGPIPE) for a closed pipe, as a process that
 // died of the signal gives (gstabctl ignores SIGPIPE, so that it detaches first); else 1, the
 // reason on stderr.

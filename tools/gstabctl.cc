@@ -407,7 +407,7 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
 }  // namespace
 
 int main(int argc, char** argv) {
-  gstab::ctl::OpenStandardDescriptors();
+  gstab::OpenStandardDescriptors();
   gstab::ctl::HandleStopSignals();
   std::vector<char*> rest =
       gstab::ParseCommandLineOrExit(argc, argv, "gstabctl", kUsage, "tools/gstabctl.cc");

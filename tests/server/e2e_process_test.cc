@@ -221,6 +221,9 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
       {{"--log_queue_bytes=100"}, "--log_queue_bytes must be from 4096"},
       {{"--max_job=4"}, "unknown flag --max_job"},
       {{"--lease_ms=soon"}, "--lease_ms: 'soon' is not a value it takes"},
+      // Milliseconds given as seconds: every session would expire, every step time out, at once.
+      {{"--lease_ms=30"}, "--lease_ms=30 is in milliseconds and must be at least 100"},
+      {{"--step_timeout_ms=60"}, "did you mean --step_timeout_ms=60000"},
       // Settings of something turned off, which would be ignored.
       {{"--metrics_address=127.0.0.1"}, "--metrics_port=-1 serves none"},
       {{"--socket=", "--allow_uids=0"}, "--socket= turns it off"},
@@ -241,6 +244,24 @@ TEST(E2eProcessTest, CommandLinesThatWouldBeMisreadAreRefused) {
     EXPECT_EQ(code, 2) << flags[0] << ": " << out;
     EXPECT_NE(out.find(says), std::string::npos) << flags[0] << ": " << out;
   }
+}
+
+// Started with stderr closed (a launcher's `2>&-`), gstabd puts /dev/null there first: the next
+// file it opened (its state folder's lock, a socket) took descriptor 2, and its log lines were
+// written into that.
+TEST(E2eProcessTest, AClosedStderrIsNotTakenByTheNextFileOpened) {
+  TempDir dir;
+  const std::string socket = dir.path() + "/run/gstabd.sock";
+  std::filesystem::create_directory(dir.path() + "/run");
+  std::filesystem::permissions(dir.path() + "/run", std::filesystem::perms::owner_all);
+  const std::string script = absl::StrCat(
+      testing::BinaryPath("server/gstabd"), " --socket=", socket, " --state_dir=", dir.path(),
+      "/state --metrics_port=-1 2>&- & pid=$!; for i in $(seq 100); do [ -S ", socket,
+      " ] && break; sleep 0.1; done; readlink /proc/$pid/fd/2; kill $pid; wait $pid; echo exit $?");
+  auto [code, out] = testing::RunShell(script);
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("/dev/null"), std::string::npos) << out;
+  EXPECT_NE(out.find("exit 0"), std::string::npos) << out;
 }
 
 // --help answers with gstabd's own flags, and succeeds (abseil's parser exits 1).

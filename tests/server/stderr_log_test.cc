@@ -3,12 +3,14 @@
 // (e2e_process_test covers a stderr that nobody reads.)
 #include "server/stderr_log.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <string>
 
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 
@@ -91,6 +93,44 @@ TEST(StderrLogTest, ALineLongerThanAQuarterOfTheQueueIsCutNotDropped) {
   // The whole written line, with glog's prefix, within a quarter of the queue.
   const size_t begin = out.rfind('\n', long_line) + 1;
   EXPECT_LE(end + 1 - begin, 1024u) << line.size();
+}
+
+// A FATAL line while nobody reads stderr (a stalled journald, a full pipe): the process still
+// ends (aborted, to be restarted) within seconds, rather than wait on the write for good with
+// every other thread's log line (and its stop) behind it.
+TEST(StderrLogTest, AFatalLineWhileNobodyReadsStderrStillEndsTheProcess) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  // Full before the child starts: a blocking write to it waits until someone reads.
+  const int flags = fcntl(fds[1], F_GETFL);
+  ASSERT_EQ(fcntl(fds[1], F_SETFL, flags | O_NONBLOCK), 0);
+  const std::string fill(4096, 'f');
+  while (write(fds[1], fill.data(), fill.size()) > 0) {
+  }
+  ASSERT_EQ(fcntl(fds[1], F_SETFL, flags), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    google::InitGoogleLogging("stderr_log_test");
+    StderrLog::Install(StderrLog::kDefaultMaxQueuedBytes);
+    LOG(FATAL) << "nobody reads this";
+    _exit(0);
+  }
+  close(fds[1]);
+  int status = 0;
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (waitpid(pid, &status, WNOHANG) == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  if (absl::Now() >= give_up) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    ADD_FAILURE() << "the process still waited on stderr 20 s after its FATAL line";
+  } else {
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT) << status;
+  }
+  close(fds[0]);
 }
 
 }  // namespace
