@@ -190,7 +190,14 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
   // Why the job's checkpoint file is set aside (its job refused it), once mu_ is let go: a
   // rename and a folder sync, which every RPC of the node would wait for under it.
   std::optional<std::string> set_aside;
+  // Times the room made was taken meanwhile (another new job's attach retired the same idle
+  // job, or filled the room it made): room is made again, a few times.
+  int room_taken = 0;
+  constexpr int kRoomAgain = 4;
   for (bool held = false; !held;) {
+    if (room_taken > 0) {
+      if (absl::Status s = MakeRoomFor(request.job(), caller); !s.ok()) return s;
+    }
     absl::StatusOr<v1::JobState> preloaded = absl::NotFoundError("not read");
     if (preloaded_since.has_value()) preloaded = store_.Load(request.job());
     absl::MutexLock lock(&mu_);
@@ -203,13 +210,13 @@ absl::Status Daemon::AttachWorker(const v1::AttachRequest& request, const RulePa
       return rendezvous->status();
     }
     if (!existing) {
-      if (jobs_.size() > options_.max_jobs) {  // filled since MakeRoomFor
+      // Filled since MakeRoomFor: the node's cap, or this owner's.
+      absl::Status full = jobs_.size() > options_.max_jobs ? JobCapReached() : absl::OkStatus();
+      if (full.ok()) full = OwnerCapReached(caller);
+      if (!full.ok()) {
         jobs_.erase(request.job());
-        return JobCapReached();
-      }
-      if (absl::Status s = OwnerCapReached(caller); !s.ok()) {  // this owner's, meanwhile
-        jobs_.erase(request.job());
-        return s;
+        if (++room_taken > kRoomAgain) return full;
+        continue;
       }
       std::optional<Checkpointed> from;  // the checkpoint the job comes back from
       auto checkpoint = checkpoints_.find(request.job());

@@ -279,8 +279,10 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
 }
 
 absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Principal>& caller) {
-  // A job attached between the choice and its retirement is kept; then choose again.
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  // A job attached between the choice and its retirement is kept; then choose again, up to 3
+  // times. One retired meanwhile by another new job's attach (which chose it too) counts not:
+  // that made room, which one of the two takes; the other chooses again.
+  for (int kept = 0, turns = 0; kept < 3 && turns < 4096; ++turns) {
     std::shared_ptr<Job> oldest;
     std::string why;
     {
@@ -310,7 +312,10 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
       why = absl::StrCat("making room for job '", name, "' at ", cap, " jobs");
     }
     if (oldest == nullptr) break;
-    Retire(oldest, why, MonotonicNow() - options_.lease);
+    if (Retire(oldest, why, MonotonicNow() - options_.lease)) continue;
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(oldest->name());
+    if (it != jobs_.end() && it->second == oldest && retiring_.count(oldest->name()) == 0) ++kept;
   }
   absl::MutexLock lock(&mu_);
   if (jobs_.count(name) == 1) return absl::OkStatus();

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/worker.h"
@@ -132,6 +133,40 @@ TEST(E2eCapsTest, AnOwnersNewJobRetiresItsLongestIdleJobAtItsCap) {
   auto again = TestWorker::Create(daemon->socket(), JobOptions("sweep-1"));
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_TRUE((*again)->client().attach_response().restored());
+}
+
+// New jobs attaching at once at the node's cap each find room: two attaches that picked the same
+// idle job to retire (one retires it, the other then finds the room it made taken) make room
+// again rather than refuse with RESOURCE_EXHAUSTED while other jobs sit idle.
+TEST(E2eCapsTest, NewJobsAttachingAtOnceAtTheCapEachFindRoom) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--max_jobs=12", "--lease_ms=500"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  int next = 0;
+  for (int round = 0; round < 5; ++round) {
+    // Four idle jobs for a lease (the first round's; later, the last round's new ones).
+    if (round == 0) {
+      for (int i = 0; i < 12; ++i) {
+        auto w = TestWorker::Create(daemon->socket(), JobOptions(absl::StrCat("idle-", next++)));
+        ASSERT_TRUE(w.ok()) << w.status();
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(700));
+    std::vector<absl::Status> attached(12);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 12; ++i) {
+      const std::string job = absl::StrCat("idle-", next++);
+      threads.emplace_back([&, i, job] {
+        auto client = Client::Connect(daemon->socket());
+        attached[i] = client.ok() ? (*client)->Attach(JobOptions(job)) : client.status();
+        // Detached as the client goes: idle in turn for the next round.
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int i = 0; i < 12; ++i) {
+      EXPECT_TRUE(attached[i].ok()) << "round " << round << " attach " << i << ": " << attached[i];
+    }
+  }
 }
 
 // An owner keeps at most --max_checkpoints_per_owner checkpoints of jobs it no longer holds:
