@@ -97,8 +97,15 @@ absl::Status Daemon::OwnerCapReached(const std::optional<Principal>& caller) con
 void Daemon::UpdateIdle(absl::Time now) {
   std::map<std::string, absl::Time> idle;
   for (const auto& [name, job] : jobs_) {
-    if (job_sessions_.count(job.get()) == 1 || pending_.count(name) == 1) continue;
+    if (job_sessions_.count(job.get()) == 1) continue;
     auto known = idle_since_.find(name);
+    // A call under way (an attach that may be refused) keeps the job's idle time as it was,
+    // rather than restart it when the call ends: a worker refused in a loop would otherwise
+    // hold the job past --job_idle_s. Retire and MakeRoomFor pass over it meanwhile.
+    if (pending_.count(name) == 1) {
+      if (known != idle_since_.end()) idle.insert(*known);
+      continue;
+    }
     idle[name] = known == idle_since_.end() ? now : known->second;
   }
   idle_since_ = std::move(idle);
@@ -209,7 +216,8 @@ void Daemon::RetireIdleJobs(absl::Time now) {
     absl::MutexLock lock(&mu_);
     UpdateIdle(now);
     for (const auto& [name, since] : idle_since_) {
-      if (now - since >= options_.job_idle) idle.push_back(jobs_.at(name));
+      const std::shared_ptr<Job>& job = jobs_.at(name);
+      if (now - since >= options_.job_idle && !InUse(job)) idle.push_back(job);
     }
   }
   const std::string reason =
@@ -299,7 +307,7 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
       const absl::Time* first = nullptr;
       for (const auto& [idle_name, since] : idle_since_) {
         const std::shared_ptr<Job>& job = jobs_.at(idle_name);
-        if (since > now - options_.lease || job == nullptr) continue;
+        if (since > now - options_.lease || job == nullptr || InUse(job)) continue;
         if (owner_full && job->owner() != caller) continue;
         if (first == nullptr || since < *first) {
           first = &since;

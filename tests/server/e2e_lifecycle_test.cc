@@ -4,10 +4,12 @@
 // longest idle one, and is refused only when every held job is in use; a checkpoint not used
 // for --job_retention_s is deleted.
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 #include <tuple>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -253,6 +255,48 @@ TEST(E2eLifecycleTest, AtTheCapTheLongestIdleJobMakesRoomAndBusyJobsAreKept) {
   EXPECT_TRUE((*back)->client().attach_response().restored());
   EXPECT_FALSE(Holds(tools->get(), "new"));
   StepAndCompare(busy->get(), &ref, 3);
+}
+
+// A worker refused again and again (another configuration than its job's, in a crash loop) does
+// not keep its idle job held: the job's idle time runs on through the refused attaches, and it
+// is retired after --job_idle_s as if none came (they restarted it at each of gstabd's ticks).
+TEST(E2eLifecycleTest, AttachesRefusedInALoopDoNotKeepAnIdleJobHeld) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--job_idle_s=1", "--lease_ms=500"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto tools = Client::Connect(daemon->socket());
+  ASSERT_TRUE(tools.ok());
+  {
+    auto worker = TestWorker::Create(daemon->socket(), JobOptions("looped"));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    ASSERT_TRUE((*worker)->client().Detach().ok());
+  }
+  v1::PolicyConfig clip;
+  clip.set_policy(v1::POLICY_CLIP);
+  // Several in a loop, so that one is under way at most of gstabd's ticks.
+  std::atomic<bool> held{true};
+  std::atomic<int> other_answers{0};
+  std::vector<std::thread> loops;
+  for (int t = 0; t < 4; ++t) {
+    loops.emplace_back([&] {
+      auto refused = Client::Connect(daemon->socket());
+      if (!refused.ok()) return;
+      while (held.load()) {
+        const absl::Status s = (*refused)->Attach(JobOptions("looped", clip));
+        if (s.code() != absl::StatusCode::kFailedPrecondition) ++other_answers;
+      }
+    });
+  }
+  const absl::Time start = absl::Now();
+  while (held.load() && absl::Now() < start + absl::Seconds(6)) {
+    absl::SleepFor(absl::Milliseconds(50));
+    held = Holds(tools->get(), "looped");
+  }
+  const bool retired = !held.load();
+  held = false;
+  for (std::thread& t : loops) t.join();
+  EXPECT_TRUE(retired) << "refused attaches kept the idle job held for 6 s (--job_idle_s=1)";
+  EXPECT_EQ(other_answers.load(), 0);
 }
 
 // An attach refused for its rendezvous blob leaves no job behind to count against the cap or
