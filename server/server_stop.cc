@@ -142,8 +142,10 @@ absl::Status Server::Stop(absl::Time deadline, std::function<int()> exit_code) {
   stopping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
   if (state_keeping_.joinable()) state_keeping_.join();
-  http_.reset();
   absl::Status s = Checkpoint(/*final=*/true);
+  // After the checkpoint: stopping the metrics server waits for its open connections (each
+  // read up to 2 s), which anyone who reaches the port could hold open.
+  http_.reset();
   LOG(INFO) << "gstabd stopped" << (s.ok() ? Checkpointed() : "");
   return s;
 }
