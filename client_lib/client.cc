@@ -185,8 +185,10 @@ absl::StatusOr<v1::IdentifyResponse> Client::Identify() {
 
 absl::Status Client::Register(const GradientArena& arena) {
   if (!arena.allocated()) {  // its layout was never checked either (a dtype, its size)
-    return absl::FailedPreconditionError(
+    absl::Status s = absl::FailedPreconditionError(
         "the arena is not allocated: Allocate() it (and check that it succeeded) first");
+    RegistrationFailed(s);  // as any refused registration (and the C ABI's) ends the earlier one
+    return s;
   }
   const v1::RegisterBuffersRequest request = arena.RegistrationRequest();
   if (absl::Status s = RegisterBuffers(request); !s.ok()) return s;

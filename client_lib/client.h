@@ -64,8 +64,9 @@ class Client {
   // /run/gstab/gstabd.sock), and waits up to `timeout` for it to serve. UNAVAILABLE, naming the
   // address, when no daemon answers, or only one that is stopping; PERMISSION_DENIED, naming
   // the socket's group, when this process may not use the socket; INVALID_ARGUMENT when a TLS
-  // variable is unset, FAILED_PRECONDITION when its file is not readable PEM, or when the server
-  // there is not gstabd.
+  // variable is unset, or GSTAB_CALL_TIMEOUT_S, GSTAB_KEEPALIVE_MS or GSTAB_KEEPALIVE_TIMEOUT_MS
+  // is not a whole number in range (common/environment.h); FAILED_PRECONDITION when a TLS file
+  // is not readable PEM, or when the server there is not gstabd.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const std::string& address, absl::Duration timeout = absl::Seconds(10));
   ~Client();

@@ -110,7 +110,14 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error,
                        ": the gradients are scaled, its results lost", kSkip));
     }
     // No mark says nothing of a gstabd not yet seen marking (one of an older release).
-    if (progress.marked) return error;  // gstabd never touched them
+    if (progress.marked) {  // gstabd never touched them
+      if (absl::IsUnavailable(error) || absl::IsCancelled(error)) return error;
+      // The connection failed in other words (INTERNAL, UNKNOWN): what gstab.h promises for a
+      // step gstabd did not touch, which the bindings attach again after.
+      return absl::UnavailableError(absl::StrCat(
+          "the connection to gstabd at ", target_, " failed", why, " before it touched step ", step,
+          "'s gradients: attach again once it serves, and step them then"));
+    }
   }
   // gstabd's stop cancels calls only once no step may begin to scale (server.cc): such a step
   // was not run, or run to the end, or (its drain cut short) stopped before scaling. The

@@ -106,7 +106,10 @@ const char* gstab_last_error(void);
  * (GSTAB_TLS_NAME: the name in gstabd's certificate, if not the host); NULL or "":
  * $GSTAB_SOCKET, else /run/gstab/gstabd.sock, as gstabctl and the Python package dial.
  * Waits up to 10 s for a gstabd that serves: GSTAB_UNAVAILABLE when none answers, or only one
- * that is stopping; GSTAB_FAILED_PRECONDITION when the server there is not gstabd. */
+ * that is stopping; GSTAB_FAILED_PRECONDITION when the server there is not gstabd;
+ * GSTAB_INVALID_ARGUMENT, naming it, when GSTAB_CALL_TIMEOUT_S (seconds, 1 or more),
+ * GSTAB_KEEPALIVE_MS or GSTAB_KEEPALIVE_TIMEOUT_MS (milliseconds, 1000 or more) is set to
+ * anything else. */
 gstab_status gstab_connect(const char* socket_path, gstab_client** out);
 void gstab_client_destroy(gstab_client* client);
 

@@ -402,19 +402,24 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
         "); every node's workers must register every group (a rank with no part of one "
         "registers an empty placeholder for it, as gstab.torch does); nothing was summed"));
   }
-  for (size_t g = 0; g < groups; ++g) {
-    p->sums[g] = data[g];
-    p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
-  }
   for (size_t g = 0; !gathered && g < groups && agreement->replicas_differ.empty(); ++g) {
-    // The nodes' own sums on average against node 0's: apart beyond rounding, some differ.
+    // This node's own sum against node 0's (before it takes node 0's); and, for node 0 (whose
+    // own is node 0's), the nodes' own sums on average: apart beyond rounding, some differ.
     if (modes[g] != kKeepOwn || data[2 * groups + g] == 0.0) continue;
     const double mean = data[3 * groups + g] / data[2 * groups + g];
-    if (ReplicaSumsDiffer(data[g], mean)) {
+    if (ReplicaSumsDiffer(data[g], p->sums[g])) {
+      agreement->replicas_differ =
+          absl::StrCat("replicated group ", GroupLabel(*p, g), "'s sum of squares is ", data[g],
+                       " on node 0 and ", p->sums[g], " on this node (", c->rank(), ")");
+    } else if (ReplicaSumsDiffer(data[g], mean)) {
       agreement->replicas_differ =
           absl::StrCat("replicated group ", GroupLabel(*p, g), "'s sum of squares is ", data[g],
                        " on node 0 and ", mean, " on average over the ", c->size(), " nodes");
     }
+  }
+  for (size_t g = 0; g < groups; ++g) {
+    p->sums[g] = data[g];
+    p->non_finite[g] = data[groups + g] > 0 ? 1 : 0;
   }
   for (size_t g = 0; gathered && g < groups && agreement->replicas_differ.empty(); ++g) {
     if (modes[g] != kKeepOwn || data[2 * groups + g] == 0.0) continue;

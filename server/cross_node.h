@@ -63,8 +63,8 @@ struct StepAgreement {
   bool sync_statistics = false;  // every node takes node 0's statistics (SyncStatistics): asked
                                  // for, or the configurations differ
   // The first replicated group whose gradients differ across the nodes, said (empty: none
-  // found; past 32 groups, found by the nodes' sums on average). Every node scales it by node
-  // 0's norm, which the other nodes' gradients do not have.
+  // found; past 32 groups, found by this node's own sum, or on node 0 by the nodes' sums on
+  // average). Every node scales it by node 0's norm, which the other nodes' do not have.
   std::string replicas_differ;
 };
 

@@ -307,7 +307,10 @@ absl::Status Daemon::MakeRoomFor(const std::string& name, const std::optional<Pr
       const absl::Time* first = nullptr;
       for (const auto& [idle_name, since] : idle_since_) {
         const std::shared_ptr<Job>& job = jobs_.at(idle_name);
-        if (since > now - options_.lease || job == nullptr || InUse(job)) continue;
+        if (since > now - options_.lease || job == nullptr || InUse(job) ||
+            retiring_.count(idle_name) == 1) {
+          continue;  // (one being forgotten stays in jobs_ until its files are gone)
+        }
         if (owner_full && job->owner() != caller) continue;
         if (first == nullptr || since < *first) {
           first = &since;

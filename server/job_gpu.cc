@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/done_written.h"
 #include "core/config.h"
@@ -383,7 +384,8 @@ absl::Status Job::StepGpu(uint32_t local_rank, uint64_t step, uint32_t ready_val
       // The communicator failed (another GPU's worker or a node died or stalled), or joining it
       // outlasted the worker's call: no later step of this generation can run (the other GPUs'
       // collectives of this step wait for this one's), so it ends now and its memory goes.
-      const bool gave_up = absl::IsDeadlineExceeded(s) && absl::Now() >= call_deadline;
+      const bool gave_up =
+          absl::IsDeadlineExceeded(s) && absl::StrContains(s.message(), "call gave up");
       EndGpuGeneration(absl::StrCat(
           "local rank ", local_rank, "'s step ", step,
           gave_up ? " came after its worker's call gave up (" : " failed in the GPU communicator (",

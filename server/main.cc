@@ -220,6 +220,9 @@ int main(int argc, char** argv) {
   if (const std::optional<int> early = PendingStopSignal(signals)) {
     LOG(INFO) << "received " << strsignal(*early)
               << " while starting: gstabd exits without serving";
+#ifdef GSTAB_WITH_CUDA
+    if (cuda_context_lost.load()) return kCudaContextLostExit;  // its own: to be restarted
+#endif
     return 0;
   }
   if (absl::Status s = (*server)->Start(); !s.ok()) {

@@ -97,11 +97,14 @@ void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/
     // The process ends after this line: write it now, after the lines queued before it and
     // after the batch being written (2 s at most: a stderr nobody reads would hold it for good).
     mu_.AwaitWithTimeout(absl::Condition(this, &StderrLog::NotWriting), absl::Seconds(2));
-    if (!WriteToStderr(TakeQueued() + text, absl::Now() + absl::Seconds(2))) {
-      // Nobody reads stderr: glog's stack trace, written to it next, would wait for good, and
-      // the process never end (to be restarted). It fails at once instead.
-      const int flags = fcntl(STDERR_FILENO, F_GETFL);
-      if (flags >= 0) (void)fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK);
+    // Non-blocking meanwhile: a terminal's write that poll said had room may still wait for
+    // the rest. Left so when the write gave up (nobody reads stderr): glog's stack trace, written
+    // to it next, would wait for good, and the process never end (to be restarted); it fails at
+    // once instead.
+    const int flags = fcntl(STDERR_FILENO, F_GETFL);
+    if (flags >= 0) (void)fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK);
+    if (WriteToStderr(TakeQueued() + text, absl::Now() + absl::Seconds(2)) && flags >= 0) {
+      (void)fcntl(STDERR_FILENO, F_SETFL, flags);
     }
     return;
   }

@@ -39,6 +39,9 @@ def bad_values(args):
         (["--set", "state.hostPath=var/lib/gstab"], "/state/hostPath"),
         (["--set", "socket.hostPath="], "/socket/hostPath"),
         (["--set", "daemon.leaseMs=0"], "/daemon/leaseMs"),
+        # Seconds meant: gstabd refuses below 100 ms, and every pod would crash-loop.
+        (["--set", "daemon.leaseMs=30"], "/daemon/leaseMs"),
+        (["--set", "daemon.stepTimeoutMs=60"], "/daemon/stepTimeoutMs"),
         (["--set", "metrics.prot=1"], "'prot'"),
         (["--set", "extraArgs={max_jobs=3}"], "/extraArgs/0"),
         (["--set", "allowUids={-1}"], "/allowUids/0"),

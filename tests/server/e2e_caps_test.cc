@@ -144,7 +144,7 @@ TEST(E2eCapsTest, NewJobsAttachingAtOnceAtTheCapEachFindRoom) {
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   int next = 0;
   for (int round = 0; round < 5; ++round) {
-    // Four idle jobs for a lease (the first round's; later, the last round's new ones).
+    // Twelve idle jobs for a lease (the first round's; later, the last round's new ones).
     if (round == 0) {
       for (int i = 0; i < 12; ++i) {
         auto w = TestWorker::Create(daemon->socket(), JobOptions(absl::StrCat("idle-", next++)));

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/listener_process.h"
+#include "common/step_progress.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -291,9 +292,14 @@ class StepFailingStabilizer final : public v1::Stabilizer::Service {
                       v1::DetachResponse*) override {
     return grpc::Status::OK;
   }
-  grpc::Status Step(grpc::ServerContext*, const v1::StepRequest*, v1::StepResponse*) override {
+  grpc::Status Step(grpc::ServerContext*, const v1::StepRequest* request,
+                    v1::StepResponse*) override {
+    if (code == grpc::StatusCode::OK && progress != nullptr) {
+      __atomic_store_n(progress, ScaledMark(request->step()), __ATOMIC_SEQ_CST);  // as gstabd
+    }
     return grpc::Status(code, message);
   }
+  uint64_t* progress = nullptr;  // the worker's progress word, marked at a step answered OK
 };
 
 // A step whose call ends in a transport failure may have been running in gstabd, whatever
@@ -336,6 +342,21 @@ TEST(E2eClientFaultsTest, AStepCutOffInAnyOfGrpcsWordsIsDataLoss) {
     if (expected == absl::StatusCode::kDataLoss) {
       EXPECT_TRUE(absl::StrContains(s.message(), "may be scaled")) << s;
     }
+  }
+  // Once gstabd has been seen marking the word, a cut-off that finds it unmarked for the step
+  // touched nothing: UNAVAILABLE (attach again), whatever code gRPC gave the failure.
+  fake.progress = reinterpret_cast<uint64_t*>(static_cast<char*>(arena.data(0)) +
+                                              arena.RegistrationRequest().progress().offset());
+  fake.code = grpc::StatusCode::OK;
+  ASSERT_TRUE((*client)->Step(++step).ok());
+  for (const auto& [code, message] :
+       {std::make_pair(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"),
+        std::make_pair(grpc::StatusCode::UNKNOWN, "Stream removed")}) {
+    fake.code = code;
+    fake.message = message;
+    const absl::Status s = (*client)->Step(++step).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << message << ": " << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "before it touched step")) << s;
   }
   server->Shutdown();
 }
