@@ -63,9 +63,9 @@ GSTAB_HD inline void EmaMeanVar(double beta, double x, double* mean, double* var
 // of the norm k steps back in m_hat and v_hat (bias correction included), Cauchy-Schwarz gives
 // m_hat^2 <= v_hat * sum(a_k^2 / c_k), a geometric series in r = beta1^2 / beta2 (at most 1:
 // config.h). Statistics the EMAs built with these betas stay at or below it (the first step's
-// meet it); others (an imported state,
-// or one built with other betas and re-expressed for these) are held to it, where their target
-// could otherwise be any size, and the gradients scaled past an fp16's range.
+// meet it); others (an imported state, or one built with other betas and re-expressed for these)
+// are held to it, where their target could otherwise be any size, and the gradients scaled past
+// an fp16's range.
 GSTAB_HD inline double TargetBound(const RuleParams& p, uint64_t t, double m_weight,
                                    double v_weight) {
   const double r = p.beta2 > 0.0 ? p.beta1 * p.beta1 / p.beta2 : 0.0;  // beta2 0: beta1 0

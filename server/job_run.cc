@@ -271,9 +271,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << agreed.replicas_differ
                      << ": every node scales it by node 0's norm, which the other nodes' "
                         "gradients do not have. Are they replicas (stepped once the data-parallel "
-                        "all-reduce has "
-                        "finished, the same tensors registered alike on every node)? Said once "
-                        "a rendezvous";
+                        "all-reduce has finished, the same tensors registered alike on every "
+                        "node)? Said once a rendezvous";
       }
     }
     if (agreed.configs_differ) {
