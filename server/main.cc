@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/command_line.h"
 #include "glog/logging.h"
 #include "server/gstabd_flags.h"
@@ -68,12 +70,25 @@ int AwaitStopSignal(const sigset_t& signals, bool others_only = false) {
   }
 }
 
+// A SIGTERM this soon after the first is a supervisor's repeat (`docker stop` run twice, a
+// runtime sending it again as the grace period is cut), not an operator's: the stop goes on.
+constexpr absl::Duration kRepeatedStopSignal = absl::Seconds(2);
+
 // After the stop signal: a second SIGTERM or SIGINT (an operator's second Ctrl-C) ends gstabd at
-// once, without the rest of its stop, exiting `code()` (the stop's own cause's, else 1); the
-// other signals are taken as before.
+// once, without the rest of its stop, exiting `code()` (the stop's own cause's, else 1); a
+// SIGTERM within kRepeatedStopSignal of the first does not. The other signals are taken as
+// before.
 void ExitAtASecondStopSignal(const sigset_t& signals, int (*code)()) {
-  std::thread([signals, code] {
-    const int sig = AwaitStopSignal(signals, /*others_only=*/true);
+  const absl::Time first = absl::Now();
+  std::thread([signals, code, first] {
+    int sig = AwaitStopSignal(signals, /*others_only=*/true);
+    while (sig == SIGTERM && absl::Now() - first < kRepeatedStopSignal) {
+      LOG(WARNING) << "received " << strsignal(sig) << " again within "
+                   << absl::FormatDuration(kRepeatedStopSignal)
+                   << " of the first (a supervisor repeating it): the stop goes on; SIGINT, or "
+                      "SIGTERM later, ends gstabd at once";
+      sig = AwaitStopSignal(signals, /*others_only=*/true);
+    }
     LOG(WARNING) << "received " << strsignal(sig)
                  << " again while stopping: gstabd exits now, without finishing its stop (the "
                     "statistics of its last checkpoint stand)";

@@ -379,22 +379,32 @@ TEST(E2eStopTest, AStopEndsAtItsLimit) {
       << stop->log;
 }
 
-// A second SIGTERM while gstabd stops (held here by a stalled subscriber) ends it at once, exit
-// code 1, saying so: an operator's second Ctrl-C is not ignored.
+// A second stop signal while gstabd stops (held here by a stalled subscriber) ends it at once,
+// exit code 1, saying so: an operator's second Ctrl-C (SIGINT), or a SIGTERM sent again later, is
+// not ignored. A SIGTERM repeated within 2 s of the first (a supervisor's) is: the stop goes on.
 TEST(E2eStopTest, ASecondStopSignalEndsTheStopAtOnce) {
-  TempDir dir;
-  absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  auto worker = Monitored(daemon->socket(), "held");
-  ASSERT_NE(worker, nullptr);
-  absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "held", *worker);
-  ASSERT_TRUE(follower.ok()) << follower.status();
-  daemon->process().Signal(SIGTERM);
-  ASSERT_TRUE(daemon->WaitForLog("gstabd stopping")) << daemon->Log();
-  daemon->process().Signal(SIGTERM);
-  EXPECT_EQ(daemon->process().Wait(absl::Seconds(30)).value_or(-1), 1) << daemon->Log();
-  EXPECT_NE(daemon->Log().find("again while stopping: gstabd exits now"), std::string::npos)
-      << daemon->Log();
+  for (const bool interrupt : {false, true}) {
+    TempDir dir;
+    absl::StatusOr<DaemonProcess> daemon = DaemonProcess::Start(dir.path());
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    auto worker = Monitored(daemon->socket(), "held");
+    ASSERT_NE(worker, nullptr);
+    absl::StatusOr<Subprocess> follower = StalledFollower(daemon->socket(), "held", *worker);
+    ASSERT_TRUE(follower.ok()) << follower.status();
+    daemon->process().Signal(SIGTERM);
+    ASSERT_TRUE(daemon->WaitForLog("gstabd stopping")) << daemon->Log();
+    if (interrupt) {
+      daemon->process().Signal(SIGINT);
+    } else {
+      daemon->process().Signal(SIGTERM);  // a supervisor's repeat: the stop goes on
+      ASSERT_TRUE(daemon->WaitForLog("the stop goes on")) << daemon->Log();
+      absl::SleepFor(absl::Seconds(2));
+      daemon->process().Signal(SIGTERM);
+    }
+    EXPECT_EQ(daemon->process().Wait(absl::Seconds(30)).value_or(-1), 1) << daemon->Log();
+    EXPECT_NE(daemon->Log().find("again while stopping: gstabd exits now"), std::string::npos)
+        << daemon->Log();
+  }
 }
 
 // A reader that takes no event (a suspended follower) has its stream ended after
