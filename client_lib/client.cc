@@ -41,8 +41,10 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string target)
       channel_(std::move(channel)),
       target_(std::move(target)),
       stub_(v1::Stabilizer::NewStub(channel_)) {
-  if (std::optional<int> seconds = PositiveFromEnvironment("GSTAB_CALL_TIMEOUT_S")) {
-    call_timeout_ = absl::Seconds(*seconds);
+  // Checked by Connect, which makes clients.
+  if (absl::StatusOr<std::optional<int>> seconds = CallTimeoutFromEnvironment();
+      seconds.ok() && seconds->has_value()) {
+    call_timeout_ = absl::Seconds(**seconds);
     call_timeout_set_ = true;
   }
 }

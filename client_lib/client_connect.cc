@@ -130,8 +130,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   if (!tcp) address = FromWorkingFolder(address);
   if (absl::Status s = CheckDescriptorsFree(); !s.ok()) return s;
   // Read by the client (its calls' deadline) once connected: checked here.
-  if (absl::StatusOr<std::optional<int>> call_timeout = CheckedFromEnvironment(
-          "GSTAB_CALL_TIMEOUT_S", 1, "how long (seconds) a call waits for gstabd's answer");
+  if (absl::StatusOr<std::optional<int>> call_timeout = CallTimeoutFromEnvironment();
       !call_timeout.ok()) {
     return call_timeout.status();
   }

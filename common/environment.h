@@ -10,15 +10,6 @@
 
 namespace gstab {
 
-// The positive integer environment variable `name` holds; nullopt when it is unset, not a
-// number, or not positive (the caller's default stands then).
-inline std::optional<int> PositiveFromEnvironment(const char* name) {
-  int value = 0;
-  const char* text = std::getenv(name);
-  if (text == nullptr || !absl::SimpleAtoi(text, &value) || value <= 0) return std::nullopt;
-  return value;
-}
-
 // The whole number, at least `min`, environment variable `name` holds (`what` says what it
 // counts, for the message); nullopt when unset or empty. INVALID_ARGUMENT, naming it, when it
 // holds anything else: a setting mistyped would otherwise leave the default in force unseen.
@@ -33,6 +24,12 @@ inline absl::StatusOr<std::optional<int>> CheckedFromEnvironment(const char* nam
                                                    " (unset: the default)"));
   }
   return value;
+}
+
+// GSTAB_CALL_TIMEOUT_S: how long a client's call waits for gstabd's answer, in seconds.
+inline absl::StatusOr<std::optional<int>> CallTimeoutFromEnvironment() {
+  return CheckedFromEnvironment("GSTAB_CALL_TIMEOUT_S", 1,
+                                "how long (seconds) a call waits for gstabd's answer");
 }
 
 }  // namespace gstab

@@ -101,7 +101,7 @@ void Daemon::UpdateIdle(absl::Time now) {
     auto known = idle_since_.find(name);
     // A call under way (an attach that may be refused) keeps the job's idle time as it was,
     // rather than restart it when the call ends: a worker refused in a loop would otherwise
-    // hold the job past --job_idle_s. Retire and MakeRoomFor pass over it meanwhile.
+    // hold the job past --job_idle_s. Retire (which checks) and MakeRoomFor pass over it meanwhile.
     if (pending_.count(name) == 1) {
       if (known != idle_since_.end()) idle.insert(*known);
       continue;
@@ -216,8 +216,7 @@ void Daemon::RetireIdleJobs(absl::Time now) {
     absl::MutexLock lock(&mu_);
     UpdateIdle(now);
     for (const auto& [name, since] : idle_since_) {
-      const std::shared_ptr<Job>& job = jobs_.at(name);
-      if (now - since >= options_.job_idle && !InUse(job)) idle.push_back(job);
+      if (now - since >= options_.job_idle) idle.push_back(jobs_.at(name));
     }
   }
   const std::string reason =

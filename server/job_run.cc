@@ -171,9 +171,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
     return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
   };
-  // The first replicated group whose local workers' sums differ beyond rounding.
+  // The first replicated group whose local workers' sums differ beyond rounding: the first
+  // worker's sum (the one taken) against another's.
   struct LocalReplicas {
-    uint32_t group, first_rank, other_rank;
+    uint32_t group, other_rank;
     double first_sum, other_sum;
   };
   std::optional<LocalReplicas> local_replicas;
@@ -194,17 +195,14 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       return s;
     }
     size_t k = 0;
-    std::vector<uint32_t> first_rank(num_groups);  // a replicated group's: its sum is taken
     for (const auto& [rank, w] : workers) {
       for (size_t g = 0; g < w->has_group.size(); ++g) {
         if (!w->has_group[g]) continue;
         const bool replicated = reduction[g] == v1::REDUCTION_REPLICATED;
         if (!replicated || !present[g]) {
           sums[g] += sum_spans[k][g];
-          first_rank[g] = rank;
         } else if (!local_replicas.has_value() && ReplicaSumsDiffer(sums[g], sum_spans[k][g])) {
-          local_replicas = LocalReplicas{static_cast<uint32_t>(g), first_rank[g], rank, sums[g],
-                                         sum_spans[k][g]};
+          local_replicas = LocalReplicas{static_cast<uint32_t>(g), rank, sums[g], sum_spans[k][g]};
         }
         non_finite[g] |= flag_spans[k][g];
         present[g] = true;
@@ -221,15 +219,22 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     local = sum_locally();
   }
   if (local_replicas.has_value()) {
+    // The worker whose sum was taken: the first (in local-rank order) with the group.
+    uint32_t first_rank = 0;
+    for (const auto& [rank, w] : workers) {
+      if (local_replicas->group < w->has_group.size() && w->has_group[local_replicas->group]) {
+        first_rank = rank;
+        break;
+      }
+    }
     absl::MutexLock lock(&mu_);
     if (!local_replicas_warned_) {
       local_replicas_warned_ = true;
       LOG(WARNING) << "job '" << name_ << "' step " << step << ": replicated group '"
                    << group_names_[local_replicas->group] << "''s sum of squares is "
-                   << local_replicas->first_sum << " on local rank " << local_replicas->first_rank
-                   << " and " << local_replicas->other_sum << " on local rank "
-                   << local_replicas->other_rank << ": its norm is local rank "
-                   << local_replicas->first_rank
+                   << local_replicas->first_sum << " on local rank " << first_rank << " and "
+                   << local_replicas->other_sum << " on local rank " << local_replicas->other_rank
+                   << ": its norm is local rank " << first_rank
                    << "'s alone, which the others' gradients do not have. Are they replicas "
                       "(stepped once the data-parallel all-reduce has finished)? Shards are "
                       "registered sharded (the default). Said once a job";

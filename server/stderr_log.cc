@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -16,32 +15,27 @@ namespace gstab {
 namespace {
 
 // Writes all of `text` to stderr, waiting while it is full; gives up when stderr is closed or
-// fails (the lines are lost: there is nowhere else to say so), or at `deadline`: then it writes
-// only what stderr takes at once (a pipe PIPE_BUF at a time once poll says it has room), as a
-// blocking write to a pipe nobody reads would wait for good. False when it gave up so.
+// fails (the lines are lost: there is nowhere else to say so), or, stderr non-blocking, at
+// `deadline` (false then).
 bool WriteToStderr(const std::string& text, absl::Time deadline = absl::InfiniteFuture()) {
-  const bool bounded = deadline != absl::InfiniteFuture();
   size_t done = 0;
   while (done < text.size()) {
-    size_t size = text.size() - done;
-    if (bounded) {
-      pollfd p = {STDERR_FILENO, POLLOUT, 0};
-      const int64_t wait_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-      if (wait_ms <= 0 || ::poll(&p, 1, static_cast<int>(std::min<int64_t>(wait_ms, 1000))) <= 0) {
-        if (absl::Now() >= deadline) return false;
-        continue;
-      }
-      size = std::min<size_t>(size, PIPE_BUF);
-    }
-    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, size);
+    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, text.size() - done);
     if (n > 0) {
       done += static_cast<size_t>(n);
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      // Someone else's non-blocking stderr (a shared terminal, say): wait until it takes more.
+      // A non-blocking stderr (someone else's shared terminal, or the FATAL path's own): wait
+      // until it takes more.
+      const absl::Time now = absl::Now();
+      if (now >= deadline) return false;
       pollfd p = {STDERR_FILENO, POLLOUT, 0};
-      (void)::poll(&p, 1, bounded ? 100 : -1);
+      (void)::poll(&p, 1,
+                   deadline == absl::InfiniteFuture()
+                       ? -1
+                       : static_cast<int>(std::min<int64_t>(
+                             absl::ToInt64Milliseconds(deadline - now) + 1, 1000)));
     } else {
       return true;
     }
@@ -97,10 +91,9 @@ void StderrLog::send(google::LogSeverity severity, const char* /*full_filename*/
     // The process ends after this line: write it now, after the lines queued before it and
     // after the batch being written (2 s at most: a stderr nobody reads would hold it for good).
     mu_.AwaitWithTimeout(absl::Condition(this, &StderrLog::NotWriting), absl::Seconds(2));
-    // Non-blocking meanwhile: a terminal's write that poll said had room may still wait for
-    // the rest. Left so when the write gave up (nobody reads stderr): glog's stack trace, written
-    // to it next, would wait for good, and the process never end (to be restarted); it fails at
-    // once instead.
+    // Non-blocking meanwhile, so that a stderr nobody reads holds the write 2 s at most. Left so
+    // when the write gave up: glog's stack trace, written to it next, would wait for good, and
+    // the process never end (to be restarted); it fails at once instead.
     const int flags = fcntl(STDERR_FILENO, F_GETFL);
     if (flags >= 0) (void)fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK);
     if (WriteToStderr(TakeQueued() + text, absl::Now() + absl::Seconds(2)) && flags >= 0) {

@@ -370,8 +370,7 @@ int Run(const std::vector<std::string>& args, const std::set<std::string>& given
   // Every wait of gstabctl's, and of the client library's calls, is --timeout_s when given on
   // the command line, else $GSTAB_CALL_TIMEOUT_S when set (as in workers' environments, which
   // operators inherit through `kubectl exec`), else --timeout_s's value (a --flagfile's too).
-  const absl::StatusOr<std::optional<int>> from_environment = gstab::CheckedFromEnvironment(
-      "GSTAB_CALL_TIMEOUT_S", 1, "how long (seconds) a call waits for gstabd's answer");
+  const absl::StatusOr<std::optional<int>> from_environment = gstab::CallTimeoutFromEnvironment();
   if (!from_environment.ok() && given.count("timeout_s") == 0) {
     return gstab::ctl::Usage(std::string(from_environment.status().message()));
   }
