@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "common/monotonic_clock.h"
 #include "server/gloo_store.h"
 #include "tests/server/loopback_store.h"
 
@@ -63,7 +64,7 @@ Result Connect(testing::LoopbackStore* store, int nodes, bool gloo_way) {
     threads.emplace_back([&, r] {
       try {
         GrpcStore grpc_store(info.store_address(), info.token(), MutualTls{},
-                             absl::Now() + absl::Seconds(120), nullptr);
+                             MonotonicNow() + absl::Seconds(120), nullptr);
         gloo::transport::tcp::attr attr;
         attr.hostname = "127.0.0.1";
         std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);

@@ -346,10 +346,12 @@ absl::Status ReduceAcrossNodes(Collective* c, const std::string& job, uint64_t s
                      "; no node changed anything: skip it and go on from step ", step + 1));
   }
   if (all.differ(kStep)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("step numbers differ across the nodes of job '", job, "': this node (",
-                     c->rank(), ") is at step ", step, ", the nodes range from ", all.min(kStep),
-                     " to ", all.max(kStep), "; nothing was summed"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step numbers differ across the nodes of job '", job, "': this node (", c->rank(),
+        ") is at step ", step, ", the nodes range from ", all.min(kStep), " to ", all.max(kStep),
+        "; nothing was summed. Every node's workers step the same numbers (a node "
+        "resumed from another checkpoint than the others?): go on from step ",
+        all.max(kStep) + 1, " on every node"));
   }
   // Node 0's step numbers bind every node: after a new rendezvous its last step is the job's.
   if (const uint64_t first = all.at(0, kFirstStep); first > step) {

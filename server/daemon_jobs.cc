@@ -122,8 +122,14 @@ Daemon::Checkpointed::Checkpointed(v1::JobState job_state, absl::Time saved, boo
 void Daemon::Checkpointed::SavedToDisk() {
   on_disk = true;
   // Freed, not only cleared: a cleared repeated field keeps its elements allocated for reuse,
-  // and a retired job's groups (up to 65,536 of them) would stay in memory for good.
+  // and a retired job's groups (up to 65,536 of them) would stay in memory for good. So are its
+  // configuration history and rendezvous (up to 1,024 changes in a checkpoint of gstabd's own
+  // making, or an import's), and fields of a newer release: all are read from the file with
+  // the groups when the job comes back. Its configuration, owner and step stay, for listings.
   google::protobuf::RepeatedPtrField<v1::GroupState>().Swap(state.mutable_groups());
+  google::protobuf::RepeatedPtrField<v1::ConfigChange>().Swap(state.mutable_config_history());
+  state.clear_rendezvous();
+  state.DiscardUnknownFields();
 }
 
 void Daemon::AwaitNotRetiring(const std::string& name) {

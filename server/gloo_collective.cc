@@ -13,7 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "common/monotonic_clock.h"
 #include "common/token.h"
 #include "gstab/v1/stabilizer.grpc.pb.h"
 #include "server/gloo_store.h"
@@ -109,8 +109,8 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
     return absl::FailedPreconditionError(broken_);
   }
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
-                    calls_.get());
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_,
+                    MonotonicNow() + timeout, calls_.get());
     if (!identity_.empty()) {
       // Two gstabds of one rank would overwrite each other's addresses in the store, and every
       // node would wait out its timeout: the second is told at once. So is this gstabd when
@@ -144,7 +144,13 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
         &store, static_cast<int>(rank_), static_cast<int>(size_), device, Ms(timeout / 5));
     context->setTimeout(Ms(timeout));
     context_ = std::move(context);
+    connected_ = true;
   } catch (const std::exception& e) {
+    // Its connections not made (out of descriptors, say): this node's own fault, said as such.
+    if (absl::StrContains(e.what(), kMeshNotMade)) {
+      broken_ = absl::StrCat("this node cannot connect to the job's other nodes: ", e.what());
+      return absl::FailedPreconditionError(broken_);
+    }
     // A node other than 0 whose own gstabd made the blob: most likely every node made its own,
     // and each waits in a store of its own for nodes that never come there.
     const bool own_store =
@@ -226,11 +232,15 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
   std::vector<uint32_t> missing;
   bool answered = false;  // the store answered a call of this search
   try {
-    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_, absl::Now() + timeout,
-                    calls_.get());
-    const std::string prefix = absl::StrCat("failed-at/", step, "/");
-    store.set(absl::StrCat(prefix, rank_), {'1'});
+    GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_,
+                    MonotonicNow() + timeout, calls_.get());
+    store.set(absl::StrCat("failed-at/", step, "/", rank_), {'1'});
     answered = true;
+    // A failure as the mesh connects (the generation's first step) does not reach the other
+    // nodes, which each wait out their own timeout: a node that came late but came would be
+    // named for not reporting within the diagnosis' second. Those that never came to connect
+    // are named instead: each sets its key of the mesh as it comes (MeshKey).
+    const std::string prefix = connected_ ? absl::StrCat("failed-at/", step, "/") : "mesh/";
     // One wait for every node's key from `next` on (what is left of the timeout): the store
     // names the first not set, whose node is missing, and the keys before it are set. Store calls
     // a search: the missing nodes named, plus one (not one a node: 1,023 each of 1,024 nodes,

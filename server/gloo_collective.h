@@ -78,6 +78,9 @@ class GlooCollective final : public Collective {
   const std::string identity_;
   const std::shared_ptr<StoreCalls> calls_;
   std::shared_ptr<gloo::Context> context_;
+  // Whether the mesh was connected (a failure after says so: MissingNodes asks the store which
+  // nodes reported the step's failure, not which came to connect).
+  bool connected_ = false;
   std::string broken_;  // why the communicator failed, empty while healthy
 };
 

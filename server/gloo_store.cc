@@ -7,7 +7,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "common/monotonic_clock.h"
 #include "server/collective.h"
 #include "server/gloo_collective.h"
 
@@ -105,7 +105,7 @@ void GrpcStore::wait(const std::vector<std::string>& keys, const std::chrono::mi
 
 std::chrono::milliseconds GrpcStore::Left() const {
   return std::chrono::milliseconds(
-      std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline_ - absl::Now())));
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline_ - MonotonicNow())));
 }
 
 template <typename Call>
@@ -154,22 +154,27 @@ class MeshContext final : public gloo::Context {
 
   void Connect(GrpcStore* store, const std::shared_ptr<gloo::transport::Device>& device,
                std::chrono::milliseconds timeout) {
-    std::shared_ptr<gloo::transport::Context> pairs = device->createContext(rank, size);
-    pairs->setTimeout(timeout);
+    std::shared_ptr<gloo::transport::Context> pairs;
     // This node's key: its pairs' addresses in the order of their peers, this node left out.
     std::vector<char> mine;
     size_t record = 0;
     std::vector<std::string> keys;
-    for (int peer = 0; peer < size; ++peer) {
-      if (peer == rank) continue;
-      const std::vector<char> address = pairs->createPair(peer)->address().bytes();
-      if (record != 0 && address.size() != record) {
-        throw std::runtime_error(absl::StrCat("Gloo's pair addresses differ in size (",
-                                              address.size(), " and ", record, " bytes)"));
+    try {
+      pairs = device->createContext(rank, size);
+      pairs->setTimeout(timeout);
+      for (int peer = 0; peer < size; ++peer) {
+        if (peer == rank) continue;
+        const std::vector<char> address = pairs->createPair(peer)->address().bytes();
+        if (record != 0 && address.size() != record) {
+          throw std::runtime_error(absl::StrCat("Gloo's pair addresses differ in size (",
+                                                address.size(), " and ", record, " bytes)"));
+        }
+        record = address.size();
+        mine.insert(mine.end(), address.begin(), address.end());
+        keys.push_back(MeshKey(peer));
       }
-      record = address.size();
-      mine.insert(mine.end(), address.begin(), address.end());
-      keys.push_back(MeshKey(peer));
+    } catch (const std::exception& e) {  // a listening socket a pair (out of descriptors, say)
+      throw std::runtime_error(absl::StrCat(kMeshNotMade, " (", size - 1, " pairs): ", e.what()));
     }
     store->set(MeshKey(rank), mine);
     // In each peer's key, this node's address is at its rank, less one past the peer's own.

@@ -28,7 +28,7 @@ class StoreCalls;
 // gloo::rendezvous::Store over the gstab.v1.Rendezvous service. Gloo reports failures by
 // exception, so errors are thrown as std::runtime_error (kStoreUnreachable, kStoreRefused and
 // kThisGstabdStopping say which, for NameFailure). Every call ends by `deadline` (the caller's,
-// not Gloo's 30 s a call).
+// not Gloo's 30 s a call), a MonotonicNow time: the wall clock's steps move it not.
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
   // `calls` (may be null): where the calls are tracked, for a stop to cancel them.
@@ -73,7 +73,9 @@ class GrpcStore final : public gloo::rendezvous::Store {
 // addresses, and fetches from every other node's only the address kept for it, in one call:
 // what a job's first connection moves through node 0's store grows with the square of its
 // nodes, where Gloo's own connectFullMesh fetches every node's whole key (the cube: about
-// 146 GB for 1,024 nodes). Throws std::runtime_error (GrpcStore's, or Gloo's).
+// 146 GB for 1,024 nodes). Throws std::runtime_error (GrpcStore's, or Gloo's; one saying
+// kMeshNotMade when this node could not make its side of the pairs, before it set its key).
+inline constexpr char kMeshNotMade[] = "this node's connections could not be made";
 std::shared_ptr<gloo::Context> ConnectMesh(GrpcStore* store, int rank, int size,
                                            const std::shared_ptr<gloo::transport::Device>& device,
                                            std::chrono::milliseconds timeout);

@@ -309,8 +309,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
         LOG(WARNING) << "job '" << name_ << "' node " << collective->rank() << " step " << step
                      << ": took node 0's statistics, which counted up to " << behind
                      << " steps fewer than this node's (node 0 resumed from an older state: its "
-                        "gstabd restarted from an older checkpoint or none, or it imported one): "
-                        "this node's statistics of those steps are gone";
+                        "gstabd restarted from an older checkpoint or none, or it imported one"
+                     << (behind == 1 ? "; or a step failed on node 0 that this node had applied"
+                                     : "")
+                     << "): this node's statistics of those steps are gone";
         response->set_statistics_rolled_back(behind);
       }
       absl::MutexLock lock(&mu_);

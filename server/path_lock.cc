@@ -61,7 +61,16 @@ absl::StatusOr<PathLock> PathLock::Take(const std::string& lock_path) {
 PathLock::PathLock(PathLock&& other) noexcept
     : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)) {}
 
-bool PathLock::Held() const { return fd_ >= 0 && IsFileAt(fd_, path_); }
+bool PathLock::Held() const {
+  if (fd_ < 0) return false;
+  // Not held only when the name is known to lead elsewhere, or nowhere: a look that fails
+  // otherwise (out of memory, a folder's permission) tells nothing, and taking the lock again
+  // would conflict with this one.
+  struct stat open_file, named;
+  if (fstat(fd_, &open_file) != 0) return true;
+  if (stat(path_.c_str(), &named) != 0) return errno != ENOENT && errno != ENOTDIR;
+  return open_file.st_dev == named.st_dev && open_file.st_ino == named.st_ino;
+}
 
 PathLock::~PathLock() {
   if (fd_ < 0) return;

@@ -20,7 +20,8 @@ class PathLock {
   PathLock& operator=(PathLock&&) = delete;
   PathLock(const PathLock&) = delete;
   ~PathLock();  // removes the file (when it is still this one), then lets go of the lock
-  // Whether the locked file is still the one at the path (not removed, or replaced, since).
+  // Whether the locked file is still the one at the path (not removed, or replaced, since); a
+  // look at the path that fails otherwise than by its absence counts as held.
   bool Held() const;
 
  private:

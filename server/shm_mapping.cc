@@ -314,10 +314,11 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
           "shared memory '", name, "' (", (*opened)->size(), " bytes) is the object gstabd maps ",
           other->name() == name ? "already" : absl::StrCat("already as '", other->name(), "'"),
           " (", other->size(),
-          " bytes) for a registration still in use: gstabd maps an object "
-          "once, under one name at one size, so that no gradient in it is counted or scaled "
-          "twice. Register a new object, or let that registration go first (detach, or "
-          "register again without it)"));
+          " bytes) for a registration still in use, or for this one (two of its buffers naming "
+          "one object under two names): gstabd maps an object once, under one name at one size, "
+          "so that no gradient in it is counted or scaled twice. Name each object once, register "
+          "a new object, or let that registration go first (detach, or register again without "
+          "it)"));
     }
     older.push_back(std::move(other));
   }

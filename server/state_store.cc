@@ -128,8 +128,9 @@ absl::Status StateStore::CheckFolder() {
 namespace {
 
 // Takes group and other access away from the file at `path` when it is a regular file of this
-// process's user (opened without following a link, so no file elsewhere is changed); whether it
-// did.
+// process's user with no other name (opened without following a link, and not a hard link to a
+// file elsewhere, which another user of a folder open to others could make: so no file
+// elsewhere is changed); whether it did.
 bool MakeOwnersAlone(const std::string& path) {
   struct stat named;  // not opened otherwise: a FIFO or a device is set aside unread (LoadAll)
   if (lstat(path.c_str(), &named) != 0 || !S_ISREG(named.st_mode) || (named.st_mode & 077) == 0) {
@@ -139,7 +140,8 @@ bool MakeOwnersAlone(const std::string& path) {
   if (fd < 0) return false;
   struct stat st;
   const bool changed = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_ino == named.st_ino &&
-                       st.st_uid == geteuid() && fchmod(fd, st.st_mode & 07700) == 0;
+                       st.st_nlink == 1 && st.st_uid == geteuid() &&
+                       fchmod(fd, st.st_mode & 07700) == 0;
   close(fd);
   return changed;
 }

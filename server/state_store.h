@@ -103,8 +103,8 @@ class StateStore {
     std::string checksum;
   };
   // Whether a checkpoint file owned by `owner` is not to be trusted: another user's, in a folder
-  // others may write (one gstabd's user alone writes holds only what that user or root put
-  // there). Logs why.
+  // others may write or of another user (not root's); one gstabd's user (or root) alone writes
+  // holds only what that user or root put there. Logs why.
   bool Foreign(const std::string& path, uid_t owner) const;
   // Sets the time of `job`'s file at `path`, as Save wrote it, to now.
   void Touch(const std::string& job, const std::string& path);

@@ -71,6 +71,10 @@ uint32_t StateStore::RemoveSetAside(const std::string& job) {
     if (!set_aside(it->path().filename().string())) continue;
     if (unlink(it->path().c_str()) == 0) {
       ++removed;
+    } else if (errno == EISDIR || errno == EPERM) {
+      // A folder found under the job's file name and set aside: not gstabd's to empty.
+      LOG(INFO) << "'" << it->path().string() << "' is a folder set aside, not deleted: "
+                << "remove it by hand";
     } else if (errno != ENOENT) {
       PLOG(WARNING) << "cannot delete '" << it->path().string() << "'";
     }

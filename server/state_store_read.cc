@@ -77,16 +77,22 @@ std::string NewerRelease(const v1::JobState& state, absl::string_view suffix) {
 
 bool StateStore::Foreign(const std::string& path, uid_t owner) const {
   if (owner == geteuid()) return false;
-  // Init keeps the mode of a folder that holds another user's file.
+  // Init keeps the mode of a folder that holds another user's file. A folder of another user
+  // (not root's) is that user's to write whatever its mode: a file of theirs there is theirs.
   struct stat st;
   {
     absl::MutexLock lock(&folder_mu_);
-    if (lock_fd_ < 0 || fstat(lock_fd_, &st) != 0 || (st.st_mode & 022) == 0) return false;
+    if (lock_fd_ < 0 || fstat(lock_fd_, &st) != 0) return false;
   }
+  const bool open_to_others = (st.st_mode & 022) != 0;
+  const bool others_folder = st.st_uid != geteuid() && st.st_uid != 0;
+  if (!open_to_others && !others_folder) return false;
   LOG(ERROR) << "'" << path << "' belongs to uid " << owner << ", not to gstabd's user, in a "
-             << "state directory others may write: not restored (anyone there could have "
-             << "written it), and its job starts afresh. Give gstabd a folder of its own, mode "
-             << "0700";
+             << "state directory "
+             << (open_to_others ? "others may write"
+                                : absl::StrCat("of another user (uid ", st.st_uid, ")"))
+             << ": not restored (anyone who may write there could have written it), and its job "
+             << "starts afresh. Give gstabd a folder of its own, mode 0700";
   return true;
 }
 

@@ -271,7 +271,10 @@ class Client:
                     self._reattach_error = e
                     raise
                 finally:
+                    # Counted before the attach is over for others (_reattaching): a call of
+                    # theirs it failed sees it done (_reattached_meanwhile) and goes on in it.
                     self._reattach_tries += 1
+                    self._reattaching = None
                 return
         self._reattached_meanwhile(seen)  # raises another thread's failure
 
@@ -286,42 +289,40 @@ class Client:
         registration, attached = self.registration, self._attached
         if attached is None:
             raise Error(FAILED_PRECONDITION, "this gstab.Client is closed")
-        self._reattaching = threading.get_ident()  # its calls below do not attach again
-        try:
-            while True:
-                if self._attached is not attached:  # detach() or close() meanwhile
-                    raise Error(FAILED_PRECONDITION, "this gstab.Client is closed (or was "
-                                "detached) while it attached again")
-                try:
-                    # Without a configuration: the job's own (update_config's, gstabctl's) is
-                    # kept.
-                    self._attach(**dict(attached, policy=None, config=None))
-                    restored = bool(self._call(self._lib.gstab_attach_restored))
-                    stats = self.stats()
-                    held = stats["steps"] > 0 or stats["last_step"] > 0
-                    if not restored and not held:  # started afresh: as attach() asked
-                        asked = _policy_settings(attached["policy"], attached["config"])
-                        if asked:
-                            self.update_config(asked)
-                    # Last: a job registered before its configuration is set would step on the
-                    # default policy, should setting it fail.
-                    if registration is not None:
-                        self.register_arena(registration)
-                    break
-                except Error as e:
-                    if e.code != UNAVAILABLE or time.monotonic() >= deadline:
-                        # The new session (if it was made) holds no arena: neither does this
-                        # client, so that steps say to register, and Stabilizers that they are
-                        # no longer registered.
-                        self.registration = None
-                        hint = (" (the worker's shared memory went with its session: allocate "
-                                "a new Arena, or with gstab.torch and gstab.jax a new "
-                                "Stabilizer)" if e.code == NOT_FOUND else "")
-                        raise Error(e.code, f"{what} {where} ({why}), and attaching again "
-                                    f"failed: {e.message}{hint}") from None
-                    time.sleep(0.2)
-        finally:
-            self._reattaching = None
+        # Its calls below do not attach again; cleared by _attach_again once counted.
+        self._reattaching = threading.get_ident()
+        while True:
+            if self._attached is not attached:  # detach() or close() meanwhile
+                raise Error(FAILED_PRECONDITION, "this gstab.Client is closed (or was "
+                            "detached) while it attached again")
+            try:
+                # Without a configuration: the job's own (update_config's, gstabctl's) is
+                # kept.
+                self._attach(**dict(attached, policy=None, config=None))
+                restored = bool(self._call(self._lib.gstab_attach_restored))
+                stats = self.stats()
+                held = stats["steps"] > 0 or stats["last_step"] > 0
+                if not restored and not held:  # started afresh: as attach() asked
+                    asked = _policy_settings(attached["policy"], attached["config"])
+                    if asked:
+                        self.update_config(asked)
+                # Last: a job registered before its configuration is set would step on the
+                # default policy, should setting it fail.
+                if registration is not None:
+                    self.register_arena(registration)
+                break
+            except Error as e:
+                if e.code != UNAVAILABLE or time.monotonic() >= deadline:
+                    # The new session (if it was made) holds no arena: neither does this
+                    # client, so that steps say to register, and Stabilizers that they are
+                    # no longer registered.
+                    self.registration = None
+                    hint = (" (the worker's shared memory went with its session: allocate "
+                            "a new Arena, or with gstab.torch and gstab.jax a new "
+                            "Stabilizer)" if e.code == NOT_FOUND else "")
+                    raise Error(e.code, f"{what} {where} ({why}), and attaching again "
+                                f"failed: {e.message}{hint}") from None
+                time.sleep(0.2)
         self.reattached += 1
         _log.warning("gstab: %s %s (%s); job '%s' attached and registered again, %s",
                      what, where, why, attached["job"],
@@ -403,11 +404,14 @@ class Client:
         _check_type("register_arena", arena, Arena)
 
         def register():
-            # A refused registration ends the earlier one too, which lives until gstabd has let
-            # go of it.
-            replaced, self.registration = self.registration, None
-            check(self._call(self._lib.gstab_register_arena, arena._h))
-            del replaced
+            # A refused registration ends the earlier one too (it stays alive here until gstabd
+            # has let go of it). Kept meanwhile: a Stabilizer's step on another thread while this
+            # registers its arena again (attaching again) finds its arena still registered.
+            try:
+                check(self._call(self._lib.gstab_register_arena, arena._h))
+            except Error:
+                self.registration = None
+                raise
         # Across a restart of gstabd too, as a step goes on (see reattach_timeout).
         self._again_on_restart("register_arena", register)
         self.registration = arena
@@ -474,11 +478,11 @@ class Client:
 
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
         """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, or a stream with a
-        cuda_stream attribute such as torch.cuda.Stream; 0: the legacy default stream) and makes
+        cuda_stream attribute such as torch.cuda.Stream; 0 or None: the legacy default stream) and makes
         the stream wait for it; the host does not wait."""
         _check_type("cuda_step", gradients, CudaGradients)
         stream = uint("stream (a cudaStream_t as an int, or a torch.cuda.Stream)",
-                      getattr(stream, "cuda_stream", stream), 64)
+                      getattr(stream, "cuda_stream", stream) or 0, 64)
         r = CStepResult()
         result_step = ctypes.c_uint64()
         with self._in_call() as h:

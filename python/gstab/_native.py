@@ -91,6 +91,10 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
             lib = ctypes.CDLL(candidate)
             break
         except OSError as e:
+            # One that is there but does not load (a library it needs missing): its reason, not
+            # another copy found further on (which may be of another build).
+            if os.sep in candidate:
+                raise OSError(f"{candidate} was found but cannot be loaded: {e}") from None
             errors.append(str(e))
     else:
         raise OSError("libgstab.so not found: set GSTAB_LIBRARY to its path (a build has it in "

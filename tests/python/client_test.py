@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -66,6 +67,16 @@ class ClientTest(unittest.TestCase):
         self.assertNotEqual(run.returncode, 0)
         self.assertIn("GSTAB_LIBRARY names /nonexistent/libgstab.so, which does not exist",
                       run.stderr)
+        # One that is there but does not load is said so, with the loader's reason.
+        with tempfile.NamedTemporaryFile(suffix=".so") as broken:
+            broken.write(b"not a library")
+            broken.flush()
+            env["GSTAB_LIBRARY"] = broken.name
+            run = subprocess.run([sys.executable, "-c", "import gstab; gstab.load_library()"],
+                                 env=env, timeout=60, capture_output=True, text=True)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn(f"{broken.name} was found but cannot be loaded: ", run.stderr)
+        self.assertNotIn("not found", run.stderr)
 
     def test_the_socket_comes_from_gstab_socket_when_not_given(self):
         before = os.environ.get("GSTAB_SOCKET")

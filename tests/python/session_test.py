@@ -474,6 +474,44 @@ class SessionTest(unittest.TestCase):
         finally:
             self.assertEqual(node.stop(), 0)
 
+    def test_an_arena_stays_registered_while_it_is_registered_again(self):
+        # Attaching again registers the same arena again: a Stabilizer's step on another thread
+        # meanwhile must find its arena still the client's registration (it raised "no longer
+        # registered: make a new Stabilizer" while gstab_register_arena ran).
+        node = Gstabd(ARGS.gstabd)
+        try:
+            client = gstab.Client(node.socket)
+            client.attach("py-registered-meanwhile")
+            run_steps(client, one_tensor_job(client), range(1, 3))
+            arena = client.registration
+            seen = []
+
+            class Watching:
+                def __init__(self, lib):
+                    self._lib = lib
+
+                def __getattr__(self, name):
+                    function = getattr(self._lib, name)
+                    if name != "gstab_register_arena":
+                        return function
+
+                    def register(*args):
+                        seen.append(client.registration)
+                        return function(*args)
+                    return register
+            client._lib = Watching(client._lib)
+            client.register_arena(arena)  # again, in the same session
+            self.assertEqual(node.restart(), 0)
+            with self.assertLogs("gstab", "WARNING"):
+                client.step(3)  # attaches and registers again
+            self.assertEqual(client.reattached, 1)
+            self.assertEqual(len(seen), 2)
+            for registered in seen:
+                self.assertIs(registered, arena)
+            self.assertIs(client.registration, arena)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
     def test_a_registration_after_a_restart_attaches_again_first(self):
         # A Stabilizer made after gstabd restarted (a new model, an evaluation) registers as a
         # step would step: attached again, the job resumed.

@@ -175,6 +175,10 @@ TEST(StateStoreTest, AFolderFoundOpenAndItsFilesAreMadeOwnersAlone) {
   std::ofstream(other) << "x";
   ASSERT_EQ(::chmod(other.c_str(), 0644), 0);
   ASSERT_EQ(::symlink(other.c_str(), (state + "/link.jobstate").c_str()), 0);
+  const std::string other_too = dir.path() + "/elsewhere-too";  // linked hard: another name
+  std::ofstream(other_too) << "x";
+  ASSERT_EQ(::chmod(other_too.c_str(), 0644), 0);
+  ASSERT_EQ(::link(other_too.c_str(), (state + "/hard.jobstate").c_str()), 0);
   std::ofstream(state + "/notes.txt") << "x";
   ASSERT_EQ(::chmod((state + "/notes.txt").c_str(), 0644), 0);
   StateStore shared(state);
@@ -183,6 +187,7 @@ TEST(StateStoreTest, AFolderFoundOpenAndItsFilesAreMadeOwnersAlone) {
   EXPECT_EQ(mode(state + "/old.jobstate"), 0600u);
   EXPECT_EQ(mode(state + "/notes.txt"), 0644u);
   EXPECT_EQ(mode(other), 0644u);
+  EXPECT_EQ(mode(other_too), 0644u);
 }
 
 // One store (one gstabd) a folder at a time: another's Init is refused, and sweeps none of the
@@ -225,9 +230,9 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
   EXPECT_EQ(LoadedJobs(&store), std::vector<std::string>{"a"});
 }
 
-// In a state directory others may write, a checkpoint another user owns is not restored
-// (anyone could have written it, claiming a job for its owner); in one of gstabd's user alone
-// it is (root's, or from before gstabd's user changed).
+// In a state directory others may write, or another user's, a checkpoint another user owns is
+// not restored (anyone could have written it, claiming a job for its owner); in one of gstabd's
+// user alone it is (root's, or from before gstabd's user changed).
 TEST(StateStoreTest, AnotherUsersCheckpointInAFolderOthersMayWriteIsNotRestored) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user";
   testing::TempDir dir;
@@ -245,14 +250,24 @@ TEST(StateStoreTest, AnotherUsersCheckpointInAFolderOthersMayWriteIsNotRestored)
   }
   // Found open to others' writes (not made 0700 by Init, which another user's file there stops).
   ASSERT_EQ(chmod(dir.path().c_str(), 0777), 0);
-  StateStore shared(dir.path());
-  ASSERT_TRUE(shared.Init().ok());
-  EXPECT_TRUE(LoadedJobs(&shared).empty());
-  EXPECT_EQ(shared.Load("a").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(std::filesystem::exists(path));  // left where it is
-  struct stat st;
-  ASSERT_EQ(::stat(dir.path().c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0777u);
+  {
+    StateStore shared(dir.path());
+    ASSERT_TRUE(shared.Init().ok());
+    EXPECT_TRUE(LoadedJobs(&shared).empty());
+    EXPECT_EQ(shared.Load("a").status().code(), absl::StatusCode::kNotFound);
+    EXPECT_TRUE(std::filesystem::exists(path));  // left where it is
+    struct stat st;
+    ASSERT_EQ(::stat(dir.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0777u);
+  }
+  // A folder of that user's, whatever its mode, is theirs to write: not restored either.
+  ASSERT_EQ(chown(dir.path().c_str(), 4321, 4321), 0);
+  ASSERT_EQ(chmod(dir.path().c_str(), 0700), 0);
+  StateStore theirs(dir.path());
+  ASSERT_TRUE(theirs.Init().ok());
+  EXPECT_TRUE(LoadedJobs(&theirs).empty());
+  EXPECT_EQ(theirs.Load("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(std::filesystem::exists(path));
 }
 
 // An idle job's checkpoint is not written again at every interval: a save of the same state to
