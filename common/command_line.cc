@@ -130,6 +130,13 @@ Reading Read(int argc, char** argv) {
         continue;
       }
       value = argv[++i];  // --foo VALUE: the value is not read as a flag
+      // Unless it is one: a value forgotten (`--job --follow`) would take the next flag as the
+      // value, and the command would run without it (on a job named "--follow").
+      if (absl::StartsWith(value, "--") && value.size() > 2) {
+        note(absl::StrCat("--", f.name, " needs a value, and '", value, "' after it is a flag (--",
+                          f.name, "=", value, " for a value that starts with --)"));
+        continue;
+      }
     }
     std::string error;
     if (!flag->ParseFrom(value, &error)) {

@@ -1,6 +1,8 @@
 #include "core/config.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -12,9 +14,21 @@
 namespace gstab {
 namespace {
 
+// `x` in as few digits as read back as `x`: StrCat's six would print a refused 1.0000001 as 1,
+// and a beta1 past sqrt(beta2) as its bound.
+std::string Exact(double x) {
+  char text[32];
+  for (int digits = 6; digits < 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, x);
+    if (std::strtod(text, nullptr) == x) return text;
+  }
+  std::snprintf(text, sizeof text, "%.17g", x);
+  return text;
+}
+
 absl::Status OutOfRange(const char* field, double value, const char* range) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("config field ", field, " = ", value, " is out of range: must be ", range));
+  return absl::InvalidArgumentError(absl::StrCat("config field ", field, " = ", Exact(value),
+                                                 " is out of range: must be ", range));
 }
 
 // Checks the invariants the rule relies on; every message names the field.
@@ -28,8 +42,8 @@ absl::Status Validate(const RuleParams& p) {
   // grows with the spike, where the method bounds it.
   if (p.beta1 > std::sqrt(p.beta2)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("config field stabilize.beta1 = ", p.beta1,
-                     " must be at most sqrt(stabilize.beta2) = ", std::sqrt(p.beta2),
+        absl::StrCat("config field stabilize.beta1 = ", Exact(p.beta1),
+                     " must be at most sqrt(stabilize.beta2) = ", Exact(std::sqrt(p.beta2)),
                      ": a larger beta1 remembers a spike longer than beta2 does, and the "
                      "stabilized norms after a spike grow with it"));
   }
@@ -67,8 +81,8 @@ absl::Status Validate(const RuleParams& p) {
   }
   if (p.diverge_short_beta >= p.diverge_long_beta) {
     return absl::InvalidArgumentError(
-        absl::StrCat("config field divergence.short_beta = ", p.diverge_short_beta,
-                     " must be below divergence.long_beta = ", p.diverge_long_beta,
+        absl::StrCat("config field divergence.short_beta = ", Exact(p.diverge_short_beta),
+                     " must be below divergence.long_beta = ", Exact(p.diverge_long_beta),
                      ": the growth test compares a short horizon's norm with a long one's"));
   }
   if (p.diverge_consecutive_spikes == 0 || p.diverge_consecutive_non_finite == 0 ||
@@ -185,6 +199,11 @@ absl::StatusOr<RuleParams> MergeConfig(const RuleParams& base, const v1::PolicyC
   RuleParams p = base;
   if (absl::Status s = Overlay(update, &p); !s.ok()) return s;
   if (absl::Status s = Validate(p); !s.ok()) return s;
+  // -0 as 0 (both pass): a worker asking for one and another for the other ask for the same
+  // configuration, which compares by its bytes (SameEffectiveConfig).
+  for (double* x : {&p.beta1, &p.beta2, &p.zclip_max_norm, &p.diverge_short_beta}) {
+    if (*x == 0.0) *x = 0.0;
+  }
   return p;
 }
 

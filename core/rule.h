@@ -333,7 +333,8 @@ GSTAB_HD inline StepOutcome ApplyRuleInStep(const RuleParams& p, GroupStats* s,
 }
 
 // The bound of docs/method.md on the stabilized norm of an arbitrarily large spike at
-// accepted step t: b / sqrt(w), b = (1 - beta1) / (1 - beta1^t), w = (1 - beta2) / (1 - beta2^t).
+// accepted step t >= 1: b / sqrt(w), b = (1 - beta1) / (1 - beta1^t), w = (1 - beta2) /
+// (1 - beta2^t).
 GSTAB_HD inline double StabilizedSpikeBound(const RuleParams& p, uint64_t t) {
   double b = 1.0 - p.beta1;
   double w = 1.0 - p.beta2;

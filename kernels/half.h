@@ -2,7 +2,9 @@
 // over them vectorise. Rounding is to nearest-even and NaN stays NaN, matching the CUDA
 // intrinsics (__float2bfloat16_rn, __float2half_rn), so both backends write the same bits for
 // every finite value (a NaN's payload may differ; a group holding one is only ever scaled by
-// exactly 0 or 1, which write zeros or nothing).
+// exactly 0 or 1, which write zeros or nothing). Each file has its own copies (static): the
+// AVX2 tiles compile them with instructions the generic tiles must not meet, which the linker
+// could otherwise pick for both.
 #pragma once
 
 #include <cstdint>
@@ -10,21 +12,23 @@
 
 namespace gstab {
 
-inline float BitsToFloat(uint32_t u) {
+static inline float BitsToFloat(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
 
-inline uint32_t FloatToBits(float f) {
+static inline uint32_t FloatToBits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
 }
 
-inline float BFloat16ToFloat(uint16_t h) { return BitsToFloat(static_cast<uint32_t>(h) << 16); }
+static inline float BFloat16ToFloat(uint16_t h) {
+  return BitsToFloat(static_cast<uint32_t>(h) << 16);
+}
 
-inline uint16_t FloatToBFloat16(float f) {
+static inline uint16_t FloatToBFloat16(float f) {
   const uint32_t u = FloatToBits(f);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const uint32_t quiet_nan = (u >> 16) | 0x40u;
@@ -32,7 +36,7 @@ inline uint16_t FloatToBFloat16(float f) {
   return static_cast<uint16_t>(is_nan ? quiet_nan : rounded);
 }
 
-inline float Float16ToFloat(uint16_t h) {
+static inline float Float16ToFloat(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t magnitude = h & 0x7fffu;
   // Shifting the exponent and mantissa into float position and multiplying by 2^112 rebias
@@ -43,7 +47,7 @@ inline float Float16ToFloat(uint16_t h) {
   return BitsToFloat(sign | bits);
 }
 
-inline uint16_t FloatToFloat16(float f) {
+static inline uint16_t FloatToFloat16(float f) {
   const uint32_t u = FloatToBits(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t abs_bits = u & 0x7fffffffu;

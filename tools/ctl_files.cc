@@ -153,7 +153,9 @@ absl::Status WriteWhole(const Output& out, const std::string& bytes) {
     return absl::OkStatus();
   }
   const bool exists = out.existing.has_value();
-  const mode_t mode = exists ? (out.existing->st_mode & 07777) : 0666;  // new: as the umask says
+  // A new one is this user's alone (0600, as gstabd's checkpoints): it holds the job's name,
+  // configuration and statistics, and a folder's other users are often the training users.
+  const mode_t mode = exists ? (out.existing->st_mode & 07777) : 0600;
   // Beside the target, under a name of its own: a name of the target's own length plus a suffix
   // could pass the folder's name limit, and a fixed one could meet a killed run's leftover.
   std::string partial;

@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <cmath>
 #include <string>
 
 #include "google/protobuf/descriptor.h"
@@ -61,7 +62,15 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
          c->mutable_stabilize()->set_beta1(0.9);
          c->mutable_stabilize()->set_beta2(0.5);
        },
-       "stabilize.beta1 = 0.9 must be at most sqrt(stabilize.beta2) = 0.707107"},
+       "stabilize.beta1 = 0.9 must be at most sqrt(stabilize.beta2) = 0.7071067811865476"},
+      // Values as given, not rounded to six digits (which would read as in range).
+      {[](v1::PolicyConfig* c) {
+         c->mutable_stabilize()->set_beta2(0.9);
+         c->mutable_stabilize()->set_beta1(0.94868331);
+       },
+       "stabilize.beta1 = 0.94868331 must be at most sqrt(stabilize.beta2) = 0.9486832980505138"},
+      {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_beta2(1.0000001); },
+       "stabilize.beta2 = 1.0000001 is out of range"},
       {[](v1::PolicyConfig* c) { c->mutable_stabilize()->set_eps(0.0); }, "stabilize.eps"},
       {[](v1::PolicyConfig* c) { c->mutable_clip()->set_max_norm(-1.0); }, "clip.max_norm"},
       // torch's max_norm=inf (measure only) is the monitor policy here, and the message says so.
@@ -88,6 +97,20 @@ TEST(ConfigTest, OutOfRangeValuesNameTheField) {
     EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(p.status().message().find(k.field), std::string::npos) << p.status();
   }
+}
+
+// -0 is 0: two workers asking for either ask for the same configuration.
+TEST(ConfigTest, NegativeZeroIsZero) {
+  v1::PolicyConfig zero, negative_zero;
+  zero.mutable_zclip()->set_max_norm(0.0);
+  zero.mutable_stabilize()->set_beta1(0.0);
+  negative_zero.mutable_zclip()->set_max_norm(-0.0);
+  negative_zero.mutable_stabilize()->set_beta1(-0.0);
+  absl::StatusOr<RuleParams> a = ResolveConfig(zero), b = ResolveConfig(negative_zero);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(SameEffectiveConfig(*a, *b));
+  EXPECT_FALSE(std::signbit(b->zclip_max_norm));
 }
 
 TEST(ConfigTest, MergeKeepsUnsetFields) {

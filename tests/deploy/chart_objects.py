@@ -234,12 +234,16 @@ def check_network_policy(name, kinds):
         test_labels = test_pod["metadata"]["labels"]
         check(not all(test_labels.get(k) == v for k, v in selector.items()),
               f"{name}: the NetworkPolicy also selects the helm test pod")
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    # By the container's port names: a pod not yet replaced by an upgrade (OnDelete) keeps its
+    # own ports open when their numbers change.
+    ports = {p["name"] for p in c["ports"]}
     rules = {r["ports"][0]["port"]: r.get("from") for r in spec["ingress"]}
+    check(set(rules) <= ports, f"{name}: the NetworkPolicy names ports {list(rules)} that "
+          f"gstabd's container does not ({sorted(ports)})")
     check(rules == {
-        ports["metrics"]: [{"namespaceSelector": {"matchLabels": {
+        "metrics": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "monitoring"}}}],
-        ports["api"]: [{"ipBlock": {"cidr": "10.0.0.0/8"}}]},
+        "api": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]},
         f"{name}: the NetworkPolicy's ingress {spec['ingress']} is not the metrics port from "
         f"metricsFrom and the API port from apiFrom")
     check(sorted(spec["policyTypes"]) == ["Egress", "Ingress"] and spec.get("egress") == [],

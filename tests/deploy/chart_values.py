@@ -54,6 +54,9 @@ def bad_values(args):
         # Without root, the capabilities the chart adds are not effective.
         (["--set", "securityContext.runAsUser=1000"], "securityContext.runAsUser must be 0"),
         (["--set", "allowGids={2000}"], "must admit the helm test pod"),
+        # The kubelet refuses a root container that must not be root, on every node.
+        (["--set", "securityContext.runAsNonRoot=true"], "runAsNonRoot must not be true"),
+        (["--set", "socket.gid=2147483648"], "/socket/gid"),  # past Kubernetes' runAsGroup
         # The default affinity keeps gstabd to the amd64 nodes the images run on.
         (["--set", "nodeSelector.kubernetes\\.io/arch=arm64"], "leaves gstabd no node"),
         # Helm replaces a list whole: the chart's two capabilities would be lost.

@@ -96,6 +96,15 @@ def check_notes(args):
               f"NOTES ask CPU workers for hostPID:\n{notes}")
 
 
+def check_privileged(args):
+    """securityContext.privileged: the API server refuses it beside allowPrivilegeEscalation
+    false (the chart's default), so the container's context leaves that out."""
+    kinds = by_kind(render(args, "--set", "securityContext.privileged=true"))
+    sc = kinds["DaemonSet"][0]["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    check(sc.get("privileged") is True and sc.get("allowPrivilegeEscalation") is not False,
+          f"privileged: a security context the API server refuses: {sc}")
+
+
 def check_training_job(args, tmp):
     """deploy/kubernetes's example job: valid, and mounting what the chart serves."""
     with open(args.training_job) as f:
@@ -276,6 +285,7 @@ def main():
 
 
     everything = ["--set", "metrics.serviceMonitor.enabled=true",
+                  "--set", "metrics.serviceMonitor.interval=1m30s",  # a Prometheus duration
                   "--set", "metrics.prometheusRule.enabled=true",
                   "--set", "metrics.grafanaDashboard.enabled=true",
                   "--set", "peer.enabled=true", "--set", "peer.tlsSecret=gstab-peer-tls",
@@ -293,6 +303,7 @@ def main():
         check(lint.returncode == 0, f"helm lint --strict {extra}:\n{lint.stdout}{lint.stderr}")
     check_notes(args)
     check_long_release_name(args)
+    check_privileged(args)
     scenarios = {
         "gpu-defaults": ([], [check_gpu]),
         "cpu": (["--set", "gpu.enabled=false"], [check_cpu]),

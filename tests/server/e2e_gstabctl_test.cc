@@ -125,6 +125,12 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   EXPECT_EQ(vrc, 2);
   EXPECT_NE(value.find("--timeout_s: '2s' is not a value it takes"), std::string::npos) << value;
   EXPECT_EQ(Ctl("status --job").first, 2);  // no value
+  // A value forgotten before another flag: not that flag taken as the value.
+  auto [mrc, missing] = Ctl("events --job --follow");
+  EXPECT_EQ(mrc, 2);
+  EXPECT_NE(missing.find("--job needs a value, and '--follow' after it is a flag"),
+            std::string::npos)
+      << missing;
   auto [grc, stray] = Ctl("status --follow");  // a flag of another command
   EXPECT_EQ(grc, 2);
   EXPECT_NE(stray.find("status takes no --follow (its flags: --all, --job)"), std::string::npos)
@@ -290,14 +296,16 @@ TEST_F(E2eGstabctlTest, ExportWritesThroughWhatIsThereAndFailsWhenOutputIsLost) 
   const std::string ctl = testing::BinaryPath("tools/gstabctl") + " --socket=" + daemon_->socket();
   const std::string real = dir_.path() + "/real.state", link = dir_.path() + "/link.state";
   ASSERT_EQ(Ctl("export --job=files --out=" + real).first, 0);
-  ::chmod(real.c_str(), 0600);
+  struct stat st;
+  ASSERT_EQ(::stat(real.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);  // new: the user's alone, whatever the umask allows
+  ::chmod(real.c_str(), 0640);
   std::filesystem::create_symlink(real, link);
   auto [lrc, lout] = Ctl("export --job=files --out=" + link);
   EXPECT_EQ(lrc, 0) << lout;
   EXPECT_TRUE(std::filesystem::is_symlink(link));
-  struct stat st;
   ASSERT_EQ(::stat(real.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
   const std::string fifo = dir_.path() + "/fifo";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);  // the state fits its buffer

@@ -388,5 +388,34 @@ TEST(MultiNodeStopTest, AStepWaitingInTheExchangeDoesNotHoldTheStop) {
   EXPECT_EQ(waited.code(), absl::StatusCode::kUnavailable) << waited;
 }
 
+// A SIGTERM more than 2 s after the first (an operator's, not a supervisor's repeat) ends a
+// stop still under way at once, exit code 1; one within 2 s does not. The stop is held here by
+// a step in the exchange, as above.
+TEST(MultiNodeStopTest, ASigtermLaterInTheStopEndsItAtOnce) {
+  Cluster cluster(2, {"--step_timeout_ms=60000"});
+  std::vector<std::unique_ptr<TestWorker>> workers = cluster.Attach("later");
+  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
+  std::vector<std::thread> stepping;
+  for (size_t n = 0; n < 2; ++n) {
+    workers[n]->Fill(1, 1);
+    stepping.emplace_back([&, n] { EXPECT_TRUE(workers[n]->client().Step(1).ok()); });
+  }
+  for (std::thread& t : stepping) t.join();
+  workers[0]->Fill(2, 1);
+  std::thread waiting([&] { (void)workers[0]->client().Step(2); });
+  absl::SleepFor(absl::Seconds(1));  // node 0 in the exchange, node 1's worker not stepping
+  testing::DaemonProcess& node0 = cluster.daemon(0);
+  node0.process().Signal(SIGTERM);
+  ASSERT_TRUE(node0.WaitForLog("gstabd stopping")) << node0.Log();
+  node0.process().Signal(SIGTERM);  // a supervisor's repeat
+  ASSERT_TRUE(node0.WaitForLog("the stop goes on")) << node0.Log();
+  absl::SleepFor(absl::Milliseconds(2500));
+  node0.process().Signal(SIGTERM);
+  EXPECT_EQ(node0.process().Wait(absl::Seconds(30)).value_or(-1), 1) << node0.Log();
+  EXPECT_NE(node0.Log().find("again while stopping: gstabd exits now"), std::string::npos)
+      << node0.Log();
+  waiting.join();
+}
+
 }  // namespace
 }  // namespace gstab

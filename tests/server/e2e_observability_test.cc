@@ -380,8 +380,9 @@ TEST(E2eStopTest, AStopEndsAtItsLimit) {
 }
 
 // A second stop signal while gstabd stops (held here by a stalled subscriber) ends it at once,
-// exit code 1, saying so: an operator's second Ctrl-C (SIGINT), or a SIGTERM sent again later, is
-// not ignored. A SIGTERM repeated within 2 s of the first (a supervisor's) is: the stop goes on.
+// exit code 1, saying so: an operator's second Ctrl-C (SIGINT) is not ignored. A SIGTERM
+// repeated within 2 s of the first (a supervisor's) is: the stop goes on, to its checkpoint.
+// (A SIGTERM later ends it at once: e2e_multinode_rendezvous_test, whose stop lasts longer.)
 TEST(E2eStopTest, ASecondStopSignalEndsTheStopAtOnce) {
   for (const bool interrupt : {false, true}) {
     TempDir dir;
@@ -393,17 +394,17 @@ TEST(E2eStopTest, ASecondStopSignalEndsTheStopAtOnce) {
     ASSERT_TRUE(follower.ok()) << follower.status();
     daemon->process().Signal(SIGTERM);
     ASSERT_TRUE(daemon->WaitForLog("gstabd stopping")) << daemon->Log();
-    if (interrupt) {
-      daemon->process().Signal(SIGINT);
-    } else {
-      daemon->process().Signal(SIGTERM);  // a supervisor's repeat: the stop goes on
-      ASSERT_TRUE(daemon->WaitForLog("the stop goes on")) << daemon->Log();
-      absl::SleepFor(absl::Seconds(2));
-      daemon->process().Signal(SIGTERM);
-    }
-    EXPECT_EQ(daemon->process().Wait(absl::Seconds(30)).value_or(-1), 1) << daemon->Log();
-    EXPECT_NE(daemon->Log().find("again while stopping: gstabd exits now"), std::string::npos)
+    daemon->process().Signal(interrupt ? SIGINT : SIGTERM);
+    EXPECT_EQ(daemon->process().Wait(absl::Seconds(30)).value_or(-1), interrupt ? 1 : 0)
         << daemon->Log();
+    const std::string log = daemon->Log();
+    if (interrupt) {
+      EXPECT_NE(log.find("again while stopping: gstabd exits now"), std::string::npos) << log;
+    } else {
+      EXPECT_NE(log.find("the stop goes on"), std::string::npos) << log;
+      EXPECT_EQ(log.find("again while stopping"), std::string::npos) << log;
+      EXPECT_NE(log.find("gstabd stopped; statistics checkpointed"), std::string::npos) << log;
+    }
   }
 }
 

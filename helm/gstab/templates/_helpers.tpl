@@ -154,6 +154,9 @@ host ports with peer.enabled); the socket's and the state's host folders are apa
 {{- if ne (int64 (.Values.securityContext.runAsUser | default 0)) 0 -}}
 {{- fail (printf "securityContext.runAsUser must be 0 (it is %v): a container of another uid has none of the capabilities it adds (Kubernetes grants no ambient ones), so gstabd could open neither workers' shared memory (0600, theirs) nor the root-owned TLS Secret files and host folders; it keeps only DAC_OVERRIDE and FOWNER as root" .Values.securityContext.runAsUser) -}}
 {{- end -}}
+{{- if .Values.securityContext.runAsNonRoot -}}
+{{- fail "securityContext.runAsNonRoot must not be true: gstabd runs as root (runAsUser 0) with only DAC_OVERRIDE and FOWNER, and the kubelet would refuse to start its container on every node (a values file of an organisation's defaults often sets it: override it with false here)" -}}
+{{- end -}}
 {{- if kindIs "invalid" .Values.affinity -}}
 {{- range $key, $want := dict "kubernetes.io/arch" "amd64" "kubernetes.io/os" "linux" -}}
 {{- $given := index ($.Values.nodeSelector | default dict) $key -}}
