@@ -361,24 +361,36 @@ TEST(MultiNodeStopTest, NodeZerosStopIsSaidSoOnTheOtherNodes) {
       << cluster.daemon(1).Log();
 }
 
+// A step of `job` (on `cluster`'s two nodes) in Gloo's exchange on node 0, waiting for node 1,
+// whose worker never steps (its gstabd alive), after a first step both took; its status is
+// written to `*waited` when it ends. Join the thread returned.
+std::thread StepWaitingInTheExchange(Cluster& cluster, const std::string& job,
+                                     std::vector<std::unique_ptr<TestWorker>>* workers,
+                                     absl::Status* waited) {
+  *workers = cluster.Attach(job);
+  EXPECT_TRUE((*workers)[0] != nullptr && (*workers)[1] != nullptr);
+  if ((*workers)[0] == nullptr || (*workers)[1] == nullptr) return std::thread([] {});
+  std::vector<std::thread> stepping;
+  for (size_t n = 0; n < 2; ++n) {
+    (*workers)[n]->Fill(1, 1);
+    stepping.emplace_back([workers, n] { EXPECT_TRUE((*workers)[n]->client().Step(1).ok()); });
+  }
+  for (std::thread& t : stepping) t.join();
+  (*workers)[0]->Fill(2, 1);
+  std::thread waiting([workers, waited] { *waited = (*workers)[0]->client().Step(2).status(); });
+  absl::SleepFor(absl::Seconds(1));  // node 0 in the exchange, node 1's worker not stepping
+  return waiting;
+}
+
 // Past the connection: a step in Gloo's exchange, waiting for a node whose worker never steps
 // (its gstabd alive). Nothing ends that exchange before the step timeout: the stop exits
 // without it, statistics saved (it held the stop for the step timeout, with the state folder
 // locked against a replacement).
 TEST(MultiNodeStopTest, AStepWaitingInTheExchangeDoesNotHoldTheStop) {
   Cluster cluster(2, {"--step_timeout_ms=60000"});
-  std::vector<std::unique_ptr<TestWorker>> workers = cluster.Attach("exchange");
-  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
-  std::vector<std::thread> stepping;
-  for (size_t n = 0; n < 2; ++n) {
-    workers[n]->Fill(1, 1);
-    stepping.emplace_back([&, n] { EXPECT_TRUE(workers[n]->client().Step(1).ok()); });
-  }
-  for (std::thread& t : stepping) t.join();
-  workers[0]->Fill(2, 1);
+  std::vector<std::unique_ptr<TestWorker>> workers;
   absl::Status waited;
-  std::thread waiting([&] { waited = workers[0]->client().Step(2).status(); });
-  absl::SleepFor(absl::Seconds(1));  // node 0 in the exchange, node 1's worker not stepping
+  std::thread waiting = StepWaitingInTheExchange(cluster, "exchange", &workers, &waited);
   testing::DaemonProcess& node0 = cluster.daemon(0);
   EXPECT_EQ(node0.Stop().value_or(-1), 0) << node0.Log();
   EXPECT_NE(node0.Log().find("gstabd exits without them; statistics checkpointed"),
@@ -393,22 +405,14 @@ TEST(MultiNodeStopTest, AStepWaitingInTheExchangeDoesNotHoldTheStop) {
 // a step in the exchange, as above.
 TEST(MultiNodeStopTest, ASigtermLaterInTheStopEndsItAtOnce) {
   Cluster cluster(2, {"--step_timeout_ms=60000"});
-  std::vector<std::unique_ptr<TestWorker>> workers = cluster.Attach("later");
-  ASSERT_TRUE(workers[0] != nullptr && workers[1] != nullptr);
-  std::vector<std::thread> stepping;
-  for (size_t n = 0; n < 2; ++n) {
-    workers[n]->Fill(1, 1);
-    stepping.emplace_back([&, n] { EXPECT_TRUE(workers[n]->client().Step(1).ok()); });
-  }
-  for (std::thread& t : stepping) t.join();
-  workers[0]->Fill(2, 1);
-  std::thread waiting([&] { (void)workers[0]->client().Step(2); });
-  absl::SleepFor(absl::Seconds(1));  // node 0 in the exchange, node 1's worker not stepping
+  std::vector<std::unique_ptr<TestWorker>> workers;
+  absl::Status waited;
+  std::thread waiting = StepWaitingInTheExchange(cluster, "later", &workers, &waited);
   testing::DaemonProcess& node0 = cluster.daemon(0);
   node0.process().Signal(SIGTERM);
-  ASSERT_TRUE(node0.WaitForLog("gstabd stopping")) << node0.Log();
+  EXPECT_TRUE(node0.WaitForLog("gstabd stopping")) << node0.Log();
   node0.process().Signal(SIGTERM);  // a supervisor's repeat
-  ASSERT_TRUE(node0.WaitForLog("the stop goes on")) << node0.Log();
+  EXPECT_TRUE(node0.WaitForLog("the stop goes on")) << node0.Log();
   absl::SleepFor(absl::Milliseconds(2500));
   node0.process().Signal(SIGTERM);
   EXPECT_EQ(node0.process().Wait(absl::Seconds(30)).value_or(-1), 1) << node0.Log();
