@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <type_traits>
 
@@ -205,10 +206,72 @@ absl::Status StepNotAfterLast(const std::string& job, uint64_t step, uint64_t la
       node_zeros ? " on every node" : "", ")"));
 }
 
+namespace {
+
+// Where each field of the structures nodes exchange as raw bytes (node 0's rule and statistics)
+// lies, and its size: a release that reorders them, or grows one while another shrinks, would
+// otherwise pass the structures' sizes and have the other nodes misread them. (A type changed
+// for another of its size is not seen: such a change needs a new layout string by hand.)
+uint64_t ExchangedFieldsHash() {
+#define GSTAB_FIELD(T, f) offsetof(T, f), sizeof(decltype(T::f))
+  const size_t fields[] = {
+      GSTAB_FIELD(RuleParams, policy),
+      GSTAB_FIELD(RuleParams, beta1),
+      GSTAB_FIELD(RuleParams, beta2),
+      GSTAB_FIELD(RuleParams, eps),
+      GSTAB_FIELD(RuleParams, bias_correction),
+      GSTAB_FIELD(RuleParams, clip_max_norm),
+      GSTAB_FIELD(RuleParams, zclip_alpha),
+      GSTAB_FIELD(RuleParams, zclip_warmup_steps),
+      GSTAB_FIELD(RuleParams, zclip_z_threshold),
+      GSTAB_FIELD(RuleParams, zclip_max_norm),
+      GSTAB_FIELD(RuleParams, spike_z_threshold),
+      GSTAB_FIELD(RuleParams, spike_warmup_steps),
+      GSTAB_FIELD(RuleParams, spike_beta),
+      GSTAB_FIELD(RuleParams, spike_ratio),
+      GSTAB_FIELD(RuleParams, diverge_consecutive_spikes),
+      GSTAB_FIELD(RuleParams, diverge_consecutive_non_finite),
+      GSTAB_FIELD(RuleParams, diverge_growth_ratio),
+      GSTAB_FIELD(RuleParams, diverge_short_beta),
+      GSTAB_FIELD(RuleParams, diverge_long_beta),
+      GSTAB_FIELD(RuleParams, diverge_recovery_steps),
+      GSTAB_FIELD(RuleParams, zero_non_finite),
+      GSTAB_FIELD(GroupStats, t),
+      GSTAB_FIELD(GroupStats, m),
+      GSTAB_FIELD(GroupStats, v),
+      GSTAB_FIELD(GroupStats, zclip_mean),
+      GSTAB_FIELD(GroupStats, zclip_var),
+      GSTAB_FIELD(GroupStats, zclip_warm_sum),
+      GSTAB_FIELD(GroupStats, zclip_warm_sumsq),
+      GSTAB_FIELD(GroupStats, spike_mean),
+      GSTAB_FIELD(GroupStats, spike_var),
+      GSTAB_FIELD(GroupStats, short_ema),
+      GSTAB_FIELD(GroupStats, long_ema),
+      GSTAB_FIELD(GroupStats, consecutive_spikes),
+      GSTAB_FIELD(GroupStats, consecutive_non_finite),
+      GSTAB_FIELD(GroupStats, calm_steps),
+      GSTAB_FIELD(GroupStats, diverging),
+      GSTAB_FIELD(GroupStats, steps),
+      GSTAB_FIELD(GroupStats, non_finite_steps),
+      GSTAB_FIELD(GroupStats, zero_norm_steps),
+      GSTAB_FIELD(GroupStats, spikes),
+  };
+#undef GSTAB_FIELD
+  uint64_t h = kFnv1aOffset;
+  for (const size_t f : fields) {
+    const uint64_t v = f;
+    h = Fnv1a(absl::string_view(reinterpret_cast<const char*>(&v), sizeof v), h);
+  }
+  return h;
+}
+
+}  // namespace
+
 std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,
                       " groups, presence flags), GPU layout ", kGpuLayoutValues, " values, rule ",
-                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats),
+                      sizeof(RuleParams), ", statistics ", sizeof(GroupStats), ", fields ",
+                      absl::Hex(ExchangedFieldsHash()),
                       ", connections by mesh keys, a non-finite group skipping the whole step, "
                       "replicated sums compared, host-memory nodes in the GPU layout agreement, "
                       "replicated groups taking node 0's sum, compared at any group count");
