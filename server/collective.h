@@ -29,6 +29,9 @@ inline constexpr char kThisGstabdStopping[] = "this gstabd is stopping";
 inline constexpr char kStoreRefused[] = "the job's rendezvous store refused";
 // How the store says a wait ended with a key unset (its deadline came first).
 inline constexpr char kStoreKeyNotSet[] = "was not set";
+// How a collective's failure says it failed as the nodes connected (the generation's first
+// step): MissingNodes then names the nodes that never came to connect.
+inline constexpr char kCannotConnect[] = "cannot connect to the job's other nodes";
 
 class Collective {
  public:

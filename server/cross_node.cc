@@ -80,6 +80,11 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
         "a node failed or stalled, and node 0's rendezvous store could not say "
         "which (",
         missing.status().message(), ")");
+  } else if (missing->empty() && absl::StrContains(failure.message(), kCannotConnect)) {
+    who =
+        "every node came to connect (none is missing from the rendezvous store), and the "
+        "connections between them failed: the ports gstabd's Gloo listens on cannot be reached "
+        "from the other nodes (a firewall; docs/multinode.md), or a node stopped as it connected";
   } else if (missing->empty()) {
     who =
         "no node is missing from the rendezvous store, so a node stalled (this one among them, "

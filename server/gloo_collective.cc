@@ -155,7 +155,7 @@ absl::Status GlooCollective::Connect(absl::Duration timeout) {
     // and each waits in a store of its own for nodes that never come there.
     const bool own_store =
         rank_ != 0 && !identity_.empty() && rendezvous_.store_address() == identity_;
-    return Broken(absl::StrCat("cannot connect to the job's other nodes",
+    return Broken(absl::StrCat(kCannotConnect,
                                own_store ? " (this node's own gstabd made the rendezvous blob: "
                                            "if every node made its own, make it once, on node "
                                            "0's, and pass it to every node)"

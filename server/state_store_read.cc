@@ -92,7 +92,12 @@ bool StateStore::Foreign(const std::string& path, uid_t owner) const {
              << (open_to_others ? "others may write"
                                 : absl::StrCat("of another user (uid ", st.st_uid, ")"))
              << ": not restored (anyone who may write there could have written it), and its job "
-             << "starts afresh. Give gstabd a folder of its own, mode 0700";
+             << "starts afresh. Give gstabd a folder of its own, mode 0700"
+             << (others_folder ? absl::StrCat(" (gstabd's user changed? `chown -R ", geteuid(),
+                                              "` the folder before gstabd starts, and start it "
+                                              "again before any job attaches: each job's next "
+                                              "checkpoint replaces its file)")
+                               : "");
   return true;
 }
 

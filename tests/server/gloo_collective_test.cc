@@ -114,10 +114,28 @@ class Asked final : public Collective {
   }
   absl::StatusOr<std::vector<uint32_t>> MissingNodes(uint64_t, absl::Duration) override {
     asked = true;
-    return std::vector<uint32_t>{0};
+    return missing;
   }
   bool asked = false;
+  std::vector<uint32_t> missing = {0};
 };
+
+// A first connect that failed with every node in the store (each set its mesh key) blames no
+// node's absence, nor a stall: the connections between the nodes failed.
+TEST(GlooCollectiveTest, AConnectEveryNodeCameToSaysTheConnectionsFailed) {
+  Asked c;
+  c.missing.clear();
+  const absl::Status named = NameFailure(
+      &c, "job", 1,
+      absl::DeadlineExceededError(absl::StrCat(kCannotConnect, ": Timed out connecting")));
+  EXPECT_TRUE(c.asked);
+  EXPECT_TRUE(absl::StrContains(named.message(), "every node came to connect")) << named;
+  EXPECT_FALSE(absl::StrContains(named.message(), "stalled")) << named;
+  // Past the connect, the same answer means a stall.
+  const absl::Status later =
+      NameFailure(&c, "job", 2, absl::DeadlineExceededError("cross-node all-gather failed: x"));
+  EXPECT_TRUE(absl::StrContains(later.message(), "a node stalled")) << later;
+}
 
 // The store refusing (full, here) blames no node, and is no failure to retry with the same
 // rendezvous: said as the store's answer, and no node is asked about.

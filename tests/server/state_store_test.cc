@@ -232,7 +232,7 @@ TEST(StateStoreTest, ACheckpointIsReadBackWholeAndOnlyForItsJob) {
 
 // In a state directory others may write, or another user's, a checkpoint another user owns is
 // not restored (anyone could have written it, claiming a job for its owner); in one of gstabd's
-// user alone it is (root's, or from before gstabd's user changed).
+// user alone it is (root's, say, made by a gstabd of another user before).
 TEST(StateStoreTest, AnotherUsersCheckpointInAFolderOthersMayWriteIsNotRestored) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user";
   testing::TempDir dir;
