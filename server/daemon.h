@@ -110,6 +110,9 @@ class Daemon {
   // Whether `caller` passes the owner check of every job (jobs_by_uid off, root, gstabd's own
   // uid, a certificate tls_operators names).
   bool ActsOnEveryJob(const Principal& caller) const;
+  // Whether `caller` is an operator (root, gstabd's own uid, a certificate tls_operators names),
+  // whatever jobs_by_uid says.
+  bool IsOperator(const Principal& caller) const;
   absl::Status ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response,
                         const std::optional<Principal>& caller);
   // Drops a job no session uses, held or checkpointed (see the ForgetJob RPC).

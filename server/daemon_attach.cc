@@ -60,6 +60,10 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
   // generation closing), and every other RPC needs the daemon's.
   *response->mutable_effective_config() = EffectiveConfig(job->params());
   response->set_lease_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.lease)));
+  // As a worker's attach says (a client's calls take their timeout from it).
+  response->set_step_timeout_ms(
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(options_.step_timeout)));
+  response->set_restored(job->restored());
   return absl::OkStatus();
 }
 

@@ -78,11 +78,17 @@ absl::Status Daemon::ImportState(const v1::ImportStateRequest& request,
   absl::StatusOr<Session> session = Use(request.session(), /*hold=*/true);
   if (!session.ok()) return session.status();
   absl::Cleanup unhold = [&] { Unhold(*session); };
+  if (!session->job->BeginImport()) {
+    return absl::AbortedError(absl::StrCat("an import into job '", session->job->name(),
+                                           "' is under way: import again once it is done"));
+  }
+  absl::Cleanup import_done = [&] { session->job->EndImport(); };
   absl::StatusOr<v1::JobState> state = DecodeJobState(request.state(), "the state bytes");
   if (!state.ok()) {
     // Refused as bad input whatever the cause: nothing of the job changed.
     return absl::InvalidArgumentError(state.status().message());
   }
+  state->DiscardUnknownFields();  // a newer release's, unused here: not held while it waits
   std::optional<Job::ConfigSwitch> switched;
   const ConfigAnnouncement announced(observer_, session->job->name());
   if (absl::Status s =

@@ -6,10 +6,13 @@
 
 namespace gstab {
 
-bool Daemon::ActsOnEveryJob(const Principal& caller) const {
-  if (!options_.jobs_by_uid) return true;
+bool Daemon::IsOperator(const Principal& caller) const {
   if (caller.is_certificate()) return options_.tls_operators.count(caller.certificate) == 1;
   return caller.uid == 0 || caller.uid == ::geteuid();
+}
+
+bool Daemon::ActsOnEveryJob(const Principal& caller) const {
+  return !options_.jobs_by_uid || IsOperator(caller);
 }
 
 v1::CallerScope Daemon::ScopeOf(const Principal& caller) const {

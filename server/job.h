@@ -212,6 +212,11 @@ class Job {
                            absl::Duration wait = kImportWait,
                            std::optional<ConfigSwitch>* switched = nullptr);
   static constexpr absl::Duration kImportWait = absl::Seconds(5);
+  // One import of the job at a time (ImportState's caller takes its turn, or is refused): each
+  // holds its request and the state it parsed while it waits for a step in progress, which many
+  // at once would multiply.
+  bool BeginImport() { return !import_under_way_.exchange(true); }
+  void EndImport() { import_under_way_ = false; }
   // The names of `state`'s groups that no worker registered on this node now names (none until
   // every local worker has registered: an import before registering is the usual order).
   std::vector<std::string> UnregisteredGroups(const v1::JobState& state) const
@@ -396,6 +401,7 @@ class Job {
   CpuExecutor* const executor_;
   const StepCallback on_step_;
   std::atomic<bool> restored_{false};
+  std::atomic<bool> import_under_way_{false};
   mutable absl::Mutex owner_mu_;  // taken alone
   std::optional<Principal> owner_ ABSL_GUARDED_BY(owner_mu_);
   absl::Mutex attach_mu_;

@@ -75,15 +75,16 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
                                RuleParams* before) {
   absl::MutexLock lock(&mu_);
   if (before != nullptr) *before = params_;
-  if (absl::Status s = NodeZerosStateOnly("change its configuration"); !s.ok()) return s;
+  // A bad request is said as such, and one that changes nothing is answered, on any node.
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
-  if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) return RegisteredGpuBetas();
   if (SameEffectiveConfig(params_, *merged)) {  // nothing changes: no new version
     *response->mutable_effective_config() = EffectiveConfig(params_);
     response->set_version(config_version_);
     return absl::OkStatus();
   }
+  if (absl::Status s = NodeZerosStateOnly("change its configuration"); !s.ok()) return s;
+  if (!gpus_.empty() && !SameStabilizerEmas(params_, *merged)) return RegisteredGpuBetas();
   if (!gpus_.empty() && gpus_.multi_rank() && !gpus_.InLockstep()) {
     // Each GPU takes the configuration as its step is enqueued: all of them the same step.
     return absl::AbortedError(absl::StrCat(
@@ -323,7 +324,13 @@ absl::Status Job::ImportState(const v1::JobState& state, bool with_config, absl:
   RuleParams params;
   if (with_config) {
     absl::StatusOr<RuleParams> p = ResolveConfig(state.config());
-    if (!p.ok()) return p.status();
+    if (!p.ok()) {
+      return absl::Status(
+          p.status().code(),
+          absl::StrCat("the imported state's configuration: ", p.status().message(),
+                       " (import with keep_config, `gstabctl import --keep_config`, to take its "
+                       "statistics alone, keeping the job's configuration)"));
+    }
     params = *p;
   }
   absl::MutexLock lock(&mu_);

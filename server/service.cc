@@ -206,7 +206,8 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
   // must not take them all, nor every caller together gstabd's threads.
   const Principal principal = Caller(context);
   const std::string caller = principal.ToString();
-  const int kept = daemon_->ActsOnEveryJob(principal) ? 0 : OperatorsEventStreams();
+  // (Operators by who they are: with --jobs_by_uid=false every caller acts on every job.)
+  const int kept = daemon_->IsOperator(principal) ? 0 : OperatorsEventStreams();
   {
     absl::MutexLock lock(&streams_mu_);
     int& open = event_streams_[caller];

@@ -29,9 +29,9 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // which callers that act on every job (operators: root, gstabd's uid, --tls_operators) keep
   // OperatorsEventStreams() to themselves, so that other callers' streams together never lock an
   // operator's `gstabctl events` out.
-  // `max_calls`: the calls that may wait in gstabd (Attach, RegisterBuffers, Step, ImportState) one
-  // caller may have in flight at once, each on a thread of gstabd's (a Step waiting for its job's
-  // other workers, say).
+  // `max_calls`: the calls that may wait in gstabd (every call but KeepAlive, Detach, Identify
+  // and WatchEvents, whose streams have caps of their own) one caller may have in flight at once,
+  // each on a thread of gstabd's (a Step waiting for its job's other workers, say).
   StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
                     MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams,
                     int max_calls = kMaxCallsPerCaller,

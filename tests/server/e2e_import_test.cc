@@ -131,8 +131,28 @@ TEST_F(E2eImportTest, AnImportWhoseStepDoesNotEndIsRefusedAndTheJobGoesOn) {
   absl::Status step2;
   std::thread rank0([&] { step2 = a->client().Step(2).status(); });
   ASSERT_TRUE(testing::WaitForArrivals(&a->client(), {0}));
-  // Rank 1 is slow: the import gives up after 5 s, saying which step it waited for.
-  absl::Status refused = b->client().ImportState(*exported);
+  // Rank 1 is slow: the import gives up after 5 s, saying which step it waited for. Another
+  // import meanwhile is refused at once (each held its request while it waited).
+  absl::Status refused;
+  std::thread importer([&] { refused = b->client().ImportState(*exported); });
+  bool waiting = false;
+  for (int i = 0; i < 300 && !waiting; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    absl::StatusOr<v1::GetStatsResponse> stats = b->client().GetStats();
+    waiting = stats.ok() && stats->imports_waiting() == 1;
+  }
+  EXPECT_TRUE(waiting) << "no import waited for step 2 within 3 s";
+  auto tool = Client::Connect(daemon_->socket());
+  ASSERT_TRUE(tool.ok());
+  AttachOptions observer = JobOptions("live-import");
+  observer.observer = true;
+  ASSERT_TRUE((*tool)->Attach(observer).ok());
+  const absl::Status second = (*tool)->ImportState(*exported);
+  EXPECT_EQ(second.code(), absl::StatusCode::kAborted) << second;
+  EXPECT_NE(second.message().find("an import into job 'live-import' is under way"),
+            std::string::npos)
+      << second;
+  importer.join();
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   EXPECT_NE(refused.message().find("step 2 of job 'live-import' was still in progress after 5s"),
             std::string::npos)

@@ -162,6 +162,10 @@ TEST(E2eLifecycleTest, IdleJobIsRetiredAndResumesWithTheSameStatistics) {
   auto back = TestWorker::Create(daemon->socket(), JobOptions("idle"));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE((*back)->client().attach_response().restored());
+  // An observer attaching now is told so too, with the timeouts a worker is told.
+  ASSERT_TRUE((*late)->Attach(o).ok());
+  EXPECT_TRUE((*late)->attach_response().restored());
+  EXPECT_GT((*late)->attach_response().step_timeout_ms(), 0u);
   for (uint64_t step = 11; step <= 13; ++step) StepAndCompare(back->get(), &ref, step);
 }
 

@@ -108,34 +108,39 @@ TEST_F(OwnerTest, EveryCallersEventStreamsCountTowardTheTotalCap) {
 }
 
 // Other callers together leave part of the total cap to operators: their streams do not lock
-// an operator's `gstabctl events` out.
+// an operator's `gstabctl events` out, also where every caller acts on every job
+// (--jobs_by_uid=false).
 TEST_F(OwnerTest, OperatorsKeepEventStreamsOtherCallersCannotTake) {
   SKIP_UNLESS_ROOT();
-  Restart({"--max_event_streams=2", "--max_event_streams_total=8"});  // 2 kept for operators
-  auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("streamed"));
-  ASSERT_TRUE(worker.ok()) << worker.status();  // its ATTACH: each stream's first line
-  std::vector<testing::Subprocess> followers;
-  for (int uid : {65534, 65533, 65532}) {
-    for (int i = 0; i < 2; ++i) {
-      const std::string id = std::to_string(uid);
-      absl::StatusOr<testing::Subprocess> follower = testing::Subprocess::Start(
-          {"/usr/bin/setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups",
-           dir_.path() + "/gstabctl", "--socket=" + daemon_->socket(), "events", "--follow",
-           "--recent=1"});
-      ASSERT_TRUE(follower.ok()) << follower.status();
-      ASSERT_TRUE(follower->ReadLine(absl::Seconds(30)).ok()) << "uid " << uid << " stream " << i;
-      followers.push_back(*std::move(follower));
+  for (const bool by_uid : {true, false}) {
+    SCOPED_TRACE(by_uid ? "jobs by uid" : "--jobs_by_uid=false");
+    Restart({"--max_event_streams=2", "--max_event_streams_total=8",  // 2 kept for operators
+             by_uid ? "--jobs_by_uid=true" : "--jobs_by_uid=false"});
+    auto worker = testing::TestWorker::Create(daemon_->socket(), testing::JobOptions("streamed"));
+    ASSERT_TRUE(worker.ok()) << worker.status();  // its ATTACH: each stream's first line
+    std::vector<testing::Subprocess> followers;
+    for (int uid : {65534, 65533, 65532}) {
+      for (int i = 0; i < 2; ++i) {
+        const std::string id = std::to_string(uid);
+        absl::StatusOr<testing::Subprocess> follower = testing::Subprocess::Start(
+            {"/usr/bin/setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups",
+             dir_.path() + "/gstabctl", "--socket=" + daemon_->socket(), "events", "--follow",
+             "--recent=1"});
+        ASSERT_TRUE(follower.ok()) << follower.status();
+        ASSERT_TRUE(follower->ReadLine(absl::Seconds(30)).ok()) << "uid " << uid << " stream " << i;
+        followers.push_back(*std::move(follower));
+      }
     }
+    auto [rc, out] = Ctl(65531, "events --recent=1");
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_NE(out.find("(--max_event_streams_total) less the 2 it keeps for operators"),
+              std::string::npos)
+        << out;
+    std::tie(rc, out) = Ctl(0, "events --recent=1");
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("ATTACH"), std::string::npos) << out;
+    for (testing::Subprocess& f : followers) f.Signal(SIGTERM);
   }
-  auto [rc, out] = Ctl(65531, "events --recent=1");
-  EXPECT_EQ(rc, 1) << out;
-  EXPECT_NE(out.find("(--max_event_streams_total) less the 2 it keeps for operators"),
-            std::string::npos)
-      << out;
-  std::tie(rc, out) = Ctl(0, "events --recent=1");
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("ATTACH"), std::string::npos) << out;
-  for (testing::Subprocess& f : followers) f.Signal(SIGTERM);
 }
 
 }  // namespace

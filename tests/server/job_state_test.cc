@@ -66,6 +66,14 @@ TEST(JobStateTest, AStateOfARefusedConfigurationIsReExpressedFromItsBetas) {
   state.mutable_config()->mutable_clip()->set_max_norm(-1);  // refused
   ASSERT_FALSE(ResolveConfig(state.config()).ok());
   Job job("j", job_config, 1, nullptr);
+  // With it, refused, saying the configuration is the state's and the way in without it.
+  const absl::Status with_it = job.ImportState(state, /*with_config=*/true);
+  EXPECT_EQ(with_it.code(), absl::StatusCode::kInvalidArgument) << with_it;
+  EXPECT_NE(with_it.message().find("the imported state's configuration: config field "
+                                   "clip.max_norm = -1"),
+            std::string::npos)
+      << with_it;
+  EXPECT_NE(with_it.message().find("keep_config"), std::string::npos) << with_it;
   ASSERT_TRUE(job.ImportState(state, /*with_config=*/false).ok());
   GroupStats expected = Warm();
   RescaleStabilizerEmas(saved, job_config, &expected);
