@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstddef>
 #include <cstring>
 #include <type_traits>
 
@@ -17,6 +16,7 @@
 #include "glog/logging.h"
 #include "gstab/v1/stabilizer.pb.h"
 #include "kernels/cross_node_mode.h"
+#include "server/exchanged_fields.h"
 #include "server/grpc_status.h"
 #include "server/registration.h"
 #include "server/rendezvous_store.h"
@@ -80,7 +80,9 @@ absl::Status NameFailure(Collective* c, const std::string& job, uint64_t step,
         "a node failed or stalled, and node 0's rendezvous store could not say "
         "which (",
         missing.status().message(), ")");
-  } else if (missing->empty() && absl::StrContains(failure.message(), kCannotConnect)) {
+  } else if (missing->empty() && absl::StrContains(failure.message(), kCannotConnect) &&
+             !absl::StrContains(failure.message(), kStoreKeyNotSet)) {
+    // (A connect that ended waiting for a node's key tried no connection: that node came late.)
     who =
         "every node came to connect (none is missing from the rendezvous store), and the "
         "connections between them failed: the ports gstabd's Gloo listens on cannot be reached "
@@ -210,67 +212,6 @@ absl::Status StepNotAfterLast(const std::string& job, uint64_t step, uint64_t la
       "; to start the job afresh, stop its workers and run `gstabctl forget --job=", job, "`",
       node_zeros ? " on every node" : "", ")"));
 }
-
-namespace {
-
-// Where each field of the structures nodes exchange as raw bytes (node 0's rule and statistics)
-// lies, and its size: a release that reorders them, or grows one while another shrinks, would
-// otherwise pass the structures' sizes and have the other nodes misread them. (A type changed
-// for another of its size is not seen: such a change needs a new layout string by hand.)
-uint64_t ExchangedFieldsHash() {
-#define GSTAB_FIELD(T, f) offsetof(T, f), sizeof(decltype(T::f))
-  const size_t fields[] = {
-      GSTAB_FIELD(RuleParams, policy),
-      GSTAB_FIELD(RuleParams, beta1),
-      GSTAB_FIELD(RuleParams, beta2),
-      GSTAB_FIELD(RuleParams, eps),
-      GSTAB_FIELD(RuleParams, bias_correction),
-      GSTAB_FIELD(RuleParams, clip_max_norm),
-      GSTAB_FIELD(RuleParams, zclip_alpha),
-      GSTAB_FIELD(RuleParams, zclip_warmup_steps),
-      GSTAB_FIELD(RuleParams, zclip_z_threshold),
-      GSTAB_FIELD(RuleParams, zclip_max_norm),
-      GSTAB_FIELD(RuleParams, spike_z_threshold),
-      GSTAB_FIELD(RuleParams, spike_warmup_steps),
-      GSTAB_FIELD(RuleParams, spike_beta),
-      GSTAB_FIELD(RuleParams, spike_ratio),
-      GSTAB_FIELD(RuleParams, diverge_consecutive_spikes),
-      GSTAB_FIELD(RuleParams, diverge_consecutive_non_finite),
-      GSTAB_FIELD(RuleParams, diverge_growth_ratio),
-      GSTAB_FIELD(RuleParams, diverge_short_beta),
-      GSTAB_FIELD(RuleParams, diverge_long_beta),
-      GSTAB_FIELD(RuleParams, diverge_recovery_steps),
-      GSTAB_FIELD(RuleParams, zero_non_finite),
-      GSTAB_FIELD(GroupStats, t),
-      GSTAB_FIELD(GroupStats, m),
-      GSTAB_FIELD(GroupStats, v),
-      GSTAB_FIELD(GroupStats, zclip_mean),
-      GSTAB_FIELD(GroupStats, zclip_var),
-      GSTAB_FIELD(GroupStats, zclip_warm_sum),
-      GSTAB_FIELD(GroupStats, zclip_warm_sumsq),
-      GSTAB_FIELD(GroupStats, spike_mean),
-      GSTAB_FIELD(GroupStats, spike_var),
-      GSTAB_FIELD(GroupStats, short_ema),
-      GSTAB_FIELD(GroupStats, long_ema),
-      GSTAB_FIELD(GroupStats, consecutive_spikes),
-      GSTAB_FIELD(GroupStats, consecutive_non_finite),
-      GSTAB_FIELD(GroupStats, calm_steps),
-      GSTAB_FIELD(GroupStats, diverging),
-      GSTAB_FIELD(GroupStats, steps),
-      GSTAB_FIELD(GroupStats, non_finite_steps),
-      GSTAB_FIELD(GroupStats, zero_norm_steps),
-      GSTAB_FIELD(GroupStats, spikes),
-  };
-#undef GSTAB_FIELD
-  uint64_t h = kFnv1aOffset;
-  for (const size_t f : fields) {
-    const uint64_t v = f;
-    h = Fnv1a(absl::string_view(reinterpret_cast<const char*>(&v), sizeof v), h);
-  }
-  return h;
-}
-
-}  // namespace
 
 std::string PeerRecordLayout() {
   return absl::StrCat("step record ", kRecordWords, " words (", kGatheredGroups,

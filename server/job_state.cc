@@ -75,10 +75,13 @@ absl::Status Job::UpdateConfig(const v1::PolicyConfig& update, v1::UpdateConfigR
                                RuleParams* before) {
   absl::MutexLock lock(&mu_);
   if (before != nullptr) *before = params_;
-  // A bad request is said as such, and one that changes nothing is answered, on any node.
+  // A bad request is said as such on any node. One that changes nothing is answered where the
+  // configuration is the job's own (not on a node other than 0, whose configuration may not be
+  // the one its next step takes: node 0's).
   absl::StatusOr<RuleParams> merged = MergeConfig(params_, update);
   if (!merged.ok()) return merged.status();
-  if (SameEffectiveConfig(params_, *merged)) {  // nothing changes: no new version
+  const bool other_node = collective_ != nullptr && collective_->rank() != 0;
+  if (!other_node && SameEffectiveConfig(params_, *merged)) {  // nothing changes: no new version
     *response->mutable_effective_config() = EffectiveConfig(params_);
     response->set_version(config_version_);
     return absl::OkStatus();

@@ -26,7 +26,7 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // which every call answered with an error adds to.
   // `max_event_streams`: WatchEvents streams one caller may have open at once (each holds a
   // thread and a queue of up to 1,024 events); `max_event_streams_total`, over every caller, of
-  // which callers that act on every job (operators: root, gstabd's uid, --tls_operators) keep
+  // which operators (root, gstabd's uid, --tls_operators, whatever jobs_by_uid says) keep
   // OperatorsEventStreams() to themselves, so that other callers' streams together never lock an
   // operator's `gstabctl events` out.
   // `max_calls`: the calls that may wait in gstabd (every call but KeepAlive, Detach, Identify
