@@ -478,8 +478,8 @@ class Client:
 
     def cuda_step(self, gradients: CudaGradients, step: int, stream: int = 0) -> StepResult:
         """Enqueues the step behind `stream`'s work (a cudaStream_t as an int, or a stream with a
-        cuda_stream attribute such as torch.cuda.Stream; 0 or None: the legacy default stream) and makes
-        the stream wait for it; the host does not wait."""
+        cuda_stream attribute such as torch.cuda.Stream; 0 or None: the legacy default stream)
+        and makes the stream wait for it; the host does not wait."""
         _check_type("cuda_step", gradients, CudaGradients)
         stream = uint("stream (a cudaStream_t as an int, or a torch.cuda.Stream)",
                       getattr(stream, "cuda_stream", stream) or 0, 64)
