@@ -1,6 +1,7 @@
-// CPU norm and scale throughput beside a streaming-read and a copy baseline measured in the
-// same run. Prints one row per (layout, dtype, size, threads) with GB/s and the ratio to the
-// baseline; see bench/RESULTS.md for recorded figures.
+// CPU norm and scale throughput beside baselines measured in the same run: a streaming read for
+// the norm, and for the in-place scale both a copy (memcpy, out of place) and an in-place
+// rewrite of the same buffer (the scale's own traffic). Prints one row per (layout, dtype, size,
+// threads) with GB/s and the ratio to the baseline; see bench/RESULTS.md for recorded figures.
 //
 // A second table: a step of several local workers, their tables one loop after another (as a
 // step ran them) against one loop over all their tiles.
@@ -38,8 +39,9 @@ double MedianSeconds(const std::function<void()>& fn) {
   return times[times.size() / 2];
 }
 
-// Streaming read: the fastest loop over the bytes that does nothing but read them.
-uint64_t ReadAll(const void* data, size_t bytes) {
+// Streaming read: the fastest loop over the bytes that does nothing but read them (compiled for
+// AVX2 too, chosen at run time as the kernels' tiles are: not an SSE2 loop against AVX2 ones).
+__attribute__((target_clones("avx2", "default"))) uint64_t ReadAll(const void* data, size_t bytes) {
   const auto* p = static_cast<const uint64_t*>(data);
   const size_t n = bytes / 8;
   uint64_t acc[8] = {};
@@ -54,6 +56,16 @@ uint64_t ReadAll(const void* data, size_t bytes) {
 }
 
 volatile uint64_t g_sink;
+volatile uint64_t g_key = 0;  // 0, which the compiler cannot know: RewriteAll writes every word
+
+// In place, read and written back: the scale's own traffic (one buffer, not memcpy's two), the
+// baseline an in-place kernel can be held to at every size.
+__attribute__((target_clones("avx2", "default"))) void RewriteAll(void* data, size_t bytes) {
+  auto* p = static_cast<uint64_t*>(data);
+  const size_t n = bytes / 8;
+  const uint64_t k = g_key;
+  for (size_t i = 0; i < n; ++i) p[i] ^= k;
+}
 
 // Splits `bytes` into tensors: one flat buffer, or the parameter shapes of a small
 // LLaMA-style transformer (hidden 512, MLP 1376, vocabulary 32000) repeated to fill the size.
@@ -73,12 +85,12 @@ std::vector<int64_t> Layout(bool mix, int64_t numel) {
 }
 
 void Row(const char* layout, DType dtype, int64_t bytes, int threads, size_t tensors, double norm_s,
-         double read_s, double scale_s, double copy_s) {
+         double read_s, double scale_s, double copy_s, double rewrite_s) {
   const double gb = static_cast<double>(bytes) / 1e9;
-  std::printf("%-6s %-8s %8.1f %3d %6zu | %7.2f %7.2f %5.2f | %7.2f %7.2f %5.2f\n", layout,
-              DTypeName(dtype), static_cast<double>(bytes) / (1 << 20), threads, tensors,
+  std::printf("%-6s %-8s %8.1f %3d %6zu | %7.2f %7.2f %5.2f | %7.2f %7.2f %5.2f | %7.2f %5.2f\n",
+              layout, DTypeName(dtype), static_cast<double>(bytes) / (1 << 20), threads, tensors,
               gb / norm_s, gb / read_s, read_s / norm_s, gb / scale_s, gb / copy_s,
-              copy_s / scale_s);
+              copy_s / scale_s, gb / rewrite_s, rewrite_s / scale_s);
 }
 
 void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
@@ -131,7 +143,14 @@ void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
       std::memcpy(other.data() + t * per, grads.data() + t * per, static_cast<size_t>(per));
     });
   });
-  Row(mix ? "mix" : "flat", dtype, bytes, threads, sizes.size(), norm_s, read_s, scale_s, copy_s);
+  const double rewrite_s = MedianSeconds([&] {
+    const int64_t per = bytes / threads;
+    executor.ParallelFor(threads, threads, [&](int64_t t) {
+      RewriteAll(grads.data() + t * per, static_cast<size_t>(per));
+    });
+  });
+  Row(mix ? "mix" : "flat", dtype, bytes, threads, sizes.size(), norm_s, read_s, scale_s, copy_s,
+      rewrite_s);
 }
 
 // A step of `workers` local workers of `mib` MiB of fp32 each (one tensor, 4 groups): their
@@ -195,8 +214,9 @@ int main(int argc, char** argv) {
     if (a == "--workers_only") max_mb = 0;
   }
   std::printf("CPU kernels: GB/s of gradient bytes; ratio = baseline time / kernel time\n");
-  std::printf("%-6s %-8s %8s %3s %6s | %7s %7s %5s | %7s %7s %5s\n", "layout", "dtype", "MiB",
-              "thr", "tensors", "norm", "read", "ratio", "scale", "copy", "ratio");
+  std::printf("%-6s %-8s %8s %3s %6s | %7s %7s %5s | %7s %7s %5s | %7s %5s\n", "layout", "dtype",
+              "MiB", "thr", "tensors", "norm", "read", "ratio", "scale", "copy", "ratio", "rewrite",
+              "ratio");
   for (bool mix : {false, true}) {
     for (gstab::DType dtype :
          {gstab::DType::kFloat32, gstab::DType::kBFloat16, gstab::DType::kFloat16}) {
