@@ -234,13 +234,14 @@ absl::StatusOr<std::vector<uint32_t>> GlooCollective::MissingNodes(uint64_t step
   try {
     GrpcStore store(rendezvous_.store_address(), rendezvous_.token(), tls_,
                     MonotonicNow() + timeout, calls_.get());
-    store.set(absl::StrCat("failed-at/", step, "/", rank_), {'1'});
+    const std::string failed_at = absl::StrCat("failed-at/", step, "/");
+    store.set(absl::StrCat(failed_at, rank_), {'1'});
     answered = true;
     // A failure as the mesh connects (the generation's first step) does not reach the other
     // nodes, which each wait out their own timeout: a node that came late but came would be
     // named for not reporting within the diagnosis' second. Those that never came to connect
-    // are named instead: each sets its key of the mesh as it comes (MeshKey).
-    const std::string prefix = connected_ ? absl::StrCat("failed-at/", step, "/") : "mesh/";
+    // are named instead: each sets its key of the mesh as it comes.
+    const std::string prefix = connected_ ? failed_at : kMeshKeyPrefix;
     // One wait for every node's key from `next` on (what is left of the timeout): the store
     // names the first not set, whose node is missing, and the keys before it are set. Store calls
     // a search: the missing nodes named, plus one (not one a node: 1,023 each of 1,024 nodes,

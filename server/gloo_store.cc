@@ -144,7 +144,7 @@ void GrpcStore::Check(const grpc::Status& s, const char* op, const std::string& 
 
 namespace {
 
-std::string MeshKey(int rank) { return absl::StrCat("mesh/", rank); }
+std::string MeshKey(int rank) { return absl::StrCat(kMeshKeyPrefix, rank); }
 
 // gloo::Context's device and transport context are its subclasses' to set, once its pairs are
 // connected.

@@ -76,6 +76,8 @@ class GrpcStore final : public gloo::rendezvous::Store {
 // 146 GB for 1,024 nodes). Throws std::runtime_error (GrpcStore's, or Gloo's; one saying
 // kMeshNotMade when this node could not make its side of the pairs, before it set its key).
 inline constexpr char kMeshNotMade[] = "this node's connections could not be made";
+// The store keys ConnectMesh sets, one a node as it comes: kMeshKeyPrefix and its rank.
+inline constexpr char kMeshKeyPrefix[] = "mesh/";
 std::shared_ptr<gloo::Context> ConnectMesh(GrpcStore* store, int rank, int size,
                                            const std::shared_ptr<gloo::transport::Device>& device,
                                            std::chrono::milliseconds timeout);

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -14,11 +15,17 @@
 namespace gstab {
 namespace {
 
-// Whether `fd` is the file at `path` now (not one removed since, and made again by another).
-bool IsFileAt(int fd, const std::string& path) {
+// Whether `fd` is the file at `path` now (not one removed since, and made again by another);
+// nothing when a look fails otherwise than by the name's absence (out of memory, a folder's
+// permission), which tells neither way.
+std::optional<bool> IsFileAt(int fd, const std::string& path) {
   struct stat open_file, named;
-  return fstat(fd, &open_file) == 0 && stat(path.c_str(), &named) == 0 &&
-         open_file.st_dev == named.st_dev && open_file.st_ino == named.st_ino;
+  if (fstat(fd, &open_file) != 0) return std::nullopt;
+  if (stat(path.c_str(), &named) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return std::nullopt;
+  }
+  return open_file.st_dev == named.st_dev && open_file.st_ino == named.st_ino;
 }
 
 }  // namespace
@@ -51,7 +58,7 @@ absl::StatusOr<PathLock> PathLock::Take(const std::string& lock_path) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot lock '", lock_path, "': ", strerror(err)));
     }
-    if (IsFileAt(fd, lock_path)) return PathLock(lock_path, fd);
+    if (IsFileAt(fd, lock_path).value_or(false)) return PathLock(lock_path, fd);
     close(fd);
   }
   return absl::AlreadyExistsError(
@@ -61,22 +68,15 @@ absl::StatusOr<PathLock> PathLock::Take(const std::string& lock_path) {
 PathLock::PathLock(PathLock&& other) noexcept
     : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)) {}
 
-bool PathLock::Held() const {
-  if (fd_ < 0) return false;
-  // Not held only when the name is known to lead elsewhere, or nowhere: a look that fails
-  // otherwise (out of memory, a folder's permission) tells nothing, and taking the lock again
-  // would conflict with this one.
-  struct stat open_file, named;
-  if (fstat(fd_, &open_file) != 0) return true;
-  if (stat(path_.c_str(), &named) != 0) return errno != ENOENT && errno != ENOTDIR;
-  return open_file.st_dev == named.st_dev && open_file.st_ino == named.st_ino;
-}
+// Not held only when the name is known to lead elsewhere, or nowhere: taking the lock again
+// after a look that told nothing would conflict with this one.
+bool PathLock::Held() const { return fd_ >= 0 && IsFileAt(fd_, path_).value_or(true); }
 
 PathLock::~PathLock() {
   if (fd_ < 0) return;
   // Removed while still locked: a process that opened it before then and locks it next finds
   // it gone from its name, and tries again.
-  if (IsFileAt(fd_, path_)) unlink(path_.c_str());
+  if (IsFileAt(fd_, path_).value_or(false)) unlink(path_.c_str());
   close(fd_);
 }
 

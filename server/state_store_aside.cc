@@ -71,7 +71,7 @@ uint32_t StateStore::RemoveSetAside(const std::string& job) {
     if (!set_aside(it->path().filename().string())) continue;
     if (unlink(it->path().c_str()) == 0) {
       ++removed;
-    } else if (errno == EISDIR || errno == EPERM) {
+    } else if (errno == EISDIR) {
       // A folder found under the job's file name and set aside: not gstabd's to empty.
       LOG(INFO) << "'" << it->path().string() << "' is a folder set aside, not deleted: "
                 << "remove it by hand";
