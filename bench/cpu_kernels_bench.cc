@@ -2,6 +2,7 @@
 // the norm, and for the in-place scale both a copy (memcpy, out of place) and an in-place
 // rewrite of the same buffer (the scale's own traffic). Prints one row per (layout, dtype, size,
 // threads) with GB/s and the ratio to the baseline; see bench/RESULTS.md for recorded figures.
+// A row's kernels and baselines run interleaved, a round of each in turn, medians per kind.
 //
 // A second table: a step of several local workers, their tables one loop after another (as a
 // step ran them) against one loop over all their tiles.
@@ -24,19 +25,28 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Median seconds of fn over enough repetitions to run at least ~0.2 s (and at least 5 times).
-double MedianSeconds(const std::function<void()>& fn) {
-  fn();  // warm-up: page faults, caches
-  std::vector<double> times;
+// Median seconds of each of fns, run in rounds (each fn once per round, in turn) until at least
+// 7 rounds and ~0.5 s have passed: a kernel and its baselines see the same drift of a shared
+// machine, instead of one after the other.
+std::vector<double> InterleavedMedianSeconds(const std::vector<std::function<void()>>& fns) {
+  for (const auto& fn : fns) fn();  // warm-up: page faults, caches
+  std::vector<std::vector<double>> times(fns.size());
   const auto start = Clock::now();
-  while (times.size() < 5 ||
-         (Clock::now() - start < std::chrono::milliseconds(200) && times.size() < 1000)) {
-    const auto t0 = Clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  size_t rounds = 0;
+  while (rounds < 7 || (Clock::now() - start < std::chrono::milliseconds(500) && rounds < 1000)) {
+    for (size_t i = 0; i < fns.size(); ++i) {
+      const auto t0 = Clock::now();
+      fns[i]();
+      times[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    ++rounds;
   }
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+  std::vector<double> medians;
+  for (std::vector<double>& t : times) {
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
 }
 
 // Streaming read: the fastest loop over the bytes that does nothing but read them (compiled for
@@ -123,9 +133,10 @@ void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
   const float twice[4] = {2.0f, 2.0f, 2.0f, 2.0f};
   int flip = 0;
 
-  const double norm_s = MedianSeconds(
-      [&] { (void)CpuGroupSumSquares(*table, absl::MakeSpan(scratch), sums, flags, &executor); });
-  const double read_s = MedianSeconds([&] {
+  const auto norm = [&] {
+    (void)CpuGroupSumSquares(*table, absl::MakeSpan(scratch), sums, flags, &executor);
+  };
+  const auto read = [&] {
     if (threads == 1) {
       g_sink = ReadAll(grads.data(), grads.size());
       return;
@@ -134,21 +145,22 @@ void Bench(bool mix, DType dtype, int64_t bytes, int threads) {
     executor.ParallelFor(threads, threads, [&](int64_t t) {
       g_sink = ReadAll(grads.data() + t * per, static_cast<size_t>(per));
     });
-  });
-  const double scale_s =
-      MedianSeconds([&] { (void)CpuScaleGroups(*table, (flip++ % 2) ? twice : halve, &executor); });
-  const double copy_s = MedianSeconds([&] {
+  };
+  const auto scale = [&] { (void)CpuScaleGroups(*table, (flip++ % 2) ? twice : halve, &executor); };
+  const auto copy = [&] {
     const int64_t per = bytes / threads;
     executor.ParallelFor(threads, threads, [&](int64_t t) {
       std::memcpy(other.data() + t * per, grads.data() + t * per, static_cast<size_t>(per));
     });
-  });
-  const double rewrite_s = MedianSeconds([&] {
+  };
+  const auto rewrite = [&] {
     const int64_t per = bytes / threads;
     executor.ParallelFor(threads, threads, [&](int64_t t) {
       RewriteAll(grads.data() + t * per, static_cast<size_t>(per));
     });
-  });
+  };
+  const std::vector<double> s = InterleavedMedianSeconds({norm, read, scale, copy, rewrite});
+  const double norm_s = s[0], read_s = s[1], scale_s = s[2], copy_s = s[3], rewrite_s = s[4];
   Row(mix ? "mix" : "flat", dtype, bytes, threads, sizes.size(), norm_s, read_s, scale_s, copy_s,
       rewrite_s);
 }
@@ -184,7 +196,7 @@ void BenchWorkers(int workers, int64_t mib, int threads) {
   const float halve[4] = {0.5f, 0.5f, 0.5f, 0.5f};
   const float twice[4] = {2.0f, 2.0f, 2.0f, 2.0f};
   int flip = 0;
-  const double each_s = MedianSeconds([&] {
+  const auto each = [&] {
     for (int w = 0; w < workers; ++w) {
       std::vector<TilePartial> scratch(CpuSumSquaresScratchSize(tables[w]));
       (void)CpuGroupSumSquares(tables[w], absl::MakeSpan(scratch), sum_spans[w], flag_spans[w],
@@ -192,11 +204,13 @@ void BenchWorkers(int workers, int64_t mib, int threads) {
     }
     const float* scales = (flip++ % 2) ? twice : halve;
     for (int w = 0; w < workers; ++w) (void)CpuScaleGroups(tables[w], {scales, 4}, &executor);
-  });
-  const double all_s = MedianSeconds([&] {
+  };
+  const auto all = [&] {
     (void)CpuGroupSumSquaresOfTables(pointers, sum_spans, flag_spans, &executor);
     (void)CpuScaleGroupsOfTables(pointers, (flip++ % 2) ? twice : halve, &executor);
-  });
+  };
+  const std::vector<double> s = InterleavedMedianSeconds({each, all});
+  const double each_s = s[0], all_s = s[1];
   std::printf("%7d %8lld %3d | %9.3f %9.3f %5.2f\n", workers, static_cast<long long>(mib), threads,
               each_s * 1e3, all_s * 1e3, each_s / all_s);
 }

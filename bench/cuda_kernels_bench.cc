@@ -1,8 +1,10 @@
 // GPU kernel bandwidth beside a device-to-device copy of the same bytes, measured in the same
-// run with CUDA events: the norm kernel (one read), the scale kernel (read + write), for bf16
+// run with CUDA events: the norm kernel (one read; also beside a streaming read of the same
+// bytes, read_baseline.cu), the scale kernel (read + write), for bf16
 // and fp32 gradients from 1 MiB to 4 GiB, as one flat buffer and as the parameter shapes of a
 // 1.34B-parameter LLaMA-style model (hidden 2048, MLP 5461, 24 layers, vocabulary 32000) scaled
-// to each size. Every timed run starts from a cold L2, the copy's as the kernels'.
+// to each size. Every timed run starts from a cold L2 holding no dirty lines, the baselines' as
+// the kernels'.
 // The main columns use the kernels' default loads in flight per thread; the last columns give
 // the norm's and the scale's ratio for each built setting (1, 2, 4, 8), to choose the default.
 //
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "bench/read_baseline.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace gstab {
@@ -54,12 +57,14 @@ std::vector<int64_t> ModelLayout(int64_t total) {
   return out;
 }
 
-// Bigger than any GPU's L2 (H100 50 MB, H200 60 MB): written before each timed run, so that no
-// run reads what the one before left in L2.
+// Bigger than any GPU's L2 (H100 50 MB, H200 60 MB): written, then read, before each timed run,
+// so that no run reads what the one before left in L2, nor pays for writing back the lines the
+// flush's write left dirty (the read evicts them before the run).
 constexpr size_t kFlushBytes = size_t{256} << 20;
 void* g_flush = nullptr;
+unsigned int* g_sink = nullptr;  // the read baseline's device word
 
-// Median milliseconds of `fn` over 20 runs after 3 warm-ups, each from a cold L2.
+// Median milliseconds of `fn` over 20 runs after 3 warm-ups, each from a cold, clean L2.
 template <typename Fn>
 float Time(Fn fn) {
   cudaEvent_t a, b;
@@ -69,6 +74,7 @@ float Time(Fn fn) {
   std::vector<float> ms;
   for (int i = 0; i < 20; ++i) {
     Check(cudaMemsetAsync(g_flush, i, kFlushBytes), "L2 flush");
+    Check(bench::LaunchReadAll(g_flush, kFlushBytes, g_sink, nullptr), "L2 flush read");
     cudaEventRecord(a);
     fn();
     cudaEventRecord(b);
@@ -119,6 +125,9 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
 
   const float copy =
       Time([&] { cudaMemcpyAsync(d_other, d_grads, bytes, cudaMemcpyDeviceToDevice); });
+  const float read = Time([&] {
+    Check(bench::LaunchReadAll(d_grads, static_cast<size_t>(bytes), g_sink, nullptr), "read");
+  });
   auto norm_ms = [&](int loads) {
     return Time([&] {
       CheckLaunch(LaunchGroupSumSquares(*dt, d_partials, d_sums, d_flags, nullptr, nullptr, loads));
@@ -134,12 +143,15 @@ void Bench(bool mix, DType dtype, int64_t bytes, void* d_grads, void* d_other) {
   const float scale = scale_ms(kDefaultLoadsInFlight);
   const double gb = static_cast<double>(bytes) / 1e9;
   const double copy_bw = 2 * gb / (copy / 1e3);  // read + write
+  const double read_bw = gb / (read / 1e3);
   const double norm_bw = gb / (norm / 1e3);
   const double scale_bw = 2 * gb / (scale / 1e3);
-  std::printf("%-5s %-8s %8.0f %6zu | %8.3f %8.0f | %8.3f %8.0f %5.2f | %8.3f %8.0f %5.2f |",
-              mix ? "model" : "flat", DTypeName(dtype), static_cast<double>(bytes) / (1 << 20),
-              sizes.size(), copy, copy_bw, norm, norm_bw, norm_bw / copy_bw, scale, scale_bw,
-              scale_bw / copy_bw);
+  std::printf(
+      "%-5s %-8s %8.0f %6zu | %8.3f %8.0f | %8.3f %8.0f | %8.3f %8.0f %5.2f %5.2f | %8.3f %8.0f "
+      "%5.2f |",
+      mix ? "model" : "flat", DTypeName(dtype), static_cast<double>(bytes) / (1 << 20),
+      sizes.size(), copy, copy_bw, read, read_bw, norm, norm_bw, norm_bw / copy_bw,
+      norm_bw / read_bw, scale, scale_bw, scale_bw / copy_bw);
   for (int loads : kLoadSettings) std::printf(" %4.2f", gb / (norm_ms(loads) / 1e3) / copy_bw);
   std::printf(" |");
   for (int loads : kLoadSettings) {
@@ -164,16 +176,20 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   gstab::Check(cudaGetDeviceProperties(&prop, 0), "device");
-  std::printf("%s; GB/s moved; ratio = kernel bandwidth / copy bandwidth; ms = median of 20\n",
-              prop.name);
-  std::printf("%-5s %-8s %8s %6s | %8s %8s | %8s %8s %5s | %8s %8s %5s | %-19s | %s\n", "shape",
-              "dtype", "MiB", "tensors", "copy ms", "GB/s", "norm ms", "GB/s", "ratio", "scale ms",
-              "GB/s", "ratio", "norm ratio @1/2/4/8", "scale ratio @1/2/4/8");
+  std::printf(
+      "%s; GB/s moved; ratio = kernel bandwidth / copy bandwidth (and the norm's / the read's, "
+      "\"/read\"); ms = median of 20\n",
+      prop.name);
+  std::printf(
+      "%-5s %-8s %8s %6s | %8s %8s | %8s %8s | %8s %8s %5s %5s | %8s %8s %5s | %-19s | %s\n",
+      "shape", "dtype", "MiB", "tensors", "copy ms", "GB/s", "read ms", "GB/s", "norm ms", "GB/s",
+      "ratio", "/read", "scale ms", "GB/s", "ratio", "norm ratio @1/2/4/8", "scale ratio @1/2/4/8");
   void *d_grads, *d_other;
   const size_t max_bytes = static_cast<size_t>(max_mib) << 20;
   gstab::Check(cudaMalloc(&d_grads, max_bytes), "malloc gradients");
   gstab::Check(cudaMalloc(&d_other, max_bytes), "malloc copy target");
   gstab::Check(cudaMalloc(&gstab::g_flush, gstab::kFlushBytes), "malloc L2 flush");
+  gstab::Check(cudaMalloc(&gstab::g_sink, sizeof(unsigned int)), "malloc read sink");
   cudaMemset(d_grads, 0x3c, max_bytes);  // finite in every dtype
   for (bool mix : {false, true}) {
     for (gstab::DType dtype : {gstab::DType::kBFloat16, gstab::DType::kFloat32}) {

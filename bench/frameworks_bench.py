@@ -12,7 +12,7 @@ gpu_step_bench.py). Rows, medians of --iters steps (wall time, the step's result
   jax clip (jit)        a jitted global-norm clip of the tree, in process
   gstab.jax             Stabilizer.step: the tree copied in, stabilized, copied out as new arrays
 gstabd runs on the CPU backend with its default threads and shares the machine with this
-process.
+process; it is started before the first row, so the baselines run beside it too.
 """
 import argparse
 import os
@@ -62,16 +62,17 @@ def main():
     nbytes = sum(g.numel() * g.element_size() for g in grads)
     src, dst = torch.empty(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
     rows = {}
-    rows["copy"] = median_ms(lambda: dst.copy_(src), args.iters)
-
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-    rows["torch clip"] = median_ms(
-        lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), args.iters,
-        lambda: torch._foreach_copy_([p.grad for p in params], grads))
-
+    # gstabd first: every row, the baselines too, runs beside the same (idle) gstabd.
     daemon = Gstabd(args.gstabd)
     try:
+        rows["copy"] = median_ms(lambda: dst.copy_(src), args.iters)
+
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        rows["torch clip"] = median_ms(
+            lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), args.iters,
+            lambda: torch._foreach_copy_([p.grad for p in params], grads))
+
         client = gstab.Client(daemon.socket)
         client.attach("bench-torch", policy="stabilize")
         stabilizer = gstab.torch.Stabilizer(client, [(f"t{i}", p) for i, p in enumerate(params)])

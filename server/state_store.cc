@@ -30,6 +30,25 @@ constexpr char kProbePrefix[] = ".write-probe:";
 // nothing to fail.
 int SyncFolder(int fd) { return fsync(fd) != 0 && errno != EINVAL ? errno : 0; }
 
+absl::Status SyncFolderOf(int fd, const std::string& dir) {
+  if (const int failed = SyncFolder(fd); failed != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot sync state directory '", dir, "': ", strerror(failed)));
+  }
+  return absl::OkStatus();
+}
+
+// A descriptor closed at the end of its scope.
+struct OwnedFd {
+  explicit OwnedFd(int f) : fd(f) {}
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  ~OwnedFd() {
+    if (fd >= 0) close(fd);
+  }
+  const int fd;
+};
+
 }  // namespace
 
 StateStore::~StateStore() {
@@ -44,13 +63,21 @@ absl::Status StateStore::SyncDir() const {
     return absl::InternalError(
         absl::StrCat("cannot open state directory '", dir_, "' to sync it: ", strerror(errno)));
   }
-  const int failed = SyncFolder(fd);
+  absl::Status synced = SyncFolderOf(fd, dir_);
   if (fd != lock_fd_) close(fd);
-  if (failed != 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot sync state directory '", dir_, "': ", strerror(failed)));
+  return synced;
+}
+
+absl::StatusOr<int> StateStore::OpenCheckedFolder() {
+  if (absl::Status s = CheckFolder(); !s.ok()) return s;
+  absl::MutexLock lock(&folder_mu_);
+  const int fd = lock_fd_ >= 0 ? fcntl(lock_fd_, F_DUPFD_CLOEXEC, 0)
+                               : open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open state directory '", dir_, "': ", strerror(errno)));
   }
-  return absl::OkStatus();
+  return fd;
 }
 
 namespace {
@@ -239,14 +266,15 @@ absl::Status StateStore::Init() {
   return absl::OkStatus();
 }
 
-void StateStore::Touch(const std::string& job, const std::string& path) {
+void StateStore::Touch(const std::string& job, int dir_fd, const std::string& name,
+                       const std::string& path) {
   absl::MutexLock lock(&written_mu_);
   auto w = written_.find(job);
   if (w == written_.end()) return;  // removed meanwhile
   struct stat st;
   // Not followed, as Unchanged found it; the file as written stays known by its new time.
-  if (utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0 ||
-      lstat(path.c_str(), &st) != 0) {
+  if (utimensat(dir_fd, name.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0 ||
+      fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     PLOG(WARNING) << "cannot set the time of checkpoint '" << path << "' (a restart's retention "
                   << "counts from it)";
     return;
@@ -254,29 +282,35 @@ void StateStore::Touch(const std::string& job, const std::string& path) {
   w->second.modified = st.st_mtim;
 }
 
-bool StateStore::Unchanged(const std::string& job, const std::string& path,
+bool StateStore::Unchanged(const std::string& job, int dir_fd, const std::string& name,
                            const std::string& bytes) {
   absl::MutexLock lock(&written_mu_);
   auto w = written_.find(job);
   struct stat st;
   // By name, not followed: the file as this store left it (not removed, replaced or grown).
   return w != written_.end() && w->second.checksum == bytes.substr(0, kEncodedChecksumBytes) &&
-         lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == w->second.device &&
-         st.st_ino == w->second.inode && st.st_size == w->second.size &&
-         st.st_mtim.tv_sec == w->second.modified.tv_sec &&
+         fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+         st.st_dev == w->second.device && st.st_ino == w->second.inode &&
+         st.st_size == w->second.size && st.st_mtim.tv_sec == w->second.modified.tv_sec &&
          st.st_mtim.tv_nsec == w->second.modified.tv_nsec &&
          static_cast<size_t>(st.st_size) == bytes.size();
 }
 
 absl::Status StateStore::Save(const v1::JobState& state, bool touch) {
   if (dir_.empty()) return absl::OkStatus();
-  const std::string path = absl::StrCat(dir_, "/", state.job(), kSuffix);
-  if (absl::Status s = CheckFolder(); !s.ok()) {
-    return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "': ", s.message()));
+  const std::string name = absl::StrCat(state.job(), kSuffix);
+  const std::string path = absl::StrCat(dir_, "/", name);
+  // Written through the folder locked, not by its path: a folder made under the name after the
+  // check below is not written.
+  absl::StatusOr<int> folder = OpenCheckedFolder();
+  if (!folder.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot write checkpoint '", path, "': ", folder.status().message()));
   }
+  const OwnedFd dir(*folder);
   const std::string bytes = EncodeJobState(state);
-  if (Unchanged(state.job(), path, bytes)) {
-    if (touch) Touch(state.job(), path);
+  if (Unchanged(state.job(), dir.fd, name, bytes)) {
+    if (touch) Touch(state.job(), dir.fd, name, path);
     return absl::OkStatus();
   }
   {
@@ -285,11 +319,11 @@ absl::Status StateStore::Save(const v1::JobState& state, bool touch) {
   }
   // A temporary file of this call's own, so that saves never write into each other's file.
   static std::atomic<uint64_t> saves{0};
-  const std::string tmp = absl::StrCat(path, kTmpInfix, getpid(), ".", saves.fetch_add(1));
+  const std::string tmp = absl::StrCat(name, kTmpInfix, getpid(), ".", saves.fetch_add(1));
   // The reason, from the call that failed (ENOSPC, EIO, EROFS...).
   const char* failed = nullptr;
   int err = 0;
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  const int fd = openat(dir.fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "' (open ", tmp,
                                             ": ", strerror(errno),
@@ -319,17 +353,17 @@ absl::Status StateStore::Save(const v1::JobState& state, bool touch) {
     failed = "close";
     err = errno;
   }
-  if (failed == nullptr && rename(tmp.c_str(), path.c_str()) != 0) {
+  if (failed == nullptr && renameat(dir.fd, tmp.c_str(), dir.fd, name.c_str()) != 0) {
     failed = "rename";
     err = errno;
   }
   if (failed != nullptr) {
-    unlink(tmp.c_str());
+    unlinkat(dir.fd, tmp.c_str(), 0);
     return absl::InternalError(absl::StrCat("cannot write checkpoint '", path, "' (", failed, ": ",
                                             strerror(err), "); the previous one, if any, is kept"));
   }
   // In place, but a crash could still bring the previous one back: the save failed.
-  if (absl::Status s = SyncDir(); !s.ok()) {
+  if (absl::Status s = SyncFolderOf(dir.fd, dir_); !s.ok()) {
     return absl::InternalError(absl::StrCat("checkpoint '", path, "' is written but ", s.message(),
                                             ": a crash could bring the previous one back"));
   }
@@ -347,12 +381,15 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
     absl::MutexLock lock(&written_mu_);
     written_.erase(job);
   }
-  const std::string path = absl::StrCat(dir_, "/", job, kSuffix);
-  if (absl::Status s = CheckFolder(); !s.ok()) {
+  const std::string name = absl::StrCat(job, kSuffix);
+  const std::string path = absl::StrCat(dir_, "/", name);
+  absl::StatusOr<int> folder = OpenCheckedFolder();  // the folder locked, as Save
+  if (!folder.ok()) {
     return absl::InternalError(
-        absl::StrCat("cannot delete checkpoint '", path, "': ", s.message()));
+        absl::StrCat("cannot delete checkpoint '", path, "': ", folder.status().message()));
   }
-  if (unlink(path.c_str()) != 0) {
+  const OwnedFd dir(*folder);
+  if (unlinkat(dir.fd, name.c_str(), 0) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
     return absl::InternalError(
         absl::StrCat("cannot delete checkpoint '", path, "': ", strerror(errno)));
@@ -360,7 +397,7 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
   if (deleted != nullptr) *deleted = true;
   // Deleted: the caller forgets the job with it (failing here would keep a job whose statistics
   // are gone). Only a crash before the folder's next sync could bring the file back.
-  if (absl::Status s = SyncDir(); !s.ok()) {
+  if (absl::Status s = SyncFolderOf(dir.fd, dir_); !s.ok()) {
     LOG(WARNING) << "deleted '" << path << "', but " << s
                  << ": a crash before the folder's next sync could bring it back";
   }

@@ -86,9 +86,12 @@ class StateStore {
   // OK while the folder at dir_ is the one locked. One made again under the name since is
   // locked in its place, unless another process holds it (FAILED_PRECONDITION, as when the
   // folder is gone; UNAVAILABLE for a failure that may pass: no permission to look, out of
-  // descriptors): saves and deletions go by name, and must not reach another gstabd's folder;
-  // nor do reads.
+  // descriptors): saves, deletions and reads must not reach another gstabd's folder (saves and
+  // deletions then go through the folder locked, OpenCheckedFolder; reads by name).
   absl::Status CheckFolder();
+  // CheckFolder, then a descriptor of the folder locked (the caller's to close), for saves and
+  // deletions by name within it.
+  absl::StatusOr<int> OpenCheckedFolder();
   // Renames the file at `path`, which `why` is not a checkpoint, out of the way (logged), as
   // <path><infix><unix seconds>.
   void SetAside(const std::string& path, const std::string& why, const char* infix = nullptr);
@@ -106,10 +109,13 @@ class StateStore {
   // others may write or of another user (not root's); one gstabd's user (or root) alone writes
   // holds only what that user or root put there. Logs why.
   bool Foreign(const std::string& path, uid_t owner) const;
-  // Sets the time of `job`'s file at `path`, as Save wrote it, to now.
-  void Touch(const std::string& job, const std::string& path);
-  // Whether `bytes` are what the file at `path` holds as Save last wrote it for `job`.
-  bool Unchanged(const std::string& job, const std::string& path, const std::string& bytes);
+  // Sets the time of `job`'s file `name` in the folder `dir_fd` (`path` in messages), as Save
+  // wrote it, to now.
+  void Touch(const std::string& job, int dir_fd, const std::string& name, const std::string& path);
+  // Whether `bytes` are what the file `name` in the folder `dir_fd` holds as Save last wrote it
+  // for `job`.
+  bool Unchanged(const std::string& job, int dir_fd, const std::string& name,
+                 const std::string& bytes);
 
   std::string dir_;
   absl::Mutex written_mu_;
