@@ -139,6 +139,11 @@ absl::Status Client::Attach(const AttachOptions& options) {
   (*keepalive)->period = absl::Milliseconds(std::max<uint64_t>(response->lease_ms(), 3) / 3);
   (*keepalive)->start.Notify();
   std::move(unused).Cancel();
+  std::string earlier_holder;  // the earlier session's gstabd, where its keep-alive knew it
+  if (keepalive_ != nullptr) {
+    absl::MutexLock lock(&keepalive_->mu);
+    earlier_holder = keepalive_->holder;
+  }
   StopKeepAlive();
   keepalive_ = *std::move(keepalive);
   std::string previous;
@@ -157,6 +162,17 @@ absl::Status Client::Attach(const AttachOptions& options) {
     registration_failed_ = false;  // the new session has none: gstabd says so
     registration_failure_.clear();
     ++registration_;  // nor any registration of the earlier one
+  }
+  // The earlier session's gstabd replaced by the one that answered (restarted within a keep-
+  // alive period, before the earlier keep-alive saw it go): told now, as that keep-alive would
+  // have, so that a step the gone gstabd held on this process's streams is released, not waited
+  // for (a CUDA registration's close waits minutes for it).
+  if (!earlier_holder.empty()) {
+    absl::StatusOr<v1::IdentifyResponse> now = Identify();
+    if (now.ok() && !now->instance().empty() && now->instance() != earlier_holder) {
+      TellDaemonLost();
+      return absl::OkStatus();  // the earlier session went with its gstabd
+    }
   }
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
   // and its job's other local workers' steps would wait for it. gstabd has already ended it

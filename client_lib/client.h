@@ -144,7 +144,9 @@ class Client {
   // must have answered Identify), or a keep-alive finds no gstabd and its process has exited
   // (watched by a pidfd; where this process cannot see it, over TCP or from another pid
   // namespace: none has answered for 20 s, longer than a stop usually refuses calls before it
-  // exits), and again at each keep-alive while that lasts. Not when the gstabd that held the
+  // exits), and again at each keep-alive while that lasts; also on Attach's thread, when an
+  // attach is answered by another gstabd than the one that held the earlier session. Not when
+  // the gstabd that held the
   // session ended it (an expired lease): that one releases the session's steps itself. One for the
   // process (null: none); CudaGradients sets it, to release streams that wait for a step gstabd
   // will never finish. It must return within a keep-alive period.
@@ -166,6 +168,8 @@ class Client {
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string target);
   struct KeepAlive;
+  // Calls the daemon-lost handler, if any, for this client.
+  void TellDaemonLost() const;
   void StopKeepAlive();
   // Starts a thread that keeps a session alive once given it: RESOURCE_EXHAUSTED when it
   // cannot.
@@ -292,6 +296,9 @@ class Client {
     absl::Duration period;
     absl::Mutex mu;
     grpc::ClientContext* call ABSL_GUARDED_BY(mu) = nullptr;  // in flight
+    // The instance of the gstabd that holds the session, once it said (empty: a gstabd that
+    // cannot say, or not yet known).
+    std::string holder ABSL_GUARDED_BY(mu);
     std::thread thread;
   };
   // Held by Attach and Detach, which replace the session and its keep-alive thread: two at once

@@ -28,6 +28,10 @@ constexpr absl::Duration kGstabdStopBound = absl::Seconds(20);
 
 void Client::SetDaemonLostHandler(DaemonLostHandler handler) { daemon_lost_handler = handler; }
 
+void Client::TellDaemonLost() const {
+  if (DaemonLostHandler handler = daemon_lost_handler.load(); handler != nullptr) handler(id_);
+}
+
 absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
   auto k = std::make_unique<KeepAlive>();
   try {
@@ -66,6 +70,13 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
       };
       bool identified = false;
       std::optional<std::string> holder = instance(&identified);
+      // Kept where Attach finds it: a new session's gstabd that is not this one means this
+      // one is gone, and only this thread would have told (its replacement watches the new).
+      const auto keep_holder = [&] {
+        absl::MutexLock lock(&k->mu);
+        if (identified && holder.has_value()) k->holder = *holder;
+      };
+      keep_holder();
       // gstabd's process, where this process can see it (over the socket, in one pid
       // namespace, as CUDA IPC needs): its exit is the one sure sign that the steps it holds
       // will never run. A stopping gstabd refuses calls before it exits, for as long as a step
@@ -96,6 +107,7 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
         if (asked_again && answer->ok()) {
           holder = std::move(again);
           identified = true;
+          keep_holder();
         }
         // Not gstabd's own refusals (a replaced session's ABORTED, say): they would repeat.
         const bool retry = answer->error_details().empty() &&
@@ -121,9 +133,7 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
           // to its re-registration or destruction.
           lost |= identified && now_identified && (holder->empty() || *now != *holder);
         }
-        if (DaemonLostHandler handler = daemon_lost_handler.load(); lost && handler != nullptr) {
-          handler(id_);
-        }
+        if (lost) TellDaemonLost();
       }
     });
   } catch (const std::system_error& e) {

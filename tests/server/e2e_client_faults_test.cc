@@ -503,5 +503,44 @@ TEST(E2eClientFaultsTest, AGoneGstabdIsToldToTheDaemonLostHandler) {
   EXPECT_TRUE(LostWithin(absl::Seconds(5))) << "not told that the new gstabd has no session";
 }
 
+// A gstabd restarted within a keep-alive period, and attached to again at once: the earlier
+// session's keep-alive, stopped by that attach, never saw its gstabd go, so the attach tells.
+TEST(E2eClientFaultsTest, AnAttachAnsweredByANewGstabdTellsTheDaemonLostHandler) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=60000"});  // keep-alives: 20 s
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Client::Connect(daemon->socket());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Attach(JobOptions("restarted")).ok());
+  lost_calls = 0;
+  lost_client = 0;
+  Client::SetDaemonLostHandler([](uint64_t id) {
+    lost_client = id;
+    ++lost_calls;
+  });
+  absl::Cleanup unset = [] { Client::SetDaemonLostHandler(nullptr); };
+  // An attach again to the same gstabd is no loss.
+  ASSERT_TRUE((*client)->Attach(JobOptions("restarted")).ok());
+  EXPECT_EQ(lost_calls.load(), 0) << "told when the same gstabd answered the attach again";
+
+  const absl::Time killed = absl::Now();
+  daemon->process().Signal(SIGKILL);
+  ASSERT_TRUE(daemon->process().Wait(absl::Seconds(10)).ok());
+  auto again = DaemonProcess::Start(dir.path(), {"--lease_ms=60000"});
+  ASSERT_TRUE(again.ok()) << again.status();
+  absl::Status attached = absl::UnavailableError("not tried");
+  for (int tries = 0; tries < 50 && !attached.ok(); ++tries) {
+    attached = (*client)->Attach(JobOptions("restarted"));
+    if (!attached.ok()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(attached.ok()) << attached;
+  ASSERT_LT(absl::Now() - killed, absl::Seconds(15)) << "too slow to tell the attach's doing "
+                                                        "from the earlier keep-alive's";
+  EXPECT_GT(lost_calls.load(), 0) << "not told, by the attach, that the earlier gstabd is gone";
+  EXPECT_EQ(lost_client.load(), (*client)->id());
+  // The new session is the new gstabd's, and kept.
+  EXPECT_TRUE((*client)->GetStats().ok());
+}
+
 }  // namespace
 }  // namespace gstab
