@@ -74,7 +74,8 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   // Attaching again, once the new attach has succeeded, ends the earlier session (its
-  // registration with it): register again. A failed attach leaves the earlier one as it was.
+  // registration with it): register again. A failed attach leaves the earlier one as it was,
+  // unless gstabd took it without answering in time (see gstab_attach).
   // Attach and Detach take turns: a monitoring thread's attach that overlaps another thread's
   // attach or detach waits for it.
   absl::Status Attach(const AttachOptions& options);

@@ -152,13 +152,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
         absl::StrCat("this process may not use gstabd's socket ", address,
                      " (permission denied): ", SocketGroup(address)));
   }
-  // From here on gRPC is used (the checks above leave a forked child free to connect).
-  if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
-  // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
-  // default 4 MiB.
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  args.SetMaxSendMessageSize(kMaxMessageBytes);
   // A call in flight whose gstabd stops answering (its host gone, the process stopped) ends once
   // a ping goes unanswered: a followed event stream has no deadline of its own. Pinged only while
   // a call is in flight; an idle stream sends no data, so no cap on pings without. Every 5 min
@@ -170,6 +163,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   const absl::StatusOr<std::optional<int>> ping_timeout_ms = CheckedFromEnvironment(
       "GSTAB_KEEPALIVE_TIMEOUT_MS", 1000, "how long (ms) a ping waits for its answer");
   if (!ping_timeout_ms.ok()) return ping_timeout_ms.status();
+  // From here on gRPC is used (the checks above leave a forked child free to connect).
+  if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
+  // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
+  // default 4 MiB.
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ping_ms->value_or(300000));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ping_timeout_ms->value_or(20000));
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
@@ -274,7 +274,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
                                        " refused this client's health check: ", s.error_message()));
     }
     if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-      stopping = s.ok() && response.status() != grpc::health::v1::HealthCheckResponse::SERVING;
+      // A CANCELLED check: gstabd's server stopping under it, as calls read it (Client::Call).
+      stopping = (s.ok() && response.status() != grpc::health::v1::HealthCheckResponse::SERVING) ||
+                 s.error_code() == grpc::StatusCode::CANCELLED;
       saw_stopping = saw_stopping || stopping;
     }
     if ((stopping || (saw_stopping && s.error_code() == grpc::StatusCode::UNAVAILABLE)) &&
@@ -285,7 +287,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
                        "within ",
                        absl::FormatDuration(timeout), ": connect again once one serves"));
     }
-    if (!stopping && s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    if (!stopping && s.ok()) break;
+    if (!stopping && s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      // Any other failure of the check (RESOURCE_EXHAUSTED, INTERNAL...): not a client to
+      // hand back, whose first call would fail the same way.
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                          absl::StrCat("gstabd at ", address,
+                                       " failed this client's health check: ", s.error_message()));
+    }
     if (!stopping) {
       unavailable = s.error_message();
       // The connection went (gstabd gone since it took it) and no gstabd took another: its

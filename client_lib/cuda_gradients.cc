@@ -107,6 +107,10 @@ CudaGradients::~CudaGradients() {
   {
     absl::MutexLock lock(&registered_mu);  // after a release for a lost gstabd under way
     Forget(this);
+    // And after another registration through the same client has closed this one's results
+    // (on another thread: a framework's finalizer may destroy this one meanwhile).
+    registered_mu.Await(absl::Condition(
+        +[](int* pins) { return *pins == 0; }, &pins_));
   }
   CloseResults();
   absl::MutexLock lock(&handshake_mu_);
@@ -320,9 +324,16 @@ absl::Status CudaGradients::RegisterThrough(Client* client) {
   {
     absl::MutexLock lock(&registered_mu);
     auto it = Registered().find(client->id());
-    if (it != Registered().end() && it->second != this) replaced = it->second;
+    if (it != Registered().end() && it->second != this) {
+      replaced = it->second;
+      ++replaced->pins_;  // not destroyed before its close below is done
+    }
   }
-  if (replaced != nullptr) replaced->CloseResults();
+  if (replaced != nullptr) {
+    replaced->CloseResults();
+    absl::MutexLock lock(&registered_mu);
+    --replaced->pins_;
+  }
   CloseResults();
   groups_.clear();  // the closed buffer's
   if (absl::MutexLock lock(&handshake_mu_); streams_stuck_) {

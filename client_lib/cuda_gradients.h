@@ -110,6 +110,9 @@ class CudaGradients {
   std::string device_uuid_;         // sent with each buffer: gstabd finds the GPU by it
   uint64_t registered_through_ = 0;  // the id of the Client that registered them (0: none)
   uint64_t registration_ = 0;        // that registration's Client::Registration()
+  // Under the registry's lock: registrations of others through the same client closing this
+  // one's results (RegisterThrough), which the destructor waits out.
+  int pins_ = 0;
   uint32_t* ready_word_ = nullptr;   // inside results_
   // The handshake's state that the release for a lost gstabd, on a keep-alive thread, reads.
   absl::Mutex handshake_mu_;

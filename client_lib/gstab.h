@@ -120,7 +120,10 @@ void gstab_client_destroy(gstab_client* client);
  * own configuration (an existing job's, one restored from gstabd's checkpoint, or the default,
  * stabilize, for a new job). world_size and local_world_size 0 are taken as 1 (a worker alone),
  * as an unset field is on the wire. Attaching again ends the earlier session once the new attach
- * has succeeded (register again); a failed attach leaves the earlier one as it was. */
+ * has succeeded (register again); a failed attach leaves the earlier one as it was, except one
+ * that got no answer in time (or was cut off) which gstabd took all the same: an attach as the
+ * earlier session's job and local rank ends it there, and its next call fails with
+ * GSTAB_ABORTED ("was replaced"): attach again. */
 gstab_status gstab_attach(gstab_client* client, const char* job, uint32_t rank, uint32_t world_size,
                           uint32_t local_rank, uint32_t local_world_size, const char* policy);
 gstab_status gstab_detach(gstab_client* client);

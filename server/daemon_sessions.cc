@@ -56,7 +56,8 @@ void Daemon::RememberReplaced(const std::string& token, const std::string& job,
   replaced_sessions_[token] = absl::StrCat(
       "this session of local rank ", local_rank, " of job '", job,
       "' was replaced: another process attached as that local rank (two processes cannot share "
-      "one; check the launcher's local ranks, or detach this one)");
+      "one; check the launcher's local ranks, or detach this one), or this process attached "
+      "again and got no answer in time (gstabd took that attach: attach again)");
   replaced_order_.push_back(token);
   if (replaced_order_.size() > kRememberedReplacements) {
     replaced_sessions_.erase(replaced_order_.front());

@@ -283,7 +283,8 @@ time.sleep({delay})
 
     def test_a_child_of_a_process_that_never_connected_may_connect(self):
         # Only a connection made puts gRPC in the process: a parent whose attempt was refused
-        # before that (a wrong path) leaves its forked children free to connect.
+        # before that (a wrong path, a setting out of range) leaves its forked children free to
+        # connect.
         node = Gstabd(ARGS.gstabd)
         try:
             done = run_python(f"""
@@ -292,6 +293,13 @@ try:
     gstab.Client("/tmp/" + "x" * 120)  # longer than a socket's path may be
 except gstab.Error as e:
     assert e.code == 3, e
+os.environ["GSTAB_KEEPALIVE_MS"] = "5"  # below its least
+try:
+    gstab.Client({node.socket!r})
+    raise SystemExit("a keep-alive of 5 ms was taken")
+except gstab.Error as e:
+    assert e.code == 3 and "GSTAB_KEEPALIVE_MS" in e.message, e
+del os.environ["GSTAB_KEEPALIVE_MS"]
 pid = os.fork()
 if pid == 0:
     try:

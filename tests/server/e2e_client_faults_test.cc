@@ -245,20 +245,26 @@ TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckStaysUnavailableFailsSayingSo)
 }
 
 // A server whose health service does not know gstabd's own service is not gstabd; one that
-// refuses the check would refuse the client's first call too: either connect fails, saying so,
-// rather than hand back a client whose first call fails.
+// refuses the check, or fails it otherwise, would refuse the client's first call too; one whose
+// checks are cancelled is stopping. Each connect fails, saying so, rather than hand back a client
+// whose first call fails.
 TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckIsRefusedFailsSayingSo) {
   TempDir dir;
   for (const auto& [answer, code, says] :
        {std::make_tuple(grpc::StatusCode::NOT_FOUND, absl::StatusCode::kFailedPrecondition,
                         "is not gstabd"),
         std::make_tuple(grpc::StatusCode::PERMISSION_DENIED, absl::StatusCode::kPermissionDenied,
-                        "refused this client's health check: made to fail")}) {
+                        "refused this client's health check: made to fail"),
+        std::make_tuple(grpc::StatusCode::RESOURCE_EXHAUSTED, absl::StatusCode::kResourceExhausted,
+                        "failed this client's health check: made to fail"),
+        // As a stopping gstabd's server cancels its calls: not serving, past the timeout.
+        std::make_tuple(grpc::StatusCode::CANCELLED, absl::StatusCode::kUnavailable,
+                        "is not serving (stopping)")}) {
     const std::string path = dir.path() + "/refusing.sock";
     FailingHealth health(answer);
     std::unique_ptr<grpc::Server> server = ServeHealthAt(path, &health);
     ASSERT_NE(server, nullptr);
-    auto client = Client::Connect(path, absl::Seconds(5));
+    auto client = Client::Connect(path, absl::Seconds(2));
     ASSERT_FALSE(client.ok());
     EXPECT_EQ(client.status().code(), code) << client.status();
     EXPECT_TRUE(absl::StrContains(client.status().message(), says)) << client.status();
