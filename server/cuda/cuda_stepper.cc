@@ -1,6 +1,7 @@
 #include "server/cuda/cuda_stepper.h"
 
 #include <atomic>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -65,6 +66,8 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
       RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&slot.h_stats),
                                           std::max<size_t>(1, groups) * sizeof(GroupStats)));
     }
+    RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&s->h_kept_stats_),
+                                        std::max<size_t>(1, groups) * sizeof(GroupStats)));
   }
   for (absl::Status st :
        {DeviceAlloc(&s->d_partials_, table.tiles().size()), DeviceAlloc(&s->d_sums_, groups),
@@ -177,6 +180,7 @@ CudaStepper::~CudaStepper() {
       host.push_back(slot.h_stats);
       if (slot.finished != nullptr) cudaEventDestroy(slot.finished);
     }
+    host.push_back(h_kept_stats_);
   }
   ReturnStream(device_, stream_);  // drained: the next pipeline reuses it
   ReturnStream(device_, release_stream_);
@@ -334,10 +338,12 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   }
   absl::MutexLock lock(&mu_);
   Slot& slot = slots_[enqueued_ % kResultSlots];
+  const bool held = enqueued_ >= kResultSlots && !slot.rewriting;  // a step's copies, queued
+  const cudaError_t finished =
+      held ? NoteCudaError(cudaEventQuery(slot.finished)) : cudaErrorNotReady;
+  ClearStaleCudaError();  // cudaErrorNotReady
   // Its step, if finished and not yet reported, is kept for Poll before the slot is reused.
   if (slot.unreported) {
-    const cudaError_t finished = NoteCudaError(cudaEventQuery(slot.finished));
-    ClearStaleCudaError();  // cudaErrorNotReady
     if (finished == cudaSuccess) {
       harvested_.push_back(ResultOf(slot));
     } else if (finished == cudaErrorNotReady &&
@@ -349,6 +355,13 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
                    << "not affected";
     }
     slot.unreported = false;
+  }
+  // Its statistics, once finished (and taken for Poll above), stay the snapshot while the
+  // slots hold newer steps not finished yet; its copies are done: the buffers trade places.
+  if (held && finished == cudaSuccess) {
+    std::swap(slot.h_stats, h_kept_stats_);
+    kept_step_ = slot.step;
+    kept_at_ = enqueued_ - kResultSlots;
   }
   // Copies and the event go in together under mu_; should queuing them fail part way, the
   // readers below skip the slot (rewriting) rather than take copies under way.

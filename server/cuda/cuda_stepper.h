@@ -134,6 +134,12 @@ class CudaStepper final : public GpuPipeline {
   // enqueued since finishes.
   std::optional<GpuSnapshot> set_ ABSL_GUARDED_BY(mu_);
   uint64_t set_at_ ABSL_GUARDED_BY(mu_) = 0;
+  // The statistics after the newest finished step Enqueue found in a slot it reused (pinned;
+  // swapped with the slot's buffer, not copied), that step, and its slot's enqueue index: the
+  // snapshot while every slot holds a step not finished yet (the worker kResultSlots ahead).
+  GroupStats* h_kept_stats_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::optional<uint64_t> kept_step_ ABSL_GUARDED_BY(mu_);
+  uint64_t kept_at_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
 

@@ -133,6 +133,12 @@ std::optional<GpuSnapshot> CudaStepper::Snapshot() {
     return GpuSnapshot{slot.step,
                        std::vector<GroupStats>(slot.h_stats, slot.h_stats + table_.num_groups())};
   }
+  // No slot's step finished (the worker kResultSlots ahead): the newest one that did, unless
+  // SetStatistics came after it.
+  if (kept_step_.has_value() && (!set_.has_value() || kept_at_ >= set_at_)) {
+    return GpuSnapshot{*kept_step_,
+                       std::vector<GroupStats>(h_kept_stats_, h_kept_stats_ + table_.num_groups())};
+  }
   return set_;
 }
 

@@ -205,6 +205,50 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
   cudaFree(d);
 }
 
+// While the worker's host is kResultSlots steps ahead of its GPU, every result slot holds a step
+// not finished yet: the newest step that did finish stays the snapshot (GetStats, metrics and
+// checkpoints read it), rather than none.
+TEST(CudaIpcTest, TheNewestFinishedStepStaysTheSnapshotWhileEverySlotWaits) {
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  constexpr int kCount = 1 << 16;
+  std::vector<float> host(kCount, 3.0f);
+  void* d;
+  ASSERT_EQ(cudaMalloc(&d, kCount * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d, host.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ChunkTable table = *ChunkTable::Create({Chunk{d, kCount, DType::kFloat32, 0}}, 1);
+  GpuJobSpec spec;
+  spec.job = "ahead-job";
+  spec.modes = {0};
+  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
+  ASSERT_TRUE(stepper.ok()) << stepper.status();
+  ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, 0, absl::InfiniteFuture()).ok());  // ready now
+  std::optional<GpuSnapshot> snapshot;
+  for (const absl::Time start = absl::Now(); !(snapshot = (*stepper)->Snapshot()).has_value() &&
+                                             absl::Now() - start < absl::Seconds(10);) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_TRUE(snapshot.has_value()) << "step 1 did not finish";
+  EXPECT_EQ(snapshot->step, 1u);
+  // Steps whose ready word is never written, one for each slot: the last reuses step 1's.
+  for (uint32_t step = 2; step <= 1 + CudaStepper::kResultSlots; ++step) {
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, step, absl::InfiniteFuture()).ok());
+  }
+  snapshot = (*stepper)->Snapshot();
+  ASSERT_TRUE(snapshot.has_value()) << "no snapshot while every slot holds a waiting step";
+  EXPECT_EQ(snapshot->step, 1u);
+  ASSERT_EQ(snapshot->stats.size(), 1u);
+  EXPECT_EQ(snapshot->stats[0].steps, 1u);
+  (*stepper)->Release();
+  const absl::Time released = absl::Now();
+  while (!(*stepper)->Idle() && absl::Now() - released < absl::Seconds(2)) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  std::shared_ptr<void> results = (*stepper)->TakeResults(absl::Seconds(2));
+  results.reset();
+  stepper->reset();
+  cudaFree(d);
+}
+
 TEST(CudaIpcTest, StepsOfAGoneWorkerAreReleasedAndChangeNothing) {
   GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
   GoneWorkerStepsChangeNothing(/*nccl=*/false);
