@@ -31,6 +31,7 @@ inline bool IsStickyCudaError(cudaError_t err) {
     case cudaErrorContained:
     case cudaErrorTensorMemoryLeak:
     case cudaErrorMpsClientTerminated:
+    case cudaErrorExternalDevice:
       return true;
     default:
       return false;

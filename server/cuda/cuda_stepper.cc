@@ -152,7 +152,11 @@ CudaStepper::~CudaStepper() {
   // than freed under running kernels.
   auto drained = [this](absl::Duration wait) {
     const absl::Time deadline = absl::Now() + wait;
-    while (stream_ != nullptr && cudaStreamQuery(stream_) == cudaErrorNotReady) {
+    // Release's writes too: they land in the results buffer, freed once drained.
+    const auto busy = [](cudaStream_t s) {
+      return s != nullptr && cudaStreamQuery(s) == cudaErrorNotReady;
+    };
+    while (busy(stream_) || busy(release_stream_)) {
       if (absl::Now() >= deadline) return false;
       absl::SleepFor(absl::Milliseconds(1));
     }

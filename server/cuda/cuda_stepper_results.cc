@@ -15,7 +15,10 @@ namespace gstab {
 
 bool CudaStepper::Idle() {
   cudaSetDevice(device_);
-  const bool idle = NoteCudaError(cudaStreamQuery(stream_)) == cudaSuccess;
+  // And no write of Release's still queued (into the results buffer, freed once idle).
+  const bool idle = NoteCudaError(cudaStreamQuery(stream_)) == cudaSuccess &&
+                    (release_stream_ == nullptr ||
+                     NoteCudaError(cudaStreamQuery(release_stream_)) == cudaSuccess);
   ClearStaleCudaError();  // a cudaErrorNotReady must not surface in a later check
   return idle;
 }

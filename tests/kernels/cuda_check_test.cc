@@ -31,8 +31,9 @@ TEST(CudaCheckTest, AnErrorThatLosesTheContextIsToldToTheHandler) {
     EXPECT_FALSE(Launch(survived).ok());
   }
   EXPECT_TRUE(told.empty());
-  for (cudaError_t sticky : {cudaErrorLaunchFailure, cudaErrorECCUncorrectable, cudaErrorAssert,
-                             cudaErrorContained, cudaErrorMpsClientTerminated}) {
+  for (cudaError_t sticky :
+       {cudaErrorLaunchFailure, cudaErrorECCUncorrectable, cudaErrorAssert, cudaErrorContained,
+        cudaErrorMpsClientTerminated, cudaErrorExternalDevice}) {
     EXPECT_TRUE(IsStickyCudaError(sticky)) << cudaGetErrorName(sticky);
   }
   // A query's result, read rather than made a status, is told too; a step still running is not.
