@@ -146,6 +146,14 @@ void Daemon::ReportWorkers(const std::shared_ptr<Job>& job) {
   observer_->SetShmMappings(registry_.LiveMappings(), options_.max_mappings);
 }
 
+void Daemon::ReportShmMappings() {
+  if (observer_ == nullptr) return;
+  // Read and set under report_mu_, as ReportWorkers does: an older count read here is not set
+  // after the newer one an attach or registration reports.
+  absl::MutexLock report(&report_mu_);
+  observer_->SetShmMappings(registry_.LiveMappings(), options_.max_mappings);
+}
+
 Job::StepCallback Daemon::StepCallbackFor(const std::string& job) {
   if (observer_ == nullptr) return nullptr;
   return [observer = observer_, job](const v1::StepResponse& r, std::optional<absl::Duration> d) {

@@ -144,6 +144,9 @@ class Daemon {
   // Reports the steps CUDA jobs' GPUs have finished since their last Step (metrics, events):
   // without it they would wait for the next Step (Job::ReportFinishedGpuSteps).
   void ReportFinishedGpuSteps() ABSL_LOCKS_EXCLUDED(mu_);
+  // Sets gstab_shm_mappings to the objects mapped now: mappings a step or a retirement lets go
+  // of after the last attach, registration or detach count no more.
+  void ReportShmMappings() ABSL_LOCKS_EXCLUDED(report_mu_);
   // Deletes the checkpoints of jobs not held for options.job_retention (a worker of such a job
   // then starts it afresh), and each owner's oldest past options.max_checkpoints_per_owner.
   void DeleteOldCheckpoints(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);

@@ -36,6 +36,7 @@ void Server::Housekeeping() {
   while (!stopping_.WaitForNotificationWithTimeout(tick)) {
     daemon_->ExpireSessions(MonotonicNow());
     daemon_->ReportFinishedGpuSteps();
+    daemon_->ReportShmMappings();
     service_->EndStalledStreams(MonotonicNow());
   }
 }

@@ -355,13 +355,14 @@ TEST(E2eProcessTest, AStderrNobodyReadsHoldsUpNoCallAndNoStop) {
 }
 
 // A state folder whose disk hangs (a network file system gone away: strace holds every rename,
-// the last step of each checkpoint's save, 30 s) holds up its checkpoints alone: a killed
-// worker's session still ends at its lease.
+// renameat included, the last step of each checkpoint's save, 30 s) holds up its checkpoints alone:
+// a killed worker's session still ends at its lease.
 TEST(E2eProcessTest, AHungStateFolderHoldsUpNoLease) {
   TempDir dir;
-  auto daemon = DaemonProcess::Start(dir.path(), {"--lease_ms=1000", "--checkpoint_interval_s=1"},
-                                     {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e",
-                                      "trace=rename", "-e", "inject=rename:delay_enter=30000000"});
+  auto daemon = DaemonProcess::Start(
+      dir.path(), {"--lease_ms=1000", "--checkpoint_interval_s=1"},
+      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
+       "-e", "inject=rename,renameat,renameat2:delay_enter=30000000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   // gstabd itself, under strace: killed at the end (its last checkpoint would hang too).
   const pid_t gstabd = testing::TracedChild(daemon->process().pid());
@@ -383,14 +384,15 @@ TEST(E2eProcessTest, AHungStateFolderHoldsUpNoLease) {
 }
 
 // An operator's forget whose checkpoint file sits on a hung disk (strace holds gstabd's unlink of
-// that file 5 s) holds up that forget alone: another job's steps go on meanwhile.
+// that file 5 s: every unlinkat through the state folder's descriptor, as checkpoints are
+// deleted) holds up that forget alone: another job's steps go on meanwhile.
 TEST(E2eProcessTest, AForgetOnAHungDiskHoldsUpNoStep) {
   TempDir dir;
   const std::string file = dir.path() + "/state/forgotten.jobstate";
-  auto daemon =
-      DaemonProcess::Start(dir.path(), {"--checkpoint_interval_s=1"},
-                           {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-P", file, "-e",
-                            "trace=unlink", "-e", "inject=unlink:delay_enter=5000000"});
+  auto daemon = DaemonProcess::Start(
+      dir.path(), {"--checkpoint_interval_s=1"},
+      {"/usr/bin/strace", "-f", "-q", "-o", "/dev/null", "-P", dir.path() + "/state", "-e",
+       "trace=unlinkat", "-e", "inject=unlinkat:delay_enter=5000000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const pid_t gstabd = testing::TracedChild(daemon->process().pid());
   ASSERT_NE(gstabd, 0) << "gstabd under strace";

@@ -242,6 +242,33 @@ TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
   EXPECT_NE(out.find("--listen='[fd00::1]x:7479' must be HOST:PORT"), std::string::npos) << out;
 }
 
+// A follower of `job`'s events over TCP, with `tls`'s certificate, that never reads. Without
+// bandwidth probes the stream's window stays at gRPC's first 64 KiB: 3,000 events (about
+// 240 KB) outgrow it, and gstabd's write waits (read later, about 600 of them are counted as
+// dropped).
+class UnreadStream {
+ public:
+  UnreadStream(const std::string& address, const TestTls& tls, const std::string& job) {
+    TlsEnvironment env(tls);
+    grpc::ChannelArguments args;
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        TlsFromEnvironment(address, &args);
+    EXPECT_TRUE(credentials.ok()) << credentials.status();
+    if (!credentials.ok()) return;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    stub_ = v1::Stabilizer::NewStub(grpc::CreateCustomChannel(address, *credentials, args));
+    v1::WatchEventsRequest request;
+    request.set_job(job);
+    request.set_follow(true);
+    reader_ = stub_->WatchEvents(&ctx_, request);  // opened, never read
+  }
+
+ private:
+  std::unique_ptr<v1::Stabilizer::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReader<v1::Event>> reader_;
+};
+
 // A client over TCP that stopped reading its event stream (a suspended `gstabctl events
 // --follow` on an operator's laptop) leaves gstabd's write to it waiting on HTTP/2 flow
 // control, as over the socket (where only shutting the connection down ends it): over TCP,
@@ -256,27 +283,54 @@ TEST(TcpTest, AStalledEventStreamOverTcpDoesNotHoldGstabdsStop) {
   monitor.set_policy(v1::POLICY_MONITOR);
   auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("held", monitor));
   ASSERT_TRUE(worker.ok()) << worker.status();
-  // Without bandwidth probes the stream's window stays at gRPC's first 64 KiB: 3,000 events
-  // (about 240 KB) outgrow it, and gstabd's write waits (read later, about 600 of them are
-  // counted as dropped).
-  TlsEnvironment env(ops);
-  grpc::ChannelArguments args;
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      TlsFromEnvironment(tcp.address(), &args);
-  ASSERT_TRUE(credentials.ok()) << credentials.status();
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto stub = v1::Stabilizer::NewStub(grpc::CreateCustomChannel(tcp.address(), *credentials, args));
-  grpc::ClientContext ctx;
-  v1::WatchEventsRequest request;
-  request.set_job("held");
-  request.set_follow(true);
-  auto reader = stub->WatchEvents(&ctx, request);  // opened, never read
+  UnreadStream stream(tcp.address(), ops, "held");
   ASSERT_EQ(testing::StepNonFinite(**worker, 3000), absl::OkStatus());
   // Within DaemonProcess::Stop's 30 s (gRPC's shutdown ends it after the stop's 1 s grace).
   EXPECT_EQ(tcp.daemon().Stop().value_or(-1), 0) << tcp.daemon().Log();
   EXPECT_NE(tcp.daemon().Log().find("statistics checkpointed"), std::string::npos)
       << tcp.daemon().Log();
   // Ended by gRPC, not by the stop's last resort for calls that nothing ends.
+  EXPECT_EQ(tcp.daemon().Log().find("exits without them"), std::string::npos) << tcp.daemon().Log();
+}
+
+// Over TCP too, a reader that takes no event has its stream ended after --event_write_timeout_s
+// (the call cancelled, which ends gstabd's write waiting for room): its place under its
+// certificate's cap of streams is free again.
+TEST(TcpTest, AStalledEventStreamOverTcpIsEndedAndItsPlaceFreed) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  const TestTls ops = testing::MakeClientCertificate(dir.path(), "ops", "/CN=gstab-ops");
+  TcpDaemon tcp(
+      dir.path(), tls,
+      {"--tls_operators=gstab-ops", "--event_write_timeout_s=2", "--max_event_streams=1"});
+  ASSERT_FALSE(tcp.address().empty());
+  v1::PolicyConfig monitor;
+  monitor.set_policy(v1::POLICY_MONITOR);
+  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("held", monitor));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  UnreadStream stream(tcp.address(), ops, "held");
+  ASSERT_EQ(testing::StepNonFinite(**worker, 3000), absl::OkStatus());
+  ASSERT_TRUE(tcp.daemon().WaitForLog("has taken no event for", absl::Seconds(30)))
+      << tcp.daemon().Log();
+  TlsEnvironment env(ops);
+  auto client = Client::Connect(tcp.address(), absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+  grpc::Status watched(grpc::StatusCode::UNAVAILABLE, "not tried");
+  for (int i = 0; i < 100 && !watched.ok(); ++i) {  // the stream's end is noticed within its poll
+    grpc::ClientContext ctx;
+    v1::WatchEventsRequest request;
+    request.set_job("held");
+    request.set_recent(1);
+    auto reader = (*client)->stub()->WatchEvents(&ctx, request);
+    v1::Event event;
+    while (reader->Read(&event)) {
+    }
+    watched = reader->Finish();
+    if (!watched.ok()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(watched.ok()) << "the stalled stream still holds the certificate's place: "
+                            << watched.error_message();
+  EXPECT_EQ(tcp.daemon().Stop().value_or(-1), 0) << tcp.daemon().Log();
   EXPECT_EQ(tcp.daemon().Log().find("exits without them"), std::string::npos) << tcp.daemon().Log();
 }
 
