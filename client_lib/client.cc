@@ -309,6 +309,12 @@ absl::Status Client::Detach() {
   // Briefly: gstabd answers a detach at once (its wait for a GPU worker's mappings is bounded
   // by 2 s), and a process on its way out must not wait minutes for a frozen gstabd.
   absl::Status s = Call(&v1::Stabilizer::Stub::Detach, request, absl::Seconds(10)).status();
+  {
+    // Its registration goes with it (gstabd frees a CUDA registration's results buffer): no
+    // step of it may write there any more.
+    absl::MutexLock lock(&registration_mu_);
+    ++registration_;
+  }
   absl::MutexLock lock(&session_mu_);
   attached_.clear_session();  // gone either way: gstabd ends it, or its lease runs out
   return s;

@@ -99,8 +99,8 @@ class Client {
   absl::Status RegisterBuffers(v1::RegisterBuffersRequest request,
                                v1::RegisterBuffersResponse* response = nullptr,
                                uint64_t* registration = nullptr);
-  // Numbers this client's registrations: each attach and each registration sent (whatever its
-  // outcome) moves it on, so a registration's number stays the current one only as long as
+  // Numbers this client's registrations: each attach, detach and registration sent (whatever
+  // its outcome) moves it on, so a registration's number stays the current one only as long as
   // gstabd still steps that registration in this client's session (CudaGradients::Step refuses
   // a step of buffers another registration replaced, whose results buffer gstabd has freed).
   uint64_t Registration() const {

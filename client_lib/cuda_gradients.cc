@@ -408,8 +408,8 @@ absl::StatusOr<v1::StepResponse> CudaGradients::Step(Client* client, uint64_t st
     // the stream would wait for good for a done word nobody writes.
     return absl::FailedPreconditionError(
         "these buffers are no longer this client's registration: another registration through "
-        "it (host-memory gradients, say), or an attach since, replaced them; register them "
-        "again before Step");
+        "it (host-memory gradients, say), or an attach or a detach since, replaced them; "
+        "register them again (attached) before Step");
   }
   const DeviceScope scope(device_);
   RETURN_IF_CUDA_ERROR(scope.status());

@@ -193,7 +193,9 @@ class Client:
         arguments = dict(job=job, rank=rank, world_size=world_size, local_rank=local_rank,
                          local_world_size=local_world_size, policy=policy, config=config,
                          node_rank=node_rank, node_count=node_count, rendezvous=rendezvous)
-        self._attach(**arguments)  # on failure, the earlier session (if any) goes on
+        # On failure, the earlier session (if any) goes on, unless gstabd took the attach
+        # without answering in time: its next call then raises ABORTED ("was replaced").
+        self._attach(**arguments)
         self.registration, self.node_ranks = None, None
         self._attached = arguments
 

@@ -509,6 +509,21 @@ TEST(E2eClientFaultsTest, AGoneGstabdIsToldToTheDaemonLostHandler) {
   EXPECT_TRUE(LostWithin(absl::Seconds(5))) << "not told that the new gstabd has no session";
 }
 
+// A detach ends the session's registration: its number moves on, which CUDA gradients check
+// before writing a step's ready word into the results buffer gstabd has freed (a step of theirs
+// after the detach is refused, writing nothing).
+TEST(E2eClientFaultsTest, ADetachEndsTheRegistration) {
+  TempDir dir;
+  auto daemon = DaemonProcess::Start(dir.path());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto worker = TestWorker::Create(daemon->socket(), JobOptions("detached"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const uint64_t registered = (*worker)->client().Registration();
+  ASSERT_TRUE((*worker)->client().Detach().ok());
+  EXPECT_NE((*worker)->client().Registration(), registered);
+  EXPECT_EQ((*worker)->client().Step(1).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 // A gstabd restarted within a keep-alive period, and attached to again at once: the earlier
 // session's keep-alive, stopped by that attach, never saw its gstabd go, so the attach tells.
 TEST(E2eClientFaultsTest, AnAttachAnsweredByANewGstabdTellsTheDaemonLostHandler) {
