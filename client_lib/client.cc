@@ -72,10 +72,12 @@ Client::~Client() {
   if (!session().empty()) {
     // As the Python client does at exit: gstabd lets go of the worker now, not a lease later
     // (its job's other local workers stop waiting for it, and `gstabctl forget` works at once).
-    // Briefly: a process on its way out does not wait on a frozen gstabd.
+    // Briefly: a process on its way out does not wait on a frozen gstabd. But longer than
+    // gstabd's own wait (2 s) for a GPU worker's mappings to close, so that CUDA gradients
+    // destroyed after this are not freed under a mapping gstabd still has.
     v1::DetachRequest request;
     request.set_session(session());
-    (void)Call(&v1::Stabilizer::Stub::Detach, request, absl::Seconds(2));
+    (void)Call(&v1::Stabilizer::Stub::Detach, request, absl::Seconds(3));
   }
 }
 

@@ -42,7 +42,7 @@ _open_clients = weakref.WeakSet()
 
 @atexit.register
 def _close_open_clients() -> None:
-    # Destroyed, not closed: destruction detaches too, within 2 s where gstabd does not answer
+    # Destroyed, not closed: destruction detaches too, within 3 s where gstabd does not answer
     # (close()'s detach would wait the whole call timeout, holding up the interpreter's exit).
     for client in list(_open_clients):
         try:
@@ -508,7 +508,7 @@ class Client:
         """Detaches (when attached: gstabd lets go of this worker at once, not at the end of its
         lease) and closes the connection; the Client is not used after. `with gstab.Client(...)
         as client:` closes it at the end of the block."""
-        # Destroying detaches too, waiting 2 s at most for a gstabd that does not answer
+        # Destroying detaches too, waiting 3 s at most for a gstabd that does not answer
         # (detach() would wait up to 10 s). The registration lives until then (a call still in
         # flight may destroy the handle later).
         self._retired, self.registration, self._attached = self.registration, None, None
