@@ -137,8 +137,16 @@ absl::Status Client::Attach(const AttachOptions& options) {
   absl::Cleanup unused = [&] { StopKeepAlive(keepalive->get()); };
   absl::StatusOr<v1::AttachResponse> response = Call(&v1::Stabilizer::Stub::Attach, request);
   if (!response.ok()) return response.status();
+  // The gstabd that holds the new session, asked at once and briefly: its keep-alive's first
+  // look could come after a restart, and Attach compares it with the earlier session's below.
+  const absl::StatusOr<v1::IdentifyResponse> holder =
+      Call(&v1::Stabilizer::Stub::Identify, v1::IdentifyRequest(), absl::Seconds(5));
   (*keepalive)->session = response->session();
   (*keepalive)->period = absl::Milliseconds(std::max<uint64_t>(response->lease_ms(), 3) / 3);
+  if (holder.ok()) {
+    absl::MutexLock lock(&(*keepalive)->mu);
+    (*keepalive)->holder = holder->instance();
+  }
   (*keepalive)->start.Notify();
   std::move(unused).Cancel();
   std::string earlier_holder;  // the earlier session's gstabd, where its keep-alive knew it
@@ -169,12 +177,10 @@ absl::Status Client::Attach(const AttachOptions& options) {
   // alive period, before the earlier keep-alive saw it go): told now, as that keep-alive would
   // have, so that a step the gone gstabd held on this process's streams is released, not waited
   // for (a CUDA registration's close waits minutes for it).
-  if (!earlier_holder.empty()) {
-    absl::StatusOr<v1::IdentifyResponse> now = Identify();
-    if (now.ok() && !now->instance().empty() && now->instance() != earlier_holder) {
-      TellDaemonLost();
-      return absl::OkStatus();  // the earlier session went with its gstabd
-    }
+  if (!earlier_holder.empty() && holder.ok() && !holder->instance().empty() &&
+      holder->instance() != earlier_holder) {
+    TellDaemonLost();
+    return absl::OkStatus();  // the earlier session went with its gstabd
   }
   // The earlier session ends: its registration would otherwise stay until its lease ran out,
   // and its job's other local workers' steps would wait for it. gstabd has already ended it

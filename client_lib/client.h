@@ -150,7 +150,7 @@ class Client {
   // the gstabd that held the
   // session ended it (an expired lease): that one releases the session's steps itself. One for the
   // process (null: none); CudaGradients sets it, to release streams that wait for a step gstabd
-  // will never finish. It must return within a keep-alive period.
+  // will never finish. It must return within a keep-alive period (and not block an attach).
   using DaemonLostHandler = void (*)(uint64_t client_id);
   static void SetDaemonLostHandler(DaemonLostHandler handler);
 

@@ -265,6 +265,7 @@ void CudaGradients::ReleaseForLostDaemon(uint64_t client_id) {
   auto it = Registered().find(client_id);
   if (it == Registered().end()) return;
   CudaGradients* g = it->second;
+  g->daemon_lost_ = true;                   // for CloseResults, should this try not act
   if (!g->handshake_mu_.TryLock()) return;  // a Step or a close: asked again soon
   g->ReleaseIfWaiting();
   g->handshake_mu_.Unlock();
@@ -278,13 +279,16 @@ void CudaGradients::CloseResults() {
     // wait for the device below would never end. Past done_wait_ the done word is written here,
     // from a stream of its own, so that this process's streams go on (that step's gradients
     // may be partly stabilized).
+    // Told that gstabd is gone (its release may be queued already): a short wait for that.
+    const absl::Duration wait =
+        daemon_lost_.exchange(false) ? std::min(done_wait_, kOwnWriteWait) : done_wait_;
     if (done_passed_ != nullptr &&
         !WaitDone([this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return cudaEventQuery(done_passed_); },
-                  done_wait_)) {
+                  wait)) {
       std::fprintf(stderr,
                    "gstab: gstabd did not finish the last step within %lld s (has it stopped?); "
                    "releasing the streams that wait for it\n",
-                   static_cast<long long>(absl::ToInt64Seconds(done_wait_)));
+                   static_cast<long long>(absl::ToInt64Seconds(wait)));
       WriteDoneHere();
     }
     if (release_stream_ != nullptr) {  // destroyed once its write is done

@@ -29,6 +29,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
@@ -135,6 +136,9 @@ class CudaGradients {
   // that waits for the device (a free, a close) would wait for good.
   bool streams_stuck_ ABSL_GUARDED_BY(handshake_mu_) = false;
   bool released_for_lost_daemon_ ABSL_GUARDED_BY(handshake_mu_) = false;  // said once
+  // Set by ReleaseForLostDaemon even when it could not act (a Step or a close held
+  // handshake_mu_): CloseResults then does not wait done_wait_ for a gstabd that is gone.
+  std::atomic<bool> daemon_lost_{false};
   // ReleaseForLostDaemon's write of the done word, queued at release_queued_ (null: none).
   cudaStream_t release_stream_ ABSL_GUARDED_BY(handshake_mu_) = nullptr;
   absl::Time release_queued_ ABSL_GUARDED_BY(handshake_mu_);

@@ -365,12 +365,13 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
   if (held && finished == cudaSuccess) {
     std::swap(slot.h_stats, h_kept_stats_);
     kept_step_ = slot.step;
-    kept_at_ = enqueued_ - kResultSlots;
+    kept_at_ = slot.index;
   }
   // Copies and the event go in together under mu_; should queuing them fail part way, the
   // readers below skip the slot (rewriting) rather than take copies under way.
   slot.rewriting = true;
   slot.step = step;  // the copies' step, even should `done` below fail to queue
+  slot.index = enqueued_;
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_outcomes, d_outcomes_, groups * sizeof(StepOutcome),
                                        cudaMemcpyDeviceToHost, stream_));
   RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(slot.h_stats, d_stats_, groups * sizeof(GroupStats),

@@ -111,6 +111,7 @@ class CudaStepper final : public GpuPipeline {
     StepOutcome* h_outcomes = nullptr;  // pinned
     GroupStats* h_stats = nullptr;      // pinned: the statistics after this slot's step
     uint64_t step = 0;
+    uint64_t index = 0;  // enqueued_ when its copies were queued
     bool unreported = false;
     // Its copies are being queued anew: until its event is recorded with them, the event may
     // still mark the slot's previous step finished while the copies overwrite its memory, so

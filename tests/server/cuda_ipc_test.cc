@@ -209,6 +209,7 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
 // not finished yet: the newest step that did finish stays the snapshot (GetStats, metrics and
 // checkpoints read it), rather than none.
 TEST(CudaIpcTest, TheNewestFinishedStepStaysTheSnapshotWhileEverySlotWaits) {
+  GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
   constexpr int kCount = 1 << 16;
   std::vector<float> host(kCount, 3.0f);

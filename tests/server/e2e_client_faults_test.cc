@@ -510,8 +510,8 @@ TEST(E2eClientFaultsTest, AGoneGstabdIsToldToTheDaemonLostHandler) {
 }
 
 // A detach ends the session's registration: its number moves on, which CUDA gradients check
-// before writing a step's ready word into the results buffer gstabd has freed (a step of theirs
-// after the detach is refused, writing nothing).
+// before writing a step's ready word into the results buffer gstabd has freed (a CUDA step after
+// the detach is then refused, writing nothing; that part needs a GPU: cuda_e2e_test).
 TEST(E2eClientFaultsTest, ADetachEndsTheRegistration) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path());
@@ -521,7 +521,6 @@ TEST(E2eClientFaultsTest, ADetachEndsTheRegistration) {
   const uint64_t registered = (*worker)->client().Registration();
   ASSERT_TRUE((*worker)->client().Detach().ok());
   EXPECT_NE((*worker)->client().Registration(), registered);
-  EXPECT_EQ((*worker)->client().Step(1).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 // A gstabd restarted within a keep-alive period, and attached to again at once: the earlier
