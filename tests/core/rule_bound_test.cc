@@ -114,5 +114,20 @@ TEST(RuleBoundTest, StatisticsTheBetasCannotBuildAreHeldToTheBound) {
   EXPECT_LT(after.stabilized_norm, 1.5);
 }
 
+// The bound's limit after many steps, computed by hand from method.md's closed form
+// (K = (1 - b1)^2 / ((1 - b2) (1 - r)), r = b1^2 / b2, the bias weights near 1): 15.81 for the
+// v4 defaults (0.6, 0.999), 1.406 for Stable-SPAM (0.7, 0.9).
+TEST(RuleBoundTest, TheBoundsLimitIsMethodMdsFigure) {
+  GroupStats late;
+  late.t = 1000000;
+  EXPECT_NEAR(Bound(Betas(0.6, 0.999), late), 15.815, 0.001);
+  EXPECT_NEAR(Bound(Betas(0.7, 0.9), late), 1.4056, 0.0001);
+  // The first step's bound is 1, whatever the betas.
+  GroupStats first;
+  first.t = 1;
+  EXPECT_NEAR(Bound(Betas(0.6, 0.999), first), 1.0, 1e-12);
+  EXPECT_NEAR(Bound(Betas(0.7, 0.9), first), 1.0, 1e-12);
+}
+
 }  // namespace
 }  // namespace gstab

@@ -353,6 +353,62 @@ TEST(RuleTest, SpikeDetectionFiresOnAPlantedSpikeOnlyAndNotOnNoise) {
 // Exactly constant norms leave the detectors no spread: noise far below any spike afterwards
 // must neither count as spikes nor lock the statistics (a spike is folded in at most at the
 // mean plus the threshold's spread, which was 0).
+// The ratio test compares the norm with spike_ratio times the stabilizer's mean before this
+// step (bias corrected for the steps before it): after 30 steps of 1, m_hat is 1, so 10.5 is a
+// ratio spike. The mean updated with 10.5 (about 1.99 with beta1 0.9) would not flag it.
+TEST(RuleTest, TheRatioSpikeTestUsesTheMeanBeforeTheStep) {
+  RuleParams p = Stabilize(0.9, 0.999);
+  p.spike_z_threshold = 1e6;  // the z-score test out of the way
+  GroupStats s;
+  for (int i = 0; i < 30; ++i) ASSERT_EQ(StepNorm(p, &s, 1.0).flags & kFlagSpikeRatio, 0u) << i;
+  const StepOutcome out = StepNorm(p, &s, 10.5);
+  EXPECT_TRUE(out.flags & kFlagSpikeRatio);
+  EXPECT_FALSE(out.flags & kFlagSpike);
+  GroupStats below;
+  for (int i = 0; i < 30; ++i) StepNorm(p, &below, 1.0);
+  EXPECT_FALSE(StepNorm(p, &below, 9.5).flags & kFlagSpikeRatio);
+}
+
+// The z-score by hand: within the detector's first 50 steps its statistics are the plain mean
+// and population variance. 26 norms alternating 1 and 3 give mean 2 and variance 1, so a 9
+// scores (9 - 2) / 1 = 7, past the threshold of 6.
+TEST(RuleTest, TheSpikeZScoreIsTheNormsDistanceInSigmas) {
+  const RuleParams p = Stabilize();
+  GroupStats s;
+  for (int i = 0; i < 26; ++i) StepNorm(p, &s, i % 2 == 0 ? 1.0 : 3.0);
+  EXPECT_NEAR(s.spike_mean, 2.0, 1e-12);
+  EXPECT_NEAR(s.spike_var, 1.0, 1e-12);
+  const StepOutcome out = StepNorm(p, &s, 9.0);
+  EXPECT_NEAR(out.z, 7.0, 1e-9);
+  EXPECT_TRUE(out.flags & kFlagSpike);
+}
+
+// ZClip's EMA after its warm-up, by hand: it follows the clipped norm, and its variance the
+// distance from the updated mean. Warm-up of 24 norms alternating 9 and 11 (mean 10, variance
+// 1); then 10 (mean 10, variance 0.97); then 20, z = 10 / (sqrt(0.97) + 1e-6), clipped to
+// 10 + 2.5^2 sqrt(0.97) / z.
+TEST(RuleTest, ZClipsEmaFollowsTheClippedNormAndTheUpdatedMean) {
+  RuleParams p;
+  p.policy = PolicyKind::kZClip;
+  p.zclip_warmup_steps = 24;
+  GroupStats s;
+  for (int i = 0; i < 24; ++i) StepNorm(p, &s, i % 2 == 0 ? 9.0 : 11.0);
+  EXPECT_NEAR(s.zclip_mean, 10.0, 1e-12);
+  EXPECT_NEAR(s.zclip_var, 1.0, 1e-9);
+  StepNorm(p, &s, 10.0);
+  EXPECT_NEAR(s.zclip_mean, 10.0, 1e-12);
+  EXPECT_NEAR(s.zclip_var, 0.97, 1e-9);
+  const double sigma = std::sqrt(0.97);
+  const double z = 10.0 / (sigma + 1e-6);
+  const double clipped = 10.0 + 2.5 * 2.5 * sigma / z;
+  const StepOutcome out = StepNorm(p, &s, 20.0);
+  EXPECT_NEAR(out.stabilized_norm, clipped, 1e-9);
+  const double mean = 0.97 * 10.0 + 0.03 * clipped;  // 10.018188...
+  EXPECT_NEAR(s.zclip_mean, mean, 1e-9);
+  EXPECT_NEAR(s.zclip_var, 0.97 * 0.97 + 0.03 * (clipped - mean) * (clipped - mean), 1e-9);
+  EXPECT_NEAR(s.zclip_mean, 10.018188, 1e-6);  // not 10.3, the raw norm's
+}
+
 TEST(RuleTest, ConstantNormsThenTinyNoiseRaiseNoSpikes) {
   for (PolicyKind policy : {PolicyKind::kStabilize, PolicyKind::kZClip}) {
     RuleParams p = Stabilize();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu_tiles.h"
 #include "kernels/half.h"
 
 namespace gstab {
@@ -289,6 +290,49 @@ TEST(CpuKernelsTest, SeveralTablesInOneLoopAreEachAsAlone) {
   }
   const float too_few[] = {1.0f};
   EXPECT_FALSE(CpuScaleGroupsOfTables(pointers, too_few, &executor).ok());
+}
+
+// cpu_tiles.h: every instruction-set variant gives identical bits, so a step's results do not
+// depend on the host's CPU. The AVX2 tiles are the ones an x86-64 host runs; the generic ones
+// run elsewhere (and on x86 without AVX2): both on the same chunks, of every dtype, at odd
+// starts and lengths, with huge values (the fp32 overflow's fallback) and a NaN.
+TEST(CpuKernelsTest, TheGenericAndAvx2TilesGiveIdenticalBits) {
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) {
+    GTEST_SKIP() << "this CPU has no AVX2";
+  }
+  for (DType dtype : kDTypes) {
+    for (int64_t numel : {1, 7, 15, 16, 17, 255, 4099, 70001}) {
+      for (int64_t offset : {0, 1, 3}) {
+        for (int special = 0; special < 3; ++special) {
+          SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " numel " << numel << " offset "
+                                            << offset << " special " << special);
+          Buffer a(dtype, numel, static_cast<uint32_t>(numel + offset), offset);
+          Buffer b(dtype, numel, static_cast<uint32_t>(numel + offset), offset);
+          for (int64_t i = 0; i < numel; i += 5) {  // huge values: squares past fp32's range
+            if (special == 1) a.Set(i, 3e38f), b.Set(i, 3e38f);
+          }
+          if (special == 2) a.Set(numel / 2, NAN), b.Set(numel / 2, NAN);
+          const Chunk ca{a.data(), numel, dtype, 0}, cb{b.data(), numel, dtype, 0};
+          for (const Tile& tile : {Tile{0, 0, numel}, Tile{0, numel / 3, numel - numel / 3}}) {
+            const TilePartial g = cpu_tiles_generic::SumOfSquares(ca, tile);
+            const TilePartial v = cpu_tiles_avx2::SumOfSquares(ca, tile);
+            EXPECT_EQ(std::memcmp(&g.sum_of_squares, &v.sum_of_squares, sizeof(double)), 0)
+                << g.sum_of_squares << " against " << v.sum_of_squares;
+            EXPECT_EQ(g.non_finite, v.non_finite);
+          }
+          for (float scale : {0.37f, 3.1f}) {
+            cpu_tiles_generic::Scale(ca, Tile{0, 0, numel}, scale);
+            cpu_tiles_avx2::Scale(cb, Tile{0, 0, numel}, scale);
+            ASSERT_EQ(std::memcmp(a.data(), b.data(), numel * ElementSize(dtype)), 0) << scale;
+          }
+        }
+      }
+    }
+  }
+#else
+  GTEST_SKIP() << "no AVX2 tiles on this architecture";
+#endif
 }
 
 TEST(CpuKernelsTest, BadTablesAndSpansAreRejectedWithAReason) {
