@@ -199,6 +199,9 @@ absl::Status Server::Start() {
     peer_quota.Resize(size_t{256} << 20);
     peers.SetResourceQuota(peer_quota);
     peers.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, kTlsHandshakeTimeoutMs);
+    // A port another process serves is refused, not shared (gRPC takes SO_REUSEPORT by
+    // default, and the kernel would split other nodes' connections between the two).
+    peers.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     int port = 0;
     peers.AddListeningPort(options_.peer_listen,
                            MutualTlsServerCredentials(options_.daemon.peer_tls), &port);
@@ -237,6 +240,7 @@ absl::Status Server::Start() {
   // event stream: up to once a second is no abuse.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, kTlsHandshakeTimeoutMs);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // --listen: as the peer port above
   grpc::ResourceQuota quota("gstabd-requests");
   quota.Resize(static_cast<size_t>(options_.rpc_memory_mb) << 20);
   builder.SetResourceQuota(quota);

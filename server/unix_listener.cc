@@ -55,7 +55,12 @@ std::optional<ucred> PeerTable::Find(const std::string& peer) const {
   if (!fd.has_value()) return std::nullopt;
   absl::MutexLock lock(&mu_);
   auto it = by_fd_.find(*fd);
-  if (it == by_fd_.end()) return std::nullopt;
+  // Nor a descriptor closed and reused since (by a connection not handed over here, or by
+  // another file): gRPC 1.51 closes none before its calls end, but that is its own doing.
+  if (it == by_fd_.end() ||
+      (it->second.inode != 0 && !StillSocket(*fd, it->second.dev, it->second.inode))) {
+    return std::nullopt;
+  }
   return it->second.cred;
 }
 
@@ -170,10 +175,14 @@ absl::StatusOr<std::pair<int, ino_t>> UnixListener::Bind(const std::string& path
   // there is no moment where other users could connect (the process-wide umask, which other
   // threads' files would take, is left alone).
   struct stat st;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      chmod(path.c_str(), 0660) != 0 || listen(fd, 128) != 0 || stat(path.c_str(), &st) != 0) {
+  const bool bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  if (!bound || chmod(path.c_str(), 0660) != 0 || listen(fd, 128) != 0 ||
+      stat(path.c_str(), &st) != 0) {
     const std::string err = strerror(errno);
     close(fd);
+    // The file bind made goes too (the path's lock is this gstabd's): left, it would be taken
+    // for another process's socket when the path is made again.
+    if (bound) unlink(path.c_str());
     return absl::UnavailableError(absl::StrCat("cannot listen on '", path, "': ", err));
   }
   return std::make_pair(fd, st.st_ino);

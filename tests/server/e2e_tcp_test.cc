@@ -242,6 +242,58 @@ TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
   EXPECT_NE(out.find("--listen='[fd00::1]x:7479' must be HOST:PORT"), std::string::npos) << out;
 }
 
+// A --listen or --peer_listen port another gstabd serves is refused at start (exit 1), not
+// shared with it: gRPC's servers take SO_REUSEPORT by default, and the kernel would split
+// connections between the two gstabds.
+TEST(TcpTest, APortAnotherGstabdServesIsRefused) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  TcpDaemon tcp(dir.path(), tls, {"--peer_listen=127.0.0.1:0"});  // loopback: plain TCP
+  ASSERT_FALSE(tcp.address().empty());
+  const std::regex peers("serving peers on 127\\.0\\.0\\.1:([0-9]+)");
+  std::smatch peer_port;
+  const std::string log = tcp.daemon().Log();
+  ASSERT_TRUE(std::regex_search(log, peer_port, peers)) << log;
+  const std::string gstabd = "timeout 20 " + testing::GstabdPath() + " --socket=" + dir.path() +
+                             "/other.sock --state_dir=" + dir.path() + "/other --metrics_port=-1 ";
+  auto [rc, out] =
+      testing::RunShell(gstabd + "--listen=" + tcp.address() + " --tls_cert=" + tls.cert +
+                        " --tls_key=" + tls.key + " --tls_client_ca=" + tls.ca + " 2>&1");
+  EXPECT_EQ(rc, 1) << out;  // not 124: it served
+  EXPECT_NE(out.find("cannot start the gRPC server (--listen=" + tcp.address()), std::string::npos)
+      << out;
+  std::tie(rc, out) =
+      testing::RunShell(gstabd + "--peer_listen=127.0.0.1:" + peer_port[1].str() + " 2>&1");
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("cannot listen for peers on 127.0.0.1:" + peer_port[1].str()),
+            std::string::npos)
+      << out;
+}
+
+// A renewal that cannot be read keeps the last good files served (docs/daemon.md,
+// --tls_reload_s): a key file gone for a moment (moved away and back, as a renewal that deletes
+// and writes again leaves it).
+TEST(TcpTest, ARenewalThatCannotBeReadKeepsTheLastGoodFiles) {
+  TempDir dir;
+  const std::string live = dir.path() + "/live";
+  std::filesystem::create_directories(live);
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  for (const auto& [from, to] : {std::pair{tls.ca, "ca.pem"}, std::pair{tls.cert, "peer.pem"},
+                                 std::pair{tls.key, "peer.key"}}) {
+    std::filesystem::copy_file(from, live + "/" + to);
+  }
+  const TestTls served{live + "/ca.pem", live + "/peer.pem", live + "/peer.key"};
+  TcpDaemon tcp(dir.path(), served, {"--tls_reload_s=1"});
+  ASSERT_FALSE(tcp.address().empty());
+  TlsEnvironment env(tls);
+  ASSERT_TRUE(Client::Connect(tcp.address(), absl::Seconds(3)).ok());
+  std::filesystem::rename(served.key, served.key + ".away");
+  absl::SleepFor(absl::Seconds(3));  // reloads while it is gone
+  auto gone = Client::Connect(tcp.address(), absl::Seconds(3));
+  EXPECT_TRUE(gone.ok()) << "a key file gone for a moment stopped the serving: " << gone.status();
+  std::filesystem::rename(served.key + ".away", served.key);
+}
+
 // A follower of `job`'s events over TCP, with `tls`'s certificate, that never reads. Without
 // bandwidth probes the stream's window stays at gRPC's first 64 KiB: 3,000 events (about
 // 240 KB) outgrow it, and gstabd's write waits (read later, about 600 of them are counted as
