@@ -325,6 +325,9 @@ class Daemon {
   // Observer sessions (gstabctl, dashboards) a job may have at once: every RPC's session scans
   // are over all sessions, and one caller must not slow every job's down with many.
   static constexpr int kMaxObserversPerJob = 64;
+  // Past it, for operators alone: others holding every place (a job's owner, or anyone with
+  // --jobs_by_uid=false) do not lock root's `gstabctl` out of the job.
+  static constexpr int kObserversKeptForOperators = 8;
   std::map<std::string, std::string> replaced_sessions_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> replaced_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);

@@ -43,11 +43,14 @@ absl::Status Daemon::AttachObserver(const v1::AttachRequest& request, v1::Attach
     absl::Status mine = OwnerRefusal(request.job(), job->owner(), caller, "attach");
     if (!mine.ok()) return mine;
     const uint32_t observers = ObserversOf(job);
-    if (observers >= kMaxObserversPerJob) {
+    const bool op =
+        !caller.has_value() || IsOperator(*caller);  // none: unrestricted, as OwnerRefusal
+    if (observers >= kMaxObserversPerJob + (op ? kObserversKeptForOperators : 0)) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "job '", request.job(), "' already has ", observers,
-          " observer sessions, the most a job has: detach those that are done (an observer "
-          "that stops calling expires after a lease)"));
+          " observer sessions, the most a job ",
+          op ? "has, operators' included" : "has (operators keep a few more for themselves)",
+          ": detach those that are done (an observer that stops calling expires after a lease)"));
     }
     const std::string token = RandomToken();
     AddSession(token, Session{job, 0, MonotonicNow(), /*observer=*/true});

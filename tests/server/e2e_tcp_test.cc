@@ -242,6 +242,37 @@ TEST(TcpTest, AnIpv6AddressIsServedWithOrWithoutBrackets) {
   EXPECT_NE(out.find("--listen='[fd00::1]x:7479' must be HOST:PORT"), std::string::npos) << out;
 }
 
+// A job's observer places held by others (with --jobs_by_uid=false, anyone admitted may
+// observe any job) leave operators places of their own: root's `gstabctl` still reaches it.
+TEST(TcpTest, ObserversOfOthersLeaveOperatorsAPlace) {
+  TempDir dir;
+  const TestTls tls = testing::MakeTestTls(dir.path());
+  const TestTls ops = testing::MakeClientCertificate(dir.path(), "ops", "/CN=gstab-ops");
+  const TestTls alice = testing::MakeClientCertificate(dir.path(), "alice", "/CN=alice");
+  TcpDaemon tcp(dir.path(), tls, {"--tls_operators=gstab-ops", "--jobs_by_uid=false"});
+  ASSERT_FALSE(tcp.address().empty());
+  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("crowded"));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  AttachOptions observer = testing::JobOptions("crowded");
+  observer.observer = true;
+  TlsEnvironment env(alice);
+  std::vector<std::unique_ptr<Client>> observers;
+  absl::Status attached;
+  while (attached.ok() && observers.size() < 100) {
+    auto client = Client::Connect(tcp.address(), absl::Seconds(5));
+    ASSERT_TRUE(client.ok()) << client.status();
+    attached = (*client)->Attach(observer);
+    if (attached.ok()) observers.push_back(*std::move(client));
+  }
+  EXPECT_EQ(observers.size(), 64u);
+  EXPECT_EQ(attached.code(), absl::StatusCode::kResourceExhausted) << attached;
+  EXPECT_NE(attached.message().find("operators keep a few more"), std::string::npos) << attached;
+  env.Use(ops);
+  auto root = Client::Connect(tcp.address(), absl::Seconds(5));
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_TRUE((*root)->Attach(observer).ok());
+}
+
 // A --listen or --peer_listen port another gstabd serves is refused at start (exit 1), not
 // shared with it: gRPC's servers take SO_REUSEPORT by default, and the kernel would split
 // connections between the two gstabds.
