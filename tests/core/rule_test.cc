@@ -22,6 +22,18 @@ StepOutcome StepNorm(const RuleParams& p, GroupStats* s, double n) {
   return ApplyRule(p, s, n * n, false);
 }
 
+RuleParams ZClip(uint32_t warmup_steps) {
+  RuleParams p;
+  p.policy = PolicyKind::kZClip;
+  p.zclip_warmup_steps = warmup_steps;
+  return p;
+}
+
+// `steps` norms alternating 9 and 11 (mean 10, population variance 1 over an even count).
+void StepNormsOf9And11(const RuleParams& p, GroupStats* s, int steps) {
+  for (int i = 0; i < steps; ++i) StepNorm(p, s, i % 2 == 0 ? 9.0 : 11.0);
+}
+
 // The statistics a step may change, without the counters that every step advances.
 bool SameStatistics(GroupStats a, GroupStats b) {
   a.steps = b.steps = 0;
@@ -296,11 +308,9 @@ TEST(RuleTest, ZClipWarmsUpThenClipsReciprocally) {
 // running statistics of every step so far (it stayed 0 and zeroed every later step); lengthened
 // after its end, it is not entered again (clipping would stop for the new warm-up's length).
 TEST(RuleTest, ZClipWarmUpChangedMidwayKeepsClippingFromTheStepsTaken) {
-  RuleParams p;
-  p.policy = PolicyKind::kZClip;
-  p.zclip_warmup_steps = 100;
+  RuleParams p = ZClip(100);
   GroupStats s;
-  for (int i = 0; i < 50; ++i) StepNorm(p, &s, i % 2 == 0 ? 9.0 : 11.0);
+  StepNormsOf9And11(p, &s, 50);
   EXPECT_EQ(s.zclip_mean, 0.0);  // not set up yet
   p.zclip_warmup_steps = 25;
   StepOutcome out = StepNorm(p, &s, 10.0);
@@ -388,11 +398,9 @@ TEST(RuleTest, TheSpikeZScoreIsTheNormsDistanceInSigmas) {
 // 1); then 10 (mean 10, variance 0.97); then 20, z = 10 / (sqrt(0.97) + 1e-6), clipped to
 // 10 + 2.5^2 sqrt(0.97) / z.
 TEST(RuleTest, ZClipsEmaFollowsTheClippedNormAndTheUpdatedMean) {
-  RuleParams p;
-  p.policy = PolicyKind::kZClip;
-  p.zclip_warmup_steps = 24;
+  const RuleParams p = ZClip(24);
   GroupStats s;
-  for (int i = 0; i < 24; ++i) StepNorm(p, &s, i % 2 == 0 ? 9.0 : 11.0);
+  StepNormsOf9And11(p, &s, 24);
   EXPECT_NEAR(s.zclip_mean, 10.0, 1e-12);
   EXPECT_NEAR(s.zclip_var, 1.0, 1e-9);
   StepNorm(p, &s, 10.0);

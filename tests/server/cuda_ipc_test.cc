@@ -157,23 +157,41 @@ TEST(CudaIpcTest, TenThousandStepsLeakNoDeviceMemory) {
   cudaFree(d);
 }
 
+// kThrees fp32 3.0s on device 0, the caller's to cudaFree; null when CUDA failed.
+constexpr int kThrees = 1 << 16;
+void* DeviceThrees() {
+  void* d = nullptr;
+  const std::vector<float> host(kThrees, 3.0f);
+  if (cudaSetDevice(0) != cudaSuccess || cudaMalloc(&d, kThrees * 4) != cudaSuccess) return nullptr;
+  if (cudaMemcpy(d, host.data(), kThrees * 4, cudaMemcpyHostToDevice) != cudaSuccess) {
+    cudaFree(d);
+    return nullptr;
+  }
+  return d;
+}
+
+// A pipeline of job `job` over DeviceThrees' floats at `d`, one group (`nccl`: with the
+// cross-node stage, a communicator of one).
+absl::StatusOr<std::unique_ptr<CudaStepper>> StepperOver(void* d, const std::string& job,
+                                                         bool nccl) {
+  absl::StatusOr<ChunkTable> table = ChunkTable::Create({Chunk{d, kThrees, DType::kFloat32, 0}}, 1);
+  if (!table.ok()) return table.status();
+  GpuJobSpec spec;
+  spec.job = job;
+  spec.modes = {0};
+  spec.nccl_one_rank = nccl;
+  return CudaStepper::Create(0, *table, std::vector<GroupStats>(1), spec);
+}
+
 // A worker that dies with steps queued never writes their ready word: the pipeline releases
 // them, and they neither read nor change the gradients or the statistics.
 // `nccl`: with the cross-node stage (whose merge kernel must keep the step void too).
 void GoneWorkerStepsChangeNothing(bool nccl) {
   SCOPED_TRACE(nccl ? "with the NCCL stage" : "without the NCCL stage");
-  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-  constexpr int kCount = 1 << 16;
-  std::vector<float> host(kCount, 3.0f);
-  void* d;
-  ASSERT_EQ(cudaMalloc(&d, kCount * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d, host.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
-  ChunkTable table = *ChunkTable::Create({Chunk{d, kCount, DType::kFloat32, 0}}, 1);
-  GpuJobSpec spec;
-  spec.job = "gone-job";
-  spec.modes = {0};
-  spec.nccl_one_rank = nccl;
-  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
+  const std::vector<float> host(kThrees, 3.0f);
+  void* d = DeviceThrees();
+  ASSERT_NE(d, nullptr);
+  auto stepper = StepperOver(d, "gone-job", nccl);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   // Never written; as many as the pipeline reports at once (a worker's host ahead of its GPU).
   for (uint32_t step = 1; step <= CudaStepper::kResultSlots; ++step) {
@@ -191,8 +209,8 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
   absl::StatusOr<std::vector<GroupStats>> stats = (*stepper)->Statistics();
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ((*stats)[0].steps, 0u);
-  std::vector<float> after(kCount);
-  ASSERT_EQ(cudaMemcpy(after.data(), d, kCount * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  std::vector<float> after(kThrees);
+  ASSERT_EQ(cudaMemcpy(after.data(), d, kThrees * 4, cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(after, host);
   std::vector<GpuStepResult> done = (*stepper)->Poll();  // every step, in order
   ASSERT_EQ(done.size(), CudaStepper::kResultSlots);
@@ -210,17 +228,9 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
 // checkpoints read it), rather than none.
 TEST(CudaIpcTest, TheNewestFinishedStepStaysTheSnapshotWhileEverySlotWaits) {
   GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
-  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-  constexpr int kCount = 1 << 16;
-  std::vector<float> host(kCount, 3.0f);
-  void* d;
-  ASSERT_EQ(cudaMalloc(&d, kCount * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d, host.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
-  ChunkTable table = *ChunkTable::Create({Chunk{d, kCount, DType::kFloat32, 0}}, 1);
-  GpuJobSpec spec;
-  spec.job = "ahead-job";
-  spec.modes = {0};
-  auto stepper = CudaStepper::Create(0, table, std::vector<GroupStats>(1), spec);
+  void* d = DeviceThrees();
+  ASSERT_NE(d, nullptr);
+  auto stepper = StepperOver(d, "ahead-job", /*nccl=*/false);
   ASSERT_TRUE(stepper.ok()) << stepper.status();
   ASSERT_TRUE((*stepper)->Enqueue(1, RuleParams{}, 0, absl::InfiniteFuture()).ok());  // ready now
   std::optional<GpuSnapshot> snapshot;

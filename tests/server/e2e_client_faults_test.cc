@@ -452,6 +452,22 @@ TEST(E2eClientFaultsTest, TheFirstCallAfterALongOutageReachesTheNewGstabd) {
 std::atomic<uint64_t> lost_client{0};
 std::atomic<int> lost_calls{0};
 
+// Counts into lost_client and lost_calls (from 0) while it lives.
+class CountLosses {
+ public:
+  CountLosses() {
+    lost_client = 0;
+    lost_calls = 0;
+    Client::SetDaemonLostHandler([](uint64_t id) {
+      lost_client = id;
+      ++lost_calls;
+    });
+  }
+  CountLosses(const CountLosses&) = delete;
+  CountLosses& operator=(const CountLosses&) = delete;
+  ~CountLosses() { Client::SetDaemonLostHandler(nullptr); }
+};
+
 bool LostWithin(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (lost_calls.load() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
@@ -466,11 +482,7 @@ TEST(E2eClientFaultsTest, AGoneGstabdIsToldToTheDaemonLostHandler) {
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_TRUE((*client)->Attach(JobOptions("lost")).ok());
   const bool watched = ListenerProcess(daemon->socket()).Watching();
-  Client::SetDaemonLostHandler([](uint64_t id) {
-    lost_client = id;
-    ++lost_calls;
-  });
-  absl::Cleanup unset = [] { Client::SetDaemonLostHandler(nullptr); };
+  const CountLosses counted;
   absl::SleepFor(absl::Seconds(2));
   EXPECT_EQ(lost_calls.load(), 0) << "told while its gstabd serves the session";
   // A session its own gstabd ended (its lease expired while gstabd was stopped, here): that
@@ -532,13 +544,7 @@ TEST(E2eClientFaultsTest, AnAttachAnsweredByANewGstabdTellsTheDaemonLostHandler)
   auto client = Client::Connect(daemon->socket());
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_TRUE((*client)->Attach(JobOptions("restarted")).ok());
-  lost_calls = 0;
-  lost_client = 0;
-  Client::SetDaemonLostHandler([](uint64_t id) {
-    lost_client = id;
-    ++lost_calls;
-  });
-  absl::Cleanup unset = [] { Client::SetDaemonLostHandler(nullptr); };
+  const CountLosses counted;
   // An attach again to the same gstabd is no loss.
   ASSERT_TRUE((*client)->Attach(JobOptions("restarted")).ok());
   EXPECT_EQ(lost_calls.load(), 0) << "told when the same gstabd answered the attach again";

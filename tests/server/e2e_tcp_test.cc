@@ -352,6 +352,30 @@ class UnreadStream {
   std::unique_ptr<grpc::ClientReader<v1::Event>> reader_;
 };
 
+// A monitored worker of `job` on `tcp`'s socket whose 3,000 non-finite steps' events outgrow an
+// UnreadStream's window (with `tls`'s certificate): gstabd's write to that stream waits.
+class StalledStream {
+ public:
+  StalledStream(TcpDaemon& tcp, const TestTls& tls, const std::string& job) {
+    v1::PolicyConfig monitor;
+    monitor.set_policy(v1::POLICY_MONITOR);
+    auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions(job, monitor));
+    EXPECT_TRUE(worker.ok()) << worker.status();
+    if (!worker.ok()) return;
+    worker_ = *std::move(worker);
+    stream_ = std::make_unique<UnreadStream>(tcp.address(), tls, job);
+    const absl::Status stepped = testing::StepNonFinite(*worker_, 3000);
+    EXPECT_TRUE(stepped.ok()) << stepped;
+    stalled_ = stepped.ok();
+  }
+  bool stalled() const { return stalled_; }
+
+ private:
+  std::unique_ptr<TestWorker> worker_;
+  std::unique_ptr<UnreadStream> stream_;
+  bool stalled_ = false;
+};
+
 // A client over TCP that stopped reading its event stream (a suspended `gstabctl events
 // --follow` on an operator's laptop) leaves gstabd's write to it waiting on HTTP/2 flow
 // control, as over the socket (where only shutting the connection down ends it): over TCP,
@@ -362,12 +386,8 @@ TEST(TcpTest, AStalledEventStreamOverTcpDoesNotHoldGstabdsStop) {
   const TestTls ops = testing::MakeClientCertificate(dir.path(), "ops", "/CN=gstab-ops");
   TcpDaemon tcp(dir.path(), tls, {"--tls_operators=gstab-ops"});
   ASSERT_FALSE(tcp.address().empty());
-  v1::PolicyConfig monitor;
-  monitor.set_policy(v1::POLICY_MONITOR);
-  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("held", monitor));
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  UnreadStream stream(tcp.address(), ops, "held");
-  ASSERT_EQ(testing::StepNonFinite(**worker, 3000), absl::OkStatus());
+  StalledStream stalled(tcp, ops, "held");
+  ASSERT_TRUE(stalled.stalled());
   // Within DaemonProcess::Stop's 30 s (gRPC's shutdown ends it after the stop's 1 s grace).
   EXPECT_EQ(tcp.daemon().Stop().value_or(-1), 0) << tcp.daemon().Log();
   EXPECT_NE(tcp.daemon().Log().find("statistics checkpointed"), std::string::npos)
@@ -387,12 +407,8 @@ TEST(TcpTest, AStalledEventStreamOverTcpIsEndedAndItsPlaceFreed) {
       dir.path(), tls,
       {"--tls_operators=gstab-ops", "--event_write_timeout_s=2", "--max_event_streams=1"});
   ASSERT_FALSE(tcp.address().empty());
-  v1::PolicyConfig monitor;
-  monitor.set_policy(v1::POLICY_MONITOR);
-  auto worker = TestWorker::Create(tcp.daemon().socket(), testing::JobOptions("held", monitor));
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  UnreadStream stream(tcp.address(), ops, "held");
-  ASSERT_EQ(testing::StepNonFinite(**worker, 3000), absl::OkStatus());
+  StalledStream stalled(tcp, ops, "held");
+  ASSERT_TRUE(stalled.stalled());
   ASSERT_TRUE(tcp.daemon().WaitForLog("has taken no event for", absl::Seconds(30)))
       << tcp.daemon().Log();
   TlsEnvironment env(ops);
