@@ -163,6 +163,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   const absl::StatusOr<std::optional<int>> ping_timeout_ms = CheckedFromEnvironment(
       "GSTAB_KEEPALIVE_TIMEOUT_MS", 1000, "how long (ms) a ping waits for its answer");
   if (!ping_timeout_ms.ok()) return ping_timeout_ms.status();
+  std::optional<TlsSettings> tls;
+  if (tcp) {
+    absl::StatusOr<TlsSettings> settings = TlsSettingsFromEnvironment(address);
+    if (!settings.ok()) return settings.status();
+    tls = *std::move(settings);
+  }
   // From here on gRPC is used (the checks above leave a forked child free to connect).
   if (absl::Status s = NotAForkedChild(); !s.ok()) return s;
   // A job's exported state and statistics grow with its groups (up to 65536): past gRPC's
@@ -173,13 +179,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& given
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ping_ms->value_or(300000));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ping_timeout_ms->value_or(20000));
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (tcp) {
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
-        TlsFromEnvironment(address, &args);
-    if (!tls.ok()) return tls.status();
-    credentials = *std::move(tls);
-  }
+  const std::shared_ptr<grpc::ChannelCredentials> credentials =
+      tls.has_value() ? TlsCredentials(*tls, &args) : grpc::InsecureChannelCredentials();
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
   // A channel of its own connections (not shared with the process's other channels): what
   // reaches a new gstabd while another channel's connection to a stopping one is still open.

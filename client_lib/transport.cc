@@ -50,9 +50,9 @@ absl::Status CheckAddress(const std::string& address) {
   return CheckSocketPathForGrpc(address);
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
-    const std::string& address, grpc::ChannelArguments* args) {
-  std::string paths[3];  // CA, certificate, key
+absl::StatusOr<TlsSettings> TlsSettingsFromEnvironment(const std::string& address) {
+  TlsSettings settings;
+  std::string* paths[] = {&settings.ca, &settings.cert, &settings.key};
   int i = 0;
   for (const char* var : {"GSTAB_TLS_CA", "GSTAB_TLS_CERT", "GSTAB_TLS_KEY"}) {
     const char* path = std::getenv(var);
@@ -67,27 +67,31 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
     if (absl::StatusOr<std::string> text = ReadPemFile(var, path); !text.ok()) {
       return text.status();
     }
-    paths[i++] = path;
+    *paths[i++] = path;
   }
-  unsigned reload = 60;
   if (const char* v = std::getenv("GSTAB_TLS_RELOAD_S"); v != nullptr && *v != '\0') {
-    if (!absl::SimpleAtoi(v, &reload) || reload == 0) {
+    if (!absl::SimpleAtoi(v, &settings.reload_s) || settings.reload_s == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("GSTAB_TLS_RELOAD_S='", v,
                        "': expected how often (seconds, 1 or more) to read the TLS "
                        "files again"));
     }
   }
-  if (const char* name = std::getenv("GSTAB_TLS_NAME"); name != nullptr && *name != '\0') {
-    args->SetSslTargetNameOverride(name);
-  }
-  // The files as they are at each connection (every `reload` seconds, the last good ones kept):
-  // a long-running client that connects again after its certificate or CA was renewed in place
-  // shows the renewed ones.
+  if (const char* name = std::getenv("GSTAB_TLS_NAME"); name != nullptr)
+    settings.target_name = name;
+  return settings;
+}
+
+std::shared_ptr<grpc::ChannelCredentials> TlsCredentials(const TlsSettings& settings,
+                                                         grpc::ChannelArguments* args) {
+  if (!settings.target_name.empty()) args->SetSslTargetNameOverride(settings.target_name);
+  // The files as they are at each connection (every `reload_s` seconds, the last good ones
+  // kept): a long-running client that connects again after its certificate or CA was renewed
+  // in place shows the renewed ones.
   grpc::experimental::TlsChannelCredentialsOptions options;
   options.set_certificate_provider(
-      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(paths[2], paths[1],
-                                                                           paths[0], reload));
+      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+          settings.key, settings.cert, settings.ca, settings.reload_s));
   options.watch_root_certs();
   options.watch_identity_key_cert_pairs();
   options.set_verify_server_certs(true);
@@ -96,6 +100,13 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
   options.set_certificate_verifier(
       std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
   return grpc::experimental::TlsCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
+    const std::string& address, grpc::ChannelArguments* args) {
+  absl::StatusOr<TlsSettings> settings = TlsSettingsFromEnvironment(address);
+  if (!settings.ok()) return settings.status();
+  return TlsCredentials(*settings, args);
 }
 
 }  // namespace gstab

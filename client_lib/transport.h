@@ -36,10 +36,22 @@ bool IsTcpAddress(const std::string& address);
 // socket path longer than a unix socket's may be.
 absl::Status CheckAddress(const std::string& address);
 
-// The channel credentials for TCP `address`, from the environment above (a target-name
-// override goes into `args`). INVALID_ARGUMENT naming the variable that is unset (or
+// The TLS settings of the environment above, checked without gRPC (a forked child may still
+// connect after a failure here). INVALID_ARGUMENT naming the variable that is unset (or
 // GSTAB_TLS_RELOAD_S when it is not a count of seconds), FAILED_PRECONDITION naming one whose
-// file is not readable PEM.
+// file is not readable PEM; `address` is for the messages.
+struct TlsSettings {
+  std::string ca, cert, key;  // PEM file paths
+  unsigned reload_s = 60;
+  std::string target_name;  // GSTAB_TLS_NAME; empty: the host dialled
+};
+absl::StatusOr<TlsSettings> TlsSettingsFromEnvironment(const std::string& address);
+
+// The channel credentials of `settings` (a target-name override goes into `args`).
+std::shared_ptr<grpc::ChannelCredentials> TlsCredentials(const TlsSettings& settings,
+                                                         grpc::ChannelArguments* args);
+
+// Both, for TCP `address`.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsFromEnvironment(
     const std::string& address, grpc::ChannelArguments* args);
 

@@ -283,8 +283,8 @@ time.sleep({delay})
 
     def test_a_child_of_a_process_that_never_connected_may_connect(self):
         # Only a connection made puts gRPC in the process: a parent whose attempt was refused
-        # before that (a wrong path, a setting out of range) leaves its forked children free to
-        # connect.
+        # before that (a wrong path, a setting out of range, a TLS file it cannot read) leaves its
+        # forked children free to connect.
         node = Gstabd(ARGS.gstabd)
         try:
             done = run_python(f"""
@@ -300,6 +300,13 @@ try:
 except gstab.Error as e:
     assert e.code == 3 and "GSTAB_KEEPALIVE_MS" in e.message, e
 del os.environ["GSTAB_KEEPALIVE_MS"]
+os.environ["GSTAB_TLS_CA"] = "/nonexistent/ca.pem"  # a TLS file that cannot be read
+try:
+    gstab.Client("127.0.0.1:1")
+    raise SystemExit("a TLS CA that cannot be read was taken")
+except gstab.Error as e:
+    assert "GSTAB_TLS_CA" in e.message, e
+del os.environ["GSTAB_TLS_CA"]
 pid = os.fork()
 if pid == 0:
     try:
