@@ -68,8 +68,17 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
         *identified = answer->ok() || answer->error_code() == grpc::StatusCode::UNIMPLEMENTED;
         return answer->ok() ? identity.instance() : "";
       };
+      // Attach has asked already, as a rule (then no call here until the first keep-alive).
       bool identified = false;
-      std::optional<std::string> holder = instance(&identified);
+      std::optional<std::string> holder;
+      {
+        absl::MutexLock lock(&k->mu);
+        if (!k->holder.empty()) {
+          holder = k->holder;
+          identified = true;
+        }
+      }
+      if (!holder.has_value()) holder = instance(&identified);
       // Kept where Attach finds it: a new session's gstabd that is not this one means this
       // one is gone, and only this thread would have told (its replacement watches the new).
       const auto keep_holder = [&] {

@@ -98,18 +98,26 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Create(const std::st
     }
   }
   // In a folder other users may write (its group's, or anyone) without the sticky bit (/tmp has
-  // it), another user could swap the socket for a link between gstabd's bind and its chmod
+  // it), or one of another user's (not root's: its owner may rename anything in it, sticky or
+  // not), another user could swap the socket for a link between gstabd's bind and its chmod
   // (which follows links: gstabd, root, would change the mode of a file of that user's
   // choosing), or remove it.
   if (struct stat folder;
       policy.private_folder &&
-      ::stat(p.has_parent_path() ? p.parent_path().c_str() : ".", &folder) == 0 &&
-      (folder.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (folder.st_mode & S_ISVTX) == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot listen on '", path, "': its folder is writable by other users (mode ",
-        absl::StrFormat("%04o", folder.st_mode & 07777),
-        ") and not sticky (they could replace or remove the socket): give --socket a folder "
-        "only its owner may write (or one with the sticky bit, as /tmp)"));
+      ::stat(p.has_parent_path() ? p.parent_path().c_str() : ".", &folder) == 0) {
+    if ((folder.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (folder.st_mode & S_ISVTX) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot listen on '", path, "': its folder is writable by other users (mode ",
+          absl::StrFormat("%04o", folder.st_mode & 07777),
+          ") and not sticky (they could replace or remove the socket): give --socket a folder "
+          "only its owner may write (or one with the sticky bit, as /tmp)"));
+    }
+    if (folder.st_uid != 0 && folder.st_uid != ::geteuid()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot listen on '", path, "': its folder belongs to another user (uid ", folder.st_uid,
+          "), who could replace or remove the socket: give --socket a folder of root's or of "
+          "gstabd's user"));
+    }
   }
   // Something other than a socket at the path is not a stale socket to replace (a mistyped
   // --socket naming a file would be deleted).

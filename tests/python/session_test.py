@@ -319,7 +319,7 @@ class SessionTest(unittest.TestCase):
             pinged_views = one_tensor_job(pinged)
             run_steps(pinged, pinged_views, [1])
             self.assertIn("keepalive watchdog timeout", frozen_step(pinged, pinged_views))
-            # close() waits 2 s at most too, whatever the call timeout.
+            # close() waits 3 s at most too (its detach), whatever the call timeout (60 s).
             os.environ["GSTAB_CALL_TIMEOUT_S"] = "60"
             frozen = gstab.Client(node.socket)
             frozen.attach("py-frozen-close")
@@ -329,7 +329,7 @@ class SessionTest(unittest.TestCase):
                 frozen.close()
             finally:
                 os.kill(node.process.pid, signal.SIGCONT)
-            self.assertLess(time.monotonic() - start, 4)
+            self.assertLess(time.monotonic() - start, 6)
         finally:
             del os.environ["GSTAB_CALL_TIMEOUT_S"]
             self.assertEqual(node.stop(), 0)

@@ -35,14 +35,15 @@ class E2eGstabctlTest : public testing::TrainerDaemonTest {
 };
 
 // Ctrl-C while gstabctl is attached as an observer (its export's request held 1.5 s by strace,
-// which delays the return of its sixth sendmsg: the preface, the settings' ack, the connection
-// check, a window update, the attach, then the export) ends its session at once, not at its
+// which delays the return of its seventh sendmsg: the preface, the settings' ack, the connection
+// check, a window update, the attach, the attach's Identify, then the export; seen with
+// `strace -f -s 600 -e trace=sendmsg`) ends its session at once, not at its
 // lease (30 s): `forget` works right after. gstabctl still dies of the signal. (Its detach waits
 // for the held request, within the 2 s gstabctl gives it.)
 TEST_F(E2eGstabctlTest, AnInterruptedObserverCommandDetachesBeforeItDies) {
   Train("interrupted", {"--steps=5", "--print_every=1000"});
   absl::StatusOr<testing::Subprocess> traced = TracedExport(
-      "sendmsg", "delay_exit=1500000:when=6", "interrupted", dir_.path() + "/interrupted.state");
+      "sendmsg", "delay_exit=1500000:when=7", "interrupted", dir_.path() + "/interrupted.state");
   ASSERT_TRUE(traced.ok()) << traced.status();
   bool attached = false;  // then held sending its export
   for (int i = 0; i < 200 && !attached; ++i) {
@@ -166,8 +167,8 @@ TEST_F(E2eGstabctlTest, ForgetWorksAtOnceOnceTheWorkersClientIsGone) {
   EXPECT_EQ(rc, 0) << out;
 }
 
-// On a frozen gstabd a client's destruction (which detaches) takes the detach's 2 s: a
-// keep-alive call in flight is cancelled, not waited for (up to 5 s more, with this lease).
+// On a frozen gstabd a client's destruction (which detaches) takes the detach's 3 s: a
+// keep-alive call in flight is cancelled, not waited for (3 s more here, with this lease).
 TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
   testing::TempDir dir;
   auto daemon = testing::DaemonProcess::Start(dir.path(), {"--lease_ms=15000"});
@@ -183,7 +184,7 @@ TEST(E2eClientExitTest, ADestroyedClientDoesNotWaitForAFrozenGstabdsKeepAlive) {
   client->reset();
   const absl::Duration took = absl::Now() - start;
   daemon->process().Signal(SIGCONT);
-  // Its detach's 2 s, and not the keep-alive call's 5 s.
+  // Its detach's 3 s, and not also the rest of the keep-alive call's 5 s (about 6 s in all).
   EXPECT_LT(took, absl::Milliseconds(4500)) << "the client waited for its keep-alive call";
 }
 

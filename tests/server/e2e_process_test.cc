@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -125,6 +126,16 @@ TEST(E2eProcessTest, ASocketPathThatIsAFileOrFolderIsRefusedAndLeftAlone) {
   auto [gcode, gout] = StartRefused(dir, {"--socket=" + open + "/gstabd.sock"});
   EXPECT_EQ(gcode, 1) << gout;
   EXPECT_NE(gout.find("(mode 0775) and not sticky"), std::string::npos) << gout;
+  if (geteuid() == 0) {  // another user's folder (not root's), whatever its mode: its owner
+    const std::string theirs = dir.path() + "/theirs";  // may rename anything in it
+    std::filesystem::create_directory(theirs);
+    ASSERT_EQ(chmod(theirs.c_str(), 01755), 0);
+    ASSERT_EQ(chown(theirs.c_str(), 4242, 4242), 0);
+    auto [tcode, tout] = StartRefused(dir, {"--socket=" + theirs + "/gstabd.sock"});
+    EXPECT_EQ(tcode, 1) << tout;
+    EXPECT_NE(tout.find("its folder belongs to another user (uid 4242)"), std::string::npos)
+        << tout;
+  }
   ASSERT_EQ(chmod(open.c_str(), 01777), 0);
   absl::StatusOr<DaemonProcess> sticky = DaemonProcess::Start(open);  // its socket there
   ASSERT_TRUE(sticky.ok()) << sticky.status();
@@ -373,14 +384,38 @@ TEST(E2eProcessTest, AHungStateFolderHoldsUpNoLease) {
        "--job=hung-disk", "--steps=1000000", "--print_every=1", "--spike_steps="});
   ASSERT_TRUE(worker.ok()) << worker.status();
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(worker->ReadLine(absl::Seconds(20)).ok());
-  // A checkpoint of the job has begun (every second), and hangs.
-  EXPECT_TRUE(daemon->WaitForLog("hung-disk", absl::Seconds(1)));
+  // A checkpoint of the job has begun (every second), and hangs in its rename: its temporary
+  // file is there, the checkpoint is not.
   absl::SleepFor(absl::Seconds(2));
+  std::string listing;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/state")) {
+    listing += entry.path().filename().string() + " ";
+  }
+  ASSERT_TRUE(absl::StrContains(listing, "hung-disk.jobstate.jobstate:tmp:"))  // (as saves name it)
+      << "no checkpoint's save is held in its rename: " << listing;
+  ASSERT_FALSE(std::filesystem::exists(dir.path() + "/state/hung-disk.jobstate"));
   worker->Signal(SIGKILL);
   ASSERT_TRUE(worker->Wait(absl::Seconds(10)).ok());
   EXPECT_TRUE(
       daemon->WaitForLog("session of job 'hung-disk' local rank 0 expired", absl::Seconds(8)))
       << "the lease waited for the hung checkpoint: " << daemon->Log();
+}
+
+// Whether a thread of process `pid` is in system call `nr` (/proc's view: a traced thread held at
+// the call's entry counts), within `timeout`.
+bool InSyscall(pid_t pid, long nr, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  do {
+    std::error_code ec;
+    for (const auto& task :
+         std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"), ec)) {
+      std::ifstream syscall(task.path() / "syscall");
+      long number = -2;
+      if (syscall >> number && number == nr) return true;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (absl::Now() < deadline);
+  return false;
 }
 
 // An operator's forget whose checkpoint file sits on a hung disk (strace holds gstabd's unlink of
@@ -413,7 +448,8 @@ TEST(E2eProcessTest, AForgetOnAHungDiskHoldsUpNoStep) {
       Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(),
                          "forget", "--job=forgotten"});
   ASSERT_TRUE(forget.ok()) << forget.status();
-  absl::SleepFor(absl::Milliseconds(500));  // in its unlink
+  ASSERT_TRUE(InSyscall(gstabd, SYS_unlinkat, absl::Seconds(10)))
+      << "the forget's unlink is not held";
   for (uint64_t step = 1; step <= 5; ++step) {
     (*busy)->Fill(step, 2);
     ASSERT_TRUE((*busy)->client().Step(step).ok());

@@ -114,10 +114,14 @@ TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
   folder_fsync_error = EINVAL;
   StateStore store(dir_.path() + "/new/state");  // made, and its parent synced
   ASSERT_TRUE(store.Init().ok());
+  folders_failed.clear();
   EXPECT_TRUE(store.Save(JobA(4)).ok());
+  EXPECT_FALSE(folders_failed.empty()) << "the save synced no folder";
+  folders_failed.clear();
   bool deleted = false;
   EXPECT_TRUE(store.Remove("a", &deleted).ok());
   EXPECT_TRUE(deleted);
+  EXPECT_FALSE(folders_failed.empty()) << "the deletion synced no folder";
 }
 
 // A deletion is done once the file is gone (its caller forgets the job with it), even when the
@@ -125,9 +129,11 @@ TEST_F(StateStoreSyncTest, AFileSystemThatCannotSyncFoldersSavesAndStarts) {
 TEST_F(StateStoreSyncTest, ADeletionIsDoneWhenItsFolderCannotBeSynced) {
   std::unique_ptr<StateStore> store = StoreAtStepOne();
   folder_fsync_error = EIO;
+  folders_failed.clear();
   bool deleted = false;
   EXPECT_TRUE(store->Remove("a", &deleted).ok());
   EXPECT_TRUE(deleted);
+  EXPECT_FALSE(folders_failed.empty()) << "the deletion synced no folder";
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state/a.jobstate"));
 }
 
