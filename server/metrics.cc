@@ -116,11 +116,10 @@ void MetricFamily::Remove(const Labels& labels) {
 
 void MetricFamily::RemoveByFirstLabel(const std::string& first) {
   absl::MutexLock lock(&mu_);
-  for (auto it = series_.begin(); it != series_.end();) {
-    if (it->first.empty() || it->first[0] != first) {
-      ++it;
-      continue;
-    }
+  // The job's series lie together (the map orders label vectors by their first value first),
+  // from the one label vector {first} would be: its range alone, not every job's series.
+  for (auto it = series_.lower_bound(Labels{first});
+       it != series_.end() && !it->first.empty() && it->first[0] == first;) {
     pairs_bytes_ -= it->second.pairs.size();
     it = series_.erase(it);
   }

@@ -99,9 +99,13 @@ TEST(MetricsTest, BucketsAreRoundAndRemovalForgetsAJob) {
   g->Set({"a", "1"}, 1);
   g->Set({"a", "2"}, 2);
   g->Set({"b", "1"}, 3);
+  g->Set({"ab", "1"}, 4);  // names that sort next to "a"'s series stay
+  g->Set({"", "1"}, 5);
+  g->Set({"a", ""}, 6);
   g->RemoveByFirstLabel("a");
   EXPECT_EQ(r.Render(),
-            "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"b\",group=\"1\"} 3\n");
+            "# HELP gstab_x X.\n# TYPE gstab_x gauge\ngstab_x{job=\"\",group=\"1\"} 5\n"
+            "gstab_x{job=\"ab\",group=\"1\"} 4\ngstab_x{job=\"b\",group=\"1\"} 3\n");
 }
 
 // Each series keeps its own labels and buckets in the text, also after others around it went
