@@ -147,10 +147,10 @@ class Client {
   // namespace: none has answered for 20 s, longer than a stop usually refuses calls before it
   // exits), and again at each keep-alive while that lasts; also on Attach's thread, when an
   // attach is answered by another gstabd than the one that held the earlier session. Not when
-  // the gstabd that held the
-  // session ended it (an expired lease): that one releases the session's steps itself. One for the
-  // process (null: none); CudaGradients sets it, to release streams that wait for a step gstabd
-  // will never finish. It must return within a keep-alive period (and not block an attach).
+  // the gstabd that held the session ended it (an expired lease): that one releases the
+  // session's steps itself. One for the process (null: none); CudaGradients sets it, to release
+  // streams that wait for a step gstabd will never finish. It must return within a keep-alive
+  // period (and not block an attach).
   using DaemonLostHandler = void (*)(uint64_t client_id);
   static void SetDaemonLostHandler(DaemonLostHandler handler);
 

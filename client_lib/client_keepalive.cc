@@ -68,24 +68,25 @@ absl::StatusOr<std::unique_ptr<Client::KeepAlive>> Client::StartKeepAlive() {
         *identified = answer->ok() || answer->error_code() == grpc::StatusCode::UNIMPLEMENTED;
         return answer->ok() ? identity.instance() : "";
       };
-      // Attach has asked already, as a rule (then no call here until the first keep-alive).
+      // Kept where Attach finds it: a new session's gstabd that is not this one means this
+      // one is gone, and only this thread would have told (its replacement watches the new).
       bool identified = false;
       std::optional<std::string> holder;
-      {
+      const auto keep_holder = [&] {
         absl::MutexLock lock(&k->mu);
+        if (identified && holder.has_value()) k->holder = *holder;
+      };
+      {
+        absl::MutexLock lock(&k->mu);  // Attach has asked, as a rule: no call here then
         if (!k->holder.empty()) {
           holder = k->holder;
           identified = true;
         }
       }
-      if (!holder.has_value()) holder = instance(&identified);
-      // Kept where Attach finds it: a new session's gstabd that is not this one means this
-      // one is gone, and only this thread would have told (its replacement watches the new).
-      const auto keep_holder = [&] {
-        absl::MutexLock lock(&k->mu);
-        if (identified && holder.has_value()) k->holder = *holder;
-      };
-      keep_holder();
+      if (!holder.has_value()) {
+        holder = instance(&identified);
+        keep_holder();
+      }
       // gstabd's process, where this process can see it (over the socket, in one pid
       // namespace, as CUDA IPC needs): its exit is the one sure sign that the steps it holds
       // will never run. A stopping gstabd refuses calls before it exits, for as long as a step

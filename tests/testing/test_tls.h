@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdlib>
+#include <memory>
 #include <regex>
 #include <string>
 #include <vector>
@@ -90,5 +91,24 @@ inline std::string ListenAddress(const DaemonProcess& daemon, size_t starts = 1)
   ADD_FAILURE() << "gstabd logged no TCP address: " << daemon.Log();
   return "";
 }
+
+// A gstabd serving its socket and 127.0.0.1 over mutual TLS with `tls`; its TCP address.
+class TcpDaemon {
+ public:
+  TcpDaemon(const std::string& dir, const TestTls& tls, std::vector<std::string> flags = {}) {
+    for (std::string& f : ListenFlags(tls)) flags.push_back(std::move(f));
+    auto d = DaemonProcess::Start(dir, flags);
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (!d.ok()) return;
+    daemon_ = std::make_unique<DaemonProcess>(*std::move(d));
+    address_ = ListenAddress(*daemon_);
+  }
+  DaemonProcess& daemon() { return *daemon_; }
+  const std::string& address() const { return address_; }
+
+ private:
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::string address_;
+};
 
 }  // namespace gstab::testing
