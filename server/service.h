@@ -123,7 +123,7 @@ class StabilizerService final : public v1::Stabilizer::Service {
   int event_streams_total_ ABSL_GUARDED_BY(streams_mu_) = 0;
   // Event streams in a write, since when (MonotonicNow), for EndStalledStreams: a write to a
   // reader that reads nothing waits for good. Over TCP the call's cancellation ends it
-  // (e2e_tcp_test); over the unix socket its connection is shut down too.
+  // (e2e_tcp_streams_test); over the unix socket its connection is shut down too.
   struct Writing {
     absl::Time since;
     std::string peer;    // ServerContext::peer(): "fd:N" for a unix-socket connection

@@ -202,7 +202,7 @@ TEST(E2eCapsTest, AnOwnerKeepsAtMostItsCapOfCheckpoints) {
 }
 
 // A job has at most 64 observer sessions at once, and 8 more of operators (as this test's root
-// is: e2e_tcp_test has others' cap); one detached makes room, and workers are not counted.
+// is: e2e_tcp_streams_test has others' cap); one detached makes room, and workers are not counted.
 TEST(E2eCapsTest, AJobHasAtMostItsCapOfObservers) {
   TempDir dir;
   auto daemon = DaemonProcess::Start(dir.path());
