@@ -149,4 +149,5 @@ static_assert(
     GSTAB_FLAG_SPIKE_RATIO == gstab::kFlagSpikeRatio &&
     GSTAB_FLAG_DIVERGING == gstab::kFlagDiverging && GSTAB_FLAG_CLIPPED == gstab::kFlagClipped &&
     GSTAB_FLAG_MISMATCH == gstab::kFlagMismatch && GSTAB_FLAG_VOIDED == gstab::kFlagVoided &&
-    GSTAB_FLAG_WITH_STEP == gstab::kFlagWithStep);
+    GSTAB_FLAG_WITH_STEP == gstab::kFlagWithStep &&
+    GSTAB_FLAG_UNREGISTERED == gstab::kFlagUnregistered);

@@ -349,6 +349,16 @@ absl::StatusOr<v1::UpdateConfigResponse> Client::UpdateConfig(const v1::PolicyCo
   return Call(&v1::Stabilizer::Stub::UpdateConfig, request);
 }
 
+absl::StatusOr<v1::ListJobsResponse> Client::ListJobs(const v1::ListJobsRequest& request) {
+  return Call(&v1::Stabilizer::Stub::ListJobs, request);
+}
+
+absl::StatusOr<v1::ForgetJobResponse> Client::ForgetJob(const std::string& job) {
+  v1::ForgetJobRequest request;
+  request.set_job(job);
+  return Call(&v1::Stabilizer::Stub::ForgetJob, request);
+}
+
 absl::StatusOr<std::string> Client::ExportState() {
   if (absl::Status s = NeedSession(); !s.ok()) return s;
   v1::ExportStateRequest request;

@@ -135,6 +135,10 @@ class Client {
   // (ImportStateRequest.keep_config).
   absl::Status ImportState(const std::string& state, v1::ImportStateResponse* response = nullptr,
                            bool keep_config = false);
+  // gstabd's jobs, and what drops one no worker uses: calls of no session, each with its
+  // translated errors (a gstabd that did not answer, one that went).
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request);
+  absl::StatusOr<v1::ForgetJobResponse> ForgetJob(const std::string& job);
   // The standard health check: OK when the daemon serves, UNAVAILABLE when it does not
   // (DEADLINE_EXCEEDED when it has not answered within `timeout`).
   absl::Status CheckHealth(absl::Duration timeout = absl::Seconds(5));

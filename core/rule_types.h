@@ -91,6 +91,8 @@ enum StepFlag : uint32_t {
                                    // all-reduce aborted): nothing was applied (with kFlagSkipped)
   kFlagWithStep = 1u << 11,        // finite, skipped with the step another group's non-finite
                                    // norm skips: statistics untouched (with kFlagSkipped)
+  kFlagUnregistered = 1u << 12,    // CUDA: no worker registers the group (an import or a
+                                   // checkpoint brought it): statistics untouched, scale 1
 };
 
 struct StepOutcome {

@@ -15,5 +15,9 @@ inline constexpr uint8_t kAddAndTake = 0;
 inline constexpr uint8_t kKeepOwn = 1;
 // Node-sharded off node 0 (node 0 holds the same gradient): adds nothing, takes the total.
 inline constexpr uint8_t kTakeOnly = 2;
+// No worker registers the group (only an import or a checkpoint brought it): on the CUDA backend
+// it takes no part in the cross-node sum and its statistics stay as they are, as the CPU
+// backend leaves a group no worker of the step has alone.
+inline constexpr uint8_t kUnregistered = 3;
 
 }  // namespace gstab

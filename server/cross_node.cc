@@ -119,6 +119,7 @@ bool ReplicaSumsDiffer(double a, double b) {
 }
 
 uint8_t CrossNodeMode(int reduction, uint32_t node_rank) {
+  if (reduction < 0) return kUnregistered;  // Job's mark of a group no worker registers
   if (reduction == v1::REDUCTION_REPLICATED) return kKeepOwn;
   if (reduction == v1::REDUCTION_NODE_SHARDED && node_rank != 0) return kTakeOnly;
   return kAddAndTake;

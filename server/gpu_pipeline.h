@@ -117,7 +117,11 @@ struct GpuJobSpec {
   // Per group, how this GPU takes part in the cross-node sum (CrossNodeMode of
   // server/cross_node.h).
   std::vector<uint8_t> modes;
-  uint64_t layout_hash = 0;  // LayoutHash of the groups, compared across nodes
+  // The groups the cross-node stage carries: the first ones, up to the last a worker registers.
+  // Those after (kUnregistered: an import or a checkpoint brought them, on node 0) stay this
+  // node's, as on the CPU backend.
+  uint32_t cross_node_groups = 0;
+  uint64_t layout_hash = 0;  // LayoutHash of those groups, compared across nodes
   NcclRendezvous nccl;
   // A job of one rank (one GPU on one node) skips the cross-node stage, which would change
   // nothing; true runs it through an NCCL communicator of world size 1 anyway (for checking

@@ -51,6 +51,7 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   w.last_ready.reset();  // a new pipeline's ready word starts at 0
   w.device = device;
   w.groups = table.num_groups();
+  w.cross_node_groups = layout.cross_node_groups;
   multi_rank_ = layout.nccl.node_count > 1;
   return absl::OkStatus();
 }
@@ -65,15 +66,16 @@ bool GpuWorkers::InLockstep() const {
 absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
   if (slots_.empty()) return 0u;
   const uint32_t groups = slots_.begin()->second.groups;
+  const uint32_t across = slots_.begin()->second.cross_node_groups;
   for (const auto& [rank, w] : slots_) {
-    if (w.groups != groups) {
+    if (w.groups != groups || w.cross_node_groups != across) {
       return absl::InvalidArgumentError(
           absl::StrCat("local ranks ", slots_.begin()->first, " and ", rank, " of job '", job_,
                        "' registered different norm groups (", groups, " and ", w.groups,
                        "): on the CUDA pipeline every local worker registers the same groups"));
     }
   }
-  return groups;
+  return across;
 }
 
 bool GpuWorkers::AwaitIdle(absl::Duration wait) {

@@ -79,7 +79,8 @@ class GpuWorkers {
   // Whether every local rank has enqueued the same steps.
   bool InLockstep() const;
   // Whether this generation's group counts have been agreed (see Job::StepGpu), and the count
-  // every local pipeline has (INVALID_ARGUMENT when the local workers' pipelines differ).
+  // every local pipeline carries across nodes (GpuJobSpec::cross_node_groups; INVALID_ARGUMENT
+  // when the local workers' pipelines differ in their groups).
   bool layout_agreed() const { return layout_agreed_; }
   void set_layout_agreed() { layout_agreed_ = true; }
   // Counts the generations Close has ended (a wait without the job's lock tells by it whether
@@ -100,6 +101,7 @@ class GpuWorkers {
     std::optional<uint64_t> last_step;
     std::optional<uint32_t> last_ready;  // the ready_value of its last step enqueued
     uint32_t groups = 0;
+    uint32_t cross_node_groups = 0;
   };
 
   const std::string job_;

@@ -58,7 +58,14 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   GpuJobSpec layout;
   layout.job = name_;
   for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
-  layout.layout_hash = LayoutHash(group_names_, group_reduction_);
+  // Groups no worker registers (an import's, on node 0) come after the registered ones once the
+  // first registration ordered them (Register): those stay this node's, as on the CPU backend.
+  for (uint32_t g = 0; g < group_reduction_.size(); ++g) {
+    if (group_reduction_[g] >= 0) layout.cross_node_groups = g + 1;
+  }
+  layout.layout_hash =
+      LayoutHash(absl::MakeConstSpan(group_names_.data(), layout.cross_node_groups),
+                 absl::MakeConstSpan(group_reduction_.data(), layout.cross_node_groups));
   layout.memory = registration.mappings;
   // And its claim: another job may not claim that memory while these kernels may write it.
   if (registration.claim != nullptr) layout.memory.push_back(registration.claim);
@@ -259,6 +266,8 @@ void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
     report.set_results_step(done.step);
     for (size_t g = 0; g < done.outcomes.size(); ++g) {
       const StepOutcome& o = done.outcomes[g];
+      // A group no worker registers is not one of the step's, as on the CPU backend.
+      if ((o.flags & kFlagUnregistered) != 0) continue;
       if (primary) last_outcome_[g] = o;
       v1::GroupResult* r = report.add_groups();
       FillGroupResult(g, o, r);

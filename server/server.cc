@@ -162,9 +162,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   for (const char* method : StabilizerService::kCappedMethods) {
     errors->Add({method, absl::StatusCodeToString(absl::StatusCode::kResourceExhausted)}, 0);
   }
+  MetricFamily* streams = server->metrics_.AddGauge(
+      "gstab_event_streams",
+      "WatchEvents streams: open, and waiting (a write to the stream has waited 1 s or more for "
+      "its reader; ended after --event_write_timeout_s).",
+      {"state"});
+  for (const char* state : {"open", "waiting"}) streams->Set({state}, 0);
   server->service_ = std::make_unique<StabilizerService>(
       server->daemon_.get(), &server->events_, &server->peers_, errors, options.max_event_streams,
-      options.max_calls_per_caller, options.max_event_streams_total, options.event_write_timeout);
+      options.max_calls_per_caller, options.max_event_streams_total, options.event_write_timeout,
+      streams);
   return server;
 }
 

@@ -261,7 +261,9 @@ grpc::Status StabilizerService::WatchEvents(grpc::ServerContext* context,
 
 void StabilizerService::EndStalledStreams(absl::Time now) {
   absl::MutexLock lock(&streams_mu_);  // the stream's call runs until its entry is gone
+  int waiting = 0;
   for (auto& [context, writing] : writing_) {
+    if (!writing.ended && now - writing.since >= kStreamWaiting) ++waiting;
     if (writing.ended || now - writing.since < event_write_timeout_) continue;
     writing.ended = true;
     context->TryCancel();
@@ -271,6 +273,10 @@ void StabilizerService::EndStalledStreams(absl::Time now) {
                  << " (--event_write_timeout_s; a suspended `gstabctl events --follow`, or a "
                  << "client that never reads): ended"
                  << (unix_socket ? ", its connection shut down" : "");
+  }
+  if (streams_ != nullptr) {
+    streams_->Set({"open"}, event_streams_total_);
+    streams_->Set({"waiting"}, waiting);
   }
 }
 

@@ -32,15 +32,20 @@ class StabilizerService final : public v1::Stabilizer::Service {
   // `max_calls`: the calls that may wait in gstabd (every call but KeepAlive, Detach, Identify
   // and WatchEvents, whose streams have caps of their own) one caller may have in flight at once,
   // each on a thread of gstabd's (a Step waiting for its job's other workers, say).
+  // `streams` (may be null): a gauge labelled state, which EndStalledStreams sets: "open"
+  // (WatchEvents streams), "waiting" (those whose write has waited kStreamWaiting or more for
+  // its reader).
   StabilizerService(Daemon* daemon, EventBus* bus, const PeerTable* peers,
                     MetricFamily* errors = nullptr, int max_event_streams = kMaxEventStreams,
                     int max_calls = kMaxCallsPerCaller,
                     int max_event_streams_total = kMaxEventStreamsTotal,
-                    absl::Duration event_write_timeout = absl::Seconds(60))
+                    absl::Duration event_write_timeout = absl::Seconds(60),
+                    MetricFamily* streams = nullptr)
       : daemon_(daemon),
         bus_(bus),
         peers_(peers),
         errors_(errors),
+        streams_(streams),
         max_event_streams_(max_event_streams),
         max_event_streams_total_(max_event_streams_total),
         event_write_timeout_(event_write_timeout),
@@ -79,10 +84,13 @@ class StabilizerService final : public v1::Stabilizer::Service {
   grpc::Status ForgetJob(grpc::ServerContext*, const v1::ForgetJobRequest* request,
                          v1::ForgetJobResponse* response) override;
   // Ends the event streams whose write has waited event_write_timeout (their reader reads
-  // nothing): cancelled, and a unix-socket connection shut down (which ends the write; over TCP
-  // the cancellation alone, which a write to a full window may not notice). Logged once each.
+  // nothing): cancelled, and a unix-socket connection shut down (over TCP the cancellation
+  // alone ends the write, e2e_tcp_streams_test). Logged once each. Sets streams_'s series.
   // Called by the housekeeping, about every second.
   void EndStalledStreams(absl::Time now);
+  // A write waiting this long for its reader counts as "waiting" in streams_: a reader that
+  // keeps up takes an event within milliseconds.
+  static constexpr absl::Duration kStreamWaiting = absl::Seconds(1);
   grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::Event>* writer) override;
   grpc::Status CreateRendezvous(grpc::ServerContext*, const v1::CreateRendezvousRequest* request,
@@ -110,6 +118,7 @@ class StabilizerService final : public v1::Stabilizer::Service {
   EventBus* bus_;           // not owned
   const PeerTable* peers_;  // not owned
   MetricFamily* errors_;    // not owned; may be null
+  MetricFamily* streams_;   // not owned; may be null
   const int max_event_streams_;
   const int max_event_streams_total_;
   const absl::Duration event_write_timeout_;

@@ -13,6 +13,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -42,6 +43,21 @@ std::string Json(const google::protobuf::Message& message) {
 void SetDeadline(grpc::ClientContext* ctx) {
   ctx->set_deadline(
       absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s))));
+}
+
+absl::Status TryAgainWhileBusy(std::initializer_list<absl::StatusCode> codes,
+                               const std::function<absl::Status()>& call) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  absl::Duration pause = absl::Milliseconds(20);
+  while (true) {
+    absl::Status s = call();
+    if (std::find(codes.begin(), codes.end(), s.code()) == codes.end() ||
+        !absl::StrContains(s.message(), "try again") || absl::Now() + pause >= deadline) {
+      return s;
+    }
+    absl::SleepFor(pause);
+    pause = std::min(2 * pause, absl::Milliseconds(200));
+  }
 }
 
 namespace {
@@ -177,14 +193,7 @@ absl::StatusOr<v1::ListJobsResponse> ListJobs(Client* client, uint32_t history,
   v1::ListJobsRequest request;
   request.set_history(history);
   request.set_include_retired(include_retired);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::ListJobsResponse response;
-  if (absl::Status s = FromGrpcStatus(client->stub()->ListJobs(&ctx, request, &response));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return client->ListJobs(request);
 }
 
 void OnlyJob(v1::ListJobsResponse* jobs, const std::string& job) {

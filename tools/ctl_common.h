@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <utility>
@@ -32,6 +34,11 @@ std::string Json(const google::protobuf::Message& message);
 // A call made here directly (not through the client library, whose calls have their own
 // deadline, GSTAB_CALL_TIMEOUT_S, which main sets from --timeout_s) waits --timeout_s at most.
 void SetDeadline(grpc::ClientContext* ctx);
+// `call()`'s status, called again while gstabd answers one of `codes` and says "try again" (a
+// state of a moment: a job being retired, a multi-GPU job's GPUs between two steps), every 20 ms
+// to 200 ms, for --timeout_s in all.
+absl::Status TryAgainWhileBusy(std::initializer_list<absl::StatusCode> codes,
+                               const std::function<absl::Status()>& call);
 // Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
 bool StdoutWritten();
 // Whether stdout is a pipe (or socket) whose reader has gone, waiting up to `wait_ms` for it to go.

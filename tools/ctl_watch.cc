@@ -58,6 +58,11 @@ int Events() {
                    request.job().c_str());
     }
   }
+  // Which gstabd serves the stream: one still serving when a followed stream ends ended it
+  // itself (its reader took no event for --event_write_timeout_s).
+  const absl::StatusOr<v1::IdentifyResponse> serving =
+      request.follow() ? (*client)->Identify()
+                       : absl::StatusOr<v1::IdentifyResponse>(absl::UnknownError("not asked"));
   grpc::ClientContext ctx;
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);
   // Not followed: each event is waited for --timeout_s at most, and none while it is written
@@ -107,9 +112,19 @@ int Events() {
                      " (--timeout_s), and had not ended the stream: stopped, or stuck?")));
   }
   if (!written) return StdoutFailed();
-  // A followed stream ends only when gstabd goes: it ends the stream as it stops, or its
-  // connection closes under it (connected before the call, so it was there).
-  if (absl::GetFlag(FLAGS_follow) && (s.ok() || absl::IsUnavailable(s))) {
+  // A followed stream ends when gstabd goes (it ends the stream as it stops, or its connection
+  // closes under it: connected before the call, so it was there), or when gstabd ends it for a
+  // reader that took no event (cancelled, and a unix-socket connection shut down).
+  if (request.follow() && (absl::IsUnavailable(s) || absl::IsCancelled(s)) && serving.ok()) {
+    const absl::StatusOr<v1::IdentifyResponse> now = (*client)->Identify();
+    if (now.ok() && now->instance() == serving->instance()) {
+      return Fail(absl::UnavailableError(absl::StrCat(
+          "the event stream ended (", s.message(),
+          ") while gstabd serves: it ends a stream whose reader takes no event for "
+          "--event_write_timeout_s (gstabctl suspended, or its output not read); run it again")));
+    }
+  }
+  if (request.follow() && (s.ok() || absl::IsUnavailable(s) || absl::IsCancelled(s))) {
     return Fail(absl::UnavailableError(
         s.ok() ? "the event stream ended: gstabd stopped"
                : absl::StrCat("the event stream ended: gstabd stopped, or stopped answering (",

@@ -144,7 +144,13 @@ int ConfigSet(const std::vector<std::string>& assignments) {
   if (!update.ok()) return Usage(std::string(update.status().message()));
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
-  auto updated = (*client)->UpdateConfig(*update);
+  // A multi-GPU job's GPUs take a configuration at the same step: ABORTED while some have
+  // enqueued a step and some not yet.
+  absl::StatusOr<v1::UpdateConfigResponse> updated;
+  (void)TryAgainWhileBusy({absl::StatusCode::kAborted}, [&] {
+    updated = (*client)->UpdateConfig(*update);
+    return updated.status();
+  });
   if (!updated.ok()) return Fail(updated.status());
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("%s\n", Json(*updated).c_str());
@@ -248,15 +254,16 @@ int Forget() {
   if (job.empty()) return Usage("forget needs --job=NAME");
   auto client = Connect();
   if (!client.ok()) return Fail(client.status());
-  v1::ForgetJobRequest request;
-  request.set_job(job);
-  v1::ForgetJobResponse response;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  if (absl::Status s = FromGrpcStatus((*client)->stub()->ForgetJob(&ctx, request, &response));
-      !s.ok()) {
-    return Fail(s);
-  }
+  // UNAVAILABLE while gstabd retires the job, or another call forgets it, just then;
+  // FAILED_PRECONDITION while a call of the job is under way (an ended session's release).
+  absl::StatusOr<v1::ForgetJobResponse> forgot;
+  (void)TryAgainWhileBusy({absl::StatusCode::kUnavailable, absl::StatusCode::kFailedPrecondition},
+                          [&] {
+                            forgot = (*client)->ForgetJob(job);
+                            return forgot.status();
+                          });
+  if (!forgot.ok()) return Fail(forgot.status());
+  const v1::ForgetJobResponse& response = *forgot;
   return Done(
       absl::StrCat(
           "forgot job ", job, " (",

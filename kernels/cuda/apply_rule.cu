@@ -1,4 +1,5 @@
 #include "core/rule.h"
+#include "kernels/cross_node_mode.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -23,14 +24,16 @@ __global__ void AnyNonFiniteKernel(uint32_t* non_finite, uint32_t num_groups) {
 // One thread per group. A non-finite group skips the whole step, the others' statistics
 // untouched (core/rule.h, ApplyRuleInStep): non_finite[num_groups] says whether one is.
 __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const double* sum_of_squares,
-                                const uint32_t* non_finite, uint32_t num_groups,
-                                StepOutcome* outcomes, float* scales) {
+                                const uint32_t* non_finite, const uint8_t* modes,
+                                uint32_t num_groups, StepOutcome* outcomes, float* scales) {
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
   StepOutcome out;
   if (NotApplied(non_finite[g])) {
     out.norm = NAN;
     out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
+  } else if (modes != nullptr && modes[g] == kUnregistered) {
+    out.flags = kFlagUnregistered;  // norm 0, scale 1: nothing of it is registered
   } else {
     out = ApplyRuleInStep(params, &stats[g], sum_of_squares[g], non_finite[g] != 0,
                           non_finite[num_groups] != 0);
@@ -78,8 +81,8 @@ absl::Status LaunchSummarizeResults(uint64_t step, const StepOutcome* d_outcomes
 
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, uint32_t* d_non_finite,
-                             uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
-                             cudaStream_t stream) {
+                             const uint8_t* d_modes, uint32_t num_groups, StepOutcome* d_outcomes,
+                             float* d_scales, cudaStream_t stream) {
   ClearStaleCudaError();
   if (num_groups == 0) return absl::OkStatus();
   AnyNonFiniteKernel<<<1, 256, 0, stream>>>(d_non_finite, num_groups);
@@ -87,7 +90,7 @@ absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
   constexpr uint32_t kThreads = 128;
   const uint32_t blocks = (num_groups + kThreads - 1) / kThreads;
   ApplyRuleKernel<<<blocks, kThreads, 0, stream>>>(params, d_stats, d_sum_of_squares, d_non_finite,
-                                                   num_groups, d_outcomes, d_scales);
+                                                   d_modes, num_groups, d_outcomes, d_scales);
   RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -45,6 +45,7 @@ __global__ void MergeKernel(const double* exchange, const uint8_t* modes,
       non_finite[g] = kStepVoided;
       continue;
     }
+    if (modes[g] == kUnregistered) continue;  // no part in the sum: its own (none)
     if (modes[g] != kKeepOwn) sums[g] = values[g];
     non_finite[g] = flags > 0.0 ? 1u : 0u;
   }

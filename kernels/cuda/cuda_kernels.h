@@ -62,10 +62,13 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_mod
 // statistics and gradients alone (scale 1, kFlagSkipped | kFlagMismatch); so does kStepVoided
 // (scale 1, kFlagSkipped | kFlagVoided). Either's norm is NaN: nothing was measured.
 // d_non_finite has num_groups + 1 entries: the last is written here (whether one is non-finite).
+// d_modes (may be null: every group registered) has a cross-node mode per group: a group of
+// kUnregistered (no worker registers it) keeps its statistics, its outcome kFlagUnregistered
+// (norm 0, scale 1), unless the step is not applied (as above).
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, uint32_t* d_non_finite,
-                             uint32_t num_groups, StepOutcome* d_outcomes, float* d_scales,
-                             cudaStream_t stream);
+                             const uint8_t* d_modes, uint32_t num_groups, StepOutcome* d_outcomes,
+                             float* d_scales, cudaStream_t stream);
 
 // Writes the header of the worker-readable results: `step`, `num_groups` and the OR of the
 // outcomes' flags.

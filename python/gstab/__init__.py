@@ -34,8 +34,8 @@ from ._native import (CODE_NAMES, DATA_LOSS, FAILED_PRECONDITION, NOT_FOUND, UNA
                       UNAVAILABLE, Config, Error, dtype_of, load_library, VERSION)
 from ._buffers import Arena, CudaGradients
 from ._results import (FLAG_ACCEPTED, FLAG_CLIPPED, FLAG_DIVERGING, FLAG_MISMATCH, FLAG_SKIPPED,
-                       FLAG_SPIKE, FLAG_SPIKE_RATIO, FLAG_VOIDED, FLAG_WITH_STEP, FLAG_ZERO_NORM,
-                       GroupResult, StepResult)
+                       FLAG_SPIKE, FLAG_SPIKE_RATIO, FLAG_UNREGISTERED, FLAG_VOIDED,
+                       FLAG_WITH_STEP, FLAG_ZERO_NORM, GroupResult, StepResult)
 from ._client import DEFAULT_SOCKET, Client, rendezvous_bytes
 
 __version__ = VERSION  # and that of the libgstab.so it loads, which it checks
@@ -43,7 +43,7 @@ __version__ = VERSION  # and that of the libgstab.so it loads, which it checks
 __all__ = ["Error", "Client", "Arena", "CudaGradients", "StepResult", "GroupResult",
            "StatusCode", "dtype_of", "load_library", "FLAG_ACCEPTED", "FLAG_SKIPPED",
            "FLAG_ZERO_NORM", "FLAG_SPIKE", "FLAG_SPIKE_RATIO", "FLAG_DIVERGING", "FLAG_CLIPPED",
-           "FLAG_MISMATCH", "FLAG_VOIDED", "FLAG_WITH_STEP"]
+           "FLAG_MISMATCH", "FLAG_VOIDED", "FLAG_WITH_STEP", "FLAG_UNREGISTERED"]
 
 # Error.code: gRPC's status codes (`except gstab.Error as e: if e.code == StatusCode.DATA_LOSS`).
 StatusCode = enum.IntEnum("StatusCode", {name: code for code, name in CODE_NAMES.items()})

@@ -510,8 +510,11 @@ class Client:
         as client:` closes it at the end of the block."""
         # Destroying detaches too, waiting 3 s at most for a gstabd that does not answer
         # (detach() would wait up to 10 s). The registration lives until then (a call still in
-        # flight may destroy the handle later).
-        self._retired, self.registration, self._attached = self.registration, None, None
+        # flight may destroy the handle later; a second close while it is in flight keeps the
+        # registration the first retired).
+        if self.registration is not None:
+            self._retired = self.registration
+        self.registration, self._attached = None, None
         self._destroy()
 
     def _destroy(self) -> None:

@@ -17,6 +17,7 @@ FLAG_CLIPPED = 1 << 8
 FLAG_MISMATCH = 1 << 9  # nodes disagreed on the step or groups: nothing applied
 FLAG_VOIDED = 1 << 10  # a node or local GPU was lost, the all-reduce aborted: nothing applied
 FLAG_WITH_STEP = 1 << 11  # finite, skipped with the step another group's non-finite norm skips
+FLAG_UNREGISTERED = 1 << 12  # no worker registers the group (an import brought it): untouched
 
 
 @dataclass

@@ -62,8 +62,10 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
         found = _layout_by_gstabd(client, rank, world, local_rank, node_rank)
         if found is not None:
             local_rank, local_world_size, node_rank, _, node_ranks = found
-    local_world = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) if local_world_size is None
-                   else local_world_size)
+    # A process group of one (each process its own, under a launcher that exports
+    # LOCAL_WORLD_SIZE for all of them) is a node of one, as without torch.distributed.
+    local_world = (local_world_size if local_world_size is not None
+                   else 1 if world == 1 else int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if local_world < 1 or world % local_world:
         raise ValueError(f"world size {world} is not a multiple of local_world_size "
                          f"{local_world}: pass local_world_size (and local_rank, node_rank) "
@@ -71,7 +73,7 @@ def attach(client: gstab.Client, job: str, policy: Optional[str] = None,
     # Consecutive global ranks share a node: with local_world_size given, always (torchrun's
     # variables may count other nodes: one pod a GPU, each its own torchrun node); else
     # torchrun's, where it set them (a gstabd of an earlier release).
-    launcher = os.environ if local_world_size is None else {}
+    launcher = os.environ if local_world_size is None and world > 1 else {}
     if local_rank is None:
         local_rank = int(launcher.get("LOCAL_RANK", rank % local_world))
     nodes = world // local_world

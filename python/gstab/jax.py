@@ -297,11 +297,16 @@ class Stabilizer:
                                  f"gradients, not {dtype.name}")
             shape = tuple(leaf.shape)
             index = None
+            leaf_group = group(name, leaf) if callable(group) else group
             if int(np.prod(shape)) > 0:
-                leaf_group = group(name, leaf) if callable(group) else group
                 index = self._arena.add_tensor(name, int(np.prod(shape)), dtype.name, leaf_group,
                                                replicated, node_sharded)
-                groups.add(leaf_group or name)  # "": the tensor's own (Arena)
+            elif (leaf_group or name) not in groups:
+                # A group's first leaf, empty in this process's slice: a one-element zero
+                # placeholder in its place (gstab.torch does the same), so that every process
+                # names every group, in the leaves' order, as the nodes of a job must agree.
+                self._arena.add_tensor(name, 1, dtype.name, leaf_group, replicated, node_sharded)
+            groups.add(leaf_group or name)  # "": the tensor's own (Arena)
             self._specs.append((name, shape, dtype, index))
         if all(index is None for _, _, _, index in self._specs):
             raise ValueError("every leaf is empty: there is nothing to stabilize")

@@ -250,8 +250,8 @@ class Stabilizer:
                 if p.grad is not None:
                     grad.copy_(_local(p.grad))
         self._register(client)
-        if state is not None:
-            self._warn_unmatched_groups()
+        # A run resumed (state=, import_state, or gstabd's checkpoint) under other group names.
+        self._warn_unmatched_groups()
 
     def _register(self, client) -> None:
         """Registers the gradients and sets each p.grad to its registered tensor. What fails

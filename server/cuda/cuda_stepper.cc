@@ -29,10 +29,10 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
     int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
     const GpuJobSpec& spec) {
   const size_t groups = table.num_groups();
-  if (stats.size() != groups || spec.modes.size() != groups) {
-    return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics and ",
-                                                   spec.modes.size(), " reductions for ", groups,
-                                                   " groups"));
+  if (stats.size() != groups || spec.modes.size() != groups || spec.cross_node_groups > groups) {
+    return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics, ", spec.modes.size(),
+                                                   " reductions and ", spec.cross_node_groups,
+                                                   " groups across nodes for ", groups, " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
   // Before anything waits on a worker: a kernel loaded at its first launch, behind such a
@@ -226,7 +226,7 @@ absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& wha
 }
 
 absl::Status CudaStepper::Join(uint64_t step, absl::Time deadline) {
-  const uint32_t groups = table_.num_groups();
+  const uint32_t groups = spec_.cross_node_groups;  // node 0's others stay its own
   if (comm_ == nullptr) {  // one rank: nothing to join
     joined_ = true;
     return absl::OkStatus();
@@ -258,7 +258,7 @@ void CudaStepper::NextSequence(uint64_t step) {
 
 absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
   if (comm_ == nullptr) return absl::OkStatus();  // one rank: its sums are the job's
-  const uint32_t groups = table_.num_groups();
+  const uint32_t groups = spec_.cross_node_groups;
   const CrossNodeCheck check{
       static_cast<double>(step), static_cast<double>(spec_.layout_hash >> 32),
       static_cast<double>(spec_.layout_hash & 0xffffffffu), static_cast<double>(groups)};
@@ -330,8 +330,8 @@ absl::Status CudaStepper::EnqueueAfterReady(uint64_t step, const RuleParams& par
     return s;
   }
   if (absl::Status s = EnqueueCrossNode(step, deadline); !s.ok()) return s;
-  if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, groups, d_outcomes_,
-                                       d_scales_, stream_);
+  if (absl::Status s = LaunchApplyRule(params, d_stats_, d_sums_, d_flags_, d_modes_, groups,
+                                       d_outcomes_, d_scales_, stream_);
       !s.ok()) {
     return s;
   }

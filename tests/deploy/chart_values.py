@@ -107,6 +107,21 @@ def check_managed_flags(args, kinds, extra):
     check(rc == 0, f"extraArgs --metrics_address refused without metrics.listenOnPodIP:\n{err}")
 
 
+def check_update_strategy(args):
+    """OnDelete (the default) renders without a rollingUpdate left over from a RollingUpdate
+    release's values, which the API server would refuse beside it; RollingUpdate keeps its own."""
+    for kind, expected in [("OnDelete", None), ("RollingUpdate", {"maxUnavailable": 2})]:
+        rc, out, err = helm(args, "--set", f"updateStrategy.type={kind}",
+                            "--set", "updateStrategy.rollingUpdate.maxUnavailable=2")
+        check(rc == 0, f"helm template with updateStrategy {kind}:\n{err}")
+        if rc != 0:
+            continue
+        ds = [d for d in yaml.safe_load_all(out) if d and d.get("kind") == "DaemonSet"][0]
+        strategy = ds["spec"]["updateStrategy"]
+        check(strategy.get("type") == kind and strategy.get("rollingUpdate") == expected,
+              f"updateStrategy {kind} rendered as {strategy}")
+
+
 def check_user_annotations(args):
     """The pods' scrape annotations are the chart's where the user's podAnnotations do not set
     them: a user's own (prometheus.io/scrape "false", to keep one scraper off) is kept."""

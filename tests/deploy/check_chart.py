@@ -25,7 +25,8 @@ from chart_objects import (FAILURES, NETWORK_POLICY, check, check_api, check_com
                            daemon_container, flag)
 from pod_sandbox import (CAP_BITS, as_security_context, can_emulate_pods, effective_caps,
                          free_port, make_tls, train_as)
-from chart_values import bad_values, check_managed_flags, check_user_annotations, helm
+from chart_values import (bad_values, check_managed_flags, check_update_strategy,
+                          check_user_annotations, helm)
 from probe import wait_until_healthy
 
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
@@ -331,6 +332,7 @@ def main():
             run_rendered(args, name, kinds, tmp)
         bad_values(args)
         check_user_annotations(args)
+        check_update_strategy(args)
         check_managed_flags(args, by_kind(render(args, *everything)), everything)
         check_training_job(args, tmp)
         package_dir = os.path.join(tmp, "package")

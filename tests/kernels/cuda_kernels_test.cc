@@ -263,7 +263,8 @@ TEST(CudaKernelsTest, StatsKernelEqualsTheHostRule) {
     for (double& s : sums) s = std::pow(norm(rng) * (step == 100 ? 1e4 : 1), 2);
     cudaMemcpy(d_sums, sums, sizeof sums, cudaMemcpyHostToDevice);
     cudaMemcpy(d_flags, flags, sizeof flags, cudaMemcpyHostToDevice);
-    ASSERT_TRUE(LaunchApplyRule(p, d_stats, d_sums, d_flags, 3, d_out, d_scales, nullptr).ok());
+    ASSERT_TRUE(
+        LaunchApplyRule(p, d_stats, d_sums, d_flags, nullptr, 3, d_out, d_scales, nullptr).ok());
     StepOutcome out[3];
     cudaMemcpy(out, d_out, sizeof out, cudaMemcpyDeviceToHost);
     for (int g = 0; g < 3; ++g) {
@@ -324,8 +325,8 @@ TEST(CudaKernelsTest, OneNonFiniteGroupOfManySkipsEveryGroupsStep) {
   DeviceArray<uint32_t> d_flags(kGroups + 1, flags.data());
   DeviceArray<StepOutcome> outcomes(kGroups);
   DeviceArray<float> scales(kGroups);
-  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), d_sums.get(), d_flags.get(), kGroups,
-                              outcomes.get(), scales.get(), nullptr)
+  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), d_sums.get(), d_flags.get(), nullptr,
+                              kGroups, outcomes.get(), scales.get(), nullptr)
                   .ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<StepOutcome> out = outcomes.Read();
@@ -363,7 +364,7 @@ TEST(CudaKernelsTest, AVoidedStepNeitherReadsNorWritesTheGradients) {
   ASSERT_TRUE(
       LaunchGroupSumSquares(*dt, partials.get(), sums.get(), flags.get(), nullptr, voided.get())
           .ok());
-  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), sums.get(), flags.get(),
+  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), sums.get(), flags.get(), nullptr,
                               table.num_groups(), outcomes.get(), scales.get(), nullptr)
                   .ok());
   ASSERT_TRUE(LaunchScaleGroups(*dt, scales.get(), nullptr).ok());
@@ -388,11 +389,11 @@ TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryG
   std::vector<double> own(n);
   std::vector<uint32_t> flags(n);
   std::vector<uint8_t> modes(n);
-  const uint8_t kModes[] = {kAddAndTake, kKeepOwn, kTakeOnly};
+  const uint8_t kModes[] = {kAddAndTake, kKeepOwn, kTakeOnly, kUnregistered};
   for (uint32_t i = 0; i < n; ++i) {
     own[i] = i + 1.0;
     flags[i] = i % 7 == 0 ? 1 : (i == 5 ? kStepVoided : 0);
-    modes[i] = kModes[i % 3];
+    modes[i] = kModes[i % 4];
   }
   DeviceArray<double> sums(n, own.data());
   DeviceArray<uint32_t> d_flags(n, flags.data());
@@ -430,7 +431,8 @@ TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryG
       EXPECT_EQ(merged[i], own[i]) << i;
       continue;
     }
-    EXPECT_EQ(merged[i], modes[i] == kKeepOwn ? own[i] : reduced[kCrossNodeCheckSize + i]) << i;
+    const bool own_sums = modes[i] == kKeepOwn || modes[i] == kUnregistered;
+    EXPECT_EQ(merged[i], own_sums ? own[i] : reduced[kCrossNodeCheckSize + i]) << i;
     EXPECT_EQ(merged_flags[i], flags[i]) << i;
   }
   // An aborted all-reduce voids the step in every group (it is no disagreement of the nodes).
@@ -442,6 +444,35 @@ TEST(CudaKernelsTest, CrossNodeMergeFollowsEachGroupsModeAndAnAbortReachesEveryG
   std::vector<double> other_step = reduced;
   other_step[0] += 1;  // the nodes were at different steps
   EXPECT_EQ(merge(other_step, nullptr).second, disagree);
+}
+
+// A group no worker registers (kUnregistered: only an import brought it) keeps its statistics
+// and is scaled by 1, its outcome flagged so; the registered group beside it steps as ever.
+TEST(CudaKernelsTest, AnUnregisteredGroupKeepsItsStatistics) {
+  SKIP_WITHOUT_GPU();
+  std::vector<GroupStats> start(2);
+  start[1].t = 77;
+  start[1].m = 2.0;
+  const std::vector<double> sums = {4.0, 0.0};
+  const std::vector<uint32_t> flags = {0, 0, 0};  // one more: LaunchApplyRule's
+  const std::vector<uint8_t> modes = {kAddAndTake, kUnregistered};
+  DeviceArray<GroupStats> stats(2, start.data());
+  DeviceArray<double> d_sums(2, sums.data());
+  DeviceArray<uint32_t> d_flags(3, flags.data());
+  DeviceArray<uint8_t> d_modes(2, modes.data());
+  DeviceArray<StepOutcome> outcomes(2);
+  DeviceArray<float> scales(2);
+  ASSERT_TRUE(LaunchApplyRule(RuleParams{}, stats.get(), d_sums.get(), d_flags.get(), d_modes.get(),
+                              2, outcomes.get(), scales.get(), nullptr)
+                  .ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<GroupStats> after = stats.Read();
+  const std::vector<StepOutcome> out = outcomes.Read();
+  EXPECT_EQ(std::memcmp(&after[1], &start[1], sizeof(GroupStats)), 0);
+  EXPECT_EQ(out[1].flags, kFlagUnregistered);
+  EXPECT_EQ(scales.Read()[1], 1.0f);
+  EXPECT_EQ(after[0].t, 1u);
+  EXPECT_NE(out[0].flags & kFlagAccepted, 0u);
 }
 
 }  // namespace

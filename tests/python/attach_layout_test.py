@@ -114,6 +114,11 @@ class TorchAttachTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"different numbers of ranks \(by node: 0, 1; 2"):
             torch_attach(0, 3, ["a" * 32, "a" * 32, "b" * 32])
 
+    def test_a_process_group_of_one_is_a_node_of_one_whatever_the_launcher_says(self):
+        # Each process its own group (a sweep inside a torchrun allocation of 8 a node).
+        self.torchrun(3, 8, 1)
+        self.assertEqual(layout(torch_attach(0, 1)), (0, 1, 0, 1))
+
     def test_a_rank_whose_gstabd_cannot_be_asked_fails_every_ranks_attach(self):
         lost = gstab.Error(14, "no gstabd at unix:/run/gstab/gstab.sock")
         for rank in range(3):

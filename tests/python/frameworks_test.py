@@ -87,6 +87,11 @@ class TorchTest(GstabdTest):
         other = self.attach("torch-state-renamed")
         with self.assertWarnsRegex(UserWarning, "does not register \\(first 'model'\\)"):
             gstab.torch.Stabilizer(other, model, group="renamed", state=saved)
+        # So is a run resumed by an import before the Stabilizer (or gstabd's checkpoint).
+        imported = self.attach("torch-state-imported")
+        imported.import_state(saved["gstab_state"])
+        with self.assertWarnsRegex(UserWarning, "does not register \\(first 'model'\\)"):
+            gstab.torch.Stabilizer(imported, model, group="renamed")
         # A job of several workers imports on one of them: without a process group to order
         # the others after it, `state` is refused, saying what to do.
         pair = gstab.Client(self.gstabd.socket)

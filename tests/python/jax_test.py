@@ -175,6 +175,12 @@ class JaxTest(GstabdTest):
         with self.assertRaisesRegex(RuntimeError, "no longer registered"):
             stabilizer.step(jax_params(), 3)
         self.assertFalse(later.step({"w": np.ones(3, np.float32)}, 3)[1].skip)
+        # A group whose first leaf is empty here (a process's slice) is registered all the same,
+        # as a one-element zero placeholder: every process names the same groups, in one order.
+        sliced = {"a": jnp.zeros((0, 4)), "b": jnp.ones(3)}
+        out, result = gstab.jax.Stabilizer(client, sliced, group="").step(sliced, 4)
+        self.assertEqual([g.group for g in result.groups if g.group in ("a", "b")], ["a", "b"])
+        self.assertEqual(out["a"].shape, (0, 4))
 
     def test_numpy_leaves_of_the_other_byte_order_keep_their_values(self):
         # Read into the arena's native float32 and returned in it; viewed in the leaf's own

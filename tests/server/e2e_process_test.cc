@@ -457,8 +457,18 @@ TEST(E2eProcessTest, AForgetOnAHungDiskHoldsUpNoStep) {
   // The steps are done while the unlink still waits (the file is there until it runs): they
   // did not wait for the forget.
   EXPECT_TRUE(std::filesystem::exists(file)) << "the steps waited for the forget";
+  // A second forget meanwhile (gstabd answers "being forgotten just now: try again") tries
+  // again until the first is done, and then finds the job gone.
+  absl::StatusOr<Subprocess> again =
+      Subprocess::Start({testing::BinaryPath("tools/gstabctl"), "--socket=" + daemon->socket(),
+                         "--timeout_s=30", "forget", "--job=forgotten"});
+  ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(forget->Wait(absl::Seconds(15)).value_or(-1), 0) << forget->ReadAll();
   EXPECT_FALSE(std::filesystem::exists(file));
+  const std::string said = again->ReadAll();
+  EXPECT_EQ(again->Wait(absl::Seconds(15)).value_or(-1), 1) << said;
+  EXPECT_TRUE(absl::StrContains(said, "gstabd holds no job 'forgotten', no checkpoint of it"))
+      << said;
 }
 
 }  // namespace

@@ -107,6 +107,21 @@ class StalledStream {
   bool stepped_ = false;
 };
 
+// gstabd's gstab_event_streams{state="waiting"} once it is 1 or more (a write has waited on
+// its reader), within 15 s, or its last value (-1 when unread). Needs --metrics_port=0.
+double WaitingStreams(const testing::DaemonProcess& daemon) {
+  const std::string series = "\ngstab_event_streams{state=\"waiting\"} ";
+  double value = -1;
+  absl::StatusOr<int> port = daemon.MetricsPort();
+  for (int i = 0; port.ok() && i < 150 && value < 1; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(100));
+    absl::StatusOr<testing::HttpResponse> r = testing::HttpRequest(*port, "GET", "/metrics");
+    const size_t at = r.ok() ? r->body.find(series) : std::string::npos;
+    if (at != std::string::npos) value = std::stod(r->body.substr(at + series.size()));
+  }
+  return value;
+}
+
 // A client over TCP that stopped reading its event stream (a suspended `gstabctl events
 // --follow` on an operator's laptop) leaves gstabd's write to it waiting on HTTP/2 flow
 // control, as over the socket (where only shutting the connection down ends it): over TCP,
@@ -115,10 +130,12 @@ TEST(TcpTest, AStalledEventStreamOverTcpDoesNotHoldGstabdsStop) {
   TempDir dir;
   const TestTls tls = testing::MakeTestTls(dir.path());
   const TestTls ops = testing::MakeClientCertificate(dir.path(), "ops", "/CN=gstab-ops");
-  TcpDaemon tcp(dir.path(), tls, {"--tls_operators=gstab-ops"});
+  TcpDaemon tcp(dir.path(), tls, {"--tls_operators=gstab-ops", "--metrics_port=0"});
   ASSERT_FALSE(tcp.address().empty());
   StalledStream stalled(tcp, ops, "held");
   ASSERT_TRUE(stalled.stepped());
+  // gstabd's write to the stream waits when the stop comes.
+  ASSERT_GE(WaitingStreams(tcp.daemon()), 1) << tcp.daemon().Log();
   // Within DaemonProcess::Stop's 30 s (gRPC's shutdown ends it after the stop's 1 s grace).
   EXPECT_EQ(tcp.daemon().Stop().value_or(-1), 0) << tcp.daemon().Log();
   EXPECT_NE(tcp.daemon().Log().find("statistics checkpointed"), std::string::npos)

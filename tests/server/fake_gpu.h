@@ -20,6 +20,7 @@
 #include "core/rule.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu_kernels.h"
+#include "kernels/cross_node_mode.h"
 #include "server/gpu_pipeline.h"
 #include "server/job.h"
 #include "server/registration.h"
@@ -72,13 +73,16 @@ struct FakeGpu {
 // Runs each step on the CPU at once but reports it only at the next Poll after that, like a
 // GPU that finishes later. `extra_flags` are set on every outcome; with kFlagMismatch or
 // kFlagVoided, every step applies nothing. `rank`: its rank in the job's communicator; `gpu`
-// (optional): see FakeGpu.
+// (optional): see FakeGpu; `modes`: the spec's (a group of kUnregistered is left alone, as
+// LaunchApplyRule leaves it).
 class LaggingPipeline final : public GpuPipeline {
  public:
   LaggingPipeline(const ChunkTable& table, std::vector<GroupStats> stats, int* live,
-                  uint32_t extra_flags = 0, uint32_t rank = 0, FakeGpu* gpu = nullptr)
+                  uint32_t extra_flags = 0, uint32_t rank = 0, FakeGpu* gpu = nullptr,
+                  std::vector<uint8_t> modes = {})
       : table_(table),
         stats_(std::move(stats)),
+        modes_(std::move(modes)),
         live_(live),
         extra_flags_(extra_flags),
         rank_(rank),
@@ -102,7 +106,9 @@ class LaggingPipeline final : public GpuPipeline {
         std::any_of(flags.begin(), flags.end(), [](uint32_t f) { return f != 0; });
     for (size_t g = 0; g < sums.size(); ++g) {
       StepOutcome out;
-      if (applied) {
+      if (applied && g < modes_.size() && modes_[g] == kUnregistered) {
+        out.flags = kFlagUnregistered;
+      } else if (applied) {
         out = ApplyRuleInStep(params, &stats_[g], sums[g], flags[g] != 0, step_non_finite);
       } else {
         out.norm = NAN;
@@ -170,6 +176,7 @@ class LaggingPipeline final : public GpuPipeline {
  private:
   ChunkTable table_;
   std::vector<GroupStats> stats_;
+  const std::vector<uint8_t> modes_;
   std::deque<GpuStepResult> queue_;
   // The statistics after each queued step (none for one older than SetStatistics's).
   std::deque<std::optional<GpuSnapshot>> snapshots_;
@@ -201,7 +208,7 @@ inline GpuBackend LaggingBackend(int* live, uint32_t extra_flags = 0, GpuJobSpec
           const GpuJobSpec& spec) -> absl::StatusOr<std::unique_ptr<GpuPipeline>> {
     if (seen != nullptr) *seen = spec;
     return std::unique_ptr<GpuPipeline>(
-        new LaggingPipeline(t, s, live, extra_flags, spec.nccl.node_rank, gpu));
+        new LaggingPipeline(t, s, live, extra_flags, spec.nccl.node_rank, gpu, spec.modes));
   };
   auto ids = std::make_shared<int>(0);
   backend.new_nccl_id = [ids]() -> absl::StatusOr<std::string> { return Id(++*ids); };

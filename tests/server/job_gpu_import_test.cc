@@ -1,6 +1,8 @@
 // An import into a job on one GPU while the worker steps: it waits for the step queued there,
 // holding the job's next steps meanwhile, for a bounded time.
 #include <atomic>
+#include <set>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -205,6 +207,43 @@ TEST(JobGpuImportTest, ARefusedRegistrationLeavesTheStatisticsOfTheirConfigurati
     EXPECT_DOUBLE_EQ(refused.groups(g).v(), never.groups(g).v()) << never.groups(g).name();
   }
   EXPECT_NE(never.groups(0).m(), 2.0) << "the betas' change did not re-express them";
+}
+
+// A group only an import brought (saved under a name no worker registers now: a model wrapped
+// since, say) keeps its statistics on the GPU, as on the CPU: it comes after the registered
+// ones, takes no part in the cross-node stage, and is not among the steps' groups.
+TEST(JobGpuImportTest, AGroupOnlyAnImportBroughtKeepsItsStatistics) {
+  int live = 0;
+  GpuJobSpec seen;
+  Job job("renamed", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, &seen));
+  v1::JobState state = testing::JobA(50);
+  for (const char* name : {"old", "w"}) {  // "old" first: the registration's "w" reorders them
+    v1::GroupState* g = name == std::string("old") ? state.mutable_groups(0) : state.add_groups();
+    g->set_name(name);
+    g->set_t(77);
+    g->set_m(2.0);
+    g->set_v(5.0);
+  }
+  ASSERT_TRUE(job.ImportState(state, false).ok());
+  FakeCudaWorker worker;
+  ASSERT_TRUE(worker.Register(&job).ok());
+  ASSERT_EQ(seen.modes.size(), 2u);
+  EXPECT_EQ(seen.modes[1], kUnregistered);
+  EXPECT_EQ(seen.cross_node_groups, 1u);
+  std::set<std::string> reported;
+  for (uint64_t step = 51; step <= 54; ++step) {
+    v1::StepResponse response;
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, NextReady()).ok());
+    for (const v1::GroupResult& g : response.groups()) reported.insert(g.group());
+  }
+  EXPECT_EQ(reported, std::set<std::string>{"w"});
+  const v1::JobState after = job.ExportState();
+  ASSERT_EQ(after.groups_size(), 2);
+  EXPECT_EQ(after.groups(0).name(), "w");
+  EXPECT_EQ(after.groups(0).t(), 81u);
+  EXPECT_EQ(after.groups(1).name(), "old");
+  EXPECT_EQ(after.groups(1).t(), 77u) << "the GPU stepped statistics no worker registers";
+  EXPECT_DOUBLE_EQ(after.groups(1).m(), 2.0);
 }
 
 }  // namespace

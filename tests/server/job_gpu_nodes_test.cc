@@ -3,6 +3,7 @@
 // rendezvous store on loopback), without holding the job while they wait for each other.
 #include <atomic>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "server/rendezvous_store.h"
 #include "tests/server/cpu_worker.h"
 #include "tests/server/fake_gpu.h"
+#include "tests/server/job_a_state.h"
 #include "tests/server/loopback_store.h"
 
 namespace gstab {
@@ -21,14 +23,18 @@ namespace {
 
 using testing::LoopbackStore;
 
-// Node `node` of a job of `nodes` nodes, `gpus` GPUs (each a local rank's), on fake pipelines.
+// Node `node` of a job of `nodes` nodes, `gpus` GPUs (each a local rank's), on fake pipelines;
+// `imported` (optional) imported before its workers register.
 struct GpuNode {
   GpuNode(const v1::RendezvousInfo& info, uint32_t node, const RuleParams& params,
-          absl::Duration timeout, uint32_t gpus = 1)
+          absl::Duration timeout, uint32_t gpus = 1, const v1::JobState* imported = nullptr)
       : job("nodes-job", params, gpus, nullptr, nullptr, LaggingBackend(&live)), workers(gpus) {
     job.SetCollective(
         std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
         NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, info.node_count(), timeout});
+    if (imported != nullptr) {
+      EXPECT_TRUE(job.ImportState(*imported, false).ok());
+    }
     for (uint32_t g = 0; g < gpus; ++g) {
       EXPECT_TRUE(workers[g].Register(&job, g, static_cast<int>(g)).ok());
     }
@@ -202,6 +208,41 @@ TEST(JobGpuNodesTest, ARefusedRegistrationLeavesNoGroupsBehind) {
   job.GetStats(&stats);
   EXPECT_EQ(stats.groups_size(), 0);
   EXPECT_EQ(job.ExportState().groups_size(), 0);
+}
+
+// A group only node 0's import brought (saved under a name no worker registers now) stays node
+// 0's on the GPU too, as on the CPU: the nodes agree on the groups their workers register, and
+// step. Before, every node refused every step: "registered different numbers of norm groups".
+TEST(JobGpuNodesTest, AGroupOnlyAnImportBroughtStaysOnNodeZero) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  v1::JobState state = testing::JobA(50);
+  state.set_job("nodes-job");
+  for (const char* name : {"old", "w"}) {  // "old" first: the registration's "w" reorders them
+    v1::GroupState* g = name == std::string("old") ? state.mutable_groups(0) : state.add_groups();
+    g->set_name(name);
+    g->set_t(77);
+  }
+  GpuNode node0(info, 0, RuleParams{}, absl::Seconds(30), 1, &state);
+  GpuNode node1(info, 1, RuleParams{}, absl::Seconds(30));
+  for (uint64_t step = 51; step <= 52; ++step) {
+    absl::Status status1;
+    std::thread other([&] {
+      v1::StepResponse r;
+      status1 = node1.job.Step(0, step, absl::Seconds(30), &r, NextReady());
+    });
+    v1::StepResponse r;
+    const absl::Status status0 = node0.job.Step(0, step, absl::Seconds(30), &r, NextReady());
+    other.join();
+    ASSERT_TRUE(status0.ok()) << step << ": " << status0;
+    ASSERT_TRUE(status1.ok()) << step << ": " << status1;
+  }
+  const v1::JobState zero = node0.job.ExportState();
+  ASSERT_EQ(zero.groups_size(), 2);
+  EXPECT_EQ(zero.groups(0).name(), "w");
+  EXPECT_EQ(zero.groups(1).name(), "old");
+  EXPECT_EQ(zero.groups(1).t(), 77u);
+  EXPECT_EQ(node1.job.ExportState().groups_size(), 1);
 }
 
 }  // namespace
