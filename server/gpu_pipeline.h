@@ -119,8 +119,8 @@ struct GpuJobSpec {
   std::vector<uint8_t> modes;
   // The groups the cross-node stage carries: the first ones, up to the last a worker registers.
   // Those after (kUnregistered: an import or a checkpoint brought them, on node 0) stay this
-  // node's, as on the CPU backend.
-  uint32_t cross_node_groups = 0;
+  // node's, as on the CPU backend. Unset: every group.
+  std::optional<uint32_t> cross_node_groups;
   uint64_t layout_hash = 0;  // LayoutHash of those groups, compared across nodes
   NcclRendezvous nccl;
   // A job of one rank (one GPU on one node) skips the cross-node stage, which would change

@@ -51,7 +51,7 @@ absl::Status GpuWorkers::Add(uint32_t local_rank, int device, const ChunkTable& 
   w.last_ready.reset();  // a new pipeline's ready word starts at 0
   w.device = device;
   w.groups = table.num_groups();
-  w.cross_node_groups = layout.cross_node_groups;
+  w.cross_node_groups = layout.cross_node_groups.value_or(table.num_groups());
   multi_rank_ = layout.nccl.node_count > 1;
   return absl::OkStatus();
 }
@@ -69,10 +69,13 @@ absl::StatusOr<uint32_t> GpuWorkers::LocalGroupCount() const {
   const uint32_t across = slots_.begin()->second.cross_node_groups;
   for (const auto& [rank, w] : slots_) {
     if (w.groups != groups || w.cross_node_groups != across) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("local ranks ", slots_.begin()->first, " and ", rank, " of job '", job_,
-                       "' registered different norm groups (", groups, " and ", w.groups,
-                       "): on the CUDA pipeline every local worker registers the same groups"));
+      // The counts of the job's groups each saw, else of those up to its last registered one.
+      const bool totals = w.groups != groups;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "local ranks ", slots_.begin()->first, " and ", rank, " of job '", job_,
+          "' registered different norm groups (", totals ? groups : across, " and ",
+          totals ? w.groups : w.cross_node_groups, totals ? "" : " up to the last registered",
+          "): on the CUDA pipeline every local worker registers the same groups"));
     }
   }
   return across;

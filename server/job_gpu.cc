@@ -60,12 +60,13 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
   // Groups no worker registers (an import's, on node 0) come after the registered ones once the
   // first registration ordered them (Register): those stay this node's, as on the CPU backend.
+  uint32_t shared = 0;
   for (uint32_t g = 0; g < group_reduction_.size(); ++g) {
-    if (group_reduction_[g] >= 0) layout.cross_node_groups = g + 1;
+    if (group_reduction_[g] >= 0) shared = g + 1;
   }
-  layout.layout_hash =
-      LayoutHash(absl::MakeConstSpan(group_names_.data(), layout.cross_node_groups),
-                 absl::MakeConstSpan(group_reduction_.data(), layout.cross_node_groups));
+  layout.cross_node_groups = shared;
+  layout.layout_hash = LayoutHash(absl::MakeConstSpan(group_names_.data(), shared),
+                                  absl::MakeConstSpan(group_reduction_.data(), shared));
   layout.memory = registration.mappings;
   // And its claim: another job may not claim that memory while these kernels may write it.
   if (registration.claim != nullptr) layout.memory.push_back(registration.claim);
@@ -257,7 +258,12 @@ void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
     unreported_gpu_steps_.clear();
   }
   for (const GpuStepResult& done : finished) {
-    if (!done.outcomes.empty() && (done.outcomes[0].flags & kFlagMismatch) != 0) {
+    // What the step did, as its registered groups say (one no worker registers says nothing).
+    const auto first =
+        std::find_if(done.outcomes.begin(), done.outcomes.end(),
+                     [](const StepOutcome& o) { return (o.flags & kFlagUnregistered) == 0; });
+    const uint32_t step_flags = first != done.outcomes.end() ? first->flags : 0;
+    if ((step_flags & kFlagMismatch) != 0) {
       gpu_mismatch_[local_rank] = done.step;  // its outcomes say skipped; the next Step fails
     }
     v1::StepResponse& report = out->reports.emplace_back();
@@ -278,7 +284,7 @@ void Job::CollectGpuSteps(uint32_t local_rank, bool primary,
       if (r->skipped()) report.set_skip(true);
       if (r->diverging()) report.set_diverging(true);
     }
-    if (!done.outcomes.empty()) report.set_not_applied(NotApplied(done.outcomes[0].flags));
+    if (first != done.outcomes.end()) report.set_not_applied(NotApplied(step_flags));
   }
   // The job's metrics and events follow its first local GPU.
   if (primary && !finished.empty()) newest_gpu_report_ = out->reports.back();

@@ -121,7 +121,8 @@ int Events() {
       return Fail(absl::UnavailableError(absl::StrCat(
           "the event stream ended (", s.message(),
           ") while gstabd serves: it ends a stream whose reader takes no event for "
-          "--event_write_timeout_s (gstabctl suspended, or its output not read); run it again")));
+          "--event_write_timeout_s (gstabctl suspended, or its output not read), or the "
+          "connection dropped; run it again")));
     }
   }
   if (request.follow() && (s.ok() || absl::IsUnavailable(s) || absl::IsCancelled(s))) {

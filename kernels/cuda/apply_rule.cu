@@ -29,11 +29,11 @@ __global__ void ApplyRuleKernel(RuleParams params, GroupStats* stats, const doub
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
   StepOutcome out;
-  if (NotApplied(non_finite[g])) {
+  if (modes != nullptr && modes[g] == kUnregistered) {
+    out.flags = kFlagUnregistered;  // norm 0, scale 1, whatever the step: none of it is registered
+  } else if (NotApplied(non_finite[g])) {
     out.norm = NAN;
     out.flags = kFlagSkipped | (non_finite[g] == kNodesDisagree ? kFlagMismatch : kFlagVoided);
-  } else if (modes != nullptr && modes[g] == kUnregistered) {
-    out.flags = kFlagUnregistered;  // norm 0, scale 1: nothing of it is registered
   } else {
     out = ApplyRuleInStep(params, &stats[g], sum_of_squares[g], non_finite[g] != 0,
                           non_finite[num_groups] != 0);

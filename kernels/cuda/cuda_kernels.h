@@ -64,7 +64,7 @@ absl::Status LaunchCrossNodeMerge(const double* d_exchange, const uint8_t* d_mod
 // d_non_finite has num_groups + 1 entries: the last is written here (whether one is non-finite).
 // d_modes (may be null: every group registered) has a cross-node mode per group: a group of
 // kUnregistered (no worker registers it) keeps its statistics, its outcome kFlagUnregistered
-// (norm 0, scale 1), unless the step is not applied (as above).
+// (norm 0, scale 1) whatever the step.
 absl::Status LaunchApplyRule(const RuleParams& params, GroupStats* d_stats,
                              const double* d_sum_of_squares, uint32_t* d_non_finite,
                              const uint8_t* d_modes, uint32_t num_groups, StepOutcome* d_outcomes,

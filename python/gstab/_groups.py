@@ -3,6 +3,8 @@ own: the case of a run resumed (an import, or gstabd's checkpoint) under other g
 import warnings
 from typing import Collection
 
+from ._native import Error
+
 
 def warn_unmatched_groups(client, groups: Collection[str], names_from: str,
                           stacklevel: int) -> None:
@@ -13,7 +15,10 @@ def warn_unmatched_groups(client, groups: Collection[str], names_from: str,
     names the user's call as warnings.warn counts, from this function (1)."""
     if getattr(client, "local_rank", 0) != 0 or getattr(client, "node_rank", 0):
         return
-    stats = client.stats().get("groups", [])
+    try:
+        stats = client.stats().get("groups", [])
+    except Error:  # advice only: a Stabilizer registered already is not given up for it
+        return
     fresh = sorted(g["group"] for g in stats
                    if g["group"] in groups and not g.get("accepted_steps"))
     unused = sorted(g["group"] for g in stats

@@ -29,9 +29,10 @@ absl::StatusOr<std::unique_ptr<CudaStepper>> CudaStepper::Create(
     int device, const ChunkTable& table, const std::vector<GroupStats>& stats,
     const GpuJobSpec& spec) {
   const size_t groups = table.num_groups();
-  if (stats.size() != groups || spec.modes.size() != groups || spec.cross_node_groups > groups) {
+  const size_t across = spec.cross_node_groups.value_or(groups);
+  if (stats.size() != groups || spec.modes.size() != groups || across > groups) {
     return absl::InvalidArgumentError(absl::StrCat(stats.size(), " statistics, ", spec.modes.size(),
-                                                   " reductions and ", spec.cross_node_groups,
+                                                   " reductions and ", across,
                                                    " groups across nodes for ", groups, " groups"));
   }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
@@ -226,7 +227,7 @@ absl::Status CudaStepper::WaitStream(absl::Time deadline, const std::string& wha
 }
 
 absl::Status CudaStepper::Join(uint64_t step, absl::Time deadline) {
-  const uint32_t groups = spec_.cross_node_groups;  // node 0's others stay its own
+  const uint32_t groups = CrossNodeGroups();  // node 0's others stay its own
   if (comm_ == nullptr) {  // one rank: nothing to join
     joined_ = true;
     return absl::OkStatus();
@@ -258,7 +259,7 @@ void CudaStepper::NextSequence(uint64_t step) {
 
 absl::Status CudaStepper::EnqueueCrossNode(uint64_t step, absl::Time deadline) {
   if (comm_ == nullptr) return absl::OkStatus();  // one rank: its sums are the job's
-  const uint32_t groups = spec_.cross_node_groups;
+  const uint32_t groups = CrossNodeGroups();
   const CrossNodeCheck check{
       static_cast<double>(step), static_cast<double>(spec_.layout_hash >> 32),
       static_cast<double>(spec_.layout_hash & 0xffffffffu), static_cast<double>(groups)};

@@ -75,6 +75,8 @@ class CudaStepper final : public GpuPipeline {
  private:
   CudaStepper(int device, DeviceChunkTable table, GpuJobSpec spec)
       : device_(device), table_(std::move(table)), spec_(std::move(spec)) {}
+  // The groups the cross-node stage carries (GpuJobSpec::cross_node_groups).
+  uint32_t CrossNodeGroups() const { return spec_.cross_node_groups.value_or(table_.num_groups()); }
   // The first step of a communicator: wait for every rank to join (the host waits here, once
   // per generation) and adopt rank 0's statistics.
   absl::Status Join(uint64_t step, absl::Time deadline);

@@ -8,6 +8,7 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
+#include "kernels/cross_node_mode.h"
 #include "server/cuda/cuda_stepper.h"
 #include "server/cuda/device_reaper.h"
 #include "server/cuda/nccl_comm.h"
@@ -219,6 +221,40 @@ void GoneWorkerStepsChangeNothing(bool nccl) {
     EXPECT_TRUE(done[i].outcomes[0].flags & kFlagSkipped);
   }
   results.reset();
+  stepper->reset();
+  cudaFree(d);
+}
+
+// A group no worker registers (only an import brought it: no chunks, kUnregistered) after the
+// registered one: through the cross-node stage (a communicator of one, carrying the first group
+// alone), its statistics stay as they were, its outcome flagged, while the other group steps.
+TEST(CudaIpcTest, AGroupNoWorkerRegistersKeepsItsStatisticsThroughTheNcclStage) {
+  GSTAB_SKIP_WITHOUT_GPU(CudaDeviceCount() > 0);
+  void* d = DeviceThrees();
+  ASSERT_NE(d, nullptr);
+  absl::StatusOr<ChunkTable> table = ChunkTable::Create({Chunk{d, kThrees, DType::kFloat32, 0}}, 2);
+  ASSERT_TRUE(table.ok()) << table.status();
+  GpuJobSpec spec;
+  spec.job = "imported-job";
+  spec.modes = {kAddAndTake, kUnregistered};
+  spec.cross_node_groups = 1;
+  spec.nccl_one_rank = true;
+  std::vector<GroupStats> start(2);
+  start[1].t = 77;
+  start[1].m = 2.0;
+  auto stepper = CudaStepper::Create(0, *table, start, spec);
+  ASSERT_TRUE(stepper.ok()) << stepper.status();
+  for (uint64_t step = 1; step <= 3; ++step) {
+    ASSERT_TRUE((*stepper)->Enqueue(step, RuleParams{}, 0, absl::InfiniteFuture()).ok()) << step;
+  }
+  absl::StatusOr<std::vector<GroupStats>> stats = (*stepper)->Statistics();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ((*stats)[0].steps, 3u);
+  EXPECT_EQ(std::memcmp(&(*stats)[1], &start[1], sizeof(GroupStats)), 0);
+  std::vector<GpuStepResult> done = (*stepper)->Poll();
+  ASSERT_FALSE(done.empty());
+  EXPECT_EQ(done.back().outcomes[1].flags, kFlagUnregistered);
+  EXPECT_TRUE(done.back().outcomes[0].flags & kFlagAccepted);
   stepper->reset();
   cudaFree(d);
 }

@@ -106,7 +106,7 @@ class LaggingPipeline final : public GpuPipeline {
         std::any_of(flags.begin(), flags.end(), [](uint32_t f) { return f != 0; });
     for (size_t g = 0; g < sums.size(); ++g) {
       StepOutcome out;
-      if (applied && g < modes_.size() && modes_[g] == kUnregistered) {
+      if (g < modes_.size() && modes_[g] == kUnregistered) {
         out.flags = kFlagUnregistered;
       } else if (applied) {
         out = ApplyRuleInStep(params, &stats_[g], sums[g], flags[g] != 0, step_non_finite);
