@@ -178,14 +178,8 @@ TEST(JobGpuImportTest, ARefusedRegistrationLeavesTheStatisticsOfTheirConfigurati
     };
     failing.new_nccl_id = [] { return absl::StatusOr<std::string>(Id(1)); };
     Job job("betas", RuleParams{}, 1, nullptr, nullptr, failing);
-    v1::JobState state = testing::JobA(5);
-    for (const char* name : {"v", "w"}) {  // "v" first: the registration's "w" reorders them
-      v1::GroupState* g = name == std::string("v") ? state.mutable_groups(0) : state.add_groups();
-      g->set_name(name);
-      g->set_t(4);
-      g->set_m(2.0);
-      g->set_v(5.0);
-    }
+    // "v" first: the registration's "w" reorders them.
+    const v1::JobState state = testing::JobAWithGroups(5, {"v", "w"}, 4);
     EXPECT_TRUE(job.ImportState(state, false).ok());
     v1::PolicyConfig betas;
     betas.mutable_stabilize()->set_beta1(0.9);
@@ -216,14 +210,8 @@ TEST(JobGpuImportTest, AGroupOnlyAnImportBroughtKeepsItsStatistics) {
   int live = 0;
   GpuJobSpec seen;
   Job job("renamed", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, &seen));
-  v1::JobState state = testing::JobA(50);
-  for (const char* name : {"old", "w"}) {  // "old" first: the registration's "w" reorders them
-    v1::GroupState* g = name == std::string("old") ? state.mutable_groups(0) : state.add_groups();
-    g->set_name(name);
-    g->set_t(77);
-    g->set_m(2.0);
-    g->set_v(5.0);
-  }
+  // "old" first: the registration's "w" reorders them.
+  const v1::JobState state = testing::JobAWithGroups(50, {"old", "w"}, 77);
   ASSERT_TRUE(job.ImportState(state, false).ok());
   FakeCudaWorker worker;
   ASSERT_TRUE(worker.Register(&job).ok());

@@ -216,13 +216,9 @@ TEST(JobGpuNodesTest, ARefusedRegistrationLeavesNoGroupsBehind) {
 TEST(JobGpuNodesTest, AGroupOnlyAnImportBroughtStaysOnNodeZero) {
   LoopbackStore store;
   const v1::RendezvousInfo info = store.Rendezvous(2);
-  v1::JobState state = testing::JobA(50);
+  // "old" first: the registration's "w" reorders them.
+  v1::JobState state = testing::JobAWithGroups(50, {"old", "w"}, 77);
   state.set_job("nodes-job");
-  for (const char* name : {"old", "w"}) {  // "old" first: the registration's "w" reorders them
-    v1::GroupState* g = name == std::string("old") ? state.mutable_groups(0) : state.add_groups();
-    g->set_name(name);
-    g->set_t(77);
-  }
   GpuNode node0(info, 0, RuleParams{}, absl::Seconds(30), 1, &state);
   GpuNode node1(info, 1, RuleParams{}, absl::Seconds(30));
   for (uint64_t step = 51; step <= 52; ++step) {
