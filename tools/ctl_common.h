@@ -36,7 +36,7 @@ std::string Json(const google::protobuf::Message& message);
 void SetDeadline(grpc::ClientContext* ctx);
 // `call()`'s status, called again while gstabd answers one of `codes` and says "try again" (a
 // state of a moment: a job being retired, a multi-GPU job's GPUs between two steps), every 20 ms
-// to 200 ms, for --timeout_s in all.
+// to 200 ms, for --timeout_s (a try begun before then waits its own --timeout_s at most).
 absl::Status TryAgainWhileBusy(std::initializer_list<absl::StatusCode> codes,
                                const std::function<absl::Status()>& call);
 // Whether stdout took everything printed so far (a full disk, a closed pipe: it did not).
