@@ -230,8 +230,11 @@ TEST(JobGpuImportTest, AGroupOnlyAnImportBroughtKeepsItsStatistics) {
   EXPECT_EQ(after.groups(0).name(), "w");
   EXPECT_EQ(after.groups(0).t(), 81u);
   EXPECT_EQ(after.groups(1).name(), "old");
-  EXPECT_EQ(after.groups(1).t(), 77u) << "the GPU stepped statistics no worker registers";
+  EXPECT_EQ(after.groups(1).t(), 77u);
   EXPECT_DOUBLE_EQ(after.groups(1).m(), 2.0);
+  // Not stepped at all: not even as steps of a zero norm.
+  EXPECT_EQ(after.groups(1).steps(), 0u) << "the GPU stepped a group no worker registers";
+  EXPECT_EQ(after.groups(1).zero_norm_steps(), 0u);
 }
 
 }  // namespace
