@@ -203,6 +203,14 @@ def main():
               f"{r['torch_over_gstab']:.2f} | {r['norm_rel_diff']:.1e} |")
     with open(os.path.join(args.out, "gpu_step_bench.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    # The timings are only worth having for a step that measured the right norm: a wrong one, or
+    # none (NaN: no finished step's result came back), fails the run.
+    wrong = [f"{r['set']} {r['dtype']}: {r['norm_rel_diff']:.1e}" for r in rows
+             if not r["norm_rel_diff"] <= 1e-3]
+    if wrong:
+        print("gpu_step_bench: gstab's norm is not torch's (relative difference above 1e-3, or "
+              "no result): " + "; ".join(wrong), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
