@@ -48,6 +48,7 @@
 #include "common/environment.h"
 #include "common/job_name.h"
 #include "common/wire_limits.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "tools/ctl_common.h"
 #include "tools/ctl_files.h"
 #include "tools/ctl_format.h"
@@ -144,6 +145,8 @@ int ConfigSet(const std::vector<std::string>& assignments) {
   if (!update.ok()) return Usage(std::string(update.status().message()));
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
+  // The job's configuration as the attach found it: settings it has already make no new version.
+  const v1::PolicyConfig before = (*client)->attach_response().effective_config();
   // A multi-GPU job's GPUs take a configuration at the same step: ABORTED while some have
   // enqueued a step and some not yet.
   absl::StatusOr<v1::UpdateConfigResponse> updated;
@@ -154,6 +157,11 @@ int ConfigSet(const std::vector<std::string>& assignments) {
   if (!updated.ok()) return Fail(updated.status());
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("%s\n", Json(*updated).c_str());
+  } else if (google::protobuf::util::MessageDifferencer::Equals(before,
+                                                                updated->effective_config())) {
+    std::printf("job %s: configuration unchanged (version %llu): it has these settings already\n",
+                absl::GetFlag(FLAGS_job).c_str(),
+                static_cast<unsigned long long>(updated->version()));
   } else {
     std::printf("job %s: configuration version %llu, effective from the next step\n",
                 absl::GetFlag(FLAGS_job).c_str(),

@@ -62,7 +62,7 @@ TEST_F(E2eGstabctlTest, CommandsAgainstALiveDaemon) {
   }
   auto [agrc, same] = Ctl(again);
   EXPECT_EQ(agrc, 0) << same;
-  EXPECT_NE(same.find("configuration version 2,"), std::string::npos) << same;
+  EXPECT_NE(same.find("configuration unchanged (version 2)"), std::string::npos) << same;
   auto [orc, only] = Ctl("status --job=absent");
   EXPECT_EQ(orc, 1);
   EXPECT_NE(only.find("no job 'absent'"), std::string::npos) << only;
