@@ -48,7 +48,6 @@
 #include "common/environment.h"
 #include "common/job_name.h"
 #include "common/wire_limits.h"
-#include "google/protobuf/util/message_differencer.h"
 #include "tools/ctl_common.h"
 #include "tools/ctl_files.h"
 #include "tools/ctl_format.h"
@@ -138,6 +137,11 @@ int Status() {
   return 0;
 }
 
+// The job's configuration version, as GetStats gives it (its history's newest).
+uint64_t ConfigVersion(const v1::GetStatsResponse& stats) {
+  return stats.config_history().empty() ? 1 : stats.config_history().rbegin()->version();
+}
+
 int ConfigSet(const std::vector<std::string>& assignments) {
   if (assignments.empty()) return Usage("config set needs KEY=VALUE arguments");
   if (absl::GetFlag(FLAGS_job).empty()) return Usage("config set needs --job=NAME");
@@ -145,8 +149,11 @@ int ConfigSet(const std::vector<std::string>& assignments) {
   if (!update.ok()) return Usage(std::string(update.status().message()));
   auto client = ConnectToJob();
   if (!client.ok()) return Fail(client.status());
-  // The job's configuration as the attach found it: settings it has already make no new version.
-  const v1::PolicyConfig before = (*client)->attach_response().effective_config();
+  // The job's configuration version before: settings it has already make no new one (and a
+  // version that did not move is one nobody changed meanwhile either).
+  absl::StatusOr<v1::GetStatsResponse> stats = (*client)->GetStats();
+  if (!stats.ok()) return Fail(stats.status());
+  const uint64_t before = ConfigVersion(*stats);
   // A multi-GPU job's GPUs take a configuration at the same step: ABORTED while some have
   // enqueued a step and some not yet.
   absl::StatusOr<v1::UpdateConfigResponse> updated;
@@ -157,8 +164,7 @@ int ConfigSet(const std::vector<std::string>& assignments) {
   if (!updated.ok()) return Fail(updated.status());
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("%s\n", Json(*updated).c_str());
-  } else if (google::protobuf::util::MessageDifferencer::Equals(before,
-                                                                updated->effective_config())) {
+  } else if (updated->version() == before) {
     std::printf("job %s: configuration unchanged (version %llu): it has these settings already\n",
                 absl::GetFlag(FLAGS_job).c_str(),
                 static_cast<unsigned long long>(updated->version()));
@@ -177,8 +183,7 @@ int ConfigShow() {
   if (!client.ok()) return Fail(client.status());
   auto stats = (*client)->GetStats();
   if (!stats.ok()) return Fail(stats.status());
-  const uint64_t version =
-      stats->config_history().empty() ? 1 : stats->config_history().rbegin()->version();
+  const uint64_t version = ConfigVersion(*stats);
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("{\"version\":\"%llu\",\"config\":%s}\n", static_cast<unsigned long long>(version),
                 Json(stats->config()).c_str());

@@ -114,7 +114,7 @@ class LaggingPipeline final : public GpuPipeline {
         out.norm = NAN;
         out.flags = kFlagSkipped;
       }
-      out.flags |= extra_flags_;
+      if ((out.flags & kFlagUnregistered) == 0) out.flags |= extra_flags_;  // as the kernel
       r.outcomes.push_back(out);
       scales.push_back(static_cast<float>(out.scale));
     }
