@@ -40,11 +40,6 @@ std::string Json(const google::protobuf::Message& message) {
   return ToJson(message, /*with_defaults=*/true);
 }
 
-void SetDeadline(grpc::ClientContext* ctx) {
-  ctx->set_deadline(
-      absl::ToChronoTime(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s))));
-}
-
 absl::Status TryAgainWhileBusy(std::initializer_list<absl::StatusCode> codes,
                                const std::function<absl::Status()>& call) {
   const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s));

@@ -31,9 +31,6 @@ int Fail(const absl::Status& status);
 int Usage(const std::string& why);
 // `message` as JSON, every field (defaults too).
 std::string Json(const google::protobuf::Message& message);
-// A call made here directly (not through the client library, whose calls have their own
-// deadline, GSTAB_CALL_TIMEOUT_S, which main sets from --timeout_s) waits --timeout_s at most.
-void SetDeadline(grpc::ClientContext* ctx);
 // `call()`'s status, called again while gstabd answers one of `codes` and says "try again" (a
 // state of a moment: a job being retired, a multi-GPU job's GPUs between two steps), every 20 ms
 // to 200 ms, for --timeout_s (a try begun before then waits its own --timeout_s at most).

@@ -60,9 +60,12 @@ int Events() {
   }
   // Which gstabd serves the stream: one still serving when a followed stream ends ended it
   // itself (its reader took no event for --event_write_timeout_s).
-  const absl::StatusOr<v1::IdentifyResponse> serving =
-      request.follow() ? (*client)->Identify()
-                       : absl::StatusOr<v1::IdentifyResponse>(absl::UnknownError("not asked"));
+  std::optional<std::string> serving;
+  if (request.follow()) {
+    if (absl::StatusOr<v1::IdentifyResponse> id = (*client)->Identify(); id.ok()) {
+      serving = id->instance();
+    }
+  }
   grpc::ClientContext ctx;
   auto reader = (*client)->stub()->WatchEvents(&ctx, request);
   // Not followed: each event is waited for --timeout_s at most, and none while it is written
@@ -115,9 +118,9 @@ int Events() {
   // A followed stream ends when gstabd goes (it ends the stream as it stops, or its connection
   // closes under it: connected before the call, so it was there), or when gstabd ends it for a
   // reader that took no event (cancelled, and a unix-socket connection shut down).
-  if (request.follow() && (absl::IsUnavailable(s) || absl::IsCancelled(s)) && serving.ok()) {
+  if (serving.has_value() && (absl::IsUnavailable(s) || absl::IsCancelled(s))) {
     const absl::StatusOr<v1::IdentifyResponse> now = (*client)->Identify();
-    if (now.ok() && now->instance() == serving->instance()) {
+    if (now.ok() && now->instance() == *serving) {
       return Fail(absl::UnavailableError(absl::StrCat(
           "the event stream ended (", s.message(),
           ") while gstabd serves: it ends a stream whose reader takes no event for "

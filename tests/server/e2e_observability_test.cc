@@ -459,11 +459,7 @@ TEST(E2eCheckpointMetricsTest, FailedCheckpointsAreCountedAndSaidWhy) {
   ASSERT_TRUE(other.ok()) << other.status();
   (*other)->Fill(1, 1);
   ASSERT_TRUE((*other)->client().Step(1).ok());
-  auto value = [&](const std::string& name) {
-    absl::StatusOr<testing::HttpResponse> r = HttpRequest(*port, "GET", "/metrics");
-    const size_t at = r.ok() ? r->body.find("\n" + name + " ") : std::string::npos;
-    return at == std::string::npos ? -1.0 : std::stod(r->body.substr(at + name.size() + 2));
-  };
+  auto value = [&](const std::string& name) { return testing::MetricValue(*port, name); };
   auto wait_for = [&](const std::string& name, auto done) {
     for (int i = 0; i < 100 && !done(value(name)); ++i) absl::SleepFor(absl::Milliseconds(100));
     return value(name);

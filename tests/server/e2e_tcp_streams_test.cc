@@ -110,14 +110,11 @@ class StalledStream {
 // gstabd's gstab_event_streams{state="waiting"} once it is 1 or more (a write has waited on
 // its reader), within 15 s, or its last value (-1 when unread). Needs --metrics_port=0.
 double WaitingStreams(const testing::DaemonProcess& daemon) {
-  const std::string series = "\ngstab_event_streams{state=\"waiting\"} ";
   double value = -1;
   absl::StatusOr<int> port = daemon.MetricsPort();
   for (int i = 0; port.ok() && i < 150 && value < 1; ++i) {
     if (i > 0) absl::SleepFor(absl::Milliseconds(100));
-    absl::StatusOr<testing::HttpResponse> r = testing::HttpRequest(*port, "GET", "/metrics");
-    const size_t at = r.ok() ? r->body.find(series) : std::string::npos;
-    if (at != std::string::npos) value = std::stod(r->body.substr(at + series.size()));
+    value = testing::MetricValue(*port, "gstab_event_streams{state=\"waiting\"}");
   }
   return value;
 }

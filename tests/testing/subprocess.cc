@@ -229,6 +229,13 @@ absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
   return r;
 }
 
+double MetricValue(int port, const std::string& series) {
+  absl::StatusOr<HttpResponse> r = HttpRequest(port, "GET", "/metrics");
+  const std::string line = "\n" + series + " ";
+  const size_t at = r.ok() ? r->body.find(line) : std::string::npos;
+  return at == std::string::npos ? -1.0 : std::stod(r->body.substr(at + line.size()));
+}
+
 int FreeTcpPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

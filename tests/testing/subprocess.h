@@ -76,6 +76,9 @@ struct HttpResponse {
 // A plain HTTP/1.0 request to 127.0.0.1:port.
 absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
                                          const std::string& target);
+// The value of one series (its name and labels as exposed: `gstab_build_info{version="1"}`) on
+// the /metrics page of 127.0.0.1:port; -1 when the page or the series cannot be read.
+double MetricValue(int port, const std::string& series);
 // A TCP port nobody listens on right now.
 int FreeTcpPort();
 // Whether this machine has the IPv6 loopback address (containers may have IPv6 off).
