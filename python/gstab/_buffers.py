@@ -2,6 +2,7 @@
 and CudaGradients in device memory (the CUDA backend). Re-exported by the gstab package."""
 
 import ctypes
+import os
 import weakref
 from typing import List
 
@@ -99,6 +100,7 @@ class CudaGradients:
         self._lib = load_library()
         self._h = ctypes.c_void_p()
         check(self._lib.gstab_cuda_gradients_create(device, ctypes.byref(self._h)))
+        self._pid = os.getpid()
 
     def add_tensor(self, name: str, device_ptr: int, numel: int, dtype: str,
                    group: str = "", replicated: bool = False, node_sharded: bool = False) -> None:
@@ -138,6 +140,9 @@ class CudaGradients:
 
     def group_names(self) -> List[str]:
         """The groups of the results buffer's outcomes, in its order (after register_cuda)."""
+        if os.getpid() != self._pid:  # the library answers none there, as for no groups
+            raise Error(FAILED_PRECONDITION, f"these CUDA gradients were made by process "
+                        f"{self._pid}, not this one ({os.getpid()}): a forked child makes its own")
         names = []
         while True:
             name = self._lib.gstab_cuda_group_name(self._h, len(names))

@@ -105,6 +105,20 @@ class TorchCudaTest(GstabdTest):
             self.assertEqual(bool(skipped), poison, f"step {step}")
             self.assertEqual(norm.item() == 0.0, poison, f"step {step}")
             stabilizer.zero_grad()
+        # A forked child is told the gradients are not its own, where it had no groups named.
+        names = stabilizer._cuda.group_names()
+        self.assertTrue(names)
+        pid = os.fork()
+        if pid == 0:  # no CUDA call here: only the ownership check runs
+            try:
+                stabilizer._cuda.group_names()
+                os._exit(2)
+            except gstab.Error as e:
+                os._exit(0 if "forked child" in e.message else 3)
+            except BaseException:
+                os._exit(4)
+        self.assertEqual(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), 0)
+        self.assertEqual(stabilizer._cuda.group_names(), names)
 
     def test_fsdp2_on_one_gpu_resumes_from_its_state(self):
         import torch.distributed as dist
