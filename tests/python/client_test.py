@@ -137,6 +137,28 @@ class ClientTest(unittest.TestCase):
         self.assertLess(g.scale, 1e-2, "the spike's magnitude is replaced")
         client.detach()
 
+    def test_the_readmes_first_job_runs_as_written(self):
+        # README.md's "Your own job in a minute", its Python as printed there, on this gstabd.
+        readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+        with open(readme) as f:
+            script = re.search(r"python3 - <<'PY'\n(.*?)\nPY\n", f.read(), re.S).group(1)
+        self.assertIn('"/tmp/gstab/gstabd.sock"', script)
+        script = script.replace('"/tmp/gstab/gstabd.sock"', repr(self.socket))
+        env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
+                   PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
+        run = subprocess.run([sys.executable, "-c", script], env=env, timeout=120,
+                             capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        spikes = re.findall(r"^step (\d+): norm (\S+) -> (\S+)$", run.stdout, re.M)
+        self.assertEqual([s[0] for s in spikes], ["60"], run.stdout)
+        self.assertLess(float(spikes[0][2]) * 100, float(spikes[0][1]))
+        # Run again, it is refused at step 1 as the README says, with the way on.
+        run = subprocess.run([sys.executable, "-c", script], env=env, timeout=120,
+                             capture_output=True, text=True)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("not after its last step, 100", run.stderr)
+        self.assertIn("forget", run.stderr)
+
     def test_non_finite_step_is_skipped(self):
         client = gstab.Client(self.socket)
         client.attach("py-nan")
