@@ -38,12 +38,21 @@ Slot g_slots[ShmFaults::kSlots];
 std::atomic<int> g_high{0};  // no slot at or above this was ever taken
 uintptr_t g_page = 4096;
 
-[[noreturn]] void Die() {
-  static const char kMessage[] =
+[[noreturn]] void Die(bool in_worker_memory) {
+  static const char kOutside[] =
       "gstabd: SIGBUS outside any worker's shared memory (a file gstabd maps, such as one of "
       "its libraries, was truncated?); gstabd stops (its jobs resume from their last "
       "checkpoint when it restarts)\n";
-  (void)!write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  static const char kNoRoom[] =
+      "gstabd: SIGBUS in a worker's truncated shared memory, and not even one page of memory "
+      "could be mapped in its place (the node's commit limit, vm.overcommit_memory=2, or "
+      "vm.max_map_count reached); gstabd stops (its jobs resume from their last checkpoint "
+      "when it restarts)\n";
+  if (in_worker_memory) {
+    (void)!write(STDERR_FILENO, kNoRoom, sizeof kNoRoom - 1);
+  } else {
+    (void)!write(STDERR_FILENO, kOutside, sizeof kOutside - 1);
+  }
   // Ended by the signal itself (a core dump where enabled), which is blocked in its handler.
   signal(SIGBUS, SIG_DFL);
   sigset_t bus;
@@ -58,7 +67,7 @@ uintptr_t g_page = 4096;
 void OnSigbus(int, siginfo_t* info, void*) {
   // Sent by a process (kill, tgkill, sigqueue), not raised by a touch: no address to look up
   // (and the thread may be inside Watch or Unwatch, whose slot the lookup would wait for).
-  if (info->si_code <= 0) Die();
+  if (info->si_code <= 0) Die(false);
   const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
   const int high = g_high.load(std::memory_order_acquire);
   for (int i = 0; i < high; ++i) {
@@ -66,16 +75,23 @@ void OnSigbus(int, siginfo_t* info, void*) {
     const auto [begin, end] = RangeOf(slot);
     if (begin == 0 || address < begin || address >= end) continue;
     // The rest of the object from the lost page on: one fault per object and step, not one
-    // per page of a truncated tail.
+    // per page of a truncated tail. It reserves no swap, as a node's commit limit could refuse
+    // a large tail. Where the limit is enforced all the same (vm.overcommit_memory=2): the tail
+    // read-only, which is not charged (a failed call may have unmapped it), and the lost page
+    // writable. The sums read zeros there; a scaling already past its tile's check when the
+    // loss came may write beyond that page, and SIGSEGV then ends gstabd (docs/daemon.md).
     const uintptr_t page = address & ~(g_page - 1);
-    if (mmap(reinterpret_cast<void*>(page), end - page, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
-      break;
+    const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE;
+    auto* at = reinterpret_cast<void*>(page);
+    if (mmap(at, end - page, PROT_READ | PROT_WRITE, flags, -1, 0) == MAP_FAILED &&
+        (mmap(at, end - page, PROT_READ, flags, -1, 0) == MAP_FAILED ||
+         mmap(at, g_page, PROT_READ | PROT_WRITE, flags, -1, 0) == MAP_FAILED)) {
+      Die(true);
     }
     slot.faults.fetch_add(1, std::memory_order_acq_rel);
     return;
   }
-  Die();
+  Die(false);
 }
 
 }  // namespace
