@@ -58,8 +58,15 @@ absl::StatusOr<PathLock> PathLock::Take(const std::string& lock_path) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot lock '", lock_path, "': ", strerror(err)));
     }
-    if (IsFileAt(fd, lock_path).value_or(false)) return PathLock(lock_path, fd);
+    const std::optional<bool> at = IsFileAt(fd, lock_path);
+    if (at.value_or(false)) return PathLock(lock_path, fd);
+    const int err = errno;
     close(fd);
+    if (!at.has_value()) {  // not a race: a look that fails now would fail every try
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot tell whether the lock file '", lock_path,
+                       "' is still the one gstabd locked: ", strerror(err)));
+    }
   }
   return absl::AlreadyExistsError(
       absl::StrCat("the lock file '", lock_path, "' changed hands as gstabd took it, 8 times"));

@@ -31,8 +31,19 @@ constexpr off_t kMaxCheckpointBytes = kMaxMessageBytes;
 // read (no permission, out of descriptors, an I/O error), DATA_LOSS when it is no checkpoint by
 // its kind (a folder, a FIFO, a socket, a symbolic link: never read) or its size (larger than
 // any: never read whole). gstabd writes regular files only: a link is not followed, neither to
-// another user's file nor to none. `owner` (may be null) receives the file's owner.
+// another user's file nor to none. `owner` (may be null) receives the entry's owner whenever
+// it could be looked at, whatever else fails: another user's, unreadable, is theirs.
 absl::StatusOr<std::string> ReadWhole(const std::string& path, uid_t* owner = nullptr) {
+  // Its kind first: an entry that is not a file is never opened (a device, a FIFO another user
+  // holds, one gstabd may not open, which would read as a failure that may pass).
+  struct stat entry;
+  if (lstat(path.c_str(), &entry) != 0) {
+    const std::string what = absl::StrCat("cannot stat '", path, "': ", strerror(errno));
+    return errno == ENOENT ? absl::NotFoundError(what) : absl::UnavailableError(what);
+  }
+  if (owner != nullptr) *owner = entry.st_uid;
+  if (S_ISLNK(entry.st_mode)) return absl::DataLossError("is a symbolic link");
+  if (!S_ISREG(entry.st_mode)) return absl::DataLossError("is not a regular file");
   const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);  // a FIFO:
   if (fd < 0) {                                                                       // no wait
     const int err = errno;
@@ -116,7 +127,8 @@ absl::StatusOr<v1::JobState> StateStore::Load(const std::string& job) {
   }
   uid_t owner = geteuid();
   absl::StatusOr<std::string> bytes = ReadWhole(path, &owner);
-  if (bytes.ok() && Foreign(path, owner)) {
+  // Readable or not, a file or not: left where it is, as at start (LoadAll).
+  if (!absl::IsNotFound(bytes.status()) && Foreign(path, owner)) {
     return absl::NotFoundError(absl::StrCat("'", path, "' is not gstabd's user's"));
   }
   if (absl::IsDataLoss(bytes.status())) {
@@ -158,13 +170,11 @@ absl::StatusOr<std::vector<StateStore::Stored>> StateStore::LoadAll() {
     uid_t owner = geteuid();
     absl::StatusOr<std::string> bytes = ReadWhole(path, &owner);
     if (absl::IsNotFound(bytes.status())) continue;  // deleted meanwhile
-    if (bytes.ok() && Foreign(path, owner)) continue;  // left where it is
+    // Left where it is, readable or not (it does not stop gstabd either), a file or not.
+    if (Foreign(path, owner)) continue;
     if (absl::IsDataLoss(bytes.status())) {
       SetAside(path, absl::StrCat(bytes.status().message(), ", so not a checkpoint"));
       continue;
-    }
-    if (struct stat st; !bytes.ok() && lstat(path.c_str(), &st) == 0 && Foreign(path, st.st_uid)) {
-      continue;  // another user's, unreadable: it does not stop gstabd either
     }
     if (!bytes.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(

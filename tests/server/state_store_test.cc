@@ -250,12 +250,18 @@ TEST(StateStoreTest, AnotherUsersCheckpointInAFolderOthersMayWriteIsNotRestored)
   }
   // Found open to others' writes (not made 0700 by Init, which another user's file there stops).
   ASSERT_EQ(chmod(dir.path().c_str(), 0777), 0);
+  // Nor is another user's entry there that is no file set aside: it is theirs (unopened).
+  const std::string fifo = dir.path() + "/b.jobstate";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0000), 0);
+  ASSERT_EQ(chown(fifo.c_str(), 4321, 4321), 0);
   {
     StateStore shared(dir.path());
     ASSERT_TRUE(shared.Init().ok());
     EXPECT_TRUE(LoadedJobs(&shared).empty());
     EXPECT_EQ(shared.Load("a").status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(shared.Load("b").status().code(), absl::StatusCode::kNotFound);
     EXPECT_TRUE(std::filesystem::exists(path));  // left where it is
+    EXPECT_TRUE(std::filesystem::is_fifo(fifo));
     struct stat st;
     ASSERT_EQ(::stat(dir.path().c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0777u);
