@@ -367,7 +367,11 @@ class Daemon {
   void SaveRetiredUnsaved(
       const std::function<void(const std::string& job, const absl::Status&)>& failed)
       ABSL_LOCKS_EXCLUDED(mu_, save_mu_);
-  // Held across each checkpoint's export and write, so that an older state of a job is never
+  // One round of checkpoints at a time (the periodic one, a stop's): a job's state is saved by
+  // one round only, in the order of its exports.
+  absl::Mutex round_mu_ ABSL_ACQUIRED_BEFORE(save_mu_);
+  // Held across each checkpoint's write, and its export but a busy job's (whose round checks
+  // the job is still held, as it was, before the write): an older state of a job is never
   // written after a newer one. Taken before a job's lock and mu_, never under them.
   absl::Mutex save_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

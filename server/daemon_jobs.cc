@@ -348,43 +348,58 @@ absl::Status Daemon::Checkpoint() {
       if (job != nullptr) jobs.push_back(job);
     }
   }
+  absl::MutexLock round(&round_mu_);
   SaveFailures failures;
+  // Whether `job` is still to be saved, under save_mu_.
+  auto to_save = [this](const std::shared_ptr<Job>& job) {
+    absl::MutexLock lock(&mu_);
+    // A job retired since the list was taken has saved a newer state than this would.
+    auto held = jobs_.find(job->name());
+    if (held == jobs_.end() || held->second != job) return false;
+    // Not used yet: its checkpoint (if it came from one) is as it was, and it may be given back
+    // to it (Unmake).
+    if (unclaimed_.count(job->name()) == 1) return false;
+    // Its unreadable checkpoint not set aside yet: a save now would be set aside in its place.
+    return setting_aside_.count(job->name()) == 0;
+  };
+  auto write = [&](const v1::JobState& state) {
+    if (NothingToKeep(state)) return;
+    // A live job's file gets this round's time also when unchanged (the retention after a
+    // restart, a stop's included, counts from it).
+    if (absl::Status s = store_.Save(state, /*touch=*/true); !s.ok()) failures.Add(state.job(), s);
+  };
   // A job whose lock a step holds a while (one of several GPUs enqueuing, in NCCL's waits) is
   // saved after the others, which do not wait for it (a stop's checkpoint may be cut short).
   // False: busy, not saved.
-  auto save_job = [&](const std::shared_ptr<Job>& job, bool wait) {
-    // A job retired since the list was taken has saved a newer state than this would.
+  auto save_job = [&](const std::shared_ptr<Job>& job) {
     absl::MutexLock saving(&save_mu_);
-    {
-      absl::MutexLock lock(&mu_);
-      auto held = jobs_.find(job->name());
-      if (held == jobs_.end() || held->second != job) return true;
-      // Not used yet: its checkpoint (if it came from one) is as it was, and it may be given
-      // back to it (Unmake).
-      if (unclaimed_.count(job->name()) == 1) return true;
-      // Its unreadable checkpoint not set aside yet: a save now would be set aside in its place.
-      if (setting_aside_.count(job->name()) == 1) return true;
-    }
-    std::optional<v1::JobState> state =
-        wait ? CheckpointOf(*job) : CheckpointWithin(*job, kBusyJobWait);
+    if (!to_save(job)) return true;
+    std::optional<v1::JobState> state = CheckpointWithin(*job, kBusyJobWait);
     if (!state.has_value()) return false;
-    if (NothingToKeep(*state)) return true;
-    // A live job's file gets this round's time also when unchanged (the retention after a
-    // restart, a stop's included, counts from it).
-    if (absl::Status s = store_.Save(*state, /*touch=*/true); !s.ok()) {
-      failures.Add(state->job(), s);
-    }
+    write(*state);
     return true;
+  };
+  // A busy job's export waits for its lock outside save_mu_, which retirements, forgets and
+  // attaches at the job cap take meanwhile; it is written if the job is still held as it was
+  // (retired or forgotten since, its own save came after this export).
+  auto save_busy_job = [&](const std::shared_ptr<Job>& job) {
+    {
+      absl::MutexLock saving(&save_mu_);
+      if (!to_save(job)) return;
+    }
+    const v1::JobState state = CheckpointOf(*job);
+    absl::MutexLock saving(&save_mu_);
+    if (to_save(job)) write(state);
   };
   std::vector<std::shared_ptr<Job>> busy;
   for (const auto& job : jobs) {
-    if (!save_job(job, /*wait=*/false)) busy.push_back(job);
+    if (!save_job(job)) busy.push_back(job);
   }
   // Before the busy jobs, which a step can hold until gstabd's stop gives up on them: retired
   // jobs whose own save failed have their statistics nowhere else.
   SaveRetiredUnsaved(
       [&failures](const std::string& job, const absl::Status& s) { failures.Add(job, s); });
-  for (const auto& job : busy) save_job(job, /*wait=*/true);
+  for (const auto& job : busy) save_busy_job(job);
   return failures.Status();
 }
 
