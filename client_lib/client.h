@@ -210,6 +210,7 @@ class Client {
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
     if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer(wait);
+    if ((absl::IsUnknown(s) || absl::IsInternal(s)) && CutOff(answer)) s = ConnectionLost(answer);
     if (absl::IsUnavailable(s)) s = Unreachable(s);
     if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
@@ -234,6 +235,9 @@ class Client {
   // gRPC's own UNAVAILABLE (the connection: "Socket closed", "failed to connect ...") says
   // which gstabd and what to do; gstabd's own UNAVAILABLE is kept.
   absl::Status Unreachable(const absl::Status& unavailable) const;
+  // UNAVAILABLE for a connection lost under a call in gRPC's other words (UNKNOWN "Stream
+  // removed", INTERNAL "Received RST_STREAM"), which gstab.h does not give its callers.
+  absl::Status ConnectionLost(const grpc::Status& answer) const;
   // Whether a call that failed so may have been running in gstabd when it ended: the
   // connection went (gstabd killed, or crashed), or gstabd's stop cancelled it. A call that
   // never left (no connection to make it on) and gstabd's own refusals did not run.

@@ -111,7 +111,10 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error,
     }
     // No mark says nothing of a gstabd not yet seen marking (one of an older release).
     if (progress.marked) {  // gstabd never touched them
-      if (absl::IsUnavailable(error) || absl::IsCancelled(error)) return error;
+      if (last_answer_.error_code() == grpc::StatusCode::UNAVAILABLE ||
+          last_answer_.error_code() == grpc::StatusCode::CANCELLED) {
+        return error;
+      }
       // The connection failed in other words (INTERNAL, UNKNOWN): what gstab.h promises for a
       // step gstabd did not touch, which the bindings attach again after.
       return absl::UnavailableError(absl::StrCat(
@@ -126,6 +129,13 @@ absl::Status Client::StepCutOff(uint64_t step, const absl::Status& error,
   return absl::DataLossError(absl::StrCat("gstabd at ", target_,
                                           " went away while it may have been scaling step ", step,
                                           why, ": part of its gradients may be scaled", kSkip));
+}
+
+absl::Status Client::ConnectionLost(const grpc::Status& answer) const {
+  return absl::UnavailableError(absl::StrCat("the connection to gstabd at ", target_,
+                                             " failed under the call (", answer.error_message(),
+                                             "): it stopped or restarts; attach again once it "
+                                             "serves"));
 }
 
 absl::Status Client::Unreachable(const absl::Status& unavailable) const {

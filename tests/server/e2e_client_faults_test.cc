@@ -305,6 +305,10 @@ class StepFailingStabilizer final : public v1::Stabilizer::Service {
     }
     return grpc::Status(code, message);
   }
+  grpc::Status GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+                        v1::GetStatsResponse*) override {
+    return grpc::Status(code, message);
+  }
   uint64_t* progress = nullptr;  // the worker's progress word, marked at a step answered OK
 };
 
@@ -363,6 +367,22 @@ TEST(E2eClientFaultsTest, AStepCutOffInAnyOfGrpcsWordsIsDataLoss) {
     const absl::Status s = (*client)->Step(++step).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << message << ": " << s;
     EXPECT_TRUE(absl::StrContains(s.message(), "before it touched step")) << s;
+  }
+  // Any other call cut off so: UNAVAILABLE, what gstab.h says of a gstabd gone (the bindings
+  // attach again after it), not UNKNOWN or INTERNAL. gRPC's bare INTERNAL stays what it is.
+  for (const auto& [code, message, expected] :
+       {std::make_tuple(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2",
+                        absl::StatusCode::kUnavailable),
+        std::make_tuple(grpc::StatusCode::UNKNOWN, "Stream removed",
+                        absl::StatusCode::kUnavailable),
+        std::make_tuple(grpc::StatusCode::INTERNAL, "", absl::StatusCode::kInternal)}) {
+    fake.code = code;
+    fake.message = message;
+    const absl::Status s = (*client)->GetStats().status();
+    EXPECT_EQ(s.code(), expected) << message << ": " << s;
+    if (expected == absl::StatusCode::kUnavailable) {
+      EXPECT_TRUE(absl::StrContains(s.message(), "failed under the call")) << s;
+    }
   }
   server->Shutdown();
 }
