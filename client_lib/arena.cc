@@ -86,7 +86,9 @@ absl::Status GradientArena::Allocate() {
     name_.clear();
     const std::string message =
         absl::StrCat("cannot create shared memory in /dev/shm: ", strerror(e));
-    if (e == EMFILE || e == ENFILE) return absl::ResourceExhaustedError(message);
+    if (e == EMFILE || e == ENFILE || e == ENOSPC || e == ENOMEM) {  // ENOSPC: out of inodes
+      return absl::ResourceExhaustedError(message);
+    }
     if (e == EACCES) return absl::PermissionDeniedError(message);
     return absl::InternalError(message);
   }
@@ -104,14 +106,18 @@ absl::Status GradientArena::Allocate() {
   }
   void* base = MAP_FAILED;
   if (reserved == 0) base = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  const std::string err = strerror(reserved != 0 ? reserved : errno);
+  const int e = reserved != 0 ? reserved : errno;
   close(fd);
   if (base == MAP_FAILED) {
     shm_unlink(name_.c_str());
     name_.clear();
-    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", size_,
-                                                     " bytes of shared memory in /dev/shm: ", err,
-                                                     reserved == ENOSPC ? kShmHint : ""));
+    // No room (in /dev/shm, or for the mapping in this process) is exhaustion; anything else
+    // (a limit of the file system's, a refusal) is not, and room would not help.
+    const bool no_room = e == ENOSPC || e == ENOMEM || e == EFBIG;
+    return absl::Status(
+        no_room ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kInternal,
+        absl::StrCat("cannot allocate ", size_, " bytes of shared memory in /dev/shm: ",
+                     strerror(e), e == ENOSPC ? kShmHint : ""));
   }
   base_ = static_cast<unsigned char*>(base);
   progress_offset_ = progress_offset;

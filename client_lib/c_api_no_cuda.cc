@@ -37,8 +37,12 @@ gstab_status gstab_cuda_allocate_tensor_flags(gstab_cuda_gradients*, const char*
   return NoCuda();
 }
 gstab_status gstab_register_cuda(gstab_client* client, gstab_cuda_gradients*) {
-  // As a failed registration: the client's earlier one goes (not a forked child's: its parent's).
-  if (client == nullptr || client->owner != getpid()) return NoCuda();
+  if (client == nullptr) return NoCuda();
+  // A forked child's is refused as any call of one is (gstab.h).
+  if (absl::Status s = gstab::capi::CheckOwner(client->owner, "client"); !s.ok()) {
+    return gstab::capi::Report(s);
+  }
+  // As a failed registration: the client's earlier one goes.
   return gstab::capi::Guarded([&] {
     client->client->RegistrationFailed(NoCudaStatus());
     return NoCuda();
@@ -49,8 +53,11 @@ gstab_status gstab_cuda_step(gstab_client* client, gstab_cuda_gradients*, uint64
   gstab::capi::NoteStepOutcome(absl::OkStatus());
   if (result != nullptr) *result = gstab_step_result{};
   if (result_step != nullptr) *result_step = 0;
-  // A failed step leaves no results of an earlier one (not a forked child's: its parent's).
-  if (client != nullptr && client->owner == getpid()) client->last_step.Clear();
+  if (client == nullptr) return NoCuda();
+  if (absl::Status s = gstab::capi::CheckOwner(client->owner, "client"); !s.ok()) {
+    return gstab::capi::Report(s);  // a forked child's, its parent's results left alone
+  }
+  client->last_step.Clear();  // a failed step leaves no results of an earlier one
   return NoCuda();
 }
 const void* gstab_cuda_results(const gstab_cuda_gradients*, size_t* bytes) {

@@ -37,7 +37,11 @@ std::string SocketGroup(const std::string& socket_path) {
     return "a folder on its path may not be searched by this process";
   }
   std::string group = absl::StrCat("gid ", st.st_gid);
-  if (const struct group* g = ::getgrgid(st.st_gid); g != nullptr) {
+  // Reentrant: the calling program's other threads may look up groups meanwhile.
+  struct group entry;
+  struct group* g = nullptr;
+  std::vector<char> buffer(16384);
+  if (::getgrgid_r(st.st_gid, &entry, buffer.data(), buffer.size(), &g) == 0 && g != nullptr) {
     group = absl::StrCat("'", g->gr_name, "' (gid ", st.st_gid, ")");
   }
   return absl::StrCat("it is created mode 0660, so the worker needs its group ", group,

@@ -113,6 +113,9 @@ CudaGradients::~CudaGradients() {
         +[](int* pins) { return *pins == 0; }, &pins_));
   }
   CloseResults();
+  // On this object's device: a thread with no CUDA context of its own (a finalizer) would make
+  // one on device 0 for the frees.
+  const DeviceScope scope(device_);
   absl::MutexLock lock(&handshake_mu_);
   if (done_passed_ != nullptr) cudaEventDestroy(done_passed_);
   if (streams_stuck_) return;  // AllocateTensor's memory stays: a free would wait for good
@@ -135,7 +138,10 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   }
   (void)cudaGetLastError();  // an unknown pointer is reported below
   absl::StatusOr<std::pair<void*, size_t>> range = CudaAllocationRange(ptr);
-  if (!range.ok()) return range.status();
+  if (!range.ok()) {
+    return absl::Status(range.status().code(),
+                        absl::StrCat("tensor '", name, "': ", range.status().message()));
+  }
   cudaIpcMemHandle_t h;
   if (cudaError_t e = cudaIpcGetMemHandle(&h, range->first); e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -152,6 +158,13 @@ absl::Status CudaGradients::AddTensor(std::string name, void* ptr, uint64_t nume
   if (offset % element != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor '", name, "' is not aligned to its ", DTypeName(dtype), " elements"));
+  }
+  // Refused here, naming the tensor, rather than by gstabd at registration, after the earlier
+  // registration's results were let go.
+  if (numel > (range->second - offset) / element) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "': ", numel, " ", DTypeName(dtype), " elements from byte ", offset,
+        " run past the end of its CUDA allocation (", range->second, " bytes)"));
   }
   // One buffer per allocation and dtype, its tensors at their offsets in it: a model's tensors
   // share a few of a caching allocator's blocks, and gstabd caps the buffers of a registration.
@@ -196,11 +209,12 @@ absl::StatusOr<void*> CudaGradients::AllocateTensor(std::string name, uint64_t n
   // Whole IPC granules: gstabd maps the allocation, and must reach no other memory of this
   // process through it.
   RETURN_IF_CUDA_ERROR(cudaMalloc(&p, RoundUpToIpcGranule(numel * ElementSize(dtype))));
-  owned_.push_back(p);
   if (absl::Status s = AddTensor(std::move(name), p, numel, dtype, std::move(group), reduction);
       !s.ok()) {
+    cudaFree(p);
     return s;
   }
+  owned_.push_back(p);
   return p;
 }
 

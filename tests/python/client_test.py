@@ -359,16 +359,20 @@ class ClientTest(unittest.TestCase):
                   "except gstab.Error as e:\n    print('REFUSED', e.code, e.message)\n")
         env = dict(os.environ, GSTAB_LIBRARY=gstab.load_library()._name,
                    PYTHONPATH=os.path.dirname(os.path.dirname(gstab.__file__)))
-        run = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount -t tmpfs -o size=4m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable,
-             script], capture_output=True, text=True, env=env, timeout=60)
-        if run.returncode != 0 and "REFUSED" not in run.stdout:
-            if "ALLOCATED" not in run.stdout and ("unshare" in run.stderr or
-                                                  "mount" in run.stderr):
-                self.skipTest(f"no mount namespace here: {run.stderr.strip()}")
-        self.assertIn("REFUSED 8", run.stdout, run.stdout + run.stderr)
-        self.assertIn("/dev/shm", run.stdout)
+        # Then a /dev/shm out of inodes (tmpfs' nr_inodes): no room either, RESOURCE_EXHAUSTED
+        # as gstab.h says, where it was INTERNAL.
+        for options, says in (("size=4m", "/dev/shm"),
+                              ("size=64m,nr_inodes=1", "No space left on device")):
+            run = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 f'mount -t tmpfs -o {options} tmpfs /dev/shm && exec "$0" -c "$1"',
+                 sys.executable, script], capture_output=True, text=True, env=env, timeout=60)
+            if run.returncode != 0 and "REFUSED" not in run.stdout:
+                if "ALLOCATED" not in run.stdout and ("unshare" in run.stderr or
+                                                      "mount" in run.stderr):
+                    self.skipTest(f"no mount namespace here: {run.stderr.strip()}")
+            self.assertIn("REFUSED 8", run.stdout, run.stdout + run.stderr)
+            self.assertIn(says, run.stdout)
 
     def test_a_group_is_either_replicated_or_sharded(self):
         client = gstab.Client(self.socket)

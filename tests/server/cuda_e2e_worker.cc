@@ -302,9 +302,16 @@ int Replace(const char* socket, const char* job) {
   }
   auto second = gstab::CudaGradients::Create(0);
   if (!second.ok()) return Fail("second: " + second.status().ToString());
-  if (absl::StatusOr<void*> p = (*second)->AllocateTensor("u", 2048, gstab::DType::kBFloat16);
-      !p.ok()) {
-    return Fail("second's tensor: " + p.status().ToString());
+  absl::StatusOr<void*> u = (*second)->AllocateTensor("u", 2048, gstab::DType::kBFloat16);
+  if (!u.ok()) return Fail("second's tensor: " + u.status().ToString());
+  // A tensor running past its allocation is refused when added, naming it, and leaves the
+  // registration to come (and the first's, still in place) alone.
+  const absl::Status past =
+      (*second)->AddTensor("past", *u, uint64_t{1} << 40, gstab::DType::kBFloat16);
+  if (past.code() != absl::StatusCode::kInvalidArgument ||
+      past.message().find("tensor 'past'") == std::string::npos ||
+      past.message().find("run past the end of its CUDA allocation") == std::string::npos) {
+    return Fail("a tensor past its allocation: " + past.ToString());
   }
   if (absl::Status st = (*second)->Register(s->client.get()); !st.ok()) {
     return Fail("second registration: " + st.ToString());
