@@ -32,6 +32,8 @@ class GpuWorkers {
   bool available() const { return backend_.make_pipeline != nullptr; }
   bool empty() const { return slots_.empty(); }
   bool Has(uint32_t local_rank) const { return slots_.count(local_rank) == 1; }
+  // Whether local_rank's pipeline is the only one.
+  bool HasOnly(uint32_t local_rank) const { return slots_.size() == 1 && Has(local_rank); }
   // The local rank whose results speak for the job (metrics, statistics): the lowest.
   uint32_t primary() const { return slots_.begin()->first; }
 

@@ -119,8 +119,15 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
       }
     }
   } else if (!gpus_.empty()) {
-    return absl::FailedPreconditionError(
-        "this job runs on the CUDA pipeline: register cuda_ipc buffers, not host_shm");
+    if (!gpus_.HasOnly(local_rank)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", name_,
+                       "''s other local ranks run on the CUDA pipeline: one job's workers use "
+                       "one transport (register cuda_ipc buffers, not host_shm)"));
+    }
+    // The rank's own CUDA registration is the one this replaces: its generation ends (the
+    // statistics come home) and the job goes on on the host.
+    EndGpuGeneration(absl::StrCat("local rank ", local_rank, " registered host_shm buffers"));
   }
   // The first registration of a job made, restored or imported into, or since it joined its
   // rendezvous, takes its order: on node 0, an import before its workers registered laid the

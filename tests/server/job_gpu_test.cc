@@ -8,6 +8,7 @@
 #include "server/gloo_collective.h"
 #include "server/job.h"
 #include "server/memory_claims.h"
+#include "tests/server/cpu_worker.h"
 #include "tests/server/fake_gpu.h"
 
 namespace gstab {
@@ -429,6 +430,35 @@ TEST(JobGpuTest, TwoHandlesOfOneMemoryAreRefused) {
                                    "registration"),
             std::string::npos)
       << refused;
+}
+
+// A worker that registers host memory in place of its own CUDA registration goes on on the host
+// pipeline, the GPU's statistics with it; while another local rank runs on the GPU, it is refused.
+TEST(JobGpuTest, AWorkersHostRegistrationReplacesItsOwnCudaOne) {
+  OneGpuJob one;
+  ASSERT_TRUE(one.registered.ok()) << one.registered;
+  v1::StepResponse response;
+  ASSERT_TRUE(one.job.Step(0, 1, absl::Seconds(1), &response, NextReady()).ok());
+  ASSERT_TRUE(one.job.Step(0, 2, absl::Seconds(1), &response, NextReady()).ok());
+  CpuWorker host;
+  ASSERT_TRUE(host.Register(&one.job, 0).ok());
+  EXPECT_EQ(one.live, 0);  // the GPU generation ended
+  ASSERT_TRUE(one.job.Step(0, 3, absl::Seconds(1), &response).ok());
+  v1::GetStatsResponse stats;
+  one.job.GetStats(&stats);
+  ASSERT_EQ(stats.groups_size(), 1);
+  EXPECT_EQ(stats.groups(0).accepted_steps(), 3u);  // two on the GPU, then one on the host
+
+  int live = 0;
+  FakeGpu gpu;
+  Job two{"gpu-pair", RuleParams{}, 2, nullptr, nullptr, LaggingBackend(&live, 0, nullptr, &gpu)};
+  FakeCudaWorker cuda;
+  ASSERT_TRUE(cuda.Register(&two, 0).ok());
+  CpuWorker other;
+  absl::Status mixed = other.Register(&two, 1);
+  EXPECT_EQ(mixed.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(mixed.message().find("other local ranks run on the CUDA pipeline"), std::string::npos)
+      << mixed;
 }
 
 TEST(JobGpuTest, MixedOrMultiWorkerCudaRegistrationsAreRefused) {
