@@ -3,6 +3,7 @@
 #include <malloc.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -90,10 +91,26 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
   // (RemoveStaleShmObjects); for another namespace's (a container's) gstabd cannot see the
   // creator, so it removes them now. A worker that was only frozen keeps its mapping, and is
   // told to allocate anew when it registers them again. A name under which another object was
-  // made since (a worker of that name's, restarted) is left to it.
+  // made since (a worker of that name's, restarted) is left to it, and so is an object another
+  // registration still holds (slices of one object registered by several ranks or jobs): its
+  // living workers register it again by name.
   if (removal->expired) {
+    std::vector<std::shared_ptr<Job>> jobs;
+    if (!objects.empty()) {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [name, job] : jobs_) {
+        if (job != nullptr) jobs.push_back(job);
+      }
+    }
     for (const ShmObject& object : objects) {
       if (CreatedInThisPidNamespace(object.name)) continue;
+      if (std::any_of(jobs.begin(), jobs.end(),
+                      [&](const std::shared_ptr<Job>& job) { return job->HoldsObject(object); })) {
+        LOG(INFO) << "kept shared memory '" << object.name << "' of job '" << removal->job->name()
+                  << "' local rank " << removal->local_rank
+                  << ", whose lease expired: another registration holds it";
+        continue;
+      }
       std::string error;
       switch (RemoveIfStill(object, &error)) {
         case ShmRemoval::kRemoved:

@@ -113,6 +113,8 @@ class Job {
   std::vector<ShmObject> RemoveWorker(uint32_t local_rank, bool gone = false, uint64_t session = 0,
                                       std::optional<uint64_t> attach = std::nullopt,
                                       bool expired = false);
+  // Whether a registration of this job maps `object` (its device and inode, whatever name).
+  bool HoldsObject(const ShmObject& object) const ABSL_LOCKS_EXCLUDED(mu_);
   // How many times a worker of `local_rank` has attached (WorkerAttached). Takes a lock of its
   // own alone: callable under the daemon's.
   uint64_t Attaches(uint32_t local_rank) const;
