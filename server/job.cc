@@ -204,6 +204,8 @@ absl::Status Job::Register(uint32_t local_rank, MappedRegistration registration,
   if (worker->registration.progress != nullptr && !round_running_) {
     __atomic_store_n(worker->registration.progress, uint64_t{0}, __ATOMIC_SEQ_CST);
   }
+  // The registration this replaces is not marked removed: a Step of it still in flight (on
+  // another of the worker's threads) scales it as it answers.
   workers_[local_rank] = std::move(worker);
   return absl::OkStatus();
 }

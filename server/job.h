@@ -239,7 +239,13 @@ class Job {
     std::vector<uint32_t> tensor_group;  // job group index per tensor
     ChunkTable table;
     std::vector<bool> has_group;  // indexed by job group
+    // Set once the registration leaves the job (its worker detached or gone, or its
+    // replacement refused): a round that took it before then no longer scales its memory, which
+    // its worker may reuse.
+    mutable std::atomic<bool> removed{false};
   };
+  // Takes local_rank's registration out of workers_, marked removed.
+  void EraseWorker(uint32_t local_rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   using WorkerMap = std::map<uint32_t, std::shared_ptr<const Worker>>;
 
   uint32_t GroupIndex(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

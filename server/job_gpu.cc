@@ -224,6 +224,7 @@ void Job::EndGpuGeneration(const std::string& why, std::optional<uint32_t> gone,
     register_again_[rank] =
         absl::StrCat(why, ", which ends the job's GPU communicator: register the buffers again");
   }
+  for (const auto& [rank, w] : workers_) w->removed.store(true);
   workers_.clear();
 }
 

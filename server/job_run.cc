@@ -375,9 +375,18 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
       "step ", step, " counted in the statistics, but no gradients of this node were scaled");
   if (absl::Status s = check_faults(&ShmMapping::CheckSize, not_scaled); !s.ok()) return s;
   if (absl::Status s = too_late(not_scaled); !s.ok()) return s;
-  for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, false);
-  if (absl::Status s = CpuScaleGroupsOfTables(tables, scales, executor_); !s.ok()) return s;
-  for (const auto& [rank, w] : workers) MarkProgress(w->registration.progress, step, true);
+  // Not a registration removed since the round took it (its worker detached after its call
+  // gave up, and may be writing that memory again): the cross-node stage may have waited long.
+  std::vector<const ChunkTable*> scaled;
+  std::vector<uint64_t*> words;
+  for (const auto& [rank, w] : workers) {
+    if (w->removed.load()) continue;
+    scaled.push_back(&w->table);
+    words.push_back(w->registration.progress);
+  }
+  for (uint64_t* word : words) MarkProgress(word, step, false);
+  if (absl::Status s = CpuScaleGroupsOfTables(scaled, scales, executor_); !s.ok()) return s;
+  for (uint64_t* word : words) MarkProgress(word, step, true);
   return check_faults(&ShmMapping::CheckNotLost,
                       absl::StrCat("step ", step,
                                    " counted in the statistics, but that worker's gradients were "

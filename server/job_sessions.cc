@@ -34,7 +34,7 @@ void Job::DropRegistration(uint32_t local_rank, uint64_t session, const absl::St
   if (gpus_.Has(local_rank)) {
     EndGpuGeneration(absl::StrCat("local rank ", local_rank, "'s registration was refused"));
   }
-  workers_.erase(local_rank);
+  EraseWorker(local_rank);
   if (!had && register_again_.count(local_rank) == 0) return;  // "has no buffers" says it all
   register_again_[local_rank] =
       absl::StrCat("its last registration was refused (", why.message(),
@@ -95,7 +95,7 @@ std::vector<ShmObject> Job::RemoveWorkerUnderLock(uint32_t local_rank, bool gone
   std::vector<ShmObject> objects;
   if (auto w = workers_.find(local_rank); w != workers_.end()) {
     for (const ShmMapping* m : w->second->registration.host_objects) objects.push_back(m->object());
-    workers_.erase(w);
+    EraseWorker(local_rank);
   }
   // A rank that attached again since this session did (a restarted worker's attach can come
   // before the old session's detach or expiry reaches the job) is not waited on as gone.
@@ -146,6 +146,13 @@ bool Job::HoldsObject(const ShmObject& object) const {
     }
   }
   return false;
+}
+
+void Job::EraseWorker(uint32_t local_rank) {
+  auto w = workers_.find(local_rank);
+  if (w == workers_.end()) return;
+  w->second->removed.store(true);
+  workers_.erase(w);
 }
 
 }  // namespace gstab

@@ -110,6 +110,45 @@ TEST(JobGpuNodesTest, HostMemoryNodesStepUnderACudaRendezvous) {
   }
 }
 
+// A worker removed (detached: its call gave up) while its round waits for the other nodes: once
+// the round goes on, it scales the other nodes' gradients and not that worker's, which its
+// process may be writing again by then. Before, the round scaled them when it came to.
+TEST(JobGpuNodesTest, AWorkerRemovedWhileItsRoundWaitsForTheOtherNodesIsNotScaled) {
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  CpuExecutor executor(1);
+  std::vector<std::unique_ptr<Job>> jobs;
+  std::vector<CpuWorker> workers(2);
+  for (uint32_t node = 0; node < 2; ++node) {
+    jobs.push_back(std::make_unique<Job>("nodes-job", RuleParams{}, 1, &executor));
+    jobs[node]->SetCollective(std::make_shared<GlooCollective>(info, node, "127.0.0.1"),
+                              info.token());
+    ASSERT_TRUE(workers[node].Register(jobs[node].get(), 0).ok());
+  }
+  auto gradients = [&](uint32_t node) {
+    const auto* data = static_cast<const float*>(workers[node].arena.data(0));
+    return std::vector<float>(data, data + 1024);
+  };
+  for (uint64_t step = 1; step <= 2; ++step) {
+    const std::vector<float> before[2] = {gradients(0), gradients(1)};
+    std::thread first([&] {
+      v1::StepResponse r;
+      (void)jobs[0]->Step(0, step, absl::Seconds(20), &r);
+    });
+    absl::SleepFor(absl::Milliseconds(300));  // node 0's round waits for node 1
+    if (step == 2) jobs[0]->RemoveWorker(0);
+    v1::StepResponse r;
+    EXPECT_TRUE(jobs[1]->Step(0, step, absl::Seconds(20), &r).ok()) << step;
+    first.join();
+    EXPECT_NE(gradients(1), before[1]) << step;  // the round scaled node 1's
+    if (step == 1) {
+      EXPECT_NE(gradients(0), before[0]);
+    } else {
+      EXPECT_EQ(gradients(0), before[0]) << "a removed worker's gradients were scaled";
+    }
+  }
+}
+
 // While a node's first step waits for the other nodes, the job still answers GetStats and
 // exports (a checkpoint, gstabctl, a scrape): before, they waited up to the step deadline.
 TEST(JobGpuNodesTest, TheFirstStepsWaitForOtherNodesHoldsNothingElseUp) {
