@@ -322,6 +322,20 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
     }
     older.push_back(std::move(other));
   }
+  // Mappings superseded but still held (by registrations not yet let go) take gstabd's address
+  // space, each at its size, for memory the object holds once: a worker that resized an object
+  // over and over could take it all. A few are a resize's normal course (the other local ranks
+  // register again one by one).
+  if (older.size() >= kMaxMappingsPerObject) {
+    mappings_.erase(name);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shared memory '", name, "': gstabd maps this object ", older.size(),
+        " times already, at earlier sizes, for registrations that have not let go of it, its cap "
+        "(",
+        kMaxMappingsPerObject,
+        "): register the gradients of those workers again (or detach them) before resizing it "
+        "again"));
+  }
   // The owner is known once the object is open; a refused one is unmapped on return.
   const uid_t object_owner = (*opened)->owner();
   std::shared_ptr<std::atomic<int>>& owned = by_owner_[object_owner];

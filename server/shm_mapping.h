@@ -122,13 +122,16 @@ class MappingRegistry {
       : max_mappings_(max_mappings), max_per_owner_(max_per_owner) {}
   static constexpr int kDefaultMaxMappings = 16384;
   static constexpr int kDefaultMaxMappingsPerOwner = 8192;
+  // Mappings of one object at once, earlier sizes' still held included (Acquire).
+  static constexpr size_t kMaxMappingsPerObject = 8;
 
   // Returns the live mapping of `name` if it is still that object at that size (ShmMapping::
   // IsCurrent), else opens it (anew: holders of an older mapping keep theirs).
   // FAILED_PRECONDITION when a mapping still usable maps the same object under another name or
   // size (a hard link, an object grown since). RESOURCE_EXHAUSTED
   // when that would map more than `max_mappings` objects, or more than `max_per_owner` of the
-  // object's owner's; PERMISSION_DENIED when `owner` is
+  // object's owner's, or the object kMaxMappingsPerObject times (at earlier sizes, still
+  // held); PERMISSION_DENIED when `owner` is
   // given and does not own the object (checked before it is mapped).
   absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name,
                                                       uint64_t max_bytes = UINT64_MAX,

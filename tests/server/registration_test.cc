@@ -302,6 +302,35 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   shm_unlink(name.c_str());
 }
 
+// An object shrunk again and again while each earlier mapping is still held would take gstabd's
+// address space at each size, for memory it holds once: past a few such mappings, refused.
+TEST(RegistrationTest, AnObjectMappedAtManySizesAtOnceIsRefused) {
+  const std::string name = "/gstab-test-sizes-" + std::to_string(getpid());
+  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  const size_t page = 4096;
+  ASSERT_EQ(posix_fallocate(fd, 0, static_cast<off_t>(16 * page)), 0);
+  MappingRegistry registry;
+  std::vector<std::shared_ptr<ShmMapping>> held;
+  for (size_t i = 0; i <= MappingRegistry::kMaxMappingsPerObject; ++i) {
+    ASSERT_EQ(ftruncate(fd, static_cast<off_t>((16 - i) * page)), 0);
+    absl::StatusOr<std::shared_ptr<ShmMapping>> m = registry.Acquire(name);
+    if (i < MappingRegistry::kMaxMappingsPerObject) {
+      ASSERT_TRUE(m.ok()) << i << ": " << m.status();
+      held.push_back(*std::move(m));
+      continue;
+    }
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kResourceExhausted) << m.status();
+    EXPECT_NE(m.status().message().find("maps this object 8 times already, at earlier sizes"),
+              std::string::npos)
+        << m.status();
+  }
+  held.resize(1);  // the other registrations let go: mapped at its size again
+  EXPECT_TRUE(registry.Acquire(name).ok());
+  close(fd);
+  shm_unlink(name.c_str());
+}
+
 // A FIFO put under a mapped object's name is refused, at once: opening it to look would wait
 // for a writer, holding up every registration on the node.
 TEST(RegistrationTest, AFifoUnderAnObjectsNameIsRefusedWithoutWaiting) {
