@@ -131,6 +131,14 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> ShmMapping::Open(
           what, " (gstabd keeps a descriptor per mapped object: raise its open-file limit, or "
                 "lower --max_mappings to below it)"));
     }
+    // The worker's doing, not gstabd's: a file lease it holds (fcntl F_SETLEASE: the open
+    // would wait for its break), or a seal or attribute that refuses writers.
+    if (err == EWOULDBLOCK || err == EAGAIN) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what,
+          " (a process holds a lease on it, fcntl F_SETLEASE: let it go before registering)"));
+    }
+    if (err == EPERM) return absl::PermissionDeniedError(what);
     return absl::InternalError(what);
   }
   struct stat st;

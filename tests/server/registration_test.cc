@@ -1,6 +1,7 @@
 #include "server/registration.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -328,6 +329,33 @@ TEST(RegistrationTest, AnObjectMappedAtManySizesAtOnceIsRefused) {
   held.resize(1);  // the other registrations let go: mapped at its size again
   EXPECT_TRUE(registry.Acquire(name).ok());
   close(fd);
+  shm_unlink(name.c_str());
+}
+
+// An object its worker holds a lease on (fcntl F_SETLEASE) is the worker's doing, said so:
+// gstabd's open would wait for the lease's break. It was an INTERNAL error.
+TEST(RegistrationTest, AnObjectUnderALeaseIsRefusedSayingSo) {
+  const std::string name = "/gstab-test-lease-" + std::to_string(getpid());
+  int fd = shm_open(name.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(posix_fallocate(fd, 0, 4096), 0);
+  close(fd);
+  fd = shm_open(name.c_str(), O_RDONLY, 0);
+  ASSERT_GE(fd, 0);
+  signal(SIGIO, SIG_IGN);  // the lease's break is signalled to its holder, this process
+  if (fcntl(fd, F_SETLEASE, F_RDLCK) != 0) {
+    close(fd);
+    shm_unlink(name.c_str());
+    GTEST_SKIP() << "no file leases here: " << strerror(errno);
+  }
+  MappingRegistry registry;
+  const absl::Status s = registry.Acquire(name).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("holds a lease on it"), std::string::npos) << s;
+  fcntl(fd, F_SETLEASE, F_UNLCK);
+  close(fd);
+  EXPECT_TRUE(registry.Acquire(name).ok());
+  signal(SIGIO, SIG_DFL);
   shm_unlink(name.c_str());
 }
 
