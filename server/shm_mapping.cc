@@ -254,11 +254,12 @@ void ShmMapping::AlsoCountIn(std::shared_ptr<std::atomic<int>> count) {
 
 absl::Status ShmMapping::CheckSize() const {
   if (absl::Status s = CheckNotLost(); !s.ok()) return s;
-  if (superseded_) {
+  if (superseded_.load()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "shared memory '", name_, "' was registered again at another size since (", size_,
-        " bytes here): gstabd maps an object once, so this registration of it is over: "
-        "register the gradients again"));
+        "shared memory '", name_, "' (", size_,
+        " bytes here) was registered again since this mapping of it failed (", superseded_why_,
+        "): gstabd maps an object once, so this registration of it is over: register the "
+        "gradients again"));
   }
   struct stat st;
   if (fstat(fd_, &st) != 0) {
@@ -313,11 +314,12 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
   PruneAndCountLive(&by_object_);
   const auto first = by_object_.lower_bound({(*opened)->device(), (*opened)->inode(), 0});
   const auto last = by_object_.upper_bound({(*opened)->device(), (*opened)->inode(), UINT64_MAX});
-  std::vector<std::shared_ptr<ShmMapping>> older;
+  std::vector<std::pair<std::shared_ptr<ShmMapping>, std::string>> older;  // and why
   for (auto it = first; it != last; ++it) {
     std::shared_ptr<ShmMapping> other = it->second.lock();
     if (other == nullptr) continue;
-    if (other->CheckSize().ok()) {
+    const absl::Status usable = other->CheckSize();
+    if (usable.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "shared memory '", name, "' (", (*opened)->size(), " bytes) is the object gstabd maps ",
           other->name() == name ? "already" : absl::StrCat("already as '", other->name(), "'"),
@@ -328,7 +330,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
           "a new object, or let that registration go first (detach, or register again without "
           "it)"));
     }
-    older.push_back(std::move(other));
+    older.emplace_back(std::move(other), std::string(usable.message()));
   }
   // Mappings superseded but still held (by registrations not yet let go) take gstabd's address
   // space, each at its size, for memory the object holds once: a worker that resized an object
@@ -357,7 +359,7 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
         "detach workers that are done"));
   }
   (*opened)->AlsoCountIn(owned);
-  for (const std::shared_ptr<ShmMapping>& other : older) other->Supersede();
+  for (auto& [other, why] : older) other->Supersede(std::move(why));
   by_object_[{(*opened)->device(), (*opened)->inode(), ++serial_}] = *opened;
   mappings_[name] = *opened;
   return opened;

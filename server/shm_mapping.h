@@ -77,8 +77,13 @@ class ShmMapping {
   ShmObject object() const { return ShmObject{name_, dev_, ino_}; }
   // Marks this mapping as replaced by a newer one of its object (MappingRegistry::Acquire):
   // CheckSize fails from then on, for good, so that it cannot become usable beside that one
-  // (an object shrunk, mapped anew, then grown back).
-  void Supersede() { superseded_ = true; }
+  // (an object shrunk, mapped anew, then grown back). `why`: what had made this mapping
+  // unusable (CheckSize's failure then). Called under the registry's lock alone, once.
+  void Supersede(std::string why) {
+    if (superseded_.load()) return;
+    superseded_why_ = std::move(why);
+    superseded_.store(true);  // after the reason, which CheckSize reads once it sees this
+  }
   // Where POSIX shared memory objects live on Linux (glibc's shm_open).
   static constexpr char kShmDirectory[] = "/dev/shm";
   // Counts this mapping in `count` too, for as long as it lives (once, before it is shared).
@@ -110,6 +115,7 @@ class ShmMapping {
   std::shared_ptr<std::atomic<int>> open_count_;  // may be null
   std::shared_ptr<std::atomic<int>> owner_count_;  // may be null
   std::atomic<bool> superseded_{false};
+  std::string superseded_why_;  // written once, before superseded_
 };
 
 class MappingRegistry {

@@ -296,7 +296,9 @@ TEST(RegistrationTest, AnObjectReplacedOrResizedUnderItsNameIsMappedAnew) {
   // mappings of one object at different addresses would both be scaled.
   const absl::Status over = (*replaced)->CheckSize();
   EXPECT_EQ(over.code(), absl::StatusCode::kFailedPrecondition) << over;
-  EXPECT_NE(over.message().find("was registered again at another size since (8192 bytes here)"),
+  EXPECT_NE(over.message().find("(8192 bytes here) was registered again since this mapping of "
+                                "it failed (shared memory '" +
+                                name + "' shrank from 8192 to 4096"),
             std::string::npos)
       << over;
   shm_unlink(linked.c_str());
