@@ -384,9 +384,15 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
   const std::string name = absl::StrCat(job, kSuffix);
   const std::string path = absl::StrCat(dir_, "/", name);
   absl::StatusOr<int> folder = OpenCheckedFolder();  // the folder locked, as Save
+  // Gone, or another gstabd's since: no file of this gstabd's is there to delete (a job
+  // forgotten, or past its retention, goes from memory all the same).
+  if (absl::IsFailedPrecondition(folder.status())) {
+    LOG(WARNING) << "checkpoint '" << path << "' not deleted: " << folder.status().message();
+    return absl::OkStatus();
+  }
   if (!folder.ok()) {
-    return absl::InternalError(
-        absl::StrCat("cannot delete checkpoint '", path, "': ", folder.status().message()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot delete checkpoint '", path, "' now: ", folder.status().message()));
   }
   const OwnedFd dir(*folder);
   if (unlinkat(dir.fd, name.c_str(), 0) != 0) {

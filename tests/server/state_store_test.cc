@@ -397,6 +397,10 @@ TEST(StateStoreTest, AFolderMadeAgainIsWrittenOnlyOnceItIsLocked) {
   absl::Status gone = first.Save(JobA(4));
   EXPECT_FALSE(gone.ok());
   EXPECT_NE(gone.message().find("is gone"), std::string::npos) << gone;
+  // Nothing of this gstabd's is there to delete: done (a forget, a retention's deletion goes on).
+  bool deleted = true;
+  EXPECT_TRUE(first.Remove("a", &deleted).ok());
+  EXPECT_FALSE(deleted);
   {
     StateStore second(state);  // another gstabd makes and locks it, and saves step 10
     ASSERT_TRUE(second.Init().ok());
@@ -404,8 +408,10 @@ TEST(StateStoreTest, AFolderMadeAgainIsWrittenOnlyOnceItIsLocked) {
     absl::Status held = first.Save(JobA(5));
     EXPECT_FALSE(held.ok());
     EXPECT_NE(held.message().find("locked by another process"), std::string::npos) << held;
-    EXPECT_FALSE(first.Remove("a").ok());
-    // Nor is the other gstabd's job of the same name read, or set aside, as this one's.
+    // Nor is the other gstabd's file of the same name deleted, or read, or set aside, as this
+    // one's.
+    EXPECT_TRUE(first.Remove("a").ok());
+    EXPECT_TRUE(std::filesystem::exists(state + "/a.jobstate"));
     absl::StatusOr<v1::JobState> foreign = first.Load("a");
     EXPECT_TRUE(absl::IsNotFound(foreign.status())) << foreign.status();
     EXPECT_NE(foreign.status().message().find("locked by another process"), std::string::npos);
