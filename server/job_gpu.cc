@@ -57,7 +57,15 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   }
   GpuJobSpec layout;
   layout.job = name_;
-  for (int r : group_reduction_) layout.modes.push_back(CrossNodeMode(r, nccl_.node_rank));
+  // On one node, a group this registration does not bring (registered earlier, or only an
+  // import's or a checkpoint's) keeps its statistics, as the CPU backend's steps pass it over;
+  // across nodes, only a group no worker has registered (the cross-node stage below).
+  std::vector<bool> brought(group_reduction_.size(), false);
+  for (const Chunk& c : table.chunks()) brought[c.group] = true;
+  for (uint32_t g = 0; g < group_reduction_.size(); ++g) {
+    const bool unregistered = collective_ == nullptr ? !brought[g] : group_reduction_[g] < 0;
+    layout.modes.push_back(CrossNodeMode(unregistered ? -1 : group_reduction_[g], nccl_.node_rank));
+  }
   // Groups no worker registers (an import's, on node 0) come after the registered ones once the
   // first registration ordered them (Register): those stay this node's, as on the CPU backend.
   uint32_t shared = 0;

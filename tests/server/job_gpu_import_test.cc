@@ -237,5 +237,36 @@ TEST(JobGpuImportTest, AGroupOnlyAnImportBroughtKeepsItsStatistics) {
   EXPECT_EQ(after.groups(1).zero_norm_steps(), 0u);
 }
 
+// Nor one a worker registered before and registers no more (its model's parameters renamed, or
+// frozen): as on the CPU backend, its statistics stay as they were, not stepped as zero norms.
+TEST(JobGpuImportTest, AGroupRegisteredBeforeAndNoMoreKeepsItsStatistics) {
+  int live = 0;
+  GpuJobSpec seen;
+  Job job("renamed-later", RuleParams{}, 1, nullptr, nullptr, LaggingBackend(&live, 0, &seen));
+  FakeCudaWorker before;  // group "w"
+  ASSERT_TRUE(before.Register(&job).ok());
+  for (uint64_t step = 1; step <= 2; ++step) {
+    v1::StepResponse response;
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, NextReady()).ok());
+  }
+  FakeCudaWorker after;
+  after.tensor = "v";
+  ASSERT_TRUE(after.Register(&job).ok());
+  ASSERT_EQ(seen.modes.size(), 2u);
+  EXPECT_EQ(seen.modes[0], kUnregistered);  // "w"
+  for (uint64_t step = 3; step <= 5; ++step) {
+    v1::StepResponse response;
+    ASSERT_TRUE(job.Step(0, step, absl::Seconds(1), &response, NextReady()).ok());
+    for (const v1::GroupResult& g : response.groups()) EXPECT_EQ(g.group(), "v");
+  }
+  const v1::JobState state = job.ExportState();
+  ASSERT_EQ(state.groups_size(), 2);
+  EXPECT_EQ(state.groups(0).name(), "w");
+  EXPECT_EQ(state.groups(0).steps(), 2u) << "the GPU stepped a group no longer registered";
+  EXPECT_EQ(state.groups(0).zero_norm_steps(), 0u);
+  EXPECT_EQ(state.groups(1).name(), "v");
+  EXPECT_EQ(state.groups(1).steps(), 3u);
+}
+
 }  // namespace
 }  // namespace gstab
