@@ -235,6 +235,14 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
   // another thread attach meanwhile (which may end the session gstabd takes it in), the number
   // has moved on by the time it succeeds, and its CUDA steps are refused.
   const uint64_t number = RegistrationFailed(absl::Status());
+  {
+    absl::MutexLock lock(&registration_mu_);
+    ++registering_;
+  }
+  absl::Cleanup done = [this] {
+    absl::MutexLock lock(&registration_mu_);
+    --registering_;
+  };
   if (absl::Status s = NeedSession(); !s.ok()) {
     RegistrationFailed(s);
     return s;
@@ -273,6 +281,11 @@ absl::StatusOr<v1::StepResponse> Client::Step(uint64_t step, uint32_t ready_valu
   {
     absl::MutexLock lock(&registration_mu_);
     progress = progress_;
+    if (registration_failed_ && registering_ > 0) {
+      return absl::FailedPreconditionError(
+          "a registration through this client is under way (on another thread), replacing the "
+          "earlier one: step once it has returned");
+    }
     if (registration_failed_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the last registration through this client failed (",

@@ -210,8 +210,8 @@ class Client {
     // No call is cancelled here: a CANCELLED comes from gstabd's server stopping under the call.
     if (absl::IsCancelled(s)) s = StoppedUnderCall(s);
     if (absl::IsDeadlineExceeded(s) && absl::Now() >= deadline) s = NoAnswer(wait);
-    if ((absl::IsUnknown(s) || absl::IsInternal(s)) && CutOff(answer)) s = ConnectionLost(answer);
     if (absl::IsUnavailable(s)) s = Unreachable(s);
+    if ((absl::IsUnknown(s) || absl::IsInternal(s)) && CutOff(answer)) s = ConnectionLost(answer);
     if (absl::IsUnavailable(s)) Reconnect();
     if (!s.ok()) return s;
     return response;
@@ -284,6 +284,7 @@ class Client {
   mutable absl::Mutex registration_mu_;
   bool registration_failed_ ABSL_GUARDED_BY(registration_mu_) = false;
   std::string registration_failure_ ABSL_GUARDED_BY(registration_mu_);  // why, if kept
+  int registering_ ABSL_GUARDED_BY(registration_mu_) = 0;  // RegisterBuffers calls under way
   ProgressWord progress_ ABSL_GUARDED_BY(registration_mu_);
   uint64_t registration_ ABSL_GUARDED_BY(registration_mu_) = 0;
   // How long a call waits for gstabd's answer (a frozen gstabd must not hold a worker for good):

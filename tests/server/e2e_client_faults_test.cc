@@ -20,6 +20,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/listener_process.h"
 #include "common/step_progress.h"
@@ -288,8 +289,14 @@ class StepFailingStabilizer final : public v1::Stabilizer::Service {
   }
   grpc::Status RegisterBuffers(grpc::ServerContext*, const v1::RegisterBuffersRequest*,
                                v1::RegisterBuffersResponse*) override {
+    if (absl::Notification* hold = hold_registration.load(); hold != nullptr) {
+      registering.Notify();
+      hold->WaitForNotification();
+    }
     return grpc::Status::OK;
   }
+  std::atomic<absl::Notification*> hold_registration{nullptr};  // set: RegisterBuffers waits
+  absl::Notification registering;                               // a held RegisterBuffers has come
   grpc::Status KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest*,
                          v1::KeepAliveResponse*) override {
     return grpc::Status::OK;
@@ -368,6 +375,21 @@ TEST(E2eClientFaultsTest, AStepCutOffInAnyOfGrpcsWordsIsDataLoss) {
     EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << message << ": " << s;
     EXPECT_TRUE(absl::StrContains(s.message(), "before it touched step")) << s;
   }
+  // A step while another thread's registration is under way is told so, not that the last
+  // registration failed.
+  absl::Notification release;
+  fake.hold_registration = &release;
+  std::thread registering([&] { EXPECT_TRUE((*client)->Register(arena).ok()); });
+  fake.registering.WaitForNotification();
+  const absl::Status during = (*client)->Step(++step).status();
+  EXPECT_EQ(during.code(), absl::StatusCode::kFailedPrecondition) << during;
+  EXPECT_TRUE(absl::StrContains(during.message(),
+                                "a registration through this client is under "
+                                "way"))
+      << during;
+  release.Notify();
+  registering.join();
+  fake.hold_registration = nullptr;
   // Any other call cut off so: UNAVAILABLE, what gstab.h says of a gstabd gone (the bindings
   // attach again after it), not UNKNOWN or INTERNAL. gRPC's bare INTERNAL stays what it is.
   for (const auto& [code, message, expected] :
