@@ -92,49 +92,65 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
   // creator, so it removes them now. A worker that was only frozen keeps its mapping, and is
   // told to allocate anew when it registers them again. A name under which another object was
   // made since (a worker of that name's, restarted) is left to it, and so is an object another
-  // registration still holds (slices of one object registered by several ranks or jobs): its
-  // living workers register it again by name.
+  // registration still maps (slices of one object registered by several ranks or jobs: its
+  // living workers register it again by name), until nothing does (RemoveKeptObjects).
   if (removal->expired) {
-    std::vector<std::shared_ptr<Job>> jobs;
-    if (!objects.empty()) {
-      absl::MutexLock lock(&mu_);
-      for (const auto& [name, job] : jobs_) {
-        if (job != nullptr) jobs.push_back(job);
-      }
-    }
+    const std::string whose =
+        absl::StrCat("job '", removal->job->name(), "' local rank ", removal->local_rank);
     for (const ShmObject& object : objects) {
       if (CreatedInThisPidNamespace(object.name)) continue;
-      if (std::any_of(jobs.begin(), jobs.end(),
-                      [&](const std::shared_ptr<Job>& job) { return job->HoldsObject(object); })) {
-        LOG(INFO) << "kept shared memory '" << object.name << "' of job '" << removal->job->name()
-                  << "' local rank " << removal->local_rank
-                  << ", whose lease expired: another registration holds it";
+      if (registry_.Maps(object)) {
+        LOG(INFO) << "kept shared memory '" << object.name << "' of " << whose
+                  << ", whose lease expired, while another registration holds it";
+        absl::MutexLock lock(&mu_);
+        kept_objects_.push_back({object, whose});
         continue;
       }
-      std::string error;
-      switch (RemoveIfStill(object, &error)) {
-        case ShmRemoval::kRemoved:
-          LOG(INFO) << "removed shared memory '" << object.name << "' of job '"
-                    << removal->job->name() << "' local rank " << removal->local_rank
-                    << " (its lease expired)";
-          break;
-        case ShmRemoval::kReplaced:
-          LOG(INFO) << "kept shared memory '" << object.name << "' of job '" << removal->job->name()
-                    << "' local rank " << removal->local_rank
-                    << ", whose lease expired: another object was made under its name since";
-          break;
-        case ShmRemoval::kFailed:
-          LOG(WARNING) << "cannot remove shared memory '" << object.name
-                       << "' of an expired worker: " << error;
-          break;
-        case ShmRemoval::kAlreadyGone:
-          break;
-      }
+      RemoveExpiredObject(object, whose);
     }
   }
   ReportWorkers(removal->job);
   absl::MutexLock lock(&mu_);
   Unpend(removal->job);
+}
+
+void Daemon::RemoveExpiredObject(const ShmObject& object, const std::string& whose) {
+  std::string error;
+  switch (RemoveIfStill(object, &error)) {
+    case ShmRemoval::kRemoved:
+      LOG(INFO) << "removed shared memory '" << object.name << "' of " << whose
+                << " (its lease expired)";
+      break;
+    case ShmRemoval::kReplaced:
+      LOG(INFO) << "kept shared memory '" << object.name << "' of " << whose
+                << ", whose lease expired: another object was made under its name since";
+      break;
+    case ShmRemoval::kFailed:
+      LOG(WARNING) << "cannot remove shared memory '" << object.name << "' of " << whose
+                   << ", whose lease expired: " << error;
+      break;
+    case ShmRemoval::kAlreadyGone:
+      break;
+  }
+}
+
+void Daemon::RemoveKeptObjects() {
+  std::vector<KeptObject> kept;
+  {
+    absl::MutexLock lock(&mu_);
+    if (kept_objects_.empty()) return;
+    kept.swap(kept_objects_);
+  }
+  std::vector<KeptObject> still;
+  for (KeptObject& k : kept) {
+    if (registry_.Maps(k.object)) {
+      still.push_back(std::move(k));
+    } else {
+      RemoveExpiredObject(k.object, k.whose);
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  for (KeptObject& k : still) kept_objects_.push_back(std::move(k));
 }
 
 void Daemon::Unpend(const std::shared_ptr<Job>& job) {
@@ -261,11 +277,10 @@ absl::Status Daemon::Detach(const v1::DetachRequest& request) {
   // are closed on a background thread, since a close can wait for the device), bounded.
   if (device_memory_ != nullptr && device.has_value()) {
     device_memory_->AwaitClosedMappings(*device, kDetachReleaseWait);
-  } else if (removal.has_value()) {
-    // Host memory: a round that took the worker's Step (one its call gave up on) may still
-    // scale its gradients.
-    removal->job->AwaitRoundOf(removal->local_rank, kDetachReleaseWait);
   }
+  // Host memory (also after a CUDA registration the worker replaced by one of host memory): a
+  // round that took the worker's Step (one its call gave up on) may still scale its gradients.
+  if (removal.has_value()) removal->job->AwaitRoundOf(removal->local_rank, kDetachReleaseWait);
   return absl::OkStatus();
 }
 
@@ -296,6 +311,7 @@ void Daemon::ExpireSessions(absl::Time now) {
   for (const std::optional<Removal>& removal : removals) Remove(removal);
   // A worker that died cannot unlink its shared objects; do it for it.
   if (!expired.empty()) RemoveStaleShmObjects();
+  RemoveKeptObjects();
 }
 
 absl::Status Daemon::ListJobs(const v1::ListJobsRequest& request, v1::ListJobsResponse* response,

@@ -203,6 +203,16 @@ class Daemon {
   std::optional<Removal> DropSession(const std::string& token, const std::string& reason,
                                      bool worker_gone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(const std::optional<Removal>& removal) ABSL_LOCKS_EXCLUDED(mu_);
+  // An expired worker's shared-memory object of another pid namespace (which no process here
+  // can tell is gone) that another registration still maps: removed by RemoveKeptObjects, each
+  // housekeeping tick, once nothing maps it.
+  struct KeptObject {
+    ShmObject object;
+    std::string whose;  // for the log: its job and local rank
+  };
+  std::vector<KeptObject> kept_objects_ ABSL_GUARDED_BY(mu_);
+  void RemoveKeptObjects() ABSL_LOCKS_EXCLUDED(mu_);
+  void RemoveExpiredObject(const ShmObject& object, const std::string& whose);
   // Adds session `token` (sessions_ and job_sessions_).
   void AddSession(const std::string& token, Session session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `job`'s worker sessions, its observer sessions, and the token of its worker session of

@@ -278,15 +278,18 @@ void Daemon::DeleteOldCheckpoints(absl::Time now) {
   for (const auto& [name, why] : deleting) {
     // Kept when the file stays (a read-only disk): tried again next tick, rather than
     // forgotten here and restored at the next start.
-    const absl::Status removed = store_.Remove(name);
+    bool file = false;
+    const absl::Status removed = store_.Remove(name, &file);
     if (!removed.ok()) {
       LOG_EVERY_N(WARNING, 60) << removed << " (tried again each second)";
     }
     absl::MutexLock lock(&mu_);
     retiring_.erase(name);
     if (!removed.ok()) continue;
-    LOG(INFO) << "deleted the checkpoint of job '" << name << "' at step "
-              << checkpoints_.at(name).state.last_step() << ": " << why;
+    file = file || !store_.enabled();  // in memory alone: deleted there
+    LOG(INFO) << (file ? "deleted the checkpoint of job '" : "dropped the checkpoint of job '")
+              << name << "' at step " << checkpoints_.at(name).state.last_step() << ": " << why
+              << (file ? "" : " (no file of it to delete)");
     checkpoints_.erase(name);
   }
 }

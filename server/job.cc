@@ -340,6 +340,12 @@ std::optional<int> Job::CudaDevice(uint32_t local_rank) const {
   return it->second;
 }
 
+std::optional<uint64_t> Job::RunningStep() const {
+  absl::MutexLock lock(&mu_);
+  if (!round_running_) return std::nullopt;
+  return round_step_;
+}
+
 uint64_t Job::RegisteredBytes() const {
   absl::MutexLock lock(&mu_);
   uint64_t bytes = 0;

@@ -113,12 +113,13 @@ class Job {
   std::vector<ShmObject> RemoveWorker(uint32_t local_rank, bool gone = false, uint64_t session = 0,
                                       std::optional<uint64_t> attach = std::nullopt,
                                       bool expired = false);
-  // Whether a registration of this job maps `object` (its device and inode, whatever name).
-  bool HoldsObject(const ShmObject& object) const ABSL_LOCKS_EXCLUDED(mu_);
   // How many times a worker of `local_rank` has attached (WorkerAttached). Takes a lock of its
   // own alone: callable under the daemon's.
   uint64_t Attaches(uint32_t local_rank) const;
   uint64_t RegisteredBytes() const;
+  // The step whose round runs now (every local rank arrived: stepping, or waiting for the other
+  // nodes), if one does.
+  std::optional<uint64_t> RunningStep() const ABSL_LOCKS_EXCLUDED(mu_);
   // Waits, up to `wait`, for a round that scales `local_rank`'s gradients to end (a worker that
   // detaches after its Step call gave up, while the round it joined still runs, may reuse its
   // memory once Detach answers).
@@ -394,10 +395,11 @@ class Job {
                                   absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   // The pipeline of one round, run by the last worker to arrive, without mu_ held. `counted`:
   // whether the rule ran (the statistics took the step), which a failure after it leaves true.
-  // `given_up`: the earliest of its workers' call deadlines (Step).
+  // `given_up`: the earliest of its workers' call deadlines (Step). `unscaled`: the local ranks
+  // whose registrations were removed while it ran, whose gradients it left alone.
   absl::Status RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                         absl::Duration timeout, absl::Time given_up, v1::StepResponse* response,
-                        bool* counted) ABSL_LOCKS_EXCLUDED(mu_);
+                        bool* counted, std::set<uint32_t>* unscaled) ABSL_LOCKS_EXCLUDED(mu_);
   // Replaces `params` (this step's configuration, of `version`) with node 0's, and the job's
   // with it where they differ (a new version; logged: a multi-node job's configuration is node
   // 0's).
@@ -504,6 +506,10 @@ class Job {
   // notice), which takes one caller at a time; taken without mu_.
   absl::Mutex collective_use_;
   absl::Status round_status_ ABSL_GUARDED_BY(mu_);
+  std::set<uint32_t> round_unscaled_ ABSL_GUARDED_BY(mu_);  // RunRound's `unscaled`
+  // A Step's answer from its round's: not OK for a rank whose gradients the round left alone.
+  absl::Status RoundAnswer(uint32_t local_rank, uint64_t step, const absl::Status& status,
+                           const std::set<uint32_t>& unscaled) const;
   // GPU reports: tickets handed out (under mu_), and the newest one reported.
   uint64_t gpu_reports_taken_ ABSL_GUARDED_BY(mu_) = 0;
   // The primary's newest finished step as its Step answers it, for a Step that finds nothing

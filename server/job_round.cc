@@ -204,7 +204,7 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
       // ended.
       if (absl::Status s = CheckSession(local_rank, session); !s.ok()) return s;
       *response = round_result_;
-      return round_status_;
+      return RoundAnswer(local_rank, step, round_status_, round_unscaled_);
     }
     for (const auto& [r, arrival] : arrived_) {
       auto it = workers_.find(r);
@@ -224,15 +224,17 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   v1::StepResponse result;
   bool counted = false;
   absl::Status status;
+  std::set<uint32_t> unscaled;
   {
     absl::MutexLock using_collective(&collective_use_);  // after a given-up round's notice
-    status = RunRound(step, snapshot, num_groups, timeout, given_up, &result, &counted);
+    status = RunRound(step, snapshot, num_groups, timeout, given_up, &result, &counted, &unscaled);
   }
   const absl::Duration duration = absl::FromChrono(std::chrono::steady_clock::now() - start);
   {
     absl::MutexLock lock(&mu_);
     round_result_ = result;
     round_status_ = status;
+    round_unscaled_ = unscaled;
     finished_round_id_ = my_round;
     round_open_ = false;
     round_running_ = false;
@@ -240,7 +242,17 @@ absl::Status Job::Step(uint32_t local_rank, uint64_t step, absl::Duration timeou
   // A step the statistics took is reported (metrics, events) also when scaling it failed after.
   if (counted && on_step_) on_step_(result, duration);
   *response = std::move(result);
-  return status;
+  return RoundAnswer(local_rank, step, status, unscaled);
+}
+
+absl::Status Job::RoundAnswer(uint32_t local_rank, uint64_t step, const absl::Status& status,
+                              const std::set<uint32_t>& unscaled) const {
+  if (!status.ok() || unscaled.count(local_rank) == 0) return status;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "step ", step, " of job '", name_, "' counted in the statistics, but local rank ", local_rank,
+      "'s gradients were not scaled: its registration went while the step waited "
+      "for the other nodes (it detached, or a registration replacing it was refused): register "
+      "the gradients again"));
 }
 
 absl::Status Job::AbandonRound(uint64_t step, uint64_t round, const std::string& late,

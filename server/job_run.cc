@@ -99,7 +99,7 @@ absl::Status Job::AdoptNodeZerosConfig(Collective* collective, uint64_t step,
 
 absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_groups,
                            absl::Duration timeout, absl::Time given_up, v1::StepResponse* response,
-                           bool* counted) {
+                           bool* counted, std::set<uint32_t>* unscaled) {
   // A worker's call given up (gstabd frozen past its deadline, say): its client has taken the
   // step as lost and zeroed its gradients, and its next backward pass may be writing them.
   auto too_late = [&](const std::string& consequence) -> absl::Status {
@@ -154,6 +154,7 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // raise SIGBUS in gstabd (survived, server/shm_faults.h, but the touch read zeros).
   auto check_objects = [&](absl::Status (ShmMapping::*test)() const) -> absl::Status {
     for (const auto& [rank, w] : workers) {
+      if (w->removed.load()) continue;  // not scaled: its worker's object is its own again
       for (const ShmMapping* object : w->registration.host_objects) {
         if (absl::Status s = (object->*test)(); !s.ok()) {
           return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
@@ -380,7 +381,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   std::vector<const ChunkTable*> scaled;
   std::vector<uint64_t*> words;
   for (const auto& [rank, w] : workers) {
-    if (w->removed.load()) continue;
+    if (w->removed.load()) {
+      unscaled->insert(rank);
+      continue;
+    }
     scaled.push_back(&w->table);
     words.push_back(w->registration.progress);
   }

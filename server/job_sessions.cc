@@ -137,17 +137,6 @@ uint64_t Job::WorkerAttached(uint32_t local_rank) {
   return attach;
 }
 
-bool Job::HoldsObject(const ShmObject& object) const {
-  absl::MutexLock lock(&mu_);
-  for (const auto& [rank, w] : workers_) {
-    for (const ShmMapping* m : w->registration.host_objects) {
-      const ShmObject held = m->object();
-      if (held.device == object.device && held.inode == object.inode) return true;
-    }
-  }
-  return false;
-}
-
 void Job::EraseWorker(uint32_t local_rank) {
   auto w = workers_.find(local_rank);
   if (w == workers_.end()) return;

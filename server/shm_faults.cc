@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <mutex>
 #include <utility>
 
@@ -68,6 +69,7 @@ void OnSigbus(int, siginfo_t* info, void*) {
   // Sent by a process (kill, tgkill, sigqueue), not raised by a touch: no address to look up
   // (and the thread may be inside Watch or Unwatch, whose slot the lookup would wait for).
   if (info->si_code <= 0) Die(false);
+  const int saved_errno = errno;  // the interrupted code's, which a failed mmap below would change
   const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
   const int high = g_high.load(std::memory_order_acquire);
   for (int i = 0; i < high; ++i) {
@@ -89,6 +91,7 @@ void OnSigbus(int, siginfo_t* info, void*) {
       Die(true);
     }
     slot.faults.fetch_add(1, std::memory_order_acq_rel);
+    errno = saved_errno;
     return;
   }
   Die(false);

@@ -391,8 +391,8 @@ absl::Status StateStore::Remove(const std::string& job, bool* deleted) {
     return absl::OkStatus();
   }
   if (!folder.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot delete checkpoint '", path, "' now: ", folder.status().message()));
+    return absl::InternalError(
+        absl::StrCat("cannot delete checkpoint '", path, "': ", folder.status().message()));
   }
   const OwnedFd dir(*folder);
   if (unlinkat(dir.fd, name.c_str(), 0) != 0) {

@@ -131,20 +131,28 @@ TEST(JobGpuNodesTest, AWorkerRemovedWhileItsRoundWaitsForTheOtherNodesIsNotScale
   };
   for (uint64_t step = 1; step <= 2; ++step) {
     const std::vector<float> before[2] = {gradients(0), gradients(1)};
+    absl::Status first_status;
     std::thread first([&] {
       v1::StepResponse r;
-      (void)jobs[0]->Step(0, step, absl::Seconds(20), &r);
+      first_status = jobs[0]->Step(0, step, absl::Seconds(20), &r);
     });
-    absl::SleepFor(absl::Milliseconds(300));  // node 0's round waits for node 1
+    // Node 0's round runs, and waits for node 1.
+    while (jobs[0]->RunningStep() != step) absl::SleepFor(absl::Milliseconds(5));
     if (step == 2) jobs[0]->RemoveWorker(0);
     v1::StepResponse r;
     EXPECT_TRUE(jobs[1]->Step(0, step, absl::Seconds(20), &r).ok()) << step;
     first.join();
     EXPECT_NE(gradients(1), before[1]) << step;  // the round scaled node 1's
     if (step == 1) {
+      EXPECT_TRUE(first_status.ok()) << first_status;
       EXPECT_NE(gradients(0), before[0]);
     } else {
       EXPECT_EQ(gradients(0), before[0]) << "a removed worker's gradients were scaled";
+      // Its answer says so, rather than OK for gradients left alone.
+      EXPECT_EQ(first_status.code(), absl::StatusCode::kFailedPrecondition) << first_status;
+      EXPECT_NE(first_status.message().find("local rank 0's gradients were not scaled"),
+                std::string::npos)
+          << first_status;
     }
   }
 }
