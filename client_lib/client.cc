@@ -234,11 +234,11 @@ absl::Status Client::RegisterBuffers(v1::RegisterBuffersRequest request,
   // (by an exception, out of memory) may have reached gstabd. Its number is taken now: should
   // another thread attach meanwhile (which may end the session gstabd takes it in), the number
   // has moved on by the time it succeeds, and its CUDA steps are refused.
-  const uint64_t number = RegistrationFailed(absl::Status());
   {
     absl::MutexLock lock(&registration_mu_);
-    ++registering_;
+    ++registering_;  // first: a Step that finds the registration failed below is told why
   }
+  const uint64_t number = RegistrationFailed(absl::Status());
   absl::Cleanup done = [this] {
     absl::MutexLock lock(&registration_mu_);
     --registering_;

@@ -310,9 +310,9 @@ typedef struct gstab_cuda_gradients gstab_cuda_gradients;
  * group's statistics are untouched and its gradients zeroed or kept as the non-finite one's.
  * Set with GSTAB_FLAG_SKIPPED. */
 #define GSTAB_FLAG_WITH_STEP (1u << 11)
-/* No worker registers the group (an import or a checkpoint brought its statistics, or, on one
- * node, the workers registered it earlier and no longer do), so its statistics stay as they
- * are: norm 0, scale 1. */
+/* No worker registers the group (an import or a checkpoint brought its statistics, or, in a
+ * job of one GPU, its worker registered it earlier and no longer does), so its statistics stay
+ * as they are: norm 0, scale 1. */
 #define GSTAB_FLAG_UNREGISTERED (1u << 12)
 
 typedef struct {

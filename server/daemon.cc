@@ -99,14 +99,16 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
         absl::StrCat("job '", removal->job->name(), "' local rank ", removal->local_rank);
     for (const ShmObject& object : objects) {
       if (CreatedInThisPidNamespace(object.name)) continue;
-      if (registry_.Maps(object)) {
-        LOG(INFO) << "kept shared memory '" << object.name << "' of " << whose
-                  << ", whose lease expired, while another registration holds it";
-        absl::MutexLock lock(&mu_);
-        kept_objects_.push_back({object, whose});
-        continue;
-      }
-      RemoveExpiredObject(object, whose);
+      if (RemoveExpiredObject(object, whose)) continue;
+      LOG(INFO) << "kept shared memory '" << object.name << "' of " << whose
+                << ", whose lease expired, while another registration holds it";
+      absl::MutexLock lock(&mu_);
+      // Once an object: several ranks' slices of it, or a worker that expired again.
+      const bool known =
+          std::any_of(kept_objects_.begin(), kept_objects_.end(), [&](const KeptObject& k) {
+            return k.object.device == object.device && k.object.inode == object.inode;
+          });
+      if (!known) kept_objects_.push_back({object, whose});
     }
   }
   ReportWorkers(removal->job);
@@ -114,9 +116,11 @@ void Daemon::Remove(const std::optional<Removal>& removal) {
   Unpend(removal->job);
 }
 
-void Daemon::RemoveExpiredObject(const ShmObject& object, const std::string& whose) {
+bool Daemon::RemoveExpiredObject(const ShmObject& object, const std::string& whose) {
   std::string error;
-  switch (RemoveIfStill(object, &error)) {
+  const std::optional<ShmRemoval> removal = registry_.RemoveUnlessMapped(object, &error);
+  if (!removal.has_value()) return false;
+  switch (*removal) {
     case ShmRemoval::kRemoved:
       LOG(INFO) << "removed shared memory '" << object.name << "' of " << whose
                 << " (its lease expired)";
@@ -132,6 +136,7 @@ void Daemon::RemoveExpiredObject(const ShmObject& object, const std::string& who
     case ShmRemoval::kAlreadyGone:
       break;
   }
+  return true;
 }
 
 void Daemon::RemoveKeptObjects() {
@@ -143,11 +148,7 @@ void Daemon::RemoveKeptObjects() {
   }
   std::vector<KeptObject> still;
   for (KeptObject& k : kept) {
-    if (registry_.Maps(k.object)) {
-      still.push_back(std::move(k));
-    } else {
-      RemoveExpiredObject(k.object, k.whose);
-    }
+    if (!RemoveExpiredObject(k.object, k.whose)) still.push_back(std::move(k));
   }
   absl::MutexLock lock(&mu_);
   for (KeptObject& k : still) kept_objects_.push_back(std::move(k));

@@ -212,7 +212,8 @@ class Daemon {
   };
   std::vector<KeptObject> kept_objects_ ABSL_GUARDED_BY(mu_);
   void RemoveKeptObjects() ABSL_LOCKS_EXCLUDED(mu_);
-  void RemoveExpiredObject(const ShmObject& object, const std::string& whose);
+  // Removes an expired worker's `object` (logged) unless a registration maps it: then false.
+  bool RemoveExpiredObject(const ShmObject& object, const std::string& whose);
   // Adds session `token` (sessions_ and job_sessions_).
   void AddSession(const std::string& token, Session session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `job`'s worker sessions, its observer sessions, and the token of its worker session of

@@ -57,13 +57,16 @@ absl::Status Job::RegisterGpu(uint32_t local_rank, const MappedRegistration& reg
   }
   GpuJobSpec layout;
   layout.job = name_;
-  // On one node, a group this registration does not bring (registered earlier, or only an
-  // import's or a checkpoint's) keeps its statistics, as the CPU backend's steps pass it over;
-  // across nodes, only a group no worker has registered (the cross-node stage below).
+  // For a job of one GPU on one node, a group its registration does not bring (registered
+  // earlier, or only an import's or a checkpoint's) keeps its statistics, as the CPU backend's
+  // steps pass it over. Otherwise only a group no worker has registered: local GPUs that
+  // registered different groups must still step each group alike, and across nodes the
+  // cross-node stage below carries the registered groups.
   std::vector<bool> brought(group_reduction_.size(), false);
   for (const Chunk& c : table.chunks()) brought[c.group] = true;
+  const bool alone = collective_ == nullptr && local_world_size_ == 1;
   for (uint32_t g = 0; g < group_reduction_.size(); ++g) {
-    const bool unregistered = collective_ == nullptr ? !brought[g] : group_reduction_[g] < 0;
+    const bool unregistered = alone ? !brought[g] : group_reduction_[g] < 0;
     layout.modes.push_back(CrossNodeMode(unregistered ? -1 : group_reduction_[g], nccl_.node_rank));
   }
   // Groups no worker registers (an import's, on node 0) come after the registered ones once the

@@ -152,9 +152,12 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   }
   // A worker may have truncated its shared memory, or punched holes in it: its lost pages would
   // raise SIGBUS in gstabd (survived, server/shm_faults.h, but the touch read zeros).
-  auto check_objects = [&](absl::Status (ShmMapping::*test)() const) -> absl::Status {
+  // `scaling`: the checks around the scaling, which passes over a registration removed since
+  // the round took it (its worker's object is its own again); the sums read every worker's.
+  auto check_objects = [&](absl::Status (ShmMapping::*test)() const,
+                           bool scaling = false) -> absl::Status {
     for (const auto& [rank, w] : workers) {
-      if (w->removed.load()) continue;  // not scaled: its worker's object is its own again
+      if (scaling && w->removed.load()) continue;
       for (const ShmMapping* object : w->registration.host_objects) {
         if (absl::Status s = (object->*test)(); !s.ok()) {
           return absl::Status(s.code(), absl::StrCat("local rank ", rank, ": ", s.message()));
@@ -165,9 +168,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   };
   // A fault `test` finds in an object fails the step (logged too), and `consequence` says what
   // of it was applied.
-  auto check_faults = [&](absl::Status (ShmMapping::*test)() const,
-                          const std::string& consequence) -> absl::Status {
-    absl::Status s = check_objects(test);
+  auto check_faults = [&](absl::Status (ShmMapping::*test)() const, const std::string& consequence,
+                          bool scaling = false) -> absl::Status {
+    absl::Status s = check_objects(test, scaling);
     if (s.ok()) return s;
     LOG(WARNING) << "job '" << name_ << "' step " << step << ": " << s.message();
     return absl::Status(s.code(), absl::StrCat(s.message(), "; ", consequence));
@@ -374,7 +377,10 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   // between): its lost pages would take gstabd's own memory as they were scaled (shm_faults.h).
   const std::string not_scaled = absl::StrCat(
       "step ", step, " counted in the statistics, but no gradients of this node were scaled");
-  if (absl::Status s = check_faults(&ShmMapping::CheckSize, not_scaled); !s.ok()) return s;
+  if (absl::Status s = check_faults(&ShmMapping::CheckSize, not_scaled, /*scaling=*/true);
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = too_late(not_scaled); !s.ok()) return s;
   // Not a registration removed since the round took it (its worker detached after its call
   // gave up, and may be writing that memory again): the cross-node stage may have waited long.
@@ -394,7 +400,8 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
   return check_faults(&ShmMapping::CheckNotLost,
                       absl::StrCat("step ", step,
                                    " counted in the statistics, but that worker's gradients were "
-                                   "not all scaled"));
+                                   "not all scaled"),
+                      /*scaling=*/true);
 }
 
 }  // namespace gstab

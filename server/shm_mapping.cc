@@ -365,14 +365,15 @@ absl::StatusOr<std::shared_ptr<ShmMapping>> MappingRegistry::Acquire(const std::
   return opened;
 }
 
-bool MappingRegistry::Maps(const ShmObject& object) {
+std::optional<ShmRemoval> MappingRegistry::RemoveUnlessMapped(const ShmObject& object,
+                                                              std::string* error) {
   absl::MutexLock lock(&mu_);
   const auto first = by_object_.lower_bound({object.device, object.inode, 0});
   const auto last = by_object_.upper_bound({object.device, object.inode, UINT64_MAX});
   for (auto it = first; it != last; ++it) {
-    if (!it->second.expired()) return true;
+    if (!it->second.expired()) return std::nullopt;
   }
-  return false;
+  return RemoveIfStill(object, error);
 }
 
 }  // namespace gstab

@@ -142,9 +142,11 @@ class MappingRegistry {
   absl::StatusOr<std::shared_ptr<ShmMapping>> Acquire(const std::string& name,
                                                       uint64_t max_bytes = UINT64_MAX,
                                                       std::optional<uid_t> owner = std::nullopt);
-  // Whether `object` (its device and inode, whatever its name and size) is mapped: a
-  // registration, one under way or a round holds it.
-  bool Maps(const ShmObject& object) ABSL_LOCKS_EXCLUDED(mu_);
+  // RemoveIfStill(object), unless `object` (its device and inode, whatever its name and size) is
+  // mapped (a registration, one under way or a round holds it): then nothing. Under the lock
+  // Acquire opens objects under, so that no registration maps it as its name goes.
+  std::optional<ShmRemoval> RemoveUnlessMapped(const ShmObject& object, std::string* error)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Objects currently mapped (held by at least one registration or step), an object replaced
   // under its name while its old mapping is still held counted twice.
   int LiveMappings() const { return *open_; }

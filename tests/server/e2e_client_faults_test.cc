@@ -380,7 +380,7 @@ TEST(E2eClientFaultsTest, AStepCutOffInAnyOfGrpcsWordsIsDataLoss) {
   absl::Notification release;
   fake.hold_registration = &release;
   std::thread registering([&] { EXPECT_TRUE((*client)->Register(arena).ok()); });
-  fake.registering.WaitForNotification();
+  EXPECT_TRUE(fake.registering.WaitForNotificationWithTimeout(absl::Seconds(20)));
   const absl::Status during = (*client)->Step(++step).status();
   EXPECT_EQ(during.code(), absl::StatusCode::kFailedPrecondition) << during;
   EXPECT_TRUE(absl::StrContains(during.message(),

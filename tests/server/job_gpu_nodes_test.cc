@@ -137,7 +137,11 @@ TEST(JobGpuNodesTest, AWorkerRemovedWhileItsRoundWaitsForTheOtherNodesIsNotScale
       first_status = jobs[0]->Step(0, step, absl::Seconds(20), &r);
     });
     // Node 0's round runs, and waits for node 1.
-    while (jobs[0]->RunningStep() != step) absl::SleepFor(absl::Milliseconds(5));
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (jobs[0]->RunningStep() != step && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    EXPECT_EQ(jobs[0]->RunningStep(), step) << "node 0's round did not run";
     if (step == 2) jobs[0]->RemoveWorker(0);
     v1::StepResponse r;
     EXPECT_TRUE(jobs[1]->Step(0, step, absl::Seconds(20), &r).ok()) << step;
