@@ -82,21 +82,35 @@ TEST(JobGpuNodesTest, HostMemoryAndGpuNodesUnderOneCudaRendezvousBothRefuse) {
   }
 }
 
+// Job "nodes-job" on two nodes over real Gloo (a rendezvous made for CUDA gradients, or not),
+// each with one worker of host memory registered.
+struct HostNodes {
+  explicit HostNodes(bool cuda_rendezvous) {
+    for (uint32_t node = 0; node < 2; ++node) {
+      jobs.push_back(std::make_unique<Job>("nodes-job", RuleParams{}, 1, &executor));
+      NcclRendezvous nccl;
+      if (cuda_rendezvous) {
+        nccl = NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, 2, absl::Seconds(20)};
+      }
+      jobs[node]->SetCollective(std::make_shared<GlooCollective>(info, node, "127.0.0.1"),
+                                info.token(), nccl);
+      registered = registered && workers[node].Register(jobs[node].get(), 0).ok();
+    }
+  }
+  LoopbackStore store;
+  const v1::RendezvousInfo info = store.Rendezvous(2);
+  CpuExecutor executor{1};
+  std::vector<std::unique_ptr<Job>> jobs;
+  std::vector<CpuWorker> workers = std::vector<CpuWorker>(2);
+  bool registered = true;
+};
+
 // Nodes all of host memory under a rendezvous made for CUDA gradients (gstab.torch asks for
 // one whenever the process group is NCCL's) step as under any other.
 TEST(JobGpuNodesTest, HostMemoryNodesStepUnderACudaRendezvous) {
-  LoopbackStore store;
-  const v1::RendezvousInfo info = store.Rendezvous(2);
-  CpuExecutor executor(1);
-  std::vector<std::unique_ptr<Job>> jobs;
-  std::vector<CpuWorker> workers(2);
-  for (uint32_t node = 0; node < 2; ++node) {
-    jobs.push_back(std::make_unique<Job>("nodes-job", RuleParams{}, 1, &executor));
-    jobs[node]->SetCollective(
-        std::make_shared<GlooCollective>(info, node, "127.0.0.1"), info.token(),
-        NcclRendezvous{std::string(kNcclUniqueIdBytes, 'n'), node, 2, absl::Seconds(20)});
-    ASSERT_TRUE(workers[node].Register(jobs[node].get(), 0).ok());
-  }
+  HostNodes nodes(/*cuda_rendezvous=*/true);
+  ASSERT_TRUE(nodes.registered);
+  std::vector<std::unique_ptr<Job>>& jobs = nodes.jobs;
   for (uint64_t step = 1; step <= 2; ++step) {
     absl::Status other_status;
     std::thread other([&] {
@@ -114,17 +128,10 @@ TEST(JobGpuNodesTest, HostMemoryNodesStepUnderACudaRendezvous) {
 // the round goes on, it scales the other nodes' gradients and not that worker's, which its
 // process may be writing again by then. Before, the round scaled them when it came to.
 TEST(JobGpuNodesTest, AWorkerRemovedWhileItsRoundWaitsForTheOtherNodesIsNotScaled) {
-  LoopbackStore store;
-  const v1::RendezvousInfo info = store.Rendezvous(2);
-  CpuExecutor executor(1);
-  std::vector<std::unique_ptr<Job>> jobs;
-  std::vector<CpuWorker> workers(2);
-  for (uint32_t node = 0; node < 2; ++node) {
-    jobs.push_back(std::make_unique<Job>("nodes-job", RuleParams{}, 1, &executor));
-    jobs[node]->SetCollective(std::make_shared<GlooCollective>(info, node, "127.0.0.1"),
-                              info.token());
-    ASSERT_TRUE(workers[node].Register(jobs[node].get(), 0).ok());
-  }
+  HostNodes nodes(/*cuda_rendezvous=*/false);
+  ASSERT_TRUE(nodes.registered);
+  std::vector<std::unique_ptr<Job>>& jobs = nodes.jobs;
+  std::vector<CpuWorker>& workers = nodes.workers;
   auto gradients = [&](uint32_t node) {
     const auto* data = static_cast<const float*>(workers[node].arena.data(0));
     return std::vector<float>(data, data + 1024);
