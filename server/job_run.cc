@@ -382,8 +382,9 @@ absl::Status Job::RunRound(uint64_t step, const WorkerMap& workers, size_t num_g
     return s;
   }
   if (absl::Status s = too_late(not_scaled); !s.ok()) return s;
-  // Not a registration removed since the round took it (its worker detached after its call
-  // gave up, and may be writing that memory again): the cross-node stage may have waited long.
+  // Not a registration removed since the round took it (its worker detached from another
+  // thread, its lease expired, or a registration replacing it was refused: it may be writing
+  // that memory again): the cross-node stage may have waited long.
   std::vector<const ChunkTable*> scaled;
   std::vector<uint64_t*> words;
   for (const auto& [rank, w] : workers) {
