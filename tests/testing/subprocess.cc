@@ -162,7 +162,9 @@ absl::StatusOr<DaemonProcess> DaemonProcess::Start(const std::string& dir,
   if (!p.ok()) return p.status();
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   struct stat st;
-  while (stat(socket.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+  // Its mode made too: bind makes the socket with the umask's mode, and gstabd makes it 0660
+  // just after (a test that looked in between saw 0755).
+  while (stat(socket.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) || (st.st_mode & 0777) != 0660) {
     if (absl::Now() > deadline) return absl::DeadlineExceededError("gstabd did not start");
     absl::SleepFor(absl::Milliseconds(20));
   }
