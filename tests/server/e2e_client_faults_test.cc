@@ -20,10 +20,8 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/listener_process.h"
-#include "common/step_progress.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -272,141 +270,6 @@ TEST(E2eClientFaultsTest, AConnectWhoseHealthCheckIsRefusedFailsSayingSo) {
     server->Shutdown();
     std::filesystem::remove(path);
   }
-}
-
-// A server of gstabd's service whose Step fails as `code` and `message` say, without gstabd's
-// error details: as a transport failure mid-call reads (or an older gstabd's own answer).
-class StepFailingStabilizer final : public v1::Stabilizer::Service {
- public:
-  grpc::StatusCode code = grpc::StatusCode::OK;
-  std::string message;
-  grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest*,
-                      v1::AttachResponse* response) override {
-    response->set_session("session");
-    response->set_lease_ms(60000);
-    response->set_step_timeout_ms(1000);
-    return grpc::Status::OK;
-  }
-  grpc::Status RegisterBuffers(grpc::ServerContext*, const v1::RegisterBuffersRequest*,
-                               v1::RegisterBuffersResponse*) override {
-    if (absl::Notification* hold = hold_registration.load(); hold != nullptr) {
-      registering.Notify();
-      hold->WaitForNotification();
-    }
-    return grpc::Status::OK;
-  }
-  std::atomic<absl::Notification*> hold_registration{nullptr};  // set: RegisterBuffers waits
-  absl::Notification registering;                               // a held RegisterBuffers has come
-  grpc::Status KeepAlive(grpc::ServerContext*, const v1::KeepAliveRequest*,
-                         v1::KeepAliveResponse*) override {
-    return grpc::Status::OK;
-  }
-  grpc::Status Detach(grpc::ServerContext*, const v1::DetachRequest*,
-                      v1::DetachResponse*) override {
-    return grpc::Status::OK;
-  }
-  grpc::Status Step(grpc::ServerContext*, const v1::StepRequest* request,
-                    v1::StepResponse*) override {
-    if (code == grpc::StatusCode::OK && progress != nullptr) {
-      __atomic_store_n(progress, ScaledMark(request->step()), __ATOMIC_SEQ_CST);  // as gstabd
-    }
-    return grpc::Status(code, message);
-  }
-  grpc::Status GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
-                        v1::GetStatsResponse*) override {
-    return grpc::Status(code, message);
-  }
-  uint64_t* progress = nullptr;  // the worker's progress word, marked at a step answered OK
-};
-
-// A step whose call ends in a transport failure may have been running in gstabd, whatever
-// code gRPC gives the failure (UNAVAILABLE, INTERNAL "Received RST_STREAM", UNKNOWN "Stream
-// removed"): the worker is told DATA_LOSS (skip the step), not a code gstab.h does not
-// describe. A refusal (INVALID_ARGUMENT), and gRPC's bare INTERNAL for a request it could not
-// read, come back as they are.
-TEST(E2eClientFaultsTest, AStepCutOffInAnyOfGrpcsWordsIsDataLoss) {
-  TempDir dir;
-  const std::string path = dir.path() + "/fake.sock";
-  StepFailingStabilizer fake;
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
-  builder.RegisterService(&fake);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  grpc::EnableDefaultHealthCheckService(false);
-  ASSERT_NE(server, nullptr);
-  auto client = Client::Connect(path, absl::Seconds(5));
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_TRUE((*client)->Attach(JobOptions("cut")).ok());
-  GradientArena arena;
-  arena.AddTensor("w", 16, DType::kFloat32);
-  ASSERT_TRUE(arena.Allocate().ok());
-  ASSERT_TRUE((*client)->Register(arena).ok());
-  uint64_t step = 0;
-  for (const auto& [code, message, expected] :
-       {std::make_tuple(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2",
-                        absl::StatusCode::kDataLoss),
-        std::make_tuple(grpc::StatusCode::UNKNOWN, "Stream removed", absl::StatusCode::kDataLoss),
-        std::make_tuple(grpc::StatusCode::UNAVAILABLE, "Socket closed",
-                        absl::StatusCode::kDataLoss),
-        std::make_tuple(grpc::StatusCode::INVALID_ARGUMENT, "refused",
-                        absl::StatusCode::kInvalidArgument),
-        std::make_tuple(grpc::StatusCode::INTERNAL, "", absl::StatusCode::kInternal)}) {
-    fake.code = code;
-    fake.message = message;
-    const absl::Status s = (*client)->Step(++step).status();
-    EXPECT_EQ(s.code(), expected) << message << ": " << s;
-    if (expected == absl::StatusCode::kDataLoss) {
-      EXPECT_TRUE(absl::StrContains(s.message(), "may be scaled")) << s;
-    }
-  }
-  // Once gstabd has been seen marking the word, a cut-off that finds it unmarked for the step
-  // touched nothing: UNAVAILABLE (attach again), whatever code gRPC gave the failure.
-  fake.progress = reinterpret_cast<uint64_t*>(static_cast<char*>(arena.data(0)) +
-                                              arena.RegistrationRequest().progress().offset());
-  fake.code = grpc::StatusCode::OK;
-  ASSERT_TRUE((*client)->Step(++step).ok());
-  for (const auto& [code, message] :
-       {std::make_pair(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"),
-        std::make_pair(grpc::StatusCode::UNKNOWN, "Stream removed")}) {
-    fake.code = code;
-    fake.message = message;
-    const absl::Status s = (*client)->Step(++step).status();
-    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << message << ": " << s;
-    EXPECT_TRUE(absl::StrContains(s.message(), "before it touched step")) << s;
-  }
-  // A step while another thread's registration is under way is told so, not that the last
-  // registration failed.
-  absl::Notification release;
-  fake.hold_registration = &release;
-  std::thread registering([&] { EXPECT_TRUE((*client)->Register(arena).ok()); });
-  EXPECT_TRUE(fake.registering.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  const absl::Status during = (*client)->Step(++step).status();
-  EXPECT_EQ(during.code(), absl::StatusCode::kFailedPrecondition) << during;
-  EXPECT_TRUE(absl::StrContains(during.message(),
-                                "a registration through this client is under "
-                                "way"))
-      << during;
-  release.Notify();
-  registering.join();
-  fake.hold_registration = nullptr;
-  // Any other call cut off so: UNAVAILABLE, what gstab.h says of a gstabd gone (the bindings
-  // attach again after it), not UNKNOWN or INTERNAL. gRPC's bare INTERNAL stays what it is.
-  for (const auto& [code, message, expected] :
-       {std::make_tuple(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2",
-                        absl::StatusCode::kUnavailable),
-        std::make_tuple(grpc::StatusCode::UNKNOWN, "Stream removed",
-                        absl::StatusCode::kUnavailable),
-        std::make_tuple(grpc::StatusCode::INTERNAL, "", absl::StatusCode::kInternal)}) {
-    fake.code = code;
-    fake.message = message;
-    const absl::Status s = (*client)->GetStats().status();
-    EXPECT_EQ(s.code(), expected) << message << ": " << s;
-    if (expected == absl::StatusCode::kUnavailable) {
-      EXPECT_TRUE(absl::StrContains(s.message(), "failed under the call")) << s;
-    }
-  }
-  server->Shutdown();
 }
 
 // A worker connected by a relative socket path that then changes its working folder reaches a

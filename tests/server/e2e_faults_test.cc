@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
-#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -181,109 +180,6 @@ TEST_F(E2eFaultsTest, ABusyStateDirectoryOrAnUnreadableCheckpointStopsGstabdAtSt
   std::ifstream kept(checkpoint);
   std::string text((std::istreambuf_iterator<char>(kept)), std::istreambuf_iterator<char>());
   EXPECT_EQ(text, "a job's statistics");
-}
-
-// A worker in another pid namespace (a container sharing /dev/shm) that dies leaves its shared
-// memory behind, and no process of gstabd's namespace can tell its creator is gone: gstabd
-// removes it when the worker's lease expires.
-TEST_F(E2eFaultsTest, DeadWorkerOfAnotherPidNamespaceLeavesNoSharedMemory) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root for a pid namespace";
-  // Root in a container without CAP_SYS_ADMIN is refused one.
-  if (testing::RunShell("/usr/bin/unshare --pid --fork true 2>&1").first != 0) {
-    GTEST_SKIP() << "cannot make a pid namespace here (a container without CAP_SYS_ADMIN?)";
-  }
-  auto gstab_objects = [] {
-    std::set<std::string> names;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
-      const std::string name = e.path().filename().string();
-      if (name.rfind("gstab-", 0) == 0) names.insert(name);
-    }
-    return names;
-  };
-  const std::set<std::string> before = gstab_objects();
-  absl::StatusOr<Subprocess> worker = Subprocess::Start(
-      {"/usr/bin/unshare", "--pid", "--fork", "--kill-child",
-       testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(),
-       "--job=contained", "--steps=1000000", "--print_every=1", "--spike_steps="});
-  ASSERT_TRUE(worker.ok());
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(worker->ReadLine(absl::Seconds(20)).ok());
-  std::set<std::string> its;
-  for (const std::string& name : gstab_objects()) {  // (other tests may make objects too)
-    if (before.count(name) == 0 && !CreatedInThisPidNamespace("/" + name)) its.insert(name);
-  }
-  ASSERT_FALSE(its.empty());
-
-  worker->Signal(SIGKILL);  // unshare, and with it the worker
-  ASSERT_TRUE(worker->Wait(absl::Seconds(10)).ok());
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);  // a 1 s lease
-  auto left = [&] {
-    const std::set<std::string> now = gstab_objects();
-    return std::any_of(its.begin(), its.end(), [&](const auto& n) { return now.count(n) == 1; });
-  };
-  while (left() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_FALSE(left()) << "the dead worker's shared memory is still in /dev/shm";
-  EXPECT_TRUE(daemon_->WaitForLog("(its lease expired)"));
-}
-
-// Nor does it remove one that another registration still holds: a slice of the dead worker's
-// object that another job registered stays registrable by its name.
-TEST_F(E2eFaultsTest, ADeadWorkersObjectAnotherJobHoldsIsKept) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root for a pid namespace";
-  if (testing::RunShell("/usr/bin/unshare --pid --fork true 2>&1").first != 0) {
-    GTEST_SKIP() << "cannot make a pid namespace here (a container without CAP_SYS_ADMIN?)";
-  }
-  std::set<std::string> before;
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
-    before.insert(e.path().filename().string());
-  }
-  absl::StatusOr<Subprocess> worker = Subprocess::Start(
-      {"/usr/bin/unshare", "--pid", "--fork", "--kill-child",
-       testing::BinaryPath("examples/mlp_trainer"), "--socket=" + daemon_->socket(),
-       "--job=contained-shared", "--steps=1000000", "--print_every=1", "--spike_steps="});
-  ASSERT_TRUE(worker.ok());
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(worker->ReadLine(absl::Seconds(20)).ok());
-  std::string object;
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("gstab-", 0) == 0 && before.count(name) == 0 &&
-        !CreatedInThisPidNamespace("/" + name)) {
-      object = "/" + name;
-    }
-  }
-  ASSERT_FALSE(object.empty());
-  // Another job registers 8 floats of it: its last, which the worker's progress word leaves
-  // free (client_lib/arena.cc gives the word 64 bytes).
-  struct stat st;
-  ASSERT_EQ(::stat(("/dev/shm" + object).c_str(), &st), 0);
-  auto sharer = Client::Connect(daemon_->socket());
-  ASSERT_TRUE(sharer.ok()) << sharer.status();
-  ASSERT_TRUE((*sharer)->Attach(JobOptions("sharer")).ok());
-  v1::RegisterBuffersRequest request;
-  v1::Buffer* buffer = request.add_buffers();
-  buffer->set_transport(v1::TRANSPORT_HOST_SHM);
-  buffer->set_shm_name(object);
-  buffer->set_offset(static_cast<uint64_t>(st.st_size) - 32);
-  buffer->set_size_bytes(32);
-  buffer->set_dtype(v1::DTYPE_FLOAT32);
-  v1::Tensor* tensor = request.add_tensors();
-  tensor->set_name("slice");
-  tensor->set_numel(8);
-  const absl::Status registered = (*sharer)->RegisterBuffers(request);
-  ASSERT_TRUE(registered.ok()) << registered;
-
-  worker->Signal(SIGKILL);
-  ASSERT_TRUE(worker->Wait(absl::Seconds(10)).ok());
-  EXPECT_TRUE(daemon_->WaitForLog("whose lease expired, while another registration holds it"));
-  EXPECT_TRUE(std::filesystem::exists("/dev/shm" + object));
-  EXPECT_TRUE((*sharer)->RegisterBuffers(request).ok());  // by its name, as a worker does
-  // Once nothing maps it, it goes (the housekeeping's next tick).
-  ASSERT_TRUE((*sharer)->Detach().ok());
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (std::filesystem::exists("/dev/shm" + object) && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  EXPECT_FALSE(std::filesystem::exists("/dev/shm" + object));
-  shm_unlink(object.c_str());  // (should the test have failed)
 }
 
 TEST_F(E2eFaultsTest, JobsShareNothingAndATokenActsOnlyOnItsJob) {
